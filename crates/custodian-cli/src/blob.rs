@@ -1,0 +1,543 @@
+//! `custodian blob ...`: client commands for the content store.
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use bytes::BytesMut;
+use clap::{Args, Subcommand};
+use custodian_core::{Algorithm, Digest};
+use custodian_proto::cas::v1 as pb;
+use custodian_proto::cas::v1::content_store_client::ContentStoreClient;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use sha2::Digest as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tonic::transport::Channel;
+
+use crate::DEFAULT_SERVER;
+
+/// Bytes read from a file per Put message.
+const PUT_CHUNK: usize = 1 << 20;
+
+/// Where the daemon is.
+#[derive(Args, Clone)]
+pub struct ServerArg {
+    /// The daemon's gRPC address
+    #[arg(long, env = "CUSTODIAN_SERVER", default_value = DEFAULT_SERVER, global = true)]
+    server: String,
+}
+
+/// Blob commands.
+#[derive(Subcommand)]
+pub enum BlobCommand {
+    /// Upload files; prints each one's sha256 and blake3 digests
+    #[command(
+        long_about = "Upload files into custody. The daemon hashes every byte as it \
+arrives and commits the blob only if it matches; a file already in custody is not stored twice. \
+Prints one line per file: sha256 digest, blake3 digest, size, file, and whether it was stored \
+or already present. Shows a progress bar on a terminal."
+    )]
+    Put {
+        /// Files to upload
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Refuse the upload unless the file hashes to this digest (only with one file)
+        #[arg(long, value_name = "DIGEST")]
+        expect: Option<Digest>,
+        /// Print JSON (one array) instead of text
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Download a blob to a file that appears only once its digest has been verified
+    #[command(
+        long_about = "Download a blob. The bytes go to a temporary file beside the \
+destination; only when the whole blob has arrived and hashes to the requested digest is it \
+renamed into place (with --offset/--limit, a range is written after its length is checked). \
+With `-o -` the bytes go to standard output and a mismatch is reported at the end."
+    )]
+    Get {
+        /// The blob's digest (sha256:... or blake3:...)
+        digest: Digest,
+        /// Destination file, or - for standard output
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// First byte to fetch
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// Most bytes to fetch (default: to the end)
+        #[arg(long)]
+        limit: Option<u64>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Show blobs' metadata; exits 1 if any is not in custody
+    Stat {
+        /// Digests to look up
+        #[arg(required = true)]
+        digests: Vec<Digest>,
+        /// Print JSON (one array) instead of text
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Print which of the given digests are not in custody; exits 1 if any is missing
+    Missing {
+        /// Digests to check
+        #[arg(required = true)]
+        digests: Vec<Digest>,
+        /// Print JSON (one array) instead of text
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+async fn connect(server: &ServerArg) -> anyhow::Result<ContentStoreClient<Channel>> {
+    let channel = Channel::from_shared(server.server.clone())
+        .with_context(|| format!("invalid --server address {:?}", server.server))?
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .connect()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the daemon at {} (is `custodian serve` running?)",
+                server.server
+            )
+        })?;
+    Ok(ContentStoreClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
+
+/// Turns a gRPC status into an error a person can read.
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", code_name(status.code()), status.message())
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "ok",
+        Cancelled => "cancelled",
+        Unknown => "unknown error",
+        InvalidArgument => "invalid argument",
+        DeadlineExceeded => "deadline exceeded",
+        NotFound => "not found",
+        AlreadyExists => "already exists",
+        PermissionDenied => "permission denied",
+        ResourceExhausted => "resource exhausted",
+        FailedPrecondition => "failed precondition",
+        Aborted => "aborted",
+        OutOfRange => "out of range",
+        Unimplemented => "unimplemented",
+        Internal => "internal error",
+        Unavailable => "unavailable",
+        DataLoss => "data loss",
+        Unauthenticated => "unauthenticated",
+    }
+}
+
+fn progress(len: u64, label: String) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(label);
+    bar
+}
+
+/// A blob as the CLI prints it.
+#[derive(Serialize)]
+struct BlobLine {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<String>,
+    sha256: String,
+    blake3: String,
+    size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    already_present: Option<bool>,
+}
+
+impl BlobLine {
+    fn from_info(info: &pb::BlobInfo) -> Self {
+        BlobLine {
+            file: None,
+            sha256: info.sha256.clone(),
+            blake3: info.blake3.clone(),
+            size: info.size,
+            created_at: info.created_at.as_ref().map(|t| {
+                humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH
+                        + std::time::Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32),
+                )
+                .to_string()
+            }),
+            already_present: None,
+        }
+    }
+}
+
+/// Runs a blob command.
+pub async fn run(command: BlobCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BlobCommand::Put {
+            files,
+            expect,
+            json,
+            server,
+        } => put(&server, &files, expect, json).await,
+        BlobCommand::Get {
+            digest,
+            output,
+            offset,
+            limit,
+            server,
+        } => get(&server, digest, &output, offset, limit).await,
+        BlobCommand::Stat {
+            digests,
+            json,
+            server,
+        } => stat(&server, &digests, json).await,
+        BlobCommand::Missing {
+            digests,
+            json,
+            server,
+        } => missing(&server, &digests, json).await,
+    }
+}
+
+async fn put(
+    server: &ServerArg,
+    files: &[PathBuf],
+    expect: Option<Digest>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    if expect.is_some() && files.len() > 1 {
+        bail!(
+            "--expect names one digest, so it takes exactly one file ({} given)",
+            files.len()
+        );
+    }
+    let mut client = connect(server).await?;
+    let mut lines = Vec::new();
+    for path in files {
+        let response = put_file(&mut client, path, expect)
+            .await
+            .with_context(|| format!("put {}", path.display()))?;
+        let info = response.blob.context("the daemon's reply has no blob")?;
+        let mut line = BlobLine::from_info(&info);
+        line.file = Some(path.display().to_string());
+        line.created_at = None;
+        line.already_present = Some(response.already_present);
+        if !json {
+            println!(
+                "{}  {}  {:>10}  {}  {}",
+                line.sha256,
+                line.blake3,
+                line.size,
+                path.display(),
+                if response.already_present {
+                    "already present"
+                } else {
+                    "stored"
+                }
+            );
+        }
+        lines.push(line);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&lines)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn put_file(
+    client: &mut ContentStoreClient<Channel>,
+    path: &Path,
+    expect: Option<Digest>,
+) -> anyhow::Result<pb::PutResponse> {
+    let file = tokio::fs::File::open(path).await.context("cannot open")?;
+    let len = file.metadata().await.context("cannot read metadata")?.len();
+    let bar = progress(len, format!("put {}", path.display()));
+    let header = pb::PutRequest {
+        message: Some(pb::put_request::Message::Header(pb::PutHeader {
+            expected_digest: expect.map(|d| d.to_string()).unwrap_or_default(),
+            expected_size: Some(len),
+        })),
+    };
+    // The request stream reads the file as gRPC asks for more, so only a few chunks are ever in
+    // memory. A read error ends the stream early; the declared size then makes the daemon
+    // refuse the upload, and the error itself is reported from here.
+    let (error_tx, mut error_rx) = tokio::sync::oneshot::channel::<std::io::Error>();
+    let chunks = futures::stream::unfold(
+        (file, Some(error_tx), bar.clone()),
+        |(mut file, mut error_tx, bar)| async move {
+            let mut buf = BytesMut::with_capacity(PUT_CHUNK);
+            let read = async {
+                while buf.len() < PUT_CHUNK {
+                    if file.read_buf(&mut buf).await? == 0 {
+                        break;
+                    }
+                }
+                Ok::<_, std::io::Error>(buf.len())
+            }
+            .await;
+            match read {
+                Ok(0) => None,
+                Ok(n) => {
+                    bar.inc(n as u64);
+                    let message = pb::PutRequest {
+                        message: Some(pb::put_request::Message::Chunk(buf.freeze())),
+                    };
+                    Some((message, (file, error_tx, bar)))
+                }
+                Err(err) => {
+                    if let Some(tx) = error_tx.take() {
+                        let _ = tx.send(err);
+                    }
+                    None
+                }
+            }
+        },
+    );
+    let request = futures::stream::once(async { header }).chain(chunks);
+    let result = client.put(request).await;
+    bar.finish_and_clear();
+    if let Ok(err) = error_rx.try_recv() {
+        bail!("reading the file failed: {err}");
+    }
+    Ok(result.map_err(status_error)?.into_inner())
+}
+
+async fn get(
+    server: &ServerArg,
+    digest: Digest,
+    output: &Path,
+    offset: u64,
+    limit: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let mut client = connect(server).await?;
+    let request = pb::GetRequest {
+        digest: digest.to_string(),
+        offset,
+        limit: limit.unwrap_or(0),
+    };
+    let mut stream = client
+        .get(request)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let first = stream
+        .message()
+        .await
+        .map_err(status_error)?
+        .context("the daemon sent an empty stream")?;
+    let info = first
+        .blob
+        .clone()
+        .context("the daemon's first message has no blob metadata")?;
+    let whole = offset == 0 && limit.is_none_or(|l| l >= info.size);
+    let expected_len = limit.map_or(info.size.saturating_sub(offset), |l| {
+        l.min(info.size.saturating_sub(offset))
+    });
+    let to_stdout = output.as_os_str() == "-";
+
+    let (mut sink, temp): (
+        Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+        Option<PathBuf>,
+    ) = if to_stdout {
+        (Box::new(tokio::io::stdout()), None)
+    } else {
+        let temp = temp_path(output);
+        let file = tokio::fs::File::create(&temp)
+            .await
+            .with_context(|| format!("cannot create {}", temp.display()))?;
+        (Box::new(file), Some(temp))
+    };
+    let bar = progress(expected_len, format!("get {}", short(&digest)));
+    let mut hasher = Hasher::new(digest.algorithm());
+    let mut received = 0u64;
+    let result: anyhow::Result<()> = async {
+        let mut data = first.data;
+        loop {
+            if !data.is_empty() {
+                hasher.update(&data);
+                sink.write_all(&data).await.context("writing the output")?;
+                received += data.len() as u64;
+                bar.inc(data.len() as u64);
+            }
+            match stream.message().await.map_err(status_error)? {
+                Some(message) => data = message.data,
+                None => break,
+            }
+        }
+        sink.flush().await.context("flushing the output")?;
+        if received != expected_len {
+            bail!("received {received} bytes, expected {expected_len}");
+        }
+        if whole {
+            let got = hasher.finish();
+            if got != digest {
+                bail!("the bytes received hash to {got}, not the requested {digest}");
+            }
+        }
+        Ok(())
+    }
+    .await;
+    bar.finish_and_clear();
+    drop(sink);
+    if let Some(temp) = temp {
+        if let Err(err) = result {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return Err(err.context(format!(
+                "get {digest}; {} was not written",
+                output.display()
+            )));
+        }
+        let file = std::fs::File::open(&temp)?;
+        file.sync_all().context("syncing the output")?;
+        tokio::fs::rename(&temp, output).await.with_context(|| {
+            format!(
+                "cannot move the download into place at {}",
+                output.display()
+            )
+        })?;
+        eprintln!(
+            "{} bytes of {} verified and written to {}",
+            received,
+            short(&digest),
+            output.display()
+        );
+    } else {
+        result.with_context(|| format!("get {digest}"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn temp_path(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    output.with_file_name(format!(".{name}.custodian-partial-{}", std::process::id()))
+}
+
+fn short(digest: &Digest) -> String {
+    let text = digest.to_string();
+    format!("{}…", &text[..text.find(':').map_or(0, |i| i + 13)])
+}
+
+/// Hashes a download with the algorithm it was requested by.
+enum Hasher {
+    Sha256(Box<sha2::Sha256>),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl Hasher {
+    fn new(algorithm: Algorithm) -> Self {
+        match algorithm {
+            Algorithm::Sha256 => Hasher::Sha256(Box::default()),
+            Algorithm::Blake3 => Hasher::Blake3(Box::default()),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(data),
+            Hasher::Blake3(h) => {
+                h.update(data);
+            }
+        }
+    }
+
+    fn finish(self) -> Digest {
+        match self {
+            Hasher::Sha256(h) => Digest::sha256(h.finalize().into()),
+            Hasher::Blake3(h) => Digest::blake3(*h.finalize().as_bytes()),
+        }
+    }
+}
+
+async fn stat(server: &ServerArg, digests: &[Digest], json: bool) -> anyhow::Result<ExitCode> {
+    let mut client = connect(server).await?;
+    let mut lines = Vec::new();
+    let mut missing = 0;
+    for digest in digests {
+        match client
+            .stat(pb::StatRequest {
+                digest: digest.to_string(),
+            })
+            .await
+        {
+            Ok(response) => {
+                let line = BlobLine::from_info(response.get_ref());
+                if !json {
+                    println!(
+                        "{}  {}  {:>10}  {}",
+                        line.sha256,
+                        line.blake3,
+                        line.size,
+                        line.created_at.as_deref().unwrap_or("")
+                    );
+                }
+                lines.push(line);
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                missing += 1;
+                eprintln!("{digest}: not in custody");
+            }
+            Err(status) => return Err(status_error(status).context(format!("stat {digest}"))),
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&lines)?);
+    }
+    Ok(if missing > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn missing(server: &ServerArg, digests: &[Digest], json: bool) -> anyhow::Result<ExitCode> {
+    let mut client = connect(server).await?;
+    let response = client
+        .find_missing(pb::FindMissingRequest {
+            digests: digests.iter().map(ToString::to_string).collect(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&response.missing_digests)?
+        );
+    } else {
+        for digest in &response.missing_digests {
+            println!("{digest}");
+        }
+    }
+    Ok(if response.missing_digests.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

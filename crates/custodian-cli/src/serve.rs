@@ -1,0 +1,135 @@
+//! `custodian serve`: the daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use custodian_server::{CasLimits, ServerConfig};
+use tracing_subscriber::EnvFilter;
+
+/// Options of `custodian serve`. Every flag has an environment variable.
+#[derive(Args)]
+#[command(long_about = "Run the Custodian daemon.\n\n\
+It serves the gRPC content store (custodian.cas.v1.ContentStore), gRPC health \
+(grpc.health.v1) and server reflection, so `grpcurl -plaintext 127.0.0.1:7311 list` works.\n\n\
+Storage is the embedded RocksDB under --data-dir unless --storage names an object store URL. \
+Once listening it prints `custodian listening on ADDRESS` on standard output. SIGTERM or \
+Ctrl-C stops it: new requests are refused, in-flight ones get --shutdown-grace to finish, and \
+unfinished uploads are discarded (also after a crash, at the next start).")]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port
+    #[arg(long, env = "CUSTODIAN_LISTEN", default_value = "127.0.0.1:7311")]
+    listen: SocketAddr,
+
+    /// Directory for the daemon's state (embedded store, object-store index)
+    #[arg(long, env = "CUSTODIAN_DATA_DIR", default_value = ".custodian")]
+    data_dir: PathBuf,
+
+    /// Blob storage: `rocksdb` (embedded) or an object store URL: file:///abs/path,
+    /// s3://bucket/prefix (credentials and endpoint from AWS_* variables), memory://
+    #[arg(long, env = "CUSTODIAN_STORAGE", default_value = "rocksdb")]
+    storage: String,
+
+    /// Object store option KEY=VALUE, e.g. aws_endpoint=http://127.0.0.1:9000 (repeatable)
+    #[arg(long = "storage-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    storage_options: Vec<(String, String)>,
+
+    /// Storage block size in bytes: the unit of storage and of read verification
+    #[arg(long, env = "CUSTODIAN_BLOCK_SIZE", default_value_t = 1 << 20)]
+    block_size: usize,
+
+    /// Most data bytes in one BatchPut or BatchGet call
+    #[arg(long, env = "CUSTODIAN_MAX_BATCH_BYTES", default_value_t = 4 << 20)]
+    max_batch_bytes: u64,
+
+    /// Largest gRPC message accepted, in bytes
+    #[arg(long, env = "CUSTODIAN_MAX_MESSAGE_BYTES", default_value_t = 8 << 20)]
+    max_message_bytes: usize,
+
+    /// How long in-flight requests may finish after SIGTERM or Ctrl-C (e.g. 30s, 2m)
+    #[arg(long, env = "CUSTODIAN_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+
+    /// Log filter (tracing's EnvFilter syntax), e.g. info or custodian_server=debug
+    #[arg(long, env = "CUSTODIAN_LOG", default_value = "info")]
+    log: String,
+
+    /// Log as JSON lines instead of text
+    #[arg(long, env = "CUSTODIAN_LOG_JSON")]
+    log_json: bool,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+/// Runs the daemon until a shutdown signal.
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let filter = EnvFilter::try_new(&args.log)
+        .with_context(|| format!("invalid --log filter {:?}", args.log))?;
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        subscriber.json().init();
+    } else {
+        subscriber.init();
+    }
+
+    let config = ServerConfig {
+        data_dir: args.data_dir.clone(),
+        storage: args.storage.clone(),
+        storage_options: args.storage_options,
+        block_size: args.block_size,
+        limits: CasLimits {
+            max_batch_total_size_bytes: args.max_batch_bytes,
+            max_message_size_bytes: args.max_message_bytes,
+        },
+        shutdown_grace: args.shutdown_grace,
+    };
+    let store = custodian_server::open_store(&config)
+        .await
+        .with_context(|| {
+            format!(
+                "opening storage {:?} in {}",
+                args.storage,
+                args.data_dir.display()
+            )
+        })?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(%address, storage = %args.storage, backend = store.backend_name(), data_dir = %args.data_dir.display(), "custodian listening");
+    println!("custodian listening on {address}");
+    custodian_server::serve(config, store, listener, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot watch SIGTERM; only Ctrl-C stops the daemon");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

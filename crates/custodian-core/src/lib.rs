@@ -1,0 +1,8 @@
+//! Custodian's pure core: the digests and formats an auditor needs to check Custodian's work.
+//!
+//! This crate does no I/O and pulls in no async runtime, RPC framework or database, so an
+//! offline verifier can be built from it alone.
+
+pub mod digest;
+
+pub use digest::{Algorithm, BlobDigests, BlobHasher, DIGEST_LEN, Digest, DigestError};

@@ -1,0 +1,299 @@
+//! `custodian.cas.v1.ContentStore`: blob custody over gRPC.
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use custodian_proto::cas::v1 as pb;
+use custodian_proto::cas::v1::content_store_server::ContentStore;
+use custodian_storage::{BlobMeta, BlobStore, ByteRange, Expectation, StorageError};
+use futures::{Stream, StreamExt, TryStreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::{parse_digest, parse_optional_digest, storage_status};
+
+/// The largest data payload of one streamed Get message.
+const GET_MESSAGE_BYTES: usize = 1 << 20;
+/// How many BatchPut items are committed concurrently, so that RocksDB can group their syncs.
+const BATCH_PUT_CONCURRENCY: usize = 64;
+
+/// Limits the content store enforces and advertises.
+#[derive(Clone, Copy, Debug)]
+pub struct CasLimits {
+    /// The most data bytes in one BatchPut or BatchGet call.
+    pub max_batch_total_size_bytes: u64,
+    /// The largest gRPC message accepted.
+    pub max_message_size_bytes: usize,
+}
+
+impl Default for CasLimits {
+    fn default() -> Self {
+        CasLimits {
+            max_batch_total_size_bytes: 4 << 20,
+            max_message_size_bytes: 8 << 20,
+        }
+    }
+}
+
+/// The ContentStore service over a [`BlobStore`].
+pub struct CasService {
+    store: BlobStore,
+    limits: CasLimits,
+}
+
+impl CasService {
+    /// A service over `store` with `limits`.
+    pub fn new(store: BlobStore, limits: CasLimits) -> Self {
+        CasService { store, limits }
+    }
+}
+
+/// The wire form of blob metadata.
+pub fn blob_info(meta: &BlobMeta) -> pb::BlobInfo {
+    let ms = meta.created_unix_ms;
+    pb::BlobInfo {
+        sha256: meta.digests.sha256.to_string(),
+        blake3: meta.digests.blake3.to_string(),
+        size: meta.size,
+        created_at: Some(prost_types::Timestamp {
+            seconds: (ms / 1000) as i64,
+            nanos: ((ms % 1000) * 1_000_000) as i32,
+        }),
+    }
+}
+
+fn item_error(status: &Status) -> pb::ItemError {
+    pb::ItemError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+    }
+}
+
+type GetStream = Pin<Box<dyn Stream<Item = Result<pb::GetResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ContentStore for CasService {
+    async fn get_capabilities(
+        &self,
+        _request: Request<pb::GetCapabilitiesRequest>,
+    ) -> Result<Response<pb::Capabilities>, Status> {
+        Ok(Response::new(pb::Capabilities {
+            max_batch_total_size_bytes: self.limits.max_batch_total_size_bytes,
+            max_message_size_bytes: self.limits.max_message_size_bytes as u64,
+            block_size_bytes: self.store.block_size() as u64,
+            digest_algorithms: vec!["sha256".into(), "blake3".into()],
+            backend: self.store.backend_name().into(),
+            server_version: env!("CARGO_PKG_VERSION").into(),
+        }))
+    }
+
+    async fn put(
+        &self,
+        request: Request<Streaming<pb::PutRequest>>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.message().await?.and_then(|m| m.message) {
+            Some(pb::put_request::Message::Header(header)) => header,
+            Some(pb::put_request::Message::Chunk(_)) => {
+                return Err(Status::invalid_argument(
+                    "the first Put message must be a header (field header), not a chunk",
+                ));
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "Put stream ended before its header: send a PutHeader first",
+                ));
+            }
+        };
+        let expect = Expectation {
+            digest: parse_optional_digest("header.expected_digest", &header.expected_digest)?,
+            size: header.expected_size,
+        };
+        let mut writer = self.store.begin_put(expect).await.map_err(storage_status)?;
+        // If the client disconnects, `message()` fails and the writer is dropped here: the
+        // upload is discarded and nothing becomes visible.
+        while let Some(message) = stream.message().await? {
+            match message.message {
+                Some(pb::put_request::Message::Chunk(chunk)) => {
+                    writer.write(chunk).await.map_err(storage_status)?;
+                }
+                Some(pb::put_request::Message::Header(_)) => {
+                    return Err(Status::invalid_argument(
+                        "a second Put header arrived after data: only the first message may be a header",
+                    ));
+                }
+                None => {}
+            }
+        }
+        let outcome = writer.commit().await.map_err(storage_status)?;
+        tracing::debug!(digest = %outcome.meta.sha256(), size = outcome.meta.size, already_present = outcome.already_present, "put");
+        Ok(Response::new(pb::PutResponse {
+            blob: Some(blob_info(&outcome.meta)),
+            already_present: outcome.already_present,
+        }))
+    }
+
+    type GetStream = GetStream;
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<Self::GetStream>, Status> {
+        let request = request.into_inner();
+        let digest = parse_digest("digest", &request.digest)?;
+        let range = ByteRange {
+            offset: request.offset,
+            limit: (request.limit != 0).then_some(request.limit),
+        };
+        let read = self
+            .store
+            .get(&digest, range)
+            .await
+            .map_err(storage_status)?;
+        let first = pb::GetResponse {
+            blob: Some(blob_info(&read.meta)),
+            data: Bytes::new(),
+        };
+        let data = read
+            .data
+            .map_ok(|block| {
+                // Blocks larger than one message are split without copying.
+                let pieces: Vec<Result<Bytes, StorageError>> = (0..block.len())
+                    .step_by(GET_MESSAGE_BYTES)
+                    .map(|at| Ok(block.slice(at..(at + GET_MESSAGE_BYTES).min(block.len()))))
+                    .collect();
+                futures::stream::iter(pieces)
+            })
+            .try_flatten()
+            .map(|piece| match piece {
+                Ok(data) => Ok(pb::GetResponse { blob: None, data }),
+                Err(err) => {
+                    tracing::error!(%err, "read failed");
+                    Err(storage_status(err))
+                }
+            });
+        let stream = futures::stream::once(async { Ok(first) }).chain(data);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn stat(
+        &self,
+        request: Request<pb::StatRequest>,
+    ) -> Result<Response<pb::BlobInfo>, Status> {
+        let digest = parse_digest("digest", &request.get_ref().digest)?;
+        match self.store.stat(&digest).await.map_err(storage_status)? {
+            Some(meta) => Ok(Response::new(blob_info(&meta))),
+            None => Err(storage_status(StorageError::NotFound { digest })),
+        }
+    }
+
+    async fn find_missing(
+        &self,
+        request: Request<pb::FindMissingRequest>,
+    ) -> Result<Response<pb::FindMissingResponse>, Status> {
+        let request = request.into_inner();
+        let digests = request
+            .digests
+            .iter()
+            .enumerate()
+            .map(|(i, d)| parse_digest(&format!("digests[{i}]"), d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let missing = self
+            .store
+            .find_missing(&digests)
+            .await
+            .map_err(storage_status)?;
+        Ok(Response::new(pb::FindMissingResponse {
+            missing_digests: missing.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    async fn batch_put(
+        &self,
+        request: Request<pb::BatchPutRequest>,
+    ) -> Result<Response<pb::BatchPutResponse>, Status> {
+        let items = request.into_inner().items;
+        let total: u64 = items.iter().map(|i| i.data.len() as u64).sum();
+        if total > self.limits.max_batch_total_size_bytes {
+            return Err(Status::invalid_argument(format!(
+                "BatchPut carries {total} data bytes, over max_batch_total_size_bytes = {}; use Put for large blobs",
+                self.limits.max_batch_total_size_bytes
+            )));
+        }
+        let store = &self.store;
+        let results = futures::stream::iter(items.into_iter().enumerate())
+            .map(|(i, item)| async move {
+                let expect = Expectation {
+                    digest: parse_optional_digest(
+                        &format!("items[{i}].expected_digest"),
+                        &item.expected_digest,
+                    )?,
+                    size: None,
+                };
+                store
+                    .put_bytes(expect, item.data)
+                    .await
+                    .map_err(storage_status)
+            })
+            .buffered(BATCH_PUT_CONCURRENCY)
+            .map(|result| match result {
+                Ok(outcome) => pb::BatchPutResult {
+                    blob: Some(blob_info(&outcome.meta)),
+                    already_present: outcome.already_present,
+                    error: None,
+                },
+                Err(status) => pb::BatchPutResult {
+                    blob: None,
+                    already_present: false,
+                    error: Some(item_error(&status)),
+                },
+            })
+            .collect()
+            .await;
+        Ok(Response::new(pb::BatchPutResponse { results }))
+    }
+
+    async fn batch_get(
+        &self,
+        request: Request<pb::BatchGetRequest>,
+    ) -> Result<Response<pb::BatchGetResponse>, Status> {
+        let mut budget = self.limits.max_batch_total_size_bytes;
+        let mut results = Vec::new();
+        for (i, text) in request.into_inner().digests.into_iter().enumerate() {
+            let result = async {
+                let digest = parse_digest(&format!("digests[{i}]"), &text)?;
+                let meta = self
+                    .store
+                    .stat(&digest)
+                    .await
+                    .map_err(storage_status)?
+                    .ok_or_else(|| storage_status(StorageError::NotFound { digest }))?;
+                if meta.size > budget {
+                    return Err(Status::resource_exhausted(format!(
+                        "{digest} is {} bytes, more than the {budget} bytes left of max_batch_total_size_bytes; fetch it with Get",
+                        meta.size
+                    )));
+                }
+                let read = self.store.get(&digest, ByteRange::ALL).await.map_err(storage_status)?;
+                let chunks: Vec<Bytes> = read.data.try_collect().await.map_err(storage_status)?;
+                budget -= meta.size;
+                Ok((meta, chunks.concat()))
+            }
+            .await;
+            results.push(match result {
+                Ok((meta, data)) => pb::BatchGetResult {
+                    digest: text,
+                    blob: Some(blob_info(&meta)),
+                    data: Bytes::from(data),
+                    error: None,
+                },
+                Err(status) => pb::BatchGetResult {
+                    digest: text,
+                    blob: None,
+                    data: Bytes::new(),
+                    error: Some(item_error(&status)),
+                },
+            });
+        }
+        Ok(Response::new(pb::BatchGetResponse { results }))
+    }
+}

@@ -1,0 +1,143 @@
+//! Custodian's gRPC server: the content store service, health and reflection, and the serve
+//! loop with graceful shutdown. This is the only crate that turns errors into `tonic::Status`.
+
+mod cas;
+mod error;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use custodian_object::{ObjectBackend, ObjectConfig};
+use custodian_proto::cas::v1::content_store_server::ContentStoreServer;
+use custodian_rocksdb::{RocksBackend, RocksConfig};
+use custodian_storage::{BlobStore, DEFAULT_BLOCK_SIZE};
+use tokio::net::TcpListener;
+
+pub use cas::{CasLimits, CasService, blob_info};
+pub use error::{ServerError, parse_digest, storage_status};
+
+/// The storage setting that selects the embedded RocksDB backend.
+pub const EMBEDDED_STORAGE: &str = "rocksdb";
+
+/// Everything the daemon needs to run.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where the daemon keeps its state (the RocksDB store, or the object backends' index).
+    pub data_dir: PathBuf,
+    /// `rocksdb` (embedded, the default) or an object store URL (`file:///path`, `s3://bucket/prefix`, `memory://`).
+    pub storage: String,
+    /// Extra object store options (`aws_endpoint=...`), overriding the environment.
+    pub storage_options: Vec<(String, String)>,
+    /// The block size for new blobs.
+    pub block_size: usize,
+    /// Content store limits.
+    pub limits: CasLimits,
+    /// How long in-flight requests may run after a shutdown signal before they are cut off.
+    pub shutdown_grace: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults: embedded RocksDB under `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            storage: EMBEDDED_STORAGE.into(),
+            storage_options: Vec::new(),
+            block_size: DEFAULT_BLOCK_SIZE,
+            limits: CasLimits::default(),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Opens the configured storage backend, recovering from any earlier crash.
+pub async fn open_store(config: &ServerConfig) -> Result<BlobStore, ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    if config.storage == EMBEDDED_STORAGE {
+        let path = config.data_dir.join("blobs");
+        let rocks_config = RocksConfig {
+            block_size: config.block_size,
+        };
+        let backend = tokio::task::spawn_blocking(move || RocksBackend::open(&path, rocks_config))
+            .await
+            .map_err(|e| ServerError::InvalidStorage {
+                value: config.storage.clone(),
+                reason: format!("open task failed: {e}"),
+            })??;
+        return Ok(BlobStore::new(Arc::new(backend)));
+    }
+    if !config.storage.contains("://") {
+        return Err(ServerError::InvalidStorage {
+            value: config.storage.clone(),
+            reason: "expected \"rocksdb\" or a URL such as file:///var/lib/custodian/objects or s3://bucket/prefix".into(),
+        });
+    }
+    let mut object =
+        ObjectConfig::new(config.storage.clone(), config.data_dir.join("object-index"));
+    object.block_size = config.block_size;
+    object.part_size = object.part_size.max(config.block_size);
+    object.options = config.storage_options.clone();
+    let backend = ObjectBackend::open(object).await?;
+    Ok(BlobStore::new(Arc::new(backend)))
+}
+
+/// Serves gRPC on `listener` until `shutdown` completes, then lets in-flight requests finish
+/// for up to the configured grace period. Uploads still running after that are discarded.
+pub async fn serve(
+    config: ServerConfig,
+    store: BlobStore,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let limits = config.limits;
+    let cas = ContentStoreServer::new(CasService::new(store, limits))
+        .max_decoding_message_size(limits.max_message_size_bytes)
+        .max_encoding_message_size(limits.max_message_size_bytes);
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<ContentStoreServer<CasService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(custodian_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut stop_server = stop_rx.clone();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        // Large windows let one stream move a big blob at loopback speed.
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(cas)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop_server.wait_for(|stop| *stop).await;
+            tracing::info!("shutting down: no new requests; waiting for in-flight ones");
+        });
+    let grace = config.shutdown_grace;
+    let deadline = async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => result?,
+        () = deadline => {
+            tracing::warn!(?grace, "grace period over; unfinished uploads are discarded");
+        }
+    }
+    Ok(())
+}

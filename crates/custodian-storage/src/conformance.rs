@@ -1,0 +1,468 @@
+//! The conformance suite: the promises every backend keeps, checked the same way for each.
+//!
+//! A backend's own tests call [`run`] with a [`Harness`] that opens (and reopens) the backend.
+//! Failures panic with a message that names the case, so they read well under `cargo test`.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use custodian_core::{Algorithm, BlobDigests, BlobHasher, Digest};
+use futures::StreamExt;
+
+use crate::{BlobStore, ByteRange, Expectation, StorageError};
+
+/// Opens the backend under test.
+#[async_trait]
+pub trait Harness: Sync {
+    /// Opens the store. Called again after the previous store was dropped, it must reopen the
+    /// same data, as a daemon restart would.
+    async fn open(&self) -> BlobStore;
+
+    /// Whether data survives a reopen (false for purely in-memory stores).
+    fn survives_restart(&self) -> bool {
+        true
+    }
+}
+
+/// How much the suite does.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// The size of the one large blob round-tripped through the store.
+    pub large_blob: u64,
+}
+
+impl Options {
+    /// The full suite: a 100 MiB large blob.
+    pub fn full() -> Self {
+        Options {
+            large_blob: 100 << 20,
+        }
+    }
+
+    /// A quicker suite for unit tests: a 3 MiB large blob.
+    pub fn quick() -> Self {
+        Options {
+            large_blob: 3 << 20,
+        }
+    }
+}
+
+/// Runs every conformance case against the backend `harness` opens.
+pub async fn run(harness: &dyn Harness, options: Options) {
+    let store = harness.open().await;
+    round_trip_at_block_boundaries(&store).await;
+    large_round_trip(&store, options.large_blob).await;
+    lookups_by_either_digest(&store).await;
+    dedup_keeps_the_first_copy(&store).await;
+    digest_mismatch_stores_nothing(&store).await;
+    size_mismatch_stores_nothing(&store).await;
+    abandoned_upload_leaves_nothing(&store).await;
+    concurrent_puts_of_one_blob(&store).await;
+    ranged_reads_at_every_boundary(&store).await;
+    unknown_digests(&store).await;
+    find_missing_reports_absent_in_order(&store).await;
+    delete_then_put_again(&store).await;
+    assert_no_pending(&store, "after the single-session cases").await;
+    if harness.survives_restart() {
+        restart_keeps_commits_and_cleans_leftovers(harness, store).await;
+    }
+}
+
+/// Deterministic bytes that do not compress: an xorshift stream seeded per blob.
+pub fn pattern(seed: u64, len: usize) -> Bytes {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    Bytes::from(out)
+}
+
+async fn put(store: &BlobStore, data: &Bytes) -> crate::PutOutcome {
+    store
+        .put_bytes(Expectation::default(), data.clone())
+        .await
+        .unwrap_or_else(|e| panic!("put of {} bytes failed: {e}", data.len()))
+}
+
+async fn read_all(store: &BlobStore, digest: &Digest, range: ByteRange) -> Vec<u8> {
+    let read = store
+        .get(digest, range)
+        .await
+        .unwrap_or_else(|e| panic!("get {digest} {range:?} failed: {e}"));
+    let mut out = Vec::new();
+    let mut data = read.data;
+    while let Some(chunk) = data.next().await {
+        out.extend_from_slice(&chunk.unwrap_or_else(|e| panic!("get {digest} stream: {e}")));
+    }
+    out
+}
+
+async fn assert_absent(store: &BlobStore, digest: &Digest, case: &str) {
+    let stat = store.stat(digest).await.expect("stat");
+    assert!(
+        stat.is_none(),
+        "{case}: {digest} is visible but must not be"
+    );
+}
+
+async fn assert_no_pending(store: &BlobStore, case: &str) {
+    let pending = store.pending_uploads().await.expect("pending_uploads");
+    assert_eq!(pending, 0, "{case}: {pending} uploads left pending");
+}
+
+async fn round_trip_at_block_boundaries(store: &BlobStore) {
+    let bs = store.block_size();
+    for (i, size) in [0, 1, bs - 1, bs, bs + 1, 2 * bs + 3]
+        .into_iter()
+        .enumerate()
+    {
+        let data = pattern(100 + i as u64, size);
+        let outcome = put(store, &data).await;
+        let expected = BlobDigests::of(&data);
+        assert_eq!(
+            outcome.meta.digests, expected,
+            "digests of a {size}-byte blob"
+        );
+        assert_eq!(outcome.meta.size, size as u64, "size of a {size}-byte blob");
+        let back = read_all(store, &expected.sha256, ByteRange::ALL).await;
+        assert!(
+            back == data,
+            "{size}-byte blob did not round-trip bit-exactly"
+        );
+    }
+}
+
+async fn large_round_trip(store: &BlobStore, size: u64) {
+    // Written in uneven pieces so blocks never align with writes; hashed on both sides rather
+    // than held twice in memory.
+    let piece = 64 * 1024 + 13;
+    let mut writer = store
+        .begin_put(Expectation::default())
+        .await
+        .expect("begin");
+    let mut hasher = BlobHasher::new();
+    let mut written = 0u64;
+    let mut seed = 7_000;
+    while written < size {
+        let len = (size - written).min(piece as u64) as usize;
+        let data = pattern(seed, len);
+        seed += 1;
+        hasher.update(&data);
+        writer.write(data).await.expect("write large");
+        written += len as u64;
+    }
+    let expected = hasher.finalize();
+    let outcome = writer.commit().await.expect("commit large");
+    assert_eq!(outcome.meta.digests, expected, "large blob digests");
+    let read = store
+        .get(&expected.blake3, ByteRange::ALL)
+        .await
+        .expect("get large");
+    let mut data = read.data;
+    let mut back = BlobHasher::new();
+    while let Some(chunk) = data.next().await {
+        back.update(&chunk.expect("large read"));
+    }
+    assert_eq!(back.len(), size, "large blob length read back");
+    assert_eq!(
+        back.finalize(),
+        expected,
+        "large blob did not round-trip bit-exactly"
+    );
+}
+
+async fn lookups_by_either_digest(store: &BlobStore) {
+    let data = pattern(1, 5000);
+    let outcome = put(store, &data).await;
+    for digest in [outcome.meta.digests.sha256, outcome.meta.digests.blake3] {
+        let meta = store
+            .stat(&digest)
+            .await
+            .expect("stat")
+            .expect("stat finds the blob");
+        assert_eq!(meta, outcome.meta, "stat by {}", digest.algorithm());
+        assert!(
+            read_all(store, &digest, ByteRange::ALL).await == data,
+            "get by {digest}"
+        );
+    }
+}
+
+async fn dedup_keeps_the_first_copy(store: &BlobStore) {
+    let data = pattern(2, 3 * store.block_size() + 1);
+    let first = put(store, &data).await;
+    let second = store
+        .put_bytes(
+            Expectation {
+                digest: Some(first.meta.digests.sha256),
+                size: Some(data.len() as u64),
+            },
+            data.clone(),
+        )
+        .await
+        .expect("second put");
+    assert!(!first.already_present || second.already_present);
+    assert!(
+        second.already_present,
+        "second put of the same bytes is not reported present"
+    );
+    assert_eq!(
+        second.meta, first.meta,
+        "second put must report the original metadata"
+    );
+}
+
+async fn digest_mismatch_stores_nothing(store: &BlobStore) {
+    let data = pattern(3, 2 * store.block_size() + 10);
+    let actual = BlobDigests::of(&data);
+    for algorithm in Algorithm::ALL {
+        let wrong = Digest::of(algorithm, b"something else");
+        let err = store
+            .put_bytes(
+                Expectation {
+                    digest: Some(wrong),
+                    size: None,
+                },
+                data.clone(),
+            )
+            .await
+            .expect_err("a wrong expected digest must be refused");
+        match err {
+            StorageError::DigestMismatch {
+                expected,
+                actual: got,
+            } => {
+                assert_eq!(expected, wrong, "mismatch error names the expected digest");
+                assert_eq!(
+                    got,
+                    actual.get(algorithm),
+                    "mismatch error names the actual digest"
+                );
+            }
+            other => panic!("wrong expected {algorithm} digest gave {other:?}"),
+        }
+        assert_absent(store, &wrong, "digest mismatch").await;
+        assert_absent(store, &actual.sha256, "digest mismatch").await;
+        assert_absent(store, &actual.blake3, "digest mismatch").await;
+    }
+    assert_no_pending(store, "digest mismatch").await;
+}
+
+async fn size_mismatch_stores_nothing(store: &BlobStore) {
+    let data = pattern(4, store.block_size() + 10);
+    let actual = BlobDigests::of(&data);
+    let len = data.len() as u64;
+    for declared in [len - 1, len + 1, 0] {
+        let err = store
+            .put_bytes(
+                Expectation {
+                    digest: None,
+                    size: Some(declared),
+                },
+                data.clone(),
+            )
+            .await
+            .expect_err("a wrong expected size must be refused");
+        match err {
+            StorageError::SizeMismatch { expected, .. } => {
+                assert_eq!(expected, declared, "size mismatch names the declared size");
+            }
+            other => panic!("declared size {declared} for {len} bytes gave {other:?}"),
+        }
+        assert_absent(store, &actual.sha256, "size mismatch").await;
+    }
+    assert_no_pending(store, "size mismatch").await;
+}
+
+async fn abandoned_upload_leaves_nothing(store: &BlobStore) {
+    let bs = store.block_size();
+    let data = pattern(5, 3 * bs);
+    let digests = BlobDigests::of(&data);
+
+    let mut writer = store
+        .begin_put(Expectation::default())
+        .await
+        .expect("begin");
+    writer.write(data.slice(..2 * bs + 5)).await.expect("write");
+    writer.abort().await.expect("abort");
+    assert_absent(store, &digests.sha256, "explicit abort").await;
+
+    // A client that disconnects mid-upload: the writer is simply dropped.
+    let mut writer = store
+        .begin_put(Expectation::default())
+        .await
+        .expect("begin");
+    writer.write(data.slice(..bs + 7)).await.expect("write");
+    drop(writer);
+    // Backends may clean up a dropped upload in the background; give them a moment.
+    for _ in 0..100 {
+        if store.pending_uploads().await.expect("pending") == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_absent(store, &digests.sha256, "dropped upload").await;
+    assert_no_pending(store, "dropped upload").await;
+}
+
+async fn concurrent_puts_of_one_blob(store: &BlobStore) {
+    let bs = store.block_size();
+    let data = pattern(6, 4 * bs + 99);
+    let tasks: Vec<_> = (0..2)
+        .map(|_| {
+            let store = store.clone();
+            let data = data.clone();
+            tokio::spawn(async move {
+                let mut writer = store.begin_put(Expectation::default()).await?;
+                for piece in data.chunks(bs / 2 + 1) {
+                    writer.write(Bytes::copy_from_slice(piece)).await?;
+                    tokio::task::yield_now().await;
+                }
+                writer.commit().await
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.expect("join").expect("concurrent put"));
+    }
+    let fresh = outcomes.iter().filter(|o| !o.already_present).count();
+    assert_eq!(
+        fresh, 1,
+        "exactly one of two concurrent puts stores the blob"
+    );
+    assert_eq!(
+        outcomes[0].meta, outcomes[1].meta,
+        "both puts report the same blob"
+    );
+    assert_no_pending(store, "concurrent puts").await;
+    assert!(read_all(store, &outcomes[0].meta.sha256(), ByteRange::ALL).await == data);
+}
+
+async fn ranged_reads_at_every_boundary(store: &BlobStore) {
+    let bs = store.block_size() as u64;
+    let size = 3 * bs + 5;
+    let data = pattern(8, size as usize);
+    let digest = put(store, &data).await.meta.sha256();
+    let offsets = [0, 1, bs - 1, bs, bs + 1, 2 * bs, 3 * bs, size - 1, size];
+    let limits = [
+        None,
+        Some(0),
+        Some(1),
+        Some(bs - 1),
+        Some(bs),
+        Some(bs + 1),
+        Some(size + 100),
+    ];
+    for offset in offsets {
+        for limit in limits {
+            let range = ByteRange { offset, limit };
+            let end = limit.map_or(size, |l| (offset + l).min(size));
+            let got = read_all(store, &digest, range).await;
+            assert!(
+                got[..] == data[offset as usize..end as usize],
+                "range {range:?} of a {size}-byte blob returned wrong bytes ({} bytes)",
+                got.len()
+            );
+        }
+    }
+    match store
+        .get(
+            &digest,
+            ByteRange {
+                offset: size + 1,
+                limit: None,
+            },
+        )
+        .await
+    {
+        Err(StorageError::OutOfRange {
+            offset, size: s, ..
+        }) => {
+            assert_eq!(
+                (offset, s),
+                (size + 1, size),
+                "out-of-range error names offset and size"
+            );
+        }
+        Err(other) => panic!("offset past the end gave {other:?}"),
+        Ok(_) => panic!("offset past the end was accepted"),
+    }
+}
+
+async fn unknown_digests(store: &BlobStore) {
+    for algorithm in Algorithm::ALL {
+        let unknown = Digest::of(algorithm, b"never stored anywhere");
+        assert_absent(store, &unknown, "unknown digest").await;
+        match store.get(&unknown, ByteRange::ALL).await {
+            Err(StorageError::NotFound { digest }) => assert_eq!(digest, unknown),
+            Err(other) => panic!("get of an unknown digest gave {other:?}"),
+            Ok(_) => panic!("get of an unknown digest succeeded"),
+        }
+    }
+}
+
+async fn find_missing_reports_absent_in_order(store: &BlobStore) {
+    let present = put(store, &pattern(9, 10)).await.meta.digests;
+    let absent_a = Digest::of(Algorithm::Sha256, b"absent a");
+    let absent_b = Digest::of(Algorithm::Blake3, b"absent b");
+    let query = [absent_a, present.sha256, absent_b, present.blake3];
+    let missing = store.find_missing(&query).await.expect("find_missing");
+    assert_eq!(missing, vec![absent_a, absent_b], "find_missing result");
+    assert!(store.find_missing(&[]).await.expect("empty").is_empty());
+}
+
+async fn delete_then_put_again(store: &BlobStore) {
+    let data = pattern(10, 2 * store.block_size() + 1);
+    let meta = put(store, &data).await.meta;
+    assert!(
+        store.delete(&meta.digests.blake3).await.expect("delete"),
+        "delete finds the blob"
+    );
+    assert_absent(store, &meta.sha256(), "after delete").await;
+    assert_absent(store, &meta.digests.blake3, "after delete").await;
+    assert!(
+        !store.delete(&meta.sha256()).await.expect("delete again"),
+        "second delete"
+    );
+    let again = put(store, &data).await;
+    assert!(
+        !again.already_present,
+        "a deleted blob put again is stored afresh"
+    );
+    assert!(read_all(store, &meta.sha256(), ByteRange::ALL).await == data);
+}
+
+async fn restart_keeps_commits_and_cleans_leftovers(harness: &dyn Harness, store: BlobStore) {
+    let bs = store.block_size();
+    let kept = pattern(11, 2 * bs + 17);
+    let kept_meta = put(&store, &kept).await.meta;
+    let lost = pattern(12, 3 * bs);
+    let mut writer = store
+        .begin_put(Expectation::default())
+        .await
+        .expect("begin");
+    writer.write(lost.slice(..2 * bs + 1)).await.expect("write");
+    writer.abandon_for_crash_test();
+    drop(store);
+
+    let store = harness.open().await;
+    assert_no_pending(&store, "after a restart with an abandoned upload").await;
+    assert_absent(
+        &store,
+        &BlobDigests::of(&lost).sha256,
+        "abandoned before restart",
+    )
+    .await;
+    let meta = store
+        .stat(&kept_meta.sha256())
+        .await
+        .expect("stat")
+        .expect("kept blob");
+    assert_eq!(meta, kept_meta, "metadata survives a restart");
+    assert!(read_all(&store, &kept_meta.sha256(), ByteRange::ALL).await == kept);
+}

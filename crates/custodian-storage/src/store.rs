@@ -1,0 +1,416 @@
+//! The backend traits and the verifying front ([`BlobStore`]) every caller goes through.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use custodian_core::{BlobHasher, Digest};
+use futures::stream::{BoxStream, StreamExt};
+
+use crate::{BlobMeta, Result, StorageError};
+
+/// A stream of stored blocks, in order.
+pub type BlockStream = BoxStream<'static, Result<Bytes>>;
+
+/// What a client claims about a blob it is about to upload. Both parts are optional; whatever is
+/// given is enforced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Expectation {
+    /// The digest the bytes must hash to (either algorithm).
+    pub digest: Option<Digest>,
+    /// The exact number of bytes that will follow.
+    pub size: Option<u64>,
+}
+
+/// The result of a committed put.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// The stored blob's metadata (for an existing blob, the original metadata).
+    pub meta: BlobMeta,
+    /// Whether the blob was already in custody; if so, no second copy was kept.
+    pub already_present: bool,
+}
+
+/// A byte range of a blob: `offset` and at most `limit` bytes (`None`: to the end).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ByteRange {
+    /// The first byte to return.
+    pub offset: u64,
+    /// The most bytes to return; `None` reads to the end.
+    pub limit: Option<u64>,
+}
+
+impl ByteRange {
+    /// The whole blob.
+    pub const ALL: ByteRange = ByteRange {
+        offset: 0,
+        limit: None,
+    };
+}
+
+/// Where a backend puts the blocks of one upload until it is committed or aborted.
+///
+/// A sink that is dropped without `commit` or `abort` must clean up after itself: an upload
+/// whose client went away leaves nothing behind.
+#[async_trait]
+pub trait BlockSink: Send {
+    /// Stores block `index`. Every block is exactly the backend's block size except the last.
+    async fn write_block(&mut self, index: u64, block: Bytes) -> Result<()>;
+
+    /// Makes the verified blob visible under both of its digests, atomically and durably, unless
+    /// a blob with the same SHA-256 is already committed. Returns the committed metadata and
+    /// whether it was already present; in that case this upload's blocks are discarded.
+    async fn commit(self: Box<Self>, meta: BlobMeta) -> Result<(BlobMeta, bool)>;
+
+    /// Discards every block written so far.
+    async fn abort(self: Box<Self>) -> Result<()>;
+
+    /// Forgets this upload without cleaning up, as a crash would; for crash tests only. Recovery
+    /// of the leftovers must then happen when the backend is next opened.
+    #[doc(hidden)]
+    fn abandon_for_crash_test(self: Box<Self>);
+}
+
+/// What a storage backend provides. Backends store and fetch; [`BlobStore`] verifies.
+#[async_trait]
+pub trait BlobBackend: Send + Sync + 'static {
+    /// A short name for errors and logs, e.g. `rocksdb`, `file`, `s3`, `memory`.
+    fn name(&self) -> &'static str;
+
+    /// The block size new blobs are written with.
+    fn block_size(&self) -> usize;
+
+    /// The metadata of the committed blob with this digest (either algorithm), if any.
+    async fn lookup(&self, digest: &Digest) -> Result<Option<BlobMeta>>;
+
+    /// Looks up many digests at once; backends with a batched index override this.
+    async fn lookup_many(&self, digests: &[Digest]) -> Result<Vec<Option<BlobMeta>>> {
+        let mut out = Vec::with_capacity(digests.len());
+        for digest in digests {
+            out.push(self.lookup(digest).await?);
+        }
+        Ok(out)
+    }
+
+    /// Starts an upload. `expect` lets a backend write straight to the final location when the
+    /// SHA-256 is known in advance.
+    async fn begin(&self, expect: &Expectation) -> Result<Box<dyn BlockSink>>;
+
+    /// Streams blocks `first..end` of a committed blob, unverified; [`BlobStore`] checks them.
+    async fn read_blocks(&self, meta: &BlobMeta, first: u64, end: u64) -> Result<BlockStream>;
+
+    /// Removes a committed blob; returns whether it existed.
+    async fn delete(&self, sha256: &Digest) -> Result<bool>;
+
+    /// How many uploads are in flight or were left behind by a crash and not yet cleaned.
+    async fn pending_uploads(&self) -> Result<u64>;
+}
+
+/// A blob read: the blob's metadata and a stream of the verified bytes of the requested range.
+pub struct BlobRead {
+    /// The blob's metadata.
+    pub meta: BlobMeta,
+    /// The requested bytes, in order, each block checked against its stored CRC32C first.
+    pub data: BoxStream<'static, Result<Bytes>>,
+}
+
+/// The verifying front of a backend: the only way Custodian reads or writes blobs.
+#[derive(Clone)]
+pub struct BlobStore {
+    backend: Arc<dyn BlobBackend>,
+}
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobStore")
+            .field("backend", &self.backend.name())
+            .finish()
+    }
+}
+
+impl BlobStore {
+    /// Wraps a backend.
+    pub fn new(backend: Arc<dyn BlobBackend>) -> Self {
+        BlobStore { backend }
+    }
+
+    /// The backend's name.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// The backend's block size.
+    pub fn block_size(&self) -> usize {
+        self.backend.block_size()
+    }
+
+    /// Starts a verified upload.
+    pub async fn begin_put(&self, expect: Expectation) -> Result<BlobWriter> {
+        let sink = self.backend.begin(&expect).await?;
+        Ok(BlobWriter {
+            expect,
+            hasher: BlobHasher::new(),
+            pending: BytesMut::new(),
+            block_size: self.backend.block_size(),
+            next_block: 0,
+            crcs: Vec::new(),
+            sink: Some(sink),
+        })
+    }
+
+    /// Uploads one in-memory blob.
+    pub async fn put_bytes(&self, expect: Expectation, data: Bytes) -> Result<PutOutcome> {
+        let mut writer = self.begin_put(expect).await?;
+        writer.write(data).await?;
+        writer.commit().await
+    }
+
+    /// The metadata of a blob, if it is in custody.
+    pub async fn stat(&self, digest: &Digest) -> Result<Option<BlobMeta>> {
+        self.backend.lookup(digest).await
+    }
+
+    /// The digests among `digests` that are not in custody, in the order given.
+    pub async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let found = self.backend.lookup_many(digests).await?;
+        Ok(digests
+            .iter()
+            .zip(found)
+            .filter(|(_, meta)| meta.is_none())
+            .map(|(digest, _)| *digest)
+            .collect())
+    }
+
+    /// Removes a blob (by either digest); returns whether it existed.
+    pub async fn delete(&self, digest: &Digest) -> Result<bool> {
+        match self.backend.lookup(digest).await? {
+            Some(meta) => self.backend.delete(&meta.sha256()).await,
+            None => Ok(false),
+        }
+    }
+
+    /// How many uploads are in flight or left over from a crash.
+    pub async fn pending_uploads(&self) -> Result<u64> {
+        self.backend.pending_uploads().await
+    }
+
+    /// Reads `range` of a blob. Each stored block is checked against its CRC32C before any of
+    /// its bytes are yielded; a mismatch ends the stream with [`StorageError::Corrupt`].
+    pub async fn get(&self, digest: &Digest, range: ByteRange) -> Result<BlobRead> {
+        let meta = self
+            .backend
+            .lookup(digest)
+            .await?
+            .ok_or(StorageError::NotFound { digest: *digest })?;
+        if range.offset > meta.size {
+            return Err(StorageError::OutOfRange {
+                digest: *digest,
+                offset: range.offset,
+                size: meta.size,
+            });
+        }
+        let available = meta.size - range.offset;
+        let len = range.limit.map_or(available, |limit| limit.min(available));
+        if len == 0 {
+            return Ok(BlobRead {
+                meta,
+                data: futures::stream::empty().boxed(),
+            });
+        }
+        let block_size = u64::from(meta.block_size);
+        let first = range.offset / block_size;
+        let end = (range.offset + len).div_ceil(block_size);
+        let blocks = self.backend.read_blocks(&meta, first, end).await?;
+        let data = verify_blocks(meta.clone(), blocks, first, range.offset, len);
+        Ok(BlobRead { meta, data })
+    }
+}
+
+/// Checks each block against the stored CRC32C and trims the first and last to the range.
+fn verify_blocks(
+    meta: BlobMeta,
+    blocks: BlockStream,
+    first: u64,
+    offset: u64,
+    len: u64,
+) -> BoxStream<'static, Result<Bytes>> {
+    let block_size = u64::from(meta.block_size);
+    let end_byte = offset + len;
+    blocks
+        .enumerate()
+        .map(move |(i, block)| {
+            let index = first + i as u64;
+            let block = block?;
+            let corrupt = |detail: String| StorageError::Corrupt {
+                digest: meta.sha256(),
+                detail,
+            };
+            let Some(expected_crc) = meta.block_crcs.get(index as usize) else {
+                return Err(corrupt(format!(
+                    "backend returned block {index} past the end"
+                )));
+            };
+            if block.len() as u64 != meta.block_len(index) {
+                return Err(corrupt(format!(
+                    "block {index} is {} bytes, expected {}",
+                    block.len(),
+                    meta.block_len(index)
+                )));
+            }
+            let crc = crc32c::crc32c(&block);
+            if crc != *expected_crc {
+                return Err(corrupt(format!(
+                    "block {index} checksum is {crc:08x}, expected {expected_crc:08x}"
+                )));
+            }
+            let start = index * block_size;
+            let lo = offset.saturating_sub(start) as usize;
+            let hi = (end_byte - start).min(block.len() as u64) as usize;
+            Ok(block.slice(lo..hi))
+        })
+        .boxed()
+}
+
+/// One verified upload in progress: hashes every byte as it arrives, stores full blocks as they
+/// fill, and commits only when the bytes match what the client declared.
+///
+/// Dropping a writer without committing discards the upload.
+pub struct BlobWriter {
+    expect: Expectation,
+    hasher: BlobHasher,
+    pending: BytesMut,
+    block_size: usize,
+    next_block: u64,
+    crcs: Vec<u32>,
+    sink: Option<Box<dyn BlockSink>>,
+}
+
+impl BlobWriter {
+    /// How many bytes have been received so far.
+    pub fn received(&self) -> u64 {
+        self.hasher.len()
+    }
+
+    /// Appends the next bytes of the blob.
+    ///
+    /// Fails at once, and discards the upload, if the bytes exceed the declared size.
+    pub async fn write(&mut self, mut data: Bytes) -> Result<()> {
+        if let Some(expected) = self.expect.size {
+            let actual = self.hasher.len() + data.len() as u64;
+            if actual > expected {
+                self.abort_quietly().await;
+                return Err(StorageError::SizeMismatch { expected, actual });
+            }
+        }
+        self.hasher.update(&data);
+        // Whole blocks that arrive aligned are passed on without copying.
+        while !data.is_empty() {
+            if self.pending.is_empty() && data.len() >= self.block_size {
+                let block = data.split_to(self.block_size);
+                self.store_block(block).await?;
+                continue;
+            }
+            let take = (self.block_size - self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data.split_to(take));
+            if self.pending.len() == self.block_size {
+                let block = self.pending.split().freeze();
+                self.store_block(block).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn store_block(&mut self, block: Bytes) -> Result<()> {
+        self.crcs.push(crc32c::crc32c(&block));
+        let index = self.next_block;
+        self.next_block += 1;
+        let sink = self.sink_mut()?;
+        if let Err(err) = sink.write_block(index, block).await {
+            self.abort_quietly().await;
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    fn sink_mut(&mut self) -> Result<&mut Box<dyn BlockSink>> {
+        self.sink
+            .as_mut()
+            .ok_or_else(|| StorageError::Aborted("the upload was already aborted".into()))
+    }
+
+    async fn abort_quietly(&mut self) {
+        if let Some(sink) = self.sink.take() {
+            // The caller reports the original error; a failed cleanup is retried on next open.
+            let _ = sink.abort().await;
+        }
+    }
+
+    /// Verifies the received bytes against the expectation and commits them.
+    ///
+    /// On any mismatch the upload is discarded and nothing becomes visible.
+    pub async fn commit(mut self) -> Result<PutOutcome> {
+        if !self.pending.is_empty() {
+            let block = self.pending.split().freeze();
+            self.store_block(block).await?;
+        }
+        let size = self.hasher.len();
+        let digests = std::mem::take(&mut self.hasher).finalize();
+        let mismatch = match (self.expect.size, self.expect.digest) {
+            (Some(expected), _) if expected != size => Some(StorageError::SizeMismatch {
+                expected,
+                actual: size,
+            }),
+            (_, Some(expected)) if !digests.matches(&expected) => {
+                Some(StorageError::DigestMismatch {
+                    expected,
+                    actual: digests.get(expected.algorithm()),
+                })
+            }
+            _ => None,
+        };
+        if let Some(err) = mismatch {
+            self.abort_quietly().await;
+            return Err(err);
+        }
+        let meta = BlobMeta {
+            digests,
+            size,
+            created_unix_ms: now_unix_ms(),
+            block_size: self.block_size as u32,
+            block_crcs: std::mem::take(&mut self.crcs),
+        };
+        let sink = self
+            .sink
+            .take()
+            .ok_or_else(|| StorageError::Aborted("the upload was already aborted".into()))?;
+        let (meta, already_present) = sink.commit(meta).await?;
+        Ok(PutOutcome {
+            meta,
+            already_present,
+        })
+    }
+
+    /// Discards the upload.
+    pub async fn abort(mut self) -> Result<()> {
+        match self.sink.take() {
+            Some(sink) => sink.abort().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Leaves the upload's partial data behind as a crash would; for crash-recovery tests.
+    #[doc(hidden)]
+    pub fn abandon_for_crash_test(mut self) {
+        if let Some(sink) = self.sink.take() {
+            sink.abandon_for_crash_test();
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub(crate) fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

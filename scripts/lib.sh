@@ -1,0 +1,50 @@
+# Shared set-up for scripts/serve and scripts/test. Sourced, not run.
+#
+# Both commands build with the same profile (release) and the same unit graph (`cargo test
+# --no-run` builds what `cargo test` runs), so RocksDB's C++ is compiled once per machine.
+
+set -euo pipefail
+
+# The target directory lives outside the clone so every clone on a machine (a developer's
+# checkout, CI's fresh clone) reuses the same compiled RocksDB.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/custodian/target}"
+CUSTODIAN_CACHE="${CUSTODIAN_CACHE:-$HOME/.cache/custodian}"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# System packages: libclang for bindgen (RocksDB's bindings), a C++ compiler, and ccache so
+# that a change in Cargo's fingerprint of librocksdb-sys costs a cache lookup, not a rebuild.
+ensure_system_packages() {
+  local missing=()
+  for pkg in libclang-dev g++ ccache; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing system packages: ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  export CC="ccache cc" CXX="ccache c++"
+  export CCACHE_DIR="${CCACHE_DIR:-$CUSTODIAN_CACHE/ccache}"
+  export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
+}
+
+# The S3-compatible test server (moto), in a virtual environment of its own.
+ensure_moto() {
+  local venv="$CUSTODIAN_CACHE/venv"
+  if [ ! -x "$venv/bin/moto_server" ]; then
+    say "installing the S3 test server (moto) into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
+  fi
+  export CUSTODIAN_MOTO_SERVER="$venv/bin/moto_server"
+}
+
+build_all() {
+  say "building (release; the first build compiles RocksDB and takes about 25 minutes on 2 cores)"
+  cargo test --release --workspace --no-run --quiet
+}

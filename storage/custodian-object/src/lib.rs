@@ -1,0 +1,606 @@
+//! Custodian blob custody on any `object_store` backend: `file://`, `memory://`, `s3://`, and
+//! `gs://` / `az://` behind the `gcp` / `azure` features.
+//!
+//! Objects are keyed by digest, `<prefix>/blobs/sha256/ab/cd/<hex>`, and hold the blob's bytes
+//! as they are. The metadata index (sizes, both digests, block checksums, pending uploads) stays
+//! in a local RocksDB ([`custodian_rocksdb::RocksIndex`]), so a blob is visible exactly when its
+//! index entry is committed, whatever the object store's own consistency.
+//!
+//! Write path of one upload:
+//! 1. A pending record naming the upload's object key is written to the index and synced.
+//! 2. Bytes go up as a multipart upload. When the client declared a SHA-256, straight to the
+//!    final key; otherwise to `<prefix>/staging/<upload id>`.
+//! 3. Only if the digest matched is the multipart upload completed (otherwise it is aborted, so
+//!    no object ever appears); a staged object is then renamed to its final key.
+//! 4. One synced index batch adds the metadata and removes the pending record.
+//!
+//! On `file://` the local store is opened with fsync enabled, so step 3 is durable before
+//! step 4 runs. After a crash, [`ObjectBackend::open`] removes the objects that pending records
+//! name (unless a committed blob owns the key). An S3 multipart upload that a crash interrupts
+//! is invisible but may hold storage until the bucket's `AbortIncompleteMultipartUpload`
+//! lifecycle rule removes it.
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use custodian_core::{Algorithm, Digest};
+use custodian_rocksdb::RocksIndex;
+use custodian_rocksdb::WriteBatch;
+use custodian_storage::{
+    BlobBackend, BlobMeta, BlockSink, BlockStream, DEFAULT_BLOCK_SIZE, Expectation, Result,
+    StorageError,
+};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
+
+/// Settings of an object-store backend.
+#[derive(Clone, Debug)]
+pub struct ObjectConfig {
+    /// Where blobs live: `file:///abs/path`, `memory://`, `s3://bucket/prefix`, ...
+    pub url: String,
+    /// The directory of the local metadata index.
+    pub index_dir: PathBuf,
+    /// The block size for read verification.
+    pub block_size: usize,
+    /// The multipart part size (at least 5 MiB for S3).
+    pub part_size: usize,
+    /// Backend options as `object_store` names them (for S3: `aws_endpoint`,
+    /// `aws_allow_http`, `aws_access_key_id`, ...); they override the environment.
+    pub options: Vec<(String, String)>,
+}
+
+impl ObjectConfig {
+    /// Defaults for `url` with the index in `index_dir`.
+    pub fn new(url: impl Into<String>, index_dir: impl Into<PathBuf>) -> Self {
+        ObjectConfig {
+            url: url.into(),
+            index_dir: index_dir.into(),
+            block_size: DEFAULT_BLOCK_SIZE,
+            part_size: 8 << 20,
+            options: Vec::new(),
+        }
+    }
+}
+
+/// How many multipart parts may be in flight per upload.
+const PART_CONCURRENCY: usize = 2;
+
+/// Blob custody in an object store, indexed in local RocksDB.
+pub struct ObjectBackend {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    index: Arc<RocksIndex>,
+    name: &'static str,
+    block_size: usize,
+    part_size: usize,
+}
+
+/// Builds the object store for a URL; cloud credentials come from the standard environment
+/// variables (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...).
+fn build_store(
+    url: &str,
+    options: &[(String, String)],
+) -> Result<(Arc<dyn ObjectStore>, Path, &'static str)> {
+    let err = |backend: &'static str, e: &dyn std::fmt::Display| {
+        StorageError::backend(backend, format!("cannot open {url}: {e}"))
+    };
+    let parsed = url::Url::parse(url).map_err(|e| err("object", &e))?;
+    let prefix = Path::from_url_path(parsed.path()).map_err(|e| err("object", &e))?;
+    match parsed.scheme() {
+        "file" => {
+            let root = parsed
+                .to_file_path()
+                .map_err(|()| err("file", &"not an absolute local path"))?;
+            std::fs::create_dir_all(&root).map_err(|e| err("file", &e))?;
+            let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
+                .map_err(|e| err("file", &e))?
+                .with_fsync(true)
+                .with_automatic_cleanup(true);
+            Ok((Arc::new(store), Path::default(), "file"))
+        }
+        "memory" => Ok((
+            Arc::new(object_store::memory::InMemory::new()),
+            prefix,
+            "memory",
+        )),
+        "s3" | "s3a" => {
+            let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url);
+            for (key, value) in options {
+                let key = key.parse().map_err(|e| err("s3", &e))?;
+                builder = builder.with_config(key, value);
+            }
+            let store = builder.build().map_err(|e| err("s3", &e))?;
+            Ok((Arc::new(store), prefix, "s3"))
+        }
+        #[cfg(feature = "gcp")]
+        "gs" => {
+            let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(url)
+                .build()
+                .map_err(|e| err("gcs", &e))?;
+            Ok((Arc::new(store), prefix, "gcs"))
+        }
+        #[cfg(feature = "azure")]
+        "az" | "azure" | "abfs" | "abfss" => {
+            let store = object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(url)
+                .build()
+                .map_err(|e| err("azure", &e))?;
+            Ok((Arc::new(store), prefix, "azure"))
+        }
+        other => Err(err(
+            "object",
+            &format!(
+                "unsupported scheme {other:?}; supported: file, memory, s3{}{}",
+                if cfg!(feature = "gcp") { ", gs" } else { "" },
+                if cfg!(feature = "azure") { ", az" } else { "" }
+            ),
+        )),
+    }
+}
+
+impl ObjectBackend {
+    /// Opens the backend and removes whatever uploads a crash left behind.
+    pub async fn open(config: ObjectConfig) -> Result<Self> {
+        let (store, prefix, name) = build_store(&config.url, &config.options)?;
+        if config.block_size == 0 || config.part_size < config.block_size {
+            return Err(StorageError::backend(
+                name,
+                format!(
+                    "block size {} must be positive and at most the part size {}",
+                    config.block_size, config.part_size
+                ),
+            ));
+        }
+        std::fs::create_dir_all(&config.index_dir).map_err(|e| {
+            StorageError::backend(name, format!("create {}: {e}", config.index_dir.display()))
+        })?;
+        let index = RocksIndex::open(&config.index_dir, name, Vec::new())?;
+        let backend = ObjectBackend {
+            store,
+            prefix,
+            index: Arc::new(index),
+            name,
+            block_size: config.block_size,
+            part_size: config.part_size,
+        };
+        backend.recover(&config.url).await?;
+        Ok(backend)
+    }
+
+    fn final_key(&self, sha256: &Digest) -> Path {
+        final_key_under(&self.prefix, sha256)
+    }
+
+    fn staging_key(&self, id: u64) -> Path {
+        self.prefix
+            .clone()
+            .join("staging")
+            .join(format!("{id:016x}"))
+    }
+
+    /// Deletes the objects of uploads that have a pending record, and on `file://` the partial
+    /// files the local store stages uploads in.
+    async fn recover(&self, url: &str) -> Result<()> {
+        let leftovers = self.index.pending()?;
+        for (id, record) in &leftovers {
+            let record = PendingRecord::decode(record).ok_or_else(|| {
+                self.index
+                    .err(format!("pending upload {id} has a malformed record"))
+            })?;
+            let owned = match record.direct {
+                Some(sha256) => self.index.lookup(&sha256)?.is_some(),
+                None => false,
+            };
+            if !owned {
+                delete_if_present(&*self.store, &record.key, self.name).await?;
+            }
+            let mut batch = WriteBatch::default();
+            self.index.add_pending_removal(&mut batch, *id)?;
+            self.index.write_synced(batch)?;
+        }
+        if let Some(root) = url.strip_prefix("file://") {
+            remove_local_partials(FsPath::new(root)).map_err(|e| {
+                StorageError::backend(
+                    self.name,
+                    format!("clean partial uploads under {root}: {e}"),
+                )
+            })?;
+        }
+        if !leftovers.is_empty() {
+            tracing::info!(
+                count = leftovers.len(),
+                "removed uploads left unfinished by a previous run"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Removes the `<name>#<suffix>` files the local object store writes multipart uploads to: at
+/// open no upload is in flight, so any such file is a crash's leftover.
+fn remove_local_partials(root: &FsPath) -> std::io::Result<()> {
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else if entry.file_name().to_string_lossy().contains('#') {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn delete_if_present(store: &dyn ObjectStore, key: &Path, name: &'static str) -> Result<()> {
+    match store.delete(key).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(StorageError::backend(name, format!("delete {key}: {e}"))),
+    }
+}
+
+/// What a pending record says: the object key, and the SHA-256 if the upload writes straight
+/// to its final key (such a key may belong to a committed blob and must then be kept).
+struct PendingRecord {
+    direct: Option<Digest>,
+    key: Path,
+}
+
+impl PendingRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match &self.direct {
+            Some(d) => {
+                out.push(1);
+                out.extend_from_slice(d.bytes());
+            }
+            None => out.push(0),
+        }
+        out.extend_from_slice(self.key.as_ref().as_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let (&tag, rest) = bytes.split_first()?;
+        let (direct, key) = match tag {
+            0 => (None, rest),
+            1 if rest.len() >= 32 => {
+                let (d, key) = rest.split_at(32);
+                (Some(Digest::sha256(d.try_into().ok()?)), key)
+            }
+            _ => return None,
+        };
+        Some(PendingRecord {
+            direct,
+            key: Path::from(std::str::from_utf8(key).ok()?),
+        })
+    }
+}
+
+struct ObjectSink {
+    store: Arc<dyn ObjectStore>,
+    index: Arc<RocksIndex>,
+    name: &'static str,
+    id: u64,
+    key: Path,
+    final_key_of: Box<dyn Fn(&Digest) -> Path + Send + Sync>,
+    direct: bool,
+    upload: Option<WriteMultipart>,
+}
+
+impl ObjectSink {
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> StorageError {
+        StorageError::backend(self.name, format!("{what} {}: {e}", self.key))
+    }
+
+    /// Removes the upload's object (staged uploads only) and its pending record.
+    async fn discard(
+        store: Arc<dyn ObjectStore>,
+        index: Arc<RocksIndex>,
+        name: &'static str,
+        id: u64,
+        key: Option<Path>,
+        upload: Option<WriteMultipart>,
+    ) -> Result<()> {
+        if let Some(upload) = upload {
+            // Aborting an unfinished multipart upload makes sure no object appears.
+            let _ = upload.abort().await;
+        }
+        if let Some(key) = key {
+            delete_if_present(&*store, &key, name).await?;
+        }
+        let mut batch = WriteBatch::default();
+        index.add_pending_removal(&mut batch, id)?;
+        index.db().write(batch).map_err(|e| index.err(e))
+    }
+}
+
+impl Drop for ObjectSink {
+    fn drop(&mut self) {
+        let Some(upload) = self.upload.take() else {
+            return;
+        };
+        // Cleanup needs the async runtime; without one it is left to the next open.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let (store, index, name, id) =
+                (self.store.clone(), self.index.clone(), self.name, self.id);
+            let key = (!self.direct).then(|| self.key.clone());
+            handle.spawn(async move {
+                if let Err(err) = Self::discard(store, index, name, id, key, Some(upload)).await {
+                    tracing::warn!(id, %err, "could not discard an abandoned upload; it is removed at the next start");
+                }
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl BlockSink for ObjectSink {
+    async fn write_block(&mut self, _index: u64, block: Bytes) -> Result<()> {
+        let Some(upload) = self.upload.as_mut() else {
+            return Err(StorageError::Aborted("upload already finished".into()));
+        };
+        if let Err(e) = upload.wait_for_capacity(PART_CONCURRENCY).await {
+            return Err(self.err("upload part of", e));
+        }
+        upload.put(block);
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>, meta: BlobMeta) -> Result<(BlobMeta, bool)> {
+        let upload = self
+            .upload
+            .take()
+            .ok_or_else(|| StorageError::Aborted("upload already finished".into()))?;
+        let final_key = (self.final_key_of)(&meta.sha256());
+        if let Err(e) = upload.finish().await {
+            let key = (!self.direct).then(|| self.key.clone());
+            let _ = Self::discard(
+                self.store.clone(),
+                self.index.clone(),
+                self.name,
+                self.id,
+                key,
+                None,
+            )
+            .await;
+            return Err(self.err("complete upload of", e));
+        }
+        if !self.direct {
+            if let Err(e) = self.store.rename(&self.key, &final_key).await {
+                let _ = Self::discard(
+                    self.store.clone(),
+                    self.index.clone(),
+                    self.name,
+                    self.id,
+                    Some(self.key.clone()),
+                    None,
+                )
+                .await;
+                return Err(self.err("move into place", e));
+            }
+        }
+        let index = self.index.clone();
+        let id = self.id;
+        tokio::task::spawn_blocking(move || {
+            let _guard = index.lock_commits();
+            let mut batch = WriteBatch::default();
+            index.add_pending_removal(&mut batch, id)?;
+            if let Some(existing) = index.lookup(&meta.sha256())? {
+                // The object was overwritten with identical bytes; only the record goes.
+                index.write_synced(batch)?;
+                return Ok((existing.meta, true));
+            }
+            index.add_commit(&mut batch, &[], &meta)?;
+            index.write_synced(batch)?;
+            Ok((meta, false))
+        })
+        .await
+        .map_err(|e| StorageError::backend(self.name, format!("commit task failed: {e}")))?
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        let upload = self.upload.take();
+        let key = (!self.direct).then(|| self.key.clone());
+        Self::discard(
+            self.store.clone(),
+            self.index.clone(),
+            self.name,
+            self.id,
+            key,
+            upload,
+        )
+        .await
+    }
+
+    fn abandon_for_crash_test(mut self: Box<Self>) {
+        // Dropping the multipart upload without abort leaves, as a crash would, a partial
+        // upload behind (on file://, a staged partial file).
+        drop(self.upload.take());
+    }
+}
+
+#[async_trait]
+impl BlobBackend for ObjectBackend {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    async fn lookup(&self, digest: &Digest) -> Result<Option<BlobMeta>> {
+        Ok(self.index.lookup(digest)?.map(|entry| entry.meta))
+    }
+
+    async fn lookup_many(&self, digests: &[Digest]) -> Result<Vec<Option<BlobMeta>>> {
+        let index = self.index.clone();
+        let digests = digests.to_vec();
+        tokio::task::spawn_blocking(move || index.lookup_many(&digests))
+            .await
+            .map_err(|e| StorageError::backend(self.name, format!("lookup task failed: {e}")))?
+    }
+
+    async fn begin(&self, expect: &Expectation) -> Result<Box<dyn BlockSink>> {
+        self.index.check_writable()?;
+        let id = self.index.new_upload_id();
+        let direct = expect.digest.filter(|d| d.algorithm() == Algorithm::Sha256);
+        let key = match &direct {
+            Some(sha256) => self.final_key(sha256),
+            None => self.staging_key(id),
+        };
+        let record = PendingRecord {
+            direct,
+            key: key.clone(),
+        };
+        let index = self.index.clone();
+        let encoded = record.encode();
+        tokio::task::spawn_blocking(move || index.add_pending(id, &encoded))
+            .await
+            .map_err(|e| StorageError::backend(self.name, format!("index task failed: {e}")))??;
+        let upload = match self.store.put_multipart(&key).await {
+            Ok(upload) => upload,
+            Err(e) => {
+                let _ = ObjectSink::discard(
+                    self.store.clone(),
+                    self.index.clone(),
+                    self.name,
+                    id,
+                    None,
+                    None,
+                )
+                .await;
+                return Err(StorageError::backend(
+                    self.name,
+                    format!("start upload of {key}: {e}"),
+                ));
+            }
+        };
+        let prefix = self.prefix.clone();
+        Ok(Box::new(ObjectSink {
+            store: self.store.clone(),
+            index: self.index.clone(),
+            name: self.name,
+            id,
+            key,
+            final_key_of: Box::new(move |sha256| final_key_under(&prefix, sha256)),
+            direct: direct.is_some(),
+            upload: Some(WriteMultipart::new_with_chunk_size(upload, self.part_size)),
+        }))
+    }
+
+    async fn read_blocks(&self, meta: &BlobMeta, first: u64, end: u64) -> Result<BlockStream> {
+        let key = self.final_key(&meta.sha256());
+        let block_size = u64::from(meta.block_size);
+        let start = first * block_size;
+        let stop = (end * block_size).min(meta.size);
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(start..stop)),
+            ..GetOptions::default()
+        };
+        let digest = meta.sha256();
+        let name = self.name;
+        let result = match self.store.get_opts(&key, options).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(StorageError::Corrupt {
+                    digest,
+                    detail: format!("object {key} is missing from the store"),
+                });
+            }
+            Err(e) => return Err(StorageError::backend(name, format!("read {key}: {e}"))),
+        };
+        let bytes = result
+            .into_stream()
+            .map_err(move |e| StorageError::backend(name, format!("read: {e}")));
+        Ok(reblock(bytes.boxed(), meta.clone(), first, end))
+    }
+
+    async fn delete(&self, sha256: &Digest) -> Result<bool> {
+        let index = self.index.clone();
+        let digest = *sha256;
+        let existed = tokio::task::spawn_blocking(move || -> Result<bool> {
+            let _guard = index.lock_commits();
+            let Some(entry) = index.lookup(&digest)? else {
+                return Ok(false);
+            };
+            // The index entry goes first: the blob is invisible from here on, and an object left
+            // by a crash before the object delete is harmless (a later put overwrites it).
+            let mut batch = WriteBatch::default();
+            index.add_delete(&mut batch, &entry.meta)?;
+            index.write_synced(batch)?;
+            Ok(true)
+        })
+        .await
+        .map_err(|e| StorageError::backend(self.name, format!("delete task failed: {e}")))??;
+        if existed {
+            delete_if_present(&*self.store, &self.final_key(sha256), self.name).await?;
+        }
+        Ok(existed)
+    }
+
+    async fn pending_uploads(&self) -> Result<u64> {
+        Ok(self.index.pending()?.len() as u64)
+    }
+}
+
+fn final_key_under(prefix: &Path, sha256: &Digest) -> Path {
+    let hex = sha256.hex();
+    prefix
+        .clone()
+        .join("blobs")
+        .join("sha256")
+        .join(&hex[0..2])
+        .join(&hex[2..4])
+        .join(hex.as_str())
+}
+
+/// Regroups an object's byte stream into the blob's blocks, so each can be checked whole.
+fn reblock(bytes: BlockStream, meta: BlobMeta, first: u64, end: u64) -> BlockStream {
+    struct State {
+        bytes: BlockStream,
+        buf: BytesMut,
+        next: u64,
+    }
+    let state = State {
+        bytes,
+        buf: BytesMut::new(),
+        next: first,
+    };
+    futures::stream::try_unfold(state, move |mut s| {
+        let meta = meta.clone();
+        async move {
+            if s.next >= end {
+                return Ok(None);
+            }
+            let want = meta.block_len(s.next) as usize;
+            while s.buf.len() < want {
+                match s.bytes.next().await {
+                    Some(chunk) => s.buf.extend_from_slice(&chunk?),
+                    None => {
+                        return Err(StorageError::Corrupt {
+                            digest: meta.sha256(),
+                            detail: format!("object ends inside block {}", s.next),
+                        });
+                    }
+                }
+            }
+            let block = s.buf.split_to(want).freeze();
+            s.next += 1;
+            Ok(Some((block, s)))
+        }
+    })
+    .boxed()
+}

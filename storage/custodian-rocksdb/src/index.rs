@@ -1,0 +1,341 @@
+//! The blob metadata index in RocksDB, shared by the RocksDB and object-store backends.
+//!
+//! Column families:
+//! - `meta`: SHA-256 (32 bytes) → location length (1 byte), location, [`BlobMeta`] encoding.
+//!   The location is backend-specific (the RocksDB backend stores its extent id there).
+//! - `blake3`: BLAKE3 (32 bytes) → SHA-256 (32 bytes).
+//! - `pending`: upload id (8 bytes, big-endian) → backend-specific upload record. A record exists
+//!   from before an upload's first durable byte until its commit or abort, so whatever a crash
+//!   leaves behind is found on the next open.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use custodian_core::{Algorithm, Digest};
+use custodian_storage::{BlobMeta, Result, StorageError};
+use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
+
+const CF_META: &str = "meta";
+const CF_BLAKE3: &str = "blake3";
+const CF_PENDING: &str = "pending";
+
+/// A committed blob as the index records it.
+#[derive(Clone, Debug)]
+pub struct IndexEntry {
+    /// Where the backend keeps the bytes.
+    pub location: Vec<u8>,
+    /// The verified metadata.
+    pub meta: BlobMeta,
+}
+
+/// The RocksDB index of committed blobs and pending uploads.
+pub struct RocksIndex {
+    db: Arc<DB>,
+    backend: &'static str,
+    next_upload: AtomicU64,
+    /// Serialises commits and deletes, so that check-then-write on one digest is atomic.
+    commit_lock: Mutex<()>,
+    poisoned: AtomicBool,
+    poison_cause: Mutex<String>,
+}
+
+impl RocksIndex {
+    /// Opens (creating if needed) the index at `path`, with extra column families for the
+    /// backend's own data.
+    pub fn open(
+        path: &Path,
+        backend: &'static str,
+        extra: Vec<ColumnFamilyDescriptor>,
+    ) -> Result<Self> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        // The daemon must stay small (a 100 MiB RSS budget); RocksDB's own defaults assume a
+        // dedicated server.
+        db_opts.set_max_open_files(256);
+        db_opts.set_max_total_wal_size(64 << 20);
+        db_opts.set_keep_log_file_num(3);
+        db_opts.set_max_background_jobs(2);
+        let small = |name: &str| {
+            let mut o = Options::default();
+            o.set_write_buffer_size(4 << 20);
+            ColumnFamilyDescriptor::new(name, o)
+        };
+        let mut cfs = vec![small(CF_META), small(CF_BLAKE3), small(CF_PENDING)];
+        cfs.extend(extra);
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs)
+            .map_err(|e| StorageError::backend(backend, format!("open {}: {e}", path.display())))?;
+        let index = RocksIndex {
+            db: Arc::new(db),
+            backend,
+            next_upload: AtomicU64::new(0),
+            commit_lock: Mutex::new(()),
+            poisoned: AtomicBool::new(false),
+            poison_cause: Mutex::new(String::new()),
+        };
+        let last = index.pending()?.last().map_or(0, |(id, _)| *id);
+        // Upload ids only need to be unique among live uploads and leftovers; starting past both
+        // the largest leftover and the clock keeps them unique across restarts too.
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        index
+            .next_upload
+            .store(last.max(clock) + 1, Ordering::SeqCst);
+        Ok(index)
+    }
+
+    /// The underlying database, for the backend's own column families.
+    pub fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
+    /// The backend name used in errors.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// A backend error with this index's backend name.
+    pub fn err(&self, message: impl std::fmt::Display) -> StorageError {
+        StorageError::backend(self.backend, message)
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| self.err(format!("column family {name} is missing")))
+    }
+
+    /// Refuses writes once a write or sync has failed: after such a failure the store can no
+    /// longer tell what reached the disk, so it stops rather than guess.
+    pub fn check_writable(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            let cause = self
+                .poison_cause
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            return Err(StorageError::Poisoned {
+                backend: self.backend,
+                cause,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes a batch, synced to disk before returning. A failure poisons the index.
+    pub fn write_synced(&self, batch: WriteBatch) -> Result<()> {
+        self.check_writable()?;
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts).map_err(|e| self.poison(e))
+    }
+
+    /// Records a write failure and refuses further writes until reopened.
+    pub fn poison(&self, cause: impl std::fmt::Display) -> StorageError {
+        let cause = cause.to_string();
+        tracing::error!(backend = self.backend, %cause, "write failed; refusing further writes until restart");
+        *self.poison_cause.lock().unwrap_or_else(|e| e.into_inner()) = cause.clone();
+        self.poisoned.store(true, Ordering::SeqCst);
+        StorageError::Poisoned {
+            backend: self.backend,
+            cause,
+        }
+    }
+
+    /// Takes the commit lock. Hold it across a check of the index and the write that follows.
+    pub fn lock_commits(&self) -> MutexGuard<'_, ()> {
+        self.commit_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sha256_for(&self, digest: &Digest) -> Result<Option<[u8; 32]>> {
+        match digest.algorithm() {
+            Algorithm::Sha256 => Ok(Some(*digest.bytes())),
+            Algorithm::Blake3 => {
+                let value = self
+                    .db
+                    .get_pinned_cf(self.cf(CF_BLAKE3)?, digest.bytes())
+                    .map_err(|e| self.err(e))?;
+                match value {
+                    None => Ok(None),
+                    Some(v) => {
+                        let bytes: [u8; 32] =
+                            v.as_ref().try_into().map_err(|_| StorageError::Corrupt {
+                                digest: *digest,
+                                detail: "BLAKE3 index entry is not 32 bytes".into(),
+                            })?;
+                        Ok(Some(bytes))
+                    }
+                }
+            }
+        }
+    }
+
+    fn decode_entry(sha256: [u8; 32], value: &[u8]) -> Result<IndexEntry> {
+        let corrupt = |detail: String| StorageError::Corrupt {
+            digest: Digest::sha256(sha256),
+            detail,
+        };
+        let (&len, rest) = value
+            .split_first()
+            .ok_or_else(|| corrupt("metadata entry is empty".into()))?;
+        let len = usize::from(len);
+        if rest.len() < len {
+            return Err(corrupt("metadata entry is truncated".into()));
+        }
+        let meta = BlobMeta::decode(&rest[len..]).map_err(|e| corrupt(e.to_string()))?;
+        if meta.sha256().bytes() != &sha256 {
+            return Err(corrupt(format!(
+                "metadata is filed under this digest but describes {}",
+                meta.sha256()
+            )));
+        }
+        Ok(IndexEntry {
+            location: rest[..len].to_vec(),
+            meta,
+        })
+    }
+
+    /// The committed entry for a digest of either algorithm.
+    pub fn lookup(&self, digest: &Digest) -> Result<Option<IndexEntry>> {
+        let Some(sha256) = self.sha256_for(digest)? else {
+            return Ok(None);
+        };
+        let value = self
+            .db
+            .get_pinned_cf(self.cf(CF_META)?, sha256)
+            .map_err(|e| self.err(e))?;
+        match value {
+            None => Ok(None),
+            Some(v) => {
+                let entry = Self::decode_entry(sha256, &v)?;
+                if digest.algorithm() == Algorithm::Blake3 && entry.meta.digests.blake3 != *digest {
+                    return Err(StorageError::Corrupt {
+                        digest: entry.meta.sha256(),
+                        detail: format!(
+                            "BLAKE3 index points here for {digest}, but the blob's BLAKE3 differs"
+                        ),
+                    });
+                }
+                Ok(Some(entry))
+            }
+        }
+    }
+
+    /// Looks up many digests with batched reads.
+    pub fn lookup_many(&self, digests: &[Digest]) -> Result<Vec<Option<BlobMeta>>> {
+        // Resolve BLAKE3 digests first, in one batch, then fetch all metadata in another.
+        let blake3_cf = self.cf(CF_BLAKE3)?;
+        let blake3_keys: Vec<&[u8; 32]> = digests
+            .iter()
+            .filter(|d| d.algorithm() == Algorithm::Blake3)
+            .map(|d| d.bytes())
+            .collect();
+        let mut resolved = self
+            .db
+            .batched_multi_get_cf(blake3_cf, blake3_keys.iter().map(|k| k.as_slice()), false)
+            .into_iter();
+        let mut sha_keys: Vec<Option<[u8; 32]>> = Vec::with_capacity(digests.len());
+        for digest in digests {
+            if digest.algorithm() == Algorithm::Sha256 {
+                sha_keys.push(Some(*digest.bytes()));
+                continue;
+            }
+            let found = resolved
+                .next()
+                .ok_or_else(|| self.err("batched read returned too few results"))?
+                .map_err(|e| self.err(e))?;
+            sha_keys.push(found.and_then(|v| v.as_ref().try_into().ok()));
+        }
+        let present: Vec<&[u8; 32]> = sha_keys.iter().flatten().collect();
+        let mut values = self
+            .db
+            .batched_multi_get_cf(
+                self.cf(CF_META)?,
+                present.iter().map(|k| k.as_slice()),
+                false,
+            )
+            .into_iter();
+        let mut out = Vec::with_capacity(digests.len());
+        for key in &sha_keys {
+            let Some(sha256) = key else {
+                out.push(None);
+                continue;
+            };
+            let value = values
+                .next()
+                .ok_or_else(|| self.err("batched read returned too few results"))?
+                .map_err(|e| self.err(e))?;
+            out.push(match value {
+                Some(v) => Some(Self::decode_entry(*sha256, &v)?.meta),
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Adds the index records of a newly committed blob to `batch`.
+    pub fn add_commit(
+        &self,
+        batch: &mut WriteBatch,
+        location: &[u8],
+        meta: &BlobMeta,
+    ) -> Result<()> {
+        let len =
+            u8::try_from(location.len()).map_err(|_| self.err("location longer than 255 bytes"))?;
+        let mut value = Vec::with_capacity(1 + location.len() + 64);
+        value.push(len);
+        value.extend_from_slice(location);
+        value.extend_from_slice(&meta.encode());
+        batch.put_cf(self.cf(CF_META)?, meta.sha256().bytes(), value);
+        batch.put_cf(
+            self.cf(CF_BLAKE3)?,
+            meta.digests.blake3.bytes(),
+            meta.sha256().bytes(),
+        );
+        Ok(())
+    }
+
+    /// Adds the removal of a committed blob's index records to `batch`.
+    pub fn add_delete(&self, batch: &mut WriteBatch, meta: &BlobMeta) -> Result<()> {
+        batch.delete_cf(self.cf(CF_META)?, meta.sha256().bytes());
+        batch.delete_cf(self.cf(CF_BLAKE3)?, meta.digests.blake3.bytes());
+        Ok(())
+    }
+
+    /// A fresh upload id.
+    pub fn new_upload_id(&self) -> u64 {
+        self.next_upload.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Durably records an upload as pending, with a backend-specific record.
+    pub fn add_pending(&self, id: u64, record: &[u8]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_PENDING)?, id.to_be_bytes(), record);
+        self.write_synced(batch)
+    }
+
+    /// Adds the removal of a pending-upload record to `batch`.
+    pub fn add_pending_removal(&self, batch: &mut WriteBatch, id: u64) -> Result<()> {
+        batch.delete_cf(self.cf(CF_PENDING)?, id.to_be_bytes());
+        Ok(())
+    }
+
+    /// Every pending upload record, oldest id first.
+    pub fn pending(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_PENDING)?, rocksdb::IteratorMode::Start)
+        {
+            let (key, value) = item.map_err(|e| self.err(e))?;
+            let id: [u8; 8] = key
+                .as_ref()
+                .try_into()
+                .map_err(|_| self.err("pending-upload key is not 8 bytes"))?;
+            out.push((u64::from_be_bytes(id), value.to_vec()));
+        }
+        Ok(out)
+    }
+}

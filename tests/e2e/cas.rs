@@ -1,0 +1,503 @@
+//! The ContentStore gRPC contract, end to end.
+
+use bytes::Bytes;
+use custodian_core::BlobDigests;
+use custodian_proto::cas::v1 as pb;
+use custodian_proto::cas::v1::content_store_client::ContentStoreClient;
+use futures::StreamExt;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::daemon::Daemon;
+use crate::pattern;
+
+const BLOCK: usize = 1 << 20;
+
+fn header(expected_digest: &str, expected_size: Option<u64>) -> pb::PutRequest {
+    pb::PutRequest {
+        message: Some(pb::put_request::Message::Header(pb::PutHeader {
+            expected_digest: expected_digest.into(),
+            expected_size,
+        })),
+    }
+}
+
+fn chunk(data: Bytes) -> pb::PutRequest {
+    pb::PutRequest {
+        message: Some(pb::put_request::Message::Chunk(data)),
+    }
+}
+
+/// Puts `data` in 256 KiB messages.
+pub async fn put(
+    client: &mut ContentStoreClient<Channel>,
+    expected_digest: &str,
+    expected_size: Option<u64>,
+    data: &Bytes,
+) -> Result<pb::PutResponse, tonic::Status> {
+    let mut messages = vec![header(expected_digest, expected_size)];
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + 256 * 1024).min(data.len());
+        messages.push(chunk(data.slice(at..end)));
+        at = end;
+    }
+    client
+        .put(futures::stream::iter(messages))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Reads a range; returns the metadata and the bytes.
+pub async fn get(
+    client: &mut ContentStoreClient<Channel>,
+    digest: &str,
+    offset: u64,
+    limit: u64,
+) -> Result<(pb::BlobInfo, Vec<u8>), tonic::Status> {
+    let mut stream = client
+        .get(pb::GetRequest {
+            digest: digest.into(),
+            offset,
+            limit,
+        })
+        .await?
+        .into_inner();
+    let mut info = None;
+    let mut data = Vec::new();
+    while let Some(message) = stream.message().await? {
+        if let Some(blob) = message.blob {
+            assert!(info.is_none(), "blob metadata sent twice");
+            info = Some(blob);
+        }
+        data.extend_from_slice(&message.data);
+    }
+    Ok((info.expect("first message carries metadata"), data))
+}
+
+#[tokio::test]
+async fn round_trip_at_block_boundaries_with_both_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let mut client = daemon.client().await;
+    for (i, size) in [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 77]
+        .into_iter()
+        .enumerate()
+    {
+        let data = pattern(i as u64, size);
+        let digests = BlobDigests::of(&data);
+        let response = put(
+            &mut client,
+            &digests.sha256.to_string(),
+            Some(size as u64),
+            &data,
+        )
+        .await
+        .unwrap();
+        let blob = response.blob.unwrap();
+        assert_eq!(blob.sha256, digests.sha256.to_string());
+        assert_eq!(blob.blake3, digests.blake3.to_string());
+        assert_eq!(blob.size, size as u64);
+        assert!(!response.already_present);
+        for digest in [&blob.sha256, &blob.blake3] {
+            let (info, back) = get(&mut client, digest, 0, 0).await.unwrap();
+            assert_eq!(info, blob);
+            assert!(back == data, "{size} bytes by {digest} did not round-trip");
+        }
+    }
+}
+
+#[tokio::test]
+async fn wrong_digest_or_size_is_invalid_argument_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let mut client = daemon.client().await;
+    let data = pattern(1, 2 * BLOCK + 5);
+    let actual = BlobDigests::of(&data);
+    let wrong = BlobDigests::of(b"other").sha256.to_string();
+
+    let status = put(&mut client, &wrong, None, &data).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains(&wrong), "{}", status.message());
+    assert!(
+        status.message().contains(&actual.sha256.to_string()),
+        "{}",
+        status.message()
+    );
+
+    let len = data.len() as u64;
+    for declared in [len - 1, len + 1] {
+        let status = put(&mut client, "", Some(declared), &data)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().contains(&declared.to_string()),
+            "{}",
+            status.message()
+        );
+    }
+
+    for digest in [
+        &wrong,
+        &actual.sha256.to_string(),
+        &actual.blake3.to_string(),
+    ] {
+        let status = client
+            .stat(pb::StatRequest {
+                digest: digest.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "{digest} must not be stored");
+    }
+}
+
+#[tokio::test]
+async fn malformed_and_unknown_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let mut client = daemon.client().await;
+
+    for bad in [
+        "",
+        "sha256:abc",
+        "SHA256:00",
+        "md5:d41d8cd98f00b204e9800998ecf8427e",
+    ] {
+        let status = client
+            .stat(pb::StatRequest { digest: bad.into() })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}");
+        assert!(status.message().contains("digest"), "{}", status.message());
+        if !bad.is_empty() {
+            assert!(
+                status.message().contains(bad),
+                "message names the value: {}",
+                status.message()
+            );
+        }
+        let status = get(&mut client, bad, 0, 0).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}");
+    }
+    let status = put(&mut client, "blake3:xyz", None, &Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("header.expected_digest"),
+        "{}",
+        status.message()
+    );
+
+    let unknown = BlobDigests::of(b"never stored");
+    for digest in [unknown.sha256, unknown.blake3] {
+        let status = get(&mut client, &digest.to_string(), 0, 0)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(status.message().contains(&digest.to_string()));
+    }
+    let status = client
+        .find_missing(pb::FindMissingRequest {
+            digests: vec![unknown.sha256.to_string(), "nope".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("digests[1]"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn a_chunk_before_the_header_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let mut client = daemon.client().await;
+    let status = client
+        .put(futures::stream::iter(vec![chunk(Bytes::from_static(
+            b"data",
+        ))]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("header"), "{}", status.message());
+}
+
+#[tokio::test]
+async fn ranged_reads_at_every_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let mut client = daemon.client().await;
+    let size = 2 * BLOCK + 3;
+    let data = pattern(9, size);
+    let digest = put(&mut client, "", None, &data)
+        .await
+        .unwrap()
+        .blob
+        .unwrap()
+        .sha256;
+    let b = BLOCK as u64;
+    let s = size as u64;
+    for offset in [0, 1, b - 1, b, b + 1, 2 * b, s - 1, s] {
+        for limit in [0, 1, b - 1, b, b + 1, s + 10] {
+            let (_, got) = get(&mut client, &digest, offset, limit).await.unwrap();
+            let end = if limit == 0 {
+                s
+            } else {
+                (offset + limit).min(s)
+            };
+            assert!(
+                got[..] == data[offset as usize..end as usize],
+                "offset {offset} limit {limit}"
+            );
+        }
+    }
+    let status = get(&mut client, &digest, s + 1, 0).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange);
+    assert!(
+        status.message().contains(&(s + 1).to_string()),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn concurrent_puts_of_the_same_blob_store_one_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let data = pattern(3, 5 * BLOCK + 1);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let mut client = daemon.client().await;
+        let data = data.clone();
+        tasks.push(tokio::spawn(async move {
+            put(&mut client, "", None, &data).await
+        }));
+    }
+    let mut fresh = 0;
+    for task in tasks {
+        let response = task.await.unwrap().unwrap();
+        fresh += usize::from(!response.already_present);
+    }
+    assert_eq!(
+        fresh, 1,
+        "exactly one of the concurrent puts stored the blob"
+    );
+}
+
+#[tokio::test]
+async fn disconnecting_mid_upload_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let data = pattern(4, 4 * BLOCK);
+    let digests = BlobDigests::of(&data);
+    {
+        let mut client = daemon.client().await;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(header("", None)).await.unwrap();
+        tx.send(chunk(data.slice(..2 * BLOCK + 3))).await.unwrap();
+        let call = tokio::spawn(async move {
+            client
+                .put(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // Dropping the call drops the connection, as a client crash would.
+        call.abort();
+        let _ = call.await;
+        drop(tx);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut client = daemon.client().await;
+    for digest in [digests.sha256, digests.blake3] {
+        let status = client
+            .stat(pb::StatRequest {
+                digest: digest.to_string(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+    }
+    // The same blob uploads normally afterwards.
+    let response = put(&mut client, &digests.sha256.to_string(), None, &data)
+        .await
+        .unwrap();
+    assert!(!response.already_present);
+}
+
+#[tokio::test]
+async fn batch_calls_capabilities_and_find_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let mut client = daemon.client().await;
+    let caps = client
+        .get_capabilities(pb::GetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(caps.backend, "rocksdb");
+    assert_eq!(caps.digest_algorithms, vec!["sha256", "blake3"]);
+    assert!(caps.max_batch_total_size_bytes >= 1 << 20);
+
+    let blobs: Vec<Bytes> = (0..100).map(|i| pattern(1000 + i, 4096)).collect();
+    let mut items: Vec<pb::BatchPutItem> = blobs
+        .iter()
+        .map(|data| pb::BatchPutItem {
+            expected_digest: String::new(),
+            data: data.clone(),
+        })
+        .collect();
+    // One item with a wrong expected digest fails alone.
+    items[7].expected_digest = BlobDigests::of(b"wrong").sha256.to_string();
+    let results = client
+        .batch_put(pb::BatchPutRequest { items })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 100);
+    for (i, result) in results.iter().enumerate() {
+        if i == 7 {
+            let error = result.error.as_ref().expect("item 7 fails");
+            assert_eq!(error.code, Code::InvalidArgument as i32);
+        } else {
+            assert!(result.error.is_none(), "item {i}: {:?}", result.error);
+            assert_eq!(
+                result.blob.as_ref().unwrap().sha256,
+                BlobDigests::of(&blobs[i]).sha256.to_string()
+            );
+        }
+    }
+
+    let mut query: Vec<String> = blobs
+        .iter()
+        .map(|b| BlobDigests::of(b).blake3.to_string())
+        .collect();
+    let missing = client
+        .find_missing(pb::FindMissingRequest {
+            digests: query.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_digests;
+    assert_eq!(missing, vec![query[7].clone()]);
+
+    query.truncate(10);
+    query.push(BlobDigests::of(b"absent").sha256.to_string());
+    let results = client
+        .batch_get(pb::BatchGetRequest {
+            digests: query.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result.digest, query[i]);
+        match i {
+            7 | 10 => assert_eq!(result.error.as_ref().unwrap().code, Code::NotFound as i32),
+            _ => assert!(result.data == blobs[i], "batch get item {i}"),
+        }
+    }
+
+    let oversized = vec![pb::BatchPutItem {
+        expected_digest: String::new(),
+        data: pattern(5, caps.max_batch_total_size_bytes as usize + 1),
+    }];
+    let status = client
+        .batch_put(pb::BatchPutRequest { items: oversized })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            status.code(),
+            Code::InvalidArgument | Code::ResourceExhausted
+        ),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn health_and_reflection_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let channel = daemon.channel().await;
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let response = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "custodian.cas.v1.ContentStore".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        response.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(futures::stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer {response:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        names.contains(&"custodian.cas.v1.ContentStore"),
+        "{names:?}"
+    );
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+}
+
+#[tokio::test]
+async fn file_backend_through_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().join("objects").display());
+    let daemon = Daemon::start_with(&dir.path().join("state"), &["--storage", &url]);
+    let mut client = daemon.client().await;
+    let caps = client
+        .get_capabilities(pb::GetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(caps.backend, "file");
+    let data = pattern(77, 3 * BLOCK + 11);
+    let blob = put(&mut client, "", None, &data)
+        .await
+        .unwrap()
+        .blob
+        .unwrap();
+    let (_, back) = get(&mut client, &blob.blake3, 0, 0).await.unwrap();
+    assert!(back == data);
+    let hex = blob.sha256.strip_prefix("sha256:").unwrap();
+    let object = dir
+        .path()
+        .join("objects/blobs/sha256")
+        .join(&hex[..2])
+        .join(&hex[2..4])
+        .join(hex);
+    assert_eq!(
+        std::fs::read(object).unwrap(),
+        data,
+        "object holds the blob's bytes as they are"
+    );
+}

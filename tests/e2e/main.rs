@@ -1,0 +1,14 @@
+//! End-to-end tests: a real `custodian serve` process on 127.0.0.1:0, driven over gRPC and
+//! through the CLI. One test binary with modules, so helpers are shared and the build is one link.
+
+mod cas;
+mod cli;
+mod crash;
+mod daemon;
+
+use bytes::Bytes;
+
+/// Deterministic, incompressible test bytes.
+pub fn pattern(seed: u64, len: usize) -> Bytes {
+    custodian_storage::conformance::pattern(seed, len)
+}
