@@ -35,6 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the Custodian daemon (gRPC content store, health, reflection)
+    #[command(long_about = serve::LONG_ABOUT)]
     Serve(serve::ServeArgs),
     /// Store, fetch and inspect blobs in a running daemon
     #[command(subcommand)]

@@ -10,15 +10,17 @@ use clap::Args;
 use custodian_server::{CasLimits, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
-/// Options of `custodian serve`. Every flag has an environment variable.
-#[derive(Args)]
-#[command(long_about = "Run the Custodian daemon.\n\n\
+/// The long help of `custodian serve`.
+pub const LONG_ABOUT: &str = "Run the Custodian daemon.\n\n\
 It serves the gRPC content store (custodian.cas.v1.ContentStore), gRPC health \
 (grpc.health.v1) and server reflection, so `grpcurl -plaintext 127.0.0.1:7311 list` works.\n\n\
 Storage is the embedded RocksDB under --data-dir unless --storage names an object store URL. \
 Once listening it prints `custodian listening on ADDRESS` on standard output. SIGTERM or \
 Ctrl-C stops it: new requests are refused, in-flight ones get --shutdown-grace to finish, and \
-unfinished uploads are discarded (also after a crash, at the next start).")]
+unfinished uploads are discarded (also after a crash, at the next start).";
+
+/// Options of `custodian serve`. Every flag has an environment variable.
+#[derive(Args)]
 pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port
     #[arg(long, env = "CUSTODIAN_LISTEN", default_value = "127.0.0.1:7311")]

@@ -237,39 +237,56 @@ fn verify_blocks(
 ) -> BoxStream<'static, Result<Bytes>> {
     let block_size = u64::from(meta.block_size);
     let end_byte = offset + len;
+    // The stream ends at the first error: nothing after a damaged block is ever yielded.
     blocks
         .enumerate()
-        .map(move |(i, block)| {
-            let index = first + i as u64;
-            let block = block?;
-            let corrupt = |detail: String| StorageError::Corrupt {
-                digest: meta.sha256(),
-                detail,
-            };
-            let Some(expected_crc) = meta.block_crcs.get(index as usize) else {
-                return Err(corrupt(format!(
-                    "backend returned block {index} past the end"
-                )));
-            };
-            if block.len() as u64 != meta.block_len(index) {
-                return Err(corrupt(format!(
-                    "block {index} is {} bytes, expected {}",
-                    block.len(),
-                    meta.block_len(index)
-                )));
+        .scan(false, move |failed, (i, block)| {
+            if *failed {
+                return futures::future::ready(None);
             }
-            let crc = crc32c::crc32c(&block);
-            if crc != *expected_crc {
-                return Err(corrupt(format!(
-                    "block {index} checksum is {crc:08x}, expected {expected_crc:08x}"
-                )));
-            }
-            let start = index * block_size;
-            let lo = offset.saturating_sub(start) as usize;
-            let hi = (end_byte - start).min(block.len() as u64) as usize;
-            Ok(block.slice(lo..hi))
+            let result = check_block(&meta, block, first + i as u64, offset, end_byte, block_size);
+            *failed = result.is_err();
+            futures::future::ready(Some(result))
         })
         .boxed()
+}
+
+/// Checks one block's length and CRC32C and trims it to the requested range.
+fn check_block(
+    meta: &BlobMeta,
+    block: Result<Bytes>,
+    index: u64,
+    offset: u64,
+    end_byte: u64,
+    block_size: u64,
+) -> Result<Bytes> {
+    let block = block?;
+    let corrupt = |detail: String| StorageError::Corrupt {
+        digest: meta.sha256(),
+        detail,
+    };
+    let Some(expected_crc) = meta.block_crcs.get(index as usize) else {
+        return Err(corrupt(format!(
+            "backend returned block {index} past the end"
+        )));
+    };
+    if block.len() as u64 != meta.block_len(index) {
+        return Err(corrupt(format!(
+            "block {index} is {} bytes, expected {}",
+            block.len(),
+            meta.block_len(index)
+        )));
+    }
+    let crc = crc32c::crc32c(&block);
+    if crc != *expected_crc {
+        return Err(corrupt(format!(
+            "block {index} checksum is {crc:08x}, expected {expected_crc:08x}"
+        )));
+    }
+    let start = index * block_size;
+    let lo = offset.saturating_sub(start) as usize;
+    let hi = (end_byte - start).min(block.len() as u64) as usize;
+    Ok(block.slice(lo..hi))
 }
 
 /// One verified upload in progress: hashes every byte as it arrives, stores full blocks as they
@@ -413,4 +430,74 @@ pub(crate) fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custodian_core::BlobDigests;
+
+    fn meta_for(blocks: &[&[u8]], block_size: u32) -> BlobMeta {
+        let all: Vec<u8> = blocks.concat();
+        BlobMeta {
+            digests: BlobDigests::of(&all),
+            size: all.len() as u64,
+            created_unix_ms: 0,
+            block_size,
+            block_crcs: blocks.iter().map(|b| crc32c::crc32c(b)).collect(),
+        }
+    }
+
+    fn stream_of(blocks: Vec<Result<Bytes>>) -> BlockStream {
+        futures::stream::iter(blocks).boxed()
+    }
+
+    #[tokio::test]
+    async fn a_damaged_block_ends_the_stream() {
+        let meta = meta_for(&[b"aaaa", b"bbbb", b"cc"], 4);
+        let blocks = stream_of(vec![
+            Ok(Bytes::from_static(b"aaaa")),
+            Ok(Bytes::from_static(b"bXbb")),
+            Ok(Bytes::from_static(b"cc")),
+        ]);
+        let items: Vec<_> = verify_blocks(meta.clone(), blocks, 0, 0, 10)
+            .collect()
+            .await;
+        assert_eq!(items.len(), 2, "nothing after the damaged block");
+        assert_eq!(items[0].as_ref().unwrap(), &Bytes::from_static(b"aaaa"));
+        assert!(
+            matches!(&items[1], Err(StorageError::Corrupt { detail, .. }) if detail.contains("block 1 checksum"))
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_length_and_extra_blocks_are_corruption() {
+        let meta = meta_for(&[b"aaaa", b"cc"], 4);
+        let short = stream_of(vec![Ok(Bytes::from_static(b"aaa"))]);
+        let items: Vec<_> = verify_blocks(meta.clone(), short, 0, 0, 6).collect().await;
+        assert!(
+            matches!(&items[0], Err(StorageError::Corrupt { detail, .. }) if detail.contains("3 bytes, expected 4"))
+        );
+        let extra = stream_of(vec![
+            Ok(Bytes::from_static(b"aaaa")),
+            Ok(Bytes::from_static(b"cc")),
+            Ok(Bytes::from_static(b"zz")),
+        ]);
+        let items: Vec<_> = verify_blocks(meta, extra, 0, 0, 6).collect().await;
+        assert!(
+            matches!(&items[2], Err(StorageError::Corrupt { detail, .. }) if detail.contains("past the end"))
+        );
+    }
+
+    #[tokio::test]
+    async fn backend_errors_pass_through_and_end_the_stream() {
+        let meta = meta_for(&[b"aaaa", b"bbbb"], 4);
+        let blocks = stream_of(vec![
+            Err(StorageError::backend("test", "disk on fire")),
+            Ok(Bytes::from_static(b"bbbb")),
+        ]);
+        let items: Vec<_> = verify_blocks(meta, blocks, 0, 0, 8).collect().await;
+        assert_eq!(items.len(), 1);
+        assert!(matches!(&items[0], Err(StorageError::Backend { .. })));
+    }
 }
