@@ -72,7 +72,7 @@ impl Daemon {
     /// A gRPC client for the content store.
     pub async fn client(&self) -> ContentStoreClient<Channel> {
         let channel = Channel::from_shared(self.address.clone())
-            .unwrap()
+            .expect("daemon address is a valid URI")
             .connect()
             .await
             .expect("connect to the daemon");
@@ -84,7 +84,7 @@ impl Daemon {
     /// A raw channel, for health and reflection clients.
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(self.address.clone())
-            .unwrap()
+            .expect("daemon address is a valid URI")
             .connect()
             .await
             .expect("connect")
@@ -147,7 +147,11 @@ impl Daemon {
             .lines()
             .find(|l| l.starts_with("VmHWM:"))
             .expect("VmHWM line");
-        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .expect("VmHWM value in KiB");
         kib * 1024
     }
 }

@@ -289,7 +289,8 @@ mod tests {
 
     #[test]
     fn rejects_malformed_with_the_value() {
-        let cases: &[(&str, fn(&DigestError) -> bool)] = &[
+        type Check = fn(&DigestError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("e3b0c442", |e| {
                 matches!(e, DigestError::MissingAlgorithm { .. })
             }),

@@ -70,12 +70,72 @@ const PART_CONCURRENCY: usize = 2;
 
 /// Blob custody in an object store, indexed in local RocksDB.
 pub struct ObjectBackend {
-    store: Arc<dyn ObjectStore>,
-    prefix: Path,
-    index: Arc<RocksIndex>,
-    name: &'static str,
+    shared: Arc<Shared>,
     block_size: usize,
     part_size: usize,
+}
+
+/// What the backend and each of its uploads share.
+struct Shared {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    index: RocksIndex,
+    name: &'static str,
+}
+
+impl Shared {
+    fn final_key(&self, sha256: &Digest) -> Path {
+        let hex = sha256.hex();
+        self.prefix
+            .clone()
+            .join("blobs")
+            .join("sha256")
+            .join(&hex[0..2])
+            .join(&hex[2..4])
+            .join(hex.as_str())
+    }
+
+    fn staging_key(&self, id: u64) -> Path {
+        self.prefix
+            .clone()
+            .join("staging")
+            .join(format!("{id:016x}"))
+    }
+
+    fn err(&self, message: impl std::fmt::Display) -> StorageError {
+        StorageError::backend(self.name, message)
+    }
+
+    /// Runs blocking index work off the async worker threads.
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&RocksIndex) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let shared = self.clone();
+        tokio::task::spawn_blocking(move || f(&shared.index))
+            .await
+            .map_err(|e| self.err(format!("index task failed: {e}")))?
+    }
+
+    /// Ends an upload that will not commit: aborts its multipart upload (so no object
+    /// appears), deletes its staged object if any, and removes its pending record.
+    async fn discard(
+        &self,
+        id: u64,
+        staged: Option<&Path>,
+        upload: Option<WriteMultipart>,
+    ) -> Result<()> {
+        if let Some(upload) = upload {
+            let _ = upload.abort().await;
+        }
+        if let Some(key) = staged {
+            delete_if_present(&*self.store, key, self.name).await?;
+        }
+        let mut batch = WriteBatch::default();
+        self.index.add_pending_removal(&mut batch, id)?;
+        // Not synced: a lost removal only means the next open repeats this cleanup.
+        self.index.db().write(batch).map_err(|e| self.err(e))
+    }
 }
 
 /// Builds the object store for a URL; cloud credentials come from the standard environment
@@ -160,10 +220,12 @@ impl ObjectBackend {
         })?;
         let index = RocksIndex::open(&config.index_dir, name, Vec::new())?;
         let backend = ObjectBackend {
-            store,
-            prefix,
-            index: Arc::new(index),
-            name,
+            shared: Arc::new(Shared {
+                store,
+                prefix,
+                index,
+                name,
+            }),
             block_size: config.block_size,
             part_size: config.part_size,
         };
@@ -171,44 +233,28 @@ impl ObjectBackend {
         Ok(backend)
     }
 
-    fn final_key(&self, sha256: &Digest) -> Path {
-        final_key_under(&self.prefix, sha256)
-    }
-
-    fn staging_key(&self, id: u64) -> Path {
-        self.prefix
-            .clone()
-            .join("staging")
-            .join(format!("{id:016x}"))
-    }
-
     /// Deletes the objects of uploads that have a pending record, and on `file://` the partial
     /// files the local store stages uploads in.
     async fn recover(&self, url: &str) -> Result<()> {
-        let leftovers = self.index.pending()?;
+        let shared = &self.shared;
+        let leftovers = shared.index.pending()?;
         for (id, record) in &leftovers {
-            let record = PendingRecord::decode(record).ok_or_else(|| {
-                self.index
-                    .err(format!("pending upload {id} has a malformed record"))
-            })?;
+            let record = PendingRecord::decode(record)
+                .ok_or_else(|| shared.err(format!("pending upload {id} has a malformed record")))?;
             let owned = match record.direct {
-                Some(sha256) => self.index.lookup(&sha256)?.is_some(),
+                Some(sha256) => shared.index.lookup(&sha256)?.is_some(),
                 None => false,
             };
             if !owned {
-                delete_if_present(&*self.store, &record.key, self.name).await?;
+                delete_if_present(&*shared.store, &record.key, shared.name).await?;
             }
             let mut batch = WriteBatch::default();
-            self.index.add_pending_removal(&mut batch, *id)?;
-            self.index.write_synced(batch)?;
+            shared.index.add_pending_removal(&mut batch, *id)?;
+            shared.index.write_synced(batch)?;
         }
         if let Some(root) = url.strip_prefix("file://") {
-            remove_local_partials(FsPath::new(root)).map_err(|e| {
-                StorageError::backend(
-                    self.name,
-                    format!("clean partial uploads under {root}: {e}"),
-                )
-            })?;
+            remove_local_partials(FsPath::new(root))
+                .map_err(|e| shared.err(format!("clean partial uploads under {root}: {e}")))?;
         }
         if !leftovers.is_empty() {
             tracing::info!(
@@ -289,40 +335,22 @@ impl PendingRecord {
 }
 
 struct ObjectSink {
-    store: Arc<dyn ObjectStore>,
-    index: Arc<RocksIndex>,
-    name: &'static str,
+    shared: Arc<Shared>,
     id: u64,
     key: Path,
-    final_key_of: Box<dyn Fn(&Digest) -> Path + Send + Sync>,
+    /// Whether the upload goes straight to its final key (the client declared the SHA-256).
     direct: bool,
     upload: Option<WriteMultipart>,
 }
 
 impl ObjectSink {
     fn err(&self, what: &str, e: impl std::fmt::Display) -> StorageError {
-        StorageError::backend(self.name, format!("{what} {}: {e}", self.key))
+        self.shared.err(format!("{what} {}: {e}", self.key))
     }
 
-    /// Removes the upload's object (staged uploads only) and its pending record.
-    async fn discard(
-        store: Arc<dyn ObjectStore>,
-        index: Arc<RocksIndex>,
-        name: &'static str,
-        id: u64,
-        key: Option<Path>,
-        upload: Option<WriteMultipart>,
-    ) -> Result<()> {
-        if let Some(upload) = upload {
-            // Aborting an unfinished multipart upload makes sure no object appears.
-            let _ = upload.abort().await;
-        }
-        if let Some(key) = key {
-            delete_if_present(&*store, &key, name).await?;
-        }
-        let mut batch = WriteBatch::default();
-        index.add_pending_removal(&mut batch, id)?;
-        index.db().write(batch).map_err(|e| index.err(e))
+    /// The staged object this upload would leave behind, if it is staged.
+    fn staged(&self) -> Option<&Path> {
+        (!self.direct).then_some(&self.key)
     }
 }
 
@@ -333,11 +361,11 @@ impl Drop for ObjectSink {
         };
         // Cleanup needs the async runtime; without one it is left to the next open.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let (store, index, name, id) =
-                (self.store.clone(), self.index.clone(), self.name, self.id);
-            let key = (!self.direct).then(|| self.key.clone());
+            let shared = self.shared.clone();
+            let id = self.id;
+            let staged = self.staged().cloned();
             handle.spawn(async move {
-                if let Err(err) = Self::discard(store, index, name, id, key, Some(upload)).await {
+                if let Err(err) = shared.discard(id, staged.as_ref(), Some(upload)).await {
                     tracing::warn!(id, %err, "could not discard an abandoned upload; it is removed at the next start");
                 }
             });
@@ -363,65 +391,43 @@ impl BlockSink for ObjectSink {
             .upload
             .take()
             .ok_or_else(|| StorageError::Aborted("upload already finished".into()))?;
-        let final_key = (self.final_key_of)(&meta.sha256());
-        if let Err(e) = upload.finish().await {
-            let key = (!self.direct).then(|| self.key.clone());
-            let _ = Self::discard(
-                self.store.clone(),
-                self.index.clone(),
-                self.name,
-                self.id,
-                key,
-                None,
-            )
-            .await;
-            return Err(self.err("complete upload of", e));
-        }
-        if !self.direct {
-            if let Err(e) = self.store.rename(&self.key, &final_key).await {
-                let _ = Self::discard(
-                    self.store.clone(),
-                    self.index.clone(),
-                    self.name,
-                    self.id,
-                    Some(self.key.clone()),
-                    None,
-                )
-                .await;
-                return Err(self.err("move into place", e));
+        let placed = match upload.finish().await {
+            Err(e) => Err(self.err("complete upload of", e)),
+            Ok(_) if self.direct => Ok(()),
+            Ok(_) => {
+                let final_key = self.shared.final_key(&meta.sha256());
+                self.shared
+                    .store
+                    .rename(&self.key, &final_key)
+                    .await
+                    .map_err(|e| self.err("move into place", e))
             }
+        };
+        if let Err(err) = placed {
+            let _ = self.shared.discard(self.id, self.staged(), None).await;
+            return Err(err);
         }
-        let index = self.index.clone();
         let id = self.id;
-        tokio::task::spawn_blocking(move || {
-            let _guard = index.lock_commits();
-            let mut batch = WriteBatch::default();
-            index.add_pending_removal(&mut batch, id)?;
-            if let Some(existing) = index.lookup(&meta.sha256())? {
-                // The object was overwritten with identical bytes; only the record goes.
+        self.shared
+            .blocking(move |index| {
+                let _guard = index.lock_commits();
+                let mut batch = WriteBatch::default();
+                index.add_pending_removal(&mut batch, id)?;
+                if let Some(existing) = index.lookup(&meta.sha256())? {
+                    // The object was overwritten with identical bytes; only the record goes.
+                    index.write_synced(batch)?;
+                    return Ok((existing.meta, true));
+                }
+                index.add_commit(&mut batch, &[], &meta)?;
                 index.write_synced(batch)?;
-                return Ok((existing.meta, true));
-            }
-            index.add_commit(&mut batch, &[], &meta)?;
-            index.write_synced(batch)?;
-            Ok((meta, false))
-        })
-        .await
-        .map_err(|e| StorageError::backend(self.name, format!("commit task failed: {e}")))?
+                Ok((meta, false))
+            })
+            .await
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
         let upload = self.upload.take();
-        let key = (!self.direct).then(|| self.key.clone());
-        Self::discard(
-            self.store.clone(),
-            self.index.clone(),
-            self.name,
-            self.id,
-            key,
-            upload,
-        )
-        .await
+        self.shared.discard(self.id, self.staged(), upload).await
     }
 
     fn abandon_for_crash_test(mut self: Box<Self>) {
@@ -434,7 +440,7 @@ impl BlockSink for ObjectSink {
 #[async_trait]
 impl BlobBackend for ObjectBackend {
     fn name(&self) -> &'static str {
-        self.name
+        self.shared.name
     }
 
     fn block_size(&self) -> usize {
@@ -442,67 +448,52 @@ impl BlobBackend for ObjectBackend {
     }
 
     async fn lookup(&self, digest: &Digest) -> Result<Option<BlobMeta>> {
-        Ok(self.index.lookup(digest)?.map(|entry| entry.meta))
+        Ok(self.shared.index.lookup(digest)?.map(|entry| entry.meta))
     }
 
     async fn lookup_many(&self, digests: &[Digest]) -> Result<Vec<Option<BlobMeta>>> {
-        let index = self.index.clone();
         let digests = digests.to_vec();
-        tokio::task::spawn_blocking(move || index.lookup_many(&digests))
+        self.shared
+            .blocking(move |index| index.lookup_many(&digests))
             .await
-            .map_err(|e| StorageError::backend(self.name, format!("lookup task failed: {e}")))?
     }
 
     async fn begin(&self, expect: &Expectation) -> Result<Box<dyn BlockSink>> {
-        self.index.check_writable()?;
-        let id = self.index.new_upload_id();
+        let shared = &self.shared;
+        shared.index.check_writable()?;
+        let id = shared.index.new_upload_id();
         let direct = expect.digest.filter(|d| d.algorithm() == Algorithm::Sha256);
         let key = match &direct {
-            Some(sha256) => self.final_key(sha256),
-            None => self.staging_key(id),
+            Some(sha256) => shared.final_key(sha256),
+            None => shared.staging_key(id),
         };
         let record = PendingRecord {
             direct,
             key: key.clone(),
-        };
-        let index = self.index.clone();
-        let encoded = record.encode();
-        tokio::task::spawn_blocking(move || index.add_pending(id, &encoded))
-            .await
-            .map_err(|e| StorageError::backend(self.name, format!("index task failed: {e}")))??;
-        let upload = match self.store.put_multipart(&key).await {
+        }
+        .encode();
+        shared
+            .blocking(move |index| index.add_pending(id, &record))
+            .await?;
+        let upload = match shared.store.put_multipart(&key).await {
             Ok(upload) => upload,
             Err(e) => {
-                let _ = ObjectSink::discard(
-                    self.store.clone(),
-                    self.index.clone(),
-                    self.name,
-                    id,
-                    None,
-                    None,
-                )
-                .await;
-                return Err(StorageError::backend(
-                    self.name,
-                    format!("start upload of {key}: {e}"),
-                ));
+                let _ = shared.discard(id, None, None).await;
+                return Err(shared.err(format!("start upload of {key}: {e}")));
             }
         };
-        let prefix = self.prefix.clone();
         Ok(Box::new(ObjectSink {
-            store: self.store.clone(),
-            index: self.index.clone(),
-            name: self.name,
+            shared: shared.clone(),
             id,
             key,
-            final_key_of: Box::new(move |sha256| final_key_under(&prefix, sha256)),
             direct: direct.is_some(),
             upload: Some(WriteMultipart::new_with_chunk_size(upload, self.part_size)),
         }))
     }
 
     async fn read_blocks(&self, meta: &BlobMeta, first: u64, end: u64) -> Result<BlockStream> {
-        let key = self.final_key(&meta.sha256());
+        let shared = &self.shared;
+        let key = shared.final_key(&meta.sha256());
         let block_size = u64::from(meta.block_size);
         let start = first * block_size;
         let stop = (end * block_size).min(meta.size);
@@ -510,18 +501,17 @@ impl BlobBackend for ObjectBackend {
             range: Some(GetRange::Bounded(start..stop)),
             ..GetOptions::default()
         };
-        let digest = meta.sha256();
-        let name = self.name;
-        let result = match self.store.get_opts(&key, options).await {
+        let result = match shared.store.get_opts(&key, options).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(StorageError::Corrupt {
-                    digest,
+                    digest: meta.sha256(),
                     detail: format!("object {key} is missing from the store"),
                 });
             }
-            Err(e) => return Err(StorageError::backend(name, format!("read {key}: {e}"))),
+            Err(e) => return Err(shared.err(format!("read {key}: {e}"))),
         };
+        let name = shared.name;
         let bytes = result
             .into_stream()
             .map_err(move |e| StorageError::backend(name, format!("read: {e}")));
@@ -529,42 +519,32 @@ impl BlobBackend for ObjectBackend {
     }
 
     async fn delete(&self, sha256: &Digest) -> Result<bool> {
-        let index = self.index.clone();
         let digest = *sha256;
-        let existed = tokio::task::spawn_blocking(move || -> Result<bool> {
-            let _guard = index.lock_commits();
-            let Some(entry) = index.lookup(&digest)? else {
-                return Ok(false);
-            };
-            // The index entry goes first: the blob is invisible from here on, and an object left
-            // by a crash before the object delete is harmless (a later put overwrites it).
-            let mut batch = WriteBatch::default();
-            index.add_delete(&mut batch, &entry.meta)?;
-            index.write_synced(batch)?;
-            Ok(true)
-        })
-        .await
-        .map_err(|e| StorageError::backend(self.name, format!("delete task failed: {e}")))??;
+        let existed = self
+            .shared
+            .blocking(move |index| {
+                let _guard = index.lock_commits();
+                let Some(entry) = index.lookup(&digest)? else {
+                    return Ok(false);
+                };
+                // The index entry goes first: the blob is invisible from here on, and an object
+                // left by a crash before the object delete is harmless (a later put overwrites it).
+                let mut batch = WriteBatch::default();
+                index.add_delete(&mut batch, &entry.meta)?;
+                index.write_synced(batch)?;
+                Ok(true)
+            })
+            .await?;
         if existed {
-            delete_if_present(&*self.store, &self.final_key(sha256), self.name).await?;
+            let key = self.shared.final_key(sha256);
+            delete_if_present(&*self.shared.store, &key, self.shared.name).await?;
         }
         Ok(existed)
     }
 
     async fn pending_uploads(&self) -> Result<u64> {
-        Ok(self.index.pending()?.len() as u64)
+        Ok(self.shared.index.pending()?.len() as u64)
     }
-}
-
-fn final_key_under(prefix: &Path, sha256: &Digest) -> Path {
-    let hex = sha256.hex();
-    prefix
-        .clone()
-        .join("blobs")
-        .join("sha256")
-        .join(&hex[0..2])
-        .join(&hex[2..4])
-        .join(hex.as_str())
 }
 
 /// Regroups an object's byte stream into the blob's blocks, so each can be checked whole.

@@ -74,7 +74,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
-            if entry.file_type().unwrap().is_dir() {
+            if entry.file_type().expect("file type").is_dir() {
                 out.extend(walk(&entry.path()));
             } else {
                 out.push(entry.path());
@@ -99,9 +99,8 @@ impl Drop for Moto {
 
 fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
         .port()
 }
 

@@ -176,10 +176,11 @@ impl RocksSink {
 
 impl Drop for RocksSink {
     fn drop(&mut self) {
-        if !self.done && self.spilled {
-            if let Err(err) = Self::discard(&self.index, self.extent) {
-                tracing::warn!(extent = self.extent, %err, "could not discard an abandoned upload; it is removed at the next start");
-            }
+        if !self.done
+            && self.spilled
+            && let Err(err) = Self::discard(&self.index, self.extent)
+        {
+            tracing::warn!(extent = self.extent, %err, "could not discard an abandoned upload; it is removed at the next start");
         }
     }
 }
