@@ -46,10 +46,22 @@ pub struct CustodyArgs {
 #[derive(Serialize)]
 struct BackendResult {
     backend: String,
+    /// `custodian blob put FILE`: until the daemon acknowledged a durable, verified blob.
     put_seconds: f64,
+    /// `put_seconds` / the SHA-256 time.
     put_ratio: f64,
+    /// `put_seconds` / the larger of the SHA-256 time and the disk's write+fsync time.
+    put_ratio_to_floor: f64,
+    /// `custodian blob get DIGEST -o FILE`: verified, fsynced and renamed into place.
     get_seconds: f64,
+    /// `get_seconds` / the SHA-256 time.
     get_ratio: f64,
+    /// `get_seconds` / the larger of the SHA-256 time and the disk's write+fsync time.
+    get_ratio_to_floor: f64,
+    /// `custodian blob get DIGEST -o -` to /dev/null: the transfer and its verification alone.
+    get_stream_seconds: f64,
+    /// `get_stream_seconds` / the SHA-256 time.
+    get_stream_ratio: f64,
     daemon_peak_rss_mib: f64,
 }
 
@@ -58,6 +70,9 @@ struct Report {
     size_bytes: u64,
     openssl_sha256_seconds: f64,
     openssl_sha256_gib_per_s: f64,
+    /// Writing the blob's size from memory and fsyncing it: the disk's limit for anything durable.
+    disk_write_fsync_seconds: f64,
+    disk_write_fsync_gib_per_s: f64,
     backends: Vec<BackendResult>,
 }
 
@@ -83,6 +98,9 @@ fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
         input.display()
     );
     write_test_file(&input, size)?;
+    let disk = best_of(args.runs, || {
+        measure_disk(&work.join("disk-probe.bin"), size)
+    })?;
 
     let openssl = best_of(args.runs, || {
         run_timed(
@@ -95,9 +113,12 @@ fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
     let mut report = Report {
         size_bytes: size,
         openssl_sha256_seconds: openssl.as_secs_f64(),
-        openssl_sha256_gib_per_s: size as f64 / (1u64 << 30) as f64 / openssl.as_secs_f64(),
+        openssl_sha256_gib_per_s: gib_per_s(size, openssl),
+        disk_write_fsync_seconds: disk.as_secs_f64(),
+        disk_write_fsync_gib_per_s: gib_per_s(size, disk),
         backends: Vec::new(),
     };
+    let floor = openssl.max(disk).as_secs_f64();
 
     for backend in &args.backends {
         let data_dir = work.join(format!("data-{backend}"));
@@ -108,6 +129,7 @@ fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
         };
         let mut put_best = Duration::MAX;
         let mut get_best = Duration::MAX;
+        let mut stream_best = Duration::MAX;
         let mut peak = 0u64;
         for _ in 0..args.runs {
             // A fresh daemon and store per run, so every put really stores.
@@ -127,6 +149,16 @@ fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
                     .arg(&output),
             )?;
             let _ = std::fs::remove_file(&output);
+            let stream = run_timed(Command::new(&exe).args([
+                "blob",
+                "get",
+                &digest,
+                "--server",
+                &daemon.address,
+                "-o",
+                "-",
+            ]))?;
+            stream_best = stream_best.min(stream);
             peak = peak.max(daemon.peak_rss()?);
             put_best = put_best.min(put);
             get_best = get_best.min(get);
@@ -135,8 +167,12 @@ fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
             backend: backend.clone(),
             put_seconds: put_best.as_secs_f64(),
             put_ratio: put_best.as_secs_f64() / openssl.as_secs_f64(),
+            put_ratio_to_floor: put_best.as_secs_f64() / floor,
             get_seconds: get_best.as_secs_f64(),
             get_ratio: get_best.as_secs_f64() / openssl.as_secs_f64(),
+            get_ratio_to_floor: get_best.as_secs_f64() / floor,
+            get_stream_seconds: stream_best.as_secs_f64(),
+            get_stream_ratio: stream_best.as_secs_f64() / openssl.as_secs_f64(),
             daemon_peak_rss_mib: peak as f64 / (1 << 20) as f64,
         });
     }
@@ -145,34 +181,54 @@ fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "blob {} MiB; openssl dgst -sha256: {:.3} s ({:.2} GiB/s)",
-            args.size_mib, report.openssl_sha256_seconds, report.openssl_sha256_gib_per_s
+            "blob {} MiB; limits: openssl dgst -sha256 {:.3} s ({:.2} GiB/s), \
+             disk write+fsync {:.3} s ({:.2} GiB/s)",
+            args.size_mib,
+            report.openssl_sha256_seconds,
+            report.openssl_sha256_gib_per_s,
+            report.disk_write_fsync_seconds,
+            report.disk_write_fsync_gib_per_s
         );
         println!(
-            "{:<8} {:>9} {:>8} {:>9} {:>8} {:>15}",
-            "backend", "put s", "put ×", "get s", "get ×", "daemon peak RSS"
+            "{:<8} {:>7} {:>6} {:>7} {:>7} {:>6} {:>7} {:>8} {:>6} {:>10}",
+            "backend",
+            "put s",
+            "×sha",
+            "×floor",
+            "get s",
+            "×sha",
+            "×floor",
+            "stream s",
+            "×sha",
+            "peak RSS"
         );
         for b in &report.backends {
             println!(
-                "{:<8} {:>9.3} {:>8.2} {:>9.3} {:>8.2} {:>11.1} MiB",
+                "{:<8} {:>7.3} {:>6.2} {:>7.2} {:>7.3} {:>6.2} {:>7.2} {:>8.3} {:>6.2} {:>6.1} MiB",
                 b.backend,
                 b.put_seconds,
                 b.put_ratio,
+                b.put_ratio_to_floor,
                 b.get_seconds,
                 b.get_ratio,
+                b.get_ratio_to_floor,
+                b.get_stream_seconds,
+                b.get_stream_ratio,
                 b.daemon_peak_rss_mib
             );
         }
         println!(
-            "(× = time / openssl time on the same file; fastest of {} runs)",
+            "×sha = time / SHA-256 time; ×floor = time / max(SHA-256, disk write+fsync) time, the \
+             least a durable put or an fsynced get can take; stream = get to /dev/null. Fastest of \
+             {} runs.",
             args.runs
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes incompressible bytes, then flushes them to disk so the page cache state is the same
-/// for every measurement that follows.
+/// Writes incompressible bytes and syncs them, so every measurement that follows starts from the
+/// same page-cache state.
 fn write_test_file(path: &Path, size: u64) -> anyhow::Result<()> {
     let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -191,6 +247,31 @@ fn write_test_file(path: &Path, size: u64) -> anyhow::Result<()> {
     }
     file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     Ok(())
+}
+
+/// Times writing `size` bytes from a prepared buffer and fsyncing them, as
+/// `dd bs=8M conv=fsync` would: the disk's limit for anything that must be durable.
+fn measure_disk(path: &Path, size: u64) -> anyhow::Result<Duration> {
+    let buffer: Vec<u8> = (0..8u64 << 20)
+        .map(|i| (i.wrapping_mul(0x9E37_79B9) >> 13) as u8)
+        .collect();
+    let start = Instant::now();
+    let mut file = std::fs::File::create(path)?;
+    let mut written = 0;
+    while written < size {
+        let n = (size - written).min(buffer.len() as u64) as usize;
+        file.write_all(&buffer[..n])?;
+        written += n as u64;
+    }
+    file.sync_all()?;
+    let elapsed = start.elapsed();
+    drop(file);
+    std::fs::remove_file(path)?;
+    Ok(elapsed)
+}
+
+fn gib_per_s(bytes: u64, time: Duration) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64 / time.as_secs_f64()
 }
 
 fn run_timed(command: &mut Command) -> anyhow::Result<Duration> {

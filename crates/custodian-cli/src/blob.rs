@@ -7,13 +7,13 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use bytes::BytesMut;
 use clap::{Args, Subcommand};
-use custodian_core::{Algorithm, Digest};
+use custodian_core::{Digest, StreamHasher};
 use custodian_proto::cas::v1 as pb;
 use custodian_proto::cas::v1::content_store_client::ContentStoreClient;
+use custodian_storage::OffThreadHasher;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use sha2::Digest as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::transport::Channel;
 
@@ -372,13 +372,22 @@ async fn get(
         (Box::new(file), Some(temp))
     };
     let bar = progress(expected_len, format!("get {}", short(&digest)));
-    let mut hasher = Hasher::new(digest.algorithm());
+    // Only a whole blob can be checked against its digest; a range is checked for length (the
+    // daemon has already checked every block's CRC32C before sending it).
+    let mut hasher = whole.then(|| OffThreadHasher::new(StreamHasher::new(digest.algorithm())));
+    if expected_len > PUT_CHUNK as u64
+        && let Some(hasher) = hasher.as_mut()
+    {
+        hasher.go_parallel();
+    }
     let mut received = 0u64;
     let result: anyhow::Result<()> = async {
         let mut data = first.data;
         loop {
             if !data.is_empty() {
-                hasher.update(&data);
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(&data).await;
+                }
                 sink.write_all(&data).await.context("writing the output")?;
                 received += data.len() as u64;
                 bar.inc(data.len() as u64);
@@ -392,8 +401,11 @@ async fn get(
         if received != expected_len {
             bail!("received {received} bytes, expected {expected_len}");
         }
-        if whole {
-            let got = hasher.finish();
+        if let Some(hasher) = hasher.take() {
+            let got = hasher
+                .finalize()
+                .await
+                .context("the hashing thread stopped unexpectedly")?;
             if got != digest {
                 bail!("the bytes received hash to {got}, not the requested {digest}");
             }
@@ -442,37 +454,6 @@ fn temp_path(output: &Path) -> PathBuf {
 fn short(digest: &Digest) -> String {
     let text = digest.to_string();
     format!("{}…", &text[..text.find(':').map_or(0, |i| i + 13)])
-}
-
-/// Hashes a download with the algorithm it was requested by.
-enum Hasher {
-    Sha256(Box<sha2::Sha256>),
-    Blake3(Box<blake3::Hasher>),
-}
-
-impl Hasher {
-    fn new(algorithm: Algorithm) -> Self {
-        match algorithm {
-            Algorithm::Sha256 => Hasher::Sha256(Box::default()),
-            Algorithm::Blake3 => Hasher::Blake3(Box::default()),
-        }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        match self {
-            Hasher::Sha256(h) => h.update(data),
-            Hasher::Blake3(h) => {
-                h.update(data);
-            }
-        }
-    }
-
-    fn finish(self) -> Digest {
-        match self {
-            Hasher::Sha256(h) => Digest::sha256(h.finalize().into()),
-            Hasher::Blake3(h) => Digest::blake3(*h.finalize().as_bytes()),
-        }
-    }
 }
 
 async fn stat(server: &ServerArg, digests: &[Digest], json: bool) -> anyhow::Result<ExitCode> {

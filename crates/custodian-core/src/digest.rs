@@ -182,6 +182,43 @@ impl FromStr for Digest {
     }
 }
 
+/// A streaming hasher for one algorithm.
+#[derive(Clone)]
+pub enum StreamHasher {
+    /// SHA-256 state.
+    Sha256(sha2::Sha256),
+    /// BLAKE3 state (boxed: it is large).
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl StreamHasher {
+    /// A hasher for `algorithm` that has seen no bytes.
+    pub fn new(algorithm: Algorithm) -> Self {
+        match algorithm {
+            Algorithm::Sha256 => StreamHasher::Sha256(sha2::Sha256::default()),
+            Algorithm::Blake3 => StreamHasher::Blake3(Box::default()),
+        }
+    }
+
+    /// Feeds the next bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            StreamHasher::Sha256(h) => h.update(data),
+            StreamHasher::Blake3(h) => {
+                h.update(data);
+            }
+        }
+    }
+
+    /// The digest of everything fed.
+    pub fn finalize(self) -> Digest {
+        match self {
+            StreamHasher::Sha256(h) => Digest::sha256(h.finalize().into()),
+            StreamHasher::Blake3(h) => Digest::blake3(*h.finalize().as_bytes()),
+        }
+    }
+}
+
 /// Both digests of one blob, as computed in a single pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BlobDigests {
@@ -332,6 +369,16 @@ mod tests {
                 err.to_string().contains(&format!("{text:?}")),
                 "{err} does not name the value"
             );
+        }
+    }
+
+    #[test]
+    fn stream_hasher_matches_one_shot() {
+        for algorithm in Algorithm::ALL {
+            let mut hasher = StreamHasher::new(algorithm);
+            hasher.update(b"a");
+            hasher.update(b"bc");
+            assert_eq!(hasher.finalize(), Digest::of(algorithm, b"abc"));
         }
     }
 

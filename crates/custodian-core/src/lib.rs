@@ -5,4 +5,6 @@
 
 pub mod digest;
 
-pub use digest::{Algorithm, BlobDigests, BlobHasher, DIGEST_LEN, Digest, DigestError};
+pub use digest::{
+    Algorithm, BlobDigests, BlobHasher, DIGEST_LEN, Digest, DigestError, StreamHasher,
+};

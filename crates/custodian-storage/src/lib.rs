@@ -9,11 +9,13 @@
 
 pub mod conformance;
 mod error;
+mod hashing;
 mod memory;
 mod meta;
 mod store;
 
 pub use error::{Result, StorageError};
+pub use hashing::OffThreadHasher;
 pub use memory::MemoryBackend;
 pub use meta::{BlobMeta, MetaDecodeError};
 pub use store::{

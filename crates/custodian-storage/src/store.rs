@@ -5,9 +5,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use custodian_core::{BlobHasher, Digest};
+use custodian_core::{Algorithm, BlobDigests, Digest, StreamHasher};
 use futures::stream::{BoxStream, StreamExt};
 
+use crate::hashing::OffThreadHasher;
 use crate::{BlobMeta, Result, StorageError};
 
 /// A stream of stored blocks, in order.
@@ -150,7 +151,9 @@ impl BlobStore {
         let sink = self.backend.begin(&expect).await?;
         Ok(BlobWriter {
             expect,
-            hasher: BlobHasher::new(),
+            received: 0,
+            sha256: OffThreadHasher::new(StreamHasher::new(Algorithm::Sha256)),
+            blake3: StreamHasher::new(Algorithm::Blake3),
             pending: BytesMut::new(),
             block_size: self.backend.block_size(),
             next_block: 0,
@@ -295,7 +298,11 @@ fn check_block(
 /// Dropping a writer without committing discards the upload.
 pub struct BlobWriter {
     expect: Expectation,
-    hasher: BlobHasher,
+    received: u64,
+    /// SHA-256 moves to a helper thread once the blob proves larger than one block, so that
+    /// it runs beside BLAKE3, CRC32C and the storage writes.
+    sha256: OffThreadHasher,
+    blake3: StreamHasher,
     pending: BytesMut,
     block_size: usize,
     next_block: u64,
@@ -306,7 +313,7 @@ pub struct BlobWriter {
 impl BlobWriter {
     /// How many bytes have been received so far.
     pub fn received(&self) -> u64 {
-        self.hasher.len()
+        self.received
     }
 
     /// Appends the next bytes of the blob.
@@ -314,13 +321,18 @@ impl BlobWriter {
     /// Fails at once, and discards the upload, if the bytes exceed the declared size.
     pub async fn write(&mut self, mut data: Bytes) -> Result<()> {
         if let Some(expected) = self.expect.size {
-            let actual = self.hasher.len() + data.len() as u64;
+            let actual = self.received + data.len() as u64;
             if actual > expected {
                 self.abort_quietly().await;
                 return Err(StorageError::SizeMismatch { expected, actual });
             }
         }
-        self.hasher.update(&data);
+        if self.received >= self.block_size as u64 {
+            self.sha256.go_parallel();
+        }
+        self.received += data.len() as u64;
+        self.sha256.update(&data).await;
+        self.blake3.update(&data);
         // Whole blocks that arrive aligned are passed on without copying.
         while !data.is_empty() {
             if self.pending.is_empty() && data.len() >= self.block_size {
@@ -371,8 +383,22 @@ impl BlobWriter {
             let block = self.pending.split().freeze();
             self.store_block(block).await?;
         }
-        let size = self.hasher.len();
-        let digests = std::mem::take(&mut self.hasher).finalize();
+        let size = self.received;
+        let blake3 = std::mem::replace(&mut self.blake3, StreamHasher::new(Algorithm::Blake3));
+        let sha256 = std::mem::replace(
+            &mut self.sha256,
+            OffThreadHasher::new(StreamHasher::new(Algorithm::Sha256)),
+        );
+        let Some(sha256) = sha256.finalize().await else {
+            self.abort_quietly().await;
+            return Err(StorageError::Aborted(
+                "the hashing thread stopped unexpectedly".into(),
+            ));
+        };
+        let digests = BlobDigests {
+            sha256,
+            blake3: blake3.finalize(),
+        };
         let mismatch = match (self.expect.size, self.expect.digest) {
             (Some(expected), _) if expected != size => Some(StorageError::SizeMismatch {
                 expected,
