@@ -104,6 +104,8 @@ async fn connect(server: &ServerArg) -> anyhow::Result<ContentStoreClient<Channe
         .with_context(|| format!("invalid --server address {:?}", server.server))?
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
+        // Large frames from the daemon mean fewer frames and system calls per blob.
+        .max_frame_size(Some(1 << 20))
         .connect()
         .await
         .with_context(|| {
@@ -300,7 +302,10 @@ async fn put_file(
             }
             .await;
             match read {
-                Ok(0) => None,
+                Ok(0) => {
+                    bar.set_message("all bytes sent; the daemon is verifying and committing");
+                    None
+                }
                 Ok(n) => {
                     bar.inc(n as u64);
                     let message = pb::PutRequest {

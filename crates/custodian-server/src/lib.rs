@@ -127,8 +127,10 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         // Large windows let one stream move a big blob at loopback speed.
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20))
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(8 << 20))
+        // Large frames from the client mean fewer frames and system calls per blob.
+        .max_frame_size(Some(1 << 20))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -389,6 +389,7 @@ fn tokio_stream_from(mut rx: tokio::sync::mpsc::Receiver<Result<Bytes>>) -> Bloc
 #[cfg(test)]
 mod tests {
     use super::*;
+    use custodian_core::BlobDigests;
     use custodian_storage::conformance::{self, Harness};
     use custodian_storage::{BlobStore, ByteRange, Expectation};
 
@@ -470,5 +471,54 @@ mod tests {
             other => panic!("corrupt block gave {other:?}"),
         }
         assert_eq!(items.len(), 2, "nothing after the corrupt block is served");
+    }
+
+    fn chunk_keys(backend: &RocksBackend) -> usize {
+        let cf = chunks_cf(&backend.index).unwrap();
+        backend
+            .index
+            .db()
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .count()
+    }
+
+    /// Concurrent puts of one blob keep exactly one copy of its blocks, and a delete removes
+    /// them all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_puts_keep_one_copy_and_delete_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend =
+            Arc::new(RocksBackend::open(dir.path(), RocksConfig { block_size: 4096 }).unwrap());
+        let store = BlobStore::new(backend.clone());
+        let data = conformance::pattern(2, 5 * 4096);
+        let puts: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                let data = data.clone();
+                tokio::spawn(async move {
+                    let mut writer = store.begin_put(Expectation::default()).await?;
+                    for piece in data.chunks(3000) {
+                        writer.write(Bytes::copy_from_slice(piece)).await?;
+                        tokio::task::yield_now().await;
+                    }
+                    writer.commit().await
+                })
+            })
+            .collect();
+        let mut fresh = 0;
+        for put in puts {
+            fresh += usize::from(!put.await.unwrap().unwrap().already_present);
+        }
+        assert_eq!(fresh, 1);
+        assert_eq!(
+            chunk_keys(&backend),
+            5,
+            "exactly one blob's blocks are stored"
+        );
+        assert_eq!(backend.index.pending().unwrap().len(), 0);
+
+        let digest = BlobDigests::of(&data).sha256;
+        assert!(store.delete(&digest).await.unwrap());
+        assert_eq!(chunk_keys(&backend), 0, "delete removes every block");
     }
 }
