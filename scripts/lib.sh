@@ -45,6 +45,6 @@ ensure_moto() {
 }
 
 build_all() {
-  say "building (release; the first build compiles RocksDB and takes about 25 minutes on 2 cores)"
+  say "building (release; the first build compiles RocksDB: 15 to 25 minutes on 2 cores)"
   cargo test --release --workspace --no-run --quiet
 }

@@ -75,6 +75,60 @@ pub async fn get(
     Ok((info.expect("first message carries metadata"), data))
 }
 
+/// A Put whose request stream stays open: the header and a first chunk are sent, and the
+/// caller decides what happens next (more chunks, a disconnect, a daemon crash).
+pub struct OpenUpload {
+    /// Sends further messages; dropping it ends the request stream.
+    pub tx: tokio::sync::mpsc::Sender<pb::PutRequest>,
+    /// The call's eventual result.
+    pub call: tokio::task::JoinHandle<Result<tonic::Response<pb::PutResponse>, tonic::Status>>,
+}
+
+impl OpenUpload {
+    /// Starts a Put with `header` and sends `first` as its first chunk.
+    pub async fn start(
+        mut client: ContentStoreClient<Channel>,
+        header: pb::PutHeader,
+        first: Bytes,
+    ) -> OpenUpload {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        for message in [
+            pb::put_request::Message::Header(header),
+            pb::put_request::Message::Chunk(first),
+        ] {
+            tx.send(pb::PutRequest {
+                message: Some(message),
+            })
+            .await
+            .expect("queue a Put message");
+        }
+        let call = tokio::spawn(async move {
+            client
+                .put(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        OpenUpload { tx, call }
+    }
+
+    /// Sends the next chunk.
+    pub async fn send(&self, data: Bytes) {
+        self.tx.send(chunk(data)).await.expect("queue a Put chunk");
+    }
+}
+
+/// Asserts that the blob is not in custody under either of its digests.
+pub async fn assert_absent(client: &mut ContentStoreClient<Channel>, digests: &BlobDigests) {
+    for digest in [digests.sha256, digests.blake3] {
+        let status = client
+            .stat(pb::StatRequest {
+                digest: digest.to_string(),
+            })
+            .await
+            .expect_err("the blob must not be in custody");
+        assert_eq!(status.code(), Code::NotFound, "{digest}");
+    }
+}
+
 #[tokio::test]
 async fn round_trip_at_block_boundaries_with_both_digests() {
     let dir = tempfile::tempdir().unwrap();
@@ -296,33 +350,20 @@ async fn disconnecting_mid_upload_leaves_nothing() {
     let daemon = Daemon::start(dir.path());
     let data = pattern(4, 4 * BLOCK);
     let digests = BlobDigests::of(&data);
-    {
-        let mut client = daemon.client().await;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(header("", None)).await.unwrap();
-        tx.send(chunk(data.slice(..2 * BLOCK + 3))).await.unwrap();
-        let call = tokio::spawn(async move {
-            client
-                .put(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-        });
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        // Dropping the call drops the connection, as a client crash would.
-        call.abort();
-        let _ = call.await;
-        drop(tx);
-    }
+    let upload = OpenUpload::start(
+        daemon.client().await,
+        pb::PutHeader::default(),
+        data.slice(..2 * BLOCK + 3),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Dropping the call drops the connection, as a client crash would.
+    upload.call.abort();
+    let _ = upload.call.await;
+    drop(upload.tx);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let mut client = daemon.client().await;
-    for digest in [digests.sha256, digests.blake3] {
-        let status = client
-            .stat(pb::StatRequest {
-                digest: digest.to_string(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::NotFound);
-    }
+    assert_absent(&mut client, &digests).await;
     // The same blob uploads normally afterwards.
     let response = put(&mut client, &digests.sha256.to_string(), None, &data)
         .await

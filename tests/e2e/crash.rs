@@ -5,9 +5,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use custodian_core::BlobDigests;
 use custodian_proto::cas::v1 as pb;
-use tonic::Code;
 
-use crate::cas::{get, put};
+use crate::cas::{OpenUpload, assert_absent, get, put};
 use crate::daemon::Daemon;
 use crate::pattern;
 
@@ -41,41 +40,21 @@ async fn an_upload_cut_by_kill_9_leaves_nothing_visible() {
     let mut daemon = Daemon::start(dir.path());
     let data = pattern(400, 8 << 20);
     let digests = BlobDigests::of(&data);
-    let mut client = daemon.client().await;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::PutRequest {
-        message: Some(pb::put_request::Message::Header(pb::PutHeader::default())),
-    })
-    .await
-    .unwrap();
-    tx.send(pb::PutRequest {
-        message: Some(pb::put_request::Message::Chunk(data.slice(..5 << 20))),
-    })
-    .await
-    .unwrap();
-    let call = tokio::spawn(async move {
-        client
-            .put(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-    });
+    let upload = OpenUpload::start(
+        daemon.client().await,
+        pb::PutHeader::default(),
+        data.slice(..5 << 20),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     daemon.restart_after_kill9();
     assert!(
-        call.await.unwrap().is_err(),
+        upload.call.await.unwrap().is_err(),
         "the cut upload must not succeed"
     );
-    drop(tx);
 
     let mut client = daemon.client().await;
-    for digest in [digests.sha256, digests.blake3] {
-        let status = client
-            .stat(pb::StatRequest {
-                digest: digest.to_string(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::NotFound);
-    }
+    assert_absent(&mut client, &digests).await;
     let response = put(&mut client, &digests.sha256.to_string(), None, &data)
         .await
         .unwrap();
@@ -88,35 +67,21 @@ async fn sigterm_lets_an_in_flight_upload_finish_then_exits() {
     let mut daemon = Daemon::start(dir.path());
     let data = pattern(500, 3 << 20);
     let digest = BlobDigests::of(&data).sha256.to_string();
-    let mut client = daemon.client().await;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::PutRequest {
-        message: Some(pb::put_request::Message::Header(pb::PutHeader {
+    let upload = OpenUpload::start(
+        daemon.client().await,
+        pb::PutHeader {
             expected_digest: digest.clone(),
             expected_size: Some(data.len() as u64),
-        })),
-    })
-    .await
-    .unwrap();
-    tx.send(pb::PutRequest {
-        message: Some(pb::put_request::Message::Chunk(data.slice(..1 << 20))),
-    })
-    .await
-    .unwrap();
-    let call = tokio::spawn(async move {
-        client
-            .put(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-    });
+        },
+        data.slice(..1 << 20),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     daemon.terminate();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    tx.send(pb::PutRequest {
-        message: Some(pb::put_request::Message::Chunk(data.slice(1 << 20..))),
-    })
-    .await
-    .unwrap();
-    drop(tx);
+    upload.send(data.slice(1 << 20..)).await;
+    drop(upload.tx);
+    let call = upload.call;
     let response = call
         .await
         .unwrap()

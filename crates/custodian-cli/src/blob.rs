@@ -76,27 +76,22 @@ With `-o -` the bytes go to standard output and a mismatch is reported at the en
         server: ServerArg,
     },
     /// Show blobs' metadata; exits 1 if any is not in custody
-    Stat {
-        /// Digests to look up
-        #[arg(required = true)]
-        digests: Vec<Digest>,
-        /// Print JSON (one array) instead of text
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        server: ServerArg,
-    },
+    Stat(DigestQuery),
     /// Print which of the given digests are not in custody; exits 1 if any is missing
-    Missing {
-        /// Digests to check
-        #[arg(required = true)]
-        digests: Vec<Digest>,
-        /// Print JSON (one array) instead of text
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        server: ServerArg,
-    },
+    Missing(DigestQuery),
+}
+
+/// Arguments of the commands that look digests up.
+#[derive(Args)]
+pub struct DigestQuery {
+    /// Digests (sha256:... or blake3:...)
+    #[arg(required = true)]
+    digests: Vec<Digest>,
+    /// Print JSON (one array) instead of text
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArg,
 }
 
 async fn connect(server: &ServerArg) -> anyhow::Result<ContentStoreClient<Channel>> {
@@ -212,16 +207,8 @@ pub async fn run(command: BlobCommand) -> anyhow::Result<ExitCode> {
             limit,
             server,
         } => get(&server, digest, &output, offset, limit).await,
-        BlobCommand::Stat {
-            digests,
-            json,
-            server,
-        } => stat(&server, &digests, json).await,
-        BlobCommand::Missing {
-            digests,
-            json,
-            server,
-        } => missing(&server, &digests, json).await,
+        BlobCommand::Stat(query) => stat(&query.server, &query.digests, query.json).await,
+        BlobCommand::Missing(query) => missing(&query.server, &query.digests, query.json).await,
     }
 }
 
