@@ -136,12 +136,19 @@ fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
             let _ = std::fs::remove_dir_all(&data_dir);
             let _ = std::fs::remove_dir_all(work.join("objects"));
             let daemon = BenchDaemon::start(&exe, &data_dir, &storage)?;
-            let put = run_timed(
+            let start = Instant::now();
+            let put_output = run_checked(
                 Command::new(&exe)
                     .args(["blob", "put", "--json", "--server", &daemon.address])
                     .arg(&input),
             )?;
-            let digest = sha256_of_put(&exe, &daemon.address, &input)?;
+            let put = start.elapsed();
+            let lines: serde_json::Value =
+                serde_json::from_slice(&put_output).context("parsing put --json")?;
+            let digest = lines[0]["sha256"]
+                .as_str()
+                .context("put --json printed no sha256")?
+                .to_owned();
             let output = work.join("out.bin");
             let get = run_timed(
                 Command::new(&exe)
@@ -276,18 +283,21 @@ fn gib_per_s(bytes: u64, time: Duration) -> f64 {
 
 fn run_timed(command: &mut Command) -> anyhow::Result<Duration> {
     let start = Instant::now();
-    let output = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()?;
-    let elapsed = start.elapsed();
+    command.stdout(Stdio::null());
+    run_checked(command)?;
+    Ok(start.elapsed())
+}
+
+/// Runs a command to completion; returns its standard output, or an error with its stderr.
+fn run_checked(command: &mut Command) -> anyhow::Result<Vec<u8>> {
+    let output = command.stderr(Stdio::piped()).output()?;
     if !output.status.success() {
         bail!(
             "{command:?} failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    Ok(elapsed)
+    Ok(output.stdout)
 }
 
 fn best_of(runs: u32, mut f: impl FnMut() -> anyhow::Result<Duration>) -> anyhow::Result<Duration> {
@@ -296,20 +306,6 @@ fn best_of(runs: u32, mut f: impl FnMut() -> anyhow::Result<Duration>) -> anyhow
         best = best.min(f()?);
     }
     Ok(best)
-}
-
-/// Puts the file again (a dedup hit: cheap) to learn its digest from the daemon's own answer.
-fn sha256_of_put(exe: &Path, address: &str, input: &Path) -> anyhow::Result<String> {
-    let output = Command::new(exe)
-        .args(["blob", "put", "--json", "--server", address])
-        .arg(input)
-        .output()?;
-    let lines: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("parsing put --json")?;
-    lines[0]["sha256"]
-        .as_str()
-        .map(str::to_owned)
-        .context("put --json printed no sha256")
 }
 
 struct BenchDaemon {

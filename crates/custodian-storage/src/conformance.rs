@@ -214,6 +214,29 @@ async fn dedup_keeps_the_first_copy(store: &BlobStore) {
         second.meta, first.meta,
         "second put must report the original metadata"
     );
+    assert_no_pending(store, "dedup").await;
+
+    // A put that declares a digest already in custody is still verified: wrong bytes are
+    // refused even though nothing would have been stored.
+    let err = store
+        .put_bytes(
+            Expectation {
+                digest: Some(first.meta.digests.blake3),
+                size: None,
+            },
+            pattern(99, data.len()),
+        )
+        .await
+        .expect_err("wrong bytes under a known digest must be refused");
+    assert!(
+        matches!(err, StorageError::DigestMismatch { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        store.stat(&first.meta.sha256()).await.expect("stat"),
+        Some(first.meta.clone()),
+        "the stored blob is untouched"
+    );
 }
 
 async fn digest_mismatch_stores_nothing(store: &BlobStore) {
