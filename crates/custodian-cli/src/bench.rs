@@ -136,6 +136,7 @@ fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
             let _ = std::fs::remove_dir_all(&data_dir);
             let _ = std::fs::remove_dir_all(work.join("objects"));
             let daemon = BenchDaemon::start(&exe, &data_dir, &storage)?;
+            settle_disk();
             let start = Instant::now();
             let put_output = run_checked(
                 Command::new(&exe)
@@ -150,12 +151,14 @@ fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
                 .context("put --json printed no sha256")?
                 .to_owned();
             let output = work.join("out.bin");
+            settle_disk();
             let get = run_timed(
                 Command::new(&exe)
                     .args(["blob", "get", &digest, "--server", &daemon.address, "-o"])
                     .arg(&output),
             )?;
             let _ = std::fs::remove_file(&output);
+            settle_disk();
             let stream = run_timed(Command::new(&exe).args([
                 "blob",
                 "get",
@@ -226,8 +229,7 @@ fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
         }
         println!(
             "×sha = time / SHA-256 time; ×floor = time / max(SHA-256, disk write+fsync) time, the \
-             least a durable put or an fsynced get can take; stream = get to /dev/null. Fastest of \
-             {} runs.",
+             least a durable put or an fsynced get can take; stream = get to /dev/null. Each timed step starts after `sync` and a 2 s pause; fastest of {} runs.",
             args.runs
         );
     }
@@ -275,6 +277,13 @@ fn measure_disk(path: &Path, size: u64) -> anyhow::Result<Duration> {
     drop(file);
     std::fs::remove_file(path)?;
     Ok(elapsed)
+}
+
+/// Lets the disk finish writing back what the previous step wrote, so each timed step starts
+/// from the same quiet disk instead of paying for its predecessor's writeback.
+fn settle_disk() {
+    let _ = Command::new("sync").status();
+    std::thread::sleep(Duration::from_secs(2));
 }
 
 fn gib_per_s(bytes: u64, time: Duration) -> f64 {

@@ -10,11 +10,13 @@ use clap::{Args, Subcommand};
 use custodian_core::{Digest, StreamHasher};
 use custodian_proto::cas::v1 as pb;
 use custodian_proto::cas::v1::content_store_client::ContentStoreClient;
-use custodian_storage::OffThreadHasher;
+use custodian_storage::{OffThreadHasher, Worker};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use std::io::Write as _;
+
+use tokio::io::AsyncReadExt as _;
 use tonic::transport::Channel;
 
 use crate::DEFAULT_SERVER;
@@ -351,18 +353,26 @@ async fn get(
     });
     let to_stdout = output.as_os_str() == "-";
 
-    let (mut sink, temp): (
-        Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
-        Option<PathBuf>,
-    ) = if to_stdout {
-        (Box::new(tokio::io::stdout()), None)
+    let (target, temp) = if to_stdout {
+        (Target::Stdout(std::io::stdout()), None)
     } else {
         let temp = temp_path(output);
-        let file = tokio::fs::File::create(&temp)
-            .await
+        let file = std::fs::File::create(&temp)
             .with_context(|| format!("cannot create {}", temp.display()))?;
-        (Box::new(file), Some(temp))
+        (Target::File(file), Some(temp))
     };
+    // Writing (and the final fsync) runs on its own thread, beside receiving and hashing.
+    let writer = Worker::spawn(
+        "custodian-write",
+        (target, Ok(())),
+        |(target, result): &mut (Target, std::io::Result<()>), piece| {
+            if result.is_ok() {
+                *result = target.write(piece);
+            }
+        },
+        |(target, result)| result.and_then(|()| target.finish()),
+    )
+    .context("cannot start the writer thread")?;
     let bar = progress(expected_len, format!("get {}", short(&digest)));
     // Only a whole blob can be checked against its digest; a range is checked for length (the
     // daemon has already checked every block's CRC32C before sending it).
@@ -380,7 +390,7 @@ async fn get(
                 if let Some(hasher) = hasher.as_mut() {
                     hasher.update(&data).await;
                 }
-                sink.write_all(&data).await.context("writing the output")?;
+                writer.send(data.clone()).await;
                 received += data.len() as u64;
                 bar.inc(data.len() as u64);
             }
@@ -389,7 +399,11 @@ async fn get(
                 None => break,
             }
         }
-        sink.flush().await.context("flushing the output")?;
+        writer
+            .finish()
+            .await
+            .context("the writer thread stopped unexpectedly")?
+            .context("writing the output")?;
         if received != expected_len {
             bail!("received {received} bytes, expected {expected_len}");
         }
@@ -406,7 +420,6 @@ async fn get(
     }
     .await;
     bar.finish_and_clear();
-    drop(sink);
     if let Some(temp) = temp {
         if let Err(err) = result {
             let _ = tokio::fs::remove_file(&temp).await;
@@ -415,8 +428,6 @@ async fn get(
                 output.display()
             )));
         }
-        let file = std::fs::File::open(&temp)?;
-        file.sync_all().context("syncing the output")?;
         tokio::fs::rename(&temp, output).await.with_context(|| {
             format!(
                 "cannot move the download into place at {}",
@@ -433,6 +444,30 @@ async fn get(
         result.with_context(|| format!("get {digest}"))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where a download goes.
+enum Target {
+    Stdout(std::io::Stdout),
+    File(std::fs::File),
+}
+
+impl Target {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Target::Stdout(out) => out.write_all(data),
+            Target::File(file) => file.write_all(data),
+        }
+    }
+
+    /// Flushes standard output, or syncs the file so it is durable before it is renamed into
+    /// place.
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            Target::Stdout(mut out) => out.flush(),
+            Target::File(file) => file.sync_all(),
+        }
+    }
 }
 
 fn temp_path(output: &Path) -> PathBuf {

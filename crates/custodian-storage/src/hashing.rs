@@ -1,4 +1,4 @@
-//! Hashing beside other work: a hasher that runs on a helper thread.
+//! Work beside the transfer: a helper thread that consumes a byte stream, and a hasher on it.
 //!
 //! SHA-256 is the slowest thing Custodian does per byte (about 1.3 GiB/s with SHA-NI). On a
 //! large transfer, running it on its own thread lets receiving, BLAKE3, CRC32C and storage writes
@@ -11,17 +11,57 @@ use custodian_core::{Digest, StreamHasher};
 /// How many pieces may wait for the helper thread before `update` waits.
 const QUEUE: usize = 16;
 
+/// Consumes pieces of a byte stream on a helper thread, then produces a result.
+///
+/// Used to run work that needs a whole core (hashing, writing a file) beside the work that
+/// receives the bytes, without copying them and with bounded memory.
+pub struct Worker<R> {
+    /// Pieces for the helper; dropping it ends the helper's loop.
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    /// The helper's result.
+    done: tokio::sync::oneshot::Receiver<R>,
+}
+
+impl<R: Send + 'static> Worker<R> {
+    /// Starts a helper thread that calls `each` on every piece, then `finish` on its state.
+    pub fn spawn<S: Send + 'static>(
+        name: &str,
+        mut state: S,
+        mut each: impl FnMut(&mut S, &Bytes) + Send + 'static,
+        finish: impl FnOnce(S) -> R + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(QUEUE);
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                while let Some(piece) = rx.blocking_recv() {
+                    each(&mut state, &piece);
+                }
+                let _ = done_tx.send(finish(state));
+            })?;
+        Ok(Worker { tx, done })
+    }
+
+    /// Hands the next piece to the helper, waiting while its queue is full.
+    pub async fn send(&self, piece: Bytes) {
+        // The helper only stops when `tx` is dropped, so sending cannot fail while it lives.
+        let _ = self.tx.send(piece).await;
+    }
+
+    /// Ends the stream and waits for the helper's result (`None` if the helper died).
+    pub async fn finish(self) -> Option<R> {
+        drop(self.tx);
+        self.done.await.ok()
+    }
+}
+
 /// A hasher that starts inline and can move to a helper thread.
 pub enum OffThreadHasher {
     /// Hashing on the caller's thread.
     Inline(StreamHasher),
     /// Hashing on a helper thread.
-    Threaded {
-        /// Pieces for the helper; dropping it ends the helper.
-        tx: tokio::sync::mpsc::Sender<Bytes>,
-        /// The helper's result.
-        done: tokio::sync::oneshot::Receiver<Digest>,
-    },
+    Threaded(Worker<Digest>),
 }
 
 impl OffThreadHasher {
@@ -36,19 +76,14 @@ impl OffThreadHasher {
         let OffThreadHasher::Inline(hasher) = self else {
             return;
         };
-        let mut hasher = hasher.clone();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(QUEUE);
-        let (done_tx, done) = tokio::sync::oneshot::channel();
-        let spawned = std::thread::Builder::new()
-            .name("custodian-hash".into())
-            .spawn(move || {
-                while let Some(piece) = rx.blocking_recv() {
-                    hasher.update(&piece);
-                }
-                let _ = done_tx.send(hasher.finalize());
-            });
-        if spawned.is_ok() {
-            *self = OffThreadHasher::Threaded { tx, done };
+        let worker = Worker::spawn(
+            "custodian-hash",
+            hasher.clone(),
+            |hasher, piece| hasher.update(piece),
+            StreamHasher::finalize,
+        );
+        if let Ok(worker) = worker {
+            *self = OffThreadHasher::Threaded(worker);
         }
     }
 
@@ -56,10 +91,7 @@ impl OffThreadHasher {
     pub async fn update(&mut self, data: &Bytes) {
         match self {
             OffThreadHasher::Inline(hasher) => hasher.update(data),
-            OffThreadHasher::Threaded { tx, .. } => {
-                // The helper only stops when `tx` is dropped, so sending cannot fail.
-                let _ = tx.send(data.clone()).await;
-            }
+            OffThreadHasher::Threaded(worker) => worker.send(data.clone()).await,
         }
     }
 
@@ -67,10 +99,7 @@ impl OffThreadHasher {
     pub async fn finalize(self) -> Option<Digest> {
         match self {
             OffThreadHasher::Inline(hasher) => Some(hasher.finalize()),
-            OffThreadHasher::Threaded { tx, done } => {
-                drop(tx);
-                done.await.ok()
-            }
+            OffThreadHasher::Threaded(worker) => worker.finish().await,
         }
     }
 }

@@ -15,7 +15,7 @@ mod meta;
 mod store;
 
 pub use error::{Result, StorageError};
-pub use hashing::OffThreadHasher;
+pub use hashing::{OffThreadHasher, Worker};
 pub use memory::MemoryBackend;
 pub use meta::{BlobMeta, MetaDecodeError};
 pub use store::{
