@@ -37,7 +37,14 @@ ensure_system_packages() {
 ensure_moto() {
   local venv="$CUSTODIAN_CACHE/venv"
   if [ ! -x "$venv/bin/moto_server" ]; then
+    # Debian's own python3 ships venv support separately.
+    if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+      say "installing python3 and python3-venv"
+      as_root apt-get update -qq
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+    fi
     say "installing the S3 test server (moto) into $venv"
+    rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
   fi
