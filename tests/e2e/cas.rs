@@ -566,3 +566,42 @@ async fn file_backend_through_the_daemon() {
         "object holds the blob's bytes as they are"
     );
 }
+
+#[tokio::test]
+async fn a_corrupted_blob_is_data_loss_never_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().join("objects").display());
+    let daemon = Daemon::start_with(&dir.path().join("state"), &["--storage", &url]);
+    let mut client = daemon.client().await;
+    let data = pattern(78, 3 * BLOCK);
+    let blob = put(&mut client, "", None, &data)
+        .await
+        .unwrap()
+        .blob
+        .unwrap();
+    let hex = blob.sha256.strip_prefix("sha256:").unwrap();
+    let object = dir
+        .path()
+        .join("objects/blobs/sha256")
+        .join(&hex[..2])
+        .join(&hex[2..4])
+        .join(hex);
+    let mut bytes = std::fs::read(&object).unwrap();
+    bytes[BLOCK + 10] ^= 0x01;
+    std::fs::write(&object, bytes).unwrap();
+
+    let status = get(&mut client, &blob.sha256, 0, 0).await.unwrap_err();
+    assert_eq!(status.code(), Code::DataLoss);
+    assert!(
+        status.message().contains(&blob.sha256),
+        "{}",
+        status.message()
+    );
+
+    // The CLI refuses too, and leaves no file behind.
+    let out = dir.path().join("out.bin");
+    let output = daemon.cli(&["blob", "get", &blob.sha256, "-o", out.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("data loss"));
+    assert!(!out.exists());
+}
