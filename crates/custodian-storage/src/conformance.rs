@@ -332,17 +332,22 @@ async fn abandoned_upload_leaves_nothing(store: &BlobStore) {
     assert_no_pending(store, "dropped upload").await;
 }
 
-async fn concurrent_puts_of_one_blob(store: &BlobStore) {
-    let bs = store.block_size();
-    let data = pattern(6, 4 * bs + 99);
-    let tasks: Vec<_> = (0..2)
+/// Puts `data` from `writers` concurrent uploads, each writing pieces of `piece` bytes and
+/// yielding between them so the uploads interleave; returns every outcome.
+pub async fn put_concurrently(
+    store: &BlobStore,
+    data: &Bytes,
+    writers: usize,
+    piece: usize,
+) -> Vec<crate::PutOutcome> {
+    let tasks: Vec<_> = (0..writers)
         .map(|_| {
             let store = store.clone();
             let data = data.clone();
             tokio::spawn(async move {
                 let mut writer = store.begin_put(Expectation::default()).await?;
-                for piece in data.chunks(bs / 2 + 1) {
-                    writer.write(Bytes::copy_from_slice(piece)).await?;
+                for chunk in data.chunks(piece) {
+                    writer.write(Bytes::copy_from_slice(chunk)).await?;
                     tokio::task::yield_now().await;
                 }
                 writer.commit().await
@@ -353,6 +358,13 @@ async fn concurrent_puts_of_one_blob(store: &BlobStore) {
     for task in tasks {
         outcomes.push(task.await.expect("join").expect("concurrent put"));
     }
+    outcomes
+}
+
+async fn concurrent_puts_of_one_blob(store: &BlobStore) {
+    let bs = store.block_size();
+    let data = pattern(6, 4 * bs + 99);
+    let outcomes = put_concurrently(store, &data, 2, bs / 2 + 1).await;
     let fresh = outcomes.iter().filter(|o| !o.already_present).count();
     assert_eq!(
         fresh, 1,

@@ -76,6 +76,8 @@ impl OffThreadHasher {
         let OffThreadHasher::Inline(hasher) = self else {
             return;
         };
+        // The state is cloned (a few hundred bytes) so that it stays usable inline if no
+        // thread can be started.
         let worker = Worker::spawn(
             "custodian-hash",
             hasher.clone(),

@@ -32,11 +32,6 @@ impl BlobMeta {
         size.div_ceil(u64::from(block_size))
     }
 
-    /// The number of blocks this blob occupies.
-    pub fn block_count(&self) -> u64 {
-        Self::block_count_for(self.size, self.block_size)
-    }
-
     /// The canonical (SHA-256) address.
     pub fn sha256(&self) -> Digest {
         self.digests.sha256

@@ -352,11 +352,6 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
-    /// How many bytes have been received so far.
-    pub fn received(&self) -> u64 {
-        self.received
-    }
-
     /// Appends the next bytes of the blob.
     ///
     /// Fails at once, and discards the upload, if the bytes exceed the declared size.

@@ -434,9 +434,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn corrupt_block_is_not_served() {
         let dir = tempfile::tempdir().unwrap();
-        let backend =
-            Arc::new(RocksBackend::open(dir.path(), RocksConfig { block_size: 4096 }).unwrap());
-        let store = BlobStore::new(backend.clone());
+        let (backend, store) = open_small(dir.path());
         let data = conformance::pattern(1, 3 * 4096);
         let meta = store
             .put_bytes(Expectation::default(), data.clone())
@@ -473,6 +471,12 @@ mod tests {
         assert_eq!(items.len(), 2, "nothing after the corrupt block is served");
     }
 
+    /// A backend with 4 KiB blocks, and the store over it.
+    fn open_small(dir: &std::path::Path) -> (Arc<RocksBackend>, BlobStore) {
+        let backend = Arc::new(RocksBackend::open(dir, RocksConfig { block_size: 4096 }).unwrap());
+        (backend.clone(), BlobStore::new(backend))
+    }
+
     fn chunk_keys(backend: &RocksBackend) -> usize {
         let cf = chunks_cf(&backend.index).unwrap();
         backend
@@ -487,28 +491,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_puts_keep_one_copy_and_delete_removes_it() {
         let dir = tempfile::tempdir().unwrap();
-        let backend =
-            Arc::new(RocksBackend::open(dir.path(), RocksConfig { block_size: 4096 }).unwrap());
-        let store = BlobStore::new(backend.clone());
+        let (backend, store) = open_small(dir.path());
         let data = conformance::pattern(2, 5 * 4096);
-        let puts: Vec<_> = (0..4)
-            .map(|_| {
-                let store = store.clone();
-                let data = data.clone();
-                tokio::spawn(async move {
-                    let mut writer = store.begin_put(Expectation::default()).await?;
-                    for piece in data.chunks(3000) {
-                        writer.write(Bytes::copy_from_slice(piece)).await?;
-                        tokio::task::yield_now().await;
-                    }
-                    writer.commit().await
-                })
-            })
-            .collect();
-        let mut fresh = 0;
-        for put in puts {
-            fresh += usize::from(!put.await.unwrap().unwrap().already_present);
-        }
+        let fresh = conformance::put_concurrently(&store, &data, 4, 3000)
+            .await
+            .iter()
+            .filter(|o| !o.already_present)
+            .count();
         assert_eq!(fresh, 1);
         assert_eq!(
             chunk_keys(&backend),

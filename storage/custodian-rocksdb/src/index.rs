@@ -91,11 +91,6 @@ impl RocksIndex {
         &self.db
     }
 
-    /// The backend name used in errors.
-    pub fn backend(&self) -> &'static str {
-        self.backend
-    }
-
     /// A backend error with this index's backend name.
     pub fn err(&self, message: impl std::fmt::Display) -> StorageError {
         StorageError::backend(self.backend, message)
