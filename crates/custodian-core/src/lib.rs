@@ -3,7 +3,13 @@
 //! This crate does no I/O and pulls in no async runtime, RPC framework or database, so an
 //! offline verifier can be built from it alone.
 
+pub mod audit;
+pub mod checkpoint;
 pub mod digest;
+pub mod entry;
+pub mod merkle;
+pub mod note;
+pub mod receipt;
 
 pub use digest::{
     Algorithm, BlobDigests, BlobHasher, DIGEST_LEN, Digest, DigestError, StreamHasher,

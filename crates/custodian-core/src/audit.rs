@@ -1,0 +1,447 @@
+//! Offline audit of an exported ledger: recompute every stored hash and root from the entries,
+//! check every checkpoint's signature and root, check the `prev` chain and the time order, and
+//! name the first index where anything diverges.
+//!
+//! The export format (written by `custodian log export`, described in `docs/formats.md`):
+//! - `entries`: every entry in order, each as a 4-byte big-endian length and the entry bytes;
+//! - `tree-hashes`: every stored hash in append order (see [`crate::merkle`]), 32 bytes each;
+//! - `checkpoints/<size>`: every signed checkpoint the log issued, one note per file.
+//!
+//! The auditor is fed incrementally, so a log of any length is checked in constant memory.
+
+use std::io::Read;
+
+use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::entry::{Entry, EntryError, MAX_ENTRY_LEN};
+use crate::merkle::{Frontier, Hash, empty_root, leaf_hash, split_stored_hash_index};
+use crate::note::VerifierKey;
+
+/// Where and how an audit failed. Every variant names the index (or size) concerned.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuditError {
+    /// A checkpoint file does not verify or parse.
+    #[error("checkpoint {name}: {source}")]
+    Checkpoint {
+        /// The checkpoint's file name or size.
+        name: String,
+        /// Why it was rejected.
+        source: CheckpointError,
+    },
+    /// Two checkpoints claim the same size with different roots: the log forked.
+    #[error("two checkpoints of size {size} have different roots ({a} and {b}): the log forked")]
+    Fork {
+        /// The tree size.
+        size: u64,
+        /// One root.
+        a: Hash,
+        /// The other root.
+        b: Hash,
+    },
+    /// An entry's bytes are not a valid entry.
+    #[error("entry {index}: {source}")]
+    Entry {
+        /// The entry's index.
+        index: u64,
+        /// Why it was rejected.
+        source: EntryError,
+    },
+    /// An entry's `prev` is not the previous entry's leaf hash.
+    #[error(
+        "entry {index}: prev is {found}, but entry {previous}'s leaf hash is {expected}; entry {previous} or {index} was changed",
+        previous = index - 1
+    )]
+    BrokenChain {
+        /// The entry whose `prev` does not match.
+        index: u64,
+        /// Its `prev`.
+        found: Hash,
+        /// The previous entry's leaf hash.
+        expected: Hash,
+    },
+    /// The first entry's `prev` is not 32 zero bytes.
+    #[error("entry 0: prev must be 32 zero bytes, found {0}")]
+    FirstPrev(Hash),
+    /// Integration times go backwards.
+    #[error(
+        "entry {index}: integration time {time_ms} ms is before the previous entry's {previous_ms} ms"
+    )]
+    TimeWentBack {
+        /// The entry's index.
+        index: u64,
+        /// Its time.
+        time_ms: u64,
+        /// The previous entry's time.
+        previous_ms: u64,
+    },
+    /// A stored tree hash differs from the one recomputed from the entries.
+    #[error(
+        "stored tree hash at level {level}, index {node} (covering entries {first}..{end}) is {found}, recomputed {expected}"
+    )]
+    TreeHash {
+        /// The tree level (0 = leaf hashes).
+        level: u8,
+        /// The index within the level.
+        node: u64,
+        /// The first entry the hash covers.
+        first: u64,
+        /// One past the last entry it covers.
+        end: u64,
+        /// The stored hash.
+        found: Hash,
+        /// The recomputed hash.
+        expected: Hash,
+    },
+    /// There are fewer stored tree hashes than entries need.
+    #[error("tree hashes end at {count}, but entry {index} needs more")]
+    MissingTreeHashes {
+        /// How many stored hashes were read.
+        count: u64,
+        /// The entry that needed more.
+        index: u64,
+    },
+    /// A checkpoint's root differs from the root recomputed from the entries.
+    #[error(
+        "checkpoint of size {size} has root {signed}, but entries 0..{size} give {computed}; the first changed entry is at index {from} or later (the previous checkpoint matched)"
+    )]
+    RootMismatch {
+        /// The checkpoint's size.
+        size: u64,
+        /// The signed root.
+        signed: Hash,
+        /// The recomputed root.
+        computed: Hash,
+        /// The size of the last checkpoint that matched (0 if none).
+        from: u64,
+    },
+    /// The export holds fewer entries than the latest checkpoint covers.
+    #[error("checkpoint of size {size} covers more entries than the {count} exported")]
+    MissingEntries {
+        /// The checkpoint's size.
+        size: u64,
+        /// The number of entries read.
+        count: u64,
+    },
+    /// The export holds entries that no checkpoint signs.
+    #[error("{count} entries from index {from} on are not covered by any signed checkpoint")]
+    Unsigned {
+        /// The first unsigned entry.
+        from: u64,
+        /// How many.
+        count: u64,
+    },
+    /// There is trailing data after the last stored hash the entries need.
+    #[error("{0} stored tree hashes are beyond what the entries need")]
+    ExtraTreeHashes(u64),
+    /// Reading the export failed or it is truncated.
+    #[error("reading {what}: {reason}")]
+    Read {
+        /// Which file.
+        what: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// What a successful audit checked.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AuditReport {
+    /// The log's origin.
+    pub origin: String,
+    /// Entries checked.
+    pub entries: u64,
+    /// Checkpoints checked.
+    pub checkpoints: u64,
+    /// Stored tree hashes recomputed and compared.
+    pub tree_hashes: u64,
+    /// The root of the whole log, equal to the latest checkpoint's.
+    pub root: String,
+}
+
+/// An incremental auditor. Feed it the checkpoints, then every entry in order (with the stored
+/// hashes if the export has them), then call [`Auditor::finish`].
+pub struct Auditor {
+    verifier: VerifierKey,
+    /// Checkpoints sorted by size, deduplicated.
+    checkpoints: Vec<Checkpoint>,
+    next_checkpoint: usize,
+    last_matched: u64,
+    frontier: Frontier,
+    prev: Hash,
+    prev_time: u64,
+    hashes_checked: u64,
+}
+
+impl Auditor {
+    /// Opens every checkpoint (`(name, bytes)` pairs; the name is used in errors), checking its
+    /// signature and origin, and rejects forks (two roots for one size).
+    pub fn new(
+        verifier: VerifierKey,
+        checkpoints: impl IntoIterator<Item = (String, Vec<u8>)>,
+    ) -> Result<Self, AuditError> {
+        let mut opened = Vec::new();
+        for (name, bytes) in checkpoints {
+            let checkpoint = Checkpoint::open(&bytes, &verifier)
+                .map_err(|source| AuditError::Checkpoint { name, source })?;
+            opened.push(checkpoint);
+        }
+        opened.sort_by_key(|c| c.size);
+        let mut checkpoints: Vec<Checkpoint> = Vec::with_capacity(opened.len());
+        for checkpoint in opened {
+            if let Some(last) = checkpoints.last()
+                && last.size == checkpoint.size
+            {
+                if last.root != checkpoint.root {
+                    return Err(AuditError::Fork {
+                        size: checkpoint.size,
+                        a: last.root,
+                        b: checkpoint.root,
+                    });
+                }
+                continue;
+            }
+            checkpoints.push(checkpoint);
+        }
+        let mut auditor = Auditor {
+            verifier,
+            checkpoints,
+            next_checkpoint: 0,
+            last_matched: 0,
+            frontier: Frontier::new(),
+            prev: Hash::ZERO,
+            prev_time: 0,
+            hashes_checked: 0,
+        };
+        auditor.check_checkpoints()?;
+        Ok(auditor)
+    }
+
+    /// The number of entries checked so far.
+    pub fn entries(&self) -> u64 {
+        self.frontier.size()
+    }
+
+    /// Checks the next entry. `stored` supplies the export's stored hashes; pass `None` to
+    /// check entries and checkpoints only.
+    pub fn push_entry(
+        &mut self,
+        bytes: &[u8],
+        stored: Option<&mut dyn FnMut() -> Result<Option<Hash>, AuditError>>,
+    ) -> Result<(), AuditError> {
+        let index = self.frontier.size();
+        let entry = Entry::decode(bytes).map_err(|source| AuditError::Entry { index, source })?;
+        if index == 0 && entry.prev != Hash::ZERO {
+            return Err(AuditError::FirstPrev(entry.prev));
+        }
+        if index > 0 && entry.prev != self.prev {
+            return Err(AuditError::BrokenChain {
+                index,
+                found: entry.prev,
+                expected: self.prev,
+            });
+        }
+        if entry.time_ms < self.prev_time {
+            return Err(AuditError::TimeWentBack {
+                index,
+                time_ms: entry.time_ms,
+                previous_ms: self.prev_time,
+            });
+        }
+        let leaf = leaf_hash(bytes);
+        let first_stored = crate::merkle::stored_hash_count(index);
+        let created = self.frontier.append(leaf);
+        if let Some(next) = stored {
+            for (offset, expected) in created.iter().enumerate() {
+                let stored_index = first_stored + offset as u64;
+                let found = next()?.ok_or(AuditError::MissingTreeHashes {
+                    count: stored_index,
+                    index,
+                })?;
+                if found != *expected {
+                    let (level, node) = split_stored_hash_index(stored_index);
+                    return Err(AuditError::TreeHash {
+                        level,
+                        node,
+                        first: node << level,
+                        end: (node + 1) << level,
+                        found,
+                        expected: *expected,
+                    });
+                }
+                self.hashes_checked += 1;
+            }
+        }
+        self.prev = leaf;
+        self.prev_time = entry.time_ms;
+        self.check_checkpoints()
+    }
+
+    /// Compares every checkpoint whose size has been reached with the recomputed root.
+    fn check_checkpoints(&mut self) -> Result<(), AuditError> {
+        while let Some(checkpoint) = self.checkpoints.get(self.next_checkpoint) {
+            if checkpoint.size != self.frontier.size() {
+                break;
+            }
+            let computed = if checkpoint.size == 0 {
+                empty_root()
+            } else {
+                self.frontier.root()
+            };
+            if computed != checkpoint.root {
+                return Err(AuditError::RootMismatch {
+                    size: checkpoint.size,
+                    signed: checkpoint.root,
+                    computed,
+                    from: self.last_matched,
+                });
+            }
+            self.last_matched = checkpoint.size;
+            self.next_checkpoint += 1;
+        }
+        Ok(())
+    }
+
+    /// Ends the audit: every checkpoint must have been reached and every entry signed.
+    pub fn finish(self) -> Result<AuditReport, AuditError> {
+        let count = self.frontier.size();
+        if let Some(checkpoint) = self.checkpoints.get(self.next_checkpoint) {
+            return Err(AuditError::MissingEntries {
+                size: checkpoint.size,
+                count,
+            });
+        }
+        if count > self.last_matched {
+            return Err(AuditError::Unsigned {
+                from: self.last_matched,
+                count: count - self.last_matched,
+            });
+        }
+        Ok(AuditReport {
+            origin: self.verifier.name().to_string(),
+            entries: count,
+            checkpoints: self.checkpoints.len() as u64,
+            tree_hashes: self.hashes_checked,
+            root: if count == 0 {
+                empty_root().to_hex()
+            } else {
+                self.frontier.root().to_hex()
+            },
+        })
+    }
+}
+
+/// Reads length-prefixed entries (4-byte big-endian length, then the bytes) one at a time.
+pub struct EntryReader<R> {
+    inner: R,
+    index: u64,
+}
+
+impl<R: Read> EntryReader<R> {
+    /// Wraps a reader positioned at the first entry.
+    pub fn new(inner: R) -> Self {
+        EntryReader { inner, index: 0 }
+    }
+}
+
+impl<R: Read> Iterator for EntryReader<R> {
+    type Item = Result<Vec<u8>, AuditError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut len = [0u8; 4];
+        match read_full(&mut self.inner, &mut len) {
+            Ok(0) => return None,
+            Ok(4) => {}
+            Ok(_) => {
+                return Some(Err(AuditError::Read {
+                    what: "entries",
+                    reason: format!("truncated length prefix of entry {}", self.index),
+                }));
+            }
+            Err(e) => return Some(Err(e)),
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_ENTRY_LEN {
+            return Some(Err(AuditError::Entry {
+                index: self.index,
+                source: EntryError::TooLarge { len },
+            }));
+        }
+        let mut bytes = vec![0u8; len];
+        match read_full(&mut self.inner, &mut bytes) {
+            Ok(n) if n == len => {}
+            Ok(_) => {
+                return Some(Err(AuditError::Read {
+                    what: "entries",
+                    reason: format!("entry {} is truncated", self.index),
+                }));
+            }
+            Err(e) => return Some(Err(e)),
+        }
+        self.index += 1;
+        Some(Ok(bytes))
+    }
+}
+
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> Result<usize, AuditError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(AuditError::Read {
+                    what: "export",
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(filled)
+}
+
+/// Reads 32-byte stored hashes one at a time.
+pub struct HashStream<R> {
+    inner: R,
+    read: u64,
+}
+
+impl<R: Read> HashStream<R> {
+    /// Wraps a reader positioned at the first stored hash.
+    pub fn new(inner: R) -> Self {
+        HashStream { inner, read: 0 }
+    }
+
+    /// The next hash, or `None` at the end.
+    pub fn next_hash(&mut self) -> Result<Option<Hash>, AuditError> {
+        let mut hash = [0u8; 32];
+        match read_full(&mut self.inner, &mut hash)? {
+            0 => Ok(None),
+            32 => {
+                self.read += 1;
+                Ok(Some(Hash(hash)))
+            }
+            n => Err(AuditError::Read {
+                what: "tree-hashes",
+                reason: format!("the last hash is truncated to {n} bytes"),
+            }),
+        }
+    }
+
+    /// Fails if any hash is left unread.
+    pub fn expect_end(&mut self) -> Result<(), AuditError> {
+        let mut extra = 0;
+        while self.next_hash()?.is_some() {
+            extra += 1;
+        }
+        if extra > 0 {
+            return Err(AuditError::ExtraTreeHashes(extra));
+        }
+        Ok(())
+    }
+}
+
+/// Writes one entry in the export's length-prefixed form.
+pub fn write_entry(out: &mut Vec<u8>, entry: &[u8]) {
+    out.extend_from_slice(&(entry.len() as u32).to_be_bytes());
+    out.extend_from_slice(entry);
+}

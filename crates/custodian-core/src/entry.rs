@@ -1,0 +1,480 @@
+//! Ledger entries: typed, versioned records in deterministic CBOR (RFC 8949 §4.2.1).
+//!
+//! An entry is a CBOR map with five text keys, written in deterministic order (keys sorted by
+//! their encoded bytes, so shorter keys first):
+//!
+//! | key       | CBOR type            | meaning                                                   |
+//! |-----------|----------------------|-----------------------------------------------------------|
+//! | `v`       | unsigned int         | format version, 1                                         |
+//! | `kind`    | text                 | what happened: `PackagePublished`, `RunAttested`, …       |
+//! | `prev`    | byte string (32)     | leaf hash of the previous entry; 32 zero bytes for the first |
+//! | `time`    | unsigned int         | integration time, milliseconds since the Unix epoch (UTC) |
+//! | `payload` | any CBOR data item   | the event itself, in deterministic CBOR                   |
+//!
+//! The leaf hash of an entry is the RFC 6962 leaf hash of its encoded bytes. Decoding is strict:
+//! bytes that are not the deterministic encoding of a valid entry are rejected, so every entry has
+//! exactly one encoding and one leaf hash. `docs/formats.md` has a worked example.
+
+use std::fmt;
+
+use ciborium::Value;
+
+use crate::merkle::{Hash, leaf_hash};
+
+/// The entry format version this code writes and reads.
+pub const ENTRY_VERSION: u64 = 1;
+/// The largest encoded entry accepted, in bytes.
+pub const MAX_ENTRY_LEN: usize = 1 << 20;
+
+/// Why entry bytes or an entry's parts were rejected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    /// The bytes are not one well-formed CBOR data item.
+    #[error("entry is not well-formed CBOR: {0}")]
+    NotCbor(String),
+    /// The bytes are CBOR but not in deterministic encoding (RFC 8949 §4.2.1).
+    #[error(
+        "entry is not in deterministic CBOR encoding (RFC 8949 §4.2.1): {0}; re-encode it canonically"
+    )]
+    NotDeterministic(String),
+    /// A field is missing, has the wrong type, or an unknown field is present.
+    #[error("entry field {field:?}: {reason}")]
+    Field {
+        /// The field name.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The entry or its payload is too large.
+    #[error("entry is {len} bytes; the limit is {MAX_ENTRY_LEN}")]
+    TooLarge {
+        /// The encoded length.
+        len: usize,
+    },
+}
+
+/// What an entry records. The set is open: kinds this version does not know are kept as
+/// [`EntryKind::Other`] and round-trip unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// An evaluation run was attested (carries `data_pack_sha256`, `reproducibility_context`).
+    RunAttested,
+    /// A Behavior Package version was published.
+    PackagePublished,
+    /// A data pack was registered for a package version.
+    DataPackRegistered,
+    /// A scan of a package or data pack was recorded.
+    ScanRecorded,
+    /// A badge was issued.
+    BadgeIssued,
+    /// A key was added, rotated or revoked.
+    KeyEvent,
+    /// A kind this version does not know.
+    Other(String),
+}
+
+impl EntryKind {
+    /// The kind's name as written in entries.
+    pub fn as_str(&self) -> &str {
+        match self {
+            EntryKind::RunAttested => "RunAttested",
+            EntryKind::PackagePublished => "PackagePublished",
+            EntryKind::DataPackRegistered => "DataPackRegistered",
+            EntryKind::ScanRecorded => "ScanRecorded",
+            EntryKind::BadgeIssued => "BadgeIssued",
+            EntryKind::KeyEvent => "KeyEvent",
+            EntryKind::Other(name) => name,
+        }
+    }
+
+    /// Parses a kind name: 1 to 64 ASCII letters and digits, starting with an upper-case letter.
+    pub fn parse(name: &str) -> Result<Self, EntryError> {
+        let valid = (1..=64).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_uppercase())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !valid {
+            return Err(EntryError::Field {
+                field: "kind",
+                reason: format!(
+                    "{name:?} is not a kind name (1-64 ASCII letters and digits, starting upper-case, e.g. PackagePublished)"
+                ),
+            });
+        }
+        Ok(match name {
+            "RunAttested" => EntryKind::RunAttested,
+            "PackagePublished" => EntryKind::PackagePublished,
+            "DataPackRegistered" => EntryKind::DataPackRegistered,
+            "ScanRecorded" => EntryKind::ScanRecorded,
+            "BadgeIssued" => EntryKind::BadgeIssued,
+            "KeyEvent" => EntryKind::KeyEvent,
+            other => EntryKind::Other(other.to_string()),
+        })
+    }
+}
+
+impl fmt::Display for EntryKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One ledger entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// What happened.
+    pub kind: EntryKind,
+    /// The leaf hash of the previous entry, or [`Hash::ZERO`] for the first.
+    pub prev: Hash,
+    /// Integration time in milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The event, a CBOR data item (kept in deterministic form).
+    pub payload: Value,
+}
+
+impl Entry {
+    /// Builds an entry, putting the payload in deterministic form. Floating-point numbers are
+    /// rejected (they have several encodings and no event needs them); so are duplicate map keys.
+    pub fn new(
+        kind: EntryKind,
+        prev: Hash,
+        time_ms: u64,
+        payload: Value,
+    ) -> Result<Self, EntryError> {
+        let payload = canonicalize(payload, "payload")?;
+        Ok(Entry {
+            kind,
+            prev,
+            time_ms,
+            payload,
+        })
+    }
+
+    /// The deterministic CBOR encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let map = Value::Map(vec![
+            (
+                Value::Text("v".into()),
+                Value::Integer(ENTRY_VERSION.into()),
+            ),
+            (
+                Value::Text("kind".into()),
+                Value::Text(self.kind.as_str().into()),
+            ),
+            (
+                Value::Text("prev".into()),
+                Value::Bytes(self.prev.0.to_vec()),
+            ),
+            (
+                Value::Text("time".into()),
+                Value::Integer(self.time_ms.into()),
+            ),
+            (Value::Text("payload".into()), self.payload.clone()),
+        ]);
+        encode_value(&map)
+    }
+
+    /// The RFC 6962 leaf hash of the encoded entry.
+    pub fn leaf_hash(&self) -> Hash {
+        leaf_hash(&self.encode())
+    }
+
+    /// Decodes entry bytes, rejecting anything but the deterministic encoding of a valid entry.
+    pub fn decode(bytes: &[u8]) -> Result<Self, EntryError> {
+        if bytes.len() > MAX_ENTRY_LEN {
+            return Err(EntryError::TooLarge { len: bytes.len() });
+        }
+        let mut reader = bytes;
+        let value: Value =
+            ciborium::from_reader(&mut reader).map_err(|e| EntryError::NotCbor(e.to_string()))?;
+        if !reader.is_empty() {
+            return Err(EntryError::NotCbor(format!(
+                "{} bytes follow the entry",
+                reader.len()
+            )));
+        }
+        let Value::Map(fields) = value else {
+            return Err(EntryError::NotCbor("an entry is a CBOR map".into()));
+        };
+        let mut version = None;
+        let mut kind = None;
+        let mut prev = None;
+        let mut time_ms = None;
+        let mut payload = None;
+        for (key, value) in fields {
+            let Value::Text(key) = key else {
+                return Err(EntryError::NotCbor("entry keys are text strings".into()));
+            };
+            match key.as_str() {
+                "v" => version = Some(value),
+                "kind" => kind = Some(value),
+                "prev" => prev = Some(value),
+                "time" => time_ms = Some(value),
+                "payload" => payload = Some(value),
+                _ => {
+                    return Err(EntryError::Field {
+                        field: "entry",
+                        reason: format!("unknown field {key:?} in a version 1 entry"),
+                    });
+                }
+            }
+        }
+        let missing = |field: &'static str| EntryError::Field {
+            field,
+            reason: "missing".into(),
+        };
+        match version.ok_or_else(|| missing("v"))? {
+            Value::Integer(v) if u64::try_from(v) == Ok(ENTRY_VERSION) => {}
+            other => {
+                return Err(EntryError::Field {
+                    field: "v",
+                    reason: format!("unsupported entry version {other:?}; this reader knows 1"),
+                });
+            }
+        }
+        let kind = match kind.ok_or_else(|| missing("kind"))? {
+            Value::Text(name) => EntryKind::parse(&name)?,
+            other => {
+                return Err(EntryError::Field {
+                    field: "kind",
+                    reason: format!("expected a text string, got {other:?}"),
+                });
+            }
+        };
+        let prev = match prev.ok_or_else(|| missing("prev"))? {
+            Value::Bytes(bytes) if bytes.len() == 32 => {
+                Hash::from_slice(&bytes).map_err(|e| EntryError::Field {
+                    field: "prev",
+                    reason: e.to_string(),
+                })?
+            }
+            other => {
+                return Err(EntryError::Field {
+                    field: "prev",
+                    reason: format!("expected a 32-byte byte string, got {other:?}"),
+                });
+            }
+        };
+        let time_ms = match time_ms.ok_or_else(|| missing("time"))? {
+            Value::Integer(t) => u64::try_from(t).map_err(|_| EntryError::Field {
+                field: "time",
+                reason: "must be a non-negative integer".into(),
+            })?,
+            other => {
+                return Err(EntryError::Field {
+                    field: "time",
+                    reason: format!("expected milliseconds as an integer, got {other:?}"),
+                });
+            }
+        };
+        let payload = payload.ok_or_else(|| missing("payload"))?;
+        let entry = Entry::new(kind, prev, time_ms, payload)?;
+        // One encoding per entry: the bytes must be exactly what this entry encodes to.
+        if entry.encode() != bytes {
+            return Err(EntryError::NotDeterministic(
+                "map keys out of order, non-shortest lengths or indefinite lengths".into(),
+            ));
+        }
+        Ok(entry)
+    }
+}
+
+/// Encodes a CBOR value as it is (callers canonicalize first).
+pub fn encode_value(value: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail, and every Value is serializable.
+    if let Err(err) = ciborium::into_writer(value, &mut out) {
+        unreachable!("encoding CBOR into memory failed: {err}");
+    }
+    out
+}
+
+/// Decodes one CBOR data item and returns it in deterministic form (used for payloads that
+/// arrive as CBOR bytes from clients).
+pub fn decode_payload(bytes: &[u8]) -> Result<Value, EntryError> {
+    let mut reader = bytes;
+    let value: Value =
+        ciborium::from_reader(&mut reader).map_err(|e| EntryError::NotCbor(e.to_string()))?;
+    if !reader.is_empty() {
+        return Err(EntryError::NotCbor(format!(
+            "{} bytes follow the payload",
+            reader.len()
+        )));
+    }
+    canonicalize(value, "payload")
+}
+
+/// Puts a value in RFC 8949 §4.2.1 deterministic form: map keys sorted by the bytewise order of
+/// their encodings (ciborium already writes shortest-form heads and definite lengths).
+fn canonicalize(value: Value, field: &'static str) -> Result<Value, EntryError> {
+    Ok(match value {
+        Value::Float(f) => {
+            return Err(EntryError::Field {
+                field,
+                reason: format!(
+                    "floating-point number {f} is not allowed; use an integer or a string"
+                ),
+            });
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| canonicalize(v, field))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Map(pairs) => {
+            let mut keyed = Vec::with_capacity(pairs.len());
+            for (k, v) in pairs {
+                let k = canonicalize(k, field)?;
+                keyed.push((encode_value(&k), k, canonicalize(v, field)?));
+            }
+            keyed.sort_by(|a, b| a.0.cmp(&b.0));
+            if let Some(pair) = keyed.windows(2).find(|w| w[0].0 == w[1].0) {
+                return Err(EntryError::Field {
+                    field,
+                    reason: format!("map key {:?} appears twice", pair[0].1),
+                });
+            }
+            Value::Map(keyed.into_iter().map(|(_, k, v)| (k, v)).collect())
+        }
+        Value::Tag(tag, inner) => Value::Tag(tag, Box::new(canonicalize(*inner, field)?)),
+        other => other,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Value {
+        Value::Text(s.into())
+    }
+
+    /// The worked example of docs/formats.md; the expected bytes are written out by hand there.
+    #[test]
+    fn worked_example_bytes() {
+        let entry = Entry::new(
+            EntryKind::KeyEvent,
+            Hash::ZERO,
+            1_764_115_200_000,
+            Value::Map(vec![(text("note"), text("hi"))]),
+        )
+        .expect("entry");
+        let bytes = entry.encode();
+        let expected = concat!(
+            "a5", // map of 5 pairs
+            "61",
+            "76",
+            "01", // "v": 1
+            "64",
+            "6b696e64", // "kind":
+            "68",
+            "4b65794576656e74", //   "KeyEvent"
+            "64",
+            "70726576", // "prev":
+            "5820",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "64",
+            "74696d65", // "time":
+            "1b",
+            "0000019abd75b800", //   1764115200000
+            "67",
+            "7061796c6f6164", // "payload":
+            "a1",
+            "64",
+            "6e6f7465",
+            "62",
+            "6869", // {"note": "hi"}
+        );
+        assert_eq!(hex::encode(&bytes), expected);
+        assert_eq!(Entry::decode(&bytes).expect("decode"), entry);
+        assert_eq!(
+            entry.leaf_hash(),
+            leaf_hash(&hex::decode(expected).expect("hex"))
+        );
+    }
+
+    #[test]
+    fn payload_maps_are_sorted_bytewise_not_length_first() {
+        // RFC 8949 §4.2.1 sorts by encoded bytes: 24 (0x1818) comes before -1 (0x20), although
+        // its encoding is longer; RFC 7049's length-first order would put -1 first.
+        let payload = Value::Map(vec![
+            (Value::Integer((-1).into()), text("minus one")),
+            (Value::Integer(24.into()), text("twenty-four")),
+            (text("b"), Value::Null),
+            (text("aa"), Value::Null),
+        ]);
+        let entry = Entry::new(EntryKind::ScanRecorded, Hash::ZERO, 0, payload).expect("entry");
+        let Value::Map(pairs) = &entry.payload else {
+            panic!("map")
+        };
+        let keys: Vec<Vec<u8>> = pairs.iter().map(|(k, _)| encode_value(k)).collect();
+        assert_eq!(
+            keys,
+            vec![
+                vec![0x18, 0x18],
+                vec![0x20],
+                vec![0x61, b'b'],
+                vec![0x62, b'a', b'a']
+            ]
+        );
+    }
+
+    #[test]
+    fn strict_decoding_rejects_other_encodings() {
+        let entry = Entry::new(EntryKind::BadgeIssued, Hash([7; 32]), 5, text("x")).expect("entry");
+        let good = entry.encode();
+        assert!(Entry::decode(&good).is_ok());
+        // A trailing byte.
+        let mut bad = good.clone();
+        bad.push(0);
+        assert!(matches!(Entry::decode(&bad), Err(EntryError::NotCbor(_))));
+        // Non-shortest time: 5 as a two-byte integer (0x19 0x0005).
+        let at = good
+            .windows(5)
+            .position(|w| w == [0x64, b't', b'i', b'm', b'e'])
+            .expect("time key")
+            + 5;
+        let mut bad = good.clone();
+        bad.splice(at..at + 1, [0x19, 0x00, 0x05]);
+        assert!(matches!(
+            Entry::decode(&bad),
+            Err(EntryError::NotDeterministic(_))
+        ));
+        // Floats and duplicate keys in payloads.
+        assert!(Entry::new(EntryKind::KeyEvent, Hash::ZERO, 0, Value::Float(1.5)).is_err());
+        let dup = Value::Map(vec![
+            (text("a"), Value::Null),
+            (text("a"), Value::Bool(true)),
+        ]);
+        assert!(Entry::new(EntryKind::KeyEvent, Hash::ZERO, 0, dup).is_err());
+        assert!(EntryKind::parse("lower").is_err());
+        assert!(EntryKind::parse("Has Space").is_err());
+        assert_eq!(
+            EntryKind::parse("FutureThing").expect("kind"),
+            EntryKind::Other("FutureThing".into())
+        );
+    }
+
+    #[test]
+    fn every_single_byte_change_is_rejected_or_changes_the_entry() {
+        let entry = Entry::new(
+            EntryKind::PackagePublished,
+            Hash([1; 32]),
+            1_700_000_000_000,
+            Value::Map(vec![
+                (text("name"), text("pkg")),
+                (text("version"), text("1.0.0")),
+            ]),
+        )
+        .expect("entry");
+        let good = entry.encode();
+        for at in 0..good.len() {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            if let Ok(decoded) = Entry::decode(&bad) {
+                assert_ne!(decoded, entry, "flip at {at} decoded to the same entry");
+                assert_ne!(leaf_hash(&bad), entry.leaf_hash());
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The real 15-entry log of `transparency-dev/tessera` (commit 1811ae1a, `testdata/log/`, copied to
+//! `testdata/tessera-log/`): every checkpoint opens with the published verifier key, every root
+//! equals the one recomputed from the leaves, every pair of sizes is consistent by our proofs, and
+//! the level-0 tiles equal our leaf hashes. Signing the same bodies with the published test signing
+//! key reproduces the published signatures byte for byte (Ed25519 is deterministic).
+
+use std::path::{Path, PathBuf};
+
+use custodian_core::checkpoint::Checkpoint;
+use custodian_core::merkle::{
+    Frontier, Hash, consistency_proof, empty_root, inclusion_proof, leaf_hash, verify_consistency,
+    verify_inclusion,
+};
+use custodian_core::note::{Note, SignerKey, VerifierKey};
+
+const VKEY: &str = "example.com/log/testdata+33d7b496+AeHTu4Q3hEIMHNqc6fASMsq3rKNx280NI+oO5xCFkkSx";
+const SKEY: &str =
+    "PRIVATE+KEY+example.com/log/testdata+33d7b496+AeymY/SZAX0jZcJ8enZ5FY1Dz+wTML2yWSkK+9DSF3eg";
+const LEAVES: [&str; 15] = [
+    "one", "two", "three", "four", "five", "six", "seven", "eit", "nain", "ten", "ileven", "twelf",
+    "threeten", "fourten", "fivten",
+];
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tessera-log")
+}
+
+#[test]
+fn every_checkpoint_opens_and_matches_the_leaves() {
+    let verifier = VerifierKey::parse(VKEY).expect("verifier key");
+    let signer = SignerKey::parse(SKEY).expect("signer key");
+    assert_eq!(signer.verifier(), verifier);
+    let mut frontier = Frontier::new();
+    let mut stored: Vec<Hash> = Vec::new();
+    let mut roots = vec![empty_root()];
+    for leaf in LEAVES {
+        stored.extend(frontier.append(leaf_hash(leaf.as_bytes())));
+        roots.push(frontier.root());
+    }
+    for size in 0..=15u64 {
+        let signed = std::fs::read(dir().join(format!("checkpoint.{size}"))).expect("read");
+        let checkpoint = Checkpoint::open(&signed, &verifier).expect("open checkpoint");
+        assert_eq!(checkpoint.origin, "example.com/log/testdata");
+        assert_eq!(checkpoint.size, size);
+        assert_eq!(checkpoint.root, roots[size as usize], "root at size {size}");
+        // Our signer reproduces the published note exactly.
+        assert_eq!(
+            checkpoint.sign(&signer).expect("sign").as_bytes(),
+            signed.as_slice(),
+            "signature at size {size}"
+        );
+        let note = Note::parse(&signed).expect("parse");
+        assert_eq!(note.signatures.len(), 1);
+        for index in 0..size {
+            let proof = inclusion_proof(index, size, &stored).expect("proof");
+            verify_inclusion(
+                index,
+                size,
+                &leaf_hash(LEAVES[index as usize].as_bytes()),
+                &proof,
+                &checkpoint.root,
+            )
+            .expect("inclusion");
+        }
+        for old in 0..=size {
+            let proof = consistency_proof(old, size, &stored).expect("proof");
+            verify_consistency(old, size, &proof, &roots[old as usize], &checkpoint.root)
+                .expect("consistency");
+        }
+    }
+    // The size-15 root the test data's README quotes.
+    assert_eq!(
+        base64_of(&roots[15]),
+        "rKbDipCvhuX1GZ7g5BBe8sA6BbJ7ja/1nk427v383cs="
+    );
+    // Level-0 tiles are the concatenated leaf hashes.
+    let tile = std::fs::read(dir().join("tile/0/000.p/15")).expect("tile");
+    let ours: Vec<u8> = LEAVES
+        .iter()
+        .flat_map(|l| leaf_hash(l.as_bytes()).0)
+        .collect();
+    assert_eq!(tile, ours);
+}
+
+fn base64_of(hash: &Hash) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(hash.0)
+}
