@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use prost::Message as _;
 
 /// Every proto file of the public contract, relative to `proto/`.
-const FILES: &[&str] = &["custodian/cas/v1/cas.proto"];
+const FILES: &[&str] = &[
+    "custodian/cas/v1/cas.proto",
+    "custodian/ledger/v1/ledger.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");

@@ -29,7 +29,7 @@ const PUT_CHUNK: usize = 1 << 20;
 pub struct ServerArg {
     /// The daemon's gRPC address
     #[arg(long, env = "CUSTODIAN_SERVER", default_value = DEFAULT_SERVER, global = true)]
-    server: String,
+    pub server: String,
 }
 
 /// Blob commands.
@@ -97,7 +97,14 @@ pub struct DigestQuery {
 }
 
 async fn connect(server: &ServerArg) -> anyhow::Result<ContentStoreClient<Channel>> {
-    let channel = Channel::from_shared(server.server.clone())
+    Ok(ContentStoreClient::new(channel(server).await?)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
+
+/// Connects to the daemon, with windows and frames sized for bulk transfers.
+pub async fn channel(server: &ServerArg) -> anyhow::Result<Channel> {
+    Channel::from_shared(server.server.clone())
         .with_context(|| format!("invalid --server address {:?}", server.server))?
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
@@ -110,14 +117,11 @@ async fn connect(server: &ServerArg) -> anyhow::Result<ContentStoreClient<Channe
                 "cannot reach the daemon at {} (is `custodian serve` running?)",
                 server.server
             )
-        })?;
-    Ok(ContentStoreClient::new(channel)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20))
+        })
 }
 
 /// Turns a gRPC status into an error a person can read.
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", code_name(status.code()), status.message())
 }
 

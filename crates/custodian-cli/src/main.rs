@@ -2,6 +2,7 @@
 
 mod bench;
 mod blob;
+mod log;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -19,12 +20,19 @@ on write and never served corrupted.\n\n\
 Run the daemon with `custodian serve`; every other command is a client of a running daemon \
 (see --server).\n\n\
 Digests are written sha256:<64 hex> (the canonical address) or blake3:<64 hex>; every blob \
-can be fetched by either.",
+can be fetched by either.\n\n\
+Provenance events go into an append-only RFC 6962 Merkle log with signed C2SP checkpoints. \
+Auditors verify receipts (`custodian log verify-receipt`) and whole exports (`custodian audit`) \
+offline, with nothing but the log's verifier key.",
     after_help = "Examples:\n  \
 custodian serve                                   # embedded RocksDB in ./.custodian\n  \
 custodian blob put dataset.parquet prompts.yaml   # prints each file's digests\n  \
 custodian blob get sha256:9f86d0... -o dataset.parquet\n  \
-custodian blob missing sha256:9f86d0... blake3:4878ca...",
+custodian blob missing sha256:9f86d0... blake3:4878ca...\n  \
+custodian log key > log.vkey                      # the key auditors need\n  \
+custodian log receipt 42 -o entry42.receipt.json\n  \
+custodian log verify-receipt entry42.receipt.json --key log.vkey   # offline\n  \
+custodian log export audit-dir && custodian audit audit-dir --key log.vkey   # offline",
     propagate_version = true
 )]
 struct Cli {
@@ -40,6 +48,17 @@ enum Command {
     /// Store, fetch and inspect blobs in a running daemon
     #[command(subcommand)]
     Blob(blob::BlobCommand),
+    /// Read the provenance ledger: checkpoints, entries, receipts, exports (and offline
+    /// receipt verification)
+    #[command(subcommand)]
+    Log(log::LogCommand),
+    /// Audit an exported ledger offline: recompute every hash and root, check every signature
+    #[command(long_about = "Audit a directory written by `custodian log export`, offline, \
+with the log's verifier key obtained independently. Recomputes every stored tree hash and root \
+from the entries, checks every checkpoint's signature and that its root matches (so each is \
+consistent with all before it), checks the prev hash chain and that integration times never go \
+back. Exits 1 naming the first index where anything diverges.")]
+    Audit(log::AuditArgs),
     /// Measure Custodian against this machine's own limits
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -61,6 +80,8 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Blob(command) => blob::run(command).await,
+            Command::Log(command) => log::run(command).await,
+            Command::Audit(args) => tokio::task::spawn_blocking(move || log::audit(args)).await?,
             Command::Bench(command) => {
                 tokio::task::spawn_blocking(move || bench::run(command)).await?
             }

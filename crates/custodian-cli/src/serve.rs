@@ -12,10 +12,12 @@ use tracing_subscriber::EnvFilter;
 
 /// The long help of `custodian serve`.
 pub const LONG_ABOUT: &str = "Run the Custodian daemon.\n\n\
-It serves the gRPC content store (custodian.cas.v1.ContentStore), gRPC health \
-(grpc.health.v1) and server reflection, so `grpcurl -plaintext 127.0.0.1:7311 list` works.\n\n\
+It serves the gRPC content store (custodian.cas.v1.ContentStore), the provenance ledger \
+(custodian.ledger.v1.Ledger), gRPC health (grpc.health.v1) and server reflection, so `grpcurl -plaintext 127.0.0.1:7311 list` works.\n\n\
 Storage is the embedded RocksDB under --data-dir unless --storage names an object store URL. \
-Once listening it prints `custodian listening on ADDRESS` on standard output. SIGTERM or \
+The ledger lives in DATA_DIR/ledger; its Ed25519 signing key is generated on first start \
+into DATA_DIR/log-key (mode 0600) — back it up, and publish the verifier key that \
+`custodian log key` prints. Once listening it prints `custodian listening on ADDRESS` on standard output. SIGTERM or \
 Ctrl-C stops it: new requests are refused, in-flight ones get --shutdown-grace to finish, and \
 unfinished uploads are discarded (also after a crash, at the next start).";
 
@@ -55,6 +57,25 @@ pub struct ServeArgs {
     #[arg(long, env = "CUSTODIAN_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
 
+    /// The ledger's origin (the first line of every checkpoint and the log key's name), used
+    /// when the log key is generated on first start; e.g. registry.example.com/ledger.
+    /// Default: custodian.local/ledger-<random>
+    #[arg(long, env = "CUSTODIAN_LOG_ORIGIN")]
+    log_origin: Option<String>,
+
+    /// Bearer token that authorizes Ledger.Append for tools and tests; unset disables Append
+    #[arg(long, env = "CUSTODIAN_APPEND_TOKEN", hide_env_values = true)]
+    append_token: Option<String>,
+
+    /// Most ledger entries committed in one batch (one fsync, one checkpoint signature)
+    #[arg(long, env = "CUSTODIAN_LEDGER_MAX_BATCH", default_value_t = 4096)]
+    ledger_max_batch: usize,
+
+    /// How long a ledger batch waits for more appends after its first (e.g. 0s, 2ms); batches
+    /// also form on their own while the previous one is being written
+    #[arg(long, env = "CUSTODIAN_LEDGER_BATCH_WINDOW", default_value = "0s", value_parser = humantime::parse_duration)]
+    ledger_batch_window: Duration,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. info or custodian_server=debug
     #[arg(long, env = "CUSTODIAN_LOG", default_value = "info")]
     log: String,
@@ -93,6 +114,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_message_size_bytes: args.max_message_bytes,
         },
         shutdown_grace: args.shutdown_grace,
+        log_origin: args.log_origin,
+        append_token: args.append_token,
+        sequencer: custodian_server::SequencerConfig {
+            max_batch: args.ledger_max_batch,
+            window: args.ledger_batch_window,
+            ..Default::default()
+        },
     };
     let store = custodian_server::open_store(&config)
         .await
@@ -103,13 +131,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 args.data_dir.display()
             )
         })?;
+    let ledger = custodian_server::open_ledger(&config)
+        .await
+        .with_context(|| format!("opening the ledger in {}", args.data_dir.display()))?;
+    tracing::info!(origin = ledger.origin(), key = %ledger.verifier(), size = ledger.latest().size, "ledger open");
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%address, storage = %args.storage, backend = store.backend_name(), data_dir = %args.data_dir.display(), "custodian listening");
     println!("custodian listening on {address}");
-    custodian_server::serve(config, store, listener, shutdown_signal()).await?;
+    custodian_server::serve(config, store, ledger, listener, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -17,7 +17,7 @@
 
 use std::fmt;
 
-use ciborium::Value;
+pub use ciborium::Value;
 
 use crate::merkle::{Hash, leaf_hash};
 

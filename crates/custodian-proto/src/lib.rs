@@ -9,6 +9,15 @@ pub mod cas {
     }
 }
 
+/// `custodian.ledger.v1`: the provenance ledger.
+pub mod ledger {
+    /// Version 1 of the ledger API.
+    #[allow(missing_docs, clippy::all, clippy::pedantic)]
+    pub mod v1 {
+        tonic::include_proto!("custodian.ledger.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every proto file, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/custodian_descriptor.bin"));

@@ -26,6 +26,20 @@ pub enum ServerError {
         /// The I/O failure.
         source: std::io::Error,
     },
+    /// The ledger could not be opened.
+    #[error("cannot open the ledger: {0}")]
+    Ledger(#[from] custodian_storage::LedgerError),
+    /// The log key could not be loaded or created.
+    #[error("log key {path}: {reason}")]
+    LogKey {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A start-up task panicked or was cancelled.
+    #[error("{0}")]
+    Task(String),
     /// gRPC reflection could not be built from the descriptors.
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(String),

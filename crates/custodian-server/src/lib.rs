@@ -1,8 +1,11 @@
-//! Custodian's gRPC server: the content store service, health and reflection, and the serve
-//! loop with graceful shutdown. This is the only crate that turns errors into `tonic::Status`.
+//! Custodian's gRPC server: the content store and ledger services, the append sequencer, health
+//! and reflection, and the serve loop with graceful shutdown. This is the only crate that turns errors into `tonic::Status`.
 
 mod cas;
 mod error;
+mod ledger;
+mod log_key;
+mod sequencer;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -11,12 +14,17 @@ use std::time::Duration;
 
 use custodian_object::{ObjectBackend, ObjectConfig};
 use custodian_proto::cas::v1::content_store_server::ContentStoreServer;
-use custodian_rocksdb::{RocksBackend, RocksConfig};
+use custodian_proto::ledger::v1::ledger_server::LedgerServer;
+use custodian_rocksdb::{RocksBackend, RocksConfig, RocksLedger};
+use custodian_storage::ledger::Ledger;
 use custodian_storage::{BlobStore, DEFAULT_BLOCK_SIZE};
 use tokio::net::TcpListener;
 
 pub use cas::{CasLimits, CasService, blob_info};
 pub use error::{ServerError, parse_digest, storage_status};
+pub use ledger::{LedgerService, entry_pb, ledger_status, receipt_pb};
+pub use log_key::{KEY_FILE, load_or_generate};
+pub use sequencer::{Sequencer, SequencerConfig};
 
 /// The storage setting that selects the embedded RocksDB backend.
 pub const EMBEDDED_STORAGE: &str = "rocksdb";
@@ -36,6 +44,12 @@ pub struct ServerConfig {
     pub limits: CasLimits,
     /// How long in-flight requests may run after a shutdown signal before they are cut off.
     pub shutdown_grace: Duration,
+    /// The ledger's origin when a new log key is generated (ignored, but checked, afterwards).
+    pub log_origin: Option<String>,
+    /// The bearer token that authorizes `Ledger.Append`; `None` disables it.
+    pub append_token: Option<String>,
+    /// How the ledger batches appends.
+    pub sequencer: SequencerConfig,
 }
 
 impl ServerConfig {
@@ -48,6 +62,9 @@ impl ServerConfig {
             block_size: DEFAULT_BLOCK_SIZE,
             limits: CasLimits::default(),
             shutdown_grace: Duration::from_secs(30),
+            log_origin: None,
+            append_token: None,
+            sequencer: SequencerConfig::default(),
         }
     }
 }
@@ -86,11 +103,30 @@ pub async fn open_store(config: &ServerConfig) -> Result<BlobStore, ServerError>
     Ok(BlobStore::new(Arc::new(backend)))
 }
 
+/// Opens the ledger in `data_dir/ledger` with the log key from `data_dir/log-key` (generated on
+/// first start), checking that stored data and the signed checkpoint agree.
+pub async fn open_ledger(config: &ServerConfig) -> Result<Arc<Ledger>, ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let data_dir = config.data_dir.clone();
+    let origin = config.log_origin.clone();
+    tokio::task::spawn_blocking(move || {
+        let key = load_or_generate(&data_dir, origin.as_deref())?;
+        let backend = RocksLedger::open(&data_dir.join("ledger"))?;
+        Ok(Arc::new(Ledger::open(Arc::new(backend), key)?))
+    })
+    .await
+    .map_err(|e| ServerError::Task(format!("the ledger open task failed: {e}")))?
+}
+
 /// Serves gRPC on `listener` until `shutdown` completes, then lets in-flight requests finish
 /// for up to the configured grace period. Uploads still running after that are discarded.
 pub async fn serve(
     config: ServerConfig,
     store: BlobStore,
+    ledger: Arc<Ledger>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
@@ -99,9 +135,20 @@ pub async fn serve(
         .max_decoding_message_size(limits.max_message_size_bytes)
         .max_encoding_message_size(limits.max_message_size_bytes);
 
+    let sequencer = Sequencer::start(ledger, config.sequencer);
+    let ledger_service = LedgerServer::new(LedgerService::new(
+        sequencer,
+        config.append_token.clone(),
+    ))
+    .max_decoding_message_size(limits.max_message_size_bytes)
+    .max_encoding_message_size(limits.max_message_size_bytes);
+
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<ContentStoreServer<CasService>>()
+        .await;
+    health_reporter
+        .set_serving::<LedgerServer<LedgerService>>()
         .await;
     // Both reflection versions: grpcurl asks for v1 first, but older grpcurl releases and other
     // clients (for example Python's grpc_requests) know only v1alpha.
@@ -135,6 +182,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(cas)
+        .add_service(ledger_service)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_server.wait_for(|stop| *stop).await;
             tracing::info!("shutting down: no new requests; waiting for in-flight ones");

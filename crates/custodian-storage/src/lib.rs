@@ -10,12 +10,18 @@
 pub mod conformance;
 mod error;
 mod hashing;
+pub mod ledger;
+pub mod ledger_conformance;
 mod memory;
 mod meta;
 mod store;
 
 pub use error::{Result, StorageError};
 pub use hashing::{OffThreadHasher, Worker};
+pub use ledger::{
+    Appended, Ledger, LedgerBackend, LedgerBatch, LedgerError, LedgerResult, MemoryLedger,
+    SignedCheckpoint,
+};
 pub use memory::MemoryBackend;
 pub use meta::{BlobMeta, MetaDecodeError};
 pub use store::{

@@ -1,9 +1,12 @@
 //! Custodian's embedded default storage: blobs in RocksDB ([`RocksBackend`]) and the RocksDB
-//! metadata index ([`RocksIndex`]) that the object-store backend shares.
+//! metadata index ([`RocksIndex`]) that the object-store backend shares, and the provenance ledger
+//! ([`RocksLedger`]).
 
 mod blobs;
 mod index;
+pub mod ledger;
 
 pub use blobs::{RocksBackend, RocksConfig};
 pub use index::{IndexEntry, RocksIndex};
+pub use ledger::RocksLedger;
 pub use rocksdb::{ColumnFamilyDescriptor, WriteBatch};

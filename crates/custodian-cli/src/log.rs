@@ -1,0 +1,638 @@
+//! `custodian log ...` and `custodian audit`: the provenance ledger from the command line.
+//! `verify-receipt` and `audit` are offline: they need a file and the log's verifier key, no
+//! daemon and no network.
+
+use std::io::{BufReader, BufWriter, IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use custodian_core::audit::{AuditError, Auditor, EntryReader, HashStream, write_entry};
+use custodian_core::entry::{Entry, Value, encode_value};
+use custodian_core::merkle::stored_hash_count;
+use custodian_core::note::VerifierKey;
+use custodian_core::receipt::Receipt;
+use custodian_proto::ledger::v1 as pb;
+use custodian_proto::ledger::v1::ledger_client::LedgerClient;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::blob::{ServerArg, channel, status_error};
+
+/// Ledger commands.
+#[derive(Subcommand)]
+pub enum LogCommand {
+    /// Print the log's verifier key (publish it: auditors verify everything with it)
+    Key {
+        /// Print JSON (origin, verifier_key, size)
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Print the latest signed checkpoint (C2SP tlog-checkpoint signed note), or the one at --size
+    Checkpoint {
+        /// The tree size of an earlier checkpoint
+        #[arg(long)]
+        size: Option<u64>,
+        /// Print JSON (tree_size, root_hash hex, note)
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Show one entry, decoded
+    Entry {
+        /// The entry's index
+        index: u64,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Append an entry (needs the daemon's append token) and print its receipt
+    #[command(
+        long_about = "Append one entry to the ledger. The payload is JSON (integers, \
+strings, booleans, null, arrays, objects; no fractions), stored as deterministic CBOR. Returns \
+when the entry is durable and signed into a checkpoint, and prints the receipt (or writes it \
+with -o)."
+    )]
+    Append {
+        /// Entry kind, e.g. RunAttested, PackagePublished, DataPackRegistered
+        #[arg(long)]
+        kind: String,
+        /// Payload as JSON, or @FILE to read it from a file
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// Write the receipt to this file instead of standard output
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The daemon's append token
+        #[arg(long, env = "CUSTODIAN_APPEND_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Write the receipt of an entry (entry + inclusion proof + signed checkpoint) to a file
+    Receipt {
+        /// The entry's index
+        index: u64,
+        /// The receipt file to write (- for standard output)
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Verify a receipt offline with the log's verifier key; exits 1 if it does not verify
+    #[command(
+        long_about = "Verify a receipt file offline: the checkpoint's Ed25519 signature \
+by the given log key, the entry's deterministic encoding, and the inclusion proof from the \
+entry's leaf hash to the checkpoint's root. No daemon or network is used. Exits 0 if the \
+receipt verifies, 1 (naming the part that failed) if not."
+    )]
+    VerifyReceipt {
+        /// The receipt file
+        file: PathBuf,
+        /// The log's verifier key (NAME+ID+KEY), or a file containing it
+        #[arg(long, value_name = "VKEY")]
+        key: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export every entry, stored tree hash and checkpoint to a directory for offline audit
+    Export {
+        /// The directory to create (must not exist or be empty)
+        dir: PathBuf,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+/// Options of `custodian audit`.
+#[derive(Args)]
+pub struct AuditArgs {
+    /// A directory written by `custodian log export`
+    dir: PathBuf,
+    /// The log's verifier key (NAME+ID+KEY), or a file containing it
+    #[arg(long, value_name = "VKEY")]
+    key: String,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+async fn connect(server: &ServerArg) -> anyhow::Result<LedgerClient<Channel>> {
+    Ok(LedgerClient::new(channel(server).await?)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
+
+/// Runs a `custodian log` command.
+pub async fn run(command: LogCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        LogCommand::Key { json, server } => {
+            let info = connect(&server)
+                .await?
+                .get_log_info(pb::GetLogInfoRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    json!({"origin": info.origin, "verifier_key": info.verifier_key, "size": info.size})
+                );
+            } else {
+                println!("{}", info.verifier_key);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LogCommand::Checkpoint { size, json, server } => {
+            let checkpoint = connect(&server)
+                .await?
+                .get_checkpoint(pb::GetCheckpointRequest { tree_size: size })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    json!({
+                        "tree_size": checkpoint.tree_size,
+                        "root_hash": hex::encode(&checkpoint.root_hash),
+                        "note": checkpoint.note,
+                    })
+                );
+            } else {
+                print!("{}", checkpoint.note);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LogCommand::Entry {
+            index,
+            json,
+            server,
+        } => {
+            let entry = connect(&server)
+                .await?
+                .get_entry(pb::GetEntryRequest { index })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let decoded = Entry::decode(&entry.encoded)
+                .with_context(|| format!("the daemon sent an invalid entry {index}"))?;
+            let view = entry_json(index, &decoded, &entry.leaf_hash);
+            if json {
+                println!("{view}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LogCommand::Append {
+            kind,
+            payload,
+            output,
+            token,
+            server,
+        } => append(kind, payload, output, token, server).await,
+        LogCommand::Receipt {
+            index,
+            output,
+            server,
+        } => {
+            let receipt = connect(&server)
+                .await?
+                .get_receipt(pb::GetReceiptRequest {
+                    leaf: Some(pb::get_receipt_request::Leaf::Index(index)),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            write_output(&output, receipt.json.as_bytes())?;
+            if output != Path::new("-") {
+                eprintln!("receipt of entry {index} written to {}", output.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LogCommand::VerifyReceipt { file, key, json } => verify_receipt(&file, &key, json),
+        LogCommand::Export { dir, server } => export(&dir, &server).await,
+    }
+}
+
+fn write_output(output: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if output == Path::new("-") {
+        std::io::stdout().write_all(bytes)?;
+        return Ok(());
+    }
+    std::fs::write(output, bytes).with_context(|| format!("writing {}", output.display()))
+}
+
+fn parse_payload(text: &str) -> anyhow::Result<Value> {
+    let text = match text.strip_prefix('@') {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading payload file {path}"))?
+        }
+        None => text.to_string(),
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&text).context("--payload is not valid JSON")?;
+    json_to_cbor(json, "payload")
+}
+
+/// Converts JSON to CBOR; fractions are refused (entries hold no floats).
+fn json_to_cbor(json: serde_json::Value, path: &str) -> anyhow::Result<Value> {
+    Ok(match json {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(b),
+        serde_json::Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::Integer(i.into())
+            } else if let Some(u) = n.as_u64() {
+                Value::Integer(u.into())
+            } else {
+                bail!("{path}: {n} is not an integer; entries hold no fractions, write it as a string")
+            }
+        }
+        serde_json::Value::String(s) => Value::Text(s),
+        serde_json::Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| json_to_cbor(v, &format!("{path}[{i}]")))
+                .collect::<anyhow::Result<_>>()?,
+        ),
+        serde_json::Value::Object(map) => Value::Map(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let value = json_to_cbor(v, &format!("{path}.{k}"))?;
+                    Ok((Value::Text(k), value))
+                })
+                .collect::<anyhow::Result<_>>()?,
+        ),
+    })
+}
+
+/// Renders CBOR as JSON for people and scripts: byte strings become lower-case hex.
+pub fn cbor_to_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Null => serde_json::Value::Null,
+        Value::Bool(b) => json!(b),
+        Value::Integer(i) => {
+            let i = i128::from(*i);
+            if let Ok(v) = i64::try_from(i) {
+                json!(v)
+            } else if let Ok(v) = u64::try_from(i) {
+                json!(v)
+            } else {
+                json!(i.to_string())
+            }
+        }
+        Value::Text(s) => json!(s),
+        Value::Bytes(b) => json!(hex::encode(b)),
+        Value::Float(f) => json!(f),
+        Value::Array(items) => serde_json::Value::Array(items.iter().map(cbor_to_json).collect()),
+        Value::Map(pairs) => {
+            let mut map = serde_json::Map::new();
+            for (k, v) in pairs {
+                let key = match k {
+                    Value::Text(s) => s.clone(),
+                    other => cbor_to_json(other).to_string(),
+                };
+                map.insert(key, cbor_to_json(v));
+            }
+            serde_json::Value::Object(map)
+        }
+        Value::Tag(_, inner) => cbor_to_json(inner),
+        _ => serde_json::Value::Null,
+    }
+}
+
+fn time_text(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn entry_json(index: u64, entry: &Entry, leaf_hash: &[u8]) -> serde_json::Value {
+    json!({
+        "index": index,
+        "kind": entry.kind.to_string(),
+        "integrated_time": time_text(entry.time_ms),
+        "integrated_time_ms": entry.time_ms,
+        "leaf_hash": hex::encode(leaf_hash),
+        "prev": entry.prev.to_hex(),
+        "payload": cbor_to_json(&entry.payload),
+    })
+}
+
+async fn append(
+    kind: String,
+    payload: String,
+    output: Option<PathBuf>,
+    token: Option<String>,
+    server: ServerArg,
+) -> anyhow::Result<ExitCode> {
+    let payload = parse_payload(&payload)?;
+    let mut request = tonic::Request::new(pb::AppendRequest {
+        kind,
+        payload_cbor: encode_value(&payload).into(),
+    });
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .context("the append token contains characters not allowed in gRPC metadata")?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let response = connect(&server)
+        .await?
+        .append(request)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let receipt = response
+        .receipt
+        .context("the daemon sent no receipt for the append")?;
+    match output {
+        Some(path) => {
+            write_output(&path, receipt.json.as_bytes())?;
+            eprintln!(
+                "appended entry {}; receipt written to {}",
+                receipt.log_index,
+                path.display()
+            );
+        }
+        None => print!("{}", receipt.json),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a verifier key given inline or as a file.
+fn verifier_key(text: &str) -> anyhow::Result<VerifierKey> {
+    let path = Path::new(text);
+    let key = if !text.contains('+') && path.exists() {
+        std::fs::read_to_string(path).with_context(|| format!("reading key file {text}"))?
+    } else {
+        text.to_string()
+    };
+    Ok(VerifierKey::parse(key.trim())?)
+}
+
+fn verify_receipt(file: &Path, key: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let verifier = verifier_key(key)?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let result = Receipt::from_json(&text).and_then(|r| r.verify(&verifier));
+    match result {
+        Ok(verified) => {
+            if json {
+                let mut view =
+                    entry_json(verified.index, &verified.entry, verified.leaf_hash.as_bytes());
+                view["ok"] = json!(true);
+                view["origin"] = json!(verified.checkpoint.origin);
+                view["tree_size"] = json!(verified.checkpoint.size);
+                view["root_hash"] = json!(verified.checkpoint.root.to_hex());
+                println!("{view}");
+            } else {
+                println!("receipt verifies: entry {} is in the log", verified.index);
+                println!("  log         {} (key id {:08x})", verifier.name(), verifier.id());
+                println!(
+                  "  entry       {} {} integrated {}",
+                    verified.index,
+                    verified.entry.kind,
+                    time_text(verified.entry.time_ms)
+                );
+                println!("  leaf hash   {}", verified.leaf_hash);
+                println!(
+                    "  checkpoint  size {} root {}",
+                    verified.checkpoint.size, verified.checkpoint.root
+                );
+                println!("  payload     {}", cbor_to_json(&verified.entry.payload));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            if json {
+                println!("{}", json!({"ok": false, "error": err.to_string()}));
+            } else {
+                eprintln!("receipt does NOT verify: {err}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn counter(len: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+async fn export(dir: &Path, server: &ServerArg) -> anyhow::Result<ExitCode> {
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        bail!("{} is not empty; export into a new directory", dir.display());
+    }
+    std::fs::create_dir_all(dir.join("checkpoints"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let mut client = connect(server).await?;
+    let info = client
+        .get_log_info(pb::GetLogInfoRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    // Everything is exported up to one signed checkpoint, so the export is self-consistent even
+    // while the log grows.
+    let latest = client
+        .get_checkpoint(pb::GetCheckpointRequest { tree_size: None })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let size = latest.tree_size;
+
+    let mut checkpoints = 0u64;
+    let mut stream = client
+        .list_checkpoints(pb::ListCheckpointsRequest { from_size: 0 })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    while let Some(checkpoint) = stream.next().await {
+        let checkpoint = checkpoint.map_err(status_error)?;
+        if checkpoint.tree_size > size {
+            break;
+        }
+        std::fs::write(
+            dir.join("checkpoints").join(checkpoint.tree_size.to_string()),
+            checkpoint.note.as_bytes(),
+        )?;
+        checkpoints += 1;
+    }
+
+    let bar = counter(size, "entries");
+    let mut entries = BufWriter::new(std::fs::File::create(dir.join("entries"))?);
+    let mut stream = client
+        .get_entries(pb::GetEntriesRequest {
+            start: 0,
+            end: Some(size),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut next = 0u64;
+    let mut buf = Vec::new();
+    while let Some(entry) = stream.next().await {
+        let entry = entry.map_err(status_error)?;
+        if entry.index != next {
+            bail!("the daemon sent entry {} where {next} was expected", entry.index);
+        }
+        buf.clear();
+        write_entry(&mut buf, &entry.encoded);
+        entries.write_all(&buf)?;
+        next += 1;
+        bar.inc(1);
+    }
+    entries.flush()?;
+    bar.finish_and_clear();
+    if next != size {
+        bail!("the daemon sent {next} entries, expected {size}");
+    }
+
+    let total = stored_hash_count(size);
+    let mut hashes = BufWriter::new(std::fs::File::create(dir.join("tree-hashes"))?);
+    let mut stream = client
+        .get_tree_hashes(pb::GetTreeHashesRequest {
+            start: 0,
+            end: total,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut written = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(status_error)?;
+        hashes.write_all(&chunk.hashes)?;
+        written += chunk.hashes.len() as u64 / 32;
+    }
+    hashes.flush()?;
+    if written != total {
+        bail!("the daemon sent {written} tree hashes, expected {total}");
+    }
+    let manifest = json!({
+        "origin": info.origin,
+        "verifier_key": info.verifier_key,
+        "tree_size": size,
+        "root_hash": hex::encode(&latest.root_hash),
+        "checkpoints": checkpoints,
+        "note": "Informational. Audit with a verifier key obtained independently: custodian audit DIR --key VKEY",
+    });
+    std::fs::write(
+        dir.join("log.json"),
+        serde_json::to_string_pretty(&manifest)? + "\n",
+    )?;
+    println!(
+        "exported {size} entries, {written} tree hashes and {checkpoints} checkpoints to {}",
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `custodian audit`.
+pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let verifier = verifier_key(&args.key)?;
+    let started = std::time::Instant::now();
+    match run_audit(&args.dir, verifier) {
+        Ok(report) => {
+            let seconds = started.elapsed().as_secs_f64();
+            if args.json {
+                let mut view = serde_json::to_value(&report)?;
+                view["ok"] = json!(true);
+                view["seconds"] = json!(seconds);
+                println!("{view}");
+            } else {
+                println!(
+                    "audit passed: {} entries, {} checkpoints, {} tree hashes of log {} agree",
+                    report.entries, report.checkpoints, report.tree_hashes, report.origin
+                );
+                println!("  root {}", report.root);
+                println!(
+                    "  every checkpoint's signature verifies, its root equals the one recomputed from the entries, and the prev chain is intact ({:.0} entries/s)",
+                    report.entries as f64 / seconds.max(1e-9)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            if args.json {
+                println!("{}", json!({"ok": false, "error": err.to_string()}));
+            } else {
+                eprintln!("audit FAILED: {err}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn run_audit(
+    dir: &Path,
+    verifier: VerifierKey,
+) -> Result<custodian_core::audit::AuditReport, AuditError> {
+    let read_error = |what: &'static str, e: std::io::Error| AuditError::Read {
+        what,
+        reason: e.to_string(),
+    };
+    let mut checkpoints = Vec::new();
+    let listing = std::fs::read_dir(dir.join("checkpoints"))
+        .map_err(|e| read_error("checkpoints", e))?;
+    for file in listing {
+        let file = file.map_err(|e| read_error("checkpoints", e))?;
+        let name = file.file_name().to_string_lossy().into_owned();
+        let bytes = std::fs::read(file.path()).map_err(|e| read_error("checkpoints", e))?;
+        checkpoints.push((name, bytes));
+    }
+    let mut auditor = Auditor::new(verifier, checkpoints)?;
+    let entries = std::fs::File::open(dir.join("entries")).map_err(|e| read_error("entries", e))?;
+    let entries_len = entries.metadata().map_or(0, |m| m.len());
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(entries_len);
+        bar.set_style(
+            ProgressStyle::with_template("auditing [{bar:30}] {bytes}/{total_bytes} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut hashes = match std::fs::File::open(dir.join("tree-hashes")) {
+        Ok(file) => Some(HashStream::new(BufReader::with_capacity(1 << 20, file))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(read_error("tree-hashes", e)),
+    };
+    for bytes in EntryReader::new(BufReader::with_capacity(1 << 20, entries)) {
+        let bytes = bytes?;
+        match hashes.as_mut() {
+            Some(stream) => {
+                let mut next = || stream.next_hash();
+                auditor.push_entry(&bytes, Some(&mut next))?;
+            }
+            None => auditor.push_entry(&bytes, None)?,
+        }
+        bar.inc(bytes.len() as u64 + 4);
+    }
+    bar.finish_and_clear();
+    if let Some(stream) = hashes.as_mut() {
+        stream.expect_end()?;
+    }
+    auditor.finish()
+}

@@ -1,0 +1,424 @@
+//! `custodian.ledger.v1.Ledger`: the provenance ledger over gRPC.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use custodian_core::entry::{Entry, EntryKind, decode_payload, encode_value};
+use custodian_core::merkle::{Hash, ProofError};
+use custodian_core::receipt::Receipt;
+use custodian_proto::ledger::v1 as pb;
+use custodian_proto::ledger::v1::ledger_server::Ledger as LedgerRpc;
+use custodian_storage::ledger::{Ledger, LedgerError, SignedCheckpoint};
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::sequencer::Sequencer;
+
+/// Entries, checkpoints or hash chunks per streamed read from storage.
+const STREAM_CHUNK: u64 = 256;
+/// Stored hashes per TreeHashes message (256 KiB).
+const HASH_CHUNK: u64 = 8192;
+
+/// The Ledger service.
+pub struct LedgerService {
+    sequencer: Sequencer,
+    append_token: Option<String>,
+}
+
+impl LedgerService {
+    /// A service appending through `sequencer`; `append_token` enables `Append`.
+    pub fn new(sequencer: Sequencer, append_token: Option<String>) -> Self {
+        LedgerService {
+            sequencer,
+            append_token: append_token.filter(|t| !t.is_empty()),
+        }
+    }
+
+    fn ledger(&self) -> &Arc<Ledger> {
+        self.sequencer.ledger()
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(token) = &self.append_token else {
+            return Err(Status::permission_denied(
+                "Append is disabled: start the daemon with --append-token (CUSTODIAN_APPEND_TOKEN) to allow it",
+            ));
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
+            Some(_) => Err(Status::unauthenticated(
+                "metadata authorization: the bearer token is not the append token",
+            )),
+            None => Err(Status::unauthenticated(
+                "metadata authorization is required: send \"Bearer <append token>\"",
+            )),
+        }
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Converts a ledger error into a status whose message starts with the field concerned.
+pub fn ledger_status(field: &str, err: LedgerError) -> Status {
+    let message = format!("field {field}: {err}");
+    match err {
+        LedgerError::NoSuchEntry { .. }
+        | LedgerError::NoSuchLeaf(_)
+        | LedgerError::NoSuchCheckpoint(_) => Status::not_found(message),
+        LedgerError::SizeBeyondLog { .. } => Status::out_of_range(message),
+        LedgerError::InvalidEntry(_) => Status::invalid_argument(message),
+        LedgerError::Proof(
+            ProofError::SizesOutOfOrder { .. } | ProofError::IndexOutOfRange { .. },
+        ) => Status::invalid_argument(message),
+        LedgerError::Proof(_) | LedgerError::Corrupt(_) => {
+            Status::data_loss(format!("{err}; nothing derived from it is served"))
+        }
+        LedgerError::WrongKey { .. } => Status::failed_precondition(err.to_string()),
+        LedgerError::Poisoned(_) => Status::unavailable(err.to_string()),
+        LedgerError::Backend { .. } => Status::internal(err.to_string()),
+    }
+}
+
+fn parse_hash(field: &str, bytes: &[u8]) -> Result<Hash, Status> {
+    Hash::from_slice(bytes).map_err(|_| {
+        Status::invalid_argument(format!(
+            "field {field}: a leaf hash is 32 bytes, got {} bytes",
+            bytes.len()
+        ))
+    })
+}
+
+fn checkpoint_pb(checkpoint: &SignedCheckpoint) -> pb::SignedCheckpoint {
+    pb::SignedCheckpoint {
+        tree_size: checkpoint.size,
+        root_hash: checkpoint.root.0.to_vec().into(),
+        note: checkpoint.note.clone(),
+    }
+}
+
+/// The wire form of an entry.
+pub fn entry_pb(index: u64, bytes: Vec<u8>) -> Result<pb::Entry, Status> {
+    let leaf = custodian_core::merkle::leaf_hash(&bytes);
+    let entry = Entry::decode(&bytes)
+        .map_err(|e| ledger_status("index", LedgerError::Corrupt(format!("entry {index}: {e}"))))?;
+    Ok(pb::Entry {
+        index,
+        leaf_hash: leaf.0.to_vec().into(),
+        kind: entry.kind.to_string(),
+        integrated_time_ms: entry.time_ms,
+        prev: entry.prev.0.to_vec().into(),
+        payload_cbor: encode_value(&entry.payload).into(),
+        encoded: bytes.into(),
+    })
+}
+
+/// The wire form of a receipt.
+pub fn receipt_pb(receipt: &Receipt) -> pb::Receipt {
+    pb::Receipt {
+        log_index: receipt.index,
+        entry: receipt.entry.clone().into(),
+        inclusion_proof: receipt
+            .proof
+            .iter()
+            .map(|h| h.0.to_vec().into())
+            .collect(),
+        checkpoint: receipt.checkpoint.clone(),
+        json: receipt.to_json(),
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Streams chunks produced by `next(start)` on a blocking thread until it returns an empty chunk.
+fn chunked<T: Send + 'static>(
+    mut next: impl FnMut() -> Result<Vec<T>, Status> + Send + 'static,
+) -> BoxStream<T> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        loop {
+            match next() {
+                Ok(items) if items.is_empty() => return,
+                Ok(items) => {
+                    for item in items {
+                        if tx.blocking_send(Ok(item)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(status) => {
+                    let _ = tx.blocking_send(Err(status));
+                    return;
+                }
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl LedgerRpc for LedgerService {
+    async fn get_log_info(
+        &self,
+        _request: Request<pb::GetLogInfoRequest>,
+    ) -> Result<Response<pb::LogInfo>, Status> {
+        let ledger = self.ledger();
+        Ok(Response::new(pb::LogInfo {
+            origin: ledger.origin().to_string(),
+            verifier_key: ledger.verifier().to_string(),
+            size: ledger.latest().size,
+        }))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        request: Request<pb::GetCheckpointRequest>,
+    ) -> Result<Response<pb::SignedCheckpoint>, Status> {
+        let checkpoint = match request.into_inner().tree_size {
+            None => self.ledger().latest().as_ref().clone(),
+            Some(size) => self
+                .ledger()
+                .checkpoint(size)
+                .map_err(|e| ledger_status("tree_size", e))?,
+        };
+        Ok(Response::new(checkpoint_pb(&checkpoint)))
+    }
+
+    type ListCheckpointsStream = BoxStream<pb::SignedCheckpoint>;
+
+    async fn list_checkpoints(
+        &self,
+        request: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<Self::ListCheckpointsStream>, Status> {
+        let ledger = self.ledger().clone();
+        let end = ledger.latest().size;
+        let mut from = request.into_inner().from_size;
+        Ok(Response::new(chunked(move || {
+            if from > end {
+                return Ok(Vec::new());
+            }
+            let chunk = ledger
+                .checkpoints(from, STREAM_CHUNK as usize)
+                .map_err(|e| ledger_status("from_size", e))?;
+            let mut out = Vec::new();
+            for (size, note) in chunk {
+                if size > end {
+                    break;
+                }
+                from = size + 1;
+                let checkpoint =
+                    custodian_core::checkpoint::Checkpoint::open(&note, ledger.verifier())
+                        .map_err(|e| {
+                            ledger_status(
+                                "from_size",
+                                LedgerError::Corrupt(format!("checkpoint of size {size}: {e}")),
+                            )
+                        })?;
+                out.push(pb::SignedCheckpoint {
+                    tree_size: size,
+                    root_hash: checkpoint.root.0.to_vec().into(),
+                    note: String::from_utf8_lossy(&note).into_owned(),
+                });
+            }
+            if out.is_empty() {
+                from = end + 1;
+            }
+            Ok(out)
+        })))
+    }
+
+    async fn get_entry(
+        &self,
+        request: Request<pb::GetEntryRequest>,
+    ) -> Result<Response<pb::Entry>, Status> {
+        let index = request.into_inner().index;
+        let bytes = self
+            .ledger()
+            .entry(index)
+            .map_err(|e| ledger_status("index", e))?;
+        Ok(Response::new(entry_pb(index, bytes)?))
+    }
+
+    type GetEntriesStream = BoxStream<pb::Entry>;
+
+    async fn get_entries(
+        &self,
+        request: Request<pb::GetEntriesRequest>,
+    ) -> Result<Response<Self::GetEntriesStream>, Status> {
+        let request = request.into_inner();
+        let ledger = self.ledger().clone();
+        let size = ledger.latest().size;
+        let end = request.end.unwrap_or(size);
+        if end > size {
+            return Err(ledger_status(
+                "end",
+                LedgerError::SizeBeyondLog {
+                    requested: end,
+                    size,
+                },
+            ));
+        }
+        let mut at = request.start;
+        Ok(Response::new(chunked(move || {
+            if at >= end {
+                return Ok(Vec::new());
+            }
+            let stop = (at + STREAM_CHUNK).min(end);
+            let entries = ledger
+                .entries(at, stop)
+                .map_err(|e| ledger_status("start", e))?;
+            let out = entries
+                .into_iter()
+                .zip(at..)
+                .map(|(bytes, index)| entry_pb(index, bytes))
+                .collect::<Result<Vec<_>, _>>()?;
+            at = stop;
+            Ok(out)
+        })))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<pb::GetInclusionProofRequest>,
+    ) -> Result<Response<pb::InclusionProof>, Status> {
+        let request = request.into_inner();
+        let ledger = self.ledger();
+        let index = match request.leaf {
+            Some(pb::get_inclusion_proof_request::Leaf::Index(index)) => index,
+            Some(pb::get_inclusion_proof_request::Leaf::LeafHash(hash)) => ledger
+                .index_of(&parse_hash("leaf_hash", &hash)?)
+                .map_err(|e| ledger_status("leaf_hash", e))?,
+            None => {
+                return Err(Status::invalid_argument(
+                    "field leaf is required: give index or leaf_hash",
+                ));
+            }
+        };
+        let latest = ledger.latest();
+        let size = request.tree_size.unwrap_or(latest.size);
+        let (hashes, leaf) = ledger
+            .inclusion_proof(index, size)
+            .map_err(|e| ledger_status("index", e))?;
+        let checkpoint = match ledger.checkpoint(size) {
+            Ok(checkpoint) => Some(checkpoint_pb(&checkpoint)),
+            Err(LedgerError::NoSuchCheckpoint(_)) => None,
+            Err(e) => return Err(ledger_status("tree_size", e)),
+        };
+        Ok(Response::new(pb::InclusionProof {
+            index,
+            tree_size: size,
+            leaf_hash: leaf.0.to_vec().into(),
+            hashes: hashes.iter().map(|h| h.0.to_vec().into()).collect(),
+            checkpoint,
+        }))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<pb::GetConsistencyProofRequest>,
+    ) -> Result<Response<pb::ConsistencyProof>, Status> {
+        let request = request.into_inner();
+        let ledger = self.ledger();
+        let new = request.new_size.unwrap_or(ledger.latest().size);
+        let hashes = ledger
+            .consistency_proof(request.old_size, new)
+            .map_err(|e| ledger_status("old_size", e))?;
+        Ok(Response::new(pb::ConsistencyProof {
+            old_size: request.old_size,
+            new_size: new,
+            hashes: hashes.iter().map(|h| h.0.to_vec().into()).collect(),
+        }))
+    }
+
+    async fn get_receipt(
+        &self,
+        request: Request<pb::GetReceiptRequest>,
+    ) -> Result<Response<pb::Receipt>, Status> {
+        let ledger = self.ledger();
+        let (field, index) = match request.into_inner().leaf {
+            Some(pb::get_receipt_request::Leaf::Index(index)) => ("index", index),
+            Some(pb::get_receipt_request::Leaf::LeafHash(hash)) => (
+                "leaf_hash",
+                ledger
+                    .index_of(&parse_hash("leaf_hash", &hash)?)
+                    .map_err(|e| ledger_status("leaf_hash", e))?,
+            ),
+            None => {
+                return Err(Status::invalid_argument(
+                    "field leaf is required: give index or leaf_hash",
+                ));
+            }
+        };
+        let receipt = ledger
+            .receipt(index)
+            .map_err(|e| ledger_status(field, e))?;
+        Ok(Response::new(receipt_pb(&receipt)))
+    }
+
+    type GetTreeHashesStream = BoxStream<pb::TreeHashes>;
+
+    async fn get_tree_hashes(
+        &self,
+        request: Request<pb::GetTreeHashesRequest>,
+    ) -> Result<Response<Self::GetTreeHashesStream>, Status> {
+        let request = request.into_inner();
+        let ledger = self.ledger().clone();
+        let limit = custodian_core::merkle::stored_hash_count(ledger.latest().size);
+        if request.end > limit {
+            return Err(Status::out_of_range(format!(
+                "field end: {} is past the {limit} stored hashes of the latest checkpoint",
+                request.end
+            )));
+        }
+        let (mut at, end) = (request.start, request.end);
+        Ok(Response::new(chunked(move || {
+            if at >= end {
+                return Ok(Vec::new());
+            }
+            let stop = (at + HASH_CHUNK).min(end);
+            let hashes = ledger
+                .stored_hashes(at, stop)
+                .map_err(|e| ledger_status("start", e))?;
+            let message = pb::TreeHashes {
+                start: at,
+                hashes: hashes.iter().flat_map(|h| h.0).collect::<Vec<u8>>().into(),
+            };
+            at = stop;
+            Ok(vec![message])
+        })))
+    }
+
+    async fn append(
+        &self,
+        request: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let kind = EntryKind::parse(&request.kind)
+            .map_err(|e| ledger_status("kind", LedgerError::InvalidEntry(e)))?;
+        let payload = decode_payload(&request.payload_cbor)
+            .map_err(|e| ledger_status("payload_cbor", LedgerError::InvalidEntry(e)))?;
+        let (appended, checkpoint) = self
+            .sequencer
+            .append(kind, payload)
+            .await
+            .map_err(|e| ledger_status("payload_cbor", e))?;
+        let receipt = self
+            .ledger()
+            .receipt_for(&appended, &checkpoint)
+            .map_err(|e| ledger_status("index", e))?;
+        Ok(Response::new(pb::AppendResponse {
+            receipt: Some(receipt_pb(&receipt)),
+        }))
+    }
+}

@@ -1,0 +1,146 @@
+//! The sequencer: turns concurrent appends into batches, one durable commit (one fsync) and one
+//! checkpoint signature per batch.
+//!
+//! Requests queue on a channel. The sequencer takes the first, then everything already queued
+//! (up to `max_batch`), optionally waits up to `window` for more, and commits the batch on a
+//! blocking thread. While that commit (and its fsync) runs, new requests queue up and form the
+//! next batch, so the batch size adapts to load without any tuning: one writer gets one-entry
+//! batches at fsync latency, many writers share each fsync.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use custodian_core::entry::{EntryKind, Value};
+use custodian_storage::ledger::{Appended, Ledger, LedgerError, SignedCheckpoint};
+use tokio::sync::{mpsc, oneshot};
+
+/// How the sequencer batches.
+#[derive(Clone, Copy, Debug)]
+pub struct SequencerConfig {
+    /// The most entries in one batch.
+    pub max_batch: usize,
+    /// How long to wait for more requests after the first of a batch; zero commits at once
+    /// (requests still batch up while the previous commit is in flight).
+    pub window: Duration,
+    /// How many requests may wait in the queue before appends get back-pressure.
+    pub queue: usize,
+}
+
+impl Default for SequencerConfig {
+    fn default() -> Self {
+        SequencerConfig {
+            max_batch: 4096,
+            window: Duration::ZERO,
+            queue: 65_536,
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<(Appended, Arc<SignedCheckpoint>), LedgerError>>;
+
+struct Job {
+    kind: EntryKind,
+    payload: Value,
+    reply: Reply,
+}
+
+/// A handle for appending through the sequencer. Cloning it is cheap.
+#[derive(Clone)]
+pub struct Sequencer {
+    tx: mpsc::Sender<Job>,
+    ledger: Arc<Ledger>,
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Sequencer {
+    /// Starts the sequencer task on the current tokio runtime.
+    pub fn start(ledger: Arc<Ledger>, config: SequencerConfig) -> Self {
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        tokio::spawn(run(ledger.clone(), config, rx));
+        Sequencer { tx, ledger }
+    }
+
+    /// The ledger behind the sequencer.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    /// Appends one entry; returns once it is durable and signed into a checkpoint. An invalid
+    /// request is rejected here, before it can share a batch with others.
+    pub async fn append(
+        &self,
+        kind: EntryKind,
+        payload: Value,
+    ) -> Result<(Appended, Arc<SignedCheckpoint>), LedgerError> {
+        Ledger::validate(&kind, &payload)?;
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send(Job {
+                kind,
+                payload,
+                reply,
+            })
+            .await
+            .map_err(|_| LedgerError::Poisoned("the sequencer has stopped".into()))?;
+        wait.await
+            .map_err(|_| LedgerError::Poisoned("the sequencer stopped before replying".into()))?
+    }
+}
+
+async fn run(ledger: Arc<Ledger>, config: SequencerConfig, mut rx: mpsc::Receiver<Job>) {
+    let max = config.max_batch.max(1);
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        let deadline = tokio::time::Instant::now() + config.window;
+        loop {
+            while jobs.len() < max {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            if jobs.len() >= max || config.window.is_zero() {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(job)) => jobs.push(job),
+                _ => break,
+            }
+        }
+        let mut requests = Vec::with_capacity(jobs.len());
+        let mut replies = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            requests.push((job.kind, job.payload));
+            replies.push(job.reply);
+        }
+        let ledger = ledger.clone();
+        let count = requests.len();
+        let result = tokio::task::spawn_blocking(move || ledger.append(requests, now_ms())).await;
+        match result {
+            Ok(Ok((appended, checkpoint))) => {
+                tracing::debug!(entries = count, size = checkpoint.size, "batch committed");
+                for (reply, entry) in replies.into_iter().zip(appended) {
+                    let _ = reply.send(Ok((entry, checkpoint.clone())));
+                }
+            }
+            Ok(Err(err)) => {
+                tracing::error!(entries = count, error = %err, "ledger batch failed");
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+            Err(join) => {
+                let err = LedgerError::Poisoned(format!("the commit task failed: {join}"));
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,704 @@
+//! The provenance ledger: an append-only RFC 6962 log of entries with signed checkpoints.
+//!
+//! [`Ledger`] holds all the logic — chaining entries, computing stored hashes, signing the
+//! checkpoint, generating proofs and checking them before they leave — over a
+//! [`LedgerBackend`] that only stores and fetches bytes. Each [`LedgerBatch`] (entries, their
+//! stored hashes and the new signed checkpoint) is committed atomically and durably by the
+//! backend; nothing in it is acknowledged before that.
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use custodian_core::checkpoint::Checkpoint;
+use custodian_core::entry::{Entry, EntryError, EntryKind, Value};
+use custodian_core::merkle::{
+    self, Frontier, Hash, HashReader, ProofError, empty_root, stored_hash_count,
+    stored_hash_index,
+};
+use custodian_core::note::{SignerKey, VerifierKey};
+use custodian_core::receipt::Receipt;
+
+/// What went wrong in the ledger. Messages name the index, size or hash concerned.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The entry index is not in the log (yet).
+    #[error("entry {index} does not exist; the log has {size} entries")]
+    NoSuchEntry {
+        /// The index asked for.
+        index: u64,
+        /// The log's current size.
+        size: u64,
+    },
+    /// No entry has this leaf hash.
+    #[error("no entry has leaf hash {0}")]
+    NoSuchLeaf(Hash),
+    /// The tree size is larger than the log.
+    #[error("tree size {requested} is larger than the log ({size} entries)")]
+    SizeBeyondLog {
+        /// The size asked for.
+        requested: u64,
+        /// The log's current size.
+        size: u64,
+    },
+    /// The log has no checkpoint of this size.
+    #[error(
+        "no checkpoint of size {0}; checkpoints exist only at the sizes where a batch was committed"
+    )]
+    NoSuchCheckpoint(u64),
+    /// An append was rejected before anything was written.
+    #[error("invalid entry: {0}")]
+    InvalidEntry(#[from] EntryError),
+    /// A proof could not be made from the stored hashes.
+    #[error("proof: {0}")]
+    Proof(ProofError),
+    /// Stored data contradicts the signed checkpoints; nothing derived from it is served.
+    #[error("ledger storage is corrupt: {0}")]
+    Corrupt(String),
+    /// The signing key does not belong to this log.
+    #[error(
+        "the log key {key} does not verify the stored checkpoint of size {size} ({reason}); the data directory belongs to another log key"
+    )]
+    WrongKey {
+        /// The verifier key in use.
+        key: String,
+        /// The checkpoint size that failed.
+        size: u64,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The backend failed.
+    #[error("{backend} ledger backend: {message}")]
+    Backend {
+        /// The backend's name.
+        backend: &'static str,
+        /// What failed.
+        message: String,
+    },
+    /// A commit failed earlier; the ledger refuses appends until it is reopened, because it
+    /// cannot tell what reached the disk.
+    #[error("the ledger refuses appends after an earlier failure: {0}")]
+    Poisoned(String),
+}
+
+impl LedgerError {
+    /// A backend failure with a message.
+    pub fn backend(backend: &'static str, message: impl std::fmt::Display) -> Self {
+        LedgerError::Backend {
+            backend,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// A ledger result.
+pub type LedgerResult<T> = std::result::Result<T, LedgerError>;
+
+/// Everything one commit writes: entries, the stored hashes they create, and the checkpoint.
+#[derive(Clone, Debug)]
+pub struct LedgerBatch {
+    /// The index of the first entry.
+    pub first_index: u64,
+    /// The encoded entries, in order.
+    pub entries: Vec<Vec<u8>>,
+    /// The entries' leaf hashes, in the same order.
+    pub leaf_hashes: Vec<Hash>,
+    /// The append-order index of the first new stored hash.
+    pub first_hash_index: u64,
+    /// The new stored hashes, in append order.
+    pub hashes: Vec<Hash>,
+    /// The tree size after the batch.
+    pub checkpoint_size: u64,
+    /// The signed checkpoint note for that size.
+    pub checkpoint: Vec<u8>,
+}
+
+/// Storage for a ledger. Implementations must make [`LedgerBackend::commit`] atomic and durable:
+/// after it returns, the whole batch survives a crash; if it fails or the process dies during it,
+/// none of the batch is visible after reopening.
+pub trait LedgerBackend: Send + Sync {
+    /// A short name for messages, e.g. `rocksdb`.
+    fn name(&self) -> &'static str;
+    /// The latest checkpoint: its size and signed note.
+    fn latest_checkpoint(&self) -> LedgerResult<Option<(u64, Vec<u8>)>>;
+    /// The checkpoint of exactly `size`, if one was committed.
+    fn checkpoint(&self, size: u64) -> LedgerResult<Option<Vec<u8>>>;
+    /// Up to `limit` checkpoints with size `>= from_size`, by size.
+    fn checkpoints(&self, from_size: u64, limit: usize) -> LedgerResult<Vec<(u64, Vec<u8>)>>;
+    /// The entries `[start, end)`; an entry that is missing is an error.
+    fn entries(&self, start: u64, end: u64) -> LedgerResult<Vec<Vec<u8>>>;
+    /// The index of the entry with this leaf hash.
+    fn index_of(&self, leaf: &Hash) -> LedgerResult<Option<u64>>;
+    /// The stored hashes at these append-order indexes (`None` where missing).
+    fn hashes(&self, indexes: &[u64]) -> LedgerResult<Vec<Option<Hash>>>;
+    /// The stored hashes `[start, end)` in append order.
+    fn hash_range(&self, start: u64, end: u64) -> LedgerResult<Vec<Hash>>;
+    /// Writes a batch atomically and durably.
+    fn commit(&self, batch: &LedgerBatch) -> LedgerResult<()>;
+}
+
+/// Adapts a backend to the Merkle code's [`HashReader`].
+struct Reader<'a>(&'a dyn LedgerBackend);
+
+impl HashReader for Reader<'_> {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, ProofError> {
+        let found = self
+            .0
+            .hashes(indexes)
+            .map_err(|e| ProofError::Read(e.to_string()))?;
+        indexes
+            .iter()
+            .zip(found)
+            .map(|(&i, h)| {
+                h.ok_or_else(|| {
+                    let (level, index) = merkle::split_stored_hash_index(i);
+                    ProofError::MissingHash { level, index }
+                })
+            })
+            .collect()
+    }
+}
+
+/// A signed checkpoint as the ledger issued it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    /// The tree size.
+    pub size: u64,
+    /// The root hash.
+    pub root: Hash,
+    /// The signed note.
+    pub note: String,
+}
+
+/// One appended entry.
+#[derive(Clone, Debug)]
+pub struct Appended {
+    /// Its index.
+    pub index: u64,
+    /// Its leaf hash.
+    pub leaf_hash: Hash,
+    /// Its encoded bytes.
+    pub entry: Vec<u8>,
+}
+
+struct State {
+    frontier: Frontier,
+    prev: Hash,
+    last_time_ms: u64,
+    poisoned: Option<String>,
+}
+
+/// The ledger: appends in batches, serves entries, checkpoints and proofs.
+pub struct Ledger {
+    backend: Arc<dyn LedgerBackend>,
+    signer: SignerKey,
+    verifier: VerifierKey,
+    state: Mutex<State>,
+    latest: RwLock<Arc<SignedCheckpoint>>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("backend", &self.backend.name())
+            .field("key", &self.verifier)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ledger {
+    /// Opens a ledger: checks that the latest checkpoint verifies with `signer`'s key and that
+    /// the stored hashes lead to its root. A fresh backend gets a signed checkpoint of size 0.
+    pub fn open(backend: Arc<dyn LedgerBackend>, signer: SignerKey) -> LedgerResult<Self> {
+        let verifier = signer.verifier();
+        let (state, latest) = match backend.latest_checkpoint()? {
+            None => {
+                let root = empty_root();
+                let note = Checkpoint::new(signer.name(), 0, root)
+                    .sign(&signer)
+                    .map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+                backend.commit(&LedgerBatch {
+                    first_index: 0,
+                    entries: Vec::new(),
+                    leaf_hashes: Vec::new(),
+                    first_hash_index: 0,
+                    hashes: Vec::new(),
+                    checkpoint_size: 0,
+                    checkpoint: note.clone().into_bytes(),
+                })?;
+                let state = State {
+                    frontier: Frontier::new(),
+                    prev: Hash::ZERO,
+                    last_time_ms: 0,
+                    poisoned: None,
+                };
+                (state, SignedCheckpoint { size: 0, root, note })
+            }
+            Some((size, note)) => {
+                let checkpoint = Checkpoint::open(&note, &verifier).map_err(|e| {
+                    LedgerError::WrongKey {
+                        key: verifier.to_string(),
+                        size,
+                        reason: e.to_string(),
+                    }
+                })?;
+                if checkpoint.size != size {
+                    return Err(LedgerError::Corrupt(format!(
+                        "checkpoint stored under size {size} says size {}",
+                        checkpoint.size
+                    )));
+                }
+                let frontier = Frontier::load(size, &Reader(backend.as_ref()))
+                    .map_err(LedgerError::Proof)?;
+                let root = if size == 0 {
+                    empty_root()
+                } else {
+                    frontier.root()
+                };
+                if root != checkpoint.root {
+                    return Err(LedgerError::Corrupt(format!(
+                        "stored tree hashes give root {root} at size {size}, but the signed checkpoint says {}",
+                        checkpoint.root
+                    )));
+                }
+                let (prev, last_time_ms) = if size == 0 {
+                    (Hash::ZERO, 0)
+                } else {
+                    let last = backend.entries(size - 1, size)?;
+                    let bytes = last.first().ok_or(LedgerError::NoSuchEntry {
+                        index: size - 1,
+                        size,
+                    })?;
+                    let leaf = merkle::leaf_hash(bytes);
+                    let stored = Reader(backend.as_ref())
+                        .read_hashes(&[stored_hash_index(0, size - 1)])
+                        .map_err(LedgerError::Proof)?;
+                    if stored.first() != Some(&leaf) {
+                        return Err(LedgerError::Corrupt(format!(
+                            "entry {} does not match its stored leaf hash",
+                            size - 1
+                        )));
+                    }
+                    let entry = Entry::decode(bytes).map_err(|e| {
+                        LedgerError::Corrupt(format!("entry {}: {e}", size - 1))
+                    })?;
+                    (leaf, entry.time_ms)
+                };
+                let note = String::from_utf8(note)
+                    .map_err(|_| LedgerError::Corrupt("checkpoint is not UTF-8".into()))?;
+                let state = State {
+                    frontier,
+                    prev,
+                    last_time_ms,
+                    poisoned: None,
+                };
+                (state, SignedCheckpoint { size, root, note })
+            }
+        };
+        Ok(Ledger {
+            backend,
+            signer,
+            verifier,
+            state: Mutex::new(state),
+            latest: RwLock::new(Arc::new(latest)),
+        })
+    }
+
+    /// The log's verifier key.
+    pub fn verifier(&self) -> &VerifierKey {
+        &self.verifier
+    }
+
+    /// The log's origin.
+    pub fn origin(&self) -> &str {
+        self.signer.name()
+    }
+
+    /// The backend's name.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// The latest signed checkpoint.
+    pub fn latest(&self) -> Arc<SignedCheckpoint> {
+        match self.latest.read() {
+            Ok(latest) => latest.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Appends entries as one batch: chains them, writes them with their stored hashes and a new
+    /// signed checkpoint in one durable commit, and only then returns. `now_ms` is the
+    /// integration time (kept monotonic). Invalid entries reject the whole batch before anything
+    /// is written; callers that batch unrelated requests validate them first with
+    /// [`Ledger::validate`].
+    pub fn append(
+        &self,
+        requests: Vec<(EntryKind, Value)>,
+        now_ms: u64,
+    ) -> LedgerResult<(Vec<Appended>, Arc<SignedCheckpoint>)> {
+        if requests.is_empty() {
+            return Ok((Vec::new(), self.latest()));
+        }
+        let mut state = match self.state.lock() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(cause) = &state.poisoned {
+            return Err(LedgerError::Poisoned(cause.clone()));
+        }
+        let time_ms = now_ms.max(state.last_time_ms);
+        let first_index = state.frontier.size();
+        let mut frontier = state.frontier.clone();
+        let mut prev = state.prev;
+        let mut appended = Vec::with_capacity(requests.len());
+        let mut hashes = Vec::with_capacity(requests.len() * 2);
+        for (offset, (kind, payload)) in requests.into_iter().enumerate() {
+            let entry = Entry::new(kind, prev, time_ms, payload)?;
+            let bytes = entry.encode();
+            if bytes.len() > custodian_core::entry::MAX_ENTRY_LEN {
+                return Err(EntryError::TooLarge { len: bytes.len() }.into());
+            }
+            let leaf = merkle::leaf_hash(&bytes);
+            hashes.extend(frontier.append(leaf));
+            appended.push(Appended {
+                index: first_index + offset as u64,
+                leaf_hash: leaf,
+                entry: bytes,
+            });
+            prev = leaf;
+        }
+        let size = frontier.size();
+        let root = if size == 0 {
+            empty_root()
+        } else {
+            frontier.root()
+        };
+        let note = Checkpoint::new(self.signer.name(), size, root)
+            .sign(&self.signer)
+            .map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+        let batch = LedgerBatch {
+            first_index,
+            leaf_hashes: appended.iter().map(|a| a.leaf_hash).collect(),
+            entries: appended.iter().map(|a| a.entry.clone()).collect(),
+            first_hash_index: stored_hash_count(first_index),
+            hashes,
+            checkpoint_size: size,
+            checkpoint: note.clone().into_bytes(),
+        };
+        if let Err(err) = self.backend.commit(&batch) {
+            state.poisoned = Some(err.to_string());
+            return Err(err);
+        }
+        state.frontier = frontier;
+        state.prev = prev;
+        state.last_time_ms = time_ms;
+        let latest = Arc::new(SignedCheckpoint { size, root, note });
+        match self.latest.write() {
+            Ok(mut slot) => *slot = latest.clone(),
+            Err(poisoned) => *poisoned.into_inner() = latest.clone(),
+        }
+        Ok((appended, latest))
+    }
+
+    /// Checks that a request would make a valid entry, without appending it.
+    pub fn validate(kind: &EntryKind, payload: &Value) -> LedgerResult<()> {
+        let entry = Entry::new(kind.clone(), Hash::ZERO, u64::MAX, payload.clone())?;
+        let len = entry.encode().len();
+        if len > custodian_core::entry::MAX_ENTRY_LEN {
+            return Err(EntryError::TooLarge { len }.into());
+        }
+        Ok(())
+    }
+
+    fn check_size(&self, size: u64) -> LedgerResult<()> {
+        let latest = self.latest().size;
+        if size > latest {
+            return Err(LedgerError::SizeBeyondLog {
+                requested: size,
+                size: latest,
+            });
+        }
+        Ok(())
+    }
+
+    /// The entry at `index`.
+    pub fn entry(&self, index: u64) -> LedgerResult<Vec<u8>> {
+        let size = self.latest().size;
+        if index >= size {
+            return Err(LedgerError::NoSuchEntry { index, size });
+        }
+        let mut entries = self.backend.entries(index, index + 1)?;
+        entries.pop().ok_or(LedgerError::NoSuchEntry { index, size })
+    }
+
+    /// The entries `[start, end)`, which must be inside the log.
+    pub fn entries(&self, start: u64, end: u64) -> LedgerResult<Vec<Vec<u8>>> {
+        self.check_size(end)?;
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.backend.entries(start, end)
+    }
+
+    /// The index of the entry with this leaf hash.
+    pub fn index_of(&self, leaf: &Hash) -> LedgerResult<u64> {
+        match self.backend.index_of(leaf)? {
+            Some(index) if index < self.latest().size => Ok(index),
+            _ => Err(LedgerError::NoSuchLeaf(*leaf)),
+        }
+    }
+
+    /// The checkpoint of exactly `size`.
+    pub fn checkpoint(&self, size: u64) -> LedgerResult<SignedCheckpoint> {
+        self.check_size(size)?;
+        let note = self
+            .backend
+            .checkpoint(size)?
+            .ok_or(LedgerError::NoSuchCheckpoint(size))?;
+        let checkpoint = Checkpoint::open(&note, &self.verifier)
+            .map_err(|e| LedgerError::Corrupt(format!("checkpoint of size {size}: {e}")))?;
+        Ok(SignedCheckpoint {
+            size,
+            root: checkpoint.root,
+            note: String::from_utf8(note)
+                .map_err(|_| LedgerError::Corrupt("checkpoint is not UTF-8".into()))?,
+        })
+    }
+
+    /// Up to `limit` checkpoints of size `>= from_size`.
+    pub fn checkpoints(&self, from_size: u64, limit: usize) -> LedgerResult<Vec<(u64, Vec<u8>)>> {
+        self.backend.checkpoints(from_size, limit)
+    }
+
+    /// The root of the first `size` entries: the signed root when a checkpoint of that size
+    /// exists, otherwise recomputed from stored hashes.
+    fn trusted_root(&self, size: u64) -> LedgerResult<(Hash, bool)> {
+        let latest = self.latest();
+        if size == latest.size {
+            return Ok((latest.root, true));
+        }
+        if let Some(note) = self.backend.checkpoint(size)? {
+            let checkpoint = Checkpoint::open(&note, &self.verifier)
+                .map_err(|e| LedgerError::Corrupt(format!("checkpoint of size {size}: {e}")))?;
+            return Ok((checkpoint.root, true));
+        }
+        let root = merkle::tree_hash(size, &Reader(self.backend.as_ref()))
+            .map_err(LedgerError::Proof)?;
+        Ok((root, false))
+    }
+
+    /// The inclusion proof of entry `index` in the tree of `size` entries, read from stored
+    /// hashes and checked against the signed root before it is returned.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> LedgerResult<(Vec<Hash>, Hash)> {
+        self.check_size(size)?;
+        if index >= size {
+            return Err(LedgerError::NoSuchEntry { index, size });
+        }
+        let (root, _) = self.trusted_root(size)?;
+        self.proof_against(index, size, &root)
+    }
+
+    /// Reads the inclusion proof and the leaf hash, and checks them against `root`.
+    fn proof_against(&self, index: u64, size: u64, root: &Hash) -> LedgerResult<(Vec<Hash>, Hash)> {
+        let reader = Reader(self.backend.as_ref());
+        let proof = merkle::inclusion_proof(index, size, &reader).map_err(LedgerError::Proof)?;
+        let leaf = reader
+            .read_hashes(&[stored_hash_index(0, index)])
+            .map_err(LedgerError::Proof)?[0];
+        merkle::verify_inclusion(index, size, &leaf, &proof, root).map_err(|e| {
+            LedgerError::Corrupt(format!(
+                "stored hashes give a wrong inclusion proof for entry {index} at size {size}: {e}"
+            ))
+        })?;
+        Ok((proof, leaf))
+    }
+
+    /// The consistency proof from `old` to `new` entries, checked before it is returned.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> LedgerResult<Vec<Hash>> {
+        self.check_size(new)?;
+        if old > new {
+            return Err(LedgerError::Proof(ProofError::SizesOutOfOrder { old, new }));
+        }
+        let reader = Reader(self.backend.as_ref());
+        let proof = merkle::consistency_proof(old, new, &reader).map_err(LedgerError::Proof)?;
+        let (old_root, _) = self.trusted_root(old)?;
+        let (new_root, _) = self.trusted_root(new)?;
+        merkle::verify_consistency(old, new, &proof, &old_root, &new_root).map_err(|e| {
+            LedgerError::Corrupt(format!(
+                "stored hashes give a wrong consistency proof from {old} to {new}: {e}"
+            ))
+        })?;
+        Ok(proof)
+    }
+
+    /// A receipt for entry `index` against the latest checkpoint.
+    pub fn receipt(&self, index: u64) -> LedgerResult<Receipt> {
+        let latest = self.latest();
+        self.receipt_at(index, &latest)
+    }
+
+    /// A receipt for entry `index` against a given checkpoint (which must include it).
+    pub fn receipt_at(&self, index: u64, checkpoint: &SignedCheckpoint) -> LedgerResult<Receipt> {
+        let entry = self.entry(index)?;
+        let (proof, leaf) = self.inclusion_proof(index, checkpoint.size)?;
+        if merkle::leaf_hash(&entry) != leaf {
+            return Err(LedgerError::Corrupt(format!(
+                "entry {index} does not match its stored leaf hash"
+            )));
+        }
+        let receipt = Receipt {
+            index,
+            entry,
+            proof,
+            checkpoint: checkpoint.note.clone(),
+        };
+        // Never hand out a receipt that would not verify.
+        receipt
+            .verify(&self.verifier)
+            .map_err(|e| LedgerError::Corrupt(format!("receipt of entry {index}: {e}")))?;
+        Ok(receipt)
+    }
+
+    /// A receipt for an entry this ledger has just appended, against the checkpoint of its
+    /// batch. The proof is checked against the batch's root; the signature, made moments ago by
+    /// this process, is not checked again (that would cost more than the rest of the append).
+    pub fn receipt_for(&self, appended: &Appended, checkpoint: &SignedCheckpoint) -> LedgerResult<Receipt> {
+        let (proof, leaf) =
+            self.proof_against(appended.index, checkpoint.size, &checkpoint.root)?;
+        if leaf != appended.leaf_hash {
+            return Err(LedgerError::Corrupt(format!(
+                "stored leaf hash of entry {} differs from the one just appended",
+                appended.index
+            )));
+        }
+        Ok(Receipt {
+            index: appended.index,
+            entry: appended.entry.clone(),
+            proof,
+            checkpoint: checkpoint.note.clone(),
+        })
+    }
+
+    /// The stored hashes `[start, end)` in append order, for export.
+    pub fn stored_hashes(&self, start: u64, end: u64) -> LedgerResult<Vec<Hash>> {
+        let limit = stored_hash_count(self.latest().size);
+        if end > limit {
+            return Err(LedgerError::SizeBeyondLog {
+                requested: end,
+                size: limit,
+            });
+        }
+        self.backend.hash_range(start, end)
+    }
+}
+
+/// An in-memory ledger backend for tests and tools.
+#[derive(Default)]
+pub struct MemoryLedger {
+    inner: Mutex<MemoryInner>,
+}
+
+#[derive(Default)]
+struct MemoryInner {
+    entries: Vec<Vec<u8>>,
+    hashes: Vec<Hash>,
+    leaves: std::collections::HashMap<Hash, u64>,
+    checkpoints: std::collections::BTreeMap<u64, Vec<u8>>,
+}
+
+impl MemoryLedger {
+    /// An empty in-memory backend.
+    pub fn new() -> Self {
+        MemoryLedger::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
+        match self.inner.lock() {
+            Ok(inner) => inner,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+impl LedgerBackend for MemoryLedger {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn latest_checkpoint(&self) -> LedgerResult<Option<(u64, Vec<u8>)>> {
+        Ok(self
+            .lock()
+            .checkpoints
+            .iter()
+            .next_back()
+            .map(|(s, n)| (*s, n.clone())))
+    }
+
+    fn checkpoint(&self, size: u64) -> LedgerResult<Option<Vec<u8>>> {
+        Ok(self.lock().checkpoints.get(&size).cloned())
+    }
+
+    fn checkpoints(&self, from_size: u64, limit: usize) -> LedgerResult<Vec<(u64, Vec<u8>)>> {
+        Ok(self
+            .lock()
+            .checkpoints
+            .range(from_size..)
+            .take(limit)
+            .map(|(s, n)| (*s, n.clone()))
+            .collect())
+    }
+
+    fn entries(&self, start: u64, end: u64) -> LedgerResult<Vec<Vec<u8>>> {
+        let inner = self.lock();
+        (start..end)
+            .map(|i| {
+                inner
+                    .entries
+                    .get(i as usize)
+                    .cloned()
+                    .ok_or(LedgerError::NoSuchEntry {
+                        index: i,
+                        size: inner.entries.len() as u64,
+                    })
+            })
+            .collect()
+    }
+
+    fn index_of(&self, leaf: &Hash) -> LedgerResult<Option<u64>> {
+        Ok(self.lock().leaves.get(leaf).copied())
+    }
+
+    fn hashes(&self, indexes: &[u64]) -> LedgerResult<Vec<Option<Hash>>> {
+        let inner = self.lock();
+        Ok(indexes
+            .iter()
+            .map(|&i| inner.hashes.get(i as usize).copied())
+            .collect())
+    }
+
+    fn hash_range(&self, start: u64, end: u64) -> LedgerResult<Vec<Hash>> {
+        let inner = self.lock();
+        let end = (end as usize).min(inner.hashes.len());
+        Ok(inner.hashes[(start as usize).min(end)..end].to_vec())
+    }
+
+    fn commit(&self, batch: &LedgerBatch) -> LedgerResult<()> {
+        let mut inner = self.lock();
+        if inner.entries.len() as u64 != batch.first_index
+            || inner.hashes.len() as u64 != batch.first_hash_index
+        {
+            return Err(LedgerError::backend(
+                "memory",
+                "batch does not start at the end of the log",
+            ));
+        }
+        for (i, (entry, leaf)) in batch.entries.iter().zip(&batch.leaf_hashes).enumerate() {
+            inner.entries.push(entry.clone());
+            inner.leaves.insert(*leaf, batch.first_index + i as u64);
+        }
+        inner.hashes.extend_from_slice(&batch.hashes);
+        inner
+            .checkpoints
+            .insert(batch.checkpoint_size, batch.checkpoint.clone());
+        Ok(())
+    }
+}

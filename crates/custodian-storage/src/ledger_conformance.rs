@@ -1,0 +1,307 @@
+//! The ledger conformance suite: what every [`LedgerBackend`] must do, checked the same way for
+//! each (memory here, RocksDB in its crate).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use custodian_core::checkpoint::Checkpoint;
+use custodian_core::entry::{Entry, EntryKind, Value};
+use custodian_core::merkle::{self, Frontier, Hash, stored_hash_count};
+use custodian_core::note::SignerKey;
+
+use crate::ledger::{Ledger, LedgerBackend, LedgerBatch, LedgerError, LedgerResult};
+
+/// Opens the backend under test.
+pub trait LedgerHarness {
+    /// Opens the backend; called again after the previous one was dropped, it must reopen the
+    /// same data.
+    fn open(&self) -> Arc<dyn LedgerBackend>;
+    /// Whether data survives a reopen.
+    fn survives_restart(&self) -> bool {
+        true
+    }
+}
+
+/// The signing key the suite uses.
+pub fn test_signer() -> SignerKey {
+    SignerKey::from_seed("custodian.test/ledger", [11; 32]).expect("test key")
+}
+
+/// A payload naming `i`, as tests append them.
+pub fn payload(i: u64) -> Value {
+    Value::Map(vec![
+        (Value::Text("n".into()), Value::Integer(i.into())),
+        (
+            Value::Text("data_pack_sha256".into()),
+            Value::Text(format!("sha256:{i:064x}")),
+        ),
+    ])
+}
+
+/// Runs every case.
+pub fn run(harness: &dyn LedgerHarness) {
+    let sizes = appends_serve_entries_proofs_and_receipts(harness);
+    if harness.survives_restart() {
+        reopen_continues_the_chain(harness, sizes);
+        another_key_is_refused(harness);
+    }
+    commits_must_start_at_the_end(harness);
+}
+
+fn appends_serve_entries_proofs_and_receipts(harness: &dyn LedgerHarness) -> u64 {
+    let ledger = Ledger::open(harness.open(), test_signer()).expect("open");
+    let verifier = ledger.verifier().clone();
+    assert_eq!(ledger.latest().size, 0, "a fresh ledger starts at size 0");
+    Checkpoint::open(ledger.latest().note.as_bytes(), &verifier).expect("size-0 checkpoint");
+    let mut frontier = Frontier::new();
+    let mut stored = Vec::new();
+    let mut sizes = vec![0u64];
+    let mut next = 0u64;
+    for batch in [1usize, 2, 5, 1, 37, 100] {
+        let requests = (0..batch)
+            .map(|i| (EntryKind::RunAttested, payload(next + i as u64)))
+            .collect();
+        let (appended, checkpoint) = ledger.append(requests, 1_000 + next).expect("append");
+        assert_eq!(appended.len(), batch);
+        for a in &appended {
+            assert_eq!(a.index, next);
+            stored.extend(frontier.append(a.leaf_hash));
+            next += 1;
+        }
+        assert_eq!(checkpoint.size, next);
+        assert_eq!(checkpoint.root, frontier.root());
+        sizes.push(next);
+    }
+    let size = next;
+    // Entries chain and decode, and are found by leaf hash.
+    let entries = ledger.entries(0, size).expect("entries");
+    let mut prev = Hash::ZERO;
+    for (i, bytes) in entries.iter().enumerate() {
+        let entry = Entry::decode(bytes).expect("decode");
+        assert_eq!(entry.prev, prev, "prev of entry {i}");
+        prev = merkle::leaf_hash(bytes);
+        assert_eq!(ledger.index_of(&prev).expect("index_of"), i as u64);
+        assert_eq!(entry.payload, payload(i as u64));
+    }
+    assert!(matches!(
+        ledger.entry(size),
+        Err(LedgerError::NoSuchEntry { .. })
+    ));
+    assert!(matches!(
+        ledger.index_of(&Hash([9; 32])),
+        Err(LedgerError::NoSuchLeaf(_))
+    ));
+    // Stored hashes are exactly the recomputed ones.
+    assert_eq!(
+        ledger
+            .stored_hashes(0, stored_hash_count(size))
+            .expect("hashes"),
+        stored
+    );
+    // Every checkpoint is stored, verifies, and is consistent with every later one.
+    let checkpoints = ledger.checkpoints(0, 1000).expect("checkpoints");
+    assert_eq!(
+        checkpoints.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        sizes
+    );
+    for &old in &sizes {
+        let old_cp = ledger.checkpoint(old).expect("checkpoint");
+        for &new in sizes.iter().filter(|&&n| n >= old) {
+            let new_cp = ledger.checkpoint(new).expect("checkpoint");
+            let proof = ledger.consistency_proof(old, new).expect("consistency");
+            merkle::verify_consistency(old, new, &proof, &old_cp.root, &new_cp.root)
+                .expect("verifies");
+        }
+    }
+    // Receipts for every entry verify offline, also against older checkpoints.
+    for index in 0..size {
+        let receipt = ledger.receipt(index).expect("receipt");
+        receipt.verify(&verifier).expect("receipt verifies");
+    }
+    let older = ledger.checkpoint(9).expect("checkpoint 9");
+    for index in 0..9 {
+        ledger
+            .receipt_at(index, &older)
+            .expect("receipt at 9")
+            .verify(&verifier)
+            .expect("verifies");
+    }
+    assert!(matches!(
+        ledger.inclusion_proof(0, size + 1),
+        Err(LedgerError::SizeBeyondLog { .. })
+    ));
+    assert!(matches!(
+        ledger.checkpoint(4),
+        Err(LedgerError::NoSuchCheckpoint(4))
+    ));
+    // An invalid request rejects the batch and writes nothing.
+    let bad = vec![
+        (EntryKind::KeyEvent, payload(0)),
+        (EntryKind::KeyEvent, Value::Float(0.5)),
+    ];
+    assert!(matches!(
+        ledger.append(bad, 0),
+        Err(LedgerError::InvalidEntry(_))
+    ));
+    assert_eq!(ledger.latest().size, size);
+    // Integration time never goes back, even if the clock does.
+    let (appended, _) = ledger
+        .append(vec![(EntryKind::KeyEvent, payload(size))], 5)
+        .expect("append");
+    let entry = Entry::decode(&appended[0].entry).expect("decode");
+    assert!(entry.time_ms >= 1_000 + 46, "time went back: {}", entry.time_ms);
+    size + 1
+}
+
+fn reopen_continues_the_chain(harness: &dyn LedgerHarness, size: u64) {
+    let ledger = Ledger::open(harness.open(), test_signer()).expect("reopen");
+    assert_eq!(ledger.latest().size, size, "reopened size");
+    let last = ledger.entry(size - 1).expect("last entry");
+    let (appended, checkpoint) = ledger
+        .append(vec![(EntryKind::BadgeIssued, payload(size))], 10_000)
+        .expect("append after reopen");
+    let entry = Entry::decode(&appended[0].entry).expect("decode");
+    assert_eq!(entry.prev, merkle::leaf_hash(&last), "chain across restart");
+    assert_eq!(checkpoint.size, size + 1);
+    ledger
+        .receipt(size)
+        .expect("receipt")
+        .verify(ledger.verifier())
+        .expect("verifies");
+}
+
+fn another_key_is_refused(harness: &dyn LedgerHarness) {
+    let other = SignerKey::from_seed("custodian.test/ledger", [12; 32]).expect("key");
+    assert!(matches!(
+        Ledger::open(harness.open(), other),
+        Err(LedgerError::WrongKey { .. })
+    ));
+}
+
+fn commits_must_start_at_the_end(harness: &dyn LedgerHarness) {
+    let backend = harness.open();
+    let before = backend.latest_checkpoint().expect("latest").map(|c| c.0);
+    let size = before.unwrap_or(0);
+    let batch = LedgerBatch {
+        first_index: size + 5,
+        entries: vec![b"x".to_vec()],
+        leaf_hashes: vec![Hash::ZERO],
+        first_hash_index: stored_hash_count(size + 5),
+        hashes: vec![Hash::ZERO],
+        checkpoint_size: size + 6,
+        checkpoint: b"not a note".to_vec(),
+    };
+    assert!(
+        backend.commit(&batch).is_err(),
+        "a batch that leaves a gap must be refused"
+    );
+    assert_eq!(
+        backend.latest_checkpoint().expect("latest").map(|c| c.0),
+        before
+    );
+}
+
+/// Wraps a backend and counts what proofs read, to show they come from stored hashes.
+pub struct CountingBackend {
+    /// The wrapped backend.
+    pub inner: Arc<dyn LedgerBackend>,
+    /// Stored hashes read.
+    pub hashes_read: AtomicU64,
+    /// Entries read.
+    pub entries_read: AtomicU64,
+}
+
+impl CountingBackend {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn LedgerBackend>) -> Self {
+        CountingBackend {
+            inner,
+            hashes_read: AtomicU64::new(0),
+            entries_read: AtomicU64::new(0),
+        }
+    }
+
+    /// Returns and resets the counters `(hashes, entries)`.
+    pub fn take(&self) -> (u64, u64) {
+        (
+            self.hashes_read.swap(0, Ordering::Relaxed),
+            self.entries_read.swap(0, Ordering::Relaxed),
+        )
+    }
+}
+
+impl LedgerBackend for CountingBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn latest_checkpoint(&self) -> LedgerResult<Option<(u64, Vec<u8>)>> {
+        self.inner.latest_checkpoint()
+    }
+    fn checkpoint(&self, size: u64) -> LedgerResult<Option<Vec<u8>>> {
+        self.inner.checkpoint(size)
+    }
+    fn checkpoints(&self, from_size: u64, limit: usize) -> LedgerResult<Vec<(u64, Vec<u8>)>> {
+        self.inner.checkpoints(from_size, limit)
+    }
+    fn entries(&self, start: u64, end: u64) -> LedgerResult<Vec<Vec<u8>>> {
+        self.entries_read
+            .fetch_add(end.saturating_sub(start), Ordering::Relaxed);
+        self.inner.entries(start, end)
+    }
+    fn index_of(&self, leaf: &Hash) -> LedgerResult<Option<u64>> {
+        self.inner.index_of(leaf)
+    }
+    fn hashes(&self, indexes: &[u64]) -> LedgerResult<Vec<Option<Hash>>> {
+        self.hashes_read
+            .fetch_add(indexes.len() as u64, Ordering::Relaxed);
+        self.inner.hashes(indexes)
+    }
+    fn hash_range(&self, start: u64, end: u64) -> LedgerResult<Vec<Hash>> {
+        self.hashes_read
+            .fetch_add(end.saturating_sub(start), Ordering::Relaxed);
+        self.inner.hash_range(start, end)
+    }
+    fn commit(&self, batch: &LedgerBatch) -> LedgerResult<()> {
+        self.inner.commit(batch)
+    }
+}
+
+/// Fills a ledger with `count` entries in batches of `batch`, quickly (for large-log tests).
+pub fn fill(ledger: &Ledger, count: u64, batch: u64) {
+    let mut done = ledger.latest().size;
+    while done < count {
+        let n = batch.min(count - done);
+        let requests = (done..done + n)
+            .map(|i| (EntryKind::RunAttested, payload(i)))
+            .collect();
+        ledger.append(requests, done).expect("fill");
+        done += n;
+    }
+}
+
+/// Checks that proofs on a large ledger read only `O(log n)` stored hashes and no entries:
+/// they are served from stored hashes, with no tree recomputation.
+pub fn proofs_read_only_stored_hashes(ledger: &Ledger, counter: &CountingBackend) {
+    let size = ledger.latest().size;
+    let log2 = 64 - size.leading_zeros() as u64;
+    counter.take();
+    for index in [0, 1, size / 3, size / 2 + 7, size - 2, size - 1] {
+        let (proof, _) = ledger.inclusion_proof(index, size).expect("proof");
+        let (hashes, entries) = counter.take();
+        assert_eq!(entries, 0, "an inclusion proof read entries");
+        assert!(
+            hashes <= 2 * log2 + 2,
+            "inclusion proof of {index} at {size} read {hashes} stored hashes (proof has {})",
+            proof.len()
+        );
+    }
+    for old in [1, size / 2, size - 1] {
+        ledger.consistency_proof(old, size).expect("proof");
+        let (hashes, entries) = counter.take();
+        assert_eq!(entries, 0, "a consistency proof read entries");
+        assert!(
+            hashes <= 4 * log2 + 4,
+            "consistency proof {old}->{size} read {hashes} stored hashes"
+        );
+    }
+}

@@ -1,0 +1,314 @@
+//! The ledger in RocksDB: its own database (separate from blobs, so a burst of blob writes never
+//! sits between an append and its fsync), one column family per kind of record. All keys are
+//! big-endian integers, so iteration order is log order.
+//!
+//! Column families:
+//! - `entries`: entry index (8 bytes) → the entry's deterministic CBOR;
+//! - `tree`: stored-hash index in append order (8 bytes, see `custodian_core::merkle`) → 32 bytes;
+//! - `leaves`: leaf hash (32 bytes) → entry index (8 bytes);
+//! - `checkpoints`: tree size (8 bytes) → signed checkpoint note.
+//!
+//! A batch is one RocksDB `WriteBatch` written with `sync = true`: the WAL record holding the
+//! entries, the hashes and the checkpoint is on disk before the commit returns, and a crash
+//! either replays all of it or none of it.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use custodian_core::merkle::{Hash, stored_hash_count};
+use custodian_storage::ledger::{LedgerBackend, LedgerBatch, LedgerError, LedgerResult};
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+
+/// The column family of entries.
+pub const CF_ENTRIES: &str = "entries";
+/// The column family of stored tree hashes.
+pub const CF_TREE: &str = "tree";
+/// The column family mapping leaf hashes to indexes.
+pub const CF_LEAVES: &str = "leaves";
+/// The column family of signed checkpoints.
+pub const CF_CHECKPOINTS: &str = "checkpoints";
+
+const NAME: &str = "rocksdb";
+
+fn err(message: impl std::fmt::Display) -> LedgerError {
+    LedgerError::backend(NAME, message)
+}
+
+/// The RocksDB ledger backend.
+pub struct RocksLedger {
+    db: Arc<DB>,
+    /// Serialises commits so the end-of-log check and the write are one step.
+    commit_lock: Mutex<()>,
+    poisoned: AtomicBool,
+}
+
+impl RocksLedger {
+    /// Opens (creating if needed) the ledger database at `path`.
+    pub fn open(path: &Path) -> LedgerResult<Self> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_open_files(256);
+        db_opts.set_max_total_wal_size(64 << 20);
+        db_opts.set_keep_log_file_num(3);
+        db_opts.set_max_background_jobs(2);
+        let cf = |name: &str, buffer: usize| {
+            let mut o = Options::default();
+            o.set_write_buffer_size(buffer);
+            ColumnFamilyDescriptor::new(name, o)
+        };
+        let cfs = vec![
+            cf(CF_ENTRIES, 16 << 20),
+            cf(CF_TREE, 16 << 20),
+            cf(CF_LEAVES, 8 << 20),
+            cf(CF_CHECKPOINTS, 4 << 20),
+        ];
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs)
+            .map_err(|e| err(format!("open {}: {e}", path.display())))?;
+        Ok(RocksLedger {
+            db: Arc::new(db),
+            commit_lock: Mutex::new(()),
+            poisoned: AtomicBool::new(false),
+        })
+    }
+
+    fn cf(&self, name: &str) -> LedgerResult<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| err(format!("column family {name} is missing")))
+    }
+
+    fn last_key(&self, cf: &str) -> LedgerResult<Option<(u64, Vec<u8>)>> {
+        let mut iter = self.db.iterator_cf(self.cf(cf)?, IteratorMode::End);
+        match iter.next() {
+            None => Ok(None),
+            Some(Err(e)) => Err(err(e)),
+            Some(Ok((key, value))) => Ok(Some((key_u64(&key)?, value.to_vec()))),
+        }
+    }
+
+    fn count(&self, cf: &str) -> LedgerResult<u64> {
+        Ok(self.last_key(cf)?.map_or(0, |(k, _)| k + 1))
+    }
+}
+
+fn key_u64(key: &[u8]) -> LedgerResult<u64> {
+    <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| err(format!("malformed key of {} bytes", key.len())))
+}
+
+impl LedgerBackend for RocksLedger {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn latest_checkpoint(&self) -> LedgerResult<Option<(u64, Vec<u8>)>> {
+        self.last_key(CF_CHECKPOINTS)
+    }
+
+    fn checkpoint(&self, size: u64) -> LedgerResult<Option<Vec<u8>>> {
+        self.db
+            .get_cf(self.cf(CF_CHECKPOINTS)?, size.to_be_bytes())
+            .map_err(err)
+    }
+
+    fn checkpoints(&self, from_size: u64, limit: usize) -> LedgerResult<Vec<(u64, Vec<u8>)>> {
+        let start = from_size.to_be_bytes();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_CHECKPOINTS)?,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter.take(limit) {
+            let (key, value) = item.map_err(err)?;
+            out.push((key_u64(&key)?, value.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn entries(&self, start: u64, end: u64) -> LedgerResult<Vec<Vec<u8>>> {
+        let first = start.to_be_bytes();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_ENTRIES)?,
+            IteratorMode::From(&first, Direction::Forward),
+        );
+        let mut out = Vec::with_capacity(end.saturating_sub(start) as usize);
+        for (expected, item) in (start..end).zip(iter) {
+            let (key, value) = item.map_err(err)?;
+            let index = key_u64(&key)?;
+            if index != expected {
+                return Err(LedgerError::Corrupt(format!("entry {expected} is missing")));
+            }
+            out.push(value.to_vec());
+        }
+        if (out.len() as u64) < end.saturating_sub(start) {
+            return Err(LedgerError::Corrupt(format!(
+                "entry {} is missing",
+                start + out.len() as u64
+            )));
+        }
+        Ok(out)
+    }
+
+    fn index_of(&self, leaf: &Hash) -> LedgerResult<Option<u64>> {
+        match self.db.get_cf(self.cf(CF_LEAVES)?, leaf.0).map_err(err)? {
+            None => Ok(None),
+            Some(value) => Ok(Some(key_u64(&value)?)),
+        }
+    }
+
+    fn hashes(&self, indexes: &[u64]) -> LedgerResult<Vec<Option<Hash>>> {
+        let cf = self.cf(CF_TREE)?;
+        let keys: Vec<[u8; 8]> = indexes.iter().map(|i| i.to_be_bytes()).collect();
+        self.db
+            .batched_multi_get_cf(cf, &keys, false)
+            .into_iter()
+            .map(|result| match result.map_err(err)? {
+                None => Ok(None),
+                Some(value) => Hash::from_slice(&value).map(Some).map_err(|_| {
+                    LedgerError::Corrupt(format!("a stored tree hash is {} bytes", value.len()))
+                }),
+            })
+            .collect()
+    }
+
+    fn hash_range(&self, start: u64, end: u64) -> LedgerResult<Vec<Hash>> {
+        let first = start.to_be_bytes();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_TREE)?,
+            IteratorMode::From(&first, Direction::Forward),
+        );
+        let mut out = Vec::with_capacity(end.saturating_sub(start) as usize);
+        for (expected, item) in (start..end).zip(iter) {
+            let (key, value) = item.map_err(err)?;
+            if key_u64(&key)? != expected {
+                return Err(LedgerError::Corrupt(format!(
+                    "stored tree hash {expected} is missing"
+                )));
+            }
+            out.push(Hash::from_slice(&value).map_err(|_| {
+                LedgerError::Corrupt(format!("stored tree hash {expected} is {} bytes", value.len()))
+            })?);
+        }
+        Ok(out)
+    }
+
+    fn commit(&self, batch: &LedgerBatch) -> LedgerResult<()> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(LedgerError::Poisoned(
+                "an earlier ledger write failed".into(),
+            ));
+        }
+        let _guard = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // The batch must continue the log exactly where it ends, or the tree would have a gap.
+        let entries = self.count(CF_ENTRIES)?;
+        let hashes = self.count(CF_TREE)?;
+        if entries != batch.first_index
+            || hashes != batch.first_hash_index
+            || batch.first_hash_index != stored_hash_count(batch.first_index)
+            || batch.first_hash_index + batch.hashes.len() as u64
+                != stored_hash_count(batch.checkpoint_size)
+        {
+            return Err(err(format!(
+                "batch at entry {} / hash {} does not continue the log ({entries} entries, {hashes} hashes)",
+                batch.first_index, batch.first_hash_index
+            )));
+        }
+        let (cf_entries, cf_tree, cf_leaves, cf_checkpoints) = (
+            self.cf(CF_ENTRIES)?,
+            self.cf(CF_TREE)?,
+            self.cf(CF_LEAVES)?,
+            self.cf(CF_CHECKPOINTS)?,
+        );
+        let mut wb = WriteBatch::default();
+        for (offset, (entry, leaf)) in batch.entries.iter().zip(&batch.leaf_hashes).enumerate() {
+            let index = (batch.first_index + offset as u64).to_be_bytes();
+            wb.put_cf(cf_entries, index, entry);
+            wb.put_cf(cf_leaves, leaf.0, index);
+        }
+        for (offset, hash) in batch.hashes.iter().enumerate() {
+            wb.put_cf(
+                cf_tree,
+                (batch.first_hash_index + offset as u64).to_be_bytes(),
+                hash.0,
+            );
+        }
+        wb.put_cf(
+            cf_checkpoints,
+            batch.checkpoint_size.to_be_bytes(),
+            &batch.checkpoint,
+        );
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(wb, &opts).map_err(|e| {
+            // After a failed synced write we cannot tell what reached the disk.
+            self.poisoned.store(true, Ordering::SeqCst);
+            tracing::error!(error = %e, "ledger write failed; refusing appends until restart");
+            err(format!("synced write failed: {e}"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custodian_storage::ledger::Ledger;
+    use custodian_storage::ledger_conformance::{self, CountingBackend, LedgerHarness};
+
+    struct Harness(tempfile::TempDir);
+
+    impl LedgerHarness for Harness {
+        fn open(&self) -> Arc<dyn LedgerBackend> {
+            Arc::new(RocksLedger::open(self.0.path()).expect("open"))
+        }
+    }
+
+    #[test]
+    fn rocksdb_ledger_conformance() {
+        ledger_conformance::run(&Harness(tempfile::tempdir().expect("tempdir")));
+    }
+
+    #[test]
+    fn proofs_on_a_million_entries_come_from_stored_hashes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend: Arc<dyn LedgerBackend> =
+            Arc::new(RocksLedger::open(dir.path()).expect("open"));
+        let counter = Arc::new(CountingBackend::new(backend));
+        let ledger =
+            Ledger::open(counter.clone(), ledger_conformance::test_signer()).expect("open");
+        ledger_conformance::fill(&ledger, 1_000_000, 20_000);
+        ledger_conformance::proofs_read_only_stored_hashes(&ledger, &counter);
+    }
+
+    #[test]
+    fn a_changed_tree_hash_is_never_served_in_a_proof() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend = Arc::new(RocksLedger::open(dir.path()).expect("open"));
+        let ledger = Ledger::open(backend.clone(), ledger_conformance::test_signer()).expect("open");
+        ledger_conformance::fill(&ledger, 6, 6);
+        // Leaf 0's stored hash is not on the right edge of a 6-leaf tree, so opening still
+        // works; the proofs that use it must fail instead of going out wrong.
+        let cf = backend.cf(CF_TREE).expect("cf");
+        backend
+            .db
+            .put_cf(cf, 0u64.to_be_bytes(), [0xEE; 32])
+            .expect("tamper");
+        let err = ledger.inclusion_proof(1, 6).expect_err("proof from a bad hash");
+        assert!(matches!(err, LedgerError::Corrupt(_)), "{err}");
+        assert!(ledger.receipt(1).is_err());
+        // Entry 5's proof does not use leaf 0's hash and is still served.
+        ledger.receipt(5).expect("unaffected receipt");
+        // A changed right-edge hash stops the ledger from opening at all.
+        drop(ledger);
+        let right_edge = custodian_core::merkle::stored_hash_index(1, 2);
+        backend
+            .db
+            .put_cf(cf, right_edge.to_be_bytes(), [0xEE; 32])
+            .expect("tamper");
+        let err = Ledger::open(backend.clone(), ledger_conformance::test_signer())
+            .expect_err("opened with a bad frontier");
+        assert!(err.to_string().contains("signed checkpoint says"), "{err}");
+    }
+}
