@@ -21,6 +21,9 @@ to `openssl dgst -sha256` on the same file in the same run (the floor: every byt
 at least once). Also prints the daemon's peak resident memory (VmHWM)."
     )]
     Custody(CustodyArgs),
+    /// Durable ledger appends (1 to 1024 writers), proof latency at 1,000,000 entries, offline
+    /// audit speed, with the disk's fsync latency for scale
+    Ledger(crate::bench_ledger::LedgerArgs),
 }
 
 /// Options of `custodian bench custody`.
@@ -80,6 +83,7 @@ struct Report {
 pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Custody(args) => custody(args),
+        BenchCommand::Ledger(args) => crate::bench_ledger::run(args),
     }
 }
 
@@ -135,7 +139,7 @@ fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
             // A fresh daemon and store per run, so every put really stores.
             let _ = std::fs::remove_dir_all(&data_dir);
             let _ = std::fs::remove_dir_all(work.join("objects"));
-            let daemon = BenchDaemon::start(&exe, &data_dir, &storage)?;
+            let daemon = BenchDaemon::start(&exe, &data_dir, &storage, &[])?;
             settle_disk();
             let start = Instant::now();
             let put_output = run_checked(
@@ -317,13 +321,21 @@ fn best_of(runs: u32, mut f: impl FnMut() -> anyhow::Result<Duration>) -> anyhow
     Ok(best)
 }
 
-struct BenchDaemon {
+/// A daemon started for a benchmark, killed when dropped.
+pub struct BenchDaemon {
     child: Child,
-    address: String,
+    /// Its gRPC address.
+    pub address: String,
 }
 
 impl BenchDaemon {
-    fn start(exe: &Path, data_dir: &Path, storage: &str) -> anyhow::Result<Self> {
+    /// Starts `exe serve` on a free loopback port with `extra` arguments.
+    pub fn start(
+        exe: &Path,
+        data_dir: &Path,
+        storage: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(exe)
             .args([
                 "serve",
@@ -336,6 +348,7 @@ impl BenchDaemon {
             ])
             .arg("--data-dir")
             .arg(data_dir)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -352,7 +365,8 @@ impl BenchDaemon {
         })
     }
 
-    fn peak_rss(&self) -> anyhow::Result<u64> {
+    /// The daemon's peak resident memory (VmHWM) in bytes.
+    pub fn peak_rss(&self) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let kib: u64 = status
             .lines()

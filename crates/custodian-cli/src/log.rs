@@ -257,7 +257,9 @@ fn json_to_cbor(json: serde_json::Value, path: &str) -> anyhow::Result<Value> {
             } else if let Some(u) = n.as_u64() {
                 Value::Integer(u.into())
             } else {
-                bail!("{path}: {n} is not an integer; entries hold no fractions, write it as a string")
+                bail!(
+                    "{path}: {n} is not an integer; entries hold no fractions, write it as a string"
+                )
             }
         }
         serde_json::Value::String(s) => Value::Text(s),
@@ -390,8 +392,11 @@ fn verify_receipt(file: &Path, key: &str, json: bool) -> anyhow::Result<ExitCode
     match result {
         Ok(verified) => {
             if json {
-                let mut view =
-                    entry_json(verified.index, &verified.entry, verified.leaf_hash.as_bytes());
+                let mut view = entry_json(
+                    verified.index,
+                    &verified.entry,
+                    verified.leaf_hash.as_bytes(),
+                );
                 view["ok"] = json!(true);
                 view["origin"] = json!(verified.checkpoint.origin);
                 view["tree_size"] = json!(verified.checkpoint.size);
@@ -399,9 +404,13 @@ fn verify_receipt(file: &Path, key: &str, json: bool) -> anyhow::Result<ExitCode
                 println!("{view}");
             } else {
                 println!("receipt verifies: entry {} is in the log", verified.index);
-                println!("  log         {} (key id {:08x})", verifier.name(), verifier.id());
                 println!(
-                  "  entry       {} {} integrated {}",
+                    "  log         {} (key id {:08x})",
+                    verifier.name(),
+                    verifier.id()
+                );
+                println!(
+                    "  entry       {} {} integrated {}",
                     verified.index,
                     verified.entry.kind,
                     time_text(verified.entry.time_ms)
@@ -442,7 +451,10 @@ fn counter(len: u64, what: &str) -> ProgressBar {
 
 async fn export(dir: &Path, server: &ServerArg) -> anyhow::Result<ExitCode> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-        bail!("{} is not empty; export into a new directory", dir.display());
+        bail!(
+            "{} is not empty; export into a new directory",
+            dir.display()
+        );
     }
     std::fs::create_dir_all(dir.join("checkpoints"))
         .with_context(|| format!("creating {}", dir.display()))?;
@@ -473,7 +485,8 @@ async fn export(dir: &Path, server: &ServerArg) -> anyhow::Result<ExitCode> {
             break;
         }
         std::fs::write(
-            dir.join("checkpoints").join(checkpoint.tree_size.to_string()),
+            dir.join("checkpoints")
+                .join(checkpoint.tree_size.to_string()),
             checkpoint.note.as_bytes(),
         )?;
         checkpoints += 1;
@@ -494,7 +507,10 @@ async fn export(dir: &Path, server: &ServerArg) -> anyhow::Result<ExitCode> {
     while let Some(entry) = stream.next().await {
         let entry = entry.map_err(status_error)?;
         if entry.index != next {
-            bail!("the daemon sent entry {} where {next} was expected", entry.index);
+            bail!(
+                "the daemon sent entry {} where {next} was expected",
+                entry.index
+            );
         }
         buf.clear();
         write_entry(&mut buf, &entry.encoded);
@@ -583,7 +599,8 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn run_audit(
+/// Audits an export directory (shared with `custodian bench ledger`).
+pub fn run_audit(
     dir: &Path,
     verifier: VerifierKey,
 ) -> Result<custodian_core::audit::AuditReport, AuditError> {
@@ -592,8 +609,8 @@ fn run_audit(
         reason: e.to_string(),
     };
     let mut checkpoints = Vec::new();
-    let listing = std::fs::read_dir(dir.join("checkpoints"))
-        .map_err(|e| read_error("checkpoints", e))?;
+    let listing =
+        std::fs::read_dir(dir.join("checkpoints")).map_err(|e| read_error("checkpoints", e))?;
     for file in listing {
         let file = file.map_err(|e| read_error("checkpoints", e))?;
         let name = file.file_name().to_string_lossy().into_owned();

@@ -1,6 +1,7 @@
 //! `custodian`: the Custodian daemon and its command-line client.
 
 mod bench;
+mod bench_ledger;
 mod blob;
 mod log;
 mod serve;
@@ -53,11 +54,13 @@ enum Command {
     #[command(subcommand)]
     Log(log::LogCommand),
     /// Audit an exported ledger offline: recompute every hash and root, check every signature
-    #[command(long_about = "Audit a directory written by `custodian log export`, offline, \
+    #[command(
+        long_about = "Audit a directory written by `custodian log export`, offline, \
 with the log's verifier key obtained independently. Recomputes every stored tree hash and root \
 from the entries, checks every checkpoint's signature and that its root matches (so each is \
 consistent with all before it), checks the prev hash chain and that integration times never go \
-back. Exits 1 naming the first index where anything diverges.")]
+back. Exits 1 naming the first index where anything diverges."
+    )]
     Audit(log::AuditArgs),
     /// Measure Custodian against this machine's own limits
     #[command(subcommand)]

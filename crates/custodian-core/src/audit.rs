@@ -91,6 +91,18 @@ pub enum AuditError {
         /// The recomputed hash.
         expected: Hash,
     },
+    /// An entry's leaf hash differs from the stored leaf hash.
+    #[error(
+        "entry {index}: its bytes hash to leaf hash {expected}, but the stored leaf hash is {found}; the entry or its stored hash was changed"
+    )]
+    LeafHash {
+        /// The entry's index.
+        index: u64,
+        /// The stored leaf hash.
+        found: Hash,
+        /// The leaf hash of the entry bytes.
+        expected: Hash,
+    },
     /// There are fewer stored tree hashes than entries need.
     #[error("tree hashes end at {count}, but entry {index} needs more")]
     MissingTreeHashes {
@@ -257,6 +269,13 @@ impl Auditor {
                     index,
                 })?;
                 if found != *expected {
+                    if offset == 0 {
+                        return Err(AuditError::LeafHash {
+                            index,
+                            found,
+                            expected: *expected,
+                        });
+                    }
                     let (level, node) = split_stored_hash_index(stored_index);
                     return Err(AuditError::TreeHash {
                         level,

@@ -107,20 +107,24 @@ fn checkpoint_pb(checkpoint: &SignedCheckpoint) -> pb::SignedCheckpoint {
     }
 }
 
-/// The wire form of an entry.
-pub fn entry_pb(index: u64, bytes: Vec<u8>) -> Result<pb::Entry, Status> {
+/// The wire form of an entry. The decoded fields are filled in when the bytes decode; the bytes
+/// and their leaf hash are always sent as stored, so an export shows an auditor exactly what is
+/// on disk.
+pub fn entry_pb(index: u64, bytes: Vec<u8>) -> pb::Entry {
     let leaf = custodian_core::merkle::leaf_hash(&bytes);
-    let entry = Entry::decode(&bytes)
-        .map_err(|e| ledger_status("index", LedgerError::Corrupt(format!("entry {index}: {e}"))))?;
-    Ok(pb::Entry {
+    let mut message = pb::Entry {
         index,
         leaf_hash: leaf.0.to_vec().into(),
-        kind: entry.kind.to_string(),
-        integrated_time_ms: entry.time_ms,
-        prev: entry.prev.0.to_vec().into(),
-        payload_cbor: encode_value(&entry.payload).into(),
-        encoded: bytes.into(),
-    })
+        ..Default::default()
+    };
+    if let Ok(entry) = Entry::decode(&bytes) {
+        message.kind = entry.kind.to_string();
+        message.integrated_time_ms = entry.time_ms;
+        message.prev = entry.prev.0.to_vec().into();
+        message.payload_cbor = encode_value(&entry.payload).into();
+    }
+    message.encoded = bytes.into();
+    message
 }
 
 /// The wire form of a receipt.
@@ -128,11 +132,7 @@ pub fn receipt_pb(receipt: &Receipt) -> pb::Receipt {
     pb::Receipt {
         log_index: receipt.index,
         entry: receipt.entry.clone().into(),
-        inclusion_proof: receipt
-            .proof
-            .iter()
-            .map(|h| h.0.to_vec().into())
-            .collect(),
+        inclusion_proof: receipt.proof.iter().map(|h| h.0.to_vec().into()).collect(),
         checkpoint: receipt.checkpoint.clone(),
         json: receipt.to_json(),
     }
@@ -244,9 +244,9 @@ impl LedgerRpc for LedgerService {
         let index = request.into_inner().index;
         let bytes = self
             .ledger()
-            .entry(index)
+            .verified_entry(index)
             .map_err(|e| ledger_status("index", e))?;
-        Ok(Response::new(entry_pb(index, bytes)?))
+        Ok(Response::new(entry_pb(index, bytes)))
     }
 
     type GetEntriesStream = BoxStream<pb::Entry>;
@@ -281,7 +281,7 @@ impl LedgerRpc for LedgerService {
                 .into_iter()
                 .zip(at..)
                 .map(|(bytes, index)| entry_pb(index, bytes))
-                .collect::<Result<Vec<_>, _>>()?;
+                .collect();
             at = stop;
             Ok(out)
         })))
@@ -359,9 +359,7 @@ impl LedgerRpc for LedgerService {
                 ));
             }
         };
-        let receipt = ledger
-            .receipt(index)
-            .map_err(|e| ledger_status(field, e))?;
+        let receipt = ledger.receipt(index).map_err(|e| ledger_status(field, e))?;
         Ok(Response::new(receipt_pb(&receipt)))
     }
 

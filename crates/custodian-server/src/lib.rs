@@ -19,6 +19,7 @@ use custodian_rocksdb::{RocksBackend, RocksConfig, RocksLedger};
 use custodian_storage::ledger::Ledger;
 use custodian_storage::{BlobStore, DEFAULT_BLOCK_SIZE};
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 
 pub use cas::{CasLimits, CasService, blob_info};
 pub use error::{ServerError, parse_digest, storage_status};
@@ -136,12 +137,10 @@ pub async fn serve(
         .max_encoding_message_size(limits.max_message_size_bytes);
 
     let sequencer = Sequencer::start(ledger, config.sequencer);
-    let ledger_service = LedgerServer::new(LedgerService::new(
-        sequencer,
-        config.append_token.clone(),
-    ))
-    .max_decoding_message_size(limits.max_message_size_bytes)
-    .max_encoding_message_size(limits.max_message_size_bytes);
+    let ledger_service =
+        LedgerServer::new(LedgerService::new(sequencer, config.append_token.clone()))
+            .max_decoding_message_size(limits.max_message_size_bytes)
+            .max_encoding_message_size(limits.max_message_size_bytes);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -170,7 +169,15 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     let mut stop_server = stop_rx.clone();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // The builder's tcp_nodelay applies only to listeners it binds itself, so set it on each
+    // accepted connection: without it small replies (ledger appends) wait for delayed ACKs.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::warn!(%err, "cannot set TCP_NODELAY on a connection");
+        }
+        Ok::<_, std::io::Error>(stream)
+    });
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         // Large windows let one stream move a big blob at loopback speed.

@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use custodian_core::checkpoint::Checkpoint;
 use custodian_core::entry::{Entry, EntryError, EntryKind, Value};
 use custodian_core::merkle::{
-    self, Frontier, Hash, HashReader, ProofError, empty_root, stored_hash_count,
-    stored_hash_index,
+    self, Frontier, Hash, HashReader, ProofError, empty_root, stored_hash_count, stored_hash_index,
 };
 use custodian_core::note::{SignerKey, VerifierKey};
 use custodian_core::receipt::Receipt;
@@ -230,24 +229,30 @@ impl Ledger {
                     last_time_ms: 0,
                     poisoned: None,
                 };
-                (state, SignedCheckpoint { size: 0, root, note })
+                (
+                    state,
+                    SignedCheckpoint {
+                        size: 0,
+                        root,
+                        note,
+                    },
+                )
             }
             Some((size, note)) => {
-                let checkpoint = Checkpoint::open(&note, &verifier).map_err(|e| {
-                    LedgerError::WrongKey {
+                let checkpoint =
+                    Checkpoint::open(&note, &verifier).map_err(|e| LedgerError::WrongKey {
                         key: verifier.to_string(),
                         size,
                         reason: e.to_string(),
-                    }
-                })?;
+                    })?;
                 if checkpoint.size != size {
                     return Err(LedgerError::Corrupt(format!(
                         "checkpoint stored under size {size} says size {}",
                         checkpoint.size
                     )));
                 }
-                let frontier = Frontier::load(size, &Reader(backend.as_ref()))
-                    .map_err(LedgerError::Proof)?;
+                let frontier =
+                    Frontier::load(size, &Reader(backend.as_ref())).map_err(LedgerError::Proof)?;
                 let root = if size == 0 {
                     empty_root()
                 } else {
@@ -277,9 +282,8 @@ impl Ledger {
                             size - 1
                         )));
                     }
-                    let entry = Entry::decode(bytes).map_err(|e| {
-                        LedgerError::Corrupt(format!("entry {}: {e}", size - 1))
-                    })?;
+                    let entry = Entry::decode(bytes)
+                        .map_err(|e| LedgerError::Corrupt(format!("entry {}: {e}", size - 1)))?;
                     (leaf, entry.time_ms)
                 };
                 let note = String::from_utf8(note)
@@ -427,10 +431,28 @@ impl Ledger {
             return Err(LedgerError::NoSuchEntry { index, size });
         }
         let mut entries = self.backend.entries(index, index + 1)?;
-        entries.pop().ok_or(LedgerError::NoSuchEntry { index, size })
+        entries
+            .pop()
+            .ok_or(LedgerError::NoSuchEntry { index, size })
     }
 
-    /// The entries `[start, end)`, which must be inside the log.
+    /// The entry at `index`, checked against its stored leaf hash (which the signed root
+    /// covers); a mismatch is [`LedgerError::Corrupt`], and the bytes are not returned.
+    pub fn verified_entry(&self, index: u64) -> LedgerResult<Vec<u8>> {
+        let bytes = self.entry(index)?;
+        let stored = Reader(self.backend.as_ref())
+            .read_hashes(&[stored_hash_index(0, index)])
+            .map_err(LedgerError::Proof)?[0];
+        if merkle::leaf_hash(&bytes) != stored {
+            return Err(LedgerError::Corrupt(format!(
+                "entry {index} does not match its stored leaf hash"
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// The entries `[start, end)` exactly as stored, not checked: exports hand them to an
+    /// auditor, who recomputes everything (see `custodian_core::audit`).
     pub fn entries(&self, start: u64, end: u64) -> LedgerResult<Vec<Vec<u8>>> {
         self.check_size(end)?;
         if start >= end {
@@ -481,8 +503,8 @@ impl Ledger {
                 .map_err(|e| LedgerError::Corrupt(format!("checkpoint of size {size}: {e}")))?;
             return Ok((checkpoint.root, true));
         }
-        let root = merkle::tree_hash(size, &Reader(self.backend.as_ref()))
-            .map_err(LedgerError::Proof)?;
+        let root =
+            merkle::tree_hash(size, &Reader(self.backend.as_ref())).map_err(LedgerError::Proof)?;
         Ok((root, false))
     }
 
@@ -538,7 +560,7 @@ impl Ledger {
 
     /// A receipt for entry `index` against a given checkpoint (which must include it).
     pub fn receipt_at(&self, index: u64, checkpoint: &SignedCheckpoint) -> LedgerResult<Receipt> {
-        let entry = self.entry(index)?;
+        let entry = self.verified_entry(index)?;
         let (proof, leaf) = self.inclusion_proof(index, checkpoint.size)?;
         if merkle::leaf_hash(&entry) != leaf {
             return Err(LedgerError::Corrupt(format!(
@@ -561,7 +583,11 @@ impl Ledger {
     /// A receipt for an entry this ledger has just appended, against the checkpoint of its
     /// batch. The proof is checked against the batch's root; the signature, made moments ago by
     /// this process, is not checked again (that would cost more than the rest of the append).
-    pub fn receipt_for(&self, appended: &Appended, checkpoint: &SignedCheckpoint) -> LedgerResult<Receipt> {
+    pub fn receipt_for(
+        &self,
+        appended: &Appended,
+        checkpoint: &SignedCheckpoint,
+    ) -> LedgerResult<Receipt> {
         let (proof, leaf) =
             self.proof_against(appended.index, checkpoint.size, &checkpoint.root)?;
         if leaf != appended.leaf_hash {

@@ -149,7 +149,11 @@ fn appends_serve_entries_proofs_and_receipts(harness: &dyn LedgerHarness) -> u64
         .append(vec![(EntryKind::KeyEvent, payload(size))], 5)
         .expect("append");
     let entry = Entry::decode(&appended[0].entry).expect("decode");
-    assert!(entry.time_ms >= 1_000 + 46, "time went back: {}", entry.time_ms);
+    assert!(
+        entry.time_ms >= 1_000 + 46,
+        "time went back: {}",
+        entry.time_ms
+    );
     size + 1
 }
 

@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 
 use custodian_core::merkle::{Hash, stored_hash_count};
 use custodian_storage::ledger::{LedgerBackend, LedgerBatch, LedgerError, LedgerResult};
-use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
 
 /// The column family of entries.
 pub const CF_ENTRIES: &str = "entries";
@@ -189,7 +191,10 @@ impl LedgerBackend for RocksLedger {
                 )));
             }
             out.push(Hash::from_slice(&value).map_err(|_| {
-                LedgerError::Corrupt(format!("stored tree hash {expected} is {} bytes", value.len()))
+                LedgerError::Corrupt(format!(
+                    "stored tree hash {expected} is {} bytes",
+                    value.len()
+                ))
             })?);
         }
         Ok(out)
@@ -286,7 +291,8 @@ mod tests {
     fn a_changed_tree_hash_is_never_served_in_a_proof() {
         let dir = tempfile::tempdir().expect("tempdir");
         let backend = Arc::new(RocksLedger::open(dir.path()).expect("open"));
-        let ledger = Ledger::open(backend.clone(), ledger_conformance::test_signer()).expect("open");
+        let ledger =
+            Ledger::open(backend.clone(), ledger_conformance::test_signer()).expect("open");
         ledger_conformance::fill(&ledger, 6, 6);
         // Leaf 0's stored hash is not on the right edge of a 6-leaf tree, so opening still
         // works; the proofs that use it must fail instead of going out wrong.
@@ -295,7 +301,9 @@ mod tests {
             .db
             .put_cf(cf, 0u64.to_be_bytes(), [0xEE; 32])
             .expect("tamper");
-        let err = ledger.inclusion_proof(1, 6).expect_err("proof from a bad hash");
+        let err = ledger
+            .inclusion_proof(1, 6)
+            .expect_err("proof from a bad hash");
         assert!(matches!(err, LedgerError::Corrupt(_)), "{err}");
         assert!(ledger.receipt(1).is_err());
         // Entry 5's proof does not use leaf 0's hash and is still served.

@@ -1,0 +1,414 @@
+//! `custodian bench ledger`: durable append throughput and latency through the group-commit
+//! sequencer, inclusion-proof latency on a 1,000,000-entry log, and offline audit speed, with the
+//! disk's own fsync latency for scale.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use custodian_core::audit::write_entry;
+use custodian_core::entry::{EntryKind, Value};
+use custodian_core::merkle::stored_hash_count;
+use custodian_core::note::SignerKey;
+use custodian_rocksdb::RocksLedger;
+use custodian_server::{Sequencer, SequencerConfig};
+use custodian_storage::ledger::{Ledger, LedgerBackend};
+use serde::Serialize;
+use std::process::ExitCode;
+
+/// Options of `custodian bench ledger`.
+#[derive(Args)]
+pub struct LedgerArgs {
+    /// Concurrent writers to measure; each appends one entry at a time and waits for its receipt
+    #[arg(long = "writers", value_delimiter = ',', default_values_t = [1usize, 8, 64, 256, 1024])]
+    writers: Vec<usize>,
+    /// Seconds of appending per writer count
+    #[arg(long, default_value_t = 4)]
+    seconds: u64,
+    /// Entries in the log used for proof latency and audit speed
+    #[arg(long, default_value_t = 1_000_000)]
+    log_size: u64,
+    /// Where to put the benchmark's databases (default: ~/.cache/custodian/bench, i.e. the same
+    /// disk as the daemon's default data)
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct AppendResult {
+    writers: usize,
+    appends: u64,
+    appends_per_second: f64,
+    median_ms: f64,
+    p99_ms: f64,
+    mean_batch: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    fsync_median_ms: f64,
+    fsync_p99_ms: f64,
+    /// In process: the sequencer and RocksDB alone.
+    appends: Vec<AppendResult>,
+    /// Over gRPC to a real daemon on loopback (the clients share the machine's cores).
+    grpc_appends: Vec<AppendResult>,
+    log_size: u64,
+    fill_seconds: f64,
+    inclusion_proof_median_us: f64,
+    inclusion_proof_p99_us: f64,
+    receipt_median_us: f64,
+    receipt_p99_us: f64,
+    audit_entries_per_second: f64,
+    audit_seconds: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let at = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[at]
+}
+
+fn payload(i: u64) -> Value {
+    Value::Map(vec![
+        (Value::Text("run".into()), Value::Integer(i.into())),
+        (
+            Value::Text("data_pack_sha256".into()),
+            Value::Text(format!("sha256:{i:064x}")),
+        ),
+        (
+            Value::Text("reproducibility_context".into()),
+            Value::Map(vec![
+                (Value::Text("seed".into()), Value::Integer(1234.into())),
+                (Value::Text("runner".into()), Value::Text("bench".into())),
+            ]),
+        ),
+    ])
+}
+
+fn signer() -> anyhow::Result<SignerKey> {
+    Ok(SignerKey::from_seed("bench.custodian/ledger", [7; 32])?)
+}
+
+/// The disk's fdatasync latency for a small write, the floor of a durable append's latency.
+fn fsync_latency(dir: &Path) -> anyhow::Result<(Duration, Duration)> {
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::File::create(&path)?;
+    let block = vec![0x5au8; 4096];
+    let mut times = Vec::new();
+    for _ in 0..300 {
+        file.write_all(&block)?;
+        let start = Instant::now();
+        file.sync_data()?;
+        times.push(start.elapsed());
+    }
+    std::fs::remove_file(&path)?;
+    times.sort();
+    Ok((percentile(&times, 0.5), percentile(&times, 0.99)))
+}
+
+async fn appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Result<AppendResult> {
+    let path = dir.join(format!("appends-{writers}"));
+    let _ = std::fs::remove_dir_all(&path);
+    let backend: Arc<dyn LedgerBackend> = Arc::new(RocksLedger::open(&path)?);
+    let ledger = Arc::new(Ledger::open(backend.clone(), signer()?)?);
+    let sequencer = Sequencer::start(ledger.clone(), SequencerConfig::default());
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let sequencer = sequencer.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                let (appended, checkpoint) = sequencer
+                    .append(
+                        EntryKind::RunAttested,
+                        payload(w as u64 * 1_000_000_000 + i),
+                    )
+                    .await?;
+                // A durable receipt: the proof against the batch's signed checkpoint.
+                sequencer.ledger().receipt_for(&appended, &checkpoint)?;
+                latencies.push(start.elapsed());
+                i += 1;
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let appends = latencies.len() as u64;
+    let checkpoints = backend.checkpoints(1, usize::MAX)?.len() as u64;
+    drop(sequencer);
+    Ok(AppendResult {
+        writers,
+        appends,
+        appends_per_second: appends as f64 / elapsed.as_secs_f64(),
+        median_ms: percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        p99_ms: percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        mean_batch: appends as f64 / checkpoints.max(1) as f64,
+    })
+}
+
+const BENCH_TOKEN: &str = "bench-append-token";
+
+async fn grpc_appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Result<AppendResult> {
+    use custodian_proto::ledger::v1 as pb;
+    let data = dir.join(format!("grpc-{writers}"));
+    let exe = std::env::current_exe().context("locating the custodian binary")?;
+    let daemon =
+        crate::bench::BenchDaemon::start(&exe, &data, "rocksdb", &["--append-token", BENCH_TOKEN])?;
+    let channel = tonic::transport::Channel::from_shared(daemon.address.clone())?
+        .connect()
+        .await?;
+    let client = pb::ledger_client::LedgerClient::new(channel);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let mut client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let payload =
+                    custodian_core::entry::encode_value(&payload(w as u64 * 1_000_000_000 + i));
+                let mut request = tonic::Request::new(pb::AppendRequest {
+                    kind: "RunAttested".into(),
+                    payload_cbor: payload.into(),
+                });
+                request
+                    .metadata_mut()
+                    .insert("authorization", format!("Bearer {BENCH_TOKEN}").parse()?);
+                let start = Instant::now();
+                client.append(request).await?;
+                latencies.push(start.elapsed());
+                i += 1;
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let mut checkpoints = 0u64;
+    let mut stream = client
+        .clone()
+        .list_checkpoints(pb::ListCheckpointsRequest { from_size: 1 })
+        .await?
+        .into_inner();
+    while let Some(item) = futures::StreamExt::next(&mut stream).await {
+        item?;
+        checkpoints += 1;
+    }
+    let appends = latencies.len() as u64;
+    Ok(AppendResult {
+        writers,
+        appends,
+        appends_per_second: appends as f64 / elapsed.as_secs_f64(),
+        median_ms: percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        p99_ms: percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        mean_batch: appends as f64 / checkpoints.max(1) as f64,
+    })
+}
+
+/// Runs the benchmark.
+pub fn run(args: LedgerArgs) -> anyhow::Result<ExitCode> {
+    let dir = match &args.dir {
+        Some(dir) => dir.clone(),
+        None => {
+            let home = std::env::var_os("HOME").context("HOME is not set; pass --dir")?;
+            PathBuf::from(home).join(".cache/custodian/bench")
+        }
+    };
+    let dir = dir.join(format!("ledger-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = measure(&args, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "disk fdatasync (4 KiB): median {:.2} ms, p99 {:.2} ms — the floor of one durable append",
+        report.fsync_median_ms, report.fsync_p99_ms
+    );
+    for (title, results) in [
+        (
+            "durable appends in process (sequencer + RocksDB; request → durable, signed receipt):",
+            &report.appends,
+        ),
+        (
+            "durable appends over gRPC to a daemon on loopback (clients share the 2 cores):",
+            &report.grpc_appends,
+        ),
+    ] {
+        println!("{title}");
+        println!("  writers  appends/s   median ms   p99 ms   entries per batch (fsync)");
+        for a in results {
+            println!(
+                "  {:>7}  {:>9.0}   {:>9.2}   {:>6.2}   {:>8.1}",
+                a.writers, a.appends_per_second, a.median_ms, a.p99_ms, a.mean_batch
+            );
+        }
+    }
+    println!(
+        "log of {} entries filled in {:.1} s ({:.0} entries/s in batches of 10,000)",
+        report.log_size,
+        report.fill_seconds,
+        report.log_size as f64 / report.fill_seconds
+    );
+    println!(
+        "inclusion proof at {} entries (from stored hashes, checked against the signed root): median {:.1} µs, p99 {:.1} µs",
+        report.log_size, report.inclusion_proof_median_us, report.inclusion_proof_p99_us
+    );
+    println!(
+        "receipt (entry + proof + checkpoint, verified before it is returned): median {:.1} µs, p99 {:.1} µs",
+        report.receipt_median_us, report.receipt_p99_us
+    );
+    println!(
+        "offline audit of the exported log: {:.0} entries/s ({:.1} s for {} entries)",
+        report.audit_entries_per_second, report.audit_seconds, report.log_size
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
+    let (fsync_median, fsync_p99) = fsync_latency(dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut append_results = Vec::new();
+    for &writers in &args.writers {
+        let result = runtime.block_on(appends(dir, writers, args.seconds))?;
+        eprintln!(
+            "  {writers} writers: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms",
+            result.appends_per_second, result.median_ms, result.p99_ms
+        );
+        append_results.push(result);
+    }
+    let mut grpc_results = Vec::new();
+    for &writers in &args.writers {
+        let result = runtime.block_on(grpc_appends(dir, writers, args.seconds))?;
+        eprintln!(
+            "  {writers} gRPC writers: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms",
+            result.appends_per_second, result.median_ms, result.p99_ms
+        );
+        grpc_results.push(result);
+    }
+    drop(runtime);
+
+    // A large log: proofs and receipts at random indexes.
+    let path = dir.join("large");
+    let backend: Arc<dyn LedgerBackend> = Arc::new(RocksLedger::open(&path)?);
+    let ledger = Ledger::open(backend, signer()?)?;
+    let started = Instant::now();
+    let mut done = 0u64;
+    while done < args.log_size {
+        let n = 10_000.min(args.log_size - done);
+        let requests = (done..done + n)
+            .map(|i| (EntryKind::RunAttested, payload(i)))
+            .collect();
+        ledger.append(requests, 1_700_000_000_000 + done)?;
+        done += n;
+    }
+    let fill_seconds = started.elapsed().as_secs_f64();
+    let size = ledger.latest().size;
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next_index = || {
+        // xorshift: a fixed pseudo-random sequence of indexes, the same every run.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % size
+    };
+    let mut proofs = Vec::new();
+    for _ in 0..20_000 {
+        let index = next_index();
+        let start = Instant::now();
+        ledger.inclusion_proof(index, size)?;
+        proofs.push(start.elapsed());
+    }
+    proofs.sort();
+    let mut receipts = Vec::new();
+    for _ in 0..5_000 {
+        let index = next_index();
+        let start = Instant::now();
+        ledger.receipt(index)?;
+        receipts.push(start.elapsed());
+    }
+    receipts.sort();
+
+    // Export as `custodian log export` lays it out, then audit it as `custodian audit` does.
+    let export = dir.join("export");
+    std::fs::create_dir_all(export.join("checkpoints"))?;
+    for (cp_size, note) in ledger.checkpoints(0, usize::MAX)? {
+        std::fs::write(export.join("checkpoints").join(cp_size.to_string()), note)?;
+    }
+    let mut entries = std::io::BufWriter::new(std::fs::File::create(export.join("entries"))?);
+    let mut buf = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let stop = (at + 10_000).min(size);
+        for entry in ledger.entries(at, stop)? {
+            buf.clear();
+            write_entry(&mut buf, &entry);
+            entries.write_all(&buf)?;
+        }
+        at = stop;
+    }
+    entries.flush()?;
+    let mut hashes = std::io::BufWriter::new(std::fs::File::create(export.join("tree-hashes"))?);
+    let total = stored_hash_count(size);
+    let mut at = 0;
+    while at < total {
+        let stop = (at + 65_536).min(total);
+        for hash in ledger.stored_hashes(at, stop)? {
+            hashes.write_all(&hash.0)?;
+        }
+        at = stop;
+    }
+    hashes.flush()?;
+    let verifier = ledger.verifier().clone();
+    drop(ledger);
+    let started = Instant::now();
+    let report = crate::log::run_audit(&export, verifier)?;
+    let audit_seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        report.entries == size,
+        "audit saw {} entries",
+        report.entries
+    );
+
+    Ok(Report {
+        fsync_median_ms: fsync_median.as_secs_f64() * 1e3,
+        fsync_p99_ms: fsync_p99.as_secs_f64() * 1e3,
+        appends: append_results,
+        grpc_appends: grpc_results,
+        log_size: size,
+        fill_seconds,
+        inclusion_proof_median_us: percentile(&proofs, 0.5).as_secs_f64() * 1e6,
+        inclusion_proof_p99_us: percentile(&proofs, 0.99).as_secs_f64() * 1e6,
+        receipt_median_us: percentile(&receipts, 0.5).as_secs_f64() * 1e6,
+        receipt_p99_us: percentile(&receipts, 0.99).as_secs_f64() * 1e6,
+        audit_entries_per_second: size as f64 / audit_seconds,
+        audit_seconds,
+    })
+}

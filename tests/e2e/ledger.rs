@@ -1,0 +1,480 @@
+//! The provenance ledger end to end: appends over gRPC and the CLI, receipts verified offline,
+//! exports audited offline, tampering caught, and `kill -9` during concurrent appends.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use custodian_core::checkpoint::Checkpoint;
+use custodian_core::entry::{Value, encode_value};
+use custodian_core::merkle::{Hash, verify_consistency};
+use custodian_core::note::VerifierKey;
+use custodian_core::receipt::Receipt;
+use custodian_proto::ledger::v1 as pb;
+use custodian_proto::ledger::v1::ledger_client::LedgerClient;
+use futures::StreamExt;
+use tonic::transport::Channel;
+
+use crate::daemon::Daemon;
+
+const TOKEN: &str = "e2e-append-token";
+
+fn start(dir: &Path) -> Daemon {
+    Daemon::start_with(
+        dir,
+        &["--append-token", TOKEN, "--log-origin", "e2e.test/ledger"],
+    )
+}
+
+async fn client(daemon: &Daemon) -> LedgerClient<Channel> {
+    LedgerClient::new(daemon.channel().await)
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    encode_value(&Value::Map(vec![
+        (Value::Text("run".into()), Value::Integer(i.into())),
+        (
+            Value::Text("data_pack_sha256".into()),
+            Value::Text(format!("sha256:{i:064x}")),
+        ),
+        (
+            Value::Text("reproducibility_context".into()),
+            Value::Map(vec![(
+                Value::Text("seed".into()),
+                Value::Integer(42.into()),
+            )]),
+        ),
+    ]))
+}
+
+async fn append(client: &mut LedgerClient<Channel>, i: u64) -> Result<pb::Receipt, tonic::Status> {
+    let mut request = tonic::Request::new(pb::AppendRequest {
+        kind: "RunAttested".into(),
+        payload_cbor: payload(i).into(),
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {TOKEN}").parse().expect("metadata"),
+    );
+    let response = client.append(request).await?.into_inner();
+    Ok(response.receipt.expect("receipt"))
+}
+
+async fn verifier(client: &mut LedgerClient<Channel>) -> VerifierKey {
+    let info = client
+        .get_log_info(pb::GetLogInfoRequest {})
+        .await
+        .expect("log info")
+        .into_inner();
+    assert_eq!(info.origin, "e2e.test/ledger");
+    VerifierKey::parse(&info.verifier_key).expect("verifier key")
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn appends_return_receipts_that_verify_offline_and_tampering_fails_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(&dir.path().join("data"));
+    let mut client = client(&daemon).await;
+    let verifier = verifier(&mut client).await;
+    for i in 0..20 {
+        let receipt = append(&mut client, i).await.unwrap();
+        assert_eq!(receipt.log_index, i);
+        let parsed = Receipt::from_json(&receipt.json).unwrap();
+        let verified = parsed.verify(&verifier).unwrap();
+        assert_eq!(verified.index, i);
+    }
+
+    // Unauthorized and malformed appends are refused with a reason and write nothing.
+    let mut request = tonic::Request::new(pb::AppendRequest {
+        kind: "RunAttested".into(),
+        payload_cbor: payload(99).into(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer wrong".parse().unwrap());
+    let status = client.append(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    let status = client
+        .append(pb::AppendRequest {
+            kind: "RunAttested".into(),
+            payload_cbor: payload(99).into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let mut request = tonic::Request::new(pb::AppendRequest {
+        kind: "RunAttested".into(),
+        payload_cbor: vec![0xff, 0x00].into(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let status = client.append(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("payload_cbor"), "{status:?}");
+    let latest = client
+        .get_checkpoint(pb::GetCheckpointRequest { tree_size: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(latest.tree_size, 20, "a refused append wrote something");
+
+    // Reads name the field and the value.
+    let status = client
+        .get_entry(pb::GetEntryRequest { index: 20 })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert!(
+        status.message().contains("field index: entry 20"),
+        "{status:?}"
+    );
+    let status = client
+        .get_consistency_proof(pb::GetConsistencyProofRequest {
+            old_size: 5,
+            new_size: Some(21),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+
+    // A proof by leaf hash equals the proof by index.
+    let entry = client
+        .get_entry(pb::GetEntryRequest { index: 7 })
+        .await
+        .unwrap()
+        .into_inner();
+    let by_hash = client
+        .get_inclusion_proof(pb::GetInclusionProofRequest {
+            leaf: Some(pb::get_inclusion_proof_request::Leaf::LeafHash(
+                entry.leaf_hash.clone(),
+            )),
+            tree_size: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_hash.index, 7);
+    assert_eq!(by_hash.tree_size, 20);
+    assert!(by_hash.checkpoint.is_some());
+
+    // The CLI: receipt to a file, verified offline (the daemon is not consulted: a wrong
+    // --server would not matter), then every field modified.
+    let key_file = dir.path().join("log.vkey");
+    let key = daemon.cli(&["log", "key"]);
+    assert!(key.status.success(), "{}", stderr(&key));
+    std::fs::write(&key_file, stdout(&key)).unwrap();
+    let receipt_file = dir.path().join("r7.json");
+    let out = daemon.cli(&["log", "receipt", "7", "-o", receipt_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let verify = |file: &Path| {
+        std::process::Command::new(crate::daemon::binary())
+            .args(["log", "verify-receipt"])
+            .arg(file)
+            .arg("--key")
+            .arg(&key_file)
+            .env("CUSTODIAN_SERVER", "http://127.0.0.1:1")
+            .output()
+            .unwrap()
+    };
+    let good = verify(&receipt_file);
+    assert!(good.status.success(), "{}", stderr(&good));
+    assert!(stdout(&good).contains("receipt verifies: entry 7"));
+
+    let original = std::fs::read_to_string(&receipt_file).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&original).unwrap();
+    let mut cases: Vec<(&str, serde_json::Value, &str)> = Vec::new();
+    let mut changed = json.clone();
+    changed["log_index"] = serde_json::json!(8);
+    cases.push(("log_index", changed, "inclusion proof of entry 8"));
+    let mut changed = json.clone();
+    let entry_b64 = json["entry"].as_str().unwrap();
+    let flipped = if entry_b64.starts_with('p') { "q" } else { "p" };
+    changed["entry"] = serde_json::json!(format!("{flipped}{}", &entry_b64[1..]));
+    cases.push(("entry", changed, "receipt entry 7"));
+    let mut changed = json.clone();
+    let hash = json["inclusion_proof"][1].as_str().unwrap();
+    let flipped = if hash.starts_with('A') { "B" } else { "A" };
+    changed["inclusion_proof"][1] = serde_json::json!(format!("{flipped}{}", &hash[1..]));
+    cases.push(("inclusion_proof", changed, "root recomputed from the proof"));
+    let mut changed = json.clone();
+    let note = json["checkpoint"].as_str().unwrap();
+    changed["checkpoint"] = serde_json::json!(note.replacen("\n20\n", "\n21\n", 1));
+    cases.push(("checkpoint size", changed, "does not verify"));
+    let mut changed = json.clone();
+    let sig_at = note.rfind(' ').unwrap() + 30;
+    let mut bytes = note.as_bytes().to_vec();
+    bytes[sig_at] = if bytes[sig_at] == b'x' { b'y' } else { b'x' };
+    changed["checkpoint"] = serde_json::json!(String::from_utf8(bytes).unwrap());
+    cases.push(("signature", changed, "does not verify"));
+    for (what, changed, reason) in cases {
+        let file = dir
+            .path()
+            .join(format!("bad-{}.json", what.replace(' ', "-")));
+        std::fs::write(&file, serde_json::to_string_pretty(&changed).unwrap()).unwrap();
+        let out = verify(&file);
+        assert!(!out.status.success(), "modified {what} verified");
+        assert!(
+            stderr(&out).contains("does NOT verify") && stderr(&out).contains(reason),
+            "modified {what}: {}",
+            stderr(&out)
+        );
+    }
+    // Another log's key.
+    let other = "e2e.test/ledger+00000000+AUR2ieeDaRhQwSEcx1k/A8OTqKMfLDuNhcA2sw/jlEvF";
+    let out = std::process::Command::new(crate::daemon::binary())
+        .args(["log", "verify-receipt"])
+        .arg(&receipt_file)
+        .args(["--key", other])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn export_audits_offline_and_a_changed_stored_byte_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut daemon = start(&data);
+    let client = client(&daemon).await;
+    // Concurrent appends, so batches of several entries and many checkpoints.
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let mut client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                append(&mut client, t * 1000 + i).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let key_file = dir.path().join("log.vkey");
+    std::fs::write(&key_file, stdout(&daemon.cli(&["log", "key"]))).unwrap();
+    let export = |name: &str, daemon: &Daemon| {
+        let target = dir.path().join(name);
+        let out = daemon.cli(&["log", "export", target.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        target
+    };
+    let audit = |target: &Path| {
+        std::process::Command::new(crate::daemon::binary())
+            .arg("audit")
+            .arg(target)
+            .arg("--key")
+            .arg(&key_file)
+            .output()
+            .unwrap()
+    };
+    let clean = export("clean", &daemon);
+    let out = audit(&clean);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("audit passed: 200 entries"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Change one byte of a stored entry and, separately, one stored tree hash, in RocksDB
+    // itself while the daemon is down.
+    daemon.kill9();
+    tamper(
+        &data.join("ledger"),
+        custodian_rocksdb::ledger::CF_ENTRIES,
+        57,
+        |v| {
+            let at = v.len() - 3;
+            v[at] ^= 0x01;
+        },
+    );
+    // Leaf 3's stored hash: inside the tree, not on its right edge.
+    let leaf3 = custodian_core::merkle::stored_hash_index(0, 3);
+    tamper(
+        &data.join("ledger"),
+        custodian_rocksdb::ledger::CF_TREE,
+        leaf3,
+        |v| {
+            v[0] ^= 0x80;
+        },
+    );
+    daemon.restart_after_kill9();
+
+    // The daemon refuses to serve what the change touches...
+    let mut client = LedgerClient::new(daemon.channel().await);
+    let status = client
+        .get_entry(pb::GetEntryRequest { index: 57 })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DataLoss, "{status:?}");
+    let status = client
+        .get_receipt(pb::GetReceiptRequest {
+            leaf: Some(pb::get_receipt_request::Leaf::Index(2)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DataLoss, "{status:?}");
+    // ...and the audit of an export names the index.
+    let tampered = export("tampered", &daemon);
+    let out = audit(&tampered);
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(
+        message.contains("audit FAILED")
+            && message.contains("entry 3: its bytes hash to leaf hash"),
+        "{message}"
+    );
+    // With the tree hashes restored from the clean export, the changed entry is named.
+    std::fs::copy(clean.join("tree-hashes"), tampered.join("tree-hashes")).unwrap();
+    let out = audit(&tampered);
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(message.contains("entry 57"), "{message}");
+}
+
+/// Changes the value under a big-endian u64 key in one column family of the ledger database.
+fn tamper(path: &Path, cf: &str, key: u64, change: impl FnOnce(&mut Vec<u8>)) {
+    let cfs = [
+        custodian_rocksdb::ledger::CF_ENTRIES,
+        custodian_rocksdb::ledger::CF_TREE,
+        custodian_rocksdb::ledger::CF_LEAVES,
+        custodian_rocksdb::ledger::CF_CHECKPOINTS,
+    ];
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), path, cfs).expect("open ledger db");
+    let handle = db.cf_handle(cf).expect("column family");
+    let mut value = db
+        .get_cf(handle, key.to_be_bytes())
+        .expect("read")
+        .expect("key present");
+    change(&mut value);
+    db.put_cf(handle, key.to_be_bytes(), value).expect("write");
+    db.flush_cf(handle).expect("flush");
+}
+
+#[tokio::test]
+async fn kill_9_during_concurrent_appends_loses_no_acknowledged_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = start(dir.path());
+    let mut client = client(&daemon).await;
+    let verifier = verifier(&mut client).await;
+    // (index, leaf hash, the checkpoint its receipt carried) of every acknowledged append.
+    type Acked = Vec<(u64, Vec<u8>, String)>;
+    let acked: Arc<Mutex<Acked>> = Arc::default();
+    let mut seen_checkpoints: Vec<(u64, Hash)> = Vec::new();
+    for round in 0..3u64 {
+        let mut tasks = Vec::new();
+        for t in 0..16u64 {
+            let mut client = client.clone();
+            let acked = acked.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0.. {
+                    match append(&mut client, round * 1_000_000 + t * 10_000 + i).await {
+                        Ok(receipt) => {
+                            let leaf = custodian_core::merkle::leaf_hash(&receipt.entry);
+                            acked.lock().unwrap().push((
+                                receipt.log_index,
+                                leaf.0.to_vec(),
+                                receipt.checkpoint,
+                            ));
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
+        // Let appends run, remember a checkpoint issued on the way, then crash mid-stream.
+        tokio::time::sleep(Duration::from_millis(300 + 200 * round)).await;
+        let mid = client
+            .get_checkpoint(pb::GetCheckpointRequest { tree_size: None })
+            .await
+            .unwrap()
+            .into_inner();
+        let opened = Checkpoint::open(mid.note.as_bytes(), &verifier).unwrap();
+        seen_checkpoints.push((opened.size, opened.root));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        daemon.kill9();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        daemon.restart_after_kill9();
+        client = LedgerClient::new(daemon.channel().await);
+
+        let latest = client
+            .get_checkpoint(pb::GetCheckpointRequest { tree_size: None })
+            .await
+            .unwrap()
+            .into_inner();
+        let latest_cp = Checkpoint::open(latest.note.as_bytes(), &verifier).unwrap();
+        let acked = acked.lock().unwrap().clone();
+        assert!(!acked.is_empty());
+        // Every acknowledged entry is there, unchanged (one streamed read of the whole log).
+        let mut stored = Vec::new();
+        let mut stream = client
+            .get_entries(pb::GetEntriesRequest {
+                start: 0,
+                end: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        while let Some(entry) = stream.next().await {
+            stored.push(entry.unwrap().leaf_hash.to_vec());
+        }
+        assert_eq!(stored.len() as u64, latest_cp.size);
+        for (index, leaf, note) in &acked {
+            assert!(
+                *index < latest_cp.size,
+                "acknowledged entry {index} is beyond the recovered size {}",
+                latest_cp.size
+            );
+            assert_eq!(&stored[*index as usize], leaf, "entry {index} changed");
+            let issued = Checkpoint::open(note.as_bytes(), &verifier).unwrap();
+            if !seen_checkpoints.contains(&(issued.size, issued.root)) {
+                seen_checkpoints.push((issued.size, issued.root));
+            }
+        }
+        // The stored tree's root is the last checkpoint's: proofs against it verify.
+        let proof = client
+            .get_inclusion_proof(pb::GetInclusionProofRequest {
+                leaf: Some(pb::get_inclusion_proof_request::Leaf::Index(0)),
+                tree_size: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(proof.tree_size, latest_cp.size);
+        // Every checkpoint seen before the crash is consistent with the one after.
+        for (size, root) in &seen_checkpoints {
+            let proof = client
+                .get_consistency_proof(pb::GetConsistencyProofRequest {
+                    old_size: *size,
+                    new_size: Some(latest_cp.size),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let hashes: Vec<Hash> = proof
+                .hashes
+                .iter()
+                .map(|h| Hash::from_slice(h).unwrap())
+                .collect();
+            verify_consistency(*size, latest_cp.size, &hashes, root, &latest_cp.root)
+                .unwrap_or_else(|e| panic!("checkpoint {size} inconsistent after crash: {e}"));
+        }
+        seen_checkpoints.push((latest_cp.size, latest_cp.root));
+        eprintln!(
+            "round {round}: {} acknowledged, {} after restart, {} checkpoints checked",
+            acked.len(),
+            latest_cp.size,
+            seen_checkpoints.len()
+        );
+    }
+}
