@@ -51,6 +51,21 @@ ensure_moto() {
   export CUSTODIAN_MOTO_SERVER="$venv/bin/moto_server"
 }
 
+# Go and golang.org/x/mod (sumdb/note, sumdb/tlog) from Debian: the interoperability test checks
+# Custodian's checkpoints and proofs with Go's reference implementation.
+ensure_go_interop() {
+  local missing=()
+  for pkg in golang-go golang-golang-x-mod-dev; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing Go's sumdb/note and sumdb/tlog for the interoperability test: ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  export CUSTODIAN_GO=/usr/bin/go CUSTODIAN_GOPATH=/usr/share/gocode
+}
+
 build_all() {
   say "building (release; the first build compiles RocksDB: 15 to 25 minutes on 2 cores)"
   cargo test --release --workspace --no-run --quiet

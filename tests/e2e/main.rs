@@ -5,6 +5,7 @@ mod cas;
 mod cli;
 mod crash;
 mod daemon;
+mod interop;
 mod ledger;
 
 use bytes::Bytes;

@@ -1,0 +1,127 @@
+//! Custodian's checkpoints, receipts and proofs checked by Go's `golang.org/x/mod/sumdb/note` and
+//! `sumdb/tlog` (Debian's golang-golang-x-mod-dev, installed by scripts/test): an implementation
+//! nobody on this project wrote.
+
+use std::process::Command;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use custodian_proto::ledger::v1 as pb;
+use custodian_proto::ledger::v1::ledger_client::LedgerClient;
+
+use crate::daemon::Daemon;
+
+#[tokio::test]
+async fn go_sumdb_note_and_tlog_verify_our_checkpoints_receipts_and_proofs() {
+    let go = std::env::var("CUSTODIAN_GO").unwrap_or_else(|_| "go".into());
+    let gopath = std::env::var("CUSTODIAN_GOPATH").unwrap_or_else(|_| "/usr/share/gocode".into());
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with(
+        &dir.path().join("data"),
+        &["--append-token", "t", "--log-origin", "interop.test/ledger"],
+    );
+    let mut client = LedgerClient::new(daemon.channel().await);
+    let append = |i: u64| {
+        let mut request = tonic::Request::new(pb::AppendRequest {
+            kind: "DataPackRegistered".into(),
+            payload_cbor: custodian_core::entry::encode_value(
+                &custodian_core::entry::Value::Integer(i.into()),
+            )
+            .into(),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", "Bearer t".parse().unwrap());
+        request
+    };
+    for i in 0..5 {
+        client.append(append(i)).await.unwrap();
+    }
+    let old = client
+        .get_checkpoint(pb::GetCheckpointRequest { tree_size: None })
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 5..23 {
+        client.append(append(i)).await.unwrap();
+    }
+    let new = client
+        .get_checkpoint(pb::GetCheckpointRequest { tree_size: None })
+        .await
+        .unwrap()
+        .into_inner();
+    let receipt = client
+        .get_receipt(pb::GetReceiptRequest {
+            leaf: Some(pb::get_receipt_request::Leaf::Index(13)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let consistency = client
+        .get_consistency_proof(pb::GetConsistencyProofRequest {
+            old_size: old.tree_size,
+            new_size: Some(new.tree_size),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info = client
+        .get_log_info(pb::GetLogInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+
+    let out = dir.path().join("go");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("vkey"), &info.verifier_key).unwrap();
+    std::fs::write(out.join("receipt.json"), &receipt.json).unwrap();
+    std::fs::write(out.join("old.checkpoint"), &old.note).unwrap();
+    std::fs::write(out.join("new.checkpoint"), &new.note).unwrap();
+    let lines: Vec<String> = consistency
+        .hashes
+        .iter()
+        .map(|h| STANDARD.encode(h))
+        .collect();
+    std::fs::write(out.join("consistency"), lines.join("\n")).unwrap();
+
+    let program = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/interop/verify.go");
+    let run = |dir: &std::path::Path| {
+        Command::new(&go)
+            .args(["run", program])
+            .arg(dir)
+            .env("GOPATH", &gopath)
+            .env("GO111MODULE", "off")
+            .env("GOFLAGS", "")
+            .env("GOCACHE", dir.join("gocache"))
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {go:?}: {e}. scripts/test installs golang-go and \
+                     golang-golang-x-mod-dev; CUSTODIAN_GO names another go binary"
+                )
+            })
+    };
+    let result = run(&out);
+    assert!(
+        result.status.success(),
+        "Go rejected our output: {}{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(stdout.starts_with("ok: "), "{stdout}");
+
+    // And Go rejects a tampered proof: the check can fail.
+    let mut json: serde_json::Value = serde_json::from_str(&receipt.json).unwrap();
+    let hash = json["inclusion_proof"][0].as_str().unwrap().to_string();
+    let flipped = if hash.starts_with('A') { "B" } else { "A" };
+    json["inclusion_proof"][0] = serde_json::json!(format!("{flipped}{}", &hash[1..]));
+    std::fs::write(out.join("receipt.json"), json.to_string()).unwrap();
+    let result = run(&out);
+    assert!(!result.status.success(), "Go accepted a tampered proof");
+    assert!(
+        String::from_utf8_lossy(&result.stderr).contains("tlog.CheckRecord"),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
