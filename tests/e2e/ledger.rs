@@ -369,7 +369,8 @@ async fn kill_9_during_concurrent_appends_loses_no_acknowledged_entry() {
     type Acked = Vec<(u64, Vec<u8>, String)>;
     let acked: Arc<Mutex<Acked>> = Arc::default();
     let mut seen_checkpoints: Vec<(u64, Hash)> = Vec::new();
-    for round in 0..3u64 {
+    // Five crashes at different moments of a stream of appends.
+    for (round, run_ms) in [(0u64, 300u64), (1, 170), (2, 650), (3, 45), (4, 420)] {
         let mut tasks = Vec::new();
         for t in 0..16u64 {
             let mut client = client.clone();
@@ -391,7 +392,7 @@ async fn kill_9_during_concurrent_appends_loses_no_acknowledged_entry() {
             }));
         }
         // Let appends run, remember a checkpoint issued on the way, then crash mid-stream.
-        tokio::time::sleep(Duration::from_millis(300 + 200 * round)).await;
+        tokio::time::sleep(Duration::from_millis(run_ms)).await;
         let mid = client
             .get_checkpoint(pb::GetCheckpointRequest { tree_size: None })
             .await
@@ -399,7 +400,7 @@ async fn kill_9_during_concurrent_appends_loses_no_acknowledged_entry() {
             .into_inner();
         let opened = Checkpoint::open(mid.note.as_bytes(), &verifier).unwrap();
         seen_checkpoints.push((opened.size, opened.root));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(run_ms / 3)).await;
         daemon.kill9();
         for task in tasks {
             task.await.unwrap();

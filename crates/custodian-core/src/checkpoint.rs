@@ -173,3 +173,36 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod worked_example {
+    use super::*;
+    use crate::entry::{Entry, EntryKind, Value};
+
+    /// The worked example of docs/formats.md, end to end: one entry, its leaf hash (the root of
+    /// a one-entry log), and the checkpoint signed by the key with the all-zero seed.
+    #[test]
+    fn docs_formats_worked_example() {
+        let entry = Entry::new(
+            EntryKind::KeyEvent,
+            Hash::ZERO,
+            1_764_115_200_000,
+            Value::Map(vec![(Value::Text("note".into()), Value::Text("hi".into()))]),
+        )
+        .expect("entry");
+        let signer = SignerKey::from_seed("example.com/custodian", [0; 32]).expect("key");
+        let checkpoint = Checkpoint::new("example.com/custodian", 1, entry.leaf_hash());
+        let signed = checkpoint.sign(&signer).expect("sign");
+        assert_eq!(
+            entry.leaf_hash().to_hex(),
+            "8e28fde074f5dee41262fc92e54aa043c3a01bfd249b0c85ae0eae9154219c92"
+        );
+        assert_eq!(
+            signer.verifier().to_string(),
+            "example.com/custodian+30a1beb5+ATtqJ7zOtqQtYqOo0CpvDXNlMhV3HeJDpjrASKGLWdop"
+        );
+        assert_eq!(signed, EXPECTED);
+    }
+
+    const EXPECTED: &str = "example.com/custodian\n1\njij94HT13uQSYvyS5UqgQ8OgG/0kmwyFrg6ukVQhnJI=\n\n\u{2014} example.com/custodian MKG+tVDM7GasqyEKr8C/wcysHtzb7gAX3Zq6hnp8uIYupc3ucgaNkhOmUyvbr5O0nxSVVxiT5hOfd+JVMCmACJJb6gQ=\n";
+}
