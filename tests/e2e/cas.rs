@@ -471,17 +471,23 @@ async fn health_and_reflection_answer() {
     let channel = daemon.channel().await;
 
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    let response = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "custodian.cas.v1.ContentStore".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        response.status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
+    for service in [
+        "custodian.cas.v1.ContentStore",
+        "custodian.ledger.v1.Ledger",
+    ] {
+        let response = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            response.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service}"
+        );
+    }
 
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
@@ -506,6 +512,7 @@ async fn health_and_reflection_answer() {
         names.contains(&"custodian.cas.v1.ContentStore"),
         "{names:?}"
     );
+    assert!(names.contains(&"custodian.ledger.v1.Ledger"), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
 
     // Older clients speak v1alpha; it must answer too.

@@ -48,6 +48,9 @@ struct AppendResult {
     median_ms: f64,
     p99_ms: f64,
     mean_batch: f64,
+    /// The daemon's peak resident memory (gRPC runs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    daemon_peak_rss_mib: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -160,6 +163,7 @@ async fn appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Result<App
         median_ms: percentile(&latencies, 0.5).as_secs_f64() * 1e3,
         p99_ms: percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         mean_batch: appends as f64 / checkpoints.max(1) as f64,
+        daemon_peak_rss_mib: None,
     })
 }
 
@@ -225,6 +229,7 @@ async fn grpc_appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Resul
         median_ms: percentile(&latencies, 0.5).as_secs_f64() * 1e3,
         p99_ms: percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         mean_batch: appends as f64 / checkpoints.max(1) as f64,
+        daemon_peak_rss_mib: Some(daemon.peak_rss()? as f64 / (1 << 20) as f64),
     })
 }
 
@@ -261,10 +266,15 @@ pub fn run(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         ),
     ] {
         println!("{title}");
-        println!("  writers  appends/s   median ms   p99 ms   entries per batch (fsync)");
+        println!(
+            "  writers  appends/s   median ms   p99 ms   entries per batch (fsync)   daemon peak RSS"
+        );
         for a in results {
+            let rss = a
+                .daemon_peak_rss_mib
+                .map_or(String::new(), |m| format!("{m:.0} MiB"));
             println!(
-                "  {:>7}  {:>9.0}   {:>9.2}   {:>6.2}   {:>8.1}",
+                "  {:>7}  {:>9.0}   {:>9.2}   {:>6.2}   {:>8.1}                    {rss}",
                 a.writers, a.appends_per_second, a.median_ms, a.p99_ms, a.mean_batch
             );
         }

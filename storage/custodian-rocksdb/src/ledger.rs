@@ -60,11 +60,14 @@ impl RocksLedger {
             o.set_write_buffer_size(buffer);
             ColumnFamilyDescriptor::new(name, o)
         };
+        // Small memtables and a cap on their total: the daemon's memory budget is shared with
+        // the blob store, and ledger records are small (a 1,000,000-entry log is ~300 MB on disk).
+        db_opts.set_db_write_buffer_size(24 << 20);
         let cfs = vec![
-            cf(CF_ENTRIES, 16 << 20),
-            cf(CF_TREE, 16 << 20),
-            cf(CF_LEAVES, 8 << 20),
-            cf(CF_CHECKPOINTS, 4 << 20),
+            cf(CF_ENTRIES, 8 << 20),
+            cf(CF_TREE, 8 << 20),
+            cf(CF_LEAVES, 4 << 20),
+            cf(CF_CHECKPOINTS, 2 << 20),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)
             .map_err(|e| err(format!("open {}: {e}", path.display())))?;
