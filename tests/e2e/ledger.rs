@@ -479,3 +479,68 @@ async fn kill_9_during_concurrent_appends_loses_no_acknowledged_entry() {
         );
     }
 }
+
+#[tokio::test]
+async fn consistency_witnesses_growth_and_catches_a_fork_signed_with_the_same_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_a = dir.path().join("a");
+    let daemon = start(&data_a);
+    let mut client = client(&daemon).await;
+    for i in 0..5 {
+        append(&mut client, i).await.unwrap();
+    }
+    let key_file = dir.path().join("log.vkey");
+    std::fs::write(&key_file, stdout(&daemon.cli(&["log", "key"]))).unwrap();
+    let saved = dir.path().join("saved.checkpoint");
+    let out = daemon.cli(&["log", "checkpoint"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(&saved, &out.stdout).unwrap();
+    for i in 5..12 {
+        append(&mut client, i).await.unwrap();
+    }
+    let consistency = |daemon: &Daemon| {
+        daemon.cli(&[
+            "log",
+            "consistency",
+            "--from",
+            saved.to_str().unwrap(),
+            "--key",
+            key_file.to_str().unwrap(),
+            "--update",
+        ])
+    };
+    let out = consistency(&daemon);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("grew from 5 to 12 entries"),
+        "{}",
+        stdout(&out)
+    );
+    let updated = std::fs::read_to_string(&saved).unwrap();
+    assert!(updated.contains("\n12\n"), "{updated}");
+
+    // A second log under the same key (a stolen or reused key): its history differs.
+    let data_b = dir.path().join("b");
+    std::fs::create_dir_all(&data_b).unwrap();
+    std::fs::copy(data_a.join("log-key"), data_b.join("log-key")).unwrap();
+    let forked = start(&data_b);
+    let mut fork_client = LedgerClient::new(forked.channel().await);
+    for i in 100..104 {
+        append(&mut fork_client, i).await.unwrap();
+    }
+    let out = consistency(&forked);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("the log shrank"), "{}", stderr(&out));
+    for i in 104..120 {
+        append(&mut fork_client, i).await.unwrap();
+    }
+    let out = consistency(&forked);
+    assert!(!out.status.success(), "a fork passed as consistent");
+    assert!(
+        stderr(&out).contains("NOT consistent") && stderr(&out).contains("root recomputed"),
+        "{}",
+        stderr(&out)
+    );
+    // The saved checkpoint was not replaced by the fork's.
+    assert_eq!(std::fs::read_to_string(&saved).unwrap(), updated);
+}

@@ -10,8 +10,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use custodian_core::audit::{AuditError, Auditor, EntryReader, HashStream, write_entry};
+use custodian_core::checkpoint::Checkpoint;
 use custodian_core::entry::{Entry, Value, encode_value};
-use custodian_core::merkle::stored_hash_count;
+use custodian_core::merkle::{Hash, stored_hash_count, verify_consistency};
 use custodian_core::note::VerifierKey;
 use custodian_core::receipt::Receipt;
 use custodian_proto::ledger::v1 as pb;
@@ -104,6 +105,32 @@ receipt verifies, 1 (naming the part that failed) if not."
         /// Print JSON
         #[arg(long)]
         json: bool,
+    },
+    /// Check that the log only grew since a checkpoint you saved (both signatures and the
+    /// consistency proof are verified here, not trusted from the daemon)
+    #[command(
+        long_about = "Check that the log only grew since a checkpoint you saved earlier \
+(for example with `custodian log checkpoint > saved.checkpoint`). Verifies the saved checkpoint's \
+signature, fetches the daemon's latest checkpoint and verifies its signature, then fetches the \
+consistency proof between the two sizes and verifies it locally (RFC 9162 §2.1.4.2). Exits 1 if \
+the log shrank, forked or rewrote history. With --update the saved file is replaced by the newer \
+checkpoint once it is proven consistent, so running this periodically witnesses the log."
+    )]
+    Consistency {
+        /// A signed checkpoint saved earlier
+        #[arg(long = "from", value_name = "FILE")]
+        from: PathBuf,
+        /// The log's verifier key (NAME+ID+KEY), or a file containing it
+        #[arg(long, value_name = "VKEY")]
+        key: String,
+        /// Replace FILE with the newer checkpoint once it is proven consistent
+        #[arg(long)]
+        update: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArg,
     },
     /// Export every entry, stored tree hash and checkpoint to a directory for offline audit
     Export {
@@ -223,6 +250,13 @@ pub async fn run(command: LogCommand) -> anyhow::Result<ExitCode> {
         }
         LogCommand::VerifyReceipt { file, key, json } => verify_receipt(&file, &key, json),
         LogCommand::Export { dir, server } => export(&dir, &server).await,
+        LogCommand::Consistency {
+            from,
+            key,
+            update,
+            json,
+            server,
+        } => consistency(&from, &key, update, json, &server).await,
     }
 }
 
@@ -429,6 +463,90 @@ fn verify_receipt(file: &Path, key: &str, json: bool) -> anyhow::Result<ExitCode
                 println!("{}", json!({"ok": false, "error": err.to_string()}));
             } else {
                 eprintln!("receipt does NOT verify: {err}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn consistency(
+    from: &Path,
+    key: &str,
+    update: bool,
+    json: bool,
+    server: &ServerArg,
+) -> anyhow::Result<ExitCode> {
+    let verifier = verifier_key(key)?;
+    let saved = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+    let old = Checkpoint::open(&saved, &verifier)
+        .with_context(|| format!("the saved checkpoint {} does not verify", from.display()))?;
+    let mut client = connect(server).await?;
+    let latest = client
+        .get_checkpoint(pb::GetCheckpointRequest { tree_size: None })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let new = Checkpoint::open(latest.note.as_bytes(), &verifier)
+        .context("the daemon's latest checkpoint does not verify with this key")?;
+    let outcome: Result<Vec<Hash>, String> = if new.size < old.size {
+        Err(format!(
+            "the log shrank: the saved checkpoint has size {}, the latest {}",
+            old.size, new.size
+        ))
+    } else {
+        let proof = client
+            .get_consistency_proof(pb::GetConsistencyProofRequest {
+                old_size: old.size,
+                new_size: Some(new.size),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let hashes = proof
+            .hashes
+            .iter()
+            .map(|h| Hash::from_slice(h))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string());
+        hashes.and_then(|hashes| {
+            verify_consistency(old.size, new.size, &hashes, &old.root, &new.root)
+                .map(|()| hashes)
+                .map_err(|e| format!("consistency proof {} -> {}: {e}", old.size, new.size))
+        })
+    };
+    match outcome {
+        Ok(_) => {
+            if update && new.size > old.size {
+                let tmp = from.with_extension("tmp");
+                std::fs::write(&tmp, latest.note.as_bytes())?;
+                std::fs::rename(&tmp, from)?;
+            }
+            if json {
+                println!(
+                    "{}",
+                    json!({"ok": true, "origin": new.origin, "old_size": old.size, "new_size": new.size,
+                           "new_root_hash": new.root.to_hex(), "updated": update && new.size > old.size})
+                );
+            } else {
+                println!(
+                    "consistent: the log {} grew from {} to {} entries without changing any of the first {}",
+                    new.origin, old.size, new.size, old.size
+                );
+                if update && new.size > old.size {
+                    println!(
+                        "  {} now holds the checkpoint of size {}",
+                        from.display(),
+                        new.size
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(reason) => {
+            if json {
+                println!("{}", json!({"ok": false, "error": reason}));
+            } else {
+                eprintln!("NOT consistent: {reason}");
             }
             Ok(ExitCode::FAILURE)
         }

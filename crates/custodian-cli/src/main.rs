@@ -18,8 +18,9 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7311";
     about = "Custody and provenance for LLM Behavior Packages",
     long_about = "Custodian keeps custody of blobs (package files, data packs) by digest, verified \
 on write and never served corrupted.\n\n\
-Run the daemon with `custodian serve`; every other command is a client of a running daemon \
-(see --server).\n\n\
+Run the daemon with `custodian serve`. `blob` and `log` commands are clients of a running \
+daemon (see --server), except `log verify-receipt` and `audit`, which work offline from a file \
+and the log's verifier key.\n\n\
 Digests are written sha256:<64 hex> (the canonical address) or blake3:<64 hex>; every blob \
 can be fetched by either.\n\n\
 Provenance events go into an append-only RFC 6962 Merkle log with signed C2SP checkpoints. \
@@ -33,6 +34,8 @@ custodian blob missing sha256:9f86d0... blake3:4878ca...\n  \
 custodian log key > log.vkey                      # the key auditors need\n  \
 custodian log receipt 42 -o entry42.receipt.json\n  \
 custodian log verify-receipt entry42.receipt.json --key log.vkey   # offline\n  \
+custodian log checkpoint > saved.checkpoint       # later: did the log only grow?\n  \
+custodian log consistency --from saved.checkpoint --key log.vkey --update\n  \
 custodian log export audit-dir && custodian audit audit-dir --key log.vkey   # offline",
     propagate_version = true
 )]
@@ -43,14 +46,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the Custodian daemon (gRPC content store, health, reflection)
+    /// Run the Custodian daemon (gRPC content store, provenance ledger, health, reflection)
     #[command(long_about = serve::LONG_ABOUT)]
     Serve(serve::ServeArgs),
     /// Store, fetch and inspect blobs in a running daemon
     #[command(subcommand)]
     Blob(blob::BlobCommand),
-    /// Read the provenance ledger: checkpoints, entries, receipts, exports (and offline
-    /// receipt verification)
+    /// The provenance ledger: keys, checkpoints, entries, appends, receipts, consistency,
+    /// exports (and offline receipt verification)
     #[command(subcommand)]
     Log(log::LogCommand),
     /// Audit an exported ledger offline: recompute every hash and root, check every signature
