@@ -145,6 +145,35 @@ async fn appends_return_receipts_that_verify_offline_and_tampering_fails_with_th
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("field new_size: tree size 21"),
+        "{status:?}"
+    );
+    let status = client
+        .get_consistency_proof(pb::GetConsistencyProofRequest {
+            old_size: 9,
+            new_size: Some(5),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("field old_size"), "{status:?}");
+    let status = client
+        .get_inclusion_proof(pb::GetInclusionProofRequest {
+            leaf: Some(pb::get_inclusion_proof_request::Leaf::LeafHash(
+                vec![1, 2, 3].into(),
+            )),
+            tree_size: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("field leaf_hash: a leaf hash is 32 bytes, got 3"),
+        "{status:?}"
+    );
 
     // A proof by leaf hash equals the proof by index.
     let entry = client
@@ -171,6 +200,17 @@ async fn appends_return_receipts_that_verify_offline_and_tampering_fails_with_th
     let key_file = dir.path().join("log.vkey");
     let key = daemon.cli(&["log", "key"]);
     assert!(key.status.success(), "{}", stderr(&key));
+    let offline = daemon.cli(&[
+        "log",
+        "key",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        stdout(&offline),
+        stdout(&key),
+        "offline key differs from the daemon's"
+    );
     std::fs::write(&key_file, stdout(&key)).unwrap();
     let receipt_file = dir.path().join("r7.json");
     let out = daemon.cli(&["log", "receipt", "7", "-o", receipt_file.to_str().unwrap()]);

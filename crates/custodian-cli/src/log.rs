@@ -29,7 +29,11 @@ use crate::blob::{ServerArg, channel, status_error};
 pub enum LogCommand {
     /// Print the log's verifier key (publish it: auditors verify everything with it)
     Key {
-        /// Print JSON (origin, verifier_key, size)
+        /// Read the key from this data directory's log-key file instead of asking the daemon
+        /// (works while the daemon is stopped)
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Print JSON (origin, verifier_key, and the size when asked of a daemon)
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -163,7 +167,28 @@ async fn connect(server: &ServerArg) -> anyhow::Result<LedgerClient<Channel>> {
 /// Runs a `custodian log` command.
 pub async fn run(command: LogCommand) -> anyhow::Result<ExitCode> {
     match command {
-        LogCommand::Key { json, server } => {
+        LogCommand::Key {
+            data_dir: Some(dir),
+            json,
+            ..
+        } => {
+            let path = dir.join(custodian_server::KEY_FILE);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading the log key {}", path.display()))?;
+            let verifier = custodian_core::note::SignerKey::parse(&text)
+                .with_context(|| format!("{} is not a log key", path.display()))?
+                .verifier();
+            if json {
+                println!(
+                    "{}",
+                    json!({"origin": verifier.name(), "verifier_key": verifier.to_string()})
+                );
+            } else {
+                println!("{verifier}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LogCommand::Key { json, server, .. } => {
             let info = connect(&server)
                 .await?
                 .get_log_info(pb::GetLogInfoRequest {})

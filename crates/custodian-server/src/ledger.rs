@@ -306,9 +306,13 @@ impl LedgerRpc for LedgerService {
         };
         let latest = ledger.latest();
         let size = request.tree_size.unwrap_or(latest.size);
-        let (hashes, leaf) = ledger
-            .inclusion_proof(index, size)
-            .map_err(|e| ledger_status("index", e))?;
+        let (hashes, leaf) = ledger.inclusion_proof(index, size).map_err(|e| {
+            let field = match e {
+                LedgerError::SizeBeyondLog { .. } => "tree_size",
+                _ => "index",
+            };
+            ledger_status(field, e)
+        })?;
         let checkpoint = match ledger.checkpoint(size) {
             Ok(checkpoint) => Some(checkpoint_pb(&checkpoint)),
             Err(LedgerError::NoSuchCheckpoint(_)) => None,
@@ -332,7 +336,13 @@ impl LedgerRpc for LedgerService {
         let new = request.new_size.unwrap_or(ledger.latest().size);
         let hashes = ledger
             .consistency_proof(request.old_size, new)
-            .map_err(|e| ledger_status("old_size", e))?;
+            .map_err(|e| {
+                let field = match e {
+                    LedgerError::SizeBeyondLog { .. } => "new_size",
+                    _ => "old_size",
+                };
+                ledger_status(field, e)
+            })?;
         Ok(Response::new(pb::ConsistencyProof {
             old_size: request.old_size,
             new_size: new,
