@@ -61,7 +61,7 @@ impl RocksLedger {
             ColumnFamilyDescriptor::new(name, o)
         };
         // Small memtables and a cap on their total: the daemon's memory budget is shared with
-        // the blob store, and ledger records are small (a 1,000,000-entry log is ~300 MB on disk).
+        // the blob store, and ledger records are small (a 1,000,000-entry log is ~400 MB on disk).
         db_opts.set_db_write_buffer_size(24 << 20);
         let cfs = vec![
             cf(CF_ENTRIES, 8 << 20),
