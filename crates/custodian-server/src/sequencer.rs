@@ -144,3 +144,137 @@ async fn run(ledger: Arc<Ledger>, config: SequencerConfig, mut rx: mpsc::Receive
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custodian_storage::ledger::{LedgerBackend, MemoryLedger};
+    use custodian_storage::ledger_conformance::{payload, test_signer};
+
+    /// A backend whose commits take a while, as an fsync does, and are counted.
+    struct SlowCommits {
+        inner: MemoryLedger,
+        commits: std::sync::atomic::AtomicU64,
+    }
+
+    impl LedgerBackend for SlowCommits {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn latest_checkpoint(&self) -> custodian_storage::LedgerResult<Option<(u64, Vec<u8>)>> {
+            self.inner.latest_checkpoint()
+        }
+        fn checkpoint(&self, size: u64) -> custodian_storage::LedgerResult<Option<Vec<u8>>> {
+            self.inner.checkpoint(size)
+        }
+        fn checkpoints(
+            &self,
+            from: u64,
+            limit: usize,
+        ) -> custodian_storage::LedgerResult<Vec<(u64, Vec<u8>)>> {
+            self.inner.checkpoints(from, limit)
+        }
+        fn entries(&self, start: u64, end: u64) -> custodian_storage::LedgerResult<Vec<Vec<u8>>> {
+            self.inner.entries(start, end)
+        }
+        fn index_of(
+            &self,
+            leaf: &custodian_core::merkle::Hash,
+        ) -> custodian_storage::LedgerResult<Option<u64>> {
+            self.inner.index_of(leaf)
+        }
+        fn hashes(
+            &self,
+            indexes: &[u64],
+        ) -> custodian_storage::LedgerResult<Vec<Option<custodian_core::merkle::Hash>>> {
+            self.inner.hashes(indexes)
+        }
+        fn hash_range(
+            &self,
+            start: u64,
+            end: u64,
+        ) -> custodian_storage::LedgerResult<Vec<custodian_core::merkle::Hash>> {
+            self.inner.hash_range(start, end)
+        }
+        fn commit(
+            &self,
+            batch: &custodian_storage::LedgerBatch,
+        ) -> custodian_storage::LedgerResult<()> {
+            std::thread::sleep(Duration::from_millis(5));
+            self.commits
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.commit(batch)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_share_commits_and_a_bad_request_fails_alone() {
+        let backend = Arc::new(SlowCommits {
+            inner: MemoryLedger::new(),
+            commits: Default::default(),
+        });
+        let ledger = Arc::new(Ledger::open(backend.clone(), test_signer()).expect("open"));
+        let before = backend.commits.load(std::sync::atomic::Ordering::SeqCst);
+        let sequencer = Sequencer::start(ledger.clone(), SequencerConfig::default());
+        let mut tasks = Vec::new();
+        for i in 0..200u64 {
+            let sequencer = sequencer.clone();
+            tasks.push(tokio::spawn(async move {
+                sequencer.append(EntryKind::RunAttested, payload(i)).await
+            }));
+        }
+        // A request that cannot become an entry is refused on its own.
+        let bad = sequencer
+            .append(EntryKind::RunAttested, Value::Float(0.5))
+            .await;
+        assert!(matches!(bad, Err(LedgerError::InvalidEntry(_))));
+        let mut indexes = Vec::new();
+        for task in tasks {
+            let (appended, checkpoint) = task.await.expect("task").expect("append");
+            assert!(appended.index < checkpoint.size);
+            let receipt = ledger.receipt_for(&appended, &checkpoint).expect("receipt");
+            receipt.verify(ledger.verifier()).expect("receipt verifies");
+            indexes.push(appended.index);
+        }
+        indexes.sort();
+        assert_eq!(indexes, (0..200).collect::<Vec<_>>());
+        let commits = backend.commits.load(std::sync::atomic::Ordering::SeqCst) - before;
+        // With 5 ms per commit, 200 concurrent appends must share commits (one fsync and one
+        // signature per batch), not take 200 of them.
+        assert!(commits < 50, "200 appends took {commits} commits");
+        assert_eq!(
+            ledger
+                .checkpoints(1, usize::MAX)
+                .expect("checkpoints")
+                .len() as u64,
+            commits,
+            "one checkpoint per batch"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_window_gathers_sequential_callers_into_one_batch() {
+        let ledger =
+            Arc::new(Ledger::open(Arc::new(MemoryLedger::new()), test_signer()).expect("open"));
+        let sequencer = Sequencer::start(
+            ledger.clone(),
+            SequencerConfig {
+                window: Duration::from_millis(200),
+                ..Default::default()
+            },
+        );
+        let mut tasks = Vec::new();
+        for i in 0..5u64 {
+            let sequencer = sequencer.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(10 * i)).await;
+                sequencer.append(EntryKind::ScanRecorded, payload(i)).await
+            }));
+        }
+        let mut sizes = Vec::new();
+        for task in tasks {
+            sizes.push(task.await.expect("task").expect("append").1.size);
+        }
+        assert_eq!(sizes, vec![5; 5], "all five appends in one batch of size 5");
+    }
+}
