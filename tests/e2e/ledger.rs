@@ -327,15 +327,7 @@ async fn export_audits_offline_and_a_changed_stored_byte_is_named() {
     // Change one byte of a stored entry and, separately, one stored tree hash, in RocksDB
     // itself while the daemon is down.
     daemon.kill9();
-    tamper(
-        &data.join("ledger"),
-        custodian_rocksdb::ledger::CF_ENTRIES,
-        57,
-        |v| {
-            let at = v.len() - 3;
-            v[at] ^= 0x01;
-        },
-    );
+    flip_entry_57(&data);
     // Leaf 3's stored hash: inside the tree, not on its right edge.
     let leaf3 = custodian_core::merkle::stored_hash_index(0, 3);
     tamper(
@@ -378,6 +370,68 @@ async fn export_audits_offline_and_a_changed_stored_byte_is_named() {
     assert!(!out.status.success());
     let message = stderr(&out);
     assert!(message.contains("entry 57"), "{message}");
+
+    // Damage to the last entry keeps the daemon from starting at all; an export straight from
+    // the data directory still reaches the auditor, who names the entry.
+    daemon.kill9();
+    // Undo the change to entry 57 first: an audit names only the first divergence.
+    flip_entry_57(&data);
+    tamper(
+        &data.join("ledger"),
+        custodian_rocksdb::ledger::CF_ENTRIES,
+        199,
+        |v| {
+            v[5] ^= 0x04;
+        },
+    );
+    let mut serve = std::process::Command::new(crate::daemon::binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = serve.kill();
+            panic!("the daemon started on a ledger whose last entry was changed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut refused = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut refused).unwrap();
+    assert!(refused.contains("entry 199"), "{refused}");
+    let offline = dir.path().join("offline");
+    let out = std::process::Command::new(crate::daemon::binary())
+        .args(["log", "export", "--data-dir"])
+        .arg(&data)
+        .arg(&offline)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::copy(clean.join("tree-hashes"), offline.join("tree-hashes")).unwrap();
+    let out = audit(&offline);
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(message.contains("entry 199"), "{message}");
+}
+
+/// Flips one bit near the end of entry 57 in the stored ledger (twice restores it).
+fn flip_entry_57(data: &Path) {
+    tamper(
+        &data.join("ledger"),
+        custodian_rocksdb::ledger::CF_ENTRIES,
+        57,
+        |v| {
+            let at = v.len() - 3;
+            v[at] ^= 0x01;
+        },
+    );
 }
 
 /// Changes the value under a big-endian u64 key in one column family of the ledger database.

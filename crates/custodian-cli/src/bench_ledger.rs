@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
-use custodian_core::audit::write_entry;
 use custodian_core::entry::{EntryKind, Value};
-use custodian_core::merkle::stored_hash_count;
 use custodian_core::note::SignerKey;
 use custodian_rocksdb::RocksLedger;
 use custodian_server::{Sequencer, SequencerConfig};
@@ -368,34 +366,16 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
 
     // Export as `custodian log export` lays it out, then audit it as `custodian audit` does.
     let export = dir.join("export");
-    std::fs::create_dir_all(export.join("checkpoints"))?;
+    let mut out = crate::log::ExportWriter::create(&export)?;
     for (cp_size, note) in ledger.checkpoints(0, usize::MAX)? {
-        std::fs::write(export.join("checkpoints").join(cp_size.to_string()), note)?;
+        out.checkpoint(cp_size, &note)?;
     }
-    let mut entries = std::io::BufWriter::new(std::fs::File::create(export.join("entries"))?);
-    let mut buf = Vec::new();
-    let mut at = 0;
-    while at < size {
-        let stop = (at + 10_000).min(size);
-        for entry in ledger.entries(at, stop)? {
-            buf.clear();
-            write_entry(&mut buf, &entry);
-            entries.write_all(&buf)?;
-        }
-        at = stop;
-    }
-    entries.flush()?;
-    let mut hashes = std::io::BufWriter::new(std::fs::File::create(export.join("tree-hashes"))?);
-    let total = stored_hash_count(size);
-    let mut at = 0;
-    while at < total {
-        let stop = (at + 65_536).min(total);
-        for hash in ledger.stored_hashes(at, stop)? {
-            hashes.write_all(&hash.0)?;
-        }
-        at = stop;
-    }
-    hashes.flush()?;
+    out.copy_log(
+        size,
+        |start, end| Ok(ledger.entries(start, end)?),
+        |start, end| Ok(ledger.stored_hashes(start, end)?),
+    )?;
+    out.finish(serde_json::json!({}))?;
     let verifier = ledger.verifier().clone();
     drop(ledger);
     let started = Instant::now();

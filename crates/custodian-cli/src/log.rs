@@ -140,6 +140,10 @@ checkpoint once it is proven consistent, so running this periodically witnesses 
     Export {
         /// The directory to create (must not exist or be empty)
         dir: PathBuf,
+        /// Read a stopped daemon's data directory directly instead of asking the daemon (also
+        /// works when damage keeps the daemon from starting)
+        #[arg(long, value_name = "DATA_DIR")]
+        data_dir: Option<PathBuf>,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -274,7 +278,11 @@ pub async fn run(command: LogCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         LogCommand::VerifyReceipt { file, key, json } => verify_receipt(&file, &key, json),
-        LogCommand::Export { dir, server } => export(&dir, &server).await,
+        LogCommand::Export {
+            dir,
+            data_dir,
+            server,
+        } => export(&dir, data_dir.as_deref(), &server).await,
         LogCommand::Consistency {
             from,
             key,
@@ -592,15 +600,133 @@ fn counter(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
-async fn export(dir: &Path, server: &ServerArg) -> anyhow::Result<ExitCode> {
-    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-        bail!(
-            "{} is not empty; export into a new directory",
-            dir.display()
-        );
+/// Writes an export directory in the layout `custodian audit` reads (see docs/formats.md).
+pub struct ExportWriter {
+    dir: PathBuf,
+    entries: BufWriter<std::fs::File>,
+    hashes: BufWriter<std::fs::File>,
+    buf: Vec<u8>,
+    /// Entries written.
+    pub entry_count: u64,
+    /// Stored tree hashes written.
+    pub hash_count: u64,
+    /// Checkpoints written.
+    pub checkpoint_count: u64,
+}
+
+impl ExportWriter {
+    /// Creates the directory, which must not exist or be empty.
+    pub fn create(dir: &Path) -> anyhow::Result<Self> {
+        if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+            bail!(
+                "{} is not empty; export into a new directory",
+                dir.display()
+            );
+        }
+        std::fs::create_dir_all(dir.join("checkpoints"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        Ok(ExportWriter {
+            dir: dir.to_path_buf(),
+            entries: BufWriter::new(std::fs::File::create(dir.join("entries"))?),
+            hashes: BufWriter::new(std::fs::File::create(dir.join("tree-hashes"))?),
+            buf: Vec::new(),
+            entry_count: 0,
+            hash_count: 0,
+            checkpoint_count: 0,
+        })
     }
-    std::fs::create_dir_all(dir.join("checkpoints"))
-        .with_context(|| format!("creating {}", dir.display()))?;
+
+    /// Writes the checkpoint of `size`.
+    pub fn checkpoint(&mut self, size: u64, note: &[u8]) -> anyhow::Result<()> {
+        std::fs::write(self.dir.join("checkpoints").join(size.to_string()), note)?;
+        self.checkpoint_count += 1;
+        Ok(())
+    }
+
+    /// Appends the next entry.
+    pub fn entry(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.buf.clear();
+        write_entry(&mut self.buf, bytes);
+        self.entries.write_all(&self.buf)?;
+        self.entry_count += 1;
+        Ok(())
+    }
+
+    /// Appends stored tree hashes (concatenated 32-byte hashes).
+    pub fn hashes(&mut self, hashes: &[u8]) -> anyhow::Result<()> {
+        self.hashes.write_all(hashes)?;
+        self.hash_count += hashes.len() as u64 / 32;
+        Ok(())
+    }
+
+    /// Writes the first `size` entries and their stored hashes, read in chunks from a local
+    /// ledger (`entries(start, end)`, `hashes(start, end)`), with progress on a terminal.
+    pub fn copy_log(
+        &mut self,
+        size: u64,
+        mut entries: impl FnMut(u64, u64) -> anyhow::Result<Vec<Vec<u8>>>,
+        mut hashes: impl FnMut(u64, u64) -> anyhow::Result<Vec<Hash>>,
+    ) -> anyhow::Result<()> {
+        let bar = counter(size, "entries");
+        let mut at = 0;
+        while at < size {
+            let stop = (at + 10_000).min(size);
+            for entry in entries(at, stop)? {
+                self.entry(&entry)?;
+                bar.inc(1);
+            }
+            at = stop;
+        }
+        bar.finish_and_clear();
+        let total = stored_hash_count(size);
+        let mut at = 0;
+        while at < total {
+            let stop = (at + 65_536).min(total);
+            let chunk: Vec<u8> = hashes(at, stop)?.iter().flat_map(|h| h.0).collect();
+            self.hashes(&chunk)?;
+            at = stop;
+        }
+        Ok(())
+    }
+
+    /// Flushes everything and writes `log.json`.
+    pub fn finish(mut self, manifest: serde_json::Value) -> anyhow::Result<()> {
+        self.entries.flush()?;
+        self.hashes.flush()?;
+        std::fs::write(
+            self.dir.join("log.json"),
+            serde_json::to_string_pretty(&manifest)? + "\n",
+        )?;
+        Ok(())
+    }
+}
+
+fn manifest(
+    origin: &str,
+    verifier_key: &str,
+    size: u64,
+    root: &[u8],
+    checkpoints: u64,
+) -> serde_json::Value {
+    json!({
+        "origin": origin,
+        "verifier_key": verifier_key,
+        "tree_size": size,
+        "root_hash": hex::encode(root),
+        "checkpoints": checkpoints,
+        "note": "Informational. Audit with a verifier key obtained independently: custodian audit DIR --key VKEY",
+    })
+}
+
+async fn export(
+    dir: &Path,
+    data_dir: Option<&Path>,
+    server: &ServerArg,
+) -> anyhow::Result<ExitCode> {
+    if let Some(data_dir) = data_dir {
+        let (dir, data_dir) = (dir.to_path_buf(), data_dir.to_path_buf());
+        return tokio::task::spawn_blocking(move || export_data_dir(&dir, &data_dir)).await?;
+    }
     let mut client = connect(server).await?;
     let info = client
         .get_log_info(pb::GetLogInfoRequest {})
@@ -615,8 +741,8 @@ async fn export(dir: &Path, server: &ServerArg) -> anyhow::Result<ExitCode> {
         .map_err(status_error)?
         .into_inner();
     let size = latest.tree_size;
+    let mut out = ExportWriter::create(dir)?;
 
-    let mut checkpoints = 0u64;
     let mut stream = client
         .list_checkpoints(pb::ListCheckpointsRequest { from_size: 0 })
         .await
@@ -627,16 +753,10 @@ async fn export(dir: &Path, server: &ServerArg) -> anyhow::Result<ExitCode> {
         if checkpoint.tree_size > size {
             break;
         }
-        std::fs::write(
-            dir.join("checkpoints")
-                .join(checkpoint.tree_size.to_string()),
-            checkpoint.note.as_bytes(),
-        )?;
-        checkpoints += 1;
+        out.checkpoint(checkpoint.tree_size, checkpoint.note.as_bytes())?;
     }
 
     let bar = counter(size, "entries");
-    let mut entries = BufWriter::new(std::fs::File::create(dir.join("entries"))?);
     let mut stream = client
         .get_entries(pb::GetEntriesRequest {
             start: 0,
@@ -645,30 +765,27 @@ async fn export(dir: &Path, server: &ServerArg) -> anyhow::Result<ExitCode> {
         .await
         .map_err(status_error)?
         .into_inner();
-    let mut next = 0u64;
-    let mut buf = Vec::new();
     while let Some(entry) = stream.next().await {
         let entry = entry.map_err(status_error)?;
-        if entry.index != next {
+        if entry.index != out.entry_count {
             bail!(
-                "the daemon sent entry {} where {next} was expected",
-                entry.index
+                "the daemon sent entry {} where {} was expected",
+                entry.index,
+                out.entry_count
             );
         }
-        buf.clear();
-        write_entry(&mut buf, &entry.encoded);
-        entries.write_all(&buf)?;
-        next += 1;
+        out.entry(&entry.encoded)?;
         bar.inc(1);
     }
-    entries.flush()?;
     bar.finish_and_clear();
-    if next != size {
-        bail!("the daemon sent {next} entries, expected {size}");
+    if out.entry_count != size {
+        bail!(
+            "the daemon sent {} entries, expected {size}",
+            out.entry_count
+        );
     }
 
     let total = stored_hash_count(size);
-    let mut hashes = BufWriter::new(std::fs::File::create(dir.join("tree-hashes"))?);
     let mut stream = client
         .get_tree_hashes(pb::GetTreeHashesRequest {
             start: 0,
@@ -677,33 +794,88 @@ async fn export(dir: &Path, server: &ServerArg) -> anyhow::Result<ExitCode> {
         .await
         .map_err(status_error)?
         .into_inner();
-    let mut written = 0u64;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(status_error)?;
-        hashes.write_all(&chunk.hashes)?;
-        written += chunk.hashes.len() as u64 / 32;
+        out.hashes(&chunk.map_err(status_error)?.hashes)?;
     }
-    hashes.flush()?;
-    if written != total {
-        bail!("the daemon sent {written} tree hashes, expected {total}");
+    if out.hash_count != total {
+        bail!(
+            "the daemon sent {} tree hashes, expected {total}",
+            out.hash_count
+        );
     }
-    let manifest = json!({
-        "origin": info.origin,
-        "verifier_key": info.verifier_key,
-        "tree_size": size,
-        "root_hash": hex::encode(&latest.root_hash),
-        "checkpoints": checkpoints,
-        "note": "Informational. Audit with a verifier key obtained independently: custodian audit DIR --key VKEY",
-    });
-    std::fs::write(
-        dir.join("log.json"),
-        serde_json::to_string_pretty(&manifest)? + "\n",
-    )?;
+    finish_export(
+        out,
+        manifest(&info.origin, &info.verifier_key, size, &latest.root_hash, 0),
+        dir,
+    )
+}
+
+fn finish_export(
+    out: ExportWriter,
+    mut manifest: serde_json::Value,
+    dir: &Path,
+) -> anyhow::Result<ExitCode> {
+    let (entries, hashes, checkpoints) = (out.entry_count, out.hash_count, out.checkpoint_count);
+    manifest["checkpoints"] = json!(checkpoints);
+    out.finish(manifest)?;
     println!(
-        "exported {size} entries, {written} tree hashes and {checkpoints} checkpoints to {}",
+        "exported {entries} entries, {hashes} tree hashes and {checkpoints} checkpoints to {}",
         dir.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Exports straight from a stopped daemon's data directory, reading RocksDB as it is, without the
+/// daemon's start-up checks: damage that keeps the daemon from starting still reaches the
+/// auditor, who then names the index.
+fn export_data_dir(dir: &Path, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    use custodian_storage::ledger::LedgerBackend as _;
+    let path = data_dir.join("ledger");
+    if !path.is_dir() {
+        bail!(
+            "{} has no ledger (no {} directory)",
+            data_dir.display(),
+            path.display()
+        );
+    }
+    let backend = custodian_rocksdb::RocksLedger::open(&path).with_context(|| {
+        format!(
+            "opening {} (stop the daemon first, or export over gRPC without --data-dir)",
+            path.display()
+        )
+    })?;
+    let (size, latest) = backend
+        .latest_checkpoint()?
+        .context("the ledger has no checkpoint")?;
+    let latest = custodian_core::note::Note::parse(&latest)
+        .ok()
+        .and_then(|note| Checkpoint::parse(&note.text).ok());
+    let key = std::fs::read_to_string(data_dir.join(custodian_server::KEY_FILE))
+        .ok()
+        .and_then(|text| custodian_core::note::SignerKey::parse(&text).ok())
+        .map(|key| key.verifier().to_string())
+        .unwrap_or_default();
+    let mut out = ExportWriter::create(dir)?;
+    let mut from = 0;
+    loop {
+        let chunk = backend.checkpoints(from, 4096)?;
+        let Some(&(last, _)) = chunk.last() else {
+            break;
+        };
+        for (cp_size, note) in chunk.iter().filter(|(s, _)| *s <= size) {
+            out.checkpoint(*cp_size, note)?;
+        }
+        from = last + 1;
+    }
+    out.copy_log(
+        size,
+        |start, end| Ok(backend.entries(start, end)?),
+        |start, end| Ok(backend.hash_range(start, end)?),
+    )?;
+    let (origin, root) = latest.map_or((String::new(), Vec::new()), |c| {
+        (c.origin, c.root.0.to_vec())
+    });
+    finish_export(out, manifest(&origin, &key, size, &root, 0), dir)
 }
 
 /// Runs `custodian audit`.
