@@ -166,6 +166,8 @@ async fn appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Result<App
 }
 
 const BENCH_TOKEN: &str = "bench-append-token";
+/// HTTP/2 connections the gRPC writers share.
+const GRPC_CONNECTIONS: usize = 4;
 
 async fn grpc_appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Result<AppendResult> {
     use custodian_proto::ledger::v1 as pb;
@@ -173,14 +175,21 @@ async fn grpc_appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Resul
     let exe = std::env::current_exe().context("locating the custodian binary")?;
     let daemon =
         crate::bench::BenchDaemon::start(&exe, &data, "rocksdb", &["--append-token", BENCH_TOKEN])?;
-    let channel = tonic::transport::Channel::from_shared(daemon.address.clone())?
-        .connect()
-        .await?;
-    let client = pb::ledger_client::LedgerClient::new(channel);
+    // Writers share a few HTTP/2 connections, as many clients would: one connection is served by
+    // one task on the daemon, so a single connection would measure one core.
+    let connections = writers.clamp(1, GRPC_CONNECTIONS);
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        let channel = tonic::transport::Channel::from_shared(daemon.address.clone())?
+            .connect()
+            .await?;
+        clients.push(pb::ledger_client::LedgerClient::new(channel));
+    }
+    let client = clients[0].clone();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let mut client = client.clone();
+        let mut client = clients[w % connections].clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut i = 0u64;
