@@ -492,7 +492,8 @@ impl Ledger {
     }
 
     /// The root of the first `size` entries: the signed root when a checkpoint of that size
-    /// exists, otherwise recomputed from stored hashes.
+    /// exists, otherwise recomputed from stored hashes and proven consistent with the latest
+    /// signed root.
     fn trusted_root(&self, size: u64) -> LedgerResult<(Hash, bool)> {
         let latest = self.latest();
         if size == latest.size {
@@ -503,8 +504,18 @@ impl Ledger {
                 .map_err(|e| LedgerError::Corrupt(format!("checkpoint of size {size}: {e}")))?;
             return Ok((checkpoint.root, true));
         }
-        let root =
-            merkle::tree_hash(size, &Reader(self.backend.as_ref())).map_err(LedgerError::Proof)?;
+        // No checkpoint at this size: recompute the root and anchor it to the latest signed root
+        // with a consistency proof, so even this root is vouched for by a signature.
+        let reader = Reader(self.backend.as_ref());
+        let root = merkle::tree_hash(size, &reader).map_err(LedgerError::Proof)?;
+        let proof =
+            merkle::consistency_proof(size, latest.size, &reader).map_err(LedgerError::Proof)?;
+        merkle::verify_consistency(size, latest.size, &proof, &root, &latest.root).map_err(|e| {
+            LedgerError::Corrupt(format!(
+                "stored hashes at size {size} are not consistent with the signed checkpoint of size {}: {e}",
+                latest.size
+            ))
+        })?;
         Ok((root, false))
     }
 
