@@ -294,7 +294,8 @@ fn gib_per_s(bytes: u64, time: Duration) -> f64 {
     bytes as f64 / (1u64 << 30) as f64 / time.as_secs_f64()
 }
 
-fn run_timed(command: &mut Command) -> anyhow::Result<Duration> {
+/// Runs a command to completion and returns how long it took.
+pub fn run_timed(command: &mut Command) -> anyhow::Result<Duration> {
     let start = Instant::now();
     command.stdout(Stdio::null());
     run_checked(command)?;
