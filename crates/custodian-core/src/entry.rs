@@ -288,9 +288,9 @@ pub fn encode_value(value: &Value) -> Vec<u8> {
     out
 }
 
-/// Decodes one CBOR data item and returns it in deterministic form (used for payloads that
-/// arrive as CBOR bytes from clients).
-pub fn decode_payload(bytes: &[u8]) -> Result<Value, EntryError> {
+/// Parses one CBOR data item (with nothing after it), as it is; [`Entry::new`] puts it in
+/// deterministic form.
+pub fn parse_cbor(bytes: &[u8]) -> Result<Value, EntryError> {
     let mut reader = bytes;
     let value: Value =
         ciborium::from_reader(&mut reader).map_err(|e| EntryError::NotCbor(e.to_string()))?;
@@ -300,7 +300,7 @@ pub fn decode_payload(bytes: &[u8]) -> Result<Value, EntryError> {
             reader.len()
         )));
     }
-    canonicalize(value, "payload")
+    Ok(value)
 }
 
 /// Puts a value in RFC 8949 §4.2.1 deterministic form: map keys sorted by the bytewise order of

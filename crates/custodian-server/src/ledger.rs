@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use custodian_core::entry::{Entry, EntryKind, decode_payload, encode_value};
+use custodian_core::entry::{Entry, EntryKind, encode_value, parse_cbor};
 use custodian_core::merkle::{Hash, ProofError};
 use custodian_core::receipt::Receipt;
 use custodian_proto::ledger::v1 as pb;
@@ -414,7 +414,7 @@ impl LedgerRpc for LedgerService {
         let request = request.into_inner();
         let kind = EntryKind::parse(&request.kind)
             .map_err(|e| ledger_status("kind", LedgerError::InvalidEntry(e)))?;
-        let payload = decode_payload(&request.payload_cbor)
+        let payload = parse_cbor(&request.payload_cbor)
             .map_err(|e| ledger_status("payload_cbor", LedgerError::InvalidEntry(e)))?;
         let (appended, checkpoint) = self
             .sequencer

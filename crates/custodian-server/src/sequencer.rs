@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use custodian_core::entry::{EntryKind, Value};
-use custodian_storage::ledger::{Appended, Ledger, LedgerError, SignedCheckpoint};
+use custodian_storage::ledger::{Appended, Ledger, LedgerError, Prepared, SignedCheckpoint};
 use tokio::sync::{mpsc, oneshot};
 
 /// How the sequencer batches.
@@ -39,8 +39,7 @@ impl Default for SequencerConfig {
 type Reply = oneshot::Sender<Result<(Appended, Arc<SignedCheckpoint>), LedgerError>>;
 
 struct Job {
-    kind: EntryKind,
-    payload: Value,
+    request: Prepared,
     reply: Reply,
 }
 
@@ -78,14 +77,10 @@ impl Sequencer {
         kind: EntryKind,
         payload: Value,
     ) -> Result<(Appended, Arc<SignedCheckpoint>), LedgerError> {
-        Ledger::validate(&kind, &payload)?;
+        let request = Ledger::prepare(kind, payload)?;
         let (reply, wait) = oneshot::channel();
         self.tx
-            .send(Job {
-                kind,
-                payload,
-                reply,
-            })
+            .send(Job { request, reply })
             .await
             .map_err(|_| LedgerError::Poisoned("the sequencer has stopped".into()))?;
         wait.await
@@ -116,12 +111,13 @@ async fn run(ledger: Arc<Ledger>, config: SequencerConfig, mut rx: mpsc::Receive
         let mut requests = Vec::with_capacity(jobs.len());
         let mut replies = Vec::with_capacity(jobs.len());
         for job in jobs {
-            requests.push((job.kind, job.payload));
+            requests.push(job.request);
             replies.push(job.reply);
         }
         let ledger = ledger.clone();
         let count = requests.len();
-        let result = tokio::task::spawn_blocking(move || ledger.append(requests, now_ms())).await;
+        let result =
+            tokio::task::spawn_blocking(move || ledger.append_prepared(requests, now_ms())).await;
         match result {
             Ok(Ok((appended, checkpoint))) => {
                 tracing::debug!(entries = count, size = checkpoint.size, "batch committed");

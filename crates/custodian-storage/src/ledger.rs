@@ -167,6 +167,11 @@ pub struct SignedCheckpoint {
     pub note: String,
 }
 
+/// An append request checked by [`Ledger::prepare`]: a valid kind, a deterministic payload, a
+/// size within the limit.
+#[derive(Clone, Debug)]
+pub struct Prepared(Entry);
+
 /// One appended entry.
 #[derive(Clone, Debug)]
 pub struct Appended {
@@ -329,14 +334,27 @@ impl Ledger {
         }
     }
 
-    /// Appends entries as one batch: chains them, writes them with their stored hashes and a new
-    /// signed checkpoint in one durable commit, and only then returns. `now_ms` is the
-    /// integration time (kept monotonic). Invalid entries reject the whole batch before anything
-    /// is written; callers that batch unrelated requests validate them first with
-    /// [`Ledger::validate`].
+    /// Appends entries as one batch (see [`Ledger::append_prepared`]). Any invalid request
+    /// rejects the whole batch before anything is written.
     pub fn append(
         &self,
         requests: Vec<(EntryKind, Value)>,
+        now_ms: u64,
+    ) -> LedgerResult<(Vec<Appended>, Arc<SignedCheckpoint>)> {
+        let prepared = requests
+            .into_iter()
+            .map(|(kind, payload)| Ledger::prepare(kind, payload))
+            .collect::<LedgerResult<Vec<_>>>()?;
+        self.append_prepared(prepared, now_ms)
+    }
+
+    /// Appends prepared requests as one batch: chains them, writes them with their stored hashes
+    /// and a new signed checkpoint in one durable commit, and only then returns. `now_ms` is the
+    /// integration time (kept monotonic). Requests were checked when prepared, so a batch of
+    /// unrelated requests cannot fail because of one of them.
+    pub fn append_prepared(
+        &self,
+        requests: Vec<Prepared>,
         now_ms: u64,
     ) -> LedgerResult<(Vec<Appended>, Arc<SignedCheckpoint>)> {
         if requests.is_empty() {
@@ -355,12 +373,15 @@ impl Ledger {
         let mut prev = state.prev;
         let mut appended = Vec::with_capacity(requests.len());
         let mut hashes = Vec::with_capacity(requests.len() * 2);
-        for (offset, (kind, payload)) in requests.into_iter().enumerate() {
-            let entry = Entry::new(kind, prev, time_ms, payload)?;
+        for (offset, Prepared(template)) in requests.into_iter().enumerate() {
+            // The payload is already deterministic and the entry's size was checked with the
+            // largest possible time, so nothing here can fail.
+            let entry = Entry {
+                prev,
+                time_ms,
+                ..template
+            };
             let bytes = entry.encode();
-            if bytes.len() > custodian_core::entry::MAX_ENTRY_LEN {
-                return Err(EntryError::TooLarge { len: bytes.len() }.into());
-            }
             let leaf = merkle::leaf_hash(&bytes);
             hashes.extend(frontier.append(leaf));
             appended.push(Appended {
@@ -403,14 +424,17 @@ impl Ledger {
         Ok((appended, latest))
     }
 
-    /// Checks that a request would make a valid entry, without appending it.
-    pub fn validate(kind: &EntryKind, payload: &Value) -> LedgerResult<()> {
-        let entry = Entry::new(kind.clone(), Hash::ZERO, u64::MAX, payload.clone())?;
-        let len = entry.encode().len();
+    /// Checks a request and puts its payload in deterministic form, once: the sequencer prepares
+    /// each request as it arrives, so an invalid one is refused alone and a batch never fails
+    /// because of it.
+    pub fn prepare(kind: EntryKind, payload: Value) -> LedgerResult<Prepared> {
+        // The largest time encodes longest, so an entry that fits now fits at any time.
+        let template = Entry::new(kind, Hash::ZERO, u64::MAX, payload)?;
+        let len = template.encode().len();
         if len > custodian_core::entry::MAX_ENTRY_LEN {
             return Err(EntryError::TooLarge { len }.into());
         }
-        Ok(())
+        Ok(Prepared(template))
     }
 
     fn check_size(&self, size: u64) -> LedgerResult<()> {

@@ -20,7 +20,7 @@ pub use error::{Result, StorageError};
 pub use hashing::{OffThreadHasher, Worker};
 pub use ledger::{
     Appended, Ledger, LedgerBackend, LedgerBatch, LedgerError, LedgerResult, MemoryLedger,
-    SignedCheckpoint,
+    Prepared, SignedCheckpoint,
 };
 pub use memory::MemoryBackend;
 pub use meta::{BlobMeta, MetaDecodeError};
