@@ -62,10 +62,10 @@ proptest! {
             bad.truncate(1 + cut % bad.len());
             let _ = Entry::decode(&bad);
             let _ = Checkpoint::open(&bad, &verifier);
-            if let Ok(text) = String::from_utf8(bad.clone()) {
-                if let Ok(r) = Receipt::from_json(&text) {
-                    let _ = r.verify(&verifier);
-                }
+            if let Ok(text) = String::from_utf8(bad.clone())
+                && let Ok(r) = Receipt::from_json(&text)
+            {
+                let _ = r.verify(&verifier);
             }
             let checkpoints = vec![("x".to_string(), bad.clone())];
             if let Ok(mut auditor) = Auditor::new(verifier.clone(), checkpoints) {
