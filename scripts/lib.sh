@@ -18,16 +18,22 @@ as_root() {
 
 # System packages: libclang for bindgen (RocksDB's bindings), a C++ compiler, and ccache so
 # that a change in Cargo's fingerprint of librocksdb-sys costs a cache lookup, not a rebuild.
-ensure_system_packages() {
+# Installs the Debian packages named after the purpose that are not installed yet.
+ensure_debian_packages() {
+  local why="$1"; shift
   local missing=()
-  for pkg in libclang-dev g++ ccache; do
+  for pkg in "$@"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
-    say "installing system packages: ${missing[*]}"
+    say "installing $why: ${missing[*]}"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
+}
+
+ensure_system_packages() {
+  ensure_debian_packages "system packages" libclang-dev g++ ccache
   export CC="ccache cc" CXX="ccache c++"
   export CCACHE_DIR="${CCACHE_DIR:-$CUSTODIAN_CACHE/ccache}"
   export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
@@ -54,15 +60,8 @@ ensure_moto() {
 # Go and golang.org/x/mod (sumdb/note, sumdb/tlog) from Debian: the interoperability test checks
 # Custodian's checkpoints and proofs with Go's reference implementation.
 ensure_go_interop() {
-  local missing=()
-  for pkg in golang-go golang-golang-x-mod-dev; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-  done
-  if [ "${#missing[@]}" -gt 0 ]; then
-    say "installing Go's sumdb/note and sumdb/tlog for the interoperability test: ${missing[*]}"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-  fi
+  ensure_debian_packages "Go's sumdb/note and sumdb/tlog for the interoperability test" \
+    golang-go golang-golang-x-mod-dev
   export CUSTODIAN_GO=/usr/bin/go CUSTODIAN_GOPATH=/usr/share/gocode
 }
 

@@ -148,6 +148,16 @@ async fn appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Result<App
             anyhow::Ok(latencies)
         }));
     }
+    let (latencies, elapsed) = collect(tasks).await?;
+    let checkpoints = backend.checkpoints(1, usize::MAX)?.len() as u64;
+    drop(sequencer);
+    Ok(summarize(writers, latencies, elapsed, checkpoints, None))
+}
+
+type Writer = tokio::task::JoinHandle<anyhow::Result<Vec<Duration>>>;
+
+/// Waits for every writer; returns all latencies, sorted, and the wall time.
+async fn collect(tasks: Vec<Writer>) -> anyhow::Result<(Vec<Duration>, Duration)> {
     let started = Instant::now();
     let mut latencies = Vec::new();
     for task in tasks {
@@ -155,18 +165,26 @@ async fn appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Result<App
     }
     let elapsed = started.elapsed();
     latencies.sort();
+    Ok((latencies, elapsed))
+}
+
+fn summarize(
+    writers: usize,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+    checkpoints: u64,
+    daemon_peak_rss: Option<u64>,
+) -> AppendResult {
     let appends = latencies.len() as u64;
-    let checkpoints = backend.checkpoints(1, usize::MAX)?.len() as u64;
-    drop(sequencer);
-    Ok(AppendResult {
+    AppendResult {
         writers,
         appends,
         appends_per_second: appends as f64 / elapsed.as_secs_f64(),
         median_ms: percentile(&latencies, 0.5).as_secs_f64() * 1e3,
         p99_ms: percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         mean_batch: appends as f64 / checkpoints.max(1) as f64,
-        daemon_peak_rss_mib: None,
-    })
+        daemon_peak_rss_mib: daemon_peak_rss.map(|b| b as f64 / (1 << 20) as f64),
+    }
 }
 
 const BENCH_TOKEN: &str = "bench-append-token";
@@ -215,13 +233,7 @@ async fn grpc_appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Resul
             anyhow::Ok(latencies)
         }));
     }
-    let started = Instant::now();
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
-    let elapsed = started.elapsed();
-    latencies.sort();
+    let (latencies, elapsed) = collect(tasks).await?;
     let mut checkpoints = 0u64;
     let mut stream = client
         .clone()
@@ -232,16 +244,13 @@ async fn grpc_appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Resul
         item?;
         checkpoints += 1;
     }
-    let appends = latencies.len() as u64;
-    Ok(AppendResult {
+    Ok(summarize(
         writers,
-        appends,
-        appends_per_second: appends as f64 / elapsed.as_secs_f64(),
-        median_ms: percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-        p99_ms: percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        mean_batch: appends as f64 / checkpoints.max(1) as f64,
-        daemon_peak_rss_mib: Some(daemon.peak_rss()? as f64 / (1 << 20) as f64),
-    })
+        latencies,
+        elapsed,
+        checkpoints,
+        Some(daemon.peak_rss()?),
+    ))
 }
 
 /// Runs the benchmark.

@@ -491,14 +491,7 @@ fn verify_receipt(file: &Path, key: &str, json: bool) -> anyhow::Result<ExitCode
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(err) => {
-            if json {
-                println!("{}", json!({"ok": false, "error": err.to_string()}));
-            } else {
-                eprintln!("receipt does NOT verify: {err}");
-            }
-            Ok(ExitCode::FAILURE)
-        }
+        Err(err) => Ok(failure(json, "receipt does NOT verify", err)),
     }
 }
 
@@ -575,15 +568,19 @@ async fn consistency(
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(reason) => {
-            if json {
-                println!("{}", json!({"ok": false, "error": reason}));
-            } else {
-                eprintln!("NOT consistent: {reason}");
-            }
-            Ok(ExitCode::FAILURE)
-        }
+        Err(reason) => Ok(failure(json, "NOT consistent", reason)),
     }
+}
+
+/// Reports a failed offline check: `{"ok": false, "error": …}` on standard output with --json,
+/// otherwise `HEADLINE: reason` on standard error. The exit code is 1 either way.
+fn failure(json: bool, headline: &str, reason: impl std::fmt::Display) -> ExitCode {
+    if json {
+        println!("{}", json!({"ok": false, "error": reason.to_string()}));
+    } else {
+        eprintln!("{headline}: {reason}");
+    }
+    ExitCode::FAILURE
 }
 
 fn counter(len: u64, what: &str) -> ProgressBar {
@@ -903,14 +900,7 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(err) => {
-            if args.json {
-                println!("{}", json!({"ok": false, "error": err.to_string()}));
-            } else {
-                eprintln!("audit FAILED: {err}");
-            }
-            Ok(ExitCode::FAILURE)
-        }
+        Err(err) => Ok(failure(args.json, "audit FAILED", err)),
     }
 }
 

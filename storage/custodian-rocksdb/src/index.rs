@@ -20,6 +20,27 @@ const CF_META: &str = "meta";
 const CF_BLAKE3: &str = "blake3";
 const CF_PENDING: &str = "pending";
 
+/// Database options shared by Custodian's RocksDB databases (blob index and ledger).
+pub(crate) fn db_options() -> Options {
+    let mut db_opts = Options::default();
+    db_opts.create_if_missing(true);
+    db_opts.create_missing_column_families(true);
+    // The daemon must stay small (a 100 MiB RSS budget); RocksDB's own defaults assume a
+    // dedicated server.
+    db_opts.set_max_open_files(256);
+    db_opts.set_max_total_wal_size(64 << 20);
+    db_opts.set_keep_log_file_num(3);
+    db_opts.set_max_background_jobs(2);
+    db_opts
+}
+
+/// A column family with a memtable of `write_buffer` bytes.
+pub(crate) fn cf_descriptor(name: &str, write_buffer: usize) -> ColumnFamilyDescriptor {
+    let mut o = Options::default();
+    o.set_write_buffer_size(write_buffer);
+    ColumnFamilyDescriptor::new(name, o)
+}
+
 /// A committed blob as the index records it.
 #[derive(Clone, Debug)]
 pub struct IndexEntry {
@@ -48,21 +69,12 @@ impl RocksIndex {
         backend: &'static str,
         extra: Vec<ColumnFamilyDescriptor>,
     ) -> Result<Self> {
-        let mut db_opts = Options::default();
-        db_opts.create_if_missing(true);
-        db_opts.create_missing_column_families(true);
-        // The daemon must stay small (a 100 MiB RSS budget); RocksDB's own defaults assume a
-        // dedicated server.
-        db_opts.set_max_open_files(256);
-        db_opts.set_max_total_wal_size(64 << 20);
-        db_opts.set_keep_log_file_num(3);
-        db_opts.set_max_background_jobs(2);
-        let small = |name: &str| {
-            let mut o = Options::default();
-            o.set_write_buffer_size(4 << 20);
-            ColumnFamilyDescriptor::new(name, o)
-        };
-        let mut cfs = vec![small(CF_META), small(CF_BLAKE3), small(CF_PENDING)];
+        let db_opts = db_options();
+        let mut cfs = vec![
+            cf_descriptor(CF_META, 4 << 20),
+            cf_descriptor(CF_BLAKE3, 4 << 20),
+            cf_descriptor(CF_PENDING, 4 << 20),
+        ];
         cfs.extend(extra);
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)
             .map_err(|e| StorageError::backend(backend, format!("open {}: {e}", path.display())))?;

@@ -18,9 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use custodian_core::merkle::{Hash, stored_hash_count};
 use custodian_storage::ledger::{LedgerBackend, LedgerBatch, LedgerError, LedgerResult};
-use rocksdb::{
-    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
-};
+use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
 
 /// The column family of entries.
 pub const CF_ENTRIES: &str = "entries";
@@ -48,18 +46,8 @@ pub struct RocksLedger {
 impl RocksLedger {
     /// Opens (creating if needed) the ledger database at `path`.
     pub fn open(path: &Path) -> LedgerResult<Self> {
-        let mut db_opts = Options::default();
-        db_opts.create_if_missing(true);
-        db_opts.create_missing_column_families(true);
-        db_opts.set_max_open_files(256);
-        db_opts.set_max_total_wal_size(64 << 20);
-        db_opts.set_keep_log_file_num(3);
-        db_opts.set_max_background_jobs(2);
-        let cf = |name: &str, buffer: usize| {
-            let mut o = Options::default();
-            o.set_write_buffer_size(buffer);
-            ColumnFamilyDescriptor::new(name, o)
-        };
+        let mut db_opts = crate::index::db_options();
+        let cf = crate::index::cf_descriptor;
         // Small memtables and a cap on their total: the daemon's memory budget is shared with
         // the blob store, and ledger records are small (a 1,000,000-entry log is ~400 MB on disk).
         db_opts.set_db_write_buffer_size(24 << 20);
