@@ -319,7 +319,7 @@ async fn export_audits_offline_and_a_changed_stored_byte_is_named() {
     let out = audit(&clean);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("audit passed: 200 entries"),
+        stdout(&out).contains("audit passed: 200 entries,"),
         "{}",
         stdout(&out)
     );

@@ -583,6 +583,11 @@ fn failure(json: bool, headline: &str, reason: impl std::fmt::Display) -> ExitCo
     ExitCode::FAILURE
 }
 
+/// "1 entry", "2 entries".
+fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn counter(len: u64, what: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
@@ -889,8 +894,11 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
                 println!("{view}");
             } else {
                 println!(
-                    "audit passed: {} entries, {} checkpoints, {} tree hashes of log {} agree",
-                    report.entries, report.checkpoints, report.tree_hashes, report.origin
+                    "audit passed: {}, {} and {} of log {} agree",
+                    counted(report.entries, "entry", "entries"),
+                    counted(report.checkpoints, "checkpoint", "checkpoints"),
+                    counted(report.tree_hashes, "tree hash", "tree hashes"),
+                    report.origin
                 );
                 println!("  root {}", report.root);
                 println!(
