@@ -172,40 +172,39 @@ async fn connect(server: &ServerArg) -> anyhow::Result<LedgerClient<Channel>> {
 pub async fn run(command: LogCommand) -> anyhow::Result<ExitCode> {
     match command {
         LogCommand::Key {
-            data_dir: Some(dir),
+            data_dir,
             json,
-            ..
+            server,
         } => {
-            let path = dir.join(custodian_server::KEY_FILE);
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading the log key {}", path.display()))?;
-            let verifier = custodian_core::note::SignerKey::parse(&text)
-                .with_context(|| format!("{} is not a log key", path.display()))?
-                .verifier();
+            // (origin, verifier key, size when a daemon was asked)
+            let (origin, key, size) = match data_dir {
+                Some(dir) => {
+                    let path = dir.join(custodian_server::KEY_FILE);
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading the log key {}", path.display()))?;
+                    let verifier = custodian_core::note::SignerKey::parse(&text)
+                        .with_context(|| format!("{} is not a log key", path.display()))?
+                        .verifier();
+                    (verifier.name().to_string(), verifier.to_string(), None)
+                }
+                None => {
+                    let info = connect(&server)
+                        .await?
+                        .get_log_info(pb::GetLogInfoRequest {})
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    (info.origin, info.verifier_key, Some(info.size))
+                }
+            };
             if json {
-                println!(
-                    "{}",
-                    json!({"origin": verifier.name(), "verifier_key": verifier.to_string()})
-                );
+                let mut view = json!({"origin": origin, "verifier_key": key});
+                if let Some(size) = size {
+                    view["size"] = json!(size);
+                }
+                println!("{view}");
             } else {
-                println!("{verifier}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        LogCommand::Key { json, server, .. } => {
-            let info = connect(&server)
-                .await?
-                .get_log_info(pb::GetLogInfoRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            if json {
-                println!(
-                    "{}",
-                    json!({"origin": info.origin, "verifier_key": info.verifier_key, "size": info.size})
-                );
-            } else {
-                println!("{}", info.verifier_key);
+                println!("{key}");
             }
             Ok(ExitCode::SUCCESS)
         }
