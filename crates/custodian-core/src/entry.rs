@@ -61,6 +61,8 @@ pub enum EntryKind {
     RunAttested,
     /// A Behavior Package version was published.
     PackagePublished,
+    /// A package version was yanked: still fetchable, flagged as not to be used.
+    VersionYanked,
     /// A data pack was registered for a package version.
     DataPackRegistered,
     /// A scan of a package or data pack was recorded.
@@ -79,6 +81,7 @@ impl EntryKind {
         match self {
             EntryKind::RunAttested => "RunAttested",
             EntryKind::PackagePublished => "PackagePublished",
+            EntryKind::VersionYanked => "VersionYanked",
             EntryKind::DataPackRegistered => "DataPackRegistered",
             EntryKind::ScanRecorded => "ScanRecorded",
             EntryKind::BadgeIssued => "BadgeIssued",
@@ -103,6 +106,7 @@ impl EntryKind {
         Ok(match name {
             "RunAttested" => EntryKind::RunAttested,
             "PackagePublished" => EntryKind::PackagePublished,
+            "VersionYanked" => EntryKind::VersionYanked,
             "DataPackRegistered" => EntryKind::DataPackRegistered,
             "ScanRecorded" => EntryKind::ScanRecorded,
             "BadgeIssued" => EntryKind::BadgeIssued,

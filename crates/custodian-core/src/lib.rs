@@ -5,11 +5,17 @@
 
 pub mod audit;
 pub mod checkpoint;
+pub mod datapack;
 pub mod digest;
+pub mod dsse;
 pub mod entry;
+pub mod manifest;
 pub mod merkle;
 pub mod note;
+pub mod package;
+pub mod promptpack;
 pub mod receipt;
+pub mod registry;
 
 pub use digest::{
     Algorithm, BlobDigests, BlobHasher, DIGEST_LEN, Digest, DigestError, StreamHasher,

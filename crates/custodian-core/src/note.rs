@@ -160,6 +160,11 @@ impl VerifierKey {
         self.id
     }
 
+    /// The key's short handle, `name+hexid`: what DSSE envelopes carry as `keyid`.
+    pub fn handle(&self) -> String {
+        format!("{}+{:08x}", self.name, self.id)
+    }
+
     /// Checks an Ed25519 signature over `message`. Strict verification: it also rejects
     /// non-canonical signatures and small-order keys, which no honest signer produces.
     pub fn verify_signature(&self, message: &[u8], signature: &[u8]) -> bool {
@@ -261,6 +266,11 @@ impl SignerKey {
     /// The key name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Signs arbitrary bytes (for DSSE envelopes) and returns the 64-byte Ed25519 signature.
+    pub fn sign_bytes(&self, message: &[u8]) -> [u8; 64] {
+        self.key.sign(message).to_bytes()
     }
 
     /// Signs `text` and returns the complete signed note: the text, a blank line and one

@@ -1,0 +1,185 @@
+//! The payloads of the registry's ledger entries: `PackagePublished`, `VersionYanked` and
+//! `DataPackRegistered`. They are CBOR maps with text keys (see docs/formats.md); an auditor
+//! decodes them with these types to replay the registry's history from the log alone.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::datapack::Provenance;
+use crate::entry::{EntryError, Value};
+
+/// Why a payload does not decode as the expected event.
+#[derive(Debug, thiserror::Error)]
+#[error("the {kind} payload is malformed: {reason}")]
+pub struct EventError {
+    /// The entry kind.
+    pub kind: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// A package version was published.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackagePublished {
+    /// The package name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The manifest's `type`.
+    #[serde(rename = "type")]
+    pub package_type: String,
+    /// The manifest's digest, `sha256:<hex>`: what attestations name as their subject.
+    pub manifest: String,
+    /// The package root, `sha256:<hex>` (see `package`).
+    pub root: String,
+    /// How many files.
+    pub files: u64,
+    /// Their total size in bytes.
+    pub size: u64,
+    /// The publisher's verifier key (`name+hexid+base64`), pinned for the package name.
+    pub publisher_key: String,
+    /// The signed DSSE envelope, as JSON text.
+    pub envelope: String,
+    /// True if the version is readable only with a read grant.
+    pub private: bool,
+}
+
+/// A package version was yanked. It stays fetchable; installers warn.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionYanked {
+    /// The package name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// Why.
+    pub reason: String,
+    /// True if the version is private.
+    pub private: bool,
+}
+
+/// A data pack, hosted or external, as registered for one package version.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataPack {
+    /// `hosted` or `external`.
+    pub mode: String,
+    /// The data's license.
+    pub license: String,
+    /// The data artifact's logical version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_version: Option<String>,
+    /// Hosted: the bytes' sha256 digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Hosted: the bytes' blake3 digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    /// Hosted: the size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Hosted: the uploaded file's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// Hosted: provenance JSON, as text (kept byte for byte).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance_json: Option<String>,
+    /// Hosted: the eval set built from the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_set_uri: Option<String>,
+    /// Hosted: `inherit`, `public` or `private`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<String>,
+    /// Hosted: the malware scan status when registered (`pending` until a scanner reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan_status: Option<String>,
+    /// External: `s3`, `r2`, `gcs`, `github`, `url` or `private_api`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_type: Option<String>,
+    /// External: where the data is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// External: the expected digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    /// External: the checksum algorithm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_algorithm: Option<String>,
+    /// External: how consumers get access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_policy: Option<String>,
+    /// External: schema, citations, eval set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
+}
+
+/// A data pack was registered for a package version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataPackRegistered {
+    /// The package name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// True if the pack's bytes or record are readable only with a read grant.
+    pub private: bool,
+    /// The pack.
+    pub pack: DataPack,
+}
+
+/// Encodes an event as a CBOR payload value.
+pub fn to_payload<T: Serialize>(kind: &'static str, event: &T) -> Result<Value, EventError> {
+    Value::serialized(event).map_err(|e| EventError {
+        kind,
+        reason: e.to_string(),
+    })
+}
+
+/// Decodes an event from a CBOR payload value.
+pub fn from_payload<T: DeserializeOwned>(
+    kind: &'static str,
+    payload: &Value,
+) -> Result<T, EventError> {
+    payload.deserialized().map_err(|e| EventError {
+        kind,
+        reason: e.to_string(),
+    })
+}
+
+impl From<EventError> for EntryError {
+    fn from(err: EventError) -> Self {
+        EntryError::Field {
+            field: "payload",
+            reason: err.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::{Entry, EntryKind};
+    use crate::merkle::Hash;
+
+    #[test]
+    fn events_round_trip_through_deterministic_entries() {
+        let event = DataPackRegistered {
+            name: "pacman-builder".into(),
+            version: "0.2.1".into(),
+            private: false,
+            pack: DataPack {
+                mode: "hosted".into(),
+                license: "CC-BY-4.0".into(),
+                sha256: Some(format!("sha256:{}", "ab".repeat(32))),
+                size: Some(12),
+                provenance_json: Some("{\"score\": 0.5}".into()),
+                ..Default::default()
+            },
+        };
+        let payload = to_payload("DataPackRegistered", &event).expect("encodes");
+        let entry = Entry::new(EntryKind::DataPackRegistered, Hash::ZERO, 1, payload)
+            .expect("deterministic, no floats");
+        let decoded = Entry::decode(&entry.encode()).expect("decodes");
+        let back: DataPackRegistered =
+            from_payload("DataPackRegistered", &decoded.payload).expect("event");
+        assert_eq!(back, event);
+        assert!(from_payload::<PackagePublished>("PackagePublished", &decoded.payload).is_err());
+    }
+}
