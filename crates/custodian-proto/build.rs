@@ -9,6 +9,7 @@ use prost::Message as _;
 const FILES: &[&str] = &[
     "custodian/cas/v1/cas.proto",
     "custodian/ledger/v1/ledger.proto",
+    "custodian/registry/v1/registry.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -145,6 +145,7 @@ fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
             let put_output = run_checked(
                 Command::new(&exe)
                     .args(["blob", "put", "--json", "--server", &daemon.address])
+                    .args(["--token", &daemon.token])
                     .arg(&input),
             )?;
             let put = start.elapsed();
@@ -158,7 +159,8 @@ fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
             settle_disk();
             let get = run_timed(
                 Command::new(&exe)
-                    .args(["blob", "get", &digest, "--server", &daemon.address, "-o"])
+                    .args(["blob", "get", &digest, "--server", &daemon.address])
+                    .args(["--token", &daemon.token, "-o"])
                     .arg(&output),
             )?;
             let _ = std::fs::remove_file(&output);
@@ -169,6 +171,8 @@ fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
                 &digest,
                 "--server",
                 &daemon.address,
+                "--token",
+                &daemon.token,
                 "-o",
                 "-",
             ]))?;
@@ -327,6 +331,8 @@ pub struct BenchDaemon {
     child: Child,
     /// Its gRPC address.
     pub address: String,
+    /// An admin token for it.
+    pub token: String,
 }
 
 impl BenchDaemon {
@@ -337,6 +343,13 @@ impl BenchDaemon {
         storage: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        let (_, token) = custodian_server::auth::create_token(
+            data_dir,
+            "bench",
+            vec![custodian_server::auth::Scope::Admin],
+            vec!["*".into()],
+        )
+        .context("creating the benchmark's admin token")?;
         let mut child = Command::new(exe)
             .args([
                 "serve",
@@ -362,6 +375,7 @@ impl BenchDaemon {
             .with_context(|| format!("unexpected daemon output {line:?}"))?;
         Ok(BenchDaemon {
             address: format!("http://{address}"),
+            token,
             child,
         })
     }

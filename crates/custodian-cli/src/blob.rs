@@ -24,13 +24,42 @@ use crate::DEFAULT_SERVER;
 /// Bytes read from a file per Put message.
 const PUT_CHUNK: usize = 1 << 20;
 
-/// Where the daemon is.
+/// Where the daemon is, and who is asking.
 #[derive(Args, Clone)]
 pub struct ServerArg {
-    /// The daemon's gRPC address
+    /// The daemon's gRPC address (https://… when it serves TLS)
     #[arg(long, env = "CUSTODIAN_SERVER", default_value = DEFAULT_SERVER, global = true)]
     pub server: String,
+    /// API token (from `custodian token create`), sent as authorization: Bearer
+    #[arg(long, env = "CUSTODIAN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// PEM CA certificate to trust for an https:// server
+    #[arg(long, env = "CUSTODIAN_CA_CERT", value_name = "FILE", global = true)]
+    pub ca_cert: Option<PathBuf>,
 }
+
+/// Adds the caller's token to every request that does not carry its own authorization.
+#[derive(Clone)]
+pub struct BearerAuth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0
+            && !request.metadata().contains_key("authorization")
+        {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A connection to the daemon that authenticates as the caller.
+pub type Conn = tonic::service::interceptor::InterceptedService<Channel, BearerAuth>;
 
 /// Blob commands.
 #[derive(Subcommand)]
@@ -96,16 +125,52 @@ pub struct DigestQuery {
     server: ServerArg,
 }
 
-async fn connect(server: &ServerArg) -> anyhow::Result<ContentStoreClient<Channel>> {
+/// A content store client.
+pub async fn connect(server: &ServerArg) -> anyhow::Result<ContentStoreClient<Conn>> {
     Ok(ContentStoreClient::new(channel(server).await?)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20))
 }
 
-/// Connects to the daemon, with windows and frames sized for bulk transfers.
-pub async fn channel(server: &ServerArg) -> anyhow::Result<Channel> {
-    Channel::from_shared(server.server.clone())
-        .with_context(|| format!("invalid --server address {:?}", server.server))?
+/// Connects to the daemon, with windows and frames sized for bulk transfers, authenticating
+/// with --token when given.
+pub async fn channel(server: &ServerArg) -> anyhow::Result<Conn> {
+    let auth = match &server.token {
+        Some(token) => Some(
+            format!("Bearer {token}")
+                .parse()
+                .context("--token contains characters not allowed in gRPC metadata")?,
+        ),
+        None => None,
+    };
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        raw_channel(server).await?,
+        BearerAuth(auth),
+    ))
+}
+
+/// Connects without attaching a token.
+pub async fn raw_channel(server: &ServerArg) -> anyhow::Result<Channel> {
+    let mut endpoint = Channel::from_shared(server.server.clone())
+        .with_context(|| format!("invalid --server address {:?}", server.server))?;
+    if server.server.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        match &server.ca_cert {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("reading --ca-cert {}", path.display()))?;
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            }
+            None => bail!(
+                "{} is https: give the CA certificate to trust with --ca-cert (CUSTODIAN_CA_CERT)",
+                server.server
+            ),
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .context("configuring TLS for the daemon connection")?;
+    }
+    endpoint
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
         // Large frames from the daemon mean fewer frames and system calls per blob.
@@ -148,7 +213,8 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-fn progress(len: u64, label: String) -> ProgressBar {
+/// A progress bar for a transfer of `len` bytes (hidden when stderr is not a terminal).
+pub fn progress(len: u64, label: String) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -263,8 +329,9 @@ async fn put(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn put_file(
-    client: &mut ContentStoreClient<Channel>,
+/// Uploads one file, with a progress bar on a terminal.
+pub async fn put_file(
+    client: &mut ContentStoreClient<Conn>,
     path: &Path,
     expect: Option<Digest>,
 ) -> anyhow::Result<pb::PutResponse> {

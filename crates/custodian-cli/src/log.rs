@@ -20,9 +20,8 @@ use custodian_proto::ledger::v1::ledger_client::LedgerClient;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use tonic::transport::Channel;
 
-use crate::blob::{ServerArg, channel, status_error};
+use crate::blob::{Conn, ServerArg, channel, status_error};
 
 /// Ledger commands.
 #[derive(Subcommand)]
@@ -77,8 +76,12 @@ with -o)."
         /// Write the receipt to this file instead of standard output
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
-        /// The daemon's append token
-        #[arg(long, env = "CUSTODIAN_APPEND_TOKEN", hide_env_values = true)]
+        /// The daemon's append token (or use an admin --token)
+        #[arg(
+            long = "append-token",
+            env = "CUSTODIAN_APPEND_TOKEN",
+            hide_env_values = true
+        )]
         token: Option<String>,
         #[command(flatten)]
         server: ServerArg,
@@ -162,7 +165,7 @@ pub struct AuditArgs {
     json: bool,
 }
 
-async fn connect(server: &ServerArg) -> anyhow::Result<LedgerClient<Channel>> {
+async fn connect(server: &ServerArg) -> anyhow::Result<LedgerClient<Conn>> {
     Ok(LedgerClient::new(channel(server).await?)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20))

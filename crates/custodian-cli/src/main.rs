@@ -4,7 +4,10 @@ mod bench;
 mod bench_ledger;
 mod blob;
 mod log;
+mod pack;
+mod publish;
 mod serve;
+mod token;
 
 use clap::{Parser, Subcommand};
 
@@ -18,9 +21,13 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7311";
     about = "Custody and provenance for LLM Behavior Packages",
     long_about = "Custodian keeps custody of blobs (package files, data packs) by digest, verified \
 on write and never served corrupted.\n\n\
-Run the daemon with `custodian serve`. `blob` and `log` commands are clients of a running \
-daemon (see --server), except `log verify-receipt` and `audit`, which work offline from a file \
-and the log's verifier key.\n\n\
+Run the daemon with `custodian serve`. `blob`, `log`, `publish`, `install`, `versions`, `show` \
+and `yank` are clients of a running daemon (see --server, --token), except `log verify-receipt`, \
+`audit`, `pack` and `key`, which work offline.\n\n\
+Behavior Packages are folders with a manifest.yaml. `pack build` hashes, checks and signs one \
+(DSSE, Ed25519), `publish` records it in the registry and the ledger, `install` fetches and \
+verifies it. Writes need an API token (`token create`, on the daemon's host); public content \
+is readable without one, private content only with a read grant.\n\n\
 Digests are written sha256:<64 hex> (the canonical address) or blake3:<64 hex>; every blob \
 can be fetched by either.\n\n\
 Provenance events go into an append-only RFC 6962 Merkle log with signed C2SP checkpoints. \
@@ -28,6 +35,11 @@ Auditors verify receipts (`custodian log verify-receipt`) and whole exports (`cu
 offline, with nothing but the log's verifier key.",
     after_help = "Examples:\n  \
 custodian serve                                   # embedded RocksDB in ./.custodian\n  \
+export CUSTODIAN_TOKEN=$(custodian token create --name me --scope admin --namespace '*' --secret-only)\n  \
+custodian key generate acme-release               # acme-release.key + acme-release.pub\n  \
+custodian publish examples/pacman-builder --key acme-release.key\n  \
+custodian install pacman-builder@0.2.1 -o ./pacman\n  \
+custodian pack verify ./pacman --key acme-release.pub   # offline\n  \
 custodian blob put dataset.parquet prompts.yaml   # prints each file's digests\n  \
 custodian blob get sha256:9f86d0... -o dataset.parquet\n  \
 custodian blob missing sha256:9f86d0... blake3:4878ca...\n  \
@@ -65,6 +77,31 @@ consistent with all before it), checks the prev hash chain and that integration 
 back. Exits 1 naming the first index where anything diverges."
     )]
     Audit(log::AuditArgs),
+    /// Generate publisher keys
+    #[command(subcommand)]
+    Key(pack::KeyCommand),
+    /// Build (hash, check, sign) and verify Behavior Package folders, offline
+    #[command(subcommand)]
+    Pack(pack::PackCommand),
+    /// Publish a package folder: upload the files the daemon lacks, record the signed version
+    #[command(
+        long_about = "Publish a Behavior Package version. With --key the folder is built and signed first (as `pack build`); otherwise it must already be built and unchanged since. Only files the daemon does not hold are uploaded. The daemon checks the signature, every file's digest and size, the manifest and PromptPack resources, and records a PackagePublished entry in the ledger; the receipt proves it. Versions are immutable: publishing the same content again is a no-op, other content under the same version is refused. Needs a token with the publish scope for the package name (--token or CUSTODIAN_TOKEN)."
+    )]
+    Publish(publish::PublishArgs),
+    /// Install NAME@VERSION into a folder, verifying the signature and every file
+    #[command(
+        long_about = "Fetch a published version into a folder. The signature is checked with the publisher key the registry pinned (and with --key if given), every file against its signed sha256 before it appears, and the signed root against the registry's record. A yanked version installs with a warning; the badge state is shown. `custodian pack verify DIR --key DIR/.custodian/publisher.pub` re-checks the folder later, offline."
+    )]
+    Install(publish::InstallArgs),
+    /// List a package's versions
+    Versions(publish::VersionsArgs),
+    /// Show one version: record, files, data pack
+    Show(publish::ShowArgs),
+    /// Yank a version (recorded in the ledger; it stays fetchable and is flagged)
+    Yank(publish::YankArgs),
+    /// Create, list and revoke API tokens (run on the daemon's host)
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Measure Custodian against this machine's own limits
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -88,6 +125,16 @@ fn main() -> std::process::ExitCode {
             Command::Blob(command) => blob::run(command).await,
             Command::Log(command) => log::run(command).await,
             Command::Audit(args) => tokio::task::spawn_blocking(move || log::audit(args)).await?,
+            Command::Key(command) => pack::run_key(command),
+            Command::Pack(command) => {
+                tokio::task::spawn_blocking(move || pack::run(command)).await?
+            }
+            Command::Publish(args) => publish::publish(args).await,
+            Command::Install(args) => publish::install(args).await,
+            Command::Versions(args) => publish::versions(args).await,
+            Command::Show(args) => publish::show(args).await,
+            Command::Yank(args) => publish::yank(args).await,
+            Command::Token(command) => token::run(command),
             Command::Bench(command) => {
                 tokio::task::spawn_blocking(move || bench::run(command)).await?
             }

@@ -13,11 +13,17 @@ use tracing_subscriber::EnvFilter;
 /// The long help of `custodian serve`.
 pub const LONG_ABOUT: &str = "Run the Custodian daemon.\n\n\
 It serves the gRPC content store (custodian.cas.v1.ContentStore), the provenance ledger \
-(custodian.ledger.v1.Ledger), gRPC health (grpc.health.v1) and server reflection, so `grpcurl -plaintext 127.0.0.1:7311 list` works.\n\n\
+(custodian.ledger.v1.Ledger), the package registry (custodian.registry.v1.Registry), gRPC health \
+(grpc.health.v1) and server reflection, so `grpcurl -plaintext 127.0.0.1:7311 list` works; and \
+the registry's REST API on --rest-listen (GET /openapi.yaml describes it).\n\n\
+Access: API tokens from `custodian token create` (stored as hashes in DATA_DIR/tokens.json, \
+reloaded when it changes) carry scopes (read, publish, attest, admin) over package-name \
+namespaces. Without a token a client may read public content only; writes need a token. \
+With --tls-cert and --tls-key both ports serve TLS.\n\n\
 Storage is the embedded RocksDB under --data-dir unless --storage names an object store URL. \
 The ledger lives in DATA_DIR/ledger; its Ed25519 signing key is generated on first start \
 into DATA_DIR/log-key (mode 0600) — back it up, and publish the verifier key that \
-`custodian log key` prints. Once listening it prints `custodian listening on ADDRESS` on standard output. SIGTERM or \
+`custodian log key` prints. Once listening it prints `custodian listening on ADDRESS` and `custodian rest listening on ADDRESS` on standard output. SIGTERM or \
 Ctrl-C stops it: new requests are refused, in-flight ones get --shutdown-grace to finish, and \
 unfinished uploads are discarded (also after a crash, at the next start).";
 
@@ -27,6 +33,28 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port
     #[arg(long, env = "CUSTODIAN_LISTEN", default_value = "127.0.0.1:7311")]
     listen: SocketAddr,
+
+    /// Address of the REST API (seed endpoints under /wrappers); port 0 picks a free port
+    #[arg(long, env = "CUSTODIAN_REST_LISTEN", default_value = "127.0.0.1:7312")]
+    rest_listen: SocketAddr,
+
+    /// PEM certificate chain: serve TLS on both ports (with --tls-key)
+    #[arg(
+        long,
+        env = "CUSTODIAN_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert
+    #[arg(
+        long,
+        env = "CUSTODIAN_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
 
     /// Directory for the daemon's state (embedded store, object-store index)
     #[arg(long, env = "CUSTODIAN_DATA_DIR", default_value = ".custodian")]
@@ -121,6 +149,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             window: args.ledger_batch_window,
             ..Default::default()
         },
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(custodian_server::TlsFiles { cert, key }),
+            _ => None,
+        },
     };
     let store = custodian_server::open_store(&config)
         .await
@@ -139,9 +171,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr().context("reading the bound address")?;
-    tracing::info!(%address, storage = %args.storage, backend = store.backend_name(), data_dir = %args.data_dir.display(), "custodian listening");
-    println!("custodian listening on {address}");
-    custodian_server::serve(config, store, ledger, listener, shutdown_signal()).await?;
+    let rest_listener = tokio::net::TcpListener::bind(args.rest_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for REST", args.rest_listen))?;
+    let rest_address = rest_listener
+        .local_addr()
+        .context("reading the bound REST address")?;
+    let tls = if config.tls.is_some() { " (TLS)" } else { "" };
+    tracing::info!(%address, %rest_address, storage = %args.storage, backend = store.backend_name(), data_dir = %args.data_dir.display(), "custodian listening");
+    println!("custodian listening on {address}{tls}");
+    println!("custodian rest listening on {rest_address}{tls}");
+    custodian_server::serve(
+        config,
+        store,
+        ledger,
+        listener,
+        Some(rest_listener),
+        shutdown_signal(),
+    )
+    .await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::datapack::Provenance;
-use crate::entry::{EntryError, Value};
+use crate::entry::{Entry, EntryError, Value};
 
 /// Why a payload does not decode as the expected event.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +143,25 @@ pub fn from_payload<T: DeserializeOwned>(
     })
 }
 
+/// The package an entry concerns, if the entry says that it is about private content (its
+/// payload is a map with `private: true` and a `name`). Readers without a grant for that name
+/// must not see the entry.
+pub fn private_package(entry: &Entry) -> Option<String> {
+    let Value::Map(pairs) = &entry.payload else {
+        return None;
+    };
+    let field = |key: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k.as_text() == Some(key))
+            .map(|(_, v)| v)
+    };
+    match (field("private"), field("name")) {
+        (Some(Value::Bool(true)), Some(Value::Text(name))) => Some(name.clone()),
+        _ => None,
+    }
+}
+
 impl From<EventError> for EntryError {
     fn from(err: EventError) -> Self {
         EntryError::Field {
@@ -155,7 +174,7 @@ impl From<EventError> for EntryError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entry::{Entry, EntryKind};
+    use crate::entry::EntryKind;
     use crate::merkle::Hash;
 
     #[test]
@@ -181,5 +200,19 @@ mod tests {
             from_payload("DataPackRegistered", &decoded.payload).expect("event");
         assert_eq!(back, event);
         assert!(from_payload::<PackagePublished>("PackagePublished", &decoded.payload).is_err());
+        assert_eq!(private_package(&decoded), None);
+
+        let private = DataPackRegistered {
+            private: true,
+            ..event
+        };
+        let entry = Entry::new(
+            EntryKind::DataPackRegistered,
+            Hash::ZERO,
+            1,
+            to_payload("DataPackRegistered", &private).expect("encodes"),
+        )
+        .expect("entry");
+        assert_eq!(private_package(&entry).as_deref(), Some("pacman-builder"));
     }
 }

@@ -18,6 +18,15 @@ pub mod ledger {
     }
 }
 
+/// `custodian.registry.v1`: Behavior Package versions.
+pub mod registry {
+    /// Version 1 of the registry API.
+    #[allow(missing_docs, clippy::all, clippy::pedantic)]
+    pub mod v1 {
+        tonic::include_proto!("custodian.registry.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every proto file, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/custodian_descriptor.bin"));

@@ -9,7 +9,14 @@ use custodian_storage::{BlobMeta, BlobStore, ByteRange, Expectation, StorageErro
 use futures::{Stream, StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use std::sync::Arc;
+
+use custodian_core::{Algorithm, Digest};
+
+use crate::auth::{Authenticator, Principal, Scope};
 use crate::error::{parse_digest, parse_optional_digest, storage_status};
+use crate::registry::Registry;
+use crate::registry_grpc::principal;
 
 /// The largest data payload of one streamed Get message.
 const GET_MESSAGE_BYTES: usize = 1 << 20;
@@ -35,16 +42,75 @@ impl Default for CasLimits {
 }
 
 /// The ContentStore service over a [`BlobStore`].
+///
+/// Writes need a token with the publish scope. Reads answer for a blob only if the caller may
+/// read it (see [`Registry::blob_readable`]); for any other blob every call answers exactly as
+/// for a digest that is not in custody, so a private blob's existence is never revealed.
 pub struct CasService {
     store: BlobStore,
     limits: CasLimits,
+    registry: Arc<Registry>,
+    auth: Arc<Authenticator>,
 }
 
 impl CasService {
-    /// A service over `store` with `limits`.
-    pub fn new(store: BlobStore, limits: CasLimits) -> Self {
-        CasService { store, limits }
+    /// A service over `store` with `limits`, deciding access with `auth` and `registry`.
+    pub fn new(
+        store: BlobStore,
+        limits: CasLimits,
+        registry: Arc<Registry>,
+        auth: Arc<Authenticator>,
+    ) -> Self {
+        CasService {
+            store,
+            limits,
+            registry,
+            auth,
+        }
     }
+
+    fn writer<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let who = principal(&self.auth, request)?;
+        if who.has_scope(Scope::Publish) {
+            return Ok(who);
+        }
+        Err(match who {
+            Principal::Anonymous => Status::unauthenticated(
+                "uploading blobs needs a token with the publish scope: send authorization: Bearer <token>",
+            ),
+            Principal::Token(_) => Status::permission_denied(format!(
+                "{} may not upload blobs: it has no publish scope",
+                who.label()
+            )),
+        })
+    }
+
+    /// True if `who` may read the blob with metadata `meta`.
+    fn readable(&self, who: &Principal, meta: &BlobMeta) -> bool {
+        who.allows_everywhere(Scope::Read) || self.registry.blob_readable(who, &meta.digests.sha256)
+    }
+
+    /// True if `who` may read the blob with this digest, if it exists (stats blake3 digests).
+    async fn digest_readable(&self, who: &Principal, digest: &Digest) -> Result<bool, Status> {
+        if who.allows_everywhere(Scope::Read) {
+            return Ok(true);
+        }
+        if digest.algorithm() == Algorithm::Sha256 {
+            return Ok(self.registry.blob_readable(who, digest));
+        }
+        Ok(
+            match self.store.stat(digest).await.map_err(storage_status)? {
+                Some(meta) => self.readable(who, &meta),
+                None => true,
+            },
+        )
+    }
+}
+
+/// What a caller who may not read a blob is told: exactly what it would be told if the blob
+/// were not in custody.
+fn hidden(digest: &Digest) -> Status {
+    storage_status(StorageError::NotFound { digest: *digest })
 }
 
 /// The wire form of blob metadata.
@@ -90,6 +156,7 @@ impl ContentStore for CasService {
         &self,
         request: Request<Streaming<pb::PutRequest>>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        let who = self.writer(&request)?;
         let mut stream = request.into_inner();
         let header = match stream.message().await?.and_then(|m| m.message) {
             Some(pb::put_request::Message::Header(header)) => header,
@@ -126,9 +193,12 @@ impl ContentStore for CasService {
         }
         let outcome = writer.commit().await.map_err(storage_status)?;
         tracing::debug!(digest = %outcome.meta.sha256(), size = outcome.meta.size, already_present = outcome.already_present, "put");
+        // Whether someone else already stored these bytes is not the uploader's business
+        // unless it may read them.
+        let already_present = outcome.already_present && self.readable(&who, &outcome.meta);
         Ok(Response::new(pb::PutResponse {
             blob: Some(blob_info(&outcome.meta)),
-            already_present: outcome.already_present,
+            already_present,
         }))
     }
 
@@ -138,8 +208,12 @@ impl ContentStore for CasService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<Self::GetStream>, Status> {
+        let who = principal(&self.auth, &request)?;
         let request = request.into_inner();
         let digest = parse_digest("digest", &request.digest)?;
+        if !self.digest_readable(&who, &digest).await? {
+            return Err(hidden(&digest));
+        }
         let range = ByteRange {
             offset: request.offset,
             limit: (request.limit != 0).then_some(request.limit),
@@ -179,10 +253,11 @@ impl ContentStore for CasService {
         &self,
         request: Request<pb::StatRequest>,
     ) -> Result<Response<pb::BlobInfo>, Status> {
+        let who = principal(&self.auth, &request)?;
         let digest = parse_digest("digest", &request.get_ref().digest)?;
         match self.store.stat(&digest).await.map_err(storage_status)? {
-            Some(meta) => Ok(Response::new(blob_info(&meta))),
-            None => Err(storage_status(StorageError::NotFound { digest })),
+            Some(meta) if self.readable(&who, &meta) => Ok(Response::new(blob_info(&meta))),
+            _ => Err(hidden(&digest)),
         }
     }
 
@@ -190,6 +265,7 @@ impl ContentStore for CasService {
         &self,
         request: Request<pb::FindMissingRequest>,
     ) -> Result<Response<pb::FindMissingResponse>, Status> {
+        let who = principal(&self.auth, &request)?;
         let request = request.into_inner();
         let digests = request
             .digests
@@ -202,8 +278,21 @@ impl ContentStore for CasService {
             .find_missing(&digests)
             .await
             .map_err(storage_status)?;
+        let mut absent: std::collections::HashSet<Digest> = missing.into_iter().collect();
+        // Blobs the caller may not read are reported missing, as if they were not in custody.
+        if !who.allows_everywhere(Scope::Read) {
+            for digest in &digests {
+                if !absent.contains(digest) && !self.digest_readable(&who, digest).await? {
+                    absent.insert(*digest);
+                }
+            }
+        }
         Ok(Response::new(pb::FindMissingResponse {
-            missing_digests: missing.iter().map(ToString::to_string).collect(),
+            missing_digests: digests
+                .iter()
+                .filter(|d| absent.contains(d))
+                .map(ToString::to_string)
+                .collect(),
         }))
     }
 
@@ -211,6 +300,8 @@ impl ContentStore for CasService {
         &self,
         request: Request<pb::BatchPutRequest>,
     ) -> Result<Response<pb::BatchPutResponse>, Status> {
+        let who = self.writer(&request)?;
+        let who = &who;
         let items = request.into_inner().items;
         let total: u64 = items.iter().map(|i| i.data.len() as u64).sum();
         if total > self.limits.max_batch_total_size_bytes {
@@ -238,7 +329,7 @@ impl ContentStore for CasService {
             .map(|result| match result {
                 Ok(outcome) => pb::BatchPutResult {
                     blob: Some(blob_info(&outcome.meta)),
-                    already_present: outcome.already_present,
+                    already_present: outcome.already_present && self.readable(who, &outcome.meta),
                     error: None,
                 },
                 Err(status) => pb::BatchPutResult {
@@ -256,6 +347,7 @@ impl ContentStore for CasService {
         &self,
         request: Request<pb::BatchGetRequest>,
     ) -> Result<Response<pb::BatchGetResponse>, Status> {
+        let who = principal(&self.auth, &request)?;
         let mut budget = self.limits.max_batch_total_size_bytes;
         let mut results = Vec::new();
         for (i, text) in request.into_inner().digests.into_iter().enumerate() {
@@ -266,7 +358,8 @@ impl ContentStore for CasService {
                     .stat(&digest)
                     .await
                     .map_err(storage_status)?
-                    .ok_or_else(|| storage_status(StorageError::NotFound { digest }))?;
+                    .filter(|meta| self.readable(&who, meta))
+                    .ok_or_else(|| hidden(&digest))?;
                 if meta.size > budget {
                     return Err(Status::resource_exhausted(format!(
                         "{digest} is {} bytes, more than the {budget} bytes left of max_batch_total_size_bytes; fetch it with Get",

@@ -43,6 +43,15 @@ pub enum ServerError {
     /// gRPC reflection could not be built from the descriptors.
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(String),
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The token file could not be read.
+    #[error("access control: {0}")]
+    Auth(#[from] crate::auth::AuthError),
+    /// The registry could not be rebuilt from the ledger.
+    #[error("registry: {0}")]
+    Registry(#[from] crate::registry::RegistryError),
     /// The gRPC transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),

@@ -12,6 +12,9 @@ use custodian_storage::ledger::{Ledger, LedgerError, SignedCheckpoint};
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Authenticator, Principal, Scope};
+use crate::registry::Registry;
+use crate::registry_grpc::principal;
 use crate::sequencer::Sequencer;
 
 /// Entries, checkpoints or hash chunks per streamed read from storage.
@@ -20,17 +23,35 @@ const STREAM_CHUNK: u64 = 256;
 const HASH_CHUNK: u64 = 8192;
 
 /// The Ledger service.
+///
+/// Checkpoints, proofs and tree hashes are public: they reveal hashes only. Entries about
+/// private packages (their payload says `private: true`) are readable only with a read grant
+/// for the package. Raw appends need the daemon's append token or an admin token, and may not
+/// forge the registry's own kinds.
 pub struct LedgerService {
     sequencer: Sequencer,
     append_token: Option<String>,
+    registry: Arc<Registry>,
+    auth: Arc<Authenticator>,
 }
 
+/// Entry kinds only the registry appends, after its own checks.
+const REGISTRY_KINDS: [&str; 3] = ["PackagePublished", "VersionYanked", "DataPackRegistered"];
+
 impl LedgerService {
-    /// A service appending through `sequencer`; `append_token` enables `Append`.
-    pub fn new(sequencer: Sequencer, append_token: Option<String>) -> Self {
+    /// A service appending through `sequencer`; `append_token` (or an admin token) enables
+    /// `Append`.
+    pub fn new(
+        sequencer: Sequencer,
+        append_token: Option<String>,
+        registry: Arc<Registry>,
+        auth: Arc<Authenticator>,
+    ) -> Self {
         LedgerService {
             sequencer,
             append_token: append_token.filter(|t| !t.is_empty()),
+            registry,
+            auth,
         }
     }
 
@@ -39,26 +60,42 @@ impl LedgerService {
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let Some(token) = &self.append_token else {
-            return Err(Status::permission_denied(
-                "Append is disabled: start the daemon with --append-token (CUSTODIAN_APPEND_TOKEN) to allow it",
-            ));
-        };
         let given = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
-            Some(_) => Err(Status::unauthenticated(
-                "metadata authorization: the bearer token is not the append token",
+        if let (Some(token), Some(given)) = (&self.append_token, given)
+            && constant_time_eq(given.as_bytes(), token.as_bytes())
+        {
+            return Ok(());
+        }
+        match principal(&self.auth, request)? {
+            who if who.allows_everywhere(Scope::Admin) => Ok(()),
+            Principal::Anonymous => Err(Status::unauthenticated(
+                "metadata authorization is required: send \"Bearer <append token or admin token>\"",
             )),
-            None => Err(Status::unauthenticated(
-                "metadata authorization is required: send \"Bearer <append token>\"",
-            )),
+            who => Err(Status::permission_denied(format!(
+                "{} may not append raw entries: that needs the append token or an admin token for *",
+                who.label()
+            ))),
         }
     }
+
+    /// Refuses an entry the caller may not read, naming only its index.
+    fn check_visible(&self, who: &Principal, index: u64, bytes: &[u8]) -> Result<(), Status> {
+        if self.registry.entry_visible(who, bytes) {
+            Ok(())
+        } else {
+            Err(hidden_entry(index))
+        }
+    }
+}
+
+fn hidden_entry(index: u64) -> Status {
+    Status::permission_denied(format!(
+        "entry {index} concerns a private package: reading it needs a token with read on that package's namespace (a full export needs read on *)"
+    ))
 }
 
 /// Compares secrets in time independent of where they differ.
@@ -241,11 +278,13 @@ impl LedgerRpc for LedgerService {
         &self,
         request: Request<pb::GetEntryRequest>,
     ) -> Result<Response<pb::Entry>, Status> {
+        let who = principal(&self.auth, &request)?;
         let index = request.into_inner().index;
         let bytes = self
             .ledger()
             .verified_entry(index)
             .map_err(|e| ledger_status("index", e))?;
+        self.check_visible(&who, index, &bytes)?;
         Ok(Response::new(entry_pb(index, bytes)))
     }
 
@@ -255,6 +294,8 @@ impl LedgerRpc for LedgerService {
         &self,
         request: Request<pb::GetEntriesRequest>,
     ) -> Result<Response<Self::GetEntriesStream>, Status> {
+        let who = principal(&self.auth, &request)?;
+        let registry = self.registry.clone();
         let request = request.into_inner();
         let ledger = self.ledger().clone();
         let size = ledger.latest().size;
@@ -277,11 +318,13 @@ impl LedgerRpc for LedgerService {
             let entries = ledger
                 .entries(at, stop)
                 .map_err(|e| ledger_status("start", e))?;
-            let out = entries
-                .into_iter()
-                .zip(at..)
-                .map(|(bytes, index)| entry_pb(index, bytes))
-                .collect();
+            let mut out = Vec::with_capacity(entries.len());
+            for (bytes, index) in entries.into_iter().zip(at..) {
+                if !registry.entry_visible(&who, &bytes) {
+                    return Err(hidden_entry(index));
+                }
+                out.push(entry_pb(index, bytes));
+            }
             at = stop;
             Ok(out)
         })))
@@ -354,6 +397,7 @@ impl LedgerRpc for LedgerService {
         &self,
         request: Request<pb::GetReceiptRequest>,
     ) -> Result<Response<pb::Receipt>, Status> {
+        let who = principal(&self.auth, &request)?;
         let ledger = self.ledger();
         let (field, index) = match request.into_inner().leaf {
             Some(pb::get_receipt_request::Leaf::Index(index)) => ("index", index),
@@ -370,6 +414,7 @@ impl LedgerRpc for LedgerService {
             }
         };
         let receipt = ledger.receipt(index).map_err(|e| ledger_status(field, e))?;
+        self.check_visible(&who, index, &receipt.entry)?;
         Ok(Response::new(receipt_pb(&receipt)))
     }
 
@@ -414,6 +459,11 @@ impl LedgerRpc for LedgerService {
         let request = request.into_inner();
         let kind = EntryKind::parse(&request.kind)
             .map_err(|e| ledger_status("kind", LedgerError::InvalidEntry(e)))?;
+        if REGISTRY_KINDS.contains(&kind.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "field kind: {kind} entries are appended only by the registry after its checks; use custodian.registry.v1.Registry"
+            )));
+        }
         let payload = parse_cbor(&request.payload_cbor)
             .map_err(|e| ledger_status("payload_cbor", LedgerError::InvalidEntry(e)))?;
         let (appended, checkpoint) = self

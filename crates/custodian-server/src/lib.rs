@@ -1,11 +1,18 @@
-//! Custodian's gRPC server: the content store and ledger services, the append sequencer, health
-//! and reflection, and the serve loop with graceful shutdown. This is the only crate that turns errors into `tonic::Status`.
+//! Custodian's servers: the gRPC content store, ledger and registry services, the append
+//! sequencer, health and reflection, the registry's REST API, access control and TLS, and the
+//! serve loop with graceful shutdown. This is the only crate that turns errors into
+//! `tonic::Status` or HTTP responses.
 
+pub mod auth;
 mod cas;
 mod error;
 mod ledger;
 mod log_key;
+pub mod registry;
+mod registry_grpc;
+pub mod rest;
 mod sequencer;
+mod tls;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -15,6 +22,7 @@ use std::time::Duration;
 use custodian_object::{ObjectBackend, ObjectConfig};
 use custodian_proto::cas::v1::content_store_server::ContentStoreServer;
 use custodian_proto::ledger::v1::ledger_server::LedgerServer;
+use custodian_proto::registry::v1::registry_server::RegistryServer;
 use custodian_rocksdb::{RocksBackend, RocksConfig, RocksLedger};
 use custodian_storage::ledger::Ledger;
 use custodian_storage::{BlobStore, DEFAULT_BLOCK_SIZE};
@@ -25,7 +33,10 @@ pub use cas::{CasLimits, CasService, blob_info};
 pub use error::{ServerError, parse_digest, storage_status};
 pub use ledger::{LedgerService, entry_pb, ledger_status, receipt_pb};
 pub use log_key::{KEY_FILE, load_or_generate};
+pub use registry::{Registry, RegistryError};
+pub use registry_grpc::{RegistryService, data_pack_pb, version_pb};
 pub use sequencer::{Sequencer, SequencerConfig};
+pub use tls::TlsFiles;
 
 /// The storage setting that selects the embedded RocksDB backend.
 pub const EMBEDDED_STORAGE: &str = "rocksdb";
@@ -51,6 +62,8 @@ pub struct ServerConfig {
     pub append_token: Option<String>,
     /// How the ledger batches appends.
     pub sequencer: SequencerConfig,
+    /// TLS for both ports; `None` serves plain text.
+    pub tls: Option<TlsFiles>,
 }
 
 impl ServerConfig {
@@ -66,6 +79,7 @@ impl ServerConfig {
             log_origin: None,
             append_token: None,
             sequencer: SequencerConfig::default(),
+            tls: None,
         }
     }
 }
@@ -122,23 +136,39 @@ pub async fn open_ledger(config: &ServerConfig) -> Result<Arc<Ledger>, ServerErr
     .map_err(|e| ServerError::Task(format!("the ledger open task failed: {e}")))?
 }
 
-/// Serves gRPC on `listener` until `shutdown` completes, then lets in-flight requests finish
-/// for up to the configured grace period. Uploads still running after that are discarded.
+/// Serves gRPC on `listener` and, when given, the REST API on `rest_listener`, until `shutdown`
+/// completes; then lets in-flight requests finish for up to the configured grace period.
+/// Uploads still running after that are discarded.
 pub async fn serve(
     config: ServerConfig,
     store: BlobStore,
     ledger: Arc<Ledger>,
     listener: TcpListener,
+    rest_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let limits = config.limits;
-    let cas = ContentStoreServer::new(CasService::new(store, limits))
-        .max_decoding_message_size(limits.max_message_size_bytes)
-        .max_encoding_message_size(limits.max_message_size_bytes);
-
+    let auth = Arc::new(auth::Authenticator::new(&config.data_dir)?);
     let sequencer = Sequencer::start(ledger, config.sequencer);
-    let ledger_service =
-        LedgerServer::new(LedgerService::new(sequencer, config.append_token.clone()))
+    let registry = Arc::new(Registry::open(store.clone(), sequencer.clone()).await?);
+    let cas = ContentStoreServer::new(CasService::new(
+        store,
+        limits,
+        registry.clone(),
+        auth.clone(),
+    ))
+    .max_decoding_message_size(limits.max_message_size_bytes)
+    .max_encoding_message_size(limits.max_message_size_bytes);
+    let ledger_service = LedgerServer::new(LedgerService::new(
+        sequencer,
+        config.append_token.clone(),
+        registry.clone(),
+        auth.clone(),
+    ))
+    .max_decoding_message_size(limits.max_message_size_bytes)
+    .max_encoding_message_size(limits.max_message_size_bytes);
+    let registry_service =
+        RegistryServer::new(RegistryService::new(registry.clone(), auth.clone()))
             .max_decoding_message_size(limits.max_message_size_bytes)
             .max_encoding_message_size(limits.max_message_size_bytes);
 
@@ -148,6 +178,9 @@ pub async fn serve(
         .await;
     health_reporter
         .set_serving::<LedgerServer<LedgerService>>()
+        .await;
+    health_reporter
+        .set_serving::<RegistryServer<RegistryService>>()
         .await;
     // Both reflection versions: grpcurl asks for v1 first, but older grpcurl releases and other
     // clients (for example Python's grpc_requests) know only v1alpha.
@@ -169,6 +202,37 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     let mut stop_server = stop_rx.clone();
+    let rest = match rest_listener {
+        None => None,
+        Some(rest_listener) => {
+            let app = rest::router(registry.clone(), auth.clone());
+            let mut stop_rest = stop_rx.clone();
+            let stop = async move {
+                let _ = stop_rest.wait_for(|stop| *stop).await;
+            };
+            Some(match &config.tls {
+                Some(tls) => {
+                    let listener = tls::TlsListener::new(rest_listener, tls.rustls_config()?)
+                        .map_err(|e| ServerError::Tls(e.to_string()))?;
+                    tokio::spawn(async move {
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(stop)
+                            .await
+                    })
+                }
+                None => tokio::spawn(async move {
+                    axum::serve(rest_listener, app)
+                        .with_graceful_shutdown(stop)
+                        .await
+                }),
+            })
+        }
+    };
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(tls.grpc_identity()?))?;
+    }
     // The builder's tcp_nodelay applies only to listeners it binds itself, so set it on each
     // accepted connection: without it small replies (ledger appends) wait for delayed ACKs.
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|stream| {
@@ -178,7 +242,7 @@ pub async fn serve(
         }
         Ok::<_, std::io::Error>(stream)
     });
-    let server = tonic::transport::Server::builder()
+    let server = builder
         .tcp_nodelay(true)
         // Large windows let one stream move a big blob at loopback speed.
         .initial_stream_window_size(Some(4 << 20))
@@ -190,6 +254,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(cas)
         .add_service(ledger_service)
+        .add_service(registry_service)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_server.wait_for(|stop| *stop).await;
             tracing::info!("shutting down: no new requests; waiting for in-flight ones");
@@ -203,6 +268,16 @@ pub async fn serve(
         result = server => result?,
         () = deadline => {
             tracing::warn!(?grace, "grace period over; unfinished uploads are discarded");
+        }
+    }
+    if let Some(rest) = rest {
+        // The REST server stops on the same signal; give it what is left of the grace period.
+        match tokio::time::timeout(grace, rest).await {
+            Ok(Ok(Err(err))) => tracing::warn!(%err, "REST server stopped with an error"),
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!("REST requests still running after the grace period were cut off")
+            }
         }
     }
     Ok(())

@@ -1,0 +1,551 @@
+//! `custodian publish | install | versions | show | yank`: the registry's client commands.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use custodian_core::dsse::Envelope;
+use custodian_core::package::{ENVELOPE_FILE, META_DIR, PackageStatement};
+use custodian_core::{Algorithm, Digest, StreamHasher};
+use custodian_proto::cas::v1 as cas;
+use custodian_proto::registry::v1 as pb;
+use custodian_proto::registry::v1::registry_client::RegistryClient;
+use futures::StreamExt as _;
+use serde::Serialize;
+
+use crate::blob::{Conn, ServerArg, channel, connect, put_file, status_error};
+use crate::pack::{PUBLISHER_KEY_FILE, load_signer, load_verifier, print_report, read_envelope};
+
+async fn registry(server: &ServerArg) -> anyhow::Result<RegistryClient<Conn>> {
+    Ok(RegistryClient::new(channel(server).await?)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
+
+/// `NAME@VERSION`, where NAME may itself start with `@scope/`.
+pub fn split_spec(spec: &str) -> anyhow::Result<(String, String)> {
+    match spec.rsplit_once('@') {
+        Some((name, version)) if !name.is_empty() && !version.is_empty() => {
+            Ok((name.to_string(), version.to_string()))
+        }
+        _ => bail!("{spec:?} is not NAME@VERSION (e.g. pacman-builder@0.2.1)"),
+    }
+}
+
+/// Options of `custodian publish`.
+#[derive(Args)]
+pub struct PublishArgs {
+    /// The package folder
+    dir: PathBuf,
+    /// Build and sign with this private key first (otherwise the folder must already be built)
+    #[arg(long, env = "CUSTODIAN_PUBLISHER_KEY", value_name = "KEY_FILE")]
+    key: Option<PathBuf>,
+    /// Readable only with a read grant for the package's namespace
+    #[arg(long)]
+    private: bool,
+    /// Write the ledger receipt of the publication to this file
+    #[arg(long, value_name = "FILE")]
+    receipt: Option<PathBuf>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+/// Options of `custodian install`.
+#[derive(Args)]
+pub struct InstallArgs {
+    /// NAME@VERSION
+    spec: String,
+    /// The folder to install into (created; must be empty)
+    #[arg(short, long, value_name = "DIR")]
+    output: PathBuf,
+    /// Require the package to be signed by this verifier key (file or key text), not only by
+    /// the key the registry pinned
+    #[arg(long, value_name = "VKEY")]
+    key: Option<String>,
+    /// Install even if DIR is not empty
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+/// Options of `custodian versions`.
+#[derive(Args)]
+pub struct VersionsArgs {
+    /// The package name
+    name: String,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+/// Options of `custodian show`.
+#[derive(Args)]
+pub struct ShowArgs {
+    /// NAME@VERSION
+    spec: String,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+/// Options of `custodian yank`.
+#[derive(Args)]
+pub struct YankArgs {
+    /// NAME@VERSION
+    spec: String,
+    /// Why the version must not be used (recorded in the ledger)
+    #[arg(long)]
+    reason: String,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Serialize)]
+struct VersionLine {
+    name: String,
+    version: String,
+    #[serde(rename = "type")]
+    package_type: String,
+    visibility: &'static str,
+    yanked: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    yank_reason: String,
+    published_at: String,
+    ledger_index: u64,
+    root: String,
+    manifest_digest: String,
+    file_count: u64,
+    size: u64,
+    publisher_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_pack: Option<serde_json::Value>,
+}
+
+fn line(v: &pb::Version) -> VersionLine {
+    let published_at = v
+        .published_at
+        .map(|t| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.seconds.max(0) as u64),
+            )
+            .to_string()
+        })
+        .unwrap_or_default();
+    VersionLine {
+        name: v.name.clone(),
+        version: v.version.clone(),
+        package_type: v.r#type.clone(),
+        visibility: if v.visibility == pb::Visibility::Private as i32 {
+            "private"
+        } else {
+            "public"
+        },
+        yanked: v.yanked,
+        yank_reason: v.yank_reason.clone(),
+        published_at,
+        ledger_index: v.ledger_index,
+        root: v.root.clone(),
+        manifest_digest: v.manifest_digest.clone(),
+        file_count: v.file_count,
+        size: v.size,
+        publisher_key: v.publisher_key.clone(),
+        data_pack: v.data_pack.as_ref().map(|p| {
+            serde_json::json!({
+                "mode": p.mode, "license": p.license, "sha256": p.sha256, "size": p.size,
+                "uri": p.uri, "visibility": p.visibility, "scan_status": p.scan_status,
+                "ledger_index": p.ledger_index,
+            })
+        }),
+    }
+}
+
+/// Publishes a package folder.
+pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let dir = &args.dir;
+    let (statement, envelope, publisher_key) = match &args.key {
+        Some(key_path) => {
+            let key = load_signer(key_path)?;
+            let (statement, envelope, report) = crate::pack::build(dir, &key)?;
+            if !args.json {
+                print_report(&report);
+            }
+            (statement, envelope, key.verifier())
+        }
+        None => {
+            let envelope = read_envelope(dir)?;
+            let key = load_verifier(&dir.join(PUBLISHER_KEY_FILE).display().to_string())?;
+            // Refuse to publish a folder that changed since it was signed.
+            let (statement, report) = crate::pack::verify(dir, &envelope, &key)?;
+            if !report.is_ok() {
+                print_report(&report);
+                bail!(
+                    "{} does not match its signature; rebuild it with `custodian pack build --key …` or pass --key",
+                    dir.display()
+                );
+            }
+            let statement = statement.context("the envelope does not open")?;
+            (statement, envelope, key)
+        }
+    };
+    let files = statement.tree.files();
+    let mut store = connect(&args.server).await?;
+    let digests: Vec<String> = files
+        .iter()
+        .map(|f| f.sha256.to_string())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let missing: BTreeSet<String> = store
+        .find_missing(cas::FindMissingRequest { digests })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .missing_digests
+        .into_iter()
+        .collect();
+    let mut uploaded = 0usize;
+    let mut uploaded_bytes = 0u64;
+    for file in files {
+        if !missing.contains(&file.sha256.to_string()) {
+            continue;
+        }
+        let path = dir.join(&file.path);
+        put_file(&mut store, &path, Some(file.sha256))
+            .await
+            .with_context(|| format!("uploading {}", file.path))?;
+        uploaded += 1;
+        uploaded_bytes += file.size;
+    }
+    let response = registry(&args.server)
+        .await?
+        .publish_version(pb::PublishVersionRequest {
+            envelope: envelope.to_json(),
+            publisher_key: publisher_key.to_string(),
+            visibility: if args.private {
+                pb::Visibility::Private
+            } else {
+                pb::Visibility::Public
+            } as i32,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let version = response.version.context("the reply has no version")?;
+    let receipt = response.receipt.context("the reply has no receipt")?;
+    if let Some(path) = &args.receipt {
+        std::fs::write(path, &receipt.json)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.json {
+        let mut value = serde_json::to_value(line(&version))?;
+        value["already_published"] = response.already_published.into();
+        value["uploaded_files"] = uploaded.into();
+        value["uploaded_bytes"] = uploaded_bytes.into();
+        value["receipt"] = serde_json::from_str(&receipt.json)?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        for w in &response.warnings {
+            eprintln!("warning: {}:{}: {}: {}", w.file, w.line, w.field, w.message);
+        }
+        println!(
+            "{} {}@{} ({} files, {} uploaded, {} already in custody)",
+            if response.already_published {
+                "already published:"
+            } else {
+                "published"
+            },
+            version.name,
+            version.version,
+            files.len(),
+            uploaded,
+            files.len() - uploaded
+        );
+        println!("  package root     {}", version.root);
+        println!("  manifest digest  {}", version.manifest_digest);
+        println!("  ledger entry     {}", receipt.log_index);
+        if let Some(path) = &args.receipt {
+            println!("  receipt          {}", path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Downloads one blob to `path`, verifying its sha256 and size before it appears.
+async fn fetch(
+    store: &mut custodian_proto::cas::v1::content_store_client::ContentStoreClient<Conn>,
+    digest: &Digest,
+    size: u64,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let mut stream = store
+        .get(cas::GetRequest {
+            digest: digest.to_string(),
+            offset: 0,
+            limit: 0,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_file_name(format!(
+        ".{}.part",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    let mut out = std::fs::File::create(&tmp)?;
+    let mut hasher = StreamHasher::new(Algorithm::Sha256);
+    let mut got = 0u64;
+    while let Some(message) = stream.next().await {
+        let message = message.map_err(status_error)?;
+        hasher.update(&message.data);
+        got += message.data.len() as u64;
+        out.write_all(&message.data)?;
+    }
+    out.sync_all()?;
+    let actual = hasher.finalize();
+    if actual != *digest || got != size {
+        let _ = std::fs::remove_file(&tmp);
+        bail!(
+            "received {got} bytes hashing to {actual}; expected {size} bytes hashing to {digest}"
+        );
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Installs a version into a folder, verifying everything.
+pub async fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
+    let (name, version) = split_spec(&args.spec)?;
+    let record = registry(&args.server)
+        .await?
+        .get_version(pb::GetVersionRequest {
+            name: name.clone(),
+            version: version.clone(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let pinned = load_verifier(&record.publisher_key)?;
+    if let Some(expected) = &args.key {
+        let expected = load_verifier(expected)?;
+        if expected != pinned {
+            bail!(
+                "{name}@{version} is signed by {} but --key is {}: refusing to install",
+                pinned.handle(),
+                expected.handle()
+            );
+        }
+    }
+    let envelope = Envelope::parse(record.envelope.as_bytes()).context("the version's envelope")?;
+    let statement = PackageStatement::open(&envelope, &pinned)
+        .context("the registry's copy of the signature does not verify")?;
+    let root = format!("sha256:{}", statement.tree.root().to_hex());
+    if root != record.root || statement.name != name || statement.version != record.version {
+        bail!(
+            "the signed statement ({}@{}, root {root}) does not match the registry's record ({name}@{}, root {})",
+            statement.name,
+            statement.version,
+            record.version,
+            record.root
+        );
+    }
+    let out = &args.output;
+    if out.exists()
+        && !args.force
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!(
+            "{} is not empty; pass --force to install over it",
+            out.display()
+        );
+    }
+    if record.yanked {
+        eprintln!(
+            "warning: {name}@{version} is YANKED: {} — installing it only because you asked for this exact version",
+            record.yank_reason
+        );
+    }
+    let mut store = connect(&args.server).await?;
+    let files = statement.tree.files();
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    let bar = crate::blob::progress(total, format!("install {name}@{version}"));
+    for file in files {
+        fetch(&mut store, &file.sha256, file.size, &out.join(&file.path))
+            .await
+            .with_context(|| format!("fetching {} ({})", file.path, file.sha256))?;
+        bar.inc(file.size);
+    }
+    bar.finish_and_clear();
+    std::fs::create_dir_all(out.join(META_DIR))?;
+    std::fs::write(out.join(ENVELOPE_FILE), envelope.to_json() + "\n")?;
+    std::fs::write(out.join(PUBLISHER_KEY_FILE), format!("{pinned}\n"))?;
+    std::fs::write(
+        out.join(".custodian/install.json"),
+        serde_json::to_string_pretty(&line(&record))? + "\n",
+    )?;
+    println!(
+        "installed {name}@{version} into {} ({} files, {} bytes)",
+        out.display(),
+        files.len(),
+        total
+    );
+    println!(
+        "  signature        ok, by {} (pinned publisher key)",
+        pinned.handle()
+    );
+    println!(
+        "  files            {} verified against the signed sha256 digests",
+        files.len()
+    );
+    println!("  package root     {}", record.root);
+    println!("  ledger entry     {}", record.ledger_index);
+    println!(
+        "  badge            review: no attested eval runs for this version yet{}",
+        if record.yanked {
+            " (and it is yanked)"
+        } else {
+            ""
+        }
+    );
+    if let Some(pack) = &record.data_pack {
+        println!(
+            "  data pack        {} ({}), license {}, scan {}",
+            pack.mode,
+            if pack.mode == "hosted" {
+                &pack.sha256
+            } else {
+                &pack.uri
+            },
+            pack.license,
+            if pack.scan_status.is_empty() {
+                "n/a"
+            } else {
+                &pack.scan_status
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Lists versions.
+pub async fn versions(args: VersionsArgs) -> anyhow::Result<ExitCode> {
+    let response = registry(&args.server)
+        .await?
+        .list_versions(pb::ListVersionsRequest {
+            name: args.name.clone(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let lines: Vec<VersionLine> = response.versions.iter().map(line).collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&lines)?);
+    } else {
+        println!(
+            "{:<14} {:<18} {:<8} {:<21} {:>6}  root",
+            "VERSION", "TYPE", "ACCESS", "PUBLISHED", "ENTRY"
+        );
+        for l in &lines {
+            println!(
+                "{:<14} {:<18} {:<8} {:<21} {:>6}  {}{}",
+                l.version,
+                l.package_type,
+                l.visibility,
+                l.published_at,
+                l.ledger_index,
+                l.root.get(..19).unwrap_or(&l.root),
+                if l.yanked {
+                    format!("  YANKED: {}", l.yank_reason)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Shows one version.
+pub async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
+    let (name, version) = split_spec(&args.spec)?;
+    let record = registry(&args.server)
+        .await?
+        .get_version(pb::GetVersionRequest { name, version })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let summary = line(&record);
+    if args.json {
+        let mut value = serde_json::to_value(&summary)?;
+        value["files"] = record
+            .files
+            .iter()
+            .map(|f| serde_json::json!({"path": f.path, "sha256": f.sha256, "size": f.size}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        for f in &record.files {
+            println!("  {}  {:>10}  {}", f.sha256, f.size, f.path);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Yanks a version.
+pub async fn yank(args: YankArgs) -> anyhow::Result<ExitCode> {
+    let (name, version) = split_spec(&args.spec)?;
+    let response = registry(&args.server)
+        .await?
+        .yank(pb::YankRequest {
+            name: name.clone(),
+            version: version.clone(),
+            reason: args.reason,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let entry = response.receipt.map(|r| r.log_index).unwrap_or_default();
+    println!(
+        "{} {name}@{version} (ledger entry {entry})",
+        if response.already_yanked {
+            "already yanked:"
+        } else {
+            "yanked"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs() {
+        assert_eq!(
+            split_spec("pacman-builder@0.2.1").expect("valid"),
+            ("pacman-builder".into(), "0.2.1".into())
+        );
+        assert_eq!(
+            split_spec("@acme/bot@1.0.0-rc.1").expect("valid"),
+            ("@acme/bot".into(), "1.0.0-rc.1".into())
+        );
+        assert!(split_spec("nover").is_err());
+        assert!(split_spec("@acme/bot").is_err());
+    }
+}

@@ -1,0 +1,928 @@
+//! The Behavior Package registry: publication, yanking and data packs, shared by the gRPC and
+//! REST front ends.
+//!
+//! The ledger is the registry's only durable state. Every publication, yank and data-pack
+//! registration is a ledger entry; the in-memory index here is rebuilt from those entries at
+//! start-up and updated after each append, so the two can never disagree after a crash. Writes
+//! are serialized by one lock, which makes "check that the version is new, then append" atomic.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+use custodian_core::datapack::DataPackSpec;
+use custodian_core::dsse::Envelope;
+use custodian_core::entry::{Entry, EntryKind};
+use custodian_core::manifest::{Manifest, Problem, Report, check_name};
+use custodian_core::note::VerifierKey;
+use custodian_core::package::{FileEntry, MANIFEST_FILE, PackageStatement};
+use custodian_core::registry::{
+    DataPack, DataPackRegistered, PackagePublished, VersionYanked, from_payload, private_package,
+    to_payload,
+};
+use custodian_core::{Algorithm, Digest, promptpack};
+use custodian_storage::ledger::Ledger;
+use custodian_storage::{BlobStore, ByteRange, LedgerError, PutOutcome, StorageError};
+use futures::TryStreamExt as _;
+use serde::Serialize;
+
+use crate::auth::{Principal, Scope};
+use crate::sequencer::Sequencer;
+
+/// The largest YAML file publication reads to check it (manifest and PromptPack resources).
+const MAX_YAML_BYTES: u64 = 1 << 20;
+/// The most YAML bytes publication reads in total.
+const MAX_YAML_TOTAL: u64 = 16 << 20;
+/// Entries replayed per read at start-up.
+const REPLAY_CHUNK: u64 = 4096;
+
+/// Why a registry operation was refused. Each variant maps to one gRPC code and one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// Bad input; the message names the field and value.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The package's files do not pass validation; every problem is listed.
+    #[error("the package is not valid:\n{}", .0.error_text())]
+    Invalid(Report),
+    /// No such package, version or data pack (also what a caller without a grant sees).
+    #[error("{0}")]
+    NotFound(String),
+    /// The version (or data pack) exists with other content.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A token is needed.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The token lacks the scope or namespace.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The request is valid but the state does not allow it (e.g. files not uploaded yet).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The ledger failed.
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    /// Blob storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// A published version as the registry knows it.
+#[derive(Clone, Debug)]
+pub struct VersionRecord {
+    /// The publication event.
+    pub event: PackagePublished,
+    /// The files, sorted by path.
+    pub files: Vec<FileEntry>,
+    /// The ledger index of the publication.
+    pub index: u64,
+    /// Its integration time.
+    pub time_ms: u64,
+    /// The yank, if any: reason, ledger index, time.
+    pub yanked: Option<(String, u64, u64)>,
+    /// The registered data pack, if any.
+    pub data_pack: Option<DataPackRecord>,
+}
+
+/// A registered data pack.
+#[derive(Clone, Debug)]
+pub struct DataPackRecord {
+    /// The registration event.
+    pub event: DataPackRegistered,
+    /// Its ledger index.
+    pub index: u64,
+    /// Its integration time.
+    pub time_ms: u64,
+}
+
+#[derive(Default)]
+struct Package {
+    publisher_key: String,
+    versions: BTreeMap<semver::Version, VersionRecord>,
+}
+
+#[derive(Clone)]
+struct BlobRef {
+    name: String,
+    private: bool,
+}
+
+#[derive(Default)]
+struct State {
+    packages: BTreeMap<String, Package>,
+    blobs: HashMap<[u8; 32], Vec<BlobRef>>,
+}
+
+impl State {
+    fn add_ref(&mut self, sha256: &Digest, name: &str, private: bool) {
+        self.blobs
+            .entry(*sha256.bytes())
+            .or_default()
+            .push(BlobRef {
+                name: name.to_string(),
+                private,
+            });
+    }
+
+    fn apply(&mut self, index: u64, entry: &Entry) -> Result<(), String> {
+        match entry.kind {
+            EntryKind::PackagePublished => {
+                let event: PackagePublished =
+                    from_payload("PackagePublished", &entry.payload).map_err(|e| e.to_string())?;
+                let version = semver::Version::parse(&event.version).map_err(|e| e.to_string())?;
+                let envelope =
+                    Envelope::parse(event.envelope.as_bytes()).map_err(|e| e.to_string())?;
+                let statement = PackageStatement::from_json(
+                    &envelope.payload_bytes().map_err(|e| e.to_string())?,
+                )
+                .map_err(|e| e.to_string())?;
+                let files = statement.tree.files().to_vec();
+                for file in &files {
+                    self.add_ref(&file.sha256, &event.name, event.private);
+                }
+                let package = self.packages.entry(event.name.clone()).or_default();
+                if package.publisher_key.is_empty() {
+                    package.publisher_key = event.publisher_key.clone();
+                }
+                package.versions.insert(
+                    version,
+                    VersionRecord {
+                        event,
+                        files,
+                        index,
+                        time_ms: entry.time_ms,
+                        yanked: None,
+                        data_pack: None,
+                    },
+                );
+            }
+            EntryKind::VersionYanked => {
+                let event: VersionYanked =
+                    from_payload("VersionYanked", &entry.payload).map_err(|e| e.to_string())?;
+                if let Some(v) = self.version_mut(&event.name, &event.version) {
+                    v.yanked = Some((event.reason, index, entry.time_ms));
+                }
+            }
+            EntryKind::DataPackRegistered => {
+                let event: DataPackRegistered = from_payload("DataPackRegistered", &entry.payload)
+                    .map_err(|e| e.to_string())?;
+                if let Some(sha256) = event.pack.sha256.as_deref() {
+                    let digest: Digest = sha256.parse().map_err(|e| format!("{e}"))?;
+                    self.add_ref(&digest, &event.name, event.private);
+                }
+                let (name, version) = (event.name.clone(), event.version.clone());
+                if let Some(v) = self.version_mut(&name, &version) {
+                    v.data_pack = Some(DataPackRecord {
+                        event,
+                        index,
+                        time_ms: entry.time_ms,
+                    });
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn version_mut(&mut self, name: &str, version: &str) -> Option<&mut VersionRecord> {
+        let version = semver::Version::parse(version).ok()?;
+        self.packages.get_mut(name)?.versions.get_mut(&version)
+    }
+
+    fn version(&self, name: &str, version: &semver::Version) -> Option<&VersionRecord> {
+        self.packages.get(name)?.versions.get(version)
+    }
+}
+
+/// The outcome of a publication, yank or registration: the record and its ledger receipt.
+pub struct Recorded<T> {
+    /// What was recorded (or found already recorded).
+    pub record: T,
+    /// The receipt of the ledger entry.
+    pub receipt: custodian_core::receipt::Receipt,
+    /// True if identical content was already recorded and nothing new was appended.
+    pub already: bool,
+    /// Warnings from validation.
+    pub warnings: Vec<Problem>,
+}
+
+/// What a hosted data-pack upload declares alongside its bytes.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostedMeta {
+    /// The data's license (required).
+    #[serde(default)]
+    pub license: String,
+    /// The digest the bytes must have; the upload is refused and nothing kept if they do not.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Provenance as a JSON object.
+    #[serde(default)]
+    pub provenance: Option<serde_json::Value>,
+    /// The eval set built from the data.
+    #[serde(default)]
+    pub eval_set_uri: Option<String>,
+    /// `inherit` (default), `public` or `private`.
+    #[serde(default)]
+    pub visibility: Option<String>,
+    /// The data artifact's logical version.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The file name to offer on download.
+    #[serde(default)]
+    pub filename: Option<String>,
+}
+
+/// The registry.
+pub struct Registry {
+    store: BlobStore,
+    sequencer: Sequencer,
+    state: RwLock<State>,
+    writes: tokio::sync::Mutex<()>,
+}
+
+fn not_found_version(name: &str, version: &str) -> RegistryError {
+    RegistryError::NotFound(format!("package {name:?} has no version {version:?}"))
+}
+
+fn invalid(field: &str, message: impl std::fmt::Display) -> RegistryError {
+    RegistryError::InvalidArgument(format!("field {field}: {message}"))
+}
+
+fn parse_version(version: &str) -> Result<semver::Version, RegistryError> {
+    semver::Version::parse(version).map_err(|e| {
+        invalid(
+            "version",
+            format!("{version:?} is not a semver version: {e}"),
+        )
+    })
+}
+
+/// Refuses `who` unless it has `scope` for `name`, distinguishing "no token" from "wrong token".
+fn require(who: &Principal, scope: Scope, name: &str, action: &str) -> Result<(), RegistryError> {
+    if who.allows(scope, name) {
+        return Ok(());
+    }
+    Err(match who {
+        Principal::Anonymous => RegistryError::Unauthenticated(format!(
+            "to {action} {name:?} you need a token with the {scope} scope: send authorization: Bearer <token>"
+        )),
+        Principal::Token(_) => RegistryError::PermissionDenied(format!(
+            "{} may not {action} {name:?}: it lacks the {scope} scope for a namespace covering that name",
+            who.label()
+        )),
+    })
+}
+
+impl Registry {
+    /// Opens the registry by replaying the registry entries of the ledger.
+    pub async fn open(store: BlobStore, sequencer: Sequencer) -> Result<Self, RegistryError> {
+        let ledger = sequencer.ledger().clone();
+        let state = tokio::task::spawn_blocking(move || replay(&ledger))
+            .await
+            .map_err(|e| RegistryError::Ledger(LedgerError::Poisoned(e.to_string())))??;
+        Ok(Registry {
+            store,
+            sequencer,
+            state: RwLock::new(state),
+            writes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The blob store the registry checks files against.
+    pub fn store(&self) -> &BlobStore {
+        &self.store
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        self.sequencer.ledger()
+    }
+
+    async fn append<T: Serialize>(
+        &self,
+        kind: EntryKind,
+        name: &'static str,
+        event: &T,
+    ) -> Result<(u64, u64, custodian_core::receipt::Receipt, Entry), RegistryError> {
+        let payload = to_payload(name, event)
+            .map_err(|e| RegistryError::Ledger(LedgerError::InvalidEntry(e.into())))?;
+        let (appended, checkpoint) = self.sequencer.append(kind, payload).await?;
+        let entry = Entry::decode(&appended.entry)
+            .map_err(|e| RegistryError::Ledger(LedgerError::InvalidEntry(e)))?;
+        let receipt = self.ledger().receipt_for(&appended, &checkpoint)?;
+        Ok((appended.index, entry.time_ms, receipt, entry))
+    }
+
+    fn apply(&self, index: u64, entry: &Entry) {
+        let mut state = self
+            .state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(err) = state.apply(index, entry) {
+            // The entry was built by this process from checked input, so this cannot happen
+            // unless the code is wrong; the ledger stays the truth and a restart replays it.
+            tracing::error!(index, %err, "a registry entry just appended does not apply");
+        }
+    }
+
+    /// Publishes a signed package version whose files are already in custody.
+    pub async fn publish(
+        &self,
+        who: &Principal,
+        envelope_json: &str,
+        publisher_key: &str,
+        private: bool,
+    ) -> Result<Recorded<VersionRecord>, RegistryError> {
+        let key = VerifierKey::parse(publisher_key).map_err(|e| invalid("publisher_key", e))?;
+        let envelope =
+            Envelope::parse(envelope_json.as_bytes()).map_err(|e| invalid("envelope", e))?;
+        let statement =
+            PackageStatement::open(&envelope, &key).map_err(|e| invalid("envelope", e))?;
+        let name = statement.name.clone();
+        check_name(&name).map_err(|e| invalid("envelope: predicate.name", e))?;
+        let version = semver::Version::parse(&statement.version).map_err(|e| {
+            invalid(
+                "envelope: predicate.version",
+                format!("{:?} is not semver: {e}", statement.version),
+            )
+        })?;
+        require(who, Scope::Publish, &name, "publish")?;
+        let root = format!("sha256:{}", statement.tree.root().to_hex());
+        if let Some(existing) = self.existing(&name, &version, &root, &key, private)? {
+            return Ok(existing);
+        }
+
+        // Every file must be in custody with the stated size; the store verified its digest
+        // when it was written.
+        let mut missing = Vec::new();
+        for file in statement.tree.files() {
+            match self.store.stat(&file.sha256).await? {
+                None => missing.push(format!(
+                    "{} ({}, {} bytes)",
+                    file.path, file.sha256, file.size
+                )),
+                Some(meta) if meta.size != file.size => {
+                    return Err(invalid(
+                        "envelope",
+                        format!(
+                            "file {:?} is signed as {} bytes, but the blob {} in custody is {} bytes",
+                            file.path, file.size, file.sha256, meta.size
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if !missing.is_empty() {
+            return Err(RegistryError::FailedPrecondition(format!(
+                "{} of the package's files are not in custody; upload them first (custodian publish does): {}",
+                missing.len(),
+                missing.join(", ")
+            )));
+        }
+        let warnings = self.validate(&statement).await?;
+
+        let _write = self.writes.lock().await;
+        if let Some(existing) = self.existing(&name, &version, &root, &key, private)? {
+            return Ok(existing);
+        }
+        let files = statement.tree.files();
+        let event = PackagePublished {
+            name: name.clone(),
+            version: version.to_string(),
+            package_type: statement.package_type.clone(),
+            manifest: statement.manifest_digest().to_string(),
+            root,
+            files: files.len() as u64,
+            size: files.iter().map(|f| f.size).sum(),
+            publisher_key: key.to_string(),
+            envelope: envelope.to_json(),
+            private,
+        };
+        let (index, _, receipt, entry) = self
+            .append(EntryKind::PackagePublished, "PackagePublished", &event)
+            .await?;
+        self.apply(index, &entry);
+        tracing::info!(%name, %version, index, by = %who.label(), "published");
+        let record = self
+            .read()
+            .version(&name, &version)
+            .cloned()
+            .ok_or_else(|| not_found_version(&name, &event.version))?;
+        Ok(Recorded {
+            record,
+            receipt,
+            already: false,
+            warnings,
+        })
+    }
+
+    /// For a version that already exists: the idempotent answer if the content is the same, or
+    /// ALREADY_EXISTS; also enforces the package's pinned publisher key.
+    fn existing(
+        &self,
+        name: &str,
+        version: &semver::Version,
+        root: &str,
+        key: &VerifierKey,
+        private: bool,
+    ) -> Result<Option<Recorded<VersionRecord>>, RegistryError> {
+        let state = self.read();
+        let Some(package) = state.packages.get(name) else {
+            return Ok(None);
+        };
+        let pinned = VerifierKey::parse(&package.publisher_key).ok();
+        if pinned.as_ref() != Some(key) {
+            return Err(RegistryError::PermissionDenied(format!(
+                "package {name:?} is pinned to publisher key {} (set by its first version); this version is signed by {}",
+                pinned.map(|k| k.handle()).unwrap_or_default(),
+                key.handle()
+            )));
+        }
+        let Some(record) = package.versions.get(version) else {
+            return Ok(None);
+        };
+        if record.event.root != root || record.event.private != private {
+            return Err(RegistryError::AlreadyExists(format!(
+                "{name}@{version} is already published with package root {} ({}; ledger entry {}); versions are immutable, so publish the change as a new version",
+                record.event.root,
+                if record.event.private {
+                    "private"
+                } else {
+                    "public"
+                },
+                record.index
+            )));
+        }
+        let record = record.clone();
+        drop(state);
+        let receipt = self.ledger().receipt(record.index)?;
+        Ok(Some(Recorded {
+            record,
+            receipt,
+            already: true,
+            warnings: Vec::new(),
+        }))
+    }
+
+    async fn read_text(&self, file: &FileEntry) -> Result<String, RegistryError> {
+        let read = self.store.get(&file.sha256, ByteRange::ALL).await?;
+        let chunks: Vec<bytes::Bytes> = read.data.try_collect().await?;
+        String::from_utf8(chunks.concat())
+            .map_err(|_| RegistryError::Invalid(report_one(&file.path, "is not UTF-8 text")))
+    }
+
+    /// Checks the manifest and the PromptPack resources, reading them from custody.
+    async fn validate(&self, statement: &PackageStatement) -> Result<Vec<Problem>, RegistryError> {
+        let files = statement.tree.files();
+        let paths: BTreeSet<String> = files.iter().map(|f| f.path.clone()).collect();
+        let manifest_file = statement.tree.manifest();
+        if manifest_file.size > MAX_YAML_BYTES {
+            return Err(RegistryError::Invalid(report_one(
+                MANIFEST_FILE,
+                &format!(
+                    "is {} bytes, more than the {MAX_YAML_BYTES} allowed",
+                    manifest_file.size
+                ),
+            )));
+        }
+        let text = self.read_text(manifest_file).await?;
+        let (manifest, mut report) = Manifest::parse(MANIFEST_FILE, &text, Some(&paths));
+        let Some(manifest) = manifest else {
+            return Err(RegistryError::Invalid(report));
+        };
+        for (field, signed, declared) in [
+            ("name", statement.name.clone(), manifest.name.clone()),
+            (
+                "version",
+                statement.version.clone(),
+                manifest.version.to_string(),
+            ),
+            (
+                "type",
+                statement.package_type.clone(),
+                manifest.package_type.to_string(),
+            ),
+        ] {
+            if signed != declared {
+                report.errors.push(Problem {
+                    file: MANIFEST_FILE.into(),
+                    line: custodian_core::manifest::locate(&text, field),
+                    field: field.into(),
+                    message: format!("is {declared:?}, but the signed statement says {signed:?}"),
+                });
+            }
+        }
+        let mut yaml = BTreeMap::new();
+        let mut total = 0u64;
+        for file in files {
+            if file.path == MANIFEST_FILE || !promptpack::is_resource_path(&file.path) {
+                continue;
+            }
+            if file.size > MAX_YAML_BYTES || total + file.size > MAX_YAML_TOTAL {
+                report.warnings.push(Problem {
+                    file: file.path.clone(),
+                    line: None,
+                    field: String::new(),
+                    message: "too large to check as a PromptPack resource; not checked".into(),
+                });
+                continue;
+            }
+            total += file.size;
+            match self.read_text(file).await {
+                Ok(text) => {
+                    yaml.insert(file.path.clone(), text);
+                }
+                Err(RegistryError::Invalid(r)) => report.extend(r),
+                Err(e) => return Err(e),
+            }
+        }
+        let inputs: Vec<String> = manifest
+            .inputs
+            .iter()
+            .map(|v| v.name().to_string())
+            .collect();
+        report.extend(promptpack::validate(&yaml, &paths, &inputs));
+        if report.is_ok() {
+            Ok(report.warnings)
+        } else {
+            Err(RegistryError::Invalid(report))
+        }
+    }
+
+    /// Yanks a version: it stays fetchable and is flagged. Yanking twice is idempotent.
+    pub async fn yank(
+        &self,
+        who: &Principal,
+        name: &str,
+        version: &str,
+        reason: &str,
+    ) -> Result<Recorded<VersionRecord>, RegistryError> {
+        let parsed = parse_version(version)?;
+        self.visible_version(who, name, &parsed)?;
+        require(who, Scope::Publish, name, "yank")?;
+        if reason.trim().is_empty() {
+            return Err(invalid(
+                "reason",
+                "is required: say why the version must not be used",
+            ));
+        }
+        let _write = self.writes.lock().await;
+        let record = self.visible_version(who, name, &parsed)?;
+        if let Some((_, index, _)) = &record.yanked {
+            let receipt = self.ledger().receipt(*index)?;
+            return Ok(Recorded {
+                record,
+                receipt,
+                already: true,
+                warnings: Vec::new(),
+            });
+        }
+        let event = VersionYanked {
+            name: name.to_string(),
+            version: parsed.to_string(),
+            reason: reason.to_string(),
+            private: record.event.private,
+        };
+        let (index, _, receipt, entry) = self
+            .append(EntryKind::VersionYanked, "VersionYanked", &event)
+            .await?;
+        self.apply(index, &entry);
+        let record = self.visible_version(who, name, &parsed)?;
+        Ok(Recorded {
+            record,
+            receipt,
+            already: false,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// The version, if it exists and `who` may see it; otherwise the same NOT_FOUND either way.
+    pub fn visible_version(
+        &self,
+        who: &Principal,
+        name: &str,
+        version: &semver::Version,
+    ) -> Result<VersionRecord, RegistryError> {
+        self.read()
+            .version(name, version)
+            .filter(|v| who.can_read(name, v.event.private))
+            .cloned()
+            .ok_or_else(|| not_found_version(name, &version.to_string()))
+    }
+
+    /// Looks a version up by its text form.
+    pub fn get(
+        &self,
+        who: &Principal,
+        name: &str,
+        version: &str,
+    ) -> Result<VersionRecord, RegistryError> {
+        let parsed = parse_version(version)?;
+        self.visible_version(who, name, &parsed)
+    }
+
+    /// The versions of `name` that `who` may see, oldest first.
+    pub fn list(&self, who: &Principal, name: &str) -> Result<Vec<VersionRecord>, RegistryError> {
+        let versions: Vec<VersionRecord> = self
+            .read()
+            .packages
+            .get(name)
+            .map(|p| {
+                p.versions
+                    .values()
+                    .filter(|v| who.can_read(name, v.event.private))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if versions.is_empty() {
+            return Err(RegistryError::NotFound(format!(
+                "no package named {name:?}"
+            )));
+        }
+        Ok(versions)
+    }
+
+    /// True if `who` may read the blob with this sha256: it belongs to a public package or data
+    /// pack, or to a private one `who` has a read grant for. Blobs no package refers to are
+    /// readable by tokens that may read every namespace.
+    pub fn blob_readable(&self, who: &Principal, sha256: &Digest) -> bool {
+        match self.read().blobs.get(sha256.bytes()) {
+            Some(refs) => refs.iter().any(|r| who.can_read(&r.name, r.private)),
+            None => who.allows_everywhere(Scope::Read),
+        }
+    }
+
+    /// True if `who` may see a ledger entry (entries about private content need a read grant).
+    pub fn entry_visible(&self, who: &Principal, entry_bytes: &[u8]) -> bool {
+        match Entry::decode(entry_bytes) {
+            Ok(entry) => match private_package(&entry) {
+                Some(name) => who.allows(Scope::Read, &name),
+                None => true,
+            },
+            Err(_) => true,
+        }
+    }
+
+    /// Checks that `who` may register a data pack for the version and that it has none yet (or
+    /// the same one); returns the version.
+    pub fn check_data_pack_target(
+        &self,
+        who: &Principal,
+        name: &str,
+        version: &str,
+    ) -> Result<VersionRecord, RegistryError> {
+        let record = self.get(who, name, version)?;
+        require(who, Scope::Publish, name, "register a data pack for")?;
+        Ok(record)
+    }
+
+    async fn register(
+        &self,
+        who: &Principal,
+        name: &str,
+        version: &str,
+        pack: DataPack,
+        private_override: Option<bool>,
+    ) -> Result<Recorded<DataPackRecord>, RegistryError> {
+        let _write = self.writes.lock().await;
+        let record = self.check_data_pack_target(who, name, version)?;
+        let private = private_override.unwrap_or(record.event.private);
+        if let Some(existing) = &record.data_pack {
+            if existing.event.pack == pack && existing.event.private == private {
+                let receipt = self.ledger().receipt(existing.index)?;
+                return Ok(Recorded {
+                    record: existing.clone(),
+                    receipt,
+                    already: true,
+                    warnings: Vec::new(),
+                });
+            }
+            return Err(RegistryError::AlreadyExists(format!(
+                "{name}@{} already has a {} data pack (ledger entry {}); data packs are immutable per version, so publish a new version to change it",
+                record.event.version, existing.event.pack.mode, existing.index
+            )));
+        }
+        let event = DataPackRegistered {
+            name: name.to_string(),
+            version: record.event.version.clone(),
+            private,
+            pack,
+        };
+        let (index, time_ms, receipt, entry) = self
+            .append(EntryKind::DataPackRegistered, "DataPackRegistered", &event)
+            .await?;
+        self.apply(index, &entry);
+        Ok(Recorded {
+            record: DataPackRecord {
+                event,
+                index,
+                time_ms,
+            },
+            receipt,
+            already: false,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// Registers an external data pack (`PUT …/data-pack/manifest`).
+    pub async fn register_external(
+        &self,
+        who: &Principal,
+        name: &str,
+        version: &str,
+        spec: DataPackSpec,
+    ) -> Result<Recorded<DataPackRecord>, RegistryError> {
+        self.check_data_pack_target(who, name, version)?;
+        let problems = spec.problems();
+        if !problems.is_empty() {
+            return Err(RegistryError::InvalidArgument(
+                problems
+                    .iter()
+                    .map(|(f, m)| format!("field {f}: {m}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ));
+        }
+        if spec.mode != "external" {
+            return Err(invalid(
+                "mode",
+                "is \"hosted\": upload hosted bytes with POST …/data-pack/hosted",
+            ));
+        }
+        let checksum = spec
+            .checksum_digest()
+            .and_then(Result::ok)
+            .map(|d| d.to_string());
+        let pack = DataPack {
+            mode: "external".into(),
+            license: spec.license.unwrap_or_default(),
+            data_version: spec.version,
+            source_type: spec.source_type,
+            uri: spec.uri,
+            checksum,
+            checksum_algorithm: spec.checksum_algorithm,
+            access_policy: spec.access_policy,
+            provenance: spec.provenance,
+            ..Default::default()
+        };
+        self.register(who, name, version, pack, None).await
+    }
+
+    /// Checks a hosted upload's declarations before any byte is accepted; returns the digest the
+    /// bytes must have, if one was declared.
+    pub fn check_hosted(
+        &self,
+        who: &Principal,
+        name: &str,
+        version: &str,
+        meta: &HostedMeta,
+    ) -> Result<Option<Digest>, RegistryError> {
+        let record = self.check_data_pack_target(who, name, version)?;
+        if let Some(existing) = &record.data_pack {
+            // A second upload is accepted only to repeat the same bytes (idempotent retry).
+            if meta.sha256.is_none() || existing.event.pack.sha256 != meta.sha256 {
+                return Err(RegistryError::AlreadyExists(format!(
+                    "{name}@{version} already has a {} data pack (ledger entry {}); data packs are immutable per version",
+                    existing.event.pack.mode, existing.index
+                )));
+            }
+        }
+        if meta.license.trim().is_empty() {
+            return Err(invalid(
+                "metadata.license",
+                "is required: the data's license, e.g. CC-BY-4.0",
+            ));
+        }
+        if let Some(v) = meta.visibility.as_deref()
+            && !custodian_core::datapack::VISIBILITIES.contains(&v)
+        {
+            return Err(invalid(
+                "metadata.visibility",
+                format!("{v:?} is not inherit, public or private"),
+            ));
+        }
+        if let Some(p) = &meta.provenance
+            && !p.is_object()
+        {
+            return Err(invalid("metadata.provenance", "must be a JSON object"));
+        }
+        match meta.sha256.as_deref() {
+            None => Ok(None),
+            Some(text) => {
+                let digest: Digest = text.parse().map_err(|e| invalid("metadata.sha256", e))?;
+                if digest.algorithm() != Algorithm::Sha256 {
+                    return Err(invalid(
+                        "metadata.sha256",
+                        format!("{text} is not a sha256 digest"),
+                    ));
+                }
+                Ok(Some(digest))
+            }
+        }
+    }
+
+    /// Records a hosted data pack whose bytes are now in custody.
+    pub async fn register_hosted(
+        &self,
+        who: &Principal,
+        name: &str,
+        version: &str,
+        meta: HostedMeta,
+        stored: &PutOutcome,
+    ) -> Result<Recorded<DataPackRecord>, RegistryError> {
+        let visibility = meta.visibility.unwrap_or_else(|| "inherit".into());
+        let private_override = match visibility.as_str() {
+            "public" => Some(false),
+            "private" => Some(true),
+            _ => None,
+        };
+        let pack = DataPack {
+            mode: "hosted".into(),
+            license: meta.license,
+            data_version: meta.version,
+            sha256: Some(stored.meta.digests.sha256.to_string()),
+            blake3: Some(stored.meta.digests.blake3.to_string()),
+            size: Some(stored.meta.size),
+            filename: meta.filename,
+            provenance_json: meta.provenance.map(|p| p.to_string()),
+            eval_set_uri: meta.eval_set_uri,
+            visibility: Some(visibility),
+            scan_status: Some("pending".into()),
+            ..Default::default()
+        };
+        self.register(who, name, version, pack, private_override)
+            .await
+    }
+
+    /// The data pack of a version, if `who` may see it.
+    pub fn data_pack(
+        &self,
+        who: &Principal,
+        name: &str,
+        version: &str,
+    ) -> Result<DataPackRecord, RegistryError> {
+        let record = self.get(who, name, version)?;
+        record
+            .data_pack
+            .filter(|p| who.can_read(name, p.event.private))
+            .ok_or_else(|| RegistryError::NotFound(format!("{name}@{version} has no data pack")))
+    }
+}
+
+fn report_one(file: &str, message: &str) -> Report {
+    Report {
+        errors: vec![Problem {
+            file: file.to_string(),
+            line: None,
+            field: String::new(),
+            message: message.to_string(),
+        }],
+        warnings: Vec::new(),
+    }
+}
+
+fn replay(ledger: &Ledger) -> Result<State, RegistryError> {
+    let mut state = State::default();
+    let size = ledger.latest().size;
+    let mut start = 0;
+    let mut applied = 0u64;
+    while start < size {
+        let end = (start + REPLAY_CHUNK).min(size);
+        for (offset, bytes) in ledger.entries(start, end)?.into_iter().enumerate() {
+            let index = start + offset as u64;
+            let entry = Entry::decode(&bytes)
+                .map_err(|e| LedgerError::Corrupt(format!("entry {index} does not decode: {e}")))?;
+            if matches!(
+                entry.kind,
+                EntryKind::PackagePublished
+                    | EntryKind::VersionYanked
+                    | EntryKind::DataPackRegistered
+            ) {
+                // Registry kinds are appended only by the registry, so a bad one means the code
+                // that wrote it was wrong: skip it loudly rather than refuse to start.
+                match state.apply(index, &entry) {
+                    Ok(()) => applied += 1,
+                    Err(err) => {
+                        tracing::error!(index, %err, "skipping a registry entry that does not apply")
+                    }
+                }
+            }
+        }
+        start = end;
+    }
+    tracing::info!(
+        entries = size,
+        registry_events = applied,
+        "registry rebuilt from the ledger"
+    );
+    Ok(state)
+}

@@ -1,0 +1,653 @@
+//! The registry's REST API (seed 001), served by axum on its own port in the same process:
+//!
+//! - `GET  /wrappers/{id}/versions` — list versions
+//! - `GET  /wrappers/{id}/versions/{vid}` — one version with files and signed envelope
+//! - `GET  /wrappers/{id}/versions/{vid}/data-pack` — the trust view of its data pack
+//! - `PUT  /wrappers/{id}/versions/{vid}/data-pack/manifest` — register an external data pack
+//! - `POST /wrappers/{id}/versions/{vid}/data-pack/hosted` — upload hosted bytes (multipart)
+//! - `GET  /wrappers/{id}/versions/{vid}/data-pack/download` — fetch hosted bytes (`Range` too)
+//! - `GET  /blobs/{digest}` — any readable blob by digest (`Range` too)
+//!
+//! A wrapper id is a package name (URL-encode the `/` of a scoped name: `%40acme%2Fbot`), a vid
+//! a version. Errors are JSON `{"error": {"code", "message"}}` with a stable code. The whole API
+//! is described in docs/openapi.yaml, which `GET /openapi.yaml` serves.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use custodian_core::Digest;
+use custodian_core::datapack::DataPackSpec;
+use custodian_storage::{BlobStore, ByteRange, Expectation, StorageError};
+use futures::StreamExt as _;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::auth::{Authenticator, Principal};
+use crate::registry::{
+    DataPackRecord, HostedMeta, Recorded, Registry, RegistryError, VersionRecord,
+};
+
+/// The OpenAPI document, served at `/openapi.yaml`.
+const OPENAPI: &str = include_str!("../../../docs/openapi.yaml");
+
+/// Shared state of the REST handlers.
+#[derive(Clone)]
+pub struct RestState {
+    registry: Arc<Registry>,
+    auth: Arc<Authenticator>,
+    store: BlobStore,
+}
+
+/// The REST router.
+pub fn router(registry: Arc<Registry>, auth: Arc<Authenticator>) -> Router {
+    let store = registry.store().clone();
+    let state = RestState {
+        registry,
+        auth,
+        store,
+    };
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/openapi.yaml",
+            get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }),
+        )
+        .route("/wrappers/{id}/versions", get(list_versions))
+        .route("/wrappers/{id}/versions/{vid}", get(get_version))
+        .route(
+            "/wrappers/{id}/versions/{vid}/data-pack",
+            get(get_data_pack),
+        )
+        .route(
+            "/wrappers/{id}/versions/{vid}/data-pack/manifest",
+            put(put_external),
+        )
+        .route(
+            "/wrappers/{id}/versions/{vid}/data-pack/hosted",
+            // The upload streams into custody, so no body limit applies to it.
+            post(post_hosted).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/wrappers/{id}/versions/{vid}/data-pack/download",
+            get(download_data_pack),
+        )
+        .route("/blobs/{digest}", get(download_blob))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; see /openapi.yaml",
+            )
+        })
+        .with_state(state)
+}
+
+/// A JSON error with a stable code.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    problems: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            problems: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if let Some(problems) = self.problems {
+            body["error"]["problems"] = problems;
+        }
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(err: RegistryError) -> Self {
+        let message = err.to_string();
+        match err {
+            RegistryError::InvalidArgument(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
+            }
+            RegistryError::Invalid(report) => ApiError {
+                problems: serde_json::to_value(&report.errors).ok(),
+                ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_package", message)
+            },
+            RegistryError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+            }
+            RegistryError::AlreadyExists(_) => {
+                ApiError::new(StatusCode::CONFLICT, "already_exists", message)
+            }
+            RegistryError::Unauthenticated(_) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+            }
+            RegistryError::PermissionDenied(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "permission_denied", message)
+            }
+            RegistryError::FailedPrecondition(_) => {
+                ApiError::new(StatusCode::CONFLICT, "failed_precondition", message)
+            }
+            RegistryError::Ledger(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ledger_unavailable",
+                message,
+            ),
+            RegistryError::Storage(e) => e.into(),
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(err: StorageError) -> Self {
+        let message = err.to_string();
+        match err {
+            StorageError::NotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+            }
+            StorageError::DigestMismatch { .. } | StorageError::SizeMismatch { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "digest_mismatch", message)
+            }
+            StorageError::OutOfRange { .. } => ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                message,
+            ),
+            StorageError::Corrupt { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "data_loss", message)
+            }
+            StorageError::Poisoned { .. } | StorageError::Aborted(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
+            StorageError::Backend { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+            }
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn principal(state: &RestState, headers: &HeaderMap) -> ApiResult<Principal> {
+    let header = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "the Authorization header is not ASCII text",
+            )
+        })?),
+    };
+    state
+        .auth
+        .authenticate(header)
+        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+#[derive(Serialize)]
+struct FileJson<'a> {
+    path: &'a str,
+    sha256: String,
+    size: u64,
+}
+
+fn data_pack_json(record: &DataPackRecord) -> serde_json::Value {
+    let mut value = serde_json::to_value(&record.event.pack).unwrap_or_default();
+    let provenance_json = record
+        .event
+        .pack
+        .provenance_json
+        .as_deref()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok());
+    if let Some(object) = value.as_object_mut() {
+        object.remove("provenance_json");
+        if let Some(p) = provenance_json {
+            object.insert("provenance".into(), p);
+        }
+        object.insert("ledger_index".into(), record.index.into());
+        object.insert("registered_at".into(), rfc3339(record.time_ms).into());
+        object.insert("private".into(), record.event.private.into());
+        if record.event.pack.mode == "hosted" {
+            object.insert(
+                "download".into(),
+                format!(
+                    "/wrappers/{}/versions/{}/data-pack/download",
+                    encode_segment(&record.event.name),
+                    record.event.version
+                )
+                .into(),
+            );
+        }
+    }
+    value
+}
+
+fn encode_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn version_json(who: &Principal, record: &VersionRecord, full: bool) -> serde_json::Value {
+    let e = &record.event;
+    let mut value = json!({
+        "name": e.name,
+        "version": e.version,
+        "type": e.package_type,
+        "manifest_digest": e.manifest,
+        "root": e.root,
+        "file_count": e.files,
+        "size": e.size,
+        "publisher_key": e.publisher_key,
+        "visibility": if e.private { "private" } else { "public" },
+        "yanked": record.yanked.is_some(),
+        "ledger_index": record.index,
+        "published_at": rfc3339(record.time_ms),
+    });
+    if let Some((reason, index, _)) = &record.yanked {
+        value["yank_reason"] = reason.clone().into();
+        value["yank_ledger_index"] = (*index).into();
+    }
+    if let Some(pack) = record
+        .data_pack
+        .as_ref()
+        .filter(|p| who.can_read(&e.name, p.event.private))
+    {
+        value["data_pack"] = data_pack_json(pack);
+    }
+    if full {
+        let files: Vec<FileJson<'_>> = record
+            .files
+            .iter()
+            .map(|f| FileJson {
+                path: &f.path,
+                sha256: f.sha256.to_string(),
+                size: f.size,
+            })
+            .collect();
+        value["files"] = serde_json::to_value(files).unwrap_or_default();
+        value["envelope"] = serde_json::from_str(&e.envelope).unwrap_or_default();
+    }
+    value
+}
+
+fn recorded_json<T>(recorded: &Recorded<T>, record: serde_json::Value) -> serde_json::Value {
+    json!({
+        "record": record,
+        "already_recorded": recorded.already,
+        "receipt": serde_json::from_str::<serde_json::Value>(&recorded.receipt.to_json()).unwrap_or_default(),
+    })
+}
+
+async fn list_versions(
+    State(state): State<RestState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    let who = principal(&state, &headers)?;
+    let versions = state.registry.list(&who, &id)?;
+    Ok(axum::Json(json!({
+        "name": id,
+        "versions": versions.iter().map(|v| version_json(&who, v, false)).collect::<Vec<_>>(),
+    })))
+}
+
+async fn get_version(
+    State(state): State<RestState>,
+    Path((id, vid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    let who = principal(&state, &headers)?;
+    let record = state.registry.get(&who, &id, &vid)?;
+    Ok(axum::Json(version_json(&who, &record, true)))
+}
+
+async fn get_data_pack(
+    State(state): State<RestState>,
+    Path((id, vid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    let who = principal(&state, &headers)?;
+    let pack = state.registry.data_pack(&who, &id, &vid)?;
+    Ok(axum::Json(data_pack_json(&pack)))
+}
+
+async fn put_external(
+    State(state): State<RestState>,
+    Path((id, vid)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers)?;
+    let mut spec: DataPackSpec = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!("the body is not a data pack manifest (JSON): {e}"),
+        )
+    })?;
+    if spec.mode.is_empty() {
+        spec.mode = "external".into();
+    }
+    let recorded = state
+        .registry
+        .register_external(&who, &id, &vid, spec)
+        .await?;
+    let status = if recorded.already {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let body = recorded_json(&recorded, data_pack_json(&recorded.record));
+    Ok((status, axum::Json(body)).into_response())
+}
+
+fn bad_multipart(message: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_multipart",
+        format!("multipart body: {message}"),
+    )
+}
+
+async fn post_hosted(
+    State(state): State<RestState>,
+    Path((id, vid)): Path<(String, String)>,
+    headers: HeaderMap,
+    mut multipart: Multipart,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers)?;
+    // Fail before reading a byte of data if the caller may not write here.
+    state.registry.check_data_pack_target(&who, &id, &vid)?;
+    let mut meta: Option<HostedMeta> = None;
+    loop {
+        let Some(mut field) = multipart.next_field().await.map_err(bad_multipart)? else {
+            return Err(bad_multipart("no part named \"file\" with the data"));
+        };
+        match field.name() {
+            Some("metadata") => {
+                let bytes = field.bytes().await.map_err(bad_multipart)?;
+                meta = Some(serde_json::from_slice(&bytes).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_argument",
+                        format!("part metadata: not valid data pack metadata JSON: {e}"),
+                    )
+                })?);
+            }
+            Some("file") => {
+                let Some(mut meta) = meta.take() else {
+                    return Err(bad_multipart(
+                        "the \"metadata\" part (JSON with at least license) must come before the \"file\" part",
+                    ));
+                };
+                if meta.filename.is_none() {
+                    meta.filename = field.file_name().map(str::to_string);
+                }
+                let expected = state.registry.check_hosted(&who, &id, &vid, &meta)?;
+                let mut writer = state
+                    .store
+                    .begin_put(Expectation {
+                        digest: expected,
+                        size: None,
+                    })
+                    .await
+                    .map_err(ApiError::from)?;
+                // Each chunk goes to the store as it arrives; if the client goes away the writer
+                // is dropped and nothing is kept.
+                while let Some(chunk) = field.chunk().await.map_err(bad_multipart)? {
+                    writer.write(chunk).await.map_err(ApiError::from)?;
+                }
+                let stored = writer.commit().await.map_err(ApiError::from)?;
+                let recorded = state
+                    .registry
+                    .register_hosted(&who, &id, &vid, meta, &stored)
+                    .await?;
+                let status = if recorded.already {
+                    StatusCode::OK
+                } else {
+                    StatusCode::CREATED
+                };
+                let body = recorded_json(&recorded, data_pack_json(&recorded.record));
+                return Ok((status, axum::Json(body)).into_response());
+            }
+            other => {
+                return Err(bad_multipart(format!(
+                    "unexpected part {:?}; send \"metadata\" then \"file\"",
+                    other.unwrap_or("")
+                )));
+            }
+        }
+    }
+}
+
+/// A parsed single `Range: bytes=…` header, resolved against the blob size.
+fn parse_range(header: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u64)>, ApiError> {
+    let Some(value) = header else {
+        return Ok(None);
+    };
+    let unsatisfiable = || {
+        ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range_not_satisfiable",
+            format!(
+                "Range {value:?} does not fit a blob of {size} bytes; send bytes=START-END, bytes=START- or bytes=-SUFFIX"
+            ),
+        )
+    };
+    let text = value.to_str().map_err(|_| unsatisfiable())?;
+    let spec = text.strip_prefix("bytes=").ok_or_else(unsatisfiable)?;
+    if spec.contains(',') {
+        return Err(ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range_not_satisfiable",
+            "multiple ranges are not supported; ask for one range per request",
+        ));
+    }
+    let (start, end) = spec.split_once('-').ok_or_else(unsatisfiable)?;
+    let parse = |s: &str| s.trim().parse::<u64>().map_err(|_| unsatisfiable());
+    let (first, last) = if start.trim().is_empty() {
+        let suffix = parse(end)?;
+        if suffix == 0 {
+            return Err(unsatisfiable());
+        }
+        (
+            size.saturating_sub(suffix),
+            size.checked_sub(1).ok_or_else(unsatisfiable)?,
+        )
+    } else {
+        let first = parse(start)?;
+        let last = if end.trim().is_empty() {
+            size.saturating_sub(1)
+        } else {
+            parse(end)?.min(size.saturating_sub(1))
+        };
+        (first, last)
+    };
+    if first >= size || last < first {
+        return Err(unsatisfiable());
+    }
+    Ok(Some((first, last)))
+}
+
+/// Streams a blob (or one range of it) with its digest as the ETag.
+async fn serve_blob(
+    store: &BlobStore,
+    digest: &Digest,
+    headers: &HeaderMap,
+    filename: Option<&str>,
+) -> ApiResult<Response> {
+    let meta = store
+        .stat(digest)
+        .await?
+        .ok_or(StorageError::NotFound { digest: *digest })?;
+    let range = parse_range(headers.get(header::RANGE), meta.size)?;
+    let (status, byte_range, length) = match range {
+        Some((first, last)) => (
+            StatusCode::PARTIAL_CONTENT,
+            ByteRange {
+                offset: first,
+                limit: Some(last - first + 1),
+            },
+            last - first + 1,
+        ),
+        None => (StatusCode::OK, ByteRange::ALL, meta.size),
+    };
+    let read = store.get(digest, byte_range).await?;
+    let body = Body::from_stream(read.data.map(|block| {
+        block.map_err(|err| {
+            // A damaged block ends the response early: the client sees a short body, never
+            // corrupt bytes.
+            tracing::error!(%err, "download cut short");
+            std::io::Error::other(err.to_string())
+        })
+    }));
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, length)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, format!("\"{}\"", meta.digests.sha256))
+        .header("x-content-sha256", meta.digests.sha256.to_string())
+        .header("x-content-blake3", meta.digests.blake3.to_string());
+    if let Some((first, last)) = range {
+        response = response.header(
+            header::CONTENT_RANGE,
+            format!("bytes {first}-{last}/{}", meta.size),
+        );
+    }
+    if let Some(name) = filename.filter(|n| !n.contains(['"', '\\', '\r', '\n'])) {
+        response = response.header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{name}\""),
+        );
+    }
+    response
+        .body(body)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+async fn download_data_pack(
+    State(state): State<RestState>,
+    Path((id, vid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers)?;
+    let pack = state.registry.data_pack(&who, &id, &vid)?;
+    let p = &pack.event.pack;
+    let Some(sha256) = p.sha256.as_deref() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "external_data_pack",
+            format!(
+                "{id}@{vid}'s data pack is external: fetch it from {} under your own credentials ({})",
+                p.uri.as_deref().unwrap_or("its uri"),
+                p.access_policy.as_deref().unwrap_or("see access_policy")
+            ),
+        ));
+    };
+    let digest: Digest = sha256.parse().map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("stored digest {sha256}: {e}"),
+        )
+    })?;
+    serve_blob(&state.store, &digest, &headers, p.filename.as_deref()).await
+}
+
+async fn download_blob(
+    State(state): State<RestState>,
+    Path(digest): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers)?;
+    let digest: Digest = digest.parse().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!("path digest: {e}"),
+        )
+    })?;
+    let meta = state.store.stat(&digest).await?;
+    let readable = match &meta {
+        Some(meta) => {
+            who.allows_everywhere(crate::auth::Scope::Read)
+                || state.registry.blob_readable(&who, &meta.digests.sha256)
+        }
+        None => false,
+    };
+    if !readable {
+        // The same answer as for a digest that is not in custody.
+        return Err(StorageError::NotFound { digest }.into());
+    }
+    serve_blob(&state.store, &digest, &headers, None).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(text: &str, size: u64) -> Result<Option<(u64, u64)>, StatusCode> {
+        let value = HeaderValue::from_str(text).expect("ascii");
+        parse_range(Some(&value), size).map_err(|e| e.status)
+    }
+
+    /// RFC 9110 §14.1.2 byte ranges: first-last, open-ended, suffix; clamped to the size.
+    #[test]
+    fn ranges() {
+        assert_eq!(range("bytes=0-499", 1000), Ok(Some((0, 499))));
+        assert_eq!(range("bytes=500-", 1000), Ok(Some((500, 999))));
+        assert_eq!(range("bytes=-200", 1000), Ok(Some((800, 999))));
+        assert_eq!(range("bytes=-2000", 1000), Ok(Some((0, 999))));
+        assert_eq!(range("bytes=900-5000", 1000), Ok(Some((900, 999))));
+        for bad in [
+            "bytes=1000-",
+            "bytes=5-4",
+            "bytes=-0",
+            "items=0-1",
+            "bytes=0-1,4-5",
+            "bytes=a-b",
+        ] {
+            assert_eq!(
+                range(bad, 1000),
+                Err(StatusCode::RANGE_NOT_SATISFIABLE),
+                "{bad}"
+            );
+        }
+        assert_eq!(range("bytes=0-", 0), Err(StatusCode::RANGE_NOT_SATISFIABLE));
+        assert_eq!(parse_range(None, 10).map_err(|e| e.status), Ok(None));
+    }
+}
