@@ -39,6 +39,12 @@ ensure_system_packages() {
   export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
 }
 
+# curl is the independent HTTP client of the REST tests; openssl makes their TLS certificates
+# and gives the benchmarks their SHA-256 baseline.
+ensure_http_tools() {
+  ensure_debian_packages "curl and openssl for the REST and TLS tests" curl openssl
+}
+
 # The S3-compatible test server (moto), in a virtual environment of its own.
 ensure_moto() {
   local venv="$CUSTODIAN_CACHE/venv"

@@ -1,12 +1,12 @@
 //! The ContentStore gRPC contract, end to end.
 
+use crate::daemon::Authed;
 use bytes::Bytes;
 use custodian_core::BlobDigests;
 use custodian_proto::cas::v1 as pb;
 use custodian_proto::cas::v1::content_store_client::ContentStoreClient;
 use futures::StreamExt;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::daemon::Daemon;
 use crate::pattern;
@@ -30,7 +30,7 @@ fn chunk(data: Bytes) -> pb::PutRequest {
 
 /// Puts `data` in 256 KiB messages.
 pub async fn put(
-    client: &mut ContentStoreClient<Channel>,
+    client: &mut ContentStoreClient<Authed>,
     expected_digest: &str,
     expected_size: Option<u64>,
     data: &Bytes,
@@ -50,7 +50,7 @@ pub async fn put(
 
 /// Reads a range; returns the metadata and the bytes.
 pub async fn get(
-    client: &mut ContentStoreClient<Channel>,
+    client: &mut ContentStoreClient<Authed>,
     digest: &str,
     offset: u64,
     limit: u64,
@@ -87,7 +87,7 @@ pub struct OpenUpload {
 impl OpenUpload {
     /// Starts a Put with `header` and sends `first` as its first chunk.
     pub async fn start(
-        mut client: ContentStoreClient<Channel>,
+        mut client: ContentStoreClient<Authed>,
         header: pb::PutHeader,
         first: Bytes,
     ) -> OpenUpload {
@@ -117,7 +117,7 @@ impl OpenUpload {
 }
 
 /// Asserts that the blob is not in custody under either of its digests.
-pub async fn assert_absent(client: &mut ContentStoreClient<Channel>, digests: &BlobDigests) {
+pub async fn assert_absent(client: &mut ContentStoreClient<Authed>, digests: &BlobDigests) {
     for digest in [digests.sha256, digests.blake3] {
         let status = client
             .stat(pb::StatRequest {

@@ -6,7 +6,30 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use custodian_proto::cas::v1::content_store_client::ContentStoreClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// Adds a bearer token to every request.
+#[derive(Clone)]
+pub struct AddToken(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for AddToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel that authenticates with a token (or none).
+pub type Authed = InterceptedService<Channel, AddToken>;
 
 /// The `custodian` binary Cargo built for this test run.
 pub fn binary() -> &'static str {
@@ -16,8 +39,13 @@ pub fn binary() -> &'static str {
 /// A daemon on a free loopback port, with its own data directory. Killed when dropped.
 pub struct Daemon {
     child: Option<Child>,
+    /// The gRPC address, http://127.0.0.1:PORT.
     pub address: String,
+    /// The REST address, http://127.0.0.1:PORT.
+    pub rest: String,
     pub data_dir: PathBuf,
+    /// An admin token for every namespace, created before the first start.
+    pub token: String,
     extra: Vec<String>,
 }
 
@@ -32,17 +60,55 @@ impl Daemon {
         let mut daemon = Daemon {
             child: None,
             address: String::new(),
+            rest: String::new(),
             data_dir: dir.to_path_buf(),
+            token: String::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
+        daemon.token = daemon.create_token("e2e-admin", "admin", "*");
         daemon.spawn();
         daemon
+    }
+
+    /// Creates a token in the data directory with `custodian token create`; returns its secret.
+    pub fn create_token(&self, name: &str, scopes: &str, namespaces: &str) -> String {
+        let output = Command::new(binary())
+            .args([
+                "token",
+                "create",
+                "--name",
+                name,
+                "--scope",
+                scopes,
+                "--namespace",
+                namespaces,
+            ])
+            .args(["--secret-only", "--data-dir"])
+            .arg(&self.data_dir)
+            .output()
+            .expect("run custodian token create");
+        assert!(
+            output.status.success(),
+            "token create: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string()
     }
 
     fn spawn(&mut self) {
         let mut child = Command::new(binary())
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--log", "warn"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--rest-listen",
+                "127.0.0.1:0",
+                "--log",
+                "warn",
+            ])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra)
@@ -52,15 +118,25 @@ impl Daemon {
             .spawn()
             .expect("start custodian serve");
         let stdout = child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout)
+        reader
             .read_line(&mut line)
             .expect("read the listening line");
         let address = line
             .trim()
             .strip_prefix("custodian listening on ")
             .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"));
-        self.address = format!("http://{address}");
+        self.address = format!("http://{}", address.trim_end_matches(" (TLS)"));
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .expect("read the REST listening line");
+        let rest = line
+            .trim()
+            .strip_prefix("custodian rest listening on ")
+            .unwrap_or_else(|| panic!("unexpected second line from serve: {line:?}"));
+        self.rest = format!("http://{}", rest.trim_end_matches(" (TLS)"));
         self.child = Some(child);
     }
 
@@ -69,16 +145,17 @@ impl Daemon {
         self.child.as_ref().expect("running").id()
     }
 
-    /// A gRPC client for the content store.
-    pub async fn client(&self) -> ContentStoreClient<Channel> {
-        let channel = Channel::from_shared(self.address.clone())
-            .expect("daemon address is a valid URI")
-            .connect()
-            .await
-            .expect("connect to the daemon");
-        ContentStoreClient::new(channel)
+    /// A gRPC content store client with the admin token.
+    pub async fn client(&self) -> ContentStoreClient<Authed> {
+        ContentStoreClient::new(self.authed(Some(&self.token.clone())).await)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20)
+    }
+
+    /// A channel that sends `token` (or nothing) with every request.
+    pub async fn authed(&self, token: Option<&str>) -> Authed {
+        let value = token.map(|t| format!("Bearer {t}").parse().expect("ASCII token"));
+        InterceptedService::new(self.channel().await, AddToken(value))
     }
 
     /// A raw channel, for health and reflection clients.
@@ -90,13 +167,20 @@ impl Daemon {
             .expect("connect")
     }
 
-    /// Runs `custodian ARGS` as a client of this daemon.
+    /// Runs `custodian ARGS` as a client of this daemon, with the admin token.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(binary())
-            .args(args)
-            .env("CUSTODIAN_SERVER", &self.address)
-            .output()
-            .expect("run custodian")
+        self.cli_as(Some(&self.token), args)
+    }
+
+    /// Runs `custodian ARGS` as a client of this daemon with `token` (or none).
+    pub fn cli_as(&self, token: Option<&str>, args: &[&str]) -> Output {
+        let mut command = Command::new(binary());
+        command.args(args).env("CUSTODIAN_SERVER", &self.address);
+        match token {
+            Some(token) => command.env("CUSTODIAN_TOKEN", token),
+            None => command.env_remove("CUSTODIAN_TOKEN"),
+        };
+        command.output().expect("run custodian")
     }
 
     /// Kills the daemon with SIGKILL, as a crash would, and waits for it.

@@ -23,7 +23,7 @@ async fn go_sumdb_note_and_tlog_verify_our_checkpoints_receipts_and_proofs() {
     let mut client = LedgerClient::new(daemon.channel().await);
     let append = |i: u64| {
         let mut request = tonic::Request::new(pb::AppendRequest {
-            kind: "DataPackRegistered".into(),
+            kind: "InteropCheck".into(),
             payload_cbor: custodian_core::entry::encode_value(
                 &custodian_core::entry::Value::Integer(i.into()),
             )

@@ -7,6 +7,7 @@ mod crash;
 mod daemon;
 mod interop;
 mod ledger;
+mod registry;
 
 use bytes::Bytes;
 
