@@ -32,6 +32,9 @@ use crate::registry::{
     DataPackRecord, HostedMeta, Recorded, Registry, RegistryError, VersionRecord,
 };
 
+/// The largest `metadata` part of a hosted upload.
+const MAX_METADATA_BYTES: usize = 64 << 10;
+
 /// The OpenAPI document, served at `/openapi.yaml`.
 const OPENAPI: &str = include_str!("../../../docs/openapi.yaml");
 
@@ -398,7 +401,16 @@ async fn post_hosted(
         };
         match field.name() {
             Some("metadata") => {
-                let bytes = field.bytes().await.map_err(bad_multipart)?;
+                // Metadata is small; cap it so that a huge part cannot be buffered.
+                let mut bytes = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(bad_multipart)? {
+                    bytes.extend_from_slice(&chunk);
+                    if bytes.len() > MAX_METADATA_BYTES {
+                        return Err(bad_multipart(format!(
+                            "the metadata part is over {MAX_METADATA_BYTES} bytes"
+                        )));
+                    }
+                }
                 meta = Some(serde_json::from_slice(&bytes).map_err(|e| {
                     ApiError::new(
                         StatusCode::BAD_REQUEST,
