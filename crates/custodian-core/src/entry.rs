@@ -282,6 +282,22 @@ impl Entry {
     }
 }
 
+/// The kind of an encoded entry, read from its fixed prefix without decoding the rest: every
+/// version-1 entry starts with the map header, `v: 1` and the `kind` key. `None` if the bytes do
+/// not start that way (a full [`Entry::decode`] then says why).
+pub fn peek_kind(bytes: &[u8]) -> Option<&str> {
+    // a5 (map of 5), 61 76 ("v"), 01, 64 6b 69 6e 64 ("kind"), then a text head.
+    const PREFIX: [u8; 9] = [0xa5, 0x61, b'v', 0x01, 0x64, b'k', b'i', b'n', b'd'];
+    let rest = bytes.strip_prefix(PREFIX.as_slice())?;
+    let (&head, rest) = rest.split_first()?;
+    let (len, rest) = match head {
+        0x60..=0x77 => (usize::from(head - 0x60), rest),
+        0x78 => (usize::from(*rest.first()?), &rest[1..]),
+        _ => return None,
+    };
+    std::str::from_utf8(rest.get(..len)?).ok()
+}
+
 /// Encodes a CBOR value as it is (callers canonicalize first).
 pub fn encode_value(value: &Value) -> Vec<u8> {
     let mut out = Vec::new();
@@ -343,6 +359,27 @@ fn canonicalize(value: Value, field: &'static str) -> Result<Value, EntryError> 
         Value::Tag(tag, inner) => Value::Tag(tag, Box::new(canonicalize(*inner, field)?)),
         other => other,
     })
+}
+
+#[cfg(test)]
+mod peek_tests {
+    use super::*;
+
+    #[test]
+    fn peek_kind_reads_the_prefix_of_every_kind() {
+        for name in ["RunAttested", "PackagePublished", "X", &"K".repeat(64)] {
+            let kind = EntryKind::parse(name).expect("valid kind");
+            let entry = Entry::new(kind, Hash::ZERO, 1, Value::Null).expect("entry");
+            assert_eq!(peek_kind(&entry.encode()), Some(name));
+        }
+        assert_eq!(peek_kind(b""), None);
+        assert_eq!(
+            peek_kind(&[
+                0xa5, 0x61, b'v', 0x01, 0x64, b'k', b'i', b'n', b'd', 0x65, b'a'
+            ]),
+            None
+        );
+    }
 }
 
 #[cfg(test)]

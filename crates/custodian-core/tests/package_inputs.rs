@@ -12,7 +12,8 @@ use custodian_core::package::{FileEntry, PackageStatement};
 use custodian_core::{Algorithm, Digest, promptpack};
 use proptest::prelude::*;
 
-const MANIFEST: &[u8] = b"name: demo\nversion: 1.0.0\ntype: prompt_spec\nbase_model: m\nlicense: MIT\n";
+const MANIFEST: &[u8] =
+    b"name: demo\nversion: 1.0.0\ntype: prompt_spec\nbase_model: m\nlicense: MIT\n";
 
 fn files() -> Vec<FileEntry> {
     [
@@ -39,7 +40,12 @@ fn signer() -> SignerKey {
 fn worked_example_root() {
     let statement =
         PackageStatement::new("demo", "1.0.0", "prompt_spec", files()).expect("valid package");
-    let lines: Vec<String> = statement.tree.files().iter().map(FileEntry::leaf_data).collect();
+    let lines: Vec<String> = statement
+        .tree
+        .files()
+        .iter()
+        .map(FileEntry::leaf_data)
+        .collect();
     assert_eq!(
         lines,
         [
