@@ -436,8 +436,12 @@ fn sign_raw(statement: &serde_json::Value, key: &SignerKey) -> String {
     .to_json()
 }
 
-async fn put(client: &mut ContentStoreClient<crate::daemon::Authed>, data: &[u8]) -> Digest {
-    let response = client
+/// Uploads one blob with BatchPut and returns its result.
+async fn batch_put_one(
+    client: &mut ContentStoreClient<crate::daemon::Authed>,
+    data: &[u8],
+) -> cas::BatchPutResult {
+    let mut response = client
         .batch_put(cas::BatchPutRequest {
             items: vec![cas::BatchPutItem {
                 expected_digest: String::new(),
@@ -445,15 +449,19 @@ async fn put(client: &mut ContentStoreClient<crate::daemon::Authed>, data: &[u8]
             }],
         })
         .await
-        .expect("e2e step failed")
+        .expect("BatchPut")
         .into_inner();
-    response.results[0]
+    response.results.remove(0)
+}
+
+async fn put(client: &mut ContentStoreClient<crate::daemon::Authed>, data: &[u8]) -> Digest {
+    batch_put_one(client, data)
+        .await
         .blob
-        .as_ref()
-        .expect("e2e step failed")
+        .expect("stored")
         .sha256
         .parse()
-        .expect("e2e step failed")
+        .expect("a digest")
 }
 
 #[tokio::test]
@@ -1007,20 +1015,8 @@ async fn private_content_answers_exactly_like_absent_content() {
         }
         // An upload of the private bytes does not reveal that they were already present.
         if token.is_some() {
-            let put = store
-                .batch_put(cas::BatchPutRequest {
-                    items: vec![cas::BatchPutItem {
-                        expected_digest: String::new(),
-                        data: secret.clone().into(),
-                    }],
-                })
-                .await
-                .expect("e2e step failed")
-                .into_inner();
-            assert!(
-                !put.results[0].already_present,
-                "{who} learned the blob existed"
-            );
+            let put = batch_put_one(&mut store, &secret).await;
+            assert!(!put.already_present, "{who} learned the blob existed");
         }
 
         // The ledger entry of a private publication is not readable.
