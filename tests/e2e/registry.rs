@@ -332,6 +332,11 @@ async fn seed_packages_publish_list_install_and_verify_over_grpc_and_rest() {
     let metadata = format!(
         r#"metadata={{"license":"CC-BY-4.0","sha256":"{sha}","provenance":{{"generator":"synthetic","rows":60}},"eval_set_uri":"https://example.org/evals/support.jsonl"}};type=application/json"#
     );
+    std::fs::write(
+        dir.path().join("provenance.json"),
+        r#"{"generator":"synthetic","rows":60}"#,
+    )
+    .expect("write provenance");
     let (code, body) = curl(&[
         "-H",
         &auth,
@@ -372,6 +377,60 @@ async fn seed_packages_publish_list_install_and_verify_over_grpc_and_rest() {
     assert_eq!(std::fs::read(&out).expect("e2e step failed"), bytes);
     let (code, _) = curl(&["-r", "999999-", &format!("{url}/download")]);
     assert_eq!(code, 416);
+
+    // The CLI's data pack commands use the same REST API: show, a verified download, and an
+    // idempotent repeat of the upload and of the external declaration.
+    let with_rest = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--rest", rest.as_str()]);
+        daemon.cli(&all)
+    };
+    let shown = stdout(&with_rest(&[
+        "datapack",
+        "show",
+        "customer-support-classifier@0.1.0",
+        "--json",
+    ]));
+    assert_eq!(json(shown.as_bytes())["sha256"], sha.to_string());
+    let fetched = dir.path().join("fetched.jsonl");
+    stdout(&with_rest(&[
+        "datapack",
+        "download",
+        "customer-support-classifier@0.1.0",
+        "-o",
+        fetched.to_str().expect("utf-8"),
+    ]));
+    assert_eq!(std::fs::read(&fetched).expect("downloaded"), bytes);
+    let again = stdout(&with_rest(&[
+        "datapack",
+        "upload",
+        "customer-support-classifier@0.1.0",
+        data.to_str().expect("utf-8"),
+        "--license",
+        "CC-BY-4.0",
+        "--provenance",
+        dir.path().join("provenance.json").to_str().expect("utf-8"),
+        "--eval-set-uri",
+        "https://example.org/evals/support.jsonl",
+    ]));
+    assert!(again.starts_with("already registered"), "{again}");
+    let again = stdout(&with_rest(&[
+        "datapack",
+        "set-external",
+        "pacman-builder@0.2.1",
+        manifest.to_str().expect("utf-8"),
+    ]));
+    assert!(again.starts_with("already registered"), "{again}");
+    let refused = with_rest(&[
+        "datapack",
+        "upload",
+        "pacman-builder@0.2.1",
+        data.to_str().expect("utf-8"),
+        "--license",
+        "MIT",
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("already_exists (409)"));
 
     // gRPC shows the data pack with the version; install reports it.
     let version = registry(&daemon, None)

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_ledger;
 mod blob;
+mod datapack;
 mod log;
 mod pack;
 mod publish;
@@ -40,6 +41,7 @@ custodian key generate acme-release               # acme-release.key + acme-rele
 custodian publish examples/pacman-builder --key acme-release.key\n  \
 custodian install pacman-builder@0.2.1 -o ./pacman\n  \
 custodian pack verify ./pacman --key acme-release.pub   # offline\n  \
+custodian datapack upload pacman-builder@0.2.1 levels.parquet --license CC-BY-4.0\n  \
 custodian blob put dataset.parquet prompts.yaml   # prints each file's digests\n  \
 custodian blob get sha256:9f86d0... -o dataset.parquet\n  \
 custodian blob missing sha256:9f86d0... blake3:4878ca...\n  \
@@ -99,6 +101,10 @@ back. Exits 1 naming the first index where anything diverges."
     Show(publish::ShowArgs),
     /// Yank a version (recorded in the ledger; it stays fetchable and is flagged)
     Yank(publish::YankArgs),
+    /// Data packs over the REST API: upload hosted bytes, register an external pack, show,
+    /// download
+    #[command(subcommand)]
+    Datapack(datapack::DataPackCommand),
     /// Create, list and revoke API tokens (run on the daemon's host)
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -135,6 +141,7 @@ fn main() -> std::process::ExitCode {
             Command::Show(args) => publish::show(args).await,
             Command::Yank(args) => publish::yank(args).await,
             Command::Token(command) => token::run(command),
+            Command::Datapack(command) => datapack::run(command).await,
             Command::Bench(command) => {
                 tokio::task::spawn_blocking(move || bench::run(command)).await?
             }

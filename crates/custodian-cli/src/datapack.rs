@@ -1,0 +1,384 @@
+//! `custodian datapack …`: data packs through the daemon's REST API (the seed's endpoints), so
+//! the CLI exercises exactly what other HTTP clients use.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use custodian_core::{Algorithm, Digest, StreamHasher};
+use futures::StreamExt as _;
+
+use crate::blob::{ServerArg, progress};
+use crate::publish::split_spec;
+
+/// Where the REST API is.
+#[derive(Args, Clone)]
+pub struct RestArg {
+    /// The daemon's REST address (https://… when it serves TLS)
+    #[arg(long, env = "CUSTODIAN_REST", default_value = "http://127.0.0.1:7312")]
+    rest: String,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+/// Data pack commands.
+#[derive(Subcommand)]
+pub enum DataPackCommand {
+    /// Upload a hosted data pack for NAME@VERSION (streamed, with progress)
+    #[command(
+        long_about = "Upload a file as the hosted data pack of a published version. The file \
+is hashed locally first and its sha256 declared, so the daemon refuses (and keeps nothing of) \
+bytes that arrive altered. The upload streams with a progress bar on a terminal. Data packs are \
+immutable per version: uploading the same bytes again is a no-op, anything else is refused."
+    )]
+    Upload {
+        /// NAME@VERSION
+        spec: String,
+        /// The data file
+        file: PathBuf,
+        /// The data's license, e.g. CC-BY-4.0
+        #[arg(long)]
+        license: String,
+        /// A JSON file with the data's provenance (an object)
+        #[arg(long, value_name = "FILE")]
+        provenance: Option<PathBuf>,
+        /// The eval set built from the data
+        #[arg(long)]
+        eval_set_uri: Option<String>,
+        /// inherit (the version's visibility), public or private
+        #[arg(long, default_value = "inherit")]
+        visibility: String,
+        /// The data artifact's own logical version
+        #[arg(long)]
+        data_version: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        rest: RestArg,
+    },
+    /// Register an external data pack for NAME@VERSION from a JSON declaration (seed 001)
+    SetExternal {
+        /// NAME@VERSION
+        spec: String,
+        /// The declaration: source_type, uri, checksum, access_policy, license, version, provenance
+        manifest: PathBuf,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        rest: RestArg,
+    },
+    /// Show the data pack's trust view
+    Show {
+        /// NAME@VERSION
+        spec: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        rest: RestArg,
+    },
+    /// Download a hosted data pack; the file appears only once its sha256 verified
+    Download {
+        /// NAME@VERSION
+        spec: String,
+        /// Destination file
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        #[command(flatten)]
+        rest: RestArg,
+    },
+}
+
+fn client(rest: &RestArg) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = &rest.server.ca_cert {
+        let pem =
+            std::fs::read(path).with_context(|| format!("reading --ca-cert {}", path.display()))?;
+        builder = builder.add_root_certificate(
+            reqwest::Certificate::from_pem(&pem).context("--ca-cert is not a PEM certificate")?,
+        );
+    }
+    builder.build().context("building the HTTP client")
+}
+
+fn url(rest: &RestArg, spec: &str, tail: &str) -> anyhow::Result<String> {
+    let (name, version) = split_spec(spec)?;
+    let name: String = name
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    Ok(format!(
+        "{}/wrappers/{name}/versions/{version}/data-pack{tail}",
+        rest.rest.trim_end_matches('/')
+    ))
+}
+
+fn authorize(request: reqwest::RequestBuilder, rest: &RestArg) -> reqwest::RequestBuilder {
+    match &rest.server.token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+}
+
+/// Reads a JSON answer, turning the API's error objects into readable errors.
+async fn answer(response: reqwest::Response) -> anyhow::Result<serde_json::Value> {
+    let status = response.status();
+    let body = response.bytes().await.context("reading the response")?;
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .with_context(|| format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))?;
+    if !status.is_success() {
+        bail!(
+            "{} ({}): {}",
+            value["error"]["code"].as_str().unwrap_or("error"),
+            status.as_u16(),
+            value["error"]["message"].as_str().unwrap_or("")
+        );
+    }
+    Ok(value)
+}
+
+fn hash_with_progress(path: &Path) -> anyhow::Result<(Digest, u64)> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    let bar = progress(len, format!("sha256 {}", path.display()));
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = StreamHasher::new(Algorithm::Sha256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    Ok((hasher.finalize(), len))
+}
+
+fn print_view(view: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(view)?);
+        return Ok(());
+    }
+    let field = |key: &str| {
+        view[key]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| view[key].as_u64().map(|n| n.to_string()))
+    };
+    for key in [
+        "mode",
+        "license",
+        "sha256",
+        "size",
+        "filename",
+        "visibility",
+        "scan_status",
+        "source_type",
+        "uri",
+        "checksum",
+        "access_policy",
+        "data_version",
+        "eval_set_uri",
+        "ledger_index",
+        "registered_at",
+    ] {
+        if let Some(value) = field(key) {
+            println!("{key:<14} {value}");
+        }
+    }
+    if !view["provenance"].is_null() {
+        println!("{:<14} {}", "provenance", view["provenance"]);
+    }
+    Ok(())
+}
+
+/// Runs a data pack command.
+pub async fn run(command: DataPackCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DataPackCommand::Upload {
+            spec,
+            file,
+            license,
+            provenance,
+            eval_set_uri,
+            visibility,
+            data_version,
+            json,
+            rest,
+        } => {
+            let path = file.clone();
+            let (sha256, len) =
+                tokio::task::spawn_blocking(move || hash_with_progress(&path)).await??;
+            let mut metadata = serde_json::json!({
+                "license": license,
+                "sha256": sha256.to_string(),
+                "visibility": visibility,
+            });
+            if let Some(p) = provenance {
+                let text = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+                metadata["provenance"] = serde_json::from_slice(&text)
+                    .with_context(|| format!("{} is not JSON", p.display()))?;
+            }
+            if let Some(uri) = eval_set_uri {
+                metadata["eval_set_uri"] = uri.into();
+            }
+            if let Some(v) = data_version {
+                metadata["version"] = v.into();
+            }
+            let bar = progress(len, format!("upload {}", file.display()));
+            let counter = bar.clone();
+            let stream = tokio_util::io::ReaderStream::with_capacity(
+                tokio::fs::File::open(&file)
+                    .await
+                    .with_context(|| format!("opening {}", file.display()))?,
+                1 << 20,
+            )
+            .map(move |chunk| {
+                if let Ok(bytes) = &chunk {
+                    counter.inc(bytes.len() as u64);
+                }
+                chunk
+            });
+            let file_name = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("data")
+                .to_string();
+            let form = reqwest::multipart::Form::new()
+                .part(
+                    "metadata",
+                    reqwest::multipart::Part::text(metadata.to_string())
+                        .mime_str("application/json")?,
+                )
+                .part(
+                    "file",
+                    reqwest::multipart::Part::stream_with_length(
+                        reqwest::Body::wrap_stream(stream),
+                        len,
+                    )
+                    .file_name(file_name),
+                );
+            let response = authorize(client(&rest)?.post(url(&rest, &spec, "/hosted")?), &rest)
+                .multipart(form)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the REST API at {}", rest.rest))?;
+            bar.finish_and_clear();
+            let value = answer(response).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!(
+                    "{} hosted data pack of {spec}: {sha256}, {len} bytes (ledger entry {})",
+                    if value["already_recorded"] == true {
+                        "already registered:"
+                    } else {
+                        "registered"
+                    },
+                    value["record"]["ledger_index"]
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DataPackCommand::SetExternal {
+            spec,
+            manifest,
+            json,
+            rest,
+        } => {
+            let body = std::fs::read(&manifest)
+                .with_context(|| format!("reading {}", manifest.display()))?;
+            let response = authorize(client(&rest)?.put(url(&rest, &spec, "/manifest")?), &rest)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the REST API at {}", rest.rest))?;
+            let value = answer(response).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!(
+                    "{} external data pack of {spec}: {} (ledger entry {})",
+                    if value["already_recorded"] == true {
+                        "already registered:"
+                    } else {
+                        "registered"
+                    },
+                    value["record"]["uri"].as_str().unwrap_or(""),
+                    value["record"]["ledger_index"]
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DataPackCommand::Show { spec, json, rest } => {
+            let response = authorize(client(&rest)?.get(url(&rest, &spec, "")?), &rest)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the REST API at {}", rest.rest))?;
+            print_view(&answer(response).await?, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DataPackCommand::Download { spec, output, rest } => {
+            let client = client(&rest)?;
+            let view = answer(
+                authorize(client.get(url(&rest, &spec, "")?), &rest)
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot reach the REST API at {}", rest.rest))?,
+            )
+            .await?;
+            let expected: Digest = view["sha256"]
+                .as_str()
+                .with_context(|| format!("{spec}'s data pack is not hosted: {}", view["uri"]))?
+                .parse()?;
+            let size = view["size"].as_u64().unwrap_or(0);
+            let response = authorize(client.get(url(&rest, &spec, "/download")?), &rest)
+                .send()
+                .await?;
+            if !response.status().is_success() {
+                answer(response).await?;
+                bail!("the download failed");
+            }
+            let tmp = output.with_extension("part");
+            let mut out = std::fs::File::create(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            let bar = progress(size, format!("download {spec}"));
+            let mut hasher = StreamHasher::new(Algorithm::Sha256);
+            let mut got = 0u64;
+            let mut body = response.bytes_stream();
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.context("the download was cut short")?;
+                hasher.update(&chunk);
+                out.write_all(&chunk)?;
+                got += chunk.len() as u64;
+                bar.inc(chunk.len() as u64);
+            }
+            bar.finish_and_clear();
+            out.sync_all()?;
+            let actual = hasher.finalize();
+            if actual != expected || got != size {
+                let _ = std::fs::remove_file(&tmp);
+                bail!(
+                    "received {got} bytes hashing to {actual}; the data pack is {size} bytes with {expected}"
+                );
+            }
+            std::fs::rename(&tmp, &output)?;
+            println!(
+                "{got} bytes of {expected} verified and written to {}",
+                output.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
