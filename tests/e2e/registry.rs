@@ -46,6 +46,14 @@ fn copy_example(name: &str, dir: &Path) -> PathBuf {
     dst
 }
 
+/// The Python of the test virtual environment (scripts/test's ensure_moto), which has
+/// pyca/cryptography; `python3` otherwise.
+fn python() -> PathBuf {
+    std::env::var_os("CUSTODIAN_MOTO_SERVER")
+        .map(|moto| PathBuf::from(moto).with_file_name("python"))
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
 fn stdout(output: &Output) -> String {
     assert!(
         output.status.success(),
@@ -249,6 +257,26 @@ async fn seed_packages_publish_list_install_and_verify_over_grpc_and_rest() {
         ]));
         assert!(out.starts_with("ok: "), "{out}");
 
+        // An implementation nobody on this project's Rust side wrote agrees: Python's hashlib and
+        // pyca/cryptography, from docs/formats.md (tests/interop/verify_package.py).
+        let python_check = |folder: &Path| {
+            Command::new(python())
+                .arg(
+                    Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("../../tests/interop/verify_package.py"),
+                )
+                .arg(folder)
+                .arg(public)
+                .output()
+                .expect("run python (scripts/test provides a venv with cryptography)")
+        };
+        let out = stdout(&python_check(&target));
+        assert!(out.starts_with(&format!("ok {name}@{version}")), "{out}");
+        assert!(
+            out.contains(published["root"].as_str().expect("root")),
+            "{out}"
+        );
+
         // A modified installed file is named by the offline check.
         std::fs::write(target.join("manifest.yaml"), "name: changed\n").expect("e2e step failed");
         let output = offline(&[
@@ -261,6 +289,12 @@ async fn seed_packages_publish_list_install_and_verify_over_grpc_and_rest() {
         assert!(!output.status.success());
         assert!(
             String::from_utf8_lossy(&output.stderr).contains("manifest.yaml: has been modified")
+        );
+        let output = python_check(&target);
+        assert!(!output.status.success());
+        assert!(
+            String::from_utf8_lossy(&output.stderr)
+                .contains("manifest.yaml on disk does not match")
         );
     }
 

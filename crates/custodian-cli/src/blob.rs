@@ -135,7 +135,8 @@ pub async fn connect(server: &ServerArg) -> anyhow::Result<ContentStoreClient<Co
 /// Connects to the daemon, with windows and frames sized for bulk transfers, authenticating
 /// with --token when given.
 pub async fn channel(server: &ServerArg) -> anyhow::Result<Conn> {
-    let auth = match &server.token {
+    // An empty CUSTODIAN_TOKEN means "no token", as an unset one does.
+    let auth = match server.token.as_deref().filter(|t| !t.is_empty()) {
         Some(token) => Some(
             format!("Bearer {token}")
                 .parse()

@@ -121,7 +121,7 @@ fn url(rest: &RestArg, spec: &str, tail: &str) -> anyhow::Result<String> {
 }
 
 fn authorize(request: reqwest::RequestBuilder, rest: &RestArg) -> reqwest::RequestBuilder {
-    match &rest.server.token {
+    match rest.server.token.as_deref().filter(|t| !t.is_empty()) {
         Some(token) => request.bearer_auth(token),
         None => request,
     }
