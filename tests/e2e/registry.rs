@@ -277,6 +277,40 @@ async fn seed_packages_publish_list_install_and_verify_over_grpc_and_rest() {
             "{out}"
         );
 
+        // A subset of the files is proven against the root the registry recorded, offline.
+        let proof = dir.path().join(format!("{name}.proof.json"));
+        stdout(&offline(&[
+            "pack",
+            "prove",
+            target.to_str().expect("utf-8"),
+            "manifest.yaml",
+            "-o",
+            proof.to_str().expect("utf-8"),
+        ]));
+        let root = published["root"].as_str().expect("root");
+        let out = stdout(&offline(&[
+            "pack",
+            "check-proof",
+            proof.to_str().expect("utf-8"),
+            "--root",
+            root,
+            "--dir",
+            target.to_str().expect("utf-8"),
+        ]));
+        assert!(out.starts_with("ok: manifest.yaml"), "{out}");
+        let mut forged = json(&std::fs::read(&proof).expect("proof"));
+        forged["files"][0]["size"] =
+            (forged["files"][0]["size"].as_u64().expect("size") + 1).into();
+        std::fs::write(&proof, serde_json::to_vec(&forged).expect("json")).expect("write");
+        let output = offline(&[
+            "pack",
+            "check-proof",
+            proof.to_str().expect("utf-8"),
+            "--root",
+            root,
+        ]);
+        assert!(!output.status.success(), "a forged proof was accepted");
+
         // A modified installed file is named by the offline check.
         std::fs::write(target.join("manifest.yaml"), "name: changed\n").expect("e2e step failed");
         let output = offline(&[

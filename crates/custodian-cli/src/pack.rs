@@ -69,6 +69,31 @@ and sign an in-toto Statement over all of it as a DSSE envelope with your Ed2551
         #[arg(long)]
         json: bool,
     },
+    /// Prove that some files belong to a signed package, without the rest of its file list
+    #[command(
+        long_about = "Write RFC 6962 inclusion proofs that the given files belong to the package built in DIR: for each file its path, sha256, size, leaf index and audit path to the package root. Whoever trusts the root (from the signed envelope, the registry's record or the ledger's PackagePublished entry) checks them with `pack check-proof`, offline, without the other files or the full file list."
+    )]
+    Prove {
+        /// The built package folder
+        dir: PathBuf,
+        /// Paths inside the package
+        #[arg(required = true)]
+        paths: Vec<String>,
+        /// Write the proof here instead of standard output
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Check a proof from `pack prove` against a package root, offline
+    CheckProof {
+        /// The proof file
+        proof: PathBuf,
+        /// The package root you trust, sha256:<hex>
+        #[arg(long)]
+        root: String,
+        /// Also check the files' bytes in this folder against the proven digests
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Check a package folder against its signature, offline
     #[command(
         long_about = "Verify a package folder offline: the DSSE signature with the \
@@ -381,9 +406,127 @@ pub fn run_key(command: KeyCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+#[derive(Serialize, serde::Deserialize)]
+struct ProofFile {
+    name: String,
+    version: String,
+    root: String,
+    file_count: u64,
+    files: Vec<ProvenFile>,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct ProvenFile {
+    path: String,
+    sha256: String,
+    size: u64,
+    index: u64,
+    proof: Vec<String>,
+}
+
+fn prove(dir: &Path, paths: &[String], output: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let envelope = read_envelope(dir)?;
+    let statement = PackageStatement::from_json(&envelope.payload_bytes()?)?;
+    let mut files = Vec::new();
+    for path in paths {
+        let (index, proof) = statement
+            .tree
+            .proof(path)
+            .with_context(|| format!("{path:?} is not a file of the signed package"))?;
+        let file = statement.tree.get(path).context("listed file")?;
+        files.push(ProvenFile {
+            path: path.clone(),
+            sha256: file.sha256.to_string(),
+            size: file.size,
+            index,
+            proof: proof.iter().map(|h| h.to_hex()).collect(),
+        });
+    }
+    let proof = ProofFile {
+        name: statement.name.clone(),
+        version: statement.version.clone(),
+        root: format!("sha256:{}", statement.tree.root().to_hex()),
+        file_count: statement.tree.files().len() as u64,
+        files,
+    };
+    let text = serde_json::to_string_pretty(&proof)? + "\n";
+    match output {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_proof(proof: &Path, root: &str, dir: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read(proof).with_context(|| format!("reading {}", proof.display()))?;
+    let proof: ProofFile = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a proof from `pack prove`", proof.display()))?;
+    let trusted = custodian_core::merkle::Hash::from_slice(
+        &hex::decode(root.strip_prefix("sha256:").unwrap_or(root))
+            .with_context(|| format!("--root {root:?} is not sha256:<hex>"))?,
+    )
+    .map_err(|e| anyhow::anyhow!("--root {root:?}: {e}"))?;
+    let mut failures = 0;
+    for file in &proof.files {
+        let entry = FileEntry {
+            path: file.path.clone(),
+            sha256: file.sha256.parse()?,
+            size: file.size,
+        };
+        let hashes = file
+            .proof
+            .iter()
+            .map(|h| {
+                custodian_core::merkle::Hash::from_slice(&hex::decode(h)?)
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+            .with_context(|| format!("{}: a proof hash is not 32 bytes of hex", file.path))?;
+        let mut problem = custodian_core::package::verify_file_proof(
+            &trusted,
+            proof.file_count,
+            file.index,
+            &entry,
+            &hashes,
+        )
+        .err()
+        .map(|e| format!("does not belong to the package with that root: {e}"));
+        if problem.is_none()
+            && let Some(dir) = dir
+        {
+            let (sha256, size) = hash_file(&dir.join(&file.path))?;
+            if sha256 != entry.sha256 || size != entry.size {
+                problem = Some(format!(
+                    "on disk is {sha256} ({size} bytes), proven {} ({} bytes)",
+                    entry.sha256, entry.size
+                ));
+            }
+        }
+        match problem {
+            Some(p) => {
+                failures += 1;
+                eprintln!("error: {}: {p}", file.path);
+            }
+            None => println!(
+                "ok: {} ({}) is file {} of {} under root {root}",
+                file.path, file.sha256, file.index, proof.file_count
+            ),
+        }
+    }
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 /// Runs a pack command.
 pub fn run(command: PackCommand) -> anyhow::Result<ExitCode> {
     match command {
+        PackCommand::Prove { dir, paths, output } => prove(&dir, &paths, output.as_deref()),
+        PackCommand::CheckProof { proof, root, dir } => check_proof(&proof, &root, dir.as_deref()),
         PackCommand::Build { dir, key, json } => {
             let key = load_signer(&key)?;
             let (statement, envelope, report) = build(&dir, &key)?;
