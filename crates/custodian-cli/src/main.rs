@@ -21,9 +21,10 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7311";
     version,
     about = "Custody and provenance for LLM Behavior Packages",
     long_about = "Custodian keeps custody of blobs (package files, data packs) by digest, verified \
-on write and never served corrupted.\n\n\
-Run the daemon with `custodian serve`. `blob`, `log`, `publish`, `install`, `versions`, `show` \
-and `yank` are clients of a running daemon (see --server, --token), except `log verify-receipt`, \
+on write and never served corrupted; keeps an append-only provenance ledger; and is a registry \
+of signed Behavior Package versions and their data packs.\n\n\
+Run the daemon with `custodian serve`. `blob`, `log`, `publish`, `install`, `versions`, `show`, \
+`yank` and `datapack` are clients of a running daemon (see --server, --token), except `log verify-receipt`, \
 `audit`, `pack` and `key`, which work offline.\n\n\
 Behavior Packages are folders with a manifest.yaml. `pack build` hashes, checks and signs one \
 (DSSE, Ed25519), `publish` records it in the registry and the ledger, `install` fetches and \
@@ -60,7 +61,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the Custodian daemon (gRPC content store, provenance ledger, health, reflection)
+    /// Run the Custodian daemon (content store, ledger, registry over gRPC and REST)
     #[command(long_about = serve::LONG_ABOUT)]
     Serve(serve::ServeArgs),
     /// Store, fetch and inspect blobs in a running daemon

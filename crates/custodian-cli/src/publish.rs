@@ -498,9 +498,35 @@ pub async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
             .collect();
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        let s = &summary;
+        println!(
+            "{}@{} ({}, {})",
+            s.name, s.version, s.package_type, s.visibility
+        );
+        if s.yanked {
+            println!("  YANKED           {}", s.yank_reason);
+        }
+        println!(
+            "  published        {} (ledger entry {})",
+            s.published_at, s.ledger_index
+        );
+        println!("  package root     {}", s.root);
+        println!("  manifest digest  {}", s.manifest_digest);
+        println!("  publisher key    {}", s.publisher_key);
+        println!("  files            {} ({} bytes)", s.file_count, s.size);
         for f in &record.files {
-            println!("  {}  {:>10}  {}", f.sha256, f.size, f.path);
+            println!("    {}  {:>10}  {}", f.sha256, f.size, f.path);
+        }
+        match &record.data_pack {
+            Some(p) if p.mode == "hosted" => println!(
+                "  data pack        hosted {} ({} bytes), license {}, scan {}",
+                p.sha256, p.size, p.license, p.scan_status
+            ),
+            Some(p) => println!(
+                "  data pack        external {} ({}), license {}",
+                p.uri, p.access_policy, p.license
+            ),
+            None => println!("  data pack        none"),
         }
     }
     Ok(ExitCode::SUCCESS)
