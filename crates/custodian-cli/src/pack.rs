@@ -312,6 +312,15 @@ pub fn build(dir: &Path, key: &SignerKey) -> anyhow::Result<(PackageStatement, E
         package.files.clone(),
     )?;
     let envelope = statement.sign(key);
+    let len = envelope.to_json().len();
+    if len > custodian_core::dsse::MAX_ENVELOPE_LEN {
+        bail!(
+            "the signed statement of {} files is {len} bytes, over the {} a publication may carry; \
+             use fewer files or shorter paths (bulk data belongs in a data pack)",
+            statement.tree.files().len(),
+            custodian_core::dsse::MAX_ENVELOPE_LEN
+        );
+    }
     let meta = dir.join(META_DIR);
     std::fs::create_dir_all(&meta).with_context(|| format!("creating {}", meta.display()))?;
     std::fs::write(dir.join(ENVELOPE_FILE), envelope.to_json() + "\n")?;
