@@ -32,6 +32,9 @@ use crate::registry::{
     DataPackRecord, HostedMeta, Recorded, Registry, RegistryError, VersionRecord,
 };
 
+/// How many upload bytes are gathered before they go to the store.
+const UPLOAD_PIECE: usize = 1 << 20;
+
 /// The largest `metadata` part of a hosted upload.
 const MAX_METADATA_BYTES: usize = 64 << 10;
 
@@ -437,10 +440,18 @@ async fn post_hosted(
                     })
                     .await
                     .map_err(ApiError::from)?;
-                // Each chunk goes to the store as it arrives; if the client goes away the writer
-                // is dropped and nothing is kept.
+                // The body arrives in frames of a few KiB; they are gathered into 1 MiB pieces
+                // (the store's block size) so that hashing and storage work in large steps. If
+                // the client goes away the writer is dropped and nothing is kept.
+                let mut piece = bytes::BytesMut::with_capacity(UPLOAD_PIECE);
                 while let Some(chunk) = field.chunk().await.map_err(bad_multipart)? {
-                    writer.write(chunk).await.map_err(ApiError::from)?;
+                    piece.extend_from_slice(&chunk);
+                    if piece.len() >= UPLOAD_PIECE {
+                        writer.write(piece.split().freeze()).await.map_err(ApiError::from)?;
+                    }
+                }
+                if !piece.is_empty() {
+                    writer.write(piece.freeze()).await.map_err(ApiError::from)?;
                 }
                 let stored = writer.commit().await.map_err(ApiError::from)?;
                 let recorded = state
