@@ -3,7 +3,9 @@
 //! This crate does no I/O and pulls in no async runtime, RPC framework or database, so an
 //! offline verifier can be built from it alone.
 
+pub mod attestation;
 pub mod audit;
+pub mod badge;
 pub mod checkpoint;
 pub mod datapack;
 pub mod digest;

@@ -124,6 +124,87 @@ pub struct DataPackRegistered {
     pub pack: DataPack,
 }
 
+/// An eval run was attested.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAttested {
+    /// The package name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The manifest digest the run names as its subject.
+    pub manifest: String,
+    /// The eval id.
+    pub eval_id: String,
+    /// The model.
+    pub model: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// The data pack it read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_pack_sha256: Option<String>,
+    /// `sha256:` of the canonical JSON of its reproducibility context.
+    pub context_sha256: String,
+    /// When it finished, Unix milliseconds.
+    pub finished_ms: u64,
+    /// The attester's verifier key.
+    pub attester_key: String,
+    /// The signed DSSE envelope, as JSON text.
+    pub envelope: String,
+    /// True if the version is private.
+    pub private: bool,
+}
+
+/// A scan of a package version's content was recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanRecorded {
+    /// The package name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The scanner's identity.
+    pub scanner: String,
+    /// `clean`, `flagged` or `error`.
+    pub verdict: String,
+    /// The content root scanned (`sha256:<package root>`).
+    pub root: String,
+    /// Findings as JSON text (file, offset, rule, severity, message).
+    pub findings: String,
+    /// True if the version is private.
+    pub private: bool,
+}
+
+/// A key event: an attester key was registered for namespaces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRegistered {
+    /// `attester`.
+    pub role: String,
+    /// The verifier key.
+    pub key: String,
+    /// The id of the token that registered it.
+    pub principal: String,
+    /// Package-name prefixes the key may attest for (`*` for all).
+    pub namespaces: Vec<String>,
+}
+
+/// A badge was issued for a package version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadgeIssued {
+    /// The package name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// `green`, `review` or `failing`.
+    pub state: String,
+    /// The policy version.
+    pub policy: String,
+    /// The ledger indexes of the evidence used.
+    pub evidence: Vec<u64>,
+    /// The evaluation time, Unix milliseconds.
+    pub evaluated_ms: u64,
+    /// True if the version is private.
+    pub private: bool,
+}
+
 /// Encodes an event as a CBOR payload value.
 pub fn to_payload<T: Serialize>(kind: &'static str, event: &T) -> Result<Value, EventError> {
     Value::serialized(event).map_err(|e| EventError {

@@ -1,0 +1,427 @@
+//! Eval-run attestations: an in-toto Statement v1 in a DSSE envelope, signed by a registered
+//! attester key, saying that one eval of one package version ran against one model, with its
+//! result, metrics, the data pack it read (`data_pack_sha256`) and the exact inputs
+//! (`reproducibility_context`).
+//!
+//! Subject: `{"name": "<package>@<version>", "digest": {"sha256": "<manifest.yaml digest>"}}`.
+//! Predicate type: [`RUN_PREDICATE_TYPE`]. The ledger stores the envelope as JSON text, so metric
+//! values may be any JSON number (CBOR payloads exclude floats; the envelope is text inside one).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::{Algorithm, Digest};
+use crate::dsse::{Envelope, INTOTO_PAYLOAD_TYPE};
+use crate::note::{SignerKey, VerifierKey};
+use crate::package::STATEMENT_TYPE;
+
+/// The predicate type of an eval-run attestation.
+pub const RUN_PREDICATE_TYPE: &str = "https://custodian.dev/eval-run/v1";
+
+/// Why an attestation is malformed or does not verify.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AttestationError {
+    /// A field is missing or malformed; the message names it.
+    #[error("field {field}: {reason}")]
+    Field {
+        /// The field, e.g. `predicate.reproducibility_context`.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The envelope does not verify.
+    #[error(transparent)]
+    Signature(#[from] crate::dsse::DsseError),
+}
+
+fn field(field: &str, reason: impl Into<String>) -> AttestationError {
+    AttestationError::Field {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// One metric of a run: its value and the threshold it was held to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Metric {
+    /// The measured value.
+    pub value: serde_json::Number,
+    /// The threshold, e.g. `">= 0.9"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<String>,
+}
+
+/// Who ran the eval.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runner {
+    /// The runner's identity, e.g. `ci.acme.example/evals`.
+    pub id: String,
+    /// Its version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// The predicate of an eval-run attestation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunPredicate {
+    /// The package name.
+    pub package: String,
+    /// Its version.
+    pub version: String,
+    /// The eval id (declared in the manifest).
+    pub eval_id: String,
+    /// The model it ran against (one of the version's compatible models).
+    pub model: String,
+    /// Whether the run passed.
+    pub passed: bool,
+    /// Metrics with their thresholds.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, Metric>,
+    /// The data pack the run read, `sha256:<hex>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_pack_sha256: Option<String>,
+    /// The exact inputs: eval case ids, input fingerprints, schema versions, seed, … (an object).
+    pub reproducibility_context: serde_json::Value,
+    /// When the run started (RFC 3339).
+    pub started_at: String,
+    /// When it finished (RFC 3339).
+    pub finished_at: String,
+    /// Who ran it.
+    pub runner: Runner,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireSubject {
+    name: String,
+    digest: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireStatement {
+    #[serde(rename = "_type")]
+    statement_type: String,
+    subject: Vec<WireSubject>,
+    #[serde(rename = "predicateType")]
+    predicate_type: String,
+    predicate: RunPredicate,
+}
+
+/// A checked run statement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunStatement {
+    /// The manifest digest of the package version the run is about.
+    pub manifest: Digest,
+    /// What the run says.
+    pub predicate: RunPredicate,
+    /// `started_at` in Unix milliseconds.
+    pub started_ms: u64,
+    /// `finished_at` in Unix milliseconds.
+    pub finished_ms: u64,
+}
+
+impl RunStatement {
+    /// Checks a predicate and builds the statement about `manifest`.
+    pub fn new(manifest: Digest, predicate: RunPredicate) -> Result<Self, AttestationError> {
+        if manifest.algorithm() != Algorithm::Sha256 {
+            return Err(field("subject[0].digest", "must be the manifest's sha256"));
+        }
+        for (name, value) in [
+            ("predicate.package", &predicate.package),
+            ("predicate.version", &predicate.version),
+            ("predicate.eval_id", &predicate.eval_id),
+            ("predicate.model", &predicate.model),
+            ("predicate.runner.id", &predicate.runner.id),
+        ] {
+            if value.trim().is_empty() {
+                return Err(field(name, "is required"));
+            }
+        }
+        if !predicate.reproducibility_context.is_object() {
+            return Err(field(
+                "predicate.reproducibility_context",
+                format!(
+                    "must be a JSON object (eval case ids, input fingerprints, schema versions, seed, …), got {}",
+                    json_kind(&predicate.reproducibility_context)
+                ),
+            ));
+        }
+        if let Some(d) = &predicate.data_pack_sha256 {
+            let digest: Digest = d
+                .parse()
+                .map_err(|e| field("predicate.data_pack_sha256", format!("{e}")))?;
+            if digest.algorithm() != Algorithm::Sha256 {
+                return Err(field("predicate.data_pack_sha256", "must be a sha256 digest"));
+            }
+        }
+        let started_ms = parse_rfc3339_ms(&predicate.started_at).ok_or_else(|| {
+            field(
+                "predicate.started_at",
+                format!("{:?} is not an RFC 3339 time", predicate.started_at),
+            )
+        })?;
+        let finished_ms = parse_rfc3339_ms(&predicate.finished_at).ok_or_else(|| {
+            field(
+                "predicate.finished_at",
+                format!("{:?} is not an RFC 3339 time", predicate.finished_at),
+            )
+        })?;
+        if finished_ms < started_ms {
+            return Err(field("predicate.finished_at", "is before started_at"));
+        }
+        Ok(RunStatement {
+            manifest,
+            predicate,
+            started_ms,
+            finished_ms,
+        })
+    }
+
+    /// The statement's JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        let p = &self.predicate;
+        let wire = WireStatement {
+            statement_type: STATEMENT_TYPE.into(),
+            subject: vec![WireSubject {
+                name: format!("{}@{}", p.package, p.version),
+                digest: BTreeMap::from([("sha256".to_string(), self.manifest.hex())]),
+            }],
+            predicate_type: RUN_PREDICATE_TYPE.into(),
+            predicate: p.clone(),
+        };
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    /// Parses and checks statement JSON.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, AttestationError> {
+        let wire: WireStatement = serde_json::from_slice(bytes)
+            .map_err(|e| field("payload", format!("not an eval-run statement: {e}")))?;
+        if wire.statement_type != STATEMENT_TYPE {
+            return Err(field("_type", format!("is {:?}, expected {STATEMENT_TYPE:?}", wire.statement_type)));
+        }
+        if wire.predicate_type != RUN_PREDICATE_TYPE {
+            return Err(field(
+                "predicateType",
+                format!("is {:?}, expected {RUN_PREDICATE_TYPE:?}", wire.predicate_type),
+            ));
+        }
+        let [subject] = wire.subject.as_slice() else {
+            return Err(field("subject", "must name exactly one package version"));
+        };
+        let expected = format!("{}@{}", wire.predicate.package, wire.predicate.version);
+        if subject.name != expected {
+            return Err(field(
+                "subject[0].name",
+                format!("is {:?} but the predicate is about {expected:?}", subject.name),
+            ));
+        }
+        let hex = subject
+            .digest
+            .get("sha256")
+            .ok_or_else(|| field("subject[0].digest.sha256", "is required"))?;
+        let manifest: Digest = format!("sha256:{hex}")
+            .parse()
+            .map_err(|e| field("subject[0].digest.sha256", format!("{e}")))?;
+        RunStatement::new(manifest, wire.predicate)
+    }
+
+    /// Signs the statement.
+    pub fn sign(&self, key: &SignerKey) -> Envelope {
+        Envelope::sign(INTOTO_PAYLOAD_TYPE, &self.to_json(), key)
+    }
+
+    /// Verifies an envelope with `key` and returns the statement.
+    pub fn open(envelope: &Envelope, key: &VerifierKey) -> Result<Self, AttestationError> {
+        let payload = envelope.verify(INTOTO_PAYLOAD_TYPE, key)?;
+        RunStatement::from_json(&payload)
+    }
+
+    /// The fingerprint of the reproducibility context: `sha256:` of its canonical JSON.
+    pub fn context_fingerprint(&self) -> String {
+        fingerprint(&self.predicate.reproducibility_context)
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// `sha256:` of the canonical JSON of `value`: object keys sorted by their UTF-16 code units
+/// (RFC 8785's order; for the ASCII keys of practice, bytewise), no whitespace, strings and
+/// numbers as serde_json writes them.
+pub fn fingerprint(value: &serde_json::Value) -> String {
+    let mut out = Vec::new();
+    canonical(value, &mut out);
+    format!("sha256:{}", hex::encode(Sha256::digest(&out)))
+}
+
+fn canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
+            out.push(b'{');
+            for (i, key) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend(serde_json::to_vec(key).unwrap_or_default());
+                out.push(b':');
+                canonical(&map[*key], out);
+            }
+            out.push(b'}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical(item, out);
+            }
+            out.push(b']');
+        }
+        other => out.extend(serde_json::to_vec(other).unwrap_or_default()),
+    }
+}
+
+/// Parses an RFC 3339 date-time (`2026-11-25T10:00:00Z`, optional fraction, `Z` or `±HH:MM`) to
+/// Unix milliseconds. Times before 1970 are refused.
+pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        let s = text.get(range)?;
+        s.bytes().all(|c| c.is_ascii_digit()).then(|| s.parse().ok())?
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut rest = &text[19..];
+    let mut millis = 0i64;
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let padded = format!("{:0<3}", &fraction[..digits.min(3)]);
+        millis = padded.parse().ok()?;
+        rest = &fraction[digits..];
+    }
+    let offset_minutes = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && matches!(&rest[..1], "+" | "-") && &rest[3..4] == ":" => {
+            let h: i64 = rest[1..3].parse().ok()?;
+            let m: i64 = rest[4..6].parse().ok()?;
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            sign * (h * 60 + m)
+        }
+        _ => return None,
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_minutes * 60;
+    u64::try_from(seconds * 1000 + millis).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn predicate() -> RunPredicate {
+        RunPredicate {
+            package: "pacman-builder".into(),
+            version: "0.2.1".into(),
+            eval_id: "render_smoke".into(),
+            model: "gpt-4.1".into(),
+            passed: true,
+            metrics: BTreeMap::from([(
+                "pass_rate".to_string(),
+                Metric {
+                    value: serde_json::Number::from_f64(0.97).expect("finite"),
+                    threshold: Some(">= 0.9".into()),
+                },
+            )]),
+            data_pack_sha256: None,
+            reproducibility_context: serde_json::json!({"seed": 42, "cases": ["rs-1", "rs-2"]}),
+            started_at: "2026-11-25T10:00:00Z".into(),
+            finished_at: "2026-11-25T10:05:30.250Z".into(),
+            runner: Runner {
+                id: "ci.example/evals".into(),
+                version: Some("1.4".into()),
+            },
+        }
+    }
+
+    #[test]
+    fn round_trip_and_verify() {
+        let key = SignerKey::from_seed("attester", [9; 32]).expect("key");
+        let manifest = Digest::of(Algorithm::Sha256, b"manifest");
+        let statement = RunStatement::new(manifest, predicate()).expect("valid");
+        assert_eq!(statement.finished_ms - statement.started_ms, 330_250);
+        let envelope = statement.sign(&key);
+        let opened = RunStatement::open(&envelope, &key.verifier()).expect("verifies");
+        assert_eq!(opened, statement);
+    }
+
+    #[test]
+    fn malformed_predicates_name_the_field() {
+        let manifest = Digest::of(Algorithm::Sha256, b"manifest");
+        let mut p = predicate();
+        p.reproducibility_context = serde_json::json!(["not", "an", "object"]);
+        assert_eq!(
+            RunStatement::new(manifest, p).err().map(|e| e.to_string()),
+            Some("field predicate.reproducibility_context: must be a JSON object (eval case ids, input fingerprints, schema versions, seed, …), got an array".into())
+        );
+        let mut p = predicate();
+        p.finished_at = "yesterday".into();
+        assert!(matches!(RunStatement::new(manifest, p), Err(AttestationError::Field { field, .. }) if field == "predicate.finished_at"));
+        let mut p = predicate();
+        p.data_pack_sha256 = Some("sha256:12".into());
+        assert!(RunStatement::new(manifest, p).is_err());
+        let mut p = predicate();
+        p.eval_id = " ".into();
+        assert!(RunStatement::new(manifest, p).is_err());
+    }
+
+    #[test]
+    fn rfc3339_known_answers() {
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339_ms("2000-03-01T00:00:00Z"), Some(951_868_800_000));
+        assert_eq!(parse_rfc3339_ms("2026-11-25T10:00:00.5Z"), Some(1_795_600_800_500));
+        assert_eq!(parse_rfc3339_ms("2026-11-25T11:00:00+01:00"), Some(1_795_600_800_000));
+        for bad in ["", "2026-11-25", "2026-13-01T00:00:00Z", "2026-11-25T10:00:00", "1969-12-31T23:59:59Z", "2026-11-25T10:00:00.Z"] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn fingerprints_ignore_key_order_and_whitespace() {
+        let a: serde_json::Value = serde_json::from_str(r#"{"b": [1, {"y": 2, "x": 1}], "a": "s"}"#).expect("json");
+        let b: serde_json::Value = serde_json::from_str(r#"{"a":"s","b":[1,{"x":1,"y":2}]}"#).expect("json");
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        // sha256 of the canonical text, computed independently: printf '{"a":"s","b":[1,{"x":1,"y":2}]}' | sha256sum
+        assert_eq!(
+            fingerprint(&a),
+            format!("sha256:{}", hex::encode(Sha256::digest(br#"{"a":"s","b":[1,{"x":1,"y":2}]}"#)))
+        );
+    }
+}
