@@ -152,7 +152,10 @@ impl RunStatement {
                 .parse()
                 .map_err(|e| field("predicate.data_pack_sha256", format!("{e}")))?;
             if digest.algorithm() != Algorithm::Sha256 {
-                return Err(field("predicate.data_pack_sha256", "must be a sha256 digest"));
+                return Err(field(
+                    "predicate.data_pack_sha256",
+                    "must be a sha256 digest",
+                ));
             }
         }
         let started_ms = parse_rfc3339_ms(&predicate.started_at).ok_or_else(|| {
@@ -198,12 +201,18 @@ impl RunStatement {
         let wire: WireStatement = serde_json::from_slice(bytes)
             .map_err(|e| field("payload", format!("not an eval-run statement: {e}")))?;
         if wire.statement_type != STATEMENT_TYPE {
-            return Err(field("_type", format!("is {:?}, expected {STATEMENT_TYPE:?}", wire.statement_type)));
+            return Err(field(
+                "_type",
+                format!("is {:?}, expected {STATEMENT_TYPE:?}", wire.statement_type),
+            ));
         }
         if wire.predicate_type != RUN_PREDICATE_TYPE {
             return Err(field(
                 "predicateType",
-                format!("is {:?}, expected {RUN_PREDICATE_TYPE:?}", wire.predicate_type),
+                format!(
+                    "is {:?}, expected {RUN_PREDICATE_TYPE:?}",
+                    wire.predicate_type
+                ),
             ));
         }
         let [subject] = wire.subject.as_slice() else {
@@ -213,7 +222,10 @@ impl RunStatement {
         if subject.name != expected {
             return Err(field(
                 "subject[0].name",
-                format!("is {:?} but the predicate is about {expected:?}", subject.name),
+                format!(
+                    "is {:?} but the predicate is about {expected:?}",
+                    subject.name
+                ),
             ));
         }
         let hex = subject
@@ -297,16 +309,29 @@ fn canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
 /// Unix milliseconds. Times before 1970 are refused.
 pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
     let b = text.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |range: std::ops::Range<usize>| -> Option<i64> {
         let s = text.get(range)?;
-        s.bytes().all(|c| c.is_ascii_digit()).then(|| s.parse().ok())?
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
     };
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let mut rest = &text[19..];
@@ -393,7 +418,9 @@ mod tests {
         );
         let mut p = predicate();
         p.finished_at = "yesterday".into();
-        assert!(matches!(RunStatement::new(manifest, p), Err(AttestationError::Field { field, .. }) if field == "predicate.finished_at"));
+        assert!(
+            matches!(RunStatement::new(manifest, p), Err(AttestationError::Field { field, .. }) if field == "predicate.finished_at")
+        );
         let mut p = predicate();
         p.data_pack_sha256 = Some("sha256:12".into());
         assert!(RunStatement::new(manifest, p).is_err());
@@ -405,23 +432,44 @@ mod tests {
     #[test]
     fn rfc3339_known_answers() {
         assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339_ms("2000-03-01T00:00:00Z"), Some(951_868_800_000));
-        assert_eq!(parse_rfc3339_ms("2026-11-25T10:00:00.5Z"), Some(1_795_600_800_500));
-        assert_eq!(parse_rfc3339_ms("2026-11-25T11:00:00+01:00"), Some(1_795_600_800_000));
-        for bad in ["", "2026-11-25", "2026-13-01T00:00:00Z", "2026-11-25T10:00:00", "1969-12-31T23:59:59Z", "2026-11-25T10:00:00.Z"] {
+        assert_eq!(
+            parse_rfc3339_ms("2000-03-01T00:00:00Z"),
+            Some(951_868_800_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-25T10:00:00.5Z"),
+            Some(1_795_600_800_500)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-25T11:00:00+01:00"),
+            Some(1_795_600_800_000)
+        );
+        for bad in [
+            "",
+            "2026-11-25",
+            "2026-13-01T00:00:00Z",
+            "2026-11-25T10:00:00",
+            "1969-12-31T23:59:59Z",
+            "2026-11-25T10:00:00.Z",
+        ] {
             assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn fingerprints_ignore_key_order_and_whitespace() {
-        let a: serde_json::Value = serde_json::from_str(r#"{"b": [1, {"y": 2, "x": 1}], "a": "s"}"#).expect("json");
-        let b: serde_json::Value = serde_json::from_str(r#"{"a":"s","b":[1,{"x":1,"y":2}]}"#).expect("json");
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"b": [1, {"y": 2, "x": 1}], "a": "s"}"#).expect("json");
+        let b: serde_json::Value =
+            serde_json::from_str(r#"{"a":"s","b":[1,{"x":1,"y":2}]}"#).expect("json");
         assert_eq!(fingerprint(&a), fingerprint(&b));
         // sha256 of the canonical text, computed independently: printf '{"a":"s","b":[1,{"x":1,"y":2}]}' | sha256sum
         assert_eq!(
             fingerprint(&a),
-            format!("sha256:{}", hex::encode(Sha256::digest(br#"{"a":"s","b":[1,{"x":1,"y":2}]}"#)))
+            format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(br#"{"a":"s","b":[1,{"x":1,"y":2}]}"#))
+            )
         );
     }
 }

@@ -170,7 +170,12 @@ pub fn check_license(license: &str) -> Result<(), String> {
 pub fn evaluate(e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> Badge {
     let mut reasons = Vec::new();
     let mut used = vec![e.publication];
-    let mut reason = |code: &str, state: State, message: String, eval: Option<&str>, model: Option<&str>, entry: Option<u64>| {
+    let mut reason = |code: &str,
+                      state: State,
+                      message: String,
+                      eval: Option<&str>,
+                      model: Option<&str>,
+                      entry: Option<u64>| {
         reasons.push(Reason {
             code: code.into(),
             state,
@@ -192,15 +197,30 @@ pub fn evaluate(e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> Badge {
     }
     let mut latest: BTreeMap<(&str, &str), &Run> = BTreeMap::new();
     for run in e.runs {
-        let slot = latest.entry((run.eval_id.as_str(), run.model.as_str())).or_insert(run);
+        let slot = latest
+            .entry((run.eval_id.as_str(), run.model.as_str()))
+            .or_insert(run);
         if run.index > slot.index {
             *slot = run;
         }
     }
     let models = e.manifest.compatible_models();
-    let required: Vec<&str> = e.manifest.evals.iter().filter(|x| x.required()).map(|x| x.id()).collect();
+    let required: Vec<&str> = e
+        .manifest
+        .evals
+        .iter()
+        .filter(|x| x.required())
+        .map(|x| x.id())
+        .collect();
     if required.is_empty() {
-        reason("no_evals", State::Review, "the manifest declares no required evals".into(), None, None, None);
+        reason(
+            "no_evals",
+            State::Review,
+            "the manifest declares no required evals".into(),
+            None,
+            None,
+            None,
+        );
     }
     for eval in &required {
         for model in &models {
@@ -242,7 +262,12 @@ pub fn evaluate(e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> Badge {
             }
         }
     }
-    match e.scans.iter().filter(|s| s.root == e.root).max_by_key(|s| s.index) {
+    match e
+        .scans
+        .iter()
+        .filter(|s| s.root == e.root)
+        .max_by_key(|s| s.index)
+    {
         None => reason(
             "scan_missing",
             State::Review,
@@ -275,15 +300,33 @@ pub fn evaluate(e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> Badge {
         }
     }
     if let Err(message) = check_license(e.manifest.license.id()) {
-        reason("license_undeclared", State::Review, message, None, None, None);
+        reason(
+            "license_undeclared",
+            State::Review,
+            message,
+            None,
+            None,
+            None,
+        );
     }
     if let Some(index) = e.yanked {
         used.push(index);
-        reason("yanked", State::Review, "the version is yanked".into(), None, None, Some(index));
+        reason(
+            "yanked",
+            State::Review,
+            "the version is yanked".into(),
+            None,
+            None,
+            Some(index),
+        );
     }
     used.sort_unstable();
     used.dedup();
-    let state = reasons.iter().map(|r| r.state).max().unwrap_or(State::Green);
+    let state = reasons
+        .iter()
+        .map(|r| r.state)
+        .max()
+        .unwrap_or(State::Green);
     Badge {
         name: e.name.to_string(),
         version: e.version.to_string(),
@@ -304,23 +347,56 @@ mod tests {
     const DAY: u64 = 86_400_000;
 
     fn manifest(text: &str) -> Manifest {
-        Manifest::parse("manifest.yaml", text, None).0.expect("valid manifest")
+        Manifest::parse("manifest.yaml", text, None)
+            .0
+            .expect("valid manifest")
     }
 
     fn run(index: u64, eval: &str, model: &str, passed: bool) -> Run {
-        Run { index, time_ms: 1000 * DAY + index, eval_id: eval.into(), model: model.into(), passed }
+        Run {
+            index,
+            time_ms: 1000 * DAY + index,
+            eval_id: eval.into(),
+            model: model.into(),
+            passed,
+        }
     }
 
     fn all_passing() -> Vec<Run> {
-        vec![run(1, "a", "m1", true), run(2, "a", "m2", true), run(3, "b", "m1", true), run(4, "b", "m2", true)]
+        vec![
+            run(1, "a", "m1", true),
+            run(2, "a", "m2", true),
+            run(3, "b", "m1", true),
+            run(4, "b", "m2", true),
+        ]
     }
 
     fn clean() -> Vec<Scan> {
-        vec![Scan { index: 5, root: "sha256:r".into(), verdict: "clean".into() }]
+        vec![Scan {
+            index: 5,
+            root: "sha256:r".into(),
+            verdict: "clean".into(),
+        }]
     }
 
-    fn badge(m: &Manifest, runs: &[Run], scans: &[Scan], signature_ok: bool, yanked: Option<u64>) -> Badge {
-        let e = Evidence { name: "demo", version: "1.0.0", manifest: m, root: "sha256:r", publication: 0, signature_ok, yanked, runs, scans };
+    fn badge(
+        m: &Manifest,
+        runs: &[Run],
+        scans: &[Scan],
+        signature_ok: bool,
+        yanked: Option<u64>,
+    ) -> Badge {
+        let e = Evidence {
+            name: "demo",
+            version: "1.0.0",
+            manifest: m,
+            root: "sha256:r",
+            publication: 0,
+            signature_ok,
+            yanked,
+            runs,
+            scans,
+        };
         evaluate(&e, 1001 * DAY, DEFAULT_MAX_AGE_MS)
     }
 
@@ -351,21 +427,54 @@ mod tests {
     #[test]
     fn review_for_missing_or_old_evidence() {
         let m = manifest(MANIFEST);
-        let runs: Vec<Run> = all_passing().into_iter().filter(|r| r.model != "m2" || r.eval_id != "b").collect();
+        let runs: Vec<Run> = all_passing()
+            .into_iter()
+            .filter(|r| r.model != "m2" || r.eval_id != "b")
+            .collect();
         let b = badge(&m, &runs, &clean(), true, None);
         assert_eq!((b.state, codes(&b)), (State::Review, vec!["run_missing"]));
-        assert_eq!((b.reasons[0].eval.as_deref(), b.reasons[0].model.as_deref()), (Some("b"), Some("m2")));
+        assert_eq!(
+            (b.reasons[0].eval.as_deref(), b.reasons[0].model.as_deref()),
+            (Some("b"), Some("m2"))
+        );
         let b = badge(&m, &all_passing(), &[], true, None);
         assert_eq!(codes(&b), ["scan_missing"]);
-        let other_root = vec![Scan { index: 5, root: "sha256:other".into(), verdict: "clean".into() }];
-        assert_eq!(codes(&badge(&m, &all_passing(), &other_root, true, None)), ["scan_missing"]);
-        let error = vec![Scan { index: 5, root: "sha256:r".into(), verdict: "error".into() }];
-        assert_eq!(codes(&badge(&m, &all_passing(), &error, true, None)), ["scan_error"]);
-        let e = Evidence { name: "demo", version: "1.0.0", manifest: &m, root: "sha256:r", publication: 0, signature_ok: true, yanked: None, runs: &all_passing(), scans: &clean() };
+        let other_root = vec![Scan {
+            index: 5,
+            root: "sha256:other".into(),
+            verdict: "clean".into(),
+        }];
+        assert_eq!(
+            codes(&badge(&m, &all_passing(), &other_root, true, None)),
+            ["scan_missing"]
+        );
+        let error = vec![Scan {
+            index: 5,
+            root: "sha256:r".into(),
+            verdict: "error".into(),
+        }];
+        assert_eq!(
+            codes(&badge(&m, &all_passing(), &error, true, None)),
+            ["scan_error"]
+        );
+        let e = Evidence {
+            name: "demo",
+            version: "1.0.0",
+            manifest: &m,
+            root: "sha256:r",
+            publication: 0,
+            signature_ok: true,
+            yanked: None,
+            runs: &all_passing(),
+            scans: &clean(),
+        };
         let b = evaluate(&e, 1000 * DAY + 31 * DAY, DEFAULT_MAX_AGE_MS);
         assert_eq!((b.state, b.reasons.len()), (State::Review, 4));
         assert!(codes(&b).iter().all(|c| *c == "run_stale"));
-        assert_eq!(codes(&badge(&m, &all_passing(), &clean(), true, Some(7))), ["yanked"]);
+        assert_eq!(
+            codes(&badge(&m, &all_passing(), &clean(), true, Some(7))),
+            ["yanked"]
+        );
         let m = manifest(&MANIFEST.replace("evals: [a, b]\n", ""));
         assert_eq!(codes(&badge(&m, &[], &clean(), true, None)), ["no_evals"]);
     }
@@ -373,7 +482,11 @@ mod tests {
     #[test]
     fn failing_beats_review() {
         let m = manifest(MANIFEST);
-        let flagged = vec![Scan { index: 5, root: "sha256:r".into(), verdict: "flagged".into() }];
+        let flagged = vec![Scan {
+            index: 5,
+            root: "sha256:r".into(),
+            verdict: "flagged".into(),
+        }];
         let b = badge(&m, &[], &flagged, false, None);
         assert_eq!(b.state, State::Failing);
         assert_eq!(codes(&b)[0], "signature_invalid");
@@ -382,13 +495,23 @@ mod tests {
 
     #[test]
     fn licenses() {
-        for ok in ["Apache-2.0", "apache-2.0", "MIT OR Apache-2.0", "LicenseRef-acme-internal", "GPL-2.0-only WITH Classpath-exception-2.0", "(MIT AND BSD-3-Clause)"] {
+        for ok in [
+            "Apache-2.0",
+            "apache-2.0",
+            "MIT OR Apache-2.0",
+            "LicenseRef-acme-internal",
+            "GPL-2.0-only WITH Classpath-exception-2.0",
+            "(MIT AND BSD-3-Clause)",
+        ] {
             check_license(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         for bad in ["private-commercial", "", "MIT OR", "Apache 2"] {
             assert!(check_license(bad).is_err(), "{bad}");
         }
         let m = manifest(&MANIFEST.replace("apache-2.0", "private-commercial"));
-        assert_eq!(codes(&badge(&m, &all_passing(), &clean(), true, None)), ["license_undeclared"]);
+        assert_eq!(
+            codes(&badge(&m, &all_passing(), &clean(), true, None)),
+            ["license_undeclared"]
+        );
     }
 }

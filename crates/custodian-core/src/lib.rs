@@ -6,6 +6,7 @@
 pub mod attestation;
 pub mod audit;
 pub mod badge;
+pub mod bundle;
 pub mod checkpoint;
 pub mod datapack;
 pub mod digest;

@@ -447,7 +447,10 @@ async fn post_hosted(
                 while let Some(chunk) = field.chunk().await.map_err(bad_multipart)? {
                     piece.extend_from_slice(&chunk);
                     if piece.len() >= UPLOAD_PIECE {
-                        writer.write(piece.split().freeze()).await.map_err(ApiError::from)?;
+                        writer
+                            .write(piece.split().freeze())
+                            .await
+                            .map_err(ApiError::from)?;
                     }
                 }
                 if !piece.is_empty() {
