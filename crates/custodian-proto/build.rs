@@ -10,6 +10,7 @@ const FILES: &[&str] = &[
     "custodian/cas/v1/cas.proto",
     "custodian/ledger/v1/ledger.proto",
     "custodian/registry/v1/registry.proto",
+    "custodian/evidence/v1/evidence.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -49,7 +49,7 @@ fn payload(i: u64) -> Vec<u8> {
 
 async fn append(client: &mut LedgerClient<Channel>, i: u64) -> Result<pb::Receipt, tonic::Status> {
     let mut request = tonic::Request::new(pb::AppendRequest {
-        kind: "RunAttested".into(),
+        kind: "LedgerProbe".into(),
         payload_cbor: payload(i).into(),
     });
     request.metadata_mut().insert(
@@ -94,7 +94,7 @@ async fn appends_return_receipts_that_verify_offline_and_tampering_fails_with_th
 
     // Unauthorized and malformed appends are refused with a reason and write nothing.
     let mut request = tonic::Request::new(pb::AppendRequest {
-        kind: "RunAttested".into(),
+        kind: "LedgerProbe".into(),
         payload_cbor: payload(99).into(),
     });
     request
@@ -104,14 +104,14 @@ async fn appends_return_receipts_that_verify_offline_and_tampering_fails_with_th
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     let status = client
         .append(pb::AppendRequest {
-            kind: "RunAttested".into(),
+            kind: "LedgerProbe".into(),
             payload_cbor: payload(99).into(),
         })
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
     let mut request = tonic::Request::new(pb::AppendRequest {
-        kind: "RunAttested".into(),
+        kind: "LedgerProbe".into(),
         payload_cbor: vec![0xff, 0x00].into(),
     });
     request

@@ -138,7 +138,7 @@ async fn appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Result<App
                 let start = Instant::now();
                 let (appended, checkpoint) = sequencer
                     .append(
-                        EntryKind::RunAttested,
+                        EntryKind::Other("BenchEvent".into()),
                         payload(w as u64 * 1_000_000_000 + i),
                     )
                     .await?;
@@ -221,7 +221,7 @@ async fn grpc_appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Resul
                 let payload =
                     custodian_core::entry::encode_value(&payload(w as u64 * 1_000_000_000 + i));
                 let mut request = tonic::Request::new(pb::AppendRequest {
-                    kind: "RunAttested".into(),
+                    kind: "BenchEvent".into(),
                     payload_cbor: payload.into(),
                 });
                 request
@@ -371,7 +371,7 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
     while done < args.log_size {
         let n = 10_000.min(args.log_size - done);
         let requests = (done..done + n)
-            .map(|i| (EntryKind::RunAttested, payload(i)))
+            .map(|i| (EntryKind::Other("BenchEvent".into()), payload(i)))
             .collect();
         ledger.append(requests, 1_700_000_000_000 + done)?;
         done += n;

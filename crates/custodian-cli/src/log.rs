@@ -67,7 +67,7 @@ when the entry is durable and signed into a checkpoint, and prints the receipt (
 with -o)."
     )]
     Append {
-        /// Entry kind, e.g. RunAttested, PackagePublished, DataPackRegistered
+        /// Entry kind: a name of 1-64 ASCII letters and digits starting upper-case, e.g. AuditNote (the registry and evidence kinds are appended only by their services)
         #[arg(long)]
         kind: String,
         /// Payload as JSON, or @FILE to read it from a file

@@ -4,6 +4,7 @@ mod bench;
 mod bench_ledger;
 mod blob;
 mod datapack;
+mod evidence;
 mod log;
 mod pack;
 mod publish;
@@ -106,6 +107,37 @@ back. Exits 1 naming the first index where anything diverges."
     /// download
     #[command(subcommand)]
     Datapack(datapack::DataPackCommand),
+    /// Register attester keys (signers of eval runs)
+    #[command(subcommand)]
+    Attester(evidence::AttesterCommand),
+    /// Sign eval runs with an attester key and submit them
+    #[command(
+        long_about = "Sign eval runs and submit them. RUN.json is one run (an object) or \
+several (an array); each names package, version, eval_id, model, passed, metrics \
+({name: {value, threshold}}), data_pack_sha256 (required when the version has a hosted data \
+pack), reproducibility_context (an object: eval case ids, input fingerprints, schema versions, \
+seed, …), started_at and finished_at (RFC 3339) and runner {id, version}. Each becomes an \
+in-toto Statement about the version's manifest digest, signed as a DSSE envelope with --key; the \
+daemon checks it and records a RunAttested entry. Several runs go in one AttestRuns call."
+    )]
+    Attest(evidence::AttestArgs),
+    /// Record scan verdicts
+    #[command(subcommand)]
+    Scan(evidence::ScanCommand),
+    /// Show a version's badge and its reasons; -o writes the bundle for `custodian verify`
+    Badge(evidence::BadgeArgs),
+    /// The liveness report: the latest run of each eval × model, its age, result, data pack and
+    /// context fingerprint
+    Report(evidence::ReportArgs),
+    /// Verify a badge bundle offline: every signature and proof, and the badge recomputed
+    #[command(
+        long_about = "Verify a badge bundle offline with the log's verifier key, obtained \
+independently. Checks the signed checkpoint, every entry's inclusion proof, the publication's \
+signature and manifest digest, every run's attester registration and signature, then re-runs the \
+badge policy on the evidence and compares the result with the bundled badge. Exits 1 naming the \
+first thing that does not hold. docs/verifying.md describes each step."
+    )]
+    Verify(evidence::VerifyArgs),
     /// Create, list and revoke API tokens (run on the daemon's host)
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -143,6 +175,12 @@ fn main() -> std::process::ExitCode {
             Command::Yank(args) => publish::yank(args).await,
             Command::Token(command) => token::run(command),
             Command::Datapack(command) => datapack::run(command).await,
+            Command::Attester(command) => evidence::attester(command).await,
+            Command::Attest(args) => evidence::attest(args).await,
+            Command::Scan(command) => evidence::scan(command).await,
+            Command::Badge(args) => evidence::badge(args).await,
+            Command::Report(args) => evidence::report(args).await,
+            Command::Verify(args) => evidence::verify(args),
             Command::Bench(command) => {
                 tokio::task::spawn_blocking(move || bench::run(command)).await?
             }

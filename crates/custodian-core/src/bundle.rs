@@ -327,6 +327,7 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
             || p.passed != run.passed
             || p.data_pack_sha256 != run.data_pack_sha256
             || statement.context_fingerprint() != run.context_sha256
+            || p.runner.id != run.runner
         {
             return Err(fail(
                 "the entry's fields differ from its signed statement".into(),

@@ -144,6 +144,8 @@ pub struct RunAttested {
     pub data_pack_sha256: Option<String>,
     /// `sha256:` of the canonical JSON of its reproducibility context.
     pub context_sha256: String,
+    /// The runner's identity.
+    pub runner: String,
     /// When it finished, Unix milliseconds.
     pub finished_ms: u64,
     /// The attester's verifier key.

@@ -137,6 +137,7 @@ fn fixture(last_passes: bool) -> Fixture {
                 passed,
                 data_pack_sha256: None,
                 context_sha256: fingerprint(&serde_json::json!({"seed": i})),
+                runner: "ci".into(),
                 finished_ms: run.finished_ms,
                 attester_key: attester.verifier().to_string(),
                 envelope: run.sign(&attester).to_json(),

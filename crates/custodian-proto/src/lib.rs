@@ -27,6 +27,15 @@ pub mod registry {
     }
 }
 
+/// `custodian.evidence.v1`: attestations, scans and badges.
+pub mod evidence {
+    /// Version 1 of the evidence API.
+    #[allow(missing_docs, clippy::all, clippy::pedantic)]
+    pub mod v1 {
+        tonic::include_proto!("custodian.evidence.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every proto file, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/custodian_descriptor.bin"));

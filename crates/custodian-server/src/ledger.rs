@@ -35,8 +35,16 @@ pub struct LedgerService {
     auth: Arc<Authenticator>,
 }
 
-/// Entry kinds only the registry appends, after its own checks.
-const REGISTRY_KINDS: [&str; 3] = ["PackagePublished", "VersionYanked", "DataPackRegistered"];
+/// Entry kinds only the registry and evidence services append, after their own checks.
+const REGISTRY_KINDS: [&str; 7] = [
+    "PackagePublished",
+    "VersionYanked",
+    "DataPackRegistered",
+    "RunAttested",
+    "ScanRecorded",
+    "KeyEvent",
+    "BadgeIssued",
+];
 
 impl LedgerService {
     /// A service appending through `sequencer`; `append_token` (or an admin token) enables
@@ -461,7 +469,7 @@ impl LedgerRpc for LedgerService {
             .map_err(|e| ledger_status("kind", LedgerError::InvalidEntry(e)))?;
         if REGISTRY_KINDS.contains(&kind.as_str()) {
             return Err(Status::invalid_argument(format!(
-                "field kind: {kind} entries are appended only by the registry after its checks; use custodian.registry.v1.Registry"
+                "field kind: {kind} entries are appended only by the registry and evidence services after their checks; use custodian.registry.v1.Registry or custodian.evidence.v1.Evidence"
             )));
         }
         let payload = parse_cbor(&request.payload_cbor)

@@ -6,6 +6,8 @@
 pub mod auth;
 mod cas;
 mod error;
+pub mod evidence;
+mod evidence_grpc;
 mod ledger;
 mod log_key;
 pub mod registry;
@@ -21,6 +23,7 @@ use std::time::Duration;
 
 use custodian_object::{ObjectBackend, ObjectConfig};
 use custodian_proto::cas::v1::content_store_server::ContentStoreServer;
+use custodian_proto::evidence::v1::evidence_server::EvidenceServer;
 use custodian_proto::ledger::v1::ledger_server::LedgerServer;
 use custodian_proto::registry::v1::registry_server::RegistryServer;
 use custodian_rocksdb::{RocksBackend, RocksConfig, RocksLedger};
@@ -167,6 +170,12 @@ pub async fn serve(
     ))
     .max_decoding_message_size(limits.max_message_size_bytes)
     .max_encoding_message_size(limits.max_message_size_bytes);
+    let evidence_service = EvidenceServer::new(evidence_grpc::EvidenceService::new(
+        registry.clone(),
+        auth.clone(),
+    ))
+    .max_decoding_message_size(limits.max_message_size_bytes)
+    .max_encoding_message_size(limits.max_message_size_bytes);
     let registry_service =
         RegistryServer::new(RegistryService::new(registry.clone(), auth.clone()))
             .max_decoding_message_size(limits.max_message_size_bytes)
@@ -181,6 +190,9 @@ pub async fn serve(
         .await;
     health_reporter
         .set_serving::<RegistryServer<RegistryService>>()
+        .await;
+    health_reporter
+        .set_serving::<EvidenceServer<evidence_grpc::EvidenceService>>()
         .await;
     // Both reflection versions: grpcurl asks for v1 first, but older grpcurl releases and other
     // clients (for example Python's grpc_requests) know only v1alpha.
@@ -255,6 +267,7 @@ pub async fn serve(
         .add_service(cas)
         .add_service(ledger_service)
         .add_service(registry_service)
+        .add_service(evidence_service)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_server.wait_for(|stop| *stop).await;
             tracing::info!("shutting down: no new requests; waiting for in-flight ones");

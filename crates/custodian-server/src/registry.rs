@@ -108,9 +108,13 @@ struct BlobRef {
 }
 
 #[derive(Default)]
-struct State {
+pub(crate) struct State {
     packages: BTreeMap<String, Package>,
     blobs: HashMap<[u8; 32], Vec<BlobRef>>,
+    /// Runs, scans and badges per `(name, version)`.
+    pub(crate) evidence: HashMap<(String, String), crate::evidence::VersionEvidence>,
+    /// Registered attester keys by handle (`name+hexid`).
+    pub(crate) attesters: HashMap<String, crate::evidence::Attester>,
 }
 
 impl State {
@@ -179,6 +183,10 @@ impl State {
                     });
                 }
             }
+            EntryKind::RunAttested
+            | EntryKind::ScanRecorded
+            | EntryKind::KeyEvent
+            | EntryKind::BadgeIssued => self.apply_evidence(index, entry)?,
             _ => {}
         }
         Ok(())
@@ -189,7 +197,7 @@ impl State {
         self.packages.get_mut(name)?.versions.get_mut(&version)
     }
 
-    fn version(&self, name: &str, version: &semver::Version) -> Option<&VersionRecord> {
+    pub(crate) fn version(&self, name: &str, version: &semver::Version) -> Option<&VersionRecord> {
         self.packages.get(name)?.versions.get(version)
     }
 }
@@ -233,19 +241,24 @@ pub struct HostedMeta {
     pub filename: Option<String>,
 }
 
+/// A version's manifest, parsed, with its bytes.
+pub(crate) type ParsedManifest = Arc<(Manifest, Vec<u8>)>;
+
 /// The registry.
 pub struct Registry {
     store: BlobStore,
     sequencer: Sequencer,
     state: RwLock<State>,
-    writes: tokio::sync::Mutex<()>,
+    pub(crate) writes: tokio::sync::Mutex<()>,
+    /// Parsed manifests by manifest digest, loaded from custody on first use.
+    pub(crate) manifests: std::sync::Mutex<HashMap<String, ParsedManifest>>,
 }
 
-fn not_found_version(name: &str, version: &str) -> RegistryError {
+pub(crate) fn not_found_version(name: &str, version: &str) -> RegistryError {
     RegistryError::NotFound(format!("package {name:?} has no version {version:?}"))
 }
 
-fn invalid(field: &str, message: impl std::fmt::Display) -> RegistryError {
+pub(crate) fn invalid(field: &str, message: impl std::fmt::Display) -> RegistryError {
     RegistryError::InvalidArgument(format!("field {field}: {message}"))
 }
 
@@ -259,7 +272,12 @@ fn parse_version(version: &str) -> Result<semver::Version, RegistryError> {
 }
 
 /// Refuses `who` unless it has `scope` for `name`, distinguishing "no token" from "wrong token".
-fn require(who: &Principal, scope: Scope, name: &str, action: &str) -> Result<(), RegistryError> {
+pub(crate) fn require(
+    who: &Principal,
+    scope: Scope,
+    name: &str,
+    action: &str,
+) -> Result<(), RegistryError> {
     if who.allows(scope, name) {
         return Ok(());
     }
@@ -286,10 +304,11 @@ impl Registry {
             sequencer,
             state: RwLock::new(state),
             writes: tokio::sync::Mutex::new(()),
+            manifests: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+    pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.state
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -305,7 +324,7 @@ impl Registry {
         self.sequencer.ledger()
     }
 
-    async fn append<T: Serialize>(
+    pub(crate) async fn append<T: Serialize>(
         &self,
         kind: EntryKind,
         name: &'static str,
@@ -320,7 +339,7 @@ impl Registry {
         Ok((appended.index, entry.time_ms, receipt, entry))
     }
 
-    fn apply(&self, index: u64, entry: &Entry) {
+    pub(crate) fn apply(&self, index: u64, entry: &Entry) {
         let mut state = self
             .state
             .write()
@@ -472,7 +491,7 @@ impl Registry {
         }))
     }
 
-    async fn read_text(&self, file: &FileEntry) -> Result<String, RegistryError> {
+    pub(crate) async fn read_text(&self, file: &FileEntry) -> Result<String, RegistryError> {
         let read = self.store.get(&file.sha256, ByteRange::ALL).await?;
         let chunks: Vec<bytes::Bytes> = read.data.try_collect().await?;
         String::from_utf8(chunks.concat())

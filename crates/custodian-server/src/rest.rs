@@ -82,6 +82,13 @@ pub fn router(registry: Arc<Registry>, auth: Arc<Authenticator>) -> Router {
             "/wrappers/{id}/versions/{vid}/data-pack/download",
             get(download_data_pack),
         )
+        .route("/wrappers/{id}/versions/{vid}/badge", get(get_badge))
+        .route(
+            "/wrappers/{id}/versions/{vid}/badge.svg",
+            get(get_badge_svg),
+        )
+        .route("/wrappers/{id}/versions/{vid}/evidence", get(get_evidence))
+        .route("/wrappers/{id}/versions/{vid}/report", get(get_report))
         .route("/blobs/{digest}", get(download_blob))
         .fallback(|| async {
             ApiError::new(
@@ -640,6 +647,86 @@ async fn download_blob(
         return Err(StorageError::NotFound { digest }.into());
     }
     serve_blob(&state.store, &digest, &headers, None).await
+}
+
+async fn get_badge(
+    State(state): State<RestState>,
+    Path((id, vid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    let who = principal(&state, &headers)?;
+    let (badge, _) = state.registry.badge(&who, &id, &vid).await?;
+    Ok(axum::Json(serde_json::to_value(&badge).unwrap_or_default()))
+}
+
+/// A shields-style badge: "custodian | green", "custodian | review", "custodian | failing".
+fn badge_svg(state: custodian_core::badge::State) -> String {
+    let (text, color) = match state {
+        custodian_core::badge::State::Green => ("green", "#4c1"),
+        custodian_core::badge::State::Review => ("review", "#dfb317"),
+        custodian_core::badge::State::Failing => ("failing", "#e05d44"),
+    };
+    let (label_w, value_w) = (70, 8 + 7 * text.len() as u32);
+    let width = label_w + value_w;
+    format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="20" role="img" aria-label="custodian: {text}"><title>custodian: {text}</title><linearGradient id="s" x2="0" y2="100%"><stop offset="0" stop-color="#bbb" stop-opacity=".1"/><stop offset="1" stop-opacity=".1"/></linearGradient><clipPath id="r"><rect width="{width}" height="20" rx="3" fill="#fff"/></clipPath><g clip-path="url(#r)"><rect width="{label_w}" height="20" fill="#555"/><rect x="{label_w}" width="{value_w}" height="20" fill="{color}"/><rect width="{width}" height="20" fill="url(#s)"/></g><g fill="#fff" text-anchor="middle" font-family="Verdana,Geneva,DejaVu Sans,sans-serif" font-size="11"><text x="{lx}" y="14">custodian</text><text x="{vx}" y="14">{text}</text></g></svg>"##,
+        lx = label_w / 2,
+        vx = label_w + value_w / 2,
+    )
+}
+
+async fn get_badge_svg(
+    State(state): State<RestState>,
+    Path((id, vid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers)?;
+    let (badge, _) = state.registry.badge(&who, &id, &vid).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        badge_svg(badge.state),
+    )
+        .into_response())
+}
+
+async fn get_evidence(
+    State(state): State<RestState>,
+    Path((id, vid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers)?;
+    let (_, bundle) = state.registry.badge(&who, &id, &vid).await?;
+    let filename = format!("{}-{vid}.bundle.json", id.replace(['/', '@'], "_"));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        bundle.to_json(),
+    )
+        .into_response())
+}
+
+async fn get_report(
+    State(state): State<RestState>,
+    Path((id, vid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    let who = principal(&state, &headers)?;
+    let (badge, rows) = state.registry.report(&who, &id, &vid).await?;
+    Ok(axum::Json(json!({
+        "name": id,
+        "version": vid,
+        "badge": badge.state,
+        "evaluated_ms": badge.evaluated_ms,
+        "rows": rows,
+    })))
 }
 
 #[cfg(test)]

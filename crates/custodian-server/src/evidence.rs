@@ -1,0 +1,616 @@
+//! Evidence: attester keys, attested runs, scans, badges, bundles and liveness reports, on top of
+//! the registry's index (the same ledger, the same principals).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use custodian_core::Digest;
+use custodian_core::attestation::RunStatement;
+use custodian_core::badge::{self, Badge, Evidence, Run, Scan};
+use custodian_core::bundle::Bundle;
+use custodian_core::dsse::Envelope;
+use custodian_core::entry::{Entry, EntryKind};
+use custodian_core::manifest::Manifest;
+use custodian_core::note::VerifierKey;
+use custodian_core::package::MANIFEST_FILE;
+use custodian_core::receipt::Receipt;
+use custodian_core::registry::{
+    BadgeIssued, KeyRegistered, RunAttested, ScanRecorded, from_payload,
+};
+use futures::StreamExt as _;
+
+use crate::auth::{Principal, Scope};
+use crate::registry::{Registry, RegistryError, State, VersionRecord, invalid, require};
+
+/// The latest run of one eval × model.
+#[derive(Clone, Debug)]
+pub struct RunRef {
+    /// Its ledger index.
+    pub index: u64,
+    /// Its integration time.
+    pub time_ms: u64,
+    /// Whether it passed.
+    pub passed: bool,
+    /// The data pack it read.
+    pub data_pack: Option<String>,
+    /// Its context fingerprint.
+    pub context: String,
+    /// The runner.
+    pub runner: String,
+    /// The attester key that signed it.
+    pub attester: String,
+}
+
+/// A recorded scan.
+#[derive(Clone, Debug)]
+pub struct ScanRef {
+    /// Its ledger index.
+    pub index: u64,
+    /// The content root scanned.
+    pub root: String,
+    /// Its verdict.
+    pub verdict: String,
+}
+
+/// The evidence of one version.
+#[derive(Clone, Debug, Default)]
+pub struct VersionEvidence {
+    /// The latest run per (eval, model).
+    pub runs: BTreeMap<(String, String), RunRef>,
+    /// Every scan.
+    pub scans: Vec<ScanRef>,
+    /// The last badge issued, with its entry index.
+    pub badge: Option<(u64, BadgeIssued)>,
+}
+
+/// A registered attester key.
+#[derive(Clone, Debug)]
+pub struct Attester {
+    /// The key.
+    pub key: VerifierKey,
+    /// Its namespaces.
+    pub namespaces: Vec<String>,
+    /// The KeyEvent that registered it.
+    pub index: u64,
+}
+
+fn covers(namespaces: &[String], name: &str) -> bool {
+    namespaces
+        .iter()
+        .any(|ns| ns == "*" || name.starts_with(ns.as_str()))
+}
+
+impl State {
+    /// Applies an evidence entry to the index.
+    pub(crate) fn apply_evidence(&mut self, index: u64, entry: &Entry) -> Result<(), String> {
+        match entry.kind {
+            EntryKind::RunAttested => {
+                let e: RunAttested =
+                    from_payload("RunAttested", &entry.payload).map_err(|e| e.to_string())?;
+                let slot = self
+                    .evidence
+                    .entry((e.name.clone(), e.version.clone()))
+                    .or_default();
+                slot.runs.insert(
+                    (e.eval_id, e.model),
+                    RunRef {
+                        index,
+                        time_ms: entry.time_ms,
+                        passed: e.passed,
+                        data_pack: e.data_pack_sha256,
+                        context: e.context_sha256,
+                        runner: e.runner,
+                        attester: e.attester_key,
+                    },
+                );
+            }
+            EntryKind::ScanRecorded => {
+                let e: ScanRecorded =
+                    from_payload("ScanRecorded", &entry.payload).map_err(|e| e.to_string())?;
+                self.evidence
+                    .entry((e.name, e.version))
+                    .or_default()
+                    .scans
+                    .push(ScanRef {
+                        index,
+                        root: e.root,
+                        verdict: e.verdict,
+                    });
+            }
+            EntryKind::KeyEvent => {
+                // Key events of other roles are not the registry's business.
+                if let Ok(e) = from_payload::<KeyRegistered>("KeyEvent", &entry.payload)
+                    && e.role == "attester"
+                {
+                    let key = VerifierKey::parse(&e.key).map_err(|err| err.to_string())?;
+                    self.attesters.insert(
+                        key.handle(),
+                        Attester {
+                            key,
+                            namespaces: e.namespaces,
+                            index,
+                        },
+                    );
+                }
+            }
+            EntryKind::BadgeIssued => {
+                let e: BadgeIssued =
+                    from_payload("BadgeIssued", &entry.payload).map_err(|e| e.to_string())?;
+                let key = (e.name.clone(), e.version.clone());
+                self.evidence.entry(key).or_default().badge = Some((index, e));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// One row of a liveness report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReportRow {
+    /// The eval.
+    pub eval_id: String,
+    /// The model.
+    pub model: String,
+    /// The latest run, if any.
+    pub latest: Option<ReportRun>,
+}
+
+/// The latest run in a report row.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReportRun {
+    /// Passed or not.
+    pub passed: bool,
+    /// Its ledger index.
+    pub ledger_index: u64,
+    /// Its integration time.
+    pub integrated_ms: u64,
+    /// Its age at report time.
+    pub age_ms: u64,
+    /// The data pack it read.
+    pub data_pack_sha256: Option<String>,
+    /// Its context fingerprint.
+    pub context_sha256: String,
+    /// The runner.
+    pub runner: String,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Registry {
+    /// Registers an attester key for the caller's namespaces (a KeyEvent).
+    pub async fn register_attester(
+        &self,
+        who: &Principal,
+        key: &str,
+    ) -> Result<(Vec<String>, Receipt, bool), RegistryError> {
+        let key = VerifierKey::parse(key).map_err(|e| invalid("verifier_key", e))?;
+        let Principal::Token(token) = who else {
+            return Err(RegistryError::Unauthenticated(
+                "registering an attester key needs a token with the attest scope".into(),
+            ));
+        };
+        if !who.has_scope(Scope::Attest) {
+            return Err(RegistryError::PermissionDenied(format!(
+                "{} may not register attester keys: it has no attest scope",
+                who.label()
+            )));
+        }
+        let namespaces = token.namespaces.clone();
+        let _write = self.writes.lock().await;
+        if let Some(existing) = self.read().attesters.get(&key.handle()) {
+            if existing.key != key {
+                return Err(invalid(
+                    "verifier_key",
+                    format!(
+                        "another key with the handle {} is already registered",
+                        key.handle()
+                    ),
+                ));
+            }
+            if existing.namespaces == namespaces {
+                let receipt = self.ledger().receipt(existing.index)?;
+                return Ok((namespaces, receipt, true));
+            }
+        }
+        let event = KeyRegistered {
+            role: "attester".into(),
+            key: key.to_string(),
+            principal: token.id.clone(),
+            namespaces: namespaces.clone(),
+        };
+        let (index, _, receipt, entry) =
+            self.append(EntryKind::KeyEvent, "KeyEvent", &event).await?;
+        self.apply(index, &entry);
+        Ok((namespaces, receipt, false))
+    }
+
+    /// The parsed manifest of a version, read from custody once and cached.
+    pub(crate) async fn manifest_of(
+        &self,
+        record: &VersionRecord,
+    ) -> Result<crate::registry::ParsedManifest, RegistryError> {
+        let digest = record.event.manifest.clone();
+        if let Some(m) = self
+            .manifests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&digest)
+        {
+            return Ok(m.clone());
+        }
+        let file = record
+            .files
+            .iter()
+            .find(|f| f.path == MANIFEST_FILE)
+            .ok_or_else(|| RegistryError::NotFound("the version has no manifest".into()))?;
+        let text = self.read_text(file).await?;
+        let (manifest, report) = Manifest::parse(MANIFEST_FILE, &text, None);
+        let manifest = manifest.ok_or(RegistryError::Invalid(report))?;
+        let parsed = Arc::new((manifest, text.into_bytes()));
+        self.manifests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(digest, parsed.clone());
+        Ok(parsed)
+    }
+
+    /// Checks and records one attested run.
+    pub async fn attest(
+        &self,
+        who: &Principal,
+        envelope_json: &str,
+    ) -> Result<Receipt, RegistryError> {
+        let envelope =
+            Envelope::parse(envelope_json.as_bytes()).map_err(|e| invalid("envelope", e))?;
+        let attester = {
+            let state = self.read();
+            envelope
+                .signatures
+                .iter()
+                .find_map(|s| state.attesters.get(&s.keyid).cloned())
+        };
+        let Some(attester) = attester else {
+            let ids: Vec<&str> = envelope
+                .signatures
+                .iter()
+                .map(|s| s.keyid.as_str())
+                .collect();
+            return Err(RegistryError::PermissionDenied(format!(
+                "unknown attester: the envelope is signed by {}, which is not a registered attester key (custodian attester register)",
+                ids.join(", ")
+            )));
+        };
+        let statement =
+            RunStatement::open(&envelope, &attester.key).map_err(|e| invalid("envelope", e))?;
+        let p = &statement.predicate;
+        require(who, Scope::Attest, &p.package, "attest runs of")?;
+        if !covers(&attester.namespaces, &p.package) {
+            return Err(RegistryError::PermissionDenied(format!(
+                "attester key {} is registered for {}, not for {:?}",
+                attester.key.handle(),
+                attester.namespaces.join(", "),
+                p.package
+            )));
+        }
+        let record = self.get(who, &p.package, &p.version)?;
+        if record.event.manifest != statement.manifest.to_string() {
+            return Err(invalid(
+                "envelope: subject[0].digest",
+                format!(
+                    "names manifest {} but {}@{} has manifest {}",
+                    statement.manifest, p.package, p.version, record.event.manifest
+                ),
+            ));
+        }
+        if let Some((reason, _, _)) = &record.yanked {
+            return Err(RegistryError::FailedPrecondition(format!(
+                "{}@{} is yanked ({reason}); runs of it are not attested",
+                p.package, p.version
+            )));
+        }
+        let manifest = self.manifest_of(&record).await?;
+        let (manifest, _) = manifest.as_ref();
+        if !manifest.eval_ids().contains(&p.eval_id.as_str()) {
+            return Err(invalid(
+                "predicate.eval_id",
+                format!(
+                    "{:?} is not an eval of {}@{} (its evals: {})",
+                    p.eval_id,
+                    p.package,
+                    p.version,
+                    manifest.eval_ids().join(", ")
+                ),
+            ));
+        }
+        let models = manifest.compatible_models();
+        if !models.contains(&p.model) {
+            return Err(invalid(
+                "predicate.model",
+                format!(
+                    "{:?} is not a compatible model of {}@{} (its models: {})",
+                    p.model,
+                    p.package,
+                    p.version,
+                    models.join(", ")
+                ),
+            ));
+        }
+        if let Some(pack) = record
+            .data_pack
+            .as_ref()
+            .and_then(|d| d.event.pack.sha256.clone())
+        {
+            if p.data_pack_sha256.as_deref() != Some(pack.as_str()) {
+                return Err(invalid(
+                    "predicate.data_pack_sha256",
+                    format!(
+                        "is {}, but {}@{}'s hosted data pack is {pack}",
+                        p.data_pack_sha256.as_deref().unwrap_or("absent"),
+                        p.package,
+                        p.version
+                    ),
+                ));
+            }
+            let digest: Digest = pack.parse().map_err(|e| invalid("data pack", e))?;
+            if self.store().stat(&digest).await?.is_none() {
+                return Err(RegistryError::FailedPrecondition(format!(
+                    "the hosted data pack {pack} is not in custody"
+                )));
+            }
+        }
+        let event = RunAttested {
+            name: p.package.clone(),
+            version: p.version.clone(),
+            manifest: statement.manifest.to_string(),
+            eval_id: p.eval_id.clone(),
+            model: p.model.clone(),
+            passed: p.passed,
+            data_pack_sha256: p.data_pack_sha256.clone(),
+            context_sha256: statement.context_fingerprint(),
+            runner: p.runner.id.clone(),
+            finished_ms: statement.finished_ms,
+            attester_key: attester.key.to_string(),
+            envelope: envelope.to_json(),
+            private: record.event.private,
+        };
+        let (index, _, receipt, entry) = self
+            .append(EntryKind::RunAttested, "RunAttested", &event)
+            .await?;
+        self.apply(index, &entry);
+        Ok(receipt)
+    }
+
+    /// Attests many runs concurrently (their appends share ledger batches).
+    pub async fn attest_many(
+        &self,
+        who: &Principal,
+        envelopes: Vec<String>,
+    ) -> Vec<Result<Receipt, RegistryError>> {
+        futures::stream::iter(envelopes)
+            .map(|e| async move { self.attest(who, &e).await })
+            .buffered(256)
+            .collect()
+            .await
+    }
+
+    /// Records a scan verdict over a version's content root.
+    pub async fn record_scan(
+        &self,
+        who: &Principal,
+        scan: ScanRecorded,
+    ) -> Result<Receipt, RegistryError> {
+        require(who, Scope::Attest, &scan.name, "record scans of")?;
+        let record = self.get(who, &scan.name, &scan.version)?;
+        if !matches!(scan.verdict.as_str(), "clean" | "flagged" | "error") {
+            return Err(invalid(
+                "verdict",
+                format!("{:?} is not clean, flagged or error", scan.verdict),
+            ));
+        }
+        if scan.root != record.event.root {
+            return Err(invalid(
+                "root",
+                format!(
+                    "is {}, but {}@{}'s content root is {}",
+                    scan.root, scan.name, scan.version, record.event.root
+                ),
+            ));
+        }
+        if scan.scanner.trim().is_empty() {
+            return Err(invalid("scanner", "is required"));
+        }
+        let findings: serde_json::Value = serde_json::from_str(if scan.findings.is_empty() {
+            "[]"
+        } else {
+            &scan.findings
+        })
+        .map_err(|e| invalid("findings_json", e))?;
+        if !findings.is_array() {
+            return Err(invalid("findings_json", "must be a JSON array"));
+        }
+        let event = ScanRecorded {
+            findings: findings.to_string(),
+            private: record.event.private,
+            ..scan
+        };
+        let (index, _, receipt, entry) = self
+            .append(EntryKind::ScanRecorded, "ScanRecorded", &event)
+            .await?;
+        self.apply(index, &entry);
+        Ok(receipt)
+    }
+
+    /// Evaluates the badge of a version now.
+    async fn evaluate(
+        &self,
+        record: &VersionRecord,
+    ) -> Result<(Badge, VersionEvidence, crate::registry::ParsedManifest), RegistryError> {
+        let manifest = self.manifest_of(record).await?;
+        let evidence = self
+            .read()
+            .evidence
+            .get(&(record.event.name.clone(), record.event.version.clone()))
+            .cloned()
+            .unwrap_or_default();
+        let runs: Vec<Run> = evidence
+            .runs
+            .iter()
+            .map(|((eval, model), r)| Run {
+                index: r.index,
+                time_ms: r.time_ms,
+                eval_id: eval.clone(),
+                model: model.clone(),
+                passed: r.passed,
+            })
+            .collect();
+        let scans: Vec<Scan> = evidence
+            .scans
+            .iter()
+            .map(|s| Scan {
+                index: s.index,
+                root: s.root.clone(),
+                verdict: s.verdict.clone(),
+            })
+            .collect();
+        let badge = badge::evaluate(
+            &Evidence {
+                name: &record.event.name,
+                version: &record.event.version,
+                manifest: &manifest.0,
+                root: &record.event.root,
+                publication: record.index,
+                // Publication checked the signature and every artifact hash against custody.
+                signature_ok: true,
+                yanked: record.yanked.as_ref().map(|y| y.1),
+                runs: &runs,
+                scans: &scans,
+            },
+            now_ms(),
+            badge::DEFAULT_MAX_AGE_MS,
+        );
+        Ok((badge, evidence, manifest))
+    }
+
+    /// The badge of a version and its bundle; appends BadgeIssued when the badge changed.
+    pub async fn badge(
+        &self,
+        who: &Principal,
+        name: &str,
+        version: &str,
+    ) -> Result<(Badge, Bundle), RegistryError> {
+        let record = self.get(who, name, version)?;
+        let (badge, evidence, manifest) = self.evaluate(&record).await?;
+        let changed = evidence.badge.as_ref().is_none_or(|(_, issued)| {
+            issued.state != badge.state.as_str() || issued.evidence != badge.evidence
+        });
+        let mut issued_index = evidence.badge.as_ref().map(|(i, _)| *i);
+        if changed {
+            let _write = self.writes.lock().await;
+            let current = self
+                .read()
+                .evidence
+                .get(&(record.event.name.clone(), record.event.version.clone()))
+                .and_then(|e| e.badge.clone());
+            let still_changed = current.as_ref().is_none_or(|(_, issued)| {
+                issued.state != badge.state.as_str() || issued.evidence != badge.evidence
+            });
+            if still_changed {
+                let event = BadgeIssued {
+                    name: record.event.name.clone(),
+                    version: record.event.version.clone(),
+                    state: badge.state.as_str().into(),
+                    policy: badge.policy.clone(),
+                    evidence: badge.evidence.clone(),
+                    evaluated_ms: badge.evaluated_ms,
+                    private: record.event.private,
+                };
+                let (index, _, _, entry) = self
+                    .append(EntryKind::BadgeIssued, "BadgeIssued", &event)
+                    .await?;
+                self.apply(index, &entry);
+                issued_index = Some(index);
+            } else {
+                issued_index = current.map(|(i, _)| i);
+            }
+        }
+        // The bundle: the evidence entries, the attester registrations they need and the badge
+        // entry, each with its audit path to the latest checkpoint.
+        let mut indexes: Vec<u64> = badge.evidence.clone();
+        {
+            let state = self.read();
+            for run in evidence.runs.values() {
+                if badge.evidence.contains(&run.index)
+                    && let Ok(key) = VerifierKey::parse(&run.attester)
+                    && let Some(a) = state.attesters.get(&key.handle())
+                {
+                    indexes.push(a.index);
+                }
+            }
+        }
+        indexes.extend(issued_index);
+        indexes.sort_unstable();
+        indexes.dedup();
+        let ledger = self.ledger().clone();
+        let bundle = tokio::task::spawn_blocking(move || -> Result<Bundle, RegistryError> {
+            let checkpoint = ledger.latest();
+            let mut entries = Vec::with_capacity(indexes.len());
+            for index in indexes {
+                let bytes = ledger.verified_entry(index)?;
+                let (proof, _) = ledger.inclusion_proof(index, checkpoint.size)?;
+                entries.push((index, bytes, proof));
+            }
+            Ok(Bundle::new(
+                badge.clone(),
+                &manifest.1,
+                checkpoint.note.clone(),
+                entries,
+            ))
+        })
+        .await
+        .map_err(|e| {
+            RegistryError::Ledger(custodian_storage::LedgerError::Poisoned(e.to_string()))
+        })??;
+        Ok((bundle.badge.clone(), bundle))
+    }
+
+    /// The liveness report of a version.
+    pub async fn report(
+        &self,
+        who: &Principal,
+        name: &str,
+        version: &str,
+    ) -> Result<(Badge, Vec<ReportRow>), RegistryError> {
+        let record = self.get(who, name, version)?;
+        let (badge, evidence, manifest) = self.evaluate(&record).await?;
+        let now = badge.evaluated_ms;
+        let mut rows = Vec::new();
+        for eval in manifest.0.eval_ids() {
+            for model in manifest.0.compatible_models() {
+                let latest = evidence
+                    .runs
+                    .get(&(eval.to_string(), model.clone()))
+                    .map(|r| ReportRun {
+                        passed: r.passed,
+                        ledger_index: r.index,
+                        integrated_ms: r.time_ms,
+                        age_ms: now.saturating_sub(r.time_ms),
+                        data_pack_sha256: r.data_pack.clone(),
+                        context_sha256: r.context.clone(),
+                        runner: r.runner.clone(),
+                    });
+                rows.push(ReportRow {
+                    eval_id: eval.to_string(),
+                    model,
+                    latest,
+                });
+            }
+        }
+        Ok((badge, rows))
+    }
+}

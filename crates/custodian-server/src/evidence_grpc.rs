@@ -1,0 +1,180 @@
+//! `custodian.evidence.v1.Evidence`: attestations, scans and badges over gRPC.
+
+use std::sync::Arc;
+
+use custodian_core::registry::ScanRecorded;
+use custodian_proto::evidence::v1 as pb;
+use custodian_proto::evidence::v1::evidence_server::Evidence as EvidenceRpc;
+use tonic::{Request, Response, Status};
+
+use crate::auth::Authenticator;
+use crate::ledger::receipt_pb;
+use crate::registry::Registry;
+use crate::registry_grpc::{principal, registry_status};
+
+/// The Evidence service.
+pub struct EvidenceService {
+    registry: Arc<Registry>,
+    auth: Arc<Authenticator>,
+}
+
+impl EvidenceService {
+    /// A service over `registry`.
+    pub fn new(registry: Arc<Registry>, auth: Arc<Authenticator>) -> Self {
+        EvidenceService { registry, auth }
+    }
+}
+
+#[tonic::async_trait]
+impl EvidenceRpc for EvidenceService {
+    async fn register_attester(
+        &self,
+        request: Request<pb::RegisterAttesterRequest>,
+    ) -> Result<Response<pb::RegisterAttesterResponse>, Status> {
+        let who = principal(&self.auth, &request)?;
+        let (namespaces, receipt, already) = self
+            .registry
+            .register_attester(&who, &request.get_ref().verifier_key)
+            .await
+            .map_err(registry_status)?;
+        Ok(Response::new(pb::RegisterAttesterResponse {
+            namespaces,
+            receipt: Some(receipt_pb(&receipt)),
+            already_registered: already,
+        }))
+    }
+
+    async fn attest_run(
+        &self,
+        request: Request<pb::AttestRunRequest>,
+    ) -> Result<Response<pb::AttestRunResponse>, Status> {
+        let who = principal(&self.auth, &request)?;
+        let receipt = self
+            .registry
+            .attest(&who, &request.get_ref().envelope)
+            .await
+            .map_err(registry_status)?;
+        Ok(Response::new(pb::AttestRunResponse {
+            receipt: Some(receipt_pb(&receipt)),
+        }))
+    }
+
+    async fn attest_runs(
+        &self,
+        request: Request<pb::AttestRunsRequest>,
+    ) -> Result<Response<pb::AttestRunsResponse>, Status> {
+        let who = principal(&self.auth, &request)?;
+        let envelopes = request
+            .into_inner()
+            .runs
+            .into_iter()
+            .map(|r| r.envelope)
+            .collect();
+        let results = self
+            .registry
+            .attest_many(&who, envelopes)
+            .await
+            .into_iter()
+            .map(|r| match r {
+                Ok(receipt) => pb::AttestRunResult {
+                    receipt: Some(receipt_pb(&receipt)),
+                    ..Default::default()
+                },
+                Err(err) => {
+                    let status = registry_status(err);
+                    pb::AttestRunResult {
+                        receipt: None,
+                        error_code: status.code() as i32,
+                        error_message: status.message().to_string(),
+                    }
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::AttestRunsResponse { results }))
+    }
+
+    async fn record_scan(
+        &self,
+        request: Request<pb::RecordScanRequest>,
+    ) -> Result<Response<pb::RecordScanResponse>, Status> {
+        let who = principal(&self.auth, &request)?;
+        let r = request.into_inner();
+        let receipt = self
+            .registry
+            .record_scan(
+                &who,
+                ScanRecorded {
+                    name: r.name,
+                    version: r.version,
+                    scanner: r.scanner,
+                    verdict: r.verdict,
+                    root: r.root,
+                    findings: r.findings_json,
+                    private: false,
+                },
+            )
+            .await
+            .map_err(registry_status)?;
+        Ok(Response::new(pb::RecordScanResponse {
+            receipt: Some(receipt_pb(&receipt)),
+        }))
+    }
+
+    async fn get_badge(
+        &self,
+        request: Request<pb::GetBadgeRequest>,
+    ) -> Result<Response<pb::GetBadgeResponse>, Status> {
+        let who = principal(&self.auth, &request)?;
+        let r = request.get_ref();
+        let (badge, bundle) = self
+            .registry
+            .badge(&who, &r.name, &r.version)
+            .await
+            .map_err(registry_status)?;
+        Ok(Response::new(pb::GetBadgeResponse {
+            state: badge.state.as_str().into(),
+            badge_json: serde_json::to_string(&badge).unwrap_or_default(),
+            bundle_json: bundle.to_json(),
+        }))
+    }
+
+    async fn get_report(
+        &self,
+        request: Request<pb::GetReportRequest>,
+    ) -> Result<Response<pb::GetReportResponse>, Status> {
+        let who = principal(&self.auth, &request)?;
+        let r = request.get_ref();
+        let (badge, rows) = self
+            .registry
+            .report(&who, &r.name, &r.version)
+            .await
+            .map_err(registry_status)?;
+        Ok(Response::new(pb::GetReportResponse {
+            badge_state: badge.state.as_str().into(),
+            rows: rows
+                .into_iter()
+                .map(|row| {
+                    let latest = row.latest;
+                    pb::ReportRow {
+                        eval_id: row.eval_id,
+                        model: row.model,
+                        has_run: latest.is_some(),
+                        passed: latest.as_ref().is_some_and(|l| l.passed),
+                        ledger_index: latest.as_ref().map_or(0, |l| l.ledger_index),
+                        integrated_ms: latest.as_ref().map_or(0, |l| l.integrated_ms),
+                        age_ms: latest.as_ref().map_or(0, |l| l.age_ms),
+                        data_pack_sha256: latest
+                            .as_ref()
+                            .and_then(|l| l.data_pack_sha256.clone())
+                            .unwrap_or_default(),
+                        context_sha256: latest
+                            .as_ref()
+                            .map(|l| l.context_sha256.clone())
+                            .unwrap_or_default(),
+                        runner: latest.map(|l| l.runner).unwrap_or_default(),
+                    }
+                })
+                .collect(),
+        }))
+    }
+}
