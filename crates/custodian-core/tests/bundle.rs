@@ -350,3 +350,31 @@ fn a_run_signed_by_an_unregistered_key_is_refused() {
     let err = check(&f, &b).expect_err("no KeyEvent");
     assert!(err.to_string().contains("not registered"), "{err}");
 }
+
+/// The worked example of docs/verifying.md: a bundle from a real daemon (testdata/badge-bundle).
+#[test]
+fn the_committed_example_bundle_verifies() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/badge-bundle");
+    let key = custodian_core::note::VerifierKey::parse(
+        std::fs::read_to_string(dir.join("log.vkey")).expect("key").trim(),
+    )
+    .expect("verifier key");
+    let bytes = std::fs::read(dir.join("pacman-builder-0.2.1.bundle.json")).expect("bundle");
+    let verified = verify(&bytes, &key).expect("the example verifies");
+    assert_eq!(verified.badge.state, State::Green);
+    assert_eq!((verified.entries, verified.tree_size), (12, 13));
+    // Flip one byte anywhere in the file: it either stops being a bundle or stops verifying.
+    for at in (0..bytes.len()).step_by(97) {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x01;
+        if let Ok(v) = verify(&bad, &key) {
+            // Only bytes that do not change the outcome may be flipped and still verify (JSON
+            // whitespace, or the evaluation time within the evidence's age limit).
+            assert_eq!(
+                (v.badge.state, &v.badge.reasons, &v.badge.evidence),
+                (verified.badge.state, &verified.badge.reasons, &verified.badge.evidence),
+                "byte {at} changed the badge yet verified"
+            );
+        }
+    }
+}
