@@ -5,6 +5,7 @@ mod cas;
 mod cli;
 mod crash;
 mod daemon;
+mod evidence;
 mod interop;
 mod ledger;
 mod registry;

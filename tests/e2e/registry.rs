@@ -20,12 +20,12 @@ use tonic::Code;
 
 use crate::daemon::{Daemon, binary};
 
-fn examples() -> PathBuf {
+pub(crate) fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
 }
 
 /// Copies an example package into `dir` (so that building it never touches the source tree).
-fn copy_example(name: &str, dir: &Path) -> PathBuf {
+pub(crate) fn copy_example(name: &str, dir: &Path) -> PathBuf {
     fn copy(src: &Path, dst: &Path) {
         std::fs::create_dir_all(dst).expect("e2e step failed");
         for entry in std::fs::read_dir(src).expect("e2e step failed") {
@@ -48,13 +48,13 @@ fn copy_example(name: &str, dir: &Path) -> PathBuf {
 
 /// The Python of the test virtual environment (scripts/test's ensure_moto), which has
 /// pyca/cryptography; `python3` otherwise.
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     std::env::var_os("CUSTODIAN_MOTO_SERVER")
         .map(|moto| PathBuf::from(moto).with_file_name("python"))
         .unwrap_or_else(|| PathBuf::from("python3"))
 }
 
-fn stdout(output: &Output) -> String {
+pub(crate) fn stdout(output: &Output) -> String {
     assert!(
         output.status.success(),
         "command failed: {}\n{}",
@@ -64,14 +64,14 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn offline(args: &[&str]) -> Output {
+pub(crate) fn offline(args: &[&str]) -> Output {
     Command::new(binary())
         .args(args)
         .output()
         .expect("e2e step failed")
 }
 
-fn generate_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn generate_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     stdout(&offline(&[
         "key",
         "generate",
@@ -86,7 +86,7 @@ fn generate_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 }
 
 /// Runs curl and returns (HTTP status, body).
-fn curl(args: &[&str]) -> (u16, Vec<u8>) {
+pub(crate) fn curl(args: &[&str]) -> (u16, Vec<u8>) {
     let output = Command::new("curl")
         .args(["-sS", "-w", "\n%{http_code}"])
         .args(args)
@@ -110,16 +110,16 @@ fn curl(args: &[&str]) -> (u16, Vec<u8>) {
     (code, body)
 }
 
-fn json(body: &[u8]) -> serde_json::Value {
+pub(crate) fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
 }
 
-fn bearer(token: &str) -> String {
+pub(crate) fn bearer(token: &str) -> String {
     format!("Authorization: Bearer {token}")
 }
 
-async fn log_size(daemon: &Daemon) -> u64 {
+pub(crate) async fn log_size(daemon: &Daemon) -> u64 {
     LedgerClient::new(daemon.channel().await)
         .get_log_info(lpb::GetLogInfoRequest {})
         .await

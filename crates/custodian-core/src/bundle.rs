@@ -394,9 +394,7 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
     }
     let present: BTreeSet<u64> = entries.keys().copied().collect();
     if let Some((index, e)) = issued
-        && (e.state != badge.state.as_str()
-            || e.evidence != badge.evidence
-            || e.evaluated_ms != badge.evaluated_ms)
+        && (e.state != badge.state.as_str() || e.evidence != badge.evidence)
     {
         return Err(entry_error(
             position_of(index),

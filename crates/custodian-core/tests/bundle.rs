@@ -356,7 +356,9 @@ fn a_run_signed_by_an_unregistered_key_is_refused() {
 fn the_committed_example_bundle_verifies() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/badge-bundle");
     let key = custodian_core::note::VerifierKey::parse(
-        std::fs::read_to_string(dir.join("log.vkey")).expect("key").trim(),
+        std::fs::read_to_string(dir.join("log.vkey"))
+            .expect("key")
+            .trim(),
     )
     .expect("verifier key");
     let bytes = std::fs::read(dir.join("pacman-builder-0.2.1.bundle.json")).expect("bundle");
@@ -372,7 +374,11 @@ fn the_committed_example_bundle_verifies() {
             // whitespace, or the evaluation time within the evidence's age limit).
             assert_eq!(
                 (v.badge.state, &v.badge.reasons, &v.badge.evidence),
-                (verified.badge.state, &verified.badge.reasons, &verified.badge.evidence),
+                (
+                    verified.badge.state,
+                    &verified.badge.reasons,
+                    &verified.badge.evidence
+                ),
                 "byte {at} changed the badge yet verified"
             );
         }

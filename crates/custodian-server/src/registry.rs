@@ -916,6 +916,17 @@ pub fn replay_count(ledger: &Ledger) -> Result<usize, RegistryError> {
     Ok(state.packages.values().map(|p| p.versions.len()).sum())
 }
 
+/// The entry kinds the registry's index is built from.
+const INDEXED_KINDS: [&str; 7] = [
+    "PackagePublished",
+    "VersionYanked",
+    "DataPackRegistered",
+    "RunAttested",
+    "ScanRecorded",
+    "KeyEvent",
+    "BadgeIssued",
+];
+
 fn replay(ledger: &Ledger) -> Result<State, RegistryError> {
     let mut state = State::default();
     let size = ledger.latest().size;
@@ -927,23 +938,16 @@ fn replay(ledger: &Ledger) -> Result<State, RegistryError> {
             let index = start + offset as u64;
             // Most entries are not the registry's: skip them without decoding.
             if let Some(kind) = custodian_core::entry::peek_kind(&bytes)
-                && !matches!(
-                    kind,
-                    "PackagePublished" | "VersionYanked" | "DataPackRegistered"
-                )
+                && !INDEXED_KINDS.contains(&kind)
             {
                 continue;
             }
             let entry = Entry::decode(&bytes)
                 .map_err(|e| LedgerError::Corrupt(format!("entry {index} does not decode: {e}")))?;
-            if matches!(
-                entry.kind,
-                EntryKind::PackagePublished
-                    | EntryKind::VersionYanked
-                    | EntryKind::DataPackRegistered
-            ) {
-                // Registry kinds are appended only by the registry, so a bad one means the code
-                // that wrote it was wrong: skip it loudly rather than refuse to start.
+            if INDEXED_KINDS.contains(&entry.kind.as_str()) {
+                // These kinds are appended only by the registry and evidence services, so a bad
+                // one means the code that wrote it was wrong: skip it loudly rather than refuse
+                // to start.
                 match state.apply(index, &entry) {
                     Ok(()) => applied += 1,
                     Err(err) => {
