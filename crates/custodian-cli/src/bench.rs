@@ -24,6 +24,9 @@ at least once). Also prints the daemon's peak resident memory (VmHWM)."
     /// Durable ledger appends (1 to 1024 writers), proof latency at 1,000,000 entries, offline
     /// audit speed, with the disk's fsync latency for scale
     Ledger(crate::bench_ledger::LedgerArgs),
+    /// Attested runs per second (unary and batched, 1 and 32 clients) and offline verification
+    /// of a badge bundle backed by 1,000 runs
+    Evidence(crate::bench_evidence::EvidenceArgs),
 }
 
 /// Options of `custodian bench custody`.
@@ -84,6 +87,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Custody(args) => custody(args),
         BenchCommand::Ledger(args) => crate::bench_ledger::run(args),
+        BenchCommand::Evidence(args) => crate::bench_evidence::run(args),
     }
 }
 

@@ -413,14 +413,43 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
     );
     println!("  package root     {}", record.root);
     println!("  ledger entry     {}", record.ledger_index);
-    println!(
-        "  badge            review: no attested eval runs for this version yet{}",
-        if record.yanked {
-            " (and it is yanked)"
-        } else {
-            ""
+    // The badge as the registry evaluates it now; installs go ahead whatever it says, as a
+    // package manager shows a warning rather than refusing.
+    let badge = custodian_proto::evidence::v1::evidence_client::EvidenceClient::new(
+        channel(&args.server).await?,
+    )
+    .get_badge(custodian_proto::evidence::v1::GetBadgeRequest {
+        name: name.clone(),
+        version: version.clone(),
+    })
+    .await;
+    match badge {
+        Ok(response) => {
+            let response = response.into_inner();
+            let badge: serde_json::Value =
+                serde_json::from_str(&response.badge_json).unwrap_or_default();
+            let reasons: Vec<&str> = badge["reasons"]
+                .as_array()
+                .map(|r| r.iter().filter_map(|x| x["code"].as_str()).collect())
+                .unwrap_or_default();
+            println!(
+                "  badge            {}{}",
+                response.state,
+                if reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", reasons.join(", "))
+                }
+            );
+            if response.state != "green" {
+                eprintln!(
+                    "warning: {name}@{version}'s badge is {}: run `custodian badge {name}@{version}` for the reasons",
+                    response.state
+                );
+            }
         }
-    );
+        Err(status) => println!("  badge            unknown ({})", status.message()),
+    }
     if let Some(pack) = &record.data_pack {
         println!(
             "  data pack        {} ({}), license {}, scan {}",

@@ -1,0 +1,312 @@
+//! `custodian bench evidence`: attested runs per second through a real daemon (signature checks
+//! and durable ledger appends included), unary and batched, with 1 and 32 clients; and offline
+//! verification time of a badge bundle backed by 1,000 runs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use custodian_core::attestation::{RunPredicate, RunStatement, Runner};
+use custodian_core::note::SignerKey;
+use custodian_core::package::{FileEntry, PackageStatement};
+use custodian_core::{Algorithm, Digest};
+use custodian_proto::cas::v1 as cas;
+use custodian_proto::evidence::v1 as pb;
+use custodian_proto::registry::v1 as rpb;
+use serde::Serialize;
+
+use crate::bench::BenchDaemon;
+use crate::blob::{Conn, ServerArg, channel};
+
+/// Options of `custodian bench evidence`.
+#[derive(Args)]
+pub struct EvidenceArgs {
+    /// Seconds per scenario
+    #[arg(long, default_value_t = 4)]
+    seconds: u64,
+    /// Runs per AttestRuns call in the batch scenarios
+    #[arg(long, default_value_t = 512)]
+    batch: usize,
+    /// Where to put the daemon's data (default: the system temp folder)
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Scenario {
+    name: String,
+    clients: usize,
+    runs_per_second: f64,
+    runs: u64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    scenarios: Vec<Scenario>,
+    bundle_runs: usize,
+    bundle_entries: usize,
+    bundle_bytes: usize,
+    bundle_verify_ms: f64,
+    daemon_peak_rss_mib: f64,
+}
+
+const EVALS: usize = 100;
+const MODELS: usize = 10;
+
+fn manifest() -> String {
+    let evals: Vec<String> = (0..EVALS).map(|i| format!("e{i:03}")).collect();
+    let models: Vec<String> = (0..MODELS).map(|i| format!("m{i:02}")).collect();
+    format!(
+        "name: bench-package\nversion: 1.0.0\ntype: eval_suite\nbase_model: [{}]\nevals: [{}]\nlicense: Apache-2.0\n",
+        models.join(", "),
+        evals.join(", ")
+    )
+}
+
+fn envelope(manifest: Digest, key: &SignerKey, i: usize) -> String {
+    let predicate = RunPredicate {
+        package: "bench-package".into(),
+        version: "1.0.0".into(),
+        eval_id: format!("e{:03}", i % EVALS),
+        model: format!("m{:02}", (i / EVALS) % MODELS),
+        passed: true,
+        metrics: Default::default(),
+        data_pack_sha256: None,
+        reproducibility_context: serde_json::json!({"seed": i, "cases": [format!("c{i}")]}),
+        started_at: "2026-11-26T00:00:00Z".into(),
+        finished_at: "2026-11-26T00:00:01Z".into(),
+        runner: Runner {
+            id: "bench".into(),
+            version: None,
+        },
+    };
+    RunStatement::new(manifest, predicate)
+        .map(|s| s.sign(key).to_json())
+        .unwrap_or_default()
+}
+
+async fn evidence_client(
+    server: &ServerArg,
+) -> anyhow::Result<pb::evidence_client::EvidenceClient<Conn>> {
+    Ok(
+        pb::evidence_client::EvidenceClient::new(channel(server).await?)
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20),
+    )
+}
+
+async fn scenario(
+    server: &ServerArg,
+    envelopes: Arc<Vec<String>>,
+    clients: usize,
+    batch: usize,
+    seconds: u64,
+) -> anyhow::Result<(u64, f64)> {
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let mut client = evidence_client(server).await?;
+        let (envelopes, next, done) = (envelopes.clone(), next.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let at = next.fetch_add(batch.max(1) as u64, Ordering::Relaxed) as usize;
+                if batch <= 1 {
+                    let envelope = envelopes[at % envelopes.len()].clone();
+                    client.attest_run(pb::AttestRunRequest { envelope }).await?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    let runs = (at..at + batch)
+                        .map(|i| pb::AttestRunRequest {
+                            envelope: envelopes[i % envelopes.len()].clone(),
+                        })
+                        .collect();
+                    let response = client
+                        .attest_runs(pb::AttestRunsRequest { runs })
+                        .await?
+                        .into_inner();
+                    if let Some(bad) = response.results.iter().find(|r| r.receipt.is_none()) {
+                        return Err(tonic::Status::internal(bad.error_message.clone()));
+                    }
+                    done.fetch_add(response.results.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Ok::<_, tonic::Status>(())
+        }));
+    }
+    for task in tasks {
+        task.await?
+            .map_err(|s| anyhow::anyhow!("attest failed: {}", s.message()))?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let runs = done.load(Ordering::Relaxed);
+    Ok((runs, runs as f64 / elapsed))
+}
+
+async fn measure(args: &EvidenceArgs, daemon: &BenchDaemon) -> anyhow::Result<Report> {
+    let server = ServerArg {
+        server: daemon.address.clone(),
+        token: Some(daemon.token.clone()),
+        ca_cert: None,
+    };
+    // Publish the synthetic package: 100 evals × 10 models.
+    let text = manifest();
+    let manifest_digest = Digest::of(Algorithm::Sha256, text.as_bytes());
+    let mut store = cas::content_store_client::ContentStoreClient::new(channel(&server).await?);
+    store
+        .batch_put(cas::BatchPutRequest {
+            items: vec![cas::BatchPutItem {
+                expected_digest: manifest_digest.to_string(),
+                data: text.clone().into_bytes().into(),
+            }],
+        })
+        .await?;
+    let publisher = SignerKey::from_seed("bench-publisher", [11; 32])?;
+    let statement = PackageStatement::new(
+        "bench-package",
+        "1.0.0",
+        "eval_suite",
+        vec![FileEntry {
+            path: "manifest.yaml".into(),
+            sha256: manifest_digest,
+            size: text.len() as u64,
+        }],
+    )?;
+    let version = rpb::registry_client::RegistryClient::new(channel(&server).await?)
+        .publish_version(rpb::PublishVersionRequest {
+            envelope: statement.sign(&publisher).to_json(),
+            publisher_key: publisher.verifier().to_string(),
+            visibility: 0,
+        })
+        .await?
+        .into_inner()
+        .version
+        .context("no version")?;
+    let attester = SignerKey::from_seed("bench-attester", [12; 32])?;
+    let mut evidence = evidence_client(&server).await?;
+    evidence
+        .register_attester(pb::RegisterAttesterRequest {
+            verifier_key: attester.verifier().to_string(),
+        })
+        .await?;
+
+    // Pre-signed runs: every eval × model, then repeats.
+    let count = 60_000;
+    let envelopes: Arc<Vec<String>> = Arc::new(
+        (0..count)
+            .map(|i| envelope(manifest_digest, &attester, i))
+            .collect(),
+    );
+    let mut scenarios = Vec::new();
+    for (name, clients, batch) in [
+        ("AttestRun (unary)", 1, 1),
+        ("AttestRun (unary)", 32, 1),
+        ("AttestRuns (batch)", 1, args.batch),
+        ("AttestRuns (batch)", 32, args.batch),
+    ] {
+        let (runs, rate) =
+            scenario(&server, envelopes.clone(), clients, batch, args.seconds).await?;
+        if !args.json {
+            println!("  {name:<20} {clients:>3} client(s): {rate:>8.0} runs/s ({runs} runs)");
+        }
+        scenarios.push(Scenario {
+            name: name.into(),
+            clients,
+            runs_per_second: rate,
+            runs,
+        });
+    }
+
+    // A badge backed by 1,000 runs (one latest run per eval × model), verified offline.
+    evidence
+        .record_scan(pb::RecordScanRequest {
+            name: "bench-package".into(),
+            version: "1.0.0".into(),
+            scanner: "bench".into(),
+            verdict: "clean".into(),
+            root: version.root.clone(),
+            findings_json: "[]".into(),
+        })
+        .await?;
+    let response = evidence
+        .get_badge(pb::GetBadgeRequest {
+            name: "bench-package".into(),
+            version: "1.0.0".into(),
+        })
+        .await?
+        .into_inner();
+    if response.state != "green" {
+        bail!(
+            "the benchmark badge is {} ({})",
+            response.state,
+            response.badge_json
+        );
+    }
+    let log_key = custodian_core::note::VerifierKey::parse(
+        &custodian_proto::ledger::v1::ledger_client::LedgerClient::new(channel(&server).await?)
+            .get_log_info(custodian_proto::ledger::v1::GetLogInfoRequest {})
+            .await?
+            .into_inner()
+            .verifier_key,
+    )?;
+    let bytes = response.bundle_json.into_bytes();
+    let mut times = Vec::new();
+    let mut verified = None;
+    for _ in 0..5 {
+        let start = Instant::now();
+        verified = Some(custodian_core::bundle::verify(&bytes, &log_key)?);
+        times.push(start.elapsed());
+    }
+    times.sort();
+    let verified = verified.context("verified")?;
+    Ok(Report {
+        scenarios,
+        bundle_runs: verified.badge.evidence.len().saturating_sub(2),
+        bundle_entries: verified.entries,
+        bundle_bytes: bytes.len(),
+        bundle_verify_ms: times[times.len() / 2].as_secs_f64() * 1e3,
+        daemon_peak_rss_mib: daemon.peak_rss()? as f64 / (1 << 20) as f64,
+    })
+}
+
+/// Runs the benchmark.
+pub fn run(args: EvidenceArgs) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("locating the custodian binary")?;
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let data = base.join(format!("custodian-bench-evidence-{}", std::process::id()));
+    let daemon = BenchDaemon::start(&exe, &data, "rocksdb", &[])?;
+    if !args.json {
+        println!(
+            "attested runs through a daemon on loopback (DSSE signature checks and durable appends included):"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(measure(&args, &daemon));
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&data);
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "badge bundle backed by {} runs ({} entries, {} KiB): verified offline in {:.1} ms (median of 5)",
+            report.bundle_runs,
+            report.bundle_entries,
+            report.bundle_bytes / 1024,
+            report.bundle_verify_ms
+        );
+        println!("daemon peak RSS {:.0} MiB", report.daemon_peak_rss_mib);
+    }
+    Ok(ExitCode::SUCCESS)
+}
