@@ -71,8 +71,12 @@ struct Setup {
 
 /// A daemon with both example packages published and an attester registered.
 fn setup() -> Setup {
+    setup_with(&[])
+}
+
+fn setup_with(extra: &[&str]) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
-    let daemon = Daemon::start(&dir.path().join("data"));
+    let daemon = Daemon::start_with(&dir.path().join("data"), extra);
     let (publisher, _) = generate_key(dir.path(), "acme");
     for name in ["pacman-builder", "customer-support-classifier"] {
         let package = copy_example(name, dir.path());
@@ -625,4 +629,64 @@ async fn every_tampered_part_of_a_bundle_is_named() {
         .to_string();
     let output = offline(&["verify", path.to_str().expect("utf-8"), "--key", &other]);
     assert!(!output.status.success());
+}
+
+/// Evidence older than --badge-max-age sends the badge to review.
+#[tokio::test]
+async fn old_evidence_is_review() {
+    let s = setup_with(&["--badge-max-age", "50ms"]);
+    let (daemon, token) = (&s.daemon, s.attester_token.as_str());
+    let runs: Vec<_> = ["label_accuracy", "format_following", "pii_leakage"]
+        .iter()
+        .map(|e| {
+            run(
+                "customer-support-classifier",
+                "0.1.0",
+                e,
+                "gpt-4.1-mini",
+                true,
+            )
+        })
+        .collect();
+    stdout(&daemon.cli_as(
+        Some(token),
+        &[
+            "attest",
+            &write_runs(&s.dir, "r.json", &runs),
+            "--key",
+            &s.attester_key,
+        ],
+    ));
+    stdout(&daemon.cli_as(
+        Some(token),
+        &[
+            "scan",
+            "record",
+            "customer-support-classifier@0.1.0",
+            "--verdict",
+            "clean",
+            "--scanner",
+            "s",
+        ],
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let badge = badge(daemon, token, "customer-support-classifier@0.1.0");
+    assert_eq!(badge["state"], "review");
+    assert_eq!(
+        codes(&badge),
+        ["run_stale", "run_stale", "run_stale", "license_undeclared"]
+    );
+    let bundle = s.dir.join("stale.json");
+    stdout(&daemon.cli(&[
+        "badge",
+        "customer-support-classifier@0.1.0",
+        "-o",
+        bundle.to_str().expect("utf-8"),
+    ]));
+    stdout(&offline(&[
+        "verify",
+        bundle.to_str().expect("utf-8"),
+        "--key",
+        &s.log_key,
+    ]));
 }

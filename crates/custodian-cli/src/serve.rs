@@ -104,6 +104,10 @@ pub struct ServeArgs {
     #[arg(long, env = "CUSTODIAN_LEDGER_BATCH_WINDOW", default_value = "0s", value_parser = humantime::parse_duration)]
     ledger_batch_window: Duration,
 
+    /// Evidence older than this sends a badge to review (e.g. 30d, 12h)
+    #[arg(long, env = "CUSTODIAN_BADGE_MAX_AGE", default_value = "30d", value_parser = humantime::parse_duration)]
+    badge_max_age: Duration,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. info or custodian_server=debug
     #[arg(long, env = "CUSTODIAN_LOG", default_value = "info")]
     log: String,
@@ -149,6 +153,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             window: args.ledger_batch_window,
             ..Default::default()
         },
+        badge_max_age: args.badge_max_age,
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(custodian_server::TlsFiles { cert, key }),
             _ => None,

@@ -492,7 +492,8 @@ impl Registry {
                 scans: &scans,
             },
             now_ms(),
-            badge::DEFAULT_MAX_AGE_MS,
+            self.badge_max_age_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
         );
         Ok((badge, evidence, manifest))
     }

@@ -67,6 +67,8 @@ pub struct ServerConfig {
     pub sequencer: SequencerConfig,
     /// TLS for both ports; `None` serves plain text.
     pub tls: Option<TlsFiles>,
+    /// Evidence older than this sends a badge to review.
+    pub badge_max_age: Duration,
 }
 
 impl ServerConfig {
@@ -83,6 +85,7 @@ impl ServerConfig {
             append_token: None,
             sequencer: SequencerConfig::default(),
             tls: None,
+            badge_max_age: Duration::from_millis(custodian_core::badge::DEFAULT_MAX_AGE_MS),
         }
     }
 }
@@ -154,6 +157,7 @@ pub async fn serve(
     let auth = Arc::new(auth::Authenticator::new(&config.data_dir)?);
     let sequencer = Sequencer::start(ledger, config.sequencer);
     let registry = Arc::new(Registry::open(store.clone(), sequencer.clone()).await?);
+    registry.set_badge_max_age(config.badge_max_age);
     let cas = ContentStoreServer::new(CasService::new(
         store,
         limits,

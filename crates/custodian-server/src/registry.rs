@@ -250,6 +250,8 @@ pub struct Registry {
     sequencer: Sequencer,
     state: RwLock<State>,
     pub(crate) writes: tokio::sync::Mutex<()>,
+    /// Evidence older than this sends a badge to review.
+    pub(crate) badge_max_age_ms: std::sync::atomic::AtomicU64,
     /// Parsed manifests by manifest digest, loaded from custody on first use.
     pub(crate) manifests: std::sync::Mutex<HashMap<String, ParsedManifest>>,
 }
@@ -304,8 +306,19 @@ impl Registry {
             sequencer,
             state: RwLock::new(state),
             writes: tokio::sync::Mutex::new(()),
+            badge_max_age_ms: std::sync::atomic::AtomicU64::new(
+                custodian_core::badge::DEFAULT_MAX_AGE_MS,
+            ),
             manifests: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Sets the maximum evidence age the badge policy applies.
+    pub fn set_badge_max_age(&self, age: std::time::Duration) {
+        self.badge_max_age_ms.store(
+            age.as_millis().min(u128::from(u64::MAX)) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
