@@ -56,6 +56,14 @@ fn codes(badge: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// Writes the version's bundle with `custodian badge -o` and checks it with `custodian verify`
+/// (offline); returns what verify printed.
+fn bundle_verifies(s: &Setup, spec: &str, path: &Path) -> String {
+    let path = path.to_str().expect("utf-8");
+    stdout(&s.daemon.cli(&["badge", spec, "-o", path]));
+    stdout(&offline(&["verify", path, "--key", &s.log_key]))
+}
+
 async fn evidence(daemon: &Daemon, token: &str) -> EvidenceClient<Authed> {
     EvidenceClient::new(daemon.authed(Some(token)).await)
 }
@@ -141,18 +149,7 @@ async fn badges_follow_the_evidence_on_the_example_packages() {
     let green = badge(daemon, token, "pacman-builder@0.2.1");
     assert_eq!(green["state"], "green", "{green}");
     let bundle = s.dir.join("green.bundle.json");
-    stdout(&daemon.cli(&[
-        "badge",
-        "pacman-builder@0.2.1",
-        "-o",
-        bundle.to_str().expect("utf-8"),
-    ]));
-    let out = stdout(&offline(&[
-        "verify",
-        bundle.to_str().expect("utf-8"),
-        "--key",
-        &s.log_key,
-    ]));
+    let out = bundle_verifies(&s, "pacman-builder@0.2.1", &bundle);
     assert!(out.starts_with("bundle verifies"), "{out}");
     assert!(out.contains("GREEN"), "{out}");
 
@@ -222,18 +219,7 @@ async fn badges_follow_the_evidence_on_the_example_packages() {
         "{rest}/wrappers/pacman-builder/versions/0.2.1/badge.svg"
     )]);
     assert!(String::from_utf8_lossy(&svg).contains(">failing<"));
-    stdout(&daemon.cli(&[
-        "badge",
-        "pacman-builder@0.2.1",
-        "-o",
-        bundle.to_str().expect("utf-8"),
-    ]));
-    let out = stdout(&offline(&[
-        "verify",
-        bundle.to_str().expect("utf-8"),
-        "--key",
-        &s.log_key,
-    ]));
+    let out = bundle_verifies(&s, "pacman-builder@0.2.1", &bundle);
     assert!(out.contains("FAILING"), "{out}");
 
     // The classifier: its license (private-commercial) is not SPDX → review even with every run
@@ -676,17 +662,9 @@ async fn old_evidence_is_review() {
         codes(&badge),
         ["run_stale", "run_stale", "run_stale", "license_undeclared"]
     );
-    let bundle = s.dir.join("stale.json");
-    stdout(&daemon.cli(&[
-        "badge",
+    bundle_verifies(
+        &s,
         "customer-support-classifier@0.1.0",
-        "-o",
-        bundle.to_str().expect("utf-8"),
-    ]));
-    stdout(&offline(&[
-        "verify",
-        bundle.to_str().expect("utf-8"),
-        "--key",
-        &s.log_key,
-    ]));
+        &s.dir.join("stale.json"),
+    );
 }
