@@ -506,6 +506,7 @@ async fn refused_attestations_say_why_and_record_nothing() {
                     envelope: signed(predicate("nope", "gpt-4.1-mini", Some(pack)), &key),
                 },
             ],
+            compact: false,
         })
         .await
         .expect("batch")

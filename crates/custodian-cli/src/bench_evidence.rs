@@ -131,10 +131,13 @@ async fn scenario(
                         })
                         .collect();
                     let response = client
-                        .attest_runs(pb::AttestRunsRequest { runs })
+                        .attest_runs(pb::AttestRunsRequest {
+                            runs,
+                            compact: true,
+                        })
                         .await?
                         .into_inner();
-                    if let Some(bad) = response.results.iter().find(|r| r.receipt.is_none()) {
+                    if let Some(bad) = response.results.iter().find(|r| r.error_code != 0) {
                         return Err(tonic::Status::internal(bad.error_message.clone()));
                     }
                     done.fetch_add(response.results.len() as u64, Ordering::Relaxed);

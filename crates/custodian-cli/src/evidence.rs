@@ -199,19 +199,20 @@ pub async fn attest(args: AttestArgs) -> anyhow::Result<ExitCode> {
                     .into_iter()
                     .map(|envelope| pb::AttestRunRequest { envelope })
                     .collect(),
+                compact: true,
             })
             .await
             .map_err(status_error)?
             .into_inner();
         for (i, result) in response.results.into_iter().enumerate() {
-            match result.receipt {
-                Some(receipt) => {
-                    lines.push(serde_json::json!({"run": i, "ledger_index": receipt.log_index}));
+            match result.error_code {
+                0 => {
+                    lines.push(serde_json::json!({"run": i, "ledger_index": result.ledger_index}));
                     if !args.json {
-                        println!("run {i}: attested, ledger entry {}", receipt.log_index);
+                        println!("run {i}: attested, ledger entry {}", result.ledger_index);
                     }
                 }
-                None => {
+                _ => {
                     failures += 1;
                     lines.push(serde_json::json!({"run": i, "error": result.error_message}));
                     eprintln!("run {i}: refused: {}", result.error_message);

@@ -145,6 +145,19 @@ impl State {
     }
 }
 
+/// What an attestation returns.
+pub enum Attested {
+    /// The full receipt.
+    Receipt(Receipt),
+    /// Only where the run went (receipts are available from the ledger later).
+    Index {
+        /// The ledger index.
+        index: u64,
+        /// The entry's leaf hash.
+        leaf_hash: custodian_core::merkle::Hash,
+    },
+}
+
 /// One row of a liveness report.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ReportRow {
@@ -266,6 +279,20 @@ impl Registry {
         who: &Principal,
         envelope_json: &str,
     ) -> Result<Receipt, RegistryError> {
+        match self.attest_entry(who, envelope_json, true).await? {
+            Attested::Receipt(receipt) => Ok(receipt),
+            Attested::Index { index, .. } => Ok(self.ledger().receipt(index)?),
+        }
+    }
+
+    /// Checks and records one attested run; with `receipt` false only its index and leaf hash
+    /// come back (no proof is built).
+    pub async fn attest_entry(
+        &self,
+        who: &Principal,
+        envelope_json: &str,
+        receipt: bool,
+    ) -> Result<Attested, RegistryError> {
         let envelope =
             Envelope::parse(envelope_json.as_bytes()).map_err(|e| invalid("envelope", e))?;
         let attester = {
@@ -379,11 +406,20 @@ impl Registry {
             envelope: envelope.to_json(),
             private: record.event.private,
         };
-        let (index, _, receipt, entry) = self
-            .append(EntryKind::RunAttested, "RunAttested", &event)
+        let (appended, checkpoint, entry) = self
+            .append_entry(EntryKind::RunAttested, "RunAttested", &event)
             .await?;
-        self.apply(index, &entry);
-        Ok(receipt)
+        self.apply(appended.index, &entry);
+        if receipt {
+            Ok(Attested::Receipt(
+                self.ledger().receipt_for(&appended, &checkpoint)?,
+            ))
+        } else {
+            Ok(Attested::Index {
+                index: appended.index,
+                leaf_hash: appended.leaf_hash,
+            })
+        }
     }
 
     /// Attests many runs concurrently (their appends share ledger batches).
@@ -391,9 +427,10 @@ impl Registry {
         &self,
         who: &Principal,
         envelopes: Vec<String>,
-    ) -> Vec<Result<Receipt, RegistryError>> {
+        receipts: bool,
+    ) -> Vec<Result<Attested, RegistryError>> {
         futures::stream::iter(envelopes)
-            .map(|e| async move { self.attest(who, &e).await })
+            .map(|e| async move { self.attest_entry(who, &e, receipts).await })
             .buffered(256)
             .collect()
             .await

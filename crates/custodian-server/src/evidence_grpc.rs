@@ -8,6 +8,7 @@ use custodian_proto::evidence::v1::evidence_server::Evidence as EvidenceRpc;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Authenticator;
+use crate::evidence::Attested;
 use crate::ledger::receipt_pb;
 use crate::registry::Registry;
 use crate::registry_grpc::{principal, registry_status};
@@ -64,28 +65,34 @@ impl EvidenceRpc for EvidenceService {
         request: Request<pb::AttestRunsRequest>,
     ) -> Result<Response<pb::AttestRunsResponse>, Status> {
         let who = principal(&self.auth, &request)?;
-        let envelopes = request
-            .into_inner()
-            .runs
-            .into_iter()
-            .map(|r| r.envelope)
-            .collect();
+        let request = request.into_inner();
+        let envelopes = request.runs.into_iter().map(|r| r.envelope).collect();
         let results = self
             .registry
-            .attest_many(&who, envelopes)
+            .attest_many(&who, envelopes, !request.compact)
             .await
             .into_iter()
             .map(|r| match r {
-                Ok(receipt) => pb::AttestRunResult {
+                Ok(Attested::Receipt(receipt)) => pb::AttestRunResult {
+                    ledger_index: receipt.index,
+                    leaf_hash: custodian_core::merkle::leaf_hash(&receipt.entry)
+                        .0
+                        .to_vec()
+                        .into(),
                     receipt: Some(receipt_pb(&receipt)),
+                    ..Default::default()
+                },
+                Ok(Attested::Index { index, leaf_hash }) => pb::AttestRunResult {
+                    ledger_index: index,
+                    leaf_hash: leaf_hash.0.to_vec().into(),
                     ..Default::default()
                 },
                 Err(err) => {
                     let status = registry_status(err);
                     pb::AttestRunResult {
-                        receipt: None,
                         error_code: status.code() as i32,
                         error_message: status.message().to_string(),
+                        ..Default::default()
                     }
                 }
             })

@@ -343,13 +343,32 @@ impl Registry {
         name: &'static str,
         event: &T,
     ) -> Result<(u64, u64, custodian_core::receipt::Receipt, Entry), RegistryError> {
+        let (appended, checkpoint, entry) = self.append_entry(kind, name, event).await?;
+        let receipt = self.ledger().receipt_for(&appended, &checkpoint)?;
+        Ok((appended.index, entry.time_ms, receipt, entry))
+    }
+
+    /// Appends an event and applies it; returns the appended entry without building a receipt
+    /// (for batch callers that asked for none).
+    pub(crate) async fn append_entry<T: Serialize>(
+        &self,
+        kind: EntryKind,
+        name: &'static str,
+        event: &T,
+    ) -> Result<
+        (
+            custodian_storage::ledger::Appended,
+            Arc<custodian_storage::ledger::SignedCheckpoint>,
+            Entry,
+        ),
+        RegistryError,
+    > {
         let payload = to_payload(name, event)
             .map_err(|e| RegistryError::Ledger(LedgerError::InvalidEntry(e.into())))?;
         let (appended, checkpoint) = self.sequencer.append(kind, payload).await?;
         let entry = Entry::decode(&appended.entry)
             .map_err(|e| RegistryError::Ledger(LedgerError::InvalidEntry(e)))?;
-        let receipt = self.ledger().receipt_for(&appended, &checkpoint)?;
-        Ok((appended.index, entry.time_ms, receipt, entry))
+        Ok((appended, checkpoint, entry))
     }
 
     pub(crate) fn apply(&self, index: u64, entry: &Entry) {
