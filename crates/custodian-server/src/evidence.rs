@@ -145,6 +145,10 @@ impl State {
     }
 }
 
+/// How many attestations are checked and appended at once; enough to fill the sequencer's
+/// batches, few enough to bound memory.
+pub const MAX_CONCURRENT_ATTESTATIONS: usize = 256;
+
 /// What an attestation returns.
 pub enum Attested {
     /// The full receipt.
@@ -293,6 +297,9 @@ impl Registry {
         envelope_json: &str,
         receipt: bool,
     ) -> Result<Attested, RegistryError> {
+        let _permit = self.attest_permits.acquire().await.map_err(|e| {
+            RegistryError::Ledger(custodian_storage::LedgerError::Poisoned(e.to_string()))
+        })?;
         let envelope =
             Envelope::parse(envelope_json.as_bytes()).map_err(|e| invalid("envelope", e))?;
         let attester = {
