@@ -25,13 +25,16 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7311";
     long_about = "Custodian keeps custody of blobs (package files, data packs) by digest, verified \
 on write and never served corrupted; keeps an append-only provenance ledger; and is a registry \
 of signed Behavior Package versions and their data packs.\n\n\
-Run the daemon with `custodian serve`. `blob`, `log`, `publish`, `install`, `versions`, `show`, \
-`yank` and `datapack` are clients of a running daemon (see --server, --token), except `log verify-receipt`, \
-`audit`, `pack` and `key`, which work offline.\n\n\
+Run the daemon with `custodian serve`. The other commands are clients of a running daemon (see \
+--server, --token), except `log verify-receipt`, `audit`, `verify`, `pack` and `key`, which work \
+offline, and `token`, which runs on the daemon's host.\n\n\
 Behavior Packages are folders with a manifest.yaml. `pack build` hashes, checks and signs one \
 (DSSE, Ed25519), `publish` records it in the registry and the ledger, `install` fetches and \
 verifies it. Writes need an API token (`token create`, on the daemon's host); public content \
 is readable without one, private content only with a read grant.\n\n\
+Runners `attest` signed eval runs, scanners record verdicts (`scan record`), and a versioned \
+policy decides each version's badge (`badge`: green, review or failing, with reasons). \
+`verify` re-checks a badge bundle offline with nothing but the log's key.\n\n\
 Digests are written sha256:<64 hex> (the canonical address) or blake3:<64 hex>; every blob \
 can be fetched by either.\n\n\
 Provenance events go into an append-only RFC 6962 Merkle log with signed C2SP checkpoints. \
@@ -63,7 +66,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the Custodian daemon (content store, ledger, registry over gRPC and REST)
+    /// Run the Custodian daemon (content store, ledger, registry, evidence; gRPC and REST)
     #[command(long_about = serve::LONG_ABOUT)]
     Serve(serve::ServeArgs),
     /// Store, fetch and inspect blobs in a running daemon

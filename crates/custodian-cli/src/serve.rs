@@ -13,7 +13,8 @@ use tracing_subscriber::EnvFilter;
 /// The long help of `custodian serve`.
 pub const LONG_ABOUT: &str = "Run the Custodian daemon.\n\n\
 It serves the gRPC content store (custodian.cas.v1.ContentStore), the provenance ledger \
-(custodian.ledger.v1.Ledger), the package registry (custodian.registry.v1.Registry), gRPC health \
+(custodian.ledger.v1.Ledger), the package registry (custodian.registry.v1.Registry), attestations and badges \
+(custodian.evidence.v1.Evidence), gRPC health \
 (grpc.health.v1) and server reflection, so `grpcurl -plaintext 127.0.0.1:7311 list` works; and \
 the registry's REST API on --rest-listen (GET /openapi.yaml describes it).\n\n\
 Access: API tokens from `custodian token create` (stored as hashes in DATA_DIR/tokens.json, \
