@@ -332,11 +332,13 @@ impl Authenticator {
                 by_hash: HashMap::new(),
             }),
         };
-        auth.refresh()?;
+        auth.lookup(None)?;
         Ok(auth)
     }
 
-    fn refresh(&self) -> Result<HashMap<String, Arc<TokenRecord>>, AuthError> {
+    /// Reloads the file if it changed, then looks `hash` up (one stat per call; no copy of the
+    /// token table).
+    fn lookup(&self, hash: Option<&str>) -> Result<Option<Arc<TokenRecord>>, AuthError> {
         let stamp = std::fs::metadata(&self.path)
             .ok()
             .and_then(|m| Some((m.modified().ok()?, m.len())));
@@ -354,7 +356,7 @@ impl Authenticator {
                 .collect();
             loaded.stamp = stamp;
         }
-        Ok(loaded.by_hash.clone())
+        Ok(hash.and_then(|h| loaded.by_hash.get(h).cloned()))
     }
 
     /// The principal for an `authorization` header value (`None` when there is no header).
@@ -371,15 +373,11 @@ impl Authenticator {
             return Err(AuthError::UnknownToken);
         }
         // The lookup is by hash, so comparing against stored values leaks nothing about a secret.
-        let tokens = self.refresh().map_err(|err| {
+        let found = self.lookup(Some(&hash_token(token))).map_err(|err| {
             tracing::error!(%err, "cannot read the token file; refusing tokens until it is fixed");
             AuthError::UnknownToken
         })?;
-        tokens
-            .get(&hash_token(token))
-            .cloned()
-            .map(Principal::Token)
-            .ok_or(AuthError::UnknownToken)
+        found.map(Principal::Token).ok_or(AuthError::UnknownToken)
     }
 }
 
