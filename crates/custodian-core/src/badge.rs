@@ -515,3 +515,81 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MANIFEST: &str = "name: demo\nversion: 1.0.0\ntype: prompt_spec\nbase_model: [m1, m2]\nevals: [a, b, c]\nlicense: MIT\n";
+
+    fn runs() -> impl Strategy<Value = Vec<(u8, u8, bool)>> {
+        proptest::collection::vec((0u8..3, 0u8..2, any::<bool>()), 0..20)
+    }
+
+    fn evaluate_runs(list: &[(u8, u8, bool)], scan: Option<&str>) -> Badge {
+        let manifest = Manifest::parse("manifest.yaml", MANIFEST, None)
+            .0
+            .expect("manifest");
+        let runs: Vec<Run> = list
+            .iter()
+            .enumerate()
+            .map(|(i, (e, m, passed))| Run {
+                index: 10 + i as u64,
+                time_ms: 1_000,
+                eval_id: ["a", "b", "c"][*e as usize].into(),
+                model: ["m1", "m2"][*m as usize].into(),
+                passed: *passed,
+            })
+            .collect();
+        let scans: Vec<Scan> = scan
+            .map(|v| Scan {
+                index: 1,
+                root: "r".into(),
+                verdict: v.into(),
+            })
+            .into_iter()
+            .collect();
+        let e = Evidence {
+            name: "demo",
+            version: "1.0.0",
+            manifest: &manifest,
+            root: "r",
+            publication: 0,
+            signature_ok: true,
+            yanked: None,
+            runs: &runs,
+            scans: &scans,
+        };
+        evaluate(&e, 2_000, DEFAULT_MAX_AGE_MS)
+    }
+
+    proptest! {
+        /// The state is exactly what the rules say, computed here independently from the runs.
+        #[test]
+        fn state_follows_the_latest_runs(list in runs(), scan in proptest::option::of(prop_oneof!["clean", "flagged", "error"])) {
+            let badge = evaluate_runs(&list, scan.as_deref());
+            let mut latest = std::collections::BTreeMap::new();
+            for (e, m, passed) in &list {
+                latest.insert((*e, *m), *passed);
+            }
+            let any_failed = latest.values().any(|p| !p);
+            let complete = latest.len() == 6;
+            let expected = if any_failed || scan.as_deref() == Some("flagged") {
+                State::Failing
+            } else if complete && scan.as_deref() == Some("clean") {
+                State::Green
+            } else {
+                State::Review
+            };
+            prop_assert_eq!(badge.state, expected);
+            // Appending a failing run for any pair never leaves the badge green.
+            let mut worse = list.clone();
+            worse.push((0, 0, false));
+            prop_assert_eq!(evaluate_runs(&worse, scan.as_deref()).state, State::Failing);
+            // Evidence is sorted and unique, and holds the publication.
+            prop_assert!(badge.evidence.windows(2).all(|w| w[0] < w[1]));
+            prop_assert_eq!(badge.evidence.first(), Some(&0));
+        }
+    }
+}
