@@ -1031,45 +1031,78 @@ async fn private_content_answers_exactly_like_absent_content() {
     let names = [("@acme/pacman", "@acme/nothing")];
 
     for (who, token) in [("anonymous", None), ("outsider", Some(outsider.as_str()))] {
-        // gRPC Registry, by name.
-        let mut registry = registry(&daemon, token).await;
-        let a = registry
-            .get_version(pb::GetVersionRequest {
-                name: "@acme/pacman".into(),
-                version: "0.2.1".into(),
-            })
-            .await
-            .unwrap_err();
-        let b = registry
-            .get_version(pb::GetVersionRequest {
-                name: "@acme/nothing".into(),
-                version: "0.2.1".into(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(
-            (a.code(), b.code()),
-            (Code::NotFound, Code::NotFound),
-            "{who}"
+        // gRPC Registry, by name: each call for the private name and for an absent one.
+        let registry = registry(&daemon, token).await;
+        let compare = |what: &str, a: tonic::Status, b: tonic::Status, swap: &[(&str, &str)]| {
+            assert_eq!(
+                (a.code(), b.code()),
+                (Code::NotFound, Code::NotFound),
+                "{who} {what}"
+            );
+            same(a.message(), b.message(), swap);
+        };
+        let get_version = |name: &'static str| {
+            let mut registry = registry.clone();
+            async move {
+                registry
+                    .get_version(pb::GetVersionRequest {
+                        name: name.into(),
+                        version: "0.2.1".into(),
+                    })
+                    .await
+                    .expect_err("hidden or absent")
+            }
+        };
+        let list_versions = |name: &'static str| {
+            let mut registry = registry.clone();
+            async move {
+                registry
+                    .list_versions(pb::ListVersionsRequest { name: name.into() })
+                    .await
+                    .expect_err("hidden or absent")
+            }
+        };
+        let (private, absent) = names[0];
+        compare(
+            "GetVersion",
+            get_version(private).await,
+            get_version(absent).await,
+            &names,
         );
-        same(a.message(), b.message(), &names);
-        let a = registry
-            .list_versions(pb::ListVersionsRequest {
-                name: "@acme/pacman".into(),
-            })
-            .await
-            .unwrap_err();
-        let b = registry
-            .list_versions(pb::ListVersionsRequest {
-                name: "@acme/nothing".into(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(a.code(), b.code());
-        same(a.message(), b.message(), &names);
+        compare(
+            "ListVersions",
+            list_versions(private).await,
+            list_versions(absent).await,
+            &names,
+        );
 
         // gRPC ContentStore, by digest (both algorithms).
         let mut store = ContentStoreClient::new(daemon.authed(token).await);
+        let reader = store.clone();
+        let stat = |digest: Digest| {
+            let mut store = reader.clone();
+            async move {
+                store
+                    .stat(cas::StatRequest {
+                        digest: digest.to_string(),
+                    })
+                    .await
+                    .expect_err("hidden or absent")
+            }
+        };
+        let get = |digest: Digest| {
+            let mut store = reader.clone();
+            async move {
+                store
+                    .get(cas::GetRequest {
+                        digest: digest.to_string(),
+                        offset: 0,
+                        limit: 0,
+                    })
+                    .await
+                    .expect_err("hidden or absent")
+            }
+        };
         for (private, absent) in [
             (secret_digest, absent_digest),
             (data_digest, absent_digest),
@@ -1078,42 +1111,8 @@ async fn private_content_answers_exactly_like_absent_content() {
             let swap = [(private.to_string(), absent.to_string())];
             let swap: Vec<(&str, &str)> =
                 swap.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-            let a = store
-                .stat(cas::StatRequest {
-                    digest: private.to_string(),
-                })
-                .await
-                .unwrap_err();
-            let b = store
-                .stat(cas::StatRequest {
-                    digest: absent.to_string(),
-                })
-                .await
-                .unwrap_err();
-            assert_eq!(
-                (a.code(), b.code()),
-                (Code::NotFound, Code::NotFound),
-                "{who} stat"
-            );
-            same(a.message(), b.message(), &swap);
-            let a = store
-                .get(cas::GetRequest {
-                    digest: private.to_string(),
-                    offset: 0,
-                    limit: 0,
-                })
-                .await
-                .unwrap_err();
-            let b = store
-                .get(cas::GetRequest {
-                    digest: absent.to_string(),
-                    offset: 0,
-                    limit: 0,
-                })
-                .await
-                .unwrap_err();
-            assert_eq!(a.code(), b.code(), "{who} get");
-            same(a.message(), b.message(), &swap);
+            compare("Stat", stat(private).await, stat(absent).await, &swap);
+            compare("Get", get(private).await, get(absent).await, &swap);
             let missing = store
                 .find_missing(cas::FindMissingRequest {
                     digests: vec![private.to_string(), absent.to_string()],
