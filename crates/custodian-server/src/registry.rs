@@ -98,7 +98,8 @@ pub struct DataPackRecord {
 #[derive(Default)]
 struct Package {
     publisher_key: String,
-    versions: BTreeMap<semver::Version, VersionRecord>,
+    // Shared so that a lookup (every attestation does one) copies a pointer, not the envelope.
+    versions: BTreeMap<semver::Version, Arc<VersionRecord>>,
 }
 
 #[derive(Clone)]
@@ -150,14 +151,14 @@ impl State {
                 }
                 package.versions.insert(
                     version,
-                    VersionRecord {
+                    Arc::new(VersionRecord {
                         event,
                         files,
                         index,
                         time_ms: entry.time_ms,
                         yanked: None,
                         data_pack: None,
-                    },
+                    }),
                 );
             }
             EntryKind::VersionYanked => {
@@ -194,10 +195,18 @@ impl State {
 
     fn version_mut(&mut self, name: &str, version: &str) -> Option<&mut VersionRecord> {
         let version = semver::Version::parse(version).ok()?;
-        self.packages.get_mut(name)?.versions.get_mut(&version)
+        self.packages
+            .get_mut(name)?
+            .versions
+            .get_mut(&version)
+            .map(Arc::make_mut)
     }
 
-    pub(crate) fn version(&self, name: &str, version: &semver::Version) -> Option<&VersionRecord> {
+    pub(crate) fn version(
+        &self,
+        name: &str,
+        version: &semver::Version,
+    ) -> Option<&Arc<VersionRecord>> {
         self.packages.get(name)?.versions.get(version)
     }
 }
@@ -396,7 +405,7 @@ impl Registry {
         envelope_json: &str,
         publisher_key: &str,
         private: bool,
-    ) -> Result<Recorded<VersionRecord>, RegistryError> {
+    ) -> Result<Recorded<Arc<VersionRecord>>, RegistryError> {
         let key = VerifierKey::parse(publisher_key).map_err(|e| invalid("publisher_key", e))?;
         let envelope =
             Envelope::parse(envelope_json.as_bytes()).map_err(|e| invalid("envelope", e))?;
@@ -490,7 +499,7 @@ impl Registry {
         root: &str,
         key: &VerifierKey,
         private: bool,
-    ) -> Result<Option<Recorded<VersionRecord>>, RegistryError> {
+    ) -> Result<Option<Recorded<Arc<VersionRecord>>>, RegistryError> {
         let state = self.read();
         let Some(package) = state.packages.get(name) else {
             return Ok(None);
@@ -621,7 +630,7 @@ impl Registry {
         name: &str,
         version: &str,
         reason: &str,
-    ) -> Result<Recorded<VersionRecord>, RegistryError> {
+    ) -> Result<Recorded<Arc<VersionRecord>>, RegistryError> {
         let parsed = parse_version(version)?;
         self.visible_version(who, name, &parsed)?;
         require(who, Scope::Publish, name, "yank")?;
@@ -667,7 +676,7 @@ impl Registry {
         who: &Principal,
         name: &str,
         version: &semver::Version,
-    ) -> Result<VersionRecord, RegistryError> {
+    ) -> Result<Arc<VersionRecord>, RegistryError> {
         self.read()
             .version(name, version)
             .filter(|v| who.can_read(name, v.event.private))
@@ -681,14 +690,18 @@ impl Registry {
         who: &Principal,
         name: &str,
         version: &str,
-    ) -> Result<VersionRecord, RegistryError> {
+    ) -> Result<Arc<VersionRecord>, RegistryError> {
         let parsed = parse_version(version)?;
         self.visible_version(who, name, &parsed)
     }
 
     /// The versions of `name` that `who` may see, oldest first.
-    pub fn list(&self, who: &Principal, name: &str) -> Result<Vec<VersionRecord>, RegistryError> {
-        let versions: Vec<VersionRecord> = self
+    pub fn list(
+        &self,
+        who: &Principal,
+        name: &str,
+    ) -> Result<Vec<Arc<VersionRecord>>, RegistryError> {
+        let versions: Vec<Arc<VersionRecord>> = self
             .read()
             .packages
             .get(name)
@@ -736,7 +749,7 @@ impl Registry {
         who: &Principal,
         name: &str,
         version: &str,
-    ) -> Result<VersionRecord, RegistryError> {
+    ) -> Result<Arc<VersionRecord>, RegistryError> {
         let record = self.get(who, name, version)?;
         require(who, Scope::Publish, name, "register a data pack for")?;
         Ok(record)
@@ -930,6 +943,7 @@ impl Registry {
         let record = self.get(who, name, version)?;
         record
             .data_pack
+            .clone()
             .filter(|p| who.can_read(name, p.event.private))
             .ok_or_else(|| RegistryError::NotFound(format!("{name}@{version} has no data pack")))
     }
