@@ -400,6 +400,30 @@ async fn get(
     limit: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
     let mut client = connect(server).await?;
+    let received = download(&mut client, &digest, output, offset, limit, true).await?;
+    if output.as_os_str() != "-" {
+        eprintln!(
+            "{} bytes of {} verified and written to {}",
+            received,
+            short(&digest),
+            output.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Downloads a blob (or a range) to `output` (`-` for standard output). A file appears only
+/// once every byte has arrived and, for a whole blob, hashes to `digest`; otherwise nothing is
+/// left behind. Returns the bytes received. `show_progress` draws a bar on a terminal.
+pub async fn download(
+    client: &mut ContentStoreClient<Conn>,
+    digest: &Digest,
+    output: &Path,
+    offset: u64,
+    limit: Option<u64>,
+    show_progress: bool,
+) -> anyhow::Result<u64> {
+    let digest = *digest;
     let request = pb::GetRequest {
         digest: digest.to_string(),
         offset,
@@ -445,7 +469,11 @@ async fn get(
         |(target, result)| result.and_then(|()| target.finish()),
     )
     .context("cannot start the writer thread")?;
-    let bar = progress(expected_len, format!("get {}", short(&digest)));
+    let bar = if show_progress {
+        progress(expected_len, format!("get {}", short(&digest)))
+    } else {
+        ProgressBar::hidden()
+    };
     // Only a whole blob can be checked against its digest; a range is checked for length (the
     // daemon has already checked every block's CRC32C before sending it).
     let mut hasher = whole.then(|| OffThreadHasher::new(StreamHasher::new(digest.algorithm())));
@@ -506,16 +534,10 @@ async fn get(
                 output.display()
             )
         })?;
-        eprintln!(
-            "{} bytes of {} verified and written to {}",
-            received,
-            short(&digest),
-            output.display()
-        );
     } else {
         result.with_context(|| format!("get {digest}"))?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(received)
 }
 
 /// Where a download goes.

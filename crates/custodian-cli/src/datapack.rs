@@ -107,13 +107,7 @@ fn client(rest: &RestArg) -> anyhow::Result<reqwest::Client> {
 
 fn url(rest: &RestArg, spec: &str, tail: &str) -> anyhow::Result<String> {
     let (name, version) = split_spec(spec)?;
-    let name: String = name
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let name = custodian_server::rest::encode_segment(&name);
     Ok(format!(
         "{}/wrappers/{name}/versions/{version}/data-pack{tail}",
         rest.rest.trim_end_matches('/')
@@ -149,19 +143,9 @@ fn hash_with_progress(path: &Path) -> anyhow::Result<(Digest, u64)> {
         .with_context(|| format!("reading {}", path.display()))?
         .len();
     let bar = progress(len, format!("sha256 {}", path.display()));
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = StreamHasher::new(Algorithm::Sha256);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = std::io::Read::read(&mut file, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        bar.inc(n as u64);
-    }
+    let hashed = crate::pack::hash_file_with(path, |n| bar.inc(n));
     bar.finish_and_clear();
-    Ok((hasher.finalize(), len))
+    hashed
 }
 
 fn print_view(view: &serde_json::Value, json: bool) -> anyhow::Result<()> {

@@ -202,6 +202,11 @@ pub fn list_files(dir: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
 
 /// Hashes a file with sha256.
 pub fn hash_file(path: &Path) -> anyhow::Result<(Digest, u64)> {
+    hash_file_with(path, |_| {})
+}
+
+/// Hashes a file with sha256, reporting each piece's length to `progress`.
+pub fn hash_file_with(path: &Path, progress: impl Fn(u64)) -> anyhow::Result<(Digest, u64)> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut hasher = StreamHasher::new(Algorithm::Sha256);
@@ -214,6 +219,7 @@ pub fn hash_file(path: &Path) -> anyhow::Result<(Digest, u64)> {
         }
         hasher.update(&buf[..n]);
         size += n as u64;
+        progress(n as u64);
     }
     Ok((hasher.finalize(), size))
 }

@@ -1,19 +1,16 @@
 //! `custodian publish | install | versions | show | yank`: the registry's client commands.
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
 use custodian_core::dsse::Envelope;
 use custodian_core::package::{ENVELOPE_FILE, META_DIR, PackageStatement};
-use custodian_core::{Algorithm, Digest, StreamHasher};
 use custodian_proto::cas::v1 as cas;
 use custodian_proto::registry::v1 as pb;
 use custodian_proto::registry::v1::registry_client::RegistryClient;
-use futures::StreamExt as _;
 use serde::Serialize;
 
 use crate::blob::{Conn, ServerArg, channel, connect, put_file, status_error};
@@ -281,50 +278,6 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Downloads one blob to `path`, verifying its sha256 and size before it appears.
-async fn fetch(
-    store: &mut custodian_proto::cas::v1::content_store_client::ContentStoreClient<Conn>,
-    digest: &Digest,
-    size: u64,
-    path: &Path,
-) -> anyhow::Result<()> {
-    let mut stream = store
-        .get(cas::GetRequest {
-            digest: digest.to_string(),
-            offset: 0,
-            limit: 0,
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let tmp = path.with_file_name(format!(
-        ".{}.part",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    let mut out = std::fs::File::create(&tmp)?;
-    let mut hasher = StreamHasher::new(Algorithm::Sha256);
-    let mut got = 0u64;
-    while let Some(message) = stream.next().await {
-        let message = message.map_err(status_error)?;
-        hasher.update(&message.data);
-        got += message.data.len() as u64;
-        out.write_all(&message.data)?;
-    }
-    out.sync_all()?;
-    let actual = hasher.finalize();
-    if actual != *digest || got != size {
-        let _ = std::fs::remove_file(&tmp);
-        bail!(
-            "received {got} bytes hashing to {actual}; expected {size} bytes hashing to {digest}"
-        );
-    }
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
-
 /// Installs a version into a folder, verifying everything.
 pub async fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
     let (name, version) = split_spec(&args.spec)?;
@@ -384,7 +337,14 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
     let total: u64 = files.iter().map(|f| f.size).sum();
     let bar = crate::blob::progress(total, format!("install {name}@{version}"));
     for file in files {
-        fetch(&mut store, &file.sha256, file.size, &out.join(&file.path))
+        let path = out.join(&file.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        // The download is checked against the signed sha256 (and so its size) before the file
+        // appears.
+        crate::blob::download(&mut store, &file.sha256, &path, 0, None, false)
             .await
             .with_context(|| format!("fetching {} ({})", file.path, file.sha256))?;
         bar.inc(file.size);

@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 use crate::digest::{Algorithm, Digest};
 use crate::dsse::{Envelope, INTOTO_PAYLOAD_TYPE};
 use crate::note::{SignerKey, VerifierKey};
-use crate::package::STATEMENT_TYPE;
+use crate::package::{STATEMENT_TYPE, WireStatement, WireSubject};
 
 /// The predicate type of an eval-run attestation.
 pub const RUN_PREDICATE_TYPE: &str = "https://custodian.dev/eval-run/v1";
@@ -90,22 +90,6 @@ pub struct RunPredicate {
     pub finished_at: String,
     /// Who ran it.
     pub runner: Runner,
-}
-
-#[derive(Serialize, Deserialize)]
-struct WireSubject {
-    name: String,
-    digest: BTreeMap<String, String>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct WireStatement {
-    #[serde(rename = "_type")]
-    statement_type: String,
-    subject: Vec<WireSubject>,
-    #[serde(rename = "predicateType")]
-    predicate_type: String,
-    predicate: RunPredicate,
 }
 
 /// A checked run statement.
@@ -198,7 +182,7 @@ impl RunStatement {
 
     /// Parses and checks statement JSON.
     pub fn from_json(bytes: &[u8]) -> Result<Self, AttestationError> {
-        let wire: WireStatement = serde_json::from_slice(bytes)
+        let wire: WireStatement<RunPredicate> = serde_json::from_slice(bytes)
             .map_err(|e| field("payload", format!("not an eval-run statement: {e}")))?;
         if wire.statement_type != STATEMENT_TYPE {
             return Err(field(

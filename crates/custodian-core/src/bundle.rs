@@ -20,7 +20,7 @@ use crate::note::VerifierKey;
 use crate::package::PackageStatement;
 use crate::registry::{
     BadgeIssued, KeyRegistered, PackagePublished, RunAttested, ScanRecorded, VersionYanked,
-    from_payload,
+    from_payload, namespace_covers,
 };
 
 /// The `type` of a bundle file.
@@ -136,12 +136,6 @@ fn entry_error(position: usize, index: u64, reason: impl Into<String>) -> Bundle
         index,
         reason: reason.into(),
     }
-}
-
-fn covers(namespaces: &[String], name: &str) -> bool {
-    namespaces
-        .iter()
-        .any(|ns| ns == "*" || name.starts_with(ns.as_str()))
 }
 
 /// Verifies a bundle offline with the log's verifier key and returns the recomputed badge.
@@ -302,7 +296,7 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
     for (index, time_ms, run) in runs {
         let fail = |reason: String| entry_error(position_of(index), index, reason);
         match attesters.get(&run.attester_key) {
-            Some(namespaces) if covers(namespaces, &run.name) => {}
+            Some(namespaces) if namespace_covers(namespaces, &run.name) => {}
             _ => {
                 return Err(fail(format!(
                     "the attester key {} is not registered for {} by a KeyEvent in the bundle",

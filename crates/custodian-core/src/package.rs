@@ -237,20 +237,23 @@ pub fn verify_file_proof(
     merkle::verify_inclusion(index, file_count, &leaf, proof, root)
 }
 
+/// An in-toto Statement v1 as JSON, with the predicate type `P`; shared by package and run
+/// statements.
 #[derive(Serialize, Deserialize)]
-struct WireStatement {
+pub(crate) struct WireStatement<P> {
     #[serde(rename = "_type")]
-    statement_type: String,
-    subject: Vec<WireSubject>,
+    pub(crate) statement_type: String,
+    pub(crate) subject: Vec<WireSubject>,
     #[serde(rename = "predicateType")]
-    predicate_type: String,
-    predicate: WirePredicate,
+    pub(crate) predicate_type: String,
+    pub(crate) predicate: P,
 }
 
+/// One in-toto subject: a name and its digests by algorithm.
 #[derive(Serialize, Deserialize)]
-struct WireSubject {
-    name: String,
-    digest: BTreeMap<String, String>,
+pub(crate) struct WireSubject {
+    pub(crate) name: String,
+    pub(crate) digest: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -342,7 +345,7 @@ impl PackageStatement {
     /// subjects against the files, the manifest digest and the root.
     pub fn from_json(bytes: &[u8]) -> Result<Self, PackageError> {
         let bad = |m: String| PackageError::Statement(m);
-        let wire: WireStatement =
+        let wire: WireStatement<WirePredicate> =
             serde_json::from_slice(bytes).map_err(|e| bad(format!("not a statement: {e}")))?;
         if wire.statement_type != STATEMENT_TYPE {
             return Err(bad(format!(

@@ -207,6 +207,25 @@ pub struct BadgeIssued {
     pub private: bool,
 }
 
+/// The entry kinds only Custodian's registry and evidence services append (after their own
+/// checks), and from which the registry's index is rebuilt.
+pub const SERVICE_KINDS: [&str; 7] = [
+    "PackagePublished",
+    "VersionYanked",
+    "DataPackRegistered",
+    "RunAttested",
+    "ScanRecorded",
+    "KeyEvent",
+    "BadgeIssued",
+];
+
+/// True if a package-name prefix in `namespaces` covers `name` (`*` covers every name).
+pub fn namespace_covers(namespaces: &[String], name: &str) -> bool {
+    namespaces
+        .iter()
+        .any(|ns| ns == "*" || name.starts_with(ns.as_str()))
+}
+
 /// Encodes an event as a CBOR payload value.
 pub fn to_payload<T: Serialize>(kind: &'static str, event: &T) -> Result<Value, EventError> {
     Value::serialized(event).map_err(|e| EventError {

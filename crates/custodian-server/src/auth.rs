@@ -126,9 +126,7 @@ impl TokenRecord {
     }
 
     fn covers(&self, name: &str) -> bool {
-        self.namespaces
-            .iter()
-            .any(|ns| ns == "*" || name.starts_with(ns.as_str()))
+        custodian_core::registry::namespace_covers(&self.namespaces, name)
     }
 
     fn covers_everything(&self) -> bool {
@@ -225,13 +223,6 @@ fn write_file(path: &Path, file: &TokenFile) -> Result<(), AuthError> {
     result.map_err(|e| io_error(path, e))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
@@ -281,7 +272,7 @@ pub fn create_token(
         sha256: hash_token(&secret),
         scopes,
         namespaces,
-        created_ms: now_ms(),
+        created_ms: crate::sequencer::now_ms(),
         revoked_ms: None,
     };
     file.tokens.push(record.clone());
@@ -301,7 +292,7 @@ pub fn revoke_token(data_dir: &Path, id: &str) -> Result<bool, AuthError> {
     let mut changed = false;
     for token in &mut file.tokens {
         if token.id == id && token.revoked_ms.is_none() {
-            token.revoked_ms = Some(now_ms());
+            token.revoked_ms = Some(crate::sequencer::now_ms());
             changed = true;
         }
     }

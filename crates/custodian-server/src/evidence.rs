@@ -15,7 +15,7 @@ use custodian_core::note::VerifierKey;
 use custodian_core::package::MANIFEST_FILE;
 use custodian_core::receipt::Receipt;
 use custodian_core::registry::{
-    BadgeIssued, KeyRegistered, RunAttested, ScanRecorded, from_payload,
+    BadgeIssued, KeyRegistered, RunAttested, ScanRecorded, from_payload, namespace_covers,
 };
 use futures::StreamExt as _;
 
@@ -72,12 +72,6 @@ pub struct Attester {
     pub namespaces: Vec<String>,
     /// The KeyEvent that registered it.
     pub index: u64,
-}
-
-fn covers(namespaces: &[String], name: &str) -> bool {
-    namespaces
-        .iter()
-        .any(|ns| ns == "*" || name.starts_with(ns.as_str()))
 }
 
 impl State {
@@ -190,13 +184,6 @@ pub struct ReportRun {
     pub context_sha256: String,
     /// The runner.
     pub runner: String,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Registry {
@@ -324,7 +311,7 @@ impl Registry {
             RunStatement::open(&envelope, &attester.key).map_err(|e| invalid("envelope", e))?;
         let p = &statement.predicate;
         require(who, Scope::Attest, &p.package, "attest runs of")?;
-        if !covers(&attester.namespaces, &p.package) {
+        if !namespace_covers(&attester.namespaces, &p.package) {
             return Err(RegistryError::PermissionDenied(format!(
                 "attester key {} is registered for {}, not for {:?}",
                 attester.key.handle(),
@@ -535,7 +522,7 @@ impl Registry {
                 runs: &runs,
                 scans: &scans,
             },
-            now_ms(),
+            crate::sequencer::now_ms(),
             self.badge_max_age_ms
                 .load(std::sync::atomic::Ordering::Relaxed),
         );

@@ -35,17 +35,6 @@ pub struct LedgerService {
     auth: Arc<Authenticator>,
 }
 
-/// Entry kinds only the registry and evidence services append, after their own checks.
-const REGISTRY_KINDS: [&str; 7] = [
-    "PackagePublished",
-    "VersionYanked",
-    "DataPackRegistered",
-    "RunAttested",
-    "ScanRecorded",
-    "KeyEvent",
-    "BadgeIssued",
-];
-
 impl LedgerService {
     /// A service appending through `sequencer`; `append_token` (or an admin token) enables
     /// `Append`.
@@ -467,7 +456,7 @@ impl LedgerRpc for LedgerService {
         let request = request.into_inner();
         let kind = EntryKind::parse(&request.kind)
             .map_err(|e| ledger_status("kind", LedgerError::InvalidEntry(e)))?;
-        if REGISTRY_KINDS.contains(&kind.as_str()) {
+        if custodian_core::registry::SERVICE_KINDS.contains(&kind.as_str()) {
             return Err(Status::invalid_argument(format!(
                 "field kind: {kind} entries are appended only by the registry and evidence services after their checks; use custodian.registry.v1.Registry or custodian.evidence.v1.Evidence"
             )));

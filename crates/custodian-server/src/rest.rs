@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use custodian_core::Digest;
 use custodian_core::datapack::DataPackSpec;
-use custodian_storage::{BlobStore, ByteRange, Expectation, StorageError};
+use custodian_storage::{BlobMeta, BlobStore, ByteRange, Expectation, StorageError};
 use futures::StreamExt as _;
 use serde::Serialize;
 use serde_json::json;
@@ -262,7 +262,8 @@ fn data_pack_json(record: &DataPackRecord) -> serde_json::Value {
     value
 }
 
-fn encode_segment(text: &str) -> String {
+/// Percent-encodes one URL path segment (a scoped package name's `@` and `/` included).
+pub fn encode_segment(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
@@ -535,17 +536,14 @@ fn parse_range(header: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u
     Ok(Some((first, last)))
 }
 
-/// Streams a blob (or one range of it) with its digest as the ETag.
+/// Streams a blob, or one range of it, given its metadata (`meta`, from a stat the caller made).
 async fn serve_blob(
     store: &BlobStore,
     digest: &Digest,
+    meta: BlobMeta,
     headers: &HeaderMap,
     filename: Option<&str>,
 ) -> ApiResult<Response> {
-    let meta = store
-        .stat(digest)
-        .await?
-        .ok_or(StorageError::NotFound { digest: *digest })?;
     let range = parse_range(headers.get(header::RANGE), meta.size)?;
     let (status, byte_range, length) = match range {
         Some((first, last)) => (
@@ -618,7 +616,12 @@ async fn download_data_pack(
             format!("stored digest {sha256}: {e}"),
         )
     })?;
-    serve_blob(&state.store, &digest, &headers, p.filename.as_deref()).await
+    let meta = state
+        .store
+        .stat(&digest)
+        .await?
+        .ok_or(StorageError::NotFound { digest })?;
+    serve_blob(&state.store, &digest, meta, &headers, p.filename.as_deref()).await
 }
 
 async fn download_blob(
@@ -634,19 +637,13 @@ async fn download_blob(
             format!("path digest: {e}"),
         )
     })?;
-    let meta = state.store.stat(&digest).await?;
-    let readable = match &meta {
-        Some(meta) => {
-            who.allows_everywhere(crate::auth::Scope::Read)
-                || state.registry.blob_readable(&who, &meta.digests.sha256)
-        }
-        None => false,
-    };
-    if !readable {
-        // The same answer as for a digest that is not in custody.
-        return Err(StorageError::NotFound { digest }.into());
-    }
-    serve_blob(&state.store, &digest, &headers, None).await
+    let meta = state.store.stat(&digest).await?.filter(|meta| {
+        who.allows_everywhere(crate::auth::Scope::Read)
+            || state.registry.blob_readable(&who, &meta.digests.sha256)
+    });
+    // A blob the caller may not read gets the same answer as a digest not in custody.
+    let meta = meta.ok_or(StorageError::NotFound { digest })?;
+    serve_blob(&state.store, &digest, meta, &headers, None).await
 }
 
 async fn get_badge(
