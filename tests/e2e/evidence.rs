@@ -130,9 +130,26 @@ async fn badges_follow_the_evidence_on_the_example_packages() {
         })
         .collect();
     stdout(&attest(&write_runs(&s.dir, "pass.json", &runs)));
+    // Publication ran the built-in scanner, which found the package clean: green already.
+    let first = badge(daemon, token, "pacman-builder@0.2.1");
+    assert_eq!(first["state"], "green", "{first}");
+    // Another scanner's flag fails it, whatever the built-in scanner said; that scanner's own
+    // later clean verdict clears it.
+    stdout(&daemon.cli_as(
+        Some(token),
+        &[
+            "scan",
+            "record",
+            "pacman-builder@0.2.1",
+            "--verdict",
+            "flagged",
+            "--scanner",
+            "e2e-scanner/1",
+        ],
+    ));
     assert_eq!(
         codes(&badge(daemon, token, "pacman-builder@0.2.1")),
-        ["scan_missing"]
+        ["scan_flagged"]
     );
     stdout(&daemon.cli_as(
         Some(token),
@@ -565,10 +582,11 @@ async fn every_tampered_part_of_a_bundle_is_named() {
     };
     let mut cases: Vec<(&str, serde_json::Value, &str)> = Vec::new();
     let mut b = original.clone();
-    b["badge"]["state"] = "green".into();
+    b["badge"]["state"] = "failing".into();
     cases.push(("badge state", b, "badge.state"));
     let mut b = original.clone();
-    b["badge"]["reasons"] = serde_json::json!([]);
+    b["badge"]["reasons"] =
+        serde_json::json!([{"code": "yanked", "state": "review", "message": "x"}]);
     cases.push(("badge reasons", b, "badge."));
     let mut b = original.clone();
     let entry = b["entries"][2]["entry"]

@@ -9,6 +9,7 @@ mod evidence;
 mod interop;
 mod ledger;
 mod registry;
+mod scan;
 
 use bytes::Bytes;
 

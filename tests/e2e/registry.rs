@@ -420,7 +420,8 @@ async fn seed_packages_publish_list_install_and_verify_over_grpc_and_rest() {
     let view = json(&body);
     assert_eq!(view["sha256"], sha.to_string());
     assert_eq!(view["size"], bytes.len());
-    assert_eq!(view["scan_status"], "pending");
+    // The upload was scanned in custody before it was registered.
+    assert_eq!(view["scan_status"], "clean");
     assert_eq!(view["visibility"], "inherit");
     assert_eq!(view["provenance"]["rows"], 60);
     let out = dir.path().join("range.bin");
@@ -814,7 +815,8 @@ async fn every_rejection_is_clear_and_records_nothing() {
         .await
         .expect("e2e step failed");
     let after = log_size(&daemon).await;
-    assert_eq!(after, before + 1);
+    // The publication and the built-in scan's verdict.
+    assert_eq!(after, before + 2);
     let other_content = PackageStatement::new(
         "pacman-builder",
         "0.2.1",

@@ -238,6 +238,7 @@ async fn measure(args: &EvidenceArgs, daemon: &BenchDaemon) -> anyhow::Result<Re
             verdict: "clean".into(),
             root: version.root.clone(),
             findings_json: "[]".into(),
+            target: String::new(),
         })
         .await?;
     let response = evidence

@@ -52,10 +52,46 @@ pub struct AttestArgs {
     server: ServerArg,
 }
 
-/// Scan commands.
+/// Options of `custodian scan`.
+#[derive(Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Exit status: 0 clean, 2 flagged, 3 the scan ended in error, 1 the command failed.\n\n\
+Examples:\n  \
+custodian scan pacman-builder@0.2.1          # rescan on the daemon, record the verdicts\n  \
+custodian scan local examples/pacman-builder # offline, same rules, nothing recorded\n  \
+custodian scan local levels.tar.gz --data    # a data pack file\n  \
+custodian scan record pacman-builder@0.2.1 --scanner acme-av --verdict clean"
+)]
+pub struct ScanArgs {
+    #[command(subcommand)]
+    command: Option<ScanCommand>,
+    /// NAME@VERSION: rescan it now with the daemon's built-in scanner (the package and its
+    /// hosted data pack), record the verdicts and queue the external scanners (needs the scan
+    /// or publish scope)
+    spec: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+/// Scan subcommands.
 #[derive(Subcommand)]
 pub enum ScanCommand {
-    /// Record a scan verdict over a version's content root (needs the attest scope)
+    /// Scan a package folder or a data-pack file here, offline, with the built-in rules
+    Local {
+        /// A package folder (content and prompt rules) or a file (content rules)
+        path: PathBuf,
+        /// Treat a file as a data pack: every byte is data, whatever its name says
+        #[arg(long)]
+        data: bool,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record a verdict from your own scanner (needs the scan or attest scope)
     Record {
         /// NAME@VERSION
         spec: String,
@@ -68,6 +104,9 @@ pub enum ScanCommand {
         /// A JSON file with the findings (an array)
         #[arg(long, value_name = "FILE")]
         findings: Option<PathBuf>,
+        /// Record it over the version's hosted data pack instead of its files
+        #[arg(long)]
+        data_pack: bool,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -231,14 +270,184 @@ pub async fn attest(args: AttestArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Records a scan.
-pub async fn scan(command: ScanCommand) -> anyhow::Result<ExitCode> {
-    let ScanCommand::Record {
-        spec,
-        verdict,
-        scanner,
-        findings,
-        server,
-    } = command;
+/// The exit status of a verdict: 0 clean, 2 flagged, 3 error.
+fn verdict_code(verdict: &str) -> ExitCode {
+    match verdict {
+        "clean" => ExitCode::SUCCESS,
+        "flagged" => ExitCode::from(2),
+        _ => ExitCode::from(3),
+    }
+}
+
+fn print_findings(findings: &[custodian_scan::Finding], omitted: u64) {
+    for f in findings {
+        let place = if f.file.is_empty() {
+            String::new()
+        } else {
+            format!("{}@{} ", f.file, f.offset)
+        };
+        let count = if f.count > 1 {
+            format!(" (×{})", f.count)
+        } else {
+            String::new()
+        };
+        println!(
+            "  {:<8} {place}{}{count}: {}",
+            f.severity.as_str().to_uppercase(),
+            f.rule,
+            f.message
+        );
+    }
+    if omitted > 0 {
+        println!("  … and {omitted} less severe findings not recorded");
+    }
+}
+
+/// Rescans, scans locally, or records an external verdict.
+pub async fn scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Some(ScanCommand::Local { path, data, json }) => {
+            tokio::task::spawn_blocking(move || scan_local(&path, data, json)).await?
+        }
+        Some(ScanCommand::Record {
+            spec,
+            verdict,
+            scanner,
+            findings,
+            data_pack,
+            server,
+        }) => record_scan(spec, verdict, scanner, findings, data_pack, server).await,
+        None => {
+            let Some(spec) = args.spec else {
+                anyhow::bail!(
+                    "give NAME@VERSION to rescan, or a subcommand (local, record); see custodian scan --help"
+                );
+            };
+            rescan(&spec, args.json, &args.server).await
+        }
+    }
+}
+
+async fn rescan(spec: &str, json: bool, server: &ServerArg) -> anyhow::Result<ExitCode> {
+    let (name, version) = split_spec(spec)?;
+    let response = client(server)
+        .await?
+        .scan_version(pb::ScanVersionRequest { name, version })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut worst = custodian_scan::Verdict::Clean;
+    let mut out = Vec::new();
+    for r in &response.results {
+        let findings: Vec<custodian_scan::Finding> =
+            serde_json::from_str(&r.findings_json).unwrap_or_default();
+        let verdict =
+            custodian_scan::Verdict::parse(&r.verdict).unwrap_or(custodian_scan::Verdict::Error);
+        worst = worst.worst(verdict);
+        let index = r.receipt.as_ref().map(|x| x.log_index).unwrap_or_default();
+        if json {
+            out.push(serde_json::json!({
+                "target": if r.target.is_empty() { "package" } else { r.target.as_str() },
+                "scanner": r.scanner, "verdict": r.verdict, "root": r.root,
+                "findings": findings, "omitted": r.omitted, "ledger_index": index,
+            }));
+        } else {
+            println!(
+                "{spec} {}: {} by {} (root {}, ledger entry {index})",
+                if r.target.is_empty() {
+                    "package"
+                } else {
+                    "data pack"
+                },
+                r.verdict.to_uppercase(),
+                r.scanner,
+                r.root
+            );
+            print_findings(&findings, r.omitted);
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"results": out, "queued": response.queued})
+            )?
+        );
+    } else if !response.queued.is_empty() {
+        println!("queued for: {}", response.queued.join(", "));
+    }
+    Ok(verdict_code(worst.as_str()))
+}
+
+fn scan_local(path: &std::path::Path, data: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let limits = custodian_scan::Limits::default();
+    let report = if path.is_dir() {
+        let files = crate::pack::list_files(path)?;
+        let mut list = Vec::new();
+        for (rel, abs) in &files {
+            list.push((rel.clone(), std::fs::metadata(abs)?.len()));
+        }
+        let mut open = |rel: &str| -> std::io::Result<Box<dyn std::io::Read>> {
+            let abs = files
+                .get(rel)
+                .ok_or_else(|| std::io::Error::other(format!("no file {rel}")))?;
+            Ok(Box::new(std::io::BufReader::with_capacity(
+                1 << 20,
+                std::fs::File::open(abs)?,
+            )))
+        };
+        custodian_scan::package::scan_package(&list, &mut open, &limits)
+    } else {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("file")
+            .to_string();
+        let mut file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        if data {
+            custodian_scan::package::scan_blob(&name, &mut file, &limits)
+        } else {
+            let mut scanner = custodian_scan::content::Scanner::new(&limits);
+            let outcome = scanner.scan(&name, false, &mut file);
+            let mut report = scanner.finish();
+            if let Err(e) = outcome {
+                report.error = Some(e.to_string());
+            }
+            report
+        }
+    };
+    let verdict = report.verdict();
+    if json {
+        let mut value = serde_json::to_value(&report)?;
+        value["verdict"] = verdict.as_str().into();
+        value["scanner"] = custodian_scan::SCANNER.into();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!(
+            "{}: {} ({} files, {} bytes read, {})",
+            path.display(),
+            verdict.as_str().to_uppercase(),
+            report.files,
+            report.bytes,
+            custodian_scan::SCANNER
+        );
+        if let Some(error) = &report.error {
+            println!("  error: {error}");
+        }
+        print_findings(&report.findings, report.omitted);
+    }
+    Ok(verdict_code(verdict.as_str()))
+}
+
+async fn record_scan(
+    spec: String,
+    verdict: String,
+    scanner: String,
+    findings: Option<PathBuf>,
+    data_pack: bool,
+    server: ServerArg,
+) -> anyhow::Result<ExitCode> {
     let (name, version) = split_spec(&spec)?;
     let record = RegistryClient::new(channel(&server).await?)
         .get_version(rpb::GetVersionRequest {
@@ -254,6 +463,16 @@ pub async fn scan(command: ScanCommand) -> anyhow::Result<ExitCode> {
         }
         None => "[]".into(),
     };
+    let root = if data_pack {
+        record
+            .data_pack
+            .as_ref()
+            .filter(|p| p.mode == "hosted")
+            .map(|p| p.sha256.clone())
+            .with_context(|| format!("{spec} has no hosted data pack"))?
+    } else {
+        record.root
+    };
     let response = client(&server)
         .await?
         .record_scan(pb::RecordScanRequest {
@@ -261,8 +480,13 @@ pub async fn scan(command: ScanCommand) -> anyhow::Result<ExitCode> {
             version,
             scanner,
             verdict: verdict.clone(),
-            root: record.root,
+            root,
             findings_json,
+            target: if data_pack {
+                "data_pack".into()
+            } else {
+                String::new()
+            },
         })
         .await
         .map_err(status_error)?

@@ -32,7 +32,7 @@ Behavior Packages are folders with a manifest.yaml. `pack build` hashes, checks 
 (DSSE, Ed25519), `publish` records it in the registry and the ledger, `install` fetches and \
 verifies it. Writes need an API token (`token create`, on the daemon's host); public content \
 is readable without one, private content only with a read grant.\n\n\
-Runners `attest` signed eval runs, scanners record verdicts (`scan record`), and a versioned \
+Runners `attest` signed eval runs, the built-in scanner judges every publication and hosted data pack (`scan` rescans, `scan local` runs offline, external scanners plug in with `serve --scanner` or `scan record`), and a versioned \
 policy decides each version's badge (`badge`: green, review or failing, with reasons). \
 `verify` re-checks a badge bundle offline with nothing but the log's key.\n\n\
 Digests are written sha256:<64 hex> (the canonical address) or blake3:<64 hex>; every blob \
@@ -48,6 +48,8 @@ custodian publish examples/pacman-builder --key acme-release.key\n  \
 custodian install pacman-builder@0.2.1 -o ./pacman\n  \
 custodian pack verify ./pacman --key acme-release.pub   # offline\n  \
 custodian datapack upload pacman-builder@0.2.1 levels.parquet --license CC-BY-4.0\n  \
+custodian scan pacman-builder@0.2.1              # rescan and record the verdicts\n  \
+custodian scan local examples/pacman-builder     # the same rules, offline\n  \
 custodian blob put dataset.parquet prompts.yaml   # prints each file's digests\n  \
 custodian blob get sha256:9f86d0... -o dataset.parquet\n  \
 custodian blob missing sha256:9f86d0... blake3:4878ca...\n  \
@@ -125,9 +127,9 @@ in-toto Statement about the version's manifest digest, signed as a DSSE envelope
 daemon checks it and records a RunAttested entry. Several runs go in one AttestRuns call."
     )]
     Attest(evidence::AttestArgs),
-    /// Record scan verdicts
-    #[command(subcommand)]
-    Scan(evidence::ScanCommand),
+    /// Scan content: rescan a version on the daemon, scan a folder or file offline, or record
+    /// an external scanner's verdict
+    Scan(evidence::ScanArgs),
     /// Show a version's badge and its reasons; -o writes the bundle for `custodian verify`
     Badge(evidence::BadgeArgs),
     /// The liveness report: the latest run of each eval × model, its age, result, data pack and

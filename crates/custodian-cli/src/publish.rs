@@ -250,6 +250,16 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         value["uploaded_files"] = uploaded.into();
         value["uploaded_bytes"] = uploaded_bytes.into();
         value["receipt"] = serde_json::from_str(&receipt.json)?;
+        if let Some(scan) = &response.scan {
+            value["scan"] = serde_json::json!({
+                "scanner": scan.scanner,
+                "verdict": scan.verdict,
+                "root": scan.root,
+                "findings": serde_json::from_str::<serde_json::Value>(&scan.findings_json)?,
+                "omitted": scan.omitted,
+                "ledger_index": scan.receipt.as_ref().map(|r| r.log_index),
+            });
+        }
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         for w in &response.warnings {
@@ -273,6 +283,32 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         println!("  ledger entry     {}", receipt.log_index);
         if let Some(path) = &args.receipt {
             println!("  receipt          {}", path.display());
+        }
+        if let Some(scan) = &response.scan {
+            println!(
+                "  scan             {} by {} (ledger entry {})",
+                scan.verdict,
+                scan.scanner,
+                scan.receipt
+                    .as_ref()
+                    .map(|r| r.log_index)
+                    .unwrap_or_default()
+            );
+            let findings: Vec<custodian_scan::Finding> =
+                serde_json::from_str(&scan.findings_json).unwrap_or_default();
+            for f in findings
+                .iter()
+                .filter(|f| f.severity >= custodian_scan::Severity::Medium)
+            {
+                println!(
+                    "    {:<8} {}@{} {}: {}",
+                    f.severity.as_str().to_uppercase(),
+                    f.file,
+                    f.offset,
+                    f.rule,
+                    f.message
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -109,6 +109,27 @@ pub struct ServeArgs {
     #[arg(long, env = "CUSTODIAN_BADGE_MAX_AGE", default_value = "30d", value_parser = humantime::parse_duration)]
     badge_max_age: Duration,
 
+    /// An external scanner, NAME=COMMAND (repeatable). The command runs with `sh -c`, reads the
+    /// content as a tar stream on stdin (CUSTODIAN_SCAN_NAME, _VERSION, _TARGET and _ROOT in its
+    /// environment) and writes {"verdict": ..., "findings": [{file, offset, rule, severity,
+    /// message}]} or a findings array on stdout. Every publication and hosted data pack is
+    /// queued for it, and so is everything it has no verdict for when the daemon starts; its
+    /// verdicts are recorded as scanner external:NAME
+    #[arg(long = "scanner", value_name = "NAME=COMMAND", value_parser = parse_key_value)]
+    scanners: Vec<(String, String)>,
+
+    /// How long one external scanner attempt may run before it is killed
+    #[arg(long, env = "CUSTODIAN_SCANNER_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    scanner_timeout: Duration,
+
+    /// Attempts per external scan before the verdict is recorded as error
+    #[arg(long, env = "CUSTODIAN_SCANNER_ATTEMPTS", default_value_t = 3)]
+    scanner_attempts: u32,
+
+    /// The wait before retrying a failed external scan, doubled for each further attempt
+    #[arg(long, env = "CUSTODIAN_SCANNER_BACKOFF", default_value = "2s", value_parser = humantime::parse_duration)]
+    scanner_backoff: Duration,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. info or custodian_server=debug
     #[arg(long, env = "CUSTODIAN_LOG", default_value = "info")]
     log: String,
@@ -155,6 +176,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         },
         badge_max_age: args.badge_max_age,
+        scanners: custodian_server::scan::ScannerConfig {
+            external: args
+                .scanners
+                .into_iter()
+                .map(|(name, command)| custodian_server::scan::ExternalScanner { name, command })
+                .collect(),
+            timeout: args.scanner_timeout,
+            attempts: args.scanner_attempts,
+            backoff: args.scanner_backoff,
+        },
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(custodian_server::TlsFiles { cert, key }),
             _ => None,

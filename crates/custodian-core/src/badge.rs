@@ -2,10 +2,11 @@
 //!
 //! Policy [`POLICY`]:
 //! - **failing** when the publication's signature or an artifact hash does not hold, when the
-//!   latest run of any required eval × compatible model failed, or when the latest scan of the
-//!   version's content root flagged it;
+//!   latest run of any required eval × compatible model failed, or when any scanner's latest
+//!   scan of the version's content root (or of its hosted data pack) flagged it;
 //! - **review** otherwise when evidence is missing or old: a required eval × model without a run,
-//!   a latest run older than the maximum age, no scan (or a scan that ended in error), a license
+//!   a latest run older than the maximum age, no scan of the package or of its hosted data pack
+//!   (or a latest scan that ended in error), a license
 //!   that is neither a valid SPDX expression nor a `LicenseRef-`, no evals at all, or a yank;
 //! - **green** when nothing above applies.
 //!
@@ -19,8 +20,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::manifest::Manifest;
 
-/// The policy version; part of every badge.
-pub const POLICY: &str = "custodian.badge-policy.v1";
+/// The policy version; part of every badge. v2 counts each scanner's latest verdict and the
+/// hosted data pack's scans.
+pub const POLICY: &str = "custodian.badge-policy.v2";
+/// The first policy: the latest scan of the package root, whoever recorded it; data packs not
+/// judged. Bundles issued under it still verify.
+pub const POLICY_V1: &str = "custodian.badge-policy.v1";
 /// Evidence older than this sends a badge to review unless configured otherwise (30 days).
 pub const DEFAULT_MAX_AGE_MS: u64 = 30 * 24 * 3600 * 1000;
 
@@ -109,6 +114,8 @@ pub struct Run {
 pub struct Scan {
     /// Its ledger index.
     pub index: u64,
+    /// The scanner's identity.
+    pub scanner: String,
     /// The content root scanned.
     pub root: String,
     /// `clean`, `flagged` or `error`.
@@ -133,8 +140,19 @@ pub struct Evidence<'a> {
     pub yanked: Option<u64>,
     /// Every attested run of the version, in any order.
     pub runs: &'a [Run],
-    /// Every recorded scan of the version, in any order.
+    /// Every recorded scan of the version (package and data pack), in any order.
     pub scans: &'a [Scan],
+    /// The hosted data pack, if the version has one.
+    pub data_pack: Option<DataPackRef<'a>>,
+}
+
+/// A version's hosted data pack, as the policy sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct DataPackRef<'a> {
+    /// The ledger index of its registration.
+    pub index: u64,
+    /// Its content root, `sha256:<hex>`.
+    pub root: &'a str,
 }
 
 /// Whether a license is declared machine-readably: a valid SPDX expression (identifiers matched
@@ -166,8 +184,100 @@ pub fn check_license(license: &str) -> Result<(), String> {
         .map_err(|e| format!("{license:?} is not a valid SPDX expression ({}); use an SPDX identifier or a LicenseRef-", e.reason))
 }
 
-/// Applies the policy at time `now_ms`.
+/// Applies the current policy ([`POLICY`]) at time `now_ms`.
 pub fn evaluate(e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> Badge {
+    evaluate_as(2, e, now_ms, max_age_ms)
+}
+
+/// Applies a named policy version, for checking badges issued under an earlier one; `None` if
+/// the policy is unknown.
+pub fn evaluate_policy(
+    policy: &str,
+    e: &Evidence<'_>,
+    now_ms: u64,
+    max_age_ms: u64,
+) -> Option<Badge> {
+    match policy {
+        POLICY_V1 => Some(evaluate_as(1, e, now_ms, max_age_ms)),
+        POLICY => Some(evaluate_as(2, e, now_ms, max_age_ms)),
+        _ => None,
+    }
+}
+
+/// Each scanner's latest scan of `root`.
+fn latest_per_scanner<'a>(scans: &'a [Scan], root: &str) -> Vec<&'a Scan> {
+    let mut latest: BTreeMap<&str, &Scan> = BTreeMap::new();
+    for scan in scans.iter().filter(|s| s.root == root) {
+        let slot = latest.entry(scan.scanner.as_str()).or_insert(scan);
+        if scan.index > slot.index {
+            *slot = scan;
+        }
+    }
+    latest.into_values().collect()
+}
+
+type ReasonFn<'r> = dyn FnMut(&str, State, String, Option<&str>, Option<&str>, Option<u64>) + 'r;
+
+/// The reasons the counted scans of one content root give: flagged by any scanner fails, an
+/// error or no scan at all sends to review.
+fn scan_reasons(
+    scans: Vec<&Scan>,
+    root: &str,
+    prefix: &str,
+    used: &mut Vec<u64>,
+    reason: &mut ReasonFn<'_>,
+) {
+    let what = if prefix.is_empty() {
+        "content"
+    } else {
+        "data pack"
+    };
+    if scans.is_empty() {
+        reason(
+            &format!("{prefix}scan_missing"),
+            State::Review,
+            format!("no scan of {what} root {root} is recorded"),
+            None,
+            None,
+            None,
+        );
+        return;
+    }
+    used.extend(scans.iter().map(|s| s.index));
+    let by = |s: &Scan| {
+        if s.scanner.is_empty() {
+            String::new()
+        } else {
+            format!(" by {}", s.scanner)
+        }
+    };
+    for scan in &scans {
+        match scan.verdict.as_str() {
+            "clean" => {}
+            "flagged" => reason(
+                &format!("{prefix}scan_flagged"),
+                State::Failing,
+                format!("the latest scan{} flagged the {what}", by(scan)),
+                None,
+                None,
+                Some(scan.index),
+            ),
+            _ => reason(
+                &format!("{prefix}scan_error"),
+                State::Review,
+                format!(
+                    "the latest scan{} of the {what} ended in error; a new scan is needed",
+                    by(scan)
+                ),
+                None,
+                None,
+                Some(scan.index),
+            ),
+        }
+    }
+}
+
+fn evaluate_as(version: u8, e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> Badge {
     let mut reasons = Vec::new();
     let mut used = vec![e.publication];
     let mut reason = |code: &str,
@@ -262,41 +372,39 @@ pub fn evaluate(e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> Badge {
             }
         }
     }
-    match e
-        .scans
-        .iter()
-        .filter(|s| s.root == e.root)
-        .max_by_key(|s| s.index)
-    {
-        None => reason(
-            "scan_missing",
-            State::Review,
-            format!("no scan of content root {} is recorded", e.root),
-            None,
-            None,
-            None,
-        ),
-        Some(scan) => {
-            used.push(scan.index);
-            match scan.verdict.as_str() {
-                "clean" => {}
-                "flagged" => reason(
-                    "scan_flagged",
-                    State::Failing,
-                    "the latest scan flagged the content".into(),
-                    None,
-                    None,
-                    Some(scan.index),
-                ),
-                _ => reason(
-                    "scan_error",
-                    State::Review,
-                    "the latest scan ended in error; a new scan is needed".into(),
-                    None,
-                    None,
-                    Some(scan.index),
-                ),
-            }
+    if version == 1 {
+        // v1: the latest scan of the package root, whoever recorded it.
+        let latest = e
+            .scans
+            .iter()
+            .filter(|s| s.root == e.root)
+            .max_by_key(|s| s.index);
+        scan_reasons(
+            latest.into_iter().collect(),
+            e.root,
+            "",
+            &mut used,
+            &mut reason,
+        );
+    } else {
+        // v2: each scanner's latest verdict counts, the worst of them decides, so a clean
+        // rescan by one scanner cannot hide another scanner's flag.
+        scan_reasons(
+            latest_per_scanner(e.scans, e.root),
+            e.root,
+            "",
+            &mut used,
+            &mut reason,
+        );
+        if let Some(pack) = &e.data_pack {
+            used.push(pack.index);
+            scan_reasons(
+                latest_per_scanner(e.scans, pack.root),
+                pack.root,
+                "data_pack_",
+                &mut used,
+                &mut reason,
+            );
         }
     }
     if let Err(message) = check_license(e.manifest.license.id()) {
@@ -331,7 +439,7 @@ pub fn evaluate(e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> Badge {
         name: e.name.to_string(),
         version: e.version.to_string(),
         state,
-        policy: POLICY.into(),
+        policy: if version == 1 { POLICY_V1 } else { POLICY }.into(),
         evaluated_ms: now_ms,
         max_age_ms,
         reasons,
@@ -374,6 +482,7 @@ mod tests {
     fn clean() -> Vec<Scan> {
         vec![Scan {
             index: 5,
+            scanner: "custodian.builtin".into(),
             root: "sha256:r".into(),
             verdict: "clean".into(),
         }]
@@ -396,8 +505,105 @@ mod tests {
             yanked,
             runs,
             scans,
+            data_pack: None,
         };
         evaluate(&e, 1001 * DAY, DEFAULT_MAX_AGE_MS)
+    }
+
+    fn scan(index: u64, scanner: &str, root: &str, verdict: &str) -> Scan {
+        Scan {
+            index,
+            scanner: scanner.into(),
+            root: root.into(),
+            verdict: verdict.into(),
+        }
+    }
+
+    #[test]
+    fn every_scanners_latest_verdict_counts() {
+        let m = manifest(MANIFEST);
+        let runs = all_passing();
+        // A clean rescan by the built-in scanner does not hide the vendor's flag…
+        let hidden = [
+            scan(5, "vendor", "sha256:r", "flagged"),
+            scan(6, "custodian.builtin", "sha256:r", "clean"),
+        ];
+        let b = badge(&m, &runs, &hidden, true, None);
+        assert_eq!(b.state, State::Failing);
+        assert_eq!(codes(&b), ["scan_flagged"]);
+        assert_eq!(b.evidence, [0, 1, 2, 3, 4, 5, 6]);
+        // …but the vendor's own later clean verdict replaces its flag.
+        let cleared = [
+            scan(5, "vendor", "sha256:r", "flagged"),
+            scan(6, "custodian.builtin", "sha256:r", "clean"),
+            scan(7, "vendor", "sha256:r", "clean"),
+        ];
+        assert_eq!(badge(&m, &runs, &cleared, true, None).state, State::Green);
+        // Under policy v1 the latest scan alone decided, as bundles issued then recorded.
+        let e = Evidence {
+            name: "demo",
+            version: "1.0.0",
+            manifest: &m,
+            root: "sha256:r",
+            publication: 0,
+            signature_ok: true,
+            yanked: None,
+            runs: &runs,
+            scans: &hidden,
+            data_pack: None,
+        };
+        let v1 = evaluate_policy(POLICY_V1, &e, 1001 * DAY, DEFAULT_MAX_AGE_MS).expect("v1 known");
+        assert_eq!((v1.state, v1.policy.as_str()), (State::Green, POLICY_V1));
+        assert!(evaluate_policy("custodian.badge-policy.v0", &e, 0, 0).is_none());
+    }
+
+    #[test]
+    fn a_hosted_data_pack_must_be_scanned_clean() {
+        let m = manifest(MANIFEST);
+        let runs = all_passing();
+        let with = |scans: &[Scan]| {
+            evaluate(
+                &Evidence {
+                    name: "demo",
+                    version: "1.0.0",
+                    manifest: &m,
+                    root: "sha256:r",
+                    publication: 0,
+                    signature_ok: true,
+                    yanked: None,
+                    runs: &runs,
+                    scans,
+                    data_pack: Some(DataPackRef {
+                        index: 9,
+                        root: "sha256:d",
+                    }),
+                },
+                1001 * DAY,
+                DEFAULT_MAX_AGE_MS,
+            )
+        };
+        let package_only = [scan(5, "custodian.builtin", "sha256:r", "clean")];
+        let b = with(&package_only);
+        assert_eq!(
+            (b.state, codes(&b)),
+            (State::Review, vec!["data_pack_scan_missing"])
+        );
+        let flagged = [
+            scan(5, "custodian.builtin", "sha256:r", "clean"),
+            scan(10, "custodian.builtin", "sha256:d", "flagged"),
+        ];
+        let b = with(&flagged);
+        assert_eq!(
+            (b.state, codes(&b)),
+            (State::Failing, vec!["data_pack_scan_flagged"])
+        );
+        let clean = [
+            scan(5, "custodian.builtin", "sha256:r", "clean"),
+            scan(10, "custodian.builtin", "sha256:d", "clean"),
+        ];
+        let b = with(&clean);
+        assert_eq!(b.state, State::Green);
+        assert!(b.evidence.contains(&9) && b.evidence.contains(&10));
     }
 
     fn codes(b: &Badge) -> Vec<&str> {
@@ -441,6 +647,7 @@ mod tests {
         assert_eq!(codes(&b), ["scan_missing"]);
         let other_root = vec![Scan {
             index: 5,
+            scanner: "custodian.builtin".into(),
             root: "sha256:other".into(),
             verdict: "clean".into(),
         }];
@@ -450,6 +657,7 @@ mod tests {
         );
         let error = vec![Scan {
             index: 5,
+            scanner: "custodian.builtin".into(),
             root: "sha256:r".into(),
             verdict: "error".into(),
         }];
@@ -467,6 +675,7 @@ mod tests {
             yanked: None,
             runs: &all_passing(),
             scans: &clean(),
+            data_pack: None,
         };
         let b = evaluate(&e, 1000 * DAY + 31 * DAY, DEFAULT_MAX_AGE_MS);
         assert_eq!((b.state, b.reasons.len()), (State::Review, 4));
@@ -484,6 +693,7 @@ mod tests {
         let m = manifest(MANIFEST);
         let flagged = vec![Scan {
             index: 5,
+            scanner: "custodian.builtin".into(),
             root: "sha256:r".into(),
             verdict: "flagged".into(),
         }];
@@ -545,6 +755,7 @@ mod properties {
         let scans: Vec<Scan> = scan
             .map(|v| Scan {
                 index: 1,
+                scanner: "custodian.builtin".into(),
                 root: "r".into(),
                 verdict: v.into(),
             })
@@ -560,6 +771,7 @@ mod properties {
             yanked: None,
             runs: &runs,
             scans: &scans,
+            data_pack: None,
         };
         evaluate(&e, 2_000, DEFAULT_MAX_AGE_MS)
     }

@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
 use crate::attestation::RunStatement;
-use crate::badge::{Badge, Evidence, POLICY, Run, Scan, evaluate};
+use crate::badge::{Badge, DataPackRef, Evidence, POLICY, Run, Scan, evaluate_policy};
 use crate::checkpoint::Checkpoint;
 use crate::digest::{Algorithm, Digest};
 use crate::dsse::Envelope;
@@ -19,8 +19,8 @@ use crate::merkle::{self, Hash};
 use crate::note::VerifierKey;
 use crate::package::PackageStatement;
 use crate::registry::{
-    BadgeIssued, KeyRegistered, PackagePublished, RunAttested, ScanRecorded, VersionYanked,
-    from_payload, namespace_covers,
+    BadgeIssued, DataPackRegistered, KeyRegistered, PackagePublished, RunAttested, ScanRecorded,
+    VersionYanked, from_payload, namespace_covers,
 };
 
 /// The `type` of a bundle file.
@@ -199,6 +199,7 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
     let mut publications = Vec::new();
     let mut attesters: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let (mut runs, mut scans, mut yanked, mut issued) = (Vec::new(), Vec::new(), None, None);
+    let mut data_pack: Option<(u64, String)> = None;
     for (&index, entry) in &entries {
         let fail = |reason: String| entry_error(position_of(index), index, reason);
         let about = |name: &str, version: &str| name == badge.name && version == badge.version;
@@ -230,9 +231,20 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
                 if about(&e.name, &e.version) {
                     scans.push(Scan {
                         index,
+                        scanner: e.scanner,
                         root: e.root,
                         verdict: e.verdict,
                     });
+                }
+            }
+            EntryKind::DataPackRegistered => {
+                let e: DataPackRegistered = from_payload("DataPackRegistered", &entry.payload)
+                    .map_err(|e| fail(e.to_string()))?;
+                if about(&e.name, &e.version)
+                    && e.pack.mode == "hosted"
+                    && let Some(sha256) = e.pack.sha256
+                {
+                    data_pack = Some((index, sha256));
                 }
             }
             EntryKind::VersionYanked => {
@@ -336,13 +348,6 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
         });
     }
 
-    if badge.policy != POLICY {
-        return Err(BundleError::BadgeMismatch {
-            field: "policy",
-            bundled: badge.policy.clone(),
-            computed: POLICY.into(),
-        });
-    }
     let evidence = Evidence {
         name: &badge.name,
         version: &badge.version,
@@ -353,8 +358,22 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
         yanked,
         runs: &evidence_runs,
         scans: &scans,
+        data_pack: data_pack.as_ref().map(|(index, root)| DataPackRef {
+            index: *index,
+            root,
+        }),
     };
-    let computed = evaluate(&evidence, badge.evaluated_ms, badge.max_age_ms);
+    let computed = evaluate_policy(
+        &badge.policy,
+        &evidence,
+        badge.evaluated_ms,
+        badge.max_age_ms,
+    )
+    .ok_or_else(|| BundleError::BadgeMismatch {
+        field: "policy",
+        bundled: badge.policy.clone(),
+        computed: format!("a known policy ({POLICY} or earlier)"),
+    })?;
     let show = |v: &dyn std::fmt::Debug| format!("{v:?}");
     if computed.state != badge.state {
         return Err(BundleError::BadgeMismatch {

@@ -173,7 +173,14 @@ pub struct ScanRecorded {
     pub findings: String,
     /// True if the version is private.
     pub private: bool,
+    /// What was scanned: absent for the package's files, `data_pack` for its hosted data pack
+    /// (whose `sha256:` is then the root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
+
+/// The `target` of a ScanRecorded entry over a hosted data pack.
+pub const DATA_PACK_TARGET: &str = "data_pack";
 
 /// A key event: an attester key was registered for namespaces.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -163,6 +163,7 @@ fn fixture(last_passes: bool) -> Fixture {
             root: root.clone(),
             findings: "[]".into(),
             private: false,
+            target: None,
         },
     );
     let parsed = Manifest::parse(
@@ -174,6 +175,7 @@ fn fixture(last_passes: bool) -> Fixture {
     .expect("manifest");
     let scans = vec![Scan {
         index: scan,
+        scanner: "s".into(),
         root: root.clone(),
         verdict: "clean".into(),
     }];
@@ -188,6 +190,7 @@ fn fixture(last_passes: bool) -> Fixture {
             yanked: None,
             runs: &runs,
             scans: &scans,
+            data_pack: None,
         },
         T0 + 60_000,
         badge::DEFAULT_MAX_AGE_MS,

@@ -186,7 +186,21 @@ pub fn detect(head: &[u8]) -> Detected {
         | [0x89, b'P', b'N', b'G', ..]
         | [0xff, 0xd8, 0xff, ..]
         | [b'G', b'I', b'F', b'8', ..] => Detected::Media,
-        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => Detected::Media,
+        [
+            b'R',
+            b'I',
+            b'F',
+            b'F',
+            _,
+            _,
+            _,
+            _,
+            b'W',
+            b'E',
+            b'B',
+            b'P',
+            ..,
+        ] => Detected::Media,
         _ if head.len() >= 262 && &head[257..262] == b"ustar" => Detected::Tar,
         _ if is_text(head) => Detected::Text,
         _ => Detected::Binary,
@@ -412,6 +426,18 @@ impl std::fmt::Display for BombStop {
 
 impl std::error::Error for BombStop {}
 
+/// A decompressed stream inside an archive, for [`Scanner::scan_expanded`].
+pub(crate) struct Expanded<'a> {
+    /// Its path (`outer!inner`).
+    pub(crate) path: &'a str,
+    /// Whether it is data.
+    pub(crate) data: bool,
+    /// The depth of the archive holding it.
+    pub(crate) depth: u32,
+    /// The archive holding it, which a bomb finding names.
+    pub(crate) outer: &'a str,
+}
+
 /// The content scanner. One per scan: it carries the shared decompression budget.
 pub struct Scanner<'l> {
     pub(crate) limits: &'l Limits,
@@ -491,9 +517,13 @@ impl<'l> Scanner<'l> {
                 {
                     return Err(err);
                 }
-                found.push(path, counted.count, "archive.malformed", Severity::Medium, || {
-                    format!("{} that does not parse: {err}", detected.name())
-                });
+                found.push(
+                    path,
+                    counted.count,
+                    "archive.malformed",
+                    Severity::Medium,
+                    || format!("{} that does not parse: {err}", detected.name()),
+                );
             }
             // Whatever follows the archive (an appended payload) is scanned as raw bytes.
             let before = counted.count;
@@ -510,14 +540,17 @@ impl<'l> Scanner<'l> {
     /// Scans a decompressed stream under a bomb guard. Returns false if the guard stopped it.
     pub(crate) fn scan_expanded(
         &mut self,
-        path: &str,
-        data: bool,
+        stream: Expanded<'_>,
         compressed: Rc<Cell<u64>>,
         decoder: &mut dyn Read,
-        depth: u32,
         found: &mut FileFindings,
-        outer: &str,
     ) -> io::Result<bool> {
+        let Expanded {
+            path,
+            data,
+            depth,
+            outer,
+        } = stream;
         self.next_guard += 1;
         let id = self.next_guard;
         let mut guard = Guard {
@@ -577,9 +610,13 @@ impl<'l> Scanner<'l> {
                     continue;
                 }
                 if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
-                    found.push(path, offset, "archive.special_file", Severity::Medium, || {
-                        format!("{name:?} is a device or FIFO entry")
-                    });
+                    found.push(
+                        path,
+                        offset,
+                        "archive.special_file",
+                        Severity::Medium,
+                        || format!("{name:?} is a device or FIFO entry"),
+                    );
                     continue;
                 }
                 if !(kind.is_file() || kind.is_contiguous()) {
@@ -609,14 +646,25 @@ impl<'l> Scanner<'l> {
         };
         let mut decoder = flate2::bufread::MultiGzDecoder::new(&mut source);
         let inner = match path.rsplit_once('.') {
-            Some((stem, "tgz")) => format!("{path}!{}.tar", stem.rsplit('/').next().unwrap_or(stem)),
+            Some((stem, "tgz")) => {
+                format!("{path}!{}.tar", stem.rsplit('/').next().unwrap_or(stem))
+            }
             Some((stem, _)) if path.to_ascii_lowercase().ends_with(".gz") => {
                 format!("{path}!{}", stem.rsplit(['/', '!']).next().unwrap_or(stem))
             }
             _ => format!("{path}!"),
         };
-        let outcome =
-            self.scan_expanded(&inner, data, counter, &mut decoder, depth, &mut found, path);
+        let outcome = self.scan_expanded(
+            Expanded {
+                path: &inner,
+                data,
+                depth,
+                outer: path,
+            },
+            counter,
+            &mut decoder,
+            &mut found,
+        );
         self.report
             .add(found.into_findings(), self.limits.max_findings);
         outcome.map(|_| ())
@@ -633,7 +681,10 @@ fn type_rules(
 ) {
     if detected.is_executable() {
         found.push(path, 0, "exec.native", Severity::High, || {
-            format!("{path} is {}: native code has no place in a package or data pack", detected.name())
+            format!(
+                "{path} is {}: native code has no place in a package or data pack",
+                detected.name()
+            )
         });
         return;
     }
@@ -669,15 +720,19 @@ fn type_rules(
     // (a .csv that is binary) are suspicious but common enough in practice to only report.
     let severity = match (declared, detected) {
         (_, Detected::Script) => Severity::High,
-        (Declared::Parquet | Declared::Arrow | Declared::DataText, Detected::Zip | Detected::Gzip | Detected::Tar) => {
-            Severity::High
-        }
+        (
+            Declared::Parquet | Declared::Arrow | Declared::DataText,
+            Detected::Zip | Detected::Gzip | Detected::Tar,
+        ) => Severity::High,
         (Declared::Parquet | Declared::Arrow, Detected::Text) => Severity::High,
         _ => Severity::Medium,
     };
     found.push(path, 0, "type.mismatch", severity, || {
         let ext = path.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
-        format!("{path} is named .{ext} but its content is {}", detected.name())
+        format!(
+            "{path} is named .{ext} but its content is {}",
+            detected.name()
+        )
     });
 }
 
@@ -721,7 +776,11 @@ pub(crate) fn check_link(
     let unified = target.replace('\\', "/");
     // A symlink resolves from its own directory, a hard link from the archive root.
     let mut depth: i64 = if symbolic {
-        name.replace('\\', "/").split('/').filter(|p| !p.is_empty()).count() as i64 - 1
+        name.replace('\\', "/")
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .count() as i64
+            - 1
     } else {
         0
     };
@@ -737,9 +796,13 @@ pub(crate) fn check_link(
         }
     }
     if escapes {
-        found.push(archive, offset, "archive.link_escape", Severity::High, || {
-            format!("{kind} {name:?} points outside the archive, to {target:?}")
-        });
+        found.push(
+            archive,
+            offset,
+            "archive.link_escape",
+            Severity::High,
+            || format!("{kind} {name:?} points outside the archive, to {target:?}"),
+        );
     } else {
         found.push(archive, offset, "archive.link", Severity::Medium, || {
             format!("{kind} {name:?} → {target:?}")
@@ -760,7 +823,9 @@ fn raw_scan(
     let index_of: Vec<usize> = if data {
         (0..PATTERNS.len()).collect()
     } else {
-        (0..PATTERNS.len()).filter(|&i| !PATTERNS[i].data_only).collect()
+        (0..PATTERNS.len())
+            .filter(|&i| !PATTERNS[i].data_only)
+            .collect()
     };
     let mut buf = vec![0u8; OVERLAP + CHUNK];
     // `kept` bytes at the front of `buf` are the end of the previous chunk.

@@ -105,35 +105,41 @@ pub fn evaluate(samples: &[Sample]) -> Evaluation {
         .collect();
     let is_benign = |s: &Sample| s.label == "benign";
     let mut scores = Vec::new();
-    let row = |name: &str, labelled: &dyn Fn(&Sample) -> bool, fires: &dyn Fn(&[String]) -> bool| {
-        let mut score = Score {
-            family: name.to_string(),
-            samples: 0,
-            found: 0,
-            true_alarms: 0,
-            false_alarms: 0,
-        };
-        for (s, f) in samples.iter().zip(&fired) {
-            let hit = fires(f);
-            if labelled(s) {
-                score.samples += 1;
-                score.found += usize::from(hit);
-            }
-            if hit {
-                if is_benign(s) {
-                    score.false_alarms += 1;
-                } else {
-                    score.true_alarms += 1;
+    let row =
+        |name: &str, labelled: &dyn Fn(&Sample) -> bool, fires: &dyn Fn(&[String]) -> bool| {
+            let mut score = Score {
+                family: name.to_string(),
+                samples: 0,
+                found: 0,
+                true_alarms: 0,
+                false_alarms: 0,
+            };
+            for (s, f) in samples.iter().zip(&fired) {
+                let hit = fires(f);
+                if labelled(s) {
+                    score.samples += 1;
+                    score.found += usize::from(hit);
+                }
+                if hit {
+                    if is_benign(s) {
+                        score.false_alarms += 1;
+                    } else {
+                        score.true_alarms += 1;
+                    }
                 }
             }
-        }
-        score
-    };
+            score
+        };
     for family in FAMILIES {
         let short = family.trim_start_matches("prompt.");
-        scores.push(row(short, &|s| s.label == short, &|f| f.iter().any(|x| x == family)));
+        scores.push(row(short, &|s| s.label == short, &|f| {
+            f.iter().any(|x| x == family)
+        }));
     }
-    let either = |f: &[String]| f.iter().any(|x| x == "prompt.override" || x == "prompt.roleplay");
+    let either = |f: &[String]| {
+        f.iter()
+            .any(|x| x == "prompt.override" || x == "prompt.roleplay")
+    };
     scores.push(row("jailbreak", &|s| s.label == "jailbreak", &either));
     scores.push(row("any", &|s| !is_benign(s), &|f| !f.is_empty()));
     let misses = samples

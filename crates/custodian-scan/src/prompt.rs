@@ -270,9 +270,8 @@ static ANY_URL: LazyLock<Regex> = LazyLock::new(|| {
         .expect("url regex compiles")
 });
 
-static BASE64_RUN: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"[A-Za-z0-9+/_-]{20,}={0,2}").expect("base64 regex compiles")
-});
+static BASE64_RUN: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"[A-Za-z0-9+/_-]{20,}={0,2}").expect("base64 regex compiles"));
 
 static HEX_RUN: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"\b(?:[0-9a-fA-F]{2}){12,}\b|(?:\\x[0-9a-fA-F]{2}){8,}|(?:%[0-9a-fA-F]{2}){8,}")
@@ -368,9 +367,20 @@ pub fn scan_text(file: &str, text: &str, context: &PromptContext) -> Vec<Finding
             if rule.negatable && negated(&visible, m.start()) {
                 continue;
             }
-            found.push(file, original(m.start()), rule.family, rule.severity, || {
-                format!("{} at byte {}: {:?}", rule.what, original(m.start()), excerpt(m.as_str(), 80))
-            });
+            found.push(
+                file,
+                original(m.start()),
+                rule.family,
+                rule.severity,
+                || {
+                    format!(
+                        "{} at byte {}: {:?}",
+                        rule.what,
+                        original(m.start()),
+                        excerpt(m.as_str(), 80)
+                    )
+                },
+            );
         }
     }
     encoded(file, &visible, &original, &mut found);
@@ -509,11 +519,16 @@ fn exfiltration(file: &str, text: &str, original: &dyn Fn(usize) -> u64, found: 
         let at = original(url.start());
         if lower.starts_with("javascript:") || lower.starts_with("data:text/html") {
             found.push(file, at, "prompt.exfiltration", Severity::High, || {
-                format!("a link that runs script at byte {at}: {}", excerpt(url_text, 100))
+                format!(
+                    "a link that runs script at byte {at}: {}",
+                    excerpt(url_text, 100)
+                )
             });
             continue;
         }
-        let remote = lower.starts_with("http://") || lower.starts_with("https://") || lower.starts_with("//");
+        let remote = lower.starts_with("http://")
+            || lower.starts_with("https://")
+            || lower.starts_with("//");
         if remote && PLACEHOLDER.is_match(url_text) {
             let image = caps.get(1).is_some_and(|b| b.as_str() == "!") || caps.get(3).is_some();
             // An image is fetched as soon as it renders; a link needs a click, so a templated
@@ -585,9 +600,15 @@ mod tests {
         ];
         for (family, positive, negative) in cases {
             let found = rules(positive, true);
-            assert!(found.iter().any(|r| r == family), "{family} missed {positive:?}: {found:?}");
+            assert!(
+                found.iter().any(|r| r == family),
+                "{family} missed {positive:?}: {found:?}"
+            );
             let found = rules(negative, family == "prompt.external_url");
-            assert!(found.is_empty(), "{family} negative {negative:?} flagged: {found:?}");
+            assert!(
+                found.is_empty(),
+                "{family} negative {negative:?} flagged: {found:?}"
+            );
         }
     }
 
@@ -619,7 +640,10 @@ mod tests {
             .iter()
             .find(|f| f.rule == "prompt.override")
             .expect("override found");
-        assert_eq!(&text[over.offset as usize..over.offset as usize + 6], "ignore");
+        assert_eq!(
+            &text[over.offset as usize..over.offset as usize + 6],
+            "ignore"
+        );
     }
 
     #[test]
@@ -631,8 +655,21 @@ mod tests {
     #[test]
     fn scanning_arbitrary_text_never_panics() {
         // Offsets map across multi-byte characters and removed characters at every position.
-        for text in ["\u{200B}", "a\u{200B}", "\u{FEFF}x\u{202E}y", "é\u{E0041}\u{E0042}", "![x](", "[a]: "] {
-            let _ = scan_text("p.md", text, &PromptContext { no_external_calls: true });
+        for text in [
+            "\u{200B}",
+            "a\u{200B}",
+            "\u{FEFF}x\u{202E}y",
+            "é\u{E0041}\u{E0042}",
+            "![x](",
+            "[a]: ",
+        ] {
+            let _ = scan_text(
+                "p.md",
+                text,
+                &PromptContext {
+                    no_external_calls: true,
+                },
+            );
         }
     }
 }

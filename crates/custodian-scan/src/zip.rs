@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read};
 use std::rc::Rc;
 
-use crate::content::{CountingBufRead, Scanner, check_entry_name, check_link};
+use crate::content::{CountingBufRead, Expanded, Scanner, check_entry_name, check_link};
 use crate::{FileFindings, Severity};
 
 const LOCAL: u32 = 0x0403_4b50;
@@ -177,13 +177,15 @@ fn walk(
                         };
                         let mut decoder = flate2::bufread::DeflateDecoder::new(&mut source);
                         scanner.scan_expanded(
-                            &inner,
-                            data,
+                            Expanded {
+                                path: &inner,
+                                data,
+                                depth,
+                                outer: path,
+                            },
                             counter,
                             &mut decoder,
-                            depth,
                             found,
-                            path,
                         )?;
                         drop(decoder);
                         drop(source);
@@ -201,13 +203,15 @@ fn walk(
                             };
                             let mut decoder = flate2::bufread::DeflateDecoder::new(&mut source);
                             let finished = scanner.scan_expanded(
-                                &inner,
-                                data,
+                                Expanded {
+                                    path: &inner,
+                                    data,
+                                    depth,
+                                    outer: path,
+                                },
                                 counter,
                                 &mut decoder,
-                                depth,
                                 found,
-                                path,
                             )?;
                             // Drain what the scan did not read so the descriptor comes next.
                             if finished {
@@ -242,7 +246,10 @@ fn walk(
                         skip(&mut r, csize)?;
                     }
                 }
-                if usize_ > 0 && csize > 0 && !descriptor && usize_ / csize.max(1) > scanner.limits.max_ratio
+                if usize_ > 0
+                    && csize > 0
+                    && !descriptor
+                    && usize_ / csize.max(1) > scanner.limits.max_ratio
                     && usize_ > scanner.limits.ratio_floor
                 {
                     found.push(path, at, "archive.bomb", Severity::High, || {

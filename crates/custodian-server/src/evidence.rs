@@ -46,6 +46,8 @@ pub struct RunRef {
 pub struct ScanRef {
     /// Its ledger index.
     pub index: u64,
+    /// The scanner's identity.
+    pub scanner: String,
     /// The content root scanned.
     pub root: String,
     /// Its verdict.
@@ -107,6 +109,7 @@ impl State {
                     .scans
                     .push(ScanRef {
                         index,
+                        scanner: e.scanner,
                         root: e.root,
                         verdict: e.verdict,
                     });
@@ -436,7 +439,9 @@ impl Registry {
         who: &Principal,
         scan: ScanRecorded,
     ) -> Result<Receipt, RegistryError> {
-        require(who, Scope::Attest, &scan.name, "record scans of")?;
+        if !who.allows(Scope::Attest, &scan.name) {
+            require(who, Scope::Scan, &scan.name, "record scans of")?;
+        }
         let record = self.get(who, &scan.name, &scan.version)?;
         if !matches!(scan.verdict.as_str(), "clean" | "flagged" | "error") {
             return Err(invalid(
@@ -444,12 +449,39 @@ impl Registry {
                 format!("{:?} is not clean, flagged or error", scan.verdict),
             ));
         }
-        if scan.root != record.event.root {
+        let expected = match scan.target.as_deref() {
+            None => record.event.root.clone(),
+            Some(custodian_core::registry::DATA_PACK_TARGET) => record
+                .data_pack
+                .as_ref()
+                .filter(|p| p.event.pack.mode == "hosted")
+                .and_then(|p| p.event.pack.sha256.clone())
+                .ok_or_else(|| {
+                    RegistryError::FailedPrecondition(format!(
+                        "{}@{} has no hosted data pack to record a scan of",
+                        scan.name, scan.version
+                    ))
+                })?,
+            Some(other) => {
+                return Err(invalid(
+                    "target",
+                    format!("{other:?} is not empty (the package) or data_pack"),
+                ));
+            }
+        };
+        if scan.root != expected {
             return Err(invalid(
                 "root",
                 format!(
-                    "is {}, but {}@{}'s content root is {}",
-                    scan.root, scan.name, scan.version, record.event.root
+                    "is {}, but {}@{}'s {} root is {expected}",
+                    scan.root,
+                    scan.name,
+                    scan.version,
+                    if scan.target.is_some() {
+                        "data pack"
+                    } else {
+                        "content"
+                    }
                 ),
             ));
         }
@@ -505,10 +537,16 @@ impl Registry {
             .iter()
             .map(|s| Scan {
                 index: s.index,
+                scanner: s.scanner.clone(),
                 root: s.root.clone(),
                 verdict: s.verdict.clone(),
             })
             .collect();
+        let data_pack: Option<(u64, String)> = record.data_pack.as_ref().and_then(|p| {
+            (p.event.pack.mode == "hosted")
+                .then(|| p.event.pack.sha256.clone().map(|s| (p.index, s)))
+                .flatten()
+        });
         let badge = badge::evaluate(
             &Evidence {
                 name: &record.event.name,
@@ -521,6 +559,10 @@ impl Registry {
                 yanked: record.yanked.as_ref().map(|y| y.1),
                 runs: &runs,
                 scans: &scans,
+                data_pack: data_pack.as_ref().map(|(index, root)| badge::DataPackRef {
+                    index: *index,
+                    root,
+                }),
             },
             crate::sequencer::now_ms(),
             self.badge_max_age_ms

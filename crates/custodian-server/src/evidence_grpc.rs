@@ -118,12 +118,33 @@ impl EvidenceRpc for EvidenceService {
                     root: r.root,
                     findings: r.findings_json,
                     private: false,
+                    target: (!r.target.is_empty()).then_some(r.target),
                 },
             )
             .await
             .map_err(registry_status)?;
         Ok(Response::new(pb::RecordScanResponse {
             receipt: Some(receipt_pb(&receipt)),
+        }))
+    }
+
+    async fn scan_version(
+        &self,
+        request: Request<pb::ScanVersionRequest>,
+    ) -> Result<Response<pb::ScanVersionResponse>, Status> {
+        let who = principal(&self.auth, &request)?;
+        let r = request.into_inner();
+        let (results, queued) = self
+            .registry
+            .rescan(&who, &r.name, &r.version)
+            .await
+            .map_err(registry_status)?;
+        Ok(Response::new(pb::ScanVersionResponse {
+            results: results
+                .iter()
+                .map(crate::registry_grpc::scan_result_pb)
+                .collect(),
+            queued,
         }))
     }
 

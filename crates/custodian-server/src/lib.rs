@@ -13,6 +13,7 @@ mod log_key;
 pub mod registry;
 mod registry_grpc;
 pub mod rest;
+pub mod scan;
 mod sequencer;
 mod tls;
 
@@ -69,6 +70,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Evidence older than this sends a badge to review.
     pub badge_max_age: Duration,
+    /// External scanners, and how they are run.
+    pub scanners: scan::ScannerConfig,
 }
 
 impl ServerConfig {
@@ -86,6 +89,7 @@ impl ServerConfig {
             sequencer: SequencerConfig::default(),
             tls: None,
             badge_max_age: Duration::from_millis(custodian_core::badge::DEFAULT_MAX_AGE_MS),
+            scanners: scan::ScannerConfig::default(),
         }
     }
 }
@@ -158,6 +162,7 @@ pub async fn serve(
     let sequencer = Sequencer::start(ledger, config.sequencer);
     let registry = Arc::new(Registry::open(store.clone(), sequencer.clone()).await?);
     registry.set_badge_max_age(config.badge_max_age);
+    registry.start_external(config.scanners.clone());
     let cas = ContentStoreServer::new(CasService::new(
         store,
         limits,

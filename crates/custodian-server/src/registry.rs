@@ -266,6 +266,10 @@ pub struct Registry {
     pub(crate) badge_max_age_ms: std::sync::atomic::AtomicU64,
     /// Parsed manifests by manifest digest, loaded from custody on first use.
     pub(crate) manifests: std::sync::Mutex<HashMap<String, ParsedManifest>>,
+    /// Bounds the built-in scans running at once.
+    pub(crate) scan_permits: tokio::sync::Semaphore,
+    /// The external scanners' queues, once started.
+    pub(crate) external: std::sync::OnceLock<crate::scan::ExternalQueues>,
 }
 
 pub(crate) fn not_found_version(name: &str, version: &str) -> RegistryError {
@@ -325,6 +329,8 @@ impl Registry {
                 custodian_core::badge::DEFAULT_MAX_AGE_MS,
             ),
             manifests: std::sync::Mutex::new(HashMap::new()),
+            scan_permits: tokio::sync::Semaphore::new(crate::scan::MAX_CONCURRENT_SCANS),
+            external: std::sync::OnceLock::new(),
         })
     }
 
@@ -488,6 +494,26 @@ impl Registry {
             already: false,
             warnings,
         })
+    }
+
+    /// Publishes a version and scans it within the same request: the publication is recorded
+    /// first (it is what the signature covers), then the built-in scan's verdict. A version
+    /// published before (`already`) is not scanned again; `custodian scan` does that.
+    pub async fn publish_and_scan(
+        &self,
+        who: &Principal,
+        envelope_json: &str,
+        publisher_key: &str,
+        private: bool,
+    ) -> Result<(Recorded<Arc<VersionRecord>>, Option<crate::scan::Scanned>), RegistryError> {
+        let recorded = self
+            .publish(who, envelope_json, publisher_key, private)
+            .await?;
+        if recorded.already {
+            return Ok((recorded, None));
+        }
+        let scanned = self.scan_now(&recorded.record, None).await?;
+        Ok((recorded, Some(scanned)))
     }
 
     /// For a version that already exists: the idempotent answer if the content is the same, or
@@ -916,7 +942,8 @@ impl Registry {
         }
     }
 
-    /// Records a hosted data pack whose bytes are now in custody.
+    /// Records a hosted data pack whose bytes are now in custody; `scan_status` is the verdict of
+    /// the scan run on them before registration.
     pub async fn register_hosted(
         &self,
         who: &Principal,
@@ -924,6 +951,7 @@ impl Registry {
         version: &str,
         meta: HostedMeta,
         stored: &PutOutcome,
+        scan_status: &str,
     ) -> Result<Recorded<DataPackRecord>, RegistryError> {
         let visibility = meta.visibility.unwrap_or_else(|| "inherit".into());
         let private_override = match visibility.as_str() {
@@ -942,11 +970,50 @@ impl Registry {
             provenance_json: meta.provenance.map(|p| p.to_string()),
             eval_set_uri: meta.eval_set_uri,
             visibility: Some(visibility),
-            scan_status: Some("pending".into()),
+            scan_status: Some(scan_status.into()),
             ..Default::default()
         };
         self.register(who, name, version, pack, private_override)
             .await
+    }
+
+    /// Every version and hosted data pack without a verdict from `scanner`:
+    /// `(name, version, target)`.
+    pub(crate) fn unscanned_by(&self, scanner: &str) -> Vec<(String, String, Option<String>)> {
+        let state = self.read();
+        let mut out = Vec::new();
+        for (name, package) in &state.packages {
+            for record in package.versions.values() {
+                let version = record.event.version.clone();
+                let scanned = |root: &str| {
+                    state
+                        .evidence
+                        .get(&(name.clone(), version.clone()))
+                        .is_some_and(|e| {
+                            e.scans
+                                .iter()
+                                .any(|s| s.scanner == scanner && s.root == root)
+                        })
+                };
+                if !scanned(&record.event.root) {
+                    out.push((name.clone(), version.clone(), None));
+                }
+                if let Some(sha256) = record
+                    .data_pack
+                    .as_ref()
+                    .filter(|p| p.event.pack.mode == "hosted")
+                    .and_then(|p| p.event.pack.sha256.as_deref())
+                    && !scanned(sha256)
+                {
+                    out.push((
+                        name.clone(),
+                        version,
+                        Some(custodian_core::registry::DATA_PACK_TARGET.into()),
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// The data pack of a version, if `who` may see it.

@@ -52,7 +52,7 @@ fn timestamp(ms: u64) -> prost_types::Timestamp {
 }
 
 /// The wire form of a data pack.
-pub fn data_pack_pb(record: &DataPackRecord) -> pb::DataPack {
+pub fn data_pack_pb(registry: &Registry, record: &DataPackRecord) -> pb::DataPack {
     let p = &record.event.pack;
     let provenance = p.provenance.clone().unwrap_or_default();
     pb::DataPack {
@@ -70,7 +70,12 @@ pub fn data_pack_pb(record: &DataPackRecord) -> pb::DataPack {
             .or(provenance.eval_set_uri)
             .unwrap_or_default(),
         visibility: p.visibility.clone().unwrap_or_default(),
-        scan_status: p.scan_status.clone().unwrap_or_default(),
+        scan_status: match (&p.sha256, p.mode.as_str()) {
+            (Some(sha256), "hosted") => {
+                registry.scan_status(&record.event.name, &record.event.version, sha256)
+            }
+            _ => p.scan_status.clone().unwrap_or_default(),
+        },
         source_type: p.source_type.clone().unwrap_or_default(),
         uri: p.uri.clone().unwrap_or_default(),
         checksum: p.checksum.clone().unwrap_or_default(),
@@ -83,7 +88,12 @@ pub fn data_pack_pb(record: &DataPackRecord) -> pb::DataPack {
 }
 
 /// The wire form of a version; `full` adds the files and the envelope.
-pub fn version_pb(who: &Principal, record: &VersionRecord, full: bool) -> pb::Version {
+pub fn version_pb(
+    registry: &Registry,
+    who: &Principal,
+    record: &VersionRecord,
+    full: bool,
+) -> pb::Version {
     let e = &record.event;
     pb::Version {
         name: e.name.clone(),
@@ -129,7 +139,21 @@ pub fn version_pb(who: &Principal, record: &VersionRecord, full: bool) -> pb::Ve
             .data_pack
             .as_ref()
             .filter(|p| who.can_read(&e.name, p.event.private))
-            .map(data_pack_pb),
+            .map(|p| data_pack_pb(registry, p)),
+        scan_status: registry.scan_status(&e.name, &e.version, &e.root),
+    }
+}
+
+/// A recorded scan as the API returns it.
+pub fn scan_result_pb(s: &crate::scan::Scanned) -> pb::ScanResult {
+    pb::ScanResult {
+        target: s.target.clone().unwrap_or_default(),
+        scanner: s.scanner.clone(),
+        verdict: s.verdict.as_str().into(),
+        root: s.root.clone(),
+        findings_json: serde_json::to_string(&s.findings).unwrap_or_else(|_| "[]".into()),
+        omitted: s.omitted,
+        receipt: Some(receipt_pb(&s.receipt)),
     }
 }
 
@@ -164,13 +188,13 @@ impl RegistryRpc for RegistryService {
                 )));
             }
         };
-        let recorded = self
+        let (recorded, scanned) = self
             .registry
-            .publish(&who, &request.envelope, &request.publisher_key, private)
+            .publish_and_scan(&who, &request.envelope, &request.publisher_key, private)
             .await
             .map_err(registry_status)?;
         Ok(Response::new(pb::PublishVersionResponse {
-            version: Some(version_pb(&who, &recorded.record, true)),
+            version: Some(version_pb(&self.registry, &who, &recorded.record, true)),
             receipt: Some(receipt_pb(&recorded.receipt)),
             already_published: recorded.already,
             warnings: recorded
@@ -183,6 +207,7 @@ impl RegistryRpc for RegistryService {
                     message: p.message,
                 })
                 .collect(),
+            scan: scanned.as_ref().map(scan_result_pb),
         }))
     }
 
@@ -198,7 +223,7 @@ impl RegistryRpc for RegistryService {
         Ok(Response::new(pb::ListVersionsResponse {
             versions: versions
                 .iter()
-                .map(|v| version_pb(&who, v, false))
+                .map(|v| version_pb(&self.registry, &who, v, false))
                 .collect(),
         }))
     }
@@ -213,7 +238,12 @@ impl RegistryRpc for RegistryService {
             .registry
             .get(&who, &request.name, &request.version)
             .map_err(registry_status)?;
-        Ok(Response::new(version_pb(&who, &record, true)))
+        Ok(Response::new(version_pb(
+            &self.registry,
+            &who,
+            &record,
+            true,
+        )))
     }
 
     async fn yank(
@@ -228,7 +258,7 @@ impl RegistryRpc for RegistryService {
             .await
             .map_err(registry_status)?;
         Ok(Response::new(pb::YankResponse {
-            version: Some(version_pb(&who, &recorded.record, false)),
+            version: Some(version_pb(&self.registry, &who, &recorded.record, false)),
             receipt: Some(receipt_pb(&recorded.receipt)),
             already_yanked: recorded.already,
         }))

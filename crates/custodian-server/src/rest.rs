@@ -231,7 +231,7 @@ struct FileJson<'a> {
     size: u64,
 }
 
-fn data_pack_json(record: &DataPackRecord) -> serde_json::Value {
+fn data_pack_json(registry: &Registry, record: &DataPackRecord) -> serde_json::Value {
     let mut value = serde_json::to_value(&record.event.pack).unwrap_or_default();
     let provenance_json = record
         .event
@@ -248,6 +248,16 @@ fn data_pack_json(record: &DataPackRecord) -> serde_json::Value {
         object.insert("registered_at".into(), rfc3339(record.time_ms).into());
         object.insert("private".into(), record.event.private.into());
         if record.event.pack.mode == "hosted" {
+            // The registration recorded the first verdict; later scans (rescans, external
+            // scanners) are in the ledger, and the status shown is the worst latest of them.
+            if let Some(sha256) = &record.event.pack.sha256 {
+                object.insert(
+                    "scan_status".into(),
+                    registry
+                        .scan_status(&record.event.name, &record.event.version, sha256)
+                        .into(),
+                );
+            }
             object.insert(
                 "download".into(),
                 format!(
@@ -274,7 +284,12 @@ pub fn encode_segment(text: &str) -> String {
         .collect()
 }
 
-fn version_json(who: &Principal, record: &VersionRecord, full: bool) -> serde_json::Value {
+fn version_json(
+    registry: &Registry,
+    who: &Principal,
+    record: &VersionRecord,
+    full: bool,
+) -> serde_json::Value {
     let e = &record.event;
     let mut value = json!({
         "name": e.name,
@@ -289,6 +304,7 @@ fn version_json(who: &Principal, record: &VersionRecord, full: bool) -> serde_js
         "yanked": record.yanked.is_some(),
         "ledger_index": record.index,
         "published_at": rfc3339(record.time_ms),
+        "scan_status": registry.scan_status(&e.name, &e.version, &e.root),
     });
     if let Some((reason, index, _)) = &record.yanked {
         value["yank_reason"] = reason.clone().into();
@@ -299,7 +315,7 @@ fn version_json(who: &Principal, record: &VersionRecord, full: bool) -> serde_js
         .as_ref()
         .filter(|p| who.can_read(&e.name, p.event.private))
     {
-        value["data_pack"] = data_pack_json(pack);
+        value["data_pack"] = data_pack_json(registry, pack);
     }
     if full {
         let files: Vec<FileJson<'_>> = record
@@ -334,7 +350,7 @@ async fn list_versions(
     let versions = state.registry.list(&who, &id)?;
     Ok(axum::Json(json!({
         "name": id,
-        "versions": versions.iter().map(|v| version_json(&who, v, false)).collect::<Vec<_>>(),
+        "versions": versions.iter().map(|v| version_json(&state.registry, &who, v, false)).collect::<Vec<_>>(),
     })))
 }
 
@@ -345,7 +361,12 @@ async fn get_version(
 ) -> ApiResult<axum::Json<serde_json::Value>> {
     let who = principal(&state, &headers)?;
     let record = state.registry.get(&who, &id, &vid)?;
-    Ok(axum::Json(version_json(&who, &record, true)))
+    Ok(axum::Json(version_json(
+        &state.registry,
+        &who,
+        &record,
+        true,
+    )))
 }
 
 async fn get_data_pack(
@@ -355,7 +376,7 @@ async fn get_data_pack(
 ) -> ApiResult<axum::Json<serde_json::Value>> {
     let who = principal(&state, &headers)?;
     let pack = state.registry.data_pack(&who, &id, &vid)?;
-    Ok(axum::Json(data_pack_json(&pack)))
+    Ok(axum::Json(data_pack_json(&state.registry, &pack)))
 }
 
 async fn put_external(
@@ -384,7 +405,7 @@ async fn put_external(
     } else {
         StatusCode::CREATED
     };
-    let body = recorded_json(&recorded, data_pack_json(&recorded.record));
+    let body = recorded_json(&recorded, data_pack_json(&state.registry, &recorded.record));
     Ok((status, axum::Json(body)).into_response())
 }
 
@@ -465,16 +486,53 @@ async fn post_hosted(
                     writer.write(piece.freeze()).await.map_err(ApiError::from)?;
                 }
                 let stored = writer.commit().await.map_err(ApiError::from)?;
+                // Scanned in custody before it is registered, so the registration carries the
+                // verdict; a repeated upload of the same bytes is not scanned again.
+                let sha256 = stored.meta.digests.sha256;
+                // A retry of the same bytes repeats the registration as it was recorded.
+                let previous = state
+                    .registry
+                    .data_pack(&who, &id, &vid)
+                    .ok()
+                    .filter(|p| p.event.pack.sha256 == Some(sha256.to_string()))
+                    .map(|p| p.event.pack.scan_status.unwrap_or_default());
+                let report = match previous {
+                    Some(_) => None,
+                    None => {
+                        let name = meta.filename.clone().unwrap_or_else(|| "data-pack".into());
+                        Some(state.registry.scan_data(&sha256, &name).await)
+                    }
+                };
+                let status = match (&report, &previous) {
+                    (Some(r), _) => r.verdict().as_str().to_string(),
+                    (None, Some(p)) => p.clone(),
+                    (None, None) => "pending".into(),
+                };
                 let recorded = state
                     .registry
-                    .register_hosted(&who, &id, &vid, meta, &stored)
+                    .register_hosted(&who, &id, &vid, meta, &stored, &status)
                     .await?;
+                if let Some(report) = report
+                    && !recorded.already
+                {
+                    let version = state.registry.get(&who, &id, &vid)?;
+                    state
+                        .registry
+                        .record_report(
+                            &version,
+                            Some(custodian_core::registry::DATA_PACK_TARGET),
+                            sha256.to_string(),
+                            report,
+                        )
+                        .await?;
+                }
                 let status = if recorded.already {
                     StatusCode::OK
                 } else {
                     StatusCode::CREATED
                 };
-                let body = recorded_json(&recorded, data_pack_json(&recorded.record));
+                let body =
+                    recorded_json(&recorded, data_pack_json(&state.registry, &recorded.record));
                 return Ok((status, axum::Json(body)).into_response());
             }
             other => {

@@ -1,0 +1,662 @@
+//! Scanning in the daemon: the built-in scanner (synchronous on publication, on hosted data-pack
+//! upload and on demand) and external scanners (queued jobs with retries, backoff and a
+//! timeout). Every verdict becomes a ScanRecorded ledger entry over the content root scanned.
+//!
+//! Scans read content straight from custody through a blocking bridge on tokio's blocking pool,
+//! a bounded number at a time, so a 1 GiB data pack being scanned never holds an async worker
+//! and small requests keep being served.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::Duration;
+
+use custodian_core::Digest;
+use custodian_core::entry::EntryKind;
+use custodian_core::package::FileEntry;
+use custodian_core::receipt::Receipt;
+use custodian_core::registry::{DATA_PACK_TARGET, ScanRecorded};
+use custodian_scan::{Finding, Limits, Report, SCANNER, Severity, Verdict};
+use custodian_storage::{BlobStore, ByteRange};
+use futures::TryStreamExt as _;
+use tokio::io::AsyncReadExt as _;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::auth::{Principal, Scope};
+use crate::registry::{Registry, RegistryError, VersionRecord};
+
+/// Scans the built-in scanner runs at once (each keeps one core busy).
+pub(crate) const MAX_CONCURRENT_SCANS: usize = 2;
+
+/// The most stdout an external scanner may write.
+const MAX_SCANNER_OUTPUT: u64 = 4 << 20;
+
+/// An external scanner: a command that reads the content as a tar stream on stdin and writes
+/// findings as JSON on stdout.
+#[derive(Clone, Debug)]
+pub struct ExternalScanner {
+    /// Its name; verdicts are recorded as scanner `external:<name>`.
+    pub name: String,
+    /// The command, run with `sh -c`.
+    pub command: String,
+}
+
+/// How external scanners run.
+#[derive(Clone, Debug)]
+pub struct ScannerConfig {
+    /// The configured scanners.
+    pub external: Vec<ExternalScanner>,
+    /// How long one attempt may run before it is killed.
+    pub timeout: Duration,
+    /// Attempts before the verdict is `error`.
+    pub attempts: u32,
+    /// The wait before the second attempt; doubled for each one after.
+    pub backoff: Duration,
+}
+
+impl Default for ScannerConfig {
+    fn default() -> Self {
+        ScannerConfig {
+            external: Vec::new(),
+            timeout: Duration::from_secs(600),
+            attempts: 3,
+            backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One recorded scan verdict.
+#[derive(Clone, Debug)]
+pub struct Scanned {
+    /// `None` for the package's files, `data_pack` for its hosted data pack.
+    pub target: Option<String>,
+    /// The scanner's identity.
+    pub scanner: String,
+    /// The content root scanned.
+    pub root: String,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The findings as recorded (at most the report limit).
+    pub findings: Vec<Finding>,
+    /// Findings left out of the record.
+    pub omitted: u64,
+    /// The ScanRecorded entry's index.
+    pub index: u64,
+    /// Its receipt.
+    pub receipt: Receipt,
+}
+
+/// What one scanner concluded, before it is recorded.
+struct Outcome {
+    scanner: String,
+    verdict: Verdict,
+    findings: Vec<Finding>,
+    omitted: u64,
+}
+
+/// A queued external scan.
+#[derive(Clone, Debug)]
+struct Job {
+    name: String,
+    version: String,
+    target: Option<String>,
+}
+
+/// The queues feeding external scanners, one per scanner.
+pub(crate) struct ExternalQueues {
+    senders: Vec<(String, tokio::sync::mpsc::UnboundedSender<Job>)>,
+}
+
+/// What a file of content is for reading: its path in the tar stream and its blob.
+type Content = Vec<(String, Digest, u64)>;
+
+fn open_blob(
+    store: &BlobStore,
+    handle: &tokio::runtime::Handle,
+    digest: &Digest,
+) -> io::Result<Box<dyn Read + Send>> {
+    let read = handle
+        .block_on(store.get(digest, ByteRange::ALL))
+        .map_err(io::Error::other)?;
+    let stream = read.data.map_err(io::Error::other);
+    Ok(Box::new(SyncIoBridge::new_with_handle(
+        StreamReader::new(stream),
+        handle.clone(),
+    )))
+}
+
+impl Registry {
+    /// The content a scan of `target` reads: the package's files, or the hosted data pack.
+    fn content(
+        record: &VersionRecord,
+        target: Option<&str>,
+    ) -> Result<(String, Content), RegistryError> {
+        match target {
+            None => Ok((
+                record.event.root.clone(),
+                record
+                    .files
+                    .iter()
+                    .map(|f: &FileEntry| (f.path.clone(), f.sha256, f.size))
+                    .collect(),
+            )),
+            Some(DATA_PACK_TARGET) => {
+                let pack = record
+                    .data_pack
+                    .as_ref()
+                    .filter(|p| p.event.pack.mode == "hosted")
+                    .ok_or_else(|| {
+                        RegistryError::FailedPrecondition(format!(
+                            "{}@{} has no hosted data pack to scan",
+                            record.event.name, record.event.version
+                        ))
+                    })?;
+                let sha256 = pack.event.pack.sha256.clone().unwrap_or_default();
+                let digest: Digest = sha256.parse().map_err(|e| {
+                    RegistryError::FailedPrecondition(format!("data pack digest {sha256}: {e}"))
+                })?;
+                let name = pack
+                    .event
+                    .pack
+                    .filename
+                    .clone()
+                    .filter(|f| custodian_core::package::check_path(f).is_ok())
+                    .unwrap_or_else(|| "data-pack".into());
+                Ok((
+                    sha256,
+                    vec![(name, digest, pack.event.pack.size.unwrap_or(0))],
+                ))
+            }
+            Some(other) => Err(crate::registry::invalid(
+                "target",
+                format!("{other:?} is not empty (the package) or data_pack"),
+            )),
+        }
+    }
+
+    /// Runs the built-in scanner over content in custody, on the blocking pool.
+    async fn builtin(&self, content: Content, data: bool) -> Report {
+        let _permit = self.scan_permits.acquire().await;
+        let store = self.store().clone();
+        let handle = tokio::runtime::Handle::current();
+        let limits = Limits::default();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let by_path: HashMap<String, Digest> =
+                content.iter().map(|(p, d, _)| (p.clone(), *d)).collect();
+            if data {
+                let (name, digest, _) = &content[0];
+                return match open_blob(&store, &handle, digest) {
+                    Ok(mut reader) => {
+                        custodian_scan::package::scan_blob(name, &mut reader, &limits)
+                    }
+                    Err(e) => Report {
+                        error: Some(format!("the data pack could not be read: {e}")),
+                        ..Report::default()
+                    },
+                };
+            }
+            let files: Vec<(String, u64)> =
+                content.iter().map(|(p, _, s)| (p.clone(), *s)).collect();
+            let mut open = |path: &str| -> io::Result<Box<dyn Read>> {
+                let digest = by_path
+                    .get(path)
+                    .ok_or_else(|| io::Error::other(format!("no file {path:?}")))?;
+                Ok(open_blob(&store, &handle, digest)? as Box<dyn Read>)
+            };
+            custodian_scan::package::scan_package(&files, &mut open, &limits)
+        })
+        .await;
+        outcome.unwrap_or_else(|e| Report {
+            error: Some(format!("the scanner stopped: {e}")),
+            ..Report::default()
+        })
+    }
+
+    /// Appends a ScanRecorded entry and applies it.
+    async fn record(
+        &self,
+        record: &VersionRecord,
+        target: Option<&str>,
+        root: String,
+        outcome: Outcome,
+    ) -> Result<Scanned, RegistryError> {
+        let Outcome {
+            scanner,
+            verdict,
+            findings,
+            omitted,
+        } = outcome;
+        let event = ScanRecorded {
+            name: record.event.name.clone(),
+            version: record.event.version.clone(),
+            scanner: scanner.clone(),
+            verdict: verdict.as_str().into(),
+            root: root.clone(),
+            findings: serde_json::to_string(&findings).unwrap_or_else(|_| "[]".into()),
+            private: record.event.private,
+            target: target.map(String::from),
+        };
+        let (index, _, receipt, entry) = self
+            .append(EntryKind::ScanRecorded, "ScanRecorded", &event)
+            .await?;
+        self.apply(index, &entry);
+        tracing::info!(
+            name = %record.event.name, version = %record.event.version,
+            target = target.unwrap_or("package"), %scanner, verdict = verdict.as_str(), index,
+            "scan recorded"
+        );
+        Ok(Scanned {
+            target: target.map(String::from),
+            scanner,
+            root,
+            verdict,
+            findings,
+            omitted,
+            index,
+            receipt,
+        })
+    }
+
+    /// Scans a version's package files (or its hosted data pack) with the built-in scanner now,
+    /// records the verdict and queues the external scanners.
+    pub async fn scan_now(
+        &self,
+        record: &VersionRecord,
+        target: Option<&str>,
+    ) -> Result<Scanned, RegistryError> {
+        let (root, content) = Self::content(record, target)?;
+        let report = self.builtin(content, target.is_some()).await;
+        self.record_report(record, target, root, report).await
+    }
+
+    /// Runs the built-in scanner over one blob in custody as a data pack named `name`.
+    pub async fn scan_data(&self, sha256: &Digest, name: &str) -> Report {
+        self.builtin(vec![(name.to_string(), *sha256, 0)], true)
+            .await
+    }
+
+    /// Records a built-in report as a ScanRecorded entry and queues the external scanners.
+    pub async fn record_report(
+        &self,
+        record: &VersionRecord,
+        target: Option<&str>,
+        root: String,
+        report: Report,
+    ) -> Result<Scanned, RegistryError> {
+        let verdict = report.verdict();
+        let mut findings = report.findings;
+        if let Some(error) = report.error {
+            findings.push(Finding {
+                file: String::new(),
+                offset: 0,
+                rule: "scanner.error".into(),
+                severity: Severity::Info,
+                message: error,
+                count: 1,
+            });
+        }
+        let scanned = self
+            .record(
+                record,
+                target,
+                root,
+                Outcome {
+                    scanner: SCANNER.into(),
+                    verdict,
+                    findings,
+                    omitted: report.omitted,
+                },
+            )
+            .await?;
+        self.queue_external(&record.event.name, &record.event.version, target);
+        Ok(scanned)
+    }
+
+    /// Rescans a version on demand: the package and its hosted data pack, if any.
+    pub async fn rescan(
+        &self,
+        who: &Principal,
+        name: &str,
+        version: &str,
+    ) -> Result<(Vec<Scanned>, Vec<String>), RegistryError> {
+        let record = self.get(who, name, version)?;
+        if !(who.allows(Scope::Scan, name) || who.allows(Scope::Publish, name)) {
+            crate::registry::require(who, Scope::Scan, name, "rescan")?;
+        }
+        let mut out = vec![self.scan_now(&record, None).await?];
+        if record
+            .data_pack
+            .as_ref()
+            .is_some_and(|p| p.event.pack.mode == "hosted")
+        {
+            out.push(self.scan_now(&record, Some(DATA_PACK_TARGET)).await?);
+        }
+        let queued = self
+            .external
+            .get()
+            .map(|q| {
+                q.senders
+                    .iter()
+                    .map(|(n, _)| format!("external:{n}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((out, queued))
+    }
+
+    /// The scan status of a content root: the worst of each scanner's latest verdict, or
+    /// `pending` when nothing has been recorded.
+    pub fn scan_status(&self, name: &str, version: &str, root: &str) -> String {
+        let state = self.read();
+        let Some(evidence) = state.evidence.get(&(name.to_string(), version.to_string())) else {
+            return "pending".into();
+        };
+        let mut latest: HashMap<&str, (u64, &str)> = HashMap::new();
+        for s in evidence.scans.iter().filter(|s| s.root == root) {
+            let slot = latest
+                .entry(s.scanner.as_str())
+                .or_insert((s.index, &s.verdict));
+            if s.index >= slot.0 {
+                *slot = (s.index, &s.verdict);
+            }
+        }
+        latest
+            .values()
+            .filter_map(|(_, v)| Verdict::parse(v))
+            .reduce(Verdict::worst)
+            .map_or_else(|| "pending".into(), |v| v.as_str().into())
+    }
+
+    /// Starts the external scanners' workers and queues every version and hosted data pack they
+    /// have no verdict for yet (the ledger is the queue's durable form).
+    pub fn start_external(self: &Arc<Self>, config: ScannerConfig) {
+        if config.external.is_empty() {
+            return;
+        }
+        let mut senders = Vec::new();
+        for scanner in &config.external {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            senders.push((scanner.name.clone(), tx));
+            tokio::spawn(worker(
+                Arc::downgrade(self),
+                scanner.clone(),
+                config.clone(),
+                rx,
+            ));
+        }
+        if self.external.set(ExternalQueues { senders }).is_err() {
+            tracing::warn!("external scanners were already started");
+            return;
+        }
+        for scanner in &config.external {
+            let identity = format!("external:{}", scanner.name);
+            for (name, version, target) in self.unscanned_by(&identity) {
+                self.queue_one(
+                    &scanner.name,
+                    Job {
+                        name,
+                        version,
+                        target,
+                    },
+                );
+            }
+        }
+    }
+
+    fn queue_one(&self, scanner: &str, job: Job) {
+        if let Some(queues) = self.external.get()
+            && let Some((_, tx)) = queues.senders.iter().find(|(n, _)| n == scanner)
+        {
+            let _ = tx.send(job);
+        }
+    }
+
+    /// Queues a scan of the version's `target` with every external scanner.
+    fn queue_external(&self, name: &str, version: &str, target: Option<&str>) {
+        if let Some(queues) = self.external.get() {
+            for (_, tx) in &queues.senders {
+                let _ = tx.send(Job {
+                    name: name.to_string(),
+                    version: version.to_string(),
+                    target: target.map(String::from),
+                });
+            }
+        }
+    }
+
+    /// Runs one external scan attempt.
+    async fn run_external(
+        &self,
+        scanner: &ExternalScanner,
+        record: &VersionRecord,
+        target: Option<&str>,
+        root: &str,
+        content: Content,
+        timeout: Duration,
+    ) -> Result<(Verdict, Vec<Finding>), String> {
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            // exec, so that killing the child kills the scanner, not just the shell.
+            .arg(format!("exec {}", scanner.command))
+            .env("CUSTODIAN_SCAN_NAME", &record.event.name)
+            .env("CUSTODIAN_SCAN_VERSION", &record.event.version)
+            .env("CUSTODIAN_SCAN_TARGET", target.unwrap_or("package"))
+            .env("CUSTODIAN_SCAN_ROOT", root)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("could not start {:?}: {e}", scanner.command))?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let mut stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut stderr = child.stderr.take().ok_or("no stderr")?;
+        let store = self.store().clone();
+        let handle = tokio::runtime::Handle::current();
+        // The content goes in as a tar stream; a scanner that stops reading early just ends it.
+        let feeder = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let mut tar = tar::Builder::new(SyncIoBridge::new_with_handle(stdin, handle.clone()));
+            for (path, digest, size) in content {
+                let mut header = tar::Header::new_ustar();
+                header.set_size(size);
+                header.set_mode(0o644);
+                header.set_entry_type(tar::EntryType::Regular);
+                let reader = open_blob(&store, &handle, &digest)?;
+                tar.append_data(&mut header, &path, reader)?;
+            }
+            tar.finish()?;
+            tar.into_inner()?.shutdown()?;
+            Ok(())
+        });
+        let run = async {
+            let mut out = Vec::new();
+            let mut err = Vec::new();
+            let mut out_limited = (&mut stdout).take(MAX_SCANNER_OUTPUT);
+            let mut err_limited = (&mut stderr).take(64 << 10);
+            let (read_out, read_err, status) = tokio::join!(
+                out_limited.read_to_end(&mut out),
+                err_limited.read_to_end(&mut err),
+                child.wait()
+            );
+            read_out.map_err(|e| format!("reading its output: {e}"))?;
+            let _ = read_err;
+            let status = status.map_err(|e| format!("waiting for it: {e}"))?;
+            Ok::<_, String>((status, out, err))
+        };
+        let (status, out, err) = match tokio::time::timeout(timeout, run).await {
+            Ok(result) => result?,
+            Err(_) => {
+                feeder.abort();
+                return Err(format!(
+                    "it did not finish within {}; killed",
+                    humantime::format_duration(timeout)
+                ));
+            }
+        };
+        let _ = feeder.await;
+        if !status.success() {
+            let tail = String::from_utf8_lossy(&err);
+            let tail: String = tail
+                .chars()
+                .rev()
+                .take(300)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            return Err(format!("it exited with {status}: {}", tail.trim()));
+        }
+        parse_external(&out)
+    }
+}
+
+/// Reads an external scanner's answer: `{"verdict"?, "findings": [...]}` or a bare findings
+/// array. The verdict is never weaker than the findings: a `high` finding flags.
+fn parse_external(out: &[u8]) -> Result<(Verdict, Vec<Finding>), String> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Answer {
+        Findings(Vec<RawFinding>),
+        Object {
+            #[serde(default)]
+            verdict: Option<String>,
+            #[serde(default)]
+            findings: Vec<RawFinding>,
+        },
+    }
+    #[derive(serde::Deserialize)]
+    struct RawFinding {
+        #[serde(default)]
+        file: String,
+        #[serde(default)]
+        offset: u64,
+        rule: String,
+        severity: String,
+        #[serde(default)]
+        message: String,
+    }
+    let answer: Answer = serde_json::from_slice(out).map_err(|e| {
+        format!(
+            "its output is not a findings JSON object or array: {e} (output starts {:?})",
+            String::from_utf8_lossy(&out[..out.len().min(120)])
+        )
+    })?;
+    let (verdict, raw) = match answer {
+        Answer::Findings(f) => (None, f),
+        Answer::Object { verdict, findings } => (verdict, findings),
+    };
+    let mut findings = Vec::new();
+    for f in raw {
+        let severity = Severity::parse(&f.severity).ok_or_else(|| {
+            format!(
+                "finding {:?} has severity {:?}; expected info, low, medium, high or critical",
+                f.rule, f.severity
+            )
+        })?;
+        findings.push(Finding {
+            file: f.file,
+            offset: f.offset,
+            rule: f.rule,
+            severity,
+            message: f.message,
+            count: 1,
+        });
+    }
+    let from_findings = if findings.iter().any(|f| f.severity >= Severity::High) {
+        Verdict::Flagged
+    } else {
+        Verdict::Clean
+    };
+    let stated = match verdict.as_deref() {
+        None => Verdict::Clean,
+        Some(v) => Verdict::parse(v)
+            .ok_or_else(|| format!("verdict {v:?} is not clean, flagged or error"))?,
+    };
+    Ok((stated.worst(from_findings), findings))
+}
+
+/// One external scanner's worker: takes jobs in order, retries failed attempts with backoff, and
+/// records `error` when every attempt failed (a scanner that crashes or hangs never yields clean).
+async fn worker(
+    registry: std::sync::Weak<Registry>,
+    scanner: ExternalScanner,
+    config: ScannerConfig,
+    mut jobs: tokio::sync::mpsc::UnboundedReceiver<Job>,
+) {
+    let identity = format!("external:{}", scanner.name);
+    while let Some(job) = jobs.recv().await {
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        let Some(record) = semver::Version::parse(&job.version)
+            .ok()
+            .and_then(|v| registry.read().version(&job.name, &v).cloned())
+        else {
+            continue;
+        };
+        let target = job.target.as_deref();
+        let (root, content) = match Registry::content(&record, target) {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::warn!(%identity, name = %job.name, %err, "external scan skipped");
+                continue;
+            }
+        };
+        let mut failures = Vec::new();
+        let mut outcome = None;
+        for attempt in 1..=config.attempts.max(1) {
+            match registry
+                .run_external(
+                    &scanner,
+                    &record,
+                    target,
+                    &root,
+                    content.clone(),
+                    config.timeout,
+                )
+                .await
+            {
+                Ok(result) => {
+                    outcome = Some(result);
+                    break;
+                }
+                Err(err) => {
+                    tracing::warn!(%identity, name = %job.name, version = %job.version, attempt, %err, "external scan attempt failed");
+                    failures.push(format!("attempt {attempt}: {err}"));
+                    if attempt < config.attempts {
+                        tokio::time::sleep(config.backoff * 2u32.saturating_pow(attempt - 1)).await;
+                    }
+                }
+            }
+        }
+        let (verdict, findings) = outcome.unwrap_or_else(|| {
+            (
+                Verdict::Error,
+                vec![Finding {
+                    file: String::new(),
+                    offset: 0,
+                    rule: "scanner.error".into(),
+                    severity: Severity::Info,
+                    message: failures.join("; "),
+                    count: 1,
+                }],
+            )
+        });
+        if let Err(err) = registry
+            .record(
+                &record,
+                target,
+                root,
+                Outcome {
+                    scanner: identity.clone(),
+                    verdict,
+                    findings,
+                    omitted: 0,
+                },
+            )
+            .await
+        {
+            tracing::error!(%identity, name = %job.name, %err, "could not record an external scan");
+        }
+    }
+}
