@@ -27,6 +27,9 @@ at least once). Also prints the daemon's peak resident memory (VmHWM)."
     /// Attested runs per second (unary and batched, 1 and 32 clients) and offline verification
     /// of a badge bundle backed by 1,000 runs
     Evidence(crate::bench_evidence::EvidenceArgs),
+    /// The built-in scanner on a 1 GiB mixed data pack, as a ratio to `openssl dgst -sha256`
+    /// of the same file, and the prompt scanner's precision and recall on a labelled corpus
+    Scan(crate::bench_scan::ScanBenchArgs),
 }
 
 /// Options of `custodian bench custody`.
@@ -88,6 +91,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Custody(args) => custody(args),
         BenchCommand::Ledger(args) => crate::bench_ledger::run(args),
         BenchCommand::Evidence(args) => crate::bench_evidence::run(args),
+        BenchCommand::Scan(args) => crate::bench_scan::run(args),
     }
 }
 
@@ -404,7 +408,7 @@ impl Drop for BenchDaemon {
     }
 }
 
-struct RemoveOnDrop(PathBuf);
+pub struct RemoveOnDrop(pub PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_evidence;
 mod bench_ledger;
+mod bench_scan;
 mod blob;
 mod datapack;
 mod evidence;

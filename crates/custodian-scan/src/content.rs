@@ -11,8 +11,6 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::rc::Rc;
 use std::sync::LazyLock;
 
-use aho_corasick::AhoCorasick;
-
 use crate::{FileFindings, Finding, Limits, Report, Severity};
 
 /// How much of a file is read to detect its type.
@@ -251,7 +249,7 @@ const fn pat(
 
 const DOWNLOADERS: &[&str] = &["curl", "wget", "fetch", "iwr", "invoke-webrequest"];
 
-static PATTERNS: [Pattern; 22] = [
+static PATTERNS: [Pattern; 21] = [
     Pattern {
         bytes: EICAR,
         rule: "malware.eicar",
@@ -272,18 +270,14 @@ static PATTERNS: [Pattern; 22] = [
         Severity::High,
         "an interactive shell redirected to a socket",
     ),
-    pat(
-        "nc -e /bin/",
-        "script.reverse_shell",
-        Severity::High,
-        "netcat executing a shell",
-    ),
-    pat(
-        "ncat -e /bin/",
-        "script.reverse_shell",
-        Severity::High,
-        "ncat executing a shell",
-    ),
+    Pattern {
+        bytes: "-e /bin/",
+        rule: "script.reverse_shell",
+        severity: Severity::High,
+        data_only: true,
+        needs_on_line: &["nc", "ncat", "netcat"],
+        what: "netcat executing a shell",
+    },
     pat(
         "socat exec:",
         "script.reverse_shell",
@@ -309,7 +303,7 @@ static PATTERNS: [Pattern; 22] = [
         "PowerShell running an encoded command",
     ),
     pat(
-        ".downloadstring(",
+        "downloadstring(",
         "script.download_exec",
         Severity::High,
         "a PowerShell download-and-run cradle",
@@ -352,18 +346,22 @@ static PATTERNS: [Pattern; 22] = [
         needs_on_line: DOWNLOADERS,
         what: "a download piped into a shell",
     },
-    pat(
-        "rm -rf / ",
-        "script.destructive",
-        Severity::High,
-        "a command deleting the root file system",
-    ),
-    pat(
-        "rm -rf /*",
-        "script.destructive",
-        Severity::High,
-        "a command deleting the root file system",
-    ),
+    Pattern {
+        bytes: "-rf / ",
+        rule: "script.destructive",
+        severity: Severity::High,
+        data_only: true,
+        needs_on_line: &["rm"],
+        what: "a command deleting the root file system",
+    },
+    Pattern {
+        bytes: "-rf /*",
+        rule: "script.destructive",
+        severity: Severity::High,
+        data_only: true,
+        needs_on_line: &["rm"],
+        what: "a command deleting the root file system",
+    },
     pat(
         "--no-preserve-root",
         "script.destructive",
@@ -396,19 +394,30 @@ static PATTERNS: [Pattern; 22] = [
     ),
 ];
 
-/// Every pattern; used for data files.
-static DATA_AUTOMATON: LazyLock<AhoCorasick> = LazyLock::new(|| {
-    AhoCorasick::builder()
-        .ascii_case_insensitive(true)
-        .build(PATTERNS.iter().map(|p| p.bytes))
-        .expect("the content patterns compile")
-});
+/// The data patterns, lower-cased, in one packed (Teddy, SIMD) searcher run over a lower-cased
+/// copy of each chunk: exact ASCII case-insensitivity at memory speed. (An `AhoCorasick` with
+/// these patterns falls back to its DFA at about 0.5 GiB/s; the packed searcher runs at over
+/// 10 GiB/s on the same text.)
+static DATA_SEARCHER: LazyLock<(aho_corasick::packed::Searcher, Vec<usize>)> =
+    LazyLock::new(|| {
+        let index: Vec<usize> = (0..PATTERNS.len())
+            .filter(|&i| PATTERNS[i].data_only)
+            .collect();
+        let mut builder = aho_corasick::packed::Config::new().builder();
+        for &i in &index {
+            builder.add(PATTERNS[i].bytes.to_ascii_lowercase());
+        }
+        (
+            builder
+                .build()
+                .expect("the content patterns fit a packed searcher"),
+            index,
+        )
+    });
 
-/// The patterns that apply to every file (EICAR only), searched with a plain substring finder.
-static ANY_FINDER: LazyLock<aho_corasick::AhoCorasick> = LazyLock::new(|| {
-    AhoCorasick::new(PATTERNS.iter().filter(|p| !p.data_only).map(|p| p.bytes))
-        .expect("the content patterns compile")
-});
+/// The EICAR signature, matched exactly (it is case-sensitive) in every file.
+static EICAR_FINDER: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(EICAR.as_bytes()));
 
 /// An error a decompression guard raises to stop a bomb; carries the guard that raised it so
 /// only that archive level handles it.
@@ -525,10 +534,10 @@ impl<'l> Scanner<'l> {
                     || format!("{} that does not parse: {err}", detected.name()),
                 );
             }
-            // Whatever follows the archive (an appended payload) is scanned as raw bytes.
+            // Whatever follows the archive (an appended payload) is scanned as raw bytes. The
+            // entries counted their own bytes; only these are the archive's.
             let before = counted.count;
-            raw_scan(path, data, &mut counted, before, &mut found)?;
-            self.report.bytes += counted.count;
+            self.report.bytes += raw_scan(path, data, &mut counted, before, &mut found)?;
         } else {
             self.report.bytes += raw_scan(path, data, &mut rest, 0, &mut found)?;
         }
@@ -819,15 +828,13 @@ fn raw_scan(
     base: u64,
     found: &mut FileFindings,
 ) -> io::Result<u64> {
-    let automaton: &AhoCorasick = if data { &DATA_AUTOMATON } else { &ANY_FINDER };
-    let index_of: Vec<usize> = if data {
-        (0..PATTERNS.len()).collect()
-    } else {
-        (0..PATTERNS.len())
-            .filter(|&i| !PATTERNS[i].data_only)
-            .collect()
-    };
+    let (searcher, index_of) = &*DATA_SEARCHER;
     let mut buf = vec![0u8; OVERLAP + CHUNK];
+    let mut lower = if data {
+        vec![0u8; OVERLAP + CHUNK]
+    } else {
+        Vec::new()
+    };
     // `kept` bytes at the front of `buf` are the end of the previous chunk.
     let mut kept = 0usize;
     let mut total = 0u64;
@@ -840,30 +847,44 @@ fn raw_scan(
         let window = &buf[..filled];
         // Offset in the file of window[0].
         let start = base + total - kept as u64;
-        for m in automaton.find_iter(window) {
-            // A match ending inside the kept bytes was found with the previous chunk.
-            if m.end() <= kept {
-                continue;
-            }
-            let pattern = &PATTERNS[index_of[m.pattern().as_usize()]];
-            if !pattern.needs_on_line.is_empty() {
-                let line_start = window[..m.start()]
-                    .iter()
-                    .rposition(|&b| b == b'\n')
-                    .map_or(0, |p| p + 1);
-                let line = window[line_start..m.start()].to_ascii_lowercase();
-                if !pattern
-                    .needs_on_line
-                    .iter()
-                    .any(|w| contains(&line, w.as_bytes()))
-                {
-                    continue;
-                }
-            }
-            let offset = start + m.start() as u64;
+        let mut report = |at: usize, pattern: &Pattern| {
+            let offset = start + at as u64;
             found.push(path, offset, pattern.rule, pattern.severity, || {
                 format!("{path} contains {} at byte {offset}", pattern.what)
             });
+        };
+        // A match ending inside the kept bytes was found with the previous chunk.
+        for at in EICAR_FINDER.find_iter(window) {
+            if at + EICAR.len() > kept {
+                report(at, &PATTERNS[0]);
+            }
+        }
+        if data {
+            for (d, s) in lower[..filled].iter_mut().zip(window) {
+                // Branch-free ASCII lower-casing, so the loop vectorizes.
+                *d = s | (u8::from(s.is_ascii_uppercase()) << 5);
+            }
+            for m in searcher.find_iter(&lower[..filled]) {
+                if m.end() <= kept {
+                    continue;
+                }
+                let pattern = &PATTERNS[index_of[m.pattern().as_usize()]];
+                if !pattern.needs_on_line.is_empty() {
+                    let line_start = lower[..m.start()]
+                        .iter()
+                        .rposition(|&b| b == b'\n')
+                        .map_or(0, |p| p + 1);
+                    let line = &lower[line_start..m.start()];
+                    if !pattern
+                        .needs_on_line
+                        .iter()
+                        .any(|w| contains(line, w.as_bytes()))
+                    {
+                        continue;
+                    }
+                }
+                report(m.start(), pattern);
+            }
         }
         total += n as u64;
         let keep = filled.min(OVERLAP);
