@@ -215,7 +215,7 @@ fn external_scanners_flag_and_a_crash_or_hang_is_an_error_never_clean() {
     assert!(has("scan_error", "crash"), "{reasons:?}");
     assert!(has("scan_error", "hang"), "{reasons:?}");
 
-    // Restarting re-queues nothing already scanned: the ledger is the queue's memory.
+    // The version's scan status is the worst of every scanner's latest verdict.
     let (code, body) = curl(&[&format!(
         "{}/wrappers/pacman-builder/versions/0.2.1",
         daemon.rest
@@ -308,4 +308,122 @@ fn a_one_gib_data_pack_scan_leaves_small_requests_responsive() {
         "only {} small requests were served",
         latencies.len()
     );
+}
+
+fn badge_reasons(daemon: &Daemon, spec: &str) -> Vec<String> {
+    let badge = json(stdout(&daemon.cli(&["badge", spec, "--json"])).as_bytes());
+    badge["reasons"]
+        .as_array()
+        .expect("reasons")
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["code"].as_str().unwrap_or(""),
+                r["message"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_hosted_data_pack_with_malware_is_flagged_and_fails_the_badge() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let token = daemon.create_token("publisher", "publish", "*");
+    let (key, _) = generate_key(dir.path(), "acme");
+    let package = copy_example("customer-support-classifier", dir.path());
+    stdout(&daemon.cli(&[
+        "publish",
+        package.to_str().expect("utf-8"),
+        "--key",
+        key.to_str().expect("utf-8"),
+    ]));
+    // Training rows with the EICAR test signature in one of them, gzip-compressed.
+    let rows = dir.path().join("train.jsonl.gz");
+    let status = Command::new(python())
+        .args([
+            "-c",
+            "import gzip, sys\neicar = 'X5O!P%@AP[4\\\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*'\nwith gzip.open(sys.argv[1], 'wt') as f:\n    for i in range(1000):\n        f.write('{\"text\": \"row %d\"}\\n' % i)\n    f.write('{\"text\": \"%s\"}\\n' % eicar)\n",
+            rows.to_str().expect("utf-8"),
+        ])
+        .status()
+        .expect("python");
+    assert!(status.success());
+    let url = format!(
+        "{}/wrappers/customer-support-classifier/versions/0.1.0/data-pack",
+        daemon.rest
+    );
+    let (code, body) = curl(&[
+        "-H",
+        &bearer(&token),
+        "-F",
+        "metadata={\"license\":\"CC-BY-4.0\"};type=application/json",
+        "-F",
+        &format!("file=@{}", rows.display()),
+        &format!("{url}/hosted"),
+    ]);
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["record"]["scan_status"], "flagged");
+    let reasons = badge_reasons(&daemon, "customer-support-classifier@0.1.0");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("data_pack_scan_flagged")),
+        "{reasons:?}"
+    );
+    // The rescan covers the data pack too, and names the file inside the gzip stream.
+    let rescan = daemon.cli(&["scan", "customer-support-classifier@0.1.0", "--json"]);
+    assert_eq!(rescan.status.code(), Some(2));
+    let rescan = json(&rescan.stdout);
+    let pack = &rescan["results"][1];
+    assert_eq!(
+        (pack["target"].as_str(), pack["verdict"].as_str()),
+        (Some("data_pack"), Some("flagged"))
+    );
+    assert_eq!(
+        pack["findings"][0]["file"], "train.jsonl.gz!train.jsonl",
+        "{pack}"
+    );
+    assert_eq!(pack["findings"][0]["rule"], "malware.eicar");
+}
+
+#[test]
+fn a_scanner_configured_later_catches_up_from_the_ledger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut first = Daemon::start(&data);
+    let (key, _) = generate_key(dir.path(), "acme");
+    let package = copy_example("pacman-builder", dir.path());
+    stdout(&first.cli(&[
+        "publish",
+        package.to_str().expect("utf-8"),
+        "--key",
+        key.to_str().expect("utf-8"),
+    ]));
+    first.terminate();
+    assert!(first.wait_exit(Duration::from_secs(30)));
+    let script = dir.path().join("late.sh");
+    std::fs::write(
+        &script,
+        "cat >/dev/null\necho '[{\"rule\":\"late.demo\",\"severity\":\"critical\",\"message\":\"seen\"}]'\n",
+    )
+    .expect("write");
+    let scanner = format!("late=sh {}", script.display());
+    let second = Daemon::start_with(&data, &["--scanner", &scanner]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reasons = badge_reasons(&second, "pacman-builder@0.2.1");
+        if reasons
+            .iter()
+            .any(|r| r.starts_with("scan_flagged") && r.contains("external:late"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the late scanner never caught up: {reasons:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
