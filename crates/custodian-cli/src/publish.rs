@@ -125,6 +125,8 @@ struct VersionLine {
     file_count: u64,
     size: u64,
     publisher_key: String,
+    /// The worst of each scanner's latest verdict on the files.
+    scan_status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     data_pack: Option<serde_json::Value>,
 }
@@ -157,6 +159,7 @@ fn line(v: &pb::Version) -> VersionLine {
         file_count: v.file_count,
         size: v.size,
         publisher_key: v.publisher_key.clone(),
+        scan_status: v.scan_status.clone(),
         data_pack: v.data_pack.as_ref().map(|p| {
             serde_json::json!({
                 "mode": p.mode, "license": p.license, "sha256": p.sha256, "size": p.size,
@@ -538,6 +541,7 @@ pub async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
         println!("  package root     {}", s.root);
         println!("  manifest digest  {}", s.manifest_digest);
         println!("  publisher key    {}", s.publisher_key);
+        println!("  scan             {}", s.scan_status);
         println!("  files            {} ({} bytes)", s.file_count, s.size);
         for f in &record.files {
             println!("    {}  {:>10}  {}", f.sha256, f.size, f.path);
