@@ -135,34 +135,26 @@ async fn badges_follow_the_evidence_on_the_example_packages() {
     assert_eq!(first["state"], "green", "{first}");
     // Another scanner's flag fails it, whatever the built-in scanner said; that scanner's own
     // later clean verdict clears it.
-    stdout(&daemon.cli_as(
-        Some(token),
-        &[
-            "scan",
-            "record",
-            "pacman-builder@0.2.1",
-            "--verdict",
-            "flagged",
-            "--scanner",
-            "e2e-scanner/1",
-        ],
-    ));
+    let record_scan = |verdict: &str| {
+        stdout(&daemon.cli_as(
+            Some(token),
+            &[
+                "scan",
+                "record",
+                "pacman-builder@0.2.1",
+                "--verdict",
+                verdict,
+                "--scanner",
+                "e2e-scanner/1",
+            ],
+        ))
+    };
+    record_scan("flagged");
     assert_eq!(
         codes(&badge(daemon, token, "pacman-builder@0.2.1")),
         ["scan_flagged"]
     );
-    stdout(&daemon.cli_as(
-        Some(token),
-        &[
-            "scan",
-            "record",
-            "pacman-builder@0.2.1",
-            "--verdict",
-            "clean",
-            "--scanner",
-            "e2e-scanner/1",
-        ],
-    ));
+    record_scan("clean");
     let green = badge(daemon, token, "pacman-builder@0.2.1");
     assert_eq!(green["state"], "green", "{green}");
     let bundle = s.dir.join("green.bundle.json");

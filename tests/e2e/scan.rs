@@ -33,6 +33,31 @@ fn poison(package: &Path) {
     .expect("write");
 }
 
+/// Publishes an example package with a fresh key; returns what `publish` printed.
+fn publish_example(daemon: &Daemon, dir: &Path, name: &str) -> String {
+    let (key, _) = generate_key(dir, "acme");
+    let package = copy_example(name, dir);
+    stdout(&daemon.cli(&[
+        "publish",
+        package.to_str().expect("utf-8"),
+        "--key",
+        key.to_str().expect("utf-8"),
+    ]))
+}
+
+/// Uploads a hosted data pack over REST (license CC-BY-4.0); returns the status and body.
+fn upload_hosted(rest: &str, token: &str, version_path: &str, file: &Path) -> (u16, Vec<u8>) {
+    curl(&[
+        "-H",
+        &bearer(token),
+        "-F",
+        "metadata={\"license\":\"CC-BY-4.0\"};type=application/json",
+        "-F",
+        &format!("file=@{}", file.display()),
+        &format!("{rest}/wrappers/{version_path}/data-pack/hosted"),
+    ])
+}
+
 fn rules(findings: &serde_json::Value) -> Vec<String> {
     let mut out: Vec<String> = findings
         .as_array()
@@ -164,14 +189,7 @@ fn external_scanners_flag_and_a_crash_or_hang_is_an_error_never_clean() {
             "100ms",
         ],
     );
-    let (key, _) = generate_key(dir.path(), "acme");
-    let package = copy_example("pacman-builder", dir.path());
-    let out = stdout(&daemon.cli(&[
-        "publish",
-        package.to_str().expect("utf-8"),
-        "--key",
-        key.to_str().expect("utf-8"),
-    ]));
+    let out = publish_example(&daemon, dir.path(), "pacman-builder");
     // The publication does not wait for external scanners.
     assert!(
         out.contains("scan             clean by custodian.builtin"),
@@ -231,14 +249,7 @@ fn a_one_gib_data_pack_scan_leaves_small_requests_responsive() {
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(&dir.path().join("data"));
     let token = daemon.create_token("publisher", "publish", "*");
-    let (key, _) = generate_key(dir.path(), "acme");
-    let package = copy_example("pacman-builder", dir.path());
-    stdout(&daemon.cli(&[
-        "publish",
-        package.to_str().expect("utf-8"),
-        "--key",
-        key.to_str().expect("utf-8"),
-    ]));
+    publish_example(&daemon, dir.path(), "pacman-builder");
     // 1 GiB of JSON Lines: text, so every byte goes through the data rules.
     let data = dir.path().join("levels.jsonl");
     {
@@ -252,23 +263,11 @@ fn a_one_gib_data_pack_scan_leaves_small_requests_responsive() {
             written += block.len() as u64;
         }
     }
-    let url = format!(
-        "{}/wrappers/pacman-builder/versions/0.2.1/data-pack",
-        daemon.rest
-    );
     let upload = {
-        let (auth, data, url) = (bearer(&token), data.clone(), url.clone());
+        let (rest, data) = (daemon.rest.clone(), data.clone());
         std::thread::spawn(move || {
             let started = Instant::now();
-            let (code, body) = curl(&[
-                "-H",
-                &auth,
-                "-F",
-                "metadata={\"license\":\"CC-BY-4.0\"};type=application/json",
-                "-F",
-                &format!("file=@{}", data.display()),
-                &format!("{url}/hosted"),
-            ]);
+            let (code, body) = upload_hosted(&rest, &token, "pacman-builder/versions/0.2.1", &data);
             (code, body, started.elapsed())
         })
     };
@@ -331,14 +330,7 @@ fn a_hosted_data_pack_with_malware_is_flagged_and_fails_the_badge() {
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(&dir.path().join("data"));
     let token = daemon.create_token("publisher", "publish", "*");
-    let (key, _) = generate_key(dir.path(), "acme");
-    let package = copy_example("customer-support-classifier", dir.path());
-    stdout(&daemon.cli(&[
-        "publish",
-        package.to_str().expect("utf-8"),
-        "--key",
-        key.to_str().expect("utf-8"),
-    ]));
+    publish_example(&daemon, dir.path(), "customer-support-classifier");
     // Training rows with the EICAR test signature in one of them, gzip-compressed.
     let rows = dir.path().join("train.jsonl.gz");
     let status = Command::new(python())
@@ -350,19 +342,12 @@ fn a_hosted_data_pack_with_malware_is_flagged_and_fails_the_badge() {
         .status()
         .expect("python");
     assert!(status.success());
-    let url = format!(
-        "{}/wrappers/customer-support-classifier/versions/0.1.0/data-pack",
-        daemon.rest
+    let (code, body) = upload_hosted(
+        &daemon.rest,
+        &token,
+        "customer-support-classifier/versions/0.1.0",
+        &rows,
     );
-    let (code, body) = curl(&[
-        "-H",
-        &bearer(&token),
-        "-F",
-        "metadata={\"license\":\"CC-BY-4.0\"};type=application/json",
-        "-F",
-        &format!("file=@{}", rows.display()),
-        &format!("{url}/hosted"),
-    ]);
     assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
     assert_eq!(json(&body)["record"]["scan_status"], "flagged");
     let reasons = badge_reasons(&daemon, "customer-support-classifier@0.1.0");
@@ -393,14 +378,7 @@ fn a_scanner_configured_later_catches_up_from_the_ledger() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let mut first = Daemon::start(&data);
-    let (key, _) = generate_key(dir.path(), "acme");
-    let package = copy_example("pacman-builder", dir.path());
-    stdout(&first.cli(&[
-        "publish",
-        package.to_str().expect("utf-8"),
-        "--key",
-        key.to_str().expect("utf-8"),
-    ]));
+    publish_example(&first, dir.path(), "pacman-builder");
     first.terminate();
     assert!(first.wait_exit(Duration::from_secs(30)));
     let script = dir.path().join("late.sh");

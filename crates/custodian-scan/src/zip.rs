@@ -7,7 +7,7 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::rc::Rc;
 
 use crate::content::{CountingBufRead, Expanded, Scanner, check_entry_name, check_link};
@@ -169,56 +169,27 @@ fn walk(
                         }
                     }
                     (8, false) => {
-                        let mut body = (&mut r).take(csize);
-                        let counter = Rc::new(Cell::new(0u64));
-                        let mut source = CountingBufRead {
-                            inner: BufReader::new(&mut body),
-                            count: counter.clone(),
+                        let mut body = BufReader::new((&mut r).take(csize));
+                        let stream = Expanded {
+                            path: &inner,
+                            data,
+                            depth,
+                            outer: path,
                         };
-                        let mut decoder = flate2::bufread::DeflateDecoder::new(&mut source);
-                        scanner.scan_expanded(
-                            Expanded {
-                                path: &inner,
-                                data,
-                                depth,
-                                outer: path,
-                            },
-                            counter,
-                            &mut decoder,
-                            found,
-                        )?;
-                        drop(decoder);
-                        drop(source);
-                        let left = body.limit();
-                        skip(&mut body, left)?;
+                        inflate(scanner, &mut body, stream, found)?;
+                        // Whatever the stream left of the entry's compressed bytes.
+                        io::copy(&mut body, &mut io::sink())?;
                     }
                     (8, true) => {
                         // The size is known only after the data: the deflate stream ends itself,
                         // and the bufread decoder takes exactly its bytes.
-                        let counter = Rc::new(Cell::new(0u64));
-                        let finished = {
-                            let mut source = CountingBufRead {
-                                inner: &mut r,
-                                count: counter.clone(),
-                            };
-                            let mut decoder = flate2::bufread::DeflateDecoder::new(&mut source);
-                            let finished = scanner.scan_expanded(
-                                Expanded {
-                                    path: &inner,
-                                    data,
-                                    depth,
-                                    outer: path,
-                                },
-                                counter,
-                                &mut decoder,
-                                found,
-                            )?;
-                            // Drain what the scan did not read so the descriptor comes next.
-                            if finished {
-                                io::copy(&mut decoder, &mut io::sink())?;
-                            }
-                            finished
+                        let stream = Expanded {
+                            path: &inner,
+                            data,
+                            depth,
+                            outer: path,
                         };
+                        let finished = inflate(scanner, &mut r, stream, found)?;
                         if !finished {
                             // A stopped bomb's end is unknown without expanding it.
                             return Ok(());
@@ -317,6 +288,28 @@ fn walk(
         });
     }
     Ok(())
+}
+
+/// Inflates one deflate stream from `source` and scans it under a bomb guard; when the scan
+/// finished, drains the rest so `source` ends right after the compressed bytes. Returns false if
+/// the guard stopped it.
+fn inflate(
+    scanner: &mut Scanner<'_>,
+    source: &mut dyn BufRead,
+    stream: Expanded<'_>,
+    found: &mut FileFindings,
+) -> io::Result<bool> {
+    let counter = Rc::new(Cell::new(0u64));
+    let mut counted = CountingBufRead {
+        inner: source,
+        count: counter.clone(),
+    };
+    let mut decoder = flate2::bufread::DeflateDecoder::new(&mut counted);
+    let finished = scanner.scan_expanded(stream, counter, &mut decoder, found)?;
+    if finished {
+        io::copy(&mut decoder, &mut io::sink())?;
+    }
+    Ok(finished)
 }
 
 fn stop_unbounded(path: &str, at: u64, name: &str, found: &mut FileFindings) -> io::Result<()> {

@@ -286,14 +286,7 @@ impl Registry {
         let verdict = report.verdict();
         let mut findings = report.findings;
         if let Some(error) = report.error {
-            findings.push(Finding {
-                file: String::new(),
-                offset: 0,
-                rule: "scanner.error".into(),
-                severity: Severity::Info,
-                message: error,
-                count: 1,
-            });
+            findings.push(scanner_error(error));
         }
         let scanned = self
             .record(
@@ -510,6 +503,18 @@ impl Registry {
     }
 }
 
+/// The finding that says why a scan ended in error (its verdict says that it did).
+fn scanner_error(message: String) -> Finding {
+    Finding {
+        file: String::new(),
+        offset: 0,
+        rule: "scanner.error".into(),
+        severity: Severity::Info,
+        message,
+        count: 1,
+    }
+}
+
 /// Reads an external scanner's answer: `{"verdict"?, "findings": [...]}` or a bare findings
 /// array. The verdict is never weaker than the findings: a `high` finding flags.
 fn parse_external(out: &[u8]) -> Result<(Verdict, Vec<Finding>), String> {
@@ -629,19 +634,8 @@ async fn worker(
                 }
             }
         }
-        let (verdict, findings) = outcome.unwrap_or_else(|| {
-            (
-                Verdict::Error,
-                vec![Finding {
-                    file: String::new(),
-                    offset: 0,
-                    rule: "scanner.error".into(),
-                    severity: Severity::Info,
-                    message: failures.join("; "),
-                    count: 1,
-                }],
-            )
-        });
+        let (verdict, findings) =
+            outcome.unwrap_or_else(|| (Verdict::Error, vec![scanner_error(failures.join("; "))]));
         if let Err(err) = registry
             .record(
                 &record,
