@@ -499,6 +499,74 @@ fn the_scanner_touches_no_file_system() {
     }
 }
 
+#[test]
+fn entries_that_cannot_be_inspected_are_reported_not_ignored() {
+    // A FIFO in a tar.
+    let t = tar(&[("pipe", tar::EntryType::Fifo, "", b"")]);
+    assert_eq!(rules(&scan("p.tar", &t)), ["archive.special_file"]);
+    // An encrypted zip entry (flag bit 0) and one compressed with bzip2 (method 12).
+    let mut z = zip(
+        &[entry("secret.txt", b"xxxx"), entry("b.txt", b"yyyy")],
+        &[],
+    );
+    z[6] |= 1;
+    let second = z
+        .windows(4)
+        .enumerate()
+        .skip(4)
+        .find(|(_, w)| *w == [0x50, 0x4b, 3, 4])
+        .map(|(i, _)| i)
+        .expect("second local header");
+    z[second + 8] = 12;
+    let report = scan("x.zip", &z);
+    assert_eq!(
+        rules(&report),
+        ["archive.encrypted", "archive.unsupported"],
+        "{report:?}"
+    );
+    assert_eq!(report.verdict(), Verdict::Clean);
+    // A truncated zip is malformed, and what was read is still scanned.
+    let z = zip(&[entry("a.txt", EICAR.as_bytes())], &[]);
+    let report = scan("cut.zip", &z[..z.len() - 30]);
+    assert!(rules(&report).contains(&"archive.malformed"), "{report:?}");
+    assert!(rules(&report).contains(&"malware.eicar"), "{report:?}");
+}
+
+#[test]
+fn too_many_entries_stop_the_walk() {
+    let limits = Limits {
+        max_entries: 10,
+        ..Limits::default()
+    };
+    let names: Vec<String> = (0..20).map(|i| format!("f{i}.txt")).collect();
+    let entries: Vec<Entry<'_>> = names.iter().map(|n| entry(n, b"x")).collect();
+    let report = scan_with("many.zip", &zip(&entries, &[]), &limits);
+    assert_eq!(flagged(&report), ["archive.too_many_entries"], "{report:?}");
+    let ok = scan_with("few.zip", &zip(&entries[..10], &[]), &limits);
+    assert!(flagged(&ok).is_empty(), "{ok:?}");
+}
+
+#[test]
+fn html_script_in_data_is_reported_below_the_flag_line() {
+    let report = scan(
+        "pages.jsonl",
+        b"{\"html\": \"<SCRIPT>alert(1)</script>\"}\n",
+    );
+    assert_eq!(rules(&report), ["script.html"]);
+    assert_eq!(report.verdict(), Verdict::Clean);
+    // In a file that is not data (a web page in a package), it is expected.
+    let limits = Limits::default();
+    let mut scanner = custodian_scan::content::Scanner::new(&limits);
+    scanner
+        .scan(
+            "site/index.html",
+            false,
+            &mut &b"<script>run()</script>"[..],
+        )
+        .expect("scan");
+    assert!(scanner.finish().findings.is_empty());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
