@@ -405,3 +405,70 @@ fn a_scanner_configured_later_catches_up_from_the_ledger() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[tokio::test]
+async fn a_scanner_service_pulls_its_queue_and_reports_with_the_scan_scope() {
+    use custodian_proto::evidence::v1 as pb;
+    use custodian_proto::evidence::v1::evidence_client::EvidenceClient;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("data"));
+    publish_example(&daemon, dir.path(), "pacman-builder");
+    let scanner = daemon.create_token("vendor", "scan", "*");
+    let reader = daemon.create_token("reader", "read", "*");
+    let list = |token: Option<String>| {
+        let daemon = &daemon;
+        async move {
+            EvidenceClient::new(daemon.authed(token.as_deref()).await)
+                .list_pending_scans(pb::ListPendingScansRequest {
+                    scanner: "vendor/2".into(),
+                    limit: 0,
+                })
+                .await
+        }
+    };
+    // Only the scan scope may see the queue.
+    let anonymous = list(None).await.expect_err("anonymous");
+    assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
+    let denied = list(Some(reader)).await.expect_err("read scope");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+
+    let pending = list(Some(scanner.clone()))
+        .await
+        .expect("listed")
+        .into_inner()
+        .pending;
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let job = &pending[0];
+    assert_eq!(
+        (job.name.as_str(), job.version.as_str(), job.target.as_str()),
+        ("pacman-builder", "0.2.1", "")
+    );
+
+    // The service reports under its identity; the job leaves its queue, the verdict counts.
+    EvidenceClient::new(daemon.authed(Some(&scanner)).await)
+        .record_scan(pb::RecordScanRequest {
+            name: job.name.clone(),
+            version: job.version.clone(),
+            scanner: "vendor/2".into(),
+            verdict: "flagged".into(),
+            root: job.root.clone(),
+            findings_json: r#"[{"file":"manifest.yaml","offset":0,"rule":"vendor.x","severity":"high","message":"m"}]"#.into(),
+            target: String::new(),
+        })
+        .await
+        .expect("recorded");
+    let pending = list(Some(scanner))
+        .await
+        .expect("listed")
+        .into_inner()
+        .pending;
+    assert!(pending.is_empty(), "{pending:?}");
+    let reasons = badge_reasons(&daemon, "pacman-builder@0.2.1");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("scan_flagged") && r.contains("vendor/2")),
+        "{reasons:?}"
+    );
+}

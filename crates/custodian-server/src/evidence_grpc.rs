@@ -148,6 +148,33 @@ impl EvidenceRpc for EvidenceService {
         }))
     }
 
+    async fn list_pending_scans(
+        &self,
+        request: Request<pb::ListPendingScansRequest>,
+    ) -> Result<Response<pb::ListPendingScansResponse>, Status> {
+        let who = principal(&self.auth, &request)?;
+        let r = request.into_inner();
+        let limit = match r.limit {
+            0 => 1000,
+            n => n.min(1000) as usize,
+        };
+        let pending = self
+            .registry
+            .pending_scans(&who, &r.scanner, limit)
+            .map_err(registry_status)?;
+        Ok(Response::new(pb::ListPendingScansResponse {
+            pending: pending
+                .into_iter()
+                .map(|(name, version, target, root)| pb::PendingScan {
+                    name,
+                    version,
+                    target: target.unwrap_or_default(),
+                    root,
+                })
+                .collect(),
+        }))
+    }
+
     async fn get_badge(
         &self,
         request: Request<pb::GetBadgeRequest>,

@@ -980,10 +980,24 @@ impl Registry {
     /// Every version and hosted data pack without a verdict from `scanner`:
     /// `(name, version, target)`.
     pub(crate) fn unscanned_by(&self, scanner: &str) -> Vec<(String, String, Option<String>)> {
+        self.unscanned_for(scanner, &Principal::Anonymous, true)
+    }
+
+    /// Like `unscanned_by`, limited to what `who` may read unless `everything`.
+    pub(crate) fn unscanned_for(
+        &self,
+        scanner: &str,
+        who: &Principal,
+        everything: bool,
+    ) -> Vec<(String, String, Option<String>)> {
         let state = self.read();
         let mut out = Vec::new();
         for (name, package) in &state.packages {
-            for record in package.versions.values() {
+            for record in package
+                .versions
+                .values()
+                .filter(|r| everything || who.can_read(name, r.event.private))
+            {
                 let version = record.event.version.clone();
                 let scanned = |root: &str| {
                     state

@@ -337,6 +337,45 @@ impl Registry {
         Ok((out, queued))
     }
 
+    /// A scanner service's queue: what `who` may read that `scanner` has not judged yet, as
+    /// `(name, version, target, root)`.
+    pub fn pending_scans(
+        &self,
+        who: &Principal,
+        scanner: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, String, Option<String>, String)>, RegistryError> {
+        if !who.has_scope(Scope::Scan) {
+            return Err(match who {
+                Principal::Anonymous => RegistryError::Unauthenticated(
+                    "listing pending scans needs a token with the scan scope".into(),
+                ),
+                Principal::Token(_) => {
+                    RegistryError::PermissionDenied(format!("{} lacks the scan scope", who.label()))
+                }
+            });
+        }
+        if scanner.trim().is_empty() {
+            return Err(crate::registry::invalid("scanner", "is required"));
+        }
+        let mut out = Vec::new();
+        for (name, version, target) in self.unscanned_for(scanner, who, false) {
+            if out.len() >= limit {
+                break;
+            }
+            if !who.allows(Scope::Scan, &name) {
+                continue;
+            }
+            let Ok(record) = self.get(who, &name, &version) else {
+                continue;
+            };
+            if let Ok((root, _)) = Self::content(&record, target.as_deref()) {
+                out.push((name, version, target, root));
+            }
+        }
+        Ok(out)
+    }
+
     /// The scan status of a content root: the worst of each scanner's latest verdict, or
     /// `pending` when nothing has been recorded.
     pub fn scan_status(&self, name: &str, version: &str, root: &str) -> String {
