@@ -86,6 +86,10 @@ pub struct Scanned {
     pub receipt: Receipt,
 }
 
+/// A job in a scanner service's queue: name, version, target (`None` for the package's files)
+/// and the root to scan.
+pub type PendingScan = (String, String, Option<String>, String);
+
 /// What one scanner concluded, before it is recorded.
 struct Outcome {
     scanner: String,
@@ -344,7 +348,7 @@ impl Registry {
         who: &Principal,
         scanner: &str,
         limit: usize,
-    ) -> Result<Vec<(String, String, Option<String>, String)>, RegistryError> {
+    ) -> Result<Vec<PendingScan>, RegistryError> {
         if !who.has_scope(Scope::Scan) {
             return Err(match who {
                 Principal::Anonymous => RegistryError::Unauthenticated(
