@@ -30,6 +30,9 @@ at least once). Also prints the daemon's peak resident memory (VmHWM)."
     /// The built-in scanner on a 1 GiB mixed data pack, as a ratio to `openssl dgst -sha256`
     /// of the same file, and the prompt scanner's precision and recall on a labelled corpus
     Scan(crate::bench_scan::ScanBenchArgs),
+    /// Many small blobs (10,000 × 4 KiB) through BatchPut and FindMissing over as many digests,
+    /// per backend
+    Small(crate::bench_small::SmallArgs),
 }
 
 /// Options of `custodian bench custody`.
@@ -92,6 +95,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Ledger(args) => crate::bench_ledger::run(args),
         BenchCommand::Evidence(args) => crate::bench_evidence::run(args),
         BenchCommand::Scan(args) => crate::bench_scan::run(args),
+        BenchCommand::Small(args) => crate::bench_small::run(args),
     }
 }
 
@@ -339,6 +343,9 @@ pub struct BenchDaemon {
     child: Child,
     /// Its gRPC address.
     pub address: String,
+    /// Its REST address (for the REST scenarios of the benchmarks issue).
+    #[allow(dead_code)]
+    pub rest: String,
     /// An admin token for it.
     pub token: String,
 }
@@ -367,6 +374,8 @@ impl BenchDaemon {
                 "warn",
                 "--storage",
                 storage,
+                "--rest-listen",
+                "127.0.0.1:0",
             ])
             .arg("--data-dir")
             .arg(data_dir)
@@ -375,14 +384,24 @@ impl BenchDaemon {
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting the daemon")?;
+        let mut out = BufReader::new(child.stdout.take().context("daemon stdout")?);
         let mut line = String::new();
-        BufReader::new(child.stdout.take().context("daemon stdout")?).read_line(&mut line)?;
+        out.read_line(&mut line)?;
         let address = line
             .trim()
             .strip_prefix("custodian listening on ")
-            .with_context(|| format!("unexpected daemon output {line:?}"))?;
+            .with_context(|| format!("unexpected daemon output {line:?}"))?
+            .to_string();
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        let rest = line
+            .trim()
+            .strip_prefix("custodian rest listening on ")
+            .with_context(|| format!("unexpected daemon output {line:?}"))?
+            .to_string();
         Ok(BenchDaemon {
             address: format!("http://{address}"),
+            rest: format!("http://{rest}"),
             token,
             child,
         })

@@ -4,6 +4,7 @@ mod bench;
 mod bench_evidence;
 mod bench_ledger;
 mod bench_scan;
+mod bench_small;
 mod blob;
 mod datapack;
 mod evidence;

@@ -216,8 +216,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("reading the bound REST address")?;
     let tls = if config.tls.is_some() { " (TLS)" } else { "" };
     tracing::info!(%address, %rest_address, storage = %args.storage, backend = store.backend_name(), data_dir = %args.data_dir.display(), "custodian listening");
-    println!("custodian listening on {address}{tls}");
-    println!("custodian rest listening on {rest_address}{tls}");
+    // Whoever started the daemon may read these lines and close the pipe; a daemon whose
+    // stdout is gone keeps serving (println! would panic on the broken pipe).
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "custodian listening on {address}{tls}");
+        let _ = writeln!(out, "custodian rest listening on {rest_address}{tls}");
+        let _ = out.flush();
+    }
     custodian_server::serve(
         config,
         store,

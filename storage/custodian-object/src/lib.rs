@@ -412,7 +412,7 @@ impl BlockSink for ObjectSink {
         let id = self.id;
         self.shared
             .blocking(move |index| {
-                let _guard = index.lock_commits();
+                let _guard = index.lock_commits(&meta.sha256());
                 let mut batch = WriteBatch::default();
                 index.add_pending_removal(&mut batch, id)?;
                 if let Some(existing) = index.lookup(&meta.sha256())? {
@@ -520,7 +520,7 @@ impl BlobBackend for ObjectBackend {
         let existed = self
             .shared
             .blocking(move |index| {
-                let _guard = index.lock_commits();
+                let _guard = index.lock_commits(&digest);
                 let Some(entry) = index.lookup(&digest)? else {
                     return Ok(false);
                 };

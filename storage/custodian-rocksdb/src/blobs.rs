@@ -226,7 +226,7 @@ impl BlockSink for RocksSink {
                     .flush_cf_opt(chunks_cf(&index)?, &opts)
                     .map_err(|e| index.poison(e))?;
             }
-            let _guard = index.lock_commits();
+            let _guard = index.lock_commits(&meta.sha256());
             if let Some(existing) = index.lookup(&meta.sha256())? {
                 if spilled {
                     Self::discard(&index, extent)?;
@@ -356,7 +356,7 @@ impl BlobBackend for RocksBackend {
         let index = self.index.clone();
         let sha256 = *sha256;
         blocking(move || {
-            let _guard = index.lock_commits();
+            let _guard = index.lock_commits(&sha256);
             let Some(entry) = index.lookup(&sha256)? else {
                 return Ok(false);
             };

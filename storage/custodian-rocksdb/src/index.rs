@@ -55,11 +55,16 @@ pub struct RocksIndex {
     db: Arc<DB>,
     backend: &'static str,
     next_upload: AtomicU64,
-    /// Serialises commits and deletes, so that check-then-write on one digest is atomic.
-    commit_lock: Mutex<()>,
+    /// Serialise commits and deletes of one digest, so that check-then-write on it is atomic.
+    /// Striped by digest rather than one lock for all: commits of different blobs then reach
+    /// RocksDB together, and its write group shares one WAL sync among them.
+    commit_locks: Vec<Mutex<()>>,
     poisoned: AtomicBool,
     poison_cause: Mutex<String>,
 }
+
+/// How many commit locks the digests are spread over.
+const COMMIT_LOCK_STRIPES: usize = 64;
 
 impl RocksIndex {
     /// Opens (creating if needed) the index at `path`, with extra column families for the
@@ -82,7 +87,7 @@ impl RocksIndex {
             db: Arc::new(db),
             backend,
             next_upload: AtomicU64::new(0),
-            commit_lock: Mutex::new(()),
+            commit_locks: (0..COMMIT_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(String::new()),
         };
@@ -151,9 +156,13 @@ impl RocksIndex {
         }
     }
 
-    /// Takes the commit lock. Hold it across a check of the index and the write that follows.
-    pub fn lock_commits(&self) -> MutexGuard<'_, ()> {
-        self.commit_lock.lock().unwrap_or_else(|e| e.into_inner())
+    /// Takes the commit lock of a blob (by its SHA-256). Hold it across a check of the index and
+    /// the write that follows.
+    pub fn lock_commits(&self, sha256: &Digest) -> MutexGuard<'_, ()> {
+        let stripe = sha256.bytes()[0] as usize % COMMIT_LOCK_STRIPES;
+        self.commit_locks[stripe]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn sha256_for(&self, digest: &Digest) -> Result<Option<[u8; 32]>> {

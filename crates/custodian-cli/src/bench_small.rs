@@ -1,0 +1,257 @@
+//! `custodian bench small`: many small blobs through `BatchPut`, and `FindMissing` over as many
+//! digests, through a real daemon on loopback, per backend.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use custodian_core::{Algorithm, Digest};
+use custodian_proto::cas::v1 as pb;
+use custodian_proto::cas::v1::content_store_client::ContentStoreClient;
+use serde::Serialize;
+
+use crate::bench::BenchDaemon;
+
+/// Options of `custodian bench small`.
+#[derive(Args)]
+pub struct SmallArgs {
+    /// How many blobs
+    #[arg(long, default_value_t = 10_000)]
+    blobs: usize,
+    /// Bytes per blob
+    #[arg(long, default_value_t = 4096)]
+    size: usize,
+    /// Concurrent BatchPut calls
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Backends to measure: rocksdb, file
+    #[arg(long = "backend", default_values_t = ["rocksdb".to_string(), "file".to_string()])]
+    backends: Vec<String>,
+    /// Where to put the daemons' data (default: the system temp dir)
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+/// One backend's figures.
+#[derive(Serialize)]
+struct Row {
+    backend: String,
+    blobs: usize,
+    blob_bytes: usize,
+    batch_put_blobs_per_s: f64,
+    batch_put_mib_per_s: f64,
+    batch_ms_p50: f64,
+    batch_ms_p99: f64,
+    find_missing_digests: usize,
+    find_missing_ms_p50: f64,
+    find_missing_ms_p99: f64,
+    daemon_peak_rss_mib: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+type Client = ContentStoreClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
+    >,
+>;
+
+async fn client(daemon: &BenchDaemon) -> anyhow::Result<Client> {
+    let channel = tonic::transport::Channel::from_shared(daemon.address.clone())?
+        .connect()
+        .await
+        .context("connecting to the daemon")?;
+    let header: tonic::metadata::MetadataValue<_> = format!("Bearer {}", daemon.token).parse()?;
+    let auth: Box<
+        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
+    > = Box::new(move |mut request: tonic::Request<()>| {
+        request
+            .metadata_mut()
+            .insert("authorization", header.clone());
+        Ok(request)
+    });
+    Ok(ContentStoreClient::with_interceptor(channel, auth)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
+
+async fn measure(args: &SmallArgs, daemon: &BenchDaemon, backend: &str) -> anyhow::Result<Row> {
+    // Distinct incompressible blobs, and their digests computed here as a client would.
+    let mut state = 0x2545_F491_4F6C_DD1Du64 ^ backend.len() as u64;
+    let blobs: Vec<Vec<u8>> = (0..args.blobs)
+        .map(|_| {
+            (0..args.size)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect()
+        })
+        .collect();
+    let digests: Vec<String> = blobs
+        .iter()
+        .map(|b| Digest::of(Algorithm::Sha256, b).to_string())
+        .collect();
+    let mut first = client(daemon).await?;
+    let caps = first
+        .get_capabilities(pb::GetCapabilitiesRequest {})
+        .await?
+        .into_inner();
+    let per_batch = ((caps.max_batch_total_size_bytes as usize) / args.size.max(1)).max(1);
+    let batches: Vec<Vec<pb::BatchPutItem>> = blobs
+        .chunks(per_batch)
+        .zip(digests.chunks(per_batch))
+        .map(|(b, d)| {
+            b.iter()
+                .zip(d)
+                .map(|(data, digest)| pb::BatchPutItem {
+                    expected_digest: digest.clone(),
+                    data: data.clone().into(),
+                })
+                .collect()
+        })
+        .collect();
+
+    // BatchPut, `clients` calls in flight, each on its own connection.
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(batches));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients.max(1) {
+        let queue = queue.clone();
+        let mut c = client(daemon).await?;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let Some(items) = queue.lock().map_err(|e| anyhow::anyhow!("{e}"))?.pop() else {
+                    break;
+                };
+                let n = items.len();
+                let t = Instant::now();
+                let reply = c
+                    .batch_put(pb::BatchPutRequest { items })
+                    .await?
+                    .into_inner();
+                latencies.push(t.elapsed());
+                let failed = reply.results.iter().filter(|r| r.error.is_some()).count();
+                anyhow::ensure!(failed == 0, "{failed} of {n} blobs failed in a BatchPut");
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let put_time = started.elapsed();
+    latencies.sort();
+
+    // FindMissing over every digest (all present), then with half of them unknown.
+    let mut find = Vec::new();
+    let half_unknown: Vec<String> = digests
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            if i % 2 == 0 {
+                d.clone()
+            } else {
+                Digest::of(Algorithm::Sha256, d.as_bytes()).to_string()
+            }
+        })
+        .collect();
+    for round in 0..40 {
+        let request = pb::FindMissingRequest {
+            digests: if round % 2 == 0 {
+                digests.clone()
+            } else {
+                half_unknown.clone()
+            },
+        };
+        let t = Instant::now();
+        let reply = first.find_missing(request).await?.into_inner();
+        find.push(t.elapsed());
+        let expected = if round % 2 == 0 { 0 } else { args.blobs / 2 };
+        anyhow::ensure!(
+            reply.missing_digests.len() == expected,
+            "FindMissing answered {} missing, expected {expected}",
+            reply.missing_digests.len()
+        );
+    }
+    find.sort();
+    Ok(Row {
+        backend: backend.into(),
+        blobs: args.blobs,
+        blob_bytes: args.size,
+        batch_put_blobs_per_s: args.blobs as f64 / put_time.as_secs_f64(),
+        batch_put_mib_per_s: (args.blobs * args.size) as f64
+            / (1 << 20) as f64
+            / put_time.as_secs_f64(),
+        batch_ms_p50: percentile(&latencies, 0.5),
+        batch_ms_p99: percentile(&latencies, 0.99),
+        find_missing_digests: args.blobs,
+        find_missing_ms_p50: percentile(&find, 0.5),
+        find_missing_ms_p99: percentile(&find, 0.99),
+        daemon_peak_rss_mib: daemon.peak_rss()? as f64 / (1 << 20) as f64,
+    })
+}
+
+/// Runs the small-blob benchmark.
+pub fn run(args: SmallArgs) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("locating the custodian binary")?;
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let work = base.join(format!("custodian-bench-small-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let _cleanup = crate::bench::RemoveOnDrop(work.clone());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut rows = Vec::new();
+    for backend in &args.backends {
+        let data_dir = work.join(format!("data-{backend}"));
+        let storage = match backend.as_str() {
+            "rocksdb" => "rocksdb".to_string(),
+            "file" => format!("file://{}", work.join("objects").display()),
+            other => anyhow::bail!("unknown backend {other:?}; use rocksdb or file"),
+        };
+        let daemon = BenchDaemon::start(&exe, &data_dir, &storage, &[])?;
+        rows.push(runtime.block_on(measure(&args, &daemon, backend))?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} blobs of {} bytes through BatchPut ({} calls in flight), FindMissing over {} digests (40 calls):",
+        args.blobs, args.size, args.clients, args.blobs
+    );
+    println!(
+        "| backend | BatchPut blobs/s | MiB/s | batch p50 ms | batch p99 ms | FindMissing p50 ms | p99 ms | daemon peak RSS |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} MiB |",
+            r.backend,
+            r.batch_put_blobs_per_s,
+            r.batch_put_mib_per_s,
+            r.batch_ms_p50,
+            r.batch_ms_p99,
+            r.find_missing_ms_p50,
+            r.find_missing_ms_p99,
+            r.daemon_peak_rss_mib
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
