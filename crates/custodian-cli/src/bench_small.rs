@@ -60,11 +60,12 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
+/// Adds the bearer token to each request.
+type AuthFn =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+
 type Client = ContentStoreClient<
-    tonic::service::interceptor::InterceptedService<
-        tonic::transport::Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
-    >,
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AuthFn>,
 >;
 
 async fn client(daemon: &BenchDaemon) -> anyhow::Result<Client> {
@@ -73,9 +74,7 @@ async fn client(daemon: &BenchDaemon) -> anyhow::Result<Client> {
         .await
         .context("connecting to the daemon")?;
     let header: tonic::metadata::MetadataValue<_> = format!("Bearer {}", daemon.token).parse()?;
-    let auth: Box<
-        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
-    > = Box::new(move |mut request: tonic::Request<()>| {
+    let auth: AuthFn = Box::new(move |mut request: tonic::Request<()>| {
         request
             .metadata_mut()
             .insert("authorization", header.clone());
