@@ -33,6 +33,11 @@ at least once). Also prints the daemon's peak resident memory (VmHWM)."
     /// Many small blobs (10,000 × 4 KiB) through BatchPut and FindMissing over as many digests,
     /// per backend
     Small(crate::bench_small::SmallArgs),
+    /// A 1 GiB hosted data-pack upload over REST, ranged reads and a verified download
+    Rest(crate::bench_rest::RestArgs),
+    /// This machine's limits: SHA-256 and BLAKE3 on one core, sequential write+fsync, fsync
+    /// latency, raw RocksDB write rates
+    Limits(crate::bench_limits::LimitsArgs),
 }
 
 /// Options of `custodian bench custody`.
@@ -96,6 +101,8 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Evidence(args) => crate::bench_evidence::run(args),
         BenchCommand::Scan(args) => crate::bench_scan::run(args),
         BenchCommand::Small(args) => crate::bench_small::run(args),
+        BenchCommand::Rest(args) => crate::bench_rest::run(args),
+        BenchCommand::Limits(args) => crate::bench_limits::run(args),
     }
 }
 
@@ -258,7 +265,7 @@ fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
 
 /// Writes incompressible bytes and syncs them, so every measurement that follows starts from the
 /// same page-cache state.
-fn write_test_file(path: &Path, size: u64) -> anyhow::Result<()> {
+pub fn write_test_file(path: &Path, size: u64) -> anyhow::Result<()> {
     let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut block = vec![0u8; 1 << 20];
@@ -343,8 +350,7 @@ pub struct BenchDaemon {
     child: Child,
     /// Its gRPC address.
     pub address: String,
-    /// Its REST address (for the REST scenarios of the benchmarks issue).
-    #[allow(dead_code)]
+    /// Its REST address.
     pub rest: String,
     /// An admin token for it.
     pub token: String,

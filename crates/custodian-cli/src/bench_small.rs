@@ -23,7 +23,7 @@ pub struct SmallArgs {
     #[arg(long, default_value_t = 4096)]
     size: usize,
     /// Concurrent BatchPut calls
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     clients: usize,
     /// Backends to measure: rocksdb, file
     #[arg(long = "backend", default_values_t = ["rocksdb".to_string(), "file".to_string()])]

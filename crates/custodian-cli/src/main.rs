@@ -3,6 +3,8 @@
 mod bench;
 mod bench_evidence;
 mod bench_ledger;
+mod bench_limits;
+mod bench_rest;
 mod bench_scan;
 mod bench_small;
 mod blob;

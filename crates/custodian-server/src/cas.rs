@@ -20,8 +20,6 @@ use crate::registry_grpc::principal;
 
 /// The largest data payload of one streamed Get message.
 const GET_MESSAGE_BYTES: usize = 1 << 20;
-/// How many BatchPut items are committed concurrently, so that RocksDB can group their syncs.
-const BATCH_PUT_CONCURRENCY: usize = 64;
 
 /// Limits the content store enforces and advertises.
 #[derive(Clone, Copy, Debug)]
@@ -310,36 +308,48 @@ impl ContentStore for CasService {
                 self.limits.max_batch_total_size_bytes
             )));
         }
-        let store = &self.store;
-        let results = futures::stream::iter(items.into_iter().enumerate())
-            .map(|(i, item)| async move {
-                let expect = Expectation {
-                    digest: parse_optional_digest(
-                        &format!("items[{i}].expected_digest"),
-                        &item.expected_digest,
-                    )?,
-                    size: None,
+        // Expectations are parsed first (a bad one fails only its item); the rest are put
+        // together, so the backend can commit them in one durable write.
+        let mut parsed: Vec<Result<(Expectation, bytes::Bytes), Status>> = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            parsed.push(
+                parse_optional_digest(
+                    &format!("items[{i}].expected_digest"),
+                    &item.expected_digest,
+                )
+                .map(|digest| (Expectation { digest, size: None }, item.data)),
+            );
+        }
+        let valid: Vec<(Expectation, bytes::Bytes)> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok().cloned())
+            .collect();
+        let mut stored = self.store.put_many(valid).await.into_iter();
+        let results = parsed
+            .into_iter()
+            .map(|p| {
+                let outcome = match p {
+                    Ok(_) => stored
+                        .next()
+                        .unwrap_or_else(|| Err(StorageError::Aborted("not attempted".into())))
+                        .map_err(storage_status),
+                    Err(status) => Err(status),
                 };
-                store
-                    .put_bytes(expect, item.data)
-                    .await
-                    .map_err(storage_status)
+                match outcome {
+                    Ok(outcome) => pb::BatchPutResult {
+                        blob: Some(blob_info(&outcome.meta)),
+                        already_present: outcome.already_present
+                            && self.readable(who, &outcome.meta),
+                        error: None,
+                    },
+                    Err(status) => pb::BatchPutResult {
+                        blob: None,
+                        already_present: false,
+                        error: Some(item_error(&status)),
+                    },
+                }
             })
-            .buffered(BATCH_PUT_CONCURRENCY)
-            .map(|result| match result {
-                Ok(outcome) => pb::BatchPutResult {
-                    blob: Some(blob_info(&outcome.meta)),
-                    already_present: outcome.already_present && self.readable(who, &outcome.meta),
-                    error: None,
-                },
-                Err(status) => pb::BatchPutResult {
-                    blob: None,
-                    already_present: false,
-                    error: Some(item_error(&status)),
-                },
-            })
-            .collect()
-            .await;
+            .collect();
         Ok(Response::new(pb::BatchPutResponse { results }))
     }
 

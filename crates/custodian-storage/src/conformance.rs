@@ -61,6 +61,7 @@ pub async fn run(harness: &dyn Harness, options: Options) {
     unknown_digests(&store).await;
     find_missing_reports_absent_in_order(&store).await;
     delete_then_put_again(&store).await;
+    put_many_verifies_each_and_keeps_order(&store).await;
     assert_no_pending(&store, "after the single-session cases").await;
     if harness.survives_restart() {
         restart_keeps_commits_and_cleans_leftovers(harness, store).await;
@@ -112,6 +113,94 @@ async fn assert_absent(store: &BlobStore, digest: &Digest, case: &str) {
 async fn assert_no_pending(store: &BlobStore, case: &str) {
     let pending = store.pending_uploads().await.expect("pending_uploads");
     assert_eq!(pending, 0, "{case}: {pending} uploads left pending");
+}
+
+/// `put_many`: new blobs, a blob already in custody, a duplicate within the batch, an empty one,
+/// a wrong expected digest and one larger than a block, answered in order; the wrong one stores
+/// nothing, every other one reads back.
+async fn put_many_verifies_each_and_keeps_order(store: &BlobStore) {
+    let block = store.block_size();
+    let existing = pattern(9001, 100);
+    put(store, &existing).await;
+    let a = pattern(9002, 4096.min(block));
+    let b = pattern(9003, 1);
+    let wrong = pattern(9004, 50);
+    let large = pattern(9005, block + 7);
+    let empty = Bytes::new();
+    // Earlier cases may have stored the empty blob already.
+    let empty_digest = Digest::of(Algorithm::Sha256, &empty);
+    let empty_before = store.stat(&empty_digest).await.expect("stat").is_some();
+    let claimed = Digest::of(Algorithm::Sha256, b"something else");
+    let items = vec![
+        (Expectation::default(), a.clone()),
+        (Expectation::default(), existing.clone()),
+        (
+            Expectation {
+                digest: Some(claimed),
+                size: None,
+            },
+            wrong.clone(),
+        ),
+        (Expectation::default(), a.clone()),
+        (Expectation::default(), large.clone()),
+        (Expectation::default(), empty.clone()),
+        (
+            Expectation {
+                digest: Some(Digest::of(Algorithm::Sha256, &b)),
+                size: Some(1),
+            },
+            b.clone(),
+        ),
+    ];
+    let results = store.put_many(items).await;
+    assert_eq!(results.len(), 7);
+    let present: Vec<Option<bool>> = results
+        .iter()
+        .map(|r| r.as_ref().ok().map(|o| o.already_present))
+        .collect();
+    // The same new blob twice in one call: exactly one of the two stored it (which one is the
+    // backend's business when it commits them concurrently).
+    assert!(
+        matches!(
+            (present[0], present[3]),
+            (Some(false), Some(true)) | (Some(true), Some(false))
+        ),
+        "put_many duplicate: {results:?}"
+    );
+    assert_eq!(
+        [present[1], present[2], present[4], present[5], present[6]],
+        [
+            Some(true),
+            None,
+            Some(false),
+            Some(empty_before),
+            Some(false)
+        ],
+        "put_many results: {results:?}"
+    );
+    assert!(
+        matches!(results[2], Err(StorageError::DigestMismatch { .. })),
+        "{:?}",
+        results[2]
+    );
+    assert_absent(
+        store,
+        &Digest::of(Algorithm::Sha256, &wrong),
+        "put_many wrong digest",
+    )
+    .await;
+    for data in [&a, &existing, &large, &empty, &b] {
+        let digest = Digest::of(Algorithm::Sha256, data);
+        assert_eq!(
+            read_all(store, &digest, ByteRange::ALL).await,
+            data.as_ref(),
+            "put_many blob of {} bytes reads back",
+            data.len()
+        );
+        if digest != empty_digest || !empty_before {
+            assert!(store.delete(&digest).await.expect("delete"));
+        }
+    }
 }
 
 async fn round_trip_at_block_boundaries(store: &BlobStore) {

@@ -106,6 +106,17 @@ pub trait BlobBackend: Send + Sync + 'static {
 
     /// How many uploads are in flight or were left behind by a crash and not yet cleaned.
     async fn pending_uploads(&self) -> Result<u64>;
+
+    /// Commits many small blobs (each at most one block, already hashed and checked by
+    /// [`BlobStore::put_many`]) in one durable write; returns each blob's metadata and whether
+    /// it was already present, in order. `None` if the backend has no batched path, in which
+    /// case the store commits them one by one.
+    async fn commit_small(
+        &self,
+        _blobs: Vec<(BlobMeta, Bytes)>,
+    ) -> Option<Result<Vec<(BlobMeta, bool)>>> {
+        None
+    }
 }
 
 /// The sink for an upload of a blob that is already in custody: it verifies (in [`BlobWriter`])
@@ -208,6 +219,67 @@ impl BlobStore {
         let mut writer = self.begin_put(expect).await?;
         writer.write(data).await?;
         writer.commit().await
+    }
+
+    /// Puts many blobs, each verified on its own against its expectation; the results are in
+    /// input order. Blobs of at most one block go to the backend's batched commit, one durable
+    /// write for all of them, where the backend has one; the rest are put one by one.
+    pub async fn put_many(&self, items: Vec<(Expectation, Bytes)>) -> Vec<Result<PutOutcome>> {
+        let block = self.backend.block_size();
+        let mut results: Vec<Option<Result<PutOutcome>>> = items.iter().map(|_| None).collect();
+        let mut small: Vec<(usize, Expectation, BlobMeta, Bytes)> = Vec::new();
+        let mut large: Vec<(usize, Expectation, Bytes)> = Vec::new();
+        for (i, (expect, data)) in items.into_iter().enumerate() {
+            if data.len() > block {
+                large.push((i, expect, data));
+                continue;
+            }
+            match small_meta(&expect, &data, block) {
+                Ok(meta) => small.push((i, expect, meta, data)),
+                Err(err) => results[i] = Some(Err(err)),
+            }
+        }
+        if !small.is_empty() {
+            let batch: Vec<(BlobMeta, Bytes)> = small
+                .iter()
+                .map(|(_, _, meta, data)| (meta.clone(), data.clone()))
+                .collect();
+            match self.backend.commit_small(batch).await {
+                Some(Ok(outcomes)) => {
+                    for ((i, ..), (meta, already_present)) in small.iter().zip(outcomes) {
+                        results[*i] = Some(Ok(PutOutcome {
+                            meta,
+                            already_present,
+                        }));
+                    }
+                }
+                Some(Err(err)) => {
+                    let message = err.to_string();
+                    let mut first = Some(err);
+                    for (i, ..) in &small {
+                        results[*i] = Some(Err(first.take().unwrap_or_else(|| {
+                            StorageError::Aborted(format!(
+                                "the batch this blob was in could not be committed: {message}"
+                            ))
+                        })));
+                    }
+                }
+                None => large.extend(small.into_iter().map(|(i, e, _, d)| (i, e, d))),
+            }
+        }
+        // One by one, but many at a time.
+        let one_by_one: Vec<(usize, Result<PutOutcome>)> = futures::stream::iter(large)
+            .map(|(i, expect, data)| async move { (i, self.put_bytes(expect, data).await) })
+            .buffer_unordered(PUT_MANY_CONCURRENCY)
+            .collect()
+            .await;
+        for (i, outcome) in one_by_one {
+            results[i] = Some(outcome);
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StorageError::Aborted("not attempted".into()))))
+            .collect()
     }
 
     /// The metadata of a blob, if it is in custody.
@@ -488,6 +560,43 @@ impl BlobWriter {
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.
+/// How many blobs `put_many` puts at once when it puts them one by one.
+const PUT_MANY_CONCURRENCY: usize = 64;
+
+/// Hashes a blob of at most one block and checks it against what the client declared, as
+/// [`BlobWriter::commit`] does for a streamed one.
+fn small_meta(expect: &Expectation, data: &Bytes, block_size: usize) -> Result<BlobMeta> {
+    let size = data.len() as u64;
+    let digests = custodian_core::BlobDigests::of(data);
+    if let Some(expected) = expect.size
+        && expected != size
+    {
+        return Err(StorageError::SizeMismatch {
+            expected,
+            actual: size,
+        });
+    }
+    if let Some(expected) = expect.digest
+        && !digests.matches(&expected)
+    {
+        return Err(StorageError::DigestMismatch {
+            expected,
+            actual: digests.get(expected.algorithm()),
+        });
+    }
+    Ok(BlobMeta {
+        digests,
+        size,
+        created_unix_ms: now_unix_ms(),
+        block_size: block_size as u32,
+        block_crcs: if data.is_empty() {
+            Vec::new()
+        } else {
+            vec![crc32c::crc32c(data)]
+        },
+    })
+}
+
 pub(crate) fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

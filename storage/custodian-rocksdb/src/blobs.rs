@@ -376,6 +376,49 @@ impl BlobBackend for RocksBackend {
         .await
     }
 
+    async fn commit_small(
+        &self,
+        blobs: Vec<(BlobMeta, Bytes)>,
+    ) -> Option<Result<Vec<(BlobMeta, bool)>>> {
+        let index = self.index.clone();
+        Some(
+            blocking(move || {
+                index.check_writable()?;
+                let digests: Vec<Digest> = blobs.iter().map(|(m, _)| m.sha256()).collect();
+                let _guards = index.lock_commits_many(&digests);
+                // Every new blob's block and index entry go into one batch, synced once: none
+                // is visible before all are durable, and all share one WAL sync.
+                let mut batch = WriteBatch::default();
+                let mut out = Vec::with_capacity(blobs.len());
+                let mut added: std::collections::HashMap<Digest, BlobMeta> =
+                    std::collections::HashMap::new();
+                for (meta, data) in blobs {
+                    let sha256 = meta.sha256();
+                    if let Some(existing) = index.lookup(&sha256)? {
+                        out.push((existing.meta, true));
+                        continue;
+                    }
+                    if let Some(first) = added.get(&sha256) {
+                        out.push((first.clone(), true));
+                        continue;
+                    }
+                    let extent = index.new_upload_id();
+                    if !data.is_empty() {
+                        batch.put_cf(chunks_cf(&index)?, chunk_key(extent, 0), &data);
+                    }
+                    index.add_commit(&mut batch, &extent.to_be_bytes(), &meta)?;
+                    added.insert(sha256, meta.clone());
+                    out.push((meta, false));
+                }
+                if !added.is_empty() {
+                    index.write_synced(batch)?;
+                }
+                Ok(out)
+            })
+            .await,
+        )
+    }
+
     async fn pending_uploads(&self) -> Result<u64> {
         Ok(self.index.pending()?.len() as u64)
     }

@@ -165,6 +165,25 @@ impl RocksIndex {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Takes the commit locks of many blobs at once, in stripe order (so two callers never wait
+    /// on each other in a cycle).
+    pub fn lock_commits_many(&self, sha256s: &[Digest]) -> Vec<MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = sha256s
+            .iter()
+            .map(|d| d.bytes()[0] as usize % COMMIT_LOCK_STRIPES)
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes
+            .into_iter()
+            .map(|s| {
+                self.commit_locks[s]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+            })
+            .collect()
+    }
+
     fn sha256_for(&self, digest: &Digest) -> Result<Option<[u8; 32]>> {
         match digest.algorithm() {
             Algorithm::Sha256 => Ok(Some(*digest.bytes())),

@@ -1,0 +1,215 @@
+//! `custodian bench limits`: what this machine can do at most, measured in the same run as the
+//! scenarios so each scenario is read as a ratio to its own limit.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use serde::Serialize;
+use sha2::Digest as _;
+
+use crate::bench::RemoveOnDrop;
+
+/// Options of `custodian bench limits`.
+#[derive(Args)]
+pub struct LimitsArgs {
+    /// Where to measure the disk and RocksDB (default: ~/.cache/custodian/bench, the daemon's
+    /// default disk)
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+/// The machine's limits.
+#[derive(Serialize, Clone, Debug)]
+pub struct Limits {
+    /// SHA-256 on one core (sha2, with SHA-NI where the CPU has it), GiB/s.
+    pub sha256_gib_per_s: f64,
+    /// BLAKE3 on one core (SIMD, no threads), GiB/s.
+    pub blake3_gib_per_s: f64,
+    /// Writing 1 GiB sequentially from memory, then fsync, GiB/s.
+    pub disk_write_fsync_gib_per_s: f64,
+    /// A 4 KiB write + fdatasync, median and p99, ms.
+    pub fsync_median_ms: f64,
+    /// The same, p99.
+    pub fsync_p99_ms: f64,
+    /// RocksDB: one writer, 4 KiB values, each put synced: puts/s.
+    pub rocksdb_synced_puts_per_s: f64,
+    /// RocksDB: 64 writers, 4 KiB values, each put synced (RocksDB groups them): puts/s.
+    pub rocksdb_group_synced_puts_per_s: f64,
+    /// RocksDB: batches of 1,000 values of 4 KiB, each batch synced: values/s.
+    pub rocksdb_batched_values_per_s: f64,
+}
+
+fn gib_per_s(bytes: usize, took: Duration) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64 / took.as_secs_f64()
+}
+
+fn hashing() -> (f64, f64) {
+    let buf: Vec<u8> = (0..256usize << 20).map(|i| (i * 31 % 251) as u8).collect();
+    let mut best = (f64::MAX, f64::MAX);
+    for _ in 0..3 {
+        let t = Instant::now();
+        let d = sha2::Sha256::digest(&buf);
+        let sha = t.elapsed();
+        std::hint::black_box(d);
+        let t = Instant::now();
+        let d = blake3::Hasher::new().update(&buf).finalize();
+        let b3 = t.elapsed();
+        std::hint::black_box(d);
+        best = (best.0.min(sha.as_secs_f64()), best.1.min(b3.as_secs_f64()));
+    }
+    (
+        gib_per_s(buf.len(), Duration::from_secs_f64(best.0)),
+        gib_per_s(buf.len(), Duration::from_secs_f64(best.1)),
+    )
+}
+
+fn disk(dir: &Path) -> anyhow::Result<(f64, f64, f64)> {
+    let path = dir.join("disk-probe.bin");
+    let block = vec![0x5au8; 1 << 20];
+    let t = Instant::now();
+    {
+        let mut f = std::fs::File::create(&path)?;
+        for _ in 0..1024 {
+            f.write_all(&block)?;
+        }
+        f.sync_all()?;
+    }
+    let sequential = gib_per_s(1 << 30, t.elapsed());
+    std::fs::remove_file(&path)?;
+    let mut f = std::fs::File::create(&path)?;
+    let small = [0x5au8; 4096];
+    let mut times = Vec::new();
+    for _ in 0..300 {
+        let t = Instant::now();
+        f.write_all(&small)?;
+        f.sync_data()?;
+        times.push(t.elapsed());
+    }
+    drop(f);
+    std::fs::remove_file(&path)?;
+    times.sort();
+    let ms = |p: f64| times[((times.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0;
+    Ok((sequential, ms(0.5), ms(0.99)))
+}
+
+fn rocksdb(dir: &Path) -> anyhow::Result<(f64, f64, f64)> {
+    let path = dir.join("rocksdb-probe");
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(true);
+    let db = std::sync::Arc::new(rocksdb::DB::open(&opts, &path)?);
+    let value = vec![0xa5u8; 4096];
+    let mut synced = rocksdb::WriteOptions::default();
+    synced.set_sync(true);
+    // One writer, each put synced.
+    let t = Instant::now();
+    for i in 0..2000u32 {
+        db.put_opt(i.to_be_bytes(), &value, &synced)?;
+    }
+    let single = 2000.0 / t.elapsed().as_secs_f64();
+    // 64 writers: RocksDB forms write groups that share one WAL sync.
+    let t = Instant::now();
+    let threads: Vec<_> = (0..64u32)
+        .map(|w| {
+            let db = db.clone();
+            let value = value.clone();
+            std::thread::spawn(move || -> Result<(), rocksdb::Error> {
+                let mut synced = rocksdb::WriteOptions::default();
+                synced.set_sync(true);
+                for i in 0..200u32 {
+                    db.put_opt(
+                        [w.to_be_bytes(), i.to_be_bytes(), [1; 4]].concat(),
+                        &value,
+                        &synced,
+                    )?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("a writer panicked"))??;
+    }
+    let group = 64.0 * 200.0 / t.elapsed().as_secs_f64();
+    // Batches of 1,000, each synced.
+    let t = Instant::now();
+    for b in 0..10u32 {
+        let mut batch = rocksdb::WriteBatch::default();
+        for i in 0..1000u32 {
+            batch.put([b.to_be_bytes(), i.to_be_bytes(), [2; 4]].concat(), &value);
+        }
+        db.write_opt(batch, &synced)?;
+    }
+    let batched = 10_000.0 / t.elapsed().as_secs_f64();
+    drop(db);
+    let _ = rocksdb::DB::destroy(&opts, &path);
+    Ok((single, group, batched))
+}
+
+/// Measures the limits on the disk under `dir`.
+pub fn measure(dir: &Path) -> anyhow::Result<Limits> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (sha256, blake3) = hashing();
+    let (sequential, fsync_median, fsync_p99) = disk(dir)?;
+    let (single, group, batched) = rocksdb(dir)?;
+    Ok(Limits {
+        sha256_gib_per_s: sha256,
+        blake3_gib_per_s: blake3,
+        disk_write_fsync_gib_per_s: sequential,
+        fsync_median_ms: fsync_median,
+        fsync_p99_ms: fsync_p99,
+        rocksdb_synced_puts_per_s: single,
+        rocksdb_group_synced_puts_per_s: group,
+        rocksdb_batched_values_per_s: batched,
+    })
+}
+
+/// The default place to measure: the daemon's default disk.
+pub fn default_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(".cache/custodian/bench")
+}
+
+/// Prints the limits.
+pub fn print(l: &Limits) {
+    println!(
+        "limits: SHA-256 {:.2} GiB/s, BLAKE3 {:.2} GiB/s (one core); disk write+fsync {:.2} GiB/s; 4 KiB fdatasync median {:.2} ms, p99 {:.2} ms",
+        l.sha256_gib_per_s,
+        l.blake3_gib_per_s,
+        l.disk_write_fsync_gib_per_s,
+        l.fsync_median_ms,
+        l.fsync_p99_ms
+    );
+    println!(
+        "        RocksDB 4 KiB synced puts: {:.0}/s one writer, {:.0}/s 64 writers (group commit), {:.0}/s in synced batches of 1,000",
+        l.rocksdb_synced_puts_per_s,
+        l.rocksdb_group_synced_puts_per_s,
+        l.rocksdb_batched_values_per_s
+    );
+}
+
+/// Runs `custodian bench limits`.
+pub fn run(args: LimitsArgs) -> anyhow::Result<ExitCode> {
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(default_dir)
+        .join(format!("limits-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let limits = measure(&dir)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&limits)?);
+    } else {
+        print(&limits);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,194 @@
+//! `custodian bench rest`: a 1 GiB hosted data-pack upload over the REST API (digest check and
+//! scan in custody included), ranged downloads and a full verified download, against
+//! `openssl dgst -sha256` of the same file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use serde::Serialize;
+
+use crate::bench::{BenchDaemon, RemoveOnDrop, run_timed};
+
+/// Options of `custodian bench rest`.
+#[derive(Args)]
+pub struct RestArgs {
+    /// Data pack size in MiB
+    #[arg(long, default_value_t = 1024)]
+    size_mib: u64,
+    /// Ranged reads of 1 MiB at random offsets
+    #[arg(long, default_value_t = 200)]
+    ranges: usize,
+    /// Where to put the file and the daemon's data (default: the system temp dir)
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    size_bytes: u64,
+    openssl_sha256_seconds: f64,
+    /// `custodian datapack upload`: multipart upload, digest check, scan, registration.
+    upload_seconds: f64,
+    upload_ratio_to_openssl: f64,
+    /// `custodian datapack download -o FILE`: received, sha256-verified, fsynced, renamed.
+    download_seconds: f64,
+    download_ratio_to_openssl: f64,
+    ranges: usize,
+    range_bytes: u64,
+    range_ms_p50: f64,
+    range_ms_p99: f64,
+    daemon_peak_rss_mib: f64,
+}
+
+/// Writes a minimal valid package the bench can publish.
+fn write_package(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir.join("prompts"))?;
+    std::fs::write(
+        dir.join("manifest.yaml"),
+        "name: bench-data\nversion: 1.0.0\ntype: eval_suite\nbase_model: m1\nevals: [e1]\nlicense: Apache-2.0\n",
+    )?;
+    std::fs::write(dir.join("prompts/system.md"), "You grade answers.\n")?;
+    Ok(())
+}
+
+fn run_ok(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running the CLI")?;
+    anyhow::ensure!(status.success(), "{command:?} failed");
+    Ok(())
+}
+
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
+}
+
+/// Runs the REST benchmark.
+pub fn run(args: RestArgs) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("locating the custodian binary")?;
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let work = base.join(format!("custodian-bench-rest-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let _cleanup = RemoveOnDrop(work.clone());
+    let size = args.size_mib << 20;
+    let data = work.join("data-pack.bin");
+    crate::bench::write_test_file(&data, size)?;
+    let openssl = run_timed(Command::new("openssl").args(["dgst", "-sha256"]).arg(&data))
+        .context("running `openssl dgst -sha256` (is openssl installed?)")?;
+
+    let daemon = BenchDaemon::start(&exe, &work.join("daemon"), "rocksdb", &[])?;
+    let cli = |args: &[&str]| {
+        let mut c = Command::new(&exe);
+        c.args(args)
+            .env("CUSTODIAN_SERVER", &daemon.address)
+            .env("CUSTODIAN_REST", &daemon.rest)
+            .env("CUSTODIAN_TOKEN", &daemon.token);
+        c
+    };
+    let package = work.join("package");
+    write_package(&package)?;
+    run_ok(cli(&["key", "generate", "bench", "--dir"]).arg(&work))?;
+    run_ok(
+        cli(&["publish"])
+            .arg(&package)
+            .arg("--key")
+            .arg(work.join("bench.key")),
+    )?;
+    let upload = run_timed(
+        cli(&[
+            "datapack",
+            "upload",
+            "bench-data@1.0.0",
+            "--license",
+            "CC0-1.0",
+        ])
+        .arg(&data),
+    )?;
+    let out = work.join("downloaded.bin");
+    let download = run_timed(cli(&["datapack", "download", "bench-data@1.0.0", "-o"]).arg(&out))?;
+    let _ = std::fs::remove_file(&out);
+
+    // Ranged reads of 1 MiB at pseudo-random offsets, one at a time, over one connection.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let url = format!(
+        "{}/wrappers/bench-data/versions/1.0.0/data-pack/download",
+        daemon.rest
+    );
+    let latencies = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut state = 0x9E37_79B9u64;
+        let mut out = Vec::new();
+        for _ in 0..args.ranges {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let start = (state >> 16) % size.saturating_sub(1 << 20).max(1);
+            let t = Instant::now();
+            let response = client
+                .get(&url)
+                .header("range", format!("bytes={start}-{}", start + (1 << 20) - 1))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status() == reqwest::StatusCode::PARTIAL_CONTENT,
+                "a ranged read answered {}",
+                response.status()
+            );
+            let body = response.bytes().await?;
+            anyhow::ensure!(
+                body.len() == 1 << 20,
+                "a ranged read returned {} bytes",
+                body.len()
+            );
+            out.push(t.elapsed());
+        }
+        anyhow::Ok(out)
+    })?;
+    let mut latencies = latencies;
+    latencies.sort();
+    let report = Report {
+        size_bytes: size,
+        openssl_sha256_seconds: openssl.as_secs_f64(),
+        upload_seconds: upload.as_secs_f64(),
+        upload_ratio_to_openssl: upload.as_secs_f64() / openssl.as_secs_f64(),
+        download_seconds: download.as_secs_f64(),
+        download_ratio_to_openssl: download.as_secs_f64() / openssl.as_secs_f64(),
+        ranges: args.ranges,
+        range_bytes: 1 << 20,
+        range_ms_p50: percentile_ms(&latencies, 0.5),
+        range_ms_p99: percentile_ms(&latencies, 0.99),
+        daemon_peak_rss_mib: daemon.peak_rss()? as f64 / (1 << 20) as f64,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "REST data pack of {} MiB; openssl dgst -sha256 {:.3} s",
+            args.size_mib, report.openssl_sha256_seconds
+        );
+        println!(
+            "upload (digest check and scan in custody included) {:.3} s ({:.2}× openssl); verified download to a file {:.3} s ({:.2}×)",
+            report.upload_seconds,
+            report.upload_ratio_to_openssl,
+            report.download_seconds,
+            report.download_ratio_to_openssl
+        );
+        println!(
+            "{} ranged reads of 1 MiB: p50 {:.2} ms, p99 {:.2} ms; daemon peak RSS {:.0} MiB",
+            report.ranges, report.range_ms_p50, report.range_ms_p99, report.daemon_peak_rss_mib
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
