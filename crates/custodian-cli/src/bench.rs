@@ -38,6 +38,10 @@ at least once). Also prints the daemon's peak resident memory (VmHWM)."
     /// This machine's limits: SHA-256 and BLAKE3 on one core, sequential write+fsync, fsync
     /// latency, raw RocksDB write rates
     Limits(crate::bench_limits::LimitsArgs),
+    /// Every scenario in one run, each against its limit: a table, JSON (--json) and, with
+    /// --write DIR, the files docs/performance.md shows (including a latency-versus-concurrency
+    /// plot)
+    All(crate::bench_all::AllArgs),
 }
 
 /// Options of `custodian bench custody`.
@@ -103,6 +107,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Small(args) => crate::bench_small::run(args),
         BenchCommand::Rest(args) => crate::bench_rest::run(args),
         BenchCommand::Limits(args) => crate::bench_limits::run(args),
+        BenchCommand::All(args) => crate::bench_all::run(args),
     }
 }
 

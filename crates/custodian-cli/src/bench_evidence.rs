@@ -45,6 +45,9 @@ struct Scenario {
     clients: usize,
     runs_per_second: f64,
     runs: u64,
+    /// Latency of one call (one run unary, `batch` runs batched), ms.
+    call_ms_p50: f64,
+    call_ms_p99: f64,
 }
 
 #[derive(Serialize)]
@@ -108,7 +111,7 @@ async fn scenario(
     clients: usize,
     batch: usize,
     seconds: u64,
-) -> anyhow::Result<(u64, f64)> {
+) -> anyhow::Result<(u64, f64, f64, f64)> {
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -118,8 +121,10 @@ async fn scenario(
         let mut client = evidence_client(server).await?;
         let (envelopes, next, done) = (envelopes.clone(), next.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
             while Instant::now() < deadline {
                 let at = next.fetch_add(batch.max(1) as u64, Ordering::Relaxed) as usize;
+                let call = Instant::now();
                 if batch <= 1 {
                     let envelope = envelopes[at % envelopes.len()].clone();
                     client.attest_run(pb::AttestRunRequest { envelope }).await?;
@@ -142,17 +147,27 @@ async fn scenario(
                     }
                     done.fetch_add(response.results.len() as u64, Ordering::Relaxed);
                 }
+                latencies.push(call.elapsed());
             }
-            Ok::<_, tonic::Status>(())
+            Ok::<_, tonic::Status>(latencies)
         }));
     }
+    let mut latencies = Vec::new();
     for task in tasks {
-        task.await?
-            .map_err(|s| anyhow::anyhow!("attest failed: {}", s.message()))?;
+        latencies.extend(
+            task.await?
+                .map_err(|s| anyhow::anyhow!("attest failed: {}", s.message()))?,
+        );
     }
     let elapsed = started.elapsed().as_secs_f64();
     let runs = done.load(Ordering::Relaxed);
-    Ok((runs, runs as f64 / elapsed))
+    latencies.sort();
+    let ms = |p: f64| {
+        latencies
+            .get(((latencies.len().max(1) - 1) as f64 * p).round() as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    Ok((runs, runs as f64 / elapsed, ms(0.5), ms(0.99)))
 }
 
 async fn measure(args: &EvidenceArgs, daemon: &BenchDaemon) -> anyhow::Result<Report> {
@@ -216,16 +231,20 @@ async fn measure(args: &EvidenceArgs, daemon: &BenchDaemon) -> anyhow::Result<Re
         ("AttestRuns (batch)", 1, args.batch),
         ("AttestRuns (batch)", 32, args.batch),
     ] {
-        let (runs, rate) =
+        let (runs, rate, p50, p99) =
             scenario(&server, envelopes.clone(), clients, batch, args.seconds).await?;
         if !args.json {
-            println!("  {name:<20} {clients:>3} client(s): {rate:>8.0} runs/s ({runs} runs)");
+            println!(
+                "  {name:<20} {clients:>3} client(s): {rate:>8.0} runs/s ({runs} runs), call p50 {p50:.2} ms, p99 {p99:.2} ms"
+            );
         }
         scenarios.push(Scenario {
             name: name.into(),
             clients,
             runs_per_second: rate,
             runs,
+            call_ms_p50: p50,
+            call_ms_p99: p99,
         });
     }
 

@@ -1,6 +1,7 @@
 //! `custodian`: the Custodian daemon and its command-line client.
 
 mod bench;
+mod bench_all;
 mod bench_evidence;
 mod bench_ledger;
 mod bench_limits;

@@ -1,0 +1,604 @@
+//! `custodian bench all`: every scenario, each against the limit it is bounded by, in one run; a
+//! table for people, JSON for scripts, and a latency-versus-concurrency plot (SVG).
+//!
+//! Each scenario runs as `custodian bench NAME --json` in a child process (its own daemon on
+//! loopback, its own clean-up), so one scenario's memory and threads never colour another's.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::Context as _;
+use clap::Args;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::bench_limits::Limits;
+
+/// Options of `custodian bench all`.
+#[derive(Args)]
+pub struct AllArgs {
+    /// Smaller sizes and shorter runs (128 MiB blobs, a 100,000-entry log): a smoke run in a
+    /// few minutes, not figures to quote
+    #[arg(long)]
+    quick: bool,
+    /// Also write bench-latest.json, bench-latest.md and latency-vs-concurrency.svg here
+    #[arg(long, value_name = "DIR")]
+    write: Option<PathBuf>,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+/// One line of the summary.
+#[derive(Serialize, Clone, Debug)]
+struct Row {
+    scenario: String,
+    result: String,
+    p50: String,
+    p99: String,
+    daemon_peak_rss_mib: Option<f64>,
+    limit: String,
+    ratio: String,
+    target: String,
+    met: Option<bool>,
+}
+
+fn sub(exe: &Path, args: &[&str]) -> anyhow::Result<Value> {
+    eprintln!("bench all: custodian bench {}", args.join(" "));
+    let output = Command::new(exe)
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running custodian bench {}", args.join(" ")))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "custodian bench {} failed",
+        args.join(" ")
+    );
+    serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("reading the JSON of custodian bench {}", args.join(" ")))
+}
+
+fn f(v: &Value, key: &str) -> f64 {
+    v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
+}
+
+fn ms(x: f64) -> String {
+    if x < 1.0 {
+        format!("{:.0} µs", x * 1000.0)
+    } else {
+        format!("{x:.1} ms")
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn row(
+    scenario: String,
+    result: String,
+    p50: String,
+    p99: String,
+    rss: Option<f64>,
+    limit: String,
+    ratio: String,
+    target: &str,
+    met: Option<bool>,
+) -> Row {
+    Row {
+        scenario,
+        result,
+        p50,
+        p99,
+        daemon_peak_rss_mib: rss,
+        limit,
+        ratio,
+        target: target.into(),
+        met,
+    }
+}
+
+fn rows(limits: &Limits, raw: &Value) -> Vec<Row> {
+    let mut out = Vec::new();
+    let none = || "—".to_string();
+    // Custody: 1 GiB put and get per backend.
+    let custody = &raw["custody"];
+    let openssl = f(custody, "openssl_sha256_seconds");
+    let mib = f(custody, "size_bytes") / (1 << 20) as f64;
+    if let Some(backends) = custody["backends"].as_array() {
+        for b in backends {
+            let name = b["backend"].as_str().unwrap_or("?");
+            let rss = f(b, "daemon_peak_rss_mib");
+            for (what, key) in [
+                ("put", "put_seconds"),
+                ("get to a file", "get_seconds"),
+                ("get (stream)", "get_stream_seconds"),
+            ] {
+                let secs = f(b, key);
+                let ratio = secs / openssl;
+                out.push(row(
+                    format!("{mib:.0} MiB {what}, gRPC, {name}"),
+                    format!("{secs:.2} s"),
+                    none(),
+                    none(),
+                    Some(rss),
+                    format!("openssl sha256 {openssl:.2} s"),
+                    format!("{ratio:.2}×"),
+                    "≤ 1.3×, RSS ≤ 100 MiB",
+                    Some(ratio <= 1.3 && rss <= 100.0),
+                ));
+            }
+        }
+    }
+    // Small blobs.
+    if let Some(backends) = raw["small"].as_array() {
+        for b in backends {
+            let name = b["backend"].as_str().unwrap_or("?");
+            let rate = f(b, "batch_put_blobs_per_s");
+            out.push(row(
+                format!("BatchPut 10,000 × 4 KiB, {name}"),
+                format!("{rate:.0} blobs/s"),
+                ms(f(b, "batch_ms_p50")),
+                ms(f(b, "batch_ms_p99")),
+                Some(f(b, "daemon_peak_rss_mib")),
+                format!(
+                    "RocksDB synced batches {:.0}/s",
+                    limits.rocksdb_batched_values_per_s
+                ),
+                format!("{:.2}×", rate / limits.rocksdb_batched_values_per_s),
+                "≥ 50,000/s",
+                Some(rate >= 50_000.0),
+            ));
+            let p99 = f(b, "find_missing_ms_p99");
+            out.push(row(
+                format!("FindMissing of 10,000 digests, {name}"),
+                "per call".into(),
+                ms(f(b, "find_missing_ms_p50")),
+                ms(p99),
+                None,
+                none(),
+                none(),
+                "≤ 20 ms",
+                Some(f(b, "find_missing_ms_p50") <= 20.0),
+            ));
+        }
+    }
+    // Ledger appends over gRPC.
+    let ledger = &raw["ledger"];
+    let fsync = f(ledger, "fsync_median_ms");
+    if let Some(runs) = ledger["grpc_appends"].as_array() {
+        for r in runs {
+            let writers = r["writers"].as_u64().unwrap_or(0);
+            let rate = f(r, "appends_per_second");
+            let (p50, p99) = (f(r, "median_ms"), f(r, "p99_ms"));
+            let (target, met) = if writers == 64 {
+                (
+                    "≥ 20,000/s, p50 ≤ 50 ms, p99 ≤ 200 ms",
+                    Some(rate >= 20_000.0 && p50 <= 50.0 && p99 <= 200.0),
+                )
+            } else {
+                ("—", None)
+            };
+            out.push(row(
+                format!("durable ledger appends, {writers} gRPC writers"),
+                format!("{rate:.0}/s"),
+                ms(p50),
+                ms(p99),
+                r.get("daemon_peak_rss_mib").and_then(Value::as_f64),
+                format!("4 KiB fdatasync {}", ms(fsync)),
+                format!("p50 {:.1}× fsync", p50 / fsync),
+                target,
+                met,
+            ));
+        }
+    }
+    let p99 = f(ledger, "inclusion_proof_p99_us") / 1000.0;
+    out.push(row(
+        format!(
+            "inclusion proof at {} entries",
+            ledger["log_size"].as_u64().unwrap_or(0)
+        ),
+        "checked against the signed root".into(),
+        ms(f(ledger, "inclusion_proof_median_us") / 1000.0),
+        ms(p99),
+        None,
+        none(),
+        none(),
+        "p99 ≤ 1 ms",
+        Some(p99 <= 1.0),
+    ));
+    let audit = f(ledger, "audit_entries_per_second");
+    out.push(row(
+        format!(
+            "offline audit of {} entries",
+            ledger["log_size"].as_u64().unwrap_or(0)
+        ),
+        format!("{audit:.0} entries/s"),
+        none(),
+        none(),
+        None,
+        format!(
+            "openssl sha256 of the export {:.2} s",
+            f(ledger, "openssl_sha256_export_seconds")
+        ),
+        format!("{:.1}×", f(ledger, "audit_ratio_to_openssl")),
+        "≥ 100,000/s",
+        Some(audit >= 100_000.0),
+    ));
+    // Attested runs.
+    let evidence = &raw["evidence"];
+    if let Some(scenarios) = evidence["scenarios"].as_array() {
+        for s in scenarios {
+            let clients = s["clients"].as_u64().unwrap_or(0);
+            let rate = f(s, "runs_per_second");
+            let name = s["name"].as_str().unwrap_or("?");
+            let targeted = clients == 32;
+            out.push(row(
+                format!("{name}, {clients} client(s)"),
+                format!("{rate:.0} runs/s"),
+                ms(f(s, "call_ms_p50")),
+                ms(f(s, "call_ms_p99")),
+                Some(f(evidence, "daemon_peak_rss_mib")),
+                none(),
+                none(),
+                if targeted { "≥ 10,000/s" } else { "—" },
+                targeted.then_some(rate >= 10_000.0),
+            ));
+        }
+    }
+    // REST data pack.
+    let rest = &raw["rest"];
+    let rest_mib = f(rest, "size_bytes") / (1 << 20) as f64;
+    for (what, key, ratio) in [
+        (
+            "upload (digest check and scan included)",
+            "upload_seconds",
+            "upload_ratio_to_openssl",
+        ),
+        (
+            "verified download to a file",
+            "download_seconds",
+            "download_ratio_to_openssl",
+        ),
+    ] {
+        out.push(row(
+            format!("REST data pack {rest_mib:.0} MiB {what}"),
+            format!("{:.2} s", f(rest, key)),
+            none(),
+            none(),
+            Some(f(rest, "daemon_peak_rss_mib")),
+            format!("openssl sha256 {:.2} s", f(rest, "openssl_sha256_seconds")),
+            format!("{:.2}×", f(rest, ratio)),
+            "—",
+            None,
+        ));
+    }
+    out.push(row(
+        "REST ranged reads of 1 MiB".into(),
+        format!("{} reads", rest["ranges"].as_u64().unwrap_or(0)),
+        ms(f(rest, "range_ms_p50")),
+        ms(f(rest, "range_ms_p99")),
+        None,
+        none(),
+        none(),
+        "—",
+        None,
+    ));
+    // Scanning.
+    if let Some(rows) = raw["scan"]["throughput"].as_array() {
+        for r in rows {
+            let ratio = f(r, "ratio_to_openssl");
+            out.push(row(
+                format!(
+                    "scan {} MiB: {}",
+                    f(r, "bytes") as u64 >> 20,
+                    r["content"].as_str().unwrap_or("?")
+                ),
+                format!("{:.2} GiB/s", f(r, "scan_gib_per_s")),
+                none(),
+                none(),
+                None,
+                format!("openssl sha256 {:.2} s", f(r, "openssl_sha256_seconds")),
+                format!("{ratio:.2}×"),
+                "≤ 2×",
+                Some(ratio <= 2.0),
+            ));
+        }
+    }
+    out
+}
+
+fn markdown(limits: &Limits, rows: &[Row]) -> String {
+    let mut s = format!(
+        "Limits measured in the same run: SHA-256 {:.2} GiB/s and BLAKE3 {:.2} GiB/s on one core; \
+sequential write + fsync {:.2} GiB/s; 4 KiB fdatasync median {}, p99 {}; RocksDB 4 KiB synced \
+puts {:.0}/s (one writer), {:.0}/s (64 writers, group commit), {:.0}/s (synced batches of 1,000).\n\n",
+        limits.sha256_gib_per_s,
+        limits.blake3_gib_per_s,
+        limits.disk_write_fsync_gib_per_s,
+        ms(limits.fsync_median_ms),
+        ms(limits.fsync_p99_ms),
+        limits.rocksdb_synced_puts_per_s,
+        limits.rocksdb_group_synced_puts_per_s,
+        limits.rocksdb_batched_values_per_s
+    );
+    s.push_str(
+        "| scenario | result | p50 | p99 | daemon peak RSS | limit | ratio | target | met |\n|---|---:|---:|---:|---:|---|---:|---|---|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.scenario,
+            r.result,
+            r.p50,
+            r.p99,
+            r.daemon_peak_rss_mib
+                .map_or("—".into(), |m| format!("{m:.0} MiB")),
+            r.limit,
+            r.ratio,
+            r.target,
+            match r.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "",
+            }
+        ));
+    }
+    s
+}
+
+/// Latency (p50 and p99) against concurrency for ledger appends over gRPC and in process, and
+/// attested runs: log-scaled axes, drawn as plain SVG.
+fn svg(raw: &Value) -> String {
+    let series = |key: &str, field: &str| -> Vec<(f64, f64)> {
+        raw["ledger"][key]
+            .as_array()
+            .map(|runs| {
+                runs.iter()
+                    .map(|r| (f(r, "writers"), f(r, field)))
+                    .filter(|(x, y)| *x > 0.0 && *y > 0.0)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let lines: Vec<(&str, &str, Vec<(f64, f64)>)> = vec![
+        ("gRPC p50", "#1f77b4", series("grpc_appends", "median_ms")),
+        ("gRPC p99", "#aec7e8", series("grpc_appends", "p99_ms")),
+        ("in process p50", "#d62728", series("appends", "median_ms")),
+        ("in process p99", "#ff9896", series("appends", "p99_ms")),
+    ];
+    let points: Vec<(f64, f64)> = lines.iter().flat_map(|l| l.2.iter().copied()).collect();
+    let (w, h, left, right, top, bottom) = (720.0, 420.0, 70.0, 190.0, 40.0, 50.0);
+    let x_max = points.iter().map(|p| p.0).fold(2.0, f64::max).log2().ceil();
+    let y_min = points
+        .iter()
+        .map(|p| p.1)
+        .fold(f64::MAX, f64::min)
+        .log10()
+        .floor()
+        .min(-1.0);
+    let y_max = points
+        .iter()
+        .map(|p| p.1)
+        .fold(0.1, f64::max)
+        .log10()
+        .ceil()
+        .max(y_min + 1.0);
+    let px = |x: f64| left + (x.log2() / x_max) * (w - left - right);
+    let py = |y: f64| top + (1.0 - (y.log10() - y_min) / (y_max - y_min)) * (h - top - bottom);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"22\" font-size=\"14\">Durable ledger appends: latency against concurrent writers (log-log)</text>\n"
+    );
+    for e in 0..=x_max as i32 {
+        let x = px(2f64.powi(e));
+        s.push_str(&format!(
+            "<line x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#eee\"/><text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n",
+            h - bottom,
+            h - bottom + 16.0,
+            2u64.pow(e as u32)
+        ));
+    }
+    for e in y_min as i32..=y_max as i32 {
+        let y = py(10f64.powi(e));
+        s.push_str(&format!(
+            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{} ms</text>\n",
+            w - right,
+            left - 6.0,
+            y + 4.0,
+            10f64.powi(e)
+        ));
+    }
+    s.push_str(&format!(
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">concurrent writers</text>\n",
+        left + (w - left - right) / 2.0,
+        h - 12.0
+    ));
+    for (i, (name, colour, pts)) in lines.iter().enumerate() {
+        if pts.is_empty() {
+            continue;
+        }
+        let path: Vec<String> = pts
+            .iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
+            .collect();
+        s.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            path.join(" ")
+        ));
+        for (x, y) in pts {
+            s.push_str(&format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{colour}\"/>\n",
+                px(*x),
+                py(*y)
+            ));
+        }
+        let ly = top + 20.0 + i as f64 * 20.0;
+        s.push_str(&format!(
+            "<line x1=\"{:.1}\" y1=\"{ly:.1}\" x2=\"{:.1}\" y2=\"{ly:.1}\" stroke=\"{colour}\" stroke-width=\"3\"/><text x=\"{:.1}\" y=\"{:.1}\">{name}</text>\n",
+            w - right + 15.0,
+            w - right + 40.0,
+            w - right + 46.0,
+            ly + 4.0
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Runs every scenario.
+pub fn run(args: AllArgs) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("locating the custodian binary")?;
+    let limits_dir =
+        crate::bench_limits::default_dir().join(format!("limits-{}", std::process::id()));
+    let _cleanup = crate::bench::RemoveOnDrop(limits_dir.clone());
+    eprintln!("bench all: measuring this machine's limits");
+    let limits = crate::bench_limits::measure(&limits_dir)?;
+    let q = args.quick;
+    let custody: &[&str] = if q {
+        &["custody", "--size-mib", "128", "--runs", "1"]
+    } else {
+        &["custody", "--runs", "2"]
+    };
+    let ledger: &[&str] = if q {
+        &[
+            "ledger",
+            "--writers",
+            "1,8,64",
+            "--seconds",
+            "1",
+            "--log-size",
+            "100000",
+        ]
+    } else {
+        &["ledger", "--writers", "1,8,64,256", "--seconds", "3"]
+    };
+    let evidence: &[&str] = if q {
+        &["evidence", "--seconds", "1"]
+    } else {
+        &["evidence", "--seconds", "3"]
+    };
+    let rest: &[&str] = if q {
+        &["rest", "--size-mib", "128"]
+    } else {
+        &["rest"]
+    };
+    let scan: &[&str] = if q {
+        &["scan", "--size-mib", "128", "--runs", "1"]
+    } else {
+        &["scan"]
+    };
+    let mut raw = serde_json::Map::new();
+    raw.insert("custody".into(), sub(&exe, custody)?);
+    raw.insert("small".into(), sub(&exe, &["small"])?);
+    raw.insert("ledger".into(), sub(&exe, ledger)?);
+    raw.insert("evidence".into(), sub(&exe, evidence)?);
+    raw.insert("rest".into(), sub(&exe, rest)?);
+    raw.insert("scan".into(), sub(&exe, scan)?);
+    let raw = Value::Object(raw);
+    let rows = rows(&limits, &raw);
+    let table = markdown(&limits, &rows);
+    let report = serde_json::json!({
+        "quick": q,
+        "limits": limits,
+        "summary": rows,
+        "scenarios": raw,
+    });
+    if let Some(dir) = &args.write {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(
+            dir.join("bench-latest.json"),
+            serde_json::to_string_pretty(&report)?,
+        )?;
+        std::fs::write(dir.join("bench-latest.md"), &table)?;
+        std::fs::write(dir.join("latency-vs-concurrency.svg"), svg(&raw))?;
+        eprintln!(
+            "bench all: wrote bench-latest.json, bench-latest.md and latency-vs-concurrency.svg to {}",
+            dir.display()
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{table}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            sha256_gib_per_s: 1.6,
+            blake3_gib_per_s: 4.0,
+            disk_write_fsync_gib_per_s: 0.5,
+            fsync_median_ms: 0.2,
+            fsync_p99_ms: 0.4,
+            rocksdb_synced_puts_per_s: 5000.0,
+            rocksdb_group_synced_puts_per_s: 30_000.0,
+            rocksdb_batched_values_per_s: 80_000.0,
+        }
+    }
+
+    /// The shapes the sub-benchmarks print with --json, trimmed to what the summary reads.
+    fn raw() -> Value {
+        serde_json::json!({
+            "custody": {"size_bytes": 1073741824u64, "openssl_sha256_seconds": 0.8,
+                "backends": [{"backend": "rocksdb", "put_seconds": 2.0, "get_seconds": 3.0,
+                    "get_stream_seconds": 1.0, "daemon_peak_rss_mib": 85.0}]},
+            "small": [{"backend": "rocksdb", "batch_put_blobs_per_s": 51000.0, "batch_ms_p50": 40.0,
+                "batch_ms_p99": 60.0, "find_missing_ms_p50": 18.0, "find_missing_ms_p99": 24.0,
+                "daemon_peak_rss_mib": 92.0}],
+            "ledger": {"fsync_median_ms": 0.2, "log_size": 1000000,
+                "appends": [{"writers": 1, "median_ms": 0.3, "p99_ms": 0.5}, {"writers": 64, "median_ms": 1.6, "p99_ms": 4.0}],
+                "grpc_appends": [{"writers": 1, "appends_per_second": 2000.0, "median_ms": 0.5, "p99_ms": 0.7},
+                    {"writers": 64, "appends_per_second": 21000.0, "median_ms": 3.0, "p99_ms": 6.0}],
+                "inclusion_proof_median_us": 40.0, "inclusion_proof_p99_us": 90.0,
+                "audit_entries_per_second": 250000.0, "openssl_sha256_export_seconds": 0.2,
+                "audit_ratio_to_openssl": 16.0},
+            "evidence": {"daemon_peak_rss_mib": 100.0, "scenarios": [
+                {"name": "AttestRuns (batch)", "clients": 32, "runs_per_second": 18000.0, "call_ms_p50": 800.0, "call_ms_p99": 900.0}]},
+            "rest": {"size_bytes": 1073741824u64, "openssl_sha256_seconds": 0.8, "upload_seconds": 3.5,
+                "upload_ratio_to_openssl": 4.4, "download_seconds": 2.7, "download_ratio_to_openssl": 3.4,
+                "ranges": 200, "range_ms_p50": 1.5, "range_ms_p99": 3.0, "daemon_peak_rss_mib": 80.0},
+            "scan": {"throughput": [{"content": "JSON Lines text", "bytes": 1073741824u64,
+                "scan_gib_per_s": 2.5, "ratio_to_openssl": 0.5, "openssl_sha256_seconds": 0.75}]},
+        })
+    }
+
+    #[test]
+    fn the_summary_judges_each_target_from_the_scenarios() {
+        let rows = rows(&limits(), &raw());
+        let met = |prefix: &str| {
+            rows.iter()
+                .find(|r| r.scenario.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no row {prefix}: {rows:?}"))
+                .met
+        };
+        assert_eq!(met("1024 MiB put"), Some(false), "2.5× is over 1.3×");
+        assert_eq!(met("1024 MiB get (stream)"), Some(true));
+        assert_eq!(met("BatchPut"), Some(true));
+        assert_eq!(met("FindMissing"), Some(true));
+        assert_eq!(met("durable ledger appends, 64"), Some(true));
+        assert_eq!(met("durable ledger appends, 1 "), None);
+        assert_eq!(met("inclusion proof"), Some(true));
+        assert_eq!(met("offline audit"), Some(true));
+        assert_eq!(met("AttestRuns (batch), 32"), Some(true));
+        assert_eq!(met("scan"), Some(true));
+        let table = markdown(&limits(), &rows);
+        assert!(
+            table.contains("| 1024 MiB put, gRPC, rocksdb | 2.00 s |"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn the_plot_is_svg_with_one_line_per_series() {
+        let svg = svg(&raw());
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 4, "{svg}");
+        assert!(svg.contains(">gRPC p99<") && svg.contains(">64<"));
+    }
+}
