@@ -348,6 +348,9 @@ puts {:.0}/s (one writer), {:.0}/s (64 writers, group commit), {:.0}/s (synced b
     s
 }
 
+/// A plotted line: its name, its colour and its (x, y) points.
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
 /// Latency (p50 and p99) against concurrency for ledger appends over gRPC and in process, and
 /// attested runs: log-scaled axes, drawn as plain SVG.
 fn svg(raw: &Value) -> String {
@@ -362,7 +365,7 @@ fn svg(raw: &Value) -> String {
             })
             .unwrap_or_default()
     };
-    let lines: Vec<(&str, &str, Vec<(f64, f64)>)> = vec![
+    let lines: Vec<Series<'_>> = vec![
         ("gRPC p50", "#1f77b4", series("grpc_appends", "median_ms")),
         ("gRPC p99", "#aec7e8", series("grpc_appends", "p99_ms")),
         ("in process p50", "#d62728", series("appends", "median_ms")),
