@@ -44,6 +44,10 @@ pub struct Limits {
     pub rocksdb_group_synced_puts_per_s: f64,
     /// RocksDB: batches of 1,000 values of 4 KiB, each batch synced: values/s.
     pub rocksdb_batched_values_per_s: f64,
+    /// RocksDB: one batched read (multi_get) of 10,000 present keys, median ms.
+    pub rocksdb_multi_get_10k_ms: f64,
+    /// Ed25519 signature verifications per second on one core (every attested run needs one).
+    pub ed25519_verifies_per_s: f64,
 }
 
 fn gib_per_s(bytes: usize, took: Duration) -> f64 {
@@ -99,7 +103,7 @@ fn disk(dir: &Path) -> anyhow::Result<(f64, f64, f64)> {
     Ok((sequential, ms(0.5), ms(0.99)))
 }
 
-fn rocksdb(dir: &Path) -> anyhow::Result<(f64, f64, f64)> {
+fn rocksdb(dir: &Path) -> anyhow::Result<(f64, f64, f64, f64)> {
     let path = dir.join("rocksdb-probe");
     let mut opts = rocksdb::Options::default();
     opts.create_if_missing(true);
@@ -148,9 +152,57 @@ fn rocksdb(dir: &Path) -> anyhow::Result<(f64, f64, f64)> {
         db.write_opt(batch, &synced)?;
     }
     let batched = 10_000.0 / t.elapsed().as_secs_f64();
+    // One batched read of 10,000 present 32-byte keys with 120-byte values (the shape of blob
+    // metadata): the storage floor of a FindMissing of 10,000 digests.
+    let keys: Vec<Vec<u8>> = (0..10_000u32)
+        .map(|i| {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_be_bytes());
+            k[4] = 3;
+            k.to_vec()
+        })
+        .collect();
+    let mut batch = rocksdb::WriteBatch::default();
+    for k in &keys {
+        batch.put(k, [0x11u8; 120]);
+    }
+    db.write_opt(batch, &synced)?;
+    let mut reads = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let found = db
+            .multi_get(keys.iter())
+            .into_iter()
+            .filter(|r| matches!(r, Ok(Some(_))))
+            .count();
+        reads.push(t.elapsed());
+        anyhow::ensure!(
+            found == keys.len(),
+            "multi_get found {found} of {}",
+            keys.len()
+        );
+    }
+    reads.sort();
+    let multi_get_ms = reads[reads.len() / 2].as_secs_f64() * 1000.0;
     drop(db);
     let _ = rocksdb::DB::destroy(&opts, &path);
-    Ok((single, group, batched))
+    Ok((single, group, batched, multi_get_ms))
+}
+
+fn ed25519() -> anyhow::Result<f64> {
+    let key = custodian_core::note::SignerKey::from_seed("bench", [7u8; 32])?;
+    let verifier = key.verifier();
+    let message = [0x42u8; 300];
+    let signature = key.sign_bytes(&message);
+    let t = Instant::now();
+    let n = 5000;
+    for _ in 0..n {
+        anyhow::ensure!(
+            verifier.verify_signature(&message, &signature),
+            "verify failed"
+        );
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
 /// Measures the limits on the disk under `dir`.
@@ -158,7 +210,7 @@ pub fn measure(dir: &Path) -> anyhow::Result<Limits> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let (sha256, blake3) = hashing();
     let (sequential, fsync_median, fsync_p99) = disk(dir)?;
-    let (single, group, batched) = rocksdb(dir)?;
+    let (single, group, batched, multi_get) = rocksdb(dir)?;
     Ok(Limits {
         sha256_gib_per_s: sha256,
         blake3_gib_per_s: blake3,
@@ -168,6 +220,8 @@ pub fn measure(dir: &Path) -> anyhow::Result<Limits> {
         rocksdb_synced_puts_per_s: single,
         rocksdb_group_synced_puts_per_s: group,
         rocksdb_batched_values_per_s: batched,
+        rocksdb_multi_get_10k_ms: multi_get,
+        ed25519_verifies_per_s: ed25519()?,
     })
 }
 
@@ -190,10 +244,15 @@ pub fn print(l: &Limits) {
         l.fsync_p99_ms
     );
     println!(
-        "        RocksDB 4 KiB synced puts: {:.0}/s one writer, {:.0}/s 64 writers (group commit), {:.0}/s in synced batches of 1,000",
+        "        RocksDB 4 KiB synced puts: {:.0}/s one writer, {:.0}/s 64 writers (group commit), {:.0}/s in synced batches of 1,000; multi_get of 10,000 keys {:.2} ms",
         l.rocksdb_synced_puts_per_s,
         l.rocksdb_group_synced_puts_per_s,
-        l.rocksdb_batched_values_per_s
+        l.rocksdb_batched_values_per_s,
+        l.rocksdb_multi_get_10k_ms
+    );
+    println!(
+        "        Ed25519 verifications {:.0}/s on one core",
+        l.ed25519_verifies_per_s
     );
 }
 
