@@ -438,6 +438,15 @@ impl Drop for BenchDaemon {
     }
 }
 
+/// The `p` quantile (0..=1) of sorted latencies, in milliseconds; 0 for none.
+pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1000.0
+}
+
+/// Removes a directory when dropped.
 pub struct RemoveOnDrop(pub PathBuf);
 
 impl Drop for RemoveOnDrop {

@@ -162,11 +162,7 @@ async fn scenario(
     let elapsed = started.elapsed().as_secs_f64();
     let runs = done.load(Ordering::Relaxed);
     latencies.sort();
-    let ms = |p: f64| {
-        latencies
-            .get(((latencies.len().max(1) - 1) as f64 * p).round() as usize)
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
+    let ms = |p: f64| crate::bench::percentile_ms(&latencies, p);
     Ok((runs, runs as f64 / elapsed, ms(0.5), ms(0.99)))
 }
 

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Args;
@@ -64,13 +64,6 @@ fn run_ok(command: &mut Command) -> anyhow::Result<()> {
         .context("running the CLI")?;
     anyhow::ensure!(status.success(), "{command:?} failed");
     Ok(())
-}
-
-fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
 }
 
 /// Runs the REST benchmark.
@@ -167,8 +160,8 @@ pub fn run(args: RestArgs) -> anyhow::Result<ExitCode> {
         download_ratio_to_openssl: download.as_secs_f64() / openssl.as_secs_f64(),
         ranges: args.ranges,
         range_bytes: 1 << 20,
-        range_ms_p50: percentile_ms(&latencies, 0.5),
-        range_ms_p99: percentile_ms(&latencies, 0.99),
+        range_ms_p50: crate::bench::percentile_ms(&latencies, 0.5),
+        range_ms_p99: crate::bench::percentile_ms(&latencies, 0.99),
         daemon_peak_rss_mib: daemon.peak_rss()? as f64 / (1 << 20) as f64,
     };
     if args.json {

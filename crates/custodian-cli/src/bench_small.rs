@@ -2,7 +2,7 @@
 //! digests, through a real daemon on loopback, per backend.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Args;
@@ -50,14 +50,6 @@ struct Row {
     find_missing_ms_p50: f64,
     find_missing_ms_p99: f64,
     daemon_peak_rss_mib: f64,
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
 }
 
 /// Adds the bearer token to each request.
@@ -197,11 +189,11 @@ async fn measure(args: &SmallArgs, daemon: &BenchDaemon, backend: &str) -> anyho
         batch_put_mib_per_s: (args.blobs * args.size) as f64
             / (1 << 20) as f64
             / put_time.as_secs_f64(),
-        batch_ms_p50: percentile(&latencies, 0.5),
-        batch_ms_p99: percentile(&latencies, 0.99),
+        batch_ms_p50: crate::bench::percentile_ms(&latencies, 0.5),
+        batch_ms_p99: crate::bench::percentile_ms(&latencies, 0.99),
         find_missing_digests: args.blobs,
-        find_missing_ms_p50: percentile(&find, 0.5),
-        find_missing_ms_p99: percentile(&find, 0.99),
+        find_missing_ms_p50: crate::bench::percentile_ms(&find, 0.5),
+        find_missing_ms_p99: crate::bench::percentile_ms(&find, 0.99),
         daemon_peak_rss_mib: daemon.peak_rss()? as f64 / (1 << 20) as f64,
     })
 }
