@@ -72,6 +72,17 @@ impl Report {
     }
 }
 
+/// Line breaks as YAML counts them: a lone CR is one too (YAML 1.2, section 5.4), while
+/// `str::lines` would not split on it. Files are checked with every break made LF, so that the
+/// parser's line numbers and the locator's agree, and both match what an editor shows.
+pub fn normalize_newlines(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\r') {
+        std::borrow::Cow::Owned(text.replace("\r\n", "\n").replace('\r', "\n"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 /// Finds the line of a field in YAML text from its path, for problems found after parsing.
 /// It follows block-style keys and `- ` items by indentation and returns the deepest line it
 /// could find (flow-style collections resolve to their parent's line).
@@ -694,6 +705,7 @@ impl Manifest {
         text: &str,
         files: Option<&BTreeSet<String>>,
     ) -> (Option<Manifest>, Report) {
+        let text = &*normalize_newlines(text);
         let mut checker = Checker::new(file, text);
         let value: serde_norway::Value = match serde_norway::from_str(text) {
             Ok(v) => v,
@@ -1110,6 +1122,35 @@ license: apache-2.0
 
     fn parse(text: &str) -> (Option<Manifest>, Report) {
         Manifest::parse("manifest.yaml", text, None)
+    }
+
+    /// Found by `cargo fuzz run manifest`: with bare CR line endings the YAML parser counted
+    /// lines that `str::lines` did not, so one report mixed two numberings and a line could lie
+    /// past the end of the file.
+    #[test]
+    fn carriage_returns_are_line_breaks_for_every_problem() {
+        let lf = "name: demo\nversion: 0.2\ntype: prompt_spec\nlicense: mit\nhomepage: x\n";
+        for text in [
+            lf.to_string(),
+            lf.replace('\n', "\r"),
+            lf.replace('\n', "\r\n"),
+        ] {
+            let (_, report) = parse(&text);
+            let lines: Vec<(String, Option<usize>)> = report
+                .errors
+                .iter()
+                .chain(&report.warnings)
+                .map(|p| (p.field.clone(), p.line))
+                .collect();
+            assert!(
+                lines.contains(&("version".into(), Some(2))),
+                "{text:?}: {lines:?}"
+            );
+            assert!(
+                lines.contains(&("homepage".into(), Some(5))),
+                "{text:?}: {lines:?}"
+            );
+        }
     }
 
     #[test]

@@ -69,6 +69,7 @@ pub fn validate(
         if !text.contains("apiVersion") || !text.contains("kind") {
             continue;
         }
+        let text = &crate::manifest::normalize_newlines(text).into_owned();
         let mut c = Checker::new(path, text);
         let doc: Value = match serde_norway::from_str::<serde_norway::Value>(text)
             .map(|v| serde_json::to_value(v).unwrap_or(Value::Null))

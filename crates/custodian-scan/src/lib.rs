@@ -162,6 +162,10 @@ pub struct Limits {
     pub max_entries: u64,
     /// The most prompt text read from one file; the rest is content-scanned only.
     pub max_prompt_bytes: usize,
+    /// The most prompt text prompt-scanned in one package (the prompt rules run at a few MB/s
+    /// on hostile text; real prompts are kilobytes). Beyond it, files are content-scanned only,
+    /// and a finding says so.
+    pub max_prompt_total: u64,
     /// The most findings a report keeps; the rest are counted in [`Report::omitted`].
     pub max_findings: usize,
 }
@@ -175,6 +179,7 @@ impl Default for Limits {
             max_expanded: 8 << 30,
             max_entries: 100_000,
             max_prompt_bytes: 4 << 20,
+            max_prompt_total: 32 << 20,
             max_findings: 200,
         }
     }

@@ -90,6 +90,7 @@ pub fn scan_package(files: &[(String, u64)], open: &mut Opener<'_>, limits: &Lim
             .and_then(|t| Manifest::parse("manifest.yaml", t, None).0);
         let named = named_prompts(manifest.as_ref());
         let ctx = context(manifest.as_ref());
+        let mut prompt_bytes = 0u64;
         for (path, size) in files {
             let mut reader = open(path)?;
             if may_be_prompt(path, *size, &named, limits) {
@@ -100,7 +101,22 @@ pub fn scan_package(files: &[(String, u64)], open: &mut Opener<'_>, limits: &Lim
                 if is_prompt(path, &named, text)
                     && let Some(text) = text
                 {
-                    scanner.add(prompt::scan_text(path, text, &ctx));
+                    prompt_bytes += text.len() as u64;
+                    if prompt_bytes <= limits.max_prompt_total {
+                        scanner.add(prompt::scan_text(path, text, &ctx));
+                    } else {
+                        scanner.add([crate::Finding {
+                            file: path.clone(),
+                            offset: 0,
+                            rule: "prompt.not_scanned".into(),
+                            severity: crate::Severity::Medium,
+                            message: format!(
+                                "the package holds more than {} bytes of prompt text; {path} was content-scanned only",
+                                limits.max_prompt_total
+                            ),
+                            count: 1,
+                        }]);
+                    }
                 }
             } else {
                 scanner.scan(path, false, &mut reader)?;

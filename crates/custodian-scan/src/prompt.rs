@@ -56,7 +56,10 @@ fn rule(
     Rule {
         family,
         severity,
-        regex: Regex::new(&format!("(?i){pattern}")).expect("prompt rules compile"),
+        // ASCII word boundaries: the rules are English, and a Unicode `\b` would force the
+        // regex engine off its DFA on any non-ASCII text (50× slower on such input).
+        regex: Regex::new(&format!("(?i){}", pattern.replace(r"\b", r"(?-u:\b)")))
+            .expect("prompt rules compile"),
         what,
         negatable,
     }
@@ -266,7 +269,7 @@ static SENSITIVE: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 static ANY_URL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"(?i)\b(?:https?|ftp|wss?)://(\[[0-9a-f:]+\]|[^\s/:?#'"<>)\]}\\|,;`]+)"#)
+    Regex::new(r#"(?i)(?-u:\b)(?:https?|ftp|wss?)://(\[[0-9a-f:]+\]|[^\s/:?#'"<>)\]}\\|,;`]+)"#)
         .expect("url regex compiles")
 });
 
@@ -274,7 +277,7 @@ static BASE64_RUN: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"[A-Za-z0-9+/_-]{20,}={0,2}").expect("base64 regex compiles"));
 
 static HEX_RUN: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\b(?:[0-9a-fA-F]{2}){12,}\b|(?:\\x[0-9a-fA-F]{2}){8,}|(?:%[0-9a-fA-F]{2}){8,}")
+    Regex::new(r"(?-u:\b)(?:[0-9a-fA-F]{2}){12,}(?-u:\b)|(?:\\x[0-9a-fA-F]{2}){8,}|(?:%[0-9a-fA-F]{2}){8,}")
         .expect("hex regex compiles")
 });
 
