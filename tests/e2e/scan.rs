@@ -170,13 +170,23 @@ fn external_scanners_flag_and_a_crash_or_hang_is_an_error_never_clean() {
          printf '{\"verdict\":\"clean\",\"findings\":[{\"file\":\"manifest.yaml\",\"rule\":\"vendor.demo\",\"severity\":\"high\",\"message\":\"%s %s\"}]}' \"$CUSTODIAN_SCAN_NAME\" \"$CUSTODIAN_SCAN_TARGET\"\n",
     )
     .expect("write");
+    // A scanner that logs a megabyte to stderr before it answers: its pipes must not fill.
+    let chatty = scripts.join("chatty.sh");
+    std::fs::write(
+        &chatty,
+        "head -c 1048576 /dev/zero | tr '\\0' 'x' >&2\ncat >/dev/null\necho '[{\"rule\":\"chatty.x\",\"severity\":\"high\",\"message\":\"m\"}]'\n",
+    )
+    .expect("write");
     let command = |script: &Path| format!("sh {}", script.display());
     let vendor_arg = format!("vendor={}", command(&vendor));
+    let chatty_arg = format!("chatty={}", command(&chatty));
     let daemon = Daemon::start_with(
         &dir.path().join("data"),
         &[
             "--scanner",
             &vendor_arg,
+            "--scanner",
+            &chatty_arg,
             "--scanner",
             "crash=false",
             "--scanner",
@@ -215,7 +225,7 @@ fn external_scanners_flag_and_a_crash_or_hang_is_an_error_never_clean() {
                 )
             })
             .collect();
-        if messages.len() == 3 {
+        if messages.len() == 4 {
             break messages;
         }
         assert!(
@@ -230,6 +240,7 @@ fn external_scanners_flag_and_a_crash_or_hang_is_an_error_never_clean() {
             .any(|r| r.starts_with(code) && r.contains(&format!("by external:{scanner}")))
     };
     assert!(has("scan_flagged", "vendor"), "{reasons:?}");
+    assert!(has("scan_flagged", "chatty"), "{reasons:?}");
     assert!(has("scan_error", "crash"), "{reasons:?}");
     assert!(has("scan_error", "hang"), "{reasons:?}");
 

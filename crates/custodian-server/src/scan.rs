@@ -505,18 +505,21 @@ impl Registry {
             Ok(())
         });
         let run = async {
-            let mut out = Vec::new();
-            let mut err = Vec::new();
-            let mut out_limited = (&mut stdout).take(MAX_SCANNER_OUTPUT);
-            let mut err_limited = (&mut stderr).take(64 << 10);
+            // Both pipes are read to their end (what is over the limit is discarded), so a
+            // scanner that logs a lot or answers too much never blocks on a full pipe.
             let (read_out, read_err, status) = tokio::join!(
-                out_limited.read_to_end(&mut out),
-                err_limited.read_to_end(&mut err),
+                read_capped(&mut stdout, MAX_SCANNER_OUTPUT),
+                read_capped(&mut stderr, 64 << 10),
                 child.wait()
             );
-            read_out.map_err(|e| format!("reading its output: {e}"))?;
-            let _ = read_err;
+            let (out, out_total) = read_out.map_err(|e| format!("reading its output: {e}"))?;
+            let (err, _) = read_err.unwrap_or_default();
             let status = status.map_err(|e| format!("waiting for it: {e}"))?;
+            if out_total > MAX_SCANNER_OUTPUT {
+                return Err(format!(
+                    "it wrote {out_total} bytes of output, more than the {MAX_SCANNER_OUTPUT} allowed"
+                ));
+            }
             Ok::<_, String>((status, out, err))
         };
         let (status, out, err) = match tokio::time::timeout(timeout, run).await {
@@ -544,6 +547,18 @@ impl Registry {
         }
         parse_external(&out)
     }
+}
+
+/// Reads a pipe to its end, keeping the first `limit` bytes; returns them and the total read.
+async fn read_capped(
+    pipe: &mut (impl tokio::io::AsyncRead + Unpin),
+    limit: u64,
+) -> std::io::Result<(Vec<u8>, u64)> {
+    let mut kept = Vec::new();
+    (&mut *pipe).take(limit).read_to_end(&mut kept).await?;
+    let rest = tokio::io::copy(pipe, &mut tokio::io::sink()).await?;
+    let total = kept.len() as u64 + rest;
+    Ok((kept, total))
 }
 
 /// The finding that says why a scan ended in error (its verdict says that it did).
