@@ -512,8 +512,16 @@ impl Registry {
         if recorded.already {
             return Ok((recorded, None));
         }
-        let scanned = self.scan_now(&recorded.record, None).await?;
-        Ok((recorded, Some(scanned)))
+        // The publication is recorded; a scan that cannot be recorded (the ledger refusing
+        // writes) must not turn that success into an error. The version then shows no scan
+        // (`scan_missing` on its badge) until `custodian scan` records one.
+        match self.scan_now(&recorded.record, None).await {
+            Ok(scanned) => Ok((recorded, Some(scanned))),
+            Err(err) => {
+                tracing::error!(name = %recorded.record.event.name, version = %recorded.record.event.version, %err, "published, but the scan could not be recorded");
+                Ok((recorded, None))
+            }
+        }
     }
 
     /// For a version that already exists: the idempotent answer if the content is the same, or
