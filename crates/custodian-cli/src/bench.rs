@@ -12,6 +12,13 @@ use serde::Serialize;
 /// Benchmarks.
 #[derive(Subcommand)]
 pub enum BenchCommand {
+    /// Every scenario in one run, each against its limit: a table, JSON (--json) and, with
+    /// --write DIR, the files docs/performance.md shows (including a latency-versus-concurrency
+    /// plot)
+    All(crate::bench_all::AllArgs),
+    /// This machine's limits: SHA-256 and BLAKE3 on one core, sequential write+fsync, fsync
+    /// latency, raw RocksDB write rates
+    Limits(crate::bench_limits::LimitsArgs),
     /// Put and get one large blob through a real daemon, per backend, as a ratio to
     /// `openssl dgst -sha256` of the same file
     #[command(
@@ -35,13 +42,6 @@ at least once). Also prints the daemon's peak resident memory (VmHWM)."
     Small(crate::bench_small::SmallArgs),
     /// A 1 GiB hosted data-pack upload over REST, ranged reads and a verified download
     Rest(crate::bench_rest::RestArgs),
-    /// This machine's limits: SHA-256 and BLAKE3 on one core, sequential write+fsync, fsync
-    /// latency, raw RocksDB write rates
-    Limits(crate::bench_limits::LimitsArgs),
-    /// Every scenario in one run, each against its limit: a table, JSON (--json) and, with
-    /// --write DIR, the files docs/performance.md shows (including a latency-versus-concurrency
-    /// plot)
-    All(crate::bench_all::AllArgs),
 }
 
 /// Options of `custodian bench custody`.
