@@ -14,6 +14,10 @@
 //!    no object ever appears); a staged object is then renamed to its final key.
 //! 4. One synced index batch adds the metadata and removes the pending record.
 //!
+//! `BatchPut`'s small blobs take a batched form of the same path (`commit_small`): one synced
+//! batch of pending records, the objects written straight to their final keys, one synced index
+//! batch for all.
+//!
 //! On `file://` the local store is opened with fsync enabled, so step 3 is durable before
 //! step 4 runs. After a crash, [`ObjectBackend::open`] removes the objects that pending records
 //! name (unless a committed blob owns the key). An S3 multipart upload that a crash interrupts
@@ -69,6 +73,8 @@ impl ObjectConfig {
 const PART_CONCURRENCY: usize = 2;
 /// How many blocks one ranged read fetches.
 const READ_WINDOW_BLOCKS: u64 = 4;
+/// Small objects written at once by a batched commit.
+const SMALL_WRITE_CONCURRENCY: usize = 32;
 
 /// Blob custody in an object store, indexed in local RocksDB.
 pub struct ObjectBackend {
@@ -439,6 +445,135 @@ impl BlockSink for ObjectSink {
     }
 }
 
+impl ObjectBackend {
+    /// The batched write path for small blobs whose digests are known: one synced batch of
+    /// pending records, the objects written straight to their final keys (many at a time; on
+    /// `file://` each is fsynced), then one synced index batch committing them all. Crash
+    /// recovery is the single-upload path's: pending records name the objects to remove.
+    async fn commit_small_now(
+        &self,
+        blobs: Vec<(BlobMeta, Bytes)>,
+    ) -> Result<Vec<(BlobMeta, bool)>> {
+        let shared = self.shared.clone();
+        shared.index.check_writable()?;
+        let digests: Vec<Digest> = blobs.iter().map(|(m, _)| m.sha256()).collect();
+        let known = {
+            let digests = digests.clone();
+            shared
+                .blocking(move |index| index.lookup_many(&digests))
+                .await?
+        };
+        // What to write: each new digest once.
+        let mut first_of: std::collections::HashMap<Digest, usize> =
+            std::collections::HashMap::new();
+        let mut todo: Vec<(u64, Path, BlobMeta, Bytes)> = Vec::new();
+        for (i, ((meta, data), existing)) in blobs.iter().zip(&known).enumerate() {
+            if existing.is_none() && !first_of.contains_key(&digests[i]) {
+                first_of.insert(digests[i], i);
+                let id = shared.index.new_upload_id();
+                todo.push((
+                    id,
+                    shared.final_key(&digests[i]),
+                    meta.clone(),
+                    data.clone(),
+                ));
+            }
+        }
+        if !todo.is_empty() {
+            let records: Vec<(u64, Vec<u8>)> = todo
+                .iter()
+                .map(|(id, key, meta, _)| {
+                    let record = PendingRecord {
+                        direct: Some(meta.sha256()),
+                        key: key.clone(),
+                    };
+                    (*id, record.encode())
+                })
+                .collect();
+            shared
+                .blocking(move |index| index.add_pending_many(&records))
+                .await?;
+            let writes: Vec<(Path, Bytes)> = todo
+                .iter()
+                .map(|(_, key, _, data)| (key.clone(), data.clone()))
+                .collect();
+            let store = shared.store.clone();
+            let name = shared.name;
+            let written: Vec<Result<()>> =
+                futures::stream::iter(writes)
+                    .map(move |(key, data)| {
+                        let store = store.clone();
+                        async move {
+                            store.put(&key, data.into()).await.map(|_| ()).map_err(|e| {
+                                StorageError::backend(name, format!("write {key}: {e}"))
+                            })
+                        }
+                    })
+                    .buffer_unordered(SMALL_WRITE_CONCURRENCY)
+                    .collect()
+                    .await;
+            if let Some(err) = written.into_iter().find_map(Result::err) {
+                for (id, ..) in &todo {
+                    let _ = shared.discard(*id, None, None).await;
+                }
+                return Err(err);
+            }
+            let commits: Vec<(u64, BlobMeta)> = todo
+                .iter()
+                .map(|(id, _, meta, _)| (*id, meta.clone()))
+                .collect();
+            let locked = digests.clone();
+            let committed = shared
+                .blocking(move |index| {
+                    let _guards = index.lock_commits_many(&locked);
+                    let mut batch = WriteBatch::default();
+                    let mut out = std::collections::HashMap::new();
+                    for (id, meta) in commits {
+                        index.add_pending_removal(&mut batch, id)?;
+                        match index.lookup(&meta.sha256())? {
+                            // Committed by another upload meanwhile: its record stands.
+                            Some(existing) => {
+                                out.insert(meta.sha256(), (existing.meta, true));
+                            }
+                            None => {
+                                index.add_commit(&mut batch, &[], &meta)?;
+                                out.insert(meta.sha256(), (meta, false));
+                            }
+                        }
+                    }
+                    index.write_synced(batch)?;
+                    Ok(out)
+                })
+                .await?;
+            let mut out = Vec::with_capacity(blobs.len());
+            for (i, existing) in known.into_iter().enumerate() {
+                out.push(match existing {
+                    Some(meta) => (meta, true),
+                    None if first_of.get(&digests[i]) == Some(&i) => committed
+                        .get(&digests[i])
+                        .cloned()
+                        .ok_or_else(|| shared.err(format!("{} was not committed", digests[i])))?,
+                    None => {
+                        let (meta, _) = committed.get(&digests[i]).cloned().ok_or_else(|| {
+                            shared.err(format!("{} was not committed", digests[i]))
+                        })?;
+                        (meta, true)
+                    }
+                });
+            }
+            return Ok(out);
+        }
+        Ok(known
+            .into_iter()
+            .zip(blobs)
+            .map(|(existing, (meta, _))| match existing {
+                Some(existing) => (existing, true),
+                None => (meta, true),
+            })
+            .collect())
+    }
+}
+
 #[async_trait]
 impl BlobBackend for ObjectBackend {
     fn name(&self) -> &'static str {
@@ -458,6 +593,13 @@ impl BlobBackend for ObjectBackend {
         self.shared
             .blocking(move |index| index.lookup_many(&digests))
             .await
+    }
+
+    async fn commit_small(
+        &self,
+        blobs: Vec<(BlobMeta, Bytes)>,
+    ) -> Option<Result<Vec<(BlobMeta, bool)>>> {
+        Some(self.commit_small_now(blobs).await)
     }
 
     async fn begin(&self, expect: &Expectation) -> Result<Box<dyn BlockSink>> {

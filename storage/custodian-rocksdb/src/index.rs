@@ -351,6 +351,15 @@ impl RocksIndex {
         self.write_synced(batch)
     }
 
+    /// Durably records many uploads as pending, in one synced write.
+    pub fn add_pending_many(&self, records: &[(u64, Vec<u8>)]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (id, record) in records {
+            batch.put_cf(self.cf(CF_PENDING)?, id.to_be_bytes(), record);
+        }
+        self.write_synced(batch)
+    }
+
     /// Adds the removal of a pending-upload record to `batch`.
     pub fn add_pending_removal(&self, batch: &mut WriteBatch, id: u64) -> Result<()> {
         batch.delete_cf(self.cf(CF_PENDING)?, id.to_be_bytes());
