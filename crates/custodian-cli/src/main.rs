@@ -63,7 +63,8 @@ custodian log receipt 42 -o entry42.receipt.json\n  \
 custodian log verify-receipt entry42.receipt.json --key log.vkey   # offline\n  \
 custodian log checkpoint > saved.checkpoint       # later: did the log only grow?\n  \
 custodian log consistency --from saved.checkpoint --key log.vkey --update\n  \
-custodian log export audit-dir && custodian audit audit-dir --key log.vkey   # offline",
+custodian log export audit-dir && custodian audit audit-dir --key log.vkey   # offline\n  \
+custodian bench all                               # every benchmark against this machine's limits",
     propagate_version = true
 )]
 struct Cli {
