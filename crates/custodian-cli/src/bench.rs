@@ -418,6 +418,15 @@ impl BenchDaemon {
         })
     }
 
+    /// The client options that reach this daemon with its admin token.
+    pub fn server_arg(&self) -> crate::blob::ServerArg {
+        crate::blob::ServerArg {
+            server: self.address.clone(),
+            token: Some(self.token.clone()),
+            ca_cert: None,
+        }
+    }
+
     /// The daemon's peak resident memory (VmHWM) in bytes.
     pub fn peak_rss(&self) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;

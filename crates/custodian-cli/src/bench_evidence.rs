@@ -167,11 +167,7 @@ async fn scenario(
 }
 
 async fn measure(args: &EvidenceArgs, daemon: &BenchDaemon) -> anyhow::Result<Report> {
-    let server = ServerArg {
-        server: daemon.address.clone(),
-        token: Some(daemon.token.clone()),
-        ca_cert: None,
-    };
+    let server = daemon.server_arg();
     // Publish the synthetic package: 100 evals × 10 models.
     let text = manifest();
     let manifest_digest = Digest::of(Algorithm::Sha256, text.as_bytes());

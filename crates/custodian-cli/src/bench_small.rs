@@ -52,29 +52,9 @@ struct Row {
     daemon_peak_rss_mib: f64,
 }
 
-/// Adds the bearer token to each request.
-type AuthFn =
-    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
-
-type Client = ContentStoreClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AuthFn>,
->;
-
-async fn client(daemon: &BenchDaemon) -> anyhow::Result<Client> {
-    let channel = tonic::transport::Channel::from_shared(daemon.address.clone())?
-        .connect()
-        .await
-        .context("connecting to the daemon")?;
-    let header: tonic::metadata::MetadataValue<_> = format!("Bearer {}", daemon.token).parse()?;
-    let auth: AuthFn = Box::new(move |mut request: tonic::Request<()>| {
-        request
-            .metadata_mut()
-            .insert("authorization", header.clone());
-        Ok(request)
-    });
-    Ok(ContentStoreClient::with_interceptor(channel, auth)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20))
+/// A content-store client of the bench daemon, as the CLI's own commands connect.
+async fn client(daemon: &BenchDaemon) -> anyhow::Result<ContentStoreClient<crate::blob::Conn>> {
+    crate::blob::connect(&daemon.server_arg()).await
 }
 
 async fn measure(args: &SmallArgs, daemon: &BenchDaemon, backend: &str) -> anyhow::Result<Row> {

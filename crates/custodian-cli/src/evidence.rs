@@ -279,8 +279,15 @@ fn verdict_code(verdict: &str) -> ExitCode {
     }
 }
 
-fn print_findings(findings: &[custodian_scan::Finding], omitted: u64) {
-    for f in findings {
+/// Prints findings one per line, `indent` spaces in, leaving out those below `min`.
+pub fn print_findings(
+    findings: &[custodian_scan::Finding],
+    omitted: u64,
+    indent: usize,
+    min: custodian_scan::Severity,
+) {
+    let pad = " ".repeat(indent);
+    for f in findings.iter().filter(|f| f.severity >= min) {
         let place = if f.file.is_empty() {
             String::new()
         } else {
@@ -292,14 +299,14 @@ fn print_findings(findings: &[custodian_scan::Finding], omitted: u64) {
             String::new()
         };
         println!(
-            "  {:<8} {place}{}{count}: {}",
+            "{pad}{:<8} {place}{}{count}: {}",
             f.severity.as_str().to_uppercase(),
             f.rule,
             f.message
         );
     }
     if omitted > 0 {
-        println!("  … and {omitted} less severe findings not recorded");
+        println!("{pad}… and {omitted} less severe findings not recorded");
     }
 }
 
@@ -363,7 +370,7 @@ async fn rescan(spec: &str, json: bool, server: &ServerArg) -> anyhow::Result<Ex
                 r.scanner,
                 r.root
             );
-            print_findings(&findings, r.omitted);
+            print_findings(&findings, r.omitted, 2, custodian_scan::Severity::Info);
         }
     }
     if json {
@@ -435,7 +442,12 @@ fn scan_local(path: &std::path::Path, data: bool, json: bool) -> anyhow::Result<
         if let Some(error) = &report.error {
             println!("  error: {error}");
         }
-        print_findings(&report.findings, report.omitted);
+        print_findings(
+            &report.findings,
+            report.omitted,
+            2,
+            custodian_scan::Severity::Info,
+        );
     }
     Ok(verdict_code(verdict.as_str()))
 }

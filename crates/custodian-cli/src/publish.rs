@@ -299,19 +299,13 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
             );
             let findings: Vec<custodian_scan::Finding> =
                 serde_json::from_str(&scan.findings_json).unwrap_or_default();
-            for f in findings
-                .iter()
-                .filter(|f| f.severity >= custodian_scan::Severity::Medium)
-            {
-                println!(
-                    "    {:<8} {}@{} {}: {}",
-                    f.severity.as_str().to_uppercase(),
-                    f.file,
-                    f.offset,
-                    f.rule,
-                    f.message
-                );
-            }
+            // Only what a publisher should look at; `custodian scan` lists everything.
+            crate::evidence::print_findings(
+                &findings,
+                scan.omitted,
+                4,
+                custodian_scan::Severity::Medium,
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

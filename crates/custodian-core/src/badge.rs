@@ -204,8 +204,8 @@ pub fn evaluate_policy(
     }
 }
 
-/// Each scanner's latest scan of `root`.
-fn latest_per_scanner<'a>(scans: &'a [Scan], root: &str) -> Vec<&'a Scan> {
+/// Each scanner's latest scan of `root` (by ledger index), as the policy counts them.
+pub fn latest_per_scanner<'a>(scans: &'a [Scan], root: &str) -> Vec<&'a Scan> {
     let mut latest: BTreeMap<&str, &Scan> = BTreeMap::new();
     for scan in scans.iter().filter(|s| s.root == root) {
         let slot = latest.entry(scan.scanner.as_str()).or_insert(scan);

@@ -12,6 +12,9 @@ use crate::{Limits, Report};
 /// Opens a package file by path for reading.
 pub type Opener<'a> = dyn FnMut(&str) -> io::Result<Box<dyn Read + 'a>> + 'a;
 
+/// The manifest's path in a package.
+const MANIFEST: &str = custodian_core::package::MANIFEST_FILE;
+
 /// The PromptPack kinds whose text is prompt text.
 const PROMPT_KINDS: [&str; 3] = ["PromptConfig", "Scenario", "Persona"];
 
@@ -77,21 +80,26 @@ fn may_be_prompt(path: &str, size: u64, named: &BTreeSet<String>, limits: &Limit
 pub fn scan_package(files: &[(String, u64)], open: &mut Opener<'_>, limits: &Limits) -> Report {
     let mut scanner = Scanner::new(limits);
     let outcome = (|| -> io::Result<()> {
-        let manifest_text = match files.iter().find(|(p, _)| p == "manifest.yaml") {
+        // The manifest is read once: parsed here, and scanned from these bytes in the loop.
+        let manifest_bytes = match files.iter().find(|(p, _)| p == MANIFEST) {
             Some((_, size)) if *size <= limits.max_prompt_bytes as u64 => {
-                let mut text = String::new();
-                open("manifest.yaml")?.read_to_string(&mut text).ok();
-                Some(text)
+                let mut bytes = Vec::with_capacity(*size as usize);
+                open(MANIFEST)?.read_to_end(&mut bytes)?;
+                Some(bytes)
             }
             _ => None,
         };
-        let manifest = manifest_text
+        let manifest = manifest_bytes
             .as_deref()
-            .and_then(|t| Manifest::parse("manifest.yaml", t, None).0);
+            .and_then(|b| Manifest::parse(MANIFEST, &String::from_utf8_lossy(b), None).0);
         let named = named_prompts(manifest.as_ref());
         let ctx = context(manifest.as_ref());
         let mut prompt_bytes = 0u64;
         for (path, size) in files {
+            if let (MANIFEST, Some(bytes)) = (path.as_str(), &manifest_bytes) {
+                scanner.scan(path, false, &mut bytes.as_slice())?;
+                continue;
+            }
             let mut reader = open(path)?;
             if may_be_prompt(path, *size, &named, limits) {
                 let mut bytes = Vec::with_capacity(*size as usize);

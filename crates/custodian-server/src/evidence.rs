@@ -41,26 +41,13 @@ pub struct RunRef {
     pub attester: String,
 }
 
-/// A recorded scan.
-#[derive(Clone, Debug)]
-pub struct ScanRef {
-    /// Its ledger index.
-    pub index: u64,
-    /// The scanner's identity.
-    pub scanner: String,
-    /// The content root scanned.
-    pub root: String,
-    /// Its verdict.
-    pub verdict: String,
-}
-
 /// The evidence of one version.
 #[derive(Clone, Debug, Default)]
 pub struct VersionEvidence {
     /// The latest run per (eval, model).
     pub runs: BTreeMap<(String, String), RunRef>,
-    /// Every scan.
-    pub scans: Vec<ScanRef>,
+    /// Every scan, as the badge policy reads them.
+    pub scans: Vec<Scan>,
     /// The last badge issued, with its entry index.
     pub badge: Option<(u64, BadgeIssued)>,
 }
@@ -107,7 +94,7 @@ impl State {
                     .entry((e.name, e.version))
                     .or_default()
                     .scans
-                    .push(ScanRef {
+                    .push(Scan {
                         index,
                         scanner: e.scanner,
                         root: e.root,
@@ -452,10 +439,8 @@ impl Registry {
         let expected = match scan.target.as_deref() {
             None => record.event.root.clone(),
             Some(custodian_core::registry::DATA_PACK_TARGET) => record
-                .data_pack
-                .as_ref()
-                .filter(|p| p.event.pack.mode == "hosted")
-                .and_then(|p| p.event.pack.sha256.clone())
+                .hosted_data_pack()
+                .map(|(_, sha256)| sha256.to_string())
                 .ok_or_else(|| {
                     RegistryError::FailedPrecondition(format!(
                         "{}@{} has no hosted data pack to record a scan of",
@@ -532,21 +517,6 @@ impl Registry {
                 passed: r.passed,
             })
             .collect();
-        let scans: Vec<Scan> = evidence
-            .scans
-            .iter()
-            .map(|s| Scan {
-                index: s.index,
-                scanner: s.scanner.clone(),
-                root: s.root.clone(),
-                verdict: s.verdict.clone(),
-            })
-            .collect();
-        let data_pack: Option<(u64, String)> = record.data_pack.as_ref().and_then(|p| {
-            (p.event.pack.mode == "hosted")
-                .then(|| p.event.pack.sha256.clone().map(|s| (p.index, s)))
-                .flatten()
-        });
         let badge = badge::evaluate(
             &Evidence {
                 name: &record.event.name,
@@ -558,11 +528,13 @@ impl Registry {
                 signature_ok: true,
                 yanked: record.yanked.as_ref().map(|y| y.1),
                 runs: &runs,
-                scans: &scans,
-                data_pack: data_pack.as_ref().map(|(index, root)| badge::DataPackRef {
-                    index: *index,
-                    root,
-                }),
+                scans: &evidence.scans,
+                data_pack: record
+                    .hosted_data_pack()
+                    .map(|(pack, root)| badge::DataPackRef {
+                        index: pack.index,
+                        root,
+                    }),
             },
             crate::sequencer::now_ms(),
             self.badge_max_age_ms

@@ -84,6 +84,18 @@ pub struct VersionRecord {
     pub data_pack: Option<DataPackRecord>,
 }
 
+impl VersionRecord {
+    /// The hosted data pack and its `sha256:` root, if the version has one (external data
+    /// packs are not in custody, so nothing scans them).
+    pub fn hosted_data_pack(&self) -> Option<(&DataPackRecord, &str)> {
+        let pack = self.data_pack.as_ref()?;
+        if pack.event.pack.mode != "hosted" {
+            return None;
+        }
+        Some((pack, pack.event.pack.sha256.as_deref()?))
+    }
+}
+
 /// A registered data pack.
 #[derive(Clone, Debug)]
 pub struct DataPackRecord {
@@ -1020,11 +1032,7 @@ impl Registry {
                 if !scanned(&record.event.root) {
                     out.push((name.clone(), version.clone(), None));
                 }
-                if let Some(sha256) = record
-                    .data_pack
-                    .as_ref()
-                    .filter(|p| p.event.pack.mode == "hosted")
-                    .and_then(|p| p.event.pack.sha256.as_deref())
+                if let Some((_, sha256)) = record.hosted_data_pack()
                     && !scanned(sha256)
                 {
                     out.push((

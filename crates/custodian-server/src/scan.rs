@@ -145,30 +145,24 @@ impl Registry {
                     .collect(),
             )),
             Some(DATA_PACK_TARGET) => {
-                let pack = record
-                    .data_pack
-                    .as_ref()
-                    .filter(|p| p.event.pack.mode == "hosted")
-                    .ok_or_else(|| {
-                        RegistryError::FailedPrecondition(format!(
-                            "{}@{} has no hosted data pack to scan",
-                            record.event.name, record.event.version
-                        ))
-                    })?;
-                let sha256 = pack.event.pack.sha256.clone().unwrap_or_default();
+                let (pack, sha256) = record.hosted_data_pack().ok_or_else(|| {
+                    RegistryError::FailedPrecondition(format!(
+                        "{}@{} has no hosted data pack to scan",
+                        record.event.name, record.event.version
+                    ))
+                })?;
                 let digest: Digest = sha256.parse().map_err(|e| {
                     RegistryError::FailedPrecondition(format!("data pack digest {sha256}: {e}"))
                 })?;
+                let pack = &pack.event.pack;
                 let name = pack
-                    .event
-                    .pack
                     .filename
                     .clone()
                     .filter(|f| custodian_core::package::check_path(f).is_ok())
                     .unwrap_or_else(|| "data-pack".into());
                 Ok((
-                    sha256,
-                    vec![(name, digest, pack.event.pack.size.unwrap_or(0))],
+                    sha256.to_string(),
+                    vec![(name, digest, pack.size.unwrap_or(0))],
                 ))
             }
             Some(other) => Err(crate::registry::invalid(
@@ -321,11 +315,7 @@ impl Registry {
             crate::registry::require(who, Scope::Scan, name, "rescan")?;
         }
         let mut out = vec![self.scan_now(&record, None).await?];
-        if record
-            .data_pack
-            .as_ref()
-            .is_some_and(|p| p.event.pack.mode == "hosted")
-        {
+        if record.hosted_data_pack().is_some() {
             out.push(self.scan_now(&record, Some(DATA_PACK_TARGET)).await?);
         }
         let queued = self
@@ -387,18 +377,10 @@ impl Registry {
         let Some(evidence) = state.evidence.get(&(name.to_string(), version.to_string())) else {
             return "pending".into();
         };
-        let mut latest: HashMap<&str, (u64, &str)> = HashMap::new();
-        for s in evidence.scans.iter().filter(|s| s.root == root) {
-            let slot = latest
-                .entry(s.scanner.as_str())
-                .or_insert((s.index, &s.verdict));
-            if s.index >= slot.0 {
-                *slot = (s.index, &s.verdict);
-            }
-        }
-        latest
-            .values()
-            .filter_map(|(_, v)| Verdict::parse(v))
+        // The same per-scanner reading the badge policy applies.
+        custodian_core::badge::latest_per_scanner(&evidence.scans, root)
+            .into_iter()
+            .filter_map(|s| Verdict::parse(&s.verdict))
             .reduce(Verdict::worst)
             .map_or_else(|| "pending".into(), |v| v.as_str().into())
     }
