@@ -19,14 +19,14 @@ use crate::daemon::Daemon;
 
 const TOKEN: &str = "e2e-append-token";
 
-fn start(dir: &Path) -> Daemon {
+pub fn start(dir: &Path) -> Daemon {
     Daemon::start_with(
         dir,
         &["--append-token", TOKEN, "--log-origin", "e2e.test/ledger"],
     )
 }
 
-async fn client(daemon: &Daemon) -> LedgerClient<Channel> {
+pub async fn client(daemon: &Daemon) -> LedgerClient<Channel> {
     LedgerClient::new(daemon.channel().await)
 }
 
@@ -47,7 +47,10 @@ fn payload(i: u64) -> Vec<u8> {
     ]))
 }
 
-async fn append(client: &mut LedgerClient<Channel>, i: u64) -> Result<pb::Receipt, tonic::Status> {
+pub async fn append(
+    client: &mut LedgerClient<Channel>,
+    i: u64,
+) -> Result<pb::Receipt, tonic::Status> {
     let mut request = tonic::Request::new(pb::AppendRequest {
         kind: "LedgerProbe".into(),
         payload_cbor: payload(i).into(),
@@ -435,7 +438,7 @@ fn flip_entry_57(data: &Path) {
 }
 
 /// Changes the value under a big-endian u64 key in one column family of the ledger database.
-fn tamper(path: &Path, cf: &str, key: u64, change: impl FnOnce(&mut Vec<u8>)) {
+pub fn tamper(path: &Path, cf: &str, key: u64, change: impl FnOnce(&mut Vec<u8>)) {
     let cfs = [
         custodian_rocksdb::ledger::CF_ENTRIES,
         custodian_rocksdb::ledger::CF_TREE,

@@ -3,6 +3,7 @@
 
 mod cas;
 mod cli;
+mod corruption;
 mod crash;
 mod daemon;
 mod evidence;

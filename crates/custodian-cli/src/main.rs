@@ -14,6 +14,7 @@ mod evidence;
 mod log;
 mod pack;
 mod publish;
+mod scrub;
 mod serve;
 mod token;
 
@@ -64,6 +65,7 @@ custodian log verify-receipt entry42.receipt.json --key log.vkey   # offline\n  
 custodian log checkpoint > saved.checkpoint       # later: did the log only grow?\n  \
 custodian log consistency --from saved.checkpoint --key log.vkey --update\n  \
 custodian log export audit-dir && custodian audit audit-dir --key log.vkey   # offline\n  \
+custodian scrub --data-dir .custodian              # stopped daemon: read everything back\n  \
 custodian bench all                               # every benchmark against this machine's limits",
     propagate_version = true
 )]
@@ -150,6 +152,9 @@ badge policy on the evidence and compares the result with the bundled badge. Exi
 first thing that does not hold. docs/verifying.md describes each step."
     )]
     Verify(evidence::VerifyArgs),
+    /// Read back every blob and the whole log of a stopped daemon; report and quarantine damage
+    #[command(long_about = scrub::LONG_ABOUT)]
+    Scrub(scrub::ScrubArgs),
     /// Create, list and revoke API tokens (run on the daemon's host)
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -193,6 +198,7 @@ fn main() -> std::process::ExitCode {
             Command::Badge(args) => evidence::badge(args).await,
             Command::Report(args) => evidence::report(args).await,
             Command::Verify(args) => evidence::verify(args),
+            Command::Scrub(args) => scrub::run(args).await,
             Command::Bench(command) => {
                 tokio::task::spawn_blocking(move || bench::run(command)).await?
             }

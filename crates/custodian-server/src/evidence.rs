@@ -499,6 +499,17 @@ impl Registry {
         &self,
         record: &VersionRecord,
     ) -> Result<(Badge, VersionEvidence, crate::registry::ParsedManifest), RegistryError> {
+        let damaged = self.read().damaged.clone();
+        if !damaged.is_empty() {
+            let listed: Vec<String> = damaged.iter().take(10).map(u64::to_string).collect();
+            return Err(RegistryError::Ledger(
+                custodian_storage::LedgerError::Corrupt(format!(
+                    "ledger entries {}{} do not match the leaf hashes the signed tree records, so the evidence behind badges cannot be trusted; badges are withheld until the log is repaired (`custodian scrub` names the damage)",
+                    listed.join(", "),
+                    if damaged.len() > 10 { ", …" } else { "" }
+                )),
+            ));
+        }
         let manifest = self.manifest_of(record).await?;
         let evidence = self
             .read()

@@ -14,6 +14,7 @@ pub mod registry;
 mod registry_grpc;
 pub mod rest;
 pub mod scan;
+pub mod scrub;
 mod sequencer;
 mod tls;
 

@@ -128,6 +128,9 @@ pub(crate) struct State {
     pub(crate) evidence: HashMap<(String, String), crate::evidence::VersionEvidence>,
     /// Registered attester keys by handle (`name+hexid`).
     pub(crate) attesters: HashMap<String, crate::evidence::Attester>,
+    /// Entries whose stored bytes do not match the leaf hashes the signed tree records, found
+    /// at replay. They were not applied, so state derived from the log may be missing them.
+    pub(crate) damaged: Vec<u64>,
 }
 
 impl State {
@@ -1088,8 +1091,23 @@ fn replay(ledger: &Ledger) -> Result<State, RegistryError> {
     let mut applied = 0u64;
     while start < size {
         let end = (start + REPLAY_CHUNK).min(size);
+        // Every entry is checked against the leaf hash the signed tree records before anything
+        // is derived from it: a damaged byte must not become a registry fact (a run that
+        // passes, a version not yanked).
+        let leaves = ledger.leaf_hashes(start, end)?;
         for (offset, bytes) in ledger.entries(start, end)?.into_iter().enumerate() {
             let index = start + offset as u64;
+            let actual = custodian_core::merkle::leaf_hash(&bytes);
+            if actual != leaves[offset] {
+                tracing::error!(
+                    index,
+                    %actual,
+                    recorded = %leaves[offset],
+                    "ledger entry is damaged; it is not applied, and badges are withheld until `custodian scrub` finds the log clean"
+                );
+                state.damaged.push(index);
+                continue;
+            }
             // Most entries are not the registry's: skip them without decoding.
             if let Some(kind) = custodian_core::entry::peek_kind(&bytes)
                 && !custodian_core::registry::SERVICE_KINDS.contains(&kind)

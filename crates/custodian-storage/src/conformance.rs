@@ -62,6 +62,7 @@ pub async fn run(harness: &dyn Harness, options: Options) {
     find_missing_reports_absent_in_order(&store).await;
     delete_then_put_again(&store).await;
     put_many_verifies_each_and_keeps_order(&store).await;
+    list_walks_everything_and_quarantine_hides_a_blob(&store).await;
     assert_no_pending(&store, "after the single-session cases").await;
     if harness.survives_restart() {
         restart_keeps_commits_and_cleans_leftovers(harness, store).await;
@@ -201,6 +202,63 @@ async fn put_many_verifies_each_and_keeps_order(store: &BlobStore) {
             assert!(store.delete(&digest).await.expect("delete"));
         }
     }
+}
+
+async fn list_walks_everything_and_quarantine_hides_a_blob(store: &BlobStore) {
+    let case = "list and quarantine";
+    let mine: Vec<Digest> = (0..5u64)
+        .map(|i| {
+            let data = pattern(9_100 + i, 700 * i as usize);
+            BlobDigests::of(&data).sha256
+        })
+        .collect();
+    for i in 0..5u64 {
+        put(store, &pattern(9_100 + i, 700 * i as usize)).await;
+    }
+    // Walk in pages of 2: every page sorted, pages in order, each of ours seen once.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list(after, 2).await.expect("list");
+        assert!(
+            page.len() <= 2,
+            "{case}: a page of {} exceeds the limit",
+            page.len()
+        );
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().copied();
+        seen.extend(page);
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0].bytes() < w[1].bytes()),
+        "{case}: listing is not in strictly increasing digest order"
+    );
+    for digest in &mine {
+        assert!(seen.contains(digest), "{case}: {digest} not listed");
+        assert_eq!(seen.iter().filter(|d| *d == digest).count(), 1);
+    }
+    assert!(
+        store.quarantine(&mine[3]).await.expect("quarantine"),
+        "{case}"
+    );
+    assert_absent(store, &mine[3], case).await;
+    assert!(
+        !store
+            .list(None, usize::MAX)
+            .await
+            .expect("list")
+            .contains(&mine[3]),
+        "{case}: a quarantined blob is still listed"
+    );
+    // The same bytes uploaded again heal it.
+    put(store, &pattern(9_103, 2_100)).await;
+    assert_eq!(
+        read_all(store, &mine[3], ByteRange::default()).await,
+        pattern(9_103, 2_100).to_vec(),
+        "{case}: re-upload after quarantine"
+    );
 }
 
 async fn round_trip_at_block_boundaries(store: &BlobStore) {

@@ -467,9 +467,10 @@ impl Ledger {
         let stored = Reader(self.backend.as_ref())
             .read_hashes(&[stored_hash_index(0, index)])
             .map_err(LedgerError::Proof)?[0];
-        if merkle::leaf_hash(&bytes) != stored {
+        let actual = merkle::leaf_hash(&bytes);
+        if actual != stored {
             return Err(LedgerError::Corrupt(format!(
-                "entry {index} does not match its stored leaf hash"
+                "entry {index} is damaged: its bytes hash to leaf hash {actual}, but the signed tree records {stored}"
             )));
         }
         Ok(bytes)
@@ -634,6 +635,18 @@ impl Ledger {
             proof,
             checkpoint: checkpoint.note.clone(),
         })
+    }
+
+    /// The stored leaf hashes of entries `[start, end)`: what each entry must hash to, since the
+    /// signed roots cover these hashes.
+    pub fn leaf_hashes(&self, start: u64, end: u64) -> LedgerResult<Vec<Hash>> {
+        self.check_size(end)?;
+        let indexes: Vec<u64> = (start..end.max(start))
+            .map(|i| stored_hash_index(0, i))
+            .collect();
+        Reader(self.backend.as_ref())
+            .read_hashes(&indexes)
+            .map_err(LedgerError::Proof)
     }
 
     /// The stored hashes `[start, end)` in append order, for export.

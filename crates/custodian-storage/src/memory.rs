@@ -150,6 +150,19 @@ impl BlobBackend for MemoryBackend {
     async fn pending_uploads(&self) -> Result<u64> {
         Ok(self.pending.load(Ordering::SeqCst))
     }
+
+    async fn list(&self, after: Option<Digest>, limit: usize) -> Result<Vec<Digest>> {
+        let state = self.state();
+        let mut digests: Vec<Digest> = state
+            .blobs
+            .keys()
+            .filter(|d| after.is_none_or(|a| d.bytes() > a.bytes()))
+            .copied()
+            .collect();
+        digests.sort_unstable_by(|a, b| a.bytes().cmp(b.bytes()));
+        digests.truncate(limit);
+        Ok(digests)
+    }
 }
 
 #[cfg(test)]

@@ -107,6 +107,18 @@ pub trait BlobBackend: Send + Sync + 'static {
     /// How many uploads are in flight or were left behind by a crash and not yet cleaned.
     async fn pending_uploads(&self) -> Result<u64>;
 
+    /// Up to `limit` SHA-256 digests of committed blobs that sort after `after`, in byte order:
+    /// how `custodian scrub` walks everything in custody. Digests are listed even when the
+    /// blob's metadata no longer decodes, so that damage there is found too.
+    async fn list(&self, after: Option<Digest>, limit: usize) -> Result<Vec<Digest>>;
+
+    /// Takes a damaged blob out of custody: afterwards it is not found, so a fresh upload of the
+    /// same bytes heals it. Unlike [`BlobBackend::delete`] this must work when the blob's own
+    /// metadata is unreadable; backends whose delete needs the metadata override it.
+    async fn quarantine(&self, sha256: &Digest) -> Result<bool> {
+        self.delete(sha256).await
+    }
+
     /// Commits many small blobs (each at most one block, already hashed and checked by
     /// [`BlobStore::put_many`]) in one durable write; returns each blob's metadata and whether
     /// it was already present, in order. `None` if the backend has no batched path, in which
@@ -309,6 +321,24 @@ impl BlobStore {
     /// How many uploads are in flight or left over from a crash.
     pub async fn pending_uploads(&self) -> Result<u64> {
         self.backend.pending_uploads().await
+    }
+
+    /// Up to `limit` SHA-256 digests of committed blobs after `after`, in byte order.
+    pub async fn list(&self, after: Option<Digest>, limit: usize) -> Result<Vec<Digest>> {
+        self.backend.list(after, limit).await
+    }
+
+    /// The stored blocks of a blob exactly as they are, unverified: for copying a damaged blob
+    /// aside before it is quarantined. Never serve these bytes.
+    pub async fn raw_blocks(&self, meta: &BlobMeta) -> Result<BlockStream> {
+        let end = BlobMeta::block_count_for(meta.size, meta.block_size);
+        self.backend.read_blocks(meta, 0, end).await
+    }
+
+    /// Takes a damaged blob out of custody (see [`BlobBackend::quarantine`]); returns whether
+    /// there was anything to take.
+    pub async fn quarantine(&self, sha256: &Digest) -> Result<bool> {
+        self.backend.quarantine(sha256).await
     }
 
     /// Reads `range` of a blob. Each stored block is checked against its CRC32C before any of

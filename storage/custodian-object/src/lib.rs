@@ -684,6 +684,30 @@ impl BlobBackend for ObjectBackend {
     async fn pending_uploads(&self) -> Result<u64> {
         Ok(self.shared.index.pending()?.len() as u64)
     }
+
+    async fn list(&self, after: Option<Digest>, limit: usize) -> Result<Vec<Digest>> {
+        self.shared
+            .blocking(move |index| index.list(after, limit))
+            .await
+    }
+
+    async fn quarantine(&self, sha256: &Digest) -> Result<bool> {
+        match self.delete(sha256).await {
+            Err(StorageError::Corrupt { .. }) => {
+                let digest = *sha256;
+                self.shared
+                    .blocking(move |index| {
+                        let _guard = index.lock_commits(&digest);
+                        index.forget(&digest).map(|()| true)
+                    })
+                    .await?;
+                let key = self.shared.final_key(sha256);
+                delete_if_present(&*self.shared.store, &key, self.shared.name).await?;
+                Ok(true)
+            }
+            other => other,
+        }
+    }
 }
 
 /// Reads blocks `first..end` of a blob with one ranged request and slices them apart.

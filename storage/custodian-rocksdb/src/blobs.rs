@@ -328,7 +328,7 @@ impl BlobBackend for RocksBackend {
                 );
                 let mut expected = first;
                 for item in iter {
-                    let (key, value) = item.map_err(|e| index.err(e))?;
+                    let (key, value) = item.map_err(|e| index.read_err(Some(&digest), e))?;
                     if key.as_ref() != chunk_key(extent, expected) {
                         break;
                     }
@@ -374,6 +374,28 @@ impl BlobBackend for RocksBackend {
             Ok(true)
         })
         .await
+    }
+
+    async fn list(&self, after: Option<Digest>, limit: usize) -> Result<Vec<Digest>> {
+        let index = self.index.clone();
+        blocking(move || index.list(after, limit)).await
+    }
+
+    async fn quarantine(&self, sha256: &Digest) -> Result<bool> {
+        match self.delete(sha256).await {
+            Err(StorageError::Corrupt { .. }) => {
+                // The metadata no longer says where the blocks are; forget the blob, and leave
+                // its blocks to the copy scrub made (they are not reachable any more).
+                let index = self.index.clone();
+                let sha256 = *sha256;
+                blocking(move || {
+                    let _guard = index.lock_commits(&sha256);
+                    index.forget(&sha256).map(|()| true)
+                })
+                .await
+            }
+            other => other,
+        }
     }
 
     async fn commit_small(

@@ -191,7 +191,7 @@ impl RocksIndex {
                 let value = self
                     .db
                     .get_pinned_cf(self.cf(CF_BLAKE3)?, digest.bytes())
-                    .map_err(|e| self.err(e))?;
+                    .map_err(|e| self.read_err(Some(digest), e))?;
                 match value {
                     None => Ok(None),
                     Some(v) => {
@@ -240,7 +240,7 @@ impl RocksIndex {
         let value = self
             .db
             .get_pinned_cf(self.cf(CF_META)?, sha256)
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.read_err(Some(&Digest::sha256(sha256)), e))?;
         match value {
             None => Ok(None),
             Some(v) => {
@@ -337,6 +337,58 @@ impl RocksIndex {
         batch.delete_cf(self.cf(CF_META)?, meta.sha256().bytes());
         batch.delete_cf(self.cf(CF_BLAKE3)?, meta.digests.blake3.bytes());
         Ok(())
+    }
+
+    /// Up to `limit` committed SHA-256 digests after `after`, in byte order (keys only, so an
+    /// entry whose value no longer decodes is still listed).
+    pub fn list(&self, after: Option<Digest>, limit: usize) -> Result<Vec<Digest>> {
+        let start = after.map(|d| *d.bytes());
+        let mode = match &start {
+            Some(key) => rocksdb::IteratorMode::From(key, rocksdb::Direction::Forward),
+            None => rocksdb::IteratorMode::Start,
+        };
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for item in self.db.iterator_cf(self.cf(CF_META)?, mode) {
+            let (key, _) = item.map_err(|e| self.read_err(None, e))?;
+            let Ok(bytes) = <[u8; 32]>::try_from(key.as_ref()) else {
+                return Err(self.err(format!(
+                    "metadata key of {} bytes; keys are 32-byte SHA-256 digests",
+                    key.len()
+                )));
+            };
+            if start == Some(bytes) {
+                continue;
+            }
+            out.push(Digest::sha256(bytes));
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a blob's index records when its metadata may be unreadable: the metadata entry
+    /// always, the BLAKE3 entry when the metadata still names it. Synced.
+    pub fn forget(&self, sha256: &Digest) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        if let Ok(Some(entry)) = self.lookup(sha256) {
+            batch.delete_cf(self.cf(CF_BLAKE3)?, entry.meta.digests.blake3.bytes());
+        }
+        batch.delete_cf(self.cf(CF_META)?, sha256.bytes());
+        self.write_synced(batch)
+    }
+
+    /// Converts a RocksDB read error: a checksum or format failure in stored data is
+    /// [`StorageError::Corrupt`] naming the blob read (so clients see DATA_LOSS, not an internal
+    /// error); anything else is a backend error.
+    pub fn read_err(&self, digest: Option<&Digest>, e: rocksdb::Error) -> StorageError {
+        match (e.kind(), digest) {
+            (rocksdb::ErrorKind::Corruption, Some(digest)) => StorageError::Corrupt {
+                digest: *digest,
+                detail: format!("RocksDB reports stored data damaged: {e}"),
+            },
+            _ => self.err(e),
+        }
     }
 
     /// A fresh upload id.
