@@ -14,6 +14,13 @@ use tonic::transport::Channel;
 #[derive(Clone)]
 pub struct AddToken(Option<MetadataValue<Ascii>>);
 
+impl AddToken {
+    /// Sends `token` (a full `Bearer …` value) with every request, or nothing.
+    pub fn new(token: Option<MetadataValue<Ascii>>) -> Self {
+        AddToken(token)
+    }
+}
+
 impl tonic::service::Interceptor for AddToken {
     fn call(
         &mut self,
