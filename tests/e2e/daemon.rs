@@ -54,6 +54,7 @@ pub struct Daemon {
     /// An admin token for every namespace, created before the first start.
     pub token: String,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -71,6 +72,7 @@ impl Daemon {
             data_dir: dir.to_path_buf(),
             token: String::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
         };
         daemon.token = daemon.create_token("e2e-admin", "admin", "*");
         daemon.spawn();
@@ -119,6 +121,7 @@ impl Daemon {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -222,6 +225,17 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Kills (if running) and starts again with these extra environment variables (replacing
+    /// any given before).
+    pub fn restart_with_env(&mut self, env: &[(&str, String)]) {
+        self.kill9();
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        self.spawn();
     }
 
     /// Kills (if running) and starts again on the same data directory.

@@ -7,6 +7,7 @@ mod corruption;
 mod crash;
 mod daemon;
 mod evidence;
+mod faults;
 mod interop;
 mod ledger;
 mod registry;

@@ -60,7 +60,9 @@ pub enum StorageError {
     },
     /// A write after a failed sync: the store refuses writes until it is reopened, because it
     /// can no longer tell what reached the disk.
-    #[error("{backend} backend refuses writes after an earlier failure: {cause}")]
+    #[error(
+        "{backend} backend refuses writes until it is restarted, because a write failed: {cause}"
+    )]
     Poisoned {
         /// The backend's name.
         backend: &'static str,

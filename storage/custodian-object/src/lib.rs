@@ -92,6 +92,18 @@ struct Shared {
 }
 
 impl Shared {
+    /// A failed object write. On `file://` it poisons the backend: the local store fsyncs
+    /// inside its own calls, so a failed write cannot be told from a failed fsync, after which
+    /// the page cache may no longer say what reached the disk. A remote store's failed PUT
+    /// leaves no object and is reported as it is.
+    fn write_failed(&self, err: StorageError) -> StorageError {
+        if self.name == "file" {
+            self.index.poison(err)
+        } else {
+            err
+        }
+    }
+
     fn final_key(&self, sha256: &Digest) -> Path {
         let hex = sha256.hex();
         self.prefix
@@ -388,7 +400,7 @@ impl BlockSink for ObjectSink {
             return Err(StorageError::Aborted("upload already finished".into()));
         };
         if let Err(e) = upload.wait_for_capacity(PART_CONCURRENCY).await {
-            return Err(self.err("upload part of", e));
+            return Err(self.shared.write_failed(self.err("upload part of", e)));
         }
         upload.put(block);
         Ok(())
@@ -413,7 +425,7 @@ impl BlockSink for ObjectSink {
         };
         if let Err(err) = placed {
             let _ = self.shared.discard(self.id, self.staged(), None).await;
-            return Err(err);
+            return Err(self.shared.write_failed(err));
         }
         let id = self.id;
         self.shared
@@ -516,7 +528,7 @@ impl ObjectBackend {
                 for (id, ..) in &todo {
                     let _ = shared.discard(*id, None, None).await;
                 }
-                return Err(err);
+                return Err(shared.write_failed(err));
             }
             let commits: Vec<(u64, BlobMeta)> = todo
                 .iter()
