@@ -1,6 +1,7 @@
 //! End-to-end tests: a real `custodian serve` process on 127.0.0.1:0, driven over gRPC and
 //! through the CLI. One test binary with modules, so helpers are shared and the build is one link.
 
+mod abuse;
 mod cas;
 mod cli;
 mod corruption;

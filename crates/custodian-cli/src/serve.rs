@@ -82,6 +82,22 @@ pub struct ServeArgs {
     #[arg(long, env = "CUSTODIAN_MAX_MESSAGE_BYTES", default_value_t = 8 << 20)]
     max_message_bytes: usize,
 
+    /// Connections open at once on each port; beyond it new connections are closed at once
+    #[arg(long, env = "CUSTODIAN_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
+
+    /// Close a connection after this long without a byte in either direction (e.g. 5m)
+    #[arg(long, env = "CUSTODIAN_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+
+    /// REST: the time a client has to send a request's headers, and to finish TLS
+    #[arg(long, env = "CUSTODIAN_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+
+    /// Abandon an upload (gRPC Put, REST hosted data pack) that sends nothing for this long
+    #[arg(long, env = "CUSTODIAN_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    upload_idle_timeout: Duration,
+
     /// How long in-flight requests may finish after SIGTERM or Ctrl-C (e.g. 30s, 2m)
     #[arg(long, env = "CUSTODIAN_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -158,6 +174,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         subscriber.init();
     }
 
+    raise_open_file_limit(args.max_connections);
     let config = ServerConfig {
         data_dir: args.data_dir.clone(),
         storage: args.storage.clone(),
@@ -166,6 +183,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         limits: CasLimits {
             max_batch_total_size_bytes: args.max_batch_bytes,
             max_message_size_bytes: args.max_message_bytes,
+            upload_idle_timeout: args.upload_idle_timeout,
+        },
+        conn: custodian_server::conn::ConnLimits {
+            max_connections: args.max_connections,
+            idle_timeout: args.idle_timeout,
+            header_timeout: args.header_timeout,
         },
         shutdown_grace: args.shutdown_grace,
         log_origin: args.log_origin,
@@ -236,6 +259,34 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     .await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the soft limit on open files to the hard limit: two ports of --max-connections each,
+/// plus RocksDB's files, need more than the common default of 1,024. Without it, accept fails
+/// with EMFILE long before the connection limit is reached.
+fn raise_open_file_limit(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    let (Some(current), maximum) = (limit.current, limit.maximum) else {
+        return; // Unlimited already.
+    };
+    let needed = 2 * max_connections as u64 + 1024;
+    let wanted = maximum.map_or(needed, |max| needed.min(max));
+    let mut have = current;
+    if current < wanted {
+        limit.current = Some(wanted);
+        match setrlimit(Resource::Nofile, limit) {
+            Ok(()) => have = wanted,
+            Err(err) => tracing::warn!(%err, wanted, "cannot raise the open-file limit"),
+        }
+    }
+    if have < needed {
+        tracing::warn!(
+            open_files = have,
+            max_connections,
+            "the open-file limit is below what --max-connections needs on two ports; accept may fail with EMFILE first (it is retried, not fatal)"
+        );
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -28,6 +28,9 @@ pub struct CasLimits {
     pub max_batch_total_size_bytes: u64,
     /// The largest gRPC message accepted.
     pub max_message_size_bytes: usize,
+    /// An upload that sends nothing for this long is abandoned (slow-loris uploads), on the
+    /// gRPC Put stream and the REST hosted upload alike.
+    pub upload_idle_timeout: std::time::Duration,
 }
 
 impl Default for CasLimits {
@@ -35,7 +38,24 @@ impl Default for CasLimits {
         CasLimits {
             max_batch_total_size_bytes: 4 << 20,
             max_message_size_bytes: 8 << 20,
+            upload_idle_timeout: std::time::Duration::from_secs(60),
         }
+    }
+}
+
+/// The next message of a client stream, or DEADLINE_EXCEEDED when none arrives within `idle`:
+/// an upload that trickles (slow-loris) or stalls is abandoned, and its writer dropped, so it
+/// holds no storage or memory for longer than that.
+async fn next_message<T>(
+    stream: &mut Streaming<T>,
+    idle: std::time::Duration,
+) -> Result<Option<T>, Status> {
+    match tokio::time::timeout(idle, stream.message()).await {
+        Ok(result) => result,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no complete upload message arrived for {} s (serve --upload-idle-timeout); the upload is discarded",
+            idle.as_secs_f64()
+        ))),
     }
 }
 
@@ -156,7 +176,11 @@ impl ContentStore for CasService {
     ) -> Result<Response<pb::PutResponse>, Status> {
         let who = self.writer(&request)?;
         let mut stream = request.into_inner();
-        let header = match stream.message().await?.and_then(|m| m.message) {
+        let idle = self.limits.upload_idle_timeout;
+        let header = match next_message(&mut stream, idle)
+            .await?
+            .and_then(|m| m.message)
+        {
             Some(pb::put_request::Message::Header(header)) => header,
             Some(pb::put_request::Message::Chunk(_)) => {
                 return Err(Status::invalid_argument(
@@ -176,7 +200,7 @@ impl ContentStore for CasService {
         let mut writer = self.store.begin_put(expect).await.map_err(storage_status)?;
         // If the client disconnects, `message()` fails and the writer is dropped here: the
         // upload is discarded and nothing becomes visible.
-        while let Some(message) = stream.message().await? {
+        while let Some(message) = next_message(&mut stream, idle).await? {
             match message.message {
                 Some(pb::put_request::Message::Chunk(chunk)) => {
                     writer.write(chunk).await.map_err(storage_status)?;

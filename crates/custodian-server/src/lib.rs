@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod cas;
+pub mod conn;
 mod error;
 pub mod evidence;
 mod evidence_grpc;
@@ -32,7 +33,6 @@ use custodian_rocksdb::{RocksBackend, RocksConfig, RocksLedger};
 use custodian_storage::ledger::Ledger;
 use custodian_storage::{BlobStore, DEFAULT_BLOCK_SIZE};
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt as _;
 
 pub use cas::{CasLimits, CasService, blob_info};
 pub use error::{ServerError, parse_digest, storage_status};
@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub block_size: usize,
     /// Content store limits.
     pub limits: CasLimits,
+    /// Connection limits on both ports.
+    pub conn: conn::ConnLimits,
     /// How long in-flight requests may run after a shutdown signal before they are cut off.
     pub shutdown_grace: Duration,
     /// The ledger's origin when a new log key is generated (ignored, but checked, afterwards).
@@ -84,6 +86,7 @@ impl ServerConfig {
             storage_options: Vec::new(),
             block_size: DEFAULT_BLOCK_SIZE,
             limits: CasLimits::default(),
+            conn: conn::ConnLimits::default(),
             shutdown_grace: Duration::from_secs(30),
             log_origin: None,
             append_token: None,
@@ -227,27 +230,19 @@ pub async fn serve(
     let rest = match rest_listener {
         None => None,
         Some(rest_listener) => {
-            let app = rest::router(registry.clone(), auth.clone());
-            let mut stop_rest = stop_rx.clone();
-            let stop = async move {
-                let _ = stop_rest.wait_for(|stop| *stop).await;
+            let app = rest::router(registry.clone(), auth.clone(), limits.upload_idle_timeout);
+            let tls = match &config.tls {
+                Some(tls) => Some(tls.rustls_config()?),
+                None => None,
             };
-            Some(match &config.tls {
-                Some(tls) => {
-                    let listener = tls::TlsListener::new(rest_listener, tls.rustls_config()?)
-                        .map_err(|e| ServerError::Tls(e.to_string()))?;
-                    tokio::spawn(async move {
-                        axum::serve(listener, app)
-                            .with_graceful_shutdown(stop)
-                            .await
-                    })
-                }
-                None => tokio::spawn(async move {
-                    axum::serve(rest_listener, app)
-                        .with_graceful_shutdown(stop)
-                        .await
-                }),
-            })
+            let gate = conn::Gate::new(config.conn, "rest");
+            Some(tokio::spawn(conn::serve_rest(
+                rest_listener,
+                tls,
+                app,
+                gate,
+                stop_rx.clone(),
+            )))
         }
     };
     let mut builder = tonic::transport::Server::builder();
@@ -255,15 +250,10 @@ pub async fn serve(
         builder = builder
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(tls.grpc_identity()?))?;
     }
-    // The builder's tcp_nodelay applies only to listeners it binds itself, so set it on each
-    // accepted connection: without it small replies (ledger appends) wait for delayed ACKs.
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|stream| {
-        let stream = stream?;
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::warn!(%err, "cannot set TCP_NODELAY on a connection");
-        }
-        Ok::<_, std::io::Error>(stream)
-    });
+    // Every connection holds a slot of --max-connections and is closed after --idle-timeout
+    // without traffic; TCP_NODELAY is set on each (small replies such as ledger appends would
+    // otherwise wait for delayed ACKs).
+    let incoming = conn::grpc_incoming(listener, conn::Gate::new(config.conn, "grpc"));
     let server = builder
         .tcp_nodelay(true)
         // Large windows let one stream move a big blob at loopback speed.
@@ -296,8 +286,8 @@ pub async fn serve(
     if let Some(rest) = rest {
         // The REST server stops on the same signal; give it what is left of the grace period.
         match tokio::time::timeout(grace, rest).await {
-            Ok(Ok(Err(err))) => tracing::warn!(%err, "REST server stopped with an error"),
-            Ok(_) => {}
+            Ok(Err(err)) => tracing::warn!(%err, "the REST server task failed"),
+            Ok(Ok(())) => {}
             Err(_) => {
                 tracing::warn!("REST requests still running after the grace period were cut off")
             }

@@ -47,15 +47,21 @@ pub struct RestState {
     registry: Arc<Registry>,
     auth: Arc<Authenticator>,
     store: BlobStore,
+    upload_idle: std::time::Duration,
 }
 
-/// The REST router.
-pub fn router(registry: Arc<Registry>, auth: Arc<Authenticator>) -> Router {
+/// The REST router; an upload body that sends nothing for `upload_idle` is abandoned.
+pub fn router(
+    registry: Arc<Registry>,
+    auth: Arc<Authenticator>,
+    upload_idle: std::time::Duration,
+) -> Router {
     let store = registry.store().clone();
     let state = RestState {
         registry,
         auth,
         store,
+        upload_idle,
     };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -473,7 +479,21 @@ async fn post_hosted(
                 // (the store's block size) so that hashing and storage work in large steps. If
                 // the client goes away the writer is dropped and nothing is kept.
                 let mut piece = bytes::BytesMut::with_capacity(UPLOAD_PIECE);
-                while let Some(chunk) = field.chunk().await.map_err(bad_multipart)? {
+                let idle = state.upload_idle;
+                while let Some(chunk) = tokio::time::timeout(idle, field.chunk())
+                    .await
+                    .map_err(|_| {
+                        ApiError::new(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "upload_idle",
+                            format!(
+                                "no upload data arrived for {} s (serve --upload-idle-timeout); the upload is discarded",
+                                idle.as_secs_f64()
+                            ),
+                        )
+                    })?
+                    .map_err(bad_multipart)?
+                {
                     piece.extend_from_slice(&chunk);
                     if piece.len() >= UPLOAD_PIECE {
                         writer
