@@ -42,6 +42,10 @@ at least once). Also prints the daemon's peak resident memory (VmHWM)."
     Small(crate::bench_small::SmallArgs),
     /// A 1 GiB hosted data-pack upload over REST, ranged reads and a verified download
     Rest(crate::bench_rest::RestArgs),
+    /// 64 clients for 5 minutes on a mixed workload (puts, verified gets, attestations, proofs,
+    /// REST downloads): p50/p99 per operation, errors, and whether the daemon's memory stayed
+    /// flat. Exits 1 on any error or memory growth
+    Load(crate::bench_load::LoadArgs),
 }
 
 /// Options of `custodian bench custody`.
@@ -106,6 +110,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Scan(args) => crate::bench_scan::run(args),
         BenchCommand::Small(args) => crate::bench_small::run(args),
         BenchCommand::Rest(args) => crate::bench_rest::run(args),
+        BenchCommand::Load(args) => crate::bench_load::run(args),
         BenchCommand::Limits(args) => crate::bench_limits::run(args),
         BenchCommand::All(args) => crate::bench_all::run(args),
     }
@@ -425,6 +430,11 @@ impl BenchDaemon {
             token: Some(self.token.clone()),
             ca_cert: None,
         }
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The daemon's peak resident memory (VmHWM) in bytes.

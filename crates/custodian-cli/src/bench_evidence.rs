@@ -73,7 +73,8 @@ fn manifest() -> String {
     )
 }
 
-fn envelope(manifest: Digest, key: &SignerKey, i: usize) -> String {
+/// A signed run of the synthetic package: eval and model cycle with `i`.
+pub(crate) fn envelope(manifest: Digest, key: &SignerKey, i: usize) -> String {
     let predicate = RunPredicate {
         package: "bench-package".into(),
         version: "1.0.0".into(),
@@ -166,12 +167,14 @@ async fn scenario(
     Ok((runs, runs as f64 / elapsed, ms(0.5), ms(0.99)))
 }
 
-async fn measure(args: &EvidenceArgs, daemon: &BenchDaemon) -> anyhow::Result<Report> {
-    let server = daemon.server_arg();
-    // Publish the synthetic package: 100 evals × 10 models.
+/// Publishes the synthetic package (100 evals × 10 models) and registers an attester; returns
+/// the manifest digest, the attester's key and the published version.
+pub(crate) async fn publish_and_register(
+    server: &ServerArg,
+) -> anyhow::Result<(Digest, SignerKey, rpb::Version)> {
     let text = manifest();
     let manifest_digest = Digest::of(Algorithm::Sha256, text.as_bytes());
-    let mut store = cas::content_store_client::ContentStoreClient::new(channel(&server).await?);
+    let mut store = cas::content_store_client::ContentStoreClient::new(channel(server).await?);
     store
         .batch_put(cas::BatchPutRequest {
             items: vec![cas::BatchPutItem {
@@ -191,7 +194,7 @@ async fn measure(args: &EvidenceArgs, daemon: &BenchDaemon) -> anyhow::Result<Re
             size: text.len() as u64,
         }],
     )?;
-    let version = rpb::registry_client::RegistryClient::new(channel(&server).await?)
+    let version = rpb::registry_client::RegistryClient::new(channel(server).await?)
         .publish_version(rpb::PublishVersionRequest {
             envelope: statement.sign(&publisher).to_json(),
             publisher_key: publisher.verifier().to_string(),
@@ -202,12 +205,19 @@ async fn measure(args: &EvidenceArgs, daemon: &BenchDaemon) -> anyhow::Result<Re
         .version
         .context("no version")?;
     let attester = SignerKey::from_seed("bench-attester", [12; 32])?;
-    let mut evidence = evidence_client(&server).await?;
-    evidence
+    evidence_client(server)
+        .await?
         .register_attester(pb::RegisterAttesterRequest {
             verifier_key: attester.verifier().to_string(),
         })
         .await?;
+    Ok((manifest_digest, attester, version))
+}
+
+async fn measure(args: &EvidenceArgs, daemon: &BenchDaemon) -> anyhow::Result<Report> {
+    let server = daemon.server_arg();
+    let (manifest_digest, attester, version) = publish_and_register(&server).await?;
+    let mut evidence = evidence_client(&server).await?;
 
     // Pre-signed runs: every eval × model, then repeats.
     let count = 60_000;

@@ -5,6 +5,7 @@ mod bench_all;
 mod bench_evidence;
 mod bench_ledger;
 mod bench_limits;
+mod bench_load;
 mod bench_rest;
 mod bench_scan;
 mod bench_small;

@@ -20,9 +20,40 @@ const CF_META: &str = "meta";
 const CF_BLAKE3: &str = "blake3";
 const CF_PENDING: &str = "pending";
 
+/// The block cache every column family of every database in the process shares.
+const BLOCK_CACHE_BYTES: usize = 32 << 20;
+/// The memtable budget shared the same way: past it, the largest memtable is flushed.
+const WRITE_BUFFER_BYTES: usize = 32 << 20;
+
+/// One block cache and one memtable budget for the whole process. Without them each column
+/// family gets RocksDB's own defaults (a block cache each, index and filter blocks held outside
+/// any cache), and resident memory grows with the data stored: 100 to 160 MiB over five minutes
+/// of load, measured with `custodian bench load`.
+fn shared_memory() -> &'static (rocksdb::Cache, rocksdb::WriteBufferManager) {
+    static SHARED: std::sync::OnceLock<(rocksdb::Cache, rocksdb::WriteBufferManager)> =
+        std::sync::OnceLock::new();
+    SHARED.get_or_init(|| {
+        (
+            rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES),
+            rocksdb::WriteBufferManager::new_write_buffer_manager(WRITE_BUFFER_BYTES, false),
+        )
+    })
+}
+
+/// Table options with the shared block cache; index and filter blocks live in it too, so
+/// they are bounded by it rather than growing with the number of table files.
+pub(crate) fn table_options() -> rocksdb::BlockBasedOptions {
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_block_cache(&shared_memory().0);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    table
+}
+
 /// Database options shared by Custodian's RocksDB databases (blob index and ledger).
 pub(crate) fn db_options() -> Options {
     let mut db_opts = Options::default();
+    db_opts.set_write_buffer_manager(&shared_memory().1);
     db_opts.create_if_missing(true);
     db_opts.create_missing_column_families(true);
     // The daemon must stay small (a 100 MiB RSS budget); RocksDB's own defaults assume a
@@ -38,6 +69,7 @@ pub(crate) fn db_options() -> Options {
 pub(crate) fn cf_descriptor(name: &str, write_buffer: usize) -> ColumnFamilyDescriptor {
     let mut o = Options::default();
     o.set_write_buffer_size(write_buffer);
+    o.set_block_based_table_factory(&table_options());
     ColumnFamilyDescriptor::new(name, o)
 }
 
