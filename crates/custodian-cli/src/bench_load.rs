@@ -196,7 +196,9 @@ async fn measure(args: &LoadArgs, daemon: &BenchDaemon) -> anyhow::Result<Report
     let mut tasks = Vec::new();
     for client in 0..args.clients {
         let shared = shared.clone();
-        tasks.push(tokio::spawn(async move { run_client(shared, client).await }));
+        tasks.push(tokio::spawn(
+            async move { run_client(shared, client).await },
+        ));
     }
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     shared.stop.store(true, Ordering::Relaxed);
@@ -321,7 +323,8 @@ async fn run_client(shared: Arc<Shared>, client: usize) -> anyhow::Result<Tally>
         let result: Result<(), String> = match op {
             Op::Put => {
                 let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
-                let data = custodian_storage::conformance::pattern(0x5eed_0000_0000 + seq, 64 << 10);
+                let data =
+                    custodian_storage::conformance::pattern(0x5eed_0000_0000 + seq, 64 << 10);
                 let digests = BlobDigests::of(&data);
                 put(&mut store, &digests, data)
                     .await
