@@ -53,6 +53,19 @@ fn flip(path: &Path, at: usize) {
     std::fs::write(path, bytes).expect("write the damaged file");
 }
 
+/// Flips one bit in the middle of ledger entry 7 (twice restores it).
+fn flip_entry_7(data_dir: &Path) {
+    ledger::tamper(
+        &data_dir.join("ledger"),
+        custodian_rocksdb::ledger::CF_ENTRIES,
+        7,
+        |v| {
+            let at = v.len() / 2;
+            v[at] ^= 0x01;
+        },
+    );
+}
+
 async fn read_back(daemon: &Daemon, data: &Bytes) -> Result<Bytes, tonic::Status> {
     let digest = BlobDigests::of(data).sha256.to_string();
     get(&mut daemon.client().await, &digest, 0, 0)
@@ -96,15 +109,7 @@ async fn damaged_rocksdb_blobs_and_ledger_entries_are_data_loss_and_scrub_quaran
     );
     let len = std::fs::metadata(&files[0]).unwrap().len() as usize;
     flip(&files[0], len / 2);
-    ledger::tamper(
-        &data_dir.join("ledger"),
-        custodian_rocksdb::ledger::CF_ENTRIES,
-        7,
-        |v| {
-            let at = v.len() / 2;
-            v[at] ^= 0x01;
-        },
-    );
+    flip_entry_7(&data_dir);
     daemon.restart_after_kill9();
 
     // Reads of the damaged blob fail with DATA_LOSS naming it; the others are served intact.
@@ -196,15 +201,7 @@ async fn damaged_rocksdb_blobs_and_ledger_entries_are_data_loss_and_scrub_quaran
 
     // Restoring the entry's bytes (here: flipping the bit back) leaves a clean scrub.
     daemon.kill9();
-    ledger::tamper(
-        &data_dir.join("ledger"),
-        custodian_rocksdb::ledger::CF_ENTRIES,
-        7,
-        |v| {
-            let at = v.len() / 2;
-            v[at] ^= 0x01;
-        },
-    );
+    flip_entry_7(&data_dir);
     let (code, report) = scrub(&data_dir, &[]);
     assert_eq!(code, 0, "{report:#}");
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use custodian_core::attestation::{RunPredicate, RunStatement, Runner};
 use custodian_core::checkpoint::Checkpoint;
-use custodian_core::merkle::{Hash, verify_consistency};
+use custodian_core::merkle::Hash;
 use custodian_core::note::{SignerKey, VerifierKey};
 use custodian_core::package::{FileEntry, PackageStatement};
 use custodian_core::{Algorithm, BlobDigests, Digest};
@@ -224,6 +224,22 @@ fn record_receipt(acked: &Mutex<Acked>, receipt: Option<lpb::Receipt>) {
     acked.checkpoints.push(receipt.checkpoint);
 }
 
+/// What every writer task takes along.
+#[derive(Clone)]
+struct Ctx {
+    acked: Arc<Mutex<Acked>>,
+    address: String,
+    token: String,
+    keys: Arc<(SignerKey, SignerKey, Digest)>,
+}
+
+impl Ctx {
+    /// A writer's own handles: the record, the daemon's address and its token.
+    fn parts(&self) -> (Arc<Mutex<Acked>>, String, String) {
+        (self.acked.clone(), self.address.clone(), self.token.clone())
+    }
+}
+
 /// Starts the cycle's writers: blob puts of every size class, batch puts, publications and
 /// attested runs. Each runs until its call fails (the daemon died).
 fn start_writers(
@@ -232,9 +248,15 @@ fn start_writers(
     acked: &Arc<Mutex<Acked>>,
     keys: &Arc<(SignerKey, SignerKey, Digest)>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let ctx = Ctx {
+        acked: acked.clone(),
+        address: daemon.address.clone(),
+        token: daemon.token.clone(),
+        keys: keys.clone(),
+    };
     let mut tasks = Vec::new();
     for writer in 0..3u64 {
-        let (acked, address, token) = (acked.clone(), daemon.address.clone(), daemon.token.clone());
+        let (acked, address, token) = ctx.parts();
         tasks.push(tokio::spawn(async move {
             let mut client = connect_store(&address, &token).await;
             let mut rng = Rng(cycle * 7919 + writer + 1);
@@ -264,7 +286,7 @@ fn start_writers(
         }));
     }
     {
-        let (acked, address, token) = (acked.clone(), daemon.address.clone(), daemon.token.clone());
+        let (acked, address, token) = ctx.parts();
         tasks.push(tokio::spawn(async move {
             let mut client = connect_store(&address, &token).await;
             for i in 0.. {
@@ -308,12 +330,7 @@ fn start_writers(
         }));
     }
     {
-        let (acked, address, token, keys) = (
-            acked.clone(),
-            daemon.address.clone(),
-            daemon.token.clone(),
-            keys.clone(),
-        );
+        let ((acked, address, token), keys) = (ctx.parts(), ctx.keys.clone());
         tasks.push(tokio::spawn(async move {
             let mut store = connect_store(&address, &token).await;
             let mut registry = RegistryClient::new(authed(&address, &token).await);
@@ -335,12 +352,7 @@ fn start_writers(
         }));
     }
     for attester in 0..2u64 {
-        let (acked, address, token, keys) = (
-            acked.clone(),
-            daemon.address.clone(),
-            daemon.token.clone(),
-            keys.clone(),
-        );
+        let ((acked, address, token), keys) = (ctx.parts(), ctx.keys.clone());
         tasks.push(tokio::spawn(async move {
             let mut evidence = EvidenceClient::new(authed(&address, &token).await);
             for i in 0.. {
@@ -375,14 +387,13 @@ async fn connect_store(address: &str, token: &str) -> ContentStoreClient<Authed>
         .max_encoding_message_size(64 << 20)
 }
 
-/// Opens the stopped daemon's blob database read-only and checks that nothing temporary is
-/// left: no pending-upload record, and no stored block outside a committed blob's extent.
-fn assert_no_leftovers(data_dir: &Path, cycle: u64) {
-    let path = data_dir.join("blobs");
+/// Opens a stopped daemon's index database read-only and asserts that no pending-upload record
+/// survived its restart.
+fn open_without_pending(path: &Path, cycle: u64) -> rocksdb::DB {
     let cfs =
-        rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).expect("list column families");
-    let db = rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), &path, &cfs, false)
-        .expect("open the blob database read-only");
+        rocksdb::DB::list_cf(&rocksdb::Options::default(), path).expect("list column families");
+    let db = rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), path, &cfs, false)
+        .expect("open the index read-only");
     let pending = db.cf_handle("pending").expect("pending");
     let leftovers = db
         .iterator_cf(pending, rocksdb::IteratorMode::Start)
@@ -391,6 +402,13 @@ fn assert_no_leftovers(data_dir: &Path, cycle: u64) {
         leftovers, 0,
         "cycle {cycle}: {leftovers} pending uploads survived the restart"
     );
+    db
+}
+
+/// Opens the stopped daemon's blob database read-only and checks that nothing temporary is
+/// left: no pending-upload record, and no stored block outside a committed blob's extent.
+fn assert_no_leftovers(data_dir: &Path, cycle: u64) {
+    let db = open_without_pending(&data_dir.join("blobs"), cycle);
     let meta = db.cf_handle("meta").expect("meta");
     let committed: std::collections::HashSet<Vec<u8>> = db
         .iterator_cf(meta, rocksdb::IteratorMode::Start)
@@ -435,19 +453,7 @@ async fn kill_9_cycles_on_the_file_object_backend_lose_nothing_acknowledged() {
 /// What a restarted object backend must not leave behind: no pending-upload record in its
 /// index, no staged object, no partial file of the local store's multipart uploads.
 fn assert_no_object_leftovers(data_dir: &Path, objects: &Path, cycle: u64) {
-    let path = data_dir.join("object-index");
-    let cfs =
-        rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).expect("list column families");
-    let db = rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), &path, &cfs, false)
-        .expect("open the object index read-only");
-    let pending = db.cf_handle("pending").expect("pending");
-    let leftovers = db
-        .iterator_cf(pending, rocksdb::IteratorMode::Start)
-        .count();
-    assert_eq!(
-        leftovers, 0,
-        "cycle {cycle}: {leftovers} pending uploads survived the restart"
-    );
+    open_without_pending(&data_dir.join("object-index"), cycle);
     let mut stack = vec![objects.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -611,26 +617,8 @@ async fn crash_cycles(storage: Option<&str>, cycles: u64) {
         seen.sort_by_key(|c| c.size);
         seen.dedup_by_key(|c| c.size);
         for old in &seen {
-            let proof = log
-                .get_consistency_proof(lpb::GetConsistencyProofRequest {
-                    old_size: old.size,
-                    new_size: Some(latest.size),
-                })
-                .await
-                .expect("a crash harness step")
-                .into_inner();
-            let hashes: Vec<Hash> = proof
-                .hashes
-                .iter()
-                .map(|h| Hash::from_slice(h).expect("a crash harness step"))
-                .collect();
-            verify_consistency(old.size, latest.size, &hashes, &old.root, &latest.root)
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cycle {cycle}: checkpoint {} inconsistent after the crash: {e}",
-                        old.size
-                    )
-                });
+            crate::ledger::assert_consistent(&mut log, old, &latest, &format!("cycle {cycle}"))
+                .await;
         }
         // Published versions are all there, with the root they were acknowledged with.
         let mut registry = RegistryClient::new(daemon.authed(Some(&daemon.token.clone())).await);

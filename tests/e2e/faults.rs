@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use custodian_core::BlobDigests;
 use custodian_core::checkpoint::Checkpoint;
-use custodian_core::merkle::{Hash, leaf_hash, verify_consistency};
+use custodian_core::merkle::{Hash, leaf_hash};
 use custodian_core::note::VerifierKey;
 use custodian_proto::ledger::v1 as lpb;
 use tonic::Code;
@@ -132,21 +132,7 @@ async fn check_model(daemon: &Daemon, model: &Model, verifier: &VerifierKey, cas
     }
     for note in &model.checkpoints {
         let old = Checkpoint::open(note.as_bytes(), verifier).expect("a step of the fault test");
-        let proof = log
-            .get_consistency_proof(lpb::GetConsistencyProofRequest {
-                old_size: old.size,
-                new_size: Some(latest.size),
-            })
-            .await
-            .expect("a step of the fault test")
-            .into_inner();
-        let hashes: Vec<Hash> = proof
-            .hashes
-            .iter()
-            .map(|h| Hash::from_slice(h).expect("a step of the fault test"))
-            .collect();
-        verify_consistency(old.size, latest.size, &hashes, &old.root, &latest.root)
-            .unwrap_or_else(|e| panic!("{case}: checkpoint {} inconsistent: {e}", old.size));
+        ledger::assert_consistent(&mut log, &old, &latest, case).await;
     }
 }
 

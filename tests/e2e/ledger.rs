@@ -47,6 +47,37 @@ fn payload(i: u64) -> Vec<u8> {
     ]))
 }
 
+/// Asserts, with a proof from the daemon verified here, that checkpoint `old` is a prefix of
+/// `latest`; `what` says which check failed.
+pub async fn assert_consistent(
+    log: &mut LedgerClient<Channel>,
+    old: &Checkpoint,
+    latest: &Checkpoint,
+    what: &str,
+) {
+    let proof = log
+        .get_consistency_proof(pb::GetConsistencyProofRequest {
+            old_size: old.size,
+            new_size: Some(latest.size),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("{what}: consistency proof from {}: {s:?}", old.size))
+        .into_inner();
+    let hashes: Vec<Hash> = proof
+        .hashes
+        .iter()
+        .map(|h| Hash::from_slice(h).expect("a 32-byte hash"))
+        .collect();
+    verify_consistency(old.size, latest.size, &hashes, &old.root, &latest.root).unwrap_or_else(
+        |e| {
+            panic!(
+                "{what}: checkpoint {} is not consistent with {}: {e}",
+                old.size, latest.size
+            )
+        },
+    );
+}
+
 pub async fn append(
     client: &mut LedgerClient<Channel>,
     i: u64,

@@ -39,7 +39,7 @@ pub struct ScrubArgs {
     storage: String,
 
     /// Object store option KEY=VALUE, as given to `serve` (repeatable)
-    #[arg(long = "storage-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    #[arg(long = "storage-option", value_name = "KEY=VALUE", value_parser = crate::serve::parse_key_value)]
     storage_options: Vec<(String, String)>,
 
     /// Where damaged blobs are copied and damaged entries listed (default DATA_DIR/quarantine)
@@ -57,12 +57,6 @@ pub struct ScrubArgs {
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
-}
-
-fn parse_key_value(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
 }
 
 /// Runs the scrub and prints the report.

@@ -155,7 +155,8 @@ pub struct ServeArgs {
     log_json: bool,
 }
 
-fn parse_key_value(text: &str) -> Result<(String, String), String> {
+/// Parses a `KEY=VALUE` option.
+pub(crate) fn parse_key_value(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
