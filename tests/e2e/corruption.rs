@@ -92,13 +92,30 @@ async fn damaged_rocksdb_blobs_and_ledger_entries_are_data_loss_and_scrub_quaran
     for i in 0..20 {
         ledger::append(&mut log, i).await.unwrap();
     }
+    // A published version, whose badge depends on everything the log says.
+    let (key, _) = crate::registry::generate_key(dir.path(), "acme");
+    let package = crate::registry::copy_example("pacman-builder", dir.path());
+    let out = daemon.cli(&[
+        "publish",
+        package.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let badge = |daemon: &Daemon| daemon.cli(&["badge", "pacman-builder@0.2.1", "--json"]);
+    assert!(badge(&daemon).status.success());
     let scrubbed_clean = {
         daemon.kill9();
         let (code, report) = scrub(&data_dir, &[]);
         assert_eq!(code, 0, "{report:#}");
         report
     };
-    assert_eq!(scrubbed_clean["entries_checked"], 20);
+    // 20 appends, the publication, its scan, and the badge issued.
+    assert_eq!(scrubbed_clean["entries_checked"], 23);
     assert!(scrubbed_clean["blobs_checked"].as_u64().unwrap() >= 5);
 
     // Damage: a byte in the middle of the largest blob file, and entry 7 of the log.
@@ -204,6 +221,14 @@ async fn damaged_rocksdb_blobs_and_ledger_entries_are_data_loss_and_scrub_quaran
     flip_entry_7(&data_dir);
     let (code, report) = scrub(&data_dir, &[]);
     assert_eq!(code, 0, "{report:#}");
+    // Repaired, the daemon issues badges again.
+    daemon.restart_after_kill9();
+    let out = badge(&daemon);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
