@@ -100,6 +100,12 @@ pub async fn run(args: ScrubArgs) -> anyhow::Result<ExitCode> {
                 report.log_problems = log_report.log_problems;
                 report.quarantine = log_report.quarantine;
             }
+            Err(err) if err.to_string().contains("LOCK") => {
+                anyhow::bail!(
+                    "{} is in use ({err}); stop the daemon first: RocksDB allows one process",
+                    ledger_dir.display()
+                )
+            }
             Err(err) => report.log_problems.push(format!(
                 "the log does not open ({err}); `custodian log export --data-dir` still exports it for `custodian audit`, which names the first damaged entry"
             )),
