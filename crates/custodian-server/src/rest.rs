@@ -168,6 +168,11 @@ impl From<RegistryError> for ApiError {
             RegistryError::FailedPrecondition(_) => {
                 ApiError::new(StatusCode::CONFLICT, "failed_precondition", message)
             }
+            // Damaged ledger data is named as such (as DATA_LOSS is over gRPC), not as an outage.
+            RegistryError::Ledger(
+                custodian_storage::LedgerError::Corrupt(_)
+                | custodian_storage::LedgerError::Proof(_),
+            ) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "data_loss", message),
             RegistryError::Ledger(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ledger_unavailable",
