@@ -638,15 +638,27 @@ impl Ledger {
     }
 
     /// The stored leaf hashes of entries `[start, end)`: what each entry must hash to, since the
-    /// signed roots cover these hashes.
+    /// signed roots cover these hashes. Read as one contiguous range of stored hashes (appending
+    /// leaf `i` stores its leaf hash, then one hash per subtree it completes: `i.trailing_ones()`
+    /// of them), which is several times faster than fetching each leaf's hash on its own.
     pub fn leaf_hashes(&self, start: u64, end: u64) -> LedgerResult<Vec<Hash>> {
         self.check_size(end)?;
-        let indexes: Vec<u64> = (start..end.max(start))
-            .map(|i| stored_hash_index(0, i))
-            .collect();
-        Reader(self.backend.as_ref())
-            .read_hashes(&indexes)
-            .map_err(LedgerError::Proof)
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let all = self
+            .backend
+            .hash_range(stored_hash_count(start), stored_hash_count(end))?;
+        let mut out = Vec::with_capacity((end - start) as usize);
+        let mut at = 0usize;
+        for i in start..end {
+            let leaf = all.get(at).ok_or_else(|| {
+                LedgerError::Corrupt(format!("the stored tree ends before leaf {i}'s hash"))
+            })?;
+            out.push(*leaf);
+            at += 1 + i.trailing_ones() as usize;
+        }
+        Ok(out)
     }
 
     /// The stored hashes `[start, end)` in append order, for export.

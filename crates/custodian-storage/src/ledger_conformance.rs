@@ -83,6 +83,19 @@ fn appends_serve_entries_proofs_and_receipts(harness: &dyn LedgerHarness) -> u64
         assert_eq!(ledger.index_of(&prev).expect("index_of"), i as u64);
         assert_eq!(entry.payload, payload(i as u64));
     }
+    // Leaf hashes of any range, read as one range of stored hashes, are the entries' own.
+    let leaves: Vec<Hash> = entries.iter().map(|b| merkle::leaf_hash(b)).collect();
+    for (start, end) in [(0, size), (0, 1), (3, 4), (5, 46), (45, size), (size, size)] {
+        assert_eq!(
+            ledger.leaf_hashes(start, end).expect("leaf hashes"),
+            leaves[start as usize..end as usize],
+            "leaf hashes of [{start}, {end})"
+        );
+    }
+    assert!(matches!(
+        ledger.leaf_hashes(0, size + 1),
+        Err(LedgerError::SizeBeyondLog { .. })
+    ));
     assert!(matches!(
         ledger.entry(size),
         Err(LedgerError::NoSuchEntry { .. })
