@@ -82,23 +82,23 @@ pub async fn run(args: ScrubArgs) -> anyhow::Result<ExitCode> {
 
     // The log first: it is small next to the blobs, and a damaged log is the graver news.
     let ledger_dir = args.data_dir.join("ledger");
-    if ledger_dir.is_dir() {
+    let key_file = args.data_dir.join(custodian_server::KEY_FILE);
+    if ledger_dir.is_dir() && !key_file.is_file() {
+        // Opening the ledger would generate a new key; a scrub must change nothing of the sort.
+        report.log_problems.push(format!(
+            "{} is missing, so the checkpoints cannot be checked; restore the log key from its backup",
+            key_file.display()
+        ));
+    } else if ledger_dir.is_dir() {
         bar.set_message("log");
         match custodian_server::open_ledger(&config).await {
             Ok(ledger) => {
                 let (options, bar2) = (options.clone(), bar.clone());
-                let mut log_report = ScrubReport::default();
-                log_report = tokio::task::spawn_blocking(move || {
-                    scrub_log(&ledger, &options, &mut log_report, &|n| bar2.inc(n))
-                        .map(|()| log_report)
+                report = tokio::task::spawn_blocking(move || {
+                    scrub_log(&ledger, &options, &mut report, &|n| bar2.inc(n)).map(|()| report)
                 })
                 .await?
                 .context("reading the log")?;
-                report.entries_checked = log_report.entries_checked;
-                report.checkpoints_checked = log_report.checkpoints_checked;
-                report.damaged_entries = log_report.damaged_entries;
-                report.log_problems = log_report.log_problems;
-                report.quarantine = log_report.quarantine;
             }
             Err(err) if err.to_string().contains("LOCK") => {
                 anyhow::bail!(
@@ -121,11 +121,9 @@ pub async fn run(args: ScrubArgs) -> anyhow::Result<ExitCode> {
                 args.data_dir.display()
             )
         })?;
-        let quarantine = report.quarantine.take();
         scrub_blobs(&store, &options, &mut report, &|n| bar.inc(n))
             .await
             .context("walking the blobs")?;
-        report.quarantine = report.quarantine.take().or(quarantine);
     }
     bar.finish_and_clear();
 

@@ -125,6 +125,16 @@ impl<T> Guarded<T> {
         }
     }
 
+    /// Counts a write that moved bytes as activity.
+    fn wrote(&mut self, result: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = &result
+            && *n > 0
+        {
+            self.last = Instant::now();
+        }
+        result
+    }
+
     /// Err(TimedOut) once the connection has been idle too long; otherwise arms the timer.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let deadline = self.last + self.idle;
@@ -170,12 +180,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &result
-            && *n > 0
-        {
-            self.last = Instant::now();
-        }
-        result
+        self.wrote(result)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -192,12 +197,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &result
-            && *n > 0
-        {
-            self.last = Instant::now();
-        }
-        result
+        self.wrote(result)
     }
 
     fn is_write_vectored(&self) -> bool {

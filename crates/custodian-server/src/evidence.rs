@@ -499,8 +499,12 @@ impl Registry {
         &self,
         record: &VersionRecord,
     ) -> Result<(Badge, VersionEvidence, crate::registry::ParsedManifest), RegistryError> {
-        let damaged = self.read().damaged.clone();
-        if !damaged.is_empty() {
+        // Checked under the read lock; the list is copied only when there is damage to name.
+        let damaged = {
+            let state = self.read();
+            (!state.damaged.is_empty()).then(|| state.damaged.clone())
+        };
+        if let Some(damaged) = damaged {
             let listed: Vec<String> = damaged.iter().take(10).map(u64::to_string).collect();
             return Err(RegistryError::Ledger(
                 custodian_storage::LedgerError::Corrupt(format!(

@@ -191,17 +191,25 @@ async fn copy_aside(store: &BlobStore, digest: &Digest, detail: &str, dir: &Path
         tracing::warn!(%err, dir = %dir.display(), "cannot create the quarantine folder");
         return;
     }
+    // Streamed block by block into the file: a damaged blob may be gigabytes.
     let mut copied = 0u64;
     if let Ok(Some(meta)) = store.stat(digest).await
         && let Ok(mut blocks) = store.raw_blocks(&meta).await
     {
-        let mut bytes = Vec::new();
-        while let Some(Ok(block)) = blocks.next().await {
-            bytes.extend_from_slice(&block);
-        }
-        copied = bytes.len() as u64;
-        if let Err(err) = std::fs::write(dir.join(format!("{hex}.bytes")), &bytes) {
-            tracing::warn!(%err, "cannot copy a damaged blob aside");
+        let path = dir.join(format!("{hex}.bytes"));
+        match std::fs::File::create(&path) {
+            Ok(mut file) => {
+                while let Some(Ok(block)) = blocks.next().await {
+                    if let Err(err) = std::io::Write::write_all(&mut file, &block) {
+                        tracing::warn!(%err, path = %path.display(), "cannot copy a damaged blob aside");
+                        break;
+                    }
+                    copied += block.len() as u64;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%err, path = %path.display(), "cannot copy a damaged blob aside")
+            }
         }
     }
     let note = serde_json::json!({

@@ -89,6 +89,8 @@ struct Shared {
     prefix: Path,
     index: RocksIndex,
     name: &'static str,
+    /// Whether a failed object write poisons the backend (local files; see `write_failed`).
+    poison_on_write_failure: bool,
 }
 
 impl Shared {
@@ -97,7 +99,7 @@ impl Shared {
     /// the page cache may no longer say what reached the disk. A remote store's failed PUT
     /// leaves no object and is reported as it is.
     fn write_failed(&self, err: StorageError) -> StorageError {
-        if self.name == "file" {
+        if self.poison_on_write_failure {
             self.index.poison(err)
         } else {
             err
@@ -245,6 +247,7 @@ impl ObjectBackend {
                 prefix,
                 index,
                 name,
+                poison_on_write_failure: name == "file",
             }),
             block_size: config.block_size,
             part_size: config.part_size,
@@ -708,10 +711,7 @@ impl BlobBackend for ObjectBackend {
             Err(StorageError::Corrupt { .. }) => {
                 let digest = *sha256;
                 self.shared
-                    .blocking(move |index| {
-                        let _guard = index.lock_commits(&digest);
-                        index.forget(&digest).map(|()| true)
-                    })
+                    .blocking(move |index| index.forget(&digest).map(|()| true))
                     .await?;
                 let key = self.shared.final_key(sha256);
                 delete_if_present(&*self.shared.store, &key, self.shared.name).await?;

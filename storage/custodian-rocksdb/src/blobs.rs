@@ -389,11 +389,7 @@ impl BlobBackend for RocksBackend {
                 // its blocks to the copy scrub made (they are not reachable any more).
                 let index = self.index.clone();
                 let sha256 = *sha256;
-                blocking(move || {
-                    let _guard = index.lock_commits(&sha256);
-                    index.forget(&sha256).map(|()| true)
-                })
-                .await
+                blocking(move || index.forget(&sha256).map(|()| true)).await
             }
             other => other,
         }

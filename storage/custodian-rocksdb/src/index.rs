@@ -401,7 +401,9 @@ impl RocksIndex {
 
     /// Removes a blob's index records when its metadata may be unreadable: the metadata entry
     /// always, the BLAKE3 entry when the metadata still names it. Synced.
+    /// Takes the blob's commit lock itself.
     pub fn forget(&self, sha256: &Digest) -> Result<()> {
+        let _guard = self.lock_commits(sha256);
         let mut batch = WriteBatch::default();
         if let Ok(Some(entry)) = self.lookup(sha256) {
             batch.delete_cf(self.cf(CF_BLAKE3)?, entry.meta.digests.blake3.bytes());
