@@ -60,7 +60,15 @@ ensure_moto() {
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
   fi
+  # The walkthrough's and the interop tests' Python clients: gRPC reflection (grpcurl is not
+  # packaged for Debian) and the independent bundle verifier's CBOR and Ed25519.
+  if ! "$venv/bin/python" -c 'import grpc_reflection, cbor2, cryptography' 2>/dev/null; then
+    say "installing the Python test clients (grpcio-reflection, cbor2, cryptography) into $venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+      'grpcio>=1.60' 'grpcio-reflection>=1.60' 'cbor2>=5.4' 'cryptography>=41'
+  fi
   export CUSTODIAN_MOTO_SERVER="$venv/bin/moto_server"
+  export CUSTODIAN_PYTHON="$venv/bin/python"
 }
 
 # Go and golang.org/x/mod (sumdb/note, sumdb/tlog) from Debian: the interoperability test checks

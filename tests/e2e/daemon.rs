@@ -92,7 +92,7 @@ impl Daemon {
                 "--namespace",
                 namespaces,
             ])
-            .args(["--secret-only", "--data-dir"])
+            .args(["--secret-only", "--init", "--data-dir"])
             .arg(&self.data_dir)
             .output()
             .expect("run custodian token create");
@@ -111,6 +111,7 @@ impl Daemon {
         let mut child = Command::new(binary())
             .arg("serve")
             .args([
+                "--init",
                 "--listen",
                 "127.0.0.1:0",
                 "--rest-listen",

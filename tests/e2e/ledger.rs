@@ -419,7 +419,7 @@ async fn export_audits_offline_and_a_changed_stored_byte_is_named() {
         },
     );
     let mut serve = std::process::Command::new(crate::daemon::binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--init", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -13,6 +13,7 @@ mod interop;
 mod ledger;
 mod registry;
 mod scan;
+mod walkthrough;
 
 use bytes::Bytes;
 

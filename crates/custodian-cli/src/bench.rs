@@ -384,6 +384,7 @@ impl BenchDaemon {
         let mut child = Command::new(exe)
             .args([
                 "serve",
+                "--init",
                 "--listen",
                 "127.0.0.1:0",
                 "--log",

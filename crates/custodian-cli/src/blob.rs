@@ -152,6 +152,14 @@ pub async fn channel(server: &ServerArg) -> anyhow::Result<Conn> {
 
 /// Connects without attaching a token.
 pub async fn raw_channel(server: &ServerArg) -> anyhow::Result<Channel> {
+    if !server.server.contains("://") {
+        bail!(
+            "--server {:?} has no scheme: did you mean http://{}? (https://{} for a daemon serving TLS)",
+            server.server,
+            server.server,
+            server.server
+        );
+    }
     let mut endpoint = Channel::from_shared(server.server.clone())
         .with_context(|| format!("invalid --server address {:?}", server.server))?;
     if server.server.starts_with("https://") {
@@ -188,7 +196,18 @@ pub async fn raw_channel(server: &ServerArg) -> anyhow::Result<Channel> {
 
 /// Turns a gRPC status into an error a person can read.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}: {}", code_name(status.code()), status.message())
+    // An HTTP server that is not a gRPC server (Custodian's REST port, a proxy) answers with a
+    // body tonic cannot read as gRPC frames; say what the address is instead of echoing that.
+    let message = status.message();
+    if message.contains("invalid compression flag")
+        || message.contains("invalid content type")
+        || message.contains("Content-Type")
+    {
+        return anyhow::anyhow!(
+            "the daemon address answered as an HTTP server, not a gRPC one ({message}): is --server Custodian's REST port? --server is the gRPC port (serve --listen, default 7311); the REST port (serve --rest-listen, default 7312) is for curl and `custodian datapack --rest`"
+        );
+    }
+    anyhow::anyhow!("{}: {}", code_name(status.code()), message)
 }
 
 fn code_name(code: tonic::Code) -> &'static str {

@@ -121,10 +121,35 @@ fn authorize(request: reqwest::RequestBuilder, rest: &RestArg) -> reqwest::Reque
     }
 }
 
+/// Why a request to `--rest` failed, with a hint when the address is not a REST port.
+fn unreachable(rest: &RestArg, err: reqwest::Error) -> anyhow::Error {
+    let text = format!("{err:#}");
+    let hint = if text.contains("http2")
+        || text.contains("HTTP/2")
+        || text.contains("connection closed before message completed")
+        || text.contains("invalid HTTP version")
+    {
+        " — this looks like Custodian's gRPC port (serve --listen, default 7311); --rest is the REST port (serve --rest-listen, default 7312)"
+    } else {
+        ""
+    };
+    anyhow::anyhow!("cannot reach the REST API at {}: {text}{hint}", rest.rest)
+}
+
 /// Reads a JSON answer, turning the API's error objects into readable errors.
 async fn answer(response: reqwest::Response) -> anyhow::Result<serde_json::Value> {
     let status = response.status();
+    let grpc = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
     let body = response.bytes().await.context("reading the response")?;
+    if grpc {
+        bail!(
+            "the address answered as a gRPC server: this is Custodian's gRPC port (serve --listen, default 7311); --rest is the REST port (serve --rest-listen, default 7312)"
+        );
+    }
     let value: serde_json::Value = serde_json::from_slice(&body)
         .with_context(|| format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))?;
     if !status.is_success() {
@@ -171,7 +196,7 @@ fn print_view(view: &serde_json::Value, json: bool) -> anyhow::Result<()> {
         "uri",
         "checksum",
         "access_policy",
-        "data_version",
+        "version",
         "eval_set_uri",
         "ledger_index",
         "registered_at",
@@ -256,7 +281,7 @@ pub async fn run(command: DataPackCommand) -> anyhow::Result<ExitCode> {
                 .multipart(form)
                 .send()
                 .await
-                .with_context(|| format!("cannot reach the REST API at {}", rest.rest))?;
+                .map_err(|e| unreachable(&rest, e))?;
             bar.finish_and_clear();
             let value = answer(response).await?;
             if json {
@@ -282,12 +307,24 @@ pub async fn run(command: DataPackCommand) -> anyhow::Result<ExitCode> {
         } => {
             let body = std::fs::read(&manifest)
                 .with_context(|| format!("reading {}", manifest.display()))?;
+            // The seed writes data pack declarations in YAML; JSON is YAML too, and the daemon
+            // reads either (with or without the seed's `data_pack:` wrapper).
+            let yaml = manifest
+                .extension()
+                .is_some_and(|e| e == "yaml" || e == "yml");
             let response = authorize(client(&rest)?.put(url(&rest, &spec, "/manifest")?), &rest)
-                .header("content-type", "application/json")
+                .header(
+                    "content-type",
+                    if yaml {
+                        "application/yaml"
+                    } else {
+                        "application/json"
+                    },
+                )
                 .body(body)
                 .send()
                 .await
-                .with_context(|| format!("cannot reach the REST API at {}", rest.rest))?;
+                .map_err(|e| unreachable(&rest, e))?;
             let value = answer(response).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&value)?);
@@ -309,7 +346,7 @@ pub async fn run(command: DataPackCommand) -> anyhow::Result<ExitCode> {
             let response = authorize(client(&rest)?.get(url(&rest, &spec, "")?), &rest)
                 .send()
                 .await
-                .with_context(|| format!("cannot reach the REST API at {}", rest.rest))?;
+                .map_err(|e| unreachable(&rest, e))?;
             print_view(&answer(response).await?, json)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -319,7 +356,7 @@ pub async fn run(command: DataPackCommand) -> anyhow::Result<ExitCode> {
                 authorize(client.get(url(&rest, &spec, "")?), &rest)
                     .send()
                     .await
-                    .with_context(|| format!("cannot reach the REST API at {}", rest.rest))?,
+                    .map_err(|e| unreachable(&rest, e))?,
             )
             .await?;
             let expected: Digest = view["sha256"]
@@ -329,10 +366,24 @@ pub async fn run(command: DataPackCommand) -> anyhow::Result<ExitCode> {
             let size = view["size"].as_u64().unwrap_or(0);
             let response = authorize(client.get(url(&rest, &spec, "/download")?), &rest)
                 .send()
-                .await?;
+                .await
+                .map_err(|e| unreachable(&rest, e))?;
             if !response.status().is_success() {
                 answer(response).await?;
                 bail!("the download failed");
+            }
+            // The daemon sends the pack's scan status with its bytes; anything but clean is
+            // said before a byte is written.
+            let scan_status = response
+                .headers()
+                .get(custodian_server::rest::SCAN_STATUS_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("unknown")
+                .to_string();
+            if scan_status != "clean" {
+                eprintln!(
+                    "warning: {spec}'s data pack has scan status {scan_status}; read its findings with `custodian datapack show {spec}` and `custodian report {spec}` before using it"
+                );
             }
             let tmp = output.with_extension("part");
             let mut out = std::fs::File::create(&tmp)

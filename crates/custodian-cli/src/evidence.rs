@@ -39,12 +39,18 @@ pub enum AttesterCommand {
 #[derive(Args)]
 pub struct AttestArgs {
     /// The run (a JSON object) or runs (a JSON array), each with package, version, eval_id,
-    /// model, passed, metrics, data_pack_sha256, reproducibility_context, started_at,
-    /// finished_at and runner {id, version}
-    run: PathBuf,
+    /// model, passed, metrics ({"accuracy": 0.93} or {"accuracy": {"value": 0.93, "threshold":
+    /// ">= 0.9"}}), data_pack_sha256, reproducibility_context (an object; with the EvalSpec's
+    /// seed as "seed"), started_at, finished_at (RFC 3339) and runner {id, version}; the full
+    /// JSON Schema is printed by --schema
+    #[arg(required_unless_present = "schema")]
+    run: Option<PathBuf>,
     /// The attester's private key
-    #[arg(long, env = "CUSTODIAN_ATTESTER_KEY", value_name = "KEY_FILE")]
-    key: PathBuf,
+    #[arg(long, env = "CUSTODIAN_ATTESTER_KEY", value_name = "KEY_FILE", required_unless_present = "schema")]
+    key: Option<PathBuf>,
+    /// Print the JSON Schema (draft 2020-12) of a run file and exit
+    #[arg(long)]
+    schema: bool,
     /// Print the receipts as JSON
     #[arg(long)]
     json: bool,
@@ -180,11 +186,27 @@ pub async fn attester(command: AttesterCommand) -> anyhow::Result<ExitCode> {
 
 /// Signs and submits runs.
 pub async fn attest(args: AttestArgs) -> anyhow::Result<ExitCode> {
-    let key = load_signer(&args.key)?;
-    let text =
-        std::fs::read(&args.run).with_context(|| format!("reading {}", args.run.display()))?;
-    let value: serde_json::Value = serde_json::from_slice(&text)
-        .with_context(|| format!("{} is not JSON", args.run.display()))?;
+    if args.schema {
+        println!("{}", custodian_core::attestation::RUNS_SCHEMA.trim_end());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (Some(run), Some(key)) = (&args.run, &args.key) else {
+        anyhow::bail!("give the run file and --key (or --schema)");
+    };
+    let key = load_signer(key)?;
+    let text = std::fs::read(run).with_context(|| format!("reading {}", run.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&text).with_context(|| format!("{} is not JSON", run.display()))?;
+    if let Err(errors) = custodian_core::attestation::check_runs_file(&value) {
+        for e in &errors {
+            eprintln!("error: {}: {e}", run.display());
+        }
+        anyhow::bail!(
+            "{} does not match the run schema ({} problem(s) above; `custodian attest --schema` prints it)",
+            run.display(),
+            errors.len()
+        );
+    }
     let items = match value {
         serde_json::Value::Array(items) => items,
         other => vec![other],
@@ -193,8 +215,15 @@ pub async fn attest(args: AttestArgs) -> anyhow::Result<ExitCode> {
     let mut manifests = std::collections::HashMap::new();
     let mut envelopes = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
-        let predicate: RunPredicate = serde_json::from_value(item)
-            .with_context(|| format!("run {i} of {}", args.run.display()))?;
+        let predicate: RunPredicate = serde_path_to_error::deserialize(item)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "run {i} of {}: field {}: {} (see `custodian attest --schema`)",
+                    run.display(),
+                    e.path(),
+                    e.inner()
+                )
+            })?;
         let spec = (predicate.package.clone(), predicate.version.clone());
         let manifest = match manifests.get(&spec) {
             Some(m) => m,
@@ -389,21 +418,7 @@ async fn rescan(spec: &str, json: bool, server: &ServerArg) -> anyhow::Result<Ex
 fn scan_local(path: &std::path::Path, data: bool, json: bool) -> anyhow::Result<ExitCode> {
     let limits = custodian_scan::Limits::default();
     let report = if path.is_dir() {
-        let files = crate::pack::list_files(path)?;
-        let mut list = Vec::new();
-        for (rel, abs) in &files {
-            list.push((rel.clone(), std::fs::metadata(abs)?.len()));
-        }
-        let mut open = |rel: &str| -> std::io::Result<Box<dyn std::io::Read>> {
-            let abs = files
-                .get(rel)
-                .ok_or_else(|| std::io::Error::other(format!("no file {rel}")))?;
-            Ok(Box::new(std::io::BufReader::with_capacity(
-                1 << 20,
-                std::fs::File::open(abs)?,
-            )))
-        };
-        custodian_scan::package::scan_package(&list, &mut open, &limits)
+        crate::pack::scan_folder(&crate::pack::list_files(path)?)?
     } else {
         let name = path
             .file_name()

@@ -164,7 +164,31 @@ first thing that does not hold. docs/verifying.md describes each step."
     Bench(bench::BenchCommand),
 }
 
+/// The exit status of a process whose output pipe was closed (128 + SIGPIPE), as a shell reports
+/// `yes | head`.
+const EXIT_BROKEN_PIPE: i32 = 141;
+
+/// Ends the process quietly when standard output is closed under it (`custodian … | head`):
+/// `println!` panics on a broken pipe, and Rust ignores SIGPIPE, so without this every early
+/// reader would be answered with a panic message. Any other panic is reported as before.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(EXIT_BROKEN_PIPE);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> std::process::ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -36,9 +36,15 @@ consumers and auditors. The first version of a package pins its publisher key: l
 must be signed by the same key."
     )]
     Generate {
-        /// The key's name, e.g. acme-release (letters, digits, '.', '-', '_', '@', '/')
-        name: String,
-        /// Folder to write NAME.key and NAME.pub into
+        /// Where to write the pair: PATH.key and PATH.pub (e.g. acme-release, or
+        /// keys/acme-release); the key is named after the file unless --name says otherwise
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+        /// The key's name inside signatures, if not the file name (letters, digits, '.', '-',
+        /// '_', '@', '/'; e.g. acme.example/release)
+        #[arg(long)]
+        name: Option<String>,
+        /// A folder PATH is relative to
         #[arg(long, default_value = ".")]
         dir: PathBuf,
         /// Overwrite existing key files
@@ -56,15 +62,33 @@ pub enum PackCommand {
 and any PromptPack resources (every problem is listed as file:line: field: message), compute \
 the package root (an RFC 6962 Merkle root over the sorted `sha256:<hex> <size> <path>` lines) \
 and sign an in-toto Statement over all of it as a DSSE envelope with your Ed25519 key. Writes \
-.custodian/package.dsse.json and .custodian/publisher.pub. Version-control folders (.git, .hg, \
-.svn) are left out; symbolic links are refused."
+.custodian/package.dsse.json and .custodian/publisher.pub.
+
+What is packaged: every regular file except version-control folders (.git, .hg, .svn), \
+Custodian's own .custodian/, and what must never ship — secrets and credentials (.env, .env.*, \
+*.env, .envrc, *.key, *.pem, *.p12, *.pfx, *.jks, id_*, .netrc, .npmrc, .pypirc, .aws/, .ssh/), \
+local state (out/, *.log, .venv/, __pycache__/) and editor and OS litter (.DS_Store, *.swp, *~, \
+.idea/, .vscode/). A .custodianignore file in the folder adds patterns in gitignore syntax, and \
+`!pattern` re-includes a default. --dry-run shows both lists. Symbolic links are refused.
+
+Every file is then scanned for secrets (private keys of every format, Custodian's own \
+PRIVATE+KEY+ keys, cloud and API tokens, secret-looking assignments in config files): a finding \
+stops the build, naming the file and rule, unless --allow-secrets."
     )]
     Build {
         /// The package folder (with manifest.yaml)
         dir: PathBuf,
-        /// Your private key (from `custodian key generate`)
-        #[arg(long, env = "CUSTODIAN_PUBLISHER_KEY", value_name = "KEY_FILE")]
-        key: PathBuf,
+        /// Your private key (from `custodian key generate`); not needed with --dry-run
+        #[arg(long, env = "CUSTODIAN_PUBLISHER_KEY", value_name = "KEY_FILE", required_unless_present = "dry_run")]
+        key: Option<PathBuf>,
+        /// List what would be packaged and what is left out (and why), check and scan, but sign
+        /// and write nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Sign even though the secret scanner found credentials (the registry still refuses to
+        /// publish them); for findings you have checked are not secrets
+        #[arg(long)]
+        allow_secrets: bool,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -130,13 +154,23 @@ pub fn load_signer(path: &Path) -> anyhow::Result<SignerKey> {
     SignerKey::parse(text.trim()).with_context(|| format!("key file {}", path.display()))
 }
 
-fn generate(name: &str, dir: &Path, force: bool) -> anyhow::Result<ExitCode> {
+fn generate(path: &Path, name: Option<&str>, dir: &Path, force: bool) -> anyhow::Result<ExitCode> {
+    let base = dir.join(path);
+    let stem = base
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| n.strip_suffix(".key").unwrap_or(n).to_string())
+        .filter(|n| !n.is_empty())
+        .with_context(|| format!("{} does not end in a file name", path.display()))?;
+    let folder = base.parent().map(Path::to_path_buf).unwrap_or_default();
+    let name = name.unwrap_or(&stem);
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
-    let key = SignerKey::from_seed(name, seed).context("invalid key name")?;
-    let file_stem = name.replace(['/', '@'], "_");
-    let private = dir.join(format!("{file_stem}.key"));
-    let public = dir.join(format!("{file_stem}.pub"));
+    let key = SignerKey::from_seed(name, seed)
+        .with_context(|| format!("{name:?} is not a valid key name (letters, digits, '.', '-', '_', '@', '/'); pass --name"))?;
+    let private = folder.join(format!("{stem}.key"));
+    let public = folder.join(format!("{stem}.pub"));
+    let dir = &folder;
     if !force && (private.exists() || public.exists()) {
         bail!(
             "{} or {} already exists; pass --force to overwrite (the old key is then lost)",
@@ -162,9 +196,108 @@ fn generate(name: &str, dir: &Path, force: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The file in a package folder that lists more files to leave out (gitignore syntax).
+pub const IGNORE_FILE: &str = ".custodianignore";
+
+/// What no package should ever ship, left out of every build unless `.custodianignore`
+/// re-includes it with `!pattern` (gitignore syntax; a re-included file is still scanned for
+/// secrets). Secrets first, then local state, then editor and OS litter.
+pub const DEFAULT_EXCLUDES: &[&str] = &[
+    // Secrets and credentials.
+    ".env",
+    ".env.*",
+    "*.env",
+    ".envrc",
+    "*.key",
+    "*.pem",
+    "*.p12",
+    "*.pfx",
+    "*.jks",
+    "*.keystore",
+    "*.kdbx",
+    "id_*",
+    ".netrc",
+    ".npmrc",
+    ".pypirc",
+    ".aws/",
+    ".ssh/",
+    ".gnupg/",
+    ".docker/config.json",
+    // Local state and build output.
+    ".custodian/",
+    "out/",
+    "*.log",
+    ".venv/",
+    "__pycache__/",
+    "*.pyc",
+    ".ipynb_checkpoints/",
+    // Editor and OS litter.
+    ".DS_Store",
+    "Thumbs.db",
+    "desktop.ini",
+    "*.swp",
+    "*.swo",
+    "*~",
+    ".idea/",
+    ".vscode/",
+    "*.orig",
+    "*.rej",
+];
+
+/// A file or folder left out of a package, and the rule that left it out.
+#[derive(Clone, Debug, Serialize)]
+pub struct Excluded {
+    /// The path relative to the package folder (folders end in `/`).
+    pub path: String,
+    /// The pattern that matched.
+    pub pattern: String,
+    /// Where the pattern comes from: `default` or `.custodianignore`.
+    pub source: &'static str,
+}
+
+/// A package folder's files after exclusions.
+pub struct Listing {
+    /// Relative path → absolute path, sorted.
+    pub files: BTreeMap<String, PathBuf>,
+    /// What was left out, sorted.
+    pub excluded: Vec<Excluded>,
+}
+
+/// The exclusion rules of a folder: the defaults, then its `.custodianignore` (later lines
+/// win, as in gitignore, so `!name` re-includes).
+fn exclusion_rules(dir: &Path) -> anyhow::Result<ignore::gitignore::Gitignore> {
+    let mut builder = ignore::gitignore::GitignoreBuilder::new(dir);
+    for pattern in DEFAULT_EXCLUDES {
+        builder
+            .add_line(None, pattern)
+            .with_context(|| format!("default exclusion {pattern:?}"))?;
+    }
+    let user = dir.join(IGNORE_FILE);
+    if user.exists() {
+        let text = std::fs::read_to_string(&user)
+            .with_context(|| format!("reading {}", user.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            builder
+                .add_line(Some(user.clone()), line)
+                .with_context(|| format!("{}:{}: {line:?}", user.display(), i + 1))?;
+        }
+    }
+    builder
+        .build()
+        .with_context(|| format!("the exclusion rules of {}", dir.display()))
+}
+
 /// The files of a package folder: relative path → absolute path, sorted.
 pub fn list_files(dir: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    Ok(list_folder(dir)?.files)
+}
+
+/// The files of a package folder and what the exclusion rules left out. Version-control
+/// folders and Custodian's own `.custodian/` are skipped without being listed.
+pub fn list_folder(dir: &Path) -> anyhow::Result<Listing> {
+    let rules = exclusion_rules(dir)?;
     let mut out = BTreeMap::new();
+    let mut excluded = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(folder) = stack.pop() {
         let entries =
@@ -184,6 +317,20 @@ pub fn list_files(dir: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
                 if rel == META_DIR || SKIPPED_DIRS.iter().any(|d| name == *d) {
                     continue;
                 }
+            }
+            if let ignore::Match::Ignore(glob) = rules.matched(&path, kind.is_dir()) {
+                excluded.push(Excluded {
+                    path: if kind.is_dir() { format!("{rel}/") } else { rel },
+                    pattern: glob.original().to_string(),
+                    source: if glob.from().is_some() {
+                        IGNORE_FILE
+                    } else {
+                        "default"
+                    },
+                });
+                continue;
+            }
+            if kind.is_dir() {
                 stack.push(path);
             } else if kind.is_symlink() {
                 bail!(
@@ -197,7 +344,33 @@ pub fn list_files(dir: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
             }
         }
     }
-    Ok(out)
+    excluded.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(Listing {
+        files: out,
+        excluded,
+    })
+}
+
+/// Runs the built-in scanner (content, prompt, secret, URL and PII rules) over the files of a
+/// folder, as the daemon does over a publication.
+pub fn scan_folder(files: &BTreeMap<String, PathBuf>) -> anyhow::Result<custodian_scan::Report> {
+    let limits = custodian_scan::Limits::default();
+    let mut list = Vec::with_capacity(files.len());
+    for (rel, abs) in files {
+        list.push((rel.clone(), std::fs::metadata(abs)?.len()));
+    }
+    let mut open = |rel: &str| -> std::io::Result<Box<dyn std::io::Read>> {
+        let abs = files
+            .get(rel)
+            .ok_or_else(|| std::io::Error::other(format!("no file {rel}")))?;
+        Ok(Box::new(std::io::BufReader::with_capacity(
+            1 << 20,
+            std::fs::File::open(abs)?,
+        )))
+    };
+    Ok(custodian_scan::package::scan_package(
+        &list, &mut open, &limits,
+    ))
 }
 
 /// Hashes a file with sha256.
@@ -228,6 +401,10 @@ pub fn hash_file_with(path: &Path, progress: impl Fn(u64)) -> anyhow::Result<(Di
 pub struct LocalPackage {
     /// The files with their digests.
     pub files: Vec<FileEntry>,
+    /// What the exclusion rules left out.
+    pub excluded: Vec<Excluded>,
+    /// The files on disk, by relative path.
+    pub paths: BTreeMap<String, PathBuf>,
     /// The parsed manifest, when valid.
     pub manifest: Option<Manifest>,
     /// Problems found.
@@ -236,7 +413,10 @@ pub struct LocalPackage {
 
 /// Reads, hashes and checks a package folder.
 pub fn read_package(dir: &Path) -> anyhow::Result<LocalPackage> {
-    let paths = list_files(dir)?;
+    let Listing {
+        files: paths,
+        excluded,
+    } = list_folder(dir)?;
     let mut files = Vec::with_capacity(paths.len());
     for (rel, abs) in &paths {
         let (sha256, size) = hash_file(abs)?;
@@ -270,6 +450,8 @@ pub fn read_package(dir: &Path) -> anyhow::Result<LocalPackage> {
     report.extend(promptpack::validate(&yaml, &names, &inputs));
     Ok(LocalPackage {
         files,
+        excluded,
+        paths,
         manifest,
         report,
     })
@@ -300,16 +482,64 @@ struct BuildSummary {
     warnings: Vec<Problem>,
 }
 
-/// Builds and signs `dir`; returns the statement and the envelope written.
-pub fn build(dir: &Path, key: &SignerKey) -> anyhow::Result<(PackageStatement, Envelope, Report)> {
+/// The secret findings of a scan, most severe first.
+pub fn secret_findings(report: &custodian_scan::Report) -> Vec<custodian_scan::Finding> {
+    report
+        .findings
+        .iter()
+        .filter(|f| custodian_scan::secrets::is_secret_rule(&f.rule))
+        .cloned()
+        .collect()
+}
+
+/// A package folder checked and scanned, ready to sign.
+pub struct Checked {
+    /// The folder as read.
+    pub package: LocalPackage,
+    /// The built-in scanner's report over its files.
+    pub scan: custodian_scan::Report,
+}
+
+/// Reads, checks and scans `dir`; fails listing every problem, and every secret unless
+/// `allow_secrets`.
+pub fn check(dir: &Path, allow_secrets: bool) -> anyhow::Result<Checked> {
     let package = read_package(dir)?;
-    let Some(manifest) = package.manifest.as_ref().filter(|_| package.report.is_ok()) else {
+    if package.manifest.is_none() || !package.report.is_ok() {
         print_report(&package.report);
         bail!(
             "{} is not a valid package: {} problem(s), listed above",
             dir.display(),
             package.report.errors.len()
         );
+    }
+    let scan = scan_folder(&package.paths)?;
+    let secrets = secret_findings(&scan);
+    if !secrets.is_empty() {
+        let label = if allow_secrets { "warning" } else { "error" };
+        for f in &secrets {
+            eprintln!("{label}: {}: {}: {}", f.file, f.rule, f.message);
+        }
+        if !allow_secrets {
+            bail!(
+                "{} holds {} secret(s), listed above: remove them (and revoke them), or leave the files out with {IGNORE_FILE}; \
+                 --allow-secrets signs anyway, but no registry running Custodian publishes a package that carries one",
+                dir.display(),
+                secrets.len()
+            );
+        }
+    }
+    Ok(Checked { package, scan })
+}
+
+/// Builds and signs `dir`; returns the statement and the envelope written.
+pub fn build(
+    dir: &Path,
+    key: &SignerKey,
+    allow_secrets: bool,
+) -> anyhow::Result<(PackageStatement, Envelope, Report)> {
+    let Checked { package, .. } = check(dir, allow_secrets)?;
+    let Some(manifest) = package.manifest.as_ref() else {
+        bail!("{} is not a valid package", dir.display());
     };
     let statement = PackageStatement::new(
         &manifest.name,
@@ -335,6 +565,57 @@ pub fn build(dir: &Path, key: &SignerKey) -> anyhow::Result<(PackageStatement, E
         format!("{}\n", key.verifier()),
     )?;
     Ok((statement, envelope, package.report))
+}
+
+/// `pack build --dry-run`: what would be packaged, what is left out and why, and the scan.
+fn dry_run(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let package = read_package(dir)?;
+    let scan = scan_folder(&package.paths)?;
+    let secrets = secret_findings(&scan);
+    let ok = package.report.is_ok() && package.manifest.is_some() && secrets.is_empty();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "ok": ok,
+                "files": package.files.iter().map(|f| serde_json::json!({"path": f.path, "size": f.size, "sha256": f.sha256.to_string()})).collect::<Vec<_>>(),
+                "excluded": package.excluded,
+                "errors": package.report.errors,
+                "warnings": package.report.warnings,
+                "secrets": secrets,
+            }))?
+        );
+    } else {
+        println!("would package {} file(s):", package.files.len());
+        for f in &package.files {
+            println!("  {:>10}  {}", f.size, f.path);
+        }
+        if package.excluded.is_empty() {
+            println!("left out: nothing");
+        } else {
+            println!("left out {} (pattern, from):", package.excluded.len());
+            for e in &package.excluded {
+                println!("  {}  ({}, {})", e.path, e.pattern, e.source);
+            }
+        }
+        print_report(&package.report);
+        for f in &secrets {
+            eprintln!("error: {}: {}: {}", f.file, f.rule, f.message);
+        }
+        println!(
+            "{}",
+            if ok {
+                "dry run: the package would build (nothing was signed or written)"
+            } else {
+                "dry run: the package would NOT build, for the problems above"
+            }
+        );
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Checks a folder against an envelope and key; returns the statement and every problem.
@@ -417,7 +698,12 @@ pub fn read_envelope(dir: &Path) -> anyhow::Result<Envelope> {
 /// Runs a key command.
 pub fn run_key(command: KeyCommand) -> anyhow::Result<ExitCode> {
     match command {
-        KeyCommand::Generate { name, dir, force } => generate(&name, &dir, force),
+        KeyCommand::Generate {
+            path,
+            name,
+            dir,
+            force,
+        } => generate(&path, name.as_deref(), &dir, force),
     }
 }
 
@@ -542,9 +828,21 @@ pub fn run(command: PackCommand) -> anyhow::Result<ExitCode> {
     match command {
         PackCommand::Prove { dir, paths, output } => prove(&dir, &paths, output.as_deref()),
         PackCommand::CheckProof { proof, root, dir } => check_proof(&proof, &root, dir.as_deref()),
-        PackCommand::Build { dir, key, json } => {
-            let key = load_signer(&key)?;
-            let (statement, envelope, report) = build(&dir, &key)?;
+        PackCommand::Build {
+            dir,
+            dry_run: true,
+            json,
+            ..
+        } => dry_run(&dir, json),
+        PackCommand::Build {
+            dir,
+            key,
+            allow_secrets,
+            json,
+            ..
+        } => {
+            let key = load_signer(&key.context("--key is required to sign")?)?;
+            let (statement, envelope, report) = build(&dir, &key, allow_secrets)?;
             let files = statement.tree.files();
             let summary = BuildSummary {
                 name: statement.name.clone(),

@@ -176,7 +176,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let (statement, envelope, publisher_key) = match &args.key {
         Some(key_path) => {
             let key = load_signer(key_path)?;
-            let (statement, envelope, report) = crate::pack::build(dir, &key)?;
+            let (statement, envelope, report) = crate::pack::build(dir, &key, false)?;
             if !args.json {
                 print_report(&report);
             }

@@ -57,9 +57,14 @@ pub struct ServeArgs {
     )]
     tls_key: Option<PathBuf>,
 
-    /// Directory for the daemon's state (embedded store, object-store index)
+    /// Directory for the daemon's state (embedded store, object-store index, log key, tokens)
     #[arg(long, env = "CUSTODIAN_DATA_DIR", default_value = ".custodian")]
     data_dir: PathBuf,
+
+    /// Create the data directory when there is none (a new registry with a new log key);
+    /// without it, a missing data directory is an error
+    #[arg(long, env = "CUSTODIAN_INIT")]
+    init: bool,
 
     /// Blob storage: `rocksdb` (embedded) or an object store URL: file:///abs/path,
     /// s3://bucket/prefix (credentials and endpoint from AWS_* variables), memory://
@@ -125,6 +130,17 @@ pub struct ServeArgs {
     #[arg(long, env = "CUSTODIAN_BADGE_MAX_AGE", default_value = "30d", value_parser = humantime::parse_duration)]
     badge_max_age: Duration,
 
+    /// License ids of this registry that count as machine-readable licenses next to SPDX
+    /// expressions and LicenseRef- (comma-separated or repeated); each badge lists them
+    #[arg(
+        long = "registry-license",
+        env = "CUSTODIAN_REGISTRY_LICENSES",
+        value_delimiter = ',',
+        value_name = "ID",
+        default_values_t = custodian_server::registry::DEFAULT_REGISTRY_LICENSES.map(String::from)
+    )]
+    registry_licenses: Vec<String>,
+
     /// An external scanner, NAME=COMMAND (repeatable). The command runs with `sh -c`, reads the
     /// content as a tar stream on stdin (CUSTODIAN_SCAN_NAME, _VERSION, _TARGET and _ROOT in its
     /// environment) and writes {"verdict": ..., "findings": [{file, offset, rule, severity,
@@ -155,6 +171,29 @@ pub struct ServeArgs {
     log_json: bool,
 }
 
+/// Refuses a data directory that does not exist unless `init` says to create a new registry
+/// there: a daemon or token started in the wrong folder must not silently found a second
+/// registry with its own log key. With `init`, says loudly where the registry is created.
+pub(crate) fn require_data_dir(data_dir: &std::path::Path, init: bool) -> anyhow::Result<()> {
+    if data_dir.exists() {
+        return Ok(());
+    }
+    let shown = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    if !init {
+        anyhow::bail!(
+            "there is no registry at {} (no data directory): pass --data-dir (CUSTODIAN_DATA_DIR) to point at yours, or --init to create a new registry there",
+            shown.display()
+        );
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data directory {}", shown.display()))?;
+    eprintln!(
+        "custodian: created a new registry at {} (its log key is generated on first start; back it up)",
+        shown.display()
+    );
+    Ok(())
+}
+
 /// Parses a `KEY=VALUE` option.
 pub(crate) fn parse_key_value(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
@@ -166,8 +205,10 @@ pub(crate) fn parse_key_value(text: &str) -> Result<(String, String), String> {
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let filter = EnvFilter::try_new(&args.log)
         .with_context(|| format!("invalid --log filter {:?}", args.log))?;
+    // Colour only on a terminal: redirected logs stay plain text.
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if args.log_json {
         subscriber.json().init();
@@ -200,6 +241,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         },
         badge_max_age: args.badge_max_age,
+        registry_licenses: args.registry_licenses,
         scanners: custodian_server::scan::ScannerConfig {
             external: args
                 .scanners
@@ -215,6 +257,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             _ => None,
         },
     };
+    // Both ports first: a daemon that cannot listen must fail before it creates anything.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (is another daemon running there?)", args.listen))?;
+    let address = listener.local_addr().context("reading the bound address")?;
+    let rest_listener = tokio::net::TcpListener::bind(args.rest_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for REST (is another daemon running there?)", args.rest_listen))?;
+    let rest_address = rest_listener
+        .local_addr()
+        .context("reading the bound REST address")?;
+    require_data_dir(&args.data_dir, args.init)?;
     let store = custodian_server::open_store(&config)
         .await
         .with_context(|| {
@@ -228,16 +282,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("opening the ledger in {}", args.data_dir.display()))?;
     tracing::info!(origin = ledger.origin(), key = %ledger.verifier(), size = ledger.latest().size, "ledger open");
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let address = listener.local_addr().context("reading the bound address")?;
-    let rest_listener = tokio::net::TcpListener::bind(args.rest_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} for REST", args.rest_listen))?;
-    let rest_address = rest_listener
-        .local_addr()
-        .context("reading the bound REST address")?;
     let tls = if config.tls.is_some() { " (TLS)" } else { "" };
     tracing::info!(%address, %rest_address, storage = %args.storage, backend = store.backend_name(), data_dir = %args.data_dir.display(), "custodian listening");
     // Whoever started the daemon may read these lines and close the pipe; a daemon whose

@@ -27,7 +27,9 @@ CUSTODIAN_TOKEN=$(custodian token create --name admin --scope admin --namespace 
         /// Who or what holds the token (shown in lists and logs)
         #[arg(long)]
         name: String,
-        /// Scopes, comma-separated or repeated: read, publish, attest, admin
+        /// Scopes, comma-separated or repeated: read (private content), publish (publish, yank,
+        /// data packs), attest (attester keys, runs, scan verdicts), scan (rescans and scan
+        /// verdicts), admin (everything, raw ledger appends included)
         #[arg(long = "scope", value_delimiter = ',', required = true)]
         scopes: Vec<String>,
         /// Package-name prefixes, comma-separated or repeated; * for every name
@@ -39,8 +41,13 @@ CUSTODIAN_TOKEN=$(custodian token create --name admin --scope admin --namespace 
         /// Print JSON
         #[arg(long)]
         json: bool,
+        /// The daemon's data directory (where tokens.json lives)
         #[arg(long, env = "CUSTODIAN_DATA_DIR", default_value = ".custodian")]
         data_dir: PathBuf,
+        /// Create the data directory if there is none (a new registry); without it, a missing
+        /// data directory is an error, so a token never lands in a registry nobody runs
+        #[arg(long)]
+        init: bool,
     },
     /// List tokens (ids, names, scopes, namespaces; never secrets)
     List {
@@ -85,11 +92,13 @@ pub fn run(command: TokenCommand) -> anyhow::Result<ExitCode> {
             secret_only,
             json,
             data_dir,
+            init,
         } => {
             let scopes = scopes
                 .iter()
                 .map(|s| Scope::parse(s.trim()))
                 .collect::<Result<Vec<_>, _>>()?;
+            crate::serve::require_data_dir(&data_dir, init)?;
             let (record, secret) = auth::create_token(&data_dir, &name, scopes, namespaces)
                 .with_context(|| format!("creating a token in {}", data_dir.display()))?;
             if secret_only {

@@ -10,10 +10,10 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use crate::digest::{Algorithm, Digest};
 use crate::dsse::{Envelope, INTOTO_PAYLOAD_TYPE};
+use crate::manifest::Threshold;
 use crate::note::{SignerKey, VerifierKey};
 use crate::package::{STATEMENT_TYPE, WireStatement, WireSubject};
 
@@ -43,8 +43,10 @@ fn field(field: &str, reason: impl Into<String>) -> AttestationError {
     }
 }
 
-/// One metric of a run: its value and the threshold it was held to.
+/// One metric of a run: its value and the threshold it was held to. Written as an object
+/// (`{"value": 0.93, "threshold": ">= 0.9"}`) or as a bare number (`0.93`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "MetricWire")]
 pub struct Metric {
     /// The measured value.
     pub value: serde_json::Number,
@@ -52,6 +54,85 @@ pub struct Metric {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<String>,
 }
+
+/// The two ways a metric may be written.
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "a number, or an object {\"value\": number, \"threshold\": \">= 0.9\"}")]
+enum MetricWire {
+    Bare(serde_json::Number),
+    Full {
+        value: serde_json::Number,
+        #[serde(default)]
+        threshold: Option<String>,
+    },
+}
+
+impl From<MetricWire> for Metric {
+    fn from(wire: MetricWire) -> Self {
+        match wire {
+            MetricWire::Bare(value) => Metric {
+                value,
+                threshold: None,
+            },
+            MetricWire::Full { value, threshold } => Metric { value, threshold },
+        }
+    }
+}
+
+/// The JSON Schema (draft 2020-12) of the run file `custodian attest` reads: one run object or
+/// an array of them. docs/verifying.md describes each field.
+pub const RUNS_SCHEMA: &str = r##"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "$id": "https://custodian.dev/schemas/eval-runs.json",
+  "title": "Custodian eval runs (custodian attest)",
+  "oneOf": [
+    {"$ref": "#/$defs/run"},
+    {"type": "array", "items": {"$ref": "#/$defs/run"}, "minItems": 1}
+  ],
+  "$defs": {
+    "run": {
+      "type": "object",
+      "additionalProperties": false,
+      "required": ["package", "version", "eval_id", "model", "passed", "reproducibility_context", "started_at", "finished_at", "runner"],
+      "properties": {
+        "package": {"type": "string", "minLength": 1, "description": "the package name"},
+        "version": {"type": "string", "minLength": 1, "description": "the published version"},
+        "eval_id": {"type": "string", "minLength": 1, "description": "an eval the manifest declares"},
+        "model": {"type": "string", "minLength": 1, "description": "one of the version's compatible models"},
+        "passed": {"type": "boolean", "description": "checked against the EvalSpec's thresholds: a run claiming passed must meet each"},
+        "metrics": {
+          "type": "object",
+          "description": "metric name to value; a metric the EvalSpec thresholds must be reported by a passing run",
+          "additionalProperties": {
+            "oneOf": [
+              {"type": "number"},
+              {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["value"],
+                "properties": {
+                  "value": {"type": "number"},
+                  "threshold": {"type": "string", "description": "if given, the EvalSpec's threshold exactly, e.g. \">= 0.9\""}
+                }
+              }
+            ]
+          }
+        },
+        "data_pack_sha256": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$", "description": "required when the version has a hosted data pack: its digest"},
+        "reproducibility_context": {"type": "object", "description": "eval case ids, input fingerprints, schema versions; \"seed\" must equal the EvalSpec's seed when it declares one"},
+        "started_at": {"type": "string", "format": "date-time"},
+        "finished_at": {"type": "string", "format": "date-time"},
+        "runner": {
+          "type": "object",
+          "additionalProperties": false,
+          "required": ["id"],
+          "properties": {"id": {"type": "string", "minLength": 1}, "version": {"type": "string"}}
+        }
+      }
+    }
+  }
+}
+"##;
 
 /// Who ran the eval.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +171,24 @@ pub struct RunPredicate {
     pub finished_at: String,
     /// Who ran it.
     pub runner: Runner,
+}
+
+/// Checks a run file against [`RUNS_SCHEMA`]; every violation, each as `path: message`.
+pub fn check_runs_file(value: &serde_json::Value) -> Result<(), Vec<String>> {
+    let schema: serde_json::Value = serde_json::from_str(RUNS_SCHEMA).unwrap_or_default();
+    let validator = jsonschema::validator_for(&schema)
+        .map_err(|e| vec![format!("the built-in run schema does not compile: {e}")])?;
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| {
+            let path = e.instance_path().to_string();
+            format!(
+                "{}: {e}",
+                if path.is_empty() { "(top)".to_string() } else { path }
+            )
+        })
+        .collect();
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 
 /// A checked run statement.
@@ -233,10 +332,76 @@ impl RunStatement {
         RunStatement::from_json(&payload)
     }
 
-    /// The fingerprint of the reproducibility context: `sha256:` of its canonical JSON.
+    /// The fingerprint of the reproducibility context: `sha256:` of its RFC 8785 canonical JSON.
     pub fn context_fingerprint(&self) -> String {
         fingerprint(&self.predicate.reproducibility_context)
     }
+}
+
+/// Checks a run against the EvalSpec it claims to run: every threshold the EvalSpec sets is the
+/// one the run was held to, a run that claims `passed` meets each of them (with the metric
+/// reported), and a declared seed is the run's `reproducibility_context.seed`. The attester's
+/// `passed` is never taken on trust where the manifest says what passing means.
+pub fn check_against_eval(
+    predicate: &RunPredicate,
+    eval: &crate::manifest::EvalSpec,
+) -> Result<(), AttestationError> {
+    for (metric, threshold) in eval.thresholds() {
+        let at = format!("predicate.metrics.{metric}");
+        let Some(reported) = predicate.metrics.get(&metric) else {
+            if predicate.passed {
+                return Err(field(
+                    &at,
+                    format!(
+                        "is missing: eval {} sets the threshold {metric} {threshold}, so a run that claims passed must report {metric}",
+                        predicate.eval_id
+                    ),
+                ));
+            }
+            continue;
+        };
+        if let Some(stated) = &reported.threshold {
+            let same = parse_threshold_text(stated).is_ok_and(|t| t == threshold);
+            if !same {
+                return Err(field(
+                    &format!("{at}.threshold"),
+                    format!(
+                        "is {stated:?}, but eval {} sets {metric} {threshold}; a run is held to the manifest's threshold",
+                        predicate.eval_id
+                    ),
+                ));
+            }
+        }
+        let value = reported.value.as_f64().unwrap_or(f64::NAN);
+        if predicate.passed && !threshold.holds(value) {
+            return Err(field(
+                &at,
+                format!(
+                    "the run claims passed, but {metric} = {} does not meet eval {}'s threshold {threshold}",
+                    crate::jcs::number(value),
+                    predicate.eval_id
+                ),
+            ));
+        }
+    }
+    if let Some(seed) = eval.seed() {
+        let got = predicate.reproducibility_context.get("seed");
+        if got.and_then(serde_json::Value::as_u64) != Some(seed) {
+            return Err(field(
+                "predicate.reproducibility_context.seed",
+                format!(
+                    "eval {} declares seed {seed}, but the run's context has {}",
+                    predicate.eval_id,
+                    got.map_or_else(|| "no seed".to_string(), |v| format!("seed {v}"))
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse_threshold_text(text: &str) -> Result<Threshold, String> {
+    Threshold::parse(&serde_json::Value::String(text.to_string()))
 }
 
 fn json_kind(value: &serde_json::Value) -> &'static str {
@@ -250,43 +415,9 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
     }
 }
 
-/// `sha256:` of the canonical JSON of `value`: object keys sorted by their UTF-16 code units
-/// (RFC 8785's order; for the ASCII keys of practice, bytewise), no whitespace, strings and
-/// numbers as serde_json writes them.
+/// `sha256:` of the RFC 8785 (JCS) canonical JSON of `value` ([`crate::jcs`]).
 pub fn fingerprint(value: &serde_json::Value) -> String {
-    let mut out = Vec::new();
-    canonical(value, &mut out);
-    format!("sha256:{}", hex::encode(Sha256::digest(&out)))
-}
-
-fn canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
-    match value {
-        serde_json::Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
-            out.push(b'{');
-            for (i, key) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend(serde_json::to_vec(key).unwrap_or_default());
-                out.push(b':');
-                canonical(&map[*key], out);
-            }
-            out.push(b'}');
-        }
-        serde_json::Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                canonical(item, out);
-            }
-            out.push(b']');
-        }
-        other => out.extend(serde_json::to_vec(other).unwrap_or_default()),
-    }
+    crate::jcs::sha256(value)
 }
 
 /// Parses an RFC 3339 date-time (`2026-11-25T10:00:00Z`, optional fraction, `Z` or `±HH:MM`) to
@@ -354,6 +485,7 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest as _, Sha256};
 
     pub(crate) fn predicate() -> RunPredicate {
         RunPredicate {
@@ -438,6 +570,77 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_run_schema_accepts_runs_and_names_what_is_wrong() {
+        let run = serde_json::json!({
+            "package": "pacman-builder", "version": "0.2.1", "eval_id": "render_smoke",
+            "model": "gpt-4.1", "passed": true, "metrics": {"pass_rate": 1.0, "f1": {"value": 0.9}},
+            "reproducibility_context": {"seed": 7}, "started_at": "2026-11-30T10:00:00Z",
+            "finished_at": "2026-11-30T10:05:00Z", "runner": {"id": "ci.example/evals"}
+        });
+        check_runs_file(&run).expect("a valid run");
+        check_runs_file(&serde_json::json!([run.clone(), run.clone()])).expect("a list of runs");
+        let predicate: RunPredicate = serde_json::from_value(run.clone()).expect("parses");
+        assert_eq!(predicate.metrics["pass_rate"].threshold, None);
+        let mut bad = run.clone();
+        bad["metrics"]["pass_rate"] = serde_json::json!("high");
+        bad["passd"] = serde_json::json!(true);
+        let errors = check_runs_file(&bad).expect_err("invalid");
+        assert!(errors.iter().any(|e| e.contains("passd")), "{errors:?}");
+    }
+
+    #[test]
+    fn runs_are_held_to_the_evalspec() {
+        let eval: crate::manifest::EvalSpec = serde_norway::from_str(
+            "id: render_smoke\nseed: 42\nthresholds:\n  pass_rate: \">= 0.9\"\n",
+        )
+        .expect("eval spec");
+        let mut p = predicate();
+        p.eval_id = "render_smoke".into();
+        p.metrics = BTreeMap::from([(
+            "pass_rate".to_string(),
+            Metric {
+                value: serde_json::Number::from_f64(0.95).expect("finite"),
+                threshold: None,
+            },
+        )]);
+        p.reproducibility_context = serde_json::json!({"seed": 42});
+        check_against_eval(&p, &eval).expect("meets the bar");
+        // Passing with a metric below the bar: refused, naming both numbers.
+        p.metrics.get_mut("pass_rate").expect("metric").value =
+            serde_json::Number::from_f64(0.81).expect("finite");
+        let err = check_against_eval(&p, &eval).expect_err("below").to_string();
+        assert!(err.contains("0.81") && err.contains(">= 0.9"), "{err}");
+        // Failing below the bar is honest.
+        p.passed = false;
+        check_against_eval(&p, &eval).expect("an honest failure");
+        p.passed = true;
+        p.metrics.get_mut("pass_rate").expect("metric").value =
+            serde_json::Number::from_f64(0.95).expect("finite");
+        // Another threshold than the manifest's.
+        p.metrics.get_mut("pass_rate").expect("metric").threshold = Some("> 0.5".into());
+        let err = check_against_eval(&p, &eval).expect_err("other bar").to_string();
+        assert!(err.contains("threshold"), "{err}");
+        p.metrics.get_mut("pass_rate").expect("metric").threshold = Some(">=0.9".into());
+        check_against_eval(&p, &eval).expect("the same bar, spelled differently");
+        // A passing run must report the metric.
+        p.metrics.clear();
+        assert!(check_against_eval(&p, &eval).is_err());
+        p.metrics.insert(
+            "pass_rate".into(),
+            Metric {
+                value: serde_json::Number::from_f64(0.95).expect("finite"),
+                threshold: None,
+            },
+        );
+        // The declared seed.
+        p.reproducibility_context = serde_json::json!({"seed": 7});
+        let err = check_against_eval(&p, &eval).expect_err("seed").to_string();
+        assert!(err.contains("seed 42") && err.contains("seed 7"), "{err}");
+        p.reproducibility_context = serde_json::json!({});
+        assert!(check_against_eval(&p, &eval).is_err());
     }
 
     #[test]

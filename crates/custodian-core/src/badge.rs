@@ -1,13 +1,16 @@
 //! The Green-Badge policy, a pure function of a version's evidence (seed 000, "Green-Badge QA").
 //!
-//! Policy [`POLICY`]:
+//! Policy [`POLICY`] (v3; docs/verifying.md states every rule precisely):
 //! - **failing** when the publication's signature or an artifact hash does not hold, when the
-//!   latest run of any required eval × compatible model failed, or when any scanner's latest
-//!   scan of the version's content root (or of its hosted data pack) flagged it;
+//!   latest run of any required eval × compatible model failed or contradicts the EvalSpec
+//!   (a metric below its threshold while claiming `passed`, another threshold, another seed),
+//!   or when any scanner's latest scan of the version's content root (or of its hosted data
+//!   pack) flagged it;
 //! - **review** otherwise when evidence is missing or old: a required eval × model without a run,
-//!   a latest run older than the maximum age, no scan of the package or of its hosted data pack
-//!   (or a latest scan that ended in error), a license
-//!   that is neither a valid SPDX expression nor a `LicenseRef-`, no evals at all, or a yank;
+//!   a latest run older than the maximum age, a latest run that does not name the version's
+//!   hosted data pack, no scan of the package or of its hosted data pack (or a latest scan that
+//!   ended in error), a license that is neither a valid SPDX expression, a `LicenseRef-`, nor one
+//!   of the registry's license ids listed in the badge, no evals at all, or a yank;
 //! - **green** when nothing above applies.
 //!
 //! "Latest" is by ledger order (integration), never by a time the runner wrote, so a late
@@ -20,9 +23,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::manifest::Manifest;
 
-/// The policy version; part of every badge. v2 counts each scanner's latest verdict and the
-/// hosted data pack's scans.
-pub const POLICY: &str = "custodian.badge-policy.v2";
+/// The policy version; part of every badge. v3 checks runs against the EvalSpec, requires the
+/// hosted data pack's digest in every counted run, and accepts the registry's license ids.
+pub const POLICY: &str = "custodian.badge-policy.v3";
+/// The second policy: each scanner's latest verdict and the hosted data pack's scans count.
+/// Bundles issued under it still verify.
+pub const POLICY_V2: &str = "custodian.badge-policy.v2";
 /// The first policy: the latest scan of the package root, whoever recorded it; data packs not
 /// judged. Bundles issued under it still verify.
 pub const POLICY_V1: &str = "custodian.badge-policy.v1";
@@ -92,6 +98,10 @@ pub struct Badge {
     pub reasons: Vec<Reason>,
     /// The ledger indexes of the evidence it rests on, ascending.
     pub evidence: Vec<u64>,
+    /// The registry's license ids that count as machine-readable licenses (policy v3), as the
+    /// registry declared them when it issued the badge; empty when none are configured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_licenses: Vec<String>,
 }
 
 /// One attested run, as the policy sees it.
@@ -107,6 +117,11 @@ pub struct Run {
     pub model: String,
     /// Whether it passed.
     pub passed: bool,
+    /// The data pack it names (`data_pack_sha256`), if any.
+    pub data_pack_sha256: Option<String>,
+    /// Why the run contradicts its EvalSpec ([`crate::attestation::check_against_eval`]), if
+    /// it does.
+    pub problem: Option<String>,
 }
 
 /// One recorded scan.
@@ -144,6 +159,8 @@ pub struct Evidence<'a> {
     pub scans: &'a [Scan],
     /// The hosted data pack, if the version has one.
     pub data_pack: Option<DataPackRef<'a>>,
+    /// The registry's license ids that count as machine-readable (policy v3).
+    pub registry_licenses: &'a [String],
 }
 
 /// A version's hosted data pack, as the policy sees it.
@@ -184,9 +201,27 @@ pub fn check_license(license: &str) -> Result<(), String> {
         .map_err(|e| format!("{license:?} is not a valid SPDX expression ({}); use an SPDX identifier or a LicenseRef-", e.reason))
 }
 
+/// Whether a license counts as declared machine-readably under policy v3: an SPDX expression or
+/// `LicenseRef-` ([`check_license`]), or exactly one of the registry's license ids.
+pub fn check_license_v3(license: &str, registry_licenses: &[String]) -> Result<(), String> {
+    if registry_licenses.iter().any(|id| id == license) {
+        return Ok(());
+    }
+    check_license(license).map_err(|message| {
+        if registry_licenses.is_empty() {
+            message
+        } else {
+            format!(
+                "{message}, or one of the registry's license ids ({})",
+                registry_licenses.join(", ")
+            )
+        }
+    })
+}
+
 /// Applies the current policy ([`POLICY`]) at time `now_ms`.
 pub fn evaluate(e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> Badge {
-    evaluate_as(2, e, now_ms, max_age_ms)
+    evaluate_as(3, e, now_ms, max_age_ms)
 }
 
 /// Applies a named policy version, for checking badges issued under an earlier one; `None` if
@@ -199,7 +234,8 @@ pub fn evaluate_policy(
 ) -> Option<Badge> {
     match policy {
         POLICY_V1 => Some(evaluate_as(1, e, now_ms, max_age_ms)),
-        POLICY => Some(evaluate_as(2, e, now_ms, max_age_ms)),
+        POLICY_V2 => Some(evaluate_as(2, e, now_ms, max_age_ms)),
+        POLICY => Some(evaluate_as(3, e, now_ms, max_age_ms)),
         _ => None,
     }
 }
@@ -345,11 +381,38 @@ fn evaluate_as(version: u8, e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> B
                 ),
                 Some(run) => {
                     used.push(run.index);
-                    if !run.passed {
+                    let pack_missing = version >= 3
+                        && e.data_pack.is_some_and(|pack| {
+                            run.data_pack_sha256.as_deref() != Some(pack.root)
+                        });
+                    if let (true, Some(problem)) = (version >= 3, &run.problem) {
+                        reason(
+                            "run_invalid",
+                            State::Failing,
+                            format!(
+                                "the latest run of {eval} against {model} contradicts the EvalSpec: {problem}"
+                            ),
+                            Some(eval),
+                            Some(model),
+                            Some(run.index),
+                        );
+                    } else if !run.passed {
                         reason(
                             "run_failed",
                             State::Failing,
                             format!("the latest run of {eval} against {model} failed"),
+                            Some(eval),
+                            Some(model),
+                            Some(run.index),
+                        );
+                    } else if pack_missing {
+                        reason(
+                            "run_data_pack_missing",
+                            State::Review,
+                            format!(
+                                "the latest run of {eval} against {model} does not name the hosted data pack {} in data_pack_sha256",
+                                e.data_pack.map(|p| p.root).unwrap_or_default()
+                            ),
                             Some(eval),
                             Some(model),
                             Some(run.index),
@@ -407,7 +470,12 @@ fn evaluate_as(version: u8, e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> B
             );
         }
     }
-    if let Err(message) = check_license(e.manifest.license.id()) {
+    let license = if version >= 3 {
+        check_license_v3(e.manifest.license.id(), e.registry_licenses)
+    } else {
+        check_license(e.manifest.license.id())
+    };
+    if let Err(message) = license {
         reason(
             "license_undeclared",
             State::Review,
@@ -439,11 +507,21 @@ fn evaluate_as(version: u8, e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> B
         name: e.name.to_string(),
         version: e.version.to_string(),
         state,
-        policy: if version == 1 { POLICY_V1 } else { POLICY }.into(),
+        policy: match version {
+            1 => POLICY_V1,
+            2 => POLICY_V2,
+            _ => POLICY,
+        }
+        .into(),
         evaluated_ms: now_ms,
         max_age_ms,
         reasons,
         evidence: used,
+        registry_licenses: if version >= 3 {
+            e.registry_licenses.to_vec()
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -467,6 +545,8 @@ mod tests {
             eval_id: eval.into(),
             model: model.into(),
             passed,
+            data_pack_sha256: None,
+            problem: None,
         }
     }
 
@@ -506,6 +586,7 @@ mod tests {
             runs,
             scans,
             data_pack: None,
+            registry_licenses: &[],
         };
         evaluate(&e, 1001 * DAY, DEFAULT_MAX_AGE_MS)
     }
@@ -551,6 +632,7 @@ mod tests {
             runs: &runs,
             scans: &hidden,
             data_pack: None,
+            registry_licenses: &[],
         };
         let v1 = evaluate_policy(POLICY_V1, &e, 1001 * DAY, DEFAULT_MAX_AGE_MS).expect("v1 known");
         assert_eq!((v1.state, v1.policy.as_str()), (State::Green, POLICY_V1));
@@ -560,7 +642,14 @@ mod tests {
     #[test]
     fn a_hosted_data_pack_must_be_scanned_clean() {
         let m = manifest(MANIFEST);
-        let runs = all_passing();
+        // Runs name the hosted pack (policy v3 counts no other run; see the next test).
+        let runs: Vec<Run> = all_passing()
+            .into_iter()
+            .map(|r| Run {
+                data_pack_sha256: Some("sha256:d".into()),
+                ..r
+            })
+            .collect();
         let with = |scans: &[Scan]| {
             evaluate(
                 &Evidence {
@@ -577,6 +666,7 @@ mod tests {
                         index: 9,
                         root: "sha256:d",
                     }),
+                    registry_licenses: &[],
                 },
                 1001 * DAY,
                 DEFAULT_MAX_AGE_MS,
@@ -604,6 +694,105 @@ mod tests {
         let b = with(&clean);
         assert_eq!(b.state, State::Green);
         assert!(b.evidence.contains(&9) && b.evidence.contains(&10));
+    }
+
+    /// Policy v3: with a hosted data pack, a latest run that does not name it does not count,
+    /// whenever the pack was registered; v2 still counted it.
+    #[test]
+    fn runs_must_name_the_hosted_data_pack() {
+        let m = manifest(MANIFEST);
+        let mut runs: Vec<Run> = all_passing()
+            .into_iter()
+            .map(|r| Run {
+                data_pack_sha256: Some("sha256:d".into()),
+                ..r
+            })
+            .collect();
+        runs[3].data_pack_sha256 = None;
+        let scans = [
+            scan(5, "custodian.builtin", "sha256:r", "clean"),
+            scan(10, "custodian.builtin", "sha256:d", "clean"),
+        ];
+        let e = Evidence {
+            name: "demo",
+            version: "1.0.0",
+            manifest: &m,
+            root: "sha256:r",
+            publication: 0,
+            signature_ok: true,
+            yanked: None,
+            runs: &runs,
+            scans: &scans,
+            data_pack: Some(DataPackRef {
+                index: 9,
+                root: "sha256:d",
+            }),
+            registry_licenses: &[],
+        };
+        let b = evaluate(&e, 1001 * DAY, DEFAULT_MAX_AGE_MS);
+        assert_eq!(
+            (b.state, codes(&b)),
+            (State::Review, vec!["run_data_pack_missing"])
+        );
+        assert_eq!(
+            (b.reasons[0].eval.as_deref(), b.reasons[0].model.as_deref(), b.reasons[0].entry),
+            (Some("b"), Some("m2"), Some(4))
+        );
+        let mut other = runs.clone();
+        other[3].data_pack_sha256 = Some("sha256:other".into());
+        let e = Evidence {
+            runs: &other,
+            ..e
+        };
+        assert_eq!(
+            codes(&evaluate(&e, 1001 * DAY, DEFAULT_MAX_AGE_MS)),
+            ["run_data_pack_missing"]
+        );
+        let v2 = evaluate_policy(POLICY_V2, &e, 1001 * DAY, DEFAULT_MAX_AGE_MS).expect("v2");
+        assert_eq!(v2.state, State::Green);
+    }
+
+    /// Policy v3: a run that contradicts its EvalSpec fails the badge, whatever it claims.
+    #[test]
+    fn a_run_contradicting_its_evalspec_fails() {
+        let m = manifest(MANIFEST);
+        let mut runs = all_passing();
+        runs[0].problem = Some("accuracy = 0.81 does not meet >= 0.9".into());
+        let b = badge(&m, &runs, &clean(), true, None);
+        assert_eq!((b.state, codes(&b)), (State::Failing, vec!["run_invalid"]));
+        assert!(b.reasons[0].message.contains("0.81"), "{:?}", b.reasons);
+    }
+
+    /// Policy v3: the registry's license ids count; anything else still needs SPDX.
+    #[test]
+    fn registry_license_ids_count_under_v3() {
+        let m = manifest(&MANIFEST.replace("apache-2.0", "private-commercial"));
+        let runs = all_passing();
+        let scans = clean();
+        let ids = vec!["private-commercial".to_string()];
+        let mut e = Evidence {
+            name: "demo",
+            version: "1.0.0",
+            manifest: &m,
+            root: "sha256:r",
+            publication: 0,
+            signature_ok: true,
+            yanked: None,
+            runs: &runs,
+            scans: &scans,
+            data_pack: None,
+            registry_licenses: &ids,
+        };
+        let b = evaluate(&e, 1001 * DAY, DEFAULT_MAX_AGE_MS);
+        assert_eq!(b.state, State::Green, "{:?}", b.reasons);
+        assert_eq!(b.registry_licenses, ids);
+        e.registry_licenses = &[];
+        let b = evaluate(&e, 1001 * DAY, DEFAULT_MAX_AGE_MS);
+        assert_eq!(codes(&b), ["license_undeclared"]);
+        e.registry_licenses = &ids;
+        let v2 = evaluate_policy(POLICY_V2, &e, 1001 * DAY, DEFAULT_MAX_AGE_MS).expect("v2");
+        assert_eq!(codes(&v2), ["license_undeclared"]);
+        assert!(v2.registry_licenses.is_empty());
     }
 
     fn codes(b: &Badge) -> Vec<&str> {
@@ -676,6 +865,7 @@ mod tests {
             runs: &all_passing(),
             scans: &clean(),
             data_pack: None,
+            registry_licenses: &[],
         };
         let b = evaluate(&e, 1000 * DAY + 31 * DAY, DEFAULT_MAX_AGE_MS);
         assert_eq!((b.state, b.reasons.len()), (State::Review, 4));
@@ -750,6 +940,8 @@ mod properties {
                 eval_id: ["a", "b", "c"][*e as usize].into(),
                 model: ["m1", "m2"][*m as usize].into(),
                 passed: *passed,
+                data_pack_sha256: None,
+                problem: None,
             })
             .collect();
         let scans: Vec<Scan> = scan
@@ -772,6 +964,7 @@ mod properties {
             runs: &runs,
             scans: &scans,
             data_pack: None,
+            registry_licenses: &[],
         };
         evaluate(&e, 2_000, DEFAULT_MAX_AGE_MS)
     }

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
-use crate::attestation::RunStatement;
+use crate::attestation::{RunStatement, check_against_eval};
 use crate::badge::{Badge, DataPackRef, Evidence, POLICY, Run, Scan, evaluate_policy};
 use crate::checkpoint::Checkpoint;
 use crate::digest::{Algorithm, Digest};
@@ -284,7 +284,7 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
     }
     let manifest_text = String::from_utf8(manifest_bytes)
         .map_err(|_| BundleError::Publication("the manifest is not UTF-8".into()))?;
-    let (manifest, report) = Manifest::parse("manifest.yaml", &manifest_text, None);
+    let (manifest, report) = Manifest::parse_published("manifest.yaml", &manifest_text);
     let manifest = manifest.ok_or_else(|| {
         BundleError::Publication(format!(
             "the manifest does not parse: {}",
@@ -339,12 +339,22 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
                 "the entry's fields differ from its signed statement".into(),
             ));
         }
+        // A run that contradicts its EvalSpec fails the badge under policy v3, so an auditor
+        // re-checks every threshold and seed rather than trusting the server's refusal.
+        let problem = manifest
+            .evals
+            .iter()
+            .find(|e| e.id() == run.eval_id)
+            .and_then(|eval| check_against_eval(p, eval).err())
+            .map(|e| e.to_string());
         evidence_runs.push(Run {
             index,
             time_ms,
             eval_id: run.eval_id,
             model: run.model,
             passed: run.passed,
+            data_pack_sha256: run.data_pack_sha256,
+            problem,
         });
     }
 
@@ -362,6 +372,7 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
             index: *index,
             root,
         }),
+        registry_licenses: &badge.registry_licenses,
     };
     let computed = evaluate_policy(
         &badge.policy,
@@ -391,7 +402,20 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
             ),
         });
     }
-    if computed.reasons != badge.reasons {
+    // Reasons are compared by what a machine reads (code, state, eval, model, entry); the
+    // message is for people, so a verifier written elsewhere need not reproduce its wording.
+    let key = |r: &crate::badge::Reason| {
+        (
+            r.code.clone(),
+            r.state,
+            r.eval.clone(),
+            r.model.clone(),
+            r.entry,
+        )
+    };
+    if computed.reasons.iter().map(key).collect::<Vec<_>>()
+        != badge.reasons.iter().map(key).collect::<Vec<_>>()
+    {
         return Err(BundleError::BadgeMismatch {
             field: "reasons",
             bundled: show(&badge.reasons),
@@ -407,7 +431,9 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
     }
     let present: BTreeSet<u64> = entries.keys().copied().collect();
     if let Some((index, e)) = issued
-        && (e.state != badge.state.as_str() || e.evidence != badge.evidence)
+        && (e.state != badge.state.as_str()
+            || e.evidence != badge.evidence
+            || e.registry_licenses != badge.registry_licenses)
     {
         return Err(entry_error(
             position_of(index),

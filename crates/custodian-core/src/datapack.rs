@@ -13,6 +13,23 @@ pub const ACCESS_POLICIES: [&str; 4] = ["signed_url", "oauth", "api_key", "user_
 /// Who may fetch a hosted data pack's bytes.
 pub const VISIBILITIES: [&str; 3] = ["inherit", "public", "private"];
 
+/// The fields of a data pack declaration (the manifest's `data_pack:` section and the body of
+/// `PUT …/data-pack/manifest`), in the seed's order.
+pub const FIELDS: [&str; 10] = [
+    "mode",
+    "source_type",
+    "uri",
+    "checksum",
+    "checksum_algorithm",
+    "access_policy",
+    "license",
+    "version",
+    "provenance",
+    "visibility",
+];
+/// The fields of a data pack's `provenance`.
+pub const PROVENANCE_FIELDS: [&str; 3] = ["schema_uri", "citations", "eval_set_uri"];
+
 /// Provenance of an external data pack.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct Provenance {
@@ -117,6 +134,11 @@ impl DataPackSpec {
                 }
             }
             "hosted" => {
+                if let Some(checksum) = &self.checksum
+                    && let Some(Err(e)) = self.checksum_digest()
+                {
+                    bad("checksum", format!("{checksum:?}: {e}"));
+                }
                 if let Some(v) = self.visibility.as_deref()
                     && !one_of(v, &VISIBILITIES)
                 {
@@ -148,6 +170,56 @@ impl DataPackSpec {
             );
         }
         out
+    }
+
+    /// Parses the body of `PUT …/data-pack/manifest`: YAML or JSON (JSON is YAML), either the
+    /// declaration itself or the seed's `data_pack:` wrapper around it. Unknown fields are
+    /// errors that name the field (with a did-you-mean), never silently dropped.
+    pub fn parse_document(bytes: &[u8]) -> Result<DataPackSpec, String> {
+        let text = std::str::from_utf8(bytes).map_err(|_| "the body is not UTF-8 text".to_string())?;
+        let mut value: serde_json::Value = serde_norway::from_str(text)
+            .map_err(|e| format!("the body is neither YAML nor JSON: {e}"))?;
+        let mut prefix = "";
+        if let Some(inner) = value
+            .as_object_mut()
+            .filter(|o| o.len() == 1)
+            .and_then(|o| o.remove("data_pack"))
+        {
+            value = inner;
+            prefix = "data_pack.";
+        }
+        let Some(object) = value.as_object() else {
+            return Err(format!(
+                "the body must be a mapping of data pack fields ({}), optionally under data_pack:",
+                FIELDS.join(", ")
+            ));
+        };
+        let mut unknown = Vec::new();
+        for key in object.keys() {
+            if !FIELDS.contains(&key.as_str()) {
+                unknown.push(format!(
+                    "field {prefix}{key}: is not a data pack field{}",
+                    crate::manifest::did_you_mean(key, &FIELDS)
+                        .map(|s| format!("; did you mean {s:?}?"))
+                        .unwrap_or_else(|| format!(" ({})", FIELDS.join(", ")))
+                ));
+            }
+        }
+        if let Some(p) = object.get("provenance").and_then(|p| p.as_object()) {
+            for key in p.keys() {
+                if !PROVENANCE_FIELDS.contains(&key.as_str()) {
+                    unknown.push(format!(
+                        "field {prefix}provenance.{key}: is not a provenance field ({})",
+                        PROVENANCE_FIELDS.join(", ")
+                    ));
+                }
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(unknown.join("; "));
+        }
+        serde_path_to_error::deserialize(value)
+            .map_err(|e| format!("field {prefix}{}: {}", e.path(), e.inner()))
     }
 
     /// The checksum as a digest, when one is given: `sha256:<hex>`, or bare hex with
@@ -237,6 +309,45 @@ mod tests {
         let problems = spec.problems();
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].0, "checksum");
+    }
+
+    /// The seed's YAML, as seed 001 prints it (under `data_pack:`), with its checksum's 65th
+    /// digit removed.
+    const SEED_YAML: &str = "data_pack:
+  mode: external
+  source_type: s3
+  uri: s3://my-org-bucket/prompt-packs/tax-2026/v3/dataset.parquet
+  checksum: sha256:8f434346648f6b96df89dda901c5176b10a6d83961dd3c1ac88b59b2dc09aa8a
+  checksum_algorithm: sha256
+  access_policy: signed_url
+  license: CC-BY-4.0
+  version: \"2026.03.1\"
+  provenance:
+    schema_uri: https://example.org/schemas/tax-v1.json
+    citations:
+      - https://www.irs.gov/publications/p17
+    eval_set_uri: https://example.org/evals/tax-pack-v3.jsonl
+";
+
+    #[test]
+    fn documents_in_yaml_or_json_with_or_without_the_wrapper() {
+        let from_json: DataPackSpec = serde_json::from_str(SEED).expect("parses");
+        for body in [
+            SEED.to_string(),
+            SEED_YAML.to_string(),
+            format!("{{\"data_pack\": {SEED}}}"),
+        ] {
+            let spec = DataPackSpec::parse_document(body.as_bytes()).expect("parses");
+            assert_eq!(spec, from_json, "{body}");
+        }
+        let typo = SEED_YAML.replace("access_policy", "acces_policy");
+        let err = DataPackSpec::parse_document(typo.as_bytes()).expect_err("unknown field");
+        assert!(
+            err.contains("data_pack.acces_policy") && err.contains("did you mean \"access_policy\""),
+            "{err}"
+        );
+        let err = DataPackSpec::parse_document(b"- a\n- b\n").expect_err("not a mapping");
+        assert!(err.contains("mapping"), "{err}");
     }
 
     #[test]

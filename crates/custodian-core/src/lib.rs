@@ -12,6 +12,7 @@ pub mod datapack;
 pub mod digest;
 pub mod dsse;
 pub mod entry;
+pub mod jcs;
 pub mod manifest;
 pub mod merkle;
 pub mod note;

@@ -420,6 +420,123 @@ impl EvalSpec {
             EvalSpec::Detailed { required, .. } => required.unwrap_or(true),
         }
     }
+
+    /// The reproducibility seed every run must carry in its `reproducibility_context.seed`.
+    pub fn seed(&self) -> Option<u64> {
+        match self {
+            EvalSpec::Id(_) => None,
+            EvalSpec::Detailed { seed, .. } => *seed,
+        }
+    }
+
+    /// The metric thresholds, parsed; a threshold that does not parse is left out here (the
+    /// manifest check reports it, so a published manifest has none).
+    pub fn thresholds(&self) -> BTreeMap<String, Threshold> {
+        match self {
+            EvalSpec::Id(_) => BTreeMap::new(),
+            EvalSpec::Detailed { thresholds, .. } => thresholds
+                .iter()
+                .filter_map(|(metric, v)| Some((metric.clone(), Threshold::parse(v).ok()?)))
+                .collect(),
+        }
+    }
+}
+
+/// How a metric is compared with its threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Comparator {
+    /// `>=`: at least the threshold (what a bare number means).
+    AtLeast,
+    /// `>`: above it.
+    Above,
+    /// `<=`: at most the threshold (error rates, latencies).
+    AtMost,
+    /// `<`: below it.
+    Below,
+    /// `==`: exactly it.
+    Equal,
+}
+
+impl Comparator {
+    /// The operator as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Comparator::AtLeast => ">=",
+            Comparator::Above => ">",
+            Comparator::AtMost => "<=",
+            Comparator::Below => "<",
+            Comparator::Equal => "==",
+        }
+    }
+}
+
+/// An EvalSpec threshold: `">= 0.9"`, `"< 0.05"`, or a bare number (meaning `>=`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Threshold {
+    /// The comparison.
+    pub comparator: Comparator,
+    /// The bound.
+    pub value: f64,
+}
+
+impl Threshold {
+    /// Parses a threshold as written in a manifest.
+    pub fn parse(value: &serde_json::Value) -> Result<Threshold, String> {
+        if let Some(v) = value.as_f64() {
+            return Ok(Threshold {
+                comparator: Comparator::AtLeast,
+                value: v,
+            });
+        }
+        let Some(text) = value.as_str() else {
+            return Err(format!(
+                "{value} is not a threshold; write a number or a comparison such as \">= 0.9\""
+            ));
+        };
+        let text = text.trim();
+        let (comparator, rest) = [
+            (">=", Comparator::AtLeast),
+            ("<=", Comparator::AtMost),
+            ("==", Comparator::Equal),
+            (">", Comparator::Above),
+            ("<", Comparator::Below),
+        ]
+        .into_iter()
+        .find_map(|(op, c)| text.strip_prefix(op).map(|rest| (c, rest)))
+        .unwrap_or((Comparator::AtLeast, text));
+        let bound: f64 = rest.trim().parse().map_err(|_| {
+            format!("{text:?} is not a threshold; write a comparison (>=, >, <=, <, ==) and a number, such as \">= 0.9\"")
+        })?;
+        if !bound.is_finite() {
+            return Err(format!("{text:?} is not a finite number"));
+        }
+        Ok(Threshold {
+            comparator,
+            value: bound,
+        })
+    }
+
+    /// Whether a measured value meets the threshold.
+    pub fn holds(&self, measured: f64) -> bool {
+        match self.comparator {
+            Comparator::AtLeast => measured >= self.value,
+            Comparator::Above => measured > self.value,
+            Comparator::AtMost => measured <= self.value,
+            Comparator::Below => measured < self.value,
+            Comparator::Equal => measured == self.value,
+        }
+    }
+}
+
+impl fmt::Display for Threshold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}",
+            self.comparator.as_str(),
+            crate::jcs::number(self.value)
+        )
+    }
 }
 
 /// How strongly a safety control is demanded.
@@ -567,9 +684,15 @@ struct RawManifest {
     install: Option<InstallSpec>,
     evidence: Option<EvidencePack>,
     data_pack: Option<DataPackSpec>,
+    #[serde(default)]
+    documentation_hosts: Vec<String>,
+    /// Free-form notes of the publisher's own (strings by key), never checked.
+    #[serde(default)]
+    #[allow(dead_code)]
+    annotations: BTreeMap<String, serde_json::Value>,
 }
 
-const KNOWN_FIELDS: [&str; 15] = [
+const KNOWN_FIELDS: [&str; 17] = [
     "name",
     "version",
     "type",
@@ -585,6 +708,8 @@ const KNOWN_FIELDS: [&str; 15] = [
     "install",
     "evidence",
     "data_pack",
+    "documentation_hosts",
+    "annotations",
 ];
 
 /// Safety controls this version knows.
@@ -595,6 +720,101 @@ pub const KNOWN_SAFETY: [&str; 5] = [
     "prompt_injection_scan",
     "pii_scan",
 ];
+
+/// The keys a section of the manifest knows, by its dotted path with list indexes dropped
+/// (`evals[2]` is `evals[]`); empty for free-form maps and unknown sections.
+fn known_keys(parent: &str) -> &'static [&'static str] {
+    let mut normalized = String::with_capacity(parent.len());
+    let mut skipping = false;
+    for c in parent.chars() {
+        match c {
+            '[' => {
+                skipping = true;
+                normalized.push_str("[]");
+            }
+            ']' => skipping = false,
+            c if !skipping => normalized.push(c),
+            _ => {}
+        }
+    }
+    match normalized.as_str() {
+        "" => &KNOWN_FIELDS,
+        "safety" => &KNOWN_SAFETY,
+        "evals[]" => &[
+            "id",
+            "description",
+            "cases",
+            "rubric",
+            "judge_model",
+            "seed",
+            "thresholds",
+            "required",
+        ],
+        "inputs[]" | "outputs[]" => &["name", "description", "type", "enum"],
+        "license" => &["spdx", "file", "attribution"],
+        "prompt" => &[
+            "system",
+            "templates",
+            "examples",
+            "compatible_models",
+            "overrides",
+            "tool_schemas",
+            "arena",
+        ],
+        "fine_tune" => &[
+            "dataset",
+            "recipe",
+            "hyperparameters",
+            "providers",
+            "loss",
+            "eval_signals",
+        ],
+        "install" => &["runtime", "dependencies", "env", "setup"],
+        "evidence" => &["files", "provenance", "sbom"],
+        "data_pack" => &crate::datapack::FIELDS,
+        "data_pack.provenance" => &crate::datapack::PROVENANCE_FIELDS,
+        _ => &[],
+    }
+}
+
+/// The known key closest to `word` when it is close enough to be a typo: at most two edits
+/// (insertions, deletions, substitutions or swaps of neighbours), and fewer than a third of
+/// the word; ties go to the first key in schema order.
+pub fn did_you_mean<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
+    let limit = (word.chars().count() / 3).clamp(1, 2);
+    known
+        .iter()
+        .map(|k| (edit_distance(word, k), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Optimal string alignment distance: Levenshtein plus transposition of adjacent characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
 
 /// A checked `manifest.yaml`.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -630,7 +850,10 @@ pub struct Manifest {
     pub evidence: Option<EvidencePack>,
     /// The data pack declared with the package (seed 001).
     pub data_pack: Option<DataPackSpec>,
-    /// Fields this version does not know, kept as they were written.
+    /// Hosts that documentation files (README, LICENSE, CHANGELOG, NOTICE, docs/) may link to
+    /// without counting as external calls under `safety.no_external_calls`.
+    pub documentation_hosts: Vec<String>,
+    /// `x-` keys (and, in a published manifest read leniently, unknown keys), kept as written.
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
@@ -638,26 +861,37 @@ fn serialize_type<S: serde::Serializer>(t: &PackageType, s: S) -> Result<S::Ok, 
     s.serialize_str(t.as_str())
 }
 
-/// Collects the paths of keys in `original` that `typed` (its typed re-serialization) lacks.
+/// Collects the keys of the document that its schema does not know, with their dotted paths:
+/// at the top level, in every section written as a mapping, and in the items of its lists.
+/// Free-form maps (thresholds, overrides, hyperparameters, dependencies, annotations) are not
+/// looked into.
 fn unknown_keys(
-    original: &serde_json::Value,
-    typed: &serde_json::Value,
-    path: String,
+    value: &serde_json::Value,
+    path: &str,
     out: &mut Vec<(String, serde_json::Value)>,
 ) {
-    match (original, typed) {
-        (serde_json::Value::Object(o), serde_json::Value::Object(t)) => {
-            for (key, value) in o {
-                let field = format!("{path}.{key}");
-                match t.get(key) {
-                    Some(typed) => unknown_keys(value, typed, field, out),
-                    None => out.push((field, value.clone())),
+    match value {
+        serde_json::Value::Object(map) => {
+            let known = known_keys(path);
+            if known.is_empty() {
+                return;
+            }
+            for (key, child) in map {
+                let field = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                if known.contains(&key.as_str()) {
+                    unknown_keys(child, &field, out);
+                } else {
+                    out.push((field, child.clone()));
                 }
             }
         }
-        (serde_json::Value::Array(o), serde_json::Value::Array(t)) => {
-            for (i, (o, t)) in o.iter().zip(t).enumerate() {
-                unknown_keys(o, t, format!("{path}[{i}]"), out);
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                unknown_keys(item, &format!("{path}[{i}]"), out);
             }
         }
         _ => {}
@@ -698,12 +932,29 @@ fn check_identifier(value: &str) -> bool {
 }
 
 impl Manifest {
-    /// Parses and checks `manifest.yaml`. `files` is the package's file list (for checking
-    /// referenced files); `None` skips that check.
+    /// Parses and checks `manifest.yaml` for publication. `files` is the package's file list
+    /// (for checking referenced files); `None` skips that check. Unknown keys are errors (with a
+    /// did-you-mean), except `x-` keys and the `annotations` map, so that a typo cannot silently
+    /// drop a guarantee.
     pub fn parse(
         file: &str,
         text: &str,
         files: Option<&BTreeSet<String>>,
+    ) -> (Option<Manifest>, Report) {
+        Self::parse_with(file, text, files, true)
+    }
+
+    /// Parses a manifest that is already published (in custody, in a bundle): unknown keys are
+    /// warnings, so versions published before manifests were strict keep their badges.
+    pub fn parse_published(file: &str, text: &str) -> (Option<Manifest>, Report) {
+        Self::parse_with(file, text, None, false)
+    }
+
+    fn parse_with(
+        file: &str,
+        text: &str,
+        files: Option<&BTreeSet<String>>,
+        strict: bool,
     ) -> (Option<Manifest>, Report) {
         let text = &*normalize_newlines(text);
         let mut checker = Checker::new(file, text);
@@ -722,51 +973,65 @@ impl Manifest {
             return (None, checker.report);
         };
         let mut extra = BTreeMap::new();
-        for (key, value) in mapping {
-            let key = match key.as_str() {
-                Some(k) => k.to_string(),
-                None => {
-                    checker.error("", format!("field names must be strings, got {key:?}"));
-                    continue;
-                }
-            };
-            if !KNOWN_FIELDS.contains(&key.as_str()) {
-                checker.warn(
-                    &key,
-                    "unknown field, kept as written (this version of Custodian does not check it)",
-                );
-                extra.insert(
-                    key,
-                    serde_json::to_value(value).unwrap_or(serde_json::Value::Null),
-                );
+        for key in mapping.keys() {
+            if key.as_str().is_none() {
+                checker.error("", format!("field names must be strings, got {key:?}"));
             }
         }
-        let Some(raw) = parse_typed::<RawManifest>(&mut checker, text) else {
+        // Unknown keys are found on the document itself, before the typed parse, so that a typo
+        // inside a section written as a mapping (`license: {spxd: MIT}`) is named as the typo,
+        // not as a section that matches no form.
+        let original = serde_json::to_value(&value).unwrap_or(serde_json::Value::Null);
+        let mut unknown = Vec::new();
+        unknown_keys(&original, "", &mut unknown);
+        let raw = parse_typed::<RawManifest>(&mut checker, text);
+        if strict && !unknown.is_empty() {
+            // A section that failed to parse only because of a misspelt key is already named
+            // by that key.
+            let under_unknown = |field: &str| {
+                unknown
+                    .iter()
+                    .any(|(u, _)| u.starts_with(&format!("{field}.")))
+            };
+            checker
+                .report
+                .errors
+                .retain(|p| !under_unknown(&p.field));
+        }
+        for (field, value) in unknown {
+            let last = field.rsplit('.').next().unwrap_or(&field);
+            let last = last.split('[').next().unwrap_or(last);
+            if last.starts_with("x-") || field == "annotations" {
+                extra.insert(field, value);
+                continue;
+            }
+            let parent = field.rsplit_once('.').map_or("", |(p, _)| p);
+            let known = known_keys(parent);
+            let mut message = if parent == "safety" {
+                format!("{last:?} is not a safety control")
+            } else if parent.is_empty() {
+                format!("{last:?} is not a manifest section")
+            } else {
+                format!("{last:?} is not a field of {parent}")
+            };
+            match did_you_mean(last, known) {
+                Some(suggestion) => message.push_str(&format!("; did you mean {suggestion:?}?")),
+                None if !known.is_empty() => {
+                    message.push_str(&format!("; known: {}", known.join(", ")))
+                }
+                None => {}
+            }
+            if strict {
+                message.push_str(" (keys of your own go under annotations: or start with x-)");
+                checker.error(&field, message);
+            } else {
+                checker.warn(&field, format!("{message}; kept as written"));
+                extra.insert(field, value);
+            }
+        }
+        let Some(raw) = raw else {
             return (None, checker.report);
         };
-        // Keys inside known sections that the typed model dropped are unknown too: compare the
-        // document with what the typed sections serialize back to.
-        let original = serde_json::to_value(&value).unwrap_or(serde_json::Value::Null);
-        let typed = serde_json::json!({
-            "inputs": raw.inputs, "outputs": raw.outputs, "evals": raw.evals,
-            "license": raw.license, "prompt": raw.prompt, "fine_tune": raw.fine_tune,
-            "install": raw.install, "evidence": raw.evidence, "data_pack": raw.data_pack,
-        });
-        let mut nested = Vec::new();
-        if let (Some(original), Some(typed)) = (original.as_object(), typed.as_object()) {
-            for (key, typed) in typed {
-                if let Some(original) = original.get(key) {
-                    unknown_keys(original, typed, key.clone(), &mut nested);
-                }
-            }
-        }
-        for (field, value) in nested {
-            checker.warn(
-                &field,
-                "unknown field, kept as written (this version of Custodian does not check it)",
-            );
-            extra.insert(field, value);
-        }
         let manifest = Self::check(&mut checker, raw, extra, files);
         let ok = checker.report.is_ok();
         (manifest.filter(|_| ok), checker.report)
@@ -901,6 +1166,15 @@ impl Manifest {
                 }
             }
         }
+        for (i, eval) in raw.evals.iter().enumerate() {
+            if let EvalSpec::Detailed { thresholds, .. } = eval {
+                for (metric, value) in thresholds {
+                    if let Err(e) = Threshold::parse(value) {
+                        c.error(&format!("evals[{i}].thresholds.{metric}"), e);
+                    }
+                }
+            }
+        }
         if raw.evals.is_empty() {
             c.warn(
                 "evals",
@@ -909,15 +1183,6 @@ impl Manifest {
         }
         for (control, requirement) in &raw.safety {
             let field = format!("safety.{control}");
-            if !KNOWN_SAFETY.contains(&control.as_str()) {
-                c.warn(
-                    &field,
-                    format!(
-                        "unknown safety control {control:?}, kept as written; known: {}",
-                        KNOWN_SAFETY.join(", ")
-                    ),
-                );
-            }
             if matches!(control.as_str(), "package_signing" | "artifact_hashes")
                 && *requirement != Requirement::Required
             {
@@ -947,6 +1212,19 @@ impl Manifest {
         if let Some(data_pack) = &raw.data_pack {
             for (field, message) in data_pack.problems() {
                 c.error(&format!("data_pack.{field}"), message);
+            }
+        }
+        for (i, host) in raw.documentation_hosts.iter().enumerate() {
+            let valid = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+            if !valid {
+                c.error(
+                    &format!("documentation_hosts[{i}]"),
+                    format!("{host:?} is not a host name (write docs.example.org, without a scheme or path)"),
+                );
             }
         }
         if let Some(install) = &raw.install {
@@ -989,6 +1267,7 @@ impl Manifest {
             install: raw.install,
             evidence: raw.evidence,
             data_pack: raw.data_pack,
+            documentation_hosts: raw.documentation_hosts,
             extra,
         };
         if let Some(files) = files {
@@ -1124,6 +1403,20 @@ license: apache-2.0
         Manifest::parse("manifest.yaml", text, None)
     }
 
+    /// The copies in `examples/seeds/` (which the walkthrough publishes) are these, byte for
+    /// byte.
+    #[test]
+    fn the_seed_files_are_the_seed_manifests() {
+        assert_eq!(
+            include_str!("../../../examples/seeds/customer-support-classifier/manifest.yaml"),
+            CUSTOMER_SUPPORT
+        );
+        assert_eq!(
+            include_str!("../../../examples/seeds/pacman-builder/manifest.yaml"),
+            PACMAN
+        );
+    }
+
     /// Found by `cargo fuzz run manifest`: with bare CR line endings the YAML parser counted
     /// lines that `str::lines` did not, so one report mixed two numberings and a line could lie
     /// past the end of the file.
@@ -1232,37 +1525,161 @@ license: apache-2.0
     }
 
     #[test]
-    fn unknown_fields_are_kept_and_warned() {
+    fn unknown_keys_are_errors_but_published_manifests_keep_them() {
         let text = format!("{CUSTOMER_SUPPORT}homepage: https://example.org\nsafety_extra: 1\n");
         let (m, report) = parse(&text);
-        let m = m.expect("still valid");
+        assert!(m.is_none());
+        let errors: Vec<(&str, Option<usize>)> = report
+            .errors
+            .iter()
+            .map(|p| (p.field.as_str(), p.line))
+            .collect();
+        assert_eq!(errors, [("homepage", Some(13)), ("safety_extra", Some(14))]);
+        assert!(
+            report.errors[0].message.contains("annotations"),
+            "{}",
+            report.errors[0]
+        );
+
+        // What is already published stays readable: the same keys are warnings and kept.
+        let (m, report) = Manifest::parse_published("manifest.yaml", &text);
+        let m = m.expect("still valid once published");
         assert_eq!(
             m.extra.get("homepage"),
             Some(&serde_json::Value::String("https://example.org".into()))
         );
-        let warned: Vec<(&str, Option<usize>)> = report
-            .warnings
-            .iter()
-            .map(|p| (p.field.as_str(), p.line))
-            .collect();
-        assert_eq!(warned, [("homepage", Some(13)), ("safety_extra", Some(14))]);
+        assert_eq!(report.warnings.len(), 2, "{report:?}");
 
-        let text = CUSTOMER_SUPPORT.replace(
-            "  artifact_hashes: required\n",
-            "  artifact_hashes: required\n  watermarking: optional\n",
+        // Unknown keys inside known sections are found under their dotted path.
+        let text = format!("{CUSTOMER_SUPPORT}fine_tune:\n  recipe_v2: recipe.yaml\n");
+        let (_, report) = parse(&text);
+        assert_eq!(report.errors[0].field, "fine_tune.recipe_v2");
+        assert_eq!(report.errors[0].line, Some(14));
+    }
+
+    #[test]
+    fn keys_of_your_own_go_under_annotations_or_x() {
+        let text = format!(
+            "{CUSTOMER_SUPPORT}x-team: support\nannotations:\n  owner: ops@example.org\nfine_tune:\n  x-cluster: a100\n"
         );
         let (m, report) = parse(&text);
-        assert!(m.is_some());
-        assert_eq!(report.warnings[0].field, "safety.watermarking");
-        assert_eq!(report.warnings[0].line, Some(12));
+        let m = m.unwrap_or_else(|| panic!("{report:?}"));
+        assert!(report.errors.is_empty() && report.warnings.is_empty(), "{report:?}");
+        assert!(m.extra.contains_key("x-team"), "{:?}", m.extra);
+        assert!(m.extra.contains_key("fine_tune.x-cluster"), "{:?}", m.extra);
+    }
 
-        // Unknown keys inside known sections are kept under their dotted path.
-        let text = format!("{CUSTOMER_SUPPORT}fine_tune:\n  recipe_v2: recipe.yaml\n");
+    /// Twenty real typos of manifest and safety keys: each is an error on its own line that
+    /// suggests the key meant.
+    #[test]
+    fn twenty_typos_each_get_the_right_suggestion_and_line() {
+        let full = "name: demo
+version: 1.0.0
+type: bundle
+description: d
+base_model: [m1]
+inputs:
+  - name: a
+    description: x
+outputs: [b]
+evals:
+  - id: e1
+    thresholds:
+      accuracy: \">= 0.9\"
+safety:
+  package_signing: required
+  artifact_hashes: required
+  no_external_calls: required
+  pii_scan: optional
+  prompt_injection_scan: required
+license:
+  spdx: MIT
+prompt:
+  system: s.md
+  templates: [t.md]
+fine_tune:
+  recipe: r.yaml
+  hyperparameters: {epochs: 3}
+install:
+  dependencies: {other: \"^1\"}
+evidence:
+  sbom: sbom.json
+data_pack:
+  mode: external
+  source_type: url
+  uri: https://data.example.org/x.csv
+  access_policy: user_managed
+  license: CC-BY-4.0
+";
+        let (m, report) = parse(full);
+        assert!(m.is_some(), "{report:?}");
+        // (what to replace, its typo, the field reported, the suggestion)
+        let typos = [
+            ("evals:", "evlas:", "evlas", "evals"),
+            ("version: 1.0.0", "versoin: 1.0.0", "versoin", "version"),
+            ("license:\n", "licence:\n", "licence", "license"),
+            ("base_model:", "base_modle:", "base_modle", "base_model"),
+            ("description: d", "desciption: d", "desciption", "description"),
+            ("safety:", "saftey:", "saftey", "safety"),
+            ("inputs:", "inptus:", "inptus", "inputs"),
+            ("outputs:", "ouputs:", "ouputs", "outputs"),
+            ("type: bundle", "tpye: bundle", "tpye", "type"),
+            ("  no_external_calls:", "  no_externel_calls:", "safety.no_externel_calls", "no_external_calls"),
+            ("  package_signing:", "  package_signin:", "safety.package_signin", "package_signing"),
+            ("  artifact_hashes:", "  artifact_hash:", "safety.artifact_hash", "artifact_hashes"),
+            ("  pii_scan:", "  pii_scna:", "safety.pii_scna", "pii_scan"),
+            ("  prompt_injection_scan:", "  prompt_injection_scans:", "safety.prompt_injection_scans", "prompt_injection_scan"),
+            ("  system: s.md", "  sytem: s.md", "prompt.sytem", "system"),
+            ("  templates:", "  template:", "prompt.template", "templates"),
+            ("  recipe: r.yaml", "  recipie: r.yaml", "fine_tune.recipie", "recipe"),
+            ("  dependencies:", "  dependancies:", "install.dependancies", "dependencies"),
+            ("  spdx: MIT", "  spxd: MIT", "license.spxd", "spdx"),
+            ("  access_policy:", "  acess_policy:", "data_pack.acess_policy", "access_policy"),
+        ];
+        assert_eq!(typos.len(), 20);
+        for (right, wrong, field, suggestion) in typos {
+            assert!(full.contains(right), "{right}");
+            let text = full.replacen(right, wrong, 1);
+            let line = text
+                .lines()
+                .position(|l| l.contains(wrong.trim_end_matches('\n')))
+                .map(|i| i + 1);
+            let (m, report) = parse(&text);
+            assert!(m.is_none(), "{wrong}: accepted");
+            let p = report
+                .errors
+                .iter()
+                .find(|p| p.field == field)
+                .unwrap_or_else(|| panic!("{wrong}: no error on {field}: {report:?}"));
+            assert_eq!(p.line, line, "{wrong}: {p}");
+            assert!(
+                p.message.contains(&format!("did you mean {suggestion:?}")),
+                "{wrong}: {p}"
+            );
+        }
+    }
+
+    #[test]
+    fn thresholds_must_parse() {
+        let text = CUSTOMER_SUPPORT.replace(
+            "  - label_accuracy\n",
+            "  - id: label_accuracy\n    thresholds:\n      accuracy: \"about 0.9\"\n",
+        );
         let (m, report) = parse(&text);
-        let m = m.expect("still valid");
-        assert!(m.extra.contains_key("fine_tune.recipe_v2"), "{:?}", m.extra);
-        assert_eq!(report.warnings[0].field, "fine_tune.recipe_v2");
-        assert_eq!(report.warnings[0].line, Some(14));
+        assert!(m.is_none());
+        assert_eq!(report.errors[0].field, "evals[0].thresholds.accuracy");
+        assert_eq!(report.errors[0].line, Some(8));
+        for (written, shown) in [
+            (serde_json::json!(">= 0.9"), ">= 0.9"),
+            (serde_json::json!("<0.05"), "< 0.05"),
+            (serde_json::json!(0.75), ">= 0.75"),
+            (serde_json::json!("== 1"), "== 1"),
+        ] {
+            let t = Threshold::parse(&written).expect("parses");
+            assert_eq!(t.to_string(), shown);
+        }
+        let t = Threshold::parse(&serde_json::json!("> 0.5")).expect("parses");
+        assert!(t.holds(0.51) && !t.holds(0.5));
     }
 
     #[test]

@@ -212,6 +212,9 @@ pub struct BadgeIssued {
     pub evaluated_ms: u64,
     /// True if the version is private.
     pub private: bool,
+    /// The registry's license ids the badge accepted as machine-readable (policy v3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_licenses: Vec<String>,
 }
 
 /// The entry kinds only Custodian's registry and evidence services append (after their own

@@ -150,6 +150,8 @@ fn fixture(last_passes: bool) -> Fixture {
             eval_id: eval.to_string(),
             model: model.to_string(),
             passed,
+            data_pack_sha256: None,
+            problem: None,
         });
     }
     let scan = log.append(
@@ -191,6 +193,7 @@ fn fixture(last_passes: bool) -> Fixture {
             runs: &runs,
             scans: &scans,
             data_pack: None,
+            registry_licenses: &[],
         },
         T0 + 60_000,
         badge::DEFAULT_MAX_AGE_MS,

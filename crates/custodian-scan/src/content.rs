@@ -454,6 +454,10 @@ pub struct Scanner<'l> {
     /// Decompressed bytes still allowed in this scan.
     budget: Rc<Cell<u64>>,
     next_guard: u64,
+    /// Whether the secret rules run ([`crate::secrets`]): on for package files, off for data
+    /// packs (whose rows may legitimately hold key-like values, and which no one publishes by
+    /// mistake from a working folder).
+    secrets: bool,
 }
 
 impl<'l> Scanner<'l> {
@@ -464,7 +468,14 @@ impl<'l> Scanner<'l> {
             report: Report::default(),
             budget: Rc::new(Cell::new(limits.max_expanded)),
             next_guard: 0,
+            secrets: false,
         }
+    }
+
+    /// Turns the secret rules on or off for every file this scanner reads from now on.
+    pub fn with_secrets(mut self, on: bool) -> Self {
+        self.secrets = on;
+        self
     }
 
     /// Scans one file. `data` says the file is data whatever its name (a data pack); an I/O
@@ -537,9 +548,9 @@ impl<'l> Scanner<'l> {
             // Whatever follows the archive (an appended payload) is scanned as raw bytes. The
             // entries counted their own bytes; only these are the archive's.
             let before = counted.count;
-            self.report.bytes += raw_scan(path, data, &mut counted, before, &mut found)?;
+            self.report.bytes += raw_scan(path, data, self.secrets, &mut counted, before, &mut found)?;
         } else {
-            self.report.bytes += raw_scan(path, data, &mut rest, 0, &mut found)?;
+            self.report.bytes += raw_scan(path, data, self.secrets, &mut rest, 0, &mut found)?;
         }
         self.report
             .add(found.into_findings(), self.limits.max_findings);
@@ -824,6 +835,7 @@ pub(crate) fn check_link(
 fn raw_scan(
     path: &str,
     data: bool,
+    secrets: bool,
     reader: &mut dyn Read,
     base: u64,
     found: &mut FileFindings,
@@ -835,6 +847,7 @@ fn raw_scan(
     } else {
         Vec::new()
     };
+    let config = secrets && crate::secrets::is_config_file(path);
     // `kept` bytes at the front of `buf` are the end of the previous chunk.
     let mut kept = 0usize;
     let mut total = 0u64;
@@ -847,6 +860,9 @@ fn raw_scan(
         let window = &buf[..filled];
         // Offset in the file of window[0].
         let start = base + total - kept as u64;
+        if secrets {
+            crate::secrets::scan_window(path, window, kept, start, config, found);
+        }
         let mut report = |at: usize, pattern: &Pattern| {
             let offset = start + at as u64;
             found.push(path, offset, pattern.rule, pattern.severity, || {

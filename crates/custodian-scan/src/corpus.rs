@@ -92,6 +92,7 @@ pub fn evaluate(samples: &[Sample]) -> Evaluation {
         .map(|s| {
             let ctx = PromptContext {
                 no_external_calls: s.no_external_calls,
+                ..PromptContext::default()
             };
             let mut families: Vec<String> = scan_text(&s.id, &s.text, &ctx)
                 .into_iter()

@@ -8,7 +8,10 @@
 //! - the **prompt scanner** ([`prompt`]) reads prompt text (system prompts, templates, few-shot
 //!   examples, PromptPack PromptConfig / Scenario / Persona resources) and finds instruction
 //!   overrides, role-play jailbreaks, hidden Unicode, encoded payloads, exfiltration links and
-//!   URLs that contradict a declared `no_external_calls`.
+//!   URLs that contradict a declared `no_external_calls`;
+//! - the **secret scanner** ([`secrets`]) finds private keys, cloud and API tokens and secret
+//!   assignments in config files, in every package file (archives included); a secret blocks
+//!   publication.
 //!
 //! [`package::scan_package`] runs both over a package's files, choosing which files are prompt
 //! text from its manifest. The crate does no I/O of its own: callers hand it readers, so the
@@ -26,11 +29,13 @@ pub mod content;
 pub mod corpus;
 pub mod package;
 pub mod prompt;
+pub mod pii;
+pub mod secrets;
 mod zip;
 
 /// The built-in scanner's identity as recorded in the ledger; the suffix is the rule-set version,
 /// bumped whenever a rule changes what it finds.
-pub const SCANNER: &str = "custodian.builtin/rules-1";
+pub const SCANNER: &str = "custodian.builtin/rules-2";
 
 /// How serious a finding is. `high` and `critical` flag the content.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use custodian_core::manifest::{Manifest, Requirement};
 
 use crate::content::Scanner;
 use crate::prompt::{self, PromptContext};
-use crate::{Limits, Report};
+use crate::{Limits, Report, Severity};
 
 /// Opens a package file by path for reading.
 pub type Opener<'a> = dyn FnMut(&str) -> io::Result<Box<dyn Read + 'a>> + 'a;
@@ -20,14 +20,55 @@ const PROMPT_KINDS: [&str; 3] = ["PromptConfig", "Scenario", "Persona"];
 
 /// The prompt-scanner context a manifest implies.
 pub fn context(manifest: Option<&Manifest>) -> PromptContext {
+    let requirement = |control: &str| manifest.and_then(|m| m.safety.get(control).copied());
     PromptContext {
-        no_external_calls: manifest.is_some_and(|m| {
-            matches!(
-                m.safety.get("no_external_calls"),
-                Some(Requirement::Required | Requirement::Optional)
-            )
-        }),
+        no_external_calls: matches!(
+            requirement("no_external_calls"),
+            Some(Requirement::Required | Requirement::Optional)
+        ),
+        external_url_severity: match requirement("no_external_calls") {
+            Some(Requirement::Optional) => Severity::Low,
+            _ => Severity::High,
+        },
+        injection: requirement("prompt_injection_scan") != Some(Requirement::Disabled),
     }
+}
+
+/// How PII findings are reported under a manifest: `None` when `safety.pii_scan` is not
+/// declared (or disabled), high when required, low when optional.
+pub fn pii_severity(manifest: Option<&Manifest>) -> Option<Severity> {
+    match manifest.and_then(|m| m.safety.get("pii_scan")) {
+        Some(Requirement::Required) => Some(Severity::High),
+        Some(Requirement::Optional) => Some(Severity::Low),
+        _ => None,
+    }
+}
+
+/// Documentation files: README, LICENSE, COPYING, NOTICE, CHANGELOG (any extension), anything
+/// under `docs/`, and the license file the manifest names. Their links to the manifest's
+/// `documentation_hosts` are not external calls.
+fn is_documentation(path: &str, manifest: Option<&Manifest>) -> bool {
+    let lower = path.to_ascii_lowercase();
+    let base = lower.rsplit('/').next().unwrap_or(&lower);
+    let stem = base.split('.').next().unwrap_or(base);
+    matches!(stem, "readme" | "license" | "licence" | "copying" | "notice" | "changelog")
+        || lower.starts_with("docs/")
+        || manifest.is_some_and(|m| {
+            matches!(&m.license, custodian_core::manifest::LicenseSpec::Detailed { file: Some(f), .. } if f == path)
+        })
+}
+
+/// The files PII rules read: prompt text, few-shot examples and eval cases.
+fn pii_targets(manifest: Option<&Manifest>) -> BTreeSet<String> {
+    let mut out = named_prompts(manifest);
+    if let Some(m) = manifest {
+        for eval in &m.evals {
+            if let custodian_core::manifest::EvalSpec::Detailed { cases: Some(c), .. } = eval {
+                out.insert(c.clone());
+            }
+        }
+    }
+    out
 }
 
 /// The files the manifest names as prompt text (system prompt, templates, few-shot examples).
@@ -74,11 +115,13 @@ fn may_be_prompt(path: &str, size: u64, named: &BTreeSet<String>, limits: &Limit
             || lower.ends_with(".yml"))
 }
 
-/// Scans every file of a package: content rules on all, prompt rules on prompt text. `files` are
-/// `(path, size)`; `open` reads one. The manifest (`manifest.yaml`) decides which files are
-/// prompts and whether URLs are allowed. An error reading any file makes the verdict `error`.
+/// Scans every file of a package: content and secret rules on all; prompt rules on prompt
+/// text; under `safety.no_external_calls`, the URL rule on every text file (the manifest's own
+/// declarations aside); under `safety.pii_scan`, the PII rules on prompts, examples and eval
+/// cases. `files` are `(path, size)`; `open` reads one. An error reading any file makes the
+/// verdict `error`.
 pub fn scan_package(files: &[(String, u64)], open: &mut Opener<'_>, limits: &Limits) -> Report {
-    let mut scanner = Scanner::new(limits);
+    let mut scanner = Scanner::new(limits).with_secrets(true);
     let outcome = (|| -> io::Result<()> {
         // The manifest is read once: parsed here, and scanned from these bytes in the loop.
         let manifest_bytes = match files.iter().find(|(p, _)| p == MANIFEST) {
@@ -91,43 +134,92 @@ pub fn scan_package(files: &[(String, u64)], open: &mut Opener<'_>, limits: &Lim
         };
         let manifest = manifest_bytes
             .as_deref()
-            .and_then(|b| Manifest::parse(MANIFEST, &String::from_utf8_lossy(b), None).0);
-        let named = named_prompts(manifest.as_ref());
-        let ctx = context(manifest.as_ref());
+            .and_then(|b| Manifest::parse_published(MANIFEST, &String::from_utf8_lossy(b)).0);
+        let manifest = manifest.as_ref();
+        let named = named_prompts(manifest);
+        let ctx = context(manifest);
+        let pii = pii_severity(manifest);
+        let pii_files = pii_targets(manifest);
+        let allowed_hosts: BTreeSet<String> = manifest
+            .map(|m| {
+                m.documentation_hosts
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut prompt_bytes = 0u64;
         for (path, size) in files {
             if let (MANIFEST, Some(bytes)) = (path.as_str(), &manifest_bytes) {
                 scanner.scan(path, false, &mut bytes.as_slice())?;
                 continue;
             }
+            let text_rules = ctx.no_external_calls || (pii.is_some() && pii_files.contains(path));
             let mut reader = open(path)?;
-            if may_be_prompt(path, *size, &named, limits) {
-                let mut bytes = Vec::with_capacity(*size as usize);
-                reader.read_to_end(&mut bytes)?;
-                scanner.scan(path, false, &mut bytes.as_slice())?;
-                let text = std::str::from_utf8(&bytes).ok();
-                if is_prompt(path, &named, text)
-                    && let Some(text) = text
-                {
-                    prompt_bytes += text.len() as u64;
-                    if prompt_bytes <= limits.max_prompt_total {
-                        scanner.add(prompt::scan_text(path, text, &ctx));
-                    } else {
-                        scanner.add([crate::Finding {
-                            file: path.clone(),
-                            offset: 0,
-                            rule: "prompt.not_scanned".into(),
-                            severity: crate::Severity::Medium,
-                            message: format!(
-                                "the package holds more than {} bytes of prompt text; {path} was content-scanned only",
-                                limits.max_prompt_total
-                            ),
-                            count: 1,
-                        }]);
-                    }
-                }
-            } else {
+            if *size > limits.max_prompt_bytes as u64 {
                 scanner.scan(path, false, &mut reader)?;
+                if text_rules {
+                    scanner.add([not_checked(path, limits, &ctx, pii.is_some())]);
+                }
+                continue;
+            }
+            if !(may_be_prompt(path, *size, &named, limits) || text_rules) {
+                scanner.scan(path, false, &mut reader)?;
+                continue;
+            }
+            let mut bytes = Vec::with_capacity(*size as usize);
+            reader.read_to_end(&mut bytes)?;
+            scanner.scan(path, false, &mut bytes.as_slice())?;
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                continue;
+            };
+            let prompt = is_prompt(path, &named, Some(text));
+            if prompt {
+                prompt_bytes += text.len() as u64;
+                if prompt_bytes <= limits.max_prompt_total {
+                    scanner.add(prompt::scan_text(path, text, &ctx));
+                } else {
+                    scanner.add([crate::Finding {
+                        file: path.clone(),
+                        offset: 0,
+                        rule: "prompt.not_scanned".into(),
+                        severity: Severity::Medium,
+                        message: format!(
+                            "the package holds more than {} bytes of prompt text; {path} was content-scanned only",
+                            limits.max_prompt_total
+                        ),
+                        count: 1,
+                    }]);
+                }
+            } else if ctx.no_external_calls {
+                // Recipes, tools, providers, eval cases, scripts: a URL anywhere is a call the
+                // package may make. Documentation may link to the hosts the manifest allows.
+                let documentation = is_documentation(path, manifest);
+                let mut found = crate::FileFindings::default();
+                for (at, url) in prompt::urls(text) {
+                    if documentation
+                        && prompt::url_host(url).is_some_and(|h| allowed_hosts.contains(&h))
+                    {
+                        continue;
+                    }
+                    found.push(path, at as u64, "prompt.external_url", ctx.external_url_severity, || {
+                        format!(
+                            "the manifest declares no_external_calls, but {path} references {} at byte {at}{}",
+                            crate::excerpt(url, 100),
+                            if documentation {
+                                " (list its host under documentation_hosts if it is only a link)"
+                            } else {
+                                ""
+                            }
+                        )
+                    });
+                }
+                scanner.add(found.into_findings());
+            }
+            if let Some(severity) = pii
+                && (prompt || pii_files.contains(path))
+            {
+                scanner.add(crate::pii::scan_text(path, text, severity));
             }
         }
         Ok(())
@@ -137,6 +229,104 @@ pub fn scan_package(files: &[(String, u64)], open: &mut Opener<'_>, limits: &Lim
         report.error = Some(format!("the scan could not read the content: {err}"));
     }
     report
+}
+
+/// A file too large for the text rules a manifest asked for: said, so the report does not
+/// pretend it was checked.
+fn not_checked(path: &str, limits: &Limits, ctx: &PromptContext, pii: bool) -> crate::Finding {
+    let what = match (ctx.no_external_calls, pii) {
+        (true, true) => "URLs (no_external_calls) and personal data (pii_scan)",
+        (true, false) => "URLs (no_external_calls)",
+        _ => "personal data (pii_scan)",
+    };
+    crate::Finding {
+        file: path.to_string(),
+        offset: 0,
+        rule: "safety.not_checked".into(),
+        severity: Severity::Medium,
+        message: format!(
+            "{path} is larger than {} bytes and was not checked for {what}; bulk data belongs in a data pack",
+            limits.max_prompt_bytes
+        ),
+        count: 1,
+    }
+}
+
+/// Scans one data-pack file (every byte is data, whatever its name says); `pii` runs the PII
+/// rules over its text at that severity (the version's manifest declares `safety.pii_scan`).
+pub fn scan_data_pack(
+    name: &str,
+    reader: &mut dyn Read,
+    limits: &Limits,
+    pii: Option<Severity>,
+) -> Report {
+    let Some(severity) = pii else {
+        return scan_blob(name, reader, limits);
+    };
+    // The PII rules read the text as it streams past the content scanner, in pieces cut at
+    // line ends so that no value is split between two pieces.
+    let mut tee = PiiTee {
+        inner: reader,
+        name,
+        severity,
+        pending: Vec::new(),
+        offset: 0,
+        findings: Vec::new(),
+    };
+    let mut report = scan_blob(name, &mut tee, limits);
+    tee.flush_all();
+    report.add(tee.findings, limits.max_findings);
+    report.sort();
+    report
+}
+
+/// A reader that runs the PII rules over the bytes passing through it.
+struct PiiTee<'a> {
+    inner: &'a mut dyn Read,
+    name: &'a str,
+    severity: Severity,
+    pending: Vec<u8>,
+    offset: u64,
+    findings: Vec<crate::Finding>,
+}
+
+impl PiiTee<'_> {
+    fn scan(&mut self, upto: usize) {
+        let piece: Vec<u8> = self.pending.drain(..upto).collect();
+        let text = String::from_utf8_lossy(&piece);
+        for mut f in crate::pii::scan_text(self.name, &text, self.severity) {
+            f.offset += self.offset;
+            // One finding per family for the whole file, counted.
+            match self.findings.iter_mut().find(|g| g.rule == f.rule) {
+                Some(g) => g.count += f.count,
+                None => self.findings.push(f),
+            }
+        }
+        self.offset += piece.len() as u64;
+    }
+
+    fn flush_all(&mut self) {
+        let n = self.pending.len();
+        if n > 0 {
+            self.scan(n);
+        }
+    }
+}
+
+impl Read for PiiTee<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pending.extend_from_slice(&buf[..n]);
+        if self.pending.len() >= 1 << 20 {
+            let cut = self
+                .pending
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(self.pending.len(), |p| p + 1);
+            self.scan(cut);
+        }
+        Ok(n)
+    }
 }
 
 /// Scans one data-pack file (every byte is data, whatever its name says).

@@ -31,10 +31,25 @@ pub const FAMILIES: [&str; 6] = [
 ];
 
 /// What the manifest declares that changes the rules.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct PromptContext {
     /// `safety.no_external_calls` is declared (required or optional): URLs contradict it.
     pub no_external_calls: bool,
+    /// How serious an external URL is: high when `no_external_calls` is required (it flags),
+    /// low when it is optional (reported only).
+    pub external_url_severity: Severity,
+    /// The injection families run (`safety.prompt_injection_scan` is not `disabled`).
+    pub injection: bool,
+}
+
+impl Default for PromptContext {
+    fn default() -> Self {
+        PromptContext {
+            no_external_calls: false,
+            external_url_severity: Severity::High,
+            injection: true,
+        }
+    }
 }
 
 struct Rule {
@@ -354,6 +369,12 @@ pub fn scan_text(file: &str, text: &str, context: &PromptContext) -> Vec<Finding
         };
         (at + shift) as u64
     };
+    if !context.injection {
+        // The publisher switched the injection families off; URLs are still judged below.
+        let mut found = FileFindings::default();
+        external_urls(file, &visible, &original, context, &mut found);
+        return found.into_findings().collect();
+    }
     if !hidden_ascii.is_empty() {
         // Tag characters spell ASCII no one sees; what they say is judged like visible text.
         for (family, what) in instruction_families(&hidden_ascii) {
@@ -388,24 +409,53 @@ pub fn scan_text(file: &str, text: &str, context: &PromptContext) -> Vec<Finding
     }
     encoded(file, &visible, &original, &mut found);
     exfiltration(file, &visible, &original, &mut found);
-    if context.no_external_calls {
-        for caps in ANY_URL.captures_iter(&visible) {
-            let (Some(all), Some(host)) = (caps.get(0), caps.get(1)) else {
-                continue;
-            };
-            if reserved_host(host.as_str()) {
-                continue;
-            }
-            let at = original(all.start());
-            found.push(file, at, "prompt.external_url", Severity::High, || {
-                format!(
-                    "the manifest declares no_external_calls, but the prompt references {} at byte {at}",
-                    excerpt(all.as_str(), 100)
-                )
-            });
-        }
-    }
+    external_urls(file, &visible, &original, context, &mut found);
     found.into_findings().collect()
+}
+
+/// URLs to hosts that are not reserved, when the manifest declares `no_external_calls`.
+fn external_urls(
+    file: &str,
+    text: &str,
+    original: &dyn Fn(usize) -> u64,
+    context: &PromptContext,
+    found: &mut FileFindings,
+) {
+    if !context.no_external_calls {
+        return;
+    }
+    for (at, url) in urls(text) {
+        let at = original(at);
+        found.push(
+            file,
+            at,
+            "prompt.external_url",
+            context.external_url_severity,
+            || {
+                format!(
+                    "the manifest declares no_external_calls, but {file} references {} at byte {at}",
+                    excerpt(url, 100)
+                )
+            },
+        );
+    }
+}
+
+/// Every URL in `text` whose host is not reserved for documentation or loopback, with its
+/// byte offset.
+pub fn urls(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    ANY_URL.captures_iter(text).filter_map(|caps| {
+        let (all, host) = (caps.get(0)?, caps.get(1)?);
+        (!reserved_host(host.as_str())).then(|| (all.start(), all.as_str()))
+    })
+}
+
+/// The host of a URL found by [`urls`], lower-cased.
+pub fn url_host(url: &str) -> Option<String> {
+    ANY_URL
+        .captures(url)
+        .and_then(|c| c.get(1))
+        .map(|h| h.as_str().trim_end_matches('.').to_ascii_lowercase())
 }
 
 /// True if a negation ("not", "never", "don't") closely precedes `at`.
@@ -557,7 +607,14 @@ mod tests {
     use super::*;
 
     fn rules(text: &str, no_external_calls: bool) -> Vec<String> {
-        let mut r: Vec<String> = scan_text("p.md", text, &PromptContext { no_external_calls })
+        let mut r: Vec<String> = scan_text(
+            "p.md",
+            text,
+            &PromptContext {
+                no_external_calls,
+                ..PromptContext::default()
+            },
+        )
             .into_iter()
             .filter(|f| f.severity >= Severity::High)
             .map(|f| f.rule)
@@ -714,6 +771,7 @@ mod tests {
                 text,
                 &PromptContext {
                     no_external_calls: true,
+                    ..PromptContext::default()
                 },
             );
         }

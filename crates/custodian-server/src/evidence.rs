@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use custodian_core::Digest;
-use custodian_core::attestation::RunStatement;
+use custodian_core::attestation::{AttestationError, RunStatement, check_against_eval};
 use custodian_core::badge::{self, Badge, Evidence, Run, Scan};
 use custodian_core::bundle::Bundle;
 use custodian_core::dsse::Envelope;
@@ -244,7 +244,7 @@ impl Registry {
             .find(|f| f.path == MANIFEST_FILE)
             .ok_or_else(|| RegistryError::NotFound("the version has no manifest".into()))?;
         let text = self.read_text(file).await?;
-        let (manifest, report) = Manifest::parse(MANIFEST_FILE, &text, None);
+        let (manifest, report) = Manifest::parse_published(MANIFEST_FILE, &text);
         let manifest = manifest.ok_or(RegistryError::Invalid(report))?;
         let parsed = Arc::new((manifest, text.into_bytes()));
         self.manifests
@@ -338,6 +338,11 @@ impl Registry {
                     manifest.eval_ids().join(", ")
                 ),
             ));
+        }
+        if let Some(eval) = manifest.evals.iter().find(|e| e.id() == p.eval_id)
+            && let Err(AttestationError::Field { field, reason }) = check_against_eval(p, eval)
+        {
+            return Err(invalid(&format!("envelope: {field}"), reason));
         }
         let models = manifest.compatible_models();
         if !models.contains(&p.model) {
@@ -521,17 +526,19 @@ impl Registry {
             .get(&(record.event.name.clone(), record.event.version.clone()))
             .cloned()
             .unwrap_or_default();
-        let runs: Vec<Run> = evidence
-            .runs
-            .iter()
-            .map(|((eval, model), r)| Run {
+        let mut runs: Vec<Run> = Vec::with_capacity(evidence.runs.len());
+        for ((eval, model), r) in &evidence.runs {
+            runs.push(Run {
                 index: r.index,
                 time_ms: r.time_ms,
                 eval_id: eval.clone(),
                 model: model.clone(),
                 passed: r.passed,
-            })
-            .collect();
+                data_pack_sha256: r.data_pack.clone(),
+                problem: self.run_problem(r.index, &manifest.0)?,
+            });
+        }
+        let registry_licenses = self.registry_licenses();
         let badge = badge::evaluate(
             &Evidence {
                 name: &record.event.name,
@@ -550,12 +557,37 @@ impl Registry {
                         index: pack.index,
                         root,
                     }),
+                registry_licenses: &registry_licenses,
             },
             crate::sequencer::now_ms(),
             self.badge_max_age_ms
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
         Ok((badge, evidence, manifest))
+    }
+
+    /// Why a logged run contradicts its EvalSpec, re-checked from its signed statement exactly
+    /// as an offline verifier does (`custodian_core::bundle::verify`), so that a run logged
+    /// before attestation checked thresholds is judged the same way by both.
+    fn run_problem(&self, index: u64, manifest: &Manifest) -> Result<Option<String>, RegistryError> {
+        let bytes = self.ledger().verified_entry(index)?;
+        let entry = Entry::decode(&bytes)
+            .map_err(|e| RegistryError::Ledger(custodian_storage::LedgerError::Corrupt(e.to_string())))?;
+        let run: RunAttested = from_payload("RunAttested", &entry.payload)
+            .map_err(|e| RegistryError::Ledger(custodian_storage::LedgerError::Corrupt(e.to_string())))?;
+        let statement = Envelope::parse(run.envelope.as_bytes())
+            .ok()
+            .and_then(|env| env.payload_bytes().ok())
+            .and_then(|payload| RunStatement::from_json(&payload).ok());
+        let Some(statement) = statement else {
+            return Ok(Some("its signed statement does not parse".into()));
+        };
+        Ok(manifest
+            .evals
+            .iter()
+            .find(|e| e.id() == run.eval_id)
+            .and_then(|eval| check_against_eval(&statement.predicate, eval).err())
+            .map(|e| e.to_string()))
     }
 
     /// The badge of a version and its bundle; appends BadgeIssued when the badge changed.
@@ -568,7 +600,9 @@ impl Registry {
         let record = self.get(who, name, version)?;
         let (badge, evidence, manifest) = self.evaluate(&record).await?;
         let changed = evidence.badge.as_ref().is_none_or(|(_, issued)| {
-            issued.state != badge.state.as_str() || issued.evidence != badge.evidence
+            issued.state != badge.state.as_str()
+                || issued.evidence != badge.evidence
+                || issued.registry_licenses != badge.registry_licenses
         });
         let mut issued_index = evidence.badge.as_ref().map(|(i, _)| *i);
         if changed {
@@ -579,7 +613,9 @@ impl Registry {
                 .get(&(record.event.name.clone(), record.event.version.clone()))
                 .and_then(|e| e.badge.clone());
             let still_changed = current.as_ref().is_none_or(|(_, issued)| {
-                issued.state != badge.state.as_str() || issued.evidence != badge.evidence
+                issued.state != badge.state.as_str()
+                || issued.evidence != badge.evidence
+                || issued.registry_licenses != badge.registry_licenses
             });
             if still_changed {
                 let event = BadgeIssued {
@@ -590,6 +626,7 @@ impl Registry {
                     evidence: badge.evidence.clone(),
                     evaluated_ms: badge.evaluated_ms,
                     private: record.event.private,
+                    registry_licenses: badge.registry_licenses.clone(),
                 };
                 let (index, _, _, entry) = self
                     .append(EntryKind::BadgeIssued, "BadgeIssued", &event)

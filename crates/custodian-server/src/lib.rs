@@ -73,6 +73,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Evidence older than this sends a badge to review.
     pub badge_max_age: Duration,
+    /// The registry's license ids that count as machine-readable (badge policy v3).
+    pub registry_licenses: Vec<String>,
     /// External scanners, and how they are run.
     pub scanners: scan::ScannerConfig,
 }
@@ -93,6 +95,9 @@ impl ServerConfig {
             sequencer: SequencerConfig::default(),
             tls: None,
             badge_max_age: Duration::from_millis(custodian_core::badge::DEFAULT_MAX_AGE_MS),
+            registry_licenses: registry::DEFAULT_REGISTRY_LICENSES
+                .map(String::from)
+                .to_vec(),
             scanners: scan::ScannerConfig::default(),
         }
     }
@@ -166,6 +171,7 @@ pub async fn serve(
     let sequencer = Sequencer::start(ledger, config.sequencer);
     let registry = Arc::new(Registry::open(store.clone(), sequencer.clone()).await?);
     registry.set_badge_max_age(config.badge_max_age);
+    registry.set_registry_licenses(config.registry_licenses.clone());
     registry.start_external(config.scanners.clone());
     let cas = ContentStoreServer::new(CasService::new(
         store,

@@ -32,6 +32,9 @@ use crate::sequencer::Sequencer;
 const MAX_YAML_BYTES: u64 = 1 << 20;
 /// The most YAML bytes publication reads in total.
 const MAX_YAML_TOTAL: u64 = 16 << 20;
+/// The registry license ids a daemon accepts unless configured otherwise: the ids the seed
+/// documents use (`private-commercial`, seed 000's customer-support-classifier).
+pub const DEFAULT_REGISTRY_LICENSES: [&str; 1] = ["private-commercial"];
 /// Entries replayed per read at start-up.
 const REPLAY_CHUNK: u64 = 4096;
 
@@ -281,6 +284,9 @@ pub struct Registry {
     pub(crate) badge_max_age_ms: std::sync::atomic::AtomicU64,
     /// Parsed manifests by manifest digest, loaded from custody on first use.
     pub(crate) manifests: std::sync::Mutex<HashMap<String, ParsedManifest>>,
+    /// The registry's own license ids that count as machine-readable next to SPDX expressions
+    /// (badge policy v3); listed in every badge.
+    pub(crate) registry_licenses: std::sync::RwLock<Vec<String>>,
     /// Bounds the built-in scans running at once.
     pub(crate) scan_permits: tokio::sync::Semaphore,
     /// The external scanners' queues, once started.
@@ -344,9 +350,31 @@ impl Registry {
                 custodian_core::badge::DEFAULT_MAX_AGE_MS,
             ),
             manifests: std::sync::Mutex::new(HashMap::new()),
+            registry_licenses: std::sync::RwLock::new(
+                DEFAULT_REGISTRY_LICENSES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            ),
             scan_permits: tokio::sync::Semaphore::new(crate::scan::MAX_CONCURRENT_SCANS),
             external: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the registry's license ids (replacing [`DEFAULT_REGISTRY_LICENSES`]).
+    pub fn set_registry_licenses(&self, ids: Vec<String>) {
+        *self
+            .registry_licenses
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = ids;
+    }
+
+    /// The registry's license ids.
+    pub fn registry_licenses(&self) -> Vec<String> {
+        self.registry_licenses
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Sets the maximum evidence age the badge policy applies.
@@ -419,14 +447,17 @@ impl Registry {
         }
     }
 
-    /// Publishes a signed package version whose files are already in custody.
+    /// Publishes a signed package version whose files are already in custody. The built-in
+    /// scanner reads every file before anything is appended: a publication carrying a secret
+    /// is refused and leaves no trace in the log. The scan's report is returned for recording
+    /// (`None` when the version was already published).
     pub async fn publish(
         &self,
         who: &Principal,
         envelope_json: &str,
         publisher_key: &str,
         private: bool,
-    ) -> Result<Recorded<Arc<VersionRecord>>, RegistryError> {
+    ) -> Result<(Recorded<Arc<VersionRecord>>, Option<custodian_scan::Report>), RegistryError> {
         let key = VerifierKey::parse(publisher_key).map_err(|e| invalid("publisher_key", e))?;
         let envelope =
             Envelope::parse(envelope_json.as_bytes()).map_err(|e| invalid("envelope", e))?;
@@ -443,7 +474,7 @@ impl Registry {
         require(who, Scope::Publish, &name, "publish")?;
         let root = format!("sha256:{}", statement.tree.root().to_hex());
         if let Some(existing) = self.existing(&name, &version, &root, &key, private)? {
-            return Ok(existing);
+            return Ok((existing, None));
         }
 
         // Every file must be in custody with the stated size; the store verified its digest
@@ -475,10 +506,22 @@ impl Registry {
             )));
         }
         let warnings = self.validate(&statement).await?;
+        let scan = self
+            .builtin(
+                statement
+                    .tree
+                    .files()
+                    .iter()
+                    .map(|f| (f.path.clone(), f.sha256, f.size))
+                    .collect(),
+                false,
+            )
+            .await;
+        refuse_secrets(&name, &version, &scan)?;
 
         let _write = self.writes.lock().await;
         if let Some(existing) = self.existing(&name, &version, &root, &key, private)? {
-            return Ok(existing);
+            return Ok((existing, None));
         }
         let files = statement.tree.files();
         let event = PackagePublished {
@@ -503,12 +546,15 @@ impl Registry {
             .version(&name, &version)
             .cloned()
             .ok_or_else(|| not_found_version(&name, &event.version))?;
-        Ok(Recorded {
-            record,
-            receipt,
-            already: false,
-            warnings,
-        })
+        Ok((
+            Recorded {
+                record,
+                receipt,
+                already: false,
+                warnings,
+            },
+            Some(scan),
+        ))
     }
 
     /// Publishes a version and scans it within the same request: the publication is recorded
@@ -521,16 +567,30 @@ impl Registry {
         publisher_key: &str,
         private: bool,
     ) -> Result<(Recorded<Arc<VersionRecord>>, Option<crate::scan::Scanned>), RegistryError> {
-        let recorded = self
+        let (recorded, scan) = self
             .publish(who, envelope_json, publisher_key, private)
             .await?;
-        if recorded.already {
+        let Some(report) = scan.filter(|_| !recorded.already) else {
             return Ok((recorded, None));
-        }
+        };
         // The publication is recorded; a scan that cannot be recorded (the ledger refusing
         // writes) must not turn that success into an error. The version then shows no scan
         // (`scan_missing` on its badge) until `custodian scan` records one.
-        match self.scan_now(&recorded.record, None).await {
+        // An external data pack the signed manifest declares is registered with the version
+        // (a hosted one is registered when its bytes are uploaded, under the manifest's terms).
+        if let Ok(manifest) = self.manifest_of(&recorded.record).await
+            && let Some(spec) = manifest.0.data_pack.clone().filter(|d| d.mode == "external")
+        {
+            let (name, version) = (&recorded.record.event.name, &recorded.record.event.version);
+            if let Err(err) = self.register_external(who, name, version, spec).await {
+                tracing::error!(%name, %version, %err, "published, but the data pack its manifest declares could not be registered");
+            }
+        }
+        let root = recorded.record.event.root.clone();
+        match self
+            .record_report(&recorded.record, None, root, report)
+            .await
+        {
             Ok(scanned) => Ok((recorded, Some(scanned))),
             Err(err) => {
                 tracing::error!(name = %recorded.record.event.name, version = %recorded.record.event.version, %err, "published, but the scan could not be recorded");
@@ -893,6 +953,14 @@ impl Registry {
                 "is \"hosted\": upload hosted bytes with POST …/data-pack/hosted",
             ));
         }
+        let record = self.check_data_pack_target(who, name, version)?;
+        if let Some(declared) = self.declared_data_pack(&record).await
+            && declared.mode == "hosted"
+        {
+            return Err(RegistryError::FailedPrecondition(format!(
+                "{name}@{version}'s signed manifest declares a hosted data pack; upload its bytes with POST …/data-pack/hosted"
+            )));
+        }
         let checksum = spec
             .checksum_digest()
             .and_then(Result::ok)
@@ -910,6 +978,55 @@ impl Registry {
             ..Default::default()
         };
         self.register(who, name, version, pack, None).await
+    }
+
+    /// The data pack a version's signed manifest declares, if any.
+    pub async fn declared_data_pack(&self, record: &VersionRecord) -> Option<DataPackSpec> {
+        self.manifest_of(record).await.ok()?.0.data_pack.clone()
+    }
+
+    /// Completes a hosted upload's metadata from the data pack the signed manifest declares:
+    /// what the upload leaves out is taken from the manifest, and what it states must agree.
+    pub async fn apply_declared(
+        &self,
+        record: &VersionRecord,
+        meta: &mut HostedMeta,
+    ) -> Result<(), RegistryError> {
+        let Some(declared) = self.declared_data_pack(record).await else {
+            return Ok(());
+        };
+        let (name, version) = (&record.event.name, &record.event.version);
+        if declared.mode != "hosted" {
+            return Err(RegistryError::FailedPrecondition(format!(
+                "{name}@{version}'s signed manifest declares an {} data pack, not a hosted one",
+                declared.mode
+            )));
+        }
+        let mut agree = |field: &str, stated: &mut Option<String>, signed: &Option<String>| {
+            match (stated.as_deref(), signed.as_deref()) {
+                (Some(a), Some(b)) if a != b => Err(invalid(
+                    &format!("metadata.{field}"),
+                    format!("is {a:?}, but {name}@{version}'s signed manifest declares {b:?}"),
+                )),
+                (None, Some(b)) => {
+                    *stated = Some(b.to_string());
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        };
+        let mut license = (!meta.license.is_empty()).then(|| meta.license.clone());
+        agree("license", &mut license, &declared.license)?;
+        meta.license = license.unwrap_or_default();
+        agree("version", &mut meta.version, &declared.version)?;
+        agree("visibility", &mut meta.visibility, &declared.visibility)?;
+        if let Some(Ok(digest)) = declared.checksum_digest()
+            && digest.algorithm() == Algorithm::Sha256
+        {
+            let digest = digest.to_string();
+            agree("sha256", &mut meta.sha256, &Some(digest))?;
+        }
+        Ok(())
     }
 
     /// Checks a hosted upload's declarations before any byte is accepted; returns the digest the
@@ -1049,19 +1166,61 @@ impl Registry {
         out
     }
 
-    /// The data pack of a version, if `who` may see it.
+    /// The data pack of a version, if `who` may see it. The pack's own visibility decides, on
+    /// every endpoint alike: a `public` pack of a private version is readable by anyone (its
+    /// publisher chose so), a `private` pack of a public version only with a read grant. A pack
+    /// `who` may not see answers as no pack; a version `who` may not see answers as no version.
     pub fn data_pack(
         &self,
         who: &Principal,
         name: &str,
         version: &str,
     ) -> Result<DataPackRecord, RegistryError> {
-        let record = self.get(who, name, version)?;
-        record
-            .data_pack
-            .clone()
-            .filter(|p| who.can_read(name, p.event.private))
-            .ok_or_else(|| RegistryError::NotFound(format!("{name}@{version} has no data pack")))
+        let parsed = parse_version(version)?;
+        let record = self.read().version(name, &parsed).cloned();
+        let version_visible = record
+            .as_ref()
+            .is_some_and(|r| who.can_read(name, r.event.private));
+        let pack = record
+            .and_then(|r| r.data_pack.clone())
+            .filter(|p| who.can_read(name, p.event.private));
+        match (pack, version_visible) {
+            (Some(pack), _) => Ok(pack),
+            (None, true) => Err(RegistryError::NotFound(format!(
+                "{name}@{version} has no data pack"
+            ))),
+            (None, false) => Err(not_found_version(name, version)),
+        }
+    }
+}
+
+/// Refuses a publication whose scan found secrets, naming each file and rule.
+fn refuse_secrets(
+    name: &str,
+    version: &semver::Version,
+    scan: &custodian_scan::Report,
+) -> Result<(), RegistryError> {
+    let errors: Vec<Problem> = scan
+        .findings
+        .iter()
+        .filter(|f| custodian_scan::secrets::is_secret_rule(&f.rule))
+        .map(|f| Problem {
+            file: f.file.clone(),
+            line: None,
+            field: f.rule.clone(),
+            message: format!(
+                "{}; {name}@{version} is not published, and nothing was recorded",
+                f.message
+            ),
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(RegistryError::Invalid(Report {
+            errors,
+            warnings: Vec::new(),
+        }))
     }
 }
 

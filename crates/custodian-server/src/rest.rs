@@ -96,12 +96,31 @@ pub fn router(
         .route("/wrappers/{id}/versions/{vid}/evidence", get(get_evidence))
         .route("/wrappers/{id}/versions/{vid}/report", get(get_report))
         .route("/blobs/{digest}", get(download_blob))
-        .fallback(|| async {
+        .fallback(|headers: HeaderMap| async move {
+            let grpc = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/grpc"));
+            if grpc {
+                // A gRPC client pointed at this port: a trailers-only gRPC answer that says so,
+                // instead of a JSON body the client would misread as a gRPC frame.
+                return Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_TYPE, "application/grpc")
+                    .header("grpc-status", "12")
+                    .header(
+                        "grpc-message",
+                        "this%20is%20Custodian%27s%20REST%20port%3B%20gRPC%20clients%20connect%20to%20the%20gRPC%20port%20%28serve%20--listen%2C%20default%207311%29",
+                    )
+                    .body(Body::empty())
+                    .unwrap_or_default();
+            }
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "no such endpoint; see /openapi.yaml",
             )
+            .into_response()
         })
         .with_state(state)
 }
@@ -251,6 +270,11 @@ fn data_pack_json(registry: &Registry, record: &DataPackRecord) -> serde_json::V
         .as_deref()
         .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok());
     if let Some(object) = value.as_object_mut() {
+        // The ledger records the data's own version as data_version (a version row has its own
+        // version); the API answers with the seed's name for it.
+        if let Some(v) = object.remove("data_version") {
+            object.insert("version".into(), v);
+        }
         object.remove("provenance_json");
         if let Some(p) = provenance_json {
             object.insert("provenance".into(), p);
@@ -397,13 +421,8 @@ async fn put_external(
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let who = principal(&state, &headers)?;
-    let mut spec: DataPackSpec = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_argument",
-            format!("the body is not a data pack manifest (JSON): {e}"),
-        )
-    })?;
+    let mut spec = DataPackSpec::parse_document(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", e))?;
     if spec.mode.is_empty() {
         spec.mode = "external".into();
     }
@@ -436,7 +455,7 @@ async fn post_hosted(
 ) -> ApiResult<Response> {
     let who = principal(&state, &headers)?;
     // Fail before reading a byte of data if the caller may not write here.
-    state.registry.check_data_pack_target(&who, &id, &vid)?;
+    let target = state.registry.check_data_pack_target(&who, &id, &vid)?;
     let mut meta: Option<HostedMeta> = None;
     loop {
         let Some(mut field) = multipart.next_field().await.map_err(bad_multipart)? else {
@@ -471,6 +490,8 @@ async fn post_hosted(
                 if meta.filename.is_none() {
                     meta.filename = field.file_name().map(str::to_string);
                 }
+                // The signed manifest's data_pack declaration is binding.
+                state.registry.apply_declared(&target, &mut meta).await?;
                 let expected = state.registry.check_hosted(&who, &id, &vid, &meta)?;
                 let mut writer = state
                     .store
@@ -525,7 +546,7 @@ async fn post_hosted(
                     Some(_) => None,
                     None => {
                         let name = meta.filename.clone().unwrap_or_else(|| "data-pack".into());
-                        Some(state.registry.scan_data(&sha256, &name).await)
+                        Some(state.registry.scan_data(&target, &sha256, &name).await)
                     }
                 };
                 let status = match (&report, &previous) {
@@ -537,27 +558,42 @@ async fn post_hosted(
                     .registry
                     .register_hosted(&who, &id, &vid, meta, &stored, &status)
                     .await?;
+                let mut scan = None;
                 if let Some(report) = report
                     && !recorded.already
                 {
-                    let version = state.registry.get(&who, &id, &vid)?;
-                    state
+                    let scanned = state
                         .registry
                         .record_report(
-                            &version,
+                            &target,
                             Some(custodian_core::registry::DATA_PACK_TARGET),
                             sha256.to_string(),
                             report,
                         )
                         .await?;
+                    scan = Some(json!({
+                        "scanner": scanned.scanner,
+                        "verdict": scanned.verdict.as_str(),
+                        "findings": scanned.findings,
+                        "ledger_index": scanned.index,
+                    }));
                 }
                 let status = if recorded.already {
                     StatusCode::OK
                 } else {
                     StatusCode::CREATED
                 };
-                let body =
+                let mut body =
                     recorded_json(&recorded, data_pack_json(&state.registry, &recorded.record));
+                if let Some(scan) = scan {
+                    if scan["verdict"] == "flagged" {
+                        body["warning"] = json!(format!(
+                            "the data pack was stored and registered, but the scanner flagged it ({} finding(s) below): the version's badge fails until a clean scan is recorded, and downloads carry a warning",
+                            scan["findings"].as_array().map_or(0, Vec::len)
+                        ));
+                    }
+                    body["scan"] = scan;
+                }
                 return Ok((status, axum::Json(body)).into_response());
             }
             other => {
@@ -704,8 +740,29 @@ async fn download_data_pack(
         .stat(&digest)
         .await?
         .ok_or(StorageError::NotFound { digest })?;
-    serve_blob(&state.store, &digest, meta, &headers, p.filename.as_deref()).await
+    let mut response =
+        serve_blob(&state.store, &digest, meta, &headers, p.filename.as_deref()).await?;
+    // A consumer learns the scan status with the bytes, not only from the trust view: the
+    // worst latest verdict of every scanner, and a warning when it is not clean.
+    let status = state.registry.scan_status(&pack.event.name, &pack.event.version, sha256);
+    if let Ok(value) = HeaderValue::from_str(&status) {
+        response
+            .headers_mut()
+            .insert(SCAN_STATUS_HEADER, value);
+    }
+    if status != "clean"
+        && let Ok(value) = HeaderValue::from_str(&format!(
+            "199 custodian \"the data pack's scan status is {status}; see GET /wrappers/{}/versions/{vid}/data-pack before using it\"",
+            encode_segment(&id)
+        ))
+    {
+        response.headers_mut().insert(header::WARNING, value);
+    }
+    Ok(response)
 }
+
+/// The response header that carries a hosted data pack's scan status on download.
+pub const SCAN_STATUS_HEADER: &str = "x-custodian-scan-status";
 
 async fn download_blob(
     State(state): State<RestState>,

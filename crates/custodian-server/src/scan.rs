@@ -173,7 +173,23 @@ impl Registry {
     }
 
     /// Runs the built-in scanner over content in custody, on the blocking pool.
-    async fn builtin(&self, content: Content, data: bool) -> Report {
+    pub(crate) async fn builtin(&self, content: Content, data: bool) -> Report {
+        self.builtin_with(content, data, None).await
+    }
+
+    /// The PII severity a version's manifest asks for (`safety.pii_scan`), if any.
+    pub(crate) async fn pii_of(&self, record: &VersionRecord) -> Option<custodian_scan::Severity> {
+        let manifest = self.manifest_of(record).await.ok()?;
+        custodian_scan::package::pii_severity(Some(&manifest.0))
+    }
+
+    /// Runs the built-in scanner; a data pack's text also goes through the PII rules at `pii`.
+    async fn builtin_with(
+        &self,
+        content: Content,
+        data: bool,
+        pii: Option<custodian_scan::Severity>,
+    ) -> Report {
         let _permit = self.scan_permits.acquire().await;
         let store = self.store().clone();
         let handle = tokio::runtime::Handle::current();
@@ -185,7 +201,7 @@ impl Registry {
                 let (name, digest, _) = &content[0];
                 return match open_blob(&store, &handle, digest) {
                     Ok(mut reader) => {
-                        custodian_scan::package::scan_blob(name, &mut reader, &limits)
+                        custodian_scan::package::scan_data_pack(name, &mut reader, &limits, pii)
                     }
                     Err(e) => Report {
                         error: Some(format!("the data pack could not be read: {e}")),
@@ -263,13 +279,20 @@ impl Registry {
         target: Option<&str>,
     ) -> Result<Scanned, RegistryError> {
         let (root, content) = Self::content(record, target)?;
-        let report = self.builtin(content, target.is_some()).await;
+        let pii = if target.is_some() {
+            self.pii_of(record).await
+        } else {
+            None
+        };
+        let report = self.builtin_with(content, target.is_some(), pii).await;
         self.record_report(record, target, root, report).await
     }
 
-    /// Runs the built-in scanner over one blob in custody as a data pack named `name`.
-    pub async fn scan_data(&self, sha256: &Digest, name: &str) -> Report {
-        self.builtin(vec![(name.to_string(), *sha256, 0)], true)
+    /// Runs the built-in scanner over one blob in custody as the data pack of `record`, named
+    /// `name` (with the PII rules when its manifest declares `safety.pii_scan`).
+    pub async fn scan_data(&self, record: &VersionRecord, sha256: &Digest, name: &str) -> Report {
+        let pii = self.pii_of(record).await;
+        self.builtin_with(vec![(name.to_string(), *sha256, 0)], true, pii)
             .await
     }
 
