@@ -62,10 +62,11 @@ ensure_moto() {
   fi
   # The walkthrough's and the interop tests' Python clients: gRPC reflection (grpcurl is not
   # packaged for Debian) and the independent bundle verifier's CBOR and Ed25519.
-  if ! "$venv/bin/python" -c 'import grpc_reflection, cbor2, cryptography' 2>/dev/null; then
-    say "installing the Python test clients (grpcio-reflection, cbor2, cryptography) into $venv"
+  if ! "$venv/bin/python" -c 'import grpc_reflection, cbor2, cryptography, yaml, license_expression' 2>/dev/null; then
+    say "installing the Python test clients (grpcio-reflection, cbor2, cryptography, PyYAML, license-expression) into $venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
-      'grpcio>=1.60' 'grpcio-reflection>=1.60' 'cbor2>=5.4' 'cryptography>=41'
+      'grpcio>=1.60' 'grpcio-reflection>=1.60' 'cbor2>=5.4' 'cryptography>=41' 'PyYAML>=6' \
+      'license-expression>=30'
   fi
   export CUSTODIAN_MOTO_SERVER="$venv/bin/moto_server"
   export CUSTODIAN_PYTHON="$venv/bin/python"

@@ -37,6 +37,73 @@ fn the_readme_walkthrough_runs_from_any_folder() {
     ] {
         assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
     }
+    // A second verifier, written from docs/verifying.md alone in Python, agrees on both
+    // bundles — and refuses each tampered copy.
+    let verify_bundle = |bundle: &std::path::Path| {
+        Command::new(python())
+            .arg(examples().join("../tests/interop/verify_bundle.py"))
+            .arg(bundle)
+            .arg(work.join("log.vkey"))
+            .output()
+            .expect("run python (scripts/test provides the venv)")
+    };
+    for (name, state) in [
+        ("pacman-builder", "GREEN"),
+        ("customer-support-classifier", "GREEN"),
+    ] {
+        let bundle = work.join(format!("{name}.bundle.json"));
+        let out = verify_bundle(&bundle);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(state),
+            "{name}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let original: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&bundle).expect("bundle")).expect("json");
+        let tampered: [(&str, Box<dyn Fn(&mut serde_json::Value)>); 4] = [
+            ("state", Box::new(|b| b["badge"]["state"] = "review".into())),
+            (
+                "evidence",
+                Box::new(|b| {
+                    b["badge"]["evidence"]
+                        .as_array_mut()
+                        .expect("evidence")
+                        .pop();
+                }),
+            ),
+            (
+                "a dropped run",
+                Box::new(|b| {
+                    let last = b["badge"]["evidence"]
+                        .as_array()
+                        .and_then(|e| e.last())
+                        .cloned()
+                        .expect("evidence");
+                    let entries = b["entries"].as_array_mut().expect("entries");
+                    entries.retain(|e| e["index"] != last);
+                }),
+            ),
+            (
+                "a license the registry did not list",
+                Box::new(|b| b["badge"]["registry_licenses"] = serde_json::json!(["other"])),
+            ),
+        ];
+        for (what, change) in tampered {
+            let mut copy = original.clone();
+            change(&mut copy);
+            let path = work.join(format!("{name}.tampered.json"));
+            std::fs::write(&path, serde_json::to_vec(&copy).expect("json")).expect("write");
+            if what.starts_with("a license") && name == "pacman-builder" {
+                continue; // Apache-2.0 is SPDX: the registry's list does not matter to it.
+            }
+            let out = verify_bundle(&path);
+            assert!(
+                !out.status.success(),
+                "{name}: the Python verifier accepted a bundle with {what} changed"
+            );
+        }
+    }
     // Nothing was written into the repository.
     assert!(
         !examples().join("seeds/pacman-builder/.custodian").exists(),

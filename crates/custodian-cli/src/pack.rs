@@ -492,17 +492,9 @@ pub fn secret_findings(report: &custodian_scan::Report) -> Vec<custodian_scan::F
         .collect()
 }
 
-/// A package folder checked and scanned, ready to sign.
-pub struct Checked {
-    /// The folder as read.
-    pub package: LocalPackage,
-    /// The built-in scanner's report over its files.
-    pub scan: custodian_scan::Report,
-}
-
 /// Reads, checks and scans `dir`; fails listing every problem, and every secret unless
 /// `allow_secrets`.
-pub fn check(dir: &Path, allow_secrets: bool) -> anyhow::Result<Checked> {
+pub fn check(dir: &Path, allow_secrets: bool) -> anyhow::Result<LocalPackage> {
     let package = read_package(dir)?;
     if package.manifest.is_none() || !package.report.is_ok() {
         print_report(&package.report);
@@ -528,7 +520,7 @@ pub fn check(dir: &Path, allow_secrets: bool) -> anyhow::Result<Checked> {
             );
         }
     }
-    Ok(Checked { package, scan })
+    Ok(package)
 }
 
 /// Builds and signs `dir`; returns the statement and the envelope written.
@@ -537,7 +529,7 @@ pub fn build(
     key: &SignerKey,
     allow_secrets: bool,
 ) -> anyhow::Result<(PackageStatement, Envelope, Report)> {
-    let Checked { package, .. } = check(dir, allow_secrets)?;
+    let package = check(dir, allow_secrets)?;
     let Some(manifest) = package.manifest.as_ref() else {
         bail!("{} is not a valid package", dir.display());
     };

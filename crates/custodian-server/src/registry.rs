@@ -1002,7 +1002,7 @@ impl Registry {
                 declared.mode
             )));
         }
-        let mut agree = |field: &str, stated: &mut Option<String>, signed: &Option<String>| {
+        let agree = |field: &str, stated: &mut Option<String>, signed: &Option<String>| {
             match (stated.as_deref(), signed.as_deref()) {
                 (Some(a), Some(b)) if a != b => Err(invalid(
                     &format!("metadata.{field}"),
