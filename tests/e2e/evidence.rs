@@ -115,7 +115,10 @@ fn setup_with(extra: &[&str]) -> Setup {
 
 #[tokio::test]
 async fn badges_follow_the_evidence_on_the_example_packages() {
-    let s = setup();
+    // A registry whose own license ids do not include seed 000's `private-commercial`, so the
+    // classifier's license is undeclared here (old_evidence_is_review runs with the default list,
+    // where it counts).
+    let s = setup_with(&["--registry-license", "acme-internal"]);
     let (daemon, token) = (&s.daemon, s.attester_token.as_str());
     let attest =
         |file: &str| daemon.cli_as(Some(token), &["attest", file, "--key", &s.attester_key]);
@@ -231,8 +234,9 @@ async fn badges_follow_the_evidence_on_the_example_packages() {
     let out = bundle_verifies(&s, "pacman-builder@0.2.1", &bundle);
     assert!(out.contains("FAILING"), "{out}");
 
-    // The classifier: its license (private-commercial) is not SPDX → review even with every run
-    // and a clean scan; a model without a run is also review.
+    // The classifier: its license (private-commercial) is neither SPDX nor one of this
+    // registry's license ids → review even with every run and a clean scan; a model without a
+    // run is also review.
     let classifier_evals = ["label_accuracy", "format_following", "pii_leakage"];
     let some: Vec<_> = classifier_evals[..2]
         .iter()
@@ -669,9 +673,12 @@ async fn old_evidence_is_review() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     let badge = badge(daemon, token, "customer-support-classifier@0.1.0");
     assert_eq!(badge["state"], "review");
+    // Seed 000's `private-commercial` is one of the registry's license ids (policy v3), listed
+    // in the badge; only the stale runs send it to review.
+    assert_eq!(codes(&badge), ["run_stale", "run_stale", "run_stale"]);
     assert_eq!(
-        codes(&badge),
-        ["run_stale", "run_stale", "run_stale", "license_undeclared"]
+        badge["registry_licenses"],
+        serde_json::json!(["private-commercial"])
     );
     bundle_verifies(
         &s,

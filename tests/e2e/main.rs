@@ -4,6 +4,7 @@
 mod abuse;
 mod cas;
 mod cli;
+mod cli_edges;
 mod corruption;
 mod crash;
 mod daemon;
@@ -11,8 +12,10 @@ mod evidence;
 mod faults;
 mod interop;
 mod ledger;
+mod openapi;
 mod registry;
 mod scan;
+mod truthful;
 mod walkthrough;
 
 use bytes::Bytes;

@@ -123,12 +123,18 @@ fn authorize(request: reqwest::RequestBuilder, rest: &RestArg) -> reqwest::Reque
 
 /// Why a request to `--rest` failed, with a hint when the address is not a REST port.
 fn unreachable(rest: &RestArg, err: reqwest::Error) -> anyhow::Error {
-    let text = format!("{err:#}");
-    let hint = if text.contains("http2")
-        || text.contains("HTTP/2")
-        || text.contains("connection closed before message completed")
-        || text.contains("invalid HTTP version")
-    {
+    // reqwest's own message is "error sending request"; the cause is in its source chain.
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    // A connection that was accepted and then answered with something other than HTTP/1.1 (a
+    // gRPC server speaks HTTP/2 only) is the likely mix-up; a refused one is just down.
+    let refused = text.contains("Connection refused") || text.contains("dns error");
+    let hint = if !refused {
         " — this looks like Custodian's gRPC port (serve --listen, default 7311); --rest is the REST port (serve --rest-listen, default 7312)"
     } else {
         ""

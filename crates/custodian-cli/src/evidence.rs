@@ -46,7 +46,12 @@ pub struct AttestArgs {
     #[arg(required_unless_present = "schema")]
     run: Option<PathBuf>,
     /// The attester's private key
-    #[arg(long, env = "CUSTODIAN_ATTESTER_KEY", value_name = "KEY_FILE", required_unless_present = "schema")]
+    #[arg(
+        long,
+        env = "CUSTODIAN_ATTESTER_KEY",
+        value_name = "KEY_FILE",
+        required_unless_present = "schema"
+    )]
     key: Option<PathBuf>,
     /// Print the JSON Schema (draft 2020-12) of a run file and exit
     #[arg(long)]
@@ -215,15 +220,14 @@ pub async fn attest(args: AttestArgs) -> anyhow::Result<ExitCode> {
     let mut manifests = std::collections::HashMap::new();
     let mut envelopes = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
-        let predicate: RunPredicate = serde_path_to_error::deserialize(item)
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "run {i} of {}: field {}: {} (see `custodian attest --schema`)",
-                    run.display(),
-                    e.path(),
-                    e.inner()
-                )
-            })?;
+        let predicate: RunPredicate = serde_path_to_error::deserialize(item).map_err(|e| {
+            anyhow::anyhow!(
+                "run {i} of {}: field {}: {} (see `custodian attest --schema`)",
+                run.display(),
+                e.path(),
+                e.inner()
+            )
+        })?;
         let spec = (predicate.package.clone(), predicate.version.clone());
         let manifest = match manifests.get(&spec) {
             Some(m) => m,

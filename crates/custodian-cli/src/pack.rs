@@ -79,7 +79,12 @@ stops the build, naming the file and rule, unless --allow-secrets."
         /// The package folder (with manifest.yaml)
         dir: PathBuf,
         /// Your private key (from `custodian key generate`); not needed with --dry-run
-        #[arg(long, env = "CUSTODIAN_PUBLISHER_KEY", value_name = "KEY_FILE", required_unless_present = "dry_run")]
+        #[arg(
+            long,
+            env = "CUSTODIAN_PUBLISHER_KEY",
+            value_name = "KEY_FILE",
+            required_unless_present = "dry_run"
+        )]
         key: Option<PathBuf>,
         /// List what would be packaged and what is left out (and why), check and scan, but sign
         /// and write nothing
@@ -320,7 +325,11 @@ pub fn list_folder(dir: &Path) -> anyhow::Result<Listing> {
             }
             if let ignore::Match::Ignore(glob) = rules.matched(&path, kind.is_dir()) {
                 excluded.push(Excluded {
-                    path: if kind.is_dir() { format!("{rel}/") } else { rel },
+                    path: if kind.is_dir() {
+                        format!("{rel}/")
+                    } else {
+                        rel
+                    },
                     pattern: glob.original().to_string(),
                     source: if glob.from().is_some() {
                         IGNORE_FILE

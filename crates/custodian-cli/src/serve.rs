@@ -260,11 +260,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Both ports first: a daemon that cannot listen must fail before it creates anything.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (is another daemon running there?)", args.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another daemon running there?)",
+                args.listen
+            )
+        })?;
     let address = listener.local_addr().context("reading the bound address")?;
     let rest_listener = tokio::net::TcpListener::bind(args.rest_listen)
         .await
-        .with_context(|| format!("cannot listen on {} for REST (is another daemon running there?)", args.rest_listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for REST (is another daemon running there?)",
+                args.rest_listen
+            )
+        })?;
     let rest_address = rest_listener
         .local_addr()
         .context("reading the bound REST address")?;

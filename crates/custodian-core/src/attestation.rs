@@ -57,7 +57,10 @@ pub struct Metric {
 
 /// The two ways a metric may be written.
 #[derive(Deserialize)]
-#[serde(untagged, expecting = "a number, or an object {\"value\": number, \"threshold\": \">= 0.9\"}")]
+#[serde(
+    untagged,
+    expecting = "a number, or an object {\"value\": number, \"threshold\": \">= 0.9\"}"
+)]
 enum MetricWire {
     Bare(serde_json::Number),
     Full {
@@ -175,20 +178,43 @@ pub struct RunPredicate {
 
 /// Checks a run file against [`RUNS_SCHEMA`]; every violation, each as `path: message`.
 pub fn check_runs_file(value: &serde_json::Value) -> Result<(), Vec<String>> {
-    let schema: serde_json::Value = serde_json::from_str(RUNS_SCHEMA).unwrap_or_default();
+    let mut schema: serde_json::Value = serde_json::from_str(RUNS_SCHEMA).unwrap_or_default();
+    // Each run is checked against the run definition itself, so that an error names the field
+    // (`/metrics/accuracy`) rather than the top-level "one of object or array".
+    if let Some(object) = schema.as_object_mut() {
+        object.remove("oneOf");
+        object.insert("$ref".into(), "#/$defs/run".into());
+    }
     let validator = jsonschema::validator_for(&schema)
         .map_err(|e| vec![format!("the built-in run schema does not compile: {e}")])?;
-    let errors: Vec<String> = validator
-        .iter_errors(value)
-        .map(|e| {
-            let path = e.instance_path().to_string();
-            format!(
+    let runs: Vec<(String, &serde_json::Value)> = match value {
+        serde_json::Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .enumerate()
+            .map(|(i, run)| (format!("/{i}"), run))
+            .collect(),
+        serde_json::Value::Array(_) => return Err(vec!["(top): the list of runs is empty".into()]),
+        run => vec![(String::new(), run)],
+    };
+    let mut errors = Vec::new();
+    for (prefix, run) in runs {
+        for e in validator.iter_errors(run) {
+            let path = format!("{prefix}{}", e.instance_path());
+            errors.push(format!(
                 "{}: {e}",
-                if path.is_empty() { "(top)".to_string() } else { path }
-            )
-        })
-        .collect();
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+                if path.is_empty() {
+                    "(top)".to_string()
+                } else {
+                    path
+                }
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 /// A checked run statement.
@@ -611,7 +637,9 @@ mod tests {
         // Passing with a metric below the bar: refused, naming both numbers.
         p.metrics.get_mut("pass_rate").expect("metric").value =
             serde_json::Number::from_f64(0.81).expect("finite");
-        let err = check_against_eval(&p, &eval).expect_err("below").to_string();
+        let err = check_against_eval(&p, &eval)
+            .expect_err("below")
+            .to_string();
         assert!(err.contains("0.81") && err.contains(">= 0.9"), "{err}");
         // Failing below the bar is honest.
         p.passed = false;
@@ -621,7 +649,9 @@ mod tests {
             serde_json::Number::from_f64(0.95).expect("finite");
         // Another threshold than the manifest's.
         p.metrics.get_mut("pass_rate").expect("metric").threshold = Some("> 0.5".into());
-        let err = check_against_eval(&p, &eval).expect_err("other bar").to_string();
+        let err = check_against_eval(&p, &eval)
+            .expect_err("other bar")
+            .to_string();
         assert!(err.contains("threshold"), "{err}");
         p.metrics.get_mut("pass_rate").expect("metric").threshold = Some(">=0.9".into());
         check_against_eval(&p, &eval).expect("the same bar, spelled differently");

@@ -382,9 +382,8 @@ fn evaluate_as(version: u8, e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> B
                 Some(run) => {
                     used.push(run.index);
                     let pack_missing = version >= 3
-                        && e.data_pack.is_some_and(|pack| {
-                            run.data_pack_sha256.as_deref() != Some(pack.root)
-                        });
+                        && e.data_pack
+                            .is_some_and(|pack| run.data_pack_sha256.as_deref() != Some(pack.root));
                     if let (true, Some(problem)) = (version >= 3, &run.problem) {
                         reason(
                             "run_invalid",
@@ -735,15 +734,16 @@ mod tests {
             (State::Review, vec!["run_data_pack_missing"])
         );
         assert_eq!(
-            (b.reasons[0].eval.as_deref(), b.reasons[0].model.as_deref(), b.reasons[0].entry),
+            (
+                b.reasons[0].eval.as_deref(),
+                b.reasons[0].model.as_deref(),
+                b.reasons[0].entry
+            ),
             (Some("b"), Some("m2"), Some(4))
         );
         let mut other = runs.clone();
         other[3].data_pack_sha256 = Some("sha256:other".into());
-        let e = Evidence {
-            runs: &other,
-            ..e
-        };
+        let e = Evidence { runs: &other, ..e };
         assert_eq!(
             codes(&evaluate(&e, 1001 * DAY, DEFAULT_MAX_AGE_MS)),
             ["run_data_pack_missing"]

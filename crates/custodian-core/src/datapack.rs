@@ -176,7 +176,8 @@ impl DataPackSpec {
     /// declaration itself or the seed's `data_pack:` wrapper around it. Unknown fields are
     /// errors that name the field (with a did-you-mean), never silently dropped.
     pub fn parse_document(bytes: &[u8]) -> Result<DataPackSpec, String> {
-        let text = std::str::from_utf8(bytes).map_err(|_| "the body is not UTF-8 text".to_string())?;
+        let text =
+            std::str::from_utf8(bytes).map_err(|_| "the body is not UTF-8 text".to_string())?;
         let mut value: serde_json::Value = serde_norway::from_str(text)
             .map_err(|e| format!("the body is neither YAML nor JSON: {e}"))?;
         let mut prefix = "";
@@ -343,7 +344,8 @@ mod tests {
         let typo = SEED_YAML.replace("access_policy", "acces_policy");
         let err = DataPackSpec::parse_document(typo.as_bytes()).expect_err("unknown field");
         assert!(
-            err.contains("data_pack.acces_policy") && err.contains("did you mean \"access_policy\""),
+            err.contains("data_pack.acces_policy")
+                && err.contains("did you mean \"access_policy\""),
             "{err}"
         );
         let err = DataPackSpec::parse_document(b"- a\n- b\n").expect_err("not a mapping");

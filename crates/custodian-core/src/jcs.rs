@@ -192,7 +192,10 @@ mod tests {
 }"#;
         let value: serde_json::Value = serde_json::from_str(input).expect("valid JSON");
         let expected = "{\"literals\":[null,true,false],\"numbers\":[333333333.3333333,1e+30,4.5,0.002,1e-27],\"string\":\"\u{20ac}$\\u000f\\nA'B\\\"\\\\\\\\\\\"/\"}";
-        assert_eq!(String::from_utf8(to_vec(&value)).unwrap_or_default(), expected);
+        assert_eq!(
+            String::from_utf8(to_vec(&value)).unwrap_or_default(),
+            expected
+        );
     }
 
     /// RFC 8785 section 3.2.3: members sorted by UTF-16 code units, not by UTF-8 bytes or code
@@ -244,7 +247,11 @@ mod tests {
             ("42", "42"),
         ] {
             let value: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
-            assert_eq!(String::from_utf8(to_vec(&value)).unwrap_or_default(), text, "{json}");
+            assert_eq!(
+                String::from_utf8(to_vec(&value)).unwrap_or_default(),
+                text,
+                "{json}"
+            );
         }
     }
 }

@@ -865,11 +865,7 @@ fn serialize_type<S: serde::Serializer>(t: &PackageType, s: S) -> Result<S::Ok, 
 /// at the top level, in every section written as a mapping, and in the items of its lists.
 /// Free-form maps (thresholds, overrides, hyperparameters, dependencies, annotations) are not
 /// looked into.
-fn unknown_keys(
-    value: &serde_json::Value,
-    path: &str,
-    out: &mut Vec<(String, serde_json::Value)>,
-) {
+fn unknown_keys(value: &serde_json::Value, path: &str, out: &mut Vec<(String, serde_json::Value)>) {
     match value {
         serde_json::Value::Object(map) => {
             let known = known_keys(path);
@@ -993,10 +989,7 @@ impl Manifest {
                     .iter()
                     .any(|(u, _)| u.starts_with(&format!("{field}.")))
             };
-            checker
-                .report
-                .errors
-                .retain(|p| !under_unknown(&p.field));
+            checker.report.errors.retain(|p| !under_unknown(&p.field));
         }
         for (field, value) in unknown {
             let last = field.rsplit('.').next().unwrap_or(&field);
@@ -1564,7 +1557,10 @@ license: apache-2.0
         );
         let (m, report) = parse(&text);
         let m = m.unwrap_or_else(|| panic!("{report:?}"));
-        assert!(report.errors.is_empty() && report.warnings.is_empty(), "{report:?}");
+        assert!(
+            report.errors.is_empty() && report.warnings.is_empty(),
+            "{report:?}"
+        );
         assert!(m.extra.contains_key("x-team"), "{:?}", m.extra);
         assert!(m.extra.contains_key("fine_tune.x-cluster"), "{:?}", m.extra);
     }
@@ -1619,22 +1615,67 @@ data_pack:
             ("version: 1.0.0", "versoin: 1.0.0", "versoin", "version"),
             ("license:\n", "licence:\n", "licence", "license"),
             ("base_model:", "base_modle:", "base_modle", "base_model"),
-            ("description: d", "desciption: d", "desciption", "description"),
+            (
+                "description: d",
+                "desciption: d",
+                "desciption",
+                "description",
+            ),
             ("safety:", "saftey:", "saftey", "safety"),
             ("inputs:", "inptus:", "inptus", "inputs"),
             ("outputs:", "ouputs:", "ouputs", "outputs"),
             ("type: bundle", "tpye: bundle", "tpye", "type"),
-            ("  no_external_calls:", "  no_externel_calls:", "safety.no_externel_calls", "no_external_calls"),
-            ("  package_signing:", "  package_signin:", "safety.package_signin", "package_signing"),
-            ("  artifact_hashes:", "  artifact_hash:", "safety.artifact_hash", "artifact_hashes"),
+            (
+                "  no_external_calls:",
+                "  no_externel_calls:",
+                "safety.no_externel_calls",
+                "no_external_calls",
+            ),
+            (
+                "  package_signing:",
+                "  package_signin:",
+                "safety.package_signin",
+                "package_signing",
+            ),
+            (
+                "  artifact_hashes:",
+                "  artifact_hash:",
+                "safety.artifact_hash",
+                "artifact_hashes",
+            ),
             ("  pii_scan:", "  pii_scna:", "safety.pii_scna", "pii_scan"),
-            ("  prompt_injection_scan:", "  prompt_injection_scans:", "safety.prompt_injection_scans", "prompt_injection_scan"),
+            (
+                "  prompt_injection_scan:",
+                "  prompt_injection_scans:",
+                "safety.prompt_injection_scans",
+                "prompt_injection_scan",
+            ),
             ("  system: s.md", "  sytem: s.md", "prompt.sytem", "system"),
-            ("  templates:", "  template:", "prompt.template", "templates"),
-            ("  recipe: r.yaml", "  recipie: r.yaml", "fine_tune.recipie", "recipe"),
-            ("  dependencies:", "  dependancies:", "install.dependancies", "dependencies"),
+            (
+                "  templates:",
+                "  template:",
+                "prompt.template",
+                "templates",
+            ),
+            (
+                "  recipe: r.yaml",
+                "  recipie: r.yaml",
+                "fine_tune.recipie",
+                "recipe",
+            ),
+            (
+                "  dependencies:",
+                "  dependancies:",
+                "install.dependancies",
+                "dependencies",
+            ),
             ("  spdx: MIT", "  spxd: MIT", "license.spxd", "spdx"),
-            ("  access_policy:", "  acess_policy:", "data_pack.acess_policy", "access_policy"),
+            (
+                "  access_policy:",
+                "  acess_policy:",
+                "data_pack.acess_policy",
+                "access_policy",
+            ),
         ];
         assert_eq!(typos.len(), 20);
         for (right, wrong, field, suggestion) in typos {

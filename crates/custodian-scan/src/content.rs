@@ -548,7 +548,8 @@ impl<'l> Scanner<'l> {
             // Whatever follows the archive (an appended payload) is scanned as raw bytes. The
             // entries counted their own bytes; only these are the archive's.
             let before = counted.count;
-            self.report.bytes += raw_scan(path, data, self.secrets, &mut counted, before, &mut found)?;
+            self.report.bytes +=
+                raw_scan(path, data, self.secrets, &mut counted, before, &mut found)?;
         } else {
             self.report.bytes += raw_scan(path, data, self.secrets, &mut rest, 0, &mut found)?;
         }

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 pub mod content;
 pub mod corpus;
 pub mod package;
-pub mod prompt;
 pub mod pii;
+pub mod prompt;
 pub mod secrets;
 mod zip;
 

@@ -49,8 +49,10 @@ static SSN: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 static NINO: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?-u:\b)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D](?-u:\b)")
-        .expect("nino regex compiles")
+    Regex::new(
+        r"(?-u:\b)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D](?-u:\b)",
+    )
+    .expect("nino regex compiles")
 });
 
 static IBAN: LazyLock<Regex> = LazyLock::new(|| {
@@ -170,17 +172,26 @@ pub fn scan_text(file: &str, text: &str, severity: Severity) -> Vec<Finding> {
         }
     }
     for caps in SSN.captures_iter(text) {
-        let (Some(all), Some(a), Some(g), Some(s)) = (caps.get(0), caps.get(1), caps.get(2), caps.get(3))
+        let (Some(all), Some(a), Some(g), Some(s)) =
+            (caps.get(0), caps.get(1), caps.get(2), caps.get(3))
         else {
             continue;
         };
         if ssn_valid(a.as_str(), g.as_str(), s.as_str()) {
-            push(all.start(), "pii.national_id", "a US Social Security number");
+            push(
+                all.start(),
+                "pii.national_id",
+                "a US Social Security number",
+            );
             taken.push((all.start(), all.end()));
         }
     }
     for m in NINO.find_iter(text) {
-        push(m.start(), "pii.national_id", "a UK National Insurance number");
+        push(
+            m.start(),
+            "pii.national_id",
+            "a UK National Insurance number",
+        );
     }
     for m in PHONE.find_iter(text) {
         let overlaps = taken.iter().any(|(s, e)| m.start() < *e && *s < m.end());
@@ -232,7 +243,13 @@ mod tests {
         families.dedup();
         assert_eq!(
             families,
-            ["pii.email", "pii.iban", "pii.national_id", "pii.payment_card", "pii.phone"]
+            [
+                "pii.email",
+                "pii.iban",
+                "pii.national_id",
+                "pii.payment_card",
+                "pii.phone"
+            ]
         );
         for f in &found {
             assert!(!f.message.contains("4111"), "{}", f.message);

@@ -615,10 +615,10 @@ mod tests {
                 ..PromptContext::default()
             },
         )
-            .into_iter()
-            .filter(|f| f.severity >= Severity::High)
-            .map(|f| f.rule)
-            .collect();
+        .into_iter()
+        .filter(|f| f.severity >= Severity::High)
+        .map(|f| f.rule)
+        .collect();
         r.sort();
         r.dedup();
         r

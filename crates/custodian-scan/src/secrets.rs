@@ -325,7 +325,14 @@ mod tests {
 
     fn rules(path: &str, text: &str) -> Vec<String> {
         let mut found = FileFindings::default();
-        scan_window(path, text.as_bytes(), 0, 0, is_config_file(path), &mut found);
+        scan_window(
+            path,
+            text.as_bytes(),
+            0,
+            0,
+            is_config_file(path),
+            &mut found,
+        );
         found.into_findings().map(|f| f.rule).collect()
     }
 
@@ -335,24 +342,66 @@ mod tests {
         ("k.pem", "-----BEGIN RSA PRIVATE KEY-----\nMIIEow...\n"),
         ("k.pem", "-----BEGIN PRIVATE KEY-----\nMIIEvQ...\n"),
         ("k.pem", "-----BEGIN EC PRIVATE KEY-----\nMHcC...\n"),
-        ("id_ed25519", "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn...\n"),
-        ("k.asc", "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOY...\n"),
+        (
+            "id_ed25519",
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn...\n",
+        ),
+        (
+            "k.asc",
+            "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOY...\n",
+        ),
         ("k.pem", "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIF...\n"),
-        ("k.ppk", "PuTTY-User-Key-File-3: ssh-ed25519\nEncryption: none\n"),
-        ("me.key", "PRIVATE+KEY+acme-release+1a2b3c4d+AXQy9Zsq3X8k0f1rV0d7vYbq0zqW6y0b2cK0x4X2Qk5n\n"),
+        (
+            "k.ppk",
+            "PuTTY-User-Key-File-3: ssh-ed25519\nEncryption: none\n",
+        ),
+        (
+            "me.key",
+            "PRIVATE+KEY+acme-release+1a2b3c4d+AXQy9Zsq3X8k0f1rV0d7vYbq0zqW6y0b2cK0x4X2Qk5n\n",
+        ),
         ("notes.md", "key AKIAIOSFODNN7EXAMPLE for the bucket"),
-        ("run.sh", "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n"),
-        ("ci.yaml", "token: ghp_0123456789abcdefghijklmnopqrstuvwxyZ\n"),
-        ("ci.yaml", "token: github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz\n"),
+        (
+            "run.sh",
+            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n",
+        ),
+        (
+            "ci.yaml",
+            "token: ghp_0123456789abcdefghijklmnopqrstuvwxyZ\n",
+        ),
+        (
+            "ci.yaml",
+            "token: github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz\n",
+        ),
         ("ci.yaml", "glpat-abcdefghij0123456789\n"),
-        ("hook.txt", "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"),
-        ("hook.txt", "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX"),
-        ("maps.js", "const k = 'AIzaSyD-abcdefghijklmnopqrstuvwxyz01234';"),
-        ("pay.py", "stripe.api_key = 'sk_live_0123456789abcdefghijklmn'"),
-        ("llm.py", "client = OpenAI(api_key='sk-proj-abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV_0123456789')"),
-        ("llm.py", "sk-ant-api03-abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopqrstuvwxyz-_AA"),
+        (
+            "hook.txt",
+            "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+        ),
+        (
+            "hook.txt",
+            "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+        ),
+        (
+            "maps.js",
+            "const k = 'AIzaSyD-abcdefghijklmnopqrstuvwxyz01234';",
+        ),
+        (
+            "pay.py",
+            "stripe.api_key = 'sk_live_0123456789abcdefghijklmn'",
+        ),
+        (
+            "llm.py",
+            "client = OpenAI(api_key='sk-proj-abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV_0123456789')",
+        ),
+        (
+            "llm.py",
+            "sk-ant-api03-abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopqrstuvwxyz-_AA",
+        ),
         ("hub.txt", "hf_abcdefghijklmnopqrstuvwxyzABCDEFGH"),
-        ("token.txt", "CUSTODIAN_TOKEN=cust_0a1b2c3d_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ"),
+        (
+            "token.txt",
+            "CUSTODIAN_TOKEN=cust_0a1b2c3d_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ",
+        ),
         (".env", "OPENAI_API_KEY=Zq8vX3k9LmP2rT7wY4nB6cD1fG5hJ0aS\n"),
     ];
 
@@ -370,13 +419,22 @@ mod tests {
     #[test]
     fn ordinary_text_and_placeholders_are_not_secrets() {
         for (path, text) in [
-            ("README.md", "Set OPENAI_API_KEY in your environment; we never ship it."),
+            (
+                "README.md",
+                "Set OPENAI_API_KEY in your environment; we never ship it.",
+            ),
             (".env.example", "OPENAI_API_KEY=your_api_key_here\n"),
             (".env", "API_TOKEN=${API_TOKEN}\nSECRET_KEY=<put-it-here>\n"),
             (".env", "PASSWORD_POLICY=minimum-length-16\n"),
             ("config.yaml", "api_key_env: OPENAI_API_KEY\nauth: bearer\n"),
-            ("providers/mock.yaml", "token_budget: 4096\nsecret_name: prod-openai\n"),
-            ("docs.md", "The header reads -----BEGIN PUBLIC KEY----- in a public key."),
+            (
+                "providers/mock.yaml",
+                "token_budget: 4096\nsecret_name: prod-openai\n",
+            ),
+            (
+                "docs.md",
+                "The header reads -----BEGIN PUBLIC KEY----- in a public key.",
+            ),
             ("x.md", "ghp_short and sk-live and AKIA1234"),
             ("tokens.json", "{\"token_count\": 1234567890123456}"),
         ] {

@@ -569,12 +569,18 @@ impl Registry {
     /// Why a logged run contradicts its EvalSpec, re-checked from its signed statement exactly
     /// as an offline verifier does (`custodian_core::bundle::verify`), so that a run logged
     /// before attestation checked thresholds is judged the same way by both.
-    fn run_problem(&self, index: u64, manifest: &Manifest) -> Result<Option<String>, RegistryError> {
+    fn run_problem(
+        &self,
+        index: u64,
+        manifest: &Manifest,
+    ) -> Result<Option<String>, RegistryError> {
         let bytes = self.ledger().verified_entry(index)?;
-        let entry = Entry::decode(&bytes)
-            .map_err(|e| RegistryError::Ledger(custodian_storage::LedgerError::Corrupt(e.to_string())))?;
-        let run: RunAttested = from_payload("RunAttested", &entry.payload)
-            .map_err(|e| RegistryError::Ledger(custodian_storage::LedgerError::Corrupt(e.to_string())))?;
+        let entry = Entry::decode(&bytes).map_err(|e| {
+            RegistryError::Ledger(custodian_storage::LedgerError::Corrupt(e.to_string()))
+        })?;
+        let run: RunAttested = from_payload("RunAttested", &entry.payload).map_err(|e| {
+            RegistryError::Ledger(custodian_storage::LedgerError::Corrupt(e.to_string()))
+        })?;
         let statement = Envelope::parse(run.envelope.as_bytes())
             .ok()
             .and_then(|env| env.payload_bytes().ok())
@@ -614,8 +620,8 @@ impl Registry {
                 .and_then(|e| e.badge.clone());
             let still_changed = current.as_ref().is_none_or(|(_, issued)| {
                 issued.state != badge.state.as_str()
-                || issued.evidence != badge.evidence
-                || issued.registry_licenses != badge.registry_licenses
+                    || issued.evidence != badge.evidence
+                    || issued.registry_licenses != badge.registry_licenses
             });
             if still_changed {
                 let event = BadgeIssued {

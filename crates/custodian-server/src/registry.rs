@@ -579,7 +579,11 @@ impl Registry {
         // An external data pack the signed manifest declares is registered with the version
         // (a hosted one is registered when its bytes are uploaded, under the manifest's terms).
         if let Ok(manifest) = self.manifest_of(&recorded.record).await
-            && let Some(spec) = manifest.0.data_pack.clone().filter(|d| d.mode == "external")
+            && let Some(spec) = manifest
+                .0
+                .data_pack
+                .clone()
+                .filter(|d| d.mode == "external")
         {
             let (name, version) = (&recorded.record.event.name, &recorded.record.event.version);
             if let Err(err) = self.register_external(who, name, version, spec).await {
@@ -1002,18 +1006,19 @@ impl Registry {
                 declared.mode
             )));
         }
-        let agree = |field: &str, stated: &mut Option<String>, signed: &Option<String>| {
-            match (stated.as_deref(), signed.as_deref()) {
-                (Some(a), Some(b)) if a != b => Err(invalid(
-                    &format!("metadata.{field}"),
-                    format!("is {a:?}, but {name}@{version}'s signed manifest declares {b:?}"),
-                )),
-                (None, Some(b)) => {
-                    *stated = Some(b.to_string());
-                    Ok(())
-                }
-                _ => Ok(()),
+        let agree = |field: &str, stated: &mut Option<String>, signed: &Option<String>| match (
+            stated.as_deref(),
+            signed.as_deref(),
+        ) {
+            (Some(a), Some(b)) if a != b => Err(invalid(
+                &format!("metadata.{field}"),
+                format!("is {a:?}, but {name}@{version}'s signed manifest declares {b:?}"),
+            )),
+            (None, Some(b)) => {
+                *stated = Some(b.to_string());
+                Ok(())
             }
+            _ => Ok(()),
         };
         let mut license = (!meta.license.is_empty()).then(|| meta.license.clone());
         agree("license", &mut license, &declared.license)?;

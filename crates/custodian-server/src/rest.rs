@@ -96,6 +96,13 @@ pub fn router(
         .route("/wrappers/{id}/versions/{vid}/evidence", get(get_evidence))
         .route("/wrappers/{id}/versions/{vid}/report", get(get_report))
         .route("/blobs/{digest}", get(download_blob))
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not answer that method; see /openapi.yaml",
+            )
+        })
         .fallback(|headers: HeaderMap| async move {
             let grpc = headers
                 .get(header::CONTENT_TYPE)
@@ -451,9 +458,11 @@ async fn post_hosted(
     State(state): State<RestState>,
     Path((id, vid)): Path<(String, String)>,
     headers: HeaderMap,
-    mut multipart: Multipart,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> ApiResult<Response> {
     let who = principal(&state, &headers)?;
+    // A body that is not multipart/form-data gets the API's JSON error, not axum's plain text.
+    let mut multipart = multipart.map_err(|e| bad_multipart(e.body_text()))?;
     // Fail before reading a byte of data if the caller may not write here.
     let target = state.registry.check_data_pack_target(&who, &id, &vid)?;
     let mut meta: Option<HostedMeta> = None;
@@ -744,11 +753,11 @@ async fn download_data_pack(
         serve_blob(&state.store, &digest, meta, &headers, p.filename.as_deref()).await?;
     // A consumer learns the scan status with the bytes, not only from the trust view: the
     // worst latest verdict of every scanner, and a warning when it is not clean.
-    let status = state.registry.scan_status(&pack.event.name, &pack.event.version, sha256);
+    let status = state
+        .registry
+        .scan_status(&pack.event.name, &pack.event.version, sha256);
     if let Ok(value) = HeaderValue::from_str(&status) {
-        response
-            .headers_mut()
-            .insert(SCAN_STATUS_HEADER, value);
+        response.headers_mut().insert(SCAN_STATUS_HEADER, value);
     }
     if status != "clean"
         && let Ok(value) = HeaderValue::from_str(&format!(

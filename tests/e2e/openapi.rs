@@ -1,0 +1,162 @@
+//! docs/openapi.yaml against the running REST API: every documented operation is served (never
+//! the "no such endpoint" fallback), and driven with valid and invalid inputs every answer's
+//! status is one the document lists for that operation, with a JSON error body whose code the
+//! document's `Error` schema names.
+
+use crate::daemon::Daemon;
+use crate::registry::{bearer, copy_example, curl, examples, generate_key, stdout};
+
+fn document() -> serde_json::Value {
+    let text = std::fs::read_to_string(examples().join("../docs/openapi.yaml")).expect("openapi");
+    serde_norway::from_str(&text).expect("docs/openapi.yaml parses")
+}
+
+/// Every operation of the document: (method, path template).
+fn operations(doc: &serde_json::Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in ["get", "put", "post", "delete", "head", "patch"] {
+            if item.get(method).is_some() {
+                out.push((method.to_string(), path.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// The routes the REST router serves (crates/custodian-server/src/rest.rs), which the document
+/// must describe, no more and no fewer.
+const ROUTER: [(&str, &str); 13] = [
+    ("get", "/healthz"),
+    ("get", "/openapi.yaml"),
+    ("get", "/wrappers/{id}/versions"),
+    ("get", "/wrappers/{id}/versions/{vid}"),
+    ("get", "/wrappers/{id}/versions/{vid}/data-pack"),
+    ("put", "/wrappers/{id}/versions/{vid}/data-pack/manifest"),
+    ("post", "/wrappers/{id}/versions/{vid}/data-pack/hosted"),
+    ("get", "/wrappers/{id}/versions/{vid}/data-pack/download"),
+    ("get", "/wrappers/{id}/versions/{vid}/badge"),
+    ("get", "/wrappers/{id}/versions/{vid}/badge.svg"),
+    ("get", "/wrappers/{id}/versions/{vid}/evidence"),
+    ("get", "/wrappers/{id}/versions/{vid}/report"),
+    ("get", "/blobs/{digest}"),
+];
+
+#[test]
+fn the_document_describes_exactly_the_router() {
+    let doc = document();
+    let mut documented = operations(&doc);
+    documented.sort();
+    let mut served: Vec<(String, String)> = ROUTER
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    served.sort();
+    assert_eq!(
+        documented, served,
+        "docs/openapi.yaml and the router differ"
+    );
+}
+
+#[test]
+fn every_operation_answers_only_documented_statuses() {
+    let doc = document();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let (key, _) = generate_key(dir.path(), "acme");
+    let package = copy_example("pacman-builder", dir.path());
+    stdout(&daemon.cli(&[
+        "publish",
+        package.to_str().expect("utf-8"),
+        "--key",
+        key.to_str().expect("utf-8"),
+    ]));
+    let codes: Vec<String> =
+        doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"]
+            .as_array()
+            .expect("error codes")
+            .iter()
+            .map(|c| c.as_str().expect("code").to_string())
+            .collect();
+    let seed_pack = examples().join("seeds/data-pack.yaml");
+    let data = dir.path().join("data.csv");
+    std::fs::write(&data, "a,b\n1,2\n").expect("write");
+    let digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    // Valid and invalid values for each path parameter.
+    let fill = |path: &str, id: &str, vid: &str, digest: &str| {
+        path.replace("{id}", id)
+            .replace("{vid}", vid)
+            .replace("{digest}", digest)
+    };
+    let token = bearer(&daemon.token);
+    let mut checked = 0;
+    for (method, path) in operations(&doc) {
+        let documented: Vec<u16> = doc["paths"][&path][&method]["responses"]
+            .as_object()
+            .expect("responses")
+            .keys()
+            .filter_map(|k| k.parse().ok())
+            .collect();
+        for (id, vid, blob) in [
+            ("pacman-builder", "0.2.1", digest),
+            ("pacman-builder", "9.9.9", digest),
+            ("no-such-package", "0.2.1", "blake3:00"),
+            ("Not%20A%20Name", "not-semver", "md5:abc"),
+        ] {
+            let url = format!("{}{}", daemon.rest, fill(&path, id, vid, blob));
+            let mut args: Vec<String> = vec!["-X".into(), method.to_uppercase()];
+            for with_token in [false, true] {
+                let mut call = args.clone();
+                if with_token {
+                    call.extend(["-H".into(), token.clone()]);
+                }
+                if method == "put" {
+                    call.extend([
+                        "-H".into(),
+                        "Content-Type: application/yaml".into(),
+                        "--data-binary".into(),
+                        format!("@{}", seed_pack.display()),
+                    ]);
+                }
+                if method == "post" {
+                    call.extend([
+                        "-F".into(),
+                        r#"metadata={"license":"MIT"};type=application/json"#.into(),
+                        "-F".into(),
+                        format!("file=@{}", data.display()),
+                    ]);
+                }
+                call.push(url.clone());
+                let refs: Vec<&str> = call.iter().map(String::as_str).collect();
+                let (status, body) = curl(&refs);
+                assert!(
+                    documented.contains(&status),
+                    "{method} {url}: {status} is not among the documented {documented:?}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+                if status >= 400 {
+                    let error: serde_json::Value =
+                        serde_json::from_slice(&body).unwrap_or_else(|_| {
+                            panic!(
+                                "{method} {url}: a {status} without a JSON error body: {}",
+                                String::from_utf8_lossy(&body)
+                            )
+                        });
+                    let code = error["error"]["code"].as_str().unwrap_or("");
+                    assert!(
+                        codes.iter().any(|c| c == code),
+                        "{method} {url}: error code {code:?} is not in the document"
+                    );
+                    assert_ne!(
+                        error["error"]["message"], "no such endpoint; see /openapi.yaml",
+                        "{method} {path} is documented but not served"
+                    );
+                }
+                checked += 1;
+            }
+            args.clear();
+            args.extend(["-X".into(), method.to_uppercase()]);
+        }
+    }
+    assert!(checked >= 80, "only {checked} calls were checked");
+}
