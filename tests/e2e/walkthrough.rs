@@ -7,6 +7,9 @@ use std::process::Command;
 use crate::daemon::binary;
 use crate::registry::{examples, python};
 
+/// One way of tampering with a bundle.
+type Tamper = Box<dyn Fn(&mut serde_json::Value)>;
+
 #[test]
 fn the_readme_walkthrough_runs_from_any_folder() {
     let outside = tempfile::tempdir().expect("a temporary folder");
@@ -61,7 +64,7 @@ fn the_readme_walkthrough_runs_from_any_folder() {
         );
         let original: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&bundle).expect("bundle")).expect("json");
-        let tampered: [(&str, Box<dyn Fn(&mut serde_json::Value)>); 4] = [
+        let tampered: [(&str, Tamper); 4] = [
             ("state", Box::new(|b| b["badge"]["state"] = "review".into())),
             (
                 "evidence",

@@ -567,6 +567,23 @@ mod tests {
         }]
     }
 
+    /// The evidence of the demo version `demo@1.0.0` (root `sha256:r`, publication 0, signed).
+    fn demo<'a>(m: &'a Manifest, runs: &'a [Run], scans: &'a [Scan]) -> Evidence<'a> {
+        Evidence {
+            name: "demo",
+            version: "1.0.0",
+            manifest: m,
+            root: "sha256:r",
+            publication: 0,
+            signature_ok: true,
+            yanked: None,
+            runs,
+            scans,
+            data_pack: None,
+            registry_licenses: &[],
+        }
+    }
+
     fn badge(
         m: &Manifest,
         runs: &[Run],
@@ -575,17 +592,9 @@ mod tests {
         yanked: Option<u64>,
     ) -> Badge {
         let e = Evidence {
-            name: "demo",
-            version: "1.0.0",
-            manifest: m,
-            root: "sha256:r",
-            publication: 0,
             signature_ok,
             yanked,
-            runs,
-            scans,
-            data_pack: None,
-            registry_licenses: &[],
+            ..demo(m, runs, scans)
         };
         evaluate(&e, 1001 * DAY, DEFAULT_MAX_AGE_MS)
     }
@@ -620,19 +629,7 @@ mod tests {
         ];
         assert_eq!(badge(&m, &runs, &cleared, true, None).state, State::Green);
         // Under policy v1 the latest scan alone decided, as bundles issued then recorded.
-        let e = Evidence {
-            name: "demo",
-            version: "1.0.0",
-            manifest: &m,
-            root: "sha256:r",
-            publication: 0,
-            signature_ok: true,
-            yanked: None,
-            runs: &runs,
-            scans: &hidden,
-            data_pack: None,
-            registry_licenses: &[],
-        };
+        let e = demo(&m, &runs, &hidden);
         let v1 = evaluate_policy(POLICY_V1, &e, 1001 * DAY, DEFAULT_MAX_AGE_MS).expect("v1 known");
         assert_eq!((v1.state, v1.policy.as_str()), (State::Green, POLICY_V1));
         assert!(evaluate_policy("custodian.badge-policy.v0", &e, 0, 0).is_none());
@@ -652,20 +649,11 @@ mod tests {
         let with = |scans: &[Scan]| {
             evaluate(
                 &Evidence {
-                    name: "demo",
-                    version: "1.0.0",
-                    manifest: &m,
-                    root: "sha256:r",
-                    publication: 0,
-                    signature_ok: true,
-                    yanked: None,
-                    runs: &runs,
-                    scans,
                     data_pack: Some(DataPackRef {
                         index: 9,
                         root: "sha256:d",
                     }),
-                    registry_licenses: &[],
+                    ..demo(&m, &runs, scans)
                 },
                 1001 * DAY,
                 DEFAULT_MAX_AGE_MS,
@@ -713,20 +701,11 @@ mod tests {
             scan(10, "custodian.builtin", "sha256:d", "clean"),
         ];
         let e = Evidence {
-            name: "demo",
-            version: "1.0.0",
-            manifest: &m,
-            root: "sha256:r",
-            publication: 0,
-            signature_ok: true,
-            yanked: None,
-            runs: &runs,
-            scans: &scans,
             data_pack: Some(DataPackRef {
                 index: 9,
                 root: "sha256:d",
             }),
-            registry_licenses: &[],
+            ..demo(&m, &runs, &scans)
         };
         let b = evaluate(&e, 1001 * DAY, DEFAULT_MAX_AGE_MS);
         assert_eq!(
@@ -771,17 +750,8 @@ mod tests {
         let scans = clean();
         let ids = vec!["private-commercial".to_string()];
         let mut e = Evidence {
-            name: "demo",
-            version: "1.0.0",
-            manifest: &m,
-            root: "sha256:r",
-            publication: 0,
-            signature_ok: true,
-            yanked: None,
-            runs: &runs,
-            scans: &scans,
-            data_pack: None,
             registry_licenses: &ids,
+            ..demo(&m, &runs, &scans)
         };
         let b = evaluate(&e, 1001 * DAY, DEFAULT_MAX_AGE_MS);
         assert_eq!(b.state, State::Green, "{:?}", b.reasons);
