@@ -63,14 +63,21 @@ fn what_must_never_ship_is_left_out_and_shown() {
         );
     }
     assert!(text.contains("would build"), "{text}");
-    // The build itself signs none of them, and verify agrees with the folder as it is.
-    stdout(&offline(&[
+    // The build itself signs none of them, says how many it left out, and verify agrees with
+    // the folder as it is.
+    let built = offline(&[
         "pack",
         "build",
         package.to_str().expect("utf-8"),
         "--key",
         key.to_str().expect("utf-8"),
-    ]));
+    ]);
+    stdout(&built);
+    assert!(
+        String::from_utf8_lossy(&built.stderr).contains("left out 6 file(s) or folder(s)"),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
     let envelope =
         std::fs::read_to_string(package.join(".custodian/package.dsse.json")).expect("envelope");
     for name in [".env", "me.key", "id_ed25519", "server.pem", "build.log"] {

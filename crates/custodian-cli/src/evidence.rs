@@ -434,7 +434,8 @@ fn scan_local(path: &std::path::Path, data: bool, json: bool) -> anyhow::Result<
         if data {
             custodian_scan::package::scan_blob(&name, &mut file, &limits)
         } else {
-            let mut scanner = custodian_scan::content::Scanner::new(&limits);
+            // A single file is judged as a package file would be: secrets included.
+            let mut scanner = custodian_scan::content::Scanner::new(&limits).with_secrets(true);
             let outcome = scanner.scan(&name, false, &mut file);
             let mut report = scanner.finish();
             if let Err(e) = outcome {

@@ -565,6 +565,22 @@ pub fn build(
         dir.join(PUBLISHER_KEY_FILE),
         format!("{}\n", key.verifier()),
     )?;
+    if !package.excluded.is_empty() {
+        // Nothing is left out silently: the count here, the list with `--dry-run`.
+        eprintln!(
+            "left out {} file(s) or folder(s) by the exclusion rules ({}); `custodian pack build {} --dry-run` lists them",
+            package.excluded.len(),
+            package
+                .excluded
+                .iter()
+                .take(5)
+                .map(|e| e.path.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+                + if package.excluded.len() > 5 { ", …" } else { "" },
+            dir.display()
+        );
+    }
     Ok((statement, envelope, package.report))
 }
 
