@@ -577,7 +577,11 @@ pub fn build(
                 .map(|e| e.path.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
-                + if package.excluded.len() > 5 { ", …" } else { "" },
+                + if package.excluded.len() > 5 {
+                    ", …"
+                } else {
+                    ""
+                },
             dir.display()
         );
     }
