@@ -20,7 +20,7 @@ use crate::note::VerifierKey;
 use crate::package::PackageStatement;
 use crate::registry::{
     BadgeIssued, DataPackRegistered, KeyRegistered, PackagePublished, RunAttested, ScanRecorded,
-    VersionYanked, from_payload, namespace_covers,
+    VersionYanked, namespace_covers,
 };
 
 /// The `type` of a bundle file.
@@ -205,29 +205,26 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
         let about = |name: &str, version: &str| name == badge.name && version == badge.version;
         match &entry.kind {
             EntryKind::PackagePublished => {
-                let e: PackagePublished = from_payload("PackagePublished", &entry.payload)
-                    .map_err(|e| fail(e.to_string()))?;
+                let e: PackagePublished = entry.event().map_err(|e| fail(e.to_string()))?;
                 if about(&e.name, &e.version) {
                     publications.push((index, e));
                 }
             }
             EntryKind::KeyEvent => {
-                if let Ok(k) = from_payload::<KeyRegistered>("KeyEvent", &entry.payload)
+                if let Ok(k) = entry.event::<KeyRegistered>()
                     && k.role == "attester"
                 {
                     attesters.entry(k.key).or_default().extend(k.namespaces);
                 }
             }
             EntryKind::RunAttested => {
-                let e: RunAttested =
-                    from_payload("RunAttested", &entry.payload).map_err(|e| fail(e.to_string()))?;
+                let e: RunAttested = entry.event().map_err(|e| fail(e.to_string()))?;
                 if about(&e.name, &e.version) {
                     runs.push((index, entry.time_ms, e));
                 }
             }
             EntryKind::ScanRecorded => {
-                let e: ScanRecorded = from_payload("ScanRecorded", &entry.payload)
-                    .map_err(|e| fail(e.to_string()))?;
+                let e: ScanRecorded = entry.event().map_err(|e| fail(e.to_string()))?;
                 if about(&e.name, &e.version) {
                     scans.push(Scan {
                         index,
@@ -238,8 +235,7 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
                 }
             }
             EntryKind::DataPackRegistered => {
-                let e: DataPackRegistered = from_payload("DataPackRegistered", &entry.payload)
-                    .map_err(|e| fail(e.to_string()))?;
+                let e: DataPackRegistered = entry.event().map_err(|e| fail(e.to_string()))?;
                 if about(&e.name, &e.version)
                     && e.pack.mode == "hosted"
                     && let Some(sha256) = e.pack.sha256
@@ -248,15 +244,13 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
                 }
             }
             EntryKind::VersionYanked => {
-                let e: VersionYanked = from_payload("VersionYanked", &entry.payload)
-                    .map_err(|e| fail(e.to_string()))?;
+                let e: VersionYanked = entry.event().map_err(|e| fail(e.to_string()))?;
                 if about(&e.name, &e.version) {
                     yanked = yanked.max(Some(index));
                 }
             }
             EntryKind::BadgeIssued => {
-                let e: BadgeIssued =
-                    from_payload("BadgeIssued", &entry.payload).map_err(|e| fail(e.to_string()))?;
+                let e: BadgeIssued = entry.event().map_err(|e| fail(e.to_string()))?;
                 if about(&e.name, &e.version) && issued.as_ref().is_none_or(|(i, _)| *i < index) {
                     issued = Some((index, e));
                 }

@@ -90,6 +90,12 @@ impl EntryKind {
         }
     }
 
+    /// True for the kinds only Custodian's registry and evidence services append (after their
+    /// own checks): raw `Ledger.Append` refuses them, and the registry is rebuilt from them.
+    pub fn is_service(&self) -> bool {
+        !matches!(self, EntryKind::Other(_))
+    }
+
     /// Parses a kind name: 1 to 64 ASCII letters and digits, starting with an upper-case letter.
     pub fn parse(name: &str) -> Result<Self, EntryError> {
         let valid = (1..=64).contains(&name.len())

@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::datapack::Provenance;
-use crate::entry::{Entry, EntryError, Value};
+use crate::entry::{Entry, EntryError, EntryKind, Value};
 
 /// Why a payload does not decode as the expected event.
 #[derive(Debug, thiserror::Error)]
@@ -217,8 +217,9 @@ pub struct BadgeIssued {
     pub registry_licenses: Vec<String>,
 }
 
-/// The entry kinds only Custodian's registry and evidence services append (after their own
-/// checks), and from which the registry's index is rebuilt.
+/// The names of the entry kinds only Custodian's registry and evidence services append (after
+/// their own checks), and from which the registry's index is rebuilt; `EntryKind::is_service`
+/// answers the same for a parsed kind.
 pub const SERVICE_KINDS: [&str; 7] = [
     "PackagePublished",
     "VersionYanked",
@@ -236,23 +237,59 @@ pub fn namespace_covers(namespaces: &[String], name: &str) -> bool {
         .any(|ns| ns == "*" || name.starts_with(ns.as_str()))
 }
 
-/// Encodes an event as a CBOR payload value.
-pub fn to_payload<T: Serialize>(kind: &'static str, event: &T) -> Result<Value, EventError> {
+/// A registry or evidence event: a payload type and the entry kind it is written under, so
+/// that the kind is named once, by the type, and never as a string beside it.
+pub trait Event: Serialize + DeserializeOwned {
+    /// The entry kind this event is written under.
+    const KIND: EntryKind;
+    /// The kind's name, for errors.
+    const NAME: &'static str;
+}
+
+macro_rules! event {
+    ($type:ty, $kind:ident) => {
+        impl Event for $type {
+            const KIND: EntryKind = EntryKind::$kind;
+            const NAME: &'static str = stringify!($kind);
+        }
+    };
+}
+
+event!(PackagePublished, PackagePublished);
+event!(VersionYanked, VersionYanked);
+event!(DataPackRegistered, DataPackRegistered);
+event!(RunAttested, RunAttested);
+event!(ScanRecorded, ScanRecorded);
+event!(KeyRegistered, KeyEvent);
+event!(BadgeIssued, BadgeIssued);
+
+/// Encodes an event as its CBOR payload value.
+pub fn to_payload<T: Event>(event: &T) -> Result<Value, EventError> {
     Value::serialized(event).map_err(|e| EventError {
-        kind,
+        kind: T::NAME,
         reason: e.to_string(),
     })
 }
 
 /// Decodes an event from a CBOR payload value.
-pub fn from_payload<T: DeserializeOwned>(
-    kind: &'static str,
-    payload: &Value,
-) -> Result<T, EventError> {
+pub fn from_payload<T: Event>(payload: &Value) -> Result<T, EventError> {
     payload.deserialized().map_err(|e| EventError {
-        kind,
+        kind: T::NAME,
         reason: e.to_string(),
     })
+}
+
+impl Entry {
+    /// The entry's event, if the entry is of `T`'s kind and its payload decodes as `T`.
+    pub fn event<T: Event>(&self) -> Result<T, EventError> {
+        if self.kind != T::KIND {
+            return Err(EventError {
+                kind: T::NAME,
+                reason: format!("the entry is a {}", self.kind.as_str()),
+            });
+        }
+        from_payload(&self.payload)
+    }
 }
 
 /// The package an entry concerns, if the entry says that it is about private content (its
@@ -304,14 +341,18 @@ mod tests {
                 ..Default::default()
             },
         };
-        let payload = to_payload("DataPackRegistered", &event).expect("encodes");
+        let payload = to_payload(&event).expect("encodes");
         let entry = Entry::new(EntryKind::DataPackRegistered, Hash::ZERO, 1, payload)
             .expect("deterministic, no floats");
         let decoded = Entry::decode(&entry.encode()).expect("decodes");
-        let back: DataPackRegistered =
-            from_payload("DataPackRegistered", &decoded.payload).expect("event");
+        let back: DataPackRegistered = from_payload(&decoded.payload).expect("event");
         assert_eq!(back, event);
-        assert!(from_payload::<PackagePublished>("PackagePublished", &decoded.payload).is_err());
+        assert!(from_payload::<PackagePublished>(&decoded.payload).is_err());
+        assert!(decoded.event::<PackagePublished>().is_err());
+        assert_eq!(
+            decoded.event::<DataPackRegistered>().ok(),
+            Some(event.clone())
+        );
         assert_eq!(private_package(&decoded), None);
 
         let private = DataPackRegistered {
@@ -322,7 +363,7 @@ mod tests {
             EntryKind::DataPackRegistered,
             Hash::ZERO,
             1,
-            to_payload("DataPackRegistered", &private).expect("encodes"),
+            to_payload(&private).expect("encodes"),
         )
         .expect("entry");
         assert_eq!(private_package(&entry).as_deref(), Some("pacman-builder"));

@@ -8,7 +8,7 @@ use custodian_core::attestation::{RunPredicate, RunStatement, Runner, fingerprin
 use custodian_core::badge::{self, Badge, Evidence, Run, Scan, State};
 use custodian_core::bundle::{Bundle, BundleError, verify};
 use custodian_core::checkpoint::Checkpoint;
-use custodian_core::entry::{Entry, EntryKind};
+use custodian_core::entry::Entry;
 use custodian_core::manifest::Manifest;
 use custodian_core::merkle::{self, Frontier, Hash};
 use custodian_core::note::SignerKey;
@@ -27,18 +27,13 @@ struct Log {
 }
 
 impl Log {
-    fn append<T: serde::Serialize>(
-        &mut self,
-        kind: EntryKind,
-        name: &'static str,
-        event: &T,
-    ) -> u64 {
+    fn append<T: custodian_core::registry::Event>(&mut self, event: &T) -> u64 {
         let index = self.entries.len() as u64;
         let entry = Entry::new(
-            kind,
+            T::KIND,
             self.prev,
             T0 + index,
-            to_payload(name, event).expect("payload"),
+            to_payload(event).expect("payload"),
         )
         .expect("entry");
         self.prev = entry.leaf_hash();
@@ -75,32 +70,24 @@ fn fixture(last_passes: bool) -> Fixture {
         entries: Vec::new(),
         prev: Hash::ZERO,
     };
-    let publication = log.append(
-        EntryKind::PackagePublished,
-        "PackagePublished",
-        &PackagePublished {
-            name: "demo".into(),
-            version: "1.0.0".into(),
-            package_type: "prompt_spec".into(),
-            manifest: manifest.to_string(),
-            root: root.clone(),
-            files: 1,
-            size: MANIFEST.len() as u64,
-            publisher_key: publisher.verifier().to_string(),
-            envelope: statement.sign(&publisher).to_json(),
-            private: false,
-        },
-    );
-    log.append(
-        EntryKind::KeyEvent,
-        "KeyEvent",
-        &KeyRegistered {
-            role: "attester".into(),
-            key: attester.verifier().to_string(),
-            principal: "t1".into(),
-            namespaces: vec!["*".into()],
-        },
-    );
+    let publication = log.append(&PackagePublished {
+        name: "demo".into(),
+        version: "1.0.0".into(),
+        package_type: "prompt_spec".into(),
+        manifest: manifest.to_string(),
+        root: root.clone(),
+        files: 1,
+        size: MANIFEST.len() as u64,
+        publisher_key: publisher.verifier().to_string(),
+        envelope: statement.sign(&publisher).to_json(),
+        private: false,
+    });
+    log.append(&KeyRegistered {
+        role: "attester".into(),
+        key: attester.verifier().to_string(),
+        principal: "t1".into(),
+        namespaces: vec!["*".into()],
+    });
     let mut runs = Vec::new();
     let pairs = [("a", "m1"), ("a", "m2"), ("b", "m1"), ("b", "m2")];
     for (i, (eval, model)) in pairs.iter().enumerate() {
@@ -125,25 +112,21 @@ fn fixture(last_passes: bool) -> Fixture {
             },
         )
         .expect("run");
-        let index = log.append(
-            EntryKind::RunAttested,
-            "RunAttested",
-            &RunAttested {
-                name: "demo".into(),
-                version: "1.0.0".into(),
-                manifest: manifest.to_string(),
-                eval_id: eval.to_string(),
-                model: model.to_string(),
-                passed,
-                data_pack_sha256: None,
-                context_sha256: fingerprint(&serde_json::json!({"seed": i})),
-                runner: "ci".into(),
-                finished_ms: run.finished_ms,
-                attester_key: attester.verifier().to_string(),
-                envelope: run.sign(&attester).to_json(),
-                private: false,
-            },
-        );
+        let index = log.append(&RunAttested {
+            name: "demo".into(),
+            version: "1.0.0".into(),
+            manifest: manifest.to_string(),
+            eval_id: eval.to_string(),
+            model: model.to_string(),
+            passed,
+            data_pack_sha256: None,
+            context_sha256: fingerprint(&serde_json::json!({"seed": i})),
+            runner: "ci".into(),
+            finished_ms: run.finished_ms,
+            attester_key: attester.verifier().to_string(),
+            envelope: run.sign(&attester).to_json(),
+            private: false,
+        });
         runs.push(Run {
             index,
             time_ms: T0 + index,
@@ -154,20 +137,16 @@ fn fixture(last_passes: bool) -> Fixture {
             problem: None,
         });
     }
-    let scan = log.append(
-        EntryKind::ScanRecorded,
-        "ScanRecorded",
-        &ScanRecorded {
-            name: "demo".into(),
-            version: "1.0.0".into(),
-            scanner: "s".into(),
-            verdict: "clean".into(),
-            root: root.clone(),
-            findings: "[]".into(),
-            private: false,
-            target: None,
-        },
-    );
+    let scan = log.append(&ScanRecorded {
+        name: "demo".into(),
+        version: "1.0.0".into(),
+        scanner: "s".into(),
+        verdict: "clean".into(),
+        root: root.clone(),
+        findings: "[]".into(),
+        private: false,
+        target: None,
+    });
     let parsed = Manifest::parse(
         "manifest.yaml",
         std::str::from_utf8(MANIFEST).expect("utf-8"),

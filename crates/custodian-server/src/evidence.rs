@@ -15,7 +15,7 @@ use custodian_core::note::VerifierKey;
 use custodian_core::package::MANIFEST_FILE;
 use custodian_core::receipt::Receipt;
 use custodian_core::registry::{
-    BadgeIssued, KeyRegistered, RunAttested, ScanRecorded, from_payload, namespace_covers,
+    BadgeIssued, KeyRegistered, RunAttested, ScanRecorded, namespace_covers,
 };
 use futures::StreamExt as _;
 
@@ -68,8 +68,7 @@ impl State {
     pub(crate) fn apply_evidence(&mut self, index: u64, entry: &Entry) -> Result<(), String> {
         match entry.kind {
             EntryKind::RunAttested => {
-                let e: RunAttested =
-                    from_payload("RunAttested", &entry.payload).map_err(|e| e.to_string())?;
+                let e: RunAttested = entry.event().map_err(|e| e.to_string())?;
                 let slot = self
                     .evidence
                     .entry((e.name.clone(), e.version.clone()))
@@ -88,8 +87,7 @@ impl State {
                 );
             }
             EntryKind::ScanRecorded => {
-                let e: ScanRecorded =
-                    from_payload("ScanRecorded", &entry.payload).map_err(|e| e.to_string())?;
+                let e: ScanRecorded = entry.event().map_err(|e| e.to_string())?;
                 self.evidence
                     .entry((e.name, e.version))
                     .or_default()
@@ -103,7 +101,7 @@ impl State {
             }
             EntryKind::KeyEvent => {
                 // Key events of other roles are not the registry's business.
-                if let Ok(e) = from_payload::<KeyRegistered>("KeyEvent", &entry.payload)
+                if let Ok(e) = entry.event::<KeyRegistered>()
                     && e.role == "attester"
                 {
                     let key = VerifierKey::parse(&e.key).map_err(|err| err.to_string())?;
@@ -118,8 +116,7 @@ impl State {
                 }
             }
             EntryKind::BadgeIssued => {
-                let e: BadgeIssued =
-                    from_payload("BadgeIssued", &entry.payload).map_err(|e| e.to_string())?;
+                let e: BadgeIssued = entry.event().map_err(|e| e.to_string())?;
                 let key = (e.name.clone(), e.version.clone());
                 self.evidence.entry(key).or_default().badge = Some((index, e));
             }
@@ -218,8 +215,7 @@ impl Registry {
             principal: token.id.clone(),
             namespaces: namespaces.clone(),
         };
-        let (index, _, receipt, entry) =
-            self.append(EntryKind::KeyEvent, "KeyEvent", &event).await?;
+        let (index, _, receipt, entry) = self.append(&event).await?;
         self.apply(index, &entry);
         Ok((namespaces, receipt, false))
     }
@@ -395,9 +391,7 @@ impl Registry {
             envelope: envelope.to_json(),
             private: record.event.private,
         };
-        let (appended, checkpoint, entry) = self
-            .append_entry(EntryKind::RunAttested, "RunAttested", &event)
-            .await?;
+        let (appended, checkpoint, entry) = self.append_entry(&event).await?;
         self.apply(appended.index, &entry);
         if receipt {
             Ok(Attested::Receipt(
@@ -492,9 +486,7 @@ impl Registry {
             private: record.event.private,
             ..scan
         };
-        let (index, _, receipt, entry) = self
-            .append(EntryKind::ScanRecorded, "ScanRecorded", &event)
-            .await?;
+        let (index, _, receipt, entry) = self.append(&event).await?;
         self.apply(index, &entry);
         Ok(receipt)
     }
@@ -578,7 +570,7 @@ impl Registry {
         let entry = Entry::decode(&bytes).map_err(|e| {
             RegistryError::Ledger(custodian_storage::LedgerError::Corrupt(e.to_string()))
         })?;
-        let run: RunAttested = from_payload("RunAttested", &entry.payload).map_err(|e| {
+        let run: RunAttested = entry.event().map_err(|e| {
             RegistryError::Ledger(custodian_storage::LedgerError::Corrupt(e.to_string()))
         })?;
         let statement = Envelope::parse(run.envelope.as_bytes())
@@ -634,9 +626,7 @@ impl Registry {
                     private: record.event.private,
                     registry_licenses: badge.registry_licenses.clone(),
                 };
-                let (index, _, _, entry) = self
-                    .append(EntryKind::BadgeIssued, "BadgeIssued", &event)
-                    .await?;
+                let (index, _, _, entry) = self.append(&event).await?;
                 self.apply(index, &entry);
                 issued_index = Some(index);
             } else {

@@ -456,7 +456,7 @@ impl LedgerRpc for LedgerService {
         let request = request.into_inner();
         let kind = EntryKind::parse(&request.kind)
             .map_err(|e| ledger_status("kind", LedgerError::InvalidEntry(e)))?;
-        if custodian_core::registry::SERVICE_KINDS.contains(&kind.as_str()) {
+        if kind.is_service() {
             return Err(Status::invalid_argument(format!(
                 "field kind: {kind} entries are appended only by the registry and evidence services after their checks; use custodian.registry.v1.Registry or custodian.evidence.v1.Evidence"
             )));

@@ -16,14 +16,13 @@ use custodian_core::manifest::{Manifest, Problem, Report, check_name};
 use custodian_core::note::VerifierKey;
 use custodian_core::package::{FileEntry, MANIFEST_FILE, PackageStatement};
 use custodian_core::registry::{
-    DataPack, DataPackRegistered, PackagePublished, VersionYanked, from_payload, private_package,
+    DataPack, DataPackRegistered, Event, PackagePublished, VersionYanked, private_package,
     to_payload,
 };
 use custodian_core::{Algorithm, Digest, promptpack};
 use custodian_storage::ledger::Ledger;
 use custodian_storage::{BlobStore, ByteRange, LedgerError, PutOutcome, StorageError};
 use futures::TryStreamExt as _;
-use serde::Serialize;
 
 use crate::auth::{Principal, Scope};
 use crate::sequencer::Sequencer;
@@ -150,8 +149,7 @@ impl State {
     fn apply(&mut self, index: u64, entry: &Entry) -> Result<(), String> {
         match entry.kind {
             EntryKind::PackagePublished => {
-                let event: PackagePublished =
-                    from_payload("PackagePublished", &entry.payload).map_err(|e| e.to_string())?;
+                let event: PackagePublished = entry.event().map_err(|e| e.to_string())?;
                 let version = semver::Version::parse(&event.version).map_err(|e| e.to_string())?;
                 let envelope =
                     Envelope::parse(event.envelope.as_bytes()).map_err(|e| e.to_string())?;
@@ -180,15 +178,13 @@ impl State {
                 );
             }
             EntryKind::VersionYanked => {
-                let event: VersionYanked =
-                    from_payload("VersionYanked", &entry.payload).map_err(|e| e.to_string())?;
+                let event: VersionYanked = entry.event().map_err(|e| e.to_string())?;
                 if let Some(v) = self.version_mut(&event.name, &event.version) {
                     v.yanked = Some((event.reason, index, entry.time_ms));
                 }
             }
             EntryKind::DataPackRegistered => {
-                let event: DataPackRegistered = from_payload("DataPackRegistered", &entry.payload)
-                    .map_err(|e| e.to_string())?;
+                let event: DataPackRegistered = entry.event().map_err(|e| e.to_string())?;
                 if let Some(sha256) = event.pack.sha256.as_deref() {
                     let digest: Digest = sha256.parse().map_err(|e| format!("{e}"))?;
                     self.add_ref(&digest, &event.name, event.private);
@@ -401,23 +397,21 @@ impl Registry {
         self.sequencer.ledger()
     }
 
-    pub(crate) async fn append<T: Serialize>(
+    /// Appends an event under its own kind; returns its index, integration time, receipt and
+    /// entry.
+    pub(crate) async fn append<T: Event>(
         &self,
-        kind: EntryKind,
-        name: &'static str,
         event: &T,
     ) -> Result<(u64, u64, custodian_core::receipt::Receipt, Entry), RegistryError> {
-        let (appended, checkpoint, entry) = self.append_entry(kind, name, event).await?;
+        let (appended, checkpoint, entry) = self.append_entry(event).await?;
         let receipt = self.ledger().receipt_for(&appended, &checkpoint)?;
         Ok((appended.index, entry.time_ms, receipt, entry))
     }
 
     /// Appends an event and applies it; returns the appended entry without building a receipt
     /// (for batch callers that asked for none).
-    pub(crate) async fn append_entry<T: Serialize>(
+    pub(crate) async fn append_entry<T: Event>(
         &self,
-        kind: EntryKind,
-        name: &'static str,
         event: &T,
     ) -> Result<
         (
@@ -427,9 +421,9 @@ impl Registry {
         ),
         RegistryError,
     > {
-        let payload = to_payload(name, event)
+        let payload = to_payload(event)
             .map_err(|e| RegistryError::Ledger(LedgerError::InvalidEntry(e.into())))?;
-        let (appended, checkpoint) = self.sequencer.append(kind, payload).await?;
+        let (appended, checkpoint) = self.sequencer.append(T::KIND, payload).await?;
         let entry = Entry::decode(&appended.entry)
             .map_err(|e| RegistryError::Ledger(LedgerError::InvalidEntry(e)))?;
         Ok((appended, checkpoint, entry))
@@ -536,9 +530,7 @@ impl Registry {
             envelope: envelope.to_json(),
             private,
         };
-        let (index, _, receipt, entry) = self
-            .append(EntryKind::PackagePublished, "PackagePublished", &event)
-            .await?;
+        let (index, _, receipt, entry) = self.append(&event).await?;
         self.apply(index, &entry);
         tracing::info!(%name, %version, index, by = %who.label(), "published");
         let record = self
@@ -778,9 +770,7 @@ impl Registry {
             reason: reason.to_string(),
             private: record.event.private,
         };
-        let (index, _, receipt, entry) = self
-            .append(EntryKind::VersionYanked, "VersionYanked", &event)
-            .await?;
+        let (index, _, receipt, entry) = self.append(&event).await?;
         self.apply(index, &entry);
         let record = self.visible_version(who, name, &parsed)?;
         Ok(Recorded {
@@ -916,9 +906,7 @@ impl Registry {
             private,
             pack,
         };
-        let (index, time_ms, receipt, entry) = self
-            .append(EntryKind::DataPackRegistered, "DataPackRegistered", &event)
-            .await?;
+        let (index, time_ms, receipt, entry) = self.append(&event).await?;
         self.apply(index, &entry);
         Ok(Recorded {
             record: DataPackRecord {
@@ -1280,7 +1268,7 @@ fn replay(ledger: &Ledger) -> Result<State, RegistryError> {
             }
             let entry = Entry::decode(&bytes)
                 .map_err(|e| LedgerError::Corrupt(format!("entry {index} does not decode: {e}")))?;
-            if custodian_core::registry::SERVICE_KINDS.contains(&entry.kind.as_str()) {
+            if entry.kind.is_service() {
                 // These kinds are appended only by the registry and evidence services, so a bad
                 // one means the code that wrote it was wrong: skip it loudly rather than refuse
                 // to start.

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use custodian_core::Digest;
-use custodian_core::entry::EntryKind;
 use custodian_core::package::FileEntry;
 use custodian_core::receipt::Receipt;
 use custodian_core::registry::{DATA_PACK_TARGET, ScanRecorded};
@@ -250,9 +249,7 @@ impl Registry {
             private: record.event.private,
             target: target.map(String::from),
         };
-        let (index, _, receipt, entry) = self
-            .append(EntryKind::ScanRecorded, "ScanRecorded", &event)
-            .await?;
+        let (index, _, receipt, entry) = self.append(&event).await?;
         self.apply(index, &entry);
         tracing::info!(
             name = %record.event.name, version = %record.event.version,
