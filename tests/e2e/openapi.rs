@@ -169,3 +169,53 @@ fn every_operation_answers_only_documented_statuses() {
     }
     assert!(checked >= 80, "only {checked} calls were checked");
 }
+
+/// What axum's extractors refuse before a handler runs is answered as the API's JSON error too.
+#[test]
+fn refusals_before_any_handler_are_json_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let big = dir.path().join("big.yaml");
+    std::fs::write(&big, vec![b'#'; 3 << 20]).expect("write");
+    let token = bearer(&daemon.token);
+    let base = &daemon.rest;
+    let cases: [(Vec<String>, u16, &str); 3] = [
+        (
+            vec![format!("{base}/wrappers/%FF%FE/versions")],
+            400,
+            "invalid_argument",
+        ),
+        (
+            vec![
+                "-X".into(),
+                "PUT".into(),
+                "-H".into(),
+                token.clone(),
+                "--data-binary".into(),
+                format!("@{}", big.display()),
+                format!("{base}/wrappers/pacman-builder/versions/0.2.1/data-pack/manifest"),
+            ],
+            413,
+            "payload_too_large",
+        ),
+        (
+            vec![format!(
+                "{base}/wrappers/pacman-builder/versions/0.2.1/data-pack/hosted"
+            )],
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    for (args, status, code) in cases {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (got, body) = curl(&refs);
+        assert_eq!(got, status, "{args:?}: {}", String::from_utf8_lossy(&body));
+        let error: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| {
+            panic!(
+                "{args:?}: not a JSON error: {}",
+                String::from_utf8_lossy(&body)
+            )
+        });
+        assert_eq!(error["error"]["code"], code, "{error}");
+    }
+}

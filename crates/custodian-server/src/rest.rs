@@ -129,7 +129,47 @@ pub fn router(
             )
             .into_response()
         })
+        // Last, so it sees every answer: rejections that axum's extractors write as plain text
+        // (a path segment that is not UTF-8, a body over the limit) become the API's JSON error.
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Rewrites an error answer that is not JSON (axum's own extractor rejections) into the API's
+/// `{"error": {"code", "message"}}`, keeping its status and its text as the message.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("application/grpc"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return response;
+    }
+    let code = match status {
+        StatusCode::BAD_REQUEST => "invalid_argument",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::REQUEST_TIMEOUT => "upload_idle",
+        s if s.is_server_error() => "internal",
+        _ => "invalid_argument",
+    };
+    let bytes = axum::body::to_bytes(response.into_body(), 64 << 10)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_string();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_string()
+    } else {
+        text
+    };
+    ApiError::new(status, code, message).into_response()
 }
 
 /// A JSON error with a stable code.
