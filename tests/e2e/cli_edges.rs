@@ -24,41 +24,40 @@ fn custodian(args: &[&str]) -> Output {
 }
 
 #[test]
-fn the_rest_port_given_as_server_is_named() {
+fn mixed_up_ports_are_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(&dir.path().join("data"));
-    let out = custodian(&[
-        "blob",
-        "stat",
-        "sha256:0000000000000000000000000000000000000000000000000000000000000000",
-        "--server",
-        &daemon.rest,
-    ]);
-    assert!(!out.status.success());
-    let said = text(&out);
-    assert!(
-        said.contains("REST port") && said.contains("7311") && !said.contains("compression flag"),
-        "{said}"
-    );
-}
-
-#[test]
-fn the_grpc_port_given_as_rest_is_named() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let daemon = Daemon::start(&dir.path().join("data"));
-    let out = custodian(&[
-        "datapack",
-        "show",
-        "pacman-builder@0.2.1",
-        "--rest",
-        &daemon.address,
-    ]);
-    assert!(!out.status.success());
-    let said = text(&out);
-    assert!(
-        said.contains("gRPC port") && said.contains("7312"),
-        "{said}"
-    );
+    // The REST port given as --server, and the gRPC port given as --rest.
+    for (args, says) in [
+        (
+            vec![
+                "blob",
+                "stat",
+                "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+                "--server",
+                &daemon.rest,
+            ],
+            ["REST port", "7311"],
+        ),
+        (
+            vec![
+                "datapack",
+                "show",
+                "pacman-builder@0.2.1",
+                "--rest",
+                &daemon.address,
+            ],
+            ["gRPC port", "7312"],
+        ),
+    ] {
+        let out = custodian(&args);
+        assert!(!out.status.success());
+        let said = text(&out);
+        assert!(
+            says.iter().all(|s| said.contains(s)) && !said.contains("compression flag"),
+            "{args:?}: {said}"
+        );
+    }
 }
 
 #[test]

@@ -15,6 +15,19 @@ fn said(output: &Output) -> String {
     )
 }
 
+/// A package folder holding only a manifest: `name@version` with one eval and an MIT license,
+/// followed by `more` (YAML).
+fn minimal_package(dir: &Path, name: &str, version: &str, more: &str) -> std::path::PathBuf {
+    let folder = dir.join(name);
+    write(
+        &folder.join("manifest.yaml"),
+        &format!(
+            "name: {name}\nversion: {version}\ntype: prompt_spec\nbase_model: m1\nevals: [e1]\nlicense: MIT\n{more}"
+        ),
+    );
+    folder
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     std::fs::write(path, text).expect("write");
@@ -396,13 +409,7 @@ fn data_packs_as_the_seed_describes_them() {
             .expect("seed data pack");
 
     // Declared external: registered with the version, answered with the seed's field names.
-    let external = dir.path().join("tax-prompts");
-    write(
-        &external.join("manifest.yaml"),
-        &format!(
-            "name: tax-prompts\nversion: 3.0.0\ntype: prompt_spec\nbase_model: m1\nevals: [e1]\nlicense: MIT\n{seed_pack}"
-        ),
-    );
+    let external = minimal_package(dir.path(), "tax-prompts", "3.0.0", &seed_pack);
     publish(&daemon, &external, &key, false);
     let (code, body) = curl(&[&format!(
         "{}/wrappers/tax-prompts/versions/3.0.0/data-pack",
@@ -415,10 +422,11 @@ fn data_packs_as_the_seed_describes_them() {
     assert!(view.get("data_version").is_none(), "{view}");
 
     // Declared hosted: the upload takes the manifest's license, and may not contradict it.
-    let hosted = dir.path().join("levels");
-    write(
-        &hosted.join("manifest.yaml"),
-        "name: levels\nversion: 1.0.0\ntype: prompt_spec\nbase_model: m1\nevals: [e1]\nlicense: MIT\ndata_pack:\n  mode: hosted\n  license: CC-BY-4.0\n  visibility: public\n",
+    let hosted = minimal_package(
+        dir.path(),
+        "levels",
+        "1.0.0",
+        "data_pack:\n  mode: hosted\n  license: CC-BY-4.0\n  visibility: public\n",
     );
     publish(&daemon, &hosted, &key, true);
     let eicar = dir.path().join("levels.csv");
@@ -499,11 +507,7 @@ fn data_packs_as_the_seed_describes_them() {
     assert!(said(&out).contains("scan status flagged"), "{}", said(&out));
 
     // A public version whose pack is private: neither endpoint serves the bytes anonymously.
-    let quiet = dir.path().join("quiet");
-    write(
-        &quiet.join("manifest.yaml"),
-        "name: quiet\nversion: 1.0.0\ntype: prompt_spec\nbase_model: m1\nevals: [e1]\nlicense: MIT\n",
-    );
+    let quiet = minimal_package(dir.path(), "quiet", "1.0.0", "");
     publish(&daemon, &quiet, &key, false);
     let data = dir.path().join("quiet.csv");
     std::fs::write(&data, "a,b\n1,2\n").expect("write");
