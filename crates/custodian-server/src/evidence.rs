@@ -315,7 +315,7 @@ impl Registry {
                 ),
             ));
         }
-        if let Some((reason, _, _)) = &record.yanked {
+        if let Some(crate::registry::Yank { reason, .. }) = &record.yanked {
             return Err(RegistryError::FailedPrecondition(format!(
                 "{}@{} is yanked ({reason}); runs of it are not attested",
                 p.package, p.version
@@ -540,7 +540,7 @@ impl Registry {
                 publication: record.index,
                 // Publication checked the signature and every artifact hash against custody.
                 signature_ok: true,
-                yanked: record.yanked.as_ref().map(|y| y.1),
+                yanked: record.yanked.as_ref().map(|y| y.index),
                 runs: &runs,
                 scans: &evidence.scans,
                 data_pack: record

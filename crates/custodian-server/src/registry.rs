@@ -80,8 +80,8 @@ pub struct VersionRecord {
     pub index: u64,
     /// Its integration time.
     pub time_ms: u64,
-    /// The yank, if any: reason, ledger index, time.
-    pub yanked: Option<(String, u64, u64)>,
+    /// The yank, if any.
+    pub yanked: Option<Yank>,
     /// The registered data pack, if any.
     pub data_pack: Option<DataPackRecord>,
 }
@@ -96,6 +96,17 @@ impl VersionRecord {
         }
         Some((pack, pack.event.pack.sha256.as_deref()?))
     }
+}
+
+/// A version's yank, as the ledger recorded it.
+#[derive(Clone, Debug)]
+pub struct Yank {
+    /// Why the version must not be used.
+    pub reason: String,
+    /// The `VersionYanked` entry's ledger index.
+    pub index: u64,
+    /// Its integration time, Unix milliseconds.
+    pub time_ms: u64,
 }
 
 /// A registered data pack.
@@ -180,7 +191,11 @@ impl State {
             EntryKind::VersionYanked => {
                 let event: VersionYanked = entry.event().map_err(|e| e.to_string())?;
                 if let Some(v) = self.version_mut(&event.name, &event.version) {
-                    v.yanked = Some((event.reason, index, entry.time_ms));
+                    v.yanked = Some(Yank {
+                        reason: event.reason,
+                        index,
+                        time_ms: entry.time_ms,
+                    });
                 }
             }
             EntryKind::DataPackRegistered => {
@@ -755,7 +770,7 @@ impl Registry {
         }
         let _write = self.writes.lock().await;
         let record = self.visible_version(who, name, &parsed)?;
-        if let Some((_, index, _)) = &record.yanked {
+        if let Some(Yank { index, .. }) = &record.yanked {
             let receipt = self.ledger().receipt(*index)?;
             return Ok(Recorded {
                 record,

@@ -113,7 +113,7 @@ pub fn version_pb(
         yank_reason: record
             .yanked
             .as_ref()
-            .map(|y| y.0.clone())
+            .map(|y| y.reason.clone())
             .unwrap_or_default(),
         ledger_index: record.index,
         published_at: Some(timestamp(record.time_ms)),

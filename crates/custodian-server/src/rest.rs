@@ -388,7 +388,7 @@ fn version_json(
         "published_at": rfc3339(record.time_ms),
         "scan_status": registry.scan_status(&e.name, &e.version, &e.root),
     });
-    if let Some((reason, index, _)) = &record.yanked {
+    if let Some(crate::registry::Yank { reason, index, .. }) = &record.yanked {
         value["yank_reason"] = reason.clone().into();
         value["yank_ledger_index"] = (*index).into();
     }
