@@ -339,3 +339,45 @@ pub fn scan_blob(name: &str, reader: &mut dyn Read, limits: &Limits) -> Report {
     }
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hosted data pack's text goes through the PII rules as it streams: a value past the
+    /// first megabyte piece is found, counted once per family, at its offset in the file.
+    #[test]
+    fn data_pack_text_is_read_for_pii_across_pieces() {
+        let mut text = String::new();
+        while text.len() < (3 << 20) {
+            text.push_str("ticket,queue,text\n1001,billing,charged twice for one order\n");
+        }
+        let at = text.len();
+        text.push_str("1002,account,write to maria.gonzalez@correo-mx.com.mx please\n");
+        text.push_str("1003,account,or to li.wei@qq-mail.cn\n");
+        let limits = Limits::default();
+        let report = scan_data_pack(
+            "tickets.csv",
+            &mut text.as_bytes(),
+            &limits,
+            Some(Severity::High),
+        );
+        let email: Vec<_> = report
+            .findings
+            .iter()
+            .filter(|f| f.rule == "pii.email")
+            .collect();
+        assert_eq!(email.len(), 1, "{:?}", report.findings);
+        assert_eq!(email[0].count, 2);
+        assert!(email[0].offset >= at as u64, "{}", email[0].offset);
+        assert_eq!(report.verdict(), crate::Verdict::Flagged);
+        // Without pii_scan the same pack is clean.
+        let report = scan_data_pack("tickets.csv", &mut text.as_bytes(), &limits, None);
+        assert_eq!(
+            report.verdict(),
+            crate::Verdict::Clean,
+            "{:?}",
+            report.findings
+        );
+    }
+}
