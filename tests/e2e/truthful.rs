@@ -28,6 +28,19 @@ fn minimal_package(dir: &Path, name: &str, version: &str, more: &str) -> std::pa
     folder
 }
 
+/// `custodian pack build PACKAGE --key KEY` with `extra` arguments.
+fn pack_build(package: &Path, key: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "pack",
+        "build",
+        package.to_str().expect("utf-8"),
+        "--key",
+        key.to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    offline(&args)
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     std::fs::write(path, text).expect("write");
@@ -78,13 +91,7 @@ fn what_must_never_ship_is_left_out_and_shown() {
     assert!(text.contains("would build"), "{text}");
     // The build itself signs none of them, says how many it left out, and verify agrees with
     // the folder as it is.
-    let built = offline(&[
-        "pack",
-        "build",
-        package.to_str().expect("utf-8"),
-        "--key",
-        key.to_str().expect("utf-8"),
-    ]);
+    let built = pack_build(&package, &key, &[]);
     stdout(&built);
     assert!(
         String::from_utf8_lossy(&built.stderr).contains("left out 6 file(s) or folder(s)"),
@@ -147,13 +154,7 @@ async fn secrets_block_the_build_and_the_publication() {
     for (i, (file, content, rule)) in kinds.iter().enumerate() {
         let package = copy_example("pacman-builder", &dir.path().join(format!("k{i}")));
         write(&package.join(file), content);
-        let out = offline(&[
-            "pack",
-            "build",
-            package.to_str().expect("utf-8"),
-            "--key",
-            key.to_str().expect("utf-8"),
-        ]);
+        let out = pack_build(&package, &key, &[]);
         assert!(!out.status.success(), "{file}: built with a secret");
         let text = said(&out);
         assert!(
@@ -166,27 +167,14 @@ async fn secrets_block_the_build_and_the_publication() {
             &package.join(".custodianignore"),
             &format!("# not for publication\n{file}\n"),
         );
-        stdout(&offline(&[
-            "pack",
-            "build",
-            package.to_str().expect("utf-8"),
-            "--key",
-            key.to_str().expect("utf-8"),
-        ]));
+        stdout(&pack_build(&package, &key, &[]));
     }
 
     // Smuggled past the CLI: the daemon scans what is in custody before it appends anything.
     let daemon = Daemon::start(&dir.path().join("data"));
     let package = copy_example("pacman-builder", &dir.path().join("smuggled"));
     write(&package.join("notes/release.txt"), &custodian_key);
-    stdout(&offline(&[
-        "pack",
-        "build",
-        package.to_str().expect("utf-8"),
-        "--key",
-        key.to_str().expect("utf-8"),
-        "--allow-secrets",
-    ]));
+    stdout(&pack_build(&package, &key, &["--allow-secrets"]));
     let before = log_size(&daemon).await;
     let out = daemon.cli(&["publish", package.to_str().expect("utf-8")]);
     assert!(!out.status.success(), "the daemon published a secret");

@@ -24,6 +24,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from license_expression import get_spdx_licensing
 
+# The RFC 6962 Merkle Tree Hash, shared with the package verifier beside this file.
+from verify_package import mth
+
 POLICY = "custodian.badge-policy.v3"
 RUN_PREDICATE = "https://custodian.dev/eval-run/v1"
 PACKAGE_PREDICATE = "https://custodian.dev/behavior-package/v1"
@@ -99,15 +102,6 @@ def verify_inclusion(index, size, leaf, proof, root):
         sn >>= 1
     if sn != 0 or r != root:
         fail(f"the inclusion proof of entry {index} does not lead to the checkpoint's root")
-
-
-def mth(leaves):
-    if len(leaves) == 1:
-        return leaves[0]
-    k = 1
-    while k * 2 < len(leaves):
-        k *= 2
-    return sha256(b"\x01" + mth(leaves[:k]) + mth(leaves[k:]))
 
 
 # --- DSSE ----------------------------------------------------------------------------------------

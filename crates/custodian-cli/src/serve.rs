@@ -258,26 +258,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
     };
     // Both ports first: a daemon that cannot listen must fail before it creates anything.
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (is another daemon running there?)",
-                args.listen
-            )
-        })?;
-    let address = listener.local_addr().context("reading the bound address")?;
-    let rest_listener = tokio::net::TcpListener::bind(args.rest_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} for REST (is another daemon running there?)",
-                args.rest_listen
-            )
-        })?;
-    let rest_address = rest_listener
-        .local_addr()
-        .context("reading the bound REST address")?;
+    let (listener, address) = bind(args.listen, "gRPC").await?;
+    let (rest_listener, rest_address) = bind(args.rest_listen, "REST").await?;
     require_data_dir(&args.data_dir, args.init)?;
     let store = custodian_server::open_store(&config)
         .await
@@ -314,6 +296,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     .await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds one port; the error says which and the likely cause.
+async fn bind(
+    address: std::net::SocketAddr,
+    what: &str,
+) -> anyhow::Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| {
+            format!("cannot listen on {address} for {what} (is another daemon running there?)")
+        })?;
+    let bound = listener
+        .local_addr()
+        .with_context(|| format!("reading the bound {what} address"))?;
+    Ok((listener, bound))
 }
 
 /// Raises the soft limit on open files to the hard limit: two ports of --max-connections each,
