@@ -11,8 +11,8 @@ use custodian_proto::cas::v1 as pb;
 use tonic::Code;
 
 use crate::cas::{OpenUpload, put};
-use crate::daemon::Daemon;
 use crate::pattern;
+use custodian_testkit::Daemon;
 
 const LIMITS: [&str; 10] = [
     "--max-message-bytes",

@@ -1,15 +1,15 @@
 //! The ContentStore gRPC contract, end to end.
 
-use crate::daemon::Authed;
 use bytes::Bytes;
+use custodian_client::Conn as Authed;
 use custodian_core::BlobDigests;
 use custodian_proto::cas::v1 as pb;
 use custodian_proto::cas::v1::content_store_client::ContentStoreClient;
 use futures::StreamExt;
 use tonic::Code;
 
-use crate::daemon::Daemon;
 use crate::pattern;
+use custodian_testkit::Daemon;
 
 const BLOCK: usize = 1 << 20;
 

@@ -4,8 +4,8 @@ use std::io::Write as _;
 
 use custodian_core::{BlobDigests, BlobHasher};
 
-use crate::daemon::{Daemon, binary};
 use crate::pattern;
+use custodian_testkit::{Daemon, binary};
 
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()

@@ -3,7 +3,7 @@
 
 use std::process::{Command, Output, Stdio};
 
-use crate::daemon::{Daemon, binary};
+use custodian_testkit::{Daemon, binary};
 
 fn text(output: &Output) -> String {
     format!(

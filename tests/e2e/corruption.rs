@@ -11,9 +11,9 @@ use custodian_proto::ledger::v1 as lpb;
 use tonic::Code;
 
 use crate::cas::{get, put};
-use crate::daemon::{Daemon, binary};
 use crate::ledger;
 use crate::pattern;
+use custodian_testkit::{Daemon, binary};
 
 /// Runs `custodian scrub --json` on a stopped daemon's data directory; returns the exit code
 /// and the report.

@@ -15,16 +15,15 @@ use custodian_core::{Algorithm, BlobDigests, Digest};
 use custodian_proto::cas::v1 as pb;
 use custodian_proto::cas::v1::content_store_client::ContentStoreClient;
 use custodian_proto::evidence::v1 as epb;
-use custodian_proto::evidence::v1::evidence_client::EvidenceClient;
 use custodian_proto::ledger::v1 as lpb;
-use custodian_proto::ledger::v1::ledger_client::LedgerClient;
 use custodian_proto::registry::v1 as rpb;
 use custodian_proto::registry::v1::registry_client::RegistryClient;
 use futures::StreamExt;
 
 use crate::cas::{OpenUpload, assert_absent, get, put};
-use crate::daemon::{AddToken, Authed, Daemon};
 use crate::pattern;
+use custodian_client::Conn as Authed;
+use custodian_testkit::Daemon;
 
 #[tokio::test]
 async fn acknowledged_blobs_survive_kill_9() {
@@ -333,7 +332,7 @@ fn start_writers(
         let ((acked, address, token), keys) = (ctx.parts(), ctx.keys.clone());
         tasks.push(tokio::spawn(async move {
             let mut store = connect_store(&address, &token).await;
-            let mut registry = RegistryClient::new(authed(&address, &token).await);
+            let mut registry = connect(&address, &token).await.registry();
             for i in 0.. {
                 let version = format!("{}.{i}.0", cycle + 2);
                 match publish(&mut store, &mut registry, &keys.0, &version).await {
@@ -354,7 +353,7 @@ fn start_writers(
     for attester in 0..2u64 {
         let ((acked, address, token), keys) = (ctx.parts(), ctx.keys.clone());
         tasks.push(tokio::spawn(async move {
-            let mut evidence = EvidenceClient::new(authed(&address, &token).await);
+            let mut evidence = connect(&address, &token).await.evidence();
             for i in 0.. {
                 let seed = cycle * 1_000_000 + attester * 100_000 + i;
                 let envelope = run_envelope(keys.2, &keys.1, "1.0.0", seed);
@@ -371,20 +370,14 @@ fn start_writers(
     tasks
 }
 
-async fn authed(address: &str, token: &str) -> Authed {
-    let channel = tonic::transport::Channel::from_shared(address.to_string())
-        .expect("address")
-        .connect()
+async fn connect(address: &str, token: &str) -> custodian_client::Client {
+    custodian_client::Client::connect(&custodian_client::Target::new(address, Some(token)))
         .await
-        .expect("connect");
-    let value = format!("Bearer {token}").parse().expect("ASCII token");
-    tonic::service::interceptor::InterceptedService::new(channel, AddToken::new(Some(value)))
+        .expect("connect")
 }
 
 async fn connect_store(address: &str, token: &str) -> ContentStoreClient<Authed> {
-    ContentStoreClient::new(authed(address, token).await)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20)
+    connect(address, token).await.store()
 }
 
 /// Opens a stopped daemon's index database read-only and asserts that no pending-upload record
@@ -484,7 +477,7 @@ async fn crash_cycles(storage: Option<&str>, cycles: u64) {
         SignerKey::from_seed("crash-publisher", [21; 32]).expect("a crash harness step");
     let attester = SignerKey::from_seed("crash-attester", [22; 32]).expect("a crash harness step");
     let mut store = daemon.client().await;
-    let mut registry = RegistryClient::new(daemon.authed(Some(&daemon.token.clone())).await);
+    let mut registry = daemon.connect(Some(&daemon.token)).await.registry();
     let base = publish(&mut store, &mut registry, &publisher, "1.0.0")
         .await
         .expect("a crash harness step");
@@ -494,7 +487,10 @@ async fn crash_cycles(storage: Option<&str>, cycles: u64) {
         .manifest_digest
         .parse()
         .expect("a crash harness step");
-    EvidenceClient::new(daemon.authed(Some(&daemon.token.clone())).await)
+    daemon
+        .connect(Some(&daemon.token))
+        .await
+        .evidence()
         .register_attester(epb::RegisterAttesterRequest {
             verifier_key: attester.verifier().to_string(),
         })
@@ -502,7 +498,7 @@ async fn crash_cycles(storage: Option<&str>, cycles: u64) {
         .expect("a crash harness step");
     let keys = Arc::new((publisher, attester, manifest));
     let verifier: VerifierKey = {
-        let mut log = LedgerClient::new(daemon.channel().await);
+        let mut log = daemon.connect(None).await.ledger();
         let info = log
             .get_log_info(lpb::GetLogInfoRequest {})
             .await
@@ -574,7 +570,7 @@ async fn crash_cycles(storage: Option<&str>, cycles: u64) {
 
         // The log: its latest checkpoint verifies, every acknowledged entry is in it unchanged,
         // and every checkpoint returned before the crash is consistent with it.
-        let mut log = LedgerClient::new(daemon.channel().await);
+        let mut log = daemon.connect(None).await.ledger();
         let latest = log
             .get_checkpoint(lpb::GetCheckpointRequest { tree_size: None })
             .await
@@ -621,7 +617,7 @@ async fn crash_cycles(storage: Option<&str>, cycles: u64) {
                 .await;
         }
         // Published versions are all there, with the root they were acknowledged with.
-        let mut registry = RegistryClient::new(daemon.authed(Some(&daemon.token.clone())).await);
+        let mut registry = daemon.connect(Some(&daemon.token)).await.registry();
         for (version, root) in versions.iter().rev().take(20) {
             let found = registry
                 .get_version(rpb::GetVersionRequest {

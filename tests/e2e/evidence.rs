@@ -11,13 +11,13 @@ use custodian_core::{Algorithm, Digest};
 use custodian_proto::evidence::v1 as pb;
 use custodian_proto::evidence::v1::evidence_client::EvidenceClient;
 use custodian_proto::registry::v1 as rpb;
-use custodian_proto::registry::v1::registry_client::RegistryClient;
 use tonic::Code;
 
-use crate::daemon::{Authed, Daemon};
 use crate::registry::{
     bearer, copy_example, curl, examples, generate_key, json, log_size, offline, stdout,
 };
+use custodian_client::Conn as Authed;
+use custodian_testkit::Daemon;
 
 const PACMAN_EVALS: [&str; 4] = [
     "render_smoke",
@@ -65,7 +65,7 @@ fn bundle_verifies(s: &Setup, spec: &str, path: &Path) -> String {
 }
 
 async fn evidence(daemon: &Daemon, token: &str) -> EvidenceClient<Authed> {
-    EvidenceClient::new(daemon.authed(Some(token)).await)
+    daemon.connect(Some(token)).await.evidence()
 }
 
 struct Setup {
@@ -333,7 +333,10 @@ async fn refused_attestations_say_why_and_record_nothing() {
             .trim(),
     )
     .expect("signer");
-    let version = RegistryClient::new(daemon.authed(None).await)
+    let version = daemon
+        .connect(None)
+        .await
+        .registry()
         .get_version(rpb::GetVersionRequest {
             name: "customer-support-classifier".into(),
             version: "0.1.0".into(),

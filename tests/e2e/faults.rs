@@ -15,9 +15,9 @@ use custodian_proto::ledger::v1 as lpb;
 use tonic::Code;
 
 use crate::cas::{get, put};
-use crate::daemon::Daemon;
 use crate::ledger;
 use crate::pattern;
+use custodian_testkit::Daemon;
 
 /// Compiles the shim once per test run.
 fn shim() -> &'static Path {

@@ -7,9 +7,8 @@ use std::process::Command;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use custodian_proto::ledger::v1 as pb;
-use custodian_proto::ledger::v1::ledger_client::LedgerClient;
 
-use crate::daemon::Daemon;
+use custodian_testkit::Daemon;
 
 #[tokio::test]
 async fn go_sumdb_note_and_tlog_verify_our_checkpoints_receipts_and_proofs() {
@@ -20,7 +19,7 @@ async fn go_sumdb_note_and_tlog_verify_our_checkpoints_receipts_and_proofs() {
         &dir.path().join("data"),
         &["--append-token", "t", "--log-origin", "interop.test/ledger"],
     );
-    let mut client = LedgerClient::new(daemon.channel().await);
+    let mut client = daemon.connect(None).await.ledger();
     let append = |i: u64| {
         let mut request = tonic::Request::new(pb::AppendRequest {
             kind: "InteropCheck".into(),

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use custodian_client::Conn;
 use custodian_core::checkpoint::Checkpoint;
 use custodian_core::entry::{Value, encode_value};
 use custodian_core::merkle::{Hash, verify_consistency};
@@ -13,9 +14,8 @@ use custodian_core::receipt::Receipt;
 use custodian_proto::ledger::v1 as pb;
 use custodian_proto::ledger::v1::ledger_client::LedgerClient;
 use futures::StreamExt;
-use tonic::transport::Channel;
 
-use crate::daemon::Daemon;
+use custodian_testkit::Daemon;
 
 const TOKEN: &str = "e2e-append-token";
 
@@ -26,8 +26,8 @@ pub fn start(dir: &Path) -> Daemon {
     )
 }
 
-pub async fn client(daemon: &Daemon) -> LedgerClient<Channel> {
-    LedgerClient::new(daemon.channel().await)
+pub async fn client(daemon: &Daemon) -> LedgerClient<Conn> {
+    daemon.connect(None).await.ledger()
 }
 
 fn payload(i: u64) -> Vec<u8> {
@@ -50,7 +50,7 @@ fn payload(i: u64) -> Vec<u8> {
 /// Asserts, with a proof from the daemon verified here, that checkpoint `old` is a prefix of
 /// `latest`; `what` says which check failed.
 pub async fn assert_consistent(
-    log: &mut LedgerClient<Channel>,
+    log: &mut LedgerClient<Conn>,
     old: &Checkpoint,
     latest: &Checkpoint,
     what: &str,
@@ -78,10 +78,7 @@ pub async fn assert_consistent(
     );
 }
 
-pub async fn append(
-    client: &mut LedgerClient<Channel>,
-    i: u64,
-) -> Result<pb::Receipt, tonic::Status> {
+pub async fn append(client: &mut LedgerClient<Conn>, i: u64) -> Result<pb::Receipt, tonic::Status> {
     let mut request = tonic::Request::new(pb::AppendRequest {
         kind: "LedgerProbe".into(),
         payload_cbor: payload(i).into(),
@@ -94,7 +91,7 @@ pub async fn append(
     Ok(response.receipt.expect("receipt"))
 }
 
-async fn verifier(client: &mut LedgerClient<Channel>) -> VerifierKey {
+async fn verifier(client: &mut LedgerClient<Conn>) -> VerifierKey {
     let info = client
         .get_log_info(pb::GetLogInfoRequest {})
         .await
@@ -250,7 +247,7 @@ async fn appends_return_receipts_that_verify_offline_and_tampering_fails_with_th
     let out = daemon.cli(&["log", "receipt", "7", "-o", receipt_file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let verify = |file: &Path| {
-        std::process::Command::new(crate::daemon::binary())
+        std::process::Command::new(custodian_testkit::binary())
             .args(["log", "verify-receipt"])
             .arg(file)
             .arg("--key")
@@ -304,7 +301,7 @@ async fn appends_return_receipts_that_verify_offline_and_tampering_fails_with_th
     }
     // Another log's key.
     let other = "e2e.test/ledger+00000000+AUR2ieeDaRhQwSEcx1k/A8OTqKMfLDuNhcA2sw/jlEvF";
-    let out = std::process::Command::new(crate::daemon::binary())
+    let out = std::process::Command::new(custodian_testkit::binary())
         .args(["log", "verify-receipt"])
         .arg(&receipt_file)
         .args(["--key", other])
@@ -341,7 +338,7 @@ async fn export_audits_offline_and_a_changed_stored_byte_is_named() {
         target
     };
     let audit = |target: &Path| {
-        std::process::Command::new(crate::daemon::binary())
+        std::process::Command::new(custodian_testkit::binary())
             .arg("audit")
             .arg(target)
             .arg("--key")
@@ -375,7 +372,7 @@ async fn export_audits_offline_and_a_changed_stored_byte_is_named() {
     daemon.restart_after_kill9();
 
     // The daemon refuses to serve what the change touches...
-    let mut client = LedgerClient::new(daemon.channel().await);
+    let mut client = daemon.connect(None).await.ledger();
     let status = client
         .get_entry(pb::GetEntryRequest { index: 57 })
         .await
@@ -418,7 +415,7 @@ async fn export_audits_offline_and_a_changed_stored_byte_is_named() {
             v[5] ^= 0x04;
         },
     );
-    let mut serve = std::process::Command::new(crate::daemon::binary())
+    let mut serve = std::process::Command::new(custodian_testkit::binary())
         .args(["serve", "--init", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
         .stdout(std::process::Stdio::null())
@@ -441,7 +438,7 @@ async fn export_audits_offline_and_a_changed_stored_byte_is_named() {
     std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut refused).unwrap();
     assert!(refused.contains("entry 199"), "{refused}");
     let offline = dir.path().join("offline");
-    let out = std::process::Command::new(crate::daemon::binary())
+    let out = std::process::Command::new(custodian_testkit::binary())
         .args(["log", "export", "--data-dir"])
         .arg(&data)
         .arg(&offline)
@@ -534,7 +531,7 @@ async fn kill_9_during_concurrent_appends_loses_no_acknowledged_entry() {
             task.await.unwrap();
         }
         daemon.restart_after_kill9();
-        client = LedgerClient::new(daemon.channel().await);
+        client = daemon.connect(None).await.ledger();
 
         let latest = client
             .get_checkpoint(pb::GetCheckpointRequest { tree_size: None })
@@ -652,7 +649,7 @@ async fn consistency_witnesses_growth_and_catches_a_fork_signed_with_the_same_ke
     std::fs::create_dir_all(&data_b).unwrap();
     std::fs::copy(data_a.join("log-key"), data_b.join("log-key")).unwrap();
     let forked = start(&data_b);
-    let mut fork_client = LedgerClient::new(forked.channel().await);
+    let mut fork_client = forked.connect(None).await.ledger();
     for i in 100..104 {
         append(&mut fork_client, i).await.unwrap();
     }

@@ -7,7 +7,6 @@ mod cli;
 mod cli_edges;
 mod corruption;
 mod crash;
-mod daemon;
 mod evidence;
 mod faults;
 mod interop;

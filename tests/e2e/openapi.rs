@@ -3,8 +3,8 @@
 //! status is one the document lists for that operation, with a JSON error body whose code the
 //! document's `Error` schema names.
 
-use crate::daemon::Daemon;
 use crate::registry::{bearer, copy_example, curl, examples, generate_key, stdout};
+use custodian_testkit::Daemon;
 
 fn document() -> serde_json::Value {
     let text = std::fs::read_to_string(examples().join("../docs/openapi.yaml")).expect("openapi");

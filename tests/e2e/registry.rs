@@ -13,12 +13,12 @@ use custodian_core::{Algorithm, Digest};
 use custodian_proto::cas::v1 as cas;
 use custodian_proto::cas::v1::content_store_client::ContentStoreClient;
 use custodian_proto::ledger::v1 as lpb;
-use custodian_proto::ledger::v1::ledger_client::LedgerClient;
 use custodian_proto::registry::v1 as pb;
 use custodian_proto::registry::v1::registry_client::RegistryClient;
 use tonic::Code;
 
-use crate::daemon::{Daemon, binary};
+use custodian_client::Conn as Authed;
+use custodian_testkit::{Daemon, binary};
 
 pub(crate) fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
@@ -120,7 +120,10 @@ pub(crate) fn bearer(token: &str) -> String {
 }
 
 pub(crate) async fn log_size(daemon: &Daemon) -> u64 {
-    LedgerClient::new(daemon.channel().await)
+    daemon
+        .connect(None)
+        .await
+        .ledger()
         .get_log_info(lpb::GetLogInfoRequest {})
         .await
         .expect("e2e step failed")
@@ -128,8 +131,8 @@ pub(crate) async fn log_size(daemon: &Daemon) -> u64 {
         .size
 }
 
-async fn registry(daemon: &Daemon, token: Option<&str>) -> RegistryClient<crate::daemon::Authed> {
-    RegistryClient::new(daemon.authed(token).await)
+async fn registry(daemon: &Daemon, token: Option<&str>) -> RegistryClient<Authed> {
+    daemon.connect(token).await.registry()
 }
 
 #[tokio::test]
@@ -566,7 +569,7 @@ fn sign_raw(statement: &serde_json::Value, key: &SignerKey) -> String {
 
 /// Uploads one blob with BatchPut and returns its result.
 async fn batch_put_one(
-    client: &mut ContentStoreClient<crate::daemon::Authed>,
+    client: &mut ContentStoreClient<Authed>,
     data: &[u8],
 ) -> cas::BatchPutResult {
     let mut response = client
@@ -582,7 +585,7 @@ async fn batch_put_one(
     response.results.remove(0)
 }
 
-async fn put(client: &mut ContentStoreClient<crate::daemon::Authed>, data: &[u8]) -> Digest {
+async fn put(client: &mut ContentStoreClient<Authed>, data: &[u8]) -> Digest {
     batch_put_one(client, data)
         .await
         .blob
@@ -837,7 +840,7 @@ async fn every_rejection_is_clear_and_records_nothing() {
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(status.message().contains("pinned"), "{}", status.message());
     // Raw ledger appends cannot forge registry events.
-    let mut ledger = LedgerClient::new(daemon.authed(Some(&daemon.token)).await);
+    let mut ledger = daemon.connect(Some(&daemon.token)).await.ledger();
     let status = ledger
         .append(lpb::AppendRequest {
             kind: "PackagePublished".into(),
@@ -962,7 +965,7 @@ async fn every_rejection_is_clear_and_records_nothing() {
     assert_eq!(log_size(&daemon).await, after);
 }
 
-async fn registry_anon(daemon: &Daemon) -> RegistryClient<crate::daemon::Authed> {
+async fn registry_anon(daemon: &Daemon) -> RegistryClient<Authed> {
     registry(daemon, None).await
 }
 
@@ -1079,7 +1082,7 @@ async fn private_content_answers_exactly_like_absent_content() {
         );
 
         // gRPC ContentStore, by digest (both algorithms).
-        let mut store = ContentStoreClient::new(daemon.authed(token).await);
+        let mut store = daemon.connect(token).await.store();
         let reader = store.clone();
         let stat = |digest: Digest| {
             let mut store = reader.clone();
@@ -1148,7 +1151,7 @@ async fn private_content_answers_exactly_like_absent_content() {
         }
 
         // The ledger entry of a private publication is not readable.
-        let mut ledger = LedgerClient::new(daemon.authed(token).await);
+        let mut ledger = daemon.connect(token).await.ledger();
         let status = ledger
             .get_entry(lpb::GetEntryRequest { index: 0 })
             .await
@@ -1230,14 +1233,14 @@ async fn private_content_answers_exactly_like_absent_content() {
         version.data_pack.expect("e2e step failed").sha256,
         data_digest.to_string()
     );
-    let mut store = ContentStoreClient::new(daemon.authed(Some(&reader)).await);
+    let mut store = daemon.connect(Some(&reader)).await.store();
     store
         .stat(cas::StatRequest {
             digest: secret_blake3.to_string(),
         })
         .await
         .expect("e2e step failed");
-    let mut ledger = LedgerClient::new(daemon.authed(Some(&reader)).await);
+    let mut ledger = daemon.connect(Some(&reader)).await.ledger();
     ledger
         .get_entry(lpb::GetEntryRequest { index: 0 })
         .await

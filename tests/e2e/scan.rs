@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::daemon::Daemon;
 use crate::registry::{bearer, copy_example, curl, generate_key, json, python, stdout};
+use custodian_testkit::Daemon;
 
 /// Makes the pacman-builder example malicious in three ways: a system prompt with hidden
 /// Unicode and an override, a data zip whose entry climbs out of the root, and a "parquet"
@@ -420,7 +420,6 @@ fn a_scanner_configured_later_catches_up_from_the_ledger() {
 #[tokio::test]
 async fn a_scanner_service_pulls_its_queue_and_reports_with_the_scan_scope() {
     use custodian_proto::evidence::v1 as pb;
-    use custodian_proto::evidence::v1::evidence_client::EvidenceClient;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(&dir.path().join("data"));
@@ -430,7 +429,10 @@ async fn a_scanner_service_pulls_its_queue_and_reports_with_the_scan_scope() {
     let list = |token: Option<String>| {
         let daemon = &daemon;
         async move {
-            EvidenceClient::new(daemon.authed(token.as_deref()).await)
+            daemon
+                .connect(token.as_deref())
+                .await
+                .evidence()
                 .list_pending_scans(pb::ListPendingScansRequest {
                     scanner: "vendor/2".into(),
                     limit: 0,
@@ -457,7 +459,7 @@ async fn a_scanner_service_pulls_its_queue_and_reports_with_the_scan_scope() {
     );
 
     // The service reports under its identity; the job leaves its queue, the verdict counts.
-    EvidenceClient::new(daemon.authed(Some(&scanner)).await)
+    daemon.connect(Some(&scanner)).await.evidence()
         .record_scan(pb::RecordScanRequest {
             name: job.name.clone(),
             version: job.version.clone(),

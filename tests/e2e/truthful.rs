@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::process::Output;
 
-use crate::daemon::Daemon;
 use crate::registry::{copy_example, curl, generate_key, log_size, offline, stdout};
+use custodian_testkit::Daemon;
 
 fn said(output: &Output) -> String {
     format!(

@@ -4,8 +4,8 @@
 
 use std::process::Command;
 
-use crate::daemon::binary;
 use crate::registry::{examples, python};
+use custodian_testkit::binary;
 
 /// One way of tampering with a bundle.
 type Tamper = Box<dyn Fn(&mut serde_json::Value)>;

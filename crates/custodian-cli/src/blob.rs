@@ -1,9 +1,9 @@
 //! `custodian blob ...`: client commands for the content store.
 
-use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::output::progress;
 use anyhow::{Context as _, bail};
 use bytes::BytesMut;
 use clap::{Args, Subcommand};
@@ -12,54 +12,16 @@ use custodian_proto::cas::v1 as pb;
 use custodian_proto::cas::v1::content_store_client::ContentStoreClient;
 use custodian_storage::{OffThreadHasher, Worker};
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::io::Write as _;
 
+use custodian_client::Conn;
 use tokio::io::AsyncReadExt as _;
-use tonic::transport::Channel;
 
-use crate::DEFAULT_SERVER;
+use crate::client::{ServerArg, status_error};
 
 /// Bytes read from a file per Put message.
 const PUT_CHUNK: usize = 1 << 20;
-
-/// Where the daemon is, and who is asking.
-#[derive(Args, Clone)]
-pub struct ServerArg {
-    /// The daemon's gRPC address (https://… when it serves TLS)
-    #[arg(long, env = "CUSTODIAN_SERVER", default_value = DEFAULT_SERVER, global = true)]
-    pub server: String,
-    /// API token (from `custodian token create`), sent as authorization: Bearer
-    #[arg(long, env = "CUSTODIAN_TOKEN", hide_env_values = true, global = true)]
-    pub token: Option<String>,
-    /// PEM CA certificate to trust for an https:// server
-    #[arg(long, env = "CUSTODIAN_CA_CERT", value_name = "FILE", global = true)]
-    pub ca_cert: Option<PathBuf>,
-}
-
-/// Adds the caller's token to every request that does not carry its own authorization.
-#[derive(Clone)]
-pub struct BearerAuth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for BearerAuth {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0
-            && !request.metadata().contains_key("authorization")
-        {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-/// A connection to the daemon that authenticates as the caller.
-pub type Conn = tonic::service::interceptor::InterceptedService<Channel, BearerAuth>;
 
 /// Blob commands.
 #[derive(Subcommand)]
@@ -123,131 +85,6 @@ pub struct DigestQuery {
     json: bool,
     #[command(flatten)]
     server: ServerArg,
-}
-
-/// A content store client.
-pub async fn connect(server: &ServerArg) -> anyhow::Result<ContentStoreClient<Conn>> {
-    Ok(ContentStoreClient::new(channel(server).await?)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20))
-}
-
-/// Connects to the daemon, with windows and frames sized for bulk transfers, authenticating
-/// with --token when given.
-pub async fn channel(server: &ServerArg) -> anyhow::Result<Conn> {
-    // An empty CUSTODIAN_TOKEN means "no token", as an unset one does.
-    let auth = match server.token.as_deref().filter(|t| !t.is_empty()) {
-        Some(token) => Some(
-            format!("Bearer {token}")
-                .parse()
-                .context("--token contains characters not allowed in gRPC metadata")?,
-        ),
-        None => None,
-    };
-    Ok(tonic::service::interceptor::InterceptedService::new(
-        raw_channel(server).await?,
-        BearerAuth(auth),
-    ))
-}
-
-/// Connects without attaching a token.
-pub async fn raw_channel(server: &ServerArg) -> anyhow::Result<Channel> {
-    if !server.server.contains("://") {
-        bail!(
-            "--server {:?} has no scheme: did you mean http://{}? (https://{} for a daemon serving TLS)",
-            server.server,
-            server.server,
-            server.server
-        );
-    }
-    let mut endpoint = Channel::from_shared(server.server.clone())
-        .with_context(|| format!("invalid --server address {:?}", server.server))?;
-    if server.server.starts_with("https://") {
-        let mut tls = tonic::transport::ClientTlsConfig::new();
-        match &server.ca_cert {
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("reading --ca-cert {}", path.display()))?;
-                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
-            }
-            None => bail!(
-                "{} is https: give the CA certificate to trust with --ca-cert (CUSTODIAN_CA_CERT)",
-                server.server
-            ),
-        }
-        endpoint = endpoint
-            .tls_config(tls)
-            .context("configuring TLS for the daemon connection")?;
-    }
-    endpoint
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20))
-        // Large frames from the daemon mean fewer frames and system calls per blob.
-        .max_frame_size(Some(1 << 20))
-        .connect()
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach the daemon at {} (is `custodian serve` running?)",
-                server.server
-            )
-        })
-}
-
-/// Turns a gRPC status into an error a person can read.
-pub fn status_error(status: tonic::Status) -> anyhow::Error {
-    // An HTTP server that is not a gRPC server (Custodian's REST port, a proxy) answers with a
-    // body tonic cannot read as gRPC frames; say what the address is instead of echoing that.
-    let message = status.message();
-    if message.contains("invalid compression flag")
-        || message.contains("invalid content type")
-        || message.contains("Content-Type")
-    {
-        return anyhow::anyhow!(
-            "the daemon address answered as an HTTP server, not a gRPC one ({message}): is --server Custodian's REST port? --server is the gRPC port (serve --listen, default 7311); the REST port (serve --rest-listen, default 7312) is for curl and `custodian datapack --rest`"
-        );
-    }
-    anyhow::anyhow!("{}: {}", code_name(status.code()), message)
-}
-
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "ok",
-        Cancelled => "cancelled",
-        Unknown => "unknown error",
-        InvalidArgument => "invalid argument",
-        DeadlineExceeded => "deadline exceeded",
-        NotFound => "not found",
-        AlreadyExists => "already exists",
-        PermissionDenied => "permission denied",
-        ResourceExhausted => "resource exhausted",
-        FailedPrecondition => "failed precondition",
-        Aborted => "aborted",
-        OutOfRange => "out of range",
-        Unimplemented => "unimplemented",
-        Internal => "internal error",
-        Unavailable => "unavailable",
-        DataLoss => "data loss",
-        Unauthenticated => "unauthenticated",
-    }
-}
-
-/// A progress bar for a transfer of `len` bytes (hidden when stderr is not a terminal).
-pub fn progress(len: u64, label: String) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar.set_message(label);
-    bar
 }
 
 /// A blob as the CLI prints it.
@@ -316,7 +153,7 @@ async fn put(
             files.len()
         );
     }
-    let mut client = connect(server).await?;
+    let mut client = server.connect().await?.store();
     let mut lines = Vec::new();
     for path in files {
         let response = put_file(&mut client, path, expect)
@@ -418,7 +255,7 @@ async fn get(
     offset: u64,
     limit: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
-    let mut client = connect(server).await?;
+    let mut client = server.connect().await?.store();
     let received = download(&mut client, &digest, output, offset, limit, true).await?;
     if output.as_os_str() != "-" {
         eprintln!(
@@ -491,7 +328,7 @@ pub async fn download(
     let bar = if show_progress {
         progress(expected_len, format!("get {}", short(&digest)))
     } else {
-        ProgressBar::hidden()
+        indicatif::ProgressBar::hidden()
     };
     // Only a whole blob can be checked against its digest; a range is checked for length (the
     // daemon has already checked every block's CRC32C before sending it).
@@ -597,7 +434,7 @@ fn short(digest: &Digest) -> String {
 }
 
 async fn stat(server: &ServerArg, digests: &[Digest], json: bool) -> anyhow::Result<ExitCode> {
-    let mut client = connect(server).await?;
+    let mut client = server.connect().await?.store();
     let mut lines = Vec::new();
     let mut missing = 0;
     for digest in digests {
@@ -638,7 +475,7 @@ async fn stat(server: &ServerArg, digests: &[Digest], json: bool) -> anyhow::Res
 }
 
 async fn missing(server: &ServerArg, digests: &[Digest], json: bool) -> anyhow::Result<ExitCode> {
-    let mut client = connect(server).await?;
+    let mut client = server.connect().await?.store();
     let response = client
         .find_missing(pb::FindMissingRequest {
             digests: digests.iter().map(ToString::to_string).collect(),

@@ -10,7 +10,8 @@ use clap::{Args, Subcommand};
 use custodian_core::{Algorithm, Digest, StreamHasher};
 use futures::StreamExt as _;
 
-use crate::blob::{ServerArg, progress};
+use crate::client::ServerArg;
+use crate::output::progress;
 use crate::publish::split_spec;
 
 /// Where the REST API is.

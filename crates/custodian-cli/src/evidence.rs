@@ -11,16 +11,14 @@ use custodian_core::bundle;
 use custodian_proto::evidence::v1 as pb;
 use custodian_proto::evidence::v1::evidence_client::EvidenceClient;
 use custodian_proto::registry::v1 as rpb;
-use custodian_proto::registry::v1::registry_client::RegistryClient;
 
-use crate::blob::{Conn, ServerArg, channel, status_error};
+use crate::client::{ServerArg, status_error};
 use crate::pack::{load_signer, load_verifier};
 use crate::publish::split_spec;
+use custodian_client::Conn;
 
 async fn client(server: &ServerArg) -> anyhow::Result<EvidenceClient<Conn>> {
-    Ok(EvidenceClient::new(channel(server).await?)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20))
+    Ok(server.connect().await?.evidence())
 }
 
 /// Attester key commands.
@@ -216,7 +214,7 @@ pub async fn attest(args: AttestArgs) -> anyhow::Result<ExitCode> {
         serde_json::Value::Array(items) => items,
         other => vec![other],
     };
-    let mut registry = RegistryClient::new(channel(&args.server).await?);
+    let mut registry = args.server.connect().await?.registry();
     let mut manifests = std::collections::HashMap::new();
     let mut envelopes = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
@@ -312,37 +310,6 @@ fn verdict_code(verdict: &str) -> ExitCode {
     }
 }
 
-/// Prints findings one per line, `indent` spaces in, leaving out those below `min`.
-pub fn print_findings(
-    findings: &[custodian_scan::Finding],
-    omitted: u64,
-    indent: usize,
-    min: custodian_scan::Severity,
-) {
-    let pad = " ".repeat(indent);
-    for f in findings.iter().filter(|f| f.severity >= min) {
-        let place = if f.file.is_empty() {
-            String::new()
-        } else {
-            format!("{}@{} ", f.file, f.offset)
-        };
-        let count = if f.count > 1 {
-            format!(" (×{})", f.count)
-        } else {
-            String::new()
-        };
-        println!(
-            "{pad}{:<8} {place}{}{count}: {}",
-            f.severity.as_str().to_uppercase(),
-            f.rule,
-            f.message
-        );
-    }
-    if omitted > 0 {
-        println!("{pad}… and {omitted} less severe findings not recorded");
-    }
-}
-
 /// Rescans, scans locally, or records an external verdict.
 pub async fn scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
     match args.command {
@@ -403,7 +370,7 @@ async fn rescan(spec: &str, json: bool, server: &ServerArg) -> anyhow::Result<Ex
                 r.scanner,
                 r.root
             );
-            print_findings(&findings, r.omitted, 2, custodian_scan::Severity::Info);
+            crate::output::print_findings(&findings, r.omitted, 2, custodian_scan::Severity::Info);
         }
     }
     if json {
@@ -462,7 +429,7 @@ fn scan_local(path: &std::path::Path, data: bool, json: bool) -> anyhow::Result<
         if let Some(error) = &report.error {
             println!("  error: {error}");
         }
-        print_findings(
+        crate::output::print_findings(
             &report.findings,
             report.omitted,
             2,
@@ -481,7 +448,10 @@ async fn record_scan(
     server: ServerArg,
 ) -> anyhow::Result<ExitCode> {
     let (name, version) = split_spec(&spec)?;
-    let record = RegistryClient::new(channel(&server).await?)
+    let record = server
+        .connect()
+        .await?
+        .registry()
         .get_version(rpb::GetVersionRequest {
             name: name.clone(),
             version: version.clone(),

@@ -2,14 +2,14 @@
 //! `verify-receipt` and `audit` are offline: they need a file and the log's verifier key, no
 //! daemon and no network.
 
-use std::io::{BufReader, BufWriter, IsTerminal as _, Write as _};
+use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
-use custodian_core::audit::{AuditError, Auditor, EntryReader, HashStream, write_entry};
+use custodian_core::audit::{AuditError, ExportWriter};
 use custodian_core::checkpoint::Checkpoint;
 use custodian_core::entry::{Entry, Value, encode_value};
 use custodian_core::merkle::{Hash, stored_hash_count, verify_consistency};
@@ -21,7 +21,8 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::blob::{Conn, ServerArg, channel, status_error};
+use crate::client::{ServerArg, status_error};
+use custodian_client::Conn;
 
 /// Ledger commands.
 #[derive(Subcommand)]
@@ -166,9 +167,7 @@ pub struct AuditArgs {
 }
 
 async fn connect(server: &ServerArg) -> anyhow::Result<LedgerClient<Conn>> {
-    Ok(LedgerClient::new(channel(server).await?)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20))
+    Ok(server.connect().await?.ledger())
 }
 
 /// Runs a `custodian log` command.
@@ -604,107 +603,6 @@ fn counter(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// Writes an export directory in the layout `custodian audit` reads (see docs/formats.md).
-pub struct ExportWriter {
-    dir: PathBuf,
-    entries: BufWriter<std::fs::File>,
-    hashes: BufWriter<std::fs::File>,
-    buf: Vec<u8>,
-    /// Entries written.
-    pub entry_count: u64,
-    /// Stored tree hashes written.
-    pub hash_count: u64,
-    /// Checkpoints written.
-    pub checkpoint_count: u64,
-}
-
-impl ExportWriter {
-    /// Creates the directory, which must not exist or be empty.
-    pub fn create(dir: &Path) -> anyhow::Result<Self> {
-        if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-            bail!(
-                "{} is not empty; export into a new directory",
-                dir.display()
-            );
-        }
-        std::fs::create_dir_all(dir.join("checkpoints"))
-            .with_context(|| format!("creating {}", dir.display()))?;
-        Ok(ExportWriter {
-            dir: dir.to_path_buf(),
-            entries: BufWriter::new(std::fs::File::create(dir.join("entries"))?),
-            hashes: BufWriter::new(std::fs::File::create(dir.join("tree-hashes"))?),
-            buf: Vec::new(),
-            entry_count: 0,
-            hash_count: 0,
-            checkpoint_count: 0,
-        })
-    }
-
-    /// Writes the checkpoint of `size`.
-    pub fn checkpoint(&mut self, size: u64, note: &[u8]) -> anyhow::Result<()> {
-        std::fs::write(self.dir.join("checkpoints").join(size.to_string()), note)?;
-        self.checkpoint_count += 1;
-        Ok(())
-    }
-
-    /// Appends the next entry.
-    pub fn entry(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        self.buf.clear();
-        write_entry(&mut self.buf, bytes);
-        self.entries.write_all(&self.buf)?;
-        self.entry_count += 1;
-        Ok(())
-    }
-
-    /// Appends stored tree hashes (concatenated 32-byte hashes).
-    pub fn hashes(&mut self, hashes: &[u8]) -> anyhow::Result<()> {
-        self.hashes.write_all(hashes)?;
-        self.hash_count += hashes.len() as u64 / 32;
-        Ok(())
-    }
-
-    /// Writes the first `size` entries and their stored hashes, read in chunks from a local
-    /// ledger (`entries(start, end)`, `hashes(start, end)`), with progress on a terminal.
-    pub fn copy_log(
-        &mut self,
-        size: u64,
-        mut entries: impl FnMut(u64, u64) -> anyhow::Result<Vec<Vec<u8>>>,
-        mut hashes: impl FnMut(u64, u64) -> anyhow::Result<Vec<Hash>>,
-    ) -> anyhow::Result<()> {
-        let bar = counter(size, "entries");
-        let mut at = 0;
-        while at < size {
-            let stop = (at + 10_000).min(size);
-            for entry in entries(at, stop)? {
-                self.entry(&entry)?;
-                bar.inc(1);
-            }
-            at = stop;
-        }
-        bar.finish_and_clear();
-        let total = stored_hash_count(size);
-        let mut at = 0;
-        while at < total {
-            let stop = (at + 65_536).min(total);
-            let chunk: Vec<u8> = hashes(at, stop)?.iter().flat_map(|h| h.0).collect();
-            self.hashes(&chunk)?;
-            at = stop;
-        }
-        Ok(())
-    }
-
-    /// Flushes everything and writes `log.json`.
-    pub fn finish(mut self, manifest: serde_json::Value) -> anyhow::Result<()> {
-        self.entries.flush()?;
-        self.hashes.flush()?;
-        std::fs::write(
-            self.dir.join("log.json"),
-            serde_json::to_string_pretty(&manifest)? + "\n",
-        )?;
-        Ok(())
-    }
-}
-
 fn manifest(
     origin: &str,
     verifier_key: &str,
@@ -821,7 +719,7 @@ fn finish_export(
 ) -> anyhow::Result<ExitCode> {
     let (entries, hashes, checkpoints) = (out.entry_count, out.hash_count, out.checkpoint_count);
     manifest["checkpoints"] = json!(checkpoints);
-    out.finish(manifest)?;
+    out.finish(&manifest)?;
     println!(
         "exported {entries} entries, {hashes} tree hashes and {checkpoints} checkpoints to {}",
         dir.display()
@@ -871,11 +769,14 @@ fn export_data_dir(dir: &Path, data_dir: &Path) -> anyhow::Result<ExitCode> {
         }
         from = last + 1;
     }
+    let bar = counter(size, "entries");
     out.copy_log(
         size,
-        |start, end| Ok(backend.entries(start, end)?),
+        |start, end| anyhow::Ok(backend.entries(start, end)?),
         |start, end| Ok(backend.hash_range(start, end)?),
+        |n| bar.inc(n),
     )?;
+    bar.finish_and_clear();
     let (origin, root) = latest.map_or((String::new(), Vec::new()), |c| {
         (c.origin, c.root.0.to_vec())
     });
@@ -914,27 +815,12 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Audits an export directory (shared with `custodian bench ledger`).
-pub fn run_audit(
+/// Audits an export directory, with progress on a terminal.
+fn run_audit(
     dir: &Path,
     verifier: VerifierKey,
 ) -> Result<custodian_core::audit::AuditReport, AuditError> {
-    let read_error = |what: &'static str, e: std::io::Error| AuditError::Read {
-        what,
-        reason: e.to_string(),
-    };
-    let mut checkpoints = Vec::new();
-    let listing =
-        std::fs::read_dir(dir.join("checkpoints")).map_err(|e| read_error("checkpoints", e))?;
-    for file in listing {
-        let file = file.map_err(|e| read_error("checkpoints", e))?;
-        let name = file.file_name().to_string_lossy().into_owned();
-        let bytes = std::fs::read(file.path()).map_err(|e| read_error("checkpoints", e))?;
-        checkpoints.push((name, bytes));
-    }
-    let mut auditor = Auditor::new(verifier, checkpoints)?;
-    let entries = std::fs::File::open(dir.join("entries")).map_err(|e| read_error("entries", e))?;
-    let entries_len = entries.metadata().map_or(0, |m| m.len());
+    let entries_len = std::fs::metadata(dir.join("entries")).map_or(0, |m| m.len());
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(entries_len);
         bar.set_style(
@@ -946,25 +832,7 @@ pub fn run_audit(
     } else {
         ProgressBar::hidden()
     };
-    let mut hashes = match std::fs::File::open(dir.join("tree-hashes")) {
-        Ok(file) => Some(HashStream::new(BufReader::with_capacity(1 << 20, file))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(read_error("tree-hashes", e)),
-    };
-    for bytes in EntryReader::new(BufReader::with_capacity(1 << 20, entries)) {
-        let bytes = bytes?;
-        match hashes.as_mut() {
-            Some(stream) => {
-                let mut next = || stream.next_hash();
-                auditor.push_entry(&bytes, Some(&mut next))?;
-            }
-            None => auditor.push_entry(&bytes, None)?,
-        }
-        bar.inc(bytes.len() as u64 + 4);
-    }
+    let report = custodian_core::audit::audit_dir(dir, verifier, |n| bar.inc(n));
     bar.finish_and_clear();
-    if let Some(stream) = hashes.as_mut() {
-        stream.expect_end()?;
-    }
-    auditor.finish()
+    report
 }

@@ -1,18 +1,11 @@
 //! `custodian`: the Custodian daemon and its command-line client.
 
-mod bench;
-mod bench_all;
-mod bench_evidence;
-mod bench_ledger;
-mod bench_limits;
-mod bench_load;
-mod bench_rest;
-mod bench_scan;
-mod bench_small;
 mod blob;
+mod client;
 mod datapack;
 mod evidence;
 mod log;
+mod output;
 mod pack;
 mod publish;
 mod scrub;
@@ -66,8 +59,8 @@ custodian log verify-receipt entry42.receipt.json --key log.vkey   # offline\n  
 custodian log checkpoint > saved.checkpoint       # later: did the log only grow?\n  \
 custodian log consistency --from saved.checkpoint --key log.vkey --update\n  \
 custodian log export audit-dir && custodian audit audit-dir --key log.vkey   # offline\n  \
-custodian scrub --data-dir .custodian              # stopped daemon: read everything back\n  \
-custodian bench all                               # every benchmark against this machine's limits",
+custodian scrub --data-dir .custodian              # stopped daemon: read everything back\n\n\
+Benchmarks are a separate binary, custodian-bench (docs/performance.md).",
     propagate_version = true
 )]
 struct Cli {
@@ -159,9 +152,6 @@ first thing that does not hold. docs/verifying.md describes each step."
     /// Create, list and revoke API tokens (run on the daemon's host)
     #[command(subcommand)]
     Token(token::TokenCommand),
-    /// Measure Custodian against this machine's own limits
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
 }
 
 /// The exit status of a process whose output pipe was closed (128 + SIGPIPE), as a shell reports
@@ -224,9 +214,6 @@ fn main() -> std::process::ExitCode {
             Command::Report(args) => evidence::report(args).await,
             Command::Verify(args) => evidence::verify(args),
             Command::Scrub(args) => scrub::run(args).await,
-            Command::Bench(command) => {
-                tokio::task::spawn_blocking(move || bench::run(command)).await?
-            }
         }
     });
     match result {

@@ -13,13 +13,13 @@ use custodian_proto::registry::v1 as pb;
 use custodian_proto::registry::v1::registry_client::RegistryClient;
 use serde::Serialize;
 
-use crate::blob::{Conn, ServerArg, channel, connect, put_file, status_error};
+use crate::blob::put_file;
+use crate::client::{ServerArg, status_error};
 use crate::pack::{PUBLISHER_KEY_FILE, load_signer, load_verifier, print_report, read_envelope};
+use custodian_client::Conn;
 
 async fn registry(server: &ServerArg) -> anyhow::Result<RegistryClient<Conn>> {
-    Ok(RegistryClient::new(channel(server).await?)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20))
+    Ok(server.connect().await?.registry())
 }
 
 /// `NAME@VERSION`, where NAME may itself start with `@scope/`.
@@ -199,7 +199,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let files = statement.tree.files();
-    let mut store = connect(&args.server).await?;
+    let mut store = args.server.connect().await?.store();
     let digests: Vec<String> = files
         .iter()
         .map(|f| f.sha256.to_string())
@@ -300,7 +300,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
             let findings: Vec<custodian_scan::Finding> =
                 serde_json::from_str(&scan.findings_json).unwrap_or_default();
             // Only what a publisher should look at; `custodian scan` lists everything.
-            crate::evidence::print_findings(
+            crate::output::print_findings(
                 &findings,
                 scan.omitted,
                 4,
@@ -365,10 +365,10 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
             record.yank_reason
         );
     }
-    let mut store = connect(&args.server).await?;
+    let mut store = args.server.connect().await?.store();
     let files = statement.tree.files();
     let total: u64 = files.iter().map(|f| f.size).sum();
-    let bar = crate::blob::progress(total, format!("install {name}@{version}"));
+    let bar = crate::output::progress(total, format!("install {name}@{version}"));
     for file in files {
         let path = out.join(&file.path);
         if let Some(parent) = path.parent() {
@@ -408,14 +408,16 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
     println!("  ledger entry     {}", record.ledger_index);
     // The badge as the registry evaluates it now; installs go ahead whatever it says, as a
     // package manager shows a warning rather than refusing.
-    let badge = custodian_proto::evidence::v1::evidence_client::EvidenceClient::new(
-        channel(&args.server).await?,
-    )
-    .get_badge(custodian_proto::evidence::v1::GetBadgeRequest {
-        name: name.clone(),
-        version: version.clone(),
-    })
-    .await;
+    let badge = args
+        .server
+        .connect()
+        .await?
+        .evidence()
+        .get_badge(custodian_proto::evidence::v1::GetBadgeRequest {
+            name: name.clone(),
+            version: version.clone(),
+        })
+        .await;
     match badge {
         Ok(response) => {
             let response = response.into_inner();

@@ -464,3 +464,171 @@ pub fn write_entry(out: &mut Vec<u8>, entry: &[u8]) {
     out.extend_from_slice(&(entry.len() as u32).to_be_bytes());
     out.extend_from_slice(entry);
 }
+
+/// Why an export directory could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// Exports go into a new directory, never over an old one.
+    #[error("{0} is not empty; export into a new directory")]
+    NotEmpty(std::path::PathBuf),
+    /// A file could not be created or written.
+    #[error("writing {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+}
+
+/// Writes an export directory in the layout [`audit_dir`] reads (see the module documentation).
+pub struct ExportWriter {
+    dir: std::path::PathBuf,
+    entries: std::io::BufWriter<std::fs::File>,
+    hashes: std::io::BufWriter<std::fs::File>,
+    buf: Vec<u8>,
+    /// Entries written.
+    pub entry_count: u64,
+    /// Stored tree hashes written.
+    pub hash_count: u64,
+    /// Checkpoints written.
+    pub checkpoint_count: u64,
+}
+
+impl ExportWriter {
+    /// Creates the directory, which must not exist or be empty.
+    pub fn create(dir: &std::path::Path) -> Result<Self, ExportError> {
+        let io = |path: std::path::PathBuf| move |source| ExportError::Io { path, source };
+        if dir.exists()
+            && std::fs::read_dir(dir)
+                .map_err(io(dir.to_path_buf()))?
+                .next()
+                .is_some()
+        {
+            return Err(ExportError::NotEmpty(dir.to_path_buf()));
+        }
+        std::fs::create_dir_all(dir.join("checkpoints")).map_err(io(dir.to_path_buf()))?;
+        let create = |name: &str| {
+            std::fs::File::create(dir.join(name))
+                .map(std::io::BufWriter::new)
+                .map_err(io(dir.join(name)))
+        };
+        Ok(ExportWriter {
+            dir: dir.to_path_buf(),
+            entries: create("entries")?,
+            hashes: create("tree-hashes")?,
+            buf: Vec::new(),
+            entry_count: 0,
+            hash_count: 0,
+            checkpoint_count: 0,
+        })
+    }
+
+    /// Writes the checkpoint of `size`.
+    pub fn checkpoint(&mut self, size: u64, note: &[u8]) -> std::io::Result<()> {
+        std::fs::write(self.dir.join("checkpoints").join(size.to_string()), note)?;
+        self.checkpoint_count += 1;
+        Ok(())
+    }
+
+    /// Appends the next entry.
+    pub fn entry(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write as _;
+        self.buf.clear();
+        write_entry(&mut self.buf, bytes);
+        self.entries.write_all(&self.buf)?;
+        self.entry_count += 1;
+        Ok(())
+    }
+
+    /// Appends stored tree hashes (concatenated 32-byte hashes).
+    pub fn hashes(&mut self, hashes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write as _;
+        self.hashes.write_all(hashes)?;
+        self.hash_count += hashes.len() as u64 / 32;
+        Ok(())
+    }
+
+    /// Writes the first `size` entries and their stored hashes, read in chunks from a local
+    /// ledger (`entries(start, end)`, `hashes(start, end)`); `progress` hears of each entry.
+    pub fn copy_log<E: From<std::io::Error>>(
+        &mut self,
+        size: u64,
+        mut entries: impl FnMut(u64, u64) -> Result<Vec<Vec<u8>>, E>,
+        mut hashes: impl FnMut(u64, u64) -> Result<Vec<Hash>, E>,
+        mut progress: impl FnMut(u64),
+    ) -> Result<(), E> {
+        let mut at = 0;
+        while at < size {
+            let stop = (at + 10_000).min(size);
+            for entry in entries(at, stop)? {
+                self.entry(&entry)?;
+                progress(1);
+            }
+            at = stop;
+        }
+        let total = crate::merkle::stored_hash_count(size);
+        let mut at = 0;
+        while at < total {
+            let stop = (at + 65_536).min(total);
+            let chunk: Vec<u8> = hashes(at, stop)?.iter().flat_map(|h| h.0).collect();
+            self.hashes(&chunk)?;
+            at = stop;
+        }
+        Ok(())
+    }
+
+    /// Flushes everything and writes `log.json`, the informational summary.
+    pub fn finish(mut self, manifest: &serde_json::Value) -> std::io::Result<()> {
+        use std::io::Write as _;
+        self.entries.flush()?;
+        self.hashes.flush()?;
+        let text = serde_json::to_string_pretty(manifest).map_err(std::io::Error::other)?;
+        std::fs::write(self.dir.join("log.json"), text + "\n")
+    }
+}
+
+/// Audits an export directory with the log's verifier key; `progress` hears of every byte of
+/// `entries` read (its total is the file's length).
+pub fn audit_dir(
+    dir: &std::path::Path,
+    verifier: VerifierKey,
+    mut progress: impl FnMut(u64),
+) -> Result<AuditReport, AuditError> {
+    use std::io::BufReader;
+    let read_error = |what: &'static str, e: std::io::Error| AuditError::Read {
+        what,
+        reason: e.to_string(),
+    };
+    let mut checkpoints = Vec::new();
+    let listing =
+        std::fs::read_dir(dir.join("checkpoints")).map_err(|e| read_error("checkpoints", e))?;
+    for file in listing {
+        let file = file.map_err(|e| read_error("checkpoints", e))?;
+        let name = file.file_name().to_string_lossy().into_owned();
+        let bytes = std::fs::read(file.path()).map_err(|e| read_error("checkpoints", e))?;
+        checkpoints.push((name, bytes));
+    }
+    let mut auditor = Auditor::new(verifier, checkpoints)?;
+    let entries = std::fs::File::open(dir.join("entries")).map_err(|e| read_error("entries", e))?;
+    let mut hashes = match std::fs::File::open(dir.join("tree-hashes")) {
+        Ok(file) => Some(HashStream::new(BufReader::with_capacity(1 << 20, file))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(read_error("tree-hashes", e)),
+    };
+    for bytes in EntryReader::new(BufReader::with_capacity(1 << 20, entries)) {
+        let bytes = bytes?;
+        match hashes.as_mut() {
+            Some(stream) => {
+                let mut next = || stream.next_hash();
+                auditor.push_entry(&bytes, Some(&mut next))?;
+            }
+            None => auditor.push_entry(&bytes, None)?,
+        }
+        progress(bytes.len() as u64 + 4);
+    }
+    if let Some(stream) = hashes.as_mut() {
+        stream.expect_end()?;
+    }
+    auditor.finish()
+}

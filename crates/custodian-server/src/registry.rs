@@ -1245,7 +1245,7 @@ fn report_one(file: &str, message: &str) -> Report {
 }
 
 /// Rebuilds the registry index from a ledger without serving it; returns how many registry
-/// events it applied. For measuring start-up time (`custodian bench ledger`).
+/// events it applied. For measuring start-up time (`custodian-bench ledger`).
 pub fn replay_count(ledger: &Ledger) -> Result<usize, RegistryError> {
     let state = replay(ledger)?;
     Ok(state.packages.values().map(|p| p.versions.len()).sum())

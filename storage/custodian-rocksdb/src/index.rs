@@ -28,7 +28,7 @@ const WRITE_BUFFER_BYTES: usize = 32 << 20;
 /// One block cache and one memtable budget for the whole process. Without them each column
 /// family gets RocksDB's own defaults (a block cache each, index and filter blocks held outside
 /// any cache), and resident memory grows with the data stored: 100 to 160 MiB over five minutes
-/// of load, measured with `custodian bench load`.
+/// of load, measured with `custodian-bench load`.
 fn shared_memory() -> &'static (rocksdb::Cache, rocksdb::WriteBufferManager) {
     static SHARED: std::sync::OnceLock<(rocksdb::Cache, rocksdb::WriteBufferManager)> =
         std::sync::OnceLock::new();

@@ -1,7 +1,7 @@
 //! Load: 64 concurrent clients on loopback run a mixed workload (gRPC puts and verified gets,
 //! attested runs, inclusion proofs, verified REST downloads) against one daemon for five
 //! minutes (`CUSTODIAN_LOAD_SECS` shortens it for local runs). Zero errors, and the daemon's
-//! resident memory flat after warm-up. The run is `custodian bench load`, so the figures this
+//! resident memory flat after warm-up. The run is `custodian-bench load`, so the figures this
 //! test prints are the ones docs/reliability.md reports.
 
 use std::process::Command;
@@ -12,11 +12,11 @@ fn sixty_four_clients_mixed_workload_no_errors_and_flat_memory() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
-    let output = Command::new(env!("CARGO_BIN_EXE_custodian"))
-        .args(["bench", "load", "--clients", "64", "--json", "--seconds"])
+    let output = Command::new(env!("CARGO_BIN_EXE_custodian-bench"))
+        .args(["load", "--clients", "64", "--json", "--seconds"])
         .arg(seconds.to_string())
         .output()
-        .expect("run custodian bench load");
+        .expect("run custodian-bench load");
     let stderr = String::from_utf8_lossy(&output.stderr);
     let report: serde_json::Value = serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("bench load printed no JSON ({e}): {stderr}"));

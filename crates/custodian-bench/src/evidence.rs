@@ -1,4 +1,4 @@
-//! `custodian bench evidence`: attested runs per second through a real daemon (signature checks
+//! `custodian-bench evidence`: attested runs per second through a real daemon (signature checks
 //! and durable ledger appends included), unary and batched, with 1 and 32 clients; and offline
 //! verification time of a badge bundle backed by 1,000 runs.
 
@@ -19,10 +19,10 @@ use custodian_proto::evidence::v1 as pb;
 use custodian_proto::registry::v1 as rpb;
 use serde::Serialize;
 
-use crate::bench::BenchDaemon;
-use crate::blob::{Conn, ServerArg, channel};
+use custodian_client::{Client, Conn, Target};
+use custodian_testkit::Daemon;
 
-/// Options of `custodian bench evidence`.
+/// Options of `custodian-bench evidence`.
 #[derive(Args)]
 pub struct EvidenceArgs {
     /// Seconds per scenario
@@ -97,17 +97,13 @@ pub(crate) fn envelope(manifest: Digest, key: &SignerKey, i: usize) -> String {
 }
 
 async fn evidence_client(
-    server: &ServerArg,
+    server: &Target,
 ) -> anyhow::Result<pb::evidence_client::EvidenceClient<Conn>> {
-    Ok(
-        pb::evidence_client::EvidenceClient::new(channel(server).await?)
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20),
-    )
+    Ok(Client::connect(server).await?.evidence())
 }
 
 async fn scenario(
-    server: &ServerArg,
+    server: &Target,
     envelopes: Arc<Vec<String>>,
     clients: usize,
     batch: usize,
@@ -163,18 +159,18 @@ async fn scenario(
     let elapsed = started.elapsed().as_secs_f64();
     let runs = done.load(Ordering::Relaxed);
     latencies.sort();
-    let ms = |p: f64| crate::bench::percentile_ms(&latencies, p);
+    let ms = |p: f64| custodian_testkit::percentile_ms(&latencies, p);
     Ok((runs, runs as f64 / elapsed, ms(0.5), ms(0.99)))
 }
 
 /// Publishes the synthetic package (100 evals × 10 models) and registers an attester; returns
 /// the manifest digest, the attester's key and the published version.
 pub(crate) async fn publish_and_register(
-    server: &ServerArg,
+    server: &Target,
 ) -> anyhow::Result<(Digest, SignerKey, rpb::Version)> {
     let text = manifest();
     let manifest_digest = Digest::of(Algorithm::Sha256, text.as_bytes());
-    let mut store = cas::content_store_client::ContentStoreClient::new(channel(server).await?);
+    let mut store = Client::connect(server).await?.store();
     store
         .batch_put(cas::BatchPutRequest {
             items: vec![cas::BatchPutItem {
@@ -194,7 +190,9 @@ pub(crate) async fn publish_and_register(
             size: text.len() as u64,
         }],
     )?;
-    let version = rpb::registry_client::RegistryClient::new(channel(server).await?)
+    let version = Client::connect(server)
+        .await?
+        .registry()
         .publish_version(rpb::PublishVersionRequest {
             envelope: statement.sign(&publisher).to_json(),
             publisher_key: publisher.verifier().to_string(),
@@ -214,8 +212,8 @@ pub(crate) async fn publish_and_register(
     Ok((manifest_digest, attester, version))
 }
 
-async fn measure(args: &EvidenceArgs, daemon: &BenchDaemon) -> anyhow::Result<Report> {
-    let server = daemon.server_arg();
+async fn measure(args: &EvidenceArgs, daemon: &Daemon) -> anyhow::Result<Report> {
+    let server = daemon.target(Some(&daemon.token));
     let (manifest_digest, attester, version) = publish_and_register(&server).await?;
     let mut evidence = evidence_client(&server).await?;
 
@@ -277,7 +275,9 @@ async fn measure(args: &EvidenceArgs, daemon: &BenchDaemon) -> anyhow::Result<Re
         );
     }
     let log_key = custodian_core::note::VerifierKey::parse(
-        &custodian_proto::ledger::v1::ledger_client::LedgerClient::new(channel(&server).await?)
+        &Client::connect(&server)
+            .await?
+            .ledger()
             .get_log_info(custodian_proto::ledger::v1::GetLogInfoRequest {})
             .await?
             .into_inner()
@@ -299,16 +299,15 @@ async fn measure(args: &EvidenceArgs, daemon: &BenchDaemon) -> anyhow::Result<Re
         bundle_entries: verified.entries,
         bundle_bytes: bytes.len(),
         bundle_verify_ms: times[times.len() / 2].as_secs_f64() * 1e3,
-        daemon_peak_rss_mib: daemon.peak_rss()? as f64 / (1 << 20) as f64,
+        daemon_peak_rss_mib: daemon.peak_rss() as f64 / (1 << 20) as f64,
     })
 }
 
 /// Runs the benchmark.
 pub fn run(args: EvidenceArgs) -> anyhow::Result<ExitCode> {
-    let exe = std::env::current_exe().context("locating the custodian binary")?;
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let data = base.join(format!("custodian-bench-evidence-{}", std::process::id()));
-    let daemon = BenchDaemon::start(&exe, &data, "rocksdb", &[])?;
+    let daemon = crate::measure::daemon(&data, "rocksdb", &[])?;
     if !args.json {
         println!(
             "attested runs through a daemon on loopback (DSSE signature checks and durable appends included):"

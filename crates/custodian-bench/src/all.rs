@@ -1,7 +1,7 @@
-//! `custodian bench all`: every scenario, each against the limit it is bounded by, in one run; a
+//! `custodian-bench all`: every scenario, each against the limit it is bounded by, in one run; a
 //! table for people, JSON for scripts, and a latency-versus-concurrency plot (SVG).
 //!
-//! Each scenario runs as `custodian bench NAME --json` in a child process (its own daemon on
+//! Each scenario runs as `custodian-bench NAME --json` in a child process (its own daemon on
 //! loopback, its own clean-up), so one scenario's memory and threads never colour another's.
 
 use std::path::{Path, PathBuf};
@@ -12,9 +12,9 @@ use clap::Args;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::bench_limits::Limits;
+use crate::limits::Limits;
 
-/// Options of `custodian bench all`.
+/// Options of `custodian-bench all`.
 #[derive(Args)]
 pub struct AllArgs {
     /// Smaller sizes and shorter runs (128 MiB blobs, a 100,000-entry log): a smoke run in a
@@ -44,22 +44,21 @@ struct Row {
 }
 
 fn sub(exe: &Path, args: &[&str]) -> anyhow::Result<Value> {
-    eprintln!("bench all: custodian bench {}", args.join(" "));
+    eprintln!("bench all: custodian-bench {}", args.join(" "));
     let output = Command::new(exe)
-        .arg("bench")
         .args(args)
         .arg("--json")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .output()
-        .with_context(|| format!("running custodian bench {}", args.join(" ")))?;
+        .with_context(|| format!("running custodian-bench {}", args.join(" ")))?;
     anyhow::ensure!(
         output.status.success(),
-        "custodian bench {} failed",
+        "custodian-bench {} failed",
         args.join(" ")
     );
     serde_json::from_slice(&output.stdout)
-        .with_context(|| format!("reading the JSON of custodian bench {}", args.join(" ")))
+        .with_context(|| format!("reading the JSON of custodian-bench {}", args.join(" ")))
 }
 
 fn f(v: &Value, key: &str) -> f64 {
@@ -463,12 +462,11 @@ fn svg(raw: &Value) -> String {
 
 /// Runs every scenario.
 pub fn run(args: AllArgs) -> anyhow::Result<ExitCode> {
-    let exe = std::env::current_exe().context("locating the custodian binary")?;
-    let limits_dir =
-        crate::bench_limits::default_dir().join(format!("limits-{}", std::process::id()));
-    let _cleanup = crate::bench::RemoveOnDrop(limits_dir.clone());
+    let exe = std::env::current_exe().context("locating the custodian-bench binary")?;
+    let limits_dir = crate::limits::default_dir().join(format!("limits-{}", std::process::id()));
+    let _cleanup = custodian_testkit::RemoveOnDrop(limits_dir.clone());
     eprintln!("bench all: measuring this machine's limits");
-    let limits = crate::bench_limits::measure(&limits_dir)?;
+    let limits = crate::limits::measure(&limits_dir)?;
     let q = args.quick;
     let custody: &[&str] = if q {
         &["custody", "--size-mib", "128", "--runs", "1"]

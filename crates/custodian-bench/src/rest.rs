@@ -1,4 +1,4 @@
-//! `custodian bench rest`: a 1 GiB hosted data-pack upload over the REST API (digest check and
+//! `custodian-bench rest`: a 1 GiB hosted data-pack upload over the REST API (digest check and
 //! scan in custody included), ranged downloads and a full verified download, against
 //! `openssl dgst -sha256` of the same file.
 
@@ -10,9 +10,10 @@ use anyhow::Context as _;
 use clap::Args;
 use serde::Serialize;
 
-use crate::bench::{BenchDaemon, RemoveOnDrop, run_timed};
+use crate::measure::run_timed;
+use custodian_testkit::RemoveOnDrop;
 
-/// Options of `custodian bench rest`.
+/// Options of `custodian-bench rest`.
 #[derive(Args)]
 pub struct RestArgs {
     /// Data pack size in MiB
@@ -68,18 +69,18 @@ fn run_ok(command: &mut Command) -> anyhow::Result<()> {
 
 /// Runs the REST benchmark.
 pub fn run(args: RestArgs) -> anyhow::Result<ExitCode> {
-    let exe = std::env::current_exe().context("locating the custodian binary")?;
+    let exe = custodian_testkit::binary();
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let work = base.join(format!("custodian-bench-rest-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let _cleanup = RemoveOnDrop(work.clone());
     let size = args.size_mib << 20;
     let data = work.join("data-pack.bin");
-    crate::bench::write_test_file(&data, size)?;
+    custodian_testkit::write_test_file(&data, size)?;
     let openssl = run_timed(Command::new("openssl").args(["dgst", "-sha256"]).arg(&data))
         .context("running `openssl dgst -sha256` (is openssl installed?)")?;
 
-    let daemon = BenchDaemon::start(&exe, &work.join("daemon"), "rocksdb", &[])?;
+    let daemon = crate::measure::daemon(&work.join("daemon"), "rocksdb", &[])?;
     let cli = |args: &[&str]| {
         let mut c = Command::new(&exe);
         c.args(args)
@@ -160,9 +161,9 @@ pub fn run(args: RestArgs) -> anyhow::Result<ExitCode> {
         download_ratio_to_openssl: download.as_secs_f64() / openssl.as_secs_f64(),
         ranges: args.ranges,
         range_bytes: 1 << 20,
-        range_ms_p50: crate::bench::percentile_ms(&latencies, 0.5),
-        range_ms_p99: crate::bench::percentile_ms(&latencies, 0.99),
-        daemon_peak_rss_mib: daemon.peak_rss()? as f64 / (1 << 20) as f64,
+        range_ms_p50: custodian_testkit::percentile_ms(&latencies, 0.5),
+        range_ms_p99: custodian_testkit::percentile_ms(&latencies, 0.99),
+        daemon_peak_rss_mib: daemon.peak_rss() as f64 / (1 << 20) as f64,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -1,4 +1,4 @@
-//! `custodian bench ledger`: durable append throughput and latency through the group-commit
+//! `custodian-bench ledger`: durable append throughput and latency through the group-commit
 //! sequencer, inclusion-proof latency on a 1,000,000-entry log, and offline audit speed, with the
 //! disk's own fsync latency for scale.
 
@@ -17,7 +17,7 @@ use custodian_storage::ledger::{Ledger, LedgerBackend};
 use serde::Serialize;
 use std::process::ExitCode;
 
-/// Options of `custodian bench ledger`.
+/// Options of `custodian-bench ledger`.
 #[derive(Args)]
 pub struct LedgerArgs {
     /// Concurrent writers to measure; each appends one entry at a time and waits for its receipt
@@ -196,9 +196,7 @@ const GRPC_CONNECTIONS: usize = 4;
 async fn grpc_appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Result<AppendResult> {
     use custodian_proto::ledger::v1 as pb;
     let data = dir.join(format!("grpc-{writers}"));
-    let exe = std::env::current_exe().context("locating the custodian binary")?;
-    let daemon =
-        crate::bench::BenchDaemon::start(&exe, &data, "rocksdb", &["--append-token", BENCH_TOKEN])?;
+    let daemon = crate::measure::daemon(&data, "rocksdb", &["--append-token", BENCH_TOKEN])?;
     // Writers share a few HTTP/2 connections, as many clients would: one connection is served by
     // one task on the daemon, so a single connection would measure one core.
     let connections = writers.clamp(1, GRPC_CONNECTIONS);
@@ -251,7 +249,7 @@ async fn grpc_appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Resul
         latencies,
         elapsed,
         checkpoints,
-        Some(daemon.peak_rss()?),
+        Some(daemon.peak_rss()),
     ))
 }
 
@@ -409,22 +407,23 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
 
     // Export as `custodian log export` lays it out, then audit it as `custodian audit` does.
     let export = dir.join("export");
-    let mut out = crate::log::ExportWriter::create(&export)?;
+    let mut out = custodian_core::audit::ExportWriter::create(&export)?;
     for (cp_size, note) in ledger.checkpoints(0, usize::MAX)? {
         out.checkpoint(cp_size, &note)?;
     }
     out.copy_log(
         size,
-        |start, end| Ok(ledger.entries(start, end)?),
+        |start, end| anyhow::Ok(ledger.entries(start, end)?),
         |start, end| Ok(ledger.stored_hashes(start, end)?),
+        |_| {},
     )?;
-    out.finish(serde_json::json!({}))?;
+    out.finish(&serde_json::json!({}))?;
     let verifier = ledger.verifier().clone();
     drop(ledger);
     let started = Instant::now();
-    let report = crate::log::run_audit(&export, verifier)?;
+    let report = custodian_core::audit::audit_dir(&export, verifier, |_| {})?;
     let audit_seconds = started.elapsed().as_secs_f64();
-    let openssl = crate::bench::run_timed(
+    let openssl = crate::measure::run_timed(
         std::process::Command::new("openssl")
             .args(["dgst", "-sha256"])
             .arg(export.join("entries"))

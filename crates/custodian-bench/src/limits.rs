@@ -1,4 +1,4 @@
-//! `custodian bench limits`: what this machine can do at most, measured in the same run as the
+//! `custodian-bench limits`: what this machine can do at most, measured in the same run as the
 //! scenarios so each scenario is read as a ratio to its own limit.
 
 use std::io::Write as _;
@@ -11,9 +11,9 @@ use clap::Args;
 use serde::Serialize;
 use sha2::Digest as _;
 
-use crate::bench::RemoveOnDrop;
+use custodian_testkit::RemoveOnDrop;
 
-/// Options of `custodian bench limits`.
+/// Options of `custodian-bench limits`.
 #[derive(Args)]
 pub struct LimitsArgs {
     /// Where to measure the disk and RocksDB (default: ~/.cache/custodian/bench, the daemon's
@@ -256,7 +256,7 @@ pub fn print(l: &Limits) {
     );
 }
 
-/// Runs `custodian bench limits`.
+/// Runs `custodian-bench limits`.
 pub fn run(args: LimitsArgs) -> anyhow::Result<ExitCode> {
     let dir = args
         .dir

@@ -1,19 +1,18 @@
-//! `custodian bench small`: many small blobs through `BatchPut`, and `FindMissing` over as many
+//! `custodian-bench small`: many small blobs through `BatchPut`, and `FindMissing` over as many
 //! digests, through a real daemon on loopback, per backend.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::Context as _;
 use clap::Args;
 use custodian_core::{Algorithm, Digest};
 use custodian_proto::cas::v1 as pb;
 use custodian_proto::cas::v1::content_store_client::ContentStoreClient;
 use serde::Serialize;
 
-use crate::bench::BenchDaemon;
+use custodian_testkit::Daemon;
 
-/// Options of `custodian bench small`.
+/// Options of `custodian-bench small`.
 #[derive(Args)]
 pub struct SmallArgs {
     /// How many blobs
@@ -53,11 +52,15 @@ struct Row {
 }
 
 /// A content-store client of the bench daemon, as the CLI's own commands connect.
-async fn client(daemon: &BenchDaemon) -> anyhow::Result<ContentStoreClient<crate::blob::Conn>> {
-    crate::blob::connect(&daemon.server_arg()).await
+async fn client(daemon: &Daemon) -> anyhow::Result<ContentStoreClient<custodian_client::Conn>> {
+    Ok(
+        custodian_client::Client::connect(&daemon.target(Some(&daemon.token)))
+            .await?
+            .store(),
+    )
 }
 
-async fn measure(args: &SmallArgs, daemon: &BenchDaemon, backend: &str) -> anyhow::Result<Row> {
+async fn measure(args: &SmallArgs, daemon: &Daemon, backend: &str) -> anyhow::Result<Row> {
     // Distinct incompressible blobs, and their digests computed here as a client would.
     let mut state = 0x2545_F491_4F6C_DD1Du64 ^ backend.len() as u64;
     let blobs: Vec<Vec<u8>> = (0..args.blobs)
@@ -169,22 +172,21 @@ async fn measure(args: &SmallArgs, daemon: &BenchDaemon, backend: &str) -> anyho
         batch_put_mib_per_s: (args.blobs * args.size) as f64
             / (1 << 20) as f64
             / put_time.as_secs_f64(),
-        batch_ms_p50: crate::bench::percentile_ms(&latencies, 0.5),
-        batch_ms_p99: crate::bench::percentile_ms(&latencies, 0.99),
+        batch_ms_p50: custodian_testkit::percentile_ms(&latencies, 0.5),
+        batch_ms_p99: custodian_testkit::percentile_ms(&latencies, 0.99),
         find_missing_digests: args.blobs,
-        find_missing_ms_p50: crate::bench::percentile_ms(&find, 0.5),
-        find_missing_ms_p99: crate::bench::percentile_ms(&find, 0.99),
-        daemon_peak_rss_mib: daemon.peak_rss()? as f64 / (1 << 20) as f64,
+        find_missing_ms_p50: custodian_testkit::percentile_ms(&find, 0.5),
+        find_missing_ms_p99: custodian_testkit::percentile_ms(&find, 0.99),
+        daemon_peak_rss_mib: daemon.peak_rss() as f64 / (1 << 20) as f64,
     })
 }
 
 /// Runs the small-blob benchmark.
 pub fn run(args: SmallArgs) -> anyhow::Result<ExitCode> {
-    let exe = std::env::current_exe().context("locating the custodian binary")?;
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let work = base.join(format!("custodian-bench-small-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let _cleanup = crate::bench::RemoveOnDrop(work.clone());
+    let _cleanup = custodian_testkit::RemoveOnDrop(work.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -196,7 +198,7 @@ pub fn run(args: SmallArgs) -> anyhow::Result<ExitCode> {
             "file" => format!("file://{}", work.join("objects").display()),
             other => anyhow::bail!("unknown backend {other:?}; use rocksdb or file"),
         };
-        let daemon = BenchDaemon::start(&exe, &data_dir, &storage, &[])?;
+        let daemon = crate::measure::daemon(&data_dir, &storage, &[])?;
         rows.push(runtime.block_on(measure(&args, &daemon, backend))?);
     }
     if args.json {

@@ -1,4 +1,4 @@
-//! `custodian bench scan`: the built-in scanner's throughput on a mixed data pack, as a ratio to
+//! `custodian-bench scan`: the built-in scanner's throughput on a mixed data pack, as a ratio to
 //! `openssl dgst -sha256` on the same file, and the prompt scanner's precision and recall on the
 //! labelled corpus.
 
@@ -11,9 +11,10 @@ use anyhow::Context as _;
 use clap::Args;
 use serde::Serialize;
 
-use crate::bench::{RemoveOnDrop, run_timed};
+use crate::measure::run_timed;
+use custodian_testkit::RemoveOnDrop;
 
-/// Options of `custodian bench scan`.
+/// Options of `custodian-bench scan`.
 #[derive(Args)]
 pub struct ScanBenchArgs {
     /// Size of the mixed data pack in MiB

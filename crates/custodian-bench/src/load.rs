@@ -1,4 +1,4 @@
-//! `custodian bench load`: many concurrent clients on loopback running a mixed workload (gRPC
+//! `custodian-bench load`: many concurrent clients on loopback running a mixed workload (gRPC
 //! puts and verified gets, attested runs, inclusion proofs, verified REST downloads) against
 //! one daemon for a fixed time. Reports p50/p99 per operation, every error, and the daemon's
 //! resident memory over time with a verdict on whether it stayed flat.
@@ -19,10 +19,10 @@ use custodian_proto::evidence::v1 as epb;
 use custodian_proto::ledger::v1 as lpb;
 use serde::Serialize;
 
-use crate::bench::{BenchDaemon, RemoveOnDrop, percentile_ms};
-use crate::blob::{Conn, ServerArg, channel};
+use custodian_client::{Client, Conn, Target};
+use custodian_testkit::{Daemon, RemoveOnDrop, percentile_ms};
 
-/// Options of `custodian bench load`.
+/// Options of `custodian-bench load`.
 #[derive(Args)]
 pub struct LoadArgs {
     /// How long the load runs, in seconds
@@ -114,7 +114,7 @@ struct Tally {
 }
 
 struct Shared {
-    server: ServerArg,
+    server: Target,
     rest: String,
     pool: Vec<(String, BlobDigests)>,
     manifest: Digest,
@@ -125,14 +125,13 @@ struct Shared {
     seq: AtomicU64,
 }
 
-/// Runs `custodian bench load`.
+/// Runs `custodian-bench load`.
 pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
-    let exe = std::env::current_exe().context("locating the custodian binary")?;
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let work = base.join(format!("custodian-bench-load-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let _cleanup = RemoveOnDrop(work.clone());
-    let daemon = BenchDaemon::start(&exe, &work.join("daemon"), "rocksdb", &[])?;
+    let daemon = crate::measure::daemon(&work.join("daemon"), "rocksdb", &[])?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -149,11 +148,11 @@ pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn measure(args: &LoadArgs, daemon: &BenchDaemon) -> anyhow::Result<Report> {
-    let server = daemon.server_arg();
-    let (manifest, attester, _) = crate::bench_evidence::publish_and_register(&server).await?;
+async fn measure(args: &LoadArgs, daemon: &Daemon) -> anyhow::Result<Report> {
+    let server = daemon.target(Some(&daemon.token));
+    let (manifest, attester, _) = crate::evidence::publish_and_register(&server).await?;
     // A pool of 256 × 256 KiB blobs that gets and downloads read.
-    let mut store = cas::content_store_client::ContentStoreClient::new(channel(&server).await?);
+    let mut store = Client::connect(&server).await?.store();
     let mut pool = Vec::new();
     for i in 0..256u64 {
         let data = custodian_storage::conformance::pattern(0x10ad_0000 + i, 256 << 10);
@@ -269,15 +268,7 @@ fn memory_trend(samples: &[(f64, f64)]) -> (f64, f64, f64) {
 }
 
 fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
+    Some(custodian_testkit::current_rss(pid)? as f64 / (1 << 20) as f64)
 }
 
 async fn put(
@@ -300,11 +291,10 @@ async fn put(
 }
 
 async fn run_client(shared: Arc<Shared>, client: usize) -> anyhow::Result<Tally> {
-    let conn = channel(&shared.server).await?;
-    let mut store = cas::content_store_client::ContentStoreClient::new(conn.clone())
-        .max_decoding_message_size(8 << 20);
-    let mut evidence = epb::evidence_client::EvidenceClient::new(conn.clone());
-    let mut ledger = lpb::ledger_client::LedgerClient::new(conn);
+    let conn = Client::connect(&shared.server).await?;
+    let mut store = conn.store();
+    let mut evidence = conn.evidence();
+    let mut ledger = conn.ledger();
     let http = reqwest::Client::new();
     let token = shared.server.token.clone().unwrap_or_default();
     let mut tally = Tally::default();
@@ -333,8 +323,7 @@ async fn run_client(shared: Arc<Shared>, client: usize) -> anyhow::Result<Tally>
             Op::Get => get_verified(&mut store, name, expected).await,
             Op::Attest => {
                 let seq = shared.seq.fetch_add(1, Ordering::Relaxed) as usize;
-                let envelope =
-                    crate::bench_evidence::envelope(shared.manifest, &shared.attester, seq);
+                let envelope = crate::evidence::envelope(shared.manifest, &shared.attester, seq);
                 evidence
                     .attest_run(epb::AttestRunRequest { envelope })
                     .await

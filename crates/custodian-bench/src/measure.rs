@@ -1,0 +1,82 @@
+//! The measuring tools every scenario shares: timing commands, the disk's own limit, a quiet
+//! disk between steps, and a daemon started through the test kit.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use custodian_testkit::Daemon;
+
+/// Starts `custodian serve` on loopback with `--storage STORAGE` and `extra` arguments, with an
+/// admin token; the daemon is killed when dropped.
+pub fn daemon(data_dir: &Path, storage: &str, extra: &[&str]) -> anyhow::Result<Daemon> {
+    let mut args = vec!["--storage", storage];
+    args.extend_from_slice(extra);
+    Daemon::launch(&custodian_testkit::binary(), data_dir, &args)
+        .context("starting the daemon (build it first: cargo build --release -p custodian-cli)")
+}
+
+/// Times writing `size` bytes from a prepared buffer and fsyncing them, as
+/// `dd bs=8M conv=fsync` would: the disk's limit for anything that must be durable.
+pub fn measure_disk(path: &Path, size: u64) -> anyhow::Result<Duration> {
+    let buffer: Vec<u8> = (0..8u64 << 20)
+        .map(|i| (i.wrapping_mul(0x9E37_79B9) >> 13) as u8)
+        .collect();
+    let start = Instant::now();
+    let mut file = std::fs::File::create(path)?;
+    let mut written = 0;
+    while written < size {
+        let n = (size - written).min(buffer.len() as u64) as usize;
+        file.write_all(&buffer[..n])?;
+        written += n as u64;
+    }
+    file.sync_all()?;
+    let elapsed = start.elapsed();
+    drop(file);
+    std::fs::remove_file(path)?;
+    Ok(elapsed)
+}
+
+/// Lets the disk finish writing back what the previous step wrote, so each timed step starts
+/// from the same quiet disk instead of paying for its predecessor's writeback.
+pub fn settle_disk() {
+    let _ = Command::new("sync").status();
+    std::thread::sleep(Duration::from_secs(2));
+}
+
+pub fn gib_per_s(bytes: u64, time: Duration) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64 / time.as_secs_f64()
+}
+
+/// Runs a command to completion and returns how long it took.
+pub fn run_timed(command: &mut Command) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    command.stdout(Stdio::null());
+    run_checked(command)?;
+    Ok(start.elapsed())
+}
+
+/// Runs a command to completion; returns its standard output, or an error with its stderr.
+pub fn run_checked(command: &mut Command) -> anyhow::Result<Vec<u8>> {
+    let output = command.stderr(Stdio::piped()).output()?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(output.stdout)
+}
+
+pub fn best_of(
+    runs: u32,
+    mut f: impl FnMut() -> anyhow::Result<Duration>,
+) -> anyhow::Result<Duration> {
+    let mut best = Duration::MAX;
+    for _ in 0..runs.max(1) {
+        best = best.min(f()?);
+    }
+    Ok(best)
+}
