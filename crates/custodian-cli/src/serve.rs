@@ -227,7 +227,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_message_size_bytes: args.max_message_bytes,
             upload_idle_timeout: args.upload_idle_timeout,
         },
-        conn: custodian_server::conn::ConnLimits {
+        conn: custodian_server::net::conn::ConnLimits {
             max_connections: args.max_connections,
             idle_timeout: args.idle_timeout,
             header_timeout: args.header_timeout,

@@ -1,8 +1,7 @@
-//! The server layer's errors, and the one place storage errors become gRPC statuses.
+//! Why the server could not start or keep running. (Errors on their way to clients become
+//! statuses in `grpc::status` and HTTP responses in `rest::error`.)
 
-use custodian_core::{Digest, DigestError};
 use custodian_storage::StorageError;
-use tonic::Status;
 
 /// Why the server could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -55,40 +54,4 @@ pub enum ServerError {
     /// The gRPC transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
-}
-
-/// Converts a storage error into the gRPC status a client sees.
-pub fn storage_status(err: StorageError) -> Status {
-    let message = err.to_string();
-    match err {
-        StorageError::NotFound { .. } => Status::not_found(message),
-        StorageError::DigestMismatch { .. } | StorageError::SizeMismatch { .. } => {
-            Status::invalid_argument(message)
-        }
-        StorageError::OutOfRange { .. } => Status::out_of_range(message),
-        StorageError::Corrupt { .. } => Status::data_loss(message),
-        StorageError::Poisoned { .. } => Status::unavailable(message),
-        StorageError::Aborted(_) => Status::aborted(message),
-        StorageError::Backend { .. } => Status::internal(message),
-    }
-}
-
-/// Parses a required digest field, naming the field in the error.
-pub fn parse_digest(field: &str, value: &str) -> Result<Digest, Status> {
-    if value.is_empty() {
-        return Err(Status::invalid_argument(format!(
-            "field {field} is required: give \"sha256:<64 hex digits>\" or \"blake3:<64 hex digits>\""
-        )));
-    }
-    value
-        .parse()
-        .map_err(|e: DigestError| Status::invalid_argument(format!("field {field}: {e}")))
-}
-
-/// Parses an optional digest field (empty means absent), naming the field in the error.
-pub fn parse_optional_digest(field: &str, value: &str) -> Result<Option<Digest>, Status> {
-    if value.is_empty() {
-        return Ok(None);
-    }
-    parse_digest(field, value).map(Some)
 }

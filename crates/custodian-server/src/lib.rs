@@ -4,20 +4,16 @@
 //! `tonic::Status` or HTTP responses.
 
 pub mod auth;
-mod cas;
-pub mod conn;
 mod error;
 pub mod evidence;
-mod evidence_grpc;
-mod ledger;
+pub mod grpc;
 mod log_key;
+pub mod net;
 pub mod registry;
-mod registry_grpc;
 pub mod rest;
 pub mod scan;
 pub mod scrub;
 mod sequencer;
-mod tls;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -34,14 +30,16 @@ use custodian_storage::ledger::Ledger;
 use custodian_storage::{BlobStore, DEFAULT_BLOCK_SIZE};
 use tokio::net::TcpListener;
 
-pub use cas::{CasLimits, CasService, blob_info};
-pub use error::{ServerError, parse_digest, storage_status};
-pub use ledger::{LedgerService, entry_pb, ledger_status, receipt_pb};
+pub use error::ServerError;
+pub use grpc::cas::{CasLimits, CasService, blob_info};
+pub use grpc::evidence::EvidenceService;
+pub use grpc::ledger::{LedgerService, entry_pb, receipt_pb};
+pub use grpc::registry::{RegistryService, data_pack_pb, version_pb};
+pub use grpc::status::{GrpcError, parse_digest};
 pub use log_key::{KEY_FILE, load_or_generate};
+pub use net::tls::TlsFiles;
 pub use registry::{Registry, RegistryError};
-pub use registry_grpc::{RegistryService, data_pack_pb, version_pb};
 pub use sequencer::{Sequencer, SequencerConfig};
-pub use tls::TlsFiles;
 
 /// The storage setting that selects the embedded RocksDB backend.
 pub const EMBEDDED_STORAGE: &str = "rocksdb";
@@ -60,7 +58,7 @@ pub struct ServerConfig {
     /// Content store limits.
     pub limits: CasLimits,
     /// Connection limits on both ports.
-    pub conn: conn::ConnLimits,
+    pub conn: net::conn::ConnLimits,
     /// How long in-flight requests may run after a shutdown signal before they are cut off.
     pub shutdown_grace: Duration,
     /// The ledger's origin when a new log key is generated (ignored, but checked, afterwards).
@@ -88,7 +86,7 @@ impl ServerConfig {
             storage_options: Vec::new(),
             block_size: DEFAULT_BLOCK_SIZE,
             limits: CasLimits::default(),
-            conn: conn::ConnLimits::default(),
+            conn: net::conn::ConnLimits::default(),
             shutdown_grace: Duration::from_secs(30),
             log_origin: None,
             append_token: None,
@@ -189,12 +187,10 @@ pub async fn serve(
     ))
     .max_decoding_message_size(limits.max_message_size_bytes)
     .max_encoding_message_size(limits.max_message_size_bytes);
-    let evidence_service = EvidenceServer::new(evidence_grpc::EvidenceService::new(
-        registry.clone(),
-        auth.clone(),
-    ))
-    .max_decoding_message_size(limits.max_message_size_bytes)
-    .max_encoding_message_size(limits.max_message_size_bytes);
+    let evidence_service =
+        EvidenceServer::new(EvidenceService::new(registry.clone(), auth.clone()))
+            .max_decoding_message_size(limits.max_message_size_bytes)
+            .max_encoding_message_size(limits.max_message_size_bytes);
     let registry_service =
         RegistryServer::new(RegistryService::new(registry.clone(), auth.clone()))
             .max_decoding_message_size(limits.max_message_size_bytes)
@@ -211,7 +207,7 @@ pub async fn serve(
         .set_serving::<RegistryServer<RegistryService>>()
         .await;
     health_reporter
-        .set_serving::<EvidenceServer<evidence_grpc::EvidenceService>>()
+        .set_serving::<EvidenceServer<EvidenceService>>()
         .await;
     // Both reflection versions: grpcurl asks for v1 first, but older grpcurl releases and other
     // clients (for example Python's grpc_requests) know only v1alpha.
@@ -241,8 +237,8 @@ pub async fn serve(
                 Some(tls) => Some(tls.rustls_config()?),
                 None => None,
             };
-            let gate = conn::Gate::new(config.conn, "rest");
-            Some(tokio::spawn(conn::serve_rest(
+            let gate = net::conn::Gate::new(config.conn, "rest");
+            Some(tokio::spawn(net::conn::serve_rest(
                 rest_listener,
                 tls,
                 app,
@@ -259,7 +255,7 @@ pub async fn serve(
     // Every connection holds a slot of --max-connections and is closed after --idle-timeout
     // without traffic; TCP_NODELAY is set on each (small replies such as ledger appends would
     // otherwise wait for delayed ACKs).
-    let incoming = conn::grpc_incoming(listener, conn::Gate::new(config.conn, "grpc"));
+    let incoming = net::conn::grpc_incoming(listener, net::conn::Gate::new(config.conn, "grpc"));
     let server = builder
         .tcp_nodelay(true)
         // Large windows let one stream move a big blob at loopback speed.

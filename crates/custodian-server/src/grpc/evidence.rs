@@ -9,9 +9,9 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Authenticator;
 use crate::evidence::Attested;
-use crate::ledger::receipt_pb;
+use crate::grpc::ledger::receipt_pb;
+use crate::grpc::status::principal;
 use crate::registry::Registry;
-use crate::registry_grpc::{principal, registry_status};
 
 /// The Evidence service.
 pub struct EvidenceService {
@@ -36,8 +36,7 @@ impl EvidenceRpc for EvidenceService {
         let (namespaces, receipt, already) = self
             .registry
             .register_attester(&who, &request.get_ref().verifier_key)
-            .await
-            .map_err(registry_status)?;
+            .await?;
         Ok(Response::new(pb::RegisterAttesterResponse {
             namespaces,
             receipt: Some(receipt_pb(&receipt)),
@@ -53,8 +52,7 @@ impl EvidenceRpc for EvidenceService {
         let receipt = self
             .registry
             .attest(&who, &request.get_ref().envelope)
-            .await
-            .map_err(registry_status)?;
+            .await?;
         Ok(Response::new(pb::AttestRunResponse {
             receipt: Some(receipt_pb(&receipt)),
         }))
@@ -88,7 +86,7 @@ impl EvidenceRpc for EvidenceService {
                     ..Default::default()
                 },
                 Err(err) => {
-                    let status = registry_status(err);
+                    let status = Status::from(err);
                     pb::AttestRunResult {
                         error_code: status.code() as i32,
                         error_message: status.message().to_string(),
@@ -121,8 +119,7 @@ impl EvidenceRpc for EvidenceService {
                     target: (!r.target.is_empty()).then_some(r.target),
                 },
             )
-            .await
-            .map_err(registry_status)?;
+            .await?;
         Ok(Response::new(pb::RecordScanResponse {
             receipt: Some(receipt_pb(&receipt)),
         }))
@@ -134,15 +131,11 @@ impl EvidenceRpc for EvidenceService {
     ) -> Result<Response<pb::ScanVersionResponse>, Status> {
         let who = principal(&self.auth, &request)?;
         let r = request.into_inner();
-        let (results, queued) = self
-            .registry
-            .rescan(&who, &r.name, &r.version)
-            .await
-            .map_err(registry_status)?;
+        let (results, queued) = self.registry.rescan(&who, &r.name, &r.version).await?;
         Ok(Response::new(pb::ScanVersionResponse {
             results: results
                 .iter()
-                .map(crate::registry_grpc::scan_result_pb)
+                .map(crate::grpc::registry::scan_result_pb)
                 .collect(),
             queued,
         }))
@@ -158,10 +151,7 @@ impl EvidenceRpc for EvidenceService {
             0 => 1000,
             n => n.min(1000) as usize,
         };
-        let pending = self
-            .registry
-            .pending_scans(&who, &r.scanner, limit)
-            .map_err(registry_status)?;
+        let pending = self.registry.pending_scans(&who, &r.scanner, limit)?;
         Ok(Response::new(pb::ListPendingScansResponse {
             pending: pending
                 .into_iter()
@@ -181,11 +171,7 @@ impl EvidenceRpc for EvidenceService {
     ) -> Result<Response<pb::GetBadgeResponse>, Status> {
         let who = principal(&self.auth, &request)?;
         let r = request.get_ref();
-        let (badge, bundle) = self
-            .registry
-            .badge(&who, &r.name, &r.version)
-            .await
-            .map_err(registry_status)?;
+        let (badge, bundle) = self.registry.badge(&who, &r.name, &r.version).await?;
         Ok(Response::new(pb::GetBadgeResponse {
             state: badge.state.as_str().into(),
             badge_json: serde_json::to_string(&badge).unwrap_or_default(),
@@ -199,11 +185,7 @@ impl EvidenceRpc for EvidenceService {
     ) -> Result<Response<pb::GetReportResponse>, Status> {
         let who = principal(&self.auth, &request)?;
         let r = request.get_ref();
-        let (badge, rows) = self
-            .registry
-            .report(&who, &r.name, &r.version)
-            .await
-            .map_err(registry_status)?;
+        let (badge, rows) = self.registry.report(&who, &r.name, &r.version).await?;
         Ok(Response::new(pb::GetReportResponse {
             badge_state: badge.state.as_str().into(),
             rows: rows

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use custodian_core::{Algorithm, Digest};
 
 use crate::auth::{Authenticator, Principal, Scope};
-use crate::error::{parse_digest, parse_optional_digest, storage_status};
+use crate::grpc::status::principal;
+use crate::grpc::status::{GrpcError, parse_digest, parse_optional_digest};
 use crate::registry::Registry;
-use crate::registry_grpc::principal;
 
 /// The largest data payload of one streamed Get message.
 const GET_MESSAGE_BYTES: usize = 1 << 20;
@@ -117,7 +117,7 @@ impl CasService {
             return Ok(self.registry.blob_readable(who, digest));
         }
         Ok(
-            match self.store.stat(digest).await.map_err(storage_status)? {
+            match self.store.stat(digest).await.map_err(GrpcError::from)? {
                 Some(meta) => self.readable(who, &meta),
                 None => true,
             },
@@ -128,7 +128,7 @@ impl CasService {
 /// What a caller who may not read a blob is told: exactly what it would be told if the blob
 /// were not in custody.
 fn hidden(digest: &Digest) -> Status {
-    storage_status(StorageError::NotFound { digest: *digest })
+    GrpcError::Storage(StorageError::NotFound { digest: *digest }).into()
 }
 
 /// The wire form of blob metadata.
@@ -197,13 +197,17 @@ impl ContentStore for CasService {
             digest: parse_optional_digest("header.expected_digest", &header.expected_digest)?,
             size: header.expected_size,
         };
-        let mut writer = self.store.begin_put(expect).await.map_err(storage_status)?;
+        let mut writer = self
+            .store
+            .begin_put(expect)
+            .await
+            .map_err(GrpcError::from)?;
         // If the client disconnects, `message()` fails and the writer is dropped here: the
         // upload is discarded and nothing becomes visible.
         while let Some(message) = next_message(&mut stream, idle).await? {
             match message.message {
                 Some(pb::put_request::Message::Chunk(chunk)) => {
-                    writer.write(chunk).await.map_err(storage_status)?;
+                    writer.write(chunk).await.map_err(GrpcError::from)?;
                 }
                 Some(pb::put_request::Message::Header(_)) => {
                     return Err(Status::invalid_argument(
@@ -213,7 +217,7 @@ impl ContentStore for CasService {
                 None => {}
             }
         }
-        let outcome = writer.commit().await.map_err(storage_status)?;
+        let outcome = writer.commit().await.map_err(GrpcError::from)?;
         tracing::debug!(digest = %outcome.meta.sha256(), size = outcome.meta.size, already_present = outcome.already_present, "put");
         // Whether someone else already stored these bytes is not the uploader's business
         // unless it may read them.
@@ -244,7 +248,7 @@ impl ContentStore for CasService {
             .store
             .get(&digest, range)
             .await
-            .map_err(storage_status)?;
+            .map_err(GrpcError::from)?;
         let first = pb::GetResponse {
             blob: Some(blob_info(&read.meta)),
             data: Bytes::new(),
@@ -264,7 +268,7 @@ impl ContentStore for CasService {
                 Ok(data) => Ok(pb::GetResponse { blob: None, data }),
                 Err(err) => {
                     tracing::error!(%err, "read failed");
-                    Err(storage_status(err))
+                    Err(GrpcError::Storage(err).into())
                 }
             });
         let stream = futures::stream::once(async { Ok(first) }).chain(data);
@@ -277,7 +281,7 @@ impl ContentStore for CasService {
     ) -> Result<Response<pb::BlobInfo>, Status> {
         let who = principal(&self.auth, &request)?;
         let digest = parse_digest("digest", &request.get_ref().digest)?;
-        match self.store.stat(&digest).await.map_err(storage_status)? {
+        match self.store.stat(&digest).await.map_err(GrpcError::from)? {
             Some(meta) if self.readable(&who, &meta) => Ok(Response::new(blob_info(&meta))),
             _ => Err(hidden(&digest)),
         }
@@ -303,7 +307,7 @@ impl ContentStore for CasService {
             .store
             .find_missing(&digests)
             .await
-            .map_err(storage_status)?;
+            .map_err(GrpcError::from)?;
         let mut absent: std::collections::HashSet<Digest> = missing.into_iter().collect();
         // Blobs the caller may not read are reported missing, as if they were not in custody.
         if !who.allows_everywhere(Scope::Read) {
@@ -360,7 +364,7 @@ impl ContentStore for CasService {
                     Ok(_) => stored
                         .next()
                         .unwrap_or_else(|| Err(StorageError::Aborted("not attempted".into())))
-                        .map_err(storage_status),
+                        .map_err(|err| Status::from(GrpcError::from(err))),
                     Err(status) => Err(status),
                 };
                 match outcome {
@@ -395,7 +399,7 @@ impl ContentStore for CasService {
                     .store
                     .stat(&digest)
                     .await
-                    .map_err(storage_status)?
+                    .map_err(GrpcError::from)?
                     .filter(|meta| self.readable(&who, meta))
                     .ok_or_else(|| hidden(&digest))?;
                 if meta.size > budget {
@@ -404,8 +408,8 @@ impl ContentStore for CasService {
                         meta.size
                     )));
                 }
-                let read = self.store.get(&digest, ByteRange::ALL).await.map_err(storage_status)?;
-                let chunks: Vec<Bytes> = read.data.try_collect().await.map_err(storage_status)?;
+                let read = self.store.get(&digest, ByteRange::ALL).await.map_err(GrpcError::from)?;
+                let chunks: Vec<Bytes> = read.data.try_collect().await.map_err(GrpcError::from)?;
                 budget -= meta.size;
                 Ok((meta, chunks.concat()))
             }

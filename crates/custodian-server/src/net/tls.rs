@@ -1,5 +1,5 @@
 //! Optional TLS (rustls with aws-lc-rs) for both ports: the gRPC port through tonic, the REST
-//! port through [`crate::conn::serve_rest`], which completes each handshake on the connection's
+//! port through [`crate::net::conn::serve_rest`], which completes each handshake on the connection's
 //! own task within the header timeout, so a slow or silent client never holds up the others.
 
 use std::path::PathBuf;

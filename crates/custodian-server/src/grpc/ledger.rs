@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use custodian_core::entry::{Entry, EntryKind, encode_value, parse_cbor};
-use custodian_core::merkle::{Hash, ProofError};
+use custodian_core::merkle::Hash;
 use custodian_core::receipt::Receipt;
 use custodian_proto::ledger::v1 as pb;
 use custodian_proto::ledger::v1::ledger_server::Ledger as LedgerRpc;
@@ -13,8 +13,8 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Authenticator, Principal, Scope};
+use crate::grpc::status::{GrpcError, principal};
 use crate::registry::Registry;
-use crate::registry_grpc::principal;
 use crate::sequencer::Sequencer;
 
 /// Entries, checkpoints or hash chunks per streamed read from storage.
@@ -101,27 +101,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Converts a ledger error into a status whose message starts with the field concerned.
-pub fn ledger_status(field: &str, err: LedgerError) -> Status {
-    let message = format!("field {field}: {err}");
-    match err {
-        LedgerError::NoSuchEntry { .. }
-        | LedgerError::NoSuchLeaf(_)
-        | LedgerError::NoSuchCheckpoint(_) => Status::not_found(message),
-        LedgerError::SizeBeyondLog { .. } => Status::out_of_range(message),
-        LedgerError::InvalidEntry(_) => Status::invalid_argument(message),
-        LedgerError::Proof(
-            ProofError::SizesOutOfOrder { .. } | ProofError::IndexOutOfRange { .. },
-        ) => Status::invalid_argument(message),
-        LedgerError::Proof(_) | LedgerError::Corrupt(_) => {
-            Status::data_loss(format!("{err}; nothing derived from it is served"))
-        }
-        LedgerError::WrongKey { .. } => Status::failed_precondition(err.to_string()),
-        LedgerError::Poisoned(_) => Status::unavailable(err.to_string()),
-        LedgerError::Backend { .. } => Status::internal(err.to_string()),
-    }
 }
 
 fn parse_hash(field: &str, bytes: &[u8]) -> Result<Hash, Status> {
@@ -223,7 +202,7 @@ impl LedgerRpc for LedgerService {
             Some(size) => self
                 .ledger()
                 .checkpoint(size)
-                .map_err(|e| ledger_status("tree_size", e))?,
+                .map_err(|e| GrpcError::ledger("tree_size", e))?,
         };
         Ok(Response::new(checkpoint_pb(&checkpoint)))
     }
@@ -243,7 +222,7 @@ impl LedgerRpc for LedgerService {
             }
             let chunk = ledger
                 .checkpoints(from, STREAM_CHUNK as usize)
-                .map_err(|e| ledger_status("from_size", e))?;
+                .map_err(|e| GrpcError::ledger("from_size", e))?;
             let mut out = Vec::new();
             for (size, note) in chunk {
                 if size > end {
@@ -253,7 +232,7 @@ impl LedgerRpc for LedgerService {
                 let checkpoint =
                     custodian_core::checkpoint::Checkpoint::open(&note, ledger.verifier())
                         .map_err(|e| {
-                            ledger_status(
+                            GrpcError::ledger(
                                 "from_size",
                                 LedgerError::Corrupt(format!("checkpoint of size {size}: {e}")),
                             )
@@ -280,7 +259,7 @@ impl LedgerRpc for LedgerService {
         let bytes = self
             .ledger()
             .verified_entry(index)
-            .map_err(|e| ledger_status("index", e))?;
+            .map_err(|e| GrpcError::ledger("index", e))?;
         self.check_visible(&who, index, &bytes)?;
         Ok(Response::new(entry_pb(index, bytes)))
     }
@@ -298,13 +277,14 @@ impl LedgerRpc for LedgerService {
         let size = ledger.latest().size;
         let end = request.end.unwrap_or(size);
         if end > size {
-            return Err(ledger_status(
+            return Err(GrpcError::ledger(
                 "end",
                 LedgerError::SizeBeyondLog {
                     requested: end,
                     size,
                 },
-            ));
+            )
+            .into());
         }
         let mut at = request.start;
         Ok(Response::new(chunked(move || {
@@ -314,7 +294,7 @@ impl LedgerRpc for LedgerService {
             let stop = (at + STREAM_CHUNK).min(end);
             let entries = ledger
                 .entries(at, stop)
-                .map_err(|e| ledger_status("start", e))?;
+                .map_err(|e| GrpcError::ledger("start", e))?;
             let mut out = Vec::with_capacity(entries.len());
             for (bytes, index) in entries.into_iter().zip(at..) {
                 if !registry.entry_visible(&who, &bytes) {
@@ -337,7 +317,7 @@ impl LedgerRpc for LedgerService {
             Some(pb::get_inclusion_proof_request::Leaf::Index(index)) => index,
             Some(pb::get_inclusion_proof_request::Leaf::LeafHash(hash)) => ledger
                 .index_of(&parse_hash("leaf_hash", &hash)?)
-                .map_err(|e| ledger_status("leaf_hash", e))?,
+                .map_err(|e| GrpcError::ledger("leaf_hash", e))?,
             None => {
                 return Err(Status::invalid_argument(
                     "field leaf is required: give index or leaf_hash",
@@ -351,12 +331,12 @@ impl LedgerRpc for LedgerService {
                 LedgerError::SizeBeyondLog { .. } => "tree_size",
                 _ => "index",
             };
-            ledger_status(field, e)
+            GrpcError::ledger(field, e)
         })?;
         let checkpoint = match ledger.checkpoint(size) {
             Ok(checkpoint) => Some(checkpoint_pb(&checkpoint)),
             Err(LedgerError::NoSuchCheckpoint(_)) => None,
-            Err(e) => return Err(ledger_status("tree_size", e)),
+            Err(e) => return Err(GrpcError::ledger("tree_size", e).into()),
         };
         Ok(Response::new(pb::InclusionProof {
             index,
@@ -381,7 +361,7 @@ impl LedgerRpc for LedgerService {
                     LedgerError::SizeBeyondLog { .. } => "new_size",
                     _ => "old_size",
                 };
-                ledger_status(field, e)
+                GrpcError::ledger(field, e)
             })?;
         Ok(Response::new(pb::ConsistencyProof {
             old_size: request.old_size,
@@ -402,7 +382,7 @@ impl LedgerRpc for LedgerService {
                 "leaf_hash",
                 ledger
                     .index_of(&parse_hash("leaf_hash", &hash)?)
-                    .map_err(|e| ledger_status("leaf_hash", e))?,
+                    .map_err(|e| GrpcError::ledger("leaf_hash", e))?,
             ),
             None => {
                 return Err(Status::invalid_argument(
@@ -410,7 +390,9 @@ impl LedgerRpc for LedgerService {
                 ));
             }
         };
-        let receipt = ledger.receipt(index).map_err(|e| ledger_status(field, e))?;
+        let receipt = ledger
+            .receipt(index)
+            .map_err(|e| GrpcError::ledger(field, e))?;
         self.check_visible(&who, index, &receipt.entry)?;
         Ok(Response::new(receipt_pb(&receipt)))
     }
@@ -438,7 +420,7 @@ impl LedgerRpc for LedgerService {
             let stop = (at + HASH_CHUNK).min(end);
             let hashes = ledger
                 .stored_hashes(at, stop)
-                .map_err(|e| ledger_status("start", e))?;
+                .map_err(|e| GrpcError::ledger("start", e))?;
             let message = pb::TreeHashes {
                 start: at,
                 hashes: hashes.iter().flat_map(|h| h.0).collect::<Vec<u8>>().into(),
@@ -455,23 +437,23 @@ impl LedgerRpc for LedgerService {
         self.authorize(&request)?;
         let request = request.into_inner();
         let kind = EntryKind::parse(&request.kind)
-            .map_err(|e| ledger_status("kind", LedgerError::InvalidEntry(e)))?;
+            .map_err(|e| GrpcError::ledger("kind", LedgerError::InvalidEntry(e)))?;
         if kind.is_service() {
             return Err(Status::invalid_argument(format!(
                 "field kind: {kind} entries are appended only by the registry and evidence services after their checks; use custodian.registry.v1.Registry or custodian.evidence.v1.Evidence"
             )));
         }
         let payload = parse_cbor(&request.payload_cbor)
-            .map_err(|e| ledger_status("payload_cbor", LedgerError::InvalidEntry(e)))?;
+            .map_err(|e| GrpcError::ledger("payload_cbor", LedgerError::InvalidEntry(e)))?;
         let (appended, checkpoint) = self
             .sequencer
             .append(kind, payload)
             .await
-            .map_err(|e| ledger_status("payload_cbor", e))?;
+            .map_err(|e| GrpcError::ledger("payload_cbor", e))?;
         let receipt = self
             .ledger()
             .receipt_for(&appended, &checkpoint)
-            .map_err(|e| ledger_status("index", e))?;
+            .map_err(|e| GrpcError::ledger("index", e))?;
         Ok(Response::new(pb::AppendResponse {
             receipt: Some(receipt_pb(&receipt)),
         }))

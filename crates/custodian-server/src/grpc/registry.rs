@@ -6,43 +6,10 @@ use custodian_proto::registry::v1 as pb;
 use custodian_proto::registry::v1::registry_server::Registry as RegistryRpc;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{AuthError, Authenticator, Principal};
-use crate::ledger::receipt_pb;
-use crate::registry::{DataPackRecord, Registry, RegistryError, VersionRecord};
-
-/// The principal behind a gRPC request, from its `authorization` metadata.
-pub fn principal<T>(auth: &Authenticator, request: &Request<T>) -> Result<Principal, Status> {
-    let header =
-        match request.metadata().get("authorization") {
-            None => None,
-            Some(value) => Some(value.to_str().map_err(|_| {
-                Status::unauthenticated("metadata authorization is not ASCII text")
-            })?),
-        };
-    auth.authenticate(header).map_err(auth_status)
-}
-
-/// The status for an authentication failure.
-pub fn auth_status(err: AuthError) -> Status {
-    Status::unauthenticated(format!("metadata authorization: {err}"))
-}
-
-/// The gRPC status for a registry error.
-pub fn registry_status(err: RegistryError) -> Status {
-    let message = err.to_string();
-    match err {
-        RegistryError::InvalidArgument(_) | RegistryError::Invalid(_) => {
-            Status::invalid_argument(message)
-        }
-        RegistryError::NotFound(_) => Status::not_found(message),
-        RegistryError::AlreadyExists(_) => Status::already_exists(message),
-        RegistryError::Unauthenticated(_) => Status::unauthenticated(message),
-        RegistryError::PermissionDenied(_) => Status::permission_denied(message),
-        RegistryError::FailedPrecondition(_) => Status::failed_precondition(message),
-        RegistryError::Ledger(e) => crate::ledger::ledger_status("ledger", e),
-        RegistryError::Storage(e) => crate::error::storage_status(e),
-    }
-}
+use crate::auth::{Authenticator, Principal};
+use crate::grpc::ledger::receipt_pb;
+use crate::grpc::status::principal;
+use crate::registry::{DataPackRecord, Registry, VersionRecord};
 
 fn timestamp(ms: u64) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -191,8 +158,7 @@ impl RegistryRpc for RegistryService {
         let (recorded, scanned) = self
             .registry
             .publish_and_scan(&who, &request.envelope, &request.publisher_key, private)
-            .await
-            .map_err(registry_status)?;
+            .await?;
         Ok(Response::new(pb::PublishVersionResponse {
             version: Some(version_pb(&self.registry, &who, &recorded.record, true)),
             receipt: Some(receipt_pb(&recorded.receipt)),
@@ -216,10 +182,7 @@ impl RegistryRpc for RegistryService {
         request: Request<pb::ListVersionsRequest>,
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
         let who = principal(&self.auth, &request)?;
-        let versions = self
-            .registry
-            .list(&who, &request.get_ref().name)
-            .map_err(registry_status)?;
+        let versions = self.registry.list(&who, &request.get_ref().name)?;
         Ok(Response::new(pb::ListVersionsResponse {
             versions: versions
                 .iter()
@@ -234,10 +197,7 @@ impl RegistryRpc for RegistryService {
     ) -> Result<Response<pb::Version>, Status> {
         let who = principal(&self.auth, &request)?;
         let request = request.get_ref();
-        let record = self
-            .registry
-            .get(&who, &request.name, &request.version)
-            .map_err(registry_status)?;
+        let record = self.registry.get(&who, &request.name, &request.version)?;
         Ok(Response::new(version_pb(
             &self.registry,
             &who,
@@ -255,8 +215,7 @@ impl RegistryRpc for RegistryService {
         let recorded = self
             .registry
             .yank(&who, &request.name, &request.version, &request.reason)
-            .await
-            .map_err(registry_status)?;
+            .await?;
         Ok(Response::new(pb::YankResponse {
             version: Some(version_pb(&self.registry, &who, &recorded.record, false)),
             receipt: Some(receipt_pb(&recorded.receipt)),

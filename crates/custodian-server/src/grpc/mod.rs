@@ -1,0 +1,8 @@
+//! The gRPC side of the edge: one module per service, and [`status`], the one place any layer's
+//! error becomes a `tonic::Status` and a request's metadata becomes a principal.
+
+pub mod cas;
+pub mod evidence;
+pub mod ledger;
+pub mod registry;
+pub mod status;

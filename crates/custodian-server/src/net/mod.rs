@@ -1,0 +1,5 @@
+//! The network under both front ends: connection limits and timeouts on each port ([`conn`]) and
+//! TLS for both ([`tls`]). Neither knows what the requests mean.
+
+pub mod conn;
+pub mod tls;
