@@ -1,15 +1,14 @@
 //! Evidence: attester keys, attested runs, scans, badges, bundles and liveness reports, on top of
 //! the registry's index (the same ledger, the same principals).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use custodian_core::Digest;
 use custodian_core::attestation::{AttestationError, RunStatement, check_against_eval};
-use custodian_core::badge::{self, Badge, Evidence, Run, Scan};
+use custodian_core::badge::{self, Badge, Evidence, Run};
 use custodian_core::bundle::Bundle;
 use custodian_core::dsse::Envelope;
-use custodian_core::entry::{Entry, EntryKind};
+use custodian_core::entry::Entry;
 use custodian_core::manifest::Manifest;
 use custodian_core::note::VerifierKey;
 use custodian_core::package::MANIFEST_FILE;
@@ -20,111 +19,8 @@ use custodian_core::registry::{
 use futures::StreamExt as _;
 
 use crate::auth::{Principal, Scope};
-use crate::registry::{Registry, RegistryError, State, VersionRecord, invalid, require};
-
-/// The latest run of one eval × model.
-#[derive(Clone, Debug)]
-pub struct RunRef {
-    /// Its ledger index.
-    pub index: u64,
-    /// Its integration time.
-    pub time_ms: u64,
-    /// Whether it passed.
-    pub passed: bool,
-    /// The data pack it read.
-    pub data_pack: Option<String>,
-    /// Its context fingerprint.
-    pub context: String,
-    /// The runner.
-    pub runner: String,
-    /// The attester key that signed it.
-    pub attester: String,
-}
-
-/// The evidence of one version.
-#[derive(Clone, Debug, Default)]
-pub struct VersionEvidence {
-    /// The latest run per (eval, model).
-    pub runs: BTreeMap<(String, String), RunRef>,
-    /// Every scan, as the badge policy reads them.
-    pub scans: Vec<Scan>,
-    /// The last badge issued, with its entry index.
-    pub badge: Option<(u64, BadgeIssued)>,
-}
-
-/// A registered attester key.
-#[derive(Clone, Debug)]
-pub struct Attester {
-    /// The key.
-    pub key: VerifierKey,
-    /// Its namespaces.
-    pub namespaces: Vec<String>,
-    /// The KeyEvent that registered it.
-    pub index: u64,
-}
-
-impl State {
-    /// Applies an evidence entry to the index.
-    pub(crate) fn apply_evidence(&mut self, index: u64, entry: &Entry) -> Result<(), String> {
-        match entry.kind {
-            EntryKind::RunAttested => {
-                let e: RunAttested = entry.event().map_err(|e| e.to_string())?;
-                let slot = self
-                    .evidence
-                    .entry((e.name.clone(), e.version.clone()))
-                    .or_default();
-                slot.runs.insert(
-                    (e.eval_id, e.model),
-                    RunRef {
-                        index,
-                        time_ms: entry.time_ms,
-                        passed: e.passed,
-                        data_pack: e.data_pack_sha256,
-                        context: e.context_sha256,
-                        runner: e.runner,
-                        attester: e.attester_key,
-                    },
-                );
-            }
-            EntryKind::ScanRecorded => {
-                let e: ScanRecorded = entry.event().map_err(|e| e.to_string())?;
-                self.evidence
-                    .entry((e.name, e.version))
-                    .or_default()
-                    .scans
-                    .push(Scan {
-                        index,
-                        scanner: e.scanner,
-                        root: e.root,
-                        verdict: e.verdict,
-                    });
-            }
-            EntryKind::KeyEvent => {
-                // Key events of other roles are not the registry's business.
-                if let Ok(e) = entry.event::<KeyRegistered>()
-                    && e.role == "attester"
-                {
-                    let key = VerifierKey::parse(&e.key).map_err(|err| err.to_string())?;
-                    self.attesters.insert(
-                        key.handle(),
-                        Attester {
-                            key,
-                            namespaces: e.namespaces,
-                            index,
-                        },
-                    );
-                }
-            }
-            EntryKind::BadgeIssued => {
-                let e: BadgeIssued = entry.event().map_err(|e| e.to_string())?;
-                let key = (e.name.clone(), e.version.clone());
-                self.evidence.entry(key).or_default().badge = Some((index, e));
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-}
+pub use crate::registry::index::{Attester, RunRef, VersionEvidence};
+use crate::registry::{Registry, RegistryError, VersionRecord, invalid, require};
 
 /// How many attestations are checked and appended at once; enough to fill the sequencer's
 /// batches, few enough to bound memory.
@@ -194,7 +90,7 @@ impl Registry {
         }
         let namespaces = token.namespaces.clone();
         let _write = self.writes.lock().await;
-        if let Some(existing) = self.read().attesters.get(&key.handle()) {
+        if let Some(existing) = self.read().attester(&key.handle()) {
             if existing.key != key {
                 return Err(invalid(
                     "verifier_key",
@@ -280,7 +176,7 @@ impl Registry {
             envelope
                 .signatures
                 .iter()
-                .find_map(|s| state.attesters.get(&s.keyid).cloned())
+                .find_map(|s| state.attester(&s.keyid).cloned())
         };
         let Some(attester) = attester else {
             let ids: Vec<&str> = envelope
@@ -499,7 +395,7 @@ impl Registry {
         // Checked under the read lock; the list is copied only when there is damage to name.
         let damaged = {
             let state = self.read();
-            (!state.damaged.is_empty()).then(|| state.damaged.clone())
+            (!state.damaged().is_empty()).then(|| state.damaged().to_vec())
         };
         if let Some(damaged) = damaged {
             let listed: Vec<String> = damaged.iter().take(10).map(u64::to_string).collect();
@@ -514,8 +410,7 @@ impl Registry {
         let manifest = self.manifest_of(record).await?;
         let evidence = self
             .read()
-            .evidence
-            .get(&(record.event.name.clone(), record.event.version.clone()))
+            .evidence(&record.event.name, &record.event.version)
             .cloned()
             .unwrap_or_default();
         let mut runs: Vec<Run> = Vec::with_capacity(evidence.runs.len());
@@ -607,8 +502,7 @@ impl Registry {
             let _write = self.writes.lock().await;
             let current = self
                 .read()
-                .evidence
-                .get(&(record.event.name.clone(), record.event.version.clone()))
+                .evidence(&record.event.name, &record.event.version)
                 .and_then(|e| e.badge.clone());
             let still_changed = current.as_ref().is_none_or(|(_, issued)| {
                 issued.state != badge.state.as_str()
@@ -641,7 +535,7 @@ impl Registry {
             for run in evidence.runs.values() {
                 if badge.evidence.contains(&run.index)
                     && let Ok(key) = VerifierKey::parse(&run.attester)
-                    && let Some(a) = state.attesters.get(&key.handle())
+                    && let Some(a) = state.attester(&key.handle())
                 {
                     indexes.push(a.index);
                 }

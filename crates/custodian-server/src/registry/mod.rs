@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 
 use custodian_core::datapack::DataPackSpec;
 use custodian_core::dsse::Envelope;
-use custodian_core::entry::{Entry, EntryKind};
+use custodian_core::entry::Entry;
 use custodian_core::manifest::{Manifest, Problem, Report, check_name};
 use custodian_core::note::VerifierKey;
 use custodian_core::package::{FileEntry, MANIFEST_FILE, PackageStatement};
@@ -24,6 +24,12 @@ use custodian_storage::ledger::Ledger;
 use custodian_storage::{BlobStore, ByteRange, LedgerError, PutOutcome, StorageError};
 use futures::TryStreamExt as _;
 
+pub mod index;
+#[cfg(test)]
+mod tests;
+
+pub use index::{BlobRef, Index, Package};
+
 use crate::auth::{Principal, Scope};
 use crate::sequencer::Sequencer;
 
@@ -34,8 +40,6 @@ const MAX_YAML_TOTAL: u64 = 16 << 20;
 /// The registry license ids a daemon accepts unless configured otherwise: the ids the seed
 /// documents use (`private-commercial`, seed 000's customer-support-classifier).
 pub const DEFAULT_REGISTRY_LICENSES: [&str; 1] = ["private-commercial"];
-/// Entries replayed per read at start-up.
-const REPLAY_CHUNK: u64 = 4096;
 
 /// Why a registry operation was refused. Each variant maps to one gRPC code and one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -120,126 +124,6 @@ pub struct DataPackRecord {
     pub time_ms: u64,
 }
 
-#[derive(Default)]
-struct Package {
-    publisher_key: String,
-    // Shared so that a lookup (every attestation does one) copies a pointer, not the envelope.
-    versions: BTreeMap<semver::Version, Arc<VersionRecord>>,
-}
-
-#[derive(Clone)]
-struct BlobRef {
-    name: String,
-    private: bool,
-}
-
-#[derive(Default)]
-pub(crate) struct State {
-    packages: BTreeMap<String, Package>,
-    blobs: HashMap<[u8; 32], Vec<BlobRef>>,
-    /// Runs, scans and badges per `(name, version)`.
-    pub(crate) evidence: HashMap<(String, String), crate::evidence::VersionEvidence>,
-    /// Registered attester keys by handle (`name+hexid`).
-    pub(crate) attesters: HashMap<String, crate::evidence::Attester>,
-    /// Entries whose stored bytes do not match the leaf hashes the signed tree records, found
-    /// at replay. They were not applied, so state derived from the log may be missing them.
-    pub(crate) damaged: Vec<u64>,
-}
-
-impl State {
-    fn add_ref(&mut self, sha256: &Digest, name: &str, private: bool) {
-        self.blobs
-            .entry(*sha256.bytes())
-            .or_default()
-            .push(BlobRef {
-                name: name.to_string(),
-                private,
-            });
-    }
-
-    fn apply(&mut self, index: u64, entry: &Entry) -> Result<(), String> {
-        match entry.kind {
-            EntryKind::PackagePublished => {
-                let event: PackagePublished = entry.event().map_err(|e| e.to_string())?;
-                let version = semver::Version::parse(&event.version).map_err(|e| e.to_string())?;
-                let envelope =
-                    Envelope::parse(event.envelope.as_bytes()).map_err(|e| e.to_string())?;
-                let statement = PackageStatement::from_json(
-                    &envelope.payload_bytes().map_err(|e| e.to_string())?,
-                )
-                .map_err(|e| e.to_string())?;
-                let files = statement.tree.files().to_vec();
-                for file in &files {
-                    self.add_ref(&file.sha256, &event.name, event.private);
-                }
-                let package = self.packages.entry(event.name.clone()).or_default();
-                if package.publisher_key.is_empty() {
-                    package.publisher_key = event.publisher_key.clone();
-                }
-                package.versions.insert(
-                    version,
-                    Arc::new(VersionRecord {
-                        event,
-                        files,
-                        index,
-                        time_ms: entry.time_ms,
-                        yanked: None,
-                        data_pack: None,
-                    }),
-                );
-            }
-            EntryKind::VersionYanked => {
-                let event: VersionYanked = entry.event().map_err(|e| e.to_string())?;
-                if let Some(v) = self.version_mut(&event.name, &event.version) {
-                    v.yanked = Some(Yank {
-                        reason: event.reason,
-                        index,
-                        time_ms: entry.time_ms,
-                    });
-                }
-            }
-            EntryKind::DataPackRegistered => {
-                let event: DataPackRegistered = entry.event().map_err(|e| e.to_string())?;
-                if let Some(sha256) = event.pack.sha256.as_deref() {
-                    let digest: Digest = sha256.parse().map_err(|e| format!("{e}"))?;
-                    self.add_ref(&digest, &event.name, event.private);
-                }
-                let (name, version) = (event.name.clone(), event.version.clone());
-                if let Some(v) = self.version_mut(&name, &version) {
-                    v.data_pack = Some(DataPackRecord {
-                        event,
-                        index,
-                        time_ms: entry.time_ms,
-                    });
-                }
-            }
-            EntryKind::RunAttested
-            | EntryKind::ScanRecorded
-            | EntryKind::KeyEvent
-            | EntryKind::BadgeIssued => self.apply_evidence(index, entry)?,
-            _ => {}
-        }
-        Ok(())
-    }
-
-    fn version_mut(&mut self, name: &str, version: &str) -> Option<&mut VersionRecord> {
-        let version = semver::Version::parse(version).ok()?;
-        self.packages
-            .get_mut(name)?
-            .versions
-            .get_mut(&version)
-            .map(Arc::make_mut)
-    }
-
-    pub(crate) fn version(
-        &self,
-        name: &str,
-        version: &semver::Version,
-    ) -> Option<&Arc<VersionRecord>> {
-        self.packages.get(name)?.versions.get(version)
-    }
-}
-
 /// The outcome of a publication, yank or registration: the record and its ledger receipt.
 pub struct Recorded<T> {
     /// What was recorded (or found already recorded).
@@ -286,7 +170,7 @@ pub(crate) type ParsedManifest = Arc<(Manifest, Vec<u8>)>;
 pub struct Registry {
     store: BlobStore,
     sequencer: Sequencer,
-    state: RwLock<State>,
+    index: RwLock<Index>,
     pub(crate) writes: tokio::sync::Mutex<()>,
     /// Bounds the attestations being checked at once, across all callers: each holds its
     /// envelope in several forms until appended, so this bounds the daemon's memory.
@@ -346,13 +230,13 @@ impl Registry {
     /// Opens the registry by replaying the registry entries of the ledger.
     pub async fn open(store: BlobStore, sequencer: Sequencer) -> Result<Self, RegistryError> {
         let ledger = sequencer.ledger().clone();
-        let state = tokio::task::spawn_blocking(move || replay(&ledger))
+        let state = tokio::task::spawn_blocking(move || Index::replay(&ledger))
             .await
             .map_err(|e| RegistryError::Ledger(LedgerError::Poisoned(e.to_string())))??;
         Ok(Registry {
             store,
             sequencer,
-            state: RwLock::new(state),
+            index: RwLock::new(state),
             writes: tokio::sync::Mutex::new(()),
             attest_permits: tokio::sync::Semaphore::new(
                 crate::evidence::MAX_CONCURRENT_ATTESTATIONS,
@@ -396,8 +280,9 @@ impl Registry {
         );
     }
 
-    pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.state
+    /// The index, for reading.
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -446,7 +331,7 @@ impl Registry {
 
     pub(crate) fn apply(&self, index: u64, entry: &Entry) {
         let mut state = self
-            .state
+            .index
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Err(err) = state.apply(index, entry) {
@@ -621,10 +506,10 @@ impl Registry {
         private: bool,
     ) -> Result<Option<Recorded<Arc<VersionRecord>>>, RegistryError> {
         let state = self.read();
-        let Some(package) = state.packages.get(name) else {
+        let Some(package) = state.package(name) else {
             return Ok(None);
         };
-        let pinned = VerifierKey::parse(&package.publisher_key).ok();
+        let pinned = VerifierKey::parse(package.publisher_key()).ok();
         if pinned.as_ref() != Some(key) {
             return Err(RegistryError::PermissionDenied(format!(
                 "package {name:?} is pinned to publisher key {} (set by its first version); this version is signed by {}",
@@ -632,7 +517,7 @@ impl Registry {
                 key.handle()
             )));
         }
-        let Some(record) = package.versions.get(version) else {
+        let Some(record) = package.version(version) else {
             return Ok(None);
         };
         if record.event.root != root || record.event.private != private {
@@ -829,11 +714,9 @@ impl Registry {
     ) -> Result<Vec<Arc<VersionRecord>>, RegistryError> {
         let versions: Vec<Arc<VersionRecord>> = self
             .read()
-            .packages
-            .get(name)
+            .package(name)
             .map(|p| {
-                p.versions
-                    .values()
+                p.versions()
                     .filter(|v| who.can_read(name, v.event.private))
                     .cloned()
                     .collect()
@@ -851,7 +734,7 @@ impl Registry {
     /// pack, or to a private one `who` has a read grant for. Blobs no package refers to are
     /// readable by tokens that may read every namespace.
     pub fn blob_readable(&self, who: &Principal, sha256: &Digest) -> bool {
-        match self.read().blobs.get(sha256.bytes()) {
+        match self.read().blob_refs(sha256) {
             Some(refs) => refs.iter().any(|r| who.can_read(&r.name, r.private)),
             None => who.allows_everywhere(Scope::Read),
         }
@@ -1140,22 +1023,18 @@ impl Registry {
     ) -> Vec<(String, String, Option<String>)> {
         let state = self.read();
         let mut out = Vec::new();
-        for (name, package) in &state.packages {
+        for (name, package) in state.packages() {
             for record in package
-                .versions
-                .values()
+                .versions()
                 .filter(|r| everything || who.can_read(name, r.event.private))
             {
                 let version = record.event.version.clone();
                 let scanned = |root: &str| {
-                    state
-                        .evidence
-                        .get(&(name.clone(), version.clone()))
-                        .is_some_and(|e| {
-                            e.scans
-                                .iter()
-                                .any(|s| s.scanner == scanner && s.root == root)
-                        })
+                    state.evidence(name, &version).is_some_and(|e| {
+                        e.scans
+                            .iter()
+                            .any(|s| s.scanner == scanner && s.root == root)
+                    })
                 };
                 if !scanned(&record.event.root) {
                     out.push((name.clone(), version.clone(), None));
@@ -1247,60 +1126,5 @@ fn report_one(file: &str, message: &str) -> Report {
 /// Rebuilds the registry index from a ledger without serving it; returns how many registry
 /// events it applied. For measuring start-up time (`custodian-bench ledger`).
 pub fn replay_count(ledger: &Ledger) -> Result<usize, RegistryError> {
-    let state = replay(ledger)?;
-    Ok(state.packages.values().map(|p| p.versions.len()).sum())
-}
-
-fn replay(ledger: &Ledger) -> Result<State, RegistryError> {
-    let mut state = State::default();
-    let size = ledger.latest().size;
-    let mut start = 0;
-    let mut applied = 0u64;
-    while start < size {
-        let end = (start + REPLAY_CHUNK).min(size);
-        // Every entry is checked against the leaf hash the signed tree records before anything
-        // is derived from it: a damaged byte must not become a registry fact (a run that
-        // passes, a version not yanked).
-        let leaves = ledger.leaf_hashes(start, end)?;
-        for (offset, bytes) in ledger.entries(start, end)?.into_iter().enumerate() {
-            let index = start + offset as u64;
-            let actual = custodian_core::merkle::leaf_hash(&bytes);
-            if actual != leaves[offset] {
-                tracing::error!(
-                    index,
-                    %actual,
-                    recorded = %leaves[offset],
-                    "ledger entry is damaged; it is not applied, and badges are withheld until `custodian scrub` finds the log clean"
-                );
-                state.damaged.push(index);
-                continue;
-            }
-            // Most entries are not the registry's: skip them without decoding.
-            if let Some(kind) = custodian_core::entry::peek_kind(&bytes)
-                && !custodian_core::registry::SERVICE_KINDS.contains(&kind)
-            {
-                continue;
-            }
-            let entry = Entry::decode(&bytes)
-                .map_err(|e| LedgerError::Corrupt(format!("entry {index} does not decode: {e}")))?;
-            if entry.kind.is_service() {
-                // These kinds are appended only by the registry and evidence services, so a bad
-                // one means the code that wrote it was wrong: skip it loudly rather than refuse
-                // to start.
-                match state.apply(index, &entry) {
-                    Ok(()) => applied += 1,
-                    Err(err) => {
-                        tracing::error!(index, %err, "skipping a registry entry that does not apply")
-                    }
-                }
-            }
-        }
-        start = end;
-    }
-    tracing::info!(
-        entries = size,
-        registry_events = applied,
-        "registry rebuilt from the ledger"
-    );
-    Ok(state)
+    Ok(Index::replay(ledger)?.version_count())
 }

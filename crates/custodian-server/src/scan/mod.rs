@@ -394,7 +394,7 @@ impl Registry {
     /// `pending` when nothing has been recorded.
     pub fn scan_status(&self, name: &str, version: &str, root: &str) -> String {
         let state = self.read();
-        let Some(evidence) = state.evidence.get(&(name.to_string(), version.to_string())) else {
+        let Some(evidence) = state.evidence(name, version) else {
             return "pending".into();
         };
         // The same per-scanner reading the badge policy applies.

@@ -1,0 +1,366 @@
+//! The registry index: what the ledger says about packages, versions, yanks, data packs, blobs,
+//! evidence and attester keys, in memory. It is derived state only: [`Index::replay`] rebuilds it
+//! from the ledger at start-up and [`Index::apply`] folds in each entry the registry appends, so
+//! the two can never disagree after a crash. Nothing here does I/O beyond reading the ledger.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use custodian_core::Digest;
+use custodian_core::badge::Scan;
+use custodian_core::dsse::Envelope;
+use custodian_core::entry::{Entry, EntryKind};
+use custodian_core::note::VerifierKey;
+use custodian_core::package::PackageStatement;
+use custodian_core::registry::{
+    BadgeIssued, DataPackRegistered, KeyRegistered, PackagePublished, RunAttested, ScanRecorded,
+    VersionYanked,
+};
+use custodian_storage::LedgerError;
+use custodian_storage::ledger::Ledger;
+
+use super::{DataPackRecord, VersionRecord, Yank};
+
+/// Entries replayed per read at start-up.
+const REPLAY_CHUNK: u64 = 4096;
+
+/// One package: its pinned publisher key and its versions.
+#[derive(Default)]
+pub struct Package {
+    publisher_key: String,
+    // Shared so that a lookup (every attestation does one) copies a pointer, not the envelope.
+    versions: BTreeMap<semver::Version, Arc<VersionRecord>>,
+}
+
+/// A package (or data pack) that refers to a blob, and whether it is private.
+#[derive(Clone, Debug)]
+pub struct BlobRef {
+    /// The package name.
+    pub name: String,
+    /// Whether the package (or data pack) is private.
+    pub private: bool,
+}
+
+/// The registry's view of the ledger: every package version with its yank and data pack, which
+/// packages refer to each blob, each version's evidence and the attester keys. Rebuilt from the
+/// ledger at start-up ([`Index::replay`]) and updated after each append ([`Index::apply`]).
+#[derive(Default)]
+pub struct Index {
+    packages: BTreeMap<String, Package>,
+    blobs: HashMap<[u8; 32], Vec<BlobRef>>,
+    /// Runs, scans and badges per `(name, version)`.
+    evidence: HashMap<(String, String), VersionEvidence>,
+    /// Registered attester keys by handle (`name+hexid`).
+    attesters: HashMap<String, Attester>,
+    /// Entries whose stored bytes do not match the leaf hashes the signed tree records, found
+    /// at replay. They were not applied, so state derived from the log may be missing them.
+    damaged: Vec<u64>,
+}
+
+impl Index {
+    fn add_ref(&mut self, sha256: &Digest, name: &str, private: bool) {
+        self.blobs
+            .entry(*sha256.bytes())
+            .or_default()
+            .push(BlobRef {
+                name: name.to_string(),
+                private,
+            });
+    }
+
+    /// Applies one service entry (registry or evidence); other kinds are ignored. An error means
+    /// the entry does not decode as its kind says.
+    pub fn apply(&mut self, index: u64, entry: &Entry) -> Result<(), String> {
+        match entry.kind {
+            EntryKind::PackagePublished => {
+                let event: PackagePublished = entry.event().map_err(|e| e.to_string())?;
+                let version = semver::Version::parse(&event.version).map_err(|e| e.to_string())?;
+                let envelope =
+                    Envelope::parse(event.envelope.as_bytes()).map_err(|e| e.to_string())?;
+                let statement = PackageStatement::from_json(
+                    &envelope.payload_bytes().map_err(|e| e.to_string())?,
+                )
+                .map_err(|e| e.to_string())?;
+                let files = statement.tree.files().to_vec();
+                for file in &files {
+                    self.add_ref(&file.sha256, &event.name, event.private);
+                }
+                let package = self.packages.entry(event.name.clone()).or_default();
+                if package.publisher_key.is_empty() {
+                    package.publisher_key = event.publisher_key.clone();
+                }
+                package.versions.insert(
+                    version,
+                    Arc::new(VersionRecord {
+                        event,
+                        files,
+                        index,
+                        time_ms: entry.time_ms,
+                        yanked: None,
+                        data_pack: None,
+                    }),
+                );
+            }
+            EntryKind::VersionYanked => {
+                let event: VersionYanked = entry.event().map_err(|e| e.to_string())?;
+                if let Some(v) = self.version_mut(&event.name, &event.version) {
+                    v.yanked = Some(Yank {
+                        reason: event.reason,
+                        index,
+                        time_ms: entry.time_ms,
+                    });
+                }
+            }
+            EntryKind::DataPackRegistered => {
+                let event: DataPackRegistered = entry.event().map_err(|e| e.to_string())?;
+                if let Some(sha256) = event.pack.sha256.as_deref() {
+                    let digest: Digest = sha256.parse().map_err(|e| format!("{e}"))?;
+                    self.add_ref(&digest, &event.name, event.private);
+                }
+                let (name, version) = (event.name.clone(), event.version.clone());
+                if let Some(v) = self.version_mut(&name, &version) {
+                    v.data_pack = Some(DataPackRecord {
+                        event,
+                        index,
+                        time_ms: entry.time_ms,
+                    });
+                }
+            }
+            EntryKind::RunAttested
+            | EntryKind::ScanRecorded
+            | EntryKind::KeyEvent
+            | EntryKind::BadgeIssued => self.apply_evidence(index, entry)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn version_mut(&mut self, name: &str, version: &str) -> Option<&mut VersionRecord> {
+        let version = semver::Version::parse(version).ok()?;
+        self.packages
+            .get_mut(name)?
+            .versions
+            .get_mut(&version)
+            .map(Arc::make_mut)
+    }
+
+    /// A version by name and parsed version.
+    pub fn version(&self, name: &str, version: &semver::Version) -> Option<&Arc<VersionRecord>> {
+        self.packages.get(name)?.versions.get(version)
+    }
+
+    /// A package by name.
+    pub fn package(&self, name: &str) -> Option<&Package> {
+        self.packages.get(name)
+    }
+
+    /// Every package, by name.
+    pub fn packages(&self) -> impl Iterator<Item = (&String, &Package)> {
+        self.packages.iter()
+    }
+
+    /// The packages and data packs that refer to a blob (by its sha256).
+    pub fn blob_refs(&self, sha256: &Digest) -> Option<&[BlobRef]> {
+        self.blobs.get(sha256.bytes()).map(Vec::as_slice)
+    }
+
+    /// The evidence recorded for one version.
+    pub fn evidence(&self, name: &str, version: &str) -> Option<&VersionEvidence> {
+        self.evidence.get(&(name.to_string(), version.to_string()))
+    }
+
+    /// A registered attester key by handle (`name+hexid`).
+    pub fn attester(&self, handle: &str) -> Option<&Attester> {
+        self.attesters.get(handle)
+    }
+
+    /// Entries whose stored bytes did not match the signed tree at replay (not applied).
+    pub fn damaged(&self) -> &[u64] {
+        &self.damaged
+    }
+
+    /// How many versions the index holds, across all packages.
+    pub fn version_count(&self) -> usize {
+        self.packages.values().map(|p| p.versions.len()).sum()
+    }
+}
+
+impl Package {
+    /// The publisher key its first version pinned.
+    pub fn publisher_key(&self) -> &str {
+        &self.publisher_key
+    }
+
+    /// Its versions, oldest first.
+    pub fn versions(&self) -> impl Iterator<Item = &Arc<VersionRecord>> {
+        self.versions.values()
+    }
+
+    /// One version.
+    pub fn version(&self, version: &semver::Version) -> Option<&Arc<VersionRecord>> {
+        self.versions.get(version)
+    }
+}
+
+impl Index {
+    /// Applies an evidence entry to the index.
+    fn apply_evidence(&mut self, index: u64, entry: &Entry) -> Result<(), String> {
+        match entry.kind {
+            EntryKind::RunAttested => {
+                let e: RunAttested = entry.event().map_err(|e| e.to_string())?;
+                let slot = self
+                    .evidence
+                    .entry((e.name.clone(), e.version.clone()))
+                    .or_default();
+                slot.runs.insert(
+                    (e.eval_id, e.model),
+                    RunRef {
+                        index,
+                        time_ms: entry.time_ms,
+                        passed: e.passed,
+                        data_pack: e.data_pack_sha256,
+                        context: e.context_sha256,
+                        runner: e.runner,
+                        attester: e.attester_key,
+                    },
+                );
+            }
+            EntryKind::ScanRecorded => {
+                let e: ScanRecorded = entry.event().map_err(|e| e.to_string())?;
+                self.evidence
+                    .entry((e.name, e.version))
+                    .or_default()
+                    .scans
+                    .push(Scan {
+                        index,
+                        scanner: e.scanner,
+                        root: e.root,
+                        verdict: e.verdict,
+                    });
+            }
+            EntryKind::KeyEvent => {
+                // Key events of other roles are not the registry's business.
+                if let Ok(e) = entry.event::<KeyRegistered>()
+                    && e.role == "attester"
+                {
+                    let key = VerifierKey::parse(&e.key).map_err(|err| err.to_string())?;
+                    self.attesters.insert(
+                        key.handle(),
+                        Attester {
+                            key,
+                            namespaces: e.namespaces,
+                            index,
+                        },
+                    );
+                }
+            }
+            EntryKind::BadgeIssued => {
+                let e: BadgeIssued = entry.event().map_err(|e| e.to_string())?;
+                let key = (e.name.clone(), e.version.clone());
+                self.evidence.entry(key).or_default().badge = Some((index, e));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl Index {
+    /// Rebuilds the index from every entry of the ledger. Each entry is checked against the leaf
+    /// hash the signed tree records first; a damaged one is listed in [`Index::damaged`], not applied.
+    pub fn replay(ledger: &Ledger) -> Result<Index, LedgerError> {
+        let mut state = Index::default();
+        let size = ledger.latest().size;
+        let mut start = 0;
+        let mut applied = 0u64;
+        while start < size {
+            let end = (start + REPLAY_CHUNK).min(size);
+            // Every entry is checked against the leaf hash the signed tree records before anything
+            // is derived from it: a damaged byte must not become a registry fact (a run that
+            // passes, a version not yanked).
+            let leaves = ledger.leaf_hashes(start, end)?;
+            for (offset, bytes) in ledger.entries(start, end)?.into_iter().enumerate() {
+                let index = start + offset as u64;
+                let actual = custodian_core::merkle::leaf_hash(&bytes);
+                if actual != leaves[offset] {
+                    tracing::error!(
+                        index,
+                        %actual,
+                        recorded = %leaves[offset],
+                        "ledger entry is damaged; it is not applied, and badges are withheld until `custodian scrub` finds the log clean"
+                    );
+                    state.damaged.push(index);
+                    continue;
+                }
+                // Most entries are not the registry's: skip them without decoding.
+                if let Some(kind) = custodian_core::entry::peek_kind(&bytes)
+                    && !custodian_core::registry::SERVICE_KINDS.contains(&kind)
+                {
+                    continue;
+                }
+                let entry = Entry::decode(&bytes).map_err(|e| {
+                    LedgerError::Corrupt(format!("entry {index} does not decode: {e}"))
+                })?;
+                if entry.kind.is_service() {
+                    // These kinds are appended only by the registry and evidence services, so a bad
+                    // one means the code that wrote it was wrong: skip it loudly rather than refuse
+                    // to start.
+                    match state.apply(index, &entry) {
+                        Ok(()) => applied += 1,
+                        Err(err) => {
+                            tracing::error!(index, %err, "skipping a registry entry that does not apply")
+                        }
+                    }
+                }
+            }
+            start = end;
+        }
+        tracing::info!(
+            entries = size,
+            registry_events = applied,
+            "registry rebuilt from the ledger"
+        );
+        Ok(state)
+    }
+}
+
+/// The latest run of one eval × model.
+#[derive(Clone, Debug)]
+pub struct RunRef {
+    /// Its ledger index.
+    pub index: u64,
+    /// Its integration time.
+    pub time_ms: u64,
+    /// Whether it passed.
+    pub passed: bool,
+    /// The data pack it read.
+    pub data_pack: Option<String>,
+    /// Its context fingerprint.
+    pub context: String,
+    /// The runner.
+    pub runner: String,
+    /// The attester key that signed it.
+    pub attester: String,
+}
+
+/// The evidence of one version.
+#[derive(Clone, Debug, Default)]
+pub struct VersionEvidence {
+    /// The latest run per (eval, model).
+    pub runs: BTreeMap<(String, String), RunRef>,
+    /// Every scan, as the badge policy reads them.
+    pub scans: Vec<Scan>,
+    /// The last badge issued, with its entry index.
+    pub badge: Option<(u64, BadgeIssued)>,
+}
+
+/// A registered attester key.
+#[derive(Clone, Debug)]
+pub struct Attester {
+    /// The key.
+    pub key: VerifierKey,
+    /// Its namespaces.
+    pub namespaces: Vec<String>,
+    /// The KeyEvent that registered it.
+    pub index: u64,
+}

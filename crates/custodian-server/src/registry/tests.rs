@@ -1,0 +1,234 @@
+//! The registry and its index on the in-memory blob store and ledger: what publication, yanks,
+//! attester registrations and runs put into the index, what a caller may see of it, and that a
+//! replay of the same ledger rebuilds the same index. No daemon, no disk.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use custodian_core::attestation::{RunPredicate, RunStatement, Runner};
+use custodian_core::entry::{Entry, EntryKind, Value};
+use custodian_core::note::SignerKey;
+use custodian_core::package::{FileEntry, PackageStatement};
+use custodian_core::{Algorithm, Digest};
+use custodian_storage::ledger::Ledger;
+use custodian_storage::{BlobStore, Expectation, MemoryBackend, MemoryLedger};
+
+use super::{Index, Registry, RegistryError};
+use crate::auth::{Principal, Scope, TokenRecord};
+use crate::sequencer::{Sequencer, SequencerConfig};
+
+const MANIFEST: &str = "name: acme-bot\nversion: 1.0.0\ntype: eval_suite\nbase_model: [m1]\nevals: [e1]\nlicense: Apache-2.0\n";
+
+fn admin() -> Principal {
+    Principal::Token(Arc::new(TokenRecord {
+        id: "t1".into(),
+        name: "admin".into(),
+        sha256: String::new(),
+        scopes: vec![Scope::Admin],
+        namespaces: vec!["*".into()],
+        created_ms: 0,
+        revoked_ms: None,
+    }))
+}
+
+struct Fixture {
+    registry: Registry,
+    ledger: Arc<Ledger>,
+    publisher: SignerKey,
+    manifest: Digest,
+}
+
+async fn fixture() -> Fixture {
+    let store = BlobStore::new(Arc::new(MemoryBackend::new(64 << 10)));
+    let signer = SignerKey::from_seed("registry.test/log", [3; 32]).expect("log key");
+    let ledger = Arc::new(Ledger::open(Arc::new(MemoryLedger::new()), signer).expect("ledger"));
+    let manifest = Digest::of(Algorithm::Sha256, MANIFEST.as_bytes());
+    store
+        .put_bytes(
+            Expectation {
+                digest: Some(manifest),
+                size: None,
+            },
+            Bytes::from_static(MANIFEST.as_bytes()),
+        )
+        .await
+        .expect("manifest into custody");
+    let sequencer = Sequencer::start(ledger.clone(), SequencerConfig::default());
+    let registry = Registry::open(store, sequencer).await.expect("open");
+    Fixture {
+        registry,
+        ledger,
+        publisher: SignerKey::from_seed("acme-release", [4; 32]).expect("publisher key"),
+        manifest,
+    }
+}
+
+impl Fixture {
+    async fn publish(&self, private: bool) -> Result<u64, RegistryError> {
+        let statement = PackageStatement::new(
+            "acme-bot",
+            "1.0.0",
+            "eval_suite",
+            vec![FileEntry {
+                path: "manifest.yaml".into(),
+                sha256: self.manifest,
+                size: MANIFEST.len() as u64,
+            }],
+        )
+        .expect("statement");
+        let (recorded, _) = self
+            .registry
+            .publish_and_scan(
+                &admin(),
+                &statement.sign(&self.publisher).to_json(),
+                &self.publisher.verifier().to_string(),
+                private,
+            )
+            .await?;
+        Ok(recorded.record.index)
+    }
+
+    /// A fresh index replayed from the same ledger.
+    fn replayed(&self) -> Index {
+        Index::replay(&self.ledger).expect("replay")
+    }
+}
+
+fn version() -> semver::Version {
+    semver::Version::new(1, 0, 0)
+}
+
+#[tokio::test]
+async fn a_publication_is_in_the_index_and_in_its_replay() {
+    let f = fixture().await;
+    let index = f.publish(false).await.expect("publish");
+    for view in [&*f.registry.read(), &f.replayed()] {
+        let record = view
+            .version("acme-bot", &version())
+            .expect("published version");
+        assert_eq!(record.index, index);
+        assert_eq!(record.files.len(), 1);
+        assert!(record.yanked.is_none());
+        assert_eq!(
+            view.package("acme-bot").expect("package").publisher_key(),
+            f.publisher.verifier().to_string()
+        );
+        let refs = view
+            .blob_refs(&f.manifest)
+            .expect("the manifest is referred to");
+        assert_eq!(refs.len(), 1);
+        assert_eq!(
+            (refs[0].name.as_str(), refs[0].private),
+            ("acme-bot", false)
+        );
+        assert_eq!(view.version_count(), 1);
+        assert!(view.damaged().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_private_version_is_invisible_without_a_grant_and_so_are_its_blobs() {
+    let f = fixture().await;
+    f.publish(true).await.expect("publish");
+    let anonymous = Principal::Anonymous;
+    assert!(matches!(
+        f.registry.get(&anonymous, "acme-bot", "1.0.0"),
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(matches!(
+        f.registry.list(&anonymous, "acme-bot"),
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(!f.registry.blob_readable(&anonymous, &f.manifest));
+    assert!(f.registry.get(&admin(), "acme-bot", "1.0.0").is_ok());
+    assert!(f.registry.blob_readable(&admin(), &f.manifest));
+    let refs = f.replayed().blob_refs(&f.manifest).map(<[_]>::to_vec);
+    assert_eq!(refs.map(|r| r[0].private), Some(true));
+}
+
+#[tokio::test]
+async fn a_yank_is_recorded_with_its_reason_and_survives_replay() {
+    let f = fixture().await;
+    f.publish(false).await.expect("publish");
+    let yanked = f
+        .registry
+        .yank(&admin(), "acme-bot", "1.0.0", "leaks the system prompt")
+        .await
+        .expect("yank");
+    let yank_index = yanked.receipt.index;
+    for view in [&*f.registry.read(), &f.replayed()] {
+        let yank = view
+            .version("acme-bot", &version())
+            .and_then(|v| v.yanked.clone())
+            .expect("yanked");
+        assert_eq!(yank.reason, "leaks the system prompt");
+        assert_eq!(yank.index, yank_index);
+    }
+}
+
+#[tokio::test]
+async fn attesters_and_runs_are_the_badge_inputs_the_index_keeps() {
+    let f = fixture().await;
+    f.publish(false).await.expect("publish");
+    let attester = SignerKey::from_seed("ci-runner", [5; 32]).expect("attester key");
+    f.registry
+        .register_attester(&admin(), &attester.verifier().to_string())
+        .await
+        .expect("register attester");
+    let run = RunStatement::new(
+        f.manifest,
+        RunPredicate {
+            package: "acme-bot".into(),
+            version: "1.0.0".into(),
+            eval_id: "e1".into(),
+            model: "m1".into(),
+            passed: true,
+            metrics: Default::default(),
+            data_pack_sha256: None,
+            reproducibility_context: serde_json::json!({"seed": 7}),
+            started_at: "2026-11-30T00:00:00Z".into(),
+            finished_at: "2026-11-30T00:00:01Z".into(),
+            runner: Runner {
+                id: "ci".into(),
+                version: None,
+            },
+        },
+    )
+    .expect("run statement");
+    let receipt = f
+        .registry
+        .attest(&admin(), &run.sign(&attester).to_json())
+        .await
+        .expect("attest");
+    for view in [&*f.registry.read(), &f.replayed()] {
+        assert!(view.attester(&attester.verifier().handle()).is_some());
+        let evidence = view.evidence("acme-bot", "1.0.0").expect("evidence");
+        let latest = &evidence.runs[&("e1".to_string(), "m1".to_string())];
+        assert_eq!(latest.index, receipt.index);
+        assert!(latest.passed);
+        // The built-in scanner judged the publication; its verdict is a badge input too.
+        assert!(
+            evidence
+                .scans
+                .iter()
+                .any(|s| s.scanner == custodian_scan::SCANNER),
+            "{:?}",
+            evidence.scans
+        );
+    }
+}
+
+#[test]
+fn an_entry_that_does_not_decode_as_its_kind_is_refused_and_changes_nothing() {
+    let mut index = Index::default();
+    let entry = Entry::new(
+        EntryKind::PackagePublished,
+        custodian_core::merkle::Hash([0; 32]),
+        1,
+        Value::Map(vec![(Value::Text("name".into()), Value::Integer(7.into()))]),
+    )
+    .expect("an entry");
+    assert!(index.apply(0, &entry).is_err());
+    assert_eq!(index.version_count(), 0);
+    assert_eq!(index.packages().count(), 0);
+}
