@@ -237,7 +237,7 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
             EntryKind::DataPackRegistered => {
                 let e: DataPackRegistered = entry.event().map_err(|e| fail(e.to_string()))?;
                 if about(&e.name, &e.version)
-                    && e.pack.mode == "hosted"
+                    && e.pack.mode == crate::registry::DataPackMode::Hosted
                     && let Some(sha256) = e.pack.sha256
                 {
                     data_pack = Some((index, sha256));

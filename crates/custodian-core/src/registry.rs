@@ -57,11 +57,38 @@ pub struct VersionYanked {
     pub private: bool,
 }
 
+/// Where a registered data pack's bytes are: in custody, or somewhere its publisher names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataPackMode {
+    /// Uploaded into custody: the registry holds the bytes, checked against their digest.
+    Hosted,
+    /// Elsewhere (`uri`); the registry records the declared checksum only.
+    #[default]
+    External,
+}
+
+impl DataPackMode {
+    /// `hosted` or `external`, as the ledger and the APIs write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataPackMode::Hosted => "hosted",
+            DataPackMode::External => "external",
+        }
+    }
+}
+
+impl std::fmt::Display for DataPackMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A data pack, hosted or external, as registered for one package version.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataPack {
-    /// `hosted` or `external`.
-    pub mode: String,
+    /// Hosted or external.
+    pub mode: DataPackMode,
     /// The data's license.
     pub license: String,
     /// The data artifact's logical version.
@@ -333,7 +360,7 @@ mod tests {
             version: "0.2.1".into(),
             private: false,
             pack: DataPack {
-                mode: "hosted".into(),
+                mode: DataPackMode::Hosted,
                 license: "CC-BY-4.0".into(),
                 sha256: Some(format!("sha256:{}", "ab".repeat(32))),
                 size: Some(12),

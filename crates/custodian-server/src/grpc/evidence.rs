@@ -155,11 +155,11 @@ impl EvidenceRpc for EvidenceService {
         Ok(Response::new(pb::ListPendingScansResponse {
             pending: pending
                 .into_iter()
-                .map(|(name, version, target, root)| pb::PendingScan {
-                    name,
-                    version,
-                    target: target.unwrap_or_default(),
-                    root,
+                .map(|p| pb::PendingScan {
+                    name: p.name,
+                    version: p.version,
+                    target: p.target.unwrap_or_default(),
+                    root: p.root,
                 })
                 .collect(),
         }))

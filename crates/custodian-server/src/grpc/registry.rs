@@ -23,7 +23,7 @@ pub fn data_pack_pb(registry: &Registry, record: &DataPackRecord) -> pb::DataPac
     let p = &record.event.pack;
     let provenance = p.provenance.clone().unwrap_or_default();
     pb::DataPack {
-        mode: p.mode.clone(),
+        mode: p.mode.to_string(),
         license: p.license.clone(),
         data_version: p.data_version.clone().unwrap_or_default(),
         sha256: p.sha256.clone().unwrap_or_default(),

@@ -16,8 +16,8 @@ use custodian_core::manifest::{Manifest, Problem, Report, check_name};
 use custodian_core::note::VerifierKey;
 use custodian_core::package::{FileEntry, MANIFEST_FILE, PackageStatement};
 use custodian_core::registry::{
-    DataPack, DataPackRegistered, Event, PackagePublished, VersionYanked, private_package,
-    to_payload,
+    DataPack, DataPackMode, DataPackRegistered, Event, PackagePublished, VersionYanked,
+    private_package, to_payload,
 };
 use custodian_core::{Algorithm, Digest, promptpack};
 use custodian_storage::ledger::Ledger;
@@ -95,7 +95,7 @@ impl VersionRecord {
     /// packs are not in custody, so nothing scans them).
     pub fn hosted_data_pack(&self) -> Option<(&DataPackRecord, &str)> {
         let pack = self.data_pack.as_ref()?;
-        if pack.event.pack.mode != "hosted" {
+        if pack.event.pack.mode != DataPackMode::Hosted {
             return None;
         }
         Some((pack, pack.event.pack.sha256.as_deref()?))
@@ -856,7 +856,7 @@ impl Registry {
             .and_then(Result::ok)
             .map(|d| d.to_string());
         let pack = DataPack {
-            mode: "external".into(),
+            mode: DataPackMode::External,
             license: spec.license.unwrap_or_default(),
             data_version: spec.version,
             source_type: spec.source_type,
@@ -991,7 +991,7 @@ impl Registry {
             _ => None,
         };
         let pack = DataPack {
-            mode: "hosted".into(),
+            mode: DataPackMode::Hosted,
             license: meta.license,
             data_version: meta.version,
             sha256: Some(stored.meta.digests.sha256.to_string()),

@@ -39,7 +39,7 @@ pub(super) fn data_pack_json(registry: &Registry, record: &DataPackRecord) -> se
         object.insert("ledger_index".into(), record.index.into());
         object.insert("registered_at".into(), rfc3339(record.time_ms).into());
         object.insert("private".into(), record.event.private.into());
-        if record.event.pack.mode == "hosted" {
+        if record.event.pack.mode == custodian_core::registry::DataPackMode::Hosted {
             // The registration recorded the first verdict; later scans (rescans, external
             // scanners) are in the ledger, and the status shown is the worst latest of them.
             if let Some(sha256) = &record.event.pack.sha256 {

@@ -15,20 +15,17 @@ use custodian_core::Digest;
 use custodian_core::package::FileEntry;
 use custodian_core::receipt::Receipt;
 use custodian_core::registry::{DATA_PACK_TARGET, ScanRecorded};
-use custodian_scan::{Finding, Limits, Report, SCANNER, Severity, Verdict};
-use custodian_storage::{BlobStore, ByteRange};
-use futures::TryStreamExt as _;
-use tokio::io::AsyncReadExt as _;
-use tokio_util::io::{StreamReader, SyncIoBridge};
+use custodian_scan::{Finding, Limits, Report, SCANNER, Verdict};
 
 use crate::auth::{Principal, Scope};
 use crate::registry::{Registry, RegistryError, VersionRecord};
 
+mod external;
+
+use external::{open_blob, run_external, scanner_error};
+
 /// Scans the built-in scanner runs at once (each keeps one core busy).
 pub(crate) const MAX_CONCURRENT_SCANS: usize = 2;
-
-/// The most stdout an external scanner may write.
-const MAX_SCANNER_OUTPUT: u64 = 4 << 20;
 
 /// An external scanner: a command that reads the content as a tar stream on stdin and writes
 /// findings as JSON on stdout.
@@ -85,9 +82,18 @@ pub struct Scanned {
     pub receipt: Receipt,
 }
 
-/// A job in a scanner service's queue: name, version, target (`None` for the package's files)
-/// and the root to scan.
-pub type PendingScan = (String, String, Option<String>, String);
+/// A job in a scanner service's queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingScan {
+    /// The package name.
+    pub name: String,
+    /// The version.
+    pub version: String,
+    /// `None` for the package's files, `data-pack` for its hosted data pack.
+    pub target: Option<String>,
+    /// The content root to scan (and to record the verdict against).
+    pub root: String,
+}
 
 /// What one scanner concluded, before it is recorded.
 struct Outcome {
@@ -111,22 +117,7 @@ pub(crate) struct ExternalQueues {
 }
 
 /// What a file of content is for reading: its path in the tar stream and its blob.
-type Content = Vec<(String, Digest, u64)>;
-
-fn open_blob(
-    store: &BlobStore,
-    handle: &tokio::runtime::Handle,
-    digest: &Digest,
-) -> io::Result<Box<dyn Read + Send>> {
-    let read = handle
-        .block_on(store.get(digest, ByteRange::ALL))
-        .map_err(io::Error::other)?;
-    let stream = read.data.map_err(io::Error::other);
-    Ok(Box::new(SyncIoBridge::new_with_handle(
-        StreamReader::new(stream),
-        handle.clone(),
-    )))
-}
+pub(crate) type Content = Vec<(String, Digest, u64)>;
 
 impl Registry {
     /// The content a scan of `target` reads: the package's files, or the hosted data pack.
@@ -351,8 +342,7 @@ impl Registry {
         Ok((out, queued))
     }
 
-    /// A scanner service's queue: what `who` may read that `scanner` has not judged yet, as
-    /// `(name, version, target, root)`.
+    /// A scanner service's queue: what `who` may read that `scanner` has not judged yet.
     pub fn pending_scans(
         &self,
         who: &Principal,
@@ -384,7 +374,12 @@ impl Registry {
                 continue;
             };
             if let Ok((root, _)) = Self::content(&record, target.as_deref()) {
-                out.push((name, version, target, root));
+                out.push(PendingScan {
+                    name,
+                    version,
+                    target,
+                    root,
+                });
             }
         }
         Ok(out)
@@ -461,183 +456,6 @@ impl Registry {
             }
         }
     }
-
-    /// Runs one external scan attempt.
-    async fn run_external(
-        &self,
-        scanner: &ExternalScanner,
-        record: &VersionRecord,
-        target: Option<&str>,
-        root: &str,
-        content: Content,
-        timeout: Duration,
-    ) -> Result<(Verdict, Vec<Finding>), String> {
-        let mut child = tokio::process::Command::new("sh")
-            .arg("-c")
-            // exec, so that killing the child kills the scanner, not just the shell.
-            .arg(format!("exec {}", scanner.command))
-            .env("CUSTODIAN_SCAN_NAME", &record.event.name)
-            .env("CUSTODIAN_SCAN_VERSION", &record.event.version)
-            .env("CUSTODIAN_SCAN_TARGET", target.unwrap_or("package"))
-            .env("CUSTODIAN_SCAN_ROOT", root)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("could not start {:?}: {e}", scanner.command))?;
-        let stdin = child.stdin.take().ok_or("no stdin")?;
-        let mut stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut stderr = child.stderr.take().ok_or("no stderr")?;
-        let store = self.store().clone();
-        let handle = tokio::runtime::Handle::current();
-        // The content goes in as a tar stream; a scanner that stops reading early just ends it.
-        let feeder = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            let mut tar = tar::Builder::new(SyncIoBridge::new_with_handle(stdin, handle.clone()));
-            for (path, digest, size) in content {
-                let mut header = tar::Header::new_ustar();
-                header.set_size(size);
-                header.set_mode(0o644);
-                header.set_entry_type(tar::EntryType::Regular);
-                let reader = open_blob(&store, &handle, &digest)?;
-                tar.append_data(&mut header, &path, reader)?;
-            }
-            tar.finish()?;
-            tar.into_inner()?.shutdown()?;
-            Ok(())
-        });
-        let run = async {
-            // Both pipes are read to their end (what is over the limit is discarded), so a
-            // scanner that logs a lot or answers too much never blocks on a full pipe.
-            let (read_out, read_err, status) = tokio::join!(
-                read_capped(&mut stdout, MAX_SCANNER_OUTPUT),
-                read_capped(&mut stderr, 64 << 10),
-                child.wait()
-            );
-            let (out, out_total) = read_out.map_err(|e| format!("reading its output: {e}"))?;
-            let (err, _) = read_err.unwrap_or_default();
-            let status = status.map_err(|e| format!("waiting for it: {e}"))?;
-            if out_total > MAX_SCANNER_OUTPUT {
-                return Err(format!(
-                    "it wrote {out_total} bytes of output, more than the {MAX_SCANNER_OUTPUT} allowed"
-                ));
-            }
-            Ok::<_, String>((status, out, err))
-        };
-        let (status, out, err) = match tokio::time::timeout(timeout, run).await {
-            Ok(result) => result?,
-            Err(_) => {
-                feeder.abort();
-                return Err(format!(
-                    "it did not finish within {}; killed",
-                    humantime::format_duration(timeout)
-                ));
-            }
-        };
-        let _ = feeder.await;
-        if !status.success() {
-            let tail = String::from_utf8_lossy(&err);
-            let tail: String = tail
-                .chars()
-                .rev()
-                .take(300)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            return Err(format!("it exited with {status}: {}", tail.trim()));
-        }
-        parse_external(&out)
-    }
-}
-
-/// Reads a pipe to its end, keeping the first `limit` bytes; returns them and the total read.
-async fn read_capped(
-    pipe: &mut (impl tokio::io::AsyncRead + Unpin),
-    limit: u64,
-) -> std::io::Result<(Vec<u8>, u64)> {
-    let mut kept = Vec::new();
-    (&mut *pipe).take(limit).read_to_end(&mut kept).await?;
-    let rest = tokio::io::copy(pipe, &mut tokio::io::sink()).await?;
-    let total = kept.len() as u64 + rest;
-    Ok((kept, total))
-}
-
-/// The finding that says why a scan ended in error (its verdict says that it did).
-fn scanner_error(message: String) -> Finding {
-    Finding {
-        file: String::new(),
-        offset: 0,
-        rule: "scanner.error".into(),
-        severity: Severity::Info,
-        message,
-        count: 1,
-    }
-}
-
-/// Reads an external scanner's answer: `{"verdict"?, "findings": [...]}` or a bare findings
-/// array. The verdict is never weaker than the findings: a `high` finding flags.
-fn parse_external(out: &[u8]) -> Result<(Verdict, Vec<Finding>), String> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Answer {
-        Findings(Vec<RawFinding>),
-        Object {
-            #[serde(default)]
-            verdict: Option<String>,
-            #[serde(default)]
-            findings: Vec<RawFinding>,
-        },
-    }
-    #[derive(serde::Deserialize)]
-    struct RawFinding {
-        #[serde(default)]
-        file: String,
-        #[serde(default)]
-        offset: u64,
-        rule: String,
-        severity: String,
-        #[serde(default)]
-        message: String,
-    }
-    let answer: Answer = serde_json::from_slice(out).map_err(|e| {
-        format!(
-            "its output is not a findings JSON object or array: {e} (output starts {:?})",
-            String::from_utf8_lossy(&out[..out.len().min(120)])
-        )
-    })?;
-    let (verdict, raw) = match answer {
-        Answer::Findings(f) => (None, f),
-        Answer::Object { verdict, findings } => (verdict, findings),
-    };
-    let mut findings = Vec::new();
-    for f in raw {
-        let severity = Severity::parse(&f.severity).ok_or_else(|| {
-            format!(
-                "finding {:?} has severity {:?}; expected info, low, medium, high or critical",
-                f.rule, f.severity
-            )
-        })?;
-        findings.push(Finding {
-            file: f.file,
-            offset: f.offset,
-            rule: f.rule,
-            severity,
-            message: f.message,
-            count: 1,
-        });
-    }
-    let from_findings = if findings.iter().any(|f| f.severity >= Severity::High) {
-        Verdict::Flagged
-    } else {
-        Verdict::Clean
-    };
-    let stated = match verdict.as_deref() {
-        None => Verdict::Clean,
-        Some(v) => Verdict::parse(v)
-            .ok_or_else(|| format!("verdict {v:?} is not clean, flagged or error"))?,
-    };
-    Ok((stated.worst(from_findings), findings))
 }
 
 /// One external scanner's worker: takes jobs in order, retries failed attempts with backoff, and
@@ -670,16 +488,16 @@ async fn worker(
         let mut failures = Vec::new();
         let mut outcome = None;
         for attempt in 1..=config.attempts.max(1) {
-            match registry
-                .run_external(
-                    &scanner,
-                    &record,
-                    target,
-                    &root,
-                    content.clone(),
-                    config.timeout,
-                )
-                .await
+            match run_external(
+                registry.store(),
+                &scanner,
+                &record,
+                target,
+                &root,
+                content.clone(),
+                config.timeout,
+            )
+            .await
             {
                 Ok(result) => {
                     outcome = Some(result);
