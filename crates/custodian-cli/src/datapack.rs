@@ -12,7 +12,6 @@ use futures::StreamExt as _;
 
 use crate::client::ServerArg;
 use crate::output::progress;
-use crate::publish::split_spec;
 
 /// Where the REST API is.
 #[derive(Args, Clone)]
@@ -107,7 +106,7 @@ fn client(rest: &RestArg) -> anyhow::Result<reqwest::Client> {
 }
 
 fn url(rest: &RestArg, spec: &str, tail: &str) -> anyhow::Result<String> {
-    let (name, version) = split_spec(spec)?;
+    let crate::args::PackageSpec { name, version } = spec.parse()?;
     let name = custodian_server::rest::encode_segment(&name);
     Ok(format!(
         "{}/wrappers/{name}/versions/{version}/data-pack{tail}",

@@ -13,8 +13,7 @@ use custodian_proto::evidence::v1::evidence_client::EvidenceClient;
 use custodian_proto::registry::v1 as rpb;
 
 use crate::client::{ServerArg, status_error};
-use crate::pack::{load_signer, load_verifier};
-use crate::publish::split_spec;
+use crate::keys::{load_signer, load_verifier};
 use custodian_client::Conn;
 
 async fn client(server: &ServerArg) -> anyhow::Result<EvidenceClient<Conn>> {
@@ -336,7 +335,7 @@ pub async fn scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn rescan(spec: &str, json: bool, server: &ServerArg) -> anyhow::Result<ExitCode> {
-    let (name, version) = split_spec(spec)?;
+    let crate::args::PackageSpec { name, version } = spec.parse()?;
     let response = client(server)
         .await?
         .scan_version(pb::ScanVersionRequest { name, version })
@@ -447,7 +446,7 @@ async fn record_scan(
     data_pack: bool,
     server: ServerArg,
 ) -> anyhow::Result<ExitCode> {
-    let (name, version) = split_spec(&spec)?;
+    let crate::args::PackageSpec { name, version } = spec.parse()?;
     let record = server
         .connect()
         .await?
@@ -527,7 +526,7 @@ fn print_badge(badge: &Badge) {
 
 /// Shows a badge (and writes its bundle).
 pub async fn badge(args: BadgeArgs) -> anyhow::Result<ExitCode> {
-    let (name, version) = split_spec(&args.spec)?;
+    let crate::args::PackageSpec { name, version } = args.spec.parse()?;
     let response = client(&args.server)
         .await?
         .get_badge(pb::GetBadgeRequest { name, version })
@@ -556,7 +555,7 @@ pub async fn badge(args: BadgeArgs) -> anyhow::Result<ExitCode> {
 
 /// Prints the liveness report.
 pub async fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
-    let (name, version) = split_spec(&args.spec)?;
+    let crate::args::PackageSpec { name, version } = args.spec.parse()?;
     let response = client(&args.server)
         .await?
         .get_report(pb::GetReportRequest {

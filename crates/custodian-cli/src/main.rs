@@ -1,9 +1,11 @@
 //! `custodian`: the Custodian daemon and its command-line client.
 
+mod args;
 mod blob;
 mod client;
 mod datapack;
 mod evidence;
+mod keys;
 mod log;
 mod output;
 mod pack;
@@ -91,7 +93,7 @@ back. Exits 1 naming the first index where anything diverges."
     Audit(log::AuditArgs),
     /// Generate publisher keys
     #[command(subcommand)]
-    Key(pack::KeyCommand),
+    Key(keys::KeyCommand),
     /// Build (hash, check, sign) and verify Behavior Package folders, offline
     #[command(subcommand)]
     Pack(pack::PackCommand),
@@ -196,7 +198,7 @@ fn main() -> std::process::ExitCode {
             Command::Blob(command) => blob::run(command).await,
             Command::Log(command) => log::run(command).await,
             Command::Audit(args) => tokio::task::spawn_blocking(move || log::audit(args)).await?,
-            Command::Key(command) => pack::run_key(command),
+            Command::Key(command) => keys::run_key(command),
             Command::Pack(command) => {
                 tokio::task::spawn_blocking(move || pack::run(command)).await?
             }

@@ -15,21 +15,12 @@ use serde::Serialize;
 
 use crate::blob::put_file;
 use crate::client::{ServerArg, status_error};
-use crate::pack::{PUBLISHER_KEY_FILE, load_signer, load_verifier, print_report, read_envelope};
+use crate::keys::{load_signer, load_verifier};
+use crate::pack::{PUBLISHER_KEY_FILE, print_report, read_envelope};
 use custodian_client::Conn;
 
 async fn registry(server: &ServerArg) -> anyhow::Result<RegistryClient<Conn>> {
     Ok(server.connect().await?.registry())
-}
-
-/// `NAME@VERSION`, where NAME may itself start with `@scope/`.
-pub fn split_spec(spec: &str) -> anyhow::Result<(String, String)> {
-    match spec.rsplit_once('@') {
-        Some((name, version)) if !name.is_empty() && !version.is_empty() => {
-            Ok((name.to_string(), version.to_string()))
-        }
-        _ => bail!("{spec:?} is not NAME@VERSION (e.g. pacman-builder@0.2.1)"),
-    }
 }
 
 /// Options of `custodian publish`.
@@ -313,7 +304,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
 
 /// Installs a version into a folder, verifying everything.
 pub async fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
-    let (name, version) = split_spec(&args.spec)?;
+    let crate::args::PackageSpec { name, version } = args.spec.parse()?;
     let record = registry(&args.server)
         .await?
         .get_version(pb::GetVersionRequest {
@@ -505,7 +496,7 @@ pub async fn versions(args: VersionsArgs) -> anyhow::Result<ExitCode> {
 
 /// Shows one version.
 pub async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
-    let (name, version) = split_spec(&args.spec)?;
+    let crate::args::PackageSpec { name, version } = args.spec.parse()?;
     let record = registry(&args.server)
         .await?
         .get_version(pb::GetVersionRequest { name, version })
@@ -559,7 +550,7 @@ pub async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
 
 /// Yanks a version.
 pub async fn yank(args: YankArgs) -> anyhow::Result<ExitCode> {
-    let (name, version) = split_spec(&args.spec)?;
+    let crate::args::PackageSpec { name, version } = args.spec.parse()?;
     let response = registry(&args.server)
         .await?
         .yank(pb::YankRequest {
@@ -580,23 +571,4 @@ pub async fn yank(args: YankArgs) -> anyhow::Result<ExitCode> {
         }
     );
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn specs() {
-        assert_eq!(
-            split_spec("pacman-builder@0.2.1").expect("valid"),
-            ("pacman-builder".into(), "0.2.1".into())
-        );
-        assert_eq!(
-            split_spec("@acme/bot@1.0.0-rc.1").expect("valid"),
-            ("@acme/bot".into(), "1.0.0-rc.1".into())
-        );
-        assert!(split_spec("nover").is_err());
-        assert!(split_spec("@acme/bot").is_err());
-    }
 }

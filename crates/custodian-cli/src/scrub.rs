@@ -30,17 +30,8 @@ when everything is intact, 2 when anything is damaged, 1 when the scrub itself f
 /// Options of `custodian scrub`.
 #[derive(Args)]
 pub struct ScrubArgs {
-    /// The stopped daemon's data directory
-    #[arg(long, env = "CUSTODIAN_DATA_DIR", default_value = ".custodian")]
-    data_dir: PathBuf,
-
-    /// Blob storage, as given to `serve --storage`: rocksdb, or an object store URL
-    #[arg(long, env = "CUSTODIAN_STORAGE", default_value = "rocksdb")]
-    storage: String,
-
-    /// Object store option KEY=VALUE, as given to `serve` (repeatable)
-    #[arg(long = "storage-option", value_name = "KEY=VALUE", value_parser = crate::serve::parse_key_value)]
-    storage_options: Vec<(String, String)>,
+    #[command(flatten)]
+    store: crate::args::StoreArgs,
 
     /// Where damaged blobs are copied and damaged entries listed (default DATA_DIR/quarantine)
     #[arg(long, value_name = "DIR")]
@@ -61,28 +52,28 @@ pub struct ScrubArgs {
 
 /// Runs the scrub and prints the report.
 pub async fn run(args: ScrubArgs) -> anyhow::Result<ExitCode> {
-    if !args.data_dir.is_dir() {
+    if !args.store.data_dir.is_dir() {
         anyhow::bail!(
             "{} is not a directory; pass the daemon's --data-dir",
-            args.data_dir.display()
+            args.store.data_dir.display()
         );
     }
-    let mut config = ServerConfig::new(&args.data_dir);
-    config.storage = args.storage.clone();
-    config.storage_options = args.storage_options.clone();
+    let mut config = ServerConfig::new(&args.store.data_dir);
+    config.storage = args.store.storage.clone();
+    config.storage_options = args.store.storage_options.clone();
     let options = ScrubOptions {
         quarantine: (!args.report_only).then(|| {
             args.quarantine_dir
                 .clone()
-                .unwrap_or_else(|| args.data_dir.join("quarantine"))
+                .unwrap_or_else(|| args.store.data_dir.join("quarantine"))
         }),
     };
     let mut report = ScrubReport::default();
     let bar = spinner(args.json);
 
     // The log first: it is small next to the blobs, and a damaged log is the graver news.
-    let ledger_dir = args.data_dir.join("ledger");
-    let key_file = args.data_dir.join(custodian_server::KEY_FILE);
+    let ledger_dir = args.store.data_dir.join("ledger");
+    let key_file = args.store.data_dir.join(custodian_server::KEY_FILE);
     if ledger_dir.is_dir() && !key_file.is_file() {
         // Opening the ledger would generate a new key; a scrub must change nothing of the sort.
         report.log_problems.push(format!(
@@ -116,9 +107,9 @@ pub async fn run(args: ScrubArgs) -> anyhow::Result<ExitCode> {
         bar.set_position(0);
         let store = custodian_server::open_store(&config).await.with_context(|| {
             format!(
-                "opening storage {:?} in {} (stop the daemon first: RocksDB allows one process)",
-                args.storage,
-                args.data_dir.display()
+                "opening storage \"{}\" in {} (stop the daemon first: RocksDB allows one process)",
+                args.store.storage,
+                args.store.data_dir.display()
             )
         })?;
         scrub_blobs(&store, &options, &mut report, &|n| bar.inc(n))

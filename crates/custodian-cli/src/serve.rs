@@ -57,23 +57,13 @@ pub struct ServeArgs {
     )]
     tls_key: Option<PathBuf>,
 
-    /// Directory for the daemon's state (embedded store, object-store index, log key, tokens)
-    #[arg(long, env = "CUSTODIAN_DATA_DIR", default_value = ".custodian")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    store: crate::args::StoreArgs,
 
     /// Create the data directory when there is none (a new registry with a new log key);
     /// without it, a missing data directory is an error
     #[arg(long, env = "CUSTODIAN_INIT")]
     init: bool,
-
-    /// Blob storage: `rocksdb` (embedded) or an object store URL: file:///abs/path,
-    /// s3://bucket/prefix (credentials and endpoint from AWS_* variables), memory://
-    #[arg(long, env = "CUSTODIAN_STORAGE", default_value = "rocksdb")]
-    storage: String,
-
-    /// Object store option KEY=VALUE, e.g. aws_endpoint=http://127.0.0.1:9000 (repeatable)
-    #[arg(long = "storage-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
-    storage_options: Vec<(String, String)>,
 
     /// Storage block size in bytes: the unit of storage and of read verification
     #[arg(long, env = "CUSTODIAN_BLOCK_SIZE", default_value_t = 1 << 20)]
@@ -147,7 +137,7 @@ pub struct ServeArgs {
     /// message}]} or a findings array on stdout. Every publication and hosted data pack is
     /// queued for it, and so is everything it has no verdict for when the daemon starts; its
     /// verdicts are recorded as scanner external:NAME
-    #[arg(long = "scanner", value_name = "NAME=COMMAND", value_parser = parse_key_value)]
+    #[arg(long = "scanner", value_name = "NAME=COMMAND", value_parser = crate::args::parse_key_value)]
     scanners: Vec<(String, String)>,
 
     /// How long one external scanner attempt may run before it is killed
@@ -194,13 +184,6 @@ pub(crate) fn require_data_dir(data_dir: &std::path::Path, init: bool) -> anyhow
     Ok(())
 }
 
-/// Parses a `KEY=VALUE` option.
-pub(crate) fn parse_key_value(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
-}
-
 /// Runs the daemon until a shutdown signal.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let filter = EnvFilter::try_new(&args.log)
@@ -218,9 +201,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     raise_open_file_limit(args.max_connections);
     let config = ServerConfig {
-        data_dir: args.data_dir.clone(),
-        storage: args.storage.clone(),
-        storage_options: args.storage_options,
+        data_dir: args.store.data_dir.clone(),
+        storage: args.store.storage.clone(),
+        storage_options: args.store.storage_options,
         block_size: args.block_size,
         limits: CasLimits {
             max_batch_total_size_bytes: args.max_batch_bytes,
@@ -260,22 +243,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Both ports first: a daemon that cannot listen must fail before it creates anything.
     let (listener, address) = bind(args.listen, "gRPC").await?;
     let (rest_listener, rest_address) = bind(args.rest_listen, "REST").await?;
-    require_data_dir(&args.data_dir, args.init)?;
+    require_data_dir(&args.store.data_dir, args.init)?;
     let store = custodian_server::open_store(&config)
         .await
         .with_context(|| {
             format!(
-                "opening storage {:?} in {}",
-                args.storage,
-                args.data_dir.display()
+                "opening storage \"{}\" in {}",
+                args.store.storage,
+                args.store.data_dir.display()
             )
         })?;
     let ledger = custodian_server::open_ledger(&config)
         .await
-        .with_context(|| format!("opening the ledger in {}", args.data_dir.display()))?;
+        .with_context(|| format!("opening the ledger in {}", args.store.data_dir.display()))?;
     tracing::info!(origin = ledger.origin(), key = %ledger.verifier(), size = ledger.latest().size, "ledger open");
     let tls = if config.tls.is_some() { " (TLS)" } else { "" };
-    tracing::info!(%address, %rest_address, storage = %args.storage, backend = store.backend_name(), data_dir = %args.data_dir.display(), "custodian listening");
+    tracing::info!(%address, %rest_address, storage = %args.store.storage, backend = store.backend_name(), data_dir = %args.store.data_dir.display(), "custodian listening");
     // Whoever started the daemon may read these lines and close the pipe; a daemon whose
     // stdout is gone keeps serving (println! would panic on the broken pipe).
     {

@@ -9,14 +9,6 @@ pub enum ServerError {
     /// The storage backend could not be opened.
     #[error("cannot open storage: {0}")]
     Storage(#[from] StorageError),
-    /// The storage setting is not one the server understands.
-    #[error("invalid storage setting {value:?}: {reason}")]
-    InvalidStorage {
-        /// The setting as given.
-        value: String,
-        /// What is wrong with it.
-        reason: String,
-    },
     /// The data directory could not be prepared.
     #[error("cannot prepare data directory {path}: {source}")]
     DataDir {

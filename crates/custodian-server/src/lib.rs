@@ -14,6 +14,7 @@ pub mod rest;
 pub mod scan;
 pub mod scrub;
 mod sequencer;
+mod storage_location;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -40,17 +41,15 @@ pub use log_key::{KEY_FILE, load_or_generate};
 pub use net::tls::TlsFiles;
 pub use registry::{Registry, RegistryError};
 pub use sequencer::{Sequencer, SequencerConfig};
-
-/// The storage setting that selects the embedded RocksDB backend.
-pub const EMBEDDED_STORAGE: &str = "rocksdb";
+pub use storage_location::{EMBEDDED_STORAGE, StorageLocation, StorageLocationError};
 
 /// Everything the daemon needs to run.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// Where the daemon keeps its state (the RocksDB store, or the object backends' index).
     pub data_dir: PathBuf,
-    /// `rocksdb` (embedded, the default) or an object store URL (`file:///path`, `s3://bucket/prefix`, `memory://`).
-    pub storage: String,
+    /// Where blobs are kept: embedded RocksDB (the default) or an object store.
+    pub storage: StorageLocation,
     /// Extra object store options (`aws_endpoint=...`), overriding the environment.
     pub storage_options: Vec<(String, String)>,
     /// The block size for new blobs.
@@ -82,7 +81,7 @@ impl ServerConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         ServerConfig {
             data_dir: data_dir.into(),
-            storage: EMBEDDED_STORAGE.into(),
+            storage: StorageLocation::Embedded,
             storage_options: Vec::new(),
             block_size: DEFAULT_BLOCK_SIZE,
             limits: CasLimits::default(),
@@ -107,27 +106,21 @@ pub async fn open_store(config: &ServerConfig) -> Result<BlobStore, ServerError>
         path: config.data_dir.clone(),
         source,
     })?;
-    if config.storage == EMBEDDED_STORAGE {
+    let url = match &config.storage {
+        StorageLocation::Embedded => None,
+        StorageLocation::Object(url) => Some(url.clone()),
+    };
+    let Some(url) = url else {
         let path = config.data_dir.join("blobs");
         let rocks_config = RocksConfig {
             block_size: config.block_size,
         };
         let backend = tokio::task::spawn_blocking(move || RocksBackend::open(&path, rocks_config))
             .await
-            .map_err(|e| ServerError::InvalidStorage {
-                value: config.storage.clone(),
-                reason: format!("open task failed: {e}"),
-            })??;
+            .map_err(|e| ServerError::Task(format!("opening the embedded store: {e}")))??;
         return Ok(BlobStore::new(Arc::new(backend)));
-    }
-    if !config.storage.contains("://") {
-        return Err(ServerError::InvalidStorage {
-            value: config.storage.clone(),
-            reason: "expected \"rocksdb\" or a URL such as file:///var/lib/custodian/objects or s3://bucket/prefix".into(),
-        });
-    }
-    let mut object =
-        ObjectConfig::new(config.storage.clone(), config.data_dir.join("object-index"));
+    };
+    let mut object = ObjectConfig::new(url, config.data_dir.join("object-index"));
     object.block_size = config.block_size;
     object.part_size = object.part_size.max(config.block_size);
     object.options = config.storage_options.clone();

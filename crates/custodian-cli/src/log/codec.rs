@@ -1,0 +1,88 @@
+//! Entry payloads between JSON (what people write and read) and deterministic CBOR (what the
+//! ledger stores): integers, strings, booleans, null, arrays and objects; no fractions.
+
+use anyhow::{Context as _, bail};
+use custodian_core::entry::Value;
+use serde_json::json;
+
+pub(super) fn parse_payload(text: &str) -> anyhow::Result<Value> {
+    let text = match text.strip_prefix('@') {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading payload file {path}"))?
+        }
+        None => text.to_string(),
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&text).context("--payload is not valid JSON")?;
+    json_to_cbor(json, "payload")
+}
+
+/// Converts JSON to CBOR; fractions are refused (entries hold no floats).
+pub(super) fn json_to_cbor(json: serde_json::Value, path: &str) -> anyhow::Result<Value> {
+    Ok(match json {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(b),
+        serde_json::Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::Integer(i.into())
+            } else if let Some(u) = n.as_u64() {
+                Value::Integer(u.into())
+            } else {
+                bail!(
+                    "{path}: {n} is not an integer; entries hold no fractions, write it as a string"
+                )
+            }
+        }
+        serde_json::Value::String(s) => Value::Text(s),
+        serde_json::Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| json_to_cbor(v, &format!("{path}[{i}]")))
+                .collect::<anyhow::Result<_>>()?,
+        ),
+        serde_json::Value::Object(map) => Value::Map(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let value = json_to_cbor(v, &format!("{path}.{k}"))?;
+                    Ok((Value::Text(k), value))
+                })
+                .collect::<anyhow::Result<_>>()?,
+        ),
+    })
+}
+
+/// Renders CBOR as JSON for people and scripts: byte strings become lower-case hex.
+pub fn cbor_to_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Null => serde_json::Value::Null,
+        Value::Bool(b) => json!(b),
+        Value::Integer(i) => {
+            let i = i128::from(*i);
+            if let Ok(v) = i64::try_from(i) {
+                json!(v)
+            } else if let Ok(v) = u64::try_from(i) {
+                json!(v)
+            } else {
+                json!(i.to_string())
+            }
+        }
+        Value::Text(s) => json!(s),
+        Value::Bytes(b) => json!(hex::encode(b)),
+        Value::Float(f) => json!(f),
+        Value::Array(items) => serde_json::Value::Array(items.iter().map(cbor_to_json).collect()),
+        Value::Map(pairs) => {
+            let mut map = serde_json::Map::new();
+            for (k, v) in pairs {
+                let key = match k {
+                    Value::Text(s) => s.clone(),
+                    other => cbor_to_json(other).to_string(),
+                };
+                map.insert(key, cbor_to_json(v));
+            }
+            serde_json::Value::Object(map)
+        }
+        Value::Tag(_, inner) => cbor_to_json(inner),
+        _ => serde_json::Value::Null,
+    }
+}

@@ -1,0 +1,329 @@
+//! `custodian log ...` and `custodian audit`: the provenance ledger from the command line.
+//! `verify-receipt` and `audit` are offline: they need a file and the log's verifier key, no
+//! daemon and no network.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use custodian_core::entry::Entry;
+use custodian_proto::ledger::v1 as pb;
+use custodian_proto::ledger::v1::ledger_client::LedgerClient;
+use serde_json::json;
+
+use crate::client::{ServerArg, status_error};
+use custodian_client::Conn;
+
+mod append;
+mod audit;
+mod codec;
+mod consistency;
+mod export;
+mod receipt;
+
+use append::append;
+pub use audit::{AuditArgs, audit};
+pub use codec::cbor_to_json;
+use consistency::consistency;
+use export::export;
+use receipt::verify_receipt;
+
+/// Ledger commands.
+#[derive(Subcommand)]
+pub enum LogCommand {
+    /// Print the log's verifier key (publish it: auditors verify everything with it)
+    Key {
+        /// Read the key from this data directory's log-key file instead of asking the daemon
+        /// (works while the daemon is stopped)
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Print JSON (origin, verifier_key, and the size when asked of a daemon)
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Print the latest signed checkpoint (C2SP tlog-checkpoint signed note), or the one at --size
+    Checkpoint {
+        /// The tree size of an earlier checkpoint
+        #[arg(long)]
+        size: Option<u64>,
+        /// Print JSON (tree_size, root_hash hex, note)
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Show one entry, decoded
+    Entry {
+        /// The entry's index
+        index: u64,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Append an entry (needs the daemon's append token) and print its receipt
+    #[command(
+        long_about = "Append one entry to the ledger. The payload is JSON (integers, \
+strings, booleans, null, arrays, objects; no fractions), stored as deterministic CBOR. Returns \
+when the entry is durable and signed into a checkpoint, and prints the receipt (or writes it \
+with -o)."
+    )]
+    Append {
+        /// Entry kind: a name of 1-64 ASCII letters and digits starting upper-case, e.g. AuditNote (the registry and evidence kinds are appended only by their services)
+        #[arg(long)]
+        kind: String,
+        /// Payload as JSON, or @FILE to read it from a file
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// Write the receipt to this file instead of standard output
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The daemon's append token (or use an admin --token)
+        #[arg(
+            long = "append-token",
+            env = "CUSTODIAN_APPEND_TOKEN",
+            hide_env_values = true
+        )]
+        token: Option<String>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Write the receipt of an entry (entry + inclusion proof + signed checkpoint) to a file
+    Receipt {
+        /// The entry's index
+        index: u64,
+        /// The receipt file to write (- for standard output)
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Verify a receipt offline with the log's verifier key; exits 1 if it does not verify
+    #[command(
+        long_about = "Verify a receipt file offline: the checkpoint's Ed25519 signature \
+by the given log key, the entry's deterministic encoding, and the inclusion proof from the \
+entry's leaf hash to the checkpoint's root. No daemon or network is used. Exits 0 if the \
+receipt verifies, 1 (naming the part that failed) if not."
+    )]
+    VerifyReceipt {
+        /// The receipt file
+        file: PathBuf,
+        /// The log's verifier key (NAME+ID+KEY), or a file containing it
+        #[arg(long, value_name = "VKEY")]
+        key: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that the log only grew since a checkpoint you saved (both signatures and the
+    /// consistency proof are verified here, not trusted from the daemon)
+    #[command(
+        long_about = "Check that the log only grew since a checkpoint you saved earlier \
+(for example with `custodian log checkpoint > saved.checkpoint`). Verifies the saved checkpoint's \
+signature, fetches the daemon's latest checkpoint and verifies its signature, then fetches the \
+consistency proof between the two sizes and verifies it locally (RFC 9162 §2.1.4.2). Exits 1 if \
+the log shrank, forked or rewrote history. With --update the saved file is replaced by the newer \
+checkpoint once it is proven consistent, so running this periodically witnesses the log."
+    )]
+    Consistency {
+        /// A signed checkpoint saved earlier
+        #[arg(long = "from", value_name = "FILE")]
+        from: PathBuf,
+        /// The log's verifier key (NAME+ID+KEY), or a file containing it
+        #[arg(long, value_name = "VKEY")]
+        key: String,
+        /// Replace FILE with the newer checkpoint once it is proven consistent
+        #[arg(long)]
+        update: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Export every entry, stored tree hash and checkpoint to a directory for offline audit
+    Export {
+        /// The directory to create (must not exist or be empty)
+        dir: PathBuf,
+        /// Read a stopped daemon's data directory directly instead of asking the daemon (also
+        /// works when damage keeps the daemon from starting)
+        #[arg(long, value_name = "DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+pub(super) async fn connect(server: &ServerArg) -> anyhow::Result<LedgerClient<Conn>> {
+    Ok(server.connect().await?.ledger())
+}
+
+/// Runs a `custodian log` command.
+pub async fn run(command: LogCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        LogCommand::Key {
+            data_dir,
+            json,
+            server,
+        } => {
+            // (origin, verifier key, size when a daemon was asked)
+            let (origin, key, size) = match data_dir {
+                Some(dir) => {
+                    let path = dir.join(custodian_server::KEY_FILE);
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading the log key {}", path.display()))?;
+                    let verifier = custodian_core::note::SignerKey::parse(&text)
+                        .with_context(|| format!("{} is not a log key", path.display()))?
+                        .verifier();
+                    (verifier.name().to_string(), verifier.to_string(), None)
+                }
+                None => {
+                    let info = connect(&server)
+                        .await?
+                        .get_log_info(pb::GetLogInfoRequest {})
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    (info.origin, info.verifier_key, Some(info.size))
+                }
+            };
+            if json {
+                let mut view = json!({"origin": origin, "verifier_key": key});
+                if let Some(size) = size {
+                    view["size"] = json!(size);
+                }
+                println!("{view}");
+            } else {
+                println!("{key}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LogCommand::Checkpoint { size, json, server } => {
+            let checkpoint = connect(&server)
+                .await?
+                .get_checkpoint(pb::GetCheckpointRequest { tree_size: size })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    json!({
+                        "tree_size": checkpoint.tree_size,
+                        "root_hash": hex::encode(&checkpoint.root_hash),
+                        "note": checkpoint.note,
+                    })
+                );
+            } else {
+                print!("{}", checkpoint.note);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LogCommand::Entry {
+            index,
+            json,
+            server,
+        } => {
+            let entry = connect(&server)
+                .await?
+                .get_entry(pb::GetEntryRequest { index })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let decoded = Entry::decode(&entry.encoded)
+                .with_context(|| format!("the daemon sent an invalid entry {index}"))?;
+            let view = entry_json(index, &decoded, &entry.leaf_hash);
+            if json {
+                println!("{view}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LogCommand::Append {
+            kind,
+            payload,
+            output,
+            token,
+            server,
+        } => append(kind, payload, output, token, server).await,
+        LogCommand::Receipt {
+            index,
+            output,
+            server,
+        } => {
+            let receipt = connect(&server)
+                .await?
+                .get_receipt(pb::GetReceiptRequest {
+                    leaf: Some(pb::get_receipt_request::Leaf::Index(index)),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            write_output(&output, receipt.json.as_bytes())?;
+            if output != Path::new("-") {
+                eprintln!("receipt of entry {index} written to {}", output.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LogCommand::VerifyReceipt { file, key, json } => verify_receipt(&file, &key, json),
+        LogCommand::Export {
+            dir,
+            data_dir,
+            server,
+        } => export(&dir, data_dir.as_deref(), &server).await,
+        LogCommand::Consistency {
+            from,
+            key,
+            update,
+            json,
+            server,
+        } => consistency(&from, &key, update, json, &server).await,
+    }
+}
+
+pub(super) fn write_output(output: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if output == Path::new("-") {
+        std::io::stdout().write_all(bytes)?;
+        return Ok(());
+    }
+    std::fs::write(output, bytes).with_context(|| format!("writing {}", output.display()))
+}
+
+pub(super) fn time_text(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+pub(super) fn entry_json(index: u64, entry: &Entry, leaf_hash: &[u8]) -> serde_json::Value {
+    json!({
+        "index": index,
+        "kind": entry.kind.to_string(),
+        "integrated_time": time_text(entry.time_ms),
+        "integrated_time_ms": entry.time_ms,
+        "leaf_hash": hex::encode(leaf_hash),
+        "prev": entry.prev.to_hex(),
+        "payload": cbor_to_json(&entry.payload),
+    })
+}
+
+/// Reports a failed offline check: `{"ok": false, "error": …}` on standard output with --json,
+/// otherwise `HEADLINE: reason` on standard error. The exit code is 1 either way.
+pub(super) fn failure(json: bool, headline: &str, reason: impl std::fmt::Display) -> ExitCode {
+    if json {
+        println!("{}", json!({"ok": false, "error": reason.to_string()}));
+    } else {
+        eprintln!("{headline}: {reason}");
+    }
+    ExitCode::FAILURE
+}
+
+/// "1 entry", "2 entries".
+pub(super) fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
