@@ -9,8 +9,7 @@ use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::Context as _;
 use clap::Args;
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 
 use crate::limits::Limits;
 
@@ -43,7 +42,8 @@ struct Row {
     met: Option<bool>,
 }
 
-fn sub(exe: &Path, args: &[&str]) -> anyhow::Result<Value> {
+/// Runs `custodian-bench ARGS --json` and reads its report as the scenario's own type.
+fn sub<T: serde::de::DeserializeOwned>(exe: &Path, args: &[&str]) -> anyhow::Result<T> {
     eprintln!("bench all: custodian-bench {}", args.join(" "));
     let output = Command::new(exe)
         .args(args)
@@ -59,10 +59,6 @@ fn sub(exe: &Path, args: &[&str]) -> anyhow::Result<Value> {
     );
     serde_json::from_slice(&output.stdout)
         .with_context(|| format!("reading the JSON of custodian-bench {}", args.join(" ")))
-}
-
-fn f(v: &Value, key: &str) -> f64 {
-    v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
 }
 
 fn ms(x: f64) -> String {
@@ -98,114 +94,119 @@ fn row(
     }
 }
 
-fn rows(limits: &Limits, raw: &Value) -> Vec<Row> {
+/// What every scenario reported, as the scenario's own types: a renamed or missing field fails
+/// here, loudly, instead of turning into a blank in the summary.
+#[derive(Serialize, Deserialize)]
+struct Scenarios {
+    custody: crate::custody::Report,
+    small: Vec<crate::small::Row>,
+    ledger: crate::ledger::Report,
+    evidence: crate::evidence::Report,
+    rest: crate::rest::Report,
+    scan: ScanReport,
+}
+
+/// The part of `custodian-bench scan --json` the summary reads (the corpus scores are reported
+/// by the scan scenario itself).
+#[derive(Serialize, Deserialize)]
+struct ScanReport {
+    throughput: Vec<crate::scan::Row>,
+}
+
+fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
     let mut out = Vec::new();
     let none = || "—".to_string();
     // Custody: 1 GiB put and get per backend.
-    let custody = &raw["custody"];
-    let openssl = f(custody, "openssl_sha256_seconds");
-    let mib = f(custody, "size_bytes") / (1 << 20) as f64;
-    if let Some(backends) = custody["backends"].as_array() {
-        for b in backends {
-            let name = b["backend"].as_str().unwrap_or("?");
-            let rss = f(b, "daemon_peak_rss_mib");
-            for (what, key) in [
-                ("put", "put_seconds"),
-                ("get to a file", "get_seconds"),
-                ("get (stream)", "get_stream_seconds"),
-            ] {
-                let secs = f(b, key);
-                let ratio = secs / openssl;
-                out.push(row(
-                    format!("{mib:.0} MiB {what}, gRPC, {name}"),
-                    format!("{secs:.2} s"),
-                    none(),
-                    none(),
-                    Some(rss),
-                    format!("openssl sha256 {openssl:.2} s"),
-                    format!("{ratio:.2}×"),
-                    "≤ 1.3×, RSS ≤ 100 MiB",
-                    Some(ratio <= 1.3 && rss <= 100.0),
-                ));
-            }
+    let custody = &raw.custody;
+    let openssl = custody.openssl_sha256_seconds;
+    let mib = custody.size_bytes as f64 / (1 << 20) as f64;
+    for b in &custody.backends {
+        let rss = b.daemon_peak_rss_mib;
+        for (what, secs) in [
+            ("put", b.put_seconds),
+            ("get to a file", b.get_seconds),
+            ("get (stream)", b.get_stream_seconds),
+        ] {
+            let ratio = secs / openssl;
+            out.push(row(
+                format!("{mib:.0} MiB {what}, gRPC, {}", b.backend),
+                format!("{secs:.2} s"),
+                none(),
+                none(),
+                Some(rss),
+                format!("openssl sha256 {openssl:.2} s"),
+                format!("{ratio:.2}×"),
+                "≤ 1.3×, RSS ≤ 100 MiB",
+                Some(ratio <= 1.3 && rss <= 100.0),
+            ));
         }
     }
     // Small blobs.
-    if let Some(backends) = raw["small"].as_array() {
-        for b in backends {
-            let name = b["backend"].as_str().unwrap_or("?");
-            let rate = f(b, "batch_put_blobs_per_s");
-            out.push(row(
-                format!("BatchPut 10,000 × 4 KiB, {name}"),
-                format!("{rate:.0} blobs/s"),
-                ms(f(b, "batch_ms_p50")),
-                ms(f(b, "batch_ms_p99")),
-                Some(f(b, "daemon_peak_rss_mib")),
-                format!(
-                    "RocksDB synced batches {:.0}/s",
-                    limits.rocksdb_batched_values_per_s
-                ),
-                format!("{:.2}×", rate / limits.rocksdb_batched_values_per_s),
-                "≥ 50,000/s",
-                Some(rate >= 50_000.0),
-            ));
-            let p99 = f(b, "find_missing_ms_p99");
-            out.push(row(
-                format!("FindMissing of 10,000 digests, {name}"),
-                "per call".into(),
-                ms(f(b, "find_missing_ms_p50")),
-                ms(p99),
-                None,
-                format!(
-                    "RocksDB multi_get of 10,000 keys {}",
-                    ms(limits.rocksdb_multi_get_10k_ms)
-                ),
-                format!(
-                    "p50 {:.1}×",
-                    f(b, "find_missing_ms_p50") / limits.rocksdb_multi_get_10k_ms
-                ),
-                "≤ 20 ms",
-                Some(f(b, "find_missing_ms_p50") <= 20.0),
-            ));
-        }
+    for b in &raw.small {
+        let rate = b.batch_put_blobs_per_s;
+        out.push(row(
+            format!("BatchPut 10,000 × 4 KiB, {}", b.backend),
+            format!("{rate:.0} blobs/s"),
+            ms(b.batch_ms_p50),
+            ms(b.batch_ms_p99),
+            Some(b.daemon_peak_rss_mib),
+            format!(
+                "RocksDB synced batches {:.0}/s",
+                limits.rocksdb_batched_values_per_s
+            ),
+            format!("{:.2}×", rate / limits.rocksdb_batched_values_per_s),
+            "≥ 50,000/s",
+            Some(rate >= 50_000.0),
+        ));
+        out.push(row(
+            format!("FindMissing of 10,000 digests, {}", b.backend),
+            "per call".into(),
+            ms(b.find_missing_ms_p50),
+            ms(b.find_missing_ms_p99),
+            None,
+            format!(
+                "RocksDB multi_get of 10,000 keys {}",
+                ms(limits.rocksdb_multi_get_10k_ms)
+            ),
+            format!(
+                "p50 {:.1}×",
+                b.find_missing_ms_p50 / limits.rocksdb_multi_get_10k_ms
+            ),
+            "≤ 20 ms",
+            Some(b.find_missing_ms_p50 <= 20.0),
+        ));
     }
     // Ledger appends over gRPC.
-    let ledger = &raw["ledger"];
-    let fsync = f(ledger, "fsync_median_ms");
-    if let Some(runs) = ledger["grpc_appends"].as_array() {
-        for r in runs {
-            let writers = r["writers"].as_u64().unwrap_or(0);
-            let rate = f(r, "appends_per_second");
-            let (p50, p99) = (f(r, "median_ms"), f(r, "p99_ms"));
-            let (target, met) = if writers == 64 {
-                (
-                    "≥ 20,000/s, p50 ≤ 50 ms, p99 ≤ 200 ms",
-                    Some(rate >= 20_000.0 && p50 <= 50.0 && p99 <= 200.0),
-                )
-            } else {
-                ("—", None)
-            };
-            out.push(row(
-                format!("durable ledger appends, {writers} gRPC writers"),
-                format!("{rate:.0}/s"),
-                ms(p50),
-                ms(p99),
-                r.get("daemon_peak_rss_mib").and_then(Value::as_f64),
-                format!("4 KiB fdatasync {}", ms(fsync)),
-                format!("p50 {:.1}× fsync", p50 / fsync),
-                target,
-                met,
-            ));
-        }
+    let ledger = &raw.ledger;
+    let fsync = ledger.fsync_median_ms;
+    for r in &ledger.grpc_appends {
+        let rate = r.appends_per_second;
+        let (p50, p99) = (r.median_ms, r.p99_ms);
+        let (target, met) = if r.writers == 64 {
+            (
+                "≥ 20,000/s, p50 ≤ 50 ms, p99 ≤ 200 ms",
+                Some(rate >= 20_000.0 && p50 <= 50.0 && p99 <= 200.0),
+            )
+        } else {
+            ("—", None)
+        };
+        out.push(row(
+            format!("durable ledger appends, {} gRPC writers", r.writers),
+            format!("{rate:.0}/s"),
+            ms(p50),
+            ms(p99),
+            r.daemon_peak_rss_mib,
+            format!("4 KiB fdatasync {}", ms(fsync)),
+            format!("p50 {:.1}× fsync", p50 / fsync),
+            target,
+            met,
+        ));
     }
-    let p99 = f(ledger, "inclusion_proof_p99_us") / 1000.0;
+    let p99 = ledger.inclusion_proof_p99_us / 1000.0;
     out.push(row(
-        format!(
-            "inclusion proof at {} entries",
-            ledger["log_size"].as_u64().unwrap_or(0)
-        ),
+        format!("inclusion proof at {} entries", ledger.log_size),
         "checked against the signed root".into(),
-        ms(f(ledger, "inclusion_proof_median_us") / 1000.0),
+        ms(ledger.inclusion_proof_median_us / 1000.0),
         ms(p99),
         None,
         none(),
@@ -213,80 +214,73 @@ fn rows(limits: &Limits, raw: &Value) -> Vec<Row> {
         "p99 ≤ 1 ms",
         Some(p99 <= 1.0),
     ));
-    let audit = f(ledger, "audit_entries_per_second");
+    let audit = ledger.audit_entries_per_second;
     out.push(row(
-        format!(
-            "offline audit of {} entries",
-            ledger["log_size"].as_u64().unwrap_or(0)
-        ),
+        format!("offline audit of {} entries", ledger.log_size),
         format!("{audit:.0} entries/s"),
         none(),
         none(),
         None,
         format!(
             "openssl sha256 of the export {:.2} s",
-            f(ledger, "openssl_sha256_export_seconds")
+            ledger.openssl_sha256_export_seconds
         ),
-        format!("{:.1}×", f(ledger, "audit_ratio_to_openssl")),
+        format!("{:.1}×", ledger.audit_ratio_to_openssl),
         "≥ 100,000/s",
         Some(audit >= 100_000.0),
     ));
     // Attested runs.
-    let evidence = &raw["evidence"];
-    if let Some(scenarios) = evidence["scenarios"].as_array() {
-        for s in scenarios {
-            let clients = s["clients"].as_u64().unwrap_or(0);
-            let rate = f(s, "runs_per_second");
-            let name = s["name"].as_str().unwrap_or("?");
-            let targeted = clients == 32;
-            out.push(row(
-                format!("{name}, {clients} client(s)"),
-                format!("{rate:.0} runs/s"),
-                ms(f(s, "call_ms_p50")),
-                ms(f(s, "call_ms_p99")),
-                Some(f(evidence, "daemon_peak_rss_mib")),
-                format!(
-                    "Ed25519 verify {:.0}/s per core",
-                    limits.ed25519_verifies_per_s
-                ),
-                format!("{:.2}×", rate / limits.ed25519_verifies_per_s),
-                if targeted { "≥ 10,000/s" } else { "—" },
-                targeted.then_some(rate >= 10_000.0),
-            ));
-        }
+    let evidence = &raw.evidence;
+    for s in &evidence.scenarios {
+        let rate = s.runs_per_second;
+        let targeted = s.clients == 32;
+        out.push(row(
+            format!("{}, {} client(s)", s.name, s.clients),
+            format!("{rate:.0} runs/s"),
+            ms(s.call_ms_p50),
+            ms(s.call_ms_p99),
+            Some(evidence.daemon_peak_rss_mib),
+            format!(
+                "Ed25519 verify {:.0}/s per core",
+                limits.ed25519_verifies_per_s
+            ),
+            format!("{:.2}×", rate / limits.ed25519_verifies_per_s),
+            if targeted { "≥ 10,000/s" } else { "—" },
+            targeted.then_some(rate >= 10_000.0),
+        ));
     }
     // REST data pack.
-    let rest = &raw["rest"];
-    let rest_mib = f(rest, "size_bytes") / (1 << 20) as f64;
-    for (what, key, ratio) in [
+    let rest = &raw.rest;
+    let rest_mib = rest.size_bytes as f64 / (1 << 20) as f64;
+    for (what, secs, ratio) in [
         (
             "upload (digest check and scan included)",
-            "upload_seconds",
-            "upload_ratio_to_openssl",
+            rest.upload_seconds,
+            rest.upload_ratio_to_openssl,
         ),
         (
             "verified download to a file",
-            "download_seconds",
-            "download_ratio_to_openssl",
+            rest.download_seconds,
+            rest.download_ratio_to_openssl,
         ),
     ] {
         out.push(row(
             format!("REST data pack {rest_mib:.0} MiB {what}"),
-            format!("{:.2} s", f(rest, key)),
+            format!("{secs:.2} s"),
             none(),
             none(),
-            Some(f(rest, "daemon_peak_rss_mib")),
-            format!("openssl sha256 {:.2} s", f(rest, "openssl_sha256_seconds")),
-            format!("{:.2}×", f(rest, ratio)),
+            Some(rest.daemon_peak_rss_mib),
+            format!("openssl sha256 {:.2} s", rest.openssl_sha256_seconds),
+            format!("{ratio:.2}×"),
             "—",
             None,
         ));
     }
     out.push(row(
         "REST ranged reads of 1 MiB".into(),
-        format!("{} reads", rest["ranges"].as_u64().unwrap_or(0)),
-        ms(f(rest, "range_ms_p50")),
-        ms(f(rest, "range_ms_p99")),
+        format!("{} reads", rest.ranges),
+        ms(rest.range_ms_p50),
+        ms(rest.range_ms_p99),
         None,
         none(),
         none(),
@@ -294,25 +288,19 @@ fn rows(limits: &Limits, raw: &Value) -> Vec<Row> {
         None,
     ));
     // Scanning.
-    if let Some(rows) = raw["scan"]["throughput"].as_array() {
-        for r in rows {
-            let ratio = f(r, "ratio_to_openssl");
-            out.push(row(
-                format!(
-                    "scan {} MiB: {}",
-                    f(r, "bytes") as u64 >> 20,
-                    r["content"].as_str().unwrap_or("?")
-                ),
-                format!("{:.2} GiB/s", f(r, "scan_gib_per_s")),
-                none(),
-                none(),
-                None,
-                format!("openssl sha256 {:.2} s", f(r, "openssl_sha256_seconds")),
-                format!("{ratio:.2}×"),
-                "≤ 2×",
-                Some(ratio <= 2.0),
-            ));
-        }
+    for r in &raw.scan.throughput {
+        let ratio = r.ratio_to_openssl;
+        out.push(row(
+            format!("scan {} MiB: {}", r.bytes >> 20, r.content),
+            format!("{:.2} GiB/s", r.scan_gib_per_s),
+            none(),
+            none(),
+            None,
+            format!("openssl sha256 {:.2} s", r.openssl_sha256_seconds),
+            format!("{ratio:.2}×"),
+            "≤ 2×",
+            Some(ratio <= 2.0),
+        ));
     }
     out
 }
@@ -364,23 +352,21 @@ type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
 
 /// Latency (p50 and p99) against concurrency for ledger appends over gRPC and in process, and
 /// attested runs: log-scaled axes, drawn as plain SVG.
-fn svg(raw: &Value) -> String {
-    let series = |key: &str, field: &str| -> Vec<(f64, f64)> {
-        raw["ledger"][key]
-            .as_array()
-            .map(|runs| {
-                runs.iter()
-                    .map(|r| (f(r, "writers"), f(r, field)))
-                    .filter(|(x, y)| *x > 0.0 && *y > 0.0)
-                    .collect()
-            })
-            .unwrap_or_default()
+fn svg(raw: &Scenarios) -> String {
+    let series = |runs: &[crate::ledger::AppendResult],
+                  field: fn(&crate::ledger::AppendResult) -> f64|
+     -> Vec<(f64, f64)> {
+        runs.iter()
+            .map(|r| (r.writers as f64, field(r)))
+            .filter(|(x, y)| *x > 0.0 && *y > 0.0)
+            .collect()
     };
+    let (grpc, local) = (&raw.ledger.grpc_appends, &raw.ledger.appends);
     let lines: Vec<Series<'_>> = vec![
-        ("gRPC p50", "#1f77b4", series("grpc_appends", "median_ms")),
-        ("gRPC p99", "#aec7e8", series("grpc_appends", "p99_ms")),
-        ("in process p50", "#d62728", series("appends", "median_ms")),
-        ("in process p99", "#ff9896", series("appends", "p99_ms")),
+        ("gRPC p50", "#1f77b4", series(grpc, |r| r.median_ms)),
+        ("gRPC p99", "#aec7e8", series(grpc, |r| r.p99_ms)),
+        ("in process p50", "#d62728", series(local, |r| r.median_ms)),
+        ("in process p99", "#ff9896", series(local, |r| r.p99_ms)),
     ];
     let points: Vec<(f64, f64)> = lines.iter().flat_map(|l| l.2.iter().copied()).collect();
     let (w, h, left, right, top, bottom) = (720.0, 420.0, 70.0, 190.0, 40.0, 50.0);
@@ -501,14 +487,14 @@ pub fn run(args: AllArgs) -> anyhow::Result<ExitCode> {
     } else {
         &["scan"]
     };
-    let mut raw = serde_json::Map::new();
-    raw.insert("custody".into(), sub(&exe, custody)?);
-    raw.insert("small".into(), sub(&exe, &["small"])?);
-    raw.insert("ledger".into(), sub(&exe, ledger)?);
-    raw.insert("evidence".into(), sub(&exe, evidence)?);
-    raw.insert("rest".into(), sub(&exe, rest)?);
-    raw.insert("scan".into(), sub(&exe, scan)?);
-    let raw = Value::Object(raw);
+    let raw = Scenarios {
+        custody: sub(&exe, custody)?,
+        small: sub(&exe, &["small"])?,
+        ledger: sub(&exe, ledger)?,
+        evidence: sub(&exe, evidence)?,
+        rest: sub(&exe, rest)?,
+        scan: sub(&exe, scan)?,
+    };
     let rows = rows(&limits, &raw);
     let table = markdown(&limits, &rows);
     let report = serde_json::json!({
@@ -557,30 +543,63 @@ mod tests {
         }
     }
 
-    /// The shapes the sub-benchmarks print with --json, trimmed to what the summary reads.
-    fn raw() -> Value {
+    /// Reports as the scenarios print them with --json.
+    fn raw() -> Scenarios {
+        serde_json::from_value(raw_json()).expect("every scenario's report parses as its type")
+    }
+
+    fn raw_json() -> serde_json::Value {
         serde_json::json!({
             "custody": {"size_bytes": 1073741824u64, "openssl_sha256_seconds": 0.8,
-                "backends": [{"backend": "rocksdb", "put_seconds": 2.0, "get_seconds": 3.0,
-                    "get_stream_seconds": 1.0, "daemon_peak_rss_mib": 85.0}]},
-            "small": [{"backend": "rocksdb", "batch_put_blobs_per_s": 51000.0, "batch_ms_p50": 40.0,
-                "batch_ms_p99": 60.0, "find_missing_ms_p50": 18.0, "find_missing_ms_p99": 24.0,
-                "daemon_peak_rss_mib": 92.0}],
-            "ledger": {"fsync_median_ms": 0.2, "log_size": 1000000,
-                "appends": [{"writers": 1, "median_ms": 0.3, "p99_ms": 0.5}, {"writers": 64, "median_ms": 1.6, "p99_ms": 4.0}],
-                "grpc_appends": [{"writers": 1, "appends_per_second": 2000.0, "median_ms": 0.5, "p99_ms": 0.7},
-                    {"writers": 64, "appends_per_second": 21000.0, "median_ms": 3.0, "p99_ms": 6.0}],
+                "openssl_sha256_gib_per_s": 1.25, "disk_write_fsync_seconds": 1.0,
+                "disk_write_fsync_gib_per_s": 1.0,
+                "backends": [{"backend": "rocksdb", "put_seconds": 2.0, "put_ratio": 2.5,
+                    "put_ratio_to_floor": 2.0, "get_seconds": 3.0, "get_ratio": 3.75,
+                    "get_ratio_to_floor": 3.0, "get_stream_seconds": 1.0, "get_stream_ratio": 1.25,
+                    "daemon_peak_rss_mib": 85.0}]},
+            "small": [{"backend": "rocksdb", "blobs": 10000, "blob_bytes": 4096,
+                "batch_put_blobs_per_s": 51000.0, "batch_put_mib_per_s": 199.0, "batch_ms_p50": 40.0,
+                "batch_ms_p99": 60.0, "find_missing_digests": 10000, "find_missing_ms_p50": 18.0,
+                "find_missing_ms_p99": 24.0, "daemon_peak_rss_mib": 92.0}],
+            "ledger": {"fsync_median_ms": 0.2, "fsync_p99_ms": 0.4, "log_size": 1000000,
+                "fill_seconds": 9.0,
+                "appends": [
+                    {"writers": 1, "appends": 3000, "appends_per_second": 3000.0, "median_ms": 0.3, "p99_ms": 0.5, "mean_batch": 1.0},
+                    {"writers": 64, "appends": 90000, "appends_per_second": 30000.0, "median_ms": 1.6, "p99_ms": 4.0, "mean_batch": 40.0}],
+                "grpc_appends": [
+                    {"writers": 1, "appends": 2000, "appends_per_second": 2000.0, "median_ms": 0.5, "p99_ms": 0.7, "mean_batch": 1.0},
+                    {"writers": 64, "appends": 63000, "appends_per_second": 21000.0, "median_ms": 3.0, "p99_ms": 6.0, "mean_batch": 30.0, "daemon_peak_rss_mib": 70.0}],
                 "inclusion_proof_median_us": 40.0, "inclusion_proof_p99_us": 90.0,
-                "audit_entries_per_second": 250000.0, "openssl_sha256_export_seconds": 0.2,
+                "receipt_median_us": 60.0, "receipt_p99_us": 120.0,
+                "audit_entries_per_second": 250000.0, "audit_seconds": 4.0,
+                "registry_replay_seconds": 0.5, "openssl_sha256_export_seconds": 0.2,
                 "audit_ratio_to_openssl": 16.0},
-            "evidence": {"daemon_peak_rss_mib": 100.0, "scenarios": [
-                {"name": "AttestRuns (batch)", "clients": 32, "runs_per_second": 18000.0, "call_ms_p50": 800.0, "call_ms_p99": 900.0}]},
+            "evidence": {"daemon_peak_rss_mib": 100.0, "bundle_runs": 1000, "bundle_entries": 1001,
+                "bundle_bytes": 3000000, "bundle_verify_ms": 90.0, "scenarios": [
+                {"name": "AttestRuns (batch)", "clients": 32, "runs_per_second": 18000.0, "runs": 54000,
+                    "call_ms_p50": 800.0, "call_ms_p99": 900.0}]},
             "rest": {"size_bytes": 1073741824u64, "openssl_sha256_seconds": 0.8, "upload_seconds": 3.5,
                 "upload_ratio_to_openssl": 4.4, "download_seconds": 2.7, "download_ratio_to_openssl": 3.4,
-                "ranges": 200, "range_ms_p50": 1.5, "range_ms_p99": 3.0, "daemon_peak_rss_mib": 80.0},
-            "scan": {"throughput": [{"content": "JSON Lines text", "bytes": 1073741824u64,
-                "scan_gib_per_s": 2.5, "ratio_to_openssl": 0.5, "openssl_sha256_seconds": 0.75}]},
+                "ranges": 200, "range_bytes": 1048576, "range_ms_p50": 1.5, "range_ms_p99": 3.0,
+                "daemon_peak_rss_mib": 80.0},
+            "scan": {"scanner": "custodian.builtin/rules-2", "throughput": [{"content": "JSON Lines text",
+                "bytes": 1073741824u64, "openssl_sha256_seconds": 0.75, "scan_seconds": 0.4,
+                "scan_gib_per_s": 2.5, "ratio_to_openssl": 0.5, "bytes_scanned": 1073741824u64,
+                "files": 1, "verdict": "clean"}]},
         })
+    }
+
+    #[test]
+    fn a_report_missing_a_field_is_refused_not_read_as_blank() {
+        let mut json = raw_json();
+        json["rest"]
+            .as_object_mut()
+            .expect("rest report")
+            .remove("upload_seconds");
+        let err = serde_json::from_value::<Scenarios>(json)
+            .err()
+            .expect("a missing field is an error");
+        assert!(err.to_string().contains("upload_seconds"), "{err}");
     }
 
     #[test]

@@ -34,35 +34,35 @@ pub struct CustodyArgs {
 
 #[derive(Serialize, Deserialize)]
 pub struct BackendResult {
-    backend: String,
+    pub backend: String,
     /// `custodian blob put FILE`: until the daemon acknowledged a durable, verified blob.
-    put_seconds: f64,
+    pub put_seconds: f64,
     /// `put_seconds` / the SHA-256 time.
-    put_ratio: f64,
+    pub put_ratio: f64,
     /// `put_seconds` / the larger of the SHA-256 time and the disk's write+fsync time.
-    put_ratio_to_floor: f64,
+    pub put_ratio_to_floor: f64,
     /// `custodian blob get DIGEST -o FILE`: verified, fsynced and renamed into place.
-    get_seconds: f64,
+    pub get_seconds: f64,
     /// `get_seconds` / the SHA-256 time.
-    get_ratio: f64,
+    pub get_ratio: f64,
     /// `get_seconds` / the larger of the SHA-256 time and the disk's write+fsync time.
-    get_ratio_to_floor: f64,
+    pub get_ratio_to_floor: f64,
     /// `custodian blob get DIGEST -o -` to /dev/null: the transfer and its verification alone.
-    get_stream_seconds: f64,
+    pub get_stream_seconds: f64,
     /// `get_stream_seconds` / the SHA-256 time.
-    get_stream_ratio: f64,
-    daemon_peak_rss_mib: f64,
+    pub get_stream_ratio: f64,
+    pub daemon_peak_rss_mib: f64,
 }
 
 #[derive(Serialize, Deserialize)]
 pub struct Report {
-    size_bytes: u64,
-    openssl_sha256_seconds: f64,
-    openssl_sha256_gib_per_s: f64,
+    pub size_bytes: u64,
+    pub openssl_sha256_seconds: f64,
+    pub openssl_sha256_gib_per_s: f64,
     /// Writing the blob's size from memory and fsyncing it: the disk's limit for anything durable.
-    disk_write_fsync_seconds: f64,
-    disk_write_fsync_gib_per_s: f64,
-    backends: Vec<BackendResult>,
+    pub disk_write_fsync_seconds: f64,
+    pub disk_write_fsync_gib_per_s: f64,
+    pub backends: Vec<BackendResult>,
 }
 
 /// Runs the scenario.

@@ -17,7 +17,7 @@ use custodian_core::{Algorithm, Digest};
 use custodian_proto::cas::v1 as cas;
 use custodian_proto::evidence::v1 as pb;
 use custodian_proto::registry::v1 as rpb;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use custodian_client::{Client, Conn, Target};
 use custodian_testkit::Daemon;
@@ -39,25 +39,25 @@ pub struct EvidenceArgs {
     json: bool,
 }
 
-#[derive(Serialize)]
-struct Scenario {
-    name: String,
-    clients: usize,
-    runs_per_second: f64,
-    runs: u64,
+#[derive(Serialize, Deserialize)]
+pub struct Scenario {
+    pub name: String,
+    pub clients: usize,
+    pub runs_per_second: f64,
+    pub runs: u64,
     /// Latency of one call (one run unary, `batch` runs batched), ms.
-    call_ms_p50: f64,
-    call_ms_p99: f64,
+    pub call_ms_p50: f64,
+    pub call_ms_p99: f64,
 }
 
-#[derive(Serialize)]
-struct Report {
-    scenarios: Vec<Scenario>,
-    bundle_runs: usize,
-    bundle_entries: usize,
-    bundle_bytes: usize,
-    bundle_verify_ms: f64,
-    daemon_peak_rss_mib: f64,
+#[derive(Serialize, Deserialize)]
+pub struct Report {
+    pub scenarios: Vec<Scenario>,
+    pub bundle_runs: usize,
+    pub bundle_entries: usize,
+    pub bundle_bytes: usize,
+    pub bundle_verify_ms: f64,
+    pub daemon_peak_rss_mib: f64,
 }
 
 const EVALS: usize = 100;

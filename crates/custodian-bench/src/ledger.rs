@@ -14,7 +14,7 @@ use custodian_core::note::SignerKey;
 use custodian_rocksdb::RocksLedger;
 use custodian_server::{Sequencer, SequencerConfig};
 use custodian_storage::ledger::{Ledger, LedgerBackend};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::process::ExitCode;
 
 /// Options of `custodian-bench ledger`.
@@ -38,41 +38,41 @@ pub struct LedgerArgs {
     json: bool,
 }
 
-#[derive(Serialize)]
-struct AppendResult {
-    writers: usize,
-    appends: u64,
-    appends_per_second: f64,
-    median_ms: f64,
-    p99_ms: f64,
-    mean_batch: f64,
+#[derive(Serialize, Deserialize)]
+pub struct AppendResult {
+    pub writers: usize,
+    pub appends: u64,
+    pub appends_per_second: f64,
+    pub median_ms: f64,
+    pub p99_ms: f64,
+    pub mean_batch: f64,
     /// The daemon's peak resident memory (gRPC runs only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    daemon_peak_rss_mib: Option<f64>,
+    pub daemon_peak_rss_mib: Option<f64>,
 }
 
-#[derive(Serialize)]
-struct Report {
-    fsync_median_ms: f64,
-    fsync_p99_ms: f64,
+#[derive(Serialize, Deserialize)]
+pub struct Report {
+    pub fsync_median_ms: f64,
+    pub fsync_p99_ms: f64,
     /// In process: the sequencer and RocksDB alone.
-    appends: Vec<AppendResult>,
+    pub appends: Vec<AppendResult>,
     /// Over gRPC to a real daemon on loopback (the clients share the machine's cores).
-    grpc_appends: Vec<AppendResult>,
-    log_size: u64,
-    fill_seconds: f64,
-    inclusion_proof_median_us: f64,
-    inclusion_proof_p99_us: f64,
-    receipt_median_us: f64,
-    receipt_p99_us: f64,
-    audit_entries_per_second: f64,
-    audit_seconds: f64,
+    pub grpc_appends: Vec<AppendResult>,
+    pub log_size: u64,
+    pub fill_seconds: f64,
+    pub inclusion_proof_median_us: f64,
+    pub inclusion_proof_p99_us: f64,
+    pub receipt_median_us: f64,
+    pub receipt_p99_us: f64,
+    pub audit_entries_per_second: f64,
+    pub audit_seconds: f64,
     /// Rebuilding the registry index from the whole log, as the daemon does at start-up.
-    registry_replay_seconds: f64,
+    pub registry_replay_seconds: f64,
     /// `openssl dgst -sha256` over the exported files: the floor of reading and hashing them once.
-    openssl_sha256_export_seconds: f64,
+    pub openssl_sha256_export_seconds: f64,
     /// `audit_seconds` / `openssl_sha256_export_seconds`.
-    audit_ratio_to_openssl: f64,
+    pub audit_ratio_to_openssl: f64,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

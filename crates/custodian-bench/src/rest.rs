@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Args;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::measure::run_timed;
 use custodian_testkit::RemoveOnDrop;
@@ -30,21 +30,21 @@ pub struct RestArgs {
     json: bool,
 }
 
-#[derive(Serialize)]
-struct Report {
-    size_bytes: u64,
-    openssl_sha256_seconds: f64,
+#[derive(Serialize, Deserialize)]
+pub struct Report {
+    pub size_bytes: u64,
+    pub openssl_sha256_seconds: f64,
     /// `custodian datapack upload`: multipart upload, digest check, scan, registration.
-    upload_seconds: f64,
-    upload_ratio_to_openssl: f64,
+    pub upload_seconds: f64,
+    pub upload_ratio_to_openssl: f64,
     /// `custodian datapack download -o FILE`: received, sha256-verified, fsynced, renamed.
-    download_seconds: f64,
-    download_ratio_to_openssl: f64,
-    ranges: usize,
-    range_bytes: u64,
-    range_ms_p50: f64,
-    range_ms_p99: f64,
-    daemon_peak_rss_mib: f64,
+    pub download_seconds: f64,
+    pub download_ratio_to_openssl: f64,
+    pub ranges: usize,
+    pub range_bytes: u64,
+    pub range_ms_p50: f64,
+    pub range_ms_p99: f64,
+    pub daemon_peak_rss_mib: f64,
 }
 
 /// Writes a minimal valid package the bench can publish.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::measure::run_timed;
 use custodian_testkit::RemoveOnDrop;
@@ -34,17 +34,17 @@ pub struct ScanBenchArgs {
     json: bool,
 }
 
-#[derive(Serialize)]
-struct Row {
-    content: String,
-    bytes: u64,
-    openssl_sha256_seconds: f64,
-    scan_seconds: f64,
-    scan_gib_per_s: f64,
-    ratio_to_openssl: f64,
-    bytes_scanned: u64,
-    files: u64,
-    verdict: String,
+#[derive(Serialize, Deserialize)]
+pub struct Row {
+    pub content: String,
+    pub bytes: u64,
+    pub openssl_sha256_seconds: f64,
+    pub scan_seconds: f64,
+    pub scan_gib_per_s: f64,
+    pub ratio_to_openssl: f64,
+    pub bytes_scanned: u64,
+    pub files: u64,
+    pub verdict: String,
 }
 
 /// A xorshift stream: incompressible bytes, the same every run.

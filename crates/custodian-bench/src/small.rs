@@ -8,7 +8,7 @@ use clap::Args;
 use custodian_core::{Algorithm, Digest};
 use custodian_proto::cas::v1 as pb;
 use custodian_proto::cas::v1::content_store_client::ContentStoreClient;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use custodian_testkit::Daemon;
 
@@ -36,19 +36,19 @@ pub struct SmallArgs {
 }
 
 /// One backend's figures.
-#[derive(Serialize)]
-struct Row {
-    backend: String,
-    blobs: usize,
-    blob_bytes: usize,
-    batch_put_blobs_per_s: f64,
-    batch_put_mib_per_s: f64,
-    batch_ms_p50: f64,
-    batch_ms_p99: f64,
-    find_missing_digests: usize,
-    find_missing_ms_p50: f64,
-    find_missing_ms_p99: f64,
-    daemon_peak_rss_mib: f64,
+#[derive(Serialize, Deserialize)]
+pub struct Row {
+    pub backend: String,
+    pub blobs: usize,
+    pub blob_bytes: usize,
+    pub batch_put_blobs_per_s: f64,
+    pub batch_put_mib_per_s: f64,
+    pub batch_ms_p50: f64,
+    pub batch_ms_p99: f64,
+    pub find_missing_digests: usize,
+    pub find_missing_ms_p50: f64,
+    pub find_missing_ms_p99: f64,
+    pub daemon_peak_rss_mib: f64,
 }
 
 /// A content-store client of the bench daemon, as the CLI's own commands connect.
