@@ -96,6 +96,23 @@ impl EntryKind {
         !matches!(self, EntryKind::Other(_))
     }
 
+    /// Every kind this version knows, all of them service kinds.
+    pub const KNOWN: [EntryKind; 7] = [
+        EntryKind::RunAttested,
+        EntryKind::PackagePublished,
+        EntryKind::VersionYanked,
+        EntryKind::DataPackRegistered,
+        EntryKind::ScanRecorded,
+        EntryKind::BadgeIssued,
+        EntryKind::KeyEvent,
+    ];
+
+    /// True if `name` (as [`peek_kind`] reads it from undecoded bytes) is a service kind, so a
+    /// scan over many entries can skip the rest without decoding them.
+    pub fn is_service_name(name: &str) -> bool {
+        Self::KNOWN.iter().any(|kind| kind.as_str() == name)
+    }
+
     /// Parses a kind name: 1 to 64 ASCII letters and digits, starting with an upper-case letter.
     pub fn parse(name: &str) -> Result<Self, EntryError> {
         let valid = (1..=64).contains(&name.len())
@@ -109,16 +126,10 @@ impl EntryKind {
                 ),
             });
         }
-        Ok(match name {
-            "RunAttested" => EntryKind::RunAttested,
-            "PackagePublished" => EntryKind::PackagePublished,
-            "VersionYanked" => EntryKind::VersionYanked,
-            "DataPackRegistered" => EntryKind::DataPackRegistered,
-            "ScanRecorded" => EntryKind::ScanRecorded,
-            "BadgeIssued" => EntryKind::BadgeIssued,
-            "KeyEvent" => EntryKind::KeyEvent,
-            other => EntryKind::Other(other.to_string()),
-        })
+        Ok(Self::KNOWN
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+            .unwrap_or_else(|| EntryKind::Other(name.to_string())))
     }
 }
 

@@ -244,19 +244,6 @@ pub struct BadgeIssued {
     pub registry_licenses: Vec<String>,
 }
 
-/// The names of the entry kinds only Custodian's registry and evidence services append (after
-/// their own checks), and from which the registry's index is rebuilt; `EntryKind::is_service`
-/// answers the same for a parsed kind.
-pub const SERVICE_KINDS: [&str; 7] = [
-    "PackagePublished",
-    "VersionYanked",
-    "DataPackRegistered",
-    "RunAttested",
-    "ScanRecorded",
-    "KeyEvent",
-    "BadgeIssued",
-];
-
 /// True if a package-name prefix in `namespaces` covers `name` (`*` covers every name).
 pub fn namespace_covers(namespaces: &[String], name: &str) -> bool {
     namespaces

@@ -294,7 +294,7 @@ impl Index {
                 }
                 // Most entries are not the registry's: skip them without decoding.
                 if let Some(kind) = custodian_core::entry::peek_kind(&bytes)
-                    && !custodian_core::registry::SERVICE_KINDS.contains(&kind)
+                    && !EntryKind::is_service_name(kind)
                 {
                     continue;
                 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 
 use custodian_core::datapack::DataPackSpec;
 use custodian_core::dsse::Envelope;
-use custodian_core::entry::Entry;
+use custodian_core::entry::{Entry, EntryKind};
 use custodian_core::manifest::{Manifest, Problem, Report, check_name};
 use custodian_core::note::VerifierKey;
 use custodian_core::package::{FileEntry, MANIFEST_FILE, PackageStatement};
@@ -746,7 +746,7 @@ impl Registry {
         // entry, so the rest pass without being decoded.
         if who.allows_everywhere(Scope::Read)
             || custodian_core::entry::peek_kind(entry_bytes)
-                .is_some_and(|kind| !custodian_core::registry::SERVICE_KINDS.contains(&kind))
+                .is_some_and(|kind| !EntryKind::is_service_name(kind))
         {
             return true;
         }
@@ -1006,51 +1006,6 @@ impl Registry {
         };
         self.register(who, name, version, pack, private_override)
             .await
-    }
-
-    /// Every version and hosted data pack without a verdict from `scanner`:
-    /// `(name, version, target)`.
-    pub(crate) fn unscanned_by(&self, scanner: &str) -> Vec<(String, String, Option<String>)> {
-        self.unscanned_for(scanner, &Principal::Anonymous, true)
-    }
-
-    /// Like `unscanned_by`, limited to what `who` may read unless `everything`.
-    pub(crate) fn unscanned_for(
-        &self,
-        scanner: &str,
-        who: &Principal,
-        everything: bool,
-    ) -> Vec<(String, String, Option<String>)> {
-        let state = self.read();
-        let mut out = Vec::new();
-        for (name, package) in state.packages() {
-            for record in package
-                .versions()
-                .filter(|r| everything || who.can_read(name, r.event.private))
-            {
-                let version = record.event.version.clone();
-                let scanned = |root: &str| {
-                    state.evidence(name, &version).is_some_and(|e| {
-                        e.scans
-                            .iter()
-                            .any(|s| s.scanner == scanner && s.root == root)
-                    })
-                };
-                if !scanned(&record.event.root) {
-                    out.push((name.clone(), version.clone(), None));
-                }
-                if let Some((_, sha256)) = record.hosted_data_pack()
-                    && !scanned(sha256)
-                {
-                    out.push((
-                        name.clone(),
-                        version,
-                        Some(custodian_core::registry::DATA_PACK_TARGET.into()),
-                    ));
-                }
-            }
-        }
-        out
     }
 
     /// The data pack of a version, if `who` may see it. The pack's own visibility decides, on

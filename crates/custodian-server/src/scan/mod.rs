@@ -103,7 +103,8 @@ struct Outcome {
     omitted: u64,
 }
 
-/// A queued external scan.
+/// A version (`target` `None`) or its hosted data pack (`data-pack`) that a scanner has yet to
+/// judge; what an external scanner's queue holds.
 #[derive(Clone, Debug)]
 struct Job {
     name: String,
@@ -342,6 +343,49 @@ impl Registry {
         Ok((out, queued))
     }
 
+    /// Every version and hosted data pack without a verdict from `scanner`.
+    fn unscanned_by(&self, scanner: &str) -> Vec<Job> {
+        self.unscanned_for(scanner, &Principal::Anonymous, true)
+    }
+
+    /// Like `unscanned_by`, limited to what `who` may read unless `everything`.
+    fn unscanned_for(&self, scanner: &str, who: &Principal, everything: bool) -> Vec<Job> {
+        let state = self.read();
+        let mut out = Vec::new();
+        for (name, package) in state.packages() {
+            for record in package
+                .versions()
+                .filter(|r| everything || who.can_read(name, r.event.private))
+            {
+                let version = record.event.version.clone();
+                let scanned = |root: &str| {
+                    state.evidence(name, &version).is_some_and(|e| {
+                        e.scans
+                            .iter()
+                            .any(|s| s.scanner == scanner && s.root == root)
+                    })
+                };
+                if !scanned(&record.event.root) {
+                    out.push(Job {
+                        name: name.clone(),
+                        version: version.clone(),
+                        target: None,
+                    });
+                }
+                if let Some((_, sha256)) = record.hosted_data_pack()
+                    && !scanned(sha256)
+                {
+                    out.push(Job {
+                        name: name.clone(),
+                        version,
+                        target: Some(DATA_PACK_TARGET.into()),
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// A scanner service's queue: what `who` may read that `scanner` has not judged yet.
     pub fn pending_scans(
         &self,
@@ -363,7 +407,12 @@ impl Registry {
             return Err(crate::registry::invalid("scanner", "is required"));
         }
         let mut out = Vec::new();
-        for (name, version, target) in self.unscanned_for(scanner, who, false) {
+        for Job {
+            name,
+            version,
+            target,
+        } in self.unscanned_for(scanner, who, false)
+        {
             if out.len() >= limit {
                 break;
             }
@@ -423,15 +472,8 @@ impl Registry {
         }
         for scanner in &config.external {
             let identity = format!("external:{}", scanner.name);
-            for (name, version, target) in self.unscanned_by(&identity) {
-                self.queue_one(
-                    &scanner.name,
-                    Job {
-                        name,
-                        version,
-                        target,
-                    },
-                );
+            for job in self.unscanned_by(&identity) {
+                self.queue_one(&scanner.name, job);
             }
         }
     }
