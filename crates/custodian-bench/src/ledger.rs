@@ -202,10 +202,8 @@ async fn grpc_appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Resul
     let connections = writers.clamp(1, GRPC_CONNECTIONS);
     let mut clients = Vec::new();
     for _ in 0..connections {
-        let channel = tonic::transport::Channel::from_shared(daemon.address.clone())?
-            .connect()
-            .await?;
-        clients.push(pb::ledger_client::LedgerClient::new(channel));
+        let client = custodian_client::Client::connect(&daemon.target(None)).await?;
+        clients.push(client.ledger());
     }
     let client = clients[0].clone();
     let deadline = Instant::now() + Duration::from_secs(seconds);
