@@ -24,9 +24,9 @@ fn operations(doc: &serde_json::Value) -> Vec<(String, String)> {
     out
 }
 
-/// The routes the REST router serves (crates/custodian-server/src/rest.rs), which the document
+/// The routes the REST router serves (crates/custodian-server/src/rest/mod.rs), which the document
 /// must describe, no more and no fewer.
-const ROUTER: [(&str, &str); 13] = [
+const ROUTER: [(&str, &str); 15] = [
     ("get", "/healthz"),
     ("get", "/openapi.yaml"),
     ("get", "/wrappers/{id}/versions"),
@@ -40,6 +40,8 @@ const ROUTER: [(&str, &str); 13] = [
     ("get", "/wrappers/{id}/versions/{vid}/evidence"),
     ("get", "/wrappers/{id}/versions/{vid}/report"),
     ("get", "/blobs/{digest}"),
+    ("get", "/log/checkpoint"),
+    ("get", "/log/tile/{tile}"),
 ];
 
 #[test]
@@ -83,10 +85,11 @@ fn every_operation_answers_only_documented_statuses() {
     std::fs::write(&data, "a,b\n1,2\n").expect("write");
     let digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
     // Valid and invalid values for each path parameter.
-    let fill = |path: &str, id: &str, vid: &str, digest: &str| {
+    let fill = |path: &str, id: &str, vid: &str, digest: &str, tile: &str| {
         path.replace("{id}", id)
             .replace("{vid}", vid)
             .replace("{digest}", digest)
+            .replace("{tile}", tile)
     };
     let token = bearer(&daemon.token);
     let mut checked = 0;
@@ -97,16 +100,16 @@ fn every_operation_answers_only_documented_statuses() {
             .keys()
             .filter_map(|k| k.parse().ok())
             .collect();
-        for (case, (id, vid, blob)) in [
-            ("pacman-builder", "0.2.1", digest),
-            ("pacman-builder", "9.9.9", digest),
-            ("no-such-package", "0.2.1", "blake3:00"),
-            ("Not%20A%20Name", "not-semver", "md5:abc"),
+        for (case, (id, vid, blob, tile)) in [
+            ("pacman-builder", "0.2.1", digest, "0/000.p/1"),
+            ("pacman-builder", "9.9.9", digest, "3/x001/000"),
+            ("no-such-package", "0.2.1", "blake3:00", "0/x000/001"),
+            ("Not%20A%20Name", "not-semver", "md5:abc", "64/000.p/256"),
         ]
         .into_iter()
         .enumerate()
         {
-            let url = format!("{}{}", daemon.rest, fill(&path, id, vid, blob));
+            let url = format!("{}{}", daemon.rest, fill(&path, id, vid, blob, tile));
             let mut args: Vec<String> = vec!["-X".into(), method.to_uppercase()];
             for with_token in [false, true] {
                 let mut call = args.clone();

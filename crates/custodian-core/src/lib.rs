@@ -20,6 +20,7 @@ pub mod package;
 pub mod promptpack;
 pub mod receipt;
 pub mod registry;
+pub mod tiles;
 
 pub use digest::{
     Algorithm, BlobDigests, BlobHasher, DIGEST_LEN, Digest, DigestError, StreamHasher,

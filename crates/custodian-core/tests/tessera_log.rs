@@ -86,3 +86,30 @@ fn base64_of(hash: &Hash) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(hash.0)
 }
+
+/// Every partial level-0 tile Tessera wrote, found at the path `tiles::Tile::path` names and equal
+/// to the stored hashes `Tile::stored_hash_indexes` picks: our tile server reads exactly these.
+#[test]
+fn our_tile_paths_and_hash_selection_reproduce_tesseras_tiles() {
+    use custodian_core::tiles::{Tile, tile_width_at};
+    let mut frontier = Frontier::new();
+    let mut stored: Vec<Hash> = Vec::new();
+    for (i, leaf) in LEAVES.iter().enumerate() {
+        stored.extend(frontier.append(leaf_hash(leaf.as_bytes())));
+        let size = i as u64 + 1;
+        let tile = Tile {
+            level: 0,
+            index: 0,
+            width: tile_width_at(size, 0, 0),
+        };
+        assert_eq!(tile.path(), format!("tile/0/000.p/{size}"));
+        let published = std::fs::read(dir().join(tile.path())).expect("tile");
+        let ours: Vec<u8> = tile
+            .stored_hash_indexes()
+            .expect("indexes")
+            .into_iter()
+            .flat_map(|index| stored[index as usize].0)
+            .collect();
+        assert_eq!(published, ours, "{}", tile.path());
+    }
+}

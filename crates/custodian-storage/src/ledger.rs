@@ -661,6 +661,47 @@ impl Ledger {
         Ok(out)
     }
 
+    /// The hashes of a C2SP tlog-tiles hash tile, concatenated (32 bytes each), as a tile
+    /// server sends them. A tile wider than the log has reached is `SizeBeyondLog`.
+    pub fn tile(&self, tile: &custodian_core::tiles::Tile) -> LedgerResult<Vec<u8>> {
+        let size = self.latest().size;
+        let available = custodian_core::tiles::tile_width_at(size, tile.level, tile.index);
+        let indexes = tile
+            .stored_hash_indexes()
+            .filter(|_| tile.width <= available)
+            .ok_or(LedgerError::SizeBeyondLog {
+                requested: tile
+                    .index
+                    .saturating_mul(256)
+                    .saturating_add(u64::from(tile.width)),
+                size,
+            })?;
+        let (Some(&first), Some(&last)) = (indexes.first(), indexes.last()) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(indexes.len() * 32);
+        if tile.level == 0 {
+            // Leaf hashes lie within twice their count of one another: one read covers them.
+            let span = self.backend.hash_range(first, last + 1)?;
+            for index in indexes {
+                let hash = span.get((index - first) as usize).ok_or_else(|| {
+                    LedgerError::Corrupt(format!("stored hash {index} is missing"))
+                })?;
+                out.extend_from_slice(&hash.0);
+            }
+        } else {
+            // Upper-level hashes are far apart in the append order: read each one.
+            for index in indexes {
+                let hash = self.backend.hash_range(index, index + 1)?;
+                let hash = hash.first().ok_or_else(|| {
+                    LedgerError::Corrupt(format!("stored hash {index} is missing"))
+                })?;
+                out.extend_from_slice(&hash.0);
+            }
+        }
+        Ok(out)
+    }
+
     /// The stored hashes `[start, end)` in append order, for export.
     pub fn stored_hashes(&self, start: u64, end: u64) -> LedgerResult<Vec<Hash>> {
         let limit = stored_hash_count(self.latest().size);

@@ -7,6 +7,7 @@
 //! - `POST /wrappers/{id}/versions/{vid}/data-pack/hosted` — upload hosted bytes (multipart)
 //! - `GET  /wrappers/{id}/versions/{vid}/data-pack/download` — fetch hosted bytes (`Range` too)
 //! - `GET  /blobs/{digest}` — any readable blob by digest (`Range` too)
+//! - `GET  /log/checkpoint`, `GET /log/tile/<L>/<N>[.p/<W>]` — the ledger as C2SP tlog-tiles
 //!
 //! A wrapper id is a package name (URL-encode the `/` of a scoped name: `%40acme%2Fbot`), a vid
 //! a version. Errors are JSON `{"error": {"code", "message"}}` with a stable code. The whole API
@@ -30,6 +31,7 @@ use crate::auth::{Authenticator, Principal};
 mod badge;
 mod error;
 mod range;
+mod tiles;
 mod upload;
 mod views;
 
@@ -100,6 +102,8 @@ pub fn router(
         .route("/wrappers/{id}/versions/{vid}/evidence", get(get_evidence))
         .route("/wrappers/{id}/versions/{vid}/report", get(get_report))
         .route("/blobs/{digest}", get(download_blob))
+        .route("/log/checkpoint", get(tiles::checkpoint))
+        .route("/log/tile/{*path}", get(tiles::tile))
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,

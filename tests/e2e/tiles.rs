@@ -1,0 +1,168 @@
+//! The ledger served as C2SP tlog-tiles on the REST port (`/log/checkpoint`, `/log/tile/…`), read
+//! by Go's `golang.org/x/mod/sumdb/tlog` through `TileHashReader` (code nobody here wrote), and
+//! the promises tiles make to caches: a full tile never changes, a partial tile stays readable
+//! after its tile fills, and bad or out-of-range paths are 400 or 404, never a server error.
+
+use std::process::Command;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use custodian_proto::ledger::v1 as pb;
+
+use crate::ledger::{append, client, start};
+
+async fn get(url: &str) -> (u16, Option<String>, Vec<u8>) {
+    let response = reqwest::get(url).await.expect("GET");
+    let status = response.status().as_u16();
+    let cache = response
+        .headers()
+        .get("cache-control")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (
+        status,
+        cache,
+        response.bytes().await.expect("body").to_vec(),
+    )
+}
+
+async fn tile(rest: &str, path: &str) -> Vec<u8> {
+    let (status, cache, body) = get(&format!("{rest}/log/tile/{path}")).await;
+    assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        cache.as_deref(),
+        Some("public, max-age=31536000, immutable"),
+        "{path}"
+    );
+    body
+}
+
+#[tokio::test]
+async fn go_reads_the_ledger_through_its_tiles_and_tiles_never_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = start(&dir.path().join("data"));
+    let mut log = client(&daemon).await;
+    for i in 0..300 {
+        append(&mut log, i).await.expect("append");
+    }
+    let old = log
+        .get_checkpoint(pb::GetCheckpointRequest { tree_size: None })
+        .await
+        .expect("checkpoint")
+        .into_inner();
+    assert_eq!(old.tree_size, 300);
+    let (status, cache, body) = get(&format!("{}/log/checkpoint", daemon.rest)).await;
+    assert_eq!((status, cache.as_deref()), (200, Some("no-cache")));
+    assert_eq!(String::from_utf8_lossy(&body), old.note);
+
+    // At 300 entries: one full level-0 tile, a partial one of 44, and a level-1 tile of 1.
+    let full = tile(&daemon.rest, "0/000").await;
+    assert_eq!(full.len(), 256 * 32);
+    let partial = tile(&daemon.rest, "0/001.p/44").await;
+    assert_eq!(partial.len(), 44 * 32);
+    assert_eq!(tile(&daemon.rest, "1/000.p/1").await.len(), 32);
+    // Each hash in a level-0 tile is the leaf hash of its entry.
+    let entry = log
+        .get_entry(pb::GetEntryRequest { index: 257 })
+        .await
+        .expect("entry")
+        .into_inner();
+    assert_eq!(&partial[32..64], &entry.leaf_hash[..]);
+
+    for i in 300..600 {
+        append(&mut log, i).await.expect("append");
+    }
+    // A full tile is the same bytes after more appends; the partial tile of an old checkpoint is
+    // still served and is a prefix of the tile it grew into.
+    assert!(
+        tile(&daemon.rest, "0/000").await == full,
+        "a full tile changed"
+    );
+    assert_eq!(tile(&daemon.rest, "0/001.p/44").await, partial);
+    assert!(tile(&daemon.rest, "0/001").await.starts_with(&partial));
+    assert_eq!(tile(&daemon.rest, "0/002.p/88").await.len(), 88 * 32);
+
+    // Beyond the log: 404 naming the size. Malformed: 400 naming the rule. Never 5xx.
+    for (path, want) in [
+        ("0/003", 404),
+        ("0/002.p/89", 404),
+        ("2/000.p/1", 404),
+        ("7/x018/x446/x744/x073/x709/x551/615", 404),
+        ("entries/000", 404),
+        ("0/1", 400),
+        ("0/x000/001", 400),
+        ("64/000", 400),
+        ("0/000.p/256", 400),
+        ("0/000.p/0", 400),
+        ("0/000.p/015", 400),
+        ("zero/000", 400),
+    ] {
+        let (status, _, body) = get(&format!("{}/log/tile/{path}", daemon.rest)).await;
+        assert_eq!(status, want, "{path}: {}", String::from_utf8_lossy(&body));
+        let error: serde_json::Value = serde_json::from_slice(&body).expect("a JSON error");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        if want == 400 {
+            assert!(message.contains("is not a tile path"), "{path}: {message}");
+        } else if path != "entries/000" {
+            assert!(message.contains("beyond the log"), "{path}: {message}");
+        }
+    }
+
+    // Go's tlog reads the tiles, recomputes the root, proves entries and the old checkpoint.
+    let info = log
+        .get_log_info(pb::GetLogInfoRequest {})
+        .await
+        .expect("log info")
+        .into_inner();
+    let out = dir.path().join("go");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    std::fs::write(out.join("vkey"), &info.verifier_key).expect("write");
+    std::fs::write(out.join("old.checkpoint"), &old.note).expect("write");
+    let mut records = Vec::new();
+    for index in [0u64, 1, 255, 256, 299, 300, 511, 512, 599] {
+        let entry = log
+            .get_entry(pb::GetEntryRequest { index })
+            .await
+            .expect("entry")
+            .into_inner();
+        records.push(format!("{index} {}", STANDARD.encode(&entry.encoded)));
+    }
+    std::fs::write(out.join("records"), records.join("\n")).expect("write");
+    let go = std::env::var("CUSTODIAN_GO").unwrap_or_else(|_| "go".into());
+    let gopath = std::env::var("CUSTODIAN_GOPATH").unwrap_or_else(|_| "/usr/share/gocode".into());
+    let program = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/interop/tiles.go");
+    let run = || {
+        Command::new(&go)
+            .args(["run", program, &daemon.rest])
+            .arg(&out)
+            .env("GOPATH", &gopath)
+            .env("GO111MODULE", "off")
+            .env("GOFLAGS", "")
+            .env("GOCACHE", out.join("gocache"))
+            .output()
+            .expect("run go (scripts/test installs golang-go and golang-golang-x-mod-dev)")
+    };
+    let result = run();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        result.status.success() && stdout.starts_with("ok: "),
+        "Go could not read our tiles: {stdout}{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    eprintln!("{stdout}");
+
+    // And Go notices an entry that is not the one the tiles commit to: the check can fail.
+    let (index, entry) = records[4].split_once(' ').expect("a record");
+    let mut bytes = STANDARD.decode(entry).expect("base64");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    records[4] = format!("{index} {}", STANDARD.encode(&bytes));
+    std::fs::write(out.join("records"), records.join("\n")).expect("write");
+    let result = run();
+    assert!(!result.status.success(), "Go accepted a tampered entry");
+    assert!(
+        String::from_utf8_lossy(&result.stderr).contains("tlog.CheckRecord"),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
