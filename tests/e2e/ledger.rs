@@ -259,6 +259,41 @@ async fn appends_return_receipts_that_verify_offline_and_tampering_fails_with_th
     let good = verify(&receipt_file);
     assert!(good.status.success(), "{}", stderr(&good));
     assert!(stdout(&good).contains("receipt verifies: entry 7"));
+    // The same receipt in C2SP tlog-proof form verifies the same way, and a flipped proof line
+    // does not.
+    let proof_file = dir.path().join("r7.tlog-proof");
+    let out = daemon.cli(&[
+        "log",
+        "receipt",
+        "7",
+        "--format",
+        "tlog-proof",
+        "-o",
+        proof_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let proof_text = std::fs::read_to_string(&proof_file).unwrap();
+    assert!(
+        proof_text.starts_with("c2sp.org/tlog-proof@v1\nextra "),
+        "{proof_text}"
+    );
+    let good = verify(&proof_file);
+    assert!(good.status.success(), "{}", stderr(&good));
+    assert!(stdout(&good).contains("receipt verifies: entry 7"));
+    let line = proof_text.lines().nth(3).unwrap();
+    let flipped = if line.starts_with('A') { "B" } else { "A" };
+    std::fs::write(
+        &proof_file,
+        proof_text.replacen(line, &format!("{flipped}{}", &line[1..]), 1),
+    )
+    .unwrap();
+    let bad = verify(&proof_file);
+    assert!(!bad.status.success(), "a tampered tlog-proof verified");
+    assert!(
+        stderr(&bad).contains("root recomputed from the proof"),
+        "{}",
+        stderr(&bad)
+    );
 
     let original = std::fs::read_to_string(&receipt_file).unwrap();
     let json: serde_json::Value = serde_json::from_str(&original).unwrap();

@@ -24,6 +24,9 @@ use crate::note::VerifierKey;
 /// The `type` of a receipt file.
 pub const RECEIPT_TYPE: &str = "custodian.receipt.v1";
 
+/// The first line of a receipt in C2SP tlog-proof form (<https://c2sp.org/tlog-proof>).
+pub const TLOG_PROOF_HEADER: &str = "c2sp.org/tlog-proof@v1";
+
 /// Why a receipt did not verify. Each variant says which part failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReceiptError {
@@ -102,6 +105,91 @@ impl Receipt {
         };
         // Serializing plain strings and numbers cannot fail.
         serde_json::to_string_pretty(&file).unwrap_or_default() + "\n"
+    }
+
+    /// The C2SP tlog-proof form (`.tlog-proof`): the header, `extra` carrying the entry's bytes
+    /// in base64 (what a verifier needs to recompute the leaf hash; the proof then authenticates
+    /// them), `index`, one base64 proof hash per line, an empty line and the checkpoint verbatim.
+    pub fn to_tlog_proof(&self) -> String {
+        let mut out = format!(
+            "{TLOG_PROOF_HEADER}\nextra {}\nindex {}\n",
+            STANDARD.encode(&self.entry),
+            self.index
+        );
+        for hash in &self.proof {
+            out.push_str(&STANDARD.encode(hash.0));
+            out.push('\n');
+        }
+        out.push('\n');
+        out.push_str(&self.checkpoint);
+        out
+    }
+
+    /// Parses the C2SP tlog-proof form (nothing is verified yet). The `extra` line must carry
+    /// the entry: without it there is nothing to prove included.
+    pub fn from_tlog_proof(text: &str) -> Result<Self, ReceiptError> {
+        let bad = |what: String| ReceiptError::Format(format!("tlog-proof: {what}"));
+        let (head, checkpoint) = text
+            .split_once("\n\n")
+            .ok_or_else(|| bad("no empty line before the checkpoint".into()))?;
+        let mut lines = head.split('\n');
+        if lines.next() != Some(TLOG_PROOF_HEADER) {
+            return Err(bad(format!("the first line must be {TLOG_PROOF_HEADER}")));
+        }
+        let mut line = lines.next().unwrap_or_default();
+        let entry = match line.strip_prefix("extra ") {
+            Some(extra) => {
+                let entry = STANDARD
+                    .decode(extra)
+                    .map_err(|e| bad(format!("extra is not base64: {e}")))?;
+                line = lines.next().unwrap_or_default();
+                entry
+            }
+            None => {
+                return Err(bad(
+                    "no extra line: Custodian's proofs carry the entry there, base64".into(),
+                ));
+            }
+        };
+        let index = line
+            .strip_prefix("index ")
+            .filter(|n| *n == "0" || (!n.is_empty() && !n.starts_with('0')))
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| {
+                bad(format!(
+                    "{line:?} is not \"index N\" (decimal, no leading zeros)"
+                ))
+            })?;
+        let proof = lines
+            .enumerate()
+            .map(|(i, h)| {
+                STANDARD
+                    .decode(h)
+                    .ok()
+                    .and_then(|b| Hash::from_slice(&b).ok())
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "proof line {} {h:?} is not a base64 32-byte hash",
+                            i + 1
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Receipt {
+            index,
+            entry,
+            proof,
+            checkpoint: checkpoint.to_string(),
+        })
+    }
+
+    /// Parses either file form, told apart by the first line.
+    pub fn parse(text: &str) -> Result<Self, ReceiptError> {
+        if text.starts_with(TLOG_PROOF_HEADER) {
+            Self::from_tlog_proof(text)
+        } else {
+            Self::from_json(text)
+        }
     }
 
     /// Parses the JSON file form (nothing is verified yet).

@@ -28,6 +28,7 @@ proptest! {
         let _ = VerifierKey::parse(&text);
         let _ = SignerKey::parse(&text);
         let _ = Receipt::from_json(&text);
+        let _ = Receipt::parse(&text);
         for entry in EntryReader::new(bytes.as_slice()).take(50) {
             let _ = entry;
         }

@@ -79,6 +79,14 @@ fn receipts_verify_and_every_modified_field_fails_with_its_reason() {
         assert_eq!(verified.index, index);
         let round_trip = Receipt::from_json(&receipt.to_json()).expect("parse");
         assert_eq!(round_trip, receipt);
+        // The C2SP tlog-proof form carries the same receipt, and `parse` tells the forms apart.
+        let text = receipt.to_tlog_proof();
+        assert!(text.starts_with("c2sp.org/tlog-proof@v1\nextra "), "{text}");
+        assert!(text.contains(&format!("\nindex {index}\n")), "{text}");
+        assert!(text.ends_with(&receipt.checkpoint), "{text}");
+        assert_eq!(Receipt::from_tlog_proof(&text).expect("parse"), receipt);
+        assert_eq!(Receipt::parse(&text).expect("parse"), receipt);
+        assert_eq!(Receipt::parse(&receipt.to_json()).expect("parse"), receipt);
     }
     let good = receipt(&log, 4);
     // The index.
@@ -139,6 +147,56 @@ fn receipts_verify_and_every_modified_field_fails_with_its_reason() {
         Receipt::from_json(&json),
         Err(ReceiptError::Format(_))
     ));
+}
+
+/// c2sp.org/tlog-proof: the layout the spec fixes (header, extra, index without leading zeros,
+/// one base64 hash a line, an empty line, the checkpoint), each deviation refused with its reason,
+/// and a tampered proof in this form fails verification like the JSON form.
+#[test]
+fn the_tlog_proof_form_is_strict_and_verifies_the_same() {
+    let log = build(10);
+    let verifier = log.signer.verifier();
+    let good = receipt(&log, 4).to_tlog_proof();
+    let lines: Vec<&str> = good.lines().collect();
+    assert_eq!(lines[0], "c2sp.org/tlog-proof@v1");
+    assert_eq!(lines[2], "index 4");
+    for (bad, reason) in [
+        (good.replacen("@v1", "@v2", 1), "first line"),
+        (good.replacen("index 4", "index 04", 1), "no leading zeros"),
+        (good.replacen("index 4", "idx 4", 1), "index N"),
+        (good.replacen("\nextra ", "\nextra !", 1), "not base64"),
+        (
+            good.replacen(&format!("{}\n", lines[1]), "", 1),
+            "no extra line",
+        ),
+        (good.replacen(lines[3], "AAAA", 1), "32-byte hash"),
+        // Without the empty line the checkpoint's origin is read as a proof hash.
+        (
+            good.replacen("\n\n", "\n", 1),
+            "is not a base64 32-byte hash",
+        ),
+    ] {
+        let err = Receipt::from_tlog_proof(&bad)
+            .expect_err(reason)
+            .to_string();
+        assert!(err.contains(reason), "{reason}: {err}");
+    }
+    let verified = Receipt::parse(&good)
+        .and_then(|r| r.verify(&verifier))
+        .expect("verifies");
+    assert_eq!(verified.index, 4);
+    // A flipped bit in a proof line parses but no longer leads to the signed root.
+    let hash = lines[3];
+    let flipped = format!(
+        "{}{}",
+        if hash.starts_with('A') { "B" } else { "A" },
+        &hash[1..]
+    );
+    let err = Receipt::parse(&good.replacen(hash, &flipped, 1))
+        .and_then(|r| r.verify(&verifier))
+        .expect_err("tampered proof accepted")
+        .to_string();
+    assert!(err.contains("root recomputed"), "{err}");
 }
 
 fn export(log: &Log) -> (Vec<u8>, Vec<u8>) {

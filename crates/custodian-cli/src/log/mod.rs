@@ -31,6 +31,15 @@ use consistency::consistency;
 use export::export;
 use receipt::verify_receipt;
 
+/// The file forms of a receipt.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ReceiptFormat {
+    /// `custodian.receipt.v1` JSON.
+    Json,
+    /// C2SP tlog-proof@v1 text.
+    TlogProof,
+}
+
 /// Ledger commands.
 #[derive(Subcommand)]
 pub enum LogCommand {
@@ -101,12 +110,16 @@ with -o)."
         /// The receipt file to write (- for standard output)
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
+        /// `json` (custodian.receipt.v1) or `tlog-proof` (C2SP tlog-proof@v1, the entry in its
+        /// `extra` line; conventionally saved as FILE.tlog-proof). verify-receipt reads both
+        #[arg(long, value_enum, default_value_t = ReceiptFormat::Json)]
+        format: ReceiptFormat,
         #[command(flatten)]
         server: ServerArg,
     },
     /// Verify a receipt offline with the log's verifier key; exits 1 if it does not verify
     #[command(
-        long_about = "Verify a receipt file offline: the checkpoint's Ed25519 signature \
+        long_about = "Verify a receipt file offline (JSON, or C2SP tlog-proof as `log receipt --format tlog-proof` writes it): the checkpoint's Ed25519 signature \
 by the given log key, the entry's deterministic encoding, and the inclusion proof from the \
 entry's leaf hash to the checkpoint's root. No daemon or network is used. Exits 0 if the \
 receipt verifies, 1 (naming the part that failed) if not."
@@ -256,6 +269,7 @@ pub async fn run(command: LogCommand) -> anyhow::Result<ExitCode> {
         LogCommand::Receipt {
             index,
             output,
+            format,
             server,
         } => {
             let receipt = connect(&server)
@@ -266,7 +280,15 @@ pub async fn run(command: LogCommand) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            write_output(&output, receipt.json.as_bytes())?;
+            let text = match format {
+                ReceiptFormat::Json => receipt.json,
+                ReceiptFormat::TlogProof => {
+                    custodian_core::receipt::Receipt::from_json(&receipt.json)
+                        .context("the daemon sent a receipt that does not parse")?
+                        .to_tlog_proof()
+                }
+            };
+            write_output(&output, text.as_bytes())?;
             if output != Path::new("-") {
                 eprintln!("receipt of entry {index} written to {}", output.display());
             }

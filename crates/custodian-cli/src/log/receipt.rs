@@ -13,7 +13,7 @@ pub(super) fn verify_receipt(file: &Path, key: &str, json: bool) -> anyhow::Resu
     let verifier = crate::keys::load_verifier(key)?;
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let result = Receipt::from_json(&text).and_then(|r| r.verify(&verifier));
+    let result = Receipt::parse(&text).and_then(|r| r.verify(&verifier));
     match result {
         Ok(verified) => {
             if json {
