@@ -166,3 +166,128 @@ async fn go_reads_the_ledger_through_its_tiles_and_tiles_never_change() {
         String::from_utf8_lossy(&result.stderr)
     );
 }
+
+/// `custodian log monitor` over the tiles alone: the first run accepts the log, later runs prove
+/// it only grew, and a log under the same key that shrank or forked is refused, naming the
+/// sizes, with the state left at the last good checkpoint.
+#[tokio::test]
+async fn the_monitor_follows_growth_and_catches_a_rollback_and_a_fork() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_a = dir.path().join("a");
+    let daemon = start(&data_a);
+    let mut log = client(&daemon).await;
+    for i in 0..300 {
+        append(&mut log, i).await.expect("append");
+    }
+    let key = dir.path().join("log.vkey");
+    let info = log
+        .get_log_info(pb::GetLogInfoRequest {})
+        .await
+        .expect("log info")
+        .into_inner();
+    std::fs::write(&key, &info.verifier_key).expect("write");
+    let state = dir.path().join("monitor.state");
+    let monitor = |d: &custodian_testkit::Daemon| {
+        Command::new(custodian_testkit::binary())
+            .args(["log", "monitor", "--log", &format!("{}/log", d.rest)])
+            .arg("--key")
+            .arg(&key)
+            .arg("--state")
+            .arg(&state)
+            .output()
+            .expect("run custodian log monitor")
+    };
+    let text = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let out = monitor(&daemon);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("300 entries, the tiles add up"),
+        "{}",
+        text(&out)
+    );
+    for i in 300..520 {
+        append(&mut log, i).await.expect("append");
+    }
+    let out = monitor(&daemon);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("300 -> 520 entries, consistent"),
+        "{}",
+        text(&out)
+    );
+    let accepted = std::fs::read_to_string(&state).expect("state");
+    assert!(accepted.contains("\n520\n"), "{accepted}");
+
+    // A static mirror of the same files (what a bucket behind a CDN holds) monitors the same.
+    let mirror = dir.path().join("mirror");
+    let checkpoint = get(&format!("{}/log/checkpoint", daemon.rest)).await.2;
+    std::fs::create_dir_all(&mirror).expect("mkdir");
+    std::fs::write(mirror.join("checkpoint"), &checkpoint).expect("write");
+    for path in [
+        "tile/0/000",
+        "tile/0/001",
+        "tile/0/002.p/8",
+        "tile/1/000.p/2",
+    ] {
+        let bytes = tile(&daemon.rest, &path["tile/".len()..]).await;
+        let file = mirror.join(path);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::write(file, bytes).expect("write");
+    }
+    let out = Command::new(custodian_testkit::binary())
+        .args(["log", "monitor", "--json", "--log"])
+        .arg(format!("file://{}", mirror.display()))
+        .arg("--key")
+        .arg(&key)
+        .arg("--state")
+        .arg(dir.path().join("mirror.state"))
+        .output()
+        .expect("run custodian log monitor");
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        (report["ok"].as_bool(), report["tree_size"].as_u64()),
+        (Some(true), Some(520))
+    );
+
+    // Another log under the same key: first shorter (a rollback), then longer but different.
+    let data_b = dir.path().join("b");
+    std::fs::create_dir_all(&data_b).expect("mkdir");
+    std::fs::copy(data_a.join("log-key"), data_b.join("log-key")).expect("copy the key");
+    let forked = start(&data_b);
+    let mut fork = client(&forked).await;
+    for i in 1000..1100 {
+        append(&mut fork, i).await.expect("append");
+    }
+    let out = monitor(&forked);
+    assert!(!out.status.success(), "a rollback passed");
+    assert!(
+        text(&out).contains("the log shrank from 520 to 100"),
+        "{}",
+        text(&out)
+    );
+    for i in 1100..1700 {
+        append(&mut fork, i).await.expect("append");
+    }
+    let out = monitor(&forked);
+    assert!(!out.status.success(), "a fork passed as consistent");
+    assert!(
+        text(&out).contains("of size 700 is NOT consistent with the one of size 520"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&state).expect("state"),
+        accepted,
+        "a refused checkpoint replaced the accepted one"
+    );
+    // The real log still passes from the kept state.
+    let out = monitor(&daemon);
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -60,6 +60,7 @@ custodian log receipt 42 -o entry42.receipt.json\n  \
 custodian log verify-receipt entry42.receipt.json --key log.vkey   # offline\n  \
 custodian log checkpoint > saved.checkpoint       # later: did the log only grow?\n  \
 custodian log consistency --from saved.checkpoint --key log.vkey --update\n  \
+custodian log monitor --log http://127.0.0.1:7312/log --key log.vkey --state log.state   # from cron\n  \
 custodian log export audit-dir && custodian audit audit-dir --key log.vkey   # offline\n  \
 custodian scrub --data-dir .custodian              # stopped daemon: read everything back\n\n\
 Benchmarks are a separate binary, custodian-bench (docs/performance.md).",

@@ -22,6 +22,7 @@ mod audit;
 mod codec;
 mod consistency;
 mod export;
+mod monitor;
 mod receipt;
 
 use append::append;
@@ -160,6 +161,31 @@ checkpoint once it is proven consistent, so running this periodically witnesses 
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Follow a log through its tlog-tiles and prove each new checkpoint consistent with the
+    /// last one accepted (run it from cron)
+    #[command(
+        long_about = "Check a log the way an independent monitor does, through its C2SP \
+tlog-tiles only: a daemon's REST port (http://HOST:7312/log), or a mirror of the same files \
+(file:///DIR). Verifies the latest checkpoint's signature with the key, recomputes its root \
+from the tiles, and proves it consistent with the checkpoint accepted on the previous run, kept \
+in --state (RFC 9162 §2.1.4.2). The first run accepts the log as it is and saves it. Exits 1, \
+naming the sizes, if the log shrank, forked or rewrote history; the state is then left as it \
+was. Decoding new entries needs tlog-tiles entry bundles, which the daemon does not serve yet."
+    )]
+    Monitor {
+        /// The log's tile prefix: http(s)://HOST:PORT/log or file:///DIR
+        #[arg(long, value_name = "URL")]
+        log: String,
+        /// The log's verifier key (NAME+ID+KEY), or a file containing it
+        #[arg(long, value_name = "VKEY")]
+        key: String,
+        /// The file that keeps the last checkpoint accepted (created on the first run)
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Export every entry, stored tree hash and checkpoint to a directory for offline audit
     Export {
         /// The directory to create (must not exist or be empty)
@@ -295,6 +321,16 @@ pub async fn run(command: LogCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         LogCommand::VerifyReceipt { file, key, json } => verify_receipt(&file, &key, json),
+        LogCommand::Monitor {
+            log,
+            key,
+            state,
+            json,
+        } => {
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || monitor::monitor(&log, &key, &state, json, runtime))
+                .await?
+        }
         LogCommand::Export {
             dir,
             data_dir,
