@@ -17,7 +17,7 @@ use futures::StreamExt;
 
 use custodian_testkit::Daemon;
 
-const TOKEN: &str = "e2e-append-token";
+pub const TOKEN: &str = "e2e-append-token";
 
 pub fn start(dir: &Path) -> Daemon {
     Daemon::start_with(

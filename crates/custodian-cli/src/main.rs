@@ -75,7 +75,7 @@ struct Cli {
 enum Command {
     /// Run the Custodian daemon (content store, ledger, registry, evidence; gRPC and REST)
     #[command(long_about = serve::LONG_ABOUT)]
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Store, fetch and inspect blobs in a running daemon
     #[command(subcommand)]
     Blob(blob::BlobCommand),
@@ -195,7 +195,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(*args).await,
             Command::Blob(command) => blob::run(command).await,
             Command::Log(command) => log::run(command).await,
             Command::Audit(args) => tokio::task::spawn_blocking(move || log::audit(args)).await?,

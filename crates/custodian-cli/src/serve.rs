@@ -152,6 +152,16 @@ pub struct ServeArgs {
     #[arg(long, env = "CUSTODIAN_SCANNER_BACKOFF", default_value = "2s", value_parser = humantime::parse_duration)]
     scanner_backoff: Duration,
 
+    /// Also write the ledger as C2SP tlog-tiles to this object store URL (file:///dir,
+    /// s3://bucket/prefix) as entries are integrated, so a static server or CDN serves the log
+    #[arg(long, env = "CUSTODIAN_TILES_TO", value_name = "URL")]
+    tiles_to: Option<String>,
+
+    /// Object store option KEY=VALUE for --tiles-to, e.g. aws_endpoint=http://127.0.0.1:9000
+    /// (repeatable)
+    #[arg(long = "tiles-option", value_name = "KEY=VALUE", value_parser = crate::args::parse_key_value, requires = "tiles_to")]
+    tiles_options: Vec<(String, String)>,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. info or custodian_server=debug
     #[arg(long, env = "CUSTODIAN_LOG", default_value = "info")]
     log: String,
@@ -239,6 +249,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             (Some(cert), Some(key)) => Some(custodian_server::TlsFiles { cert, key }),
             _ => None,
         },
+        tiles_to: args.tiles_to.map(|url| (url, args.tiles_options)),
     };
     // Both ports first: a daemon that cannot listen must fail before it creates anything.
     let (listener, address) = bind(args.listen, "gRPC").await?;

@@ -9,6 +9,14 @@ pub enum ServerError {
     /// The storage backend could not be opened.
     #[error("cannot open storage: {0}")]
     Storage(#[from] StorageError),
+    /// The `--tiles-to` location cannot be opened or holds another log.
+    #[error("--tiles-to {url}: {reason}")]
+    TileMirror {
+        /// The location as given.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The data directory could not be prepared.
     #[error("cannot prepare data directory {path}: {source}")]
     DataDir {

@@ -15,6 +15,7 @@ pub mod scan;
 pub mod scrub;
 mod sequencer;
 mod storage_location;
+pub mod tile_mirror;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -74,6 +75,8 @@ pub struct ServerConfig {
     pub registry_licenses: Vec<String>,
     /// External scanners, and how they are run.
     pub scanners: scan::ScannerConfig,
+    /// Where to mirror the ledger's tlog-tiles (an object store URL and its options), if anywhere.
+    pub tiles_to: Option<(String, Vec<(String, String)>)>,
 }
 
 impl ServerConfig {
@@ -96,6 +99,7 @@ impl ServerConfig {
                 .map(String::from)
                 .to_vec(),
             scanners: scan::ScannerConfig::default(),
+            tiles_to: None,
         }
     }
 }
@@ -159,6 +163,12 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let limits = config.limits;
     let auth = Arc::new(auth::Authenticator::new(&config.data_dir)?);
+    // The mirror is opened (and its bucket checked) before anything is served, so a wrong
+    // --tiles-to stops the daemon at start instead of failing quietly later.
+    if let Some((url, options)) = &config.tiles_to {
+        let mirror = tile_mirror::TileMirror::open(url, options, ledger.clone()).await?;
+        tokio::spawn(mirror.run());
+    }
     let sequencer = Sequencer::start(ledger, config.sequencer);
     let registry = Arc::new(Registry::open(store.clone(), sequencer.clone()).await?);
     registry.set_badge_max_age(config.badge_max_age);

@@ -1,17 +1,20 @@
 //! What the end-to-end tests and the benchmarks share, so that each exists once: the harness that
 //! runs a real `custodian serve` on loopback ([`Daemon`]), deterministic test data, the daemon's
-//! memory as `/proc` reports it, latency percentiles and a directory that removes itself.
+//! memory as `/proc` reports it, a moto S3 server ([`Moto`]), latency percentiles and a directory
+//! that removes itself.
 //!
 //! Nothing here is shipped: only the `e2e` and `load` tests and the `custodian-bench` binary
 //! depend on this crate.
 
 mod daemon;
+mod moto;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use daemon::{Daemon, HarnessError, binary};
+pub use moto::Moto;
 
 /// Deterministic, incompressible test bytes (the storage conformance suite's generator).
 pub fn pattern(seed: u64, len: usize) -> bytes::Bytes {

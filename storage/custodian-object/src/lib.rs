@@ -160,9 +160,10 @@ impl Shared {
     }
 }
 
-/// Builds the object store for a URL; cloud credentials come from the standard environment
-/// variables (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...).
-fn build_store(
+/// Builds the object store for a URL and returns it with the key prefix the URL names and the
+/// backend's name; cloud credentials come from the standard environment variables
+/// (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...), overridden by `options`.
+pub fn build_store(
     url: &str,
     options: &[(String, String)],
 ) -> Result<(Arc<dyn ObjectStore>, Path, &'static str)> {

@@ -1,11 +1,7 @@
 //! The storage conformance suite on every object-store backend: `memory://`, `file://`, and
 //! `s3://` against a real S3-compatible server (moto) that this test starts on loopback.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use custodian_object::{ObjectBackend, ObjectConfig};
@@ -84,99 +80,28 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// A moto S3 server on a free loopback port, stopped when dropped.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
-fn http(port: u16, request: &str) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(request.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response)
-}
-
-fn start_moto(bucket: &str) -> Moto {
-    let program = std::env::var("CUSTODIAN_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
-    let port = free_port();
-    let child = Command::new(&program)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start the S3 test server {program:?}: {e}. \
-                 scripts/test installs it (pip install 'moto[server]'); \
-                 CUSTODIAN_MOTO_SERVER names another binary"
-            )
-        });
-    let moto = Moto { child, port };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let create = format!(
-        "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    loop {
-        match http(port, &create) {
-            Ok(response) if response.starts_with("HTTP/1.1 200") => return moto,
-            Ok(response) => panic!("moto refused to create bucket {bucket}: {response}"),
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
-            Err(e) => panic!("moto did not start on port {port} within 60 s: {e}"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_backend_against_moto() {
     let bucket = "custodian-conformance";
-    let moto = start_moto(bucket);
+    let moto = custodian_testkit::Moto::start(bucket);
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(
         format!("s3://{bucket}/some/prefix"),
         &dir.path().join("index"),
     );
-    config.options = [
-        ("aws_endpoint", format!("http://127.0.0.1:{}", moto.port)),
-        ("aws_allow_http", "true".into()),
-        ("aws_access_key_id", "test".into()),
-        ("aws_secret_access_key", "test".into()),
-        ("aws_region", "us-east-1".into()),
-        ("aws_virtual_hosted_style_request", "false".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    config.options = moto.options();
     let harness = ObjectHarness {
         config,
         survives_restart: true,
     };
     conformance::run(&harness, Options::full()).await;
     // Nothing staged is left in the bucket: list it through moto's S3 API.
-    let listing = http(
-        moto.port,
-        &format!(
+    let listing = moto
+        .http(&format!(
             "GET /{bucket}?list-type=2&prefix=some/prefix/staging HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
             moto.port
-        ),
-    )
-    .unwrap();
+        ))
+        .unwrap();
     assert!(
         listing.contains("<KeyCount>0</KeyCount>"),
         "staging objects left: {listing}"

@@ -166,16 +166,21 @@ checkpoint once it is proven consistent, so running this periodically witnesses 
     #[command(
         long_about = "Check a log the way an independent monitor does, through its C2SP \
 tlog-tiles only: a daemon's REST port (http://HOST:7312/log), or a mirror of the same files \
-(file:///DIR). Verifies the latest checkpoint's signature with the key, recomputes its root \
+(file:///DIR), or the bucket `serve --tiles-to` writes (s3://BUCKET/PREFIX). Verifies the latest checkpoint's signature with the key, recomputes its root \
 from the tiles, and proves it consistent with the checkpoint accepted on the previous run, kept \
 in --state (RFC 9162 §2.1.4.2). The first run accepts the log as it is and saves it. Exits 1, \
 naming the sizes, if the log shrank, forked or rewrote history; the state is then left as it \
 was. Decoding new entries needs tlog-tiles entry bundles, which the daemon does not serve yet."
     )]
     Monitor {
-        /// The log's tile prefix: http(s)://HOST:PORT/log or file:///DIR
+        /// The log's tile prefix: http(s)://HOST:PORT/log, file:///DIR, or the bucket `serve
+        /// --tiles-to` writes (s3://BUCKET/PREFIX, credentials from AWS_* variables)
         #[arg(long, value_name = "URL")]
         log: String,
+        /// Object store option KEY=VALUE for an s3:// --log, e.g.
+        /// aws_endpoint=http://127.0.0.1:9000 (repeatable)
+        #[arg(long = "log-option", value_name = "KEY=VALUE", value_parser = crate::args::parse_key_value)]
+        log_options: Vec<(String, String)>,
         /// The log's verifier key (NAME+ID+KEY), or a file containing it
         #[arg(long, value_name = "VKEY")]
         key: String,
@@ -323,13 +328,16 @@ pub async fn run(command: LogCommand) -> anyhow::Result<ExitCode> {
         LogCommand::VerifyReceipt { file, key, json } => verify_receipt(&file, &key, json),
         LogCommand::Monitor {
             log,
+            log_options,
             key,
             state,
             json,
         } => {
             let runtime = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || monitor::monitor(&log, &key, &state, json, runtime))
-                .await?
+            tokio::task::spawn_blocking(move || {
+                monitor::monitor(&log, &log_options, &key, &state, json, runtime)
+            })
+            .await?
         }
         LogCommand::Export {
             dir,

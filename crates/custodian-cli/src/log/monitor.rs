@@ -15,22 +15,32 @@ use serde_json::json;
 
 use super::failure;
 
-/// Where the log's tiles are: `http(s)://…/log` (a daemon's REST port, a CDN) or `file:///…`.
+/// Where the log's tiles are: `http(s)://…/log` (a daemon's REST port, a CDN), `file:///…`, or
+/// an object store bucket (`s3://bucket/prefix`, what `serve --tiles-to` writes), read with its
+/// credentials.
 enum Source {
     Http(String),
     Dir(PathBuf),
+    Store(
+        std::sync::Arc<dyn object_store::ObjectStore>,
+        object_store::path::Path,
+    ),
 }
 
 impl Source {
-    fn parse(url: &str) -> anyhow::Result<Source> {
+    fn parse(url: &str, options: &[(String, String)]) -> anyhow::Result<Source> {
         let url = url.trim_end_matches('/');
         if url.starts_with("http://") || url.starts_with("https://") {
             Ok(Source::Http(url.to_string()))
         } else if let Some(path) = url.strip_prefix("file://") {
             Ok(Source::Dir(PathBuf::from(path)))
+        } else if url.contains("://") {
+            let (store, prefix, _) = custodian_object::build_store(url, options)
+                .with_context(|| format!("--log {url:?}"))?;
+            Ok(Source::Store(store, prefix))
         } else {
             bail!(
-                "--log {url:?}: give the log's tile prefix as http(s)://HOST:PORT/log (a daemon's REST port) or file:///DIR"
+                "--log {url:?}: give the log's tile prefix as http(s)://HOST:PORT/log (a daemon's REST port), file:///DIR or s3://BUCKET/PREFIX"
             )
         }
     }
@@ -62,6 +72,21 @@ impl Source {
                 let file = dir.join(path);
                 std::fs::read(&file).map_err(|e| format!("reading {}: {e}", file.display()))
             }
+            Source::Store(store, prefix) => {
+                use object_store::ObjectStoreExt as _;
+                let key: object_store::path::Path = prefix
+                    .parts()
+                    .chain(object_store::path::Path::from(path).parts())
+                    .collect();
+                runtime.block_on(async {
+                    let found = store.get(&key).await.map_err(|e| format!("{key}: {e}"))?;
+                    found
+                        .bytes()
+                        .await
+                        .map(|b| b.to_vec())
+                        .map_err(|e| format!("{key}: {e}"))
+                })
+            }
         }
     }
 }
@@ -69,13 +94,14 @@ impl Source {
 /// Checks the log once; returns the exit status. Runs on a blocking thread.
 pub(super) fn monitor(
     log: &str,
+    options: &[(String, String)],
     key: &str,
     state: &Path,
     json: bool,
     runtime: tokio::runtime::Handle,
 ) -> anyhow::Result<ExitCode> {
     let verifier = crate::keys::load_verifier(key)?;
-    let source = Source::parse(log)?;
+    let source = Source::parse(log, options)?;
     let latest_note = source
         .read("checkpoint", &runtime)
         .map_err(anyhow::Error::msg)?;

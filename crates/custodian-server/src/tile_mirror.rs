@@ -1,0 +1,197 @@
+//! `serve --tiles-to URL`: the ledger's C2SP tlog-tiles written to an object store (`file://`,
+//! `s3://`, …) as entries are integrated, so a static file server or a CDN in front of the bucket
+//! serves the log with no daemon behind it (`custodian log monitor --log` reads it the same).
+//!
+//! After each growth of the log the mirror writes every tile the new size adds or widens (full
+//! tiles and the partial tiles at the new widths), each create-only, and the checkpoint last: a
+//! reader that sees a checkpoint finds every tile it names. Tile bytes at a path never change, so
+//! a tile that already exists (an earlier run wrote it) is left as it is. A failed write is
+//! retried on the next pass and never holds up an append. On start the mirror resumes from the
+//! checkpoint the bucket holds, after checking it is this log's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use custodian_core::checkpoint::Checkpoint;
+use custodian_core::tiles::{Tile, tile_width_at};
+use custodian_storage::ledger::Ledger;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutPayload};
+
+use crate::error::ServerError;
+
+/// How often the mirror looks for growth.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Where tiles go, opened and checked against the ledger.
+pub struct TileMirror {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    ledger: Arc<Ledger>,
+    /// The size the bucket's checkpoint has.
+    published: u64,
+}
+
+fn key(prefix: &Path, name: &str) -> Path {
+    prefix.parts().chain(Path::from(name).parts()).collect()
+}
+
+impl TileMirror {
+    /// Opens the bucket and reads its checkpoint: none (a new mirror), or one of this log no
+    /// larger than it. A checkpoint of another log or a larger one is refused.
+    pub async fn open(
+        url: &str,
+        options: &[(String, String)],
+        ledger: Arc<Ledger>,
+    ) -> Result<Self, ServerError> {
+        let refuse = |reason: String| ServerError::TileMirror {
+            url: url.to_string(),
+            reason,
+        };
+        let (store, prefix, _) =
+            custodian_object::build_store(url, options).map_err(|e| refuse(e.to_string()))?;
+        let published = match store.get(&key(&prefix, "checkpoint")).await {
+            Ok(found) => {
+                let bytes = found.bytes().await.map_err(|e| refuse(e.to_string()))?;
+                let checkpoint = Checkpoint::open(&bytes, ledger.verifier()).map_err(|e| {
+                    refuse(format!(
+                        "its checkpoint is not one of this log ({e}); give an empty location"
+                    ))
+                })?;
+                let size = ledger.latest().size;
+                if checkpoint.size > size {
+                    return Err(refuse(format!(
+                        "its checkpoint has {} entries, more than this log's {size}",
+                        checkpoint.size
+                    )));
+                }
+                checkpoint.size
+            }
+            Err(object_store::Error::NotFound { .. }) => 0,
+            Err(e) => return Err(refuse(e.to_string())),
+        };
+        Ok(TileMirror {
+            store,
+            prefix,
+            ledger,
+            published,
+        })
+    }
+
+    /// Publishes growth until the process ends.
+    pub async fn run(mut self) {
+        loop {
+            if let Err(err) = self.publish().await {
+                tracing::warn!(%err, published = self.published, "tile mirror write failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Writes the tiles and the checkpoint of the ledger's latest size, if it grew.
+    async fn publish(&mut self) -> Result<(), String> {
+        let latest = self.ledger.latest();
+        let (from, to) = (self.published, latest.size);
+        if to <= from && from != 0 {
+            return Ok(());
+        }
+        let tiles = changed_tiles(from, to);
+        let ledger = self.ledger.clone();
+        let contents = tokio::task::spawn_blocking(move || {
+            tiles
+                .into_iter()
+                .map(|tile| ledger.tile(&tile).map(|bytes| (tile, bytes)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        for (tile, bytes) in contents {
+            let location = key(&self.prefix, &tile.path());
+            match self
+                .store
+                .put_opts(
+                    &location,
+                    PutPayload::from(bytes.clone()),
+                    PutMode::Create.into(),
+                )
+                .await
+            {
+                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+                // A store without conditional writes gets a plain write: the bytes at a tile's
+                // path are the same whoever writes them.
+                Err(object_store::Error::NotImplemented { .. }) => {
+                    self.store
+                        .put(&location, PutPayload::from(bytes))
+                        .await
+                        .map_err(|e| format!("{location}: {e}"))?;
+                }
+                Err(e) => return Err(format!("{location}: {e}")),
+            }
+        }
+        self.store
+            .put(
+                &key(&self.prefix, "checkpoint"),
+                PutPayload::from(latest.note.clone().into_bytes()),
+            )
+            .await
+            .map_err(|e| format!("checkpoint: {e}"))?;
+        self.published = to;
+        Ok(())
+    }
+}
+
+/// The tiles a log growing from `from` to `to` entries adds or widens, at their widths at `to`.
+pub fn changed_tiles(from: u64, to: u64) -> Vec<Tile> {
+    let mut out = Vec::new();
+    for level in 0u8..8 {
+        let shift = u32::from(level) * 8;
+        let hashes = to >> shift;
+        if hashes == 0 {
+            break;
+        }
+        let first = (from >> shift) / 256;
+        let last = (hashes - 1) / 256;
+        for index in first..=last {
+            let width = tile_width_at(to, level, index);
+            // A tile that was already full at `from` did not change.
+            if width > 0 && tile_width_at(from, level, index) < width {
+                out.push(Tile {
+                    level,
+                    index,
+                    width,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn growth_touches_the_right_edge_of_every_level_only() {
+        let paths =
+            |from, to| -> Vec<String> { changed_tiles(from, to).iter().map(Tile::path).collect() };
+        assert_eq!(paths(0, 3), ["tile/0/000.p/3"]);
+        assert_eq!(paths(3, 3), Vec::<String>::new());
+        assert_eq!(paths(3, 256), ["tile/0/000", "tile/1/000.p/1"]);
+        assert_eq!(
+            paths(250, 520),
+            [
+                "tile/0/000",
+                "tile/0/001",
+                "tile/0/002.p/8",
+                "tile/1/000.p/2"
+            ]
+        );
+        assert_eq!(paths(520, 530), ["tile/0/002.p/18"]);
+        assert_eq!(
+            paths(65_535, 65_536),
+            ["tile/0/255", "tile/1/000", "tile/2/000.p/1"]
+        );
+    }
+}
