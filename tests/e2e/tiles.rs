@@ -256,6 +256,42 @@ async fn the_monitor_follows_growth_and_catches_a_rollback_and_a_fork() {
         (Some(true), Some(520))
     );
 
+    // `log mirror` copies the log into a directory, checked; the copy monitors the same.
+    let copy = dir.path().join("copy");
+    let copy_url = format!("file://{}", copy.display());
+    let mirror = |from: &str, to: &str| {
+        Command::new(custodian_testkit::binary())
+            .args(["log", "mirror", "--from", from, "--to", to, "--key"])
+            .arg(&key)
+            .output()
+            .expect("run custodian log mirror")
+    };
+    let out = mirror(&format!("{}/log", daemon.rest), &copy_url);
+    assert!(
+        text(&out).contains("from 0 to 520 entries"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        std::fs::read(copy.join("tile/1/000.p/2")).expect("computed tile")
+            == tile(&daemon.rest, "1/000.p/2").await
+    );
+    // A copied level-0 tile with one bit flipped is caught before anything is written.
+    let mut damaged = std::fs::read(copy.join("tile/0/001")).expect("tile");
+    damaged[100] ^= 1;
+    std::fs::write(copy.join("tile/0/001"), damaged).expect("write");
+    let out = mirror(
+        &copy_url,
+        &format!("file://{}", dir.path().join("copy2").display()),
+    );
+    assert!(!out.status.success(), "a damaged tile was mirrored");
+    assert!(
+        text(&out).contains("level-0 tiles hash to"),
+        "{}",
+        text(&out)
+    );
+    assert!(!dir.path().join("copy2/checkpoint").exists());
+
     // Another log under the same key: first shorter (a rollback), then longer but different.
     let data_b = dir.path().join("b");
     std::fs::create_dir_all(&data_b).expect("mkdir");
@@ -286,6 +322,14 @@ async fn the_monitor_follows_growth_and_catches_a_rollback_and_a_fork() {
         std::fs::read_to_string(&state).expect("state"),
         accepted,
         "a refused checkpoint replaced the accepted one"
+    );
+    // Nor does `log mirror` extend a copy of one history with the other.
+    let out = mirror(&format!("{}/log", forked.rest), &copy_url);
+    assert!(!out.status.success(), "a fork extended the mirror");
+    assert!(
+        text(&out).contains("of size 520 is NOT consistent with the source's of size 700"),
+        "{}",
+        text(&out)
     );
     // The real log still passes from the kept state.
     let out = monitor(&daemon);

@@ -232,6 +232,32 @@ impl<F: Fn(&Tile) -> Result<Vec<u8>, String>> HashReader for TileHashes<F> {
     }
 }
 
+/// The tiles a log growing from `from` to `to` entries adds or widens, at their widths at `to`.
+pub fn changed_tiles(from: u64, to: u64) -> Vec<Tile> {
+    let mut out = Vec::new();
+    for level in 0u8..8 {
+        let shift = u32::from(level) * 8;
+        let hashes = to >> shift;
+        if hashes == 0 {
+            break;
+        }
+        let first = (from >> shift) / 256;
+        let last = (hashes - 1) / 256;
+        for index in first..=last {
+            let width = tile_width_at(to, level, index);
+            // A tile that was already full at `from` did not change.
+            if width > 0 && tile_width_at(from, level, index) < width {
+                out.push(Tile {
+                    level,
+                    index,
+                    width,
+                });
+            }
+        }
+    }
+    out
+}
+
 /// A number in canonical decimal: digits only, no leading zero (except `0` itself).
 fn parse_decimal(text: &str) -> Option<u64> {
     let canonical = !text.is_empty()
@@ -354,5 +380,28 @@ mod tests {
         assert!(tiles.fetched() < 20, "{} tiles", tiles.fetched());
         let short = TileHashes::new(size, |_: &Tile| Ok(vec![0u8; 31]));
         assert!(matches!(tree_hash(size, &short), Err(ProofError::Read(_))));
+    }
+
+    #[test]
+    fn growth_touches_the_right_edge_of_every_level_only() {
+        let paths =
+            |from, to| -> Vec<String> { changed_tiles(from, to).iter().map(Tile::path).collect() };
+        assert_eq!(paths(0, 3), ["tile/0/000.p/3"]);
+        assert_eq!(paths(3, 3), Vec::<String>::new());
+        assert_eq!(paths(3, 256), ["tile/0/000", "tile/1/000.p/1"]);
+        assert_eq!(
+            paths(250, 520),
+            [
+                "tile/0/000",
+                "tile/0/001",
+                "tile/0/002.p/8",
+                "tile/1/000.p/2"
+            ]
+        );
+        assert_eq!(paths(520, 530), ["tile/0/002.p/18"]);
+        assert_eq!(
+            paths(65_535, 65_536),
+            ["tile/0/255", "tile/1/000", "tile/2/000.p/1"]
+        );
     }
 }

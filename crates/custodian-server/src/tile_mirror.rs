@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use custodian_core::checkpoint::Checkpoint;
-use custodian_core::tiles::{Tile, tile_width_at};
+use custodian_core::tiles::changed_tiles;
 use custodian_storage::ledger::Ledger;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutPayload};
@@ -139,59 +139,5 @@ impl TileMirror {
             .map_err(|e| format!("checkpoint: {e}"))?;
         self.published = to;
         Ok(())
-    }
-}
-
-/// The tiles a log growing from `from` to `to` entries adds or widens, at their widths at `to`.
-pub fn changed_tiles(from: u64, to: u64) -> Vec<Tile> {
-    let mut out = Vec::new();
-    for level in 0u8..8 {
-        let shift = u32::from(level) * 8;
-        let hashes = to >> shift;
-        if hashes == 0 {
-            break;
-        }
-        let first = (from >> shift) / 256;
-        let last = (hashes - 1) / 256;
-        for index in first..=last {
-            let width = tile_width_at(to, level, index);
-            // A tile that was already full at `from` did not change.
-            if width > 0 && tile_width_at(from, level, index) < width {
-                out.push(Tile {
-                    level,
-                    index,
-                    width,
-                });
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn growth_touches_the_right_edge_of_every_level_only() {
-        let paths =
-            |from, to| -> Vec<String> { changed_tiles(from, to).iter().map(Tile::path).collect() };
-        assert_eq!(paths(0, 3), ["tile/0/000.p/3"]);
-        assert_eq!(paths(3, 3), Vec::<String>::new());
-        assert_eq!(paths(3, 256), ["tile/0/000", "tile/1/000.p/1"]);
-        assert_eq!(
-            paths(250, 520),
-            [
-                "tile/0/000",
-                "tile/0/001",
-                "tile/0/002.p/8",
-                "tile/1/000.p/2"
-            ]
-        );
-        assert_eq!(paths(520, 530), ["tile/0/002.p/18"]);
-        assert_eq!(
-            paths(65_535, 65_536),
-            ["tile/0/255", "tile/1/000", "tile/2/000.p/1"]
-        );
     }
 }

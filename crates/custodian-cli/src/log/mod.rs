@@ -22,8 +22,10 @@ mod audit;
 mod codec;
 mod consistency;
 mod export;
+mod mirror;
 mod monitor;
 mod receipt;
+mod source;
 
 use append::append;
 pub use audit::{AuditArgs, audit};
@@ -191,6 +193,35 @@ was. Decoding new entries needs tlog-tiles entry bundles, which the daemon does 
         #[arg(long)]
         json: bool,
     },
+    /// Copy a log's tlog-tiles between a daemon, a bucket and a directory, checking everything
+    #[command(
+        long_about = "Copy a log's C2SP tlog-tiles and checkpoint from --from (a daemon's \
+http://HOST:7312/log, a file:/// mirror or an s3:// bucket) to --to (file:/// or s3://). The \
+level-0 tiles are read from the source and must hash to the root its checkpoint signs; every \
+other tile is computed from them. A destination that already holds the log is extended only if \
+its checkpoint is consistent with the source's; tiles are written create-only and the \
+checkpoint last. Exits 1 naming what does not hold."
+    )]
+    Mirror {
+        /// The source's tile prefix
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// Object store option KEY=VALUE for an s3:// --from (repeatable)
+        #[arg(long = "from-option", value_name = "KEY=VALUE", value_parser = crate::args::parse_key_value)]
+        from_options: Vec<(String, String)>,
+        /// The destination: file:///DIR or s3://BUCKET/PREFIX
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// Object store option KEY=VALUE for --to (repeatable)
+        #[arg(long = "to-option", value_name = "KEY=VALUE", value_parser = crate::args::parse_key_value)]
+        to_options: Vec<(String, String)>,
+        /// The log's verifier key (NAME+ID+KEY), or a file containing it
+        #[arg(long, value_name = "VKEY")]
+        key: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Export every entry, stored tree hash and checkpoint to a directory for offline audit
     Export {
         /// The directory to create (must not exist or be empty)
@@ -326,6 +357,30 @@ pub async fn run(command: LogCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         LogCommand::VerifyReceipt { file, key, json } => verify_receipt(&file, &key, json),
+        LogCommand::Mirror {
+            from,
+            from_options,
+            to,
+            to_options,
+            key,
+            json,
+        } => {
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                mirror::mirror(
+                    mirror::MirrorArgs {
+                        from: &from,
+                        from_options: &from_options,
+                        to: &to,
+                        to_options: &to_options,
+                        key: &key,
+                        json,
+                    },
+                    runtime,
+                )
+            })
+            .await?
+        }
         LogCommand::Monitor {
             log,
             log_options,

@@ -3,10 +3,10 @@
 //! last one it accepted, which it keeps in a state file. Run from cron, it is what catches a log
 //! that rewrote history or shows this monitor a different history than it showed before.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use custodian_core::checkpoint::Checkpoint;
 use custodian_core::merkle::{consistency_proof, tree_hash, verify_consistency};
 use custodian_core::note::VerifierKey;
@@ -14,82 +14,7 @@ use custodian_core::tiles::{Tile, TileHashes};
 use serde_json::json;
 
 use super::failure;
-
-/// Where the log's tiles are: `http(s)://…/log` (a daemon's REST port, a CDN), `file:///…`, or
-/// an object store bucket (`s3://bucket/prefix`, what `serve --tiles-to` writes), read with its
-/// credentials.
-enum Source {
-    Http(String),
-    Dir(PathBuf),
-    Store(
-        std::sync::Arc<dyn object_store::ObjectStore>,
-        object_store::path::Path,
-    ),
-}
-
-impl Source {
-    fn parse(url: &str, options: &[(String, String)]) -> anyhow::Result<Source> {
-        let url = url.trim_end_matches('/');
-        if url.starts_with("http://") || url.starts_with("https://") {
-            Ok(Source::Http(url.to_string()))
-        } else if let Some(path) = url.strip_prefix("file://") {
-            Ok(Source::Dir(PathBuf::from(path)))
-        } else if url.contains("://") {
-            let (store, prefix, _) = custodian_object::build_store(url, options)
-                .with_context(|| format!("--log {url:?}"))?;
-            Ok(Source::Store(store, prefix))
-        } else {
-            bail!(
-                "--log {url:?}: give the log's tile prefix as http(s)://HOST:PORT/log (a daemon's REST port), file:///DIR or s3://BUCKET/PREFIX"
-            )
-        }
-    }
-
-    /// Reads one file of the log (`checkpoint`, `tile/…`); run on a blocking thread.
-    fn read(&self, path: &str, runtime: &tokio::runtime::Handle) -> Result<Vec<u8>, String> {
-        match self {
-            Source::Http(base) => {
-                let url = format!("{base}/{path}");
-                runtime.block_on(async {
-                    let response = reqwest::get(&url)
-                        .await
-                        .map_err(|e| format!("GET {url}: {e}"))?;
-                    let status = response.status();
-                    let body = response
-                        .bytes()
-                        .await
-                        .map_err(|e| format!("GET {url}: {e}"))?;
-                    if !status.is_success() {
-                        return Err(format!(
-                            "GET {url}: {status}: {}",
-                            String::from_utf8_lossy(&body).trim()
-                        ));
-                    }
-                    Ok(body.to_vec())
-                })
-            }
-            Source::Dir(dir) => {
-                let file = dir.join(path);
-                std::fs::read(&file).map_err(|e| format!("reading {}: {e}", file.display()))
-            }
-            Source::Store(store, prefix) => {
-                use object_store::ObjectStoreExt as _;
-                let key: object_store::path::Path = prefix
-                    .parts()
-                    .chain(object_store::path::Path::from(path).parts())
-                    .collect();
-                runtime.block_on(async {
-                    let found = store.get(&key).await.map_err(|e| format!("{key}: {e}"))?;
-                    found
-                        .bytes()
-                        .await
-                        .map(|b| b.to_vec())
-                        .map_err(|e| format!("{key}: {e}"))
-                })
-            }
-        }
-    }
-}
+use super::source::Source;
 
 /// Checks the log once; returns the exit status. Runs on a blocking thread.
 pub(super) fn monitor(
