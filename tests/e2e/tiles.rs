@@ -26,6 +26,21 @@ async fn get(url: &str) -> (u16, Option<String>, Vec<u8>) {
     )
 }
 
+/// Writes the log's verifier key to DIR/log.vkey, as an auditor keeps it; returns the path.
+async fn verifier_key_file(
+    log: &mut custodian_proto::ledger::v1::ledger_client::LedgerClient<custodian_client::Conn>,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    let info = log
+        .get_log_info(pb::GetLogInfoRequest {})
+        .await
+        .expect("log info")
+        .into_inner();
+    let key = dir.join("log.vkey");
+    std::fs::write(&key, &info.verifier_key).expect("write");
+    key
+}
+
 async fn tile(rest: &str, path: &str) -> Vec<u8> {
     let (status, cache, body) = get(&format!("{rest}/log/tile/{path}")).await;
     assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
@@ -179,13 +194,7 @@ async fn the_monitor_follows_growth_and_catches_a_rollback_and_a_fork() {
     for i in 0..300 {
         append(&mut log, i).await.expect("append");
     }
-    let key = dir.path().join("log.vkey");
-    let info = log
-        .get_log_info(pb::GetLogInfoRequest {})
-        .await
-        .expect("log info")
-        .into_inner();
-    std::fs::write(&key, &info.verifier_key).expect("write");
+    let key = verifier_key_file(&mut log, dir.path()).await;
     let state = dir.path().join("monitor.state");
     let monitor = |d: &custodian_testkit::Daemon| {
         Command::new(custodian_testkit::binary())
@@ -380,13 +389,7 @@ async fn tiles_mirrored_to_a_directory_serve_the_log_with_the_daemon_stopped() {
         let mirrored = std::fs::read(bucket.join("tile").join(path)).expect("mirrored tile");
         assert!(tile(&daemon.rest, path).await == mirrored, "{path} differs");
     }
-    let key = dir.path().join("log.vkey");
-    let info = log
-        .get_log_info(pb::GetLogInfoRequest {})
-        .await
-        .expect("log info")
-        .into_inner();
-    std::fs::write(&key, &info.verifier_key).expect("write");
+    let key = verifier_key_file(&mut log, dir.path()).await;
     let monitor = || {
         Command::new(custodian_testkit::binary())
             .args(["log", "monitor", "--log", &url, "--key"])
@@ -500,13 +503,7 @@ async fn tiles_mirrored_to_s3_are_read_from_the_bucket_with_the_daemon_stopped()
         append(&mut log, i).await.expect("append");
     }
     wait(40).await;
-    let key = dir.path().join("log.vkey");
-    let info = log
-        .get_log_info(pb::GetLogInfoRequest {})
-        .await
-        .expect("log info")
-        .into_inner();
-    std::fs::write(&key, &info.verifier_key).expect("write");
+    let key = verifier_key_file(&mut log, dir.path()).await;
     let monitor = || {
         let mut command = Command::new(custodian_testkit::binary());
         command.args(["log", "monitor", "--log", "s3://custodian-tiles/log"]);

@@ -93,6 +93,14 @@ pub struct VerifiedReceipt {
     pub checkpoint: Checkpoint,
 }
 
+/// One proof hash as both file forms write it: standard base64 of 32 bytes.
+fn proof_hash(text: &str) -> Option<Hash> {
+    STANDARD
+        .decode(text)
+        .ok()
+        .and_then(|b| Hash::from_slice(&b).ok())
+}
+
 impl Receipt {
     /// The JSON file form.
     pub fn to_json(&self) -> String {
@@ -163,16 +171,12 @@ impl Receipt {
         let proof = lines
             .enumerate()
             .map(|(i, h)| {
-                STANDARD
-                    .decode(h)
-                    .ok()
-                    .and_then(|b| Hash::from_slice(&b).ok())
-                    .ok_or_else(|| {
-                        bad(format!(
-                            "proof line {} {h:?} is not a base64 32-byte hash",
-                            i + 1
-                        ))
-                    })
+                proof_hash(h).ok_or_else(|| {
+                    bad(format!(
+                        "proof line {} {h:?} is not a base64 32-byte hash",
+                        i + 1
+                    ))
+                })
             })
             .collect::<Result<_, _>>()?;
         Ok(Receipt {
@@ -210,15 +214,11 @@ impl Receipt {
             .iter()
             .enumerate()
             .map(|(i, h)| {
-                STANDARD
-                    .decode(h)
-                    .ok()
-                    .and_then(|b| Hash::from_slice(&b).ok())
-                    .ok_or_else(|| {
-                        ReceiptError::Format(format!(
-                            "inclusion_proof[{i}] {h:?} is not a base64 32-byte hash"
-                        ))
-                    })
+                proof_hash(h).ok_or_else(|| {
+                    ReceiptError::Format(format!(
+                        "inclusion_proof[{i}] {h:?} is not a base64 32-byte hash"
+                    ))
+                })
             })
             .collect::<Result<_, _>>()?;
         Ok(Receipt {

@@ -16,7 +16,7 @@ use custodian_core::checkpoint::Checkpoint;
 use custodian_core::tiles::changed_tiles;
 use custodian_storage::ledger::Ledger;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 
 use crate::error::ServerError;
 
@@ -109,26 +109,9 @@ impl TileMirror {
         .map_err(|e| e.to_string())?;
         for (tile, bytes) in contents {
             let location = key(&self.prefix, &tile.path());
-            match self
-                .store
-                .put_opts(
-                    &location,
-                    PutPayload::from(bytes.clone()),
-                    PutMode::Create.into(),
-                )
+            custodian_object::put_immutable(self.store.as_ref(), &location, bytes)
                 .await
-            {
-                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
-                // A store without conditional writes gets a plain write: the bytes at a tile's
-                // path are the same whoever writes them.
-                Err(object_store::Error::NotImplemented { .. }) => {
-                    self.store
-                        .put(&location, PutPayload::from(bytes))
-                        .await
-                        .map_err(|e| format!("{location}: {e}"))?;
-                }
-                Err(e) => return Err(format!("{location}: {e}")),
-            }
+                .map_err(|e| format!("{location}: {e}"))?;
         }
         self.store
             .put(

@@ -160,6 +160,32 @@ impl Shared {
     }
 }
 
+/// Writes an object whose bytes never change once written (a tlog tile): create-only, so a copy
+/// already there is left as it is; a store without conditional writes gets a plain write, which
+/// is equally safe because whoever writes the path writes the same bytes.
+pub async fn put_immutable(
+    store: &dyn ObjectStore,
+    location: &Path,
+    bytes: Vec<u8>,
+) -> std::result::Result<(), object_store::Error> {
+    let create = object_store::PutMode::Create.into();
+    match store
+        .put_opts(
+            location,
+            object_store::PutPayload::from(bytes.clone()),
+            create,
+        )
+        .await
+    {
+        Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+        Err(object_store::Error::NotImplemented { .. }) => store
+            .put(location, object_store::PutPayload::from(bytes))
+            .await
+            .map(|_| ()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Builds the object store for a URL and returns it with the key prefix the URL names and the
 /// backend's name; cloud credentials come from the standard environment variables
 /// (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...), overridden by `options`.

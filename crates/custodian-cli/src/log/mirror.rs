@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use custodian_core::checkpoint::Checkpoint;
 use custodian_core::merkle::{Frontier, Hash, consistency_proof, verify_consistency};
 use custodian_core::tiles::{Tile, changed_tiles, tile_width_at};
-use object_store::{ObjectStoreExt as _, PutMode, PutPayload};
+use object_store::{ObjectStoreExt as _, PutPayload};
 use serde_json::json;
 
 use super::failure;
@@ -159,20 +159,9 @@ pub(super) fn mirror(
                 .flat_map(|i| stored[i as usize].0)
                 .collect();
             let location = key(&tile.path());
-            match store
-                .put_opts(
-                    &location,
-                    PutPayload::from(bytes.clone()),
-                    PutMode::Create.into(),
-                )
+            custodian_object::put_immutable(store.as_ref(), &location, bytes)
                 .await
-            {
-                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
-                Err(object_store::Error::NotImplemented { .. }) => {
-                    store.put(&location, PutPayload::from(bytes)).await?;
-                }
-                Err(e) => return Err(anyhow::Error::from(e).context(location.to_string())),
-            }
+                .with_context(|| location.to_string())?;
         }
         store
             .put(&key("checkpoint"), PutPayload::from(note.clone()))
