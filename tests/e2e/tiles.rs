@@ -41,6 +41,28 @@ async fn verifier_key_file(
     key
 }
 
+/// Runs `custodian log monitor` once against `log` (with object store `options`), keeping its
+/// state in `state`.
+fn run_monitor(
+    log: &str,
+    options: &[(String, String)],
+    key: &std::path::Path,
+    state: &std::path::Path,
+) -> std::process::Output {
+    let mut command = Command::new(custodian_testkit::binary());
+    command.args(["log", "monitor", "--log", log]);
+    for (name, value) in options {
+        command.args(["--log-option", &format!("{name}={value}")]);
+    }
+    command
+        .arg("--key")
+        .arg(key)
+        .arg("--state")
+        .arg(state)
+        .output()
+        .expect("run custodian log monitor")
+}
+
 async fn tile(rest: &str, path: &str) -> Vec<u8> {
     let (status, cache, body) = get(&format!("{rest}/log/tile/{path}")).await;
     assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
@@ -196,16 +218,8 @@ async fn the_monitor_follows_growth_and_catches_a_rollback_and_a_fork() {
     }
     let key = verifier_key_file(&mut log, dir.path()).await;
     let state = dir.path().join("monitor.state");
-    let monitor = |d: &custodian_testkit::Daemon| {
-        Command::new(custodian_testkit::binary())
-            .args(["log", "monitor", "--log", &format!("{}/log", d.rest)])
-            .arg("--key")
-            .arg(&key)
-            .arg("--state")
-            .arg(&state)
-            .output()
-            .expect("run custodian log monitor")
-    };
+    let monitor =
+        |d: &custodian_testkit::Daemon| run_monitor(&format!("{}/log", d.rest), &[], &key, &state);
     let text = |out: &std::process::Output| {
         format!(
             "{}{}",
@@ -390,15 +404,7 @@ async fn tiles_mirrored_to_a_directory_serve_the_log_with_the_daemon_stopped() {
         assert!(tile(&daemon.rest, path).await == mirrored, "{path} differs");
     }
     let key = verifier_key_file(&mut log, dir.path()).await;
-    let monitor = || {
-        Command::new(custodian_testkit::binary())
-            .args(["log", "monitor", "--log", &url, "--key"])
-            .arg(&key)
-            .arg("--state")
-            .arg(dir.path().join("state"))
-            .output()
-            .expect("run custodian log monitor")
-    };
+    let monitor = || run_monitor(&url, &[], &key, &dir.path().join("state"));
     let out = monitor();
     assert!(
         out.status.success(),
@@ -504,19 +510,14 @@ async fn tiles_mirrored_to_s3_are_read_from_the_bucket_with_the_daemon_stopped()
     }
     wait(40).await;
     let key = verifier_key_file(&mut log, dir.path()).await;
+    let options = moto.options();
     let monitor = || {
-        let mut command = Command::new(custodian_testkit::binary());
-        command.args(["log", "monitor", "--log", "s3://custodian-tiles/log"]);
-        for (key, value) in moto.options() {
-            command.args(["--log-option", &format!("{key}={value}")]);
-        }
-        command
-            .arg("--key")
-            .arg(&key)
-            .arg("--state")
-            .arg(dir.path().join("state"))
-            .output()
-            .expect("run custodian log monitor")
+        run_monitor(
+            "s3://custodian-tiles/log",
+            &options,
+            &key,
+            &dir.path().join("state"),
+        )
     };
     let out = monitor();
     assert!(
