@@ -17,6 +17,7 @@ mod scan;
 mod tiles;
 mod truthful;
 mod walkthrough;
+mod witness;
 
 use bytes::Bytes;
 

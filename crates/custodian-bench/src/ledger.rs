@@ -126,7 +126,7 @@ async fn appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Result<App
     let _ = std::fs::remove_dir_all(&path);
     let backend: Arc<dyn LedgerBackend> = Arc::new(RocksLedger::open(&path)?);
     let ledger = Arc::new(Ledger::open(backend.clone(), signer()?)?);
-    let sequencer = Sequencer::start(ledger.clone(), SequencerConfig::default());
+    let sequencer = Sequencer::start(ledger.clone(), SequencerConfig::default(), None);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for w in 0..writers {

@@ -155,6 +155,10 @@ pub struct VerifyArgs {
     /// The log's verifier key (from `custodian log key`, obtained independently)
     #[arg(long, value_name = "VKEY")]
     key: String,
+    /// Also require the bundle's checkpoint to carry a quorum of witness cosignatures, as this
+    /// policy file defines it
+    #[arg(long, value_name = "FILE")]
+    witness_policy: Option<std::path::PathBuf>,
     /// Print JSON
     #[arg(long)]
     json: bool,
@@ -619,9 +623,24 @@ pub async fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
 /// Verifies a bundle offline.
 pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let key = load_verifier(&args.key)?;
+    let policy = crate::policy::load(args.witness_policy.as_deref())?;
     let bytes = std::fs::read(&args.bundle)
         .with_context(|| format!("reading {}", args.bundle.display()))?;
-    match bundle::verify(&bytes, &key) {
+    let result = bundle::verify(&bytes, &key)
+        .map_err(|e| e.to_string())
+        .and_then(|verified| {
+            // The bundle verified, so it parses; its checkpoint is the one the proofs end at.
+            let parsed: bundle::Bundle =
+                serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            crate::policy::require_quorum(
+                policy.as_ref(),
+                parsed.checkpoint.as_bytes(),
+                verified.tree_size,
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(verified)
+        });
+    match result {
         Ok(verified) => {
             if args.json {
                 println!(

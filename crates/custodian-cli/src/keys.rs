@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use custodian_core::note::{SignerKey, VerifierKey};
+use custodian_core::note::{KeyType, SignerKey, VerifierKey};
 
 /// Key commands.
 #[derive(Subcommand)]
@@ -54,7 +54,14 @@ pub fn load_signer(path: &Path) -> anyhow::Result<SignerKey> {
     SignerKey::parse(text.trim()).with_context(|| format!("key file {}", path.display()))
 }
 
-fn generate(path: &Path, name: Option<&str>, dir: &Path, force: bool) -> anyhow::Result<ExitCode> {
+/// Writes a new key pair PATH.key (mode 0600) and PATH.pub, and prints the verifier key.
+pub fn generate(
+    path: &Path,
+    name: Option<&str>,
+    dir: &Path,
+    force: bool,
+    kind: KeyType,
+) -> anyhow::Result<ExitCode> {
     let base = dir.join(path);
     let stem = base
         .file_name()
@@ -66,7 +73,7 @@ fn generate(path: &Path, name: Option<&str>, dir: &Path, force: bool) -> anyhow:
     let name = name.unwrap_or(&stem);
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
-    let key = SignerKey::from_seed(name, seed)
+    let key = SignerKey::from_seed_typed(name, kind, seed)
         .with_context(|| format!("{name:?} is not a valid key name (letters, digits, '.', '-', '_', '@', '/'); pass --name"))?;
     let private = folder.join(format!("{stem}.key"));
     let public = folder.join(format!("{stem}.pub"));
@@ -104,6 +111,6 @@ pub fn run_key(command: KeyCommand) -> anyhow::Result<ExitCode> {
             name,
             dir,
             force,
-        } => generate(&path, name.as_deref(), &dir, force),
+        } => generate(&path, name.as_deref(), &dir, force, KeyType::Ed25519),
     }
 }

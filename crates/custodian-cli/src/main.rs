@@ -9,10 +9,12 @@ mod keys;
 mod log;
 mod output;
 mod pack;
+mod policy;
 mod publish;
 mod scrub;
 mod serve;
 mod token;
+mod witness;
 
 use clap::{Parser, Subcommand};
 
@@ -155,6 +157,9 @@ first thing that does not hold. docs/verifying.md describes each step."
     /// Create, list and revoke API tokens (run on the daemon's host)
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Run a C2SP tlog-witness that cosigns other logs' checkpoints, and make its key
+    #[command(subcommand)]
+    Witness(witness::WitnessCommand),
 }
 
 /// The exit status of a process whose output pipe was closed (128 + SIGPIPE), as a shell reports
@@ -217,6 +222,7 @@ fn main() -> std::process::ExitCode {
             Command::Report(args) => evidence::report(args).await,
             Command::Verify(args) => evidence::verify(args),
             Command::Scrub(args) => scrub::run(args).await,
+            Command::Witness(command) => witness::run(command).await,
         }
     });
     match result {

@@ -162,6 +162,27 @@ pub struct ServeArgs {
     #[arg(long = "tiles-option", value_name = "KEY=VALUE", value_parser = crate::args::parse_key_value, requires = "tiles_to")]
     tiles_options: Vec<(String, String)>,
 
+    /// Publish checkpoints only once witnesses cosigned them: a policy file of `witness NAME
+    /// VKEY URL`, `group NAME all|any|N MEMBER...` and `quorum NAME` lines (Sigsum/Tessera
+    /// syntax). Checkpoints are served, mirrored and put in receipts only with the quorum's
+    /// cosignatures; appends are answered once one covering them is published
+    #[arg(long, env = "CUSTODIAN_WITNESS_POLICY", value_name = "FILE")]
+    witness_policy: Option<PathBuf>,
+
+    /// How long one request to a witness may take
+    #[arg(long, env = "CUSTODIAN_WITNESS_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, requires = "witness_policy")]
+    witness_timeout: Duration,
+
+    /// What an append does while the witness quorum is unreachable: `wait` for it (the entry
+    /// is durable either way), or `uncosigned`: after --witness-patience, answer with the
+    /// log-signed checkpoint alone (verifiers holding the policy will refuse that receipt)
+    #[arg(long, env = "CUSTODIAN_WITNESS_UNREACHABLE", default_value = "wait", value_parser = ["wait", "uncosigned"], requires = "witness_policy")]
+    witness_unreachable: String,
+
+    /// With --witness-unreachable uncosigned: how long an append waits for the quorum first
+    #[arg(long, env = "CUSTODIAN_WITNESS_PATIENCE", default_value = "30s", value_parser = humantime::parse_duration, requires = "witness_policy")]
+    witness_patience: Duration,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. info or custodian_server=debug
     #[arg(long, env = "CUSTODIAN_LOG", default_value = "info")]
     log: String,
@@ -194,20 +215,27 @@ pub(crate) fn require_data_dir(data_dir: &std::path::Path, init: bool) -> anyhow
     Ok(())
 }
 
-/// Runs the daemon until a shutdown signal.
-pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let filter = EnvFilter::try_new(&args.log)
-        .with_context(|| format!("invalid --log filter {:?}", args.log))?;
+/// Sends the process's tracing output to standard error, as text (coloured on a terminal) or
+/// JSON lines.
+pub(crate) fn init_logging(filter: &str, json: bool) -> anyhow::Result<()> {
+    let filter =
+        EnvFilter::try_new(filter).with_context(|| format!("invalid --log filter {filter:?}"))?;
     // Colour only on a terminal: redirected logs stay plain text.
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    if args.log_json {
+    if json {
         subscriber.json().init();
     } else {
         subscriber.init();
     }
+    Ok(())
+}
+
+/// Runs the daemon until a shutdown signal.
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging(&args.log, args.log_json)?;
 
     raise_open_file_limit(args.max_connections);
     let config = ServerConfig {
@@ -250,6 +278,32 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             _ => None,
         },
         tiles_to: args.tiles_to.map(|url| (url, args.tiles_options)),
+        witnessing: match &args.witness_policy {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read the witness policy {}", path.display())
+                })?;
+                let policy = custodian_core::witness::WitnessPolicy::parse(&text)
+                    .with_context(|| format!("witness policy {}", path.display()))?;
+                if let Some(nameless) = policy.witnesses().iter().find(|w| w.url.is_none()) {
+                    anyhow::bail!(
+                        "witness policy {}: witness {} has no URL; a log needs one to ask it for cosignatures",
+                        path.display(),
+                        nameless.name
+                    );
+                }
+                Some(custodian_server::witnessing::WitnessingConfig {
+                    policy,
+                    request_timeout: args.witness_timeout,
+                    unreachable: if args.witness_unreachable == "uncosigned" {
+                        custodian_server::witnessing::Unreachable::Uncosigned(args.witness_patience)
+                    } else {
+                        custodian_server::witnessing::Unreachable::Wait
+                    },
+                })
+            }
+        },
     };
     // Both ports first: a daemon that cannot listen must fail before it creates anything.
     let (listener, address) = bind(args.listen, "gRPC").await?;
@@ -293,7 +347,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Binds one port; the error says which and the likely cause.
-async fn bind(
+pub(crate) async fn bind(
     address: std::net::SocketAddr,
     what: &str,
 ) -> anyhow::Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
@@ -337,7 +391,7 @@ fn raise_open_file_limit(max_connections: usize) {
 }
 
 /// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

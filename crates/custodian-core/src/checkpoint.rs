@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
 use crate::merkle::Hash;
-use crate::note::{Note, NoteError, SignerKey, VerifierKey};
+use crate::note::{KeyType, Note, NoteError, SignerKey, VerifierKey};
 
 /// Why a checkpoint was rejected.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -127,6 +127,15 @@ impl Checkpoint {
     /// Opens a signed checkpoint: checks the log's signature and that the origin is the key's
     /// name, then parses the body.
     pub fn open(signed: &[u8], verifier: &VerifierKey) -> Result<Self, CheckpointError> {
+        // A witness's cosignature says the witness saw the checkpoint, not that the log signed
+        // it, so a witness key never stands in for the log's.
+        if verifier.key_type() != KeyType::Ed25519 {
+            return Err(CheckpointError::Note(NoteError::WrongKeyType {
+                name: verifier.name().to_string(),
+                found: "witness cosignature/v1 (0x04)",
+                wanted: "log signing (0x01)",
+            }));
+        }
         let note = Note::open(signed, verifier)?;
         let checkpoint = Checkpoint::parse(&note.text)?;
         if checkpoint.origin != verifier.name() {

@@ -21,6 +21,7 @@ pub mod promptpack;
 pub mod receipt;
 pub mod registry;
 pub mod tiles;
+pub mod witness;
 
 pub use digest::{
     Algorithm, BlobDigests, BlobHasher, DIGEST_LEN, Digest, DigestError, StreamHasher,

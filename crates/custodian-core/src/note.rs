@@ -6,6 +6,11 @@
 //! `<name>+<key id as 8 hex digits>+<base64(0x01 || public key)>`; the matching signer key is
 //! `PRIVATE+KEY+<name>+<key id>+<base64(0x01 || private seed)>`. The key id is the first four bytes
 //! of `SHA-256(name || "\n" || 0x01 || public key)`.
+//!
+//! Witness keys follow C2SP `tlog-cosignature` (<https://c2sp.org/tlog-cosignature>): the same
+//! encoding with the type byte 0x04. Their signatures are `cosignature/v1` signatures: eight
+//! bytes of big-endian POSIX time, then an Ed25519 signature over `cosignature/v1\n`,
+//! `time <t>\n` and the note text.
 
 use std::fmt;
 
@@ -16,6 +21,43 @@ use sha2::{Digest as _, Sha256};
 
 /// The signature-type byte of Ed25519 keys in signed notes.
 const ALG_ED25519: u8 = 0x01;
+/// The signature-type byte of Ed25519 `cosignature/v1` keys (C2SP tlog-cosignature).
+const ALG_COSIGNATURE_V1: u8 = 0x04;
+/// The header line that separates cosignatures from every other use of the key.
+const COSIGNATURE_HEADER: &str = "cosignature/v1\n";
+
+/// What a key signs: plain signed notes, or timestamped witness cosignatures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyType {
+    /// Ed25519 over the note text (type byte 0x01): log and publisher keys.
+    Ed25519,
+    /// Ed25519 `cosignature/v1` over a checkpoint with a timestamp (type byte 0x04): witness
+    /// keys.
+    CosignatureV1,
+}
+
+impl KeyType {
+    /// The type byte in the key encoding and the key id hash.
+    pub fn byte(self) -> u8 {
+        match self {
+            KeyType::Ed25519 => ALG_ED25519,
+            KeyType::CosignatureV1 => ALG_COSIGNATURE_V1,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            ALG_ED25519 => Some(KeyType::Ed25519),
+            ALG_COSIGNATURE_V1 => Some(KeyType::CosignatureV1),
+            _ => None,
+        }
+    }
+}
+
+/// The message a `cosignature/v1` signature covers: the header line, the time line, the text.
+pub fn cosigned_message(text: &str, timestamp: u64) -> Vec<u8> {
+    format!("{COSIGNATURE_HEADER}time {timestamp}\n{text}").into_bytes()
+}
 /// The em dash and space that begin every signature line.
 const SIG_PREFIX: &str = "\u{2014} ";
 /// Go's limit on signature lines in one note.
@@ -48,6 +90,17 @@ pub enum NoteError {
         /// The verifier key's id.
         id: u32,
     },
+    /// The key is of the wrong type for what was asked of it (a witness key cannot sign a
+    /// plain note, a log key cannot cosign).
+    #[error("key {name} is a {found} key; this needs a {wanted} key")]
+    WrongKeyType {
+        /// The key's name.
+        name: String,
+        /// The key's type.
+        found: &'static str,
+        /// The type needed.
+        wanted: &'static str,
+    },
     /// A signature line from the verifier's key does not verify.
     #[error("signature from key {name}+{id:08x} does not verify over the note text")]
     BadSignature {
@@ -60,10 +113,16 @@ pub enum NoteError {
 
 /// The key id of an Ed25519 key: the first four bytes of `SHA-256(name || "\n" || 0x01 || key)`.
 pub fn key_id(name: &str, public_key: &[u8; 32]) -> u32 {
+    typed_key_id(name, KeyType::Ed25519, public_key)
+}
+
+/// The key id of a key of any type: the first four bytes of
+/// `SHA-256(name || "\n" || type byte || key)`.
+pub fn typed_key_id(name: &str, kind: KeyType, public_key: &[u8; 32]) -> u32 {
     let mut hasher = Sha256::new();
     hasher.update(name.as_bytes());
     hasher.update(b"\n");
-    hasher.update([ALG_ED25519]);
+    hasher.update([kind.byte()]);
     hasher.update(public_key);
     let digest = hasher.finalize();
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
@@ -81,7 +140,7 @@ fn split_key<'a>(
     kind: &'static str,
     text: &'a str,
     shown: &str,
-) -> Result<(&'a str, u32, Vec<u8>), NoteError> {
+) -> Result<(&'a str, u32, KeyType, Vec<u8>), NoteError> {
     let malformed = |reason: &str| NoteError::MalformedKey {
         kind,
         key: shown.to_string(),
@@ -99,18 +158,19 @@ fn split_key<'a>(
     let key = STANDARD
         .decode(key)
         .map_err(|e| malformed(&format!("the key is not base64: {e}")))?;
-    if key.first() != Some(&ALG_ED25519) {
+    let Some(kind) = key.first().copied().and_then(KeyType::from_byte) else {
         return Err(malformed(
-            "unsupported key type; only Ed25519 (type byte 0x01) is supported",
+            "unsupported key type; Ed25519 (type byte 0x01) and Ed25519 cosignature/v1 \
+             (type byte 0x04) are supported",
         ));
-    }
+    };
     if key.len() != 33 {
         return Err(malformed(&format!(
             "an Ed25519 key is 1 + 32 bytes, got {}",
             key.len()
         )));
     }
-    Ok((name, id, key[1..].to_vec()))
+    Ok((name, id, kind, key[1..].to_vec()))
 }
 
 /// A public key that verifies notes: a name, a key id and an Ed25519 public key.
@@ -118,14 +178,15 @@ fn split_key<'a>(
 pub struct VerifierKey {
     name: String,
     id: u32,
+    kind: KeyType,
     key: VerifyingKey,
 }
 
 impl VerifierKey {
-    /// Parses `name+hexid+base64(0x01 || key)`, checking that the id matches the name and key.
+    /// Parses `name+hexid+base64(type || key)`, checking that the id matches the name and key.
     pub fn parse(text: &str) -> Result<Self, NoteError> {
         let text = text.trim();
-        let (name, id, key) = split_key("verifier", text, text)?;
+        let (name, id, kind, key) = split_key("verifier", text, text)?;
         let malformed = |reason: String| NoteError::MalformedKey {
             kind: "verifier",
             key: text.to_string(),
@@ -137,17 +198,44 @@ impl VerifierKey {
             .map_err(|_| malformed("key length".into()))?;
         let key = VerifyingKey::from_bytes(&bytes)
             .map_err(|e| malformed(format!("not an Ed25519 point: {e}")))?;
-        if key_id(name, &bytes) != id {
+        let expected = typed_key_id(name, kind, &bytes);
+        if expected != id {
             return Err(malformed(format!(
-                "key id {id:08x} does not match the name and key (expected {:08x})",
-                key_id(name, &bytes)
+                "key id {id:08x} does not match the name and key (expected {expected:08x})"
             )));
         }
         Ok(VerifierKey {
             name: name.to_string(),
             id,
+            kind,
             key,
         })
+    }
+
+    /// What the key signs: notes, or witness cosignatures.
+    pub fn key_type(&self) -> KeyType {
+        self.kind
+    }
+
+    /// Checks one signature line's bytes (after the key id) from this key over a note's text.
+    /// A plain key's signature is Ed25519 over the text; a witness key's is a timestamped
+    /// `cosignature/v1`, whose time is returned.
+    pub fn verify_note_signature(&self, text: &str, signature: &[u8]) -> Option<Option<u64>> {
+        match self.kind {
+            KeyType::Ed25519 => self
+                .verify_signature(text.as_bytes(), signature)
+                .then_some(None),
+            KeyType::CosignatureV1 => {
+                let (time, signature) = signature.split_at_checked(8)?;
+                let timestamp = u64::from_be_bytes(time.try_into().ok()?);
+                // The spec caps the time at 2^63 - 1.
+                if timestamp > i64::MAX as u64 {
+                    return None;
+                }
+                self.verify_signature(&cosigned_message(text, timestamp), signature)
+                    .then_some(Some(timestamp))
+            }
+        }
     }
 
     /// The key name, which for a log is its origin.
@@ -177,7 +265,7 @@ impl VerifierKey {
 
 impl fmt::Display for VerifierKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut key = vec![ALG_ED25519];
+        let mut key = vec![self.kind.byte()];
         key.extend_from_slice(self.key.as_bytes());
         write!(f, "{}+{:08x}+{}", self.name, self.id, STANDARD.encode(key))
     }
@@ -194,6 +282,7 @@ impl fmt::Debug for VerifierKey {
 pub struct SignerKey {
     name: String,
     id: u32,
+    kind: KeyType,
     key: SigningKey,
 }
 
@@ -201,17 +290,28 @@ impl SignerKey {
     /// Makes a signer from a name and a 32-byte Ed25519 seed (the caller supplies the randomness,
     /// so this crate needs no access to the operating system).
     pub fn from_seed(name: &str, seed: [u8; 32]) -> Result<Self, NoteError> {
+        Self::from_seed_typed(name, KeyType::Ed25519, seed)
+    }
+
+    /// Makes a signer of the given type; [`KeyType::CosignatureV1`] makes a witness key.
+    pub fn from_seed_typed(name: &str, kind: KeyType, seed: [u8; 32]) -> Result<Self, NoteError> {
         check_name(name)?;
         let key = SigningKey::from_bytes(&seed);
-        let id = key_id(name, key.verifying_key().as_bytes());
+        let id = typed_key_id(name, kind, key.verifying_key().as_bytes());
         Ok(SignerKey {
             name: name.to_string(),
             id,
+            kind,
             key,
         })
     }
 
-    /// Parses `PRIVATE+KEY+name+hexid+base64(0x01 || seed)`.
+    /// What the key signs: notes, or witness cosignatures.
+    pub fn key_type(&self) -> KeyType {
+        self.kind
+    }
+
+    /// Parses `PRIVATE+KEY+name+hexid+base64(type || seed)`.
     pub fn parse(text: &str) -> Result<Self, NoteError> {
         let text = text.trim();
         let Some(rest) = text.strip_prefix("PRIVATE+KEY+") else {
@@ -223,12 +323,12 @@ impl SignerKey {
         };
         // Never echo the private part of the key in an error.
         let shown = format!("PRIVATE+KEY+{}+…", rest.split('+').next().unwrap_or(""));
-        let (name, id, seed) = split_key("signer", rest, &shown)?;
+        let (name, id, kind, seed) = split_key("signer", rest, &shown)?;
         let seed: [u8; 32] = seed
             .as_slice()
             .try_into()
             .map_err(|_| NoteError::Malformed("seed length".into()))?;
-        let signer = SignerKey::from_seed(name, seed)?;
+        let signer = SignerKey::from_seed_typed(name, kind, seed)?;
         if signer.id != id {
             return Err(NoteError::MalformedKey {
                 kind: "signer",
@@ -244,7 +344,7 @@ impl SignerKey {
 
     /// The signer key in its text form, `PRIVATE+KEY+…`. Keep it secret.
     pub fn to_private_string(&self) -> String {
-        let mut key = vec![ALG_ED25519];
+        let mut key = vec![self.kind.byte()];
         key.extend_from_slice(self.key.as_bytes());
         format!(
             "PRIVATE+KEY+{}+{:08x}+{}",
@@ -259,6 +359,7 @@ impl SignerKey {
         VerifierKey {
             name: self.name.clone(),
             id: self.id,
+            kind: self.kind,
             key: self.key.verifying_key(),
         }
     }
@@ -276,6 +377,7 @@ impl SignerKey {
     /// Signs `text` and returns the complete signed note: the text, a blank line and one
     /// signature line.
     pub fn sign(&self, text: &str) -> Result<String, NoteError> {
+        self.require(KeyType::Ed25519)?;
         check_text(text)?;
         let signature = self.key.sign(text.as_bytes());
         let mut blob = self.id.to_be_bytes().to_vec();
@@ -285,6 +387,42 @@ impl SignerKey {
             self.name,
             STANDARD.encode(blob)
         ))
+    }
+
+    /// Cosigns a note's text as a witness at `timestamp` (POSIX seconds) and returns the
+    /// signature line, ending in a newline, to append to the note.
+    pub fn cosign(&self, text: &str, timestamp: u64) -> Result<String, NoteError> {
+        self.require(KeyType::CosignatureV1)?;
+        check_text(text)?;
+        if timestamp > i64::MAX as u64 {
+            return Err(NoteError::Malformed(format!(
+                "cosignature time {timestamp} is over 2^63 - 1"
+            )));
+        }
+        let signature = self.key.sign(&cosigned_message(text, timestamp));
+        let mut blob = self.id.to_be_bytes().to_vec();
+        blob.extend_from_slice(&timestamp.to_be_bytes());
+        blob.extend_from_slice(&signature.to_bytes());
+        Ok(format!(
+            "{SIG_PREFIX}{} {}\n",
+            self.name,
+            STANDARD.encode(blob)
+        ))
+    }
+
+    fn require(&self, wanted: KeyType) -> Result<(), NoteError> {
+        if self.kind == wanted {
+            return Ok(());
+        }
+        let label = |kind| match kind {
+            KeyType::Ed25519 => "signing (0x01)",
+            KeyType::CosignatureV1 => "witness cosignature/v1 (0x04)",
+        };
+        Err(NoteError::WrongKeyType {
+            name: self.name.clone(),
+            found: label(self.kind),
+            wanted: label(wanted),
+        })
     }
 }
 
@@ -396,26 +534,54 @@ impl Note {
     /// but not checked, as in Go's `note.Open` with one known key.
     pub fn open(message: &[u8], verifier: &VerifierKey) -> Result<Note, NoteError> {
         let note = Note::parse(message)?;
-        let mine: Vec<&NoteSignature> = note
+        note.signed_by(verifier)?;
+        Ok(note)
+    }
+
+    /// Checks that `verifier` signed this note: at least one signature line carries its name
+    /// and key id, and every such line verifies. Returns the cosignature time for a witness key
+    /// (the latest, if it cosigned more than once), `None` for a plain key.
+    pub fn signed_by(&self, verifier: &VerifierKey) -> Result<Option<u64>, NoteError> {
+        let mut found = false;
+        let mut time = None;
+        for sig in self
             .signatures
             .iter()
             .filter(|s| s.name == verifier.name && s.id == verifier.id)
-            .collect();
-        if mine.is_empty() {
+        {
+            found = true;
+            match verifier.verify_note_signature(&self.text, &sig.signature) {
+                Some(t) => time = time.max(t),
+                None => {
+                    return Err(NoteError::BadSignature {
+                        name: verifier.name.clone(),
+                        id: verifier.id,
+                    });
+                }
+            }
+        }
+        if !found {
             return Err(NoteError::NoSignatureFromKey {
                 name: verifier.name.clone(),
                 id: verifier.id,
             });
         }
-        for sig in mine {
-            if !verifier.verify_signature(note.text.as_bytes(), &sig.signature) {
-                return Err(NoteError::BadSignature {
-                    name: verifier.name.clone(),
-                    id: verifier.id,
-                });
-            }
+        Ok(time)
+    }
+
+    /// The note written out again: the text, a blank line and every signature line.
+    pub fn to_signed_string(&self) -> String {
+        let mut out = format!("{}\n", self.text);
+        for sig in &self.signatures {
+            let mut blob = sig.id.to_be_bytes().to_vec();
+            blob.extend_from_slice(&sig.signature);
+            out.push_str(&format!(
+                "{SIG_PREFIX}{} {}\n",
+                sig.name,
+                STANDARD.encode(blob)
+            ));
         }
-        Ok(note)
+        out
     }
 }
 
@@ -521,5 +687,72 @@ mod tests {
         assert!(signer.sign("no newline").is_err());
         assert!(signer.sign("blank\n\nline\n").is_err());
         assert!(signer.sign("tab\there\n").is_err());
+    }
+
+    #[test]
+    fn cosignature_v1_signs_the_spec_message_and_verifies() {
+        let witness =
+            SignerKey::from_seed_typed("witness.example/w1", KeyType::CosignatureV1, [5; 32])
+                .expect("witness key");
+        let vkey = witness.verifier();
+        // The vkey carries type byte 0x04 and the key id hashes it (C2SP tlog-cosignature).
+        let encoded = STANDARD
+            .decode(vkey.to_string().rsplit('+').next().expect("key part"))
+            .expect("base64");
+        assert_eq!(encoded[0], 0x04);
+        assert_eq!(
+            vkey.id(),
+            typed_key_id(
+                "witness.example/w1",
+                KeyType::CosignatureV1,
+                encoded[1..].try_into().expect("32")
+            )
+        );
+        assert_ne!(
+            vkey.id(),
+            key_id("witness.example/w1", encoded[1..].try_into().expect("32"))
+        );
+        assert_eq!(VerifierKey::parse(&vkey.to_string()).expect("parse"), vkey);
+        assert_eq!(
+            SignerKey::parse(&witness.to_private_string())
+                .expect("parse")
+                .verifier(),
+            vkey
+        );
+
+        let log = SignerKey::from_seed("example.com/behind-the-sofa", [6; 32]).expect("log key");
+        let text =
+            "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n";
+        let line = witness.cosign(text, 1_679_315_147).expect("cosign");
+        let signed = format!("{}{line}", log.sign(text).expect("sign"));
+        // The signature bytes are key id || big-endian time || Ed25519 over the spec's message.
+        let blob = STANDARD
+            .decode(line.trim_end().rsplit(' ').next().expect("blob"))
+            .expect("base64");
+        assert_eq!(blob.len(), 4 + 8 + 64);
+        assert_eq!(&blob[4..12], &1_679_315_147u64.to_be_bytes());
+        let message = format!("cosignature/v1\ntime 1679315147\n{text}");
+        assert!(vkey.verify_signature(message.as_bytes(), &blob[12..]));
+
+        let note = Note::parse(signed.as_bytes()).expect("parse");
+        assert_eq!(
+            note.signed_by(&vkey).expect("cosigned"),
+            Some(1_679_315_147)
+        );
+        assert_eq!(note.signed_by(&log.verifier()).expect("signed"), None);
+        assert_eq!(note.to_signed_string(), signed);
+        // A flipped time or text fails; a plain key cannot cosign nor a witness key sign.
+        let mut bad = blob.clone();
+        bad[11] ^= 1;
+        assert!(vkey.verify_note_signature(text, &bad[4..]).is_none());
+        assert!(vkey.verify_note_signature("other\n", &blob[4..]).is_none());
+        assert!(matches!(
+            log.cosign(text, 1),
+            Err(NoteError::WrongKeyType { .. })
+        ));
+        assert!(matches!(
+            witness.sign(text),
+            Err(NoteError::WrongKeyType { .. })
+        ));
     }
 }

@@ -17,6 +17,9 @@ pub enum ServerError {
         /// What is wrong.
         reason: String,
     },
+    /// The `--witness-policy` setup failed (the kept checkpoint, the HTTP client).
+    #[error("witnessing: {0}")]
+    Witnessing(String),
     /// The data directory could not be prepared.
     #[error("cannot prepare data directory {path}: {source}")]
     DataDir {

@@ -16,6 +16,8 @@ pub mod scrub;
 mod sequencer;
 mod storage_location;
 pub mod tile_mirror;
+pub mod witness;
+pub mod witnessing;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -77,6 +79,8 @@ pub struct ServerConfig {
     pub scanners: scan::ScannerConfig,
     /// Where to mirror the ledger's tlog-tiles (an object store URL and its options), if anywhere.
     pub tiles_to: Option<(String, Vec<(String, String)>)>,
+    /// Publish checkpoints only once a witness quorum cosigned them, if set.
+    pub witnessing: Option<witnessing::WitnessingConfig>,
 }
 
 impl ServerConfig {
@@ -100,6 +104,7 @@ impl ServerConfig {
                 .to_vec(),
             scanners: scan::ScannerConfig::default(),
             tiles_to: None,
+            witnessing: None,
         }
     }
 }
@@ -163,13 +168,27 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let limits = config.limits;
     let auth = Arc::new(auth::Authenticator::new(&config.data_dir)?);
+    // Publication is gated before anything can read the published checkpoint (the mirror, the
+    // REST port), so no uncosigned checkpoint is ever published under a policy.
+    let publication = match &config.witnessing {
+        Some(witnessing) if witnessing.policy.requires_cosignatures() => {
+            let (task, publication) = witnessing::Witnessing::start(
+                ledger.clone(),
+                witnessing.clone(),
+                &config.data_dir,
+            )?;
+            tokio::spawn(task.run());
+            Some(publication)
+        }
+        _ => None,
+    };
     // The mirror is opened (and its bucket checked) before anything is served, so a wrong
     // --tiles-to stops the daemon at start instead of failing quietly later.
     if let Some((url, options)) = &config.tiles_to {
         let mirror = tile_mirror::TileMirror::open(url, options, ledger.clone()).await?;
         tokio::spawn(mirror.run());
     }
-    let sequencer = Sequencer::start(ledger, config.sequencer);
+    let sequencer = Sequencer::start(ledger, config.sequencer, publication);
     let registry = Arc::new(Registry::open(store.clone(), sequencer.clone()).await?);
     registry.set_badge_max_age(config.badge_max_age);
     registry.set_registry_licenses(config.registry_licenses.clone());
@@ -298,5 +317,35 @@ pub async fn serve(
             }
         }
     }
+    Ok(())
+}
+
+/// Serves a witness (C2SP tlog-witness) on `listener` until `shutdown` completes, then lets
+/// in-flight requests finish: a cosignature is only sent after its checkpoint is durable, so a
+/// request cut off by the shutdown leaves nothing half-promised.
+pub async fn serve_witness(
+    witness: Arc<witness::Witness>,
+    listener: TcpListener,
+    conn: net::conn::ConnLimits,
+    tls: Option<TlsFiles>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let tls = match &tls {
+        Some(tls) => Some(tls.rustls_config()?),
+        None => None,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    net::conn::serve_rest(
+        listener,
+        tls,
+        rest::witness_router(witness),
+        net::conn::Gate::new(conn, "witness"),
+        stop_rx,
+    )
+    .await;
     Ok(())
 }

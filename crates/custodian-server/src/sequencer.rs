@@ -14,6 +14,8 @@ use custodian_core::entry::{EntryKind, Value};
 use custodian_storage::ledger::{Appended, Ledger, LedgerError, Prepared, SignedCheckpoint};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::witnessing::Publication;
+
 /// How the sequencer batches.
 #[derive(Clone, Copy, Debug)]
 pub struct SequencerConfig {
@@ -48,6 +50,8 @@ struct Job {
 pub struct Sequencer {
     tx: mpsc::Sender<Job>,
     ledger: Arc<Ledger>,
+    /// With a witness policy: where integrations are reported and publication awaited.
+    publication: Option<Arc<Publication>>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -58,11 +62,20 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Sequencer {
-    /// Starts the sequencer task on the current tokio runtime.
-    pub fn start(ledger: Arc<Ledger>, config: SequencerConfig) -> Self {
+    /// Starts the sequencer task on the current tokio runtime. With a `publication`, each
+    /// append answers only once a checkpoint covering it is published (cosigned).
+    pub fn start(
+        ledger: Arc<Ledger>,
+        config: SequencerConfig,
+        publication: Option<Arc<Publication>>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
-        tokio::spawn(run(ledger.clone(), config, rx));
-        Sequencer { tx, ledger }
+        tokio::spawn(run(ledger.clone(), config, rx, publication.clone()));
+        Sequencer {
+            tx,
+            ledger,
+            publication,
+        }
     }
 
     /// The ledger behind the sequencer.
@@ -70,8 +83,10 @@ impl Sequencer {
         &self.ledger
     }
 
-    /// Appends one entry; returns once it is durable and signed into a checkpoint. An invalid
-    /// request is rejected here, before it can share a batch with others.
+    /// Appends one entry; returns once it is durable and signed into a checkpoint — with a
+    /// witness policy, once a cosigned checkpoint covering it is published (or, if the policy
+    /// allows, once its patience ran out: then the checkpoint is the log-signed one alone). An
+    /// invalid request is rejected here, before it can share a batch with others.
     pub async fn append(
         &self,
         kind: EntryKind,
@@ -83,12 +98,32 @@ impl Sequencer {
             .send(Job { request, reply })
             .await
             .map_err(|_| LedgerError::Poisoned("the sequencer has stopped".into()))?;
-        wait.await
-            .map_err(|_| LedgerError::Poisoned("the sequencer stopped before replying".into()))?
+        let (appended, checkpoint) = wait
+            .await
+            .map_err(|_| LedgerError::Poisoned("the sequencer stopped before replying".into()))??;
+        let Some(publication) = &self.publication else {
+            return Ok((appended, checkpoint));
+        };
+        match publication.wait(&self.ledger, checkpoint.size).await {
+            Some(published) => Ok((appended, published)),
+            None => {
+                tracing::warn!(
+                    index = appended.index,
+                    size = checkpoint.size,
+                    "answering an append with an uncosigned checkpoint: the witness quorum was not reached in time"
+                );
+                Ok((appended, checkpoint))
+            }
+        }
     }
 }
 
-async fn run(ledger: Arc<Ledger>, config: SequencerConfig, mut rx: mpsc::Receiver<Job>) {
+async fn run(
+    ledger: Arc<Ledger>,
+    config: SequencerConfig,
+    mut rx: mpsc::Receiver<Job>,
+    publication: Option<Arc<Publication>>,
+) {
     let max = config.max_batch.max(1);
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
@@ -121,6 +156,9 @@ async fn run(ledger: Arc<Ledger>, config: SequencerConfig, mut rx: mpsc::Receive
         match result {
             Ok(Ok((appended, checkpoint))) => {
                 tracing::debug!(entries = count, size = checkpoint.size, "batch committed");
+                if let Some(publication) = &publication {
+                    publication.integrated(checkpoint.size);
+                }
                 for (reply, entry) in replies.into_iter().zip(appended) {
                     let _ = reply.send(Ok((entry, checkpoint.clone())));
                 }
@@ -211,7 +249,7 @@ mod tests {
         });
         let ledger = Arc::new(Ledger::open(backend.clone(), test_signer()).expect("open"));
         let before = backend.commits.load(std::sync::atomic::Ordering::SeqCst);
-        let sequencer = Sequencer::start(ledger.clone(), SequencerConfig::default());
+        let sequencer = Sequencer::start(ledger.clone(), SequencerConfig::default(), None);
         let mut tasks = Vec::new();
         for i in 0..200u64 {
             let sequencer = sequencer.clone();
@@ -258,6 +296,7 @@ mod tests {
                 window: Duration::from_millis(200),
                 ..Default::default()
             },
+            None,
         );
         let mut tasks = Vec::new();
         for i in 0..5u64 {

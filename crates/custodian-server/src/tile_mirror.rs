@@ -30,6 +30,9 @@ pub struct TileMirror {
     ledger: Arc<Ledger>,
     /// The size the bucket's checkpoint has.
     published: u64,
+    /// The checkpoint note this process last wrote (a checkpoint of the same size may come back
+    /// with more cosignatures).
+    written: Option<String>,
 }
 
 fn key(prefix: &Path, name: &str) -> Path {
@@ -75,6 +78,7 @@ impl TileMirror {
             prefix,
             ledger,
             published,
+            written: None,
         })
     }
 
@@ -89,11 +93,12 @@ impl TileMirror {
         }
     }
 
-    /// Writes the tiles and the checkpoint of the ledger's latest size, if it grew.
+    /// Writes the tiles and the checkpoint of the ledger's published checkpoint (the latest,
+    /// or with a witness policy the latest cosigned one), if it changed.
     async fn publish(&mut self) -> Result<(), String> {
-        let latest = self.ledger.latest();
+        let latest = self.ledger.published();
         let (from, to) = (self.published, latest.size);
-        if to <= from && from != 0 {
+        if to < from || (to == from && from != 0 && self.written.as_ref() == Some(&latest.note)) {
             return Ok(());
         }
         let tiles = changed_tiles(from, to);
@@ -121,6 +126,7 @@ impl TileMirror {
             .await
             .map_err(|e| format!("checkpoint: {e}"))?;
         self.published = to;
+        self.written = Some(latest.note.clone());
         Ok(())
     }
 }

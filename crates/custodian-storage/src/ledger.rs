@@ -72,6 +72,17 @@ pub enum LedgerError {
         /// What failed.
         message: String,
     },
+    /// The entry is durable but no checkpoint covering it has been published yet: the log
+    /// publishes a checkpoint only once its witness quorum has cosigned it.
+    #[error(
+        "entry {index} is recorded but not yet in a published checkpoint (published size {published}): the witnesses have not cosigned one yet; retry shortly"
+    )]
+    NotYetPublished {
+        /// The entry's index.
+        index: u64,
+        /// The size of the latest published checkpoint.
+        published: u64,
+    },
     /// A commit failed earlier; the ledger refuses appends until it is reopened, because it
     /// cannot tell what reached the disk.
     #[error("the ledger refuses appends after an earlier failure: {0}")]
@@ -197,6 +208,10 @@ pub struct Ledger {
     verifier: VerifierKey,
     state: Mutex<State>,
     latest: RwLock<Arc<SignedCheckpoint>>,
+    /// The checkpoint served, put in receipts and mirrored. `None`: every integrated checkpoint
+    /// is published at once. `Some`: publication is gated (on witness cosignatures), and only
+    /// [`Ledger::publish`] moves it.
+    published: RwLock<Option<Arc<SignedCheckpoint>>>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -308,6 +323,7 @@ impl Ledger {
             verifier,
             state: Mutex::new(state),
             latest: RwLock::new(Arc::new(latest)),
+            published: RwLock::new(None),
         })
     }
 
@@ -332,6 +348,63 @@ impl Ledger {
             Ok(latest) => latest.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// The published checkpoint: what is served as the log's checkpoint, put in receipts and
+    /// bundles, and mirrored. Without a publication gate it is the latest one.
+    pub fn published(&self) -> Arc<SignedCheckpoint> {
+        let gated = match self.published.read() {
+            Ok(slot) => slot.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        gated.unwrap_or_else(|| self.latest())
+    }
+
+    /// Whether publication is gated (see [`Ledger::gate_publication`]).
+    pub fn is_gated(&self) -> bool {
+        match self.published.read() {
+            Ok(slot) => slot.is_some(),
+            Err(poisoned) => poisoned.into_inner().is_some(),
+        }
+    }
+
+    /// From now on, only [`Ledger::publish`] moves the published checkpoint; it starts at
+    /// `initial`, which must be a checkpoint of this log no larger than the latest.
+    pub fn gate_publication(&self, initial: SignedCheckpoint) -> LedgerResult<()> {
+        self.check_published(&initial)?;
+        match self.published.write() {
+            Ok(mut slot) => *slot = Some(Arc::new(initial)),
+            Err(poisoned) => *poisoned.into_inner() = Some(Arc::new(initial)),
+        }
+        Ok(())
+    }
+
+    /// Publishes a checkpoint (the log's signed note, usually with cosignatures appended). It
+    /// must be signed by the log, match the root the log committed at its size, and not be
+    /// smaller than the one published now; a smaller one is ignored.
+    pub fn publish(&self, checkpoint: SignedCheckpoint) -> LedgerResult<()> {
+        self.check_published(&checkpoint)?;
+        let mut slot = match self.published.write() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if slot.as_ref().is_none_or(|p| p.size <= checkpoint.size) {
+            *slot = Some(Arc::new(checkpoint));
+        }
+        Ok(())
+    }
+
+    fn check_published(&self, checkpoint: &SignedCheckpoint) -> LedgerResult<()> {
+        let opened = Checkpoint::open(checkpoint.note.as_bytes(), &self.verifier)
+            .map_err(|e| LedgerError::Corrupt(format!("published checkpoint: {e}")))?;
+        let (root, _) = self.trusted_root(opened.size)?;
+        if opened.size != checkpoint.size || opened.root != checkpoint.root || root != opened.root {
+            return Err(LedgerError::Corrupt(format!(
+                "published checkpoint of size {} does not match the log's root at that size",
+                opened.size
+            )));
+        }
+        Ok(())
     }
 
     /// Appends entries as one batch (see [`Ledger::append_prepared`]). Any invalid request
@@ -494,9 +567,14 @@ impl Ledger {
         }
     }
 
-    /// The checkpoint of exactly `size`.
+    /// The checkpoint of exactly `size` (with its cosignatures when it is the published one).
     pub fn checkpoint(&self, size: u64) -> LedgerResult<SignedCheckpoint> {
         self.check_size(size)?;
+        // The published checkpoint of that size carries the witnesses' cosignatures too.
+        let published = self.published();
+        if published.size == size {
+            return Ok(published.as_ref().clone());
+        }
         let note = self
             .backend
             .checkpoint(size)?
@@ -588,10 +666,16 @@ impl Ledger {
         Ok(proof)
     }
 
-    /// A receipt for entry `index` against the latest checkpoint.
+    /// A receipt for entry `index` against the published checkpoint.
     pub fn receipt(&self, index: u64) -> LedgerResult<Receipt> {
-        let latest = self.latest();
-        self.receipt_at(index, &latest)
+        let published = self.published();
+        if index >= published.size && index < self.latest().size {
+            return Err(LedgerError::NotYetPublished {
+                index,
+                published: published.size,
+            });
+        }
+        self.receipt_at(index, &published)
     }
 
     /// A receipt for entry `index` against a given checkpoint (which must include it).

@@ -8,6 +8,8 @@
 
 mod daemon;
 mod moto;
+mod tlog;
+mod witness;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,8 @@ use std::time::Duration;
 
 pub use daemon::{Daemon, HarnessError, binary};
 pub use moto::Moto;
+pub use tlog::TestLog;
+pub use witness::WitnessProcess;
 
 /// Deterministic, incompressible test bytes (the storage conformance suite's generator).
 pub fn pattern(seed: u64, len: usize) -> bytes::Bytes {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use custodian_core::audit::AuditError;
+use custodian_core::checkpoint::Checkpoint;
 use custodian_core::note::VerifierKey;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -20,6 +21,10 @@ pub struct AuditArgs {
     /// The log's verifier key (NAME+ID+KEY), or a file containing it
     #[arg(long, value_name = "VKEY")]
     key: String,
+    /// Also require the export's newest checkpoint to carry a quorum of witness cosignatures,
+    /// as this policy file defines it
+    #[arg(long, value_name = "FILE")]
+    witness_policy: Option<PathBuf>,
     /// Print JSON
     #[arg(long)]
     json: bool,
@@ -28,14 +33,27 @@ pub struct AuditArgs {
 /// Runs `custodian audit`.
 pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let verifier = crate::keys::load_verifier(&args.key)?;
+    let policy = crate::policy::load(args.witness_policy.as_deref())?;
     let started = std::time::Instant::now();
-    match run_audit(&args.dir, verifier) {
-        Ok(report) => {
+    let result = run_audit(&args.dir, verifier.clone())
+        .map_err(|e| e.to_string())
+        .and_then(|report| {
+            let witnesses = match &policy {
+                None => Vec::new(),
+                Some(policy) => newest_checkpoint_quorum(&args.dir, &verifier, policy)?,
+            };
+            Ok((report, witnesses))
+        });
+    match result {
+        Ok((report, witnesses)) => {
             let seconds = started.elapsed().as_secs_f64();
             if args.json {
                 let mut view = serde_json::to_value(&report)?;
                 view["ok"] = json!(true);
                 view["seconds"] = json!(seconds);
+                if policy.is_some() {
+                    view["witnesses"] = json!(witnesses);
+                }
                 println!("{view}");
             } else {
                 println!(
@@ -50,11 +68,40 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
                     "  every checkpoint's signature verifies, its root equals the one recomputed from the entries, and the prev chain is intact ({:.0} entries/s)",
                     report.entries as f64 / seconds.max(1e-9)
                 );
+                if policy.is_some() {
+                    println!(
+                        "  the newest checkpoint carries the witness quorum: {}",
+                        witnesses.join(", ")
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => Ok(failure(args.json, "audit FAILED", err)),
     }
+}
+
+/// Checks the policy's quorum on the export's newest checkpoint (the one the audit's root is
+/// compared with); returns the witnesses that cosigned it.
+fn newest_checkpoint_quorum(
+    dir: &Path,
+    verifier: &VerifierKey,
+    policy: &custodian_core::witness::WitnessPolicy,
+) -> Result<Vec<String>, String> {
+    let listing = std::fs::read_dir(dir.join("checkpoints")).map_err(|e| e.to_string())?;
+    let mut newest: Option<(u64, Vec<u8>)> = None;
+    for file in listing {
+        let bytes =
+            std::fs::read(file.map_err(|e| e.to_string())?.path()).map_err(|e| e.to_string())?;
+        let size = Checkpoint::open(&bytes, verifier)
+            .map_err(|e| e.to_string())?
+            .size;
+        if newest.as_ref().is_none_or(|(s, _)| size > *s) {
+            newest = Some((size, bytes));
+        }
+    }
+    let (size, note) = newest.ok_or("the export has no checkpoint")?;
+    policy.check(&note, size).map_err(|e| e.to_string())
 }
 
 /// Audits an export directory, with progress on a terminal.

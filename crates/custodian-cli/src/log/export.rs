@@ -83,7 +83,13 @@ pub(super) async fn export(
         if checkpoint.tree_size > size {
             break;
         }
-        out.checkpoint(checkpoint.tree_size, checkpoint.note.as_bytes())?;
+        // The newest is written as published: with a witness policy it carries cosignatures.
+        let note = if checkpoint.tree_size == size {
+            &latest.note
+        } else {
+            &checkpoint.note
+        };
+        out.checkpoint(checkpoint.tree_size, note.as_bytes())?;
     }
 
     let bar = counter(size, "entries");

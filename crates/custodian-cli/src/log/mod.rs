@@ -124,8 +124,9 @@ with -o)."
     #[command(
         long_about = "Verify a receipt file offline (JSON, or C2SP tlog-proof as `log receipt --format tlog-proof` writes it): the checkpoint's Ed25519 signature \
 by the given log key, the entry's deterministic encoding, and the inclusion proof from the \
-entry's leaf hash to the checkpoint's root. No daemon or network is used. Exits 0 if the \
-receipt verifies, 1 (naming the part that failed) if not."
+entry's leaf hash to the checkpoint's root; with --witness-policy, also that the checkpoint \
+carries the policy's quorum of witness cosignatures (C2SP tlog-cosignature). No daemon or \
+network is used. Exits 0 if the receipt verifies, 1 (naming the part that failed) if not."
     )]
     VerifyReceipt {
         /// The receipt file
@@ -133,6 +134,10 @@ receipt verifies, 1 (naming the part that failed) if not."
         /// The log's verifier key (NAME+ID+KEY), or a file containing it
         #[arg(long, value_name = "VKEY")]
         key: String,
+        /// Also require the checkpoint to carry a quorum of witness cosignatures, as this
+        /// policy file defines it (witness / group / quorum lines)
+        #[arg(long, value_name = "FILE")]
+        witness_policy: Option<PathBuf>,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -189,6 +194,9 @@ was. Decoding new entries needs tlog-tiles entry bundles, which the daemon does 
         /// The file that keeps the last checkpoint accepted (created on the first run)
         #[arg(long, value_name = "FILE")]
         state: PathBuf,
+        /// Accept a new checkpoint only with a quorum of witness cosignatures (policy file)
+        #[arg(long, value_name = "FILE")]
+        witness_policy: Option<PathBuf>,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -356,7 +364,12 @@ pub async fn run(command: LogCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        LogCommand::VerifyReceipt { file, key, json } => verify_receipt(&file, &key, json),
+        LogCommand::VerifyReceipt {
+            file,
+            key,
+            witness_policy,
+            json,
+        } => verify_receipt(&file, &key, witness_policy.as_deref(), json),
         LogCommand::Mirror {
             from,
             from_options,
@@ -386,11 +399,21 @@ pub async fn run(command: LogCommand) -> anyhow::Result<ExitCode> {
             log_options,
             key,
             state,
+            witness_policy,
             json,
         } => {
             let runtime = tokio::runtime::Handle::current();
+            let policy = crate::policy::load(witness_policy.as_deref())?;
             tokio::task::spawn_blocking(move || {
-                monitor::monitor(&log, &log_options, &key, &state, json, runtime)
+                monitor::monitor(
+                    &log,
+                    &log_options,
+                    &key,
+                    &state,
+                    policy.as_ref(),
+                    json,
+                    runtime,
+                )
             })
             .await?
         }

@@ -22,6 +22,7 @@ pub(super) fn monitor(
     options: &[(String, String)],
     key: &str,
     state: &Path,
+    policy: Option<&custodian_core::witness::WitnessPolicy>,
     json: bool,
     runtime: tokio::runtime::Handle,
 ) -> anyhow::Result<ExitCode> {
@@ -40,6 +41,11 @@ pub(super) fn monitor(
             ));
         }
     };
+    // Under a policy, a checkpoint without its quorum is not the log's word yet: the log may be
+    // showing this monitor a view no witness has checked.
+    if let Err(err) = crate::policy::require_quorum(policy, &latest_note, latest.size) {
+        return Ok(failure(json, "monitor FAILED", err));
+    }
     let previous = read_state(state, &verifier)?;
     let tiles = TileHashes::new(latest.size, |tile: &Tile| {
         source.read(&tile.path(), &runtime)

@@ -9,13 +9,32 @@ use serde_json::json;
 
 use super::{cbor_to_json, entry_json, failure, time_text};
 
-pub(super) fn verify_receipt(file: &Path, key: &str, json: bool) -> anyhow::Result<ExitCode> {
+pub(super) fn verify_receipt(
+    file: &Path,
+    key: &str,
+    witness_policy: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let verifier = crate::keys::load_verifier(key)?;
+    let policy = crate::policy::load(witness_policy)?;
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let result = Receipt::parse(&text).and_then(|r| r.verify(&verifier));
+    let result = Receipt::parse(&text).and_then(|r| {
+        let verified = r.verify(&verifier)?;
+        Ok((r, verified))
+    });
+    let result = match result {
+        Ok((receipt, verified)) => crate::policy::require_quorum(
+            policy.as_ref(),
+            receipt.checkpoint.as_bytes(),
+            verified.checkpoint.size,
+        )
+        .map(|witnesses| (verified, witnesses))
+        .map_err(|e| e.to_string()),
+        Err(err) => Err(err.to_string()),
+    };
     match result {
-        Ok(verified) => {
+        Ok((verified, witnesses)) => {
             if json {
                 let mut view = entry_json(
                     verified.index,
@@ -26,6 +45,9 @@ pub(super) fn verify_receipt(file: &Path, key: &str, json: bool) -> anyhow::Resu
                 view["origin"] = json!(verified.checkpoint.origin);
                 view["tree_size"] = json!(verified.checkpoint.size);
                 view["root_hash"] = json!(verified.checkpoint.root.to_hex());
+                if policy.is_some() {
+                    view["witnesses"] = json!(witnesses);
+                }
                 println!("{view}");
             } else {
                 println!("receipt verifies: entry {} is in the log", verified.index);
@@ -45,6 +67,12 @@ pub(super) fn verify_receipt(file: &Path, key: &str, json: bool) -> anyhow::Resu
                     "  checkpoint  size {} root {}",
                     verified.checkpoint.size, verified.checkpoint.root
                 );
+                if policy.is_some() {
+                    println!(
+                        "  witnesses   {} (the policy's quorum)",
+                        witnesses.join(", ")
+                    );
+                }
                 println!("  payload     {}", cbor_to_json(&verified.entry.payload));
             }
             Ok(ExitCode::SUCCESS)

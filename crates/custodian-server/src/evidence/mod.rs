@@ -546,7 +546,7 @@ impl Registry {
         indexes.dedup();
         let ledger = self.ledger().clone();
         let bundle = tokio::task::spawn_blocking(move || -> Result<Bundle, RegistryError> {
-            let checkpoint = ledger.latest();
+            let checkpoint = ledger.published();
             let mut entries = Vec::with_capacity(indexes.len());
             for index in indexes {
                 let bytes = ledger.verified_entry(index)?;

@@ -198,7 +198,7 @@ impl LedgerRpc for LedgerService {
         request: Request<pb::GetCheckpointRequest>,
     ) -> Result<Response<pb::SignedCheckpoint>, Status> {
         let checkpoint = match request.into_inner().tree_size {
-            None => self.ledger().latest().as_ref().clone(),
+            None => self.ledger().published().as_ref().clone(),
             Some(size) => self
                 .ledger()
                 .checkpoint(size)

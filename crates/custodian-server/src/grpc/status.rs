@@ -78,7 +78,9 @@ impl From<GrpcError> for Status {
                     Status::data_loss(format!("{source}; nothing derived from it is served"))
                 }
                 LedgerError::WrongKey { .. } => Status::failed_precondition(source.to_string()),
-                LedgerError::Poisoned(_) => Status::unavailable(source.to_string()),
+                LedgerError::Poisoned(_) | LedgerError::NotYetPublished { .. } => {
+                    Status::unavailable(source.to_string())
+                }
                 LedgerError::Backend { .. } => Status::internal(source.to_string()),
             },
             GrpcError::Registry(err) => match err {

@@ -53,7 +53,7 @@ async fn fixture() -> Fixture {
         )
         .await
         .expect("manifest into custody");
-    let sequencer = Sequencer::start(ledger.clone(), SequencerConfig::default());
+    let sequencer = Sequencer::start(ledger.clone(), SequencerConfig::default(), None);
     let registry = Registry::open(store, sequencer).await.expect("open");
     Fixture {
         registry,

@@ -34,6 +34,7 @@ mod range;
 mod tiles;
 mod upload;
 mod views;
+mod witness;
 
 use crate::registry::Registry;
 use badge::get_badge_svg;
@@ -43,6 +44,7 @@ use range::serve_blob;
 use upload::post_hosted;
 pub use views::encode_segment;
 use views::{data_pack_json, recorded_json, version_json};
+pub use witness::witness_router;
 
 /// The OpenAPI document, served at `/openapi.yaml`.
 const OPENAPI: &str = include_str!("../../../../docs/openapi.yaml");

@@ -20,7 +20,7 @@ const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// `GET /log/checkpoint`: the latest signed checkpoint (C2SP tlog-checkpoint). It changes with
 /// every append, so caches must ask again each time.
 pub(super) async fn checkpoint(State(state): State<RestState>) -> Response {
-    let note = state.registry.ledger().latest().note.clone();
+    let note = state.registry.ledger().published().note.clone();
     (
         [
             (
