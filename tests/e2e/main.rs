@@ -18,6 +18,7 @@ mod tiles;
 mod truthful;
 mod walkthrough;
 mod witness;
+mod witness_interop;
 
 use bytes::Bytes;
 
