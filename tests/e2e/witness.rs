@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use custodian_core::note::{Note, SignerKey};
+use custodian_core::note::Note;
 use custodian_core::witness::WitnessPolicy;
-use custodian_testkit::{Daemon, TestLog, WitnessProcess};
+use custodian_testkit::{Daemon, TestLog, WitnessProcess, write_log_key};
 
 use crate::ledger::{TOKEN, append, client};
 
@@ -31,21 +31,6 @@ async fn add_checkpoint(url: &str, body: Vec<u8>) -> (u16, String, String) {
         .unwrap_or("")
         .to_string();
     (status, content_type, response.text().await.expect("body"))
-}
-
-/// Writes a log key with a known seed into a new data directory, as `serve` would have made
-/// it; returns the verifier key. Two data directories with one key make a split view.
-pub fn write_log_key(data_dir: &Path, origin: &str, seed: u8) -> String {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::create_dir_all(data_dir).expect("data dir");
-    let key = SignerKey::from_seed(origin, [seed; 32]).expect("key");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true).mode(0o600);
-    let mut file = options
-        .open(data_dir.join(custodian_server::KEY_FILE))
-        .expect("log key");
-    std::io::Write::write_all(&mut file, key.to_private_string().as_bytes()).expect("write");
-    key.verifier().to_string()
 }
 
 fn cli(args: &[&str]) -> std::process::Output {

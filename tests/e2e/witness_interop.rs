@@ -12,10 +12,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use custodian_core::note::{KeyType, Note, VerifierKey, typed_key_id};
 use custodian_core::witness::WitnessPolicy;
-use custodian_testkit::{Daemon, WitnessProcess};
+use custodian_testkit::{Daemon, WitnessProcess, write_log_key};
 
 use crate::ledger::{TOKEN, append, client};
-use crate::witness::write_log_key;
 
 /// A Go peer built by scripts/lib.sh.
 fn go_bin(name: &str) -> PathBuf {

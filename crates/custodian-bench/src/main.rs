@@ -14,6 +14,7 @@ mod measure;
 mod rest;
 mod scan;
 mod small;
+mod tlog;
 
 use std::process::ExitCode;
 
@@ -73,6 +74,10 @@ at least once). Also prints the daemon's peak resident memory (VmHWM)."
     Small(crate::small::SmallArgs),
     /// A 1 GiB hosted data-pack upload over REST, ranged reads and a verified download
     Rest(crate::rest::RestArgs),
+    /// The log as others see it: appends under a 2-of-3 witness quorum next to none and next to
+    /// Tessera's POSIX log, full-tile reads next to a static file server, the tile monitor next
+    /// to the offline audit
+    Tlog(crate::tlog::TlogArgs),
     /// 64 clients for 5 minutes on a mixed workload (puts, verified gets, attestations, proofs,
     /// REST downloads): p50/p99 per operation, errors, and whether the daemon's memory stayed
     /// flat. Exits 1 on any error or memory growth
@@ -88,6 +93,7 @@ fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Scan(args) => crate::scan::run(args),
         BenchCommand::Small(args) => crate::small::run(args),
         BenchCommand::Rest(args) => crate::rest::run(args),
+        BenchCommand::Tlog(args) => crate::tlog::run(args),
         BenchCommand::Load(args) => crate::load::run(args),
         BenchCommand::Limits(args) => crate::limits::run(args),
         BenchCommand::All(args) => crate::all::run(args),

@@ -286,3 +286,17 @@ fn listening_line(out: &mut impl BufRead, prefix: &str) -> Result<String, String
         None => Err(line),
     }
 }
+
+/// Writes a log key with a known seed into a data directory, as `serve` would have made it on
+/// first start; returns the verifier key. Two data directories with one key make a split view.
+pub fn write_log_key(data_dir: &Path, origin: &str, seed: u8) -> String {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::create_dir_all(data_dir).expect("data dir");
+    let key = custodian_core::note::SignerKey::from_seed(origin, [seed; 32]).expect("key");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true).mode(0o600);
+    // The file name is the daemon's (custodian_server::KEY_FILE), which this crate cannot name.
+    let mut file = options.open(data_dir.join("log-key")).expect("log key");
+    std::io::Write::write_all(&mut file, key.to_private_string().as_bytes()).expect("write");
+    key.verifier().to_string()
+}

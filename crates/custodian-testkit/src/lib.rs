@@ -15,7 +15,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use daemon::{Daemon, HarnessError, binary};
+pub use daemon::{Daemon, HarnessError, binary, write_log_key};
 pub use moto::Moto;
 pub use tlog::TestLog;
 pub use witness::WitnessProcess;

@@ -12,9 +12,13 @@
 //	    appends N entries to a Tessera POSIX log in DIR that gathers cosignatures per the policy,
 //	    waits for them to be published, checks the published checkpoint's cosignatures and prints
 //	    "appended N in S seconds"
-//	custodian-interop tessera-bench DIR SIGNER_KEY N
-//	    appends N entries one at a time to a Tessera POSIX log with no witnesses, each awaited,
-//	    and prints "appends/s P50_MS P99_MS"
+//	custodian-interop tessera-bench DIR SIGNER_KEY N WRITERS [POLICY_FILE]
+//	    appends N entries from WRITERS concurrent writers to a Tessera POSIX log (with the
+//	    policy's witnesses, if given), each awaited until published, and prints
+//	    "APPENDS/S P50_MS P99_MS"
+//	custodian-interop serve-dir DIR
+//	    serves DIR with net/http's FileServer on a free loopback port and prints the address: the
+//	    static file server a log's tiles are measured against
 package main
 
 import (
@@ -22,6 +26,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -69,7 +74,21 @@ func main() {
 		tesseraLog(ctx, args[0], args[1], args[2], n)
 	case "tessera-bench":
 		n, _ := strconv.Atoi(args[2])
-		tesseraBench(ctx, args[0], args[1], n)
+		writers, _ := strconv.Atoi(args[3])
+		policy := ""
+		if len(args) > 4 {
+			policy = args[4]
+		}
+		tesseraBench(ctx, args[0], args[1], n, writers, policy)
+	case "serve-dir":
+		listener, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			fail("listen: %v", err)
+		}
+		fmt.Println(listener.Addr().String())
+		if err := http.Serve(listener, http.FileServer(http.Dir(args[0]))); err != nil {
+			fail("serve: %v", err)
+		}
 	default:
 		fail("unknown mode %q", os.Args[1])
 	}
@@ -229,20 +248,42 @@ func tesseraLog(ctx context.Context, dir, signerKey, policyFile string, n int) {
 	fmt.Printf("appended %d in %.3f seconds\n", n, elapsed.Seconds())
 }
 
-func tesseraBench(ctx context.Context, dir, signerKey string, n int) {
+func tesseraBench(ctx context.Context, dir, signerKey string, n, writers int, policyFile string) {
+	// Tessera's floor: it refuses checkpoint intervals under 100 ms.
 	opts := tessera.NewAppendOptions().
-		WithBatching(1, time.Millisecond).
-		WithCheckpointInterval(time.Millisecond)
-	a, shutdown, reader := appender(ctx, dir, signerKey, opts)
-	await := tessera.NewPublicationAwaiter(ctx, reader.ReadCheckpoint, time.Millisecond)
-	latencies := make([]time.Duration, 0, n)
-	start := time.Now()
-	for i := 0; i < n; i++ {
-		t := time.Now()
-		if _, _, err := await.Await(ctx, a.Add(ctx, tessera.NewEntry([]byte(fmt.Sprintf("bench entry %d", i))))); err != nil {
-			fail("await: %v", err)
+		WithBatching(uint(writers), 10*time.Millisecond).
+		WithCheckpointInterval(100 * time.Millisecond)
+	if policyFile != "" {
+		policy, err := os.ReadFile(policyFile)
+		if err != nil {
+			fail("%v", err)
 		}
-		latencies = append(latencies, time.Since(t))
+		group, err := tessera.NewWitnessGroupFromPolicy(policy)
+		if err != nil {
+			fail("policy: %v", err)
+		}
+		opts.WithWitnesses(group, &tessera.WitnessOptions{Timeout: 10 * time.Second})
+	}
+	a, shutdown, reader := appender(ctx, dir, signerKey, opts)
+	await := tessera.NewPublicationAwaiter(ctx, reader.ReadCheckpoint, 10*time.Millisecond)
+	results := make(chan []time.Duration, writers)
+	start := time.Now()
+	for w := 0; w < writers; w++ {
+		go func(w int) {
+			var mine []time.Duration
+			for i := w; i < n; i += writers {
+				t := time.Now()
+				if _, _, err := await.Await(ctx, a.Add(ctx, tessera.NewEntry([]byte(fmt.Sprintf("bench entry %d", i))))); err != nil {
+					fail("await: %v", err)
+				}
+				mine = append(mine, time.Since(t))
+			}
+			results <- mine
+		}(w)
+	}
+	var latencies []time.Duration
+	for w := 0; w < writers; w++ {
+		latencies = append(latencies, <-results...)
 	}
 	elapsed := time.Since(start)
 	if err := shutdown(ctx); err != nil {
