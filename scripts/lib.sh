@@ -72,20 +72,13 @@ ensure_moto() {
   export CUSTODIAN_PYTHON="$venv/bin/python"
 }
 
-# Go and golang.org/x/mod (sumdb/note, sumdb/tlog) from Debian: the interoperability test checks
-# Custodian's checkpoints and proofs with Go's reference implementation.
+# The Go peers of the interoperability tests, from the Go module proxy (tests/interop/go/go.mod
+# pins them; go.sum checks them): golang.org/x/mod's sumdb/note and sumdb/tlog (the reference
+# Tessera, the Go checksum database and witnesses build on), Tessera v1.0.4 (its client, policy
+# evaluation and POSIX log), the C2SP formats' cosignature verifier, and litewitness from
+# filippo.io/torchwood v0.6.1. They need a Go newer than Debian's, which this machine has in
+# /usr/local/go. Go's own caches make later builds a few seconds.
 ensure_go_interop() {
-  ensure_debian_packages "Go's sumdb/note and sumdb/tlog for the interoperability test" \
-    golang-go golang-golang-x-mod-dev
-  export CUSTODIAN_GO=/usr/bin/go CUSTODIAN_GOPATH=/usr/share/gocode
-}
-
-# The peers of the witness tests, from the Go module proxy (tests/interop/witness/go.mod pins
-# them; go.sum checks them): Tessera v1.0.4 (its client, policy evaluation and POSIX log), the
-# C2SP formats' cosignature verifier, and litewitness from filippo.io/torchwood v0.6.1. They need
-# a Go newer than Debian's, which this machine has in /usr/local/go. Built once into the cache;
-# Go's own caches make later runs a few seconds.
-ensure_go_modules() {
   local go=""
   for candidate in /usr/local/go/bin/go "$(command -v go || true)"; do
     if [ -x "$candidate" ] && "$candidate" version | grep -qE 'go1\.(2[4-9]|[3-9][0-9])'; then
@@ -93,14 +86,13 @@ ensure_go_modules() {
     fi
   done
   if [ -z "$go" ]; then
-    echo "error: the witness interoperability tests need Go 1.24 or newer (found: $(go version 2>/dev/null || echo none))" >&2
+    echo "error: the interoperability tests need Go 1.24 or newer (found: $(go version 2>/dev/null || echo none))" >&2
     exit 1
   fi
   local bin="$CUSTODIAN_CACHE/go-bin"
   mkdir -p "$bin"
-  say "building the Go interoperability peers (Tessera, litewitness) from the module proxy"
-  (cd tests/interop/witness && "$go" build -o "$bin/custodian-interop" . \
-    && "$go" build -o "$bin/" filippo.io/torchwood/cmd/litewitness)
+  say "building the Go interoperability peers (x/mod, Tessera, litewitness) from the module proxy"
+  (cd tests/interop/go && "$go" build -o "$bin/" ./cmd/... filippo.io/torchwood/cmd/litewitness)
   export CUSTODIAN_GO_BIN="$bin"
 }
 

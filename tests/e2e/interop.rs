@@ -1,6 +1,6 @@
 //! Custodian's checkpoints, receipts and proofs checked by Go's `golang.org/x/mod/sumdb/note` and
-//! `sumdb/tlog` (Debian's golang-golang-x-mod-dev, installed by scripts/test): an implementation
-//! nobody on this project wrote.
+//! `sumdb/tlog` (the module proxy's release, built by scripts/test into tests/interop/go's
+//! `sumdb-verify`): an implementation nobody on this project wrote.
 
 use std::process::Command;
 
@@ -12,8 +12,6 @@ use custodian_testkit::Daemon;
 
 #[tokio::test]
 async fn go_sumdb_note_and_tlog_verify_our_checkpoints_receipts_and_proofs() {
-    let go = std::env::var("CUSTODIAN_GO").unwrap_or_else(|_| "go".into());
-    let gopath = std::env::var("CUSTODIAN_GOPATH").unwrap_or_else(|_| "/usr/share/gocode".into());
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start_with(
         &dir.path().join("data"),
@@ -83,22 +81,11 @@ async fn go_sumdb_note_and_tlog_verify_our_checkpoints_receipts_and_proofs() {
         .collect();
     std::fs::write(out.join("consistency"), lines.join("\n")).unwrap();
 
-    let program = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/interop/verify.go");
     let run = |dir: &std::path::Path| {
-        Command::new(&go)
-            .args(["run", program])
+        Command::new(crate::go_bin("sumdb-verify"))
             .arg(dir)
-            .env("GOPATH", &gopath)
-            .env("GO111MODULE", "off")
-            .env("GOFLAGS", "")
-            .env("GOCACHE", dir.join("gocache"))
             .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run {go:?}: {e}. scripts/test installs golang-go and \
-                     golang-golang-x-mod-dev; CUSTODIAN_GO names another go binary"
-                )
-            })
+            .expect("run sumdb-verify (tests/interop/go, built by scripts/test)")
     };
     let result = run(&out);
     assert!(

@@ -22,6 +22,23 @@ mod witness_interop;
 
 use bytes::Bytes;
 
+/// A Go interoperability peer (tests/interop/go, or litewitness) that scripts/lib.sh
+/// `ensure_go_interop` built from the Go module proxy into CUSTODIAN_GO_BIN.
+pub fn go_bin(name: &str) -> std::path::PathBuf {
+    let dir = std::env::var_os("CUSTODIAN_GO_BIN").unwrap_or_else(|| {
+        panic!(
+            "CUSTODIAN_GO_BIN is not set: run the tests through scripts/test, which builds the Go peers"
+        )
+    });
+    let path = std::path::Path::new(&dir).join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test",
+        path.display()
+    );
+    path
+}
+
 /// Deterministic, incompressible test bytes.
 pub fn pattern(seed: u64, len: usize) -> Bytes {
     custodian_storage::conformance::pattern(seed, len)

@@ -165,19 +165,12 @@ async fn go_reads_the_ledger_through_its_tiles_and_tiles_never_change() {
         records.push(format!("{index} {}", STANDARD.encode(&entry.encoded)));
     }
     std::fs::write(out.join("records"), records.join("\n")).expect("write");
-    let go = std::env::var("CUSTODIAN_GO").unwrap_or_else(|_| "go".into());
-    let gopath = std::env::var("CUSTODIAN_GOPATH").unwrap_or_else(|_| "/usr/share/gocode".into());
-    let program = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/interop/tiles.go");
     let run = || {
-        Command::new(&go)
-            .args(["run", program, &daemon.rest])
+        Command::new(crate::go_bin("tiles-check"))
+            .arg(&daemon.rest)
             .arg(&out)
-            .env("GOPATH", &gopath)
-            .env("GO111MODULE", "off")
-            .env("GOFLAGS", "")
-            .env("GOCACHE", out.join("gocache"))
             .output()
-            .expect("run go (scripts/test installs golang-go and golang-golang-x-mod-dev)")
+            .expect("run tiles-check (tests/interop/go, built by scripts/test)")
     };
     let result = run();
     let stdout = String::from_utf8_lossy(&result.stdout);

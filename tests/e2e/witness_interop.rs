@@ -1,10 +1,10 @@
 //! Witnessing with peers nobody here wrote, from the Go module proxy (scripts/lib.sh
-//! `ensure_go_modules` builds them): litewitness (filippo.io/torchwood) cosigns our log, and
+//! `ensure_go_interop` builds them): litewitness (filippo.io/torchwood) cosigns our log, and
 //! Tessera's client and policy evaluation read and accept the result; our witness cosigns a
 //! Tessera POSIX log, which Tessera checks with the C2SP formats' cosignature verifier and our
 //! monitor follows through its tiles.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,21 +14,8 @@ use custodian_core::note::{KeyType, Note, VerifierKey, typed_key_id};
 use custodian_core::witness::WitnessPolicy;
 use custodian_testkit::{Daemon, WitnessProcess, write_log_key};
 
+use crate::go_bin;
 use crate::ledger::{TOKEN, append, client};
-
-/// A Go peer built by scripts/lib.sh.
-fn go_bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("CUSTODIAN_GO_BIN").unwrap_or_else(|| {
-        panic!("CUSTODIAN_GO_BIN is not set: run the tests through scripts/test, which builds the Go peers")
-    });
-    let path = Path::new(&dir).join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/test",
-        path.display()
-    );
-    path
-}
 
 /// A child process killed when the test ends, however it ends.
 struct Killed(Child);

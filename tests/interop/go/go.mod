@@ -1,4 +1,4 @@
-module custodian.test/interop/witness
+module custodian.test/interop
 
 go 1.26.0
 

@@ -2,7 +2,7 @@
 // nobody on this project wrote, and the reference that Tessera, the Go checksum database and
 // witnesses build on. Run by tests/e2e/interop.rs as
 //
-//	go run verify.go DIR
+//	sumdb-verify DIR
 //
 // where DIR holds: vkey (the log's verifier key), receipt.json (a Custodian receipt),
 // old.checkpoint and new.checkpoint (signed checkpoints) and consistency (the consistency proof

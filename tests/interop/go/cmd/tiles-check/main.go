@@ -1,7 +1,7 @@
 // Reads Custodian's ledger as a C2SP tlog-tiles log with Go's golang.org/x/mod/sumdb/tlog and
 // sumdb/note: code nobody on this project wrote. Run by tests/e2e/tiles.rs as
 //
-//	go run tiles.go BASE DIR
+//	tiles-check BASE DIR
 //
 // where BASE is the daemon's REST address (tiles under BASE/log/) and DIR holds: vkey (the log's
 // verifier key), old.checkpoint (a signed checkpoint saved earlier) and records (one line per
