@@ -26,22 +26,29 @@ custodian() { "$custodian" "$@"; }
 fail() { echo "walkthrough: $*" >&2; exit 1; }
 
 daemon=
-stop() { [ -n "$daemon" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null; true; }
+witness=
+stop_daemon() { [ -n "$daemon" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null; daemon=; true; }
+stop() { stop_daemon; [ -n "$witness" ] && kill "$witness" 2>/dev/null && wait "$witness" 2>/dev/null; true; }
 trap stop EXIT
 
+# Starts the daemon on free loopback ports with extra flags and points the clients at it.
+start_daemon() {
+  "$custodian" serve --init --data-dir registry --listen 127.0.0.1:0 --rest-listen 127.0.0.1:0 \
+    --log warn "$@" >serve.out 2>serve.log &
+  daemon=$!
+  for _ in $(seq 1 200); do
+    grep -q 'rest listening' serve.out 2>/dev/null && break
+    kill -0 "$daemon" 2>/dev/null || { cat serve.log >&2; fail "the daemon did not start"; }
+    sleep 0.05
+  done
+  cat serve.out
+  export CUSTODIAN_SERVER="http://$(sed -n 's/^custodian listening on //p' serve.out)"
+  rest="http://$(sed -n 's/^custodian rest listening on //p' serve.out)"
+  export CUSTODIAN_REST="$rest"
+}
+
 step "custodian serve --init --data-dir registry &"
-"$custodian" serve --init --data-dir registry --listen 127.0.0.1:0 --rest-listen 127.0.0.1:0 \
-  --log warn >serve.out 2>serve.log &
-daemon=$!
-for _ in $(seq 1 200); do
-  grep -q 'rest listening' serve.out 2>/dev/null && break
-  kill -0 "$daemon" 2>/dev/null || { cat serve.log >&2; fail "the daemon did not start"; }
-  sleep 0.05
-done
-cat serve.out
-export CUSTODIAN_SERVER="http://$(sed -n 's/^custodian listening on //p' serve.out)"
-rest="http://$(sed -n 's/^custodian rest listening on //p' serve.out)"
-export CUSTODIAN_REST="$rest"
+start_daemon
 
 step "export CUSTODIAN_TOKEN=\$(custodian token create --data-dir registry --name me --scope admin --namespace '*' --secret-only)"
 CUSTODIAN_TOKEN=$(custodian token create --data-dir registry --name me --scope admin --namespace '*' --secret-only)
@@ -129,6 +136,38 @@ custodian log consistency --from saved.checkpoint --key log.vkey --update
 step "custodian log export audit && custodian audit audit --key log.vkey     # offline"
 custodian log export audit
 CUSTODIAN_SERVER=http://127.0.0.1:9 custodian audit audit --key log.vkey
+# An independent witness, and the daemon publishing only the checkpoints it cosigned.
+step "custodian witness keygen keys/witness --name witness.example"
+custodian witness keygen keys/witness --name witness.example
+echo "log $(cat log.vkey)" >witness.logs
+step "custodian witness serve --key keys/witness.key --logs witness.logs --state witness-state &"
+"$custodian" witness serve --key keys/witness.key --logs witness.logs --state witness-state \
+  --listen 127.0.0.1:0 --log warn >witness.out 2>witness.log &
+witness=$!
+for _ in $(seq 1 200); do
+  grep -q 'witness listening' witness.out 2>/dev/null && break
+  kill -0 "$witness" 2>/dev/null || { cat witness.log >&2; fail "the witness did not start"; }
+  sleep 0.05
+done
+cat witness.out
+printf 'witness w %s http://%s\nquorum w\n' "$(cat keys/witness.pub)" \
+  "$(sed -n 's/^custodian witness listening on //p' witness.out)" >witnesses.policy
+step "custodian serve --data-dir registry --witness-policy witnesses.policy &   # restarted"
+stop_daemon
+start_daemon --witness-policy witnesses.policy
+step "custodian log receipt 0 -o pub.receipt.json     # now with the witness's cosignature"
+# The first cosigned checkpoint is published a moment after the start.
+for _ in $(seq 1 100); do
+  custodian log receipt 0 -o pub.receipt.json 2>/dev/null && break
+  sleep 0.1
+done
+grep -q 'witness.example' pub.receipt.json || fail "the receipt carries no cosignature"
+step "custodian log verify-receipt pub.receipt.json --key log.vkey --witness-policy witnesses.policy"
+CUSTODIAN_SERVER=http://127.0.0.1:9 custodian log verify-receipt pub.receipt.json --key log.vkey \
+  --witness-policy witnesses.policy
+step "custodian log monitor --log $rest/log --key log.vkey --state monitor.state --witness-policy witnesses.policy"
+custodian log monitor --log "$rest/log" --key log.vkey --state monitor.state --witness-policy witnesses.policy
+
 # grpcurl is not packaged for Debian; Python's grpcio-reflection is the reflection client here.
 python=${CUSTODIAN_PYTHON:-python3}
 step "python3 examples/walkthrough/reflection.py ${CUSTODIAN_SERVER#http://}   # gRPC reflection"
