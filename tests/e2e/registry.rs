@@ -1162,6 +1162,15 @@ async fn private_content_answers_exactly_like_absent_content() {
             "the denial names the package: {}",
             status.message()
         );
+        // Nor is its tlog-tiles entry bundle, which would carry the entry's bytes to anyone
+        // (tiles of hashes stay public: they reveal nothing).
+        let (code, body) = curl(&[&format!("{}/log/tile/entries/000.p/1", daemon.rest)]);
+        assert_eq!(code, 404, "{who}");
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            body.contains("private package") && !body.contains("acme"),
+            "{body}"
+        );
 
         // REST, by name and by digest.
         let auth = token.map(bearer);

@@ -105,6 +105,17 @@ async fn go_reads_the_ledger_through_its_tiles_and_tiles_never_change() {
         .expect("entry")
         .into_inner();
     assert_eq!(&partial[32..64], &entry.leaf_hash[..]);
+    // Entry bundles: each entry length-prefixed, in order, the very bytes GetEntry returns.
+    let bundle = tile(&daemon.rest, "entries/001.p/44").await;
+    let entries = custodian_core::tiles::EntryBundle::decode(&bundle, 44).expect("a bundle of 44");
+    assert_eq!(entries[1], &entry.encoded[..]);
+    let full_bundle = tile(&daemon.rest, "entries/000").await;
+    assert_eq!(
+        custodian_core::tiles::EntryBundle::decode(&full_bundle, 256)
+            .expect("a bundle of 256")
+            .len(),
+        256
+    );
 
     for i in 300..600 {
         append(&mut log, i).await.expect("append");
@@ -118,6 +129,12 @@ async fn go_reads_the_ledger_through_its_tiles_and_tiles_never_change() {
     assert_eq!(tile(&daemon.rest, "0/001.p/44").await, partial);
     assert!(tile(&daemon.rest, "0/001").await.starts_with(&partial));
     assert_eq!(tile(&daemon.rest, "0/002.p/88").await.len(), 88 * 32);
+    assert!(
+        tile(&daemon.rest, "entries/000").await == full_bundle,
+        "a full bundle changed"
+    );
+    assert_eq!(tile(&daemon.rest, "entries/001.p/44").await, bundle);
+    assert!(tile(&daemon.rest, "entries/001").await.starts_with(&bundle));
 
     // Beyond the log: 404 naming the size. Malformed: 400 naming the rule. Never 5xx.
     for (path, want) in [
@@ -125,7 +142,10 @@ async fn go_reads_the_ledger_through_its_tiles_and_tiles_never_change() {
         ("0/002.p/89", 404),
         ("2/000.p/1", 404),
         ("7/x018/x446/x744/x073/x709/x551/615", 404),
-        ("entries/000", 404),
+        ("entries/003", 404),
+        ("entries/002.p/89", 404),
+        ("entries/1", 400),
+        ("entries/000.p/256", 400),
         ("0/1", 400),
         ("0/x000/001", 400),
         ("64/000", 400),
@@ -140,7 +160,7 @@ async fn go_reads_the_ledger_through_its_tiles_and_tiles_never_change() {
         let message = error["error"]["message"].as_str().unwrap_or_default();
         if want == 400 {
             assert!(message.contains("is not a tile path"), "{path}: {message}");
-        } else if path != "entries/000" {
+        } else {
             assert!(message.contains("beyond the log"), "{path}: {message}");
         }
     }
@@ -195,6 +215,31 @@ async fn go_reads_the_ledger_through_its_tiles_and_tiles_never_change() {
         "{}",
         String::from_utf8_lossy(&result.stderr)
     );
+
+    // An entry longer than a bundle's uint16 length prefix can say keeps its bundle unserved,
+    // with the reason; its hash tile is served as always.
+    let mut request = tonic::Request::new(pb::AppendRequest {
+        kind: "LedgerProbe".into(),
+        payload_cbor: custodian_core::entry::encode_value(&custodian_core::entry::Value::Bytes(
+            vec![7; 70_000],
+        ))
+        .into(),
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", crate::ledger::TOKEN)
+            .parse()
+            .expect("metadata"),
+    );
+    log.append(request).await.expect("a 70 kB entry");
+    let (status, _, body) = get(&format!("{}/log/tile/entries/002.p/89", daemon.rest)).await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("entry 600 cannot be in a public bundle") && body.contains("65535"),
+        "{body}"
+    );
+    assert_eq!(tile(&daemon.rest, "0/002.p/89").await.len(), 89 * 32);
 }
 
 /// `custodian log monitor` over the tiles alone: the first run accepts the log, later runs prove
@@ -237,6 +282,14 @@ async fn the_monitor_follows_growth_and_catches_a_rollback_and_a_fork() {
         "{}",
         text(&out)
     );
+    // Each new entry is read from its bundle, checked against the tiles and printed.
+    assert!(
+        text(&out).contains("  entry 300 LedgerProbe ")
+            && text(&out).contains("  entry 519 LedgerProbe "),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("  entry 299 "), "{}", text(&out));
     let accepted = std::fs::read_to_string(&state).expect("state");
     assert!(accepted.contains("\n520\n"), "{accepted}");
 
@@ -271,6 +324,50 @@ async fn the_monitor_follows_growth_and_catches_a_rollback_and_a_fork() {
         (report["ok"].as_bool(), report["tree_size"].as_u64()),
         (Some(true), Some(520))
     );
+    // Without bundles the entries are not decoded, and the report says which are missing.
+    assert_eq!(report["entries"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        report["bundles_not_served"].as_array().map(Vec::len),
+        Some(3)
+    );
+    // With them, every entry is decoded; an entry altered in its bundle is caught by index.
+    for path in [
+        "tile/entries/000",
+        "tile/entries/001",
+        "tile/entries/002.p/8",
+    ] {
+        let bytes = tile(&daemon.rest, &path["tile/".len()..]).await;
+        let file = mirror.join(path);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::write(file, bytes).expect("write");
+    }
+    let monitor_mirror = |state: &str| {
+        Command::new(custodian_testkit::binary())
+            .args(["log", "monitor", "--json", "--log"])
+            .arg(format!("file://{}", mirror.display()))
+            .arg("--key")
+            .arg(&key)
+            .arg("--state")
+            .arg(dir.path().join(state))
+            .output()
+            .expect("run custodian log monitor")
+    };
+    let out = monitor_mirror("mirror2.state");
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["entries"].as_array().map(Vec::len), Some(520));
+    assert_eq!(report["entries"][257]["kind"], "LedgerProbe");
+    let mut altered = std::fs::read(mirror.join("tile/entries/001")).expect("bundle");
+    altered[12] ^= 1;
+    std::fs::write(mirror.join("tile/entries/001"), altered).expect("write");
+    let out = monitor_mirror("mirror3.state");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("entry 256 in tile/entries/001 hashes to"),
+        "{}",
+        text(&out)
+    );
+    assert!(!dir.path().join("mirror3.state").exists());
 
     // `log mirror` copies the log into a directory, checked; the copy monitors the same.
     let copy = dir.path().join("copy");
@@ -392,7 +489,13 @@ async fn tiles_mirrored_to_a_directory_serve_the_log_with_the_daemon_stopped() {
         append(&mut log, i).await.expect("append");
     }
     wait_for_checkpoint(&bucket, 300);
-    for path in ["0/000", "0/001.p/44", "1/000.p/1"] {
+    for path in [
+        "0/000",
+        "0/001.p/44",
+        "1/000.p/1",
+        "entries/000",
+        "entries/001.p/44",
+    ] {
         let mirrored = std::fs::read(bucket.join("tile").join(path)).expect("mirrored tile");
         assert!(tile(&daemon.rest, path).await == mirrored, "{path} differs");
     }
@@ -416,6 +519,13 @@ async fn tiles_mirrored_to_a_directory_serve_the_log_with_the_daemon_stopped() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // The new entries came from the bucket's bundles, with the daemon stopped.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("  entry 300 LedgerProbe") && stdout.contains("  entry 519 LedgerProbe"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("not decoded"), "{stdout}");
 
     // Restarted, the daemon resumes from the directory's checkpoint.
     daemon.restart_after_kill9();

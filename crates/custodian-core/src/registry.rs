@@ -325,6 +325,27 @@ pub fn private_package(entry: &Entry) -> Option<String> {
     }
 }
 
+/// Why an entry cannot go into a public tlog-tiles entry bundle, if it cannot: it is about a
+/// private package (readable only with a grant), or longer than a bundle's uint16 length prefix
+/// can say. An entry that does not decode is published as it is: the bundle only carries bytes.
+pub fn bundle_refusal(entry_bytes: &[u8]) -> Option<String> {
+    if entry_bytes.len() > crate::tiles::MAX_BUNDLE_ENTRY {
+        return Some(format!(
+            "it is {} bytes, over the {} a tlog-tiles entry bundle can hold",
+            entry_bytes.len(),
+            crate::tiles::MAX_BUNDLE_ENTRY
+        ));
+    }
+    let service =
+        crate::entry::peek_kind(entry_bytes).is_some_and(crate::entry::EntryKind::is_service_name);
+    if !service {
+        return None;
+    }
+    let entry = Entry::decode(entry_bytes).ok()?;
+    private_package(&entry)
+        .map(|_| "it is about a private package, readable only with a grant".into())
+}
+
 impl From<EventError> for EntryError {
     fn from(err: EventError) -> Self {
         EntryError::Field {

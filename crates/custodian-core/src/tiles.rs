@@ -56,18 +56,7 @@ impl Tile {
 
     /// The tile's path, `tile/<L>/<N>[.p/<W>]`.
     pub fn path(&self) -> String {
-        let mut n = self.index;
-        let mut digits = format!("{:03}", n % 1000);
-        while n >= 1000 {
-            n /= 1000;
-            digits = format!("x{:03}/{digits}", n % 1000);
-        }
-        let partial = if self.is_full() {
-            String::new()
-        } else {
-            format!(".p/{}", self.width)
-        };
-        format!("tile/{}/{digits}{partial}", self.level)
+        format!("tile/{}/{}", self.level, index_path(self.index, self.width))
     }
 
     /// Parses a canonical tile path (relative to the log's prefix).
@@ -83,41 +72,10 @@ impl Tile {
         let level = parse_decimal(level)
             .filter(|&l| l <= 63)
             .ok_or(bad("the level must be a number from 0 to 63"))? as u8;
-        let (index, width) = match rest.split_once(".p/") {
-            Some((index, width)) => {
-                let width = parse_decimal(width)
-                    .filter(|w| (1..u64::from(TILE_WIDTH)).contains(w))
-                    .ok_or(bad("a partial width must be a number from 1 to 255"))?;
-                (index, width as u16)
-            }
-            None => (rest, TILE_WIDTH),
-        };
-        let groups: Vec<&str> = index.split('/').collect();
-        let mut n: u64 = 0;
-        for (i, group) in groups.iter().enumerate() {
-            let last = i + 1 == groups.len();
-            let digits = if last {
-                *group
-            } else {
-                group
-                    .strip_prefix('x')
-                    .ok_or(bad("every index group but the last starts with x"))?
-            };
-            if digits.len() != 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad("an index group is exactly three digits"));
-            }
-            if i == 0 && !last && digits == "000" {
-                return Err(bad("the index has a leading zero group"));
-            }
-            let value: u64 = digits.parse().map_err(|_| bad("bad index digits"))?;
-            n = n
-                .checked_mul(1000)
-                .and_then(|n| n.checked_add(value))
-                .ok_or(bad("the index is too large"))?;
-        }
+        let (index, width) = parse_index_path(rest).map_err(bad)?;
         Ok(Tile {
             level,
-            index: n,
+            index,
             width,
         })
     }
@@ -230,6 +188,150 @@ impl<F: Fn(&Tile) -> Result<Vec<u8>, String>> HashReader for TileHashes<F> {
     fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, ProofError> {
         indexes.iter().map(|&index| self.hash(index)).collect()
     }
+}
+
+/// `<N>[.p/<W>]` with `N` in three-digit groups, all but the last prefixed with `x`.
+fn index_path(index: u64, width: u16) -> String {
+    let mut n = index;
+    let mut digits = format!("{:03}", n % 1000);
+    while n >= 1000 {
+        n /= 1000;
+        digits = format!("x{:03}/{digits}", n % 1000);
+    }
+    if width == TILE_WIDTH {
+        digits
+    } else {
+        format!("{digits}.p/{width}")
+    }
+}
+
+/// Parses `<N>[.p/<W>]` in canonical form; the error says which rule it breaks.
+fn parse_index_path(rest: &str) -> Result<(u64, u16), &'static str> {
+    let (index, width) = match rest.split_once(".p/") {
+        Some((index, width)) => {
+            let width = parse_decimal(width)
+                .filter(|w| (1..u64::from(TILE_WIDTH)).contains(w))
+                .ok_or("a partial width must be a number from 1 to 255")?;
+            (index, width as u16)
+        }
+        None => (rest, TILE_WIDTH),
+    };
+    let groups: Vec<&str> = index.split('/').collect();
+    let mut n: u64 = 0;
+    for (i, group) in groups.iter().enumerate() {
+        let last = i + 1 == groups.len();
+        let digits = if last {
+            *group
+        } else {
+            group
+                .strip_prefix('x')
+                .ok_or("every index group but the last starts with x")?
+        };
+        if digits.len() != 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("an index group is exactly three digits");
+        }
+        if i == 0 && !last && digits == "000" {
+            return Err("the index has a leading zero group");
+        }
+        let value: u64 = digits.parse().map_err(|_| "bad index digits")?;
+        n = n
+            .checked_mul(1000)
+            .and_then(|n| n.checked_add(value))
+            .ok_or("the index is too large")?;
+    }
+    Ok((n, width))
+}
+
+/// The longest entry a bundle can hold: tlog-tiles prefixes each with a big-endian uint16.
+pub const MAX_BUNDLE_ENTRY: usize = u16::MAX as usize;
+
+/// An entry bundle (`tile/entries/<N>[.p/<W>]`): entries `256·N` to `256·N + W − 1`, each as a
+/// big-endian uint16 length and the entry's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EntryBundle {
+    /// The bundle's index.
+    pub index: u64,
+    /// How many entries it holds, 1 to 256.
+    pub width: u16,
+}
+
+impl EntryBundle {
+    /// The bundle's path, `tile/entries/<N>[.p/<W>]`.
+    pub fn path(&self) -> String {
+        format!("tile/entries/{}", index_path(self.index, self.width))
+    }
+
+    /// Parses a canonical bundle path (relative to the log's prefix).
+    pub fn parse(path: &str) -> Result<EntryBundle, TileError> {
+        let bad = |reason| TileError::BadPath {
+            path: path.to_string(),
+            reason,
+        };
+        let rest = path
+            .strip_prefix("tile/entries/")
+            .ok_or(bad("an entry bundle path starts with tile/entries/"))?;
+        let (index, width) = parse_index_path(rest).map_err(bad)?;
+        Ok(EntryBundle { index, width })
+    }
+
+    /// The index of its first entry (`None` beyond 64-bit entry numbers).
+    pub fn first(&self) -> Option<u64> {
+        self.index.checked_mul(u64::from(TILE_WIDTH))
+    }
+
+    /// The bundle of `width` entries starting at `256·index`, as bytes. An entry longer than
+    /// [`MAX_BUNDLE_ENTRY`] cannot be written; its position in `entries` is returned.
+    pub fn encode<E: AsRef<[u8]>>(entries: &[E]) -> Result<Vec<u8>, (usize, usize)> {
+        let mut out = Vec::with_capacity(entries.iter().map(|e| e.as_ref().len() + 2).sum());
+        for (at, entry) in entries.iter().enumerate() {
+            let entry = entry.as_ref();
+            let len = u16::try_from(entry.len()).map_err(|_| (at, entry.len()))?;
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(entry);
+        }
+        Ok(out)
+    }
+
+    /// Splits bundle bytes into exactly `width` entries; anything else is an error.
+    pub fn decode(bytes: &[u8], width: u16) -> Result<Vec<&[u8]>, String> {
+        let mut out = Vec::with_capacity(usize::from(width));
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let Some((len, tail)) = rest.split_first_chunk::<2>() else {
+                return Err(format!("entry {} has a cut-off length prefix", out.len()));
+            };
+            let len = usize::from(u16::from_be_bytes(*len));
+            if tail.len() < len {
+                return Err(format!(
+                    "entry {} says {len} bytes, {} remain",
+                    out.len(),
+                    tail.len()
+                ));
+            }
+            out.push(&tail[..len]);
+            rest = &tail[len..];
+        }
+        if out.len() != usize::from(width) {
+            return Err(format!(
+                "the bundle holds {} entries, its width is {width}",
+                out.len()
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// The entry bundles a log growing from `from` to `to` entries adds or widens, at their widths
+/// at `to` (the bundles of level-0 tiles, one for one).
+pub fn changed_bundles(from: u64, to: u64) -> Vec<EntryBundle> {
+    changed_tiles(from, to)
+        .into_iter()
+        .filter(|t| t.level == 0)
+        .map(|t| EntryBundle {
+            index: t.index,
+            width: t.width,
+        })
+        .collect()
 }
 
 /// The tiles a log growing from `from` to `to` entries adds or widens, at their widths at `to`.

@@ -113,3 +113,54 @@ fn our_tile_paths_and_hash_selection_reproduce_tesseras_tiles() {
         assert_eq!(published, ours, "{}", tile.path());
     }
 }
+
+/// Tessera's entry bundles, `tile/entries/000.p/<W>` for every width 1 to 15 it wrote: our path
+/// names each, our encoding of the first `W` leaves reproduces it byte for byte, and our decoding
+/// gives the leaves back (and refuses a wrong width or a cut-off bundle).
+#[test]
+fn our_entry_bundles_reproduce_tesseras_bundles() {
+    use custodian_core::tiles::EntryBundle;
+    for width in 1..=15u16 {
+        let bundle = EntryBundle { index: 0, width };
+        let path = bundle.path();
+        assert_eq!(path, format!("tile/entries/000.p/{width}"));
+        assert_eq!(EntryBundle::parse(&path).expect("parse"), bundle);
+        let published = match std::fs::read(dir().join(&path)) {
+            Ok(bytes) => bytes,
+            // Tessera wrote bundles only at the sizes it published checkpoints for.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("{path}: {e}"),
+        };
+        let leaves: Vec<&[u8]> = LEAVES[..usize::from(width)]
+            .iter()
+            .map(|l| l.as_bytes())
+            .collect();
+        assert_eq!(
+            EntryBundle::encode(&leaves).expect("encode"),
+            published,
+            "{path}"
+        );
+        assert_eq!(
+            EntryBundle::decode(&published, width).expect("decode"),
+            leaves
+        );
+        assert!(EntryBundle::decode(&published, width + 1).is_err());
+        assert!(EntryBundle::decode(&published[..published.len() - 1], width).is_err());
+    }
+    assert_eq!(
+        EntryBundle {
+            index: 1_234_067,
+            width: 256
+        }
+        .path(),
+        "tile/entries/x001/x234/067"
+    );
+    assert!(EntryBundle::parse("tile/entries/1").is_err());
+    assert!(EntryBundle::parse("tile/0/000").is_err());
+    assert!(EntryBundle::parse("tile/entries/000.p/256").is_err());
+    let long = vec![0u8; 70_000];
+    assert_eq!(
+        EntryBundle::encode(&[&b"a"[..], &long[..]]),
+        Err((1, 70_000))
+    );
+}

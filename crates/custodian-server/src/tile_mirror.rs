@@ -13,12 +13,71 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use custodian_core::checkpoint::Checkpoint;
-use custodian_core::tiles::changed_tiles;
+use custodian_core::tiles::{EntryBundle, changed_bundles, changed_tiles};
+use custodian_storage::LedgerError;
 use custodian_storage::ledger::Ledger;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 
 use crate::error::ServerError;
+
+/// Why an entry bundle is not served.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// The bundle reaches past the log's end.
+    #[error("{path} is beyond the log: it has {size} entries")]
+    Beyond {
+        /// The bundle's path.
+        path: String,
+        /// The log's size.
+        size: u64,
+    },
+    /// An entry in it may not be published in a bundle.
+    #[error(
+        "{path} is not served: entry {index} cannot be in a public bundle ({reason}); read it with GetEntries"
+    )]
+    Refused {
+        /// The bundle's path.
+        path: String,
+        /// The entry's index.
+        index: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// Reads an entry bundle of the ledger: every entry in it, length-prefixed, as tlog-tiles
+/// writes them; refused whole when any entry is private or too long for the format. Blocking.
+pub fn read_bundle(ledger: &Ledger, bundle: &EntryBundle) -> Result<Vec<u8>, BundleError> {
+    let size = ledger.latest().size;
+    let path = bundle.path();
+    let first = bundle.first().ok_or(BundleError::Beyond {
+        path: path.clone(),
+        size,
+    })?;
+    let end = first.saturating_add(u64::from(bundle.width));
+    if end > size {
+        return Err(BundleError::Beyond { path, size });
+    }
+    let entries = ledger.entries(first, end)?;
+    for (at, entry) in entries.iter().enumerate() {
+        if let Some(reason) = custodian_core::registry::bundle_refusal(entry) {
+            return Err(BundleError::Refused {
+                path,
+                index: first + at as u64,
+                reason,
+            });
+        }
+    }
+    EntryBundle::encode(&entries).map_err(|(at, len)| BundleError::Refused {
+        path,
+        index: first + at as u64,
+        reason: format!("it is {len} bytes"),
+    })
+}
 
 /// How often the mirror looks for growth.
 const POLL: Duration = Duration::from_millis(100);
@@ -33,6 +92,8 @@ pub struct TileMirror {
     /// The checkpoint note this process last wrote (a checkpoint of the same size may come back
     /// with more cosignatures).
     written: Option<String>,
+    /// Whether a refused bundle has been reported already (once is enough).
+    refused_bundles: bool,
 }
 
 fn key(prefix: &Path, name: &str) -> Path {
@@ -79,6 +140,7 @@ impl TileMirror {
             ledger,
             published,
             written: None,
+            refused_bundles: false,
         })
     }
 
@@ -117,6 +179,35 @@ impl TileMirror {
             custodian_object::put_immutable(self.store.as_ref(), &location, bytes)
                 .await
                 .map_err(|e| format!("{location}: {e}"))?;
+        }
+        // Entry bundles the daemon would serve; one it refuses (a private or oversize entry)
+        // is left out of the bucket too, and said so once.
+        let bundles = changed_bundles(from, to);
+        let ledger = self.ledger.clone();
+        let contents = tokio::task::spawn_blocking(move || {
+            bundles
+                .into_iter()
+                .map(|bundle| (bundle, read_bundle(&ledger, &bundle)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        for (bundle, bytes) in contents {
+            match bytes {
+                Ok(bytes) => {
+                    let location = key(&self.prefix, &bundle.path());
+                    custodian_object::put_immutable(self.store.as_ref(), &location, bytes)
+                        .await
+                        .map_err(|e| format!("{location}: {e}"))?;
+                }
+                Err(err @ BundleError::Refused { .. }) => {
+                    if !self.refused_bundles {
+                        tracing::warn!(error = %err, "an entry bundle is left out of the tile mirror");
+                        self.refused_bundles = true;
+                    }
+                }
+                Err(err) => return Err(err.to_string()),
+            }
         }
         self.store
             .put(

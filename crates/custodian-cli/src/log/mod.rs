@@ -175,9 +175,13 @@ checkpoint once it is proven consistent, so running this periodically witnesses 
 tlog-tiles only: a daemon's REST port (http://HOST:7312/log), or a mirror of the same files \
 (file:///DIR), or the bucket `serve --tiles-to` writes (s3://BUCKET/PREFIX). Verifies the latest checkpoint's signature with the key, recomputes its root \
 from the tiles, and proves it consistent with the checkpoint accepted on the previous run, kept \
-in --state (RFC 9162 §2.1.4.2). The first run accepts the log as it is and saves it. Exits 1, \
-naming the sizes, if the log shrank, forked or rewrote history; the state is then left as it \
-was. Decoding new entries needs tlog-tiles entry bundles, which the daemon does not serve yet."
+in --state (RFC 9162 §2.1.4.2). The first run accepts the log as it is and saves it. Then \
+every new entry is read from its entry bundle, its leaf hash checked against the tiles, and \
+printed (--json: an `entries` array; bundles the log does not serve, such as those holding a \
+private entry, are listed in `bundles_not_served`). With --witness-policy a checkpoint without \
+the policy's quorum of witness cosignatures is refused. Exits 1 naming the sizes, or the first \
+entry that does not match, if the log shrank, forked or rewrote history; the state is then left \
+as it was."
     )]
     Monitor {
         /// The log's tile prefix: http(s)://HOST:PORT/log, file:///DIR, or the bucket `serve

@@ -7,7 +7,8 @@
 //! - `POST /wrappers/{id}/versions/{vid}/data-pack/hosted` — upload hosted bytes (multipart)
 //! - `GET  /wrappers/{id}/versions/{vid}/data-pack/download` — fetch hosted bytes (`Range` too)
 //! - `GET  /blobs/{digest}` — any readable blob by digest (`Range` too)
-//! - `GET  /log/checkpoint`, `GET /log/tile/<L>/<N>[.p/<W>]` — the ledger as C2SP tlog-tiles
+//! - `GET  /log/checkpoint`, `GET /log/tile/<L>/<N>[.p/<W>]`, `GET /log/tile/entries/<N>[.p/<W>]`
+//!   — the ledger as C2SP tlog-tiles
 //!
 //! A wrapper id is a package name (URL-encode the `/` of a scoped name: `%40acme%2Fbot`), a vid
 //! a version. Errors are JSON `{"error": {"code", "message"}}` with a stable code. The whole API

@@ -5,9 +5,10 @@
 //	custodian-interop keygen ORIGIN
 //	    prints a note signer key and its verifier key, one per line
 //	custodian-interop read-log URL LOG_VKEY POLICY_FILE [OLD_CHECKPOINT_FILE]
-//	    reads a log through Tessera's HTTP client (checkpoint and tiles), requires the policy's
-//	    quorum of cosignatures (Tessera's evaluation), proves inclusion of sampled leaves and
-//	    consistency with OLD_CHECKPOINT_FILE, and prints the checkpoint size
+//	    reads a log through Tessera's HTTP client (checkpoint, tiles and entry bundles), requires
+//	    the policy's quorum of cosignatures (Tessera's evaluation), proves inclusion of sampled
+//	    entries read from their bundles and consistency with OLD_CHECKPOINT_FILE, and prints the
+//	    checkpoint size
 //	custodian-interop tessera-log DIR SIGNER_KEY POLICY_FILE N
 //	    appends N entries to a Tessera POSIX log in DIR that gathers cosignatures per the policy,
 //	    waits for them to be published, checks the published checkpoint's cosignatures and prints
@@ -163,6 +164,15 @@ func readLog(ctx context.Context, logURL, logVKey, policyFile, oldFile string) {
 		}
 		if err := proof.VerifyInclusion(rfc6962.DefaultHasher, index, cp.Size, leaves[0], p, cp.Hash); err != nil {
 			fail("inclusion of %d in %d does not verify: %v", index, cp.Size, err)
+		}
+		// The entry itself, from its bundle through Tessera's client, hashes to that leaf.
+		bundle, err := client.GetEntryBundle(ctx, fetcher.ReadEntryBundle, index/256, cp.Size)
+		if err != nil {
+			fail("entry bundle of %d: %v", index, err)
+		}
+		entry := bundle.Entries[index%256]
+		if got := rfc6962.DefaultHasher.HashLeaf(entry); !bytes.Equal(got, leaves[0]) {
+			fail("entry %d from its bundle hashes to %x, the tiles say %x", index, got, leaves[0])
 		}
 	}
 	if oldFile != "" {
