@@ -489,6 +489,7 @@ async fn tiles_mirrored_to_a_directory_serve_the_log_with_the_daemon_stopped() {
         append(&mut log, i).await.expect("append");
     }
     wait_for_checkpoint(&bucket, 300);
+    let first_checkpoint = std::fs::read(bucket.join("checkpoint")).expect("checkpoint");
     for path in [
         "0/000",
         "0/001.p/44",
@@ -526,6 +527,65 @@ async fn tiles_mirrored_to_a_directory_serve_the_log_with_the_daemon_stopped() {
         "{stdout}"
     );
     assert!(!stdout.contains("not decoded"), "{stdout}");
+    // Go reads the directory served by a plain static file server, the daemon still stopped:
+    // x/mod's TileHashReader, and Tessera's client with its checkpoint, tiles and bundles.
+    let go = dir.path().join("go");
+    std::fs::create_dir_all(&go).expect("mkdir");
+    std::fs::copy(&key, go.join("vkey")).expect("vkey");
+    std::fs::write(go.join("old.checkpoint"), &first_checkpoint).expect("old");
+    let bundle = std::fs::read(bucket.join("tile/entries/000")).expect("bundle");
+    let first_entry =
+        custodian_core::tiles::EntryBundle::decode(&bundle, 256).expect("bundle")[0].to_vec();
+    std::fs::write(
+        go.join("records"),
+        format!("0 {}", STANDARD.encode(&first_entry)),
+    )
+    .expect("records");
+    // tiles-check takes the daemon's REST root and reads BASE/log/…; give it a root whose /log
+    // is the directory.
+    std::fs::create_dir_all(dir.path().join("root")).expect("mkdir");
+    std::os::unix::fs::symlink(&bucket, dir.path().join("root/log")).expect("symlink");
+    let mut server = Command::new(crate::go_bin("custodian-interop"))
+        .arg("serve-dir")
+        .arg(dir.path().join("root"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("static server");
+    let mut address = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().expect("stdout")),
+        &mut address,
+    )
+    .expect("address");
+    let root_url = format!("http://{}", address.trim());
+    let checked = Command::new(crate::go_bin("tiles-check"))
+        .arg(&root_url)
+        .arg(&go)
+        .output()
+        .expect("tiles-check");
+    let policy = dir.path().join("no-witnesses.policy");
+    std::fs::write(&policy, "quorum none\n").expect("policy");
+    let read = Command::new(crate::go_bin("custodian-interop"))
+        .args(["read-log", &format!("{root_url}/log")])
+        .arg(std::fs::read_to_string(&key).expect("vkey").trim())
+        .arg(&policy)
+        .arg(go.join("old.checkpoint"))
+        .output()
+        .expect("read-log");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        checked.status.success(),
+        "x/mod over the static directory: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        read.status.success() && String::from_utf8_lossy(&read.stdout).trim() == "520",
+        "Tessera's client over the static directory: {}{}",
+        String::from_utf8_lossy(&read.stdout),
+        String::from_utf8_lossy(&read.stderr)
+    );
 
     // Restarted, the daemon resumes from the directory's checkpoint.
     daemon.restart_after_kill9();
@@ -639,5 +699,32 @@ async fn tiles_mirrored_to_s3_are_read_from_the_bucket_with_the_daemon_stopped()
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+    // Tessera's client reads the bucket over plain HTTP, as a public bucket behind a CDN is
+    // read: a bucket policy lets anyone get its objects (moto takes it unsigned).
+    let public = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::custodian-tiles/*"}]}"#;
+    let answer = moto
+        .http(&format!(
+            "PUT /custodian-tiles?policy HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{public}",
+            public.len()
+        ))
+        .expect("put the bucket policy");
+    assert!(answer.starts_with("HTTP/1.1 2"), "{answer}");
+    let policy = dir.path().join("no-witnesses.policy");
+    std::fs::write(&policy, "quorum none\n").expect("policy");
+    let read = Command::new(crate::go_bin("custodian-interop"))
+        .args([
+            "read-log",
+            &format!("http://127.0.0.1:{}/custodian-tiles/log", moto.port),
+        ])
+        .arg(std::fs::read_to_string(&key).expect("vkey").trim())
+        .arg(&policy)
+        .output()
+        .expect("read-log");
+    assert!(
+        read.status.success() && String::from_utf8_lossy(&read.stdout).trim() == "300",
+        "Tessera's client over the S3 bucket: {}{}",
+        String::from_utf8_lossy(&read.stdout),
+        String::from_utf8_lossy(&read.stderr)
     );
 }

@@ -140,12 +140,13 @@ func readLog(ctx context.Context, logURL, logVKey, policyFile, oldFile string) {
 	if !group.Satisfied(raw) {
 		fail("Tessera's witness policy is not satisfied by the checkpoint:\n%s", raw)
 	}
-	verifiers := append([]note.Verifier{logV}, witnessVerifiers(policy)...)
+	witnesses := witnessVerifiers(policy)
+	verifiers := append([]note.Verifier{logV}, witnesses...)
 	n, err := note.Open(raw, note.VerifierList(verifiers...))
 	if err != nil {
 		fail("sumdb/note does not open the checkpoint: %v", err)
 	}
-	if len(n.Sigs) < 2 {
+	if len(witnesses) > 0 && len(n.Sigs) < 2 {
 		fail("sumdb/note verified %d signatures; expected the log's and at least one cosignature", len(n.Sigs))
 	}
 	// Inclusion of sampled leaves, with leaf hashes from the level-0 tiles.
