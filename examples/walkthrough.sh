@@ -31,16 +31,22 @@ stop_daemon() { [ -n "$daemon" ] && kill "$daemon" 2>/dev/null && wait "$daemon"
 stop() { stop_daemon; [ -n "$witness" ] && kill "$witness" 2>/dev/null && wait "$witness" 2>/dev/null; true; }
 trap stop EXIT
 
+# Waits until process $1 writes a line matching $3 to $2; shows its log $4 if it dies first.
+wait_for_line() {
+  for _ in $(seq 1 200); do
+    grep -q "$3" "$2" 2>/dev/null && return 0
+    kill -0 "$1" 2>/dev/null || { cat "$4" >&2; fail "$2: the process did not start"; }
+    sleep 0.05
+  done
+  fail "$2: no line matching '$3' after 10 s"
+}
+
 # Starts the daemon on free loopback ports with extra flags and points the clients at it.
 start_daemon() {
   "$custodian" serve --init --data-dir registry --listen 127.0.0.1:0 --rest-listen 127.0.0.1:0 \
     --log warn "$@" >serve.out 2>serve.log &
   daemon=$!
-  for _ in $(seq 1 200); do
-    grep -q 'rest listening' serve.out 2>/dev/null && break
-    kill -0 "$daemon" 2>/dev/null || { cat serve.log >&2; fail "the daemon did not start"; }
-    sleep 0.05
-  done
+  wait_for_line "$daemon" serve.out 'rest listening' serve.log
   cat serve.out
   export CUSTODIAN_SERVER="http://$(sed -n 's/^custodian listening on //p' serve.out)"
   rest="http://$(sed -n 's/^custodian rest listening on //p' serve.out)"
@@ -144,11 +150,7 @@ step "custodian witness serve --key keys/witness.key --logs witness.logs --state
 "$custodian" witness serve --key keys/witness.key --logs witness.logs --state witness-state \
   --listen 127.0.0.1:0 --log warn >witness.out 2>witness.log &
 witness=$!
-for _ in $(seq 1 200); do
-  grep -q 'witness listening' witness.out 2>/dev/null && break
-  kill -0 "$witness" 2>/dev/null || { cat witness.log >&2; fail "the witness did not start"; }
-  sleep 0.05
-done
+wait_for_line "$witness" witness.out 'witness listening' witness.log
 cat witness.out
 printf 'witness w %s http://%s\nquorum w\n' "$(cat keys/witness.pub)" \
   "$(sed -n 's/^custodian witness listening on //p' witness.out)" >witnesses.policy
@@ -165,6 +167,18 @@ grep -q 'witness.example' pub.receipt.json || fail "the receipt carries no cosig
 step "custodian log verify-receipt pub.receipt.json --key log.vkey --witness-policy witnesses.policy"
 CUSTODIAN_SERVER=http://127.0.0.1:9 custodian log verify-receipt pub.receipt.json --key log.vkey \
   --witness-policy witnesses.policy
+step "custodian badge pacman-builder@0.2.1 -o witnessed.bundle.json"
+custodian badge pacman-builder@0.2.1 -o witnessed.bundle.json >/dev/null
+step "custodian verify witnessed.bundle.json --key log.vkey --witness-policy witnesses.policy"
+CUSTODIAN_SERVER=http://127.0.0.1:9 custodian verify witnessed.bundle.json --key log.vkey \
+  --witness-policy witnesses.policy
+step "custodian verify pacman-builder.bundle.json --key log.vkey --witness-policy witnesses.policy   # made before: refused"
+if CUSTODIAN_SERVER=http://127.0.0.1:9 custodian verify pacman-builder.bundle.json --key log.vkey \
+  --witness-policy witnesses.policy 2>refused.txt; then
+  fail "a bundle without the witness's cosignature passed --witness-policy"
+fi
+cat refused.txt
+grep -q 'lacks its witness quorum' refused.txt || fail "the refusal does not name the missing quorum"
 step "custodian log monitor --log $rest/log --key log.vkey --state monitor.state --witness-policy witnesses.policy"
 custodian log monitor --log "$rest/log" --key log.vkey --state monitor.state --witness-policy witnesses.policy
 

@@ -40,6 +40,15 @@ fn cli(args: &[&str]) -> std::process::Output {
         .expect("run custodian")
 }
 
+/// Runs `custodian log verify-receipt` on a receipt file, with a witness policy if given.
+fn verify_receipt(receipt: &Path, key: &Path, policy: Option<&Path>) -> std::process::Output {
+    let mut args = vec!["log", "verify-receipt", path(receipt), "--key", path(key)];
+    if let Some(policy) = policy {
+        args.extend(["--witness-policy", path(policy)]);
+    }
+    cli(&args)
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
@@ -218,15 +227,7 @@ async fn a_log_publishes_only_checkpoints_its_witness_quorum_cosigned() {
     let receipt_file = dir.path().join("receipt.json");
     std::fs::write(&receipt_file, &receipt.json).expect("receipt");
     let key_file = dir.path().join("log.vkey");
-    let ok = cli(&[
-        "log",
-        "verify-receipt",
-        path(&receipt_file),
-        "--key",
-        path(&key_file),
-        "--witness-policy",
-        path(&policy_file),
-    ]);
+    let ok = verify_receipt(&receipt_file, &key_file, Some(&policy_file));
     let out = String::from_utf8_lossy(&ok.stdout);
     assert!(
         ok.status.success(),
@@ -263,15 +264,7 @@ async fn a_log_publishes_only_checkpoints_its_witness_quorum_cosigned() {
     );
     assert_eq!(receipt.log_index, 6);
     std::fs::write(&receipt_file, &receipt.json).expect("receipt");
-    let refused = cli(&[
-        "log",
-        "verify-receipt",
-        path(&receipt_file),
-        "--key",
-        path(&key_file),
-        "--witness-policy",
-        path(&policy_file),
-    ]);
+    let refused = verify_receipt(&receipt_file, &key_file, Some(&policy_file));
     let err = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{err}");
     assert!(
@@ -279,13 +272,7 @@ async fn a_log_publishes_only_checkpoints_its_witness_quorum_cosigned() {
             && err.contains("group two-of-three needs 2 of 3 members, 0 cosigned"),
         "{err}"
     );
-    let plain = cli(&[
-        "log",
-        "verify-receipt",
-        path(&receipt_file),
-        "--key",
-        path(&key_file),
-    ]);
+    let plain = verify_receipt(&receipt_file, &key_file, None);
     assert!(plain.status.success());
     let served = published_checkpoint(&daemon).await;
     assert!(
@@ -319,15 +306,7 @@ async fn a_log_publishes_only_checkpoints_its_witness_quorum_cosigned() {
         "{}",
         String::from_utf8_lossy(&fetched.stderr)
     );
-    let ok = cli(&[
-        "log",
-        "verify-receipt",
-        path(&receipt_file),
-        "--key",
-        path(&key_file),
-        "--witness-policy",
-        path(&policy_file),
-    ]);
+    let ok = verify_receipt(&receipt_file, &key_file, Some(&policy_file));
     assert!(
         ok.status.success(),
         "{}\n{}\nserved: {}",
@@ -429,15 +408,7 @@ async fn a_split_view_is_refused_by_the_witness_the_monitor_and_the_verifier() {
     );
     let receipt_file = dir.path().join("evil.receipt.json");
     std::fs::write(&receipt_file, &receipt.json).expect("receipt");
-    let refused = cli(&[
-        "log",
-        "verify-receipt",
-        path(&receipt_file),
-        "--key",
-        path(&key_file),
-        "--witness-policy",
-        path(&policy_file),
-    ]);
+    let refused = verify_receipt(&receipt_file, &key_file, Some(&policy_file));
     assert_eq!(refused.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("lacks its witness quorum"),
@@ -445,13 +416,7 @@ async fn a_split_view_is_refused_by_the_witness_the_monitor_and_the_verifier() {
         String::from_utf8_lossy(&refused.stderr)
     );
     // Without the policy the signature alone verifies: exactly the gap witnesses close.
-    let plain = cli(&[
-        "log",
-        "verify-receipt",
-        path(&receipt_file),
-        "--key",
-        path(&key_file),
-    ]);
+    let plain = verify_receipt(&receipt_file, &key_file, None);
     assert!(plain.status.success());
     // The evil daemon serves no cosigned checkpoint beyond its empty start, and the monitor
     // pointed at it refuses; without the policy it catches the rollback by size.

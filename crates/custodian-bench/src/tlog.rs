@@ -81,6 +81,19 @@ fn go_bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A `Ledger.Append` of one text entry with the bench's append token.
+fn append_request(text: String) -> anyhow::Result<tonic::Request<pb::AppendRequest>> {
+    let payload = custodian_core::entry::encode_value(&custodian_core::entry::Value::Text(text));
+    let mut request = tonic::Request::new(pb::AppendRequest {
+        kind: "BenchEvent".into(),
+        payload_cbor: payload.into(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse()?);
+    Ok(request)
+}
+
 async fn timed_appends(
     daemon: &Daemon,
     n: usize,
@@ -96,16 +109,7 @@ async fn timed_appends(
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             for i in (w..n).step_by(writers) {
-                let payload = custodian_core::entry::encode_value(
-                    &custodian_core::entry::Value::Text(format!("bench entry {i}")),
-                );
-                let mut request = tonic::Request::new(pb::AppendRequest {
-                    kind: "BenchEvent".into(),
-                    payload_cbor: payload.into(),
-                });
-                request
-                    .metadata_mut()
-                    .insert("authorization", format!("Bearer {TOKEN}").parse()?);
+                let request = append_request(format!("bench entry {i}"))?;
                 let start = Instant::now();
                 client.append(request).await?;
                 latencies.push(start.elapsed());
@@ -220,17 +224,7 @@ async fn fill(daemon: &Daemon, entries: u64) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             let mut i = w;
             while i < entries {
-                let payload = custodian_core::entry::encode_value(
-                    &custodian_core::entry::Value::Text(format!("entry {i}")),
-                );
-                let mut request = tonic::Request::new(pb::AppendRequest {
-                    kind: "BenchEvent".into(),
-                    payload_cbor: payload.into(),
-                });
-                request
-                    .metadata_mut()
-                    .insert("authorization", format!("Bearer {TOKEN}").parse()?);
-                client.append(request).await?;
+                client.append(append_request(format!("entry {i}"))?).await?;
                 i += writers;
             }
             anyhow::Ok(())

@@ -546,7 +546,16 @@ impl Registry {
         indexes.dedup();
         let ledger = self.ledger().clone();
         let bundle = tokio::task::spawn_blocking(move || -> Result<Bundle, RegistryError> {
-            let checkpoint = ledger.published();
+            // The published (with a witness policy: cosigned) checkpoint, unless an entry is
+            // newer than it, as when witnesses were unreachable and the badge was answered
+            // uncosigned; then the log-signed latest, which a verifier holding the policy
+            // refuses, as it should.
+            let published = ledger.published();
+            let checkpoint = if indexes.iter().any(|&i| i >= published.size) {
+                ledger.latest()
+            } else {
+                published
+            };
             let mut entries = Vec::with_capacity(indexes.len());
             for index in indexes {
                 let bytes = ledger.verified_entry(index)?;

@@ -66,17 +66,7 @@ pub(super) async fn tile(
         }
         Err(err) => return Err(crate::registry::RegistryError::Ledger(err).into()),
     };
-    Ok((
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE)),
-        ],
-        Body::from(bytes),
-    )
-        .into_response())
+    Ok(immutable(bytes))
 }
 
 /// `GET /log/tile/entries/<N>[.p/<W>]`: an entry bundle, each entry as a big-endian uint16 length
@@ -102,7 +92,12 @@ async fn bundle(state: RestState, path: &str) -> ApiResult<Response> {
             return Err(crate::registry::RegistryError::Ledger(err).into());
         }
     };
-    Ok((
+    Ok(immutable(bytes))
+}
+
+/// Tile or bundle bytes, which never change at their path: cacheable for good.
+fn immutable(bytes: Vec<u8>) -> Response {
+    (
         [
             (
                 header::CONTENT_TYPE,
@@ -112,5 +107,5 @@ async fn bundle(state: RestState, path: &str) -> ApiResult<Response> {
         ],
         Body::from(bytes),
     )
-        .into_response())
+        .into_response()
 }

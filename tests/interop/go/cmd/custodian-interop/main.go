@@ -111,15 +111,21 @@ func witnessVerifiers(policy []byte) []note.Verifier {
 	return out
 }
 
-func readLog(ctx context.Context, logURL, logVKey, policyFile, oldFile string) {
-	policy, err := os.ReadFile(policyFile)
+// loadPolicy reads a witness policy file and has Tessera parse it.
+func loadPolicy(path string) ([]byte, tessera.WitnessGroup) {
+	policy, err := os.ReadFile(path)
 	if err != nil {
 		fail("%v", err)
 	}
 	group, err := tessera.NewWitnessGroupFromPolicy(policy)
 	if err != nil {
-		fail("Tessera refuses the policy: %v", err)
+		fail("Tessera refuses the policy %s: %v", path, err)
 	}
+	return policy, group
+}
+
+func readLog(ctx context.Context, logURL, logVKey, policyFile, oldFile string) {
+	policy, group := loadPolicy(policyFile)
 	logV, err := note.NewVerifier(logVKey)
 	if err != nil {
 		fail("log key: %v", err)
@@ -213,14 +219,7 @@ func appender(ctx context.Context, dir, signerKey string, opts *tessera.AppendOp
 }
 
 func tesseraLog(ctx context.Context, dir, signerKey, policyFile string, n int) {
-	policy, err := os.ReadFile(policyFile)
-	if err != nil {
-		fail("%v", err)
-	}
-	group, err := tessera.NewWitnessGroupFromPolicy(policy)
-	if err != nil {
-		fail("policy: %v", err)
-	}
+	policy, group := loadPolicy(policyFile)
 	opts := tessera.NewAppendOptions().
 		WithBatching(uint(n), 50*time.Millisecond).
 		WithCheckpointInterval(100*time.Millisecond).
@@ -265,14 +264,7 @@ func tesseraBench(ctx context.Context, dir, signerKey string, n, writers int, po
 		WithBatching(uint(writers), 10*time.Millisecond).
 		WithCheckpointInterval(100 * time.Millisecond)
 	if policyFile != "" {
-		policy, err := os.ReadFile(policyFile)
-		if err != nil {
-			fail("%v", err)
-		}
-		group, err := tessera.NewWitnessGroupFromPolicy(policy)
-		if err != nil {
-			fail("policy: %v", err)
-		}
+		_, group := loadPolicy(policyFile)
 		opts.WithWitnesses(group, &tessera.WitnessOptions{Timeout: 10 * time.Second})
 	}
 	a, shutdown, reader := appender(ctx, dir, signerKey, opts)

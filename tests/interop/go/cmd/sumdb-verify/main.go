@@ -16,51 +16,20 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
+
+	"custodian.test/interop/internal/checkpoint"
 )
-
-func fail(format string, args ...interface{}) {
-	fmt.Fprintf(os.Stderr, format+"\n", args...)
-	os.Exit(1)
-}
-
-type checkpoint struct {
-	origin string
-	size   int64
-	root   tlog.Hash
-}
-
-// open verifies a signed checkpoint with note.Open and parses its C2SP tlog-checkpoint body.
-func open(msg []byte, verifiers note.Verifiers) checkpoint {
-	n, err := note.Open(msg, verifiers)
-	if err != nil {
-		fail("note.Open: %v", err)
-	}
-	lines := strings.Split(n.Text, "\n")
-	if len(lines) < 4 {
-		fail("checkpoint body has %d lines", len(lines))
-	}
-	size, err := strconv.ParseInt(lines[1], 10, 64)
-	if err != nil {
-		fail("checkpoint size %q: %v", lines[1], err)
-	}
-	root, err := tlog.ParseHash(lines[2])
-	if err != nil {
-		fail("checkpoint root %q: %v", lines[2], err)
-	}
-	return checkpoint{origin: lines[0], size: size, root: root}
-}
 
 func hashes(list []string) []tlog.Hash {
 	var out []tlog.Hash
 	for _, s := range list {
 		h, err := tlog.ParseHash(s)
 		if err != nil {
-			fail("hash %q: %v", s, err)
+			checkpoint.Fail("hash %q: %v", s, err)
 		}
 		out = append(out, h)
 	}
@@ -69,19 +38,19 @@ func hashes(list []string) []tlog.Hash {
 
 func main() {
 	if len(os.Args) != 2 {
-		fail("usage: verify DIR")
+		checkpoint.Fail("usage: verify DIR")
 	}
 	dir := os.Args[1]
 	read := func(name string) []byte {
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
-			fail("%v", err)
+			checkpoint.Fail("%v", err)
 		}
 		return b
 	}
 	verifier, err := note.NewVerifier(strings.TrimSpace(string(read("vkey"))))
 	if err != nil {
-		fail("note.NewVerifier: %v", err)
+		checkpoint.Fail("note.NewVerifier: %v", err)
 	}
 	verifiers := note.VerifierList(verifier)
 
@@ -92,32 +61,32 @@ func main() {
 		Checkpoint     string   `json:"checkpoint"`
 	}
 	if err := json.Unmarshal(read("receipt.json"), &receipt); err != nil {
-		fail("receipt.json: %v", err)
+		checkpoint.Fail("receipt.json: %v", err)
 	}
-	cp := open([]byte(receipt.Checkpoint), verifiers)
-	if cp.origin != verifier.Name() {
-		fail("origin %q is not the key name %q", cp.origin, verifier.Name())
+	cp := checkpoint.Open([]byte(receipt.Checkpoint), verifiers)
+	if cp.Origin != verifier.Name() {
+		checkpoint.Fail("origin %q is not the key name %q", cp.Origin, verifier.Name())
 	}
 	entry, err := base64.StdEncoding.DecodeString(receipt.Entry)
 	if err != nil {
-		fail("entry: %v", err)
+		checkpoint.Fail("entry: %v", err)
 	}
 	leaf := tlog.RecordHash(entry)
-	if err := tlog.CheckRecord(hashes(receipt.InclusionProof), cp.size, cp.root, receipt.LogIndex, leaf); err != nil {
-		fail("tlog.CheckRecord of entry %d at size %d: %v", receipt.LogIndex, cp.size, err)
+	if err := tlog.CheckRecord(hashes(receipt.InclusionProof), cp.Size, cp.Root, receipt.LogIndex, leaf); err != nil {
+		checkpoint.Fail("tlog.CheckRecord of entry %d at size %d: %v", receipt.LogIndex, cp.Size, err)
 	}
 
-	oldCp := open(read("old.checkpoint"), verifiers)
-	newCp := open(read("new.checkpoint"), verifiers)
+	oldCp := checkpoint.Open(read("old.checkpoint"), verifiers)
+	newCp := checkpoint.Open(read("new.checkpoint"), verifiers)
 	var proof []string
 	for _, line := range bytes.Split(bytes.TrimSpace(read("consistency")), []byte("\n")) {
 		if len(line) > 0 {
 			proof = append(proof, string(line))
 		}
 	}
-	if err := tlog.CheckTree(hashes(proof), newCp.size, newCp.root, oldCp.size, oldCp.root); err != nil {
-		fail("tlog.CheckTree %d -> %d: %v", oldCp.size, newCp.size, err)
+	if err := tlog.CheckTree(hashes(proof), newCp.Size, newCp.Root, oldCp.Size, oldCp.Root); err != nil {
+		checkpoint.Fail("tlog.CheckTree %d -> %d: %v", oldCp.Size, newCp.Size, err)
 	}
 	fmt.Printf("ok: note.Open verified %s; tlog.CheckRecord verified entry %d in size %d; tlog.CheckTree verified %d -> %d\n",
-		verifier.Name(), receipt.LogIndex, cp.size, oldCp.size, newCp.size)
+		verifier.Name(), receipt.LogIndex, cp.Size, oldCp.Size, newCp.Size)
 }

@@ -25,50 +25,22 @@ import (
 
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
+
+	"custodian.test/interop/internal/checkpoint"
 )
-
-func fail(format string, args ...interface{}) {
-	fmt.Fprintf(os.Stderr, format+"\n", args...)
-	os.Exit(1)
-}
-
-type checkpoint struct {
-	size int64
-	root tlog.Hash
-}
-
-func open(msg []byte, verifiers note.Verifiers) checkpoint {
-	n, err := note.Open(msg, verifiers)
-	if err != nil {
-		fail("note.Open: %v", err)
-	}
-	lines := strings.Split(n.Text, "\n")
-	if len(lines) < 4 {
-		fail("checkpoint body has %d lines", len(lines))
-	}
-	size, err := strconv.ParseInt(lines[1], 10, 64)
-	if err != nil {
-		fail("checkpoint size %q: %v", lines[1], err)
-	}
-	root, err := tlog.ParseHash(lines[2])
-	if err != nil {
-		fail("checkpoint root %q: %v", lines[2], err)
-	}
-	return checkpoint{size: size, root: root}
-}
 
 func get(url string) []byte {
 	resp, err := http.Get(url)
 	if err != nil {
-		fail("GET %s: %v", url, err)
+		checkpoint.Fail("GET %s: %v", url, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		fail("GET %s: %v", url, err)
+		checkpoint.Fail("GET %s: %v", url, err)
 	}
 	if resp.StatusCode != 200 {
-		fail("GET %s: %s: %s", url, resp.Status, body)
+		checkpoint.Fail("GET %s: %s: %s", url, resp.Status, body)
 	}
 	return body
 }
@@ -99,62 +71,62 @@ func (t *tiles) SaveTiles([]tlog.Tile, [][]byte) {}
 
 func main() {
 	if len(os.Args) != 3 {
-		fail("usage: tiles BASE DIR")
+		checkpoint.Fail("usage: tiles BASE DIR")
 	}
 	base, dir := os.Args[1], os.Args[2]
 	read := func(name string) []byte {
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
-			fail("%v", err)
+			checkpoint.Fail("%v", err)
 		}
 		return b
 	}
 	verifier, err := note.NewVerifier(strings.TrimSpace(string(read("vkey"))))
 	if err != nil {
-		fail("note.NewVerifier: %v", err)
+		checkpoint.Fail("note.NewVerifier: %v", err)
 	}
 	verifiers := note.VerifierList(verifier)
-	cp := open(get(base+"/log/checkpoint"), verifiers)
+	cp := checkpoint.Open(get(base+"/log/checkpoint"), verifiers)
 	source := &tiles{base: base}
-	reader := tlog.TileHashReader(tlog.Tree{N: cp.size, Hash: cp.root}, source)
-	root, err := tlog.TreeHash(cp.size, reader)
+	reader := tlog.TileHashReader(tlog.Tree{N: cp.Size, Hash: cp.Root}, source)
+	root, err := tlog.TreeHash(cp.Size, reader)
 	if err != nil {
-		fail("tlog.TreeHash(%d) from tiles: %v", cp.size, err)
+		checkpoint.Fail("tlog.TreeHash(%d) from tiles: %v", cp.Size, err)
 	}
-	if root != cp.root {
-		fail("tlog.TreeHash(%d) from tiles is %v, the checkpoint says %v", cp.size, root, cp.root)
+	if root != cp.Root {
+		checkpoint.Fail("tlog.TreeHash(%d) from tiles is %v, the checkpoint says %v", cp.Size, root, cp.Root)
 	}
 	records := 0
 	for _, line := range bytes.Split(bytes.TrimSpace(read("records")), []byte("\n")) {
 		fields := strings.Fields(string(line))
 		if len(fields) != 2 {
-			fail("records line %q", line)
+			checkpoint.Fail("records line %q", line)
 		}
 		index, err := strconv.ParseInt(fields[0], 10, 64)
 		if err != nil {
-			fail("records index %q: %v", fields[0], err)
+			checkpoint.Fail("records index %q: %v", fields[0], err)
 		}
 		entry, err := base64.StdEncoding.DecodeString(fields[1])
 		if err != nil {
-			fail("records entry %d: %v", index, err)
+			checkpoint.Fail("records entry %d: %v", index, err)
 		}
-		proof, err := tlog.ProveRecord(cp.size, index, reader)
+		proof, err := tlog.ProveRecord(cp.Size, index, reader)
 		if err != nil {
-			fail("tlog.ProveRecord(%d, %d) from tiles: %v", cp.size, index, err)
+			checkpoint.Fail("tlog.ProveRecord(%d, %d) from tiles: %v", cp.Size, index, err)
 		}
-		if err := tlog.CheckRecord(proof, cp.size, cp.root, index, tlog.RecordHash(entry)); err != nil {
-			fail("tlog.CheckRecord of entry %d at size %d: %v", index, cp.size, err)
+		if err := tlog.CheckRecord(proof, cp.Size, cp.Root, index, tlog.RecordHash(entry)); err != nil {
+			checkpoint.Fail("tlog.CheckRecord of entry %d at size %d: %v", index, cp.Size, err)
 		}
 		records++
 	}
-	old := open(read("old.checkpoint"), verifiers)
-	proof, err := tlog.ProveTree(cp.size, old.size, reader)
+	old := checkpoint.Open(read("old.checkpoint"), verifiers)
+	proof, err := tlog.ProveTree(cp.Size, old.Size, reader)
 	if err != nil {
-		fail("tlog.ProveTree(%d, %d) from tiles: %v", cp.size, old.size, err)
+		checkpoint.Fail("tlog.ProveTree(%d, %d) from tiles: %v", cp.Size, old.Size, err)
 	}
-	if err := tlog.CheckTree(proof, cp.size, cp.root, old.size, old.root); err != nil {
-		fail("tlog.CheckTree %d -> %d: %v", old.size, cp.size, err)
+	if err := tlog.CheckTree(proof, cp.Size, cp.Root, old.Size, old.Root); err != nil {
+		checkpoint.Fail("tlog.CheckTree %d -> %d: %v", old.Size, cp.Size, err)
 	}
 	fmt.Printf("ok: tlog.TreeHash(%d) from %d tiles equals the signed root; %d records proved and checked; tree %d -> %d proved and checked\n",
-		cp.size, source.fetched, records, old.size, cp.size)
+		cp.Size, source.fetched, records, old.Size, cp.Size)
 }
