@@ -87,8 +87,8 @@ step "custodian pack build pacman-builder --dry-run"
 custodian pack build pacman-builder --dry-run
 step "custodian publish pacman-builder --key keys/acme-release.key --receipt pub.receipt.json"
 custodian publish pacman-builder --key keys/acme-release.key --receipt pub.receipt.json
-step "custodian publish customer-support-classifier --key keys/acme-release.key"
-custodian publish customer-support-classifier --key keys/acme-release.key
+step "custodian publish customer-support-classifier --key keys/acme-release.key --private   # sealed in the log"
+custodian publish customer-support-classifier --key keys/acme-release.key --private
 step "custodian versions pacman-builder"
 custodian versions pacman-builder
 step "custodian install pacman-builder@0.2.1 -o installed"

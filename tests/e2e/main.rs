@@ -14,6 +14,7 @@ mod ledger;
 mod openapi;
 mod registry;
 mod scan;
+mod sealed;
 mod tiles;
 mod truthful;
 mod walkthrough;

@@ -1150,27 +1150,36 @@ async fn private_content_answers_exactly_like_absent_content() {
             assert!(!put.already_present, "{who} learned the blob existed");
         }
 
-        // The ledger entry of a private publication is not readable.
+        // The ledger entry of a private publication is sealed: a commitment to a body in
+        // custody, readable by anyone (as its entry bundle is) and naming nothing.
         let mut ledger = daemon.connect(token).await.ledger();
-        let status = ledger
+        let entry = ledger
             .get_entry(lpb::GetEntryRequest { index: 0 })
             .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::PermissionDenied, "{who}");
+            .expect("a sealed entry is public")
+            .into_inner();
+        assert_eq!(entry.kind, "Sealed", "{who}");
         assert!(
-            !status.message().contains("acme"),
-            "the denial names the package: {}",
-            status.message()
+            !entry.encoded.windows(4).any(|w| w == b"acme"),
+            "the sealed entry names the package"
         );
-        // Nor is its tlog-tiles entry bundle, which would carry the entry's bytes to anyone
-        // (tiles of hashes stay public: they reveal nothing).
-        let (code, body) = curl(&[&format!("{}/log/tile/entries/000.p/1", daemon.rest)]);
-        assert_eq!(code, 404, "{who}");
-        let body = String::from_utf8_lossy(&body);
-        assert!(
-            body.contains("private package") && !body.contains("acme"),
-            "{body}"
-        );
+        let (code, bundle) = curl(&[&format!("{}/log/tile/entries/000.p/1", daemon.rest)]);
+        assert_eq!(code, 200, "{who}: {}", String::from_utf8_lossy(&bundle));
+        assert!(bundle.ends_with(&entry.encoded), "{who}");
+        assert!(!bundle.windows(4).any(|w| w == b"acme"), "{who}");
+        // Its body, which holds the event, is private content like the package's files (below).
+        let custodian_core::entry::Value::Map(fields) =
+            custodian_core::entry::parse_cbor(&entry.payload_cbor).expect("payload")
+        else {
+            panic!("a sealed payload is a map");
+        };
+        let body_digest: Digest = fields
+            .iter()
+            .find(|(k, _)| k.as_text() == Some("body"))
+            .and_then(|(_, v)| v.as_text())
+            .expect("body digest")
+            .parse()
+            .expect("digest");
 
         // REST, by name and by digest.
         let auth = token.map(bearer);
@@ -1207,7 +1216,11 @@ async fn private_content_answers_exactly_like_absent_content() {
                 &names,
             );
         }
-        for (private, absent) in [(secret_digest, absent_digest), (data_digest, absent_digest)] {
+        for (private, absent) in [
+            (secret_digest, absent_digest),
+            (data_digest, absent_digest),
+            (body_digest, absent_digest),
+        ] {
             let (a, b) = (
                 get(&format!("/blobs/{private}")),
                 get(&format!("/blobs/{absent}")),

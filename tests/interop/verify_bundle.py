@@ -227,6 +227,11 @@ def verify(bundle, vkey):
     if badge["policy"] != POLICY:
         fail(f"this verifier implements {POLICY} only, the bundle says {badge['policy']}")
     size, root = open_checkpoint(bundle["checkpoint"], vkey)
+    # Bodies of sealed entries, by their "sha256:<hex>" digest (formats.md, "Sealed entries").
+    bodies = {}
+    for text in bundle.get("bodies", []):
+        body = base64.b64decode(text)
+        bodies["sha256:" + sha256(body).hex()] = body
     entries = {}
     for item in bundle["entries"]:
         data = base64.b64decode(item["entry"])
@@ -234,7 +239,18 @@ def verify(bundle, vkey):
         verify_inclusion(item["index"], size, sha256(b"\x00" + data), proof, root)
         if item["index"] in entries:
             fail("an index appears twice")
-        entries[item["index"]] = cbor2.loads(data)
+        entry = cbor2.loads(data)
+        if entry["kind"] == "Sealed":
+            # The entry commits to a body by digest and size; the body holds the event.
+            digest, length = entry["payload"]["body"], entry["payload"]["size"]
+            body = bodies.get(digest)
+            if body is None or len(body) != length:
+                fail(f"entry {item['index']} is sealed and the bundle lacks its body {digest}")
+            sealed = cbor2.loads(body)
+            if set(sealed) != {"kind", "payload", "salt"} or sealed["kind"] == "Sealed":
+                fail(f"entry {item['index']}: the sealed body is malformed")
+            entry = dict(entry, kind=sealed["kind"], payload=sealed["payload"])
+        entries[item["index"]] = entry
 
     about = lambda p: p.get("name") == badge["name"] and p.get("version") == badge["version"]
     publications, runs, scans, yanks, attesters, issued = [], [], [], [], {}, []

@@ -52,6 +52,10 @@ pub struct Bundle {
     pub checkpoint: String,
     /// The evidence entries, by index.
     pub entries: Vec<BundleEntry>,
+    /// The bodies of the sealed entries among them (base64), which the entries commit to by
+    /// digest (see `seal`); absent when none is sealed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bodies: Vec<String>,
 }
 
 /// The first thing in a bundle that does not hold.
@@ -107,6 +111,7 @@ impl Bundle {
         manifest: &[u8],
         checkpoint: String,
         entries: Vec<(u64, Vec<u8>, Vec<Hash>)>,
+        bodies: Vec<Vec<u8>>,
     ) -> Bundle {
         Bundle {
             bundle_type: BUNDLE_TYPE.into(),
@@ -121,6 +126,7 @@ impl Bundle {
                     proof: proof.iter().map(|h| STANDARD.encode(h.0)).collect(),
                 })
                 .collect(),
+            bodies: bodies.iter().map(|b| STANDARD.encode(b)).collect(),
         }
     }
 
@@ -152,6 +158,18 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
         .map_err(|e| BundleError::Checkpoint(e.to_string()))?;
     let badge = &bundle.badge;
 
+    // The bodies of sealed entries, by digest.
+    let bodies: BTreeMap<Digest, Vec<u8>> = bundle
+        .bodies
+        .iter()
+        .map(|b| {
+            STANDARD
+                .decode(b)
+                .map(|bytes| (Digest::of(Algorithm::Sha256, &bytes), bytes))
+                .map_err(|e| BundleError::Malformed(format!("a body is not base64: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+
     // Every entry is in the log the checkpoint commits to.
     let mut entries: BTreeMap<u64, Entry> = BTreeMap::new();
     for (position, item) in bundle.entries.iter().enumerate() {
@@ -182,7 +200,18 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
                 "the inclusion proof does not lead to the checkpoint's root: {e}"
             ))
         })?;
-        let entry = Entry::decode(&bytes).map_err(|e| fail(format!("not a ledger entry: {e}")))?;
+        let mut entry =
+            Entry::decode(&bytes).map_err(|e| fail(format!("not a ledger entry: {e}")))?;
+        // A sealed entry stands for the event in its body, which must be the one it commits to.
+        if entry.kind == EntryKind::Sealed {
+            let (digest, _) = crate::seal::commitment(&entry).map_err(|e| fail(e.to_string()))?;
+            let body = bodies.get(&digest).ok_or_else(|| {
+                fail(format!(
+                    "the entry is sealed and the bundle lacks its body {digest}"
+                ))
+            })?;
+            entry = crate::seal::unseal(&entry, body).map_err(|e| fail(e.to_string()))?;
+        }
         if entries.insert(item.index, entry).is_some() {
             return Err(fail("the index appears twice".into()));
         }

@@ -71,6 +71,9 @@ pub enum EntryKind {
     BadgeIssued,
     /// A key was added, rotated or revoked.
     KeyEvent,
+    /// An event about a private package, or too large for a tlog-tiles bundle, sealed: the
+    /// payload commits to a body kept in custody (see [`crate::seal`]).
+    Sealed,
     /// A kind this version does not know.
     Other(String),
 }
@@ -86,6 +89,7 @@ impl EntryKind {
             EntryKind::ScanRecorded => "ScanRecorded",
             EntryKind::BadgeIssued => "BadgeIssued",
             EntryKind::KeyEvent => "KeyEvent",
+            EntryKind::Sealed => "Sealed",
             EntryKind::Other(name) => name,
         }
     }
@@ -97,7 +101,7 @@ impl EntryKind {
     }
 
     /// Every kind this version knows, all of them service kinds.
-    pub const KNOWN: [EntryKind; 7] = [
+    pub const KNOWN: [EntryKind; 8] = [
         EntryKind::RunAttested,
         EntryKind::PackagePublished,
         EntryKind::VersionYanked,
@@ -105,6 +109,7 @@ impl EntryKind {
         EntryKind::ScanRecorded,
         EntryKind::BadgeIssued,
         EntryKind::KeyEvent,
+        EntryKind::Sealed,
     ];
 
     /// True if `name` (as [`peek_kind`] reads it from undecoded bytes) is a service kind, so a
@@ -338,6 +343,11 @@ pub fn parse_cbor(bytes: &[u8]) -> Result<Value, EntryError> {
         )));
     }
     Ok(value)
+}
+
+/// Puts a payload in deterministic form, as [`Entry::new`] does.
+pub fn canonicalize_payload(value: Value) -> Result<Value, EntryError> {
+    canonicalize(value, "payload")
 }
 
 /// Puts a value in RFC 8949 §4.2.1 deterministic form: map keys sorted by the bytewise order of

@@ -20,6 +20,7 @@ pub mod package;
 pub mod promptpack;
 pub mod receipt;
 pub mod registry;
+pub mod seal;
 pub mod tiles;
 pub mod witness;
 

@@ -200,7 +200,7 @@ fn fixture(last_passes: bool) -> Fixture {
         })
         .collect();
     Fixture {
-        bundle: Bundle::new(badge, MANIFEST, note, entries),
+        bundle: Bundle::new(badge, MANIFEST, note, entries, Vec::new()),
         log_key,
     }
 }

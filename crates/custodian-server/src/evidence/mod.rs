@@ -16,7 +16,9 @@ use custodian_core::receipt::Receipt;
 use custodian_core::registry::{
     BadgeIssued, KeyRegistered, RunAttested, ScanRecorded, namespace_covers,
 };
+use custodian_storage::ByteRange;
 use futures::StreamExt as _;
+use futures::TryStreamExt as _;
 
 use crate::auth::{Principal, Scope};
 pub use crate::registry::index::{Attester, RunRef, VersionEvidence};
@@ -422,7 +424,7 @@ impl Registry {
                 model: model.clone(),
                 passed: r.passed,
                 data_pack_sha256: r.data_pack.clone(),
-                problem: self.run_problem(r.index, &manifest.0)?,
+                problem: self.run_problem(r.index, &manifest.0).await?,
             });
         }
         let registry_licenses = self.registry_licenses();
@@ -456,15 +458,12 @@ impl Registry {
     /// Why a logged run contradicts its EvalSpec, re-checked from its signed statement exactly
     /// as an offline verifier does (`custodian_core::bundle::verify`), so that a run logged
     /// before attestation checked thresholds is judged the same way by both.
-    fn run_problem(
+    async fn run_problem(
         &self,
         index: u64,
         manifest: &Manifest,
     ) -> Result<Option<String>, RegistryError> {
-        let bytes = self.ledger().verified_entry(index)?;
-        let entry = Entry::decode(&bytes).map_err(|e| {
-            RegistryError::Ledger(custodian_storage::LedgerError::Corrupt(e.to_string()))
-        })?;
+        let entry = self.event_entry(index).await?;
         let run: RunAttested = entry.event().map_err(|e| {
             RegistryError::Ledger(custodian_storage::LedgerError::Corrupt(e.to_string()))
         })?;
@@ -545,7 +544,11 @@ impl Registry {
         indexes.sort_unstable();
         indexes.dedup();
         let ledger = self.ledger().clone();
-        let bundle = tokio::task::spawn_blocking(move || -> Result<Bundle, RegistryError> {
+        type Proven = (
+            String,
+            Vec<(u64, Vec<u8>, Vec<custodian_core::merkle::Hash>)>,
+        );
+        let proven = tokio::task::spawn_blocking(move || -> Result<Proven, RegistryError> {
             // The published (with a witness policy: cosigned) checkpoint, unless an entry is
             // newer than it, as when witnesses were unreachable and the badge was answered
             // uncosigned; then the log-signed latest, which a verifier holding the policy
@@ -562,17 +565,27 @@ impl Registry {
                 let (proof, _) = ledger.inclusion_proof(index, checkpoint.size)?;
                 entries.push((index, bytes, proof));
             }
-            Ok(Bundle::new(
-                badge.clone(),
-                &manifest.1,
-                checkpoint.note.clone(),
-                entries,
-            ))
+            Ok((checkpoint.note.clone(), entries))
         })
         .await
         .map_err(|e| {
             RegistryError::Ledger(custodian_storage::LedgerError::Poisoned(e.to_string()))
         })??;
+        // The bodies of sealed entries travel with them, so the bundle verifies offline; the
+        // caller may read them, as it may read the version the badge is about.
+        let (note, entries) = proven;
+        let mut bodies = Vec::new();
+        for (_, bytes, _) in &entries {
+            let entry = Entry::decode(bytes).map_err(|e| {
+                RegistryError::Ledger(custodian_storage::LedgerError::InvalidEntry(e))
+            })?;
+            if let Ok((digest, _)) = custodian_core::seal::commitment(&entry) {
+                let read = self.store().get(&digest, ByteRange::ALL).await?;
+                let chunks: Vec<bytes::Bytes> = read.data.try_collect().await?;
+                bodies.push(chunks.concat());
+            }
+        }
+        let bundle = Bundle::new(badge.clone(), &manifest.1, note, entries, bodies);
         Ok((bundle.badge.clone(), bundle))
     }
 

@@ -68,6 +68,15 @@ impl Index {
             });
     }
 
+    /// Records the body of a sealed event as readable exactly as the event is: by anyone for a
+    /// public event, with a read grant on the package for a private one.
+    pub fn add_body(&mut self, body: &Digest, entry: &Entry) {
+        match custodian_core::registry::private_package(entry) {
+            Some(name) => self.add_ref(body, &name, true),
+            None => self.add_ref(body, "", false),
+        }
+    }
+
     /// Applies one service entry (registry or evidence); other kinds are ignored. An error means
     /// the entry does not decode as its kind says.
     pub fn apply(&mut self, index: u64, entry: &Entry) -> Result<(), String> {
@@ -268,7 +277,10 @@ impl Index {
 impl Index {
     /// Rebuilds the index from every entry of the ledger. Each entry is checked against the leaf
     /// hash the signed tree records first; a damaged one is listed in [`Index::damaged`], not applied.
-    pub fn replay(ledger: &Ledger) -> Result<Index, LedgerError> {
+    pub fn replay(
+        ledger: &Ledger,
+        body: &dyn Fn(&Digest) -> Result<Vec<u8>, String>,
+    ) -> Result<Index, LedgerError> {
         let mut state = Index::default();
         let size = ledger.latest().size;
         let mut start = 0;
@@ -298,9 +310,32 @@ impl Index {
                 {
                     continue;
                 }
-                let entry = Entry::decode(&bytes).map_err(|e| {
+                let mut entry = Entry::decode(&bytes).map_err(|e| {
                     LedgerError::Corrupt(format!("entry {index} does not decode: {e}"))
                 })?;
+                // A sealed entry is applied as the event in its body, which must be the one the
+                // log committed to; a missing or wrong body is damage, like a damaged entry.
+                if entry.kind == EntryKind::Sealed {
+                    let unsealed = custodian_core::seal::commitment(&entry)
+                        .map_err(|e| e.to_string())
+                        .and_then(|(digest, _)| {
+                            let bytes = body(&digest)?;
+                            let event = custodian_core::seal::unseal(&entry, &bytes)
+                                .map_err(|e| e.to_string())?;
+                            Ok((digest, event))
+                        });
+                    match unsealed {
+                        Ok((digest, event)) => {
+                            state.add_body(&digest, &event);
+                            entry = event;
+                        }
+                        Err(err) => {
+                            tracing::error!(index, %err, "the body of a sealed entry cannot be read; it is not applied, and badges are withheld until `custodian scrub` finds the store clean");
+                            state.damaged.push(index);
+                            continue;
+                        }
+                    }
+                }
                 if entry.kind.is_service() {
                     // These kinds are appended only by the registry and evidence services, so a bad
                     // one means the code that wrote it was wrong: skip it loudly rather than refuse

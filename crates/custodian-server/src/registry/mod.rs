@@ -230,9 +230,24 @@ impl Registry {
     /// Opens the registry by replaying the registry entries of the ledger.
     pub async fn open(store: BlobStore, sequencer: Sequencer) -> Result<Self, RegistryError> {
         let ledger = sequencer.ledger().clone();
-        let state = tokio::task::spawn_blocking(move || Index::replay(&ledger))
-            .await
-            .map_err(|e| RegistryError::Ledger(LedgerError::Poisoned(e.to_string())))??;
+        let bodies = store.clone();
+        let runtime = tokio::runtime::Handle::current();
+        // Sealed entries are replayed from their bodies in custody.
+        let state = tokio::task::spawn_blocking(move || {
+            Index::replay(&ledger, &|digest| {
+                runtime.block_on(async {
+                    let read = bodies
+                        .get(digest, ByteRange::ALL)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let chunks: Vec<bytes::Bytes> =
+                        read.data.try_collect().await.map_err(|e| e.to_string())?;
+                    Ok(chunks.concat())
+                })
+            })
+        })
+        .await
+        .map_err(|e| RegistryError::Ledger(LedgerError::Poisoned(e.to_string())))??;
         Ok(Registry {
             store,
             sequencer,
@@ -321,12 +336,70 @@ impl Registry {
         ),
         RegistryError,
     > {
-        let payload = to_payload(event)
-            .map_err(|e| RegistryError::Ledger(LedgerError::InvalidEntry(e.into())))?;
-        let (appended, checkpoint) = self.sequencer.append(T::KIND, payload).await?;
-        let entry = Entry::decode(&appended.entry)
-            .map_err(|e| RegistryError::Ledger(LedgerError::InvalidEntry(e)))?;
+        let invalid = |e: custodian_core::entry::EntryError| {
+            RegistryError::Ledger(LedgerError::InvalidEntry(e))
+        };
+        let payload = to_payload(event).map_err(|e| invalid(e.into()))?;
+        if !custodian_core::seal::must_seal(&payload) {
+            let (appended, checkpoint) = self.sequencer.append(T::KIND, payload).await?;
+            let entry = Entry::decode(&appended.entry).map_err(invalid)?;
+            return Ok((appended, checkpoint, entry));
+        }
+        // A private or large event is sealed: its body goes into custody first (verified and
+        // durable), then the log commits to its digest, so an acknowledged entry never points at
+        // a body that is not there.
+        let mut salt = [0u8; 16];
+        getrandom::fill(&mut salt).map_err(|e| {
+            RegistryError::Ledger(LedgerError::Poisoned(format!("no randomness: {e}")))
+        })?;
+        let body = custodian_core::seal::SealedBody {
+            kind: T::KIND,
+            payload: custodian_core::entry::canonicalize_payload(payload).map_err(invalid)?,
+            salt,
+        }
+        .encode();
+        let digest = Digest::of(Algorithm::Sha256, &body);
+        self.store
+            .put_bytes(
+                custodian_storage::Expectation {
+                    digest: Some(digest),
+                    size: Some(body.len() as u64),
+                },
+                bytes::Bytes::from(body.clone()),
+            )
+            .await?;
+        let (appended, checkpoint) = self
+            .sequencer
+            .append(
+                EntryKind::Sealed,
+                custodian_core::seal::sealed_payload(&body),
+            )
+            .await?;
+        let sealed = Entry::decode(&appended.entry).map_err(invalid)?;
+        let entry = custodian_core::seal::unseal(&sealed, &body)
+            .map_err(|e| RegistryError::Ledger(LedgerError::Corrupt(e.to_string())))?;
+        self.index
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .add_body(&digest, &entry);
         Ok((appended, checkpoint, entry))
+    }
+
+    /// The event entry at `index`, checked against its leaf hash, and unsealed from its body in
+    /// custody when the log holds it sealed.
+    pub(crate) async fn event_entry(&self, index: u64) -> Result<Entry, RegistryError> {
+        let corrupt = |reason: String| RegistryError::Ledger(LedgerError::Corrupt(reason));
+        let bytes = self.ledger().verified_entry(index)?;
+        let entry = Entry::decode(&bytes).map_err(|e| corrupt(format!("entry {index}: {e}")))?;
+        if entry.kind != EntryKind::Sealed {
+            return Ok(entry);
+        }
+        let (digest, _) = custodian_core::seal::commitment(&entry)
+            .map_err(|e| corrupt(format!("entry {index}: {e}")))?;
+        let read = self.store.get(&digest, ByteRange::ALL).await?;
+        let chunks: Vec<bytes::Bytes> = read.data.try_collect().await?;
+        custodian_core::seal::unseal(&entry, &chunks.concat())
+            .map_err(|e| corrupt(format!("entry {index}: {e}")))
     }
 
     pub(crate) fn apply(&self, index: u64, entry: &Entry) {
@@ -1081,5 +1154,9 @@ fn report_one(file: &str, message: &str) -> Report {
 /// Rebuilds the registry index from a ledger without serving it; returns how many registry
 /// events it applied. For measuring start-up time (`custodian-bench ledger`).
 pub fn replay_count(ledger: &Ledger) -> Result<usize, RegistryError> {
-    Ok(Index::replay(ledger)?.version_count())
+    // The benchmark's log has no sealed entries, so no body is ever asked for.
+    Ok(Index::replay(ledger, &|digest| {
+        Err(format!("no custody to read the body {digest} from"))
+    })?
+    .version_count())
 }

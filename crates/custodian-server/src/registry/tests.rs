@@ -2,6 +2,7 @@
 //! attester registrations and runs put into the index, what a caller may see of it, and that a
 //! replay of the same ledger rebuilds the same index. No daemon, no disk.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,7 +12,8 @@ use custodian_core::note::SignerKey;
 use custodian_core::package::{FileEntry, PackageStatement};
 use custodian_core::{Algorithm, Digest};
 use custodian_storage::ledger::Ledger;
-use custodian_storage::{BlobStore, Expectation, MemoryBackend, MemoryLedger};
+use custodian_storage::{BlobStore, ByteRange, Expectation, MemoryBackend, MemoryLedger};
+use futures::TryStreamExt as _;
 
 use super::{Index, Registry, RegistryError};
 use crate::auth::{Principal, Scope, TokenRecord};
@@ -88,9 +90,31 @@ impl Fixture {
         Ok(recorded.record.index)
     }
 
-    /// A fresh index replayed from the same ledger.
-    fn replayed(&self) -> Index {
-        Index::replay(&self.ledger).expect("replay")
+    /// A fresh index replayed from the same ledger, with the bodies of sealed entries read
+    /// from custody first (replay itself is synchronous).
+    async fn replayed(&self) -> Index {
+        let mut bodies = HashMap::new();
+        let size = self.ledger.latest().size;
+        for bytes in self.ledger.entries(0, size).expect("entries") {
+            let entry = Entry::decode(&bytes).expect("entry");
+            if let Ok((digest, _)) = custodian_core::seal::commitment(&entry) {
+                let read = self
+                    .registry
+                    .store()
+                    .get(&digest, ByteRange::ALL)
+                    .await
+                    .expect("body");
+                let chunks: Vec<Bytes> = read.data.try_collect().await.expect("body bytes");
+                bodies.insert(digest, chunks.concat());
+            }
+        }
+        Index::replay(&self.ledger, &|digest| {
+            bodies
+                .get(digest)
+                .cloned()
+                .ok_or_else(|| "no body".to_string())
+        })
+        .expect("replay")
     }
 }
 
@@ -102,7 +126,8 @@ fn version() -> semver::Version {
 async fn a_publication_is_in_the_index_and_in_its_replay() {
     let f = fixture().await;
     let index = f.publish(false).await.expect("publish");
-    for view in [&*f.registry.read(), &f.replayed()] {
+    let replayed = f.replayed().await;
+    for view in [&*f.registry.read(), &replayed] {
         let record = view
             .version("acme-bot", &version())
             .expect("published version");
@@ -142,7 +167,7 @@ async fn a_private_version_is_invisible_without_a_grant_and_so_are_its_blobs() {
     assert!(!f.registry.blob_readable(&anonymous, &f.manifest));
     assert!(f.registry.get(&admin(), "acme-bot", "1.0.0").is_ok());
     assert!(f.registry.blob_readable(&admin(), &f.manifest));
-    let refs = f.replayed().blob_refs(&f.manifest).map(<[_]>::to_vec);
+    let refs = f.replayed().await.blob_refs(&f.manifest).map(<[_]>::to_vec);
     assert_eq!(refs.map(|r| r[0].private), Some(true));
 }
 
@@ -156,7 +181,8 @@ async fn a_yank_is_recorded_with_its_reason_and_survives_replay() {
         .await
         .expect("yank");
     let yank_index = yanked.receipt.index;
-    for view in [&*f.registry.read(), &f.replayed()] {
+    let replayed = f.replayed().await;
+    for view in [&*f.registry.read(), &replayed] {
         let yank = view
             .version("acme-bot", &version())
             .and_then(|v| v.yanked.clone())
@@ -200,7 +226,8 @@ async fn attesters_and_runs_are_the_badge_inputs_the_index_keeps() {
         .attest(&admin(), &run.sign(&attester).to_json())
         .await
         .expect("attest");
-    for view in [&*f.registry.read(), &f.replayed()] {
+    let replayed = f.replayed().await;
+    for view in [&*f.registry.read(), &replayed] {
         assert!(view.attester(&attester.verifier().handle()).is_some());
         let evidence = view.evidence("acme-bot", "1.0.0").expect("evidence");
         let latest = &evidence.runs[&("e1".to_string(), "m1".to_string())];
