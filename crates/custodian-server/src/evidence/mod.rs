@@ -16,9 +16,7 @@ use custodian_core::receipt::Receipt;
 use custodian_core::registry::{
     BadgeIssued, KeyRegistered, RunAttested, ScanRecorded, namespace_covers,
 };
-use custodian_storage::ByteRange;
 use futures::StreamExt as _;
-use futures::TryStreamExt as _;
 
 use crate::auth::{Principal, Scope};
 pub use crate::registry::index::{Attester, RunRef, VersionEvidence};
@@ -580,9 +578,7 @@ impl Registry {
                 RegistryError::Ledger(custodian_storage::LedgerError::InvalidEntry(e))
             })?;
             if let Ok((digest, _)) = custodian_core::seal::commitment(&entry) {
-                let read = self.store().get(&digest, ByteRange::ALL).await?;
-                let chunks: Vec<bytes::Bytes> = read.data.try_collect().await?;
-                bodies.push(chunks.concat());
+                bodies.push(crate::registry::read_all(self.store(), &digest).await?);
             }
         }
         let bundle = Bundle::new(badge.clone(), &manifest.1, note, entries, bodies);

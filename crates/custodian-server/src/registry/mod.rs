@@ -235,15 +235,9 @@ impl Registry {
         // Sealed entries are replayed from their bodies in custody.
         let state = tokio::task::spawn_blocking(move || {
             Index::replay(&ledger, &|digest| {
-                runtime.block_on(async {
-                    let read = bodies
-                        .get(digest, ByteRange::ALL)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let chunks: Vec<bytes::Bytes> =
-                        read.data.try_collect().await.map_err(|e| e.to_string())?;
-                    Ok(chunks.concat())
-                })
+                runtime
+                    .block_on(read_all(&bodies, digest))
+                    .map_err(|e| e.to_string())
             })
         })
         .await
@@ -396,9 +390,8 @@ impl Registry {
         }
         let (digest, _) = custodian_core::seal::commitment(&entry)
             .map_err(|e| corrupt(format!("entry {index}: {e}")))?;
-        let read = self.store.get(&digest, ByteRange::ALL).await?;
-        let chunks: Vec<bytes::Bytes> = read.data.try_collect().await?;
-        custodian_core::seal::unseal(&entry, &chunks.concat())
+        let body = read_all(&self.store, &digest).await?;
+        custodian_core::seal::unseal(&entry, &body)
             .map_err(|e| corrupt(format!("entry {index}: {e}")))
     }
 
@@ -617,9 +610,7 @@ impl Registry {
     }
 
     pub(crate) async fn read_text(&self, file: &FileEntry) -> Result<String, RegistryError> {
-        let read = self.store.get(&file.sha256, ByteRange::ALL).await?;
-        let chunks: Vec<bytes::Bytes> = read.data.try_collect().await?;
-        String::from_utf8(chunks.concat())
+        String::from_utf8(read_all(&self.store, &file.sha256).await?)
             .map_err(|_| RegistryError::Invalid(report_one(&file.path, "is not UTF-8 text")))
     }
 
@@ -1149,6 +1140,13 @@ fn report_one(file: &str, message: &str) -> Report {
         }],
         warnings: Vec::new(),
     }
+}
+
+/// A whole blob from custody, verified block by block as it is read.
+pub(crate) async fn read_all(store: &BlobStore, digest: &Digest) -> Result<Vec<u8>, StorageError> {
+    let read = store.get(digest, ByteRange::ALL).await?;
+    let chunks: Vec<bytes::Bytes> = read.data.try_collect().await?;
+    Ok(chunks.concat())
 }
 
 /// Rebuilds the registry index from a ledger without serving it; returns how many registry

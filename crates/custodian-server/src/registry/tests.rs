@@ -12,8 +12,7 @@ use custodian_core::note::SignerKey;
 use custodian_core::package::{FileEntry, PackageStatement};
 use custodian_core::{Algorithm, Digest};
 use custodian_storage::ledger::Ledger;
-use custodian_storage::{BlobStore, ByteRange, Expectation, MemoryBackend, MemoryLedger};
-use futures::TryStreamExt as _;
+use custodian_storage::{BlobStore, Expectation, MemoryBackend, MemoryLedger};
 
 use super::{Index, Registry, RegistryError};
 use crate::auth::{Principal, Scope, TokenRecord};
@@ -98,14 +97,10 @@ impl Fixture {
         for bytes in self.ledger.entries(0, size).expect("entries") {
             let entry = Entry::decode(&bytes).expect("entry");
             if let Ok((digest, _)) = custodian_core::seal::commitment(&entry) {
-                let read = self
-                    .registry
-                    .store()
-                    .get(&digest, ByteRange::ALL)
+                let body = super::read_all(self.registry.store(), &digest)
                     .await
                     .expect("body");
-                let chunks: Vec<Bytes> = read.data.try_collect().await.expect("body bytes");
-                bodies.insert(digest, chunks.concat());
+                bodies.insert(digest, body);
             }
         }
         Index::replay(&self.ledger, &|digest| {
