@@ -672,6 +672,16 @@ async fn tiles_mirrored_to_s3_are_read_from_the_bucket_with_the_daemon_stopped()
         append(&mut log, i).await.expect("append");
     }
     wait(40).await;
+    let first_checkpoint = {
+        use object_store::ObjectStoreExt as _;
+        store
+            .get(&prefix.clone().join("checkpoint"))
+            .await
+            .expect("checkpoint")
+            .bytes()
+            .await
+            .expect("body")
+    };
     let key = verifier_key_file(&mut log, dir.path()).await;
     let options = moto.options();
     let monitor = || {
@@ -726,5 +736,30 @@ async fn tiles_mirrored_to_s3_are_read_from_the_bucket_with_the_daemon_stopped()
         "Tessera's client over the S3 bucket: {}{}",
         String::from_utf8_lossy(&read.stdout),
         String::from_utf8_lossy(&read.stderr)
+    );
+    // And x/mod's TileHashReader over the same bucket: the root, a record, the old checkpoint.
+    let go = dir.path().join("go");
+    std::fs::create_dir_all(&go).expect("mkdir");
+    std::fs::copy(&key, go.join("vkey")).expect("vkey");
+    std::fs::write(go.join("old.checkpoint"), &first_checkpoint).expect("old");
+    let bundle = get(&format!(
+        "http://127.0.0.1:{}/custodian-tiles/log/tile/entries/000",
+        moto.port
+    ))
+    .await
+    .2;
+    let entry =
+        custodian_core::tiles::EntryBundle::decode(&bundle, 256).expect("bundle")[7].to_vec();
+    std::fs::write(go.join("records"), format!("7 {}", STANDARD.encode(&entry))).expect("records");
+    let checked = Command::new(crate::go_bin("tiles-check"))
+        .arg(format!("http://127.0.0.1:{}/custodian-tiles", moto.port))
+        .arg(&go)
+        .output()
+        .expect("tiles-check");
+    assert!(
+        checked.status.success(),
+        "x/mod over the S3 bucket: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
     );
 }
