@@ -16,6 +16,7 @@ pub mod jcs;
 pub mod manifest;
 pub mod merkle;
 pub mod note;
+pub mod oci;
 pub mod package;
 pub mod promptpack;
 pub mod receipt;
