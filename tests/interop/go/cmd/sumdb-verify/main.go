@@ -15,8 +15,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strings"
 
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
@@ -41,17 +39,7 @@ func main() {
 		checkpoint.Fail("usage: verify DIR")
 	}
 	dir := os.Args[1]
-	read := func(name string) []byte {
-		b, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			checkpoint.Fail("%v", err)
-		}
-		return b
-	}
-	verifier, err := note.NewVerifier(strings.TrimSpace(string(read("vkey"))))
-	if err != nil {
-		checkpoint.Fail("note.NewVerifier: %v", err)
-	}
+	read, verifier := checkpoint.Inputs(dir)
 	verifiers := note.VerifierList(verifier)
 
 	var receipt struct {

@@ -19,7 +19,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -74,17 +73,7 @@ func main() {
 		checkpoint.Fail("usage: tiles BASE DIR")
 	}
 	base, dir := os.Args[1], os.Args[2]
-	read := func(name string) []byte {
-		b, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			checkpoint.Fail("%v", err)
-		}
-		return b
-	}
-	verifier, err := note.NewVerifier(strings.TrimSpace(string(read("vkey"))))
-	if err != nil {
-		checkpoint.Fail("note.NewVerifier: %v", err)
-	}
+	read, verifier := checkpoint.Inputs(dir)
 	verifiers := note.VerifierList(verifier)
 	cp := checkpoint.Open(get(base+"/log/checkpoint"), verifiers)
 	source := &tiles{base: base}

@@ -5,6 +5,7 @@ package checkpoint
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -44,4 +45,21 @@ func Open(msg []byte, verifiers note.Verifiers) Checkpoint {
 		Fail("checkpoint root %q: %v", lines[2], err)
 	}
 	return Checkpoint{Origin: lines[0], Size: size, Root: root}
+}
+
+// Inputs opens a checker's input directory: a reader of its files (failing on any error) and
+// the log's verifier, from its vkey file.
+func Inputs(dir string) (func(name string) []byte, note.Verifier) {
+	read := func(name string) []byte {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			Fail("%v", err)
+		}
+		return b
+	}
+	verifier, err := note.NewVerifier(strings.TrimSpace(string(read("vkey"))))
+	if err != nil {
+		Fail("note.NewVerifier: %v", err)
+	}
+	return read, verifier
 }
