@@ -45,6 +45,21 @@ ensure_http_tools() {
   ensure_debian_packages "curl and openssl for the REST and TLS tests" curl openssl
 }
 
+# The OCI front end's independent clients and its reference peer: Debian's skopeo (copies images
+# in and out), and CNCF distribution as Debian packages it (docker-registry), which the OCI
+# benchmark measures against. The daemon is never started by the package: the tests and the
+# benchmark start their own on loopback.
+ensure_oci_tools() {
+  if ! dpkg -s docker-registry >/dev/null 2>&1; then
+    # Debian's package starts a registry on :5000 at install; policy-rc.d keeps it from doing so.
+    printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+    as_root chmod +x /usr/sbin/policy-rc.d
+    ensure_debian_packages "the OCI clients and reference registry" skopeo docker-registry
+    as_root rm -f /usr/sbin/policy-rc.d
+  fi
+  ensure_debian_packages "the OCI clients and reference registry" skopeo docker-registry
+}
+
 # The S3-compatible test server (moto), in a virtual environment of its own.
 ensure_moto() {
   local venv="$CUSTODIAN_CACHE/venv"
@@ -67,6 +82,11 @@ ensure_moto() {
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
       'grpcio>=1.60' 'grpcio-reflection>=1.60' 'cbor2>=5.4' 'cryptography>=41' 'PyYAML>=6' \
       'license-expression>=30'
+  fi
+  # oras-py: an OCI client nobody here wrote, for artifacts, subjects and referrers.
+  if ! "$venv/bin/python" -c 'import oras.client' 2>/dev/null; then
+    say "installing the OCI artifact client (oras) into $venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'oras>=0.2.30,<0.3'
   fi
   export CUSTODIAN_MOTO_SERVER="$venv/bin/moto_server"
   export CUSTODIAN_PYTHON="$venv/bin/python"
@@ -91,8 +111,8 @@ ensure_go_interop() {
   fi
   local bin="$CUSTODIAN_CACHE/go-bin"
   mkdir -p "$bin"
-  say "building the Go interoperability peers (x/mod, Tessera, litewitness) from the module proxy"
-  (cd tests/interop/go && "$go" build -o "$bin/" ./cmd/... filippo.io/torchwood/cmd/litewitness)
+  say "building the Go interoperability peers (x/mod, Tessera, litewitness, the OCI conformance suite) from the module proxy"
+  (cd tests/interop/go && "$go" build -o "$bin/" ./cmd/... filippo.io/torchwood/cmd/litewitness github.com/opencontainers/distribution-spec/conformance)
   export CUSTODIAN_GO_BIN="$bin"
 }
 

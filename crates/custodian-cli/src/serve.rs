@@ -183,6 +183,20 @@ pub struct ServeArgs {
     #[arg(long, env = "CUSTODIAN_WITNESS_PATIENCE", default_value = "30s", value_parser = humantime::parse_duration, requires = "witness_policy")]
     witness_patience: Duration,
 
+    /// OCI repositories under this name prefix are private (repeatable; `*` for all): readable
+    /// only with a read grant, and to anyone else exactly like a repository that does not exist
+    #[arg(
+        long = "oci-private",
+        env = "CUSTODIAN_OCI_PRIVATE",
+        value_name = "PREFIX",
+        value_delimiter = ','
+    )]
+    oci_private: Vec<String>,
+
+    /// How long an OCI upload session may sit idle before it is removed with its bytes
+    #[arg(long, env = "CUSTODIAN_OCI_UPLOAD_EXPIRY", default_value = "24h", value_parser = humantime::parse_duration)]
+    oci_upload_expiry: Duration,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. info or custodian_server=debug
     #[arg(long, env = "CUSTODIAN_LOG", default_value = "info")]
     log: String,
@@ -278,6 +292,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             _ => None,
         },
         tiles_to: args.tiles_to.map(|url| (url, args.tiles_options)),
+        oci: custodian_server::oci::OciConfig {
+            private: args.oci_private,
+            upload_expiry: args.oci_upload_expiry,
+        },
         witnessing: match &args.witness_policy {
             None => None,
             Some(path) => {

@@ -71,6 +71,10 @@ pub enum EntryKind {
     BadgeIssued,
     /// A key was added, rotated or revoked.
     KeyEvent,
+    /// A manifest was pushed to an OCI repository (and a tag moved, if pushed by tag).
+    OciManifestPut,
+    /// An OCI tag or manifest was deleted.
+    OciDeleted,
     /// An event about a private package, or too large for a tlog-tiles bundle, sealed: the
     /// payload commits to a body kept in custody (see [`crate::seal`]).
     Sealed,
@@ -89,6 +93,8 @@ impl EntryKind {
             EntryKind::ScanRecorded => "ScanRecorded",
             EntryKind::BadgeIssued => "BadgeIssued",
             EntryKind::KeyEvent => "KeyEvent",
+            EntryKind::OciManifestPut => "OciManifestPut",
+            EntryKind::OciDeleted => "OciDeleted",
             EntryKind::Sealed => "Sealed",
             EntryKind::Other(name) => name,
         }
@@ -101,7 +107,7 @@ impl EntryKind {
     }
 
     /// Every kind this version knows, all of them service kinds.
-    pub const KNOWN: [EntryKind; 8] = [
+    pub const KNOWN: [EntryKind; 10] = [
         EntryKind::RunAttested,
         EntryKind::PackagePublished,
         EntryKind::VersionYanked,
@@ -109,6 +115,8 @@ impl EntryKind {
         EntryKind::ScanRecorded,
         EntryKind::BadgeIssued,
         EntryKind::KeyEvent,
+        EntryKind::OciManifestPut,
+        EntryKind::OciDeleted,
         EntryKind::Sealed,
     ];
 

@@ -301,6 +301,19 @@ pub struct Descriptor {
     /// Annotations.
     #[serde(default)]
     pub annotations: Option<BTreeMap<String, String>>,
+    /// Where a non-distributable layer can be fetched instead of from the registry.
+    #[serde(default)]
+    pub urls: Option<Vec<String>>,
+}
+
+impl Descriptor {
+    /// True for a layer the registry need not hold: a non-distributable (foreign) media type,
+    /// or one with `urls` to fetch it from elsewhere (image-spec, "Non-distributable layers").
+    pub fn is_foreign(&self) -> bool {
+        self.media_type.contains(".nondistributable.")
+            || self.media_type.contains(".foreign.")
+            || self.urls.as_ref().is_some_and(|urls| !urls.is_empty())
+    }
 }
 
 #[derive(Deserialize)]
@@ -330,8 +343,11 @@ pub struct Manifest {
     pub media_type: String,
     /// The artifact type: `artifactType`, else the config's media type (image manifests).
     pub artifact_type: Option<String>,
-    /// Blobs it references (config and layers), with their declared sizes.
+    /// Blobs it references (config and layers), with their declared sizes: all must be in the
+    /// repository.
     pub blobs: Vec<(Digest, u64)>,
+    /// Non-distributable layers it references, which the registry need not hold.
+    pub foreign: Vec<(Digest, u64)>,
     /// Manifests it references (an index's entries).
     pub manifests: Vec<(Digest, u64)>,
     /// The manifest it refers to, if it has a `subject`.
@@ -389,6 +405,7 @@ impl Manifest {
             )));
         }
         let mut blobs = Vec::new();
+        let mut foreign = Vec::new();
         let mut manifests = Vec::new();
         let mut artifact_type = raw.artifact_type.clone();
         if is_image {
@@ -401,7 +418,12 @@ impl Manifest {
                 artifact_type = Some(config.media_type.clone());
             }
             for (i, layer) in raw.layers.iter().flatten().enumerate() {
-                blobs.push(checked(layer, &format!("layers[{i}]"))?);
+                let described = checked(layer, &format!("layers[{i}]"))?;
+                if layer.is_foreign() {
+                    foreign.push(described);
+                } else {
+                    blobs.push(described);
+                }
             }
             if raw.manifests.is_some() {
                 return Err(invalid("an image manifest has no manifests field".into()));
@@ -426,6 +448,7 @@ impl Manifest {
             media_type,
             artifact_type,
             blobs,
+            foreign,
             manifests,
             subject,
             annotations: raw.annotations.unwrap_or_default(),

@@ -244,6 +244,55 @@ pub struct BadgeIssued {
     pub registry_licenses: Vec<String>,
 }
 
+/// A manifest was pushed to an OCI repository through the `/v2/` front end, by tag or by digest.
+/// A push by tag is also the tag's move: `previous` names what the tag pointed at before.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OciManifestPut {
+    /// The repository, e.g. `acme/classifier`.
+    pub name: String,
+    /// The tag it was pushed under; absent for a push by digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The manifest's digest, `sha256:<hex>`.
+    pub digest: String,
+    /// The manifest's media type.
+    pub media_type: String,
+    /// The manifest's size in bytes.
+    pub size: u64,
+    /// Its artifact type (`artifactType`, else the config's media type), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    /// The digest of the manifest it refers to (`subject`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Its annotations, as the referrers API lists them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+    /// What the tag pointed at before this push, if it existed (a tag move).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    /// Who pushed it: `token <id> (<name>)`.
+    pub pusher: String,
+    /// True if the repository is private.
+    pub private: bool,
+}
+
+/// A tag, or a manifest with every tag on it, was deleted from an OCI repository.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OciDeleted {
+    /// The repository.
+    pub name: String,
+    /// The deleted tag; absent when the manifest itself was deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The manifest digest the tag pointed at, or the deleted manifest.
+    pub digest: String,
+    /// Who deleted it.
+    pub pusher: String,
+    /// True if the repository is private.
+    pub private: bool,
+}
+
 /// True if a package-name prefix in `namespaces` covers `name` (`*` covers every name).
 pub fn namespace_covers(namespaces: &[String], name: &str) -> bool {
     namespaces
@@ -276,6 +325,8 @@ event!(RunAttested, RunAttested);
 event!(ScanRecorded, ScanRecorded);
 event!(KeyRegistered, KeyEvent);
 event!(BadgeIssued, BadgeIssued);
+event!(OciManifestPut, OciManifestPut);
+event!(OciDeleted, OciDeleted);
 
 /// Encodes an event as its CBOR payload value.
 pub fn to_payload<T: Event>(event: &T) -> Result<Value, EventError> {

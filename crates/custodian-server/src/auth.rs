@@ -75,7 +75,9 @@ impl fmt::Display for Scope {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// The authorization header is malformed.
-    #[error("authorization must be \"Bearer <token>\"; got a value that is not")]
+    #[error(
+        "authorization must be \"Bearer <token>\", or Basic with the token as the password; got a value that is neither"
+    )]
     Malformed,
     /// The token is unknown or revoked.
     #[error(
@@ -360,11 +362,28 @@ impl Authenticator {
         let Some(header) = header else {
             return Ok(Principal::Anonymous);
         };
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .ok_or(AuthError::Malformed)?;
+        // Registry clients (docker, skopeo, oras) send the token as the password of Basic
+        // authentication; the user name is not checked.
+        let basic = header
+            .strip_prefix("Basic ")
+            .or_else(|| header.strip_prefix("basic "))
+            .map(|encoded| {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(encoded.trim())
+                    .map_err(|_| AuthError::Malformed)?;
+                let text = String::from_utf8(decoded).map_err(|_| AuthError::Malformed)?;
+                let (_, password) = text.split_once(':').ok_or(AuthError::Malformed)?;
+                Ok::<String, AuthError>(password.to_string())
+            })
+            .transpose()?;
+        let token = match &basic {
+            Some(password) => password.as_str(),
+            None => header
+                .strip_prefix("Bearer ")
+                .or_else(|| header.strip_prefix("bearer "))
+                .map(str::trim)
+                .ok_or(AuthError::Malformed)?,
+        };
         if !token.starts_with(TOKEN_PREFIX) {
             return Err(AuthError::UnknownToken);
         }

@@ -42,6 +42,9 @@ pub enum ServerError {
     /// A start-up task panicked or was cancelled.
     #[error("{0}")]
     Task(String),
+    /// The OCI front end's state (links, upload sessions) could not be opened.
+    #[error("cannot open the OCI front end's state: {0}")]
+    Oci(String),
     /// gRPC reflection could not be built from the descriptors.
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(String),

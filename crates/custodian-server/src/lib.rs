@@ -9,6 +9,7 @@ pub mod evidence;
 pub mod grpc;
 mod log_key;
 pub mod net;
+pub mod oci;
 pub mod registry;
 pub mod rest;
 pub mod scan;
@@ -81,6 +82,8 @@ pub struct ServerConfig {
     pub tiles_to: Option<(String, Vec<(String, String)>)>,
     /// Publish checkpoints only once a witness quorum cosigned them, if set.
     pub witnessing: Option<witnessing::WitnessingConfig>,
+    /// The OCI front end's private namespaces and upload expiry.
+    pub oci: oci::OciConfig,
 }
 
 impl ServerConfig {
@@ -105,6 +108,7 @@ impl ServerConfig {
             scanners: scan::ScannerConfig::default(),
             tiles_to: None,
             witnessing: None,
+            oci: oci::OciConfig::default(),
         }
     }
 }
@@ -254,7 +258,34 @@ pub async fn serve(
     let rest = match rest_listener {
         None => None,
         Some(rest_listener) => {
-            let app = rest::router(registry.clone(), auth.clone(), limits.upload_idle_timeout);
+            let oci = Arc::new(
+                oci::Oci::open(
+                    registry.clone(),
+                    &config.data_dir.join("oci"),
+                    config.oci.clone(),
+                )
+                .map_err(|e| ServerError::Oci(e.to_string()))?,
+            );
+            // Abandoned upload sessions are swept a few times per expiry period.
+            let sweeper = oci.clone();
+            let period = (config.oci.upload_expiry / 4).clamp(
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(600),
+            );
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                loop {
+                    tick.tick().await;
+                    let oci = sweeper.clone();
+                    let _ = tokio::task::spawn_blocking(move || oci.uploads().sweep()).await;
+                }
+            });
+            let app = rest::router(
+                registry.clone(),
+                auth.clone(),
+                limits.upload_idle_timeout,
+                oci,
+            );
             let tls = match &config.tls {
                 Some(tls) => Some(tls.rustls_config()?),
                 None => None,

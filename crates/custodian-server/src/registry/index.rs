@@ -55,9 +55,16 @@ pub struct Index {
     /// Entries whose stored bytes do not match the leaf hashes the signed tree records, found
     /// at replay. They were not applied, so state derived from the log may be missing them.
     damaged: Vec<u64>,
+    /// The OCI repositories (`OciManifestPut` and `OciDeleted` entries).
+    oci: crate::oci::index::OciIndex,
 }
 
 impl Index {
+    /// The OCI repositories.
+    pub fn oci(&self) -> &crate::oci::index::OciIndex {
+        &self.oci
+    }
+
     fn add_ref(&mut self, sha256: &Digest, name: &str, private: bool) {
         self.blobs
             .entry(*sha256.bytes())
@@ -134,6 +141,16 @@ impl Index {
                         time_ms: entry.time_ms,
                     });
                 }
+            }
+            EntryKind::OciManifestPut => {
+                let event: custodian_core::registry::OciManifestPut =
+                    entry.event().map_err(|e| e.to_string())?;
+                self.oci.apply_put(index, entry.time_ms, &event)?;
+            }
+            EntryKind::OciDeleted => {
+                let event: custodian_core::registry::OciDeleted =
+                    entry.event().map_err(|e| e.to_string())?;
+                self.oci.apply_delete(index, entry.time_ms, &event)?;
             }
             EntryKind::RunAttested
             | EntryKind::ScanRecorded

@@ -65,6 +65,13 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The error's message.
+    pub(super) fn message(&self) -> &str {
+        &self.message
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = json!({"error": {"code": self.code, "message": self.message}});

@@ -9,6 +9,7 @@
 //! - `GET  /blobs/{digest}` — any readable blob by digest (`Range` too)
 //! - `GET  /log/checkpoint`, `GET /log/tile/<L>/<N>[.p/<W>]`, `GET /log/tile/entries/<N>[.p/<W>]`
 //!   — the ledger as C2SP tlog-tiles
+//! - `/v2/…` — the OCI Distribution API v1.1 (rest/oci.rs, docs/oci.md)
 //!
 //! A wrapper id is a package name (URL-encode the `/` of a scoped name: `%40acme%2Fbot`), a vid
 //! a version. Errors are JSON `{"error": {"code", "message"}}` with a stable code. The whole API
@@ -31,6 +32,7 @@ use crate::auth::{Authenticator, Principal};
 
 mod badge;
 mod error;
+mod oci;
 mod range;
 mod tiles;
 mod upload;
@@ -57,6 +59,7 @@ pub struct RestState {
     auth: Arc<Authenticator>,
     store: BlobStore,
     upload_idle: std::time::Duration,
+    oci: Arc<crate::oci::Oci>,
 }
 
 /// The REST router; an upload body that sends nothing for `upload_idle` is abandoned.
@@ -64,6 +67,7 @@ pub fn router(
     registry: Arc<Registry>,
     auth: Arc<Authenticator>,
     upload_idle: std::time::Duration,
+    oci: Arc<crate::oci::Oci>,
 ) -> Router {
     let store = registry.store().clone();
     let state = RestState {
@@ -71,6 +75,7 @@ pub fn router(
         auth,
         store,
         upload_idle,
+        oci,
     };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -107,6 +112,12 @@ pub fn router(
         .route("/blobs/{digest}", get(download_blob))
         .route("/log/checkpoint", get(tiles::checkpoint))
         .route("/log/tile/{*path}", get(tiles::tile))
+        // The OCI Distribution API (docs/oci.md); blob uploads stream to disk, so no body limit.
+        .route("/v2/", axum::routing::any(oci::handle).layer(DefaultBodyLimit::disable()))
+        .route(
+            "/v2/{*path}",
+            axum::routing::any(oci::handle).layer(DefaultBodyLimit::disable()),
+        )
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,

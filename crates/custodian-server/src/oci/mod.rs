@@ -1,0 +1,855 @@
+//! The OCI Distribution front end's domain (no axum here: `rest/oci.rs` is its HTTP face).
+//!
+//! Repositories hold blobs and manifests. Blobs are the custody store's (one copy per digest,
+//! verified before visible, CRC-checked on read); a repository only links them ([`links`]).
+//! Uploads are durable sessions ([`uploads`]). Every manifest push and every tag move or delete
+//! is a ledger entry (`OciManifestPut`, `OciDeleted`) appended through the registry, and the
+//! repositories are derived from those entries ([`index`]), so the log alone says what every
+//! `name:tag` pointed at, and when, and who moved it.
+//!
+//! Access follows the registry's: tokens with scopes over namespaces (a namespace `@acme/`
+//! covers the repository `acme/…` too), `publish` to push, `read` for private repositories. A
+//! repository is private when a `serve --oci-private` namespace covers it; to a caller who may not
+//! read it, a private repository answers exactly as an absent one.
+
+pub mod index;
+pub mod links;
+pub mod uploads;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use custodian_core::oci::{ErrorCode, Manifest, OciError, Reference};
+use custodian_core::registry::{OciDeleted, OciManifestPut};
+use custodian_core::{Algorithm, Digest};
+use custodian_storage::{BlobMeta, Expectation, StorageError};
+
+use crate::auth::{Principal, Scope};
+use crate::registry::{Registry, RegistryError};
+use index::{ManifestInfo, TagState};
+use links::Links;
+use uploads::Uploads;
+
+/// The artifact type of the ledger receipt Custodian serves as a referrer of each manifest.
+pub const RECEIPT_ARTIFACT_TYPE: &str = "application/vnd.custodian.receipt.v1+json";
+/// The media type of the empty config of artifacts Custodian makes (image-spec's empty descriptor).
+pub const EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
+
+/// Why an OCI request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OciFailure {
+    /// Refused with a distribution-spec error code.
+    #[error("{}", .0.message)]
+    Refused(#[from] OciError),
+    /// A token is needed (401 with a challenge).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The token does not allow it (403 `DENIED`).
+    #[error("{0}")]
+    Denied(String),
+    /// The registry (and so the ledger) failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The custody store failed or refused the bytes.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The upload staging area failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// A bug or an unexpected condition.
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn refused(code: ErrorCode, message: String) -> OciFailure {
+    OciFailure::Refused(OciError { code, message })
+}
+
+/// How the OCI front end is configured.
+#[derive(Clone, Debug)]
+pub struct OciConfig {
+    /// Repository-name prefixes whose repositories are private (`*` for all).
+    pub private: Vec<String>,
+    /// How long an idle upload session lives.
+    pub upload_expiry: Duration,
+}
+
+impl Default for OciConfig {
+    fn default() -> Self {
+        OciConfig {
+            private: Vec::new(),
+            upload_expiry: uploads::DEFAULT_UPLOAD_EXPIRY,
+        }
+    }
+}
+
+/// A manifest as served: its bytes, media type and digest.
+pub struct ServedManifest {
+    /// The manifest's bytes, exactly as pushed.
+    pub bytes: Bytes,
+    /// Its media type.
+    pub media_type: String,
+    /// Its digest.
+    pub digest: Digest,
+}
+
+/// What a manifest push did.
+pub struct Pushed {
+    /// The manifest's digest.
+    pub digest: Digest,
+    /// Its subject, for the `OCI-Subject` header.
+    pub subject: Option<Digest>,
+}
+
+/// One referrer, as the referrers API lists it.
+#[derive(Clone, Debug)]
+pub struct Referrer {
+    /// The referring manifest's digest.
+    pub digest: Digest,
+    /// Its media type, size, artifact type and annotations.
+    pub info: ManifestInfo,
+}
+
+/// The OCI front end.
+pub struct Oci {
+    registry: Arc<Registry>,
+    links: Arc<Links>,
+    uploads: Uploads,
+    config: OciConfig,
+    /// Serializes manifest pushes and deletes, so each entry's `previous` is what the tag really
+    /// pointed at.
+    writes: tokio::sync::Mutex<()>,
+    /// Manifests Custodian made (receipt referrers), by repository and digest. They are
+    /// regenerated after a restart, so memory is enough.
+    made: std::sync::Mutex<HashMap<(String, [u8; 32]), ManifestInfo>>,
+    /// Blobs of those manifests, readable in their repository.
+    made_blobs: std::sync::Mutex<HashSet<(String, [u8; 32])>>,
+    /// The receipt referrer made for each (repository, subject, ledger index), so that every
+    /// listing names the same one.
+    receipts: std::sync::Mutex<HashMap<ReceiptKey, Referrer>>,
+}
+
+/// A receipt referrer's key: repository, subject, and the ledger index of the subject's push.
+type ReceiptKey = (String, [u8; 32], u64);
+
+/// The principal's label as the ledger records a pusher.
+fn pusher(who: &Principal) -> String {
+    who.label()
+}
+
+impl Oci {
+    /// Opens the front end over the registry, keeping links and upload sessions in `dir`.
+    pub fn open(
+        registry: Arc<Registry>,
+        dir: &std::path::Path,
+        config: OciConfig,
+    ) -> Result<Self, OciFailure> {
+        Ok(Oci {
+            registry,
+            links: Arc::new(Links::open(dir)?),
+            uploads: Uploads::open(&dir.join("uploads"), config.upload_expiry)?,
+            config,
+            writes: tokio::sync::Mutex::new(()),
+            made: Default::default(),
+            made_blobs: Default::default(),
+            receipts: Default::default(),
+        })
+    }
+
+    /// The upload sessions (for the periodic sweep).
+    pub fn uploads(&self) -> &Uploads {
+        &self.uploads
+    }
+
+    /// True if the repository is private.
+    pub fn is_private(&self, repo: &str) -> bool {
+        custodian_core::registry::namespace_covers(&self.config.private, repo)
+    }
+
+    fn allows(who: &Principal, scope: Scope, repo: &str) -> bool {
+        who.allows(scope, repo) || who.allows(scope, &format!("@{repo}"))
+    }
+
+    /// True if `who` may read `repo`.
+    pub fn can_read(&self, who: &Principal, repo: &str) -> bool {
+        !self.is_private(repo) || Self::allows(who, Scope::Read, repo)
+    }
+
+    /// Refuses `who` unless it may push to `repo`.
+    pub fn require_push(&self, who: &Principal, repo: &str) -> Result<(), OciFailure> {
+        if Self::allows(who, Scope::Publish, repo) {
+            return Ok(());
+        }
+        Err(match who {
+            Principal::Anonymous => OciFailure::Unauthenticated(format!(
+                "pushing to {repo:?} needs a token with the publish scope for it, as a Bearer token or the password of Basic authentication"
+            )),
+            Principal::Token(_) => OciFailure::Denied(format!(
+                "{} may not push to {repo:?}: it lacks the publish scope for a namespace covering that name",
+                who.label()
+            )),
+        })
+    }
+
+    /// True if the repository exists for `who`: readable, and holding anything.
+    pub fn repo_exists(&self, who: &Principal, repo: &str) -> bool {
+        self.can_read(who, repo)
+            && (self.links.has_repo(repo)
+                || self
+                    .registry
+                    .read()
+                    .oci()
+                    .repo(repo)
+                    .is_some_and(|r| !r.manifests.is_empty() || !r.tags.is_empty()))
+    }
+
+    /// The blob `digest` in `repo`, if `who` may read it there.
+    pub async fn blob(
+        &self,
+        who: &Principal,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<BlobMeta, OciFailure> {
+        let unknown = || {
+            refused(
+                ErrorCode::BlobUnknown,
+                format!("blob {digest} is not in repository {repo:?}"),
+            )
+        };
+        let linked = self.links.contains(repo, digest)
+            || self
+                .made_blobs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&(repo.to_string(), *digest.bytes()));
+        if !self.can_read(who, repo) || !linked {
+            return Err(unknown());
+        }
+        self.registry
+            .store()
+            .stat(digest)
+            .await?
+            .ok_or_else(unknown)
+    }
+
+    /// Unlinks a blob from a repository (its bytes stay in custody for whatever else uses them).
+    pub async fn delete_blob(
+        &self,
+        who: &Principal,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<(), OciFailure> {
+        self.require_push(who, repo)?;
+        let made = self
+            .made_blobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(repo.to_string(), *digest.bytes()));
+        if self.links.remove(repo, digest).await? || made {
+            Ok(())
+        } else {
+            Err(refused(
+                ErrorCode::BlobUnknown,
+                format!("blob {digest} is not in repository {repo:?}"),
+            ))
+        }
+    }
+
+    /// Mounts `digest` from repository `from` (or, without one, from any repository `who` may
+    /// read that holds it) into `repo`. `Ok(false)` if it cannot, and the caller starts an
+    /// upload instead, as the spec says.
+    pub async fn mount(
+        &self,
+        who: &Principal,
+        repo: &str,
+        digest: &Digest,
+        from: Option<&str>,
+    ) -> Result<bool, OciFailure> {
+        self.require_push(who, repo)?;
+        let sources = match from {
+            Some(from) => vec![from.to_string()],
+            None => self.links.repos_with(digest),
+        };
+        let readable = sources
+            .iter()
+            .any(|source| self.can_read(who, source) && self.links.contains(source, digest));
+        if !readable || self.registry.store().stat(digest).await?.is_none() {
+            return Ok(false);
+        }
+        self.links.add(repo, digest).await?;
+        Ok(true)
+    }
+
+    /// Puts a whole blob sent in one request (`POST ?digest=`), verified against `digest`.
+    pub async fn put_blob<S, E>(
+        &self,
+        who: &Principal,
+        repo: &str,
+        digest: &Digest,
+        size: Option<u64>,
+        body: S,
+    ) -> Result<(), OciFailure>
+    where
+        S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use futures::StreamExt as _;
+        self.require_push(who, repo)?;
+        let mut writer = self
+            .registry
+            .store()
+            .begin_put(Expectation {
+                digest: Some(*digest),
+                size,
+            })
+            .await?;
+        let mut body = body;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
+                refused(
+                    ErrorCode::BlobUploadInvalid,
+                    format!("the upload's body ended early: {e}"),
+                )
+            })?;
+            writer.write(chunk).await?;
+        }
+        writer.commit().await?;
+        self.links.add(repo, digest).await
+    }
+
+    /// Starts an upload session in `repo`.
+    pub async fn start_upload(&self, who: &Principal, repo: &str) -> Result<String, OciFailure> {
+        self.require_push(who, repo)?;
+        self.uploads.start(repo).await
+    }
+
+    /// The bytes committed in an upload session.
+    pub async fn upload_status(
+        &self,
+        who: &Principal,
+        repo: &str,
+        id: &str,
+    ) -> Result<u64, OciFailure> {
+        self.require_push(who, repo)?;
+        self.uploads.status(repo, id).await
+    }
+
+    /// Appends a chunk to an upload session (see [`Uploads::append`]).
+    pub async fn append_upload<S, E>(
+        &self,
+        who: &Principal,
+        repo: &str,
+        id: &str,
+        start: Option<u64>,
+        body: S,
+    ) -> Result<Result<u64, uploads::OutOfOrder>, OciFailure>
+    where
+        S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        self.require_push(who, repo)?;
+        self.uploads.append(repo, id, start, body).await
+    }
+
+    /// Completes an upload session: its bytes must hash to `digest`, else nothing is kept.
+    pub async fn finish_upload(
+        &self,
+        who: &Principal,
+        repo: &str,
+        id: &str,
+        digest: &Digest,
+    ) -> Result<(), OciFailure> {
+        self.require_push(who, repo)?;
+        self.uploads
+            .finish(
+                self.registry.store(),
+                repo,
+                id,
+                Expectation {
+                    digest: Some(*digest),
+                    size: None,
+                },
+            )
+            .await?;
+        self.links.add(repo, digest).await
+    }
+
+    /// Cancels an upload session.
+    pub async fn cancel_upload(
+        &self,
+        who: &Principal,
+        repo: &str,
+        id: &str,
+    ) -> Result<(), OciFailure> {
+        self.require_push(who, repo)?;
+        self.uploads.cancel(repo, id).await
+    }
+
+    fn resolve(&self, repo: &str, reference: &Reference) -> Option<(Digest, ManifestInfo)> {
+        let made = |digest: &Digest| {
+            self.made
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&(repo.to_string(), *digest.bytes()))
+                .cloned()
+        };
+        let state = self.registry.read();
+        let found = state.oci().repo(repo);
+        match reference {
+            Reference::Tag(tag) => {
+                let r = found?;
+                let digest = *r.tags.get(tag.as_str())?;
+                let info = r.manifests.get(digest.bytes())?.clone();
+                Some((digest, info))
+            }
+            Reference::Digest(digest) => found
+                .and_then(|r| r.manifests.get(digest.bytes()).cloned())
+                .or_else(|| made(digest))
+                .map(|info| (*digest, info)),
+        }
+    }
+
+    /// The manifest `reference` names in `repo`, for `who`.
+    pub async fn manifest(
+        &self,
+        who: &Principal,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<ServedManifest, OciFailure> {
+        let unknown = || {
+            refused(
+                ErrorCode::ManifestUnknown,
+                format!("manifest {} is not in repository {repo:?}", show(reference)),
+            )
+        };
+        if !self.can_read(who, repo) {
+            return Err(unknown());
+        }
+        let (digest, info) = self.resolve(repo, reference).ok_or_else(unknown)?;
+        let bytes = crate::registry::read_all(self.registry.store(), &digest).await?;
+        Ok(ServedManifest {
+            bytes: Bytes::from(bytes),
+            media_type: info.media_type,
+            digest,
+        })
+    }
+
+    /// Checks and stores a manifest pushed to `repo` under `reference`, and appends its ledger
+    /// entry.
+    pub async fn put_manifest(
+        &self,
+        who: &Principal,
+        repo: &str,
+        reference: &Reference,
+        bytes: Bytes,
+        content_type: &str,
+    ) -> Result<Pushed, OciFailure> {
+        self.require_push(who, repo)?;
+        let manifest = Manifest::parse(&bytes, content_type)?;
+        let digest = Digest::of(Algorithm::Sha256, &bytes);
+        if let Reference::Digest(named) = reference
+            && *named != digest
+        {
+            return Err(refused(
+                ErrorCode::DigestInvalid,
+                format!("the manifest's sha256 is {digest}, not the {named} it was pushed as"),
+            ));
+        }
+        for (blob, size) in &manifest.blobs {
+            let meta = if self.links.contains(repo, blob) {
+                self.registry.store().stat(blob).await?
+            } else {
+                None
+            };
+            match meta {
+                Some(meta) if meta.size == *size => {}
+                Some(meta) => {
+                    return Err(refused(
+                        ErrorCode::ManifestInvalid,
+                        format!(
+                            "blob {blob} is {} bytes, but the manifest says {size}",
+                            meta.size
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(refused(
+                        ErrorCode::ManifestBlobUnknown,
+                        format!("blob {blob} is not in repository {repo:?}: push it first"),
+                    ));
+                }
+            }
+        }
+        {
+            let state = self.registry.read();
+            let existing = state.oci().repo(repo);
+            for (child, size) in &manifest.manifests {
+                match existing.and_then(|r| r.manifests.get(child.bytes())) {
+                    Some(info) if info.size == *size => {}
+                    Some(info) => {
+                        return Err(refused(
+                            ErrorCode::ManifestInvalid,
+                            format!(
+                                "manifest {child} is {} bytes, but the index says {size}",
+                                info.size
+                            ),
+                        ));
+                    }
+                    None => {
+                        return Err(refused(
+                            ErrorCode::ManifestBlobUnknown,
+                            format!(
+                                "manifest {child} is not in repository {repo:?}: push it first"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        // The bytes are in custody, verified and durable, before the log names them.
+        self.registry
+            .store()
+            .put_bytes(
+                Expectation {
+                    digest: Some(digest),
+                    size: Some(bytes.len() as u64),
+                },
+                bytes.clone(),
+            )
+            .await?;
+        let tag = match reference {
+            Reference::Tag(tag) => Some(tag.as_str().to_string()),
+            Reference::Digest(_) => None,
+        };
+        let _writing = self.writes.lock().await;
+        let (previous, unchanged) = {
+            let state = self.registry.read();
+            let r = state.oci().repo(repo);
+            let held = r.is_some_and(|r| r.manifests.contains_key(digest.bytes()));
+            let previous = tag
+                .as_ref()
+                .and_then(|t| r.and_then(|r| r.tags.get(t)).copied());
+            let unchanged = held && (tag.is_none() || previous == Some(digest));
+            (previous, unchanged)
+        };
+        if !unchanged {
+            let event = OciManifestPut {
+                name: repo.to_string(),
+                tag,
+                digest: digest.to_string(),
+                media_type: manifest.media_type.clone(),
+                size: bytes.len() as u64,
+                artifact_type: manifest.artifact_type.clone(),
+                subject: manifest.subject.map(|s| s.to_string()),
+                annotations: manifest.annotations.clone(),
+                previous: previous.map(|p| p.to_string()),
+                pusher: pusher(who),
+                private: self.is_private(repo),
+            };
+            let (index, _, _, entry) = self.registry.append(&event).await?;
+            self.registry.apply(index, &entry);
+        }
+        Ok(Pushed {
+            digest,
+            subject: manifest.subject,
+        })
+    }
+
+    /// Deletes a tag, or a manifest with every tag on it, appending the ledger entry.
+    pub async fn delete_manifest(
+        &self,
+        who: &Principal,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<(), OciFailure> {
+        self.require_push(who, repo)?;
+        let _writing = self.writes.lock().await;
+        let target = {
+            let state = self.registry.read();
+            let r = state.oci().repo(repo);
+            match reference {
+                Reference::Tag(tag) => r.and_then(|r| r.tags.get(tag.as_str())).copied(),
+                Reference::Digest(d) => r
+                    .filter(|r| r.manifests.contains_key(d.bytes()))
+                    .map(|_| *d),
+            }
+        };
+        let Some(digest) = target else {
+            return Err(refused(
+                ErrorCode::ManifestUnknown,
+                format!("manifest {} is not in repository {repo:?}", show(reference)),
+            ));
+        };
+        let event = OciDeleted {
+            name: repo.to_string(),
+            tag: match reference {
+                Reference::Tag(tag) => Some(tag.as_str().to_string()),
+                Reference::Digest(_) => None,
+            },
+            digest: digest.to_string(),
+            pusher: pusher(who),
+            private: self.is_private(repo),
+        };
+        let (index, _, _, entry) = self.registry.append(&event).await?;
+        self.registry.apply(index, &entry);
+        Ok(())
+    }
+
+    /// The repository's tags in order, after `last`, at most `n`; and whether more follow.
+    pub fn tags(
+        &self,
+        who: &Principal,
+        repo: &str,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<(Vec<String>, bool), OciFailure> {
+        if !self.repo_exists(who, repo) {
+            return Err(refused(
+                ErrorCode::NameUnknown,
+                format!("repository {repo:?} is not known to this registry"),
+            ));
+        }
+        let state = self.registry.read();
+        let all: Vec<String> = state
+            .oci()
+            .repo(repo)
+            .map(|r| {
+                r.tags
+                    .keys()
+                    .filter(|t| last.is_none_or(|l| t.as_str() > l))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let limit = n.unwrap_or(usize::MAX);
+        let more = all.len() > limit;
+        Ok((all.into_iter().take(limit).collect(), more))
+    }
+
+    /// The manifests in `repo` whose subject is `subject`, filtered by artifact type, with the
+    /// ledger receipt of the subject's push among them.
+    pub async fn referrers(
+        &self,
+        who: &Principal,
+        repo: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>, OciFailure> {
+        if !self.can_read(who, repo) {
+            return Ok(Vec::new());
+        }
+        let (mut list, pushed_at) = {
+            let state = self.registry.read();
+            let Some(r) = state.oci().repo(repo) else {
+                return Ok(Vec::new());
+            };
+            let list: Vec<Referrer> = r
+                .referrers
+                .get(subject.bytes())
+                .into_iter()
+                .flatten()
+                .filter_map(|d| {
+                    let info = r.manifests.get(d)?.clone();
+                    Some(Referrer {
+                        digest: Digest::sha256(*d),
+                        info,
+                    })
+                })
+                .collect();
+            (list, r.manifests.get(subject.bytes()).map(|i| i.index))
+        };
+        if let Some(index) = pushed_at {
+            list.push(self.receipt_referrer(repo, subject, index).await?);
+        }
+        if let Some(wanted) = artifact_type {
+            list.retain(|r| r.info.artifact_type.as_deref() == Some(wanted));
+        }
+        Ok(list)
+    }
+
+    /// The receipt of the ledger entry at `index` as an OCI artifact whose subject is
+    /// `subject`, made once and kept.
+    async fn receipt_referrer(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        index: u64,
+    ) -> Result<Referrer, OciFailure> {
+        let key = (repo.to_string(), *subject.bytes(), index);
+        if let Some(made) = self
+            .receipts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(made.clone());
+        }
+        let receipt = self
+            .registry
+            .ledger()
+            .receipt(index)
+            .map_err(RegistryError::from)?
+            .to_json();
+        let subject_info = self
+            .resolve(repo, &Reference::Digest(*subject))
+            .map(|(_, i)| i)
+            .ok_or_else(|| OciFailure::Internal(format!("{subject} vanished from {repo}")))?;
+        let mut annotations = BTreeMap::new();
+        annotations.insert("vnd.custodian.ledger.index".to_string(), index.to_string());
+        let (digest, info) = self
+            .make_artifact(
+                repo,
+                RECEIPT_ARTIFACT_TYPE,
+                &[(Bytes::from(receipt), RECEIPT_ARTIFACT_TYPE, BTreeMap::new())],
+                Some((subject, &subject_info)),
+                annotations,
+            )
+            .await?;
+        let referrer = Referrer { digest, info };
+        self.receipts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, referrer.clone());
+        Ok(referrer)
+    }
+
+    /// Makes an OCI artifact manifest in custody (empty config, the given layers) readable in
+    /// `repo` by digest; returns its digest and listing.
+    async fn make_artifact(
+        &self,
+        repo: &str,
+        artifact_type: &str,
+        layers: &[(Bytes, &str, BTreeMap<String, String>)],
+        subject: Option<(&Digest, &ManifestInfo)>,
+        annotations: BTreeMap<String, String>,
+    ) -> Result<(Digest, ManifestInfo), OciFailure> {
+        let store = self.registry.store();
+        let empty = Bytes::from_static(b"{}");
+        let mut blobs = vec![empty.clone()];
+        let mut layer_json = Vec::new();
+        for (bytes, media_type, layer_annotations) in layers {
+            let d = Digest::of(Algorithm::Sha256, bytes);
+            let mut descriptor = serde_json::json!({
+                "mediaType": media_type,
+                "digest": d.to_string(),
+                "size": bytes.len(),
+            });
+            if !layer_annotations.is_empty() {
+                descriptor["annotations"] = serde_json::json!(layer_annotations);
+            }
+            layer_json.push(descriptor);
+            blobs.push(bytes.clone());
+        }
+        let mut manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": custodian_core::oci::OCI_MANIFEST,
+            "artifactType": artifact_type,
+            "config": {
+                "mediaType": EMPTY_CONFIG,
+                "digest": Digest::of(Algorithm::Sha256, &empty).to_string(),
+                "size": 2,
+                "data": "e30=",
+            },
+            "layers": layer_json,
+        });
+        if let Some((d, info)) = subject {
+            manifest["subject"] = serde_json::json!({
+                "mediaType": info.media_type,
+                "digest": d.to_string(),
+                "size": info.size,
+            });
+        }
+        if !annotations.is_empty() {
+            manifest["annotations"] = serde_json::json!(annotations);
+        }
+        let manifest = Bytes::from(manifest.to_string());
+        blobs.push(manifest.clone());
+        let items = blobs
+            .iter()
+            .map(|b| {
+                (
+                    Expectation {
+                        digest: Some(Digest::of(Algorithm::Sha256, b)),
+                        size: Some(b.len() as u64),
+                    },
+                    b.clone(),
+                )
+            })
+            .collect();
+        for outcome in store.put_many(items).await {
+            outcome?;
+        }
+        let digest = Digest::of(Algorithm::Sha256, &manifest);
+        let info = ManifestInfo {
+            media_type: custodian_core::oci::OCI_MANIFEST.to_string(),
+            size: manifest.len() as u64,
+            artifact_type: Some(artifact_type.to_string()),
+            subject: subject.map(|(d, _)| *d),
+            annotations,
+            index: 0,
+        };
+        {
+            let mut made_blobs = self
+                .made_blobs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for b in &blobs {
+                made_blobs.insert((repo.to_string(), *Digest::of(Algorithm::Sha256, b).bytes()));
+            }
+        }
+        self.made
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((repo.to_string(), *digest.bytes()), info.clone());
+        Ok((digest, info))
+    }
+
+    /// Every state a tag has had, oldest first, each with the receipt of its ledger entry.
+    pub fn history(
+        &self,
+        who: &Principal,
+        repo: &str,
+        tag: &str,
+    ) -> Result<Vec<(TagState, String)>, OciFailure> {
+        let states: Vec<TagState> = if self.can_read(who, repo) {
+            self.registry
+                .read()
+                .oci()
+                .repo(repo)
+                .and_then(|r| r.history.get(tag))
+                .cloned()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if states.is_empty() {
+            return Err(refused(
+                ErrorCode::ManifestUnknown,
+                format!("tag {tag:?} has never been pushed to repository {repo:?}"),
+            ));
+        }
+        let ledger = self.registry.ledger();
+        states
+            .into_iter()
+            .map(|s| {
+                let receipt = ledger.receipt(s.index).map_err(RegistryError::from)?;
+                Ok((s, receipt.to_json()))
+            })
+            .collect()
+    }
+}
+
+fn show(reference: &Reference) -> String {
+    match reference {
+        Reference::Tag(tag) => tag.as_str().to_string(),
+        Reference::Digest(d) => d.to_string(),
+    }
+}
