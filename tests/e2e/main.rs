@@ -11,6 +11,7 @@ mod evidence;
 mod faults;
 mod interop;
 mod ledger;
+mod oci;
 mod openapi;
 mod registry;
 mod scan;

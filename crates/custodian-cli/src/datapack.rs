@@ -18,7 +18,7 @@ use crate::output::progress;
 pub struct RestArg {
     /// The daemon's REST address (https://… when it serves TLS)
     #[arg(long, env = "CUSTODIAN_REST", default_value = "http://127.0.0.1:7312")]
-    rest: String,
+    pub(crate) rest: String,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -93,7 +93,7 @@ immutable per version: uploading the same bytes again is a no-op, anything else 
     },
 }
 
-fn client(rest: &RestArg) -> anyhow::Result<reqwest::Client> {
+pub(crate) fn client(rest: &RestArg) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder();
     if let Some(path) = &rest.server.ca_cert {
         let pem =
@@ -114,7 +114,10 @@ fn url(rest: &RestArg, spec: &str, tail: &str) -> anyhow::Result<String> {
     ))
 }
 
-fn authorize(request: reqwest::RequestBuilder, rest: &RestArg) -> reqwest::RequestBuilder {
+pub(crate) fn authorize(
+    request: reqwest::RequestBuilder,
+    rest: &RestArg,
+) -> reqwest::RequestBuilder {
     match rest.server.token.as_deref().filter(|t| !t.is_empty()) {
         Some(token) => request.bearer_auth(token),
         None => request,
@@ -122,7 +125,7 @@ fn authorize(request: reqwest::RequestBuilder, rest: &RestArg) -> reqwest::Reque
 }
 
 /// Why a request to `--rest` failed, with a hint when the address is not a REST port.
-fn unreachable(rest: &RestArg, err: reqwest::Error) -> anyhow::Error {
+pub(crate) fn unreachable(rest: &RestArg, err: reqwest::Error) -> anyhow::Error {
     // reqwest's own message is "error sending request"; the cause is in its source chain.
     let mut text = err.to_string();
     let mut source = std::error::Error::source(&err);

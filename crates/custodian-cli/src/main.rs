@@ -7,6 +7,7 @@ mod datapack;
 mod evidence;
 mod keys;
 mod log;
+mod oci;
 mod output;
 mod pack;
 mod policy;
@@ -160,6 +161,9 @@ first thing that does not hold. docs/verifying.md describes each step."
     /// Run a C2SP tlog-witness that cosigns other logs' checkpoints, and make its key
     #[command(subcommand)]
     Witness(witness::WitnessCommand),
+    /// The OCI front end's provenance: every state of a tag, with receipts
+    #[command(subcommand)]
+    Oci(oci::OciCommand),
 }
 
 /// The exit status of a process whose output pipe was closed (128 + SIGPIPE), as a shell reports
@@ -223,6 +227,7 @@ fn main() -> std::process::ExitCode {
             Command::Verify(args) => evidence::verify(args),
             Command::Scrub(args) => scrub::run(args).await,
             Command::Witness(command) => witness::run(command).await,
+            Command::Oci(command) => oci::run(command).await,
         }
     });
     match result {

@@ -95,10 +95,11 @@ impl ErrorCode {
         match self {
             ErrorCode::BlobUnknown
             | ErrorCode::BlobUploadUnknown
-            | ErrorCode::ManifestBlobUnknown
             | ErrorCode::ManifestUnknown
             | ErrorCode::NameUnknown => 404,
-            ErrorCode::BlobUploadInvalid
+            // A push that names what is not there is a bad request, as CNCF distribution answers.
+            ErrorCode::ManifestBlobUnknown
+            | ErrorCode::BlobUploadInvalid
             | ErrorCode::DigestInvalid
             | ErrorCode::ManifestInvalid
             | ErrorCode::NameInvalid

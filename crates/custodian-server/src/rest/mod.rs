@@ -10,6 +10,7 @@
 //! - `GET  /log/checkpoint`, `GET /log/tile/<L>/<N>[.p/<W>]`, `GET /log/tile/entries/<N>[.p/<W>]`
 //!   — the ledger as C2SP tlog-tiles
 //! - `/v2/…` — the OCI Distribution API v1.1 (rest/oci.rs, docs/oci.md)
+//! - `GET  /oci/history?name=&tag=` — every state of an OCI tag, with ledger receipts
 //!
 //! A wrapper id is a package name (URL-encode the `/` of a scoped name: `%40acme%2Fbot`), a vid
 //! a version. Errors are JSON `{"error": {"code", "message"}}` with a stable code. The whole API
@@ -112,6 +113,7 @@ pub fn router(
         .route("/blobs/{digest}", get(download_blob))
         .route("/log/checkpoint", get(tiles::checkpoint))
         .route("/log/tile/{*path}", get(tiles::tile))
+        .route("/oci/history", get(oci::history))
         // The OCI Distribution API (docs/oci.md); blob uploads stream to disk, so no body limit.
         .route("/v2/", axum::routing::any(oci::handle).layer(DefaultBodyLimit::disable()))
         .route(

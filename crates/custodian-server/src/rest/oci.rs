@@ -308,22 +308,23 @@ async fn dispatch(
                         .unwrap_or_default())
                 }
                 Method::PUT => {
-                    let bytes = axum::body::to_bytes(Body::from_stream(stream), MAX_MANIFEST + 1)
-                        .await
-                        .map_err(|_| {
-                            OciFailure::Refused(OciError {
-                                code: ErrorCode::SizeInvalid,
-                                message: format!(
-                                    "the manifest is over the {MAX_MANIFEST} bytes this registry accepts"
-                                ),
-                            })
-                        })?;
-                    if bytes.len() > MAX_MANIFEST {
-                        return Ok(error_response(
+                    // The spec: a manifest over the registry's limit is refused with 413.
+                    let too_large = || {
+                        error_response(
                             StatusCode::PAYLOAD_TOO_LARGE,
                             ErrorCode::SizeInvalid.as_str(),
-                            &format!("the manifest is over the {MAX_MANIFEST} bytes this registry accepts"),
-                        ));
+                            &format!(
+                                "the manifest is over the {MAX_MANIFEST} bytes this registry accepts"
+                            ),
+                        )
+                    };
+                    let Ok(bytes) =
+                        axum::body::to_bytes(Body::from_stream(stream), MAX_MANIFEST + 1).await
+                    else {
+                        return Ok(too_large());
+                    };
+                    if bytes.len() > MAX_MANIFEST {
+                        return Ok(too_large());
                     }
                     let content_type = headers
                         .get(header::CONTENT_TYPE)
@@ -515,6 +516,38 @@ async fn dispatch(
         }
         _ => Ok(method_not_allowed()),
     }
+}
+
+/// `GET /oci/history?name=NAME&tag=TAG`: every state the tag has had, oldest first, each with
+/// the receipt of the ledger entry that set it (what `custodian oci history` prints).
+pub(super) async fn history(
+    State(state): State<RestState>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let answer = async {
+        let who = principal(&state, &headers)?;
+        let repo = name(query.get("name").map_or("", String::as_str))?;
+        let tag = custodian_core::oci::Tag::parse(query.get("tag").map_or("", String::as_str))?;
+        let states = state.oci.history(&who, &repo, tag.as_str())?;
+        let states: Vec<serde_json::Value> = states
+            .into_iter()
+            .map(|(s, receipt)| {
+                serde_json::json!({
+                    "index": s.index,
+                    "time_ms": s.time_ms,
+                    "digest": s.digest.map(|d| d.to_string()),
+                    "pusher": s.pusher,
+                    "receipt": serde_json::from_str::<serde_json::Value>(&receipt).unwrap_or_default(),
+                })
+            })
+            .collect();
+        Ok::<_, OciFailure>(
+            axum::Json(serde_json::json!({"name": repo, "tag": tag.as_str(), "states": states}))
+                .into_response(),
+        )
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 fn method_not_allowed() -> Response {
