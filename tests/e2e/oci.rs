@@ -232,7 +232,7 @@ fn a_chunked_upload_survives_kill_9_and_resumes() {
     let start = http(
         "POST",
         &format!("{}/v2/{repo}/blobs/uploads/", daemon.rest),
-        &[auth.clone()],
+        std::slice::from_ref(&auth),
         None,
     );
     assert_eq!(start.status, 202, "{start:?}");
@@ -272,7 +272,7 @@ fn a_chunked_upload_survives_kill_9_and_resumes() {
     let status = http(
         "GET",
         &format!("{}{location}", daemon.rest),
-        &[auth.clone()],
+        std::slice::from_ref(&auth),
         None,
     );
     assert_eq!(status.status, 204, "{status:?}");
@@ -295,7 +295,7 @@ fn a_chunked_upload_survives_kill_9_and_resumes() {
     let put = http(
         "PUT",
         &format!("{}{location}?digest={digest}", daemon.rest),
-        &[auth.clone()],
+        std::slice::from_ref(&auth),
         None,
     );
     assert_eq!(put.status, 201, "{put:?}");
@@ -317,7 +317,7 @@ fn a_chunked_upload_survives_kill_9_and_resumes() {
     let start = http(
         "POST",
         &format!("{}/v2/{repo}/blobs/uploads/", daemon.rest),
-        &[auth.clone()],
+        std::slice::from_ref(&auth),
         None,
     );
     let location = start.header("location").expect("Location").to_string();
@@ -349,7 +349,7 @@ fn a_chunked_upload_survives_kill_9_and_resumes() {
     let gone = http(
         "GET",
         &format!("{}{location}", daemon.rest),
-        &[auth.clone()],
+        std::slice::from_ref(&auth),
         None,
     );
     assert_eq!(
@@ -362,7 +362,7 @@ fn a_chunked_upload_survives_kill_9_and_resumes() {
     let start = http(
         "POST",
         &format!("{}/v2/{repo}/blobs/uploads/", daemon.rest),
-        &[auth.clone()],
+        std::slice::from_ref(&auth),
         None,
     );
     let location = start.header("location").expect("Location").to_string();
@@ -588,7 +588,7 @@ fn private_repositories_answer_exactly_like_absent_ones() {
         http(
             "GET",
             &format!("{rest}/v2/{private}/manifests/v1"),
-            &[auth.clone()],
+            std::slice::from_ref(&auth),
             None
         )
         .status,
@@ -770,7 +770,7 @@ fn bad_input_gets_the_specs_error_codes() {
             http(
                 "POST",
                 &format!("{rest}/v2/other/model/blobs/uploads/"),
-                &[auth.clone()],
+                std::slice::from_ref(&auth),
                 None,
             ),
             403,
@@ -781,7 +781,7 @@ fn bad_input_gets_the_specs_error_codes() {
             http(
                 "GET",
                 &format!("{rest}/v2/{repo}/blobs/uploads/0123456789abcdef0123456789abcdef"),
-                &[auth.clone()],
+                std::slice::from_ref(&auth),
                 None,
             ),
             404,
@@ -792,7 +792,7 @@ fn bad_input_gets_the_specs_error_codes() {
             http(
                 "GET",
                 &format!("{rest}/v2/{repo}/blobs/uploads/..%2F..%2Fetc"),
-                &[auth.clone()],
+                std::slice::from_ref(&auth),
                 None,
             ),
             404,
