@@ -835,3 +835,239 @@ fn bad_input_gets_the_specs_error_codes() {
         "no refused push left a tag"
     );
 }
+
+/// Writes a blob into an OCI image layout; returns its descriptor.
+fn layout_blob(layout: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
+    let digest = sha256(bytes);
+    let dir = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&dir).expect("blobs dir");
+    std::fs::write(dir.join(digest.hex()), bytes).expect("blob");
+    serde_json::json!({"mediaType": media_type, "digest": digest.to_string(), "size": bytes.len()})
+}
+
+/// Deterministic bytes that do not compress: the layer sizes are what is being moved.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// An OCI image layout with an image index over two platform images: several layers, one of
+/// them over 64 MiB. Returns the index's bytes.
+fn image_layout(layout: &Path, tag: &str) -> Vec<u8> {
+    std::fs::create_dir_all(layout).expect("layout");
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .expect("oci-layout");
+    let big = noise(70 << 20, 7);
+    let shared = layout_blob(layout, "application/vnd.oci.image.layer.v1.tar", &big);
+    let mut manifests = Vec::new();
+    for (i, arch) in ["amd64", "arm64"].iter().enumerate() {
+        let small = layout_blob(
+            layout,
+            "application/vnd.oci.image.layer.v1.tar",
+            &noise(300_000 + i * 1000, 11 + i as u64),
+        );
+        let extra = layout_blob(
+            layout,
+            "application/vnd.oci.image.layer.v1.tar",
+            format!("{arch} settings\n").as_bytes(),
+        );
+        let config = serde_json::json!({
+            "architecture": arch,
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [shared["digest"], small["digest"], extra["digest"]]},
+        });
+        let config = layout_blob(
+            layout,
+            "application/vnd.oci.image.config.v1+json",
+            config.to_string().as_bytes(),
+        );
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config,
+            "layers": [shared, small, extra],
+        });
+        let mut descriptor = layout_blob(
+            layout,
+            "application/vnd.oci.image.manifest.v1+json",
+            manifest.to_string().as_bytes(),
+        );
+        descriptor["platform"] = serde_json::json!({"architecture": arch, "os": "linux"});
+        manifests.push(descriptor);
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    })
+    .to_string()
+    .into_bytes();
+    let mut top = layout_blob(layout, "application/vnd.oci.image.index.v1+json", &index);
+    top["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": tag});
+    let layout_index = serde_json::json!({"schemaVersion": 2, "manifests": [top]});
+    std::fs::write(layout.join("index.json"), layout_index.to_string()).expect("index.json");
+    index
+}
+
+fn skopeo(args: &[&str]) -> String {
+    let output = Command::new("skopeo")
+        .arg("--insecure-policy")
+        .args(args)
+        .output()
+        .expect("skopeo is installed (scripts/test installs it)");
+    assert!(
+        output.status.success(),
+        "skopeo {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Debian's skopeo copies an OCI layout (an image index over two images, several layers, one
+/// over 64 MiB) into Custodian and back out, byte-identical.
+#[test]
+fn skopeo_copies_an_image_index_in_and_out_byte_identical() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let token = daemon.create_token("skopeo", "publish", "skopeo/");
+    let creds = format!("ci:{token}");
+    let host = daemon.rest.trim_start_matches("http://").to_string();
+    let source = dir.path().join("source");
+    let index = image_layout(&source, "v1");
+    let remote = format!("docker://{host}/skopeo/app:v1");
+    skopeo(&[
+        "copy",
+        "--all",
+        // Without it skopeo compresses uncompressed layers on their way to a registry.
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &creds,
+        &format!("oci:{}:v1", source.display()),
+        &remote,
+    ]);
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        &creds,
+        &remote,
+    ]);
+    assert_eq!(
+        raw.as_bytes(),
+        index.as_slice(),
+        "the index is served byte for byte"
+    );
+    let inspected: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        &creds,
+        "--override-arch",
+        "arm64",
+        &remote,
+    ]))
+    .expect("inspect JSON");
+    assert_eq!(inspected["Architecture"], "arm64");
+    assert_eq!(inspected["Layers"].as_array().map(Vec::len), Some(3));
+    let out = dir.path().join("out");
+    skopeo(&[
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--src-creds",
+        &creds,
+        &remote,
+        &format!("oci:{}:v1", out.display()),
+    ]);
+    let blobs = |layout: &Path| -> BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(layout.join("blobs/sha256"))
+            .expect("blobs")
+            .map(|e| {
+                let e = e.expect("entry");
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).expect("blob"),
+                )
+            })
+            .collect()
+    };
+    let (before, after) = (blobs(&source), blobs(&out));
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>(),
+        "the same blobs come back"
+    );
+    assert!(before == after, "every blob comes back byte-identical");
+    for (name, bytes) in &after {
+        assert_eq!(&sha256(bytes).hex(), name, "{name} verifies");
+    }
+}
+
+/// PyPI's oras (oras-py) pushes files, pushes an attachment whose subject is the first artifact,
+/// lists the subject's referrers (the attachment, and Custodian's ledger receipt of the push),
+/// and pulls the files back identical.
+#[test]
+fn oras_pushes_with_a_subject_lists_referrers_and_pulls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let token = daemon.create_token("oras", "publish", "oras/");
+    let host = daemon.rest.trim_start_matches("http://").to_string();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("work");
+    let report = oras(&[&host, &token, work.to_str().expect("path"), "artifacts"]);
+    assert_eq!(report["identical"], true, "{report}");
+    assert_eq!(
+        report["pulled"],
+        serde_json::json!(["card.md", "model.bin"])
+    );
+    assert_eq!(
+        report["oci_subject_header"], report["subject"],
+        "OCI-Subject answers a push with a subject"
+    );
+    let listed = report["referrers"]["manifests"]
+        .as_array()
+        .expect("referrers");
+    assert!(
+        listed.iter().any(|m| m["digest"] == report["attachment"]),
+        "{report}"
+    );
+    assert!(
+        listed
+            .iter()
+            .any(|m| m["artifactType"] == "application/vnd.custodian.receipt.v1+json"),
+        "{report}"
+    );
+}
+
+/// Runs tests/interop/oras_client.py with the test venv's Python; returns its JSON report.
+pub(crate) fn oras(args: &[&str]) -> serde_json::Value {
+    let python = std::env::var("CUSTODIAN_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/oras_client.py");
+    let output = Command::new(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "oras_client.py {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
+}
