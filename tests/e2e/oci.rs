@@ -1071,3 +1071,139 @@ pub(crate) fn oras(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
 }
+
+/// A published Behavior Package is an OCI artifact: `oras pull NAME:VERSION` installs it without
+/// our CLI (one layer per file, titled with its path, and the signed envelope where `pack build`
+/// writes it), `custodian pack verify` accepts the folder, and the envelope, the publication's
+/// receipt and the badge bundle are referrers of it. A package an OCI client pushed is published
+/// with `custodian publish --from-oci`.
+#[test]
+fn behavior_packages_are_oci_artifacts_both_ways() {
+    use crate::registry::{copy_example, generate_key, stdout};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let host = daemon.rest.trim_start_matches("http://").to_string();
+    let (key, public) = generate_key(dir.path(), "publisher");
+    let package = copy_example("customer-support-classifier", dir.path());
+    stdout(&daemon.cli(&[
+        "publish",
+        package.to_str().expect("path"),
+        "--key",
+        key.to_str().expect("path"),
+    ]));
+    stdout(&daemon.cli(&["badge", "customer-support-classifier@0.1.0"]));
+
+    let out = dir.path().join("pulled");
+    let pulled = oras(&[
+        &host,
+        "",
+        dir.path().to_str().expect("path"),
+        "pull",
+        "customer-support-classifier:0.1.0",
+        out.to_str().expect("path"),
+    ]);
+    let files: Vec<&str> = pulled["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| f.as_str().expect("file"))
+        .collect();
+    assert!(files.contains(&"manifest.yaml"), "{pulled}");
+    assert!(files.contains(&".custodian/package.dsse.json"), "{pulled}");
+    let verified = daemon.cli(&[
+        "pack",
+        "verify",
+        out.to_str().expect("path"),
+        "--key",
+        public.to_str().expect("path"),
+    ]);
+    assert!(
+        verified.status.success(),
+        "pack verify on what oras pulled: {}{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    let annotations = &pulled["manifest"]["annotations"];
+    assert_eq!(annotations["vnd.custodian.package.version"], "0.1.0");
+    assert!(
+        annotations["vnd.custodian.package.root"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("sha256:"))
+    );
+    assert!(
+        annotations["vnd.custodian.package.manifest"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("sha256:"))
+    );
+    let types: Vec<&str> = pulled["referrers"]["manifests"]
+        .as_array()
+        .expect("referrers")
+        .iter()
+        .map(|m| m["artifactType"].as_str().expect("type"))
+        .collect();
+    for wanted in [
+        "application/vnd.dsse.envelope.v1+json",
+        "application/vnd.custodian.receipt.v1+json",
+        "application/vnd.custodian.badge-bundle.v1+json",
+    ] {
+        assert!(types.contains(&wanted), "{wanted} not among {types:?}");
+    }
+    // The package's repository is the registry's: versions are published, not pushed.
+    let tags = http(
+        "GET",
+        &format!("{}/v2/customer-support-classifier/tags/list", daemon.rest),
+        &[],
+        None,
+    );
+    assert_eq!(tags.json()["tags"], serde_json::json!(["0.1.0"]));
+    let refused = put_manifest(
+        &daemon.rest,
+        &basic(&daemon.token),
+        "customer-support-classifier",
+        "9.9.9",
+        &image_manifest(&sha256(b"x"), 1, "x"),
+        dir.path(),
+    );
+    assert_eq!((refused.status, refused.code().as_str()), (403, "DENIED"));
+
+    // The other way: files pushed with oras, published with `custodian publish --from-oci`.
+    let other = copy_example("pacman-builder", dir.path());
+    oras(&[
+        &host,
+        &daemon.token,
+        other.to_str().expect("path"),
+        "push",
+        "staging/pacman-builder:0.2.1",
+    ]);
+    stdout(&daemon.cli(&[
+        "publish",
+        "--from-oci",
+        "staging/pacman-builder:0.2.1",
+        "--rest",
+        &daemon.rest,
+        "--key",
+        key.to_str().expect("path"),
+    ]));
+    let again = dir.path().join("again");
+    let pulled = oras(&[
+        &host,
+        "",
+        dir.path().to_str().expect("path"),
+        "pull",
+        "pacman-builder:0.2.1",
+        again.to_str().expect("path"),
+    ]);
+    assert!(pulled["files"].as_array().is_some_and(|f| !f.is_empty()));
+    let verified = daemon.cli(&[
+        "pack",
+        "verify",
+        again.to_str().expect("path"),
+        "--key",
+        public.to_str().expect("path"),
+    ]);
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+}

@@ -3,6 +3,9 @@
 usage: oras_client.py HOST TOKEN WORKDIR artifacts
          pushes files, pushes an attachment whose subject is the first artifact, lists the
          subject's referrers, pulls both back; prints a JSON report.
+       oras_client.py HOST TOKEN WORKDIR push NAME:TAG
+         pushes every file under WORKDIR (outside .custodian/) with its relative path as the
+         title annotation (through an annotation file, as `oras push --annotation-file` does).
        oras_client.py HOST TOKEN WORKDIR pull NAME:TAG OUTDIR
          pulls an artifact (a published Behavior Package) into OUTDIR; prints the files and the
          referrers of its manifest as JSON.
@@ -79,6 +82,24 @@ def artifacts(host, token, workdir):
     )
 
 
+def push(host, token, workdir, reference):
+    c = client(host, token)
+    os.chdir(workdir)
+    files = []
+    for root, dirs, names in os.walk("."):
+        dirs[:] = sorted(d for d in dirs if d != ".custodian")
+        for name in sorted(names):
+            files.append(os.path.relpath(os.path.join(root, name), "."))
+    annotations = {path: {"org.opencontainers.image.title": path} for path in files}
+    annotation_file = os.path.join(os.path.dirname(workdir.rstrip("/")), "annotations.json")
+    with open(annotation_file, "w") as f:
+        json.dump(annotations, f)
+    response = c.push(
+        target=f"{host}/{reference}", files=files, annotation_file=annotation_file, quiet=True
+    )
+    print(json.dumps({"digest": response.headers.get("Docker-Content-Digest"), "files": files}))
+
+
 def pull(host, token, workdir, reference, outdir):
     c = client(host, token)
     repo, tag = reference.rsplit(":", 1)
@@ -106,6 +127,8 @@ if __name__ == "__main__":
     host, token, workdir, command = sys.argv[1:5]
     if command == "artifacts":
         artifacts(host, token, workdir)
+    elif command == "push":
+        push(host, token, workdir, sys.argv[5])
     elif command == "pull":
         pull(host, token, workdir, sys.argv[5], sys.argv[6])
     else:

@@ -20,7 +20,7 @@ pub struct RestArg {
     #[arg(long, env = "CUSTODIAN_REST", default_value = "http://127.0.0.1:7312")]
     pub(crate) rest: String,
     #[command(flatten)]
-    server: ServerArg,
+    pub(crate) server: ServerArg,
 }
 
 /// Data pack commands.

@@ -279,3 +279,91 @@ fn from_export(
         })
         .collect())
 }
+
+/// Fetches the package an OCI client pushed as `reference` (NAME:TAG) from the daemon's `/v2/`
+/// into a new temporary folder: every layer is a file at the path its title annotation names,
+/// checked against the layer's digest before the folder is used.
+pub async fn fetch_package(
+    rest: &str,
+    server: &crate::client::ServerArg,
+    reference: &str,
+) -> anyhow::Result<tempfile::TempDir> {
+    use custodian_core::{Algorithm, Digest};
+    let (name, tag) = split_reference(reference)?;
+    let rest = RestArg {
+        rest: rest.to_string(),
+        server: server.clone(),
+    };
+    let client = crate::datapack::client(&rest)?;
+    let base = rest.rest.trim_end_matches('/').to_string();
+    let get = |url: String, accept: &'static str| {
+        let request = client.get(url).header("accept", accept);
+        crate::datapack::authorize(request, &rest).send()
+    };
+    let response = get(
+        format!("{base}/v2/{name}/manifests/{tag}"),
+        custodian_core::oci::OCI_MANIFEST,
+    )
+    .await
+    .map_err(|e| crate::datapack::unreachable(&rest, e))?;
+    let status = response.status();
+    let bytes = response.bytes().await.context("reading the manifest")?;
+    if !status.is_success() {
+        bail!(
+            "{name}:{tag}: HTTP {}: {}",
+            status.as_u16(),
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&bytes).context("the manifest is not JSON")?;
+    let folder = tempfile::Builder::new()
+        .prefix("custodian-oci-")
+        .tempdir()
+        .context("creating a folder for the package")?;
+    for (i, layer) in manifest["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let path = layer["annotations"][custodian_server::oci::TITLE]
+            .as_str()
+            .with_context(|| {
+                format!(
+                    "layers[{i}] has no {} annotation naming its file",
+                    custodian_server::oci::TITLE
+                )
+            })?;
+        custodian_core::package::check_path(path)
+            .map_err(|e| anyhow::anyhow!("layers[{i}]: {e}"))?;
+        let digest: Digest = layer["digest"]
+            .as_str()
+            .context("a layer without a digest")?
+            .parse()
+            .with_context(|| format!("layers[{i}] digest"))?;
+        let response = get(format!("{base}/v2/{name}/blobs/{digest}"), "*/*")
+            .await
+            .map_err(|e| crate::datapack::unreachable(&rest, e))?;
+        if !response.status().is_success() {
+            bail!("{path} ({digest}): HTTP {}", response.status().as_u16());
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .with_context(|| format!("reading {path}"))?;
+        let actual = Digest::of(Algorithm::Sha256, &bytes);
+        if actual != digest {
+            bail!(
+                "{path}: the registry sent bytes whose sha256 is {actual}, not the layer's {digest}"
+            );
+        }
+        let target = folder.path().join(path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&target, &bytes).with_context(|| format!("writing {}", target.display()))?;
+    }
+    Ok(folder)
+}

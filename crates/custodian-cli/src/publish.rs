@@ -27,7 +27,16 @@ async fn registry(server: &ServerArg) -> anyhow::Result<RegistryClient<Conn>> {
 #[derive(Args)]
 pub struct PublishArgs {
     /// The package folder
-    dir: PathBuf,
+    #[arg(required_unless_present = "from_oci")]
+    dir: Option<PathBuf>,
+    /// Publish the package an OCI client pushed to the daemon's /v2/ as NAME:TAG (each layer a
+    /// file, its path in the org.opencontainers.image.title annotation): the files are fetched
+    /// and verified against their digests, then published as a folder would be
+    #[arg(long, value_name = "NAME:TAG", conflicts_with = "dir")]
+    from_oci: Option<String>,
+    /// The daemon's REST address, for --from-oci
+    #[arg(long, env = "CUSTODIAN_REST", default_value = "http://127.0.0.1:7312")]
+    rest: String,
     /// Build and sign with this private key first (otherwise the folder must already be built)
     #[arg(long, env = "CUSTODIAN_PUBLISHER_KEY", value_name = "KEY_FILE")]
     key: Option<PathBuf>,
@@ -163,7 +172,18 @@ fn line(v: &pb::Version) -> VersionLine {
 
 /// Publishes a package folder.
 pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
-    let dir = &args.dir;
+    // A package pushed with an OCI client is fetched into a folder of its own first.
+    let fetched = match &args.from_oci {
+        Some(reference) => {
+            Some(crate::oci::fetch_package(&args.rest, &args.server, reference).await?)
+        }
+        None => None,
+    };
+    let dir = match (&fetched, &args.dir) {
+        (Some(folder), _) => folder.path(),
+        (None, Some(dir)) => dir.as_path(),
+        (None, None) => bail!("name a package folder, or --from-oci NAME:TAG"),
+    };
     let (statement, envelope, publisher_key) = match &args.key {
         Some(key_path) => {
             let key = load_signer(key_path)?;

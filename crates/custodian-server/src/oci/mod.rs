@@ -16,7 +16,7 @@ pub mod index;
 pub mod links;
 pub mod uploads;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,14 +127,47 @@ pub struct Oci {
     /// Serializes manifest pushes and deletes, so each entry's `previous` is what the tag really
     /// pointed at.
     writes: tokio::sync::Mutex<()>,
-    /// Manifests Custodian made (receipt referrers), by repository and digest. They are
-    /// regenerated after a restart, so memory is enough.
-    made: std::sync::Mutex<HashMap<(String, [u8; 32]), ManifestInfo>>,
-    /// Blobs of those manifests, readable in their repository.
-    made_blobs: std::sync::Mutex<HashSet<(String, [u8; 32])>>,
+    /// Manifests Custodian made (package versions, receipts, envelopes, badge bundles), by
+    /// repository and digest, with the package version they belong to. They are made again
+    /// after a restart (the same bytes, so the same digests), so memory is enough.
+    made: std::sync::Mutex<HashMap<(String, [u8; 32]), (ManifestInfo, Owner)>>,
+    /// Blobs of those manifests, readable in their repository by whoever may read the owner.
+    made_blobs: std::sync::Mutex<HashMap<(String, [u8; 32]), Owner>>,
+    /// The manifest made for each (repository, package version).
+    packages: std::sync::Mutex<HashMap<(String, String), (Digest, ManifestInfo)>>,
     /// The receipt referrer made for each (repository, subject, ledger index), so that every
     /// listing names the same one.
     receipts: std::sync::Mutex<HashMap<ReceiptKey, Referrer>>,
+}
+
+/// The package version a made artifact belongs to (`None`: an OCI repository's own).
+type Owner = Option<(String, String)>;
+
+/// One layer of an artifact Custodian makes.
+struct Layer {
+    digest: Digest,
+    size: u64,
+    media_type: String,
+    annotations: BTreeMap<String, String>,
+}
+
+/// The artifact type of a published Behavior Package version served as an OCI artifact.
+pub const PACKAGE_ARTIFACT_TYPE: &str = "application/vnd.custodian.package.v1";
+/// The media type of each file layer of a package artifact.
+pub const PACKAGE_FILE_MEDIA_TYPE: &str = "application/vnd.custodian.package.file.v1";
+/// The artifact type (and layer media type) of a package's signed DSSE envelope.
+pub const ENVELOPE_ARTIFACT_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
+/// The artifact type of a package version's badge bundle.
+pub const BADGE_ARTIFACT_TYPE: &str = "application/vnd.custodian.badge-bundle.v1+json";
+/// The annotation naming the ledger entry an artifact is about.
+pub const LEDGER_INDEX: &str = "vnd.custodian.ledger.index";
+/// The layer annotation carrying a file's path (what `oras pull` names the file).
+pub const TITLE: &str = "org.opencontainers.image.title";
+
+/// A package version as an OCI tag: semver's `+` is not allowed in tags, so it becomes `_`
+/// (as Helm does).
+pub fn version_tag(version: &str) -> String {
+    version.replace('+', "_")
 }
 
 /// A receipt referrer's key: repository, subject, and the ledger index of the subject's push.
@@ -160,6 +193,7 @@ impl Oci {
             writes: tokio::sync::Mutex::new(()),
             made: Default::default(),
             made_blobs: Default::default(),
+            packages: Default::default(),
             receipts: Default::default(),
         })
     }
@@ -172,6 +206,74 @@ impl Oci {
     /// True if the repository is private.
     pub fn is_private(&self, repo: &str) -> bool {
         custodian_core::registry::namespace_covers(&self.config.private, repo)
+    }
+
+    /// The published package whose repository `repo` is (`@scope/name` is served as
+    /// `scope/name`), if any.
+    pub fn package_name(&self, repo: &str) -> Option<String> {
+        let state = self.registry.read();
+        [repo.to_string(), format!("@{repo}")]
+            .into_iter()
+            .find(|name| state.package(name).is_some())
+    }
+
+    fn owner_visible(&self, who: &Principal, owner: &Owner) -> bool {
+        match owner {
+            None => true,
+            Some((name, version)) => self.registry.get(who, name, version).is_ok(),
+        }
+    }
+
+    /// Makes the artifacts of every version of package `name` that `who` may see, so that
+    /// their manifests can be found by digest (after a restart, before anyone asked by tag).
+    async fn warm_package(
+        &self,
+        who: &Principal,
+        repo: &str,
+        name: &str,
+    ) -> Result<(), OciFailure> {
+        let versions: Vec<String> = self
+            .registry
+            .list(who, name)
+            .map(|records| records.iter().map(|r| r.event.version.clone()).collect())
+            .unwrap_or_default();
+        for version in versions {
+            self.package_manifest(who, repo, name, &version).await?;
+        }
+        Ok(())
+    }
+
+    fn made_here(&self, repo: &str, digest: &Digest) -> bool {
+        self.made
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(&(repo.to_string(), *digest.bytes()))
+    }
+
+    /// For a digest in a package repository that nothing made yet, makes the package's
+    /// artifacts first.
+    async fn warm_for(
+        &self,
+        who: &Principal,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<(), OciFailure> {
+        if self.made_here(repo, digest) {
+            return Ok(());
+        }
+        if let Some(name) = self.package_name(repo) {
+            self.warm_package(who, repo, &name).await?;
+        }
+        Ok(())
+    }
+
+    fn refuse_package_repo(&self, repo: &str) -> Result<(), OciFailure> {
+        match self.package_name(repo) {
+            Some(name) => Err(OciFailure::Denied(format!(
+                "{repo:?} is the repository of the Behavior Package {name}: its versions are published with `custodian publish`, not pushed"
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn allows(who: &Principal, scope: Scope, repo: &str) -> bool {
@@ -224,13 +326,28 @@ impl Oci {
                 format!("blob {digest} is not in repository {repo:?}"),
             )
         };
-        let linked = self.links.contains(repo, digest)
-            || self
-                .made_blobs
+        let made_blob = |oci: &Self| {
+            oci.made_blobs
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .contains(&(repo.to_string(), *digest.bytes()));
-        if !self.can_read(who, repo) || !linked {
+                .get(&(repo.to_string(), *digest.bytes()))
+                .cloned()
+        };
+        let mut made = made_blob(self);
+        if made.is_none()
+            && !self.links.contains(repo, digest)
+            && let Some(name) = self.package_name(repo)
+        {
+            self.warm_package(who, repo, &name).await?;
+            made = made_blob(self);
+        }
+        let readable = match made {
+            _ if self.links.contains(repo, digest) => self.can_read(who, repo),
+            Some(owner @ Some(_)) => self.owner_visible(who, &owner),
+            Some(None) => self.can_read(who, repo),
+            None => false,
+        };
+        if !readable {
             return Err(unknown());
         }
         self.registry
@@ -248,11 +365,13 @@ impl Oci {
         digest: &Digest,
     ) -> Result<(), OciFailure> {
         self.require_push(who, repo)?;
+        self.refuse_package_repo(repo)?;
         let made = self
             .made_blobs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&(repo.to_string(), *digest.bytes()));
+            .remove(&(repo.to_string(), *digest.bytes()))
+            .is_some();
         if self.links.remove(repo, digest).await? || made {
             Ok(())
         } else {
@@ -393,7 +512,7 @@ impl Oci {
         self.uploads.cancel(repo, id).await
     }
 
-    fn resolve(&self, repo: &str, reference: &Reference) -> Option<(Digest, ManifestInfo)> {
+    fn resolve(&self, repo: &str, reference: &Reference) -> Option<(Digest, ManifestInfo, Owner)> {
         let made = |digest: &Digest| {
             self.made
                 .lock()
@@ -408,12 +527,13 @@ impl Oci {
                 let r = found?;
                 let digest = *r.tags.get(tag.as_str())?;
                 let info = r.manifests.get(digest.bytes())?.clone();
-                Some((digest, info))
+                Some((digest, info, None))
             }
             Reference::Digest(digest) => found
                 .and_then(|r| r.manifests.get(digest.bytes()).cloned())
+                .map(|info| (info, None))
                 .or_else(|| made(digest))
-                .map(|info| (*digest, info)),
+                .map(|(info, owner)| (*digest, info, owner)),
         }
     }
 
@@ -430,10 +550,30 @@ impl Oci {
                 format!("manifest {} is not in repository {repo:?}", show(reference)),
             )
         };
-        if !self.can_read(who, repo) {
+        if let (Some(name), Reference::Tag(tag)) = (self.package_name(repo), reference) {
+            let version = tag.as_str().replace('_', "+");
+            let (digest, info) = self
+                .package_manifest(who, repo, &name, &version)
+                .await?
+                .ok_or_else(unknown)?;
+            let bytes = crate::registry::read_all(self.registry.store(), &digest).await?;
+            return Ok(ServedManifest {
+                bytes: Bytes::from(bytes),
+                media_type: info.media_type,
+                digest,
+            });
+        }
+        if let Reference::Digest(digest) = reference {
+            self.warm_for(who, repo, digest).await?;
+        }
+        let (digest, info, owner) = self.resolve(repo, reference).ok_or_else(unknown)?;
+        let visible = match owner {
+            None => self.can_read(who, repo),
+            owner => self.owner_visible(who, &owner),
+        };
+        if !visible {
             return Err(unknown());
         }
-        let (digest, info) = self.resolve(repo, reference).ok_or_else(unknown)?;
         let bytes = crate::registry::read_all(self.registry.store(), &digest).await?;
         Ok(ServedManifest {
             bytes: Bytes::from(bytes),
@@ -453,6 +593,7 @@ impl Oci {
         content_type: &str,
     ) -> Result<Pushed, OciFailure> {
         self.require_push(who, repo)?;
+        self.refuse_package_repo(repo)?;
         let manifest = Manifest::parse(&bytes, content_type)?;
         let digest = Digest::of(Algorithm::Sha256, &bytes);
         if let Reference::Digest(named) = reference
@@ -571,6 +712,7 @@ impl Oci {
         reference: &Reference,
     ) -> Result<(), OciFailure> {
         self.require_push(who, repo)?;
+        self.refuse_package_repo(repo)?;
         let _writing = self.writes.lock().await;
         let target = {
             let state = self.registry.read();
@@ -611,6 +753,30 @@ impl Oci {
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<(Vec<String>, bool), OciFailure> {
+        if let Some(name) = self.package_name(repo) {
+            let mut versions: Vec<String> = self
+                .registry
+                .list(who, &name)
+                .map(|records| {
+                    records
+                        .iter()
+                        .map(|r| version_tag(&r.event.version))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if versions.is_empty() {
+                return Err(refused(
+                    ErrorCode::NameUnknown,
+                    format!("repository {repo:?} is not known to this registry"),
+                ));
+            }
+            versions.sort();
+            versions.retain(|t| last.is_none_or(|l| t.as_str() > l));
+            let limit = n.unwrap_or(usize::MAX);
+            let more = versions.len() > limit;
+            versions.truncate(limit);
+            return Ok((versions, more));
+        }
         if !self.repo_exists(who, repo) {
             return Err(refused(
                 ErrorCode::NameUnknown,
@@ -643,6 +809,26 @@ impl Oci {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Vec<Referrer>, OciFailure> {
+        self.warm_for(who, repo, subject).await?;
+        let made = self
+            .made
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&(repo.to_string(), *subject.bytes()))
+            .cloned();
+        if let Some((info, Some((name, version)))) = made {
+            let mut list = match self.registry.get(who, &name, &version) {
+                Ok(record) if info.artifact_type.as_deref() == Some(PACKAGE_ARTIFACT_TYPE) => {
+                    self.package_referrers(who, repo, subject, &info, &record)
+                        .await?
+                }
+                _ => Vec::new(),
+            };
+            if let Some(wanted) = artifact_type {
+                list.retain(|r| r.info.artifact_type.as_deref() == Some(wanted));
+            }
+            return Ok(list);
+        }
         if !self.can_read(who, repo) {
             return Ok(Vec::new());
         }
@@ -664,10 +850,13 @@ impl Oci {
                     })
                 })
                 .collect();
-            (list, r.manifests.get(subject.bytes()).map(|i| i.index))
+            (list, r.manifests.get(subject.bytes()).cloned())
         };
-        if let Some(index) = pushed_at {
-            list.push(self.receipt_referrer(repo, subject, index).await?);
+        if let Some(info) = pushed_at {
+            list.push(
+                self.receipt_referrer(repo, subject, &info, info.index, None)
+                    .await?,
+            );
         }
         if let Some(wanted) = artifact_type {
             list.retain(|r| r.info.artifact_type.as_deref() == Some(wanted));
@@ -681,16 +870,13 @@ impl Oci {
         &self,
         repo: &str,
         subject: &Digest,
+        subject_info: &ManifestInfo,
         index: u64,
+        owner: Owner,
     ) -> Result<Referrer, OciFailure> {
         let key = (repo.to_string(), *subject.bytes(), index);
-        if let Some(made) = self
-            .receipts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&key)
-        {
-            return Ok(made.clone());
+        if let Some(made) = self.attached_already(&key) {
+            return Ok(made);
         }
         let receipt = self
             .registry
@@ -698,63 +884,216 @@ impl Oci {
             .receipt(index)
             .map_err(RegistryError::from)?
             .to_json();
-        let subject_info = self
-            .resolve(repo, &Reference::Digest(*subject))
-            .map(|(_, i)| i)
-            .ok_or_else(|| OciFailure::Internal(format!("{subject} vanished from {repo}")))?;
         let mut annotations = BTreeMap::new();
-        annotations.insert("vnd.custodian.ledger.index".to_string(), index.to_string());
-        let (digest, info) = self
-            .make_artifact(
-                repo,
-                RECEIPT_ARTIFACT_TYPE,
-                &[(Bytes::from(receipt), RECEIPT_ARTIFACT_TYPE, BTreeMap::new())],
-                Some((subject, &subject_info)),
-                annotations,
-            )
-            .await?;
-        let referrer = Referrer { digest, info };
-        self.receipts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key, referrer.clone());
-        Ok(referrer)
+        annotations.insert(LEDGER_INDEX.to_string(), index.to_string());
+        self.attached(
+            key,
+            repo,
+            RECEIPT_ARTIFACT_TYPE,
+            Bytes::from(receipt),
+            (subject, subject_info),
+            annotations,
+            owner,
+        )
+        .await
     }
 
-    /// Makes an OCI artifact manifest in custody (empty config, the given layers) readable in
-    /// `repo` by digest; returns its digest and listing.
+    /// The referrers of a package version's artifact: its signed DSSE envelope, the receipt of
+    /// its publication, and its badge bundle once a badge was issued.
+    async fn package_referrers(
+        &self,
+        who: &Principal,
+        repo: &str,
+        subject: &Digest,
+        info: &ManifestInfo,
+        record: &crate::registry::VersionRecord,
+    ) -> Result<Vec<Referrer>, OciFailure> {
+        let owner: Owner = Some((record.event.name.clone(), record.event.version.clone()));
+        let mut annotations = BTreeMap::new();
+        annotations.insert(LEDGER_INDEX.to_string(), record.index.to_string());
+        // Keys for the envelope and the badge: the subject with a marker index no ledger entry
+        // has, so they never collide with receipt keys.
+        let envelope = self
+            .attached(
+                (repo.to_string(), *subject.bytes(), u64::MAX),
+                repo,
+                ENVELOPE_ARTIFACT_TYPE,
+                Bytes::from(record.event.envelope.clone()),
+                (subject, info),
+                annotations,
+                owner.clone(),
+            )
+            .await?;
+        let receipt = self
+            .receipt_referrer(repo, subject, info, record.index, owner.clone())
+            .await?;
+        let mut list = vec![envelope, receipt];
+        let issued = self
+            .registry
+            .read()
+            .evidence(&record.event.name, &record.event.version)
+            .and_then(|e| e.badge.as_ref().map(|(index, _)| *index));
+        if let Some(issued) = issued {
+            let key = (repo.to_string(), *subject.bytes(), u64::MAX - 1 - issued);
+            let badge = match self.attached_already(&key) {
+                Some(made) => made,
+                None => {
+                    let (badge, bundle) = self
+                        .registry
+                        .badge(who, &record.event.name, &record.event.version)
+                        .await?;
+                    let mut annotations = BTreeMap::new();
+                    annotations.insert(
+                        "vnd.custodian.badge.state".to_string(),
+                        badge.state.as_str().to_string(),
+                    );
+                    annotations.insert(LEDGER_INDEX.to_string(), issued.to_string());
+                    self.attached(
+                        key,
+                        repo,
+                        BADGE_ARTIFACT_TYPE,
+                        Bytes::from(bundle.to_json()),
+                        (subject, info),
+                        annotations,
+                        owner,
+                    )
+                    .await?
+                }
+            };
+            list.push(badge);
+        }
+        Ok(list)
+    }
+
+    /// The manifest of a published package version as an OCI artifact: an empty config and one
+    /// layer per file (in custody already), its path as the title annotation; the package's
+    /// name, version, manifest digest, root and ledger entry as annotations. `None` if `who`
+    /// cannot see that version.
+    async fn package_manifest(
+        &self,
+        who: &Principal,
+        repo: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<(Digest, ManifestInfo)>, OciFailure> {
+        let record = match self.registry.get(who, name, version) {
+            Ok(record) => record,
+            Err(RegistryError::NotFound(_) | RegistryError::InvalidArgument(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let key = (repo.to_string(), record.event.version.clone());
+        if let Some(made) = self
+            .packages
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(Some(made.clone()));
+        }
+        let mut layers: Vec<Layer> = record
+            .files
+            .iter()
+            .map(|file| Layer {
+                digest: file.sha256,
+                size: file.size,
+                media_type: PACKAGE_FILE_MEDIA_TYPE.to_string(),
+                annotations: BTreeMap::from([(TITLE.to_string(), file.path.clone())]),
+            })
+            .collect();
+        // The signed envelope goes along where `custodian pack build` writes it, so a folder
+        // `oras pull` fills is one `custodian pack verify` checks as it is.
+        let envelope = Bytes::from(record.event.envelope.clone() + "\n");
+        layers.push(Layer {
+            digest: Digest::of(Algorithm::Sha256, &envelope),
+            size: envelope.len() as u64,
+            media_type: ENVELOPE_ARTIFACT_TYPE.to_string(),
+            annotations: BTreeMap::from([(
+                TITLE.to_string(),
+                custodian_core::package::ENVELOPE_FILE.to_string(),
+            )]),
+        });
+        let event = &record.event;
+        let annotations = BTreeMap::from([
+            (
+                "org.opencontainers.image.title".to_string(),
+                event.name.clone(),
+            ),
+            (
+                "org.opencontainers.image.version".to_string(),
+                event.version.clone(),
+            ),
+            ("vnd.custodian.package.name".to_string(), event.name.clone()),
+            (
+                "vnd.custodian.package.version".to_string(),
+                event.version.clone(),
+            ),
+            (
+                "vnd.custodian.package.type".to_string(),
+                event.package_type.clone(),
+            ),
+            (
+                "vnd.custodian.package.manifest".to_string(),
+                event.manifest.clone(),
+            ),
+            ("vnd.custodian.package.root".to_string(), event.root.clone()),
+            (LEDGER_INDEX.to_string(), record.index.to_string()),
+        ]);
+        let (digest, mut info) = self
+            .make_artifact(
+                repo,
+                PACKAGE_ARTIFACT_TYPE,
+                layers,
+                vec![envelope],
+                None,
+                annotations,
+                Some((event.name.clone(), event.version.clone())),
+            )
+            .await?;
+        info.index = record.index;
+        self.packages
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, (digest, info.clone()));
+        Ok(Some((digest, info)))
+    }
+
+    /// Makes an OCI artifact manifest (empty config, the given layers) readable in `repo` by
+    /// digest, storing `new_blobs` in custody first; returns its digest and listing. The JSON is
+    /// built the same way every time, so the same inputs always give the same digest.
     async fn make_artifact(
         &self,
         repo: &str,
         artifact_type: &str,
-        layers: &[(Bytes, &str, BTreeMap<String, String>)],
+        layers: Vec<Layer>,
+        new_blobs: Vec<Bytes>,
         subject: Option<(&Digest, &ManifestInfo)>,
         annotations: BTreeMap<String, String>,
+        owner: Owner,
     ) -> Result<(Digest, ManifestInfo), OciFailure> {
         let store = self.registry.store();
         let empty = Bytes::from_static(b"{}");
-        let mut blobs = vec![empty.clone()];
-        let mut layer_json = Vec::new();
-        for (bytes, media_type, layer_annotations) in layers {
-            let d = Digest::of(Algorithm::Sha256, bytes);
-            let mut descriptor = serde_json::json!({
-                "mediaType": media_type,
-                "digest": d.to_string(),
-                "size": bytes.len(),
-            });
-            if !layer_annotations.is_empty() {
-                descriptor["annotations"] = serde_json::json!(layer_annotations);
-            }
-            layer_json.push(descriptor);
-            blobs.push(bytes.clone());
-        }
+        let empty_digest = Digest::of(Algorithm::Sha256, &empty);
+        let layer_json: Vec<serde_json::Value> = layers
+            .iter()
+            .map(|layer| {
+                let mut descriptor = serde_json::json!({
+                    "mediaType": layer.media_type,
+                    "digest": layer.digest.to_string(),
+                    "size": layer.size,
+                });
+                if !layer.annotations.is_empty() {
+                    descriptor["annotations"] = serde_json::json!(layer.annotations);
+                }
+                descriptor
+            })
+            .collect();
         let mut manifest = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": custodian_core::oci::OCI_MANIFEST,
             "artifactType": artifact_type,
             "config": {
                 "mediaType": EMPTY_CONFIG,
-                "digest": Digest::of(Algorithm::Sha256, &empty).to_string(),
+                "digest": empty_digest.to_string(),
                 "size": 2,
                 "data": "e30=",
             },
@@ -771,6 +1110,9 @@ impl Oci {
             manifest["annotations"] = serde_json::json!(annotations);
         }
         let manifest = Bytes::from(manifest.to_string());
+        let digest = Digest::of(Algorithm::Sha256, &manifest);
+        let mut blobs = new_blobs;
+        blobs.push(empty);
         blobs.push(manifest.clone());
         let items = blobs
             .iter()
@@ -787,7 +1129,6 @@ impl Oci {
         for outcome in store.put_many(items).await {
             outcome?;
         }
-        let digest = Digest::of(Algorithm::Sha256, &manifest);
         let info = ManifestInfo {
             media_type: custodian_core::oci::OCI_MANIFEST.to_string(),
             size: manifest.len() as u64,
@@ -801,15 +1142,64 @@ impl Oci {
                 .made_blobs
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for b in &blobs {
-                made_blobs.insert((repo.to_string(), *Digest::of(Algorithm::Sha256, b).bytes()));
+            made_blobs.insert((repo.to_string(), *empty_digest.bytes()), owner.clone());
+            for layer in &layers {
+                made_blobs.insert((repo.to_string(), *layer.digest.bytes()), owner.clone());
             }
         }
         self.made
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert((repo.to_string(), *digest.bytes()), info.clone());
+            .insert((repo.to_string(), *digest.bytes()), (info.clone(), owner));
         Ok((digest, info))
+    }
+
+    fn attached_already(&self, key: &ReceiptKey) -> Option<Referrer> {
+        self.receipts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
+    /// An artifact with one layer of new bytes, its subject `subject` in `repo`, made once per
+    /// `key` and kept (receipts, envelopes, badge bundles).
+    async fn attached(
+        &self,
+        key: ReceiptKey,
+        repo: &str,
+        artifact_type: &str,
+        bytes: Bytes,
+        subject: (&Digest, &ManifestInfo),
+        annotations: BTreeMap<String, String>,
+        owner: Owner,
+    ) -> Result<Referrer, OciFailure> {
+        if let Some(made) = self.attached_already(&key) {
+            return Ok(made);
+        }
+        let layer = Layer {
+            digest: Digest::of(Algorithm::Sha256, &bytes),
+            size: bytes.len() as u64,
+            media_type: artifact_type.to_string(),
+            annotations: BTreeMap::new(),
+        };
+        let (digest, info) = self
+            .make_artifact(
+                repo,
+                artifact_type,
+                vec![layer],
+                vec![bytes],
+                Some(subject),
+                annotations,
+                owner,
+            )
+            .await?;
+        let referrer = Referrer { digest, info };
+        self.receipts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, referrer.clone());
+        Ok(referrer)
     }
 
     /// Every state a tag has had, oldest first, each with the receipt of its ledger entry.
