@@ -130,9 +130,9 @@ pub struct Oci {
     /// Manifests Custodian made (package versions, receipts, envelopes, badge bundles), by
     /// repository and digest, with the package version they belong to. They are made again
     /// after a restart (the same bytes, so the same digests), so memory is enough.
-    made: std::sync::Mutex<HashMap<(String, [u8; 32]), (ManifestInfo, Owner)>>,
+    made: std::sync::Mutex<HashMap<MadeKey, (ManifestInfo, Owner)>>,
     /// Blobs of those manifests, readable in their repository by whoever may read the owner.
-    made_blobs: std::sync::Mutex<HashMap<(String, [u8; 32]), Owner>>,
+    made_blobs: std::sync::Mutex<HashMap<MadeKey, Owner>>,
     /// The manifest made for each (repository, package version).
     packages: std::sync::Mutex<HashMap<(String, String), (Digest, ManifestInfo)>>,
     /// The receipt referrer made for each (repository, subject, ledger index), so that every
@@ -142,6 +142,18 @@ pub struct Oci {
 
 /// The package version a made artifact belongs to (`None`: an OCI repository's own).
 type Owner = Option<(String, String)>;
+
+/// What an artifact Custodian makes is: where, of which type, about what, for whom.
+struct Made<'a> {
+    repo: &'a str,
+    artifact_type: &'a str,
+    subject: Option<(&'a Digest, &'a ManifestInfo)>,
+    annotations: BTreeMap<String, String>,
+    owner: Owner,
+}
+
+/// A made manifest's key: repository and digest.
+type MadeKey = (String, [u8; 32]);
 
 /// One layer of an artifact Custodian makes.
 struct Layer {
@@ -886,16 +898,14 @@ impl Oci {
             .to_json();
         let mut annotations = BTreeMap::new();
         annotations.insert(LEDGER_INDEX.to_string(), index.to_string());
-        self.attached(
-            key,
+        let made = Made {
             repo,
-            RECEIPT_ARTIFACT_TYPE,
-            Bytes::from(receipt),
-            (subject, subject_info),
+            artifact_type: RECEIPT_ARTIFACT_TYPE,
+            subject: Some((subject, subject_info)),
             annotations,
             owner,
-        )
-        .await
+        };
+        self.attached(key, made, Bytes::from(receipt)).await
     }
 
     /// The referrers of a package version's artifact: its signed DSSE envelope, the receipt of
@@ -916,12 +926,14 @@ impl Oci {
         let envelope = self
             .attached(
                 (repo.to_string(), *subject.bytes(), u64::MAX),
-                repo,
-                ENVELOPE_ARTIFACT_TYPE,
+                Made {
+                    repo,
+                    artifact_type: ENVELOPE_ARTIFACT_TYPE,
+                    subject: Some((subject, info)),
+                    annotations,
+                    owner: owner.clone(),
+                },
                 Bytes::from(record.event.envelope.clone()),
-                (subject, info),
-                annotations,
-                owner.clone(),
             )
             .await?;
         let receipt = self
@@ -948,16 +960,15 @@ impl Oci {
                         badge.state.as_str().to_string(),
                     );
                     annotations.insert(LEDGER_INDEX.to_string(), issued.to_string());
-                    self.attached(
-                        key,
+                    let made = Made {
                         repo,
-                        BADGE_ARTIFACT_TYPE,
-                        Bytes::from(bundle.to_json()),
-                        (subject, info),
+                        artifact_type: BADGE_ARTIFACT_TYPE,
+                        subject: Some((subject, info)),
                         annotations,
                         owner,
-                    )
-                    .await?
+                    };
+                    self.attached(key, made, Bytes::from(bundle.to_json()))
+                        .await?
                 }
             };
             list.push(badge);
@@ -1040,13 +1051,15 @@ impl Oci {
         ]);
         let (digest, mut info) = self
             .make_artifact(
-                repo,
-                PACKAGE_ARTIFACT_TYPE,
+                Made {
+                    repo,
+                    artifact_type: PACKAGE_ARTIFACT_TYPE,
+                    subject: None,
+                    annotations,
+                    owner: Some((event.name.clone(), event.version.clone())),
+                },
                 layers,
                 vec![envelope],
-                None,
-                annotations,
-                Some((event.name.clone(), event.version.clone())),
             )
             .await?;
         info.index = record.index;
@@ -1062,14 +1075,17 @@ impl Oci {
     /// built the same way every time, so the same inputs always give the same digest.
     async fn make_artifact(
         &self,
-        repo: &str,
-        artifact_type: &str,
+        made: Made<'_>,
         layers: Vec<Layer>,
         new_blobs: Vec<Bytes>,
-        subject: Option<(&Digest, &ManifestInfo)>,
-        annotations: BTreeMap<String, String>,
-        owner: Owner,
     ) -> Result<(Digest, ManifestInfo), OciFailure> {
+        let Made {
+            repo,
+            artifact_type,
+            subject,
+            annotations,
+            owner,
+        } = made;
         let store = self.registry.store();
         let empty = Bytes::from_static(b"{}");
         let empty_digest = Digest::of(Algorithm::Sha256, &empty);
@@ -1167,12 +1183,8 @@ impl Oci {
     async fn attached(
         &self,
         key: ReceiptKey,
-        repo: &str,
-        artifact_type: &str,
+        made: Made<'_>,
         bytes: Bytes,
-        subject: (&Digest, &ManifestInfo),
-        annotations: BTreeMap<String, String>,
-        owner: Owner,
     ) -> Result<Referrer, OciFailure> {
         if let Some(made) = self.attached_already(&key) {
             return Ok(made);
@@ -1180,20 +1192,10 @@ impl Oci {
         let layer = Layer {
             digest: Digest::of(Algorithm::Sha256, &bytes),
             size: bytes.len() as u64,
-            media_type: artifact_type.to_string(),
+            media_type: made.artifact_type.to_string(),
             annotations: BTreeMap::new(),
         };
-        let (digest, info) = self
-            .make_artifact(
-                repo,
-                artifact_type,
-                vec![layer],
-                vec![bytes],
-                Some(subject),
-                annotations,
-                owner,
-            )
-            .await?;
+        let (digest, info) = self.make_artifact(made, vec![layer], vec![bytes]).await?;
         let referrer = Referrer { digest, info };
         self.receipts
             .lock()
