@@ -11,6 +11,7 @@ mod ledger;
 mod limits;
 mod load;
 mod measure;
+mod oci;
 mod rest;
 mod scan;
 mod small;
@@ -78,6 +79,9 @@ at least once). Also prints the daemon's peak resident memory (VmHWM)."
     /// Tessera's POSIX log, full-tile reads next to a static file server, the tile monitor next
     /// to the offline audit
     Tlog(crate::tlog::TlogArgs),
+    /// The OCI front end next to Debian's docker-registry (CNCF distribution 2.8) on the same
+    /// disk: skopeo copies of an image with a 1 GiB layer in and out, and 1,000 small-blob HEADs
+    Oci(crate::oci::OciArgs),
     /// 64 clients for 5 minutes on a mixed workload (puts, verified gets, attestations, proofs,
     /// REST downloads): p50/p99 per operation, errors, and whether the daemon's memory stayed
     /// flat. Exits 1 on any error or memory growth
@@ -94,6 +98,7 @@ fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Small(args) => crate::small::run(args),
         BenchCommand::Rest(args) => crate::rest::run(args),
         BenchCommand::Tlog(args) => crate::tlog::run(args),
+        BenchCommand::Oci(args) => crate::oci::run(args),
         BenchCommand::Load(args) => crate::load::run(args),
         BenchCommand::Limits(args) => crate::limits::run(args),
         BenchCommand::All(args) => crate::all::run(args),

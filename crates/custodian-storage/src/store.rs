@@ -513,6 +513,17 @@ impl BlobWriter {
         }
     }
 
+    /// Replaces the expectation the bytes are verified against at commit: for uploads that
+    /// learn their digest only at the end (an OCI chunked upload names it in its last request).
+    pub fn set_expectation(&mut self, expect: Expectation) {
+        self.expect = expect;
+    }
+
+    /// How many bytes were written so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
     /// Verifies the received bytes against the expectation and commits them.
     ///
     /// On any mismatch the upload is discarded and nothing becomes visible.

@@ -197,10 +197,11 @@ impl Oci {
         dir: &std::path::Path,
         config: OciConfig,
     ) -> Result<Self, OciFailure> {
+        let store = registry.store().clone();
         Ok(Oci {
             registry,
             links: Arc::new(Links::open(dir)?),
-            uploads: Uploads::open(&dir.join("uploads"), config.upload_expiry)?,
+            uploads: Uploads::open(&dir.join("uploads"), config.upload_expiry, store)?,
             config,
             writes: tokio::sync::Mutex::new(()),
             made: Default::default(),

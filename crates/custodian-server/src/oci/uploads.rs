@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use custodian_storage::{BlobStore, Expectation, PutOutcome};
+use custodian_storage::{BlobStore, BlobWriter, Expectation, PutOutcome};
 use futures::{Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
@@ -42,6 +42,12 @@ pub struct Uploads {
     expiry: Duration,
     /// One lock per session id, so that two requests on one session never interleave.
     locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The custody store's verifying writer of each session this process has fed since it
+    /// started, with how many bytes it holds: chunks are hashed and stored as they arrive, so
+    /// the final `PUT` only commits. The staged file stays the truth: a session without a writer
+    /// (after a restart, or after a chunk that failed) is read back from it at the end.
+    live: std::sync::Mutex<std::collections::HashMap<String, BlobWriter>>,
+    store: BlobStore,
 }
 
 fn io(path: &Path, source: std::io::Error) -> OciFailure {
@@ -75,12 +81,14 @@ pub struct OutOfOrder {
 
 impl Uploads {
     /// The sessions under `dir` (created if missing); idle ones older than `expiry` are removed.
-    pub fn open(dir: &Path, expiry: Duration) -> Result<Self, OciFailure> {
+    pub fn open(dir: &Path, expiry: Duration, store: BlobStore) -> Result<Self, OciFailure> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let uploads = Uploads {
             dir: dir.to_path_buf(),
             expiry,
             locks: Default::default(),
+            live: Default::default(),
+            store,
         };
         uploads.sweep();
         Ok(uploads)
@@ -113,6 +121,14 @@ impl Uploads {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(id);
+        self.take_live(id);
+    }
+
+    fn take_live(&self, id: &str) -> Option<BlobWriter> {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id)
     }
 
     async fn read_state(
@@ -228,6 +244,13 @@ impl Uploads {
         file.seek(std::io::SeekFrom::Start(state.committed))
             .await
             .map_err(|e| io(&path, e))?;
+        // The live writer continues only if it holds exactly the committed bytes; a fresh session
+        // gets one; otherwise the bytes are read back from the file at the end.
+        let mut writer = match self.take_live(id) {
+            Some(writer) if writer.received() == state.committed => Some(writer),
+            _ if state.committed == 0 => Some(self.store.begin_put(Expectation::default()).await?),
+            _ => None,
+        };
         let mut written = 0u64;
         let mut body = body;
         while let Some(chunk) = body.next().await {
@@ -246,11 +269,23 @@ impl Uploads {
             };
             file.write_all(&chunk).await.map_err(|e| io(&path, e))?;
             written += chunk.len() as u64;
+            if let Some(w) = writer.as_mut()
+                && w.write(chunk).await.is_err()
+            {
+                // The store refused (it keeps nothing of it); the file still has the bytes.
+                writer = None;
+            }
         }
         file.sync_data().await.map_err(|e| io(&path, e))?;
         state.committed += written;
         state.updated_ms = now_ms();
         Self::write_state(&dir, &state).await?;
+        if let Some(writer) = writer {
+            self.live
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(id.to_string(), writer);
+        }
         Ok(Ok(state.committed))
     }
 
@@ -267,7 +302,13 @@ impl Uploads {
         let lock = self.lock(id);
         let _held = lock.lock().await;
         let (dir, state) = self.read_state(id, repo).await?;
-        let outcome = Self::ingest(store, &dir.join("data"), state.committed, expect).await;
+        let outcome = match self.take_live(id) {
+            Some(mut writer) if writer.received() == state.committed => {
+                writer.set_expectation(expect);
+                writer.commit().await.map_err(OciFailure::from)
+            }
+            _ => Self::ingest(store, &dir.join("data"), state.committed, expect).await,
+        };
         let _ = tokio::fs::remove_dir_all(&dir).await;
         drop(_held);
         self.forget_lock(id);
@@ -322,9 +363,18 @@ impl Uploads {
                 .and_then(|t| serde_json::from_slice::<SessionState>(&t).ok());
             let stale = match state {
                 Some(s) => now.saturating_sub(s.updated_ms) > self.expiry.as_millis() as u64,
-                None => true,
+                // A directory without a state is a session that crashed while starting, unless
+                // it is one starting right now.
+                None => entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(60)),
             };
             if stale && std::fs::remove_dir_all(&path).is_ok() {
+                // Its writer, if this process fed it, goes too (the store discards its blocks).
+                self.take_live(&entry.file_name().to_string_lossy());
                 removed += 1;
             }
         }
