@@ -133,6 +133,17 @@ for spec in pacman-builder@0.2.1 customer-support-classifier@0.1.0; do
   step "custodian verify $bundle --key log.vkey     # offline"
   CUSTODIAN_SERVER=http://127.0.0.1:9 custodian verify "$bundle" --key log.vkey
 done
+# Any OCI client: a published package is an OCI artifact, and every push and tag move is a ledger
+# entry with a receipt.
+host=${rest#http://}
+step "skopeo copy --preserve-digests --src-tls-verify=false docker://$host/pacman-builder:0.2.1 oci:pulled:0.2.1"
+skopeo copy --preserve-digests --src-tls-verify=false "docker://$host/pacman-builder:0.2.1" oci:pulled:0.2.1 >/dev/null
+step "skopeo copy --preserve-digests --dest-tls-verify=false --dest-creds me:\$CUSTODIAN_TOKEN oci:pulled:0.2.1 docker://$host/acme/mirror:stable"
+skopeo copy --preserve-digests --dest-tls-verify=false --dest-creds "me:$CUSTODIAN_TOKEN" \
+  oci:pulled:0.2.1 "docker://$host/acme/mirror:stable" >/dev/null
+step "custodian oci history acme/mirror:stable --key log.vkey"
+custodian oci history acme/mirror:stable --key log.vkey | tee history.out
+grep -q '\[verified\]' history.out || fail "the tag's history did not verify"
 step "custodian log verify-receipt pub.receipt.json --key log.vkey     # offline"
 CUSTODIAN_SERVER=http://127.0.0.1:9 custodian log verify-receipt pub.receipt.json --key log.vkey
 step "custodian log checkpoint > saved.checkpoint"

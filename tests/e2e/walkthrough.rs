@@ -36,6 +36,7 @@ fn the_readme_walkthrough_runs_from_any_folder() {
         "customer-support-classifier@0.1.0: GREEN",
         "bundle verifies",
         "receipt verifies",
+        "acme/mirror:stable: 1 state (from the daemon)",
         "every step did what the README says",
     ] {
         assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");

@@ -23,7 +23,8 @@ import oras.oci
 def client(host, token):
     c = oras.client.OrasClient(hostname=host, insecure=True, auth_backend="basic")
     if token:
-        c.login(hostname=host, username="ci", password=token)
+        # Not c.login(), which would also write the token into ~/.docker/config.json.
+        c.auth.set_basic_auth("ci", token)
     return c
 
 

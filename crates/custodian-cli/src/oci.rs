@@ -110,7 +110,11 @@ async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         });
         println!("{}", serde_json::to_string_pretty(&view)?);
     } else {
-        println!("{name}:{tag}: {} states (from the {source})", states.len());
+        let plural = if states.len() == 1 { "" } else { "s" };
+        println!(
+            "{name}:{tag}: {} state{plural} (from the {source})",
+            states.len()
+        );
         for s in &states {
             println!(
                 "  #{:<8} {}  {:<71}  {}{}",

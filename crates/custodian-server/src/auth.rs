@@ -377,6 +377,9 @@ impl Authenticator {
             })
             .transpose()?;
         let token = match &basic {
+            // Registry clients without credentials send an empty user and password (skopeo's
+            // `Basic Og==`): that is an anonymous caller, not a bad token.
+            Some(password) if password.is_empty() => return Ok(Principal::Anonymous),
             Some(password) => password.as_str(),
             None => header
                 .strip_prefix("Bearer ")
