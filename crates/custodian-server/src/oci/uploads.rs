@@ -27,6 +27,9 @@ use custodian_core::oci::{ErrorCode, OciError};
 /// How long an upload session may sit idle before it is removed, unless configured.
 pub const DEFAULT_UPLOAD_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 
+/// How many bytes of a chunk are gathered before they are written.
+const WRITE_BATCH: usize = 1 << 20;
+
 /// What is kept beside a session's bytes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct SessionState {
@@ -253,10 +256,19 @@ impl Uploads {
         };
         let mut written = 0u64;
         let mut body = body;
-        while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(e) => {
+        // Network chunks are small; they are gathered into batches so that the file write (a
+        // trip to the blocking pool) and the store's write run once per batch, side by side.
+        let mut batch = bytes::BytesMut::new();
+        let mut ended = false;
+        while !ended {
+            match body.next().await {
+                Some(Ok(chunk)) => {
+                    batch.extend_from_slice(&chunk);
+                    if batch.len() < WRITE_BATCH {
+                        continue;
+                    }
+                }
+                Some(Err(e)) => {
                     let _ = file.set_len(state.committed).await;
                     return Err(OciFailure::Refused(OciError {
                         code: ErrorCode::BlobUploadInvalid,
@@ -266,12 +278,22 @@ impl Uploads {
                         ),
                     }));
                 }
+                None => ended = true,
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let bytes = batch.split().freeze();
+            written += bytes.len() as u64;
+            let to_store = async {
+                match writer.as_mut() {
+                    Some(w) => w.write(bytes.clone()).await.is_ok(),
+                    None => true,
+                }
             };
-            file.write_all(&chunk).await.map_err(|e| io(&path, e))?;
-            written += chunk.len() as u64;
-            if let Some(w) = writer.as_mut()
-                && w.write(chunk).await.is_err()
-            {
+            let (to_file, stored) = tokio::join!(file.write_all(&bytes), to_store);
+            to_file.map_err(|e| io(&path, e))?;
+            if !stored {
                 // The store refused (it keeps nothing of it); the file still has the bytes.
                 writer = None;
             }
