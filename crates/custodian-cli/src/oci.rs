@@ -160,9 +160,9 @@ async fn from_daemon(
     if !status.is_success() {
         bail!(
             "{} ({}): {}",
-            body["errors"][0]["code"].as_str().unwrap_or("error"),
+            body["error"]["code"].as_str().unwrap_or("error"),
             status.as_u16(),
-            body["errors"][0]["message"].as_str().unwrap_or("")
+            body["error"]["message"].as_str().unwrap_or("")
         );
     }
     let mut states = Vec::new();

@@ -1,4 +1,4 @@
-//! The OCI Distribution front end's domain (no axum here: `rest/oci.rs` is its HTTP face).
+//! The OCI Distribution front end's domain (`rest/oci.rs` is its HTTP face).
 //!
 //! Repositories hold blobs and manifests. Blobs are the custody store's (one copy per digest,
 //! verified before visible, CRC-checked on read); a repository only links them ([`links`]).

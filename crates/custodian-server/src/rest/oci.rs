@@ -547,7 +547,33 @@ pub(super) async fn history(
                 .into_response(),
         )
     };
-    answer.await.unwrap_or_else(IntoResponse::into_response)
+    // This endpoint is Custodian's own, so it answers errors in the REST API's shape.
+    answer
+        .await
+        .unwrap_or_else(|failure| api_error(failure).into_response())
+}
+
+/// An OCI failure as the REST API's JSON error (for Custodian's own endpoints beside `/v2/`).
+fn api_error(failure: OciFailure) -> super::error::ApiError {
+    use super::error::ApiError;
+    let message = failure.to_string();
+    match failure {
+        OciFailure::Refused(OciError { code, .. }) => match code {
+            ErrorCode::ManifestUnknown | ErrorCode::NameUnknown | ErrorCode::BlobUnknown => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+            }
+            _ => ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", message),
+        },
+        OciFailure::Unauthenticated(_) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+        }
+        OciFailure::Denied(_) => ApiError::new(StatusCode::FORBIDDEN, "permission_denied", message),
+        OciFailure::Registry(e) => e.into(),
+        OciFailure::Storage(e) => e.into(),
+        OciFailure::Io { .. } | OciFailure::Internal(_) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        }
+    }
 }
 
 fn method_not_allowed() -> Response {
