@@ -311,6 +311,17 @@ fn a_chunked_upload_survives_kill_9_and_resumes() {
     );
     assert_eq!(got.status, 200);
     assert_eq!(sha256(&got.body), digest, "the resumed blob verifies");
+    // One custody store behind every API: the blob pushed over OCI is the one gRPC sees, and
+    // putting the same bytes over gRPC stores nothing twice.
+    let whole = write(dir.path(), "whole", &data);
+    let put = daemon.cli(&["blob", "put", whole.to_str().expect("path"), "--json"]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let lines: serde_json::Value = serde_json::from_slice(&put.stdout).expect("blob put --json");
+    assert_eq!(lines[0]["already_present"], true, "{lines}");
 
     // A wrong digest at the end: 400 DIGEST_INVALID, nothing visible, the session gone.
     let other: Vec<u8> = b"not the bytes the digest names".to_vec();
