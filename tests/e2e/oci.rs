@@ -94,6 +94,13 @@ pub(crate) fn http(method: &str, url: &str, headers: &[String], body: Option<&Pa
     }
 }
 
+/// A daemon in `dir` and a token that may push to repositories under `namespace`.
+fn registry_with_pusher(dir: &Path, name: &str, namespace: &str) -> (Daemon, String) {
+    let daemon = Daemon::start(&dir.join("data"));
+    let token = daemon.create_token(name, "publish", namespace);
+    (daemon, token)
+}
+
 pub(crate) fn basic(token: &str) -> String {
     use base64::Engine as _;
     format!(
@@ -179,8 +186,7 @@ pub(crate) fn put_manifest(
 #[test]
 fn the_distribution_spec_conformance_suite_passes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let daemon = Daemon::start(&dir.path().join("data"));
-    let token = daemon.create_token("conformance", "publish", "conformance/");
+    let (daemon, token) = registry_with_pusher(dir.path(), "conformance", "conformance/");
     let results = dir.path().join("results");
     std::fs::create_dir_all(&results).expect("results dir");
     let registry = daemon.rest.trim_start_matches("http://").to_string();
@@ -222,8 +228,7 @@ fn the_distribution_spec_conformance_suite_passes() {
 #[test]
 fn a_chunked_upload_survives_kill_9_and_resumes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut daemon = Daemon::start(&dir.path().join("data"));
-    let token = daemon.create_token("pusher", "publish", "models/");
+    let (mut daemon, token) = registry_with_pusher(dir.path(), "pusher", "models/");
     let auth = basic(&token);
     let repo = "models/llama-adapter";
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -404,8 +409,7 @@ fn a_chunked_upload_survives_kill_9_and_resumes() {
 #[test]
 fn tag_history_is_ledgered_with_receipts_and_matches_an_export() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let daemon = Daemon::start(&dir.path().join("data"));
-    let token = daemon.create_token("pusher", "publish", "acme/");
+    let (daemon, token) = registry_with_pusher(dir.path(), "pusher", "acme/");
     let auth = basic(&token);
     let repo = "acme/classifier";
     let rest = &daemon.rest;
@@ -648,8 +652,7 @@ fn private_repositories_answer_exactly_like_absent_ones() {
 #[test]
 fn bad_input_gets_the_specs_error_codes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let daemon = Daemon::start(&dir.path().join("data"));
-    let token = daemon.create_token("pusher", "publish", "lab/");
+    let (daemon, token) = registry_with_pusher(dir.path(), "pusher", "lab/");
     let auth = basic(&token);
     let rest = &daemon.rest;
     let repo = "lab/model";
@@ -950,8 +953,7 @@ fn skopeo(args: &[&str]) -> String {
 #[test]
 fn skopeo_copies_an_image_index_in_and_out_byte_identical() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let daemon = Daemon::start(&dir.path().join("data"));
-    let token = daemon.create_token("skopeo", "publish", "skopeo/");
+    let (daemon, token) = registry_with_pusher(dir.path(), "skopeo", "skopeo/");
     let creds = format!("ci:{token}");
     let host = daemon.rest.trim_start_matches("http://").to_string();
     let source = dir.path().join("source");
@@ -1034,8 +1036,7 @@ fn skopeo_copies_an_image_index_in_and_out_byte_identical() {
 #[test]
 fn oras_pushes_with_a_subject_lists_referrers_and_pulls() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let daemon = Daemon::start(&dir.path().join("data"));
-    let token = daemon.create_token("oras", "publish", "oras/");
+    let (daemon, token) = registry_with_pusher(dir.path(), "oras", "oras/");
     let host = daemon.rest.trim_start_matches("http://").to_string();
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).expect("work");

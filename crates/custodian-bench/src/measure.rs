@@ -80,3 +80,31 @@ pub fn best_of(
     }
     Ok(best)
 }
+
+/// Runs a scenario in a fresh work directory `NAME-PID` under `dir` (default: the bench
+/// directory under the home folder), removed afterwards; prints its report as JSON or as text.
+pub fn run_scenario<R, F, Fut>(
+    name: &str,
+    dir: Option<&Path>,
+    json: bool,
+    measure: F,
+    print: fn(&R),
+) -> anyhow::Result<std::process::ExitCode>
+where
+    R: serde::Serialize,
+    F: FnOnce(std::path::PathBuf) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<R>>,
+{
+    let base = dir.map_or_else(crate::limits::default_dir, Path::to_path_buf);
+    let work = base.join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let _cleanup = custodian_testkit::RemoveOnDrop(work.clone());
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(measure(work))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print(&report);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

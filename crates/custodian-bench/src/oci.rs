@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use clap::Args;
 use custodian_core::{Algorithm, Digest, StreamHasher};
-use custodian_testkit::{RemoveOnDrop, write_test_file};
+use custodian_testkit::write_test_file;
 use serde::{Deserialize, Serialize};
 
 use crate::measure::{gib_per_s, run_checked, run_timed, settle_disk};
@@ -305,18 +305,14 @@ async fn measure(args: &OciArgs, dir: &Path) -> anyhow::Result<Report> {
 /// Runs the scenario.
 pub fn run(args: OciArgs) -> anyhow::Result<ExitCode> {
     run_checked(Command::new("skopeo").arg("--version")).context("skopeo is not installed")?;
-    let base = args.dir.clone().unwrap_or_else(crate::limits::default_dir);
-    let dir = base.join(format!("oci-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let _cleanup = RemoveOnDrop(dir.clone());
-    let runtime = tokio::runtime::Runtime::new()?;
-    let report = runtime.block_on(measure(&args, &dir))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print(&report);
-    }
-    Ok(ExitCode::SUCCESS)
+    let args = &args;
+    crate::measure::run_scenario(
+        "oci",
+        args.dir.as_deref(),
+        args.json,
+        |dir| async move { measure(args, &dir).await },
+        print,
+    )
 }
 
 /// Prints the report as text.

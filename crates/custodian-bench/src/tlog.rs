@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use custodian_proto::ledger::v1 as pb;
-use custodian_testkit::{Daemon, RemoveOnDrop, WitnessProcess, percentile_ms, write_log_key};
+use custodian_testkit::{Daemon, WitnessProcess, percentile_ms, write_log_key};
 use serde::{Deserialize, Serialize};
 
 use crate::measure::run_checked;
@@ -436,24 +436,14 @@ async fn measure(args: &TlogArgs, dir: &Path) -> anyhow::Result<Report> {
 
 /// Runs the scenario.
 pub fn run(args: TlogArgs) -> anyhow::Result<ExitCode> {
-    let base = match &args.dir {
-        Some(dir) => dir.clone(),
-        None => {
-            let home = std::env::var_os("HOME").context("HOME is not set; pass --dir")?;
-            PathBuf::from(home).join(".cache/custodian/bench")
-        }
-    };
-    let dir = base.join(format!("tlog-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let _cleanup = RemoveOnDrop(dir.clone());
-    let runtime = tokio::runtime::Runtime::new()?;
-    let report = runtime.block_on(measure(&args, &dir))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print(&report);
-    }
-    Ok(ExitCode::SUCCESS)
+    let args = &args;
+    crate::measure::run_scenario(
+        "tlog",
+        args.dir.as_deref(),
+        args.json,
+        |dir| async move { measure(args, &dir).await },
+        print,
+    )
 }
 
 /// Prints the report as text.
