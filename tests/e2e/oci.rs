@@ -101,6 +101,21 @@ fn registry_with_pusher(dir: &Path, name: &str, namespace: &str) -> (Daemon, Str
     (daemon, token)
 }
 
+/// Sends one chunk of an upload: `PATCH` with `Content-Range: start-(start+len-1)`.
+fn patch_chunk(rest: &str, location: &str, auth: &str, start: usize, chunk: &Path) -> Answer {
+    let len = std::fs::metadata(chunk).expect("chunk").len() as usize;
+    http(
+        "PATCH",
+        &format!("{rest}{location}"),
+        &[
+            auth.to_string(),
+            "Content-Type: application/octet-stream".into(),
+            format!("Content-Range: {start}-{}", start + len - 1),
+        ],
+        Some(chunk),
+    )
+}
+
 pub(crate) fn basic(token: &str) -> String {
     use base64::Engine as _;
     format!(
@@ -134,6 +149,19 @@ pub(crate) fn push_blob(rest: &str, auth: &str, repo: &str, bytes: &[u8], dir: &
     );
     assert_eq!(answer.status, 201, "{answer:?}");
     digest
+}
+
+/// Pushes a layer and the empty config `{}` that [`image_manifest`] names; returns the layer's
+/// digest.
+pub(crate) fn push_image_blobs(
+    rest: &str,
+    auth: &str,
+    repo: &str,
+    layer: &[u8],
+    dir: &Path,
+) -> Digest {
+    push_blob(rest, auth, repo, b"{}", dir);
+    push_blob(rest, auth, repo, layer, dir)
 }
 
 /// An image manifest over an empty config and one layer, with an annotation that makes it
@@ -244,31 +272,13 @@ fn a_chunked_upload_survives_kill_9_and_resumes() {
     let location = start.header("location").expect("Location").to_string();
     assert_eq!(start.header("range"), Some("0-0"));
     let chunk1 = write(dir.path(), "chunk1", first);
-    let patch = http(
-        "PATCH",
-        &format!("{}{location}", daemon.rest),
-        &[
-            auth.clone(),
-            "Content-Type: application/octet-stream".into(),
-            format!("Content-Range: 0-{}", first.len() - 1),
-        ],
-        Some(&chunk1),
-    );
+    let patch = patch_chunk(&daemon.rest, &location, &auth, 0, &chunk1);
     assert_eq!(patch.status, 202, "{patch:?}");
     assert_eq!(patch.header("range"), Some("0-1199999"));
 
     // A chunk that skips ahead is refused with the committed range.
     let chunk2 = write(dir.path(), "chunk2", rest_part);
-    let skipped = http(
-        "PATCH",
-        &format!("{}{location}", daemon.rest),
-        &[
-            auth.clone(),
-            "Content-Type: application/octet-stream".into(),
-            format!("Content-Range: 1300000-{}", 1_300_000 + rest_part.len() - 1),
-        ],
-        Some(&chunk2),
-    );
+    let skipped = patch_chunk(&daemon.rest, &location, &auth, 1_300_000, &chunk2);
     assert_eq!(skipped.status, 416, "{skipped:?}");
     assert_eq!(skipped.header("range"), Some("0-1199999"));
     assert_eq!(skipped.header("location"), Some(location.as_str()));
@@ -286,16 +296,7 @@ fn a_chunked_upload_survives_kill_9_and_resumes() {
         Some("0-1199999"),
         "the committed range survives kill -9"
     );
-    let patch = http(
-        "PATCH",
-        &format!("{}{location}", daemon.rest),
-        &[
-            auth.clone(),
-            "Content-Type: application/octet-stream".into(),
-            format!("Content-Range: 1200000-{}", data.len() - 1),
-        ],
-        Some(&chunk2),
-    );
+    let patch = patch_chunk(&daemon.rest, &location, &auth, 1_200_000, &chunk2);
     assert_eq!(patch.status, 202, "{patch:?}");
     let put = http(
         "PUT",
@@ -382,12 +383,7 @@ fn a_chunked_upload_survives_kill_9_and_resumes() {
         None,
     );
     let location = start.header("location").expect("Location").to_string();
-    let patch = http(
-        "PATCH",
-        &format!("{}{location}", daemon.rest),
-        &[auth.clone(), "Content-Range: 0-1199999".into()],
-        Some(&chunk1),
-    );
+    let patch = patch_chunk(&daemon.rest, &location, &auth, 0, &chunk1);
     assert_eq!(patch.status, 202);
     let sessions = daemon.data_dir.join("oci/uploads");
     assert_eq!(std::fs::read_dir(&sessions).expect("uploads").count(), 1);
@@ -413,8 +409,7 @@ fn tag_history_is_ledgered_with_receipts_and_matches_an_export() {
     let auth = basic(&token);
     let repo = "acme/classifier";
     let rest = &daemon.rest;
-    let layer = push_blob(rest, &auth, repo, b"weights v1", dir.path());
-    push_blob(rest, &auth, repo, b"{}", dir.path());
+    let layer = push_image_blobs(rest, &auth, repo, b"weights v1", dir.path());
     let mut pushed = Vec::new();
     for i in 0..6 {
         let manifest = image_manifest(&layer, 10, &format!("state {i}"));
@@ -590,8 +585,7 @@ fn private_repositories_answer_exactly_like_absent_ones() {
     let auth = basic(&owner);
     let private = "acme/secret";
     let absent = "acme/absent";
-    let layer = push_blob(rest, &auth, private, b"secret weights", dir.path());
-    push_blob(rest, &auth, private, b"{}", dir.path());
+    let layer = push_image_blobs(rest, &auth, private, b"secret weights", dir.path());
     let manifest = image_manifest(&layer, 14, "secret");
     assert_eq!(
         put_manifest(rest, &auth, private, "v1", &manifest, dir.path()).status,
@@ -656,8 +650,7 @@ fn bad_input_gets_the_specs_error_codes() {
     let auth = basic(&token);
     let rest = &daemon.rest;
     let repo = "lab/model";
-    let layer = push_blob(rest, &auth, repo, b"layer", dir.path());
-    push_blob(rest, &auth, repo, b"{}", dir.path());
+    let layer = push_image_blobs(rest, &auth, repo, b"layer", dir.path());
     let missing = sha256(b"never pushed");
     let cases: Vec<(&str, Answer, u16, &str)> = vec![
         (
