@@ -325,12 +325,14 @@ pub async fn fetch_package(
         .prefix("custodian-oci-")
         .tempdir()
         .context("creating a folder for the package")?;
-    for (i, layer) in manifest["layers"]
+    let layers: Vec<&serde_json::Value> = manifest["layers"]
         .as_array()
         .into_iter()
         .flatten()
-        .enumerate()
-    {
+        .collect();
+    let total: u64 = layers.iter().filter_map(|l| l["size"].as_u64()).sum();
+    let bar = crate::output::progress(total, format!("fetching {name}:{tag}"));
+    for (i, layer) in layers.into_iter().enumerate() {
         let path = layer["annotations"][custodian_server::oci::TITLE]
             .as_str()
             .with_context(|| {
@@ -356,6 +358,7 @@ pub async fn fetch_package(
             .bytes()
             .await
             .with_context(|| format!("reading {path}"))?;
+        bar.inc(bytes.len() as u64);
         let actual = Digest::of(Algorithm::Sha256, &bytes);
         if actual != digest {
             bail!(
@@ -369,5 +372,6 @@ pub async fn fetch_package(
         }
         std::fs::write(&target, &bytes).with_context(|| format!("writing {}", target.display()))?;
     }
+    bar.finish_and_clear();
     Ok(folder)
 }
