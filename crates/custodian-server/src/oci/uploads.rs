@@ -411,3 +411,112 @@ impl Uploads {
         std::fs::read_dir(&self.dir).map_or(0, |d| d.count())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custodian_core::{Algorithm, Digest};
+    use custodian_storage::MemoryBackend;
+
+    fn store() -> BlobStore {
+        BlobStore::new(Arc::new(MemoryBackend::new(1024)))
+    }
+
+    fn chunk(bytes: &[u8]) -> futures::stream::Iter<std::vec::IntoIter<Result<Bytes, String>>> {
+        futures::stream::iter(vec![Ok(Bytes::copy_from_slice(bytes))])
+    }
+
+    #[tokio::test]
+    async fn sessions_resume_from_the_committed_length_after_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store();
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        let uploads =
+            Uploads::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store.clone()).expect("open");
+        let id = uploads.start("r").await.expect("start");
+        let committed = uploads
+            .append("r", &id, Some(0), chunk(&data[..3000]))
+            .await
+            .expect("append")
+            .expect("in order");
+        assert_eq!(committed, 3000);
+        // A chunk that skips ahead, or one for another repository, changes nothing.
+        let skipped = uploads
+            .append("r", &id, Some(3500), chunk(&data[3500..]))
+            .await
+            .expect("append");
+        assert!(matches!(skipped, Err(OutOfOrder { committed: 3000 })));
+        assert!(uploads.status("other", &id).await.is_err());
+        // A crash mid-chunk leaves unacknowledged bytes in the file; a new process (a reopen,
+        // without the live writer) reports the committed length and cuts them away.
+        drop(uploads);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(&id).join("data"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"garbage"))
+            .expect("torn tail");
+        let uploads =
+            Uploads::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store.clone()).expect("reopen");
+        assert_eq!(uploads.status("r", &id).await.expect("status"), 3000);
+        uploads
+            .append("r", &id, Some(3000), chunk(&data[3000..]))
+            .await
+            .expect("append")
+            .expect("in order");
+        let wrong = Digest::of(Algorithm::Sha256, b"other");
+        let id2 = uploads.start("r").await.expect("start");
+        uploads
+            .append("r", &id2, None, chunk(b"x"))
+            .await
+            .expect("append")
+            .expect("streamed");
+        assert!(
+            uploads
+                .finish(
+                    &store,
+                    "r",
+                    &id2,
+                    Expectation {
+                        digest: Some(wrong),
+                        size: None
+                    }
+                )
+                .await
+                .is_err()
+        );
+        assert!(
+            store.stat(&wrong).await.expect("stat").is_none(),
+            "nothing visible"
+        );
+        assert!(
+            !dir.path().join(&id2).exists(),
+            "a failed finish leaves nothing behind"
+        );
+        let outcome = uploads
+            .finish(
+                &store,
+                "r",
+                &id,
+                Expectation {
+                    digest: Some(digest),
+                    size: None,
+                },
+            )
+            .await
+            .expect("finish");
+        assert_eq!(outcome.meta.size, 5000);
+        assert_eq!(uploads.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn idle_sessions_expire_with_their_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let uploads = Uploads::open(dir.path(), Duration::from_millis(1), store()).expect("open");
+        let id = uploads.start("r").await.expect("start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(uploads.sweep(), 1);
+        assert_eq!(uploads.count(), 0);
+        assert!(uploads.status("r", &id).await.is_err());
+    }
+}

@@ -607,6 +607,29 @@ mod tests {
     }
 
     #[test]
+    fn content_ranges_are_the_specs_form() {
+        let parse = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(value).expect("ascii"),
+            );
+            content_range(&headers).ok().flatten()
+        };
+        assert_eq!(parse("0-99"), Some((0, 99)));
+        assert_eq!(parse("100-100"), Some((100, 100)));
+        assert_eq!(
+            parse("bytes 5-9/10"),
+            Some((5, 9)),
+            "the RFC 9110 form is accepted too"
+        );
+        for bad in ["", "5", "9-5", "a-b", "-5", "1-"] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(content_range(&HeaderMap::new()).ok().flatten(), None);
+    }
+
+    #[test]
     fn upload_ranges_are_inclusive_and_start_at_zero() {
         assert_eq!(upload_range(0), "0-0");
         assert_eq!(upload_range(1), "0-0");
