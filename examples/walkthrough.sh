@@ -144,6 +144,8 @@ skopeo copy --preserve-digests --dest-tls-verify=false --dest-creds "me:$CUSTODI
 step "custodian oci history acme/mirror:stable --key log.vkey"
 custodian oci history acme/mirror:stable --key log.vkey | tee history.out
 grep -q '\[verified\]' history.out || fail "the tag's history did not verify"
+step "custodian badge pacman-builder@0.2.1 --format vsa -o pacman-builder.vsa.json   # the badge as a SLSA VSA"
+custodian badge pacman-builder@0.2.1 --format vsa -o pacman-builder.vsa.json >/dev/null
 step "custodian log verify-receipt pub.receipt.json --key log.vkey     # offline"
 CUSTODIAN_SERVER=http://127.0.0.1:9 custodian log verify-receipt pub.receipt.json --key log.vkey
 step "custodian log checkpoint > saved.checkpoint"

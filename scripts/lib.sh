@@ -83,6 +83,11 @@ ensure_moto() {
       'grpcio>=1.60' 'grpcio-reflection>=1.60' 'cbor2>=5.4' 'cryptography>=41' 'PyYAML>=6' \
       'license-expression>=30'
   fi
+  # securesystemslib: DSSE verification nobody here wrote, for the badge's SLSA VSA.
+  if ! "$venv/bin/python" -c 'import securesystemslib.dsse' 2>/dev/null; then
+    say "installing the DSSE verifier (securesystemslib) into $venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'securesystemslib>=1.0,<2'
+  fi
   # oras-py: an OCI client nobody here wrote, for artifacts, subjects and referrers.
   if ! "$venv/bin/python" -c 'import oras.client' 2>/dev/null; then
     say "installing the OCI artifact client (oras) into $venv"

@@ -18,6 +18,7 @@ mod scan;
 mod sealed;
 mod tiles;
 mod truthful;
+mod vsa;
 mod walkthrough;
 mod witness;
 mod witness_interop;

@@ -128,6 +128,11 @@ pub struct BadgeArgs {
     /// Write the badge bundle (for `custodian verify`) to this file
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// What --output writes: `bundle` (everything `custodian verify` checks), or `vsa`: the
+    /// badge alone as a SLSA Verification Summary Attestation (a DSSE envelope over an in-toto
+    /// Statement, signed with the log's key) for policy engines
+    #[arg(long, default_value = "bundle", value_parser = ["bundle", "vsa"], requires = "output")]
+    format: String,
     /// Print the badge as JSON
     #[arg(long)]
     json: bool,
@@ -539,19 +544,35 @@ pub async fn badge(args: BadgeArgs) -> anyhow::Result<ExitCode> {
         .into_inner();
     let badge: Badge = serde_json::from_str(&response.badge_json).context("the daemon's badge")?;
     if let Some(path) = &args.output {
-        std::fs::write(path, &response.bundle_json)
-            .with_context(|| format!("writing {}", path.display()))?;
+        let bytes = if args.format == "vsa" {
+            let bundle: bundle::Bundle =
+                serde_json::from_str(&response.bundle_json).context("the daemon's badge bundle")?;
+            bundle
+                .vsa
+                .context("the daemon's bundle carries no VSA (a daemon older than this client)")?
+                + "\n"
+        } else {
+            response.bundle_json.clone()
+        };
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&badge)?);
     } else {
         print_badge(&badge);
         if let Some(path) = &args.output {
-            println!(
-                "  bundle: {} (check it offline: custodian verify {} --key LOG_KEY)",
-                path.display(),
-                path.display()
-            );
+            if args.format == "vsa" {
+                println!(
+                    "  VSA: {} (SLSA verification_summary/v1 in a DSSE envelope signed with the log's key)",
+                    path.display()
+                );
+            } else {
+                println!(
+                    "  bundle: {} (check it offline: custodian verify {} --key LOG_KEY)",
+                    path.display(),
+                    path.display()
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -646,16 +667,21 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
-                        "ok": true, "badge": verified.badge, "tree_size": verified.tree_size, "entries": verified.entries,
+                        "ok": true, "badge": verified.badge, "tree_size": verified.tree_size, "entries": verified.entries, "vsa": verified.vsa,
                     }))?
                 );
             } else {
                 println!(
-                    "bundle verifies: {} entries proven in the log {} at size {}, the badge recomputed under {}",
+                    "bundle verifies: {} entries proven in the log {} at size {}, the badge recomputed under {}{}",
                     verified.entries,
                     key.name(),
                     verified.tree_size,
-                    verified.badge.policy
+                    verified.badge.policy,
+                    if verified.vsa {
+                        ", its SLSA VSA signed by the log and equal to it"
+                    } else {
+                        ""
+                    }
                 );
                 print_badge(&verified.badge);
             }

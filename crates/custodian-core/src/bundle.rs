@@ -56,6 +56,10 @@ pub struct Bundle {
     /// digest (see `seal`); absent when none is sealed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bodies: Vec<String>,
+    /// The badge as a SLSA Verification Summary Attestation: a DSSE envelope (JSON text)
+    /// signed with the log's key (see `vsa`). Bundles made before it existed lack it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsa: Option<String>,
 }
 
 /// The first thing in a bundle that does not hold.
@@ -77,6 +81,9 @@ pub enum BundleError {
         /// What is wrong.
         reason: String,
     },
+    /// The VSA does not open with the log's key, or says something the bundle does not.
+    #[error("{0}")]
+    Vsa(crate::vsa::VsaError),
     /// The manifest or publication does not hold together.
     #[error("publication: {0}")]
     Publication(String),
@@ -101,6 +108,8 @@ pub struct Verified {
     pub tree_size: u64,
     /// How many entries were checked.
     pub entries: usize,
+    /// Whether the bundle carried a VSA, which was then checked.
+    pub vsa: bool,
 }
 
 impl Bundle {
@@ -127,7 +136,18 @@ impl Bundle {
                 })
                 .collect(),
             bodies: bodies.iter().map(|b| STANDARD.encode(b)).collect(),
+            vsa: None,
         }
+    }
+
+    /// Signs the badge's VSA with the log's key (whose origin the checkpoint names) and carries it.
+    pub fn attach_vsa(
+        &mut self,
+        log_key: &crate::note::SignerKey,
+    ) -> Result<(), crate::vsa::VsaError> {
+        let summary = crate::vsa::Summary::of_bundle(self, log_key.name())?;
+        self.vsa = Some(summary.sign(log_key).to_json());
+        Ok(())
     }
 
     /// The bundle as pretty JSON.
@@ -465,9 +485,16 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
         ));
     }
     debug_assert!(computed.evidence.iter().all(|i| present.contains(i)));
+    // The VSA says exactly what the bundle says, signed by the log's key.
+    if let Some(vsa) = &bundle.vsa {
+        crate::vsa::Summary::of_bundle(&bundle, &checkpoint.origin)
+            .and_then(|summary| summary.check(vsa, log_key))
+            .map_err(BundleError::Vsa)?;
+    }
     Ok(Verified {
         badge: computed,
         tree_size: checkpoint.size,
         entries: entries.len(),
+        vsa: bundle.vsa.is_some(),
     })
 }

@@ -23,6 +23,7 @@ pub mod receipt;
 pub mod registry;
 pub mod seal;
 pub mod tiles;
+pub mod vsa;
 pub mod witness;
 
 pub use digest::{

@@ -337,6 +337,13 @@ impl Ledger {
         self.signer.name()
     }
 
+    /// The log's signing key, for the statements the log itself signs besides checkpoints
+    /// (a badge's VSA, as a DSSE envelope: its pre-authentication encoding never reads as a
+    /// checkpoint, nor a checkpoint as one).
+    pub fn signer(&self) -> &SignerKey {
+        &self.signer
+    }
+
     /// The backend's name.
     pub fn backend_name(&self) -> &'static str {
         self.backend.name()

@@ -581,7 +581,11 @@ impl Registry {
                 bodies.push(crate::registry::read_all(self.store(), &digest).await?);
             }
         }
-        let bundle = Bundle::new(badge.clone(), &manifest.1, note, entries, bodies);
+        let mut bundle = Bundle::new(badge.clone(), &manifest.1, note, entries, bodies);
+        // The same decision as a SLSA VSA, signed with the log's key, for policy engines.
+        bundle.attach_vsa(self.ledger().signer()).map_err(|e| {
+            RegistryError::Ledger(custodian_storage::LedgerError::Corrupt(e.to_string()))
+        })?;
         Ok((bundle.badge.clone(), bundle))
     }
 
