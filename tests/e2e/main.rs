@@ -25,6 +25,19 @@ mod witness_interop;
 
 use bytes::Bytes;
 
+/// Runs a command that must succeed; returns its standard output, or fails the test with the
+/// command and everything it printed.
+pub fn run_ok(command: &mut std::process::Command) -> String {
+    let output = command.output().expect("the command starts");
+    assert!(
+        output.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// A Go interoperability peer (tests/interop/go, or litewitness) that scripts/lib.sh
 /// `ensure_go_interop` built from the Go module proxy into CUSTODIAN_GO_BIN.
 pub fn go_bin(name: &str) -> std::path::PathBuf {

@@ -11,7 +11,7 @@ use std::process::Command;
 use custodian_core::{Algorithm, Digest};
 use custodian_testkit::Daemon;
 
-use crate::go_bin;
+use crate::{go_bin, run_ok};
 
 /// One HTTP answer, as curl saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -927,18 +927,9 @@ fn image_layout(layout: &Path, tag: &str) -> Vec<u8> {
     index
 }
 
+/// Runs Debian's skopeo (scripts/test installs it); returns what it printed.
 fn skopeo(args: &[&str]) -> String {
-    let output = Command::new("skopeo")
-        .arg("--insecure-policy")
-        .args(args)
-        .output()
-        .expect("skopeo is installed (scripts/test installs it)");
-    assert!(
-        output.status.success(),
-        "skopeo {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    run_ok(Command::new("skopeo").arg("--insecure-policy").args(args))
 }
 
 /// Debian's skopeo copies an OCI layout (an image index over two images, several layers, one
@@ -1062,19 +1053,8 @@ fn oras_pushes_with_a_subject_lists_referrers_and_pulls() {
 pub(crate) fn oras(args: &[&str]) -> serde_json::Value {
     let python = std::env::var("CUSTODIAN_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/oras_client.py");
-    let output = Command::new(python)
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python runs");
-    assert!(
-        output.status.success(),
-        "oras_client.py {args:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
+    let out = run_ok(Command::new(python).arg(script).args(args));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
 /// A published Behavior Package is an OCI artifact: `oras pull NAME:VERSION` installs it without

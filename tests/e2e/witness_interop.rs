@@ -14,8 +14,8 @@ use custodian_core::note::{KeyType, Note, VerifierKey, typed_key_id};
 use custodian_core::witness::WitnessPolicy;
 use custodian_testkit::{Daemon, WitnessProcess, write_log_key};
 
-use crate::go_bin;
 use crate::ledger::{TOKEN, append, client};
+use crate::{go_bin, run_ok};
 
 /// A child process killed when the test ends, however it ends.
 struct Killed(Child);
@@ -25,17 +25,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn run(command: &mut Command) -> String {
-    let output = command.output().expect("run");
-    assert!(
-        output.status.success(),
-        "{command:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn free_port() -> u16 {
@@ -59,9 +48,11 @@ fn wait_for_port(port: u16) {
 fn start_litewitness(dir: &Path, name: &str, log_vkey: &str) -> (Vec<Killed>, String, String) {
     std::fs::create_dir_all(dir).expect("dir");
     let key = dir.join("litewitness");
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&key));
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&key),
+    );
     let socket = dir.join("agent.sock");
     let agent = Killed(
         Command::new("ssh-agent")
@@ -78,12 +69,16 @@ fn start_litewitness(dir: &Path, name: &str, log_vkey: &str) -> (Vec<Killed>, St
         assert!(Instant::now() < deadline, "ssh-agent did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    run(Command::new("ssh-add")
-        .env("SSH_AUTH_SOCK", &socket)
-        .arg(&key));
-    let fingerprint = run(Command::new("ssh-keygen")
-        .arg("-lf")
-        .arg(key.with_extension("pub")))
+    run_ok(
+        Command::new("ssh-add")
+            .env("SSH_AUTH_SOCK", &socket)
+            .arg(&key),
+    );
+    let fingerprint = run_ok(
+        Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(key.with_extension("pub")),
+    )
     .split_whitespace()
     .nth(1)
     .expect("fingerprint")
@@ -116,7 +111,7 @@ fn start_litewitness(dir: &Path, name: &str, log_vkey: &str) -> (Vec<Killed>, St
          db.commit()\n",
         db = db.display().to_string()
     );
-    run(Command::new("python3").args(["-c", &script]));
+    run_ok(Command::new("python3").args(["-c", &script]));
     let port = free_port();
     let litewitness = Killed(
         Command::new(go_bin("litewitness"))
@@ -195,10 +190,12 @@ async fn litewitness_cosigns_our_log_and_tesseras_client_accepts_it() {
     // Tessera's HTTP client reads the served checkpoint and tiles; Tessera's policy evaluation
     // accepts the cosignature; sumdb/note opens it with the formats package's cosignature
     // verifier; inclusion and consistency proofs built from our tiles verify.
-    let size = run(Command::new(go_bin("custodian-interop"))
-        .args(["read-log", &format!("{}/log", daemon.rest), &log_vkey])
-        .arg(&policy_file)
-        .arg(&old_file));
+    let size = run_ok(
+        Command::new(go_bin("custodian-interop"))
+            .args(["read-log", &format!("{}/log", daemon.rest), &log_vkey])
+            .arg(&policy_file)
+            .arg(&old_file),
+    );
     assert_eq!(size.trim(), "300");
 }
 
@@ -206,7 +203,7 @@ async fn litewitness_cosigns_our_log_and_tesseras_client_accepts_it() {
 async fn our_witness_cosigns_a_tessera_posix_log_and_our_monitor_follows_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let keys =
-        run(Command::new(go_bin("custodian-interop")).args(["keygen", "example.com/tessera"]));
+        run_ok(Command::new(go_bin("custodian-interop")).args(["keygen", "example.com/tessera"]));
     let mut lines = keys.lines();
     let (signer, vkey) = (
         lines.next().expect("skey").to_string(),
@@ -222,12 +219,14 @@ async fn our_witness_cosigns_a_tessera_posix_log_and_our_monitor_follows_it() {
     let log_dir = dir.path().join("tessera");
     for round in 0..2 {
         // Tessera appends, gathers our cosignature and publishes only with it.
-        let out = run(Command::new(go_bin("custodian-interop"))
-            .arg("tessera-log")
-            .arg(&log_dir)
-            .arg(&signer)
-            .arg(&policy_file)
-            .arg("40"));
+        let out = run_ok(
+            Command::new(go_bin("custodian-interop"))
+                .arg("tessera-log")
+                .arg(&log_dir)
+                .arg(&signer)
+                .arg(&policy_file)
+                .arg("40"),
+        );
         assert!(out.starts_with("appended 40"), "round {round}: {out}");
         // The checkpoint on disk carries our witness's cosignature, checked with our code too.
         let checkpoint = std::fs::read(log_dir.join("checkpoint")).expect("checkpoint");

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
-use custodian_core::{Algorithm, Digest, StreamHasher};
+use custodian_core::{Digest, StreamHasher};
 use futures::StreamExt as _;
 
 use crate::client::ServerArg;
@@ -170,6 +170,44 @@ async fn answer(response: reqwest::Response) -> anyhow::Result<serde_json::Value
         );
     }
     Ok(value)
+}
+
+/// Streams a response body to `output` (through `output.part`, renamed once verified), hashing
+/// as it goes; the file appears only if the bytes hash to `expected` (and number `size`, when
+/// given). Returns how many bytes were written.
+pub(crate) async fn download_verified(
+    response: reqwest::Response,
+    output: &Path,
+    expected: &Digest,
+    size: Option<u64>,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<u64> {
+    let tmp = output.with_extension("part");
+    let mut out =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut hasher = StreamHasher::new(expected.algorithm());
+    let mut got = 0u64;
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.context("the download was cut short")?;
+        hasher.update(&chunk);
+        out.write_all(&chunk)?;
+        got += chunk.len() as u64;
+        bar.inc(chunk.len() as u64);
+    }
+    out.sync_all()?;
+    let actual = hasher.finalize();
+    if actual != *expected || size.is_some_and(|size| got != size) {
+        let _ = std::fs::remove_file(&tmp);
+        match size {
+            Some(size) => bail!(
+                "received {got} bytes hashing to {actual}; expected {size} bytes with {expected}"
+            ),
+            None => bail!("received {got} bytes hashing to {actual}, not {expected}"),
+        }
+    }
+    std::fs::rename(&tmp, output)?;
+    Ok(got)
 }
 
 fn hash_with_progress(path: &Path) -> anyhow::Result<(Digest, u64)> {
@@ -394,30 +432,10 @@ pub async fn run(command: DataPackCommand) -> anyhow::Result<ExitCode> {
                     "warning: {spec}'s data pack has scan status {scan_status}; read its findings with `custodian datapack show {spec}` and `custodian report {spec}` before using it"
                 );
             }
-            let tmp = output.with_extension("part");
-            let mut out = std::fs::File::create(&tmp)
-                .with_context(|| format!("creating {}", tmp.display()))?;
             let bar = progress(size, format!("download {spec}"));
-            let mut hasher = StreamHasher::new(Algorithm::Sha256);
-            let mut got = 0u64;
-            let mut body = response.bytes_stream();
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.context("the download was cut short")?;
-                hasher.update(&chunk);
-                out.write_all(&chunk)?;
-                got += chunk.len() as u64;
-                bar.inc(chunk.len() as u64);
-            }
+            let got = download_verified(response, &output, &expected, Some(size), &bar).await;
             bar.finish_and_clear();
-            out.sync_all()?;
-            let actual = hasher.finalize();
-            if actual != expected || got != size {
-                let _ = std::fs::remove_file(&tmp);
-                bail!(
-                    "received {got} bytes hashing to {actual}; the data pack is {size} bytes with {expected}"
-                );
-            }
-            std::fs::rename(&tmp, &output)?;
+            let got = got?;
             println!(
                 "{got} bytes of {expected} verified and written to {}",
                 output.display()

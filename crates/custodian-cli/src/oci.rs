@@ -292,7 +292,7 @@ pub async fn fetch_package(
     server: &crate::client::ServerArg,
     reference: &str,
 ) -> anyhow::Result<tempfile::TempDir> {
-    use custodian_core::{Algorithm, Digest};
+    use custodian_core::Digest;
     let (name, tag) = split_reference(reference)?;
     let rest = RestArg {
         rest: rest.to_string(),
@@ -354,23 +354,14 @@ pub async fn fetch_package(
         if !response.status().is_success() {
             bail!("{path} ({digest}): HTTP {}", response.status().as_u16());
         }
-        let bytes = response
-            .bytes()
-            .await
-            .with_context(|| format!("reading {path}"))?;
-        bar.inc(bytes.len() as u64);
-        let actual = Digest::of(Algorithm::Sha256, &bytes);
-        if actual != digest {
-            bail!(
-                "{path}: the registry sent bytes whose sha256 is {actual}, not the layer's {digest}"
-            );
-        }
         let target = folder.path().join(path);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        std::fs::write(&target, &bytes).with_context(|| format!("writing {}", target.display()))?;
+        crate::datapack::download_verified(response, &target, &digest, None, &bar)
+            .await
+            .with_context(|| format!("{path}: layer {digest}"))?;
     }
     bar.finish_and_clear();
     Ok(folder)

@@ -15,7 +15,7 @@ use std::sync::{Mutex, RwLock};
 
 use custodian_core::Digest;
 
-use super::OciFailure;
+use super::{OciFailure, lock, read_lock, write_lock};
 
 /// The durable set of (repository, blob) links.
 pub struct Links {
@@ -95,10 +95,7 @@ impl Links {
     }
 
     fn append(&self, line: String) -> Result<(), OciFailure> {
-        let mut file = self
-            .file
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut file = lock(&self.file);
         file.write_all(line.as_bytes())
             .and_then(|()| file.sync_data())
             .map_err(|e| io(&self.path, e))
@@ -118,9 +115,7 @@ impl Links {
         tokio::task::spawn_blocking(move || this.append(line))
             .await
             .map_err(|e| OciFailure::Internal(e.to_string()))??;
-        self.sets
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        write_lock(&self.sets)
             .entry(repo.to_string())
             .or_default()
             .insert(*digest.bytes());
@@ -141,12 +136,7 @@ impl Links {
         tokio::task::spawn_blocking(move || this.append(line))
             .await
             .map_err(|e| OciFailure::Internal(e.to_string()))??;
-        if let Some(set) = self
-            .sets
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_mut(repo)
-        {
+        if let Some(set) = write_lock(&self.sets).get_mut(repo) {
             set.remove(digest.bytes());
         }
         Ok(true)
@@ -154,27 +144,21 @@ impl Links {
 
     /// True if `digest` is linked to `repo`.
     pub fn contains(&self, repo: &str, digest: &Digest) -> bool {
-        self.sets
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        read_lock(&self.sets)
             .get(repo)
             .is_some_and(|set| set.contains(digest.bytes()))
     }
 
     /// True if any blob is linked to `repo`.
     pub fn has_repo(&self, repo: &str) -> bool {
-        self.sets
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        read_lock(&self.sets)
             .get(repo)
             .is_some_and(|set| !set.is_empty())
     }
 
     /// The repositories `digest` is linked to.
     pub fn repos_with(&self, digest: &Digest) -> Vec<String> {
-        self.sets
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        read_lock(&self.sets)
             .iter()
             .filter(|(_, set)| set.contains(digest.bytes()))
             .map(|(repo, _)| repo.clone())

@@ -185,6 +185,22 @@ pub fn version_tag(version: &str) -> String {
 /// A receipt referrer's key: repository, subject, and the ledger index of the subject's push.
 type ReceiptKey = (String, [u8; 32], u64);
 
+/// The guard of a mutex, poisoned or not: every critical section here is one map or file
+/// operation that leaves the state whole if it panics, so a poisoned lock is still usable.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A read guard, poisoned or not (see [`lock`]).
+pub(crate) fn read_lock<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A write guard, poisoned or not (see [`lock`]).
+pub(crate) fn write_lock<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The principal's label as the ledger records a pusher.
 fn pusher(who: &Principal) -> String {
     who.label()
@@ -257,10 +273,7 @@ impl Oci {
     }
 
     fn made_here(&self, repo: &str, digest: &Digest) -> bool {
-        self.made
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains_key(&(repo.to_string(), *digest.bytes()))
+        lock(&self.made).contains_key(&(repo.to_string(), *digest.bytes()))
     }
 
     /// For a digest in a package repository that nothing made yet, makes the package's
@@ -340,9 +353,7 @@ impl Oci {
             )
         };
         let made_blob = |oci: &Self| {
-            oci.made_blobs
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+            lock(&oci.made_blobs)
                 .get(&(repo.to_string(), *digest.bytes()))
                 .cloned()
         };
@@ -379,10 +390,7 @@ impl Oci {
     ) -> Result<(), OciFailure> {
         self.require_push(who, repo)?;
         self.refuse_package_repo(repo)?;
-        let made = self
-            .made_blobs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        let made = lock(&self.made_blobs)
             .remove(&(repo.to_string(), *digest.bytes()))
             .is_some();
         if self.links.remove(repo, digest).await? || made {
@@ -527,9 +535,7 @@ impl Oci {
 
     fn resolve(&self, repo: &str, reference: &Reference) -> Option<(Digest, ManifestInfo, Owner)> {
         let made = |digest: &Digest| {
-            self.made
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+            lock(&self.made)
                 .get(&(repo.to_string(), *digest.bytes()))
                 .cloned()
         };
@@ -823,10 +829,7 @@ impl Oci {
         artifact_type: Option<&str>,
     ) -> Result<Vec<Referrer>, OciFailure> {
         self.warm_for(who, repo, subject).await?;
-        let made = self
-            .made
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        let made = lock(&self.made)
             .get(&(repo.to_string(), *subject.bytes()))
             .cloned();
         if let Some((info, Some((name, version)))) = made {
@@ -994,12 +997,7 @@ impl Oci {
             Err(e) => return Err(e.into()),
         };
         let key = (repo.to_string(), record.event.version.clone());
-        if let Some(made) = self
-            .packages
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&key)
-        {
+        if let Some(made) = lock(&self.packages).get(&key) {
             return Ok(Some(made.clone()));
         }
         let mut layers: Vec<Layer> = record
@@ -1064,10 +1062,7 @@ impl Oci {
             )
             .await?;
         info.index = record.index;
-        self.packages
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key, (digest, info.clone()));
+        lock(&self.packages).insert(key, (digest, info.clone()));
         Ok(Some((digest, info)))
     }
 
@@ -1155,28 +1150,18 @@ impl Oci {
             index: 0,
         };
         {
-            let mut made_blobs = self
-                .made_blobs
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut made_blobs = lock(&self.made_blobs);
             made_blobs.insert((repo.to_string(), *empty_digest.bytes()), owner.clone());
             for layer in &layers {
                 made_blobs.insert((repo.to_string(), *layer.digest.bytes()), owner.clone());
             }
         }
-        self.made
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert((repo.to_string(), *digest.bytes()), (info.clone(), owner));
+        lock(&self.made).insert((repo.to_string(), *digest.bytes()), (info.clone(), owner));
         Ok((digest, info))
     }
 
     fn attached_already(&self, key: &ReceiptKey) -> Option<Referrer> {
-        self.receipts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(key)
-            .cloned()
+        lock(&self.receipts).get(key).cloned()
     }
 
     /// An artifact with one layer of new bytes, its subject `subject` in `repo`, made once per
@@ -1198,10 +1183,7 @@ impl Oci {
         };
         let (digest, info) = self.make_artifact(made, vec![layer], vec![bytes]).await?;
         let referrer = Referrer { digest, info };
-        self.receipts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key, referrer.clone());
+        lock(&self.receipts).insert(key, referrer.clone());
         Ok(referrer)
     }
 

@@ -21,7 +21,7 @@ use futures::{Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 
-use super::OciFailure;
+use super::{OciFailure, lock};
 use custodian_core::oci::{ErrorCode, OciError};
 
 /// How long an upload session may sit idle before it is removed, unless configured.
@@ -110,28 +110,17 @@ impl Uploads {
         Ok(self.dir.join(id))
     }
 
-    fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(id.to_string())
-            .or_default()
-            .clone()
+    fn session_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.locks).entry(id.to_string()).or_default().clone()
     }
 
     fn forget_lock(&self, id: &str) {
-        self.locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(id);
+        lock(&self.locks).remove(id);
         self.take_live(id);
     }
 
     fn take_live(&self, id: &str) -> Option<BlobWriter> {
-        self.live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(id)
+        lock(&self.live).remove(id)
     }
 
     async fn read_state(
@@ -204,8 +193,8 @@ impl Uploads {
 
     /// The bytes committed so far in session `id` of `repo`.
     pub async fn status(&self, repo: &str, id: &str) -> Result<u64, OciFailure> {
-        let lock = self.lock(id);
-        let _held = lock.lock().await;
+        let session = self.session_lock(id);
+        let _held = session.lock().await;
         Ok(self.read_state(id, repo).await?.1.committed)
     }
 
@@ -223,8 +212,8 @@ impl Uploads {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let lock = self.lock(id);
-        let _held = lock.lock().await;
+        let session = self.session_lock(id);
+        let _held = session.lock().await;
         let (dir, mut state) = self.read_state(id, repo).await?;
         if let Some(start) = start
             && start != state.committed
@@ -303,10 +292,7 @@ impl Uploads {
         state.updated_ms = now_ms();
         Self::write_state(&dir, &state).await?;
         if let Some(writer) = writer {
-            self.live
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(id.to_string(), writer);
+            lock(&self.live).insert(id.to_string(), writer);
         }
         Ok(Ok(state.committed))
     }
@@ -321,8 +307,8 @@ impl Uploads {
         id: &str,
         expect: Expectation,
     ) -> Result<PutOutcome, OciFailure> {
-        let lock = self.lock(id);
-        let _held = lock.lock().await;
+        let session = self.session_lock(id);
+        let _held = session.lock().await;
         let (dir, state) = self.read_state(id, repo).await?;
         let outcome = match self.take_live(id) {
             Some(mut writer) if writer.received() == state.committed => {
@@ -359,8 +345,8 @@ impl Uploads {
 
     /// Cancels session `id`, removing its bytes.
     pub async fn cancel(&self, repo: &str, id: &str) -> Result<(), OciFailure> {
-        let lock = self.lock(id);
-        let _held = lock.lock().await;
+        let session = self.session_lock(id);
+        let _held = session.lock().await;
         let (dir, _) = self.read_state(id, repo).await?;
         tokio::fs::remove_dir_all(&dir)
             .await
