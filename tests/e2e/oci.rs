@@ -1064,18 +1064,16 @@ pub(crate) fn oras(args: &[&str]) -> serde_json::Value {
 /// with `custodian publish --from-oci`.
 #[test]
 fn behavior_packages_are_oci_artifacts_both_ways() {
-    use crate::registry::{copy_example, generate_key, stdout};
+    use crate::registry::{copy_example, publish_example, stdout};
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(&dir.path().join("data"));
     let host = daemon.rest.trim_start_matches("http://").to_string();
-    let (key, public) = generate_key(dir.path(), "publisher");
-    let package = copy_example("customer-support-classifier", dir.path());
-    stdout(&daemon.cli(&[
-        "publish",
-        package.to_str().expect("path"),
-        "--key",
-        key.to_str().expect("path"),
-    ]));
+    let (key, public) = publish_example(
+        &daemon,
+        dir.path(),
+        "customer-support-classifier",
+        "publisher",
+    );
     stdout(&daemon.cli(&["badge", "customer-support-classifier@0.1.0"]));
 
     let out = dir.path().join("pulled");

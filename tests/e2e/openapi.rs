@@ -3,7 +3,7 @@
 //! status is one the document lists for that operation, with a JSON error body whose code the
 //! document's `Error` schema names.
 
-use crate::registry::{bearer, copy_example, curl, examples, generate_key, stdout};
+use crate::registry::{bearer, curl, examples, publish_example};
 use custodian_testkit::Daemon;
 
 fn document() -> serde_json::Value {
@@ -66,14 +66,7 @@ fn every_operation_answers_only_documented_statuses() {
     let doc = document();
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(&dir.path().join("data"));
-    let (key, _) = generate_key(dir.path(), "acme");
-    let package = copy_example("pacman-builder", dir.path());
-    stdout(&daemon.cli(&[
-        "publish",
-        package.to_str().expect("utf-8"),
-        "--key",
-        key.to_str().expect("utf-8"),
-    ]));
+    publish_example(&daemon, dir.path(), "pacman-builder", "acme");
     let codes: Vec<String> =
         doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"]
             .as_array()

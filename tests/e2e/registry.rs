@@ -46,6 +46,25 @@ pub(crate) fn copy_example(name: &str, dir: &Path) -> PathBuf {
     dst
 }
 
+/// Copies an example package into `dir`, makes a publisher key pair named `key_name` there and
+/// publishes the package with it; returns the key pair's (secret, public) files.
+pub(crate) fn publish_example(
+    daemon: &Daemon,
+    dir: &Path,
+    example: &str,
+    key_name: &str,
+) -> (PathBuf, PathBuf) {
+    let (key, public) = generate_key(dir, key_name);
+    let package = copy_example(example, dir);
+    stdout(&daemon.cli(&[
+        "publish",
+        package.to_str().expect("utf-8 path"),
+        "--key",
+        key.to_str().expect("utf-8 path"),
+    ]));
+    (key, public)
+}
+
 /// The Python of the test virtual environment (scripts/test's ensure_moto), which has
 /// pyca/cryptography; `python3` otherwise.
 pub(crate) fn python() -> PathBuf {
@@ -1350,14 +1369,7 @@ async fn private_content_answers_exactly_like_absent_content() {
 async fn one_gib_multipart_upload_and_download_with_bounded_memory() {
     let dir = tempfile::tempdir().expect("e2e step failed");
     let daemon = Daemon::start(&dir.path().join("data"));
-    let (key, _) = generate_key(dir.path(), "acme");
-    let package = copy_example("customer-support-classifier", dir.path());
-    stdout(&daemon.cli(&[
-        "publish",
-        package.to_str().expect("e2e step failed"),
-        "--key",
-        key.to_str().expect("e2e step failed"),
-    ]));
+    publish_example(&daemon, dir.path(), "customer-support-classifier", "acme");
     let file = dir.path().join("big.bin");
     {
         use std::io::Write as _;

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use custodian_testkit::Daemon;
 
-use crate::registry::{copy_example, generate_key, python, stdout};
+use crate::registry::{publish_example, python, stdout};
 
 fn check_with_python(bundle: &Path, vkey: &str, vsa: Option<&Path>) -> std::process::Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/verify_vsa.py");
@@ -26,14 +26,7 @@ fn check_with_python(bundle: &Path, vkey: &str, vsa: Option<&Path>) -> std::proc
 fn badge_bundles_carry_a_vsa_that_others_can_check() {
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(&dir.path().join("data"));
-    let (key, _) = generate_key(dir.path(), "publisher");
-    let package = copy_example("pacman-builder", dir.path());
-    stdout(&daemon.cli(&[
-        "publish",
-        package.to_str().expect("path"),
-        "--key",
-        key.to_str().expect("path"),
-    ]));
+    publish_example(&daemon, dir.path(), "pacman-builder", "publisher");
     let vkey = stdout(&daemon.cli(&["log", "key"])).trim().to_string();
     let bundle = dir.path().join("bundle.json");
     let vsa = dir.path().join("badge.vsa.json");
