@@ -36,7 +36,7 @@ pub enum AttestationError {
     Signature(#[from] crate::dsse::DsseError),
 }
 
-fn field(field: &str, reason: impl Into<String>) -> AttestationError {
+pub(crate) fn field(field: &str, reason: impl Into<String>) -> AttestationError {
     AttestationError::Field {
         field: field.to_string(),
         reason: reason.into(),
@@ -324,26 +324,11 @@ impl RunStatement {
                 ),
             ));
         }
-        let [subject] = wire.subject.as_slice() else {
-            return Err(field("subject", "must name exactly one package version"));
-        };
-        let expected = format!("{}@{}", wire.predicate.package, wire.predicate.version);
-        if subject.name != expected {
-            return Err(field(
-                "subject[0].name",
-                format!(
-                    "is {:?} but the predicate is about {expected:?}",
-                    subject.name
-                ),
-            ));
-        }
-        let hex = subject
-            .digest
-            .get("sha256")
-            .ok_or_else(|| field("subject[0].digest.sha256", "is required"))?;
-        let manifest: Digest = format!("sha256:{hex}")
-            .parse()
-            .map_err(|e| field("subject[0].digest.sha256", format!("{e}")))?;
+        let manifest = subject_manifest(
+            &wire.subject,
+            &wire.predicate.package,
+            &wire.predicate.version,
+        )?;
         RunStatement::new(manifest, wire.predicate)
     }
 
@@ -362,6 +347,35 @@ impl RunStatement {
     pub fn context_fingerprint(&self) -> String {
         fingerprint(&self.predicate.reproducibility_context)
     }
+}
+
+/// The manifest digest a statement about one package version names as its only subject
+/// (`{"name": "<package>@<version>", "digest": {"sha256": …}}`).
+pub(crate) fn subject_manifest(
+    subjects: &[WireSubject],
+    package: &str,
+    version: &str,
+) -> Result<Digest, AttestationError> {
+    let [subject] = subjects else {
+        return Err(field("subject", "must name exactly one package version"));
+    };
+    let expected = format!("{package}@{version}");
+    if subject.name != expected {
+        return Err(field(
+            "subject[0].name",
+            format!(
+                "is {:?} but the predicate is about {expected:?}",
+                subject.name
+            ),
+        ));
+    }
+    let hex = subject
+        .digest
+        .get("sha256")
+        .ok_or_else(|| field("subject[0].digest.sha256", "is required"))?;
+    format!("sha256:{hex}")
+        .parse()
+        .map_err(|e| field("subject[0].digest.sha256", format!("{e}")))
 }
 
 /// Checks a run against the EvalSpec it claims to run: every threshold the EvalSpec sets is the

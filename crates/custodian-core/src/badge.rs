@@ -23,9 +23,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::manifest::Manifest;
 
-/// The policy version; part of every badge. v3 checks runs against the EvalSpec, requires the
-/// hosted data pack's digest in every counted run, and accepts the registry's license ids.
-pub const POLICY: &str = "custodian.badge-policy.v3";
+/// The policy version; part of every badge. v4 counts a run only if a pre-registration logged
+/// before it governs it and the run matches it, and only if its signing key was valid at its
+/// ledger time (see `keys`); a publication signed by a key revoked at its time fails.
+pub const POLICY: &str = "custodian.badge-policy.v4";
+/// The third policy: runs checked against the EvalSpec, the hosted data pack's digest required
+/// in every counted run, the registry's license ids accepted. Bundles issued under it still
+/// verify.
+pub const POLICY_V3: &str = "custodian.badge-policy.v3";
 /// The second policy: each scanner's latest verdict and the hosted data pack's scans count.
 /// Bundles issued under it still verify.
 pub const POLICY_V2: &str = "custodian.badge-policy.v2";
@@ -105,7 +110,7 @@ pub struct Badge {
 }
 
 /// One attested run, as the policy sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Run {
     /// Its ledger index.
     pub index: u64,
@@ -122,6 +127,10 @@ pub struct Run {
     /// Why the run contradicts its EvalSpec ([`crate::attestation::check_against_eval`]), if
     /// it does.
     pub problem: Option<String>,
+    /// What its signed predicate says about the pre-registered terms (policy v4).
+    pub facts: crate::prereg::RunFacts,
+    /// Why its attester key did not count at its ledger time, if it did not (policy v4).
+    pub key: Option<crate::keys::Judgement>,
 }
 
 /// One recorded scan.
@@ -161,6 +170,11 @@ pub struct Evidence<'a> {
     pub data_pack: Option<DataPackRef<'a>>,
     /// The registry's license ids that count as machine-readable (policy v3).
     pub registry_licenses: &'a [String],
+    /// Every pre-registration of the version's evals, in any order (policy v4).
+    pub preregistrations: &'a [crate::prereg::Preregistration],
+    /// Why the publisher key did not count at the publication's ledger time, if it did not
+    /// (policy v4).
+    pub publisher_key: Option<crate::keys::Judgement>,
 }
 
 /// A version's hosted data pack, as the policy sees it.
@@ -221,7 +235,7 @@ pub fn check_license_v3(license: &str, registry_licenses: &[String]) -> Result<(
 
 /// Applies the current policy ([`POLICY`]) at time `now_ms`.
 pub fn evaluate(e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> Badge {
-    evaluate_as(3, e, now_ms, max_age_ms)
+    evaluate_as(4, e, now_ms, max_age_ms)
 }
 
 /// Applies a named policy version, for checking badges issued under an earlier one; `None` if
@@ -235,7 +249,8 @@ pub fn evaluate_policy(
     match policy {
         POLICY_V1 => Some(evaluate_as(1, e, now_ms, max_age_ms)),
         POLICY_V2 => Some(evaluate_as(2, e, now_ms, max_age_ms)),
-        POLICY => Some(evaluate_as(3, e, now_ms, max_age_ms)),
+        POLICY_V3 => Some(evaluate_as(3, e, now_ms, max_age_ms)),
+        POLICY => Some(evaluate_as(4, e, now_ms, max_age_ms)),
         _ => None,
     }
 }
@@ -313,6 +328,79 @@ fn scan_reasons(
     }
 }
 
+/// Policy v4's pre-registration rules for the counted run of one eval: the pre-registration
+/// that governs it is the latest of that eval with a lower ledger index; there must be one; the
+/// run must match it; and no pre-registration logged after the run may change its terms. The
+/// entries consulted are added to `used`. Returns the reason code, state, message and entry.
+fn preregistration_reason(
+    e: &Evidence<'_>,
+    eval: &str,
+    run: &Run,
+    used: &mut Vec<u64>,
+) -> Option<(&'static str, State, String, u64)> {
+    let mut preregs: Vec<&crate::prereg::Preregistration> = e
+        .preregistrations
+        .iter()
+        .filter(|p| p.eval_id == eval)
+        .collect();
+    preregs.sort_by_key(|p| p.index);
+    let Some(governing) = preregs.iter().rev().find(|p| p.index < run.index) else {
+        if let Some(first) = preregs.first() {
+            used.push(first.index);
+            return Some((
+                "run_before_preregistration",
+                State::Review,
+                format!(
+                    "the run (entry {}) was logged before the eval's pre-registration (entry {}); a run after it is needed",
+                    run.index, first.index
+                ),
+                run.index,
+            ));
+        }
+        return Some((
+            "preregistration_missing",
+            State::Review,
+            format!(
+                "no pre-registration of {eval} precedes the run (entry {}); pre-register the eval's criteria, then run it",
+                run.index
+            ),
+            run.index,
+        ));
+    };
+    used.push(governing.index);
+    let manifest_threshold = e
+        .manifest
+        .evals
+        .iter()
+        .find(|x| x.id() == eval)
+        .and_then(|x| x.thresholds().get(&governing.metric).copied());
+    if let Some((code, message)) = crate::prereg::mismatch(
+        governing,
+        &run.facts,
+        run.data_pack_sha256.as_deref(),
+        run.passed,
+        manifest_threshold,
+    ) {
+        return Some((code, State::Failing, message, run.index));
+    }
+    if let Some(changed) = preregs
+        .iter()
+        .find(|p| p.index > run.index && !p.same_terms(governing))
+    {
+        used.push(changed.index);
+        return Some((
+            "preregistration_changed",
+            State::Review,
+            format!(
+                "the eval's pre-registration was changed at entry {}, after the run (entry {}) was logged; a run after the change is needed",
+                changed.index, run.index
+            ),
+            changed.index,
+        ));
+    }
+    None
+}
+
 fn evaluate_as(version: u8, e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> Badge {
     let mut reasons = Vec::new();
     let mut used = vec![e.publication];
@@ -341,8 +429,23 @@ fn evaluate_as(version: u8, e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> B
             Some(e.publication),
         );
     }
+    if version >= 4
+        && let Some(judgement) = &e.publisher_key
+    {
+        reason(
+            "publisher_key_invalid",
+            State::Failing,
+            format!("the publication's signature does not count: {judgement}"),
+            None,
+            None,
+            Some(e.publication),
+        );
+    }
+    // Under v4 a run whose attester key did not count at its ledger time is passed over: the
+    // latest run by a valid key counts, and each invalid one after it is named.
+    let counts = |run: &&Run| version < 4 || run.key.is_none();
     let mut latest: BTreeMap<(&str, &str), &Run> = BTreeMap::new();
-    for run in e.runs {
+    for run in e.runs.iter().filter(counts) {
         let slot = latest
             .entry((run.eval_id.as_str(), run.model.as_str()))
             .or_insert(run);
@@ -370,6 +473,34 @@ fn evaluate_as(version: u8, e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> B
     }
     for eval in &required {
         for model in &models {
+            let counted = latest.get(&(*eval, model.as_str())).map(|r| r.index);
+            if version >= 4 {
+                let mut passed_over: Vec<&Run> = e
+                    .runs
+                    .iter()
+                    .filter(|r| r.eval_id == *eval && r.model == *model)
+                    .filter(|r| r.key.is_some() && counted.is_none_or(|c| r.index > c))
+                    .collect();
+                passed_over.sort_by_key(|r| r.index);
+                for run in passed_over {
+                    used.push(run.index);
+                    reason(
+                        "run_key_invalid",
+                        State::Review,
+                        format!(
+                            "the run of {eval} against {model} at entry {} does not count: {}",
+                            run.index,
+                            run.key
+                                .as_ref()
+                                .map(ToString::to_string)
+                                .unwrap_or_default()
+                        ),
+                        Some(eval),
+                        Some(model),
+                        Some(run.index),
+                    );
+                }
+            }
             match latest.get(&(*eval, model.as_str())) {
                 None => reason(
                     "run_missing",
@@ -403,6 +534,18 @@ fn evaluate_as(version: u8, e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> B
                             Some(eval),
                             Some(model),
                             Some(run.index),
+                        );
+                    } else if let Some((code, state, message, entry)) = (version >= 4)
+                        .then(|| preregistration_reason(e, eval, run, &mut used))
+                        .flatten()
+                    {
+                        reason(
+                            code,
+                            state,
+                            format!("the latest run of {eval} against {model}: {message}"),
+                            Some(eval),
+                            Some(model),
+                            Some(entry),
                         );
                     } else if pack_missing {
                         reason(
@@ -509,6 +652,7 @@ fn evaluate_as(version: u8, e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> B
         policy: match version {
             1 => POLICY_V1,
             2 => POLICY_V2,
+            3 => POLICY_V3,
             _ => POLICY,
         }
         .into(),
@@ -528,6 +672,12 @@ fn evaluate_as(version: u8, e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> B
 mod tests {
     use super::*;
 
+    /// The v1–v3 tests below pin policy v3's behaviour, which old bundles keep verifying under;
+    /// v4's additions are tested on their own further down.
+    fn evaluate(e: &Evidence<'_>, now_ms: u64, max_age_ms: u64) -> Badge {
+        evaluate_policy(POLICY_V3, e, now_ms, max_age_ms).expect("v3 is known")
+    }
+
     const MANIFEST: &str = "name: demo\nversion: 1.0.0\ntype: prompt_spec\nbase_model: [m1, m2]\nevals: [a, b]\nlicense: apache-2.0\n";
     const DAY: u64 = 86_400_000;
 
@@ -546,6 +696,8 @@ mod tests {
             passed,
             data_pack_sha256: None,
             problem: None,
+            facts: Default::default(),
+            key: None,
         }
     }
 
@@ -581,6 +733,8 @@ mod tests {
             scans,
             data_pack: None,
             registry_licenses: &[],
+            preregistrations: &[],
+            publisher_key: None,
         }
     }
 
@@ -836,6 +990,8 @@ mod tests {
             scans: &clean(),
             data_pack: None,
             registry_licenses: &[],
+            preregistrations: &[],
+            publisher_key: None,
         };
         let b = evaluate(&e, 1000 * DAY + 31 * DAY, DEFAULT_MAX_AGE_MS);
         assert_eq!((b.state, b.reasons.len()), (State::Review, 4));
@@ -912,6 +1068,8 @@ mod properties {
                 passed: *passed,
                 data_pack_sha256: None,
                 problem: None,
+                facts: Default::default(),
+                key: None,
             })
             .collect();
         let scans: Vec<Scan> = scan
@@ -935,6 +1093,8 @@ mod properties {
             scans: &scans,
             data_pack: None,
             registry_licenses: &[],
+            preregistrations: &[],
+            publisher_key: None,
         };
         evaluate(&e, 2_000, DEFAULT_MAX_AGE_MS)
     }
@@ -966,5 +1126,213 @@ mod properties {
             prop_assert!(badge.evidence.windows(2).all(|w| w[0] < w[1]));
             prop_assert_eq!(badge.evidence.first(), Some(&0));
         }
+    }
+}
+
+/// Policy v4: pre-registration and keys judged at ledger time.
+#[cfg(test)]
+mod v4 {
+    use super::*;
+    use crate::keys::Judgement;
+    use crate::manifest::{Comparator, Threshold};
+    use crate::prereg::{Preregistration, RunFacts};
+
+    const MANIFEST: &str =
+        "name: demo\nversion: 1.0.0\ntype: prompt_spec\nbase_model: m1\nevals: [a]\nlicense: MIT\n";
+    const HARNESS: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn prereg(index: u64, value: f64) -> Preregistration {
+        Preregistration {
+            index,
+            eval_id: "a".into(),
+            metric: "score".into(),
+            threshold: Threshold {
+                comparator: Comparator::AtLeast,
+                value,
+            },
+            data_pack_sha256: None,
+            sample_size: 10,
+            seed: None,
+            harness_sha256: HARNESS.into(),
+        }
+    }
+
+    fn run(index: u64, score: f64) -> Run {
+        Run {
+            index,
+            time_ms: index * 1000,
+            eval_id: "a".into(),
+            model: "m1".into(),
+            passed: true,
+            data_pack_sha256: None,
+            problem: None,
+            facts: RunFacts {
+                harness_sha256: Some(HARNESS.into()),
+                sample_size: Some(10),
+                seed: None,
+                metrics: [("score".to_string(), (score, None))].into(),
+            },
+            key: None,
+        }
+    }
+
+    fn badge(runs: &[Run], preregs: &[Preregistration], publisher: Option<Judgement>) -> Badge {
+        let m = Manifest::parse("manifest.yaml", MANIFEST, None)
+            .0
+            .expect("manifest");
+        let scans = [Scan {
+            index: 1,
+            scanner: "s".into(),
+            root: "sha256:r".into(),
+            verdict: "clean".into(),
+        }];
+        evaluate(
+            &Evidence {
+                name: "demo",
+                version: "1.0.0",
+                manifest: &m,
+                root: "sha256:r",
+                publication: 0,
+                signature_ok: true,
+                yanked: None,
+                runs,
+                scans: &scans,
+                data_pack: None,
+                registry_licenses: &[],
+                preregistrations: preregs,
+                publisher_key: publisher,
+            },
+            100_000,
+            DEFAULT_MAX_AGE_MS,
+        )
+    }
+
+    fn codes(b: &Badge) -> Vec<(&str, Option<u64>)> {
+        b.reasons
+            .iter()
+            .map(|r| (r.code.as_str(), r.entry))
+            .collect()
+    }
+
+    #[test]
+    fn a_clean_sequence_is_green_and_rests_on_its_preregistration() {
+        let b = badge(&[run(5, 0.81)], &[prereg(2, 0.8)], None);
+        assert_eq!((b.state, b.policy.as_str()), (State::Green, POLICY));
+        assert_eq!(b.evidence, [0, 1, 2, 5]);
+        // The same evidence under v3 needs no pre-registration.
+        let m = Manifest::parse("manifest.yaml", MANIFEST, None)
+            .0
+            .expect("manifest");
+        let e = Evidence {
+            name: "demo",
+            version: "1.0.0",
+            manifest: &m,
+            root: "sha256:r",
+            publication: 0,
+            signature_ok: true,
+            yanked: None,
+            runs: &[run(5, 0.81)],
+            scans: &[],
+            data_pack: None,
+            registry_licenses: &[],
+            preregistrations: &[],
+            publisher_key: None,
+        };
+        let v3 = evaluate_policy(POLICY_V3, &e, 100_000, DEFAULT_MAX_AGE_MS).expect("v3");
+        assert!(!codes(&v3).iter().any(|(c, _)| c.starts_with("prereg")));
+    }
+
+    #[test]
+    fn each_preregistration_failure_has_its_own_reason() {
+        let cases: Vec<(Vec<Run>, Vec<Preregistration>, (&str, Option<u64>), State)> = vec![
+            (
+                vec![run(5, 0.81)],
+                vec![],
+                ("preregistration_missing", Some(5)),
+                State::Review,
+            ),
+            (
+                vec![run(5, 0.81)],
+                vec![prereg(7, 0.8)],
+                ("run_before_preregistration", Some(5)),
+                State::Review,
+            ),
+            // Seen 0.81 against a bar of 0.9, then the bar "pre-registered" again at 0.8.
+            (
+                vec![run(5, 0.81)],
+                vec![prereg(2, 0.9), prereg(7, 0.8)],
+                ("preregistration_threshold_unmet", Some(5)),
+                State::Failing,
+            ),
+            (
+                vec![run(5, 0.95)],
+                vec![prereg(2, 0.9), prereg(7, 0.8)],
+                ("preregistration_changed", Some(7)),
+                State::Review,
+            ),
+            (
+                vec![Run {
+                    data_pack_sha256: None,
+                    facts: RunFacts {
+                        harness_sha256: None,
+                        ..run(5, 0.9).facts
+                    },
+                    ..run(5, 0.9)
+                }],
+                vec![prereg(2, 0.8)],
+                ("preregistration_harness_mismatch", Some(5)),
+                State::Failing,
+            ),
+        ];
+        for (runs, preregs, reason, state) in cases {
+            let b = badge(&runs, &preregs, None);
+            assert_eq!(codes(&b), [reason], "{b:?}");
+            assert_eq!(b.state, state);
+        }
+        // A re-registration with the same terms after the run changes nothing.
+        let b = badge(&[run(5, 0.81)], &[prereg(2, 0.8), prereg(7, 0.8)], None);
+        assert_eq!(b.state, State::Green, "{b:?}");
+    }
+
+    #[test]
+    fn runs_by_keys_invalid_at_their_time_are_passed_over_and_named() {
+        let revoked = Judgement::Revoked {
+            index: 9,
+            reason: "compromise".into(),
+            effective_ms: 6_000,
+        };
+        let late = Run {
+            key: Some(revoked.clone()),
+            ..run(6, 0.99)
+        };
+        // The earlier run by a valid key counts; the later one is named.
+        let b = badge(&[run(5, 0.81), late.clone()], &[prereg(2, 0.8)], None);
+        assert_eq!(codes(&b), [("run_key_invalid", Some(6))]);
+        assert_eq!(b.state, State::Review);
+        assert!(b.evidence.contains(&5) && b.evidence.contains(&6));
+        // With nothing else to count, the eval has no run as well.
+        let b = badge(&[late], &[prereg(2, 0.8)], None);
+        assert_eq!(
+            codes(&b),
+            [("run_key_invalid", Some(6)), ("run_missing", None)]
+        );
+        // A later valid run clears it.
+        let b = badge(
+            &[
+                run(5, 0.81),
+                Run {
+                    key: Some(revoked.clone()),
+                    ..run(6, 0.99)
+                },
+                run(8, 0.85),
+            ],
+            &[prereg(2, 0.8)],
+            None,
+        );
+        assert_eq!(b.state, State::Green, "{b:?}");
+        // A publication signed by a key that did not count fails.
+        let b = badge(&[run(5, 0.81)], &[prereg(2, 0.8)], Some(revoked));
+        assert_eq!(codes(&b), [("publisher_key_invalid", Some(0))]);
+        assert_eq!(b.state, State::Failing);
     }
 }

@@ -19,8 +19,8 @@ use crate::merkle::{self, Hash};
 use crate::note::VerifierKey;
 use crate::package::PackageStatement;
 use crate::registry::{
-    BadgeIssued, DataPackRegistered, KeyRegistered, PackagePublished, RunAttested, ScanRecorded,
-    VersionYanked, namespace_covers,
+    BadgeIssued, DataPackRegistered, EvalPreregistered, KeyEvent, PackagePublished, RunAttested,
+    ScanRecorded, VersionYanked,
 };
 
 /// The `type` of a bundle file.
@@ -246,7 +246,8 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
 
     // The publication, its manifest and its signature.
     let mut publications = Vec::new();
-    let mut attesters: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut keys = crate::keys::KeyHistory::default();
+    let mut preregs = Vec::new();
     let (mut runs, mut scans, mut yanked, mut issued) = (Vec::new(), Vec::new(), None, None);
     let mut data_pack: Option<(u64, String)> = None;
     for (&index, entry) in &entries {
@@ -260,10 +261,15 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
                 }
             }
             EntryKind::KeyEvent => {
-                if let Ok(k) = entry.event::<KeyRegistered>()
-                    && k.role == "attester"
-                {
-                    attesters.entry(k.key).or_default().extend(k.namespaces);
+                let e: KeyEvent = entry.event().map_err(|e| fail(e.to_string()))?;
+                crate::keys::check_event(&e, entry.time_ms)
+                    .map_err(|e| fail(format!("the KeyEvent does not hold: {e}")))?;
+                keys.add(index, entry.time_ms, e);
+            }
+            EntryKind::EvalPreregistered => {
+                let e: EvalPreregistered = entry.event().map_err(|e| fail(e.to_string()))?;
+                if about(&e.name, &e.version) {
+                    preregs.push((index, entry.time_ms, e));
                 }
             }
             EntryKind::RunAttested => {
@@ -346,18 +352,36 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
     })()
     .is_some();
 
-    // Every run is signed by an attester key the bundle shows registered for the package.
+    // The publisher key is judged at the publication's ledger time (policy v4).
+    let publication_time = entries.get(publication).map_or(0, |e| e.time_ms);
+    let publisher_key = keys
+        .judge_publisher(
+            &published.publisher_key,
+            &published.name,
+            &published.publisher_key,
+            *publication,
+            publication_time,
+        )
+        .err();
+
+    // Every run is signed by an attester key the bundle shows registered for the package
+    // before the run; whether the key still counted at the run's ledger time is the policy's
+    // business (a key rotated away or revoked by then).
     let mut evidence_runs = Vec::new();
     for (index, time_ms, run) in runs {
         let fail = |reason: String| entry_error(position_of(index), index, reason);
-        match attesters.get(&run.attester_key) {
-            Some(namespaces) if namespace_covers(namespaces, &run.name) => {}
-            _ => {
-                return Err(fail(format!(
-                    "the attester key {} is not registered for {} by a KeyEvent in the bundle",
-                    run.attester_key, run.name
-                )));
-            }
+        let judgement = keys.judge(
+            crate::keys::ATTESTER,
+            &run.attester_key,
+            &run.name,
+            index,
+            time_ms,
+        );
+        if judgement == Err(crate::keys::Judgement::NotIntroduced) {
+            return Err(fail(format!(
+                "the attester key {} is not registered for {} by a KeyEvent in the bundle before the run",
+                run.attester_key, run.name
+            )));
         }
         let key = VerifierKey::parse(&run.attester_key)
             .map_err(|e| fail(format!("attester_key: {e}")))?;
@@ -398,7 +422,23 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
             passed: run.passed,
             data_pack_sha256: run.data_pack_sha256,
             problem,
+            facts: crate::prereg::RunFacts::of(p),
+            key: judgement.err(),
         });
+    }
+
+    // Every pre-registration is signed by the key it names, says what its statement says, and
+    // counts if that key was the package's publisher or an attester for it at its ledger time.
+    let mut preregistrations = Vec::new();
+    for (index, time_ms, e) in preregs {
+        let fail = |reason: String| entry_error(position_of(index), index, reason);
+        crate::prereg::check_event(&e, &published.manifest).map_err(fail)?;
+        if crate::prereg::signer_counts(&keys, &published.publisher_key, &e, index, time_ms) {
+            preregistrations.push(
+                crate::prereg::Preregistration::from_event(index, &e)
+                    .map_err(|r| fail(format!("threshold: {r}")))?,
+            );
+        }
     }
 
     let evidence = Evidence {
@@ -416,6 +456,8 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
             root,
         }),
         registry_licenses: &badge.registry_licenses,
+        preregistrations: &preregistrations,
+        publisher_key,
     };
     let computed = evaluate_policy(
         &badge.policy,

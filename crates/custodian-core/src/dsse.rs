@@ -117,6 +117,17 @@ impl Envelope {
         }
     }
 
+    /// Adds a signature by `key` over the same payload, for statements that need more than one
+    /// signer (a key rotation is signed by the old and the new key).
+    pub fn cosign(&mut self, key: &SignerKey) {
+        let payload = self.payload_bytes().unwrap_or_default();
+        let signature = key.sign_bytes(&pae(&self.payload_type, &payload));
+        self.signatures.push(Signature {
+            keyid: key.verifier().handle(),
+            sig: STANDARD.encode(signature),
+        });
+    }
+
     /// Parses an envelope from JSON, bounded by [`MAX_ENVELOPE_LEN`].
     pub fn parse(json: &[u8]) -> Result<Envelope, DsseError> {
         if json.len() > MAX_ENVELOPE_LEN {

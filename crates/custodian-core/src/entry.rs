@@ -75,6 +75,8 @@ pub enum EntryKind {
     OciManifestPut,
     /// An OCI tag or manifest was deleted.
     OciDeleted,
+    /// An eval's acceptance criteria were pre-registered for a package version.
+    EvalPreregistered,
     /// An event about a private package, or too large for a tlog-tiles bundle, sealed: the
     /// payload commits to a body kept in custody (see [`crate::seal`]).
     Sealed,
@@ -95,6 +97,7 @@ impl EntryKind {
             EntryKind::KeyEvent => "KeyEvent",
             EntryKind::OciManifestPut => "OciManifestPut",
             EntryKind::OciDeleted => "OciDeleted",
+            EntryKind::EvalPreregistered => "EvalPreregistered",
             EntryKind::Sealed => "Sealed",
             EntryKind::Other(name) => name,
         }
@@ -107,7 +110,7 @@ impl EntryKind {
     }
 
     /// Every kind this version knows, all of them service kinds.
-    pub const KNOWN: [EntryKind; 10] = [
+    pub const KNOWN: [EntryKind; 11] = [
         EntryKind::RunAttested,
         EntryKind::PackagePublished,
         EntryKind::VersionYanked,
@@ -117,6 +120,7 @@ impl EntryKind {
         EntryKind::KeyEvent,
         EntryKind::OciManifestPut,
         EntryKind::OciDeleted,
+        EntryKind::EvalPreregistered,
         EntryKind::Sealed,
     ];
 

@@ -1,5 +1,5 @@
-//! The payloads of the registry's ledger entries: `PackagePublished`, `VersionYanked` and
-//! `DataPackRegistered`. They are CBOR maps with text keys (see docs/formats.md); an auditor
+//! The payloads of the registry's and the evidence service's ledger entries (`PackagePublished`,
+//! `RunAttested`, `KeyEvent`, `EvalPreregistered`, …). They are CBOR maps with text keys (see docs/formats.md); an auditor
 //! decodes them with these types to replay the registry's history from the log alone.
 
 use serde::de::DeserializeOwned;
@@ -209,17 +209,80 @@ pub struct ScanRecorded {
 /// The `target` of a ScanRecorded entry over a hosted data pack.
 pub const DATA_PACK_TARGET: &str = "data_pack";
 
-/// A key event: an attester key was registered for namespaces.
+/// A key event: a publisher or attester key introduced, rotated or revoked (see `keys`).
+/// Entries written before rotation and revocation existed carry no `action` and are
+/// introductions of attester keys; they decode unchanged.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyRegistered {
-    /// `attester`.
+pub struct KeyEvent {
+    /// `introduce`, `rotate` or `revoke`; absent means `introduce`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// `attester` or `publisher`.
     pub role: String,
-    /// The verifier key.
+    /// The verifier key introduced, rotated to, or revoked.
     pub key: String,
-    /// The id of the token that registered it.
+    /// The id of the token that recorded the event.
     pub principal: String,
-    /// Package-name prefixes the key may attest for (`*` for all).
+    /// Attester: package-name prefixes the key may attest for (`*` for all). Publisher: the
+    /// package names the key signs for.
     pub namespaces: Vec<String>,
+    /// Rotate: the key being replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    /// Rotate and revoke: why (`compromise`, `superseded`, `retired`, or free text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Revoke: from when signatures by the key stop counting, Unix milliseconds; earlier than
+    /// the entry's own time only for a compromise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_ms: Option<u64>,
+    /// Rotate: the DSSE envelope (JSON text) of the rotation statement, signed by both the
+    /// previous and the new key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envelope: Option<String>,
+}
+
+impl KeyEvent {
+    /// The action, with an absent one read as `introduce`.
+    pub fn action(&self) -> &str {
+        self.action.as_deref().unwrap_or(crate::keys::INTRODUCE)
+    }
+}
+
+/// An eval's acceptance criteria, pre-registered for a package version before its runs
+/// (see `prereg`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvalPreregistered {
+    /// The package name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The manifest digest the pre-registration names as its subject.
+    pub manifest: String,
+    /// The eval id.
+    pub eval_id: String,
+    /// The metric that decides.
+    pub metric: String,
+    /// `>=`, `>`, `<=`, `<` or `==`.
+    pub comparator: String,
+    /// The threshold, as decimal text (ledger payloads carry no floats).
+    pub threshold: String,
+    /// The data pack the runs must read, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_pack_sha256: Option<String>,
+    /// How many cases a run evaluates.
+    pub sample_size: u64,
+    /// The seed the runs must use, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// The digest of the eval harness the runs must use, `sha256:<hex>`.
+    pub harness_sha256: String,
+    /// The verifier key that signed it: the package's publisher or an attester for it.
+    pub signer_key: String,
+    /// The signed DSSE envelope, as JSON text.
+    pub envelope: String,
+    /// True if the version is private.
+    pub private: bool,
 }
 
 /// A badge was issued for a package version.
@@ -323,7 +386,8 @@ event!(VersionYanked, VersionYanked);
 event!(DataPackRegistered, DataPackRegistered);
 event!(RunAttested, RunAttested);
 event!(ScanRecorded, ScanRecorded);
-event!(KeyRegistered, KeyEvent);
+event!(KeyEvent, KeyEvent);
+event!(EvalPreregistered, EvalPreregistered);
 event!(BadgeIssued, BadgeIssued);
 event!(OciManifestPut, OciManifestPut);
 event!(OciDeleted, OciDeleted);

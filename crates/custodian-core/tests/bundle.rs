@@ -13,13 +13,20 @@ use custodian_core::manifest::Manifest;
 use custodian_core::merkle::{self, Frontier, Hash};
 use custodian_core::note::SignerKey;
 use custodian_core::package::{FileEntry, PackageStatement};
+use custodian_core::prereg::{PreregStatement, Preregistration, RunFacts};
 use custodian_core::registry::{
-    KeyRegistered, PackagePublished, RunAttested, ScanRecorded, to_payload,
+    EvalPreregistered, KeyEvent, PackagePublished, RunAttested, ScanRecorded, to_payload,
 };
 use custodian_core::{Algorithm, Digest};
 
 const MANIFEST: &[u8] = b"name: demo\nversion: 1.0.0\ntype: prompt_spec\nbase_model: [m1, m2]\nevals: [a, b]\nlicense: MIT\n";
 const T0: u64 = 1_795_600_800_000;
+const HARNESS: &str = "sha256:5555555555555555555555555555555555555555555555555555555555555555";
+
+/// The reproducibility context of the fixture's run `i`: the pre-registered harness and sample.
+fn context(i: usize) -> serde_json::Value {
+    serde_json::json!({"seed": i, "harness_sha256": HARNESS, "sample_size": 10})
+}
 
 struct Log {
     entries: Vec<Vec<u8>>,
@@ -82,12 +89,34 @@ fn fixture(last_passes: bool) -> Fixture {
         envelope: statement.sign(&publisher).to_json(),
         private: false,
     });
-    log.append(&KeyRegistered {
+    log.append(&KeyEvent {
+        action: None,
         role: "attester".into(),
         key: attester.verifier().to_string(),
         principal: "t1".into(),
         namespaces: vec!["*".into()],
+        previous: None,
+        reason: None,
+        effective_ms: None,
+        envelope: None,
     });
+    // Policy v4: each eval's criteria are pre-registered by the publisher before its runs.
+    let mut preregistrations = Vec::new();
+    for eval in ["a", "b"] {
+        let statement = PreregStatement::new(
+            manifest,
+            serde_json::from_value(serde_json::json!({
+                "package": "demo", "version": "1.0.0", "eval_id": eval, "metric": "score",
+                "comparator": ">=", "threshold": 0.5, "sample_size": 10, "harness_sha256": HARNESS
+            }))
+            .expect("predicate"),
+        )
+        .expect("statement");
+        let envelope = statement.sign(&publisher);
+        let event: EvalPreregistered = statement.to_event(&publisher.verifier(), &envelope, false);
+        let index = log.append(&event);
+        preregistrations.push(Preregistration::from_event(index, &event).expect("reads"));
+    }
     let mut runs = Vec::new();
     let pairs = [("a", "m1"), ("a", "m2"), ("b", "m1"), ("b", "m2")];
     for (i, (eval, model)) in pairs.iter().enumerate() {
@@ -100,9 +129,10 @@ fn fixture(last_passes: bool) -> Fixture {
                 eval_id: eval.to_string(),
                 model: model.to_string(),
                 passed,
-                metrics: Default::default(),
+                metrics: serde_json::from_value(serde_json::json!({"score": 0.9}))
+                    .expect("metrics"),
                 data_pack_sha256: None,
-                reproducibility_context: serde_json::json!({"seed": i}),
+                reproducibility_context: context(i),
                 started_at: "2026-11-25T10:00:00Z".into(),
                 finished_at: "2026-11-25T10:01:00Z".into(),
                 runner: Runner {
@@ -120,7 +150,7 @@ fn fixture(last_passes: bool) -> Fixture {
             model: model.to_string(),
             passed,
             data_pack_sha256: None,
-            context_sha256: fingerprint(&serde_json::json!({"seed": i})),
+            context_sha256: fingerprint(&context(i)),
             runner: "ci".into(),
             finished_ms: run.finished_ms,
             attester_key: attester.verifier().to_string(),
@@ -135,6 +165,8 @@ fn fixture(last_passes: bool) -> Fixture {
             passed,
             data_pack_sha256: None,
             problem: None,
+            facts: RunFacts::of(&run.predicate),
+            key: None,
         });
     }
     let scan = log.append(&ScanRecorded {
@@ -173,6 +205,8 @@ fn fixture(last_passes: bool) -> Fixture {
             scans: &scans,
             data_pack: None,
             registry_licenses: &[],
+            preregistrations: &preregistrations,
+            publisher_key: None,
         },
         T0 + 60_000,
         badge::DEFAULT_MAX_AGE_MS,
@@ -214,7 +248,8 @@ fn honest_bundles_verify() {
     let f = fixture(true);
     let badge = check(&f, &f.bundle).expect("verifies");
     assert_eq!(badge.state, State::Green);
-    assert_eq!(badge.evidence, [0, 2, 3, 4, 5, 6]);
+    assert_eq!(badge.evidence, [0, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(badge.policy, badge::POLICY);
     let f = fixture(false);
     let badge = check(&f, &f.bundle).expect("verifies");
     assert_eq!(badge.state, State::Failing);
@@ -254,7 +289,7 @@ fn every_change_is_caught_and_named() {
     // Leaving out the run that a failing badge rests on makes the evidence give another badge.
     let failing = fixture(false);
     let mut b = failing.bundle.clone();
-    b.entries.retain(|e| e.index != 5);
+    b.entries.retain(|e| e.index != 7);
     assert!(matches!(
         check(&failing, &b),
         Err(BundleError::BadgeMismatch { field: "state", .. })
@@ -290,7 +325,7 @@ fn every_change_is_caught_and_named() {
 
     // The checkpoint: its size, its root, its signature, and another log's key.
     let mut b = f.bundle.clone();
-    b.checkpoint = b.checkpoint.replacen("\n7\n", "\n8\n", 1);
+    b.checkpoint = b.checkpoint.replacen("\n9\n", "\n10\n", 1);
     assert!(matches!(check(&f, &b), Err(BundleError::Checkpoint(_))));
     let mut b = f.bundle.clone();
     let sig_line = b
