@@ -109,6 +109,19 @@ custodian datapack show pacman-builder@0.2.1
 step "custodian key generate keys/runner && custodian attester register keys/runner.pub"
 custodian key generate keys/runner
 custodian attester register keys/runner.pub
+# The bar before the score: the publisher pre-registers each eval's criteria, so the log shows
+# they predate every run that counts (badge policy v4).
+cp "$examples/walkthrough/harness.txt" harness.txt
+prereg() {
+  local spec=$1 metric=$2; shift 2
+  for eval in "$@"; do
+    step "custodian eval preregister $spec --eval $eval --metric $metric --threshold '>= 0.9' --sample-size 25 --harness harness.txt --key keys/acme-release.key"
+    custodian eval preregister "$spec" --eval "$eval" --metric "$metric" --threshold '>= 0.9' \
+      --sample-size 25 --harness harness.txt --key keys/acme-release.key
+  done
+}
+prereg pacman-builder@0.2.1 pass_rate render_smoke ghost_ai_correctness score_logic level_completion
+prereg customer-support-classifier@0.1.0 score label_accuracy format_following pii_leakage
 step "custodian attest --schema   # the run file's JSON Schema"
 custodian attest --schema >run.schema.json
 for package in pacman-builder customer-support-classifier; do
@@ -130,6 +143,9 @@ for spec in pacman-builder@0.2.1 customer-support-classifier@0.1.0; do
   step "custodian badge $spec -o $bundle"
   custodian badge "$spec" -o "$bundle" | tee badge.out
   grep -q ': GREEN' badge.out || fail "$spec is not green"
+  step "custodian report $spec"
+  custodian report "$spec" | tee report.out
+  grep -q 'pre-registrations:' report.out || fail "the report shows no pre-registrations"
   step "custodian verify $bundle --key log.vkey     # offline"
   CUSTODIAN_SERVER=http://127.0.0.1:9 custodian verify "$bundle" --key log.vkey
 done

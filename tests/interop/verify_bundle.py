@@ -8,7 +8,9 @@ license-expression (the SPDX license list); no Custodian code:
 checks the signed checkpoint, every entry's RFC 9162 inclusion proof, the publication (manifest
 digest, DSSE signature, in-toto Statement, RFC 6962 package root), every run (attester
 registration, DSSE signature, the entry against its statement, the RFC 8785 context hash, the
-run against its EvalSpec), then re-runs badge policy v3 and compares state, reasons (code,
+run against its EvalSpec), every key event (a rotation signed by both keys) and pre-registration
+(DSSE signature, the entry against its statement), judges every signature against the keys valid
+at its entry's ledger time, then re-runs badge policy v3 or v4 and compares state, reasons (code,
 state, eval, model, entry) and evidence with the bundle's badge. Prints one line and exits 0
 when everything holds; exits 1 naming the first thing that does not.
 """
@@ -27,8 +29,11 @@ from license_expression import get_spdx_licensing
 # The RFC 6962 Merkle Tree Hash, shared with the package verifier beside this file.
 from verify_package import mth
 
-POLICY = "custodian.badge-policy.v3"
+POLICY_V3 = "custodian.badge-policy.v3"
+POLICY_V4 = "custodian.badge-policy.v4"
 RUN_PREDICATE = "https://custodian.dev/eval-run/v1"
+PREREG_PREDICATE = "https://custodian.dev/eval-preregistration/v1"
+ROTATION_PAYLOAD = "application/vnd.custodian.key-rotation+json"
 PACKAGE_PREDICATE = "https://custodian.dev/behavior-package/v1"
 STATEMENT = "https://in-toto.io/Statement/v1"
 
@@ -106,9 +111,11 @@ def verify_inclusion(index, size, leaf, proof, root):
 
 # --- DSSE ----------------------------------------------------------------------------------------
 
-def dsse_verify(envelope_text, vkey):
+def dsse_verify(envelope_text, vkey, payload_type_wanted="application/vnd.in-toto+json"):
     name, key_id, public = vkey
     envelope = json.loads(envelope_text)
+    if envelope["payloadType"] != payload_type_wanted:
+        fail(f"the envelope's payloadType is {envelope['payloadType']!r}")
     payload = base64.b64decode(envelope["payload"])
     payload_type = envelope["payloadType"].encode()
     pae = b"DSSEv1 %d %s %d %s" % (len(payload_type), payload_type, len(payload), payload)
@@ -205,6 +212,129 @@ def contradicts(predicate, eval_spec):
     return False
 
 
+# --- keys valid at ledger time (verifying.md, "Keys valid at ledger time") ----------------------
+
+def covers(namespaces, name):
+    return any(ns == "*" or name.startswith(ns) for ns in namespaces)
+
+
+def action(event):
+    return event.get("action", "introduce")
+
+
+def check_key_event(e, time):
+    if e["role"] not in ("attester", "publisher"):
+        fail(f"a KeyEvent's role is {e['role']!r}")
+    parse_vkey(e["key"])
+    a = action(e)
+    if a == "introduce":
+        if not e["namespaces"]:
+            fail("a KeyEvent introduces a key for no namespace")
+    elif a == "rotate":
+        envelope = e["envelope"]
+        statement = json.loads(dsse_verify(envelope, parse_vkey(e["previous"]), ROTATION_PAYLOAD))
+        if json.loads(dsse_verify(envelope, parse_vkey(e["key"]), ROTATION_PAYLOAD)) != statement:
+            fail("a rotation's two signatures cover different statements")
+        if (statement != {"type": "custodian.key-rotation.v1", "role": e["role"], "previous": e["previous"],
+                          "key": e["key"], "namespaces": e["namespaces"], "reason": e["reason"]}
+                or e["previous"] == e["key"] or not e["namespaces"]):
+            fail("a rotation KeyEvent differs from its signed statement")
+    elif a == "revoke":
+        if not (e.get("reason") or "").strip():
+            fail("a revocation without a reason")
+        effective = e.get("effective_ms", time)
+        if effective > time or (effective < time and e["reason"] != "compromise"):
+            fail("a revocation's effective time is after its entry, or back-dated without a compromise")
+    else:
+        fail(f"a KeyEvent's action is {a!r}")
+
+
+def judge(keys, role, key, name, index, time):
+    """None when a signature by key over an entry about name at (index, time) counts."""
+    if role == "attester" and not any(
+            i < index and e["role"] == role and e["key"] == key and action(e) in ("introduce", "rotate")
+            and covers(e["namespaces"], name) for i, _, e in keys):
+        return "not introduced"
+    for i, t, e in keys:
+        if e["role"] != role:
+            continue
+        if (action(e) == "rotate" and i < index and e.get("previous") == key
+                and (role == "attester" or name in e["namespaces"])):
+            return f"rotated away at entry {i}"
+        if action(e) == "revoke" and e["key"] == key and (i < index or e.get("effective_ms", t) <= time):
+            return f"revoked at entry {i}"
+    return None
+
+
+def judge_publisher(keys, key, name, pinned, index, time):
+    if key != pinned and not any(
+            i < index and e["role"] == "publisher" and e["key"] == key
+            and action(e) in ("introduce", "rotate") and name in e["namespaces"] for i, _, e in keys):
+        return "not introduced"
+    return judge(keys, "publisher", key, name, index, time)
+
+
+# --- pre-registration (verifying.md, "Pre-registration") -----------------------------------------
+
+def run_facts(p):
+    context = p.get("reproducibility_context") or {}
+    uint = lambda v: v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+    metrics = {}
+    for name, m in (p.get("metrics") or {}).items():
+        m = m if isinstance(m, dict) else {"value": m}
+        metrics[name] = (float(m["value"]), m.get("threshold"))
+    harness = context.get("harness_sha256")
+    return {"harness": harness if isinstance(harness, str) else None,
+            "sample_size": uint(context.get("sample_size")), "seed": uint(context.get("seed")),
+            "metrics": metrics}
+
+
+def check_prereg(e, published):
+    statement = json.loads(dsse_verify(e["envelope"], parse_vkey(e["signer_key"])))
+    p = statement["predicate"]
+    subject = statement["subject"]
+    if (statement["_type"] != STATEMENT or statement["predicateType"] != PREREG_PREDICATE
+            or len(subject) != 1 or subject[0]["name"] != f"{p['package']}@{p['version']}"
+            or "sha256:" + subject[0]["digest"]["sha256"] != published["manifest"]
+            or e["manifest"] != published["manifest"]):
+        fail("a pre-registration's statement is not about the published manifest")
+    comparator, value = parse_threshold(f"{p['comparator']} {p['threshold']}")
+    signed = {"name": p["package"], "version": p["version"], "eval_id": p["eval_id"], "metric": p["metric"],
+              "comparator": comparator, "threshold": es_number(value),
+              "data_pack_sha256": p.get("data_pack_sha256"), "sample_size": p["sample_size"],
+              "seed": p.get("seed"), "harness_sha256": p["harness_sha256"]}
+    for field, want in signed.items():
+        if e.get(field) != want:
+            fail(f"a pre-registration's {field} differs from its signed statement")
+    return {"eval": e["eval_id"], "metric": e["metric"],
+            "threshold": parse_threshold(f"{e['comparator']} {e['threshold']}"),
+            "data_pack": e.get("data_pack_sha256"), "sample_size": e["sample_size"], "seed": e.get("seed"),
+            "harness": e["harness_sha256"]}
+
+
+def mismatch(prereg, facts, run_pack, passed, manifest_threshold):
+    if prereg["data_pack"] is not None and run_pack != prereg["data_pack"]:
+        return "preregistration_data_pack_mismatch"
+    if facts["harness"] != prereg["harness"]:
+        return "preregistration_harness_mismatch"
+    if facts["sample_size"] != prereg["sample_size"]:
+        return "preregistration_sample_size_mismatch"
+    if prereg["seed"] is not None and facts["seed"] != prereg["seed"]:
+        return "preregistration_seed_mismatch"
+    reported = facts["metrics"].get(prereg["metric"])
+    if manifest_threshold is not None and manifest_threshold != prereg["threshold"]:
+        return "preregistration_threshold_mismatch"
+    if reported is not None and reported[1] is not None:
+        try:
+            if parse_threshold(reported[1]) != prereg["threshold"]:
+                return "preregistration_threshold_mismatch"
+        except ValueError:
+            return "preregistration_threshold_mismatch"
+    if passed and (reported is None or not holds(prereg["threshold"], reported[0])):
+        return "preregistration_threshold_unmet"
+    return None
+
+
 def license_ok(license_id, registry_licenses):
     if license_id in registry_licenses:
         return True
@@ -224,8 +354,9 @@ def verify(bundle, vkey):
     if bundle.get("type") != "custodian.badge-bundle.v1":
         fail("not a custodian.badge-bundle.v1")
     badge = bundle["badge"]
-    if badge["policy"] != POLICY:
-        fail(f"this verifier implements {POLICY} only, the bundle says {badge['policy']}")
+    if badge["policy"] not in (POLICY_V3, POLICY_V4):
+        fail(f"this verifier implements {POLICY_V3} and {POLICY_V4}, the bundle says {badge['policy']}")
+    v4 = badge["policy"] == POLICY_V4
     size, root = open_checkpoint(bundle["checkpoint"], vkey)
     # Bodies of sealed entries, by their "sha256:<hex>" digest (formats.md, "Sealed entries").
     bodies = {}
@@ -253,14 +384,17 @@ def verify(bundle, vkey):
         entries[item["index"]] = entry
 
     about = lambda p: p.get("name") == badge["name"] and p.get("version") == badge["version"]
-    publications, runs, scans, yanks, attesters, issued = [], [], [], [], {}, []
+    publications, runs, scans, yanks, keys, preregs, issued = [], [], [], [], [], [], []
     data_pack = None
     for index in sorted(entries):
         kind, payload, time = entries[index]["kind"], entries[index]["payload"], entries[index]["time"]
         if kind == "PackagePublished" and about(payload):
             publications.append((index, payload))
-        elif kind == "KeyEvent" and payload.get("role") == "attester":
-            attesters.setdefault(payload["key"], []).extend(payload["namespaces"])
+        elif kind == "KeyEvent":
+            check_key_event(payload, time)
+            keys.append((index, time, payload))
+        elif kind == "EvalPreregistered" and about(payload):
+            preregs.append((index, time, payload))
         elif kind == "RunAttested" and about(payload):
             runs.append((index, time, payload))
         elif kind == "ScanRecorded" and about(payload):
@@ -298,11 +432,19 @@ def verify(bundle, vkey):
 
     evals = manifest.get("evals") or []
     eval_specs = {(e if isinstance(e, str) else e["id"]): e for e in evals}
-    latest = {}
+    publisher_problem = judge_publisher(keys, published["publisher_key"], published["name"],
+                                        published["publisher_key"], publication, entries[publication]["time"])
+    counted_preregs = []
+    for index, time, e in preregs:
+        prereg = check_prereg(e, published)
+        if (judge_publisher(keys, e["signer_key"], e["name"], published["publisher_key"], index, time) is None
+                or judge(keys, "attester", e["signer_key"], e["name"], index, time) is None):
+            counted_preregs.append(dict(prereg, index=index))
+    latest, every_run = {}, []
     for index, time, run in runs:
-        namespaces = attesters.get(run["attester_key"], [])
-        if not any(ns == "*" or run["name"].startswith(ns) for ns in namespaces):
-            fail(f"entry {index}: the attester key is not registered for {run['name']}")
+        key_problem = judge(keys, "attester", run["attester_key"], run["name"], index, time)
+        if key_problem == "not introduced":
+            fail(f"entry {index}: the attester key is not registered for {run['name']} before the run")
         statement = json.loads(dsse_verify(run["envelope"], parse_vkey(run["attester_key"])))
         p = statement["predicate"]
         if (statement["predicateType"] != RUN_PREDICATE
@@ -315,14 +457,42 @@ def verify(bundle, vkey):
                 or "sha256:" + sha256(jcs(p["reproducibility_context"]).encode()).hex() != run["context_sha256"]):
             fail(f"entry {index}: the entry differs from its signed statement")
         key = (run["eval_id"], run["model"])
+        every_run.append((index, key, key_problem))
+        if v4 and key_problem is not None:
+            continue
         if key not in latest or latest[key][0] < index:
-            latest[key] = (index, time, run, contradicts(p, eval_specs.get(run["eval_id"])))
+            latest[key] = (index, time, run, contradicts(p, eval_specs.get(run["eval_id"])), run_facts(p))
 
     reasons, used = [], [publication]
     reason = lambda code, state, eval_id=None, model=None, entry=None: reasons.append(
         (code, state, eval_id, model, entry))
     if not signature_ok:
         reason("signature_invalid", "failing", entry=publication)
+    if v4 and publisher_problem is not None:
+        reason("publisher_key_invalid", "failing", entry=publication)
+
+    def prereg_reason(eval_id, index, run, facts):
+        mine = sorted((p for p in counted_preregs if p["eval"] == eval_id), key=lambda p: p["index"])
+        before = [p for p in mine if p["index"] < index]
+        if not before:
+            if mine:
+                used.append(mine[0]["index"])
+                return "run_before_preregistration", "review", index
+            return "preregistration_missing", "review", index
+        governing = before[-1]
+        used.append(governing["index"])
+        spec = eval_specs.get(eval_id)
+        written = ((spec.get("thresholds") or {}) if isinstance(spec, dict) else {}).get(governing["metric"])
+        code = mismatch(governing, facts, run.get("data_pack_sha256"), run["passed"],
+                        parse_threshold(written) if written is not None else None)
+        if code:
+            return code, "failing", index
+        terms = lambda p: {k: v for k, v in p.items() if k != "index"}
+        for p in mine:
+            if p["index"] > index and terms(p) != terms(governing):
+                used.append(p["index"])
+                return "preregistration_changed", "review", p["index"]
+        return None
     required = [(e if isinstance(e, str) else e["id"]) for e in evals
                 if isinstance(e, str) or e.get("required", True) is not False]
     if not required:
@@ -333,21 +503,29 @@ def verify(bundle, vkey):
     for eval_id in required:
         for model in models:
             found = latest.get((eval_id, model))
+            if v4:
+                for index, key, problem in sorted(every_run):
+                    if key == (eval_id, model) and problem is not None and (found is None or index > found[0]):
+                        used.append(index)
+                        reason("run_key_invalid", "review", eval_id, model, index)
             if found is None:
                 reason("run_missing", "review", eval_id, model)
                 continue
-            index, time, run, bad = found
+            index, time, run, bad, facts = found
             used.append(index)
+            pre = prereg_reason(eval_id, index, run, facts) if v4 and run["passed"] and not bad else None
             if bad:
                 reason("run_invalid", "failing", eval_id, model, index)
             elif not run["passed"]:
                 reason("run_failed", "failing", eval_id, model, index)
+            elif pre:
+                reason(pre[0], pre[1], eval_id, model, pre[2])
             elif data_pack and run.get("data_pack_sha256") != data_pack[1]:
                 reason("run_data_pack_missing", "review", eval_id, model, index)
             elif badge["evaluated_ms"] - time > badge["max_age_ms"]:
                 reason("run_stale", "review", eval_id, model, index)
 
-    def judge(target_root, prefix):
+    def judge_scans(target_root, prefix):
         per_scanner = {}
         for index, scan in scans:
             if scan["root"] == target_root and (scan["scanner"] not in per_scanner
@@ -364,10 +542,10 @@ def verify(bundle, vkey):
             elif scan["verdict"] != "clean":
                 reason(prefix + "scan_error", "review", entry=index)
 
-    judge(published["root"], "")
+    judge_scans(published["root"], "")
     if data_pack:
         used.append(data_pack[0])
-        judge(data_pack[1], "data_pack_")
+        judge_scans(data_pack[1], "data_pack_")
     license_field = manifest.get("license")
     license_id = license_field if isinstance(license_field, str) else license_field["spdx"]
     if not license_ok(license_id, badge.get("registry_licenses", [])):
@@ -405,7 +583,7 @@ def main(path, key_arg):
         print(f"FAIL: {e.__class__.__name__}: {e}", file=sys.stderr)
         return 1
     print(f"ok {bundle['badge']['name']}@{bundle['badge']['version']} {state.upper()}: "
-          f"{count} entries proven in a log of {size}, badge recomputed under {POLICY}")
+          f"{count} entries proven in a log of {size}, badge recomputed under {bundle['badge']['policy']}")
     return 0
 
 

@@ -599,6 +599,10 @@ pub async fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
                     "eval_id": r.eval_id, "model": r.model, "has_run": r.has_run, "passed": r.passed,
                     "ledger_index": r.ledger_index, "integrated_ms": r.integrated_ms, "age_ms": r.age_ms,
                     "data_pack_sha256": r.data_pack_sha256, "context_sha256": r.context_sha256, "runner": r.runner,
+                    "preregistration": r.preregistered.then(|| serde_json::json!({
+                        "ledger_index": r.preregistration_index,
+                        "terms": serde_json::from_str::<serde_json::Value>(&r.preregistration_json).unwrap_or_default(),
+                    })),
                 })
             })
             .collect();
@@ -636,6 +640,43 @@ pub async fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
                 short(&r.data_pack_sha256)
             },
             short(&r.context_sha256)
+        );
+    }
+    // Each eval's pre-registration, once: what policy v4 holds its runs to.
+    let mut seen = std::collections::BTreeSet::new();
+    println!("pre-registrations:");
+    for r in &response.rows {
+        if !seen.insert(r.eval_id.clone()) {
+            continue;
+        }
+        if !r.preregistered {
+            println!(
+                "  {:<22} none: no run of it counts under {} (custodian eval preregister)",
+                r.eval_id,
+                custodian_core::badge::POLICY
+            );
+            continue;
+        }
+        let t: serde_json::Value =
+            serde_json::from_str(&r.preregistration_json).unwrap_or_default();
+        let text = |k: &str| t[k].as_str().unwrap_or_default().to_string();
+        println!(
+            "  {:<22} entry {}: {} {} {}, {} cases, harness {}{}{}",
+            r.eval_id,
+            r.preregistration_index,
+            text("metric"),
+            text("comparator"),
+            text("threshold"),
+            t["sample_size"],
+            text("harness_sha256").get(..19).unwrap_or_default(),
+            t["seed"]
+                .as_u64()
+                .map(|s| format!(", seed {s}"))
+                .unwrap_or_default(),
+            t["data_pack_sha256"]
+                .as_str()
+                .map(|d| format!(", data pack {}", d.get(..19).unwrap_or(d)))
+                .unwrap_or_default(),
         );
     }
     Ok(ExitCode::SUCCESS)

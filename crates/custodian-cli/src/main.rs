@@ -4,6 +4,7 @@ mod args;
 mod blob;
 mod client;
 mod datapack;
+mod eval;
 mod evidence;
 mod keys;
 mod log;
@@ -95,7 +96,8 @@ consistent with all before it), checks the prev hash chain and that integration 
 back. Exits 1 naming the first index where anything diverges."
     )]
     Audit(log::AuditArgs),
-    /// Generate publisher keys
+    /// Keys: generate a pair; rotate, revoke or introduce publisher and attester keys in the
+    /// ledger
     #[command(subcommand)]
     Key(keys::KeyCommand),
     /// Build (hash, check, sign) and verify Behavior Package folders, offline
@@ -141,8 +143,11 @@ daemon checks it and records a RunAttested entry. Several runs go in one AttestR
     /// Show a version's badge and its reasons; -o writes the bundle for `custodian verify`
     Badge(evidence::BadgeArgs),
     /// The liveness report: the latest run of each eval × model, its age, result, data pack and
-    /// context fingerprint
+    /// context fingerprint, and each eval's pre-registration
     Report(evidence::ReportArgs),
+    /// Evals: pre-register an eval's acceptance criteria before its runs
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
     /// Verify a badge bundle offline: every signature and proof, and the badge recomputed
     #[command(
         long_about = "Verify a badge bundle offline with the log's verifier key, obtained \
@@ -208,7 +213,7 @@ fn main() -> std::process::ExitCode {
             Command::Blob(command) => blob::run(command).await,
             Command::Log(command) => log::run(command).await,
             Command::Audit(args) => tokio::task::spawn_blocking(move || log::audit(args)).await?,
-            Command::Key(command) => keys::run_key(command),
+            Command::Key(command) => keys::run_key(command).await,
             Command::Pack(command) => {
                 tokio::task::spawn_blocking(move || pack::run(command)).await?
             }
@@ -224,6 +229,7 @@ fn main() -> std::process::ExitCode {
             Command::Scan(command) => evidence::scan(command).await,
             Command::Badge(args) => evidence::badge(args).await,
             Command::Report(args) => evidence::report(args).await,
+            Command::Eval(command) => eval::run(command).await,
             Command::Verify(args) => evidence::verify(args),
             Command::Scrub(args) => scrub::run(args).await,
             Command::Witness(command) => witness::run(command).await,

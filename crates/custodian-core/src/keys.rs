@@ -200,9 +200,8 @@ pub fn check_event(event: &KeyEvent, entry_ms: u64) -> Result<(), KeyError> {
                 .as_deref()
                 .filter(|r| !r.trim().is_empty())
                 .ok_or_else(|| field("reason", "a revocation must say why"))?;
-            let effective = event
-                .effective_ms
-                .ok_or_else(|| field("effective_ms", "a revocation must say from when"))?;
+            // Absent, the revocation takes effect at its own ledger time.
+            let effective = event.effective_ms.unwrap_or(entry_ms);
             if effective > entry_ms {
                 return Err(field(
                     "effective_ms",
@@ -343,7 +342,7 @@ impl KeyHistory {
                 return Err(Judgement::NotIntroduced);
             }
         }
-        for (i, _, e) in &self.events {
+        for (i, t, e) in &self.events {
             if !mine(e) {
                 continue;
             }
@@ -356,7 +355,7 @@ impl KeyHistory {
                     return Err(Judgement::RotatedAway { index: *i });
                 }
                 REVOKE if e.key == key => {
-                    let effective = e.effective_ms.unwrap_or(u64::MAX);
+                    let effective = e.effective_ms.unwrap_or(*t);
                     if *i < index || effective <= time_ms {
                         return Err(Judgement::Revoked {
                             index: *i,
@@ -418,11 +417,11 @@ impl KeyHistory {
         self.events
             .iter()
             .find(|(_, _, e)| e.role == role && e.action() == REVOKE && e.key == key)
-            .map(|(i, _, e)| {
+            .map(|(i, t, e)| {
                 (
                     *i,
                     e.reason.clone().unwrap_or_default(),
-                    e.effective_ms.unwrap_or_default(),
+                    e.effective_ms.unwrap_or(*t),
                 )
             })
     }

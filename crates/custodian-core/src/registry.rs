@@ -233,7 +233,7 @@ pub struct KeyEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Revoke: from when signatures by the key stop counting, Unix milliseconds; earlier than
-    /// the entry's own time only for a compromise.
+    /// the entry's own time only for a compromise. Absent: from the entry's own time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effective_ms: Option<u64>,
     /// Rotate: the DSSE envelope (JSON text) of the rotation statement, signed by both the

@@ -9,14 +9,19 @@ use custodian_core::badge::{self, Badge, Evidence, Run};
 use custodian_core::bundle::Bundle;
 use custodian_core::dsse::Envelope;
 use custodian_core::entry::Entry;
+use custodian_core::keys::ATTESTER;
 use custodian_core::manifest::Manifest;
 use custodian_core::note::VerifierKey;
 use custodian_core::package::MANIFEST_FILE;
+use custodian_core::prereg::{Preregistration, RunFacts};
 use custodian_core::receipt::Receipt;
 use custodian_core::registry::{
-    BadgeIssued, KeyRegistered, RunAttested, ScanRecorded, namespace_covers,
+    BadgeIssued, KeyEvent, RunAttested, ScanRecorded, namespace_covers,
 };
 use futures::StreamExt as _;
+
+mod keys;
+mod prereg;
 
 use crate::auth::{Principal, Scope};
 pub use crate::registry::index::{Attester, RunRef, VersionEvidence};
@@ -48,6 +53,8 @@ pub struct ReportRow {
     pub model: String,
     /// The latest run, if any.
     pub latest: Option<ReportRun>,
+    /// The eval's latest pre-registration, if any: its ledger index and terms.
+    pub preregistration: Option<(u64, serde_json::Value)>,
 }
 
 /// The latest run in a report row.
@@ -105,11 +112,23 @@ impl Registry {
                 return Ok((namespaces, receipt, true));
             }
         }
-        let event = KeyRegistered {
-            role: "attester".into(),
+        if let Some((index, reason, _)) = self.read().keys().revocation(ATTESTER, &key.to_string())
+        {
+            return Err(RegistryError::FailedPrecondition(format!(
+                "attester key {} was revoked ({reason}) by ledger entry {index}; register a new key",
+                key.handle()
+            )));
+        }
+        let event = KeyEvent {
+            action: None,
+            role: ATTESTER.into(),
             key: key.to_string(),
             principal: token.id.clone(),
             namespaces: namespaces.clone(),
+            previous: None,
+            reason: None,
+            effective_ms: None,
+            envelope: None,
         };
         let (index, _, receipt, entry) = self.append(&event).await?;
         self.apply(index, &entry);
@@ -193,6 +212,7 @@ impl Registry {
             RunStatement::open(&envelope, &attester.key).map_err(|e| invalid("envelope", e))?;
         let p = &statement.predicate;
         require(who, Scope::Attest, &p.package, "attest runs of")?;
+        self.attester_counts_now(&attester.key)?;
         if !namespace_covers(&attester.namespaces, &p.package) {
             return Err(RegistryError::PermissionDenied(format!(
                 "attester key {} is registered for {}, not for {:?}",
@@ -408,22 +428,63 @@ impl Registry {
             ));
         }
         let manifest = self.manifest_of(record).await?;
+        let name = record.event.name.as_str();
         let evidence = self
             .read()
             .evidence(&record.event.name, &record.event.version)
             .cloned()
             .unwrap_or_default();
-        let mut runs: Vec<Run> = Vec::with_capacity(evidence.runs.len());
-        for ((eval, model), r) in &evidence.runs {
-            runs.push(Run {
-                index: r.index,
-                time_ms: r.time_ms,
-                eval_id: eval.clone(),
-                model: model.clone(),
-                passed: r.passed,
-                data_pack_sha256: r.data_pack.clone(),
-                problem: self.run_problem(r.index, &manifest.0).await?,
-            });
+        // Under the read lock: each eval × model's latest run by a key valid at its ledger
+        // time, and every later run whose key was not (the policy names those); the counted
+        // runs' signed predicates are read after.
+        let (mut runs, counted, preregistrations, publisher_key) = {
+            let state = self.read();
+            let history = state.keys();
+            let mut runs: Vec<Run> = Vec::new();
+            let mut counted: Vec<(usize, u64)> = Vec::new();
+            for ((eval, model), list) in &evidence.runs {
+                for r in list.iter().rev() {
+                    let judgement = history
+                        .judge(ATTESTER, &r.attester, name, r.index, r.time_ms)
+                        .err();
+                    let valid = judgement.is_none();
+                    if valid {
+                        counted.push((runs.len(), r.index));
+                    }
+                    runs.push(Run {
+                        index: r.index,
+                        time_ms: r.time_ms,
+                        eval_id: eval.clone(),
+                        model: model.clone(),
+                        passed: r.passed,
+                        data_pack_sha256: r.data_pack.clone(),
+                        problem: None,
+                        facts: RunFacts::default(),
+                        key: judgement,
+                    });
+                    if valid {
+                        break;
+                    }
+                }
+            }
+            let published = &record.event.publisher_key;
+            let preregistrations: Vec<Preregistration> = evidence
+                .preregistrations
+                .iter()
+                .filter(|(index, time_ms, e)| {
+                    custodian_core::prereg::signer_counts(history, published, e, *index, *time_ms)
+                })
+                .filter_map(|(index, _, e)| Preregistration::from_event(*index, e).ok())
+                .collect();
+            let publisher_key = history
+                .judge_publisher(published, name, published, record.index, record.time_ms)
+                .err();
+            (runs, counted, preregistrations, publisher_key)
+        };
+        for (position, index) in counted {
+            let (problem, facts) = self.run_problem(index, &manifest.0).await?;
+            runs[position].problem = problem;
+            runs[position].facts = facts;
         }
         let registry_licenses = self.registry_licenses();
         let badge = badge::evaluate(
@@ -445,6 +506,8 @@ impl Registry {
                         root,
                     }),
                 registry_licenses: &registry_licenses,
+                preregistrations: &preregistrations,
+                publisher_key,
             },
             crate::sequencer::now_ms(),
             self.badge_max_age_ms
@@ -455,12 +518,13 @@ impl Registry {
 
     /// Why a logged run contradicts its EvalSpec, re-checked from its signed statement exactly
     /// as an offline verifier does (`custodian_core::bundle::verify`), so that a run logged
-    /// before attestation checked thresholds is judged the same way by both.
+    /// before attestation checked thresholds is judged the same way by both; and what its
+    /// statement says about the pre-registered terms.
     async fn run_problem(
         &self,
         index: u64,
         manifest: &Manifest,
-    ) -> Result<Option<String>, RegistryError> {
+    ) -> Result<(Option<String>, RunFacts), RegistryError> {
         let entry = self.event_entry(index).await?;
         let run: RunAttested = entry.event().map_err(|e| {
             RegistryError::Ledger(custodian_storage::LedgerError::Corrupt(e.to_string()))
@@ -470,14 +534,18 @@ impl Registry {
             .and_then(|env| env.payload_bytes().ok())
             .and_then(|payload| RunStatement::from_json(&payload).ok());
         let Some(statement) = statement else {
-            return Ok(Some("its signed statement does not parse".into()));
+            return Ok((
+                Some("its signed statement does not parse".into()),
+                RunFacts::default(),
+            ));
         };
-        Ok(manifest
+        let problem = manifest
             .evals
             .iter()
             .find(|e| e.id() == run.eval_id)
             .and_then(|eval| check_against_eval(&statement.predicate, eval).err())
-            .map(|e| e.to_string()))
+            .map(|e| e.to_string());
+        Ok((problem, RunFacts::of(&statement.predicate)))
     }
 
     /// The badge of a version and its bundle; appends BadgeIssued when the badge changed.
@@ -526,16 +594,27 @@ impl Registry {
         }
         // The bundle: the evidence entries, the attester registrations they need and the badge
         // entry, each with its audit path to the latest checkpoint.
+        // The key events a verifier needs to judge every signature in the evidence at its
+        // ledger time: those about the publisher key, each counted or named run's attester key
+        // and each pre-registration's signer.
         let mut indexes: Vec<u64> = badge.evidence.clone();
         {
             let state = self.read();
-            for run in evidence.runs.values() {
-                if badge.evidence.contains(&run.index)
-                    && let Ok(key) = VerifierKey::parse(&run.attester)
-                    && let Some(a) = state.attester(&key.handle())
-                {
-                    indexes.push(a.index);
+            let mut signers = vec![record.event.publisher_key.as_str()];
+            for run in evidence.runs.values().flatten() {
+                if badge.evidence.contains(&run.index) {
+                    signers.push(&run.attester);
                 }
+            }
+            for (index, _, e) in &evidence.preregistrations {
+                if badge.evidence.contains(index) {
+                    signers.push(&e.signer_key);
+                }
+            }
+            signers.sort_unstable();
+            signers.dedup();
+            for key in signers {
+                indexes.extend(state.keys().about(key));
             }
         }
         indexes.extend(issued_index);
@@ -605,6 +684,7 @@ impl Registry {
                 let latest = evidence
                     .runs
                     .get(&(eval.to_string(), model.clone()))
+                    .and_then(|runs| runs.last())
                     .map(|r| ReportRun {
                         passed: r.passed,
                         ledger_index: r.index,
@@ -614,10 +694,30 @@ impl Registry {
                         context_sha256: r.context.clone(),
                         runner: r.runner.clone(),
                     });
+                let preregistration = evidence
+                    .preregistrations
+                    .iter()
+                    .rfind(|(_, _, p)| p.eval_id == eval)
+                    .map(|(index, _, p)| {
+                        (
+                            *index,
+                            serde_json::json!({
+                                "metric": p.metric,
+                                "comparator": p.comparator,
+                                "threshold": p.threshold,
+                                "data_pack_sha256": p.data_pack_sha256,
+                                "sample_size": p.sample_size,
+                                "seed": p.seed,
+                                "harness_sha256": p.harness_sha256,
+                                "signer_key": p.signer_key,
+                            }),
+                        )
+                    });
                 rows.push(ReportRow {
                     eval_id: eval.to_string(),
                     model,
                     latest,
+                    preregistration,
                 });
             }
         }

@@ -209,9 +209,79 @@ impl EvidenceRpc for EvidenceService {
                             .map(|l| l.context_sha256.clone())
                             .unwrap_or_default(),
                         runner: latest.map(|l| l.runner).unwrap_or_default(),
+                        preregistered: row.preregistration.is_some(),
+                        preregistration_index: row.preregistration.as_ref().map_or(0, |p| p.0),
+                        preregistration_json: row
+                            .preregistration
+                            .map(|p| p.1.to_string())
+                            .unwrap_or_default(),
                     }
                 })
                 .collect(),
         }))
     }
+
+    async fn preregister_eval(
+        &self,
+        request: Request<pb::PreregisterEvalRequest>,
+    ) -> Result<Response<pb::PreregisterEvalResponse>, Status> {
+        let who = principal(&self.auth, &request)?;
+        let receipt = self
+            .registry
+            .preregister(&who, &request.get_ref().envelope)
+            .await?;
+        Ok(Response::new(pb::PreregisterEvalResponse {
+            receipt: Some(receipt_pb(&receipt)),
+        }))
+    }
+
+    async fn rotate_key(
+        &self,
+        request: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::KeyEventResponse>, Status> {
+        let who = principal(&self.auth, &request)?;
+        let recorded = self
+            .registry
+            .rotate_key(&who, &request.get_ref().envelope)
+            .await?;
+        Ok(key_event_response(recorded))
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<pb::RevokeKeyRequest>,
+    ) -> Result<Response<pb::KeyEventResponse>, Status> {
+        let who = principal(&self.auth, &request)?;
+        let r = request.get_ref();
+        let recorded = self
+            .registry
+            .revoke_key(&who, &r.role, &r.verifier_key, &r.reason, r.effective_ms)
+            .await?;
+        Ok(key_event_response(recorded))
+    }
+
+    async fn introduce_key(
+        &self,
+        request: Request<pb::IntroduceKeyRequest>,
+    ) -> Result<Response<pb::KeyEventResponse>, Status> {
+        let who = principal(&self.auth, &request)?;
+        let r = request.get_ref();
+        let recorded = self
+            .registry
+            .introduce_publisher(&who, &r.package, &r.verifier_key)
+            .await?;
+        Ok(key_event_response(recorded))
+    }
+}
+
+fn key_event_response(
+    (event, receipt): (
+        custodian_core::registry::KeyEvent,
+        custodian_core::receipt::Receipt,
+    ),
+) -> Response<pb::KeyEventResponse> {
+    Response::new(pb::KeyEventResponse {
+        event_json: serde_json::to_string(&event).unwrap_or_default(),
+        receipt: Some(receipt_pb(&receipt)),
+    })
 }

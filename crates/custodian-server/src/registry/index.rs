@@ -10,11 +10,12 @@ use custodian_core::Digest;
 use custodian_core::badge::Scan;
 use custodian_core::dsse::Envelope;
 use custodian_core::entry::{Entry, EntryKind};
+use custodian_core::keys::{self, KeyHistory};
 use custodian_core::note::VerifierKey;
 use custodian_core::package::PackageStatement;
 use custodian_core::registry::{
-    BadgeIssued, DataPackRegistered, KeyRegistered, PackagePublished, RunAttested, ScanRecorded,
-    VersionYanked,
+    BadgeIssued, DataPackRegistered, EvalPreregistered, KeyEvent, PackagePublished, RunAttested,
+    ScanRecorded, VersionYanked,
 };
 use custodian_storage::LedgerError;
 use custodian_storage::ledger::Ledger;
@@ -50,8 +51,10 @@ pub struct Index {
     blobs: HashMap<[u8; 32], Vec<BlobRef>>,
     /// Runs, scans and badges per `(name, version)`.
     evidence: HashMap<(String, String), VersionEvidence>,
-    /// Registered attester keys by handle (`name+hexid`).
+    /// Attester keys ever introduced (registered or rotated to), by handle (`name+hexid`).
     attesters: HashMap<String, Attester>,
+    /// Every KeyEvent, for judging signatures at their ledger time.
+    keys: KeyHistory,
     /// Entries whose stored bytes do not match the leaf hashes the signed tree records, found
     /// at replay. They were not applied, so state derived from the log may be missing them.
     damaged: Vec<u64>,
@@ -155,6 +158,7 @@ impl Index {
             EntryKind::RunAttested
             | EntryKind::ScanRecorded
             | EntryKind::KeyEvent
+            | EntryKind::EvalPreregistered
             | EntryKind::BadgeIssued => self.apply_evidence(index, entry)?,
             _ => {}
         }
@@ -195,9 +199,15 @@ impl Index {
         self.evidence.get(&(name.to_string(), version.to_string()))
     }
 
-    /// A registered attester key by handle (`name+hexid`).
+    /// An attester key ever introduced, by handle (`name+hexid`); whether it still counts is
+    /// [`Index::keys`]' business.
     pub fn attester(&self, handle: &str) -> Option<&Attester> {
         self.attesters.get(handle)
+    }
+
+    /// Every KeyEvent, in ledger order.
+    pub fn keys(&self) -> &KeyHistory {
+        &self.keys
     }
 
     /// Entries whose stored bytes did not match the signed tree at replay (not applied).
@@ -238,9 +248,10 @@ impl Index {
                     .evidence
                     .entry((e.name.clone(), e.version.clone()))
                     .or_default();
-                slot.runs.insert(
-                    (e.eval_id, e.model),
-                    RunRef {
+                slot.runs
+                    .entry((e.eval_id, e.model))
+                    .or_default()
+                    .push(RunRef {
                         index,
                         time_ms: entry.time_ms,
                         passed: e.passed,
@@ -248,8 +259,7 @@ impl Index {
                         context: e.context_sha256,
                         runner: e.runner,
                         attester: e.attester_key,
-                    },
-                );
+                    });
             }
             EntryKind::ScanRecorded => {
                 let e: ScanRecorded = entry.event().map_err(|e| e.to_string())?;
@@ -264,21 +274,41 @@ impl Index {
                         verdict: e.verdict,
                     });
             }
+            EntryKind::EvalPreregistered => {
+                let e: EvalPreregistered = entry.event().map_err(|e| e.to_string())?;
+                self.evidence
+                    .entry((e.name.clone(), e.version.clone()))
+                    .or_default()
+                    .preregistrations
+                    .push((index, entry.time_ms, Arc::new(e)));
+            }
             EntryKind::KeyEvent => {
-                // Key events of other roles are not the registry's business.
-                if let Ok(e) = entry.event::<KeyRegistered>()
-                    && e.role == "attester"
-                {
-                    let key = VerifierKey::parse(&e.key).map_err(|err| err.to_string())?;
-                    self.attesters.insert(
-                        key.handle(),
-                        Attester {
-                            key,
-                            namespaces: e.namespaces,
-                            index,
-                        },
-                    );
+                let e: KeyEvent = entry.event().map_err(|e| e.to_string())?;
+                let key = VerifierKey::parse(&e.key).map_err(|err| err.to_string())?;
+                match (e.role.as_str(), e.action()) {
+                    (keys::ATTESTER, keys::INTRODUCE | keys::ROTATE) => {
+                        self.attesters.insert(
+                            key.handle(),
+                            Attester {
+                                key,
+                                namespaces: e.namespaces.clone(),
+                                index,
+                            },
+                        );
+                    }
+                    // A publisher rotation or re-introduction moves the pin of each package it
+                    // names, from this entry on; earlier versions keep the key they were signed
+                    // with.
+                    (keys::PUBLISHER, keys::INTRODUCE | keys::ROTATE) => {
+                        for name in &e.namespaces {
+                            if let Some(package) = self.packages.get_mut(name) {
+                                package.publisher_key = e.key.clone();
+                            }
+                        }
+                    }
+                    _ => {}
                 }
+                self.keys.add(index, entry.time_ms, e);
             }
             EntryKind::BadgeIssued => {
                 let e: BadgeIssued = entry.event().map_err(|e| e.to_string())?;
@@ -376,7 +406,7 @@ impl Index {
     }
 }
 
-/// The latest run of one eval × model.
+/// One attested run of an eval × model.
 #[derive(Clone, Debug)]
 pub struct RunRef {
     /// Its ledger index.
@@ -398,21 +428,24 @@ pub struct RunRef {
 /// The evidence of one version.
 #[derive(Clone, Debug, Default)]
 pub struct VersionEvidence {
-    /// The latest run per (eval, model).
-    pub runs: BTreeMap<(String, String), RunRef>,
+    /// Every run per (eval, model), in ledger order: the latest is last, and the policy falls
+    /// back to an earlier one when a later one's key did not count at its time.
+    pub runs: BTreeMap<(String, String), Vec<RunRef>>,
+    /// Every pre-registration of the version's evals: `(index, time_ms, event)`, in ledger order.
+    pub preregistrations: Vec<(u64, u64, Arc<EvalPreregistered>)>,
     /// Every scan, as the badge policy reads them.
     pub scans: Vec<Scan>,
     /// The last badge issued, with its entry index.
     pub badge: Option<(u64, BadgeIssued)>,
 }
 
-/// A registered attester key.
+/// An attester key as introduced (registered, or rotated to).
 #[derive(Clone, Debug)]
 pub struct Attester {
     /// The key.
     pub key: VerifierKey,
     /// Its namespaces.
     pub namespaces: Vec<String>,
-    /// The KeyEvent that registered it.
+    /// The KeyEvent that introduced it.
     pub index: u64,
 }

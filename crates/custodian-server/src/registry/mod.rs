@@ -572,21 +572,13 @@ impl Registry {
         private: bool,
     ) -> Result<Option<Recorded<Arc<VersionRecord>>>, RegistryError> {
         let state = self.read();
-        let Some(package) = state.package(name) else {
-            return Ok(None);
-        };
-        let pinned = VerifierKey::parse(package.publisher_key()).ok();
-        if pinned.as_ref() != Some(key) {
-            return Err(RegistryError::PermissionDenied(format!(
-                "package {name:?} is pinned to publisher key {} (set by its first version); this version is signed by {}",
-                pinned.map(|k| k.handle()).unwrap_or_default(),
-                key.handle()
-            )));
-        }
-        let Some(record) = package.version(version) else {
-            return Ok(None);
-        };
-        if record.event.root != root || record.event.private != private {
+        let package = state.package(name);
+        // The same content under the same version, signed by the key it was published with, is
+        // the idempotent answer, even after that key was rotated away.
+        let record = package.and_then(|p| p.version(version));
+        if let Some(record) = record
+            && (record.event.root != root || record.event.private != private)
+        {
             return Err(RegistryError::AlreadyExists(format!(
                 "{name}@{version} is already published with package root {} ({}; ledger entry {}); versions are immutable, so publish the change as a new version",
                 record.event.root,
@@ -598,6 +590,32 @@ impl Registry {
                 record.index
             )));
         }
+        let same_key = record.is_some_and(|r| r.event.publisher_key == key.to_string());
+        if !same_key {
+            if let Some((index, reason, _)) = state
+                .keys()
+                .revocation(custodian_core::keys::PUBLISHER, &key.to_string())
+            {
+                return Err(RegistryError::PermissionDenied(format!(
+                    "publisher key {} was revoked ({reason}) by ledger entry {index}; it signs nothing new (custodian key introduce pins a new key)",
+                    key.handle()
+                )));
+            }
+            let Some(package) = package else {
+                return Ok(None);
+            };
+            let pinned = VerifierKey::parse(package.publisher_key()).ok();
+            if pinned.as_ref() != Some(key) {
+                return Err(RegistryError::PermissionDenied(format!(
+                    "package {name:?} is pinned to publisher key {} (by its first version or its latest key rotation); this version is signed by {} (custodian key rotate moves the pin, signed by both keys)",
+                    pinned.map(|k| k.handle()).unwrap_or_default(),
+                    key.handle()
+                )));
+            }
+        }
+        let Some(record) = record else {
+            return Ok(None);
+        };
         let record = record.clone();
         drop(state);
         let receipt = self.ledger().receipt(record.index)?;

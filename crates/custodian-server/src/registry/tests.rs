@@ -225,7 +225,9 @@ async fn attesters_and_runs_are_the_badge_inputs_the_index_keeps() {
     for view in [&*f.registry.read(), &replayed] {
         assert!(view.attester(&attester.verifier().handle()).is_some());
         let evidence = view.evidence("acme-bot", "1.0.0").expect("evidence");
-        let latest = &evidence.runs[&("e1".to_string(), "m1".to_string())];
+        let latest = evidence.runs[&("e1".to_string(), "m1".to_string())]
+            .last()
+            .expect("a run");
         assert_eq!(latest.index, receipt.index);
         assert!(latest.passed);
         // The built-in scanner judged the publication; its verdict is a badge input too.
