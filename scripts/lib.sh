@@ -93,6 +93,13 @@ ensure_moto() {
     say "installing the OCI artifact client (oras) into $venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check 'oras>=0.2.30,<0.3'
   fi
+  # OpenSSF model-signing: the ML world's signer and verifier, for OMS v1.0 both ways.
+  if ! "$venv/bin/python" -c 'import model_signing, OpenSSL' 2>/dev/null; then
+    say "installing the OpenSSF model-signing tool (model-signing 1.1.1) into $venv"
+    # 1.1.1 imports pyOpenSSL without declaring it.
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'model-signing==1.1.1' pyopenssl
+  fi
+  export CUSTODIAN_MODEL_SIGNING="$venv/bin/model_signing"
   export CUSTODIAN_MOTO_SERVER="$venv/bin/moto_server"
   export CUSTODIAN_PYTHON="$venv/bin/python"
 }

@@ -185,6 +185,7 @@ async fn publish(
             envelope: statement.sign(publisher).to_json(),
             publisher_key: publisher.verifier().to_string(),
             visibility: 0,
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner())

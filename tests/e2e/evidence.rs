@@ -26,28 +26,39 @@ const PACMAN_EVALS: [&str; 4] = [
     "level_completion",
 ];
 const PACMAN_MODELS: [&str; 2] = ["gpt-4.1", "claude-4.6-sonnet"];
+const CLASSIFIER_EVALS: [&str; 3] = ["label_accuracy", "format_following", "pii_leakage"];
+/// The eval harness every run here states and every pre-registration fixes.
+pub(crate) const HARNESS: &str =
+    "sha256:4e1b4c5a3f0d2e6b7a8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c";
 
-fn run(package: &str, version: &str, eval: &str, model: &str, passed: bool) -> serde_json::Value {
+pub(crate) fn run(
+    package: &str,
+    version: &str,
+    eval: &str,
+    model: &str,
+    passed: bool,
+) -> serde_json::Value {
     serde_json::json!({
         "package": package, "version": version, "eval_id": eval, "model": model, "passed": passed,
         "metrics": {"pass_rate": {"value": if passed { 0.98 } else { 0.41 }, "threshold": ">= 0.9"}},
-        "reproducibility_context": {"seed": 42, "cases": [format!("{eval}-001"), format!("{eval}-002")], "schema": "v1"},
+        "reproducibility_context": {"seed": 42, "cases": [format!("{eval}-001"), format!("{eval}-002")], "schema": "v1",
+                                    "harness_sha256": HARNESS, "sample_size": 2},
         "started_at": "2026-11-26T03:00:00Z", "finished_at": "2026-11-26T03:02:00.125Z",
         "runner": {"id": "ci.example/evals", "version": "1.0"},
     })
 }
 
-fn write_runs(dir: &Path, name: &str, runs: &[serde_json::Value]) -> String {
+pub(crate) fn write_runs(dir: &Path, name: &str, runs: &[serde_json::Value]) -> String {
     let path = dir.join(name);
     std::fs::write(&path, serde_json::to_vec(runs).expect("json")).expect("write runs");
     path.to_str().expect("utf-8").to_string()
 }
 
-fn badge(daemon: &Daemon, token: &str, spec: &str) -> serde_json::Value {
+pub(crate) fn badge(daemon: &Daemon, token: &str, spec: &str) -> serde_json::Value {
     json(stdout(&daemon.cli_as(Some(token), &["badge", spec, "--json"])).as_bytes())
 }
 
-fn codes(badge: &serde_json::Value) -> Vec<String> {
+pub(crate) fn codes(badge: &serde_json::Value) -> Vec<String> {
     badge["reasons"]
         .as_array()
         .expect("reasons")
@@ -58,7 +69,7 @@ fn codes(badge: &serde_json::Value) -> Vec<String> {
 
 /// Writes the version's bundle with `custodian badge -o` and checks it with `custodian verify`
 /// (offline); returns what verify printed.
-fn bundle_verifies(s: &Setup, spec: &str, path: &Path) -> String {
+pub(crate) fn bundle_verifies(s: &Setup, spec: &str, path: &Path) -> String {
     let path = path.to_str().expect("utf-8");
     stdout(&s.daemon.cli(&["badge", spec, "-o", path]));
     stdout(&offline(&["verify", path, "--key", &s.log_key]))
@@ -68,13 +79,36 @@ async fn evidence(daemon: &Daemon, token: &str) -> EvidenceClient<Authed> {
     daemon.connect(Some(token)).await.evidence()
 }
 
-struct Setup {
+pub(crate) struct Setup {
     _dir: tempfile::TempDir,
-    daemon: Daemon,
-    attester_token: String,
-    attester_key: String,
-    log_key: String,
-    dir: std::path::PathBuf,
+    pub(crate) daemon: Daemon,
+    pub(crate) attester_token: String,
+    pub(crate) attester_key: String,
+    pub(crate) publisher_key: String,
+    pub(crate) log_key: String,
+    pub(crate) dir: std::path::PathBuf,
+}
+
+/// Pre-registers `eval` of `spec` as every run here meets it: pass_rate >= 0.9 over 2 cases
+/// with [`HARNESS`], signed by the publisher.
+pub(crate) fn preregister(daemon: &Daemon, publisher_key: &str, spec: &str, eval: &str) -> String {
+    stdout(&daemon.cli(&[
+        "eval",
+        "preregister",
+        spec,
+        "--eval",
+        eval,
+        "--metric",
+        "pass_rate",
+        "--threshold",
+        ">= 0.9",
+        "--sample-size",
+        "2",
+        "--harness-sha256",
+        HARNESS,
+        "--key",
+        publisher_key,
+    ]))
 }
 
 /// A daemon with both example packages published and an attester registered.
@@ -83,6 +117,25 @@ fn setup() -> Setup {
 }
 
 fn setup_with(extra: &[&str]) -> Setup {
+    let s = setup_unregistered(extra);
+    // Policy v4 counts runs only after their eval's pre-registration.
+    for eval in PACMAN_EVALS {
+        preregister(&s.daemon, &s.publisher_key, "pacman-builder@0.2.1", eval);
+    }
+    for eval in CLASSIFIER_EVALS {
+        preregister(
+            &s.daemon,
+            &s.publisher_key,
+            "customer-support-classifier@0.1.0",
+            eval,
+        );
+    }
+    s
+}
+
+/// A daemon with both example packages published and an attester registered; nothing
+/// pre-registered.
+pub(crate) fn setup_unregistered(extra: &[&str]) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start_with(&dir.path().join("data"), extra);
     let (publisher, _) = generate_key(dir.path(), "acme");
@@ -103,12 +156,14 @@ fn setup_with(extra: &[&str]) -> Setup {
     ));
     assert!(out.starts_with("registered attester evals-ci+"), "{out}");
     let log_key = stdout(&daemon.cli(&["log", "key"])).trim().to_string();
+    let publisher_key = publisher.to_str().expect("utf-8").to_string();
     Setup {
         dir: dir.path().to_path_buf(),
         _dir: dir,
         daemon,
         attester_token,
         attester_key: key.to_str().expect("utf-8").to_string(),
+        publisher_key,
         log_key,
     }
 }
@@ -237,8 +292,7 @@ async fn badges_follow_the_evidence_on_the_example_packages() {
     // The classifier: its license (private-commercial) is neither SPDX nor one of this
     // registry's license ids → review even with every run and a clean scan; a model without a
     // run is also review.
-    let classifier_evals = ["label_accuracy", "format_following", "pii_leakage"];
-    let some: Vec<_> = classifier_evals[..2]
+    let some: Vec<_> = CLASSIFIER_EVALS[..2]
         .iter()
         .map(|e| {
             run(
@@ -640,7 +694,7 @@ async fn every_tampered_part_of_a_bundle_is_named() {
 async fn old_evidence_is_review() {
     let s = setup_with(&["--badge-max-age", "50ms"]);
     let (daemon, token) = (&s.daemon, s.attester_token.as_str());
-    let runs: Vec<_> = ["label_accuracy", "format_following", "pii_leakage"]
+    let runs: Vec<_> = CLASSIFIER_EVALS
         .iter()
         .map(|e| {
             run(

@@ -657,6 +657,7 @@ async fn every_rejection_is_clear_and_records_nothing() {
         envelope,
         publisher_key: publisher.verifier().to_string(),
         visibility: 0,
+        ..Default::default()
     };
 
     let before = log_size(&daemon).await;
@@ -787,6 +788,7 @@ async fn every_rejection_is_clear_and_records_nothing() {
             envelope: good.clone(),
             publisher_key: "not-a-key".into(),
             visibility: 0,
+            ..Default::default()
         },
         Code::InvalidArgument,
         "field publisher_key",

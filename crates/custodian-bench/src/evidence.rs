@@ -197,6 +197,7 @@ pub(crate) async fn publish_and_register(
             envelope: statement.sign(&publisher).to_json(),
             publisher_key: publisher.verifier().to_string(),
             visibility: 0,
+            ..Default::default()
         })
         .await?
         .into_inner()

@@ -8,6 +8,7 @@ mod eval;
 mod evidence;
 mod keys;
 mod log;
+mod modelsig;
 mod oci;
 mod output;
 mod pack;

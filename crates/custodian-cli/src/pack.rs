@@ -50,7 +50,8 @@ stops the build, naming the file and rule, unless --allow-secrets."
     Build {
         /// The package folder (with manifest.yaml)
         dir: PathBuf,
-        /// Your private key (from `custodian key generate`); not needed with --dry-run
+        /// Your private key: Ed25519 from `custodian key generate`, or with --format oms an
+        /// ECDSA P-256, P-384 or P-521 key in PEM; not needed with --dry-run
         #[arg(
             long,
             env = "CUSTODIAN_PUBLISHER_KEY",
@@ -58,6 +59,11 @@ stops the build, naming the file and rule, unless --allow-secrets."
             required_unless_present = "dry_run"
         )]
         key: Option<PathBuf>,
+        /// custodian: sign .custodian/package.dsse.json (Ed25519, what `publish` sends); oms:
+        /// write model.sig, an OpenSSF model-signing v1.0 signature that `model_signing verify
+        /// key` checks (ECDSA)
+        #[arg(long, value_enum, default_value = "custodian")]
+        format: SignatureFormat,
         /// List what would be packaged and what is left out (and why), check and scan, but sign
         /// and write nothing
         #[arg(long)]
@@ -106,12 +112,25 @@ PromptPack resources are valid. Exits 1 listing everything that does not hold."
         /// The package folder
         dir: PathBuf,
         /// The publisher's verifier key: a .pub file or the key text
-        #[arg(long, value_name = "VKEY")]
-        key: String,
+        #[arg(long, value_name = "VKEY", required_unless_present = "oms_key")]
+        key: Option<String>,
+        /// Also (or only) verify DIR/model.sig, an OpenSSF model-signing signature, with this
+        /// ECDSA public key (PEM), against every file of the folder
+        #[arg(long, value_name = "PEM")]
+        oms_key: Option<PathBuf>,
         /// Print JSON
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What `pack build` signs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignatureFormat {
+    /// Custodian's DSSE envelope in .custodian/ (Ed25519).
+    Custodian,
+    /// An OpenSSF model-signing v1.0 model.sig (ECDSA).
+    Oms,
 }
 
 /// The file in a package folder that lists more files to leave out (gitignore syntax).
@@ -235,6 +254,11 @@ pub fn list_folder(dir: &Path) -> anyhow::Result<Listing> {
                 if rel == META_DIR || SKIPPED_DIRS.iter().any(|d| name == *d) {
                     continue;
                 }
+            }
+            // An OpenSSF model-signing signature beside the files is a signature, like
+            // .custodian/, not content.
+            if rel == custodian_core::oms::SIGNATURE_FILE && kind.is_file() {
+                continue;
             }
             if let ignore::Match::Ignore(glob) = rules.matched(&path, kind.is_dir()) {
                 excluded.push(Excluded {
@@ -761,6 +785,54 @@ pub fn run(command: PackCommand) -> anyhow::Result<ExitCode> {
             key,
             allow_secrets,
             json,
+            format: SignatureFormat::Oms,
+            ..
+        } => {
+            let key = crate::modelsig::load_private(&key.context("--key is required to sign")?)?;
+            let package = check(&dir, allow_secrets)?;
+            let Some(manifest) = package.manifest.as_ref() else {
+                bail!("{} is not a valid package", dir.display());
+            };
+            let path =
+                crate::modelsig::sign_package(&dir, &package.files, &package.excluded, &key)?;
+            let public = key.public();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "name": manifest.name, "version": manifest.version.to_string(),
+                        "files": package.files.len(), "signature": path.display().to_string(),
+                        "format": "oms", "curve": public.curve(), "key_hint": public.hint(),
+                        "warnings": package.report.warnings,
+                    }))?
+                );
+            } else {
+                print_report(&package.report);
+                println!(
+                    "signed {}@{} for OpenSSF model-signing: {} files",
+                    manifest.name,
+                    manifest.version,
+                    package.files.len()
+                );
+                println!("  signature        {}", path.display());
+                println!(
+                    "  key              ECDSA {} (hint {})",
+                    public.curve(),
+                    public.hint()
+                );
+                println!(
+                    "  check it with    model_signing verify key {} --signature {} --public-key PUBLIC.pem",
+                    dir.display(),
+                    path.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PackCommand::Build {
+            dir,
+            key,
+            allow_secrets,
+            json,
             ..
         } => {
             let key = load_signer(&key.context("--key is required to sign")?)?;
@@ -798,7 +870,34 @@ pub fn run(command: PackCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        PackCommand::Verify { dir, key, json } => {
+        PackCommand::Verify {
+            dir,
+            key,
+            oms_key,
+            json,
+        } => {
+            let oms = match &oms_key {
+                Some(path) => {
+                    let signed =
+                        crate::modelsig::verify_folder(&dir, &crate::modelsig::load_public(path)?)?;
+                    if !json {
+                        println!(
+                            "ok: {} matches its OpenSSF model-signing signature: {} files signed by the ECDSA key in {}",
+                            dir.display(),
+                            signed.files.len(),
+                            path.display()
+                        );
+                    }
+                    Some(signed.files.len())
+                }
+                None => None,
+            };
+            let Some(key) = key else {
+                if json {
+                    println!("{}", serde_json::json!({"ok": true, "oms": {"files": oms}}));
+                }
+                return Ok(ExitCode::SUCCESS);
+            };
             let key = load_verifier(&key)?;
             let envelope = read_envelope(&dir)?;
             let (statement, report) = verify(&dir, &envelope, &key)?;
@@ -812,6 +911,7 @@ pub fn run(command: PackCommand) -> anyhow::Result<ExitCode> {
                         "root": statement.as_ref().map(|s| format!("sha256:{}", s.tree.root().to_hex())),
                         "errors": report.errors,
                         "warnings": report.warnings,
+                        "oms": oms.map(|files| serde_json::json!({"files": files})),
                     }))?
                 );
             } else {

@@ -43,6 +43,11 @@ pub struct PublishArgs {
     /// Readable only with a read grant for the package's namespace
     #[arg(long)]
     private: bool,
+    /// Bring the folder's OpenSSF model-signing signature (DIR/model.sig) along, verified with
+    /// this ECDSA public key (PEM): it must sign exactly the package's files, and is recorded in
+    /// the ledger with the publication; `install` writes it back
+    #[arg(long, value_name = "PEM", conflicts_with = "from_oci")]
+    oms_key: Option<PathBuf>,
     /// Write the ledger receipt of the publication to this file
     #[arg(long, value_name = "FILE")]
     receipt: Option<PathBuf>,
@@ -210,6 +215,27 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let files = statement.tree.files();
+    // The OMS signature must hold over the folder and sign exactly the package's files (the
+    // daemon checks the second again), so a mismatch is named before anything is uploaded.
+    let oms = match &args.oms_key {
+        Some(path) => {
+            let key = crate::modelsig::load_public(path)?;
+            let signed = crate::modelsig::verify_folder(dir, &key)?;
+            let package: std::collections::BTreeMap<String, custodian_core::Digest> =
+                files.iter().map(|f| (f.path.clone(), f.sha256)).collect();
+            let differences = custodian_core::oms::differences(&signed.files, &package);
+            if !differences.is_empty() {
+                bail!(
+                    "the OMS signature in {} signs other files than the package holds (its exclusion rules differ): {}",
+                    dir.display(),
+                    differences.join("; ")
+                );
+            }
+            let signature = std::fs::read_to_string(dir.join(custodian_core::oms::SIGNATURE_FILE))?;
+            Some((signature, key.to_pem()))
+        }
+        None => None,
+    };
     let mut store = args.server.connect().await?.store();
     let digests: Vec<String> = files
         .iter()
@@ -248,6 +274,8 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
             } else {
                 pb::Visibility::Public
             } as i32,
+            oms_signature: oms.as_ref().map(|o| o.0.clone()).unwrap_or_default(),
+            oms_public_key: oms.map(|o| o.1).unwrap_or_default(),
         })
         .await
         .map_err(status_error)?
@@ -417,6 +445,24 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
     );
     println!("  package root     {}", record.root);
     println!("  ledger entry     {}", record.ledger_index);
+    // The OpenSSF model-signing signature it was published with goes back beside the files,
+    // checked first against what was just installed, so `model_signing verify` works on the
+    // copy; its key is kept in .custodian/ for convenience (trust it only as far as the ledger).
+    if !record.oms_signature.is_empty() {
+        let key = custodian_core::oms::PublicKey::from_pem(&record.oms_public_key)
+            .context("the version's OMS public key")?;
+        custodian_core::oms::check_package(&record.oms_signature, &record.oms_public_key, files)
+            .context("the version's OMS signature does not match its files")?;
+        std::fs::write(
+            out.join(custodian_core::oms::SIGNATURE_FILE),
+            &record.oms_signature,
+        )?;
+        std::fs::write(out.join(".custodian/oms.pub.pem"), key.to_pem())?;
+        println!(
+            "  model.sig        OpenSSF model-signing signature, ECDSA {} (key in .custodian/oms.pub.pem)",
+            key.curve()
+        );
+    }
     // The badge as the registry evaluates it now; installs go ahead whatever it says, as a
     // package manager shows a warning rather than refusing.
     let badge = args

@@ -1096,7 +1096,7 @@ mod properties {
             preregistrations: &[],
             publisher_key: None,
         };
-        evaluate(&e, 2_000, DEFAULT_MAX_AGE_MS)
+        evaluate_policy(POLICY_V3, &e, 2_000, DEFAULT_MAX_AGE_MS).expect("v3 is known")
     }
 
     proptest! {
@@ -1244,7 +1244,13 @@ mod v4 {
 
     #[test]
     fn each_preregistration_failure_has_its_own_reason() {
-        let cases: Vec<(Vec<Run>, Vec<Preregistration>, (&str, Option<u64>), State)> = vec![
+        type Case = (
+            Vec<Run>,
+            Vec<Preregistration>,
+            (&'static str, Option<u64>),
+            State,
+        );
+        let cases: Vec<Case> = vec![
             (
                 vec![run(5, 0.81)],
                 vec![],

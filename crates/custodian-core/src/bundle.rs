@@ -344,10 +344,19 @@ pub fn verify(bytes: &[u8], log_key: &VerifierKey) -> Result<Verified, BundleErr
         let key = VerifierKey::parse(&published.publisher_key).ok()?;
         let envelope = Envelope::parse(published.envelope.as_bytes()).ok()?;
         let statement = PackageStatement::open(&envelope, &key).ok()?;
+        // An OMS signature recorded with the publication must hold too, over the same files.
+        let oms_ok = match (&published.oms_signature, &published.oms_public_key) {
+            (None, None) => true,
+            (Some(signature), Some(key)) => {
+                crate::oms::check_package(signature, key, statement.tree.files()).is_ok()
+            }
+            _ => false,
+        };
         (format!("sha256:{}", statement.tree.root().to_hex()) == published.root
             && statement.manifest_digest() == manifest_digest
             && statement.name == published.name
-            && statement.version == published.version)
+            && statement.version == published.version
+            && oms_ok)
             .then_some(())
     })()
     .is_some();

@@ -643,13 +643,6 @@ mod tests {
                     ..revoke(ATTESTER, &a, COMPROMISE, 5)
                 },
             ),
-            (
-                "effective_ms",
-                KeyEvent {
-                    effective_ms: None,
-                    ..revoke(ATTESTER, &a, COMPROMISE, 5)
-                },
-            ),
         ];
         for (name, event) in cases {
             match check_event(&event, 1) {

@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod merkle;
 pub mod note;
 pub mod oci;
+pub mod oms;
 pub mod package;
 pub mod prereg;
 pub mod promptpack;

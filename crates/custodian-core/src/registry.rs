@@ -42,6 +42,13 @@ pub struct PackagePublished {
     pub envelope: String,
     /// True if the version is readable only with a read grant.
     pub private: bool,
+    /// An OpenSSF model-signing v1.0 signature over the same files (`model.sig`, JSON text),
+    /// if the publisher brought one (see `oms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oms_signature: Option<String>,
+    /// The ECDSA public key (PEM) the OMS signature verifies with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oms_public_key: Option<String>,
 }
 
 /// A package version was yanked. It stays fetchable; installers warn.

@@ -88,6 +88,8 @@ fn fixture(last_passes: bool) -> Fixture {
         publisher_key: publisher.verifier().to_string(),
         envelope: statement.sign(&publisher).to_json(),
         private: false,
+        oms_signature: None,
+        oms_public_key: None,
     });
     log.append(&KeyEvent {
         action: None,

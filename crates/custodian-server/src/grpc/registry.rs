@@ -102,6 +102,12 @@ pub fn version_pb(
         } else {
             String::new()
         },
+        oms_signature: e.oms_signature.clone().filter(|_| full).unwrap_or_default(),
+        oms_public_key: e
+            .oms_public_key
+            .clone()
+            .filter(|_| full)
+            .unwrap_or_default(),
         data_pack: record
             .data_pack
             .as_ref()
@@ -155,9 +161,30 @@ impl RegistryRpc for RegistryService {
                 )));
             }
         };
+        let oms = match (
+            request.oms_signature.is_empty(),
+            request.oms_public_key.is_empty(),
+        ) {
+            (true, true) => None,
+            (false, false) => Some(crate::registry::OmsSignature {
+                signature: request.oms_signature.clone(),
+                public_key: request.oms_public_key.clone(),
+            }),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "field oms_signature: an OMS signature and its oms_public_key come together",
+                ));
+            }
+        };
         let (recorded, scanned) = self
             .registry
-            .publish_and_scan(&who, &request.envelope, &request.publisher_key, private)
+            .publish_and_scan(
+                &who,
+                &request.envelope,
+                &request.publisher_key,
+                private,
+                oms.as_ref(),
+            )
             .await?;
         Ok(Response::new(pb::PublishVersionResponse {
             version: Some(version_pb(&self.registry, &who, &recorded.record, true)),

@@ -25,6 +25,12 @@ use super::{DataPackRecord, VersionRecord, Yank};
 /// Entries replayed per read at start-up.
 const REPLAY_CHUNK: u64 = 4096;
 
+/// How many of the latest runs of each eval × model the index keeps. The badge counts the latest
+/// run whose key was valid at its ledger time; when a revocation invalidates all of these, the
+/// badge asks for a new run (`run_missing`, with each invalid run named) rather than reaching
+/// further back — conservative, never greener than the full history.
+pub const RUN_WINDOW: usize = 8;
+
 /// One package: its pinned publisher key and its versions.
 #[derive(Default)]
 pub struct Package {
@@ -248,18 +254,20 @@ impl Index {
                     .evidence
                     .entry((e.name.clone(), e.version.clone()))
                     .or_default();
-                slot.runs
-                    .entry((e.eval_id, e.model))
-                    .or_default()
-                    .push(RunRef {
-                        index,
-                        time_ms: entry.time_ms,
-                        passed: e.passed,
-                        data_pack: e.data_pack_sha256,
-                        context: e.context_sha256,
-                        runner: e.runner,
-                        attester: e.attester_key,
-                    });
+                let runs = slot.runs.entry((e.eval_id, e.model)).or_default();
+                // A bounded window, so memory does not grow with the number of runs.
+                if runs.len() == RUN_WINDOW {
+                    runs.remove(0);
+                }
+                runs.push(RunRef {
+                    index,
+                    time_ms: entry.time_ms,
+                    passed: e.passed,
+                    data_pack: e.data_pack_sha256,
+                    context: e.context_sha256,
+                    runner: e.runner,
+                    attester: e.attester_key,
+                });
             }
             EntryKind::ScanRecorded => {
                 let e: ScanRecorded = entry.event().map_err(|e| e.to_string())?;
@@ -428,8 +436,9 @@ pub struct RunRef {
 /// The evidence of one version.
 #[derive(Clone, Debug, Default)]
 pub struct VersionEvidence {
-    /// Every run per (eval, model), in ledger order: the latest is last, and the policy falls
-    /// back to an earlier one when a later one's key did not count at its time.
+    /// The latest runs per (eval, model), at most [`RUN_WINDOW`], in ledger order: the latest
+    /// is last, and the policy falls back to an earlier one when a later one's key did not count
+    /// at its time.
     pub runs: BTreeMap<(String, String), Vec<RunRef>>,
     /// Every pre-registration of the version's evals: `(index, time_ms, event)`, in ledger order.
     pub preregistrations: Vec<(u64, u64, Arc<EvalPreregistered>)>,

@@ -192,6 +192,16 @@ pub(crate) fn not_found_version(name: &str, version: &str) -> RegistryError {
     RegistryError::NotFound(format!("package {name:?} has no version {version:?}"))
 }
 
+/// An OpenSSF model-signing v1.0 signature brought with a publication (see
+/// `custodian_core::oms`).
+#[derive(Clone, Debug)]
+pub struct OmsSignature {
+    /// The `model.sig` Sigstore bundle, JSON.
+    pub signature: String,
+    /// The ECDSA public key it verifies with, PEM.
+    pub public_key: String,
+}
+
 pub(crate) fn invalid(field: &str, message: impl std::fmt::Display) -> RegistryError {
     RegistryError::InvalidArgument(format!("field {field}: {message}"))
 }
@@ -407,7 +417,8 @@ impl Registry {
         }
     }
 
-    /// Publishes a signed package version whose files are already in custody. The built-in
+    /// Publishes a signed package version whose files are already in custody. An OpenSSF
+    /// model-signing signature (`oms`) over the same files is checked and recorded with it. The built-in
     /// scanner reads every file before anything is appended: a publication carrying a secret
     /// is refused and leaves no trace in the log. The scan's report is returned for recording
     /// (`None` when the version was already published).
@@ -417,6 +428,7 @@ impl Registry {
         envelope_json: &str,
         publisher_key: &str,
         private: bool,
+        oms: Option<&OmsSignature>,
     ) -> Result<(Recorded<Arc<VersionRecord>>, Option<custodian_scan::Report>), RegistryError> {
         let key = VerifierKey::parse(publisher_key).map_err(|e| invalid("publisher_key", e))?;
         let envelope =
@@ -432,6 +444,15 @@ impl Registry {
             )
         })?;
         require(who, Scope::Publish, &name, "publish")?;
+        // An OMS signature brought along must sign exactly the files the envelope signs.
+        if let Some(oms) = oms {
+            custodian_core::oms::check_package(
+                &oms.signature,
+                &oms.public_key,
+                statement.tree.files(),
+            )
+            .map_err(|e| invalid("oms_signature", e))?;
+        }
         let root = format!("sha256:{}", statement.tree.root().to_hex());
         if let Some(existing) = self.existing(&name, &version, &root, &key, private)? {
             return Ok((existing, None));
@@ -495,6 +516,8 @@ impl Registry {
             publisher_key: key.to_string(),
             envelope: envelope.to_json(),
             private,
+            oms_signature: oms.map(|o| o.signature.clone()),
+            oms_public_key: oms.map(|o| o.public_key.clone()),
         };
         let (index, _, receipt, entry) = self.append(&event).await?;
         self.apply(index, &entry);
@@ -524,9 +547,10 @@ impl Registry {
         envelope_json: &str,
         publisher_key: &str,
         private: bool,
+        oms: Option<&OmsSignature>,
     ) -> Result<(Recorded<Arc<VersionRecord>>, Option<crate::scan::Scanned>), RegistryError> {
         let (recorded, scan) = self
-            .publish(who, envelope_json, publisher_key, private)
+            .publish(who, envelope_json, publisher_key, private, oms)
             .await?;
         let Some(report) = scan.filter(|_| !recorded.already) else {
             return Ok((recorded, None));
@@ -576,21 +600,11 @@ impl Registry {
         // The same content under the same version, signed by the key it was published with, is
         // the idempotent answer, even after that key was rotated away.
         let record = package.and_then(|p| p.version(version));
-        if let Some(record) = record
-            && (record.event.root != root || record.event.private != private)
-        {
-            return Err(RegistryError::AlreadyExists(format!(
-                "{name}@{version} is already published with package root {} ({}; ledger entry {}); versions are immutable, so publish the change as a new version",
-                record.event.root,
-                if record.event.private {
-                    "private"
-                } else {
-                    "public"
-                },
-                record.index
-            )));
-        }
-        let same_key = record.is_some_and(|r| r.event.publisher_key == key.to_string());
+        let same_key = record.is_some_and(|r| {
+            r.event.publisher_key == key.to_string()
+                && r.event.root == root
+                && r.event.private == private
+        });
         if !same_key {
             if let Some((index, reason, _)) = state
                 .keys()
@@ -612,6 +626,20 @@ impl Registry {
                     key.handle()
                 )));
             }
+        }
+        if let Some(record) = record
+            && (record.event.root != root || record.event.private != private)
+        {
+            return Err(RegistryError::AlreadyExists(format!(
+                "{name}@{version} is already published with package root {} ({}; ledger entry {}); versions are immutable, so publish the change as a new version",
+                record.event.root,
+                if record.event.private {
+                    "private"
+                } else {
+                    "public"
+                },
+                record.index
+            )));
         }
         let Some(record) = record else {
             return Ok(None);

@@ -84,6 +84,7 @@ impl Fixture {
                 &statement.sign(&self.publisher).to_json(),
                 &self.publisher.verifier().to_string(),
                 private,
+                None,
             )
             .await?;
         Ok(recorded.record.index)
