@@ -162,6 +162,20 @@ custodian oci history acme/mirror:stable --key log.vkey | tee history.out
 grep -q '\[verified\]' history.out || fail "the tag's history did not verify"
 step "custodian badge pacman-builder@0.2.1 --format vsa -o pacman-builder.vsa.json   # the badge as a SLSA VSA"
 custodian badge pacman-builder@0.2.1 --format vsa -o pacman-builder.vsa.json >/dev/null
+# Keys rotate in the ledger; what was signed before keeps verifying.
+step "custodian key generate keys/acme-2027"
+custodian key generate keys/acme-2027
+step "custodian key rotate --role publisher --old keys/acme-release.key --new keys/acme-2027.key --for pacman-builder --for customer-support-classifier"
+custodian key rotate --role publisher --old keys/acme-release.key --new keys/acme-2027.key \
+  --for pacman-builder --for customer-support-classifier
+custodian badge pacman-builder@0.2.1 -o rotated.bundle.json | grep -q ': GREEN' \
+  || fail "pacman-builder is not green after the key rotation"
+CUSTODIAN_SERVER=http://127.0.0.1:9 custodian verify rotated.bundle.json --key log.vkey >/dev/null
+# The ML world's signature format, for their tools.
+step "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ml.pem"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ml.pem 2>/dev/null
+step "custodian pack build pacman-builder --format oms --key ml.pem"
+custodian pack build pacman-builder --format oms --key ml.pem
 step "custodian log verify-receipt pub.receipt.json --key log.vkey     # offline"
 CUSTODIAN_SERVER=http://127.0.0.1:9 custodian log verify-receipt pub.receipt.json --key log.vkey
 step "custodian log checkpoint > saved.checkpoint"

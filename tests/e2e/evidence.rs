@@ -75,6 +75,24 @@ pub(crate) fn bundle_verifies(s: &Setup, spec: &str, path: &Path) -> String {
     stdout(&offline(&["verify", path, "--key", &s.log_key]))
 }
 
+/// Runs the independent Python verifier (tests/interop/verify_bundle.py) on a bundle and
+/// asserts that it accepts it.
+pub(crate) fn python_verifies(bundle: &Path, log_key: &str) {
+    let out = std::process::Command::new(crate::registry::python())
+        .arg(examples().join("../tests/interop/verify_bundle.py"))
+        .arg(bundle)
+        .arg(log_key)
+        .output()
+        .expect("run python (scripts/test provides the venv)");
+    assert!(
+        out.status.success(),
+        "the Python verifier refused {}: {}{}",
+        bundle.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 async fn evidence(daemon: &Daemon, token: &str) -> EvidenceClient<Authed> {
     daemon.connect(Some(token)).await.evidence()
 }
@@ -92,23 +110,39 @@ pub(crate) struct Setup {
 /// Pre-registers `eval` of `spec` as every run here meets it: pass_rate >= 0.9 over 2 cases
 /// with [`HARNESS`], signed by the publisher.
 pub(crate) fn preregister(daemon: &Daemon, publisher_key: &str, spec: &str, eval: &str) -> String {
-    stdout(&daemon.cli(&[
-        "eval",
-        "preregister",
-        spec,
-        "--eval",
-        eval,
-        "--metric",
-        "pass_rate",
-        "--threshold",
-        ">= 0.9",
-        "--sample-size",
-        "2",
-        "--harness-sha256",
-        HARNESS,
-        "--key",
-        publisher_key,
-    ]))
+    stdout(&preregister_with(daemon, publisher_key, spec, eval, &[]))
+}
+
+/// `custodian eval preregister` with [`preregister`]'s terms, each replaced by the flag of the
+/// same name in `changes`; flags it does not set are added.
+pub(crate) fn preregister_with(
+    daemon: &Daemon,
+    key: &str,
+    spec: &str,
+    eval: &str,
+    changes: &[(&str, &str)],
+) -> std::process::Output {
+    let mut terms = vec![
+        ("--metric", "pass_rate"),
+        ("--threshold", ">= 0.9"),
+        ("--sample-size", "2"),
+        ("--harness-sha256", HARNESS),
+        ("--key", key),
+    ];
+    for (flag, value) in changes {
+        match terms.iter_mut().find(|(f, _)| f == flag) {
+            Some(term) => term.1 = value,
+            None => terms.push((flag, value)),
+        }
+    }
+    let mut args = vec!["eval", "preregister", spec, "--eval", eval];
+    for (flag, value) in &terms {
+        args.push(flag);
+        if !value.is_empty() {
+            args.push(value);
+        }
+    }
+    daemon.cli(&args)
 }
 
 /// A daemon with both example packages published and an attester registered.

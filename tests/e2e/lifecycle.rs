@@ -3,12 +3,12 @@
 //! and by the independent Python verifier written from docs/verifying.md.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::evidence::{
-    HARNESS, Setup, badge, bundle_verifies, codes, preregister, run, setup_unregistered, write_runs,
+    Setup, badge, bundle_verifies, codes, preregister, preregister_with, python_verifies, run,
+    setup_unregistered, write_runs,
 };
-use crate::registry::{copy_example, examples, generate_key, offline, python, stdout};
+use crate::registry::{copy_example, generate_key, offline, stdout};
 
 const CLASSIFIER: &str = "customer-support-classifier@0.1.0";
 const MODEL: &str = "gpt-4.1-mini";
@@ -53,18 +53,7 @@ fn verified_offline(s: &Setup, spec: &str, file: &str) -> serde_json::Value {
     bundle_verifies(s, spec, &path);
     let path = path.to_str().expect("utf-8");
     let out = stdout(&offline(&["verify", path, "--key", &s.log_key, "--json"]));
-    let python = Command::new(python())
-        .arg(examples().join("../tests/interop/verify_bundle.py"))
-        .arg(path)
-        .arg(&s.log_key)
-        .output()
-        .expect("run python (scripts/test provides the venv)");
-    assert!(
-        python.status.success(),
-        "the Python verifier refused {spec}: {}{}",
-        String::from_utf8_lossy(&python.stdout),
-        String::from_utf8_lossy(&python.stderr)
-    );
+    python_verifies(Path::new(path), &s.log_key);
     serde_json::from_str::<serde_json::Value>(&out).expect("json")["badge"].clone()
 }
 
@@ -86,24 +75,13 @@ async fn preregistration_failures_are_named_and_a_clean_sequence_is_green() {
     // result was in — the changed terms are named.
     preregister(&s.daemon, &publisher, CLASSIFIER, "format_following");
     let ff = attest(&s, "ff.json", &[classifier_run("format_following")]);
-    let changed = stdout(&s.daemon.cli(&[
-        "eval",
-        "preregister",
-        CLASSIFIER,
-        "--eval",
-        "format_following",
-        "--metric",
-        "pass_rate",
-        "--threshold",
-        ">= 0.5",
-        "--sample-size",
-        "2",
-        "--harness-sha256",
-        HARNESS,
-        "--key",
+    let changed = stdout(&preregister_with(
+        &s.daemon,
         &publisher,
-        "--json",
-    ]));
+        CLASSIFIER,
+        "format_following",
+        &[("--threshold", ">= 0.5"), ("--json", "")],
+    ));
     let changed_at =
         serde_json::from_str::<serde_json::Value>(&changed).expect("json")["ledger_index"]
             .as_u64()
@@ -111,25 +89,13 @@ async fn preregistration_failures_are_named_and_a_clean_sequence_is_green() {
 
     // pii_leakage: pre-registered with a data pack and a harness the run does not use.
     let other_pack = format!("sha256:{}", "d".repeat(64));
-    stdout(&s.daemon.cli(&[
-        "eval",
-        "preregister",
-        CLASSIFIER,
-        "--eval",
-        "pii_leakage",
-        "--metric",
-        "pass_rate",
-        "--threshold",
-        ">= 0.9",
-        "--sample-size",
-        "2",
-        "--harness-sha256",
-        HARNESS,
-        "--data-pack-sha256",
-        &other_pack,
-        "--key",
+    stdout(&preregister_with(
+        &s.daemon,
         &publisher,
-    ]));
+        CLASSIFIER,
+        "pii_leakage",
+        &[("--data-pack-sha256", &other_pack)],
+    ));
     let pii = attest(&s, "pii.json", &[classifier_run("pii_leakage")]);
 
     let b = badge(&s.daemon, &s.attester_token, CLASSIFIER);
@@ -199,46 +165,20 @@ async fn preregistration_failures_are_named_and_a_clean_sequence_is_green() {
     // Refused: a signer that is neither the publisher nor an attester, and an eval the manifest
     // does not declare.
     let (stranger, _) = generate_key(&s.dir, "stranger");
-    let out = s.daemon.cli(&[
-        "eval",
-        "preregister",
-        CLASSIFIER,
-        "--eval",
-        "label_accuracy",
-        "--metric",
-        "pass_rate",
-        "--threshold",
-        ">= 0.9",
-        "--sample-size",
-        "2",
-        "--harness-sha256",
-        HARNESS,
-        "--key",
+    let out = preregister_with(
+        &s.daemon,
         stranger.to_str().expect("utf-8"),
-    ]);
+        CLASSIFIER,
+        "label_accuracy",
+        &[],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("neither") && err.contains("publisher key"),
         "{err}"
     );
-    let out = s.daemon.cli(&[
-        "eval",
-        "preregister",
-        CLASSIFIER,
-        "--eval",
-        "no_such_eval",
-        "--metric",
-        "pass_rate",
-        "--threshold",
-        ">= 0.9",
-        "--sample-size",
-        "2",
-        "--harness-sha256",
-        HARNESS,
-        "--key",
-        &publisher,
-    ]);
+    let out = preregister_with(&s.daemon, &publisher, CLASSIFIER, "no_such_eval", &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("predicate.eval_id") && err.contains("no_such_eval"),

@@ -57,6 +57,17 @@ fn their_verify(dir: &Path, public: &str, extra: &[&str]) -> Output {
         .expect("run model_signing (scripts/test installs it)")
 }
 
+/// `model_signing sign key DIR` with the signature beside the files.
+fn their_sign(dir: &Path, private: &str) {
+    run_ok(
+        Command::new(model_signing())
+            .args(["sign", "key"])
+            .arg(dir)
+            .args(["--private_key", private, "--signature"])
+            .arg(dir.join("model.sig")),
+    );
+}
+
 fn append(path: &Path, text: &str) {
     let mut bytes = std::fs::read(path).expect("read");
     bytes.extend_from_slice(text.as_bytes());
@@ -101,7 +112,7 @@ fn model_signing_verifies_our_signature_and_a_changed_file_fails() {
     append(&package.join("manifest.yaml"), "\n");
     assert!(
         !their_verify(
-            &package,
+            package,
             &dir.path().join("P-256.pub.pem").display().to_string(),
             &[]
         )
@@ -147,13 +158,7 @@ fn a_package_model_signing_signed_is_verified_published_installed_and_ledgered()
     let package = copy_example("customer-support-classifier", dir.path());
 
     // Their tool signs the folder; ours verifies it.
-    run_ok(
-        Command::new(model_signing())
-            .args(["sign", "key"])
-            .arg(&package)
-            .args(["--private_key", &private, "--signature"])
-            .arg(package.join("model.sig")),
-    );
+    their_sign(&package, &private);
     let out = stdout(&offline(&[
         "pack",
         "verify",
@@ -163,18 +168,24 @@ fn a_package_model_signing_signed_is_verified_published_installed_and_ledgered()
     ]));
     assert!(out.contains("9 files"), "{out}");
 
+    let publish = |extra: &[&str]| {
+        let mut args = vec![
+            "publish",
+            package.to_str().expect("utf-8"),
+            "--key",
+            publisher.to_str().expect("utf-8"),
+            "--oms-key",
+            &public,
+        ];
+        args.extend_from_slice(extra);
+        daemon.cli(&args)
+    };
+
     // A changed file is refused before anything is uploaded, naming it.
     let readme = package.join("README.md");
     let original = std::fs::read(&readme).expect("readme");
     append(&readme, "tampered\n");
-    let out = daemon.cli(&[
-        "publish",
-        package.to_str().expect("utf-8"),
-        "--key",
-        publisher.to_str().expect("utf-8"),
-        "--oms-key",
-        &public,
-    ]);
+    let out = publish(&[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("README.md: changed"),
@@ -183,15 +194,7 @@ fn a_package_model_signing_signed_is_verified_published_installed_and_ledgered()
     std::fs::write(&readme, original).expect("restore");
 
     // Published with our key too; the OMS signature is recorded with the publication.
-    let out = stdout(&daemon.cli(&[
-        "publish",
-        package.to_str().expect("utf-8"),
-        "--key",
-        publisher.to_str().expect("utf-8"),
-        "--oms-key",
-        &public,
-        "--json",
-    ]));
+    let out = stdout(&publish(&["--json"]));
     let index = serde_json::from_str::<serde_json::Value>(&out).expect("json")["ledger_index"]
         .as_u64()
         .expect("ledger index");
@@ -239,24 +242,17 @@ fn a_package_model_signing_signed_is_verified_published_installed_and_ledgered()
         "--key",
         &log_key,
     ]));
+    // The independent verifier checks the recorded OMS signature too.
+    crate::evidence::python_verifies(&bundle, &log_key);
 
-    // The daemon checks the signature itself: one for other files is refused, naming them.
+    // A signature over other files is refused, naming what differs.
     let other = copy_example("pacman-builder", &dir.path().join("other"));
-    run_ok(
-        Command::new(model_signing())
-            .args(["sign", "key"])
-            .arg(&other)
-            .args(["--private_key", &private, "--signature"])
-            .arg(other.join("model.sig")),
-    );
+    their_sign(&other, &private);
     std::fs::copy(other.join("model.sig"), package.join("model.sig")).expect("copy");
-    let out = daemon.cli(&[
-        "publish",
-        package.to_str().expect("utf-8"),
-        "--key",
-        publisher.to_str().expect("utf-8"),
-        "--oms-key",
-        &public,
-    ]);
-    assert!(!out.status.success());
+    let out = publish(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("signed, but missing"),
+        "{err}"
+    );
 }

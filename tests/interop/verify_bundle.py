@@ -212,6 +212,49 @@ def contradicts(predicate, eval_spec):
     return False
 
 
+# --- OpenSSF model-signing (formats.md, "OpenSSF model-signing signatures") ----------------------
+
+def oms_holds(published, files):
+    """True when the publication carries no OMS signature, or one that verifies with its key and
+    signs exactly the package's files."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    text, pem = published.get("oms_signature"), published.get("oms_public_key")
+    if text is None and pem is None:
+        return True
+    if text is None or pem is None:
+        return False
+    key = serialization.load_pem_public_key(pem.encode())
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.key_size not in (256, 384, 521):
+        return False
+    bundle = json.loads(text)
+    if bundle["mediaType"] != "application/vnd.dev.sigstore.bundle.v0.3+json":
+        return False
+    spki = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    hint = (bundle["verificationMaterial"].get("publicKey") or {}).get("hint")
+    if hint and hint != sha256(spki).hex():
+        return False
+    envelope = bundle["dsseEnvelope"]
+    payload = base64.b64decode(envelope["payload"])
+    payload_type = envelope["payloadType"].encode()
+    if payload_type != b"application/vnd.in-toto+json" or len(envelope["signatures"]) != 1:
+        return False
+    pae = b"DSSEv1 %d %s %d %s" % (len(payload_type), payload_type, len(payload), payload)
+    digest = {256: hashes.SHA256(), 384: hashes.SHA384(), 521: hashes.SHA512()}[key.curve.key_size]
+    key.verify(base64.b64decode(envelope["signatures"][0]["sig"]), pae, ec.ECDSA(digest))
+    statement = json.loads(payload)
+    if (statement["_type"] != STATEMENT or statement["predicateType"] != "https://model_signing/signature/v1.0"
+            or len(statement["subject"]) != 1):
+        return False
+    resources = statement["predicate"]["resources"]
+    if any(r["algorithm"] != "sha256" for r in resources):
+        return False
+    root = sha256(b"".join(bytes.fromhex(r["digest"]) for r in resources)).hex()
+    signed = {r["name"]: r["digest"] for r in resources}
+    return (root == statement["subject"][0]["digest"]["sha256"] and len(signed) == len(resources)
+            and signed == {f["path"]: f["sha256"].removeprefix("sha256:") for f in files})
+
+
 # --- keys valid at ledger time (verifying.md, "Keys valid at ledger time") ----------------------
 
 def covers(namespaces, name):
@@ -426,7 +469,8 @@ def verify(bundle, vkey):
         signature_ok = (statement["_type"] == STATEMENT and statement["predicateType"] == PACKAGE_PREDICATE
                         and "sha256:" + mth(leaves).hex() == published["root"] == predicate["root"]
                         and manifest_file and manifest_file[0]["sha256"] == published["manifest"]
-                        and predicate["name"] == published["name"] and predicate["version"] == published["version"])
+                        and predicate["name"] == published["name"] and predicate["version"] == published["version"]
+                        and oms_holds(published, predicate["files"]))
     except (InvalidSignature, Invalid, KeyError, ValueError):
         signature_ok = False
 

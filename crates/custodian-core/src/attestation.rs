@@ -292,44 +292,13 @@ impl RunStatement {
 
     /// The statement's JSON bytes.
     pub fn to_json(&self) -> Vec<u8> {
-        let p = &self.predicate;
-        let wire = WireStatement {
-            statement_type: STATEMENT_TYPE.into(),
-            subject: vec![WireSubject {
-                name: format!("{}@{}", p.package, p.version),
-                digest: BTreeMap::from([("sha256".to_string(), self.manifest.hex())]),
-            }],
-            predicate_type: RUN_PREDICATE_TYPE.into(),
-            predicate: p.clone(),
-        };
-        serde_json::to_vec(&wire).unwrap_or_default()
+        version_statement_json(&self.manifest, &self.predicate)
     }
 
     /// Parses and checks statement JSON.
     pub fn from_json(bytes: &[u8]) -> Result<Self, AttestationError> {
-        let wire: WireStatement<RunPredicate> = serde_json::from_slice(bytes)
-            .map_err(|e| field("payload", format!("not an eval-run statement: {e}")))?;
-        if wire.statement_type != STATEMENT_TYPE {
-            return Err(field(
-                "_type",
-                format!("is {:?}, expected {STATEMENT_TYPE:?}", wire.statement_type),
-            ));
-        }
-        if wire.predicate_type != RUN_PREDICATE_TYPE {
-            return Err(field(
-                "predicateType",
-                format!(
-                    "is {:?}, expected {RUN_PREDICATE_TYPE:?}",
-                    wire.predicate_type
-                ),
-            ));
-        }
-        let manifest = subject_manifest(
-            &wire.subject,
-            &wire.predicate.package,
-            &wire.predicate.version,
-        )?;
-        RunStatement::new(manifest, wire.predicate)
+        let (manifest, predicate) = parse_version_statement::<RunPredicate>(bytes)?;
+        RunStatement::new(manifest, predicate)
     }
 
     /// Signs the statement.
@@ -347,6 +316,74 @@ impl RunStatement {
     pub fn context_fingerprint(&self) -> String {
         fingerprint(&self.predicate.reproducibility_context)
     }
+}
+
+/// A predicate about one package version, carried in an in-toto Statement v1 whose one subject
+/// is the version's manifest: an eval run, a pre-registration.
+pub(crate) trait VersionPredicate: Serialize + serde::de::DeserializeOwned + Clone {
+    /// The predicate type.
+    const TYPE: &'static str;
+    /// What the statement is, for errors: `an eval-run statement`.
+    const WHAT: &'static str;
+    /// The package name it is about.
+    fn package(&self) -> &str;
+    /// The version it is about.
+    fn version(&self) -> &str;
+}
+
+impl VersionPredicate for RunPredicate {
+    const TYPE: &'static str = RUN_PREDICATE_TYPE;
+    const WHAT: &'static str = "an eval-run statement";
+    fn package(&self) -> &str {
+        &self.package
+    }
+    fn version(&self) -> &str {
+        &self.version
+    }
+}
+
+/// The JSON bytes of the statement of `predicate` about the version whose manifest is `manifest`.
+pub(crate) fn version_statement_json<P: VersionPredicate>(
+    manifest: &Digest,
+    predicate: &P,
+) -> Vec<u8> {
+    let wire = WireStatement {
+        statement_type: STATEMENT_TYPE.into(),
+        subject: vec![WireSubject {
+            name: format!("{}@{}", predicate.package(), predicate.version()),
+            digest: BTreeMap::from([("sha256".to_string(), manifest.hex())]),
+        }],
+        predicate_type: P::TYPE.into(),
+        predicate: predicate.clone(),
+    };
+    serde_json::to_vec(&wire).unwrap_or_default()
+}
+
+/// Parses such a statement: its type, its predicate type, and its one subject naming the
+/// predicate's version; returns the manifest digest and the predicate, unchecked otherwise.
+pub(crate) fn parse_version_statement<P: VersionPredicate>(
+    bytes: &[u8],
+) -> Result<(Digest, P), AttestationError> {
+    let wire: WireStatement<P> = serde_json::from_slice(bytes)
+        .map_err(|e| field("payload", format!("not {}: {e}", P::WHAT)))?;
+    if wire.statement_type != STATEMENT_TYPE {
+        return Err(field(
+            "_type",
+            format!("is {:?}, expected {STATEMENT_TYPE:?}", wire.statement_type),
+        ));
+    }
+    if wire.predicate_type != P::TYPE {
+        return Err(field(
+            "predicateType",
+            format!("is {:?}, expected {:?}", wire.predicate_type, P::TYPE),
+        ));
+    }
+    let manifest = subject_manifest(
+        &wire.subject,
+        wire.predicate.package(),
+        wire.predicate.version(),
+    )?;
+    Ok((manifest, wire.predicate))
 }
 
 /// The manifest digest a statement about one package version names as its only subject

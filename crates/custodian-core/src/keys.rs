@@ -436,17 +436,12 @@ mod tests {
     }
 
     fn introduce(key: &SignerKey, namespaces: &[&str]) -> KeyEvent {
-        KeyEvent {
-            action: None,
-            role: ATTESTER.into(),
-            key: key.verifier().to_string(),
-            principal: "t1".into(),
-            namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
-            previous: None,
-            reason: None,
-            effective_ms: None,
-            envelope: None,
-        }
+        KeyEvent::introduce(
+            ATTESTER,
+            key.verifier().to_string(),
+            "t1".into(),
+            namespaces.iter().map(|s| s.to_string()).collect(),
+        )
     }
 
     fn rotate(role: &str, old: &SignerKey, new: &SignerKey, namespaces: &[&str]) -> KeyEvent {
@@ -665,5 +660,36 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    proptest::proptest! {
+        /// Any single field of a rotation changed to arbitrary text, or removed, is refused
+        /// with that field named (unless the change makes another valid event).
+        #[test]
+        fn any_changed_or_missing_field_of_a_rotation_is_named(
+            which in 0usize..7,
+            remove in proptest::bool::ANY,
+            text in "[a-z0-9+/=-]{0,40}",
+        ) {
+            let (a, b) = (key("k-a", 5), key("k-b", 6));
+            let good = rotate(PUBLISHER, &a, &b, &["demo"]);
+            let mut e = good.clone();
+            let name = match which {
+                0 => { e.role = text.clone(); "role" }
+                1 => { e.key = text.clone(); "key" }
+                2 => { e.previous = (!remove).then(|| text.clone()); "previous" }
+                3 => { e.namespaces = if remove { vec![] } else { vec![text.clone()] }; "namespaces" }
+                4 => { e.reason = (!remove).then(|| text.clone()); "reason" }
+                5 => { e.envelope = (!remove).then(|| text.clone()); "envelope" }
+                _ => { e.action = Some(text.clone()); "action" }
+            };
+            proptest::prop_assume!(e != good);
+            // Another action may make another valid event: an introduction, a revocation.
+            proptest::prop_assume!(!(which == 6 && (text == INTRODUCE || text == REVOKE)));
+            match check_event(&e, 1) {
+                Err(KeyError::Field { field, .. }) => proptest::prop_assert_eq!(field, name),
+                other => proptest::prop_assert!(false, "{}: {:?}", name, other),
+            }
+        }
     }
 }

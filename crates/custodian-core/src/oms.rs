@@ -660,6 +660,52 @@ mod tests {
                 other => panic!("{name}: {other:?}"),
             }
         }
+        // Each required field of the statement removed, re-signed: refused, naming it.
+        let required = [
+            ("/_type", "_type"),
+            ("/predicateType", "predicateType"),
+            ("/subject", "subject"),
+            ("/subject/0/name", "subject[0].name"),
+            ("/subject/0/digest", "subject[0].digest.sha256"),
+            (
+                "/predicate/serialization/method",
+                "predicate.serialization.method",
+            ),
+            (
+                "/predicate/serialization/hash_type",
+                "predicate.serialization.hash_type",
+            ),
+            ("/predicate/resources", "predicate.resources"),
+            ("/predicate/resources/0/name", "predicate.resources[0].name"),
+            (
+                "/predicate/resources/0/algorithm",
+                "predicate.resources[0].algorithm",
+            ),
+            (
+                "/predicate/resources/0/digest",
+                "predicate.resources[0].digest",
+            ),
+        ];
+        for (pointer, name) in required {
+            let mut s = payload.clone();
+            let (parent, key) = pointer.rsplit_once('/').expect("a pointer");
+            match s.pointer_mut(parent).expect("the field exists") {
+                serde_json::Value::Object(map) => {
+                    map.remove(key);
+                }
+                other => panic!("{pointer}: {other}"),
+            }
+            let bytes = serde_json::to_vec(&s).expect("json");
+            let mut b = bundle.clone();
+            b["dsseEnvelope"]["payload"] = STANDARD.encode(&bytes).into();
+            b["dsseEnvelope"]["signatures"][0]["sig"] = STANDARD
+                .encode(k.sign(&pae(INTOTO_PAYLOAD_TYPE, &bytes)))
+                .into();
+            match verify(b.to_string().as_bytes(), &k.public()) {
+                Err(OmsError::Field { field, .. }) => assert_eq!(field, name, "{pointer}"),
+                other => panic!("{pointer}: {other:?}"),
+            }
+        }
         // Changes to the bundle.
         let bundle_cases: Vec<Change> = vec![
             ("mediaType", Box::new(|b| b["mediaType"] = "x".into())),

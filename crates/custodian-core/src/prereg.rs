@@ -14,12 +14,14 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::attestation::{AttestationError, RunPredicate, field, subject_manifest};
+use crate::attestation::{
+    AttestationError, RunPredicate, VersionPredicate, field, parse_version_statement,
+    version_statement_json,
+};
 use crate::digest::{Algorithm, Digest};
 use crate::dsse::{Envelope, INTOTO_PAYLOAD_TYPE};
 use crate::manifest::Threshold;
 use crate::note::{SignerKey, VerifierKey};
-use crate::package::{STATEMENT_TYPE, WireStatement, WireSubject};
 use crate::registry::EvalPreregistered;
 
 /// The predicate type of a pre-registration.
@@ -51,6 +53,17 @@ pub struct PreregPredicate {
     pub seed: Option<u64>,
     /// The digest of the eval harness (`reproducibility_context.harness_sha256`), `sha256:<hex>`.
     pub harness_sha256: String,
+}
+
+impl VersionPredicate for PreregPredicate {
+    const TYPE: &'static str = PREREG_PREDICATE_TYPE;
+    const WHAT: &'static str = "a pre-registration statement";
+    fn package(&self) -> &str {
+        &self.package
+    }
+    fn version(&self) -> &str {
+        &self.version
+    }
 }
 
 /// A checked pre-registration statement.
@@ -121,44 +134,13 @@ impl PreregStatement {
 
     /// The statement's JSON bytes.
     pub fn to_json(&self) -> Vec<u8> {
-        let p = &self.predicate;
-        let wire = WireStatement {
-            statement_type: STATEMENT_TYPE.into(),
-            subject: vec![WireSubject {
-                name: format!("{}@{}", p.package, p.version),
-                digest: BTreeMap::from([("sha256".to_string(), self.manifest.hex())]),
-            }],
-            predicate_type: PREREG_PREDICATE_TYPE.into(),
-            predicate: p.clone(),
-        };
-        serde_json::to_vec(&wire).unwrap_or_default()
+        version_statement_json(&self.manifest, &self.predicate)
     }
 
     /// Parses and checks statement JSON.
     pub fn from_json(bytes: &[u8]) -> Result<Self, AttestationError> {
-        let wire: WireStatement<PreregPredicate> = serde_json::from_slice(bytes)
-            .map_err(|e| field("payload", format!("not a pre-registration statement: {e}")))?;
-        if wire.statement_type != STATEMENT_TYPE {
-            return Err(field(
-                "_type",
-                format!("is {:?}, expected {STATEMENT_TYPE:?}", wire.statement_type),
-            ));
-        }
-        if wire.predicate_type != PREREG_PREDICATE_TYPE {
-            return Err(field(
-                "predicateType",
-                format!(
-                    "is {:?}, expected {PREREG_PREDICATE_TYPE:?}",
-                    wire.predicate_type
-                ),
-            ));
-        }
-        let manifest = subject_manifest(
-            &wire.subject,
-            &wire.predicate.package,
-            &wire.predicate.version,
-        )?;
-        PreregStatement::new(manifest, wire.predicate)
+        let (manifest, predicate) = parse_version_statement::<PreregPredicate>(bytes)?;
+        PreregStatement::new(manifest, predicate)
     }
 
     /// Signs the statement.

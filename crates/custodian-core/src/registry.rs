@@ -250,6 +250,21 @@ pub struct KeyEvent {
 }
 
 impl KeyEvent {
+    /// An introduction of `key` in `role` for `namespaces`, recorded by token `principal`.
+    pub fn introduce(role: &str, key: String, principal: String, namespaces: Vec<String>) -> Self {
+        KeyEvent {
+            action: None,
+            role: role.into(),
+            key,
+            principal,
+            namespaces,
+            previous: None,
+            reason: None,
+            effective_ms: None,
+            envelope: None,
+        }
+    }
+
     /// The action, with an absent one read as `introduce`.
     pub fn action(&self) -> &str {
         self.action.as_deref().unwrap_or(crate::keys::INTRODUCE)

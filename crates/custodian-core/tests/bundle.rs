@@ -91,17 +91,12 @@ fn fixture(last_passes: bool) -> Fixture {
         oms_signature: None,
         oms_public_key: None,
     });
-    log.append(&KeyEvent {
-        action: None,
-        role: "attester".into(),
-        key: attester.verifier().to_string(),
-        principal: "t1".into(),
-        namespaces: vec!["*".into()],
-        previous: None,
-        reason: None,
-        effective_ms: None,
-        envelope: None,
-    });
+    log.append(&KeyEvent::introduce(
+        "attester",
+        attester.verifier().to_string(),
+        "t1".into(),
+        vec!["*".into()],
+    ));
     // Policy v4: each eval's criteria are pre-registered by the publisher before its runs.
     let mut preregistrations = Vec::new();
     for eval in ["a", "b"] {

@@ -9,6 +9,12 @@ use custodian_core::note::{Note, SignerKey, VerifierKey};
 use custodian_core::receipt::Receipt;
 use proptest::prelude::*;
 
+/// A P-256 public key for OMS bundles (the fuzz target's).
+fn oms_key() -> custodian_core::oms::PublicKey {
+    custodian_core::oms::PublicKey::from_pem(include_str!("../../../fuzz/fuzz_targets/oms.pub.pem"))
+        .expect("a valid P-256 key")
+}
+
 fn signer() -> SignerKey {
     SignerKey::from_seed("fuzz.test/log", [5; 32]).expect("key")
 }
@@ -32,6 +38,20 @@ proptest! {
         for entry in EntryReader::new(bytes.as_slice()).take(50) {
             let _ = entry;
         }
+        // The parsers of this round's evidence formats: pre-registrations, key events and
+        // rotations, OpenSSF model-signing bundles and keys.
+        let _ = custodian_core::prereg::PreregStatement::from_json(&bytes);
+        if let Ok(entry) = Entry::decode(&bytes)
+            && let Ok(event) = entry.event::<custodian_core::registry::KeyEvent>()
+        {
+            let _ = custodian_core::keys::check_event(&event, entry.time_ms);
+        }
+        if let Ok(envelope) = custodian_core::dsse::Envelope::parse(&bytes) {
+            let _ = custodian_core::keys::Rotation::open(&envelope);
+        }
+        let _ = custodian_core::oms::verify(&bytes, &oms_key());
+        let _ = custodian_core::oms::PublicKey::from_pem(&text);
+        let _ = custodian_core::oms::PrivateKey::from_pem(&text);
     }
 
     #[test]

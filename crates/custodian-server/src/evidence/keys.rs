@@ -282,14 +282,12 @@ impl Registry {
         }
         let event = KeyEvent {
             action: Some(keys::INTRODUCE.into()),
-            role: keys::PUBLISHER.into(),
-            key: key.to_string(),
-            principal,
-            namespaces: vec![name.to_string()],
-            previous: None,
-            reason: None,
-            effective_ms: None,
-            envelope: None,
+            ..KeyEvent::introduce(
+                keys::PUBLISHER,
+                key.to_string(),
+                principal,
+                vec![name.to_string()],
+            )
         };
         let (index, _, receipt, entry) = self.append(&event).await?;
         self.apply(index, &entry);

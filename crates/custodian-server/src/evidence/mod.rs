@@ -119,17 +119,12 @@ impl Registry {
                 key.handle()
             )));
         }
-        let event = KeyEvent {
-            action: None,
-            role: ATTESTER.into(),
-            key: key.to_string(),
-            principal: token.id.clone(),
-            namespaces: namespaces.clone(),
-            previous: None,
-            reason: None,
-            effective_ms: None,
-            envelope: None,
-        };
+        let event = KeyEvent::introduce(
+            ATTESTER,
+            key.to_string(),
+            token.id.clone(),
+            namespaces.clone(),
+        );
         let (index, _, receipt, entry) = self.append(&event).await?;
         self.apply(index, &entry);
         Ok((namespaces, receipt, false))
