@@ -359,6 +359,26 @@ async fn rotated_keys_keep_old_evidence_and_back_dated_revocations_cut_exactly_t
     assert_eq!(offline_badge["reasons"], b["reasons"]);
     assert_eq!(codes(&offline_badge), ["run_key_invalid"]);
 
+    // An audit of the exported log applies the same rule: exactly the later run no longer
+    // counts (and the log is intact).
+    let export = s.dir.join("export");
+    stdout(&daemon.cli(&["log", "export", export.to_str().expect("utf-8")]));
+    let audit: serde_json::Value = serde_json::from_str(&stdout(&offline(&[
+        "audit",
+        export.to_str().expect("utf-8"),
+        "--key",
+        &s.log_key,
+        "--json",
+    ])))
+    .expect("audit --json");
+    let cut: Vec<u64> = audit["keys"]["not_counting"]
+        .as_array()
+        .expect("not_counting")
+        .iter()
+        .filter_map(|n| n["index"].as_u64())
+        .collect();
+    assert_eq!(cut, [second[0]], "{audit}");
+
     // The revoked key signs nothing new, and a second revocation is refused.
     let out = daemon.cli_as(
         Some(&s.attester_token),

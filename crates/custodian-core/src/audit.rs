@@ -167,6 +167,226 @@ pub struct AuditReport {
     pub tree_hashes: u64,
     /// The root of the whole log, equal to the latest checkpoint's.
     pub root: String,
+    /// Every signature judged against the keys valid at its entry's ledger time.
+    pub keys: KeyAuditReport,
+}
+
+/// The key rule (docs/verifying.md, "Keys valid at ledger time") applied to a whole log: every
+/// publication, eval run and pre-registration is judged against the keys valid at its entry's
+/// ledger time. Signatures are collected as the entries go by and judged at the end, because a
+/// revocation for compromise logged later may reach back to them.
+#[derive(Default)]
+pub struct KeyAudit {
+    history: crate::keys::KeyHistory,
+    /// Each package's first publication key: the pin.
+    pins: std::collections::HashMap<String, u32>,
+    /// Each version's publication key, for its pre-registrations.
+    publications: std::collections::HashMap<(String, String), u32>,
+    /// Keys and package names, interned: a log holds many signatures by few keys.
+    strings: Vec<String>,
+    interned: std::collections::HashMap<String, u32>,
+    signed: Vec<SignedEntry>,
+    key_events: u64,
+    bad_key_events: Vec<(u64, String)>,
+    sealed: u64,
+}
+
+/// One signature to judge.
+struct SignedEntry {
+    index: u64,
+    time_ms: u64,
+    kind: SignedKind,
+    key: u32,
+    name: u32,
+    /// The publication key of the version (pre-registrations).
+    pinned: u32,
+}
+
+#[derive(Clone, Copy)]
+enum SignedKind {
+    Publication,
+    Run,
+    Preregistration,
+}
+
+/// What the key rule found in a log.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KeyAuditReport {
+    /// `KeyEvent` entries read.
+    pub key_events: u64,
+    /// Signatures judged (publications, runs, pre-registrations).
+    pub judged: u64,
+    /// Sealed entries, whose events the export does not carry, so not judged.
+    pub sealed_not_judged: u64,
+    /// Signatures that do not count at their entry's ledger time, in log order.
+    pub not_counting: Vec<NotCounting>,
+    /// `KeyEvent` entries that do not hold (a rotation without both signatures, …).
+    pub bad_key_events: Vec<BadKeyEvent>,
+}
+
+/// A signature that does not count at its entry's ledger time.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NotCounting {
+    /// The entry's index.
+    pub index: u64,
+    /// `PackagePublished`, `RunAttested` or `EvalPreregistered`.
+    pub kind: &'static str,
+    /// The package.
+    pub name: String,
+    /// The signing key.
+    pub key: String,
+    /// Why, in a sentence.
+    pub why: String,
+}
+
+/// A `KeyEvent` entry that does not hold.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BadKeyEvent {
+    /// The entry's index.
+    pub index: u64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl KeyAudit {
+    fn intern(&mut self, text: &str) -> u32 {
+        if let Some(&id) = self.interned.get(text) {
+            return id;
+        }
+        let id = self.strings.len() as u32;
+        self.strings.push(text.to_string());
+        self.interned.insert(text.to_string(), id);
+        id
+    }
+
+    /// Reads the entry at `index` (its bytes as the log holds them).
+    pub fn push(&mut self, index: u64, bytes: &[u8]) {
+        use crate::entry::EntryKind;
+        let Some(kind) = crate::entry::peek_kind(bytes) else {
+            return;
+        };
+        if !matches!(
+            kind,
+            "KeyEvent" | "PackagePublished" | "RunAttested" | "EvalPreregistered" | "Sealed"
+        ) {
+            return;
+        }
+        let Ok(entry) = Entry::decode(bytes) else {
+            return;
+        };
+        match &entry.kind {
+            EntryKind::Sealed => self.sealed += 1,
+            EntryKind::KeyEvent => {
+                self.key_events += 1;
+                match entry.event::<crate::registry::KeyEvent>() {
+                    Ok(event) => match crate::keys::check_event(&event, entry.time_ms) {
+                        Ok(()) => self.history.add(index, entry.time_ms, event),
+                        Err(e) => self.bad_key_events.push((index, e.to_string())),
+                    },
+                    Err(e) => self.bad_key_events.push((index, e.to_string())),
+                }
+            }
+            EntryKind::PackagePublished => {
+                if let Ok(e) = entry.event::<crate::registry::PackagePublished>() {
+                    let key = self.intern(&e.publisher_key);
+                    let name = self.intern(&e.name);
+                    let pinned = *self.pins.entry(e.name.clone()).or_insert(key);
+                    self.publications.insert((e.name, e.version), key);
+                    self.signed.push(SignedEntry {
+                        index,
+                        time_ms: entry.time_ms,
+                        kind: SignedKind::Publication,
+                        key,
+                        name,
+                        pinned,
+                    });
+                }
+            }
+            EntryKind::RunAttested => {
+                if let Ok(e) = entry.event::<crate::registry::RunAttested>() {
+                    let (key, name) = (self.intern(&e.attester_key), self.intern(&e.name));
+                    self.signed.push(SignedEntry {
+                        index,
+                        time_ms: entry.time_ms,
+                        kind: SignedKind::Run,
+                        key,
+                        name,
+                        pinned: key,
+                    });
+                }
+            }
+            EntryKind::EvalPreregistered => {
+                if let Ok(e) = entry.event::<crate::registry::EvalPreregistered>() {
+                    let (key, name) = (self.intern(&e.signer_key), self.intern(&e.name));
+                    let pinned = self
+                        .publications
+                        .get(&(e.name.clone(), e.version.clone()))
+                        .copied()
+                        .unwrap_or(u32::MAX);
+                    self.signed.push(SignedEntry {
+                        index,
+                        time_ms: entry.time_ms,
+                        kind: SignedKind::Preregistration,
+                        key,
+                        name,
+                        pinned,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Judges every signature collected.
+    pub fn finish(self) -> KeyAuditReport {
+        use crate::keys::ATTESTER;
+        let text = |id: u32| self.strings.get(id as usize).map_or("", String::as_str);
+        let mut not_counting = Vec::new();
+        for s in &self.signed {
+            let (key, name) = (text(s.key), text(s.name));
+            let (kind, judgement) = match s.kind {
+                SignedKind::Publication => (
+                    "PackagePublished",
+                    self.history
+                        .judge_publisher(key, name, text(s.pinned), s.index, s.time_ms)
+                        .err(),
+                ),
+                SignedKind::Run => (
+                    "RunAttested",
+                    self.history
+                        .judge(ATTESTER, key, name, s.index, s.time_ms)
+                        .err(),
+                ),
+                SignedKind::Preregistration => {
+                    let publisher =
+                        self.history
+                            .judge_publisher(key, name, text(s.pinned), s.index, s.time_ms);
+                    let attester = self.history.judge(ATTESTER, key, name, s.index, s.time_ms);
+                    ("EvalPreregistered", publisher.or(attester).err())
+                }
+            };
+            if let Some(judgement) = judgement {
+                not_counting.push(NotCounting {
+                    index: s.index,
+                    kind,
+                    name: name.to_string(),
+                    key: key.to_string(),
+                    why: judgement.to_string(),
+                });
+            }
+        }
+        KeyAuditReport {
+            key_events: self.key_events,
+            judged: self.signed.len() as u64,
+            sealed_not_judged: self.sealed,
+            not_counting,
+            bad_key_events: self
+                .bad_key_events
+                .into_iter()
+                .map(|(index, reason)| BadKeyEvent { index, reason })
+                .collect(),
+        }
+    }
 }
 
 /// An incremental auditor. Feed it the checkpoints, then every entry in order (with the stored
@@ -335,6 +555,7 @@ impl Auditor {
             });
         }
         Ok(AuditReport {
+            keys: KeyAuditReport::default(),
             origin: self.verifier.name().to_string(),
             entries: count,
             checkpoints: self.checkpoints.len() as u64,
@@ -616,8 +837,10 @@ pub fn audit_dir(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(read_error("tree-hashes", e)),
     };
+    let mut keys = KeyAudit::default();
     for bytes in EntryReader::new(BufReader::with_capacity(1 << 20, entries)) {
         let bytes = bytes?;
+        keys.push(auditor.entries(), &bytes);
         match hashes.as_mut() {
             Some(stream) => {
                 let mut next = || stream.next_hash();
@@ -630,5 +853,7 @@ pub fn audit_dir(
     if let Some(stream) = hashes.as_mut() {
         stream.expect_end()?;
     }
-    auditor.finish()
+    let mut report = auditor.finish()?;
+    report.keys = keys.finish();
+    Ok(report)
 }

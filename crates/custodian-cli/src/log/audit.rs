@@ -74,6 +74,41 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
                         witnesses.join(", ")
                     );
                 }
+                let keys = &report.keys;
+                println!(
+                    "  keys: {} judged against the keys valid at their entries' ledger time ({}{})",
+                    counted(keys.judged, "signature", "signatures"),
+                    counted(keys.key_events, "key event", "key events"),
+                    if keys.sealed_not_judged > 0 {
+                        format!(
+                            "; {} sealed, not judged here",
+                            counted(keys.sealed_not_judged, "entry", "entries")
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+                if !keys.not_counting.is_empty() {
+                    println!(
+                        "  {} no longer count (the log is intact; badges pass these over):",
+                        counted(keys.not_counting.len() as u64, "signature", "signatures")
+                    );
+                    for n in keys.not_counting.iter().take(20) {
+                        let handle = VerifierKey::parse(&n.key)
+                            .map(|k| k.handle())
+                            .unwrap_or_else(|_| n.key.clone());
+                        println!(
+                            "    entry {} {} of {} by {handle}: {}",
+                            n.index, n.kind, n.name, n.why
+                        );
+                    }
+                    if keys.not_counting.len() > 20 {
+                        println!("    … (--json lists them all)");
+                    }
+                }
+                for bad in &keys.bad_key_events {
+                    println!("  key event {} does not hold: {}", bad.index, bad.reason);
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
