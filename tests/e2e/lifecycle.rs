@@ -162,6 +162,42 @@ async fn preregistration_failures_are_named_and_a_clean_sequence_is_green() {
         "{report}"
     );
 
+    // The attester key rotates: both keys sign the hand-over of its namespaces; runs by the new
+    // key count, the old key signs nothing new, and the green badge stays green.
+    let (next_key, _) = generate_key(&s.dir, "evals-ci-2");
+    let rotated = stdout(&s.daemon.cli_as(
+        Some(&s.attester_token),
+        &[
+            "key",
+            "rotate",
+            "--role",
+            "attester",
+            "--old",
+            &s.attester_key,
+            "--new",
+            next_key.to_str().expect("utf-8"),
+            "--for",
+            "*",
+        ],
+    ));
+    assert!(rotated.starts_with("rotated attester key"), "{rotated}");
+    let file = write_runs(&s.dir, "next.json", &[classifier_run("label_accuracy")]);
+    stdout(&s.daemon.cli_as(
+        Some(&s.attester_token),
+        &["attest", &file, "--key", next_key.to_str().expect("utf-8")],
+    ));
+    let out = s.daemon.cli_as(
+        Some(&s.attester_token),
+        &["attest", &file, "--key", &s.attester_key],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("rotated"), "{err}");
+    assert_eq!(
+        badge(&s.daemon, &s.attester_token, CLASSIFIER)["state"],
+        "green"
+    );
+    verified_offline(&s, CLASSIFIER, "after-attester-rotation.json");
+
     // Refused: a signer that is neither the publisher nor an attester, and an eval the manifest
     // does not declare.
     let (stranger, _) = generate_key(&s.dir, "stranger");
