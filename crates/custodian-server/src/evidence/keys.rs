@@ -44,10 +44,10 @@ impl Registry {
     /// Refuses an attester key that was rotated away or revoked: it signs nothing new.
     pub(crate) fn attester_counts_now(&self, key: &VerifierKey) -> Result<(), RegistryError> {
         let state = self.read();
-        let text = key.to_string();
-        if state.keys().attester_now(&text).is_some() {
+        if state.attester(&key.handle()).is_some_and(|a| a.in_force) {
             return Ok(());
         }
+        let text = key.to_string();
         let why = match state.keys().revocation(keys::ATTESTER, &text) {
             Some((index, reason, _)) => format!("was revoked ({reason}) by ledger entry {index}"),
             None => "was rotated to another key".into(),

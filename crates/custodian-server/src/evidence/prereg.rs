@@ -43,10 +43,7 @@ impl Registry {
             let attester = envelope.signatures.iter().find_map(|s| {
                 state
                     .attester(&s.keyid)
-                    .filter(|a| {
-                        namespace_covers(&a.namespaces, &name)
-                            && state.keys().attester_now(&a.key.to_string()).is_some()
-                    })
+                    .filter(|a| a.in_force && namespace_covers(&a.namespaces, &name))
                     .map(|a| a.key.clone())
             });
             match publisher.filter(|k| envelope.signatures.iter().any(|s| s.keyid == k.handle())) {

@@ -294,15 +294,30 @@ impl Index {
                 let e: KeyEvent = entry.event().map_err(|e| e.to_string())?;
                 let key = VerifierKey::parse(&e.key).map_err(|err| err.to_string())?;
                 match (e.role.as_str(), e.action()) {
-                    (keys::ATTESTER, keys::INTRODUCE | keys::ROTATE) => {
+                    (keys::ATTESTER, action @ (keys::INTRODUCE | keys::ROTATE)) => {
+                        if action == keys::ROTATE
+                            && let Some(previous) = e
+                                .previous
+                                .as_deref()
+                                .and_then(|p| VerifierKey::parse(p).ok())
+                            && let Some(old) = self.attesters.get_mut(&previous.handle())
+                        {
+                            old.in_force = false;
+                        }
                         self.attesters.insert(
                             key.handle(),
                             Attester {
                                 key,
                                 namespaces: e.namespaces.clone(),
                                 index,
+                                in_force: true,
                             },
                         );
+                    }
+                    (keys::ATTESTER, keys::REVOKE) => {
+                        if let Some(revoked) = self.attesters.get_mut(&key.handle()) {
+                            revoked.in_force = false;
+                        }
                     }
                     // A publisher rotation or re-introduction moves the pin of each package it
                     // names, from this entry on; earlier versions keep the key they were signed
@@ -457,4 +472,6 @@ pub struct Attester {
     pub namespaces: Vec<String>,
     /// The KeyEvent that introduced it.
     pub index: u64,
+    /// False once it was rotated away or revoked: it signs nothing new.
+    pub in_force: bool,
 }
