@@ -168,8 +168,10 @@ custodian key generate keys/acme-2027
 step "custodian key rotate --role publisher --old keys/acme-release.key --new keys/acme-2027.key --for pacman-builder --for customer-support-classifier"
 custodian key rotate --role publisher --old keys/acme-release.key --new keys/acme-2027.key \
   --for pacman-builder --for customer-support-classifier
-custodian badge pacman-builder@0.2.1 -o rotated.bundle.json | grep -q ': GREEN' \
-  || fail "pacman-builder is not green after the key rotation"
+# (Into a file first: `grep -q` would stop reading early, and pipefail would count the writer's
+# broken pipe as a failure.)
+custodian badge pacman-builder@0.2.1 -o rotated.bundle.json >rotated.out
+grep -q ': GREEN' rotated.out || { cat rotated.out >&2; fail "pacman-builder is not green after the key rotation"; }
 CUSTODIAN_SERVER=http://127.0.0.1:9 custodian verify rotated.bundle.json --key log.vkey >/dev/null
 # The ML world's signature format, for their tools.
 step "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ml.pem"

@@ -154,6 +154,13 @@ async fn preregistration_failures_are_named_and_a_clean_sequence_is_green() {
     );
     let green = badge(&s.daemon, &s.attester_token, CLASSIFIER);
     assert_eq!(green["state"], "green", "{green}");
+    let text = stdout(&s.daemon.cli(&["badge", CLASSIFIER]));
+    assert!(
+        text.contains("its pre-registered bar")
+            && text.contains("pre-registered [entry")
+            && text.contains("format_following pass_rate >= 0.9"),
+        "{text}"
+    );
     let offline_badge = verified_offline(&s, CLASSIFIER, "prereg-green.json");
     assert_eq!(offline_badge["state"], "green");
     let report = stdout(&s.daemon.cli(&["report", CLASSIFIER]));

@@ -518,7 +518,12 @@ fn print_badge(badge: &Badge) {
     );
     if badge.reasons.is_empty() {
         println!(
-            "  every eval passed against every model, the content scanned clean, the signature and hashes hold, the license is declared"
+            "  every eval passed{} against every model, the content scanned clean, the signature and hashes hold, the license is declared",
+            if badge.policy == custodian_core::badge::POLICY {
+                " its pre-registered bar"
+            } else {
+                ""
+            }
         );
     }
     for r in &badge.reasons {
@@ -531,6 +536,36 @@ fn print_badge(badge: &Badge) {
         );
     }
     println!("  evidence: ledger entries {:?}", badge.evidence);
+}
+
+/// The `EvalPreregistered` entries a bundle carries (sealed ones opened with the bundle's
+/// bodies), with their ledger indexes.
+fn bundle_preregistrations(
+    bundle: &bundle::Bundle,
+) -> Vec<(u64, custodian_core::registry::EvalPreregistered)> {
+    use base64::Engine as _;
+    let decode = |text: &str| base64::engine::general_purpose::STANDARD.decode(text).ok();
+    let bodies: Vec<Vec<u8>> = bundle.bodies.iter().filter_map(|b| decode(b)).collect();
+    let mut out = Vec::new();
+    for item in &bundle.entries {
+        let Some(mut entry) =
+            decode(&item.entry).and_then(|b| custodian_core::entry::Entry::decode(&b).ok())
+        else {
+            continue;
+        };
+        if let Ok((digest, _)) = custodian_core::seal::commitment(&entry)
+            && let Some(body) = bodies.iter().find(|b| {
+                custodian_core::Digest::of(custodian_core::Algorithm::Sha256, b) == digest
+            })
+            && let Ok(opened) = custodian_core::seal::unseal(&entry, body)
+        {
+            entry = opened;
+        }
+        if let Ok(event) = entry.event::<custodian_core::registry::EvalPreregistered>() {
+            out.push((item.index, event));
+        }
+    }
+    out
 }
 
 /// Shows a badge (and writes its bundle).
@@ -560,6 +595,20 @@ pub async fn badge(args: BadgeArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&badge)?);
     } else {
         print_badge(&badge);
+        // The pre-registrations the badge rests on, from the bundle's own entries.
+        if let Ok(bundle) = serde_json::from_str::<bundle::Bundle>(&response.bundle_json) {
+            for (index, p) in bundle_preregistrations(&bundle) {
+                println!(
+                    "  pre-registered [entry {index}]: {} {} {} {}, {} cases, harness {}",
+                    p.eval_id,
+                    p.metric,
+                    p.comparator,
+                    p.threshold,
+                    p.sample_size,
+                    p.harness_sha256.get(..19).unwrap_or(&p.harness_sha256)
+                );
+            }
+        }
         if let Some(path) = &args.output {
             if args.format == "vsa" {
                 println!(
