@@ -23,7 +23,14 @@ fn help_reads_like_a_manual() {
         .unwrap();
     assert!(output.status.success());
     let text = stdout(&output);
-    for word in ["serve", "blob", "sha256:", "Examples"] {
+    for word in [
+        "serve",
+        "blob",
+        "sha256:",
+        "Examples",
+        "eval preregister",
+        "key rotate",
+    ] {
         assert!(text.contains(word), "--help lacks {word:?}:\n{text}");
     }
     let output = std::process::Command::new(binary())

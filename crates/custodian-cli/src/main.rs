@@ -33,13 +33,16 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7311";
 on write and never served corrupted; keeps an append-only provenance ledger; and is a registry \
 of signed Behavior Package versions and their data packs.\n\n\
 Run the daemon with `custodian serve`. The other commands are clients of a running daemon (see \
---server, --token), except `log verify-receipt`, `audit`, `verify`, `pack` and `key`, which work \
-offline, and `token`, which runs on the daemon's host.\n\n\
+--server, --token), except `log verify-receipt`, `audit`, `verify`, `pack` and `key generate`, \
+which work offline, and `token`, which runs on the daemon's host.\n\n\
 Behavior Packages are folders with a manifest.yaml. `pack build` hashes, checks and signs one \
-(DSSE, Ed25519), `publish` records it in the registry and the ledger, `install` fetches and \
-verifies it. Writes need an API token (`token create`, on the daemon's host); public content \
+(DSSE, Ed25519; `--format oms` writes an OpenSSF model-signing signature instead), `publish` \
+records it in the registry and the ledger, `install` fetches and verifies it. `key rotate` and \
+`key revoke` change keys in the ledger; every signature is judged against the keys valid when it \
+was logged. Writes need an API token (`token create`, on the daemon's host); public content \
 is readable without one, private content only with a read grant.\n\n\
-Runners `attest` signed eval runs, the built-in scanner judges every publication and hosted data pack (`scan` rescans, `scan local` runs offline, external scanners plug in with `serve --scanner` or `scan record`), and a versioned \
+Publishers pre-register each eval's bar (`eval preregister`) before runners `attest` signed \
+eval runs; the built-in scanner judges every publication and hosted data pack (`scan` rescans, `scan local` runs offline, external scanners plug in with `serve --scanner` or `scan record`), and a versioned \
 policy decides each version's badge (`badge`: green, review or failing, with reasons). \
 `verify` re-checks a badge bundle offline with nothing but the log's key.\n\n\
 Digests are written sha256:<64 hex> (the canonical address) or blake3:<64 hex>; every blob \
