@@ -584,6 +584,22 @@ mod tests {
         ));
     }
 
+    /// The bundle with `statement` as its payload, signed again with `key`, so that only the
+    /// statement's own checks can refuse it.
+    fn resigned(
+        bundle: &serde_json::Value,
+        statement: &serde_json::Value,
+        key: &PrivateKey,
+    ) -> String {
+        let bytes = serde_json::to_vec(statement).expect("json");
+        let mut b = bundle.clone();
+        b["dsseEnvelope"]["payload"] = STANDARD.encode(&bytes).into();
+        b["dsseEnvelope"]["signatures"][0]["sig"] = STANDARD
+            .encode(key.sign(&pae(INTOTO_PAYLOAD_TYPE, &bytes)))
+            .into();
+        b.to_string()
+    }
+
     /// A field's name and a change to it.
     type Change = (&'static str, Box<dyn Fn(&mut serde_json::Value)>);
 
@@ -649,13 +665,7 @@ mod tests {
         for (name, change) in statement_cases {
             let mut s = payload.clone();
             change(&mut s);
-            let bytes = serde_json::to_vec(&s).expect("json");
-            let mut b = bundle.clone();
-            b["dsseEnvelope"]["payload"] = STANDARD.encode(&bytes).into();
-            b["dsseEnvelope"]["signatures"][0]["sig"] = STANDARD
-                .encode(k.sign(&pae(INTOTO_PAYLOAD_TYPE, &bytes)))
-                .into();
-            match verify(b.to_string().as_bytes(), &k.public()) {
+            match verify(resigned(&bundle, &s, &k).as_bytes(), &k.public()) {
                 Err(OmsError::Field { field, .. }) => assert_eq!(field, name),
                 other => panic!("{name}: {other:?}"),
             }
@@ -695,13 +705,7 @@ mod tests {
                 }
                 other => panic!("{pointer}: {other}"),
             }
-            let bytes = serde_json::to_vec(&s).expect("json");
-            let mut b = bundle.clone();
-            b["dsseEnvelope"]["payload"] = STANDARD.encode(&bytes).into();
-            b["dsseEnvelope"]["signatures"][0]["sig"] = STANDARD
-                .encode(k.sign(&pae(INTOTO_PAYLOAD_TYPE, &bytes)))
-                .into();
-            match verify(b.to_string().as_bytes(), &k.public()) {
+            match verify(resigned(&bundle, &s, &k).as_bytes(), &k.public()) {
                 Err(OmsError::Field { field, .. }) => assert_eq!(field, name, "{pointer}"),
                 other => panic!("{pointer}: {other:?}"),
             }
