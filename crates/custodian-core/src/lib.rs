@@ -24,6 +24,7 @@ pub mod prereg;
 pub mod promptpack;
 pub mod receipt;
 pub mod registry;
+pub mod resumable;
 pub mod seal;
 pub mod tiles;
 pub mod vsa;
