@@ -16,6 +16,7 @@ mod oci;
 mod oms;
 mod openapi;
 mod registry;
+mod resumable;
 mod scan;
 mod sealed;
 mod tiles;

@@ -374,8 +374,8 @@ fn a_chunked_upload_survives_kill_9_and_resumes() {
         (404, "BLOB_UPLOAD_UNKNOWN")
     );
 
-    // An idle session expires (CUSTODIAN_OCI_UPLOAD_EXPIRY) and its bytes go with it.
-    daemon.restart_with_env(&[("CUSTODIAN_OCI_UPLOAD_EXPIRY", "2s".into())]);
+    // An idle session expires (CUSTODIAN_UPLOAD_EXPIRY) and its bytes go with it.
+    daemon.restart_with_env(&[("CUSTODIAN_UPLOAD_EXPIRY", "2s".into())]);
     let start = http(
         "POST",
         &format!("{}/v2/{repo}/blobs/uploads/", daemon.rest),
@@ -385,7 +385,7 @@ fn a_chunked_upload_survives_kill_9_and_resumes() {
     let location = start.header("location").expect("Location").to_string();
     let patch = patch_chunk(&daemon.rest, &location, &auth, 0, &chunk1);
     assert_eq!(patch.status, 202);
-    let sessions = daemon.data_dir.join("oci/uploads");
+    let sessions = daemon.data_dir.join("uploads");
     assert_eq!(std::fs::read_dir(&sessions).expect("uploads").count(), 1);
     std::thread::sleep(std::time::Duration::from_secs(4));
     let expired = http("GET", &format!("{}{location}", daemon.rest), &[auth], None);

@@ -31,7 +31,11 @@ pub enum BlobCommand {
         long_about = "Upload files into custody. The daemon hashes every byte as it \
 arrives and commits the blob only if it matches; a file already in custody is not stored twice. \
 Prints one line per file: sha256 digest, blake3 digest, size, file, and whether it was stored \
-or already present. Shows a progress bar on a terminal."
+or already present. Shows a progress bar on a terminal. Files of 8 MiB or more go through a \
+resumable upload session: a dropped connection or a restarted daemon is retried for up to two \
+minutes from the last byte the daemon acknowledged, and if the command itself is stopped, \
+running it again continues the same upload (the session id is kept under \
+$XDG_STATE_HOME/custodian/uploads until the upload finishes)."
     )]
     Put {
         /// Files to upload
@@ -156,7 +160,7 @@ async fn put(
     let mut client = server.connect().await?.store();
     let mut lines = Vec::new();
     for path in files {
-        let response = put_file(&mut client, path, expect)
+        let response = put_file(&server.target(), &mut client, path, expect)
             .await
             .with_context(|| format!("put {}", path.display()))?;
         let info = response.blob.context("the daemon's reply has no blob")?;
@@ -186,14 +190,21 @@ async fn put(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Uploads one file, with a progress bar on a terminal.
+/// Uploads one file, with a progress bar on a terminal. Files of at least
+/// [`crate::resume::RESUMABLE_MIN`] bytes go through a resumable session on `target`, so a
+/// broken transfer continues where it stopped, also in a later run.
 pub async fn put_file(
+    target: &custodian_client::Target,
     client: &mut ContentStoreClient<Conn>,
     path: &Path,
     expect: Option<Digest>,
 ) -> anyhow::Result<pb::PutResponse> {
     let file = tokio::fs::File::open(path).await.context("cannot open")?;
     let len = file.metadata().await.context("cannot read metadata")?.len();
+    if len >= crate::resume::RESUMABLE_MIN {
+        drop(file);
+        return crate::resume::put_resumable(target, path, expect).await;
+    }
     let bar = progress(len, format!("put {}", path.display()));
     let header = pb::PutRequest {
         message: Some(pb::put_request::Message::Header(pb::PutHeader {

@@ -14,6 +14,7 @@ mod output;
 mod pack;
 mod policy;
 mod publish;
+mod resume;
 mod scrub;
 mod serve;
 mod token;

@@ -258,7 +258,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         let path = dir.join(&file.path);
-        put_file(&mut store, &path, Some(file.sha256))
+        put_file(&args.server.target(), &mut store, &path, Some(file.sha256))
             .await
             .with_context(|| format!("uploading {}", file.path))?;
         uploaded += 1;

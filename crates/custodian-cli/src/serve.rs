@@ -193,9 +193,10 @@ pub struct ServeArgs {
     )]
     oci_private: Vec<String>,
 
-    /// How long an OCI upload session may sit idle before it is removed with its bytes
-    #[arg(long, env = "CUSTODIAN_OCI_UPLOAD_EXPIRY", default_value = "24h", value_parser = humantime::parse_duration)]
-    oci_upload_expiry: Duration,
+    /// How long a resumable upload session (gRPC, tus or OCI) may sit idle before it is removed
+    /// with its bytes
+    #[arg(long, alias = "oci-upload-expiry", env = "CUSTODIAN_UPLOAD_EXPIRY", default_value = "24h", value_parser = humantime::parse_duration)]
+    upload_expiry: Duration,
 
     /// Log filter (tracing's EnvFilter syntax), e.g. info or custodian_server=debug
     #[arg(long, env = "CUSTODIAN_LOG", default_value = "info")]
@@ -294,8 +295,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tiles_to: args.tiles_to.map(|url| (url, args.tiles_options)),
         oci: custodian_server::oci::OciConfig {
             private: args.oci_private,
-            upload_expiry: args.oci_upload_expiry,
         },
+        upload_expiry: args.upload_expiry,
         witnessing: match &args.witness_policy {
             None => None,
             Some(path) => {

@@ -92,7 +92,7 @@ impl HashState {
     /// Reads what [`HashState::to_bytes`] wrote, checking that the stack has the one entry per
     /// set bit of the pushed-subtree count that the merging rule leaves.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, HashStateError> {
-        if bytes.len() < 40 || (bytes.len() - 40) % 32 != 0 {
+        if bytes.len() < 40 || !(bytes.len() - 40).is_multiple_of(32) {
             return Err(HashStateError::Malformed(format!(
                 "{} bytes is not 40 plus a multiple of 32",
                 bytes.len()
@@ -276,7 +276,10 @@ impl ResumableDigests {
         // Merge every subtree this one completes: as many as the new count's trailing zeros.
         let mut count = self.pushed;
         while count & 1 == 0 {
-            let left = self.stack.pop().expect("a left sibling for each trailing zero");
+            let left = self
+                .stack
+                .pop()
+                .expect("a left sibling for each trailing zero");
             cv = blake3::hazmat::merge_subtrees_non_root(&left, &cv, Mode::Hash);
             count >>= 1;
         }
@@ -415,7 +418,10 @@ mod tests {
         let state = h.state();
         assert!(matches!(
             ResumableDigests::resume(&state, &bytes[..4]),
-            Err(HashStateError::WrongTail { needed: 5, given: 4 })
+            Err(HashStateError::WrongTail {
+                needed: 5,
+                given: 4
+            })
         ));
         let mut encoded = state.to_bytes();
         encoded.truncate(encoded.len() - 32);

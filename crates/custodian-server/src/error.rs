@@ -45,6 +45,9 @@ pub enum ServerError {
     /// The OCI front end's state (links, upload sessions) could not be opened.
     #[error("cannot open the OCI front end's state: {0}")]
     Oci(String),
+    /// The upload session directory could not be opened.
+    #[error("upload sessions: {0}")]
+    Uploads(#[from] custodian_storage::uploads::UploadError),
     /// gRPC reflection could not be built from the descriptors.
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(String),

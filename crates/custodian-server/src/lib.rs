@@ -32,6 +32,7 @@ use custodian_proto::ledger::v1::ledger_server::LedgerServer;
 use custodian_proto::registry::v1::registry_server::RegistryServer;
 use custodian_rocksdb::{RocksBackend, RocksConfig, RocksLedger};
 use custodian_storage::ledger::Ledger;
+use custodian_storage::uploads::UploadSessions;
 use custodian_storage::{BlobStore, DEFAULT_BLOCK_SIZE};
 use tokio::net::TcpListener;
 
@@ -84,6 +85,9 @@ pub struct ServerConfig {
     pub witnessing: Option<witnessing::WitnessingConfig>,
     /// The OCI front end's private namespaces and upload expiry.
     pub oci: oci::OciConfig,
+    /// How long a resumable upload session (gRPC, tus, OCI) may sit idle before it is removed
+    /// with its bytes.
+    pub upload_expiry: Duration,
 }
 
 impl ServerConfig {
@@ -109,6 +113,7 @@ impl ServerConfig {
             tiles_to: None,
             witnessing: None,
             oci: oci::OciConfig::default(),
+            upload_expiry: custodian_storage::uploads::DEFAULT_UPLOAD_EXPIRY,
         }
     }
 }
@@ -197,8 +202,29 @@ pub async fn serve(
     registry.set_badge_max_age(config.badge_max_age);
     registry.set_registry_licenses(config.registry_licenses.clone());
     registry.start_external(config.scanners.clone());
+    // One engine for every resumable upload: gRPC, tus and OCI sessions alike.
+    let uploads = Arc::new(UploadSessions::open(
+        &config.data_dir.join("uploads"),
+        config.upload_expiry,
+        store.clone(),
+    )?);
+    // Abandoned sessions are swept a few times per expiry period.
+    let sweeper = uploads.clone();
+    let period = (config.upload_expiry / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(600),
+    );
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let uploads = sweeper.clone();
+            let _ = tokio::task::spawn_blocking(move || uploads.sweep()).await;
+        }
+    });
     let cas = ContentStoreServer::new(CasService::new(
         store,
+        uploads.clone(),
         limits,
         registry.clone(),
         auth.clone(),
@@ -263,23 +289,10 @@ pub async fn serve(
                     registry.clone(),
                     &config.data_dir.join("oci"),
                     config.oci.clone(),
+                    uploads.clone(),
                 )
                 .map_err(|e| ServerError::Oci(e.to_string()))?,
             );
-            // Abandoned upload sessions are swept a few times per expiry period.
-            let sweeper = oci.clone();
-            let period = (config.oci.upload_expiry / 4).clamp(
-                std::time::Duration::from_secs(1),
-                std::time::Duration::from_secs(600),
-            );
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(period);
-                loop {
-                    tick.tick().await;
-                    let oci = sweeper.clone();
-                    let _ = tokio::task::spawn_blocking(move || oci.uploads().sweep()).await;
-                }
-            });
             let app = rest::router(
                 registry.clone(),
                 auth.clone(),

@@ -15,6 +15,7 @@ pub mod ledger_conformance;
 mod memory;
 mod meta;
 mod store;
+pub mod uploads;
 
 pub use error::{Result, StorageError};
 pub use hashing::{OffThreadHasher, Worker};
@@ -26,7 +27,7 @@ pub use memory::MemoryBackend;
 pub use meta::{BlobMeta, MetaDecodeError};
 pub use store::{
     BlobBackend, BlobRead, BlobStore, BlobWriter, BlockSink, BlockStream, ByteRange, Expectation,
-    PutOutcome,
+    PutOutcome, Staged,
 };
 
 /// The block size backends use unless configured otherwise: 1 MiB.

@@ -24,6 +24,30 @@ pub struct Expectation {
     pub size: Option<u64>,
 }
 
+impl Expectation {
+    /// Checks bytes of `size` with `digests` against what was declared: the size first, then
+    /// the digest under the algorithm the client named.
+    pub fn check(&self, digests: &BlobDigests, size: u64) -> Result<()> {
+        if let Some(expected) = self.size
+            && expected != size
+        {
+            return Err(StorageError::SizeMismatch {
+                expected,
+                actual: size,
+            });
+        }
+        if let Some(expected) = self.digest
+            && !digests.matches(&expected)
+        {
+            return Err(StorageError::DigestMismatch {
+                expected,
+                actual: digests.get(expected.algorithm()),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The result of a committed put.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PutOutcome {
@@ -373,6 +397,104 @@ impl BlobStore {
     }
 }
 
+/// A blob hashed as its bytes arrived (in an upload session) and staged elsewhere, with the
+/// CRC32C of each block computed in the same pass: what [`BlobStore::commit_staged`] needs to
+/// commit it without hashing it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Staged {
+    /// Both digests of the staged bytes.
+    pub digests: BlobDigests,
+    /// Their length.
+    pub size: u64,
+    /// The block size the CRCs were computed with.
+    pub block_size: u32,
+    /// CRC32C of each block, in order.
+    pub block_crcs: Vec<u32>,
+}
+
+impl BlobStore {
+    /// Commits a staged blob: checks it against `expect`, then copies `blocks` (the staged bytes,
+    /// one block per item) into custody, checking each block's length and CRC32C against the
+    /// ones computed when its bytes were hashed, so bytes that changed on disk in between are
+    /// refused ([`StorageError::Corrupt`]) rather than committed under a digest they no longer
+    /// have. A blob already in custody is not copied again.
+    pub async fn commit_staged<S>(
+        &self,
+        staged: Staged,
+        expect: &Expectation,
+        mut blocks: S,
+    ) -> Result<PutOutcome>
+    where
+        S: futures::Stream<Item = Result<Bytes>> + Unpin + Send,
+    {
+        expect.check(&staged.digests, staged.size)?;
+        if staged.block_size as usize != self.backend.block_size() {
+            return Err(StorageError::Aborted(format!(
+                "the upload was staged in blocks of {} bytes but the store now uses {}; start the upload again",
+                staged.block_size,
+                self.backend.block_size()
+            )));
+        }
+        if let Some(existing) = self.backend.lookup(&staged.digests.sha256).await? {
+            return Ok(PutOutcome {
+                meta: existing,
+                already_present: true,
+            });
+        }
+        let meta = BlobMeta {
+            digests: staged.digests,
+            size: staged.size,
+            created_unix_ms: now_unix_ms(),
+            block_size: staged.block_size,
+            block_crcs: staged.block_crcs,
+        };
+        let mut sink = self
+            .backend
+            .begin(&Expectation {
+                digest: Some(meta.sha256()),
+                size: Some(meta.size),
+            })
+            .await?;
+        let count = BlobMeta::block_count_for(meta.size, meta.block_size);
+        for index in 0..count {
+            let block = match blocks.next().await {
+                Some(Ok(block)) => block,
+                Some(Err(err)) => {
+                    let _ = sink.abort().await;
+                    return Err(err);
+                }
+                None => {
+                    let _ = sink.abort().await;
+                    return Err(StorageError::Corrupt {
+                        digest: meta.sha256(),
+                        detail: format!("the staged upload ends at block {index} of {count}"),
+                    });
+                }
+            };
+            if block.len() as u64 != meta.block_len(index)
+                || crc32c::crc32c(&block) != meta.block_crcs[index as usize]
+            {
+                let _ = sink.abort().await;
+                return Err(StorageError::Corrupt {
+                    digest: meta.sha256(),
+                    detail: format!(
+                        "block {index} of the staged upload changed on disk after it was hashed"
+                    ),
+                });
+            }
+            if let Err(err) = sink.write_block(index, block).await {
+                let _ = sink.abort().await;
+                return Err(err);
+            }
+        }
+        let (meta, already_present) = sink.commit(meta).await?;
+        Ok(PutOutcome {
+            meta,
+            already_present,
+        })
+    }
+}
+
 /// Checks each block against the stored CRC32C and trims the first and last to the range.
 fn verify_blocks(
     meta: BlobMeta,
@@ -548,20 +670,7 @@ impl BlobWriter {
             sha256,
             blake3: blake3.finalize(),
         };
-        let mismatch = match (self.expect.size, self.expect.digest) {
-            (Some(expected), _) if expected != size => Some(StorageError::SizeMismatch {
-                expected,
-                actual: size,
-            }),
-            (_, Some(expected)) if !digests.matches(&expected) => {
-                Some(StorageError::DigestMismatch {
-                    expected,
-                    actual: digests.get(expected.algorithm()),
-                })
-            }
-            _ => None,
-        };
-        if let Some(err) = mismatch {
+        if let Err(err) = self.expect.check(&digests, size) {
             self.abort_quietly().await;
             return Err(err);
         }
@@ -609,22 +718,7 @@ const PUT_MANY_CONCURRENCY: usize = 64;
 fn small_meta(expect: &Expectation, data: &Bytes, block_size: usize) -> Result<BlobMeta> {
     let size = data.len() as u64;
     let digests = custodian_core::BlobDigests::of(data);
-    if let Some(expected) = expect.size
-        && expected != size
-    {
-        return Err(StorageError::SizeMismatch {
-            expected,
-            actual: size,
-        });
-    }
-    if let Some(expected) = expect.digest
-        && !digests.matches(&expected)
-    {
-        return Err(StorageError::DigestMismatch {
-            expected,
-            actual: digests.get(expected.algorithm()),
-        });
-    }
+    expect.check(&digests, size)?;
     Ok(BlobMeta {
         digests,
         size,

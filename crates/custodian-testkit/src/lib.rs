@@ -8,6 +8,7 @@
 
 mod daemon;
 mod moto;
+mod proxy;
 mod tlog;
 mod witness;
 
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 pub use daemon::{Daemon, HarnessError, binary, write_log_key};
 pub use moto::Moto;
+pub use proxy::Proxy;
 pub use tlog::TestLog;
 pub use witness::WitnessProcess;
 

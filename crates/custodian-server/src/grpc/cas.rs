@@ -5,6 +5,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use custodian_proto::cas::v1 as pb;
 use custodian_proto::cas::v1::content_store_server::ContentStore;
+use custodian_storage::uploads::{SessionInfo, UploadSessions};
 use custodian_storage::{BlobMeta, BlobStore, ByteRange, Expectation, StorageError};
 use futures::{Stream, StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -66,6 +67,7 @@ async fn next_message<T>(
 /// for a digest that is not in custody, so a private blob's existence is never revealed.
 pub struct CasService {
     store: BlobStore,
+    uploads: Arc<UploadSessions>,
     limits: CasLimits,
     registry: Arc<Registry>,
     auth: Arc<Authenticator>,
@@ -75,12 +77,14 @@ impl CasService {
     /// A service over `store` with `limits`, deciding access with `auth` and `registry`.
     pub fn new(
         store: BlobStore,
+        uploads: Arc<UploadSessions>,
         limits: CasLimits,
         registry: Arc<Registry>,
         auth: Arc<Authenticator>,
     ) -> Self {
         CasService {
             store,
+            uploads,
             limits,
             registry,
             auth,
@@ -133,16 +137,38 @@ fn hidden(digest: &Digest) -> Status {
 
 /// The wire form of blob metadata.
 pub fn blob_info(meta: &BlobMeta) -> pb::BlobInfo {
-    let ms = meta.created_unix_ms;
     pb::BlobInfo {
         sha256: meta.digests.sha256.to_string(),
         blake3: meta.digests.blake3.to_string(),
         size: meta.size,
-        created_at: Some(prost_types::Timestamp {
-            seconds: (ms / 1000) as i64,
-            nanos: ((ms % 1000) * 1_000_000) as i32,
-        }),
+        created_at: Some(timestamp(meta.created_unix_ms)),
     }
+}
+
+fn timestamp(ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+/// The wire form of an upload session.
+fn upload_status(info: &SessionInfo) -> pb::UploadStatus {
+    pb::UploadStatus {
+        upload_id: info.id.clone(),
+        committed_size: info.committed,
+        expected_digest: info
+            .expected_digest
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
+        expected_size: info.expected_size,
+        expires_at: Some(timestamp(info.expires_ms)),
+    }
+}
+
+/// The owner of a caller's upload sessions: its token, so no other token can see or feed them.
+fn upload_owner(who: &Principal) -> String {
+    format!("token:{}", who.label())
 }
 
 fn item_error(status: &Status) -> pb::ItemError {
@@ -226,6 +252,129 @@ impl ContentStore for CasService {
             blob: Some(blob_info(&outcome.meta)),
             already_present,
         }))
+    }
+
+    async fn start_upload(
+        &self,
+        request: Request<pb::StartUploadRequest>,
+    ) -> Result<Response<pb::UploadStatus>, Status> {
+        let who = self.writer(&request)?;
+        let request = request.into_inner();
+        let expect = Expectation {
+            digest: parse_optional_digest("expected_digest", &request.expected_digest)?,
+            size: request.expected_size,
+        };
+        let info = self
+            .uploads
+            .start(&upload_owner(&who), expect, Default::default())
+            .await
+            .map_err(GrpcError::from)?;
+        Ok(Response::new(upload_status(&info)))
+    }
+
+    async fn query_upload(
+        &self,
+        request: Request<pb::QueryUploadRequest>,
+    ) -> Result<Response<pb::UploadStatus>, Status> {
+        let who = self.writer(&request)?;
+        let info = self
+            .uploads
+            .status(&upload_owner(&who), &request.get_ref().upload_id)
+            .await
+            .map_err(GrpcError::from)?;
+        Ok(Response::new(upload_status(&info)))
+    }
+
+    async fn write_upload(
+        &self,
+        request: Request<Streaming<pb::WriteUploadRequest>>,
+    ) -> Result<Response<pb::UploadStatus>, Status> {
+        let who = self.writer(&request)?;
+        let mut stream = request.into_inner();
+        let idle = self.limits.upload_idle_timeout;
+        let header = match next_message(&mut stream, idle)
+            .await?
+            .and_then(|m| m.message)
+        {
+            Some(pb::write_upload_request::Message::Header(header)) => header,
+            Some(pb::write_upload_request::Message::Chunk(_)) => {
+                return Err(Status::invalid_argument(
+                    "the first WriteUpload message must be a header (field header) naming upload_id and write_offset, not a chunk",
+                ));
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "WriteUpload stream ended before its header: send an UploadWriteHeader first",
+                ));
+            }
+        };
+        // The stream's chunks, ending at the first broken or idle message: the engine keeps
+        // everything before it.
+        let chunks = futures::stream::unfold(Some(stream), move |state| async move {
+            let mut stream = state?;
+            match next_message(&mut stream, idle).await {
+                Ok(Some(pb::WriteUploadRequest {
+                    message: Some(pb::write_upload_request::Message::Chunk(chunk)),
+                })) => Some((Ok(chunk), Some(stream))),
+                Ok(Some(pb::WriteUploadRequest {
+                    message: Some(pb::write_upload_request::Message::Header(_)),
+                })) => Some((
+                    Err("a second header arrived after data: only the first message may be a header".to_string()),
+                    None,
+                )),
+                Ok(Some(pb::WriteUploadRequest { message: None })) => {
+                    Some((Ok(Bytes::new()), Some(stream)))
+                }
+                Ok(None) => None,
+                Err(status) => Some((Err(status.message().to_string()), None)),
+            }
+        });
+        let info = self
+            .uploads
+            .append(
+                &upload_owner(&who),
+                &header.upload_id,
+                Some(header.write_offset),
+                Box::pin(chunks),
+            )
+            .await
+            .map_err(GrpcError::from)?;
+        Ok(Response::new(upload_status(&info)))
+    }
+
+    async fn finish_upload(
+        &self,
+        request: Request<pb::FinishUploadRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let who = self.writer(&request)?;
+        let request = request.into_inner();
+        let expect = Expectation {
+            digest: parse_optional_digest("expected_digest", &request.expected_digest)?,
+            size: None,
+        };
+        let outcome = self
+            .uploads
+            .finish(&upload_owner(&who), &request.upload_id, expect)
+            .await
+            .map_err(GrpcError::from)?;
+        tracing::debug!(digest = %outcome.meta.sha256(), size = outcome.meta.size, "resumable upload finished");
+        let already_present = outcome.already_present && self.readable(&who, &outcome.meta);
+        Ok(Response::new(pb::PutResponse {
+            blob: Some(blob_info(&outcome.meta)),
+            already_present,
+        }))
+    }
+
+    async fn cancel_upload(
+        &self,
+        request: Request<pb::CancelUploadRequest>,
+    ) -> Result<Response<pb::CancelUploadResponse>, Status> {
+        let who = self.writer(&request)?;
+        self.uploads
+            .cancel(&upload_owner(&who), &request.get_ref().upload_id)
+            .await
+            .map_err(GrpcError::from)?;
+        Ok(Response::new(pb::CancelUploadResponse {}))
     }
 
     type GetStream = GetStream;

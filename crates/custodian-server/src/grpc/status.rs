@@ -6,6 +6,7 @@
 
 use custodian_core::merkle::ProofError;
 use custodian_core::{Digest, DigestError};
+use custodian_storage::uploads::UploadError;
 use custodian_storage::{LedgerError, StorageError};
 use tonic::{Request, Status};
 
@@ -32,6 +33,9 @@ pub enum GrpcError {
     /// The caller could not be authenticated.
     #[error("metadata authorization: {0}")]
     Auth(#[from] AuthError),
+    /// A resumable upload session refused or failed.
+    #[error(transparent)]
+    Upload(#[from] UploadError),
     /// A status a handler chose itself (bad input it checked, a hidden entry).
     #[error("{}", .0.message())]
     Status(#[from] Status),
@@ -94,6 +98,16 @@ impl From<GrpcError> for Status {
                 RegistryError::FailedPrecondition(_) => Status::failed_precondition(message),
                 RegistryError::Ledger(e) => GrpcError::ledger("ledger", e).into(),
                 RegistryError::Storage(e) => GrpcError::Storage(e).into(),
+            },
+            GrpcError::Upload(err) => match err {
+                UploadError::Unknown { .. } => Status::not_found(message),
+                UploadError::OffsetMismatch { .. } | UploadError::Invalid { .. } => {
+                    Status::failed_precondition(message)
+                }
+                UploadError::TooLarge { .. } => Status::invalid_argument(message),
+                UploadError::BodyFailed { .. } => Status::aborted(message),
+                UploadError::Io { .. } => Status::internal(message),
+                UploadError::Storage(e) => GrpcError::Storage(e).into(),
             },
             GrpcError::Auth(_) => Status::unauthenticated(message),
             GrpcError::Status(status) => status,

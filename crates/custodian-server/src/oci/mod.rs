@@ -2,7 +2,8 @@
 //!
 //! Repositories hold blobs and manifests. Blobs are the custody store's (one copy per digest,
 //! verified before visible, CRC-checked on read); a repository only links them ([`links`]).
-//! Uploads are durable sessions ([`uploads`]). Every manifest push and every tag move or delete
+//! Uploads are sessions of the shared resumable upload engine
+//! ([`custodian_storage::uploads`]), owned by their repository. Every manifest push and every tag move or delete
 //! is a ledger entry (`OciManifestPut`, `OciDeleted`) appended through the registry, and the
 //! repositories are derived from those entries ([`index`]), so the log alone says what every
 //! `name:tag` pointed at, and when, and who moved it.
@@ -14,12 +15,10 @@
 
 pub mod index;
 pub mod links;
-pub mod uploads;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use custodian_core::oci::{ErrorCode, Manifest, OciError, Reference};
@@ -29,9 +28,9 @@ use custodian_storage::{BlobMeta, Expectation, StorageError};
 
 use crate::auth::{Principal, Scope};
 use crate::registry::{Registry, RegistryError};
+use custodian_storage::uploads::{UploadError, UploadSessions};
 use index::{ManifestInfo, TagState};
 use links::Links;
-use uploads::Uploads;
 
 /// The artifact type of the ledger receipt Custodian serves as a referrer of each manifest.
 pub const RECEIPT_ARTIFACT_TYPE: &str = "application/vnd.custodian.receipt.v1+json";
@@ -69,26 +68,42 @@ pub enum OciFailure {
     Internal(String),
 }
 
+/// A chunk that does not start where the committed bytes end (the client answers 416).
+#[derive(Debug)]
+pub struct OutOfOrder {
+    /// The bytes committed so far.
+    pub committed: u64,
+}
+
+/// The owner of a repository's upload sessions in the shared engine: a session started in one
+/// repository is unknown in every other.
+fn upload_owner(repo: &str) -> String {
+    format!("oci:{repo}")
+}
+
+impl From<UploadError> for OciFailure {
+    fn from(err: UploadError) -> Self {
+        match err {
+            UploadError::Unknown { .. } => refused(
+                ErrorCode::BlobUploadUnknown,
+                format!("{err}; in this repository"),
+            ),
+            UploadError::Io { path, source } => OciFailure::Io { path, source },
+            UploadError::Storage(e) => OciFailure::Storage(e),
+            other => refused(ErrorCode::BlobUploadInvalid, other.to_string()),
+        }
+    }
+}
+
 fn refused(code: ErrorCode, message: String) -> OciFailure {
     OciFailure::Refused(OciError { code, message })
 }
 
 /// How the OCI front end is configured.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct OciConfig {
     /// Repository-name prefixes whose repositories are private (`*` for all).
     pub private: Vec<String>,
-    /// How long an idle upload session lives.
-    pub upload_expiry: Duration,
-}
-
-impl Default for OciConfig {
-    fn default() -> Self {
-        OciConfig {
-            private: Vec::new(),
-            upload_expiry: uploads::DEFAULT_UPLOAD_EXPIRY,
-        }
-    }
 }
 
 /// A manifest as served: its bytes, media type and digest.
@@ -122,7 +137,7 @@ pub struct Referrer {
 pub struct Oci {
     registry: Arc<Registry>,
     links: Arc<Links>,
-    uploads: Uploads,
+    uploads: Arc<UploadSessions>,
     config: OciConfig,
     /// Serializes manifest pushes and deletes, so each entry's `previous` is what the tag really
     /// pointed at.
@@ -212,12 +227,12 @@ impl Oci {
         registry: Arc<Registry>,
         dir: &std::path::Path,
         config: OciConfig,
+        uploads: Arc<UploadSessions>,
     ) -> Result<Self, OciFailure> {
-        let store = registry.store().clone();
         Ok(Oci {
             registry,
             links: Arc::new(Links::open(dir)?),
-            uploads: Uploads::open(&dir.join("uploads"), config.upload_expiry, store)?,
+            uploads,
             config,
             writes: tokio::sync::Mutex::new(()),
             made: Default::default(),
@@ -225,11 +240,6 @@ impl Oci {
             packages: Default::default(),
             receipts: Default::default(),
         })
-    }
-
-    /// The upload sessions (for the periodic sweep).
-    pub fn uploads(&self) -> &Uploads {
-        &self.uploads
     }
 
     /// True if the repository is private.
@@ -468,7 +478,11 @@ impl Oci {
     /// Starts an upload session in `repo`.
     pub async fn start_upload(&self, who: &Principal, repo: &str) -> Result<String, OciFailure> {
         self.require_push(who, repo)?;
-        self.uploads.start(repo).await
+        let started = self
+            .uploads
+            .start(&upload_owner(repo), Expectation::default(), BTreeMap::new())
+            .await?;
+        Ok(started.id)
     }
 
     /// The bytes committed in an upload session.
@@ -479,10 +493,15 @@ impl Oci {
         id: &str,
     ) -> Result<u64, OciFailure> {
         self.require_push(who, repo)?;
-        self.uploads.status(repo, id).await
+        Ok(self
+            .uploads
+            .status(&upload_owner(repo), id)
+            .await?
+            .committed)
     }
 
-    /// Appends a chunk to an upload session (see [`Uploads::append`]).
+    /// Appends a chunk to an upload session (see [`UploadSessions::append`]); a chunk that does
+    /// not start where the committed bytes end is `Ok(Err(OutOfOrder))`.
     pub async fn append_upload<S, E>(
         &self,
         who: &Principal,
@@ -490,13 +509,21 @@ impl Oci {
         id: &str,
         start: Option<u64>,
         body: S,
-    ) -> Result<Result<u64, uploads::OutOfOrder>, OciFailure>
+    ) -> Result<Result<u64, OutOfOrder>, OciFailure>
     where
-        S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
-        E: std::fmt::Display,
+        S: futures::Stream<Item = Result<Bytes, E>> + Unpin + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
     {
         self.require_push(who, repo)?;
-        self.uploads.append(repo, id, start, body).await
+        match self
+            .uploads
+            .append(&upload_owner(repo), id, start, body)
+            .await
+        {
+            Ok(info) => Ok(Ok(info.committed)),
+            Err(UploadError::OffsetMismatch { committed, .. }) => Ok(Err(OutOfOrder { committed })),
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// Completes an upload session: its bytes must hash to `digest`, else nothing is kept.
@@ -510,8 +537,7 @@ impl Oci {
         self.require_push(who, repo)?;
         self.uploads
             .finish(
-                self.registry.store(),
-                repo,
+                &upload_owner(repo),
                 id,
                 Expectation {
                     digest: Some(*digest),
@@ -530,7 +556,7 @@ impl Oci {
         id: &str,
     ) -> Result<(), OciFailure> {
         self.require_push(who, repo)?;
-        self.uploads.cancel(repo, id).await
+        Ok(self.uploads.cancel(&upload_owner(repo), id).await?)
     }
 
     fn resolve(&self, repo: &str, reference: &Reference) -> Option<(Digest, ManifestInfo, Owner)> {

@@ -1,0 +1,366 @@
+//! Resumable uploads from the CLI: `blob put` and `publish` send large files through the
+//! daemon's upload sessions (`StartUpload`, `WriteUpload`, `FinishUpload`), so a dropped
+//! connection, a restarted daemon or a killed client costs only the bytes that were in flight.
+//!
+//! Within one run, a broken transfer is retried with backoff: the CLI asks the daemon how many
+//! bytes it acknowledged and continues from there. Across runs, the session id is remembered in
+//! a small file under the state directory, keyed by the server, the file's path, size and
+//! modification time, so running the same command again after the client was killed continues
+//! the same session. The file is removed when the upload finishes.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::BytesMut;
+use custodian_client::{Client, Target};
+use custodian_core::Digest;
+use custodian_proto::cas::v1 as pb;
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+use tonic::Code;
+
+use crate::client::status_error;
+use crate::output::progress;
+
+/// Files at least this large go through a resumable session; smaller ones are one `Put`.
+pub const RESUMABLE_MIN: u64 = 8 << 20;
+
+/// Bytes read from a file per upload message.
+const CHUNK: usize = 1 << 20;
+
+/// How long a transfer keeps retrying without making progress before it gives up.
+const RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// What is remembered between runs about an unfinished upload.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    upload_id: String,
+    server: String,
+    path: String,
+    size: u64,
+}
+
+/// Where unfinished uploads are remembered: `$CUSTODIAN_STATE_DIR`, else
+/// `$XDG_STATE_HOME/custodian`, else `~/.local/state/custodian`; then `uploads/`.
+fn state_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("CUSTODIAN_STATE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_STATE_HOME").map(|d| PathBuf::from(d).join("custodian")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/custodian"))
+        })?;
+    Some(base.join("uploads"))
+}
+
+/// The record file for this upload: a hash of everything that must match for the remembered
+/// session to hold the same bytes.
+fn record_path(target: &Target, path: &Path, expect: Option<Digest>) -> Option<PathBuf> {
+    let meta = std::fs::metadata(path).ok()?;
+    let canonical = std::fs::canonicalize(path).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let key = format!(
+        "{}\n{}\n{}\n{mtime}\n{}\n{}",
+        target.server,
+        canonical.display(),
+        meta.len(),
+        expect.map(|d| d.to_string()).unwrap_or_default(),
+        // Sessions belong to a token, so another token's record must not be tried.
+        target
+            .token
+            .as_deref()
+            .map(token_fingerprint)
+            .unwrap_or_default(),
+    );
+    let name = Digest::of(custodian_core::Algorithm::Sha256, key.as_bytes());
+    Some(state_dir()?.join(format!("{}.json", name.hex())))
+}
+
+fn token_fingerprint(token: &str) -> String {
+    Digest::of(custodian_core::Algorithm::Sha256, token.as_bytes()).hex()
+}
+
+/// Whether a failed call is worth retrying after asking the daemon where the upload stands.
+fn transient(status: &tonic::Status) -> bool {
+    !matches!(
+        status.code(),
+        Code::InvalidArgument
+            | Code::NotFound
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::AlreadyExists
+            | Code::Unimplemented
+            | Code::OutOfRange
+            | Code::DataLoss
+    )
+}
+
+/// Uploads `path` through a resumable session, continuing one an earlier run left unfinished.
+pub async fn put_resumable(
+    target: &Target,
+    path: &Path,
+    expect: Option<Digest>,
+) -> anyhow::Result<pb::PutResponse> {
+    let size = tokio::fs::metadata(path)
+        .await
+        .context("cannot read metadata")?
+        .len();
+    let record_file = record_path(target, path, expect);
+    let bar = progress(size, format!("put {}", path.display()));
+    let mut client = Client::connect(target).await?.store();
+    // A session an earlier run started, if the daemon still has it.
+    let mut session: Option<pb::UploadStatus> = None;
+    if let Some(record) = record_file
+        .as_ref()
+        .and_then(|f| std::fs::read(f).ok())
+        .and_then(|t| serde_json::from_slice::<Record>(&t).ok())
+    {
+        match client
+            .query_upload(pb::QueryUploadRequest {
+                upload_id: record.upload_id.clone(),
+            })
+            .await
+        {
+            Ok(status) => {
+                let status = status.into_inner();
+                say(
+                    &bar,
+                    format!(
+                        "resuming the upload of {} at byte {} of {size}",
+                        path.display(),
+                        status.committed_size
+                    ),
+                );
+                session = Some(status);
+            }
+            Err(status) if status.code() == Code::NotFound => {}
+            Err(status) => return Err(status_error(status)),
+        }
+    }
+    let mut session = match session {
+        Some(session) => session,
+        None => {
+            let started = client
+                .start_upload(pb::StartUploadRequest {
+                    expected_digest: expect.map(|d| d.to_string()).unwrap_or_default(),
+                    expected_size: Some(size),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if let Some(file) = &record_file {
+                let record = Record {
+                    upload_id: started.upload_id.clone(),
+                    server: target.server.clone(),
+                    path: path.display().to_string(),
+                    size,
+                };
+                // Remembering is a convenience: if it fails, only a later run cannot resume.
+                if let Some(dir) = file.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                let _ = std::fs::write(file, serde_json::to_vec(&record)?);
+            }
+            started
+        }
+    };
+    let id = session.upload_id.clone();
+    let mut last_progress = Instant::now();
+    let mut backoff = Duration::from_millis(250);
+    while session.committed_size < size {
+        bar.set_position(session.committed_size);
+        match write_from(&mut client, path, &id, session.committed_size, &bar).await {
+            Ok(status) => {
+                if status.committed_size == session.committed_size {
+                    bail!(
+                        "the daemon acknowledged no bytes at offset {}; the file may have shrunk",
+                        status.committed_size
+                    );
+                }
+                session = status;
+                last_progress = Instant::now();
+                backoff = Duration::from_millis(250);
+            }
+            Err(WriteFailure::File(err)) => return Err(err),
+            Err(WriteFailure::Status(status)) if !transient(&status) => {
+                if status.code() == Code::NotFound
+                    && let Some(file) = &record_file
+                {
+                    let _ = std::fs::remove_file(file);
+                }
+                return Err(status_error(status));
+            }
+            Err(WriteFailure::Status(status)) => {
+                if last_progress.elapsed() > RETRY_FOR {
+                    bail!(
+                        "the upload made no progress for {} s; the last error: {}. Run the same command again to resume at byte {}",
+                        RETRY_FOR.as_secs(),
+                        status_error(status),
+                        session.committed_size
+                    );
+                }
+                say(
+                    &bar,
+                    format!(
+                        "the transfer broke ({}); resuming",
+                        custodian_client::describe_status(&status)
+                    ),
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(4));
+                // A new connection, then where the daemon stands: it keeps what arrived.
+                match reconnect_and_query(target, &id).await {
+                    Ok((fresh, status)) => {
+                        client = fresh;
+                        session = status;
+                    }
+                    Err(status) if transient(&status) => continue,
+                    Err(status) => return Err(status_error(status)),
+                }
+            }
+        }
+    }
+    bar.set_message("all bytes sent; the daemon is committing");
+    let finished = loop {
+        match client
+            .finish_upload(pb::FinishUploadRequest {
+                upload_id: id.clone(),
+                expected_digest: expect.map(|d| d.to_string()).unwrap_or_default(),
+            })
+            .await
+        {
+            Ok(response) => break response.into_inner(),
+            Err(status) if transient(&status) && last_progress.elapsed() < RETRY_FOR => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(4));
+                if let Ok(fresh) = Client::connect(target).await {
+                    client = fresh.store();
+                }
+            }
+            Err(status) => {
+                bar.finish_and_clear();
+                if let Some(file) = &record_file {
+                    let _ = std::fs::remove_file(file);
+                }
+                return Err(status_error(status));
+            }
+        }
+    };
+    bar.finish_and_clear();
+    if let Some(file) = &record_file {
+        let _ = std::fs::remove_file(file);
+    }
+    Ok(finished)
+}
+
+async fn reconnect_and_query(
+    target: &Target,
+    id: &str,
+) -> Result<
+    (
+        custodian_proto::cas::v1::content_store_client::ContentStoreClient<custodian_client::Conn>,
+        pb::UploadStatus,
+    ),
+    tonic::Status,
+> {
+    let mut client = Client::connect(target)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+        .store();
+    let status = client
+        .query_upload(pb::QueryUploadRequest {
+            upload_id: id.to_string(),
+        })
+        .await?
+        .into_inner();
+    Ok((client, status))
+}
+
+/// A line for the person watching: above the bar on a terminal, else on standard error.
+fn say(bar: &indicatif::ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+enum WriteFailure {
+    File(anyhow::Error),
+    Status(tonic::Status),
+}
+
+/// One WriteUpload call: the file from `offset` to its end.
+async fn write_from(
+    client: &mut custodian_proto::cas::v1::content_store_client::ContentStoreClient<
+        custodian_client::Conn,
+    >,
+    path: &Path,
+    id: &str,
+    offset: u64,
+    bar: &indicatif::ProgressBar,
+) -> Result<pb::UploadStatus, WriteFailure> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .context("cannot open")
+        .map_err(WriteFailure::File)?;
+    file.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .context("cannot seek")
+        .map_err(WriteFailure::File)?;
+    let header = pb::WriteUploadRequest {
+        message: Some(pb::write_upload_request::Message::Header(
+            pb::UploadWriteHeader {
+                upload_id: id.to_string(),
+                write_offset: offset,
+            },
+        )),
+    };
+    let (error_tx, mut error_rx) = tokio::sync::oneshot::channel::<std::io::Error>();
+    let chunks = futures::stream::unfold(
+        (file, Some(error_tx), bar.clone()),
+        |(mut file, mut error_tx, bar)| async move {
+            let mut buf = BytesMut::with_capacity(CHUNK);
+            let read = async {
+                while buf.len() < CHUNK {
+                    if file.read_buf(&mut buf).await? == 0 {
+                        break;
+                    }
+                }
+                Ok::<_, std::io::Error>(buf.len())
+            }
+            .await;
+            match read {
+                Ok(0) => None,
+                Ok(n) => {
+                    bar.inc(n as u64);
+                    let message = pb::WriteUploadRequest {
+                        message: Some(pb::write_upload_request::Message::Chunk(buf.freeze())),
+                    };
+                    Some((message, (file, error_tx, bar)))
+                }
+                Err(err) => {
+                    if let Some(tx) = error_tx.take() {
+                        let _ = tx.send(err);
+                    }
+                    None
+                }
+            }
+        },
+    );
+    let request = futures::stream::once(async { header }).chain(chunks);
+    let result = client.write_upload(request).await;
+    if let Ok(err) = error_rx.try_recv() {
+        return Err(WriteFailure::File(anyhow::anyhow!(
+            "reading the file failed: {err}"
+        )));
+    }
+    result
+        .map(tonic::Response::into_inner)
+        .map_err(WriteFailure::Status)
+}

@@ -1,0 +1,1016 @@
+//! Resumable upload sessions: one engine behind the gRPC resumable upload, the REST tus 1.0
+//! uploads and the OCI front end's chunked uploads.
+//!
+//! A session is a directory `DIR/<id>/` with three files:
+//!
+//! - `data`: the bytes received so far;
+//! - `crcs`: the CRC32C of each complete block of `data` (four bytes each, little-endian);
+//! - `state.json`: who owns the session, what it expects, the committed length, and the hash
+//!   state after exactly that many bytes ([`custodian_core::resumable::HashState`]).
+//!
+//! A piece is acknowledged only after its bytes are synced and `state.json` is replaced
+//! atomically (write, sync, rename, sync the directory), so after `kill -9` and a restart the
+//! session reports exactly the length it acknowledged. Bytes past it (a piece cut off by the
+//! crash or by a dropped connection) are cut away before the next piece. While a long piece
+//! streams in, the engine makes it durable every [`CHECKPOINT`] bytes, so a crash loses at most
+//! that much of it; a piece whose connection drops keeps everything that arrived.
+//!
+//! Every byte is hashed once, as it arrives: the saved hash state continues where the last
+//! acknowledged piece left it (only the unhashed tail, at most 64 KiB, is read back after a
+//! restart). At the end the staged bytes are copied into custody by
+//! [`BlobStore::commit_staged`], which checks each block against the CRC computed when it was
+//! hashed; nothing is visible unless it matches what the client declared.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use custodian_core::resumable::{HashState, ResumableDigests};
+use custodian_core::{BlobDigests, Digest};
+use futures::{Stream, StreamExt as _};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+
+use crate::store::Staged;
+use crate::{BlobStore, Expectation, PutOutcome, StorageError};
+
+/// How long an upload session may sit idle before it is removed, unless configured.
+pub const DEFAULT_UPLOAD_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
+/// While a piece streams in, its bytes are made durable (synced, and the committed length
+/// recorded) every this many bytes: the most a crash of the daemon can cost a client.
+pub const CHECKPOINT: u64 = 4 << 20;
+
+/// How many bytes of a piece are gathered before they are hashed and written.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// Why an upload session operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// No such session for this owner: finished, cancelled, expired or never started.
+    #[error(
+        "upload {id:?} is not in progress (finished, cancelled, expired after being idle, or never started)"
+    )]
+    Unknown {
+        /// The session id asked for.
+        id: String,
+    },
+    /// A piece that does not start where the committed bytes end.
+    #[error(
+        "upload {id:?}: a piece at offset {offset} does not continue the {committed} bytes committed; resume at offset {committed}"
+    )]
+    OffsetMismatch {
+        /// The session.
+        id: String,
+        /// Where the piece said it starts.
+        offset: u64,
+        /// The bytes committed so far.
+        committed: u64,
+    },
+    /// More bytes than the session's declared size.
+    #[error(
+        "upload {id:?} declared {expected} bytes but would receive {actual}; nothing past byte {expected} was kept"
+    )]
+    TooLarge {
+        /// The session.
+        id: String,
+        /// The declared size.
+        expected: u64,
+        /// The length the piece would have reached.
+        actual: u64,
+    },
+    /// A piece's body ended with an error; the bytes that arrived before it were kept.
+    #[error("upload {id:?}: the piece's body ended early ({cause}); resume at offset {committed}")]
+    BodyFailed {
+        /// The session.
+        id: String,
+        /// What the body reported.
+        cause: String,
+        /// The bytes committed now, including those that arrived before the failure.
+        committed: u64,
+    },
+    /// A request that makes no sense for this session.
+    #[error("upload {id:?}: {reason}")]
+    Invalid {
+        /// The session.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The staging directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The custody store refused or failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// A result of the upload engine.
+pub type UploadResult<T> = std::result::Result<T, UploadError>;
+
+fn io(path: &Path, source: std::io::Error) -> UploadError {
+    UploadError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn now_ms() -> u64 {
+    crate::store::now_unix_ms()
+}
+
+/// What is kept beside a session's bytes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SessionFile {
+    owner: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expected_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expected_size: Option<u64>,
+    committed: u64,
+    /// [`HashState::to_bytes`] after `committed` bytes, in hex.
+    hash_state: String,
+    /// The CRC32C of the bytes of the incomplete last block.
+    partial_crc: u32,
+    block_size: u32,
+    started_ms: u64,
+    updated_ms: u64,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+/// A session as callers see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The session id (32 hex digits).
+    pub id: String,
+    /// Who may write to it: a principal, an OCI repository, … as the caller chose.
+    pub owner: String,
+    /// The bytes acknowledged so far: where the next piece starts.
+    pub committed: u64,
+    /// The digest the bytes must hash to, if declared at the start.
+    pub expected_digest: Option<Digest>,
+    /// The total length, if declared at the start.
+    pub expected_size: Option<u64>,
+    /// When the session started (ms since the Unix epoch).
+    pub started_ms: u64,
+    /// When it last received bytes (ms since the Unix epoch).
+    pub updated_ms: u64,
+    /// When it expires unless it receives more (ms since the Unix epoch).
+    pub expires_ms: u64,
+    /// What the caller stored with it (e.g. tus Upload-Metadata).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The live hash and CRC state of a session this process is feeding, valid while its length
+/// equals the session's committed length.
+#[derive(Clone)]
+struct Live {
+    hasher: ResumableDigests,
+    partial_crc: u32,
+}
+
+/// The upload sessions kept in one directory.
+pub struct UploadSessions {
+    dir: PathBuf,
+    expiry: Duration,
+    store: BlobStore,
+    /// One lock per session id, so that two requests on one session never interleave.
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    live: std::sync::Mutex<HashMap<String, Live>>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl std::fmt::Debug for UploadSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadSessions")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UploadSessions {
+    /// The sessions under `dir` (created if missing) committing into `store`; idle ones older
+    /// than `expiry` are removed now and by each [`UploadSessions::sweep`].
+    pub fn open(dir: &Path, expiry: Duration, store: BlobStore) -> UploadResult<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let sessions = UploadSessions {
+            dir: dir.to_path_buf(),
+            expiry,
+            store,
+            locks: Default::default(),
+            live: Default::default(),
+        };
+        sessions.sweep();
+        Ok(sessions)
+    }
+
+    /// How long an idle session lives.
+    pub fn expiry(&self) -> Duration {
+        self.expiry
+    }
+
+    /// The store sessions commit into.
+    pub fn store(&self) -> &BlobStore {
+        &self.store
+    }
+
+    fn session_dir(&self, id: &str) -> UploadResult<PathBuf> {
+        // Ids are ours (hex); anything else names no session and must not become a path.
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(UploadError::Unknown { id: id.to_string() });
+        }
+        Ok(self.dir.join(id))
+    }
+
+    fn session_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.locks).entry(id.to_string()).or_default().clone()
+    }
+
+    fn forget(&self, id: &str) {
+        lock(&self.locks).remove(id);
+        lock(&self.live).remove(id);
+    }
+
+    fn info(&self, id: &str, file: &SessionFile) -> SessionInfo {
+        SessionInfo {
+            id: id.to_string(),
+            owner: file.owner.clone(),
+            committed: file.committed,
+            expected_digest: file.expected_digest.as_deref().and_then(|d| d.parse().ok()),
+            expected_size: file.expected_size,
+            started_ms: file.started_ms,
+            updated_ms: file.updated_ms,
+            expires_ms: file.updated_ms + self.expiry.as_millis() as u64,
+            metadata: file.metadata.clone(),
+        }
+    }
+
+    async fn read_file(&self, id: &str, owner: &str) -> UploadResult<(PathBuf, SessionFile)> {
+        let dir = self.session_dir(id)?;
+        let path = dir.join("state.json");
+        let text = match tokio::fs::read(&path).await {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(UploadError::Unknown { id: id.to_string() });
+            }
+            Err(e) => return Err(io(&path, e)),
+        };
+        let file: SessionFile = serde_json::from_slice(&text).map_err(|e| {
+            io(
+                &path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })?;
+        // Another owner's session is answered exactly like one that does not exist.
+        if file.owner != owner {
+            return Err(UploadError::Unknown { id: id.to_string() });
+        }
+        if now_ms().saturating_sub(file.updated_ms) > self.expiry.as_millis() as u64 {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            self.forget(id);
+            return Err(UploadError::Unknown { id: id.to_string() });
+        }
+        Ok((dir, file))
+    }
+
+    async fn write_file(dir: &Path, file: &SessionFile) -> UploadResult<()> {
+        let tmp = dir.join("state.json.tmp");
+        let path = dir.join("state.json");
+        let text = serde_json::to_vec(file).expect("session state serializes");
+        let mut out = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| io(&tmp, e))?;
+        out.write_all(&text).await.map_err(|e| io(&tmp, e))?;
+        out.sync_all().await.map_err(|e| io(&tmp, e))?;
+        tokio::fs::rename(&tmp, &path)
+            .await
+            .map_err(|e| io(&path, e))?;
+        let d = tokio::fs::File::open(dir).await.map_err(|e| io(dir, e))?;
+        d.sync_all().await.map_err(|e| io(dir, e))
+    }
+
+    /// Starts a session owned by `owner`, expecting `expect` (either part may be unknown until
+    /// the end) and keeping `metadata` with it; returns it.
+    pub async fn start(
+        &self,
+        owner: &str,
+        expect: Expectation,
+        metadata: BTreeMap<String, String>,
+    ) -> UploadResult<SessionInfo> {
+        let mut raw = [0u8; 16];
+        getrandom::fill(&mut raw).map_err(|e| {
+            io(
+                &self.dir,
+                std::io::Error::other(format!("no randomness for a session id: {e}")),
+            )
+        })?;
+        let id = hex::encode(raw);
+        let dir = self.dir.join(&id);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| io(&dir, e))?;
+        for name in ["data", "crcs"] {
+            let path = dir.join(name);
+            tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| io(&path, e))?;
+        }
+        let now = now_ms();
+        let file = SessionFile {
+            owner: owner.to_string(),
+            expected_digest: expect.digest.map(|d| d.to_string()),
+            expected_size: expect.size,
+            committed: 0,
+            hash_state: hex::encode(ResumableDigests::new().state().to_bytes()),
+            partial_crc: 0,
+            block_size: self.store.block_size() as u32,
+            started_ms: now,
+            updated_ms: now,
+            metadata,
+        };
+        Self::write_file(&dir, &file).await?;
+        Ok(self.info(&id, &file))
+    }
+
+    /// The session `id` of `owner`.
+    pub async fn status(&self, owner: &str, id: &str) -> UploadResult<SessionInfo> {
+        let session = self.session_lock(id);
+        let _held = session.lock().await;
+        let (_, file) = self.read_file(id, owner).await?;
+        Ok(self.info(id, &file))
+    }
+
+    /// The live state if it holds exactly the committed bytes; else the saved state, restored
+    /// with the unhashed tail read back from the staged bytes.
+    async fn resume(&self, id: &str, dir: &Path, file: &SessionFile) -> UploadResult<Live> {
+        if let Some(live) = lock(&self.live).remove(id)
+            && live.hasher.len() == file.committed
+        {
+            return Ok(live);
+        }
+        let damaged = |reason: String| UploadError::Invalid {
+            id: id.to_string(),
+            reason: format!("its saved state is damaged ({reason}); start the upload again"),
+        };
+        let bytes = hex::decode(&file.hash_state).map_err(|e| damaged(e.to_string()))?;
+        let state = HashState::from_bytes(&bytes).map_err(|e| damaged(e.to_string()))?;
+        if state.total != file.committed {
+            return Err(damaged("the hash state is for another length".into()));
+        }
+        let tail_len = HashState::tail_len(state.total);
+        let path = dir.join("data");
+        let mut data = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io(&path, e))?;
+        data.seek(std::io::SeekFrom::Start(state.total - tail_len))
+            .await
+            .map_err(|e| io(&path, e))?;
+        let mut tail = vec![0u8; tail_len as usize];
+        data.read_exact(&mut tail).await.map_err(|e| io(&path, e))?;
+        let hasher = ResumableDigests::resume(&state, &tail).map_err(|e| damaged(e.to_string()))?;
+        Ok(Live {
+            hasher,
+            partial_crc: file.partial_crc,
+        })
+    }
+
+    /// Appends a piece to session `id` of `owner`. `offset`, if given, must equal the committed
+    /// length. Returns the new committed length once the bytes are durable. If the body fails
+    /// part-way, what arrived is kept (and reported in [`UploadError::BodyFailed`]), so the
+    /// client resumes after it; bytes past a declared size are refused and not kept.
+    ///
+    /// The work runs as its own task: a server drops a request's future when its client goes
+    /// away, and the bytes that arrived before that must still be made durable.
+    pub async fn append<S, E>(
+        self: &Arc<Self>,
+        owner: &str,
+        id: &str,
+        offset: Option<u64>,
+        body: S,
+    ) -> UploadResult<SessionInfo>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let this = self.clone();
+        let (owner, id_owned) = (owner.to_string(), id.to_string());
+        tokio::spawn(async move { this.append_here(&owner, &id_owned, offset, body).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(UploadError::Invalid {
+                    id: id.to_string(),
+                    reason: format!("the upload task failed: {e}"),
+                })
+            })
+    }
+
+    async fn append_here<S, E>(
+        &self,
+        owner: &str,
+        id: &str,
+        offset: Option<u64>,
+        body: S,
+    ) -> UploadResult<SessionInfo>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let session = self.session_lock(id);
+        let _held = session.lock().await;
+        let (dir, mut file) = self.read_file(id, owner).await?;
+        if let Some(offset) = offset
+            && offset != file.committed
+        {
+            return Err(UploadError::OffsetMismatch {
+                id: id.to_string(),
+                offset,
+                committed: file.committed,
+            });
+        }
+        let mut live = self.resume(id, &dir, &file).await?;
+        let block = u64::from(file.block_size);
+        let data_path = dir.join("data");
+        let crcs_path = dir.join("crcs");
+        let mut data = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(&data_path)
+            .await
+            .map_err(|e| io(&data_path, e))?;
+        let mut crcs = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(&crcs_path)
+            .await
+            .map_err(|e| io(&crcs_path, e))?;
+        // Bytes past the committed length were never acknowledged: they go first.
+        data.set_len(file.committed)
+            .await
+            .map_err(|e| io(&data_path, e))?;
+        data.seek(std::io::SeekFrom::Start(file.committed))
+            .await
+            .map_err(|e| io(&data_path, e))?;
+        let full_blocks = file.committed / block;
+        crcs.set_len(full_blocks * 4)
+            .await
+            .map_err(|e| io(&crcs_path, e))?;
+        crcs.seek(std::io::SeekFrom::Start(full_blocks * 4))
+            .await
+            .map_err(|e| io(&crcs_path, e))?;
+
+        let mut body = body;
+        let mut batch = BytesMut::new();
+        let mut failure: Option<String> = None;
+        let mut since_checkpoint = 0u64;
+        let mut ended = false;
+        while !ended {
+            match body.next().await {
+                Some(Ok(chunk)) => {
+                    batch.extend_from_slice(&chunk);
+                    if batch.len() < WRITE_BATCH {
+                        continue;
+                    }
+                }
+                Some(Err(e)) => {
+                    failure = Some(e.to_string());
+                    ended = true;
+                }
+                None => ended = true,
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let bytes = batch.split().freeze();
+            let reached = live.hasher.len() + bytes.len() as u64;
+            if let Some(expected) = file.expected_size
+                && reached > expected
+            {
+                // What came before this batch stays acknowledged below; this batch does not.
+                let err = UploadError::TooLarge {
+                    id: id.to_string(),
+                    expected,
+                    actual: reached,
+                };
+                self.checkpoint(&dir, &mut file, &mut data, &mut crcs, &live)
+                    .await?;
+                lock(&self.live).insert(id.to_string(), live);
+                return Err(err);
+            }
+            // The file write and the hashing (on the blocking pool) run side by side.
+            let mut hashing = live.clone();
+            let to_hash = bytes.clone();
+            let hashed = tokio::task::spawn_blocking(move || {
+                let start = hashing.hasher.len();
+                hashing.hasher.update(&to_hash);
+                let done = block_crcs(start, block, &mut hashing.partial_crc, &to_hash);
+                (hashing, done)
+            });
+            let (written, hashed) = tokio::join!(data.write_all(&bytes), hashed);
+            written.map_err(|e| io(&data_path, e))?;
+            let (next, done) = hashed.map_err(|e| {
+                io(
+                    &data_path,
+                    std::io::Error::other(format!("the hashing task failed: {e}")),
+                )
+            })?;
+            let mut encoded = Vec::with_capacity(done.len() * 4);
+            for crc in done {
+                encoded.extend_from_slice(&crc.to_le_bytes());
+            }
+            crcs.write_all(&encoded)
+                .await
+                .map_err(|e| io(&crcs_path, e))?;
+            live = next;
+            since_checkpoint += bytes.len() as u64;
+            if since_checkpoint >= CHECKPOINT {
+                self.checkpoint(&dir, &mut file, &mut data, &mut crcs, &live)
+                    .await?;
+                since_checkpoint = 0;
+            }
+        }
+        self.checkpoint(&dir, &mut file, &mut data, &mut crcs, &live)
+            .await?;
+        lock(&self.live).insert(id.to_string(), live);
+        if let Some(cause) = failure {
+            return Err(UploadError::BodyFailed {
+                id: id.to_string(),
+                cause,
+                committed: file.committed,
+            });
+        }
+        Ok(self.info(id, &file))
+    }
+
+    /// Makes everything `live` has hashed durable and acknowledged.
+    async fn checkpoint(
+        &self,
+        dir: &Path,
+        file: &mut SessionFile,
+        data: &mut tokio::fs::File,
+        crcs: &mut tokio::fs::File,
+        live: &Live,
+    ) -> UploadResult<()> {
+        if live.hasher.len() == file.committed {
+            return Ok(());
+        }
+        let (a, b) = tokio::join!(data.sync_data(), crcs.sync_data());
+        a.map_err(|e| io(&dir.join("data"), e))?;
+        b.map_err(|e| io(&dir.join("crcs"), e))?;
+        file.committed = live.hasher.len();
+        file.hash_state = hex::encode(live.hasher.state().to_bytes());
+        file.partial_crc = live.partial_crc;
+        file.updated_ms = now_ms();
+        Self::write_file(dir, file).await
+    }
+
+    /// Commits session `id` of `owner` into custody, expecting `expect` on top of what the
+    /// session declared at its start. The session is removed whatever the outcome: a mismatch
+    /// leaves nothing visible and nothing behind.
+    pub async fn finish(
+        &self,
+        owner: &str,
+        id: &str,
+        expect: Expectation,
+    ) -> UploadResult<PutOutcome> {
+        let session = self.session_lock(id);
+        let _held = session.lock().await;
+        let (dir, file) = self.read_file(id, owner).await?;
+        let outcome = self.commit(id, &dir, &file, expect).await;
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        drop(_held);
+        self.forget(id);
+        outcome
+    }
+
+    async fn commit(
+        &self,
+        id: &str,
+        dir: &Path,
+        file: &SessionFile,
+        expect: Expectation,
+    ) -> UploadResult<PutOutcome> {
+        let declared = Expectation {
+            digest: file.expected_digest.as_deref().and_then(|d| d.parse().ok()),
+            size: file.expected_size,
+        };
+        let live = self.resume(id, dir, file).await?;
+        let digests: BlobDigests = live.hasher.finalize();
+        let block = u64::from(file.block_size);
+        let mut block_crcs = read_crcs(&dir.join("crcs"), file.committed / block).await?;
+        if !file.committed.is_multiple_of(block) {
+            block_crcs.push(live.partial_crc);
+        }
+        let staged = Staged {
+            digests,
+            size: file.committed,
+            block_size: file.block_size,
+            block_crcs,
+        };
+        // Both are checked before a byte is copied, so a mismatch costs nothing.
+        declared.check(&staged.digests, staged.size)?;
+        expect.check(&staged.digests, staged.size)?;
+        let path = dir.join("data");
+        let reader = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io(&path, e))?;
+        let blocks = staged_blocks(reader, path, file.committed, block);
+        Ok(self
+            .store
+            .commit_staged(staged, &Expectation::default(), blocks)
+            .await?)
+    }
+
+    /// Cancels session `id` of `owner`, removing its bytes.
+    pub async fn cancel(&self, owner: &str, id: &str) -> UploadResult<()> {
+        let session = self.session_lock(id);
+        let _held = session.lock().await;
+        let (dir, _) = self.read_file(id, owner).await?;
+        tokio::fs::remove_dir_all(&dir)
+            .await
+            .map_err(|e| io(&dir, e))?;
+        drop(_held);
+        self.forget(id);
+        Ok(())
+    }
+
+    /// Every session now, any owner (for operators, and for garbage collection's check that its
+    /// grace period outlasts any upload).
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if let Some(file) = std::fs::read(entry.path().join("state.json"))
+                .ok()
+                .and_then(|t| serde_json::from_slice::<SessionFile>(&t).ok())
+            {
+                out.push(self.info(&id, &file));
+            }
+        }
+        out.sort_by(|a, b| a.started_ms.cmp(&b.started_ms).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    /// Removes every session idle for longer than the expiry, and any directory left without a
+    /// readable state (a crash between creating it and writing its state). Returns how many.
+    pub fn sweep(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let now = now_ms();
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let id = entry.file_name().to_string_lossy().into_owned();
+            // A session a request holds right now is not idle.
+            if lock(&self.locks)
+                .get(&id)
+                .is_some_and(|l| l.try_lock().is_err())
+            {
+                continue;
+            }
+            let state = std::fs::read(path.join("state.json"))
+                .ok()
+                .and_then(|t| serde_json::from_slice::<SessionFile>(&t).ok());
+            let stale = match state {
+                Some(s) => now.saturating_sub(s.updated_ms) > self.expiry.as_millis() as u64,
+                // A directory without a state is a session that crashed while starting, unless
+                // it is one starting right now.
+                None => entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(60)),
+            };
+            if stale && std::fs::remove_dir_all(&path).is_ok() {
+                self.forget(&id);
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "expired upload sessions removed");
+        }
+        removed
+    }
+
+    /// How many sessions exist now.
+    pub fn count(&self) -> usize {
+        std::fs::read_dir(&self.dir).map_or(0, |d| d.count())
+    }
+}
+
+/// Advances the CRC of the incomplete block by `bytes` (which start at byte `start` of the
+/// blob); returns the CRCs of the blocks they complete.
+fn block_crcs(start: u64, block: u64, partial: &mut u32, mut bytes: &[u8]) -> Vec<u32> {
+    let mut done = Vec::new();
+    let mut at = start;
+    while !bytes.is_empty() {
+        let room = (block - at % block) as usize;
+        let take = room.min(bytes.len());
+        *partial = crc32c::crc32c_append(*partial, &bytes[..take]);
+        at += take as u64;
+        bytes = &bytes[take..];
+        if at.is_multiple_of(block) {
+            done.push(std::mem::take(partial));
+        }
+    }
+    done
+}
+
+async fn read_crcs(path: &Path, count: u64) -> UploadResult<Vec<u32>> {
+    let bytes = tokio::fs::read(path).await.map_err(|e| io(path, e))?;
+    if (bytes.len() as u64) < count * 4 {
+        return Err(io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{} block checksums, expected {count}", bytes.len() / 4),
+            ),
+        ));
+    }
+    Ok(bytes[..count as usize * 4]
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect())
+}
+
+/// The staged bytes, one block per item.
+fn staged_blocks(
+    file: tokio::fs::File,
+    path: PathBuf,
+    size: u64,
+    block: u64,
+) -> futures::stream::BoxStream<'static, crate::Result<Bytes>> {
+    futures::stream::unfold((file, 0u64), move |(mut file, at)| {
+        let path = path.clone();
+        async move {
+            if at >= size {
+                return None;
+            }
+            let len = block.min(size - at) as usize;
+            let mut buf = vec![0u8; len];
+            let item = file.read_exact(&mut buf).await.map(|_| Bytes::from(buf));
+            let item = item.map_err(|e| {
+                StorageError::Aborted(format!("reading the staged upload {}: {e}", path.display()))
+            });
+            Some((item, (file, at + len as u64)))
+        }
+    })
+    .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryBackend;
+    use custodian_core::Algorithm;
+
+    fn store() -> BlobStore {
+        BlobStore::new(Arc::new(MemoryBackend::new(1024)))
+    }
+
+    fn piece(bytes: &[u8]) -> futures::stream::Iter<std::vec::IntoIter<Result<Bytes, String>>> {
+        futures::stream::iter(vec![Ok(Bytes::copy_from_slice(bytes))])
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn a_session_resumes_from_its_committed_length_after_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store();
+        let bytes = data(200_000);
+        let digest = Digest::of(Algorithm::Sha256, &bytes);
+        let sessions = Arc::new(
+            UploadSessions::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store.clone()).expect("open"),
+        );
+        let id = sessions
+            .start("alice", Expectation::default(), BTreeMap::new())
+            .await
+            .expect("start")
+            .id;
+        let info = sessions
+            .append("alice", &id, Some(0), piece(&bytes[..70_001]))
+            .await
+            .expect("append");
+        assert_eq!(info.committed, 70_001);
+        // A piece that skips ahead, or another owner, changes nothing.
+        assert!(matches!(
+            sessions
+                .append("alice", &id, Some(80_000), piece(&bytes[80_000..]))
+                .await,
+            Err(UploadError::OffsetMismatch {
+                committed: 70_001,
+                ..
+            })
+        ));
+        assert!(matches!(
+            sessions.status("mallory", &id).await,
+            Err(UploadError::Unknown { .. })
+        ));
+        // A crash mid-piece leaves unacknowledged bytes; a new process (no live state) reports
+        // the committed length, cuts them away, and continues the saved hash.
+        drop(sessions);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(&id).join("data"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"garbage"))
+            .expect("torn tail");
+        let sessions = Arc::new(
+            UploadSessions::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store.clone()).expect("reopen"),
+        );
+        assert_eq!(
+            sessions
+                .status("alice", &id)
+                .await
+                .expect("status")
+                .committed,
+            70_001
+        );
+        sessions
+            .append("alice", &id, Some(70_001), piece(&bytes[70_001..]))
+            .await
+            .expect("append");
+        let outcome = sessions
+            .finish(
+                "alice",
+                &id,
+                Expectation {
+                    digest: Some(digest),
+                    size: Some(200_000),
+                },
+            )
+            .await
+            .expect("finish");
+        assert_eq!(outcome.meta.size, 200_000);
+        assert_eq!(outcome.meta.digests, BlobDigests::of(&bytes));
+        let mut read = store
+            .get(&digest, crate::ByteRange::ALL)
+            .await
+            .expect("get");
+        let mut back = Vec::new();
+        while let Some(b) = read.data.next().await {
+            back.extend_from_slice(&b.expect("verified block"));
+        }
+        assert_eq!(back, bytes);
+        assert_eq!(sessions.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_body_keeps_what_arrived() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sessions = Arc::new(
+            UploadSessions::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store()).expect("open"),
+        );
+        let id = sessions
+            .start("a", Expectation::default(), BTreeMap::new())
+            .await
+            .expect("start")
+            .id;
+        let body = futures::stream::iter(vec![
+            Ok(Bytes::from_static(b"hello ")),
+            Err("connection reset".to_string()),
+        ]);
+        assert!(matches!(
+            sessions.append("a", &id, Some(0), body).await,
+            Err(UploadError::BodyFailed { committed: 6, .. })
+        ));
+        assert_eq!(
+            sessions.status("a", &id).await.expect("status").committed,
+            6
+        );
+    }
+
+    #[tokio::test]
+    async fn mismatches_and_overflows_leave_nothing_visible() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store();
+        let sessions = Arc::new(
+            UploadSessions::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store.clone()).expect("open"),
+        );
+        let wrong = Digest::of(Algorithm::Sha256, b"other");
+        let id = sessions
+            .start("a", Expectation::default(), BTreeMap::new())
+            .await
+            .expect("start")
+            .id;
+        sessions
+            .append("a", &id, None, piece(b"x"))
+            .await
+            .expect("append");
+        let err = sessions
+            .finish(
+                "a",
+                &id,
+                Expectation {
+                    digest: Some(wrong),
+                    size: None,
+                },
+            )
+            .await
+            .expect_err("mismatch");
+        assert!(matches!(
+            err,
+            UploadError::Storage(StorageError::DigestMismatch { .. })
+        ));
+        assert!(store.stat(&wrong).await.expect("stat").is_none());
+        assert_eq!(sessions.count(), 0, "a failed finish leaves nothing behind");
+        let sized = sessions
+            .start(
+                "a",
+                Expectation {
+                    digest: None,
+                    size: Some(3),
+                },
+                BTreeMap::new(),
+            )
+            .await
+            .expect("start")
+            .id;
+        assert!(matches!(
+            sessions.append("a", &sized, None, piece(b"four")).await,
+            Err(UploadError::TooLarge {
+                expected: 3,
+                actual: 4,
+                ..
+            })
+        ));
+        assert_eq!(
+            sessions
+                .status("a", &sized)
+                .await
+                .expect("status")
+                .committed,
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn staged_bytes_that_change_on_disk_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store();
+        let sessions = Arc::new(
+            UploadSessions::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store.clone()).expect("open"),
+        );
+        let bytes = data(5000);
+        let id = sessions
+            .start("a", Expectation::default(), BTreeMap::new())
+            .await
+            .expect("start")
+            .id;
+        sessions
+            .append("a", &id, None, piece(&bytes))
+            .await
+            .expect("append");
+        // Flip one byte of the staged file after it was hashed.
+        let path = dir.path().join(&id).join("data");
+        let mut staged = std::fs::read(&path).expect("read");
+        staged[10] ^= 1;
+        std::fs::write(&path, staged).expect("write");
+        let err = sessions
+            .finish("a", &id, Expectation::default())
+            .await
+            .expect_err("damage found");
+        assert!(matches!(
+            err,
+            UploadError::Storage(StorageError::Corrupt { .. })
+        ));
+        assert!(
+            store
+                .stat(&Digest::of(Algorithm::Sha256, &bytes))
+                .await
+                .expect("stat")
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_sessions_expire_with_their_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sessions =
+            UploadSessions::open(dir.path(), Duration::from_millis(1), store()).expect("open");
+        let id = sessions
+            .start("r", Expectation::default(), BTreeMap::new())
+            .await
+            .expect("start")
+            .id;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(sessions.sweep(), 1);
+        assert_eq!(sessions.count(), 0);
+        assert!(sessions.status("r", &id).await.is_err());
+    }
+}
