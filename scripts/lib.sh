@@ -99,6 +99,11 @@ ensure_moto() {
     # 1.1.1 imports pyOpenSSL without declaring it.
     "$venv/bin/pip" install --quiet --disable-pip-version-check 'model-signing==1.1.1' pyopenssl
   fi
+  # tuspy: a tus 1.0 client nobody here wrote, for the resumable hosted upload.
+  if ! "$venv/bin/python" -c 'import tusclient' 2>/dev/null; then
+    say "installing the tus client (tuspy) into $venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'tuspy==1.1.0'
+  fi
   export CUSTODIAN_MODEL_SIGNING="$venv/bin/model_signing"
   export CUSTODIAN_MOTO_SERVER="$venv/bin/moto_server"
   export CUSTODIAN_PYTHON="$venv/bin/python"

@@ -121,3 +121,152 @@ fn a_256_mib_put_cut_three_ways_resumes_each_time() {
     );
     assert_eq!(std::fs::metadata(&back).unwrap().len(), size);
 }
+
+fn python() -> std::path::PathBuf {
+    crate::registry::python()
+}
+
+/// Hosted data packs over tus 1.0 with PyPI `tuspy`: creation, per-chunk `Upload-Checksum`
+/// (sha1), a mismatching checksum answered 460 with nothing kept, and a new client resuming the
+/// upload from tuspy's own URL store at the server's offset; the completed upload is registered.
+#[test]
+fn tus_uploads_resume_with_tuspy_and_refuse_bad_checksums() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    crate::registry::publish_example(
+        &daemon,
+        dir.path(),
+        "customer-support-classifier",
+        "publisher",
+    );
+    let file = dir.path().join("pack.bin");
+    let size = 24 * MIB;
+    write_test_file(&file, size).expect("test file");
+    let sha = Digest::of(Algorithm::Sha256, &std::fs::read(&file).expect("read"));
+    let collection = format!(
+        "{}/wrappers/customer-support-classifier/versions/0.1.0/data-pack/uploads",
+        daemon.rest
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/tus_client.py");
+    let out = crate::run_ok(
+        Command::new(python())
+            .arg(script)
+            .arg(&collection)
+            .arg(&daemon.token)
+            .arg(&file)
+            .arg(r#"{"license": "CC-BY-4.0"}"#)
+            .arg(dir.path().join("tus-urls.json")),
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(report["options"]["status"], 204, "{report}");
+    assert_eq!(report["options"]["tus_version"], "1.0.0");
+    for extension in ["creation", "expiration", "checksum", "termination"] {
+        assert!(
+            report["options"]["extensions"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(extension),
+            "{report}"
+        );
+    }
+    assert_eq!(report["first_offset"], size / 2, "{report}");
+    assert_eq!(report["mismatch_status"], 460, "{report}");
+    assert_eq!(report["mismatch_tus_resumable"], "1.0.0", "{report}");
+    assert_eq!(
+        report["offset_after_mismatch"],
+        size / 2,
+        "nothing of it kept: {report}"
+    );
+    assert!(
+        report["expires"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("GMT"))
+    );
+    assert_eq!(report["resumed_url_is_the_same"], true, "{report}");
+    assert_eq!(report["resumed_at"], size / 2, "{report}");
+    assert_eq!(report["final_offset"], size, "{report}");
+    assert_eq!(report["status_after_completion"], 404, "{report}");
+    let shown = daemon.cli(&[
+        "datapack",
+        "show",
+        "customer-support-classifier@0.1.0",
+        "--json",
+        "--rest",
+        &daemon.rest,
+    ]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("show --json");
+    assert_eq!(shown["sha256"], sha.to_string(), "{shown}");
+    assert_eq!(sessions(&daemon), 0);
+
+    // Bad input at creation is refused before a byte is sent: no length, no metadata, and a
+    // metadata JSON the data pack rules refuse; an unknown session is 404.
+    let post = |headers: &[(&str, &str)]| {
+        let mut command = Command::new("curl");
+        command.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"]);
+        command.args(["-H", &format!("Authorization: Bearer {}", daemon.token)]);
+        for (k, v) in headers {
+            command.args(["-H", &format!("{k}: {v}")]);
+        }
+        command.arg(&collection);
+        crate::run_ok(&mut command)
+    };
+    assert_eq!(post(&[("Tus-Resumable", "1.0.0")]), "400");
+    assert_eq!(post(&[("Upload-Length", "5")]), "412", "no Tus-Resumable");
+    assert_eq!(
+        post(&[("Tus-Resumable", "1.0.0"), ("Upload-Length", "5")]),
+        "400",
+        "no metadata"
+    );
+}
+
+/// `custodian datapack upload` of a large file goes over tus and resumes by itself after a
+/// dropped connection, and after the command was killed when run again.
+#[test]
+fn datapack_upload_resumes_over_tus() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    crate::registry::publish_example(&daemon, dir.path(), "pacman-builder", "publisher");
+    let file = dir.path().join("pack.bin");
+    let size = 64 * MIB;
+    write_test_file(&file, size).expect("test file");
+    let sha = Digest::of(Algorithm::Sha256, &std::fs::read(&file).expect("read"));
+    let proxy = Proxy::start(&daemon.rest).expect("proxy");
+    let state = dir.path().join("state");
+    let upload = || {
+        Command::new(binary())
+            .args(["datapack", "upload", "pacman-builder@0.2.1"])
+            .arg(&file)
+            .args(["--license", "MIT", "--json", "--rest", &proxy.url()])
+            .env("CUSTODIAN_TOKEN", &daemon.token)
+            .env("CUSTODIAN_STATE_DIR", &state)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run custodian datapack upload")
+    };
+    let limit = Duration::from_secs(120);
+    let mut first = upload();
+    wait_for("a third sent", limit, || proxy.sent() >= size / 3);
+    first.kill().expect("kill the client");
+    let _ = first.wait();
+    let second = upload();
+    wait_for("two thirds sent", limit, || proxy.sent() >= size * 2 / 3);
+    proxy.drop_connections();
+    let output = second.wait_with_output().expect("the second upload");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("resuming the upload of") && stderr.contains("the transfer broke"),
+        "{stderr}"
+    );
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).expect("--json");
+    assert_eq!(value["record"]["sha256"], sha.to_string(), "{value}");
+    let sent = proxy.sent();
+    eprintln!(
+        "tus datapack upload: {sent} bytes sent for {size} ({:.3}x) across two cuts",
+        sent as f64 / size as f64
+    );
+    assert!(sent as f64 <= 1.1 * size as f64, "{sent} bytes for {size}");
+    assert_eq!(sessions(&daemon), 0);
+}

@@ -30,8 +30,11 @@ pub enum DataPackCommand {
     #[command(
         long_about = "Upload a file as the hosted data pack of a published version. The file \
 is hashed locally first and its sha256 declared, so the daemon refuses (and keeps nothing of) \
-bytes that arrive altered. The upload streams with a progress bar on a terminal. Data packs are \
-immutable per version: uploading the same bytes again is a no-op, anything else is refused."
+bytes that arrive altered. The upload streams with a progress bar on a terminal. Files of 8 MiB or \
+more go over tus 1.0, resumably: a dropped connection or a restarted daemon is retried from the \
+last byte the daemon acknowledged, and running the same command again after it was stopped \
+continues the same upload. Data packs are immutable per version: uploading the same bytes again \
+is a no-op, anything else is refused."
     )]
     Upload {
         /// NAME@VERSION
@@ -172,6 +175,200 @@ async fn answer(response: reqwest::Response) -> anyhow::Result<serde_json::Value
     Ok(value)
 }
 
+/// What a run remembers about an unfinished tus upload.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TusRecord {
+    location: String,
+}
+
+/// A tus request with the protocol header and the token.
+fn tus(request: reqwest::RequestBuilder, rest: &RestArg) -> reqwest::RequestBuilder {
+    authorize(request, rest).header("Tus-Resumable", "1.0.0")
+}
+
+/// The error in a tus answer that is not a success.
+async fn tus_error(response: reqwest::Response) -> anyhow::Error {
+    let status = response.status();
+    match answer(response).await {
+        Err(err) => err,
+        Ok(_) => anyhow::anyhow!("HTTP {status}"),
+    }
+}
+
+fn upload_offset(response: &reqwest::Response) -> anyhow::Result<u64> {
+    response
+        .headers()
+        .get("upload-offset")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .context("the answer has no Upload-Offset")
+}
+
+/// Uploads a large hosted data pack over tus 1.0, resuming after a dropped connection or a
+/// restarted daemon (for up to [`crate::resume::RETRY_FOR`] without progress) and, through a
+/// record under the state directory, after this command itself was stopped. Returns the
+/// registration as the multipart upload reports it (`record`, `already_recorded`).
+async fn tus_upload(
+    rest: &RestArg,
+    spec: &str,
+    file: &Path,
+    metadata: &serde_json::Value,
+    file_name: &str,
+    len: u64,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<serde_json::Value> {
+    use base64::Engine as _;
+    let http = client(rest)?;
+    let collection = url(rest, spec, "/uploads")?;
+    let origin = rest.rest.trim_end_matches('/').to_string();
+    let record_file = crate::resume::record_path(
+        &collection,
+        rest.server.token.as_deref(),
+        file,
+        &metadata.to_string(),
+    );
+    // A session an earlier run started, if the daemon still has it.
+    let mut session: Option<(String, u64)> = None;
+    if let Some(record) = crate::resume::recall::<TusRecord>(&record_file) {
+        let head = tus(http.head(format!("{origin}{}", record.location)), rest)
+            .send()
+            .await
+            .map_err(|e| unreachable(rest, e))?;
+        if head.status().is_success() {
+            let offset = upload_offset(&head)?;
+            crate::resume::say(
+                bar,
+                format!(
+                    "resuming the upload of {} at byte {offset} of {len}",
+                    file.display()
+                ),
+            );
+            session = Some((record.location, offset));
+        }
+    }
+    let (location, mut offset) = match session {
+        Some(session) => session,
+        None => {
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let created = tus(http.post(&collection), rest)
+                .header("Upload-Length", len.to_string())
+                .header(
+                    "Upload-Metadata",
+                    format!(
+                        "metadata {},filename {}",
+                        b64.encode(metadata.to_string()),
+                        b64.encode(file_name)
+                    ),
+                )
+                .send()
+                .await
+                .map_err(|e| unreachable(rest, e))?;
+            if created.status() != reqwest::StatusCode::CREATED {
+                return Err(tus_error(created).await);
+            }
+            let location = created
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .context("the creation answer has no Location")?
+                .to_string();
+            crate::resume::remember(
+                &record_file,
+                &TusRecord {
+                    location: location.clone(),
+                },
+            );
+            (location, 0)
+        }
+    };
+    let target = format!("{origin}{location}");
+    let mut last_progress = std::time::Instant::now();
+    let mut backoff = std::time::Duration::from_millis(250);
+    let mut registered: Option<(String, bool)> = None;
+    while registered.is_none() {
+        bar.set_position(offset);
+        let mut reader = tokio::fs::File::open(file)
+            .await
+            .with_context(|| format!("opening {}", file.display()))?;
+        tokio::io::AsyncSeekExt::seek(&mut reader, std::io::SeekFrom::Start(offset)).await?;
+        let counter = bar.clone();
+        let stream =
+            tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20).map(move |chunk| {
+                if let Ok(bytes) = &chunk {
+                    counter.inc(bytes.len() as u64);
+                }
+                chunk
+            });
+        let sent = tus(http.patch(&target), rest)
+            .header("Upload-Offset", offset.to_string())
+            .header("Content-Type", "application/offset+octet-stream")
+            .header("Content-Length", (len - offset).to_string())
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await;
+        let failure = match sent {
+            Ok(response) if response.status() == reqwest::StatusCode::NO_CONTENT => {
+                offset = upload_offset(&response)?;
+                last_progress = std::time::Instant::now();
+                backoff = std::time::Duration::from_millis(250);
+                if let Some(sha256) = response
+                    .headers()
+                    .get("custodian-data-pack-sha256")
+                    .and_then(|v| v.to_str().ok())
+                {
+                    let already = response
+                        .headers()
+                        .get("custodian-already-recorded")
+                        .is_some_and(|v| v == "true");
+                    registered = Some((sha256.to_string(), already));
+                }
+                continue;
+            }
+            Ok(response) if response.status().is_server_error() => {
+                format!("HTTP {}", response.status())
+            }
+            Ok(response) => {
+                crate::resume::forget(&record_file);
+                return Err(tus_error(response).await);
+            }
+            Err(err) => unreachable(rest, err).to_string(),
+        };
+        if last_progress.elapsed() > crate::resume::RETRY_FOR {
+            bail!(
+                "the upload made no progress for {} s; the last error: {failure}. Run the same command again to resume at byte {offset}",
+                crate::resume::RETRY_FOR.as_secs()
+            );
+        }
+        crate::resume::say(bar, format!("the transfer broke ({failure}); resuming"));
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(4));
+        // Where the daemon stands: it keeps what arrived.
+        if let Ok(head) = tus(http.head(&target), rest).send().await {
+            if head.status() == reqwest::StatusCode::NOT_FOUND {
+                crate::resume::forget(&record_file);
+                return Err(tus_error(head).await);
+            }
+            if let Ok(at) = upload_offset(&head) {
+                offset = at;
+            }
+        }
+    }
+    crate::resume::forget(&record_file);
+    let (_, already) = registered.expect("the loop ends registered");
+    let view = answer(
+        authorize(http.get(url(rest, spec, "")?), rest)
+            .send()
+            .await
+            .map_err(|e| unreachable(rest, e))?,
+    )
+    .await?;
+    Ok(serde_json::json!({
+        "record": view,
+        "already_recorded": already,
+        "uploaded_with": "tus 1.0",
+    }))
+}
+
 /// Streams a response body to `output` (through `output.part`, renamed once verified), hashing
 /// as it goes; the file appears only if the bytes hash to `expected` (and number `size`, when
 /// given). Returns how many bytes were written.
@@ -291,46 +488,53 @@ pub async fn run(command: DataPackCommand) -> anyhow::Result<ExitCode> {
             if let Some(v) = data_version {
                 metadata["version"] = v.into();
             }
-            let bar = progress(len, format!("upload {}", file.display()));
-            let counter = bar.clone();
-            let stream = tokio_util::io::ReaderStream::with_capacity(
-                tokio::fs::File::open(&file)
-                    .await
-                    .with_context(|| format!("opening {}", file.display()))?,
-                1 << 20,
-            )
-            .map(move |chunk| {
-                if let Ok(bytes) = &chunk {
-                    counter.inc(bytes.len() as u64);
-                }
-                chunk
-            });
             let file_name = file
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or("data")
                 .to_string();
-            let form = reqwest::multipart::Form::new()
-                .part(
-                    "metadata",
-                    reqwest::multipart::Part::text(metadata.to_string())
-                        .mime_str("application/json")?,
+            let bar = progress(len, format!("upload {}", file.display()));
+            let value = if len >= crate::resume::RESUMABLE_MIN {
+                let value =
+                    tus_upload(&rest, &spec, &file, &metadata, &file_name, len, &bar).await?;
+                bar.finish_and_clear();
+                value
+            } else {
+                let counter = bar.clone();
+                let stream = tokio_util::io::ReaderStream::with_capacity(
+                    tokio::fs::File::open(&file)
+                        .await
+                        .with_context(|| format!("opening {}", file.display()))?,
+                    1 << 20,
                 )
-                .part(
-                    "file",
-                    reqwest::multipart::Part::stream_with_length(
-                        reqwest::Body::wrap_stream(stream),
-                        len,
+                .map(move |chunk| {
+                    if let Ok(bytes) = &chunk {
+                        counter.inc(bytes.len() as u64);
+                    }
+                    chunk
+                });
+                let form = reqwest::multipart::Form::new()
+                    .part(
+                        "metadata",
+                        reqwest::multipart::Part::text(metadata.to_string())
+                            .mime_str("application/json")?,
                     )
-                    .file_name(file_name),
-                );
-            let response = authorize(client(&rest)?.post(url(&rest, &spec, "/hosted")?), &rest)
-                .multipart(form)
-                .send()
-                .await
-                .map_err(|e| unreachable(&rest, e))?;
-            bar.finish_and_clear();
-            let value = answer(response).await?;
+                    .part(
+                        "file",
+                        reqwest::multipart::Part::stream_with_length(
+                            reqwest::Body::wrap_stream(stream),
+                            len,
+                        )
+                        .file_name(file_name),
+                    );
+                let response = authorize(client(&rest)?.post(url(&rest, &spec, "/hosted")?), &rest)
+                    .multipart(form)
+                    .send()
+                    .await
+                    .map_err(|e| unreachable(&rest, e))?;
+                bar.finish_and_clear();
+                answer(response).await?
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {

@@ -31,7 +31,7 @@ pub const RESUMABLE_MIN: u64 = 8 << 20;
 const CHUNK: usize = 1 << 20;
 
 /// How long a transfer keeps retrying without making progress before it gives up.
-const RETRY_FOR: Duration = Duration::from_secs(120);
+pub(crate) const RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// What is remembered between runs about an unfinished upload.
 #[derive(Serialize, Deserialize)]
@@ -54,9 +54,15 @@ fn state_dir() -> Option<PathBuf> {
     Some(base.join("uploads"))
 }
 
-/// The record file for this upload: a hash of everything that must match for the remembered
-/// session to hold the same bytes.
-fn record_path(target: &Target, path: &Path, expect: Option<Digest>) -> Option<PathBuf> {
+/// The record file for an upload: a hash of everything that must match for a remembered
+/// session to hold the same bytes (where to, which file as it is now, what is declared, and the
+/// token, since sessions belong to a token).
+pub(crate) fn record_path(
+    destination: &str,
+    token: Option<&str>,
+    path: &Path,
+    declared: &str,
+) -> Option<PathBuf> {
     let meta = std::fs::metadata(path).ok()?;
     let canonical = std::fs::canonicalize(path).ok()?;
     let mtime = meta
@@ -65,20 +71,38 @@ fn record_path(target: &Target, path: &Path, expect: Option<Digest>) -> Option<P
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
     let key = format!(
-        "{}\n{}\n{}\n{mtime}\n{}\n{}",
-        target.server,
+        "{destination}\n{}\n{}\n{mtime}\n{declared}\n{}",
         canonical.display(),
         meta.len(),
-        expect.map(|d| d.to_string()).unwrap_or_default(),
-        // Sessions belong to a token, so another token's record must not be tried.
-        target
-            .token
-            .as_deref()
-            .map(token_fingerprint)
-            .unwrap_or_default(),
+        token.map(token_fingerprint).unwrap_or_default(),
     );
     let name = Digest::of(custodian_core::Algorithm::Sha256, key.as_bytes());
     Some(state_dir()?.join(format!("{}.json", name.hex())))
+}
+
+/// Remembers `value` in `file` for a later run; a failure only costs that run its resume.
+pub(crate) fn remember<T: Serialize>(file: &Option<PathBuf>, value: &T) {
+    if let Some(file) = file {
+        if let Some(dir) = file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Ok(bytes) = serde_json::to_vec(value) {
+            let _ = std::fs::write(file, bytes);
+        }
+    }
+}
+
+/// What an earlier run remembered in `file`, if anything.
+pub(crate) fn recall<T: for<'de> Deserialize<'de>>(file: &Option<PathBuf>) -> Option<T> {
+    let bytes = std::fs::read(file.as_ref()?).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Forgets a finished (or dead) upload.
+pub(crate) fn forget(file: &Option<PathBuf>) {
+    if let Some(file) = file {
+        let _ = std::fs::remove_file(file);
+    }
 }
 
 fn token_fingerprint(token: &str) -> String {
@@ -110,16 +134,17 @@ pub async fn put_resumable(
         .await
         .context("cannot read metadata")?
         .len();
-    let record_file = record_path(target, path, expect);
+    let record_file = record_path(
+        &target.server,
+        target.token.as_deref(),
+        path,
+        &expect.map(|d| d.to_string()).unwrap_or_default(),
+    );
     let bar = progress(size, format!("put {}", path.display()));
     let mut client = Client::connect(target).await?.store();
     // A session an earlier run started, if the daemon still has it.
     let mut session: Option<pb::UploadStatus> = None;
-    if let Some(record) = record_file
-        .as_ref()
-        .and_then(|f| std::fs::read(f).ok())
-        .and_then(|t| serde_json::from_slice::<Record>(&t).ok())
-    {
+    if let Some(record) = recall::<Record>(&record_file) {
         match client
             .query_upload(pb::QueryUploadRequest {
                 upload_id: record.upload_id.clone(),
@@ -153,19 +178,15 @@ pub async fn put_resumable(
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            if let Some(file) = &record_file {
-                let record = Record {
+            remember(
+                &record_file,
+                &Record {
                     upload_id: started.upload_id.clone(),
                     server: target.server.clone(),
                     path: path.display().to_string(),
                     size,
-                };
-                // Remembering is a convenience: if it fails, only a later run cannot resume.
-                if let Some(dir) = file.parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
-                let _ = std::fs::write(file, serde_json::to_vec(&record)?);
-            }
+                },
+            );
             started
         }
     };
@@ -188,10 +209,8 @@ pub async fn put_resumable(
             }
             Err(WriteFailure::File(err)) => return Err(err),
             Err(WriteFailure::Status(status)) if !transient(&status) => {
-                if status.code() == Code::NotFound
-                    && let Some(file) = &record_file
-                {
-                    let _ = std::fs::remove_file(file);
+                if status.code() == Code::NotFound {
+                    forget(&record_file);
                 }
                 return Err(status_error(status));
             }
@@ -244,17 +263,13 @@ pub async fn put_resumable(
             }
             Err(status) => {
                 bar.finish_and_clear();
-                if let Some(file) = &record_file {
-                    let _ = std::fs::remove_file(file);
-                }
+                forget(&record_file);
                 return Err(status_error(status));
             }
         }
     };
     bar.finish_and_clear();
-    if let Some(file) = &record_file {
-        let _ = std::fs::remove_file(file);
-    }
+    forget(&record_file);
     Ok(finished)
 }
 
@@ -282,7 +297,7 @@ async fn reconnect_and_query(
 }
 
 /// A line for the person watching: above the bar on a terminal, else on standard error.
-fn say(bar: &indicatif::ProgressBar, line: String) {
+pub(crate) fn say(bar: &indicatif::ProgressBar, line: String) {
     if bar.is_hidden() {
         eprintln!("{line}");
     } else {

@@ -298,6 +298,7 @@ pub async fn serve(
                 auth.clone(),
                 limits.upload_idle_timeout,
                 oci,
+                uploads.clone(),
             );
             let tls = match &config.tls {
                 Some(tls) => Some(tls.rustls_config()?),

@@ -91,6 +91,15 @@ pub enum UploadError {
         /// The bytes committed now, including those that arrived before the failure.
         committed: u64,
     },
+    /// The piece failed the check its request carried (e.g. a tus `Upload-Checksum`); none of
+    /// it was kept.
+    #[error("upload {id:?}: the piece was refused and none of it kept: {reason}")]
+    PieceRejected {
+        /// The session.
+        id: String,
+        /// What the check said.
+        reason: String,
+    },
     /// A request that makes no sense for this session.
     #[error("upload {id:?}: {reason}")]
     Invalid {
@@ -124,6 +133,16 @@ fn io(path: &Path, source: std::io::Error) -> UploadError {
 
 fn now_ms() -> u64 {
     crate::store::now_unix_ms()
+}
+
+/// A check of one whole piece that its request carries, such as a tus `Upload-Checksum`: it
+/// sees the piece's bytes as they arrive, and the piece is acknowledged only if it passes. A
+/// checked piece is all or nothing, so it is not made durable part-way.
+pub trait PieceCheck: Send {
+    /// The next bytes of the piece.
+    fn update(&mut self, bytes: &[u8]);
+    /// Whether the piece is as its request said; the error says how it differs.
+    fn verify(self: Box<Self>) -> Result<(), String>;
 }
 
 /// What is kept beside a session's bytes.
@@ -403,16 +422,36 @@ impl UploadSessions {
         S: Stream<Item = Result<Bytes, E>> + Unpin + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
+        self.append_checked(owner, id, offset, body, None).await
+    }
+
+    /// [`UploadSessions::append`] with a check of the whole piece: if it fails, or the body
+    /// breaks, none of the piece is kept ([`UploadError::PieceRejected`]).
+    pub async fn append_checked<S, E>(
+        self: &Arc<Self>,
+        owner: &str,
+        id: &str,
+        offset: Option<u64>,
+        body: S,
+        check: Option<Box<dyn PieceCheck>>,
+    ) -> UploadResult<SessionInfo>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
         let this = self.clone();
         let (owner, id_owned) = (owner.to_string(), id.to_string());
-        tokio::spawn(async move { this.append_here(&owner, &id_owned, offset, body).await })
-            .await
-            .unwrap_or_else(|e| {
-                Err(UploadError::Invalid {
-                    id: id.to_string(),
-                    reason: format!("the upload task failed: {e}"),
-                })
+        tokio::spawn(async move {
+            this.append_here(&owner, &id_owned, offset, body, check)
+                .await
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(UploadError::Invalid {
+                id: id.to_string(),
+                reason: format!("the upload task failed: {e}"),
             })
+        })
     }
 
     async fn append_here<S, E>(
@@ -421,6 +460,7 @@ impl UploadSessions {
         id: &str,
         offset: Option<u64>,
         body: S,
+        mut check: Option<Box<dyn PieceCheck>>,
     ) -> UploadResult<SessionInfo>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -500,9 +540,11 @@ impl UploadSessions {
                     expected,
                     actual: reached,
                 };
-                self.checkpoint(&dir, &mut file, &mut data, &mut crcs, &live)
-                    .await?;
-                lock(&self.live).insert(id.to_string(), live);
+                if check.is_none() {
+                    self.checkpoint(&dir, &mut file, &mut data, &mut crcs, &live)
+                        .await?;
+                    lock(&self.live).insert(id.to_string(), live);
+                }
                 return Err(err);
             }
             // The file write and the hashing (on the blocking pool) run side by side.
@@ -514,6 +556,9 @@ impl UploadSessions {
                 let done = block_crcs(start, block, &mut hashing.partial_crc, &to_hash);
                 (hashing, done)
             });
+            if let Some(check) = check.as_mut() {
+                check.update(&bytes);
+            }
             let (written, hashed) = tokio::join!(data.write_all(&bytes), hashed);
             written.map_err(|e| io(&data_path, e))?;
             let (next, done) = hashed.map_err(|e| {
@@ -531,10 +576,24 @@ impl UploadSessions {
                 .map_err(|e| io(&crcs_path, e))?;
             live = next;
             since_checkpoint += bytes.len() as u64;
-            if since_checkpoint >= CHECKPOINT {
+            if since_checkpoint >= CHECKPOINT && check.is_none() {
                 self.checkpoint(&dir, &mut file, &mut data, &mut crcs, &live)
                     .await?;
                 since_checkpoint = 0;
+            }
+        }
+        if let Some(check) = check {
+            // All or nothing: the saved state stays at the piece's start, and the bytes
+            // written past it are cut away before the next piece.
+            let verdict = match &failure {
+                Some(cause) => Err(format!("its body ended early ({cause})")),
+                None => check.verify(),
+            };
+            if let Err(reason) = verdict {
+                return Err(UploadError::PieceRejected {
+                    id: id.to_string(),
+                    reason,
+                });
             }
         }
         self.checkpoint(&dir, &mut file, &mut data, &mut crcs, &live)
@@ -893,6 +952,59 @@ mod tests {
             sessions.status("a", &id).await.expect("status").committed,
             6
         );
+    }
+
+    struct Exactly(Vec<u8>, Vec<u8>);
+
+    impl PieceCheck for Exactly {
+        fn update(&mut self, bytes: &[u8]) {
+            self.1.extend_from_slice(bytes);
+        }
+        fn verify(self: Box<Self>) -> Result<(), String> {
+            if self.0 == self.1 {
+                Ok(())
+            } else {
+                Err("not the expected bytes".into())
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_piece_that_fails_its_check_is_not_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sessions = Arc::new(
+            UploadSessions::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store()).expect("open"),
+        );
+        let id = sessions
+            .start("a", Expectation::default(), BTreeMap::new())
+            .await
+            .expect("start")
+            .id;
+        let good = Box::new(Exactly(b"abc".to_vec(), Vec::new()));
+        sessions
+            .append_checked("a", &id, Some(0), piece(b"abc"), Some(good))
+            .await
+            .expect("checked piece");
+        let bad = Box::new(Exactly(b"def".to_vec(), Vec::new()));
+        assert!(matches!(
+            sessions
+                .append_checked("a", &id, Some(3), piece(b"xyz"), Some(bad))
+                .await,
+            Err(UploadError::PieceRejected { .. })
+        ));
+        assert_eq!(
+            sessions.status("a", &id).await.expect("status").committed,
+            3
+        );
+        sessions
+            .append("a", &id, Some(3), piece(b"def"))
+            .await
+            .expect("the right piece after a refused one");
+        let outcome = sessions
+            .finish("a", &id, Expectation::default())
+            .await
+            .expect("finish");
+        assert_eq!(outcome.meta.digests, BlobDigests::of(b"abcdef"));
     }
 
     #[tokio::test]

@@ -104,7 +104,9 @@ impl From<GrpcError> for Status {
                 UploadError::OffsetMismatch { .. } | UploadError::Invalid { .. } => {
                     Status::failed_precondition(message)
                 }
-                UploadError::TooLarge { .. } => Status::invalid_argument(message),
+                UploadError::TooLarge { .. } | UploadError::PieceRejected { .. } => {
+                    Status::invalid_argument(message)
+                }
                 UploadError::BodyFailed { .. } => Status::aborted(message),
                 UploadError::Io { .. } => Status::internal(message),
                 UploadError::Storage(e) => GrpcError::Storage(e).into(),

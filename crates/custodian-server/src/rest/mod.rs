@@ -5,6 +5,8 @@
 //! - `GET  /wrappers/{id}/versions/{vid}/data-pack` — the trust view of its data pack
 //! - `PUT  /wrappers/{id}/versions/{vid}/data-pack/manifest` — register an external data pack
 //! - `POST /wrappers/{id}/versions/{vid}/data-pack/hosted` — upload hosted bytes (multipart)
+//! - `POST|HEAD|PATCH|DELETE /wrappers/{id}/versions/{vid}/data-pack/uploads[/{uid}]` — a hosted
+//!   upload over tus 1.0 (rest/tus.rs), resumable
 //! - `GET  /wrappers/{id}/versions/{vid}/data-pack/download` — fetch hosted bytes (`Range` too)
 //! - `GET  /blobs/{digest}` — any readable blob by digest (`Range` too)
 //! - `GET  /log/checkpoint`, `GET /log/tile/<L>/<N>[.p/<W>]`, `GET /log/tile/entries/<N>[.p/<W>]`
@@ -36,6 +38,7 @@ mod error;
 mod oci;
 mod range;
 mod tiles;
+mod tus;
 mod upload;
 mod views;
 mod witness;
@@ -61,6 +64,7 @@ pub struct RestState {
     store: BlobStore,
     upload_idle: std::time::Duration,
     oci: Arc<crate::oci::Oci>,
+    uploads: Arc<custodian_storage::uploads::UploadSessions>,
 }
 
 /// The REST router; an upload body that sends nothing for `upload_idle` is abandoned.
@@ -69,6 +73,7 @@ pub fn router(
     auth: Arc<Authenticator>,
     upload_idle: std::time::Duration,
     oci: Arc<crate::oci::Oci>,
+    uploads: Arc<custodian_storage::uploads::UploadSessions>,
 ) -> Router {
     let store = registry.store().clone();
     let state = RestState {
@@ -77,6 +82,7 @@ pub fn router(
         store,
         upload_idle,
         oci,
+        uploads,
     };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -98,6 +104,24 @@ pub fn router(
             "/wrappers/{id}/versions/{vid}/data-pack/hosted",
             // The upload streams into custody, so no body limit applies to it.
             post(post_hosted).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/wrappers/{id}/versions/{vid}/data-pack/uploads",
+            post(tus::create)
+                .options(tus::options)
+                .layer::<_, std::convert::Infallible>(axum::middleware::map_response(
+                    tus::resumable_header,
+                )),
+        )
+        .route(
+            "/wrappers/{id}/versions/{vid}/data-pack/uploads/{uid}",
+            axum::routing::patch(tus::patch)
+                .head(tus::head)
+                .delete(tus::terminate)
+                .layer::<_, std::convert::Infallible>(axum::middleware::map_response(
+                    tus::resumable_header,
+                ))
+                .layer(DefaultBodyLimit::disable()),
         )
         .route(
             "/wrappers/{id}/versions/{vid}/data-pack/download",

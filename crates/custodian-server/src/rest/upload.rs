@@ -4,7 +4,9 @@
 use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use custodian_storage::Expectation;
+use custodian_storage::{Expectation, PutOutcome};
+
+use crate::auth::Principal;
 use serde_json::json;
 
 use super::error::{ApiError, ApiResult, bad_multipart};
@@ -105,68 +107,8 @@ pub(super) async fn post_hosted(
                     writer.write(piece.freeze()).await.map_err(ApiError::from)?;
                 }
                 let stored = writer.commit().await.map_err(ApiError::from)?;
-                // Scanned in custody before it is registered, so the registration carries the
-                // verdict; a repeated upload of the same bytes is not scanned again.
-                let sha256 = stored.meta.digests.sha256;
-                // A retry of the same bytes repeats the registration as it was recorded.
-                let previous = state
-                    .registry
-                    .data_pack(&who, &id, &vid)
-                    .ok()
-                    .filter(|p| p.event.pack.sha256 == Some(sha256.to_string()))
-                    .map(|p| p.event.pack.scan_status.unwrap_or_default());
-                let report = match previous {
-                    Some(_) => None,
-                    None => {
-                        let name = meta.filename.clone().unwrap_or_else(|| "data-pack".into());
-                        Some(state.registry.scan_data(&target, &sha256, &name).await)
-                    }
-                };
-                let status = match (&report, &previous) {
-                    (Some(r), _) => r.verdict().as_str().to_string(),
-                    (None, Some(p)) => p.clone(),
-                    (None, None) => "pending".into(),
-                };
-                let recorded = state
-                    .registry
-                    .register_hosted(&who, &id, &vid, meta, &stored, &status)
-                    .await?;
-                let mut scan = None;
-                if let Some(report) = report
-                    && !recorded.already
-                {
-                    let scanned = state
-                        .registry
-                        .record_report(
-                            &target,
-                            Some(custodian_core::registry::DATA_PACK_TARGET),
-                            sha256.to_string(),
-                            report,
-                        )
-                        .await?;
-                    scan = Some(json!({
-                        "scanner": scanned.scanner,
-                        "verdict": scanned.verdict.as_str(),
-                        "findings": scanned.findings,
-                        "ledger_index": scanned.index,
-                    }));
-                }
-                let status = if recorded.already {
-                    StatusCode::OK
-                } else {
-                    StatusCode::CREATED
-                };
-                let mut body =
-                    recorded_json(&recorded, data_pack_json(&state.registry, &recorded.record));
-                if let Some(scan) = scan {
-                    if scan["verdict"] == "flagged" {
-                        body["warning"] = json!(format!(
-                            "the data pack was stored and registered, but the scanner flagged it ({} finding(s) below): the version's badge fails until a clean scan is recorded, and downloads carry a warning",
-                            scan["findings"].as_array().map_or(0, Vec::len)
-                        ));
-                    }
-                    body["scan"] = scan;
-                }
+                let (status, body) =
+                    register_stored(&state, &who, &id, &vid, meta, &stored).await?;
                 return Ok((status, axum::Json(body)).into_response());
             }
             other => {
@@ -177,4 +119,81 @@ pub(super) async fn post_hosted(
             }
         }
     }
+}
+
+/// Registers a hosted data pack whose bytes are now in custody (`stored`): scans them (unless the
+/// same bytes were registered before), records the registration and the verdict, and returns
+/// the status and JSON body the REST API answers with. The multipart upload and the tus upload
+/// both end here.
+pub(super) async fn register_stored(
+    state: &RestState,
+    who: &Principal,
+    id: &str,
+    vid: &str,
+    meta: HostedMeta,
+    stored: &PutOutcome,
+) -> ApiResult<(StatusCode, serde_json::Value)> {
+    let target = state.registry.check_data_pack_target(who, id, vid)?;
+    // Scanned in custody before it is registered, so the registration carries the
+    // verdict; a repeated upload of the same bytes is not scanned again.
+    let sha256 = stored.meta.digests.sha256;
+    // A retry of the same bytes repeats the registration as it was recorded.
+    let previous = state
+        .registry
+        .data_pack(who, id, vid)
+        .ok()
+        .filter(|p| p.event.pack.sha256 == Some(sha256.to_string()))
+        .map(|p| p.event.pack.scan_status.unwrap_or_default());
+    let report = match previous {
+        Some(_) => None,
+        None => {
+            let name = meta.filename.clone().unwrap_or_else(|| "data-pack".into());
+            Some(state.registry.scan_data(&target, &sha256, &name).await)
+        }
+    };
+    let status = match (&report, &previous) {
+        (Some(r), _) => r.verdict().as_str().to_string(),
+        (None, Some(p)) => p.clone(),
+        (None, None) => "pending".into(),
+    };
+    let recorded = state
+        .registry
+        .register_hosted(who, id, vid, meta, stored, &status)
+        .await?;
+    let mut scan = None;
+    if let Some(report) = report
+        && !recorded.already
+    {
+        let scanned = state
+            .registry
+            .record_report(
+                &target,
+                Some(custodian_core::registry::DATA_PACK_TARGET),
+                sha256.to_string(),
+                report,
+            )
+            .await?;
+        scan = Some(json!({
+            "scanner": scanned.scanner,
+            "verdict": scanned.verdict.as_str(),
+            "findings": scanned.findings,
+            "ledger_index": scanned.index,
+        }));
+    }
+    let status = if recorded.already {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let mut body = recorded_json(&recorded, data_pack_json(&state.registry, &recorded.record));
+    if let Some(scan) = scan {
+        if scan["verdict"] == "flagged" {
+            body["warning"] = json!(format!(
+                "the data pack was stored and registered, but the scanner flagged it ({} finding(s) below): the version's badge fails until a clean scan is recorded, and downloads carry a warning",
+                scan["findings"].as_array().map_or(0, Vec::len)
+            ));
+        }
+        body["scan"] = scan;
+    }
+    Ok((status, body))
 }
