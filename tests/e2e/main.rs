@@ -17,6 +17,7 @@ mod oms;
 mod openapi;
 mod registry;
 mod resumable;
+mod retention;
 mod scan;
 mod sealed;
 mod tiles;

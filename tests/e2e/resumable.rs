@@ -39,7 +39,7 @@ fn sessions(daemon: &Daemon) -> usize {
 
 #[test]
 fn a_256_mib_put_cut_three_ways_resumes_each_time() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a resumable-upload test step");
     let mut daemon = Daemon::start(&dir.path().join("data"));
     let file = dir.path().join("pack.bin");
     let size = 256 * MIB;
@@ -112,14 +112,19 @@ fn a_256_mib_put_cut_three_ways_resumes_each_time() {
         "get",
         &expected.to_string(),
         "-o",
-        back.to_str().unwrap(),
+        back.to_str().expect("a resumable-upload test step"),
     ]);
     assert!(
         get.status.success(),
         "{}",
         String::from_utf8_lossy(&get.stderr)
     );
-    assert_eq!(std::fs::metadata(&back).unwrap().len(), size);
+    assert_eq!(
+        std::fs::metadata(&back)
+            .expect("a resumable-upload test step")
+            .len(),
+        size
+    );
 }
 
 fn python() -> std::path::PathBuf {
@@ -131,7 +136,7 @@ fn python() -> std::path::PathBuf {
 /// upload from tuspy's own URL store at the server's offset; the completed upload is registered.
 #[test]
 fn tus_uploads_resume_with_tuspy_and_refuse_bad_checksums() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a resumable-upload test step");
     let daemon = Daemon::start(&dir.path().join("data"));
     crate::registry::publish_example(
         &daemon,
@@ -224,7 +229,7 @@ fn tus_uploads_resume_with_tuspy_and_refuse_bad_checksums() {
 /// dropped connection, and after the command was killed when run again.
 #[test]
 fn datapack_upload_resumes_over_tus() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a resumable-upload test step");
     let daemon = Daemon::start(&dir.path().join("data"));
     crate::registry::publish_example(&daemon, dir.path(), "pacman-builder", "publisher");
     let file = dir.path().join("pack.bin");

@@ -76,6 +76,11 @@ With `-o -` the bytes go to standard output and a mismatch is reported at the en
     Stat(DigestQuery),
     /// Print which of the given digests are not in custody; exits 1 if any is missing
     Missing(DigestQuery),
+    /// Why a blob is in custody (what keeps it), or when and why it was deleted (admin)
+    Why(crate::retention::WhyArgs),
+    /// Delete one blob, recorded in the ledger with --reason; refused under a legal hold, and
+    /// while a reference or pin keeps it unless --force (admin)
+    Delete(crate::retention::DeleteArgs),
 }
 
 /// Arguments of the commands that look digests up.
@@ -142,6 +147,8 @@ pub async fn run(command: BlobCommand) -> anyhow::Result<ExitCode> {
         } => get(&server, digest, &output, offset, limit).await,
         BlobCommand::Stat(query) => stat(&query.server, &query.digests, query.json).await,
         BlobCommand::Missing(query) => missing(&query.server, &query.digests, query.json).await,
+        BlobCommand::Why(args) => crate::retention::why(args).await,
+        BlobCommand::Delete(args) => crate::retention::delete(args).await,
     }
 }
 

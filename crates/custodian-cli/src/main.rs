@@ -15,6 +15,7 @@ mod pack;
 mod policy;
 mod publish;
 mod resume;
+mod retention;
 mod scrub;
 mod serve;
 mod token;
@@ -128,6 +129,22 @@ back. Exits 1 naming the first index where anything diverges."
     /// download
     #[command(subcommand)]
     Datapack(datapack::DataPackCommand),
+    /// Pin blobs (a digest, or NAME@VERSION's files and data pack): garbage collection keeps
+    /// them until the pin lapses or is removed (admin; a ledger entry)
+    Pin(retention::PinArgs),
+    /// Remove a pin placed on the same subject (admin; a ledger entry)
+    Unpin(retention::SubjectArgs),
+    /// Place a legal hold: no path deletes the blobs until an admin releases it; needs --reason
+    /// (admin; a ledger entry)
+    Hold(retention::SubjectArgs),
+    /// Release a legal hold placed on the same subject; needs --reason (admin; a ledger entry)
+    Release(retention::SubjectArgs),
+    /// Collect garbage online: delete blobs nothing keeps, each batch recorded first as a
+    /// BlobsDeleted ledger entry
+    #[command(
+        long_about = "Collect garbage while the daemon keeps serving. A blob is kept while anything keeps it: a legal hold; a published version, hosted data pack or sealed ledger entry that references it; an OCI repository it is linked into; a pin that has not lapsed; or the grace period (--grace, default the daemon's serve --gc-grace, at least the upload session expiry), which runs from its upload and from every later put that was told it is already present. Everything else is deleted, in batches; each batch is first recorded as a BlobsDeleted ledger entry (digests, sizes, reason, policy), so `custodian blob why DIGEST` and a GET of a deleted digest say when and why it went. Uploads and publications may continue meanwhile: a blob acknowledged or referenced while the collection runs is never deleted. --dry-run prints what would go and records nothing. Needs an admin token."
+    )]
+    Gc(retention::GcArgs),
     /// Register attester keys (signers of eval runs)
     #[command(subcommand)]
     Attester(evidence::AttesterCommand),
@@ -229,6 +246,11 @@ fn main() -> std::process::ExitCode {
             Command::Yank(args) => publish::yank(args).await,
             Command::Token(command) => token::run(command),
             Command::Datapack(command) => datapack::run(command).await,
+            Command::Pin(args) => retention::pin(args).await,
+            Command::Unpin(args) => retention::subject("unpin", args).await,
+            Command::Hold(args) => retention::subject("hold", args).await,
+            Command::Release(args) => retention::subject("release", args).await,
+            Command::Gc(args) => retention::gc(args).await,
             Command::Attester(command) => evidence::attester(command).await,
             Command::Attest(args) => evidence::attest(args).await,
             Command::Scan(command) => evidence::scan(command).await,

@@ -198,6 +198,16 @@ pub struct ServeArgs {
     #[arg(long, alias = "oci-upload-expiry", env = "CUSTODIAN_UPLOAD_EXPIRY", default_value = "24h", value_parser = humantime::parse_duration)]
     upload_expiry: Duration,
 
+    /// Garbage collection's grace period: blobs uploaded, or acknowledged to a put, within it
+    /// are kept (at least the upload expiry)
+    #[arg(long, env = "CUSTODIAN_GC_GRACE", default_value = "7d", value_parser = humantime::parse_duration)]
+    gc_grace: Duration,
+
+    /// Collect garbage in the daemon this often, e.g. 1h (default: only when `custodian gc`
+    /// asks)
+    #[arg(long, env = "CUSTODIAN_GC_EVERY", value_parser = humantime::parse_duration)]
+    gc_every: Option<Duration>,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. info or custodian_server=debug
     #[arg(long, env = "CUSTODIAN_LOG", default_value = "info")]
     log: String,
@@ -297,6 +307,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             private: args.oci_private,
         },
         upload_expiry: args.upload_expiry,
+        gc_grace: args.gc_grace,
+        gc_every: args.gc_every,
         witnessing: match &args.witness_policy {
             None => None,
             Some(path) => {

@@ -77,6 +77,10 @@ pub enum EntryKind {
     OciDeleted,
     /// An eval's acceptance criteria were pre-registered for a package version.
     EvalPreregistered,
+    /// A blob was pinned or unpinned, or a legal hold put on it or released.
+    BlobRetention,
+    /// Blobs were deleted from custody (by garbage collection or an admin), with why.
+    BlobsDeleted,
     /// An event about a private package, or too large for a tlog-tiles bundle, sealed: the
     /// payload commits to a body kept in custody (see [`crate::seal`]).
     Sealed,
@@ -98,6 +102,8 @@ impl EntryKind {
             EntryKind::OciManifestPut => "OciManifestPut",
             EntryKind::OciDeleted => "OciDeleted",
             EntryKind::EvalPreregistered => "EvalPreregistered",
+            EntryKind::BlobRetention => "BlobRetention",
+            EntryKind::BlobsDeleted => "BlobsDeleted",
             EntryKind::Sealed => "Sealed",
             EntryKind::Other(name) => name,
         }
@@ -110,7 +116,7 @@ impl EntryKind {
     }
 
     /// Every kind this version knows, all of them service kinds.
-    pub const KNOWN: [EntryKind; 11] = [
+    pub const KNOWN: [EntryKind; 13] = [
         EntryKind::RunAttested,
         EntryKind::PackagePublished,
         EntryKind::VersionYanked,
@@ -121,6 +127,8 @@ impl EntryKind {
         EntryKind::OciManifestPut,
         EntryKind::OciDeleted,
         EntryKind::EvalPreregistered,
+        EntryKind::BlobRetention,
+        EntryKind::BlobsDeleted,
         EntryKind::Sealed,
     ];
 

@@ -378,6 +378,77 @@ pub struct OciDeleted {
     pub private: bool,
 }
 
+/// What a [`BlobRetention`] event does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetentionAction {
+    /// Keep the blobs until the pin's expiry (or until unpinned).
+    Pin,
+    /// Remove a pin placed on the same subject.
+    Unpin,
+    /// A legal hold: keep the blobs, whatever else happens, until an admin releases it.
+    Hold,
+    /// Release a legal hold placed on the same subject.
+    Release,
+}
+
+impl RetentionAction {
+    /// The action's name as written in entries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetentionAction::Pin => "pin",
+            RetentionAction::Unpin => "unpin",
+            RetentionAction::Hold => "hold",
+            RetentionAction::Release => "release",
+        }
+    }
+}
+
+/// A pin or a legal hold placed on blobs, or removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRetention {
+    /// What is done.
+    pub action: RetentionAction,
+    /// What it was asked for: a digest, or `NAME@VERSION` (its files and hosted data pack).
+    pub subject: String,
+    /// The blobs it covers, as `sha256:<hex>`.
+    pub digests: Vec<String>,
+    /// Why (required for holds and their release).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// When a pin lapses (ms since the Unix epoch); absent: never. Holds have no expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+    /// Who asked (the token's label).
+    pub by: String,
+}
+
+/// One blob removed from custody.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedBlob {
+    /// Its digest, `sha256:<hex>`.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Blobs removed from custody, recorded before they are removed: an auditor can tell every
+/// absent blob's fate, and a daemon that crashed part-way finishes the removal on restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobsDeleted {
+    /// The blobs.
+    pub blobs: Vec<DeletedBlob>,
+    /// Why: `garbage collection` or an admin's reason.
+    pub reason: String,
+    /// The policy they were judged under, e.g. `unreferenced, unpinned, unheld, untouched for
+    /// 7d` or `admin delete`.
+    pub policy: String,
+    /// The grace period applied, in milliseconds (0 for an admin delete).
+    pub grace_ms: u64,
+    /// Who ran it (the token's label, or `gc` for the daemon's schedule).
+    pub by: String,
+}
+
 /// True if a package-name prefix in `namespaces` covers `name` (`*` covers every name).
 pub fn namespace_covers(namespaces: &[String], name: &str) -> bool {
     namespaces
@@ -413,6 +484,8 @@ event!(EvalPreregistered, EvalPreregistered);
 event!(BadgeIssued, BadgeIssued);
 event!(OciManifestPut, OciManifestPut);
 event!(OciDeleted, OciDeleted);
+event!(BlobRetention, BlobRetention);
+event!(BlobsDeleted, BlobsDeleted);
 
 /// Encodes an event as its CBOR payload value.
 pub fn to_payload<T: Event>(event: &T) -> Result<Value, EventError> {

@@ -12,6 +12,7 @@ pub mod net;
 pub mod oci;
 pub mod registry;
 pub mod rest;
+pub mod retention;
 pub mod scan;
 pub mod scrub;
 mod sequencer;
@@ -88,6 +89,11 @@ pub struct ServerConfig {
     /// How long a resumable upload session (gRPC, tus, OCI) may sit idle before it is removed
     /// with its bytes.
     pub upload_expiry: Duration,
+    /// Garbage collection's default grace period: blobs uploaded or acknowledged within it are
+    /// kept.
+    pub gc_grace: Duration,
+    /// Collect garbage this often in the daemon (`None`: only when `custodian gc` asks).
+    pub gc_every: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -114,6 +120,8 @@ impl ServerConfig {
             witnessing: None,
             oci: oci::OciConfig::default(),
             upload_expiry: custodian_storage::uploads::DEFAULT_UPLOAD_EXPIRY,
+            gc_grace: Duration::from_secs(7 * 24 * 3600),
+            gc_every: None,
         }
     }
 }
@@ -176,6 +184,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let limits = config.limits;
+    // Acknowledgements of puts that stored nothing new keep their blobs within the grace
+    // period across restarts (see custodian_storage::retention).
+    let acks = config.data_dir.join("retention").join("acknowledged");
+    let retention =
+        custodian_storage::retention::Retention::persistent(&acks).map_err(|source| {
+            ServerError::DataDir {
+                path: acks.clone(),
+                source,
+            }
+        })?;
+    let store = store.with_retention(Arc::new(retention));
     let auth = Arc::new(auth::Authenticator::new(&config.data_dir)?);
     // Publication is gated before anything can read the published checkpoint (the mirror, the
     // REST port), so no uncosigned checkpoint is ever published under a policy.
@@ -222,9 +241,56 @@ pub async fn serve(
             let _ = tokio::task::spawn_blocking(move || uploads.sweep()).await;
         }
     });
+    // The OCI front end's state (links, repositories) exists whether or not the REST port is
+    // on: garbage collection must see what OCI repositories keep either way.
+    let oci = Arc::new(
+        oci::Oci::open(
+            registry.clone(),
+            &config.data_dir.join("oci"),
+            config.oci.clone(),
+            uploads.clone(),
+        )
+        .map_err(|e| ServerError::Oci(e.to_string()))?,
+    );
+    let collector = Arc::new(retention::Collector::new(
+        registry.clone(),
+        oci.clone(),
+        uploads.clone(),
+    ));
+    // Deletions recorded before a crash are finished before anything is served.
+    let finished = collector.finish_recorded().await?;
+    if finished > 0 {
+        tracing::warn!(finished, "finished deletions recorded before a crash");
+    }
+    if let Some(every) = config.gc_every {
+        let scheduled = collector.clone();
+        let grace = config.gc_grace;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let options = retention::GcOptions {
+                    grace,
+                    dry_run: false,
+                    by: "gc schedule".into(),
+                };
+                match scheduled.run(options).await {
+                    Ok(report) => tracing::info!(
+                        examined = report.examined,
+                        deleted = report.deleted.len(),
+                        "scheduled garbage collection"
+                    ),
+                    Err(err) => tracing::error!(%err, "scheduled garbage collection failed"),
+                }
+            }
+        });
+    }
     let cas = ContentStoreServer::new(CasService::new(
         store,
         uploads.clone(),
+        collector,
+        config.gc_grace,
         limits,
         registry.clone(),
         auth.clone(),
@@ -284,15 +350,6 @@ pub async fn serve(
     let rest = match rest_listener {
         None => None,
         Some(rest_listener) => {
-            let oci = Arc::new(
-                oci::Oci::open(
-                    registry.clone(),
-                    &config.data_dir.join("oci"),
-                    config.oci.clone(),
-                    uploads.clone(),
-                )
-                .map_err(|e| ServerError::Oci(e.to_string()))?,
-            );
             let app = rest::router(
                 registry.clone(),
                 auth.clone(),

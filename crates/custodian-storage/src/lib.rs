@@ -14,6 +14,7 @@ pub mod ledger;
 pub mod ledger_conformance;
 mod memory;
 mod meta;
+pub mod retention;
 mod store;
 pub mod uploads;
 

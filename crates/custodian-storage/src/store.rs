@@ -9,6 +9,7 @@ use custodian_core::{Algorithm, BlobDigests, Digest, StreamHasher};
 use futures::stream::{BoxStream, StreamExt};
 
 use crate::hashing::OffThreadHasher;
+use crate::retention::Retention;
 use crate::{BlobMeta, Result, StorageError};
 
 /// A stream of stored blocks, in order.
@@ -197,6 +198,7 @@ pub struct BlobRead {
 #[derive(Clone)]
 pub struct BlobStore {
     backend: Arc<dyn BlobBackend>,
+    retention: Arc<Retention>,
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -210,7 +212,38 @@ impl std::fmt::Debug for BlobStore {
 impl BlobStore {
     /// Wraps a backend.
     pub fn new(backend: Arc<dyn BlobBackend>) -> Self {
-        BlobStore { backend }
+        BlobStore {
+            backend,
+            retention: Arc::new(Retention::in_memory()),
+        }
+    }
+
+    /// The same store with `retention` as its gate and acknowledgement record (a daemon's is
+    /// persistent; see [`Retention`]).
+    pub fn with_retention(mut self, retention: Arc<Retention>) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// The gate garbage collection deletes under, and the acknowledgement times.
+    pub fn retention(&self) -> &Arc<Retention> {
+        &self.retention
+    }
+
+    /// Records that the client of `outcome` was told its blob is kept; the caller holds
+    /// [`Retention::keep`].
+    fn acknowledge(&self, outcome: &PutOutcome) -> Result<()> {
+        if outcome.already_present {
+            self.retention
+                .acknowledged(&outcome.meta.sha256())
+                .map_err(|e| {
+                    StorageError::Aborted(format!(
+                        "cannot record the acknowledgement of {}: {e}",
+                        outcome.meta.sha256()
+                    ))
+                })?;
+        }
+        Ok(())
     }
 
     /// The backend's name.
@@ -238,6 +271,7 @@ impl BlobStore {
             None => self.backend.begin(&expect).await?,
         };
         Ok(BlobWriter {
+            store: self.clone(),
             expect,
             received: 0,
             sha256: OffThreadHasher::new(StreamHasher::new(Algorithm::Sha256)),
@@ -280,13 +314,15 @@ impl BlobStore {
                 .iter()
                 .map(|(_, _, meta, data)| (meta.clone(), data.clone()))
                 .collect();
+            let keep = self.retention.keep().await;
             match self.backend.commit_small(batch).await {
                 Some(Ok(outcomes)) => {
                     for ((i, ..), (meta, already_present)) in small.iter().zip(outcomes) {
-                        results[*i] = Some(Ok(PutOutcome {
+                        let outcome = PutOutcome {
                             meta,
                             already_present,
-                        }));
+                        };
+                        results[*i] = Some(self.acknowledge(&outcome).map(|()| outcome));
                     }
                 }
                 Some(Err(err)) => {
@@ -302,6 +338,7 @@ impl BlobStore {
                 }
                 None => large.extend(small.into_iter().map(|(i, e, _, d)| (i, e, d))),
             }
+            drop(keep);
         }
         // One by one, but many at a time.
         let one_by_one: Vec<(usize, Result<PutOutcome>)> = futures::stream::iter(large)
@@ -435,11 +472,16 @@ impl BlobStore {
                 self.backend.block_size()
             )));
         }
-        if let Some(existing) = self.backend.lookup(&staged.digests.sha256).await? {
-            return Ok(PutOutcome {
-                meta: existing,
-                already_present: true,
-            });
+        {
+            let _keep = self.retention.keep().await;
+            if let Some(existing) = self.backend.lookup(&staged.digests.sha256).await? {
+                let outcome = PutOutcome {
+                    meta: existing,
+                    already_present: true,
+                };
+                self.acknowledge(&outcome)?;
+                return Ok(outcome);
+            }
         }
         let meta = BlobMeta {
             digests: staged.digests,
@@ -487,11 +529,14 @@ impl BlobStore {
                 return Err(err);
             }
         }
+        let _keep = self.retention.keep().await;
         let (meta, already_present) = sink.commit(meta).await?;
-        Ok(PutOutcome {
+        let outcome = PutOutcome {
             meta,
             already_present,
-        })
+        };
+        self.acknowledge(&outcome)?;
+        Ok(outcome)
     }
 }
 
@@ -562,6 +607,7 @@ fn check_block(
 ///
 /// Dropping a writer without committing discards the upload.
 pub struct BlobWriter {
+    store: BlobStore,
     expect: Expectation,
     received: u64,
     /// SHA-256 moves to a helper thread once the blob proves larger than one block, so that
@@ -685,11 +731,15 @@ impl BlobWriter {
             .sink
             .take()
             .ok_or_else(|| StorageError::Aborted("the upload was already aborted".into()))?;
+        let store = self.store.clone();
+        let _keep = store.retention.keep().await;
         let (meta, already_present) = sink.commit(meta).await?;
-        Ok(PutOutcome {
+        let outcome = PutOutcome {
             meta,
             already_present,
-        })
+        };
+        store.acknowledge(&outcome)?;
+        Ok(outcome)
     }
 
     /// Discards the upload.

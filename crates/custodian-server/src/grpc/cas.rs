@@ -18,6 +18,7 @@ use crate::auth::{Authenticator, Principal, Scope};
 use crate::grpc::status::principal;
 use crate::grpc::status::{GrpcError, parse_digest, parse_optional_digest};
 use crate::registry::Registry;
+use crate::retention::{Collector, GcOptions, GcReport};
 
 /// The largest data payload of one streamed Get message.
 const GET_MESSAGE_BYTES: usize = 1 << 20;
@@ -68,6 +69,8 @@ async fn next_message<T>(
 pub struct CasService {
     store: BlobStore,
     uploads: Arc<UploadSessions>,
+    collector: Arc<Collector>,
+    gc_grace: std::time::Duration,
     limits: CasLimits,
     registry: Arc<Registry>,
     auth: Arc<Authenticator>,
@@ -75,9 +78,12 @@ pub struct CasService {
 
 impl CasService {
     /// A service over `store` with `limits`, deciding access with `auth` and `registry`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: BlobStore,
         uploads: Arc<UploadSessions>,
+        collector: Arc<Collector>,
+        gc_grace: std::time::Duration,
         limits: CasLimits,
         registry: Arc<Registry>,
         auth: Arc<Authenticator>,
@@ -85,6 +91,8 @@ impl CasService {
         CasService {
             store,
             uploads,
+            collector,
+            gc_grace,
             limits,
             registry,
             auth,
@@ -133,6 +141,44 @@ impl CasService {
 /// were not in custody.
 fn hidden(digest: &Digest) -> Status {
     GrpcError::Storage(StorageError::NotFound { digest: *digest }).into()
+}
+
+/// NOT_FOUND for a blob not in custody; for one that was deleted, the message says by which
+/// ledger entry, when and why (the entry is public, so this reveals nothing the log does not).
+fn absent(registry: &Registry, digest: &Digest) -> Status {
+    let index = registry.read();
+    match index.retention().tombstone(digest) {
+        Some(t) => Status::not_found(format!(
+            "blob {digest} was deleted from custody at ledger entry {} ({}: {}); it is gone",
+            t.index,
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.time_ms)
+            ),
+            t.reason
+        )),
+        None => hidden(digest),
+    }
+}
+
+fn gc_answer(report: &GcReport) -> pb::CollectGarbageResponse {
+    pb::CollectGarbageResponse {
+        examined: report.examined,
+        kept: report.kept,
+        in_grace: report.in_grace,
+        spared: report.spared,
+        deleted_bytes: report.deleted.iter().map(|(_, size)| size).sum(),
+        deleted: report
+            .deleted
+            .iter()
+            .map(|(digest, size)| pb::DeletedBlobInfo {
+                digest: digest.to_string(),
+                size: *size,
+            })
+            .collect(),
+        ledger_indexes: report.entries.clone(),
+        finished_earlier: report.finished_earlier,
+        dry_run: report.dry_run,
+    }
 }
 
 /// The wire form of blob metadata.
@@ -377,6 +423,100 @@ impl ContentStore for CasService {
         Ok(Response::new(pb::CancelUploadResponse {}))
     }
 
+    async fn retain(
+        &self,
+        request: Request<pb::RetainRequest>,
+    ) -> Result<Response<pb::RetainResponse>, Status> {
+        let who = principal(&self.auth, &request)?;
+        let request = request.into_inner();
+        let action = match request.action.as_str() {
+            "pin" => custodian_core::registry::RetentionAction::Pin,
+            "unpin" => custodian_core::registry::RetentionAction::Unpin,
+            "hold" => custodian_core::registry::RetentionAction::Hold,
+            "release" => custodian_core::registry::RetentionAction::Release,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "field action: {other:?} is not pin, unpin, hold or release"
+                )));
+            }
+        };
+        let expires = (request.expires_in_seconds > 0)
+            .then(|| std::time::Duration::from_secs(request.expires_in_seconds));
+        let (index, digests) = self
+            .collector
+            .retain(&who, action, &request.subject, &request.reason, expires)
+            .await?;
+        Ok(Response::new(pb::RetainResponse {
+            ledger_index: index,
+            digests: digests.iter().map(|d| d.to_string()).collect(),
+        }))
+    }
+
+    async fn why(
+        &self,
+        request: Request<pb::WhyRequest>,
+    ) -> Result<Response<pb::WhyResponse>, Status> {
+        let who = principal(&self.auth, &request)?;
+        let request = request.into_inner();
+        let digest = parse_digest("digest", &request.digest)?;
+        let grace = request
+            .grace_seconds
+            .map_or(self.gc_grace, std::time::Duration::from_secs);
+        let why = self.collector.why(&who, &digest, grace).await?;
+        Ok(Response::new(pb::WhyResponse {
+            blob: why.present.as_ref().map(blob_info),
+            kept_by: why
+                .keepers
+                .iter()
+                .map(crate::retention::Keeper::describe)
+                .collect(),
+            deleted: why.tombstone.map(|t| pb::Tombstone {
+                ledger_index: t.index,
+                deleted_at: Some(timestamp(t.time_ms)),
+                reason: t.reason,
+                policy: t.policy,
+                size: t.size,
+            }),
+        }))
+    }
+
+    async fn collect_garbage(
+        &self,
+        request: Request<pb::CollectGarbageRequest>,
+    ) -> Result<Response<pb::CollectGarbageResponse>, Status> {
+        let who = principal(&self.auth, &request)?;
+        let request = request.into_inner();
+        let grace = request
+            .grace_seconds
+            .map_or(self.gc_grace, std::time::Duration::from_secs);
+        let report = self
+            .collector
+            .collect(
+                &who,
+                GcOptions {
+                    grace,
+                    dry_run: request.dry_run,
+                    by: who.label(),
+                },
+            )
+            .await?;
+        Ok(Response::new(gc_answer(&report)))
+    }
+
+    async fn delete_blob(
+        &self,
+        request: Request<pb::DeleteBlobRequest>,
+    ) -> Result<Response<pb::CollectGarbageResponse>, Status> {
+        let who = principal(&self.auth, &request)?;
+        let request = request.into_inner();
+        let digest = parse_digest("digest", &request.digest)?;
+        let report = self
+            .collector
+            .delete(&who, &digest, &request.reason, request.force)
+            .await?;
+        Ok(Response::new(gc_answer(&report)))
+    }
+
     type GetStream = GetStream;
 
     async fn get(
@@ -393,11 +533,11 @@ impl ContentStore for CasService {
             offset: request.offset,
             limit: (request.limit != 0).then_some(request.limit),
         };
-        let read = self
-            .store
-            .get(&digest, range)
-            .await
-            .map_err(GrpcError::from)?;
+        let read = match self.store.get(&digest, range).await {
+            Ok(read) => read,
+            Err(StorageError::NotFound { .. }) => return Err(absent(&self.registry, &digest)),
+            Err(err) => return Err(GrpcError::from(err).into()),
+        };
         let first = pb::GetResponse {
             blob: Some(blob_info(&read.meta)),
             data: Bytes::new(),
@@ -432,6 +572,7 @@ impl ContentStore for CasService {
         let digest = parse_digest("digest", &request.get_ref().digest)?;
         match self.store.stat(&digest).await.map_err(GrpcError::from)? {
             Some(meta) if self.readable(&who, &meta) => Ok(Response::new(blob_info(&meta))),
+            None if who.allows_everywhere(Scope::Read) => Err(absent(&self.registry, &digest)),
             _ => Err(hidden(&digest)),
         }
     }

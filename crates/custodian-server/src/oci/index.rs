@@ -69,6 +69,15 @@ impl OciIndex {
         self.repos.get(name)
     }
 
+    /// The repositories that hold `digest` as a manifest.
+    pub fn repos_with_manifest(&self, digest: &Digest) -> Vec<String> {
+        self.repos
+            .iter()
+            .filter(|(_, repo)| repo.manifests.contains_key(digest.bytes()))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Folds in a manifest push.
     pub fn apply_put(
         &mut self,

@@ -242,6 +242,12 @@ impl Oci {
         })
     }
 
+    /// The repositories a blob is linked into (pushed, mounted or referenced by a manifest):
+    /// each of them keeps it.
+    pub fn linked_in(&self, digest: &Digest) -> Vec<String> {
+        self.links.repos_with(digest)
+    }
+
     /// True if the repository is private.
     pub fn is_private(&self, repo: &str) -> bool {
         custodian_core::registry::namespace_covers(&self.config.private, repo)

@@ -66,9 +66,16 @@ pub struct Index {
     damaged: Vec<u64>,
     /// The OCI repositories (`OciManifestPut` and `OciDeleted` entries).
     oci: crate::oci::index::OciIndex,
+    /// Pins, legal holds and deletions (`BlobRetention` and `BlobsDeleted` entries).
+    retention: crate::retention::index::RetentionIndex,
 }
 
 impl Index {
+    /// Pins, legal holds and deletions.
+    pub fn retention(&self) -> &crate::retention::index::RetentionIndex {
+        &self.retention
+    }
+
     /// The OCI repositories.
     pub fn oci(&self) -> &crate::oci::index::OciIndex {
         &self.oci
@@ -160,6 +167,16 @@ impl Index {
                 let event: custodian_core::registry::OciDeleted =
                     entry.event().map_err(|e| e.to_string())?;
                 self.oci.apply_delete(index, entry.time_ms, &event)?;
+            }
+            EntryKind::BlobRetention => {
+                let event: custodian_core::registry::BlobRetention =
+                    entry.event().map_err(|e| e.to_string())?;
+                self.retention.apply_retention(index, entry.time_ms, &event);
+            }
+            EntryKind::BlobsDeleted => {
+                let event: custodian_core::registry::BlobsDeleted =
+                    entry.event().map_err(|e| e.to_string())?;
+                self.retention.apply_deleted(index, entry.time_ms, &event);
             }
             EntryKind::RunAttested
             | EntryKind::ScanRecorded

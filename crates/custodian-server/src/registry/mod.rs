@@ -458,6 +458,9 @@ impl Registry {
             return Ok((existing, None));
         }
 
+        // From the custody check until the entry that references the files is applied, garbage
+        // collection may not delete any of them (see custodian_storage::retention).
+        let _keep = self.store.retention().keep().await;
         // Every file must be in custody with the stated size; the store verified its digest
         // when it was written.
         let mut missing = Vec::new();

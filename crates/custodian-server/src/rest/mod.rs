@@ -331,7 +331,35 @@ async fn download_blob(
             format!("path digest: {e}"),
         )
     })?;
-    let meta = state.store.stat(&digest).await?.filter(|meta| {
+    let present = state.store.stat(&digest).await?;
+    if present.is_none()
+        && let Some(t) = state
+            .registry
+            .read()
+            .retention()
+            .tombstone(&digest)
+            .cloned()
+    {
+        // Deleted on the record: 410 Gone, naming the entry (which is public in the log).
+        return Ok((
+            StatusCode::GONE,
+            axum::Json(json!({
+                "error": {
+                    "code": "gone",
+                    "message": format!(
+                        "blob {digest} was deleted from custody at ledger entry {} ({}): {}",
+                        t.index, t.policy, t.reason
+                    ),
+                },
+                "ledger_index": t.index,
+                "deleted_at_ms": t.time_ms,
+                "reason": t.reason,
+                "policy": t.policy,
+            })),
+        )
+            .into_response());
+    }
+    let meta = present.filter(|meta| {
         who.allows_everywhere(crate::auth::Scope::Read)
             || state.registry.blob_readable(&who, &meta.digests.sha256)
     });

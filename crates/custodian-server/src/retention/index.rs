@@ -1,0 +1,181 @@
+//! Pins, legal holds and deletions as the ledger records them (`BlobRetention` and
+//! `BlobsDeleted` entries); part of the registry index, so it is rebuilt by the same replay.
+
+use std::collections::HashMap;
+
+use custodian_core::Digest;
+use custodian_core::registry::{BlobRetention, BlobsDeleted, RetentionAction};
+
+/// A pin on a blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pin {
+    /// What the pin was asked for (a digest or `NAME@VERSION`).
+    pub subject: String,
+    /// When it lapses; `None`: never.
+    pub expires_ms: Option<u64>,
+    /// Its ledger entry.
+    pub index: u64,
+    /// Who placed it.
+    pub by: String,
+}
+
+/// A legal hold on a blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// What the hold was asked for.
+    pub subject: String,
+    /// Why.
+    pub reason: String,
+    /// Its ledger entry.
+    pub index: u64,
+    /// When it was placed (ms since the Unix epoch).
+    pub time_ms: u64,
+    /// Who placed it.
+    pub by: String,
+}
+
+/// Where a deleted blob's deletion is recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    /// The `BlobsDeleted` entry.
+    pub index: u64,
+    /// When (ms since the Unix epoch).
+    pub time_ms: u64,
+    /// Why.
+    pub reason: String,
+    /// Under which policy.
+    pub policy: String,
+    /// The blob's size.
+    pub size: u64,
+}
+
+/// One recorded deletion, for finishing it after a crash.
+#[derive(Clone, Debug)]
+pub struct Deletion {
+    /// The `BlobsDeleted` entry.
+    pub index: u64,
+    /// When it was recorded.
+    pub time_ms: u64,
+    /// The blobs.
+    pub digests: Vec<Digest>,
+}
+
+/// Pins, holds and tombstones by blob.
+#[derive(Clone, Debug, Default)]
+pub struct RetentionIndex {
+    pins: HashMap<[u8; 32], Vec<Pin>>,
+    holds: HashMap<[u8; 32], Vec<Hold>>,
+    tombstones: HashMap<[u8; 32], Tombstone>,
+    deletions: Vec<Deletion>,
+    /// The blobs each subject's pins and holds were placed on.
+    subjects: HashMap<String, std::collections::BTreeSet<[u8; 32]>>,
+}
+
+fn digests(list: &[String]) -> Vec<Digest> {
+    list.iter().filter_map(|d| d.parse().ok()).collect()
+}
+
+impl RetentionIndex {
+    /// Folds in a `BlobRetention` entry.
+    pub fn apply_retention(&mut self, index: u64, time_ms: u64, event: &BlobRetention) {
+        for digest in digests(&event.digests) {
+            let key = *digest.bytes();
+            if matches!(event.action, RetentionAction::Pin | RetentionAction::Hold) {
+                self.subjects
+                    .entry(event.subject.clone())
+                    .or_default()
+                    .insert(key);
+            }
+            match event.action {
+                RetentionAction::Pin => self.pins.entry(key).or_default().push(Pin {
+                    subject: event.subject.clone(),
+                    expires_ms: event.expires_ms,
+                    index,
+                    by: event.by.clone(),
+                }),
+                RetentionAction::Unpin => {
+                    if let Some(pins) = self.pins.get_mut(&key) {
+                        pins.retain(|p| p.subject != event.subject);
+                    }
+                }
+                RetentionAction::Hold => self.holds.entry(key).or_default().push(Hold {
+                    subject: event.subject.clone(),
+                    reason: event.reason.clone(),
+                    index,
+                    time_ms,
+                    by: event.by.clone(),
+                }),
+                RetentionAction::Release => {
+                    if let Some(holds) = self.holds.get_mut(&key) {
+                        holds.retain(|h| h.subject != event.subject);
+                    }
+                }
+            }
+        }
+        self.pins.retain(|_, v| !v.is_empty());
+        self.holds.retain(|_, v| !v.is_empty());
+    }
+
+    /// Folds in a `BlobsDeleted` entry.
+    pub fn apply_deleted(&mut self, index: u64, time_ms: u64, event: &BlobsDeleted) {
+        let mut list = Vec::with_capacity(event.blobs.len());
+        for blob in &event.blobs {
+            let Ok(digest) = blob.digest.parse::<Digest>() else {
+                continue;
+            };
+            self.tombstones.insert(
+                *digest.bytes(),
+                Tombstone {
+                    index,
+                    time_ms,
+                    reason: event.reason.clone(),
+                    policy: event.policy.clone(),
+                    size: blob.size,
+                },
+            );
+            list.push(digest);
+        }
+        self.deletions.push(Deletion {
+            index,
+            time_ms,
+            digests: list,
+        });
+    }
+
+    /// The pins on a blob, lapsed ones included.
+    pub fn pins(&self, sha256: &Digest) -> &[Pin] {
+        self.pins.get(sha256.bytes()).map_or(&[], Vec::as_slice)
+    }
+
+    /// The pins on a blob that have not lapsed at `now_ms`.
+    pub fn pinned(&self, sha256: &Digest, now_ms: u64) -> Vec<Pin> {
+        self.pins(sha256)
+            .iter()
+            .filter(|p| p.expires_ms.is_none_or(|e| e > now_ms))
+            .cloned()
+            .collect()
+    }
+
+    /// The legal holds on a blob.
+    pub fn holds(&self, sha256: &Digest) -> &[Hold] {
+        self.holds.get(sha256.bytes()).map_or(&[], Vec::as_slice)
+    }
+
+    /// The blobs pins or holds on `subject` were ever placed on.
+    pub fn subjects(&self, subject: &str) -> Vec<Digest> {
+        self.subjects
+            .get(subject)
+            .map(|set| set.iter().map(|b| Digest::sha256(*b)).collect())
+            .unwrap_or_default()
+    }
+
+    /// The latest deletion of a blob, if it was ever deleted.
+    pub fn tombstone(&self, sha256: &Digest) -> Option<&Tombstone> {
+        self.tombstones.get(sha256.bytes())
+    }
+
+    /// Every recorded deletion, in ledger order.
+    pub fn deletions(&self) -> &[Deletion] {
+        &self.deletions
+    }
+}

@@ -1,0 +1,679 @@
+//! Provable retention (docs/operations.md, docs/storage.md): pins and legal holds as ledger
+//! entries, online garbage collection whose every deletion is a `BlobsDeleted` entry, and the
+//! answer to "why is this blob here, or where did it go".
+//!
+//! A blob is kept while anything keeps it ([`Keeper`]): a legal hold; a published version or a
+//! hosted data pack whose files it is (or the body of a sealed entry); an OCI repository it is
+//! linked into or holds it as a manifest; a pin that has not lapsed; or the grace period, which
+//! runs from the blob's upload and from every later put that was told "already present".
+//!
+//! Collection runs while uploads and publications continue. It judges each blob without
+//! stopping anything, then, for each batch of candidates, takes the exclusive side of the
+//! store's retention gate (see `custodian_storage::retention`), judges each candidate again,
+//! appends one `BlobsDeleted` entry naming those still collectable, and only then deletes them.
+//! The entry is written first so that a crash part-way leaves a record of what was to go:
+//! [`Collector::finish_recorded`] (run at start and before every collection) deletes whatever a
+//! recorded deletion left behind, unless it was uploaded again after the entry.
+
+pub mod index;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use custodian_core::Digest;
+use custodian_core::registry::{BlobRetention, BlobsDeleted, DeletedBlob, RetentionAction};
+use custodian_storage::BlobMeta;
+use custodian_storage::uploads::UploadSessions;
+
+use crate::auth::{Principal, Scope};
+use crate::oci::Oci;
+use crate::registry::{Registry, RegistryError, invalid};
+
+/// How many blobs one `BlobsDeleted` entry names at most: few enough that the entry is never
+/// sealed (see `custodian_core::seal::must_seal`). A sealed entry's body goes into custody
+/// through a put, which waits for the shared side of the retention gate the collector holds
+/// exclusively while it appends: the test below keeps the two apart.
+pub const DELETE_BATCH: usize = 300;
+
+/// How many digests are listed from the store per step of the sweep.
+const LIST_PAGE: usize = 4096;
+
+/// Why a blob is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Keeper {
+    /// A legal hold (its subject, reason and ledger entry).
+    Held {
+        /// What the hold was asked for.
+        subject: String,
+        /// Why.
+        reason: String,
+        /// The `BlobRetention` entry.
+        index: u64,
+    },
+    /// Files of a package version or a hosted data pack, or a sealed entry's body.
+    Referenced {
+        /// The packages that refer to it (`""` for a public sealed body).
+        packages: Vec<String>,
+    },
+    /// Linked into, or held as a manifest by, OCI repositories.
+    Oci {
+        /// The repositories.
+        repositories: Vec<String>,
+    },
+    /// A pin that has not lapsed.
+    Pinned {
+        /// What the pin was asked for.
+        subject: String,
+        /// When it lapses.
+        expires_ms: Option<u64>,
+        /// The `BlobRetention` entry.
+        index: u64,
+    },
+    /// Within the grace period of its upload or its latest acknowledgement.
+    Grace {
+        /// When the grace period ends.
+        until_ms: u64,
+    },
+}
+
+impl Keeper {
+    /// The keeper in words.
+    pub fn describe(&self) -> String {
+        match self {
+            Keeper::Held {
+                subject,
+                reason,
+                index,
+            } => format!("legal hold on {subject} (ledger entry {index}): {reason}"),
+            Keeper::Referenced { packages } => format!(
+                "referenced by {}",
+                packages
+                    .iter()
+                    .map(|p| if p.is_empty() {
+                        "a sealed ledger entry".to_string()
+                    } else {
+                        format!("package {p}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Keeper::Oci { repositories } => {
+                format!("in OCI repositories {}", repositories.join(", "))
+            }
+            Keeper::Pinned {
+                subject,
+                expires_ms,
+                index,
+            } => match expires_ms {
+                Some(ms) => format!(
+                    "pinned as {subject} (ledger entry {index}) until {}",
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + Duration::from_millis(*ms)
+                    )
+                ),
+                None => format!("pinned as {subject} (ledger entry {index}) with no expiry"),
+            },
+            Keeper::Grace { until_ms } => format!(
+                "within the grace period until {}",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_millis(*until_ms)
+                )
+            ),
+        }
+    }
+}
+
+/// What `why` says about one digest.
+#[derive(Clone, Debug)]
+pub struct Why {
+    /// The digest asked about.
+    pub digest: Digest,
+    /// The blob, if it is in custody.
+    pub present: Option<BlobMeta>,
+    /// Everything that keeps it (empty: it is collectable).
+    pub keepers: Vec<Keeper>,
+    /// Its latest recorded deletion, if any.
+    pub tombstone: Option<index::Tombstone>,
+}
+
+/// A collection's options.
+#[derive(Clone, Debug)]
+pub struct GcOptions {
+    /// Blobs uploaded or acknowledged within this long ago are kept.
+    pub grace: Duration,
+    /// Judge only; delete nothing and record nothing.
+    pub dry_run: bool,
+    /// Who runs it (recorded in each entry).
+    pub by: String,
+}
+
+/// What a collection did.
+#[derive(Clone, Debug, Default)]
+pub struct GcReport {
+    /// Blobs judged.
+    pub examined: u64,
+    /// Kept by a legal hold, a reference, an OCI link or a pin.
+    pub kept: u64,
+    /// Kept by the grace period.
+    pub in_grace: u64,
+    /// Deleted (or, in a dry run, that would be), with sizes.
+    pub deleted: Vec<(Digest, u64)>,
+    /// Candidates that were kept at the second look (something kept them meanwhile).
+    pub spared: u64,
+    /// The `BlobsDeleted` entries appended.
+    pub entries: Vec<u64>,
+    /// Deletions recorded earlier that this run finished (after a crash).
+    pub finished_earlier: u64,
+    /// Whether nothing was deleted or recorded.
+    pub dry_run: bool,
+}
+
+/// Pins, holds, `why`, and garbage collection over one daemon's store and ledger.
+pub struct Collector {
+    registry: Arc<Registry>,
+    oci: Arc<Oci>,
+    uploads: Arc<UploadSessions>,
+    /// One collection or admin deletion at a time.
+    running: tokio::sync::Mutex<()>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn require_admin(who: &Principal, action: &str) -> Result<(), RegistryError> {
+    if who.allows_everywhere(Scope::Admin) {
+        return Ok(());
+    }
+    Err(match who {
+        Principal::Anonymous => RegistryError::Unauthenticated(format!(
+            "{action} needs an admin token: send authorization: Bearer <token>"
+        )),
+        Principal::Token(_) => RegistryError::PermissionDenied(format!(
+            "{} may not {action}: it needs the admin scope on every namespace",
+            who.label()
+        )),
+    })
+}
+
+impl Collector {
+    /// A collector over the registry (its index and store) and the OCI front end's links;
+    /// `uploads` bounds the grace period from below.
+    pub fn new(registry: Arc<Registry>, oci: Arc<Oci>, uploads: Arc<UploadSessions>) -> Self {
+        Collector {
+            registry,
+            oci,
+            uploads,
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Everything that keeps `meta`'s blob at `now`, judged with `grace`; empty if nothing does.
+    fn keepers(&self, meta: &BlobMeta, grace: Duration, now: u64) -> Vec<Keeper> {
+        let sha256 = meta.sha256();
+        let mut keepers = Vec::new();
+        {
+            let index = self.registry.read();
+            for hold in index.retention().holds(&sha256) {
+                keepers.push(Keeper::Held {
+                    subject: hold.subject.clone(),
+                    reason: hold.reason.clone(),
+                    index: hold.index,
+                });
+            }
+            if let Some(refs) = index.blob_refs(&sha256)
+                && !refs.is_empty()
+            {
+                let mut packages: Vec<String> = refs.iter().map(|r| r.name.clone()).collect();
+                packages.sort();
+                packages.dedup();
+                keepers.push(Keeper::Referenced { packages });
+            }
+            let mut repositories = index.oci().repos_with_manifest(&sha256);
+            repositories.extend(self.oci.linked_in(&sha256));
+            repositories.sort();
+            repositories.dedup();
+            if !repositories.is_empty() {
+                keepers.push(Keeper::Oci { repositories });
+            }
+            for pin in index.retention().pinned(&sha256, now) {
+                keepers.push(Keeper::Pinned {
+                    subject: pin.subject,
+                    expires_ms: pin.expires_ms,
+                    index: pin.index,
+                });
+            }
+        }
+        let touched = self
+            .registry
+            .store()
+            .retention()
+            .last_acknowledged(&sha256)
+            .unwrap_or(0)
+            .max(meta.created_unix_ms);
+        let until_ms = touched.saturating_add(grace.as_millis() as u64);
+        if until_ms > now {
+            keepers.push(Keeper::Grace { until_ms });
+        }
+        keepers
+    }
+
+    /// Why `digest` is in custody, or what became of it. Needs an admin token.
+    pub async fn why(
+        &self,
+        who: &Principal,
+        digest: &Digest,
+        grace: Duration,
+    ) -> Result<Why, RegistryError> {
+        require_admin(who, "ask why a blob is kept")?;
+        let present = self.registry.store().stat(digest).await?;
+        let now = now_ms();
+        let keepers = present
+            .as_ref()
+            .map(|meta| self.keepers(meta, grace, now))
+            .unwrap_or_default();
+        let sha256 = present.as_ref().map_or(*digest, BlobMeta::sha256);
+        let tombstone = self.registry.read().retention().tombstone(&sha256).cloned();
+        Ok(Why {
+            digest: *digest,
+            present,
+            keepers,
+            tombstone,
+        })
+    }
+
+    /// The blobs a subject names: a digest in custody, or `NAME@VERSION` (its files and hosted
+    /// data pack).
+    async fn resolve(&self, who: &Principal, subject: &str) -> Result<Vec<Digest>, RegistryError> {
+        if let Ok(digest) = subject.parse::<Digest>() {
+            return match self.registry.store().stat(&digest).await? {
+                Some(meta) => Ok(vec![meta.sha256()]),
+                None => Err(RegistryError::NotFound(format!(
+                    "field subject: blob {digest} is not in custody, so there is nothing to keep{}",
+                    match self.registry.read().retention().tombstone(&digest) {
+                        Some(t) => format!(
+                            " (it was deleted at ledger entry {}: {})",
+                            t.index, t.reason
+                        ),
+                        None => String::new(),
+                    }
+                ))),
+            };
+        }
+        let Some((name, version)) = subject.rsplit_once('@').filter(|(n, _)| !n.is_empty()) else {
+            return Err(invalid(
+                "subject",
+                format!("{subject:?} is neither a digest (sha256:… or blake3:…) nor NAME@VERSION"),
+            ));
+        };
+        let record = self.registry.get(who, name, version)?;
+        let mut digests: Vec<Digest> = record.files.iter().map(|f| f.sha256).collect();
+        if let Some(pack) = &record.data_pack
+            && let Some(sha) = pack.event.pack.sha256.as_deref()
+            && let Ok(digest) = sha.parse::<Digest>()
+        {
+            digests.push(digest);
+        }
+        digests.sort_by_key(|d| *d.bytes());
+        digests.dedup();
+        Ok(digests)
+    }
+
+    /// Pins, unpins, holds or releases `subject`; returns the entry's index and the blobs.
+    pub async fn retain(
+        &self,
+        who: &Principal,
+        action: RetentionAction,
+        subject: &str,
+        reason: &str,
+        expires_in: Option<Duration>,
+    ) -> Result<(u64, Vec<Digest>), RegistryError> {
+        require_admin(who, &format!("{} blobs", action.as_str()))?;
+        let needs_reason = matches!(action, RetentionAction::Hold | RetentionAction::Release);
+        if needs_reason && reason.trim().is_empty() {
+            return Err(invalid(
+                "reason",
+                format!(
+                    "is required to {} a legal hold: say why (it is recorded in the ledger)",
+                    if action == RetentionAction::Hold {
+                        "place"
+                    } else {
+                        "release"
+                    }
+                ),
+            ));
+        }
+        if expires_in.is_some() && action != RetentionAction::Pin {
+            return Err(invalid(
+                "expires_in",
+                format!("only a pin lapses; a {} has no expiry", action.as_str()),
+            ));
+        }
+        let digests = match action {
+            RetentionAction::Pin | RetentionAction::Hold => self.resolve(who, subject).await?,
+            // Removing a pin or hold names what it was placed on, which may be gone by now.
+            RetentionAction::Unpin | RetentionAction::Release => {
+                let index = self.registry.read();
+                let placed: Vec<Digest> = self
+                    .placed_on(&index, subject, action)
+                    .into_iter()
+                    .collect();
+                if placed.is_empty() {
+                    return Err(RegistryError::NotFound(format!(
+                        "field subject: there is no {} on {subject:?} to remove",
+                        if action == RetentionAction::Unpin {
+                            "pin"
+                        } else {
+                            "legal hold"
+                        }
+                    )));
+                }
+                placed
+            }
+        };
+        let event = BlobRetention {
+            action,
+            subject: subject.to_string(),
+            digests: digests.iter().map(|d| d.to_string()).collect(),
+            reason: reason.to_string(),
+            expires_ms: expires_in.map(|d| now_ms() + d.as_millis() as u64),
+            by: who.label(),
+        };
+        let (index, _, _, entry) = self.registry.append(&event).await?;
+        self.registry.apply(index, &entry);
+        Ok((index, digests))
+    }
+
+    /// The blobs a pin (for `Unpin`) or a hold (for `Release`) on `subject` covers now.
+    fn placed_on(
+        &self,
+        index: &crate::registry::index::Index,
+        subject: &str,
+        action: RetentionAction,
+    ) -> Vec<Digest> {
+        let mut out = Vec::new();
+        let candidates = index.retention().subjects(subject);
+        for digest in candidates {
+            let placed = match action {
+                RetentionAction::Unpin => index
+                    .retention()
+                    .pins(&digest)
+                    .iter()
+                    .any(|p| p.subject == subject),
+                _ => index
+                    .retention()
+                    .holds(&digest)
+                    .iter()
+                    .any(|h| h.subject == subject),
+            };
+            if placed {
+                out.push(digest);
+            }
+        }
+        out
+    }
+
+    /// Finishes deletions that were recorded but not carried out (a crash between the entry
+    /// and the deletes): each blob still in custody that was committed before its entry goes;
+    /// one uploaded again after the entry stays. Returns how many were deleted now.
+    pub async fn finish_recorded(&self) -> Result<u64, RegistryError> {
+        let deletions = self.registry.read().retention().deletions().to_vec();
+        let store = self.registry.store();
+        let mut done = 0;
+        for deletion in deletions {
+            for digest in &deletion.digests {
+                if let Some(meta) = store.stat(digest).await?
+                    && meta.created_unix_ms <= deletion.time_ms
+                    && store.delete(digest).await?
+                {
+                    tracing::debug!(%digest, entry = deletion.index, "finished a recorded deletion");
+                    done += 1;
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Collects garbage (see the module docs). Needs an admin token; refuses a grace period
+    /// shorter than the upload session expiry.
+    pub async fn collect(
+        &self,
+        who: &Principal,
+        options: GcOptions,
+    ) -> Result<GcReport, RegistryError> {
+        require_admin(who, "collect garbage")?;
+        self.run(options).await
+    }
+
+    /// Collects garbage on the daemon's own schedule (no caller to check).
+    pub async fn run(&self, options: GcOptions) -> Result<GcReport, RegistryError> {
+        let expiry = self.uploads.expiry();
+        if options.grace < expiry {
+            return Err(invalid(
+                "grace",
+                format!(
+                    "{} is shorter than the upload session expiry {} (serve --upload-expiry): a client resuming an upload, or publishing what it uploaded, may rely on a blob for that long",
+                    humantime::format_duration(options.grace),
+                    humantime::format_duration(expiry)
+                ),
+            ));
+        }
+        let _running = self.running.lock().await;
+        let mut report = GcReport {
+            dry_run: options.dry_run,
+            ..GcReport::default()
+        };
+        if !options.dry_run {
+            report.finished_earlier = self.finish_recorded().await?;
+        }
+        let store = self.registry.store().clone();
+        let mut after: Option<Digest> = None;
+        let mut candidates: Vec<BlobMeta> = Vec::new();
+        loop {
+            let page = store.list(after, LIST_PAGE).await?;
+            let Some(last) = page.last().copied() else {
+                break;
+            };
+            after = Some(last);
+            let metas = futures::future::join_all(page.iter().map(|d| store.stat(d))).await;
+            let now = now_ms();
+            for meta in metas {
+                let Some(meta) = meta? else { continue };
+                report.examined += 1;
+                let keepers = self.keepers(&meta, options.grace, now);
+                if keepers.is_empty() {
+                    candidates.push(meta);
+                } else if keepers.iter().all(|k| matches!(k, Keeper::Grace { .. })) {
+                    report.in_grace += 1;
+                } else {
+                    report.kept += 1;
+                }
+                if candidates.len() >= DELETE_BATCH {
+                    self.delete_batch(&mut candidates, &options, &mut report)
+                        .await?;
+                }
+            }
+        }
+        self.delete_batch(&mut candidates, &options, &mut report)
+            .await?;
+        if !options.dry_run {
+            // Acknowledgements older than the grace period protect nothing any more.
+            let cutoff = now_ms().saturating_sub(options.grace.as_millis() as u64);
+            if let Err(err) = store.retention().forget_before(cutoff) {
+                tracing::warn!(%err, "could not compact the acknowledgement record");
+            }
+        }
+        Ok(report)
+    }
+
+    /// Judges `candidates` again under the exclusive gate, records those still collectable in
+    /// one `BlobsDeleted` entry, then deletes them.
+    async fn delete_batch(
+        &self,
+        candidates: &mut Vec<BlobMeta>,
+        options: &GcOptions,
+        report: &mut GcReport,
+    ) -> Result<(), RegistryError> {
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(candidates);
+        if options.dry_run {
+            report
+                .deleted
+                .extend(batch.iter().map(|m| (m.sha256(), m.size)));
+            return Ok(());
+        }
+        let store = self.registry.store().clone();
+        let _exclusive = store.retention().exclusive().await;
+        let now = now_ms();
+        let mut going = Vec::new();
+        for meta in batch {
+            // The blob may have been deleted and uploaded again since it was listed: judge the
+            // copy in custody now.
+            let Some(current) = store.stat(&meta.sha256()).await? else {
+                continue;
+            };
+            if self.keepers(&current, options.grace, now).is_empty() {
+                going.push(current);
+            } else {
+                report.spared += 1;
+            }
+        }
+        self.record_and_delete(
+            going,
+            "garbage collection",
+            format!(
+                "unreferenced, unpinned, not held, and neither uploaded nor acknowledged for {}",
+                humantime::format_duration(options.grace)
+            ),
+            options.grace.as_millis() as u64,
+            &options.by,
+            report,
+        )
+        .await
+    }
+
+    /// Appends the `BlobsDeleted` entry for `going`, then deletes each; the caller holds the
+    /// exclusive gate.
+    async fn record_and_delete(
+        &self,
+        going: Vec<BlobMeta>,
+        reason: &str,
+        policy: String,
+        grace_ms: u64,
+        by: &str,
+        report: &mut GcReport,
+    ) -> Result<(), RegistryError> {
+        if going.is_empty() {
+            return Ok(());
+        }
+        let event = BlobsDeleted {
+            blobs: going
+                .iter()
+                .map(|m| DeletedBlob {
+                    digest: m.sha256().to_string(),
+                    size: m.size,
+                })
+                .collect(),
+            reason: reason.to_string(),
+            policy,
+            grace_ms,
+            by: by.to_string(),
+        };
+        let (index, _, _, entry) = self.registry.append(&event).await?;
+        self.registry.apply(index, &entry);
+        report.entries.push(index);
+        let store = self.registry.store();
+        for meta in going {
+            store.delete(&meta.sha256()).await?;
+            report.deleted.push((meta.sha256(), meta.size));
+        }
+        Ok(())
+    }
+
+    /// Deletes one blob on an admin's word, recorded like a collection. Refused under a legal
+    /// hold, and while anything else keeps it unless `force`.
+    pub async fn delete(
+        &self,
+        who: &Principal,
+        digest: &Digest,
+        reason: &str,
+        force: bool,
+    ) -> Result<GcReport, RegistryError> {
+        require_admin(who, "delete blobs")?;
+        if reason.trim().is_empty() {
+            return Err(invalid(
+                "reason",
+                "is required to delete a blob: say why (it is recorded in the ledger)",
+            ));
+        }
+        let _running = self.running.lock().await;
+        let store = self.registry.store().clone();
+        let _exclusive = store.retention().exclusive().await;
+        let Some(meta) = store.stat(digest).await? else {
+            return Err(RegistryError::NotFound(format!(
+                "field digest: blob {digest} is not in custody"
+            )));
+        };
+        let keepers = self.keepers(&meta, Duration::ZERO, now_ms());
+        if let Some(Keeper::Held { index, reason, .. }) =
+            keepers.iter().find(|k| matches!(k, Keeper::Held { .. }))
+        {
+            return Err(RegistryError::FailedPrecondition(format!(
+                "blob {digest} is under a legal hold (ledger entry {index}: {reason}); an admin must release it first"
+            )));
+        }
+        if !force && !keepers.is_empty() {
+            return Err(RegistryError::FailedPrecondition(format!(
+                "blob {digest} is kept: {}; delete with force to remove it anyway",
+                keepers
+                    .iter()
+                    .map(Keeper::describe)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )));
+        }
+        let mut report = GcReport {
+            examined: 1,
+            ..GcReport::default()
+        };
+        self.record_and_delete(
+            vec![meta],
+            reason,
+            "admin delete".into(),
+            0,
+            &who.label(),
+            &mut report,
+        )
+        .await?;
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full batch's entry stays under the size that would seal it.
+    #[test]
+    fn a_full_deletion_batch_is_never_sealed() {
+        let event = BlobsDeleted {
+            blobs: (0..DELETE_BATCH)
+                .map(|i| DeletedBlob {
+                    digest: Digest::of(custodian_core::Algorithm::Sha256, &i.to_le_bytes())
+                        .to_string(),
+                    size: u64::MAX,
+                })
+                .collect(),
+            reason: "garbage collection".repeat(20),
+            policy: "unreferenced, unpinned, not held, and neither uploaded nor acknowledged for 365days".into(),
+            grace_ms: u64::MAX,
+            by: "a-rather-long-token-label-for-an-operator".repeat(4),
+        };
+        let payload = custodian_core::registry::to_payload(&event).expect("payload");
+        assert!(!custodian_core::seal::must_seal(&payload));
+    }
+}
