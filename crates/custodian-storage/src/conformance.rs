@@ -61,6 +61,7 @@ pub async fn run(harness: &dyn Harness, options: Options) {
     unknown_digests(&store).await;
     find_missing_reports_absent_in_order(&store).await;
     delete_then_put_again(&store).await;
+    delete_many_removes_each_and_reports_which_existed(&store).await;
     put_many_verifies_each_and_keeps_order(&store).await;
     list_walks_everything_and_quarantine_hides_a_blob(&store).await;
     assert_no_pending(&store, "after the single-session cases").await;
@@ -596,6 +597,22 @@ async fn find_missing_reports_absent_in_order(store: &BlobStore) {
     let missing = store.find_missing(&query).await.expect("find_missing");
     assert_eq!(missing, vec![absent_a, absent_b], "find_missing result");
     assert!(store.find_missing(&[]).await.expect("empty").is_empty());
+}
+
+async fn delete_many_removes_each_and_reports_which_existed(store: &BlobStore) {
+    let small = put(store, &pattern(11, 100)).await.meta;
+    let large = put(store, &pattern(12, 2 * store.block_size() + 7)).await.meta;
+    let kept = put(store, &pattern(13, 50)).await.meta;
+    let never = Digest::of(Algorithm::Sha256, b"never stored for delete_many");
+    let existed = store
+        .delete_many(&[small.sha256(), never, large.sha256()])
+        .await
+        .expect("delete_many");
+    assert_eq!(existed, vec![true, false, true], "delete_many reports each");
+    assert_absent(store, &small.sha256(), "after delete_many").await;
+    assert_absent(store, &large.digests.blake3, "after delete_many").await;
+    assert!(read_all(store, &kept.sha256(), ByteRange::ALL).await == pattern(13, 50));
+    assert!(store.delete_many(&[]).await.expect("empty").is_empty());
 }
 
 async fn delete_then_put_again(store: &BlobStore) {

@@ -129,6 +129,16 @@ pub trait BlobBackend: Send + Sync + 'static {
     /// Removes a committed blob; returns whether it existed.
     async fn delete(&self, sha256: &Digest) -> Result<bool>;
 
+    /// Removes many committed blobs; returns whether each existed. Backends with a batched
+    /// durable write override this so that garbage collection costs one sync per batch.
+    async fn delete_many(&self, sha256s: &[Digest]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(sha256s.len());
+        for sha256 in sha256s {
+            out.push(self.delete(sha256).await?);
+        }
+        Ok(out)
+    }
+
     /// How many uploads are in flight or were left behind by a crash and not yet cleaned.
     async fn pending_uploads(&self) -> Result<u64>;
 
@@ -377,6 +387,11 @@ impl BlobStore {
             Some(meta) => self.backend.delete(&meta.sha256()).await,
             None => Ok(false),
         }
+    }
+
+    /// Removes many blobs by their SHA-256 digests; returns whether each existed.
+    pub async fn delete_many(&self, sha256s: &[Digest]) -> Result<Vec<bool>> {
+        self.backend.delete_many(sha256s).await
     }
 
     /// How many uploads are in flight or left over from a crash.

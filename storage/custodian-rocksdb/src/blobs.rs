@@ -377,6 +377,36 @@ impl BlobBackend for RocksBackend {
         .await
     }
 
+    async fn delete_many(&self, sha256s: &[Digest]) -> Result<Vec<bool>> {
+        let index = self.index.clone();
+        let sha256s = sha256s.to_vec();
+        blocking(move || {
+            let _guards = index.lock_commits_many(&sha256s);
+            let mut batch = WriteBatch::default();
+            let mut existed = Vec::with_capacity(sha256s.len());
+            for sha256 in &sha256s {
+                let Some(entry) = index.lookup(sha256)? else {
+                    existed.push(false);
+                    continue;
+                };
+                let extent = u64::from_be_bytes(
+                    entry
+                        .location
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| index.err("extent id is not 8 bytes"))?,
+                );
+                add_extent_removal(&index, &mut batch, extent)?;
+                index.add_delete(&mut batch, &entry.meta)?;
+                existed.push(true);
+            }
+            // One synced write for the whole batch: all of it is gone, or none.
+            index.write_synced(batch)?;
+            Ok(existed)
+        })
+        .await
+    }
+
     async fn list(&self, after: Option<Digest>, limit: usize) -> Result<Vec<Digest>> {
         let index = self.index.clone();
         blocking(move || index.list(after, limit)).await

@@ -586,11 +586,11 @@ impl Collector {
         let (index, _, _, entry) = self.registry.append(&event).await?;
         self.registry.apply(index, &entry);
         report.entries.push(index);
-        let store = self.registry.store();
-        for meta in going {
-            store.delete(&meta.sha256()).await?;
-            report.deleted.push((meta.sha256(), meta.size));
-        }
+        let digests: Vec<Digest> = going.iter().map(BlobMeta::sha256).collect();
+        self.registry.store().delete_many(&digests).await?;
+        report
+            .deleted
+            .extend(going.iter().map(|m| (m.sha256(), m.size)));
         Ok(())
     }
 
