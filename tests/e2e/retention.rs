@@ -491,11 +491,11 @@ async fn gc_never_deletes_what_is_kept_while_writes_continue() {
     }
     let mut collector = daemon.client().await;
     let mut runs = 0u64;
-    let mut deleted_total = 0usize;
+    let mut deleted_total = 0u64;
     while Instant::now() < deadline {
         let report = gc(&mut collector, GRACE_S, false).await.expect("gc");
         runs += 1;
-        deleted_total += report.deleted.len();
+        deleted_total += report.deleted_count;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for task in tasks {

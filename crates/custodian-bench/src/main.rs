@@ -7,6 +7,7 @@
 mod all;
 mod custody;
 mod evidence;
+mod gc;
 mod ledger;
 mod limits;
 mod load;
@@ -73,6 +74,10 @@ at least once). Also prints the daemon's peak resident memory (VmHWM)."
     /// Many small blobs (10,000 × 4 KiB) through BatchPut and FindMissing over as many digests,
     /// per backend
     Small(crate::small::SmallArgs),
+    /// Online garbage collection of 1,000,000 small blobs: blobs examined and deleted per
+    /// second against the rate they were stored at, and put latency during the collection
+    /// against put latency without it
+    Gc(crate::gc::GcArgs),
     /// A 1 GiB hosted data-pack upload over REST, ranged reads and a verified download
     Rest(crate::rest::RestArgs),
     /// The log as others see it: appends under a 2-of-3 witness quorum next to none and next to
@@ -96,6 +101,7 @@ fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Evidence(args) => crate::evidence::run(args),
         BenchCommand::Scan(args) => crate::scan::run(args),
         BenchCommand::Small(args) => crate::small::run(args),
+        BenchCommand::Gc(args) => crate::gc::run(args),
         BenchCommand::Rest(args) => crate::rest::run(args),
         BenchCommand::Tlog(args) => crate::tlog::run(args),
         BenchCommand::Oci(args) => crate::oci::run(args),

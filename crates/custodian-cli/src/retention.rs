@@ -180,6 +180,7 @@ fn report_json(report: &pb::CollectGarbageResponse) -> serde_json::Value {
         "in_grace": report.in_grace,
         "spared": report.spared,
         "deleted": report.deleted.iter().map(|d| json!({"digest": d.digest, "size": d.size})).collect::<Vec<_>>(),
+        "deleted_count": report.deleted_count,
         "deleted_bytes": report.deleted_bytes,
         "ledger_indexes": report.ledger_indexes,
         "finished_earlier": report.finished_earlier,
@@ -187,6 +188,7 @@ fn report_json(report: &pb::CollectGarbageResponse) -> serde_json::Value {
 }
 
 fn print_report(report: &pb::CollectGarbageResponse) {
+    let listed = report.deleted.len() as u64;
     for blob in &report.deleted {
         println!(
             "{} {} ({} bytes)",
@@ -199,12 +201,18 @@ fn print_report(report: &pb::CollectGarbageResponse) {
             blob.size
         );
     }
+    if report.deleted_count > listed {
+        println!(
+            "… and {} more (the BlobsDeleted ledger entries name every one)",
+            report.deleted_count - listed
+        );
+    }
     println!(
         "{} blob(s) examined: {} kept (hold, reference, OCI or pin), {} in grace, {} {} ({} bytes){}{}",
         report.examined,
         report.kept,
         report.in_grace,
-        report.deleted.len(),
+        report.deleted_count,
         if report.dry_run {
             "would be deleted"
         } else {

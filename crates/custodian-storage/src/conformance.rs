@@ -601,7 +601,9 @@ async fn find_missing_reports_absent_in_order(store: &BlobStore) {
 
 async fn delete_many_removes_each_and_reports_which_existed(store: &BlobStore) {
     let small = put(store, &pattern(11, 100)).await.meta;
-    let large = put(store, &pattern(12, 2 * store.block_size() + 7)).await.meta;
+    let large = put(store, &pattern(12, 2 * store.block_size() + 7))
+        .await
+        .meta;
     let kept = put(store, &pattern(13, 50)).await.meta;
     let never = Digest::of(Algorithm::Sha256, b"never stored for delete_many");
     let existed = store

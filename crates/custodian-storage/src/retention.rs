@@ -10,8 +10,11 @@
 //! - a reference in the making: a publication checks that its files are in custody and then
 //!   appends the entry that references them.
 //!
-//! Both happen under the shared side of one gate ([`Retention::keep`]); a collector deletes
-//! only under its exclusive side ([`Retention::exclusive`]), after checking each blob again. So
+//! Both happen under the shared side of a gate ([`Retention::keep`]); a collector deletes
+//! only under its exclusive side ([`Retention::exclusive`]), after checking each blob again. The
+//! gate is striped by the first byte of the SHA-256, and a collector's batch is a run of
+//! consecutive digests (it walks them in order), so a batch closes one or two stripes of 256 and
+//! puts of every other blob go on while it deletes. So
 //! either the collector deleted first (and the put stores the bytes anew, or the publication
 //! finds the file missing and says so), or the acknowledgement or reference came first (and the
 //! collector's second check sees it). Nothing can slip between.
@@ -25,12 +28,34 @@ use custodian_core::Digest;
 /// The gate between what keeps blobs and what deletes them, and the acknowledgement times.
 #[derive(Debug)]
 pub struct Retention {
-    gate: tokio::sync::RwLock<()>,
+    gate: Vec<tokio::sync::RwLock<()>>,
     acks: std::sync::Mutex<HashMap<[u8; 32], u64>>,
     /// Where acknowledgements are appended (40 bytes each: the SHA-256, then the time in ms,
     /// little-endian), if they must survive a restart.
     log: Option<(PathBuf, std::sync::Mutex<std::fs::File>)>,
 }
+
+/// How many stripes the gate has: one per value of a digest's first byte.
+const STRIPES: usize = 256;
+
+fn stripes() -> Vec<tokio::sync::RwLock<()>> {
+    (0..STRIPES).map(|_| tokio::sync::RwLock::new(())).collect()
+}
+
+/// The stripes `digests` fall in, ascending and without repeats (the one order every caller
+/// takes several in, so two never wait on each other in a cycle).
+fn stripes_of(digests: &[Digest]) -> Vec<usize> {
+    let mut out: Vec<usize> = digests.iter().map(|d| d.bytes()[0] as usize).collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Held shared guards; dropping it releases them.
+pub struct Kept<'a>(#[allow(dead_code)] Vec<tokio::sync::RwLockReadGuard<'a, ()>>);
+
+/// Held exclusive guards; dropping it releases them.
+pub struct Exclusive<'a>(#[allow(dead_code)] Vec<tokio::sync::RwLockWriteGuard<'a, ()>>);
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -46,7 +71,7 @@ impl Retention {
     /// A gate whose acknowledgements live as long as the process (tests, tools).
     pub fn in_memory() -> Self {
         Retention {
-            gate: tokio::sync::RwLock::new(()),
+            gate: stripes(),
             acks: Default::default(),
             log: None,
         }
@@ -74,28 +99,43 @@ impl Retention {
             .append(true)
             .open(path)?;
         Ok(Retention {
-            gate: tokio::sync::RwLock::new(()),
+            gate: stripes(),
             acks: std::sync::Mutex::new(acks),
             log: Some((path.to_path_buf(), std::sync::Mutex::new(file))),
         })
     }
 
-    /// The shared side of the gate: hold it from checking that a blob is in custody until what
-    /// keeps it (an acknowledgement, a ledger entry) is recorded.
-    pub async fn keep(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
-        self.gate.read().await
+    /// The shared side of the gate for `digests`: hold it from checking that the blobs are in
+    /// custody until what keeps them (an acknowledgement, a ledger entry) is recorded.
+    pub async fn keep(&self, digests: &[Digest]) -> Kept<'_> {
+        let mut guards = Vec::new();
+        for stripe in stripes_of(digests) {
+            guards.push(self.gate[stripe].read().await);
+        }
+        Kept(guards)
     }
 
-    /// The exclusive side: hold it while checking blobs a last time and deleting them.
+    /// The exclusive side for `digests`: hold it while checking those blobs a last time and
+    /// deleting them.
     ///
     /// It is taken only when no shared holder is in, by polling, never by queueing: a task that
     /// holds the shared side may take it again (a publication that stores a sealed body), and
-    /// a queued exclusive request would make that second request wait forever behind it.
-    pub async fn exclusive(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+    /// a queued exclusive request would make that second request wait forever behind it. All
+    /// stripes are taken at once or none is held while waiting.
+    pub async fn exclusive(&self, digests: &[Digest]) -> Exclusive<'_> {
+        let wanted = stripes_of(digests);
         loop {
-            if let Ok(guard) = self.gate.try_write() {
-                return guard;
+            let mut guards = Vec::with_capacity(wanted.len());
+            for stripe in &wanted {
+                match self.gate[*stripe].try_write() {
+                    Ok(guard) => guards.push(guard),
+                    Err(_) => break,
+                }
             }
+            if guards.len() == wanted.len() {
+                return Exclusive(guards);
+            }
+            drop(guards);
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
     }

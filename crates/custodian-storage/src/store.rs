@@ -324,7 +324,8 @@ impl BlobStore {
                 .iter()
                 .map(|(_, _, meta, data)| (meta.clone(), data.clone()))
                 .collect();
-            let keep = self.retention.keep().await;
+            let digests: Vec<Digest> = small.iter().map(|(_, _, m, _)| m.sha256()).collect();
+            let keep = self.retention.keep(&digests).await;
             match self.backend.commit_small(batch).await {
                 Some(Ok(outcomes)) => {
                     for ((i, ..), (meta, already_present)) in small.iter().zip(outcomes) {
@@ -488,7 +489,7 @@ impl BlobStore {
             )));
         }
         {
-            let _keep = self.retention.keep().await;
+            let _keep = self.retention.keep(&[staged.digests.sha256]).await;
             if let Some(existing) = self.backend.lookup(&staged.digests.sha256).await? {
                 let outcome = PutOutcome {
                     meta: existing,
@@ -544,7 +545,7 @@ impl BlobStore {
                 return Err(err);
             }
         }
-        let _keep = self.retention.keep().await;
+        let _keep = self.retention.keep(&[meta.sha256()]).await;
         let (meta, already_present) = sink.commit(meta).await?;
         let outcome = PutOutcome {
             meta,
@@ -747,7 +748,7 @@ impl BlobWriter {
             .take()
             .ok_or_else(|| StorageError::Aborted("the upload was already aborted".into()))?;
         let store = self.store.clone();
-        let _keep = store.retention.keep().await;
+        let _keep = store.retention.keep(&[meta.sha256()]).await;
         let (meta, already_present) = sink.commit(meta).await?;
         let outcome = PutOutcome {
             meta,

@@ -166,7 +166,8 @@ fn gc_answer(report: &GcReport) -> pb::CollectGarbageResponse {
         kept: report.kept,
         in_grace: report.in_grace,
         spared: report.spared,
-        deleted_bytes: report.deleted.iter().map(|(_, size)| size).sum(),
+        deleted_bytes: report.deleted_bytes,
+        deleted_count: report.deleted_count,
         deleted: report
             .deleted
             .iter()

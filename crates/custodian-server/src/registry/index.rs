@@ -76,6 +76,11 @@ impl Index {
         &self.retention
     }
 
+    /// Pins, legal holds and deletions, to take the recorded deletions out.
+    pub fn retention_mut(&mut self) -> &mut crate::retention::index::RetentionIndex {
+        &mut self.retention
+    }
+
     /// The OCI repositories.
     pub fn oci(&self) -> &crate::oci::index::OciIndex {
         &self.oci

@@ -299,6 +299,14 @@ impl Registry {
         );
     }
 
+    /// The index, for the few changes that are not ledger entries (taking out the recorded
+    /// deletions once they are checked).
+    pub(crate) fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The index, for reading.
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
         self.index
@@ -460,7 +468,8 @@ impl Registry {
 
         // From the custody check until the entry that references the files is applied, garbage
         // collection may not delete any of them (see custodian_storage::retention).
-        let _keep = self.store.retention().keep().await;
+        let files: Vec<Digest> = statement.tree.files().iter().map(|f| f.sha256).collect();
+        let _keep = self.store.retention().keep(&files).await;
         // Every file must be in custody with the stated size; the store verified its digest
         // when it was written.
         let mut missing = Vec::new();

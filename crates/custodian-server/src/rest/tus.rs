@@ -182,7 +182,7 @@ impl From<UploadError> for ApiError {
                 error(StatusCode::CONFLICT, "offset_mismatch", message)
             }
             UploadError::TooLarge { .. } => {
-                error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+                error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
             }
             UploadError::PieceRejected { .. } => {
                 error(checksum_mismatch(), "checksum_mismatch", message)

@@ -65,7 +65,12 @@ pub struct Deletion {
 pub struct RetentionIndex {
     pins: HashMap<[u8; 32], Vec<Pin>>,
     holds: HashMap<[u8; 32], Vec<Hold>>,
-    tombstones: HashMap<[u8; 32], Tombstone>,
+    /// Each deleted blob's latest `BlobsDeleted` entry and size: compact, since a collection
+    /// may delete millions; the entry's reason and policy are kept once, in `entries`.
+    tombstones: HashMap<[u8; 32], (u64, u64)>,
+    /// Per `BlobsDeleted` entry: its time, reason and policy.
+    entries: HashMap<u64, (u64, String, String)>,
+    /// Recorded deletions not yet checked as carried out (see `take_deletions`).
     deletions: Vec<Deletion>,
     /// The blobs each subject's pins and holds were placed on.
     subjects: HashMap<String, std::collections::BTreeSet<[u8; 32]>>,
@@ -123,18 +128,11 @@ impl RetentionIndex {
             let Ok(digest) = blob.digest.parse::<Digest>() else {
                 continue;
             };
-            self.tombstones.insert(
-                *digest.bytes(),
-                Tombstone {
-                    index,
-                    time_ms,
-                    reason: event.reason.clone(),
-                    policy: event.policy.clone(),
-                    size: blob.size,
-                },
-            );
+            self.tombstones.insert(*digest.bytes(), (index, blob.size));
             list.push(digest);
         }
+        self.entries
+            .insert(index, (time_ms, event.reason.clone(), event.policy.clone()));
         self.deletions.push(Deletion {
             index,
             time_ms,
@@ -170,12 +168,21 @@ impl RetentionIndex {
     }
 
     /// The latest deletion of a blob, if it was ever deleted.
-    pub fn tombstone(&self, sha256: &Digest) -> Option<&Tombstone> {
-        self.tombstones.get(sha256.bytes())
+    pub fn tombstone(&self, sha256: &Digest) -> Option<Tombstone> {
+        let (index, size) = *self.tombstones.get(sha256.bytes())?;
+        let (time_ms, reason, policy) = self.entries.get(&index)?;
+        Some(Tombstone {
+            index,
+            time_ms: *time_ms,
+            reason: reason.clone(),
+            policy: policy.clone(),
+            size,
+        })
     }
 
-    /// Every recorded deletion, in ledger order.
-    pub fn deletions(&self) -> &[Deletion] {
-        &self.deletions
+    /// The recorded deletions not yet checked as carried out, in ledger order; they are
+    /// forgotten here (the ledger keeps them), so each is checked once per process.
+    pub fn take_deletions(&mut self) -> Vec<Deletion> {
+        std::mem::take(&mut self.deletions)
     }
 }

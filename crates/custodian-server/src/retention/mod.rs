@@ -35,6 +35,10 @@ use crate::registry::{Registry, RegistryError, invalid};
 /// exclusively while it appends: the test below keeps the two apart.
 pub const DELETE_BATCH: usize = 300;
 
+/// How many deleted blobs a report lists (the ledger entries list them all), so that an answer
+/// stays small however much is collected.
+pub const REPORT_LIST: usize = 1000;
+
 /// How many digests are listed from the store per step of the sweep.
 const LIST_PAGE: usize = 4096;
 
@@ -74,6 +78,18 @@ pub enum Keeper {
         /// When the grace period ends.
         until_ms: u64,
     },
+}
+
+impl GcReport {
+    fn count(&mut self, blobs: impl Iterator<Item = (Digest, u64)>) {
+        for (digest, size) in blobs {
+            self.deleted_count += 1;
+            self.deleted_bytes += size;
+            if self.deleted.len() < REPORT_LIST {
+                self.deleted.push((digest, size));
+            }
+        }
+    }
 }
 
 impl Keeper {
@@ -156,8 +172,12 @@ pub struct GcReport {
     pub kept: u64,
     /// Kept by the grace period.
     pub in_grace: u64,
-    /// Deleted (or, in a dry run, that would be), with sizes.
+    /// Deleted (or, in a dry run, that would be), with sizes: the first [`REPORT_LIST`].
     pub deleted: Vec<(Digest, u64)>,
+    /// How many were deleted (or would be).
+    pub deleted_count: u64,
+    /// Their bytes.
+    pub deleted_bytes: u64,
     /// Candidates that were kept at the second look (something kept them meanwhile).
     pub spared: u64,
     /// The `BlobsDeleted` entries appended.
@@ -275,7 +295,7 @@ impl Collector {
             .map(|meta| self.keepers(meta, grace, now))
             .unwrap_or_default();
         let sha256 = present.as_ref().map_or(*digest, BlobMeta::sha256);
-        let tombstone = self.registry.read().retention().tombstone(&sha256).cloned();
+        let tombstone = self.registry.read().retention().tombstone(&sha256);
         Ok(Why {
             digest: *digest,
             present,
@@ -419,7 +439,7 @@ impl Collector {
     /// and the deletes): each blob still in custody that was committed before its entry goes;
     /// one uploaded again after the entry stays. Returns how many were deleted now.
     pub async fn finish_recorded(&self) -> Result<u64, RegistryError> {
-        let deletions = self.registry.read().retention().deletions().to_vec();
+        let deletions = self.registry.write().retention_mut().take_deletions();
         let store = self.registry.store();
         let mut done = 0;
         for deletion in deletions {
@@ -521,13 +541,12 @@ impl Collector {
         }
         let batch = std::mem::take(candidates);
         if options.dry_run {
-            report
-                .deleted
-                .extend(batch.iter().map(|m| (m.sha256(), m.size)));
+            report.count(batch.iter().map(|m| (m.sha256(), m.size)));
             return Ok(());
         }
         let store = self.registry.store().clone();
-        let _exclusive = store.retention().exclusive().await;
+        let digests: Vec<Digest> = batch.iter().map(BlobMeta::sha256).collect();
+        let _exclusive = store.retention().exclusive(&digests).await;
         let now = now_ms();
         let mut going = Vec::new();
         for meta in batch {
@@ -588,9 +607,7 @@ impl Collector {
         report.entries.push(index);
         let digests: Vec<Digest> = going.iter().map(BlobMeta::sha256).collect();
         self.registry.store().delete_many(&digests).await?;
-        report
-            .deleted
-            .extend(going.iter().map(|m| (m.sha256(), m.size)));
+        report.count(going.iter().map(|m| (m.sha256(), m.size)));
         Ok(())
     }
 
@@ -612,8 +629,13 @@ impl Collector {
         }
         let _running = self.running.lock().await;
         let store = self.registry.store().clone();
-        let _exclusive = store.retention().exclusive().await;
-        let Some(meta) = store.stat(digest).await? else {
+        // A blake3 digest is resolved first; the gate is by SHA-256.
+        let sha256 = store
+            .stat(digest)
+            .await?
+            .map_or(*digest, |meta| meta.sha256());
+        let _exclusive = store.retention().exclusive(&[sha256]).await;
+        let Some(meta) = store.stat(&sha256).await? else {
             return Err(RegistryError::NotFound(format!(
                 "field digest: blob {digest} is not in custody"
             )));
