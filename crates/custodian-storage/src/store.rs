@@ -466,6 +466,43 @@ pub struct Staged {
 }
 
 impl BlobStore {
+    /// A raw backend sink, for an upload engine that computes digests and CRCs itself and
+    /// commits with [`BlobStore::commit_blocks`]; `expect` lets the backend write straight to
+    /// the final location when the SHA-256 is known.
+    pub async fn begin_blocks(&self, expect: &Expectation) -> Result<Box<dyn BlockSink>> {
+        self.backend.begin(expect).await
+    }
+
+    /// Commits blocks an upload engine already wrote to `sink` (every block of `staged`, each
+    /// with the CRC in `staged`), after checking `staged` against `expect`. A blob already in
+    /// custody is acknowledged and the sink's blocks discarded.
+    pub async fn commit_blocks(
+        &self,
+        sink: Box<dyn BlockSink>,
+        staged: Staged,
+        expect: &Expectation,
+    ) -> Result<PutOutcome> {
+        if let Err(err) = expect.check(&staged.digests, staged.size) {
+            let _ = sink.abort().await;
+            return Err(err);
+        }
+        let meta = BlobMeta {
+            digests: staged.digests,
+            size: staged.size,
+            created_unix_ms: now_unix_ms(),
+            block_size: staged.block_size,
+            block_crcs: staged.block_crcs,
+        };
+        let _keep = self.retention.keep(&[meta.sha256()]).await;
+        let (meta, already_present) = sink.commit(meta).await?;
+        let outcome = PutOutcome {
+            meta,
+            already_present,
+        };
+        self.acknowledge(&outcome)?;
+        Ok(outcome)
+    }
+
     /// Commits a staged blob: checks it against `expect`, then copies `blocks` (the staged bytes,
     /// one block per item) into custody, checking each block's length and CRC32C against the
     /// ones computed when its bytes were hashed, so bytes that changed on disk in between are
