@@ -197,6 +197,52 @@ async fn put(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The request messages of an upload: the file's bytes in [`PUT_CHUNK`] pieces, each wrapped by
+/// `wrap`, read as gRPC asks for more (so only a few are ever in memory), counted on `bar`. A
+/// read error ends the stream early and arrives on the returned receiver.
+pub(crate) fn file_chunks<M: Send + 'static>(
+    file: tokio::fs::File,
+    bar: &indicatif::ProgressBar,
+    wrap: fn(bytes::Bytes) -> M,
+) -> (
+    impl futures::Stream<Item = M> + Send + 'static,
+    tokio::sync::oneshot::Receiver<std::io::Error>,
+) {
+    let (error_tx, error_rx) = tokio::sync::oneshot::channel::<std::io::Error>();
+    let chunks = futures::stream::unfold(
+        (file, Some(error_tx), bar.clone()),
+        move |(mut file, mut error_tx, bar)| async move {
+            let mut buf = BytesMut::with_capacity(PUT_CHUNK);
+            let read = async {
+                while buf.len() < PUT_CHUNK {
+                    if file.read_buf(&mut buf).await? == 0 {
+                        break;
+                    }
+                }
+                Ok::<_, std::io::Error>(buf.len())
+            }
+            .await;
+            match read {
+                Ok(0) => {
+                    bar.set_message("all bytes sent; the daemon is verifying and committing");
+                    None
+                }
+                Ok(n) => {
+                    bar.inc(n as u64);
+                    Some((wrap(buf.freeze()), (file, error_tx, bar)))
+                }
+                Err(err) => {
+                    if let Some(tx) = error_tx.take() {
+                        let _ = tx.send(err);
+                    }
+                    None
+                }
+            }
+        },
+    );
+    (chunks, error_rx)
+}
+
 /// Uploads one file, with a progress bar on a terminal. Files of at least
 /// [`crate::resume::RESUMABLE_MIN`] bytes go through a resumable session on `target`, so a
 /// broken transfer continues where it stopped, also in a later run.
@@ -219,44 +265,11 @@ pub async fn put_file(
             expected_size: Some(len),
         })),
     };
-    // The request stream reads the file as gRPC asks for more, so only a few chunks are ever in
-    // memory. A read error ends the stream early; the declared size then makes the daemon
-    // refuse the upload, and the error itself is reported from here.
-    let (error_tx, mut error_rx) = tokio::sync::oneshot::channel::<std::io::Error>();
-    let chunks = futures::stream::unfold(
-        (file, Some(error_tx), bar.clone()),
-        |(mut file, mut error_tx, bar)| async move {
-            let mut buf = BytesMut::with_capacity(PUT_CHUNK);
-            let read = async {
-                while buf.len() < PUT_CHUNK {
-                    if file.read_buf(&mut buf).await? == 0 {
-                        break;
-                    }
-                }
-                Ok::<_, std::io::Error>(buf.len())
-            }
-            .await;
-            match read {
-                Ok(0) => {
-                    bar.set_message("all bytes sent; the daemon is verifying and committing");
-                    None
-                }
-                Ok(n) => {
-                    bar.inc(n as u64);
-                    let message = pb::PutRequest {
-                        message: Some(pb::put_request::Message::Chunk(buf.freeze())),
-                    };
-                    Some((message, (file, error_tx, bar)))
-                }
-                Err(err) => {
-                    if let Some(tx) = error_tx.take() {
-                        let _ = tx.send(err);
-                    }
-                    None
-                }
-            }
-        },
-    );
+    // A read error ends the stream early; the declared size then makes the daemon refuse the
+    // upload, and the error itself is reported from here.
+    let (chunks, mut error_rx) = file_chunks(file, &bar, |chunk| pb::PutRequest {
+        message: Some(pb::put_request::Message::Chunk(chunk)),
+    });
     let request = futures::stream::once(async { header }).chain(chunks);
     let result = client.put(request).await;
     bar.finish_and_clear();

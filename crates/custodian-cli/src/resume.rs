@@ -12,13 +12,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use bytes::BytesMut;
 use custodian_client::{Client, Target};
 use custodian_core::Digest;
 use custodian_proto::cas::v1 as pb;
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+use tokio::io::AsyncSeekExt as _;
 use tonic::Code;
 
 use crate::client::status_error;
@@ -26,9 +25,6 @@ use crate::output::progress;
 
 /// Files at least this large go through a resumable session; smaller ones are one `Put`.
 pub const RESUMABLE_MIN: u64 = 8 << 20;
-
-/// Bytes read from a file per upload message.
-const CHUNK: usize = 1 << 20;
 
 /// How long a transfer keeps retrying without making progress before it gives up.
 pub(crate) const RETRY_FOR: Duration = Duration::from_secs(120);
@@ -336,38 +332,10 @@ async fn write_from(
             },
         )),
     };
-    let (error_tx, mut error_rx) = tokio::sync::oneshot::channel::<std::io::Error>();
-    let chunks = futures::stream::unfold(
-        (file, Some(error_tx), bar.clone()),
-        |(mut file, mut error_tx, bar)| async move {
-            let mut buf = BytesMut::with_capacity(CHUNK);
-            let read = async {
-                while buf.len() < CHUNK {
-                    if file.read_buf(&mut buf).await? == 0 {
-                        break;
-                    }
-                }
-                Ok::<_, std::io::Error>(buf.len())
-            }
-            .await;
-            match read {
-                Ok(0) => None,
-                Ok(n) => {
-                    bar.inc(n as u64);
-                    let message = pb::WriteUploadRequest {
-                        message: Some(pb::write_upload_request::Message::Chunk(buf.freeze())),
-                    };
-                    Some((message, (file, error_tx, bar)))
-                }
-                Err(err) => {
-                    if let Some(tx) = error_tx.take() {
-                        let _ = tx.send(err);
-                    }
-                    None
-                }
-            }
-        },
-    );
+    let (chunks, mut error_rx) =
+        crate::blob::file_chunks(file, bar, |chunk| pb::WriteUploadRequest {
+            message: Some(pb::write_upload_request::Message::Chunk(chunk)),
+        });
     let request = futures::stream::once(async { header }).chain(chunks);
     let result = client.write_upload(request).await;
     if let Ok(err) = error_rx.try_recv() {

@@ -240,6 +240,16 @@ fn print_report(report: &pb::CollectGarbageResponse) {
     );
 }
 
+/// Prints a collection's (or a deletion's) report, as text or JSON.
+fn show(report: &pb::CollectGarbageResponse, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report_json(report))?);
+    } else {
+        print_report(report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs `gc`.
 pub async fn gc(args: GcArgs) -> anyhow::Result<ExitCode> {
     let report = args
@@ -254,12 +264,7 @@ pub async fn gc(args: GcArgs) -> anyhow::Result<ExitCode> {
         .await
         .map_err(status_error)?
         .into_inner();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report_json(&report))?);
-    } else {
-        print_report(&report);
-    }
-    Ok(ExitCode::SUCCESS)
+    show(&report, args.json)
 }
 
 /// Runs `blob delete`.
@@ -277,12 +282,7 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
         .await
         .map_err(status_error)?
         .into_inner();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report_json(&report))?);
-    } else {
-        print_report(&report);
-    }
-    Ok(ExitCode::SUCCESS)
+    show(&report, args.json)
 }
 
 /// Runs `blob why`; exits 1 when the blob is not in custody.

@@ -493,6 +493,12 @@ impl BlobStore {
             block_size: staged.block_size,
             block_crcs: staged.block_crcs,
         };
+        self.commit_sink(sink, meta).await
+    }
+
+    /// Commits a sink under the retention gate's shared side and records the acknowledgement of
+    /// a blob that was already there: the one way every put path ends.
+    async fn commit_sink(&self, sink: Box<dyn BlockSink>, meta: BlobMeta) -> Result<PutOutcome> {
         let _keep = self.retention.keep(&[meta.sha256()]).await;
         let (meta, already_present) = sink.commit(meta).await?;
         let outcome = PutOutcome {
@@ -582,14 +588,7 @@ impl BlobStore {
                 return Err(err);
             }
         }
-        let _keep = self.retention.keep(&[meta.sha256()]).await;
-        let (meta, already_present) = sink.commit(meta).await?;
-        let outcome = PutOutcome {
-            meta,
-            already_present,
-        };
-        self.acknowledge(&outcome)?;
-        Ok(outcome)
+        self.commit_sink(sink, meta).await
     }
 }
 
@@ -784,15 +783,7 @@ impl BlobWriter {
             .sink
             .take()
             .ok_or_else(|| StorageError::Aborted("the upload was already aborted".into()))?;
-        let store = self.store.clone();
-        let _keep = store.retention.keep(&[meta.sha256()]).await;
-        let (meta, already_present) = sink.commit(meta).await?;
-        let outcome = PutOutcome {
-            meta,
-            already_present,
-        };
-        store.acknowledge(&outcome)?;
-        Ok(outcome)
+        self.store.clone().commit_sink(sink, meta).await
     }
 
     /// Discards the upload.

@@ -142,6 +142,24 @@ fn add_extent_removal(index: &RocksIndex, batch: &mut WriteBatch, extent: u64) -
     Ok(())
 }
 
+/// Adds the removal of a committed blob (its blocks, metadata and BLAKE3 alias) to `batch`;
+/// false if there is no such blob. The caller holds its commit lock.
+fn add_blob_removal(index: &RocksIndex, batch: &mut WriteBatch, sha256: &Digest) -> Result<bool> {
+    let Some(entry) = index.lookup(sha256)? else {
+        return Ok(false);
+    };
+    let extent = u64::from_be_bytes(
+        entry
+            .location
+            .as_slice()
+            .try_into()
+            .map_err(|_| index.err("extent id is not 8 bytes"))?,
+    );
+    add_extent_removal(index, batch, extent)?;
+    index.add_delete(batch, &entry.meta)?;
+    Ok(true)
+}
+
 struct RocksSink {
     index: Arc<RocksIndex>,
     extent: u64,
@@ -358,19 +376,10 @@ impl BlobBackend for RocksBackend {
         let sha256 = *sha256;
         blocking(move || {
             let _guard = index.lock_commits(&sha256);
-            let Some(entry) = index.lookup(&sha256)? else {
-                return Ok(false);
-            };
-            let extent = u64::from_be_bytes(
-                entry
-                    .location
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| index.err("extent id is not 8 bytes"))?,
-            );
             let mut batch = WriteBatch::default();
-            add_extent_removal(&index, &mut batch, extent)?;
-            index.add_delete(&mut batch, &entry.meta)?;
+            if !add_blob_removal(&index, &mut batch, &sha256)? {
+                return Ok(false);
+            }
             index.write_synced(batch)?;
             Ok(true)
         })
@@ -385,20 +394,7 @@ impl BlobBackend for RocksBackend {
             let mut batch = WriteBatch::default();
             let mut existed = Vec::with_capacity(sha256s.len());
             for sha256 in &sha256s {
-                let Some(entry) = index.lookup(sha256)? else {
-                    existed.push(false);
-                    continue;
-                };
-                let extent = u64::from_be_bytes(
-                    entry
-                        .location
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| index.err("extent id is not 8 bytes"))?,
-                );
-                add_extent_removal(&index, &mut batch, extent)?;
-                index.add_delete(&mut batch, &entry.meta)?;
-                existed.push(true);
+                existed.push(add_blob_removal(&index, &mut batch, sha256)?);
             }
             // One synced write for the whole batch: all of it is gone, or none.
             index.write_synced(batch)?;
