@@ -521,7 +521,8 @@ async fn seed_packages_publish_list_install_and_verify_over_grpc_and_rest() {
         "MIT",
     ]);
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("already_exists (409)"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("already_exists (409)"), "{stderr}");
 
     // gRPC shows the data pack with the version; install reports it.
     let version = registry(&daemon, None)
