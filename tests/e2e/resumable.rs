@@ -275,3 +275,40 @@ fn datapack_upload_resumes_over_tus() {
     assert!(sent as f64 <= 1.1 * size as f64, "{sent} bytes for {size}");
     assert_eq!(sessions(&daemon), 0);
 }
+
+/// A multipart upload the daemon refuses before reading its data (here: the version already has
+/// a data pack) reports the refusal to the CLI, five times over. The daemon reads a small
+/// refused body to its end before answering, so a client still sending never sees a broken
+/// connection instead; on loopback this test passes with or without that, so it checks the
+/// answer, not the race.
+#[test]
+fn a_refused_multipart_upload_reports_why() {
+    let dir = tempfile::tempdir().expect("a resumable-upload test step");
+    let daemon = Daemon::start(&dir.path().join("data"));
+    crate::registry::publish_example(&daemon, dir.path(), "pacman-builder", "publisher");
+    let first = dir.path().join("first.bin");
+    write_test_file(&first, 1000).expect("test file");
+    let upload = |file: &Path| {
+        daemon.cli(&[
+            "datapack",
+            "upload",
+            "pacman-builder@0.2.1",
+            file.to_str().expect("utf-8"),
+            "--license",
+            "MIT",
+            "--rest",
+            &daemon.rest,
+        ])
+    };
+    assert!(upload(&first).status.success());
+    let other = dir.path().join("other.bin");
+    write_test_file(&other, 6 * MIB).expect("test file");
+    for attempt in 0..5 {
+        let refused = upload(&other);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success() && stderr.contains("already_exists (409)"),
+            "attempt {attempt}: {stderr}"
+        );
+    }
+}

@@ -20,15 +20,47 @@ const UPLOAD_PIECE: usize = 1 << 20;
 /// The largest `metadata` part of a hosted upload.
 const MAX_METADATA_BYTES: usize = 64 << 10;
 
+/// How much of a refused upload's body is read before the answer goes out: a client still
+/// sending when the server answers and closes sees a broken connection instead of the answer,
+/// so a small body is read to its end first. Larger uploads go over tus, which refuses at
+/// creation, before any data.
+const DRAIN_REFUSED_BYTES: usize = 8 << 20;
+
 pub(super) async fn post_hosted(
     State(state): State<RestState>,
     Path((id, vid)): Path<(String, String)>,
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> ApiResult<Response> {
-    let who = principal(&state, &headers)?;
     // A body that is not multipart/form-data gets the API's JSON error, not axum's plain text.
     let mut multipart = multipart.map_err(|e| bad_multipart(e.body_text()))?;
+    let answer = hosted(&state, &id, &vid, &headers, &mut multipart).await;
+    if answer.is_err() {
+        let drain = async {
+            let mut read = 0usize;
+            while let Ok(Some(mut field)) = multipart.next_field().await {
+                while let Ok(Some(chunk)) = field.chunk().await {
+                    read += chunk.len();
+                    if read > DRAIN_REFUSED_BYTES {
+                        return;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+    }
+    answer
+}
+
+async fn hosted(
+    state: &RestState,
+    id: &str,
+    vid: &str,
+    headers: &HeaderMap,
+    multipart: &mut Multipart,
+) -> ApiResult<Response> {
+    let (id, vid) = (id.to_string(), vid.to_string());
+    let who = principal(state, headers)?;
     // Fail before reading a byte of data if the caller may not write here.
     let target = state.registry.check_data_pack_target(&who, &id, &vid)?;
     let mut meta: Option<HostedMeta> = None;
@@ -107,8 +139,7 @@ pub(super) async fn post_hosted(
                     writer.write(piece.freeze()).await.map_err(ApiError::from)?;
                 }
                 let stored = writer.commit().await.map_err(ApiError::from)?;
-                let (status, body) =
-                    register_stored(&state, &who, &id, &vid, meta, &stored).await?;
+                let (status, body) = register_stored(state, &who, &id, &vid, meta, &stored).await?;
                 return Ok((status, axum::Json(body)).into_response());
             }
             other => {
