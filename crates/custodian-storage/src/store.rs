@@ -465,6 +465,19 @@ pub struct Staged {
     pub block_crcs: Vec<u32>,
 }
 
+impl Staged {
+    /// The metadata the blob is committed with, created now.
+    fn into_meta(self) -> BlobMeta {
+        BlobMeta {
+            digests: self.digests,
+            size: self.size,
+            created_unix_ms: now_unix_ms(),
+            block_size: self.block_size,
+            block_crcs: self.block_crcs,
+        }
+    }
+}
+
 impl BlobStore {
     /// A raw backend sink, for an upload engine that computes digests and CRCs itself and
     /// commits with [`BlobStore::commit_blocks`]; `expect` lets the backend write straight to
@@ -486,13 +499,7 @@ impl BlobStore {
             let _ = sink.abort().await;
             return Err(err);
         }
-        let meta = BlobMeta {
-            digests: staged.digests,
-            size: staged.size,
-            created_unix_ms: now_unix_ms(),
-            block_size: staged.block_size,
-            block_crcs: staged.block_crcs,
-        };
+        let meta = staged.into_meta();
         self.commit_sink(sink, meta).await
     }
 
@@ -542,13 +549,7 @@ impl BlobStore {
                 return Ok(outcome);
             }
         }
-        let meta = BlobMeta {
-            digests: staged.digests,
-            size: staged.size,
-            created_unix_ms: now_unix_ms(),
-            block_size: staged.block_size,
-            block_crcs: staged.block_crcs,
-        };
+        let meta = staged.into_meta();
         let mut sink = self
             .backend
             .begin(&Expectation {

@@ -110,6 +110,19 @@ fn header_u64(headers: &HeaderMap, name: &str) -> ApiResult<Option<u64>> {
     }
 }
 
+/// Decodes a base64 header value; the error names `what` ("header <what> is not base64").
+fn decode_base64(encoded: &str, what: &str) -> ApiResult<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!("header {what} is not base64: {e}"),
+            )
+        })
+}
+
 /// Parses `Upload-Metadata`: comma-separated `key base64value` pairs (the value may be absent).
 fn parse_metadata(headers: &HeaderMap) -> ApiResult<BTreeMap<String, String>> {
     let Some(raw) = headers.get("upload-metadata") else {
@@ -131,13 +144,8 @@ fn parse_metadata(headers: &HeaderMap) -> ApiResult<BTreeMap<String, String>> {
         let value = match parts.next() {
             None => String::new(),
             Some(encoded) => {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(encoded.trim())
-                    .map_err(|e| {
-                        bad(format!(
-                            "header Upload-Metadata: the value of {key:?} is not base64: {e}"
-                        ))
-                    })?;
+                let bytes =
+                    decode_base64(encoded, &format!("Upload-Metadata: the value of {key:?}"))?;
                 String::from_utf8(bytes).map_err(|_| {
                     bad(format!(
                         "header Upload-Metadata: the value of {key:?} is not UTF-8"
@@ -342,13 +350,7 @@ fn parse_checksum(headers: &HeaderMap) -> ApiResult<Option<Checksum>> {
             "header Upload-Checksum {raw:?}: expected \"<algorithm> <base64 digest>\""
         ))
     })?;
-    let expected = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .map_err(|e| {
-            bad(format!(
-                "header Upload-Checksum: the digest is not base64: {e}"
-            ))
-        })?;
+    let expected = decode_base64(encoded, "Upload-Checksum: the digest")?;
     match algorithm {
         "sha1" => Ok(Some(Checksum::Sha1(sha1::Sha1::new(), expected))),
         "sha256" => Ok(Some(Checksum::Sha256(sha2::Sha256::new(), expected))),
