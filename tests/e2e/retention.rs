@@ -645,3 +645,160 @@ async fn gc_cut_by_kill_9_finishes_on_restart() {
         assert!(w.blob.is_none() && w.deleted.is_some(), "{:?}", w);
     }
 }
+
+/// Runs `custodian serve --native-holds` with `extra`; it must refuse to start. Returns what it
+/// said on standard error.
+fn serve_refuses(dir: &std::path::Path, extra: &[&str]) -> String {
+    let mut child = std::process::Command::new(custodian_testkit::binary())
+        .args(["serve", "--init", "--listen", "127.0.0.1:0"])
+        .args([
+            "--rest-listen",
+            "127.0.0.1:0",
+            "--native-holds",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start custodian serve");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait for serve").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve --native-holds {extra:?} started; it should have refused");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("serve's output");
+    assert!(!out.status.success(), "serve {extra:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// What boto3 (AWS's SDK) reads of a blob's S3 Object Lock legal hold, and whether it could
+/// destroy the blob's stored version (tried only while the hold is on).
+fn s3_hold(moto: &custodian_testkit::Moto, bucket: &str, blob: &Digest) -> serde_json::Value {
+    let hex = blob.hex();
+    let key = format!("blobs/blobs/sha256/{}/{}/{hex}", &hex[..2], &hex[2..4]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/interop/s3_legal_hold.py");
+    let out = std::process::Command::new(crate::registry::python())
+        .arg(script)
+        .args([&format!("http://127.0.0.1:{}", moto.port), bucket, &key])
+        .output()
+        .expect("run tests/interop/s3_legal_hold.py");
+    assert!(
+        out.status.success(),
+        "s3_legal_hold.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("s3_legal_hold.py prints JSON")
+}
+
+/// `serve --native-holds` on S3 (moto on loopback): a legal hold is also an S3 Object Lock
+/// legal hold, which boto3 reads back and which refuses boto3's delete of the stored version;
+/// a release turns it off only where no other hold remains; a store that cannot hold refuses
+/// to start.
+#[tokio::test(flavor = "multi_thread")]
+async fn legal_holds_are_also_s3_object_lock_legal_holds() {
+    let dir = tempfile::tempdir().expect("a native-hold test step");
+    let moto = custodian_testkit::Moto::start("custodian-plain");
+    moto.create_bucket("custodian-held", true);
+    let mut storage_args: Vec<String> = Vec::new();
+    for (key, value) in moto.options() {
+        storage_args.extend(["--storage-option".into(), format!("{key}={value}")]);
+    }
+
+    // Stores that cannot hold: the embedded RocksDB, and a bucket without Object Lock.
+    let err = serve_refuses(&dir.path().join("embedded"), &[]);
+    assert!(err.contains("no native legal hold"), "{err}");
+    let mut plain: Vec<&str> = vec!["--storage", "s3://custodian-plain/blobs"];
+    plain.extend(storage_args.iter().map(String::as_str));
+    let err = serve_refuses(&dir.path().join("plain"), &plain);
+    assert!(
+        err.contains("Object Lock") && err.contains("custodian-plain"),
+        "{err}"
+    );
+
+    let mut held_args: Vec<&str> = vec!["--storage", "s3://custodian-held/blobs", "--native-holds"];
+    held_args.extend(storage_args.iter().map(String::as_str));
+    let daemon = Daemon::start_with(&dir.path().join("data"), &held_args);
+    crate::registry::publish_example(&daemon, dir.path(), "pacman-builder", "publisher");
+    let mut store = daemon.client().await;
+    let (kept, other) = (pattern(9101, 5000), pattern(9102, 5000));
+    batch_put(&mut store, &[kept.clone(), other.clone()]).await;
+    let (kept_d, other_d) = (sha(&kept), sha(&other));
+
+    cli_ok(
+        &daemon,
+        &[
+            "hold",
+            &kept_d.to_string(),
+            "--reason",
+            "litigation 2026-31",
+        ],
+    );
+    let on = s3_hold(&moto, "custodian-held", &kept_d);
+    assert_eq!(on["status"], "ON", "{on}");
+    assert_eq!(
+        on["version_delete"], "AccessDenied",
+        "the held version must survive a delete by someone with the bucket's keys: {on}"
+    );
+    let off = s3_hold(&moto, "custodian-held", &other_d);
+    assert_ne!(off["status"], "ON", "only held blobs are locked: {off}");
+    let read = store
+        .stat(pb::StatRequest {
+            digest: kept_d.to_string(),
+        })
+        .await;
+    assert!(read.is_ok(), "a held blob stays served");
+
+    // Two holds on one blob: the version's, and one by digest on the first of its files.
+    let version = cli_ok(
+        &daemon,
+        &[
+            "hold",
+            "pacman-builder@0.2.1",
+            "--reason",
+            "audit 7",
+            "--json",
+        ],
+    );
+    let version: serde_json::Value = serde_json::from_str(&version).expect("hold --json");
+    let files: Vec<Digest> = version["digests"]
+        .as_array()
+        .expect("the held digests")
+        .iter()
+        .map(|d| d.as_str().expect("a digest").parse().expect("a digest"))
+        .collect();
+    assert!(files.len() >= 2, "{version}");
+    cli_ok(
+        &daemon,
+        &["hold", &files[0].to_string(), "--reason", "audit 7, file"],
+    );
+    for file in &files {
+        assert_eq!(s3_hold(&moto, "custodian-held", file)["status"], "ON");
+    }
+    cli_ok(
+        &daemon,
+        &[
+            "release",
+            "pacman-builder@0.2.1",
+            "--reason",
+            "audit 7 closed",
+        ],
+    );
+    assert_eq!(
+        s3_hold(&moto, "custodian-held", &files[0])["status"],
+        "ON",
+        "the file's own hold remains"
+    );
+    assert_eq!(s3_hold(&moto, "custodian-held", &files[1])["status"], "OFF");
+
+    cli_ok(
+        &daemon,
+        &["release", &kept_d.to_string(), "--reason", "case closed"],
+    );
+    assert_eq!(s3_hold(&moto, "custodian-held", &kept_d)["status"], "OFF");
+}

@@ -208,6 +208,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CUSTODIAN_GC_EVERY", value_parser = humantime::parse_duration)]
     gc_every: Option<Duration>,
 
+    /// Also set each legal hold in the storage service: an S3 Object Lock legal hold on the
+    /// held blobs' objects (needs an s3:// --storage whose bucket has Object Lock enabled, and
+    /// static credentials). The daemon refuses to start if the bucket cannot hold.
+    #[arg(long, env = "CUSTODIAN_NATIVE_HOLDS")]
+    native_holds: bool,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. info or custodian_server=debug
     #[arg(long, env = "CUSTODIAN_LOG", default_value = "info")]
     log: String,
@@ -309,6 +315,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         upload_expiry: args.upload_expiry,
         gc_grace: args.gc_grace,
         gc_every: args.gc_every,
+        native_holds: args.native_holds,
         witnessing: match &args.witness_policy {
             None => None,
             Some(path) => {

@@ -94,6 +94,9 @@ pub struct ServerConfig {
     pub gc_grace: Duration,
     /// Collect garbage this often in the daemon (`None`: only when `custodian gc` asks).
     pub gc_every: Option<Duration>,
+    /// Also set each legal hold in the storage service (S3 Object Lock legal hold); the store
+    /// must support it, which is checked at start-up.
+    pub native_holds: bool,
 }
 
 impl ServerConfig {
@@ -122,6 +125,7 @@ impl ServerConfig {
             upload_expiry: custodian_storage::uploads::DEFAULT_UPLOAD_EXPIRY,
             gc_grace: Duration::from_secs(7 * 24 * 3600),
             gc_every: None,
+            native_holds: false,
         }
     }
 }
@@ -252,11 +256,23 @@ pub async fn serve(
         )
         .map_err(|e| ServerError::Oci(e.to_string()))?,
     );
-    let collector = Arc::new(retention::Collector::new(
-        registry.clone(),
-        oci.clone(),
-        uploads.clone(),
-    ));
+    let native_holds = if config.native_holds {
+        // Checked before anything is served: a daemon asked to set native holds that cannot
+        // set them must not start and record holds the bucket does not enforce.
+        let holds = store.native_holds()?;
+        holds.check().await?;
+        tracing::info!(
+            kind = holds.describe(),
+            "legal holds are also set in the store"
+        );
+        Some(holds)
+    } else {
+        None
+    };
+    let collector = Arc::new(
+        retention::Collector::new(registry.clone(), oci.clone(), uploads.clone())
+            .with_native_holds(native_holds),
+    );
     // Deletions recorded before a crash are finished before anything is served.
     let finished = collector.finish_recorded().await?;
     if finished > 0 {

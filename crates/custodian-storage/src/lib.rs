@@ -28,7 +28,7 @@ pub use memory::MemoryBackend;
 pub use meta::{BlobMeta, MetaDecodeError};
 pub use store::{
     BlobBackend, BlobRead, BlobStore, BlobWriter, BlockSink, BlockStream, ByteRange, Expectation,
-    PutOutcome, Staged,
+    NativeHolds, PutOutcome, Staged,
 };
 
 /// The block size backends use unless configured otherwise: 1 MiB.

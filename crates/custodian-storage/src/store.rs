@@ -164,6 +164,33 @@ pub trait BlobBackend: Send + Sync + 'static {
     ) -> Option<Result<Vec<(BlobMeta, bool)>>> {
         None
     }
+
+    /// The storage service's own legal holds on stored blobs (S3 Object Lock); an error for
+    /// stores without one (RocksDB, local files, memory) or when it cannot be configured.
+    fn native_holds(&self) -> Result<Arc<dyn NativeHolds>> {
+        Err(StorageError::backend(
+            self.name(),
+            "this store has no native legal hold (S3 Object Lock needs an s3:// store)",
+        ))
+    }
+}
+
+/// A storage service's own legal hold on a stored blob, set beside the ledger's hold so that
+/// the bytes outlive even a delete that bypasses Custodian (someone with the bucket's keys).
+#[async_trait]
+pub trait NativeHolds: Send + Sync + 'static {
+    /// What the service calls its hold, for messages: e.g. `S3 Object Lock legal hold`.
+    fn describe(&self) -> &'static str;
+
+    /// Checks that holds can be set at all (for S3: the bucket has Object Lock enabled), so a
+    /// misconfigured daemon refuses to start rather than fail at the first hold.
+    async fn check(&self) -> Result<()>;
+
+    /// Turns the hold on the stored object of `sha256` on or off.
+    async fn set(&self, sha256: &Digest, on: bool) -> Result<()>;
+
+    /// Whether the hold on the stored object of `sha256` is on.
+    async fn get(&self, sha256: &Digest) -> Result<bool>;
 }
 
 /// The sink for an upload of a blob that is already in custody: it verifies (in [`BlobWriter`])
@@ -398,6 +425,11 @@ impl BlobStore {
     /// How many uploads are in flight or left over from a crash.
     pub async fn pending_uploads(&self) -> Result<u64> {
         self.backend.pending_uploads().await
+    }
+
+    /// The backend's native legal holds, if it has them (see [`BlobBackend::native_holds`]).
+    pub fn native_holds(&self) -> Result<Arc<dyn NativeHolds>> {
+        self.backend.native_holds()
     }
 
     /// Up to `limit` SHA-256 digests of committed blobs after `after`, in byte order.

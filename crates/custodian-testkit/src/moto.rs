@@ -44,11 +44,8 @@ impl Moto {
             });
         let moto = Moto { child, port };
         let deadline = Instant::now() + Duration::from_secs(60);
-        let create = format!(
-            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
         loop {
-            match moto.http(&create) {
+            match moto.try_create_bucket(bucket, false) {
                 Ok(response) if response.starts_with("HTTP/1.1 200") => return moto,
                 Ok(response) => panic!("moto refused to create bucket {bucket}: {response}"),
                 Err(_) if Instant::now() < deadline => {
@@ -57,6 +54,30 @@ impl Moto {
                 Err(e) => panic!("moto did not start on port {port} within 60 s: {e}"),
             }
         }
+    }
+
+    /// Creates another bucket, with S3 Object Lock enabled if `object_lock` (which also turns
+    /// versioning on, as S3 does); panics if moto refuses.
+    pub fn create_bucket(&self, bucket: &str, object_lock: bool) {
+        let response = self
+            .try_create_bucket(bucket, object_lock)
+            .unwrap_or_else(|e| panic!("moto on port {}: {e}", self.port));
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "moto refused to create bucket {bucket}: {response}"
+        );
+    }
+
+    fn try_create_bucket(&self, bucket: &str, object_lock: bool) -> std::io::Result<String> {
+        let lock = if object_lock {
+            "x-amz-bucket-object-lock-enabled: true\r\n"
+        } else {
+            ""
+        };
+        self.http(&format!(
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{lock}Content-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        ))
     }
 
     /// Sends one raw HTTP/1.1 request (with `Connection: close`) and returns the whole answer.

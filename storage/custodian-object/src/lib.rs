@@ -24,6 +24,8 @@
 //! is invisible but may hold storage until the bucket's `AbortIncompleteMultipartUpload`
 //! lifecycle rule removes it.
 
+pub mod s3lock;
+
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
@@ -81,6 +83,9 @@ pub struct ObjectBackend {
     shared: Arc<Shared>,
     block_size: usize,
     part_size: usize,
+    /// The store's URL and options, for the S3 Object Lock requests `object_store` cannot send.
+    url: String,
+    options: Vec<(String, String)>,
 }
 
 /// What the backend and each of its uploads share.
@@ -278,6 +283,8 @@ impl ObjectBackend {
             }),
             block_size: config.block_size,
             part_size: config.part_size,
+            url: config.url.clone(),
+            options: config.options.clone(),
         };
         backend.recover(&config.url).await?;
         Ok(backend)
@@ -725,6 +732,16 @@ impl BlobBackend for ObjectBackend {
 
     async fn pending_uploads(&self) -> Result<u64> {
         Ok(self.shared.index.pending()?.len() as u64)
+    }
+
+    fn native_holds(&self) -> Result<Arc<dyn custodian_storage::NativeHolds>> {
+        let shared = self.shared.clone();
+        let holds = s3lock::S3LegalHolds::new(
+            &self.url,
+            &self.options,
+            Box::new(move |sha256| shared.final_key(sha256)),
+        )?;
+        Ok(Arc::new(holds))
     }
 
     async fn list(&self, after: Option<Digest>, limit: usize) -> Result<Vec<Digest>> {

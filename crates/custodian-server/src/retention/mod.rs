@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use custodian_core::Digest;
 use custodian_core::registry::{BlobRetention, BlobsDeleted, DeletedBlob, RetentionAction};
-use custodian_storage::BlobMeta;
 use custodian_storage::uploads::UploadSessions;
+use custodian_storage::{BlobMeta, NativeHolds};
 
 use crate::auth::{Principal, Scope};
 use crate::oci::Oci;
@@ -195,6 +195,8 @@ pub struct Collector {
     uploads: Arc<UploadSessions>,
     /// One collection or admin deletion at a time.
     running: tokio::sync::Mutex<()>,
+    /// The store's own legal hold, set beside the ledger's when `serve --native-holds`.
+    native: Option<Arc<dyn NativeHolds>>,
 }
 
 fn now_ms() -> u64 {
@@ -227,7 +229,33 @@ impl Collector {
             oci,
             uploads,
             running: tokio::sync::Mutex::new(()),
+            native: None,
         }
+    }
+
+    /// Also sets every legal hold in the store itself (`None`: the ledger's hold only).
+    pub fn with_native_holds(mut self, native: Option<Arc<dyn NativeHolds>>) -> Self {
+        self.native = native;
+        self
+    }
+
+    /// Turns the store's own hold on or off for `digests`; on a failure, undoes what it did
+    /// (best effort) and says which blob failed.
+    async fn set_native(&self, digests: &[Digest], on: bool) -> Result<(), RegistryError> {
+        let Some(native) = &self.native else {
+            return Ok(());
+        };
+        for (done, digest) in digests.iter().enumerate() {
+            if let Err(err) = native.set(digest, on).await {
+                for undo in &digests[..done] {
+                    if let Err(e) = native.set(undo, !on).await {
+                        tracing::error!(%undo, %e, "could not undo a native legal hold change");
+                    }
+                }
+                return Err(RegistryError::Storage(err));
+            }
+        }
+        Ok(())
     }
 
     /// Everything that keeps `meta`'s blob at `now`, judged with `grace`; empty if nothing does.
@@ -393,6 +421,43 @@ impl Collector {
                 placed
             }
         };
+        // From here until the entry is applied, garbage collection may not delete these blobs:
+        // a collection that judged one before the pin or hold existed must not delete it after.
+        let store = self.registry.store();
+        let _keep = store.retention().keep(&digests).await;
+        if matches!(action, RetentionAction::Pin | RetentionAction::Hold) {
+            for digest in &digests {
+                if store.stat(digest).await?.is_none() {
+                    return Err(RegistryError::NotFound(format!(
+                        "field subject: blob {digest} of {subject:?} left custody before the {} was placed",
+                        action.as_str()
+                    )));
+                }
+            }
+        }
+        // The store's own hold is set before the entry records the hold, and turned off before
+        // the entry records the release (only on blobs no other hold keeps): either way, a
+        // failure leaves the ledger unchanged and the store as it was.
+        let native: Vec<Digest> = match action {
+            RetentionAction::Hold => digests.clone(),
+            RetentionAction::Release => {
+                let index = self.registry.read();
+                digests
+                    .iter()
+                    .filter(|d| {
+                        index
+                            .retention()
+                            .holds(d)
+                            .iter()
+                            .all(|h| h.subject == subject)
+                    })
+                    .copied()
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        let on = action == RetentionAction::Hold;
+        self.set_native(&native, on).await?;
         let event = BlobRetention {
             action,
             subject: subject.to_string(),
@@ -401,7 +466,15 @@ impl Collector {
             expires_ms: expires_in.map(|d| now_ms() + d.as_millis() as u64),
             by: who.label(),
         };
-        let (index, _, _, entry) = self.registry.append(&event).await?;
+        let (index, _, _, entry) = match self.registry.append(&event).await {
+            Ok(appended) => appended,
+            Err(err) => {
+                if let Err(undo) = self.set_native(&native, !on).await {
+                    tracing::error!(%undo, "could not undo the native legal hold change");
+                }
+                return Err(err);
+            }
+        };
         self.registry.apply(index, &entry);
         Ok((index, digests))
     }
