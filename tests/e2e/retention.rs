@@ -314,6 +314,87 @@ async fn pins_holds_and_gc_leave_a_record() {
         "{}",
         String::from_utf8_lossy(&audit.stderr)
     );
+
+    // The offline reconciliation of a listing with an export, and what it catches.
+    let acked_all = [pinned_d, held_d, loose_d, acked_d];
+    let (verdict, ok) = reconcile_offline(&daemon, dir.path(), &acked_all, false, None);
+    assert!(ok, "{verdict}");
+    let r = &verdict["reconciliation"];
+    assert!(r["absent_tombstoned"].as_u64() >= Some(2), "{verdict}");
+    assert!(r["kept_by"]["reference"].as_u64() >= Some(1), "{verdict}");
+    // A listing that lacks a published version's file: custody lost, and the audit says so.
+    let file: Digest = version_pin["digests"][0]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .expect("the pinned version's first file");
+    let (verdict, ok) = reconcile_offline(&daemon, dir.path(), &acked_all, false, Some(&file));
+    assert!(!ok, "{verdict}");
+    let missing = verdict["reconciliation"]["missing"].to_string();
+    assert!(missing.contains(&file.to_string()), "{verdict}");
+    assert!(missing.contains("reference"), "{verdict}");
+    // A digest the store acknowledged that is neither present nor recorded deleted.
+    let (verdict, ok) = reconcile_offline(&daemon, dir.path(), &[unknown], false, None);
+    assert!(!ok, "{verdict}");
+    assert!(
+        verdict["reconciliation"]["unrecorded"]
+            .to_string()
+            .contains(&unknown.to_string()),
+        "{verdict}"
+    );
+}
+
+/// Lists the store (`blob list --json`), exports the log, and audits the export with
+/// `--reconcile` (grace 1 s, `--collected` if asked), offline; `drop` takes one blob out of
+/// the listing first, as a store that lost it would list. Returns the audit's JSON and whether
+/// it passed (exit 0; a failed reconciliation exits 2).
+fn reconcile_offline(
+    daemon: &Daemon,
+    dir: &std::path::Path,
+    acknowledged: &[Digest],
+    collected: bool,
+    drop: Option<&Digest>,
+) -> (serde_json::Value, bool) {
+    let work = tempfile::tempdir_in(dir).expect("a reconciliation step");
+    let listing = cli_ok(daemon, &["blob", "list", "--json"]);
+    let listing: String = listing
+        .lines()
+        .filter(|l| drop.is_none_or(|d| !l.contains(&d.to_string())))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let listing_file = work.path().join("listing.jsonl");
+    std::fs::write(&listing_file, listing).expect("write the listing");
+    let acks_file = work.path().join("acknowledged");
+    let acks: String = acknowledged.iter().map(|d| format!("{d}\n")).collect();
+    std::fs::write(&acks_file, acks).expect("write the acknowledged digests");
+    let export = work.path().join("export");
+    let path = |p: &std::path::Path| p.to_str().expect("a utf-8 path").to_string();
+    cli_ok(daemon, &["log", "export", &path(&export)]);
+    let key = cli_ok(daemon, &["log", "key"]);
+    let mut args = vec![
+        "audit".to_string(),
+        path(&export),
+        "--key".into(),
+        key.trim().to_string(),
+        "--reconcile".into(),
+        path(&listing_file),
+        "--acknowledged".into(),
+        path(&acks_file),
+        "--grace".into(),
+        format!("{GRACE_S}s"),
+        "--json".into(),
+    ];
+    if collected {
+        args.push("--collected".into());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = daemon.cli(&refs);
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "audit --reconcile printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (verdict, out.status.success())
 }
 
 /// What the race harness's tasks saw: every acknowledgement with the time its request was
@@ -589,6 +670,15 @@ async fn gc_never_deletes_what_is_kept_while_writes_continue() {
         }
     }
     eprintln!("gc race: {present} blobs remain, each kept by a reference");
+    // The same, offline: the listing and the export reconcile with every acknowledged digest,
+    // and right after a collection nothing is left uncollected.
+    let acked: Vec<Digest> = seen.acks.keys().copied().collect();
+    let (verdict, ok) = reconcile_offline(&daemon, dir.path(), &acked, true, None);
+    assert!(ok, "{verdict}");
+    assert!(
+        verdict["reconciliation"]["present"].as_u64() >= Some(present as u64),
+        "{verdict}"
+    );
 }
 
 /// `kill -9` in the middle of garbage collection: after a restart, every blob a recorded
@@ -644,6 +734,14 @@ async fn gc_cut_by_kill_9_finishes_on_restart() {
         let w = why(&mut store, &sha(blob)).await;
         assert!(w.blob.is_none() && w.deleted.is_some(), "{:?}", w);
     }
+    let acked: Vec<Digest> = all.iter().map(|b| sha(b)).collect();
+    let (verdict, ok) = reconcile_offline(&daemon, dir.path(), &acked, true, None);
+    assert!(ok, "{verdict}");
+    assert_eq!(
+        verdict["reconciliation"]["absent_tombstoned"].as_u64(),
+        Some(all.len() as u64),
+        "{verdict}"
+    );
 }
 
 /// Runs `custodian serve --native-holds` with `extra`; it must refuse to start. Returns what it

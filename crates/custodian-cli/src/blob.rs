@@ -81,6 +81,9 @@ With `-o -` the bytes go to standard output and a mismatch is reported at the en
     /// Delete one blob, recorded in the ledger with --reason; refused under a legal hold, and
     /// while a reference or pin keeps it unless --force (admin)
     Delete(crate::retention::DeleteArgs),
+    /// List every blob in custody in SHA-256 order (admin); with --json, one JSON object a
+    /// line: the store side of `custodian audit --reconcile`
+    List(crate::retention::ListArgs),
 }
 
 /// Arguments of the commands that look digests up.
@@ -149,6 +152,7 @@ pub async fn run(command: BlobCommand) -> anyhow::Result<ExitCode> {
         BlobCommand::Missing(query) => missing(&query.server, &query.digests, query.json).await,
         BlobCommand::Why(args) => crate::retention::why(args).await,
         BlobCommand::Delete(args) => crate::retention::delete(args).await,
+        BlobCommand::List(args) => crate::retention::list(args).await,
     }
 }
 

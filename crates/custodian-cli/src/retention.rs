@@ -62,6 +62,23 @@ pub struct GcArgs {
     server: ServerArg,
 }
 
+/// `blob list`.
+#[derive(Args)]
+pub struct ListArgs {
+    /// Start after this SHA-256 digest
+    #[arg(long, value_name = "DIGEST")]
+    after: Option<Digest>,
+    /// At most this many blobs (default: all)
+    #[arg(long, default_value_t = 0)]
+    limit: u64,
+    /// Print one JSON object a line (sha256, blake3, size, created_ms, acknowledged_ms,
+    /// oci_linked_in, listing_started_ms)
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
 /// `blob why`.
 #[derive(Args)]
 pub struct WhyArgs {
@@ -353,4 +370,68 @@ pub async fn why(args: WhyArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// A protobuf timestamp's seconds and nanoseconds as ms since the Unix epoch.
+macro_rules! timestamp_ms {
+    ($ts:expr) => {
+        $ts.as_ref()
+            .map(|t| t.seconds.max(0) as u64 * 1000 + (t.nanos.max(0) as u64) / 1_000_000)
+    };
+}
+
+/// Runs `blob list`: streams the listing to standard output as it arrives.
+pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
+    use futures::StreamExt as _;
+    use std::io::Write as _;
+    let mut stream = args
+        .server
+        .connect()
+        .await?
+        .store()
+        .list_blobs(pb::ListBlobsRequest {
+            after: args.after.map(|d| d.to_string()).unwrap_or_default(),
+            limit: args.limit,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let (mut count, mut bytes) = (0u64, 0u64);
+    while let Some(message) = stream.next().await {
+        for listed in message.map_err(status_error)?.blobs {
+            let Some(blob) = listed.blob else { continue };
+            count += 1;
+            bytes += blob.size;
+            let created_ms = timestamp_ms!(blob.created_at).unwrap_or(0);
+            if args.json {
+                let line = custodian_server::retention::reconcile::ListingLine {
+                    sha256: blob.sha256,
+                    blake3: blob.blake3,
+                    size: blob.size,
+                    created_ms,
+                    acknowledged_ms: timestamp_ms!(listed.acknowledged_at),
+                    oci_linked_in: listed.oci_linked_in,
+                    listing_started_ms: timestamp_ms!(listed.listing_started_at).unwrap_or(0),
+                };
+                writeln!(out, "{}", serde_json::to_string(&line)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "{} {:>12} {}",
+                    blob.sha256,
+                    blob.size,
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + Duration::from_millis(created_ms)
+                    )
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    if !args.json {
+        eprintln!("{count} blobs, {bytes} bytes in custody");
+    }
+    Ok(ExitCode::SUCCESS)
 }

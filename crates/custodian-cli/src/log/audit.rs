@@ -5,9 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use custodian_core::audit::AuditError;
+use custodian_core::audit::{AuditError, EntryReader};
 use custodian_core::checkpoint::Checkpoint;
 use custodian_core::note::VerifierKey;
+use custodian_server::retention::reconcile::{
+    Finding, ReconcileOptions, Reconciliation, parse_listing,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -25,6 +28,22 @@ pub struct AuditArgs {
     /// as this policy file defines it
     #[arg(long, value_name = "FILE")]
     witness_policy: Option<PathBuf>,
+    /// Also reconcile the store with the export: a custody listing written by `custodian blob
+    /// list --json` before the export was taken. Every blob the ledger keeps or ever named must
+    /// be present or recorded deleted; every present blob is judged by what keeps it
+    #[arg(long, value_name = "LISTING")]
+    reconcile: Option<PathBuf>,
+    /// With --reconcile: the grace period the store is collected with (serve --gc-grace)
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    grace: std::time::Duration,
+    /// With --reconcile: a collection with --grace finished just before the listing, so a
+    /// present blob that nothing keeps, or a recorded deletion not carried out, is an error
+    #[arg(long, requires = "reconcile")]
+    collected: bool,
+    /// With --reconcile: a file of sha256:… digests (one a line) the store acknowledged to you;
+    /// each must be present or named by a BlobsDeleted entry
+    #[arg(long, value_name = "FILE", requires = "reconcile")]
+    acknowledged: Option<PathBuf>,
     /// Print JSON
     #[arg(long)]
     json: bool,
@@ -44,8 +63,15 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
             };
             Ok((report, witnesses))
         });
+    let result = result.and_then(|(report, witnesses)| {
+        let reconciliation = match &args.reconcile {
+            None => None,
+            Some(listing) => Some(reconcile(&args, listing).map_err(|e| format!("{e:#}"))?),
+        };
+        Ok((report, witnesses, reconciliation))
+    });
     match result {
-        Ok((report, witnesses)) => {
+        Ok((report, witnesses, reconciliation)) => {
             let seconds = started.elapsed().as_secs_f64();
             if args.json {
                 let mut view = serde_json::to_value(&report)?;
@@ -53,6 +79,10 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
                 view["seconds"] = json!(seconds);
                 if policy.is_some() {
                     view["witnesses"] = json!(witnesses);
+                }
+                if let Some(r) = &reconciliation {
+                    view["reconciliation"] = serde_json::to_value(r)?;
+                    view["ok"] = json!(r.ok(&options(&args)));
                 }
                 println!("{view}");
             } else {
@@ -109,8 +139,14 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
                 for bad in &keys.bad_key_events {
                     println!("  key event {} does not hold: {}", bad.index, bad.reason);
                 }
+                if let Some(r) = &reconciliation {
+                    print_reconciliation(r, &options(&args));
+                }
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(match &reconciliation {
+                Some(r) if !r.ok(&options(&args)) => ExitCode::from(2),
+                _ => ExitCode::SUCCESS,
+            })
         }
         Err(err) => Ok(failure(args.json, "audit FAILED", err)),
     }
@@ -159,4 +195,107 @@ fn run_audit(
     let report = custodian_core::audit::audit_dir(dir, verifier, |n| bar.inc(n));
     bar.finish_and_clear();
     report
+}
+
+fn options(args: &AuditArgs) -> ReconcileOptions {
+    ReconcileOptions {
+        grace_ms: args.grace.as_millis() as u64,
+        collected: args.collected,
+    }
+}
+
+/// Reconciles the listing with the (already audited) export's entries.
+fn reconcile(args: &AuditArgs, listing: &Path) -> anyhow::Result<Reconciliation> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(listing)
+        .with_context(|| format!("cannot read the listing {}", listing.display()))?;
+    let listed = parse_listing(&text).with_context(|| format!("listing {}", listing.display()))?;
+    let acknowledged: Vec<String> = match &args.acknowledged {
+        None => Vec::new(),
+        Some(file) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect(),
+    };
+    let entries_file = args.dir.join("entries");
+    let file = std::fs::File::open(&entries_file)
+        .with_context(|| format!("cannot open {}", entries_file.display()))?;
+    let mut entries = Vec::new();
+    for (index, bytes) in EntryReader::new(std::io::BufReader::new(file)).enumerate() {
+        entries.push((index as u64, bytes?));
+    }
+    Ok(custodian_server::retention::reconcile::reconcile(
+        entries,
+        &listed,
+        &acknowledged,
+        &options(args),
+    )?)
+}
+
+fn print_findings(what: &str, findings: &[Finding]) {
+    if findings.is_empty() {
+        return;
+    }
+    println!("  {what}: {}", findings.len());
+    for f in findings.iter().take(20) {
+        println!("    {} {}", f.digest, f.detail);
+    }
+    if findings.len() > 20 {
+        println!("    … (--json lists them all)");
+    }
+}
+
+fn print_reconciliation(r: &Reconciliation, options: &ReconcileOptions) {
+    let ok = r.ok(options);
+    println!(
+        "reconciliation {}: {} in custody against the ledger as of {} ({} judged)",
+        if ok { "passed" } else { "FAILED" },
+        counted(r.present, "blob", "blobs"),
+        super::time_text(r.listing_started_ms),
+        counted(r.entries_judged, "entry", "entries"),
+    );
+    let kept: Vec<String> = r.kept_by.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    println!(
+        "  kept by: {}",
+        if kept.is_empty() {
+            "nothing".to_string()
+        } else {
+            kept.join(", ")
+        }
+    );
+    println!(
+        "  absent and recorded deleted: {}",
+        r.absent_tombstoned + r.forced_deletions.len() as u64
+    );
+    print_findings(
+        "MISSING (kept by the ledger, not in custody, no deletion recorded)",
+        &r.missing,
+    );
+    print_findings(
+        "GONE OFF THE RECORD (named or acknowledged, not in custody, no deletion recorded)",
+        &r.unrecorded,
+    );
+    print_findings(
+        "forced deletions of kept blobs, on the record",
+        &r.forced_deletions,
+    );
+    let collectable = if options.collected {
+        "NOT COLLECTED (nothing keeps it, yet the collection left it)"
+    } else {
+        "collectable (nothing keeps it; the next collection deletes it)"
+    };
+    print_findings(collectable, &r.collectable);
+    print_findings(
+        "recorded deletions not yet carried out",
+        &r.pending_deletions,
+    );
+    if r.sealed_unread > 0 {
+        println!(
+            "  {} sealed: the blobs their events name were not judged (their bodies count as referenced)",
+            counted(r.sealed_unread, "entry is", "entries are")
+        );
+    }
 }

@@ -226,6 +226,10 @@ fn item_error(status: &Status) -> pb::ItemError {
 }
 
 type GetStream = Pin<Box<dyn Stream<Item = Result<pb::GetResponse, Status>> + Send>>;
+type ListBlobsStream = Pin<Box<dyn Stream<Item = Result<pb::ListBlobsResponse, Status>> + Send>>;
+
+/// Blobs per message of a custody listing.
+const LIST_PAGE: u64 = 1000;
 
 #[tonic::async_trait]
 impl ContentStore for CasService {
@@ -516,6 +520,67 @@ impl ContentStore for CasService {
             .delete(&who, &digest, &request.reason, request.force)
             .await?;
         Ok(Response::new(gc_answer(&report)))
+    }
+
+    type ListBlobsStream = ListBlobsStream;
+
+    async fn list_blobs(
+        &self,
+        request: Request<pb::ListBlobsRequest>,
+    ) -> Result<Response<Self::ListBlobsStream>, Status> {
+        let who = principal(&self.auth, &request)?;
+        let request = request.into_inner();
+        let after = parse_optional_digest("after", &request.after)?;
+        let started = timestamp(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        );
+        // The first page is read here, so a refusal (not an admin) is the call's status.
+        let mut remaining = if request.limit == 0 {
+            u64::MAX
+        } else {
+            request.limit
+        };
+        let page = LIST_PAGE.min(remaining) as usize;
+        let first = self.collector.list_page(&who, after, page).await?;
+        let collector = self.collector.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut listed = first;
+            loop {
+                let full = listed.len() as u64 >= LIST_PAGE.min(remaining);
+                remaining = remaining.saturating_sub(listed.len() as u64);
+                let cursor = listed.last().map(|l| l.meta.sha256());
+                let blobs = listed
+                    .iter()
+                    .map(|l| pb::ListedBlob {
+                        blob: Some(blob_info(&l.meta)),
+                        acknowledged_at: l.acknowledged_ms.map(timestamp),
+                        oci_linked_in: l.oci_linked_in.clone(),
+                        listing_started_at: Some(started),
+                    })
+                    .collect();
+                if !listed.is_empty() && tx.send(Ok(pb::ListBlobsResponse { blobs })).await.is_err()
+                {
+                    return;
+                }
+                if !full || remaining == 0 {
+                    return;
+                }
+                let page = LIST_PAGE.min(remaining) as usize;
+                listed = match collector.list_page(&who, cursor, page).await {
+                    Ok(listed) => listed,
+                    Err(err) => {
+                        let _ = tx.send(Err(Status::from(err))).await;
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     type GetStream = GetStream;

@@ -69,7 +69,15 @@ impl OciIndex {
         self.repos.get(name)
     }
 
-    /// The repositories that hold `digest` as a manifest.
+    /// Every manifest some repository holds now.
+    pub fn manifests(&self) -> impl Iterator<Item = Digest> + '_ {
+        self.repos
+            .values()
+            .flat_map(|repo| repo.manifests.keys())
+            .map(|bytes| Digest::sha256(*bytes))
+    }
+
+    /// The repositories that hold the manifest `digest`.
     pub fn repos_with_manifest(&self, digest: &Digest) -> Vec<String> {
         self.repos
             .iter()

@@ -86,6 +86,14 @@ impl Index {
         &self.oci
     }
 
+    /// Every blob a package version, data pack or sealed entry refers to.
+    pub fn referenced_blobs(&self) -> impl Iterator<Item = Digest> + '_ {
+        self.blobs
+            .iter()
+            .filter(|(_, refs)| !refs.is_empty())
+            .map(|(bytes, _)| Digest::sha256(*bytes))
+    }
+
     fn add_ref(&mut self, sha256: &Digest, name: &str, private: bool) {
         self.blobs
             .entry(*sha256.bytes())

@@ -167,6 +167,14 @@ impl RetentionIndex {
             .unwrap_or_default()
     }
 
+    /// Every blob a pin or hold was ever placed on.
+    pub fn placed_blobs(&self) -> impl Iterator<Item = Digest> + '_ {
+        self.subjects
+            .values()
+            .flatten()
+            .map(|bytes| Digest::sha256(*bytes))
+    }
+
     /// The latest deletion of a blob, if it was ever deleted.
     pub fn tombstone(&self, sha256: &Digest) -> Option<Tombstone> {
         let (index, size) = *self.tombstones.get(sha256.bytes())?;

@@ -16,6 +16,7 @@
 //! recorded deletion left behind, unless it was uploaded again after the entry.
 
 pub mod index;
+pub mod reconcile;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,6 +151,17 @@ pub struct Why {
     pub keepers: Vec<Keeper>,
     /// Its latest recorded deletion, if any.
     pub tombstone: Option<index::Tombstone>,
+}
+
+/// One blob of the custody listing, with what keeps it outside the ledger.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    /// The blob.
+    pub meta: BlobMeta,
+    /// Its latest acknowledgement to a put (ms since the Unix epoch), if any.
+    pub acknowledged_ms: Option<u64>,
+    /// The OCI repositories it is linked into.
+    pub oci_linked_in: Vec<String>,
 }
 
 /// A collection's options.
@@ -477,6 +489,32 @@ impl Collector {
         };
         self.registry.apply(index, &entry);
         Ok((index, digests))
+    }
+
+    /// One page of the custody listing: up to `limit` blobs after `after` in SHA-256 order,
+    /// each with what keeps it outside the ledger. Needs an admin token.
+    pub async fn list_page(
+        &self,
+        who: &Principal,
+        after: Option<Digest>,
+        limit: usize,
+    ) -> Result<Vec<Listed>, RegistryError> {
+        require_admin(who, "list the blobs in custody")?;
+        let store = self.registry.store();
+        let digests = store.list(after, limit).await?;
+        let mut page = Vec::with_capacity(digests.len());
+        for digest in digests {
+            // A blob deleted between the list and the lookup is simply not listed.
+            let Some(meta) = store.stat(&digest).await? else {
+                continue;
+            };
+            page.push(Listed {
+                acknowledged_ms: store.retention().last_acknowledged(&digest),
+                oci_linked_in: self.oci.linked_in(&digest),
+                meta,
+            });
+        }
+        Ok(page)
     }
 
     /// The blobs a pin (for `Unpin`) or a hold (for `Release`) on `subject` covers now.
