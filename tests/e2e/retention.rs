@@ -227,6 +227,20 @@ async fn pins_holds_and_gc_leave_a_record() {
         serde_json::from_slice(&rest.bytes().await.expect("a retention test step"))
             .expect("a retention test step");
     assert_eq!(body["ledger_index"], entry);
+    // The same by its BLAKE3 address: the entry records both digests.
+    let loose_b3 = Digest::of(Algorithm::Blake3, &loose);
+    let rest = reqwest::get(format!("{}/blobs/{loose_b3}", daemon.rest))
+        .await
+        .expect("a retention test step");
+    assert_eq!(
+        rest.status().as_u16(),
+        410,
+        "a deleted blob by its blake3 digest"
+    );
+    let gone = daemon.cli(&["blob", "why", &loose_b3.to_string(), "--json"]);
+    let gone: serde_json::Value =
+        serde_json::from_slice(&gone.stdout).expect("a retention test step");
+    assert_eq!(gone["deleted"]["ledger_index"], entry, "{gone}");
 
     // What is kept says why.
     let kept = cli_ok(&daemon, &["blob", "why", &pinned_d.to_string(), "--json"]);
@@ -316,7 +330,7 @@ async fn pins_holds_and_gc_leave_a_record() {
     );
 
     // The offline reconciliation of a listing with an export, and what it catches.
-    let acked_all = [pinned_d, held_d, loose_d, acked_d];
+    let acked_all = [pinned_d, held_d, loose_d, acked_d, loose_b3];
     let (verdict, ok) = reconcile_offline(&daemon, dir.path(), &acked_all, false, None);
     assert!(ok, "{verdict}");
     let r = &verdict["reconciliation"];

@@ -430,6 +430,10 @@ pub struct DeletedBlob {
     pub digest: String,
     /// Its size in bytes.
     pub size: u64,
+    /// Its other address, `blake3:<hex>`, so that a client or auditor holding only that digest
+    /// can learn its fate (absent in entries written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
 }
 
 /// Blobs removed from custody, recorded before they are removed: an auditor can tell every

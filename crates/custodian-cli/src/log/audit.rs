@@ -40,8 +40,8 @@ pub struct AuditArgs {
     /// present blob that nothing keeps, or a recorded deletion not carried out, is an error
     #[arg(long, requires = "reconcile")]
     collected: bool,
-    /// With --reconcile: a file of sha256:… digests (one a line) the store acknowledged to you;
-    /// each must be present or named by a BlobsDeleted entry
+    /// With --reconcile: a file of digests (sha256:… or blake3:…, one a line) the store
+    /// acknowledged to you; each must be present or named by a BlobsDeleted entry
     #[arg(long, value_name = "FILE", requires = "reconcile")]
     acknowledged: Option<PathBuf>,
     /// Print JSON

@@ -129,6 +129,15 @@ impl RetentionIndex {
                 continue;
             };
             self.tombstones.insert(*digest.bytes(), (index, blob.size));
+            // The BLAKE3 address shares the map: a SHA-256 and a BLAKE3 digest never share 32
+            // bytes in practice, and one map keeps the per-deletion cost to one more slot.
+            if let Some(blake3) = blob
+                .blake3
+                .as_deref()
+                .and_then(|b| b.parse::<Digest>().ok())
+            {
+                self.tombstones.insert(*blake3.bytes(), (index, blob.size));
+            }
             list.push(digest);
         }
         self.entries
@@ -175,9 +184,9 @@ impl RetentionIndex {
             .map(|bytes| Digest::sha256(*bytes))
     }
 
-    /// The latest deletion of a blob, if it was ever deleted.
-    pub fn tombstone(&self, sha256: &Digest) -> Option<Tombstone> {
-        let (index, size) = *self.tombstones.get(sha256.bytes())?;
+    /// The latest deletion of a blob (by either digest), if it was ever deleted.
+    pub fn tombstone(&self, digest: &Digest) -> Option<Tombstone> {
+        let (index, size) = *self.tombstones.get(digest.bytes())?;
         let (time_ms, reason, policy) = self.entries.get(&index)?;
         Some(Tombstone {
             index,

@@ -34,7 +34,7 @@ use crate::registry::{Registry, RegistryError, invalid};
 /// sealed (see `custodian_core::seal::must_seal`). A sealed entry's body goes into custody
 /// through a put, which waits for the shared side of the retention gate the collector holds
 /// exclusively while it appends: the test below keeps the two apart.
-pub const DELETE_BATCH: usize = 300;
+pub const DELETE_BATCH: usize = 150;
 
 /// How many deleted blobs a report lists (the ledger entries list them all), so that an answer
 /// stays small however much is collected.
@@ -706,6 +706,7 @@ impl Collector {
                 .map(|m| DeletedBlob {
                     digest: m.sha256().to_string(),
                     size: m.size,
+                    blake3: Some(m.digests.blake3.to_string()),
                 })
                 .collect(),
             reason: reason.to_string(),
@@ -799,6 +800,9 @@ mod tests {
                     digest: Digest::of(custodian_core::Algorithm::Sha256, &i.to_le_bytes())
                         .to_string(),
                     size: u64::MAX,
+                    blake3: Some(
+                        Digest::of(custodian_core::Algorithm::Blake3, &i.to_le_bytes()).to_string(),
+                    ),
                 })
                 .collect(),
             reason: "garbage collection".repeat(20),

@@ -122,10 +122,8 @@ pub enum ReconcileError {
         /// What is wrong.
         message: String,
     },
-    /// An acknowledged digest is not a SHA-256 digest.
-    #[error(
-        "acknowledged digest {0:?}: give sha256:<hex> digests (deletions are recorded by SHA-256)"
-    )]
+    /// An acknowledged digest does not parse.
+    #[error("acknowledged digest {0:?}: expected sha256:<hex> or blake3:<hex>")]
     Acknowledged(String),
 }
 
@@ -189,6 +187,10 @@ pub fn reconcile(
             for blob in &event.blobs {
                 let digest: Digest = blob.digest.parse().map_err(|e| bad(format!("{e}")))?;
                 deleted.insert(*digest.bytes(), (at, entry.time_ms));
+                if let Some(blake3) = &blob.blake3 {
+                    let digest: Digest = blake3.parse().map_err(|e| bad(format!("{e}")))?;
+                    deleted.insert(*digest.bytes(), (at, entry.time_ms));
+                }
             }
         }
         if entry.time_ms > started {
@@ -210,9 +212,11 @@ pub fn reconcile(
     named.extend(index.oci().manifests().map(|d| *d.bytes()));
 
     let now = started;
-    let present: HashMap<[u8; 32], &ListingLine> = listing
+    // Listed blobs by either digest (a SHA-256 and a BLAKE3 digest never share 32 bytes).
+    let present: BTreeSet<[u8; 32]> = listing
         .iter()
-        .filter_map(|l| l.sha256.parse::<Digest>().ok().map(|d| (*d.bytes(), l)))
+        .flat_map(|l| [&l.sha256, &l.blake3])
+        .filter_map(|d| d.parse::<Digest>().ok().map(|d| *d.bytes()))
         .collect();
     let keepers = |sha: &Digest| -> Vec<String> {
         let mut out = Vec::new();
@@ -271,19 +275,17 @@ pub fn reconcile(
         }
     }
 
-    let mut absent: BTreeSet<[u8; 32]> = named;
+    let mut absent: BTreeMap<[u8; 32], Digest> =
+        named.into_iter().map(|b| (b, Digest::sha256(b))).collect();
     for digest in acknowledged {
         let parsed: Digest = digest
             .parse()
             .map_err(|_| ReconcileError::Acknowledged(digest.clone()))?;
-        if parsed.algorithm() != custodian_core::Algorithm::Sha256 {
-            return Err(ReconcileError::Acknowledged(digest.clone()));
-        }
-        absent.insert(*parsed.bytes());
+        absent.insert(*parsed.bytes(), parsed);
     }
-    absent.retain(|b| !present.contains_key(b));
-    for bytes in absent {
-        let sha = Digest::sha256(bytes);
+    absent.retain(|b, _| !present.contains(b));
+    for (bytes, sha) in absent {
+        // The ledger's keepers are by SHA-256; a BLAKE3 digest is judged by its deletion only.
         let kept = keepers(&sha);
         match (deleted.get(&bytes), kept.is_empty()) {
             (Some(_), true) => report.absent_tombstoned += 1,
@@ -308,4 +310,160 @@ pub fn reconcile(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use custodian_core::Algorithm;
+    use custodian_core::merkle::Hash;
+    use custodian_core::registry::{
+        BlobRetention, DeletedBlob, Event, RetentionAction, to_payload,
+    };
+
+    use super::*;
+
+    const LISTED_AT: u64 = 1_000_000;
+    const GRACE: u64 = 1_000;
+
+    fn entry<T: Event>(time_ms: u64, event: &T) -> Vec<u8> {
+        let payload = to_payload(event).expect("an event payload");
+        Entry::new(T::KIND, Hash::ZERO, time_ms, payload)
+            .expect("an entry")
+            .encode()
+    }
+
+    fn digest(seed: u8) -> (Digest, Digest) {
+        (
+            Digest::of(Algorithm::Sha256, &[seed]),
+            Digest::of(Algorithm::Blake3, &[seed]),
+        )
+    }
+
+    fn hold(time_ms: u64, seed: u8) -> Vec<u8> {
+        entry(
+            time_ms,
+            &BlobRetention {
+                action: RetentionAction::Hold,
+                subject: digest(seed).0.to_string(),
+                digests: vec![digest(seed).0.to_string()],
+                reason: "case".into(),
+                expires_ms: None,
+                by: "admin".into(),
+            },
+        )
+    }
+
+    fn deleted(time_ms: u64, seed: u8) -> Vec<u8> {
+        let (sha, b3) = digest(seed);
+        entry(
+            time_ms,
+            &BlobsDeleted {
+                blobs: vec![DeletedBlob {
+                    digest: sha.to_string(),
+                    size: 1,
+                    blake3: Some(b3.to_string()),
+                }],
+                reason: "garbage collection".into(),
+                policy: "test".into(),
+                grace_ms: GRACE,
+                by: "gc".into(),
+            },
+        )
+    }
+
+    fn line(seed: u8, created_ms: u64) -> ListingLine {
+        let (sha, b3) = digest(seed);
+        ListingLine {
+            sha256: sha.to_string(),
+            blake3: b3.to_string(),
+            size: 1,
+            created_ms,
+            acknowledged_ms: None,
+            oci_linked_in: Vec::new(),
+            listing_started_ms: LISTED_AT,
+        }
+    }
+
+    fn run(entries: Vec<Vec<u8>>, listing: &[ListingLine], acked: &[Digest]) -> Reconciliation {
+        let acked: Vec<String> = acked.iter().map(Digest::to_string).collect();
+        reconcile(
+            entries.into_iter().enumerate().map(|(i, e)| (i as u64, e)),
+            listing,
+            &acked,
+            &ReconcileOptions {
+                grace_ms: GRACE,
+                collected: true,
+            },
+        )
+        .expect("a reconciliation")
+    }
+
+    #[test]
+    fn a_held_blob_that_is_absent_without_a_record_is_missing() {
+        let r = run(vec![hold(10, 1)], &[], &[]);
+        assert_eq!(r.missing.len(), 1, "{r:?}");
+        assert!(r.missing[0].detail.contains("legal hold"));
+        let r = run(vec![hold(10, 1)], &[line(1, 5)], &[]);
+        assert!(r.missing.is_empty() && r.collectable.is_empty(), "{r:?}");
+        assert_eq!(r.kept_by.get("legal hold"), Some(&1));
+    }
+
+    #[test]
+    fn a_hold_placed_after_the_listing_began_is_not_judged() {
+        // The blob may have been uploaded after the listing passed its place.
+        let r = run(vec![hold(LISTED_AT + 1, 1)], &[line(9, 5)], &[]);
+        assert!(r.missing.is_empty(), "{r:?}");
+        assert_eq!(r.entries_judged, 0);
+        // An empty listing carries no start time, so the whole ledger is judged.
+        let r = run(vec![hold(LISTED_AT + 1, 1)], &[], &[]);
+        assert_eq!(r.missing.len(), 1, "{r:?}");
+    }
+
+    #[test]
+    fn an_acknowledged_blob_must_be_present_or_recorded_deleted_by_either_digest() {
+        let (sha, b3) = digest(2);
+        let r = run(vec![], &[], &[sha]);
+        assert_eq!(r.unrecorded.len(), 1, "{r:?}");
+        // A deletion recorded after the listing began still explains the absence.
+        let r = run(vec![deleted(LISTED_AT + 5, 2)], &[], &[sha, b3]);
+        assert!(r.unrecorded.is_empty(), "{r:?}");
+        assert_eq!(r.absent_tombstoned, 2);
+        // Present under its BLAKE3 address counts as present.
+        let r = run(vec![], &[line(2, LISTED_AT - 1)], &[b3]);
+        assert!(r.unrecorded.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn after_a_collection_an_unkept_blob_out_of_grace_fails() {
+        let old = line(3, LISTED_AT - GRACE - 1);
+        let fresh = line(4, LISTED_AT - GRACE / 2);
+        let r = run(vec![], &[old.clone(), fresh], &[]);
+        assert_eq!(r.collectable.len(), 1, "{r:?}");
+        assert_eq!(r.collectable[0].digest, old.sha256);
+        assert_eq!(r.kept_by.get("grace"), Some(&1));
+        let options = ReconcileOptions {
+            grace_ms: GRACE,
+            collected: true,
+        };
+        assert!(!r.ok(&options));
+        assert!(r.ok(&ReconcileOptions {
+            collected: false,
+            ..options
+        }));
+    }
+
+    #[test]
+    fn a_recorded_deletion_still_present_is_pending() {
+        let r = run(vec![deleted(LISTED_AT - 10, 5)], &[line(5, 1)], &[]);
+        assert_eq!(r.pending_deletions.len(), 1, "{r:?}");
+        // Uploaded again after the deletion: not pending.
+        let r = run(vec![deleted(10, 5)], &[line(5, 20)], &[]);
+        assert!(r.pending_deletions.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn a_bad_listing_line_names_its_line() {
+        let err = parse_listing("\n{\"sha256\": 1}\n").expect_err("a bad line");
+        assert!(err.to_string().starts_with("listing line 2"), "{err}");
+    }
 }
