@@ -60,6 +60,26 @@ ensure_oci_tools() {
   ensure_debian_packages "the OCI clients and reference registry" skopeo docker-registry
 }
 
+# PostgreSQL, for the ledger backend's tests: Debian's server binaries only. The tests run
+# initdb and pg_ctl themselves in a temporary directory on a loopback port (as the `postgres`
+# user when run as root, since PostgreSQL refuses root), so the packaged cluster is never
+# started: policy-rc.d keeps the install from starting it.
+ensure_postgres() {
+  if ! dpkg -s postgresql >/dev/null 2>&1; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+    as_root chmod +x /usr/sbin/policy-rc.d
+    ensure_debian_packages "PostgreSQL for the ledger backend's tests" postgresql
+    as_root rm -f /usr/sbin/policy-rc.d
+  fi
+  local bin
+  bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+  if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
+    echo "error: PostgreSQL's initdb was not found under /usr/lib/postgresql/*/bin" >&2
+    exit 1
+  fi
+  export CUSTODIAN_PG_BIN="$bin"
+}
+
 # The S3-compatible test server (moto), in a virtual environment of its own.
 ensure_moto() {
   local venv="$CUSTODIAN_CACHE/venv"

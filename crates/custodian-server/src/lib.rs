@@ -58,6 +58,9 @@ pub struct ServerConfig {
     pub storage: StorageLocation,
     /// Extra object store options (`aws_endpoint=...`), overriding the environment.
     pub storage_options: Vec<(String, String)>,
+    /// Where the ledger is kept: `None` for the embedded RocksDB ledger in `data_dir/ledger`, or
+    /// a `postgres://` URL.
+    pub ledger: Option<String>,
     /// The block size for new blobs.
     pub block_size: usize,
     /// Content store limits.
@@ -106,6 +109,7 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             storage: StorageLocation::Embedded,
             storage_options: Vec::new(),
+            ledger: None,
             block_size: DEFAULT_BLOCK_SIZE,
             limits: CasLimits::default(),
             conn: net::conn::ConnLimits::default(),
@@ -158,8 +162,9 @@ pub async fn open_store(config: &ServerConfig) -> Result<BlobStore, ServerError>
     Ok(BlobStore::new(Arc::new(backend)))
 }
 
-/// Opens the ledger in `data_dir/ledger` with the log key from `data_dir/log-key` (generated on
-/// first start), checking that stored data and the signed checkpoint agree.
+/// Opens the ledger (in `data_dir/ledger`, or in PostgreSQL when `config.ledger` names it) with
+/// the log key from `data_dir/log-key` (generated on first start), checking that stored data
+/// and the signed checkpoint agree.
 pub async fn open_ledger(config: &ServerConfig) -> Result<Arc<Ledger>, ServerError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
         path: config.data_dir.clone(),
@@ -167,10 +172,14 @@ pub async fn open_ledger(config: &ServerConfig) -> Result<Arc<Ledger>, ServerErr
     })?;
     let data_dir = config.data_dir.clone();
     let origin = config.log_origin.clone();
+    let url = config.ledger.clone();
     tokio::task::spawn_blocking(move || {
         let key = load_or_generate(&data_dir, origin.as_deref())?;
-        let backend = RocksLedger::open(&data_dir.join("ledger"))?;
-        Ok(Arc::new(Ledger::open(Arc::new(backend), key)?))
+        let backend: Arc<dyn custodian_storage::ledger::LedgerBackend> = match url {
+            None => Arc::new(RocksLedger::open(&data_dir.join("ledger"))?),
+            Some(url) => Arc::new(custodian_postgres::PgLedger::open(&url)?),
+        };
+        Ok(Arc::new(Ledger::open(backend, key)?))
     })
     .await
     .map_err(|e| ServerError::Task(format!("the ledger open task failed: {e}")))?

@@ -8,6 +8,7 @@
 
 mod daemon;
 mod moto;
+mod postgres;
 mod proxy;
 mod tlog;
 mod witness;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 pub use daemon::{Daemon, HarnessError, binary, write_log_key};
 pub use moto::Moto;
+pub use postgres::Postgres;
 pub use proxy::Proxy;
 pub use tlog::TestLog;
 pub use witness::WitnessProcess;

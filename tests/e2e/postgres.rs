@@ -1,0 +1,77 @@
+//! A daemon whose ledger lives in PostgreSQL (`serve --ledger postgres://…`, Debian's server
+//! started by custodian-testkit): publications and raw appends land there, survive `kill -9`
+//! of the daemon and an immediate restart of PostgreSQL, the registry is rebuilt from it, the
+//! export audits offline, and Go's sumdb/tlog checks the log before and after; an unreachable
+//! database stops the daemon at start with the URL named.
+
+use custodian_testkit::{Daemon, Postgres};
+
+use crate::registry::{publish_example, stdout};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_keeps_its_ledger_in_postgresql() {
+    let pg = Postgres::start();
+    let url = pg.database("custodian");
+    let dir = tempfile::tempdir().expect("a PostgreSQL ledger test step");
+    let data = dir.path().join("data");
+    let mut daemon = Daemon::start_with(
+        &data,
+        &[
+            "--ledger",
+            &url,
+            "--append-token",
+            "t",
+            "--log-origin",
+            "pg.test/ledger",
+        ],
+    );
+    assert!(
+        !data.join("ledger").exists(),
+        "the embedded ledger is not created beside a PostgreSQL one"
+    );
+    publish_example(&daemon, dir.path(), "pacman-builder", "publisher");
+    crate::interop::go_verifies_the_log(&daemon, &dir.path().join("go-1")).await;
+
+    // kill -9 of the daemon, then PostgreSQL itself stopped at once and started again.
+    daemon.kill9();
+    pg.restart();
+    daemon.restart_after_kill9();
+    let listed = stdout(&daemon.cli_as(None, &["versions", "pacman-builder"]));
+    assert!(
+        listed.contains("0.2.1"),
+        "the registry replays from PostgreSQL: {listed}"
+    );
+    crate::interop::go_verifies_the_log(&daemon, &dir.path().join("go-2")).await;
+
+    let export = dir.path().join("export");
+    let export = export.to_str().expect("a utf-8 path");
+    stdout(&daemon.cli(&["log", "export", export]));
+    let key = stdout(&daemon.cli(&["log", "key"]));
+    let audit = stdout(&daemon.cli(&["audit", export, "--key", key.trim(), "--json"]));
+    let audit: serde_json::Value = serde_json::from_str(&audit).expect("audit --json");
+    assert_eq!(audit["ok"], true, "{audit}");
+    assert!(audit["entries"].as_u64() >= Some(46), "{audit}");
+
+    // Nothing listens on this port: the daemon refuses to start and names the URL.
+    drop(daemon);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let nowhere = format!("postgres://custodian@127.0.0.1:{port}/custodian");
+    let out = std::process::Command::new(custodian_testkit::binary())
+        .args([
+            "serve",
+            "--init",
+            "--listen",
+            "127.0.0.1:0",
+            "--rest-listen",
+        ])
+        .args(["127.0.0.1:0", "--ledger", &nowhere, "--data-dir"])
+        .arg(dir.path().join("other"))
+        .output()
+        .expect("run custodian serve");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+}
