@@ -54,24 +54,8 @@ async fn a_daemon_keeps_its_ledger_in_postgresql() {
 
     // Nothing listens on this port: the daemon refuses to start and names the URL.
     drop(daemon);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = custodian_testkit::free_port();
     let nowhere = format!("postgres://custodian@127.0.0.1:{port}/custodian");
-    let out = std::process::Command::new(custodian_testkit::binary())
-        .args([
-            "serve",
-            "--init",
-            "--listen",
-            "127.0.0.1:0",
-            "--rest-listen",
-        ])
-        .args(["127.0.0.1:0", "--ledger", &nowhere, "--data-dir"])
-        .arg(dir.path().join("other"))
-        .output()
-        .expect("run custodian serve");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = custodian_testkit::serve_refuses(&dir.path().join("other"), &["--ledger", &nowhere]);
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
 }

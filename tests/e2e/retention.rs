@@ -758,36 +758,6 @@ async fn gc_cut_by_kill_9_finishes_on_restart() {
     );
 }
 
-/// Runs `custodian serve --native-holds` with `extra`; it must refuse to start. Returns what it
-/// said on standard error.
-fn serve_refuses(dir: &std::path::Path, extra: &[&str]) -> String {
-    let mut child = std::process::Command::new(custodian_testkit::binary())
-        .args(["serve", "--init", "--listen", "127.0.0.1:0"])
-        .args([
-            "--rest-listen",
-            "127.0.0.1:0",
-            "--native-holds",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .args(extra)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start custodian serve");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("wait for serve").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("serve --native-holds {extra:?} started; it should have refused");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().expect("serve's output");
-    assert!(!out.status.success(), "serve {extra:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// What boto3 (AWS's SDK) reads of a blob's S3 Object Lock legal hold, and whether it could
 /// destroy the blob's stored version (tried only while the hold is on).
 fn s3_hold(moto: &custodian_testkit::Moto, bucket: &str, blob: &Digest) -> serde_json::Value {
@@ -823,11 +793,11 @@ async fn legal_holds_are_also_s3_object_lock_legal_holds() {
     }
 
     // Stores that cannot hold: the embedded RocksDB, and a bucket without Object Lock.
-    let err = serve_refuses(&dir.path().join("embedded"), &[]);
+    let err = custodian_testkit::serve_refuses(&dir.path().join("embedded"), &["--native-holds"]);
     assert!(err.contains("no native legal hold"), "{err}");
-    let mut plain: Vec<&str> = vec!["--storage", "s3://custodian-plain/blobs"];
+    let mut plain: Vec<&str> = vec!["--native-holds", "--storage", "s3://custodian-plain/blobs"];
     plain.extend(storage_args.iter().map(String::as_str));
-    let err = serve_refuses(&dir.path().join("plain"), &plain);
+    let err = custodian_testkit::serve_refuses(&dir.path().join("plain"), &plain);
     assert!(
         err.contains("Object Lock") && err.contains("custodian-plain"),
         "{err}"

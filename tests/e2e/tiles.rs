@@ -600,22 +600,7 @@ async fn tiles_mirrored_to_a_directory_serve_the_log_with_the_daemon_stopped() {
     );
 
     // Another log (its own key) must not write over this one's tiles.
-    let other = Command::new(custodian_testkit::binary())
-        .args([
-            "serve",
-            "--init",
-            "--listen",
-            "127.0.0.1:0",
-            "--rest-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("other"))
-        .args(["--tiles-to", &url])
-        .output()
-        .expect("run custodian serve");
-    let stderr = String::from_utf8_lossy(&other.stderr);
-    assert!(!other.status.success(), "{stderr}");
+    let stderr = custodian_testkit::serve_refuses(&dir.path().join("other"), &["--tiles-to", &url]);
     assert!(
         stderr.contains("--tiles-to") && stderr.contains("not one of this log"),
         "{stderr}"

@@ -27,14 +27,6 @@ impl Drop for Killed {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -112,7 +104,7 @@ fn start_litewitness(dir: &Path, name: &str, log_vkey: &str) -> (Vec<Killed>, St
         db = db.display().to_string()
     );
     run_ok(Command::new("python3").args(["-c", &script]));
-    let port = free_port();
+    let port = custodian_testkit::free_port();
     let litewitness = Killed(
         Command::new(go_bin("litewitness"))
             .arg("-db")

@@ -300,3 +300,47 @@ pub fn write_log_key(data_dir: &Path, origin: &str, seed: u8) -> String {
     std::io::Write::write_all(&mut file, key.to_private_string().as_bytes()).expect("write");
     key.verifier().to_string()
 }
+
+/// Runs `custodian serve` on `dir` (loopback ports, `--init`) with `extra`, which must make it
+/// refuse to start: panics if it is still running after 60 s or exits successfully. Returns what
+/// it said on standard error.
+pub fn serve_refuses(dir: &Path, extra: &[&str]) -> String {
+    let mut child = Command::new(binary())
+        .args(["serve", "--init", "--listen", "127.0.0.1:0"])
+        .args(["--rest-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary().display()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            _ => {
+                let _ = child.kill();
+                panic!("custodian serve {extra:?} started; it should have refused");
+            }
+        }
+    }
+    let out = child.wait_with_output().expect("serve's output");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "serve {extra:?} should fail: {stderr}"
+    );
+    stderr
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}

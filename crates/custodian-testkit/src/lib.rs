@@ -17,7 +17,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use daemon::{Daemon, HarnessError, binary, write_log_key};
+pub use daemon::{Daemon, HarnessError, binary, free_port, serve_refuses, write_log_key};
 pub use moto::Moto;
 pub use postgres::Postgres;
 pub use proxy::Proxy;

@@ -87,10 +87,7 @@ fn a_newer_schema_and_an_unreachable_server_are_refused_by_name() {
         "{text}"
     );
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = custodian_testkit::free_port();
     let nowhere = format!("postgres://custodian:secret@127.0.0.1:{port}/custodian");
     let err = PgLedger::open(&nowhere)
         .err()
