@@ -59,3 +59,84 @@ async fn a_daemon_keeps_its_ledger_in_postgresql() {
     let err = custodian_testkit::serve_refuses(&dir.path().join("other"), &["--ledger", &nowhere]);
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
 }
+
+/// Two daemons on one PostgreSQL ledger with one log key: raw appends through both land in one
+/// log (a batch built on a stale tree is rebuilt, never forked), each daemon catches up with the
+/// other's entries within a second, and the export from either audits: every checkpoint either
+/// signed is a checkpoint of the one tree the entries make.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_daemons_append_to_one_postgresql_log() {
+    use custodian_proto::ledger::v1 as pb;
+    let pg = Postgres::start();
+    let url = pg.database("shared");
+    let dir = tempfile::tempdir().expect("a shared-ledger test step");
+    let origin = "pg.test/shared";
+    let daemons: Vec<Daemon> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let data = dir.path().join(name);
+            custodian_testkit::write_log_key(&data, origin, 21);
+            Daemon::start_with(
+                &data,
+                &[
+                    "--ledger",
+                    &url,
+                    "--append-token",
+                    "t",
+                    "--log-origin",
+                    origin,
+                ],
+            )
+        })
+        .collect();
+    let mut clients = Vec::new();
+    for daemon in &daemons {
+        clients.push(daemon.connect(None).await.ledger());
+    }
+    for i in 0..30u64 {
+        let mut request = tonic::Request::new(pb::AppendRequest {
+            kind: "SharedCheck".into(),
+            payload_cbor: custodian_core::entry::encode_value(
+                &custodian_core::entry::Value::Integer(i.into()),
+            )
+            .into(),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", "Bearer t".parse().expect("a header value"));
+        clients[(i % 2) as usize]
+            .append(request)
+            .await
+            .expect("an append through either daemon lands");
+    }
+    // Within a second or two each daemon serves the whole log.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for client in &mut clients {
+        loop {
+            let size = client
+                .get_checkpoint(pb::GetCheckpointRequest { tree_size: None })
+                .await
+                .expect("a checkpoint")
+                .into_inner()
+                .tree_size;
+            if size == 30 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a daemon still serves size {size} of 30"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    for (daemon, name) in daemons.iter().zip(["a", "b"]) {
+        let export = dir.path().join(format!("export-{name}"));
+        let export = export.to_str().expect("a utf-8 path");
+        stdout(&daemon.cli(&["log", "export", export]));
+        let key = stdout(&daemon.cli(&["log", "key"]));
+        let audit = stdout(&daemon.cli(&["audit", export, "--key", key.trim(), "--json"]));
+        let audit: serde_json::Value = serde_json::from_str(&audit).expect("audit --json");
+        assert_eq!(audit["ok"], true, "{audit}");
+        assert_eq!(audit["entries"], 30, "{audit}");
+    }
+}

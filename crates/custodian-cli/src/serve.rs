@@ -209,8 +209,9 @@ pub struct ServeArgs {
     gc_every: Option<Duration>,
 
     /// Keep the ledger in PostgreSQL instead of the embedded RocksDB ledger:
-    /// postgres://USER[:PASSWORD]@HOST:PORT/DATABASE (the schema is created on first use). One
-    /// daemon per database for now: a second daemon's appends are refused, never forked
+    /// postgres://USER[:PASSWORD]@HOST:PORT/DATABASE (the schema is created on first use).
+    /// Daemons sharing the database and the log key append to one log, never a fork; serve the
+    /// registry from one of them for now (its index does not follow the others yet)
     #[arg(long, env = "CUSTODIAN_LEDGER", value_name = "URL", value_parser = parse_ledger_url)]
     ledger: Option<String>,
 

@@ -229,7 +229,7 @@ pub async fn serve(
         let mirror = tile_mirror::TileMirror::open(url, options, ledger.clone()).await?;
         tokio::spawn(mirror.run());
     }
-    let sequencer = Sequencer::start(ledger, config.sequencer, publication);
+    let sequencer = Sequencer::start(ledger.clone(), config.sequencer, publication);
     let registry = Arc::new(Registry::open(store.clone(), sequencer.clone()).await?);
     registry.set_badge_max_age(config.badge_max_age);
     registry.set_registry_licenses(config.registry_licenses.clone());
@@ -278,6 +278,21 @@ pub async fn serve(
     } else {
         None
     };
+    if config.ledger.is_some() {
+        // Other daemons sharing the PostgreSQL ledger append too: catch up with their entries,
+        // so that this daemon's checkpoints, receipts and proofs include them within a second.
+        let shared = ledger.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let ledger = shared.clone();
+                if let Ok(Err(err)) = tokio::task::spawn_blocking(move || ledger.refresh()).await {
+                    tracing::warn!(%err, "could not catch up with the shared ledger");
+                }
+            }
+        });
+    }
     let collector = Arc::new(
         retention::Collector::new(registry.clone(), oci.clone(), uploads.clone())
             .with_native_holds(native_holds),

@@ -83,6 +83,18 @@ pub enum LedgerError {
         /// The size of the latest published checkpoint.
         published: u64,
     },
+    /// Another writer sharing the backend extended the log first: the batch was built on an
+    /// older tree and nothing of it was written. [`Ledger`] reloads the stored tree and builds
+    /// the batch again.
+    #[error(
+        "another writer extended the log first: it has {stored} entries, the batch starts at entry {start}"
+    )]
+    Conflict {
+        /// The stored log's size.
+        stored: u64,
+        /// Where the refused batch started.
+        start: u64,
+    },
     /// A commit failed earlier; the ledger refuses appends until it is reopened, because it
     /// cannot tell what reached the disk.
     #[error("the ledger refuses appends after an earlier failure: {0}")]
@@ -194,6 +206,9 @@ pub struct Appended {
     pub entry: Vec<u8>,
 }
 
+/// How many times one append is rebuilt after other writers extended the log first.
+const CONFLICT_RETRIES: u32 = 64;
+
 struct State {
     frontier: Frontier,
     prev: Hash,
@@ -221,6 +236,71 @@ impl std::fmt::Debug for Ledger {
             .field("key", &self.verifier)
             .finish_non_exhaustive()
     }
+}
+
+/// Reads the stored tree at its latest checkpoint (`size`, `note`): checks that the checkpoint
+/// verifies with `verifier` and that the stored hashes lead to its root, and returns the append
+/// state and the checkpoint.
+fn load(
+    backend: &dyn LedgerBackend,
+    verifier: &VerifierKey,
+    size: u64,
+    note: Vec<u8>,
+) -> LedgerResult<(State, SignedCheckpoint)> {
+    let checkpoint = Checkpoint::open(&note, verifier).map_err(|e| LedgerError::WrongKey {
+        key: verifier.to_string(),
+        size,
+        reason: e.to_string(),
+    })?;
+    if checkpoint.size != size {
+        return Err(LedgerError::Corrupt(format!(
+            "checkpoint stored under size {size} says size {}",
+            checkpoint.size
+        )));
+    }
+    let frontier = Frontier::load(size, &Reader(backend)).map_err(LedgerError::Proof)?;
+    let root = if size == 0 {
+        empty_root()
+    } else {
+        frontier.root()
+    };
+    if root != checkpoint.root {
+        return Err(LedgerError::Corrupt(format!(
+            "stored tree hashes give root {root} at size {size}, but the signed checkpoint says {}",
+            checkpoint.root
+        )));
+    }
+    let (prev, last_time_ms) = if size == 0 {
+        (Hash::ZERO, 0)
+    } else {
+        let last = backend.entries(size - 1, size)?;
+        let bytes = last.first().ok_or(LedgerError::NoSuchEntry {
+            index: size - 1,
+            size,
+        })?;
+        let leaf = merkle::leaf_hash(bytes);
+        let stored = Reader(backend)
+            .read_hashes(&[stored_hash_index(0, size - 1)])
+            .map_err(LedgerError::Proof)?;
+        if stored.first() != Some(&leaf) {
+            return Err(LedgerError::Corrupt(format!(
+                "entry {} does not match its stored leaf hash",
+                size - 1
+            )));
+        }
+        let entry = Entry::decode(bytes)
+            .map_err(|e| LedgerError::Corrupt(format!("entry {}: {e}", size - 1)))?;
+        (leaf, entry.time_ms)
+    };
+    let note = String::from_utf8(note)
+        .map_err(|_| LedgerError::Corrupt("checkpoint is not UTF-8".into()))?;
+    let state = State {
+        frontier,
+        prev,
+        last_time_ms,
+        poisoned: None,
+    };
+    Ok((state, SignedCheckpoint { size, root, note }))
 }
 
 impl Ledger {
@@ -258,64 +338,7 @@ impl Ledger {
                     },
                 )
             }
-            Some((size, note)) => {
-                let checkpoint =
-                    Checkpoint::open(&note, &verifier).map_err(|e| LedgerError::WrongKey {
-                        key: verifier.to_string(),
-                        size,
-                        reason: e.to_string(),
-                    })?;
-                if checkpoint.size != size {
-                    return Err(LedgerError::Corrupt(format!(
-                        "checkpoint stored under size {size} says size {}",
-                        checkpoint.size
-                    )));
-                }
-                let frontier =
-                    Frontier::load(size, &Reader(backend.as_ref())).map_err(LedgerError::Proof)?;
-                let root = if size == 0 {
-                    empty_root()
-                } else {
-                    frontier.root()
-                };
-                if root != checkpoint.root {
-                    return Err(LedgerError::Corrupt(format!(
-                        "stored tree hashes give root {root} at size {size}, but the signed checkpoint says {}",
-                        checkpoint.root
-                    )));
-                }
-                let (prev, last_time_ms) = if size == 0 {
-                    (Hash::ZERO, 0)
-                } else {
-                    let last = backend.entries(size - 1, size)?;
-                    let bytes = last.first().ok_or(LedgerError::NoSuchEntry {
-                        index: size - 1,
-                        size,
-                    })?;
-                    let leaf = merkle::leaf_hash(bytes);
-                    let stored = Reader(backend.as_ref())
-                        .read_hashes(&[stored_hash_index(0, size - 1)])
-                        .map_err(LedgerError::Proof)?;
-                    if stored.first() != Some(&leaf) {
-                        return Err(LedgerError::Corrupt(format!(
-                            "entry {} does not match its stored leaf hash",
-                            size - 1
-                        )));
-                    }
-                    let entry = Entry::decode(bytes)
-                        .map_err(|e| LedgerError::Corrupt(format!("entry {}: {e}", size - 1)))?;
-                    (leaf, entry.time_ms)
-                };
-                let note = String::from_utf8(note)
-                    .map_err(|_| LedgerError::Corrupt("checkpoint is not UTF-8".into()))?;
-                let state = State {
-                    frontier,
-                    prev,
-                    last_time_ms,
-                    poisoned: None,
-                };
-                (state, SignedCheckpoint { size, root, note })
-            }
+            Some((size, note)) => load(backend.as_ref(), &verifier, size, note)?,
         };
         Ok(Ledger {
             backend,
@@ -447,52 +470,65 @@ impl Ledger {
         if let Some(cause) = &state.poisoned {
             return Err(LedgerError::Poisoned(cause.clone()));
         }
-        let time_ms = now_ms.max(state.last_time_ms);
-        let first_index = state.frontier.size();
-        let mut frontier = state.frontier.clone();
-        let mut prev = state.prev;
-        let mut appended = Vec::with_capacity(requests.len());
-        let mut hashes = Vec::with_capacity(requests.len() * 2);
-        for (offset, Prepared(template)) in requests.into_iter().enumerate() {
-            // The payload is already deterministic and the entry's size was checked with the
-            // largest possible time, so nothing here can fail.
-            let entry = Entry {
-                prev,
-                time_ms,
-                ..template
+        // Other writers sharing the backend may extend the log between our reads and our
+        // commit; each refused batch is rebuilt on the tree they left, a bounded number of times.
+        let mut retries = CONFLICT_RETRIES;
+        let (frontier, prev, time_ms, appended, size, root, note) = loop {
+            let time_ms = now_ms.max(state.last_time_ms);
+            let first_index = state.frontier.size();
+            let mut frontier = state.frontier.clone();
+            let mut prev = state.prev;
+            let mut appended = Vec::with_capacity(requests.len());
+            let mut hashes = Vec::with_capacity(requests.len() * 2);
+            for (offset, Prepared(template)) in requests.iter().enumerate() {
+                // The payload is already deterministic and the entry's size was checked with
+                // the largest possible time, so nothing here can fail.
+                let entry = Entry {
+                    prev,
+                    time_ms,
+                    ..template.clone()
+                };
+                let bytes = entry.encode();
+                let leaf = merkle::leaf_hash(&bytes);
+                hashes.extend(frontier.append(leaf));
+                appended.push(Appended {
+                    index: first_index + offset as u64,
+                    leaf_hash: leaf,
+                    entry: bytes,
+                });
+                prev = leaf;
+            }
+            let size = frontier.size();
+            let root = if size == 0 {
+                empty_root()
+            } else {
+                frontier.root()
             };
-            let bytes = entry.encode();
-            let leaf = merkle::leaf_hash(&bytes);
-            hashes.extend(frontier.append(leaf));
-            appended.push(Appended {
-                index: first_index + offset as u64,
-                leaf_hash: leaf,
-                entry: bytes,
-            });
-            prev = leaf;
-        }
-        let size = frontier.size();
-        let root = if size == 0 {
-            empty_root()
-        } else {
-            frontier.root()
+            let note = Checkpoint::new(self.signer.name(), size, root)
+                .sign(&self.signer)
+                .map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+            let batch = LedgerBatch {
+                first_index,
+                leaf_hashes: appended.iter().map(|a| a.leaf_hash).collect(),
+                entries: appended.iter().map(|a| a.entry.clone()).collect(),
+                first_hash_index: stored_hash_count(first_index),
+                hashes,
+                checkpoint_size: size,
+                checkpoint: note.clone().into_bytes(),
+            };
+            match self.backend.commit(&batch) {
+                Ok(()) => break (frontier, prev, time_ms, appended, size, root, note),
+                Err(LedgerError::Conflict { .. }) if retries > 0 => {
+                    // Nothing of the batch was written: read the tree the other writer left.
+                    retries -= 1;
+                    self.reload(&mut state)?;
+                }
+                Err(err) => {
+                    state.poisoned = Some(err.to_string());
+                    return Err(err);
+                }
+            }
         };
-        let note = Checkpoint::new(self.signer.name(), size, root)
-            .sign(&self.signer)
-            .map_err(|e| LedgerError::Corrupt(e.to_string()))?;
-        let batch = LedgerBatch {
-            first_index,
-            leaf_hashes: appended.iter().map(|a| a.leaf_hash).collect(),
-            entries: appended.iter().map(|a| a.entry.clone()).collect(),
-            first_hash_index: stored_hash_count(first_index),
-            hashes,
-            checkpoint_size: size,
-            checkpoint: note.clone().into_bytes(),
-        };
-        if let Err(err) = self.backend.commit(&batch) {
-            state.poisoned = Some(err.to_string());
-            return Err(err);
-        }
         state.frontier = frontier;
         state.prev = prev;
         state.last_time_ms = time_ms;
@@ -502,6 +538,52 @@ impl Ledger {
             Err(poisoned) => *poisoned.into_inner() = latest.clone(),
         }
         Ok((appended, latest))
+    }
+
+    /// Reads the stored tree into `state` and the latest checkpoint (after another writer
+    /// extended it). A stored tree that does not verify poisons the ledger.
+    fn reload(&self, state: &mut State) -> LedgerResult<()> {
+        let result = match self.backend.latest_checkpoint() {
+            Ok(Some((size, note))) => load(self.backend.as_ref(), &self.verifier, size, note),
+            Ok(None) => Err(LedgerError::Corrupt(
+                "the stored log lost its checkpoints".into(),
+            )),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok((loaded, latest)) => {
+                let poisoned = state.poisoned.take();
+                *state = State { poisoned, ..loaded };
+                match self.latest.write() {
+                    Ok(mut slot) => *slot = Arc::new(latest),
+                    Err(p) => *p.into_inner() = Arc::new(latest),
+                }
+                Ok(())
+            }
+            Err(err) => {
+                state.poisoned = Some(err.to_string());
+                Err(err)
+            }
+        }
+    }
+
+    /// Catches up with entries other writers sharing the backend appended: if the stored log is
+    /// longer than this handle's, reads its tree and latest checkpoint. A daemon on a shared
+    /// ledger calls this periodically so its checkpoints, receipts and proofs include them.
+    pub fn refresh(&self) -> LedgerResult<bool> {
+        let mut state = match self.state.lock() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let stored = self
+            .backend
+            .latest_checkpoint()?
+            .map_or(0, |(size, _)| size);
+        if stored <= state.frontier.size() {
+            return Ok(false);
+        }
+        self.reload(&mut state)?;
+        Ok(true)
     }
 
     /// Checks a request and puts its payload in deterministic form, once: the sequencer prepares

@@ -362,6 +362,13 @@ impl LedgerBackend for PgLedger {
                 )
                 .map_err(db)?;
             let (size, hash_count) = (state.get::<_, i64>(0) as u64, state.get::<_, i64>(1) as u64);
+            if size > batch.first_index && hash_count > batch.first_hash_index {
+                // Another writer got there first; the caller rebuilds the batch on its tree.
+                return Err(LedgerError::Conflict {
+                    stored: size,
+                    start: batch.first_index,
+                });
+            }
             if size != batch.first_index || hash_count != batch.first_hash_index {
                 return Err(LedgerError::backend(
                     BACKEND,

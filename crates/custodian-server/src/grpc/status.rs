@@ -82,9 +82,11 @@ impl From<GrpcError> for Status {
                     Status::data_loss(format!("{source}; nothing derived from it is served"))
                 }
                 LedgerError::WrongKey { .. } => Status::failed_precondition(source.to_string()),
-                LedgerError::Poisoned(_) | LedgerError::NotYetPublished { .. } => {
-                    Status::unavailable(source.to_string())
-                }
+                // A conflict reaches a client only after the ledger's retries ran out: the log is
+                // busy with other writers, and the append may be sent again.
+                LedgerError::Poisoned(_)
+                | LedgerError::NotYetPublished { .. }
+                | LedgerError::Conflict { .. } => Status::unavailable(source.to_string()),
                 LedgerError::Backend { .. } => Status::internal(source.to_string()),
             },
             GrpcError::Registry(err) => match err {
