@@ -210,8 +210,8 @@ pub struct ServeArgs {
 
     /// Keep the ledger in PostgreSQL instead of the embedded RocksDB ledger:
     /// postgres://USER[:PASSWORD]@HOST:PORT/DATABASE (the schema is created on first use).
-    /// Daemons sharing the database and the log key append to one log, never a fork; serve the
-    /// registry from one of them for now (its index does not follow the others yet)
+    /// Daemons sharing the database and the log key append to one log, never a fork, and follow
+    /// each other's entries within a second; send publications to one of them for now
     #[arg(long, env = "CUSTODIAN_LEDGER", value_name = "URL", value_parser = parse_ledger_url)]
     ledger: Option<String>,
 

@@ -134,6 +134,11 @@ impl ServerConfig {
     }
 }
 
+/// How often a daemon on a shared (PostgreSQL) ledger catches up with what other daemons
+/// appended: the bound on how long a publication through one daemon takes to show through
+/// another.
+pub const LEDGER_FOLLOW_EVERY: Duration = Duration::from_secs(1);
+
 /// Opens the configured storage backend, recovering from any earlier crash.
 pub async fn open_store(config: &ServerConfig) -> Result<BlobStore, ServerError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
@@ -281,14 +286,19 @@ pub async fn serve(
     if config.ledger.is_some() {
         // Other daemons sharing the PostgreSQL ledger append too: catch up with their entries,
         // so that this daemon's checkpoints, receipts and proofs include them within a second.
+        // The registry index then applies what they appended.
         let shared = ledger.clone();
+        let follower = registry.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut tick = tokio::time::interval(LEDGER_FOLLOW_EVERY);
             loop {
                 tick.tick().await;
                 let ledger = shared.clone();
                 if let Ok(Err(err)) = tokio::task::spawn_blocking(move || ledger.refresh()).await {
                     tracing::warn!(%err, "could not catch up with the shared ledger");
+                }
+                if let Err(err) = follower.follow().await {
+                    tracing::warn!(%err, "could not apply the shared ledger's new entries");
                 }
             }
         });

@@ -155,7 +155,17 @@ pub trait LedgerBackend: Send + Sync {
     fn hash_range(&self, start: u64, end: u64) -> LedgerResult<Vec<Hash>>;
     /// Writes a batch atomically and durably.
     fn commit(&self, batch: &LedgerBatch) -> LedgerResult<()>;
+    /// For a backend several processes append to: takes the backend's append lock and holds it
+    /// until the returned guard is dropped, so that a writer builds its batch on the stored tree
+    /// and commits it before any other writer can extend the tree (no writer starves retrying).
+    /// `None` for a backend with a single writer.
+    fn append_lock(&self) -> LedgerResult<Option<Box<dyn AppendLock>>> {
+        Ok(None)
+    }
 }
+
+/// A held append lock of a shared ledger backend; dropping it releases the lock.
+pub trait AppendLock: Send {}
 
 /// Adapts a backend to the Merkle code's [`HashReader`].
 struct Reader<'a>(&'a dyn LedgerBackend);
@@ -470,8 +480,21 @@ impl Ledger {
         if let Some(cause) = &state.poisoned {
             return Err(LedgerError::Poisoned(cause.clone()));
         }
-        // Other writers sharing the backend may extend the log between our reads and our
-        // commit; each refused batch is rebuilt on the tree they left, a bounded number of times.
+        // On a shared backend, hold its append lock from reading the stored tree to the commit:
+        // no other writer extends the tree meanwhile.
+        let _lock = self.backend.append_lock()?;
+        if _lock.is_some() {
+            let stored = self
+                .backend
+                .latest_checkpoint()?
+                .map_or(0, |(size, _)| size);
+            if stored != state.frontier.size() {
+                self.reload(&mut state)?;
+            }
+        }
+        // A writer that does not take the lock may still extend the log between our reads and
+        // our commit; each refused batch is rebuilt on the tree it left, a bounded number of
+        // times.
         let mut retries = CONFLICT_RETRIES;
         let (frontier, prev, time_ms, appended, size, root, note) = loop {
             let time_ms = now_ms.max(state.last_time_ms);

@@ -14,7 +14,9 @@ use std::sync::mpsc::{Receiver, Sender, sync_channel};
 use std::sync::{Arc, Mutex};
 
 use custodian_core::merkle::{HASH_LEN, Hash};
-use custodian_storage::ledger::{LedgerBackend, LedgerBatch, LedgerError, LedgerResult};
+use custodian_storage::ledger::{
+    AppendLock, LedgerBackend, LedgerBatch, LedgerError, LedgerResult,
+};
 use postgres::{Client, NoTls};
 
 const BACKEND: &str = "postgres";
@@ -110,9 +112,59 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// The advisory lock key every Custodian appending to a database takes (any fixed number).
+const APPEND_LOCK_KEY: i64 = 7_208_164;
+
+/// A request to the lock worker: answer on the first channel once the lock is held, then hold
+/// it until the second channel is closed (the guard dropped).
+type LockRequest = (std::sync::mpsc::SyncSender<LedgerResult<()>>, Receiver<()>);
+
 /// The ledger's tables in a PostgreSQL database.
 pub struct PgLedger {
     jobs: Mutex<Sender<Job>>,
+    locks: Mutex<Sender<LockRequest>>,
+}
+
+/// A held append lock: a session advisory lock on the lock worker's connection, released when
+/// this is dropped (or by PostgreSQL, if the connection or the process dies).
+struct PgAppendLock {
+    _release: std::sync::mpsc::SyncSender<()>,
+}
+
+impl AppendLock for PgAppendLock {}
+
+/// Serves lock requests on a connection of its own: the advisory lock is the connection's, so
+/// taking and releasing it must happen on one connection.
+fn lock_worker(mut worker: Worker, requests: Receiver<LockRequest>) {
+    while let Ok((held, release)) = requests.recv() {
+        let taken = worker.client().and_then(|c| {
+            c.execute("SELECT pg_advisory_lock($1)", &[&APPEND_LOCK_KEY])
+                .map(|_| ())
+                .map_err(db)
+        });
+        let ok = taken.is_ok();
+        if held.send(taken).is_err() || !ok {
+            if ok {
+                release_lock(&mut worker);
+            }
+            continue;
+        }
+        // Blocks until the guard is dropped (its sender closes).
+        let _ = release.recv();
+        release_lock(&mut worker);
+    }
+}
+
+fn release_lock(worker: &mut Worker) {
+    let released = worker.client().and_then(|c| {
+        c.execute("SELECT pg_advisory_unlock($1)", &[&APPEND_LOCK_KEY])
+            .map(|_| ())
+            .map_err(db)
+    });
+    if released.is_err() {
+        // A broken connection released the lock with it; start afresh.
+        worker.client = None;
+    }
 }
 
 impl PgLedger {
@@ -139,8 +191,18 @@ impl PgLedger {
             };
             spawn_worker(worker, rx.clone())?;
         }
+        let (lock_tx, lock_rx) = std::sync::mpsc::channel::<LockRequest>();
+        let locker = Worker {
+            url: url.to_string(),
+            client: None,
+        };
+        std::thread::Builder::new()
+            .name("custodian-pg-lock".into())
+            .spawn(move || lock_worker(locker, lock_rx))
+            .map_err(|e| LedgerError::backend(BACKEND, format!("cannot start a worker: {e}")))?;
         Ok(PgLedger {
             jobs: Mutex::new(tx),
+            locks: Mutex::new(lock_tx),
         })
     }
 
@@ -229,6 +291,22 @@ fn migrate(client: &mut Client, shown: &str) -> LedgerResult<()> {
 impl LedgerBackend for PgLedger {
     fn name(&self) -> &'static str {
         BACKEND
+    }
+
+    fn append_lock(&self) -> LedgerResult<Option<Box<dyn AppendLock>>> {
+        let (held_tx, held_rx) = sync_channel(1);
+        let (release_tx, release_rx) = sync_channel(1);
+        self.locks
+            .lock()
+            .map_err(|_| LedgerError::backend(BACKEND, "the lock queue was poisoned"))?
+            .send((held_tx, release_rx))
+            .map_err(|_| LedgerError::backend(BACKEND, "the lock worker stopped"))?;
+        held_rx
+            .recv()
+            .map_err(|_| LedgerError::backend(BACKEND, "the lock worker stopped mid-call"))??;
+        Ok(Some(Box::new(PgAppendLock {
+            _release: release_tx,
+        })))
     }
 
     fn latest_checkpoint(&self) -> LedgerResult<Option<(u64, Vec<u8>)>> {

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use custodian_core::entry::EntryKind;
+use custodian_core::merkle::Hash;
 use custodian_postgres::PgLedger;
-use custodian_storage::ledger::{Ledger, LedgerBackend, LedgerError};
+use custodian_storage::ledger::{Ledger, LedgerBackend, LedgerBatch, LedgerError};
 use custodian_storage::ledger_conformance::{self, LedgerHarness, payload, test_signer};
 use custodian_testkit::Postgres;
 
@@ -18,6 +19,46 @@ impl LedgerHarness for Harness {
         Arc::new(PgLedger::open(&self.0).expect("open the PostgreSQL ledger"))
     }
 }
+
+/// A PostgreSQL ledger whose writer skips the append lock: its stale batches reach the
+/// database, which must refuse them (the `Conflict` path the lock otherwise avoids).
+struct NoLock(Arc<dyn LedgerBackend>);
+
+impl LedgerBackend for NoLock {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, LedgerError> {
+        self.0.latest_checkpoint()
+    }
+    fn checkpoint(&self, size: u64) -> Result<Option<Vec<u8>>, LedgerError> {
+        self.0.checkpoint(size)
+    }
+    fn checkpoints(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
+        self.0.checkpoints(from, limit)
+    }
+    fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, LedgerError> {
+        self.0.entries(start, end)
+    }
+    fn index_of(&self, leaf: &Hash) -> Result<Option<u64>, LedgerError> {
+        self.0.index_of(leaf)
+    }
+    fn hashes(&self, indexes: &[u64]) -> Result<Vec<Option<Hash>>, LedgerError> {
+        self.0.hashes(indexes)
+    }
+    fn hash_range(&self, start: u64, end: u64) -> Result<Vec<Hash>, LedgerError> {
+        self.0.hash_range(start, end)
+    }
+    fn commit(&self, batch: &LedgerBatch) -> Result<(), LedgerError> {
+        let result = self.0.commit(batch);
+        if matches!(result, Err(LedgerError::Conflict { .. })) {
+            CONFLICTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        result
+    }
+}
+
+static CONFLICTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn append(ledger: &Ledger, n: u64) -> Result<u64, LedgerError> {
     let size = ledger.latest().size;
@@ -36,7 +77,7 @@ fn no_fork(url: &str, size: u64) {
     let entries = backend.entries(0, size).expect("every entry");
     let mut frontier = custodian_core::merkle::Frontier::new();
     let mut roots = vec![custodian_core::merkle::empty_root()];
-    let mut prev = custodian_core::merkle::Hash::ZERO;
+    let mut prev = Hash::ZERO;
     for bytes in &entries {
         let entry = custodian_core::entry::Entry::decode(bytes).expect("an entry");
         assert_eq!(entry.prev, prev, "the entries chain");
@@ -101,9 +142,15 @@ fn the_ledger_conformance_suite_passes_on_postgresql() {
     // refused and rebuilds it on the stored tree.
     let url = pg.database("two_writers");
     let a = Ledger::open(Harness(url.clone()).open(), test_signer()).expect("open a");
-    let b = Ledger::open(Harness(url.clone()).open(), test_signer()).expect("open b");
+    // b does not take the append lock, so its stale batch reaches the database and is refused.
+    let b =
+        Ledger::open(Arc::new(NoLock(Harness(url.clone()).open())), test_signer()).expect("open b");
     assert_eq!(append(&a, 3).expect("a appends"), 3);
     assert_eq!(append(&b, 2).expect("b continues a's tree"), 5);
+    assert!(
+        CONFLICTS.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "b's stale batch was refused and rebuilt"
+    );
     assert!(a.refresh().expect("a catches up"));
     assert_eq!(a.latest().size, 5);
     no_fork(&url, 5);

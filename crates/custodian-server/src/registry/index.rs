@@ -68,9 +68,20 @@ pub struct Index {
     oci: crate::oci::index::OciIndex,
     /// Pins, legal holds and deletions (`BlobRetention` and `BlobsDeleted` entries).
     retention: crate::retention::index::RetentionIndex,
+    /// Every entry below this index has been read from the ledger (by replay or by following
+    /// it); see [`Index::ingest`].
+    processed_below: u64,
+    /// Entries at or above `processed_below` already applied (this daemon's own appends, applied
+    /// as they are made), so that following the ledger does not apply them twice.
+    applied_above: std::collections::BTreeSet<u64>,
 }
 
 impl Index {
+    /// Every entry below this index has been read from the ledger.
+    pub fn processed_below(&self) -> u64 {
+        self.processed_below
+    }
+
     /// Pins, legal holds and deletions.
     pub fn retention(&self) -> &crate::retention::index::RetentionIndex {
         &self.retention
@@ -116,6 +127,11 @@ impl Index {
     /// Applies one service entry (registry or evidence); other kinds are ignored. An error means
     /// the entry does not decode as its kind says.
     pub fn apply(&mut self, index: u64, entry: &Entry) -> Result<(), String> {
+        // Each entry is applied once, whether this daemon appended it or read it from a ledger
+        // other daemons share.
+        if index < self.processed_below || !self.applied_above.insert(index) {
+            return Ok(());
+        }
         match entry.kind {
             EntryKind::PackagePublished => {
                 let event: PackagePublished = entry.event().map_err(|e| e.to_string())?;
@@ -134,8 +150,9 @@ impl Index {
                 if package.publisher_key.is_empty() {
                     package.publisher_key = event.publisher_key.clone();
                 }
-                package.versions.insert(
-                    version,
+                // Versions are immutable: the first publication in ledger order stands (two
+                // daemons sharing a ledger can race to publish one version; see docs/storage.md).
+                package.versions.entry(version).or_insert_with(|| {
                     Arc::new(VersionRecord {
                         event,
                         files,
@@ -143,8 +160,8 @@ impl Index {
                         time_ms: entry.time_ms,
                         yanked: None,
                         data_pack: None,
-                    }),
-                );
+                    })
+                });
             }
             EntryKind::VersionYanked => {
                 let event: VersionYanked = entry.event().map_err(|e| e.to_string())?;
@@ -383,7 +400,25 @@ impl Index {
     ) -> Result<Index, LedgerError> {
         let mut state = Index::default();
         let size = ledger.latest().size;
-        let mut start = 0;
+        let applied = state.follow(ledger, size, body)?;
+        tracing::info!(
+            entries = size,
+            registry_events = applied,
+            "registry rebuilt from the ledger"
+        );
+        Ok(state)
+    }
+
+    /// Reads and applies the ledger's entries from [`Index::processed_below`] up to `size`
+    /// (entries this daemon already applied are skipped); returns how many were applied. This
+    /// is the replay at start-up, and how a daemon follows a ledger other daemons append to.
+    pub fn follow(
+        &mut self,
+        ledger: &Ledger,
+        size: u64,
+        body: &dyn Fn(&Digest) -> Result<Vec<u8>, String>,
+    ) -> Result<u64, LedgerError> {
+        let mut start = self.processed_below;
         let mut applied = 0u64;
         while start < size {
             let end = (start + REPLAY_CHUNK).min(size);
@@ -393,69 +428,81 @@ impl Index {
             let leaves = ledger.leaf_hashes(start, end)?;
             for (offset, bytes) in ledger.entries(start, end)?.into_iter().enumerate() {
                 let index = start + offset as u64;
-                let actual = custodian_core::merkle::leaf_hash(&bytes);
-                if actual != leaves[offset] {
-                    tracing::error!(
-                        index,
-                        %actual,
-                        recorded = %leaves[offset],
-                        "ledger entry is damaged; it is not applied, and badges are withheld until `custodian scrub` finds the log clean"
-                    );
-                    state.damaged.push(index);
+                if self.applied_above.contains(&index) {
                     continue;
                 }
-                // Most entries are not the registry's: skip them without decoding.
-                if let Some(kind) = custodian_core::entry::peek_kind(&bytes)
-                    && !EntryKind::is_service_name(kind)
-                {
-                    continue;
-                }
-                let mut entry = Entry::decode(&bytes).map_err(|e| {
-                    LedgerError::Corrupt(format!("entry {index} does not decode: {e}"))
-                })?;
-                // A sealed entry is applied as the event in its body, which must be the one the
-                // log committed to; a missing or wrong body is damage, like a damaged entry.
-                if entry.kind == EntryKind::Sealed {
-                    let unsealed = custodian_core::seal::commitment(&entry)
-                        .map_err(|e| e.to_string())
-                        .and_then(|(digest, _)| {
-                            let bytes = body(&digest)?;
-                            let event = custodian_core::seal::unseal(&entry, &bytes)
-                                .map_err(|e| e.to_string())?;
-                            Ok((digest, event))
-                        });
-                    match unsealed {
-                        Ok((digest, event)) => {
-                            state.add_body(&digest, &event);
-                            entry = event;
-                        }
-                        Err(err) => {
-                            tracing::error!(index, %err, "the body of a sealed entry cannot be read; it is not applied, and badges are withheld until `custodian scrub` finds the store clean");
-                            state.damaged.push(index);
-                            continue;
-                        }
-                    }
-                }
-                if entry.kind.is_service() {
-                    // These kinds are appended only by the registry and evidence services, so a bad
-                    // one means the code that wrote it was wrong: skip it loudly rather than refuse
-                    // to start.
-                    match state.apply(index, &entry) {
-                        Ok(()) => applied += 1,
-                        Err(err) => {
-                            tracing::error!(index, %err, "skipping a registry entry that does not apply")
-                        }
-                    }
-                }
+                applied += u64::from(self.ingest(index, &bytes, &leaves[offset], body)?);
             }
             start = end;
+            self.processed_below = end;
+            self.applied_above = self.applied_above.split_off(&end);
         }
-        tracing::info!(
-            entries = size,
-            registry_events = applied,
-            "registry rebuilt from the ledger"
-        );
-        Ok(state)
+        Ok(applied)
+    }
+
+    /// Checks one entry read from the ledger against its recorded leaf hash and applies it if it
+    /// is a service entry (a sealed one through its body); returns whether it was applied.
+    fn ingest(
+        &mut self,
+        index: u64,
+        bytes: &[u8],
+        leaf: &custodian_core::merkle::Hash,
+        body: &dyn Fn(&Digest) -> Result<Vec<u8>, String>,
+    ) -> Result<bool, LedgerError> {
+        let actual = custodian_core::merkle::leaf_hash(bytes);
+        if actual != *leaf {
+            tracing::error!(
+                index,
+                %actual,
+                recorded = %leaf,
+                "ledger entry is damaged; it is not applied, and badges are withheld until `custodian scrub` finds the log clean"
+            );
+            self.damaged.push(index);
+            return Ok(false);
+        }
+        // Most entries are not the registry's: skip them without decoding.
+        if let Some(kind) = custodian_core::entry::peek_kind(bytes)
+            && !EntryKind::is_service_name(kind)
+        {
+            return Ok(false);
+        }
+        let mut entry = Entry::decode(bytes)
+            .map_err(|e| LedgerError::Corrupt(format!("entry {index} does not decode: {e}")))?;
+        // A sealed entry is applied as the event in its body, which must be the one the log
+        // committed to; a missing or wrong body is damage, like a damaged entry.
+        if entry.kind == EntryKind::Sealed {
+            let unsealed = custodian_core::seal::commitment(&entry)
+                .map_err(|e| e.to_string())
+                .and_then(|(digest, _)| {
+                    let bytes = body(&digest)?;
+                    let event =
+                        custodian_core::seal::unseal(&entry, &bytes).map_err(|e| e.to_string())?;
+                    Ok((digest, event))
+                });
+            match unsealed {
+                Ok((digest, event)) => {
+                    self.add_body(&digest, &event);
+                    entry = event;
+                }
+                Err(err) => {
+                    tracing::error!(index, %err, "the body of a sealed entry cannot be read; it is not applied, and badges are withheld until `custodian scrub` finds the store clean");
+                    self.damaged.push(index);
+                    return Ok(false);
+                }
+            }
+        }
+        if !entry.kind.is_service() {
+            return Ok(false);
+        }
+        // These kinds are appended only by the registry and evidence services, so a bad one
+        // means the code that wrote it was wrong: skip it loudly rather than refuse to start.
+        match self.apply(index, &entry) {
+            Ok(()) => Ok(true),
+            Err(err) => {
+                tracing::error!(index, %err, "skipping a registry entry that does not apply");
+                Ok(false)
+            }
+        }
     }
 }
 

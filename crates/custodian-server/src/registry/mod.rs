@@ -275,6 +275,35 @@ impl Registry {
         })
     }
 
+    /// Applies the entries other daemons appended to a ledger this daemon shares (PostgreSQL):
+    /// publications, yanks, data packs, evidence, keys, OCI and retention entries appended
+    /// through any daemon become visible through this one. Returns how many were applied.
+    pub async fn follow(self: &Arc<Self>) -> Result<u64, RegistryError> {
+        let registry = self.clone();
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let ledger = registry.sequencer.ledger().clone();
+            let size = ledger.latest().size;
+            if size <= registry.read().processed_below() {
+                return Ok(0);
+            }
+            let bodies = registry.store.clone();
+            let mut index = registry
+                .index
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            index
+                .follow(&ledger, size, &|digest| {
+                    runtime
+                        .block_on(read_all(&bodies, digest))
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(RegistryError::Ledger)
+        })
+        .await
+        .map_err(|e| RegistryError::Ledger(LedgerError::Poisoned(e.to_string())))?
+    }
+
     /// Sets the registry's license ids (replacing [`DEFAULT_REGISTRY_LICENSES`]).
     pub fn set_registry_licenses(&self, ids: Vec<String>) {
         *self
