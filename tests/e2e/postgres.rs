@@ -8,23 +8,39 @@ use custodian_testkit::{Daemon, Postgres};
 
 use crate::registry::{publish_example, stdout};
 
+/// A daemon on the PostgreSQL ledger at `url`, taking raw appends with token `t`.
+fn pg_daemon(data: &std::path::Path, url: &str, origin: &str) -> Daemon {
+    Daemon::start_with(
+        data,
+        &[
+            "--ledger",
+            url,
+            "--append-token",
+            "t",
+            "--log-origin",
+            origin,
+        ],
+    )
+}
+
+/// Exports the daemon's log to `dir` and audits it offline; returns the audit's JSON.
+fn export_audits(daemon: &Daemon, dir: &std::path::Path) -> serde_json::Value {
+    let export = dir.to_str().expect("a utf-8 path");
+    stdout(&daemon.cli(&["log", "export", export]));
+    let key = stdout(&daemon.cli(&["log", "key"]));
+    let audit = stdout(&daemon.cli(&["audit", export, "--key", key.trim(), "--json"]));
+    let audit: serde_json::Value = serde_json::from_str(&audit).expect("audit --json");
+    assert_eq!(audit["ok"], true, "{audit}");
+    audit
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_daemon_keeps_its_ledger_in_postgresql() {
     let pg = Postgres::start();
     let url = pg.database("custodian");
     let dir = tempfile::tempdir().expect("a PostgreSQL ledger test step");
     let data = dir.path().join("data");
-    let mut daemon = Daemon::start_with(
-        &data,
-        &[
-            "--ledger",
-            &url,
-            "--append-token",
-            "t",
-            "--log-origin",
-            "pg.test/ledger",
-        ],
-    );
+    let mut daemon = pg_daemon(&data, &url, "pg.test/ledger");
     assert!(
         !data.join("ledger").exists(),
         "the embedded ledger is not created beside a PostgreSQL one"
@@ -43,13 +59,7 @@ async fn a_daemon_keeps_its_ledger_in_postgresql() {
     );
     crate::interop::go_verifies_the_log(&daemon, &dir.path().join("go-2")).await;
 
-    let export = dir.path().join("export");
-    let export = export.to_str().expect("a utf-8 path");
-    stdout(&daemon.cli(&["log", "export", export]));
-    let key = stdout(&daemon.cli(&["log", "key"]));
-    let audit = stdout(&daemon.cli(&["audit", export, "--key", key.trim(), "--json"]));
-    let audit: serde_json::Value = serde_json::from_str(&audit).expect("audit --json");
-    assert_eq!(audit["ok"], true, "{audit}");
+    let audit = export_audits(&daemon, &dir.path().join("export"));
     assert!(audit["entries"].as_u64() >= Some(46), "{audit}");
 
     // Nothing listens on this port: the daemon refuses to start and names the URL.
@@ -77,17 +87,7 @@ async fn two_daemons_append_to_one_postgresql_log() {
         .map(|name| {
             let data = dir.path().join(name);
             custodian_testkit::write_log_key(&data, origin, 21);
-            Daemon::start_with(
-                &data,
-                &[
-                    "--ledger",
-                    &url,
-                    "--append-token",
-                    "t",
-                    "--log-origin",
-                    origin,
-                ],
-            )
+            pg_daemon(&data, &url, origin)
         })
         .collect();
     let mut clients = Vec::new();
@@ -151,13 +151,7 @@ async fn two_daemons_append_to_one_postgresql_log() {
         published.elapsed()
     );
     for (daemon, name) in daemons.iter().zip(["a", "b"]) {
-        let export = dir.path().join(format!("export-{name}"));
-        let export = export.to_str().expect("a utf-8 path");
-        stdout(&daemon.cli(&["log", "export", export]));
-        let key = stdout(&daemon.cli(&["log", "key"]));
-        let audit = stdout(&daemon.cli(&["audit", export, "--key", key.trim(), "--json"]));
-        let audit: serde_json::Value = serde_json::from_str(&audit).expect("audit --json");
-        assert_eq!(audit["ok"], true, "{audit}");
+        let audit = export_audits(daemon, &dir.path().join(format!("export-{name}")));
         assert!(audit["entries"].as_u64() > Some(30), "{audit}");
     }
 }
