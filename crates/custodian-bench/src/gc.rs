@@ -172,19 +172,23 @@ async fn measure(args: &GcArgs, daemon: &Daemon) -> anyhow::Result<GcRow> {
 /// Runs the garbage-collection benchmark.
 pub fn run(args: GcArgs) -> anyhow::Result<ExitCode> {
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let work = base.join(format!("custodian-bench-gc-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
-    let _cleanup = custodian_testkit::RemoveOnDrop(work.clone());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    // A 1 s upload expiry lets the collection run with a 1 s grace.
-    let daemon = crate::measure::daemon(&work.join("data"), "rocksdb", &["--upload-expiry", "1s"])?;
-    let row = runtime.block_on(measure(&args, &daemon))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&row)?);
-        return Ok(ExitCode::SUCCESS);
-    }
+    let args = &args;
+    crate::measure::run_scenario(
+        "custodian-bench-gc",
+        Some(&base),
+        args.json,
+        |work| async move {
+            // A 1 s upload expiry lets the collection run with a 1 s grace.
+            let daemon =
+                crate::measure::daemon(&work.join("data"), "rocksdb", &["--upload-expiry", "1s"])?;
+            measure(args, &daemon).await
+        },
+        print,
+    )
+}
+
+/// Prints the report as a table.
+fn print(row: &GcRow) {
     println!(
         "garbage collection of {} blobs of {} bytes (all garbage), RocksDB, while 4 KiB puts continue:",
         row.blobs, row.blob_bytes
@@ -221,5 +225,4 @@ pub fn run(args: GcArgs) -> anyhow::Result<ExitCode> {
         row.put_ms_p99_during_gc / row.put_ms_p99_idle
     );
     println!("| daemon peak RSS | {:.0} MiB | |", row.daemon_peak_rss_mib);
-    Ok(ExitCode::SUCCESS)
 }
