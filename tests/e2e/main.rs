@@ -19,6 +19,7 @@ mod postgres;
 mod registry;
 mod resumable;
 mod retention;
+mod scale;
 mod scan;
 mod sealed;
 mod tiles;

@@ -23,14 +23,21 @@ fn pg_daemon(data: &std::path::Path, url: &str, origin: &str) -> Daemon {
     )
 }
 
-/// Exports the daemon's log to `dir` and audits it offline; returns the audit's JSON.
-fn export_audits(daemon: &Daemon, dir: &std::path::Path) -> serde_json::Value {
+/// Exports the daemon's log to `dir` over gRPC and audits it offline; returns the audit's JSON.
+pub(crate) fn export_audits(daemon: &Daemon, dir: &std::path::Path) -> serde_json::Value {
     let export = dir.to_str().expect("a utf-8 path");
     stdout(&daemon.cli(&["log", "export", export]));
+    audits(daemon, dir)
+}
+
+/// Audits the export in `dir` offline with the daemon's log key; asserts it is clean and
+/// returns the audit's JSON.
+pub(crate) fn audits(daemon: &Daemon, dir: &std::path::Path) -> serde_json::Value {
+    let export = dir.to_str().expect("a utf-8 path");
     let key = stdout(&daemon.cli(&["log", "key"]));
     let audit = stdout(&daemon.cli(&["audit", export, "--key", key.trim(), "--json"]));
     let audit: serde_json::Value = serde_json::from_str(&audit).expect("audit --json");
-    assert_eq!(audit["ok"], true, "{audit}");
+    assert_eq!(audit["ok"], true, "the audit of {export}: {audit}");
     audit
 }
 

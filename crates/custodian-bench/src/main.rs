@@ -14,6 +14,7 @@ mod load;
 mod measure;
 mod oci;
 mod rest;
+mod scale;
 mod scan;
 mod small;
 mod tlog;
@@ -78,6 +79,10 @@ at least once). Also prints the daemon's peak resident memory (VmHWM)."
     /// second against the rate they were stored at, and put latency during the collection
     /// against put latency without it
     Gc(crate::gc::GcArgs),
+    /// Past one machine: durable appends with 1 and 3 daemons on one PostgreSQL ledger beside
+    /// the embedded RocksDB ledger and PostgreSQL's own synced insert, and 4 KiB BatchPut with
+    /// 1 and 3 daemons on one bucket beside the bucket's own PUT rate
+    Scale(crate::scale::ScaleArgs),
     /// A 1 GiB hosted data-pack upload over REST, ranged reads and a verified download
     Rest(crate::rest::RestArgs),
     /// The log as others see it: appends under a 2-of-3 witness quorum next to none and next to
@@ -102,6 +107,7 @@ fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Scan(args) => crate::scan::run(args),
         BenchCommand::Small(args) => crate::small::run(args),
         BenchCommand::Gc(args) => crate::gc::run(args),
+        BenchCommand::Scale(args) => crate::scale::run(args),
         BenchCommand::Rest(args) => crate::rest::run(args),
         BenchCommand::Tlog(args) => crate::tlog::run(args),
         BenchCommand::Oci(args) => crate::oci::run(args),

@@ -108,3 +108,18 @@ where
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
+
+/// A `Ledger.Append` of one `BenchEvent` entry carrying `payload`, with an append token.
+pub fn append_request(
+    payload: &custodian_core::entry::Value,
+    token: &str,
+) -> anyhow::Result<tonic::Request<custodian_proto::ledger::v1::AppendRequest>> {
+    let mut request = tonic::Request::new(custodian_proto::ledger::v1::AppendRequest {
+        kind: "BenchEvent".into(),
+        payload_cbor: custodian_core::entry::encode_value(payload).into(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(request)
+}

@@ -83,15 +83,7 @@ fn go_bin(name: &str) -> anyhow::Result<PathBuf> {
 
 /// A `Ledger.Append` of one text entry with the bench's append token.
 fn append_request(text: String) -> anyhow::Result<tonic::Request<pb::AppendRequest>> {
-    let payload = custodian_core::entry::encode_value(&custodian_core::entry::Value::Text(text));
-    let mut request = tonic::Request::new(pb::AppendRequest {
-        kind: "BenchEvent".into(),
-        payload_cbor: payload.into(),
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse()?);
-    Ok(request)
+    crate::measure::append_request(&custodian_core::entry::Value::Text(text), TOKEN)
 }
 
 async fn timed_appends(

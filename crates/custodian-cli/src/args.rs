@@ -23,6 +23,27 @@ pub struct StoreArgs {
     /// Object store option KEY=VALUE, e.g. aws_endpoint=http://127.0.0.1:9000 (repeatable)
     #[arg(long = "storage-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub storage_options: Vec<(String, String)>,
+
+    /// Keep the ledger, and with an object store the blob index, in PostgreSQL instead of the
+    /// embedded RocksDB: postgres://USER[:PASSWORD]@HOST:PORT/DATABASE (the schema is created
+    /// on first use). Daemons sharing the database, the bucket and the log key serve one
+    /// registry: one log, never a fork, each following the others' entries within a second
+    #[arg(long, env = "CUSTODIAN_LEDGER", value_name = "URL", value_parser = parse_ledger_url)]
+    pub ledger: Option<String>,
+}
+
+/// Parses a PostgreSQL URL for `--ledger`.
+pub fn parse_ledger_url(text: &str) -> Result<String, String> {
+    match url::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "postgres" | "postgresql") => Ok(text.to_string()),
+        Ok(url) => Err(format!(
+            "{:?} is not a PostgreSQL URL: expected postgres://USER@HOST:PORT/DATABASE (omit --ledger for the embedded ledger)",
+            url.scheme()
+        )),
+        Err(e) => Err(format!(
+            "not a URL ({e}): expected postgres://USER@HOST:PORT/DATABASE"
+        )),
+    }
 }
 
 /// Parses `KEY=VALUE`.

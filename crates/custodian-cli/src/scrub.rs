@@ -24,7 +24,9 @@ stored tree hash is recomputed from the leaves, and every checkpoint's signature
 checked. Log entries cannot be moved aside (the tree is signed and append-only): damaged ones \
 are listed in the quarantine folder's ledger.json with the leaf hash a restored entry must \
 have. While any entry is damaged the daemon withholds badges.\n\n\
-Run it on a stopped daemon's data directory (RocksDB allows one process). Exit status: 0 \
+Run it on a stopped daemon's data directory (RocksDB allows one process). With --ledger \
+postgres://… it reads the shared ledger and blob index in PostgreSQL (and the bucket --storage \
+names), and may run while the daemons do. Exit status: 0 \
 when everything is intact, 2 when anything is damaged, 1 when the scrub itself failed.";
 
 /// Options of `custodian scrub`.
@@ -61,6 +63,8 @@ pub async fn run(args: ScrubArgs) -> anyhow::Result<ExitCode> {
     let mut config = ServerConfig::new(&args.store.data_dir);
     config.storage = args.store.storage.clone();
     config.storage_options = args.store.storage_options.clone();
+    config.ledger = args.store.ledger.clone();
+    config.beside_daemons = config.ledger.is_some();
     let options = ScrubOptions {
         quarantine: (!args.report_only).then(|| {
             args.quarantine_dir
@@ -73,14 +77,15 @@ pub async fn run(args: ScrubArgs) -> anyhow::Result<ExitCode> {
 
     // The log first: it is small next to the blobs, and a damaged log is the graver news.
     let ledger_dir = args.store.data_dir.join("ledger");
+    let has_log = ledger_dir.is_dir() || config.ledger.is_some();
     let key_file = args.store.data_dir.join(custodian_server::KEY_FILE);
-    if ledger_dir.is_dir() && !key_file.is_file() {
+    if has_log && !key_file.is_file() {
         // Opening the ledger would generate a new key; a scrub must change nothing of the sort.
         report.log_problems.push(format!(
             "{} is missing, so the checkpoints cannot be checked; restore the log key from its backup",
             key_file.display()
         ));
-    } else if ledger_dir.is_dir() {
+    } else if has_log {
         bar.set_message("log");
         match custodian_server::open_ledger(&config).await {
             Ok(ledger) => {

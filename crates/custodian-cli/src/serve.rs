@@ -208,13 +208,6 @@ pub struct ServeArgs {
     #[arg(long, env = "CUSTODIAN_GC_EVERY", value_parser = humantime::parse_duration)]
     gc_every: Option<Duration>,
 
-    /// Keep the ledger in PostgreSQL instead of the embedded RocksDB ledger:
-    /// postgres://USER[:PASSWORD]@HOST:PORT/DATABASE (the schema is created on first use).
-    /// Daemons sharing the database and the log key append to one log, never a fork, and follow
-    /// each other's entries within a second; send publications to one of them for now
-    #[arg(long, env = "CUSTODIAN_LEDGER", value_name = "URL", value_parser = parse_ledger_url)]
-    ledger: Option<String>,
-
     /// Also set each legal hold in the storage service: an S3 Object Lock legal hold on the
     /// held blobs' objects (needs an s3:// --storage whose bucket has Object Lock enabled, and
     /// static credentials). The daemon refuses to start if the bucket cannot hold.
@@ -280,7 +273,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         data_dir: args.store.data_dir.clone(),
         storage: args.store.storage.clone(),
         storage_options: args.store.storage_options,
-        ledger: args.ledger.clone(),
+        ledger: args.store.ledger.clone(),
+        beside_daemons: false,
         block_size: args.block_size,
         limits: CasLimits {
             max_batch_total_size_bytes: args.max_batch_bytes,
@@ -455,19 +449,5 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("Ctrl-C received"),
         () = term => tracing::info!("SIGTERM received"),
-    }
-}
-
-/// Accepts a `postgres://` or `postgresql://` URL for `--ledger`.
-fn parse_ledger_url(text: &str) -> Result<String, String> {
-    match url::Url::parse(text) {
-        Ok(url) if matches!(url.scheme(), "postgres" | "postgresql") => Ok(text.to_string()),
-        Ok(url) => Err(format!(
-            "{:?} is not a PostgreSQL URL: expected postgres://USER@HOST:PORT/DATABASE (omit --ledger for the embedded ledger)",
-            url.scheme()
-        )),
-        Err(e) => Err(format!(
-            "not a URL ({e}): expected postgres://USER@HOST:PORT/DATABASE"
-        )),
     }
 }

@@ -520,20 +520,25 @@ impl Entry {
     }
 }
 
+/// A field of an entry's payload map, if the payload is a map with that key.
+pub fn payload_field<'a>(entry: &'a Entry, key: &str) -> Option<&'a Value> {
+    let Value::Map(pairs) = &entry.payload else {
+        return None;
+    };
+    pairs
+        .iter()
+        .find(|(k, _)| k.as_text() == Some(key))
+        .map(|(_, v)| v)
+}
+
 /// The package an entry concerns, if the entry says that it is about private content (its
 /// payload is a map with `private: true` and a `name`). Readers without a grant for that name
 /// must not see the entry.
 pub fn private_package(entry: &Entry) -> Option<String> {
-    let Value::Map(pairs) = &entry.payload else {
-        return None;
-    };
-    let field = |key: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k.as_text() == Some(key))
-            .map(|(_, v)| v)
-    };
-    match (field("private"), field("name")) {
+    match (
+        payload_field(entry, "private"),
+        payload_field(entry, "name"),
+    ) {
         (Some(Value::Bool(true)), Some(Value::Text(name))) => Some(name.clone()),
         _ => None,
     }

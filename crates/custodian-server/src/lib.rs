@@ -10,6 +10,7 @@ pub mod grpc;
 mod log_key;
 pub mod net;
 pub mod oci;
+pub mod readiness;
 pub mod registry;
 pub mod rest;
 pub mod retention;
@@ -58,6 +59,10 @@ pub struct ServerConfig {
     pub storage: StorageLocation,
     /// Extra object store options (`aws_endpoint=...`), overriding the environment.
     pub storage_options: Vec<(String, String)>,
+    /// Open the store as a tool beside running daemons (`custodian scrub` on a shared
+    /// PostgreSQL index): no daemon's identity is taken and no upload is cleaned up as a crash's
+    /// leftover, since the daemons may be in the middle of them.
+    pub beside_daemons: bool,
     /// Where the ledger is kept: `None` for the embedded RocksDB ledger in `data_dir/ledger`, or
     /// a `postgres://` URL.
     pub ledger: Option<String>,
@@ -110,6 +115,7 @@ impl ServerConfig {
             storage: StorageLocation::Embedded,
             storage_options: Vec::new(),
             ledger: None,
+            beside_daemons: false,
             block_size: DEFAULT_BLOCK_SIZE,
             limits: CasLimits::default(),
             conn: net::conn::ConnLimits::default(),
@@ -163,7 +169,26 @@ pub async fn open_store(config: &ServerConfig) -> Result<BlobStore, ServerError>
     object.block_size = config.block_size;
     object.part_size = object.part_size.max(config.block_size);
     object.options = config.storage_options.clone();
-    let backend = ObjectBackend::open(object).await?;
+    // With the ledger in PostgreSQL the blob index goes there too, so that every daemon in
+    // front of the bucket sees every blob.
+    let backend = match &config.ledger {
+        None => ObjectBackend::open(object).await?,
+        Some(database) => {
+            let dir = if config.beside_daemons {
+                object.recover = false;
+                std::env::temp_dir().join(format!("custodian-tool-{}", std::process::id()))
+            } else {
+                config.data_dir.clone()
+            };
+            let database = database.clone();
+            let index = tokio::task::spawn_blocking(move || {
+                custodian_postgres::PgIndex::open(&database, &dir)
+            })
+            .await
+            .map_err(|e| ServerError::Task(format!("opening the blob index: {e}")))??;
+            ObjectBackend::open_with_index(object, Arc::new(index)).await?
+        }
+    };
     Ok(BlobStore::new(Arc::new(backend)))
 }
 
@@ -336,6 +361,7 @@ pub async fn serve(
             }
         });
     }
+    let probed_store = store.clone();
     let cas = ContentStoreServer::new(CasService::new(
         store,
         uploads.clone(),
@@ -377,6 +403,14 @@ pub async fn serve(
     health_reporter
         .set_serving::<EvidenceServer<EvidenceService>>()
         .await;
+    let readiness = readiness::start(
+        readiness::Probes {
+            database: config.ledger.is_some().then(|| ledger.clone()),
+            bucket: matches!(config.storage, StorageLocation::Object(_)).then_some(probed_store),
+        },
+        health_reporter.clone(),
+    )
+    .await;
     // Both reflection versions: grpcurl asks for v1 first, but older grpcurl releases and other
     // clients (for example Python's grpc_requests) know only v1alpha.
     let reflection = || {
@@ -406,7 +440,8 @@ pub async fn serve(
                 limits.upload_idle_timeout,
                 oci,
                 uploads.clone(),
-            );
+            )
+            .merge(readiness::router(readiness.clone()));
             let tls = match &config.tls {
                 Some(tls) => Some(tls.rustls_config()?),
                 None => None,

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use custodian_core::entry::{EntryKind, Value};
-use custodian_storage::ledger::{Appended, Ledger, LedgerError, Prepared, SignedCheckpoint};
+use custodian_storage::ledger::{
+    Appended, Condition, Ledger, LedgerError, Prepared, SignedCheckpoint,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::witnessing::Publication;
@@ -42,6 +44,7 @@ type Reply = oneshot::Sender<Result<(Appended, Arc<SignedCheckpoint>), LedgerErr
 
 struct Job {
     request: Prepared,
+    condition: Option<Condition>,
     reply: Reply,
 }
 
@@ -92,10 +95,26 @@ impl Sequencer {
         kind: EntryKind,
         payload: Value,
     ) -> Result<(Appended, Arc<SignedCheckpoint>), LedgerError> {
+        self.append_if(kind, payload, None).await
+    }
+
+    /// Appends one entry as [`Sequencer::append`] does, provided that `condition` holds against
+    /// whatever other daemons sharing the ledger appended since `condition.after`
+    /// ([`LedgerError::ConditionFailed`] otherwise, with nothing appended).
+    pub async fn append_if(
+        &self,
+        kind: EntryKind,
+        payload: Value,
+        condition: Option<Condition>,
+    ) -> Result<(Appended, Arc<SignedCheckpoint>), LedgerError> {
         let request = Ledger::prepare(kind, payload)?;
         let (reply, wait) = oneshot::channel();
         self.tx
-            .send(Job { request, reply })
+            .send(Job {
+                request,
+                condition,
+                reply,
+            })
             .await
             .map_err(|_| LedgerError::Poisoned("the sequencer has stopped".into()))?;
         let (appended, checkpoint) = wait
@@ -146,13 +165,14 @@ async fn run(
         let mut requests = Vec::with_capacity(jobs.len());
         let mut replies = Vec::with_capacity(jobs.len());
         for job in jobs {
-            requests.push(job.request);
+            requests.push((job.request, job.condition));
             replies.push(job.reply);
         }
         let ledger = ledger.clone();
         let count = requests.len();
         let result =
-            tokio::task::spawn_blocking(move || ledger.append_prepared(requests, now_ms())).await;
+            tokio::task::spawn_blocking(move || ledger.append_conditional(requests, now_ms()))
+                .await;
         match result {
             Ok(Ok((appended, checkpoint))) => {
                 tracing::debug!(entries = count, size = checkpoint.size, "batch committed");
@@ -160,7 +180,7 @@ async fn run(
                     publication.integrated(checkpoint.size);
                 }
                 for (reply, entry) in replies.into_iter().zip(appended) {
-                    let _ = reply.send(Ok((entry, checkpoint.clone())));
+                    let _ = reply.send(entry.map(|entry| (entry, checkpoint.clone())));
                 }
             }
             Ok(Err(err)) => {

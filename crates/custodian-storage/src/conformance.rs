@@ -91,7 +91,8 @@ async fn put(store: &BlobStore, data: &Bytes) -> crate::PutOutcome {
         .unwrap_or_else(|e| panic!("put of {} bytes failed: {e}", data.len()))
 }
 
-async fn read_all(store: &BlobStore, digest: &Digest, range: ByteRange) -> Vec<u8> {
+/// Reads a range of a blob whole, panicking on any error.
+pub async fn read_all(store: &BlobStore, digest: &Digest, range: ByteRange) -> Vec<u8> {
     let read = store
         .get(digest, range)
         .await

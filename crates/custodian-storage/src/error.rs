@@ -58,6 +58,15 @@ pub enum StorageError {
         /// What failed, in the backend's words.
         message: String,
     },
+    /// The backend cannot be reached (a database or service that is down or restarting). The
+    /// operation did not complete; retrying once it is back is safe.
+    #[error("{backend} is unreachable: {message}")]
+    Unavailable {
+        /// The backend's name.
+        backend: &'static str,
+        /// What failed, in the backend's words.
+        message: String,
+    },
     /// A write after a failed sync: the store refuses writes until it is reopened, because it
     /// can no longer tell what reached the disk.
     #[error(

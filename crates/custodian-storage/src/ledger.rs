@@ -72,6 +72,16 @@ pub enum LedgerError {
         /// What failed.
         message: String,
     },
+    /// The backend cannot be reached (a database that is down or restarting). A batch it
+    /// reports this for may or may not have been committed; the ledger reads the stored tree
+    /// again before its next append, so either way nothing is half-written or forked.
+    #[error("{backend} ledger backend is unreachable: {message}")]
+    Unavailable {
+        /// The backend's name.
+        backend: &'static str,
+        /// What failed.
+        message: String,
+    },
     /// The entry is durable but no checkpoint covering it has been published yet: the log
     /// publishes a checkpoint only once its witness quorum has cosigned it.
     #[error(
@@ -82,6 +92,15 @@ pub enum LedgerError {
         index: u64,
         /// The size of the latest published checkpoint.
         published: u64,
+    },
+    /// An append's [`Condition`] failed against an entry another writer appended first; nothing
+    /// of that append was written (the rest of its batch was).
+    #[error("entry {index}, appended by another writer, conflicts: {reason}")]
+    ConditionFailed {
+        /// The conflicting entry.
+        index: u64,
+        /// Why it conflicts.
+        reason: String,
     },
     /// Another writer sharing the backend extended the log first: the batch was built on an
     /// older tree and nothing of it was written. [`Ledger`] reloads the stored tree and builds
@@ -167,15 +186,45 @@ pub trait LedgerBackend: Send + Sync {
 /// A held append lock of a shared ledger backend; dropping it releases the lock.
 pub trait AppendLock: Send {}
 
-/// Adapts a backend to the Merkle code's [`HashReader`].
-struct Reader<'a>(&'a dyn LedgerBackend);
+/// Adapts a backend to the Merkle code's [`HashReader`], remembering a backend failure so that
+/// it surfaces as itself: an unreachable database is an outage, not damaged data.
+struct Reader<'a> {
+    backend: &'a dyn LedgerBackend,
+    failed: Mutex<Option<LedgerError>>,
+}
+
+impl<'a> Reader<'a> {
+    fn new(backend: &'a dyn LedgerBackend) -> Self {
+        Reader {
+            backend,
+            failed: Mutex::new(None),
+        }
+    }
+
+    /// The error for a failed proof computation: the backend's own error when reading failed,
+    /// else the proof error.
+    fn fail(&self, err: ProofError) -> LedgerError {
+        let failed = match self.failed.lock() {
+            Ok(mut failed) => failed.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        match (err, failed) {
+            (ProofError::Read(_), Some(backend)) => backend,
+            (err, _) => LedgerError::Proof(err),
+        }
+    }
+}
 
 impl HashReader for Reader<'_> {
     fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, ProofError> {
-        let found = self
-            .0
-            .hashes(indexes)
-            .map_err(|e| ProofError::Read(e.to_string()))?;
+        let found = self.backend.hashes(indexes).map_err(|e| {
+            let message = e.to_string();
+            match self.failed.lock() {
+                Ok(mut failed) => *failed = Some(e),
+                Err(poisoned) => *poisoned.into_inner() = Some(e),
+            }
+            ProofError::Read(message)
+        })?;
         indexes
             .iter()
             .zip(found)
@@ -204,6 +253,30 @@ pub struct SignedCheckpoint {
 /// size within the limit.
 #[derive(Clone, Debug)]
 pub struct Prepared(Entry);
+
+/// Refuses an entry an append cannot follow, saying why.
+pub type EntryCheck = Arc<dyn Fn(&Entry) -> Result<(), String> + Send + Sync>;
+
+/// A condition one append must meet against the entries other writers sharing the backend
+/// appended since the caller last looked (for example: nobody published this version
+/// meanwhile). It is checked while the shared backend's append lock is held, so no entry can
+/// slip in between the check and the commit. On a backend without other writers it is not
+/// checked: the caller's own locks already order its appends.
+#[derive(Clone)]
+pub struct Condition {
+    /// The log size the caller's view covers; entries from this index on are checked.
+    pub after: u64,
+    /// Refuses an entry the append cannot follow, saying why.
+    pub check: EntryCheck,
+}
+
+impl std::fmt::Debug for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Condition")
+            .field("after", &self.after)
+            .finish_non_exhaustive()
+    }
+}
 
 /// One appended entry.
 #[derive(Clone, Debug)]
@@ -268,7 +341,8 @@ fn load(
             checkpoint.size
         )));
     }
-    let frontier = Frontier::load(size, &Reader(backend)).map_err(LedgerError::Proof)?;
+    let reader = Reader::new(backend);
+    let frontier = Frontier::load(size, &reader).map_err(|e| reader.fail(e))?;
     let root = if size == 0 {
         empty_root()
     } else {
@@ -289,9 +363,10 @@ fn load(
             size,
         })?;
         let leaf = merkle::leaf_hash(bytes);
-        let stored = Reader(backend)
+        let reader = Reader::new(backend);
+        let stored = reader
             .read_hashes(&[stored_hash_index(0, size - 1)])
-            .map_err(LedgerError::Proof)?;
+            .map_err(|e| reader.fail(e))?;
         if stored.first() != Some(&leaf) {
             return Err(LedgerError::Corrupt(format!(
                 "entry {} does not match its stored leaf hash",
@@ -470,6 +545,22 @@ impl Ledger {
         requests: Vec<Prepared>,
         now_ms: u64,
     ) -> LedgerResult<(Vec<Appended>, Arc<SignedCheckpoint>)> {
+        let requests = requests.into_iter().map(|r| (r, None)).collect();
+        let (results, checkpoint) = self.append_conditional(requests, now_ms)?;
+        // Without conditions no single request can fail.
+        let appended = results.into_iter().collect::<LedgerResult<Vec<_>>>()?;
+        Ok((appended, checkpoint))
+    }
+
+    /// Appends prepared requests as one batch, as [`Ledger::append_prepared`] does, except that a
+    /// request whose [`Condition`] fails against entries other writers appended is left out and
+    /// answered with [`LedgerError::ConditionFailed`]; the others are committed. Returns each
+    /// request's outcome, in order.
+    pub fn append_conditional(
+        &self,
+        requests: Vec<(Prepared, Option<Condition>)>,
+        now_ms: u64,
+    ) -> LedgerResult<(Vec<LedgerResult<Appended>>, Arc<SignedCheckpoint>)> {
         if requests.is_empty() {
             return Ok((Vec::new(), self.latest()));
         }
@@ -482,8 +573,8 @@ impl Ledger {
         }
         // On a shared backend, hold its append lock from reading the stored tree to the commit:
         // no other writer extends the tree meanwhile.
-        let _lock = self.backend.append_lock()?;
-        if _lock.is_some() {
+        let lock = self.backend.append_lock()?;
+        if lock.is_some() {
             let stored = self
                 .backend
                 .latest_checkpoint()?
@@ -496,14 +587,29 @@ impl Ledger {
         // our commit; each refused batch is rebuilt on the tree it left, a bounded number of
         // times.
         let mut retries = CONFLICT_RETRIES;
-        let (frontier, prev, time_ms, appended, size, root, note) = loop {
+        let (frontier, prev, time_ms, appended, size, root, note, refused) = loop {
+            let refused = if lock.is_some() {
+                self.refused(&requests, state.frontier.size())?
+            } else {
+                vec![None; requests.len()]
+            };
+            let live: Vec<&Prepared> = requests
+                .iter()
+                .zip(&refused)
+                .filter(|(_, refusal)| refusal.is_none())
+                .map(|((request, _), _)| request)
+                .collect();
+            if live.is_empty() {
+                let results = refused.into_iter().flatten().map(Err).collect();
+                return Ok((results, self.latest()));
+            }
             let time_ms = now_ms.max(state.last_time_ms);
             let first_index = state.frontier.size();
             let mut frontier = state.frontier.clone();
             let mut prev = state.prev;
-            let mut appended = Vec::with_capacity(requests.len());
-            let mut hashes = Vec::with_capacity(requests.len() * 2);
-            for (offset, Prepared(template)) in requests.iter().enumerate() {
+            let mut appended = Vec::with_capacity(live.len());
+            let mut hashes = Vec::with_capacity(live.len() * 2);
+            for (offset, Prepared(template)) in live.into_iter().enumerate() {
                 // The payload is already deterministic and the entry's size was checked with
                 // the largest possible time, so nothing here can fail.
                 let entry = Entry {
@@ -540,12 +646,16 @@ impl Ledger {
                 checkpoint: note.clone().into_bytes(),
             };
             match self.backend.commit(&batch) {
-                Ok(()) => break (frontier, prev, time_ms, appended, size, root, note),
+                Ok(()) => break (frontier, prev, time_ms, appended, size, root, note, refused),
                 Err(LedgerError::Conflict { .. }) if retries > 0 => {
                     // Nothing of the batch was written: read the tree the other writer left.
                     retries -= 1;
                     self.reload(&mut state)?;
                 }
+                // A shared backend that could not be reached: the next append takes the lock
+                // and reads the stored tree again, whether or not this batch got in, so
+                // there is nothing to poison.
+                Err(err @ LedgerError::Unavailable { .. }) if lock.is_some() => return Err(err),
                 Err(err) => {
                     state.poisoned = Some(err.to_string());
                     return Err(err);
@@ -560,7 +670,59 @@ impl Ledger {
             Ok(mut slot) => *slot = latest.clone(),
             Err(poisoned) => *poisoned.into_inner() = latest.clone(),
         }
-        Ok((appended, latest))
+        let mut appended = appended.into_iter();
+        let results = refused
+            .into_iter()
+            .map(|refusal| match refusal {
+                Some(err) => Err(err),
+                // One appended entry per request not refused, in order.
+                None => appended.next().ok_or_else(|| {
+                    LedgerError::Corrupt("a batch lost track of its entries".into())
+                }),
+            })
+            .collect();
+        Ok((results, latest))
+    }
+
+    /// Which requests' conditions fail against the stored entries from the smallest
+    /// `Condition::after` up to `size` (the stored log, read under the append lock).
+    fn refused(
+        &self,
+        requests: &[(Prepared, Option<Condition>)],
+        size: u64,
+    ) -> LedgerResult<Vec<Option<LedgerError>>> {
+        let Some(start) = requests
+            .iter()
+            .filter_map(|(_, c)| c.as_ref().map(|c| c.after))
+            .min()
+            .filter(|&after| after < size)
+        else {
+            return Ok(vec![None; requests.len()]);
+        };
+        let mut entries = Vec::with_capacity((size - start) as usize);
+        for (offset, bytes) in self.backend.entries(start, size)?.iter().enumerate() {
+            let index = start + offset as u64;
+            let entry = Entry::decode(bytes)
+                .map_err(|e| LedgerError::Corrupt(format!("entry {index} does not decode: {e}")))?;
+            entries.push((index, entry));
+        }
+        Ok(requests
+            .iter()
+            .map(|(_, condition)| {
+                let condition = condition.as_ref()?;
+                entries
+                    .iter()
+                    .filter(|(index, _)| *index >= condition.after)
+                    .find_map(|(index, entry)| {
+                        (condition.check)(entry)
+                            .err()
+                            .map(|reason| LedgerError::ConditionFailed {
+                                index: *index,
+                                reason,
+                            })
+                    })
+            })
+            .collect())
     }
 
     /// Reads the stored tree into `state` and the latest checkpoint (after another writer
@@ -583,11 +745,20 @@ impl Ledger {
                 }
                 Ok(())
             }
+            // An unreachable backend says nothing about the stored tree; only a tree that does not
+            // verify poisons.
+            Err(err @ LedgerError::Unavailable { .. }) => Err(err),
             Err(err) => {
                 state.poisoned = Some(err.to_string());
                 Err(err)
             }
         }
+    }
+
+    /// Checks that the backend can be reached now (for readiness), by reading its latest
+    /// checkpoint.
+    pub fn probe(&self) -> LedgerResult<()> {
+        self.backend.latest_checkpoint().map(|_| ())
     }
 
     /// Catches up with entries other writers sharing the backend appended: if the stored log is
@@ -649,9 +820,10 @@ impl Ledger {
     /// covers); a mismatch is [`LedgerError::Corrupt`], and the bytes are not returned.
     pub fn verified_entry(&self, index: u64) -> LedgerResult<Vec<u8>> {
         let bytes = self.entry(index)?;
-        let stored = Reader(self.backend.as_ref())
+        let reader = Reader::new(self.backend.as_ref());
+        let stored = reader
             .read_hashes(&[stored_hash_index(0, index)])
-            .map_err(LedgerError::Proof)?[0];
+            .map_err(|e| reader.fail(e))?[0];
         let actual = merkle::leaf_hash(&bytes);
         if actual != stored {
             return Err(LedgerError::Corrupt(format!(
@@ -721,10 +893,10 @@ impl Ledger {
         }
         // No checkpoint at this size: recompute the root and anchor it to the latest signed root
         // with a consistency proof, so even this root is vouched for by a signature.
-        let reader = Reader(self.backend.as_ref());
-        let root = merkle::tree_hash(size, &reader).map_err(LedgerError::Proof)?;
+        let reader = Reader::new(self.backend.as_ref());
+        let root = merkle::tree_hash(size, &reader).map_err(|e| reader.fail(e))?;
         let proof =
-            merkle::consistency_proof(size, latest.size, &reader).map_err(LedgerError::Proof)?;
+            merkle::consistency_proof(size, latest.size, &reader).map_err(|e| reader.fail(e))?;
         merkle::verify_consistency(size, latest.size, &proof, &root, &latest.root).map_err(|e| {
             LedgerError::Corrupt(format!(
                 "stored hashes at size {size} are not consistent with the signed checkpoint of size {}: {e}",
@@ -747,11 +919,11 @@ impl Ledger {
 
     /// Reads the inclusion proof and the leaf hash, and checks them against `root`.
     fn proof_against(&self, index: u64, size: u64, root: &Hash) -> LedgerResult<(Vec<Hash>, Hash)> {
-        let reader = Reader(self.backend.as_ref());
-        let proof = merkle::inclusion_proof(index, size, &reader).map_err(LedgerError::Proof)?;
+        let reader = Reader::new(self.backend.as_ref());
+        let proof = merkle::inclusion_proof(index, size, &reader).map_err(|e| reader.fail(e))?;
         let leaf = reader
             .read_hashes(&[stored_hash_index(0, index)])
-            .map_err(LedgerError::Proof)?[0];
+            .map_err(|e| reader.fail(e))?[0];
         merkle::verify_inclusion(index, size, &leaf, &proof, root).map_err(|e| {
             LedgerError::Corrupt(format!(
                 "stored hashes give a wrong inclusion proof for entry {index} at size {size}: {e}"
@@ -766,8 +938,8 @@ impl Ledger {
         if old > new {
             return Err(LedgerError::Proof(ProofError::SizesOutOfOrder { old, new }));
         }
-        let reader = Reader(self.backend.as_ref());
-        let proof = merkle::consistency_proof(old, new, &reader).map_err(LedgerError::Proof)?;
+        let reader = Reader::new(self.backend.as_ref());
+        let proof = merkle::consistency_proof(old, new, &reader).map_err(|e| reader.fail(e))?;
         let (old_root, _) = self.trusted_root(old)?;
         let (new_root, _) = self.trusted_root(new)?;
         merkle::verify_consistency(old, new, &proof, &old_root, &new_root).map_err(|e| {

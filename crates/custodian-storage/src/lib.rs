@@ -10,6 +10,7 @@
 pub mod conformance;
 mod error;
 mod hashing;
+pub mod index;
 pub mod ledger;
 pub mod ledger_conformance;
 mod memory;
@@ -20,9 +21,10 @@ pub mod uploads;
 
 pub use error::{Result, StorageError};
 pub use hashing::{OffThreadHasher, Worker};
+pub use index::{BlobIndex, Leftover};
 pub use ledger::{
-    Appended, Ledger, LedgerBackend, LedgerBatch, LedgerError, LedgerResult, MemoryLedger,
-    Prepared, SignedCheckpoint,
+    Appended, Condition, Ledger, LedgerBackend, LedgerBatch, LedgerError, LedgerResult,
+    MemoryLedger, Prepared, SignedCheckpoint,
 };
 pub use memory::MemoryBackend;
 pub use meta::{BlobMeta, MetaDecodeError};

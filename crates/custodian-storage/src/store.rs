@@ -165,6 +165,12 @@ pub trait BlobBackend: Send + Sync + 'static {
         None
     }
 
+    /// Checks that the store can be reached now (for readiness): the object store and a
+    /// remote index answer. Local stores are always reachable.
+    async fn probe(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// The storage service's own legal holds on stored blobs (S3 Object Lock); an error for
     /// stores without one (RocksDB, local files, memory) or when it cannot be configured.
     fn native_holds(&self) -> Result<Arc<dyn NativeHolds>> {
@@ -442,6 +448,11 @@ impl BlobStore {
     pub async fn raw_blocks(&self, meta: &BlobMeta) -> Result<BlockStream> {
         let end = BlobMeta::block_count_for(meta.size, meta.block_size);
         self.backend.read_blocks(meta, 0, end).await
+    }
+
+    /// Checks that the backend can be reached now (see [`BlobBackend::probe`]).
+    pub async fn probe(&self) -> Result<()> {
+        self.backend.probe().await
     }
 
     /// Takes a damaged blob out of custody (see [`BlobBackend::quarantine`]); returns whether

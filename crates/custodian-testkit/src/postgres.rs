@@ -159,6 +159,18 @@ impl Postgres {
         self.start_server();
     }
 
+    /// Stops the server at once, as an outage would, and leaves it stopped.
+    pub fn stop(&self) {
+        let data = self.data_dir();
+        let data = data.to_str().expect("a utf-8 path");
+        self.run_ok("pg_ctl", &["-D", data, "-m", "immediate", "-w", "stop"]);
+    }
+
+    /// Starts a server [`Postgres::stop`] stopped, on the same port and data.
+    pub fn start_again(&self) {
+        self.start_server();
+    }
+
     fn start_server(&self) {
         let data = self.data_dir();
         let options = format!(

@@ -2,9 +2,10 @@
 //! `gs://` / `az://` behind the `gcp` / `azure` features.
 //!
 //! Objects are keyed by digest, `<prefix>/blobs/sha256/ab/cd/<hex>`, and hold the blob's bytes
-//! as they are. The metadata index (sizes, both digests, block checksums, pending uploads) stays
-//! in a local RocksDB ([`custodian_rocksdb::RocksIndex`]), so a blob is visible exactly when its
-//! index entry is committed, whatever the object store's own consistency.
+//! as they are. The metadata index (sizes, both digests, block checksums, pending uploads) is a
+//! [`BlobIndex`]: a local RocksDB ([`custodian_rocksdb::RocksIndex`]) by default, or PostgreSQL
+//! when several daemons share one bucket ([`ObjectBackend::open_with_index`]). A blob is visible
+//! exactly when its index entry is committed, whatever the object store's own consistency.
 //!
 //! Write path of one upload:
 //! 1. A pending record naming the upload's object key is written to the index and synced.
@@ -33,10 +34,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use custodian_core::{Algorithm, Digest};
 use custodian_rocksdb::RocksIndex;
-use custodian_rocksdb::WriteBatch;
 use custodian_storage::{
-    BlobBackend, BlobMeta, BlockSink, BlockStream, DEFAULT_BLOCK_SIZE, Expectation, Result,
-    StorageError,
+    BlobBackend, BlobIndex, BlobMeta, BlockSink, BlockStream, DEFAULT_BLOCK_SIZE, Expectation,
+    Leftover, Result, StorageError,
 };
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -56,6 +56,9 @@ pub struct ObjectConfig {
     /// Backend options as `object_store` names them (for S3: `aws_endpoint`,
     /// `aws_allow_http`, `aws_access_key_id`, ...); they override the environment.
     pub options: Vec<(String, String)>,
+    /// Whether opening cleans up uploads a crash left behind (off for tools that open a shared
+    /// index while daemons run).
+    pub recover: bool,
 }
 
 impl ObjectConfig {
@@ -67,6 +70,7 @@ impl ObjectConfig {
             block_size: DEFAULT_BLOCK_SIZE,
             part_size: 8 << 20,
             options: Vec::new(),
+            recover: true,
         }
     }
 }
@@ -75,10 +79,12 @@ impl ObjectConfig {
 const PART_CONCURRENCY: usize = 2;
 /// How many blocks one ranged read fetches.
 const READ_WINDOW_BLOCKS: u64 = 4;
+/// How often pending records whose cleanup failed are looked for.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// Small objects written at once by a batched commit.
 const SMALL_WRITE_CONCURRENCY: usize = 32;
 
-/// Blob custody in an object store, indexed in local RocksDB.
+/// Blob custody in an object store, with a [`BlobIndex`] deciding what is committed.
 pub struct ObjectBackend {
     shared: Arc<Shared>,
     block_size: usize,
@@ -92,10 +98,13 @@ pub struct ObjectBackend {
 struct Shared {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
-    index: RocksIndex,
+    index: Arc<dyn BlobIndex>,
     name: &'static str,
     /// Whether a failed object write poisons the backend (local files; see `write_failed`).
     poison_on_write_failure: bool,
+    /// The ids of this process's uploads that have begun and not ended: their pending records
+    /// are not leftovers, whatever the index says.
+    live: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
 
 impl Shared {
@@ -105,7 +114,7 @@ impl Shared {
     /// leaves no object and is reported as it is.
     fn write_failed(&self, err: StorageError) -> StorageError {
         if self.poison_on_write_failure {
-            self.index.poison(err)
+            self.index.poison(err.to_string())
         } else {
             err
         }
@@ -136,18 +145,87 @@ impl Shared {
     /// Runs blocking index work off the async worker threads.
     async fn blocking<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&RocksIndex) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&dyn BlobIndex) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let shared = self.clone();
-        tokio::task::spawn_blocking(move || f(&shared.index))
+        tokio::task::spawn_blocking(move || f(&*shared.index))
             .await
             .map_err(|e| self.err(format!("index task failed: {e}")))?
+    }
+
+    /// Runs a quick index read: inline on an embedded index (a RocksDB read is faster than a
+    /// hop to the blocking pool), on the blocking pool when the index is across the network.
+    async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&dyn BlobIndex) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        if self.index.remote() {
+            self.blocking(f).await
+        } else {
+            f(&*self.index)
+        }
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<u64>> {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks uploads as begun (before their pending records are written).
+    fn started(&self, ids: impl IntoIterator<Item = u64>) {
+        self.live().extend(ids);
+    }
+
+    /// Marks uploads as ended, committed or not: a pending record of theirs still in the
+    /// index (a removal that failed) is a leftover from now on.
+    fn ended(&self, ids: impl IntoIterator<Item = u64>) {
+        let mut live = self.live();
+        for id in ids {
+            live.remove(&id);
+        }
+    }
+
+    /// Deletes the objects of pending uploads no live upload owns and removes their records:
+    /// at open, what a crash left; later, what a failed cleanup left (the database was
+    /// unreachable when an upload ended). Returns how many were cleaned.
+    async fn clean_leftovers(self: &Arc<Self>) -> Result<usize> {
+        let leftovers = self.blocking(|index| index.leftovers()).await?;
+        let leftovers: Vec<Leftover> = {
+            let live = self.live();
+            leftovers
+                .into_iter()
+                .filter(|l| !(l.own && live.contains(&l.id)))
+                .collect()
+        };
+        for leftover in &leftovers {
+            let id = leftover.id;
+            let record = PendingRecord::decode(&leftover.record)
+                .ok_or_else(|| self.err(format!("pending upload {id} has a malformed record")))?;
+            let remove = match record.direct {
+                // Another daemon's live upload of the same digest may be writing this final
+                // key right now; an orphan object there is harmless (the next put of those
+                // bytes overwrites it), a deleted live one is not.
+                Some(_) if !leftover.own => false,
+                Some(sha256) => self
+                    .read(move |index| index.lookup(&sha256))
+                    .await?
+                    .is_none(),
+                None => true,
+            };
+            if remove {
+                delete_if_present(&*self.store, &record.key, self.name).await?;
+            }
+            self.blocking(move |index| index.remove_pending(&[id]))
+                .await?;
+        }
+        Ok(leftovers.len())
     }
 
     /// Ends an upload that will not commit: aborts its multipart upload (so no object
     /// appears), deletes its staged object if any, and removes its pending record.
     async fn discard(
-        &self,
+        self: &Arc<Self>,
         id: u64,
         staged: Option<&Path>,
         upload: Option<WriteMultipart>,
@@ -158,10 +236,11 @@ impl Shared {
         if let Some(key) = staged {
             delete_if_present(&*self.store, key, self.name).await?;
         }
-        let mut batch = WriteBatch::default();
-        self.index.add_pending_removal(&mut batch, id)?;
-        // Not synced: a lost removal only means the next open repeats this cleanup.
-        self.index.db().write(batch).map_err(|e| self.err(e))
+        let removed = self
+            .blocking(move |index| index.remove_pending(&[id]))
+            .await;
+        self.ended([id]);
+        removed
     }
 }
 
@@ -257,8 +336,23 @@ pub fn build_store(
 }
 
 impl ObjectBackend {
-    /// Opens the backend and removes whatever uploads a crash left behind.
+    /// Opens the backend with its index in local RocksDB (`config.index_dir`) and removes
+    /// whatever uploads a crash left behind.
     pub async fn open(config: ObjectConfig) -> Result<Self> {
+        let name = build_store(&config.url, &config.options)?.2;
+        std::fs::create_dir_all(&config.index_dir).map_err(|e| {
+            StorageError::backend(name, format!("create {}: {e}", config.index_dir.display()))
+        })?;
+        let dir = config.index_dir.clone();
+        let index = tokio::task::spawn_blocking(move || RocksIndex::open(&dir, name, Vec::new()))
+            .await
+            .map_err(|e| StorageError::backend(name, format!("index task failed: {e}")))??;
+        Self::open_with_index(config, Arc::new(index)).await
+    }
+
+    /// Opens the backend on an index of the caller's (the PostgreSQL index, when several
+    /// daemons share the bucket) and removes whatever uploads a crash left behind.
+    pub async fn open_with_index(config: ObjectConfig, index: Arc<dyn BlobIndex>) -> Result<Self> {
         let (store, prefix, name) = build_store(&config.url, &config.options)?;
         if config.block_size == 0 || config.part_size < config.block_size {
             return Err(StorageError::backend(
@@ -269,10 +363,6 @@ impl ObjectBackend {
                 ),
             ));
         }
-        std::fs::create_dir_all(&config.index_dir).map_err(|e| {
-            StorageError::backend(name, format!("create {}: {e}", config.index_dir.display()))
-        })?;
-        let index = RocksIndex::open(&config.index_dir, name, Vec::new())?;
         let backend = ObjectBackend {
             shared: Arc::new(Shared {
                 store,
@@ -280,42 +370,54 @@ impl ObjectBackend {
                 index,
                 name,
                 poison_on_write_failure: name == "file",
+                live: Default::default(),
             }),
             block_size: config.block_size,
             part_size: config.part_size,
             url: config.url.clone(),
             options: config.options.clone(),
         };
-        backend.recover(&config.url).await?;
+        if config.recover {
+            backend.recover(&config.url).await?;
+            // Later leftovers (a record whose removal failed while the index was unreachable)
+            // are swept while the backend lives.
+            let weak = Arc::downgrade(&backend.shared);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SWEEP_EVERY);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let Some(shared) = weak.upgrade() else { return };
+                    match shared.clean_leftovers().await {
+                        Ok(0) => {}
+                        Ok(count) => tracing::info!(
+                            count,
+                            "cleaned up after uploads whose cleanup had failed"
+                        ),
+                        Err(err) => {
+                            tracing::debug!(%err, "could not sweep pending uploads; retrying later")
+                        }
+                    }
+                }
+            });
+        }
         Ok(backend)
     }
 
-    /// Deletes the objects of uploads that have a pending record, and on `file://` the partial
-    /// files the local store stages uploads in.
+    /// Deletes the objects of uploads that have a pending record no live upload owns, and on
+    /// an unshared `file://` store the partial files the local store stages uploads in.
     async fn recover(&self, url: &str) -> Result<()> {
         let shared = &self.shared;
-        let leftovers = shared.index.pending()?;
-        for (id, record) in &leftovers {
-            let record = PendingRecord::decode(record)
-                .ok_or_else(|| shared.err(format!("pending upload {id} has a malformed record")))?;
-            let owned = match record.direct {
-                Some(sha256) => shared.index.lookup(&sha256)?.is_some(),
-                None => false,
-            };
-            if !owned {
-                delete_if_present(&*shared.store, &record.key, shared.name).await?;
-            }
-            let mut batch = WriteBatch::default();
-            shared.index.add_pending_removal(&mut batch, *id)?;
-            shared.index.write_synced(batch)?;
-        }
-        if let Some(root) = url.strip_prefix("file://") {
+        let cleaned = shared.clean_leftovers().await?;
+        if let Some(root) = url.strip_prefix("file://")
+            && !shared.index.shared()
+        {
             remove_local_partials(FsPath::new(root))
                 .map_err(|e| shared.err(format!("clean partial uploads under {root}: {e}")))?;
         }
-        if !leftovers.is_empty() {
+        if cleaned > 0 {
             tracing::info!(
-                count = leftovers.len(),
+                count = cleaned,
                 "removed uploads left unfinished by a previous run"
             );
         }
@@ -465,21 +567,15 @@ impl BlockSink for ObjectSink {
             return Err(self.shared.write_failed(err));
         }
         let id = self.id;
-        self.shared
-            .blocking(move |index| {
-                let _guard = index.lock_commits(&meta.sha256());
-                let mut batch = WriteBatch::default();
-                index.add_pending_removal(&mut batch, id)?;
-                if let Some(existing) = index.lookup(&meta.sha256())? {
-                    // The object was overwritten with identical bytes; only the record goes.
-                    index.write_synced(batch)?;
-                    return Ok((existing.meta, true));
-                }
-                index.add_commit(&mut batch, &[], &meta)?;
-                index.write_synced(batch)?;
-                Ok((meta, false))
-            })
-            .await
+        let committed = self
+            .shared
+            .blocking(move |index| index.commit(&[(id, meta)]))
+            .await;
+        self.shared.ended([id]);
+        let mut committed = committed?;
+        committed
+            .pop()
+            .ok_or_else(|| self.shared.err("the index committed nothing"))
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
@@ -529,6 +625,7 @@ impl ObjectBackend {
             }
         }
         if !todo.is_empty() {
+            shared.started(todo.iter().map(|(id, ..)| *id));
             let records: Vec<(u64, Vec<u8>)> = todo
                 .iter()
                 .map(|(id, key, meta, _)| {
@@ -539,9 +636,14 @@ impl ObjectBackend {
                     (*id, record.encode())
                 })
                 .collect();
-            shared
-                .blocking(move |index| index.add_pending_many(&records))
-                .await?;
+            let ids: Vec<u64> = records.iter().map(|(id, _)| *id).collect();
+            if let Err(err) = shared
+                .blocking(move |index| index.add_pending(&records))
+                .await
+            {
+                shared.ended(ids);
+                return Err(err);
+            }
             let writes: Vec<(Path, Bytes)> = todo
                 .iter()
                 .map(|(_, key, _, data)| (key.clone(), data.clone()))
@@ -571,29 +673,13 @@ impl ObjectBackend {
                 .iter()
                 .map(|(id, _, meta, _)| (*id, meta.clone()))
                 .collect();
-            let locked = digests.clone();
-            let committed = shared
-                .blocking(move |index| {
-                    let _guards = index.lock_commits_many(&locked);
-                    let mut batch = WriteBatch::default();
-                    let mut out = std::collections::HashMap::new();
-                    for (id, meta) in commits {
-                        index.add_pending_removal(&mut batch, id)?;
-                        match index.lookup(&meta.sha256())? {
-                            // Committed by another upload meanwhile: its record stands.
-                            Some(existing) => {
-                                out.insert(meta.sha256(), (existing.meta, true));
-                            }
-                            None => {
-                                index.add_commit(&mut batch, &[], &meta)?;
-                                out.insert(meta.sha256(), (meta, false));
-                            }
-                        }
-                    }
-                    index.write_synced(batch)?;
-                    Ok(out)
-                })
-                .await?;
+            let ids: Vec<u64> = commits.iter().map(|(id, _)| *id).collect();
+            let committed = shared.blocking(move |index| index.commit(&commits)).await;
+            shared.ended(ids);
+            let committed: std::collections::HashMap<Digest, (BlobMeta, bool)> = committed?
+                .into_iter()
+                .map(|(meta, present)| (meta.sha256(), (meta, present)))
+                .collect();
             let mut out = Vec::with_capacity(blobs.len());
             for (i, existing) in known.into_iter().enumerate() {
                 out.push(match existing {
@@ -634,7 +720,8 @@ impl BlobBackend for ObjectBackend {
     }
 
     async fn lookup(&self, digest: &Digest) -> Result<Option<BlobMeta>> {
-        Ok(self.shared.index.lookup(digest)?.map(|entry| entry.meta))
+        let digest = *digest;
+        self.shared.read(move |index| index.lookup(&digest)).await
     }
 
     async fn lookup_many(&self, digests: &[Digest]) -> Result<Vec<Option<BlobMeta>>> {
@@ -655,6 +742,7 @@ impl BlobBackend for ObjectBackend {
         let shared = &self.shared;
         shared.index.check_writable()?;
         let id = shared.index.new_upload_id();
+        shared.started([id]);
         let direct = expect.digest.filter(|d| d.algorithm() == Algorithm::Sha256);
         let key = match &direct {
             Some(sha256) => shared.final_key(sha256),
@@ -665,9 +753,13 @@ impl BlobBackend for ObjectBackend {
             key: key.clone(),
         }
         .encode();
-        shared
-            .blocking(move |index| index.add_pending(id, &record))
-            .await?;
+        if let Err(err) = shared
+            .blocking(move |index| index.add_pending(&[(id, record)]))
+            .await
+        {
+            shared.ended([id]);
+            return Err(err);
+        }
         let upload = match shared.store.put_multipart(&key).await {
             Ok(upload) => upload,
             Err(e) => {
@@ -710,18 +802,9 @@ impl BlobBackend for ObjectBackend {
         let digest = *sha256;
         let existed = self
             .shared
-            .blocking(move |index| {
-                let _guard = index.lock_commits(&digest);
-                let Some(entry) = index.lookup(&digest)? else {
-                    return Ok(false);
-                };
-                // The index entry goes first: the blob is invisible from here on, and an object
-                // left by a crash before the object delete is harmless (a later put overwrites it).
-                let mut batch = WriteBatch::default();
-                index.add_delete(&mut batch, &entry.meta)?;
-                index.write_synced(batch)?;
-                Ok(true)
-            })
+            // The index entry goes first: the blob is invisible from here on, and an object left
+            // by a crash before the object delete is harmless (a later put overwrites it).
+            .blocking(move |index| index.delete(&digest))
             .await?;
         if existed {
             let key = self.shared.final_key(sha256);
@@ -731,7 +814,25 @@ impl BlobBackend for ObjectBackend {
     }
 
     async fn pending_uploads(&self) -> Result<u64> {
-        Ok(self.shared.index.pending()?.len() as u64)
+        self.shared.read(|index| index.pending_count()).await
+    }
+
+    async fn probe(&self) -> Result<()> {
+        // A key nobody writes: "not found" is the healthy answer, and it needs only read access.
+        let key = self.shared.prefix.clone().join("custodian-readiness-probe");
+        match self.shared.store.head(&key).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                return Err(StorageError::Unavailable {
+                    backend: self.shared.name,
+                    message: format!("the object store does not answer: {e}"),
+                });
+            }
+        }
+        self.shared
+            .read(|index| index.pending_count())
+            .await
+            .map(|_| ())
     }
 
     fn native_holds(&self) -> Result<Arc<dyn custodian_storage::NativeHolds>> {

@@ -1,34 +1,40 @@
-//! The ledger on PostgreSQL: entries, stored tree hashes and checkpoints in four tables, each
-//! batch committed in one transaction that first locks the log's state row and refuses a batch
-//! that does not continue the stored tree (so two writers can never store two trees of one
-//! size).
+//! Custodian's shared state on PostgreSQL, so that any number of daemons can serve one registry:
+//! the ledger ([`PgLedger`]: entries, stored tree hashes, checkpoints, one locked state row per
+//! commit) and the blob metadata index of the object-store backend ([`PgIndex`]: committed blobs
+//! under both digests, pending uploads). The bytes themselves stay in the object store.
 //!
-//! The driver is the `postgres` crate (the blocking face of `tokio-postgres`): the
-//! [`LedgerBackend`] trait is synchronous, as RocksDB's calls are. Its clients run on threads of
-//! their own, never on the daemon's async runtime: a call hands its job to one of
-//! [`CONNECTIONS`] worker threads, each holding one connection, and waits for the answer. A
-//! worker whose connection broke connects again for the next job, so a PostgreSQL restart costs
-//! the calls in flight, not the daemon.
+//! The driver is the `postgres` crate, the blocking face of `tokio-postgres` by the same
+//! maintainers: Custodian's [`custodian_storage::LedgerBackend`] and
+//! [`custodian_storage::BlobIndex`] traits are synchronous, as RocksDB's calls are, so every
+//! call runs on a pool of connection threads of this crate's own ([`pool`]) and never holds an
+//! async worker thread of the daemon.
+//!
+//! One schema, versioned in `custodian_schema`, serves both; [`SCHEMA_VERSION`] names what this
+//! build writes. Opening a database migrates it forward under an advisory lock (so daemons
+//! starting together take turns) and refuses a schema newer than this build, naming both.
 
-use std::sync::mpsc::{Receiver, Sender, sync_channel};
-use std::sync::{Arc, Mutex};
+mod index;
+mod ledger;
+mod pool;
 
-use custodian_core::merkle::{HASH_LEN, Hash};
-use custodian_storage::ledger::{
-    AppendLock, LedgerBackend, LedgerBatch, LedgerError, LedgerResult,
-};
-use postgres::{Client, NoTls};
+pub use index::PgIndex;
+pub use ledger::PgLedger;
+pub use pool::PgFailure;
+
+use pool::{Connection, redact};
 
 const BACKEND: &str = "postgres";
 
-/// How many connections (and worker threads) one ledger keeps.
+/// How many connections (and worker threads) the ledger and the index each keep.
 pub const CONNECTIONS: usize = 4;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
-/// The first migration: the ledger's tables.
-const MIGRATION_1: &str = "
+/// The schema's migrations: `MIGRATIONS[n]` takes version `n` to `n + 1`.
+const MIGRATIONS: [&str; 2] = [
+    // 1: the ledger's tables.
+    "
 CREATE TABLE custodian_ledger_state (
     id integer PRIMARY KEY CHECK (id = 1),
     size bigint NOT NULL,
@@ -49,449 +55,75 @@ CREATE TABLE custodian_ledger_checkpoints (
     size bigint PRIMARY KEY,
     note bytea NOT NULL
 );
-";
+",
+    // 2: the blob index of the object-store backend.
+    "
+CREATE TABLE custodian_blobs (
+    sha256 bytea PRIMARY KEY,
+    blake3 bytea NOT NULL UNIQUE,
+    meta bytea NOT NULL
+);
+CREATE TABLE custodian_index_instances (
+    instance bigserial PRIMARY KEY,
+    token text NOT NULL,
+    seen timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE custodian_pending_uploads (
+    id bigint PRIMARY KEY,
+    instance bigint NOT NULL,
+    record bytea NOT NULL
+);
+CREATE INDEX custodian_pending_uploads_instance ON custodian_pending_uploads (instance);
+",
+];
 
-/// A job for a worker: runs with the worker's connection.
-type Job = Box<dyn FnOnce(&mut Worker) + Send>;
-
-/// One worker thread's connection, made (again) on demand.
-struct Worker {
-    url: String,
-    client: Option<Client>,
-}
-
-impl Worker {
-    fn client(&mut self) -> LedgerResult<&mut Client> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.client = None;
-            let client = Client::connect(&self.url, NoTls)
-                .map_err(|e| LedgerError::backend(BACKEND, describe(&e)))?;
-            self.client = Some(client);
-        }
-        // Set just above.
-        self.client
-            .as_mut()
-            .ok_or_else(|| LedgerError::backend(BACKEND, "no connection"))
-    }
-}
-
-/// A PostgreSQL error in one line: the server's message when it sent one.
-fn describe(err: &postgres::Error) -> String {
-    match err.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => err.to_string(),
-    }
-}
-
-fn db(err: postgres::Error) -> LedgerError {
-    LedgerError::backend(BACKEND, describe(&err))
-}
-
-/// `u64` as PostgreSQL's `bigint`; ledger sizes stay far below 2^63.
-fn big(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn hash_of(bytes: &[u8]) -> LedgerResult<Hash> {
-    let array: [u8; HASH_LEN] = bytes.try_into().map_err(|_| {
-        LedgerError::backend(BACKEND, format!("a stored hash has {} bytes", bytes.len()))
+/// Connects to `url` and brings its schema to [`SCHEMA_VERSION`]. Fails naming the URL (its
+/// password hidden) when the server cannot be reached, and naming both versions when the schema
+/// is newer than this build.
+fn open_database(url: &str) -> Result<Connection, PgFailure> {
+    let shown = redact(url);
+    let mut connection = Connection::new(url);
+    let client = connection.client().map_err(|e| {
+        PgFailure::Unreachable(format!("cannot connect to PostgreSQL at {shown}: {e}"))
     })?;
-    Ok(Hash(array))
+    migrate(client, &shown)?;
+    Ok(connection)
 }
 
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                let _ = parsed.set_password(Some("***"));
-            }
-            parsed.to_string()
-        }
-        Err(_) => "(an unparsable URL)".to_string(),
-    }
-}
-
-/// The advisory lock key every Custodian appending to a database takes (any fixed number).
-const APPEND_LOCK_KEY: i64 = 7_208_164;
-
-/// A request to the lock worker: answer on the first channel once the lock is held, then hold
-/// it until the second channel is closed (the guard dropped).
-type LockRequest = (std::sync::mpsc::SyncSender<LedgerResult<()>>, Receiver<()>);
-
-/// The ledger's tables in a PostgreSQL database.
-pub struct PgLedger {
-    jobs: Mutex<Sender<Job>>,
-    locks: Mutex<Sender<LockRequest>>,
-}
-
-/// A held append lock: a session advisory lock on the lock worker's connection, released when
-/// this is dropped (or by PostgreSQL, if the connection or the process dies).
-struct PgAppendLock {
-    _release: std::sync::mpsc::SyncSender<()>,
-}
-
-impl AppendLock for PgAppendLock {}
-
-/// Serves lock requests on a connection of its own: the advisory lock is the connection's, so
-/// taking and releasing it must happen on one connection.
-fn lock_worker(mut worker: Worker, requests: Receiver<LockRequest>) {
-    while let Ok((held, release)) = requests.recv() {
-        let taken = worker.client().and_then(|c| {
-            c.execute("SELECT pg_advisory_lock($1)", &[&APPEND_LOCK_KEY])
-                .map(|_| ())
-                .map_err(db)
-        });
-        let ok = taken.is_ok();
-        if held.send(taken).is_err() || !ok {
-            if ok {
-                release_lock(&mut worker);
-            }
-            continue;
-        }
-        // Blocks until the guard is dropped (its sender closes).
-        let _ = release.recv();
-        release_lock(&mut worker);
-    }
-}
-
-fn release_lock(worker: &mut Worker) {
-    let released = worker.client().and_then(|c| {
-        c.execute("SELECT pg_advisory_unlock($1)", &[&APPEND_LOCK_KEY])
-            .map(|_| ())
-            .map_err(db)
-    });
-    if released.is_err() {
-        // A broken connection released the lock with it; start afresh.
-        worker.client = None;
-    }
-}
-
-impl PgLedger {
-    /// Connects to `url` (`postgres://user@host:port/db`), creates or checks the schema, and
-    /// starts the workers. Fails with the URL named (password hidden) when the server cannot be
-    /// reached, and with both versions named when the schema is newer than this build.
-    pub fn open(url: &str) -> LedgerResult<PgLedger> {
-        let shown = redact(url);
-        let mut first = Worker {
-            url: url.to_string(),
-            client: None,
-        };
-        first.client().map_err(|e| {
-            LedgerError::backend(BACKEND, format!("cannot connect to {shown}: {e}"))
-        })?;
-        migrate(first.client()?, &shown)?;
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        spawn_worker(first, rx.clone())?;
-        for _ in 1..CONNECTIONS {
-            let worker = Worker {
-                url: url.to_string(),
-                client: None,
-            };
-            spawn_worker(worker, rx.clone())?;
-        }
-        let (lock_tx, lock_rx) = std::sync::mpsc::channel::<LockRequest>();
-        let locker = Worker {
-            url: url.to_string(),
-            client: None,
-        };
-        std::thread::Builder::new()
-            .name("custodian-pg-lock".into())
-            .spawn(move || lock_worker(locker, lock_rx))
-            .map_err(|e| LedgerError::backend(BACKEND, format!("cannot start a worker: {e}")))?;
-        Ok(PgLedger {
-            jobs: Mutex::new(tx),
-            locks: Mutex::new(lock_tx),
-        })
-    }
-
-    /// Runs `job` on a worker's connection and waits for its answer.
-    fn call<T: Send + 'static>(
-        &self,
-        job: impl FnOnce(&mut Client) -> LedgerResult<T> + Send + 'static,
-    ) -> LedgerResult<T> {
-        let (tx, rx) = sync_channel(1);
-        let boxed: Job = Box::new(move |worker: &mut Worker| {
-            let answer = worker.client().and_then(job);
-            let _ = tx.send(answer);
-        });
-        self.jobs
-            .lock()
-            .map_err(|_| LedgerError::backend(BACKEND, "the job queue was poisoned"))?
-            .send(boxed)
-            .map_err(|_| LedgerError::backend(BACKEND, "the connection workers stopped"))?;
-        rx.recv()
-            .map_err(|_| LedgerError::backend(BACKEND, "a connection worker stopped mid-call"))?
-    }
-}
-
-fn spawn_worker(mut worker: Worker, jobs: Arc<Mutex<Receiver<Job>>>) -> LedgerResult<()> {
-    std::thread::Builder::new()
-        .name("custodian-pg".into())
-        .spawn(move || {
-            loop {
-                let job = {
-                    let Ok(queue) = jobs.lock() else { return };
-                    match queue.recv() {
-                        Ok(job) => job,
-                        // The ledger was dropped: no more jobs.
-                        Err(_) => return,
-                    }
-                };
-                job(&mut worker);
-            }
-        })
-        .map(|_| ())
-        .map_err(|e| LedgerError::backend(BACKEND, format!("cannot start a worker: {e}")))
-}
-
-/// Creates the schema on an empty database, or checks that an existing one is a version this
-/// build knows. Daemons opening one database at once serialize on an advisory lock.
-fn migrate(client: &mut Client, shown: &str) -> LedgerResult<()> {
-    let mut tx = client.transaction().map_err(db)?;
+/// Creates the schema on an empty database, or migrates an older one forward, or refuses a newer
+/// one. Daemons opening one database at once serialize on an advisory lock.
+fn migrate(client: &mut postgres::Client, shown: &str) -> Result<(), PgFailure> {
+    let mut tx = client.transaction()?;
     // Any fixed key: it only has to be the same for every Custodian.
-    tx.execute("SELECT pg_advisory_xact_lock(7208163)", &[])
-        .map_err(db)?;
+    tx.execute("SELECT pg_advisory_xact_lock(7208163)", &[])?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS custodian_schema (
              id integer PRIMARY KEY CHECK (id = 1),
              version integer NOT NULL
          )",
-    )
-    .map_err(db)?;
-    let found: Option<i32> = tx
-        .query_opt("SELECT version FROM custodian_schema WHERE id = 1", &[])
-        .map_err(db)?
-        .map(|row| row.get(0));
-    match found {
-        None => {
-            tx.batch_execute(MIGRATION_1).map_err(db)?;
-            tx.execute(
-                "INSERT INTO custodian_schema (id, version) VALUES (1, $1)",
-                &[&SCHEMA_VERSION],
-            )
-            .map_err(db)?;
-        }
-        Some(version) if version > SCHEMA_VERSION => {
-            return Err(LedgerError::backend(
-                BACKEND,
-                format!(
-                    "the database {shown} has schema version {version}, newer than this \
-                     custodian's {SCHEMA_VERSION}: upgrade custodian, or point it at another \
-                     database"
-                ),
-            ));
-        }
-        Some(_) => {}
+    )?;
+    let found: i32 = tx
+        .query_opt("SELECT version FROM custodian_schema WHERE id = 1", &[])?
+        .map_or(0, |row| row.get(0));
+    if found > SCHEMA_VERSION {
+        return Err(PgFailure::Failed(format!(
+            "the database {shown} has schema version {found}, newer than this custodian's \
+             {SCHEMA_VERSION}: upgrade custodian, or point it at another database"
+        )));
     }
-    tx.commit().map_err(db)
-}
-
-impl LedgerBackend for PgLedger {
-    fn name(&self) -> &'static str {
-        BACKEND
+    for (from, migration) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+        tx.batch_execute(migration)?;
+        tracing::info!(
+            database = %shown,
+            version = from + 1,
+            "migrated the PostgreSQL schema"
+        );
     }
-
-    fn append_lock(&self) -> LedgerResult<Option<Box<dyn AppendLock>>> {
-        let (held_tx, held_rx) = sync_channel(1);
-        let (release_tx, release_rx) = sync_channel(1);
-        self.locks
-            .lock()
-            .map_err(|_| LedgerError::backend(BACKEND, "the lock queue was poisoned"))?
-            .send((held_tx, release_rx))
-            .map_err(|_| LedgerError::backend(BACKEND, "the lock worker stopped"))?;
-        held_rx
-            .recv()
-            .map_err(|_| LedgerError::backend(BACKEND, "the lock worker stopped mid-call"))??;
-        Ok(Some(Box::new(PgAppendLock {
-            _release: release_tx,
-        })))
-    }
-
-    fn latest_checkpoint(&self) -> LedgerResult<Option<(u64, Vec<u8>)>> {
-        self.call(|c| {
-            Ok(c.query_opt(
-                "SELECT size, note FROM custodian_ledger_checkpoints ORDER BY size DESC LIMIT 1",
-                &[],
-            )
-            .map_err(db)?
-            .map(|row| (row.get::<_, i64>(0) as u64, row.get(1))))
-        })
-    }
-
-    fn checkpoint(&self, size: u64) -> LedgerResult<Option<Vec<u8>>> {
-        self.call(move |c| {
-            Ok(c.query_opt(
-                "SELECT note FROM custodian_ledger_checkpoints WHERE size = $1",
-                &[&big(size)],
-            )
-            .map_err(db)?
-            .map(|row| row.get(0)))
-        })
-    }
-
-    fn checkpoints(&self, from_size: u64, limit: usize) -> LedgerResult<Vec<(u64, Vec<u8>)>> {
-        self.call(move |c| {
-            Ok(c.query(
-                "SELECT size, note FROM custodian_ledger_checkpoints WHERE size >= $1 \
-                 ORDER BY size LIMIT $2",
-                &[&big(from_size), &big(limit as u64)],
-            )
-            .map_err(db)?
-            .into_iter()
-            .map(|row| (row.get::<_, i64>(0) as u64, row.get(1)))
-            .collect())
-        })
-    }
-
-    fn entries(&self, start: u64, end: u64) -> LedgerResult<Vec<Vec<u8>>> {
-        if end <= start {
-            return Ok(Vec::new());
-        }
-        self.call(move |c| {
-            let rows = c
-                .query(
-                    "SELECT idx, entry FROM custodian_ledger_entries \
-                     WHERE idx >= $1 AND idx < $2 ORDER BY idx",
-                    &[&big(start), &big(end)],
-                )
-                .map_err(db)?;
-            let mut out = Vec::with_capacity(rows.len());
-            for (offset, row) in rows.iter().enumerate() {
-                let index = row.get::<_, i64>(0) as u64;
-                if index != start + offset as u64 {
-                    break;
-                }
-                out.push(row.get(1));
-            }
-            if out.len() as u64 != end - start {
-                let size: i64 = c
-                    .query_one("SELECT size FROM custodian_ledger_state WHERE id = 1", &[])
-                    .map_err(db)?
-                    .get(0);
-                return Err(LedgerError::NoSuchEntry {
-                    index: start + out.len() as u64,
-                    size: size as u64,
-                });
-            }
-            Ok(out)
-        })
-    }
-
-    fn index_of(&self, leaf: &Hash) -> LedgerResult<Option<u64>> {
-        let leaf = leaf.0.to_vec();
-        self.call(move |c| {
-            Ok(c.query_opt(
-                "SELECT idx FROM custodian_ledger_entries WHERE leaf = $1 ORDER BY idx LIMIT 1",
-                &[&leaf],
-            )
-            .map_err(db)?
-            .map(|row| row.get::<_, i64>(0) as u64))
-        })
-    }
-
-    fn hashes(&self, indexes: &[u64]) -> LedgerResult<Vec<Option<Hash>>> {
-        let wanted: Vec<i64> = indexes.iter().map(|&i| big(i)).collect();
-        let order = indexes.to_vec();
-        self.call(move |c| {
-            let rows = c
-                .query(
-                    "SELECT idx, hash FROM custodian_ledger_hashes WHERE idx = ANY($1)",
-                    &[&wanted],
-                )
-                .map_err(db)?;
-            let mut found = std::collections::HashMap::with_capacity(rows.len());
-            for row in rows {
-                let bytes: Vec<u8> = row.get(1);
-                found.insert(row.get::<_, i64>(0) as u64, hash_of(&bytes)?);
-            }
-            Ok(order.iter().map(|i| found.get(i).copied()).collect())
-        })
-    }
-
-    fn hash_range(&self, start: u64, end: u64) -> LedgerResult<Vec<Hash>> {
-        if end <= start {
-            return Ok(Vec::new());
-        }
-        self.call(move |c| {
-            c.query(
-                "SELECT hash FROM custodian_ledger_hashes WHERE idx >= $1 AND idx < $2 \
-                 ORDER BY idx",
-                &[&big(start), &big(end)],
-            )
-            .map_err(db)?
-            .iter()
-            .map(|row| hash_of(row.get::<_, &[u8]>(0)))
-            .collect()
-        })
-    }
-
-    fn commit(&self, batch: &LedgerBatch) -> LedgerResult<()> {
-        let batch = batch.clone();
-        self.call(move |c| {
-            let mut tx = c.transaction().map_err(db)?;
-            // The state row is the log's one point of order: whoever holds it decides what
-            // comes next, and a batch built on any other tree than the stored one is refused.
-            let state = tx
-                .query_one(
-                    "SELECT size, hash_count FROM custodian_ledger_state WHERE id = 1 FOR UPDATE",
-                    &[],
-                )
-                .map_err(db)?;
-            let (size, hash_count) = (state.get::<_, i64>(0) as u64, state.get::<_, i64>(1) as u64);
-            if size > batch.first_index && hash_count > batch.first_hash_index {
-                // Another writer got there first; the caller rebuilds the batch on its tree.
-                return Err(LedgerError::Conflict {
-                    stored: size,
-                    start: batch.first_index,
-                });
-            }
-            if size != batch.first_index || hash_count != batch.first_hash_index {
-                return Err(LedgerError::backend(
-                    BACKEND,
-                    format!(
-                        "batch does not start at the end of the log: the log has {size} entries \
-                         and {hash_count} stored hashes, the batch starts at entry {} and hash {}",
-                        batch.first_index, batch.first_hash_index
-                    ),
-                ));
-            }
-            let count = batch.entries.len() as u64;
-            let indexes: Vec<i64> = (0..count).map(|i| big(batch.first_index + i)).collect();
-            let leaves: Vec<Vec<u8>> = batch.leaf_hashes.iter().map(|h| h.0.to_vec()).collect();
-            tx.execute(
-                "INSERT INTO custodian_ledger_entries (idx, leaf, entry) \
-                 SELECT * FROM UNNEST($1::bigint[], $2::bytea[], $3::bytea[])",
-                &[&indexes, &leaves, &batch.entries],
-            )
-            .map_err(db)?;
-            let hash_indexes: Vec<i64> = (0..batch.hashes.len() as u64)
-                .map(|i| big(batch.first_hash_index + i))
-                .collect();
-            let hashes: Vec<Vec<u8>> = batch.hashes.iter().map(|h| h.0.to_vec()).collect();
-            tx.execute(
-                "INSERT INTO custodian_ledger_hashes (idx, hash) \
-                 SELECT * FROM UNNEST($1::bigint[], $2::bytea[])",
-                &[&hash_indexes, &hashes],
-            )
-            .map_err(db)?;
-            tx.execute(
-                "INSERT INTO custodian_ledger_checkpoints (size, note) VALUES ($1, $2) \
-                 ON CONFLICT (size) DO UPDATE SET note = EXCLUDED.note",
-                &[&big(batch.checkpoint_size), &batch.checkpoint],
-            )
-            .map_err(db)?;
-            tx.execute(
-                "UPDATE custodian_ledger_state SET size = $1, hash_count = $2 WHERE id = 1",
-                &[
-                    &big(size + count),
-                    &big(hash_count + batch.hashes.len() as u64),
-                ],
-            )
-            .map_err(db)?;
-            // synchronous_commit is on by default: the commit returns once the WAL is flushed.
-            tx.commit().map_err(db)
-        })
-    }
+    tx.execute(
+        "INSERT INTO custodian_schema (id, version) VALUES (1, $1) \
+         ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version",
+        &[&SCHEMA_VERSION],
+    )?;
+    tx.commit()?;
+    Ok(())
 }

@@ -185,7 +185,11 @@ fn a_newer_schema_and_an_unreachable_server_are_refused_by_name() {
         .expect("a newer schema is refused");
     let text = err.to_string();
     assert!(
-        text.contains("schema version 99") && text.contains("this custodian's 1"),
+        text.contains("schema version 99")
+            && text.contains(&format!(
+                "this custodian's {}",
+                custodian_postgres::SCHEMA_VERSION
+            )),
         "{text}"
     );
 
@@ -199,4 +203,85 @@ fn a_newer_schema_and_an_unreachable_server_are_refused_by_name() {
         text.contains(&format!("127.0.0.1:{port}")) && !text.contains("secret"),
         "{text}"
     );
+}
+
+/// A conditional append sees what another writer appended since the caller's view, under the
+/// append lock: a request whose condition refuses such an entry is left out with
+/// `ConditionFailed` naming it, and the rest of its batch is committed.
+#[test]
+fn a_condition_refuses_what_another_writer_appended_first() {
+    use custodian_storage::ledger::Condition;
+    let pg = Postgres::start();
+    let url = pg.database("conditions");
+    let a = Ledger::open(Harness(url.clone()).open(), test_signer()).expect("writer a");
+    let b = Ledger::open(Harness(url.clone()).open(), test_signer()).expect("writer b");
+    append(&a, 2).expect("a's first entries");
+    b.refresh().expect("b catches up");
+    let view = b.latest().size;
+    // A appends a claim that b has not seen yet.
+    a.append(
+        vec![(
+            EntryKind::Other("Claim".into()),
+            custodian_core::entry::Value::Text("x".into()),
+        )],
+        5_000,
+    )
+    .expect("a's claim");
+    let refuses_claims = Condition {
+        after: view,
+        check: Arc::new(|entry: &custodian_core::entry::Entry| {
+            if entry.kind == EntryKind::Other("Claim".into()) {
+                Err("already claimed".into())
+            } else {
+                Ok(())
+            }
+        }),
+    };
+    let requests = vec![
+        (
+            Ledger::prepare(
+                EntryKind::Other("Claim".into()),
+                custodian_core::entry::Value::Text("x".into()),
+            )
+            .expect("prepared"),
+            Some(refuses_claims.clone()),
+        ),
+        (
+            Ledger::prepare(EntryKind::RunAttested, payload(77)).expect("prepared"),
+            None,
+        ),
+    ];
+    let (results, checkpoint) = b.append_conditional(requests, 6_000).expect("b's batch");
+    match &results[0] {
+        Err(LedgerError::ConditionFailed { index, reason }) => {
+            assert_eq!(*index, view, "the conflicting entry is named");
+            assert_eq!(reason, "already claimed");
+        }
+        other => panic!("the claim was not refused: {other:?}"),
+    }
+    let other = results[1]
+        .as_ref()
+        .expect("the unconditional request is committed");
+    assert_eq!(other.index, view + 1, "it follows a's claim");
+    assert_eq!(checkpoint.size, view + 2);
+    // A condition with nothing after its view passes.
+    let passes = Condition {
+        after: checkpoint.size,
+        ..refuses_claims
+    };
+    let (results, _) = b
+        .append_conditional(
+            vec![(
+                Ledger::prepare(
+                    EntryKind::Other("Claim".into()),
+                    custodian_core::entry::Value::Text("y".into()),
+                )
+                .expect("prepared"),
+                Some(passes),
+            )],
+            7_000,
+        )
+        .expect("b's second batch");
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    no_fork(&url, view + 3);
 }

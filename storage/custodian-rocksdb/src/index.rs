@@ -469,3 +469,111 @@ impl RocksIndex {
         Ok(out)
     }
 }
+
+/// The embedded index as an object-store backend's index: one daemon's alone.
+impl custodian_storage::BlobIndex for RocksIndex {
+    fn remote(&self) -> bool {
+        false
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        RocksIndex::check_writable(self)
+    }
+
+    fn poison(&self, cause: String) -> StorageError {
+        RocksIndex::poison(self, cause)
+    }
+
+    fn lookup(&self, digest: &Digest) -> Result<Option<BlobMeta>> {
+        Ok(RocksIndex::lookup(self, digest)?.map(|entry| entry.meta))
+    }
+
+    fn lookup_many(&self, digests: &[Digest]) -> Result<Vec<Option<BlobMeta>>> {
+        RocksIndex::lookup_many(self, digests)
+    }
+
+    fn new_upload_id(&self) -> u64 {
+        RocksIndex::new_upload_id(self)
+    }
+
+    fn add_pending(&self, records: &[(u64, Vec<u8>)]) -> Result<()> {
+        self.add_pending_many(records)
+    }
+
+    fn remove_pending(&self, ids: &[u64]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for id in ids {
+            self.add_pending_removal(&mut batch, *id)?;
+        }
+        self.db.write(batch).map_err(|e| self.err(e))
+    }
+
+    fn leftovers(&self) -> Result<Vec<custodian_storage::Leftover>> {
+        // Nobody else uses this index, and it is asked only when the backend opens, before any
+        // upload of this run began: every record is a leftover of an earlier run.
+        Ok(self
+            .pending()?
+            .into_iter()
+            .map(|(id, record)| custodian_storage::Leftover {
+                id,
+                record,
+                own: true,
+            })
+            .collect())
+    }
+
+    fn pending_count(&self) -> Result<u64> {
+        Ok(self.pending()?.len() as u64)
+    }
+
+    fn commit(&self, commits: &[(u64, BlobMeta)]) -> Result<Vec<(BlobMeta, bool)>> {
+        let digests: Vec<Digest> = commits.iter().map(|(_, meta)| meta.sha256()).collect();
+        let _guards = self.lock_commits_many(&digests);
+        let mut batch = WriteBatch::default();
+        let mut added: std::collections::HashMap<Digest, BlobMeta> =
+            std::collections::HashMap::new();
+        let mut out = Vec::with_capacity(commits.len());
+        for (id, meta) in commits {
+            self.add_pending_removal(&mut batch, *id)?;
+            if let Some(earlier) = added.get(&meta.sha256()) {
+                out.push((earlier.clone(), true));
+                continue;
+            }
+            match RocksIndex::lookup(self, &meta.sha256())? {
+                // Committed by another upload meanwhile: its record stands, and the object was
+                // overwritten with identical bytes.
+                Some(existing) => out.push((existing.meta, true)),
+                None => {
+                    self.add_commit(&mut batch, &[], meta)?;
+                    added.insert(meta.sha256(), meta.clone());
+                    out.push((meta.clone(), false));
+                }
+            }
+        }
+        self.write_synced(batch)?;
+        Ok(out)
+    }
+
+    fn delete(&self, sha256: &Digest) -> Result<bool> {
+        let _guard = self.lock_commits(sha256);
+        let Some(entry) = RocksIndex::lookup(self, sha256)? else {
+            return Ok(false);
+        };
+        let mut batch = WriteBatch::default();
+        self.add_delete(&mut batch, &entry.meta)?;
+        self.write_synced(batch)?;
+        Ok(true)
+    }
+
+    fn list(&self, after: Option<Digest>, limit: usize) -> Result<Vec<Digest>> {
+        RocksIndex::list(self, after, limit)
+    }
+
+    fn forget(&self, sha256: &Digest) -> Result<()> {
+        RocksIndex::forget(self, sha256)
+    }
+}

@@ -51,11 +51,13 @@ fn manifest(
 pub(super) async fn export(
     dir: &Path,
     data_dir: Option<&Path>,
+    ledger: Option<String>,
     server: &ServerArg,
 ) -> anyhow::Result<ExitCode> {
     if let Some(data_dir) = data_dir {
         let (dir, data_dir) = (dir.to_path_buf(), data_dir.to_path_buf());
-        return tokio::task::spawn_blocking(move || export_data_dir(&dir, &data_dir)).await?;
+        return tokio::task::spawn_blocking(move || export_data_dir(&dir, &data_dir, ledger))
+            .await?;
     }
     let mut client = connect(server).await?;
     let info = client
@@ -163,23 +165,32 @@ fn finish_export(
 
 /// Exports straight from a stopped daemon's data directory, reading RocksDB as it is, without the
 /// daemon's start-up checks: damage that keeps the daemon from starting still reaches the
-/// auditor, who then names the index.
-fn export_data_dir(dir: &Path, data_dir: &Path) -> anyhow::Result<ExitCode> {
-    use custodian_storage::ledger::LedgerBackend as _;
-    let path = data_dir.join("ledger");
-    if !path.is_dir() {
-        bail!(
-            "{} has no ledger (no {} directory)",
-            data_dir.display(),
-            path.display()
-        );
-    }
-    let backend = custodian_rocksdb::RocksLedger::open(&path).with_context(|| {
-        format!(
-            "opening {} (stop the daemon first, or export over gRPC without --data-dir)",
-            path.display()
-        )
-    })?;
+/// auditor, who then names the index. With `ledger`, the entries, hashes and checkpoints come
+/// from that PostgreSQL database instead (the daemons may keep running).
+fn export_data_dir(
+    dir: &Path,
+    data_dir: &Path,
+    ledger: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let backend: Box<dyn custodian_storage::ledger::LedgerBackend> = match ledger {
+        Some(url) => Box::new(custodian_postgres::PgLedger::open(&url)?),
+        None => {
+            let path = data_dir.join("ledger");
+            if !path.is_dir() {
+                bail!(
+                    "{} has no ledger (no {} directory)",
+                    data_dir.display(),
+                    path.display()
+                );
+            }
+            Box::new(custodian_rocksdb::RocksLedger::open(&path).with_context(|| {
+                format!(
+                    "opening {} (stop the daemon first, or export over gRPC without --data-dir)",
+                    path.display()
+                )
+            })?)
+        }
+    };
     let (size, latest) = backend
         .latest_checkpoint()?
         .context("the ledger has no checkpoint")?;

@@ -242,6 +242,12 @@ checkpoint last. Exits 1 naming what does not hold."
         /// works when damage keeps the daemon from starting)
         #[arg(long, value_name = "DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// With --data-dir: read the ledger from this PostgreSQL database (the daemons'
+        /// --ledger) instead of the data directory's RocksDB; the log key still comes from
+        /// DATA_DIR
+        #[arg(long, value_name = "URL", requires = "data_dir", env = "CUSTODIAN_LEDGER",
+              value_parser = crate::args::parse_ledger_url)]
+        ledger: Option<String>,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -424,8 +430,9 @@ pub async fn run(command: LogCommand) -> anyhow::Result<ExitCode> {
         LogCommand::Export {
             dir,
             data_dir,
+            ledger,
             server,
-        } => export(&dir, data_dir.as_deref(), &server).await,
+        } => export(&dir, data_dir.as_deref(), ledger, &server).await,
         LogCommand::Consistency {
             from,
             key,

@@ -65,7 +65,9 @@ impl From<GrpcError> for Status {
                 }
                 StorageError::OutOfRange { .. } => Status::out_of_range(message),
                 StorageError::Corrupt { .. } => Status::data_loss(message),
-                StorageError::Poisoned { .. } => Status::unavailable(message),
+                StorageError::Poisoned { .. } | StorageError::Unavailable { .. } => {
+                    Status::unavailable(message)
+                }
                 StorageError::Aborted(_) => Status::aborted(message),
                 StorageError::Backend { .. } => Status::internal(message),
             },
@@ -82,11 +84,14 @@ impl From<GrpcError> for Status {
                     Status::data_loss(format!("{source}; nothing derived from it is served"))
                 }
                 LedgerError::WrongKey { .. } => Status::failed_precondition(source.to_string()),
+                // Another daemon kept appending conflicting entries through every retry.
+                LedgerError::ConditionFailed { .. } => Status::aborted(source.to_string()),
                 // A conflict reaches a client only after the ledger's retries ran out: the log is
                 // busy with other writers, and the append may be sent again.
                 LedgerError::Poisoned(_)
                 | LedgerError::NotYetPublished { .. }
-                | LedgerError::Conflict { .. } => Status::unavailable(source.to_string()),
+                | LedgerError::Conflict { .. }
+                | LedgerError::Unavailable { .. } => Status::unavailable(source.to_string()),
                 LedgerError::Backend { .. } => Status::internal(source.to_string()),
             },
             GrpcError::Registry(err) => match err {

@@ -20,7 +20,7 @@ use custodian_core::registry::{
     private_package, to_payload,
 };
 use custodian_core::{Algorithm, Digest, promptpack};
-use custodian_storage::ledger::Ledger;
+use custodian_storage::ledger::{Condition, Ledger};
 use custodian_storage::{BlobStore, ByteRange, LedgerError, PutOutcome, StorageError};
 use futures::TryStreamExt as _;
 
@@ -170,7 +170,7 @@ pub(crate) type ParsedManifest = Arc<(Manifest, Vec<u8>)>;
 pub struct Registry {
     store: BlobStore,
     sequencer: Sequencer,
-    index: RwLock<Index>,
+    index: Arc<RwLock<Index>>,
     pub(crate) writes: tokio::sync::Mutex<()>,
     /// Bounds the attestations being checked at once, across all callers: each holds its
     /// envelope in several forms until appended, so this bounds the daemon's memory.
@@ -255,7 +255,7 @@ impl Registry {
         Ok(Registry {
             store,
             sequencer,
-            index: RwLock::new(state),
+            index: Arc::new(RwLock::new(state)),
             writes: tokio::sync::Mutex::new(()),
             attest_permits: tokio::sync::Semaphore::new(
                 crate::evidence::MAX_CONCURRENT_ATTESTATIONS,
@@ -278,18 +278,24 @@ impl Registry {
     /// Applies the entries other daemons appended to a ledger this daemon shares (PostgreSQL):
     /// publications, yanks, data packs, evidence, keys, OCI and retention entries appended
     /// through any daemon become visible through this one. Returns how many were applied.
-    pub async fn follow(self: &Arc<Self>) -> Result<u64, RegistryError> {
-        let registry = self.clone();
+    pub async fn follow(&self) -> Result<u64, RegistryError> {
+        let (ledger, state, bodies) = (
+            self.sequencer.ledger().clone(),
+            self.index.clone(),
+            self.store.clone(),
+        );
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            let ledger = registry.sequencer.ledger().clone();
             let size = ledger.latest().size;
-            if size <= registry.read().processed_below() {
+            if size
+                <= state
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .processed_below()
+            {
                 return Ok(0);
             }
-            let bodies = registry.store.clone();
-            let mut index = registry
-                .index
+            let mut index = state
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             index
@@ -359,7 +365,17 @@ impl Registry {
         &self,
         event: &T,
     ) -> Result<(u64, u64, custodian_core::receipt::Receipt, Entry), RegistryError> {
-        let (appended, checkpoint, entry) = self.append_entry(event).await?;
+        self.append_if(event, None).await
+    }
+
+    /// Appends an event as [`Registry::append`] does, provided `condition` holds against what
+    /// other daemons sharing the ledger appended meanwhile.
+    pub(crate) async fn append_if<T: Event>(
+        &self,
+        event: &T,
+        condition: Option<Condition>,
+    ) -> Result<(u64, u64, custodian_core::receipt::Receipt, Entry), RegistryError> {
+        let (appended, checkpoint, entry) = self.append_entry_if(event, condition).await?;
         let receipt = self.ledger().receipt_for(&appended, &checkpoint)?;
         Ok((appended.index, entry.time_ms, receipt, entry))
     }
@@ -377,12 +393,30 @@ impl Registry {
         ),
         RegistryError,
     > {
+        self.append_entry_if(event, None).await
+    }
+
+    async fn append_entry_if<T: Event>(
+        &self,
+        event: &T,
+        condition: Option<Condition>,
+    ) -> Result<
+        (
+            custodian_storage::ledger::Appended,
+            Arc<custodian_storage::ledger::SignedCheckpoint>,
+            Entry,
+        ),
+        RegistryError,
+    > {
         let invalid = |e: custodian_core::entry::EntryError| {
             RegistryError::Ledger(LedgerError::InvalidEntry(e))
         };
         let payload = to_payload(event).map_err(|e| invalid(e.into()))?;
         if !custodian_core::seal::must_seal(&payload) {
-            let (appended, checkpoint) = self.sequencer.append(T::KIND, payload).await?;
+            let (appended, checkpoint) = self
+                .sequencer
+                .append_if(T::KIND, payload, condition)
+                .await?;
             let entry = Entry::decode(&appended.entry).map_err(invalid)?;
             return Ok((appended, checkpoint, entry));
         }
@@ -411,9 +445,10 @@ impl Registry {
             .await?;
         let (appended, checkpoint) = self
             .sequencer
-            .append(
+            .append_if(
                 EntryKind::Sealed,
                 custodian_core::seal::sealed_payload(&body),
+                condition,
             )
             .await?;
         let sealed = Entry::decode(&appended.entry).map_err(invalid)?;
@@ -560,7 +595,46 @@ impl Registry {
             oms_signature: oms.map(|o| o.signature.clone()),
             oms_public_key: oms.map(|o| o.public_key.clone()),
         };
-        let (index, _, receipt, entry) = self.append(&event).await?;
+        // Another daemon sharing the ledger may publish the same version at the same moment:
+        // the append is conditional on no publication of it among the entries this daemon has
+        // not yet applied, checked under the ledger's append lock. When that fails, this
+        // daemon catches up and answers as a single daemon would (the idempotent answer, or
+        // ALREADY_EXISTS).
+        let digests: Vec<Digest> = files.iter().map(|f| f.sha256).collect();
+        let mut attempts = 0;
+        let (index, entry, receipt) = loop {
+            attempts += 1;
+            let condition = self.no_publication_of(&name, &event.version, &digests);
+            match self.append_if(&event, Some(condition)).await {
+                Ok((index, _, receipt, entry)) => break (index, entry, receipt),
+                Err(RegistryError::Ledger(LedgerError::ConditionFailed { index, reason }))
+                    if attempts < 8 =>
+                {
+                    tracing::info!(%name, %version, index, %reason, "another daemon appended first; catching up");
+                    self.follow().await?;
+                    if let Some(existing) =
+                        self.existing(&name, &version, &event.root, &key, private)?
+                    {
+                        return Ok((existing, None));
+                    }
+                    // Or another daemon's garbage collection recorded some of the files deleted.
+                    let mut gone = Vec::new();
+                    for file in files {
+                        if self.store.stat(&file.sha256).await?.is_none() {
+                            gone.push(format!("{} ({})", file.path, file.sha256));
+                        }
+                    }
+                    if !gone.is_empty() {
+                        return Err(RegistryError::FailedPrecondition(format!(
+                            "{} of the package's files were deleted by garbage collection while it was being published; upload them again (custodian publish does): {}",
+                            gone.len(),
+                            gone.join(", ")
+                        )));
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        };
         self.apply(index, &entry);
         tracing::info!(%name, %version, index, by = %who.label(), "published");
         let record = self
@@ -623,6 +697,42 @@ impl Registry {
                 tracing::error!(name = %recorded.record.event.name, version = %recorded.record.event.version, %err, "published, but the scan could not be recorded");
                 Ok((recorded, None))
             }
+        }
+    }
+
+    /// The condition under which a publication of `name@version` may be appended: no entry
+    /// this daemon has not applied yet publishes that version or records any of its `files`
+    /// deleted. A sealed entry cannot be read without its body, so it also fails the condition
+    /// (the caller catches up, which reads the body, and tries again).
+    fn no_publication_of(&self, name: &str, version: &str, files: &[Digest]) -> Condition {
+        let after = self.read().processed_below();
+        let (name, version) = (name.to_string(), version.to_string());
+        let files: std::collections::HashSet<String> =
+            files.iter().map(ToString::to_string).collect();
+        Condition {
+            after,
+            check: Arc::new(move |entry: &Entry| match entry.kind {
+                EntryKind::BlobsDeleted => match deleted_digests(entry)
+                    .into_iter()
+                    .find(|digest| files.contains(digest))
+                {
+                    Some(digest) => Err(format!("file {digest} was recorded deleted")),
+                    None => Ok(()),
+                },
+                EntryKind::Sealed => Err("a sealed entry may publish the same version".into()),
+                EntryKind::PackagePublished => {
+                    let same = entry_text(entry, "name") == Some(name.as_str())
+                        && entry_text(entry, "version") == Some(version.as_str());
+                    if same {
+                        Err(format!(
+                            "{name}@{version} was published through another daemon"
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                }
+                _ => Ok(()),
+            }),
         }
     }
 
@@ -1244,4 +1354,29 @@ pub fn replay_count(ledger: &Ledger) -> Result<usize, RegistryError> {
         Err(format!("no custody to read the body {digest} from"))
     })?
     .version_count())
+}
+
+/// A text field of an entry's payload map, if it has one.
+fn entry_text<'a>(entry: &'a Entry, key: &str) -> Option<&'a str> {
+    custodian_core::registry::payload_field(entry, key).and_then(|v| v.as_text())
+}
+
+/// The SHA-256 digests a `BlobsDeleted` entry records deleted, as text.
+fn deleted_digests(entry: &Entry) -> Vec<String> {
+    let Some(custodian_core::entry::Value::Array(blobs)) =
+        custodian_core::registry::payload_field(entry, "blobs")
+    else {
+        return Vec::new();
+    };
+    blobs
+        .iter()
+        .filter_map(|blob| match blob {
+            custodian_core::entry::Value::Map(fields) => fields
+                .iter()
+                .find(|(k, _)| k.as_text() == Some("digest"))
+                .and_then(|(_, v)| v.as_text())
+                .map(str::to_string),
+            _ => None,
+        })
+        .collect()
 }

@@ -257,3 +257,43 @@ fn an_entry_that_does_not_decode_as_its_kind_is_refused_and_changes_nothing() {
     assert_eq!(index.version_count(), 0);
     assert_eq!(index.packages().count(), 0);
 }
+
+/// What a publication's condition reads from a `BlobsDeleted` entry: the deleted digests, and
+/// only those.
+#[test]
+fn a_deletion_entry_names_its_digests_to_a_publication_condition() {
+    use custodian_core::registry::{BlobsDeleted, DeletedBlob, to_payload};
+    let digests: Vec<String> = (0..3u8)
+        .map(|i| Digest::of(Algorithm::Sha256, &[i]).to_string())
+        .collect();
+    let event = BlobsDeleted {
+        blobs: digests
+            .iter()
+            .map(|digest| DeletedBlob {
+                digest: digest.clone(),
+                size: 1,
+                blake3: None,
+            })
+            .collect(),
+        reason: "garbage collection".into(),
+        policy: "unreferenced".into(),
+        grace_ms: 0,
+        by: "test".into(),
+    };
+    let entry = Entry::new(
+        EntryKind::BlobsDeleted,
+        custodian_core::merkle::Hash::ZERO,
+        1,
+        to_payload(&event).expect("a payload"),
+    )
+    .expect("an entry");
+    assert_eq!(super::deleted_digests(&entry), digests);
+    let other = Entry::new(
+        EntryKind::ScanRecorded,
+        custodian_core::merkle::Hash::ZERO,
+        1,
+        Value::Map(vec![]),
+    )
+    .expect("an entry");
+    assert!(super::deleted_digests(&other).is_empty());
+}

@@ -147,7 +147,9 @@ impl From<StorageError> for ApiError {
             StorageError::Corrupt { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "data_loss", message)
             }
-            StorageError::Poisoned { .. } | StorageError::Aborted(_) => {
+            StorageError::Poisoned { .. }
+            | StorageError::Unavailable { .. }
+            | StorageError::Aborted(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             }
             StorageError::Backend { .. } => {

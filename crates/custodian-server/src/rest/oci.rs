@@ -76,7 +76,9 @@ fn storage_response(err: &StorageError, message: &str) -> Response {
         StorageError::OutOfRange { .. } => {
             error_response(StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID", message)
         }
-        StorageError::Poisoned { .. } | StorageError::Aborted(_) => {
+        StorageError::Poisoned { .. }
+        | StorageError::Unavailable { .. }
+        | StorageError::Aborted(_) => {
             error_response(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
         }
         StorageError::Corrupt { .. } | StorageError::Backend { .. } => {

@@ -24,7 +24,7 @@ use std::time::Duration;
 use custodian_core::Digest;
 use custodian_core::registry::{BlobRetention, BlobsDeleted, DeletedBlob, RetentionAction};
 use custodian_storage::uploads::UploadSessions;
-use custodian_storage::{BlobMeta, NativeHolds};
+use custodian_storage::{BlobMeta, LedgerError, NativeHolds};
 
 use crate::auth::{Principal, Scope};
 use crate::oci::Oci;
@@ -672,49 +672,69 @@ impl Collector {
                 report.spared += 1;
             }
         }
-        self.record_and_delete(
-            going,
-            "garbage collection",
-            format!(
+        let grace = options.grace;
+        let spare = move |collector: &Self, meta: &BlobMeta| {
+            !collector.keepers(meta, grace, now_ms()).is_empty()
+        };
+        let why = Grounds {
+            reason: "garbage collection",
+            policy: format!(
                 "unreferenced, unpinned, not held, and neither uploaded nor acknowledged for {}",
                 humantime::format_duration(options.grace)
             ),
-            options.grace.as_millis() as u64,
-            &options.by,
-            report,
-        )
-        .await
+            grace_ms: options.grace.as_millis() as u64,
+            by: &options.by,
+        };
+        self.record_and_delete(going, &spare, &why, report).await
     }
 
     /// Appends the `BlobsDeleted` entry for `going`, then deletes each; the caller holds the
-    /// exclusive gate.
+    /// exclusive gate. On a ledger shared with other daemons the entry is appended only if
+    /// nothing they appended since this daemon's view may keep a blob (a publication, a data
+    /// pack, an OCI manifest, a pin or hold, a sealed body, a run); otherwise this daemon
+    /// catches up, spares what `spare` now says is kept, and tries again.
     async fn record_and_delete(
         &self,
-        going: Vec<BlobMeta>,
-        reason: &str,
-        policy: String,
-        grace_ms: u64,
-        by: &str,
+        mut going: Vec<BlobMeta>,
+        spare: &(dyn Fn(&Self, &BlobMeta) -> bool + Sync),
+        why: &Grounds<'_>,
         report: &mut GcReport,
     ) -> Result<(), RegistryError> {
-        if going.is_empty() {
-            return Ok(());
-        }
-        let event = BlobsDeleted {
-            blobs: going
-                .iter()
-                .map(|m| DeletedBlob {
-                    digest: m.sha256().to_string(),
-                    size: m.size,
-                    blake3: Some(m.digests.blake3.to_string()),
-                })
-                .collect(),
-            reason: reason.to_string(),
-            policy,
-            grace_ms,
-            by: by.to_string(),
+        let mut attempts = 0;
+        let (index, entry) = loop {
+            if going.is_empty() {
+                return Ok(());
+            }
+            attempts += 1;
+            let event = BlobsDeleted {
+                blobs: going
+                    .iter()
+                    .map(|m| DeletedBlob {
+                        digest: m.sha256().to_string(),
+                        size: m.size,
+                        blake3: Some(m.digests.blake3.to_string()),
+                    })
+                    .collect(),
+                reason: why.reason.to_string(),
+                policy: why.policy.clone(),
+                grace_ms: why.grace_ms,
+                by: why.by.to_string(),
+            };
+            let condition = nothing_new_keeps(self.registry.read().processed_below());
+            match self.registry.append_if(&event, Some(condition)).await {
+                Ok((index, _, _, entry)) => break (index, entry),
+                Err(RegistryError::Ledger(LedgerError::ConditionFailed { index, reason }))
+                    if attempts < 8 =>
+                {
+                    tracing::info!(index, %reason, "another daemon appended meanwhile; judging the deletion again");
+                    self.registry.follow().await?;
+                    let before = going.len();
+                    going.retain(|meta| !spare(self, meta));
+                    report.spared += (before - going.len()) as u64;
+                }
+                Err(err) => return Err(err),
+            }
         };
-        let (index, _, _, entry) = self.registry.append(&event).await?;
         self.registry.apply(index, &entry);
         report.entries.push(index);
         let digests: Vec<Digest> = going.iter().map(BlobMeta::sha256).collect();
@@ -774,22 +794,98 @@ impl Collector {
             examined: 1,
             ..GcReport::default()
         };
-        self.record_and_delete(
-            vec![meta],
+        // Rejudged if another daemon appended meanwhile: a legal hold always spares the blob,
+        // anything else only without force.
+        let spare = move |collector: &Self, meta: &BlobMeta| {
+            let keepers = collector.keepers(meta, Duration::ZERO, now_ms());
+            keepers.iter().any(|k| matches!(k, Keeper::Held { .. }))
+                || (!force && !keepers.is_empty())
+        };
+        let by = who.label();
+        let why = Grounds {
             reason,
-            "admin delete".into(),
-            0,
-            &who.label(),
-            &mut report,
-        )
-        .await?;
+            policy: "admin delete".into(),
+            grace_ms: 0,
+            by: &by,
+        };
+        self.record_and_delete(vec![meta], &spare, &why, &mut report)
+            .await?;
         Ok(report)
+    }
+}
+
+/// Why blobs are deleted, as their `BlobsDeleted` entry says.
+struct Grounds<'a> {
+    reason: &'a str,
+    policy: String,
+    grace_ms: u64,
+    by: &'a str,
+}
+
+/// The condition of a deletion on a shared ledger: no entry after `after` is of a kind that
+/// may keep a blob. Kinds that never keep one (scans, badges, yanks, keys, pre-registrations,
+/// OCI deletions, other deletions, and entries that are not the service's) pass.
+fn nothing_new_keeps(after: u64) -> custodian_storage::ledger::Condition {
+    use custodian_core::entry::EntryKind;
+    custodian_storage::ledger::Condition {
+        after,
+        check: std::sync::Arc::new(|entry: &custodian_core::entry::Entry| match &entry.kind {
+            EntryKind::BlobsDeleted
+            | EntryKind::ScanRecorded
+            | EntryKind::BadgeIssued
+            | EntryKind::VersionYanked
+            | EntryKind::KeyEvent
+            | EntryKind::EvalPreregistered
+            | EntryKind::OciDeleted
+            | EntryKind::Other(_) => Ok(()),
+            kind => Err(format!("a {kind} entry may keep the blobs")),
+        }),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A deletion on a shared ledger waits out every entry kind that may keep a blob, and only
+    /// those.
+    #[test]
+    fn a_deletion_yields_to_every_entry_that_may_keep_a_blob() {
+        use custodian_core::entry::{Entry, EntryKind, Value};
+        let condition = nothing_new_keeps(0);
+        let judge = |kind: EntryKind| {
+            let entry = Entry::new(
+                kind,
+                custodian_core::merkle::Hash::ZERO,
+                1,
+                Value::Map(vec![]),
+            )
+            .expect("an entry");
+            (condition.check)(&entry).is_ok()
+        };
+        for keeper in [
+            EntryKind::PackagePublished,
+            EntryKind::DataPackRegistered,
+            EntryKind::OciManifestPut,
+            EntryKind::BlobRetention,
+            EntryKind::Sealed,
+            EntryKind::RunAttested,
+        ] {
+            assert!(!judge(keeper.clone()), "{keeper} may keep a blob");
+        }
+        for harmless in [
+            EntryKind::BlobsDeleted,
+            EntryKind::ScanRecorded,
+            EntryKind::BadgeIssued,
+            EntryKind::VersionYanked,
+            EntryKind::KeyEvent,
+            EntryKind::EvalPreregistered,
+            EntryKind::OciDeleted,
+            EntryKind::Other("ScaleProbe".into()),
+        ] {
+            assert!(judge(harmless.clone()), "{harmless} keeps nothing");
+        }
+    }
 
     /// A full batch's entry stays under the size that would seal it.
     #[test]

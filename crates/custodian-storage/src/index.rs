@@ -1,0 +1,81 @@
+//! The metadata index of a backend that keeps the bytes somewhere else (an object store): which
+//! blobs are committed, under their SHA-256 and their BLAKE3 alias, and which uploads are
+//! pending. A blob is visible exactly when its index entry is committed, whatever the object
+//! store's own consistency, so the index is where custody is decided.
+//!
+//! Two implementations exist: the embedded RocksDB index (one daemon) and the PostgreSQL index
+//! (any number of daemons sharing one database and one bucket).
+
+use custodian_core::Digest;
+
+use crate::{BlobMeta, Result, StorageError};
+
+/// A pending upload found when the backend is opened: its upload was interrupted (a crash) and
+/// its objects must be cleaned up.
+#[derive(Clone, Debug)]
+pub struct Leftover {
+    /// The upload's id.
+    pub id: u64,
+    /// The backend-specific record written when the upload began.
+    pub record: Vec<u8>,
+    /// Whether this daemon began the upload (in a previous run). An upload another daemon began
+    /// and abandoned is cleaned more cautiously: its objects at final keys are left alone,
+    /// because a live upload of the same digest may be writing the same key.
+    pub own: bool,
+}
+
+/// A blob metadata index. Calls block (on disk or network I/O); callers on an async runtime
+/// run them on its blocking pool when [`BlobIndex::remote`] says so.
+pub trait BlobIndex: Send + Sync + 'static {
+    /// Whether calls go over the network (and so must not run on an async worker thread).
+    fn remote(&self) -> bool;
+
+    /// Whether other daemons use this index at once (so nothing outside it may be assumed to
+    /// be this daemon's alone, such as partial files in a shared directory).
+    fn shared(&self) -> bool;
+
+    /// Refuses writes once a write has failed in a way that leaves the store's state unknown.
+    fn check_writable(&self) -> Result<()>;
+
+    /// Records such a failure: writes are refused from now on, until the daemon restarts.
+    fn poison(&self, cause: String) -> StorageError;
+
+    /// The committed blob with this digest (either algorithm).
+    fn lookup(&self, digest: &Digest) -> Result<Option<BlobMeta>>;
+
+    /// Looks up many digests at once, in order.
+    fn lookup_many(&self, digests: &[Digest]) -> Result<Vec<Option<BlobMeta>>>;
+
+    /// A fresh upload id, unique among every daemon sharing the index.
+    fn new_upload_id(&self) -> u64;
+
+    /// Durably records uploads as pending, each with a backend-specific record.
+    fn add_pending(&self, records: &[(u64, Vec<u8>)]) -> Result<()>;
+
+    /// Removes pending records of uploads that ended without committing. Need not be durable:
+    /// a lost removal only means the next open repeats the cleanup.
+    fn remove_pending(&self, ids: &[u64]) -> Result<()>;
+
+    /// The pending records that no live upload owns: this daemon's own from before it was
+    /// opened, and other daemons' whose daemon stopped without cleaning them.
+    fn leftovers(&self) -> Result<Vec<Leftover>>;
+
+    /// How many uploads are pending, in flight or left behind.
+    fn pending_count(&self) -> Result<u64>;
+
+    /// Commits uploads atomically and durably: each `(upload id, metadata)` removes the upload's
+    /// pending record and makes the blob visible, unless a blob with that SHA-256 is committed
+    /// already (by anyone). Returns, in order, the committed metadata and whether it was there
+    /// before.
+    fn commit(&self, commits: &[(u64, BlobMeta)]) -> Result<Vec<(BlobMeta, bool)>>;
+
+    /// Removes a committed blob's entries, durably; returns whether it was committed.
+    fn delete(&self, sha256: &Digest) -> Result<bool>;
+
+    /// Up to `limit` committed SHA-256 digests after `after`, in byte order. Entries whose
+    /// metadata no longer decodes are listed too.
+    fn list(&self, after: Option<Digest>, limit: usize) -> Result<Vec<Digest>>;
+
+    /// Removes a blob's entries even when its metadata no longer decodes. Durable.
+    fn forget(&self, sha256: &Digest) -> Result<()>;
+}

@@ -1,0 +1,444 @@
+//! The object-store backend's blob index on PostgreSQL, shared by every daemon in front of one
+//! bucket: a blob is committed (visible through every daemon) exactly when its row in
+//! `custodian_blobs` is, and the row's unique `blake3` column is its BLAKE3 alias.
+//!
+//! Pending uploads belong to an *instance*: one daemon's data directory, numbered by the
+//! database when it first opens and remembered in `DIR/postgres-instance`. Upload ids are
+//! `instance << 32 | counter`, so daemons never collide without asking the database for each
+//! one. At open, a daemon's own pending records are leftovers of its previous run (no upload of
+//! this run has begun). Another instance's records are leftovers only once that instance has not
+//! been seen for [`STALE_AFTER`]: each open index marks its instance seen every
+//! [`HEARTBEAT`].
+
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use custodian_core::{Algorithm, Digest};
+use custodian_storage::{BlobIndex, BlobMeta, Leftover, Result, StorageError};
+use postgres::Client;
+
+use crate::pool::{PgFailure, Pool, big};
+use crate::{BACKEND, CONNECTIONS};
+
+/// How often an open index marks its instance as seen.
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// How long an instance may go unseen before other daemons clean up its pending uploads.
+pub const STALE_AFTER: &str = "5 minutes";
+
+/// The file in a daemon's data directory that remembers its instance.
+const INSTANCE_FILE: &str = "postgres-instance";
+
+impl From<PgFailure> for StorageError {
+    fn from(failure: PgFailure) -> Self {
+        match failure {
+            PgFailure::Unreachable(message) => StorageError::Unavailable {
+                backend: BACKEND,
+                message,
+            },
+            PgFailure::Failed(message) => StorageError::Backend {
+                backend: BACKEND,
+                message,
+            },
+        }
+    }
+}
+
+fn db(err: postgres::Error) -> StorageError {
+    PgFailure::from(err).into()
+}
+
+/// The blob index in a PostgreSQL database.
+pub struct PgIndex {
+    pool: Arc<Pool>,
+    instance: i64,
+    next_upload: AtomicU64,
+    poisoned: Mutex<Option<String>>,
+    /// Dropping it stops the heartbeat thread.
+    _heartbeat: Sender<()>,
+}
+
+impl PgIndex {
+    /// Connects to `url`, creates or migrates the schema, and takes this daemon's instance (the
+    /// one remembered in `state_dir`, or a new one). Blocks; safe to call from an async task
+    /// (the connection is made on a thread of its own, as the blocking client requires).
+    pub fn open(url: &str, state_dir: &Path) -> Result<PgIndex> {
+        let (url, state_dir) = (url.to_string(), state_dir.to_path_buf());
+        std::thread::spawn(move || Self::open_here(&url, &state_dir))
+            .join()
+            .map_err(|_| StorageError::backend(BACKEND, "the open thread panicked"))?
+    }
+
+    fn open_here(url: &str, state_dir: &Path) -> Result<PgIndex> {
+        let mut first = crate::open_database(url)?;
+        let instance = claim_instance(first.client()?, state_dir)?;
+        let last: i64 = first
+            .client()?
+            .query_one(
+                "SELECT coalesce(max(id), 0) FROM custodian_pending_uploads WHERE instance = $1",
+                &[&instance],
+            )
+            .map_err(db)?
+            .get(0);
+        let pool = Arc::new(Pool::start(first, CONNECTIONS, "custodian-pg-index")?);
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let beating = pool.clone();
+        std::thread::Builder::new()
+            .name("custodian-pg-heartbeat".into())
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(HEARTBEAT) {
+                    let seen = beating.call(move |c: &mut Client| {
+                        c.execute(
+                            "UPDATE custodian_index_instances SET seen = now() WHERE instance = $1",
+                            &[&instance],
+                        )
+                        .map_err(PgFailure::from)
+                    });
+                    if let Err(err) = seen {
+                        tracing::warn!(%err, "could not mark this daemon's index instance seen");
+                    }
+                }
+            })
+            .map_err(|e| StorageError::backend(BACKEND, format!("cannot start a thread: {e}")))?;
+        Ok(PgIndex {
+            pool,
+            instance,
+            next_upload: AtomicU64::new(((last as u64) & 0xffff_ffff) + 1),
+            poisoned: Mutex::new(None),
+            _heartbeat: stop,
+        })
+    }
+
+    /// This daemon's instance number.
+    pub fn instance(&self) -> i64 {
+        self.instance
+    }
+
+    fn call<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Client) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.pool.call(job)
+    }
+}
+
+/// The instance remembered in `state_dir` if the database still knows it (with the same token),
+/// else a new one, remembered durably before it is used.
+fn claim_instance(client: &mut Client, state_dir: &Path) -> Result<i64> {
+    let path = state_dir.join(INSTANCE_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Some((number, token)) = text.trim().split_once(' ')
+        && let Ok(number) = number.parse::<i64>()
+    {
+        let known = client
+            .execute(
+                "UPDATE custodian_index_instances SET seen = now() \
+                 WHERE instance = $1 AND token = $2",
+                &[&number, &token],
+            )
+            .map_err(db)?;
+        if known == 1 {
+            return Ok(number);
+        }
+    }
+    let token = uuid::Uuid::new_v4().to_string();
+    let number: i64 = client
+        .query_one(
+            "INSERT INTO custodian_index_instances (token) VALUES ($1) RETURNING instance",
+            &[&token],
+        )
+        .map_err(db)?
+        .get(0);
+    if number >= 1 << 31 {
+        return Err(StorageError::backend(
+            BACKEND,
+            format!("instance number {number} leaves no room for upload ids"),
+        ));
+    }
+    std::fs::create_dir_all(state_dir)
+        .and_then(|()| write_durably(&path, format!("{number} {token}\n").as_bytes()))
+        .map_err(|e| StorageError::backend(BACKEND, format!("write {}: {e}", path.display())))?;
+    Ok(number)
+}
+
+/// Replaces a small file atomically and durably: write, sync, rename, sync the directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A row of `custodian_blobs` as [`BlobMeta`], checked against the keys it is filed under.
+fn decode(sha256: &[u8], blake3: &[u8], meta: &[u8]) -> Result<BlobMeta> {
+    let key: [u8; 32] = sha256
+        .try_into()
+        .map_err(|_| StorageError::backend(BACKEND, "a blob row's sha256 is not 32 bytes"))?;
+    let corrupt = |detail: String| StorageError::Corrupt {
+        digest: Digest::sha256(key),
+        detail,
+    };
+    let meta = BlobMeta::decode(meta).map_err(|e| corrupt(e.to_string()))?;
+    if meta.sha256().bytes() != &key {
+        return Err(corrupt(format!(
+            "metadata is filed under this digest but describes {}",
+            meta.sha256()
+        )));
+    }
+    if meta.digests.blake3.bytes().as_slice() != blake3 {
+        return Err(corrupt(
+            "the row's BLAKE3 column differs from the blob's BLAKE3".into(),
+        ));
+    }
+    Ok(meta)
+}
+
+impl BlobIndex for PgIndex {
+    fn remote(&self) -> bool {
+        true
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        match &*self.poisoned.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(cause) => Err(StorageError::Poisoned {
+                backend: BACKEND,
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&self, cause: String) -> StorageError {
+        tracing::error!(%cause, "a blob write failed; refusing further writes until restart");
+        *self.poisoned.lock().unwrap_or_else(|e| e.into_inner()) = Some(cause.clone());
+        StorageError::Poisoned {
+            backend: BACKEND,
+            cause,
+        }
+    }
+
+    fn lookup(&self, digest: &Digest) -> Result<Option<BlobMeta>> {
+        let column = match digest.algorithm() {
+            Algorithm::Sha256 => "sha256",
+            Algorithm::Blake3 => "blake3",
+        };
+        let key = digest.bytes().to_vec();
+        let query = format!("SELECT sha256, blake3, meta FROM custodian_blobs WHERE {column} = $1");
+        self.call(move |c| match c.query_opt(&query, &[&key]).map_err(db)? {
+            None => Ok(None),
+            Some(row) => decode(row.get(0), row.get(1), row.get(2)).map(Some),
+        })
+    }
+
+    fn lookup_many(&self, digests: &[Digest]) -> Result<Vec<Option<BlobMeta>>> {
+        let digests = digests.to_vec();
+        self.call(move |c| {
+            let (sha, blake): (Vec<&Digest>, Vec<&Digest>) = digests
+                .iter()
+                .partition(|d| d.algorithm() == Algorithm::Sha256);
+            let sha: Vec<Vec<u8>> = sha.iter().map(|d| d.bytes().to_vec()).collect();
+            let blake: Vec<Vec<u8>> = blake.iter().map(|d| d.bytes().to_vec()).collect();
+            let rows = c
+                .query(
+                    "SELECT sha256, blake3, meta FROM custodian_blobs \
+                     WHERE sha256 = ANY($1) OR blake3 = ANY($2)",
+                    &[&sha, &blake],
+                )
+                .map_err(db)?;
+            let mut found = std::collections::HashMap::with_capacity(rows.len() * 2);
+            for row in rows {
+                let meta = decode(row.get(0), row.get(1), row.get(2))?;
+                found.insert(meta.sha256(), meta.clone());
+                found.insert(meta.digests.blake3, meta);
+            }
+            Ok(digests.iter().map(|d| found.get(d).cloned()).collect())
+        })
+    }
+
+    fn new_upload_id(&self) -> u64 {
+        let counter = self.next_upload.fetch_add(1, Ordering::SeqCst) & 0xffff_ffff;
+        ((self.instance as u64) << 32) | counter
+    }
+
+    fn add_pending(&self, records: &[(u64, Vec<u8>)]) -> Result<()> {
+        let ids: Vec<i64> = records.iter().map(|(id, _)| *id as i64).collect();
+        let bodies: Vec<Vec<u8>> = records.iter().map(|(_, r)| r.clone()).collect();
+        let instance = self.instance;
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO custodian_pending_uploads (id, instance, record) \
+                 SELECT id, $2, record FROM UNNEST($1::bigint[], $3::bytea[]) AS t(id, record)",
+                &[&ids, &instance, &bodies],
+            )
+            .map_err(db)
+            .map(|_| ())
+        })
+    }
+
+    fn remove_pending(&self, ids: &[u64]) -> Result<()> {
+        let ids: Vec<i64> = ids.iter().map(|id| *id as i64).collect();
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM custodian_pending_uploads WHERE id = ANY($1)",
+                &[&ids],
+            )
+            .map_err(db)
+            .map(|_| ())
+        })
+    }
+
+    fn leftovers(&self) -> Result<Vec<Leftover>> {
+        let instance = self.instance;
+        let query = format!(
+            "SELECT p.id, p.instance, p.record FROM custodian_pending_uploads p \
+             LEFT JOIN custodian_index_instances i ON i.instance = p.instance \
+             WHERE p.instance = $1 OR i.instance IS NULL \
+                OR i.seen < now() - interval '{STALE_AFTER}' \
+             ORDER BY p.id"
+        );
+        self.call(move |c| {
+            Ok(c.query(&query, &[&instance])
+                .map_err(db)?
+                .into_iter()
+                .map(|row| Leftover {
+                    id: row.get::<_, i64>(0) as u64,
+                    own: row.get::<_, i64>(1) == instance,
+                    record: row.get(2),
+                })
+                .collect())
+        })
+    }
+
+    fn pending_count(&self) -> Result<u64> {
+        self.call(|c| {
+            Ok(
+                c.query_one("SELECT count(*) FROM custodian_pending_uploads", &[])
+                    .map_err(db)?
+                    .get::<_, i64>(0) as u64,
+            )
+        })
+    }
+
+    fn commit(&self, commits: &[(u64, BlobMeta)]) -> Result<Vec<(BlobMeta, bool)>> {
+        let commits = commits.to_vec();
+        self.call(move |c| {
+            let ids: Vec<i64> = commits.iter().map(|(id, _)| *id as i64).collect();
+            let mut seen = std::collections::HashSet::new();
+            let mut sha = Vec::new();
+            let mut blake = Vec::new();
+            let mut metas = Vec::new();
+            for (_, meta) in &commits {
+                if seen.insert(meta.sha256()) {
+                    sha.push(meta.sha256().bytes().to_vec());
+                    blake.push(meta.digests.blake3.bytes().to_vec());
+                    metas.push(meta.encode());
+                }
+            }
+            let mut tx = c.transaction().map_err(db)?;
+            tx.execute(
+                "DELETE FROM custodian_pending_uploads WHERE id = ANY($1)",
+                &[&ids],
+            )
+            .map_err(db)?;
+            // A row another daemon committed first stands (it describes the same bytes); the
+            // insert waits for that daemon's transaction, then skips the row.
+            let inserted: std::collections::HashSet<Vec<u8>> = tx
+                .query(
+                    "INSERT INTO custodian_blobs (sha256, blake3, meta) \
+                     SELECT * FROM UNNEST($1::bytea[], $2::bytea[], $3::bytea[]) \
+                     ON CONFLICT DO NOTHING RETURNING sha256",
+                    &[&sha, &blake, &metas],
+                )
+                .map_err(db)?
+                .into_iter()
+                .map(|row| row.get(0))
+                .collect();
+            let others: Vec<&Vec<u8>> = sha.iter().filter(|s| !inserted.contains(*s)).collect();
+            let mut existing = std::collections::HashMap::new();
+            if !others.is_empty() {
+                for row in tx
+                    .query(
+                        "SELECT sha256, blake3, meta FROM custodian_blobs WHERE sha256 = ANY($1)",
+                        &[&others],
+                    )
+                    .map_err(db)?
+                {
+                    let meta = decode(row.get(0), row.get(1), row.get(2))?;
+                    existing.insert(meta.sha256(), meta);
+                }
+            }
+            // synchronous_commit is on by default: the commit returns once the WAL is flushed.
+            tx.commit().map_err(db)?;
+            let mut first = std::collections::HashSet::new();
+            commits
+                .into_iter()
+                .map(|(_, meta)| {
+                    let digest = meta.sha256();
+                    if let Some(stored) = existing.get(&digest) {
+                        return Ok((stored.clone(), true));
+                    }
+                    if !inserted.contains(digest.bytes().as_slice()) {
+                        return Err(StorageError::Corrupt {
+                            digest,
+                            detail: "another blob is committed under the same BLAKE3".into(),
+                        });
+                    }
+                    // The same digest twice in one commit: the second was already there.
+                    let new = first.insert(digest);
+                    Ok((meta, !new))
+                })
+                .collect()
+        })
+    }
+
+    fn delete(&self, sha256: &Digest) -> Result<bool> {
+        let key = sha256.bytes().to_vec();
+        self.call(move |c| {
+            Ok(
+                c.execute("DELETE FROM custodian_blobs WHERE sha256 = $1", &[&key])
+                    .map_err(db)?
+                    == 1,
+            )
+        })
+    }
+
+    fn list(&self, after: Option<Digest>, limit: usize) -> Result<Vec<Digest>> {
+        // bytea compares byte by byte, so this is byte order; the empty value sorts first.
+        let after = after.map_or_else(Vec::new, |d| d.bytes().to_vec());
+        let limit = big(limit as u64);
+        self.call(move |c| {
+            c.query(
+                "SELECT sha256 FROM custodian_blobs WHERE sha256 > $1 ORDER BY sha256 LIMIT $2",
+                &[&after, &limit],
+            )
+            .map_err(db)?
+            .into_iter()
+            .map(|row| {
+                let bytes: Vec<u8> = row.get(0);
+                let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                    StorageError::backend(BACKEND, "a blob row's sha256 is not 32 bytes")
+                })?;
+                Ok(Digest::sha256(key))
+            })
+            .collect()
+        })
+    }
+
+    fn forget(&self, sha256: &Digest) -> Result<()> {
+        // The row holds both keys, so removing it needs nothing from its metadata.
+        self.delete(sha256).map(|_| ())
+    }
+}
