@@ -102,7 +102,13 @@ fn registry_with_pusher(dir: &Path, name: &str, namespace: &str) -> (Daemon, Str
 }
 
 /// Sends one chunk of an upload: `PATCH` with `Content-Range: start-(start+len-1)`.
-fn patch_chunk(rest: &str, location: &str, auth: &str, start: usize, chunk: &Path) -> Answer {
+pub(crate) fn patch_chunk(
+    rest: &str,
+    location: &str,
+    auth: &str,
+    start: usize,
+    chunk: &Path,
+) -> Answer {
     let len = std::fs::metadata(chunk).expect("chunk").len() as usize;
     http(
         "PATCH",

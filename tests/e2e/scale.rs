@@ -42,6 +42,11 @@ struct Cluster {
 impl Cluster {
     /// `n` daemons on one database and one bucket, with one log key.
     fn start(n: usize) -> Cluster {
+        Self::start_with(n, &[])
+    }
+
+    /// [`Cluster::start`] with `extra` serve flags for every daemon.
+    fn start_with(n: usize, extra: &[&str]) -> Cluster {
         let pg = Postgres::start();
         let url = pg.database("cluster");
         let moto = Moto::start(BUCKET);
@@ -75,7 +80,8 @@ impl Cluster {
             })
             .map(|(_, a)| a.clone())
             .collect();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
         let daemons: Vec<Daemon> = (0..n)
             .map(|i| {
                 let data = dir.path().join(format!("daemon-{i}"));
@@ -675,4 +681,204 @@ async fn a_daemon_that_loses_postgresql_refuses_writes_and_keeps_serving_reads()
         .await
         .expect("a put once the database is back");
     crate::interop::go_verifies_the_log(daemon, &dir.join("go")).await;
+}
+
+/// Two daemons serve one OCI registry and one collection policy: blobs pushed through either
+/// are in the repository through both (a manifest pushed through B names blobs pushed through
+/// A, and a chunked push moves between them), unlinked through one they are gone from both, and
+/// a collection on either daemon keeps
+/// what the other was told is kept: a blob linked in a repository, or one whose put was just
+/// acknowledged there.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_daemons_share_oci_repositories_uploads_and_acknowledgements() {
+    use crate::oci::{
+        basic, http, image_manifest, patch_chunk, push_blob, push_image_blobs, put_manifest,
+    };
+
+    const GRACE: &str = "2s";
+    let cluster = Cluster::start_with(2, &["--upload-expiry", GRACE, "--gc-grace", GRACE]);
+    let (a, b) = (&cluster.daemons[0], &cluster.daemons[1]);
+    let (auth_a, auth_b) = (basic(&a.token), basic(&b.token));
+    let files = tempfile::tempdir().expect("a scratch directory");
+    let repo = "team/app";
+
+    // Blobs through A, the manifest through B.
+    let layer = crate::pattern(71, 300_000).to_vec();
+    let layer_digest = push_image_blobs(&a.rest, &auth_a, repo, &layer, files.path());
+    let manifest = image_manifest(&layer_digest, layer.len(), "shared");
+    let pushed = put_manifest(&b.rest, &auth_b, repo, "v1", &manifest, files.path());
+    assert_eq!(
+        pushed.status, 201,
+        "B takes a manifest over A's blobs: {pushed:?}"
+    );
+    for (daemon, auth) in [(a, &auth_a), (b, &auth_b)] {
+        let got = http(
+            "GET",
+            &format!("{}/v2/{repo}/blobs/{layer_digest}", daemon.rest),
+            std::slice::from_ref(auth),
+            None,
+        );
+        assert_eq!(got.status, 200, "{}: {got:?}", daemon.rest);
+        assert!(
+            got.body == layer,
+            "{} serves the layer verified",
+            daemon.rest
+        );
+        let tags = http(
+            "GET",
+            &format!("{}/v2/{repo}/tags/list", daemon.rest),
+            std::slice::from_ref(auth),
+            None,
+        );
+        assert_eq!(tags.status, 200, "{}: {tags:?}", daemon.rest);
+    }
+
+    // A chunked push that moves between daemons behind a balancer: started through A, a chunk
+    // through B, the next through A, closed through B; the session is in the database.
+    let big = crate::pattern(75, 3_000_000).to_vec();
+    let big_digest = custodian_core::Digest::of(custodian_core::Algorithm::Sha256, &big);
+    let started = http(
+        "POST",
+        &format!("{}/v2/{repo}/blobs/uploads/", a.rest),
+        std::slice::from_ref(&auth_a),
+        None,
+    );
+    assert_eq!(started.status, 202, "{started:?}");
+    let location = started.header("location").expect("Location").to_string();
+    let chunks = [(0, 1_200_000), (1_200_000, big.len())];
+    for (i, ((from, to), (daemon, auth))) in
+        chunks.iter().zip([(b, &auth_b), (a, &auth_a)]).enumerate()
+    {
+        let chunk = files.path().join(format!("chunk-{i}"));
+        std::fs::write(&chunk, &big[*from..*to]).expect("a chunk file");
+        let patched = patch_chunk(&daemon.rest, &location, auth, *from, &chunk);
+        assert_eq!(
+            patched.status, 202,
+            "chunk {i} through {}: {patched:?}",
+            daemon.rest
+        );
+        assert_eq!(
+            patched.header("range"),
+            Some(format!("0-{}", to - 1).as_str())
+        );
+    }
+    let closed = http(
+        "PUT",
+        &format!("{}{location}?digest={big_digest}", b.rest),
+        std::slice::from_ref(&auth_b),
+        None,
+    );
+    assert_eq!(closed.status, 201, "closed through B: {closed:?}");
+    let got = http(
+        "GET",
+        &format!("{}/v2/{repo}/blobs/{big_digest}", a.rest),
+        std::slice::from_ref(&auth_a),
+        None,
+    );
+    assert_eq!(got.status, 200, "{got:?}");
+    assert!(
+        got.body == big,
+        "the blob pushed in chunks through both daemons verifies"
+    );
+
+    // A loose blob pushed through B and unlinked through A is in neither repository.
+    let loose = crate::pattern(72, 5000).to_vec();
+    let loose_digest = push_blob(&b.rest, &auth_b, "team/scratch", &loose, files.path());
+    let unlinked = http(
+        "DELETE",
+        &format!("{}/v2/team/scratch/blobs/{loose_digest}", a.rest),
+        std::slice::from_ref(&auth_a),
+        None,
+    );
+    assert_eq!(unlinked.status, 202, "{unlinked:?}");
+    let gone = http(
+        "HEAD",
+        &format!("{}/v2/team/scratch/blobs/{loose_digest}", b.rest),
+        std::slice::from_ref(&auth_b),
+        None,
+    );
+    assert_eq!(
+        gone.status, 404,
+        "unlinked through A, gone through B: {gone:?}"
+    );
+
+    // Two unreferenced blobs, both out of grace; one is put again through A (told "already
+    // present"), and B collects at once: B must keep it, and delete the other.
+    let (kept, lapsed) = (crate::pattern(73, 4096), crate::pattern(74, 4096));
+    let (kept_sha, lapsed_sha) = (
+        custodian_core::Digest::of(custodian_core::Algorithm::Sha256, &kept).to_string(),
+        custodian_core::Digest::of(custodian_core::Algorithm::Sha256, &lapsed).to_string(),
+    );
+    for (sha, data) in [(&kept_sha, &kept), (&lapsed_sha, &lapsed)] {
+        let client = b.connect(Some(&b.token)).await;
+        crate::cas::put(&mut client.store(), sha, Some(4096), data)
+            .await
+            .expect("put through B");
+    }
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let client = a.connect(Some(&a.token)).await;
+    crate::cas::put(&mut client.store(), &kept_sha, Some(4096), &kept)
+        .await
+        .expect("put again through A");
+    let report = cli_at(&b.address, &b.token, &["gc", "--grace", GRACE, "--json"]);
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("gc JSON");
+    let deleted: Vec<&str> = report["deleted"]
+        .as_array()
+        .expect("deleted")
+        .iter()
+        .map(|d| d["digest"].as_str().expect("digest"))
+        .collect();
+    assert!(deleted.contains(&lapsed_sha.as_str()), "{report}");
+    assert!(
+        deleted.contains(&loose_digest.to_string().as_str()),
+        "{report}"
+    );
+    assert!(
+        !deleted.contains(&kept_sha.as_str()),
+        "A's acknowledgement keeps the blob from B's collection: {report}"
+    );
+    for kept_by_oci in [
+        layer_digest.to_string(),
+        format!("sha256:{}", hex_of(b"{}")),
+    ] {
+        assert!(
+            !deleted.contains(&kept_by_oci.as_str()),
+            "{kept_by_oci} is in team/app"
+        );
+    }
+    // The other daemon says why the acknowledged blob is kept, from the shared record.
+    let why = cli_at(&b.address, &b.token, &["blob", "why", &kept_sha, "--json"]);
+    let why: serde_json::Value = serde_json::from_slice(&why.stdout).expect("why JSON");
+    assert!(why.to_string().contains("grace"), "{why}");
+
+    // Out of grace again, the blob goes, through A's collection this time.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let report = cli_at(&a.address, &a.token, &["gc", "--grace", GRACE, "--json"]);
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("gc JSON");
+    assert!(report.to_string().contains(&kept_sha), "{report}");
+    let layer_again = http(
+        "GET",
+        &format!("{}/v2/{repo}/blobs/{layer_digest}", b.rest),
+        std::slice::from_ref(&auth_b),
+        None,
+    );
+    assert_eq!(
+        layer_again.status, 200,
+        "the linked layer outlives both collections"
+    );
+}
+
+/// The hex SHA-256 of `bytes`.
+fn hex_of(bytes: &[u8]) -> String {
+    custodian_core::Digest::of(custodian_core::Algorithm::Sha256, bytes).hex()
 }

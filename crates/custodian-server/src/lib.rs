@@ -228,15 +228,15 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let limits = config.limits;
     // Acknowledgements of puts that stored nothing new keep their blobs within the grace
-    // period across restarts (see custodian_storage::retention).
+    // period across restarts (see custodian_storage::retention); daemons sharing a database
+    // record them there, where every daemon's collection sees them.
     let acks = config.data_dir.join("retention").join("acknowledged");
-    let retention =
-        custodian_storage::retention::Retention::persistent(&acks).map_err(|source| {
-            ServerError::DataDir {
-                path: acks.clone(),
-                source,
-            }
-        })?;
+    let retention = custodian_storage::retention::Retention::persistent(&acks)
+        .map_err(|source| ServerError::DataDir {
+            path: acks.clone(),
+            source,
+        })?
+        .with_shared(store.shared_state());
     let store = store.with_retention(Arc::new(retention));
     let auth = Arc::new(auth::Authenticator::new(&config.data_dir)?);
     // Publication is gated before anything can read the published checkpoint (the mirror, the

@@ -8,7 +8,9 @@
 
 use custodian_core::Digest;
 
-use crate::{BlobMeta, Result, StorageError};
+use std::sync::Arc;
+
+use crate::{BlobMeta, Result, SharedState, StorageError};
 
 /// A pending upload found when the backend is opened: its upload was interrupted (a crash) and
 /// its objects must be cleaned up.
@@ -78,4 +80,10 @@ pub trait BlobIndex: Send + Sync + 'static {
 
     /// Removes a blob's entries even when its metadata no longer decodes. Durable.
     fn forget(&self, sha256: &Digest) -> Result<()>;
+
+    /// The state daemons sharing this index keep beside it (acknowledgements, deletion claims,
+    /// OCI links), if it is shared; `None` for an index one daemon owns.
+    fn shared_state(self: Arc<Self>) -> Option<Arc<dyn SharedState>> {
+        None
+    }
 }

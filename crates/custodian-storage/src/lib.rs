@@ -16,6 +16,8 @@ pub mod ledger_conformance;
 mod memory;
 mod meta;
 pub mod retention;
+mod shared;
+pub mod staging;
 mod store;
 pub mod uploads;
 
@@ -28,6 +30,7 @@ pub use ledger::{
 };
 pub use memory::MemoryBackend;
 pub use meta::{BlobMeta, MetaDecodeError};
+pub use shared::SharedState;
 pub use store::{
     BlobBackend, BlobRead, BlobStore, BlobWriter, BlockSink, BlockStream, ByteRange, Expectation,
     NativeHolds, PutOutcome, Staged,

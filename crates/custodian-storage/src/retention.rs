@@ -22,17 +22,32 @@
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use custodian_core::Digest;
 
+use crate::{SharedState, StorageError};
+
 /// The gate between what keeps blobs and what deletes them, and the acknowledgement times.
-#[derive(Debug)]
 pub struct Retention {
     gate: Vec<tokio::sync::RwLock<()>>,
+    /// This daemon's acknowledgements (all of them, when nothing is shared).
     acks: std::sync::Mutex<HashMap<[u8; 32], u64>>,
     /// Where acknowledgements are appended (40 bytes each: the SHA-256, then the time in ms,
     /// little-endian), if they must survive a restart.
     log: Option<(PathBuf, std::sync::Mutex<std::fs::File>)>,
+    /// The record every daemon sharing the store's index acknowledges and claims on, instead of
+    /// the file (see [`crate::SharedState`]).
+    shared: Option<Arc<dyn SharedState>>,
+}
+
+impl std::fmt::Debug for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retention")
+            .field("log", &self.log.as_ref().map(|(path, _)| path))
+            .field("shared", &self.shared.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// How many stripes the gate has: one per value of a digest's first byte.
@@ -74,6 +89,7 @@ impl Retention {
             gate: stripes(),
             acks: Default::default(),
             log: None,
+            shared: None,
         }
     }
 
@@ -102,7 +118,37 @@ impl Retention {
             gate: stripes(),
             acks: std::sync::Mutex::new(acks),
             log: Some((path.to_path_buf(), std::sync::Mutex::new(file))),
+            shared: None,
         })
+    }
+
+    /// The same gate, acknowledging and claiming on `shared` (the record every daemon sharing
+    /// the store's index uses) instead of the file, when given.
+    pub fn with_shared(mut self, shared: Option<Arc<dyn SharedState>>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// Whether acknowledgements and deletions are shared with other daemons.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Runs a call to the shared record on the blocking pool (it goes over the network).
+    async fn on_shared<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&dyn SharedState) -> crate::Result<T> + Send + 'static,
+    ) -> Option<crate::Result<T>> {
+        let shared = self.shared.clone()?;
+        Some(
+            tokio::task::spawn_blocking(move || call(&*shared))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(StorageError::Aborted(format!(
+                        "the shared retention task failed: {e}"
+                    )))
+                }),
+        )
     }
 
     /// The shared side of the gate for `digests`: hold it from checking that the blobs are in
@@ -141,21 +187,101 @@ impl Retention {
     }
 
     /// Records that a client was told `sha256` is in custody, now; durably when persistent.
-    pub fn acknowledged(&self, sha256: &Digest) -> std::io::Result<()> {
+    /// When shared, refused with [`StorageError::Unavailable`] while a collection on any daemon
+    /// is deleting the blob: the client must not be told it is kept, and may put it again once
+    /// the deletion is done.
+    pub async fn acknowledged(&self, sha256: &Digest) -> crate::Result<()> {
         let now = crate::store::now_unix_ms();
-        if let Some((_, file)) = &self.log {
+        let digest = *sha256;
+        if let Some(recorded) = self
+            .on_shared(move |shared| shared.acknowledge(&digest, now))
+            .await
+        {
+            if !recorded? {
+                return Err(StorageError::Unavailable {
+                    backend: "retention",
+                    message: format!(
+                        "blob {sha256} is being deleted by garbage collection; put it again in a moment to store it anew"
+                    ),
+                });
+            }
+        } else if let Some((path, file)) = &self.log {
             let mut record = [0u8; 40];
             record[..32].copy_from_slice(sha256.bytes());
             record[32..].copy_from_slice(&now.to_le_bytes());
             let mut file = lock(file);
-            file.write_all(&record)?;
-            file.sync_data()?;
+            file.write_all(&record)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| {
+                    StorageError::Aborted(format!(
+                        "cannot record the acknowledgement of {sha256} in {}: {e}",
+                        path.display()
+                    ))
+                })?;
         }
         lock(&self.acks).insert(*sha256.bytes(), now);
         Ok(())
     }
 
-    /// When a client was last told `sha256` is in custody of a put that stored nothing new.
+    /// The latest acknowledgement of each of `digests`, by any daemon sharing the store.
+    pub async fn acknowledged_at(&self, digests: &[Digest]) -> crate::Result<Vec<Option<u64>>> {
+        let wanted = digests.to_vec();
+        match self
+            .on_shared(move |shared| shared.acknowledged_at(&wanted))
+            .await
+        {
+            Some(found) => found,
+            None => Ok(digests.iter().map(|d| self.last_acknowledged(d)).collect()),
+        }
+    }
+
+    /// Claims `digests` for deletion: those no daemon acknowledged at or after `cutoff_ms` and
+    /// no other collection claimed. Without sharing, every digest (the caller holds
+    /// [`Retention::exclusive`], which is claim enough within one daemon).
+    pub async fn claim(&self, digests: &[Digest], cutoff_ms: u64) -> crate::Result<Vec<Digest>> {
+        let wanted = digests.to_vec();
+        match self
+            .on_shared(move |shared| shared.claim(&wanted, cutoff_ms))
+            .await
+        {
+            Some(claimed) => claimed,
+            None => Ok(digests.to_vec()),
+        }
+    }
+
+    /// Releases claims on blobs that are kept after all.
+    pub async fn release(&self, digests: &[Digest]) -> crate::Result<()> {
+        if digests.is_empty() {
+            return Ok(());
+        }
+        let wanted = digests.to_vec();
+        self.on_shared(move |shared| shared.release(&wanted))
+            .await
+            .unwrap_or(Ok(()))
+    }
+
+    /// Claims no live collection holds (see [`SharedState::abandoned_claims`]); none without
+    /// sharing.
+    pub async fn abandoned_claims(&self) -> crate::Result<Vec<Digest>> {
+        self.on_shared(|shared| shared.abandoned_claims())
+            .await
+            .unwrap_or(Ok(Vec::new()))
+    }
+
+    /// Releases abandoned claims.
+    pub async fn release_abandoned(&self, digests: &[Digest]) -> crate::Result<()> {
+        if digests.is_empty() {
+            return Ok(());
+        }
+        let wanted = digests.to_vec();
+        self.on_shared(move |shared| shared.release_abandoned(&wanted))
+            .await
+            .unwrap_or(Ok(()))
+    }
+
+    /// When a client of this daemon was last told `sha256` is in custody of a put that stored
+    /// nothing new (other daemons' too when nothing is shared; see
+    /// [`Retention::acknowledged_at`]).
     pub fn last_acknowledged(&self, sha256: &Digest) -> Option<u64> {
         lock(&self.acks).get(sha256.bytes()).copied()
     }

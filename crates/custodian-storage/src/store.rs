@@ -179,6 +179,12 @@ pub trait BlobBackend: Send + Sync + 'static {
             "this store has no native legal hold (S3 Object Lock needs an s3:// store)",
         ))
     }
+
+    /// The state daemons sharing this store's index keep beside it, if it is shared (see
+    /// [`crate::SharedState`]); `None` for a store one daemon owns.
+    fn shared_state(&self) -> Option<Arc<dyn crate::SharedState>> {
+        None
+    }
 }
 
 /// A storage service's own legal hold on a stored blob, set beside the ledger's hold so that
@@ -275,16 +281,9 @@ impl BlobStore {
 
     /// Records that the client of `outcome` was told its blob is kept; the caller holds
     /// [`Retention::keep`].
-    fn acknowledge(&self, outcome: &PutOutcome) -> Result<()> {
+    async fn acknowledge(&self, outcome: &PutOutcome) -> Result<()> {
         if outcome.already_present {
-            self.retention
-                .acknowledged(&outcome.meta.sha256())
-                .map_err(|e| {
-                    StorageError::Aborted(format!(
-                        "cannot record the acknowledgement of {}: {e}",
-                        outcome.meta.sha256()
-                    ))
-                })?;
+            self.retention.acknowledged(&outcome.meta.sha256()).await?;
         }
         Ok(())
     }
@@ -366,7 +365,7 @@ impl BlobStore {
                             meta,
                             already_present,
                         };
-                        results[*i] = Some(self.acknowledge(&outcome).map(|()| outcome));
+                        results[*i] = Some(self.acknowledge(&outcome).await.map(|()| outcome));
                     }
                 }
                 Some(Err(err)) => {
@@ -431,6 +430,12 @@ impl BlobStore {
     /// How many uploads are in flight or left over from a crash.
     pub async fn pending_uploads(&self) -> Result<u64> {
         self.backend.pending_uploads().await
+    }
+
+    /// The state shared with other daemons, if the store's index is shared (see
+    /// [`BlobBackend::shared_state`]).
+    pub fn shared_state(&self) -> Option<Arc<dyn crate::SharedState>> {
+        self.backend.shared_state()
     }
 
     /// The backend's native legal holds, if it has them (see [`BlobBackend::native_holds`]).
@@ -555,7 +560,7 @@ impl BlobStore {
             meta,
             already_present,
         };
-        self.acknowledge(&outcome)?;
+        self.acknowledge(&outcome).await?;
         Ok(outcome)
     }
 
@@ -588,7 +593,7 @@ impl BlobStore {
                     meta: existing,
                     already_present: true,
                 };
-                self.acknowledge(&outcome)?;
+                self.acknowledge(&outcome).await?;
                 return Ok(outcome);
             }
         }

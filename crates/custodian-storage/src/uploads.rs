@@ -1,16 +1,18 @@
 //! Resumable upload sessions: one engine behind the gRPC resumable upload, the REST tus 1.0
 //! uploads and the OCI front end's chunked uploads.
 //!
-//! A session is a directory `DIR/<id>/` with three files:
+//! A session keeps, in a staging area ([`crate::staging`]):
 //!
-//! - `data`: the bytes received so far;
-//! - `crcs`: the CRC32C of each complete block of `data` (four bytes each, little-endian);
-//! - `state.json`: who owns the session, what it expects, the committed length, and the hash
+//! - the bytes received so far;
+//! - the CRC32C of each complete block of them;
+//! - its state: who owns the session, what it expects, the committed length, and the hash
 //!   state after exactly that many bytes ([`custodian_core::resumable::HashState`]).
 //!
-//! A piece is acknowledged only after its bytes are synced and `state.json` is replaced
-//! atomically (write, sync, rename, sync the directory), so after `kill -9` and a restart the
-//! session reports exactly the length it acknowledged. Bytes past it (a piece cut off by the
+//! One daemon's sessions are directories `DIR/<id>/` (`data`, `crcs`, `state.json`); daemons
+//! sharing a database keep their sessions there, so any of them takes any piece of any session.
+//! A piece is acknowledged only after its bytes are durable and the state records them
+//! atomically (locally: write, sync, rename, sync the directory; shared: one transaction), so
+//! after `kill -9` and a restart the session reports exactly the length it acknowledged. Bytes past it (a piece cut off by the
 //! crash or by a dropped connection) are cut away before the next piece. While a long piece
 //! streams in, the engine makes it durable every [`CHECKPOINT`] bytes, so a crash loses at most
 //! that much of it; a piece whose connection drops keeps everything that arrived.
@@ -31,8 +33,8 @@ use custodian_core::resumable::{HashState, ResumableDigests};
 use custodian_core::{BlobDigests, Digest};
 use futures::{Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 
+use crate::staging::{LocalStaging, StagedWriter, Staging};
 use crate::store::Staged;
 use crate::{BlobStore, Expectation, PutOutcome, StorageError};
 
@@ -124,13 +126,6 @@ pub enum UploadError {
 /// A result of the upload engine.
 pub type UploadResult<T> = std::result::Result<T, UploadError>;
 
-fn io(path: &Path, source: std::io::Error) -> UploadError {
-    UploadError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 fn now_ms() -> u64 {
     crate::store::now_unix_ms()
 }
@@ -145,24 +140,51 @@ pub trait PieceCheck: Send {
     fn verify(self: Box<Self>) -> Result<(), String>;
 }
 
-/// What is kept beside a session's bytes.
+/// What is kept beside a session's bytes (as JSON).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct SessionFile {
-    owner: String,
+pub struct SessionState {
+    pub(crate) owner: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    expected_digest: Option<String>,
+    pub(crate) expected_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    expected_size: Option<u64>,
-    committed: u64,
+    pub(crate) expected_size: Option<u64>,
+    pub(crate) committed: u64,
     /// [`HashState::to_bytes`] after `committed` bytes, in hex.
-    hash_state: String,
+    pub(crate) hash_state: String,
     /// The CRC32C of the bytes of the incomplete last block.
-    partial_crc: u32,
-    block_size: u32,
-    started_ms: u64,
-    updated_ms: u64,
+    pub(crate) partial_crc: u32,
+    pub(crate) block_size: u32,
+    pub(crate) started_ms: u64,
+    pub(crate) updated_ms: u64,
     #[serde(default)]
-    metadata: BTreeMap<String, String>,
+    pub(crate) metadata: BTreeMap<String, String>,
+}
+
+impl SessionState {
+    /// The bytes acknowledged so far.
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// When the session last received bytes (ms since the Unix epoch).
+    pub fn updated_ms(&self) -> u64 {
+        self.updated_ms
+    }
+
+    /// The block size the session's CRCs are computed over.
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// The state as stored.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("session state serializes")
+    }
+
+    /// The state from what [`SessionState::to_json`] stored.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
 }
 
 /// A session as callers see it.
@@ -233,9 +255,9 @@ impl Mirror {
     }
 }
 
-/// The upload sessions kept in one directory.
+/// The upload sessions of one staging area.
 pub struct UploadSessions {
-    dir: PathBuf,
+    staging: Arc<dyn Staging>,
     expiry: Duration,
     store: BlobStore,
     /// One lock per session id, so that two requests on one session never interleave.
@@ -251,18 +273,27 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl std::fmt::Debug for UploadSessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UploadSessions")
-            .field("dir", &self.dir)
+            .field("staging", &self.staging.describe())
             .finish_non_exhaustive()
     }
 }
 
 impl UploadSessions {
-    /// The sessions under `dir` (created if missing) committing into `store`; idle ones older
-    /// than `expiry` are removed now and by each [`UploadSessions::sweep`].
+    /// The sessions committing into `store`: under `dir` (created if missing), or in the
+    /// database when the store's index is shared with other daemons. Idle ones older than
+    /// `expiry` are removed now and by each [`UploadSessions::sweep`].
     pub fn open(dir: &Path, expiry: Duration, store: BlobStore) -> UploadResult<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let staging: Arc<dyn Staging> = match store.shared_state() {
+            Some(shared) => shared.upload_staging(),
+            None => Arc::new(LocalStaging::open(dir)?),
+        };
+        Ok(Self::open_in(staging, expiry, store))
+    }
+
+    /// The sessions in `staging`, committing into `store`.
+    pub fn open_in(staging: Arc<dyn Staging>, expiry: Duration, store: BlobStore) -> Self {
         let sessions = UploadSessions {
-            dir: dir.to_path_buf(),
+            staging,
             expiry,
             store,
             locks: Default::default(),
@@ -270,7 +301,12 @@ impl UploadSessions {
             mirrors: Default::default(),
         };
         sessions.sweep();
-        Ok(sessions)
+        sessions
+    }
+
+    /// Whether other daemons share the sessions.
+    pub fn shared(&self) -> bool {
+        self.staging.shared()
     }
 
     /// How long an idle session lives.
@@ -283,12 +319,12 @@ impl UploadSessions {
         &self.store
     }
 
-    fn session_dir(&self, id: &str) -> UploadResult<PathBuf> {
+    fn check_id(id: &str) -> UploadResult<()> {
         // Ids are ours (hex); anything else names no session and must not become a path.
         if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(UploadError::Unknown { id: id.to_string() });
         }
-        Ok(self.dir.join(id))
+        Ok(())
     }
 
     fn session_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -304,7 +340,7 @@ impl UploadSessions {
 
     /// The mirror of session `id` if it holds exactly `committed` bytes; a new one for a session
     /// that has none yet; none otherwise (the finish then copies from the staged file).
-    async fn take_mirror(&self, id: &str, file: &SessionFile) -> Option<Mirror> {
+    async fn take_mirror(&self, id: &str, file: &SessionState) -> Option<Mirror> {
         let existing = lock(&self.mirrors).remove(id);
         match existing {
             Some(mirror) if mirror.len() == file.committed => Some(mirror),
@@ -326,7 +362,7 @@ impl UploadSessions {
         }
     }
 
-    fn info(&self, id: &str, file: &SessionFile) -> SessionInfo {
+    fn info(&self, id: &str, file: &SessionState) -> SessionInfo {
         SessionInfo {
             id: id.to_string(),
             owner: file.owner.clone(),
@@ -340,48 +376,21 @@ impl UploadSessions {
         }
     }
 
-    async fn read_file(&self, id: &str, owner: &str) -> UploadResult<(PathBuf, SessionFile)> {
-        let dir = self.session_dir(id)?;
-        let path = dir.join("state.json");
-        let text = match tokio::fs::read(&path).await {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(UploadError::Unknown { id: id.to_string() });
-            }
-            Err(e) => return Err(io(&path, e)),
+    async fn read_file(&self, id: &str, owner: &str) -> UploadResult<SessionState> {
+        Self::check_id(id)?;
+        let Some(file) = self.staging.load(id).await? else {
+            return Err(UploadError::Unknown { id: id.to_string() });
         };
-        let file: SessionFile = serde_json::from_slice(&text).map_err(|e| {
-            io(
-                &path,
-                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            )
-        })?;
         // Another owner's session is answered exactly like one that does not exist.
         if file.owner != owner {
             return Err(UploadError::Unknown { id: id.to_string() });
         }
         if now_ms().saturating_sub(file.updated_ms) > self.expiry.as_millis() as u64 {
-            let _ = tokio::fs::remove_dir_all(&dir).await;
+            let _ = self.staging.remove(id).await;
             self.forget(id);
             return Err(UploadError::Unknown { id: id.to_string() });
         }
-        Ok((dir, file))
-    }
-
-    async fn write_file(dir: &Path, file: &SessionFile) -> UploadResult<()> {
-        let tmp = dir.join("state.json.tmp");
-        let path = dir.join("state.json");
-        let text = serde_json::to_vec(file).expect("session state serializes");
-        let mut out = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| io(&tmp, e))?;
-        out.write_all(&text).await.map_err(|e| io(&tmp, e))?;
-        out.sync_all().await.map_err(|e| io(&tmp, e))?;
-        tokio::fs::rename(&tmp, &path)
-            .await
-            .map_err(|e| io(&path, e))?;
-        let d = tokio::fs::File::open(dir).await.map_err(|e| io(dir, e))?;
-        d.sync_all().await.map_err(|e| io(dir, e))
+        Ok(file)
     }
 
     /// Starts a session owned by `owner`, expecting `expect` (either part may be unknown until
@@ -393,25 +402,13 @@ impl UploadSessions {
         metadata: BTreeMap<String, String>,
     ) -> UploadResult<SessionInfo> {
         let mut raw = [0u8; 16];
-        getrandom::fill(&mut raw).map_err(|e| {
-            io(
-                &self.dir,
-                std::io::Error::other(format!("no randomness for a session id: {e}")),
-            )
+        getrandom::fill(&mut raw).map_err(|e| UploadError::Invalid {
+            id: String::new(),
+            reason: format!("no randomness for a session id: {e}"),
         })?;
         let id = hex::encode(raw);
-        let dir = self.dir.join(&id);
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| io(&dir, e))?;
-        for name in ["data", "crcs"] {
-            let path = dir.join(name);
-            tokio::fs::File::create(&path)
-                .await
-                .map_err(|e| io(&path, e))?;
-        }
         let now = now_ms();
-        let file = SessionFile {
+        let file = SessionState {
             owner: owner.to_string(),
             expected_digest: expect.digest.map(|d| d.to_string()),
             expected_size: expect.size,
@@ -423,7 +420,7 @@ impl UploadSessions {
             updated_ms: now,
             metadata,
         };
-        Self::write_file(&dir, &file).await?;
+        self.staging.create(&id, &file).await?;
         Ok(self.info(&id, &file))
     }
 
@@ -431,13 +428,13 @@ impl UploadSessions {
     pub async fn status(&self, owner: &str, id: &str) -> UploadResult<SessionInfo> {
         let session = self.session_lock(id);
         let _held = session.lock().await;
-        let (_, file) = self.read_file(id, owner).await?;
+        let file = self.read_file(id, owner).await?;
         Ok(self.info(id, &file))
     }
 
     /// The live state if it holds exactly the committed bytes; else the saved state, restored
     /// with the unhashed tail read back from the staged bytes.
-    async fn resume(&self, id: &str, dir: &Path, file: &SessionFile) -> UploadResult<Live> {
+    async fn resume(&self, id: &str, file: &SessionState) -> UploadResult<Live> {
         if let Some(live) = lock(&self.live).remove(id)
             && live.hasher.len() == file.committed
         {
@@ -453,15 +450,10 @@ impl UploadSessions {
             return Err(damaged("the hash state is for another length".into()));
         }
         let tail_len = HashState::tail_len(state.total);
-        let path = dir.join("data");
-        let mut data = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| io(&path, e))?;
-        data.seek(std::io::SeekFrom::Start(state.total - tail_len))
-            .await
-            .map_err(|e| io(&path, e))?;
-        let mut tail = vec![0u8; tail_len as usize];
-        data.read_exact(&mut tail).await.map_err(|e| io(&path, e))?;
+        let tail = self
+            .staging
+            .read(id, state.total - tail_len, tail_len)
+            .await?;
         let hasher = ResumableDigests::resume(&state, &tail).map_err(|e| damaged(e.to_string()))?;
         Ok(Live {
             hasher,
@@ -533,7 +525,7 @@ impl UploadSessions {
     {
         let session = self.session_lock(id);
         let _held = session.lock().await;
-        let (dir, mut file) = self.read_file(id, owner).await?;
+        let mut file = self.read_file(id, owner).await?;
         if let Some(offset) = offset
             && offset != file.committed
         {
@@ -543,35 +535,10 @@ impl UploadSessions {
                 committed: file.committed,
             });
         }
-        let mut live = self.resume(id, &dir, &file).await?;
+        let mut live = self.resume(id, &file).await?;
         let mut mirror = self.take_mirror(id, &file).await;
         let block = u64::from(file.block_size);
-        let data_path = dir.join("data");
-        let crcs_path = dir.join("crcs");
-        let mut data = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(&data_path)
-            .await
-            .map_err(|e| io(&data_path, e))?;
-        let mut crcs = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(&crcs_path)
-            .await
-            .map_err(|e| io(&crcs_path, e))?;
-        // Bytes past the committed length were never acknowledged: they go first.
-        data.set_len(file.committed)
-            .await
-            .map_err(|e| io(&data_path, e))?;
-        data.seek(std::io::SeekFrom::Start(file.committed))
-            .await
-            .map_err(|e| io(&data_path, e))?;
-        let full_blocks = file.committed / block;
-        crcs.set_len(full_blocks * 4)
-            .await
-            .map_err(|e| io(&crcs_path, e))?;
-        crcs.seek(std::io::SeekFrom::Start(full_blocks * 4))
-            .await
-            .map_err(|e| io(&crcs_path, e))?;
+        let mut writer = self.staging.writer(id, &file).await?;
 
         let mut body = body;
         let mut batch = BytesMut::new();
@@ -607,8 +574,7 @@ impl UploadSessions {
                     actual: reached,
                 };
                 if check.is_none() {
-                    self.checkpoint(&dir, &mut file, &mut data, &mut crcs, &live)
-                        .await?;
+                    self.checkpoint(&mut *writer, &mut file, &live).await?;
                     lock(&self.live).insert(id.to_string(), live);
                     if let Some(mirror) = mirror {
                         lock(&self.mirrors).insert(id.to_string(), mirror);
@@ -635,30 +601,21 @@ impl UploadSessions {
                 }
             };
             let (written, hashed, mirrored) =
-                tokio::join!(data.write_all(&bytes), hashed, mirrored);
-            written.map_err(|e| io(&data_path, e))?;
+                tokio::join!(writer.write(bytes.clone()), hashed, mirrored);
+            written?;
             if !mirrored {
                 // The backend refused a block: finish from the staged file instead.
                 mirror = None;
             }
-            let (next, done) = hashed.map_err(|e| {
-                io(
-                    &data_path,
-                    std::io::Error::other(format!("the hashing task failed: {e}")),
-                )
+            let (next, done) = hashed.map_err(|e| UploadError::Invalid {
+                id: id.to_string(),
+                reason: format!("the hashing task failed: {e}"),
             })?;
-            let mut encoded = Vec::with_capacity(done.len() * 4);
-            for crc in done {
-                encoded.extend_from_slice(&crc.to_le_bytes());
-            }
-            crcs.write_all(&encoded)
-                .await
-                .map_err(|e| io(&crcs_path, e))?;
+            writer.write_crcs(&done).await?;
             live = next;
             since_checkpoint += bytes.len() as u64;
             if since_checkpoint >= CHECKPOINT && check.is_none() {
-                self.checkpoint(&dir, &mut file, &mut data, &mut crcs, &live)
-                    .await?;
+                self.checkpoint(&mut *writer, &mut file, &live).await?;
                 since_checkpoint = 0;
             }
         }
@@ -676,8 +633,7 @@ impl UploadSessions {
                 });
             }
         }
-        self.checkpoint(&dir, &mut file, &mut data, &mut crcs, &live)
-            .await?;
+        self.checkpoint(&mut *writer, &mut file, &live).await?;
         lock(&self.live).insert(id.to_string(), live);
         if let Some(mirror) = mirror {
             lock(&self.mirrors).insert(id.to_string(), mirror);
@@ -695,23 +651,19 @@ impl UploadSessions {
     /// Makes everything `live` has hashed durable and acknowledged.
     async fn checkpoint(
         &self,
-        dir: &Path,
-        file: &mut SessionFile,
-        data: &mut tokio::fs::File,
-        crcs: &mut tokio::fs::File,
+        writer: &mut dyn StagedWriter,
+        file: &mut SessionState,
         live: &Live,
     ) -> UploadResult<()> {
         if live.hasher.len() == file.committed {
             return Ok(());
         }
-        let (a, b) = tokio::join!(data.sync_data(), crcs.sync_data());
-        a.map_err(|e| io(&dir.join("data"), e))?;
-        b.map_err(|e| io(&dir.join("crcs"), e))?;
+        let previous = file.committed;
         file.committed = live.hasher.len();
         file.hash_state = hex::encode(live.hasher.state().to_bytes());
         file.partial_crc = live.partial_crc;
         file.updated_ms = now_ms();
-        Self::write_file(dir, file).await
+        writer.checkpoint(file, previous).await
     }
 
     /// Commits session `id` of `owner` into custody, expecting `expect` on top of what the
@@ -725,9 +677,9 @@ impl UploadSessions {
     ) -> UploadResult<PutOutcome> {
         let session = self.session_lock(id);
         let _held = session.lock().await;
-        let (dir, file) = self.read_file(id, owner).await?;
-        let outcome = self.commit(id, &dir, &file, expect).await;
-        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let file = self.read_file(id, owner).await?;
+        let outcome = self.commit(id, &file, expect).await;
+        let _ = self.staging.remove(id).await;
         drop(_held);
         self.forget(id);
         outcome
@@ -736,18 +688,17 @@ impl UploadSessions {
     async fn commit(
         &self,
         id: &str,
-        dir: &Path,
-        file: &SessionFile,
+        file: &SessionState,
         expect: Expectation,
     ) -> UploadResult<PutOutcome> {
         let declared = Expectation {
             digest: file.expected_digest.as_deref().and_then(|d| d.parse().ok()),
             size: file.expected_size,
         };
-        let live = self.resume(id, dir, file).await?;
+        let live = self.resume(id, file).await?;
         let digests: BlobDigests = live.hasher.finalize();
         let block = u64::from(file.block_size);
-        let mut block_crcs = read_crcs(&dir.join("crcs"), file.committed / block).await?;
+        let mut block_crcs = self.staging.crcs(id, file.committed / block).await?;
         if !file.committed.is_multiple_of(block) {
             block_crcs.push(live.partial_crc);
         }
@@ -776,11 +727,7 @@ impl UploadSessions {
                     .await?);
             }
         }
-        let path = dir.join("data");
-        let reader = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| io(&path, e))?;
-        let blocks = staged_blocks(reader, path, file.committed, block);
+        let blocks = self.staging.blocks(id, file.committed, block).await?;
         Ok(self
             .store
             .commit_staged(staged, &Expectation::default(), blocks)
@@ -791,46 +738,33 @@ impl UploadSessions {
     pub async fn cancel(&self, owner: &str, id: &str) -> UploadResult<()> {
         let session = self.session_lock(id);
         let _held = session.lock().await;
-        let (dir, _) = self.read_file(id, owner).await?;
-        tokio::fs::remove_dir_all(&dir)
-            .await
-            .map_err(|e| io(&dir, e))?;
+        self.read_file(id, owner).await?;
+        self.staging.remove(id).await?;
         drop(_held);
         self.forget(id);
         Ok(())
     }
 
     /// Every session now, any owner (for operators, and for garbage collection's check that its
-    /// grace period outlasts any upload).
+    /// grace period outlasts any upload). Blocks.
     pub fn list(&self) -> Vec<SessionInfo> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for entry in entries.flatten() {
-            let id = entry.file_name().to_string_lossy().into_owned();
-            if let Some(file) = std::fs::read(entry.path().join("state.json"))
-                .ok()
-                .and_then(|t| serde_json::from_slice::<SessionFile>(&t).ok())
-            {
-                out.push(self.info(&id, &file));
-            }
-        }
+        let mut out: Vec<SessionInfo> = self
+            .staging
+            .list_blocking()
+            .into_iter()
+            .filter_map(|s| s.state.map(|state| self.info(&s.id, &state)))
+            .collect();
         out.sort_by(|a, b| a.started_ms.cmp(&b.started_ms).then(a.id.cmp(&b.id)));
         out
     }
 
-    /// Removes every session idle for longer than the expiry, and any directory left without a
-    /// readable state (a crash between creating it and writing its state). Returns how many.
+    /// Removes every session idle for longer than the expiry, and any left without a readable
+    /// state (a crash between creating it and writing its state). Returns how many. Blocks.
     pub fn sweep(&self) -> usize {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return 0;
-        };
         let now = now_ms();
         let mut removed = 0;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let id = entry.file_name().to_string_lossy().into_owned();
+        for session in self.staging.list_blocking() {
+            let id = session.id;
             // A session a request holds right now is not idle.
             if lock(&self.locks)
                 .get(&id)
@@ -838,21 +772,15 @@ impl UploadSessions {
             {
                 continue;
             }
-            let state = std::fs::read(path.join("state.json"))
-                .ok()
-                .and_then(|t| serde_json::from_slice::<SessionFile>(&t).ok());
-            let stale = match state {
+            let stale = match session.state {
                 Some(s) => now.saturating_sub(s.updated_ms) > self.expiry.as_millis() as u64,
-                // A directory without a state is a session that crashed while starting, unless
-                // it is one starting right now.
-                None => entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
+                // A session without a state crashed while starting, unless it is one starting
+                // right now.
+                None => session
+                    .idle
                     .is_some_and(|age| age > Duration::from_secs(60)),
             };
-            if stale && std::fs::remove_dir_all(&path).is_ok() {
+            if stale && self.staging.remove_blocking(&id) {
                 self.forget(&id);
                 removed += 1;
             }
@@ -863,9 +791,9 @@ impl UploadSessions {
         removed
     }
 
-    /// How many sessions exist now.
+    /// How many sessions exist now. Blocks.
     pub fn count(&self) -> usize {
-        std::fs::read_dir(&self.dir).map_or(0, |d| d.count())
+        self.staging.list_blocking().len()
     }
 }
 
@@ -885,48 +813,6 @@ fn block_crcs(start: u64, block: u64, partial: &mut u32, mut bytes: &[u8]) -> Ve
         }
     }
     done
-}
-
-async fn read_crcs(path: &Path, count: u64) -> UploadResult<Vec<u32>> {
-    let bytes = tokio::fs::read(path).await.map_err(|e| io(path, e))?;
-    if (bytes.len() as u64) < count * 4 {
-        return Err(io(
-            path,
-            std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("{} block checksums, expected {count}", bytes.len() / 4),
-            ),
-        ));
-    }
-    Ok(bytes[..count as usize * 4]
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect())
-}
-
-/// The staged bytes, one block per item.
-fn staged_blocks(
-    file: tokio::fs::File,
-    path: PathBuf,
-    size: u64,
-    block: u64,
-) -> futures::stream::BoxStream<'static, crate::Result<Bytes>> {
-    futures::stream::unfold((file, 0u64), move |(mut file, at)| {
-        let path = path.clone();
-        async move {
-            if at >= size {
-                return None;
-            }
-            let len = block.min(size - at) as usize;
-            let mut buf = vec![0u8; len];
-            let item = file.read_exact(&mut buf).await.map(|_| Bytes::from(buf));
-            let item = item.map_err(|e| {
-                StorageError::Aborted(format!("reading the staged upload {}: {e}", path.display()))
-            });
-            Some((item, (file, at + len as u64)))
-        }
-    })
-    .boxed()
 }
 
 #[cfg(test)]

@@ -835,6 +835,10 @@ impl BlobBackend for ObjectBackend {
             .map(|_| ())
     }
 
+    fn shared_state(&self) -> Option<Arc<dyn custodian_storage::SharedState>> {
+        self.shared.index.clone().shared_state()
+    }
+
     fn native_holds(&self) -> Result<Arc<dyn custodian_storage::NativeHolds>> {
         let shared = self.shared.clone();
         let holds = s3lock::S3LegalHolds::new(

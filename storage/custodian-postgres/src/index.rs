@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use custodian_core::{Algorithm, Digest};
-use custodian_storage::{BlobIndex, BlobMeta, Leftover, Result, StorageError};
+use custodian_storage::{BlobIndex, BlobMeta, Leftover, Result, SharedState, StorageError};
 use postgres::Client;
 
 use crate::pool::{PgFailure, Pool, big};
@@ -440,5 +440,217 @@ impl BlobIndex for PgIndex {
     fn forget(&self, sha256: &Digest) -> Result<()> {
         // The row holds both keys, so removing it needs nothing from its metadata.
         self.delete(sha256).map(|_| ())
+    }
+
+    fn shared_state(self: Arc<Self>) -> Option<Arc<dyn SharedState>> {
+        Some(self)
+    }
+}
+
+/// The digests' SHA-256 bytes, as query parameters.
+fn keys(digests: &[Digest]) -> Vec<Vec<u8>> {
+    digests.iter().map(|d| d.bytes().to_vec()).collect()
+}
+
+/// A `sha256` column's value as a digest.
+fn sha256_of(bytes: &[u8]) -> Result<Digest> {
+    let key: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| StorageError::backend(BACKEND, "a blob row's sha256 is not 32 bytes"))?;
+    Ok(Digest::sha256(key))
+}
+
+/// The claims no live collection holds, as a condition on `custodian_blobs b`: this instance's
+/// own ($1) and those of instances gone or unseen for [`STALE_AFTER`].
+fn abandoned_claim() -> String {
+    format!(
+        "b.claimed_by IS NOT NULL AND (b.claimed_by = $1 OR NOT EXISTS ( \
+             SELECT 1 FROM custodian_index_instances i \
+             WHERE i.instance = b.claimed_by AND i.seen >= now() - interval '{STALE_AFTER}'))"
+    )
+}
+
+impl SharedState for PgIndex {
+    fn acknowledge(&self, sha256: &Digest, at_ms: u64) -> Result<bool> {
+        let key = sha256.bytes().to_vec();
+        let at = big(at_ms);
+        // One statement on the blob's row: it waits for a claim being made on the row, then
+        // sees it (READ COMMITTED re-checks the condition on the newest row version).
+        self.call(move |c| {
+            Ok(c.execute(
+                "UPDATE custodian_blobs \
+                 SET acknowledged_ms = greatest(coalesce(acknowledged_ms, 0), $2) \
+                 WHERE sha256 = $1 AND claimed_by IS NULL",
+                &[&key, &at],
+            )
+            .map_err(db)?
+                == 1)
+        })
+    }
+
+    fn acknowledged_at(&self, digests: &[Digest]) -> Result<Vec<Option<u64>>> {
+        let wanted = digests.to_vec();
+        let keys = keys(digests);
+        self.call(move |c| {
+            let mut found = std::collections::HashMap::new();
+            for row in c
+                .query(
+                    "SELECT sha256, acknowledged_ms FROM custodian_blobs \
+                     WHERE sha256 = ANY($1) AND acknowledged_ms IS NOT NULL",
+                    &[&keys],
+                )
+                .map_err(db)?
+            {
+                let at: i64 = row.get(1);
+                found.insert(sha256_of(row.get(0))?, at.max(0) as u64);
+            }
+            Ok(wanted.iter().map(|d| found.get(d).copied()).collect())
+        })
+    }
+
+    fn claim(&self, digests: &[Digest], cutoff_ms: u64) -> Result<Vec<Digest>> {
+        let keys = keys(digests);
+        let (cutoff, instance) = (big(cutoff_ms), self.instance);
+        let now = big(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64));
+        self.call(move |c| {
+            let mut tx = c.transaction().map_err(db)?;
+            // The rows are locked in one order first, so two collections claiming overlapping
+            // batches wait for each other instead of deadlocking. The update then reads each
+            // row as it is once locked.
+            tx.execute(
+                "SELECT 1 FROM custodian_blobs WHERE sha256 = ANY($1) ORDER BY sha256 FOR UPDATE",
+                &[&keys],
+            )
+            .map_err(db)?;
+            let claimed = tx
+                .query(
+                    "UPDATE custodian_blobs SET claimed_by = $3, claimed_ms = $4 \
+                     WHERE sha256 = ANY($1) AND claimed_by IS NULL \
+                       AND coalesce(acknowledged_ms, 0) < $2 \
+                     RETURNING sha256",
+                    &[&keys, &cutoff, &instance, &now],
+                )
+                .map_err(db)?
+                .into_iter()
+                .map(|row| sha256_of(row.get(0)))
+                .collect::<Result<Vec<_>>>()?;
+            tx.commit().map_err(db)?;
+            Ok(claimed)
+        })
+    }
+
+    fn release(&self, digests: &[Digest]) -> Result<()> {
+        let keys = keys(digests);
+        let instance = self.instance;
+        self.call(move |c| {
+            c.execute(
+                "UPDATE custodian_blobs SET claimed_by = NULL, claimed_ms = NULL \
+                 WHERE sha256 = ANY($1) AND claimed_by = $2",
+                &[&keys, &instance],
+            )
+            .map_err(db)
+            .map(|_| ())
+        })
+    }
+
+    fn abandoned_claims(&self) -> Result<Vec<Digest>> {
+        let instance = self.instance;
+        let query = format!(
+            "SELECT b.sha256 FROM custodian_blobs b WHERE {} ORDER BY b.sha256",
+            abandoned_claim()
+        );
+        self.call(move |c| {
+            c.query(&query, &[&instance])
+                .map_err(db)?
+                .into_iter()
+                .map(|row| sha256_of(row.get(0)))
+                .collect()
+        })
+    }
+
+    fn release_abandoned(&self, digests: &[Digest]) -> Result<()> {
+        let keys = keys(digests);
+        let instance = self.instance;
+        // The condition is checked again: a daemon seen again since the list was made keeps
+        // its claims.
+        let query = format!(
+            "UPDATE custodian_blobs b SET claimed_by = NULL, claimed_ms = NULL \
+             WHERE b.sha256 = ANY($2) AND {}",
+            abandoned_claim()
+        );
+        self.call(move |c| {
+            c.execute(&query, &[&instance, &keys])
+                .map_err(db)
+                .map(|_| ())
+        })
+    }
+
+    fn link(&self, repo: &str, sha256: &Digest) -> Result<bool> {
+        let (repo, key) = (repo.to_string(), sha256.bytes().to_vec());
+        self.call(move |c| {
+            Ok(c.execute(
+                "INSERT INTO custodian_oci_links (repo, sha256) VALUES ($1, $2) \
+                 ON CONFLICT DO NOTHING",
+                &[&repo, &key],
+            )
+            .map_err(db)?
+                == 1)
+        })
+    }
+
+    fn unlink(&self, repo: &str, sha256: &Digest) -> Result<bool> {
+        let (repo, key) = (repo.to_string(), sha256.bytes().to_vec());
+        self.call(move |c| {
+            Ok(c.execute(
+                "DELETE FROM custodian_oci_links WHERE repo = $1 AND sha256 = $2",
+                &[&repo, &key],
+            )
+            .map_err(db)?
+                == 1)
+        })
+    }
+
+    fn linked(&self, repo: &str, sha256: &Digest) -> Result<bool> {
+        let (repo, key) = (repo.to_string(), sha256.bytes().to_vec());
+        self.call(move |c| {
+            Ok(c.query_one(
+                "SELECT EXISTS (SELECT 1 FROM custodian_oci_links WHERE repo = $1 AND sha256 = $2)",
+                &[&repo, &key],
+            )
+            .map_err(db)?
+            .get(0))
+        })
+    }
+
+    fn repo_has_links(&self, repo: &str) -> Result<bool> {
+        let repo = repo.to_string();
+        self.call(move |c| {
+            Ok(c.query_one(
+                "SELECT EXISTS (SELECT 1 FROM custodian_oci_links WHERE repo = $1)",
+                &[&repo],
+            )
+            .map_err(db)?
+            .get(0))
+        })
+    }
+
+    fn upload_staging(self: Arc<Self>) -> Arc<dyn custodian_storage::staging::Staging> {
+        Arc::new(crate::staging::PgStaging::new(self.pool.clone()))
+    }
+
+    fn repos_linking(&self, sha256: &Digest) -> Result<Vec<String>> {
+        let key = sha256.bytes().to_vec();
+        self.call(move |c| {
+            Ok(c.query(
+                "SELECT repo FROM custodian_oci_links WHERE sha256 = $1 ORDER BY repo",
+                &[&key],
+            )
+            .map_err(db)?
+            .into_iter()
+            .map(|row| row.get(0))
+            .collect())
+        })
     }
 }

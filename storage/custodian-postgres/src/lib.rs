@@ -1,7 +1,9 @@
 //! Custodian's shared state on PostgreSQL, so that any number of daemons can serve one registry:
 //! the ledger ([`PgLedger`]: entries, stored tree hashes, checkpoints, one locked state row per
 //! commit) and the blob metadata index of the object-store backend ([`PgIndex`]: committed blobs
-//! under both digests, pending uploads). The bytes themselves stay in the object store.
+//! under both digests, pending uploads, and the [`custodian_storage::SharedState`] beside them:
+//! acknowledgements, deletion claims, OCI repository links). The bytes themselves stay in the
+//! object store.
 //!
 //! The driver is the `postgres` crate, the blocking face of `tokio-postgres` by the same
 //! maintainers: Custodian's [`custodian_storage::LedgerBackend`] and
@@ -16,10 +18,12 @@
 mod index;
 mod ledger;
 mod pool;
+mod staging;
 
 pub use index::PgIndex;
 pub use ledger::PgLedger;
 pub use pool::PgFailure;
+pub use staging::PgStaging;
 
 use pool::{Connection, redact};
 
@@ -29,10 +33,10 @@ const BACKEND: &str = "postgres";
 pub const CONNECTIONS: usize = 4;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The schema's migrations: `MIGRATIONS[n]` takes version `n` to `n + 1`.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     // 1: the ledger's tables.
     "
 CREATE TABLE custodian_ledger_state (
@@ -74,6 +78,38 @@ CREATE TABLE custodian_pending_uploads (
     record bytea NOT NULL
 );
 CREATE INDEX custodian_pending_uploads_instance ON custodian_pending_uploads (instance);
+",
+    // 3: what daemons sharing the bucket agree on beyond the blobs: acknowledgements, the
+    // claims of collections deleting blobs, the OCI front end's repository links, and the
+    // resumable upload sessions (state and staged bytes).
+    "
+ALTER TABLE custodian_blobs
+    ADD COLUMN acknowledged_ms bigint,
+    ADD COLUMN claimed_by bigint,
+    ADD COLUMN claimed_ms bigint;
+CREATE TABLE custodian_oci_links (
+    repo text NOT NULL,
+    sha256 bytea NOT NULL,
+    PRIMARY KEY (repo, sha256)
+);
+CREATE INDEX custodian_oci_links_sha256 ON custodian_oci_links (sha256);
+CREATE TABLE custodian_upload_sessions (
+    id text PRIMARY KEY,
+    state bytea NOT NULL,
+    committed bigint NOT NULL,
+    crcs bytea NOT NULL DEFAULT '',
+    updated_ms bigint NOT NULL
+);
+CREATE TABLE custodian_upload_parts (
+    id text NOT NULL REFERENCES custodian_upload_sessions (id) ON DELETE CASCADE,
+    writer text NOT NULL,
+    start bigint NOT NULL,
+    bytes bytea NOT NULL,
+    committed boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (id, writer, start)
+);
+CREATE INDEX custodian_upload_parts_committed ON custodian_upload_parts (id, start)
+    WHERE committed;
 ",
 ];
 

@@ -168,3 +168,382 @@ async fn two_daemons_share_one_index_and_bucket() {
         "the stale instance's upload was cleaned up"
     );
 }
+
+/// What several daemons agree on beyond the blobs: an acknowledgement by one daemon keeps a
+/// blob from another's collection, a claim by a collection refuses the acknowledgement, and of
+/// the two racing exactly one wins for every blob; claims a crashed collection left are found
+/// and released; OCI links are one set for every daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_claims_and_links_are_shared() {
+    use custodian_storage::SharedState;
+    use custodian_storage::retention::Retention;
+
+    let pg = Postgres::start();
+    let bucket = "custodian-pg-shared-state";
+    let moto = Moto::start(bucket);
+    let database = pg.database("state");
+    let url = format!("s3://{bucket}/blobs");
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let open_index = |dir: &std::path::Path| {
+        Arc::new(PgIndex::open(&database, dir).unwrap_or_else(|e| panic!("open the index: {e}")))
+    };
+    let index_a = open_index(dir_a.path());
+    let index_b = open_index(dir_b.path());
+    let backend_a =
+        ObjectBackend::open_with_index(config(url.clone(), dir_a.path(), &moto), index_a.clone())
+            .await
+            .expect("open A");
+    let shared_a = backend_a
+        .shared_state()
+        .expect("a shared index has shared state");
+    let store_a = BlobStore::new(Arc::new(backend_a))
+        .with_retention(Arc::new(Retention::in_memory().with_shared(Some(shared_a))));
+    let b: Arc<dyn SharedState> = index_b.clone();
+
+    let blobs: Vec<_> = (0..203u64)
+        .map(|i| conformance::pattern(i, 1024 + i as usize))
+        .collect();
+    let mut digests = Vec::new();
+    for data in &blobs {
+        let put = store_a
+            .put_bytes(Expectation::default(), data.clone())
+            .await
+            .expect("put");
+        assert!(!put.already_present);
+        digests.push(put.meta.sha256());
+    }
+
+    // A put of bytes in custody through A is acknowledged there, and B's collection sees it.
+    let (x, y) = (digests[0], digests[1]);
+    let again = store_a
+        .put_bytes(Expectation::default(), blobs[0].clone())
+        .await
+        .expect("put X again");
+    assert!(again.already_present);
+    let acked = {
+        let b = b.clone();
+        tokio::task::spawn_blocking(move || b.acknowledged_at(&[x, y]))
+            .await
+            .expect("task")
+            .expect("read acknowledgements")
+    };
+    let x_at = acked[0].expect("X's acknowledgement is seen by B");
+    assert_eq!(acked[1], None, "Y was never acknowledged");
+    let claimed = {
+        let b = b.clone();
+        tokio::task::spawn_blocking(move || b.claim(&[x, y], x_at))
+            .await
+            .expect("task")
+            .expect("claim")
+    };
+    assert_eq!(claimed, vec![y], "X is spared: acknowledged at the cutoff");
+
+    // Y is claimed by B: a put of Y through A is refused, not acknowledged, with a reason.
+    let refused = store_a
+        .put_bytes(Expectation::default(), blobs[1].clone())
+        .await
+        .expect_err("a put of a blob being deleted is refused");
+    assert!(
+        matches!(refused, custodian_storage::StorageError::Unavailable { .. })
+            && refused.to_string().contains("being deleted"),
+        "{refused}"
+    );
+    // A claim is exclusive: A cannot claim what B claimed, and A cannot release B's claim.
+    let a: Arc<dyn SharedState> = index_a.clone();
+    let (a2, b2) = (a.clone(), b.clone());
+    let (taken, still) = tokio::task::spawn_blocking(move || {
+        let taken = a2.claim(&[y], u64::MAX).expect("claim");
+        a2.release(&[y]).expect("release");
+        let still = a2.acknowledge(&y, 1).expect("acknowledge");
+        b2.release(&[y]).expect("release");
+        (taken, still)
+    })
+    .await
+    .expect("task");
+    assert!(taken.is_empty(), "a claimed blob is claimed once");
+    assert!(!still, "A's release leaves B's claim in place");
+    store_a
+        .put_bytes(Expectation::default(), blobs[1].clone())
+        .await
+        .expect("once released, Y is acknowledged");
+
+    // The race, blob by blob: A acknowledges every blob while B claims them all in batches.
+    // Exactly one of the two wins for each blob.
+    let rest: Vec<custodian_core::Digest> = digests[2..].to_vec();
+    let (a3, b3) = (a.clone(), b.clone());
+    let (acks, claims) = tokio::task::spawn_blocking(move || {
+        let acker = {
+            let rest = rest.clone();
+            std::thread::spawn(move || {
+                rest.iter()
+                    .map(|d| a3.acknowledge(d, u64::MAX / 2).expect("acknowledge"))
+                    .collect::<Vec<bool>>()
+            })
+        };
+        let mut claimed = std::collections::HashSet::new();
+        for batch in rest.chunks(7) {
+            claimed.extend(b3.claim(batch, u64::MAX / 4).expect("claim"));
+        }
+        (acker.join().expect("acker"), claimed)
+    })
+    .await
+    .expect("task");
+    let mut won_by_ack = 0;
+    for (digest, acked) in digests[2..].iter().zip(&acks) {
+        assert_ne!(
+            *acked,
+            claims.contains(digest),
+            "{digest}: acknowledged {acked}, claimed {}",
+            claims.contains(digest)
+        );
+        won_by_ack += usize::from(*acked);
+    }
+    eprintln!("race: {won_by_ack} acknowledged, {} claimed", claims.len());
+
+    // B "crashes" with its claims: a new B on the same data directory finds them abandoned,
+    // A does not while B's instance is alive; releasing them lets acknowledgements through.
+    let claimed: Vec<custodian_core::Digest> = claims.into_iter().collect();
+    drop(b);
+    drop(index_b);
+    let index_b = open_index(dir_b.path());
+    let b: Arc<dyn SharedState> = index_b.clone();
+    let (a4, b4, expected) = (a.clone(), b.clone(), claimed.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut found = b4.abandoned_claims().expect("abandoned claims");
+        found.sort_by_key(|d| *d.bytes());
+        let mut expected = expected;
+        expected.sort_by_key(|d| *d.bytes());
+        assert_eq!(found, expected, "B's own claims from before its restart");
+        assert!(
+            a4.abandoned_claims().expect("abandoned").is_empty(),
+            "a live daemon's claims are not A's to release"
+        );
+        b4.release_abandoned(&found).expect("release");
+        for digest in &found {
+            assert!(a4.acknowledge(digest, 1).expect("acknowledge"));
+        }
+    })
+    .await
+    .expect("task");
+
+    // OCI links: one set for every daemon.
+    let (a5, b5) = (a.clone(), b.clone());
+    tokio::task::spawn_blocking(move || {
+        assert!(a5.link("team/app", &x).expect("link"));
+        assert!(!a5.link("team/app", &x).expect("link"), "linked once");
+        assert!(b5.link("other/app", &x).expect("link"));
+        assert!(b5.linked("team/app", &x).expect("linked"));
+        assert!(!b5.linked("team/app", &y).expect("linked"));
+        assert!(b5.repo_has_links("team/app").expect("has links"));
+        assert_eq!(
+            a5.repos_linking(&x).expect("repos"),
+            vec!["other/app".to_string(), "team/app".to_string()]
+        );
+        assert!(b5.unlink("team/app", &x).expect("unlink"));
+        assert!(!a5.unlink("team/app", &x).expect("unlink"), "unlinked once");
+        assert!(!a5.repo_has_links("team/app").expect("has links"));
+    })
+    .await
+    .expect("task");
+}
+
+/// Resumable upload sessions staged in PostgreSQL: a session started through one daemon takes
+/// pieces through another and finishes through the first; two daemons racing one piece at the
+/// same offset leave exactly one of them committed; a session survives the loss of the daemon
+/// it began on; expired sessions are swept with their bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_sessions_move_between_daemons() {
+    use custodian_storage::uploads::{DEFAULT_UPLOAD_EXPIRY, UploadError, UploadSessions};
+    use std::collections::BTreeMap;
+
+    let pg = Postgres::start();
+    let bucket = "custodian-pg-uploads";
+    let moto = Moto::start(bucket);
+    let database = pg.database("uploads");
+    let url = format!("s3://{bucket}/blobs");
+    let dirs: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let mut engines = Vec::new();
+    for dir in &dirs {
+        let store = PgObjectHarness {
+            config: config(url.clone(), dir.path(), &moto),
+            database: database.clone(),
+        }
+        .open()
+        .await;
+        let sessions =
+            UploadSessions::open(&dir.path().join("uploads"), DEFAULT_UPLOAD_EXPIRY, store)
+                .expect("open the sessions");
+        assert!(
+            sessions.shared(),
+            "a shared store stages sessions in the database"
+        );
+        engines.push(Arc::new(sessions));
+    }
+    let (a, b) = (engines[0].clone(), engines[1].clone());
+    let piece = |bytes: &[u8]| {
+        futures::stream::iter(vec![Ok::<_, String>(bytes::Bytes::copy_from_slice(bytes))])
+    };
+
+    // Started on A, pieces through A and B (one over 4 MiB, so it is staged in several
+    // parts, and ends mid-block), finished through A.
+    let data = conformance::pattern(90, 9 * 1024 * 1024 + 12_345);
+    let digest = custodian_core::Digest::of(custodian_core::Algorithm::Sha256, &data);
+    let session = a
+        .start("alice", Expectation::default(), BTreeMap::new())
+        .await
+        .expect("start on A");
+    let id = session.id.clone();
+    let cut = [1_000_001, 6_500_000];
+    let after_a = a
+        .append("alice", &id, Some(0), piece(&data[..cut[0]]))
+        .await
+        .expect("a piece through A");
+    assert_eq!(after_a.committed, cut[0] as u64);
+    let seen_by_b = b.status("alice", &id).await.expect("B sees A's session");
+    assert_eq!(seen_by_b.committed, cut[0] as u64);
+    assert!(matches!(
+        b.status("mallory", &id).await,
+        Err(UploadError::Unknown { .. })
+    ));
+    b.append(
+        "alice",
+        &id,
+        Some(cut[0] as u64),
+        piece(&data[cut[0]..cut[1]]),
+    )
+    .await
+    .expect("a piece through B");
+    // A's cached hash state is for an older length: it resumes from the saved one.
+    a.append("alice", &id, Some(cut[1] as u64), piece(&data[cut[1]..]))
+        .await
+        .expect("the last piece through A");
+    let done = a
+        .finish(
+            "alice",
+            &id,
+            Expectation {
+                digest: Some(digest),
+                size: Some(data.len() as u64),
+            },
+        )
+        .await
+        .expect("finish through A");
+    assert_eq!(done.meta.sha256(), digest);
+    let read = conformance::read_all(b.store(), &digest, ByteRange::ALL).await;
+    assert!(read == data, "B reads the finished blob back");
+    assert!(matches!(
+        b.status("alice", &id).await,
+        Err(UploadError::Unknown { .. })
+    ));
+
+    // A race: A and B each send a different piece at offset 0. Exactly one is committed;
+    // the other is told where the session stands, and the session holds the winner's bytes.
+    for round in 0..4u64 {
+        let session = b
+            .start("alice", Expectation::default(), BTreeMap::new())
+            .await
+            .expect("start");
+        let id = session.id;
+        let mine = conformance::pattern(100 + round, 5 * 1024 * 1024 + 7);
+        let theirs = conformance::pattern(200 + round, 5 * 1024 * 1024 + 7);
+        let (ra, rb) = tokio::join!(
+            a.append("alice", &id, Some(0), piece(&mine)),
+            b.append("alice", &id, Some(0), piece(&theirs))
+        );
+        let winner = match (&ra, &rb) {
+            (Ok(_), Err(_)) => &mine,
+            (Err(_), Ok(_)) => &theirs,
+            other => panic!("round {round}: exactly one piece may win: {other:?}"),
+        };
+        for loser in [&ra, &rb].into_iter().filter_map(|r| r.as_ref().err()) {
+            assert!(
+                matches!(
+                    loser,
+                    UploadError::OffsetMismatch { .. } | UploadError::Invalid { .. }
+                ),
+                "round {round}: {loser}"
+            );
+        }
+        let winner_digest = custodian_core::Digest::of(custodian_core::Algorithm::Sha256, winner);
+        let done = a
+            .finish(
+                "alice",
+                &id,
+                Expectation {
+                    digest: Some(winner_digest),
+                    size: Some(winner.len() as u64),
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the winner's bytes finish: {e}"));
+        assert_eq!(done.meta.sha256(), winner_digest);
+    }
+
+    // A survives the loss of B: a session begun on B, B dropped, finished through A.
+    let session = b
+        .start("bob", Expectation::default(), BTreeMap::new())
+        .await
+        .expect("start");
+    let small = conformance::pattern(300, 70_000);
+    b.append("bob", &session.id, Some(0), piece(&small))
+        .await
+        .expect("a piece through B");
+    drop(b);
+    drop(engines);
+    let done = a
+        .finish("bob", &session.id, Expectation::default())
+        .await
+        .expect("finish through A after B is gone");
+    assert_eq!(
+        done.meta.sha256(),
+        custodian_core::Digest::of(custodian_core::Algorithm::Sha256, &small)
+    );
+
+    // An expired session is swept, with its staged bytes.
+    let store = PgObjectHarness {
+        config: config(url, dirs[0].path(), &moto),
+        database: database.clone(),
+    }
+    .open()
+    .await;
+    let quick = Arc::new(
+        UploadSessions::open(
+            &dirs[0].path().join("uploads"),
+            std::time::Duration::from_millis(1),
+            store,
+        )
+        .expect("open"),
+    );
+    // A (whose sessions live a day) stages a piece; to `quick`, whose expiry is 1 ms, the
+    // same session in the same database is long expired.
+    let session = a
+        .start("carol", Expectation::default(), BTreeMap::new())
+        .await
+        .expect("start");
+    a.append("carol", &session.id, Some(0), piece(&small))
+        .await
+        .expect("a piece");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let swept = {
+        let quick = quick.clone();
+        tokio::task::spawn_blocking(move || quick.sweep())
+            .await
+            .expect("sweep")
+    };
+    assert!(swept >= 1, "the expired session is swept");
+    let parts: i64 = std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&database, postgres::NoTls).expect("connect");
+        client
+            .query_one("SELECT count(*) FROM custodian_upload_parts", &[])
+            .expect("count")
+            .get(0)
+    })
+    .join()
+    .expect("the counting thread");
+    assert_eq!(parts, 0, "no staged bytes are left behind");
+}

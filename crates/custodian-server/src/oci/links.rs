@@ -6,19 +6,111 @@
 //! Links are not ledger events (blob uploads are not provenance; the manifests that use them
 //! are), but they must survive a crash like the blob they name: each is one line appended to
 //! `DATA_DIR/oci/links` and synced before the upload is acknowledged. The file is compacted at
-//! start-up.
+//! start-up. Daemons sharing a database keep the links there instead (one row each, see
+//! [`custodian_storage::SharedState`]), so a blob pushed through one daemon is in the
+//! repository through every other at once.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
+use std::sync::Arc;
+
 use custodian_core::Digest;
+use custodian_storage::SharedState;
 
 use super::{OciFailure, lock, read_lock, write_lock};
 
-/// The durable set of (repository, blob) links.
-pub struct Links {
+/// The durable set of (repository, blob) links: in the data directory, or in the database
+/// daemons share.
+pub enum Links {
+    /// One daemon's link file.
+    File(Arc<FileLinks>),
+    /// The shared database's rows.
+    Shared(Arc<dyn SharedState>),
+}
+
+impl Links {
+    /// The links in `shared` when given, else in the link file in `dir` (opened and compacted).
+    pub fn open(dir: &Path, shared: Option<Arc<dyn SharedState>>) -> Result<Self, OciFailure> {
+        Ok(match shared {
+            Some(shared) => Links::Shared(shared),
+            None => Links::File(Arc::new(FileLinks::open(dir)?)),
+        })
+    }
+
+    /// Runs a call to the shared database on the blocking pool.
+    async fn shared<T: Send + 'static>(
+        shared: &Arc<dyn SharedState>,
+        call: impl FnOnce(&dyn SharedState) -> custodian_storage::Result<T> + Send + 'static,
+    ) -> Result<T, OciFailure> {
+        let shared = shared.clone();
+        Ok(tokio::task::spawn_blocking(move || call(&*shared))
+            .await
+            .map_err(|e| OciFailure::Internal(e.to_string()))??)
+    }
+
+    /// Links `digest` (a SHA-256) to `repo`, durably.
+    pub async fn add(&self, repo: &str, digest: &Digest) -> Result<(), OciFailure> {
+        match self {
+            Links::File(file) => file.add(repo, digest).await,
+            Links::Shared(shared) => {
+                let (repo, digest) = (repo.to_string(), *digest);
+                Self::shared(shared, move |s| s.link(&repo, &digest))
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+
+    /// Unlinks `digest` from `repo`; returns whether it was linked.
+    pub async fn remove(&self, repo: &str, digest: &Digest) -> Result<bool, OciFailure> {
+        match self {
+            Links::File(file) => file.remove(repo, digest).await,
+            Links::Shared(shared) => {
+                let (repo, digest) = (repo.to_string(), *digest);
+                Self::shared(shared, move |s| s.unlink(&repo, &digest)).await
+            }
+        }
+    }
+
+    /// True if `digest` is linked to `repo`.
+    pub async fn contains(&self, repo: &str, digest: &Digest) -> Result<bool, OciFailure> {
+        match self {
+            Links::File(file) => Ok(file.contains(repo, digest)),
+            Links::Shared(shared) => {
+                let (repo, digest) = (repo.to_string(), *digest);
+                Self::shared(shared, move |s| s.linked(&repo, &digest)).await
+            }
+        }
+    }
+
+    /// True if any blob is linked to `repo`.
+    pub async fn has_repo(&self, repo: &str) -> Result<bool, OciFailure> {
+        match self {
+            Links::File(file) => Ok(file.has_repo(repo)),
+            Links::Shared(shared) => {
+                let repo = repo.to_string();
+                Self::shared(shared, move |s| s.repo_has_links(&repo)).await
+            }
+        }
+    }
+
+    /// The repositories `digest` is linked to, sorted.
+    pub async fn repos_with(&self, digest: &Digest) -> Result<Vec<String>, OciFailure> {
+        match self {
+            Links::File(file) => Ok(file.repos_with(digest)),
+            Links::Shared(shared) => {
+                let digest = *digest;
+                Self::shared(shared, move |s| s.repos_linking(&digest)).await
+            }
+        }
+    }
+}
+
+/// The links of one daemon, in its data directory and in memory.
+pub struct FileLinks {
     path: PathBuf,
     file: Mutex<std::fs::File>,
     sets: RwLock<HashMap<String, HashSet<[u8; 32]>>>,
@@ -31,7 +123,7 @@ fn io(path: &Path, source: std::io::Error) -> OciFailure {
     }
 }
 
-impl Links {
+impl FileLinks {
     /// Opens (or creates) the link file in `dir`, compacting it.
     pub fn open(dir: &Path) -> Result<Self, OciFailure> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -87,7 +179,7 @@ impl Links {
             .append(true)
             .open(&path)
             .map_err(|e| io(&path, e))?;
-        Ok(Links {
+        Ok(FileLinks {
             path,
             file: Mutex::new(file),
             sets: RwLock::new(sets),
@@ -102,11 +194,7 @@ impl Links {
     }
 
     /// Links `digest` (a SHA-256) to `repo`, durably.
-    pub async fn add(
-        self: &std::sync::Arc<Self>,
-        repo: &str,
-        digest: &Digest,
-    ) -> Result<(), OciFailure> {
+    pub async fn add(self: &Arc<Self>, repo: &str, digest: &Digest) -> Result<(), OciFailure> {
         if self.contains(repo, digest) {
             return Ok(());
         }
@@ -123,11 +211,7 @@ impl Links {
     }
 
     /// Unlinks `digest` from `repo`; returns whether it was linked.
-    pub async fn remove(
-        self: &std::sync::Arc<Self>,
-        repo: &str,
-        digest: &Digest,
-    ) -> Result<bool, OciFailure> {
+    pub async fn remove(self: &Arc<Self>, repo: &str, digest: &Digest) -> Result<bool, OciFailure> {
         if !self.contains(repo, digest) {
             return Ok(false);
         }
@@ -156,12 +240,14 @@ impl Links {
             .is_some_and(|set| !set.is_empty())
     }
 
-    /// The repositories `digest` is linked to.
+    /// The repositories `digest` is linked to, sorted.
     pub fn repos_with(&self, digest: &Digest) -> Vec<String> {
-        read_lock(&self.sets)
+        let mut repos: Vec<String> = read_lock(&self.sets)
             .iter()
             .filter(|(_, set)| set.contains(digest.bytes()))
             .map(|(repo, _)| repo.clone())
-            .collect()
+            .collect();
+        repos.sort();
+        repos
     }
 }

@@ -229,9 +229,11 @@ impl Oci {
         config: OciConfig,
         uploads: Arc<UploadSessions>,
     ) -> Result<Self, OciFailure> {
+        // Daemons sharing the store's index share the links too.
+        let shared = registry.store().shared_state();
         Ok(Oci {
+            links: Arc::new(Links::open(dir, shared)?),
             registry,
-            links: Arc::new(Links::open(dir)?),
             uploads,
             config,
             writes: tokio::sync::Mutex::new(()),
@@ -244,8 +246,8 @@ impl Oci {
 
     /// The repositories a blob is linked into (pushed, mounted or referenced by a manifest):
     /// each of them keeps it.
-    pub fn linked_in(&self, digest: &Digest) -> Vec<String> {
-        self.links.repos_with(digest)
+    pub async fn linked_in(&self, digest: &Digest) -> Result<Vec<String>, OciFailure> {
+        self.links.repos_with(digest).await
     }
 
     /// True if the repository is private.
@@ -344,15 +346,17 @@ impl Oci {
     }
 
     /// True if the repository exists for `who`: readable, and holding anything.
-    pub fn repo_exists(&self, who: &Principal, repo: &str) -> bool {
-        self.can_read(who, repo)
-            && (self.links.has_repo(repo)
-                || self
-                    .registry
-                    .read()
-                    .oci()
-                    .repo(repo)
-                    .is_some_and(|r| !r.manifests.is_empty() || !r.tags.is_empty()))
+    pub async fn repo_exists(&self, who: &Principal, repo: &str) -> Result<bool, OciFailure> {
+        if !self.can_read(who, repo) {
+            return Ok(false);
+        }
+        let has_manifests = self
+            .registry
+            .read()
+            .oci()
+            .repo(repo)
+            .is_some_and(|r| !r.manifests.is_empty() || !r.tags.is_empty());
+        Ok(has_manifests || self.links.has_repo(repo).await?)
     }
 
     /// The blob `digest` in `repo`, if `who` may read it there.
@@ -374,15 +378,16 @@ impl Oci {
                 .cloned()
         };
         let mut made = made_blob(self);
+        let linked = self.links.contains(repo, digest).await?;
         if made.is_none()
-            && !self.links.contains(repo, digest)
+            && !linked
             && let Some(name) = self.package_name(repo)
         {
             self.warm_package(who, repo, &name).await?;
             made = made_blob(self);
         }
         let readable = match made {
-            _ if self.links.contains(repo, digest) => self.can_read(who, repo),
+            _ if linked => self.can_read(who, repo),
             Some(owner @ Some(_)) => self.owner_visible(who, &owner),
             Some(None) => self.can_read(who, repo),
             None => false,
@@ -432,11 +437,15 @@ impl Oci {
         self.require_push(who, repo)?;
         let sources = match from {
             Some(from) => vec![from.to_string()],
-            None => self.links.repos_with(digest),
+            None => self.links.repos_with(digest).await?,
         };
-        let readable = sources
-            .iter()
-            .any(|source| self.can_read(who, source) && self.links.contains(source, digest));
+        let mut readable = false;
+        for source in &sources {
+            if self.can_read(who, source) && self.links.contains(source, digest).await? {
+                readable = true;
+                break;
+            }
+        }
         if !readable || self.registry.store().stat(digest).await?.is_none() {
             return Ok(false);
         }
@@ -656,7 +665,7 @@ impl Oci {
             ));
         }
         for (blob, size) in &manifest.blobs {
-            let meta = if self.links.contains(repo, blob) {
+            let meta = if self.links.contains(repo, blob).await? {
                 self.registry.store().stat(blob).await?
             } else {
                 None
@@ -797,7 +806,7 @@ impl Oci {
     }
 
     /// The repository's tags in order, after `last`, at most `n`; and whether more follow.
-    pub fn tags(
+    pub async fn tags(
         &self,
         who: &Principal,
         repo: &str,
@@ -828,7 +837,7 @@ impl Oci {
             versions.truncate(limit);
             return Ok((versions, more));
         }
-        if !self.repo_exists(who, repo) {
+        if !self.repo_exists(who, repo).await? {
             return Err(refused(
                 ErrorCode::NameUnknown,
                 format!("repository {repo:?} is not known to this registry"),

@@ -276,7 +276,7 @@ async fn dispatch(
                 None => None,
             };
             let last = query.get("last").map(String::as_str);
-            let (tags, more) = oci.tags(&who, &repo, n, last)?;
+            let (tags, more) = oci.tags(&who, &repo, n, last).await?;
             let mut response = axum::Json(serde_json::json!({"name": repo, "tags": tags}))
                 .into_response();
             if more && let Some(last) = tags.last() {

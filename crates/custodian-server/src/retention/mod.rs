@@ -270,8 +270,35 @@ impl Collector {
         Ok(())
     }
 
-    /// Everything that keeps `meta`'s blob at `now`, judged with `grace`; empty if nothing does.
-    fn keepers(&self, meta: &BlobMeta, grace: Duration, now: u64) -> Vec<Keeper> {
+    /// What keeps `metas`' blobs outside the ledger: the latest acknowledgement of each (by any
+    /// daemon sharing the store) and the OCI repositories linking it.
+    async fn outside(&self, metas: &[BlobMeta]) -> Result<Vec<Outside>, RegistryError> {
+        let digests: Vec<Digest> = metas.iter().map(BlobMeta::sha256).collect();
+        let acknowledged = self
+            .registry
+            .store()
+            .retention()
+            .acknowledged_at(&digests)
+            .await?;
+        let mut out = Vec::with_capacity(metas.len());
+        for (digest, acknowledged_ms) in digests.iter().zip(acknowledged) {
+            out.push(Outside {
+                acknowledged_ms,
+                linked_in: self.oci.linked_in(digest).await.map_err(oci_failure)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Everything that keeps `meta`'s blob at `now`, judged with `grace` and what keeps it
+    /// `outside` the ledger; empty if nothing does.
+    fn keepers(
+        &self,
+        meta: &BlobMeta,
+        outside: &Outside,
+        grace: Duration,
+        now: u64,
+    ) -> Vec<Keeper> {
         let sha256 = meta.sha256();
         let mut keepers = Vec::new();
         {
@@ -292,7 +319,7 @@ impl Collector {
                 keepers.push(Keeper::Referenced { packages });
             }
             let mut repositories = index.oci().repos_with_manifest(&sha256);
-            repositories.extend(self.oci.linked_in(&sha256));
+            repositories.extend(outside.linked_in.iter().cloned());
             repositories.sort();
             repositories.dedup();
             if !repositories.is_empty() {
@@ -306,11 +333,8 @@ impl Collector {
                 });
             }
         }
-        let touched = self
-            .registry
-            .store()
-            .retention()
-            .last_acknowledged(&sha256)
+        let touched = outside
+            .acknowledged_ms
             .unwrap_or(0)
             .max(meta.created_unix_ms);
         let until_ms = touched.saturating_add(grace.as_millis() as u64);
@@ -330,10 +354,13 @@ impl Collector {
         require_admin(who, "ask why a blob is kept")?;
         let present = self.registry.store().stat(digest).await?;
         let now = now_ms();
-        let keepers = present
-            .as_ref()
-            .map(|meta| self.keepers(meta, grace, now))
-            .unwrap_or_default();
+        let keepers = match &present {
+            Some(meta) => {
+                let outside = self.outside(std::slice::from_ref(meta)).await?;
+                self.keepers(meta, &outside[0], grace, now)
+            }
+            None => Vec::new(),
+        };
         let sha256 = present.as_ref().map_or(*digest, BlobMeta::sha256);
         let tombstone = self.registry.read().retention().tombstone(&sha256);
         Ok(Why {
@@ -502,19 +529,23 @@ impl Collector {
         require_admin(who, "list the blobs in custody")?;
         let store = self.registry.store();
         let digests = store.list(after, limit).await?;
-        let mut page = Vec::with_capacity(digests.len());
+        let mut metas = Vec::with_capacity(digests.len());
         for digest in digests {
             // A blob deleted between the list and the lookup is simply not listed.
-            let Some(meta) = store.stat(&digest).await? else {
-                continue;
-            };
-            page.push(Listed {
-                acknowledged_ms: store.retention().last_acknowledged(&digest),
-                oci_linked_in: self.oci.linked_in(&digest),
-                meta,
-            });
+            if let Some(meta) = store.stat(&digest).await? {
+                metas.push(meta);
+            }
         }
-        Ok(page)
+        let outside = self.outside(&metas).await?;
+        Ok(metas
+            .into_iter()
+            .zip(outside)
+            .map(|(meta, outside)| Listed {
+                acknowledged_ms: outside.acknowledged_ms,
+                oci_linked_in: outside.linked_in,
+                meta,
+            })
+            .collect())
     }
 
     /// The blobs a pin (for `Unpin`) or a hold (for `Release`) on `subject` covers now.
@@ -598,6 +629,18 @@ impl Collector {
         };
         if !options.dry_run {
             report.finished_earlier = self.finish_recorded().await?;
+            // Claims a crashed collection left (this daemon's, or a daemon's that is gone) on
+            // blobs still in custody: their deletion was not recorded, or was just finished
+            // above, so the claims only block acknowledgements now.
+            let retention = self.registry.store().retention();
+            let abandoned = retention.abandoned_claims().await?;
+            if !abandoned.is_empty() {
+                tracing::info!(
+                    blobs = abandoned.len(),
+                    "releasing abandoned deletion claims"
+                );
+                retention.release_abandoned(&abandoned).await?;
+            }
         }
         let store = self.registry.store().clone();
         let mut after: Option<Digest> = None;
@@ -609,11 +652,17 @@ impl Collector {
             };
             after = Some(last);
             let metas = futures::future::join_all(page.iter().map(|d| store.stat(d))).await;
+            let metas: Vec<BlobMeta> = metas
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .flatten()
+                .collect();
+            let outside = self.outside(&metas).await?;
             let now = now_ms();
-            for meta in metas {
-                let Some(meta) = meta? else { continue };
+            for (meta, outside) in metas.into_iter().zip(outside) {
                 report.examined += 1;
-                let keepers = self.keepers(&meta, options.grace, now);
+                let keepers = self.keepers(&meta, &outside, options.grace, now);
                 if keepers.is_empty() {
                     candidates.push(meta);
                 } else if keepers.iter().all(|k| matches!(k, Keeper::Grace { .. })) {
@@ -658,23 +707,33 @@ impl Collector {
         let store = self.registry.store().clone();
         let digests: Vec<Digest> = batch.iter().map(BlobMeta::sha256).collect();
         let _exclusive = store.retention().exclusive(&digests).await;
-        let now = now_ms();
-        let mut going = Vec::new();
+        let mut current = Vec::with_capacity(batch.len());
         for meta in batch {
             // The blob may have been deleted and uploaded again since it was listed: judge the
             // copy in custody now.
-            let Some(current) = store.stat(&meta.sha256()).await? else {
-                continue;
-            };
-            if self.keepers(&current, options.grace, now).is_empty() {
-                going.push(current);
+            if let Some(meta) = store.stat(&meta.sha256()).await? {
+                current.push(meta);
+            }
+        }
+        let outside = self.outside(&current).await?;
+        let now = now_ms();
+        let mut going = Vec::new();
+        for (meta, outside) in current.into_iter().zip(outside) {
+            if self.keepers(&meta, &outside, options.grace, now).is_empty() {
+                going.push(meta);
             } else {
                 report.spared += 1;
             }
         }
+        // Daemons sharing the store claim what they delete, so that a put on another daemon
+        // is either seen here (and the blob spared) or told the blob is going.
+        let cutoff = now.saturating_sub(options.grace.as_millis() as u64);
+        let before = going.len();
+        self.claim(&mut going, cutoff).await?;
+        report.spared += (before - going.len()) as u64;
         let grace = options.grace;
-        let spare = move |collector: &Self, meta: &BlobMeta| {
-            !collector.keepers(meta, grace, now_ms()).is_empty()
+        let spare = move |collector: &Self, meta: &BlobMeta, outside: &Outside| {
+            !collector.keepers(meta, outside, grace, now_ms()).is_empty()
         };
         let why = Grounds {
             reason: "garbage collection",
@@ -693,17 +752,50 @@ impl Collector {
     /// nothing they appended since this daemon's view may keep a blob (a publication, a data
     /// pack, an OCI manifest, a pin or hold, a sealed body, a run); otherwise this daemon
     /// catches up, spares what `spare` now says is kept, and tries again.
+    ///
+    /// The blobs are claimed (see [`Collector::claim`]); a claim on a blob that is not deleted
+    /// after all is released, whatever the outcome.
     async fn record_and_delete(
         &self,
-        mut going: Vec<BlobMeta>,
-        spare: &(dyn Fn(&Self, &BlobMeta) -> bool + Sync),
+        going: Vec<BlobMeta>,
+        spare: &(dyn Fn(&Self, &BlobMeta, &Outside) -> bool + Sync),
         why: &Grounds<'_>,
         report: &mut GcReport,
     ) -> Result<(), RegistryError> {
+        let claimed: Vec<Digest> = going.iter().map(BlobMeta::sha256).collect();
+        let recorded = self.record(going, spare, why, report).await;
+        let kept: Vec<Digest> = match &recorded {
+            Ok(Some(deleted)) => claimed
+                .into_iter()
+                .filter(|d| !deleted.contains(d))
+                .collect(),
+            _ => claimed,
+        };
+        if let Err(err) = self.registry.store().retention().release(&kept).await {
+            // Left claimed, those blobs refuse acknowledgements until a later collection
+            // releases its abandoned claims.
+            tracing::warn!(%err, blobs = kept.len(), "could not release deletion claims");
+        }
+        let Some(deleted) = recorded? else {
+            return Ok(());
+        };
+        self.registry.store().delete_many(&deleted).await?;
+        Ok(())
+    }
+
+    /// Appends the `BlobsDeleted` entry of [`Collector::record_and_delete`]; returns the blobs
+    /// it records (none if every one was spared), counted in `report`.
+    async fn record(
+        &self,
+        mut going: Vec<BlobMeta>,
+        spare: &(dyn Fn(&Self, &BlobMeta, &Outside) -> bool + Sync),
+        why: &Grounds<'_>,
+        report: &mut GcReport,
+    ) -> Result<Option<Vec<Digest>>, RegistryError> {
         let mut attempts = 0;
         let (index, entry) = loop {
             if going.is_empty() {
-                return Ok(());
+                return Ok(None);
             }
             attempts += 1;
             let event = BlobsDeleted {
@@ -728,8 +820,13 @@ impl Collector {
                 {
                     tracing::info!(index, %reason, "another daemon appended meanwhile; judging the deletion again");
                     self.registry.follow().await?;
+                    let outside = self.outside(&going).await?;
                     let before = going.len();
-                    going.retain(|meta| !spare(self, meta));
+                    let mut judged = outside.iter();
+                    going.retain(|meta| {
+                        let outside = judged.next().expect("one judgement per blob");
+                        !spare(self, meta, outside)
+                    });
                     report.spared += (before - going.len()) as u64;
                 }
                 Err(err) => return Err(err),
@@ -737,9 +834,24 @@ impl Collector {
         };
         self.registry.apply(index, &entry);
         report.entries.push(index);
-        let digests: Vec<Digest> = going.iter().map(BlobMeta::sha256).collect();
-        self.registry.store().delete_many(&digests).await?;
         report.count(going.iter().map(|m| (m.sha256(), m.size)));
+        Ok(Some(going.iter().map(BlobMeta::sha256).collect()))
+    }
+
+    /// Claims `going` for deletion, keeping in it only the blobs claimed: those no daemon
+    /// sharing the store acknowledged since `cutoff_ms` and no other collection is deleting.
+    /// Within one daemon every blob is claimed (the exclusive gate the caller holds does it).
+    async fn claim(&self, going: &mut Vec<BlobMeta>, cutoff_ms: u64) -> Result<(), RegistryError> {
+        let digests: Vec<Digest> = going.iter().map(BlobMeta::sha256).collect();
+        let claimed: std::collections::HashSet<Digest> = self
+            .registry
+            .store()
+            .retention()
+            .claim(&digests, cutoff_ms)
+            .await?
+            .into_iter()
+            .collect();
+        going.retain(|meta| claimed.contains(&meta.sha256()));
         Ok(())
     }
 
@@ -772,7 +884,8 @@ impl Collector {
                 "field digest: blob {digest} is not in custody"
             )));
         };
-        let keepers = self.keepers(&meta, Duration::ZERO, now_ms());
+        let outside = self.outside(std::slice::from_ref(&meta)).await?;
+        let keepers = self.keepers(&meta, &outside[0], Duration::ZERO, now_ms());
         if let Some(Keeper::Held { index, reason, .. }) =
             keepers.iter().find(|k| matches!(k, Keeper::Held { .. }))
         {
@@ -796,8 +909,8 @@ impl Collector {
         };
         // Rejudged if another daemon appended meanwhile: a legal hold always spares the blob,
         // anything else only without force.
-        let spare = move |collector: &Self, meta: &BlobMeta| {
-            let keepers = collector.keepers(meta, Duration::ZERO, now_ms());
+        let spare = move |collector: &Self, meta: &BlobMeta, outside: &Outside| {
+            let keepers = collector.keepers(meta, outside, Duration::ZERO, now_ms());
             keepers.iter().any(|k| matches!(k, Keeper::Held { .. }))
                 || (!force && !keepers.is_empty())
         };
@@ -808,9 +921,37 @@ impl Collector {
             grace_ms: 0,
             by: &by,
         };
-        self.record_and_delete(vec![meta], &spare, &why, &mut report)
+        // An admin's deletion does not wait out acknowledgements (it is deliberate), but it does
+        // not race a collection on another daemon deleting the same blob.
+        let mut going = vec![meta];
+        self.claim(&mut going, u64::MAX).await?;
+        if going.is_empty() {
+            return Err(RegistryError::FailedPrecondition(format!(
+                "blob {digest} is being deleted by garbage collection on another daemon"
+            )));
+        }
+        self.record_and_delete(going, &spare, &why, &mut report)
             .await?;
         Ok(report)
+    }
+}
+
+/// What keeps a blob outside the ledger.
+struct Outside {
+    /// Its latest acknowledgement to a put, by any daemon sharing the store.
+    acknowledged_ms: Option<u64>,
+    /// The OCI repositories it is linked into.
+    linked_in: Vec<String>,
+}
+
+/// A failure of the OCI front end's links as the registry's.
+fn oci_failure(failure: crate::oci::OciFailure) -> RegistryError {
+    match failure {
+        crate::oci::OciFailure::Storage(err) => RegistryError::Storage(err),
+        crate::oci::OciFailure::Registry(err) => err,
+        other => RegistryError::Storage(custodian_storage::StorageError::Aborted(format!(
+            "reading the OCI repository links: {other}"
+        ))),
     }
 }
 

@@ -1,0 +1,341 @@
+//! Where resumable upload sessions keep their state and bytes until they finish: a directory of
+//! one daemon ([`LocalStaging`]), or a database every daemon sharing the store reaches (the
+//! PostgreSQL index implements [`Staging`]), so that any daemon takes any piece of any session.
+//!
+//! The engine ([`crate::uploads::UploadSessions`]) decides what is acknowledged; a staging area
+//! only has to make a checkpoint atomic: after [`StagedWriter::checkpoint`] returns, a reader
+//! sees exactly the bytes and state it recorded, and after a crash before it, exactly those of
+//! the checkpoint before. A shared area also fences writers: a checkpoint whose session moved
+//! on meanwhile (another daemon committed a piece first) is refused, and its bytes never count.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+
+use crate::StorageError;
+use crate::uploads::{SessionState, UploadError, UploadResult};
+
+/// One session as a listing shows it.
+#[derive(Clone, Debug)]
+pub struct StagedSession {
+    /// The session id.
+    pub id: String,
+    /// Its state; `None` when it cannot be read (a session that crashed while starting).
+    pub state: Option<SessionState>,
+    /// How long since the session's storage last changed, when the state says nothing.
+    pub idle: Option<Duration>,
+}
+
+/// A staging area for upload sessions.
+#[async_trait]
+pub trait Staging: Send + Sync + 'static {
+    /// What it is, for logs: a directory, or a database.
+    fn describe(&self) -> String;
+
+    /// Whether several daemons use it at once.
+    fn shared(&self) -> bool;
+
+    /// Creates session `id` with `state` and no bytes.
+    async fn create(&self, id: &str, state: &SessionState) -> UploadResult<()>;
+
+    /// The state of session `id`, if it exists.
+    async fn load(&self, id: &str) -> UploadResult<Option<SessionState>>;
+
+    /// A writer that appends to session `id` after `state.committed` bytes; anything stored
+    /// past them (never acknowledged) is discarded first.
+    async fn writer(&self, id: &str, state: &SessionState) -> UploadResult<Box<dyn StagedWriter>>;
+
+    /// `len` committed bytes of session `id` from `from`.
+    async fn read(&self, id: &str, from: u64, len: u64) -> UploadResult<Vec<u8>>;
+
+    /// The CRC32C of each of the first `count` complete blocks of session `id`.
+    async fn crcs(&self, id: &str, count: u64) -> UploadResult<Vec<u32>>;
+
+    /// The first `size` committed bytes of session `id`, one `block`-sized item at a time.
+    async fn blocks(
+        &self,
+        id: &str,
+        size: u64,
+        block: u64,
+    ) -> UploadResult<BoxStream<'static, crate::Result<Bytes>>>;
+
+    /// Removes session `id` and its bytes.
+    async fn remove(&self, id: &str) -> UploadResult<()>;
+
+    /// Every session. Blocks (for sweeps and operators, on a blocking thread).
+    fn list_blocking(&self) -> Vec<StagedSession>;
+
+    /// Removes session `id` and its bytes; true if it existed. Blocks.
+    fn remove_blocking(&self, id: &str) -> bool;
+}
+
+/// Appends the bytes of one piece.
+#[async_trait]
+pub trait StagedWriter: Send {
+    /// Appends `bytes` (not durable yet).
+    async fn write(&mut self, bytes: Bytes) -> UploadResult<()>;
+
+    /// Appends the CRCs of the blocks the bytes written so far complete.
+    async fn write_crcs(&mut self, crcs: &[u32]) -> UploadResult<()>;
+
+    /// Makes everything written durable and records `state`, whose `committed` covers it and
+    /// replaces `previous`. A shared area refuses with [`UploadError::OffsetMismatch`] when the
+    /// session's committed length is no longer `previous`.
+    async fn checkpoint(&mut self, state: &SessionState, previous: u64) -> UploadResult<()>;
+}
+
+fn io(path: &Path, source: std::io::Error) -> UploadError {
+    UploadError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Sessions as directories `DIR/<id>/` of one daemon: `data` (the bytes), `crcs` (four bytes
+/// per complete block) and `state.json` (replaced atomically at each checkpoint).
+#[derive(Debug)]
+pub struct LocalStaging {
+    dir: PathBuf,
+}
+
+impl LocalStaging {
+    /// The sessions under `dir`, created if missing.
+    pub fn open(dir: &Path) -> UploadResult<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        Ok(LocalStaging {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    async fn write_state(dir: &Path, state: &SessionState) -> UploadResult<()> {
+        let tmp = dir.join("state.json.tmp");
+        let path = dir.join("state.json");
+        let mut out = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| io(&tmp, e))?;
+        out.write_all(&state.to_json())
+            .await
+            .map_err(|e| io(&tmp, e))?;
+        out.sync_all().await.map_err(|e| io(&tmp, e))?;
+        tokio::fs::rename(&tmp, &path)
+            .await
+            .map_err(|e| io(&path, e))?;
+        let d = tokio::fs::File::open(dir).await.map_err(|e| io(dir, e))?;
+        d.sync_all().await.map_err(|e| io(dir, e))
+    }
+}
+
+/// The appending side of a [`LocalStaging`] session.
+struct LocalWriter {
+    dir: PathBuf,
+    data: tokio::fs::File,
+    crcs: tokio::fs::File,
+}
+
+#[async_trait]
+impl StagedWriter for LocalWriter {
+    async fn write(&mut self, bytes: Bytes) -> UploadResult<()> {
+        self.data
+            .write_all(&bytes)
+            .await
+            .map_err(|e| io(&self.dir.join("data"), e))
+    }
+
+    async fn write_crcs(&mut self, crcs: &[u32]) -> UploadResult<()> {
+        let mut encoded = Vec::with_capacity(crcs.len() * 4);
+        for crc in crcs {
+            encoded.extend_from_slice(&crc.to_le_bytes());
+        }
+        self.crcs
+            .write_all(&encoded)
+            .await
+            .map_err(|e| io(&self.dir.join("crcs"), e))
+    }
+
+    async fn checkpoint(&mut self, state: &SessionState, _previous: u64) -> UploadResult<()> {
+        // One daemon owns the directory and the engine serializes requests per session, so
+        // nothing else can have moved the session.
+        let (a, b) = tokio::join!(self.data.sync_data(), self.crcs.sync_data());
+        a.map_err(|e| io(&self.dir.join("data"), e))?;
+        b.map_err(|e| io(&self.dir.join("crcs"), e))?;
+        LocalStaging::write_state(&self.dir, state).await
+    }
+}
+
+#[async_trait]
+impl Staging for LocalStaging {
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+
+    async fn create(&self, id: &str, state: &SessionState) -> UploadResult<()> {
+        let dir = self.dir.join(id);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| io(&dir, e))?;
+        for name in ["data", "crcs"] {
+            let path = dir.join(name);
+            tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| io(&path, e))?;
+        }
+        Self::write_state(&dir, state).await
+    }
+
+    async fn load(&self, id: &str) -> UploadResult<Option<SessionState>> {
+        let path = self.dir.join(id).join("state.json");
+        let text = match tokio::fs::read(&path).await {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path, e)),
+        };
+        SessionState::from_json(&text).map(Some).map_err(|e| {
+            io(
+                &path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })
+    }
+
+    async fn writer(&self, id: &str, state: &SessionState) -> UploadResult<Box<dyn StagedWriter>> {
+        let dir = self.dir.join(id);
+        let data_path = dir.join("data");
+        let crcs_path = dir.join("crcs");
+        let mut data = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(&data_path)
+            .await
+            .map_err(|e| io(&data_path, e))?;
+        let mut crcs = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(&crcs_path)
+            .await
+            .map_err(|e| io(&crcs_path, e))?;
+        // Bytes past the committed length were never acknowledged: they go first.
+        let committed = state.committed;
+        data.set_len(committed)
+            .await
+            .map_err(|e| io(&data_path, e))?;
+        data.seek(std::io::SeekFrom::Start(committed))
+            .await
+            .map_err(|e| io(&data_path, e))?;
+        let full_blocks = committed / u64::from(state.block_size);
+        crcs.set_len(full_blocks * 4)
+            .await
+            .map_err(|e| io(&crcs_path, e))?;
+        crcs.seek(std::io::SeekFrom::Start(full_blocks * 4))
+            .await
+            .map_err(|e| io(&crcs_path, e))?;
+        Ok(Box::new(LocalWriter { dir, data, crcs }))
+    }
+
+    async fn read(&self, id: &str, from: u64, len: u64) -> UploadResult<Vec<u8>> {
+        let path = self.dir.join(id).join("data");
+        let mut data = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io(&path, e))?;
+        data.seek(std::io::SeekFrom::Start(from))
+            .await
+            .map_err(|e| io(&path, e))?;
+        let mut out = vec![0u8; len as usize];
+        data.read_exact(&mut out).await.map_err(|e| io(&path, e))?;
+        Ok(out)
+    }
+
+    async fn crcs(&self, id: &str, count: u64) -> UploadResult<Vec<u32>> {
+        let path = self.dir.join(id).join("crcs");
+        let bytes = tokio::fs::read(&path).await.map_err(|e| io(&path, e))?;
+        decode_crcs(&bytes, count).map_err(|e| io(&path, e))
+    }
+
+    async fn blocks(
+        &self,
+        id: &str,
+        size: u64,
+        block: u64,
+    ) -> UploadResult<BoxStream<'static, crate::Result<Bytes>>> {
+        let path = self.dir.join(id).join("data");
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io(&path, e))?;
+        Ok(
+            futures::stream::unfold((file, 0u64), move |(mut file, at)| {
+                let path = path.clone();
+                async move {
+                    if at >= size {
+                        return None;
+                    }
+                    let len = block.min(size - at) as usize;
+                    let mut buf = vec![0u8; len];
+                    let item = file.read_exact(&mut buf).await.map(|_| Bytes::from(buf));
+                    let item = item.map_err(|e| {
+                        StorageError::Aborted(format!(
+                            "reading the staged upload {}: {e}",
+                            path.display()
+                        ))
+                    });
+                    Some((item, (file, at + len as u64)))
+                }
+            })
+            .boxed(),
+        )
+    }
+
+    async fn remove(&self, id: &str) -> UploadResult<()> {
+        let dir = self.dir.join(id);
+        tokio::fs::remove_dir_all(&dir)
+            .await
+            .map_err(|e| io(&dir, e))
+    }
+
+    fn list_blocking(&self) -> Vec<StagedSession> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|entry| {
+                let state = std::fs::read(entry.path().join("state.json"))
+                    .ok()
+                    .and_then(|t| SessionState::from_json(&t).ok());
+                let idle = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok());
+                StagedSession {
+                    id: entry.file_name().to_string_lossy().into_owned(),
+                    state,
+                    idle,
+                }
+            })
+            .collect()
+    }
+
+    fn remove_blocking(&self, id: &str) -> bool {
+        std::fs::remove_dir_all(self.dir.join(id)).is_ok()
+    }
+}
+
+/// The first `count` CRCs of an encoded list (four bytes each, little-endian).
+pub fn decode_crcs(bytes: &[u8], count: u64) -> std::io::Result<Vec<u32>> {
+    if (bytes.len() as u64) < count * 4 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{} block checksums, expected {count}", bytes.len() / 4),
+        ));
+    }
+    Ok(bytes[..count as usize * 4]
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect())
+}
