@@ -701,6 +701,29 @@ async fn two_daemons_share_oci_repositories_uploads_and_acknowledgements() {
     let (auth_a, auth_b) = (basic(&a.token), basic(&b.token));
     let files = tempfile::tempdir().expect("a scratch directory");
     let repo = "team/app";
+    // A collection through `daemon`; its JSON report.
+    let collect_through = |daemon: &Daemon| -> serde_json::Value {
+        let report = cli_at(
+            &daemon.address,
+            &daemon.token,
+            &["gc", "--grace", GRACE, "--json"],
+        );
+        assert!(
+            report.status.success(),
+            "{}",
+            String::from_utf8_lossy(&report.stderr)
+        );
+        serde_json::from_slice(&report.stdout).expect("gc JSON")
+    };
+    // One request of the OCI API through `daemon`, as `auth`.
+    let call = |method: &str, daemon: &Daemon, auth: &String, path: &str| {
+        http(
+            method,
+            &format!("{}{path}", daemon.rest),
+            std::slice::from_ref(auth),
+            None,
+        )
+    };
 
     // Blobs through A, the manifest through B.
     let layer = crate::pattern(71, 300_000).to_vec();
@@ -712,11 +735,11 @@ async fn two_daemons_share_oci_repositories_uploads_and_acknowledgements() {
         "B takes a manifest over A's blobs: {pushed:?}"
     );
     for (daemon, auth) in [(a, &auth_a), (b, &auth_b)] {
-        let got = http(
+        let got = call(
             "GET",
-            &format!("{}/v2/{repo}/blobs/{layer_digest}", daemon.rest),
-            std::slice::from_ref(auth),
-            None,
+            daemon,
+            auth,
+            &format!("/v2/{repo}/blobs/{layer_digest}"),
         );
         assert_eq!(got.status, 200, "{}: {got:?}", daemon.rest);
         assert!(
@@ -724,12 +747,7 @@ async fn two_daemons_share_oci_repositories_uploads_and_acknowledgements() {
             "{} serves the layer verified",
             daemon.rest
         );
-        let tags = http(
-            "GET",
-            &format!("{}/v2/{repo}/tags/list", daemon.rest),
-            std::slice::from_ref(auth),
-            None,
-        );
+        let tags = call("GET", daemon, auth, &format!("/v2/{repo}/tags/list"));
         assert_eq!(tags.status, 200, "{}: {tags:?}", daemon.rest);
     }
 
@@ -737,12 +755,7 @@ async fn two_daemons_share_oci_repositories_uploads_and_acknowledgements() {
     // through B, the next through A, closed through B; the session is in the database.
     let big = crate::pattern(75, 3_000_000).to_vec();
     let big_digest = custodian_core::Digest::of(custodian_core::Algorithm::Sha256, &big);
-    let started = http(
-        "POST",
-        &format!("{}/v2/{repo}/blobs/uploads/", a.rest),
-        std::slice::from_ref(&auth_a),
-        None,
-    );
+    let started = call("POST", a, &auth_a, &format!("/v2/{repo}/blobs/uploads/"));
     assert_eq!(started.status, 202, "{started:?}");
     let location = started.header("location").expect("Location").to_string();
     let chunks = [(0, 1_200_000), (1_200_000, big.len())];
@@ -762,19 +775,14 @@ async fn two_daemons_share_oci_repositories_uploads_and_acknowledgements() {
             Some(format!("0-{}", to - 1).as_str())
         );
     }
-    let closed = http(
+    let closed = call(
         "PUT",
-        &format!("{}{location}?digest={big_digest}", b.rest),
-        std::slice::from_ref(&auth_b),
-        None,
+        b,
+        &auth_b,
+        &format!("{location}?digest={big_digest}"),
     );
     assert_eq!(closed.status, 201, "closed through B: {closed:?}");
-    let got = http(
-        "GET",
-        &format!("{}/v2/{repo}/blobs/{big_digest}", a.rest),
-        std::slice::from_ref(&auth_a),
-        None,
-    );
+    let got = call("GET", a, &auth_a, &format!("/v2/{repo}/blobs/{big_digest}"));
     assert_eq!(got.status, 200, "{got:?}");
     assert!(
         got.body == big,
@@ -784,18 +792,18 @@ async fn two_daemons_share_oci_repositories_uploads_and_acknowledgements() {
     // A loose blob pushed through B and unlinked through A is in neither repository.
     let loose = crate::pattern(72, 5000).to_vec();
     let loose_digest = push_blob(&b.rest, &auth_b, "team/scratch", &loose, files.path());
-    let unlinked = http(
+    let unlinked = call(
         "DELETE",
-        &format!("{}/v2/team/scratch/blobs/{loose_digest}", a.rest),
-        std::slice::from_ref(&auth_a),
-        None,
+        a,
+        &auth_a,
+        &format!("/v2/team/scratch/blobs/{loose_digest}"),
     );
     assert_eq!(unlinked.status, 202, "{unlinked:?}");
-    let gone = http(
+    let gone = call(
         "HEAD",
-        &format!("{}/v2/team/scratch/blobs/{loose_digest}", b.rest),
-        std::slice::from_ref(&auth_b),
-        None,
+        b,
+        &auth_b,
+        &format!("/v2/team/scratch/blobs/{loose_digest}"),
     );
     assert_eq!(
         gone.status, 404,
@@ -820,13 +828,7 @@ async fn two_daemons_share_oci_repositories_uploads_and_acknowledgements() {
     crate::cas::put(&mut client.store(), &kept_sha, Some(4096), &kept)
         .await
         .expect("put again through A");
-    let report = cli_at(&b.address, &b.token, &["gc", "--grace", GRACE, "--json"]);
-    assert!(
-        report.status.success(),
-        "{}",
-        String::from_utf8_lossy(&report.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("gc JSON");
+    let report = collect_through(b);
     let deleted: Vec<&str> = report["deleted"]
         .as_array()
         .expect("deleted")
@@ -858,19 +860,13 @@ async fn two_daemons_share_oci_repositories_uploads_and_acknowledgements() {
 
     // Out of grace again, the blob goes, through A's collection this time.
     tokio::time::sleep(Duration::from_millis(2300)).await;
-    let report = cli_at(&a.address, &a.token, &["gc", "--grace", GRACE, "--json"]);
-    assert!(
-        report.status.success(),
-        "{}",
-        String::from_utf8_lossy(&report.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("gc JSON");
+    let report = collect_through(a);
     assert!(report.to_string().contains(&kept_sha), "{report}");
-    let layer_again = http(
+    let layer_again = call(
         "GET",
-        &format!("{}/v2/{repo}/blobs/{layer_digest}", b.rest),
-        std::slice::from_ref(&auth_b),
-        None,
+        b,
+        &auth_b,
+        &format!("/v2/{repo}/blobs/{layer_digest}"),
     );
     assert_eq!(
         layer_again.status, 200,

@@ -181,6 +181,12 @@ pub trait LedgerBackend: Send + Sync {
     fn append_lock(&self) -> LedgerResult<Option<Box<dyn AppendLock>>> {
         Ok(None)
     }
+
+    /// Whether other processes append to this backend too (so a reader must follow what they
+    /// append). False for a backend with a single writer.
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// A held append lock of a shared ledger backend; dropping it releases the lock.
@@ -759,6 +765,11 @@ impl Ledger {
     /// checkpoint.
     pub fn probe(&self) -> LedgerResult<()> {
         self.backend.latest_checkpoint().map(|_| ())
+    }
+
+    /// Whether other processes append to the same backend (see [`LedgerBackend::shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.backend.shared()
     }
 
     /// Catches up with entries other writers sharing the backend appended: if the stored log is

@@ -125,6 +125,10 @@ impl PgLedger {
 }
 
 impl LedgerBackend for PgLedger {
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         BACKEND
     }

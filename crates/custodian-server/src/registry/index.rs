@@ -72,11 +72,21 @@ pub struct Index {
     /// it); see [`Index::ingest`].
     processed_below: u64,
     /// Entries at or above `processed_below` already applied (this daemon's own appends, applied
-    /// as they are made), so that following the ledger does not apply them twice.
+    /// as they are made), so that following the ledger does not apply them twice. Kept only
+    /// while [`Index::track_applied`] says so: on a ledger nobody else appends to, nothing is
+    /// followed after the replay, and the set would only grow.
     applied_above: std::collections::BTreeSet<u64>,
+    /// Whether `applied_above` is kept (the ledger is shared and followed).
+    tracking: bool,
 }
 
 impl Index {
+    /// Remembers the entries this daemon applies as it appends them, so that following a ledger
+    /// other daemons append to does not apply them again. Each follow forgets those it passes.
+    pub fn track_applied(&mut self) {
+        self.tracking = true;
+    }
+
     /// Every entry below this index has been read from the ledger.
     pub fn processed_below(&self) -> u64 {
         self.processed_below
@@ -129,7 +139,7 @@ impl Index {
     pub fn apply(&mut self, index: u64, entry: &Entry) -> Result<(), String> {
         // Each entry is applied once, whether this daemon appended it or read it from a ledger
         // other daemons share.
-        if index < self.processed_below || !self.applied_above.insert(index) {
+        if index < self.processed_below || (self.tracking && !self.applied_above.insert(index)) {
             return Ok(());
         }
         match entry.kind {

@@ -252,6 +252,10 @@ impl Registry {
         })
         .await
         .map_err(|e| RegistryError::Ledger(LedgerError::Poisoned(e.to_string())))??;
+        let mut state = state;
+        if sequencer.ledger().is_shared() {
+            state.track_applied();
+        }
         Ok(Registry {
             store,
             sequencer,
@@ -279,6 +283,11 @@ impl Registry {
     /// publications, yanks, data packs, evidence, keys, OCI and retention entries appended
     /// through any daemon become visible through this one. Returns how many were applied.
     pub async fn follow(&self) -> Result<u64, RegistryError> {
+        // Nobody else appends to a ledger that is not shared: everything in it is applied
+        // already, and this daemon keeps no record that would let it skip its own entries.
+        if !self.sequencer.ledger().is_shared() {
+            return Ok(0);
+        }
         let (ledger, state, bodies) = (
             self.sequencer.ledger().clone(),
             self.index.clone(),
