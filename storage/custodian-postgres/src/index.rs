@@ -48,7 +48,8 @@ impl From<PgFailure> for StorageError {
     }
 }
 
-fn db(err: postgres::Error) -> StorageError {
+/// A driver error as the storage layer's (an outage is `Unavailable`).
+pub(crate) fn db(err: postgres::Error) -> StorageError {
     PgFailure::from(err).into()
 }
 

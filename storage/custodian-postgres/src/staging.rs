@@ -30,7 +30,8 @@ use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use postgres::Client;
 
-use crate::pool::{PgFailure, Pool, big};
+use crate::index::db;
+use crate::pool::{Pool, big};
 
 /// How many bytes a writer gathers before it stores them as one part.
 const PART: usize = 4 << 20;
@@ -38,10 +39,6 @@ const PART: usize = 4 << 20;
 /// The upload sessions of every daemon sharing one database.
 pub struct PgStaging {
     pool: Arc<Pool>,
-}
-
-fn db(err: postgres::Error) -> StorageError {
-    PgFailure::from(err).into()
 }
 
 impl PgStaging {
