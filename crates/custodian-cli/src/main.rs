@@ -1,5 +1,6 @@
 //! `custodian`: the Custodian daemon and its command-line client.
 
+mod allocator;
 mod args;
 mod blob;
 mod client;
@@ -219,6 +220,9 @@ fn quiet_on_broken_pipe() {
 fn main() -> std::process::ExitCode {
     quiet_on_broken_pipe();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_)) {
+        allocator::tune_for_daemon();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
