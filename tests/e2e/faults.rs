@@ -312,3 +312,99 @@ async fn short_writes_everywhere_lose_nothing() {
     scenario(None, "", "short", "write", 0).await;
     scenario(Some("file://ROOT/objects"), "", "short", "write", 0).await;
 }
+
+/// On `file://`, a batch of small blobs is written without a sync per object and made durable
+/// by one `syncfs`. When that syncfs fails, no blob of the batch is acknowledged, the store
+/// refuses writes until restarted, and after the restart none of the batch is in custody.
+#[tokio::test]
+async fn object_backend_batch_whose_syncfs_fails_acknowledges_nothing() {
+    use custodian_proto::cas::v1 as pb;
+
+    let dir = tempfile::tempdir().expect("a step of the fault test");
+    let root = dir.path().canonicalize().expect("a step of the fault test");
+    let url = format!("file://{}", root.join("objects").display());
+    let mut daemon = Daemon::start_with(&root.join("data"), &["--storage", &url]);
+    let arm = root.join("arm");
+    let faults = root.join("faults.log");
+    daemon.restart_with_env(&[
+        ("LD_PRELOAD", shim().display().to_string()),
+        ("FAULTFS_DIR", root.join("objects").display().to_string()),
+        ("FAULTFS_ARM", arm.display().to_string()),
+        ("FAULTFS_AFTER", "0".to_string()),
+        ("FAULTFS_MODE", "eio".to_string()),
+        ("FAULTFS_OPS", "sync".to_string()),
+        ("FAULTFS_LOG", faults.display().to_string()),
+    ]);
+    let blobs: Vec<_> = (0..64u64).map(|i| pattern(50_000 + i, 4096)).collect();
+    let batch = |blobs: &[bytes::Bytes]| pb::BatchPutRequest {
+        items: blobs
+            .iter()
+            .map(|data| pb::BatchPutItem {
+                expected_digest: String::new(),
+                data: data.clone(),
+            })
+            .collect(),
+    };
+    // Before the shim is armed, a batch goes through (and proves the path works).
+    let mut client = daemon.client().await;
+    let ok = client
+        .batch_put(batch(&blobs[..8]))
+        .await
+        .expect("BatchPut before the fault")
+        .into_inner();
+    assert!(ok.results.iter().all(|r| r.error.is_none()), "{ok:?}");
+
+    std::fs::write(&arm, b"armed").expect("a step of the fault test");
+    let failed = client
+        .batch_put(batch(&blobs[8..]))
+        .await
+        .expect("BatchPut answers per item")
+        .into_inner();
+    let fired = std::fs::read_to_string(&faults).unwrap_or_default();
+    assert!(
+        fired.starts_with("syncfs "),
+        "the first sync in the object directory should be the batch's syncfs: {fired:?}"
+    );
+    for result in &failed.results {
+        let error = result.error.as_ref().unwrap_or_else(|| {
+            panic!("an item was acknowledged after a failed syncfs: {result:?}")
+        });
+        assert!(
+            error.message.contains("syncfs") && error.message.contains("Input/output error"),
+            "the error should name the failed sync: {error:?}"
+        );
+    }
+    // The store now refuses writes until it is restarted.
+    let refused = client
+        .batch_put(batch(&blobs[8..9]))
+        .await
+        .expect("BatchPut answers per item")
+        .into_inner();
+    let message = &refused.results[0]
+        .error
+        .as_ref()
+        .expect("refused after the failed sync")
+        .message;
+    assert!(message.contains("refuses"), "{message}");
+
+    daemon.restart_with_env(&[]);
+    let digests: Vec<String> = blobs
+        .iter()
+        .map(|data| BlobDigests::of(data).sha256.to_string())
+        .collect();
+    let missing = daemon
+        .client()
+        .await
+        .find_missing(pb::FindMissingRequest {
+            digests: digests.clone(),
+        })
+        .await
+        .expect("FindMissing after the restart")
+        .into_inner()
+        .missing_digests;
+    assert_eq!(
+        missing,
+        digests[8..].to_vec(),
+        "exactly the batch whose sync failed is absent"
+    );
+}

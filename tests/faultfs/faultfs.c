@@ -154,6 +154,12 @@ int fsync(int fd) {
     return real_fsync(fd);
 }
 
+int syncfs(int fd) {
+    REAL(syncfs, sync_fn);
+    if (!short_mode() && decide(fd, OP_SYNC)) { note("syncfs", fd); errno = fault_errno(); return -1; }
+    return real_syncfs(fd);
+}
+
 int fdatasync(int fd) {
     REAL(fdatasync, sync_fn);
     if (!short_mode() && decide(fd, OP_SYNC)) { note("fdatasync", fd); errno = fault_errno(); return -1; }

@@ -105,6 +105,10 @@ struct Shared {
     /// The ids of this process's uploads that have begun and not ended: their pending records
     /// are not leftovers, whatever the index says.
     live: std::sync::Mutex<std::collections::HashSet<u64>>,
+    /// On `file://` under Linux: the same directory without a sync per file, and the directory
+    /// itself. A batch of small blobs is written through it and then made durable with one
+    /// `syncfs` of the directory's filesystem, instead of two or three fsyncs per object.
+    batch_files: Option<(Arc<dyn ObjectStore>, std::path::PathBuf)>,
 }
 
 impl Shared {
@@ -270,6 +274,40 @@ pub async fn put_immutable(
     }
 }
 
+/// The unsynced view of a `file://` store and its root, for batches of small blobs made
+/// durable with one `syncfs` (Linux only: elsewhere every object is fsynced on its own).
+fn batch_files(url: &str) -> Result<Option<(Arc<dyn ObjectStore>, std::path::PathBuf)>> {
+    if !cfg!(target_os = "linux") {
+        return Ok(None);
+    }
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Ok(None);
+    };
+    if parsed.scheme() != "file" {
+        return Ok(None);
+    }
+    let Ok(root) = parsed.to_file_path() else {
+        return Ok(None);
+    };
+    let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
+        .map_err(|e| StorageError::backend("file", format!("cannot open {url}: {e}")))?
+        .with_automatic_cleanup(true);
+    Ok(Some((Arc::new(store), root)))
+}
+
+/// Flushes the whole filesystem that holds `dir` (`syncfs(2)`). Since Linux 5.8 it also
+/// reports any writeback error on that filesystem since `dir` was opened, so a batch opens
+/// the directory before its first write.
+#[cfg(target_os = "linux")]
+fn sync_filesystem(dir: &std::fs::File) -> std::io::Result<()> {
+    nix::unistd::syncfs(dir).map_err(std::io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sync_filesystem(_dir: &std::fs::File) -> std::io::Result<()> {
+    Ok(())
+}
+
 /// Builds the object store for a URL and returns it with the key prefix the URL names and the
 /// backend's name; cloud credentials come from the standard environment variables
 /// (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...), overridden by `options`.
@@ -371,6 +409,7 @@ impl ObjectBackend {
                 name,
                 poison_on_write_failure: name == "file",
                 live: Default::default(),
+                batch_files: batch_files(&config.url)?,
             }),
             block_size: config.block_size,
             part_size: config.part_size,
@@ -593,7 +632,8 @@ impl BlockSink for ObjectSink {
 impl ObjectBackend {
     /// The batched write path for small blobs whose digests are known: one synced batch of
     /// pending records, the objects written straight to their final keys (many at a time; on
-    /// `file://` each is fsynced), then one synced index batch committing them all. Crash
+    /// `file://` unsynced, then one `syncfs` for all), then one synced index batch committing
+    /// them all. Crash
     /// recovery is the single-upload path's: pending records name the objects to remove.
     async fn commit_small_now(
         &self,
@@ -648,8 +688,24 @@ impl ObjectBackend {
                 .iter()
                 .map(|(_, key, _, data)| (key.clone(), data.clone()))
                 .collect();
-            let store = shared.store.clone();
             let name = shared.name;
+            // On local files: written without a sync each, then one syncfs below. The
+            // directory is opened first, so the syncfs reports any writeback error of the batch.
+            let (store, synced_dir) = match &shared.batch_files {
+                Some((store, root)) => match std::fs::File::open(root) {
+                    Ok(dir) => (store.clone(), Some((dir, root.clone()))),
+                    Err(e) => {
+                        for (id, ..) in &todo {
+                            let _ = shared.discard(*id, None, None).await;
+                        }
+                        return Err(StorageError::backend(
+                            name,
+                            format!("open {}: {e}", root.display()),
+                        ));
+                    }
+                },
+                None => (shared.store.clone(), None),
+            };
             let written: Vec<Result<()>> =
                 futures::stream::iter(writes)
                     .map(move |(key, data)| {
@@ -663,7 +719,21 @@ impl ObjectBackend {
                     .buffer_unordered(SMALL_WRITE_CONCURRENCY)
                     .collect()
                     .await;
-            if let Some(err) = written.into_iter().find_map(Result::err) {
+            let mut failure = written.into_iter().find_map(Result::err);
+            if failure.is_none()
+                && let Some((dir, root)) = synced_dir
+            {
+                let synced = tokio::task::spawn_blocking(move || sync_filesystem(&dir)).await;
+                let problem = match synced {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(e) => Some(format!("the sync task failed: {e}")),
+                };
+                failure = problem.map(|e| {
+                    StorageError::backend(name, format!("syncfs {}: {e}", root.display()))
+                });
+            }
+            if let Some(err) = failure {
                 for (id, ..) in &todo {
                     let _ = shared.discard(*id, None, None).await;
                 }
