@@ -437,10 +437,12 @@ impl BlobBackend for RocksBackend {
                 let mut out = Vec::with_capacity(blobs.len());
                 let mut added: std::collections::HashMap<Digest, BlobMeta> =
                     std::collections::HashMap::new();
-                for (meta, data) in blobs {
+                // One batched read for the whole batch rather than a point lookup per blob.
+                let known = index.lookup_many(&digests)?;
+                for ((meta, data), existing) in blobs.into_iter().zip(known) {
                     let sha256 = meta.sha256();
-                    if let Some(existing) = index.lookup(&sha256)? {
-                        out.push((existing.meta, true));
+                    if let Some(existing) = existing {
+                        out.push((existing, true));
                         continue;
                     }
                     if let Some(first) = added.get(&sha256) {
