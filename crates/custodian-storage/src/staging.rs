@@ -133,17 +133,43 @@ impl LocalStaging {
 /// The appending side of a [`LocalStaging`] session.
 struct LocalWriter {
     dir: PathBuf,
-    data: tokio::fs::File,
+    /// The bytes file, written from the blocking pool straight from the caller's buffer
+    /// (`tokio::fs` would first copy every byte into a buffer of its own). `None` only while a
+    /// write or sync has it, or after one could not give it back.
+    data: Option<std::fs::File>,
     crcs: tokio::fs::File,
+}
+
+/// Runs `op` on the file in `slot` (at `path`, for errors) on the blocking pool.
+async fn on_file(
+    slot: &mut Option<std::fs::File>,
+    path: PathBuf,
+    op: impl FnOnce(&mut std::fs::File) -> std::io::Result<()> + Send + 'static,
+) -> UploadResult<()> {
+    let mut file = slot.take().ok_or_else(|| {
+        io(
+            &path,
+            std::io::Error::other("an earlier write to this file did not finish"),
+        )
+    })?;
+    let (file, result) = tokio::task::spawn_blocking(move || {
+        let result = op(&mut file);
+        (file, result)
+    })
+    .await
+    .map_err(|e| io(&path, std::io::Error::other(e.to_string())))?;
+    *slot = Some(file);
+    result.map_err(|e| io(&path, e))
 }
 
 #[async_trait]
 impl StagedWriter for LocalWriter {
     async fn write(&mut self, bytes: Bytes) -> UploadResult<()> {
-        self.data
-            .write_all(&bytes)
-            .await
-            .map_err(|e| io(&self.dir.join("data"), e))
+        let path = self.dir.join("data");
+        on_file(&mut self.data, path, move |file| {
+            std::io::Write::write_all(file, &bytes)
+        })
+        .await
     }
 
     async fn write_crcs(&mut self, crcs: &[u32]) -> UploadResult<()> {
@@ -160,9 +186,13 @@ impl StagedWriter for LocalWriter {
     async fn checkpoint(&mut self, state: &SessionState, _previous: u64) -> UploadResult<()> {
         // One daemon owns the directory and the engine serializes requests per session, so
         // nothing else can have moved the session.
-        let (a, b) = tokio::join!(self.data.sync_data(), self.crcs.sync_data());
-        a.map_err(|e| io(&self.dir.join("data"), e))?;
-        b.map_err(|e| io(&self.dir.join("crcs"), e))?;
+        let (data_path, crcs_path) = (self.dir.join("data"), self.dir.join("crcs"));
+        let (a, b) = tokio::join!(
+            on_file(&mut self.data, data_path, |file| file.sync_data()),
+            self.crcs.sync_data()
+        );
+        a?;
+        b.map_err(|e| io(&crcs_path, e))?;
         LocalStaging::write_state(&self.dir, state).await
     }
 }
@@ -235,7 +265,12 @@ impl Staging for LocalStaging {
         crcs.seek(std::io::SeekFrom::Start(full_blocks * 4))
             .await
             .map_err(|e| io(&crcs_path, e))?;
-        Ok(Box::new(LocalWriter { dir, data, crcs }))
+        let data = data.into_std().await;
+        Ok(Box::new(LocalWriter {
+            dir,
+            data: Some(data),
+            crcs,
+        }))
     }
 
     async fn read(&self, id: &str, from: u64, len: u64) -> UploadResult<Vec<u8>> {
