@@ -633,8 +633,8 @@ impl ObjectBackend {
     /// The batched write path for small blobs whose digests are known: one synced batch of
     /// pending records, the objects written straight to their final keys (many at a time; on
     /// `file://` unsynced, then one `syncfs` for all), then one synced index batch committing
-    /// them all. Crash
-    /// recovery is the single-upload path's: pending records name the objects to remove.
+    /// them all. Crash recovery is the single-upload path's: pending records name the objects
+    /// to remove.
     async fn commit_small_now(
         &self,
         blobs: Vec<(BlobMeta, Bytes)>,
