@@ -274,24 +274,32 @@ pub async fn put_immutable(
     }
 }
 
+/// The local store under `root`, with or without an fsync inside each write.
+fn local_files(
+    url: &str,
+    root: &std::path::Path,
+    fsync: bool,
+) -> Result<object_store::local::LocalFileSystem> {
+    Ok(object_store::local::LocalFileSystem::new_with_prefix(root)
+        .map_err(|e| StorageError::backend("file", format!("cannot open {url}: {e}")))?
+        .with_fsync(fsync)
+        .with_automatic_cleanup(true))
+}
+
 /// The unsynced view of a `file://` store and its root, for batches of small blobs made
 /// durable with one `syncfs` (Linux only: elsewhere every object is fsynced on its own).
 fn batch_files(url: &str) -> Result<Option<(Arc<dyn ObjectStore>, std::path::PathBuf)>> {
     if !cfg!(target_os = "linux") {
         return Ok(None);
     }
-    let Ok(parsed) = url::Url::parse(url) else {
+    let Some(root) = url::Url::parse(url)
+        .ok()
+        .filter(|parsed| parsed.scheme() == "file")
+        .and_then(|parsed| parsed.to_file_path().ok())
+    else {
         return Ok(None);
     };
-    if parsed.scheme() != "file" {
-        return Ok(None);
-    }
-    let Ok(root) = parsed.to_file_path() else {
-        return Ok(None);
-    };
-    let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
-        .map_err(|e| StorageError::backend("file", format!("cannot open {url}: {e}")))?
-        .with_automatic_cleanup(true);
+    let store = local_files(url, &root, false)?;
     Ok(Some((Arc::new(store), root)))
 }
 
@@ -326,10 +334,7 @@ pub fn build_store(
                 .to_file_path()
                 .map_err(|()| err("file", &"not an absolute local path"))?;
             std::fs::create_dir_all(&root).map_err(|e| err("file", &e))?;
-            let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
-                .map_err(|e| err("file", &e))?
-                .with_fsync(true)
-                .with_automatic_cleanup(true);
+            let store = local_files(url, &root, true)?;
             Ok((Arc::new(store), Path::default(), "file"))
         }
         "memory" => Ok((
