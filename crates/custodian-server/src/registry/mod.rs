@@ -535,7 +535,7 @@ impl Registry {
             .map_err(|e| invalid("oms_signature", e))?;
         }
         let root = format!("sha256:{}", statement.tree.root().to_hex());
-        if let Some(existing) = self.existing(&name, &version, &root, &key, private)? {
+        if let Prior::Published(existing) = self.existing(&name, &version, &root, &key, private)? {
             return Ok((existing, None));
         }
 
@@ -586,16 +586,13 @@ impl Registry {
         refuse_secrets(&name, &version, &scan)?;
 
         let _write = self.writes.lock().await;
-        if let Some(existing) = self.existing(&name, &version, &root, &key, private)? {
-            return Ok((existing, None));
-        }
         let files = statement.tree.files();
         let event = PackagePublished {
             name: name.clone(),
             version: version.to_string(),
             package_type: statement.package_type.clone(),
             manifest: statement.manifest_digest().to_string(),
-            root,
+            root: root.clone(),
             files: files.len() as u64,
             size: files.iter().map(|f| f.size).sum(),
             publisher_key: key.to_string(),
@@ -605,15 +602,22 @@ impl Registry {
             oms_public_key: oms.map(|o| o.public_key.clone()),
         };
         // Another daemon sharing the ledger may publish the same version at the same moment:
-        // the append is conditional on no publication of it among the entries this daemon has
-        // not yet applied, checked under the ledger's append lock. When that fails, this
-        // daemon catches up and answers as a single daemon would (the idempotent answer, or
-        // ALREADY_EXISTS).
+        // the append is conditional on no publication of it among the entries the index had
+        // not applied when it said the version was absent, checked under the ledger's append
+        // lock. The condition starts exactly where that judgement ended, taken under one read
+        // of the index: the ledger is followed in the background, and an entry applied between
+        // the judgement and the condition would be seen by neither. When the condition fails,
+        // this daemon catches up and answers as a single daemon would (the idempotent answer,
+        // or ALREADY_EXISTS).
         let digests: Vec<Digest> = files.iter().map(|f| f.sha256).collect();
         let mut attempts = 0;
         let (index, entry, receipt) = loop {
             attempts += 1;
-            let condition = self.no_publication_of(&name, &event.version, &digests);
+            let judged_below = match self.existing(&name, &version, &root, &key, private)? {
+                Prior::Published(existing) => return Ok((existing, None)),
+                Prior::Absent { judged_below } => judged_below,
+            };
+            let condition = no_publication_of(judged_below, &name, &event.version, &digests);
             match self.append_if(&event, Some(condition)).await {
                 Ok((index, _, receipt, entry)) => break (index, entry, receipt),
                 Err(RegistryError::Ledger(LedgerError::ConditionFailed { index, reason }))
@@ -621,12 +625,7 @@ impl Registry {
                 {
                     tracing::info!(%name, %version, index, %reason, "another daemon appended first; catching up");
                     self.follow().await?;
-                    if let Some(existing) =
-                        self.existing(&name, &version, &event.root, &key, private)?
-                    {
-                        return Ok((existing, None));
-                    }
-                    // Or another daemon's garbage collection recorded some of the files deleted.
+                    // Another daemon's garbage collection recorded some of the files deleted.
                     let mut gone = Vec::new();
                     for file in files {
                         if self.store.stat(&file.sha256).await?.is_none() {
@@ -709,42 +708,6 @@ impl Registry {
         }
     }
 
-    /// The condition under which a publication of `name@version` may be appended: no entry
-    /// this daemon has not applied yet publishes that version or records any of its `files`
-    /// deleted. A sealed entry cannot be read without its body, so it also fails the condition
-    /// (the caller catches up, which reads the body, and tries again).
-    fn no_publication_of(&self, name: &str, version: &str, files: &[Digest]) -> Condition {
-        let after = self.read().processed_below();
-        let (name, version) = (name.to_string(), version.to_string());
-        let files: std::collections::HashSet<String> =
-            files.iter().map(ToString::to_string).collect();
-        Condition {
-            after,
-            check: Arc::new(move |entry: &Entry| match entry.kind {
-                EntryKind::BlobsDeleted => match deleted_digests(entry)
-                    .into_iter()
-                    .find(|digest| files.contains(digest))
-                {
-                    Some(digest) => Err(format!("file {digest} was recorded deleted")),
-                    None => Ok(()),
-                },
-                EntryKind::Sealed => Err("a sealed entry may publish the same version".into()),
-                EntryKind::PackagePublished => {
-                    let same = entry_text(entry, "name") == Some(name.as_str())
-                        && entry_text(entry, "version") == Some(version.as_str());
-                    if same {
-                        Err(format!(
-                            "{name}@{version} was published through another daemon"
-                        ))
-                    } else {
-                        Ok(())
-                    }
-                }
-                _ => Ok(()),
-            }),
-        }
-    }
-
     /// For a version that already exists: the idempotent answer if the content is the same, or
     /// ALREADY_EXISTS; also enforces the package's pinned publisher key.
     fn existing(
@@ -754,8 +717,9 @@ impl Registry {
         root: &str,
         key: &VerifierKey,
         private: bool,
-    ) -> Result<Option<Recorded<Arc<VersionRecord>>>, RegistryError> {
+    ) -> Result<Prior, RegistryError> {
         let state = self.read();
+        let judged_below = state.processed_below();
         let package = state.package(name);
         // The same content under the same version, signed by the key it was published with, is
         // the idempotent answer, even after that key was rotated away.
@@ -776,7 +740,7 @@ impl Registry {
                 )));
             }
             let Some(package) = package else {
-                return Ok(None);
+                return Ok(Prior::Absent { judged_below });
             };
             let pinned = VerifierKey::parse(package.publisher_key()).ok();
             if pinned.as_ref() != Some(key) {
@@ -802,12 +766,12 @@ impl Registry {
             )));
         }
         let Some(record) = record else {
-            return Ok(None);
+            return Ok(Prior::Absent { judged_below });
         };
         let record = record.clone();
         drop(state);
         let receipt = self.ledger().receipt(record.index)?;
-        Ok(Some(Recorded {
+        Ok(Prior::Published(Recorded {
             record,
             receipt,
             already: true,
@@ -1346,6 +1310,54 @@ fn report_one(file: &str, message: &str) -> Report {
         }],
         warnings: Vec::new(),
     }
+}
+
+/// The condition under which a publication of `name@version` may be appended: no entry from
+/// `after` on (those the index had not applied when it judged the version absent) publishes
+/// that version, records any of its `files` deleted, or changes the publisher keys. A sealed
+/// entry cannot be read without its body, so it also fails the condition (the caller catches
+/// up, which reads the body, and tries again).
+fn no_publication_of(after: u64, name: &str, version: &str, files: &[Digest]) -> Condition {
+    let (name, version) = (name.to_string(), version.to_string());
+    let files: std::collections::HashSet<String> = files.iter().map(ToString::to_string).collect();
+    Condition {
+        after,
+        check: Arc::new(move |entry: &Entry| match entry.kind {
+            EntryKind::BlobsDeleted => match deleted_digests(entry)
+                .into_iter()
+                .find(|digest| files.contains(digest))
+            {
+                Some(digest) => Err(format!("file {digest} was recorded deleted")),
+                None => Ok(()),
+            },
+            EntryKind::Sealed => Err("a sealed entry may publish the same version".into()),
+            // A revocation or a rotation decides whether this key may publish the package.
+            EntryKind::KeyEvent => Err("a key event may change who may publish".into()),
+            EntryKind::PackagePublished => {
+                let same = entry_text(entry, "name") == Some(name.as_str())
+                    && entry_text(entry, "version") == Some(version.as_str());
+                if same {
+                    Err(format!(
+                        "{name}@{version} was published through another daemon"
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        }),
+    }
+}
+
+/// What the index says of a version about to be published.
+enum Prior {
+    /// It is published with the same content: the idempotent answer.
+    Published(Recorded<Arc<VersionRecord>>),
+    /// It is not published among the entries below `judged_below`.
+    Absent {
+        /// Every entry below this one had been applied when the judgement was made.
+        judged_below: u64,
+    },
 }
 
 /// A whole blob from custody, verified block by block as it is read.

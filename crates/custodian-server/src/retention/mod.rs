@@ -715,6 +715,9 @@ impl Collector {
                 current.push(meta);
             }
         }
+        // The condition of the deletion starts where this judgement's view of the ledger ends:
+        // an entry the background follow applies after it is checked by the condition.
+        let judged_below = self.registry.read().processed_below();
         let outside = self.outside(&current).await?;
         let now = now_ms();
         let mut going = Vec::new();
@@ -744,26 +747,29 @@ impl Collector {
             grace_ms: options.grace.as_millis() as u64,
             by: &options.by,
         };
-        self.record_and_delete(going, &spare, &why, report).await
+        self.record_and_delete(going, judged_below, &spare, &why, report)
+            .await
     }
 
     /// Appends the `BlobsDeleted` entry for `going`, then deletes each; the caller holds the
     /// exclusive gate. On a ledger shared with other daemons the entry is appended only if
-    /// nothing they appended since this daemon's view may keep a blob (a publication, a data
-    /// pack, an OCI manifest, a pin or hold, a sealed body, a run); otherwise this daemon
-    /// catches up, spares what `spare` now says is kept, and tries again.
+    /// nothing appended from `judged_below` on may keep a blob (a publication, a data pack, an
+    /// OCI manifest, a pin or hold, a sealed body, a run): every entry below it had been applied
+    /// when `going` was judged. Otherwise this daemon catches up, spares what `spare` now says
+    /// is kept, and tries again.
     ///
     /// The blobs are claimed (see [`Collector::claim`]); a claim on a blob that is not deleted
     /// after all is released, whatever the outcome.
     async fn record_and_delete(
         &self,
         going: Vec<BlobMeta>,
+        judged_below: u64,
         spare: &(dyn Fn(&Self, &BlobMeta, &Outside) -> bool + Sync),
         why: &Grounds<'_>,
         report: &mut GcReport,
     ) -> Result<(), RegistryError> {
         let claimed: Vec<Digest> = going.iter().map(BlobMeta::sha256).collect();
-        let recorded = self.record(going, spare, why, report).await;
+        let recorded = self.record(going, judged_below, spare, why, report).await;
         let kept: Vec<Digest> = match &recorded {
             Ok(Some(deleted)) => claimed
                 .into_iter()
@@ -788,6 +794,7 @@ impl Collector {
     async fn record(
         &self,
         mut going: Vec<BlobMeta>,
+        mut judged_below: u64,
         spare: &(dyn Fn(&Self, &BlobMeta, &Outside) -> bool + Sync),
         why: &Grounds<'_>,
         report: &mut GcReport,
@@ -812,7 +819,7 @@ impl Collector {
                 grace_ms: why.grace_ms,
                 by: why.by.to_string(),
             };
-            let condition = nothing_new_keeps(self.registry.read().processed_below());
+            let condition = nothing_new_keeps(judged_below);
             match self.registry.append_if(&event, Some(condition)).await {
                 Ok((index, _, _, entry)) => break (index, entry),
                 Err(RegistryError::Ledger(LedgerError::ConditionFailed { index, reason }))
@@ -820,6 +827,7 @@ impl Collector {
                 {
                     tracing::info!(index, %reason, "another daemon appended meanwhile; judging the deletion again");
                     self.registry.follow().await?;
+                    judged_below = self.registry.read().processed_below();
                     let outside = self.outside(&going).await?;
                     let before = going.len();
                     let mut judged = outside.iter();
@@ -884,6 +892,7 @@ impl Collector {
                 "field digest: blob {digest} is not in custody"
             )));
         };
+        let judged_below = self.registry.read().processed_below();
         let outside = self.outside(std::slice::from_ref(&meta)).await?;
         let keepers = self.keepers(&meta, &outside[0], Duration::ZERO, now_ms());
         if let Some(Keeper::Held { index, reason, .. }) =
@@ -930,7 +939,7 @@ impl Collector {
                 "blob {digest} is being deleted by garbage collection on another daemon"
             )));
         }
-        self.record_and_delete(going, &spare, &why, &mut report)
+        self.record_and_delete(going, judged_below, &spare, &why, &mut report)
             .await?;
         Ok(report)
     }
