@@ -408,6 +408,41 @@ fn canonicalize(value: Value, field: &'static str) -> Result<Value, EntryError> 
     })
 }
 
+/// Renders CBOR as JSON for people and scripts: byte strings become lower-case hex.
+pub fn cbor_to_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Null => serde_json::Value::Null,
+        Value::Bool(b) => serde_json::json!(b),
+        Value::Integer(i) => {
+            let i = i128::from(*i);
+            if let Ok(v) = i64::try_from(i) {
+                serde_json::json!(v)
+            } else if let Ok(v) = u64::try_from(i) {
+                serde_json::json!(v)
+            } else {
+                serde_json::json!(i.to_string())
+            }
+        }
+        Value::Text(s) => serde_json::json!(s),
+        Value::Bytes(b) => serde_json::json!(hex::encode(b)),
+        Value::Float(f) => serde_json::json!(f),
+        Value::Array(items) => serde_json::Value::Array(items.iter().map(cbor_to_json).collect()),
+        Value::Map(pairs) => {
+            let mut map = serde_json::Map::new();
+            for (k, v) in pairs {
+                let key = match k {
+                    Value::Text(s) => s.clone(),
+                    other => cbor_to_json(other).to_string(),
+                };
+                map.insert(key, cbor_to_json(v));
+            }
+            serde_json::Value::Object(map)
+        }
+        Value::Tag(_, inner) => cbor_to_json(inner),
+        _ => serde_json::Value::Null,
+    }
+}
+
 #[cfg(test)]
 mod peek_tests {
     use super::*;

@@ -3,7 +3,6 @@
 
 use anyhow::{Context as _, bail};
 use custodian_core::entry::Value;
-use serde_json::json;
 
 pub(super) fn parse_payload(text: &str) -> anyhow::Result<Value> {
     let text = match text.strip_prefix('@') {
@@ -50,39 +49,4 @@ pub(super) fn json_to_cbor(json: serde_json::Value, path: &str) -> anyhow::Resul
                 .collect::<anyhow::Result<_>>()?,
         ),
     })
-}
-
-/// Renders CBOR as JSON for people and scripts: byte strings become lower-case hex.
-pub fn cbor_to_json(value: &Value) -> serde_json::Value {
-    match value {
-        Value::Null => serde_json::Value::Null,
-        Value::Bool(b) => json!(b),
-        Value::Integer(i) => {
-            let i = i128::from(*i);
-            if let Ok(v) = i64::try_from(i) {
-                json!(v)
-            } else if let Ok(v) = u64::try_from(i) {
-                json!(v)
-            } else {
-                json!(i.to_string())
-            }
-        }
-        Value::Text(s) => json!(s),
-        Value::Bytes(b) => json!(hex::encode(b)),
-        Value::Float(f) => json!(f),
-        Value::Array(items) => serde_json::Value::Array(items.iter().map(cbor_to_json).collect()),
-        Value::Map(pairs) => {
-            let mut map = serde_json::Map::new();
-            for (k, v) in pairs {
-                let key = match k {
-                    Value::Text(s) => s.clone(),
-                    other => cbor_to_json(other).to_string(),
-                };
-                map.insert(key, cbor_to_json(v));
-            }
-            serde_json::Value::Object(map)
-        }
-        Value::Tag(_, inner) => cbor_to_json(inner),
-        _ => serde_json::Value::Null,
-    }
 }

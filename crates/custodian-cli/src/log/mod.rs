@@ -29,8 +29,8 @@ mod source;
 
 use append::append;
 pub use audit::{AuditArgs, audit};
-pub use codec::cbor_to_json;
 use consistency::consistency;
+pub use custodian_core::entry::cbor_to_json;
 use export::export;
 use receipt::verify_receipt;
 
