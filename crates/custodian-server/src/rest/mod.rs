@@ -98,7 +98,9 @@ pub fn router(
         )
         .route(
             "/wrappers/{id}/versions/{vid}/data-pack/manifest",
-            put(put_external),
+            put(put_external)
+                .layer(DefaultBodyLimit::max(error::BODY_LIMIT))
+                .layer(axum::middleware::from_fn(error::refuse_declared_oversize)),
         )
         .route(
             "/wrappers/{id}/versions/{vid}/data-pack/hosted",
