@@ -153,6 +153,20 @@ ensure_go_interop() {
   export CUSTODIAN_GO_BIN="$bin"
 }
 
+# The page tests' browser: Debian's Chromium, driven by playwright-core (the driver alone, from
+# the npm registry; it downloads no browser of its own) from a small Node script.
+ensure_browser() {
+  ensure_debian_packages "Chromium for the page tests" chromium
+  local node="$CUSTODIAN_CACHE/node"
+  if [ ! -f "$node/node_modules/playwright-core/package.json" ]; then
+    say "installing the browser driver (playwright-core) into $node"
+    mkdir -p "$node"
+    (cd "$node" && npm install --silent --no-audit --no-fund --no-save playwright-core@1.65.1 >/dev/null)
+  fi
+  export CUSTODIAN_CHROMIUM=/usr/bin/chromium
+  export CUSTODIAN_NODE_MODULES="$node/node_modules"
+}
+
 build_all() {
   say "building (release; the first build compiles RocksDB: 15 to 25 minutes on 2 cores)"
   cargo test --release --workspace --no-run --quiet

@@ -15,6 +15,7 @@ mod lifecycle;
 mod oci;
 mod oms;
 mod openapi;
+mod pages;
 mod postgres;
 mod registry;
 mod resumable;

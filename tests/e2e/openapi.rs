@@ -26,7 +26,7 @@ fn operations(doc: &serde_json::Value) -> Vec<(String, String)> {
 
 /// The routes the REST router serves (crates/custodian-server/src/rest/mod.rs), which the document
 /// must describe, no more and no fewer.
-const ROUTER: [(&str, &str); 21] = [
+const ROUTER: [(&str, &str); 22] = [
     ("get", "/healthz"),
     ("get", "/openapi.yaml"),
     ("get", "/wrappers/{id}/versions"),
@@ -55,6 +55,7 @@ const ROUTER: [(&str, &str); 21] = [
     ("get", "/wrappers/{id}/versions/{vid}/report"),
     ("get", "/blobs/{digest}"),
     ("get", "/log/checkpoint"),
+    ("get", "/log/entries/{index}/receipt"),
     ("get", "/log/tile/{tile}"),
     ("get", "/oci/history"),
 ];
@@ -118,7 +119,13 @@ fn every_operation_answers_only_documented_statuses() {
         .into_iter()
         .enumerate()
         {
-            let mut url = format!("{}{}", daemon.rest, fill(&path, id, vid, blob, tile));
+            // An entry in the log, one past it, and two that are not indexes.
+            let index = ["0", "999999", "-1", "first"][case];
+            let mut url = format!(
+                "{}{}",
+                daemon.rest,
+                fill(&path, id, vid, blob, tile).replace("{index}", index)
+            );
             // The one operation with query parameters: valid ones first, then invalid ones.
             if path == "/oci/history" {
                 url.push_str(

@@ -1212,6 +1212,40 @@ async fn private_content_answers_exactly_like_absent_content() {
                 None => curl(&[&url]),
             }
         };
+        // The pages too, with the token as a header and as the pages' cookie.
+        let cookie = token.map(|t| format!("Cookie: custodian_token={t}"));
+        let page = |path: &str| {
+            let url = format!("{}{path}", daemon.rest);
+            match &cookie {
+                Some(c) => curl(&["-H", c, &url]),
+                None => curl(&[&url]),
+            }
+        };
+        for (private, absent) in [
+            ("/packages/%40acme%2Fpacman", "/packages/%40acme%2Fnothing"),
+            (
+                "/packages/%40acme%2Fpacman/0.2.1",
+                "/packages/%40acme%2Fnothing/0.2.1",
+            ),
+        ] {
+            for fetch in [&get as &dyn Fn(&str) -> (u16, Vec<u8>), &page] {
+                let (a, b) = (fetch(private), fetch(absent));
+                assert_eq!((a.0, b.0), (404, 404), "{who} {private}");
+                same(
+                    &String::from_utf8_lossy(&a.1),
+                    &String::from_utf8_lossy(&b.1),
+                    &names,
+                );
+            }
+        }
+        for fetch in [&get as &dyn Fn(&str) -> (u16, Vec<u8>), &page] {
+            let (code, listed) = fetch("/packages?q=acme");
+            assert_eq!(code, 200, "{who}");
+            assert!(
+                !String::from_utf8_lossy(&listed).contains("@acme/pacman"),
+                "{who}: the packages page lists a private package"
+            );
+        }
         for (private, absent) in [
             (
                 "/wrappers/%40acme%2Fpacman/versions",
@@ -1304,6 +1338,15 @@ async fn private_content_answers_exactly_like_absent_content() {
         ),
     ]);
     assert_eq!(code, 200);
+    // Its pages, with the reader's token as the pages' cookie; and a cookie never writes.
+    let cookie = format!("Cookie: custodian_token={reader}");
+    let (code, body) = curl(&[
+        "-H",
+        &cookie,
+        &format!("{}/packages/%40acme%2Fpacman/0.2.1", daemon.rest),
+    ]);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("prompts/secret.md"));
     let target = dir.path().join("installed");
     stdout(&daemon.cli_as(
         Some(&reader),

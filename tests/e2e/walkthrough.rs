@@ -108,6 +108,54 @@ fn the_readme_walkthrough_runs_from_any_folder() {
             );
         }
     }
+    // The same registry in a browser: each page kind for both packages, signed in with a token
+    // (the private one shows) and anonymously (it answers as absent), each version page saying
+    // what the JSON API says.
+    let daemon = custodian_testkit::Daemon::start(&work.join("registry"));
+    let pages = |signed_in: bool| {
+        let private = if signed_in { 200 } else { 404 };
+        let listed = if signed_in {
+            serde_json::json!([])
+        } else {
+            serde_json::json!(["customer-support-classifier"])
+        };
+        serde_json::json!([
+            {"path": "/packages", "name": "packages", "absent": listed},
+            {"path": "/packages?q=pac", "name": "search"},
+            {"path": "/packages/pacman-builder", "name": "package"},
+            {"path": "/packages/pacman-builder/0.2.1", "name": "version-pacman-builder"},
+            {"path": "/packages/customer-support-classifier", "name": "package-private",
+             "status": private},
+            {"path": "/packages/customer-support-classifier/0.1.0",
+             "name": "version-customer-support-classifier", "status": private},
+            {"path": "/log", "name": "log"},
+            {"path": "/log/entries/0", "name": "entry-0"},
+        ])
+    };
+    let out = crate::pages::screenshots("walkthrough");
+    let summary = crate::pages::browse(&serde_json::json!({
+        "base": daemon.rest,
+        "token": daemon.token,
+        "out": out.join("signed-in"),
+        "pages": pages(true),
+        "versions": [
+            {"name": "pacman-builder", "version": "0.2.1"},
+            {"name": "customer-support-classifier", "version": "0.1.0"},
+        ],
+    }));
+    for compared in summary["compared"].as_array().expect("compared") {
+        assert_eq!(compared["state"], "green", "{summary}");
+        assert!(compared["cells"].as_u64() >= Some(3), "{summary}");
+    }
+    crate::pages::browse(&serde_json::json!({
+        "base": daemon.rest,
+        "out": out.join("anonymous"),
+        "pages": pages(false),
+        "versions": [{"name": "pacman-builder", "version": "0.2.1"}],
+    }));
+    eprintln!("screenshots in {}", out.display());
+    drop(daemon);
+
     // Nothing was written into the repository.
     assert!(
         !examples().join("seeds/pacman-builder/.custodian").exists(),

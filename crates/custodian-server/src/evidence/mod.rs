@@ -22,6 +22,9 @@ use futures::StreamExt as _;
 
 mod keys;
 mod prereg;
+mod view;
+
+pub use view::{PackageSummary, ScanView, VersionView};
 
 use crate::auth::{Principal, Scope};
 pub use crate::registry::index::{Attester, RunRef, VersionEvidence};
@@ -524,11 +527,7 @@ impl Registry {
         let run: RunAttested = entry.event().map_err(|e| {
             RegistryError::Ledger(custodian_storage::LedgerError::Corrupt(e.to_string()))
         })?;
-        let statement = Envelope::parse(run.envelope.as_bytes())
-            .ok()
-            .and_then(|env| env.payload_bytes().ok())
-            .and_then(|payload| RunStatement::from_json(&payload).ok());
-        let Some(statement) = statement else {
+        let Some(predicate) = view::statement_of(&run) else {
             return Ok((
                 Some("its signed statement does not parse".into()),
                 RunFacts::default(),
@@ -538,9 +537,9 @@ impl Registry {
             .evals
             .iter()
             .find(|e| e.id() == run.eval_id)
-            .and_then(|eval| check_against_eval(&statement.predicate, eval).err())
+            .and_then(|eval| check_against_eval(&predicate, eval).err())
             .map(|e| e.to_string());
-        Ok((problem, RunFacts::of(&statement.predicate)))
+        Ok((problem, RunFacts::of(&predicate)))
     }
 
     /// The badge of a version and its bundle; appends BadgeIssued when the badge changed.

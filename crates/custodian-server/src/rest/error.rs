@@ -16,7 +16,12 @@ pub(super) async fn json_errors(response: Response) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("application/grpc"));
+        .is_some_and(|v| {
+            // The pages' own error pages are HTML on purpose.
+            v.starts_with("application/json")
+                || v.starts_with("application/grpc")
+                || v.starts_with("text/html")
+        });
     if !(status.is_client_error() || status.is_server_error()) || json {
         return response;
     }

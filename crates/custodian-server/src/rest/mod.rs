@@ -11,6 +11,8 @@
 //! - `GET  /blobs/{digest}` — any readable blob by digest (`Range` too)
 //! - `GET  /log/checkpoint`, `GET /log/tile/<L>/<N>[.p/<W>]`, `GET /log/tile/entries/<N>[.p/<W>]`
 //!   — the ledger as C2SP tlog-tiles
+//! - `GET  /log/entries/{index}/receipt` — one entry's receipt as a file
+//! - `/packages…`, `/log`, `/log/entries/{index}`, `/login` — the pages for people (rest/pages/)
 //! - `/v2/…` — the OCI Distribution API v1.1 (rest/oci.rs, docs/oci.md)
 //! - `GET  /oci/history?name=&tag=` — every state of an OCI tag, with ledger receipts
 //!
@@ -36,6 +38,7 @@ use crate::auth::{Authenticator, Principal};
 mod badge;
 mod error;
 mod oci;
+mod pages;
 mod range;
 mod tiles;
 mod tus;
@@ -138,6 +141,7 @@ pub fn router(
         .route("/wrappers/{id}/versions/{vid}/report", get(get_report))
         .route("/blobs/{digest}", get(download_blob))
         .route("/log/checkpoint", get(tiles::checkpoint))
+        .route("/log/entries/{index}/receipt", get(pages::receipt))
         .route("/log/tile/{*path}", get(tiles::tile))
         .route("/oci/history", get(oci::history))
         // The OCI Distribution API (docs/oci.md); blob uploads stream to disk, so no body limit.
@@ -179,9 +183,13 @@ pub fn router(
             )
             .into_response()
         })
+        .merge(pages::router())
         // Last, so it sees every answer: rejections that axum's extractors write as plain text
         // (a path segment that is not UTF-8, a body over the limit) become the API's JSON error.
         .layer(axum::middleware::map_response(json_errors))
+        // Outermost, before any route reads a token: a page's cookie stands for the
+        // Authorization header on reads.
+        .layer(axum::middleware::from_fn(pages::cookie_reads))
         .with_state(state)
 }
 
