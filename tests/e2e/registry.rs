@@ -991,6 +991,9 @@ async fn registry_anon(daemon: &Daemon) -> RegistryClient<Authed> {
     registry(daemon, None).await
 }
 
+/// A GET of a REST path, answering its status and body.
+type Fetch<'a> = dyn Fn(&str) -> (u16, Vec<u8>) + 'a;
+
 /// For every read path, a caller without a grant gets the same answer for private content as
 /// for content that does not exist; a caller with a grant gets the content.
 #[tokio::test]
@@ -1204,31 +1207,52 @@ async fn private_content_answers_exactly_like_absent_content() {
             .expect("digest");
 
         // REST, by name and by digest.
-        let auth = token.map(bearer);
-        let get = |path: &str| {
+        let fetch = |header: &Option<String>, path: &str| {
             let url = format!("{}{path}", daemon.rest);
-            match &auth {
+            match header {
                 Some(h) => curl(&["-H", h, &url]),
                 None => curl(&[&url]),
             }
         };
+        let auth = token.map(bearer);
+        let get = |path: &str| fetch(&auth, path);
         // The pages too, with the token as a header and as the pages' cookie.
         let cookie = token.map(|t| format!("Cookie: custodian_token={t}"));
-        let page = |path: &str| {
-            let url = format!("{}{path}", daemon.rest);
-            match &cookie {
-                Some(c) => curl(&["-H", c, &url]),
-                None => curl(&[&url]),
-            }
-        };
-        for (private, absent) in [
-            ("/packages/%40acme%2Fpacman", "/packages/%40acme%2Fnothing"),
+        let page = |path: &str| fetch(&cookie, path);
+        let both: [&Fetch; 2] = [&get, &page];
+        for (private, absent, fetchers) in [
+            (
+                "/packages/%40acme%2Fpacman",
+                "/packages/%40acme%2Fnothing",
+                &both[..],
+            ),
             (
                 "/packages/%40acme%2Fpacman/0.2.1",
                 "/packages/%40acme%2Fnothing/0.2.1",
+                &both[..],
+            ),
+            (
+                "/wrappers/%40acme%2Fpacman/versions",
+                "/wrappers/%40acme%2Fnothing/versions",
+                &both[..1],
+            ),
+            (
+                "/wrappers/%40acme%2Fpacman/versions/0.2.1",
+                "/wrappers/%40acme%2Fnothing/versions/0.2.1",
+                &both[..1],
+            ),
+            (
+                "/wrappers/%40acme%2Fpacman/versions/0.2.1/data-pack",
+                "/wrappers/%40acme%2Fnothing/versions/0.2.1/data-pack",
+                &both[..1],
+            ),
+            (
+                "/wrappers/%40acme%2Fpacman/versions/0.2.1/data-pack/download",
+                "/wrappers/%40acme%2Fnothing/versions/0.2.1/data-pack/download",
+                &both[..1],
             ),
         ] {
-            for fetch in [&get as &dyn Fn(&str) -> (u16, Vec<u8>), &page] {
+            for fetch in fetchers {
                 let (a, b) = (fetch(private), fetch(absent));
                 assert_eq!((a.0, b.0), (404, 404), "{who} {private}");
                 same(
@@ -1238,38 +1262,12 @@ async fn private_content_answers_exactly_like_absent_content() {
                 );
             }
         }
-        for fetch in [&get as &dyn Fn(&str) -> (u16, Vec<u8>), &page] {
+        for fetch in both {
             let (code, listed) = fetch("/packages?q=acme");
             assert_eq!(code, 200, "{who}");
             assert!(
                 !String::from_utf8_lossy(&listed).contains("@acme/pacman"),
                 "{who}: the packages page lists a private package"
-            );
-        }
-        for (private, absent) in [
-            (
-                "/wrappers/%40acme%2Fpacman/versions",
-                "/wrappers/%40acme%2Fnothing/versions",
-            ),
-            (
-                "/wrappers/%40acme%2Fpacman/versions/0.2.1",
-                "/wrappers/%40acme%2Fnothing/versions/0.2.1",
-            ),
-            (
-                "/wrappers/%40acme%2Fpacman/versions/0.2.1/data-pack",
-                "/wrappers/%40acme%2Fnothing/versions/0.2.1/data-pack",
-            ),
-            (
-                "/wrappers/%40acme%2Fpacman/versions/0.2.1/data-pack/download",
-                "/wrappers/%40acme%2Fnothing/versions/0.2.1/data-pack/download",
-            ),
-        ] {
-            let (a, b) = (get(private), get(absent));
-            assert_eq!((a.0, b.0), (404, 404), "{who} {private}");
-            same(
-                &String::from_utf8_lossy(&a.1),
-                &String::from_utf8_lossy(&b.1),
-                &names,
             );
         }
         for (private, absent) in [

@@ -139,25 +139,17 @@ fn facts(view: &VersionView, now: u64) -> String {
         ),
         ("files", format!("{} ({} bytes)", e.files, e.size)),
     ];
-    if !m.base_model.is_empty() {
-        rows.push((
-            "base models",
-            m.base_model
+    for (label, list) in [
+        ("base models", &m.base_model),
+        ("documentation hosts", &m.documentation_hosts),
+    ] {
+        if !list.is_empty() {
+            let codes: Vec<String> = list
                 .iter()
-                .map(|b| format!("<code>{}</code>", esc(b)))
-                .collect::<Vec<_>>()
-                .join(" "),
-        ));
-    }
-    if !m.documentation_hosts.is_empty() {
-        rows.push((
-            "documentation hosts",
-            m.documentation_hosts
-                .iter()
-                .map(|h| format!("<code>{}</code>", esc(h)))
-                .collect::<Vec<_>>()
-                .join(" "),
-        ));
+                .map(|item| format!("<code>{}</code>", esc(item)))
+                .collect();
+            rows.push((label, codes.join(" ")));
+        }
     }
     let rows: String = rows
         .into_iter()
