@@ -92,10 +92,13 @@ fn hostile_content_stays_text_in_a_browser() {
     let (model, eval) = ("m1", "e1");
     let manifest = format!(
         "name: hostile-demo\nversion: 1.0.0\ntype: prompt_spec\ndescription: {}\nbase_model: [{}]\n\
-         evals: [{}]\nlicense: MIT\nprompt:\n  system: prompts/system.md\n",
+         evals:\n  - id: {}\n    description: {}\n    rubric: heuristic\n\
+         license:\n  spdx: MIT\n  attribution: {}\nprompt:\n  system: prompts/system.md\n",
         yaml(&XSS.join(" | ")),
         model,
         eval,
+        yaml(XSS[7]),
+        yaml(XSS[3]),
     );
     std::fs::write(package.join("manifest.yaml"), &manifest).expect("manifest");
     std::fs::write(package.join("prompts/system.md"), "Be helpful.\n").expect("prompt");
@@ -201,6 +204,18 @@ fn hostile_content_stays_text_in_a_browser() {
         code == 201 || code == 200,
         "the data pack was refused: {code} {}",
         String::from_utf8_lossy(&body)
+    );
+
+    // The badge links to its version page.
+    let (code, svg) = curl(&[&format!(
+        "{}/wrappers/hostile-demo/versions/1.0.0/badge.svg",
+        daemon.rest
+    )]);
+    assert_eq!(code, 200);
+    assert!(
+        String::from_utf8_lossy(&svg).contains("<a href=\"/packages/hostile-demo/1.0.0\">"),
+        "{}",
+        String::from_utf8_lossy(&svg)
     );
 
     let size = {

@@ -141,11 +141,18 @@ impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let status = self.0.status;
         let title = status.canonical_reason().unwrap_or("Refused");
-        let body = format!(
+        let mut body = format!(
             "<h1>{}</h1><p class=\"error\">{}</p>",
             esc(title),
             esc(self.0.message())
         );
+        if status == StatusCode::UNAUTHORIZED {
+            // A token revoked since it was kept in the cookie: let the browser forget it.
+            body.push_str(
+                "<form method=\"post\" action=\"/logout\"><button>forget the token this browser keeps</button></form> \
+                 <a href=\"/login\">sign in with another</a>",
+            );
+        }
         // The header is the anonymous one: an error page says nothing of who asked.
         html(status, &layout(title, "anonymous", &body))
     }
@@ -266,11 +273,9 @@ async fn package(
 }
 
 async fn login_form(State(state): State<RestState>, headers: HeaderMap) -> PageResult {
-    let who = who(&state, &headers)?;
-    Ok(html(
-        StatusCode::OK,
-        &layout("Sign in", &who.label(), LOGIN_FORM),
-    ))
+    // The form must show even when the kept token no longer works: it is how to replace it.
+    let who = who(&state, &headers).map_or_else(|_| "anonymous".to_string(), |w| w.label());
+    Ok(html(StatusCode::OK, &layout("Sign in", &who, LOGIN_FORM)))
 }
 
 const LOGIN_FORM: &str = "<h1>Sign in</h1><p>Paste an API token (<code>custodian token create</code> makes one). \

@@ -114,7 +114,7 @@ fn facts(view: &VersionView, now: u64) -> String {
             "description",
             esc(m.description.as_deref().unwrap_or("(none)")),
         ),
-        ("license", format!("<code>{}</code>", esc(m.license.id()))),
+        ("license", license(&m.license)),
         (
             "published",
             format!(
@@ -187,6 +187,7 @@ fn matrix(view: &VersionView, now: u64) -> String {
             esc(eval),
             esc(eval)
         ));
+        out.push_str(&eval_terms(view, eval));
         if let Some((index, terms)) = view
             .rows
             .iter()
@@ -217,6 +218,57 @@ fn matrix(view: &VersionView, now: u64) -> String {
     out
 }
 
+/// What the signed manifest says of an eval: its description, how it is judged, and the
+/// thresholds its runs must meet.
+fn eval_terms(view: &VersionView, eval: &str) -> String {
+    let Some(custodian_core::manifest::EvalSpec::Detailed {
+        description,
+        rubric,
+        thresholds,
+        ..
+    }) = view.manifest.evals.iter().find(|e| e.id() == eval)
+    else {
+        return String::new();
+    };
+    let mut out = String::new();
+    if let Some(description) = description {
+        out.push_str(&format!(
+            "<div class=\"evaldesc\">{}</div>",
+            esc(description)
+        ));
+    }
+    if let Some(rubric) = rubric {
+        out.push_str(&format!(
+            "<div class=\"prereg\">judged by {}</div>",
+            esc(rubric)
+        ));
+    }
+    for (metric, threshold) in thresholds {
+        let threshold = threshold
+            .as_str()
+            .map_or_else(|| threshold.to_string(), str::to_string);
+        out.push_str(&format!(
+            "<div class=\"prereg\">manifest threshold: {} {}</div>",
+            esc(metric),
+            esc(&threshold)
+        ));
+    }
+    out
+}
+
+/// The license: its SPDX expression, and the attribution it requires, if any.
+fn license(spec: &custodian_core::manifest::LicenseSpec) -> String {
+    let mut out = format!("<code>{}</code>", esc(spec.id()));
+    if let custodian_core::manifest::LicenseSpec::Detailed {
+        attribution: Some(attribution),
+        ..
+    } = spec
+    {
+        out.push_str(&format!("; attribution: {}", esc(attribution)));
+    }
+    out
+}
+
 fn cell(
     view: &VersionView,
     run: Option<&crate::evidence::ReportRun>,
@@ -231,10 +283,11 @@ fn cell(
     };
     let result = if run.passed { "passed" } else { "failed" };
     let mut out = format!(
-        "<td class=\"run {result}\" data-model=\"{}\" data-result=\"{result}\" data-entry=\"{}\"><b>{result}</b> {} · {} ago",
+        "<td class=\"run {result}\" data-model=\"{}\" data-result=\"{result}\" data-entry=\"{}\"><b>{result}</b> {} ({}) · {} ago",
         esc(model),
         run.ledger_index,
         entry_link(run.ledger_index),
+        receipt_link(run.ledger_index),
         html::age(now.saturating_sub(run.integrated_ms)),
     );
     if let Some(statement) = view.statements.get(&run.ledger_index) {
@@ -284,7 +337,7 @@ fn scans(view: &VersionView, now: u64) -> String {
     for scan in &view.scans {
         let event = &scan.event;
         out.push_str(&format!(
-            "<tr class=\"scan\" data-scanner=\"{}\" data-verdict=\"{}\"><td><code>{}</code></td><td>{}</td><td class=\"verdict {}\">{}</td><td>{} ({})</td><td>{}</td></tr>",
+            "<tr class=\"scan\" data-scanner=\"{}\" data-verdict=\"{}\"><td><code>{}</code></td><td>{}</td><td class=\"verdict {}\">{}</td><td>{} ({}, {})</td><td>{}</td></tr>",
             esc(&event.scanner),
             esc(&event.verdict),
             esc(&event.scanner),
@@ -293,6 +346,7 @@ fn scans(view: &VersionView, now: u64) -> String {
             esc(&event.verdict),
             html::time(scan.time_ms, now),
             entry_link(scan.index),
+            receipt_link(scan.index),
             findings(&event.findings),
         ));
     }
