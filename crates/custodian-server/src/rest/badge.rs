@@ -24,7 +24,7 @@ pub(super) fn badge_svg(state: custodian_core::badge::State, link: Option<&str>)
         // The link is a path this server built from percent-encoded segments, escaped again
         // for the attribute.
         open = link
-            .map(|l| format!(r#"<a href="{}">"#, super::pages::escape(l)))
+            .map(|l| format!(r#"<a href="{}">"#, super::pages::html::esc(l)))
             .unwrap_or_default(),
         close = if link.is_some() { "</a>" } else { "" },
     )

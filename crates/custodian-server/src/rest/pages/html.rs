@@ -10,7 +10,7 @@ use super::super::encode_segment;
 /// Escapes text for an HTML element body or a quoted attribute value. Characters that would let
 /// text pose as other text (bidirectional overrides and isolates, zero-width characters, other
 /// control characters) are shown as their code point, `⟨U+202E⟩`, instead of acting.
-pub(super) fn esc(text: &str) -> String {
+pub(in crate::rest) fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + text.len() / 8);
     for c in text.chars() {
         match c {

@@ -26,7 +26,7 @@ use super::error::ApiError;
 use super::{RestState, principal};
 use crate::auth::Principal;
 
-mod html;
+pub(super) mod html;
 mod log;
 mod version;
 
@@ -113,11 +113,6 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .find(|(key, _)| *key == name)
         .map(|(_, value)| value.to_string())
         .filter(|value| !value.is_empty())
-}
-
-/// Escapes text for HTML and XML (the badge SVG's link).
-pub(super) fn escape(text: &str) -> String {
-    esc(text)
 }
 
 /// The path of a version's page.
