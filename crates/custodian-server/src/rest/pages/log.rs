@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::html::{self, esc, internal, layout};
 use super::{PageError, PageResult, RestState, who};
 use crate::auth::Principal;
-use crate::registry::Registry;
+use crate::registry::{Registry, RegistryError};
 
 /// Entries per log page.
 const PAGE: u64 = 25;
@@ -35,6 +35,21 @@ pub(super) struct From {
     from: Option<u64>,
 }
 
+/// Runs `read` on the ledger off the async threads (its storage calls block); a task that
+/// could not finish is reported as the ledger's failure, as everywhere else.
+async fn on_ledger<T: Send + 'static>(
+    ledger: &Arc<Ledger>,
+    read: impl FnOnce(&Ledger) -> Result<T, custodian_storage::LedgerError> + Send + 'static,
+) -> Result<T, RegistryError> {
+    let ledger = ledger.clone();
+    tokio::task::spawn_blocking(move || read(&ledger))
+        .await
+        .map_err(|e| {
+            RegistryError::Ledger(custodian_storage::LedgerError::Poisoned(e.to_string()))
+        })?
+        .map_err(RegistryError::Ledger)
+}
+
 /// Reads entries `start..end` (all below the published size) with their proofs, off the async
 /// threads: the ledger's storage calls block.
 async fn read(
@@ -43,8 +58,7 @@ async fn read(
     start: u64,
     end: u64,
 ) -> Result<(Arc<SignedCheckpoint>, Vec<Shown>), PageError> {
-    let ledger: Arc<Ledger> = registry.ledger().clone();
-    let (checkpoint, raw) = tokio::task::spawn_blocking(move || {
+    let (checkpoint, raw) = on_ledger(registry.ledger(), move |ledger| {
         let checkpoint = ledger.published();
         let end = end.min(checkpoint.size);
         let start = start.min(end);
@@ -56,15 +70,9 @@ async fn read(
             let (proof, _) = ledger.inclusion_proof(index, checkpoint.size)?;
             raw.push((index, bytes, leaf, proof));
         }
-        Ok::<_, custodian_storage::LedgerError>((checkpoint, raw))
+        Ok((checkpoint, raw))
     })
-    .await
-    .map_err(|e| {
-        PageError::from(crate::registry::RegistryError::Ledger(
-            custodian_storage::LedgerError::Poisoned(e.to_string()),
-        ))
-    })?
-    .map_err(crate::registry::RegistryError::Ledger)?;
+    .await?;
     let shown = raw
         .into_iter()
         .map(|(index, bytes, leaf, proof)| Shown {
@@ -236,7 +244,7 @@ pub(super) async fn entry(
 }
 
 fn not_published(index: u64, size: u64) -> PageError {
-    PageError::from(crate::registry::RegistryError::NotFound(format!(
+    PageError::from(RegistryError::NotFound(format!(
         "there is no entry {index} you may read in the published log ({size} entries)"
     )))
 }
@@ -249,24 +257,16 @@ pub(in crate::rest) async fn receipt(
     headers: HeaderMap,
 ) -> crate::rest::error::ApiResult<axum::response::Response> {
     let who = crate::rest::principal(&state, &headers)?;
-    let ledger = state.registry.ledger().clone();
-    let receipt = tokio::task::spawn_blocking(move || {
-        let published = ledger.published();
-        if index >= published.size {
+    let receipt = on_ledger(state.registry.ledger(), move |ledger| {
+        if index >= ledger.published().size {
             return Ok(None);
         }
         ledger.receipt(index).map(Some)
     })
-    .await
-    .map_err(|e| {
-        crate::registry::RegistryError::Ledger(custodian_storage::LedgerError::Poisoned(
-            e.to_string(),
-        ))
-    })?
-    .map_err(crate::registry::RegistryError::Ledger)?;
+    .await?;
     let size = state.registry.ledger().published().size;
     let Some(receipt) = receipt.filter(|r| state.registry.entry_visible(&who, &r.entry)) else {
-        return Err(crate::registry::RegistryError::NotFound(format!(
+        return Err(RegistryError::NotFound(format!(
             "there is no entry {index} you may read in the published log ({size} entries)"
         ))
         .into());
