@@ -405,7 +405,7 @@ impl Ledger {
                 let note = Checkpoint::new(signer.name(), 0, root)
                     .sign(&signer)
                     .map_err(|e| LedgerError::Corrupt(e.to_string()))?;
-                backend.commit(&LedgerBatch {
+                let created = backend.commit(&LedgerBatch {
                     first_index: 0,
                     entries: Vec::new(),
                     leaf_hashes: Vec::new(),
@@ -413,21 +413,34 @@ impl Ledger {
                     hashes: Vec::new(),
                     checkpoint_size: 0,
                     checkpoint: note.clone().into_bytes(),
-                })?;
-                let state = State {
-                    frontier: Frontier::new(),
-                    prev: Hash::ZERO,
-                    last_time_ms: 0,
-                    poisoned: None,
-                };
-                (
-                    state,
-                    SignedCheckpoint {
-                        size: 0,
-                        root,
-                        note,
+                });
+                match created {
+                    Ok(()) => (
+                        State {
+                            frontier: Frontier::new(),
+                            prev: Hash::ZERO,
+                            last_time_ms: 0,
+                            poisoned: None,
+                        },
+                        SignedCheckpoint {
+                            size: 0,
+                            root,
+                            note,
+                        },
+                    ),
+                    // Another writer sharing the backend created the log, and extended it,
+                    // between our read and our commit: open the tree it stored.
+                    Err(LedgerError::Conflict { .. }) => match backend.latest_checkpoint()? {
+                        Some((size, note)) => load(backend.as_ref(), &verifier, size, note)?,
+                        None => {
+                            return Err(LedgerError::Corrupt(
+                                "the stored log refused an empty start but has no checkpoint"
+                                    .into(),
+                            ));
+                        }
                     },
-                )
+                    Err(err) => return Err(err),
+                }
             }
             Some((size, note)) => load(backend.as_ref(), &verifier, size, note)?,
         };
