@@ -64,10 +64,95 @@ pub async fn run(harness: &dyn Harness, options: Options) {
     delete_many_removes_each_and_reports_which_existed(&store).await;
     put_many_verifies_each_and_keeps_order(&store).await;
     list_walks_everything_and_quarantine_hides_a_blob(&store).await;
+    staged_sessions_commit_and_refuse_damage(&store).await;
     assert_no_pending(&store, "after the single-session cases").await;
     if harness.survives_restart() {
         restart_keeps_commits_and_cleans_leftovers(harness, store).await;
     }
+}
+
+/// An upload session staged in local files commits into custody (a store that keeps files
+/// takes the staged file over; others copy or mirror it), a second upload of the same bytes is
+/// acknowledged as already present, and a staged file damaged after it was hashed is refused
+/// with nothing visible and nothing left pending.
+async fn staged_sessions_commit_and_refuse_damage(store: &BlobStore) {
+    use crate::staging::LocalStaging;
+    use crate::uploads::{DEFAULT_UPLOAD_EXPIRY, UploadSessions};
+    use std::sync::Arc;
+
+    let mut raw = [0u8; 8];
+    getrandom::fill(&mut raw).expect("randomness");
+    let dir = std::env::temp_dir().join(format!("custodian-conformance-{}", hex::encode(raw)));
+    let engine = || {
+        Arc::new(UploadSessions::open_in(
+            Arc::new(LocalStaging::open(&dir).expect("staging dir")),
+            DEFAULT_UPLOAD_EXPIRY,
+            store.clone(),
+        ))
+    };
+    let upload = |sessions: Arc<UploadSessions>, data: Bytes| async move {
+        let id = sessions
+            .start("conformance", Expectation::default(), Default::default())
+            .await
+            .expect("start")
+            .id;
+        let half = data.len() / 2;
+        for piece in [data.slice(..half), data.slice(half..)] {
+            let body = futures::stream::iter(vec![Ok::<_, String>(piece)]);
+            sessions
+                .append("conformance", &id, None, body)
+                .await
+                .expect("append");
+        }
+        id
+    };
+    let bs = store.block_size();
+    let data = pattern(31, 2 * bs + 100);
+    let sessions = engine();
+    let id = upload(sessions.clone(), data.clone()).await;
+    let outcome = sessions
+        .finish("conformance", &id, Expectation::default())
+        .await
+        .expect("finish");
+    assert!(!outcome.already_present, "a new blob through a session");
+    assert!(read_all(store, &outcome.meta.sha256(), ByteRange::ALL).await == data);
+    let id = upload(sessions.clone(), data.clone()).await;
+    let again = sessions
+        .finish("conformance", &id, Expectation::default())
+        .await
+        .expect("finish again");
+    assert!(
+        again.already_present,
+        "the same bytes through a second session"
+    );
+
+    // A restart (no mirror of the blocks in this process), then one staged byte flipped.
+    let damaged = pattern(32, 3 * bs + 5);
+    let id = upload(sessions.clone(), damaged.clone()).await;
+    drop(sessions);
+    let sessions = engine();
+    let path = dir.join(&id).join("data");
+    let mut staged = std::fs::read(&path).expect("read the staged file");
+    staged[bs + 10] ^= 1;
+    std::fs::write(&path, staged).expect("write the staged file");
+    let err = sessions
+        .finish("conformance", &id, Expectation::default())
+        .await
+        .expect_err("damage is found");
+    assert!(
+        matches!(
+            err,
+            crate::uploads::UploadError::Storage(crate::StorageError::Corrupt { .. })
+        ),
+        "{err}"
+    );
+    assert_absent(
+        store,
+        &BlobDigests::of(&damaged).sha256,
+        "a staged file damaged before its finish",
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Deterministic bytes that do not compress: an xorshift stream seeded per blob.

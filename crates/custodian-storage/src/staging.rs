@@ -50,6 +50,13 @@ pub trait Staging: Send + Sync + 'static {
     /// past them (never acknowledged) is discarded first.
     async fn writer(&self, id: &str, state: &SessionState) -> UploadResult<Box<dyn StagedWriter>>;
 
+    /// The file holding session `id`'s bytes, for a staging area that keeps them in one local
+    /// file (so a store that keeps files may take it over instead of copying it); `None` for a
+    /// database.
+    fn local_file(&self, _id: &str) -> Option<PathBuf> {
+        None
+    }
+
     /// `len` committed bytes of session `id` from `from`.
     async fn read(&self, id: &str, from: u64, len: u64) -> UploadResult<Vec<u8>>;
 
@@ -271,6 +278,10 @@ impl Staging for LocalStaging {
             data: Some(data),
             crcs,
         }))
+    }
+
+    fn local_file(&self, id: &str) -> Option<PathBuf> {
+        Some(self.dir.join(id).join("data"))
     }
 
     async fn read(&self, id: &str, from: u64, len: u64) -> UploadResult<Vec<u8>> {

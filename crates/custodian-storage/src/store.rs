@@ -84,6 +84,14 @@ pub trait BlockSink: Send {
     /// Stores block `index`. Every block is exactly the backend's block size except the last.
     async fn write_block(&mut self, index: u64, block: Bytes) -> Result<()>;
 
+    /// Takes the file at `path`, whose first `size` bytes are the blob (blocks one after
+    /// another), as this upload's blocks, by moving it rather than copying it; bytes past `size`
+    /// are cut away. Only before any block is written. Returns false, leaving the file where it
+    /// is, when this backend cannot (it keeps no files, or the file is on another file system).
+    async fn adopt_file(&mut self, _path: &std::path::Path, _size: u64) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Makes the verified blob visible under both of its digests, atomically and durably, unless
     /// a blob with the same SHA-256 is already committed. Returns the committed metadata and
     /// whether it was already present; in that case this upload's blocks are discarded.
@@ -122,6 +130,12 @@ pub trait BlobBackend: Send + Sync + 'static {
     /// Starts an upload. `expect` lets a backend write straight to the final location when the
     /// SHA-256 is known in advance.
     async fn begin(&self, expect: &Expectation) -> Result<Box<dyn BlockSink>>;
+
+    /// Whether its sinks may take a staged file as a blob's blocks ([`BlockSink::adopt_file`]),
+    /// so that an upload engine staging in local files need not also write the blocks.
+    fn adopts_files(&self) -> bool {
+        false
+    }
 
     /// Streams blocks `first..end` of a committed blob, unverified; [`BlobStore`] checks them.
     async fn read_blocks(&self, meta: &BlobMeta, first: u64, end: u64) -> Result<BlockStream>;
@@ -296,6 +310,11 @@ impl BlobStore {
     /// The backend's block size.
     pub fn block_size(&self) -> usize {
         self.backend.block_size()
+    }
+
+    /// Whether a staged file can be moved into custody ([`BlobStore::commit_staged_file`]).
+    pub fn adopts_files(&self) -> bool {
+        self.backend.adopts_files()
     }
 
     /// Starts a verified upload.
@@ -578,26 +597,10 @@ impl BlobStore {
     where
         S: futures::Stream<Item = Result<Bytes>> + Unpin + Send,
     {
-        expect.check(&staged.digests, staged.size)?;
-        if staged.block_size as usize != self.backend.block_size() {
-            return Err(StorageError::Aborted(format!(
-                "the upload was staged in blocks of {} bytes but the store now uses {}; start the upload again",
-                staged.block_size,
-                self.backend.block_size()
-            )));
-        }
-        {
-            let _keep = self.retention.keep(&[staged.digests.sha256]).await;
-            if let Some(existing) = self.backend.lookup(&staged.digests.sha256).await? {
-                let outcome = PutOutcome {
-                    meta: existing,
-                    already_present: true,
-                };
-                self.acknowledge(&outcome).await?;
-                return Ok(outcome);
-            }
-        }
-        let meta = staged.into_meta();
+        let meta = match self.staged_meta(staged, expect).await? {
+            Ok(meta) => meta,
+            Err(already) => return Ok(already),
+        };
         let mut sink = self
             .backend
             .begin(&Expectation {
@@ -639,6 +642,101 @@ impl BlobStore {
         }
         self.commit_sink(sink, meta).await
     }
+    /// What every commit of a staged blob checks first: `expect`, and that the store's block
+    /// size is the one the CRCs were computed over. The blob's metadata if it is new; the
+    /// acknowledged outcome if it is already in custody.
+    async fn staged_meta(
+        &self,
+        staged: Staged,
+        expect: &Expectation,
+    ) -> Result<std::result::Result<BlobMeta, PutOutcome>> {
+        expect.check(&staged.digests, staged.size)?;
+        if staged.block_size as usize != self.backend.block_size() {
+            return Err(StorageError::Aborted(format!(
+                "the upload was staged in blocks of {} bytes but the store now uses {}; start the upload again",
+                staged.block_size,
+                self.backend.block_size()
+            )));
+        }
+        let _keep = self.retention.keep(&[staged.digests.sha256]).await;
+        if let Some(existing) = self.backend.lookup(&staged.digests.sha256).await? {
+            let outcome = PutOutcome {
+                meta: existing,
+                already_present: true,
+            };
+            self.acknowledge(&outcome).await?;
+            return Ok(Err(outcome));
+        }
+        Ok(Ok(staged.into_meta()))
+    }
+
+    /// Commits a staged blob whose bytes are the file at `path` by moving the file into
+    /// custody, when the backend keeps files ([`BlobBackend::adopts_files`]); `None`, leaving
+    /// the file in place, when it cannot. Each block is first read back and checked against the
+    /// CRC32C computed when it was hashed, exactly as [`BlobStore::commit_staged`] does, so
+    /// bytes that changed on disk in between are refused.
+    pub async fn commit_staged_file(
+        &self,
+        staged: Staged,
+        expect: &Expectation,
+        path: &std::path::Path,
+    ) -> Result<Option<PutOutcome>> {
+        if !self.backend.adopts_files() {
+            return Ok(None);
+        }
+        let meta = match self.staged_meta(staged, expect).await? {
+            Ok(meta) => meta,
+            Err(already) => return Ok(Some(already)),
+        };
+        let (checked, file) = (meta.clone(), path.to_path_buf());
+        tokio::task::spawn_blocking(move || check_staged_file(&checked, &file))
+            .await
+            .map_err(|e| {
+                StorageError::Aborted(format!("the check of the staged file failed: {e}"))
+            })??;
+        let mut sink = self
+            .backend
+            .begin(&Expectation {
+                digest: Some(meta.sha256()),
+                size: Some(meta.size),
+            })
+            .await?;
+        match sink.adopt_file(path, meta.size).await {
+            Ok(true) => Ok(Some(self.commit_sink(sink, meta).await?)),
+            Ok(false) => {
+                sink.abort().await?;
+                Ok(None)
+            }
+            Err(err) => {
+                let _ = sink.abort().await;
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Reads a staged file back and checks each block's length and CRC32C against `meta`.
+fn check_staged_file(meta: &BlobMeta, path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let changed = |index: u64| StorageError::Corrupt {
+        digest: meta.sha256(),
+        detail: format!("block {index} of the staged upload changed on disk after it was hashed"),
+    };
+    let file = std::fs::File::open(path).map_err(|e| StorageError::Corrupt {
+        digest: meta.sha256(),
+        detail: format!("the staged upload {} cannot be read: {e}", path.display()),
+    })?;
+    let mut buf = vec![0u8; meta.block_size as usize];
+    let count = BlobMeta::block_count_for(meta.size, meta.block_size);
+    for index in 0..count {
+        let block = &mut buf[..meta.block_len(index) as usize];
+        file.read_exact_at(block, index * u64::from(meta.block_size))
+            .map_err(|_| changed(index))?;
+        if Some(&crc32c::crc32c(block)) != meta.block_crcs.get(index as usize) {
+            return Err(changed(index));
+        }
+    }
+    Ok(())
 }
 
 /// Checks each block against the stored CRC32C and trims the first and last to the range.

@@ -341,6 +341,10 @@ impl UploadSessions {
     /// The mirror of session `id` if it holds exactly `committed` bytes; a new one for a session
     /// that has none yet; none otherwise (the finish then copies from the staged file).
     async fn take_mirror(&self, id: &str, file: &SessionState) -> Option<Mirror> {
+        if self.adopts_staged(id) {
+            // The finish moves the staged file into custody: nothing to mirror.
+            return None;
+        }
         let existing = lock(&self.mirrors).remove(id);
         match existing {
             Some(mirror) if mirror.len() == file.committed => Some(mirror),
@@ -360,6 +364,12 @@ impl UploadSessions {
             }
             None => None,
         }
+    }
+
+    /// Whether the finish of session `id` can move its staged file into custody rather than
+    /// copy it: the bytes are then written once.
+    fn adopts_staged(&self, id: &str) -> bool {
+        self.store.adopts_files() && self.staging.local_file(id).is_some()
     }
 
     fn info(&self, id: &str, file: &SessionState) -> SessionInfo {
@@ -726,6 +736,14 @@ impl UploadSessions {
                     .commit_blocks(mirror.sink, staged, &Expectation::default())
                     .await?);
             }
+        }
+        if let Some(path) = self.staging.local_file(id)
+            && let Some(outcome) = self
+                .store
+                .commit_staged_file(staged.clone(), &Expectation::default(), &path)
+                .await?
+        {
+            return Ok(outcome);
         }
         let blocks = self.staging.blocks(id, file.committed, block).await?;
         Ok(self

@@ -1,23 +1,37 @@
-//! The embedded default backend: blob bytes in RocksDB, in blocks, beside their metadata.
+//! The embedded default backend: blob bytes beside their metadata, in RocksDB or in one file per
+//! blob.
 //!
-//! Layout: the `chunks` column family maps extent id (8 bytes, big-endian) ‖ block index
-//! (8 bytes, big-endian) to one block. It uses RocksDB's integrated blob files, so block bytes are
-//! written once and never rewritten by compaction. The index records each blob's extent id as
-//! its location.
+//! Layout:
+//! - A blob of at most one block is stored in the `chunks` column family, key extent id
+//!   (8 bytes, big-endian) ‖ block index (8 bytes, big-endian), committed in the same synced
+//!   batch as its metadata: small blobs cost one synced write each, and many of them share one
+//!   (`BatchPut`).
+//! - A larger blob is one file, `extents/<extent id as 16 hex digits>`, its blocks one after
+//!   another. Its bytes are written once, straight into the page cache, and never rewritten:
+//!   no memtable copy, no flush, no compaction, and no per-block table entries, so a large put
+//!   costs the same however much the store already holds. An upload session's staged file
+//!   becomes that file by a rename ([`BlockSink::adopt_file`]), so resumable uploads write each
+//!   byte once too.
+//! - Stores written before this layout keep larger blobs in `chunks`, one key per block; they
+//!   are read as before.
 //!
-//! Write path of one upload:
-//! 1. The first block is held in memory. A blob of one block or less never touches disk before
-//!    step 4, so small blobs cost one synced write each.
-//! 2. When a second block arrives, a pending record for the extent is written and synced, then
-//!    blocks are written without the WAL (they are written once, to blob files, at flush).
-//! 3. On commit, the `chunks` column family is flushed and synced, making every block durable.
-//! 4. One synced batch adds the metadata and BLAKE3 index and removes the pending record. Only
-//!    now is the blob visible.
+//! The index records each blob's location: 8 bytes (an extent in `chunks`) or `f` ‖ 8 bytes (a
+//! file).
 //!
-//! Abort, a dropped upload, or a duplicate commit delete the extent's blocks and pending record.
-//! After a crash, [`RocksBackend::open`] deletes every extent that still has a pending record.
+//! Write path of a larger upload:
+//! 1. The first block is held in memory until a second arrives.
+//! 2. Then a pending record for the extent is written and synced, the file is created, and every
+//!    block is written at its offset.
+//! 3. On commit the file and its directory are synced, then one synced batch adds the metadata
+//!    and BLAKE3 index and removes the pending record. Only now is the blob visible.
+//!
+//! Abort, a dropped upload, or a duplicate commit delete the extent's file and pending record. A
+//! delete removes the index entries and writes a pending record for the file in one synced
+//! batch, then removes the file. After a crash, [`RocksBackend::open`] deletes the blocks and
+//! file of every extent that still has a pending record.
 
-use std::path::Path;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -28,14 +42,16 @@ use custodian_storage::{
     StorageError,
 };
 use futures::StreamExt;
-use rocksdb::{
-    ColumnFamilyDescriptor, FlushOptions, Options, ReadOptions, WriteBatch, WriteOptions,
-};
+use rocksdb::{ColumnFamilyDescriptor, Options, ReadOptions, WriteBatch};
 
 use crate::index::RocksIndex;
 
 const CF_CHUNKS: &str = "chunks";
 const BACKEND: &str = "rocksdb";
+/// The directory, inside the database's, of the files of blobs larger than one block.
+const EXTENTS_DIR: &str = "extents";
+/// The first byte of the location of a blob kept in its own file.
+const FILE_LOCATION: u8 = b'f';
 
 /// Settings of the RocksDB backend.
 #[derive(Clone, Debug)]
@@ -55,7 +71,85 @@ impl Default for RocksConfig {
 /// Blob custody in an embedded RocksDB database.
 pub struct RocksBackend {
     index: Arc<RocksIndex>,
+    extents: Arc<Extents>,
     block_size: usize,
+}
+
+/// Where a committed blob's blocks are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Location {
+    /// In the `chunks` column family under this extent id.
+    Chunks(u64),
+    /// In this extent's file.
+    File(u64),
+}
+
+impl Location {
+    fn encode(self) -> Vec<u8> {
+        match self {
+            Location::Chunks(extent) => extent.to_be_bytes().to_vec(),
+            Location::File(extent) => {
+                let mut out = vec![FILE_LOCATION];
+                out.extend_from_slice(&extent.to_be_bytes());
+                out
+            }
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Location> {
+        match bytes {
+            [FILE_LOCATION, rest @ ..] if rest.len() == 8 => {
+                Some(Location::File(u64::from_be_bytes(rest.try_into().ok()?)))
+            }
+            _ if bytes.len() == 8 => {
+                Some(Location::Chunks(u64::from_be_bytes(bytes.try_into().ok()?)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The location an index entry records, or why it cannot be read.
+    fn of(entry: &crate::index::IndexEntry) -> Result<Location> {
+        Location::decode(&entry.location).ok_or_else(|| StorageError::Corrupt {
+            digest: entry.meta.sha256(),
+            detail: format!(
+                "its location ({} bytes) is neither an extent id nor a file",
+                entry.location.len()
+            ),
+        })
+    }
+}
+
+/// The directory of the files of blobs larger than one block.
+struct Extents {
+    dir: PathBuf,
+}
+
+impl Extents {
+    fn path(&self, extent: u64) -> PathBuf {
+        self.dir.join(format!("{extent:016x}"))
+    }
+
+    fn err(&self, extent: u64, e: std::io::Error) -> StorageError {
+        StorageError::backend(BACKEND, format!("{}: {e}", self.path(extent).display()))
+    }
+
+    /// Makes the directory's entries (a created, renamed or removed file) durable.
+    fn sync_dir(&self) -> Result<()> {
+        std::fs::File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| {
+                StorageError::backend(BACKEND, format!("sync {}: {e}", self.dir.display()))
+            })
+    }
+
+    /// Removes an extent's file if it exists.
+    fn remove(&self, extent: u64) -> Result<()> {
+        match std::fs::remove_file(self.path(extent)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.err(extent, e)),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn chunk_key(extent: u64, block: u64) -> [u8; 16] {
@@ -99,8 +193,15 @@ impl RocksBackend {
             BACKEND,
             vec![ColumnFamilyDescriptor::new(CF_CHUNKS, chunks)],
         )?;
+        let extents = Extents {
+            dir: path.join(EXTENTS_DIR),
+        };
+        std::fs::create_dir_all(&extents.dir).map_err(|e| {
+            StorageError::backend(BACKEND, format!("create {}: {e}", extents.dir.display()))
+        })?;
         let backend = RocksBackend {
             index: Arc::new(index),
+            extents: Arc::new(extents),
             block_size: config.block_size,
         };
         backend.recover()?;
@@ -115,9 +216,11 @@ impl RocksBackend {
         }
         let mut batch = WriteBatch::default();
         for (extent, _) in &leftovers {
+            self.extents.remove(*extent)?;
             add_extent_removal(&self.index, &mut batch, *extent)?;
             self.index.add_pending_removal(&mut batch, *extent)?;
         }
+        self.extents.sync_dir()?;
         self.index.write_synced(batch)?;
         tracing::info!(
             count = leftovers.len(),
@@ -143,61 +246,99 @@ fn add_extent_removal(index: &RocksIndex, batch: &mut WriteBatch, extent: u64) -
 }
 
 /// Adds the removal of a committed blob (its blocks, metadata and BLAKE3 alias) to `batch`;
-/// false if there is no such blob. The caller holds its commit lock.
-fn add_blob_removal(index: &RocksIndex, batch: &mut WriteBatch, sha256: &Digest) -> Result<bool> {
+/// false if there is no such blob. A blob kept in a file also gets a pending record in the
+/// batch, so that a crash before [`finish_removals`] removes the file at the next open. The
+/// caller holds its commit lock.
+fn add_blob_removal(
+    index: &RocksIndex,
+    batch: &mut WriteBatch,
+    sha256: &Digest,
+    files: &mut Vec<u64>,
+) -> Result<bool> {
     let Some(entry) = index.lookup(sha256)? else {
         return Ok(false);
     };
-    let extent = u64::from_be_bytes(
-        entry
-            .location
-            .as_slice()
-            .try_into()
-            .map_err(|_| index.err("extent id is not 8 bytes"))?,
-    );
-    add_extent_removal(index, batch, extent)?;
+    match Location::of(&entry)? {
+        Location::Chunks(extent) => add_extent_removal(index, batch, extent)?,
+        Location::File(extent) => {
+            index.add_pending_to(batch, extent)?;
+            files.push(extent);
+        }
+    }
     index.add_delete(batch, &entry.meta)?;
     Ok(true)
 }
 
+/// After the synced batch that removed their blobs: removes the files and their pending records
+/// (not synced: a lost removal is redone from the pending record at the next open).
+fn finish_removals(index: &RocksIndex, extents: &Extents, files: &[u64]) -> Result<()> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let mut batch = WriteBatch::default();
+    for extent in files {
+        extents.remove(*extent)?;
+        index.add_pending_removal(&mut batch, *extent)?;
+    }
+    index.db().write(batch).map_err(|e| index.err(e))
+}
+
 struct RocksSink {
     index: Arc<RocksIndex>,
+    extents: Arc<Extents>,
     extent: u64,
+    block_size: u64,
     /// The first block, held back until the blob proves larger than one block.
     first: Option<Bytes>,
-    /// Whether a pending record exists and blocks are on disk.
-    spilled: bool,
+    /// The extent's file, once the blob proved larger than one block (or a file was adopted).
+    file: Option<Arc<std::fs::File>>,
+    /// Whether a pending record may exist, so that cleanup must look for leftovers.
+    pending: bool,
     /// Whether cleanup is no longer this sink's job.
     done: bool,
 }
 
 impl RocksSink {
-    /// Writes a block without the WAL; durability comes from the flush before commit.
-    fn put_block(index: &RocksIndex, extent: u64, block: u64, data: &[u8]) -> Result<()> {
-        index.check_writable()?;
-        let mut opts = WriteOptions::default();
-        opts.disable_wal(true);
-        index
-            .db()
-            .put_cf_opt(chunks_cf(index)?, chunk_key(extent, block), data, &opts)
-            .map_err(|e| index.poison(e))
-    }
-
-    /// Deletes this upload's blocks and pending record (not synced: a lost delete is redone
-    /// from the pending record at the next open).
-    fn discard(index: &RocksIndex, extent: u64) -> Result<()> {
+    /// Deletes this upload's file, blocks and pending record (not synced: a lost delete is
+    /// redone from the pending record at the next open).
+    fn discard(index: &RocksIndex, extents: &Extents, extent: u64) -> Result<()> {
+        extents.remove(extent)?;
         let mut batch = WriteBatch::default();
         add_extent_removal(index, &mut batch, extent)?;
         index.add_pending_removal(&mut batch, extent)?;
         index.db().write(batch).map_err(|e| index.err(e))
+    }
+
+    /// The extent's file, created (after a synced pending record) with the held first block.
+    async fn file(&mut self) -> Result<Arc<std::fs::File>> {
+        if let Some(file) = &self.file {
+            return Ok(file.clone());
+        }
+        let (index, extents, extent) = (self.index.clone(), self.extents.clone(), self.extent);
+        let first = self.first.take();
+        self.pending = true;
+        let file = blocking(move || {
+            index.check_writable()?;
+            index.add_pending(extent, b"")?;
+            let file = std::fs::File::create_new(extents.path(extent))
+                .map_err(|e| extents.err(extent, e))?;
+            if let Some(first) = first {
+                file.write_all_at(&first, 0)
+                    .map_err(|e| extents.err(extent, e))?;
+            }
+            Ok(Arc::new(file))
+        })
+        .await?;
+        self.file = Some(file.clone());
+        Ok(file)
     }
 }
 
 impl Drop for RocksSink {
     fn drop(&mut self) {
         if !self.done
-            && self.spilled
-            && let Err(err) = Self::discard(&self.index, self.extent)
+            && self.pending
+            && let Err(err) = Self::discard(&self.index, &self.extents, self.extent)
         {
             tracing::warn!(extent = self.extent, %err, "could not discard an abandoned upload; it is removed at the next start");
         }
@@ -207,57 +348,87 @@ impl Drop for RocksSink {
 #[async_trait]
 impl BlockSink for RocksSink {
     async fn write_block(&mut self, block: u64, data: Bytes) -> Result<()> {
-        if block == 0 {
+        if block == 0 && self.file.is_none() {
             self.first = Some(data);
             return Ok(());
         }
-        let index = self.index.clone();
-        let extent = self.extent;
-        let first = if self.spilled {
-            None
-        } else {
-            self.first.take()
-        };
-        self.spilled = true;
+        let file = self.file().await?;
+        let (extents, extent) = (self.extents.clone(), self.extent);
+        let offset = block * self.block_size;
         blocking(move || {
-            if let Some(first) = first {
-                index.add_pending(extent, b"")?;
-                Self::put_block(&index, extent, 0, &first)?;
-            }
-            Self::put_block(&index, extent, block, &data)
+            file.write_all_at(&data, offset)
+                .map_err(|e| extents.err(extent, e))
         })
         .await
     }
 
+    async fn adopt_file(&mut self, path: &Path, size: u64) -> Result<bool> {
+        if self.file.is_some() || self.first.is_some() {
+            return Ok(false);
+        }
+        let (index, extents, extent) = (self.index.clone(), self.extents.clone(), self.extent);
+        let path = path.to_path_buf();
+        self.pending = true;
+        let adopted = blocking(move || {
+            index.check_writable()?;
+            index.add_pending(extent, b"")?;
+            let failed = |e: std::io::Error| {
+                StorageError::backend(BACKEND, format!("{}: {e}", path.display()))
+            };
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(failed)?;
+            // Bytes past the committed length (a piece cut off before it was acknowledged) are
+            // not the blob's.
+            if file.metadata().map_err(failed)?.len() != size {
+                file.set_len(size).map_err(failed)?;
+            }
+            file.sync_all().map_err(failed)?;
+            match std::fs::rename(&path, extents.path(extent)) {
+                Ok(()) => Ok(Some(Arc::new(file))),
+                // Staged on another file system: the caller copies the blocks instead.
+                Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => Ok(None),
+                Err(e) => Err(failed(e)),
+            }
+        })
+        .await?;
+        let took = adopted.is_some();
+        self.file = adopted;
+        Ok(took)
+    }
+
     async fn commit(mut self: Box<Self>, meta: BlobMeta) -> Result<(BlobMeta, bool)> {
-        let index = self.index.clone();
-        let extent = self.extent;
-        let spilled = self.spilled;
+        let (index, extents, extent) = (self.index.clone(), self.extents.clone(), self.extent);
+        let pending = self.pending;
+        let file = self.file.take();
         let first = self.first.take();
         // From here on the blocking task owns cleanup, even if this future is dropped.
         self.done = true;
         blocking(move || {
-            if spilled {
-                let mut opts = FlushOptions::default();
-                opts.set_wait(true);
-                index
-                    .db()
-                    .flush_cf_opt(chunks_cf(&index)?, &opts)
-                    .map_err(|e| index.poison(e))?;
-            }
+            let location = match &file {
+                Some(file) => {
+                    // The bytes, then the file's name, before the index may point at them.
+                    file.sync_data().map_err(|e| extents.err(extent, e))?;
+                    extents.sync_dir()?;
+                    Location::File(extent)
+                }
+                None => Location::Chunks(extent),
+            };
+            drop(file);
             let _guard = index.lock_commits(&meta.sha256());
             if let Some(existing) = index.lookup(&meta.sha256())? {
-                if spilled {
-                    Self::discard(&index, extent)?;
+                if pending {
+                    Self::discard(&index, &extents, extent)?;
                 }
                 return Ok((existing.meta, true));
             }
             let mut batch = WriteBatch::default();
-            if let Some(first) = first.filter(|_| !spilled) {
+            if let (Location::Chunks(_), Some(first)) = (location, first) {
                 batch.put_cf(chunks_cf(&index)?, chunk_key(extent, 0), &first);
             }
-            index.add_commit(&mut batch, &extent.to_be_bytes(), &meta)?;
-            if spilled {
+            index.add_commit(&mut batch, &location.encode(), &meta)?;
+            if pending {
                 index.add_pending_removal(&mut batch, extent)?;
             }
             index.write_synced(batch)?;
@@ -268,12 +439,11 @@ impl BlockSink for RocksSink {
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
         self.done = true;
-        if !self.spilled {
+        if !self.pending {
             return Ok(());
         }
-        let index = self.index.clone();
-        let extent = self.extent;
-        blocking(move || Self::discard(&index, extent)).await
+        let (index, extents, extent) = (self.index.clone(), self.extents.clone(), self.extent);
+        blocking(move || Self::discard(&index, &extents, extent)).await
     }
 
     fn abandon_for_crash_test(mut self: Box<Self>) {
@@ -305,11 +475,18 @@ impl BlobBackend for RocksBackend {
         self.index.check_writable()?;
         Ok(Box::new(RocksSink {
             index: self.index.clone(),
+            extents: self.extents.clone(),
             extent: self.index.new_upload_id(),
+            block_size: self.block_size as u64,
             first: None,
-            spilled: false,
+            file: None,
+            pending: false,
             done: false,
         }))
+    }
+
+    fn adopts_files(&self) -> bool {
+        true
     }
 
     async fn read_blocks(&self, meta: &BlobMeta, first: u64, end: u64) -> Result<BlockStream> {
@@ -319,12 +496,12 @@ impl BlobBackend for RocksBackend {
             .ok_or(StorageError::NotFound {
                 digest: meta.sha256(),
             })?;
-        let extent = u64::from_be_bytes(entry.location.as_slice().try_into().map_err(|_| {
-            StorageError::Corrupt {
-                digest: meta.sha256(),
-                detail: "extent id is not 8 bytes".into(),
+        let extent = match Location::of(&entry)? {
+            Location::Chunks(extent) => extent,
+            Location::File(extent) => {
+                return Ok(read_file_blocks(&self.extents, extent, meta, first, end));
             }
-        })?);
+        };
         let index = self.index.clone();
         let digest = meta.sha256();
         // A bounded channel keeps at most a few blocks in memory however slow the reader is.
@@ -372,32 +549,36 @@ impl BlobBackend for RocksBackend {
     }
 
     async fn delete(&self, sha256: &Digest) -> Result<bool> {
-        let index = self.index.clone();
+        let (index, extents) = (self.index.clone(), self.extents.clone());
         let sha256 = *sha256;
         blocking(move || {
             let _guard = index.lock_commits(&sha256);
             let mut batch = WriteBatch::default();
-            if !add_blob_removal(&index, &mut batch, &sha256)? {
+            let mut files = Vec::new();
+            if !add_blob_removal(&index, &mut batch, &sha256, &mut files)? {
                 return Ok(false);
             }
             index.write_synced(batch)?;
+            finish_removals(&index, &extents, &files)?;
             Ok(true)
         })
         .await
     }
 
     async fn delete_many(&self, sha256s: &[Digest]) -> Result<Vec<bool>> {
-        let index = self.index.clone();
+        let (index, extents) = (self.index.clone(), self.extents.clone());
         let sha256s = sha256s.to_vec();
         blocking(move || {
             let _guards = index.lock_commits_many(&sha256s);
             let mut batch = WriteBatch::default();
             let mut existed = Vec::with_capacity(sha256s.len());
+            let mut files = Vec::new();
             for sha256 in &sha256s {
-                existed.push(add_blob_removal(&index, &mut batch, sha256)?);
+                existed.push(add_blob_removal(&index, &mut batch, sha256, &mut files)?);
             }
             // One synced write for the whole batch: all of it is gone, or none.
             index.write_synced(batch)?;
+            finish_removals(&index, &extents, &files)?;
             Ok(existed)
         })
         .await
@@ -471,6 +652,55 @@ impl BlobBackend for RocksBackend {
     }
 }
 
+/// Streams blocks `first..end` of a blob kept in `extent`'s file, read on the blocking pool one
+/// block at a time; a missing file or a short one is damage, reported as the blob's.
+fn read_file_blocks(
+    extents: &Arc<Extents>,
+    extent: u64,
+    meta: &BlobMeta,
+    first: u64,
+    end: u64,
+) -> BlockStream {
+    let (extents, meta) = (extents.clone(), meta.clone());
+    // A bounded channel keeps at most a few blocks in memory however slow the reader is.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(2);
+    tokio::task::spawn_blocking(move || {
+        let digest = meta.sha256();
+        let damaged = |detail: String| StorageError::Corrupt { digest, detail };
+        let result = (|| -> Result<()> {
+            let file = std::fs::File::open(extents.path(extent)).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    damaged(format!("the file of its blocks ({extent:016x}) is missing"))
+                } else {
+                    extents.err(extent, e)
+                }
+            })?;
+            // Reads go forward through the file: let the kernel read further ahead.
+            let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
+            let block_size = u64::from(meta.block_size);
+            for block in first..end {
+                let mut buf = vec![0u8; meta.block_len(block) as usize];
+                file.read_exact_at(&mut buf, block * block_size)
+                    .map_err(|e| {
+                        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                            damaged(format!("block {block} is missing from storage"))
+                        } else {
+                            extents.err(extent, e)
+                        }
+                    })?;
+                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                    return Ok(()); // The reader went away.
+                }
+            }
+            Ok(())
+        })();
+        if let Err(err) = result {
+            let _ = tx.blocking_send(Err(err));
+        }
+    });
+    tokio_stream_from(rx)
+}
+
 /// Adapts a channel receiver into a stream.
 fn tokio_stream_from(mut rx: tokio::sync::mpsc::Receiver<Result<Bytes>>) -> BlockStream {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
@@ -531,21 +761,15 @@ mod tests {
             .await
             .unwrap()
             .meta;
+        // A blob of three blocks is one file; flip a byte of its second block.
         let entry = backend.index.lookup(&meta.sha256()).unwrap().unwrap();
-        let extent = u64::from_be_bytes(entry.location.try_into().unwrap());
-        let cf = chunks_cf(&backend.index).unwrap();
-        let mut block = backend
-            .index
-            .db()
-            .get_cf(cf, chunk_key(extent, 1))
-            .unwrap()
-            .unwrap();
-        block[17] ^= 0x01;
-        backend
-            .index
-            .db()
-            .put_cf(cf, chunk_key(extent, 1), &block)
-            .unwrap();
+        let Location::File(extent) = Location::of(&entry).unwrap() else {
+            panic!("a blob of three blocks is kept in a file");
+        };
+        let path = backend.extents.path(extent);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[4096 + 17] ^= 0x01;
+        std::fs::write(&path, bytes).unwrap();
 
         // Block 0 is intact and may be served; block 1 must fail before any of it is.
         let read = store.get(&meta.sha256(), ByteRange::ALL).await.unwrap();
@@ -567,13 +791,15 @@ mod tests {
         (backend.clone(), BlobStore::new(backend))
     }
 
-    fn chunk_keys(backend: &RocksBackend) -> usize {
+    /// How many pieces of blobs are stored: block keys in `chunks` and files.
+    fn stored_pieces(backend: &RocksBackend) -> usize {
         let cf = chunks_cf(&backend.index).unwrap();
-        backend
+        let keys = backend
             .index
             .db()
             .iterator_cf(cf, rocksdb::IteratorMode::Start)
-            .count()
+            .count();
+        keys + std::fs::read_dir(&backend.extents.dir).unwrap().count()
     }
 
     /// Concurrent puts of one blob keep exactly one copy of its blocks, and a delete removes
@@ -590,14 +816,95 @@ mod tests {
             .count();
         assert_eq!(fresh, 1);
         assert_eq!(
-            chunk_keys(&backend),
-            5,
-            "exactly one blob's blocks are stored"
+            stored_pieces(&backend),
+            1,
+            "exactly one blob's file is stored"
         );
         assert_eq!(backend.index.pending().unwrap().len(), 0);
 
         let digest = BlobDigests::of(&data).sha256;
         assert!(store.delete(&digest).await.unwrap());
-        assert_eq!(chunk_keys(&backend), 0, "delete removes every block");
+        assert_eq!(stored_pieces(&backend), 0, "delete removes the file");
+        assert_eq!(backend.index.pending().unwrap().len(), 0);
+    }
+
+    /// A store written before blobs larger than one block got their own file keeps serving
+    /// them from `chunks`, verified, and deletes them there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blobs_in_the_earlier_block_layout_are_served_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, store) = open_small(dir.path());
+        let data = conformance::pattern(3, 3 * 4096 + 10);
+        let digests = BlobDigests::of(&data);
+        let crcs: Vec<u32> = data.chunks(4096).map(crc32c::crc32c).collect();
+        let meta = BlobMeta {
+            digests,
+            size: data.len() as u64,
+            created_unix_ms: 1,
+            block_size: 4096,
+            block_crcs: crcs,
+        };
+        // Exactly what the earlier write path left: one key per block, an 8-byte location.
+        let extent = backend.index.new_upload_id();
+        let mut batch = WriteBatch::default();
+        for (i, block) in data.chunks(4096).enumerate() {
+            batch.put_cf(
+                chunks_cf(&backend.index).unwrap(),
+                chunk_key(extent, i as u64),
+                block,
+            );
+        }
+        backend
+            .index
+            .add_commit(&mut batch, &extent.to_be_bytes(), &meta)
+            .unwrap();
+        backend.index.write_synced(batch).unwrap();
+
+        let read = conformance::read_all(&store, &meta.sha256(), ByteRange::ALL).await;
+        assert!(read == data);
+        let range = ByteRange {
+            offset: 4000,
+            limit: Some(5000),
+        };
+        let read = conformance::read_all(&store, &meta.sha256(), range).await;
+        assert!(read == data[4000..9000]);
+        assert!(store.delete(&meta.sha256()).await.unwrap());
+        assert_eq!(stored_pieces(&backend), 0, "delete removes every block");
+    }
+
+    /// A delete interrupted after its index batch (the file still there, its pending record
+    /// durable) is finished by the next open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_left_by_an_interrupted_delete_is_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = conformance::pattern(4, 2 * 4096 + 1);
+        {
+            let (backend, store) = open_small(dir.path());
+            let meta = store
+                .put_bytes(Expectation::default(), data.clone())
+                .await
+                .unwrap()
+                .meta;
+            // The delete's synced batch alone, as a crash right after it would leave things.
+            let _guard = backend.index.lock_commits(&meta.sha256());
+            let mut batch = WriteBatch::default();
+            let mut files = Vec::new();
+            assert!(
+                add_blob_removal(&backend.index, &mut batch, &meta.sha256(), &mut files).unwrap()
+            );
+            backend.index.write_synced(batch).unwrap();
+            assert_eq!(files.len(), 1);
+            assert_eq!(stored_pieces(&backend), 1, "the file is still there");
+        }
+        let (backend, store) = open_small(dir.path());
+        assert_eq!(stored_pieces(&backend), 0, "the open removed the file");
+        assert_eq!(backend.index.pending().unwrap().len(), 0);
+        assert!(
+            store
+                .stat(&BlobDigests::of(&data).sha256)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }

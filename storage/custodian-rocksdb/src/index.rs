@@ -445,6 +445,12 @@ impl RocksIndex {
         self.write_synced(batch)
     }
 
+    /// Adds a pending record for upload `id` to `batch`.
+    pub fn add_pending_to(&self, batch: &mut WriteBatch, id: u64) -> Result<()> {
+        batch.put_cf(self.cf(CF_PENDING)?, id.to_be_bytes(), b"");
+        Ok(())
+    }
+
     /// Durably records many uploads as pending, in one synced write.
     pub fn add_pending_many(&self, records: &[(u64, Vec<u8>)]) -> Result<()> {
         let mut batch = WriteBatch::default();
