@@ -674,12 +674,15 @@ impl BlobStore {
     /// custody, when the backend keeps files ([`BlobBackend::adopts_files`]); `None`, leaving
     /// the file in place, when it cannot. Each block is first read back and checked against the
     /// CRC32C computed when it was hashed, exactly as [`BlobStore::commit_staged`] does, so
-    /// bytes that changed on disk in between are refused.
+    /// bytes that changed on disk in between are refused. `written_here` skips that read: the
+    /// caller wrote every byte of the file in this process from the very buffers it hashed
+    /// (after a restart, it cannot know that).
     pub async fn commit_staged_file(
         &self,
         staged: Staged,
         expect: &Expectation,
         path: &std::path::Path,
+        written_here: bool,
     ) -> Result<Option<PutOutcome>> {
         if !self.backend.adopts_files() {
             return Ok(None);
@@ -688,12 +691,14 @@ impl BlobStore {
             Ok(meta) => meta,
             Err(already) => return Ok(Some(already)),
         };
-        let (checked, file) = (meta.clone(), path.to_path_buf());
-        tokio::task::spawn_blocking(move || check_staged_file(&checked, &file))
-            .await
-            .map_err(|e| {
-                StorageError::Aborted(format!("the check of the staged file failed: {e}"))
-            })??;
+        if !written_here {
+            let (checked, file) = (meta.clone(), path.to_path_buf());
+            tokio::task::spawn_blocking(move || check_staged_file(&checked, &file))
+                .await
+                .map_err(|e| {
+                    StorageError::Aborted(format!("the check of the staged file failed: {e}"))
+                })??;
+        }
         let mut sink = self
             .backend
             .begin(&Expectation {

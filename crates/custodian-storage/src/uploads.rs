@@ -48,6 +48,9 @@ pub const CHECKPOINT: u64 = 8 << 20;
 /// How many bytes of a piece are gathered before they are hashed and written.
 const WRITE_BATCH: usize = 4 << 20;
 
+/// Chunks of a piece at least this large are hashed and written as they arrive, not gathered.
+const PASS_THROUGH: usize = 256 << 10;
+
 /// Why an upload session operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
@@ -216,6 +219,10 @@ pub struct SessionInfo {
 struct Live {
     hasher: ResumableDigests,
     partial_crc: u32,
+    /// Whether this process wrote every staged byte itself, from the buffers it hashed: then the
+    /// staged file holds exactly what was hashed unless something outside the engine changed
+    /// it, and the finish need not read it back (as it never reads back a mirror).
+    from_start: bool,
 }
 
 /// The blocks of a session this process has also written to a backend sink as they arrived, so
@@ -468,6 +475,7 @@ impl UploadSessions {
         Ok(Live {
             hasher,
             partial_crc: file.partial_crc,
+            from_start: file.committed == 0,
         })
     }
 
@@ -556,7 +564,13 @@ impl UploadSessions {
         let mut since_checkpoint = 0u64;
         let mut ended = false;
         while !ended {
+            let mut whole = None;
             match body.next().await {
+                // A large chunk is written and hashed as it came: gathering it would copy
+                // every byte once more into a fresh buffer.
+                Some(Ok(chunk)) if batch.is_empty() && chunk.len() >= PASS_THROUGH => {
+                    whole = Some(chunk);
+                }
                 Some(Ok(chunk)) => {
                     batch.extend_from_slice(&chunk);
                     if batch.len() < WRITE_BATCH {
@@ -569,10 +583,11 @@ impl UploadSessions {
                 }
                 None => ended = true,
             }
-            if batch.is_empty() {
-                continue;
-            }
-            let bytes = batch.split().freeze();
+            let bytes = match whole {
+                Some(chunk) => chunk,
+                None if batch.is_empty() => continue,
+                None => batch.split().freeze(),
+            };
             let reached = live.hasher.len() + bytes.len() as u64;
             if let Some(expected) = file.expected_size
                 && reached > expected
@@ -706,6 +721,7 @@ impl UploadSessions {
             size: file.expected_size,
         };
         let live = self.resume(id, file).await?;
+        let written_here = live.from_start;
         let digests: BlobDigests = live.hasher.finalize();
         let block = u64::from(file.block_size);
         let mut block_crcs = self.staging.crcs(id, file.committed / block).await?;
@@ -740,7 +756,7 @@ impl UploadSessions {
         if let Some(path) = self.staging.local_file(id)
             && let Some(outcome) = self
                 .store
-                .commit_staged_file(staged.clone(), &Expectation::default(), &path)
+                .commit_staged_file(staged.clone(), &Expectation::default(), &path, written_here)
                 .await?
         {
             return Ok(outcome);

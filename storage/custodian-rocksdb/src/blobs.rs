@@ -50,6 +50,8 @@ const CF_CHUNKS: &str = "chunks";
 const BACKEND: &str = "rocksdb";
 /// The directory, inside the database's, of the files of blobs larger than one block.
 const EXTENTS_DIR: &str = "extents";
+/// How many bytes a large upload writes between syncs of its file.
+const SYNC_EVERY: u64 = 8 << 20;
 /// The first byte of the location of a blob kept in its own file.
 const FILE_LOCATION: u8 = b'f';
 
@@ -294,6 +296,8 @@ struct RocksSink {
     file: Option<Arc<std::fs::File>>,
     /// Whether a pending record may exist, so that cleanup must look for leftovers.
     pending: bool,
+    /// How many bytes of the file are synced and out of the page cache.
+    synced_to: u64,
     /// Whether cleanup is no longer this sink's job.
     done: bool,
 }
@@ -355,11 +359,25 @@ impl BlockSink for RocksSink {
         let file = self.file().await?;
         let (extents, extent) = (self.extents.clone(), self.extent);
         let offset = block * self.block_size;
+        let end = offset + data.len() as u64;
+        let synced_to = self.synced_to;
+        let sync = end >= synced_to + SYNC_EVERY;
         blocking(move || {
             file.write_all_at(&data, offset)
-                .map_err(|e| extents.err(extent, e))
+                .map_err(|e| extents.err(extent, e))?;
+            if sync {
+                // Written back as it arrives rather than all at the commit, and out of the
+                // page cache (see custodian_storage::drop_cached).
+                file.sync_data().map_err(|e| extents.err(extent, e))?;
+                custodian_storage::drop_cached(&file, synced_to, end);
+            }
+            Ok(())
         })
-        .await
+        .await?;
+        if sync {
+            self.synced_to = end;
+        }
+        Ok(())
     }
 
     async fn adopt_file(&mut self, path: &Path, size: u64) -> Result<bool> {
@@ -481,6 +499,7 @@ impl BlobBackend for RocksBackend {
             first: None,
             file: None,
             pending: false,
+            synced_to: 0,
             done: false,
         }))
     }
