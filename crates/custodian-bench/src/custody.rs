@@ -1,12 +1,13 @@
 //! `custodian-bench custody`: one large blob put and fetched through a real daemon, per backend,
 //! as a ratio to `openssl dgst -sha256` of the same file and to the disk's write+fsync time.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use custodian_core::{Algorithm, StreamHasher};
 use custodian_testkit::{RemoveOnDrop, write_test_file};
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,17 @@ pub struct CustodyArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     json: bool,
+    /// Skip the reference registry (Debian's docker-registry, timed on the same file by default
+    /// when it is installed: monolithic upload, streamed download, download to a file)
+    #[arg(long)]
+    no_peer: bool,
+    /// Then put this many more blobs of the same size, each different, into one RocksDB store,
+    /// timing each: the put's cost as the store grows (e.g. 20 for 0 → 20 GiB)
+    #[arg(long, default_value_t = 0)]
+    grow: u64,
+    /// Write the growth series as an SVG plot to this file
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -54,6 +66,31 @@ pub struct BackendResult {
     pub daemon_peak_rss_mib: f64,
 }
 
+/// The reference registry's times on the same file, over plain HTTP with curl.
+#[derive(Serialize, Deserialize)]
+pub struct PeerResult {
+    /// What it is.
+    pub registry: String,
+    /// A monolithic upload: `POST` a session, `PUT` the whole file with its digest.
+    pub put_seconds: f64,
+    /// `GET` of the blob into a file, then `fsync` (the registry checks nothing on read).
+    pub get_seconds: f64,
+    /// `GET` of the blob to /dev/null.
+    pub get_stream_seconds: f64,
+}
+
+/// One put of the growth series.
+#[derive(Serialize, Deserialize)]
+pub struct GrowthPoint {
+    /// What the store held before this put, in GiB.
+    pub stored_gib: f64,
+    pub put_seconds: f64,
+    /// `put_seconds` / the larger of the SHA-256 time and the disk's write+fsync time.
+    pub put_ratio_to_floor: f64,
+    /// The daemon's CPU time (user + system) during the put.
+    pub daemon_cpu_seconds: f64,
+}
+
 #[derive(Serialize, Deserialize)]
 pub struct Report {
     pub size_bytes: u64,
@@ -63,6 +100,12 @@ pub struct Report {
     pub disk_write_fsync_seconds: f64,
     pub disk_write_fsync_gib_per_s: f64,
     pub backends: Vec<BackendResult>,
+    #[serde(default)]
+    pub peer: Option<PeerResult>,
+    #[serde(default)]
+    pub growth: Vec<GrowthPoint>,
+    #[serde(default)]
+    pub growth_daemon_peak_rss_mib: Option<f64>,
 }
 
 /// Runs the scenario.
@@ -100,6 +143,9 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
         disk_write_fsync_seconds: disk.as_secs_f64(),
         disk_write_fsync_gib_per_s: gib_per_s(size, disk),
         backends: Vec::new(),
+        peer: None,
+        growth: Vec::new(),
+        growth_daemon_peak_rss_mib: None,
     };
     let floor = openssl.max(disk).as_secs_f64();
 
@@ -174,6 +220,25 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
         });
     }
 
+    if !args.no_peer {
+        if which("docker-registry") {
+            report.peer = Some(measure_peer(&work, &input, args.runs)?);
+        } else {
+            eprintln!(
+                "the reference registry is not installed (scripts/lib.sh ensure_oci_tools installs Debian's docker-registry); measuring Custodian alone"
+            );
+        }
+    }
+    if args.grow > 0 {
+        let (points, peak) = grow(&work, &input, size, args.grow, floor)?;
+        report.growth = points;
+        report.growth_daemon_peak_rss_mib = Some(peak as f64 / (1 << 20) as f64);
+        if let Some(plot) = &args.plot {
+            std::fs::write(plot, growth_svg(&report.growth, floor))
+                .with_context(|| format!("writing {}", plot.display()))?;
+        }
+    }
+
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -219,6 +284,337 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
              least a durable put or an fsynced get can take; stream = get to /dev/null. Each timed step starts after `sync` and a 2 s pause; fastest of {} runs.",
             args.runs
         );
+        print_peer(&report);
+        print_growth(&report, floor);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+/// Times the reference registry on `input`, each run on a fresh registry and store.
+fn measure_peer(work: &Path, input: &Path, runs: u32) -> anyhow::Result<PeerResult> {
+    let digest = {
+        let mut hasher = StreamHasher::new(Algorithm::Sha256);
+        let mut file = std::fs::File::open(input)?;
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut file, &mut buffer)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+        }
+        hasher.finalize().to_string()
+    };
+    let (mut put_best, mut get_best, mut stream_best) =
+        (Duration::MAX, Duration::MAX, Duration::MAX);
+    for _ in 0..runs {
+        let dir = work.join("peer");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let (_registry, host) = crate::oci::reference_registry(&dir)?;
+        let base = format!("http://{host}/v2/bench/blob");
+        settle_disk();
+        let start = Instant::now();
+        let headers = run_checked(Command::new("curl").args([
+            "-sS",
+            "-f",
+            "-X",
+            "POST",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            &format!("{base}/blobs/uploads/"),
+        ]))?;
+        let headers = String::from_utf8_lossy(&headers);
+        let location = headers
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("location")
+                    .then(|| value.trim().to_string())
+            })
+            .context("the reference registry's upload answer has no Location")?;
+        let location = if location.starts_with('/') {
+            format!("http://{host}{location}")
+        } else {
+            location
+        };
+        let separator = if location.contains('?') { '&' } else { '?' };
+        run_checked(
+            Command::new("curl")
+                .args([
+                    "-sS",
+                    "-f",
+                    "-H",
+                    "Content-Type: application/octet-stream",
+                    "-T",
+                ])
+                .arg(input)
+                .arg(format!("{location}{separator}digest={digest}")),
+        )?;
+        put_best = put_best.min(start.elapsed());
+        let url = format!("{base}/blobs/{digest}");
+        settle_disk();
+        stream_best = stream_best.min(run_timed(Command::new("curl").args([
+            "-sS",
+            "-f",
+            "-o",
+            "/dev/null",
+            &url,
+        ]))?);
+        let out = work.join("peer-out.bin");
+        settle_disk();
+        let start = Instant::now();
+        run_checked(
+            Command::new("curl")
+                .args(["-sS", "-f", "-o"])
+                .arg(&out)
+                .arg(&url),
+        )?;
+        std::fs::File::open(&out)?.sync_all()?;
+        get_best = get_best.min(start.elapsed());
+        let _ = std::fs::remove_file(&out);
+    }
+    let _ = std::fs::remove_dir_all(work.join("peer"));
+    Ok(PeerResult {
+        registry: "docker-registry (Debian; CNCF distribution), filesystem storage, loopback"
+            .into(),
+        put_seconds: put_best.as_secs_f64(),
+        get_seconds: get_best.as_secs_f64(),
+        get_stream_seconds: stream_best.as_secs_f64(),
+    })
+}
+
+fn print_peer(report: &Report) {
+    let Some(peer) = &report.peer else {
+        return;
+    };
+    println!(
+        "reference registry ({}): put {:.3} s, get to a file {:.3} s, stream {:.3} s",
+        peer.registry, peer.put_seconds, peer.get_seconds, peer.get_stream_seconds
+    );
+    println!(
+        "{:<8} {:>14} {:>16} {:>17}",
+        "backend", "put ×registry", "get ×registry", "stream ×registry"
+    );
+    for b in &report.backends {
+        println!(
+            "{:<8} {:>14.2} {:>16.2} {:>17.2}",
+            b.backend,
+            b.put_seconds / peer.put_seconds,
+            b.get_seconds / peer.get_seconds,
+            b.get_stream_seconds / peer.get_stream_seconds
+        );
+    }
+}
+
+/// The daemon's CPU time so far (user + system), from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name; the kernel
+    // counts them in USER_HZ, 100 on Linux.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// Puts `count` different blobs of `size` bytes into one fresh RocksDB store, one after
+/// another, timing each; returns the series and the daemon's peak RSS.
+fn grow(
+    work: &Path,
+    input: &Path,
+    size: u64,
+    count: u64,
+    floor: f64,
+) -> anyhow::Result<(Vec<GrowthPoint>, u64)> {
+    use std::os::unix::fs::FileExt as _;
+    let exe = custodian_testkit::binary();
+    let data_dir = work.join("data-grow");
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let daemon = crate::measure::daemon(&data_dir, "rocksdb", &[])?;
+    let file = std::fs::OpenOptions::new().write(true).open(input)?;
+    let mut points = Vec::new();
+    for i in 0..count {
+        // A different first block makes a different blob of the same size.
+        file.write_all_at(format!("growth {i:>8}").as_bytes(), 0)?;
+        file.sync_all()?;
+        settle_disk();
+        let cpu = cpu_seconds(daemon.pid());
+        let start = Instant::now();
+        run_checked(
+            Command::new(&exe)
+                .args(["blob", "put", "--server", &daemon.address])
+                .args(["--token", &daemon.token])
+                .arg(input),
+        )?;
+        let put = start.elapsed().as_secs_f64();
+        let point = GrowthPoint {
+            stored_gib: (i * size) as f64 / (1u64 << 30) as f64,
+            put_seconds: put,
+            put_ratio_to_floor: put / floor,
+            daemon_cpu_seconds: cpu_seconds(daemon.pid()) - cpu,
+        };
+        eprintln!(
+            "growth: {:.1} GiB stored, put {:.2} s ({:.2}× floor), daemon CPU {:.2} s",
+            point.stored_gib, point.put_seconds, point.put_ratio_to_floor, point.daemon_cpu_seconds
+        );
+        points.push(point);
+    }
+    let peak = daemon.peak_rss();
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok((points, peak))
+}
+
+/// Fresh against prefilled: the first put against the median of the last quarter.
+fn growth_summary(points: &[GrowthPoint]) -> Option<(f64, f64, f64)> {
+    let first = points.first()?.put_seconds;
+    let tail = &points[points.len() - points.len().div_ceil(4)..];
+    let mut last: Vec<f64> = tail.iter().map(|p| p.put_seconds).collect();
+    last.sort_by(f64::total_cmp);
+    let median = last[last.len() / 2];
+    Some((first, median, tail[0].stored_gib))
+}
+
+fn print_growth(report: &Report, floor: f64) {
+    if report.growth.is_empty() {
+        return;
+    }
+    println!(
+        "{:>10} {:>7} {:>7} {:>10}",
+        "stored GiB", "put s", "×floor", "daemon CPU"
+    );
+    for p in &report.growth {
+        println!(
+            "{:>10.1} {:>7.2} {:>7.2} {:>8.2} s",
+            p.stored_gib, p.put_seconds, p.put_ratio_to_floor, p.daemon_cpu_seconds
+        );
+    }
+    if let Some((fresh, grown, at)) = growth_summary(&report.growth) {
+        println!(
+            "fresh store {fresh:.2} s ({:.2}× floor); from {at:.0} GiB stored, median {grown:.2} s ({:.2}× floor): prefilled / fresh = {:.2}; daemon peak RSS {:.1} MiB",
+            fresh / floor,
+            grown / floor,
+            grown / fresh,
+            report.growth_daemon_peak_rss_mib.unwrap_or(0.0)
+        );
+    }
+}
+
+/// The growth series as an SVG line plot: put time against what the store held, with the
+/// machine's floor for scale.
+pub fn growth_svg(points: &[GrowthPoint], floor: f64) -> String {
+    let (w, h, left, right, top, bottom) = (640.0, 360.0, 60.0, 20.0, 40.0, 50.0);
+    let max_x = points.iter().map(|p| p.stored_gib).fold(1.0, f64::max);
+    let max_y = points.iter().map(|p| p.put_seconds).fold(floor, f64::max) * 1.15;
+    let x = |v: f64| left + v / max_x * (w - left - right);
+    let y = |v: f64| h - bottom - v / max_y * (h - top - bottom);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"22\" font-size=\"14\">Put of one large blob against what the store already holds (RocksDB)</text>\n"
+    );
+    svg += &format!(
+        "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n",
+        h - bottom,
+        w - right,
+        h - bottom,
+        h - bottom
+    );
+    for i in 0..=4 {
+        let v = max_y * f64::from(i) / 4.0;
+        svg += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{v:.1} s</text>\n",
+            left - 6.0,
+            y(v) + 4.0
+        );
+        let g = max_x * f64::from(i) / 4.0;
+        svg += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{g:.0} GiB</text>\n",
+            x(g),
+            h - bottom + 18.0
+        );
+    }
+    svg += &format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">stored before the put</text>\n",
+        (left + w - right) / 2.0,
+        h - 10.0
+    );
+    svg += &format!(
+        "<line x1=\"{left}\" y1=\"{fy:.1}\" x2=\"{}\" y2=\"{fy:.1}\" stroke=\"gray\" stroke-dasharray=\"4 4\"/>\n<text x=\"{}\" y=\"{:.1}\" fill=\"gray\" text-anchor=\"end\">floor: max(SHA-256, write+fsync) {floor:.2} s</text>\n",
+        w - right,
+        w - right,
+        y(floor) - 6.0,
+        fy = y(floor)
+    );
+    let path: Vec<String> = points
+        .iter()
+        .map(|p| format!("{:.1},{:.1}", x(p.stored_gib), y(p.put_seconds)))
+        .collect();
+    svg += &format!(
+        "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"/>\n",
+        path.join(" ")
+    );
+    for p in points {
+        svg += &format!(
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#1f77b4\"/>\n",
+            x(p.stored_gib),
+            y(p.put_seconds)
+        );
+    }
+    svg + "</svg>\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(stored_gib: f64, put_seconds: f64) -> GrowthPoint {
+        GrowthPoint {
+            stored_gib,
+            put_seconds,
+            put_ratio_to_floor: put_seconds,
+            daemon_cpu_seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_growth_plot_has_one_point_per_put_and_the_floor() {
+        let points: Vec<GrowthPoint> = (0..8)
+            .map(|i| point(f64::from(i), 2.0 + 0.1 * f64::from(i)))
+            .collect();
+        let svg = growth_svg(&points, 1.0);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<circle").count(), 8);
+        assert_eq!(svg.matches("<polyline").count(), 1);
+        assert!(svg.contains("floor: max(SHA-256, write+fsync) 1.00 s"));
+    }
+
+    #[test]
+    fn the_summary_compares_the_first_put_with_the_median_of_the_last_quarter() {
+        let points: Vec<GrowthPoint> = [2.0, 2.2, 2.1, 2.3, 9.0, 3.0, 3.2, 3.1]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| point(i as f64, *s))
+            .collect();
+        let (fresh, grown, at) = growth_summary(&points).expect("a summary");
+        assert_eq!(fresh, 2.0);
+        // The last quarter of eight puts is the last two: 3.2 and 3.1; the median of two is
+        // the larger, so one slow put never hides behind a fast one.
+        assert_eq!(grown, 3.2);
+        assert_eq!(at, 6.0);
+        assert!(growth_summary(&[]).is_none());
+    }
 }

@@ -58,7 +58,7 @@ pub struct Report {
 }
 
 /// A child process killed when dropped.
-struct Killed(std::process::Child);
+pub(crate) struct Killed(std::process::Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -85,7 +85,7 @@ fn wait_for(port: u16) -> anyhow::Result<()> {
 }
 
 /// Starts Debian's docker-registry on loopback with filesystem storage under `dir`.
-fn reference_registry(dir: &Path) -> anyhow::Result<(Killed, String)> {
+pub(crate) fn reference_registry(dir: &Path) -> anyhow::Result<(Killed, String)> {
     let port = free_port()?;
     let config = dir.join("config.yml");
     std::fs::write(

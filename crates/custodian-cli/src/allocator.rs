@@ -5,15 +5,21 @@
 //! 256 KiB messages and RocksDB's 1 MiB memtable blocks, freed on many threads) that leaves
 //! freed memory scattered over many arenas where it can neither be reused by other threads nor
 //! returned: `custodian-bench load` measured resident memory 30 to 50 MiB above what was
-//! allocated, and still rising after five minutes. Two arenas, and large buffers always mapped
-//! on their own (so freeing one returns it), keep resident memory close to the live heap.
+//! allocated, and still rising after five minutes. Two arenas, and buffers over 2 MiB always
+//! mapped on their own (so freeing one returns it), keep resident memory close to the live heap.
+//!
+//! The threshold was 256 KiB. That mapped every 1 MiB block and message afresh, and a fresh
+//! mapping costs a page fault and a zeroed page per 4 KiB: serving 1 GiB took 2.6 s of the
+//! daemon's CPU, against 0.8 s with the blocks reused from the heap (docs/performance.md). Now
+//! that large blobs no longer pass through RocksDB's memtables, the same five-minute load stays
+//! flat with 1 MiB buffers reused (docs/reliability.md).
 //!
 //! glibc reads these settings from `GLIBC_TUNABLES` only when a process starts, so `custodian
 //! serve` re-executes itself once with them set. Whoever sets `GLIBC_TUNABLES` themselves keeps
 //! their own settings.
 
 /// The glibc tunables the daemon runs with (see the module documentation for why).
-pub const DAEMON_TUNABLES: &str = "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=262144:glibc.malloc.trim_threshold=1048576";
+pub const DAEMON_TUNABLES: &str = "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=2097152:glibc.malloc.trim_threshold=4194304";
 
 /// Re-executes this process with [`DAEMON_TUNABLES`] unless `GLIBC_TUNABLES` is already set.
 /// Returns only if the settings are in place, not applicable, or the re-execution failed (then

@@ -365,6 +365,8 @@ impl BlockSink for RocksSink {
         blocking(move || {
             file.write_all_at(&data, offset)
                 .map_err(|e| extents.err(extent, e))?;
+            // Starts the writeback of this block now rather than at the next sync.
+            custodian_storage::drop_cached(&file, offset, end);
             if sync {
                 // Written back as it arrives rather than all at the commit, and out of the
                 // page cache (see custodian_storage::drop_cached).
