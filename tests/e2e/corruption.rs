@@ -1,4 +1,4 @@
-//! Damaged storage: flipped bytes in RocksDB blob files, object files and ledger entries are
+//! Damaged storage: flipped bytes in RocksDB's files of large blobs, object files and ledger entries are
 //! never served (DATA_LOSS naming the digest or entry), and `custodian scrub` finds, reports and
 //! quarantines them, exiting non-zero, after which a fresh upload heals a blob.
 
@@ -34,13 +34,12 @@ fn scrub(data: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
     (out.status.code().expect("exit code"), report)
 }
 
-/// The RocksDB blob files (`*.blob`) under `dir`, largest first.
+/// The files of blobs larger than one block under the RocksDB backend's `dir`, largest first.
 fn blob_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
-        .expect("read the blobs directory")
+    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(dir.join("extents"))
+        .expect("read the extents directory")
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "blob"))
         .map(|p| (std::fs::metadata(&p).map_or(0, |m| m.len()), p))
         .collect();
     files.sort_by_key(|f| std::cmp::Reverse(f.0));
@@ -79,7 +78,7 @@ async fn damaged_rocksdb_blobs_and_ledger_entries_are_data_loss_and_scrub_quaran
     let data_dir = dir.path().join("data");
     let mut daemon = ledger::start(&data_dir);
     let mut client = daemon.client().await;
-    // A multi-block blob (its commit flushes its blocks into a RocksDB blob file) and small ones.
+    // A multi-block blob (kept in a file of its own) and small ones (kept in RocksDB).
     let large = pattern(8_001, 3 << 20);
     let small: Vec<Bytes> = (0..4)
         .map(|i| pattern(8_010 + i, 2_000 + i as usize))
@@ -120,10 +119,7 @@ async fn damaged_rocksdb_blobs_and_ledger_entries_are_data_loss_and_scrub_quaran
 
     // Damage: a byte in the middle of the largest blob file, and entry 7 of the log.
     let files = blob_files(&data_dir.join("blobs"));
-    assert!(
-        !files.is_empty(),
-        "no RocksDB blob file holds the 3 MiB blob"
-    );
+    assert!(!files.is_empty(), "no extent file holds the 3 MiB blob");
     let len = std::fs::metadata(&files[0]).unwrap().len() as usize;
     flip(&files[0], len / 2);
     flip_entry_7(&data_dir);

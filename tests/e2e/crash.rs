@@ -400,7 +400,7 @@ fn open_without_pending(path: &Path, cycle: u64) -> rocksdb::DB {
 }
 
 /// Opens the stopped daemon's blob database read-only and checks that nothing temporary is
-/// left: no pending-upload record, and no stored block outside a committed blob's extent.
+/// left: no pending-upload record, and no stored block or extent file outside a committed blob.
 fn assert_no_leftovers(data_dir: &Path, cycle: u64) {
     let db = open_without_pending(&data_dir.join("blobs"), cycle);
     let meta = db.cf_handle("meta").expect("meta");
@@ -419,6 +419,18 @@ fn assert_no_leftovers(data_dir: &Path, cycle: u64) {
             committed.contains(&key[..8]),
             "cycle {cycle}: a block of extent {} belongs to no committed blob",
             hex::encode(&key[..8])
+        );
+    }
+    // Blobs larger than one block are files named by their extent; each must be committed
+    // (its location is `f` followed by the extent id).
+    for entry in std::fs::read_dir(data_dir.join("blobs").join("extents")).expect("extents dir") {
+        let name = entry.expect("read extents dir").file_name();
+        let name = name.to_string_lossy();
+        let mut location = vec![b'f'];
+        location.extend(hex::decode(name.as_ref()).expect("an extent file is named in hex"));
+        assert!(
+            committed.contains(&location),
+            "cycle {cycle}: the file of extent {name} belongs to no committed blob"
         );
     }
 }

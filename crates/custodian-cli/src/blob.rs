@@ -346,7 +346,14 @@ pub async fn download(
         let temp = temp_path(output);
         let file = std::fs::File::create(&temp)
             .with_context(|| format!("cannot create {}", temp.display()))?;
-        (Target::File(file), Some(temp))
+        (
+            Target::File {
+                file,
+                written: 0,
+                synced: 0,
+            },
+            Some(temp),
+        )
     };
     // Writing (and the final fsync) runs on its own thread, beside receiving and hashing.
     let writer = Worker::spawn(
@@ -434,14 +441,41 @@ pub async fn download(
 /// Where a download goes.
 enum Target {
     Stdout(std::io::Stdout),
-    File(std::fs::File),
+    File {
+        file: std::fs::File,
+        /// Bytes written so far.
+        written: u64,
+        /// Bytes synced and dropped from the page cache so far.
+        synced: u64,
+    },
 }
+
+/// How many bytes of a download are written between syncs of the file.
+const SYNC_EVERY: u64 = 8 << 20;
 
 impl Target {
     fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
         match self {
             Target::Stdout(out) => out.write_all(data),
-            Target::File(file) => file.write_all(data),
+            Target::File {
+                file,
+                written,
+                synced,
+            } => {
+                file.write_all(data)?;
+                let start = *written;
+                *written += data.len() as u64;
+                // Written back while the next bytes arrive, not all at the final fsync; once
+                // durable, out of the page cache, so the next writes reuse its pages
+                // (custodian_storage::drop_cached says why that matters).
+                custodian_storage::drop_cached(file, start, *written);
+                if *written - *synced >= SYNC_EVERY {
+                    file.sync_data()?;
+                    custodian_storage::drop_cached(file, *synced, *written);
+                    *synced = *written;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -450,7 +484,7 @@ impl Target {
     fn finish(self) -> std::io::Result<()> {
         match self {
             Target::Stdout(mut out) => out.flush(),
-            Target::File(file) => file.sync_all(),
+            Target::File { file, .. } => file.sync_all(),
         }
     }
 }

@@ -279,8 +279,14 @@ fn finish_removals(index: &RocksIndex, extents: &Extents, files: &[u64]) -> Resu
     }
     let mut batch = WriteBatch::default();
     for extent in files {
-        extents.remove(*extent)?;
-        index.add_pending_removal(&mut batch, *extent)?;
+        match extents.remove(*extent) {
+            Ok(()) => index.add_pending_removal(&mut batch, *extent)?,
+            // The blob is gone from the index either way; its pending record stays, and the
+            // next open removes the file.
+            Err(err) => {
+                tracing::warn!(%err, "could not remove a deleted blob's file; it is removed at the next start")
+            }
+        }
     }
     index.db().write(batch).map_err(|e| index.err(e))
 }
@@ -325,10 +331,10 @@ impl RocksSink {
             index.check_writable()?;
             index.add_pending(extent, b"")?;
             let file = std::fs::File::create_new(extents.path(extent))
-                .map_err(|e| extents.err(extent, e))?;
+                .map_err(|e| index.poison(extents.err(extent, e)))?;
             if let Some(first) = first {
                 file.write_all_at(&first, 0)
-                    .map_err(|e| extents.err(extent, e))?;
+                    .map_err(|e| index.poison(extents.err(extent, e)))?;
             }
             Ok(Arc::new(file))
         })
@@ -357,20 +363,24 @@ impl BlockSink for RocksSink {
             return Ok(());
         }
         let file = self.file().await?;
-        let (extents, extent) = (self.extents.clone(), self.extent);
+        let (index, extents, extent) = (self.index.clone(), self.extents.clone(), self.extent);
         let offset = block * self.block_size;
         let end = offset + data.len() as u64;
         let synced_to = self.synced_to;
         let sync = end >= synced_to + SYNC_EVERY;
         blocking(move || {
+            index.check_writable()?;
+            // A failed write or sync leaves the file in a state nobody can know: the store
+            // refuses writes from here on, as it does when RocksDB's own writes fail.
             file.write_all_at(&data, offset)
-                .map_err(|e| extents.err(extent, e))?;
+                .map_err(|e| index.poison(extents.err(extent, e)))?;
             // Starts the writeback of this block now rather than at the next sync.
             custodian_storage::drop_cached(&file, offset, end);
             if sync {
                 // Written back as it arrives rather than all at the commit, and out of the
                 // page cache (see custodian_storage::drop_cached).
-                file.sync_data().map_err(|e| extents.err(extent, e))?;
+                file.sync_data()
+                    .map_err(|e| index.poison(extents.err(extent, e)))?;
                 custodian_storage::drop_cached(&file, synced_to, end);
             }
             Ok(())
@@ -402,14 +412,14 @@ impl BlockSink for RocksSink {
             // Bytes past the committed length (a piece cut off before it was acknowledged) are
             // not the blob's.
             if file.metadata().map_err(failed)?.len() != size {
-                file.set_len(size).map_err(failed)?;
+                file.set_len(size).map_err(|e| index.poison(failed(e)))?;
             }
-            file.sync_all().map_err(failed)?;
+            file.sync_all().map_err(|e| index.poison(failed(e)))?;
             match std::fs::rename(&path, extents.path(extent)) {
                 Ok(()) => Ok(Some(Arc::new(file))),
                 // Staged on another file system: the caller copies the blocks instead.
                 Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => Ok(None),
-                Err(e) => Err(failed(e)),
+                Err(e) => Err(index.poison(failed(e))),
             }
         })
         .await?;
@@ -429,8 +439,10 @@ impl BlockSink for RocksSink {
             let location = match &file {
                 Some(file) => {
                     // The bytes, then the file's name, before the index may point at them.
-                    file.sync_data().map_err(|e| extents.err(extent, e))?;
-                    extents.sync_dir()?;
+                    index.check_writable()?;
+                    file.sync_data()
+                        .map_err(|e| index.poison(extents.err(extent, e)))?;
+                    extents.sync_dir().map_err(|e| index.poison(e))?;
                     Location::File(extent)
                 }
                 None => Location::Chunks(extent),
