@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use custodian_core::{Algorithm, StreamHasher};
 use custodian_testkit::{RemoveOnDrop, write_test_file};
 use serde::{Deserialize, Serialize};
 
@@ -299,19 +298,7 @@ fn which(program: &str) -> bool {
 
 /// Times the reference registry on `input`, each run on a fresh registry and store.
 fn measure_peer(work: &Path, input: &Path, runs: u32) -> anyhow::Result<PeerResult> {
-    let digest = {
-        let mut hasher = StreamHasher::new(Algorithm::Sha256);
-        let mut file = std::fs::File::open(input)?;
-        let mut buffer = vec![0u8; 1 << 20];
-        loop {
-            let n = std::io::Read::read(&mut file, &mut buffer)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buffer[..n]);
-        }
-        hasher.finalize().to_string()
-    };
+    let digest = crate::measure::sha256_of_file(input)?.to_string();
     let (mut put_best, mut get_best, mut stream_best) =
         (Duration::MAX, Duration::MAX, Duration::MAX);
     for _ in 0..runs {

@@ -123,3 +123,18 @@ pub fn append_request(
         .insert("authorization", format!("Bearer {token}").parse()?);
     Ok(request)
 }
+
+/// The SHA-256 of a file, read 1 MiB at a time.
+pub fn sha256_of_file(path: &std::path::Path) -> anyhow::Result<custodian_core::Digest> {
+    let mut hasher = custodian_core::StreamHasher::new(custodian_core::Algorithm::Sha256);
+    let mut file = std::fs::File::open(path)?;
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hasher.finalize())
+}

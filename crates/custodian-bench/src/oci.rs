@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use clap::Args;
-use custodian_core::{Algorithm, Digest, StreamHasher};
+use custodian_core::{Algorithm, Digest};
 use custodian_testkit::write_test_file;
 use serde::{Deserialize, Serialize};
 
@@ -114,17 +114,7 @@ fn image_layout(dir: &Path, size: u64) -> anyhow::Result<PathBuf> {
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let staging = dir.join("layer.tmp");
     write_test_file(&staging, size)?;
-    let mut hasher = StreamHasher::new(Algorithm::Sha256);
-    let mut file = std::fs::File::open(&staging)?;
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = std::io::Read::read(&mut file, &mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    let layer = hasher.finalize();
+    let layer = crate::measure::sha256_of_file(&staging)?;
     let layer_path = blobs.join(layer.hex());
     std::fs::rename(&staging, &layer_path)?;
     let put = |bytes: &[u8]| -> anyhow::Result<Digest> {

@@ -601,13 +601,7 @@ impl BlobStore {
             Ok(meta) => meta,
             Err(already) => return Ok(already),
         };
-        let mut sink = self
-            .backend
-            .begin(&Expectation {
-                digest: Some(meta.sha256()),
-                size: Some(meta.size),
-            })
-            .await?;
+        let mut sink = self.begin_known(&meta).await?;
         let count = BlobMeta::block_count_for(meta.size, meta.block_size);
         for index in 0..count {
             let block = match blocks.next().await {
@@ -642,6 +636,16 @@ impl BlobStore {
         }
         self.commit_sink(sink, meta).await
     }
+    /// A backend sink for a blob whose digest and size are already known.
+    async fn begin_known(&self, meta: &BlobMeta) -> Result<Box<dyn BlockSink>> {
+        self.backend
+            .begin(&Expectation {
+                digest: Some(meta.sha256()),
+                size: Some(meta.size),
+            })
+            .await
+    }
+
     /// What every commit of a staged blob checks first: `expect`, and that the store's block
     /// size is the one the CRCs were computed over. The blob's metadata if it is new; the
     /// acknowledged outcome if it is already in custody.
@@ -699,13 +703,7 @@ impl BlobStore {
                     StorageError::Aborted(format!("the check of the staged file failed: {e}"))
                 })??;
         }
-        let mut sink = self
-            .backend
-            .begin(&Expectation {
-                digest: Some(meta.sha256()),
-                size: Some(meta.size),
-            })
-            .await?;
+        let mut sink = self.begin_known(&meta).await?;
         match sink.adopt_file(path, meta.size).await {
             Ok(true) => Ok(Some(self.commit_sink(sink, meta).await?)),
             Ok(false) => {
