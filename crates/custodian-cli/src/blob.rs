@@ -350,7 +350,7 @@ pub async fn download(
             Target::File {
                 file,
                 written: 0,
-                synced: 0,
+                behind: custodian_storage::WriteBehind::default(),
             },
             Some(temp),
         )
@@ -445,13 +445,10 @@ enum Target {
         file: std::fs::File,
         /// Bytes written so far.
         written: u64,
-        /// Bytes synced and dropped from the page cache so far.
-        synced: u64,
+        /// How far it is synced and out of the page cache.
+        behind: custodian_storage::WriteBehind,
     },
 }
-
-/// How many bytes of a download are written between syncs of the file.
-const SYNC_EVERY: u64 = 8 << 20;
 
 impl Target {
     fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
@@ -460,21 +457,13 @@ impl Target {
             Target::File {
                 file,
                 written,
-                synced,
+                behind,
             } => {
                 file.write_all(data)?;
                 let start = *written;
                 *written += data.len() as u64;
-                // Written back while the next bytes arrive, not all at the final fsync; once
-                // durable, out of the page cache, so the next writes reuse its pages
-                // (custodian_storage::drop_cached says why that matters).
-                custodian_storage::drop_cached(file, start, *written);
-                if *written - *synced >= SYNC_EVERY {
-                    file.sync_data()?;
-                    custodian_storage::drop_cached(file, *synced, *written);
-                    *synced = *written;
-                }
-                Ok(())
+                // Written back while the next bytes arrive, not all at the final fsync.
+                behind.wrote(file, start, *written)
             }
         }
     }

@@ -31,7 +31,7 @@ pub use ledger::{
 pub use memory::MemoryBackend;
 pub use meta::{BlobMeta, MetaDecodeError};
 pub use shared::SharedState;
-pub use staging::drop_cached;
+pub use staging::{WriteBehind, drop_cached};
 pub use store::{
     BlobBackend, BlobRead, BlobStore, BlobWriter, BlockSink, BlockStream, ByteRange, Expectation,
     NativeHolds, PutOutcome, Staged,

@@ -160,6 +160,32 @@ pub fn drop_cached(file: &std::fs::File, from: u64, to: u64) {
     }
 }
 
+/// Keeps a large file written front to back out of the page cache: each write's writeback starts
+/// at once, and every [`WriteBehind::EVERY`] bytes the file is synced and those pages dropped
+/// (see [`drop_cached`] for why). Only the position reached so far is kept, so it is `Copy` and
+/// can travel to a blocking task and back.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteBehind {
+    synced: u64,
+}
+
+impl WriteBehind {
+    /// How many bytes are written between syncs.
+    pub const EVERY: u64 = 8 << 20;
+
+    /// After bytes `start..end` of `file` were written: starts their writeback and, once
+    /// [`WriteBehind::EVERY`] bytes are unsynced, syncs the file and drops what is durable.
+    pub fn wrote(&mut self, file: &std::fs::File, start: u64, end: u64) -> std::io::Result<()> {
+        drop_cached(file, start, end);
+        if end >= self.synced + Self::EVERY {
+            file.sync_data()?;
+            drop_cached(file, self.synced, end);
+            self.synced = end;
+        }
+        Ok(())
+    }
+}
+
 /// Runs `op` on the file in `slot` (at `path`, for errors) on the blocking pool.
 async fn on_file(
     slot: &mut Option<std::fs::File>,

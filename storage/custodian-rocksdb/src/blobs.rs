@@ -39,7 +39,7 @@ use bytes::Bytes;
 use custodian_core::Digest;
 use custodian_storage::{
     BlobBackend, BlobMeta, BlockSink, BlockStream, DEFAULT_BLOCK_SIZE, Expectation, Result,
-    StorageError,
+    StorageError, WriteBehind,
 };
 use futures::StreamExt;
 use rocksdb::{ColumnFamilyDescriptor, Options, ReadOptions, WriteBatch};
@@ -50,8 +50,6 @@ const CF_CHUNKS: &str = "chunks";
 const BACKEND: &str = "rocksdb";
 /// The directory, inside the database's, of the files of blobs larger than one block.
 const EXTENTS_DIR: &str = "extents";
-/// How many bytes a large upload writes between syncs of its file.
-const SYNC_EVERY: u64 = 8 << 20;
 /// The first byte of the location of a blob kept in its own file.
 const FILE_LOCATION: u8 = b'f';
 
@@ -302,8 +300,8 @@ struct RocksSink {
     file: Option<Arc<std::fs::File>>,
     /// Whether a pending record may exist, so that cleanup must look for leftovers.
     pending: bool,
-    /// How many bytes of the file are synced and out of the page cache.
-    synced_to: u64,
+    /// How far the file is synced and out of the page cache.
+    behind: WriteBehind,
     /// Whether cleanup is no longer this sink's job.
     done: bool,
 }
@@ -366,29 +364,17 @@ impl BlockSink for RocksSink {
         let (index, extents, extent) = (self.index.clone(), self.extents.clone(), self.extent);
         let offset = block * self.block_size;
         let end = offset + data.len() as u64;
-        let synced_to = self.synced_to;
-        let sync = end >= synced_to + SYNC_EVERY;
-        blocking(move || {
+        let mut behind = self.behind;
+        self.behind = blocking(move || {
             index.check_writable()?;
             // A failed write or sync leaves the file in a state nobody can know: the store
             // refuses writes from here on, as it does when RocksDB's own writes fail.
             file.write_all_at(&data, offset)
+                .and_then(|()| behind.wrote(&file, offset, end))
                 .map_err(|e| index.poison(extents.err(extent, e)))?;
-            // Starts the writeback of this block now rather than at the next sync.
-            custodian_storage::drop_cached(&file, offset, end);
-            if sync {
-                // Written back as it arrives rather than all at the commit, and out of the
-                // page cache (see custodian_storage::drop_cached).
-                file.sync_data()
-                    .map_err(|e| index.poison(extents.err(extent, e)))?;
-                custodian_storage::drop_cached(&file, synced_to, end);
-            }
-            Ok(())
+            Ok(behind)
         })
         .await?;
-        if sync {
-            self.synced_to = end;
-        }
         Ok(())
     }
 
@@ -513,7 +499,7 @@ impl BlobBackend for RocksBackend {
             first: None,
             file: None,
             pending: false,
-            synced_to: 0,
+            behind: WriteBehind::default(),
             done: false,
         }))
     }
