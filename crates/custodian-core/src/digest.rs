@@ -112,7 +112,8 @@ impl Digest {
 
     /// The lower-case hex of the digest bytes, without prefix.
     pub fn hex(&self) -> String {
-        hex::encode(self.bytes)
+        let mut out = [0u8; DIGEST_LEN * 2];
+        encode_hex(&self.bytes, &mut out).to_owned()
     }
 
     /// Computes the digest of `data` with `algorithm` in one call.
@@ -126,8 +127,61 @@ impl Digest {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.algorithm, hex::encode(self.bytes))
+        // Formatted on the stack: FindMissing and listings format thousands of digests per call.
+        let mut out = [0u8; DIGEST_LEN * 2];
+        f.write_str(self.algorithm.name())?;
+        f.write_str(":")?;
+        f.write_str(encode_hex(&self.bytes, &mut out))
     }
+}
+
+/// Writes the lower-case hex of `bytes` into `out` and returns it as text.
+fn encode_hex<'a>(bytes: &[u8; DIGEST_LEN], out: &'a mut [u8; DIGEST_LEN * 2]) -> &'a str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
+    }
+    // Every byte written above is an ASCII digit or letter, so this cannot fail.
+    std::str::from_utf8(out).unwrap_or_default()
+}
+
+/// The value of each lower-case hex digit, and 0xff for every other byte (upper case included).
+const HEX_VALUES: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut digit = 0;
+    while digit < 16 {
+        table[b"0123456789abcdef"[digit] as usize] = digit as u8;
+        digit += 1;
+    }
+    table
+};
+
+/// Decodes the well-formed case in one pass: a known prefix and exactly 64 lower-case hex digits.
+/// Anything else returns `None` and is left to the careful path, which says what is wrong.
+fn parse_well_formed(value: &str) -> Option<Digest> {
+    let (name, hex_part) = value.as_bytes().split_at_checked(7)?;
+    let algorithm = match name {
+        b"sha256:" => Algorithm::Sha256,
+        b"blake3:" => Algorithm::Blake3,
+        _ => return None,
+    };
+    if hex_part.len() != DIGEST_LEN * 2 {
+        return None;
+    }
+    // A table lookup without a branch per digit: random hex mixes digits and letters, and a
+    // branch on which one it is mispredicts half the time (FindMissing parses 10,000 per call).
+    let mut bytes = [0u8; DIGEST_LEN];
+    let mut invalid = 0u8;
+    for (byte, pair) in bytes.iter_mut().zip(hex_part.chunks_exact(2)) {
+        let (high, low) = (
+            HEX_VALUES[usize::from(pair[0])],
+            HEX_VALUES[usize::from(pair[1])],
+        );
+        invalid |= high | low;
+        *byte = (high << 4) | low;
+    }
+    (invalid & 0xf0 == 0).then_some(Digest { algorithm, bytes })
 }
 
 impl fmt::Debug for Digest {
@@ -140,6 +194,9 @@ impl FromStr for Digest {
     type Err = DigestError;
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if let Some(digest) = parse_well_formed(value) {
+            return Ok(digest);
+        }
         let Some((name, hex_part)) = value.split_once(':') else {
             return Err(DigestError::MissingAlgorithm {
                 value: value.to_owned(),
@@ -406,6 +463,32 @@ mod tests {
             let algorithm = if blake { Algorithm::Blake3 } else { Algorithm::Sha256 };
             let digest = Digest::new(algorithm, bytes);
             prop_assert_eq!(digest.to_string().parse::<Digest>().unwrap(), digest);
+        }
+
+        #[test]
+        fn display_matches_the_hex_crate(bytes in proptest::array::uniform32(any::<u8>())) {
+            let digest = Digest::sha256(bytes);
+            prop_assert_eq!(digest.to_string(), format!("sha256:{}", hex::encode(bytes)));
+            prop_assert_eq!(digest.hex(), hex::encode(bytes));
+        }
+
+        /// The one-pass parser accepts exactly what the strict rules accept: near-misses (an
+        /// upper-case digit, a stray character, the wrong prefix) must still be refused.
+        #[test]
+        fn one_pass_parse_agrees_with_the_rules(
+            prefix in prop::sample::select(vec!["sha256:", "blake3:", "SHA256:", "sha256;", "md5:12"]),
+            hex_part in "[0-9a-fA-Fg ]{64}",
+        ) {
+            let text = format!("{prefix}{hex_part}");
+            let valid = (prefix == "sha256:" || prefix == "blake3:")
+                && hex_part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            match text.parse::<Digest>() {
+                Ok(digest) => {
+                    prop_assert!(valid, "{} was accepted", text);
+                    prop_assert_eq!(digest.to_string(), text);
+                }
+                Err(err) => prop_assert!(!valid, "{} was refused: {}", text, err),
+            }
         }
 
         #[test]

@@ -683,6 +683,36 @@ async fn find_missing_reports_absent_in_order(store: &BlobStore) {
     let missing = store.find_missing(&query).await.expect("find_missing");
     assert_eq!(missing, vec![absent_a, absent_b], "find_missing result");
     assert!(store.find_missing(&[]).await.expect("empty").is_empty());
+
+    // A larger query in no particular order, with repeats of both kinds: backends that batch or
+    // sort their reads must still answer each position for its own digest.
+    let mut stored = Vec::new();
+    for seed in 0..16u64 {
+        stored.push(
+            put(store, &pattern(200 + seed, 64 + seed as usize))
+                .await
+                .meta
+                .digests,
+        );
+    }
+    let mut query = Vec::new();
+    let mut expected = Vec::new();
+    for (i, digests) in stored.iter().enumerate().rev() {
+        let absent = Digest::of(Algorithm::Sha256, format!("absent {i}").as_bytes());
+        query.extend([
+            digests.blake3,
+            absent,
+            digests.sha256,
+            absent,
+            digests.sha256,
+        ]);
+        expected.extend([absent, absent]);
+    }
+    let missing = store.find_missing(&query).await.expect("find_missing");
+    assert_eq!(
+        missing, expected,
+        "find_missing of a mixed query with repeats"
+    );
 }
 
 async fn delete_many_removes_each_and_reports_which_existed(store: &BlobStore) {

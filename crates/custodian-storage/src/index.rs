@@ -48,6 +48,16 @@ pub trait BlobIndex: Send + Sync + 'static {
     /// Looks up many digests at once, in order.
     fn lookup_many(&self, digests: &[Digest]) -> Result<Vec<Option<BlobMeta>>>;
 
+    /// Whether each of many digests is committed, in order. Indexes that can answer without
+    /// decoding every blob's metadata override this (FindMissing asks about thousands at once).
+    fn present_many(&self, digests: &[Digest]) -> Result<Vec<bool>> {
+        Ok(self
+            .lookup_many(digests)?
+            .iter()
+            .map(Option::is_some)
+            .collect())
+    }
+
     /// A fresh upload id, unique among every daemon sharing the index.
     fn new_upload_id(&self) -> u64;
 

@@ -60,6 +60,19 @@ impl BlobMeta {
         out
     }
 
+    /// The SHA-256 that encoded metadata describes, read without decoding the rest: enough for
+    /// an index to check that an entry is filed under the right digest when it only needs to know
+    /// that the blob is there.
+    pub fn peek_sha256(bytes: &[u8]) -> Result<Digest, MetaDecodeError> {
+        if bytes.len() < FIXED_LEN {
+            return Err(MetaDecodeError("shorter than the fixed header"));
+        }
+        if bytes[0] != META_VERSION {
+            return Err(MetaDecodeError("unknown format version"));
+        }
+        Ok(Digest::sha256(Reader(&bytes[9..]).take()))
+    }
+
     /// Decodes what [`BlobMeta::encode`] wrote, checking every length.
     pub fn decode(bytes: &[u8]) -> Result<Self, MetaDecodeError> {
         if bytes.len() < FIXED_LEN {

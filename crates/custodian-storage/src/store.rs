@@ -127,6 +127,17 @@ pub trait BlobBackend: Send + Sync + 'static {
         Ok(out)
     }
 
+    /// Whether each of many digests is in custody, in order; backends whose index can answer
+    /// without decoding every blob's metadata override this.
+    async fn present_many(&self, digests: &[Digest]) -> Result<Vec<bool>> {
+        Ok(self
+            .lookup_many(digests)
+            .await?
+            .iter()
+            .map(Option::is_some)
+            .collect())
+    }
+
     /// Starts an upload. `expect` lets a backend write straight to the final location when the
     /// SHA-256 is known in advance.
     async fn begin(&self, expect: &Expectation) -> Result<Box<dyn BlockSink>>;
@@ -424,13 +435,18 @@ impl BlobStore {
 
     /// The digests among `digests` that are not in custody, in the order given.
     pub async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
-        let found = self.backend.lookup_many(digests).await?;
+        let present = self.present(digests).await?;
         Ok(digests
             .iter()
-            .zip(found)
-            .filter(|(_, meta)| meta.is_none())
+            .zip(present)
+            .filter(|(_, present)| !present)
             .map(|(digest, _)| *digest)
             .collect())
+    }
+
+    /// Whether each of `digests` is in custody, in the order given.
+    pub async fn present(&self, digests: &[Digest]) -> Result<Vec<bool>> {
+        self.backend.present_many(digests).await
     }
 
     /// Removes a blob (by either digest); returns whether it existed.

@@ -806,6 +806,13 @@ impl BlobBackend for ObjectBackend {
             .await
     }
 
+    async fn present_many(&self, digests: &[Digest]) -> Result<Vec<bool>> {
+        let digests = digests.to_vec();
+        self.shared
+            .blocking(move |index| index.present_many(&digests))
+            .await
+    }
+
     async fn commit_small(
         &self,
         blobs: Vec<(BlobMeta, Bytes)>,

@@ -489,6 +489,12 @@ impl BlobBackend for RocksBackend {
         blocking(move || index.lookup_many(&digests)).await
     }
 
+    async fn present_many(&self, digests: &[Digest]) -> Result<Vec<bool>> {
+        let index = self.index.clone();
+        let digests = digests.to_vec();
+        blocking(move || index.present_many(&digests)).await
+    }
+
     async fn begin(&self, _expect: &Expectation) -> Result<Box<dyn BlockSink>> {
         self.index.check_writable()?;
         Ok(Box::new(RocksSink {

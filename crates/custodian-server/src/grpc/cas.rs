@@ -659,25 +659,25 @@ impl ContentStore for CasService {
                     .or_else(|_| parse_digest(&format!("digests[{i}]"), d))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let missing = self
+        let mut present = self
             .store
-            .find_missing(&digests)
+            .present(&digests)
             .await
             .map_err(GrpcError::from)?;
-        let mut absent: std::collections::HashSet<Digest> = missing.into_iter().collect();
         // Blobs the caller may not read are reported missing, as if they were not in custody.
         if !who.allows_everywhere(Scope::Read) {
-            for digest in &digests {
-                if !absent.contains(digest) && !self.digest_readable(&who, digest).await? {
-                    absent.insert(*digest);
+            for (digest, present) in digests.iter().zip(present.iter_mut()) {
+                if *present && !self.digest_readable(&who, digest).await? {
+                    *present = false;
                 }
             }
         }
         Ok(Response::new(pb::FindMissingResponse {
             missing_digests: digests
                 .iter()
-                .filter(|d| absent.contains(d))
-                .map(ToString::to_string)
+                .zip(present)
+                .filter(|(_, present)| !present)
+                .map(|(digest, _)| digest.to_string())
                 .collect(),
         }))
     }
