@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use custodian_testkit::Daemon;
 
-/// Options of `custodian-bench small`.
 /// How many FindMissing calls are timed: enough for a steady median on a noisy machine.
 const FIND_MISSING_CALLS: usize = 100;
 
+/// Options of `custodian-bench small`.
 #[derive(Args)]
 pub struct SmallArgs {
     /// How many blobs
@@ -27,6 +27,14 @@ pub struct SmallArgs {
     /// Concurrent BatchPut calls
     #[arg(long, default_value_t = 2)]
     clients: usize,
+    /// Also measure each backend on a store that already holds this many other small blobs,
+    /// next to the fresh store (e.g. 1000000; RocksDB fills at tens of thousands a second,
+    /// `file://` at a few thousand)
+    #[arg(long, default_value_t = 0)]
+    prefill: u64,
+    /// Bytes per prefilled blob
+    #[arg(long, default_value_t = 256)]
+    prefill_size: usize,
     /// Backends to measure: rocksdb, file
     #[arg(long = "backend", default_values_t = ["rocksdb".to_string(), "file".to_string()])]
     backends: Vec<String>,
@@ -42,6 +50,12 @@ pub struct SmallArgs {
 #[derive(Serialize, Deserialize)]
 pub struct Row {
     pub backend: String,
+    /// How many other blobs the store held before the timed puts.
+    #[serde(default)]
+    pub stored_before: u64,
+    /// How fast those were put (BatchPut, blobs/s), if any were.
+    #[serde(default)]
+    pub prefill_blobs_per_s: Option<f64>,
     pub blobs: usize,
     pub blob_bytes: usize,
     pub batch_put_blobs_per_s: f64,
@@ -177,11 +191,76 @@ async fn measure(args: &SmallArgs, daemon: &Daemon, backend: &str) -> anyhow::Re
             / put_time.as_secs_f64(),
         batch_ms_p50: custodian_testkit::percentile_ms(&latencies, 0.5),
         batch_ms_p99: custodian_testkit::percentile_ms(&latencies, 0.99),
+        stored_before: 0,
+        prefill_blobs_per_s: None,
         find_missing_digests: args.blobs,
         find_missing_ms_p50: custodian_testkit::percentile_ms(&find, 0.5),
         find_missing_ms_p99: custodian_testkit::percentile_ms(&find, 0.99),
         daemon_peak_rss_mib: daemon.peak_rss() as f64 / (1 << 20) as f64,
     })
+}
+
+/// Fills the store with `count` small blobs, distinct from the ones `measure` puts (each begins
+/// with its index and a marker), through `clients` concurrent `BatchPut` streams; returns the
+/// rate. Batches are built as they are sent, so a million blobs never sit in memory at once.
+async fn prefill(
+    args: &SmallArgs,
+    daemon: &Daemon,
+    backend: &str,
+    count: u64,
+) -> anyhow::Result<f64> {
+    let size = args.prefill_size.max(16);
+    let caps = client(daemon)
+        .await?
+        .get_capabilities(pb::GetCapabilitiesRequest {})
+        .await?
+        .into_inner();
+    let per_batch = ((caps.max_batch_total_size_bytes as usize) / size).max(1) as u64;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients.max(1) {
+        let next = next.clone();
+        let mut c = client(daemon).await?;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let start = next.fetch_add(per_batch, std::sync::atomic::Ordering::Relaxed);
+                if start >= count {
+                    return anyhow::Ok(());
+                }
+                let items: Vec<pb::BatchPutItem> = (start..(start + per_batch).min(count))
+                    .map(|i| {
+                        let mut data = vec![0x5au8; size];
+                        data[..8].copy_from_slice(&i.to_le_bytes());
+                        data[8..16].copy_from_slice(b"prefill!");
+                        pb::BatchPutItem {
+                            expected_digest: Digest::of(Algorithm::Sha256, &data).to_string(),
+                            data: data.into(),
+                        }
+                    })
+                    .collect();
+                let n = items.len();
+                let reply = c
+                    .batch_put(pb::BatchPutRequest { items })
+                    .await?
+                    .into_inner();
+                let failed = reply.results.iter().filter(|r| r.error.is_some()).count();
+                anyhow::ensure!(
+                    failed == 0,
+                    "{failed} of {n} prefill blobs failed in a BatchPut"
+                );
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    eprintln!(
+        "prefilled the {backend} store with {count} blobs of {size} bytes in {:.1} s ({rate:.0}/s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(rate)
 }
 
 /// Runs the small-blob benchmark.
@@ -194,15 +273,32 @@ pub fn run(args: SmallArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let mut rows = Vec::new();
+    let stores: &[u64] = if args.prefill > 0 {
+        &[0, args.prefill]
+    } else {
+        &[0]
+    };
     for backend in &args.backends {
-        let data_dir = work.join(format!("data-{backend}"));
-        let storage = match backend.as_str() {
-            "rocksdb" => "rocksdb".to_string(),
-            "file" => format!("file://{}", work.join("objects").display()),
-            other => anyhow::bail!("unknown backend {other:?}; use rocksdb or file"),
-        };
-        let daemon = crate::measure::daemon(&data_dir, &storage, &[])?;
-        rows.push(runtime.block_on(measure(&args, &daemon, backend))?);
+        for &stored in stores {
+            let data_dir = work.join(format!("data-{backend}-{stored}"));
+            let storage = match backend.as_str() {
+                "rocksdb" => "rocksdb".to_string(),
+                "file" => format!(
+                    "file://{}",
+                    work.join(format!("objects-{stored}")).display()
+                ),
+                other => anyhow::bail!("unknown backend {other:?}; use rocksdb or file"),
+            };
+            let daemon = crate::measure::daemon(&data_dir, &storage, &[])?;
+            let prefill_rate = match stored {
+                0 => None,
+                n => Some(runtime.block_on(prefill(&args, &daemon, backend, n))?),
+            };
+            let mut row = runtime.block_on(measure(&args, &daemon, backend))?;
+            row.stored_before = stored;
+            row.prefill_blobs_per_s = prefill_rate;
+            rows.push(row);
+        }
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -213,13 +309,14 @@ pub fn run(args: SmallArgs) -> anyhow::Result<ExitCode> {
         args.blobs, args.size, args.clients, args.blobs
     );
     println!(
-        "| backend | BatchPut blobs/s | MiB/s | batch p50 ms | batch p99 ms | FindMissing p50 ms | p99 ms | daemon peak RSS |"
+        "| backend | stored before | BatchPut blobs/s | MiB/s | batch p50 ms | batch p99 ms | FindMissing p50 ms | p99 ms | daemon peak RSS |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} MiB |",
+            "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} MiB |",
             r.backend,
+            r.stored_before,
             r.batch_put_blobs_per_s,
             r.batch_put_mib_per_s,
             r.batch_ms_p50,

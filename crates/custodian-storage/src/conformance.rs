@@ -63,6 +63,7 @@ pub async fn run(harness: &dyn Harness, options: Options) {
     delete_then_put_again(&store).await;
     delete_many_removes_each_and_reports_which_existed(&store).await;
     put_many_verifies_each_and_keeps_order(&store).await;
+    put_many_past_one_commit_keeps_order(&store).await;
     list_walks_everything_and_quarantine_hides_a_blob(&store).await;
     staged_sessions_commit_and_refuse_damage(&store).await;
     assert_no_pending(&store, "after the single-session cases").await;
@@ -289,6 +290,77 @@ async fn put_many_verifies_each_and_keeps_order(store: &BlobStore) {
             assert!(store.delete(&digest).await.expect("delete"));
         }
     }
+}
+
+/// `put_many` of more small blobs than one durable commit takes (the store splits them): every
+/// answer is still in input order, a duplicate split across two commits is stored once, and a
+/// wrong digest in the second commit stores nothing.
+async fn put_many_past_one_commit_keeps_order(store: &BlobStore) {
+    let count = 1030u64;
+    let (duplicate, wrong) = (1027usize, 1025usize);
+    let blobs: Vec<Bytes> = (0..count)
+        .map(|i| match i as usize {
+            i if i == duplicate => pattern(20_003, 40),
+            i => pattern(20_000 + i as u64, 40),
+        })
+        .collect();
+    let items: Vec<(Expectation, Bytes)> = blobs
+        .iter()
+        .enumerate()
+        .map(|(i, data)| {
+            let expect = Expectation {
+                digest: Some(if i == wrong {
+                    Digest::of(Algorithm::Sha256, b"not this blob")
+                } else {
+                    Digest::of(Algorithm::Sha256, data)
+                }),
+                size: None,
+            };
+            (expect, data.clone())
+        })
+        .collect();
+    let results = store.put_many(items).await;
+    assert_eq!(results.len(), blobs.len());
+    for (i, (result, data)) in results.iter().zip(&blobs).enumerate() {
+        match result {
+            Ok(outcome) => {
+                assert_ne!(i, wrong, "the wrong digest was accepted");
+                assert_eq!(
+                    outcome.meta.sha256(),
+                    Digest::of(Algorithm::Sha256, data),
+                    "answer {i} is for another blob"
+                );
+                assert_eq!(outcome.already_present, i == duplicate, "answer {i}");
+            }
+            Err(StorageError::DigestMismatch { .. }) if i == wrong => {}
+            Err(err) => panic!("put_many past one commit, blob {i}: {err}"),
+        }
+    }
+    assert_absent(
+        store,
+        &Digest::of(Algorithm::Sha256, &blobs[wrong]),
+        "put_many past one commit, wrong digest",
+    )
+    .await;
+    let digests: Vec<Digest> = blobs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != wrong && *i != duplicate)
+        .map(|(_, data)| Digest::of(Algorithm::Sha256, data))
+        .collect();
+    assert!(
+        store
+            .find_missing(&digests)
+            .await
+            .expect("find_missing")
+            .is_empty()
+    );
+    assert_eq!(
+        read_all(store, &digests[1000], ByteRange::ALL).await,
+        blobs[1000].as_ref()
+    );
+    let existed = store.delete_many(&digests).await.expect("delete_many");
+    assert!(existed.iter().all(|e| *e), "every stored blob is deleted");
 }
 
 async fn list_walks_everything_and_quarantine_hides_a_blob(store: &BlobStore) {
