@@ -350,7 +350,7 @@ impl RocksIndex {
 
     /// Reads the metadata values of many digests (either algorithm) in two batched reads and
     /// turns each value found into a `T` with `read`.
-    fn read_many<T: Clone>(
+    fn read_many<T>(
         &self,
         digests: &[Digest],
         read: impl Fn([u8; 32], &[u8]) -> Result<T>,
@@ -382,33 +382,25 @@ impl RocksIndex {
         // the read itself at 10,000 keys. Sorting here is cheaper: digests are uniformly spread,
         // so their first eight bytes order them almost always, and the whole key breaks the rare
         // tie (and orders a digest asked for twice).
-        let mut order: Vec<(u64, usize)> = sha_keys
+        let mut order: Vec<(u64, [u8; 32], usize)> = sha_keys
             .iter()
             .enumerate()
-            .filter_map(|(i, key)| key.map(|k| (prefix_u64(&k), i)))
+            .filter_map(|(i, key)| key.map(|k| (prefix_u64(&k), k, i)))
             .collect();
-        order.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then_with(|| sha_keys[a.1].cmp(&sha_keys[b.1]))
-        });
-        let order: Vec<usize> = order.into_iter().map(|(_, i)| i).collect();
+        order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         let values = self.db.batched_multi_get_cf(
             self.cf(CF_META)?,
-            order
-                .iter()
-                .filter_map(|&i| sha_keys[i].as_ref().map(|k| k.as_slice())),
+            order.iter().map(|(_, key, _)| key.as_slice()),
             true,
         );
         if values.len() != order.len() {
             return Err(self.err("batched read returned the wrong number of results"));
         }
-        let mut out = vec![None; digests.len()];
-        for (&i, value) in order.iter().zip(values) {
-            let Some(value) = value.map_err(|e| self.err(e))? else {
-                continue;
-            };
-            let Some(sha256) = sha_keys[i] else { continue };
-            out[i] = Some(read(sha256, &value)?);
+        let mut out: Vec<Option<T>> = (0..digests.len()).map(|_| None).collect();
+        for (&(_, sha256, i), value) in order.iter().zip(values) {
+            if let Some(value) = value.map_err(|e| self.err(e))? {
+                out[i] = Some(read(sha256, &value)?);
+            }
         }
         Ok(out)
     }
