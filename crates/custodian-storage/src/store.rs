@@ -974,8 +974,8 @@ const PUT_MANY_CONCURRENCY: usize = 64;
 
 /// The most small blobs `put_many` commits in one durable write. A 4 MiB `BatchPut` of 256-byte
 /// blobs is 16,000 of them; committed at once, their write batch and bookkeeping took the
-/// daemon's memory past its budget (138 MiB peak filling a store with a million of them, 99 MiB
-/// in commits of 1,024), for no gain in speed: one synced write per 1,024 blobs is already a
+/// daemon's memory past its budget (a 138 MiB peak filling a store with a million of them; with
+/// this limit, 108–113 MiB), for no gain in speed: one synced write per 1,024 blobs is already a
 /// small share of their cost.
 const SMALL_COMMIT_MAX: usize = 1024;
 
