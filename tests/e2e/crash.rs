@@ -457,9 +457,20 @@ async fn kill_9_cycles_on_the_file_object_backend_lose_nothing_acknowledged() {
 }
 
 /// What a restarted object backend must not leave behind: no pending-upload record in its
-/// index, no staged object, no partial file of the local store's multipart uploads.
+/// index, no staged object, no partial file of the local store's multipart uploads, and no pack
+/// that no committed blob lies in (a batch cut before its commit must lose its pack).
 fn assert_no_object_leftovers(data_dir: &Path, objects: &Path, cycle: u64) {
-    open_without_pending(&data_dir.join("object-index"), cycle);
+    let db = open_without_pending(&data_dir.join("object-index"), cycle);
+    let meta = db.cf_handle("meta").expect("meta");
+    let referenced: std::collections::HashSet<String> = db
+        .iterator_cf(meta, rocksdb::IteratorMode::Start)
+        .filter_map(|item| {
+            let (_, value) = item.expect("read meta");
+            let len = value[0] as usize;
+            let meta = custodian_storage::BlobMeta::decode(&value[1 + len..]).expect("decode meta");
+            meta.packed.map(|at| format!("{:016x}", at.pack))
+        })
+        .collect();
     let mut stack = vec![objects.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -473,6 +484,13 @@ fn assert_no_object_leftovers(data_dir: &Path, objects: &Path, cycle: u64) {
                 !name.contains("/staging/") && !name.contains('#'),
                 "cycle {cycle}: {name} was left behind"
             );
+            if path.parent().and_then(Path::file_name) == Some("packs".as_ref()) {
+                let id = entry.file_name().to_string_lossy().into_owned();
+                assert!(
+                    referenced.contains(&id),
+                    "cycle {cycle}: pack {id} holds no committed blob"
+                );
+            }
         }
     }
 }

@@ -81,8 +81,9 @@ pub trait BlobIndex: Send + Sync + 'static {
     /// before.
     fn commit(&self, commits: &[(u64, BlobMeta)]) -> Result<Vec<(BlobMeta, bool)>>;
 
-    /// Removes a committed blob's entries, durably; returns whether it was committed.
-    fn delete(&self, sha256: &Digest) -> Result<bool>;
+    /// Removes a committed blob's entries, durably; returns the metadata it had, if it was
+    /// committed (the backend needs it to find the bytes to remove).
+    fn delete(&self, sha256: &Digest) -> Result<Option<BlobMeta>>;
 
     /// Up to `limit` committed SHA-256 digests after `after`, in byte order. Entries whose
     /// metadata no longer decodes are listed too.

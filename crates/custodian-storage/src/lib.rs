@@ -29,7 +29,7 @@ pub use ledger::{
     MemoryLedger, Prepared, SignedCheckpoint,
 };
 pub use memory::MemoryBackend;
-pub use meta::{BlobMeta, MetaDecodeError};
+pub use meta::{BlobMeta, MetaDecodeError, PackedAt};
 pub use shared::SharedState;
 pub use staging::{WriteBehind, drop_cached};
 pub use store::{

@@ -557,6 +557,7 @@ impl Staged {
             created_unix_ms: now_unix_ms(),
             block_size: self.block_size,
             block_crcs: self.block_crcs,
+            packed: None,
         }
     }
 }
@@ -944,6 +945,7 @@ impl BlobWriter {
             created_unix_ms: now_unix_ms(),
             block_size: self.block_size as u32,
             block_crcs: std::mem::take(&mut self.crcs),
+            packed: None,
         };
         let sink = self
             .sink
@@ -995,6 +997,7 @@ fn small_meta(expect: &Expectation, data: &Bytes, block_size: usize) -> Result<B
         } else {
             vec![crc32c::crc32c(data)]
         },
+        packed: None,
     })
 }
 
@@ -1018,6 +1021,7 @@ mod tests {
             created_unix_ms: 0,
             block_size,
             block_crcs: blocks.iter().map(|b| crc32c::crc32c(b)).collect(),
+            packed: None,
         }
     }
 

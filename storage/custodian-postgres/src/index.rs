@@ -405,14 +405,24 @@ impl BlobIndex for PgIndex {
         })
     }
 
-    fn delete(&self, sha256: &Digest) -> Result<bool> {
+    fn delete(&self, sha256: &Digest) -> Result<Option<BlobMeta>> {
         let key = sha256.bytes().to_vec();
         self.call(move |c| {
-            Ok(
-                c.execute("DELETE FROM custodian_blobs WHERE sha256 = $1", &[&key])
-                    .map_err(db)?
-                    == 1,
-            )
+            // In a transaction, so that a row whose metadata does not decode stays in place
+            // (and the caller quarantines it) instead of vanishing without its description.
+            let mut tx = c.transaction().map_err(db)?;
+            let Some(row) = tx
+                .query_opt(
+                    "DELETE FROM custodian_blobs WHERE sha256 = $1 RETURNING sha256, blake3, meta",
+                    &[&key],
+                )
+                .map_err(db)?
+            else {
+                return Ok(None);
+            };
+            let meta = decode(row.get(0), row.get(1), row.get(2))?;
+            tx.commit().map_err(db)?;
+            Ok(Some(meta))
         })
     }
 
@@ -439,8 +449,14 @@ impl BlobIndex for PgIndex {
     }
 
     fn forget(&self, sha256: &Digest) -> Result<()> {
-        // The row holds both keys, so removing it needs nothing from its metadata.
-        self.delete(sha256).map(|_| ())
+        // The row holds both keys, so removing it needs nothing from its metadata (which may
+        // not decode: that is why the blob is being forgotten).
+        let key = sha256.bytes().to_vec();
+        self.call(move |c| {
+            c.execute("DELETE FROM custodian_blobs WHERE sha256 = $1", &[&key])
+                .map_err(db)?;
+            Ok(())
+        })
     }
 
     fn shared_state(self: Arc<Self>) -> Option<Arc<dyn SharedState>> {

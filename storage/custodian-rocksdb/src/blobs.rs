@@ -868,6 +868,7 @@ mod tests {
             created_unix_ms: 1,
             block_size: 4096,
             block_crcs: crcs,
+            packed: None,
         };
         // Exactly what the earlier write path left: one key per block, an 8-byte location.
         let extent = backend.index.new_upload_id();

@@ -631,15 +631,15 @@ impl custodian_storage::BlobIndex for RocksIndex {
         Ok(out)
     }
 
-    fn delete(&self, sha256: &Digest) -> Result<bool> {
+    fn delete(&self, sha256: &Digest) -> Result<Option<BlobMeta>> {
         let _guard = self.lock_commits(sha256);
         let Some(entry) = RocksIndex::lookup(self, sha256)? else {
-            return Ok(false);
+            return Ok(None);
         };
         let mut batch = WriteBatch::default();
         self.add_delete(&mut batch, &entry.meta)?;
         self.write_synced(batch)?;
-        Ok(true)
+        Ok(Some(entry.meta))
     }
 
     fn list(&self, after: Option<Digest>, limit: usize) -> Result<Vec<Digest>> {
@@ -663,6 +663,7 @@ mod tests {
             created_unix_ms: 1,
             block_size: 4096,
             block_crcs: vec![crc32c::crc32c(data)],
+            packed: None,
         }
     }
 
