@@ -313,11 +313,11 @@ async fn short_writes_everywhere_lose_nothing() {
     scenario(Some("file://ROOT/objects"), "", "short", "write", 0).await;
 }
 
-/// On `file://`, a batch of small blobs is written without a sync per object and made durable
-/// by one `syncfs`. When that syncfs fails, no blob of the batch is acknowledged, the store
-/// refuses writes until restarted, and after the restart none of the batch is in custody.
+/// On `file://`, a batch of small blobs is one pack file, made durable by one fsync of that file.
+/// When that fsync fails, no blob of the batch is acknowledged, the store refuses writes until
+/// restarted, and after the restart none of the batch is in custody.
 #[tokio::test]
-async fn object_backend_batch_whose_syncfs_fails_acknowledges_nothing() {
+async fn object_backend_batch_whose_pack_sync_fails_acknowledges_nothing() {
     use custodian_proto::cas::v1 as pb;
 
     let dir = tempfile::tempdir().expect("a step of the fault test");
@@ -362,16 +362,19 @@ async fn object_backend_batch_whose_syncfs_fails_acknowledges_nothing() {
         .into_inner();
     let fired = std::fs::read_to_string(&faults).unwrap_or_default();
     assert!(
-        fired.starts_with("syncfs "),
-        "the first sync in the object directory should be the batch's syncfs: {fired:?}"
+        fired.starts_with("fsync ") && fired.lines().next().is_some_and(|l| l.contains("/packs/")),
+        "the first sync in the object directory should be the batch's pack: {fired:?}"
     );
     for result in &failed.results {
-        let error = result.error.as_ref().unwrap_or_else(|| {
-            panic!("an item was acknowledged after a failed syncfs: {result:?}")
-        });
+        let error = result
+            .error
+            .as_ref()
+            .unwrap_or_else(|| panic!("an item was acknowledged after a failed sync: {result:?}"));
         assert!(
-            error.message.contains("syncfs") && error.message.contains("Input/output error"),
-            "the error should name the failed sync: {error:?}"
+            error.message.contains("packs/")
+                && error.message.contains("sync")
+                && error.message.contains("Input/output error"),
+            "the error should name the pack and the failed sync: {error:?}"
         );
     }
     // The store now refuses writes until it is restarted.

@@ -17,8 +17,8 @@
 //!
 //! `BatchPut`'s small blobs take a batched form of the same path (`commit_small`). On `file://`
 //! (Linux) a batch becomes one *pack*, `<prefix>/packs/<id>`: the blobs back to back at 4 KiB
-//! boundaries, each blob's metadata naming the pack and its offset; one pending record, one
-//! `syncfs`, one synced index batch. A deleted packed blob's range is punched out of the file
+//! boundaries, each blob's metadata naming the pack and its offset; one pending record, the
+//! pack file fsynced with its directory, one synced index batch. A deleted packed blob's range is punched out of the file
 //! (`fallocate`), and a pack with no data left is removed. Elsewhere each small blob is an
 //! object of its own: one synced batch of pending records, the objects written straight to
 //! their final keys, one synced index batch for all.
@@ -114,11 +114,10 @@ struct Shared {
     /// The ids of this process's uploads that have begun and not ended: their pending records
     /// are not leftovers, whatever the index says.
     live: std::sync::Mutex<std::collections::HashSet<u64>>,
-    /// On `file://` under Linux: the same directory without a sync per file, and the directory
-    /// itself. A batch of small blobs is written through it as one pack and then made durable
-    /// with one `syncfs` of the directory's filesystem; a deleted packed blob's bytes are freed
-    /// in place (see [`Shared::unpack`]).
-    packs: Option<(Arc<dyn ObjectStore>, std::path::PathBuf)>,
+    /// On `file://` under Linux, the store's root directory: a batch of small blobs is written
+    /// as one pack file under it, and a deleted packed blob's bytes are freed in place there
+    /// (see [`Shared::unpack`]).
+    packs: Option<std::path::PathBuf>,
 }
 
 impl Shared {
@@ -183,7 +182,7 @@ impl Shared {
 
     /// Frees `size` bytes (rounded up to whole blocks) at `offset` of the pack at `key`.
     async fn free_range(&self, key: &Path, offset: u64, size: u64) -> std::io::Result<()> {
-        let Some((_, root)) = &self.packs else {
+        let Some(root) = &self.packs else {
             return Err(std::io::Error::other(
                 "this store keeps no packs; the blob's metadata names one",
             ));
@@ -345,35 +344,16 @@ fn local_files(
         .with_automatic_cleanup(true))
 }
 
-/// The unsynced view of a `file://` store and its root, for packs of small blobs made durable
-/// with one `syncfs` and freed blob by blob with `fallocate` (Linux only: elsewhere every small
-/// blob is an object of its own, fsynced on its own).
-fn pack_files(url: &str) -> Result<Option<(Arc<dyn ObjectStore>, std::path::PathBuf)>> {
+/// The root of a `file://` store, where small blobs are packed and freed blob by blob with
+/// `fallocate` (Linux only: elsewhere every small blob is an object of its own).
+fn pack_files(url: &str) -> Option<std::path::PathBuf> {
     if !cfg!(target_os = "linux") {
-        return Ok(None);
+        return None;
     }
-    let Some(root) = url::Url::parse(url)
+    url::Url::parse(url)
         .ok()
         .filter(|parsed| parsed.scheme() == "file")
         .and_then(|parsed| parsed.to_file_path().ok())
-    else {
-        return Ok(None);
-    };
-    let store = local_files(url, &root, false)?;
-    Ok(Some((Arc::new(store), root)))
-}
-
-/// Flushes the whole filesystem that holds `dir` (`syncfs(2)`). Since Linux 5.8 it also
-/// reports any writeback error on that filesystem since `dir` was opened, so a batch opens
-/// the directory before its first write.
-#[cfg(target_os = "linux")]
-fn sync_filesystem(dir: &std::fs::File) -> std::io::Result<()> {
-    nix::unistd::syncfs(dir).map_err(std::io::Error::from)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn sync_filesystem(_dir: &std::fs::File) -> std::io::Result<()> {
-    Ok(())
 }
 
 /// Frees bytes `offset..offset + size` (rounded up to [`PACK_ALIGN`]) of the pack at `path`,
@@ -521,7 +501,7 @@ impl ObjectBackend {
                 name,
                 poison_on_write_failure: name == "file",
                 live: Default::default(),
-                packs: pack_files(&config.url)?,
+                packs: pack_files(&config.url),
             }),
             block_size: config.block_size,
             part_size: config.part_size,
@@ -793,7 +773,7 @@ impl ObjectBackend {
                 .collect());
         }
         let committed = match &shared.packs {
-            Some((store, root)) => commit_pack(&shared, store, root, todo).await?,
+            Some(_) => commit_pack(&shared, todo).await?,
             None => commit_objects(&shared, todo).await?,
         };
         let committed: std::collections::HashMap<Digest, (BlobMeta, bool)> = committed
@@ -891,14 +871,12 @@ async fn commit_objects(
 
 /// Commits new small blobs as one pack: a single local file holding them all, each at a
 /// [`PACK_ALIGN`] boundary, its metadata naming the pack and the offset. One synced pending
-/// record, the pack written without a sync of its own, one `syncfs`, one synced index batch:
-/// one new file per batch instead of one per blob, which is what bounds a file system's rate.
+/// record, the pack written and fsynced (with its directory), one synced index batch: one new
+/// file per batch instead of one per blob, which is what bounds a file system's rate.
 /// A crash before the index commit leaves the pending record, and the next open deletes the
 /// pack it names; none of its blobs was visible.
 async fn commit_pack(
     shared: &Arc<Shared>,
-    store: &Arc<dyn ObjectStore>,
-    root: &FsPath,
     todo: Vec<(BlobMeta, Bytes)>,
 ) -> Result<Vec<(BlobMeta, bool)>> {
     let name = shared.name;
@@ -932,19 +910,16 @@ async fn commit_pack(
         offset += padded;
         commits.push((id, meta));
     }
-    // The directory is opened before the write, so the syncfs reports any writeback error of
-    // the pack.
-    let written = match std::fs::File::open(root) {
-        Err(e) => Err(shared.err(format!("open {}: {e}", root.display()))),
-        Ok(dir) => match store.put(&key, parts.into_iter().collect()).await {
-            Err(e) => Err(shared.err(format!("write {key}: {e}"))),
-            Ok(_) => match tokio::task::spawn_blocking(move || sync_filesystem(&dir)).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(shared.err(format!("syncfs {}: {e}", root.display()))),
-                Err(e) => Err(shared.err(format!("the sync task failed: {e}"))),
-            },
-        },
-    };
+    // Through the synced local store: the pack is staged, fsynced, renamed into place and its
+    // directory fsynced. Syncing this one file, rather than the whole file system with
+    // `syncfs`, keeps a batch's latency independent of what else is being written there (a
+    // large upload's staged file, the index's compactions).
+    let written = shared
+        .store
+        .put(&key, parts.into_iter().collect())
+        .await
+        .map(|_| ())
+        .map_err(|e| shared.err(format!("write {key}: {e}")));
     if let Err(err) = written {
         let _ = shared.discard(id, Some(&key), None).await;
         return Err(shared.write_failed(err));
