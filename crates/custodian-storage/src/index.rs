@@ -85,6 +85,13 @@ pub trait BlobIndex: Send + Sync + 'static {
     /// committed (the backend needs it to find the bytes to remove).
     fn delete(&self, sha256: &Digest) -> Result<Option<BlobMeta>>;
 
+    /// Removes many committed blobs' entries, durably; returns, in order, the metadata each had
+    /// if it was committed (a digest repeated in `sha256s` is removed at its first place).
+    /// Indexes that can remove them in one durable write override this.
+    fn delete_many(&self, sha256s: &[Digest]) -> Result<Vec<Option<BlobMeta>>> {
+        sha256s.iter().map(|sha256| self.delete(sha256)).collect()
+    }
+
     /// Up to `limit` committed SHA-256 digests after `after`, in byte order. Entries whose
     /// metadata no longer decodes are listed too.
     fn list(&self, after: Option<Digest>, limit: usize) -> Result<Vec<Digest>>;

@@ -645,6 +645,28 @@ impl custodian_storage::BlobIndex for RocksIndex {
         Ok(Some(entry.meta))
     }
 
+    fn delete_many(&self, sha256s: &[Digest]) -> Result<Vec<Option<BlobMeta>>> {
+        let _guards = self.lock_commits_many(sha256s);
+        let found = RocksIndex::lookup_many(self, sha256s)?;
+        let mut batch = WriteBatch::default();
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(sha256s.len());
+        for (sha256, meta) in sha256s.iter().zip(found) {
+            match meta {
+                Some(meta) if seen.insert(*sha256) => {
+                    self.add_delete(&mut batch, &meta)?;
+                    out.push(Some(meta));
+                }
+                _ => out.push(None),
+            }
+        }
+        // One synced write for all of them: every entry is gone, or none.
+        if !seen.is_empty() {
+            self.write_synced(batch)?;
+        }
+        Ok(out)
+    }
+
     fn list(&self, after: Option<Digest>, limit: usize) -> Result<Vec<Digest>> {
         RocksIndex::list(self, after, limit)
     }
