@@ -25,6 +25,9 @@ pub struct GcArgs {
     /// Bytes per filled blob
     #[arg(long, default_value_t = 128)]
     size: usize,
+    /// The backend to collect on: rocksdb, or file (an object store in a local directory)
+    #[arg(long, default_value = "rocksdb")]
+    backend: String,
     /// How long to sample put latency with nothing else running, in seconds
     #[arg(long, default_value_t = 5)]
     idle_seconds: u64,
@@ -39,6 +42,7 @@ pub struct GcArgs {
 /// The figures.
 #[derive(Serialize)]
 pub struct GcRow {
+    pub backend: String,
     pub blobs: usize,
     pub blob_bytes: usize,
     pub fill_blobs_per_s: f64,
@@ -152,6 +156,7 @@ async fn measure(args: &GcArgs, daemon: &Daemon) -> anyhow::Result<GcRow> {
     let _ = stop_tx.send(true);
     let during = during.await??;
     Ok(GcRow {
+        backend: args.backend.clone(),
         blobs: total,
         blob_bytes: args.size,
         fill_blobs_per_s: total as f64 / fill.as_secs_f64(),
@@ -179,8 +184,9 @@ pub fn run(args: GcArgs) -> anyhow::Result<ExitCode> {
         args.json,
         |work| async move {
             // A 1 s upload expiry lets the collection run with a 1 s grace.
+            let storage = crate::measure::storage_for(&args.backend, &work.join("objects"))?;
             let daemon =
-                crate::measure::daemon(&work.join("data"), "rocksdb", &["--upload-expiry", "1s"])?;
+                crate::measure::daemon(&work.join("data"), &storage, &["--upload-expiry", "1s"])?;
             measure(args, &daemon).await
         },
         print,
@@ -190,8 +196,8 @@ pub fn run(args: GcArgs) -> anyhow::Result<ExitCode> {
 /// Prints the report as a table.
 fn print(row: &GcRow) {
     println!(
-        "garbage collection of {} blobs of {} bytes (all garbage), RocksDB, while 4 KiB puts continue:",
-        row.blobs, row.blob_bytes
+        "garbage collection of {} blobs of {} bytes (all garbage), {}, while 4 KiB puts continue:",
+        row.blobs, row.blob_bytes, row.backend
     );
     println!("| figure | value | ratio |");
     println!("|---|---:|---:|");

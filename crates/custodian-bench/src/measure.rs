@@ -18,6 +18,16 @@ pub fn daemon(data_dir: &Path, storage: &str, extra: &[&str]) -> anyhow::Result<
         .context("starting the daemon (build it first: cargo build --release -p custodian-cli)")
 }
 
+/// The daemon's `--storage` value for a backend a scenario names: the embedded RocksDB, or a
+/// `file://` object store at `objects`.
+pub fn storage_for(backend: &str, objects: &Path) -> anyhow::Result<String> {
+    match backend {
+        "rocksdb" => Ok("rocksdb".to_string()),
+        "file" => Ok(format!("file://{}", objects.display())),
+        other => anyhow::bail!("unknown backend {other:?}; use rocksdb or file"),
+    }
+}
+
 /// Times writing `size` bytes from a prepared buffer and fsyncing them, as
 /// `dd bs=8M conv=fsync` would: the disk's limit for anything that must be durable.
 pub fn measure_disk(path: &Path, size: u64) -> anyhow::Result<Duration> {

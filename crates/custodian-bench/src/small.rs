@@ -281,14 +281,8 @@ pub fn run(args: SmallArgs) -> anyhow::Result<ExitCode> {
     for backend in &args.backends {
         for &stored in stores {
             let data_dir = work.join(format!("data-{backend}-{stored}"));
-            let storage = match backend.as_str() {
-                "rocksdb" => "rocksdb".to_string(),
-                "file" => format!(
-                    "file://{}",
-                    work.join(format!("objects-{stored}")).display()
-                ),
-                other => anyhow::bail!("unknown backend {other:?}; use rocksdb or file"),
-            };
+            let storage =
+                crate::measure::storage_for(backend, &work.join(format!("objects-{stored}")))?;
             let daemon = crate::measure::daemon(&data_dir, &storage, &[])?;
             let prefill_rate = match stored {
                 0 => None,

@@ -192,13 +192,10 @@ impl Shared {
             .into_iter()
             .map(|(pack, ranges)| (root.join(self.pack_key(pack).as_ref()), ranges))
             .collect();
-        tokio::task::spawn_blocking(move || {
-            files
-                .iter()
-                .try_for_each(|(path, ranges)| free_packed(path, ranges))
-        })
-        .await
-        .map_err(std::io::Error::other)?
+        let root = root.clone();
+        tokio::task::spawn_blocking(move || free_packed(&root, &files))
+            .await
+            .map_err(std::io::Error::other)?
     }
 
     /// Frees `size` bytes (rounded up to whole blocks) at `offset` of the pack at `key`.
@@ -208,8 +205,9 @@ impl Shared {
                 "this store keeps no packs; the blob's metadata names one",
             ));
         };
-        let path = root.join(key.as_ref());
-        tokio::task::spawn_blocking(move || free_packed(&path, &[(offset, size)]))
+        let files = vec![(root.join(key.as_ref()), vec![(offset, size)])];
+        let root = root.clone();
+        tokio::task::spawn_blocking(move || free_packed(&root, &files))
             .await
             .map_err(std::io::Error::other)?
     }
@@ -390,34 +388,63 @@ fn pack_files(url: &str) -> Option<std::path::PathBuf> {
         .and_then(|parsed| parsed.to_file_path().ok())
 }
 
-/// Frees each range `offset..offset + size` (rounded up to [`PACK_ALIGN`]) of the pack at
-/// `path`, syncs the file once, and removes it once no data block is left. A pack already gone
-/// is fine: a concurrent delete of its last other blob removed it.
-fn free_packed(path: &FsPath, ranges: &[(u64, u64)]) -> std::io::Result<()> {
+/// Frees ranges `offset..offset + size` (each rounded up to [`PACK_ALIGN`]) of the packs under
+/// `root`, makes that durable, and removes each pack left with no data block. One pack is
+/// synced with `fdatasync`; the packs of a larger batch (garbage collection deletes blobs from
+/// hundreds of packs at once) with one `syncfs` of the file system, instead of a sync per pack.
+/// A pack already gone is fine: a concurrent delete of its last other blob removed it.
+fn free_packed(root: &FsPath, packs: &[(PathBuf, Vec<(u64, u64)>)]) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let file = match std::fs::OpenOptions::new().write(true).open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let mut punched = false;
-    for &(offset, size) in ranges {
-        let len = size.next_multiple_of(PACK_ALIGN);
-        if len > 0 {
-            punch_hole(&file, offset, len)?;
-            punched = true;
+    // Opened before the first punch, so the syncfs reports any writeback error of the batch.
+    let dir = std::fs::File::open(root)?;
+    let single = packs.len() == 1;
+    let mut punched = Vec::with_capacity(packs.len());
+    for (path, ranges) in packs {
+        let file = match std::fs::OpenOptions::new().write(true).open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for &(offset, size) in ranges {
+            let len = size.next_multiple_of(PACK_ALIGN);
+            if len > 0 {
+                punch_hole(&file, offset, len)?;
+            }
         }
+        if single {
+            file.sync_data()?;
+        }
+        punched.push((path, file));
     }
-    if punched {
-        file.sync_data()?;
+    if !single && !punched.is_empty() {
+        sync_filesystem(&dir)?;
     }
-    if file.metadata()?.blocks() == 0 {
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+    for (path, file) in punched {
+        if file.metadata()?.blocks() == 0 {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
     }
     Ok(())
+}
+
+/// Flushes the whole file system that holds `dir` (`syncfs(2)`). Since Linux 5.8 it also
+/// reports any writeback error on that file system since `dir` was opened.
+#[cfg(target_os = "linux")]
+fn sync_filesystem(dir: &std::fs::File) -> std::io::Result<()> {
+    nix::unistd::syncfs(dir).map_err(std::io::Error::from)
+}
+
+/// Packs exist only on Linux, so this is never reached elsewhere; it refuses rather than
+/// pretend to flush.
+#[cfg(not(target_os = "linux"))]
+fn sync_filesystem(_dir: &std::fs::File) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "syncfs is Linux-only",
+    ))
 }
 
 /// Deallocates a range of a file, keeping its size; where the file system cannot, overwrites
