@@ -20,6 +20,12 @@ pub struct AllArgs {
     /// few minutes, not figures to quote
     #[arg(long)]
     quick: bool,
+    /// Also measure on full stores, beside the fresh ones: small blobs after 1,000,000 others,
+    /// the ledger at 10,000,000 entries, and twenty more large puts into one growing store
+    /// (with --quick: 100,000 blobs, 100,000 entries, two more puts). Needs about 25 GiB of
+    /// free disk and half an hour
+    #[arg(long)]
+    prefill: bool,
     /// Also write bench-latest.json, bench-latest.md and latency-vs-concurrency.svg here
     #[arg(long, value_name = "DIR")]
     write: Option<PathBuf>,
@@ -113,40 +119,172 @@ struct ScanReport {
     throughput: Vec<crate::scan::Row>,
 }
 
+/// The daemon's memory budget through every scenario, prefilled included (issue 22).
+const RSS_BUDGET_MIB: f64 = 128.0;
+
+/// Whether a daemon's peak RSS is within [`RSS_BUDGET_MIB`].
+fn within_budget(rss: f64) -> bool {
+    rss <= RSS_BUDGET_MIB
+}
+
+/// A size in GiB as the tables write it: whole GiB from 10 up, two decimals below.
+fn gib(x: f64) -> String {
+    if x >= 10.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// "1,000,000": a count as the tables write it.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
     let mut out = Vec::new();
     let none = || "—".to_string();
-    // Custody: 1 GiB put and get per backend.
+    // Custody: the large put and gets per backend, against the machine's floors and, when it
+    // ran, the reference registry on the same file.
     let custody = &raw.custody;
     let openssl = custody.openssl_sha256_seconds;
+    let disk = custody.disk_write_fsync_seconds;
     let mib = custody.size_bytes as f64 / (1 << 20) as f64;
+    let peer = custody.peer.as_ref();
     for b in &custody.backends {
         let rss = b.daemon_peak_rss_mib;
-        for (what, secs) in [
-            ("put", b.put_seconds),
-            ("get to a file", b.get_seconds),
-            ("get (stream)", b.get_stream_seconds),
-        ] {
-            let ratio = secs / openssl;
-            out.push(row(
-                format!("{mib:.0} MiB {what}, gRPC, {}", b.backend),
-                format!("{secs:.2} s"),
+        let budget = within_budget(rss);
+        out.push(row(
+            format!("{mib:.0} MiB put, gRPC, {}", b.backend),
+            format!("{:.2} s", b.put_seconds),
+            none(),
+            none(),
+            Some(rss),
+            format!("max(openssl sha256 {openssl:.2} s, write+fsync {disk:.2} s)"),
+            format!("{:.2}×", b.put_ratio_to_floor),
+            "≤ 1.5×, RSS ≤ 128 MiB",
+            Some(b.put_ratio_to_floor <= 1.5 && budget),
+        ));
+        out.push(row(
+            format!("{mib:.0} MiB get to a file, gRPC, {}", b.backend),
+            format!("{:.2} s", b.get_seconds),
+            none(),
+            none(),
+            Some(rss),
+            format!("openssl sha256 {openssl:.2} s + write+fsync {disk:.2} s"),
+            format!("{:.2}×", b.get_ratio_to_floor),
+            "≤ 1.3×",
+            Some(b.get_ratio_to_floor <= 1.3 && budget),
+        ));
+        match peer {
+            Some(p) => {
+                let ratio = b.get_stream_seconds / p.get_stream_seconds;
+                out.push(row(
+                    format!("{mib:.0} MiB get (stream), gRPC, {}", b.backend),
+                    format!("{:.2} s", b.get_stream_seconds),
+                    none(),
+                    none(),
+                    Some(rss),
+                    format!(
+                        "the reference registry's unverified read {:.2} s",
+                        p.get_stream_seconds
+                    ),
+                    format!("{ratio:.2}×"),
+                    "≤ 1.2×",
+                    Some(ratio <= 1.2 && budget),
+                ));
+                for (what, ours, theirs) in [
+                    ("put", b.put_seconds, p.put_seconds),
+                    ("get to a file", b.get_seconds, p.get_seconds),
+                ] {
+                    let ratio = ours / theirs;
+                    out.push(row(
+                        format!("{mib:.0} MiB {what} against the registry, {}", b.backend),
+                        format!("{ours:.2} s"),
+                        none(),
+                        none(),
+                        None,
+                        format!("the reference registry {theirs:.2} s"),
+                        format!("{ratio:.2}×"),
+                        "≤ 1.0×",
+                        Some(ratio <= 1.0),
+                    ));
+                }
+            }
+            None => out.push(row(
+                format!("{mib:.0} MiB get (stream), gRPC, {}", b.backend),
+                format!("{:.2} s", b.get_stream_seconds),
                 none(),
                 none(),
                 Some(rss),
-                format!("openssl sha256 {openssl:.2} s"),
-                format!("{ratio:.2}×"),
-                "≤ 1.3×, RSS ≤ 100 MiB",
-                Some(ratio <= 1.3 && rss <= 100.0),
-            ));
+                format!("openssl sha256 {openssl:.2} s (no reference registry in this run)"),
+                format!("{:.2}×", b.get_stream_ratio),
+                "—",
+                None,
+            )),
         }
     }
-    // Small blobs.
+    // The same put into a store that grows (--prefill): the last put against the first.
+    if let (Some(first), Some(last)) = (custody.growth.first(), custody.growth.last())
+        && custody.growth.len() > 1
+    {
+        let to_fresh = last.put_seconds / first.put_seconds;
+        let rss = custody.growth_daemon_peak_rss_mib;
+        out.push(row(
+            format!(
+                "{mib:.0} MiB put, rocksdb, {} GiB stored",
+                gib(last.stored_gib)
+            ),
+            format!(
+                "{:.2} s ({to_fresh:.2}× the put into the empty store)",
+                last.put_seconds
+            ),
+            none(),
+            none(),
+            rss,
+            format!("max(openssl sha256 {openssl:.2} s, write+fsync {disk:.2} s)"),
+            format!("{:.2}×", last.put_ratio_to_floor),
+            "≤ 1.5×, ≤ 1.1× fresh",
+            Some(
+                last.put_ratio_to_floor <= 1.5 && to_fresh <= 1.1 && rss.is_none_or(within_budget),
+            ),
+        ));
+    }
+    // Small blobs, each backend on a fresh store and, with --prefill, on a full one.
     for b in &raw.small {
         let rate = b.batch_put_blobs_per_s;
+        let ratio = rate / limits.rocksdb_batched_values_per_s;
+        let stored = match b.stored_before {
+            0 => String::new(),
+            n => format!(", {} stored", thousands(n)),
+        };
+        let fresh = raw
+            .small
+            .iter()
+            .find(|f| f.backend == b.backend && f.stored_before == 0);
+        let versus_fresh = |ours: f64, theirs: f64, what: &str| match (b.stored_before, fresh) {
+            (0, _) | (_, None) => String::new(),
+            (_, Some(_)) => format!(" ({:.2}× {what} fresh)", ours / theirs),
+        };
+        let (target, floor) = if b.backend == "rocksdb" {
+            ("≥ 0.9×, RSS ≤ 128 MiB", 0.9)
+        } else {
+            ("≥ 0.5×, RSS ≤ 128 MiB", 0.5)
+        };
         out.push(row(
-            format!("BatchPut 10,000 × 4 KiB, {}", b.backend),
-            format!("{rate:.0} blobs/s"),
+            format!("BatchPut 10,000 × 4 KiB, {}{stored}", b.backend),
+            format!(
+                "{rate:.0} blobs/s{}",
+                versus_fresh(rate, fresh.map_or(1.0, |f| f.batch_put_blobs_per_s), "the")
+            ),
             ms(b.batch_ms_p50),
             ms(b.batch_ms_p99),
             Some(b.daemon_peak_rss_mib),
@@ -154,13 +292,21 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
                 "RocksDB synced batches {:.0}/s",
                 limits.rocksdb_batched_values_per_s
             ),
-            format!("{:.2}×", rate / limits.rocksdb_batched_values_per_s),
-            "≥ 50,000/s",
-            Some(rate >= 50_000.0),
+            format!("{ratio:.2}×"),
+            target,
+            Some(ratio >= floor && within_budget(b.daemon_peak_rss_mib)),
         ));
+        let ratio = b.find_missing_ms_p50 / limits.rocksdb_multi_get_10k_ms;
         out.push(row(
-            format!("FindMissing of 10,000 digests, {}", b.backend),
-            "per call".into(),
+            format!("FindMissing of 10,000 digests, {}{stored}", b.backend),
+            format!(
+                "per call{}",
+                versus_fresh(
+                    b.find_missing_ms_p50,
+                    fresh.map_or(1.0, |f| f.find_missing_ms_p50),
+                    "the p50"
+                )
+            ),
             ms(b.find_missing_ms_p50),
             ms(b.find_missing_ms_p99),
             None,
@@ -168,27 +314,32 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
                 "RocksDB multi_get of 10,000 keys {}",
                 ms(limits.rocksdb_multi_get_10k_ms)
             ),
-            format!(
-                "p50 {:.1}×",
-                b.find_missing_ms_p50 / limits.rocksdb_multi_get_10k_ms
-            ),
-            "≤ 20 ms",
-            Some(b.find_missing_ms_p50 <= 20.0),
+            format!("p50 {ratio:.1}×"),
+            "≤ 1.5×",
+            Some(ratio <= 1.5),
         ));
     }
     // Ledger appends over gRPC.
     let ledger = &raw.ledger;
     let fsync = ledger.fsync_median_ms;
+    let group = limits.rocksdb_group_synced_puts_per_s;
     for r in &ledger.grpc_appends {
         let rate = r.appends_per_second;
         let (p50, p99) = (r.median_ms, r.p99_ms);
-        let (target, met) = if r.writers == 64 {
+        let (limit, ratio, target, met) = if r.writers == 64 {
             (
-                "≥ 20,000/s, p50 ≤ 50 ms, p99 ≤ 200 ms",
-                Some(rate >= 20_000.0 && p50 <= 50.0 && p99 <= 200.0),
+                format!("RocksDB 64-writer synced puts {group:.0}/s"),
+                format!("{:.2}×, p99 {:.0}× fsync", rate / group, p99 / fsync),
+                "≥ 1.0×, p99 ≤ 20× fsync",
+                Some(rate >= group && p99 <= 20.0 * fsync),
             )
         } else {
-            ("—", None)
+            (
+                format!("4 KiB fdatasync {}", ms(fsync)),
+                format!("p50 {:.1}× fsync", p50 / fsync),
+                "—",
+                None,
+            )
         };
         out.push(row(
             format!("durable ledger appends, {} gRPC writers", r.writers),
@@ -196,15 +347,37 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
             ms(p50),
             ms(p99),
             r.daemon_peak_rss_mib,
-            format!("4 KiB fdatasync {}", ms(fsync)),
-            format!("p50 {:.1}× fsync", p50 / fsync),
+            limit,
+            ratio,
             target,
-            met,
+            met.map(|m| m && r.daemon_peak_rss_mib.is_none_or(within_budget)),
+        ));
+    }
+    if let Some(large) = &ledger.appends_on_large_log {
+        let empty = ledger.appends.iter().find(|r| r.writers == large.writers);
+        out.push(row(
+            format!(
+                "durable ledger appends into {} entries, {} writers in process",
+                thousands(ledger.log_size),
+                large.writers
+            ),
+            format!("{:.0}/s", large.appends_per_second),
+            ms(large.median_ms),
+            ms(large.p99_ms),
+            None,
+            empty.map_or_else(none, |e| {
+                format!("the same into an empty log {:.0}/s", e.appends_per_second)
+            }),
+            empty.map_or_else(none, |e| {
+                format!("{:.2}×", large.appends_per_second / e.appends_per_second)
+            }),
+            "—",
+            None,
         ));
     }
     let p99 = ledger.inclusion_proof_p99_us / 1000.0;
     out.push(row(
-        format!("inclusion proof at {} entries", ledger.log_size),
+        format!("inclusion proof at {} entries", thousands(ledger.log_size)),
         "checked against the signed root".into(),
         ms(ledger.inclusion_proof_median_us / 1000.0),
         ms(p99),
@@ -216,7 +389,7 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
     ));
     let audit = ledger.audit_entries_per_second;
     out.push(row(
-        format!("offline audit of {} entries", ledger.log_size),
+        format!("offline audit of {} entries", thousands(ledger.log_size)),
         format!("{audit:.0} entries/s"),
         none(),
         none(),
@@ -229,11 +402,26 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
         "≥ 100,000/s",
         Some(audit >= 100_000.0),
     ));
+    out.push(row(
+        format!(
+            "registry index rebuilt at start-up from {} entries",
+            thousands(ledger.log_size)
+        ),
+        format!("{:.2} s", ledger.registry_replay_seconds),
+        none(),
+        none(),
+        None,
+        none(),
+        none(),
+        "—",
+        None,
+    ));
     // Attested runs.
     let evidence = &raw.evidence;
     for s in &evidence.scenarios {
         let rate = s.runs_per_second;
         let targeted = s.clients == 32;
+        let unary = s.name.contains("unary");
         out.push(row(
             format!("{}, {} client(s)", s.name, s.clients),
             format!("{rate:.0} runs/s"),
@@ -245,8 +433,16 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
                 limits.ed25519_verifies_per_s
             ),
             format!("{:.2}×", rate / limits.ed25519_verifies_per_s),
-            if targeted { "≥ 10,000/s" } else { "—" },
-            targeted.then_some(rate >= 10_000.0),
+            match (targeted, unary) {
+                (true, true) => "≥ 0.5×",
+                (true, false) => "≥ 10,000/s",
+                (false, _) => "—",
+            },
+            targeted.then_some(if unary {
+                rate >= 0.5 * limits.ed25519_verifies_per_s
+            } else {
+                rate >= 10_000.0
+            }),
         ));
     }
     // REST data pack.
@@ -264,6 +460,7 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
             rest.download_ratio_to_openssl,
         ),
     ] {
+        let upload = what.starts_with("upload");
         out.push(row(
             format!("REST data pack {rest_mib:.0} MiB {what}"),
             format!("{secs:.2} s"),
@@ -272,8 +469,8 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
             Some(rest.daemon_peak_rss_mib),
             format!("openssl sha256 {:.2} s", rest.openssl_sha256_seconds),
             format!("{ratio:.2}×"),
-            "—",
-            None,
+            if upload { "≤ 2×" } else { "—" },
+            upload.then_some(ratio <= 2.0 && within_budget(rest.daemon_peak_rss_mib)),
         ));
     }
     out.push(row(
@@ -454,13 +651,21 @@ pub fn run(args: AllArgs) -> anyhow::Result<ExitCode> {
     eprintln!("bench all: measuring this machine's limits");
     let limits = crate::limits::measure(&limits_dir)?;
     let q = args.quick;
-    let custody: &[&str] = if q {
-        &["custody", "--size-mib", "128", "--runs", "1"]
+    let p = args.prefill;
+    let mut custody: Vec<&str> = if q {
+        vec!["custody", "--size-mib", "128", "--runs", "1"]
     } else {
-        &["custody", "--runs", "2"]
+        vec!["custody", "--runs", "2"]
     };
-    let ledger: &[&str] = if q {
-        &[
+    if p {
+        custody.extend(["--grow", if q { "2" } else { "20" }]);
+    }
+    let mut small = vec!["small"];
+    if p {
+        small.extend(["--prefill", if q { "100000" } else { "1000000" }]);
+    }
+    let mut ledger: Vec<&str> = if q {
+        vec![
             "ledger",
             "--writers",
             "1,8,64",
@@ -470,8 +675,11 @@ pub fn run(args: AllArgs) -> anyhow::Result<ExitCode> {
             "100000",
         ]
     } else {
-        &["ledger", "--writers", "1,8,64,256", "--seconds", "3"]
+        vec!["ledger", "--writers", "1,8,64,256", "--seconds", "3"]
     };
+    if p && !q {
+        ledger.extend(["--log-size", "10000000"]);
+    }
     let evidence: &[&str] = if q {
         &["evidence", "--seconds", "1"]
     } else {
@@ -488,9 +696,9 @@ pub fn run(args: AllArgs) -> anyhow::Result<ExitCode> {
         &["scan"]
     };
     let raw = Scenarios {
-        custody: sub(&exe, custody)?,
-        small: sub(&exe, &["small"])?,
-        ledger: sub(&exe, ledger)?,
+        custody: sub(&exe, &custody)?,
+        small: sub(&exe, &small)?,
+        ledger: sub(&exe, &ledger)?,
         evidence: sub(&exe, evidence)?,
         rest: sub(&exe, rest)?,
         scan: sub(&exe, scan)?,
@@ -499,6 +707,7 @@ pub fn run(args: AllArgs) -> anyhow::Result<ExitCode> {
     let table = markdown(&limits, &rows);
     let report = serde_json::json!({
         "quick": q,
+        "prefill": p,
         "limits": limits,
         "summary": rows,
         "scenarios": raw,
@@ -556,11 +765,26 @@ mod tests {
                 "backends": [{"backend": "rocksdb", "put_seconds": 2.0, "put_ratio": 2.5,
                     "put_ratio_to_floor": 2.0, "get_seconds": 3.0, "get_ratio": 3.75,
                     "get_ratio_to_floor": 3.0, "get_stream_seconds": 1.0, "get_stream_ratio": 1.25,
-                    "daemon_peak_rss_mib": 85.0}]},
+                    "daemon_peak_rss_mib": 85.0}],
+                "peer": {"registry": "docker-registry", "put_seconds": 2.5, "get_seconds": 2.0,
+                    "get_stream_seconds": 0.9},
+                "growth": [
+                    {"stored_gib": 0.0, "put_seconds": 1.3, "put_ratio_to_floor": 1.3, "daemon_cpu_seconds": 1.0},
+                    {"stored_gib": 2.0, "put_seconds": 1.4, "put_ratio_to_floor": 1.4, "daemon_cpu_seconds": 1.1}],
+                "growth_daemon_peak_rss_mib": 100.0},
             "small": [{"backend": "rocksdb", "blobs": 10000, "blob_bytes": 4096,
                 "batch_put_blobs_per_s": 51000.0, "batch_put_mib_per_s": 199.0, "batch_ms_p50": 40.0,
                 "batch_ms_p99": 60.0, "find_missing_digests": 10000, "find_missing_ms_p50": 18.0,
-                "find_missing_ms_p99": 24.0, "daemon_peak_rss_mib": 92.0}],
+                "find_missing_ms_p99": 24.0, "daemon_peak_rss_mib": 92.0},
+                {"backend": "rocksdb", "stored_before": 1000000, "prefill_blobs_per_s": 80000.0,
+                "blobs": 10000, "blob_bytes": 4096,
+                "batch_put_blobs_per_s": 40000.0, "batch_put_mib_per_s": 156.0, "batch_ms_p50": 50.0,
+                "batch_ms_p99": 70.0, "find_missing_digests": 10000, "find_missing_ms_p50": 36.0,
+                "find_missing_ms_p99": 50.0, "daemon_peak_rss_mib": 110.0},
+                {"backend": "file", "blobs": 10000, "blob_bytes": 4096,
+                "batch_put_blobs_per_s": 44000.0, "batch_put_mib_per_s": 172.0, "batch_ms_p50": 45.0,
+                "batch_ms_p99": 55.0, "find_missing_digests": 10000, "find_missing_ms_p50": 7.0,
+                "find_missing_ms_p99": 9.0, "daemon_peak_rss_mib": 52.0}],
             "ledger": {"fsync_median_ms": 0.2, "fsync_p99_ms": 0.4, "log_size": 1000000,
                 "fill_seconds": 9.0,
                 "appends": [
@@ -605,27 +829,62 @@ mod tests {
     #[test]
     fn the_summary_judges_each_target_from_the_scenarios() {
         let rows = rows(&limits(), &raw());
-        let met = |prefix: &str| {
+        let find = |prefix: &str| {
             rows.iter()
                 .find(|r| r.scenario.starts_with(prefix))
                 .unwrap_or_else(|| panic!("no row {prefix}: {rows:?}"))
-                .met
         };
-        assert_eq!(met("1024 MiB put"), Some(false), "2.5× is over 1.3×");
+        let met = |prefix: &str| find(prefix).met;
+        // The put's floor is max(SHA-256 0.8 s, write+fsync 1.0 s): 2.0 s is 2.0×, over 1.5×.
+        assert_eq!(met("1024 MiB put, gRPC"), Some(false));
+        assert_eq!(find("1024 MiB put, gRPC").ratio, "2.00×");
+        // The streamed get against the registry's unverified read: 1.0 / 0.9 = 1.11×.
         assert_eq!(met("1024 MiB get (stream)"), Some(true));
-        assert_eq!(met("BatchPut"), Some(true));
-        assert_eq!(met("FindMissing"), Some(true));
-        assert_eq!(met("durable ledger appends, 64"), Some(true));
+        assert_eq!(met("1024 MiB put against the registry"), Some(true));
+        assert_eq!(
+            met("1024 MiB get to a file against the registry"),
+            Some(false)
+        );
+        // The grown store: 1.4× its floor and 1.08× the put into the empty store.
+        let grown = find("1024 MiB put, rocksdb, 2.00 GiB stored");
+        assert_eq!(grown.met, Some(true));
+        assert!(grown.result.contains("1.08× the put into the empty store"));
+        // RocksDB's BatchPut must reach 0.9× the synced batches; file:// 0.5×.
+        assert_eq!(met("BatchPut 10,000 × 4 KiB, rocksdb"), Some(false));
+        assert_eq!(met("BatchPut 10,000 × 4 KiB, file"), Some(true));
+        let prefilled = find("BatchPut 10,000 × 4 KiB, rocksdb, 1,000,000 stored");
+        assert!(
+            prefilled.result.contains("(0.78× the fresh)"),
+            "{prefilled:?}"
+        );
+        let missing = find("FindMissing of 10,000 digests, rocksdb, 1,000,000 stored");
+        assert!(
+            missing.result.contains("(2.00× the p50 fresh)"),
+            "{missing:?}"
+        );
+        assert_eq!(met("FindMissing of 10,000 digests, rocksdb"), Some(false));
+        assert_eq!(met("FindMissing of 10,000 digests, file"), Some(true));
+        // 21,000/s against RocksDB's own 64 writers at 30,000/s.
+        assert_eq!(met("durable ledger appends, 64"), Some(false));
         assert_eq!(met("durable ledger appends, 1 "), None);
         assert_eq!(met("inclusion proof"), Some(true));
         assert_eq!(met("offline audit"), Some(true));
         assert_eq!(met("AttestRuns (batch), 32"), Some(true));
+        assert_eq!(met("REST data pack 1024 MiB upload"), Some(false));
         assert_eq!(met("scan"), Some(true));
         let table = markdown(&limits(), &rows);
         assert!(
             table.contains("| 1024 MiB put, gRPC, rocksdb | 2.00 s |"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn counts_are_written_with_thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(10_000_000), "10,000,000");
     }
 
     #[test]
