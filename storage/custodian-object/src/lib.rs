@@ -256,6 +256,27 @@ impl Shared {
         }
     }
 
+    /// Marks operations as begun and durably records their pending records (one synced write):
+    /// from here on a crash leaves records the next open acts on. On failure nothing is begun.
+    async fn begin_pending(self: &Arc<Self>, records: Vec<(u64, PendingRecord)>) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<u64> = records.iter().map(|(id, _)| *id).collect();
+        self.started(ids.iter().copied());
+        let encoded: Vec<(u64, Vec<u8>)> = records
+            .iter()
+            .map(|(id, record)| (*id, record.encode()))
+            .collect();
+        let written = self
+            .blocking(move |index| index.add_pending(&encoded))
+            .await;
+        if written.is_err() {
+            self.ended(ids);
+        }
+        written
+    }
+
     /// Deletes the objects of pending uploads no live upload owns and removes their records:
     /// at open, what a crash left; later, what a failed cleanup left (the database was
     /// unreachable when an upload ended). Returns how many were cleaned.
@@ -887,8 +908,7 @@ async fn commit_objects(
             (shared.index.new_upload_id(), key, meta, data)
         })
         .collect();
-    shared.started(todo.iter().map(|(id, ..)| *id));
-    let records: Vec<(u64, Vec<u8>)> = todo
+    let records = todo
         .iter()
         .map(|(id, key, meta, _)| {
             let record = PendingRecord {
@@ -896,17 +916,10 @@ async fn commit_objects(
                 key: key.clone(),
                 packed_range: None,
             };
-            (*id, record.encode())
+            (*id, record)
         })
         .collect();
-    let ids: Vec<u64> = records.iter().map(|(id, _)| *id).collect();
-    if let Err(err) = shared
-        .blocking(move |index| index.add_pending(&records))
-        .await
-    {
-        shared.ended(ids);
-        return Err(err);
-    }
+    shared.begin_pending(records).await?;
     let name = shared.name;
     let store = shared.store.clone();
     let written: Vec<Result<()>> = futures::stream::iter(
@@ -956,20 +969,12 @@ async fn commit_pack(
     let name = shared.name;
     let id = shared.index.new_upload_id();
     let key = shared.pack_key(id);
-    shared.started([id]);
     let record = PendingRecord {
         direct: None,
         key: key.clone(),
         packed_range: None,
-    }
-    .encode();
-    if let Err(err) = shared
-        .blocking(move |index| index.add_pending(&[(id, record)]))
-        .await
-    {
-        shared.ended([id]);
-        return Err(err);
-    }
+    };
+    shared.begin_pending(vec![(id, record)]).await?;
     let mut parts: Vec<Bytes> = Vec::with_capacity(2 * todo.len());
     let mut commits: Vec<(u64, BlobMeta)> = Vec::with_capacity(todo.len());
     let mut offset = 0u64;
@@ -1060,7 +1065,6 @@ impl BlobBackend for ObjectBackend {
         let shared = &self.shared;
         shared.index.check_writable()?;
         let id = shared.index.new_upload_id();
-        shared.started([id]);
         let direct = expect.digest.filter(|d| d.algorithm() == Algorithm::Sha256);
         let key = match &direct {
             Some(sha256) => shared.final_key(sha256),
@@ -1070,15 +1074,8 @@ impl BlobBackend for ObjectBackend {
             direct,
             key: key.clone(),
             packed_range: None,
-        }
-        .encode();
-        if let Err(err) = shared
-            .blocking(move |index| index.add_pending(&[(id, record)]))
-            .await
-        {
-            shared.ended([id]);
-            return Err(err);
-        }
+        };
+        shared.begin_pending(vec![(id, record)]).await?;
         let upload = match shared.store.put_multipart(&key).await {
             Ok(upload) => upload,
             Err(e) => {
@@ -1132,7 +1129,7 @@ impl BlobBackend for ObjectBackend {
         let looked_up = shared
             .blocking(move |index| index.lookup_many(&digests))
             .await?;
-        let records: Vec<(u64, Vec<u8>)> = looked_up
+        let records: Vec<(u64, PendingRecord)> = looked_up
             .iter()
             .flatten()
             .filter_map(|meta| {
@@ -1142,20 +1139,11 @@ impl BlobBackend for ObjectBackend {
                     key: shared.pack_key(at.pack),
                     packed_range: Some((at.offset, meta.size)),
                 };
-                Some((shared.index.new_upload_id(), record.encode()))
+                Some((shared.index.new_upload_id(), record))
             })
             .collect();
         let ids: Vec<u64> = records.iter().map(|(id, _)| *id).collect();
-        if !records.is_empty() {
-            shared.started(ids.iter().copied());
-            if let Err(err) = shared
-                .blocking(move |index| index.add_pending(&records))
-                .await
-            {
-                shared.ended(ids);
-                return Err(err);
-            }
-        }
+        shared.begin_pending(records).await?;
         // The index entries go next: the blobs are invisible from here on, and an object left
         // by a crash before the object delete is harmless (a later put overwrites it).
         let digests = sha256s.to_vec();

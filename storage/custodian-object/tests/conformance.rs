@@ -197,6 +197,17 @@ async fn read_all(store: &BlobStore, digest: &custodian_core::Digest) -> Result<
     Ok(out)
 }
 
+/// A `file://` store under `dir`: its objects directory and the harness that opens it.
+fn file_store(dir: &std::path::Path) -> (std::path::PathBuf, ObjectHarness) {
+    let objects = dir.join("objects");
+    let url = format!("file://{}", objects.display());
+    let harness = ObjectHarness {
+        config: config(url, &dir.join("index")),
+        survives_restart: true,
+    };
+    (objects, harness)
+}
+
 /// The pack files under a `file://` store's root.
 fn packs(objects: &std::path::Path) -> Vec<std::path::PathBuf> {
     walk(&objects.join("packs"))
@@ -211,14 +222,8 @@ async fn a_batch_is_one_pack_and_deleted_bytes_leave_the_disk() {
     use std::os::unix::fs::MetadataExt;
 
     let dir = tempfile::tempdir().unwrap();
-    let objects = dir.path().join("objects");
-    let url = format!("file://{}", objects.display());
-    let store = ObjectHarness {
-        config: config(url, &dir.path().join("index")),
-        survives_restart: true,
-    }
-    .open()
-    .await;
+    let (objects, harness) = file_store(dir.path());
+    let store = harness.open().await;
     let sizes = [1usize, 4096, 5000, 300, 8192 + 7];
     let blobs: Vec<bytes::Bytes> = sizes
         .iter()
@@ -347,12 +352,7 @@ async fn packed_blobs_survive_a_restart() {
     use custodian_storage::Expectation;
 
     let dir = tempfile::tempdir().unwrap();
-    let objects = dir.path().join("objects");
-    let url = format!("file://{}", objects.display());
-    let harness = ObjectHarness {
-        config: config(url, &dir.path().join("index")),
-        survives_restart: true,
-    };
+    let (objects, harness) = file_store(dir.path());
     let blobs: Vec<bytes::Bytes> = (0..50)
         .map(|i| conformance::pattern(700 + i, 100 + 97 * i as usize))
         .collect();
