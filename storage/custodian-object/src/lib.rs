@@ -1296,16 +1296,19 @@ async fn read_window(
 mod tests {
     use super::*;
 
+    /// A `file://` store under `dir`: its objects directory and its configuration.
+    fn file_config(dir: &FsPath) -> (PathBuf, ObjectConfig) {
+        let objects = dir.join("objects");
+        let config = ObjectConfig::new(format!("file://{}", objects.display()), dir.join("index"));
+        (objects, config)
+    }
+
     /// A crash between writing a pack and committing its batch leaves a pending record naming
     /// the pack; the next open deletes the pack and the record.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pack_left_by_a_crash_is_removed_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let objects = dir.path().join("objects");
-        let config = ObjectConfig::new(
-            format!("file://{}", objects.display()),
-            dir.path().join("index"),
-        );
+        let (objects, config) = file_config(dir.path());
         let backend = ObjectBackend::open(config.clone()).await.unwrap();
         let shared = backend.shared.clone();
         let id = shared.index.new_upload_id();
@@ -1338,11 +1341,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_delete_cut_by_a_crash_frees_the_range_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let objects = dir.path().join("objects");
-        let config = ObjectConfig::new(
-            format!("file://{}", objects.display()),
-            dir.path().join("index"),
-        );
+        let (objects, config) = file_config(dir.path());
         let backend = ObjectBackend::open(config.clone()).await.unwrap();
         let blobs: Vec<Bytes> = (0..3u8).map(|i| Bytes::from(vec![i + 1; 4000])).collect();
         let metas: Vec<BlobMeta> = blobs

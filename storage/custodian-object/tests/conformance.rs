@@ -208,6 +208,18 @@ fn file_store(dir: &std::path::Path) -> (std::path::PathBuf, ObjectHarness) {
     (objects, harness)
 }
 
+/// Puts blobs through `put_many` (the batched path), expecting nothing of them.
+async fn put_all(
+    store: &BlobStore,
+    blobs: &[bytes::Bytes],
+) -> Vec<custodian_storage::Result<custodian_storage::PutOutcome>> {
+    let items = blobs
+        .iter()
+        .map(|b| (custodian_storage::Expectation::default(), b.clone()))
+        .collect();
+    store.put_many(items).await
+}
+
 /// The pack files under a `file://` store's root.
 fn packs(objects: &std::path::Path) -> Vec<std::path::PathBuf> {
     walk(&objects.join("packs"))
@@ -230,14 +242,7 @@ async fn a_batch_is_one_pack_and_deleted_bytes_leave_the_disk() {
         .enumerate()
         .map(|(i, &n)| conformance::pattern(900 + i as u64, n))
         .collect();
-    let outcomes = store
-        .put_many(
-            blobs
-                .iter()
-                .map(|b| (Expectation::default(), b.clone()))
-                .collect(),
-        )
-        .await;
+    let outcomes = put_all(&store, &blobs).await;
     let metas: Vec<_> = outcomes.into_iter().map(|o| o.unwrap().meta).collect();
     let files = packs(&objects);
     assert_eq!(files.len(), 1, "one pack per batch: {files:?}");
@@ -349,8 +354,6 @@ async fn a_batch_is_one_pack_and_deleted_bytes_leave_the_disk() {
 /// never committed (the unit test `a_pack_left_by_a_crash_is_removed_at_open` in the crate).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packed_blobs_survive_a_restart() {
-    use custodian_storage::Expectation;
-
     let dir = tempfile::tempdir().unwrap();
     let (objects, harness) = file_store(dir.path());
     let blobs: Vec<bytes::Bytes> = (0..50)
@@ -358,14 +361,7 @@ async fn packed_blobs_survive_a_restart() {
         .collect();
     {
         let store = harness.open().await;
-        let outcomes = store
-            .put_many(
-                blobs
-                    .iter()
-                    .map(|b| (Expectation::default(), b.clone()))
-                    .collect(),
-            )
-            .await;
+        let outcomes = put_all(&store, &blobs).await;
         assert!(outcomes.iter().all(Result::is_ok));
     }
     let store = harness.open().await;
