@@ -18,10 +18,11 @@
 //! `BatchPut`'s small blobs take a batched form of the same path (`commit_small`). On `file://`
 //! (Linux) a batch becomes one *pack*, `<prefix>/packs/<id>`: the blobs back to back at 4 KiB
 //! boundaries, each blob's metadata naming the pack and its offset; one pending record, the
-//! pack file fsynced with its directory, one synced index batch. A deleted packed blob's range is punched out of the file
-//! (`fallocate`), and a pack with no data left is removed. Elsewhere each small blob is an
-//! object of its own: one synced batch of pending records, the objects written straight to
-//! their final keys, one synced index batch for all.
+//! pack file fsynced with its directory, one synced index batch. A deleted packed blob's range
+//! is punched out of the file (`fallocate`) under a pending record of its own, and a pack with
+//! no data left is removed. Elsewhere each small blob is an object of its own: one synced batch
+//! of pending records, the objects written straight to their final keys, one synced index batch
+//! for all.
 //!
 //! On `file://` the local store is opened with fsync enabled, so step 3 is durable before
 //! step 4 runs. After a crash, [`ObjectBackend::open`] removes the objects that pending records
@@ -116,7 +117,7 @@ struct Shared {
     live: std::sync::Mutex<std::collections::HashSet<u64>>,
     /// On `file://` under Linux, the store's root directory: a batch of small blobs is written
     /// as one pack file under it, and a deleted packed blob's bytes are freed in place there
-    /// (see [`Shared::unpack`]).
+    /// (see [`Shared::unpack_many`]).
     packs: Option<std::path::PathBuf>,
 }
 
