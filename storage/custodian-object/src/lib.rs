@@ -177,7 +177,21 @@ impl Shared {
     /// gone from the disk and not only from the index. A pack whose every blob is freed holds
     /// no data blocks and is removed.
     async fn unpack_many(self: &Arc<Self>, ranges: Vec<(PackedAt, u64)>) -> std::io::Result<()> {
-        if ranges.is_empty() {
+        let mut by_pack: std::collections::BTreeMap<u64, Vec<(u64, u64)>> = Default::default();
+        for (at, size) in ranges {
+            by_pack.entry(at.pack).or_default().push((at.offset, size));
+        }
+        let packs = by_pack
+            .into_iter()
+            .map(|(pack, ranges)| (self.pack_key(pack), ranges))
+            .collect();
+        self.free_ranges(packs).await
+    }
+
+    /// Frees `(offset, size)` ranges (each rounded up to whole blocks) of the packs at the
+    /// given keys, on the blocking pool (see [`free_packed`]).
+    async fn free_ranges(&self, packs: Vec<(Path, Vec<(u64, u64)>)>) -> std::io::Result<()> {
+        if packs.is_empty() {
             return Ok(());
         }
         let Some(root) = &self.packs else {
@@ -185,28 +199,10 @@ impl Shared {
                 "this store keeps no packs; the blob's metadata names one",
             ));
         };
-        let mut by_pack: std::collections::BTreeMap<u64, Vec<(u64, u64)>> = Default::default();
-        for (at, size) in ranges {
-            by_pack.entry(at.pack).or_default().push((at.offset, size));
-        }
-        let files: Vec<(std::path::PathBuf, Vec<(u64, u64)>)> = by_pack
+        let files: Vec<(PathBuf, Vec<(u64, u64)>)> = packs
             .into_iter()
-            .map(|(pack, ranges)| (root.join(self.pack_key(pack).as_ref()), ranges))
+            .map(|(key, ranges)| (root.join(key.as_ref()), ranges))
             .collect();
-        let root = root.clone();
-        tokio::task::spawn_blocking(move || free_packed(&root, &files))
-            .await
-            .map_err(std::io::Error::other)?
-    }
-
-    /// Frees `size` bytes (rounded up to whole blocks) at `offset` of the pack at `key`.
-    async fn free_range(&self, key: &Path, offset: u64, size: u64) -> std::io::Result<()> {
-        let Some(root) = &self.packs else {
-            return Err(std::io::Error::other(
-                "this store keeps no packs; the blob's metadata names one",
-            ));
-        };
-        let files = vec![(root.join(key.as_ref()), vec![(offset, size)])];
         let root = root.clone();
         tokio::task::spawn_blocking(move || free_packed(&root, &files))
             .await
@@ -310,7 +306,7 @@ impl Shared {
                     None => true,
                 };
                 if !still_there {
-                    self.free_range(&record.key, offset, size)
+                    self.free_ranges(vec![(record.key.clone(), vec![(offset, size)])])
                         .await
                         .map_err(|e| self.err(format!("free {}: {e}", record.key)))?;
                 }
