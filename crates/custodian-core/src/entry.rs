@@ -197,26 +197,44 @@ impl Entry {
 
     /// The deterministic CBOR encoding.
     pub fn encode(&self) -> Vec<u8> {
-        let map = Value::Map(vec![
-            (
-                Value::Text("v".into()),
-                Value::Integer(ENTRY_VERSION.into()),
-            ),
-            (
-                Value::Text("kind".into()),
-                Value::Text(self.kind.as_str().into()),
-            ),
-            (
-                Value::Text("prev".into()),
-                Value::Bytes(self.prev.0.to_vec()),
-            ),
-            (
-                Value::Text("time".into()),
-                Value::Integer(self.time_ms.into()),
-            ),
-            (Value::Text("payload".into()), self.payload.clone()),
-        ]);
-        encode_value(&map)
+        Entry::encode_with_payload(
+            &self.kind,
+            &self.prev,
+            self.time_ms,
+            &encode_value(&self.payload),
+        )
+    }
+
+    /// The deterministic CBOR encoding of an entry whose payload is already encoded
+    /// (`payload_cbor`, the deterministic encoding of a payload in [`Entry::new`]'s form).
+    ///
+    /// The ledger encodes each payload once and frames it here with the entry's own fields,
+    /// instead of cloning the payload into one map and encoding the whole of it again for
+    /// every append. The map's keys are written in the deterministic order (their encodings
+    /// sorted bytewise: `v`, `kind`, `prev`, `time`, `payload`), so the bytes are exactly those
+    /// of the map encoded at once (`framing_matches_the_whole_map` checks this).
+    pub fn encode_with_payload(
+        kind: &EntryKind,
+        prev: &Hash,
+        time_ms: u64,
+        payload_cbor: &[u8],
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + payload_cbor.len());
+        // A map of five pairs: major type 5, length 5.
+        out.push(0xa5);
+        let fields = [
+            ("v", Value::Integer(ENTRY_VERSION.into())),
+            ("kind", Value::Text(kind.as_str().into())),
+            ("prev", Value::Bytes(prev.0.to_vec())),
+            ("time", Value::Integer(time_ms.into())),
+        ];
+        for (key, value) in fields {
+            write_value(&Value::Text(key.into()), &mut out);
+            write_value(&value, &mut out);
+        }
+        write_value(&Value::Text("payload".into()), &mut out);
+        out.extend_from_slice(payload_cbor);
+        out
     }
 
     /// The RFC 6962 leaf hash of the encoded entry.
@@ -343,11 +361,16 @@ pub fn peek_kind(bytes: &[u8]) -> Option<&str> {
 /// Encodes a CBOR value as it is (callers canonicalize first).
 pub fn encode_value(value: &Value) -> Vec<u8> {
     let mut out = Vec::new();
+    write_value(value, &mut out);
+    out
+}
+
+/// Appends the CBOR encoding of `value` to `out`.
+fn write_value(value: &Value, out: &mut Vec<u8>) {
     // Writing into a Vec cannot fail, and every Value is serializable.
-    if let Err(err) = ciborium::into_writer(value, &mut out) {
+    if let Err(err) = ciborium::into_writer(value, out) {
         unreachable!("encoding CBOR into memory failed: {err}");
     }
-    out
 }
 
 /// Parses one CBOR data item (with nothing after it), as it is; [`Entry::new`] puts it in
@@ -470,6 +493,53 @@ mod tests {
 
     fn text(s: &str) -> Value {
         Value::Text(s.into())
+    }
+
+    /// The entry as one map, encoded at once: what [`Entry::encode`] wrote before it framed a
+    /// payload encoded on its own.
+    fn encode_as_one_map(entry: &Entry) -> Vec<u8> {
+        encode_value(&Value::Map(vec![
+            (text("v"), Value::Integer(ENTRY_VERSION.into())),
+            (text("kind"), text(entry.kind.as_str())),
+            (text("prev"), Value::Bytes(entry.prev.0.to_vec())),
+            (text("time"), Value::Integer(entry.time_ms.into())),
+            (text("payload"), entry.payload.clone()),
+        ]))
+    }
+
+    proptest::proptest! {
+        /// Framing a payload encoded on its own gives the bytes of the whole map encoded at
+        /// once, for every kind, time (every head length) and payload shape.
+        #[test]
+        fn framing_matches_the_whole_map(
+            kind in proptest::sample::select(vec![
+                "RunAttested", "PackagePublished", "KeyEvent", "Sealed", "BlobsDeleted",
+                "SomethingNew",
+            ]),
+            prev in proptest::array::uniform32(proptest::num::u8::ANY),
+            time_ms in proptest::num::u64::ANY,
+            keys in proptest::collection::vec("[a-z]{0,30}", 0..8),
+            number in proptest::num::i64::ANY,
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+        ) {
+            let mut pairs: Vec<(Value, Value)> = Vec::new();
+            for (i, key) in keys.iter().enumerate() {
+                if pairs.iter().any(|(k, _)| k == &text(key)) {
+                    continue;
+                }
+                let value = match i % 3 {
+                    0 => Value::Integer(number.into()),
+                    1 => Value::Bytes(bytes.clone()),
+                    _ => Value::Array(vec![text(key), Value::Map(vec![(text("n"), Value::Integer(i.into()))])]),
+                };
+                pairs.push((text(key), value));
+            }
+            let kind = EntryKind::parse(kind).expect("kind");
+            let entry = Entry::new(kind, Hash(prev), time_ms, Value::Map(pairs)).expect("entry");
+            let framed = entry.encode();
+            proptest::prop_assert_eq!(&framed, &encode_as_one_map(&entry));
+            proptest::prop_assert_eq!(Entry::decode(&framed).expect("decodes"), entry);
+        }
     }
 
     /// The worked example of docs/formats.md; the expected bytes are written out by hand there.

@@ -258,7 +258,13 @@ pub struct SignedCheckpoint {
 /// An append request checked by [`Ledger::prepare`]: a valid kind, a deterministic payload, a
 /// size within the limit.
 #[derive(Clone, Debug)]
-pub struct Prepared(Entry);
+pub struct Prepared {
+    /// The entry with a placeholder `prev` and time; the append fills in both.
+    template: Entry,
+    /// The payload's deterministic encoding, made once here and framed into each attempt's
+    /// entry bytes (an append rebuilt after a conflict does not encode it again).
+    payload_cbor: Vec<u8>,
+}
 
 /// Refuses an entry an append cannot follow, saying why.
 pub type EntryCheck = Arc<dyn Fn(&Entry) -> Result<(), String> + Send + Sync>;
@@ -293,6 +299,9 @@ pub struct Appended {
     pub leaf_hash: Hash,
     /// Its encoded bytes.
     pub entry: Vec<u8>,
+    /// The same entry, decoded: what `entry` encodes, so a caller that applies the event does
+    /// not decode the bytes the ledger has just encoded.
+    pub decoded: Entry,
 }
 
 /// How many times one append is rebuilt after other writers extended the log first.
@@ -628,21 +637,26 @@ impl Ledger {
             let mut prev = state.prev;
             let mut appended = Vec::with_capacity(live.len());
             let mut hashes = Vec::with_capacity(live.len() * 2);
-            for (offset, Prepared(template)) in live.into_iter().enumerate() {
+            for (offset, prepared) in live.into_iter().enumerate() {
                 // The payload is already deterministic and the entry's size was checked with
                 // the largest possible time, so nothing here can fail.
-                let entry = Entry {
-                    prev,
+                let bytes = Entry::encode_with_payload(
+                    &prepared.template.kind,
+                    &prev,
                     time_ms,
-                    ..template.clone()
-                };
-                let bytes = entry.encode();
+                    &prepared.payload_cbor,
+                );
                 let leaf = merkle::leaf_hash(&bytes);
                 hashes.extend(frontier.append(leaf));
                 appended.push(Appended {
                     index: first_index + offset as u64,
                     leaf_hash: leaf,
                     entry: bytes,
+                    decoded: Entry {
+                        prev,
+                        time_ms,
+                        ..prepared.template.clone()
+                    },
                 });
                 prev = leaf;
             }
@@ -810,11 +824,16 @@ impl Ledger {
     pub fn prepare(kind: EntryKind, payload: Value) -> LedgerResult<Prepared> {
         // The largest time encodes longest, so an entry that fits now fits at any time.
         let template = Entry::new(kind, Hash::ZERO, u64::MAX, payload)?;
-        let len = template.encode().len();
+        let payload_cbor = custodian_core::entry::encode_value(&template.payload);
+        let len =
+            Entry::encode_with_payload(&template.kind, &Hash::ZERO, u64::MAX, &payload_cbor).len();
         if len > custodian_core::entry::MAX_ENTRY_LEN {
             return Err(EntryError::TooLarge { len }.into());
         }
-        Ok(Prepared(template))
+        Ok(Prepared {
+            template,
+            payload_cbor,
+        })
     }
 
     fn check_size(&self, size: u64) -> LedgerResult<()> {

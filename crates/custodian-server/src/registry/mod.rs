@@ -426,7 +426,7 @@ impl Registry {
                 .sequencer
                 .append_if(T::KIND, payload, condition)
                 .await?;
-            let entry = Entry::decode(&appended.entry).map_err(invalid)?;
+            let entry = appended.decoded.clone();
             return Ok((appended, checkpoint, entry));
         }
         // A private or large event is sealed: its body goes into custody first (verified and
@@ -460,8 +460,7 @@ impl Registry {
                 condition,
             )
             .await?;
-        let sealed = Entry::decode(&appended.entry).map_err(invalid)?;
-        let entry = custodian_core::seal::unseal(&sealed, &body)
+        let entry = custodian_core::seal::unseal(&appended.decoded, &body)
             .map_err(|e| RegistryError::Ledger(LedgerError::Corrupt(e.to_string())))?;
         self.index
             .write()
