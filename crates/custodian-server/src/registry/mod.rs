@@ -174,7 +174,7 @@ pub struct Registry {
     pub(crate) writes: tokio::sync::Mutex<()>,
     /// Bounds the attestations being checked at once, across all callers: each holds its
     /// envelope in several forms until appended, so this bounds the daemon's memory.
-    pub(crate) attest_permits: tokio::sync::Semaphore,
+    pub(crate) attest_permits: Arc<tokio::sync::Semaphore>,
     /// Evidence older than this sends a badge to review.
     pub(crate) badge_max_age_ms: std::sync::atomic::AtomicU64,
     /// Parsed manifests by manifest digest, loaded from custody on first use.
@@ -261,9 +261,9 @@ impl Registry {
             sequencer,
             index: Arc::new(RwLock::new(state)),
             writes: tokio::sync::Mutex::new(()),
-            attest_permits: tokio::sync::Semaphore::new(
+            attest_permits: Arc::new(tokio::sync::Semaphore::new(
                 crate::evidence::MAX_CONCURRENT_ATTESTATIONS,
-            ),
+            )),
             badge_max_age_ms: std::sync::atomic::AtomicU64::new(
                 custodian_core::badge::DEFAULT_MAX_AGE_MS,
             ),

@@ -188,6 +188,30 @@ async fn a_yank_is_recorded_with_its_reason_and_survives_replay() {
     }
 }
 
+/// A passing run of `acme-bot@1.0.0`'s eval `e1` on model `m1`, told apart by its seed.
+fn run_statement(manifest: Digest, seed: u64) -> RunStatement {
+    RunStatement::new(
+        manifest,
+        RunPredicate {
+            package: "acme-bot".into(),
+            version: "1.0.0".into(),
+            eval_id: "e1".into(),
+            model: "m1".into(),
+            passed: true,
+            metrics: Default::default(),
+            data_pack_sha256: None,
+            reproducibility_context: serde_json::json!({"seed": seed}),
+            started_at: "2026-11-30T00:00:00Z".into(),
+            finished_at: "2026-11-30T00:00:01Z".into(),
+            runner: Runner {
+                id: "ci".into(),
+                version: None,
+            },
+        },
+    )
+    .expect("run statement")
+}
+
 #[tokio::test]
 async fn attesters_and_runs_are_the_badge_inputs_the_index_keeps() {
     let f = fixture().await;
@@ -197,26 +221,7 @@ async fn attesters_and_runs_are_the_badge_inputs_the_index_keeps() {
         .register_attester(&admin(), &attester.verifier().to_string())
         .await
         .expect("register attester");
-    let run = RunStatement::new(
-        f.manifest,
-        RunPredicate {
-            package: "acme-bot".into(),
-            version: "1.0.0".into(),
-            eval_id: "e1".into(),
-            model: "m1".into(),
-            passed: true,
-            metrics: Default::default(),
-            data_pack_sha256: None,
-            reproducibility_context: serde_json::json!({"seed": 7}),
-            started_at: "2026-11-30T00:00:00Z".into(),
-            finished_at: "2026-11-30T00:00:01Z".into(),
-            runner: Runner {
-                id: "ci".into(),
-                version: None,
-            },
-        },
-    )
-    .expect("run statement");
+    let run = run_statement(f.manifest, 7);
     let receipt = f
         .registry
         .attest(&admin(), &run.sign(&attester).to_json())
@@ -241,6 +246,63 @@ async fn attesters_and_runs_are_the_badge_inputs_the_index_keeps() {
             evidence.scans
         );
     }
+}
+
+/// A batch larger than the attestation slots: every run is checked and answered in request
+/// order (a bad one among them gets its own error), every slot comes back, and a caller that
+/// goes away mid-batch gives back the slots its runs held (they travel with the runs, taken
+/// before each check starts).
+#[tokio::test]
+async fn a_batch_larger_than_the_slots_answers_every_run_and_gives_every_slot_back() {
+    use crate::evidence::MAX_CONCURRENT_ATTESTATIONS as SLOTS;
+    let f = fixture().await;
+    f.publish(false).await.expect("publish");
+    let attester = SignerKey::from_seed("ci-runner", [5; 32]).expect("attester key");
+    f.registry
+        .register_attester(&admin(), &attester.verifier().to_string())
+        .await
+        .expect("register attester");
+    let count = SLOTS + 44;
+    let bad = SLOTS + 3;
+    let envelopes: Vec<String> = (0..count as u64)
+        .map(|i| {
+            if i as usize == bad {
+                "{\"payloadType\": \"not an envelope\"".to_string()
+            } else {
+                run_statement(f.manifest, i).sign(&attester).to_json()
+            }
+        })
+        .collect();
+
+    let results = f
+        .registry
+        .attest_many(&admin(), envelopes.clone(), false)
+        .await;
+    assert_eq!(results.len(), count);
+    // Results come in request order; the runs are appended concurrently, so their ledger
+    // indices need not be.
+    let mut indices = std::collections::HashSet::new();
+    for (i, result) in results.iter().enumerate() {
+        match result {
+            Err(RegistryError::InvalidArgument(message)) if i == bad => {
+                assert!(message.contains("envelope"), "{message}")
+            }
+            Ok(crate::evidence::Attested::Index { index, .. }) if i != bad => {
+                assert!(indices.insert(*index), "run {i} shares index {index}");
+            }
+            Ok(_) => panic!("run {i} answered with a receipt, or the bad run was accepted"),
+            Err(err) => panic!("run {i}: {err}"),
+        }
+    }
+    assert_eq!(f.registry.attest_permits.available_permits(), SLOTS);
+
+    // Polled once, the batch holds slots; dropped, it gives all of them back.
+    let who = admin();
+    let mut batch = Box::pin(f.registry.attest_many(&who, envelopes, false));
+    assert!(futures::poll!(&mut batch).is_pending());
+    assert!(f.registry.attest_permits.available_permits() < SLOTS);
+    drop(batch);
+    assert_eq!(f.registry.attest_permits.available_permits(), SLOTS);
 }
 
 #[test]
