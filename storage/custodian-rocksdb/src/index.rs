@@ -96,6 +96,23 @@ pub(crate) fn cf_descriptor(name: &str, write_buffer: usize) -> ColumnFamilyDesc
     ColumnFamilyDescriptor::new(name, o)
 }
 
+/// A column family keyed by position (the ledger's entries and tree hashes): every key below
+/// the end exists, and nothing is looked up that is not there, so a Bloom filter could only say
+/// "maybe" and costs memory. At 10,000,000 entries the tree's filters alone are about 25 MB,
+/// three times the shared block cache, and an inclusion proof (about 24 lookups) spent most of
+/// its time reloading filter blocks the cache had just evicted: median 451 µs, p99 915 µs,
+/// against 152 µs and 400 µs without filters (`custodian-bench ledger --log-size 10000000`,
+/// docs/performance.md). A partitioned index was tried too and was slower (190 µs, 812 µs).
+pub(crate) fn dense_cf_descriptor(name: &str, write_buffer: usize) -> ColumnFamilyDescriptor {
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_block_cache(&shared_memory().0);
+    table.set_cache_index_and_filter_blocks(true);
+    let mut o = Options::default();
+    o.set_write_buffer_size(write_buffer);
+    o.set_block_based_table_factory(&table);
+    ColumnFamilyDescriptor::new(name, o)
+}
+
 /// A committed blob as the index records it.
 #[derive(Clone, Debug)]
 pub struct IndexEntry {

@@ -51,9 +51,10 @@ impl RocksLedger {
         // Small memtables and a cap on their total: the daemon's memory budget is shared with
         // the blob store, and ledger records are small (a 1,000,000-entry log is ~400 MB on disk).
         db_opts.set_db_write_buffer_size(24 << 20);
+        let dense = crate::index::dense_cf_descriptor;
         let cfs = vec![
-            cf(CF_ENTRIES, 8 << 20),
-            cf(CF_TREE, 8 << 20),
+            dense(CF_ENTRIES, 8 << 20),
+            dense(CF_TREE, 8 << 20),
             cf(CF_LEAVES, 4 << 20),
             cf(CF_CHECKPOINTS, 2 << 20),
         ];
