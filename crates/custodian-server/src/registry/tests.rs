@@ -212,8 +212,8 @@ fn run_statement(manifest: Digest, seed: u64) -> RunStatement {
     .expect("run statement")
 }
 
-#[tokio::test]
-async fn attesters_and_runs_are_the_badge_inputs_the_index_keeps() {
+/// The fixture with `acme-bot@1.0.0` published and an attester registered, and that attester's key.
+async fn published_with_attester() -> (Fixture, SignerKey) {
     let f = fixture().await;
     f.publish(false).await.expect("publish");
     let attester = SignerKey::from_seed("ci-runner", [5; 32]).expect("attester key");
@@ -221,6 +221,12 @@ async fn attesters_and_runs_are_the_badge_inputs_the_index_keeps() {
         .register_attester(&admin(), &attester.verifier().to_string())
         .await
         .expect("register attester");
+    (f, attester)
+}
+
+#[tokio::test]
+async fn attesters_and_runs_are_the_badge_inputs_the_index_keeps() {
+    let (f, attester) = published_with_attester().await;
     let run = run_statement(f.manifest, 7);
     let receipt = f
         .registry
@@ -255,13 +261,7 @@ async fn attesters_and_runs_are_the_badge_inputs_the_index_keeps() {
 #[tokio::test]
 async fn a_batch_larger_than_the_slots_answers_every_run_and_gives_every_slot_back() {
     use crate::evidence::MAX_CONCURRENT_ATTESTATIONS as SLOTS;
-    let f = fixture().await;
-    f.publish(false).await.expect("publish");
-    let attester = SignerKey::from_seed("ci-runner", [5; 32]).expect("attester key");
-    f.registry
-        .register_attester(&admin(), &attester.verifier().to_string())
-        .await
-        .expect("register attester");
+    let (f, attester) = published_with_attester().await;
     let count = SLOTS + 44;
     let bad = SLOTS + 3;
     let envelopes: Vec<String> = (0..count as u64)
