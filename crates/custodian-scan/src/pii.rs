@@ -142,9 +142,16 @@ fn ssn_valid(area: &str, group: &str, serial: &str) -> bool {
 /// Scans text for personal data; each finding at `severity`. One finding per family, with a
 /// count, and never the value itself in the message (the report is public; the value is not).
 pub fn scan_text(file: &str, text: &str, severity: Severity) -> Vec<Finding> {
+    scan_text_from(file, text, severity, 0)
+}
+
+/// [`scan_text`] over a piece of a file that starts at byte `base` of it: offsets, in the
+/// findings and in their messages, count from the file's start.
+pub fn scan_text_from(file: &str, text: &str, severity: Severity, base: u64) -> Vec<Finding> {
     let mut found = FileFindings::default();
     let mut push = |at: usize, rule: &str, what: &str| {
-        found.push(file, at as u64, rule, severity, || {
+        let at = base + at as u64;
+        found.push(file, at, rule, severity, || {
             format!("{file} contains {what} at byte {at} (safety.pii_scan is declared)")
         });
     };
