@@ -68,6 +68,8 @@ pub struct RestState {
     upload_idle: std::time::Duration,
     oci: Arc<crate::oci::Oci>,
     uploads: Arc<custodian_storage::uploads::UploadSessions>,
+    /// Hosted data packs being scanned as their tus sessions receive them.
+    stream_scans: Arc<crate::scan::StreamScans>,
 }
 
 /// The REST router; an upload body that sends nothing for `upload_idle` is abandoned.
@@ -79,6 +81,7 @@ pub fn router(
     uploads: Arc<custodian_storage::uploads::UploadSessions>,
 ) -> Router {
     let store = registry.store().clone();
+    let stream_scans = Arc::new(crate::scan::StreamScans::new(uploads.expiry()));
     let state = RestState {
         registry,
         auth,
@@ -86,6 +89,7 @@ pub fn router(
         upload_idle,
         oci,
         uploads,
+        stream_scans,
     };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

@@ -29,10 +29,15 @@ use custodian_storage::uploads::{PieceCheck, SessionInfo, UploadError};
 use sha2::Digest as _;
 
 use super::error::{ApiError, ApiResult};
-use super::upload::register_stored;
+use super::upload::{register_stored, scan_name};
 use super::{RestState, principal};
 use crate::auth::Principal;
 use crate::registry::HostedMeta;
+use crate::scan::StreamScan;
+
+/// A PATCH body, read as it is or through the session's stream scan.
+type BodyStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, axum::Error>> + Send>>;
 
 /// The protocol version spoken.
 const TUS_VERSION: &str = "1.0.0";
@@ -263,6 +268,16 @@ pub(super) async fn create(
             metadata,
         )
         .await?;
+    // The scanner reads the session's bytes as its PATCHes stage them, on the other core.
+    if let Some(scan) = state
+        .registry
+        .stream_scan(&target, &scan_name(&meta), state.stream_scans.permits())
+        .await
+    {
+        state
+            .stream_scans
+            .keep(&info.id, std::sync::Arc::new(tokio::sync::Mutex::new(scan)));
+    }
     let location = format!(
         "/wrappers/{}/versions/{}/data-pack/uploads/{}",
         super::encode_segment(&id),
@@ -390,18 +405,35 @@ pub(super) async fn patch(
     })?;
     let check = parse_checksum(&headers)?.map(|c| Box::new(c) as Box<dyn PieceCheck>);
     let session_owner = owner(&who, &id, &vid);
+    // The session's stream scan reads this PATCH's bytes only if it has read every byte before
+    // them; otherwise it is dropped and the data pack is scanned from custody when it lands.
+    let mut scan = state.stream_scans.take(&uid);
+    if let Some(shared) = &scan
+        && shared.lock().await.fed() != offset
+    {
+        scan = None;
+    }
+    let body: BodyStream = match &scan {
+        Some(shared) => Box::pin(StreamScan::tee(shared.clone(), body.into_data_stream())),
+        None => Box::pin(body.into_data_stream()),
+    };
+    // A refused or broken PATCH drops the scan with it: what it read may not all be staged.
     let info = state
         .uploads
-        .append_checked(
-            &session_owner,
-            &uid,
-            Some(offset),
-            body.into_data_stream(),
-            check,
-        )
+        .append_checked(&session_owner, &uid, Some(offset), body, check)
         .await?;
+    let scan = match scan.and_then(StreamScan::unshare) {
+        Some(scan) if scan.fed() == info.committed => Some(scan),
+        _ => None,
+    };
     let mut response = StatusCode::NO_CONTENT.into_response();
-    if Some(info.committed) == info.expected_size {
+    if Some(info.committed) != info.expected_size {
+        if let Some(scan) = scan {
+            state
+                .stream_scans
+                .keep(&uid, std::sync::Arc::new(tokio::sync::Mutex::new(scan)));
+        }
+    } else {
         let meta = hosted_meta(&info.metadata)?;
         let target = state.registry.check_data_pack_target(&who, &id, &vid)?;
         let mut meta = meta;
@@ -410,7 +442,7 @@ pub(super) async fn patch(
             .uploads
             .finish(&session_owner, &uid, Expectation::default())
             .await?;
-        let (_, registered) = register_stored(&state, &who, &id, &vid, meta, &stored).await?;
+        let (_, registered) = register_stored(&state, &who, &id, &vid, meta, &stored, scan).await?;
         let h = response.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&stored.meta.digests.sha256.to_string()) {
             h.insert("custodian-data-pack-sha256", v);
@@ -438,5 +470,6 @@ pub(super) async fn terminate(
     require_version(&headers)?;
     let who = principal(&state, &headers)?;
     state.uploads.cancel(&owner(&who, &id, &vid), &uid).await?;
+    drop(state.stream_scans.take(&uid));
     Ok(tus_headers(StatusCode::NO_CONTENT.into_response()))
 }

@@ -13,6 +13,7 @@ use super::error::{ApiError, ApiResult, bad_multipart};
 use super::views::{data_pack_json, recorded_json};
 use super::{RestState, principal};
 use crate::registry::HostedMeta;
+use crate::scan::StreamScan;
 
 /// How many upload bytes are gathered before they go to the store.
 const UPLOAD_PIECE: usize = 1 << 20;
@@ -100,6 +101,11 @@ async fn hosted(
                 // The signed manifest's data_pack declaration is binding.
                 state.registry.apply_declared(&target, &mut meta).await?;
                 let expected = state.registry.check_hosted(&who, &id, &vid, &meta)?;
+                // The scanner reads the pieces as they are stored, on the other core.
+                let mut scan = state
+                    .registry
+                    .stream_scan(&target, &scan_name(&meta), state.stream_scans.permits())
+                    .await;
                 let mut writer = state
                     .store
                     .begin_put(Expectation {
@@ -129,17 +135,21 @@ async fn hosted(
                 {
                     piece.extend_from_slice(&chunk);
                     if piece.len() >= UPLOAD_PIECE {
-                        writer
-                            .write(piece.split().freeze())
-                            .await
-                            .map_err(ApiError::from)?;
+                        let piece = piece.split().freeze();
+                        let fed = feed(&mut scan, piece.clone());
+                        let (written, ()) = tokio::join!(writer.write(piece), fed);
+                        written.map_err(ApiError::from)?;
                     }
                 }
                 if !piece.is_empty() {
-                    writer.write(piece.freeze()).await.map_err(ApiError::from)?;
+                    let piece = piece.freeze();
+                    let fed = feed(&mut scan, piece.clone());
+                    let (written, ()) = tokio::join!(writer.write(piece), fed);
+                    written.map_err(ApiError::from)?;
                 }
                 let stored = writer.commit().await.map_err(ApiError::from)?;
-                let (status, body) = register_stored(state, &who, &id, &vid, meta, &stored).await?;
+                let (status, body) =
+                    register_stored(state, &who, &id, &vid, meta, &stored, scan).await?;
                 return Ok((status, axum::Json(body)).into_response());
             }
             other => {
@@ -152,10 +162,23 @@ async fn hosted(
     }
 }
 
+/// Feeds a stored piece to the upload's stream scan, if it has one.
+async fn feed(scan: &mut Option<StreamScan>, piece: bytes::Bytes) {
+    if let Some(scan) = scan {
+        scan.feed(piece).await;
+    }
+}
+
+/// The name the built-in scanner gives a hosted data pack's file.
+pub(super) fn scan_name(meta: &HostedMeta) -> String {
+    meta.filename.clone().unwrap_or_else(|| "data-pack".into())
+}
+
 /// Registers a hosted data pack whose bytes are now in custody (`stored`): scans them (unless the
 /// same bytes were registered before), records the registration and the verdict, and returns
 /// the status and JSON body the REST API answers with. The multipart upload and the tus upload
-/// both end here.
+/// both end here. `streamed` is the scan that read the upload's bytes as they arrived, when it
+/// read every one of them; without it the data pack is scanned from custody.
 pub(super) async fn register_stored(
     state: &RestState,
     who: &Principal,
@@ -163,6 +186,7 @@ pub(super) async fn register_stored(
     vid: &str,
     meta: HostedMeta,
     stored: &PutOutcome,
+    streamed: Option<StreamScan>,
 ) -> ApiResult<(StatusCode, serde_json::Value)> {
     let target = state.registry.check_data_pack_target(who, id, vid)?;
     // Scanned in custody before it is registered, so the registration carries the
@@ -175,12 +199,15 @@ pub(super) async fn register_stored(
         .ok()
         .filter(|p| p.event.pack.sha256 == Some(sha256.to_string()))
         .map(|p| p.event.pack.scan_status.unwrap_or_default());
-    let report = match previous {
-        Some(_) => None,
-        None => {
-            let name = meta.filename.clone().unwrap_or_else(|| "data-pack".into());
-            Some(state.registry.scan_data(&target, &sha256, &name).await)
-        }
+    let report = match (&previous, streamed) {
+        (Some(_), _) => None,
+        (None, Some(scan)) if scan.fed() == stored.meta.size => Some(scan.finish().await),
+        (None, _) => Some(
+            state
+                .registry
+                .scan_data(&target, &sha256, &scan_name(&meta))
+                .await,
+        ),
     };
     let status = match (&report, &previous) {
         (Some(r), _) => r.verdict().as_str().to_string(),

@@ -21,6 +21,9 @@ use crate::auth::{Principal, Scope};
 use crate::registry::{Registry, RegistryError, VersionRecord};
 
 mod external;
+mod stream;
+
+pub(crate) use stream::{StreamScan, StreamScans};
 
 use external::{open_blob, run_external, scanner_error};
 
