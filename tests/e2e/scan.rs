@@ -382,6 +382,166 @@ fn a_hosted_data_pack_with_malware_is_flagged_and_fails_the_badge() {
         "{pack}"
     );
     assert_eq!(pack["findings"][0]["rule"], "malware.eicar");
+    // The upload was scanned as it arrived; the rescan read the pack from custody: one report.
+    assert_eq!(json(&body)["scan"]["findings"], pack["findings"], "{pack}");
+}
+
+/// The findings of the ScanRecorded entry at `index`.
+fn recorded_findings(daemon: &Daemon, index: u64) -> serde_json::Value {
+    let entry =
+        json(stdout(&daemon.cli(&["log", "entry", &index.to_string(), "--json"])).as_bytes());
+    let payload = &entry["payload"];
+    assert_eq!(payload["target"], "data_pack", "{entry}");
+    serde_json::from_str(payload["findings"].as_str().expect("findings")).expect("findings JSON")
+}
+
+/// Sends a tus upload of `file` in the pieces `cuts` marks, the piece at `refused` first with a
+/// wrong `Upload-Checksum`; returns the ledger index of the data pack's registration.
+fn tus_upload(
+    daemon: &Daemon,
+    version_path: &str,
+    file: &Path,
+    cuts: &[u64],
+    refused: Option<usize>,
+) -> u64 {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let bytes = std::fs::read(file).expect("read the data pack");
+    let metadata = format!(
+        "metadata {},filename {}",
+        b64.encode(r#"{"license": "CC-BY-4.0"}"#),
+        b64.encode("train.jsonl")
+    );
+    let collection = format!("{}/wrappers/{version_path}/data-pack/uploads", daemon.rest);
+    let headers = |out: &[u8]| String::from_utf8_lossy(out).to_ascii_lowercase();
+    let created = Command::new("curl")
+        .args(["-sS", "-D", "-", "-o", "/dev/null", "-X", "POST"])
+        .args(["-H", &bearer(&daemon.token), "-H", "Tus-Resumable: 1.0.0"])
+        .args(["-H", &format!("Upload-Length: {}", bytes.len())])
+        .args(["-H", &format!("Upload-Metadata: {metadata}")])
+        .arg(&collection)
+        .output()
+        .expect("curl");
+    let created = headers(&created.stdout);
+    let location = created
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap_or_else(|| panic!("no Location: {created}"))
+        .trim()
+        .to_string();
+    let url = format!("{}{location}", daemon.rest);
+    let mut start = 0u64;
+    let mut index = None;
+    let mut last = String::new();
+    for (i, end) in cuts.iter().copied().chain([bytes.len() as u64]).enumerate() {
+        let piece = &bytes[start as usize..end as usize];
+        let path = file.with_extension(format!("piece{i}"));
+        std::fs::write(&path, piece).expect("write a piece");
+        let patch = |checksum: &str| {
+            let out = Command::new("curl")
+                .args(["-sS", "-D", "-", "-o", "/dev/null", "-X", "PATCH"])
+                .args(["-H", &bearer(&daemon.token), "-H", "Tus-Resumable: 1.0.0"])
+                .args([
+                    "-H",
+                    "Content-Type: application/offset+octet-stream",
+                    "-H",
+                    "Expect:",
+                ])
+                .args(["-H", &format!("Upload-Offset: {start}")])
+                .args(["-H", &format!("Upload-Checksum: sha256 {checksum}")])
+                .arg("--data-binary")
+                .arg(format!("@{}", path.display()))
+                .arg(&url)
+                .output()
+                .expect("curl");
+            headers(&out.stdout)
+        };
+        let sha = custodian_core::Digest::of(custodian_core::Algorithm::Sha256, piece);
+        if refused == Some(i) {
+            let answer = patch(&b64.encode(
+                custodian_core::Digest::of(custodian_core::Algorithm::Sha256, b"else").bytes(),
+            ));
+            assert!(answer.starts_with("http/1.1 460"), "{answer}");
+        }
+        let answer = patch(&b64.encode(sha.bytes()));
+        assert!(answer.starts_with("http/1.1 204"), "{answer}");
+        last = answer.clone();
+        index = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("custodian-ledger-index: "))
+            .map(|v| v.trim().parse().expect("an index"));
+        start = end;
+    }
+    index.unwrap_or_else(|| panic!("the last PATCH registers the data pack: {last}"))
+}
+
+/// A tus upload is scanned as its PATCHes arrive: a signature cut across two PATCHes is found,
+/// and the recorded findings are those of the scan of the stored pack. When a piece is refused
+/// on the way the streamed scan is not trusted; the pack is scanned from custody, with the same
+/// findings.
+#[test]
+fn tus_uploads_are_scanned_as_they_arrive_and_from_custody_after_a_refused_piece() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let (key, _) = generate_key(dir.path(), "acme");
+    for name in ["customer-support-classifier", "pacman-builder"] {
+        let package = copy_example(name, dir.path());
+        stdout(&daemon.cli(&[
+            "publish",
+            package.to_str().expect("utf-8"),
+            "--key",
+            key.to_str().expect("utf-8"),
+        ]));
+    }
+    // 3 MiB of JSON Lines; the EICAR signature straddles the first cut, and comes again later.
+    let eicar = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+    let first_cut = 1u64 << 20;
+    let mut text = String::new();
+    let mut row = 0;
+    while (text.len() as u64) < first_cut - 100 {
+        text.push_str(&format!("{{\"text\": \"row {row}\"}}\n"));
+        row += 1;
+    }
+    text.truncate((first_cut - 30) as usize);
+    while (text.len() as u64) < first_cut - 30 {
+        text.push(' ');
+    }
+    text.push_str(eicar);
+    text.push('\n');
+    while text.len() < 3 << 20 {
+        text.push_str(&format!("{{\"text\": \"row {row}\"}}\n"));
+        row += 1;
+    }
+    text.push_str(eicar);
+    text.push('\n');
+    let file = dir.path().join("train.jsonl");
+    std::fs::write(&file, &text).expect("write the data pack");
+    let cuts = [first_cut, 2 << 20];
+
+    let streamed = tus_upload(
+        &daemon,
+        "customer-support-classifier/versions/0.1.0",
+        &file,
+        &cuts,
+        None,
+    );
+    // The refused piece holds the second signature: a scan fed it twice would count three.
+    let fallback = tus_upload(
+        &daemon,
+        "pacman-builder/versions/0.2.1",
+        &file,
+        &cuts,
+        Some(2),
+    );
+    let streamed = recorded_findings(&daemon, streamed + 1);
+    let fallback = recorded_findings(&daemon, fallback + 1);
+    assert_eq!(streamed[0]["rule"], "malware.eicar", "{streamed}");
+    assert_eq!(streamed[0]["offset"], first_cut - 30, "{streamed}");
+    assert_eq!(streamed[0]["count"], 2, "{streamed}");
+    assert_eq!(streamed, fallback);
+    let rescan = daemon.cli(&["scan", "customer-support-classifier@0.1.0", "--json"]);
+    assert_eq!(rescan.status.code(), Some(2), "flagged");
+    assert_eq!(json(&rescan.stdout)["results"][1]["findings"], streamed);
 }
 
 #[test]

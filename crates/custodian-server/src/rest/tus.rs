@@ -447,7 +447,7 @@ pub(super) async fn patch(
         if let Ok(v) = HeaderValue::from_str(&stored.meta.digests.sha256.to_string()) {
             h.insert("custodian-data-pack-sha256", v);
         }
-        if let Some(index) = registered["receipt"]["index"].as_u64() {
+        if let Some(index) = registered["receipt"]["log_index"].as_u64() {
             h.insert("custodian-ledger-index", HeaderValue::from(index));
         }
         if registered["already_recorded"] == true {
