@@ -127,6 +127,134 @@ fn a_256_mib_put_cut_three_ways_resumes_each_time() {
     );
 }
 
+/// Creates a tus upload session of `length` bytes for the data pack of `version_path`
+/// (`NAME/versions/VERSION`), license CC-BY-4.0 and no sha256; returns its URL.
+pub(crate) fn tus_create(daemon: &Daemon, version_path: &str, length: u64, name: &str) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let metadata = format!(
+        "metadata {},filename {}",
+        b64.encode(r#"{"license": "CC-BY-4.0"}"#),
+        b64.encode(name)
+    );
+    let out = Command::new("curl")
+        .args(["-sS", "-D", "-", "-o", "/dev/null", "-X", "POST"])
+        .args(["-H", &crate::registry::bearer(&daemon.token)])
+        .args(["-H", "Tus-Resumable: 1.0.0"])
+        .args(["-H", &format!("Upload-Length: {length}")])
+        .args(["-H", &format!("Upload-Metadata: {metadata}")])
+        .arg(format!(
+            "{}/wrappers/{version_path}/data-pack/uploads",
+            daemon.rest
+        ))
+        .output()
+        .expect("curl");
+    let created = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    let location = header(&created, "location").unwrap_or_else(|| panic!("no Location: {created}"));
+    format!("{}{location}", daemon.rest)
+}
+
+/// Sends the bytes of `piece` at `offset` to the tus session at `url`, with `extra` headers;
+/// returns the answer's status line and headers, lower-cased.
+pub(crate) fn tus_patch(
+    daemon: &Daemon,
+    url: &str,
+    offset: u64,
+    piece: &Path,
+    extra: &[&str],
+) -> String {
+    let mut command = Command::new("curl");
+    command
+        .args(["-sS", "-D", "-", "-o", "/dev/null", "-X", "PATCH"])
+        .args(["-H", &crate::registry::bearer(&daemon.token)])
+        .args(["-H", "Tus-Resumable: 1.0.0", "-H", "Expect:"])
+        .args(["-H", "Content-Type: application/offset+octet-stream"])
+        .args(["-H", &format!("Upload-Offset: {offset}")]);
+    for h in extra {
+        command.args(["-H", h]);
+    }
+    let out = command
+        .arg("--data-binary")
+        .arg(format!("@{}", piece.display()))
+        .arg(url)
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+}
+
+/// The value of header `name` (lower-case) in a lower-cased answer.
+pub(crate) fn header(answer: &str, name: &str) -> Option<String> {
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+}
+
+/// A client that hashes while it sends declares the sha256 on the PATCH that completes the
+/// upload: on any other PATCH the declaration is refused before a byte is kept, and a wrong one
+/// leaves nothing behind (no session, no data pack); the right one registers the pack.
+#[test]
+fn a_tus_upload_declares_its_sha256_on_the_completing_patch() {
+    let dir = tempfile::tempdir().expect("a resumable-upload test step");
+    let daemon = Daemon::start(&dir.path().join("data"));
+    crate::registry::publish_example(
+        &daemon,
+        dir.path(),
+        "customer-support-classifier",
+        "publisher",
+    );
+    let file = dir.path().join("pack.bin");
+    let size = 3 * MIB;
+    write_test_file(&file, size).expect("test file");
+    let bytes = std::fs::read(&file).expect("read");
+    let sha = Digest::of(Algorithm::Sha256, &bytes);
+    let (first, rest) = (dir.path().join("first"), dir.path().join("rest"));
+    std::fs::write(&first, &bytes[..MIB as usize]).expect("write");
+    std::fs::write(&rest, &bytes[MIB as usize..]).expect("write");
+    let version = "customer-support-classifier/versions/0.1.0";
+    let declare = |digest: &Digest| format!("Custodian-Data-Pack-Sha256: {digest}");
+
+    let url = tus_create(&daemon, version, size, "pack.bin");
+    let early = tus_patch(&daemon, &url, 0, &first, &[&declare(&sha)]);
+    assert!(early.starts_with("http/1.1 400"), "{early}");
+    let blake = Digest::of(Algorithm::Blake3, &bytes);
+    let answer = tus_patch(&daemon, &url, 0, &first, &[&declare(&blake)]);
+    assert!(answer.starts_with("http/1.1 400"), "only sha256: {answer}");
+    let answer = tus_patch(&daemon, &url, 0, &first, &[]);
+    assert_eq!(
+        header(&answer, "upload-offset").as_deref(),
+        Some("1048576"),
+        "{answer}"
+    );
+    let wrong = Digest::of(Algorithm::Sha256, b"other bytes");
+    let answer = tus_patch(&daemon, &url, MIB, &rest, &[&declare(&wrong)]);
+    assert!(answer.starts_with("http/1.1 422"), "{answer}");
+    assert_eq!(sessions(&daemon), 0, "nothing left behind");
+    let shown = daemon.cli(&[
+        "datapack",
+        "show",
+        "customer-support-classifier@0.1.0",
+        "--json",
+        "--rest",
+        &daemon.rest,
+    ]);
+    assert!(!shown.status.success(), "no data pack was registered");
+
+    let url = tus_create(&daemon, version, size, "pack.bin");
+    let answer = tus_patch(&daemon, &url, 0, &first, &[]);
+    assert!(answer.starts_with("http/1.1 204"), "{answer}");
+    let answer = tus_patch(&daemon, &url, MIB, &rest, &[&declare(&sha)]);
+    assert!(answer.starts_with("http/1.1 204"), "{answer}");
+    assert_eq!(
+        header(&answer, "custodian-data-pack-sha256"),
+        Some(sha.to_string())
+    );
+    assert!(
+        header(&answer, "custodian-ledger-index").is_some(),
+        "{answer}"
+    );
+}
+
 fn python() -> std::path::PathBuf {
     crate::registry::python()
 }

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::registry::{bearer, copy_example, curl, generate_key, json, python, stdout};
+use crate::resumable::{header, tus_create, tus_patch};
 use custodian_testkit::Daemon;
 
 /// Makes the pacman-builder example malicious in three ways: a system prompt with hidden
@@ -407,72 +408,28 @@ fn tus_upload(
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
     let bytes = std::fs::read(file).expect("read the data pack");
-    let metadata = format!(
-        "metadata {},filename {}",
-        b64.encode(r#"{"license": "CC-BY-4.0"}"#),
-        b64.encode("train.jsonl")
-    );
-    let collection = format!("{}/wrappers/{version_path}/data-pack/uploads", daemon.rest);
-    let headers = |out: &[u8]| String::from_utf8_lossy(out).to_ascii_lowercase();
-    let created = Command::new("curl")
-        .args(["-sS", "-D", "-", "-o", "/dev/null", "-X", "POST"])
-        .args(["-H", &bearer(&daemon.token), "-H", "Tus-Resumable: 1.0.0"])
-        .args(["-H", &format!("Upload-Length: {}", bytes.len())])
-        .args(["-H", &format!("Upload-Metadata: {metadata}")])
-        .arg(&collection)
-        .output()
-        .expect("curl");
-    let created = headers(&created.stdout);
-    let location = created
-        .lines()
-        .find_map(|l| l.strip_prefix("location: "))
-        .unwrap_or_else(|| panic!("no Location: {created}"))
-        .trim()
-        .to_string();
-    let url = format!("{}{location}", daemon.rest);
+    let url = tus_create(daemon, version_path, bytes.len() as u64, "train.jsonl");
     let mut start = 0u64;
-    let mut index = None;
     let mut last = String::new();
     for (i, end) in cuts.iter().copied().chain([bytes.len() as u64]).enumerate() {
         let piece = &bytes[start as usize..end as usize];
         let path = file.with_extension(format!("piece{i}"));
         std::fs::write(&path, piece).expect("write a piece");
-        let patch = |checksum: &str| {
-            let out = Command::new("curl")
-                .args(["-sS", "-D", "-", "-o", "/dev/null", "-X", "PATCH"])
-                .args(["-H", &bearer(&daemon.token), "-H", "Tus-Resumable: 1.0.0"])
-                .args([
-                    "-H",
-                    "Content-Type: application/offset+octet-stream",
-                    "-H",
-                    "Expect:",
-                ])
-                .args(["-H", &format!("Upload-Offset: {start}")])
-                .args(["-H", &format!("Upload-Checksum: sha256 {checksum}")])
-                .arg("--data-binary")
-                .arg(format!("@{}", path.display()))
-                .arg(&url)
-                .output()
-                .expect("curl");
-            headers(&out.stdout)
+        let checksum = |bytes: &[u8]| {
+            let sha = custodian_core::Digest::of(custodian_core::Algorithm::Sha256, bytes);
+            format!("Upload-Checksum: sha256 {}", b64.encode(sha.bytes()))
         };
-        let sha = custodian_core::Digest::of(custodian_core::Algorithm::Sha256, piece);
         if refused == Some(i) {
-            let answer = patch(&b64.encode(
-                custodian_core::Digest::of(custodian_core::Algorithm::Sha256, b"else").bytes(),
-            ));
+            let answer = tus_patch(daemon, &url, start, &path, &[&checksum(b"else")]);
             assert!(answer.starts_with("http/1.1 460"), "{answer}");
         }
-        let answer = patch(&b64.encode(sha.bytes()));
-        assert!(answer.starts_with("http/1.1 204"), "{answer}");
-        last = answer.clone();
-        index = answer
-            .lines()
-            .find_map(|l| l.strip_prefix("custodian-ledger-index: "))
-            .map(|v| v.trim().parse().expect("an index"));
+        last = tus_patch(daemon, &url, start, &path, &[&checksum(piece)]);
+        assert!(last.starts_with("http/1.1 204"), "{last}");
         start = end;
     }
-    index.unwrap_or_else(|| panic!("the last PATCH registers the data pack: {last}"))
+    header(&last, "custodian-ledger-index")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("the last PATCH registers the data pack: {last}"))
 }
 
 /// A tus upload is scanned as its PATCHes arrive: a signature cut across two PATCHes is found,

@@ -28,12 +28,13 @@ pub struct RestArg {
 pub enum DataPackCommand {
     /// Upload a hosted data pack for NAME@VERSION (streamed, with progress)
     #[command(
-        long_about = "Upload a file as the hosted data pack of a published version. The file \
-is hashed locally first and its sha256 declared, so the daemon refuses (and keeps nothing of) \
-bytes that arrive altered. The upload streams with a progress bar on a terminal. Files of 8 MiB or \
-more go over tus 1.0, resumably: a dropped connection or a restarted daemon is retried from the \
-last byte the daemon acknowledged, and running the same command again after it was stopped \
-continues the same upload. Data packs are immutable per version: uploading the same bytes again \
+        long_about = "Upload a file as the hosted data pack of a published version. The file's \
+sha256 is declared to the daemon, so it refuses (and keeps nothing of) bytes that arrive \
+altered. The upload streams with a progress bar on a terminal. Files of 8 MiB or more go over tus \
+1.0, resumably: a dropped connection or a restarted daemon is retried from the last byte the \
+daemon acknowledged, and running the same command again after it was stopped continues the same \
+upload. Such a file is hashed while it is sent and its sha256 declared with its last MiB; a \
+smaller one is hashed first. Data packs are immutable per version: uploading the same bytes again \
 is a no-op, anything else is refused."
     )]
     Upload {
@@ -204,10 +205,32 @@ fn upload_offset(response: &reqwest::Response) -> anyhow::Result<u64> {
         .context("the answer has no Upload-Offset")
 }
 
+/// The last bytes of a tus upload, sent in a PATCH of their own that declares the whole file's
+/// sha256 (hashed while the rest was sent).
+const DECLARING_PIECE: u64 = 1 << 20;
+
+/// The file's sha256, computed beside the upload and awaited only by the PATCH that declares it.
+struct PendingHash(
+    Option<tokio::task::JoinHandle<anyhow::Result<(Digest, u64)>>>,
+    Option<Digest>,
+);
+
+impl PendingHash {
+    async fn get(&mut self) -> anyhow::Result<Digest> {
+        if let Some(task) = self.0.take() {
+            self.1 = Some(task.await??.0);
+        }
+        self.1.context("the file's hash was not computed")
+    }
+}
+
 /// Uploads a large hosted data pack over tus 1.0, resuming after a dropped connection or a
 /// restarted daemon (for up to [`crate::resume::RETRY_FOR`] without progress) and, through a
-/// record under the state directory, after this command itself was stopped. Returns the
-/// registration as the multipart upload reports it (`record`, `already_recorded`).
+/// record under the state directory, after this command itself was stopped. The file is hashed
+/// while it is sent: all but its last [`DECLARING_PIECE`] go first, then the PATCH that completes
+/// the upload declares the sha256, and the daemon keeps nothing if the bytes do not hash to it.
+/// Returns the registration as the multipart upload reports it (`record`, `already_recorded`,
+/// and the `sha256` declared).
 async fn tus_upload(
     rest: &RestArg,
     spec: &str,
@@ -217,6 +240,13 @@ async fn tus_upload(
     len: u64,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<serde_json::Value> {
+    let path = file.to_path_buf();
+    let mut hash = PendingHash(
+        Some(tokio::task::spawn_blocking(move || {
+            crate::pack::hash_file_with(&path, |_| {})
+        })),
+        None,
+    );
     use base64::Engine as _;
     let http = client(rest)?;
     let collection = url(rest, spec, "/uploads")?;
@@ -291,18 +321,31 @@ async fn tus_upload(
             .await
             .with_context(|| format!("opening {}", file.display()))?;
         tokio::io::AsyncSeekExt::seek(&mut reader, std::io::SeekFrom::Start(offset)).await?;
+        // Everything up to the declaring piece, or the declaring piece itself.
+        let end = if offset < len.saturating_sub(DECLARING_PIECE) {
+            len - DECLARING_PIECE
+        } else {
+            len
+        };
         let counter = bar.clone();
-        let stream =
-            tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20).map(move |chunk| {
-                if let Ok(bytes) = &chunk {
-                    counter.inc(bytes.len() as u64);
-                }
-                chunk
-            });
-        let sent = tus(http.patch(&target), rest)
+        let stream = tokio_util::io::ReaderStream::with_capacity(
+            tokio::io::AsyncReadExt::take(reader, end - offset),
+            1 << 20,
+        )
+        .map(move |chunk| {
+            if let Ok(bytes) = &chunk {
+                counter.inc(bytes.len() as u64);
+            }
+            chunk
+        });
+        let mut request = tus(http.patch(&target), rest)
             .header("Upload-Offset", offset.to_string())
             .header("Content-Type", "application/offset+octet-stream")
-            .header("Content-Length", (len - offset).to_string())
+            .header("Content-Length", (end - offset).to_string());
+        if end == len {
+            request = request.header("Custodian-Data-Pack-Sha256", hash.get().await?.to_string());
+        }
+        let sent = request
             .body(reqwest::Body::wrap_stream(stream))
             .send()
             .await;
@@ -354,7 +397,14 @@ async fn tus_upload(
         }
     }
     crate::resume::forget(&record_file);
-    let (_, already) = registered.expect("the loop ends registered");
+    let (stored, already) = registered.expect("the loop ends registered");
+    let sha256 = hash.get().await?;
+    if stored != sha256.to_string() {
+        bail!(
+            "the daemon registered {stored}, but {} hashes to {sha256}",
+            file.display()
+        );
+    }
     let view = answer(
         authorize(http.get(url(rest, spec, "")?), rest)
             .send()
@@ -366,6 +416,7 @@ async fn tus_upload(
         "record": view,
         "already_recorded": already,
         "uploaded_with": "tus 1.0",
+        "sha256": sha256.to_string(),
     }))
 }
 
@@ -469,14 +520,22 @@ pub async fn run(command: DataPackCommand) -> anyhow::Result<ExitCode> {
             json,
             rest,
         } => {
-            let path = file.clone();
-            let (sha256, len) =
-                tokio::task::spawn_blocking(move || hash_with_progress(&path)).await??;
+            let len = std::fs::metadata(&file)
+                .with_context(|| format!("reading {}", file.display()))?
+                .len();
+            // A large file is hashed while it uploads and its sha256 declared at the end; a small
+            // one is hashed first and declared in the metadata.
+            let resumable = len >= crate::resume::RESUMABLE_MIN;
             let mut metadata = serde_json::json!({
                 "license": license,
-                "sha256": sha256.to_string(),
                 "visibility": visibility,
             });
+            if !resumable {
+                let path = file.clone();
+                let (sha256, _) =
+                    tokio::task::spawn_blocking(move || hash_with_progress(&path)).await??;
+                metadata["sha256"] = sha256.to_string().into();
+            }
             if let Some(p) = provenance {
                 let text = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
                 metadata["provenance"] = serde_json::from_slice(&text)
@@ -494,7 +553,7 @@ pub async fn run(command: DataPackCommand) -> anyhow::Result<ExitCode> {
                 .unwrap_or("data")
                 .to_string();
             let bar = progress(len, format!("upload {}", file.display()));
-            let value = if len >= crate::resume::RESUMABLE_MIN {
+            let value = if resumable {
                 let value =
                     tus_upload(&rest, &spec, &file, &metadata, &file_name, len, &bar).await?;
                 bar.finish_and_clear();
@@ -539,12 +598,13 @@ pub async fn run(command: DataPackCommand) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 println!(
-                    "{} hosted data pack of {spec}: {sha256}, {len} bytes (ledger entry {})",
+                    "{} hosted data pack of {spec}: {}, {len} bytes (ledger entry {})",
                     if value["already_recorded"] == true {
                         "already registered:"
                     } else {
                         "registered"
                     },
+                    value["record"]["sha256"].as_str().unwrap_or("?"),
                     value["record"]["ledger_index"]
                 );
             }

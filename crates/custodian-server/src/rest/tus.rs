@@ -10,8 +10,10 @@
 //! - `PATCH …/data-pack/uploads/{uid}` — the next bytes from `Upload-Offset`, optionally with
 //!   `Upload-Checksum: sha1|sha256 <base64>` (a mismatch answers `460 Checksum Mismatch` and
 //!   keeps nothing). The PATCH that completes the upload commits it into custody and registers
-//!   the data pack as the multipart upload does (scan, ledger entry); its answer carries
-//!   `Custodian-Data-Pack-Sha256` and the registration's ledger index;
+//!   the data pack as the multipart upload does (scan, ledger entry); it may declare the whole
+//!   data pack's `Custodian-Data-Pack-Sha256: sha256:<hex>` when the creation's metadata did not
+//!   (checked before anything is kept), and its answer carries `Custodian-Data-Pack-Sha256` and
+//!   the registration's `Custodian-Ledger-Index`;
 //! - `DELETE …/data-pack/uploads/{uid}` — termination.
 //!
 //! A session belongs to the token that created it and to its package version: any other token or
@@ -375,6 +377,48 @@ fn parse_checksum(headers: &HeaderMap) -> ApiResult<Option<Checksum>> {
     }
 }
 
+/// The header with which the PATCH that completes an upload may declare the data pack's sha256,
+/// when its creation did not: a client can then hash the file while it sends it instead of
+/// before. The answer to that PATCH carries the same header with the digest stored.
+const DECLARED_SHA256: &str = "custodian-data-pack-sha256";
+
+/// The sha256 a PATCH declares for the whole upload; refused unless the PATCH completes it, so
+/// that a declaration is never silently ignored.
+async fn declared_sha256(
+    state: &RestState,
+    session_owner: &str,
+    uid: &str,
+    headers: &HeaderMap,
+    offset: u64,
+) -> ApiResult<Option<custodian_core::Digest>> {
+    let Some(raw) = headers.get(DECLARED_SHA256) else {
+        return Ok(None);
+    };
+    let bad = |why: String| error(StatusCode::BAD_REQUEST, "invalid_argument", why);
+    let text = raw
+        .to_str()
+        .map_err(|_| bad(format!("header {DECLARED_SHA256} is not ASCII")))?;
+    let digest: custodian_core::Digest = text
+        .parse()
+        .map_err(|e| bad(format!("header {DECLARED_SHA256} {text:?}: {e}")))?;
+    if digest.algorithm() != custodian_core::Algorithm::Sha256 {
+        return Err(bad(format!(
+            "header {DECLARED_SHA256} {text:?}: give the data pack's sha256:<64 hex digits>"
+        )));
+    }
+    let info = state.uploads.status(session_owner, uid).await?;
+    let completes = match (info.expected_size, header_u64(headers, "content-length")?) {
+        (Some(total), Some(length)) => offset.checked_add(length) == Some(total),
+        _ => false,
+    };
+    if !completes {
+        return Err(bad(format!(
+            "header {DECLARED_SHA256} is read only on the PATCH that completes the upload (Upload-Offset plus Content-Length equal to Upload-Length)"
+        )));
+    }
+    Ok(Some(digest))
+}
+
 /// `PATCH`: the next bytes; the one that completes the upload registers the data pack.
 pub(super) async fn patch(
     State(state): State<RestState>,
@@ -405,6 +449,7 @@ pub(super) async fn patch(
     })?;
     let check = parse_checksum(&headers)?.map(|c| Box::new(c) as Box<dyn PieceCheck>);
     let session_owner = owner(&who, &id, &vid);
+    let declared = declared_sha256(&state, &session_owner, &uid, &headers, offset).await?;
     // The session's stream scan reads this PATCH's bytes only if it has read every byte before
     // them; otherwise it is dropped and the data pack is scanned from custody when it lands.
     let mut scan = state.stream_scans.take(&uid);
@@ -440,7 +485,14 @@ pub(super) async fn patch(
         state.registry.apply_declared(&target, &mut meta).await?;
         let stored = state
             .uploads
-            .finish(&session_owner, &uid, Expectation::default())
+            .finish(
+                &session_owner,
+                &uid,
+                Expectation {
+                    digest: declared,
+                    size: None,
+                },
+            )
             .await?;
         let (_, registered) = register_stored(&state, &who, &id, &vid, meta, &stored, scan).await?;
         let h = response.headers_mut();
