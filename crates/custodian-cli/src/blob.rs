@@ -7,13 +7,11 @@ use crate::output::progress;
 use anyhow::{Context as _, bail};
 use bytes::BytesMut;
 use clap::{Args, Subcommand};
-use custodian_core::{Digest, StreamHasher};
+use custodian_core::Digest;
 use custodian_proto::cas::v1 as pb;
 use custodian_proto::cas::v1::content_store_client::ContentStoreClient;
-use custodian_storage::{OffThreadHasher, Worker};
 use futures::StreamExt;
 use serde::Serialize;
-use std::io::Write as _;
 
 use custodian_client::Conn;
 use tokio::io::AsyncReadExt as _;
@@ -338,152 +336,35 @@ pub async fn download(
     let expected_len = limit.map_or(info.size.saturating_sub(offset), |l| {
         l.min(info.size.saturating_sub(offset))
     });
-    let to_stdout = output.as_os_str() == "-";
-
-    let (target, temp) = if to_stdout {
-        (Target::Stdout(std::io::stdout()), None)
-    } else {
-        let temp = temp_path(output);
-        let file = std::fs::File::create(&temp)
-            .with_context(|| format!("cannot create {}", temp.display()))?;
-        (
-            Target::File {
-                file,
-                written: 0,
-                behind: custodian_storage::WriteBehind::default(),
-            },
-            Some(temp),
-        )
-    };
-    // Writing (and the final fsync) runs on its own thread, beside receiving and hashing.
-    let writer = Worker::spawn(
-        "custodian-write",
-        (target, Ok(())),
-        |(target, result): &mut (Target, std::io::Result<()>), piece| {
-            if result.is_ok() {
-                *result = target.write(piece);
-            }
-        },
-        |(target, result)| result.and_then(|()| target.finish()),
-    )
-    .context("cannot start the writer thread")?;
+    // Only a whole blob can be checked against its digest; a range is checked for length (the
+    // daemon has already checked every block's CRC32C before sending it).
+    let mut sink =
+        crate::sink::VerifiedOutput::create(output, whole.then_some(digest), expected_len)?;
     let bar = if show_progress {
         progress(expected_len, format!("get {}", short(&digest)))
     } else {
         indicatif::ProgressBar::hidden()
     };
-    // Only a whole blob can be checked against its digest; a range is checked for length (the
-    // daemon has already checked every block's CRC32C before sending it).
-    let mut hasher = whole.then(|| OffThreadHasher::new(StreamHasher::new(digest.algorithm())));
-    if expected_len > PUT_CHUNK as u64
-        && let Some(hasher) = hasher.as_mut()
-    {
-        hasher.go_parallel();
-    }
-    let mut received = 0u64;
-    let result: anyhow::Result<()> = async {
+    let received: anyhow::Result<()> = async {
         let mut data = first.data;
         loop {
-            if !data.is_empty() {
-                if let Some(hasher) = hasher.as_mut() {
-                    hasher.update(&data).await;
-                }
-                writer.send(data.clone()).await;
-                received += data.len() as u64;
-                bar.inc(data.len() as u64);
-            }
+            bar.inc(data.len() as u64);
+            sink.write(data).await;
             match stream.message().await.map_err(status_error)? {
                 Some(message) => data = message.data,
                 None => break,
-            }
-        }
-        writer
-            .finish()
-            .await
-            .context("the writer thread stopped unexpectedly")?
-            .context("writing the output")?;
-        if received != expected_len {
-            bail!("received {received} bytes, expected {expected_len}");
-        }
-        if let Some(hasher) = hasher.take() {
-            let got = hasher
-                .finalize()
-                .await
-                .context("the hashing thread stopped unexpectedly")?;
-            if got != digest {
-                bail!("the bytes received hash to {got}, not the requested {digest}");
             }
         }
         Ok(())
     }
     .await;
     bar.finish_and_clear();
-    if let Some(temp) = temp {
-        if let Err(err) = result {
-            let _ = tokio::fs::remove_file(&temp).await;
-            return Err(err.context(format!(
-                "get {digest}; {} was not written",
-                output.display()
-            )));
-        }
-        tokio::fs::rename(&temp, output).await.with_context(|| {
-            format!(
-                "cannot move the download into place at {}",
-                output.display()
-            )
-        })?;
-    } else {
-        result.with_context(|| format!("get {digest}"))?;
+    let context = || format!("get {digest}");
+    if let Err(err) = received {
+        sink.abandon().await;
+        return Err(err.context(context()));
     }
-    Ok(received)
-}
-
-/// Where a download goes.
-enum Target {
-    Stdout(std::io::Stdout),
-    File {
-        file: std::fs::File,
-        /// Bytes written so far.
-        written: u64,
-        /// How far it is synced and out of the page cache.
-        behind: custodian_storage::WriteBehind,
-    },
-}
-
-impl Target {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
-        match self {
-            Target::Stdout(out) => out.write_all(data),
-            Target::File {
-                file,
-                written,
-                behind,
-            } => {
-                file.write_all(data)?;
-                let start = *written;
-                *written += data.len() as u64;
-                // Written back while the next bytes arrive, not all at the final fsync.
-                behind.wrote(file, start, *written)
-            }
-        }
-    }
-
-    /// Flushes standard output, or syncs the file so it is durable before it is renamed into
-    /// place.
-    fn finish(self) -> std::io::Result<()> {
-        match self {
-            Target::Stdout(mut out) => out.flush(),
-            Target::File { file, .. } => file.sync_all(),
-        }
-    }
-}
-
-fn temp_path(output: &Path) -> PathBuf {
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    output.with_file_name(format!(".{name}.custodian-partial-{}", std::process::id()))
+    sink.finish(Some(expected_len)).await.with_context(context)
 }
 
 fn short(digest: &Digest) -> String {

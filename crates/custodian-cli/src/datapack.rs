@@ -1,13 +1,12 @@
 //! `custodian datapack …`: data packs through the daemon's REST API (the seed's endpoints), so
 //! the CLI exercises exactly what other HTTP clients use.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
-use custodian_core::{Digest, StreamHasher};
+use custodian_core::Digest;
 use futures::StreamExt as _;
 
 use crate::client::ServerArg;
@@ -420,9 +419,9 @@ async fn tus_upload(
     }))
 }
 
-/// Streams a response body to `output` (through `output.part`, renamed once verified), hashing
-/// as it goes; the file appears only if the bytes hash to `expected` (and number `size`, when
-/// given). Returns how many bytes were written.
+/// Streams a response body to `output` (`-` for standard output), hashing as it goes; the file
+/// appears only if the bytes hash to `expected` (and number `size`, when given). Returns how
+/// many bytes were written.
 pub(crate) async fn download_verified(
     response: reqwest::Response,
     output: &Path,
@@ -430,32 +429,22 @@ pub(crate) async fn download_verified(
     size: Option<u64>,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<u64> {
-    let tmp = output.with_extension("part");
-    let mut out =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut hasher = StreamHasher::new(expected.algorithm());
-    let mut got = 0u64;
+    let hint = size.or(response.content_length()).unwrap_or(0);
+    let mut sink = crate::sink::VerifiedOutput::create(output, Some(*expected), hint)?;
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.context("the download was cut short")?;
-        hasher.update(&chunk);
-        out.write_all(&chunk)?;
-        got += chunk.len() as u64;
-        bar.inc(chunk.len() as u64);
-    }
-    out.sync_all()?;
-    let actual = hasher.finalize();
-    if actual != *expected || size.is_some_and(|size| got != size) {
-        let _ = std::fs::remove_file(&tmp);
-        match size {
-            Some(size) => bail!(
-                "received {got} bytes hashing to {actual}; expected {size} bytes with {expected}"
-            ),
-            None => bail!("received {got} bytes hashing to {actual}, not {expected}"),
+        match chunk {
+            Ok(chunk) => {
+                bar.inc(chunk.len() as u64);
+                sink.write(chunk).await;
+            }
+            Err(err) => {
+                sink.abandon().await;
+                return Err(anyhow::Error::new(err).context("the download was cut short"));
+            }
         }
     }
-    std::fs::rename(&tmp, output)?;
-    Ok(got)
+    sink.finish(size).await
 }
 
 fn hash_with_progress(path: &Path) -> anyhow::Result<(Digest, u64)> {

@@ -19,6 +19,7 @@ mod resume;
 mod retention;
 mod scrub;
 mod serve;
+mod sink;
 mod token;
 mod witness;
 
