@@ -30,6 +30,7 @@
 //! is invisible but may hold storage until the bucket's `AbortIncompleteMultipartUpload`
 //! lifecycle rule removes it.
 
+mod local;
 pub mod s3lock;
 
 use std::path::{Path as FsPath, PathBuf};
@@ -116,8 +117,9 @@ struct Shared {
     /// are not leftovers, whatever the index says.
     live: std::sync::Mutex<std::collections::HashSet<u64>>,
     /// On `file://` under Linux, the store's root directory: a batch of small blobs is written
-    /// as one pack file under it, and a deleted packed blob's bytes are freed in place there
-    /// (see [`Shared::unpack_many`]).
+    /// as one pack file under it, a deleted packed blob's bytes are freed in place there (see
+    /// [`Shared::unpack_many`]), and a streamed upload is written there by this crate
+    /// (`local.rs`).
     packs: Option<std::path::PathBuf>,
 }
 
@@ -1073,6 +1075,17 @@ impl BlobBackend for ObjectBackend {
             packed_range: None,
         };
         shared.begin_pending(vec![(id, record)]).await?;
+        if let Some(root) = &shared.packs {
+            let root = root.clone();
+            let sink = local::LocalSink::create(shared.clone(), id, root, key, direct.is_some());
+            return match sink.await {
+                Ok(sink) => Ok(Box::new(sink)),
+                Err(err) => {
+                    let _ = shared.discard(id, None, None).await;
+                    Err(err)
+                }
+            };
+        }
         let upload = match shared.store.put_multipart(&key).await {
             Ok(upload) => upload,
             Err(e) => {
