@@ -190,11 +190,9 @@ pub(crate) fn header(answer: &str, name: &str) -> Option<String> {
         .map(|v| v.trim().to_string())
 }
 
-/// A client that hashes while it sends declares the sha256 on the PATCH that completes the
-/// upload: on any other PATCH the declaration is refused before a byte is kept, and a wrong one
-/// leaves nothing behind (no session, no data pack); the right one registers the pack.
-#[test]
-fn a_tus_upload_declares_its_sha256_on_the_completing_patch() {
+/// A daemon with the customer-support-classifier example published, and a test file of `size`
+/// bytes for its data pack with the file's sha256.
+fn classifier_with_pack(size: u64) -> (tempfile::TempDir, Daemon, std::path::PathBuf, Digest) {
     let dir = tempfile::tempdir().expect("a resumable-upload test step");
     let daemon = Daemon::start(&dir.path().join("data"));
     crate::registry::publish_example(
@@ -204,10 +202,19 @@ fn a_tus_upload_declares_its_sha256_on_the_completing_patch() {
         "publisher",
     );
     let file = dir.path().join("pack.bin");
-    let size = 3 * MIB;
     write_test_file(&file, size).expect("test file");
+    let sha = Digest::of(Algorithm::Sha256, &std::fs::read(&file).expect("read"));
+    (dir, daemon, file, sha)
+}
+
+/// A client that hashes while it sends declares the sha256 on the PATCH that completes the
+/// upload: on any other PATCH the declaration is refused before a byte is kept, and a wrong one
+/// leaves nothing behind (no session, no data pack); the right one registers the pack.
+#[test]
+fn a_tus_upload_declares_its_sha256_on_the_completing_patch() {
+    let size = 3 * MIB;
+    let (dir, daemon, file, sha) = classifier_with_pack(size);
     let bytes = std::fs::read(&file).expect("read");
-    let sha = Digest::of(Algorithm::Sha256, &bytes);
     let (first, rest) = (dir.path().join("first"), dir.path().join("rest"));
     std::fs::write(&first, &bytes[..MIB as usize]).expect("write");
     std::fs::write(&rest, &bytes[MIB as usize..]).expect("write");
@@ -264,18 +271,8 @@ fn python() -> std::path::PathBuf {
 /// upload from tuspy's own URL store at the server's offset; the completed upload is registered.
 #[test]
 fn tus_uploads_resume_with_tuspy_and_refuse_bad_checksums() {
-    let dir = tempfile::tempdir().expect("a resumable-upload test step");
-    let daemon = Daemon::start(&dir.path().join("data"));
-    crate::registry::publish_example(
-        &daemon,
-        dir.path(),
-        "customer-support-classifier",
-        "publisher",
-    );
-    let file = dir.path().join("pack.bin");
     let size = 24 * MIB;
-    write_test_file(&file, size).expect("test file");
-    let sha = Digest::of(Algorithm::Sha256, &std::fs::read(&file).expect("read"));
+    let (dir, daemon, file, sha) = classifier_with_pack(size);
     let collection = format!(
         "{}/wrappers/customer-support-classifier/versions/0.1.0/data-pack/uploads",
         daemon.rest

@@ -255,6 +255,18 @@ impl Shared {
         }
     }
 
+    /// Commits upload `id`, its object in place, as the blob `meta` describes, and ends it:
+    /// the committed metadata and whether the blob was already there.
+    async fn commit_one(self: &Arc<Self>, id: u64, meta: BlobMeta) -> Result<(BlobMeta, bool)> {
+        let committed = self
+            .blocking(move |index| index.commit(&[(id, meta)]))
+            .await;
+        self.ended([id]);
+        committed?
+            .pop()
+            .ok_or_else(|| self.err("the index committed nothing"))
+    }
+
     /// Marks operations as begun and durably records their pending records (one synced write):
     /// from here on a crash leaves records the next open acts on. On failure nothing is begun.
     async fn begin_pending(self: &Arc<Self>, records: Vec<(u64, PendingRecord)>) -> Result<()> {
@@ -809,16 +821,7 @@ impl BlockSink for ObjectSink {
             let _ = self.shared.discard(self.id, self.staged(), None).await;
             return Err(self.shared.write_failed(err));
         }
-        let id = self.id;
-        let committed = self
-            .shared
-            .blocking(move |index| index.commit(&[(id, meta)]))
-            .await;
-        self.shared.ended([id]);
-        let mut committed = committed?;
-        committed
-            .pop()
-            .ok_or_else(|| self.shared.err("the index committed nothing"))
+        self.shared.commit_one(self.id, meta).await
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {

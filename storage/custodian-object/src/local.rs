@@ -174,16 +174,7 @@ impl BlockSink for LocalSink {
             let _ = self.discard().await;
             return Err(err);
         }
-        let id = self.id;
-        let committed = self
-            .shared
-            .blocking(move |index| index.commit(&[(id, meta)]))
-            .await;
-        self.shared.ended([id]);
-        let mut committed = committed?;
-        committed
-            .pop()
-            .ok_or_else(|| self.shared.err("the index committed nothing"))
+        self.shared.commit_one(self.id, meta).await
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
