@@ -207,6 +207,18 @@ fn classifier_with_pack(size: u64) -> (tempfile::TempDir, Daemon, std::path::Pat
     (dir, daemon, file, sha)
 }
 
+/// `custodian datapack show --json` of the classifier's data pack.
+fn show_classifier_pack(daemon: &Daemon) -> std::process::Output {
+    daemon.cli(&[
+        "datapack",
+        "show",
+        "customer-support-classifier@0.1.0",
+        "--json",
+        "--rest",
+        &daemon.rest,
+    ])
+}
+
 /// A client that hashes while it sends declares the sha256 on the PATCH that completes the
 /// upload: on any other PATCH the declaration is refused before a byte is kept, and a wrong one
 /// leaves nothing behind (no session, no data pack); the right one registers the pack.
@@ -237,14 +249,7 @@ fn a_tus_upload_declares_its_sha256_on_the_completing_patch() {
     let answer = tus_patch(&daemon, &url, MIB, &rest, &[&declare(&wrong)]);
     assert!(answer.starts_with("http/1.1 422"), "{answer}");
     assert_eq!(sessions(&daemon), 0, "nothing left behind");
-    let shown = daemon.cli(&[
-        "datapack",
-        "show",
-        "customer-support-classifier@0.1.0",
-        "--json",
-        "--rest",
-        &daemon.rest,
-    ]);
+    let shown = show_classifier_pack(&daemon);
     assert!(!shown.status.success(), "no data pack was registered");
 
     let url = tus_create(&daemon, version, size, "pack.bin");
@@ -317,14 +322,7 @@ fn tus_uploads_resume_with_tuspy_and_refuse_bad_checksums() {
     assert_eq!(report["resumed_at"], size / 2, "{report}");
     assert_eq!(report["final_offset"], size, "{report}");
     assert_eq!(report["status_after_completion"], 404, "{report}");
-    let shown = daemon.cli(&[
-        "datapack",
-        "show",
-        "customer-support-classifier@0.1.0",
-        "--json",
-        "--rest",
-        &daemon.rest,
-    ]);
+    let shown = show_classifier_pack(&daemon);
     let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("show --json");
     assert_eq!(shown["sha256"], sha.to_string(), "{shown}");
     assert_eq!(sessions(&daemon), 0);
