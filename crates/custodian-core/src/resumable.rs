@@ -6,7 +6,7 @@
 //! algorithm defines publicly:
 //!
 //! - SHA-256 (FIPS 180-4 §6.2) is the eight-word intermediate hash value after every complete
-//!   64-byte block, advanced with `sha2::compress256` (which uses the SHA extensions where the
+//!   64-byte block, advanced with `sha2::block_api::compress256` (which uses the SHA extensions where the
 //!   CPU has them). The bytes of an incomplete last block are not hashed yet.
 //! - BLAKE3 (the BLAKE3 paper, §2.1 and §5.1.2) is a stack of chaining values of complete
 //!   subtrees of [`SUBTREE`] bytes, merged exactly as the reference implementation's CV stack
@@ -17,8 +17,9 @@
 //! one subtree, still unhashed) restore the hasher exactly.
 
 use blake3::hazmat::{ChainingValue, HasherExt as _, Mode};
-use sha2::digest::generic_array::GenericArray;
-use sha2::digest::typenum::U64;
+// sha2 0.11 takes blocks as plain arrays, so the input is hashed where it lies (viewed as
+// blocks with `as_chunks`) instead of being copied into sha2 0.10's block type first.
+use sha2_blocks::block_api::compress256;
 
 use crate::{BlobDigests, Digest};
 
@@ -30,10 +31,6 @@ pub const SUBTREE: u64 = 64 * 1024;
 const SHA256_IV: [u32; 8] = [
     0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
 ];
-
-/// How many 64-byte blocks are copied into one batch for `compress256`, which takes a slice of
-/// blocks in its own array type: the copy is a few percent of the hashing.
-const SHA_BATCH: usize = 256;
 
 /// Why a saved hash state could not be restored.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +45,14 @@ pub enum HashStateError {
         needed: u64,
         /// How many were given.
         given: u64,
+    },
+    /// The two halves of a split hasher were fed different lengths.
+    #[error("the SHA-256 half saw {sha256} bytes and the BLAKE3 half {blake3}")]
+    Diverged {
+        /// Bytes fed to SHA-256.
+        sha256: u64,
+        /// Bytes fed to BLAKE3.
+        blake3: u64,
     },
 }
 
@@ -123,30 +128,49 @@ impl HashState {
 }
 
 /// SHA-256 and BLAKE3 of a stream, with a state that can be saved and restored.
-#[derive(Clone)]
+///
+/// The two halves can also be fed on two threads: [`ResumableDigests::split`] hands out each
+/// algorithm's state, and [`ResumableDigests::join`] takes them back once both have seen the
+/// same bytes.
+#[derive(Clone, Default)]
 pub struct ResumableDigests {
-    total: u64,
-    sha256: [u32; 8],
-    /// The bytes of SHA-256's incomplete block (fewer than 64).
-    sha_pending: Vec<u8>,
-    /// A reusable batch of blocks for `compress256`.
-    sha_batch: Vec<GenericArray<u8, U64>>,
-    stack: Vec<ChainingValue>,
-    pushed: u64,
-    /// BLAKE3's unhashed bytes: at most one subtree once `update` returns.
-    tail: Vec<u8>,
+    sha256: Sha256Part,
+    blake3: Blake3Part,
 }
 
-impl Default for ResumableDigests {
+/// SHA-256's half of a [`ResumableDigests`].
+#[derive(Clone)]
+pub struct Sha256Part {
+    fed: u64,
+    state: [u32; 8],
+    /// The bytes of the incomplete block (fewer than 64).
+    pending: Vec<u8>,
+}
+
+impl Default for Sha256Part {
     fn default() -> Self {
-        Self::new()
+        Sha256Part {
+            fed: 0,
+            state: SHA256_IV,
+            pending: Vec::with_capacity(64),
+        }
     }
+}
+
+/// BLAKE3's half of a [`ResumableDigests`].
+#[derive(Clone, Default)]
+pub struct Blake3Part {
+    fed: u64,
+    stack: Vec<ChainingValue>,
+    pushed: u64,
+    /// The unhashed bytes: at most one subtree once `update` returns.
+    tail: Vec<u8>,
 }
 
 impl std::fmt::Debug for ResumableDigests {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResumableDigests")
-            .field("total", &self.total)
+            .field("total", &self.len())
             .finish_non_exhaustive()
     }
 }
@@ -154,15 +178,7 @@ impl std::fmt::Debug for ResumableDigests {
 impl ResumableDigests {
     /// A hasher that has seen no bytes.
     pub fn new() -> Self {
-        ResumableDigests {
-            total: 0,
-            sha256: SHA256_IV,
-            sha_pending: Vec::with_capacity(64),
-            sha_batch: Vec::with_capacity(SHA_BATCH),
-            stack: Vec::new(),
-            pushed: 0,
-            tail: Vec::new(),
-        }
+        Self::default()
     }
 
     /// Continues from `state`; `tail` must be the input's last [`HashState::tail_len`] bytes.
@@ -182,70 +198,114 @@ impl ResumableDigests {
         }
         let sha_len = (state.total % 64) as usize;
         Ok(ResumableDigests {
-            total: state.total,
-            sha256: state.sha256,
-            sha_pending: tail[tail.len() - sha_len..].to_vec(),
-            sha_batch: Vec::with_capacity(SHA_BATCH),
-            stack: state.blake3_stack.clone(),
-            pushed,
-            tail: tail.to_vec(),
+            sha256: Sha256Part {
+                fed: state.total,
+                state: state.sha256,
+                pending: tail[tail.len() - sha_len..].to_vec(),
+            },
+            blake3: Blake3Part {
+                fed: state.total,
+                stack: state.blake3_stack.clone(),
+                pushed,
+                tail: tail.to_vec(),
+            },
         })
     }
 
     /// The state to save; restore it with the input's last [`HashState::tail_len`] bytes.
     pub fn state(&self) -> HashState {
         HashState {
-            total: self.total,
-            sha256: self.sha256,
-            blake3_stack: self.stack.clone(),
+            total: self.len(),
+            sha256: self.sha256.state,
+            blake3_stack: self.blake3.stack.clone(),
         }
     }
 
     /// How many bytes have been fed.
     pub fn len(&self) -> u64 {
-        self.total
+        self.sha256.fed
     }
 
     /// Whether no bytes have been fed.
     pub fn is_empty(&self) -> bool {
-        self.total == 0
+        self.len() == 0
     }
 
     /// Feeds the next bytes.
     pub fn update(&mut self, data: &[u8]) {
-        self.total += data.len() as u64;
-        self.sha_update(data);
-        self.blake3_update(data);
+        self.sha256.update(data);
+        self.blake3.update(data);
     }
 
-    fn sha_update(&mut self, mut data: &[u8]) {
-        if !self.sha_pending.is_empty() {
-            let take = (64 - self.sha_pending.len()).min(data.len());
-            self.sha_pending.extend_from_slice(&data[..take]);
+    /// Each algorithm's half, to be fed the same bytes on two threads.
+    pub fn split(self) -> (Sha256Part, Blake3Part) {
+        (self.sha256, self.blake3)
+    }
+
+    /// Puts the halves back together; refused if they were fed different lengths.
+    pub fn join(sha256: Sha256Part, blake3: Blake3Part) -> Result<Self, HashStateError> {
+        if sha256.fed != blake3.fed {
+            return Err(HashStateError::Diverged {
+                sha256: sha256.fed,
+                blake3: blake3.fed,
+            });
+        }
+        Ok(ResumableDigests { sha256, blake3 })
+    }
+
+    /// Both digests of everything fed.
+    pub fn finalize(&self) -> BlobDigests {
+        BlobDigests {
+            sha256: Digest::sha256(self.sha256.finalize()),
+            blake3: Digest::blake3(self.blake3.finalize()),
+        }
+    }
+}
+
+impl Sha256Part {
+    /// Feeds the next bytes.
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.fed += data.len() as u64;
+        if !self.pending.is_empty() {
+            let take = (64 - self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
             data = &data[take..];
-            if self.sha_pending.len() < 64 {
+            let Ok(block) = <[u8; 64]>::try_from(self.pending.as_slice()) else {
                 return;
-            }
-            let block = GenericArray::clone_from_slice(&self.sha_pending);
-            sha2::compress256(&mut self.sha256, std::slice::from_ref(&block));
-            self.sha_pending.clear();
+            };
+            compress256(&mut self.state, &[block]);
+            self.pending.clear();
         }
-        let mut blocks = data.chunks_exact(64);
-        for block in blocks.by_ref() {
-            self.sha_batch.push(GenericArray::clone_from_slice(block));
-            if self.sha_batch.len() == SHA_BATCH {
-                sha2::compress256(&mut self.sha256, &self.sha_batch);
-                self.sha_batch.clear();
-            }
+        // The input's own bytes, viewed as blocks: nothing is copied.
+        let (blocks, rest) = data.as_chunks::<64>();
+        if !blocks.is_empty() {
+            compress256(&mut self.state, blocks);
         }
-        if !self.sha_batch.is_empty() {
-            sha2::compress256(&mut self.sha256, &self.sha_batch);
-            self.sha_batch.clear();
-        }
-        self.sha_pending.extend_from_slice(blocks.remainder());
+        self.pending.extend_from_slice(rest);
     }
 
-    fn blake3_update(&mut self, mut data: &[u8]) {
+    fn finalize(&self) -> [u8; 32] {
+        // FIPS 180-4 §5.1.1: a one bit, zeros, and the length in bits as 64 big-endian bits.
+        let mut state = self.state;
+        let mut last = self.pending.clone();
+        last.push(0x80);
+        while last.len() % 64 != 56 {
+            last.push(0);
+        }
+        last.extend_from_slice(&(self.fed.wrapping_mul(8)).to_be_bytes());
+        compress256(&mut state, last.as_chunks::<64>().0);
+        let mut out = [0u8; 32];
+        for (i, word) in state.iter().enumerate() {
+            out[4 * i..4 * i + 4].copy_from_slice(&word.to_be_bytes());
+        }
+        out
+    }
+}
+
+impl Blake3Part {
+    /// Feeds the next bytes.
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.fed += data.len() as u64;
         let subtree = SUBTREE as usize;
         // A subtree is pushed only once a byte after it has arrived, so the last subtree is
         // always held back for the root.
@@ -286,36 +346,7 @@ impl ResumableDigests {
         self.stack.push(cv);
     }
 
-    /// Both digests of everything fed.
-    pub fn finalize(&self) -> BlobDigests {
-        BlobDigests {
-            sha256: Digest::sha256(self.sha_finalize()),
-            blake3: Digest::blake3(self.blake3_finalize()),
-        }
-    }
-
-    fn sha_finalize(&self) -> [u8; 32] {
-        // FIPS 180-4 §5.1.1: a one bit, zeros, and the length in bits as 64 big-endian bits.
-        let mut state = self.sha256;
-        let mut last = self.sha_pending.clone();
-        last.push(0x80);
-        while last.len() % 64 != 56 {
-            last.push(0);
-        }
-        last.extend_from_slice(&(self.total.wrapping_mul(8)).to_be_bytes());
-        let blocks: Vec<GenericArray<u8, U64>> = last
-            .chunks_exact(64)
-            .map(GenericArray::clone_from_slice)
-            .collect();
-        sha2::compress256(&mut state, &blocks);
-        let mut out = [0u8; 32];
-        for (i, word) in state.iter().enumerate() {
-            out[4 * i..4 * i + 4].copy_from_slice(&word.to_be_bytes());
-        }
-        out
-    }
-
-    fn blake3_finalize(&self) -> [u8; 32] {
+    fn finalize(&self) -> [u8; 32] {
         if self.stack.is_empty() {
             return *blake3::hash(&self.tail).as_bytes();
         }
@@ -429,7 +460,51 @@ mod tests {
         assert!(HashState::from_bytes(&[0u8; 39]).is_err());
     }
 
+    #[test]
+    fn halves_fed_different_lengths_do_not_join() {
+        let (mut sha, mut b3) = ResumableDigests::new().split();
+        sha.update(b"abc");
+        b3.update(b"ab");
+        assert!(matches!(
+            ResumableDigests::join(sha, b3),
+            Err(HashStateError::Diverged {
+                sha256: 3,
+                blake3: 2
+            })
+        ));
+    }
+
     proptest! {
+        /// The halves fed apart, each in its own pieces, join into the one-shot digests and
+        /// into the state the whole hasher would have saved.
+        #[test]
+        fn split_halves_fed_apart_join_into_the_same_digests(
+            len in 0usize..(5 * SUBTREE as usize),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+            split_at in any::<prop::sample::Index>(),
+        ) {
+            let bytes = data(len);
+            let first = split_at.index(len + 1);
+            let mut whole = ResumableDigests::new();
+            whole.update(&bytes[..first]);
+            let (mut sha, mut b3) = whole.clone().split();
+            let mut points: Vec<usize> =
+                cuts.iter().map(|c| first + c.index(len - first + 1)).collect();
+            points.sort_unstable();
+            points.push(len);
+            let mut at = first;
+            for &point in &points {
+                sha.update(&bytes[at..point]);
+                at = point;
+            }
+            // BLAKE3's half in one piece: the two halves need not see the same pieces.
+            b3.update(&bytes[first..]);
+            whole.update(&bytes[first..]);
+            let joined = ResumableDigests::join(sha, b3).expect("same length");
+            prop_assert_eq!(joined.state(), whole.state());
+            prop_assert_eq!(joined.finalize(), BlobDigests::of(&bytes));
+        }
+
         #[test]
         fn any_pieces_any_resume_point(
             len in 0usize..(5 * SUBTREE as usize),
