@@ -94,6 +94,19 @@ pub trait StagedWriter: Send {
     /// replaces `previous`. A shared area refuses with [`UploadError::OffsetMismatch`] when the
     /// session's committed length is no longer `previous`.
     async fn checkpoint(&mut self, state: &SessionState, previous: u64) -> UploadResult<()>;
+
+    /// [`StagedWriter::checkpoint`] for everything written so far, then
+    /// [`StagedWriter::write`] of `bytes`, which `state` does not cover. An area may overlap
+    /// the two, so that the sync does not hold up the stream; by default they run in turn.
+    async fn checkpoint_then_write(
+        &mut self,
+        state: &SessionState,
+        previous: u64,
+        bytes: Bytes,
+    ) -> UploadResult<()> {
+        self.checkpoint(state, previous).await?;
+        self.write(bytes).await
+    }
 }
 
 fn io(path: &Path, source: std::io::Error) -> UploadError {
@@ -211,16 +224,7 @@ async fn on_file(
 #[async_trait]
 impl StagedWriter for LocalWriter {
     async fn write(&mut self, bytes: Bytes) -> UploadResult<()> {
-        let path = self.dir.join("data");
-        on_file(&mut self.data, path, move |file| {
-            std::io::Write::write_all(file, &bytes)?;
-            let end = std::io::Seek::stream_position(file)?;
-            // Starts writing these bytes back now, while the next ones arrive, so that the
-            // checkpoint's sync waits only for what is still in flight.
-            drop_cached(file, end - bytes.len() as u64, end);
-            Ok(())
-        })
-        .await
+        write_data(&mut self.data, &self.dir, bytes).await
     }
 
     async fn write_crcs(&mut self, crcs: &[u32]) -> UploadResult<()> {
@@ -251,6 +255,62 @@ impl StagedWriter for LocalWriter {
         b.map_err(|e| io(&crcs_path, e))?;
         LocalStaging::write_state(&self.dir, state).await
     }
+
+    async fn checkpoint_then_write(
+        &mut self,
+        state: &SessionState,
+        previous: u64,
+        bytes: Bytes,
+    ) -> UploadResult<()> {
+        let LocalWriter { dir, data, crcs } = self;
+        let data_path = dir.join("data");
+        // A second handle on the open file: its sync covers every byte written before it
+        // starts, whichever handle wrote them, and the next bytes go through the first one
+        // meanwhile. They lie past `state.committed`, so a crash before the next checkpoint
+        // cuts them away.
+        let for_sync = data
+            .as_ref()
+            .ok_or_else(|| {
+                io(
+                    &data_path,
+                    std::io::Error::other("an earlier write to this file did not finish"),
+                )
+            })?
+            .try_clone()
+            .map_err(|e| io(&data_path, e))?;
+        let synced = state.committed;
+        let sync = async {
+            let data_synced = tokio::task::spawn_blocking(move || {
+                for_sync.sync_data()?;
+                drop_cached(&for_sync, previous, synced);
+                Ok::<_, std::io::Error>(())
+            });
+            let (a, b) = tokio::join!(data_synced, crcs.sync_data());
+            a.map_err(|e| io(&data_path, std::io::Error::other(e.to_string())))?
+                .map_err(|e| io(&data_path, e))?;
+            b.map_err(|e| io(&dir.join("crcs"), e))?;
+            LocalStaging::write_state(dir, state).await
+        };
+        let (synced, written) = tokio::join!(sync, write_data(data, dir, bytes));
+        synced?;
+        written
+    }
+}
+
+/// Appends `bytes` to a session's `data` file and starts writing them back at once, while the
+/// next ones arrive, so that the checkpoint's sync waits only for what is still in flight.
+async fn write_data(
+    slot: &mut Option<std::fs::File>,
+    dir: &Path,
+    bytes: Bytes,
+) -> UploadResult<()> {
+    on_file(slot, dir.join("data"), move |file| {
+        std::io::Write::write_all(file, &bytes)?;
+        let end = std::io::Seek::stream_position(file)?;
+        drop_cached(file, end - bytes.len() as u64, end);
+        Ok(())
+    })
+    .await
 }
 
 #[async_trait]

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use custodian_core::resumable::{HashState, ResumableDigests};
+use custodian_core::resumable::{Blake3Part, HashState, ResumableDigests, Sha256Part};
 use custodian_core::{BlobDigests, Digest};
 use futures::{Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
@@ -223,6 +223,77 @@ struct Live {
     /// staged file holds exactly what was hashed unless something outside the engine changed
     /// it, and the finish need not read it back (as it never reads back a mirror).
     from_start: bool,
+}
+
+/// A session's hash state while a piece streams in: idle, or hashing the latest batch on the
+/// blocking pool, SHA-256 on one thread and BLAKE3 with the block CRCs on another. A batch is
+/// hashed while it is written and the next one is received, so the connection, both hashes and
+/// the file write overlap instead of taking turns; the state is needed back (settled) before
+/// the next batch is hashed and before a checkpoint records it.
+enum Hashing {
+    /// Every byte received so far is hashed and its block CRCs are written.
+    Idle(Live),
+    /// A batch is being hashed.
+    Busy {
+        sha256: tokio::task::JoinHandle<Sha256Part>,
+        /// BLAKE3's half, the CRC of the incomplete block, and the CRCs of the blocks the
+        /// batch completed.
+        blake3: tokio::task::JoinHandle<(Blake3Part, u32, Vec<u32>)>,
+        from_start: bool,
+    },
+}
+
+impl Hashing {
+    /// Starts hashing `bytes`, which follow the bytes `live` has hashed.
+    fn start(live: Live, bytes: Bytes, block: u64) -> Self {
+        let Live {
+            hasher,
+            mut partial_crc,
+            from_start,
+        } = live;
+        let start = hasher.len();
+        let (mut sha256, mut blake3) = hasher.split();
+        let for_sha256 = bytes.clone();
+        Hashing::Busy {
+            sha256: tokio::task::spawn_blocking(move || {
+                sha256.update(&for_sha256);
+                sha256
+            }),
+            blake3: tokio::task::spawn_blocking(move || {
+                blake3.update(&bytes);
+                let done = block_crcs(start, block, &mut partial_crc, &bytes);
+                (blake3, partial_crc, done)
+            }),
+            from_start,
+        }
+    }
+
+    /// Waits for the batch being hashed, if any, and writes the CRCs of the blocks it
+    /// completed; returns the state after every byte received so far.
+    async fn settle(self, id: &str, writer: &mut dyn StagedWriter) -> UploadResult<Live> {
+        let (sha256, blake3, from_start) = match self {
+            Hashing::Idle(live) => return Ok(live),
+            Hashing::Busy {
+                sha256,
+                blake3,
+                from_start,
+            } => (sha256, blake3, from_start),
+        };
+        let failed = |reason: String| UploadError::Invalid {
+            id: id.to_string(),
+            reason: format!("the hashing task failed: {reason}"),
+        };
+        let (sha256, blake3) = tokio::join!(sha256, blake3);
+        let sha256 = sha256.map_err(|e| failed(e.to_string()))?;
+        let (blake3, partial_crc, done) = blake3.map_err(|e| failed(e.to_string()))?;
+        let hasher = ResumableDigests::join(sha256, blake3).map_err(|e| failed(e.to_string()))?;
+        writer.write_crcs(&done).await?;
+        Ok(Live {
+            hasher,
+            partial_crc,
+            from_start,
+        })
+    }
 }
 
 /// The blocks of a session this process has also written to a backend sink as they arrived, so
@@ -553,7 +624,7 @@ impl UploadSessions {
                 committed: file.committed,
             });
         }
-        let mut live = self.resume(id, &file).await?;
+        let mut hashing = Hashing::Idle(self.resume(id, &file).await?);
         let mut mirror = self.take_mirror(id, &file).await;
         let block = u64::from(file.block_size);
         let mut writer = self.staging.writer(id, &file).await?;
@@ -561,7 +632,7 @@ impl UploadSessions {
         let mut body = body;
         let mut batch = BytesMut::new();
         let mut failure: Option<String> = None;
-        let mut since_checkpoint = 0u64;
+        let mut received = file.committed;
         let mut ended = false;
         while !ended {
             let mut whole = None;
@@ -588,7 +659,7 @@ impl UploadSessions {
                 None if batch.is_empty() => continue,
                 None => batch.split().freeze(),
             };
-            let reached = live.hasher.len() + bytes.len() as u64;
+            let reached = received + bytes.len() as u64;
             if let Some(expected) = file.expected_size
                 && reached > expected
             {
@@ -599,6 +670,7 @@ impl UploadSessions {
                     actual: reached,
                 };
                 if check.is_none() {
+                    let live = hashing.settle(id, &mut *writer).await?;
                     self.checkpoint(&mut *writer, &mut file, &live).await?;
                     lock(&self.live).insert(id.to_string(), live);
                     if let Some(mirror) = mirror {
@@ -607,15 +679,20 @@ impl UploadSessions {
                 }
                 return Err(err);
             }
-            // The file write and the hashing (on the blocking pool) run side by side.
-            let mut hashing = live.clone();
-            let to_hash = bytes.clone();
-            let hashed = tokio::task::spawn_blocking(move || {
-                let start = hashing.hasher.len();
-                hashing.hasher.update(&to_hash);
-                let done = block_crcs(start, block, &mut hashing.partial_crc, &to_hash);
-                (hashing, done)
-            });
+            received = reached;
+            // The previous bytes were hashed while these arrived; a checkpoint needs their
+            // state, and these bytes need it to go on from.
+            let live = hashing.settle(id, &mut *writer).await?;
+            // A checkpoint is due: it records the state before these bytes, and the staging
+            // area may sync while it writes them.
+            let previous = file.committed;
+            let due = live.hasher.len() - previous >= CHECKPOINT && check.is_none();
+            if due {
+                Self::record(&mut file, &live);
+            }
+            // These bytes are hashed on the blocking pool while the checkpoint syncs the bytes
+            // before them, while they are written here, and while the next ones arrive.
+            hashing = Hashing::start(live, bytes.clone(), block);
             if let Some(check) = check.as_mut() {
                 check.update(&bytes);
             }
@@ -625,25 +702,23 @@ impl UploadSessions {
                     None => true,
                 }
             };
-            let (written, hashed, mirrored) =
-                tokio::join!(writer.write(bytes.clone()), hashed, mirrored);
+            let written = async {
+                if due {
+                    writer
+                        .checkpoint_then_write(&file, previous, bytes.clone())
+                        .await
+                } else {
+                    writer.write(bytes.clone()).await
+                }
+            };
+            let (written, mirrored) = tokio::join!(written, mirrored);
             written?;
             if !mirrored {
                 // The backend refused a block: finish from the staged file instead.
                 mirror = None;
             }
-            let (next, done) = hashed.map_err(|e| UploadError::Invalid {
-                id: id.to_string(),
-                reason: format!("the hashing task failed: {e}"),
-            })?;
-            writer.write_crcs(&done).await?;
-            live = next;
-            since_checkpoint += bytes.len() as u64;
-            if since_checkpoint >= CHECKPOINT && check.is_none() {
-                self.checkpoint(&mut *writer, &mut file, &live).await?;
-                since_checkpoint = 0;
-            }
         }
+        let live = hashing.settle(id, &mut *writer).await?;
         if let Some(check) = check {
             // All or nothing: the saved state stays at the piece's start, and the bytes
             // written past it are cut away before the next piece.
@@ -684,11 +759,16 @@ impl UploadSessions {
             return Ok(());
         }
         let previous = file.committed;
+        Self::record(file, live);
+        writer.checkpoint(file, previous).await
+    }
+
+    /// Records in `file` what `live` has hashed, as the state a checkpoint makes durable.
+    fn record(file: &mut SessionState, live: &Live) {
         file.committed = live.hasher.len();
         file.hash_state = hex::encode(live.hasher.state().to_bytes());
         file.partial_crc = live.partial_crc;
         file.updated_ms = now_ms();
-        writer.checkpoint(file, previous).await
     }
 
     /// Commits session `id` of `owner` into custody, expecting `expect` on top of what the
