@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use crate::output::progress;
 use anyhow::{Context as _, bail};
-use bytes::BytesMut;
 use clap::{Args, Subcommand};
 use custodian_core::Digest;
 use custodian_proto::cas::v1 as pb;
@@ -14,7 +13,6 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use custodian_client::Conn;
-use tokio::io::AsyncReadExt as _;
 
 use crate::client::{ServerArg, status_error};
 
@@ -200,8 +198,12 @@ async fn put(
 }
 
 /// The request messages of an upload: the file's bytes in [`PUT_CHUNK`] pieces, each wrapped by
-/// `wrap`, read as gRPC asks for more (so only a few are ever in memory), counted on `bar`. A
-/// read error ends the stream early and arrives on the returned receiver.
+/// `wrap`, counted on `bar`. A read error ends the stream early and arrives on the returned
+/// receiver.
+///
+/// Each piece is read on the blocking pool straight into the buffer that is sent (tokio's own
+/// file reads go through a buffer of their own, one more copy of every byte), and the next piece
+/// is read while this one is sent; so at most two pieces are in memory.
 pub(crate) fn file_chunks<M: Send + 'static>(
     file: tokio::fs::File,
     bar: &indicatif::ProgressBar,
@@ -210,28 +212,45 @@ pub(crate) fn file_chunks<M: Send + 'static>(
     impl futures::Stream<Item = M> + Send + 'static,
     tokio::sync::oneshot::Receiver<std::io::Error>,
 ) {
+    type Read = tokio::task::JoinHandle<(std::fs::File, std::io::Result<Vec<u8>>)>;
+    fn read_next(mut file: std::fs::File) -> Read {
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read as _;
+            // `read_to_end` fills the spare capacity without zeroing it first.
+            let mut piece = Vec::with_capacity(PUT_CHUNK);
+            let read = (&mut file)
+                .take(PUT_CHUNK as u64)
+                .read_to_end(&mut piece)
+                .map(|_| piece);
+            (file, read)
+        })
+    }
+    enum Next {
+        Open(tokio::fs::File),
+        Reading(Read),
+    }
     let (error_tx, error_rx) = tokio::sync::oneshot::channel::<std::io::Error>();
     let chunks = futures::stream::unfold(
-        (file, Some(error_tx), bar.clone()),
-        move |(mut file, mut error_tx, bar)| async move {
-            let mut buf = BytesMut::with_capacity(PUT_CHUNK);
-            let read = async {
-                while buf.len() < PUT_CHUNK {
-                    if file.read_buf(&mut buf).await? == 0 {
-                        break;
-                    }
-                }
-                Ok::<_, std::io::Error>(buf.len())
-            }
-            .await;
-            match read {
-                Ok(0) => {
+        (Next::Open(file), Some(error_tx), bar.clone()),
+        move |(next, mut error_tx, bar)| async move {
+            let reading = match next {
+                Next::Open(file) => read_next(file.into_std().await),
+                Next::Reading(reading) => reading,
+            };
+            // The reading task fails only if it panicked; that is reported as a read error.
+            let outcome = reading
+                .await
+                .map_err(|join| std::io::Error::other(join.to_string()))
+                .and_then(|(file, read)| read.map(|piece| (file, piece)));
+            match outcome {
+                Ok((_, piece)) if piece.is_empty() => {
                     bar.set_message("all bytes sent; the daemon is verifying and committing");
                     None
                 }
-                Ok(n) => {
-                    bar.inc(n as u64);
-                    Some((wrap(buf.freeze()), (file, error_tx, bar)))
+                Ok((file, piece)) => {
+                    bar.inc(piece.len() as u64);
+                    let next = Next::Reading(read_next(file));
+                    Some((wrap(bytes::Bytes::from(piece)), (next, error_tx, bar)))
                 }
                 Err(err) => {
                     if let Some(tx) = error_tx.take() {
