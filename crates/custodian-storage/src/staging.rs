@@ -239,21 +239,9 @@ impl StagedWriter for LocalWriter {
     }
 
     async fn checkpoint(&mut self, state: &SessionState, previous: u64) -> UploadResult<()> {
-        // One daemon owns the directory and the engine serializes requests per session, so
-        // nothing else can have moved the session.
-        let (data_path, crcs_path) = (self.dir.join("data"), self.dir.join("crcs"));
-        let synced = state.committed;
-        let (a, b) = tokio::join!(
-            on_file(&mut self.data, data_path, move |file| {
-                file.sync_data()?;
-                drop_cached(file, previous, synced);
-                Ok(())
-            }),
-            self.crcs.sync_data()
-        );
-        a?;
-        b.map_err(|e| io(&crcs_path, e))?;
-        LocalStaging::write_state(&self.dir, state).await
+        let LocalWriter { dir, data, crcs } = self;
+        let for_sync = second_handle(data, dir)?;
+        sync_and_record(for_sync, crcs, dir, state, previous).await
     }
 
     async fn checkpoint_then_write(
@@ -263,38 +251,55 @@ impl StagedWriter for LocalWriter {
         bytes: Bytes,
     ) -> UploadResult<()> {
         let LocalWriter { dir, data, crcs } = self;
-        let data_path = dir.join("data");
-        // A second handle on the open file: its sync covers every byte written before it
-        // starts, whichever handle wrote them, and the next bytes go through the first one
-        // meanwhile. They lie past `state.committed`, so a crash before the next checkpoint
-        // cuts them away.
-        let for_sync = data
-            .as_ref()
-            .ok_or_else(|| {
-                io(
-                    &data_path,
-                    std::io::Error::other("an earlier write to this file did not finish"),
-                )
-            })?
-            .try_clone()
-            .map_err(|e| io(&data_path, e))?;
-        let synced = state.committed;
-        let sync = async {
-            let data_synced = tokio::task::spawn_blocking(move || {
-                for_sync.sync_data()?;
-                drop_cached(&for_sync, previous, synced);
-                Ok::<_, std::io::Error>(())
-            });
-            let (a, b) = tokio::join!(data_synced, crcs.sync_data());
-            a.map_err(|e| io(&data_path, std::io::Error::other(e.to_string())))?
-                .map_err(|e| io(&data_path, e))?;
-            b.map_err(|e| io(&dir.join("crcs"), e))?;
-            LocalStaging::write_state(dir, state).await
-        };
+        // The bytes written meanwhile lie past `state.committed`, so a crash before the next
+        // checkpoint cuts them away.
+        let for_sync = second_handle(data, dir)?;
+        let sync = sync_and_record(for_sync, crcs, dir, state, previous);
         let (synced, written) = tokio::join!(sync, write_data(data, dir, bytes));
         synced?;
         written
     }
+}
+
+/// A second handle on a session's open `data` file. A sync through it covers every byte
+/// written before the sync starts, whichever handle wrote them, so writing may go on through the
+/// first one meanwhile.
+fn second_handle(data: &Option<std::fs::File>, dir: &Path) -> UploadResult<std::fs::File> {
+    let data_path = dir.join("data");
+    data.as_ref()
+        .ok_or_else(|| {
+            io(
+                &data_path,
+                std::io::Error::other("an earlier write to this file did not finish"),
+            )
+        })?
+        .try_clone()
+        .map_err(|e| io(&data_path, e))
+}
+
+/// Makes a session's `data` (through `for_sync`, a [`second_handle`]) and `crcs` durable, drops
+/// the cached pages of `data` from `previous` to `state.committed`, and replaces `state.json`
+/// with `state`. One daemon owns the directory and the engine serializes requests per session,
+/// so nothing else can have moved the session.
+async fn sync_and_record(
+    for_sync: std::fs::File,
+    crcs: &mut tokio::fs::File,
+    dir: &Path,
+    state: &SessionState,
+    previous: u64,
+) -> UploadResult<()> {
+    let data_path = dir.join("data");
+    let synced = state.committed;
+    let data_synced = tokio::task::spawn_blocking(move || {
+        for_sync.sync_data()?;
+        drop_cached(&for_sync, previous, synced);
+        Ok::<_, std::io::Error>(())
+    });
+    let (a, b) = tokio::join!(data_synced, crcs.sync_data());
+    a.map_err(|e| io(&data_path, std::io::Error::other(e.to_string())))?
+        .map_err(|e| io(&data_path, e))?;
+    b.map_err(|e| io(&dir.join("crcs"), e))?;
+    LocalStaging::write_state(dir, state).await
 }
 
 /// Appends `bytes` to a session's `data` file and starts writing them back at once, while the
