@@ -215,7 +215,6 @@ pub struct SessionInfo {
 
 /// The live hash and CRC state of a session this process is feeding, valid while its length
 /// equals the session's committed length.
-#[derive(Clone)]
 struct Live {
     hasher: ResumableDigests,
     partial_crc: u32,
