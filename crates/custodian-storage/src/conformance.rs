@@ -785,6 +785,41 @@ async fn find_missing_reports_absent_in_order(store: &BlobStore) {
         missing, expected,
         "find_missing of a mixed query with repeats"
     );
+
+    // A query long enough to be looked up in parts on several cores: the answer must still be
+    // in request order, each position for its own digest, whichever part it fell in.
+    let mut query = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..9_001usize {
+        let digests = &stored[i % stored.len()];
+        if i % 7 == 3 {
+            let absent = Digest::of(Algorithm::Sha256, format!("long query {i}").as_bytes());
+            query.push(absent);
+            expected.push(absent);
+        } else if i % 2 == 0 {
+            query.push(digests.sha256);
+        } else {
+            query.push(digests.blake3);
+        }
+    }
+    let missing = store.find_missing(&query).await.expect("find_missing");
+    assert_eq!(
+        missing.len(),
+        expected.len(),
+        "find_missing of 9,001 digests"
+    );
+    assert!(
+        missing == expected,
+        "find_missing of 9,001 digests answered out of order"
+    );
+    let present = store.present(&query).await.expect("present");
+    for (i, (digest, present)) in query.iter().zip(&present).enumerate() {
+        assert_eq!(
+            *present,
+            !expected.contains(digest),
+            "present() position {i} ({digest})"
+        );
+    }
 }
 
 async fn delete_many_removes_each_and_reports_which_existed(store: &BlobStore) {
