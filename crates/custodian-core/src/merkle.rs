@@ -611,6 +611,21 @@ impl Frontier {
         created
     }
 
+    /// Each complete subtree of the frontier as `(stored hash index, hash)`, largest first: the
+    /// hashes an inclusion proof of any recent leaf reads above the level where it and the
+    /// tree's size part ways.
+    pub fn stored_nodes(&self) -> Vec<(u64, Hash)> {
+        let mut lo = 0u64;
+        self.nodes
+            .iter()
+            .map(|&(level, hash)| {
+                let index = stored_hash_index(level, lo >> level);
+                lo += 1u64 << level;
+                (index, hash)
+            })
+            .collect()
+    }
+
     /// The root of the tree.
     pub fn root(&self) -> Hash {
         let parts: Vec<Hash> = self.nodes.iter().map(|(_, h)| *h).collect();
@@ -732,6 +747,23 @@ mod tests {
                 assert_eq!(proof.len(), consistency_proof_len(m as u64, n as u64));
                 verify_consistency(m as u64, n as u64, &proof, &roots[m], &roots[n])
                     .expect("verifies");
+            }
+        }
+    }
+
+    #[test]
+    fn frontier_nodes_name_their_stored_hashes() {
+        let (_, stored, _) = build(70);
+        let mut frontier = Frontier::new();
+        for n in 1..=70u64 {
+            frontier.append(stored[stored_hash_index(0, n - 1) as usize]);
+            let nodes = frontier.stored_nodes();
+            assert_eq!(nodes.len() as u32, n.count_ones(), "size {n}");
+            for (index, hash) in nodes {
+                assert_eq!(
+                    stored[index as usize], hash,
+                    "size {n}, stored hash {index}"
+                );
             }
         }
     }

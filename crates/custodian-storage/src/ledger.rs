@@ -6,6 +6,7 @@
 //! stored hashes and the new signed checkpoint) is committed atomically and durably by the
 //! backend; nothing in it is acknowledged before that.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
 
 use custodian_core::checkpoint::Checkpoint;
@@ -196,6 +197,8 @@ pub trait AppendLock: Send {}
 /// it surfaces as itself: an unreachable database is an outage, not damaged data.
 struct Reader<'a> {
     backend: &'a dyn LedgerBackend,
+    /// Hashes this ledger wrote lately, read instead of the backend's copies (receipts only).
+    recent: Option<&'a RwLock<RecentHashes>>,
     failed: Mutex<Option<LedgerError>>,
 }
 
@@ -203,7 +206,17 @@ impl<'a> Reader<'a> {
     fn new(backend: &'a dyn LedgerBackend) -> Self {
         Reader {
             backend,
+            recent: None,
             failed: Mutex::new(None),
+        }
+    }
+
+    /// A reader that takes the hashes it finds in `recent` from there and only the rest from
+    /// the backend.
+    fn with_recent(backend: &'a dyn LedgerBackend, recent: &'a RwLock<RecentHashes>) -> Self {
+        Reader {
+            recent: Some(recent),
+            ..Reader::new(backend)
         }
     }
 
@@ -223,14 +236,36 @@ impl<'a> Reader<'a> {
 
 impl HashReader for Reader<'_> {
     fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, ProofError> {
-        let found = self.backend.hashes(indexes).map_err(|e| {
-            let message = e.to_string();
-            match self.failed.lock() {
-                Ok(mut failed) => *failed = Some(e),
-                Err(poisoned) => *poisoned.into_inner() = Some(e),
+        let mut found: Vec<Option<Hash>> = vec![None; indexes.len()];
+        if let Some(recent) = self.recent {
+            let recent = match recent.read() {
+                Ok(recent) => recent,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            for (slot, &index) in found.iter_mut().zip(indexes) {
+                *slot = recent.get(index);
             }
-            ProofError::Read(message)
-        })?;
+        }
+        let unread: Vec<u64> = indexes
+            .iter()
+            .zip(&found)
+            .filter(|(_, hash)| hash.is_none())
+            .map(|(&index, _)| index)
+            .collect();
+        if !unread.is_empty() {
+            let read = self.backend.hashes(&unread).map_err(|e| {
+                let message = e.to_string();
+                match self.failed.lock() {
+                    Ok(mut failed) => *failed = Some(e),
+                    Err(poisoned) => *poisoned.into_inner() = Some(e),
+                }
+                ProofError::Read(message)
+            })?;
+            let mut read = read.into_iter();
+            for slot in found.iter_mut().filter(|hash| hash.is_none()) {
+                *slot = read.next().flatten();
+            }
+        }
         indexes
             .iter()
             .zip(found)
@@ -241,6 +276,58 @@ impl HashReader for Reader<'_> {
                 })
             })
             .collect()
+    }
+}
+
+/// How many of the latest stored hashes the ledger keeps in memory: 1 MiB, several of the
+/// largest batches the sequencer makes (4,096 entries write about 8,192 stored hashes).
+const RECENT_HASHES: usize = 1 << 15;
+
+/// The stored hashes this ledger's latest batches wrote, and the roots of the complete subtrees
+/// of the tree it last extended (its frontier). Together they hold every hash of the inclusion
+/// proof of an entry just appended: below the level where the entry's index and the tree size
+/// part ways the proof's hashes were written by the last few batches, above it they are the
+/// frontier's. A receipt for an append is then proved without a read from the backend (at
+/// 64 gRPC writers, reading them back was a tenth of the daemon's CPU). Stored hashes never
+/// change once written, and the proof is still checked against the signed root before it
+/// leaves; any other proof reads the backend, so damage there is still found.
+#[derive(Debug, Default)]
+struct RecentHashes {
+    /// The append-order index of `hashes[0]`.
+    start: u64,
+    /// Consecutive stored hashes, oldest first.
+    hashes: VecDeque<Hash>,
+    /// `(stored hash index, hash)` of each complete subtree of the frontier.
+    frontier: Vec<(u64, Hash)>,
+}
+
+impl RecentHashes {
+    /// Records a committed batch's stored hashes (from append-order index `first`) and the
+    /// frontier after it. A batch that does not follow the last one recorded (another daemon
+    /// sharing the backend appended in between) starts the run again.
+    fn record(&mut self, first: u64, hashes: &[Hash], frontier: Vec<(u64, Hash)>) {
+        if self.start + self.hashes.len() as u64 != first {
+            self.hashes.clear();
+            self.start = first;
+        }
+        self.hashes.extend(hashes.iter().copied());
+        let excess = self.hashes.len().saturating_sub(RECENT_HASHES);
+        self.hashes.drain(..excess);
+        self.start += excess as u64;
+        self.frontier = frontier;
+    }
+
+    /// The stored hash at append-order `index`, if it is held here.
+    fn get(&self, index: u64) -> Option<Hash> {
+        index
+            .checked_sub(self.start)
+            .and_then(|at| self.hashes.get(usize::try_from(at).ok()?).copied())
+            .or_else(|| {
+                self.frontier
+                    .iter()
+                    .find(|(stored, _)| *stored == index)
+                    .map(|(_, hash)| *hash)
+            })
     }
 }
 
@@ -320,6 +407,8 @@ pub struct Ledger {
     signer: SignerKey,
     verifier: VerifierKey,
     state: Mutex<State>,
+    /// What receipts for new entries are proved from (see [`RecentHashes`]).
+    recent: RwLock<RecentHashes>,
     latest: RwLock<Arc<SignedCheckpoint>>,
     /// The checkpoint served, put in receipts and mirrored. `None`: every integrated checkpoint
     /// is published at once. `Some`: publication is gated (on witness cosignatures), and only
@@ -453,10 +542,16 @@ impl Ledger {
             }
             Some((size, note)) => load(backend.as_ref(), &verifier, size, note)?,
         };
+        let recent = RecentHashes {
+            start: stored_hash_count(state.frontier.size()),
+            hashes: VecDeque::new(),
+            frontier: state.frontier.stored_nodes(),
+        };
         Ok(Ledger {
             backend,
             signer,
             verifier,
+            recent: RwLock::new(recent),
             state: Mutex::new(state),
             latest: RwLock::new(Arc::new(latest)),
             published: RwLock::new(None),
@@ -679,7 +774,18 @@ impl Ledger {
                 checkpoint: note.clone().into_bytes(),
             };
             match self.backend.commit(&batch) {
-                Ok(()) => break (frontier, prev, time_ms, appended, size, root, note, refused),
+                Ok(()) => {
+                    let mut recent = match self.recent.write() {
+                        Ok(recent) => recent,
+                        Err(poisoned) => poisoned.into_inner(),
+                    };
+                    recent.record(
+                        batch.first_hash_index,
+                        &batch.hashes,
+                        frontier.stored_nodes(),
+                    );
+                    break (frontier, prev, time_ms, appended, size, root, note, refused);
+                }
                 Err(LedgerError::Conflict { .. }) if retries > 0 => {
                     // Nothing of the batch was written: read the tree the other writer left.
                     retries -= 1;
@@ -962,8 +1068,18 @@ impl Ledger {
 
     /// Reads the inclusion proof and the leaf hash, and checks them against `root`.
     fn proof_against(&self, index: u64, size: u64, root: &Hash) -> LedgerResult<(Vec<Hash>, Hash)> {
-        let reader = Reader::new(self.backend.as_ref());
-        let proof = merkle::inclusion_proof(index, size, &reader).map_err(|e| reader.fail(e))?;
+        self.proof_with(&Reader::new(self.backend.as_ref()), index, size, root)
+    }
+
+    /// [`Ledger::proof_against`] with hashes read through `reader`.
+    fn proof_with(
+        &self,
+        reader: &Reader<'_>,
+        index: u64,
+        size: u64,
+        root: &Hash,
+    ) -> LedgerResult<(Vec<Hash>, Hash)> {
+        let proof = merkle::inclusion_proof(index, size, reader).map_err(|e| reader.fail(e))?;
         let leaf = reader
             .read_hashes(&[stored_hash_index(0, index)])
             .map_err(|e| reader.fail(e))?[0];
@@ -1025,15 +1141,18 @@ impl Ledger {
     }
 
     /// A receipt for an entry this ledger has just appended, against the checkpoint of its
-    /// batch. The proof is checked against the batch's root; the signature, made moments ago by
-    /// this process, is not checked again (that would cost more than the rest of the append).
+    /// batch. The proof's hashes come from those the latest batches wrote, kept in memory
+    /// ([`RecentHashes`]), and from the backend only where they are no longer held; the proof
+    /// is checked against the batch's root. The signature, made moments ago by this process, is
+    /// not checked again (that would cost more than the rest of the append).
     pub fn receipt_for(
         &self,
         appended: &Appended,
         checkpoint: &SignedCheckpoint,
     ) -> LedgerResult<Receipt> {
+        let reader = Reader::with_recent(self.backend.as_ref(), &self.recent);
         let (proof, leaf) =
-            self.proof_against(appended.index, checkpoint.size, &checkpoint.root)?;
+            self.proof_with(&reader, appended.index, checkpoint.size, &checkpoint.root)?;
         if leaf != appended.leaf_hash {
             return Err(LedgerError::Corrupt(format!(
                 "stored leaf hash of entry {} differs from the one just appended",
@@ -1235,5 +1354,103 @@ impl LedgerBackend for MemoryLedger {
             .checkpoints
             .insert(batch.checkpoint_size, batch.checkpoint.clone());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger_conformance::{CountingBackend, payload, test_signer};
+
+    fn counted() -> (Ledger, Arc<CountingBackend>) {
+        let counter = Arc::new(CountingBackend::new(Arc::new(MemoryLedger::new())));
+        let ledger = Ledger::open(counter.clone(), test_signer()).expect("open");
+        (ledger, counter)
+    }
+
+    fn append(ledger: &Ledger, count: u64) -> (Vec<Appended>, Arc<SignedCheckpoint>) {
+        let size = ledger.latest().size;
+        let requests = (size..size + count)
+            .map(|i| (EntryKind::RunAttested, payload(i)))
+            .collect();
+        ledger.append(requests, size).expect("append")
+    }
+
+    #[test]
+    fn receipts_for_new_entries_read_no_stored_hashes() {
+        let (ledger, counter) = counted();
+        // Batches of every size from 1 to 40 cross every kind of subtree boundary.
+        for count in 1..=40u64 {
+            let (appended, checkpoint) = append(&ledger, count);
+            counter.take();
+            for entry in &appended {
+                let receipt = ledger.receipt_for(entry, &checkpoint).expect("receipt");
+                receipt.verify(ledger.verifier()).expect("receipt verifies");
+                assert_eq!(
+                    receipt.proof,
+                    ledger
+                        .inclusion_proof(entry.index, checkpoint.size)
+                        .expect("proof")
+                        .0
+                );
+                counter.take();
+            }
+            for entry in &appended {
+                ledger.receipt_for(entry, &checkpoint).expect("receipt");
+            }
+            assert_eq!(
+                counter.take().0,
+                0,
+                "receipts of a batch of {count} read stored hashes"
+            );
+        }
+    }
+
+    #[test]
+    fn a_receipt_for_an_entry_no_longer_held_reads_the_backend() {
+        let (ledger, counter) = counted();
+        let (first, _) = append(&ledger, 3);
+        // Enough entries that entry 1's neighbours leave the recent hashes.
+        let mut latest = ledger.latest();
+        while stored_hash_count(latest.size) < RECENT_HASHES as u64 + 1_000 {
+            latest = append(&ledger, 4_000).1;
+        }
+        counter.take();
+        let receipt = ledger.receipt_for(&first[1], &latest).expect("receipt");
+        receipt.verify(ledger.verifier()).expect("receipt verifies");
+        assert!(
+            counter.take().0 > 0,
+            "an old receipt was answered from memory alone"
+        );
+        assert_eq!(
+            receipt.proof,
+            ledger.inclusion_proof(1, latest.size).expect("proof").0
+        );
+    }
+
+    #[test]
+    fn recent_hashes_keep_a_consecutive_run_and_the_frontier() {
+        let hash = |n: u8| Hash([n; 32]);
+        let mut recent = RecentHashes::default();
+        recent.record(0, &[hash(1), hash(2)], vec![(100, hash(9))]);
+        assert_eq!(recent.get(0), Some(hash(1)));
+        assert_eq!(recent.get(1), Some(hash(2)));
+        assert_eq!(recent.get(2), None);
+        assert_eq!(recent.get(100), Some(hash(9)));
+        recent.record(2, &[hash(3)], vec![]);
+        assert_eq!(recent.get(2), Some(hash(3)));
+        assert_eq!(recent.get(100), None, "the frontier is replaced");
+        // A batch after a gap (another daemon appended): only the new run is held.
+        recent.record(10, &[hash(4)], vec![]);
+        assert_eq!(recent.get(0), None);
+        assert_eq!(recent.get(2), None);
+        assert_eq!(recent.get(10), Some(hash(4)));
+        // The oldest hashes leave first once the run is full.
+        let many = vec![hash(5); RECENT_HASHES];
+        recent.record(11, &many, vec![]);
+        assert_eq!(recent.get(10), None);
+        assert_eq!(recent.get(11), Some(hash(5)));
+        assert_eq!(recent.get(11 + RECENT_HASHES as u64 - 1), Some(hash(5)));
+        assert_eq!(recent.hashes.len(), RECENT_HASHES);
     }
 }
