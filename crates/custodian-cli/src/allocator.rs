@@ -14,18 +14,20 @@
 //! that large blobs no longer pass through RocksDB's memtables, the same five-minute load stays
 //! flat with 1 MiB buffers reused (docs/reliability.md).
 //!
-//! Freed memory at the top of a heap is returned once more than 16 MiB of it is free. At 4 MiB,
+//! Freed memory at the top of a heap is returned once more than 8 MiB of it is free. At 4 MiB,
 //! an upload that keeps a few 1 MiB receive buffers and batches in flight gave back and faulted
 //! in the same pages again and again: a 1 GiB put took 2.1-2.4 s with 1.1-1.2 s of the daemon's
-//! CPU in the kernel, against 1.9 s and 0.8-0.9 s at 16 MiB, for 5 MiB more peak memory
-//! (docs/performance.md).
+//! CPU in the kernel, against 1.9 s and 0.8-0.9 s at 16 MiB. But 16 MiB kept up to that much
+//! free in each of the two arenas, and a store holding a million small blobs then peaked at
+//! 117-129 MiB, at and over the 128 MiB budget; at 8 MiB the put is as fast (1.72-2.02 s against
+//! 1.74-1.77 s in the same hour) and that store peaks at 112-116 MiB (docs/performance.md).
 //!
 //! glibc reads these settings from `GLIBC_TUNABLES` only when a process starts, so `custodian
 //! serve` re-executes itself once with them set. Whoever sets `GLIBC_TUNABLES` themselves keeps
 //! their own settings.
 
 /// The glibc tunables the daemon runs with (see the module documentation for why).
-pub const DAEMON_TUNABLES: &str = "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=2097152:glibc.malloc.trim_threshold=16777216";
+pub const DAEMON_TUNABLES: &str = "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=2097152:glibc.malloc.trim_threshold=8388608";
 
 /// Re-executes this process with [`DAEMON_TUNABLES`] unless `GLIBC_TUNABLES` is already set.
 /// Returns only if the settings are in place, not applicable, or the re-execution failed (then
