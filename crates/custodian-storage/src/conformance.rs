@@ -64,6 +64,7 @@ pub async fn run(harness: &dyn Harness, options: Options) {
     delete_many_removes_each_and_reports_which_existed(&store).await;
     put_many_verifies_each_and_keeps_order(&store).await;
     put_many_past_one_commit_keeps_order(&store).await;
+    put_many_hashed_in_parts_keeps_order(&store).await;
     list_walks_everything_and_quarantine_hides_a_blob(&store).await;
     staged_sessions_commit_and_refuse_damage(&store).await;
     assert_no_pending(&store, "after the single-session cases").await;
@@ -360,6 +361,61 @@ async fn put_many_past_one_commit_keeps_order(store: &BlobStore) {
         blobs[1000].as_ref()
     );
     let existed = store.delete_many(&digests).await.expect("delete_many");
+    assert!(existed.iter().all(|e| *e), "every stored blob is deleted");
+}
+
+/// `put_many` of enough small bytes to be hashed in parts on several threads: each answer is
+/// still for its own blob, and a wrong digest in the last part stores nothing.
+async fn put_many_hashed_in_parts_keeps_order(store: &BlobStore) {
+    let size = store.block_size().min(4096);
+    let count = (5usize << 19).div_ceil(size) as u64;
+    let wrong = count as usize - 2;
+    let blobs: Vec<Bytes> = (0..count)
+        .map(|i| pattern(40_000 + i, size.saturating_sub(i as usize % 3).max(1)))
+        .collect();
+    let items: Vec<(Expectation, Bytes)> = blobs
+        .iter()
+        .enumerate()
+        .map(|(i, data)| {
+            let digest = if i == wrong {
+                Digest::of(Algorithm::Blake3, b"not this blob")
+            } else {
+                Digest::of(Algorithm::Blake3, data)
+            };
+            (
+                Expectation {
+                    digest: Some(digest),
+                    size: Some(data.len() as u64),
+                },
+                data.clone(),
+            )
+        })
+        .collect();
+    let results = store.put_many(items).await;
+    assert_eq!(results.len(), blobs.len());
+    let mut stored = Vec::new();
+    for (i, (result, data)) in results.iter().zip(&blobs).enumerate() {
+        match result {
+            Ok(outcome) => {
+                assert_ne!(i, wrong, "the wrong digest was accepted");
+                assert_eq!(
+                    outcome.meta.sha256(),
+                    Digest::of(Algorithm::Sha256, data),
+                    "answer {i} of a put_many hashed in parts is for another blob"
+                );
+                stored.push(outcome.meta.sha256());
+            }
+            Err(StorageError::DigestMismatch { .. }) if i == wrong => {}
+            Err(err) => panic!("put_many hashed in parts, blob {i}: {err}"),
+        }
+    }
+    assert_absent(
+        store,
+        &Digest::of(Algorithm::Sha256, &blobs[wrong]),
+        "put_many hashed in parts, wrong digest",
+    )
+    .await;
+    let existed = store.delete_many(&stored).await.expect("delete_many");
     assert!(existed.iter().all(|e| *e), "every stored blob is deleted");
 }
 

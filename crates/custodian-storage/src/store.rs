@@ -996,8 +996,14 @@ const LOOKUP_PART_MIN: usize = 2048;
 /// Into how many parts a lookup of `count` digests is split: one per core, each of at least
 /// [`LOOKUP_PART_MIN`] digests.
 fn lookup_parts(count: usize) -> usize {
+    core_parts(count, LOOKUP_PART_MIN)
+}
+
+/// Into how many parts work of size `amount` is split to use every core: at most one per core,
+/// each of at least `min_part`, and always at least one.
+fn core_parts(amount: usize, min_part: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    (count / LOOKUP_PART_MIN).clamp(1, cores)
+    (amount / min_part.max(1)).clamp(1, cores)
 }
 
 /// How many blobs `put_many` puts at once when it puts them one by one.
@@ -1013,6 +1019,10 @@ const SMALL_COMMIT_MAX: usize = 1024;
 /// The fewest bytes of small blobs worth hashing on a core of their own.
 const HASH_PART_MIN_BYTES: usize = 1 << 20;
 
+/// Below this many bytes, small blobs are hashed where they arrived: a few dozen microseconds of
+/// hashing cost less than the hop to the blocking pool and back.
+const HASH_INLINE_MAX_BYTES: usize = 64 << 10;
+
 /// Hashes and checks small blobs on the blocking pool, split into one part per core when there
 /// are enough bytes: a 4 MiB `BatchPut` is about 5 ms of SHA-256 and BLAKE3, which would
 /// otherwise hold an async worker (and every connection waiting on it) for that long. The answers
@@ -1021,12 +1031,17 @@ async fn hash_small(
     items: Vec<(usize, Expectation, Bytes)>,
     block_size: usize,
 ) -> Vec<((usize, Expectation, Bytes), Result<BlobMeta>)> {
-    if items.is_empty() {
-        return Vec::new();
-    }
     let bytes: usize = items.iter().map(|(_, _, data)| data.len()).sum();
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let parts = (bytes / HASH_PART_MIN_BYTES).clamp(1, cores);
+    if bytes < HASH_INLINE_MAX_BYTES {
+        return items
+            .into_iter()
+            .map(|(i, expect, data)| {
+                let meta = small_meta(&expect, &data, block_size);
+                ((i, expect, data), meta)
+            })
+            .collect();
+    }
+    let parts = core_parts(bytes, HASH_PART_MIN_BYTES);
     let per_part = items.len().div_ceil(parts);
     let tasks: Vec<_> = items
         .chunks(per_part)
