@@ -321,26 +321,13 @@ async fn put_many_past_one_commit_keeps_order(store: &BlobStore) {
         })
         .collect();
     let results = store.put_many(items).await;
-    assert_eq!(results.len(), blobs.len());
-    for (i, (result, data)) in results.iter().zip(&blobs).enumerate() {
-        match result {
-            Ok(outcome) => {
-                assert_ne!(i, wrong, "the wrong digest was accepted");
-                assert_eq!(
-                    outcome.meta.sha256(),
-                    Digest::of(Algorithm::Sha256, data),
-                    "answer {i} is for another blob"
-                );
-                assert_eq!(outcome.already_present, i == duplicate, "answer {i}");
-            }
-            Err(StorageError::DigestMismatch { .. }) if i == wrong => {}
-            Err(err) => panic!("put_many past one commit, blob {i}: {err}"),
-        }
-    }
-    assert_absent(
+    check_put_many(
         store,
-        &Digest::of(Algorithm::Sha256, &blobs[wrong]),
-        "put_many past one commit, wrong digest",
+        &results,
+        &blobs,
+        wrong,
+        Some(duplicate),
+        "put_many past one commit",
     )
     .await;
     let digests: Vec<Digest> = blobs
@@ -362,6 +349,50 @@ async fn put_many_past_one_commit_keeps_order(store: &BlobStore) {
     );
     let existed = store.delete_many(&digests).await.expect("delete_many");
     assert!(existed.iter().all(|e| *e), "every stored blob is deleted");
+}
+
+/// Checks `put_many`'s answers for `blobs`: each in input order and for its own blob, the one at
+/// `wrong` (declared with a wrong digest) refused and not stored, and, when a `duplicate` is
+/// named, only that one already present. Returns the SHA-256 digests of the blobs stored.
+async fn check_put_many(
+    store: &BlobStore,
+    results: &[crate::Result<crate::PutOutcome>],
+    blobs: &[Bytes],
+    wrong: usize,
+    duplicate: Option<usize>,
+    case: &str,
+) -> Vec<Digest> {
+    assert_eq!(results.len(), blobs.len(), "{case}: one answer per blob");
+    let mut stored = Vec::new();
+    for (i, (result, data)) in results.iter().zip(blobs).enumerate() {
+        match result {
+            Ok(outcome) => {
+                assert_ne!(i, wrong, "{case}: the wrong digest was accepted");
+                assert_eq!(
+                    outcome.meta.sha256(),
+                    Digest::of(Algorithm::Sha256, data),
+                    "{case}: answer {i} is for another blob"
+                );
+                if let Some(duplicate) = duplicate {
+                    assert_eq!(
+                        outcome.already_present,
+                        i == duplicate,
+                        "{case}: answer {i}"
+                    );
+                }
+                stored.push(outcome.meta.sha256());
+            }
+            Err(StorageError::DigestMismatch { .. }) if i == wrong => {}
+            Err(err) => panic!("{case}, blob {i}: {err}"),
+        }
+    }
+    assert_absent(
+        store,
+        &Digest::of(Algorithm::Sha256, &blobs[wrong]),
+        &format!("{case}, wrong digest"),
+    )
+    .await;
+    stored
 }
 
 /// `put_many` of enough small bytes to be hashed in parts on several threads: each answer is
@@ -392,27 +423,13 @@ async fn put_many_hashed_in_parts_keeps_order(store: &BlobStore) {
         })
         .collect();
     let results = store.put_many(items).await;
-    assert_eq!(results.len(), blobs.len());
-    let mut stored = Vec::new();
-    for (i, (result, data)) in results.iter().zip(&blobs).enumerate() {
-        match result {
-            Ok(outcome) => {
-                assert_ne!(i, wrong, "the wrong digest was accepted");
-                assert_eq!(
-                    outcome.meta.sha256(),
-                    Digest::of(Algorithm::Sha256, data),
-                    "answer {i} of a put_many hashed in parts is for another blob"
-                );
-                stored.push(outcome.meta.sha256());
-            }
-            Err(StorageError::DigestMismatch { .. }) if i == wrong => {}
-            Err(err) => panic!("put_many hashed in parts, blob {i}: {err}"),
-        }
-    }
-    assert_absent(
+    let stored = check_put_many(
         store,
-        &Digest::of(Algorithm::Sha256, &blobs[wrong]),
-        "put_many hashed in parts, wrong digest",
+        &results,
+        &blobs,
+        wrong,
+        None,
+        "put_many hashed in parts",
     )
     .await;
     let existed = store.delete_many(&stored).await.expect("delete_many");
