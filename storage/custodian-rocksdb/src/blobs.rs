@@ -187,7 +187,7 @@ impl RocksBackend {
         chunks.set_enable_blob_gc(true);
         chunks.set_write_buffer_size(8 << 20);
         chunks.set_max_write_buffer_number(3);
-        chunks.set_block_based_table_factory(&crate::index::table_options());
+        chunks.set_block_based_table_factory(&crate::index::block_table_options());
         let index = RocksIndex::open(
             path,
             BACKEND,

@@ -39,23 +39,56 @@ fn shared_memory() -> &'static (rocksdb::Cache, rocksdb::WriteBufferManager) {
         std::sync::OnceLock::new();
     SHARED.get_or_init(|| {
         (
-            rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES),
+            block_cache(BLOCK_CACHE_BYTES),
             rocksdb::WriteBufferManager::new_write_buffer_manager(WRITE_BUFFER_BYTES, false),
         )
     })
 }
 
-/// Table options with the shared block cache; index and filter blocks live in it too, so
+/// A block cache of `capacity` bytes in one shard. RocksDB splits a cache into shards of at
+/// least 512 KiB by default (16 for 8 MiB), and an entry larger than its shard is dropped as soon
+/// as the read that loaded it lets go of it. A table file's filter is one block of 1.25 bytes per
+/// key and its index another, so once a column family holds a few hundred thousand digests in
+/// one file, each lookup that needed them read them again from the file and checked their
+/// checksums: with a million blobs stored, a third of the daemon's time in `FindMissing` (`perf`,
+/// docs/performance.md), and 55 MB read for 2,000 absent digests in
+/// `a_large_filter_stays_cached_between_lookups`. In one shard they stay; the shard's lock is
+/// held for a hash-table operation, which two cores do not contend on measurably.
+fn block_cache(capacity: usize) -> rocksdb::Cache {
+    let mut options = rocksdb::LruCacheOptions::default();
+    options.set_capacity(capacity);
+    options.set_num_shard_bits(0);
+    rocksdb::Cache::new_lru_cache_opts(&options)
+}
+
+/// Table options for column families looked up by digest (blob metadata, BLAKE3 aliases,
+/// pending uploads), with the shared block cache; index and filter blocks live in it too, so
 /// they are bounded by it rather than growing with the number of table files.
-pub(crate) fn table_options() -> rocksdb::BlockBasedOptions {
-    let mut table = rocksdb::BlockBasedOptions::default();
-    table.set_block_cache(&shared_memory().0);
-    table.set_cache_index_and_filter_blocks(true);
+fn digest_table_options(cache: &rocksdb::Cache) -> rocksdb::BlockBasedOptions {
+    let mut table = present_table_options(cache);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     // Most lookups of a digest that is not in custody (a put of new bytes, FindMissing, a
     // BatchPut) then end at a filter instead of reading a data block of every level.
     table.set_bloom_filter(10.0, false);
     table
+}
+
+/// Table options for column families whose lookups are only of keys known to exist (the
+/// ledger's entries and tree hashes, blob blocks found through the index): no filter, which could
+/// only say "maybe" and would take the cache's room from the filters that answer "no".
+fn present_table_options(cache: &rocksdb::Cache) -> rocksdb::BlockBasedOptions {
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_cache_index_and_filter_blocks(true);
+    table
+}
+
+/// Table options for the column family of blob blocks, which are read by range (an iterator from
+/// the blob's first block), where a whole-key filter is never consulted. They once had a filter
+/// like the digests' all the same (1.25 MB per million small blobs, which stay inline), taking
+/// the cache's room from the filters that answer `FindMissing`.
+pub(crate) fn block_table_options() -> rocksdb::BlockBasedOptions {
+    present_table_options(&shared_memory().0)
 }
 
 /// The error for an index entry that cannot be what it is filed under.
@@ -88,11 +121,11 @@ pub(crate) fn db_options() -> Options {
     db_opts
 }
 
-/// A column family with a memtable of `write_buffer` bytes.
+/// A column family keyed by digest (or id), with a memtable of `write_buffer` bytes.
 pub(crate) fn cf_descriptor(name: &str, write_buffer: usize) -> ColumnFamilyDescriptor {
     let mut o = Options::default();
     o.set_write_buffer_size(write_buffer);
-    o.set_block_based_table_factory(&table_options());
+    o.set_block_based_table_factory(&digest_table_options(&shared_memory().0));
     ColumnFamilyDescriptor::new(name, o)
 }
 
@@ -104,12 +137,9 @@ pub(crate) fn cf_descriptor(name: &str, write_buffer: usize) -> ColumnFamilyDesc
 /// against 152 µs and 400 µs without filters (`custodian-bench ledger --log-size 10000000`,
 /// docs/performance.md). A partitioned index was tried too and was slower (190 µs, 812 µs).
 pub(crate) fn dense_cf_descriptor(name: &str, write_buffer: usize) -> ColumnFamilyDescriptor {
-    let mut table = rocksdb::BlockBasedOptions::default();
-    table.set_block_cache(&shared_memory().0);
-    table.set_cache_index_and_filter_blocks(true);
     let mut o = Options::default();
     o.set_write_buffer_size(write_buffer);
-    o.set_block_based_table_factory(&table);
+    o.set_block_based_table_factory(&present_table_options(&shared_memory().0));
     ColumnFamilyDescriptor::new(name, o)
 }
 
@@ -746,5 +776,71 @@ mod tests {
             corrupt(index.lookup_many(&query).map(drop));
             corrupt(index.present_many(&query).map(drop));
         }
+    }
+
+    /// A table file's filter and index stay in a cache built like the daemon's between two
+    /// queries for absent digests, with other blocks read in between, although they are larger
+    /// than the high-priority half of one of the shards RocksDB would split the cache into by
+    /// default. The second query then reads from the table file only the data blocks of its
+    /// filter's false positives (about 1% of the digests asked).
+    #[test]
+    fn a_large_filter_stays_cached_between_lookups() {
+        use rocksdb::perf::{PerfContext, PerfMetric, PerfStatsLevel};
+        let dir = tempfile::tempdir().unwrap();
+        let cache = block_cache(BLOCK_CACHE_BYTES);
+        let mut cf_options = Options::default();
+        cf_options.set_block_based_table_factory(&digest_table_options(&cache));
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        let db = DB::open_cf_descriptors(
+            &db_options,
+            dir.path(),
+            vec![ColumnFamilyDescriptor::new(CF_META, cf_options)],
+        )
+        .unwrap();
+        let cf = db.cf_handle(CF_META).unwrap();
+        let key = |i: u32| *Digest::of(Algorithm::Sha256, &i.to_be_bytes()).bytes();
+        // 700,000 digests in one table file: a filter of 875 KB and an index of 208 KB, where a
+        // default shard of this cache holds 512 KiB in all.
+        const STORED: u32 = 700_000;
+        // Two overlapping flushes, merged by a compaction: a file moved down whole would keep the
+        // table reader it had in level 0, whose filter and index are pinned.
+        for half in [0..STORED / 2, STORED / 2..STORED] {
+            let mut batch = WriteBatch::default();
+            for i in half {
+                batch.put_cf(cf, key(i), [0x11u8; 40]);
+            }
+            db.write(batch).unwrap();
+            db.flush_cf(cf).unwrap();
+        }
+        db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        let sorted = |range: std::ops::Range<u32>| {
+            let mut keys: Vec<[u8; 32]> = range.map(key).collect();
+            keys.sort_unstable();
+            keys
+        };
+        let read = |keys: &[[u8; 32]]| -> usize {
+            db.batched_multi_get_cf(cf, keys.iter(), true)
+                .into_iter()
+                .filter(|r| matches!(r, Ok(Some(_))))
+                .count()
+        };
+        const ASKED: u32 = 2_000;
+        assert_eq!(read(&sorted(STORED..STORED + ASKED)), 0);
+        // Data blocks of stored digests pass through the cache.
+        assert_eq!(read(&sorted(0..500)), 500);
+        rocksdb::perf::set_perf_stats(PerfStatsLevel::EnableCount);
+        let mut context = PerfContext::default();
+        context.reset();
+        assert_eq!(read(&sorted(2 * STORED..2 * STORED + ASKED)), 0);
+        let read_bytes = context.metric(PerfMetric::BlockReadByte);
+        rocksdb::perf::set_perf_stats(PerfStatsLevel::Disable);
+        // False positives: about 20 data blocks of 4 KiB (74 KB measured). With RocksDB's default
+        // 16 shards the filter and index were read again for each of them: 55 MB.
+        assert!(
+            read_bytes < 200_000,
+            "the second lookup of {ASKED} absent digests read {read_bytes} bytes of table blocks"
+        );
     }
 }
