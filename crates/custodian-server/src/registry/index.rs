@@ -428,25 +428,72 @@ impl Index {
         size: u64,
         body: &dyn Fn(&Digest) -> Result<Vec<u8>, String>,
     ) -> Result<u64, LedgerError> {
-        let mut start = self.processed_below;
-        let mut applied = 0u64;
-        while start < size {
-            let end = (start + REPLAY_CHUNK).min(size);
-            // Every entry is checked against the leaf hash the signed tree records before anything
-            // is derived from it: a damaged byte must not become a registry fact (a run that
-            // passes, a version not yanked).
-            let leaves = ledger.leaf_hashes(start, end)?;
-            for (offset, bytes) in ledger.entries(start, end)?.into_iter().enumerate() {
-                let index = start + offset as u64;
-                if self.applied_above.contains(&index) {
-                    continue;
-                }
-                applied += u64::from(self.ingest(index, &bytes, &leaves[offset], body)?);
+        let start = self.processed_below;
+        if size <= start.saturating_add(REPLAY_CHUNK) {
+            // A follow of a few new entries: not worth a thread.
+            let mut applied = 0u64;
+            if start < size {
+                let leaves = ledger.leaf_hashes(start, size)?;
+                let entries = ledger.entries(start, size)?;
+                applied = self.apply_chunk(start, &leaves, entries, body)?;
             }
-            start = end;
-            self.processed_below = end;
-            self.applied_above = self.applied_above.split_off(&end);
+            return Ok(applied);
         }
+        // A replay reads the entries and their leaf hashes (two table scans, three quarters of
+        // its time on one thread) on a thread each, a few chunks ahead of this one, which checks
+        // and applies them in order. 10,000,000 entries took 11.8 s on one thread.
+        std::thread::scope(|scope| {
+            let chunks = move || {
+                (start..size)
+                    .step_by(REPLAY_CHUNK as usize)
+                    .map(move |from| (from, (from + REPLAY_CHUNK).min(size)))
+            };
+            let entries = ahead(scope, chunks(), |(from, to)| ledger.entries(from, to));
+            let leaves = ahead(scope, chunks(), |(from, to)| ledger.leaf_hashes(from, to));
+            let mut applied = 0u64;
+            for ((from, _), (entries, leaves)) in chunks().zip(entries.iter().zip(leaves.iter())) {
+                applied += self.apply_chunk(from, &leaves?, entries?, body)?;
+            }
+            // A reader stops early only at an error, which the loop returned, or by panicking.
+            if self.processed_below != size {
+                return Err(LedgerError::Backend {
+                    backend: "registry replay",
+                    message: format!(
+                        "a reader thread stopped before entry {} of {size}",
+                        self.processed_below
+                    ),
+                });
+            }
+            Ok(applied)
+        })
+    }
+
+    /// Checks and applies the entries `[start, start + entries.len())` read from the ledger,
+    /// against their recorded leaf hashes; returns how many were applied.
+    fn apply_chunk(
+        &mut self,
+        start: u64,
+        leaves: &[custodian_core::merkle::Hash],
+        entries: Vec<Vec<u8>>,
+        body: &dyn Fn(&Digest) -> Result<Vec<u8>, String>,
+    ) -> Result<u64, LedgerError> {
+        let end = start + entries.len() as u64;
+        let mut applied = 0u64;
+        // Every entry is checked against the leaf hash the signed tree records before anything
+        // is derived from it: a damaged byte must not become a registry fact (a run that passes,
+        // a version not yanked).
+        for (offset, bytes) in entries.into_iter().enumerate() {
+            let index = start + offset as u64;
+            if self.applied_above.contains(&index) {
+                continue;
+            }
+            let leaf = leaves.get(offset).ok_or_else(|| {
+                LedgerError::Corrupt(format!("no recorded leaf hash for entry {index}"))
+            })?;
+            applied += u64::from(self.ingest(index, &bytes, leaf, body)?);
+        }
+        self.processed_below = end;
+        self.applied_above = self.applied_above.split_off(&end);
         Ok(applied)
     }
 
@@ -514,6 +561,29 @@ impl Index {
             }
         }
     }
+}
+
+/// Runs `read` over `chunks` in order on a thread of `scope`, at most two chunks ahead of the
+/// receiver; it stops at the first error (after sending it) or when the receiver is dropped.
+fn ahead<'scope, C, T>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    chunks: impl Iterator<Item = C> + Send + 'scope,
+    read: impl Fn(C) -> Result<T, LedgerError> + Send + 'scope,
+) -> std::sync::mpsc::Receiver<Result<T, LedgerError>>
+where
+    T: Send + 'scope,
+{
+    let (sender, receiver) = std::sync::mpsc::sync_channel(2);
+    scope.spawn(move || {
+        for chunk in chunks {
+            let result = read(chunk);
+            let failed = result.is_err();
+            if sender.send(result).is_err() || failed {
+                break;
+            }
+        }
+    });
+    receiver
 }
 
 /// One attested run of an eval × model.

@@ -359,3 +359,125 @@ fn a_deletion_entry_names_its_digests_to_a_publication_condition() {
     .expect("an entry");
     assert!(super::deleted_digests(&other).is_empty());
 }
+
+/// `count` entries of a kind the registry does not apply, appended straight to the ledger.
+fn filler(ledger: &Ledger, count: u64) {
+    let requests = (0..count)
+        .map(|i| {
+            (
+                EntryKind::Other("Filler".into()),
+                Value::Map(vec![(Value::Text("n".into()), Value::Integer(i.into()))]),
+            )
+        })
+        .collect();
+    ledger.append(requests, 1_700_000_000_000).expect("filler");
+}
+
+/// A replay longer than one read (4,096 entries) reads ahead on threads of its own: what the
+/// registry appended is applied at its own index whichever read it falls in, and every entry is
+/// processed.
+#[tokio::test]
+async fn a_long_replay_applies_each_chunk_in_order() {
+    let f = fixture().await;
+    filler(&f.ledger, 5_000);
+    let published = f.publish(false).await.expect("publish");
+    filler(&f.ledger, 4_000);
+    let yanked = f
+        .registry
+        .yank(&admin(), "acme-bot", "1.0.0", "superseded")
+        .await
+        .expect("yank");
+    filler(&f.ledger, 4_100);
+    let replayed = f.replayed().await;
+    assert_eq!(replayed.processed_below(), f.ledger.latest().size);
+    assert!(replayed.damaged().is_empty());
+    let record = replayed.version("acme-bot", &version()).expect("version");
+    assert_eq!(record.index, published);
+    assert!(published > 4096 && yanked.receipt.index > 8192);
+    let yank = record.yanked.clone().expect("yanked");
+    assert_eq!(
+        (yank.index, yank.reason.as_str()),
+        (yanked.receipt.index, "superseded")
+    );
+}
+
+/// A ledger backend that hands out one entry with a byte changed, as a damaged disk would.
+struct Damaging {
+    inner: Arc<MemoryLedger>,
+    at: u64,
+}
+
+impl custodian_storage::ledger::LedgerBackend for Damaging {
+    fn name(&self) -> &'static str {
+        "damaging"
+    }
+    fn latest_checkpoint(&self) -> custodian_storage::LedgerResult<Option<(u64, Vec<u8>)>> {
+        self.inner.latest_checkpoint()
+    }
+    fn checkpoint(&self, size: u64) -> custodian_storage::LedgerResult<Option<Vec<u8>>> {
+        self.inner.checkpoint(size)
+    }
+    fn checkpoints(
+        &self,
+        from_size: u64,
+        limit: usize,
+    ) -> custodian_storage::LedgerResult<Vec<(u64, Vec<u8>)>> {
+        self.inner.checkpoints(from_size, limit)
+    }
+    fn entries(&self, start: u64, end: u64) -> custodian_storage::LedgerResult<Vec<Vec<u8>>> {
+        let mut entries = self.inner.entries(start, end)?;
+        if (start..end).contains(&self.at) {
+            let entry = &mut entries[(self.at - start) as usize];
+            let last = entry.len() - 1;
+            entry[last] ^= 1;
+        }
+        Ok(entries)
+    }
+    fn index_of(
+        &self,
+        leaf: &custodian_core::merkle::Hash,
+    ) -> custodian_storage::LedgerResult<Option<u64>> {
+        self.inner.index_of(leaf)
+    }
+    fn hashes(
+        &self,
+        indexes: &[u64],
+    ) -> custodian_storage::LedgerResult<Vec<Option<custodian_core::merkle::Hash>>> {
+        self.inner.hashes(indexes)
+    }
+    fn hash_range(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> custodian_storage::LedgerResult<Vec<custodian_core::merkle::Hash>> {
+        self.inner.hash_range(start, end)
+    }
+    fn commit(
+        &self,
+        batch: &custodian_storage::ledger::LedgerBatch,
+    ) -> custodian_storage::LedgerResult<()> {
+        self.inner.commit(batch)
+    }
+}
+
+/// A damaged entry past the first read of a long replay is found and named, and nothing after
+/// it is lost: the replay reads on.
+#[test]
+fn a_long_replay_names_a_damaged_entry_in_a_later_chunk() {
+    let signer = SignerKey::from_seed("registry.test/log", [3; 32]).expect("log key");
+    let memory = Arc::new(MemoryLedger::new());
+    let ledger = Ledger::open(memory.clone(), signer.clone()).expect("ledger");
+    filler(&ledger, 10_000);
+    let damaged = Ledger::open(
+        Arc::new(Damaging {
+            inner: memory,
+            at: 9_001,
+        }),
+        signer,
+    )
+    .expect("the same ledger, read through damage");
+    let replayed =
+        Index::replay(&damaged, &|_| Err("no sealed entries here".to_string())).expect("replay");
+    assert_eq!(replayed.damaged(), &[9_001]);
+    assert_eq!(replayed.processed_below(), 10_000);
+}
