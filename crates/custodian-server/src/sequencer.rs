@@ -202,71 +202,16 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use custodian_storage::ledger::{LedgerBackend, MemoryLedger};
-    use custodian_storage::ledger_conformance::{payload, test_signer};
-
-    /// A backend whose commits take a while, as an fsync does, and are counted.
-    struct SlowCommits {
-        inner: MemoryLedger,
-        commits: std::sync::atomic::AtomicU64,
-    }
-
-    impl LedgerBackend for SlowCommits {
-        fn name(&self) -> &'static str {
-            "slow"
-        }
-        fn latest_checkpoint(&self) -> custodian_storage::LedgerResult<Option<(u64, Vec<u8>)>> {
-            self.inner.latest_checkpoint()
-        }
-        fn checkpoint(&self, size: u64) -> custodian_storage::LedgerResult<Option<Vec<u8>>> {
-            self.inner.checkpoint(size)
-        }
-        fn checkpoints(
-            &self,
-            from: u64,
-            limit: usize,
-        ) -> custodian_storage::LedgerResult<Vec<(u64, Vec<u8>)>> {
-            self.inner.checkpoints(from, limit)
-        }
-        fn entries(&self, start: u64, end: u64) -> custodian_storage::LedgerResult<Vec<Vec<u8>>> {
-            self.inner.entries(start, end)
-        }
-        fn index_of(
-            &self,
-            leaf: &custodian_core::merkle::Hash,
-        ) -> custodian_storage::LedgerResult<Option<u64>> {
-            self.inner.index_of(leaf)
-        }
-        fn hashes(
-            &self,
-            indexes: &[u64],
-        ) -> custodian_storage::LedgerResult<Vec<Option<custodian_core::merkle::Hash>>> {
-            self.inner.hashes(indexes)
-        }
-        fn hash_range(
-            &self,
-            start: u64,
-            end: u64,
-        ) -> custodian_storage::LedgerResult<Vec<custodian_core::merkle::Hash>> {
-            self.inner.hash_range(start, end)
-        }
-        fn commit(
-            &self,
-            batch: &custodian_storage::LedgerBatch,
-        ) -> custodian_storage::LedgerResult<()> {
-            std::thread::sleep(Duration::from_millis(5));
-            self.commits
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            self.inner.commit(batch)
-        }
-    }
+    use custodian_storage::ledger::MemoryLedger;
+    use custodian_storage::ledger_conformance::{CountingBackend, payload, test_signer};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_appends_share_commits_and_a_bad_request_fails_alone() {
-        let backend = Arc::new(SlowCommits {
-            inner: MemoryLedger::new(),
-            commits: Default::default(),
-        });
+        // Commits that take a while, as an fsync does, and are counted.
+        let backend = Arc::new(
+            CountingBackend::new(Arc::new(MemoryLedger::new()))
+                .slow_commits(Duration::from_millis(5)),
+        );
         let ledger = Arc::new(Ledger::open(backend.clone(), test_signer()).expect("open"));
         let before = backend.commits.load(std::sync::atomic::Ordering::SeqCst);
         let sequencer = Sequencer::start(ledger.clone(), SequencerConfig::default(), None);

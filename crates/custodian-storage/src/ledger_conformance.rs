@@ -218,7 +218,9 @@ fn commits_must_start_at_the_end(harness: &dyn LedgerHarness) {
     );
 }
 
-/// Wraps a backend and counts what proofs read, to show they come from stored hashes.
+/// Wraps a backend for tests: counts what is read (to show proofs come from stored hashes) and
+/// committed, and can make each commit take a while (as an fsync does) or hand out one entry
+/// with a byte changed (as a damaged disk would).
 pub struct CountingBackend {
     /// The wrapped backend.
     pub inner: Arc<dyn LedgerBackend>,
@@ -226,6 +228,12 @@ pub struct CountingBackend {
     pub hashes_read: AtomicU64,
     /// Entries read.
     pub entries_read: AtomicU64,
+    /// Batches committed.
+    pub commits: AtomicU64,
+    /// How long each commit waits before it is passed on.
+    commit_delay: std::time::Duration,
+    /// The entry handed out damaged, if any.
+    damaged_entry: Option<u64>,
 }
 
 impl CountingBackend {
@@ -235,7 +243,22 @@ impl CountingBackend {
             inner,
             hashes_read: AtomicU64::new(0),
             entries_read: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            commit_delay: std::time::Duration::ZERO,
+            damaged_entry: None,
         }
+    }
+
+    /// Makes each commit wait `delay` first.
+    pub fn slow_commits(mut self, delay: std::time::Duration) -> Self {
+        self.commit_delay = delay;
+        self
+    }
+
+    /// Hands out entry `index` with its last byte changed whenever it is read.
+    pub fn damaging_entry(mut self, index: u64) -> Self {
+        self.damaged_entry = Some(index);
+        self
     }
 
     /// Returns and resets the counters `(hashes, entries)`.
@@ -263,7 +286,13 @@ impl LedgerBackend for CountingBackend {
     fn entries(&self, start: u64, end: u64) -> LedgerResult<Vec<Vec<u8>>> {
         self.entries_read
             .fetch_add(end.saturating_sub(start), Ordering::Relaxed);
-        self.inner.entries(start, end)
+        let mut entries = self.inner.entries(start, end)?;
+        if let Some(at) = self.damaged_entry.filter(|at| (start..end).contains(at))
+            && let Some(byte) = entries[(at - start) as usize].last_mut()
+        {
+            *byte ^= 1;
+        }
+        Ok(entries)
     }
     fn index_of(&self, leaf: &Hash) -> LedgerResult<Option<u64>> {
         self.inner.index_of(leaf)
@@ -279,6 +308,8 @@ impl LedgerBackend for CountingBackend {
         self.inner.hash_range(start, end)
     }
     fn commit(&self, batch: &LedgerBatch) -> LedgerResult<()> {
+        std::thread::sleep(self.commit_delay);
+        self.commits.fetch_add(1, Ordering::SeqCst);
         self.inner.commit(batch)
     }
 }

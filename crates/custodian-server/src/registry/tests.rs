@@ -12,6 +12,7 @@ use custodian_core::note::SignerKey;
 use custodian_core::package::{FileEntry, PackageStatement};
 use custodian_core::{Algorithm, Digest};
 use custodian_storage::ledger::Ledger;
+use custodian_storage::ledger_conformance::CountingBackend;
 use custodian_storage::{BlobStore, Expectation, MemoryBackend, MemoryLedger};
 
 use super::{Index, Registry, RegistryError};
@@ -401,65 +402,6 @@ async fn a_long_replay_applies_each_chunk_in_order() {
     );
 }
 
-/// A ledger backend that hands out one entry with a byte changed, as a damaged disk would.
-struct Damaging {
-    inner: Arc<MemoryLedger>,
-    at: u64,
-}
-
-impl custodian_storage::ledger::LedgerBackend for Damaging {
-    fn name(&self) -> &'static str {
-        "damaging"
-    }
-    fn latest_checkpoint(&self) -> custodian_storage::LedgerResult<Option<(u64, Vec<u8>)>> {
-        self.inner.latest_checkpoint()
-    }
-    fn checkpoint(&self, size: u64) -> custodian_storage::LedgerResult<Option<Vec<u8>>> {
-        self.inner.checkpoint(size)
-    }
-    fn checkpoints(
-        &self,
-        from_size: u64,
-        limit: usize,
-    ) -> custodian_storage::LedgerResult<Vec<(u64, Vec<u8>)>> {
-        self.inner.checkpoints(from_size, limit)
-    }
-    fn entries(&self, start: u64, end: u64) -> custodian_storage::LedgerResult<Vec<Vec<u8>>> {
-        let mut entries = self.inner.entries(start, end)?;
-        if (start..end).contains(&self.at) {
-            let entry = &mut entries[(self.at - start) as usize];
-            let last = entry.len() - 1;
-            entry[last] ^= 1;
-        }
-        Ok(entries)
-    }
-    fn index_of(
-        &self,
-        leaf: &custodian_core::merkle::Hash,
-    ) -> custodian_storage::LedgerResult<Option<u64>> {
-        self.inner.index_of(leaf)
-    }
-    fn hashes(
-        &self,
-        indexes: &[u64],
-    ) -> custodian_storage::LedgerResult<Vec<Option<custodian_core::merkle::Hash>>> {
-        self.inner.hashes(indexes)
-    }
-    fn hash_range(
-        &self,
-        start: u64,
-        end: u64,
-    ) -> custodian_storage::LedgerResult<Vec<custodian_core::merkle::Hash>> {
-        self.inner.hash_range(start, end)
-    }
-    fn commit(
-        &self,
-        batch: &custodian_storage::ledger::LedgerBatch,
-    ) -> custodian_storage::LedgerResult<()> {
-        self.inner.commit(batch)
-    }
-}
-
 /// A damaged entry past the first read of a long replay is found and named, and nothing after
 /// it is lost: the replay reads on.
 #[test]
@@ -469,10 +411,7 @@ fn a_long_replay_names_a_damaged_entry_in_a_later_chunk() {
     let ledger = Ledger::open(memory.clone(), signer.clone()).expect("ledger");
     filler(&ledger, 10_000);
     let damaged = Ledger::open(
-        Arc::new(Damaging {
-            inner: memory,
-            at: 9_001,
-        }),
+        Arc::new(CountingBackend::new(memory).damaging_entry(9_001)),
         signer,
     )
     .expect("the same ledger, read through damage");
