@@ -779,9 +779,9 @@ mod tests {
     }
 
     /// A table file's filter and index stay in a cache built like the daemon's between two
-    /// queries for absent digests, with other blocks read in between, although they are larger
-    /// than the high-priority half of one of the shards RocksDB would split the cache into by
-    /// default. The second query then reads from the table file only the data blocks of its
+    /// queries for absent digests, with other blocks read in between, although the filter alone
+    /// is larger than one of the 512 KiB shards RocksDB would split the cache into by default.
+    /// The second query then reads from the table file only the data blocks of its
     /// filter's false positives (about 1% of the digests asked).
     #[test]
     fn a_large_filter_stays_cached_between_lookups() {

@@ -45,9 +45,9 @@ pub struct RocksLedger {
 
 /// Read options for the positions `[start, end)` in order. The iterator stops at `end` rather
 /// than reading the block past it, and a long range (a replay at start-up, an export, a tile
-/// mirror catching up) leaves the block cache as it found it: its blocks are read once, and would
-/// otherwise push out the index and filter blocks every lookup needs (and, read by two threads at
-/// once, contend for the cache's lock: a replay spent half again as much CPU).
+/// mirror catching up) leaves the block cache as it found it: its blocks are read once, and
+/// inserting them would push out the index and filter blocks every lookup needs, under the
+/// cache's one lock that the replay's two reading threads share.
 fn range_read(start: u64, end: u64) -> ReadOptions {
     let mut options = ReadOptions::default();
     options.set_iterate_upper_bound(end.to_be_bytes());
@@ -85,11 +85,11 @@ impl RocksLedger {
         })
     }
 
-    /// Reads the positions `[start, end)` of a column family keyed by position (`what` names one in
-    /// errors), in order, handing each value to `each`; returns how many were read. It stops at the first gap (a position
-    /// that is not the next one is missing: an error, or the end of what is stored) and at the
-    /// range's end. A raw iterator lends each key and value where they lie; the iterator adapter
-    /// allocates both for every position, a quarter of a replay's reading.
+    /// Reads the positions `[start, end)` of a column family keyed by position, in order, and
+    /// hands each value to `each`; returns how many were read, fewer than asked when what is
+    /// stored ends first. A position out of order is an error naming it (`what` says what a
+    /// position holds). A raw iterator lends each key and value where they lie, where the
+    /// iterator adapter allocated both for every position.
     fn scan(
         &self,
         name: &str,
