@@ -400,7 +400,8 @@ fn open_without_pending(path: &Path, cycle: u64) -> rocksdb::DB {
 }
 
 /// Opens the stopped daemon's blob database read-only and checks that nothing temporary is
-/// left: no pending-upload record, and no stored block or extent file outside a committed blob.
+/// left: no pending-upload record, and no stored block, extent file or pack outside a committed
+/// blob.
 fn assert_no_leftovers(data_dir: &Path, cycle: u64) {
     let db = open_without_pending(&data_dir.join("blobs"), cycle);
     let meta = db.cf_handle("meta").expect("meta");
@@ -421,17 +422,20 @@ fn assert_no_leftovers(data_dir: &Path, cycle: u64) {
             hex::encode(&key[..8])
         );
     }
-    // Blobs larger than one block are files named by their extent; each must be committed
-    // (its location is `f` followed by the extent id).
-    for entry in std::fs::read_dir(data_dir.join("blobs").join("extents")).expect("extents dir") {
-        let name = entry.expect("read extents dir").file_name();
-        let name = name.to_string_lossy();
-        let mut location = vec![b'f'];
-        location.extend(hex::decode(name.as_ref()).expect("an extent file is named in hex"));
-        assert!(
-            committed.contains(&location),
-            "cycle {cycle}: the file of extent {name} belongs to no committed blob"
-        );
+    // Blobs larger than one block are files named by their extent, and batches of small blobs
+    // packs named by their id; each must be committed (a blob's location is `f` followed by the
+    // extent id, or `p` followed by the pack id): a batch cut before its commit loses its pack.
+    for (dir, tag) in [("extents", b'f'), ("packs", b'p')] {
+        for entry in std::fs::read_dir(data_dir.join("blobs").join(dir)).expect("blob files") {
+            let name = entry.expect("read a blob directory").file_name();
+            let name = name.to_string_lossy();
+            let mut location = vec![tag];
+            location.extend(hex::decode(name.as_ref()).expect("a blob file is named in hex"));
+            assert!(
+                committed.contains(&location),
+                "cycle {cycle}: {dir}/{name} holds no committed blob"
+            );
+        }
     }
 }
 

@@ -318,17 +318,32 @@ async fn short_writes_everywhere_lose_nothing() {
 /// restarted, and after the restart none of the batch is in custody.
 #[tokio::test]
 async fn object_backend_batch_whose_pack_sync_fails_acknowledges_nothing() {
+    batch_whose_pack_sync_fails_acknowledges_nothing(true).await;
+}
+
+/// The same on RocksDB, whose batches of blobs of 4 KiB and more are packs too.
+#[tokio::test]
+async fn rocksdb_batch_whose_pack_sync_fails_acknowledges_nothing() {
+    batch_whose_pack_sync_fails_acknowledges_nothing(false).await;
+}
+
+async fn batch_whose_pack_sync_fails_acknowledges_nothing(on_files: bool) {
     use custodian_proto::cas::v1 as pb;
 
     let dir = tempfile::tempdir().expect("a step of the fault test");
     let root = dir.path().canonicalize().expect("a step of the fault test");
     let url = format!("file://{}", root.join("objects").display());
-    let mut daemon = Daemon::start_with(&root.join("data"), &["--storage", &url]);
+    let (args, faulty): (Vec<&str>, _) = if on_files {
+        (vec!["--storage", &url], root.join("objects"))
+    } else {
+        (vec![], root.join("data").join("blobs").join("packs"))
+    };
+    let mut daemon = Daemon::start_with(&root.join("data"), &args);
     let arm = root.join("arm");
     let faults = root.join("faults.log");
     daemon.restart_with_env(&[
         ("LD_PRELOAD", shim().display().to_string()),
-        ("FAULTFS_DIR", root.join("objects").display().to_string()),
+        ("FAULTFS_DIR", faulty.display().to_string()),
         ("FAULTFS_ARM", arm.display().to_string()),
         ("FAULTFS_AFTER", "0".to_string()),
         ("FAULTFS_MODE", "eio".to_string()),
@@ -362,8 +377,9 @@ async fn object_backend_batch_whose_pack_sync_fails_acknowledges_nothing() {
         .into_inner();
     let fired = std::fs::read_to_string(&faults).unwrap_or_default();
     assert!(
-        fired.starts_with("fsync ") && fired.lines().next().is_some_and(|l| l.contains("/packs/")),
-        "the first sync in the object directory should be the batch's pack: {fired:?}"
+        (fired.starts_with("fsync ") || fired.starts_with("fdatasync "))
+            && fired.lines().next().is_some_and(|l| l.contains("/packs/")),
+        "the first sync in the pack's directory should be the batch's pack: {fired:?}"
     );
     for result in &failed.results {
         let error = result

@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod ledger_conformance;
 mod memory;
 mod meta;
+pub mod packs;
 pub mod retention;
 mod shared;
 pub mod staging;

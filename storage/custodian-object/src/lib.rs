@@ -42,7 +42,7 @@ use custodian_core::{Algorithm, Digest};
 use custodian_rocksdb::RocksIndex;
 use custodian_storage::{
     BlobBackend, BlobIndex, BlobMeta, BlockSink, BlockStream, DEFAULT_BLOCK_SIZE, Expectation,
-    Leftover, PackedAt, Result, StorageError,
+    Leftover, PackedAt, Result, StorageError, packs,
 };
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -89,12 +89,6 @@ const READ_WINDOW_BLOCKS: u64 = 4;
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// Small objects written at once by a batched commit.
 const SMALL_WRITE_CONCURRENCY: usize = 32;
-/// Blobs inside a pack start at multiples of this (the usual file-system block), so deleting
-/// one frees whole blocks of the pack's file and touches no byte of its neighbours.
-const PACK_ALIGN: u64 = 4096;
-/// Zeros to pad a packed blob up to the next [`PACK_ALIGN`] boundary.
-static PACK_PADDING: [u8; PACK_ALIGN as usize] = [0; PACK_ALIGN as usize];
-
 /// Blob custody in an object store, with a [`BlobIndex`] deciding what is committed.
 pub struct ObjectBackend {
     shared: Arc<Shared>,
@@ -191,7 +185,7 @@ impl Shared {
     }
 
     /// Frees `(offset, size)` ranges (each rounded up to whole blocks) of the packs at the
-    /// given keys, on the blocking pool (see [`free_packed`]).
+    /// given keys, on the blocking pool (see [`packs::free_packed`]).
     async fn free_ranges(&self, packs: Vec<(Path, Vec<(u64, u64)>)>) -> std::io::Result<()> {
         if packs.is_empty() {
             return Ok(());
@@ -206,7 +200,7 @@ impl Shared {
             .map(|(key, ranges)| (root.join(key.as_ref()), ranges))
             .collect();
         let root = root.clone();
-        tokio::task::spawn_blocking(move || free_packed(&root, &files))
+        tokio::task::spawn_blocking(move || packs::free_packed(&root, &files).map(|_| ()))
             .await
             .map_err(std::io::Error::other)?
     }
@@ -418,88 +412,6 @@ fn pack_files(url: &str) -> Option<std::path::PathBuf> {
         .ok()
         .filter(|parsed| parsed.scheme() == "file")
         .and_then(|parsed| parsed.to_file_path().ok())
-}
-
-/// Frees ranges `offset..offset + size` (each rounded up to [`PACK_ALIGN`]) of the packs under
-/// `root`, makes that durable, and removes each pack left with no data block. One pack is
-/// synced with `fdatasync`; the packs of a larger batch (garbage collection deletes blobs from
-/// hundreds of packs at once) with one `syncfs` of the file system, instead of a sync per pack.
-/// A pack already gone is fine: a concurrent delete of its last other blob removed it.
-fn free_packed(root: &FsPath, packs: &[(PathBuf, Vec<(u64, u64)>)]) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    // Opened before the first punch, so the syncfs reports any writeback error of the batch.
-    let dir = std::fs::File::open(root)?;
-    let single = packs.len() == 1;
-    let mut punched = Vec::with_capacity(packs.len());
-    for (path, ranges) in packs {
-        let file = match std::fs::OpenOptions::new().write(true).open(path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for &(offset, size) in ranges {
-            let len = size.next_multiple_of(PACK_ALIGN);
-            if len > 0 {
-                punch_hole(&file, offset, len)?;
-            }
-        }
-        if single {
-            file.sync_data()?;
-        }
-        punched.push((path, file));
-    }
-    if !single && !punched.is_empty() {
-        sync_filesystem(&dir)?;
-    }
-    for (path, file) in punched {
-        if file.metadata()?.blocks() == 0 {
-            match std::fs::remove_file(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Flushes the whole file system that holds `dir` (`syncfs(2)`). Since Linux 5.8 it also
-/// reports any writeback error on that file system since `dir` was opened.
-#[cfg(target_os = "linux")]
-fn sync_filesystem(dir: &std::fs::File) -> std::io::Result<()> {
-    nix::unistd::syncfs(dir).map_err(std::io::Error::from)
-}
-
-/// Packs exist only on Linux, so this is never reached elsewhere; it refuses rather than
-/// pretend to flush.
-#[cfg(not(target_os = "linux"))]
-fn sync_filesystem(_dir: &std::fs::File) -> std::io::Result<()> {
-    Err(std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        "syncfs is Linux-only",
-    ))
-}
-
-/// Deallocates a range of a file, keeping its size; where the file system cannot, overwrites
-/// the range with zeros instead (the bytes are gone either way, the space only in the first).
-fn punch_hole(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        use nix::fcntl::{FallocateFlags, fallocate};
-        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-        match fallocate(file, flags, offset as i64, len as i64) {
-            Ok(()) => return Ok(()),
-            Err(nix::errno::Errno::EOPNOTSUPP) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    use std::os::unix::fs::FileExt;
-    let mut at = offset;
-    while at < offset + len {
-        let n = (offset + len - at).min(PACK_ALIGN);
-        file.write_all_at(&PACK_PADDING[..n as usize], at)?;
-        at += n;
-    }
-    Ok(())
 }
 
 /// Builds the object store for a URL and returns it with the key prefix the URL names and the
@@ -959,7 +871,7 @@ async fn commit_objects(
 }
 
 /// Commits new small blobs as one pack: a single local file holding them all, each at a
-/// [`PACK_ALIGN`] boundary, its metadata naming the pack and the offset. One synced pending
+/// [`packs::PACK_ALIGN`] boundary, its metadata naming the pack and the offset. One synced pending
 /// record, the pack written and fsynced (with its directory), one synced index batch: one new
 /// file per batch instead of one per blob, which is what bounds a file system's rate.
 /// A crash before the index commit leaves the pending record, and the next open deletes the
@@ -982,13 +894,13 @@ async fn commit_pack(
     let mut offset = 0u64;
     for (mut meta, data) in todo {
         meta.packed = Some(PackedAt { pack: id, offset });
-        let padded = (data.len() as u64).next_multiple_of(PACK_ALIGN);
-        let pad = (padded - data.len() as u64) as usize;
+        let len = data.len() as u64;
         parts.push(data);
-        if pad > 0 {
-            parts.push(Bytes::from_static(&PACK_PADDING[..pad]));
+        let padding = packs::padding_after(len);
+        if !padding.is_empty() {
+            parts.push(Bytes::from_static(padding));
         }
-        offset += padded;
+        offset += len.next_multiple_of(packs::PACK_ALIGN);
         commits.push((id, meta));
     }
     // Through the synced local store: the pack is staged, fsynced, renamed into place and its

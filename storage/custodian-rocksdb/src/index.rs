@@ -553,6 +553,24 @@ impl RocksIndex {
         Ok(())
     }
 
+    /// Adds pending record `id` with a backend-specific `record` to `batch`.
+    pub fn add_pending_record_to(
+        &self,
+        batch: &mut WriteBatch,
+        id: u64,
+        record: &[u8],
+    ) -> Result<()> {
+        batch.put_cf(self.cf(CF_PENDING)?, id.to_be_bytes(), record);
+        Ok(())
+    }
+
+    /// Keeps fresh ids past `id`: the backend found a file named by it that must never be
+    /// named again (the clock the ids start from may have gone back since it was made).
+    pub fn reserve_ids_through(&self, id: u64) {
+        self.next_upload
+            .fetch_max(id.saturating_add(1), Ordering::SeqCst);
+    }
+
     /// Durably records many uploads as pending, in one synced write.
     pub fn add_pending_many(&self, records: &[(u64, Vec<u8>)]) -> Result<()> {
         let mut batch = WriteBatch::default();

@@ -1,0 +1,190 @@
+//! Packs: one local file holding a batch of small blobs, each at a [`PACK_ALIGN`] boundary.
+//!
+//! A batch of thousands of small blobs written as thousands of files costs a file creation and a
+//! sync each, which bounds any file system's rate far below its disk's; written inside one
+//! database, it is written twice (the database's log, then its tables). A pack is written once,
+//! synced once, and never rewritten: a deleted blob's range is punched out of the file in place
+//! (its neighbours' bytes never move, so a blob's offset stays valid for its whole life), and a
+//! pack with no data left is removed. The `file://` object backend and the RocksDB backend keep
+//! their small blobs' batches this way; each decides how a crash is cleaned up.
+
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+/// Blobs inside a pack start at multiples of this (the usual file-system block), so deleting
+/// one frees whole blocks of the pack's file and touches no byte of its neighbours.
+pub const PACK_ALIGN: u64 = 4096;
+
+/// Zeros to pad a packed blob up to the next [`PACK_ALIGN`] boundary.
+static PADDING: [u8; PACK_ALIGN as usize] = [0; PACK_ALIGN as usize];
+
+/// The zeros that follow a blob of `len` bytes in a pack, up to the next boundary.
+pub fn padding_after(len: u64) -> &'static [u8] {
+    &PADDING[..(len.next_multiple_of(PACK_ALIGN) - len) as usize]
+}
+
+/// The offset of each blob of `lens` in a pack that holds them in this order, and the pack's
+/// length.
+pub fn layout(lens: impl IntoIterator<Item = u64>) -> (Vec<u64>, u64) {
+    let mut offsets = Vec::new();
+    let mut end = 0u64;
+    for len in lens {
+        offsets.push(end);
+        end += len.next_multiple_of(PACK_ALIGN);
+    }
+    (offsets, end)
+}
+
+/// The bytes of a pack holding `blobs` in order, laid out as [`layout`] says: one contiguous
+/// buffer, so the pack is written with one system call rather than one per blob.
+pub fn pack_bytes(blobs: &[&Bytes]) -> Vec<u8> {
+    let (_, len) = layout(blobs.iter().map(|data| data.len() as u64));
+    let mut out = Vec::with_capacity(len as usize);
+    for data in blobs {
+        out.extend_from_slice(data);
+        out.extend_from_slice(padding_after(data.len() as u64));
+    }
+    out
+}
+
+/// Frees ranges `offset..offset + size` (each rounded up to [`PACK_ALIGN`]) of the packs at the
+/// given paths, makes that durable, and removes each pack left with no data block; returns the
+/// paths of the packs removed. `dir` is the directory that holds them. One pack is synced with
+/// `fdatasync`; the packs of a larger batch (garbage collection deletes blobs from hundreds of
+/// packs at once) with one `syncfs` of the file system, instead of a sync per pack. A pack
+/// already gone is fine: a concurrent delete of its last other blob removed it.
+pub fn free_packed(
+    dir: &Path,
+    packs: &[(PathBuf, Vec<(u64, u64)>)],
+) -> std::io::Result<Vec<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    // Opened before the first punch, so the syncfs reports any writeback error of the batch.
+    let dir_handle = std::fs::File::open(dir)?;
+    let single = packs.len() == 1;
+    let mut punched = Vec::with_capacity(packs.len());
+    for (path, ranges) in packs {
+        let file = match std::fs::OpenOptions::new().write(true).open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for &(offset, size) in ranges {
+            let len = size.next_multiple_of(PACK_ALIGN);
+            if len > 0 {
+                punch_hole(&file, offset, len)?;
+            }
+        }
+        if single {
+            file.sync_data()?;
+        }
+        punched.push((path, file));
+    }
+    if !single && !punched.is_empty() {
+        sync_filesystem(&dir_handle)?;
+    }
+    let mut removed = Vec::new();
+    for (path, file) in punched {
+        if file.metadata()?.blocks() == 0 {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => removed.push(path.clone()),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Flushes the whole file system that holds `dir` (`syncfs(2)`). Since Linux 5.8 it also
+/// reports any writeback error on that file system since `dir` was opened.
+#[cfg(target_os = "linux")]
+fn sync_filesystem(dir: &std::fs::File) -> std::io::Result<()> {
+    rustix::fs::syncfs(dir).map_err(std::io::Error::from)
+}
+
+/// Without `syncfs`, every file system's dirty data is flushed (`sync(2)` waits for it on
+/// Linux and most others): slower, never less durable.
+#[cfg(not(target_os = "linux"))]
+fn sync_filesystem(_dir: &std::fs::File) -> std::io::Result<()> {
+    rustix::fs::sync();
+    Ok(())
+}
+
+/// Deallocates a range of a file, keeping its size; where the file system cannot, overwrites
+/// the range with zeros instead (the bytes are gone either way, the space only in the first).
+fn punch_hole(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::FallocateFlags;
+        let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        match rustix::fs::fallocate(file, flags, offset, len) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::OPNOTSUPP) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut at = offset;
+    while at < offset + len {
+        let n = (offset + len - at).min(PACK_ALIGN);
+        file.write_all_at(&PADDING[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_start_on_boundaries_and_padding_fills_the_gap() {
+        let (offsets, len) = layout([4096, 1, 0, 5000]);
+        assert_eq!(offsets, vec![0, 4096, 8192, 8192]);
+        assert_eq!(len, 8192 + 8192);
+        let blobs = [
+            Bytes::from(vec![1u8; 4096]),
+            Bytes::from(vec![2u8; 1]),
+            Bytes::new(),
+            Bytes::from(vec![3u8; 5000]),
+        ];
+        let bytes = pack_bytes(&blobs.iter().collect::<Vec<_>>());
+        assert_eq!(bytes.len() as u64, len);
+        assert!(bytes[..4096].iter().all(|b| *b == 1));
+        assert_eq!(bytes[4096], 2);
+        assert!(bytes[4097..8192].iter().all(|b| *b == 0));
+        assert!(bytes[8192..13192].iter().all(|b| *b == 3));
+        assert!(bytes[13192..].iter().all(|b| *b == 0));
+    }
+
+    /// Freeing every blob of a pack removes it; freeing some keeps the others' bytes where they
+    /// were.
+    #[test]
+    fn freeing_keeps_neighbours_and_removes_an_empty_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = [
+            Bytes::from(vec![7u8; 4096]),
+            Bytes::from(vec![8u8; 100]),
+            Bytes::from(vec![9u8; 8192]),
+        ];
+        let path = dir.path().join("p");
+        std::fs::write(&path, pack_bytes(&blobs.iter().collect::<Vec<_>>())).unwrap();
+        let removed = free_packed(dir.path(), &[(path.clone(), vec![(4096, 100)])]).unwrap();
+        assert!(removed.is_empty());
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes[..4096].iter().all(|b| *b == 7));
+        assert!(
+            bytes[4096..8192].iter().all(|b| *b == 0),
+            "the freed blob's bytes are gone"
+        );
+        assert!(bytes[8192..].iter().all(|b| *b == 9));
+
+        let removed =
+            free_packed(dir.path(), &[(path.clone(), vec![(0, 4096), (8192, 8192)])]).unwrap();
+        assert_eq!(removed, vec![path.clone()]);
+        assert!(!path.exists());
+        // Freeing ranges of a pack already removed is not an error.
+        let removed = free_packed(dir.path(), &[(path, vec![(0, 4096)])]).unwrap();
+        assert!(removed.is_empty());
+    }
+}
