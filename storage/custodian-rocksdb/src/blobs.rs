@@ -496,20 +496,29 @@ fn finish_removals(
             }
         }
     }
-    if !removals.ranges.is_empty() {
-        let ranges: Vec<(PackedAt, u64)> = removals
-            .ranges
-            .iter()
-            .map(|(_, at, size)| (*at, *size))
-            .collect();
-        // A failure here poisons the store (the pack's state is unknown); the pending records
-        // stay, and the next open frees the ranges.
-        free_ranges(index, packs, &mut batch, &ranges)?;
-        for (id, ..) in &removals.ranges {
-            index.add_pending_removal(&mut batch, *id)?;
-        }
-    }
+    add_freed_ranges(index, packs, &mut batch, &removals.ranges)?;
     index.db().write(batch).map_err(|e| index.err(e))
+}
+
+/// Frees packed ranges that nothing refers to any more, each under pending record `id`, and adds
+/// the removal of those records (and of the records of packs left empty) to `batch`.
+fn add_freed_ranges(
+    index: &RocksIndex,
+    packs: &Files,
+    batch: &mut WriteBatch,
+    ranges: &[(u64, PackedAt, u64)],
+) -> Result<()> {
+    if ranges.is_empty() {
+        return Ok(());
+    }
+    let freed: Vec<(PackedAt, u64)> = ranges.iter().map(|(_, at, size)| (*at, *size)).collect();
+    // A failure here poisons the store (the pack's state is unknown); the pending records stay,
+    // and the next open frees the ranges.
+    free_ranges(index, packs, batch, &freed)?;
+    for (id, ..) in ranges {
+        index.add_pending_removal(batch, *id)?;
+    }
+    Ok(())
 }
 
 struct RocksSink {
@@ -858,70 +867,127 @@ impl BlobBackend for RocksBackend {
         blobs: Vec<(BlobMeta, Bytes)>,
     ) -> Option<Result<Vec<(BlobMeta, bool)>>> {
         let (index, packs) = (self.index.clone(), self.packs.clone());
-        Some(
-            blocking(move || {
-                index.check_writable()?;
-                let digests: Vec<Digest> = blobs.iter().map(|(m, _)| m.sha256()).collect();
-                let _guards = index.lock_commits_many(&digests);
-                // Every new blob's block and index entry go into one batch, synced once: none
-                // is visible before all are durable, and all share one WAL sync.
-                let mut batch = WriteBatch::default();
-                let mut out = Vec::with_capacity(blobs.len());
-                let mut added: std::collections::HashMap<Digest, BlobMeta> =
-                    std::collections::HashMap::new();
-                // The pack of this batch's blobs of at least PACK_MIN bytes, if it has any.
-                let mut pack: Option<u64> = None;
-                let mut packed: Vec<Bytes> = Vec::new();
-                let mut pack_end = 0u64;
-                // One batched read for the whole batch rather than a point lookup per blob.
-                let known = index.lookup_many(&digests)?;
-                for ((mut meta, data), existing) in blobs.into_iter().zip(known) {
-                    let sha256 = meta.sha256();
-                    if let Some(existing) = existing {
-                        out.push((existing, true));
-                        continue;
-                    }
-                    if let Some(first) = added.get(&sha256) {
-                        out.push((first.clone(), true));
-                        continue;
-                    }
-                    if data.len() >= PACK_MIN {
-                        let at = PackedAt {
-                            pack: *pack.get_or_insert_with(|| index.new_upload_id()),
-                            offset: pack_end,
-                        };
-                        pack_end += (data.len() as u64).next_multiple_of(packs::PACK_ALIGN);
-                        meta.packed = Some(at);
-                        index.add_commit(&mut batch, &Location::Pack(at).encode(), &meta)?;
-                        packed.push(data);
-                    } else {
-                        let extent = index.new_upload_id();
-                        if !data.is_empty() {
-                            batch.put_cf(chunks_cf(&index)?, chunk_key(extent, 0), &data);
-                        }
-                        index.add_commit(&mut batch, &extent.to_be_bytes(), &meta)?;
-                    }
-                    added.insert(sha256, meta.clone());
-                    out.push((meta, false));
-                }
-                if let Some(pack) = pack {
-                    write_pack(&index, &packs, pack, &packed)?;
-                    batch.put_cf(packs_cf(&index)?, pack.to_be_bytes(), b"");
-                }
-                if !added.is_empty() {
-                    // A pack whose commit failed is removed at the next open, as after a crash:
-                    // the store refuses writes until then.
-                    index.write_synced(batch)?;
-                }
-                Ok(out)
-            })
-            .await,
-        )
+        Some(blocking(move || commit_batch(&index, &packs, blobs)).await)
     }
 
     async fn pending_uploads(&self) -> Result<u64> {
         Ok(self.index.pending()?.len() as u64)
     }
+}
+
+/// Commits a batch of blobs of at most one block (`BatchPut`), each new digest once, and returns
+/// each blob's metadata and whether it was already present, in order.
+///
+/// New blobs of at least [`PACK_MIN`] bytes go into one pack, written and synced *before* the
+/// commit locks are taken, so that concurrent batches write and sync their packs at the same
+/// time rather than one after another (the locks cover every stripe once a batch has a few
+/// hundred digests). Under the locks, each blob still absent is committed, all in one synced
+/// batch, none visible before all are durable. A blob another upload committed in between keeps
+/// that upload's metadata; its range of this pack is freed at once, under a pending record
+/// written in the commit, so a crash cannot leave it behind; a pack none of whose blobs was
+/// committed is thereby removed (or, after a crash, by the next open: it has no record).
+fn commit_batch(
+    index: &RocksIndex,
+    packs: &Files,
+    blobs: Vec<(BlobMeta, Bytes)>,
+) -> Result<Vec<(BlobMeta, bool)>> {
+    index.check_writable()?;
+    let digests: Vec<Digest> = blobs.iter().map(|(m, _)| m.sha256()).collect();
+    // Without the locks: a blob already in custody needs no bytes written. One batched read for
+    // the whole batch rather than a point lookup per blob.
+    let known = index.lookup_many(&digests)?;
+    // The blobs to write, each new digest's first occurrence; `slot` maps a digest to its place
+    // in `new`.
+    let mut slot: std::collections::HashMap<Digest, usize> = std::collections::HashMap::new();
+    let mut new: Vec<usize> = Vec::new();
+    for (i, existing) in known.iter().enumerate() {
+        if existing.is_none() && !slot.contains_key(&digests[i]) {
+            slot.insert(digests[i], new.len());
+            new.push(i);
+        }
+    }
+    let mut metas: Vec<BlobMeta> = new.iter().map(|&i| blobs[i].0.clone()).collect();
+    let mut pack: Option<u64> = None;
+    let mut packed: Vec<Bytes> = Vec::new();
+    let mut pack_end = 0u64;
+    for (meta, &i) in metas.iter_mut().zip(&new) {
+        let data = &blobs[i].1;
+        if data.len() >= PACK_MIN {
+            let at = PackedAt {
+                pack: *pack.get_or_insert_with(|| index.new_upload_id()),
+                offset: pack_end,
+            };
+            pack_end += (data.len() as u64).next_multiple_of(packs::PACK_ALIGN);
+            meta.packed = Some(at);
+            packed.push(data.clone());
+        }
+    }
+    if let Some(pack) = pack {
+        write_pack(index, packs, pack, &packed)?;
+    }
+
+    let new_digests: Vec<Digest> = new.iter().map(|&i| digests[i]).collect();
+    let guards = index.lock_commits_many(&new_digests);
+    let now = index.lookup_many(&new_digests)?;
+    let mut batch = WriteBatch::default();
+    let mut outcomes: Vec<(BlobMeta, bool)> = Vec::with_capacity(new.len());
+    let mut raced: Vec<(u64, PackedAt, u64)> = Vec::new();
+    let mut pack_used = false;
+    for ((meta, &i), existing) in metas.into_iter().zip(&new).zip(now) {
+        if let Some(existing) = existing {
+            if let Some(at) = meta.packed {
+                let id = index.new_upload_id();
+                index.add_pending_record_to(&mut batch, id, &freed_range_record(at, meta.size))?;
+                raced.push((id, at, meta.size));
+            }
+            outcomes.push((existing, true));
+            continue;
+        }
+        match meta.packed {
+            Some(at) => {
+                index.add_commit(&mut batch, &Location::Pack(at).encode(), &meta)?;
+                pack_used = true;
+            }
+            None => {
+                let extent = index.new_upload_id();
+                let data = &blobs[i].1;
+                if !data.is_empty() {
+                    batch.put_cf(chunks_cf(index)?, chunk_key(extent, 0), data);
+                }
+                index.add_commit(&mut batch, &extent.to_be_bytes(), &meta)?;
+            }
+        }
+        outcomes.push((meta, false));
+    }
+    if let (Some(pack), true) = (pack, pack_used) {
+        batch.put_cf(packs_cf(index)?, pack.to_be_bytes(), b"");
+    }
+    if !batch.is_empty() {
+        // A pack whose commit failed is removed at the next open, as after a crash: the store
+        // refuses writes until then.
+        index.write_synced(batch)?;
+    }
+    drop(guards);
+    if !raced.is_empty() {
+        // A pack all of whose blobs raced is left with no data and removed here.
+        let mut batch = WriteBatch::default();
+        add_freed_ranges(index, packs, &mut batch, &raced)?;
+        index.db().write(batch).map_err(|e| index.err(e))?;
+    }
+
+    let mut out = Vec::with_capacity(blobs.len());
+    for (i, existing) in known.into_iter().enumerate() {
+        out.push(match existing {
+            Some(existing) => (existing, true),
+            None => {
+                let new_at = slot[&digests[i]];
+                let (meta, present) = &outcomes[new_at];
+                // A repeat within the batch was present by the time its turn came.
+                (meta.clone(), *present || new[new_at] != i)
+            }
+        });
+    }
+    Ok(out)
 }
 
 /// Writes pack `pack` holding `blobs` and makes it durable, file and name, before any index
@@ -1361,6 +1427,93 @@ mod tests {
         for i in [2, 4] {
             let digest = BlobDigests::of(&blobs[i]).sha256;
             assert!(conformance::read_all(&store, &digest, ByteRange::ALL).await == blobs[i]);
+        }
+    }
+
+    /// A blob another upload commits while a batch's pack is written keeps that upload's copy:
+    /// the batch reports it present, its range of the pack is freed, and a pack none of whose
+    /// blobs was committed is removed.
+    #[test]
+    fn a_blob_committed_while_the_pack_is_written_keeps_the_first_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = RocksBackend::open(
+            dir.path(),
+            RocksConfig {
+                block_size: 64 << 10,
+            },
+        )
+        .unwrap();
+        let blob = |seed: u64| {
+            let data = conformance::pattern(seed, 4096);
+            let digests = BlobDigests::of(&data);
+            let meta = BlobMeta {
+                digests,
+                size: 4096,
+                created_unix_ms: 1,
+                block_size: 64 << 10,
+                block_crcs: vec![crc32c::crc32c(&data)],
+                packed: None,
+            };
+            (meta, data)
+        };
+        // What another upload commits for `raced`: its block in `chunks`.
+        let commit_elsewhere = |meta: &BlobMeta, data: &Bytes| {
+            let extent = backend.index.new_upload_id();
+            let mut batch = WriteBatch::default();
+            batch.put_cf(
+                chunks_cf(&backend.index).unwrap(),
+                chunk_key(extent, 0),
+                data,
+            );
+            backend
+                .index
+                .add_commit(&mut batch, &extent.to_be_bytes(), meta)
+                .unwrap();
+            backend.index.write_synced(batch).unwrap();
+        };
+        for (batch, raced) in [(vec![blob(1), blob(2), blob(3)], 1), (vec![blob(4)], 0)] {
+            let (raced_meta, raced_data) = batch[raced].clone();
+            let outcomes = std::thread::scope(|scope| {
+                let guard = backend.index.lock_commits(&raced_meta.sha256());
+                let packs_before = backend.packs.ids().unwrap().len();
+                let committing =
+                    scope.spawn(|| commit_batch(&backend.index, &backend.packs, batch.clone()));
+                // The batch writes its pack, then waits for the lock held here.
+                while backend.packs.ids().unwrap().len() == packs_before {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                commit_elsewhere(&raced_meta, &raced_data);
+                drop(guard);
+                committing.join().unwrap().unwrap()
+            });
+            for (i, ((meta, present), (sent, _))) in outcomes.iter().zip(&batch).enumerate() {
+                assert_eq!(meta.sha256(), sent.sha256());
+                assert_eq!(*present, i == raced, "blob {i}");
+                assert_eq!(meta.packed.is_none(), i == raced, "blob {i}");
+            }
+            let entry = backend.index.lookup(&raced_meta.sha256()).unwrap().unwrap();
+            assert!(matches!(Location::of(&entry).unwrap(), Location::Chunks(_)));
+            assert_eq!(
+                backend.index.pending().unwrap().len(),
+                0,
+                "the raced range is freed"
+            );
+            if batch.len() == 1 {
+                assert_eq!(
+                    backend.packs.ids().unwrap().len(),
+                    1,
+                    "a pack with no committed blob is removed"
+                );
+                assert_eq!(pack_records(&backend).len(), 1);
+            } else {
+                let at = outcomes[0].0.packed.unwrap();
+                let pack = std::fs::read(backend.packs.path(at.pack)).unwrap();
+                assert!(
+                    pack[4096..8192].iter().all(|b| *b == 0),
+                    "the raced copy is freed"
+                );
+                assert!(pack[..4096] == batch[0].1[..] && pack[8192..] == batch[2].1[..]);
+            }
         }
     }
 
