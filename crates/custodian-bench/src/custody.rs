@@ -35,7 +35,9 @@ pub struct CustodyArgs {
     #[arg(long)]
     no_peer: bool,
     /// Then put this many more blobs of the same size, each different, into one RocksDB store,
-    /// timing each: the put's cost as the store grows (e.g. 20 for 0 → 20 GiB)
+    /// timing each, with as many bytes again of mixed blobs put between them (64 MiB, 8 MiB,
+    /// 1 MiB, and 4 KiB ones through BatchPut): the put's cost as the store grows (e.g. 10 for
+    /// 0 → 20 GiB)
     #[arg(long, default_value_t = 0)]
     grow: u64,
     /// Write the growth series as an SVG plot to this file
@@ -82,8 +84,12 @@ pub struct PeerResult {
 /// One put of the growth series.
 #[derive(Serialize, Deserialize)]
 pub struct GrowthPoint {
-    /// What the store held before this put, in GiB.
+    /// What the store held before this put, in GiB (the earlier large puts and the mixed blobs
+    /// put between them).
     pub stored_gib: f64,
+    /// How many blobs the store held before this put.
+    #[serde(default)]
+    pub stored_blobs: u64,
     pub put_seconds: f64,
     /// `put_seconds` / the larger of the SHA-256 time and the disk's write+fsync time.
     pub put_ratio_to_floor: f64,
@@ -421,8 +427,69 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
+/// The blobs put between two timed puts of the growth series, `total` bytes in all: half in
+/// 64 MiB blobs, a quarter in 8 MiB ones, an eighth in blobs of one block (1 MiB) and an eighth
+/// in 4 KiB blobs through `BatchPut` (those go into packs on RocksDB), so that the store grows
+/// the way a registry's does rather than by large blobs alone. Returns how many were put.
+async fn fill_mixed(
+    daemon: &custodian_testkit::Daemon,
+    total: u64,
+    seed: u64,
+) -> anyhow::Result<u64> {
+    use custodian_proto::cas::v1 as pb;
+    let mut store = custodian_client::Client::connect(&daemon.target(Some(&daemon.token)))
+        .await?
+        .store();
+    let mut put = 0u64;
+    let mut seed = seed;
+    for (share, size) in [(2, 64u64 << 20), (4, 8 << 20), (8, 1 << 20)] {
+        for _ in 0..(total / share / size).max(1) {
+            seed += 1;
+            let data = custodian_testkit::pattern(seed, size as usize);
+            let mut messages = vec![pb::PutRequest {
+                message: Some(pb::put_request::Message::Header(pb::PutHeader::default())),
+            }];
+            messages.extend((0..data.len()).step_by(1 << 20).map(|at| pb::PutRequest {
+                message: Some(pb::put_request::Message::Chunk(
+                    data.slice(at..(at + (1 << 20)).min(data.len())),
+                )),
+            }));
+            store.put(futures::stream::iter(messages)).await?;
+            put += 1;
+        }
+    }
+    let small = (total / 8 / 4096).max(1000);
+    for first in (0..small).step_by(1000) {
+        let items = (first..(first + 1000).min(small))
+            .map(|i| pb::BatchPutItem {
+                expected_digest: String::new(),
+                data: custodian_testkit::pattern(seed + 1 + i, 4096),
+            })
+            .collect();
+        let reply = store
+            .batch_put(pb::BatchPutRequest { items })
+            .await?
+            .into_inner();
+        if let Some(err) = reply.results.iter().find_map(|r| r.error.as_ref()) {
+            bail!("BatchPut refused a blob: {}", err.message);
+        }
+        put += reply.results.len() as u64;
+    }
+    Ok(put)
+}
+
+/// The bytes [`fill_mixed`] puts for `total`.
+fn mixed_bytes(total: u64) -> u64 {
+    [(2, 64u64 << 20), (4, 8 << 20), (8, 1 << 20)]
+        .iter()
+        .map(|(share, size)| (total / share / size).max(1) * size)
+        .sum::<u64>()
+        + (total / 8 / 4096).max(1000) * 4096
+}
+
 /// Puts `count` different blobs of `size` bytes into one fresh RocksDB store, one after
-/// another, timing each; returns the series and the daemon's peak RSS.
+/// another, timing each, with `size` bytes of mixed blobs ([`fill_mixed`]) put after each;
+/// returns the series and the daemon's peak RSS.
 fn grow(
     work: &Path,
     input: &Path,
@@ -436,7 +503,11 @@ fn grow(
     let _ = std::fs::remove_dir_all(&data_dir);
     let daemon = crate::measure::daemon(&data_dir, "rocksdb", &[])?;
     let file = std::fs::OpenOptions::new().write(true).open(input)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut points = Vec::new();
+    let (mut stored, mut blobs) = (0u64, 0u64);
     for i in 0..count {
         // A different first block makes a different blob of the same size.
         file.write_all_at(format!("growth {i:>8}").as_bytes(), 0)?;
@@ -452,16 +523,29 @@ fn grow(
         )?;
         let put = start.elapsed().as_secs_f64();
         let point = GrowthPoint {
-            stored_gib: (i * size) as f64 / (1u64 << 30) as f64,
+            stored_gib: stored as f64 / (1u64 << 30) as f64,
+            stored_blobs: blobs,
             put_seconds: put,
             put_ratio_to_floor: put / floor,
             daemon_cpu_seconds: cpu_seconds(daemon.pid()) - cpu,
         };
         eprintln!(
-            "growth: {:.1} GiB stored, put {:.2} s ({:.2}× floor), daemon CPU {:.2} s",
-            point.stored_gib, point.put_seconds, point.put_ratio_to_floor, point.daemon_cpu_seconds
+            "growth: {:.1} GiB in {} blobs stored, put {:.2} s ({:.2}× floor), daemon CPU {:.2} s",
+            point.stored_gib,
+            point.stored_blobs,
+            point.put_seconds,
+            point.put_ratio_to_floor,
+            point.daemon_cpu_seconds
         );
         points.push(point);
+        stored += size;
+        blobs += 1;
+        if i + 1 < count {
+            blobs += runtime
+                .block_on(fill_mixed(&daemon, size, 0x6d_0000_0000 + i * 1_000_000))
+                .context("putting the mixed blobs between two timed puts")?;
+            stored += mixed_bytes(size);
+        }
     }
     let peak = daemon.peak_rss();
     drop(daemon);
@@ -484,13 +568,13 @@ fn print_growth(report: &Report, floor: f64) {
         return;
     }
     println!(
-        "{:>10} {:>7} {:>7} {:>10}",
-        "stored GiB", "put s", "×floor", "daemon CPU"
+        "{:>10} {:>12} {:>7} {:>7} {:>10}",
+        "stored GiB", "stored blobs", "put s", "×floor", "daemon CPU"
     );
     for p in &report.growth {
         println!(
-            "{:>10.1} {:>7.2} {:>7.2} {:>8.2} s",
-            p.stored_gib, p.put_seconds, p.put_ratio_to_floor, p.daemon_cpu_seconds
+            "{:>10.1} {:>12} {:>7.2} {:>7.2} {:>8.2} s",
+            p.stored_gib, p.stored_blobs, p.put_seconds, p.put_ratio_to_floor, p.daemon_cpu_seconds
         );
     }
     if let Some((fresh, grown, at)) = growth_summary(&report.growth) {
@@ -573,6 +657,7 @@ mod tests {
     fn point(stored_gib: f64, put_seconds: f64) -> GrowthPoint {
         GrowthPoint {
             stored_gib,
+            stored_blobs: 0,
             put_seconds,
             put_ratio_to_floor: put_seconds,
             daemon_cpu_seconds: 0.0,
