@@ -1256,6 +1256,16 @@ mod tests {
             .collect()
     }
 
+    /// Where a packed blob lies.
+    async fn packed_at(store: &BlobStore, digest: &Digest) -> PackedAt {
+        let meta = store
+            .stat(digest)
+            .await
+            .unwrap()
+            .expect("the blob is stored");
+        meta.packed.expect("the blob is packed")
+    }
+
     /// 40 blobs of 4 KiB and more (packed) and 5 of 100 bytes (kept in `chunks`), put in one
     /// batch; returns them.
     async fn put_a_batch(store: &BlobStore, seed: u64) -> Vec<Bytes> {
@@ -1400,7 +1410,7 @@ mod tests {
             let (backend, store) = open_packing(dir.path());
             let blobs = put_a_batch(&store, 300).await;
             let digest = BlobDigests::of(&blobs[3]).sha256;
-            let at = store.stat(&digest).await.unwrap().unwrap().packed.unwrap();
+            let at = packed_at(&store, &digest).await;
             let _guard = backend.index.lock_commits(&digest);
             let mut batch = WriteBatch::default();
             let mut removals = Removals::default();
@@ -1525,13 +1535,7 @@ mod tests {
         let (backend, store) = open_packing(dir.path());
         let blobs = put_a_batch(&store, 400).await;
         let digest = |i: usize| BlobDigests::of(&blobs[i]).sha256;
-        let at = store
-            .stat(&digest(5))
-            .await
-            .unwrap()
-            .unwrap()
-            .packed
-            .unwrap();
+        let at = packed_at(&store, &digest(5)).await;
         let path = backend.packs.path(at.pack);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[at.offset as usize + 17] ^= 0x01;
@@ -1543,13 +1547,7 @@ mod tests {
             "{items:?}"
         );
         // Cut the pack inside the last packed blob.
-        let last = store
-            .stat(&digest(39))
-            .await
-            .unwrap()
-            .unwrap()
-            .packed
-            .unwrap();
+        let last = packed_at(&store, &digest(39)).await;
         std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
