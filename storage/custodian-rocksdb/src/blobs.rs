@@ -54,7 +54,7 @@ use bytes::Bytes;
 use custodian_core::Digest;
 use custodian_storage::{
     BlobBackend, BlobMeta, BlockSink, BlockStream, DEFAULT_BLOCK_SIZE, Expectation, PackedAt,
-    Result, StorageError, WriteBehind, drop_cached, packs,
+    Result, StorageError, WriteBehind, packs,
 };
 use futures::StreamExt;
 use rocksdb::{ColumnFamilyDescriptor, Options, ReadOptions, WriteBatch};
@@ -993,25 +993,13 @@ fn commit_batch(
 /// Writes pack `pack` holding `blobs` and makes it durable, file and name, before any index
 /// entry may point into it. A failure poisons the store: what reached the disk is unknown.
 fn write_pack(index: &RocksIndex, packs: &Files, pack: u64, blobs: &[Bytes]) -> Result<()> {
-    let bytes = packs::pack_bytes(&blobs.iter().collect::<Vec<_>>());
-    let len = bytes.len() as u64;
     let path = packs.path(pack);
-    let failed = |what: &str, e: std::io::Error| {
+    packs::write_pack(&path, &blobs.iter().collect::<Vec<_>>()).map_err(|(step, e)| {
         index.poison(StorageError::backend(
             BACKEND,
-            format!("{what} {}: {e}", path.display()),
+            format!("{step} {}: {e}", path.display()),
         ))
-    };
-    let file = std::fs::File::create_new(&path)
-        .and_then(|file| file.write_all_at(&bytes, 0).map(|()| file))
-        .map_err(|e| failed("write", e))?;
-    // The pack's pages leave the page cache once durable, as an extent's do (see
-    // `drop_cached`): a 4 MiB pack written into fresh page-cache pages took 19 ms on this
-    // project's VM, and 1 ms into pages a dropped pack gave back (docs/performance.md).
-    drop_cached(&file, 0, len);
-    file.sync_data().map_err(|e| failed("sync", e))?;
-    drop_cached(&file, 0, len);
-    packs.sync_dir().map_err(|e| index.poison(e))
+    })
 }
 
 /// Streams blocks `first..end` (at most the one block a packed blob has) of a blob kept in a
