@@ -73,10 +73,12 @@ pub fn write_pack(path: &Path, blobs: &[&Bytes]) -> Result<(), (&'static str, st
 
 /// Frees ranges `offset..offset + size` (each rounded up to [`PACK_ALIGN`]) of the packs at the
 /// given paths, makes that durable, and removes each pack left with no data block; returns the
-/// paths of the packs removed. `dir` is the directory that holds them. One pack is synced with
-/// `fdatasync`; the packs of a larger batch (garbage collection deletes blobs from hundreds of
-/// packs at once) with one `syncfs` of the file system, instead of a sync per pack. A pack
-/// already gone is fine: a concurrent delete of its last other blob removed it.
+/// paths of the packs removed. `dir` is the directory that holds them. Adjacent ranges are freed
+/// as one (a pack's blobs deleted together are usually neighbours, and each hole punched is a
+/// journalled change of the file's extents). One pack is synced with `fdatasync`; the packs of a
+/// larger batch (garbage collection deletes blobs from hundreds of packs at once) with one
+/// `syncfs` of the file system, instead of a sync per pack. A pack already gone is fine: a
+/// concurrent delete of its last other blob removed it.
 pub fn free_packed(
     dir: &Path,
     packs: &[(PathBuf, Vec<(u64, u64)>)],
@@ -92,11 +94,8 @@ pub fn free_packed(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        for &(offset, size) in ranges {
-            let len = size.next_multiple_of(PACK_ALIGN);
-            if len > 0 {
-                punch_hole(&file, offset, len)?;
-            }
+        for (offset, len) in coalesce(ranges) {
+            punch_hole(&file, offset, len)?;
         }
         if single {
             file.sync_data()?;
@@ -116,6 +115,27 @@ pub fn free_packed(
         }
     }
     Ok(removed)
+}
+
+/// The `(offset, size)` ranges as `(offset, len)` runs to free: each rounded up to
+/// [`PACK_ALIGN`], sorted, empty ones dropped, and overlapping or adjacent ones joined.
+fn coalesce(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut sorted: Vec<(u64, u64)> = ranges
+        .iter()
+        .map(|&(offset, size)| (offset, offset + size.next_multiple_of(PACK_ALIGN)))
+        .filter(|(start, end)| end > start)
+        .collect();
+    sorted.sort_unstable();
+    let mut runs: Vec<(u64, u64)> = Vec::with_capacity(sorted.len());
+    for (start, end) in sorted {
+        match runs.last_mut() {
+            Some((_, last_end)) if start <= *last_end => *last_end = (*last_end).max(end),
+            _ => runs.push((start, end)),
+        }
+    }
+    runs.into_iter()
+        .map(|(start, end)| (start, end - start))
+        .collect()
 }
 
 /// Flushes the whole file system that holds `dir` (`syncfs(2)`). Since Linux 5.8 it also
@@ -195,6 +215,22 @@ mod tests {
             ("write", std::io::ErrorKind::AlreadyExists)
         );
         assert_eq!(std::fs::read(&path).unwrap(), pack_bytes(&refs));
+    }
+
+    #[test]
+    fn adjacent_ranges_are_freed_as_one() {
+        assert_eq!(
+            coalesce(&[
+                (8192, 100),
+                (0, 4096),
+                (4096, 4000),
+                (20480, 0),
+                (16384, 4096)
+            ]),
+            vec![(0, 12288), (16384, 4096)]
+        );
+        assert_eq!(coalesce(&[(0, 8192), (4096, 4096)]), vec![(0, 8192)]);
+        assert!(coalesce(&[]).is_empty());
     }
 
     /// Freeing every blob of a pack removes it; freeing some keeps the others' bytes where they
