@@ -71,6 +71,18 @@ pub fn write_pack(path: &Path, blobs: &[&Bytes]) -> Result<(), (&'static str, st
         .map_err(|e| ("sync the directory of", e))
 }
 
+/// Deleted packed blobs' `(place, size)` grouped by pack: each pack's id with its `(offset, size)`
+/// ranges, in pack order, as [`free_packed`] takes them once each id is a path.
+pub fn ranges_by_pack(
+    ranges: impl IntoIterator<Item = (crate::PackedAt, u64)>,
+) -> std::collections::BTreeMap<u64, Vec<(u64, u64)>> {
+    let mut by_pack: std::collections::BTreeMap<u64, Vec<(u64, u64)>> = Default::default();
+    for (at, size) in ranges {
+        by_pack.entry(at.pack).or_default().push((at.offset, size));
+    }
+    by_pack
+}
+
 /// Frees ranges `offset..offset + size` (each rounded up to [`PACK_ALIGN`]) of the packs at the
 /// given paths, makes that durable, and removes each pack left with no data block; returns the
 /// paths of the packs removed. `dir` is the directory that holds them. Adjacent ranges are freed

@@ -173,11 +173,7 @@ impl Shared {
     /// gone from the disk and not only from the index. A pack whose every blob is freed holds
     /// no data blocks and is removed.
     async fn unpack_many(self: &Arc<Self>, ranges: Vec<(PackedAt, u64)>) -> std::io::Result<()> {
-        let mut by_pack: std::collections::BTreeMap<u64, Vec<(u64, u64)>> = Default::default();
-        for (at, size) in ranges {
-            by_pack.entry(at.pack).or_default().push((at.offset, size));
-        }
-        let packs = by_pack
+        let packs = packs::ranges_by_pack(ranges)
             .into_iter()
             .map(|(pack, ranges)| (self.pack_key(pack), ranges))
             .collect();

@@ -397,10 +397,7 @@ fn free_ranges(
     batch: &mut WriteBatch,
     ranges: &[(PackedAt, u64)],
 ) -> Result<()> {
-    let mut by_pack: std::collections::BTreeMap<u64, Vec<(u64, u64)>> = Default::default();
-    for (at, size) in ranges {
-        by_pack.entry(at.pack).or_default().push((at.offset, *size));
-    }
+    let by_pack = packs::ranges_by_pack(ranges.iter().copied());
     let files: Vec<(PathBuf, Vec<(u64, u64)>)> = by_pack
         .iter()
         .map(|(pack, ranges)| (packs.path(*pack), ranges.clone()))
