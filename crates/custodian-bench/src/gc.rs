@@ -56,7 +56,15 @@ pub struct GcRow {
     pub put_ms_p50_during_gc: f64,
     pub put_ms_p99_during_gc: f64,
     pub puts_during_gc: usize,
+    /// Seconds from the collection's start until no pack is left on disk, for blobs that went
+    /// into packs (their ranges are freed after the deletes return).
+    pub space_freed_seconds: Option<f64>,
     pub daemon_peak_rss_mib: f64,
+}
+
+/// How many packs are in `dir` (none if it does not exist).
+fn packs_in(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| entries.count())
 }
 
 async fn client(daemon: &Daemon) -> anyhow::Result<ContentStoreClient<custodian_client::Conn>> {
@@ -94,7 +102,11 @@ async fn put_latencies(
     Ok(latencies)
 }
 
-async fn measure(args: &GcArgs, daemon: &Daemon) -> anyhow::Result<GcRow> {
+async fn measure(
+    args: &GcArgs,
+    daemon: &Daemon,
+    packs_dir: &std::path::Path,
+) -> anyhow::Result<GcRow> {
     // Fill: distinct blobs through BatchPut, two calls in flight.
     let per_batch = 1000usize;
     let total = args.blobs;
@@ -144,6 +156,7 @@ async fn measure(args: &GcArgs, daemon: &Daemon) -> anyhow::Result<GcRow> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let during = tokio::spawn(put_latencies(client(daemon).await?, 2 << 40, stop_rx));
     let mut collector = client(daemon).await?;
+    let packed = packs_in(packs_dir) > 0;
     let t = Instant::now();
     let report = collector
         .collect_garbage(pb::CollectGarbageRequest {
@@ -155,6 +168,13 @@ async fn measure(args: &GcArgs, daemon: &Daemon) -> anyhow::Result<GcRow> {
     let gc = t.elapsed();
     let _ = stop_tx.send(true);
     let during = during.await??;
+    let mut space_freed = None;
+    if packed {
+        while packs_in(packs_dir) > 0 && t.elapsed() < gc + Duration::from_secs(120) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        space_freed = (packs_in(packs_dir) == 0).then(|| t.elapsed().as_secs_f64());
+    }
     Ok(GcRow {
         backend: args.backend.clone(),
         blobs: total,
@@ -170,6 +190,7 @@ async fn measure(args: &GcArgs, daemon: &Daemon) -> anyhow::Result<GcRow> {
         put_ms_p50_during_gc: percentile_ms(&during, 0.50),
         put_ms_p99_during_gc: percentile_ms(&during, 0.99),
         puts_during_gc: during.len(),
+        space_freed_seconds: space_freed,
         daemon_peak_rss_mib: daemon.peak_rss() as f64 / (1 << 20) as f64,
     })
 }
@@ -187,7 +208,11 @@ pub fn run(args: GcArgs) -> anyhow::Result<ExitCode> {
             let storage = crate::measure::storage_for(&args.backend, &work.join("objects"))?;
             let daemon =
                 crate::measure::daemon(&work.join("data"), &storage, &["--upload-expiry", "1s"])?;
-            measure(args, &daemon).await
+            let packs_dir = match args.backend.as_str() {
+                "file" => work.join("objects").join("packs"),
+                _ => work.join("data").join("blobs").join("packs"),
+            };
+            measure(args, &daemon, &packs_dir).await
         },
         print,
     )
@@ -230,5 +255,11 @@ fn print(row: &GcRow) {
         row.put_ms_p99_during_gc,
         row.put_ms_p99_during_gc / row.put_ms_p99_idle
     );
+    if let Some(seconds) = row.space_freed_seconds {
+        println!(
+            "| space freed (no pack left) | {seconds:.1} s after the collection began | {:.2}× the collection |",
+            seconds / row.gc_seconds
+        );
+    }
     println!("| daemon peak RSS | {:.0} MiB | |", row.daemon_peak_rss_mib);
 }

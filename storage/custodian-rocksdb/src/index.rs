@@ -123,10 +123,15 @@ pub(crate) fn db_options() -> Options {
 
 /// A column family keyed by digest (or id), with a memtable of `write_buffer` bytes.
 pub(crate) fn cf_descriptor(name: &str, write_buffer: usize) -> ColumnFamilyDescriptor {
+    ColumnFamilyDescriptor::new(name, cf_options(write_buffer))
+}
+
+/// The options of [`cf_descriptor`], for a caller that adds its own.
+pub(crate) fn cf_options(write_buffer: usize) -> Options {
     let mut o = Options::default();
     o.set_write_buffer_size(write_buffer);
     o.set_block_based_table_factory(&digest_table_options(&shared_memory().0));
-    ColumnFamilyDescriptor::new(name, o)
+    o
 }
 
 /// A column family keyed by position (the ledger's entries and tree hashes): every key below
