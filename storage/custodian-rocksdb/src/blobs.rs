@@ -101,7 +101,7 @@ pub struct RocksBackend {
     index: Arc<RocksIndex>,
     extents: Arc<Files>,
     packs: Arc<Files>,
-    freer: Arc<Freer>,
+    freer: Arc<packs::Freer>,
     block_size: usize,
 }
 
@@ -282,7 +282,18 @@ impl RocksBackend {
         let index = Arc::new(index);
         let packs = Arc::new(Files::open(path.join(PACKS_DIR))?);
         let backend = RocksBackend {
-            freer: Arc::new(Freer::start(index.clone(), packs.clone())?),
+            freer: Arc::new(
+                packs::Freer::start(
+                    RocksFreeing {
+                        index: index.clone(),
+                        packs: packs.clone(),
+                    },
+                    FREE_WITHIN,
+                )
+                .map_err(|e| {
+                    StorageError::backend(BACKEND, format!("start the freeing thread: {e}"))
+                })?,
+            ),
             index,
             extents: Arc::new(Files::open(path.join(EXTENTS_DIR))?),
             packs,
@@ -543,7 +554,7 @@ fn add_blob_removal(
 fn finish_removals(
     index: &RocksIndex,
     extents: &Files,
-    freer: &Freer,
+    freer: &packs::Freer,
     removals: Removals,
 ) -> Result<()> {
     freer.submit(removals.ranges);
@@ -564,223 +575,45 @@ fn finish_removals(
     index.db().write(batch).map_err(|e| index.err(e))
 }
 
-/// One batch of deleted packed blobs' ranges: each one's pending record id, place and size.
-type FreedRanges = Vec<(u64, PackedAt, u64)>;
-
 /// How long a deleted packed blob's range may wait to be freed while its pack still holds live
-/// blobs. Garbage collection deletes in digest order, so each batch takes one or two blobs from
-/// every pack; freeing each at once costs a journalled hole per blob, where waiting lets most
-/// packs empty and go whole. A deleted blob's bytes stay on disk (unreadable: nothing refers to
-/// them) at most this long, or until the next open after a crash.
+/// blobs (see [`packs::Freer`]). A deleted blob's bytes stay on disk (unreadable: nothing refers
+/// to them) at most this long, or until the next open after a crash.
 const FREE_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// What the freeing thread is handed.
-enum FreeWork {
-    /// Deleted packed blobs' ranges.
-    Ranges(FreedRanges),
-    /// Free everything held now (someone waits in [`Freer::settle`]).
-    Now,
+/// What the freeing thread does on RocksDB: packs are counted, so an emptied one is known.
+struct RocksFreeing {
+    index: Arc<RocksIndex>,
+    packs: Arc<Files>,
 }
 
-/// Frees deleted packed blobs' ranges on a thread of its own, so that a delete returns once its
-/// synced batch is written rather than after a hole per blob and a sync of the packs (garbage
-/// collection's batches of 150 digests each touch about 150 packs: 5,515-6,374 blobs/s with the
-/// holes on the delete's path, docs/performance.md). A pack whose count of live blobs reaches
-/// zero is removed at once; the ranges of a pack still alive are held up to [`FREE_WITHIN`], then
-/// punched out together. The pending records written with the deletes keep this crash-safe:
-/// whatever it has not freed, the next open frees.
-struct Freer {
-    queue: Option<std::sync::mpsc::Sender<FreeWork>>,
-    /// Ranges handed over and not yet freed, and a signal for when that reaches zero.
-    outstanding: Arc<(std::sync::Mutex<usize>, std::sync::Condvar)>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// Ranges waiting in the freeing thread, by pack: when the pack's first waiting range was handed
-/// over, and each range's pending record id, offset and size (24 bytes: a collection of a million
-/// blobs holds many of them at once).
-type Held = std::collections::BTreeMap<u64, (std::time::Instant, Vec<(u64, u64, u64)>)>;
-
-impl Freer {
-    /// Starts the thread.
-    fn start(index: Arc<RocksIndex>, packs: Arc<Files>) -> Result<Freer> {
-        let (queue, rx) = std::sync::mpsc::channel::<FreeWork>();
-        let outstanding: Arc<(std::sync::Mutex<usize>, std::sync::Condvar)> = Arc::default();
-        let counter = outstanding.clone();
-        let thread = std::thread::Builder::new()
-            .name("custodian-freer".into())
-            .spawn(move || Self::run(&index, &packs, &rx, &counter))
-            .map_err(|e| {
-                StorageError::backend(BACKEND, format!("start the freeing thread: {e}"))
-            })?;
-        Ok(Freer {
-            queue: Some(queue),
-            outstanding,
-            thread: Some(thread),
-        })
-    }
-
-    /// The thread: takes what is handed over, frees what is due, and sleeps until the next range
-    /// falls due or more arrives; when the backend goes, frees everything and ends.
-    fn run(
-        index: &RocksIndex,
-        packs: &Files,
-        rx: &std::sync::mpsc::Receiver<FreeWork>,
-        counter: &(std::sync::Mutex<usize>, std::sync::Condvar),
-    ) {
-        use std::sync::mpsc::RecvTimeoutError;
-        let mut held = Held::new();
-        loop {
-            let oldest = held.values().map(|(since, _)| *since).min();
-            let first = match oldest {
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(at) => rx.recv_timeout(
-                    (at + FREE_WITHIN).saturating_duration_since(std::time::Instant::now()),
-                ),
-            };
-            let mut everything = false;
-            let mut ended = false;
-            let mut touched = std::collections::BTreeSet::new();
-            let now = std::time::Instant::now();
-            let mut take = |work: FreeWork, everything: &mut bool| match work {
-                FreeWork::Ranges(ranges) => {
-                    for (id, at, size) in ranges {
-                        touched.insert(at.pack);
-                        let (_, waiting) = held.entry(at.pack).or_insert((now, Vec::new()));
-                        waiting.push((id, at.offset, size));
-                    }
-                }
-                FreeWork::Now => *everything = true,
-            };
-            match first {
-                Ok(work) => take(work, &mut everything),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => ended = true,
-            }
-            for work in rx.try_iter() {
-                take(work, &mut everything);
-            }
-            let due = if everything || ended {
-                std::mem::take(&mut held)
-            } else {
-                Self::due(index, &mut held, &touched, now)
-            };
-            let ranges: FreedRanges = due
-                .into_iter()
-                .flat_map(|(pack, (_, waiting))| {
-                    waiting
-                        .into_iter()
-                        .map(move |(id, offset, size)| (id, PackedAt { pack, offset }, size))
-                })
-                .collect();
-            if !ranges.is_empty() {
-                let mut batch = WriteBatch::default();
-                let freed = add_freed_ranges(index, packs, &mut batch, &ranges)
-                    .and_then(|()| index.db().write(batch).map_err(|e| index.err(e)));
-                if let Err(err) = freed {
-                    // The pending records stay; the next open frees the ranges.
-                    tracing::error!(%err, ranges = ranges.len(), "could not free deleted packed blobs; the next start frees them");
-                }
-            }
-            let (lock, done) = counter;
-            let mut left = lock.lock().unwrap_or_else(|e| e.into_inner());
-            *left -= ranges.len();
-            if *left == 0 || everything {
-                done.notify_all();
-            }
-            drop(left);
-            if ended {
-                return;
-            }
-        }
-    }
-
-    /// Takes out of `held` the packs due now: those of `touched` (their counts changed) whose
-    /// count of live blobs is zero, and those holding a range handed over [`FREE_WITHIN`] ago.
-    fn due(
-        index: &RocksIndex,
-        held: &mut Held,
-        touched: &std::collections::BTreeSet<u64>,
-        now: std::time::Instant,
-    ) -> Held {
-        let mut due = Held::new();
-        let dead: Vec<u64> = match packs_cf(index) {
-            Ok(cf) => {
-                let keys: Vec<[u8; 8]> = touched.iter().map(|pack| pack.to_be_bytes()).collect();
-                let records = index.db().multi_get_cf(keys.iter().map(|key| (cf, key)));
-                touched
-                    .iter()
-                    .zip(records)
-                    .filter(|(_, record)| {
-                        matches!(record, Ok(Some(record)) if live_count(record) == Some(0))
-                    })
-                    .map(|(pack, _)| *pack)
-                    .collect()
-            }
-            // Without counts, every pack waits its time.
-            Err(_) => Vec::new(),
+impl packs::Freeing for RocksFreeing {
+    fn emptied(&self, touched: &[u64]) -> Vec<u64> {
+        // Without the column family, every pack waits its time.
+        let Ok(cf) = packs_cf(&self.index) else {
+            return Vec::new();
         };
-        for pack in dead {
-            if let Some(ranges) = held.remove(&pack) {
-                due.insert(pack, ranges);
-            }
-        }
-        let late: Vec<u64> = held
+        let keys: Vec<[u8; 8]> = touched.iter().map(|pack| pack.to_be_bytes()).collect();
+        let records = self
+            .index
+            .db()
+            .multi_get_cf(keys.iter().map(|key| (cf, key)));
+        touched
             .iter()
-            .filter(|(_, (since, _))| now.duration_since(*since) >= FREE_WITHIN)
+            .zip(records)
+            .filter(
+                |(_, record)| matches!(record, Ok(Some(record)) if live_count(record) == Some(0)),
+            )
             .map(|(pack, _)| *pack)
-            .collect();
-        for pack in late {
-            if let Some(ranges) = held.remove(&pack) {
-                due.insert(pack, ranges);
-            }
-        }
-        due
+            .collect()
     }
 
-    /// Hands ranges over to be freed.
-    fn submit(&self, ranges: FreedRanges) {
-        if ranges.is_empty() {
-            return;
-        }
-        let (lock, _) = &*self.outstanding;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) += ranges.len();
-        let count = ranges.len();
-        if let Some(Err(_)) = self
-            .queue
-            .as_ref()
-            .map(|queue| queue.send(FreeWork::Ranges(ranges)))
-        {
-            // The thread is gone (it never panics on an error, so only a bug gets here); the
-            // pending records stay, and the next open frees the ranges.
-            *lock.lock().unwrap_or_else(|e| e.into_inner()) -= count;
-        }
-    }
-
-    /// Frees every range handed over so far now, and waits until that is done (or failed).
-    fn settle(&self) {
-        let (lock, done) = &*self.outstanding;
-        let mut left = lock.lock().unwrap_or_else(|e| e.into_inner());
-        if *left == 0 {
-            return;
-        }
-        // Asked again at every round, for ranges handed over after the last request.
-        while *left > 0 {
-            if let Some(queue) = &self.queue {
-                let _ = queue.send(FreeWork::Now);
-            }
-            left = done.wait(left).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-}
-
-impl Drop for Freer {
-    /// Frees what is queued, then lets the thread end; its hold on the database ends with it,
-    /// so the store can be opened again in the same process.
-    fn drop(&mut self) {
-        self.queue.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+    fn free(&self, ranges: Vec<packs::FreedRange>) {
+        let mut batch = WriteBatch::default();
+        let freed = add_freed_ranges(&self.index, &self.packs, &mut batch, &ranges)
+            .and_then(|()| self.index.db().write(batch).map_err(|e| self.index.err(e)));
+        if let Err(err) = freed {
+            // The pending records stay; the next open frees the ranges.
+            tracing::error!(%err, ranges = ranges.len(), "could not free deleted packed blobs; the next start frees them");
         }
     }
 }
