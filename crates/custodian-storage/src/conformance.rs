@@ -902,11 +902,16 @@ async fn delete_many_removes_each_and_reports_which_existed(store: &BlobStore) {
         .meta;
     let kept = put(store, &pattern(13, 50)).await.meta;
     let never = Digest::of(Algorithm::Sha256, b"never stored for delete_many");
+    // A digest repeated in one call is removed once: the repeat finds it gone.
     let existed = store
-        .delete_many(&[small.sha256(), never, large.sha256()])
+        .delete_many(&[small.sha256(), never, large.sha256(), small.sha256()])
         .await
         .expect("delete_many");
-    assert_eq!(existed, vec![true, false, true], "delete_many reports each");
+    assert_eq!(
+        existed,
+        vec![true, false, true, false],
+        "delete_many reports each"
+    );
     assert_absent(store, &small.sha256(), "after delete_many").await;
     assert_absent(store, &large.digests.blake3, "after delete_many").await;
     assert!(read_all(store, &kept.sha256(), ByteRange::ALL).await == pattern(13, 50));
