@@ -89,9 +89,49 @@ const READ_WINDOW_BLOCKS: u64 = 4;
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// Small objects written at once by a batched commit.
 const SMALL_WRITE_CONCURRENCY: usize = 32;
+/// How long a deleted packed blob's range may wait to be freed (see [`packs::Freer`]): nothing
+/// counts a pack's live blobs here, so a pack's ranges are freed together once the first has
+/// waited this long, joined into few holes (a pack all of whose blobs went within the wait is
+/// one hole, and removed). A deleted blob's bytes stay on disk, unreferenced, at most this long,
+/// or until the next open after a crash.
+const FREE_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What the freeing thread does on `file://`: punches the ranges out of their packs, then
+/// removes their pending records; a failure leaves the records to the sweep.
+struct ObjectFreeing(Arc<Shared>);
+
+impl packs::Freeing for ObjectFreeing {
+    fn emptied(&self, _packs: &[u64]) -> Vec<u64> {
+        Vec::new()
+    }
+
+    fn free(&self, ranges: Vec<packs::FreedRange>) {
+        let shared = &self.0;
+        let ids: Vec<u64> = ranges.iter().map(|(id, ..)| *id).collect();
+        let freed = match &shared.packs {
+            Some(root) => {
+                let files: Vec<(PathBuf, Vec<(u64, u64)>)> =
+                    packs::ranges_by_pack(ranges.iter().map(|(_, at, size)| (*at, *size)))
+                        .into_iter()
+                        .map(|(pack, ranges)| (root.join(shared.pack_key(pack).as_ref()), ranges))
+                        .collect();
+                packs::free_packed(root, &files)
+                    .map_err(|e| shared.err(format!("free deleted blobs in their packs: {e}")))
+                    .and_then(|_| shared.index.remove_pending(&ids))
+            }
+            None => Err(shared.err("this store keeps no packs; the blob's metadata names one")),
+        };
+        if let Err(err) = freed {
+            tracing::error!(%err, ranges = ids.len(), "could not free deleted packed blobs; the sweep retries");
+        }
+        shared.ended(ids);
+    }
+}
 /// Blob custody in an object store, with a [`BlobIndex`] deciding what is committed.
 pub struct ObjectBackend {
     shared: Arc<Shared>,
+    /// On `file://`, the thread that frees deleted packed blobs' ranges off the delete's path.
+    freer: Option<Arc<packs::Freer>>,
     block_size: usize,
     part_size: usize,
     /// The store's URL and options, for the S3 Object Lock requests `object_store` cannot send.
@@ -500,16 +540,26 @@ impl ObjectBackend {
                 ),
             ));
         }
+        let shared = Arc::new(Shared {
+            store,
+            prefix,
+            index,
+            name,
+            poison_on_write_failure: name == "file",
+            live: Default::default(),
+            packs: pack_files(&config.url),
+        });
+        let freer = match &shared.packs {
+            Some(_) => Some(Arc::new(
+                packs::Freer::start(ObjectFreeing(shared.clone()), FREE_WITHIN).map_err(|e| {
+                    StorageError::backend(name, format!("start the freeing thread: {e}"))
+                })?,
+            )),
+            None => None,
+        };
         let backend = ObjectBackend {
-            shared: Arc::new(Shared {
-                store,
-                prefix,
-                index,
-                name,
-                poison_on_write_failure: name == "file",
-                live: Default::default(),
-                packs: pack_files(&config.url),
-            }),
+            shared,
+            freer,
             block_size: config.block_size,
             part_size: config.part_size,
             url: config.url.clone(),
@@ -1063,7 +1113,14 @@ impl BlobBackend for ObjectBackend {
                 Some((shared.index.new_upload_id(), record))
             })
             .collect();
-        let ids: Vec<u64> = records.iter().map(|(id, _)| *id).collect();
+        // A digest repeated in the batch has a record per occurrence; one of them stays with its
+        // range, the others are done with once the index delete is.
+        let mut ids: std::collections::HashMap<Digest, Vec<u64>> = Default::default();
+        for (id, record) in &records {
+            if let Some(digest) = record.direct {
+                ids.entry(digest).or_default().push(*id);
+            }
+        }
         shared.begin_pending(records).await?;
         // The index entries go next: the blobs are invisible from here on, and an object left
         // by a crash before the object delete is harmless (a later put overwrites it).
@@ -1071,28 +1128,38 @@ impl BlobBackend for ObjectBackend {
         let removed = shared
             .blocking(move |index| index.delete_many(&digests))
             .await;
-        let freed = match &removed {
-            Ok(removed) => {
-                let ranges: Vec<(PackedAt, u64)> = removed
-                    .iter()
-                    .flatten()
-                    .filter_map(|meta| meta.packed.map(|at| (at, meta.size)))
-                    .collect();
-                shared.unpack_many(ranges).await
-            }
-            Err(_) => Ok(()),
-        };
         if !ids.is_empty() {
-            if freed.is_ok() {
-                let ids = ids.clone();
+            // The ranges of the blobs removed go to the freeing thread, under their records; a
+            // record whose blob was not removed (gone already) is done with.
+            let mut ranges = Vec::new();
+            let mut done: std::collections::HashSet<u64> =
+                ids.values().flatten().copied().collect();
+            if let Ok(removed) = &removed {
+                for meta in removed.iter().flatten() {
+                    if let (Some(at), Some(&id)) = (
+                        meta.packed,
+                        ids.get(&meta.sha256()).and_then(|ids| ids.first()),
+                    ) {
+                        done.remove(&id);
+                        ranges.push((id, at, meta.size));
+                    }
+                }
+            }
+            match &self.freer {
+                Some(freer) => freer.submit(ranges),
+                // Packed blobs on a store that keeps no packs (opened at another URL): their
+                // records stay, and the sweep reports what it cannot free.
+                None => shared.ended(ranges.iter().map(|(id, ..)| *id)),
+            }
+            if removed.is_ok() && !done.is_empty() {
+                let done: Vec<u64> = done.iter().copied().collect();
                 let _ = shared
-                    .blocking(move |index| index.remove_pending(&ids))
+                    .blocking(move |index| index.remove_pending(&done))
                     .await;
             }
-            shared.ended(ids);
+            shared.ended(done);
         }
         let removed = removed?;
-        freed.map_err(|e| shared.err(format!("free deleted blobs in their packs: {e}")))?;
         // A packed blob may also have an object of its own: a streamed upload of the same
         // bytes that lost the race to commit. Unpacked blobs are objects of their own.
         let name = shared.name;
@@ -1116,6 +1183,13 @@ impl BlobBackend for ObjectBackend {
     }
 
     async fn pending_uploads(&self) -> Result<u64> {
+        // Deleted packed blobs whose ranges the freeing thread holds are not left over: have
+        // it free them, so that what is counted is what a crash or a failure left.
+        if let Some(freer) = self.freer.clone() {
+            tokio::task::spawn_blocking(move || freer.settle())
+                .await
+                .map_err(|e| self.shared.err(format!("freeing task failed: {e}")))?;
+        }
         self.shared.read(|index| index.pending_count()).await
     }
 

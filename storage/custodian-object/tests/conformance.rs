@@ -297,9 +297,11 @@ async fn a_batch_is_one_pack_and_deleted_bytes_leave_the_disk() {
     );
     std::fs::write(&pack, &on_disk).unwrap();
 
-    // Deleting the second blob zeroes its range on disk and frees its block.
+    // Deleting the second blob zeroes its range on disk and frees its block, once the freeing
+    // thread has run (counting pending uploads has it free what it holds).
     let blocks_before = std::fs::metadata(&pack).unwrap().blocks();
     assert!(store.delete(&metas[1].sha256()).await.unwrap());
+    assert_eq!(store.pending_uploads().await.unwrap(), 0);
     let after = std::fs::read(&pack).unwrap();
     let second = metas[1].packed.unwrap().offset as usize;
     assert!(
@@ -347,6 +349,7 @@ async fn a_batch_is_one_pack_and_deleted_bytes_leave_the_disk() {
         store.delete_many(&batch).await.unwrap(),
         vec![true, true, false, true, true, false]
     );
+    assert_eq!(store.pending_uploads().await.unwrap(), 0);
     assert!(!pack.exists(), "an empty pack was left on disk");
     assert_eq!(packs(&objects).len(), 1);
 }
