@@ -108,19 +108,10 @@ impl packs::Freeing for ObjectFreeing {
     fn free(&self, ranges: Vec<packs::FreedRange>) {
         let shared = &self.0;
         let ids: Vec<u64> = ranges.iter().map(|(id, ..)| *id).collect();
-        let freed = match &shared.packs {
-            Some(root) => {
-                let files: Vec<(PathBuf, Vec<(u64, u64)>)> =
-                    packs::ranges_by_pack(ranges.iter().map(|(_, at, size)| (*at, *size)))
-                        .into_iter()
-                        .map(|(pack, ranges)| (root.join(shared.pack_key(pack).as_ref()), ranges))
-                        .collect();
-                packs::free_packed(root, &files)
-                    .map_err(|e| shared.err(format!("free deleted blobs in their packs: {e}")))
-                    .and_then(|_| shared.index.remove_pending(&ids))
-            }
-            None => Err(shared.err("this store keeps no packs; the blob's metadata names one")),
-        };
+        let freed = shared
+            .unpack_now(ranges.iter().map(|(_, at, size)| (*at, *size)).collect())
+            .map_err(|e| shared.err(format!("free deleted blobs in their packs: {e}")))
+            .and_then(|()| shared.index.remove_pending(&ids));
         if let Err(err) = freed {
             tracing::error!(%err, ranges = ids.len(), "could not free deleted packed blobs; the sweep retries");
         }
@@ -211,18 +202,37 @@ impl Shared {
     /// Frees deleted packed blobs' bytes: each one's range of its pack's file becomes a hole
     /// (zeros where the file system cannot punch one), each pack synced once, so the bytes are
     /// gone from the disk and not only from the index. A pack whose every blob is freed holds
-    /// no data blocks and is removed.
+    /// no data blocks and is removed. Runs on the blocking pool.
     async fn unpack_many(self: &Arc<Self>, ranges: Vec<(PackedAt, u64)>) -> std::io::Result<()> {
+        let shared = self.clone();
+        tokio::task::spawn_blocking(move || shared.unpack_now(ranges))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// [`Shared::unpack_many`] on the calling thread.
+    fn unpack_now(&self, ranges: Vec<(PackedAt, u64)>) -> std::io::Result<()> {
         let packs = packs::ranges_by_pack(ranges)
             .into_iter()
             .map(|(pack, ranges)| (self.pack_key(pack), ranges))
             .collect();
-        self.free_ranges(packs).await
+        self.free_ranges_now(packs)
     }
 
     /// Frees `(offset, size)` ranges (each rounded up to whole blocks) of the packs at the
     /// given keys, on the blocking pool (see [`packs::free_packed`]).
-    async fn free_ranges(&self, packs: Vec<(Path, Vec<(u64, u64)>)>) -> std::io::Result<()> {
+    async fn free_ranges(
+        self: &Arc<Self>,
+        packs: Vec<(Path, Vec<(u64, u64)>)>,
+    ) -> std::io::Result<()> {
+        let shared = self.clone();
+        tokio::task::spawn_blocking(move || shared.free_ranges_now(packs))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// [`Shared::free_ranges`] on the calling thread.
+    fn free_ranges_now(&self, packs: Vec<(Path, Vec<(u64, u64)>)>) -> std::io::Result<()> {
         if packs.is_empty() {
             return Ok(());
         }
@@ -235,10 +245,7 @@ impl Shared {
             .into_iter()
             .map(|(key, ranges)| (root.join(key.as_ref()), ranges))
             .collect();
-        let root = root.clone();
-        tokio::task::spawn_blocking(move || packs::free_packed(&root, &files).map(|_| ()))
-            .await
-            .map_err(std::io::Error::other)?
+        packs::free_packed(root, &files).map(|_| ())
     }
 
     /// Runs blocking index work off the async worker threads.
@@ -1128,38 +1135,41 @@ impl BlobBackend for ObjectBackend {
         let removed = shared
             .blocking(move |index| index.delete_many(&digests))
             .await;
-        if !ids.is_empty() {
-            // The ranges of the blobs removed go to the freeing thread, under their records; a
-            // record whose blob was not removed (gone already) is done with.
-            let mut ranges = Vec::new();
-            let mut done: std::collections::HashSet<u64> =
-                ids.values().flatten().copied().collect();
-            if let Ok(removed) = &removed {
-                for meta in removed.iter().flatten() {
-                    if let (Some(at), Some(&id)) = (
-                        meta.packed,
-                        ids.get(&meta.sha256()).and_then(|ids| ids.first()),
-                    ) {
+        // The ranges of the blobs removed go to the freeing thread, under their records; a
+        // record whose blob was not removed (gone already) is done with.
+        let mut ranges = Vec::new();
+        let mut done: std::collections::HashSet<u64> = ids.values().flatten().copied().collect();
+        let mut unrecorded = Vec::new();
+        if let Ok(removed) = &removed {
+            for meta in removed.iter().flatten() {
+                let Some(at) = meta.packed else { continue };
+                match ids.get(&meta.sha256()).and_then(|ids| ids.first()) {
+                    Some(&id) => {
                         done.remove(&id);
                         ranges.push((id, at, meta.size));
                     }
+                    // Committed after this call looked it up: no record names its range, so
+                    // it is freed now, as every range was before the freeing thread.
+                    None => unrecorded.push((at, meta.size)),
                 }
             }
-            match &self.freer {
-                Some(freer) => freer.submit(ranges),
-                // Packed blobs on a store that keeps no packs (opened at another URL): their
-                // records stay, and the sweep reports what it cannot free.
-                None => shared.ended(ranges.iter().map(|(id, ..)| *id)),
-            }
-            if removed.is_ok() && !done.is_empty() {
-                let done: Vec<u64> = done.iter().copied().collect();
-                let _ = shared
-                    .blocking(move |index| index.remove_pending(&done))
-                    .await;
-            }
-            shared.ended(done);
         }
+        match &self.freer {
+            Some(freer) => freer.submit(ranges),
+            // Packed blobs on a store that keeps no packs (opened at another URL): their
+            // records stay, and the sweep reports what it cannot free.
+            None => shared.ended(ranges.iter().map(|(id, ..)| *id)),
+        }
+        if removed.is_ok() && !done.is_empty() {
+            let done: Vec<u64> = done.iter().copied().collect();
+            let _ = shared
+                .blocking(move |index| index.remove_pending(&done))
+                .await;
+        }
+        shared.ended(done);
+        let freed = shared.unpack_many(unrecorded).await;
         let removed = removed?;
+        freed.map_err(|e| shared.err(format!("free deleted blobs in their packs: {e}")))?;
         // A packed blob may also have an object of its own: a streamed upload of the same
         // bytes that lost the race to commit. Unpacked blobs are objects of their own.
         let name = shared.name;
