@@ -405,6 +405,25 @@ fn live_count(record: &[u8]) -> Option<i64> {
     <[u8; 8]>::try_from(record).ok().map(i64::from_be_bytes)
 }
 
+/// The packs among `packs` whose record counts no live blob (one batched read).
+fn emptied_packs(index: &RocksIndex, packs: &[u64]) -> Result<Vec<u64>> {
+    let cf = packs_cf(index)?;
+    let keys: Vec<[u8; 8]> = packs.iter().map(|pack| pack.to_be_bytes()).collect();
+    let records = index.db().multi_get_cf(keys.iter().map(|key| (cf, key)));
+    let mut emptied = Vec::new();
+    for (pack, record) in packs.iter().zip(records) {
+        if record
+            .map_err(|e| index.err(e))?
+            .as_deref()
+            .and_then(live_count)
+            == Some(0)
+        {
+            emptied.push(*pack);
+        }
+    }
+    Ok(emptied)
+}
+
 fn packs_cf(index: &RocksIndex) -> Result<&rocksdb::ColumnFamily> {
     index
         .db()
@@ -452,18 +471,12 @@ fn free_ranges(
 ) -> Result<()> {
     let by_pack = packs::ranges_by_pack(ranges.iter().copied());
     let cf = packs_cf(index)?;
-    let keys: Vec<[u8; 8]> = by_pack.keys().map(|pack| pack.to_be_bytes()).collect();
-    let records = index.db().multi_get_cf(keys.iter().map(|key| (cf, key)));
-    let mut dead = Vec::new();
-    let mut punched = Vec::new();
-    for ((pack, ranges), record) in by_pack.into_iter().zip(records) {
-        let record = record.map_err(|e| index.err(e))?;
-        if record.as_deref().and_then(live_count) == Some(0) {
-            dead.push(pack);
-        } else {
-            punched.push((pack, packs.path(pack), ranges));
-        }
-    }
+    let dead = emptied_packs(index, &by_pack.keys().copied().collect::<Vec<_>>())?;
+    let punched: Vec<_> = by_pack
+        .into_iter()
+        .filter(|(pack, _)| !dead.contains(pack))
+        .map(|(pack, ranges)| (pack, packs.path(pack), ranges))
+        .collect();
     for pack in &dead {
         packs.remove(*pack)?;
         batch.delete_cf(cf, pack.to_be_bytes());
@@ -588,23 +601,8 @@ struct RocksFreeing {
 
 impl packs::Freeing for RocksFreeing {
     fn emptied(&self, touched: &[u64]) -> Vec<u64> {
-        // Without the column family, every pack waits its time.
-        let Ok(cf) = packs_cf(&self.index) else {
-            return Vec::new();
-        };
-        let keys: Vec<[u8; 8]> = touched.iter().map(|pack| pack.to_be_bytes()).collect();
-        let records = self
-            .index
-            .db()
-            .multi_get_cf(keys.iter().map(|key| (cf, key)));
-        touched
-            .iter()
-            .zip(records)
-            .filter(
-                |(_, record)| matches!(record, Ok(Some(record)) if live_count(record) == Some(0)),
-            )
-            .map(|(pack, _)| *pack)
-            .collect()
+        // If the counts cannot be read, every pack waits its time.
+        emptied_packs(&self.index, touched).unwrap_or_default()
     }
 
     fn free(&self, ranges: Vec<packs::FreedRange>) {
@@ -1414,6 +1412,14 @@ mod tests {
         blobs
     }
 
+    /// The digests of the packed blobs (the first 40) of a [`put_a_batch`] batch.
+    fn packed_digests(blobs: &[Bytes]) -> Vec<Digest> {
+        blobs[..40]
+            .iter()
+            .map(|data| BlobDigests::of(data).sha256)
+            .collect()
+    }
+
     /// A batch's blobs of 4 KiB and more are one pack, written once; they read back after a
     /// restart, a delete frees each one's range and leaves its neighbours, and the last delete
     /// removes the pack and its record.
@@ -1558,11 +1564,7 @@ mod tests {
     async fn ranges_of_a_live_pack_wait_and_an_emptied_pack_goes_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let (backend, store) = open_packing(dir.path());
-        let blobs = put_a_batch(&store, 700).await;
-        let digests: Vec<Digest> = blobs[..40]
-            .iter()
-            .map(|data| BlobDigests::of(data).sha256)
-            .collect();
+        let digests = packed_digests(&put_a_batch(&store, 700).await);
         // A digest repeated in one call counts its blob out once.
         assert_eq!(
             store.delete_many(&[digests[0], digests[0]]).await.unwrap(),
@@ -1607,11 +1609,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (_, store) = open_packing(dir.path());
-            let blobs = put_a_batch(&store, 600).await;
-            let digests: Vec<Digest> = blobs[..40]
-                .iter()
-                .map(|data| BlobDigests::of(data).sha256)
-                .collect();
+            let digests = packed_digests(&put_a_batch(&store, 600).await);
             for digest in digests.chunks(7) {
                 assert!(store.delete_many(digest).await.unwrap().iter().all(|e| *e));
             }
