@@ -68,12 +68,19 @@ pub trait BlobIndex: Send + Sync + 'static {
     /// a lost removal only means the next open repeats the cleanup.
     fn remove_pending(&self, ids: &[u64]) -> Result<()>;
 
-    /// The pending records that no live upload owns: this daemon's own from before it was
-    /// opened, and other daemons' whose daemon stopped without cleaning them.
-    fn leftovers(&self) -> Result<Vec<Leftover>>;
+    /// The pending records that no live upload owns: this daemon's own whose upload `live`
+    /// says has ended (from before it was opened, or whose removal failed), and other daemons'
+    /// whose daemon stopped without cleaning them. The record of a live upload is not read:
+    /// a periodic sweep while many uploads or held deletes are in flight costs their ids, not
+    /// a copy of every record.
+    fn leftovers(&self, live: &(dyn Fn(u64) -> bool + Sync)) -> Result<Vec<Leftover>>;
 
     /// How many uploads are pending, in flight or left behind.
     fn pending_count(&self) -> Result<u64>;
+
+    /// Checks that the index answers, as cheaply as it can (the readiness probe asks every
+    /// two seconds, whatever the index holds).
+    fn probe(&self) -> Result<()>;
 
     /// Commits uploads atomically and durably: each `(upload id, metadata)` removes the upload's
     /// pending record and makes the blob visible, unless a blob with that SHA-256 is committed

@@ -329,14 +329,10 @@ impl Shared {
     /// at open, what a crash left; later, what a failed cleanup left (the database was
     /// unreachable when an upload ended). Returns how many were cleaned.
     async fn clean_leftovers(self: &Arc<Self>) -> Result<usize> {
-        let leftovers = self.blocking(|index| index.leftovers()).await?;
-        let leftovers: Vec<Leftover> = {
-            let live = self.live();
-            leftovers
-                .into_iter()
-                .filter(|l| !(l.own && live.contains(&l.id)))
-                .collect()
-        };
+        let shared = self.clone();
+        let leftovers: Vec<Leftover> = self
+            .blocking(move |index| index.leftovers(&|id| shared.live().contains(&id)))
+            .await?;
         for leftover in &leftovers {
             let id = leftover.id;
             let record = PendingRecord::decode(&leftover.record)
@@ -1215,10 +1211,7 @@ impl BlobBackend for ObjectBackend {
                 });
             }
         }
-        self.shared
-            .read(|index| index.pending_count())
-            .await
-            .map(|_| ())
+        self.shared.read(|index| index.probe()).await
     }
 
     fn shared_state(&self) -> Option<Arc<dyn custodian_storage::SharedState>> {

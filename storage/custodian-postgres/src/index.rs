@@ -301,17 +301,34 @@ impl BlobIndex for PgIndex {
         })
     }
 
-    fn leftovers(&self) -> Result<Vec<Leftover>> {
+    fn leftovers(&self, live: &(dyn Fn(u64) -> bool + Sync)) -> Result<Vec<Leftover>> {
         let instance = self.instance;
+        // This daemon's own records are asked for by id first, so that a sweep while many of
+        // its uploads are live fetches their ids, not their records.
+        let own: Vec<i64> = self
+            .call(move |c| {
+                Ok(c.query(
+                    "SELECT id FROM custodian_pending_uploads WHERE instance = $1",
+                    &[&instance],
+                )
+                .map_err(db)?
+                .into_iter()
+                .map(|row| row.get::<_, i64>(0))
+                .collect::<Vec<i64>>())
+            })?
+            .into_iter()
+            .filter(|id| !live(*id as u64))
+            .collect();
         let query = format!(
             "SELECT p.id, p.instance, p.record FROM custodian_pending_uploads p \
              LEFT JOIN custodian_index_instances i ON i.instance = p.instance \
-             WHERE p.instance = $1 OR i.instance IS NULL \
-                OR i.seen < now() - interval '{STALE_AFTER}' \
+             WHERE (p.instance = $1 AND p.id = ANY($2)) \
+                OR (p.instance <> $1 AND (i.instance IS NULL \
+                    OR i.seen < now() - interval '{STALE_AFTER}')) \
              ORDER BY p.id"
         );
         self.call(move |c| {
-            Ok(c.query(&query, &[&instance])
+            Ok(c.query(&query, &[&instance, &own])
                 .map_err(db)?
                 .into_iter()
                 .map(|row| Leftover {
@@ -331,6 +348,11 @@ impl BlobIndex for PgIndex {
                     .get::<_, i64>(0) as u64,
             )
         })
+    }
+
+    fn probe(&self) -> Result<()> {
+        // One round trip on a pooled connection: the database answers, whatever it holds.
+        self.call(|c| c.query_one("SELECT 1", &[]).map_err(db).map(|_| ()))
     }
 
     fn commit(&self, commits: &[(u64, BlobMeta)]) -> Result<Vec<(BlobMeta, bool)>> {

@@ -547,3 +547,40 @@ async fn upload_sessions_move_between_daemons() {
     .expect("the counting thread");
     assert_eq!(parts, 0, "no staged bytes are left behind");
 }
+
+/// A sweep fetches the records of this daemon's uploads that have ended and of daemons gone
+/// for good, never those of its live uploads or of another daemon still running; the count sees
+/// every record, and the probe answers with the database.
+#[test]
+fn leftovers_leave_out_live_uploads_and_running_daemons() {
+    use custodian_storage::BlobIndex as _;
+    let pg = Postgres::start();
+    let database = pg.database("leftovers");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = PgIndex::open(&database, dir_a.path()).expect("open index A");
+    let b = PgIndex::open(&database, dir_b.path()).expect("open index B");
+    let ids: Vec<u64> = (0..4).map(|_| a.new_upload_id()).collect();
+    let records: Vec<(u64, Vec<u8>)> = ids
+        .iter()
+        .map(|id| (*id, id.to_le_bytes().to_vec()))
+        .collect();
+    a.add_pending(&records).expect("A's records");
+    let theirs = b.new_upload_id();
+    b.add_pending(&[(theirs, b"B's".to_vec())]).expect("B's record");
+
+    let live = |id: u64| id == ids[1] || id == ids[2];
+    let found: Vec<(u64, Vec<u8>, bool)> = a
+        .leftovers(&live)
+        .expect("A's leftovers")
+        .into_iter()
+        .map(|l| (l.id, l.record, l.own))
+        .collect();
+    let expected: Vec<(u64, Vec<u8>, bool)> = [0, 3]
+        .iter()
+        .map(|i| (ids[*i], ids[*i].to_le_bytes().to_vec(), true))
+        .collect();
+    assert_eq!(found, expected, "B is running: its record is not A's to clean");
+    assert!(a.leftovers(&|_| true).expect("none ended").is_empty());
+    assert_eq!(a.pending_count().expect("count"), 5);
+    a.probe().expect("the database answers");
+}

@@ -599,14 +599,17 @@ impl RocksIndex {
             .iterator_cf(self.cf(CF_PENDING)?, rocksdb::IteratorMode::Start)
         {
             let (key, value) = item.map_err(|e| self.err(e))?;
-            let id: [u8; 8] = key
-                .as_ref()
-                .try_into()
-                .map_err(|_| self.err("pending-upload key is not 8 bytes"))?;
-            out.push((u64::from_be_bytes(id), value.to_vec()));
+            let id =
+                pending_id(&key).ok_or_else(|| self.err("pending-upload key is not 8 bytes"))?;
+            out.push((id, value.to_vec()));
         }
         Ok(out)
     }
+}
+
+/// The upload id a pending record's key holds (8 bytes, big-endian), if it is one.
+fn pending_id(key: &[u8]) -> Option<u64> {
+    key.try_into().ok().map(u64::from_be_bytes)
 }
 
 /// The embedded index as an object-store backend's index: one daemon's alone.
@@ -655,22 +658,47 @@ impl custodian_storage::BlobIndex for RocksIndex {
         self.db.write(batch).map_err(|e| self.err(e))
     }
 
-    fn leftovers(&self) -> Result<Vec<custodian_storage::Leftover>> {
-        // Nobody else uses this index, and it is asked only when the backend opens, before any
-        // upload of this run began: every record is a leftover of an earlier run.
-        Ok(self
-            .pending()?
-            .into_iter()
-            .map(|(id, record)| custodian_storage::Leftover {
-                id,
-                record,
-                own: true,
-            })
-            .collect())
+    fn leftovers(
+        &self,
+        live: &(dyn Fn(u64) -> bool + Sync),
+    ) -> Result<Vec<custodian_storage::Leftover>> {
+        // Nobody else uses this index: every record is this daemon's, and one whose upload has
+        // ended is a leftover. The raw iterator lends each key and value, so only leftovers'
+        // records are copied.
+        let mut out = Vec::new();
+        let mut records = self.db.raw_iterator_cf(self.cf(CF_PENDING)?);
+        records.seek_to_first();
+        while let (Some(key), Some(record)) = (records.key(), records.value()) {
+            let id =
+                pending_id(key).ok_or_else(|| self.err("pending-upload key is not 8 bytes"))?;
+            if !live(id) {
+                out.push(custodian_storage::Leftover {
+                    id,
+                    record: record.to_vec(),
+                    own: true,
+                });
+            }
+            records.next();
+        }
+        records.status().map_err(|e| self.err(e))?;
+        Ok(out)
     }
 
     fn pending_count(&self) -> Result<u64> {
-        Ok(self.pending()?.len() as u64)
+        let mut count = 0;
+        let mut records = self.db.raw_iterator_cf(self.cf(CF_PENDING)?);
+        records.seek_to_first();
+        while records.valid() {
+            count += 1;
+            records.next();
+        }
+        records.status().map_err(|e| self.err(e))?;
+        Ok(count)
+    }
+
+    fn probe(&self) -> Result<()> {
+        // The database is in this process: it answers unless a failed write has poisoned it.
+        RocksIndex::check_writable(self)
     }
 
     fn commit(&self, commits: &[(u64, BlobMeta)]) -> Result<Vec<(BlobMeta, bool)>> {
@@ -806,6 +834,42 @@ mod tests {
     /// is larger than one of the 512 KiB shards RocksDB would split the cache into by default.
     /// The second query then reads from the table file only the data blocks of its
     /// filter's false positives (about 1% of the digests asked).
+    /// A sweep reads only the records of uploads that have ended; the count and the probe
+    /// read no record at all, and all three see every record however many are pending.
+    #[test]
+    fn leftovers_leave_out_live_uploads_and_the_count_sees_every_record() {
+        use custodian_storage::BlobIndex as _;
+        let dir = tempfile::tempdir().unwrap();
+        let index = RocksIndex::open(dir.path(), "test", Vec::new()).unwrap();
+        let ids: Vec<u64> = (0..5).map(|_| index.new_upload_id()).collect();
+        let records: Vec<(u64, Vec<u8>)> = ids
+            .iter()
+            .map(|id| (*id, id.to_le_bytes().to_vec()))
+            .collect();
+        index.add_pending_many(&records).unwrap();
+        let live = |id: u64| id == ids[1] || id == ids[3];
+        let leftovers = index.leftovers(&live).unwrap();
+        let found: Vec<(u64, Vec<u8>, bool)> = leftovers
+            .into_iter()
+            .map(|l| (l.id, l.record, l.own))
+            .collect();
+        let expected: Vec<(u64, Vec<u8>, bool)> = [0, 2, 4]
+            .iter()
+            .map(|i| (ids[*i], ids[*i].to_le_bytes().to_vec(), true))
+            .collect();
+        assert_eq!(found, expected);
+        assert_eq!(index.pending_count().unwrap(), 5);
+        assert!(index.leftovers(&|_| true).unwrap().is_empty());
+        index.remove_pending(&ids[..2]).unwrap();
+        assert_eq!(index.pending_count().unwrap(), 3);
+        index.probe().unwrap();
+        index.poison("a write failed");
+        assert!(
+            index.probe().is_err(),
+            "a poisoned index must not answer as ready"
+        );
+    }
+
     #[test]
     fn a_large_filter_stays_cached_between_lookups() {
         use rocksdb::perf::{PerfContext, PerfMetric, PerfStatsLevel};
