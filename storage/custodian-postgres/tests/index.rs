@@ -566,7 +566,8 @@ fn leftovers_leave_out_live_uploads_and_running_daemons() {
         .collect();
     a.add_pending(&records).expect("A's records");
     let theirs = b.new_upload_id();
-    b.add_pending(&[(theirs, b"B's".to_vec())]).expect("B's record");
+    b.add_pending(&[(theirs, b"B's".to_vec())])
+        .expect("B's record");
 
     let live = |id: u64| id == ids[1] || id == ids[2];
     let found: Vec<(u64, Vec<u8>, bool)> = a
@@ -579,7 +580,10 @@ fn leftovers_leave_out_live_uploads_and_running_daemons() {
         .iter()
         .map(|i| (ids[*i], ids[*i].to_le_bytes().to_vec(), true))
         .collect();
-    assert_eq!(found, expected, "B is running: its record is not A's to clean");
+    assert_eq!(
+        found, expected,
+        "B is running: its record is not A's to clean"
+    );
     assert!(a.leftovers(&|_| true).expect("none ended").is_empty());
     assert_eq!(a.pending_count().expect("count"), 5);
     a.probe().expect("the database answers");
