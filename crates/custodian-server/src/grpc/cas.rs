@@ -145,9 +145,8 @@ fn hidden(digest: &Digest) -> Status {
 
 /// NOT_FOUND for a blob not in custody; for one that was deleted, the message says by which
 /// ledger entry, when and why (the entry is public, so this reveals nothing the log does not).
-fn absent(registry: &Registry, digest: &Digest) -> Status {
-    let index = registry.read();
-    match index.retention().tombstone(digest) {
+async fn absent(registry: &Registry, digest: &Digest) -> Status {
+    match registry.tombstone(digest).await {
         Some(t) => Status::not_found(format!(
             "blob {digest} was deleted from custody at ledger entry {} ({}: {}); it is gone",
             t.index,
@@ -601,7 +600,7 @@ impl ContentStore for CasService {
         };
         let read = match self.store.get(&digest, range).await {
             Ok(read) => read,
-            Err(StorageError::NotFound { .. }) => return Err(absent(&self.registry, &digest)),
+            Err(StorageError::NotFound { .. }) => return Err(absent(&self.registry, &digest).await),
             Err(err) => return Err(GrpcError::from(err).into()),
         };
         let first = pb::GetResponse {
@@ -638,7 +637,9 @@ impl ContentStore for CasService {
         let digest = parse_digest("digest", &request.get_ref().digest)?;
         match self.store.stat(&digest).await.map_err(GrpcError::from)? {
             Some(meta) if self.readable(&who, &meta) => Ok(Response::new(blob_info(&meta))),
-            None if who.allows_everywhere(Scope::Read) => Err(absent(&self.registry, &digest)),
+            None if who.allows_everywhere(Scope::Read) => {
+                Err(absent(&self.registry, &digest).await)
+            }
             _ => Err(hidden(&digest)),
         }
     }

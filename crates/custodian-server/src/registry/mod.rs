@@ -469,6 +469,35 @@ impl Registry {
         Ok((appended, checkpoint, entry))
     }
 
+    /// The latest recorded deletion of a blob (by either digest), if it was ever deleted: the
+    /// index's candidate entry, read back from the log and confirmed to name this digest. An
+    /// entry that cannot be read is logged and answered as no deletion, so a blob is never said
+    /// deleted without its entry in hand.
+    pub async fn tombstone(&self, digest: &Digest) -> Option<crate::retention::index::Tombstone> {
+        let candidate = self.read().retention().deletion_candidate(digest)?.clone();
+        let entry = match self.event_entry(candidate.index).await {
+            Ok(entry) => entry,
+            Err(err) => {
+                tracing::warn!(entry = candidate.index, %err, "cannot read a deletion entry");
+                return None;
+            }
+        };
+        let event: custodian_core::registry::BlobsDeleted = entry.event().ok()?;
+        let named =
+            |text: Option<&str>| text.and_then(|t| t.parse::<Digest>().ok()) == Some(*digest);
+        let blob = event
+            .blobs
+            .iter()
+            .find(|b| named(Some(&b.digest)) || named(b.blake3.as_deref()))?;
+        Some(crate::retention::index::Tombstone {
+            index: candidate.index,
+            time_ms: candidate.time_ms,
+            reason: candidate.reason,
+            policy: candidate.policy,
+            size: blob.size,
+        })
+    }
+
     /// The event entry at `index`, checked against its leaf hash, and unsealed from its body in
     /// custody when the log holds it sealed.
     pub(crate) async fn event_entry(&self, index: u64) -> Result<Entry, RegistryError> {

@@ -420,3 +420,70 @@ fn a_long_replay_names_a_damaged_entry_in_a_later_chunk() {
     assert_eq!(replayed.damaged(), &[9_001]);
     assert_eq!(replayed.processed_below(), 10_000);
 }
+
+/// A deleted blob's fate is named by either of its digests, from the entry that deleted it
+/// last, read back from the log; a digest that shares a deleted blob's first 8 bytes (the
+/// index's key) but was never deleted is not called deleted.
+#[tokio::test]
+async fn a_tombstone_is_confirmed_by_the_entry_that_deleted_the_blob() {
+    use custodian_core::BlobDigests;
+    use custodian_core::registry::{BlobsDeleted, DeletedBlob, to_payload};
+    let f = fixture().await;
+    let (a, b) = (BlobDigests::of(b"blob a"), BlobDigests::of(b"blob b"));
+    let delete = |blobs: &[(&BlobDigests, u64)], reason: &str| {
+        let event = BlobsDeleted {
+            blobs: blobs
+                .iter()
+                .map(|(d, size)| DeletedBlob {
+                    digest: d.sha256.to_string(),
+                    size: *size,
+                    blake3: Some(d.blake3.to_string()),
+                })
+                .collect(),
+            reason: reason.into(),
+            policy: "admin delete".into(),
+            grace_ms: 0,
+            by: "test".into(),
+        };
+        let (appended, _) = f
+            .ledger
+            .append(
+                vec![(
+                    EntryKind::BlobsDeleted,
+                    to_payload(&event).expect("payload"),
+                )],
+                1_700_000_000_000,
+            )
+            .expect("append");
+        for entry in appended {
+            f.registry.apply(entry.index, &entry.decoded);
+        }
+    };
+    delete(&[(&a, 6), (&b, 7)], "first");
+    delete(&[(&a, 6)], "again");
+
+    let by_sha = f.registry.tombstone(&a.sha256).await.expect("a is deleted");
+    let by_blake3 = f
+        .registry
+        .tombstone(&a.blake3)
+        .await
+        .expect("by BLAKE3 too");
+    assert_eq!(by_sha, by_blake3);
+    assert_eq!((by_sha.reason.as_str(), by_sha.size), ("again", 6));
+    let first = f.registry.tombstone(&b.sha256).await.expect("b is deleted");
+    assert_eq!((first.reason.as_str(), first.size), ("first", 7));
+    assert!(first.index < by_sha.index);
+
+    let mut twin = *a.sha256.bytes();
+    twin[31] ^= 1;
+    assert!(
+        f.registry.tombstone(&Digest::sha256(twin)).await.is_none(),
+        "a digest sharing the key of a deleted one was never deleted"
+    );
+    assert!(
+        f.registry
+            .tombstone(&Digest::of(Algorithm::Sha256, b"never stored"))
+            .await
+            .is_none()
+    );
+}

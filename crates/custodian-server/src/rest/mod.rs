@@ -347,7 +347,7 @@ async fn download_blob(
     })?;
     let present = state.store.stat(&digest).await?;
     if present.is_none()
-        && let Some(t) = state.registry.read().retention().tombstone(&digest)
+        && let Some(t) = state.registry.tombstone(&digest).await
     {
         // Deleted on the record: 410 Gone, naming the entry (which is public in the log).
         return Ok((

@@ -362,7 +362,7 @@ impl Collector {
             None => Vec::new(),
         };
         let sha256 = present.as_ref().map_or(*digest, BlobMeta::sha256);
-        let tombstone = self.registry.read().retention().tombstone(&sha256);
+        let tombstone = self.registry.tombstone(&sha256).await;
         Ok(Why {
             digest: *digest,
             present,
@@ -379,7 +379,7 @@ impl Collector {
                 Some(meta) => Ok(vec![meta.sha256()]),
                 None => Err(RegistryError::NotFound(format!(
                     "field subject: blob {digest} is not in custody, so there is nothing to keep{}",
-                    match self.registry.read().retention().tombstone(&digest) {
+                    match self.registry.tombstone(&digest).await {
                         Some(t) => format!(
                             " (it was deleted at ledger entry {}: {})",
                             t.index, t.reason
@@ -771,7 +771,7 @@ impl Collector {
         let claimed: Vec<Digest> = going.iter().map(BlobMeta::sha256).collect();
         let recorded = self.record(going, judged_below, spare, why, report).await;
         let kept: Vec<Digest> = match &recorded {
-            Ok(Some(deleted)) => claimed
+            Ok(Some((_, deleted))) => claimed
                 .into_iter()
                 .filter(|d| !deleted.contains(d))
                 .collect(),
@@ -782,10 +782,13 @@ impl Collector {
             // releases its abandoned claims.
             tracing::warn!(%err, blobs = kept.len(), "could not release deletion claims");
         }
-        let Some(deleted) = recorded? else {
+        let Some((index, deleted)) = recorded? else {
             return Ok(());
         };
         self.registry.store().delete_many(&deleted).await?;
+        // Carried out: nothing is left for the next collection to finish, and the list of
+        // its digests need not be held until then (a million deleted blobs held 30 MB).
+        self.registry.write().retention_mut().carried_out(index);
         Ok(())
     }
 
@@ -798,7 +801,7 @@ impl Collector {
         spare: &(dyn Fn(&Self, &BlobMeta, &Outside) -> bool + Sync),
         why: &Grounds<'_>,
         report: &mut GcReport,
-    ) -> Result<Option<Vec<Digest>>, RegistryError> {
+    ) -> Result<Option<(u64, Vec<Digest>)>, RegistryError> {
         let mut attempts = 0;
         let (index, entry) = loop {
             if going.is_empty() {
@@ -843,7 +846,7 @@ impl Collector {
         self.registry.apply(index, &entry);
         report.entries.push(index);
         report.count(going.iter().map(|m| (m.sha256(), m.size)));
-        Ok(Some(going.iter().map(BlobMeta::sha256).collect()))
+        Ok(Some((index, going.iter().map(BlobMeta::sha256).collect())))
     }
 
     /// Claims `going` for deletion, keeping in it only the blobs claimed: those no daemon
