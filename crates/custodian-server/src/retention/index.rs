@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use custodian_core::Digest;
 use custodian_core::registry::{BlobRetention, BlobsDeleted, RetentionAction};
 
+use super::tombstones::Tombstones;
+
 /// A pin on a blob.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pin {
@@ -87,11 +89,11 @@ pub struct RetentionIndex {
     holds: HashMap<[u8; 32], Vec<Hold>>,
     /// Each deleted blob's latest `BlobsDeleted` entry, under the first 8 bytes of its SHA-256
     /// and of its BLAKE3 digest, as a place in `deletion_entries`. A collection may delete
-    /// millions, and this map lives as long as the daemon: 13 bytes a slot, where full digests
-    /// with their entry and size took 49 (`heaptrack` of a collection of a million blobs: 308
-    /// MB at the map's growth). What a prefix finds is only a candidate, confirmed by reading
-    /// the entry ([`crate::registry::Registry::tombstone`]).
-    tombstones: HashMap<[u8; 8], u32>,
+    /// millions, and these live as long as the daemon: 12 bytes each in sorted runs, where
+    /// full digests with their entry and size in a hash map took 49 a slot (`heaptrack` of a
+    /// collection of a million blobs: 308 MB as the map grew). What a prefix finds is only a
+    /// candidate, confirmed by reading the entry ([`crate::registry::Registry::tombstone`]).
+    tombstones: Tombstones,
     /// Each `BlobsDeleted` entry, in ledger order: its index, time, reason and policy.
     deletion_entries: Vec<DeletionEntry>,
     /// Recorded deletions not yet checked as carried out (see `take_deletions`).
@@ -223,7 +225,7 @@ impl RetentionIndex {
     /// leave the earlier without a named deletion: it is answered as never stored, not
     /// misattributed.)
     pub fn deletion_candidate(&self, digest: &Digest) -> Option<&DeletionEntry> {
-        let place = *self.tombstones.get(&prefix(digest))?;
+        let place = self.tombstones.get(&prefix(digest))?;
         self.deletion_entries.get(place as usize)
     }
 

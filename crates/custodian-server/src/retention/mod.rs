@@ -17,6 +17,7 @@
 
 pub mod index;
 pub mod reconcile;
+mod tombstones;
 
 use std::sync::Arc;
 use std::time::Duration;
