@@ -594,22 +594,24 @@ impl RocksIndex {
     /// Every pending upload record, oldest id first.
     pub fn pending(&self) -> Result<Vec<(u64, Vec<u8>)>> {
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_PENDING)?, rocksdb::IteratorMode::Start)
-        {
-            let (key, value) = item.map_err(|e| self.err(e))?;
-            let id =
-                pending_id(&key).ok_or_else(|| self.err("pending-upload key is not 8 bytes"))?;
-            out.push((id, value.to_vec()));
-        }
+        self.each_pending(|id, record| out.push((id, record.to_vec())))?;
         Ok(out)
     }
-}
 
-/// The upload id a pending record's key holds (8 bytes, big-endian), if it is one.
-fn pending_id(key: &[u8]) -> Option<u64> {
-    key.try_into().ok().map(u64::from_be_bytes)
+    /// Calls `f` with each pending record's id and bytes, oldest id first. The raw iterator
+    /// lends each record, so a caller that keeps few of them copies only those.
+    fn each_pending(&self, mut f: impl FnMut(u64, &[u8])) -> Result<()> {
+        let mut records = self.db.raw_iterator_cf(self.cf(CF_PENDING)?);
+        records.seek_to_first();
+        while let (Some(key), Some(record)) = (records.key(), records.value()) {
+            let id: [u8; 8] = key
+                .try_into()
+                .map_err(|_| self.err("pending-upload key is not 8 bytes"))?;
+            f(u64::from_be_bytes(id), record);
+            records.next();
+        }
+        records.status().map_err(|e| self.err(e))
+    }
 }
 
 /// The embedded index as an object-store backend's index: one daemon's alone.
@@ -663,14 +665,9 @@ impl custodian_storage::BlobIndex for RocksIndex {
         live: &(dyn Fn(u64) -> bool + Sync),
     ) -> Result<Vec<custodian_storage::Leftover>> {
         // Nobody else uses this index: every record is this daemon's, and one whose upload has
-        // ended is a leftover. The raw iterator lends each key and value, so only leftovers'
-        // records are copied.
+        // ended is a leftover. Only leftovers' records are copied.
         let mut out = Vec::new();
-        let mut records = self.db.raw_iterator_cf(self.cf(CF_PENDING)?);
-        records.seek_to_first();
-        while let (Some(key), Some(record)) = (records.key(), records.value()) {
-            let id =
-                pending_id(key).ok_or_else(|| self.err("pending-upload key is not 8 bytes"))?;
+        self.each_pending(|id, record| {
             if !live(id) {
                 out.push(custodian_storage::Leftover {
                     id,
@@ -678,21 +675,13 @@ impl custodian_storage::BlobIndex for RocksIndex {
                     own: true,
                 });
             }
-            records.next();
-        }
-        records.status().map_err(|e| self.err(e))?;
+        })?;
         Ok(out)
     }
 
     fn pending_count(&self) -> Result<u64> {
         let mut count = 0;
-        let mut records = self.db.raw_iterator_cf(self.cf(CF_PENDING)?);
-        records.seek_to_first();
-        while records.valid() {
-            count += 1;
-            records.next();
-        }
-        records.status().map_err(|e| self.err(e))?;
+        self.each_pending(|_, _| count += 1)?;
         Ok(count)
     }
 
@@ -829,11 +818,6 @@ mod tests {
         }
     }
 
-    /// A table file's filter and index stay in a cache built like the daemon's between two
-    /// queries for absent digests, with other blocks read in between, although the filter alone
-    /// is larger than one of the 512 KiB shards RocksDB would split the cache into by default.
-    /// The second query then reads from the table file only the data blocks of its
-    /// filter's false positives (about 1% of the digests asked).
     /// A sweep reads only the records of uploads that have ended; the count and the probe
     /// read no record at all, and all three see every record however many are pending.
     #[test]
@@ -870,6 +854,11 @@ mod tests {
         );
     }
 
+    /// A table file's filter and index stay in a cache built like the daemon's between two
+    /// queries for absent digests, with other blocks read in between, although the filter alone
+    /// is larger than one of the 512 KiB shards RocksDB would split the cache into by default.
+    /// The second query then reads from the table file only the data blocks of its
+    /// filter's false positives (about 1% of the digests asked).
     #[test]
     fn a_large_filter_stays_cached_between_lookups() {
         use rocksdb::perf::{PerfContext, PerfMetric, PerfStatsLevel};
