@@ -474,11 +474,11 @@ impl Registry {
     /// entry that cannot be read is logged and answered as no deletion, so a blob is never said
     /// deleted without its entry in hand.
     pub async fn tombstone(&self, digest: &Digest) -> Option<crate::retention::index::Tombstone> {
-        let candidate = self.read().retention().deletion_candidate(digest)?.clone();
-        let entry = match self.event_entry(candidate.index).await {
+        let index = self.read().retention().deletion_candidate(digest)?;
+        let entry = match self.event_entry(index).await {
             Ok(entry) => entry,
             Err(err) => {
-                tracing::warn!(entry = candidate.index, %err, "cannot read a deletion entry");
+                tracing::warn!(entry = index, %err, "cannot read a deletion entry");
                 return None;
             }
         };
@@ -490,11 +490,11 @@ impl Registry {
             .iter()
             .find(|b| named(Some(&b.digest)) || named(b.blake3.as_deref()))?;
         Some(crate::retention::index::Tombstone {
-            index: candidate.index,
-            time_ms: candidate.time_ms,
-            reason: candidate.reason,
-            policy: candidate.policy,
+            index,
+            time_ms: entry.time_ms,
             size: blob.size,
+            reason: event.reason,
+            policy: event.policy,
         })
     }
 

@@ -51,19 +51,6 @@ pub struct Tombstone {
     pub size: u64,
 }
 
-/// A `BlobsDeleted` entry as the tombstones name it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeletionEntry {
-    /// Its ledger index.
-    pub index: u64,
-    /// When (ms since the Unix epoch).
-    pub time_ms: u64,
-    /// Why.
-    pub reason: String,
-    /// Under which policy.
-    pub policy: String,
-}
-
 /// The first 8 bytes of a digest: a tombstone's key.
 fn prefix(digest: &Digest) -> [u8; 8] {
     let mut key = [0u8; 8];
@@ -94,8 +81,9 @@ pub struct RetentionIndex {
     /// collection of a million blobs: 308 MB as the map grew). What a prefix finds is only a
     /// candidate, confirmed by reading the entry ([`crate::registry::Registry::tombstone`]).
     tombstones: Tombstones,
-    /// Each `BlobsDeleted` entry, in ledger order: its index, time, reason and policy.
-    deletion_entries: Vec<DeletionEntry>,
+    /// The ledger index of each `BlobsDeleted` entry, in ledger order; its time, reason,
+    /// policy and sizes are read from the entry itself when a lookup needs them.
+    deletion_entries: Vec<u64>,
     /// Recorded deletions not yet checked as carried out (see `take_deletions`).
     deletions: Vec<Deletion>,
     /// The blobs each subject's pins and holds were placed on.
@@ -170,12 +158,7 @@ impl RetentionIndex {
             }
             list.push(digest);
         }
-        self.deletion_entries.push(DeletionEntry {
-            index,
-            time_ms,
-            reason: event.reason.clone(),
-            policy: event.policy.clone(),
-        });
+        self.deletion_entries.push(index);
         self.deletions.push(Deletion {
             index,
             time_ms,
@@ -218,15 +201,15 @@ impl RetentionIndex {
             .map(|bytes| Digest::sha256(*bytes))
     }
 
-    /// The `BlobsDeleted` entry that may record the latest deletion of a blob (by either
+    /// The ledger index of the `BlobsDeleted` entry that may record the latest deletion of a blob (by either
     /// digest): the latest filed under the digest's first 8 bytes. Only a candidate: another
     /// deleted blob may share those bytes, so the caller confirms that the entry names this
     /// digest. (Two deleted blobs sharing 8 bytes, about one chance in 10^7 among two million,
     /// leave the earlier without a named deletion: it is answered as never stored, not
     /// misattributed.)
-    pub fn deletion_candidate(&self, digest: &Digest) -> Option<&DeletionEntry> {
+    pub fn deletion_candidate(&self, digest: &Digest) -> Option<u64> {
         let place = self.tombstones.get(&prefix(digest))?;
-        self.deletion_entries.get(place as usize)
+        self.deletion_entries.get(place as usize).copied()
     }
 
     /// The recorded deletions not yet checked as carried out, in ledger order; they are
