@@ -293,6 +293,21 @@ fn split_point(n: u64) -> u64 {
     1u64 << (63 - (n - 1).leading_zeros())
 }
 
+/// The RFC 6962 Merkle Tree Hash (section 2.1) of these leaf hashes, computed from the leaves
+/// alone: `n - 1` node hashes for `n` leaves. For a complete subtree (a power of two of leaves
+/// starting at a multiple of their count) it equals the one hash the log stores for that subtree,
+/// so a reader holding the leaves can check all of them against that single stored hash.
+pub fn subtree_root(leaves: &[Hash]) -> Hash {
+    match leaves.len() {
+        0 => empty_root(),
+        1 => leaves[0],
+        n => {
+            let k = split_point(n as u64) as usize;
+            node_hash(&subtree_root(&leaves[..k]), &subtree_root(&leaves[k..]))
+        }
+    }
+}
+
 /// The root of the tree of the first `size` leaves, from stored hashes.
 pub fn tree_hash<R: HashReader + ?Sized>(size: u64, reader: &R) -> Result<Hash, ProofError> {
     if size == 0 {
@@ -727,6 +742,7 @@ mod tests {
         let (leaves, stored, roots) = build(70);
         for n in 0..=70usize {
             assert_eq!(roots[n], reference_root(&leaves[..n]), "root of {n}");
+            assert_eq!(subtree_root(&leaves[..n]), roots[n], "subtree_root of {n}");
             assert_eq!(tree_hash(n as u64, &stored).expect("root"), roots[n]);
             let loaded = Frontier::load(n as u64, &stored).expect("frontier");
             assert_eq!(loaded.root(), roots[n]);

@@ -1167,6 +1167,37 @@ impl Ledger {
         })
     }
 
+    /// The stored hash of the complete subtree `n` at `level`: the one hash the tree records for
+    /// leaves `[n·2^level, (n+1)·2^level)`, which the log's roots are built from. A reader holding
+    /// those leaves checks every one of them against it with [`merkle::subtree_root`], instead of
+    /// reading each leaf's stored hash (about twice as many hashes as entries).
+    pub fn subtree_hash(&self, level: u8, n: u64) -> LedgerResult<Hash> {
+        let end = n
+            .checked_add(1)
+            .and_then(|count| {
+                count
+                    .checked_shl(u32::from(level))
+                    .filter(|end| *end >> level == count)
+            })
+            .ok_or_else(|| LedgerError::SizeBeyondLog {
+                requested: u64::MAX,
+                size: self.latest().size,
+            })?;
+        self.check_size(end)?;
+        self.backend
+            .hashes(&[stored_hash_index(level, n)])?
+            .into_iter()
+            .next()
+            .flatten()
+            .ok_or_else(|| {
+                LedgerError::Corrupt(format!(
+                    "the stored tree has no hash for level {level}, index {n} (entries {} to {})",
+                    end - (1 << level),
+                    end - 1
+                ))
+            })
+    }
+
     /// The stored leaf hashes of entries `[start, end)`: what each entry must hash to, since the
     /// signed roots cover these hashes. Read as one contiguous range of stored hashes (appending
     /// leaf `i` stores its leaf hash, then one hash per subtree it completes: `i.trailing_ones()`

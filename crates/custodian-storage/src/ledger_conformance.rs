@@ -96,6 +96,27 @@ fn appends_serve_entries_proofs_and_receipts(harness: &dyn LedgerHarness) -> u64
         ledger.leaf_hashes(0, size + 1),
         Err(LedgerError::SizeBeyondLog { .. })
     ));
+    // Each complete subtree's stored hash is the root of its leaves; a subtree not yet complete
+    // (or past any size) is beyond the log.
+    for level in 0..6u8 {
+        let width = 1u64 << level;
+        for n in 0..size / width {
+            let (from, to) = ((n * width) as usize, ((n + 1) * width) as usize);
+            assert_eq!(
+                ledger.subtree_hash(level, n).expect("subtree hash"),
+                merkle::subtree_root(&leaves[from..to]),
+                "subtree {n} at level {level}"
+            );
+        }
+        assert!(matches!(
+            ledger.subtree_hash(level, size / width),
+            Err(LedgerError::SizeBeyondLog { .. })
+        ));
+    }
+    assert!(matches!(
+        ledger.subtree_hash(63, u64::MAX),
+        Err(LedgerError::SizeBeyondLog { .. })
+    ));
     assert!(matches!(
         ledger.entry(size),
         Err(LedgerError::NoSuchEntry { .. })
@@ -234,6 +255,8 @@ pub struct CountingBackend {
     commit_delay: std::time::Duration,
     /// The entry handed out damaged, if any.
     damaged_entry: Option<u64>,
+    /// The stored hash (append-order index) handed out damaged, if any.
+    damaged_hash: Option<u64>,
 }
 
 impl CountingBackend {
@@ -246,6 +269,7 @@ impl CountingBackend {
             commits: AtomicU64::new(0),
             commit_delay: std::time::Duration::ZERO,
             damaged_entry: None,
+            damaged_hash: None,
         }
     }
 
@@ -258,6 +282,13 @@ impl CountingBackend {
     /// Hands out entry `index` with its last byte changed whenever it is read.
     pub fn damaging_entry(mut self, index: u64) -> Self {
         self.damaged_entry = Some(index);
+        self
+    }
+
+    /// Hands out the stored hash at append-order index `index` with its last byte changed
+    /// whenever it is read.
+    pub fn damaging_hash(mut self, index: u64) -> Self {
+        self.damaged_hash = Some(index);
         self
     }
 
@@ -300,18 +331,37 @@ impl LedgerBackend for CountingBackend {
     fn hashes(&self, indexes: &[u64]) -> LedgerResult<Vec<Option<Hash>>> {
         self.hashes_read
             .fetch_add(indexes.len() as u64, Ordering::Relaxed);
-        self.inner.hashes(indexes)
+        let mut hashes = self.inner.hashes(indexes)?;
+        for (hash, index) in hashes.iter_mut().zip(indexes) {
+            if let Some(hash) = hash.as_mut().filter(|_| self.damaged_hash == Some(*index)) {
+                *hash = damaged(hash);
+            }
+        }
+        Ok(hashes)
     }
     fn hash_range(&self, start: u64, end: u64) -> LedgerResult<Vec<Hash>> {
         self.hashes_read
             .fetch_add(end.saturating_sub(start), Ordering::Relaxed);
-        self.inner.hash_range(start, end)
+        let mut hashes = self.inner.hash_range(start, end)?;
+        if let Some(at) = self.damaged_hash.filter(|at| (start..end).contains(at))
+            && let Some(hash) = hashes.get_mut((at - start) as usize)
+        {
+            *hash = damaged(hash);
+        }
+        Ok(hashes)
     }
     fn commit(&self, batch: &LedgerBatch) -> LedgerResult<()> {
         std::thread::sleep(self.commit_delay);
         self.commits.fetch_add(1, Ordering::SeqCst);
         self.inner.commit(batch)
     }
+}
+
+/// `hash` with its last byte changed.
+fn damaged(hash: &Hash) -> Hash {
+    let mut bytes = *hash.as_bytes();
+    bytes[31] ^= 1;
+    Hash::from_slice(&bytes).expect("32 bytes")
 }
 
 /// Fills a ledger with `count` entries in batches of `batch`, quickly (for large-log tests).

@@ -421,6 +421,95 @@ fn a_long_replay_names_a_damaged_entry_in_a_later_chunk() {
     assert_eq!(replayed.processed_below(), 10_000);
 }
 
+/// A replay checks each complete chunk of 4,096 entries against the one hash the tree stores for
+/// that subtree, and only a partial chunk against each entry's stored leaf hash; a follow from an
+/// index that is not a multiple of 4,096 reads up to the next one first, so the chunks after it
+/// are whole subtrees again.
+#[test]
+fn a_long_replay_checks_whole_chunks_against_their_subtree_hash() {
+    use custodian_core::merkle::stored_hash_count;
+    let signer = SignerKey::from_seed("registry.test/log", [3; 32]).expect("log key");
+    let memory = Arc::new(MemoryLedger::new());
+    filler(
+        &Ledger::open(memory.clone(), signer.clone()).expect("ledger"),
+        14_000,
+    );
+    let counter = Arc::new(CountingBackend::new(memory));
+    let ledger = Ledger::open(counter.clone(), signer).expect("the same ledger, counted");
+    let none = |_: &Digest| Err("no sealed entries here".to_string());
+    let leaves_of = |from: u64, to: u64| stored_hash_count(to) - stored_hash_count(from);
+
+    let mut index = Index::default();
+    counter.take();
+    index
+        .follow(&ledger, 5_000, &none)
+        .expect("follow to 5,000");
+    // Entries 0..4096 are one subtree: one hash; 4096..5000 are checked leaf by leaf.
+    assert_eq!(counter.take(), (1 + leaves_of(4_096, 5_000), 5_000));
+    index
+        .follow(&ledger, 14_000, &none)
+        .expect("follow to 14,000");
+    // 5000..8192 leaf by leaf, 8192..12288 one subtree, 12288..14000 leaf by leaf.
+    assert_eq!(
+        counter.take(),
+        (
+            leaves_of(5_000, 8_192) + 1 + leaves_of(12_288, 14_000),
+            9_000
+        )
+    );
+    assert_eq!(index.processed_below(), 14_000);
+    assert!(index.damaged().is_empty());
+}
+
+/// A damaged entry inside a complete chunk fails the chunk's subtree hash; the replay then checks
+/// that chunk's entries one by one and names the damaged entry alone.
+#[test]
+fn a_long_replay_names_a_damaged_entry_inside_a_whole_chunk() {
+    let signer = SignerKey::from_seed("registry.test/log", [3; 32]).expect("log key");
+    let memory = Arc::new(MemoryLedger::new());
+    filler(
+        &Ledger::open(memory.clone(), signer.clone()).expect("ledger"),
+        10_000,
+    );
+    let damaged = Ledger::open(
+        Arc::new(CountingBackend::new(memory).damaging_entry(5_000)),
+        signer,
+    )
+    .expect("the same ledger, read through damage");
+    let replayed =
+        Index::replay(&damaged, &|_| Err("no sealed entries here".to_string())).expect("replay");
+    assert_eq!(replayed.damaged(), &[5_000]);
+    assert_eq!(replayed.processed_below(), 10_000);
+}
+
+/// A damaged stored subtree hash over sound entries (each matching its own stored leaf hash)
+/// names no entry as damaged: the entries are what the log committed to.
+#[test]
+fn a_damaged_subtree_hash_over_sound_entries_names_none_of_them() {
+    use custodian_core::merkle::{stored_hash_count, stored_hash_index};
+    let signer = SignerKey::from_seed("registry.test/log", [3; 32]).expect("log key");
+    let memory = Arc::new(MemoryLedger::new());
+    filler(
+        &Ledger::open(memory.clone(), signer.clone()).expect("ledger"),
+        10_000,
+    );
+    let counter = Arc::new(CountingBackend::new(memory).damaging_hash(stored_hash_index(12, 1)));
+    let damaged =
+        Ledger::open(counter.clone(), signer).expect("the same ledger, read through damage");
+    counter.take();
+    let replayed =
+        Index::replay(&damaged, &|_| Err("no sealed entries here".to_string())).expect("replay");
+    assert!(replayed.damaged().is_empty());
+    assert_eq!(replayed.processed_below(), 10_000);
+    // Two subtree hashes, the damaged chunk's leaves read to find which entry failed, and the
+    // partial chunk's leaves.
+    let leaves_of = |from: u64, to: u64| stored_hash_count(to) - stored_hash_count(from);
+    assert_eq!(
+        counter.take().0,
+        2 + leaves_of(4_096, 8_192) + leaves_of(8_192, 10_000)
+    );
+}
+
 /// A deleted blob's fate is named by either of its digests, from the entry that deleted it
 /// last, read back from the log; a digest that shares a deleted blob's first 8 bytes (the
 /// index's key) but was never deleted is not called deleted.
