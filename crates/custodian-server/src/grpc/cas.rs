@@ -673,12 +673,15 @@ impl ContentStore for CasService {
                 }
             }
         }
+        // The caller's own strings go back (a digest parses only in its canonical form, so they
+        // are what formatting it would give), without formatting thousands of digests again.
         Ok(Response::new(pb::FindMissingResponse {
-            missing_digests: digests
-                .iter()
+            missing_digests: request
+                .digests
+                .into_iter()
                 .zip(present)
                 .filter(|(_, present)| !present)
-                .map(|(digest, _)| digest.to_string())
+                .map(|(digest, _)| digest)
                 .collect(),
         }))
     }
