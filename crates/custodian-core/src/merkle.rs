@@ -298,14 +298,22 @@ fn split_point(n: u64) -> u64 {
 /// starting at a multiple of their count) it equals the one hash the log stores for that subtree,
 /// so a reader holding the leaves can check all of them against that single stored hash.
 pub fn subtree_root(leaves: &[Hash]) -> Hash {
-    match leaves.len() {
-        0 => empty_root(),
-        1 => leaves[0],
-        n => {
-            let k = split_point(n as u64) as usize;
-            node_hash(&subtree_root(&leaves[..k]), &subtree_root(&leaves[k..]))
+    // Level by level from the leaves, pairing neighbours and carrying a last odd node up as it is:
+    // the same tree as the RFC's split at the largest power of two below `n` (the tests compare
+    // the two), without recursion.
+    let mut level = leaves.to_vec();
+    while level.len() > 1 {
+        let pairs = level.len() / 2;
+        for i in 0..pairs {
+            level[i] = node_hash(&level[2 * i], &level[2 * i + 1]);
         }
+        let odd = level.len() % 2 == 1;
+        if odd {
+            level[pairs] = level[level.len() - 1];
+        }
+        level.truncate(pairs + usize::from(odd));
     }
+    level.first().copied().unwrap_or_else(empty_root)
 }
 
 /// The root of the tree of the first `size` leaves, from stored hashes.

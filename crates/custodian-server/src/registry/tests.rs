@@ -402,23 +402,45 @@ async fn a_long_replay_applies_each_chunk_in_order() {
     );
 }
 
-/// A damaged entry past the first read of a long replay is found and named, and nothing after
-/// it is lost: the replay reads on.
-#[test]
-fn a_long_replay_names_a_damaged_entry_in_a_later_chunk() {
+/// A ledger of `count` filler entries, opened again through a counting backend that `damage` may
+/// set to hand out damaged bytes.
+fn counted_ledger(
+    count: u64,
+    damage: impl FnOnce(CountingBackend) -> CountingBackend,
+) -> (Ledger, Arc<CountingBackend>) {
     let signer = SignerKey::from_seed("registry.test/log", [3; 32]).expect("log key");
     let memory = Arc::new(MemoryLedger::new());
-    let ledger = Ledger::open(memory.clone(), signer.clone()).expect("ledger");
-    filler(&ledger, 10_000);
-    let damaged = Ledger::open(
-        Arc::new(CountingBackend::new(memory).damaging_entry(9_001)),
-        signer,
-    )
-    .expect("the same ledger, read through damage");
-    let replayed =
-        Index::replay(&damaged, &|_| Err("no sealed entries here".to_string())).expect("replay");
-    assert_eq!(replayed.damaged(), &[9_001]);
-    assert_eq!(replayed.processed_below(), 10_000);
+    filler(
+        &Ledger::open(memory.clone(), signer.clone()).expect("ledger"),
+        count,
+    );
+    let counter = Arc::new(damage(CountingBackend::new(memory)));
+    let ledger = Ledger::open(counter.clone(), signer).expect("the same ledger, counted");
+    (ledger, counter)
+}
+
+/// The body of a sealed entry, for ledgers that have none.
+fn no_sealed_bodies(_: &Digest) -> Result<Vec<u8>, String> {
+    Err("no sealed entries here".to_string())
+}
+
+/// How many hashes the log stores for entries `[from, to)`: what reading their leaf hashes reads.
+fn stored_for(from: u64, to: u64) -> u64 {
+    use custodian_core::merkle::stored_hash_count;
+    stored_hash_count(to) - stored_hash_count(from)
+}
+
+/// A damaged entry is found and named, and nothing after it is lost: the replay reads on. Past
+/// the first read, in a partial chunk (9,001: checked leaf by leaf) and inside a whole chunk
+/// (5,000: its subtree hash fails, and the chunk is then checked entry by entry).
+#[test]
+fn a_long_replay_names_a_damaged_entry_in_a_later_chunk() {
+    for at in [9_001, 5_000] {
+        let (damaged, _) = counted_ledger(10_000, |backend| backend.damaging_entry(at));
+        let replayed = Index::replay(&damaged, &no_sealed_bodies).expect("replay");
+        assert_eq!(replayed.damaged(), &[at]);
+        assert_eq!(replayed.processed_below(), 10_000);
+    }
 }
 
 /// A replay checks each complete chunk of 4,096 entries against the one hash the tree stores for
@@ -427,33 +449,22 @@ fn a_long_replay_names_a_damaged_entry_in_a_later_chunk() {
 /// are whole subtrees again.
 #[test]
 fn a_long_replay_checks_whole_chunks_against_their_subtree_hash() {
-    use custodian_core::merkle::stored_hash_count;
-    let signer = SignerKey::from_seed("registry.test/log", [3; 32]).expect("log key");
-    let memory = Arc::new(MemoryLedger::new());
-    filler(
-        &Ledger::open(memory.clone(), signer.clone()).expect("ledger"),
-        14_000,
-    );
-    let counter = Arc::new(CountingBackend::new(memory));
-    let ledger = Ledger::open(counter.clone(), signer).expect("the same ledger, counted");
-    let none = |_: &Digest| Err("no sealed entries here".to_string());
-    let leaves_of = |from: u64, to: u64| stored_hash_count(to) - stored_hash_count(from);
-
+    let (ledger, counter) = counted_ledger(14_000, |backend| backend);
     let mut index = Index::default();
     counter.take();
     index
-        .follow(&ledger, 5_000, &none)
+        .follow(&ledger, 5_000, &no_sealed_bodies)
         .expect("follow to 5,000");
     // Entries 0..4096 are one subtree: one hash; 4096..5000 are checked leaf by leaf.
-    assert_eq!(counter.take(), (1 + leaves_of(4_096, 5_000), 5_000));
+    assert_eq!(counter.take(), (1 + stored_for(4_096, 5_000), 5_000));
     index
-        .follow(&ledger, 14_000, &none)
+        .follow(&ledger, 14_000, &no_sealed_bodies)
         .expect("follow to 14,000");
     // 5000..8192 leaf by leaf, 8192..12288 one subtree, 12288..14000 leaf by leaf.
     assert_eq!(
         counter.take(),
         (
-            leaves_of(5_000, 8_192) + 1 + leaves_of(12_288, 14_000),
+            stored_for(5_000, 8_192) + 1 + stored_for(12_288, 14_000),
             9_000
         )
     );
@@ -461,52 +472,23 @@ fn a_long_replay_checks_whole_chunks_against_their_subtree_hash() {
     assert!(index.damaged().is_empty());
 }
 
-/// A damaged entry inside a complete chunk fails the chunk's subtree hash; the replay then checks
-/// that chunk's entries one by one and names the damaged entry alone.
-#[test]
-fn a_long_replay_names_a_damaged_entry_inside_a_whole_chunk() {
-    let signer = SignerKey::from_seed("registry.test/log", [3; 32]).expect("log key");
-    let memory = Arc::new(MemoryLedger::new());
-    filler(
-        &Ledger::open(memory.clone(), signer.clone()).expect("ledger"),
-        10_000,
-    );
-    let damaged = Ledger::open(
-        Arc::new(CountingBackend::new(memory).damaging_entry(5_000)),
-        signer,
-    )
-    .expect("the same ledger, read through damage");
-    let replayed =
-        Index::replay(&damaged, &|_| Err("no sealed entries here".to_string())).expect("replay");
-    assert_eq!(replayed.damaged(), &[5_000]);
-    assert_eq!(replayed.processed_below(), 10_000);
-}
-
 /// A damaged stored subtree hash over sound entries (each matching its own stored leaf hash)
 /// names no entry as damaged: the entries are what the log committed to.
 #[test]
 fn a_damaged_subtree_hash_over_sound_entries_names_none_of_them() {
-    use custodian_core::merkle::{stored_hash_count, stored_hash_index};
-    let signer = SignerKey::from_seed("registry.test/log", [3; 32]).expect("log key");
-    let memory = Arc::new(MemoryLedger::new());
-    filler(
-        &Ledger::open(memory.clone(), signer.clone()).expect("ledger"),
-        10_000,
-    );
-    let counter = Arc::new(CountingBackend::new(memory).damaging_hash(stored_hash_index(12, 1)));
-    let damaged =
-        Ledger::open(counter.clone(), signer).expect("the same ledger, read through damage");
+    use custodian_core::merkle::stored_hash_index;
+    let (damaged, counter) = counted_ledger(10_000, |backend| {
+        backend.damaging_hash(stored_hash_index(12, 1))
+    });
     counter.take();
-    let replayed =
-        Index::replay(&damaged, &|_| Err("no sealed entries here".to_string())).expect("replay");
+    let replayed = Index::replay(&damaged, &no_sealed_bodies).expect("replay");
     assert!(replayed.damaged().is_empty());
     assert_eq!(replayed.processed_below(), 10_000);
     // Two subtree hashes, the damaged chunk's leaves read to find which entry failed, and the
     // partial chunk's leaves.
-    let leaves_of = |from: u64, to: u64| stored_hash_count(to) - stored_hash_count(from);
     assert_eq!(
         counter.take().0,
-        2 + leaves_of(4_096, 8_192) + leaves_of(8_192, 10_000)
+        2 + stored_for(4_096, 8_192) + stored_for(8_192, 10_000)
     );
 }
 
