@@ -201,8 +201,8 @@ impl RetentionIndex {
             .map(|bytes| Digest::sha256(*bytes))
     }
 
-    /// The ledger index of the `BlobsDeleted` entry that may record the latest deletion of a blob (by either
-    /// digest): the latest filed under the digest's first 8 bytes. Only a candidate: another
+    /// The ledger index of the `BlobsDeleted` entry that may record the latest deletion of a
+    /// blob (by either digest): the latest filed under the digest's first 8 bytes. Only a candidate: another
     /// deleted blob may share those bytes, so the caller confirms that the entry names this
     /// digest. (Two deleted blobs sharing 8 bytes, about one chance in 10^7 among two million,
     /// leave the earlier without a named deletion: it is answered as never stored, not
