@@ -409,24 +409,6 @@ fn print_peer(report: &Report) {
     }
 }
 
-/// The daemon's CPU time so far (user + system), from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name; the kernel
-    // counts them in USER_HZ, 100 on Linux.
-    (ticks(11) + ticks(12)) as f64 / 100.0
-}
-
 /// The blobs put between two timed puts of the growth series, `total` bytes in all: half in
 /// 64 MiB blobs, a quarter in 8 MiB ones, an eighth in blobs of one block (1 MiB) and an eighth
 /// in 4 KiB blobs through `BatchPut` (those go into packs on RocksDB), so that the store grows
@@ -513,7 +495,7 @@ fn grow(
         file.write_all_at(format!("growth {i:>8}").as_bytes(), 0)?;
         file.sync_all()?;
         settle_disk();
-        let cpu = cpu_seconds(daemon.pid());
+        let cpu = crate::measure::cpu_seconds(daemon.pid());
         let start = Instant::now();
         run_checked(
             Command::new(&exe)
@@ -527,7 +509,7 @@ fn grow(
             stored_blobs: blobs,
             put_seconds: put,
             put_ratio_to_floor: put / floor,
-            daemon_cpu_seconds: cpu_seconds(daemon.pid()) - cpu,
+            daemon_cpu_seconds: crate::measure::cpu_seconds(daemon.pid()) - cpu,
         };
         eprintln!(
             "growth: {:.1} GiB in {} blobs stored, put {:.2} s ({:.2}× floor), daemon CPU {:.2} s",

@@ -56,6 +56,43 @@ pub fn settle_disk() {
     std::thread::sleep(Duration::from_secs(2));
 }
 
+/// The daemon's CPU time so far (user + system), from /proc.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name; the kernel
+    // counts them in USER_HZ, 100 on Linux.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// Waits until the daemon has gone quiet: less than a twentieth of a core busy over one second,
+/// for at most `limit`. A burst of writes leaves RocksDB compacting for a while after it is
+/// acknowledged; a scenario timed on a store just filled would otherwise pay for the fill's
+/// compactions, not for the size of the store. Returns how long the wait took, which the caller
+/// reports: that debt is real, only not the scenario's.
+pub fn settle_daemon(pid: u32, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut before = cpu_seconds(pid);
+    while started.elapsed() < limit {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = cpu_seconds(pid);
+        if now - before < 0.05 {
+            break;
+        }
+        before = now;
+    }
+    started.elapsed()
+}
+
 pub fn gib_per_s(bytes: u64, time: Duration) -> f64 {
     bytes as f64 / (1u64 << 30) as f64 / time.as_secs_f64()
 }

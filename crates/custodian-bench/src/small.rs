@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use custodian_testkit::Daemon;
 
+/// The longest wait for a filled store's daemon to go quiet before its timed calls.
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// How many FindMissing calls are timed: enough for a steady median on a noisy machine.
 const FIND_MISSING_CALLS: usize = 100;
 
@@ -56,6 +59,10 @@ pub struct Row {
     /// How fast those were put (BatchPut, blobs/s), if any were.
     #[serde(default)]
     pub prefill_blobs_per_s: Option<f64>,
+    /// Seconds the daemon stayed busy after the fill (RocksDB compacting what it had just been
+    /// given) before the timed calls began.
+    #[serde(default)]
+    pub settled_after_s: Option<f64>,
     pub blobs: usize,
     pub blob_bytes: usize,
     pub batch_put_blobs_per_s: f64,
@@ -193,6 +200,7 @@ async fn measure(args: &SmallArgs, daemon: &Daemon, backend: &str) -> anyhow::Re
         batch_ms_p99: custodian_testkit::percentile_ms(&latencies, 0.99),
         stored_before: 0,
         prefill_blobs_per_s: None,
+        settled_after_s: None,
         find_missing_digests: args.blobs,
         find_missing_ms_p50: custodian_testkit::percentile_ms(&find, 0.5),
         find_missing_ms_p99: custodian_testkit::percentile_ms(&find, 0.99),
@@ -288,9 +296,19 @@ pub fn run(args: SmallArgs) -> anyhow::Result<ExitCode> {
                 0 => None,
                 n => Some(runtime.block_on(prefill(&args, &daemon, backend, n))?),
             };
+            // The timed calls measure a store of this size, not the fill's compaction debt.
+            let settled = prefill_rate.map(|_| {
+                let waited = crate::measure::settle_daemon(daemon.pid(), SETTLE_LIMIT);
+                eprintln!(
+                    "the {backend} daemon went quiet {:.1} s after the fill",
+                    waited.as_secs_f64()
+                );
+                waited.as_secs_f64()
+            });
             let mut row = runtime.block_on(measure(&args, &daemon, backend))?;
             row.stored_before = stored;
             row.prefill_blobs_per_s = prefill_rate;
+            row.settled_after_s = settled;
             rows.push(row);
         }
     }
