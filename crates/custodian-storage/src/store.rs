@@ -142,9 +142,12 @@ pub trait BlobBackend: Send + Sync + 'static {
     /// SHA-256 is known in advance.
     async fn begin(&self, expect: &Expectation) -> Result<Box<dyn BlockSink>>;
 
-    /// Whether its sinks may take a staged file as a blob's blocks ([`BlockSink::adopt_file`]),
-    /// so that an upload engine staging in local files need not also write the blocks.
-    fn adopts_files(&self) -> bool {
+    /// Whether its sinks may take the staged file at `staged` as a blob's blocks
+    /// ([`BlockSink::adopt_file`]), so that an upload engine staging in local files need not
+    /// also write the blocks. A backend whose files may live on another file system than the
+    /// staging directory says no for those: the engine then mirrors the blocks as they arrive
+    /// instead of copying the whole file at the finish.
+    fn adopts_files(&self, _staged: &std::path::Path) -> bool {
         false
     }
 
@@ -323,9 +326,10 @@ impl BlobStore {
         self.backend.block_size()
     }
 
-    /// Whether a staged file can be moved into custody ([`BlobStore::commit_staged_file`]).
-    pub fn adopts_files(&self) -> bool {
-        self.backend.adopts_files()
+    /// Whether the staged file at `staged` can be moved into custody
+    /// ([`BlobStore::commit_staged_file`]).
+    pub fn adopts_files(&self, staged: &std::path::Path) -> bool {
+        self.backend.adopts_files(staged)
     }
 
     /// Starts a verified upload.
@@ -723,7 +727,7 @@ impl BlobStore {
         path: &std::path::Path,
         written_here: bool,
     ) -> Result<Option<PutOutcome>> {
-        if !self.backend.adopts_files() {
+        if !self.backend.adopts_files(path) {
             return Ok(None);
         }
         let meta = match self.staged_meta(staged, expect).await? {

@@ -446,7 +446,9 @@ impl UploadSessions {
     /// Whether the finish of session `id` can move its staged file into custody rather than
     /// copy it: the bytes are then written once.
     fn adopts_staged(&self, id: &str) -> bool {
-        self.store.adopts_files() && self.staging.local_file(id).is_some()
+        self.staging
+            .local_file(id)
+            .is_some_and(|path| self.store.adopts_files(&path))
     }
 
     fn info(&self, id: &str, file: &SessionState) -> SessionInfo {

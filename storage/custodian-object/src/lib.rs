@@ -1041,6 +1041,18 @@ impl BlobBackend for ObjectBackend {
         Some(self.commit_small_now(blobs).await)
     }
 
+    /// A `file://` store on the staged file's own file system takes the file by renaming it:
+    /// an upload session's bytes are then written once, not staged and mirrored.
+    fn adopts_files(&self, staged: &std::path::Path) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let Some(root) = &self.shared.packs else {
+            return false;
+        };
+        let device = |path: &std::path::Path| std::fs::metadata(path).map(|m| m.dev()).ok();
+        let staged_dir = staged.parent().unwrap_or(staged);
+        matches!((device(root), device(staged_dir)), (Some(a), Some(b)) if a == b)
+    }
+
     async fn begin(&self, expect: &Expectation) -> Result<Box<dyn BlockSink>> {
         let shared = &self.shared;
         shared.index.check_writable()?;

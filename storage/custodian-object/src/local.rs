@@ -136,6 +136,38 @@ impl BlockSink for LocalSink {
         Ok(())
     }
 
+    async fn adopt_file(&mut self, path: &std::path::Path, size: u64) -> Result<bool> {
+        if self.written > 0 || self.file.is_none() {
+            return Ok(false);
+        }
+        let (staged, partial) = (path.to_path_buf(), self.partial.clone());
+        let adopted =
+            tokio::task::spawn_blocking(move || -> std::io::Result<Option<std::fs::File>> {
+                let file = std::fs::OpenOptions::new().write(true).open(&staged)?;
+                // Bytes past the committed length (a piece cut off before it was acknowledged) are
+                // not the blob's.
+                if file.metadata()?.len() != size {
+                    file.set_len(size)?;
+                }
+                // The staged file replaces this upload's empty partial file; the commit syncs it
+                // before moving it to its final name, as for blocks written here.
+                match std::fs::rename(&staged, &partial) {
+                    Ok(()) => Ok(Some(file)),
+                    Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+            .map_err(|e| self.failed("adopt the staged file as", e))?
+            .map_err(|e| self.failed("adopt the staged file as", e))?;
+        let Some(file) = adopted else {
+            return Ok(false);
+        };
+        self.file = Some(file);
+        self.written = size;
+        Ok(true)
+    }
+
     async fn commit(mut self: Box<Self>, meta: BlobMeta) -> Result<(BlobMeta, bool)> {
         let Some(file) = self.file.take() else {
             return Err(StorageError::Aborted("upload already finished".into()));

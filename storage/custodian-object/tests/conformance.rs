@@ -376,3 +376,91 @@ async fn packed_blobs_survive_a_restart() {
     assert_eq!(store.pending_uploads().await.unwrap(), 0);
     assert_eq!(packs(&objects).len(), 1);
 }
+
+/// On `file://`, an upload session staged on the store's own file system is moved into custody
+/// at its finish: the blob's file is the staged file itself (same inode), so its bytes were
+/// written once. A staging directory on another file system is not adopted from: its blocks are
+/// mirrored as they arrive, and the blob reads back the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_staged_beside_the_store_becomes_the_blob_file() {
+    use custodian_storage::staging::LocalStaging;
+    use custodian_storage::uploads::{DEFAULT_UPLOAD_EXPIRY, UploadSessions};
+    use std::os::unix::fs::MetadataExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (objects, harness) = file_store(dir.path());
+    let store = harness.open().await;
+    let data = conformance::pattern(77, 3 * 256 * 1024 + 11);
+    let session = |staging_dir: std::path::PathBuf| {
+        let store = store.clone();
+        let data = data.clone();
+        async move {
+            let sessions = Arc::new(UploadSessions::open_in(
+                Arc::new(LocalStaging::open(&staging_dir).expect("staging dir")),
+                DEFAULT_UPLOAD_EXPIRY,
+                store,
+            ));
+            let id = sessions
+                .start("test", Default::default(), Default::default())
+                .await
+                .expect("start")
+                .id;
+            let body = futures::stream::iter(vec![Ok::<_, String>(data)]);
+            sessions
+                .append("test", &id, None, body)
+                .await
+                .expect("append");
+            let staged = std::fs::metadata(staging_dir.join(&id).join("data"))
+                .expect("the staged file")
+                .ino();
+            let outcome = sessions
+                .finish("test", &id, Default::default())
+                .await
+                .expect("finish");
+            (staged, outcome.meta.sha256())
+        }
+    };
+
+    let (staged, sha256) = session(dir.path().join("uploads")).await;
+    let hex = sha256.hex();
+    let blob_file = objects
+        .join("blobs/sha256")
+        .join(&hex[0..2])
+        .join(&hex[2..4])
+        .join(hex.as_str());
+    assert_eq!(
+        std::fs::metadata(&blob_file)
+            .expect("the blob's file")
+            .ino(),
+        staged,
+        "the staged file should have become the blob's file"
+    );
+    assert_eq!(read_all(&store, &sha256).await.expect("read back"), data);
+
+    // /dev/shm is a tmpfs on Linux: another file system than the temporary directory's disk.
+    let shm = std::path::Path::new("/dev/shm");
+    let other = tempfile::tempdir_in(shm).ok().filter(|other| {
+        std::fs::metadata(other.path()).map(|m| m.dev()).ok()
+            != std::fs::metadata(dir.path()).map(|m| m.dev()).ok()
+    });
+    let Some(other) = other else {
+        eprintln!("no second file system here; the mirrored path is not exercised");
+        return;
+    };
+    assert!(
+        store
+            .delete(&sha256)
+            .await
+            .expect("delete, to put it again")
+    );
+    let (staged, again) = session(other.path().join("uploads")).await;
+    assert_eq!(again, sha256);
+    assert_ne!(
+        std::fs::metadata(&blob_file)
+            .expect("the blob's file")
+            .ino(),
+        staged,
+        "a file on another file system cannot be renamed into the store"
+    );
+    assert_eq!(read_all(&store, &sha256).await.expect("read back"), data);
+}

@@ -889,7 +889,7 @@ impl BlobBackend for RocksBackend {
         }))
     }
 
-    fn adopts_files(&self) -> bool {
+    fn adopts_files(&self, _staged: &Path) -> bool {
         true
     }
 
