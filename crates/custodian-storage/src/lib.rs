@@ -9,6 +9,7 @@
 
 pub mod conformance;
 mod error;
+mod file_read;
 mod hashing;
 pub mod index;
 pub mod ledger;
@@ -23,6 +24,7 @@ mod store;
 pub mod uploads;
 
 pub use error::{Result, StorageError};
+pub use file_read::read_file_blocks;
 pub use hashing::{OffThreadHasher, Worker};
 pub use index::{BlobIndex, Leftover};
 pub use ledger::{

@@ -464,3 +464,61 @@ async fn a_session_staged_beside_the_store_becomes_the_blob_file() {
     );
     assert_eq!(read_all(&store, &sha256).await.expect("read back"), data);
 }
+
+/// On `file://`, a blob whose file was cut short or removed behind the store's back is damage,
+/// reported as the blob's (`Corrupt`, which the daemon answers as `DATA_LOSS`), never bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_file_cut_short_or_removed_is_damage() {
+    use custodian_storage::{Expectation, StorageError};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (objects, harness) = file_store(dir.path());
+    let store = harness.open().await;
+    let data = conformance::pattern(78, 2 * 256 * 1024 + 9);
+    let sha256 = store
+        .put_bytes(Expectation::default(), data.clone())
+        .await
+        .expect("put")
+        .meta
+        .sha256();
+    let hex = sha256.hex();
+    let file = objects
+        .join("blobs/sha256")
+        .join(&hex[0..2])
+        .join(&hex[2..4])
+        .join(hex.as_str());
+    assert_eq!(read_all(&store, &sha256).await.expect("intact"), data);
+
+    let get_error = |store: BlobStore| async move {
+        let read = store
+            .get(&sha256, custodian_storage::ByteRange::ALL)
+            .await
+            .map(|read| read.data);
+        let mut stream = match read {
+            Ok(stream) => stream,
+            Err(err) => return err,
+        };
+        while let Some(block) = futures::StreamExt::next(&mut stream).await {
+            if let Err(err) = block {
+                return err;
+            }
+        }
+        panic!("a damaged blob was read to its end");
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_len(256 * 1024 + 5))
+        .expect("cut the file short");
+    let err = get_error(store.clone()).await;
+    assert!(
+        matches!(&err, StorageError::Corrupt { detail, .. } if detail.contains("block 1")),
+        "{err}"
+    );
+    std::fs::remove_file(&file).expect("remove the file");
+    let err = get_error(store.clone()).await;
+    assert!(
+        matches!(&err, StorageError::Corrupt { detail, .. } if detail.contains("missing from the store")),
+        "{err}"
+    );
+}

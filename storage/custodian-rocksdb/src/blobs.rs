@@ -1201,11 +1201,8 @@ fn read_packed(
         .boxed()
 }
 
-/// How far ahead of a blob's reader its file is asked into the page cache.
-const READ_AHEAD: u64 = 16 << 20;
-
-/// Streams blocks `first..end` of a blob kept in `extent`'s file, read on the blocking pool one
-/// block at a time; a missing file or a short one is damage, reported as the blob's.
+/// Streams blocks `first..end` of a blob kept in `extent`'s file; a missing file or a short one
+/// is damage, reported as the blob's.
 fn read_file_blocks(
     extents: &Arc<Files>,
     extent: u64,
@@ -1213,63 +1210,15 @@ fn read_file_blocks(
     first: u64,
     end: u64,
 ) -> BlockStream {
-    let (extents, meta) = (extents.clone(), meta.clone());
-    // A bounded channel keeps at most a few blocks in memory however slow the reader is.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(2);
-    tokio::task::spawn_blocking(move || {
-        let digest = meta.sha256();
-        let damaged = |detail: String| StorageError::Corrupt { digest, detail };
-        let result = (|| -> Result<()> {
-            let file = std::fs::File::open(extents.path(extent)).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    damaged(format!("the file of its blocks ({extent:016x}) is missing"))
-                } else {
-                    extents.err(extent, e)
-                }
-            })?;
-            // Reads go forward through the file: let the kernel read further ahead.
-            let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
-            let block_size = u64::from(meta.block_size);
-            let stop = (end * block_size).min(meta.size);
-            let mut hinted = first * block_size;
-            for block in first..end {
-                // The kernel's own readahead keeps one request of a few hundred KiB in flight;
-                // asking for the next READ_AHEAD bytes keeps the disk's queue full. A cold 1 GiB
-                // read took 1.8-2.5 s without it and 0.9-1.1 s with it on this project's VM.
-                let at = block * block_size;
-                if hinted < stop && hinted < at + READ_AHEAD / 2 {
-                    let upto = (at + READ_AHEAD).min(stop);
-                    if let Some(len) = std::num::NonZeroU64::new(upto - hinted) {
-                        // Advice only: failing it changes the speed, never the bytes.
-                        let _ = rustix::fs::fadvise(
-                            &file,
-                            hinted,
-                            Some(len),
-                            rustix::fs::Advice::WillNeed,
-                        );
-                    }
-                    hinted = upto;
-                }
-                let mut buf = vec![0u8; meta.block_len(block) as usize];
-                file.read_exact_at(&mut buf, block * block_size)
-                    .map_err(|e| {
-                        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                            damaged(format!("block {block} is missing from storage"))
-                        } else {
-                            extents.err(extent, e)
-                        }
-                    })?;
-                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                    return Ok(()); // The reader went away.
-                }
-            }
-            Ok(())
-        })();
-        if let Err(err) = result {
-            let _ = tx.blocking_send(Err(err));
-        }
-    });
-    tokio_stream_from(rx)
+    let files = extents.clone();
+    custodian_storage::read_file_blocks(
+        extents.path(extent),
+        meta,
+        first,
+        end,
+        format!("the file of its blocks ({extent:016x}) is missing"),
+        move |e| files.err(extent, e),
+    )
 }
 
 /// Adapts a channel receiver into a stream.
