@@ -34,12 +34,17 @@ pub struct CustodyArgs {
     /// when it is installed: monolithic upload, streamed download, download to a file)
     #[arg(long)]
     no_peer: bool,
-    /// Then put this many more blobs of the same size, each different, into one RocksDB store,
+    /// Then put this many more blobs of the same size, each different, into one store (see
+    /// --grow-backend),
     /// timing each, with as many bytes again of mixed blobs put between them (64 MiB, 8 MiB,
     /// 1 MiB, and 4 KiB ones through BatchPut): the put's cost as the store grows (e.g. 10 for
     /// 0 → 20 GiB)
     #[arg(long, default_value_t = 0)]
     grow: u64,
+    /// The backend the growth series fills: rocksdb, or file (a `file://` object store, whose
+    /// index is RocksDB too)
+    #[arg(long, default_value = "rocksdb")]
+    grow_backend: String,
     /// Write the growth series as an SVG plot to this file
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -112,10 +117,17 @@ pub struct Report {
     pub growth: Vec<GrowthPoint>,
     #[serde(default)]
     pub growth_daemon_peak_rss_mib: Option<f64>,
+    /// The backend the growth series filled (rocksdb when absent: the series' first backend).
+    #[serde(default)]
+    pub growth_backend: Option<String>,
 }
 
 /// Runs the scenario.
 pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
+    if args.grow > 0 {
+        // A misspelt backend is reported now, not after the main measurements.
+        crate::measure::storage_for(&args.grow_backend, Path::new("/"))?;
+    }
     let exe = custodian_testkit::binary();
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let work = base.join(format!("custodian-bench-{}", std::process::id()));
@@ -152,6 +164,7 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
         peer: None,
         growth: Vec::new(),
         growth_daemon_peak_rss_mib: None,
+        growth_backend: None,
     };
     let floor = openssl.max(disk).as_secs_f64();
 
@@ -236,8 +249,9 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if args.grow > 0 {
-        let (points, peak) = grow(&work, &input, size, args.grow, floor)?;
+        let (points, peak) = grow(&work, &input, size, args.grow, floor, &args.grow_backend)?;
         report.growth = points;
+        report.growth_backend = Some(args.grow_backend.clone());
         report.growth_daemon_peak_rss_mib = Some(peak as f64 / (1 << 20) as f64);
         if let Some(plot) = &args.plot {
             std::fs::write(plot, growth_svg(&report.growth, floor))
@@ -469,7 +483,7 @@ fn mixed_bytes(total: u64) -> u64 {
         + (total / 8 / 4096).max(1000) * 4096
 }
 
-/// Puts `count` different blobs of `size` bytes into one fresh RocksDB store, one after
+/// Puts `count` different blobs of `size` bytes into one fresh store of `backend`, one after
 /// another, timing each, with `size` bytes of mixed blobs ([`fill_mixed`]) put after each;
 /// returns the series and the daemon's peak RSS.
 fn grow(
@@ -478,12 +492,17 @@ fn grow(
     size: u64,
     count: u64,
     floor: f64,
+    backend: &str,
 ) -> anyhow::Result<(Vec<GrowthPoint>, u64)> {
     use std::os::unix::fs::FileExt as _;
     let exe = custodian_testkit::binary();
     let data_dir = work.join("data-grow");
-    let _ = std::fs::remove_dir_all(&data_dir);
-    let daemon = crate::measure::daemon(&data_dir, "rocksdb", &[])?;
+    let objects = work.join("objects-grow");
+    for dir in [&data_dir, &objects] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let storage = crate::measure::storage_for(backend, &objects)?;
+    let daemon = crate::measure::daemon(&data_dir, &storage, &[])?;
     let file = std::fs::OpenOptions::new().write(true).open(input)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -531,7 +550,9 @@ fn grow(
     }
     let peak = daemon.peak_rss();
     drop(daemon);
-    let _ = std::fs::remove_dir_all(&data_dir);
+    for dir in [&data_dir, &objects] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     Ok((points, peak))
 }
 
@@ -561,7 +582,8 @@ fn print_growth(report: &Report, floor: f64) {
     }
     if let Some((fresh, grown, at)) = growth_summary(&report.growth) {
         println!(
-            "fresh store {fresh:.2} s ({:.2}× floor); from {at:.0} GiB stored, median {grown:.2} s ({:.2}× floor): prefilled / fresh = {:.2}; daemon peak RSS {:.1} MiB",
+            "{}: fresh store {fresh:.2} s ({:.2}× floor); from {at:.0} GiB stored, median {grown:.2} s ({:.2}× floor): prefilled / fresh = {:.2}; daemon peak RSS {:.1} MiB",
+            report.growth_backend.as_deref().unwrap_or("rocksdb"),
             fresh / floor,
             grown / floor,
             grown / fresh,
