@@ -254,7 +254,7 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
         report.growth_backend = Some(args.grow_backend.clone());
         report.growth_daemon_peak_rss_mib = Some(peak as f64 / (1 << 20) as f64);
         if let Some(plot) = &args.plot {
-            std::fs::write(plot, growth_svg(&report.growth, floor))
+            std::fs::write(plot, growth_svg(&report.growth, floor, &args.grow_backend))
                 .with_context(|| format!("writing {}", plot.display()))?;
         }
     }
@@ -593,15 +593,19 @@ fn print_growth(report: &Report, floor: f64) {
 }
 
 /// The growth series as an SVG line plot: put time against what the store held, with the
-/// machine's floor for scale.
-pub fn growth_svg(points: &[GrowthPoint], floor: f64) -> String {
+/// machine's floor for scale; `backend` (rocksdb or file) names the store in the title.
+pub fn growth_svg(points: &[GrowthPoint], floor: f64, backend: &str) -> String {
+    let store = match backend {
+        "file" => "file://",
+        _ => "RocksDB",
+    };
     let (w, h, left, right, top, bottom) = (640.0, 360.0, 60.0, 20.0, 40.0, 50.0);
     let max_x = points.iter().map(|p| p.stored_gib).fold(1.0, f64::max);
     let max_y = points.iter().map(|p| p.put_seconds).fold(floor, f64::max) * 1.15;
     let x = |v: f64| left + v / max_x * (w - left - right);
     let y = |v: f64| h - bottom - v / max_y * (h - top - bottom);
     let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"22\" font-size=\"14\">Put of one large blob against what the store already holds (RocksDB)</text>\n"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"22\" font-size=\"14\">Put of one large blob against what the store already holds ({store})</text>\n"
     );
     svg += &format!(
         "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n",
@@ -673,8 +677,9 @@ mod tests {
         let points: Vec<GrowthPoint> = (0..8)
             .map(|i| point(f64::from(i), 2.0 + 0.1 * f64::from(i)))
             .collect();
-        let svg = growth_svg(&points, 1.0);
+        let svg = growth_svg(&points, 1.0, "file");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("already holds (file://)"));
         assert_eq!(svg.matches("<circle").count(), 8);
         assert_eq!(svg.matches("<polyline").count(), 1);
         assert!(svg.contains("floor: max(SHA-256, write+fsync) 1.00 s"));
