@@ -221,6 +221,16 @@ async fn put_all(
     store.put_many(items).await
 }
 
+/// Where a `file://` store keeps a blob that is an object of its own.
+fn blob_file(objects: &std::path::Path, sha256: &custodian_core::Digest) -> std::path::PathBuf {
+    let hex = sha256.hex();
+    objects
+        .join("blobs/sha256")
+        .join(&hex[0..2])
+        .join(&hex[2..4])
+        .join(hex.as_str())
+}
+
 /// The pack files under a `file://` store's root.
 fn packs(objects: &std::path::Path) -> Vec<std::path::PathBuf> {
     walk(&objects.join("packs"))
@@ -422,12 +432,7 @@ async fn a_session_staged_beside_the_store_becomes_the_blob_file() {
     };
 
     let (staged, sha256) = session(dir.path().join("uploads")).await;
-    let hex = sha256.hex();
-    let blob_file = objects
-        .join("blobs/sha256")
-        .join(&hex[0..2])
-        .join(&hex[2..4])
-        .join(hex.as_str());
+    let blob_file = blob_file(&objects, &sha256);
     assert_eq!(
         std::fs::metadata(&blob_file)
             .expect("the blob's file")
@@ -481,12 +486,7 @@ async fn a_blob_file_cut_short_or_removed_is_damage() {
         .expect("put")
         .meta
         .sha256();
-    let hex = sha256.hex();
-    let file = objects
-        .join("blobs/sha256")
-        .join(&hex[0..2])
-        .join(&hex[2..4])
-        .join(hex.as_str());
+    let file = blob_file(&objects, &sha256);
     assert_eq!(read_all(&store, &sha256).await.expect("intact"), data);
 
     let get_error = |store: BlobStore| async move {
