@@ -847,7 +847,7 @@ impl ObjectBackend {
                 .collect());
         }
         let committed = match &shared.packs {
-            Some(_) => commit_pack(&shared, todo).await?,
+            Some(root) => commit_pack(&shared, root, todo).await?,
             None => commit_objects(&shared, todo).await?,
         };
         let committed: std::collections::HashMap<Digest, (BlobMeta, bool)> = committed
@@ -935,14 +935,16 @@ async fn commit_objects(
     committed
 }
 
-/// Commits new small blobs as one pack: a single local file holding them all, each at a
-/// [`packs::PACK_ALIGN`] boundary, its metadata naming the pack and the offset. One synced pending
-/// record, the pack written and fsynced (with its directory), one synced index batch: one new
-/// file per batch instead of one per blob, which is what bounds a file system's rate.
+/// Commits new small blobs as one pack under the store's `root`: a single local file holding
+/// them all, each at a [`packs::PACK_ALIGN`] boundary, its metadata naming the pack and the
+/// offset. One synced pending record, the pack written and fsynced (with its directory), one
+/// synced index batch: one new file per batch instead of one per blob, which is what bounds a
+/// file system's rate.
 /// A crash before the index commit leaves the pending record, and the next open deletes the
 /// pack it names; none of its blobs was visible.
 async fn commit_pack(
     shared: &Arc<Shared>,
+    root: &std::path::Path,
     todo: Vec<(BlobMeta, Bytes)>,
 ) -> Result<Vec<(BlobMeta, bool)>> {
     let name = shared.name;
@@ -952,9 +954,6 @@ async fn commit_pack(
         direct: None,
         key: key.clone(),
         packed_range: None,
-    };
-    let Some(root) = shared.packs.clone() else {
-        return Err(shared.err("a pack is written only into a local store"));
     };
     shared.begin_pending(vec![(id, record)]).await?;
     let mut blobs: Vec<Bytes> = Vec::with_capacity(todo.len());
