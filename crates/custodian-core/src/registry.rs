@@ -434,6 +434,12 @@ pub struct DeletedBlob {
     /// can learn its fate (absent in entries written before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blake3: Option<String>,
+    /// When the deleted copy was committed (ms since the Unix epoch). The same digest put again
+    /// after the deletion is a new copy, committed later; a daemon finishing this deletion after
+    /// a crash, or an auditor reconciling a listing, tells the two apart by this time (absent in
+    /// entries written before it was recorded: the entry's own time bounds the copy then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_ms: Option<u64>,
 }
 
 /// Blobs removed from custody, recorded before they are removed: an auditor can tell every

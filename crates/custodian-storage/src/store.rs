@@ -390,12 +390,13 @@ impl BlobStore {
             }
         }
         for small in small.chunks(SMALL_COMMIT_MAX) {
-            let batch: Vec<(BlobMeta, Bytes)> = small
-                .iter()
-                .map(|(_, _, meta, data)| (meta.clone(), data.clone()))
-                .collect();
             let digests: Vec<Digest> = small.iter().map(|(_, _, m, _)| m.sha256()).collect();
             let keep = self.retention.keep(&digests).await;
+            let created = now_unix_ms();
+            let batch: Vec<(BlobMeta, Bytes)> = small
+                .iter()
+                .map(|(_, _, meta, data)| (stamped(meta.clone(), created), data.clone()))
+                .collect();
             match self.backend.commit_small(batch).await {
                 Some(Ok(outcomes)) => {
                     for ((i, ..), (meta, already_present)) in small.iter().zip(outcomes) {
@@ -571,12 +572,12 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// The metadata the blob is committed with, created now.
+    /// The metadata the blob is committed with (its creation time is stamped by the commit).
     fn into_meta(self) -> BlobMeta {
         BlobMeta {
             digests: self.digests,
             size: self.size,
-            created_unix_ms: now_unix_ms(),
+            created_unix_ms: UNSTAMPED,
             block_size: self.block_size,
             block_crcs: self.block_crcs,
             packed: None,
@@ -613,7 +614,7 @@ impl BlobStore {
     /// a blob that was already there: the one way every put path ends.
     async fn commit_sink(&self, sink: Box<dyn BlockSink>, meta: BlobMeta) -> Result<PutOutcome> {
         let _keep = self.retention.keep(&[meta.sha256()]).await;
-        let (meta, already_present) = sink.commit(meta).await?;
+        let (meta, already_present) = sink.commit(stamped(meta, now_unix_ms())).await?;
         let outcome = PutOutcome {
             meta,
             already_present,
@@ -964,7 +965,7 @@ impl BlobWriter {
         let meta = BlobMeta {
             digests,
             size,
-            created_unix_ms: now_unix_ms(),
+            created_unix_ms: UNSTAMPED,
             block_size: self.block_size as u32,
             block_crcs: std::mem::take(&mut self.crcs),
             packed: None,
@@ -1083,7 +1084,7 @@ fn small_meta(expect: &Expectation, data: &Bytes, block_size: usize) -> Result<B
     Ok(BlobMeta {
         digests,
         size,
-        created_unix_ms: now_unix_ms(),
+        created_unix_ms: UNSTAMPED,
         block_size: block_size as u32,
         block_crcs: if data.is_empty() {
             Vec::new()
@@ -1092,6 +1093,19 @@ fn small_meta(expect: &Expectation, data: &Bytes, block_size: usize) -> Result<B
         },
         packed: None,
     })
+}
+
+/// The creation time of metadata not committed yet: every commit stamps its own.
+const UNSTAMPED: u64 = 0;
+
+/// `meta` created at `created_ms`. A blob's creation time is taken when its commit holds the
+/// retention gate's shared side, not when its bytes were hashed: a collection that recorded the
+/// deletion of an earlier copy of the same digest and deleted it while this upload waited at the
+/// gate must see this copy as newer than that deletion, or a restart that finishes recorded
+/// deletions ([`BlobMeta::created_unix_ms`] against the entry) would remove an acknowledged blob.
+fn stamped(mut meta: BlobMeta, created_ms: u64) -> BlobMeta {
+    meta.created_unix_ms = created_ms;
+    meta
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.

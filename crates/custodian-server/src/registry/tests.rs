@@ -336,6 +336,7 @@ fn a_deletion_entry_names_its_digests_to_a_publication_condition() {
                 digest: digest.clone(),
                 size: 1,
                 blake3: None,
+                created_ms: None,
             })
             .collect(),
         reason: "garbage collection".into(),
@@ -509,6 +510,7 @@ async fn a_tombstone_is_confirmed_by_the_entry_that_deleted_the_blob() {
                     digest: d.sha256.to_string(),
                     size: *size,
                     blake3: Some(d.blake3.to_string()),
+                    created_ms: None,
                 })
                 .collect(),
             reason: reason.into(),
@@ -557,4 +559,80 @@ async fn a_tombstone_is_confirmed_by_the_entry_that_deleted_the_blob() {
             .await
             .is_none()
     );
+}
+
+/// A deletion finished after a crash removes the copy its entry deleted and nothing newer: the
+/// race the entry's copy time closes is a put hashed before a collection recorded the deletion
+/// and committed after it deleted the older copy, so the new copy's commit time may be earlier
+/// than the entry's own. Entries written before the copy's time was recorded fall back to the
+/// entry's time, and (as this shows) would remove that new copy.
+#[tokio::test]
+async fn finishing_a_recorded_deletion_spares_a_copy_put_again_after_it() {
+    use custodian_core::registry::{BlobsDeleted, DeletedBlob, to_payload};
+    let f = fixture().await;
+    let store = f.registry.store().clone();
+    let bytes = Bytes::from_static(b"a blob put, collected, and put again");
+    let put = || async {
+        let outcome = store
+            .put_bytes(Expectation::default(), bytes.clone())
+            .await
+            .expect("put");
+        assert!(!outcome.already_present);
+        outcome.meta
+    };
+    // `created_ms` None is an entry of the earlier format.
+    let record = |copy: &custodian_storage::BlobMeta, created_ms: Option<u64>, time_ms: u64| {
+        let event = BlobsDeleted {
+            blobs: vec![DeletedBlob {
+                digest: copy.sha256().to_string(),
+                size: copy.size,
+                blake3: Some(copy.digests.blake3.to_string()),
+                created_ms,
+            }],
+            reason: "garbage collection".into(),
+            policy: "unreferenced".into(),
+            grace_ms: 0,
+            by: "test".into(),
+        };
+        let (appended, _) = f
+            .ledger
+            .append(
+                vec![(
+                    EntryKind::BlobsDeleted,
+                    to_payload(&event).expect("payload"),
+                )],
+                time_ms,
+            )
+            .expect("append");
+        for entry in appended {
+            f.registry.apply(entry.index, &entry.decoded);
+        }
+    };
+    let finish = || crate::retention::finish_recorded(&f.registry);
+
+    let first = put().await;
+    assert!(store.delete(&first.sha256()).await.expect("delete"));
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let second = put().await;
+    assert!(second.created_unix_ms > first.created_unix_ms);
+    // Recorded (with the first copy's time) a minute after the second copy was committed.
+    let entry_ms = second.created_unix_ms + 60_000;
+    record(&first, Some(first.created_unix_ms), entry_ms);
+    assert_eq!(finish().await.expect("finish"), 0);
+    assert!(store.stat(&second.sha256()).await.expect("stat").is_some());
+
+    // The same entry without the copy's time bounds the copy by its own time instead.
+    record(&first, None, entry_ms);
+    assert_eq!(finish().await.expect("finish"), 1);
+    assert!(store.stat(&second.sha256()).await.expect("stat").is_none());
+
+    // A crash between the entry and the delete: the copy it names is still there, and goes.
+    let third = put().await;
+    record(
+        &third,
+        Some(third.created_unix_ms),
+        third.created_unix_ms + 1,
+    );
+    assert_eq!(finish().await.expect("finish"), 1);
+    assert!(store.stat(&third.sha256()).await.expect("stat").is_none());
 }

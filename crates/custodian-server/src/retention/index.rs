@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use custodian_core::Digest;
-use custodian_core::registry::{BlobRetention, BlobsDeleted, RetentionAction};
+use custodian_core::registry::{BlobRetention, BlobsDeleted, DeletedBlob, RetentionAction};
 
 use super::tombstones::Tombstones;
 
@@ -51,6 +51,13 @@ pub struct Tombstone {
     pub size: u64,
 }
 
+/// The latest creation time a copy of `blob` deleted by an entry written at `entry_ms` can
+/// have: the time the entry records for the copy, or, in entries written before that was
+/// recorded, the entry's own time (a copy is judged before its deletion is recorded).
+pub fn deleted_copy_created_by(blob: &DeletedBlob, entry_ms: u64) -> u64 {
+    blob.created_ms.unwrap_or(entry_ms)
+}
+
 /// The first 8 bytes of a digest: a tombstone's key.
 fn prefix(digest: &Digest) -> [u8; 8] {
     let mut key = [0u8; 8];
@@ -63,10 +70,10 @@ fn prefix(digest: &Digest) -> [u8; 8] {
 pub struct Deletion {
     /// The `BlobsDeleted` entry.
     pub index: u64,
-    /// When it was recorded.
-    pub time_ms: u64,
-    /// The blobs.
-    pub digests: Vec<Digest>,
+    /// The blobs, each with the latest creation time a copy it deleted can have: the deleted
+    /// copy's own when the entry records it, else the entry's time. A copy created later was
+    /// put again after the deletion and stays.
+    pub copies: Vec<(Digest, u64)>,
 }
 
 /// Pins, holds and tombstones by blob.
@@ -156,13 +163,12 @@ impl RetentionIndex {
                     self.tombstones.insert(prefix(&blake3), place);
                 }
             }
-            list.push(digest);
+            list.push((digest, deleted_copy_created_by(blob, time_ms)));
         }
         self.deletion_entries.push(index);
         self.deletions.push(Deletion {
             index,
-            time_ms,
-            digests: list,
+            copies: list,
         });
     }
 

@@ -578,25 +578,9 @@ impl Collector {
         out
     }
 
-    /// Finishes deletions that were recorded but not carried out (a crash between the entry
-    /// and the deletes): each blob still in custody that was committed before its entry goes;
-    /// one uploaded again after the entry stays. Returns how many were deleted now.
+    /// Finishes deletions that were recorded but not carried out (see [`finish_recorded`]).
     pub async fn finish_recorded(&self) -> Result<u64, RegistryError> {
-        let deletions = self.registry.write().retention_mut().take_deletions();
-        let store = self.registry.store();
-        let mut done = 0;
-        for deletion in deletions {
-            for digest in &deletion.digests {
-                if let Some(meta) = store.stat(digest).await?
-                    && meta.created_unix_ms <= deletion.time_ms
-                    && store.delete(digest).await?
-                {
-                    tracing::debug!(%digest, entry = deletion.index, "finished a recorded deletion");
-                    done += 1;
-                }
-            }
-        }
-        Ok(done)
+        finish_recorded(&self.registry).await
     }
 
     /// Collects garbage (see the module docs). Needs an admin token; refuses a grace period
@@ -816,6 +800,7 @@ impl Collector {
                         digest: m.sha256().to_string(),
                         size: m.size,
                         blake3: Some(m.digests.blake3.to_string()),
+                        created_ms: Some(m.created_unix_ms),
                     })
                     .collect(),
                 reason: why.reason.to_string(),
@@ -949,6 +934,28 @@ impl Collector {
     }
 }
 
+/// Finishes the deletions `registry` recorded but did not carry out (a crash between the entry
+/// and the deletes): each blob still in custody as the copy the entry deleted goes; a copy
+/// uploaded again after the deletion (committed later than the deleted copy) stays. Returns how
+/// many were deleted now.
+pub async fn finish_recorded(registry: &Registry) -> Result<u64, RegistryError> {
+    let deletions = registry.write().retention_mut().take_deletions();
+    let store = registry.store();
+    let mut done = 0;
+    for deletion in deletions {
+        for (digest, created_by) in &deletion.copies {
+            if let Some(meta) = store.stat(digest).await?
+                && meta.created_unix_ms <= *created_by
+                && store.delete(digest).await?
+            {
+                tracing::debug!(%digest, entry = deletion.index, "finished a recorded deletion");
+                done += 1;
+            }
+        }
+    }
+    Ok(done)
+}
+
 /// What keeps a blob outside the ledger.
 struct Outside {
     /// Its latest acknowledgement to a put, by any daemon sharing the store.
@@ -1053,6 +1060,7 @@ mod tests {
                     blake3: Some(
                         Digest::of(custodian_core::Algorithm::Blake3, &i.to_le_bytes()).to_string(),
                     ),
+                    created_ms: Some(u64::MAX),
                 })
                 .collect(),
             reason: "garbage collection".repeat(20),

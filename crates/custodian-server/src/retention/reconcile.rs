@@ -21,6 +21,7 @@ use custodian_core::entry::{Entry, EntryKind};
 use custodian_core::registry::BlobsDeleted;
 use serde::{Deserialize, Serialize};
 
+use super::index::deleted_copy_created_by;
 use crate::registry::index::Index;
 
 /// One line of a custody listing (`custodian blob list --json`): a blob in custody.
@@ -172,8 +173,9 @@ pub fn reconcile(
     let mut index = Index::default();
     // Every blob the ledger named, as of the listing.
     let mut named: BTreeSet<[u8; 32]> = BTreeSet::new();
-    // Every recorded deletion in the whole export: the latest entry and its time, per blob.
-    let mut deleted: HashMap<[u8; 32], (u64, u64)> = HashMap::new();
+    // Every recorded deletion in the whole export, per blob: the latest entry, its time, and
+    // the latest creation time of the copy it deleted (a copy created later was put again).
+    let mut deleted: HashMap<[u8; 32], (u64, u64, u64)> = HashMap::new();
     for (at, bytes) in entries {
         let bad = |message: String| ReconcileError::Entry { index: at, message };
         if let Some(kind) = custodian_core::entry::peek_kind(&bytes)
@@ -186,10 +188,11 @@ pub fn reconcile(
             let event: BlobsDeleted = entry.event().map_err(|e| bad(e.to_string()))?;
             for blob in &event.blobs {
                 let digest: Digest = blob.digest.parse().map_err(|e| bad(format!("{e}")))?;
-                deleted.insert(*digest.bytes(), (at, entry.time_ms));
+                let copy = deleted_copy_created_by(blob, entry.time_ms);
+                deleted.insert(*digest.bytes(), (at, entry.time_ms, copy));
                 if let Some(blake3) = &blob.blake3 {
                     let digest: Digest = blake3.parse().map_err(|e| bad(format!("{e}")))?;
-                    deleted.insert(*digest.bytes(), (at, entry.time_ms));
+                    deleted.insert(*digest.bytes(), (at, entry.time_ms, copy));
                 }
             }
         }
@@ -248,8 +251,8 @@ pub fn reconcile(
         if touched.saturating_add(options.grace_ms) > now {
             kept.push("grace".to_string());
         }
-        if let Some((entry, time_ms)) = deleted.get(sha.bytes())
-            && *time_ms >= line.created_ms
+        if let Some((entry, time_ms, copy_created_by)) = deleted.get(sha.bytes())
+            && *copy_created_by >= line.created_ms
             && *time_ms <= now
         {
             report.pending_deletions.push(Finding {
@@ -289,7 +292,7 @@ pub fn reconcile(
         let kept = keepers(&sha);
         match (deleted.get(&bytes), kept.is_empty()) {
             (Some(_), true) => report.absent_tombstoned += 1,
-            (Some((entry, _)), false) => report.forced_deletions.push(Finding {
+            (Some((entry, ..)), false) => report.forced_deletions.push(Finding {
                 digest: sha.to_string(),
                 detail: format!(
                     "kept by {} yet deleted on the record at entry {entry}",
@@ -353,7 +356,12 @@ mod tests {
         )
     }
 
+    /// A deletion entry as written before the deleted copy's creation time was recorded.
     fn deleted(time_ms: u64, seed: u8) -> Vec<u8> {
+        deleted_copy(time_ms, seed, None)
+    }
+
+    fn deleted_copy(time_ms: u64, seed: u8, created_ms: Option<u64>) -> Vec<u8> {
         let (sha, b3) = digest(seed);
         entry(
             time_ms,
@@ -362,6 +370,7 @@ mod tests {
                     digest: sha.to_string(),
                     size: 1,
                     blake3: Some(b3.to_string()),
+                    created_ms,
                 }],
                 reason: "garbage collection".into(),
                 policy: "test".into(),
@@ -459,6 +468,20 @@ mod tests {
         // Uploaded again after the deletion: not pending.
         let r = run(vec![deleted(10, 5)], &[line(5, 20)], &[]);
         assert!(r.pending_deletions.is_empty(), "{r:?}");
+    }
+
+    /// The entry names the copy it deleted: a copy committed later is a new upload even when
+    /// its commit time is earlier than the entry's (it was hashed, then waited at the gate while
+    /// the collection recorded and deleted the older copy).
+    #[test]
+    fn a_deletion_that_names_its_copy_spares_a_later_copy() {
+        let r = run(vec![deleted_copy(10, 5, Some(3))], &[line(5, 3)], &[]);
+        assert_eq!(r.pending_deletions.len(), 1, "{r:?}");
+        let r = run(vec![deleted_copy(10, 5, Some(3))], &[line(5, 7)], &[]);
+        assert!(r.pending_deletions.is_empty(), "{r:?}");
+        // Without the copy's time, the entry's own bounds it, and the same listing is pending.
+        let r = run(vec![deleted(10, 5)], &[line(5, 7)], &[]);
+        assert_eq!(r.pending_deletions.len(), 1, "{r:?}");
     }
 
     #[test]
