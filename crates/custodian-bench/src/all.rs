@@ -100,6 +100,28 @@ fn row(
     }
 }
 
+/// The row of unary calls that do no work, beside the target a unary scenario with the same
+/// callers is held to: `ratio` below 1 says that no call, however little it did, would meet it.
+fn noop_row(noop: &crate::measure::CallRate, target: String, ratio: f64) -> Row {
+    row(
+        format!(
+            "unary gRPC health checks (no work), {} callers over {} connections",
+            noop.callers, noop.connections
+        ),
+        format!(
+            "{:.0} calls/s, daemon CPU {:.0} µs each",
+            noop.calls_per_second, noop.daemon_cpu_us_per_call
+        ),
+        ms(noop.p50_ms),
+        ms(noop.p99_ms),
+        None,
+        target,
+        format!("{ratio:.2}×"),
+        "—",
+        None,
+    )
+}
+
 /// What every scenario reported, as the scenario's own types: a renamed or missing field fails
 /// here, loudly, instead of turning into a blank in the summary.
 #[derive(Serialize, Deserialize)]
@@ -344,7 +366,10 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
         };
         out.push(row(
             format!("durable ledger appends, {} gRPC writers", r.writers),
-            format!("{rate:.0}/s"),
+            match r.daemon_cpu_us_per_append {
+                Some(us) => format!("{rate:.0}/s, daemon CPU {us:.0} µs each"),
+                None => format!("{rate:.0}/s"),
+            },
             ms(p50),
             ms(p99),
             r.daemon_peak_rss_mib,
@@ -352,6 +377,13 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
             ratio,
             target,
             met.map(|m| m && r.daemon_peak_rss_mib.is_none_or(within_budget)),
+        ));
+    }
+    if let Some(noop) = &ledger.grpc_noop {
+        out.push(noop_row(
+            noop,
+            format!("RocksDB 64-writer synced puts {group:.0}/s"),
+            noop.calls_per_second / group,
         ));
     }
     if let Some(large) = &ledger.appends_on_large_log {
@@ -425,7 +457,10 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
         let unary = s.name.contains("unary");
         out.push(row(
             format!("{}, {} client(s)", s.name, s.clients),
-            format!("{rate:.0} runs/s"),
+            match s.daemon_cpu_us_per_run {
+                Some(us) => format!("{rate:.0} runs/s, daemon CPU {us:.0} µs each"),
+                None => format!("{rate:.0} runs/s"),
+            },
             ms(s.call_ms_p50),
             ms(s.call_ms_p99),
             Some(evidence.daemon_peak_rss_mib),
@@ -444,6 +479,14 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
             } else {
                 rate >= 10_000.0
             }),
+        ));
+    }
+    if let Some(noop) = &evidence.noop {
+        let half = 0.5 * limits.ed25519_verifies_per_s;
+        out.push(noop_row(
+            noop,
+            format!("half the Ed25519 verify rate {half:.0}/s"),
+            noop.calls_per_second / half,
         ));
     }
     // REST data pack.

@@ -49,6 +49,9 @@ pub struct Scenario {
     /// Latency of one call (one run unary, `batch` runs batched), ms.
     pub call_ms_p50: f64,
     pub call_ms_p99: f64,
+    /// The daemon's CPU time (user + system) per run, µs.
+    #[serde(default)]
+    pub daemon_cpu_us_per_run: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -59,7 +62,14 @@ pub struct Report {
     pub bundle_bytes: usize,
     pub bundle_verify_ms: f64,
     pub daemon_peak_rss_mib: f64,
+    /// Health checks by [`NOOP_CLIENTS`] callers, each on its connection as the unary clients
+    /// are: the ceiling of any unary call with that many clients on this machine.
+    #[serde(default)]
+    pub noop: Option<crate::measure::CallRate>,
 }
+
+/// The client count whose unary attestations issue 22 sets a target for.
+pub const NOOP_CLIENTS: usize = 32;
 
 const EVALS: usize = 100;
 const MODELS: usize = 10;
@@ -278,11 +288,13 @@ async fn measure(args: &EvidenceArgs, daemon: &Daemon) -> anyhow::Result<Report>
         ("AttestRuns (batch)", 1, args.batch),
         ("AttestRuns (batch)", 32, args.batch),
     ] {
+        let cpu = crate::measure::cpu_seconds(daemon.pid());
         let (runs, rate, p50, p99) =
             scenario(&server, envelopes.clone(), clients, batch, args.seconds).await?;
+        let cpu_us = (crate::measure::cpu_seconds(daemon.pid()) - cpu) * 1e6 / runs.max(1) as f64;
         if !args.json {
             println!(
-                "  {name:<20} {clients:>3} client(s): {rate:>8.0} runs/s ({runs} runs), call p50 {p50:.2} ms, p99 {p99:.2} ms"
+                "  {name:<20} {clients:>3} client(s): {rate:>8.0} runs/s ({runs} runs), call p50 {p50:.2} ms, p99 {p99:.2} ms, daemon CPU {cpu_us:.0} µs per run"
             );
         }
         scenarios.push(Scenario {
@@ -292,7 +304,22 @@ async fn measure(args: &EvidenceArgs, daemon: &Daemon) -> anyhow::Result<Report>
             runs,
             call_ms_p50: p50,
             call_ms_p99: p99,
+            daemon_cpu_us_per_run: Some(cpu_us),
         });
+    }
+
+    let noop =
+        crate::measure::noop_calls(daemon, &server, NOOP_CLIENTS, NOOP_CLIENTS, args.seconds)
+            .await?;
+    if !args.json {
+        println!(
+            "  health check (no work) {:>3} client(s): {:>8.0} calls/s, call p50 {:.2} ms, p99 {:.2} ms, daemon CPU {:.0} µs per call — no unary call goes faster here",
+            noop.callers,
+            noop.calls_per_second,
+            noop.p50_ms,
+            noop.p99_ms,
+            noop.daemon_cpu_us_per_call
+        );
     }
 
     // A badge backed by 1,000 runs (one latest run per eval × model), verified offline.
@@ -349,6 +376,7 @@ async fn measure(args: &EvidenceArgs, daemon: &Daemon) -> anyhow::Result<Report>
         bundle_bytes: bytes.len(),
         bundle_verify_ms: times[times.len() / 2].as_secs_f64() * 1e3,
         daemon_peak_rss_mib: daemon.peak_rss() as f64 / (1 << 20) as f64,
+        noop: Some(noop),
     })
 }
 

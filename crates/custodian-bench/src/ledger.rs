@@ -49,6 +49,9 @@ pub struct AppendResult {
     /// The daemon's peak resident memory (gRPC runs only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub daemon_peak_rss_mib: Option<f64>,
+    /// The daemon's CPU time (user + system) per append, µs (gRPC runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon_cpu_us_per_append: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -77,7 +80,15 @@ pub struct Report {
     pub openssl_sha256_export_seconds: f64,
     /// `audit_seconds` / `openssl_sha256_export_seconds`.
     pub audit_ratio_to_openssl: f64,
+    /// Health checks by as many callers over as many connections as the target row's gRPC
+    /// writers ([`NOOP_WRITERS`]): the ceiling of any unary call on this machine.
+    #[serde(default)]
+    pub grpc_noop: Option<crate::measure::CallRate>,
 }
+
+/// The writer count whose gRPC appends issue 22 sets a target for, and whose unary ceiling is
+/// measured beside them.
+pub const NOOP_WRITERS: usize = 64;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -197,6 +208,7 @@ fn summarize(
         p99_ms: percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         mean_batch: appends as f64 / checkpoints.max(1) as f64,
         daemon_peak_rss_mib: daemon_peak_rss.map(|b| b as f64 / (1 << 20) as f64),
+        daemon_cpu_us_per_append: None,
     }
 }
 
@@ -218,6 +230,7 @@ async fn grpc_appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Resul
     }
     let client = clients[0].clone();
     let deadline = Instant::now() + Duration::from_secs(seconds);
+    let cpu = crate::measure::cpu_seconds(daemon.pid());
     let mut tasks = Vec::new();
     for w in 0..writers {
         let mut client = clients[w % connections].clone();
@@ -243,6 +256,7 @@ async fn grpc_appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Resul
         }));
     }
     let (latencies, elapsed) = collect(tasks).await?;
+    let cpu = crate::measure::cpu_seconds(daemon.pid()) - cpu;
     let mut checkpoints = 0u64;
     let mut stream = client
         .clone()
@@ -253,13 +267,33 @@ async fn grpc_appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Resul
         item?;
         checkpoints += 1;
     }
-    Ok(summarize(
+    let appends = latencies.len().max(1) as f64;
+    let mut result = summarize(
         writers,
         latencies,
         elapsed,
         checkpoints,
         Some(daemon.peak_rss()),
-    ))
+    );
+    result.daemon_cpu_us_per_append = Some(cpu * 1e6 / appends);
+    Ok(result)
+}
+
+/// Health checks against a fresh daemon by `callers` over the gRPC writers' connections.
+async fn grpc_noop(
+    dir: &Path,
+    callers: usize,
+    seconds: u64,
+) -> anyhow::Result<crate::measure::CallRate> {
+    let daemon = crate::measure::daemon(&dir.join("grpc-noop"), "rocksdb", &[])?;
+    crate::measure::noop_calls(
+        &daemon,
+        &daemon.target(None),
+        callers,
+        GRPC_CONNECTIONS,
+        seconds,
+    )
+    .await
 }
 
 /// Runs the benchmark.
@@ -312,6 +346,17 @@ pub fn run(args: LedgerArgs) -> anyhow::Result<ExitCode> {
                 a.mean_batch
             );
         }
+    }
+    if let Some(noop) = &report.grpc_noop {
+        println!(
+            "unary gRPC calls that do no work (health checks), {} callers over {} connections: {:.0} calls/s, median {:.2} ms, p99 {:.2} ms, daemon CPU {:.0} µs per call — no unary call goes faster here",
+            noop.callers,
+            noop.connections,
+            noop.calls_per_second,
+            noop.p50_ms,
+            noop.p99_ms,
+            noop.daemon_cpu_us_per_call
+        );
     }
     println!(
         "log of {} entries filled in {:.1} s ({:.0} entries/s in batches of 10,000)",
@@ -377,11 +422,24 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
     for &writers in &args.writers {
         let result = runtime.block_on(grpc_appends(dir, writers, args.seconds))?;
         eprintln!(
-            "  {writers} gRPC writers: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms",
-            result.appends_per_second, result.median_ms, result.p99_ms
+            "  {writers} gRPC writers: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms, daemon CPU {:.0} µs per append",
+            result.appends_per_second,
+            result.median_ms,
+            result.p99_ms,
+            result.daemon_cpu_us_per_append.unwrap_or_default()
         );
         grpc_results.push(result);
     }
+    let grpc_noop = if args.writers.contains(&NOOP_WRITERS) {
+        let noop = runtime.block_on(grpc_noop(dir, NOOP_WRITERS, args.seconds))?;
+        eprintln!(
+            "  {NOOP_WRITERS} gRPC callers of a health check (no work): {:.0} calls/s, median {:.2} ms, p99 {:.2} ms, daemon CPU {:.0} µs per call",
+            noop.calls_per_second, noop.p50_ms, noop.p99_ms, noop.daemon_cpu_us_per_call
+        );
+        Some(noop)
+    } else {
+        None
+    };
     drop(runtime);
 
     // A large log: proofs and receipts at random indexes.
@@ -493,5 +551,6 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
         audit_seconds,
         openssl_sha256_export_seconds: openssl,
         audit_ratio_to_openssl: audit_seconds / openssl,
+        grpc_noop,
     })
 }

@@ -185,3 +185,76 @@ pub fn sha256_of_file(path: &std::path::Path) -> anyhow::Result<custodian_core::
     }
     Ok(hasher.finalize())
 }
+
+/// How fast the daemon answers unary calls that do no work.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+pub struct CallRate {
+    /// Concurrent callers.
+    pub callers: usize,
+    /// HTTP/2 connections they shared.
+    pub connections: usize,
+    /// Calls answered per second.
+    pub calls_per_second: f64,
+    /// Latency of one call, ms.
+    pub p50_ms: f64,
+    /// Latency of one call, ms.
+    pub p99_ms: f64,
+    /// The daemon's CPU time (user + system) per call, µs.
+    pub daemon_cpu_us_per_call: f64,
+}
+
+/// Standard gRPC health checks (`grpc.health.v1.Health/Check`) by `callers` concurrent callers
+/// over `connections` HTTP/2 connections for `seconds`. A health check does no work, so its rate
+/// is the most unary calls per second this daemon's gRPC stack and its clients, sharing the
+/// machine's cores, can carry whatever a call does: the ceiling of every unary scenario with the
+/// same callers and connections.
+pub async fn noop_calls(
+    daemon: &Daemon,
+    target: &custodian_client::Target,
+    callers: usize,
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<CallRate> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let connections = connections.clamp(1, callers.max(1));
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        let client = custodian_client::Client::connect(target).await?;
+        clients.push(HealthClient::new(client.channel()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let cpu = cpu_seconds(daemon.pid());
+    let mut tasks = Vec::new();
+    for c in 0..callers {
+        let mut client = clients[c % connections].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let call = Instant::now();
+                client.check(HealthCheckRequest::default()).await?;
+                latencies.push(call.elapsed());
+            }
+            Ok::<_, tonic::Status>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(
+            task.await?
+                .map_err(|s| anyhow::anyhow!("health check failed: {}", s.message()))?,
+        );
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(daemon.pid()) - cpu;
+    latencies.sort();
+    Ok(CallRate {
+        daemon_cpu_us_per_call: cpu * 1e6 / latencies.len().max(1) as f64,
+        callers,
+        connections,
+        calls_per_second: latencies.len() as f64 / elapsed,
+        p50_ms: custodian_testkit::percentile_ms(&latencies, 0.5),
+        p99_ms: custodian_testkit::percentile_ms(&latencies, 0.99),
+    })
+}
