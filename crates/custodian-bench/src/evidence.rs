@@ -184,16 +184,9 @@ async fn scenario(
             Ok::<_, tonic::Status>(latencies)
         }));
     }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(
-            task.await?
-                .map_err(|s| anyhow::anyhow!("attest failed: {}", s.message()))?,
-        );
-    }
+    let latencies = crate::measure::gather_latencies(tasks, "attest").await?;
     let elapsed = started.elapsed().as_secs_f64();
     let runs = done.load(Ordering::Relaxed);
-    latencies.sort();
     let ms = |p: f64| custodian_testkit::percentile_ms(&latencies, p);
     Ok((runs, runs as f64 / elapsed, ms(0.5), ms(0.99)))
 }

@@ -239,16 +239,9 @@ pub async fn noop_calls(
             Ok::<_, tonic::Status>(latencies)
         }));
     }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(
-            task.await?
-                .map_err(|s| anyhow::anyhow!("health check failed: {}", s.message()))?,
-        );
-    }
+    let latencies = gather_latencies(tasks, "health check").await?;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(daemon.pid()) - cpu;
-    latencies.sort();
     Ok(CallRate {
         daemon_cpu_us_per_call: cpu * 1e6 / latencies.len().max(1) as f64,
         callers,
@@ -257,4 +250,23 @@ pub async fn noop_calls(
         p50_ms: custodian_testkit::percentile_ms(&latencies, 0.5),
         p99_ms: custodian_testkit::percentile_ms(&latencies, 0.99),
     })
+}
+
+/// A caller task of a gRPC scenario: the latency of each of its calls, or the status that
+/// stopped it.
+pub type Caller = tokio::task::JoinHandle<Result<Vec<Duration>, tonic::Status>>;
+
+/// Waits for every caller and returns all their latencies, sorted; the first failure names
+/// `what` failed and why.
+pub async fn gather_latencies(callers: Vec<Caller>, what: &str) -> anyhow::Result<Vec<Duration>> {
+    let mut latencies = Vec::new();
+    for caller in callers {
+        latencies.extend(
+            caller
+                .await?
+                .map_err(|s| anyhow::anyhow!("{what} failed: {}", s.message()))?,
+        );
+    }
+    latencies.sort();
+    Ok(latencies)
 }

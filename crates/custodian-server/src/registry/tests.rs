@@ -66,6 +66,37 @@ async fn fixture() -> Fixture {
 }
 
 impl Fixture {
+    /// Appends a `BlobsDeleted` entry for `blobs` at `time_ms`, straight to the ledger, and
+    /// applies it to the registry, as a collection records a deletion.
+    fn record_deletion(
+        &self,
+        blobs: Vec<custodian_core::registry::DeletedBlob>,
+        reason: &str,
+        time_ms: u64,
+    ) {
+        use custodian_core::registry::{BlobsDeleted, to_payload};
+        let event = BlobsDeleted {
+            blobs,
+            reason: reason.into(),
+            policy: "test".into(),
+            grace_ms: 0,
+            by: "test".into(),
+        };
+        let (appended, _) = self
+            .ledger
+            .append(
+                vec![(
+                    EntryKind::BlobsDeleted,
+                    to_payload(&event).expect("payload"),
+                )],
+                time_ms,
+            )
+            .expect("append");
+        for entry in appended {
+            self.registry.apply(entry.index, &entry.decoded);
+        }
+    }
+
     async fn publish(&self, private: bool) -> Result<u64, RegistryError> {
         let statement = PackageStatement::new(
             "acme-bot",
@@ -499,38 +530,20 @@ fn a_damaged_subtree_hash_over_sound_entries_names_none_of_them() {
 #[tokio::test]
 async fn a_tombstone_is_confirmed_by_the_entry_that_deleted_the_blob() {
     use custodian_core::BlobDigests;
-    use custodian_core::registry::{BlobsDeleted, DeletedBlob, to_payload};
+    use custodian_core::registry::DeletedBlob;
     let f = fixture().await;
     let (a, b) = (BlobDigests::of(b"blob a"), BlobDigests::of(b"blob b"));
     let delete = |blobs: &[(&BlobDigests, u64)], reason: &str| {
-        let event = BlobsDeleted {
-            blobs: blobs
-                .iter()
-                .map(|(d, size)| DeletedBlob {
-                    digest: d.sha256.to_string(),
-                    size: *size,
-                    blake3: Some(d.blake3.to_string()),
-                    created_ms: None,
-                })
-                .collect(),
-            reason: reason.into(),
-            policy: "admin delete".into(),
-            grace_ms: 0,
-            by: "test".into(),
-        };
-        let (appended, _) = f
-            .ledger
-            .append(
-                vec![(
-                    EntryKind::BlobsDeleted,
-                    to_payload(&event).expect("payload"),
-                )],
-                1_700_000_000_000,
-            )
-            .expect("append");
-        for entry in appended {
-            f.registry.apply(entry.index, &entry.decoded);
-        }
+        let blobs = blobs
+            .iter()
+            .map(|(d, size)| DeletedBlob {
+                digest: d.sha256.to_string(),
+                size: *size,
+                blake3: Some(d.blake3.to_string()),
+                created_ms: None,
+            })
+            .collect();
+        f.record_deletion(blobs, reason, 1_700_000_000_000);
     };
     delete(&[(&a, 6), (&b, 7)], "first");
     delete(&[(&a, 6)], "again");
@@ -568,7 +581,7 @@ async fn a_tombstone_is_confirmed_by_the_entry_that_deleted_the_blob() {
 /// entry's time, and (as this shows) would remove that new copy.
 #[tokio::test]
 async fn finishing_a_recorded_deletion_spares_a_copy_put_again_after_it() {
-    use custodian_core::registry::{BlobsDeleted, DeletedBlob, to_payload};
+    use custodian_core::registry::DeletedBlob;
     let f = fixture().await;
     let store = f.registry.store().clone();
     let bytes = Bytes::from_static(b"a blob put, collected, and put again");
@@ -582,31 +595,13 @@ async fn finishing_a_recorded_deletion_spares_a_copy_put_again_after_it() {
     };
     // `created_ms` None is an entry of the earlier format.
     let record = |copy: &custodian_storage::BlobMeta, created_ms: Option<u64>, time_ms: u64| {
-        let event = BlobsDeleted {
-            blobs: vec![DeletedBlob {
-                digest: copy.sha256().to_string(),
-                size: copy.size,
-                blake3: Some(copy.digests.blake3.to_string()),
-                created_ms,
-            }],
-            reason: "garbage collection".into(),
-            policy: "unreferenced".into(),
-            grace_ms: 0,
-            by: "test".into(),
+        let blob = DeletedBlob {
+            digest: copy.sha256().to_string(),
+            size: copy.size,
+            blake3: Some(copy.digests.blake3.to_string()),
+            created_ms,
         };
-        let (appended, _) = f
-            .ledger
-            .append(
-                vec![(
-                    EntryKind::BlobsDeleted,
-                    to_payload(&event).expect("payload"),
-                )],
-                time_ms,
-            )
-            .expect("append");
-        for entry in appended {
-            f.registry.apply(entry.index, &entry.decoded);
-        }
+        f.record_deletion(vec![blob], "garbage collection", time_ms);
     };
     let finish = || crate::retention::finish_recorded(&f.registry);
 
