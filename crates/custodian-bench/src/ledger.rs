@@ -178,18 +178,13 @@ async fn appends_to(path: &Path, writers: usize, seconds: u64) -> anyhow::Result
     Ok(summarize(writers, latencies, elapsed, checkpoints, None))
 }
 
-type Writer = tokio::task::JoinHandle<anyhow::Result<Vec<Duration>>>;
-
 /// Waits for every writer; returns all latencies, sorted, and the wall time.
-async fn collect(tasks: Vec<Writer>) -> anyhow::Result<(Vec<Duration>, Duration)> {
+async fn collect(
+    tasks: Vec<crate::measure::Caller<anyhow::Error>>,
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
     let started = Instant::now();
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    Ok((latencies, elapsed))
+    let latencies = crate::measure::gather_latencies(tasks, "an append").await?;
+    Ok((latencies, started.elapsed()))
 }
 
 fn summarize(

@@ -252,19 +252,21 @@ pub async fn noop_calls(
     })
 }
 
-/// A caller task of a gRPC scenario: the latency of each of its calls, or the status that
-/// stopped it.
-pub type Caller = tokio::task::JoinHandle<Result<Vec<Duration>, tonic::Status>>;
+/// A caller task of a scenario: the latency of each of its calls, or the error that stopped it.
+pub type Caller<E> = tokio::task::JoinHandle<Result<Vec<Duration>, E>>;
 
 /// Waits for every caller and returns all their latencies, sorted; the first failure names
 /// `what` failed and why.
-pub async fn gather_latencies(callers: Vec<Caller>, what: &str) -> anyhow::Result<Vec<Duration>> {
+pub async fn gather_latencies<E: std::fmt::Display>(
+    callers: Vec<Caller<E>>,
+    what: &str,
+) -> anyhow::Result<Vec<Duration>> {
     let mut latencies = Vec::new();
     for caller in callers {
         latencies.extend(
             caller
                 .await?
-                .map_err(|s| anyhow::anyhow!("{what} failed: {}", s.message()))?,
+                .map_err(|e| anyhow::anyhow!("{what} failed: {e}"))?,
         );
     }
     latencies.sort();

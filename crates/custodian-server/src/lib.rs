@@ -333,7 +333,7 @@ pub async fn serve(
             .with_native_holds(native_holds),
     );
     // Deletions recorded before a crash are finished before anything is served.
-    let finished = collector.finish_recorded().await?;
+    let finished = retention::finish_recorded(&registry).await?;
     if finished > 0 {
         tracing::warn!(finished, "finished deletions recorded before a crash");
     }

@@ -12,8 +12,8 @@
 //! store's retention gate (see `custodian_storage::retention`), judges each candidate again,
 //! appends one `BlobsDeleted` entry naming those still collectable, and only then deletes them.
 //! The entry is written first so that a crash part-way leaves a record of what was to go:
-//! [`Collector::finish_recorded`] (run at start and before every collection) deletes whatever a
-//! recorded deletion left behind, unless it was uploaded again after the entry.
+//! [`finish_recorded`] (run at start and before every collection) deletes whatever a
+//! recorded deletion left behind, unless it is a copy uploaded again after the deletion.
 
 pub mod index;
 pub mod reconcile;
@@ -578,11 +578,6 @@ impl Collector {
         out
     }
 
-    /// Finishes deletions that were recorded but not carried out (see [`finish_recorded`]).
-    pub async fn finish_recorded(&self) -> Result<u64, RegistryError> {
-        finish_recorded(&self.registry).await
-    }
-
     /// Collects garbage (see the module docs). Needs an admin token; refuses a grace period
     /// shorter than the upload session expiry.
     pub async fn collect(
@@ -613,7 +608,7 @@ impl Collector {
             ..GcReport::default()
         };
         if !options.dry_run {
-            report.finished_earlier = self.finish_recorded().await?;
+            report.finished_earlier = finish_recorded(&self.registry).await?;
             // Claims a crashed collection left (this daemon's, or a daemon's that is gone) on
             // blobs still in custody: their deletion was not recorded, or was just finished
             // above, so the claims only block acknowledgements now.
