@@ -380,6 +380,17 @@ mod tests {
         }
     }
 
+    /// A RocksDB ledger in a new directory (kept while the first value lives), filled with
+    /// `count` entries in batches of `batch`.
+    fn filled(count: u64, batch: u64) -> (tempfile::TempDir, Arc<RocksLedger>, Ledger) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend = Arc::new(RocksLedger::open(dir.path()).expect("open"));
+        let ledger =
+            Ledger::open(backend.clone(), ledger_conformance::test_signer()).expect("open");
+        ledger_conformance::fill(&ledger, count, batch);
+        (dir, backend, ledger)
+    }
+
     #[test]
     fn rocksdb_ledger_conformance() {
         ledger_conformance::run(&Harness(tempfile::tempdir().expect("tempdir")));
@@ -387,12 +398,8 @@ mod tests {
 
     #[test]
     fn entries_are_found_by_leaf_hash_in_every_partition() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let backend = Arc::new(RocksLedger::open(dir.path()).expect("open"));
-        let ledger =
-            Ledger::open(backend.clone(), ledger_conformance::test_signer()).expect("open");
         // Seven partitions of 16, the last one partly filled.
-        ledger_conformance::fill(&ledger, 100, 7);
+        let (_dir, backend, ledger) = filled(100, 7);
         let leaves = ledger.leaf_hashes(0, 100).expect("leaf hashes");
         let cf = backend.cf(CF_LEAVES).expect("cf");
         for (index, leaf) in leaves.iter().enumerate() {
@@ -420,11 +427,7 @@ mod tests {
 
     #[test]
     fn a_log_written_before_the_partitions_is_still_found_by_leaf_hash() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let backend = Arc::new(RocksLedger::open(dir.path()).expect("open"));
-        let ledger =
-            Ledger::open(backend.clone(), ledger_conformance::test_signer()).expect("open");
-        ledger_conformance::fill(&ledger, 40, 10);
+        let (_dir, backend, ledger) = filled(40, 10);
         // The first 25 entries filed as a ledger before the partitions filed them.
         let leaves = ledger.leaf_hashes(0, 40).expect("leaf hashes");
         let cf = backend.cf(CF_LEAVES).expect("cf");
@@ -486,12 +489,8 @@ mod tests {
 
     #[test]
     fn the_leaf_index_is_not_rewritten_as_the_log_grows() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let backend = Arc::new(RocksLedger::open(dir.path()).expect("open"));
-        let ledger =
-            Ledger::open(backend.clone(), ledger_conformance::test_signer()).expect("open");
         // Enough entries for several flushes of `leaves` and the compactions they trigger.
-        ledger_conformance::fill(&ledger, 1_000_000, 20_000);
+        let (_dir, backend, _ledger) = filled(1_000_000, 20_000);
         // Keyed by the bare leaf hash, compactions rewrote the older keys with every few
         // flushes (2.5× here, 6.3× at 3,000,000 entries); with partitions each key is written
         // about once.
@@ -504,11 +503,7 @@ mod tests {
 
     #[test]
     fn a_changed_tree_hash_is_never_served_in_a_proof() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let backend = Arc::new(RocksLedger::open(dir.path()).expect("open"));
-        let ledger =
-            Ledger::open(backend.clone(), ledger_conformance::test_signer()).expect("open");
-        ledger_conformance::fill(&ledger, 6, 6);
+        let (_dir, backend, ledger) = filled(6, 6);
         // Leaf 0's stored hash is not on the right edge of a 6-leaf tree, so opening still
         // works; the proofs that use it must fail instead of going out wrong.
         let cf = backend.cf(CF_TREE).expect("cf");
