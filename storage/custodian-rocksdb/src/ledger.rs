@@ -11,8 +11,8 @@
 //!   hash alone, every flush was merged into the whole family, a rewrite that grew with the log
 //!   (140 MB per 12 MB flushed at 3,000,000 entries). Prefixed by the partition, a flush overlaps
 //!   only the current partition's keys and older partitions settle and are left alone, at the
-//!   cost of one filtered lookup per partition when an entry is found by its hash. Logs written before
-//!   the partitions keep their older entries under the bare hash, which lookups try too;
+//!   cost of one filtered lookup per partition when an entry is found by its hash. Logs written
+//!   before the partitions keep their older entries under the bare hash, which lookups try too;
 //! - `checkpoints`: tree size (8 bytes) → signed checkpoint note.
 //!
 //! A batch is one RocksDB `WriteBatch` written with `sync = true`: the WAL record holding the
