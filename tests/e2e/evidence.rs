@@ -397,17 +397,35 @@ async fn badges_follow_the_evidence_on_the_example_packages() {
     );
     assert!(codes(&badge(daemon, token, "pacman-builder@0.2.1")).contains(&"yanked".to_string()));
 
-    // Everything survives a restart (the evidence index is rebuilt from the ledger).
+    // Everything survives a restart. A stop saves the registry index's snapshot (which ledger
+    // entries it is built from), and the next start rebuilds the index from it.
     let mut daemon = s.daemon;
+    daemon.restart_after_terminate();
+    let snapshot = daemon.data_dir.join("registry-index");
+    let saved = std::fs::read(&snapshot).expect("a stop saves the registry index snapshot");
+    assert!(saved.starts_with(b"custodian registry index snapshot v1\n"));
+    let badges = |daemon: &Daemon| {
+        ["customer-support-classifier@0.1.0", "pacman-builder@0.2.1"].map(|version| {
+            codes(&json(
+                stdout(&daemon.cli_as(Some(token), &["badge", version, "--json"])).as_bytes(),
+            ))
+        })
+    };
+    let [classifier, pacman] = badges(&daemon);
+    assert_eq!(classifier, ["license_undeclared"]);
+    assert!(pacman.contains(&"yanked".to_string()), "{pacman:?}");
+    // A crash after another registry entry: the restart reads the snapshot (older now) and
+    // follows the log past it.
+    stdout(&daemon.cli(&[
+        "yank",
+        "customer-support-classifier@0.1.0",
+        "--reason",
+        "superseded",
+    ]));
     daemon.restart_after_kill9();
-    let after = json(
-        stdout(&daemon.cli_as(
-            Some(token),
-            &["badge", "customer-support-classifier@0.1.0", "--json"],
-        ))
-        .as_bytes(),
-    );
-    assert_eq!(codes(&after), ["license_undeclared"]);
+    let [classifier, pacman] = badges(&daemon);
+    assert!(classifier.contains(&"yanked".to_string()), "{classifier:?}");
+    assert!(pacman.contains(&"yanked".to_string()), "{pacman:?}");
 }
 
 #[tokio::test]

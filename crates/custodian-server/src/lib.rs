@@ -145,6 +145,13 @@ impl ServerConfig {
 /// another.
 pub const LEDGER_FOLLOW_EVERY: Duration = Duration::from_secs(1);
 
+/// The registry index snapshot's file in the data directory (see `registry::snapshot`).
+pub const REGISTRY_SNAPSHOT_FILE: &str = "registry-index";
+
+/// A new registry index snapshot is saved once the index has read this many entries past the
+/// last one: a restart then reads at most this many entries beyond those the snapshot lists.
+pub const REGISTRY_SNAPSHOT_EVERY: u64 = 1 << 16;
+
 /// Opens the configured storage backend, recovering from any earlier crash.
 pub async fn open_store(config: &ServerConfig) -> Result<BlobStore, ServerError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
@@ -260,7 +267,14 @@ pub async fn serve(
         tokio::spawn(mirror.run());
     }
     let sequencer = Sequencer::start(ledger.clone(), config.sequencer, publication);
-    let registry = Arc::new(Registry::open(store.clone(), sequencer.clone()).await?);
+    let registry = Arc::new(
+        Registry::open_with_snapshot(
+            store.clone(),
+            sequencer.clone(),
+            Some(config.data_dir.join(REGISTRY_SNAPSHOT_FILE)),
+        )
+        .await?,
+    );
     registry.set_badge_max_age(config.badge_max_age);
     registry.set_registry_licenses(config.registry_licenses.clone());
     registry.start_external(config.scanners.clone());
@@ -308,22 +322,27 @@ pub async fn serve(
     } else {
         None
     };
-    if config.ledger.is_some() {
-        // Other daemons sharing the PostgreSQL ledger append too: catch up with their entries,
+    {
+        // Other daemons sharing a PostgreSQL ledger append too: catch up with their entries,
         // so that this daemon's checkpoints, receipts and proofs include them within a second.
-        // The registry index then applies what they appended.
-        let shared = ledger.clone();
+        // On any ledger the registry index then follows the log to its end (applying what
+        // others appended, and passing what this daemon appended and applied already), and
+        // saves its snapshot every REGISTRY_SNAPSHOT_EVERY entries, the first one at once after
+        // a start that replayed a long log.
+        let shared = config.ledger.is_some().then(|| ledger.clone());
         let follower = registry.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(LEDGER_FOLLOW_EVERY);
             loop {
                 tick.tick().await;
-                let ledger = shared.clone();
-                if let Ok(Err(err)) = tokio::task::spawn_blocking(move || ledger.refresh()).await {
+                if let Some(ledger) = shared.clone()
+                    && let Ok(Err(err)) =
+                        tokio::task::spawn_blocking(move || ledger.refresh()).await
+                {
                     tracing::warn!(%err, "could not catch up with the shared ledger");
                 }
-                if let Err(err) = follower.follow().await {
-                    tracing::warn!(%err, "could not apply the shared ledger's new entries");
+                if let Err(err) = follower.save_snapshot_every(REGISTRY_SNAPSHOT_EVERY).await {
+                    tracing::warn!(%err, "could not follow the ledger or save the registry index snapshot");
                 }
             }
         });
@@ -503,6 +522,12 @@ pub async fn serve(
                 tracing::warn!("REST requests still running after the grace period were cut off")
             }
         }
+    }
+    // Everything served is applied by now: the next start reads no more than it must.
+    match registry.save_snapshot().await {
+        Ok(Some(size)) => tracing::info!(size, "registry index snapshot saved"),
+        Ok(None) => {}
+        Err(err) => tracing::warn!(%err, "could not save the registry index snapshot"),
     }
     Ok(())
 }

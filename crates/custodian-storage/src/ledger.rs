@@ -1027,6 +1027,14 @@ impl Ledger {
         self.backend.checkpoints(from_size, limit)
     }
 
+    /// The root hash of the tree of the first `size` entries, vouched for by a signature: the
+    /// signed root of that size, or one recomputed from stored hashes and proven consistent with
+    /// the latest signed root.
+    pub fn root_at(&self, size: u64) -> LedgerResult<Hash> {
+        self.check_size(size)?;
+        Ok(self.trusted_root(size)?.0)
+    }
+
     /// The root of the first `size` entries: the signed root when a checkpoint of that size
     /// exists, otherwise recomputed from stored hashes and proven consistent with the latest
     /// signed root.

@@ -258,6 +258,17 @@ impl Daemon {
         self.spawn().unwrap_or_else(|err| panic!("{err}"));
     }
 
+    /// Stops the daemon with SIGTERM, requires a clean exit within 30 s, and starts it again on
+    /// the same data directory.
+    pub fn restart_after_terminate(&mut self) {
+        self.terminate();
+        assert!(
+            self.wait_exit(Duration::from_secs(30)),
+            "the daemon did not exit cleanly on SIGTERM"
+        );
+        self.spawn().unwrap_or_else(|err| panic!("{err}"));
+    }
+
     /// Kills (if running) and starts again on the same data directory.
     pub fn restart_after_kill9(&mut self) {
         self.kill9();

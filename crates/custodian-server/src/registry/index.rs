@@ -3,7 +3,7 @@
 //! from the ledger at start-up and [`Index::apply`] folds in each entry the registry appends, so
 //! the two can never disagree after a crash. Nothing here does I/O beyond reading the ledger.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use custodian_core::Digest;
@@ -25,6 +25,8 @@ use super::{DataPackRecord, VersionRecord, Yank};
 /// Entries replayed per read at start-up: one complete subtree of the log, at this level.
 const REPLAY_LEVEL: u8 = 12;
 const REPLAY_CHUNK: u64 = 1 << REPLAY_LEVEL;
+/// Entries a snapshot lists that are at most this far apart are read as one range.
+const SNAPSHOT_READ_GAP: u64 = 64;
 
 /// How many of the latest runs of each eval × model the index keeps. The badge counts the latest
 /// run whose key was valid at its ledger time; when a revocation invalidates all of these, the
@@ -33,7 +35,7 @@ const REPLAY_CHUNK: u64 = 1 << REPLAY_LEVEL;
 pub const RUN_WINDOW: usize = 8;
 
 /// One package: its pinned publisher key and its versions.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Package {
     publisher_key: String,
     // Shared so that a lookup (every attestation does one) copies a pointer, not the envelope.
@@ -77,8 +79,12 @@ pub struct Index {
     /// while [`Index::track_applied`] says so: on a ledger nobody else appends to, nothing is
     /// followed after the replay, and the set would only grow.
     applied_above: std::collections::BTreeSet<u64>,
-    /// Whether `applied_above` is kept (the ledger is shared and followed).
+    /// Whether `applied_above` is kept (the daemon follows the ledger).
     tracking: bool,
+    /// The entries this index is built from: every service entry applied, less the runs that
+    /// have left their window. Applying just these, in ledger order, rebuilds the same index;
+    /// this is what a snapshot lists (see [`super::snapshot`]).
+    kept: BTreeSet<u64>,
 }
 
 impl Index {
@@ -143,6 +149,18 @@ impl Index {
         if index < self.processed_below || (self.tracking && !self.applied_above.insert(index)) {
             return Ok(());
         }
+        // Kept unless it does not apply, or (a run) falls out of its window at once.
+        if entry.kind.is_service() {
+            self.kept.insert(index);
+        }
+        let applied = self.apply_kind(index, entry);
+        if applied.is_err() {
+            self.kept.remove(&index);
+        }
+        applied
+    }
+
+    fn apply_kind(&mut self, index: u64, entry: &Entry) -> Result<(), String> {
         match entry.kind {
             EntryKind::PackagePublished => {
                 let event: PackagePublished = entry.event().map_err(|e| e.to_string())?;
@@ -279,6 +297,43 @@ impl Index {
         &self.damaged
     }
 
+    /// The entries the index is built from.
+    #[cfg(test)]
+    pub(crate) fn kept(&self) -> &BTreeSet<u64> {
+        &self.kept
+    }
+
+    /// Everything the index holds that a test compares, in an order that does not depend on
+    /// hash maps' iteration: two indexes built from the same entries print the same.
+    #[cfg(test)]
+    pub(crate) fn fingerprint(&self) -> String {
+        let sorted = |mut lines: Vec<String>| {
+            lines.sort();
+            lines.join("\n")
+        };
+        [
+            format!("packages {:?}", self.packages),
+            sorted(self.blobs.iter().map(|b| format!("blob {b:?}")).collect()),
+            sorted(
+                self.evidence
+                    .iter()
+                    .map(|e| format!("evidence {e:?}"))
+                    .collect(),
+            ),
+            sorted(
+                self.attesters
+                    .iter()
+                    .map(|a| format!("attester {a:?}"))
+                    .collect(),
+            ),
+            format!("keys {:?}", self.keys),
+            format!("damaged {:?}", self.damaged),
+            format!("processed below {}", self.processed_below),
+            format!("kept {:?}", self.kept),
+        ]
+        .join("\n")
+    }
+
     /// How many versions the index holds, across all packages.
     pub fn version_count(&self) -> usize {
         self.packages.values().map(|p| p.versions.len()).sum()
@@ -313,19 +368,27 @@ impl Index {
                     .entry((e.name.clone(), e.version.clone()))
                     .or_default();
                 let runs = slot.runs.entry((e.eval_id, e.model)).or_default();
-                // A bounded window, so memory does not grow with the number of runs.
-                if runs.len() == RUN_WINDOW {
-                    runs.remove(0);
+                // In ledger order, whatever order concurrent attestations are applied in, so the
+                // window is the same as a replay's (and a snapshot's, which lists what it keeps).
+                let at = runs.partition_point(|run| run.index < index);
+                runs.insert(
+                    at,
+                    RunRef {
+                        index,
+                        time_ms: entry.time_ms,
+                        passed: e.passed,
+                        data_pack: e.data_pack_sha256,
+                        context: e.context_sha256,
+                        runner: e.runner,
+                        attester: e.attester_key,
+                    },
+                );
+                // A bounded window, so memory does not grow with the number of runs; the run
+                // that leaves it is no longer one the index is built from.
+                if runs.len() > RUN_WINDOW {
+                    let left = runs.remove(0);
+                    self.kept.remove(&left.index);
                 }
-                runs.push(RunRef {
-                    index,
-                    time_ms: entry.time_ms,
-                    passed: e.passed,
-                    data_pack: e.data_pack_sha256,
-                    context: e.context_sha256,
-                    runner: e.runner,
-                    attester: e.attester_key,
-                });
             }
             EntryKind::ScanRecorded => {
                 let e: ScanRecorded = entry.event().map_err(|e| e.to_string())?;
@@ -416,6 +479,79 @@ impl Index {
             entries = size,
             registry_events = applied,
             "registry rebuilt from the ledger"
+        );
+        Ok(state)
+    }
+
+    /// What a snapshot of this index lists: the size below which it has read every entry, the
+    /// entries below it that the index is built from, and those found damaged.
+    pub fn snapshot_lists(&self) -> (u64, Vec<u64>, Vec<u64>) {
+        let size = self.processed_below;
+        let mut damaged: Vec<u64> = self.damaged.iter().copied().filter(|i| *i < size).collect();
+        damaged.sort_unstable();
+        damaged.dedup();
+        (size, self.kept.range(..size).copied().collect(), damaged)
+    }
+
+    /// Rebuilds the index from a snapshot whose root the caller has checked against the log:
+    /// each entry it lists is read, checked against the leaf hash the signed tree records and
+    /// applied in ledger order (a damaged one is named, as a replay names it), then the entries
+    /// past its size are followed as a replay reads them.
+    pub fn from_snapshot(
+        ledger: &Ledger,
+        snapshot: &super::Snapshot,
+        body: &dyn Fn(&Digest) -> Result<Vec<u8>, String>,
+    ) -> Result<Index, LedgerError> {
+        let mut state = Index::default();
+        let kept = &snapshot.kept;
+        let mut i = 0;
+        while i < kept.len() {
+            // Listed entries close together are read as one range (a dense stretch of registry
+            // entries costs what a replay of it costs; a lone one, two point reads).
+            let first = kept[i];
+            let mut j = i + 1;
+            while j < kept.len()
+                && kept[j] - kept[j - 1] <= SNAPSHOT_READ_GAP
+                && kept[j] - first < REPLAY_CHUNK
+            {
+                j += 1;
+            }
+            let last = kept[j - 1];
+            let entries = ledger.entries(first, last + 1)?;
+            let leaves = ledger.leaf_hashes(first, last + 1)?;
+            for &index in &kept[i..j] {
+                let offset = (index - first) as usize;
+                let (Some(bytes), Some(leaf)) = (entries.get(offset), leaves.get(offset)) else {
+                    return Err(LedgerError::Corrupt(format!(
+                        "entry {index}, listed in the registry index snapshot, was not read"
+                    )));
+                };
+                let actual = custodian_core::merkle::leaf_hash(bytes);
+                if actual != *leaf {
+                    tracing::error!(
+                        index,
+                        %actual,
+                        recorded = %leaf,
+                        "ledger entry is damaged; it is not applied, and badges are withheld until `custodian scrub` finds the log clean"
+                    );
+                    state.damaged.push(index);
+                    continue;
+                }
+                state.ingest(index, bytes, body)?;
+            }
+            i = j;
+        }
+        state.damaged.extend(&snapshot.damaged);
+        state.damaged.sort_unstable();
+        state.damaged.dedup();
+        state.processed_below = snapshot.size;
+        let size = ledger.latest().size;
+        let applied = state.follow(ledger, size, body)?;
+        tracing::debug!(
+            listed = kept.len(),
+            followed = size - snapshot.size,
+            applied,
+            "registry index restored"
         );
         Ok(state)
     }

@@ -25,10 +25,12 @@ use custodian_storage::{BlobStore, ByteRange, LedgerError, PutOutcome, StorageEr
 use futures::TryStreamExt as _;
 
 pub mod index;
+pub mod snapshot;
 #[cfg(test)]
 mod tests;
 
 pub use index::{BlobRef, Index, Package};
+pub use snapshot::{Snapshot, SnapshotError};
 
 use crate::auth::{Principal, Scope};
 use crate::sequencer::Sequencer;
@@ -171,6 +173,8 @@ pub struct Registry {
     store: BlobStore,
     sequencer: Sequencer,
     index: Arc<RwLock<Index>>,
+    /// Where the index's snapshot is kept, when it is.
+    snapshot: Option<SnapshotSlot>,
     pub(crate) writes: tokio::sync::Mutex<()>,
     /// Bounds the attestations being checked at once, across all callers: each holds its
     /// envelope in several forms until appended, so this bounds the daemon's memory.
@@ -186,6 +190,69 @@ pub struct Registry {
     pub(crate) scan_permits: tokio::sync::Semaphore,
     /// The external scanners' queues, once started.
     pub(crate) external: std::sync::OnceLock<crate::scan::ExternalQueues>,
+}
+
+/// Where a registry keeps its index snapshot, and the size of the last one it saved.
+struct SnapshotSlot {
+    path: std::path::PathBuf,
+    written: std::sync::atomic::AtomicU64,
+    /// One save at a time: two would race to rename their files.
+    saving: tokio::sync::Mutex<()>,
+}
+
+/// Entries a follow applies per hold of the index's write lock.
+const FOLLOW_STEP: u64 = 4096;
+
+/// The index rebuilt from the snapshot at `path`, or `None` (logged) when there is no usable
+/// one: none yet, damaged, of another log (its root is not this log's at its size), or one
+/// whose entries cannot be read.
+fn restore(
+    ledger: &Ledger,
+    path: &std::path::Path,
+    body: &dyn Fn(&Digest) -> Result<Vec<u8>, String>,
+) -> Option<Index> {
+    let snapshot = match Snapshot::read(path) {
+        Ok(Some(snapshot)) => snapshot,
+        Ok(None) => return None,
+        Err(err) => {
+            tracing::warn!(%err, "replaying the whole ledger instead");
+            return None;
+        }
+    };
+    match ledger.root_at(snapshot.size) {
+        Ok(root) if root == snapshot.root => {}
+        Ok(root) => {
+            tracing::warn!(
+                size = snapshot.size,
+                snapshot_root = %snapshot.root,
+                log_root = %root,
+                path = %path.display(),
+                "the registry index snapshot is not of this log (its root differs from the log's at its size); replaying the whole ledger instead"
+            );
+            return None;
+        }
+        Err(err) => {
+            tracing::warn!(size = snapshot.size, %err, path = %path.display(), "the registry index snapshot's size is not in this log; replaying the whole ledger instead");
+            return None;
+        }
+    }
+    let started = std::time::Instant::now();
+    match Index::from_snapshot(ledger, &snapshot, body) {
+        Ok(index) => {
+            tracing::info!(
+                entries = index.processed_below(),
+                snapshot_size = snapshot.size,
+                snapshot_entries = snapshot.kept.len(),
+                millis = started.elapsed().as_millis() as u64,
+                "registry rebuilt from its snapshot and the entries past it"
+            );
+            Some(index)
+        }
+        Err(err) => {
+            tracing::warn!(%err, "the registry index snapshot could not be applied; replaying the whole ledger instead");
+            None
+        }
+    }
 }
 
 pub(crate) fn not_found_version(name: &str, version: &str) -> RegistryError {
@@ -239,27 +306,51 @@ pub(crate) fn require(
 impl Registry {
     /// Opens the registry by replaying the registry entries of the ledger.
     pub async fn open(store: BlobStore, sequencer: Sequencer) -> Result<Self, RegistryError> {
+        Registry::open_with_snapshot(store, sequencer, None).await
+    }
+
+    /// Opens the registry from the index snapshot at `snapshot` when there is a usable one
+    /// (reading only the entries it lists and those past it), else by replaying the registry
+    /// entries of the whole ledger; [`Registry::save_snapshot`] writes it there.
+    pub async fn open_with_snapshot(
+        store: BlobStore,
+        sequencer: Sequencer,
+        snapshot: Option<std::path::PathBuf>,
+    ) -> Result<Self, RegistryError> {
         let ledger = sequencer.ledger().clone();
         let bodies = store.clone();
         let runtime = tokio::runtime::Handle::current();
+        let path = snapshot.clone();
         // Sealed entries are replayed from their bodies in custody.
         let state = tokio::task::spawn_blocking(move || {
-            Index::replay(&ledger, &|digest| {
+            let body = |digest: &Digest| {
                 runtime
                     .block_on(read_all(&bodies, digest))
                     .map_err(|e| e.to_string())
-            })
+            };
+            if let Some(state) = path.as_deref().and_then(|p| restore(&ledger, p, &body)) {
+                return Ok(state);
+            }
+            Index::replay(&ledger, &body)
         })
         .await
         .map_err(|e| RegistryError::Ledger(LedgerError::Poisoned(e.to_string())))??;
         let mut state = state;
-        if sequencer.ledger().is_shared() {
-            state.track_applied();
-        }
+        // Every entry this daemon applies as it appends is remembered until the ledger is
+        // followed past it, so that following (for a snapshot, or a ledger other daemons
+        // share) never applies one twice.
+        state.track_applied();
         Ok(Registry {
             store,
             sequencer,
             index: Arc::new(RwLock::new(state)),
+            snapshot: snapshot.map(|path| SnapshotSlot {
+                path,
+                // As if none were saved: the first follow saves one if the log is long, so
+                // a crash soon after this start does not find the snapshot further behind.
+                written: std::sync::atomic::AtomicU64::new(0),
+                saving: tokio::sync::Mutex::new(()),
+            }),
             writes: tokio::sync::Mutex::new(()),
             attest_permits: Arc::new(tokio::sync::Semaphore::new(
                 crate::evidence::MAX_CONCURRENT_ATTESTATIONS,
@@ -279,15 +370,17 @@ impl Registry {
         })
     }
 
-    /// Applies the entries other daemons appended to a ledger this daemon shares (PostgreSQL):
-    /// publications, yanks, data packs, evidence, keys, OCI and retention entries appended
-    /// through any daemon become visible through this one. Returns how many were applied.
+    /// Reads and applies the ledger's entries past those the index has read: what other daemons
+    /// appended to a ledger this daemon shares (PostgreSQL), and on any ledger the entries this
+    /// daemon appended, so that everything below [`Index::processed_below`] is in the index (a
+    /// snapshot describes that much). Publications, yanks, data packs, evidence, keys, OCI and
+    /// retention entries appended through any daemon become visible through this one. Returns
+    /// how many were applied.
     pub async fn follow(&self) -> Result<u64, RegistryError> {
-        // Nobody else appends to a ledger that is not shared: everything in it is applied
-        // already, and this daemon keeps no record that would let it skip its own entries.
-        if !self.sequencer.ledger().is_shared() {
-            return Ok(0);
-        }
+        self.follow_ledger().await.map_err(RegistryError::Ledger)
+    }
+
+    async fn follow_ledger(&self) -> Result<u64, LedgerError> {
         let (ledger, state, bodies) = (
             self.sequencer.ledger().clone(),
             self.index.clone(),
@@ -296,27 +389,71 @@ impl Registry {
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let size = ledger.latest().size;
-            if size
-                <= state
+            let mut applied = 0;
+            // A few thousand entries per hold of the write lock: attestations and reads wait
+            // for it, and a daemon that appends fast has many entries to follow.
+            loop {
+                let below = state
                     .read()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .processed_below()
-            {
-                return Ok(0);
+                    .processed_below();
+                if size <= below {
+                    return Ok(applied);
+                }
+                let to = size.min(below.saturating_add(FOLLOW_STEP));
+                applied += state
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .follow(&ledger, to, &|digest| {
+                        runtime
+                            .block_on(read_all(&bodies, digest))
+                            .map_err(|e| e.to_string())
+                    })?;
             }
-            let mut index = state
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            index
-                .follow(&ledger, size, &|digest| {
-                    runtime
-                        .block_on(read_all(&bodies, digest))
-                        .map_err(|e| e.to_string())
-                })
-                .map_err(RegistryError::Ledger)
         })
         .await
-        .map_err(|e| RegistryError::Ledger(LedgerError::Poisoned(e.to_string())))?
+        .map_err(|e| LedgerError::Poisoned(e.to_string()))?
+    }
+
+    /// Follows the ledger to its end and replaces the index snapshot with one of everything
+    /// read; returns the size it describes (`None` when this registry keeps no snapshot).
+    pub async fn save_snapshot(&self) -> Result<Option<u64>, SnapshotError> {
+        let Some(slot) = &self.snapshot else {
+            return Ok(None);
+        };
+        let _one = slot.saving.lock().await;
+        self.follow_ledger().await?;
+        let (size, kept, damaged) = self.read().snapshot_lists();
+        let (ledger, path) = (self.ledger().clone(), slot.path.clone());
+        tokio::task::spawn_blocking(move || {
+            let root = ledger.root_at(size)?;
+            Snapshot {
+                size,
+                root,
+                kept,
+                damaged,
+            }
+            .write(&path)
+        })
+        .await
+        .map_err(|e| LedgerError::Poisoned(e.to_string()))??;
+        slot.written
+            .store(size, std::sync::atomic::Ordering::Relaxed);
+        Ok(Some(size))
+    }
+
+    /// Follows the ledger to its end, then saves the snapshot when the index has read at least
+    /// `every` entries past the last one saved; returns the size saved, if it saved one.
+    pub async fn save_snapshot_every(&self, every: u64) -> Result<Option<u64>, SnapshotError> {
+        self.follow_ledger().await?;
+        let Some(slot) = &self.snapshot else {
+            return Ok(None);
+        };
+        let written = slot.written.load(std::sync::atomic::Ordering::Relaxed);
+        if self.read().processed_below() < written.saturating_add(every) {
+            return Ok(None);
+        }
+        self.save_snapshot().await
     }
 
     /// Sets the registry's license ids (replacing [`DEFAULT_REGISTRY_LICENSES`]).
@@ -1403,6 +1540,37 @@ pub fn replay_count(ledger: &Ledger) -> Result<usize, RegistryError> {
         Err(format!("no custody to read the body {digest} from"))
     })?
     .version_count())
+}
+
+/// Writes the snapshot of the registry index of the first `size` entries of `ledger` at `path`,
+/// as a daemon saves it. For measuring a restart from a snapshot (`custodian-bench ledger`).
+pub fn save_snapshot_at(
+    ledger: &Ledger,
+    size: u64,
+    path: &std::path::Path,
+) -> Result<(), SnapshotError> {
+    let mut index = Index::default();
+    index.follow(ledger, size, &|digest| {
+        Err(format!("no custody to read the body {digest} from"))
+    })?;
+    let (size, kept, damaged) = index.snapshot_lists();
+    Snapshot {
+        size,
+        root: ledger.root_at(size)?,
+        kept,
+        damaged,
+    }
+    .write(path)
+}
+
+/// Rebuilds the registry index as a restart with the snapshot at `path` does; returns how many
+/// versions it holds, or `None` when the snapshot was not usable (nothing was rebuilt then).
+/// For measuring start-up time (`custodian-bench ledger`).
+pub fn restore_count(ledger: &Ledger, path: &std::path::Path) -> Option<usize> {
+    restore(ledger, path, &|digest| {
+        Err(format!("no custody to read the body {digest} from"))
+    })
+    .map(|index| index.version_count())
 }
 
 /// A text field of an entry's payload map, if it has one.

@@ -36,14 +36,25 @@ fn admin() -> Principal {
 struct Fixture {
     registry: Registry,
     ledger: Arc<Ledger>,
+    /// The ledger's backend, to open the same log again.
+    memory: Arc<MemoryLedger>,
     publisher: SignerKey,
     manifest: Digest,
+    /// Where the registry saves its index snapshot.
+    snapshot: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn log_signer() -> SignerKey {
+    SignerKey::from_seed("registry.test/log", [3; 32]).expect("log key")
 }
 
 async fn fixture() -> Fixture {
     let store = BlobStore::new(Arc::new(MemoryBackend::new(64 << 10)));
-    let signer = SignerKey::from_seed("registry.test/log", [3; 32]).expect("log key");
-    let ledger = Arc::new(Ledger::open(Arc::new(MemoryLedger::new()), signer).expect("ledger"));
+    let memory = Arc::new(MemoryLedger::new());
+    let ledger = Arc::new(Ledger::open(memory.clone(), log_signer()).expect("ledger"));
+    let dir = tempfile::tempdir().expect("dir");
+    let snapshot = dir.path().join("registry-index");
     let manifest = Digest::of(Algorithm::Sha256, MANIFEST.as_bytes());
     store
         .put_bytes(
@@ -56,16 +67,54 @@ async fn fixture() -> Fixture {
         .await
         .expect("manifest into custody");
     let sequencer = Sequencer::start(ledger.clone(), SequencerConfig::default(), None);
-    let registry = Registry::open(store, sequencer).await.expect("open");
+    let registry = Registry::open_with_snapshot(store, sequencer, Some(snapshot.clone()))
+        .await
+        .expect("open");
     Fixture {
         registry,
         ledger,
+        memory,
         publisher: SignerKey::from_seed("acme-release", [4; 32]).expect("publisher key"),
         manifest,
+        snapshot,
+        _dir: dir,
     }
 }
 
 impl Fixture {
+    /// The registry opened again over the same custody and log, with the fixture's snapshot
+    /// path, through a backend that counts (and `damage` may set to damage) what it reads; the
+    /// count starts when the registry starts opening.
+    async fn reopened(
+        &self,
+        damage: impl FnOnce(CountingBackend) -> CountingBackend,
+    ) -> (Registry, Arc<CountingBackend>) {
+        let counter = Arc::new(damage(CountingBackend::new(self.memory.clone())));
+        let ledger = Arc::new(Ledger::open(counter.clone(), log_signer()).expect("ledger"));
+        counter.take();
+        let sequencer = Sequencer::start(ledger, SequencerConfig::default(), None);
+        let registry = Registry::open_with_snapshot(
+            self.registry.store().clone(),
+            sequencer,
+            Some(self.snapshot.clone()),
+        )
+        .await
+        .expect("reopen");
+        (registry, counter)
+    }
+
+    /// Attests a passing run told apart by `seed`; returns its entry's index.
+    async fn attest(&self, attester: &SignerKey, seed: u64) -> u64 {
+        self.registry
+            .attest(
+                &admin(),
+                &run_statement(self.manifest, seed).sign(attester).to_json(),
+            )
+            .await
+            .expect("attest")
+            .index
+    }
+
     /// Appends a `BlobsDeleted` entry for `blobs` at `time_ms`, straight to the ledger, and
     /// applies it to the registry, as a collection records a deletion.
     fn record_deletion(
@@ -440,7 +489,7 @@ fn counted_ledger(
     count: u64,
     damage: impl FnOnce(CountingBackend) -> CountingBackend,
 ) -> (Ledger, Arc<CountingBackend>) {
-    let signer = SignerKey::from_seed("registry.test/log", [3; 32]).expect("log key");
+    let signer = log_signer();
     let memory = Arc::new(MemoryLedger::new());
     filler(
         &Ledger::open(memory.clone(), signer.clone()).expect("ledger"),
@@ -630,4 +679,164 @@ async fn finishing_a_recorded_deletion_spares_a_copy_put_again_after_it() {
     );
     assert_eq!(finish().await.expect("finish"), 1);
     assert!(store.stat(&third.sha256()).await.expect("stat").is_none());
+}
+
+/// A published version with eleven runs of one eval × model (three more than the window keeps),
+/// a yank and thousands of other entries, its snapshot saved; returns the fixture, the attester,
+/// the runs' indexes and the yank's.
+async fn snapshotted() -> (Fixture, SignerKey, Vec<u64>, u64) {
+    let (f, attester) = published_with_attester().await;
+    filler(&f.ledger, 5_000);
+    let mut runs = Vec::new();
+    for seed in 0..11 {
+        runs.push(f.attest(&attester, seed).await);
+    }
+    filler(&f.ledger, 3_000);
+    let yank = f
+        .registry
+        .yank(&admin(), "acme-bot", "1.0.0", "superseded")
+        .await
+        .expect("yank")
+        .receipt
+        .index;
+    filler(&f.ledger, 100);
+    let saved = f.registry.save_snapshot().await.expect("save");
+    assert_eq!(saved, Some(f.ledger.latest().size));
+    (f, attester, runs, yank)
+}
+
+/// A snapshot lists the entries the index is built from — not the runs that left their window,
+/// not the other entries of the log — and a restart from it reads those and the entries past
+/// it, and builds exactly what a replay of the whole log builds.
+#[tokio::test]
+async fn a_restart_from_a_snapshot_reads_what_it_lists_and_builds_what_a_replay_builds() {
+    let (f, attester, runs, yank) = snapshotted().await;
+    let snapshot = super::Snapshot::read(&f.snapshot)
+        .expect("read")
+        .expect("saved");
+    let window = runs.len() - super::index::RUN_WINDOW;
+    for (i, run) in runs.iter().enumerate() {
+        assert_eq!(snapshot.kept.contains(run), i >= window, "run {i}");
+    }
+    assert!(snapshot.kept.contains(&yank));
+    assert!(snapshot.kept.len() < 20, "{:?}", snapshot.kept);
+    // Past the snapshot: more entries of the log, and a registry entry (another attester).
+    filler(&f.ledger, 2_000);
+    let second = SignerKey::from_seed("ci-runner-2", [6; 32]).expect("second attester");
+    f.registry
+        .register_attester(&admin(), &second.verifier().to_string())
+        .await
+        .expect("register a second attester");
+    let size = f.ledger.latest().size;
+    let (restored, counter) = f.reopened(|backend| backend).await;
+    let (_, read) = counter.take();
+    let past = size - snapshot.size;
+    assert!(
+        read >= snapshot.kept.len() as u64 + past && read < 1_000 + past,
+        "{read} entries read for {} listed and {past} past the snapshot, of {size}",
+        snapshot.kept.len()
+    );
+    let replayed = f.replayed().await;
+    f.registry.follow().await.expect("follow");
+    let expected = replayed.fingerprint();
+    assert_eq!(restored.read().fingerprint(), expected);
+    assert_eq!(f.registry.read().fingerprint(), expected);
+    let state = restored.read();
+    let record = state.version("acme-bot", &version()).expect("version");
+    assert_eq!(record.yanked.as_ref().map(|y| y.index), Some(yank));
+    let evidence = state.evidence("acme-bot", "1.0.0").expect("evidence");
+    let kept: Vec<u64> = evidence.runs[&("e1".to_string(), "m1".to_string())]
+        .iter()
+        .map(|run| run.index)
+        .collect();
+    assert_eq!(kept, runs[window..]);
+    assert!(state.attester(&attester.verifier().handle()).is_some());
+    assert!(state.attester(&second.verifier().handle()).is_some());
+}
+
+/// A damaged snapshot file, a snapshot of another log (its root is not this log's at its size)
+/// and one longer than the log are not used: the whole ledger is replayed, and the index is
+/// still what a replay builds.
+#[tokio::test]
+async fn a_damaged_or_foreign_snapshot_is_not_used() {
+    let (f, _, _, _) = snapshotted().await;
+    let good = std::fs::read(&f.snapshot).expect("read");
+    let parsed = super::Snapshot::decode(&good).expect("decode");
+    let size = f.ledger.latest().size;
+    let mut flipped = good.clone();
+    flipped[60] ^= 1;
+    let foreign = super::Snapshot {
+        root: custodian_core::merkle::Hash([9; 32]),
+        ..parsed.clone()
+    }
+    .encode();
+    let longer = super::Snapshot {
+        size: size + 1,
+        ..parsed.clone()
+    }
+    .encode();
+    let expected = f.replayed().await.fingerprint();
+    for (what, bytes) in [
+        ("damaged", flipped),
+        ("foreign", foreign),
+        ("longer", longer),
+    ] {
+        std::fs::write(&f.snapshot, bytes).expect("write");
+        let (restored, counter) = f.reopened(|backend| backend).await;
+        assert_eq!(counter.take().1, size, "{what}: the whole log is read");
+        assert_eq!(restored.read().fingerprint(), expected, "{what}");
+    }
+}
+
+/// An entry a snapshot lists that no longer matches its leaf hash is named as damaged at the
+/// restart and not applied, as a replay names it: the yank it was is not a registry fact.
+#[tokio::test]
+async fn a_damaged_entry_a_snapshot_lists_is_named_at_restart() {
+    let (f, _, _, yank) = snapshotted().await;
+    let (restored, _) = f.reopened(|backend| backend.damaging_entry(yank)).await;
+    let state = restored.read();
+    assert_eq!(state.damaged(), &[yank]);
+    let record = state.version("acme-bot", &version()).expect("version");
+    assert!(record.yanked.is_none());
+}
+
+/// Runs applied out of ledger order (concurrent attestations finish in any order) leave the
+/// window a replay leaves, so what a snapshot lists does not depend on that order.
+#[tokio::test]
+async fn runs_applied_in_any_order_keep_the_window_a_replay_keeps() {
+    let (f, attester) = published_with_attester().await;
+    let mut runs = Vec::new();
+    for seed in 0..11 {
+        runs.push(f.attest(&attester, seed).await);
+    }
+    let mut reversed = Index::default();
+    for &index in runs.iter().rev() {
+        let bytes = f.ledger.entry(index).expect("entry");
+        reversed
+            .apply(index, &Entry::decode(&bytes).expect("decode"))
+            .expect("apply");
+    }
+    let replayed = f.replayed().await;
+    let key = ("e1".to_string(), "m1".to_string());
+    let window = |index: &Index| {
+        index.evidence("acme-bot", "1.0.0").expect("evidence").runs[&key]
+            .iter()
+            .map(|run| run.index)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(window(&reversed), window(&replayed));
+    assert_eq!(
+        window(&reversed),
+        runs[runs.len() - super::index::RUN_WINDOW..]
+    );
+    let listed = |index: &Index| {
+        index
+            .kept()
+            .iter()
+            .copied()
+            .filter(|i| runs.contains(i))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed(&reversed), listed(&replayed));
+    assert_eq!(listed(&reversed), window(&replayed));
 }
