@@ -449,6 +449,54 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
         "—",
         None,
     ));
+    if let Some(seconds) = ledger.registry_restore_seconds {
+        out.push(row(
+            format!(
+                "registry index rebuilt at a restart from its snapshot, {} entries past it",
+                thousands(ledger.registry_restore_followed)
+            ),
+            format!("{seconds:.3} s"),
+            none(),
+            none(),
+            None,
+            "the replay of the whole log".to_string(),
+            format!("{:.3}×", seconds / ledger.registry_replay_seconds),
+            "—",
+            None,
+        ));
+    }
+    if let Some(runs) = &ledger.run_log {
+        out.push(row(
+            format!(
+                "registry index rebuilt at start-up from {} attested runs over {} eval × model pairs",
+                thousands(runs.entries),
+                thousands(runs.pairs)
+            ),
+            format!("{:.2} s", runs.replay_seconds),
+            none(),
+            none(),
+            None,
+            none(),
+            none(),
+            "—",
+            None,
+        ));
+        out.push(row(
+            format!(
+                "the same at a restart from its snapshot ({} entries listed, {} past it)",
+                thousands(runs.listed),
+                thousands(runs.followed)
+            ),
+            format!("{:.3} s", runs.restore_seconds),
+            none(),
+            none(),
+            None,
+            "the replay of the whole log".to_string(),
+            format!("{:.3}×", runs.restore_seconds / runs.replay_seconds),
+            "—",
+            None,
+        ));
+    }
     // Attested runs.
     let evidence = &raw.evidence;
     for s in &evidence.scenarios {

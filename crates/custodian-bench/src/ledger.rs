@@ -29,6 +29,10 @@ pub struct LedgerArgs {
     /// Entries in the log used for proof latency and audit speed
     #[arg(long, default_value_t = 1_000_000)]
     log_size: u64,
+    /// Attested runs in a second log, every entry of which the registry applies at a replay
+    /// (0 skips it): the start-up of an evidence-heavy log, replayed and from its snapshot
+    #[arg(long, default_value_t = 1_000_000)]
+    run_log_size: u64,
     /// Where to put the benchmark's databases (default: ~/.cache/custodian/bench, i.e. the same
     /// disk as the daemon's default data)
     #[arg(long)]
@@ -54,6 +58,26 @@ pub struct AppendResult {
     pub daemon_cpu_us_per_append: Option<f64>,
 }
 
+/// The registry's start-up on a log of attested runs only: every entry is the registry's, and
+/// the index keeps the latest runs of each eval × model.
+#[derive(Serialize, Deserialize)]
+pub struct RunLogStartup {
+    /// Entries (runs) in the log.
+    pub entries: u64,
+    /// The eval × model pairs they are spread over (10 versions × 100 evals × 10 models).
+    pub pairs: u64,
+    /// Seconds to fill it.
+    pub fill_seconds: f64,
+    /// Rebuilding the index from the whole log.
+    pub replay_seconds: f64,
+    /// Rebuilding it from a snapshot `followed` entries old.
+    pub restore_seconds: f64,
+    /// Entries the snapshot lists.
+    pub listed: u64,
+    /// Entries past the snapshot the restore followed.
+    pub followed: u64,
+}
+
 #[derive(Serialize, Deserialize)]
 pub struct Report {
     pub fsync_median_ms: f64,
@@ -72,6 +96,16 @@ pub struct Report {
     pub audit_seconds: f64,
     /// Rebuilding the registry index from the whole log, as the daemon does at start-up.
     pub registry_replay_seconds: f64,
+    /// Rebuilding it from a snapshot, as a restart does, with as many entries past the snapshot
+    /// as a daemon lets pass before it saves the next one (the most a restart reads past it).
+    #[serde(default)]
+    pub registry_restore_seconds: Option<f64>,
+    /// How many entries past the snapshot that restart followed.
+    #[serde(default)]
+    pub registry_restore_followed: u64,
+    /// The same two start-ups on a log of attested runs only (`--run-log-size`).
+    #[serde(default)]
+    pub run_log: Option<RunLogStartup>,
     /// In process, into the log of `log_size` entries, with the largest writer count: the same
     /// measurement as `appends` on a full log instead of an empty one.
     #[serde(default)]
@@ -113,6 +147,74 @@ fn payload(i: u64) -> Value {
             ]),
         ),
     ])
+}
+
+/// Versions, evals per version and models in the attested-runs log.
+const RUN_LOG_SHAPE: (u64, u64, u64) = (10, 100, 10);
+
+/// Fills a log at `path` with `count` attested runs cycling over [`RUN_LOG_SHAPE`]'s eval × model
+/// pairs, each carrying an envelope of 1 KiB (real ones are 1–2 KiB); then measures the registry's
+/// start-up on it: a replay of the whole log, and a restart from a snapshot as old as a daemon
+/// lets it get.
+fn run_log_startup(path: &Path, count: u64) -> anyhow::Result<RunLogStartup> {
+    use custodian_core::registry::{RunAttested, to_payload};
+    let backend: Arc<dyn LedgerBackend> = Arc::new(RocksLedger::open(path)?);
+    let ledger = Ledger::open(backend, signer()?)?;
+    let (versions, evals, models) = RUN_LOG_SHAPE;
+    let envelope = "e".repeat(1024);
+    let started = Instant::now();
+    let mut done = 0u64;
+    while done < count {
+        let n = 10_000.min(count - done);
+        let requests = (done..done + n)
+            .map(|i| {
+                let run = RunAttested {
+                    name: "bench-package".into(),
+                    version: format!("1.0.{}", i % versions),
+                    manifest: format!("sha256:{:064x}", i % versions),
+                    eval_id: format!("e{:03}", (i / versions) % evals),
+                    model: format!("m{:02}", (i / (versions * evals)) % models),
+                    passed: true,
+                    data_pack_sha256: None,
+                    context_sha256: format!("sha256:{i:064x}"),
+                    runner: "bench".into(),
+                    finished_ms: 1_700_000_000_000 + i,
+                    attester_key: "bench+00000000+AAAA".into(),
+                    envelope: envelope.clone(),
+                    private: false,
+                };
+                Ok((EntryKind::RunAttested, to_payload(&run)?))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        ledger.append(requests, 1_700_000_000_000 + done)?;
+        done += n;
+    }
+    let fill_seconds = started.elapsed().as_secs_f64();
+    let size = ledger.latest().size;
+    let started = Instant::now();
+    custodian_server::registry::replay_count(&ledger)?;
+    let replay_seconds = started.elapsed().as_secs_f64();
+    let followed = custodian_server::REGISTRY_SNAPSHOT_EVERY.min(size);
+    let snapshot = path.with_extension("registry-index");
+    custodian_server::registry::save_snapshot_at(&ledger, size - followed, &snapshot)?;
+    let listed =
+        custodian_server::registry::Snapshot::read(&snapshot)?.map_or(0, |s| s.kept.len() as u64);
+    let started = Instant::now();
+    anyhow::ensure!(
+        custodian_server::registry::restore_count(&ledger, &snapshot).is_some(),
+        "the registry index snapshot at {} was not used",
+        snapshot.display()
+    );
+    let restore_seconds = started.elapsed().as_secs_f64();
+    Ok(RunLogStartup {
+        entries: size,
+        pairs: versions * evals * models,
+        fill_seconds,
+        replay_seconds,
+        restore_seconds,
+        listed,
+        followed,
+    })
 }
 
 fn signer() -> anyhow::Result<SignerKey> {
@@ -381,6 +483,28 @@ pub fn run(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         report.log_size,
         report.log_size as f64 / report.registry_replay_seconds
     );
+    if let Some(runs) = &report.run_log {
+        println!(
+            "a log of {} attested runs over {} eval × model pairs (filled in {:.1} s): registry index replayed in {:.2} s; rebuilt from its snapshot ({} entries listed, {} past it) in {:.3} s ({:.4}× the replay)",
+            runs.entries,
+            runs.pairs,
+            runs.fill_seconds,
+            runs.replay_seconds,
+            runs.listed,
+            runs.followed,
+            runs.restore_seconds,
+            runs.restore_seconds / runs.replay_seconds
+        );
+    }
+    if let Some(seconds) = report.registry_restore_seconds {
+        println!(
+            "registry index rebuilt from its snapshot (daemon restart): {:.3} s for {} entries, {} of them past the snapshot ({:.4}× the replay)",
+            seconds,
+            report.log_size,
+            report.registry_restore_followed,
+            seconds / report.registry_replay_seconds
+        );
+    }
     if let Some(large) = &report.appends_on_large_log {
         let fresh = report.appends.iter().find(|a| a.writers == large.writers);
         println!(
@@ -457,6 +581,23 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
     let started = Instant::now();
     custodian_server::registry::replay_count(&ledger)?;
     let replay_seconds = started.elapsed().as_secs_f64();
+    // What a restart does with the snapshot a daemon saves: the snapshot is as old as the
+    // daemon lets it get, so the restart also follows that many entries past it.
+    let followed = custodian_server::REGISTRY_SNAPSHOT_EVERY.min(size);
+    let snapshot = dir.join(custodian_server::REGISTRY_SNAPSHOT_FILE);
+    custodian_server::registry::save_snapshot_at(&ledger, size - followed, &snapshot)?;
+    let started = Instant::now();
+    let restored = custodian_server::registry::restore_count(&ledger, &snapshot);
+    let restore_seconds = restored.map(|_| started.elapsed().as_secs_f64());
+    anyhow::ensure!(
+        restored.is_some(),
+        "the registry index snapshot at {} was not used",
+        snapshot.display()
+    );
+    let run_log = match args.run_log_size {
+        0 => None,
+        count => Some(run_log_startup(&dir.join("runs"), count)?),
+    };
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut next_index = || {
         // xorshift: a fixed pseudo-random sequence of indexes, the same every run.
@@ -542,6 +683,9 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
         receipt_p99_us: percentile(&receipts, 0.99).as_secs_f64() * 1e6,
         audit_entries_per_second: size as f64 / audit_seconds,
         registry_replay_seconds: replay_seconds,
+        registry_restore_seconds: restore_seconds,
+        registry_restore_followed: followed,
+        run_log,
         appends_on_large_log,
         audit_seconds,
         openssl_sha256_export_seconds: openssl,
