@@ -118,6 +118,11 @@ pub struct Report {
     /// writers ([`NOOP_WRITERS`]): the ceiling of any unary call on this machine.
     #[serde(default)]
     pub grpc_noop: Option<crate::measure::CallRate>,
+    /// `custodian serve` on the large log: seconds from launch to its first answer at its first start
+    /// (a replay of the whole log) and at a restart after `kill -9` (from the snapshot the
+    /// first start saved).
+    #[serde(default)]
+    pub daemon_start_seconds: Option<(f64, f64)>,
 }
 
 /// The writer count whose gRPC appends issue 22 sets a target for, and whose unary ceiling is
@@ -191,27 +196,47 @@ fn run_log_startup(path: &Path, count: u64) -> anyhow::Result<RunLogStartup> {
     }
     let fill_seconds = started.elapsed().as_secs_f64();
     let size = ledger.latest().size;
-    let started = Instant::now();
-    custodian_server::registry::replay_count(&ledger)?;
-    let replay_seconds = started.elapsed().as_secs_f64();
-    let followed = custodian_server::REGISTRY_SNAPSHOT_EVERY.min(size);
-    let snapshot = path.with_extension("registry-index");
-    custodian_server::registry::save_snapshot_at(&ledger, size - followed, &snapshot)?;
-    let listed =
-        custodian_server::registry::Snapshot::read(&snapshot)?.map_or(0, |s| s.kept.len() as u64);
-    let started = Instant::now();
-    anyhow::ensure!(
-        custodian_server::registry::restore_count(&ledger, &snapshot).is_some(),
-        "the registry index snapshot at {} was not used",
-        snapshot.display()
-    );
-    let restore_seconds = started.elapsed().as_secs_f64();
+    let startups = registry_startups(&ledger, &path.with_extension("registry-index"))?;
     Ok(RunLogStartup {
         entries: size,
         pairs: versions * evals * models,
         fill_seconds,
+        replay_seconds: startups.replay_seconds,
+        restore_seconds: startups.restore_seconds,
+        listed: startups.listed,
+        followed: startups.followed,
+    })
+}
+
+/// The registry's two start-ups on one log, timed in process.
+struct Startups {
+    replay_seconds: f64,
+    restore_seconds: f64,
+    listed: u64,
+    followed: u64,
+}
+
+/// Times the registry index rebuilt from the whole of `ledger`, as a first start does, then from
+/// a snapshot at `snapshot` as old as a daemon lets it get (so the restart also follows that many
+/// entries past it).
+fn registry_startups(ledger: &Ledger, snapshot: &Path) -> anyhow::Result<Startups> {
+    let size = ledger.latest().size;
+    let started = Instant::now();
+    custodian_server::registry::replay_count(ledger)?;
+    let replay_seconds = started.elapsed().as_secs_f64();
+    let followed = custodian_server::REGISTRY_SNAPSHOT_EVERY.min(size);
+    custodian_server::registry::save_snapshot_at(ledger, size - followed, snapshot)?;
+    let listed =
+        custodian_server::registry::Snapshot::read(snapshot)?.map_or(0, |s| s.kept.len() as u64);
+    let started = Instant::now();
+    anyhow::ensure!(
+        custodian_server::registry::restore_count(ledger, snapshot).is_some(),
+        "the registry index snapshot at {} was not used",
+        snapshot.display()
+    );
+    Ok(Startups {
         replay_seconds,
-        restore_seconds,
+        restore_seconds: started.elapsed().as_secs_f64(),
         listed,
         followed,
     })
@@ -496,6 +521,12 @@ pub fn run(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             runs.restore_seconds / runs.replay_seconds
         );
     }
+    if let Some((first, restart)) = report.daemon_start_seconds {
+        println!(
+            "custodian serve on the {}-entry log, launch to its first answer: {:.2} s at its first start (whole-log replay), {:.2} s at a restart after kill -9 (from its snapshot)",
+            report.log_size, first, restart
+        );
+    }
     if let Some(seconds) = report.registry_restore_seconds {
         println!(
             "registry index rebuilt from its snapshot (daemon restart): {:.3} s for {} entries, {} of them past the snapshot ({:.4}× the replay)",
@@ -577,23 +608,9 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
     }
     let fill_seconds = started.elapsed().as_secs_f64();
     let size = ledger.latest().size;
-    // What a daemon does at start-up: read every entry and rebuild the registry index.
-    let started = Instant::now();
-    custodian_server::registry::replay_count(&ledger)?;
-    let replay_seconds = started.elapsed().as_secs_f64();
-    // What a restart does with the snapshot a daemon saves: the snapshot is as old as the
-    // daemon lets it get, so the restart also follows that many entries past it.
-    let followed = custodian_server::REGISTRY_SNAPSHOT_EVERY.min(size);
-    let snapshot = dir.join(custodian_server::REGISTRY_SNAPSHOT_FILE);
-    custodian_server::registry::save_snapshot_at(&ledger, size - followed, &snapshot)?;
-    let started = Instant::now();
-    let restored = custodian_server::registry::restore_count(&ledger, &snapshot);
-    let restore_seconds = restored.map(|_| started.elapsed().as_secs_f64());
-    anyhow::ensure!(
-        restored.is_some(),
-        "the registry index snapshot at {} was not used",
-        snapshot.display()
-    );
+    // What a daemon does at start-up: read every entry and rebuild the registry index; and
+    // what a restart does with the snapshot a daemon saves.
+    let startups = registry_startups(&ledger, &dir.join(custodian_server::REGISTRY_SNAPSHOT_FILE))?;
     let run_log = match args.run_log_size {
         0 => None,
         count => Some(run_log_startup(&dir.join("runs"), count)?),
@@ -656,6 +673,7 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
         }
         None => None,
     };
+    let daemon_start_seconds = Some(daemon_starts(dir, &path)?);
     let openssl = crate::measure::run_timed(
         std::process::Command::new("openssl")
             .args(["dgst", "-sha256"])
@@ -682,14 +700,74 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
         receipt_median_us: percentile(&receipts, 0.5).as_secs_f64() * 1e6,
         receipt_p99_us: percentile(&receipts, 0.99).as_secs_f64() * 1e6,
         audit_entries_per_second: size as f64 / audit_seconds,
-        registry_replay_seconds: replay_seconds,
-        registry_restore_seconds: restore_seconds,
-        registry_restore_followed: followed,
+        registry_replay_seconds: startups.replay_seconds,
+        registry_restore_seconds: Some(startups.restore_seconds),
+        registry_restore_followed: startups.followed,
         run_log,
         appends_on_large_log,
         audit_seconds,
         openssl_sha256_export_seconds: openssl,
         audit_ratio_to_openssl: audit_seconds / openssl,
         grpc_noop,
+        daemon_start_seconds,
     })
+}
+
+/// Starts `custodian serve` on the log at `log` (moved into a data directory of its own, with the
+/// bench's log key): seconds from launch to its first answer at its first start, which replays the log
+/// and then saves the registry index snapshot, and at a restart after `kill -9`, which reads it.
+fn daemon_starts(dir: &Path, log: &Path) -> anyhow::Result<(f64, f64)> {
+    let data = dir.join("daemon-on-large-log");
+    std::fs::create_dir_all(&data)?;
+    std::fs::rename(log, data.join("ledger"))?;
+    custodian_testkit::write_log_key(&data, "bench.custodian/ledger", 7);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    let mut daemon = crate::measure::daemon(&data, "rocksdb", &[])?;
+    runtime.block_on(first_answer(&daemon))?;
+    let first = started.elapsed().as_secs_f64();
+    let snapshot = data.join(custodian_server::REGISTRY_SNAPSHOT_FILE);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !snapshot.exists() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the daemon saved no registry index snapshot at {} within 2 minutes",
+            snapshot.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    daemon.restart_after_kill9();
+    runtime.block_on(first_answer(&daemon))?;
+    let restart = started.elapsed().as_secs_f64();
+    Ok((first, restart))
+}
+
+/// Waits for the daemon's first answer to a gRPC health check. The daemon prints its listening
+/// lines once its ports are bound, before it opens the registry; connections wait in the
+/// listening socket's queue until it serves them.
+async fn first_answer(daemon: &custodian_testkit::Daemon) -> anyhow::Result<()> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let attempt = async {
+            let client = custodian_client::Client::connect(&daemon.target(None)).await?;
+            HealthClient::new(client.channel())
+                .check(HealthCheckRequest::default())
+                .await?;
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(60), attempt).await {
+            Ok(Ok(())) => return Ok(()),
+            failed if Instant::now() > deadline => {
+                anyhow::bail!(
+                    "the daemon did not answer a health check within 5 minutes: {failed:?}"
+                )
+            }
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
 }

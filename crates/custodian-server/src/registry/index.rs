@@ -528,13 +528,7 @@ impl Index {
                 };
                 let actual = custodian_core::merkle::leaf_hash(bytes);
                 if actual != *leaf {
-                    tracing::error!(
-                        index,
-                        %actual,
-                        recorded = %leaf,
-                        "ledger entry is damaged; it is not applied, and badges are withheld until `custodian scrub` finds the log clean"
-                    );
-                    state.damaged.push(index);
+                    state.damaged_entry(index, &actual, leaf);
                     continue;
                 }
                 state.ingest(index, bytes, body)?;
@@ -661,13 +655,7 @@ impl Index {
                     LedgerError::Corrupt(format!("no recorded leaf hash for entry {index}"))
                 })?;
                 if actual != leaf {
-                    tracing::error!(
-                        index,
-                        %actual,
-                        recorded = %leaf,
-                        "ledger entry is damaged; it is not applied, and badges are withheld until `custodian scrub` finds the log clean"
-                    );
-                    self.damaged.push(index);
+                    self.damaged_entry(index, actual, leaf);
                     continue;
                 }
             }
@@ -676,6 +664,23 @@ impl Index {
         self.processed_below = end;
         self.applied_above = self.applied_above.split_off(&end);
         Ok(applied)
+    }
+
+    /// Names an entry whose bytes do not hash to the leaf hash the tree records: it is not
+    /// applied, and badges are withheld while any is named.
+    fn damaged_entry(
+        &mut self,
+        index: u64,
+        actual: &custodian_core::merkle::Hash,
+        recorded: &custodian_core::merkle::Hash,
+    ) {
+        tracing::error!(
+            index,
+            %actual,
+            %recorded,
+            "ledger entry is damaged; it is not applied, and badges are withheld until `custodian scrub` finds the log clean"
+        );
+        self.damaged.push(index);
     }
 
     /// Applies one entry read from the ledger and checked against the tree, if it is a service

@@ -11,10 +11,11 @@
 //! a snapshot of another log, or of a log since rebuilt, is refused and the ledger replayed.
 //!
 //! The file (`DATA_DIR/registry-index`) is, in order: the line
-//! `custodian registry index snapshot v1\n`; the tree size (u64, big-endian); the root hash of
-//! that tree (32 bytes); the number of listed entries (u64) and their indexes (u64 each,
-//! ascending); the number of damaged entries (u64) and their indexes; and the SHA-256 of
-//! everything before it (32 bytes). It is replaced whole (written beside, synced, renamed), so a
+//! `custodian registry index snapshot v1\n`; the line of [`rules`] (which entries the writer
+//! keeps: a daemon that keeps other entries, or more runs, must replay instead); the tree size
+//! (u64, big-endian); the root hash of that tree (32 bytes); the number of listed entries (u64)
+//! and their indexes (u64 each, ascending); the number of damaged entries (u64) and their
+//! indexes; and the SHA-256 of everything before it (32 bytes). It is replaced whole (written beside, synced, renamed), so a
 //! crash leaves the previous snapshot or the new one, never a mix; a damaged file fails its
 //! checksum and the ledger is replayed.
 
@@ -26,6 +27,21 @@ use sha2::{Digest as _, Sha256};
 
 /// The first line of a snapshot file: what it is and its format's version.
 const MAGIC: &[u8] = b"custodian registry index snapshot v1\n";
+
+/// What decides which entries an index keeps: the service kinds this daemon applies (a kind it
+/// does not know is not kept, so a daemon that knows more kinds cannot use the snapshot) and the
+/// runs it keeps per eval × model. One line, ending in a newline.
+pub fn rules() -> String {
+    let kinds: Vec<&str> = custodian_core::entry::EntryKind::KNOWN
+        .iter()
+        .map(|kind| kind.as_str())
+        .collect();
+    format!(
+        "kinds {}; runs per eval and model {}\n",
+        kinds.join(","),
+        super::index::RUN_WINDOW
+    )
+}
 
 /// The entries a registry index is built from, as of the first `size` entries of the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +129,7 @@ impl Snapshot {
             MAGIC.len() + 8 + 32 + 16 + 8 * (self.kept.len() + self.damaged.len()) + 32,
         );
         out.extend_from_slice(MAGIC);
+        out.extend_from_slice(rules().as_bytes());
         out.extend_from_slice(&self.size.to_be_bytes());
         out.extend_from_slice(self.root.as_bytes());
         for list in [&self.kept, &self.damaged] {
@@ -140,6 +157,15 @@ impl Snapshot {
         let rest = body
             .strip_prefix(MAGIC)
             .ok_or("it does not start with the snapshot line")?;
+        let rules = rules();
+        let rest = rest.strip_prefix(rules.as_bytes()).ok_or_else(|| {
+            let line = rest.split(|b| *b == b'\n').next().unwrap_or_default();
+            format!(
+                "it was written by a daemon that keeps other entries ({:?}; this one: {:?})",
+                String::from_utf8_lossy(line),
+                rules.trim_end()
+            )
+        })?;
         let mut cursor = Cursor(rest);
         let size = cursor.u64()?;
         let root = Hash(cursor.take(32)?.try_into().map_err(|_| "it ends early")?);
@@ -232,6 +258,24 @@ mod tests {
             assert!(Snapshot::decode(&damaged).is_err(), "bit flipped at {at}");
             assert!(Snapshot::decode(&bytes[..at]).is_err(), "cut at {at}");
         }
+    }
+
+    /// A snapshot written under other rules (a daemon that keeps more runs, or knows other
+    /// kinds) is refused even under a correct checksum: its list would miss entries this daemon
+    /// keeps.
+    #[test]
+    fn a_snapshot_written_under_other_rules_is_refused() {
+        let encoded = sample().encode();
+        let ours = rules();
+        let theirs = ours.replace("runs per eval and model 8", "runs per eval and model 16");
+        assert_ne!(ours, theirs);
+        let mut body = encoded[..encoded.len() - 32].to_vec();
+        let at = MAGIC.len();
+        body.splice(at..at + ours.len(), theirs.bytes());
+        let checksum = Sha256::digest(&body);
+        body.extend_from_slice(&checksum);
+        let err = Snapshot::decode(&body).expect_err("other rules");
+        assert!(err.contains("keeps other entries"), "{err}");
     }
 
     /// Lists out of order or past the size are refused even under a correct checksum (a bug in
