@@ -324,10 +324,9 @@ pub async fn serve(
     };
     {
         // Other daemons sharing a PostgreSQL ledger append too: catch up with their entries,
-        // so that this daemon's checkpoints, receipts and proofs include them within a second.
-        // On any ledger the registry index then follows the log to its end (applying what
-        // others appended, and passing what this daemon appended and applied already), and
-        // saves its snapshot every REGISTRY_SNAPSHOT_EVERY entries, the first one at once after
+        // so that this daemon's checkpoints, receipts and proofs include them within a second,
+        // and the registry index applies what they appended. On any ledger the registry saves
+        // its index snapshot every REGISTRY_SNAPSHOT_EVERY entries, the first one at once after
         // a start that replayed a long log.
         let shared = config.ledger.is_some().then(|| ledger.clone());
         let follower = registry.clone();

@@ -483,6 +483,15 @@ impl Index {
         Ok(state)
     }
 
+    /// Counts every entry below `size` as read, without reading them: for a caller that knows
+    /// every service entry below it is applied (`Registry::catch_up`).
+    pub fn advance_to(&mut self, size: u64) {
+        if size > self.processed_below {
+            self.processed_below = size;
+            self.applied_above = self.applied_above.split_off(&size);
+        }
+    }
+
     /// What a snapshot of this index lists: the size below which it has read every entry, the
     /// entries below it that the index is built from, and those found damaged.
     pub fn snapshot_lists(&self) -> (u64, Vec<u64>, Vec<u64>) {

@@ -175,6 +175,10 @@ pub struct Registry {
     index: Arc<RwLock<Index>>,
     /// Where the index's snapshot is kept, when it is.
     snapshot: Option<SnapshotSlot>,
+    /// This daemon's appends between their commit and their application ([`Unapplied`]).
+    unapplied: std::sync::atomic::AtomicU64,
+    /// Whether an append was given up after it may have committed, since the last follow.
+    gave_up: std::sync::atomic::AtomicBool,
     pub(crate) writes: tokio::sync::Mutex<()>,
     /// Bounds the attestations being checked at once, across all callers: each holds its
     /// envelope in several forms until appended, so this bounds the daemon's memory.
@@ -202,6 +206,47 @@ struct SnapshotSlot {
 
 /// Entries a follow applies per hold of the index's write lock.
 const FOLLOW_STEP: u64 = 4096;
+
+/// An append of this daemon's from before its commit until its entry is applied. While none is
+/// under way, and none was given up between its commit and its application, every service entry
+/// of a ledger only this daemon appends to is in the index, so the index can count the whole log
+/// as read without reading it (`Registry::catch_up`).
+struct Unapplied<'a> {
+    registry: &'a Registry,
+    applied: bool,
+}
+
+impl<'a> Unapplied<'a> {
+    fn new(registry: &'a Registry) -> Self {
+        registry
+            .unapplied
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Unapplied {
+            registry,
+            applied: false,
+        }
+    }
+
+    fn applied(mut self) {
+        self.applied = true;
+    }
+}
+
+impl Drop for Unapplied<'_> {
+    fn drop(&mut self) {
+        // An append given up (an error after its commit, or a caller gone) may have committed
+        // an entry nobody applies: the next catch-up reads the log. Marked before the count
+        // falls, so whoever sees the count at zero sees the mark.
+        if !self.applied {
+            self.registry
+                .gave_up
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.registry
+            .unapplied
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 /// The index rebuilt from the snapshot at `path`, or `None` (logged) when there is no usable
 /// one: none yet, damaged, of another log (its root is not this log's at its size), or one
@@ -351,6 +396,8 @@ impl Registry {
                 written: std::sync::atomic::AtomicU64::new(0),
                 saving: tokio::sync::Mutex::new(()),
             }),
+            unapplied: std::sync::atomic::AtomicU64::new(0),
+            gave_up: std::sync::atomic::AtomicBool::new(false),
             writes: tokio::sync::Mutex::new(()),
             attest_permits: Arc::new(tokio::sync::Semaphore::new(
                 crate::evidence::MAX_CONCURRENT_ATTESTATIONS,
@@ -415,14 +462,35 @@ impl Registry {
         .map_err(|e| LedgerError::Poisoned(e.to_string()))?
     }
 
-    /// Follows the ledger to its end and replaces the index snapshot with one of everything
-    /// read; returns the size it describes (`None` when this registry keeps no snapshot).
+    /// Brings the index to the ledger's end. On a ledger only this daemon appends to, with no
+    /// append of its own between commit and application and none given up, every service entry
+    /// is applied already and the index counts the log as read without reading it; otherwise
+    /// it follows the log (reads every entry past those it has read).
+    async fn catch_up(&self) -> Result<(), LedgerError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !self.ledger().is_shared() {
+            // Any append committed below `size` counted itself before its commit, so it is
+            // still counted now, or applied, or marked given up.
+            let size = self.ledger().latest().size;
+            if self.unapplied.load(SeqCst) == 0 && !self.gave_up.load(SeqCst) {
+                self.write().advance_to(size);
+                return Ok(());
+            }
+        }
+        // Cleared first: an append given up during the follow marks it again.
+        self.gave_up.store(false, SeqCst);
+        self.follow_ledger().await.map(|_| ())
+    }
+
+    /// Brings the index to the ledger's end and replaces the index snapshot with one of
+    /// everything read; returns the size it describes (`None` when this registry keeps no
+    /// snapshot).
     pub async fn save_snapshot(&self) -> Result<Option<u64>, SnapshotError> {
         let Some(slot) = &self.snapshot else {
             return Ok(None);
         };
         let _one = slot.saving.lock().await;
-        self.follow_ledger().await?;
+        self.catch_up().await?;
         let (size, kept, damaged) = self.read().snapshot_lists();
         let (ledger, path) = (self.ledger().clone(), slot.path.clone());
         tokio::task::spawn_blocking(move || {
@@ -442,15 +510,18 @@ impl Registry {
         Ok(Some(size))
     }
 
-    /// Follows the ledger to its end, then saves the snapshot when the index has read at least
-    /// `every` entries past the last one saved; returns the size saved, if it saved one.
+    /// On a shared ledger, follows it to its end (what other daemons appended becomes visible
+    /// here); on any ledger, saves the snapshot once the log has grown by `every` entries past
+    /// the last one saved. Returns the size saved, if it saved one.
     pub async fn save_snapshot_every(&self, every: u64) -> Result<Option<u64>, SnapshotError> {
-        self.follow_ledger().await?;
+        if self.ledger().is_shared() {
+            self.follow_ledger().await?;
+        }
         let Some(slot) = &self.snapshot else {
             return Ok(None);
         };
         let written = slot.written.load(std::sync::atomic::Ordering::Relaxed);
-        if self.read().processed_below() < written.saturating_add(every) {
+        if self.ledger().latest().size < written.saturating_add(every) {
             return Ok(None);
         }
         self.save_snapshot().await
@@ -558,12 +629,16 @@ impl Registry {
             RegistryError::Ledger(LedgerError::InvalidEntry(e))
         };
         let payload = to_payload(event).map_err(|e| invalid(e.into()))?;
+        // From before the commit until the entry is applied (see `Unapplied`).
+        let unapplied = Unapplied::new(self);
         if !custodian_core::seal::must_seal(&payload) {
             let (appended, checkpoint) = self
                 .sequencer
                 .append_if(T::KIND, payload, condition)
                 .await?;
             let entry = appended.decoded.clone();
+            self.apply(appended.index, &entry);
+            unapplied.applied();
             return Ok((appended, checkpoint, entry));
         }
         // A private or large event is sealed: its body goes into custody first (verified and
@@ -603,6 +678,8 @@ impl Registry {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .add_body(&digest, &entry);
+        self.apply(appended.index, &entry);
+        unapplied.applied();
         Ok((appended, checkpoint, entry))
     }
 

@@ -840,3 +840,40 @@ async fn runs_applied_in_any_order_keep_the_window_a_replay_keeps() {
     assert_eq!(listed(&reversed), listed(&replayed));
     assert_eq!(listed(&reversed), window(&replayed));
 }
+
+/// An append given up between its commit and its application (here: a yank committed straight
+/// to the ledger, and an append marked given up) makes the next snapshot read the log instead of
+/// counting it read, so the entry is applied and listed. Without the mark the snapshot counts the
+/// log as read on the daemon's word, which is what the mark exists to withhold.
+#[tokio::test]
+async fn an_append_given_up_after_its_commit_is_read_before_a_snapshot() {
+    use custodian_core::registry::{VersionYanked, to_payload};
+    let f = fixture().await;
+    f.publish(false).await.expect("publish");
+    let yank = VersionYanked {
+        name: "acme-bot".into(),
+        version: "1.0.0".into(),
+        reason: "committed, never applied".into(),
+        private: false,
+    };
+    let (appended, _) = f
+        .ledger
+        .append(
+            vec![(
+                EntryKind::VersionYanked,
+                to_payload(&yank).expect("payload"),
+            )],
+            1_700_000_000_000,
+        )
+        .expect("append");
+    let index = appended[0].index;
+    drop(super::Unapplied::new(&f.registry));
+    f.registry.save_snapshot().await.expect("save");
+    let snapshot = super::Snapshot::read(&f.snapshot)
+        .expect("read")
+        .expect("saved");
+    assert!(snapshot.kept.contains(&index), "{:?}", snapshot.kept);
+    let state = f.registry.read();
+    let record = state.version("acme-bot", &version()).expect("version");
+    assert_eq!(record.yanked.as_ref().map(|y| y.index), Some(index));
+}
