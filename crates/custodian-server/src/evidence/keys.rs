@@ -144,8 +144,7 @@ impl Registry {
             effective_ms: None,
             envelope: Some(envelope.to_json()),
         };
-        let (index, _, receipt, entry) = self.append(&event).await?;
-        self.apply(index, &entry);
+        let (index, _, receipt) = self.append(&event).await?;
         tracing::info!(index, role = %event.role, from = %rotation.previous, to = %rotation.key, "key rotated");
         Ok((event, receipt))
     }
@@ -236,8 +235,7 @@ impl Registry {
             effective_ms,
             envelope: None,
         };
-        let (index, _, receipt, entry) = self.append(&event).await?;
-        self.apply(index, &entry);
+        let (index, _, receipt) = self.append(&event).await?;
         tracing::warn!(index, role, key = %key.handle(), reason, "key revoked");
         Ok((event, receipt))
     }
@@ -289,8 +287,7 @@ impl Registry {
                 vec![name.to_string()],
             )
         };
-        let (index, _, receipt, entry) = self.append(&event).await?;
-        self.apply(index, &entry);
+        let (_, _, receipt) = self.append(&event).await?;
         Ok((event, receipt))
     }
 }

@@ -128,8 +128,7 @@ impl Registry {
             token.id.clone(),
             namespaces.clone(),
         );
-        let (index, _, receipt, entry) = self.append(&event).await?;
-        self.apply(index, &entry);
+        let (_, _, receipt) = self.append(&event).await?;
         Ok((namespaces, receipt, false))
     }
 
@@ -315,8 +314,7 @@ impl Registry {
             envelope: envelope.to_json(),
             private: record.event.private,
         };
-        let (appended, checkpoint, entry) = self.append_entry(&event).await?;
-        self.apply(appended.index, &entry);
+        let (appended, checkpoint) = self.append_entry(&event).await?;
         if receipt {
             Ok(Attested::Receipt(
                 self.ledger().receipt_for(&appended, &checkpoint)?,
@@ -424,8 +422,7 @@ impl Registry {
             private: record.event.private,
             ..scan
         };
-        let (index, _, receipt, entry) = self.append(&event).await?;
-        self.apply(index, &entry);
+        let (_, _, receipt) = self.append(&event).await?;
         Ok(receipt)
     }
 
@@ -603,8 +600,7 @@ impl Registry {
                     private: record.event.private,
                     registry_licenses: badge.registry_licenses.clone(),
                 };
-                let (index, _, _, entry) = self.append(&event).await?;
-                self.apply(index, &entry);
+                let (index, ..) = self.append(&event).await?;
                 issued_index = Some(index);
             } else {
                 issued_index = current.map(|(i, _)| i);

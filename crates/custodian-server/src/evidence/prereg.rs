@@ -134,8 +134,7 @@ impl Registry {
             ));
         }
         let event = statement.to_event(&signer, &envelope, record.event.private);
-        let (index, _, receipt, entry) = self.append(&event).await?;
-        self.apply(index, &entry);
+        let (index, _, receipt) = self.append(&event).await?;
         tracing::info!(%name, %version, eval = %p.eval_id, index, "eval pre-registered");
         Ok(receipt)
     }

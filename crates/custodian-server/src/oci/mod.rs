@@ -755,8 +755,7 @@ impl Oci {
                 pusher: pusher(who),
                 private: self.is_private(repo),
             };
-            let (index, _, _, entry) = self.registry.append(&event).await?;
-            self.registry.apply(index, &entry);
+            self.registry.append(&event).await?;
         }
         Ok(Pushed {
             digest,
@@ -800,8 +799,7 @@ impl Oci {
             pusher: pusher(who),
             private: self.is_private(repo),
         };
-        let (index, _, _, entry) = self.registry.append(&event).await?;
-        self.registry.apply(index, &entry);
+        self.registry.append(&event).await?;
         Ok(())
     }
 

@@ -576,12 +576,12 @@ impl Registry {
         self.sequencer.ledger()
     }
 
-    /// Appends an event under its own kind; returns its index, integration time, receipt and
-    /// entry.
+    /// Appends an event under its own kind and applies it; returns its index, integration time
+    /// and receipt.
     pub(crate) async fn append<T: Event>(
         &self,
         event: &T,
-    ) -> Result<(u64, u64, custodian_core::receipt::Receipt, Entry), RegistryError> {
+    ) -> Result<(u64, u64, custodian_core::receipt::Receipt), RegistryError> {
         self.append_if(event, None).await
     }
 
@@ -591,14 +591,14 @@ impl Registry {
         &self,
         event: &T,
         condition: Option<Condition>,
-    ) -> Result<(u64, u64, custodian_core::receipt::Receipt, Entry), RegistryError> {
-        let (appended, checkpoint, entry) = self.append_entry_if(event, condition).await?;
+    ) -> Result<(u64, u64, custodian_core::receipt::Receipt), RegistryError> {
+        let (appended, checkpoint) = self.append_entry_if(event, condition).await?;
         let receipt = self.ledger().receipt_for(&appended, &checkpoint)?;
-        Ok((appended.index, entry.time_ms, receipt, entry))
+        Ok((appended.index, appended.decoded.time_ms, receipt))
     }
 
-    /// Appends an event and applies it; returns the appended entry without building a receipt
-    /// (for batch callers that asked for none).
+    /// Appends an event and applies it; returns what was appended and the checkpoint that
+    /// covers it, without building a receipt (for batch callers that asked for none).
     pub(crate) async fn append_entry<T: Event>(
         &self,
         event: &T,
@@ -606,7 +606,6 @@ impl Registry {
         (
             custodian_storage::ledger::Appended,
             Arc<custodian_storage::ledger::SignedCheckpoint>,
-            Entry,
         ),
         RegistryError,
     > {
@@ -621,7 +620,6 @@ impl Registry {
         (
             custodian_storage::ledger::Appended,
             Arc<custodian_storage::ledger::SignedCheckpoint>,
-            Entry,
         ),
         RegistryError,
     > {
@@ -636,10 +634,9 @@ impl Registry {
                 .sequencer
                 .append_if(T::KIND, payload, condition)
                 .await?;
-            let entry = appended.decoded.clone();
-            self.apply(appended.index, &entry);
+            self.apply(appended.index, &appended.decoded);
             unapplied.applied();
-            return Ok((appended, checkpoint, entry));
+            return Ok((appended, checkpoint));
         }
         // A private or large event is sealed: its body goes into custody first (verified and
         // durable), then the log commits to its digest, so an acknowledged entry never points at
@@ -680,7 +677,7 @@ impl Registry {
             .add_body(&digest, &entry);
         self.apply(appended.index, &entry);
         unapplied.applied();
-        Ok((appended, checkpoint, entry))
+        Ok((appended, checkpoint))
     }
 
     /// The latest recorded deletion of a blob (by either digest), if it was ever deleted: the
@@ -853,7 +850,7 @@ impl Registry {
         // or ALREADY_EXISTS).
         let digests: Vec<Digest> = files.iter().map(|f| f.sha256).collect();
         let mut attempts = 0;
-        let (index, entry, receipt) = loop {
+        let (index, receipt) = loop {
             attempts += 1;
             let judged_below = match self.existing(&name, &version, &root, &key, private)? {
                 Prior::Published(existing) => return Ok((existing, None)),
@@ -861,7 +858,7 @@ impl Registry {
             };
             let condition = no_publication_of(judged_below, &name, &event.version, &digests);
             match self.append_if(&event, Some(condition)).await {
-                Ok((index, _, receipt, entry)) => break (index, entry, receipt),
+                Ok((index, _, receipt)) => break (index, receipt),
                 Err(RegistryError::Ledger(LedgerError::ConditionFailed { index, reason }))
                     if attempts < 8 =>
                 {
@@ -885,7 +882,6 @@ impl Registry {
                 Err(err) => return Err(err),
             }
         };
-        self.apply(index, &entry);
         tracing::info!(%name, %version, index, by = %who.label(), "published");
         let record = self
             .read()
@@ -1146,8 +1142,7 @@ impl Registry {
             reason: reason.to_string(),
             private: record.event.private,
         };
-        let (index, _, receipt, entry) = self.append(&event).await?;
-        self.apply(index, &entry);
+        let (_, _, receipt) = self.append(&event).await?;
         let record = self.visible_version(who, name, &parsed)?;
         Ok(Recorded {
             record,
@@ -1280,8 +1275,7 @@ impl Registry {
             private,
             pack,
         };
-        let (index, time_ms, receipt, entry) = self.append(&event).await?;
-        self.apply(index, &entry);
+        let (index, time_ms, receipt) = self.append(&event).await?;
         Ok(Recorded {
             record: DataPackRecord {
                 event,

@@ -506,7 +506,7 @@ impl Collector {
             expires_ms: expires_in.map(|d| now_ms() + d.as_millis() as u64),
             by: who.label(),
         };
-        let (index, _, _, entry) = match self.registry.append(&event).await {
+        let (index, ..) = match self.registry.append(&event).await {
             Ok(appended) => appended,
             Err(err) => {
                 if let Err(undo) = self.set_native(&native, !on).await {
@@ -515,7 +515,6 @@ impl Collector {
                 return Err(err);
             }
         };
-        self.registry.apply(index, &entry);
         Ok((index, digests))
     }
 
@@ -783,7 +782,7 @@ impl Collector {
         report: &mut GcReport,
     ) -> Result<Option<(u64, Vec<Digest>)>, RegistryError> {
         let mut attempts = 0;
-        let (index, entry) = loop {
+        let index = loop {
             if going.is_empty() {
                 return Ok(None);
             }
@@ -805,7 +804,7 @@ impl Collector {
             };
             let condition = nothing_new_keeps(judged_below);
             match self.registry.append_if(&event, Some(condition)).await {
-                Ok((index, _, _, entry)) => break (index, entry),
+                Ok((index, ..)) => break index,
                 Err(RegistryError::Ledger(LedgerError::ConditionFailed { index, reason }))
                     if attempts < 8 =>
                 {
@@ -824,7 +823,6 @@ impl Collector {
                 Err(err) => return Err(err),
             }
         };
-        self.registry.apply(index, &entry);
         report.entries.push(index);
         report.count(going.iter().map(|m| (m.sha256(), m.size)));
         Ok(Some((index, going.iter().map(BlobMeta::sha256).collect())))

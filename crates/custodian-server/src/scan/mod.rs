@@ -244,8 +244,7 @@ impl Registry {
             private: record.event.private,
             target: target.map(String::from),
         };
-        let (index, _, receipt, entry) = self.append(&event).await?;
-        self.apply(index, &entry);
+        let (index, _, receipt) = self.append(&event).await?;
         tracing::info!(
             name = %record.event.name, version = %record.event.version,
             target = target.unwrap_or("package"), %scanner, verdict = verdict.as_str(), index,
