@@ -244,18 +244,36 @@ impl Entry {
 
     /// Decodes entry bytes, rejecting anything but the deterministic encoding of a valid entry.
     pub fn decode(bytes: &[u8]) -> Result<Self, EntryError> {
+        Entry::decode_judged(bytes, true)
+    }
+
+    /// [`Entry::decode`]; with `quick` false, every entry takes the full check (build, encode,
+    /// compare), as the tests compare.
+    fn decode_judged(bytes: &[u8], quick: bool) -> Result<Self, EntryError> {
         if bytes.len() > MAX_ENTRY_LEN {
             return Err(EntryError::TooLarge { len: bytes.len() });
         }
-        let mut reader = bytes;
-        let value: Value =
-            ciborium::from_reader(&mut reader).map_err(|e| EntryError::NotCbor(e.to_string()))?;
-        if !reader.is_empty() {
-            return Err(EntryError::NotCbor(format!(
-                "{} bytes follow the entry",
-                reader.len()
-            )));
-        }
+        let quick = if quick {
+            read_deterministic(bytes)
+        } else {
+            None
+        };
+        let judged = quick.is_some();
+        let value = match quick {
+            Some(value) => value,
+            None => {
+                let mut reader = bytes;
+                let value: Value = ciborium::from_reader(&mut reader)
+                    .map_err(|e| EntryError::NotCbor(e.to_string()))?;
+                if !reader.is_empty() {
+                    return Err(EntryError::NotCbor(format!(
+                        "{} bytes follow the entry",
+                        reader.len()
+                    )));
+                }
+                value
+            }
+        };
         let Value::Map(fields) = value else {
             return Err(EntryError::NotCbor("an entry is a CBOR map".into()));
         };
@@ -331,6 +349,18 @@ impl Entry {
             }
         };
         let payload = payload.ok_or_else(|| missing("payload"))?;
+        if judged {
+            // Every map in the bytes is in order without a repeated key, and no float or tag is
+            // there, so the payload is already what `Entry::new` would make of it, and the
+            // entry encodes to exactly these bytes: the check below would only spend the time
+            // of parsing, sorting and encoding it all again.
+            return Ok(Entry {
+                kind,
+                prev,
+                time_ms,
+                payload,
+            });
+        }
         let entry = Entry::new(kind, prev, time_ms, payload)?;
         // One encoding per entry: the bytes must be exactly what this entry encodes to.
         if entry.encode() != bytes {
@@ -339,6 +369,107 @@ impl Entry {
             ));
         }
         Ok(entry)
+    }
+}
+
+/// How deep [`read_deterministic`] follows arrays and maps; deeper items take the full check (no
+/// event nests anywhere near this).
+const JUDGED_DEPTH: usize = 64;
+
+/// Reads `bytes` as one CBOR data item, and nothing after it, if it is already in the form
+/// [`Entry::encode`] writes, judged on the bytes alone (RFC 8949 §4.2.1): every head in its
+/// shortest form, every length definite, every map's keys in strictly increasing bytewise order
+/// of their encodings (so none repeats), text valid UTF-8. The value is the one `ciborium` reads
+/// from the same bytes. `None` for anything else, and for what it does not judge — tags,
+/// floats, simple values other than `false`, `true` and `null`, nesting deeper than
+/// [`JUDGED_DEPTH`]: those bytes take the full check of [`Entry::decode`] (parse, build the
+/// entry, encode it, compare). So a value is only ever read from bytes that check would accept
+/// as they are (`a_quick_read_is_one_the_full_check_gives_too`).
+fn read_deterministic(bytes: &[u8]) -> Option<Value> {
+    /// The major type, the argument and where the head ends, if the head is shortest-form and
+    /// definite.
+    fn head(bytes: &[u8], at: usize) -> Option<(u8, u64, usize)> {
+        let first = *bytes.get(at)?;
+        let (major, info) = (first >> 5, first & 0x1f);
+        let wide = |n: usize| -> Option<u64> {
+            let arg = bytes.get(at + 1..at + 1 + n)?;
+            Some(arg.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b)))
+        };
+        let (value, len, least) = match info {
+            0..=23 => (u64::from(info), 1, 0),
+            24 => (wide(1)?, 2, 24),
+            25 => (wide(2)?, 3, 0x100),
+            26 => (wide(4)?, 5, 0x1_0000),
+            27 => (wide(8)?, 9, 0x1_0000_0000),
+            _ => return None,
+        };
+        (value >= least).then_some((major, value, at + len))
+    }
+    fn item(bytes: &[u8], at: usize, depth: usize) -> Option<(Value, usize)> {
+        let (major, value, next) = head(bytes, at)?;
+        let span = || {
+            let end = next
+                .checked_add(usize::try_from(value).ok()?)
+                .filter(|end| *end <= bytes.len())?;
+            Some((&bytes[next..end], end))
+        };
+        // Counts come from the bytes; each item takes at least one byte, so none is trusted for
+        // more room than the bytes left.
+        let room = |count: u64| Some(usize::try_from(count).ok()?.min(bytes.len() - next));
+        Some(match major {
+            0 => (Value::Integer(value.into()), next),
+            1 => (
+                Value::Integer(ciborium::value::Integer::try_from(-1 - i128::from(value)).ok()?),
+                next,
+            ),
+            2 => {
+                let (data, end) = span()?;
+                (Value::Bytes(data.to_vec()), end)
+            }
+            3 => {
+                let (data, end) = span()?;
+                (Value::Text(std::str::from_utf8(data).ok()?.to_owned()), end)
+            }
+            4 if depth < JUDGED_DEPTH => {
+                let mut items = Vec::with_capacity(room(value)?);
+                let mut at = next;
+                for _ in 0..value {
+                    let (item, end) = item(bytes, at, depth + 1)?;
+                    items.push(item);
+                    at = end;
+                }
+                (Value::Array(items), at)
+            }
+            5 if depth < JUDGED_DEPTH => {
+                let mut pairs = Vec::with_capacity(room(value)?);
+                let mut at = next;
+                let mut previous: Option<&[u8]> = None;
+                for _ in 0..value {
+                    let (key, key_end) = item(bytes, at, depth + 1)?;
+                    let encoded = &bytes[at..key_end];
+                    if previous.is_some_and(|p| p >= encoded) {
+                        return None;
+                    }
+                    previous = Some(encoded);
+                    let (value, end) = item(bytes, key_end, depth + 1)?;
+                    pairs.push((key, value));
+                    at = end;
+                }
+                (Value::Map(pairs), at)
+            }
+            // false, true and null, each a head of one byte.
+            7 if next == at + 1 => match value {
+                20 => (Value::Bool(false), next),
+                21 => (Value::Bool(true), next),
+                22 => (Value::Null, next),
+                _ => return None,
+            },
+            _ => return None,
+        })
+    }
+    match item(bytes, 0, 0)? {
+        (value, end) if end == bytes.len() => Some(value),
+        _ => None,
     }
 }
 
@@ -540,6 +671,171 @@ mod tests {
             proptest::prop_assert_eq!(&framed, &encode_as_one_map(&entry));
             proptest::prop_assert_eq!(Entry::decode(&framed).expect("decodes"), entry);
         }
+    }
+
+    /// Any CBOR value an entry's payload could hold, and some it must not: floats, tags, repeated
+    /// and unsorted map keys, integers of every head length, nesting.
+    fn any_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(|n| Value::Integer(n.into())),
+            any::<u64>().prop_map(|n| Value::Integer(n.into())),
+            (0u64..300).prop_map(|n| Value::Integer(n.into())),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Bytes),
+            "[a-z\\u{e9}\\u{1f600}]{0,12}".prop_map(Value::Text),
+            any::<bool>().prop_map(Value::Bool),
+            Just(Value::Null),
+            (-1e3f64..1e3).prop_map(Value::Float),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::vec(
+                    (
+                        prop_oneof![
+                            "[a-c]{0,3}".prop_map(Value::Text),
+                            (-30i64..30).prop_map(|n| Value::Integer(n.into())),
+                        ],
+                        inner.clone()
+                    ),
+                    0..6
+                )
+                .prop_map(Value::Map),
+                (0u64..40, inner).prop_map(|(tag, v)| Value::Tag(tag, Box::new(v))),
+            ]
+        })
+    }
+
+    /// Whether the quick judgement is meant to say yes to this value once it is in order: no
+    /// float, no tag.
+    fn plain(value: &Value) -> bool {
+        match value {
+            Value::Float(_) | Value::Tag(..) => false,
+            Value::Array(items) => items.iter().all(plain),
+            Value::Map(pairs) => pairs.iter().all(|(k, v)| plain(k) && plain(v)),
+            _ => true,
+        }
+    }
+
+    /// The quick judgement and the full check give the same answer on `bytes`: the same entry,
+    /// or the same refusal.
+    fn same_answer(bytes: &[u8]) -> Result<(), proptest::test_runner::TestCaseError> {
+        let quick = Entry::decode(bytes);
+        let full = Entry::decode_judged(bytes, false);
+        proptest::prop_assert_eq!(format!("{quick:?}"), format!("{full:?}"));
+        let Some(read) = read_deterministic(bytes) else {
+            return Ok(());
+        };
+        // The value read is ciborium's.
+        let parsed = parse_cbor(bytes);
+        proptest::prop_assert!(
+            matches!(&parsed, Ok(v) if *v == read),
+            "read {read:?}, ciborium {parsed:?}"
+        );
+        // A quick read says nothing of the fields (an unknown one is still refused), but the
+        // full check must never find the encoding itself wrong.
+        {
+            proptest::prop_assert!(
+                !matches!(full, Err(EntryError::NotDeterministic(_))),
+                "quick read, full check says {full:?}"
+            );
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+
+        /// Said of any payload as it is written (keys in any order, repeated, floats, tags), in
+        /// order, and after any one byte is changed, dropped or added: a quick read is only ever
+        /// made where the full check accepts the same entry, and the quick path is the one
+        /// taken for every entry in order.
+        #[test]
+        fn a_quick_read_is_one_the_full_check_gives_too(
+            value in any_value(),
+            time_ms in proptest::num::u64::ANY,
+            at in proptest::num::usize::ANY,
+            byte in proptest::num::u8::ANY,
+        ) {
+            let as_written = Entry::encode_with_payload(
+                &EntryKind::RunAttested,
+                &Hash([3; 32]),
+                time_ms,
+                &encode_value(&value),
+            );
+            same_answer(&as_written)?;
+            if let Ok(entry) = Entry::new(EntryKind::RunAttested, Hash([3; 32]), time_ms, value.clone()) {
+                let bytes = entry.encode();
+                same_answer(&bytes)?;
+                proptest::prop_assert_eq!(read_deterministic(&bytes).is_some(), plain(&value));
+                let at = at % bytes.len();
+                let mut changed = bytes.clone();
+                changed[at] = byte;
+                same_answer(&changed)?;
+                let mut shorter = bytes.clone();
+                shorter.remove(at);
+                same_answer(&shorter)?;
+                let mut longer = bytes.clone();
+                longer.insert(at, byte);
+                same_answer(&longer)?;
+            }
+        }
+    }
+
+    #[test]
+    fn the_quick_judgement_refuses_each_non_deterministic_form() {
+        let no = |hex_bytes: &str| {
+            assert!(
+                read_deterministic(&hex::decode(hex_bytes).expect("hex")).is_none(),
+                "{hex_bytes}"
+            )
+        };
+        let yes = |hex_bytes: &str| {
+            assert!(
+                read_deterministic(&hex::decode(hex_bytes).expect("hex")).is_some(),
+                "{hex_bytes}"
+            )
+        };
+        // RFC 8949 Appendix A examples in their shortest forms.
+        for ok in [
+            "00",
+            "17",
+            "1818",
+            "1903e8",
+            "1a000f4240",
+            "1b000000e8d4a51000",
+            "20",
+            "3863",
+            "f4",
+            "f5",
+            "f6",
+            "40",
+            "4401020304",
+            "60",
+            "6449455446",
+            "80",
+            "83010203",
+            "a0",
+            "a201020304",
+            "a26161016162820203",
+        ] {
+            yes(ok);
+        }
+        no("1817"); // 23 in two bytes
+        no("190017"); // 23 in three bytes
+        no("1a000000ff"); // 255 in five bytes
+        no("1b00000000ffffffff"); // 2^32 - 1 in nine bytes
+        no("5f42010243030405ff"); // an indefinite byte string
+        no("9fff"); // an indefinite array
+        no("a20102"); // a map cut short
+        no("a203040102"); // keys out of order
+        no("a201020103"); // a key twice
+        no("f93c00"); // a half-precision float
+        no("f7"); // undefined
+        no("f0"); // a simple value
+        no("c11a514b67b0"); // a tag
+        no("62c328"); // text that is not UTF-8
+        no("0000"); // a byte after the item
     }
 
     /// The worked example of docs/formats.md; the expected bytes are written out by hand there.
