@@ -413,9 +413,10 @@ fn read_deterministic(bytes: &[u8]) -> Option<Value> {
                 .filter(|end| *end <= bytes.len())?;
             Some((&bytes[next..end], end))
         };
-        // Counts come from the bytes; each item takes at least one byte, so none is trusted for
-        // more room than the bytes left.
-        let room = |count: u64| Some(usize::try_from(count).ok()?.min(bytes.len() - next));
+        // Counts come from the bytes, which may be anyone's (an audited bundle): room for a few
+        // items is reserved up front and the rest grows as items are read, so a count that
+        // claims more than the bytes hold, at every level of nesting, reserves nothing more.
+        let room = |count: u64| Some(usize::try_from(count).ok()?.min(16));
         Some(match major {
             0 => (Value::Integer(value.into()), next),
             1 => (
