@@ -710,17 +710,19 @@ impl Ledger {
         // our commit; each refused batch is rebuilt on the tree it left, a bounded number of
         // times.
         let mut retries = CONFLICT_RETRIES;
-        let (frontier, prev, time_ms, appended, size, root, note, refused) = loop {
+        let (frontier, prev, time_ms, batch, live, size, root, note, refused) = loop {
             let refused = if lock.is_some() {
                 self.refused(&requests, state.frontier.size())?
             } else {
                 vec![None; requests.len()]
             };
-            let live: Vec<&Prepared> = requests
+            // The requests not refused, by their place in `requests`: their templates become the
+            // decoded entries once the batch is in, moved rather than copied.
+            let live: Vec<usize> = refused
                 .iter()
-                .zip(&refused)
+                .enumerate()
                 .filter(|(_, refusal)| refusal.is_none())
-                .map(|((request, _), _)| request)
+                .map(|(at, _)| at)
                 .collect();
             if live.is_empty() {
                 let results = refused.into_iter().flatten().map(Err).collect();
@@ -730,9 +732,11 @@ impl Ledger {
             let first_index = state.frontier.size();
             let mut frontier = state.frontier.clone();
             let mut prev = state.prev;
-            let mut appended = Vec::with_capacity(live.len());
+            let mut entries = Vec::with_capacity(live.len());
+            let mut leaf_hashes = Vec::with_capacity(live.len());
             let mut hashes = Vec::with_capacity(live.len() * 2);
-            for (offset, prepared) in live.into_iter().enumerate() {
+            for &at in &live {
+                let prepared = &requests[at].0;
                 // The payload is already deterministic and the entry's size was checked with
                 // the largest possible time, so nothing here can fail.
                 let bytes = Entry::encode_with_payload(
@@ -743,16 +747,8 @@ impl Ledger {
                 );
                 let leaf = merkle::leaf_hash(&bytes);
                 hashes.extend(frontier.append(leaf));
-                appended.push(Appended {
-                    index: first_index + offset as u64,
-                    leaf_hash: leaf,
-                    entry: bytes,
-                    decoded: Entry {
-                        prev,
-                        time_ms,
-                        ..prepared.template.clone()
-                    },
-                });
+                entries.push(bytes);
+                leaf_hashes.push(leaf);
                 prev = leaf;
             }
             let size = frontier.size();
@@ -766,8 +762,8 @@ impl Ledger {
                 .map_err(|e| LedgerError::Corrupt(e.to_string()))?;
             let batch = LedgerBatch {
                 first_index,
-                leaf_hashes: appended.iter().map(|a| a.leaf_hash).collect(),
-                entries: appended.iter().map(|a| a.entry.clone()).collect(),
+                leaf_hashes,
+                entries,
                 first_hash_index: stored_hash_count(first_index),
                 hashes,
                 checkpoint_size: size,
@@ -784,7 +780,9 @@ impl Ledger {
                         &batch.hashes,
                         frontier.stored_nodes(),
                     );
-                    break (frontier, prev, time_ms, appended, size, root, note, refused);
+                    break (
+                        frontier, prev, time_ms, batch, live, size, root, note, refused,
+                    );
                 }
                 Err(LedgerError::Conflict { .. }) if retries > 0 => {
                     // Nothing of the batch was written: read the tree the other writer left.
@@ -801,6 +799,8 @@ impl Ledger {
                 }
             }
         };
+        let first_index = batch.first_index;
+        let chain_start = state.prev;
         state.frontier = frontier;
         state.prev = prev;
         state.last_time_ms = time_ms;
@@ -809,7 +809,38 @@ impl Ledger {
             Ok(mut slot) => *slot = latest.clone(),
             Err(poisoned) => *poisoned.into_inner() = latest.clone(),
         }
-        let mut appended = appended.into_iter();
+        // The committed bytes and the requests' templates become the callers' entries: each
+        // entry's `prev` is the leaf before it, the first one's the tip before the batch.
+        let mut templates: Vec<Option<Entry>> = requests
+            .into_iter()
+            .map(|(prepared, _)| Some(prepared.template))
+            .collect();
+        let mut entry_prev = chain_start;
+        let mut appended = batch
+            .entries
+            .into_iter()
+            .zip(batch.leaf_hashes)
+            .zip(live)
+            .enumerate()
+            .map(|(offset, ((entry, leaf_hash), at))| {
+                let template = templates[at]
+                    .take()
+                    .ok_or_else(|| LedgerError::Corrupt("a batch used one request twice".into()))?;
+                let decoded = Entry {
+                    prev: entry_prev,
+                    time_ms,
+                    ..template
+                };
+                entry_prev = leaf_hash;
+                Ok(Appended {
+                    index: first_index + offset as u64,
+                    leaf_hash,
+                    entry,
+                    decoded,
+                })
+            })
+            .collect::<LedgerResult<Vec<_>>>()?
+            .into_iter();
         let results = refused
             .into_iter()
             .map(|refusal| match refusal {
@@ -1413,6 +1444,29 @@ mod tests {
             .map(|i| (EntryKind::RunAttested, payload(i)))
             .collect();
         ledger.append(requests, size).expect("append")
+    }
+
+    #[test]
+    fn each_appended_entry_comes_back_decoded_as_its_bytes_say() {
+        // The registry applies `decoded` without reading `entry`, so the two must agree: the
+        // same kind, payload, time, and `prev` chained across the batch and from the batch before.
+        let (ledger, _) = counted();
+        let mut tip = Hash::ZERO;
+        let mut next = 0;
+        for count in [3, 1, 4] {
+            let (appended, _) = append(&ledger, count);
+            assert_eq!(appended.len() as u64, count);
+            for a in &appended {
+                assert_eq!(a.index, next);
+                assert_eq!(a.leaf_hash, merkle::leaf_hash(&a.entry));
+                let from_bytes = Entry::decode(&a.entry).expect("decode");
+                assert_eq!(a.decoded, from_bytes);
+                assert_eq!(a.decoded.prev, tip);
+                assert_eq!(a.decoded.payload, payload(next));
+                tip = a.leaf_hash;
+                next += 1;
+            }
+        }
     }
 
     #[test]
