@@ -710,14 +710,13 @@ impl Ledger {
         // our commit; each refused batch is rebuilt on the tree it left, a bounded number of
         // times.
         let mut retries = CONFLICT_RETRIES;
-        let (frontier, prev, time_ms, batch, live, size, root, note, refused) = loop {
+        let (frontier, prev, time_ms, batch, size, root, note, refused) = loop {
             let refused = if lock.is_some() {
                 self.refused(&requests, state.frontier.size())?
             } else {
                 vec![None; requests.len()]
             };
-            // The requests not refused, by their place in `requests`: their templates become the
-            // decoded entries once the batch is in, moved rather than copied.
+            // The requests not refused, by their place in `requests`.
             let live: Vec<usize> = refused
                 .iter()
                 .enumerate()
@@ -780,9 +779,7 @@ impl Ledger {
                         &batch.hashes,
                         frontier.stored_nodes(),
                     );
-                    break (
-                        frontier, prev, time_ms, batch, live, size, root, note, refused,
-                    );
+                    break (frontier, prev, time_ms, batch, size, root, note, refused);
                 }
                 Err(LedgerError::Conflict { .. }) if retries > 0 => {
                     // Nothing of the batch was written: read the tree the other writer left.
@@ -809,37 +806,36 @@ impl Ledger {
             Ok(mut slot) => *slot = latest.clone(),
             Err(poisoned) => *poisoned.into_inner() = latest.clone(),
         }
-        // The committed bytes and the requests' templates become the callers' entries: each
-        // entry's `prev` is the leaf before it, the first one's the tip before the batch.
-        let mut templates: Vec<Option<Entry>> = requests
+        // The committed bytes and the templates of the requests not refused (moved, not copied)
+        // become the callers' entries: each entry's `prev` is the leaf before it, the first
+        // one's the tip before the batch.
+        let templates = requests
             .into_iter()
-            .map(|(prepared, _)| Some(prepared.template))
-            .collect();
+            .zip(&refused)
+            .filter(|(_, refusal)| refusal.is_none())
+            .map(|((prepared, _), _)| prepared.template);
         let mut entry_prev = chain_start;
         let mut appended = batch
             .entries
             .into_iter()
             .zip(batch.leaf_hashes)
-            .zip(live)
+            .zip(templates)
             .enumerate()
-            .map(|(offset, ((entry, leaf_hash), at))| {
-                let template = templates[at]
-                    .take()
-                    .ok_or_else(|| LedgerError::Corrupt("a batch used one request twice".into()))?;
+            .map(|(offset, ((entry, leaf_hash), template))| {
                 let decoded = Entry {
                     prev: entry_prev,
                     time_ms,
                     ..template
                 };
                 entry_prev = leaf_hash;
-                Ok(Appended {
+                Appended {
                     index: first_index + offset as u64,
                     leaf_hash,
                     entry,
                     decoded,
-                })
+                }
             })
-            .collect::<LedgerResult<Vec<_>>>()?
+            .collect::<Vec<_>>()
             .into_iter();
         let results = refused
             .into_iter()
