@@ -716,12 +716,11 @@ impl Ledger {
             } else {
                 vec![None; requests.len()]
             };
-            // The requests not refused, by their place in `requests`.
-            let live: Vec<usize> = refused
+            let live: Vec<&Prepared> = requests
                 .iter()
-                .enumerate()
+                .zip(&refused)
                 .filter(|(_, refusal)| refusal.is_none())
-                .map(|(at, _)| at)
+                .map(|((request, _), _)| request)
                 .collect();
             if live.is_empty() {
                 let results = refused.into_iter().flatten().map(Err).collect();
@@ -734,8 +733,7 @@ impl Ledger {
             let mut entries = Vec::with_capacity(live.len());
             let mut leaf_hashes = Vec::with_capacity(live.len());
             let mut hashes = Vec::with_capacity(live.len() * 2);
-            for &at in &live {
-                let prepared = &requests[at].0;
+            for prepared in live {
                 // The payload is already deterministic and the entry's size was checked with
                 // the largest possible time, so nothing here can fail.
                 let bytes = Entry::encode_with_payload(
