@@ -219,11 +219,13 @@ fn show_classifier_pack(daemon: &Daemon) -> std::process::Output {
     ])
 }
 
-/// A client that hashes while it sends declares the sha256 on the PATCH that completes the
-/// upload: on any other PATCH the declaration is refused before a byte is kept, and a wrong one
-/// leaves nothing behind (no session, no data pack); the right one registers the pack.
+/// A client that hashes while it sends declares the sha256 or the BLAKE3 on the PATCH that
+/// completes the upload: on any other PATCH, under the other algorithm's header or under both
+/// headers at once the declaration is refused before a byte is kept, and a wrong one leaves
+/// nothing behind (no session, no data pack); the right one registers the pack, and the answer
+/// names both digests.
 #[test]
-fn a_tus_upload_declares_its_sha256_on_the_completing_patch() {
+fn a_tus_upload_declares_its_digest_on_the_completing_patch() {
     let size = 3 * MIB;
     let (dir, daemon, file, sha) = classifier_with_pack(size);
     let bytes = std::fs::read(&file).expect("read");
@@ -232,11 +234,14 @@ fn a_tus_upload_declares_its_sha256_on_the_completing_patch() {
     std::fs::write(&rest, &bytes[MIB as usize..]).expect("write");
     let version = "customer-support-classifier/versions/0.1.0";
     let declare = |digest: &Digest| format!("Custodian-Data-Pack-Sha256: {digest}");
+    let declare_blake3 = |digest: &Digest| format!("Custodian-Data-Pack-Blake3: {digest}");
+    let blake = Digest::of(Algorithm::Blake3, &bytes);
 
     let url = tus_create(&daemon, version, size, "pack.bin");
     let early = tus_patch(&daemon, &url, 0, &first, &[&declare(&sha)]);
     assert!(early.starts_with("http/1.1 400"), "{early}");
-    let blake = Digest::of(Algorithm::Blake3, &bytes);
+    let early = tus_patch(&daemon, &url, 0, &first, &[&declare_blake3(&blake)]);
+    assert!(early.starts_with("http/1.1 400"), "{early}");
     let answer = tus_patch(&daemon, &url, 0, &first, &[&declare(&blake)]);
     assert!(answer.starts_with("http/1.1 400"), "only sha256: {answer}");
     let answer = tus_patch(&daemon, &url, 0, &first, &[]);
@@ -244,6 +249,14 @@ fn a_tus_upload_declares_its_sha256_on_the_completing_patch() {
         header(&answer, "upload-offset").as_deref(),
         Some("1048576"),
         "{answer}"
+    );
+    let answer = tus_patch(&daemon, &url, MIB, &rest, &[&declare_blake3(&sha)]);
+    assert!(answer.starts_with("http/1.1 400"), "only blake3: {answer}");
+    let both = [declare(&sha), declare_blake3(&blake)];
+    let answer = tus_patch(&daemon, &url, MIB, &rest, &[&both[0], &both[1]]);
+    assert!(
+        answer.starts_with("http/1.1 400"),
+        "one declaration: {answer}"
     );
     let wrong = Digest::of(Algorithm::Sha256, b"other bytes");
     let answer = tus_patch(&daemon, &url, MIB, &rest, &[&declare(&wrong)]);
@@ -255,16 +268,51 @@ fn a_tus_upload_declares_its_sha256_on_the_completing_patch() {
     let url = tus_create(&daemon, version, size, "pack.bin");
     let answer = tus_patch(&daemon, &url, 0, &first, &[]);
     assert!(answer.starts_with("http/1.1 204"), "{answer}");
-    let answer = tus_patch(&daemon, &url, MIB, &rest, &[&declare(&sha)]);
-    assert!(answer.starts_with("http/1.1 204"), "{answer}");
-    assert_eq!(
-        header(&answer, "custodian-data-pack-sha256"),
-        Some(sha.to_string())
-    );
-    assert!(
-        header(&answer, "custodian-ledger-index").is_some(),
-        "{answer}"
-    );
+    let wrong = Digest::of(Algorithm::Blake3, b"other bytes");
+    let answer = tus_patch(&daemon, &url, MIB, &rest, &[&declare_blake3(&wrong)]);
+    assert!(answer.starts_with("http/1.1 422"), "{answer}");
+    assert_eq!(sessions(&daemon), 0, "nothing left behind");
+    assert!(!show_classifier_pack(&daemon).status.success());
+
+    // A version takes one data pack, so the BLAKE3 declaration completes an upload on a daemon
+    // of its own, with its own test file.
+    let (dir2, daemon2, file2, sha2) = classifier_with_pack(size);
+    let bytes2 = std::fs::read(&file2).expect("read");
+    let blake2 = Digest::of(Algorithm::Blake3, &bytes2);
+    let (first2, rest2) = (dir2.path().join("first"), dir2.path().join("rest"));
+    std::fs::write(&first2, &bytes2[..MIB as usize]).expect("write");
+    std::fs::write(&rest2, &bytes2[MIB as usize..]).expect("write");
+    for (daemon, (first, rest), declaration, (sha, blake)) in [
+        (&daemon, (&first, &rest), declare(&sha), (sha, blake)),
+        (
+            &daemon2,
+            (&first2, &rest2),
+            declare_blake3(&blake2),
+            (sha2, blake2),
+        ),
+    ] {
+        let url = tus_create(daemon, version, size, "pack.bin");
+        let answer = tus_patch(daemon, &url, 0, first, &[]);
+        assert!(answer.starts_with("http/1.1 204"), "{answer}");
+        let answer = tus_patch(daemon, &url, MIB, rest, &[&declaration]);
+        assert!(
+            answer.starts_with("http/1.1 204"),
+            "{declaration}: {answer}"
+        );
+        assert_eq!(
+            header(&answer, "custodian-data-pack-sha256"),
+            Some(sha.to_string())
+        );
+        assert_eq!(
+            header(&answer, "custodian-data-pack-blake3"),
+            Some(blake.to_string())
+        );
+        assert!(
+            header(&answer, "custodian-ledger-index").is_some(),
+            "{answer}"
+        );
+        assert!(show_classifier_pack(daemon).status.success());
+    }
 }
 
 fn python() -> std::path::PathBuf {
@@ -397,6 +445,55 @@ fn datapack_upload_resumes_over_tus() {
     );
     assert!(sent as f64 <= 1.1 * size as f64, "{sent} bytes for {size}");
     assert_eq!(sessions(&daemon), 0);
+}
+
+/// `custodian datapack upload` reads the file once and declares the digest of the bytes it sent;
+/// a file changed while it was sent (here its modification time, as any write sets it) is not
+/// declared, so nothing is registered from a mix of two files.
+#[test]
+fn a_data_pack_changed_during_its_upload_is_not_registered() {
+    let dir = tempfile::tempdir().expect("a resumable-upload test step");
+    let daemon = Daemon::start(&dir.path().join("data"));
+    crate::registry::publish_example(&daemon, dir.path(), "pacman-builder", "publisher");
+    let file = dir.path().join("pack.bin");
+    let size = 128 * MIB;
+    write_test_file(&file, size).expect("test file");
+    let proxy = Proxy::start(&daemon.rest).expect("proxy");
+    let upload = Command::new(binary())
+        .args(["datapack", "upload", "pacman-builder@0.2.1"])
+        .arg(&file)
+        .args(["--license", "MIT", "--json", "--rest", &proxy.url()])
+        .env("CUSTODIAN_TOKEN", &daemon.token)
+        .env("CUSTODIAN_STATE_DIR", dir.path().join("state"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run custodian datapack upload");
+    wait_for("a third sent", Duration::from_secs(120), || {
+        proxy.sent() >= size / 3
+    });
+    let changed_at = proxy.sent();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now() + Duration::from_secs(60)))
+        .expect("change the file's modification time");
+    let output = upload.wait_with_output().expect("the upload");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        changed_at < size,
+        "the file changed only after the upload ({changed_at} bytes sent)"
+    );
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("changed while it was uploaded"), "{stderr}");
+    let shown = daemon.cli(&[
+        "datapack",
+        "show",
+        "pacman-builder@0.2.1",
+        "--rest",
+        &daemon.rest,
+    ]);
+    assert!(!shown.status.success(), "no data pack was registered");
 }
 
 /// A multipart upload the daemon refuses before reading its data (here: the version already has

@@ -200,10 +200,6 @@ async fn put(
 /// The request messages of an upload: the file's bytes in [`PUT_CHUNK`] pieces, each wrapped by
 /// `wrap`, counted on `bar`. A read error ends the stream early and arrives on the returned
 /// receiver.
-///
-/// Each piece is read on the blocking pool straight into the buffer that is sent (tokio's own
-/// file reads go through a buffer of their own, one more copy of every byte), and the next piece
-/// is read while this one is sent; so at most two pieces are in memory.
 pub(crate) fn file_chunks<M: Send + 'static>(
     file: tokio::fs::File,
     bar: &indicatif::ProgressBar,
@@ -212,47 +208,22 @@ pub(crate) fn file_chunks<M: Send + 'static>(
     impl futures::Stream<Item = M> + Send + 'static,
     tokio::sync::oneshot::Receiver<std::io::Error>,
 ) {
-    type Read = tokio::task::JoinHandle<(std::fs::File, std::io::Result<Vec<u8>>)>;
-    fn read_next(mut file: std::fs::File) -> Read {
-        tokio::task::spawn_blocking(move || {
-            use std::io::Read as _;
-            // `read_to_end` fills the spare capacity without zeroing it first.
-            let mut piece = Vec::with_capacity(PUT_CHUNK);
-            let read = (&mut file)
-                .take(PUT_CHUNK as u64)
-                .read_to_end(&mut piece)
-                .map(|_| piece);
-            (file, read)
-        })
-    }
-    enum Next {
-        Open(tokio::fs::File),
-        Reading(Read),
-    }
     let (error_tx, error_rx) = tokio::sync::oneshot::channel::<std::io::Error>();
+    let pieces = futures::stream::once(file.into_std())
+        .flat_map(|file| file_pieces(file, 0, u64::MAX, |_, _| Ok(())));
     let chunks = futures::stream::unfold(
-        (Next::Open(file), Some(error_tx), bar.clone()),
-        move |(next, mut error_tx, bar)| async move {
-            let reading = match next {
-                Next::Open(file) => read_next(file.into_std().await),
-                Next::Reading(reading) => reading,
-            };
-            // The reading task fails only if it panicked; that is reported as a read error.
-            let outcome = reading
-                .await
-                .map_err(|join| std::io::Error::other(join.to_string()))
-                .and_then(|(file, read)| read.map(|piece| (file, piece)));
-            match outcome {
-                Ok((_, piece)) if piece.is_empty() => {
+        (Box::pin(pieces), Some(error_tx), bar.clone()),
+        move |(mut pieces, mut error_tx, bar)| async move {
+            match pieces.next().await {
+                None => {
                     bar.set_message("all bytes sent; the daemon is verifying and committing");
                     None
                 }
-                Ok((file, piece)) => {
+                Some(Ok(piece)) => {
                     bar.inc(piece.len() as u64);
-                    let next = Next::Reading(read_next(file));
-                    Some((wrap(bytes::Bytes::from(piece)), (next, error_tx, bar)))
+                    Some((wrap(piece), (pieces, error_tx, bar)))
                 }
-                Err(err) => {
+                Some(Err(err)) => {
                     if let Some(tx) = error_tx.take() {
                         let _ = tx.send(err);
                     }
@@ -262,6 +233,74 @@ pub(crate) fn file_chunks<M: Send + 'static>(
         },
     );
     (chunks, error_rx)
+}
+
+/// The bytes of `file` from its current position (`at`, as the file's offset) up to `limit`
+/// bytes or its end, as [`PUT_CHUNK`] pieces; `seen` is handed each piece with its offset in the
+/// file before the piece is sent (to hash it while it is in the cache). The stream ends after
+/// the first error.
+///
+/// Each piece is read on the blocking pool straight into the buffer that is sent (tokio's own
+/// file reads go through a buffer of their own, one more copy of every byte), and the next piece
+/// is read while this one is sent; so at most two pieces are in memory.
+pub(crate) fn file_pieces<F>(
+    file: std::fs::File,
+    at: u64,
+    limit: u64,
+    seen: F,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static
+where
+    F: FnMut(u64, &[u8]) -> std::io::Result<()> + Send + 'static,
+{
+    struct Reader<F> {
+        file: std::fs::File,
+        at: u64,
+        left: u64,
+        seen: F,
+    }
+    type Read<F> = tokio::task::JoinHandle<(Reader<F>, std::io::Result<Vec<u8>>)>;
+    fn read_next<F>(mut reader: Reader<F>) -> Read<F>
+    where
+        F: FnMut(u64, &[u8]) -> std::io::Result<()> + Send + 'static,
+    {
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read as _;
+            // `read_to_end` fills the spare capacity without zeroing it first.
+            let want = reader.left.min(PUT_CHUNK as u64);
+            let mut piece = Vec::with_capacity(want as usize);
+            let read = (&mut reader.file)
+                .take(want)
+                .read_to_end(&mut piece)
+                .and_then(|_| (reader.seen)(reader.at, &piece))
+                .map(|()| piece);
+            if let Ok(piece) = &read {
+                reader.at += piece.len() as u64;
+                reader.left -= piece.len() as u64;
+            }
+            (reader, read)
+        })
+    }
+    let first = read_next(Reader {
+        file,
+        at,
+        left: limit,
+        seen,
+    });
+    futures::stream::unfold(Some(first), |reading| async move {
+        // The reading task fails only if it panicked; that is reported as a read error.
+        let outcome = reading?
+            .await
+            .map_err(|join| std::io::Error::other(join.to_string()))
+            .and_then(|(reader, read)| read.map(|piece| (reader, piece)));
+        match outcome {
+            Ok((_, piece)) if piece.is_empty() => None,
+            Ok((reader, piece)) => {
+                let next = (reader.left > 0).then(|| read_next(reader));
+                Some((Ok(bytes::Bytes::from(piece)), next))
+            }
+            Err(err) => Some((Err(err), None)),
+        }
+    })
 }
 
 /// Uploads one file, with a progress bar on a terminal. Files of at least

@@ -28,12 +28,13 @@ pub enum DataPackCommand {
     /// Upload a hosted data pack for NAME@VERSION (streamed, with progress)
     #[command(
         long_about = "Upload a file as the hosted data pack of a published version. The file's \
-sha256 is declared to the daemon, so it refuses (and keeps nothing of) bytes that arrive \
+digest is declared to the daemon, so it refuses (and keeps nothing of) bytes that arrive \
 altered. The upload streams with a progress bar on a terminal. Files of 8 MiB or more go over tus \
 1.0, resumably: a dropped connection or a restarted daemon is retried from the last byte the \
 daemon acknowledged, and running the same command again after it was stopped continues the same \
-upload. Such a file is hashed while it is sent and its sha256 declared with its last MiB; a \
-smaller one is hashed first. Data packs are immutable per version: uploading the same bytes again \
+upload. Such a file is read once: it is hashed (BLAKE3) while it is sent and the digest declared \
+with its last MiB, which is not sent if the file changed meanwhile; a smaller one is hashed \
+(sha256) first. Data packs are immutable per version: uploading the same bytes again \
 is a no-op, anything else is refused."
     )]
     Upload {
@@ -205,31 +206,87 @@ fn upload_offset(response: &reqwest::Response) -> anyhow::Result<u64> {
 }
 
 /// The last bytes of a tus upload, sent in a PATCH of their own that declares the whole file's
-/// sha256 (hashed while the rest was sent).
+/// BLAKE3 (hashed while the rest was sent).
 const DECLARING_PIECE: u64 = 1 << 20;
 
-/// The file's sha256, computed beside the upload and awaited only by the PATCH that declares it.
-struct PendingHash(
-    Option<tokio::task::JoinHandle<anyhow::Result<(Digest, u64)>>>,
-    Option<Digest>,
-);
+/// The BLAKE3 of a file being uploaded, fed with the pieces as they are read to be sent, so that
+/// the file is read once. Bytes this run does not send (those the daemon kept from an earlier
+/// run) are read for the hash alone, and bytes sent twice (a piece retried after a broken
+/// transfer) are hashed once.
+struct SentHash {
+    path: PathBuf,
+    hasher: blake3::Hasher,
+    hashed: u64,
+}
 
-impl PendingHash {
-    async fn get(&mut self) -> anyhow::Result<Digest> {
-        if let Some(task) = self.0.take() {
-            self.1 = Some(task.await??.0);
+impl SentHash {
+    fn new(path: &Path) -> Self {
+        SentHash {
+            path: path.to_path_buf(),
+            hasher: blake3::Hasher::new(),
+            hashed: 0,
         }
-        self.1.context("the file's hash was not computed")
     }
+
+    /// Feeds `piece`, which starts `at` bytes into the file.
+    fn feed(&mut self, at: u64, piece: &[u8]) -> std::io::Result<()> {
+        use std::io::{Read as _, Seek as _};
+        if at > self.hashed {
+            let mut file = std::fs::File::open(&self.path)?;
+            file.seek(std::io::SeekFrom::Start(self.hashed))?;
+            let mut gap = file.take(at - self.hashed);
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = gap.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                self.hasher.update(&buf[..n]);
+                self.hashed += n as u64;
+            }
+            if self.hashed != at {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file became shorter during the upload",
+                ));
+            }
+        }
+        let skip = usize::try_from(self.hashed - at).unwrap_or(usize::MAX);
+        if let Some(new) = piece.get(skip..) {
+            self.hasher.update(new);
+            self.hashed += new.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// The digest of the first `len` bytes, which must all have been fed.
+    fn digest(&self, len: u64) -> std::io::Result<Digest> {
+        if self.hashed != len {
+            return Err(std::io::Error::other(format!(
+                "{} of {len} bytes were hashed",
+                self.hashed
+            )));
+        }
+        Ok(Digest::blake3(*self.hasher.finalize().as_bytes()))
+    }
+}
+
+/// The size and modification time of a file, to tell whether it changed during an upload.
+fn file_stamp(path: &Path) -> std::io::Result<(u64, Option<std::time::SystemTime>)> {
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.len(), meta.modified().ok()))
 }
 
 /// Uploads a large hosted data pack over tus 1.0, resuming after a dropped connection or a
 /// restarted daemon (for up to [`crate::resume::RETRY_FOR`] without progress) and, through a
-/// record under the state directory, after this command itself was stopped. The file is hashed
-/// while it is sent: all but its last [`DECLARING_PIECE`] go first, then the PATCH that completes
-/// the upload declares the sha256, and the daemon keeps nothing if the bytes do not hash to it.
+/// record under the state directory, after this command itself was stopped. The file is read
+/// once and hashed as it is sent ([`SentHash`]): all but its last [`DECLARING_PIECE`] go first,
+/// then the PATCH that completes the upload declares the BLAKE3 of the whole file, and the daemon
+/// keeps nothing if the bytes do not hash to it. BLAKE3 rather than sha256 because it costs this
+/// end a quarter of the CPU, which the daemon needs on a machine shared with it; the daemon hashes
+/// every byte with both, so the sha256 it answers with is that of the bytes the BLAKE3 matched.
 /// Returns the registration as the multipart upload reports it (`record`, `already_recorded`,
-/// and the `sha256` declared).
+/// the `sha256` registered and the `blake3` declared).
 async fn tus_upload(
     rest: &RestArg,
     spec: &str,
@@ -239,13 +296,11 @@ async fn tus_upload(
     len: u64,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<serde_json::Value> {
-    let path = file.to_path_buf();
-    let mut hash = PendingHash(
-        Some(tokio::task::spawn_blocking(move || {
-            crate::pack::hash_file_with(&path, |_| {})
-        })),
-        None,
-    );
+    // A file changed during the upload (its size or modification time) is not declared: the bytes
+    // sent would then be a mix of two files.
+    let stamp = file_stamp(file).with_context(|| format!("reading {}", file.display()))?;
+    let hash = std::sync::Arc::new(std::sync::Mutex::new(SentHash::new(file)));
+    let mut declared: Option<Digest> = None;
     use base64::Engine as _;
     let http = client(rest)?;
     let collection = url(rest, spec, "/uploads")?;
@@ -313,41 +368,71 @@ async fn tus_upload(
     let target = format!("{origin}{location}");
     let mut last_progress = std::time::Instant::now();
     let mut backoff = std::time::Duration::from_millis(250);
-    let mut registered: Option<(String, bool)> = None;
+    let mut registered: Option<(String, Option<String>, bool)> = None;
     while registered.is_none() {
         bar.set_position(offset);
-        let mut reader = tokio::fs::File::open(file)
-            .await
-            .with_context(|| format!("opening {}", file.display()))?;
-        tokio::io::AsyncSeekExt::seek(&mut reader, std::io::SeekFrom::Start(offset)).await?;
         // Everything up to the declaring piece, or the declaring piece itself.
         let end = if offset < len.saturating_sub(DECLARING_PIECE) {
             len - DECLARING_PIECE
         } else {
             len
         };
-        let counter = bar.clone();
-        let stream = tokio_util::io::ReaderStream::with_capacity(
-            tokio::io::AsyncReadExt::take(reader, end - offset),
-            1 << 20,
-        )
-        .map(move |chunk| {
-            if let Ok(bytes) = &chunk {
-                counter.inc(bytes.len() as u64);
-            }
-            chunk
-        });
         let mut request = tus(http.patch(&target), rest)
             .header("Upload-Offset", offset.to_string())
             .header("Content-Type", "application/offset+octet-stream")
             .header("Content-Length", (end - offset).to_string());
-        if end == len {
-            request = request.header("Custodian-Data-Pack-Sha256", hash.get().await?.to_string());
-        }
-        let sent = request
-            .body(reqwest::Body::wrap_stream(stream))
-            .send()
-            .await;
+        let body = if end == len {
+            // The declaring piece is read and hashed before its PATCH starts, since the PATCH's
+            // header carries the digest of the whole file.
+            let (hash, path) = (hash.clone(), file.to_path_buf());
+            let (piece, digest) =
+                tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<u8>, Digest)> {
+                    use std::io::{Read as _, Seek as _};
+                    let mut reader = std::fs::File::open(&path)?;
+                    reader.seek(std::io::SeekFrom::Start(offset))?;
+                    let mut piece = Vec::with_capacity((len - offset) as usize);
+                    reader.take(len - offset).read_to_end(&mut piece)?;
+                    if file_stamp(&path)? != stamp || piece.len() as u64 != len - offset {
+                        bail!(
+                            "{} changed while it was uploaded, so its upload is not completed and \
+                             nothing is registered; run the command again to upload it as it is now",
+                            path.display()
+                        );
+                    }
+                    let mut hash = hash
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("the upload's hash was lost"))?;
+                    hash.feed(offset, &piece)?;
+                    Ok((piece, hash.digest(len)?))
+                })
+                .await??;
+            request = request.header("Custodian-Data-Pack-Blake3", digest.to_string());
+            declared = Some(digest);
+            bar.inc(piece.len() as u64);
+            reqwest::Body::from(piece)
+        } else {
+            let reader = std::fs::File::open(file)
+                .and_then(|mut reader| {
+                    std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(offset))?;
+                    Ok(reader)
+                })
+                .with_context(|| format!("opening {}", file.display()))?;
+            let (hash, counter) = (hash.clone(), bar.clone());
+            let pieces =
+                crate::blob::file_pieces(reader, offset, end - offset, move |at, piece| {
+                    hash.lock()
+                        .map_err(|_| std::io::Error::other("the upload's hash was lost"))?
+                        .feed(at, piece)
+                })
+                .map(move |piece| {
+                    if let Ok(bytes) = &piece {
+                        counter.inc(bytes.len() as u64);
+                    }
+                    piece
+                });
+            reqwest::Body::wrap_stream(pieces)
+        };
+        let sent = request.body(body).send().await;
         let failure = match sent {
             Ok(response) if response.status() == reqwest::StatusCode::NO_CONTENT => {
                 offset = upload_offset(&response)?;
@@ -362,7 +447,12 @@ async fn tus_upload(
                         .headers()
                         .get("custodian-already-recorded")
                         .is_some_and(|v| v == "true");
-                    registered = Some((sha256.to_string(), already));
+                    let blake3 = response
+                        .headers()
+                        .get("custodian-data-pack-blake3")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    registered = Some((sha256.to_string(), blake3, already));
                 }
                 continue;
             }
@@ -396,11 +486,14 @@ async fn tus_upload(
         }
     }
     crate::resume::forget(&record_file);
-    let (stored, already) = registered.expect("the loop ends registered");
-    let sha256 = hash.get().await?;
-    if stored != sha256.to_string() {
+    let (sha256, stored, already) = registered.expect("the loop ends registered");
+    let declared = declared.context("the upload completed without its declaring PATCH")?;
+    // The daemon refuses bytes that do not hash to the declaration; its answer is checked too, so
+    // that a daemon which ignored the declaration is not taken at its word.
+    if stored.as_deref() != Some(declared.to_string().as_str()) {
         bail!(
-            "the daemon registered {stored}, but {} hashes to {sha256}",
+            "the daemon registered {sha256} and answered blake3 {}, but {} hashes to {declared}",
+            stored.as_deref().unwrap_or("(none)"),
             file.display()
         );
     }
@@ -415,7 +508,8 @@ async fn tus_upload(
         "record": view,
         "already_recorded": already,
         "uploaded_with": "tus 1.0",
-        "sha256": sha256.to_string(),
+        "sha256": sha256,
+        "blake3": declared.to_string(),
     }))
 }
 
@@ -695,5 +789,56 @@ pub async fn run(command: DataPackCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn file_of(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("pack.bin");
+        std::fs::write(&path, bytes).expect("the test file");
+        (dir, path)
+    }
+
+    proptest! {
+        /// Whatever pieces a run sends, in whatever order and however often (a retried piece, an
+        /// upload resumed past bytes an earlier run sent), the hash is that of the whole file.
+        #[test]
+        fn the_sent_hash_is_the_files_whatever_pieces_were_sent(
+            bytes in proptest::collection::vec(any::<u8>(), 1..40_000),
+            pieces in proptest::collection::vec((0.0f64..1.0, 0usize..9_000), 0..12),
+            last in 1usize..5_000,
+        ) {
+            let (_dir, path) = file_of(&bytes);
+            let mut hash = SentHash::new(&path);
+            let len = bytes.len();
+            for (start, size) in pieces {
+                let at = ((len as f64) * start) as usize;
+                let end = (at + size).min(len);
+                hash.feed(at as u64, &bytes[at..end]).expect("feed");
+            }
+            let at = len - last.min(len);
+            hash.feed(at as u64, &bytes[at..]).expect("feed");
+            let digest = hash.digest(len as u64).expect("every byte hashed");
+            prop_assert_eq!(digest, Digest::of(custodian_core::Algorithm::Blake3, &bytes));
+        }
+    }
+
+    #[test]
+    fn a_sent_hash_is_refused_until_every_byte_is_fed() {
+        let bytes = vec![7u8; 10_000];
+        let (_dir, path) = file_of(&bytes);
+        let mut hash = SentHash::new(&path);
+        hash.feed(0, &bytes[..4_000]).expect("feed");
+        assert!(hash.digest(10_000).is_err(), "6,000 bytes were never fed");
+        // A piece past the end of the file as it is now: the gap before it cannot be read.
+        let err = hash
+            .feed(20_000, &[1, 2, 3])
+            .expect_err("the file is shorter");
+        assert!(err.to_string().contains("shorter"), "{err}");
     }
 }
