@@ -544,22 +544,27 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
     // REST data pack.
     let rest = &raw.rest;
     let rest_mib = rest.size_bytes as f64 / (1 << 20) as f64;
-    for (what, secs, ratio) in [
+    for (what, secs, ratio, (cli_cpu, daemon_cpu)) in [
         (
             "upload (digest check and scan included)",
             rest.upload_seconds,
             rest.upload_ratio_to_openssl,
+            (rest.upload_cli_cpu_seconds, rest.upload_daemon_cpu_seconds),
         ),
         (
             "verified download to a file",
             rest.download_seconds,
             rest.download_ratio_to_openssl,
+            (
+                rest.download_cli_cpu_seconds,
+                rest.download_daemon_cpu_seconds,
+            ),
         ),
     ] {
         let upload = what.starts_with("upload");
         out.push(row(
             format!("REST data pack {rest_mib:.0} MiB {what}"),
-            format!("{secs:.2} s"),
+            format!("{secs:.2} s, CPU: CLI {cli_cpu:.2} s, daemon {daemon_cpu:.2} s"),
             none(),
             none(),
             Some(rest.daemon_peak_rss_mib),
@@ -899,7 +904,10 @@ mod tests {
                 {"name": "AttestRuns (batch)", "clients": 32, "runs_per_second": 18000.0, "runs": 54000,
                     "call_ms_p50": 800.0, "call_ms_p99": 900.0}]},
             "rest": {"size_bytes": 1073741824u64, "openssl_sha256_seconds": 0.8, "upload_seconds": 3.5,
-                "upload_ratio_to_openssl": 4.4, "download_seconds": 2.7, "download_ratio_to_openssl": 3.4,
+                "upload_ratio_to_openssl": 4.4, "upload_cli_cpu_seconds": 0.7,
+                "upload_daemon_cpu_seconds": 2.9, "download_seconds": 2.7,
+                "download_ratio_to_openssl": 3.4, "download_cli_cpu_seconds": 1.5,
+                "download_daemon_cpu_seconds": 1.0,
                 "ranges": 200, "range_bytes": 1048576, "range_ms_p50": 1.5, "range_ms_p99": 3.0,
                 "daemon_peak_rss_mib": 80.0},
             "scan": {"scanner": "custodian.builtin/rules-2", "throughput": [{"content": "JSON Lines text",

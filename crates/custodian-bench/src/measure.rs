@@ -74,6 +74,23 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
+/// The CPU time (user + system) of this process's children that have exited and been waited
+/// for, from /proc: a CLI's cost is this after it ran minus this before.
+pub fn children_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // cutime and cstime are fields 16 and 17 of stat(5), 13 and 14 after the name.
+    (ticks(13) + ticks(14)) as f64 / 100.0
+}
+
 /// Waits until the daemon has gone quiet: less than a twentieth of a core busy over one second,
 /// for at most `limit`. A burst of writes leaves RocksDB compacting for a while after it is
 /// acknowledged; a scenario timed on a store just filled would otherwise pay for the fill's

@@ -37,9 +37,15 @@ pub struct Report {
     /// `custodian datapack upload`: multipart upload, digest check, scan, registration.
     pub upload_seconds: f64,
     pub upload_ratio_to_openssl: f64,
+    /// CPU seconds (user + system) the upload cost the CLI and the daemon.
+    pub upload_cli_cpu_seconds: f64,
+    pub upload_daemon_cpu_seconds: f64,
     /// `custodian datapack download -o FILE`: received, sha256-verified, fsynced, renamed.
     pub download_seconds: f64,
     pub download_ratio_to_openssl: f64,
+    /// CPU seconds the download cost the CLI and the daemon.
+    pub download_cli_cpu_seconds: f64,
+    pub download_daemon_cpu_seconds: f64,
     pub ranges: usize,
     pub range_bytes: u64,
     pub range_ms_p50: f64,
@@ -98,6 +104,14 @@ pub fn run(args: RestArgs) -> anyhow::Result<ExitCode> {
             .arg("--key")
             .arg(work.join("bench.key")),
     )?;
+    // What each end spent: on two cores a transfer is bound by the sum as much as by either.
+    let cpu = || {
+        (
+            crate::measure::children_cpu_seconds(),
+            crate::measure::cpu_seconds(daemon.pid()),
+        )
+    };
+    let before = cpu();
     let upload = run_timed(
         cli(&[
             "datapack",
@@ -108,8 +122,10 @@ pub fn run(args: RestArgs) -> anyhow::Result<ExitCode> {
         ])
         .arg(&data),
     )?;
+    let after_upload = cpu();
     let out = work.join("downloaded.bin");
     let download = run_timed(cli(&["datapack", "download", "bench-data@1.0.0", "-o"]).arg(&out))?;
+    let after_download = cpu();
     let _ = std::fs::remove_file(&out);
 
     // Ranged reads of 1 MiB at pseudo-random offsets, one at a time, over one connection.
@@ -157,8 +173,12 @@ pub fn run(args: RestArgs) -> anyhow::Result<ExitCode> {
         openssl_sha256_seconds: openssl.as_secs_f64(),
         upload_seconds: upload.as_secs_f64(),
         upload_ratio_to_openssl: upload.as_secs_f64() / openssl.as_secs_f64(),
+        upload_cli_cpu_seconds: after_upload.0 - before.0,
+        upload_daemon_cpu_seconds: after_upload.1 - before.1,
         download_seconds: download.as_secs_f64(),
         download_ratio_to_openssl: download.as_secs_f64() / openssl.as_secs_f64(),
+        download_cli_cpu_seconds: after_download.0 - after_upload.0,
+        download_daemon_cpu_seconds: after_download.1 - after_upload.1,
         ranges: args.ranges,
         range_bytes: 1 << 20,
         range_ms_p50: custodian_testkit::percentile_ms(&latencies, 0.5),
@@ -173,11 +193,18 @@ pub fn run(args: RestArgs) -> anyhow::Result<ExitCode> {
             args.size_mib, report.openssl_sha256_seconds
         );
         println!(
-            "upload (digest check and scan in custody included) {:.3} s ({:.2}× openssl); verified download to a file {:.3} s ({:.2}×)",
+            "upload (digest check and scan in custody included) {:.3} s ({:.2}× openssl), CPU: CLI {:.2} s, daemon {:.2} s",
             report.upload_seconds,
             report.upload_ratio_to_openssl,
+            report.upload_cli_cpu_seconds,
+            report.upload_daemon_cpu_seconds,
+        );
+        println!(
+            "verified download to a file {:.3} s ({:.2}× openssl), CPU: CLI {:.2} s, daemon {:.2} s",
             report.download_seconds,
-            report.download_ratio_to_openssl
+            report.download_ratio_to_openssl,
+            report.download_cli_cpu_seconds,
+            report.download_daemon_cpu_seconds,
         );
         println!(
             "{} ranged reads of 1 MiB: p50 {:.2} ms, p99 {:.2} ms; daemon peak RSS {:.0} MiB",
