@@ -21,16 +21,23 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 }
 
 fn put_through(proxy: &Proxy, daemon: &Daemon, state: &Path, file: &Path) -> Child {
-    Command::new(binary())
-        .args(["blob", "put", "--json"])
+    let mut put = Command::new(binary());
+    put.args(["blob", "put", "--json"])
         .arg(file)
-        .env("CUSTODIAN_SERVER", proxy.url())
+        .env("CUSTODIAN_SERVER", proxy.url());
+    spawn_cli(put, daemon, state)
+}
+
+/// Starts a CLI command with the daemon's token and its resume records under `state`, its
+/// output captured.
+fn spawn_cli(mut command: Command, daemon: &Daemon, state: &Path) -> Child {
+    command
         .env("CUSTODIAN_TOKEN", &daemon.token)
         .env("CUSTODIAN_STATE_DIR", state)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run custodian blob put")
+        .unwrap_or_else(|e| panic!("run {command:?}: {e}"))
 }
 
 fn sessions(daemon: &Daemon) -> usize {
@@ -396,31 +403,38 @@ fn tus_uploads_resume_with_tuspy_and_refuse_bad_checksums() {
     );
 }
 
-/// `custodian datapack upload` of a large file goes over tus and resumes by itself after a
-/// dropped connection, and after the command was killed when run again.
-#[test]
-fn datapack_upload_resumes_over_tus() {
+/// A daemon with the pacman-builder example published, a test file of `size` bytes for its data
+/// pack, and a proxy to the daemon's REST API.
+fn pacman_with_pack(size: u64) -> (tempfile::TempDir, Daemon, std::path::PathBuf, Proxy) {
     let dir = tempfile::tempdir().expect("a resumable-upload test step");
     let daemon = Daemon::start(&dir.path().join("data"));
     crate::registry::publish_example(&daemon, dir.path(), "pacman-builder", "publisher");
     let file = dir.path().join("pack.bin");
-    let size = 64 * MIB;
     write_test_file(&file, size).expect("test file");
-    let sha = Digest::of(Algorithm::Sha256, &std::fs::read(&file).expect("read"));
     let proxy = Proxy::start(&daemon.rest).expect("proxy");
+    (dir, daemon, file, proxy)
+}
+
+/// Starts `custodian datapack upload --json` of `file` as pacman-builder's data pack through
+/// `proxy`, with its resume records under `state`.
+fn upload_through(proxy: &Proxy, daemon: &Daemon, file: &Path, state: &Path) -> Child {
+    let mut upload = Command::new(binary());
+    upload
+        .args(["datapack", "upload", "pacman-builder@0.2.1"])
+        .arg(file)
+        .args(["--license", "MIT", "--json", "--rest", &proxy.url()]);
+    spawn_cli(upload, daemon, state)
+}
+
+/// `custodian datapack upload` of a large file goes over tus and resumes by itself after a
+/// dropped connection, and after the command was killed when run again.
+#[test]
+fn datapack_upload_resumes_over_tus() {
+    let size = 64 * MIB;
+    let (dir, daemon, file, proxy) = pacman_with_pack(size);
+    let sha = Digest::of(Algorithm::Sha256, &std::fs::read(&file).expect("read"));
     let state = dir.path().join("state");
-    let upload = || {
-        Command::new(binary())
-            .args(["datapack", "upload", "pacman-builder@0.2.1"])
-            .arg(&file)
-            .args(["--license", "MIT", "--json", "--rest", &proxy.url()])
-            .env("CUSTODIAN_TOKEN", &daemon.token)
-            .env("CUSTODIAN_STATE_DIR", &state)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run custodian datapack upload")
-    };
+    let upload = || upload_through(&proxy, &daemon, &file, &state);
     let limit = Duration::from_secs(120);
     let mut first = upload();
     wait_for("a third sent", limit, || proxy.sent() >= size / 3);
@@ -452,23 +466,9 @@ fn datapack_upload_resumes_over_tus() {
 /// declared, so nothing is registered from a mix of two files.
 #[test]
 fn a_data_pack_changed_during_its_upload_is_not_registered() {
-    let dir = tempfile::tempdir().expect("a resumable-upload test step");
-    let daemon = Daemon::start(&dir.path().join("data"));
-    crate::registry::publish_example(&daemon, dir.path(), "pacman-builder", "publisher");
-    let file = dir.path().join("pack.bin");
     let size = 128 * MIB;
-    write_test_file(&file, size).expect("test file");
-    let proxy = Proxy::start(&daemon.rest).expect("proxy");
-    let upload = Command::new(binary())
-        .args(["datapack", "upload", "pacman-builder@0.2.1"])
-        .arg(&file)
-        .args(["--license", "MIT", "--json", "--rest", &proxy.url()])
-        .env("CUSTODIAN_TOKEN", &daemon.token)
-        .env("CUSTODIAN_STATE_DIR", dir.path().join("state"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run custodian datapack upload");
+    let (dir, daemon, file, proxy) = pacman_with_pack(size);
+    let upload = upload_through(&proxy, &daemon, &file, &dir.path().join("state"));
     wait_for("a third sent", Duration::from_secs(120), || {
         proxy.sent() >= size / 3
     });

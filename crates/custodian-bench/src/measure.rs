@@ -58,37 +58,33 @@ pub fn settle_disk() {
 
 /// The daemon's CPU time so far (user + system), from /proc.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name; the kernel
-    // counts them in USER_HZ, 100 on Linux.
-    (ticks(11) + ticks(12)) as f64 / 100.0
+    // utime and stime are fields 14 and 15 of stat(5).
+    stat_seconds(&format!("/proc/{pid}/stat"), 14)
 }
 
 /// The CPU time (user + system) of this process's children that have exited and been waited
 /// for, from /proc: a CLI's cost is this after it ran minus this before.
 pub fn children_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // cutime and cstime are fields 16 and 17 of stat(5).
+    stat_seconds("/proc/self/stat", 16)
+}
+
+/// The sum of fields `field` and `field + 1` (numbered as in stat(5)) of the stat file at
+/// `path`, in seconds; 0 when it cannot be read.
+fn stat_seconds(path: &str, field: usize) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at the last ')', with field 3.
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| {
+    let ticks = |n: usize| {
         fields
-            .get(i)
+            .get(n - 3)
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    // cutime and cstime are fields 16 and 17 of stat(5), 13 and 14 after the name.
-    (ticks(13) + ticks(14)) as f64 / 100.0
+    // The kernel counts them in USER_HZ, 100 on Linux.
+    (ticks(field) + ticks(field + 1)) as f64 / 100.0
 }
 
 /// Waits until the daemon has gone quiet: less than a twentieth of a core busy over one second,
