@@ -234,16 +234,7 @@ impl SentHash {
         if at > self.hashed {
             let mut file = std::fs::File::open(&self.path)?;
             file.seek(std::io::SeekFrom::Start(self.hashed))?;
-            let mut gap = file.take(at - self.hashed);
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = gap.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                self.hasher.update(&buf[..n]);
-                self.hashed += n as u64;
-            }
+            self.hashed += std::io::copy(&mut file.take(at - self.hashed), &mut self.hasher)?;
             if self.hashed != at {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
