@@ -221,8 +221,9 @@ fn quiet_on_broken_pipe() {
 fn main() -> std::process::ExitCode {
     quiet_on_broken_pipe();
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Serve(_)) {
-        allocator::tune_for_daemon();
+    // The daemon and the data-pack transfers reuse large buffers (see `allocator`).
+    if matches!(cli.command, Command::Serve(_) | Command::Datapack(_)) {
+        allocator::tune();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
