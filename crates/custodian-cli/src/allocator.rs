@@ -22,7 +22,7 @@
 //! 117-129 MiB, at and over the 128 MiB budget; at 8 MiB the put is as fast (1.72-2.02 s against
 //! 1.74-1.77 s in the same hour) and that store peaks at 112-116 MiB (docs/performance.md).
 //!
-//! `custodian datapack upload` and `download` run with the same settings: a verified 1 GiB
+//! `custodian datapack` commands run with the same settings: a verified 1 GiB
 //! download over REST (reqwest's body chunks, the hash and the file writes) cost the CLI
 //! 1.96-2.16 s of CPU with glibc's defaults and 1.54-1.78 s with these, and took 1.81-2.04 s
 //! against 1.53-1.68 s (three runs of each, alternating, docs/performance.md); the freed receive
