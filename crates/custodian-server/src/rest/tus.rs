@@ -516,10 +516,9 @@ pub(super) async fn patch(
             .await?;
         let (_, registered) = register_stored(&state, &who, &id, &vid, meta, &stored, scan).await?;
         let h = response.headers_mut();
-        let digests = &stored.meta.digests;
-        for ((name, _), digest) in DECLARED.iter().zip([digests.sha256, digests.blake3]) {
-            if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
-                h.insert(*name, v);
+        for (name, algorithm) in DECLARED {
+            if let Ok(v) = HeaderValue::from_str(&stored.meta.digests.get(algorithm).to_string()) {
+                h.insert(name, v);
             }
         }
         if let Some(index) = registered["receipt"]["log_index"].as_u64() {
