@@ -12,6 +12,7 @@ mod faults;
 mod interop;
 mod ledger;
 mod lifecycle;
+mod local_put;
 mod oci;
 mod oms;
 mod openapi;

@@ -58,6 +58,15 @@ pub struct BackendResult {
     pub put_ratio: f64,
     /// `put_seconds` / the larger of the SHA-256 time and the disk's write+fsync time.
     pub put_ratio_to_floor: f64,
+    /// `custodian blob put --no-local-put FILE`: the bytes streamed over gRPC (a resumable
+    /// upload session), as a client on another machine sends them. `put_seconds` is the same
+    /// put from this machine, where the CLI hands the daemon the file on its local put socket.
+    /// Absent (0) in reports from before local puts.
+    #[serde(default)]
+    pub put_streamed_seconds: f64,
+    /// `put_streamed_seconds` / the larger of the SHA-256 time and the disk's write+fsync time.
+    #[serde(default)]
+    pub put_streamed_ratio_to_floor: f64,
     /// `custodian blob get DIGEST -o FILE`: verified, fsynced and renamed into place.
     pub get_seconds: f64,
     /// `get_seconds` / the SHA-256 time.
@@ -172,6 +181,7 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
             other => bail!("unknown backend {other:?}; choose rocksdb or file"),
         };
         let mut put_best = Duration::MAX;
+        let mut streamed_best = Duration::MAX;
         let mut get_best = Duration::MAX;
         let mut stream_best = Duration::MAX;
         let mut peak = 0u64;
@@ -220,12 +230,30 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
             peak = peak.max(daemon.peak_rss());
             put_best = put_best.min(put);
             get_best = get_best.min(get);
+            drop(daemon);
+
+            // The same put streamed over gRPC, into a fresh store again (into this one it
+            // would only be verified, not written).
+            let _ = std::fs::remove_dir_all(&data_dir);
+            let _ = std::fs::remove_dir_all(work.join("objects"));
+            let daemon = crate::measure::daemon(&data_dir, &storage, &[])?;
+            settle_disk();
+            let streamed = run_timed(
+                Command::new(&exe)
+                    .args(["blob", "put", "--no-local-put", "--server", &daemon.address])
+                    .args(["--token", &daemon.token])
+                    .arg(&input),
+            )?;
+            streamed_best = streamed_best.min(streamed);
+            peak = peak.max(daemon.peak_rss());
         }
         report.backends.push(BackendResult {
             backend: backend.clone(),
             put_seconds: put_best.as_secs_f64(),
             put_ratio: put_best.as_secs_f64() / openssl.as_secs_f64(),
             put_ratio_to_floor: put_best.as_secs_f64() / floor,
+            put_streamed_seconds: streamed_best.as_secs_f64(),
+            put_streamed_ratio_to_floor: streamed_best.as_secs_f64() / floor,
             get_seconds: get_best.as_secs_f64(),
             get_ratio: get_best.as_secs_f64() / openssl.as_secs_f64(),
             get_ratio_to_floor: get_best.as_secs_f64() / (openssl + disk).as_secs_f64(),
@@ -268,10 +296,12 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
             report.disk_write_fsync_gib_per_s
         );
         println!(
-            "{:<8} {:>7} {:>6} {:>7} {:>7} {:>6} {:>7} {:>8} {:>6} {:>10}",
+            "{:<8} {:>7} {:>6} {:>7} {:>9} {:>7} {:>7} {:>6} {:>7} {:>8} {:>6} {:>10}",
             "backend",
             "put s",
             "×sha",
+            "×floor",
+            "gRPC put",
             "×floor",
             "get s",
             "×sha",
@@ -282,11 +312,13 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
         );
         for b in &report.backends {
             println!(
-                "{:<8} {:>7.3} {:>6.2} {:>7.2} {:>7.3} {:>6.2} {:>7.2} {:>8.3} {:>6.2} {:>6.1} MiB",
+                "{:<8} {:>7.3} {:>6.2} {:>7.2} {:>9.3} {:>7.2} {:>7.3} {:>6.2} {:>7.2} {:>8.3} {:>6.2} {:>6.1} MiB",
                 b.backend,
                 b.put_seconds,
                 b.put_ratio,
                 b.put_ratio_to_floor,
+                b.put_streamed_seconds,
+                b.put_streamed_ratio_to_floor,
                 b.get_seconds,
                 b.get_ratio,
                 b.get_ratio_to_floor,
@@ -296,7 +328,9 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
             );
         }
         println!(
-            "×sha = time / SHA-256 time; ×floor = time / the least the step can take: for a put \
+            "put = `blob put` from this machine (the daemon reads the file from its local put \
+             socket); gRPC put = `blob put --no-local-put` (streamed over gRPC, as from another \
+             machine). ×sha = time / SHA-256 time; ×floor = time / the least the step can take: for a put \
              max(SHA-256, disk write+fsync), for a get to a file SHA-256 + disk write+fsync; \
              stream = get to /dev/null. Each timed step starts after `sync` and a 2 s pause; fastest of {} runs.",
             args.runs

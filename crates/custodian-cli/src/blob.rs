@@ -165,11 +165,18 @@ async fn put(
         );
     }
     let mut client = server.connect().await?.store();
+    let local = crate::local_put::socket(server, &mut client).await;
     let mut lines = Vec::new();
     for path in files {
-        let response = put_file(&server.target(), &mut client, path, expect)
-            .await
-            .with_context(|| format!("put {}", path.display()))?;
+        let response = put_file(
+            &server.target(),
+            &mut client,
+            path,
+            expect,
+            local.as_deref(),
+        )
+        .await
+        .with_context(|| format!("put {}", path.display()))?;
         let info = response.blob.context("the daemon's reply has no blob")?;
         let mut line = BlobLine::from_info(&info);
         line.file = Some(path.display().to_string());
@@ -303,32 +310,49 @@ where
     })
 }
 
-/// Uploads one file, with a progress bar on a terminal. Files of at least
-/// [`crate::resume::RESUMABLE_MIN`] bytes go through a resumable session on `target`, so a
-/// broken transfer continues where it stopped, also in a later run.
+/// Uploads one file, with a progress bar on a terminal. With `local` (the daemon's local put
+/// socket, from [`crate::local_put::socket`]) the daemon is handed the open file and reads it
+/// itself. Otherwise files of at least [`crate::resume::RESUMABLE_MIN`] bytes go through a
+/// resumable session on `target`, so a broken transfer continues where it stopped, also in a
+/// later run.
 pub async fn put_file(
     target: &custodian_client::Target,
     client: &mut ContentStoreClient<Conn>,
     path: &Path,
     expect: Option<Digest>,
+    local: Option<&Path>,
 ) -> anyhow::Result<pb::PutResponse> {
-    let file = tokio::fs::File::open(path).await.context("cannot open")?;
-    let len = file.metadata().await.context("cannot read metadata")?.len();
+    let file = std::fs::File::open(path).context("cannot open")?;
+    let meta = file.metadata().context("cannot read metadata")?;
+    let len = meta.len();
+    let bar = progress(len, format!("put {}", path.display()));
+    // Only a regular file has an end the daemon can read to; a pipe or device is streamed.
+    if let Some(socket) = local.filter(|_| meta.is_file()) {
+        let token = target.token.as_deref();
+        let done = crate::local_put::put(socket, &file, expect, len, token, &bar).await;
+        if let Some(done) = done.transpose() {
+            bar.finish_and_clear();
+            return done;
+        }
+    }
     if len >= crate::resume::RESUMABLE_MIN {
+        bar.finish_and_clear();
         drop(file);
         return crate::resume::put_resumable(target, path, expect).await;
     }
-    let bar = progress(len, format!("put {}", path.display()));
     let header = pb::PutRequest {
         message: Some(pb::put_request::Message::Header(pb::PutHeader {
             expected_digest: expect.map(|d| d.to_string()).unwrap_or_default(),
-            expected_size: Some(len),
+            // A pipe's length is not known ahead; the daemon takes what arrives.
+            expected_size: meta.is_file().then_some(len),
         })),
     };
     // A read error ends the stream early; the declared size then makes the daemon refuse the
     // upload, and the error itself is reported from here.
-    let (chunks, mut error_rx) = file_chunks(file, &bar, |chunk| pb::PutRequest {
-        message: Some(pb::put_request::Message::Chunk(chunk)),
+    let (chunks, mut error_rx) = file_chunks(tokio::fs::File::from_std(file), &bar, |chunk| {
+        pb::PutRequest {
+            message: Some(pb::put_request::Message::Chunk(chunk)),
+        }
     });
     let request = futures::stream::once(async { header }).chain(chunks);
     let result = client.put(request).await;

@@ -8,6 +8,7 @@ mod datapack;
 mod eval;
 mod evidence;
 mod keys;
+mod local_put;
 mod log;
 mod modelsig;
 mod oci;

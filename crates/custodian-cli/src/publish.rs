@@ -253,14 +253,24 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let mut uploaded = 0usize;
     let mut uploaded_bytes = 0u64;
+    let local = match missing.is_empty() {
+        true => None,
+        false => crate::local_put::socket(&args.server, &mut store).await,
+    };
     for file in files {
         if !missing.contains(&file.sha256.to_string()) {
             continue;
         }
         let path = dir.join(&file.path);
-        put_file(&args.server.target(), &mut store, &path, Some(file.sha256))
-            .await
-            .with_context(|| format!("uploading {}", file.path))?;
+        put_file(
+            &args.server.target(),
+            &mut store,
+            &path,
+            Some(file.sha256),
+            local.as_deref(),
+        )
+        .await
+        .with_context(|| format!("uploading {}", file.path))?;
         uploaded += 1;
         uploaded_bytes += file.size;
     }

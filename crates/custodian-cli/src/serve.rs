@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use custodian_server::grpc::local_put::LocalPutConfig;
 use custodian_server::{CasLimits, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -214,6 +215,22 @@ pub struct ServeArgs {
     #[arg(long, env = "CUSTODIAN_NATIVE_HOLDS")]
     native_holds: bool,
 
+    /// The local put socket: a CLI on this machine hands the daemon the file to put here instead
+    /// of streaming it (default: local-put.sock in the data directory, if a socket can be made
+    /// there). Access is by the same tokens as gRPC; the daemon reads only files the client
+    /// opened itself
+    #[arg(
+        long,
+        env = "CUSTODIAN_LOCAL_PUT_SOCKET",
+        value_name = "PATH",
+        conflicts_with = "no_local_put_socket"
+    )]
+    local_put_socket: Option<PathBuf>,
+
+    /// Serve no local put socket: every put streams its bytes over gRPC
+    #[arg(long, env = "CUSTODIAN_NO_LOCAL_PUT_SOCKET")]
+    no_local_put_socket: bool,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. info or custodian_server=debug
     #[arg(long, env = "CUSTODIAN_LOG", default_value = "info")]
     log: String,
@@ -318,6 +335,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         gc_grace: args.gc_grace,
         gc_every: args.gc_every,
         native_holds: args.native_holds,
+        local_put: match (args.no_local_put_socket, args.local_put_socket) {
+            (true, _) => None,
+            (false, Some(path)) => Some(LocalPutConfig {
+                path,
+                required: true,
+            }),
+            (false, None) => Some(LocalPutConfig {
+                path: args.store.data_dir.join("local-put.sock"),
+                required: false,
+            }),
+        },
         witnessing: match &args.witness_policy {
             None => None,
             Some(path) => {

@@ -28,6 +28,14 @@ pub enum ServerError {
         /// The I/O failure.
         source: std::io::Error,
     },
+    /// The local put socket asked for with `--local-put-socket` could not be bound.
+    #[error("--local-put-socket {path}: {source}")]
+    LocalPutSocket {
+        /// The socket's path.
+        path: std::path::PathBuf,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
     /// The ledger could not be opened.
     #[error("cannot open the ledger: {0}")]
     Ledger(#[from] custodian_storage::LedgerError),

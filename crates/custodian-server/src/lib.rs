@@ -105,6 +105,8 @@ pub struct ServerConfig {
     /// Also set each legal hold in the storage service (S3 Object Lock legal hold); the store
     /// must support it, which is checked at start-up.
     pub native_holds: bool,
+    /// The local put socket (docs/api.md, "Local puts"); `None` for none.
+    pub local_put: Option<grpc::local_put::LocalPutConfig>,
 }
 
 impl ServerConfig {
@@ -136,6 +138,7 @@ impl ServerConfig {
             gc_grace: Duration::from_secs(7 * 24 * 3600),
             gc_every: None,
             native_holds: false,
+            local_put: None,
         }
     }
 }
@@ -380,7 +383,11 @@ pub async fn serve(
         });
     }
     let probed_store = store.clone();
-    let cas = ContentStoreServer::new(CasService::new(
+    let local_put = match &config.local_put {
+        Some(local) => grpc::local_put::LocalPutSocket::bind(local)?,
+        None => None,
+    };
+    let cas_service = CasService::new(
         store,
         uploads.clone(),
         collector,
@@ -388,9 +395,12 @@ pub async fn serve(
         limits,
         registry.clone(),
         auth.clone(),
-    ))
-    .max_decoding_message_size(limits.max_message_size_bytes)
-    .max_encoding_message_size(limits.max_message_size_bytes);
+    )
+    .with_local_put_socket(local_put.as_ref().map(|socket| socket.path()));
+    let local_cas = cas_service.clone();
+    let cas = ContentStoreServer::new(cas_service)
+        .max_decoding_message_size(limits.max_message_size_bytes)
+        .max_encoding_message_size(limits.max_message_size_bytes);
     let ledger_service = LedgerServer::new(LedgerService::new(
         sequencer,
         config.append_token.clone(),
@@ -474,6 +484,16 @@ pub async fn serve(
             )))
         }
     };
+    let local_put = local_put.map(|socket| {
+        tracing::info!(path = %socket.path().display(), "local put socket");
+        tokio::spawn(grpc::local_put::serve(
+            socket,
+            local_cas,
+            config.conn.max_connections,
+            config.shutdown_grace,
+            stop_rx.clone(),
+        ))
+    });
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {
         builder = builder
@@ -510,6 +530,12 @@ pub async fn serve(
         result = server => result?,
         () = deadline => {
             tracing::warn!(?grace, "grace period over; unfinished uploads are discarded");
+        }
+    }
+    if let Some(local_put) = local_put {
+        // It waits out its own grace period once stopped.
+        if let Err(err) = local_put.await {
+            tracing::warn!(%err, "the local put socket's task failed");
         }
     }
     if let Some(rest) = rest {

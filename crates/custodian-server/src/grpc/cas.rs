@@ -66,6 +66,7 @@ async fn next_message<T>(
 /// Writes need a token with the publish scope. Reads answer for a blob only if the caller may
 /// read it (see [`Registry::blob_readable`]); for any other blob every call answers exactly as
 /// for a digest that is not in custody, so a private blob's existence is never revealed.
+#[derive(Clone)]
 pub struct CasService {
     store: BlobStore,
     uploads: Arc<UploadSessions>,
@@ -74,6 +75,8 @@ pub struct CasService {
     limits: CasLimits,
     registry: Arc<Registry>,
     auth: Arc<Authenticator>,
+    /// The local put socket announced in `Capabilities`, if the daemon has one.
+    local_put_socket: Option<std::path::PathBuf>,
 }
 
 impl CasService {
@@ -96,23 +99,47 @@ impl CasService {
             limits,
             registry,
             auth,
+            local_put_socket: None,
+        }
+    }
+
+    /// The same service announcing the local put socket at `path` (absolute) in its
+    /// capabilities.
+    pub fn with_local_put_socket(mut self, path: Option<&std::path::Path>) -> Self {
+        self.local_put_socket = path.map(std::path::Path::to_path_buf);
+        self
+    }
+
+    /// The store the service keeps custody in.
+    pub(crate) fn store(&self) -> &BlobStore {
+        &self.store
+    }
+
+    /// The service's limits.
+    pub(crate) fn limits(&self) -> &CasLimits {
+        &self.limits
+    }
+
+    /// The principal of an `authorization` value (`Bearer <token>`, or none), if it may upload.
+    pub(crate) fn uploader(&self, authorization: Option<&str>) -> Result<Principal, Status> {
+        may_upload(self.auth.authenticate(authorization)?)
+    }
+
+    /// What a put answers once committed. Whether someone else already stored these bytes is
+    /// not the uploader's business unless it may read them.
+    pub(crate) fn put_response(
+        &self,
+        who: &Principal,
+        outcome: &custodian_storage::PutOutcome,
+    ) -> pb::PutResponse {
+        pb::PutResponse {
+            blob: Some(blob_info(&outcome.meta)),
+            already_present: outcome.already_present && self.readable(who, &outcome.meta),
         }
     }
 
     fn writer<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
-        let who = principal(&self.auth, request)?;
-        if who.has_scope(Scope::Publish) {
-            return Ok(who);
-        }
-        Err(match who {
-            Principal::Anonymous => Status::unauthenticated(
-                "uploading blobs needs a token with the publish scope: send authorization: Bearer <token>",
-            ),
-            Principal::Token(_) => Status::permission_denied(format!(
-                "{} may not upload blobs: it has no publish scope",
-                who.label()
-            )),
-        })
+        may_upload(principal(&self.auth, request)?)
     }
 
     /// True if `who` may read the blob with metadata `meta`.
@@ -135,6 +162,22 @@ impl CasService {
             },
         )
     }
+}
+
+/// `who`, if it may upload blobs (the publish scope).
+fn may_upload(who: Principal) -> Result<Principal, Status> {
+    if who.has_scope(Scope::Publish) {
+        return Ok(who);
+    }
+    Err(match who {
+        Principal::Anonymous => Status::unauthenticated(
+            "uploading blobs needs a token with the publish scope: send authorization: Bearer <token>",
+        ),
+        Principal::Token(_) => Status::permission_denied(format!(
+            "{} may not upload blobs: it has no publish scope",
+            who.label()
+        )),
+    })
 }
 
 /// What a caller who may not read a blob is told: exactly what it would be told if the blob
@@ -243,6 +286,11 @@ impl ContentStore for CasService {
             digest_algorithms: vec!["sha256".into(), "blake3".into()],
             backend: self.store.backend_name().into(),
             server_version: env!("CARGO_PKG_VERSION").into(),
+            local_put_socket: self
+                .local_put_socket
+                .as_ref()
+                .map(|path| path.display().to_string())
+                .unwrap_or_default(),
         }))
     }
 
@@ -295,13 +343,7 @@ impl ContentStore for CasService {
         }
         let outcome = writer.commit().await.map_err(GrpcError::from)?;
         tracing::debug!(digest = %outcome.meta.sha256(), size = outcome.meta.size, already_present = outcome.already_present, "put");
-        // Whether someone else already stored these bytes is not the uploader's business
-        // unless it may read them.
-        let already_present = outcome.already_present && self.readable(&who, &outcome.meta);
-        Ok(Response::new(pb::PutResponse {
-            blob: Some(blob_info(&outcome.meta)),
-            already_present,
-        }))
+        Ok(Response::new(self.put_response(&who, &outcome)))
     }
 
     async fn start_upload(

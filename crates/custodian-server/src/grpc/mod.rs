@@ -4,5 +4,6 @@
 pub mod cas;
 pub mod evidence;
 pub mod ledger;
+pub mod local_put;
 pub mod registry;
 pub mod status;

@@ -1,0 +1,427 @@
+//! The local put socket: a client on the daemon's own machine hands the daemon an open file
+//! instead of streaming its bytes over gRPC (docs/api.md, "Local puts").
+//!
+//! Streaming a blob over gRPC on one machine costs both ends CPU that has nothing to do with
+//! custody: the client reads the file and frames it, the kernel copies it through a loopback TCP
+//! connection, and the daemon unframes it and copies every HTTP/2 frame once more before hashing.
+//! On two cores that work competes with SHA-256 for the same CPU. Here the client sends one small
+//! frame with the file descriptor attached (`SCM_RIGHTS`), and the daemon reads the file itself,
+//! into the same verifying writer as `ContentStore.Put`: the bytes it hashes are the bytes it
+//! stores, so a file changed during the read yields a blob that matches what was read (and is
+//! refused if the client declared another digest or size). Passing a descriptor grants nothing
+//! the client did not have: the daemon reads only what the client could open itself.
+//!
+//! The socket speaks the same access rules and the same status codes as gRPC: the request carries
+//! the `authorization` value gRPC metadata would, and a refusal is answered with the code and
+//! message `Put` would have given (one error edge: [`crate::grpc::status`]).
+
+use std::io::{self, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use custodian_proto::cas::v1 as pb;
+use custodian_storage::Expectation;
+use prost::Message as _;
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tonic::Status;
+
+use super::cas::CasService;
+use super::status::{GrpcError, parse_optional_digest};
+use crate::error::ServerError;
+
+/// The largest request frame accepted; a request holds a digest and a token.
+pub const MAX_REQUEST_FRAME: usize = 64 << 10;
+
+/// How often, in bytes read, the daemon tells the client how far it is.
+const PROGRESS_EVERY: u64 = 64 << 20;
+
+/// Where the socket goes, and whether the daemon may start without it.
+#[derive(Clone, Debug)]
+pub struct LocalPutConfig {
+    /// The socket's path.
+    pub path: PathBuf,
+    /// True when the path was asked for explicitly: failing to bind it stops the daemon. The
+    /// default path is best effort (it may be too long for a socket address, or on a file system
+    /// that has no sockets), and the daemon starts without it, with a warning.
+    pub required: bool,
+}
+
+/// A bound local put socket.
+pub struct LocalPutSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl LocalPutSocket {
+    /// Binds the socket at `config.path`, replacing a socket file a stopped daemon left behind.
+    /// `Ok(None)` when binding the default path failed (logged).
+    pub fn bind(config: &LocalPutConfig) -> Result<Option<Self>, ServerError> {
+        match bind_at(&config.path) {
+            Ok(socket) => Ok(Some(socket)),
+            Err(source) if !config.required => {
+                tracing::warn!(
+                    path = %config.path.display(),
+                    %source,
+                    "no local put socket: clients on this machine stream their puts over gRPC"
+                );
+                Ok(None)
+            }
+            Err(source) => Err(ServerError::LocalPutSocket {
+                path: config.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// The socket's absolute path, as `Capabilities.local_put_socket` announces it.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn bind_at(path: &Path) -> io::Result<LocalPutSocket> {
+    let path = std::path::absolute(path)?;
+    // The daemon holds its data directory (the store's lock) before it gets here, so a socket
+    // at this path is a leftover of a daemon that was killed; anything else is not ours to
+    // remove.
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) => {
+            use std::os::unix::fs::FileTypeExt as _;
+            if !meta.file_type().is_socket() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "the path exists and is not a socket",
+                ));
+            }
+            std::fs::remove_file(&path)?;
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    let listener = UnixListener::bind(&path)?;
+    Ok(LocalPutSocket { listener, path })
+}
+
+/// Serves local puts until `stop` turns true, then lets puts in flight finish within `grace`
+/// and removes the socket file. At most `max_connections` clients are served at once.
+pub async fn serve(
+    socket: LocalPutSocket,
+    cas: CasService,
+    max_connections: usize,
+    grace: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let cas = Arc::new(cas);
+    let permits = Arc::new(Semaphore::new(max_connections.max(1)));
+    let mut running = tokio::task::JoinSet::new();
+    // The guard `wait_for` returns must not be held across an await, so it is dropped here.
+    let mut stopping = Box::pin(async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    });
+    loop {
+        tokio::select! {
+            accepted = socket.listener.accept() => match accepted {
+                Ok((stream, _)) => match permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let cas = cas.clone();
+                        running.spawn(async move {
+                            serve_one(stream, &cas).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => tracing::warn!(
+                        max_connections,
+                        "local put socket: connection refused, too many open"
+                    ),
+                },
+                Err(err) => {
+                    // Running out of descriptors must not stop the daemon: wait and retry.
+                    tracing::warn!(%err, "local put socket: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            () = &mut stopping => break,
+        }
+    }
+    let _ = std::fs::remove_file(&socket.path);
+    let drained = tokio::time::timeout(grace, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("local puts still running after the grace period were discarded");
+    }
+}
+
+/// Reads one request, performs it and answers; a client that hangs up gets no answer.
+async fn serve_one(mut stream: UnixStream, cas: &CasService) {
+    let idle = cas.limits().upload_idle_timeout;
+    let outcome = match tokio::time::timeout(idle, receive(&stream)).await {
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no complete request frame within {idle:?}"
+        ))),
+        Ok(Err(Received::Gone)) => return,
+        Ok(Err(Received::Refused(status))) => Err(status),
+        Ok(Ok((request, file))) => put(cas, request, file, &mut stream).await,
+    };
+    let reply = match outcome {
+        Ok(done) => pb::local_put_reply::Message::Done(done),
+        Err(status) => {
+            if status.code() == tonic::Code::Cancelled {
+                return;
+            }
+            pb::local_put_reply::Message::Error(pb::ItemError {
+                code: status.code() as i32,
+                message: status.message().to_string(),
+            })
+        }
+    };
+    if send(&mut stream, reply).await.is_ok() {
+        close_politely(stream).await;
+    }
+}
+
+/// Closes after the answer without resetting the connection: on Linux, closing a Unix socket
+/// with unread bytes (the rest of a refused frame) makes the client's next read fail with
+/// `ECONNRESET`, which could cost it the answer. So the rest is read and dropped first, within
+/// a bound and a second.
+async fn close_politely(mut stream: UnixStream) {
+    use tokio::io::AsyncReadExt as _;
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 8 << 10];
+        let mut left = 2 * MAX_REQUEST_FRAME;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
+/// Why no request came.
+enum Received {
+    /// The client closed the connection before a whole frame.
+    Gone,
+    /// The frame came but cannot be served.
+    Refused(Status),
+}
+
+/// Receives the request frame and the one descriptor attached to it.
+async fn receive(stream: &UnixStream) -> Result<(pb::LocalPutRequest, OwnedFd), Received> {
+    let mut frame: Vec<u8> = Vec::new();
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    let mut truncated = false;
+    let mut buf = vec![0u8; 8 << 10];
+    loop {
+        let (read, flags) = match receive_some(stream, &mut buf, &mut fds).await {
+            Ok(got) => got,
+            Err(_) => return Err(Received::Gone),
+        };
+        if read == 0 {
+            return Err(Received::Gone);
+        }
+        truncated |= flags.contains(ReturnFlags::CTRUNC);
+        frame.extend_from_slice(&buf[..read]);
+        if frame.len() < 4 {
+            continue;
+        }
+        let len = u32::from_be_bytes(frame[..4].try_into().expect("four bytes")) as usize;
+        if len > MAX_REQUEST_FRAME {
+            return Err(Received::Refused(Status::invalid_argument(format!(
+                "the request frame declares {len} bytes; a LocalPutRequest is at most {MAX_REQUEST_FRAME}"
+            ))));
+        }
+        if frame.len() < 4 + len {
+            continue;
+        }
+        if frame.len() > 4 + len {
+            return Err(Received::Refused(Status::invalid_argument(format!(
+                "{} bytes follow the {len}-byte request frame: send one request per connection",
+                frame.len() - 4 - len
+            ))));
+        }
+        if truncated || fds.len() != 1 {
+            return Err(Received::Refused(Status::invalid_argument(format!(
+                "the request must carry exactly one file descriptor (SCM_RIGHTS); it carried {}",
+                if truncated {
+                    "more than fit".to_string()
+                } else {
+                    fds.len().to_string()
+                }
+            ))));
+        }
+        let request = pb::LocalPutRequest::decode(&frame[4..]).map_err(|err| {
+            Received::Refused(Status::invalid_argument(format!(
+                "the request frame is not a LocalPutRequest: {err}"
+            )))
+        })?;
+        return Ok((request, fds.pop().expect("one descriptor")));
+    }
+}
+
+/// One `recvmsg`: bytes into `buf`, descriptors onto `fds` (received close-on-exec).
+async fn receive_some(
+    stream: &UnixStream,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<(usize, ReturnFlags)> {
+    loop {
+        stream.readable().await?;
+        let got = stream.try_io(Interest::READABLE, || {
+            // Room for a few descriptors, so that a client that sends too many is told so
+            // rather than having them silently dropped.
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let received = rustix::net::recvmsg(
+                stream,
+                &mut [IoSliceMut::new(buf)],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC,
+            )?;
+            for message in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(received) = message {
+                    fds.extend(received);
+                }
+            }
+            Ok((received.bytes, received.flags))
+        });
+        match got {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Writes one reply frame.
+async fn send(stream: &mut UnixStream, message: pb::local_put_reply::Message) -> io::Result<()> {
+    let reply = pb::LocalPutReply {
+        message: Some(message),
+    };
+    let mut frame = Vec::with_capacity(4 + reply.encoded_len());
+    frame.extend_from_slice(&(reply.encoded_len() as u32).to_be_bytes());
+    reply.encode(&mut frame).expect("a Vec grows");
+    stream.write_all(&frame).await
+}
+
+/// Checks the request and the file, reads the file into a verified put, reporting progress
+/// on `stream`. A client that hangs up mid-read cancels the put: nothing is kept.
+async fn put(
+    cas: &CasService,
+    request: pb::LocalPutRequest,
+    file: OwnedFd,
+    stream: &mut UnixStream,
+) -> Result<pb::PutResponse, Status> {
+    let authorization = (!request.authorization.is_empty()).then_some(&*request.authorization);
+    let who = cas.uploader(authorization)?;
+    let expect = Expectation {
+        digest: parse_optional_digest("expected_digest", &request.expected_digest)?,
+        size: request.expected_size,
+    };
+    check_readable_file(&file)?;
+    let mut writer = cas
+        .store()
+        .begin_put(expect)
+        .await
+        .map_err(GrpcError::from)?;
+    let mut pieces = read_pieces(file, cas.store().block_size());
+    let mut reported = 0;
+    while let Some(piece) = pieces.recv().await {
+        let piece = piece.map_err(|(at, err)| {
+            Status::failed_precondition(format!(
+                "reading the handed-over file failed at byte {at}: {err}"
+            ))
+        })?;
+        // A failed write has already discarded the upload.
+        writer.write(piece).await.map_err(GrpcError::from)?;
+        if writer.received() - reported >= PROGRESS_EVERY {
+            reported = writer.received();
+            if send(
+                stream,
+                pb::local_put_reply::Message::ProgressBytes(reported),
+            )
+            .await
+            .is_err()
+            {
+                // Dropping the writer discards the upload.
+                return Err(Status::cancelled("the client hung up"));
+            }
+        }
+    }
+    let outcome = writer.commit().await.map_err(GrpcError::from)?;
+    tracing::debug!(digest = %outcome.meta.sha256(), size = outcome.meta.size, "local put");
+    Ok(cas.put_response(&who, &outcome))
+}
+
+/// Refuses a descriptor that is not a regular file open for reading, naming what it is.
+fn check_readable_file(file: &OwnedFd) -> Result<(), Status> {
+    use rustix::fs::{FileType, OFlags};
+    let stat = rustix::fs::fstat(file)
+        .map_err(|err| Status::invalid_argument(format!("cannot stat the descriptor: {err}")))?;
+    let kind = match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => None,
+        FileType::Directory => Some("a directory"),
+        FileType::Symlink => Some("a symbolic link"),
+        FileType::Fifo => Some("a pipe"),
+        FileType::Socket => Some("a socket"),
+        FileType::CharacterDevice => Some("a character device"),
+        FileType::BlockDevice => Some("a block device"),
+        _ => Some("not a file"),
+    };
+    if let Some(kind) = kind {
+        return Err(Status::invalid_argument(format!(
+            "the descriptor is {kind}, not a regular file: stream other sources with ContentStore.Put"
+        )));
+    }
+    let flags = rustix::fs::fcntl_getfl(file).map_err(|err| {
+        Status::invalid_argument(format!("cannot read the descriptor's flags: {err}"))
+    })?;
+    if flags & OFlags::RWMODE == OFlags::WRONLY {
+        return Err(Status::invalid_argument(
+            "the descriptor is open for writing only: open the file for reading",
+        ));
+    }
+    Ok(())
+}
+
+/// The file from offset 0 to its end in pieces of about `piece` bytes, read on the blocking
+/// pool two pieces ahead of the writer. `pread` leaves the descriptor's offset, which the client
+/// shares, alone. A read error ends the pieces with the offset it happened at.
+fn read_pieces(
+    file: OwnedFd,
+    piece: usize,
+) -> tokio::sync::mpsc::Receiver<Result<Bytes, (u64, io::Error)>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
+        let mut at = 0u64;
+        loop {
+            let mut buf = Vec::with_capacity(piece);
+            match rustix::io::pread(&file, rustix::buffer::spare_capacity(&mut buf), at) {
+                Ok(0) => return,
+                Ok(read) => {
+                    at += read as u64;
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return;
+                    }
+                }
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(err) => {
+                    let _ = tx.blocking_send(Err((at, err.into())));
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}

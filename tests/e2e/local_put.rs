@@ -1,0 +1,357 @@
+//! The local put socket (docs/api.md, "Local puts"): the daemon reads a file the client hands it,
+//! verifies and commits it as `Put` would, and refuses everything else with `Put`'s status codes,
+//! keeping nothing.
+
+use std::io::{IoSlice, Read as _, Seek as _, SeekFrom, Write as _};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd as _, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use custodian_core::BlobDigests;
+use custodian_proto::cas::v1 as pb;
+use custodian_testkit::{Daemon, Proxy, binary};
+use prost::Message as _;
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use tonic::Code;
+
+use crate::pattern;
+
+/// The socket the daemon announces in its capabilities.
+async fn announced_socket(daemon: &Daemon) -> PathBuf {
+    let capabilities = daemon
+        .client()
+        .await
+        .get_capabilities(pb::GetCapabilitiesRequest {})
+        .await
+        .expect("capabilities")
+        .into_inner();
+    assert!(
+        !capabilities.local_put_socket.is_empty(),
+        "the daemon announces no local put socket"
+    );
+    PathBuf::from(capabilities.local_put_socket)
+}
+
+fn request(expected_digest: &str, expected_size: Option<u64>, token: Option<&str>) -> Vec<u8> {
+    let request = pb::LocalPutRequest {
+        expected_digest: expected_digest.into(),
+        expected_size,
+        authorization: token.map(|t| format!("Bearer {t}")).unwrap_or_default(),
+    };
+    frame(&request.encode_to_vec())
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(body);
+    frame
+}
+
+/// Sends `frame` with `fds` attached, then reads every reply frame until the daemon closes.
+fn exchange(socket: &Path, frame: &[u8], fds: &[BorrowedFd<'_>]) -> Vec<pb::LocalPutReply> {
+    let mut stream = UnixStream::connect(socket).expect("connect to the local put socket");
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
+    }
+    let sent = rustix::net::sendmsg(
+        &stream,
+        &[IoSlice::new(frame)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )
+    .expect("sendmsg");
+    // A daemon that refused the frame's head may have closed already.
+    let _ = stream.write_all(&frame[sent..]);
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read the replies");
+    let mut replies = Vec::new();
+    let mut rest = &answer[..];
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(rest[..4].try_into().expect("a 4-byte length")) as usize;
+        replies.push(pb::LocalPutReply::decode(&rest[4..4 + len]).expect("a LocalPutReply"));
+        rest = &rest[4 + len..];
+    }
+    replies
+}
+
+/// The one error a refused request gets: its code and message.
+fn refusal(replies: &[pb::LocalPutReply]) -> (Code, String) {
+    match replies {
+        [
+            pb::LocalPutReply {
+                message: Some(pb::local_put_reply::Message::Error(error)),
+            },
+        ] => (Code::from(error.code), error.message.clone()),
+        other => panic!("expected one error reply, got {other:?}"),
+    }
+}
+
+async fn stored(daemon: &Daemon, digest: &str) -> bool {
+    match daemon
+        .client()
+        .await
+        .stat(pb::StatRequest {
+            digest: digest.into(),
+        })
+        .await
+    {
+        Ok(_) => true,
+        Err(status) if status.code() == Code::NotFound => false,
+        Err(status) => panic!("stat {digest}: {status}"),
+    }
+}
+
+fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, data).expect("write the file");
+    path
+}
+
+#[tokio::test]
+async fn a_local_put_reads_the_whole_file_verifies_it_and_reports_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let socket = announced_socket(&daemon).await;
+    // Past one progress report (every 64 MiB), not a whole number of blocks.
+    let data = pattern(7, (80 << 20) + 12_345);
+    let digests = BlobDigests::of(&data);
+    let path = write_file(dir.path(), "pack.bin", &data);
+    let mut file = std::fs::File::open(&path).unwrap();
+    // The daemon reads from offset 0 whatever the descriptor's own position.
+    file.seek(SeekFrom::Start(1 << 20)).unwrap();
+    let replies = exchange(
+        &socket,
+        &request(
+            &digests.sha256.to_string(),
+            Some(data.len() as u64),
+            Some(&daemon.token),
+        ),
+        &[file.as_fd()],
+    );
+    let (last, progress) = replies.split_last().expect("replies");
+    assert!(
+        !progress.is_empty()
+            && progress.iter().all(|reply| matches!(
+                reply.message,
+                Some(pb::local_put_reply::Message::ProgressBytes(n)) if n > 0 && n <= data.len() as u64
+            )),
+        "progress frames before the outcome: {progress:?}"
+    );
+    let Some(pb::local_put_reply::Message::Done(done)) = &last.message else {
+        panic!("the last reply is not the outcome: {last:?}");
+    };
+    let blob = done.blob.as_ref().expect("blob info");
+    assert_eq!(blob.sha256, digests.sha256.to_string());
+    assert_eq!(blob.blake3, digests.blake3.to_string());
+    assert_eq!(blob.size, data.len() as u64);
+    assert!(!done.already_present);
+    assert!(stored(&daemon, &digests.blake3.to_string()).await);
+
+    // A second put of the same bytes is verified again and answered as already present.
+    let replies = exchange(
+        &socket,
+        &request("", None, Some(&daemon.token)),
+        &[file.as_fd()],
+    );
+    match replies.last().and_then(|r| r.message.as_ref()) {
+        Some(pb::local_put_reply::Message::Done(done)) => assert!(done.already_present),
+        other => panic!("expected the outcome, got {other:?}"),
+    }
+}
+
+/// A refused request: what it is, its frame, its descriptors, the code and a word the message
+/// must contain.
+type Case<'a> = (&'a str, Vec<u8>, Vec<BorrowedFd<'a>>, Code, &'a str);
+
+#[tokio::test]
+async fn a_local_put_refuses_what_put_refuses_and_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let socket = announced_socket(&daemon).await;
+    let data = pattern(8, 3 << 20);
+    let digests = BlobDigests::of(&data);
+    let path = write_file(dir.path(), "blob.bin", &data);
+    let file = std::fs::File::open(&path).unwrap();
+    let token = Some(daemon.token.as_str());
+    let sha = digests.sha256.to_string();
+    let wrong = BlobDigests::of(b"other bytes").sha256.to_string();
+
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "no token",
+            request(&sha, None, None),
+            vec![file.as_fd()],
+            Code::Unauthenticated,
+            "publish scope",
+        ),
+        (
+            "another digest declared",
+            request(&wrong, None, token),
+            vec![file.as_fd()],
+            Code::InvalidArgument,
+            &wrong,
+        ),
+        (
+            "another size declared",
+            request(&sha, Some(data.len() as u64 - 1), token),
+            vec![file.as_fd()],
+            Code::InvalidArgument,
+            "size",
+        ),
+        (
+            "a digest that does not parse",
+            request("sha256:xyz", None, token),
+            vec![file.as_fd()],
+            Code::InvalidArgument,
+            "expected_digest",
+        ),
+        (
+            "no descriptor",
+            request(&sha, None, token),
+            vec![],
+            Code::InvalidArgument,
+            "exactly one file descriptor",
+        ),
+        (
+            "two descriptors",
+            request(&sha, None, token),
+            vec![file.as_fd(), file.as_fd()],
+            Code::InvalidArgument,
+            "exactly one file descriptor",
+        ),
+        (
+            "a frame too long",
+            frame(&vec![0u8; (64 << 10) + 1]),
+            vec![file.as_fd()],
+            Code::InvalidArgument,
+            "at most 65536",
+        ),
+        (
+            "a frame that is not a request",
+            frame(&[0xff, 0xff, 0xff]),
+            vec![file.as_fd()],
+            Code::InvalidArgument,
+            "not a LocalPutRequest",
+        ),
+    ];
+    for (what, frame, fds, code, names) in cases {
+        let (got, message) = refusal(&exchange(&socket, &frame, &fds));
+        assert_eq!(got, code, "{what}: {message}");
+        assert!(
+            message.contains(names),
+            "{what}: the message {message:?} does not name {names:?}"
+        );
+    }
+
+    let reader = daemon.create_token("reader", "read", "*");
+    let (code, message) = refusal(&exchange(
+        &socket,
+        &request(&sha, None, Some(&reader)),
+        &[file.as_fd()],
+    ));
+    assert_eq!(code, Code::PermissionDenied, "{message}");
+
+    let directory = std::fs::File::open(dir.path()).unwrap();
+    let (code, message) = refusal(&exchange(
+        &socket,
+        &request("", None, token),
+        &[directory.as_fd()],
+    ));
+    assert_eq!(code, Code::InvalidArgument, "{message}");
+    assert!(message.contains("a directory"), "{message}");
+
+    let write_only = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let (code, message) = refusal(&exchange(
+        &socket,
+        &request("", None, token),
+        &[write_only.as_fd()],
+    ));
+    assert_eq!(code, Code::InvalidArgument, "{message}");
+    assert!(message.contains("for writing only"), "{message}");
+
+    assert!(
+        !stored(&daemon, &sha).await,
+        "a refused local put left the blob in custody"
+    );
+}
+
+/// The CLI hands a daemon on this machine the file: through a proxy that counts what the gRPC
+/// connection carries, a local put sends a few hundred bytes and `--no-local-put` the whole file.
+#[tokio::test]
+async fn the_cli_hands_a_local_daemon_the_file_and_streams_when_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::start(&dir.path().join("data"));
+    let proxy = Proxy::start(&daemon.address).unwrap();
+    let data = pattern(9, 16 << 20);
+    let digests = BlobDigests::of(&data);
+    let path = write_file(dir.path(), "model.bin", &data);
+    let token = daemon.token.clone();
+    let put = |extra: &[&str]| {
+        let output = Command::new(binary())
+            .args(["blob", "put", "--json"])
+            .args(extra)
+            .arg(&path)
+            .env("CUSTODIAN_SERVER", proxy.url())
+            .env("CUSTODIAN_TOKEN", &token)
+            .env("CUSTODIAN_STATE_DIR", dir.path().join("state"))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "blob put {extra:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let lines: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(lines[0]["sha256"], digests.sha256.to_string());
+        lines[0]["already_present"].as_bool().unwrap()
+    };
+
+    assert!(!put(&[]), "the first put stores the blob");
+    let local_bytes = proxy.sent();
+    assert!(
+        local_bytes < 64 << 10,
+        "a local put sent {local_bytes} bytes over gRPC"
+    );
+    assert!(put(&["--no-local-put"]), "the second put finds it stored");
+    assert!(
+        proxy.sent() - local_bytes >= data.len() as u64,
+        "--no-local-put did not stream the file"
+    );
+
+    // After kill -9 the daemon replaces the socket file it left behind.
+    daemon.restart_after_kill9();
+    proxy.set_upstream(&daemon.address).unwrap();
+    let before = proxy.sent();
+    assert!(put(&[]), "the put after the restart finds the blob");
+    assert!(proxy.sent() - before < 64 << 10);
+}
+
+#[tokio::test]
+async fn a_daemon_started_without_the_socket_announces_none_and_the_cli_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with(&dir.path().join("data"), &["--no-local-put-socket"]);
+    let capabilities = daemon
+        .client()
+        .await
+        .get_capabilities(pb::GetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(capabilities.local_put_socket, "");
+    assert!(!dir.path().join("data/local-put.sock").exists());
+    let data = pattern(10, 1 << 20);
+    let path = write_file(dir.path(), "small.bin", &data);
+    let output = daemon.cli(&["blob", "put", path.to_str().unwrap()]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
