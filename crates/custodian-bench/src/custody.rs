@@ -185,12 +185,16 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
         let mut get_best = Duration::MAX;
         let mut stream_best = Duration::MAX;
         let mut peak = 0u64;
-        for _ in 0..args.runs {
-            // A fresh daemon and store per run, so every put really stores.
+        // A fresh daemon and store for every timed put, so that every put really stores.
+        let fresh_daemon = || -> anyhow::Result<custodian_testkit::Daemon> {
             let _ = std::fs::remove_dir_all(&data_dir);
             let _ = std::fs::remove_dir_all(work.join("objects"));
             let daemon = crate::measure::daemon(&data_dir, &storage, &[])?;
             settle_disk();
+            Ok(daemon)
+        };
+        for _ in 0..args.runs {
+            let daemon = fresh_daemon()?;
             let start = Instant::now();
             let put_output = run_checked(
                 Command::new(&exe)
@@ -234,10 +238,7 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
 
             // The same put streamed over gRPC, into a fresh store again (into this one it
             // would only be verified, not written).
-            let _ = std::fs::remove_dir_all(&data_dir);
-            let _ = std::fs::remove_dir_all(work.join("objects"));
-            let daemon = crate::measure::daemon(&data_dir, &storage, &[])?;
-            settle_disk();
+            let daemon = fresh_daemon()?;
             let streamed = run_timed(
                 Command::new(&exe)
                     .args(["blob", "put", "--no-local-put", "--server", &daemon.address])
