@@ -27,9 +27,11 @@ pub enum BlobCommand {
         long_about = "Upload files into custody. The daemon hashes every byte as it \
 arrives and commits the blob only if it matches; a file already in custody is not stored twice. \
 Prints one line per file: sha256 digest, blake3 digest, size, file, and whether it was stored \
-or already present. Shows a progress bar on a terminal. Files of 8 MiB or more go through a \
-resumable upload session: a dropped connection or a restarted daemon is retried for up to two \
-minutes from the last byte the daemon acknowledged, and if the command itself is stopped, \
+or already present. Shows a progress bar on a terminal. A daemon on this machine (a loopback \
+--server that announces a local put socket) is handed each file and reads it itself, with the \
+same checks and answers; --no-local-put streams instead. Streamed, files of 8 MiB or more go \
+through a resumable upload session: a dropped connection or a restarted daemon is retried for up \
+to two minutes from the last byte the daemon acknowledged, and if the command itself is stopped, \
 running it again continues the same upload (the session id is kept under \
 $XDG_STATE_HOME/custodian/uploads until the upload finishes)."
     )]

@@ -253,9 +253,10 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let mut uploaded = 0usize;
     let mut uploaded_bytes = 0u64;
-    let local = match missing.is_empty() {
-        true => None,
-        false => crate::local_put::socket(&args.server, &mut store).await,
+    let local = if missing.is_empty() {
+        None
+    } else {
+        crate::local_put::socket(&args.server, &mut store).await
     };
     for file in files {
         if !missing.contains(&file.sha256.to_string()) {
