@@ -8,6 +8,7 @@ use std::os::fd::{AsFd as _, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use custodian_core::BlobDigests;
 use custodian_proto::cas::v1 as pb;
@@ -18,8 +19,13 @@ use tonic::Code;
 
 use crate::pattern;
 
-/// The socket the daemon announces in its capabilities.
-async fn announced_socket(daemon: &Daemon) -> PathBuf {
+/// The socket a daemon announces in its capabilities, and the instance value requests repeat.
+struct Announced {
+    path: PathBuf,
+    instance: String,
+}
+
+async fn announced_socket(daemon: &Daemon) -> Announced {
     let capabilities = daemon
         .client()
         .await
@@ -28,17 +34,26 @@ async fn announced_socket(daemon: &Daemon) -> PathBuf {
         .expect("capabilities")
         .into_inner();
     assert!(
-        !capabilities.local_put_socket.is_empty(),
-        "the daemon announces no local put socket"
+        !capabilities.local_put_socket.is_empty() && capabilities.local_put_instance.len() == 32,
+        "the daemon announces no local put socket, or no instance: {capabilities:?}"
     );
-    PathBuf::from(capabilities.local_put_socket)
+    Announced {
+        path: PathBuf::from(capabilities.local_put_socket),
+        instance: capabilities.local_put_instance,
+    }
 }
 
-fn request(expected_digest: &str, expected_size: Option<u64>, token: Option<&str>) -> Vec<u8> {
+fn request(
+    to: &Announced,
+    expected_digest: &str,
+    expected_size: Option<u64>,
+    token: Option<&str>,
+) -> Vec<u8> {
     let request = pb::LocalPutRequest {
         expected_digest: expected_digest.into(),
         expected_size,
         authorization: token.map(|t| format!("Bearer {t}")).unwrap_or_default(),
+        instance: to.instance.clone(),
     };
     frame(&request.encode_to_vec())
 }
@@ -50,8 +65,8 @@ fn frame(body: &[u8]) -> Vec<u8> {
 }
 
 /// Sends `frame` with `fds` attached, then reads every reply frame until the daemon closes.
-fn exchange(socket: &Path, frame: &[u8], fds: &[BorrowedFd<'_>]) -> Vec<pb::LocalPutReply> {
-    let mut stream = UnixStream::connect(socket).expect("connect to the local put socket");
+fn exchange(to: &Announced, frame: &[u8], fds: &[BorrowedFd<'_>]) -> Vec<pb::LocalPutReply> {
+    let mut stream = UnixStream::connect(&to.path).expect("connect to the local put socket");
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() {
@@ -126,6 +141,7 @@ async fn a_local_put_reads_the_whole_file_verifies_it_and_reports_progress() {
     let replies = exchange(
         &socket,
         &request(
+            &socket,
             &digests.sha256.to_string(),
             Some(data.len() as u64),
             Some(&daemon.token),
@@ -154,7 +170,7 @@ async fn a_local_put_reads_the_whole_file_verifies_it_and_reports_progress() {
     // A second put of the same bytes is verified again and answered as already present.
     let replies = exchange(
         &socket,
-        &request("", None, Some(&daemon.token)),
+        &request(&socket, "", None, Some(&daemon.token)),
         &[file.as_fd()],
     );
     match replies.last().and_then(|r| r.message.as_ref()) {
@@ -189,63 +205,63 @@ async fn a_local_put_refuses_what_put_refuses_and_keeps_nothing() {
     let cases: Vec<Case<'_>> = vec![
         (
             "no token",
-            request(&sha, None, None),
+            request(&socket, &sha, None, None),
             vec![file.as_fd()],
             Code::Unauthenticated,
             "publish scope",
         ),
         (
             "a token without the publish scope",
-            request(&sha, None, Some(&reader)),
+            request(&socket, &sha, None, Some(&reader)),
             vec![file.as_fd()],
             Code::PermissionDenied,
             "no publish scope",
         ),
         (
             "a directory",
-            request(&sha, None, token),
+            request(&socket, &sha, None, token),
             vec![directory.as_fd()],
             Code::InvalidArgument,
             "a directory",
         ),
         (
             "a descriptor open for writing only",
-            request(&sha, None, token),
+            request(&socket, &sha, None, token),
             vec![write_only.as_fd()],
             Code::InvalidArgument,
             "for writing only",
         ),
         (
             "another digest declared",
-            request(&wrong, None, token),
+            request(&socket, &wrong, None, token),
             vec![file.as_fd()],
             Code::InvalidArgument,
             &wrong,
         ),
         (
             "another size declared",
-            request(&sha, Some(data.len() as u64 - 1), token),
+            request(&socket, &sha, Some(data.len() as u64 - 1), token),
             vec![file.as_fd()],
             Code::InvalidArgument,
             "size",
         ),
         (
             "a digest that does not parse",
-            request("sha256:xyz", None, token),
+            request(&socket, "sha256:xyz", None, token),
             vec![file.as_fd()],
             Code::InvalidArgument,
             "expected_digest",
         ),
         (
             "no descriptor",
-            request(&sha, None, token),
+            request(&socket, &sha, None, token),
             vec![],
             Code::InvalidArgument,
             "exactly one file descriptor",
         ),
         (
             "two descriptors",
-            request(&sha, None, token),
+            request(&socket, &sha, None, token),
             vec![file.as_fd(), file.as_fd()],
             Code::InvalidArgument,
             "exactly one file descriptor",
@@ -272,6 +288,26 @@ async fn a_local_put_refuses_what_put_refuses_and_keeps_nothing() {
             message.contains(names),
             "{what}: the message {message:?} does not name {names:?}"
         );
+    }
+
+    // A request meant for another daemon (as through a tunnel to a daemon elsewhere whose
+    // socket has this path) is turned away before anything else is looked at.
+    let elsewhere = Announced {
+        path: socket.path.clone(),
+        instance: "0".repeat(32),
+    };
+    let replies = exchange(
+        &socket,
+        &request(&elsewhere, &sha, None, token),
+        &[file.as_fd()],
+    );
+    match &replies[..] {
+        [
+            pb::LocalPutReply {
+                message: Some(pb::local_put_reply::Message::OtherDaemon(theirs)),
+            },
+        ] => assert_eq!(theirs, &socket.instance),
+        other => panic!("expected the other-daemon reply, got {other:?}"),
     }
 
     assert!(
@@ -329,6 +365,92 @@ async fn the_cli_hands_a_local_daemon_the_file_and_streams_when_told() {
     let before = proxy.sent();
     assert!(put(&[]), "the put after the restart finds the blob");
     assert!(proxy.sent() - before < 64 << 10);
+}
+
+/// A daemon reached over loopback whose announced socket path holds another daemon's socket
+/// (as when a daemon elsewhere is reached through a tunnel and a daemon here has the same data
+/// directory path): the other daemon turns the request away and the CLI streams to the right one.
+#[tokio::test]
+async fn a_put_is_never_taken_by_another_daemon_at_the_announced_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let meant = Daemon::start(&dir.path().join("meant"));
+    let announced = announced_socket(&meant).await;
+    // The meant daemon's socket moves aside; another daemon takes its path.
+    std::fs::rename(&announced.path, dir.path().join("aside.sock")).unwrap();
+    let other = Daemon::start_with(
+        &dir.path().join("other"),
+        &["--local-put-socket", announced.path.to_str().unwrap()],
+    );
+    assert_ne!(announced_socket(&other).await.instance, announced.instance);
+    let proxy = Proxy::start(&meant.address).unwrap();
+    let data = pattern(11, 4 << 20);
+    let digests = BlobDigests::of(&data);
+    let path = write_file(dir.path(), "weights.bin", &data);
+    let output = Command::new(binary())
+        .args(["blob", "put"])
+        .arg(&path)
+        .env("CUSTODIAN_SERVER", proxy.url())
+        .env("CUSTODIAN_TOKEN", &meant.token)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        proxy.sent() >= data.len() as u64,
+        "the put was not streamed to the daemon it was meant for"
+    );
+    assert!(stored(&meant, &digests.sha256.to_string()).await);
+    assert!(!stored(&other, &digests.sha256.to_string()).await);
+
+    // A daemon asked to bind a socket another live daemon answers on stops (it says where it
+    // listens before it binds the socket, so it exits just after starting).
+    let third = Daemon::launch(
+        &binary(),
+        &dir.path().join("third"),
+        &["--local-put-socket", announced.path.to_str().unwrap()],
+    );
+    if let Ok(mut third) = third {
+        assert!(
+            !third.wait_exit(Duration::from_secs(30)),
+            "a second daemon took over a live daemon's local put socket"
+        );
+    }
+    assert_ne!(
+        announced_socket(&other).await.instance,
+        "",
+        "the daemon answering on the socket is still there"
+    );
+    assert!(
+        UnixStream::connect(&announced.path).is_ok(),
+        "the live daemon's socket was removed"
+    );
+
+    // The meant daemon stops cleanly and removes its own socket file, not the one another
+    // daemon has bound at its path since; the other removes its own when it stops. The waiting
+    // runs off this test's runtime thread, which must stay free to close the gRPC connections
+    // the test dropped (a daemon stops only once its connections are gone).
+    let stop = |mut daemon: Daemon| {
+        tokio::task::spawn_blocking(move || {
+            daemon.terminate();
+            daemon.wait_exit(Duration::from_secs(30))
+        })
+    };
+    assert!(
+        stop(meant).await.unwrap(),
+        "the meant daemon did not stop cleanly"
+    );
+    assert!(
+        UnixStream::connect(&announced.path).is_ok(),
+        "a stopping daemon removed another daemon's socket"
+    );
+    assert!(
+        stop(other).await.unwrap(),
+        "the other daemon did not stop cleanly"
+    );
+    assert!(!announced.path.exists());
 }
 
 #[tokio::test]

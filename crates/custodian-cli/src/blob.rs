@@ -170,15 +170,9 @@ async fn put(
     let local = crate::local_put::socket(server, &mut client).await;
     let mut lines = Vec::new();
     for path in files {
-        let response = put_file(
-            &server.target(),
-            &mut client,
-            path,
-            expect,
-            local.as_deref(),
-        )
-        .await
-        .with_context(|| format!("put {}", path.display()))?;
+        let response = put_file(&server.target(), &mut client, path, expect, local.as_ref())
+            .await
+            .with_context(|| format!("put {}", path.display()))?;
         let info = response.blob.context("the daemon's reply has no blob")?;
         let mut line = BlobLine::from_info(&info);
         line.file = Some(path.display().to_string());
@@ -322,7 +316,7 @@ pub async fn put_file(
     client: &mut ContentStoreClient<Conn>,
     path: &Path,
     expect: Option<Digest>,
-    local: Option<&Path>,
+    local: Option<&crate::local_put::LocalSocket>,
 ) -> anyhow::Result<pb::PutResponse> {
     let file = std::fs::File::open(path).context("cannot open")?;
     let meta = file.metadata().context("cannot read metadata")?;

@@ -7,7 +7,7 @@
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::os::fd::AsFd as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use custodian_client::Conn;
@@ -24,9 +24,20 @@ use crate::client::{ServerArg, status_error};
 /// The largest reply frame read; a reply holds a blob's metadata or an error message.
 const MAX_REPLY_FRAME: usize = 1 << 20;
 
+/// A daemon's local put socket and the instance value its requests must repeat.
+pub struct LocalSocket {
+    /// The socket's path.
+    pub path: PathBuf,
+    /// `Capabilities.local_put_instance`.
+    pub instance: String,
+}
+
 /// The daemon's local put socket, if puts from here should use it: the daemon is addressed on a
 /// loopback address, announces a socket, and `--no-local-put` is not given.
-pub async fn socket(server: &ServerArg, client: &mut ContentStoreClient<Conn>) -> Option<PathBuf> {
+pub async fn socket(
+    server: &ServerArg,
+    client: &mut ContentStoreClient<Conn>,
+) -> Option<LocalSocket> {
     if server.no_local_put || !is_loopback(&server.server) {
         return None;
     }
@@ -37,7 +48,10 @@ pub async fn socket(server: &ServerArg, client: &mut ContentStoreClient<Conn>) -
         .await
         .ok()?
         .into_inner();
-    (!capabilities.local_put_socket.is_empty()).then(|| capabilities.local_put_socket.into())
+    (!capabilities.local_put_socket.is_empty()).then(|| LocalSocket {
+        path: capabilities.local_put_socket.into(),
+        instance: capabilities.local_put_instance,
+    })
 }
 
 /// True if `server` (a gRPC address) names this machine by a loopback address.
@@ -56,17 +70,21 @@ fn is_loopback(server: &str) -> bool {
     }
 }
 
-/// Puts `file` (of `size` bytes, as read before) through the local put socket at `socket`,
-/// moving `bar` as the daemon reports its progress. `Ok(None)` if the socket cannot be reached,
-/// so the caller streams instead; once the request is sent, every failure is an error.
+/// Puts `file` (of `size` bytes, as read before) through the local put socket `socket`, moving
+/// `bar` as the daemon reports its progress. `Ok(None)` if the socket cannot be reached or
+/// belongs to another daemon (one reached through a tunnel has its socket on its own machine),
+/// so the caller streams instead; otherwise, once the request is sent, every failure is an
+/// error.
 pub async fn put(
-    socket: &Path,
+    socket: &LocalSocket,
     file: &std::fs::File,
     expect: Option<Digest>,
     size: u64,
     token: Option<&str>,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<Option<pb::PutResponse>> {
+    let instance = &socket.instance;
+    let socket = socket.path.as_path();
     let mut stream = match UnixStream::connect(socket).await {
         Ok(stream) => stream,
         Err(err) => {
@@ -81,6 +99,7 @@ pub async fn put(
             .filter(|token| !token.is_empty())
             .map(|token| format!("Bearer {token}"))
             .unwrap_or_default(),
+        instance: instance.clone(),
     };
     let mut frame = Vec::with_capacity(4 + request.encoded_len());
     frame.extend_from_slice(&(request.encoded_len() as u32).to_be_bytes());
@@ -104,6 +123,10 @@ pub async fn put(
         match reply.message {
             Some(pb::local_put_reply::Message::ProgressBytes(read)) => bar.set_position(read),
             Some(pb::local_put_reply::Message::Done(done)) => return Ok(Some(done)),
+            Some(pb::local_put_reply::Message::OtherDaemon(theirs)) => {
+                tracing::debug!(socket = %socket.display(), %theirs, "the local put socket is another daemon's; streaming");
+                return Ok(None);
+            }
             Some(pb::local_put_reply::Message::Error(error)) => {
                 return Err(status_error(tonic::Status::new(
                     tonic::Code::from(error.code),

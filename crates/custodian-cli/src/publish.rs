@@ -268,7 +268,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
             &mut store,
             &path,
             Some(file.sha256),
-            local.as_deref(),
+            local.as_ref(),
         )
         .await
         .with_context(|| format!("uploading {}", file.path))?;

@@ -29,12 +29,12 @@ pub enum ServerError {
         source: std::io::Error,
     },
     /// The local put socket asked for with `--local-put-socket` could not be bound.
-    #[error("--local-put-socket {path}: {source}")]
+    #[error("--local-put-socket {}: {reason}", path.display())]
     LocalPutSocket {
         /// The socket's path.
         path: std::path::PathBuf,
-        /// The I/O failure.
-        source: std::io::Error,
+        /// Why it could not be bound.
+        reason: std::io::Error,
     },
     /// The ledger could not be opened.
     #[error("cannot open the ledger: {0}")]

@@ -77,6 +77,9 @@ pub struct CasService {
     auth: Arc<Authenticator>,
     /// The local put socket announced in `Capabilities`, if the daemon has one.
     local_put_socket: Option<std::path::PathBuf>,
+    /// A random value chosen at start that local put requests repeat, so that a request meant
+    /// for this daemon is never taken by another one with a socket at the same path.
+    local_put_instance: String,
 }
 
 impl CasService {
@@ -100,7 +103,13 @@ impl CasService {
             registry,
             auth,
             local_put_socket: None,
+            local_put_instance: random_instance(),
         }
+    }
+
+    /// The value local put requests must repeat ([`Self::local_put_instance`]).
+    pub(crate) fn local_put_instance(&self) -> &str {
+        &self.local_put_instance
     }
 
     /// The same service announcing the local put socket at `path` (absolute) in its
@@ -161,6 +170,22 @@ impl CasService {
                 None => true,
             },
         )
+    }
+}
+
+/// 128 random bits in hex; without randomness (never seen on Linux) the time and process id,
+/// which still tell two daemons apart.
+fn random_instance() -> String {
+    let mut random = [0u8; 16];
+    match getrandom::fill(&mut random) {
+        Ok(()) => hex::encode(random),
+        Err(_) => format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ),
     }
 }
 
@@ -291,6 +316,10 @@ impl ContentStore for CasService {
                 .as_ref()
                 .map(|path| path.display().to_string())
                 .unwrap_or_default(),
+            local_put_instance: match self.local_put_socket {
+                Some(_) => self.local_put_instance.clone(),
+                None => String::new(),
+            },
         }))
     }
 

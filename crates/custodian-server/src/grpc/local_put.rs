@@ -57,6 +57,9 @@ pub struct LocalPutConfig {
 pub struct LocalPutSocket {
     listener: UnixListener,
     path: PathBuf,
+    /// The socket file's device and inode, so that shutdown removes this file and not one
+    /// another daemon has bound at the same path since.
+    file: (u64, u64),
 }
 
 impl LocalPutSocket {
@@ -73,9 +76,9 @@ impl LocalPutSocket {
                 );
                 Ok(None)
             }
-            Err(source) => Err(ServerError::LocalPutSocket {
+            Err(reason) => Err(ServerError::LocalPutSocket {
                 path: config.path.clone(),
-                source,
+                reason,
             }),
         }
     }
@@ -88,9 +91,8 @@ impl LocalPutSocket {
 
 fn bind_at(path: &Path) -> io::Result<LocalPutSocket> {
     let path = std::path::absolute(path)?;
-    // The daemon holds its data directory (the store's lock) before it gets here, so a socket
-    // at this path is a leftover of a daemon that was killed; anything else is not ours to
-    // remove.
+    // A socket file nobody answers on is the leftover of a daemon that was killed; anything
+    // else is not ours to remove.
     match std::fs::symlink_metadata(&path) {
         Ok(meta) => {
             use std::os::unix::fs::FileTypeExt as _;
@@ -100,13 +102,33 @@ fn bind_at(path: &Path) -> io::Result<LocalPutSocket> {
                     "the path exists and is not a socket",
                 ));
             }
+            // A path given with --local-put-socket may be outside the data directory, so make
+            // sure no live process still answers there before taking it over.
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process is listening on this socket",
+                ));
+            }
             std::fs::remove_file(&path)?;
         }
         Err(err) if err.kind() == io::ErrorKind::NotFound => {}
         Err(err) => return Err(err),
     }
     let listener = UnixListener::bind(&path)?;
-    Ok(LocalPutSocket { listener, path })
+    let file = file_id(&path)?;
+    Ok(LocalPutSocket {
+        listener,
+        path,
+        file,
+    })
+}
+
+/// A file's device and inode.
+fn file_id(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::symlink_metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 /// Serves local puts until `stop` turns true, then lets puts in flight finish within `grace`
@@ -151,7 +173,9 @@ pub async fn serve(
             () = &mut stopping => break,
         }
     }
-    let _ = std::fs::remove_file(&socket.path);
+    if file_id(&socket.path).is_ok_and(|file| file == socket.file) {
+        let _ = std::fs::remove_file(&socket.path);
+    }
     let drained = tokio::time::timeout(grace, async {
         while running.join_next().await.is_some() {}
     })
@@ -170,10 +194,14 @@ async fn serve_one(mut stream: UnixStream, cas: &CasService) {
         ))),
         Ok(Err(Received::Gone)) => return,
         Ok(Err(Received::Refused(status))) => Err(status),
-        Ok(Ok((request, file))) => put(cas, request, file, &mut stream).await,
+        // Checked before anything else: the token and the file are another daemon's business.
+        Ok(Ok((request, _))) if request.instance != cas.local_put_instance() => Ok(None),
+        Ok(Ok((request, file))) => put(cas, request, file, &mut stream).await.map(Some),
     };
     let reply = match outcome {
-        Ok(done) => pb::local_put_reply::Message::Done(done),
+        Ok(Some(done)) => pb::local_put_reply::Message::Done(done),
+        // The request was meant for another daemon with a socket at the same path.
+        Ok(None) => pb::local_put_reply::Message::OtherDaemon(cas.local_put_instance().to_string()),
         Err(status) => {
             if status.code() == tonic::Code::Cancelled {
                 return;
