@@ -24,7 +24,7 @@ mod store;
 pub mod uploads;
 
 pub use error::{Result, StorageError};
-pub use file_read::read_file_blocks;
+pub use file_read::{ReadAhead, read_file_blocks};
 pub use hashing::{OffThreadHasher, Worker};
 pub use index::{BlobIndex, Leftover};
 pub use ledger::{

@@ -356,13 +356,13 @@ async fn put(
         digest: parse_optional_digest("expected_digest", &request.expected_digest)?,
         size: request.expected_size,
     };
-    check_readable_file(&file)?;
+    let size = check_readable_file(&file)?;
     let mut writer = cas
         .store()
         .begin_put(expect)
         .await
         .map_err(GrpcError::from)?;
-    let mut pieces = read_pieces(file, cas.store().block_size());
+    let mut pieces = read_pieces(file, size, cas.store().block_size());
     let mut reported = 0;
     while let Some(piece) = pieces.recv().await {
         let piece = piece.map_err(|(at, err)| {
@@ -391,8 +391,9 @@ async fn put(
     Ok(cas.put_response(&who, &outcome))
 }
 
-/// Refuses a descriptor that is not a regular file open for reading, naming what it is.
-fn check_readable_file(file: &OwnedFd) -> Result<(), Status> {
+/// Refuses a descriptor that is not a regular file open for reading, naming what it is;
+/// returns the file's size as it is now.
+fn check_readable_file(file: &OwnedFd) -> Result<u64, Status> {
     use rustix::fs::{FileType, OFlags};
     let stat = rustix::fs::fstat(file)
         .map_err(|err| Status::invalid_argument(format!("cannot stat the descriptor: {err}")))?;
@@ -419,21 +420,26 @@ fn check_readable_file(file: &OwnedFd) -> Result<(), Status> {
             "the descriptor is open for writing only: open the file for reading",
         ));
     }
-    Ok(())
+    Ok(u64::try_from(stat.st_size).unwrap_or(0))
 }
 
 /// The file from offset 0 to its end in pieces of about `piece` bytes, read on the blocking
-/// pool two pieces ahead of the writer. `pread` leaves the descriptor's offset, which the client
-/// shares, alone. A read error ends the pieces with the offset it happened at.
+/// pool two pieces ahead of the writer, with the kernel asked to read ahead of them (`size`,
+/// the file's size when it was checked, bounds that advice, not the reading). `pread` leaves the
+/// descriptor's offset, which the client shares, alone. A read error ends the pieces with the
+/// offset it happened at.
 fn read_pieces(
     file: OwnedFd,
+    size: u64,
     piece: usize,
 ) -> tokio::sync::mpsc::Receiver<Result<Bytes, (u64, io::Error)>> {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::task::spawn_blocking(move || {
         let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
+        let mut ahead = custodian_storage::ReadAhead::new(0, size);
         let mut at = 0u64;
         loop {
+            ahead.before_reading(&file, at);
             let mut buf = Vec::with_capacity(piece);
             match rustix::io::pread(&file, rustix::buffer::spare_capacity(&mut buf), at) {
                 Ok(0) => return,
