@@ -55,7 +55,7 @@ fn request(
         authorization: token.map(|t| format!("Bearer {t}")).unwrap_or_default(),
         instance: to.instance.clone(),
     };
-    frame(&request.encode_to_vec())
+    custodian_proto::local_put::frame(&request)
 }
 
 fn frame(body: &[u8]) -> Vec<u8> {

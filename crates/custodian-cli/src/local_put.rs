@@ -101,9 +101,7 @@ pub async fn put(
             .unwrap_or_default(),
         instance: instance.clone(),
     };
-    let mut frame = Vec::with_capacity(4 + request.encoded_len());
-    frame.extend_from_slice(&(request.encoded_len() as u32).to_be_bytes());
-    request.encode(&mut frame).expect("a Vec grows");
+    let frame = custodian_proto::local_put::frame(&request);
     send_with_descriptor(&stream, &frame, file)
         .await
         .with_context(|| {

@@ -9,6 +9,22 @@ pub mod cas {
     }
 }
 
+/// The framing of the local put socket (`LocalPutRequest`, `LocalPutReply`; docs/api.md, "Local
+/// puts"), in one place for the daemon, the CLI and the tests.
+pub mod local_put {
+    /// The largest request frame a daemon accepts; a request holds a digest and a token.
+    pub const MAX_REQUEST_FRAME: usize = 64 << 10;
+
+    /// One frame: the message's length as 4 bytes, big-endian, then the message.
+    pub fn frame(message: &impl prost::Message) -> Vec<u8> {
+        let len = message.encoded_len();
+        let mut frame = Vec::with_capacity(4 + len);
+        frame.extend_from_slice(&(len as u32).to_be_bytes());
+        message.encode(&mut frame).expect("a Vec grows");
+        frame
+    }
+}
+
 /// `custodian.ledger.v1`: the provenance ledger.
 pub mod ledger {
     /// Version 1 of the ledger API.

@@ -36,8 +36,7 @@ use super::cas::CasService;
 use super::status::{GrpcError, parse_optional_digest};
 use crate::error::ServerError;
 
-/// The largest request frame accepted; a request holds a digest and a token.
-pub const MAX_REQUEST_FRAME: usize = 64 << 10;
+pub use custodian_proto::local_put::MAX_REQUEST_FRAME;
 
 /// How often, in bytes read, the daemon tells the client how far it is.
 const PROGRESS_EVERY: u64 = 64 << 20;
@@ -336,10 +335,9 @@ async fn send(stream: &mut UnixStream, message: pb::local_put_reply::Message) ->
     let reply = pb::LocalPutReply {
         message: Some(message),
     };
-    let mut frame = Vec::with_capacity(4 + reply.encoded_len());
-    frame.extend_from_slice(&(reply.encoded_len() as u32).to_be_bytes());
-    reply.encode(&mut frame).expect("a Vec grows");
-    stream.write_all(&frame).await
+    stream
+        .write_all(&custodian_proto::local_put::frame(&reply))
+        .await
 }
 
 /// Checks the request and the file, reads the file into a verified put, reporting progress
