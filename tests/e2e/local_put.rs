@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use custodian_core::BlobDigests;
 use custodian_proto::cas::v1 as pb;
+use custodian_proto::local_put::MAX_REQUEST_FRAME;
 use custodian_testkit::{Daemon, Proxy, binary};
 use prost::Message as _;
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
@@ -54,6 +55,7 @@ fn request(
         expected_size,
         authorization: token.map(|t| format!("Bearer {t}")).unwrap_or_default(),
         instance: to.instance.clone(),
+        data_pack: None,
     };
     custodian_proto::local_put::frame(&request)
 }
@@ -202,6 +204,7 @@ async fn a_local_put_refuses_what_put_refuses_and_keeps_nothing() {
         .open(&path)
         .unwrap();
 
+    let too_long = format!("at most {MAX_REQUEST_FRAME}");
     let cases: Vec<Case<'_>> = vec![
         (
             "no token",
@@ -268,10 +271,10 @@ async fn a_local_put_refuses_what_put_refuses_and_keeps_nothing() {
         ),
         (
             "a frame too long",
-            frame(&vec![0u8; (64 << 10) + 1]),
+            frame(&vec![0u8; MAX_REQUEST_FRAME + 1]),
             vec![file.as_fd()],
             Code::InvalidArgument,
-            "at most 65536",
+            &too_long,
         ),
         (
             "a frame that is not a request",
@@ -473,5 +476,313 @@ async fn a_daemon_started_without_the_socket_announces_none_and_the_cli_streams(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A data pack request: `metadata` as the REST upload's metadata part, for `spec`'s version of
+/// pacman-builder, with the given declarations.
+fn data_pack_request(
+    to: &Announced,
+    token: Option<&str>,
+    version: &str,
+    metadata: &str,
+    expected_digest: &str,
+    expected_size: Option<u64>,
+) -> Vec<u8> {
+    let request = pb::LocalPutRequest {
+        expected_digest: expected_digest.into(),
+        expected_size,
+        authorization: token.map(|t| format!("Bearer {t}")).unwrap_or_default(),
+        instance: to.instance.clone(),
+        data_pack: Some(pb::LocalDataPack {
+            name: "pacman-builder".into(),
+            version: version.into(),
+            metadata_json: metadata.into(),
+            file_name: "pack.bin".into(),
+        }),
+    };
+    custodian_proto::local_put::frame(&request)
+}
+
+/// The outcome of a data pack request, after any progress frames: the REST API's status and
+/// JSON body.
+fn data_pack_answer(replies: &[pb::LocalPutReply]) -> (u32, serde_json::Value) {
+    let (last, progress) = replies.split_last().expect("at least one reply");
+    assert!(
+        progress.iter().all(|r| matches!(
+            r.message,
+            Some(pb::local_put_reply::Message::ProgressBytes(_))
+        )),
+        "{replies:?}"
+    );
+    match &last.message {
+        Some(pb::local_put_reply::Message::DataPackAnswer(answer)) => (
+            answer.http_status,
+            serde_json::from_str(&answer.body_json).expect("the body is JSON"),
+        ),
+        other => panic!("expected a data pack answer, got {other:?}"),
+    }
+}
+
+/// A data pack refusal case: what is tried, the request, the descriptor, and the status, error
+/// code and message fragment expected.
+type DataPackCase<'a> = (&'a str, Vec<u8>, BorrowedFd<'a>, u32, &'a str, &'a str);
+
+/// A data pack handed over the socket is refused exactly as the REST hosted upload would refuse
+/// it, with its status, code and a message naming the value, and nothing is kept or registered;
+/// the right request registers it (scanned, with a receipt) and a repeat is answered as already
+/// recorded.
+#[tokio::test]
+async fn a_local_data_pack_is_answered_as_the_rest_upload_would_be() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    crate::registry::publish_example(&daemon, dir.path(), "pacman-builder", "publisher");
+    let socket = announced_socket(&daemon).await;
+    let data = pattern(11, (3 << 20) + 17);
+    let digests = BlobDigests::of(&data);
+    let path = write_file(dir.path(), "pack.bin", &data);
+    let file = std::fs::File::open(&path).unwrap();
+    let directory = std::fs::File::open(dir.path()).unwrap();
+    let token = Some(daemon.token.as_str());
+    let size = Some(data.len() as u64);
+    let wrong = BlobDigests::of(b"other bytes").sha256.to_string();
+    let declaring_wrong = format!(r#"{{"license": "MIT", "sha256": "{wrong}"}}"#);
+    let good = r#"{"license": "MIT"}"#;
+    let cases: Vec<DataPackCase<'_>> = vec![
+        (
+            "no token",
+            data_pack_request(&socket, None, "0.2.1", good, "", size),
+            file.as_fd(),
+            401,
+            "unauthenticated",
+            "",
+        ),
+        (
+            "a version never published",
+            data_pack_request(&socket, token, "9.9.9", good, "", size),
+            file.as_fd(),
+            404,
+            "not_found",
+            "9.9.9",
+        ),
+        (
+            "metadata that is not JSON",
+            data_pack_request(&socket, token, "0.2.1", "license: MIT", "", size),
+            file.as_fd(),
+            400,
+            "invalid_argument",
+            "data_pack.metadata_json",
+        ),
+        (
+            "a digest declared outside the metadata",
+            data_pack_request(&socket, token, "0.2.1", good, &wrong, size),
+            file.as_fd(),
+            400,
+            "invalid_argument",
+            "expected_digest",
+        ),
+        (
+            "another size declared",
+            data_pack_request(&socket, token, "0.2.1", good, "", Some(5)),
+            file.as_fd(),
+            409,
+            "failed_precondition",
+            "expected_size: 5",
+        ),
+        (
+            "a directory",
+            data_pack_request(&socket, token, "0.2.1", good, "", size),
+            directory.as_fd(),
+            400,
+            "invalid_argument",
+            "a directory",
+        ),
+        (
+            "another sha256 declared in the metadata",
+            data_pack_request(&socket, token, "0.2.1", &declaring_wrong, "", size),
+            file.as_fd(),
+            422,
+            "digest_mismatch",
+            &wrong,
+        ),
+    ];
+    for (what, frame, fd, status, code, names) in &cases {
+        let (got, body) = data_pack_answer(&exchange(&socket, frame, &[*fd]));
+        assert_eq!(
+            (got, body["error"]["code"].as_str()),
+            (*status, Some(*code)),
+            "{what}: {body}"
+        );
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(names), "{what}: {message}");
+    }
+    assert!(!stored(&daemon, &digests.sha256.to_string()).await);
+    let show = || {
+        daemon.cli(&[
+            "datapack",
+            "show",
+            "pacman-builder@0.2.1",
+            "--json",
+            "--rest",
+            &daemon.rest,
+        ])
+    };
+    assert!(!show().status.success(), "nothing was registered");
+
+    let right = data_pack_request(&socket, token, "0.2.1", good, "", size);
+    let (status, body) = data_pack_answer(&exchange(&socket, &right, &[file.as_fd()]));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["record"]["sha256"], digests.sha256.to_string());
+    assert_eq!(body["record"]["blake3"], digests.blake3.to_string());
+    assert_eq!(body["record"]["filename"], "pack.bin");
+    assert_eq!(body["scan"]["verdict"], "clean", "{body}");
+    assert!(body["receipt"]["log_index"].is_u64(), "{body}");
+    let shown: serde_json::Value = serde_json::from_slice(&show().stdout).unwrap();
+    assert_eq!(shown["sha256"], digests.sha256.to_string());
+    let (status, body) = data_pack_answer(&exchange(&socket, &right, &[file.as_fd()]));
+    assert_eq!((status, &body["already_recorded"]), (200, &true.into()));
+    // Other bytes for the same version are refused as over REST, and not kept.
+    let other = pattern(13, 1 << 20);
+    let other_file = std::fs::File::open(write_file(dir.path(), "other.bin", &other)).unwrap();
+    let request = data_pack_request(&socket, token, "0.2.1", good, "", None);
+    let (status, body) = data_pack_answer(&exchange(&socket, &request, &[other_file.as_fd()]));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("already_exists")),
+        "{body}"
+    );
+    assert!(!stored(&daemon, &BlobDigests::of(&other).sha256.to_string()).await);
+}
+
+/// A file that changes while the daemon reads it is not registered (the bytes read could be a
+/// mix of two files), and nothing is kept.
+#[tokio::test]
+async fn a_local_data_pack_that_changes_while_it_is_read_is_not_registered() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    crate::registry::publish_example(&daemon, dir.path(), "pacman-builder", "publisher");
+    let socket = announced_socket(&daemon).await;
+    let path = write_file(dir.path(), "pack.bin", &pattern(12, 32 << 20));
+    let file = std::fs::File::open(&path).unwrap();
+    // Appends go on until the answer is in, so the file's size moves during the read.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appender = {
+        let (done, path) = (done.clone(), path.clone());
+        std::thread::spawn(move || {
+            let mut out = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            let chunk = vec![7u8; 64 << 10];
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                out.write_all(&chunk).unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let request = data_pack_request(
+        &socket,
+        Some(&daemon.token),
+        "0.2.1",
+        r#"{"license": "MIT"}"#,
+        "",
+        None,
+    );
+    let (status, body) = data_pack_answer(&exchange(&socket, &request, &[file.as_fd()]));
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    appender.join().unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("failed_precondition")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("changed while the daemon read it"),
+        "{body}"
+    );
+    let shown = daemon.cli(&[
+        "datapack",
+        "show",
+        "pacman-builder@0.2.1",
+        "--rest",
+        &daemon.rest,
+    ]);
+    assert!(!shown.status.success(), "nothing was registered");
+}
+
+/// `custodian datapack upload` to a daemon on this machine hands it the file (the REST port
+/// sees only the tus OPTIONS request that names the socket), and with `--no-local-put` uploads
+/// over tus as before; both register the same data pack view.
+#[tokio::test]
+async fn the_cli_hands_a_local_daemon_its_data_pack_and_uploads_over_rest_when_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    crate::registry::publish_example(&daemon, dir.path(), "pacman-builder", "publisher");
+    crate::registry::publish_example(
+        &daemon,
+        dir.path(),
+        "customer-support-classifier",
+        "classifier-publisher",
+    );
+    let proxy = Proxy::start(&daemon.rest).unwrap();
+    let size = 20u64 << 20;
+    let path = dir.path().join("pack.bin");
+    custodian_testkit::write_test_file(&path, size).unwrap();
+    let sha = BlobDigests::of(&std::fs::read(&path).unwrap()).sha256;
+    let upload = |spec: &str, extra: &[&str]| {
+        let output = Command::new(binary())
+            .args(["datapack", "upload", spec, "--license", "MIT", "--json"])
+            .args(extra)
+            .arg(&path)
+            .args(["--rest", &proxy.url()])
+            .env("CUSTODIAN_TOKEN", &daemon.token)
+            .env("CUSTODIAN_STATE_DIR", dir.path().join("state"))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "datapack upload {extra:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(value["record"]["sha256"], sha.to_string(), "{value}");
+        value
+    };
+
+    let local = upload("pacman-builder@0.2.1", &[]);
+    assert_eq!(local["uploaded_with"], "local put socket", "{local}");
+    assert_eq!(local["scan"]["verdict"], "clean", "{local}");
+    let local_bytes = proxy.sent();
+    assert!(
+        local_bytes < 64 << 10,
+        "a local data pack upload sent {local_bytes} bytes over REST"
+    );
+    let over_rest = upload("customer-support-classifier@0.1.0", &["--no-local-put"]);
+    assert_eq!(over_rest["uploaded_with"], "tus 1.0", "{over_rest}");
+    assert!(
+        proxy.sent() - local_bytes >= size,
+        "--no-local-put did not upload the file over REST"
+    );
+    let fetched = dir.path().join("fetched.bin");
+    let download = daemon.cli(&[
+        "datapack",
+        "download",
+        "pacman-builder@0.2.1",
+        "-o",
+        fetched.to_str().unwrap(),
+        "--rest",
+        &daemon.rest,
+    ]);
+    assert!(
+        download.status.success(),
+        "{}",
+        String::from_utf8_lossy(&download.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&fetched).unwrap(),
+        std::fs::read(&path).unwrap()
     );
 }

@@ -23,8 +23,8 @@ pub struct ServerArg {
     /// PEM CA certificate to trust for an https:// server
     #[arg(long, env = "CUSTODIAN_CA_CERT", value_name = "FILE", global = true)]
     pub ca_cert: Option<PathBuf>,
-    /// Stream every put over gRPC, even to a daemon on this machine that would read the file
-    /// itself from its local put socket
+    /// Stream every put over gRPC and every data pack upload over REST, even to a daemon on this
+    /// machine that would read the file itself from its local put socket
     #[arg(long, env = "CUSTODIAN_NO_LOCAL_PUT", global = true)]
     pub no_local_put: bool,
 }

@@ -27,15 +27,21 @@ pub struct RestArg {
 pub enum DataPackCommand {
     /// Upload a hosted data pack for NAME@VERSION (streamed, with progress)
     #[command(
-        long_about = "Upload a file as the hosted data pack of a published version. The file's \
-digest is declared to the daemon, so it refuses (and keeps nothing of) bytes that arrive \
-altered. The upload streams with a progress bar on a terminal. Files of 8 MiB or more go over tus \
+        long_about = "Upload a file as the hosted data pack of a published version. The daemon \
+stores it in custody, scans it and records the registration with the scan's verdict in the \
+ledger. A daemon on this machine (--rest is a loopback address and the daemon has a local put \
+socket) is handed the open file and reads it itself, which costs far less CPU than sending it; \
+the file must not change until the daemon has read it, or nothing is registered. Otherwise \
+(and with --no-local-put) the file goes over REST: its digest is declared to the daemon, so it \
+refuses (and keeps nothing of) bytes that arrive altered. Files of 8 MiB or more go over tus \
 1.0, resumably: a dropped connection or a restarted daemon is retried from the last byte the \
 daemon acknowledged, and running the same command again after it was stopped continues the same \
 upload. Such a file is read once: it is hashed (BLAKE3) while it is sent and the digest declared \
 with its last MiB, which is not sent if the file changed meanwhile; a smaller one is hashed \
-(sha256) first. Data packs are immutable per version: uploading the same bytes again \
-is a no-op, anything else is refused."
+(sha256) first. Either way the upload shows a progress bar on a terminal. Data packs are \
+immutable per version: uploading the same bytes again is a no-op (over tus, a file of 8 MiB \
+or more is refused instead, before it is sent, since its digest is not known yet), anything \
+else is refused."
     )]
     Upload {
         /// NAME@VERSION
@@ -166,14 +172,19 @@ async fn answer(response: reqwest::Response) -> anyhow::Result<serde_json::Value
     let value: serde_json::Value = serde_json::from_slice(&body)
         .with_context(|| format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))?;
     if !status.is_success() {
-        bail!(
-            "{} ({}): {}",
-            value["error"]["code"].as_str().unwrap_or("error"),
-            status.as_u16(),
-            value["error"]["message"].as_str().unwrap_or("")
-        );
+        return Err(refusal(status, &value));
     }
     Ok(value)
+}
+
+/// The error the API's `{"error": {"code", "message"}}` body with `status` stands for.
+fn refusal(status: reqwest::StatusCode, value: &serde_json::Value) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} ({}): {}",
+        value["error"]["code"].as_str().unwrap_or("error"),
+        status.as_u16(),
+        value["error"]["message"].as_str().unwrap_or("")
+    )
 }
 
 /// What a run remembers about an unfinished tus upload.
@@ -504,6 +515,81 @@ async fn tus_upload(
     }))
 }
 
+/// The daemon's local put socket, if this data pack's upload should be handed to it: `--rest`
+/// is a loopback address, `--no-local-put` is not given, and the daemon names a socket in its
+/// answer to the tus `OPTIONS` request (the REST daemon itself, not whichever daemon `--server`
+/// names).
+async fn local_socket(rest: &RestArg, spec: &str) -> Option<crate::local_put::LocalSocket> {
+    if rest.server.no_local_put || !crate::local_put::is_loopback(&rest.rest) {
+        return None;
+    }
+    let http = client(rest).ok()?;
+    let response = tus(
+        http.request(reqwest::Method::OPTIONS, url(rest, spec, "/uploads").ok()?),
+        rest,
+    )
+    .send()
+    .await
+    .ok()?;
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    Some(crate::local_put::LocalSocket {
+        path: header("custodian-local-put-socket")?.into(),
+        instance: header("custodian-local-put-instance")?,
+    })
+}
+
+/// Hands `file` to the daemon's local put socket as NAME@VERSION's hosted data pack: the daemon
+/// reads, stores, scans and registers it as the REST hosted upload would. Returns the REST API's
+/// answer with `"uploaded_with": "local put socket"`, or `None` when the socket turns out to be
+/// unreachable or another daemon's (the caller uploads over REST instead).
+#[allow(clippy::too_many_arguments)]
+async fn local_upload(
+    rest: &RestArg,
+    socket: &crate::local_put::LocalSocket,
+    spec: &str,
+    file: &Path,
+    metadata: &serde_json::Value,
+    file_name: &str,
+    len: u64,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let crate::args::PackageSpec { name, version } = spec.parse()?;
+    let opened =
+        std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let pack = custodian_proto::cas::v1::LocalDataPack {
+        name,
+        version,
+        metadata_json: metadata.to_string(),
+        file_name: file_name.to_string(),
+    };
+    let token = rest.server.token.as_deref();
+    let Some(answer) =
+        crate::local_put::put_data_pack(socket, &opened, len, token, pack, bar).await?
+    else {
+        return Ok(None);
+    };
+    let status = reqwest::StatusCode::from_u16(answer.http_status as u16)
+        .unwrap_or(reqwest::StatusCode::INTERNAL_SERVER_ERROR);
+    let mut value: serde_json::Value = serde_json::from_str(&answer.body_json).with_context(|| {
+        format!(
+            "the daemon's local put socket answered HTTP {status} with a body that is not JSON: {}",
+            answer.body_json
+        )
+    })?;
+    if !status.is_success() {
+        return Err(refusal(status, &value));
+    }
+    value["uploaded_with"] = "local put socket".into();
+    Ok(Some(value))
+}
+
 /// Streams a response body to `output` (`-` for standard output), hashing as it goes; the file
 /// appears only if the bytes hash to `expected` (and number `size`, when given). Returns how
 /// many bytes were written.
@@ -604,12 +690,6 @@ pub async fn run(command: DataPackCommand) -> anyhow::Result<ExitCode> {
                 "license": license,
                 "visibility": visibility,
             });
-            if !resumable {
-                let path = file.clone();
-                let (sha256, _) =
-                    tokio::task::spawn_blocking(move || hash_with_progress(&path)).await??;
-                metadata["sha256"] = sha256.to_string().into();
-            }
             if let Some(p) = provenance {
                 let text = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
                 metadata["provenance"] = serde_json::from_slice(&text)
@@ -627,7 +707,26 @@ pub async fn run(command: DataPackCommand) -> anyhow::Result<ExitCode> {
                 .unwrap_or("data")
                 .to_string();
             let bar = progress(len, format!("upload {}", file.display()));
-            let value = if resumable {
+            // A daemon on this machine reads the file itself: nothing to hash or send here.
+            let local = match local_socket(&rest, &spec).await {
+                Some(socket) => {
+                    local_upload(
+                        &rest, &socket, &spec, &file, &metadata, &file_name, len, &bar,
+                    )
+                    .await?
+                }
+                None => None,
+            };
+            if local.is_none() && !resumable {
+                let path = file.clone();
+                let (sha256, _) =
+                    tokio::task::spawn_blocking(move || hash_with_progress(&path)).await??;
+                metadata["sha256"] = sha256.to_string().into();
+            }
+            let value = if let Some(value) = local {
+                bar.finish_and_clear();
+                value
+            } else if resumable {
                 let value =
                     tus_upload(&rest, &spec, &file, &metadata, &file_name, len, &bar).await?;
                 bar.finish_and_clear();

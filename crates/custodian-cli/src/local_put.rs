@@ -54,8 +54,8 @@ pub async fn socket(
     })
 }
 
-/// True if `server` (a gRPC address) names this machine by a loopback address.
-fn is_loopback(server: &str) -> bool {
+/// True if `server` (a gRPC or REST address) names this machine by a loopback address.
+pub(crate) fn is_loopback(server: &str) -> bool {
     let Ok(uri) = server.parse::<tonic::transport::Uri>() else {
         return false;
     };
@@ -83,7 +83,61 @@ pub async fn put(
     token: Option<&str>,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<Option<pb::PutResponse>> {
-    let instance = &socket.instance;
+    let request = pb::LocalPutRequest {
+        expected_digest: expect.map(|d| d.to_string()).unwrap_or_default(),
+        expected_size: Some(size),
+        authorization: bearer(token),
+        instance: socket.instance.clone(),
+        data_pack: None,
+    };
+    match exchange(socket, file, &request, bar).await? {
+        None => Ok(None),
+        Some(pb::local_put_reply::Message::Done(done)) => Ok(Some(done)),
+        Some(_) => bail!("the daemon answered a put with a data pack's answer"),
+    }
+}
+
+/// Hands `file` (of `size` bytes, as read before) to the daemon at `socket` to register as the
+/// hosted data pack `pack`: the daemon stores, scans and registers it as the REST hosted upload
+/// would, and answers what the REST API would have (`Ok(None)` as for [`put`]).
+pub async fn put_data_pack(
+    socket: &LocalSocket,
+    file: &std::fs::File,
+    size: u64,
+    token: Option<&str>,
+    pack: pb::LocalDataPack,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<Option<pb::LocalDataPackAnswer>> {
+    let request = pb::LocalPutRequest {
+        expected_digest: String::new(),
+        expected_size: Some(size),
+        authorization: bearer(token),
+        instance: socket.instance.clone(),
+        data_pack: Some(pack),
+    };
+    match exchange(socket, file, &request, bar).await? {
+        None => Ok(None),
+        Some(pb::local_put_reply::Message::DataPackAnswer(answer)) => Ok(Some(answer)),
+        Some(_) => bail!("the daemon answered a data pack upload with a put's answer"),
+    }
+}
+
+/// The `authorization` value of a request: what gRPC metadata would carry.
+fn bearer(token: Option<&str>) -> String {
+    token
+        .filter(|token| !token.is_empty())
+        .map(|token| format!("Bearer {token}"))
+        .unwrap_or_default()
+}
+
+/// Sends `request` with `file` attached and reads the replies up to the outcome: `None` if the
+/// socket cannot be reached or is another daemon's; a refusal as an error.
+async fn exchange(
+    socket: &LocalSocket,
+    file: &std::fs::File,
+    request: &pb::LocalPutRequest,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<Option<pb::local_put_reply::Message>> {
     let socket = socket.path.as_path();
     let mut stream = match UnixStream::connect(socket).await {
         Ok(stream) => stream,
@@ -92,16 +146,7 @@ pub async fn put(
             return Ok(None);
         }
     };
-    let request = pb::LocalPutRequest {
-        expected_digest: expect.map(|d| d.to_string()).unwrap_or_default(),
-        expected_size: Some(size),
-        authorization: token
-            .filter(|token| !token.is_empty())
-            .map(|token| format!("Bearer {token}"))
-            .unwrap_or_default(),
-        instance: instance.clone(),
-    };
-    let frame = custodian_proto::local_put::frame(&request);
+    let frame = custodian_proto::local_put::frame(request);
     send_with_descriptor(&stream, &frame, file)
         .await
         .with_context(|| {
@@ -120,7 +165,6 @@ pub async fn put(
         })?;
         match reply.message {
             Some(pb::local_put_reply::Message::ProgressBytes(read)) => bar.set_position(read),
-            Some(pb::local_put_reply::Message::Done(done)) => return Ok(Some(done)),
             Some(pb::local_put_reply::Message::OtherDaemon(theirs)) => {
                 tracing::debug!(socket = %socket.display(), %theirs, "the local put socket is another daemon's; streaming");
                 return Ok(None);
@@ -131,6 +175,7 @@ pub async fn put(
                     error.message,
                 )));
             }
+            Some(outcome) => return Ok(Some(outcome)),
             None => bail!("the daemon's local put socket sent an empty reply"),
         }
     }

@@ -12,8 +12,9 @@ pub mod cas {
 /// The framing of the local put socket (`LocalPutRequest`, `LocalPutReply`; docs/api.md, "Local
 /// puts"), in one place for the daemon, the CLI and the tests.
 pub mod local_put {
-    /// The largest request frame a daemon accepts; a request holds a digest and a token.
-    pub const MAX_REQUEST_FRAME: usize = 64 << 10;
+    /// The largest request frame a daemon accepts; a request holds a digest, a token and, for
+    /// a data pack, its metadata (at most 64 KiB, as the REST upload's).
+    pub const MAX_REQUEST_FRAME: usize = 128 << 10;
 
     /// One frame: the message's length as 4 bytes, big-endian, then the message.
     pub fn frame(message: &impl prost::Message) -> Vec<u8> {

@@ -398,6 +398,13 @@ pub async fn serve(
     )
     .with_local_put_socket(local_put.as_ref().map(|socket| socket.path()));
     let local_cas = cas_service.clone();
+    let local_put_announcement = local_put.as_ref().map(|socket| rest::LocalPutAnnouncement {
+        path: socket.path().to_path_buf(),
+        instance: local_cas.local_put_instance().to_string(),
+    });
+    // Stream scans of hosted data packs, whether uploaded over REST or handed over locally,
+    // share one bound.
+    let stream_scans = Arc::new(scan::StreamScans::new(uploads.expiry()));
     let cas = ContentStoreServer::new(cas_service)
         .max_decoding_message_size(limits.max_message_size_bytes)
         .max_encoding_message_size(limits.max_message_size_bytes);
@@ -468,6 +475,8 @@ pub async fn serve(
                 limits.upload_idle_timeout,
                 oci,
                 uploads.clone(),
+                stream_scans.clone(),
+                local_put_announcement,
             )
             .merge(readiness::router(readiness.clone()));
             let tls = match &config.tls {
@@ -489,6 +498,7 @@ pub async fn serve(
         tokio::spawn(grpc::local_put::serve(
             socket,
             local_cas,
+            stream_scans,
             config.conn.max_connections,
             config.shutdown_grace,
             stop_rx.clone(),

@@ -119,6 +119,16 @@ impl CasService {
         self
     }
 
+    /// The registry the service decides access with.
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Who presented the bearer token or basic credentials in `authorization`.
+    pub(crate) fn authenticator(&self) -> &Authenticator {
+        &self.auth
+    }
+
     /// The store the service keeps custody in.
     pub(crate) fn store(&self) -> &BlobStore {
         &self.store

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use custodian_proto::cas::v1 as pb;
-use custodian_storage::Expectation;
+use custodian_storage::{BlobWriter, Expectation};
 use prost::Message as _;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
 use tokio::io::{AsyncWriteExt, Interest};
@@ -35,6 +35,8 @@ use tonic::Status;
 use super::cas::CasService;
 use super::status::{GrpcError, parse_optional_digest};
 use crate::error::ServerError;
+use crate::rest::{self, ApiError};
+use crate::scan::StreamScans;
 
 pub use custodian_proto::local_put::MAX_REQUEST_FRAME;
 
@@ -132,9 +134,10 @@ fn file_id(path: &Path) -> io::Result<(u64, u64)> {
 
 /// Serves local puts until `stop` turns true, then lets puts in flight finish within `grace`
 /// and removes the socket file. At most `max_connections` clients are served at once.
-pub async fn serve(
+pub(crate) async fn serve(
     socket: LocalPutSocket,
     cas: CasService,
+    stream_scans: Arc<StreamScans>,
     max_connections: usize,
     grace: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -151,9 +154,9 @@ pub async fn serve(
             accepted = socket.listener.accept() => match accepted {
                 Ok((stream, _)) => match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        let cas = cas.clone();
+                        let (cas, scans) = (cas.clone(), stream_scans.clone());
                         running.spawn(async move {
-                            serve_one(stream, &cas).await;
+                            serve_one(stream, &cas, &scans).await;
                             drop(permit);
                         });
                     }
@@ -185,31 +188,37 @@ pub async fn serve(
 }
 
 /// Reads one request, performs it and answers; a client that hangs up gets no answer.
-async fn serve_one(mut stream: UnixStream, cas: &CasService) {
+async fn serve_one(mut stream: UnixStream, cas: &CasService, scans: &StreamScans) {
+    use pb::local_put_reply::Message;
     let idle = cas.limits().upload_idle_timeout;
-    let outcome = match tokio::time::timeout(idle, receive(&stream)).await {
-        Err(_) => Err(Status::deadline_exceeded(format!(
+    let refused = |status: Status| {
+        Message::Error(pb::ItemError {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+        })
+    };
+    let reply = match tokio::time::timeout(idle, receive(&stream)).await {
+        Err(_) => refused(Status::deadline_exceeded(format!(
             "no complete request frame within {idle:?}"
         ))),
         Ok(Err(Received::Gone)) => return,
-        Ok(Err(Received::Refused(status))) => Err(status),
+        Ok(Err(Received::Refused(status))) => refused(status),
         // Checked before anything else: the token and the file are another daemon's business.
-        Ok(Ok((request, _))) if request.instance != cas.local_put_instance() => Ok(None),
-        Ok(Ok((request, file))) => put(cas, request, file, &mut stream).await.map(Some),
-    };
-    let reply = match outcome {
-        Ok(Some(done)) => pb::local_put_reply::Message::Done(done),
         // The request was meant for another daemon with a socket at the same path.
-        Ok(None) => pb::local_put_reply::Message::OtherDaemon(cas.local_put_instance().to_string()),
-        Err(status) => {
-            if status.code() == tonic::Code::Cancelled {
-                return;
-            }
-            pb::local_put_reply::Message::Error(pb::ItemError {
-                code: status.code() as i32,
-                message: status.message().to_string(),
-            })
+        Ok(Ok((request, _))) if request.instance != cas.local_put_instance() => {
+            Message::OtherDaemon(cas.local_put_instance().to_string())
         }
+        Ok(Ok((mut request, file))) => match request.data_pack.take() {
+            Some(pack) => match data_pack(cas, scans, &request, &pack, file, &mut stream).await {
+                Some(answer) => Message::DataPackAnswer(answer),
+                None => return,
+            },
+            None => match put(cas, request, file, &mut stream).await {
+                Ok(done) => Message::Done(done),
+                Err(status) if status.code() == tonic::Code::Cancelled => return,
+                Err(status) => refused(status),
+            },
+        },
     };
     if send(&mut stream, reply).await.is_ok() {
         close_politely(stream).await;
@@ -360,33 +369,189 @@ async fn put(
         .begin_put(expect)
         .await
         .map_err(GrpcError::from)?;
-    let mut pieces = read_pieces(file, size, cas.store().block_size());
-    let mut reported = 0;
-    while let Some(piece) = pieces.recv().await {
-        let piece = piece.map_err(|(at, err)| {
-            Status::failed_precondition(format!(
-                "reading the handed-over file failed at byte {at}: {err}"
-            ))
-        })?;
-        // A failed write has already discarded the upload.
-        writer.write(piece).await.map_err(GrpcError::from)?;
-        if writer.received() - reported >= PROGRESS_EVERY {
-            reported = writer.received();
-            if send(
-                stream,
-                pb::local_put_reply::Message::ProgressBytes(reported),
-            )
-            .await
-            .is_err()
-            {
-                // Dropping the writer discards the upload.
-                return Err(Status::cancelled("the client hung up"));
-            }
-        }
+    // A failed write has already discarded the upload; dropping the writer discards it too.
+    let fed = feed_file(file, size, cas.store().block_size(), stream, &mut writer).await;
+    match fed {
+        Ok(()) => {}
+        Err(Fed::Write(err)) => return Err(err.into()),
+        Err(Fed::Read(message)) => return Err(Status::failed_precondition(message)),
+        Err(Fed::HungUp) => return Err(Status::cancelled("the client hung up")),
     }
     let outcome = writer.commit().await.map_err(GrpcError::from)?;
     tracing::debug!(digest = %outcome.meta.sha256(), size = outcome.meta.size, "local put");
     Ok(cas.put_response(&who, &outcome))
+}
+
+/// Why [`feed_file`] stopped early.
+enum Fed<E> {
+    /// The sink refused a piece.
+    Write(E),
+    /// Reading the file failed (the message says where).
+    Read(String),
+    /// The client hung up while it was told how far the read had come.
+    HungUp,
+}
+
+/// What [`feed_file`] writes the file's pieces into.
+trait PieceSink {
+    /// Why a piece was refused.
+    type Error;
+    /// Takes the next piece.
+    fn take(&mut self, piece: Bytes) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+impl PieceSink for BlobWriter {
+    type Error = GrpcError;
+    async fn take(&mut self, piece: Bytes) -> Result<(), GrpcError> {
+        self.write(piece).await.map_err(GrpcError::from)
+    }
+}
+
+impl PieceSink for rest::HostedUpload {
+    type Error = ApiError;
+    async fn take(&mut self, piece: Bytes) -> Result<(), ApiError> {
+        self.write(piece).await
+    }
+}
+
+/// Reads the handed-over file from offset 0 to its end into `sink`, telling the client how far
+/// it is every [`PROGRESS_EVERY`] bytes.
+async fn feed_file<S: PieceSink>(
+    file: OwnedFd,
+    size: u64,
+    piece: usize,
+    stream: &mut UnixStream,
+    sink: &mut S,
+) -> Result<(), Fed<S::Error>> {
+    let mut pieces = read_pieces(file, size, piece);
+    let (mut read, mut reported) = (0u64, 0u64);
+    while let Some(piece) = pieces.recv().await {
+        let piece = piece.map_err(|(at, err)| {
+            Fed::Read(format!(
+                "reading the handed-over file failed at byte {at}: {err}"
+            ))
+        })?;
+        read += piece.len() as u64;
+        sink.take(piece).await.map_err(Fed::Write)?;
+        if read - reported >= PROGRESS_EVERY {
+            reported = read;
+            send(stream, pb::local_put_reply::Message::ProgressBytes(read))
+                .await
+                .map_err(|_| Fed::HungUp)?;
+        }
+    }
+    Ok(())
+}
+
+/// A request with a data pack: the file is stored and scanned as the REST hosted upload stores
+/// and scans its body, then registered, and the answer is the REST API's. `None` if the client
+/// hung up (nothing is kept).
+async fn data_pack(
+    cas: &CasService,
+    scans: &StreamScans,
+    request: &pb::LocalPutRequest,
+    pack: &pb::LocalDataPack,
+    file: OwnedFd,
+    stream: &mut UnixStream,
+) -> Option<pb::LocalDataPackAnswer> {
+    use axum::http::StatusCode;
+    let refused = |status: StatusCode, code: &'static str, message: String| {
+        ApiError::new(status, code, message)
+    };
+    let outcome = async {
+        if !request.expected_digest.is_empty() {
+            return Err(refused(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!(
+                    "field expected_digest: {:?} — a data pack declares its digest as \"sha256\" in data_pack.metadata_json, as the REST upload does",
+                    request.expected_digest
+                ),
+            ));
+        }
+        let size = check_readable_file(&file).map_err(|status| {
+            refused(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                status.message().to_string(),
+            )
+        })?;
+        if let Some(expected) = request.expected_size
+            && expected != size
+        {
+            return Err(refused(
+                StatusCode::CONFLICT,
+                "failed_precondition",
+                format!(
+                    "field expected_size: {expected}, but the handed-over file holds {size} bytes"
+                ),
+            ));
+        }
+        let authorization = (!request.authorization.is_empty()).then_some(&*request.authorization);
+        let mut upload = rest::begin_local(
+            cas.registry(),
+            cas.authenticator(),
+            scans.permits(),
+            authorization,
+            pack,
+        )
+        .await?;
+        // The bytes registered must be one file's: one that changes while it is read is refused.
+        let watched = file.try_clone().map_err(|err| {
+            refused(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("cannot keep a second handle on the handed-over file: {err}"),
+            )
+        })?;
+        let before = file_stamp(&watched);
+        let fed = feed_file(file, size, cas.store().block_size(), stream, &mut upload).await;
+        match fed {
+            Ok(()) => {}
+            Err(Fed::Write(err)) => return Err(err),
+            Err(Fed::Read(message)) => {
+                return Err(refused(
+                    StatusCode::CONFLICT,
+                    "failed_precondition",
+                    message,
+                ));
+            }
+            Err(Fed::HungUp) => return Ok(None),
+        }
+        if before.is_none() || file_stamp(&watched) != before {
+            return Err(refused(
+                StatusCode::CONFLICT,
+                "failed_precondition",
+                format!(
+                    "{} changed while the daemon read it (its size or modification time moved), so nothing was registered; upload it again once it is complete",
+                    pack.file_name
+                ),
+            ));
+        }
+        upload.finish().await.map(Some)
+    }
+    .await;
+    let (status, body) = match outcome {
+        Ok(None) => return None,
+        Ok(Some(answer)) => answer,
+        Err(err) => err.answer(),
+    };
+    Some(pb::LocalDataPackAnswer {
+        http_status: u32::from(status.as_u16()),
+        body_json: body.to_string(),
+    })
+}
+
+/// What tells whether a file was written to: its size and its modification and change times.
+fn file_stamp(file: &OwnedFd) -> Option<(i64, i64, i64, i64, i64)> {
+    let stat = rustix::fs::fstat(file).ok()?;
+    Some((
+        stat.st_size,
+        stat.st_mtime,
+        stat.st_mtime_nsec as i64,
+        stat.st_ctime,
+        stat.st_ctime_nsec as i64,
+    ))
 }
 
 /// Refuses a descriptor that is not a regular file open for reading, naming what it is;

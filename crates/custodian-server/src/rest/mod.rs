@@ -48,10 +48,12 @@ mod witness;
 
 use crate::registry::Registry;
 use badge::get_badge_svg;
+pub(crate) use error::ApiError;
+use error::ApiResult;
 use error::json_errors;
-use error::{ApiError, ApiResult};
 use range::serve_blob;
 use upload::post_hosted;
+pub(crate) use upload::{HostedUpload, begin_local};
 pub use views::encode_segment;
 use views::{data_pack_json, recorded_json, version_json};
 pub use witness::witness_router;
@@ -70,18 +72,32 @@ pub struct RestState {
     uploads: Arc<custodian_storage::uploads::UploadSessions>,
     /// Hosted data packs being scanned as their tus sessions receive them.
     stream_scans: Arc<crate::scan::StreamScans>,
+    /// The local put socket and its instance, which the tus `OPTIONS` answer names so that a
+    /// client on this machine may hand the daemon a data pack's file instead.
+    local_put: Option<LocalPutAnnouncement>,
 }
 
-/// The REST router; an upload body that sends nothing for `upload_idle` is abandoned.
-pub fn router(
+/// The daemon's local put socket as the REST API announces it (docs/api.md, "Local puts").
+#[derive(Clone, Debug)]
+pub(crate) struct LocalPutAnnouncement {
+    /// The socket's absolute path.
+    pub(crate) path: std::path::PathBuf,
+    /// The value a request must repeat (`Capabilities.local_put_instance`).
+    pub(crate) instance: String,
+}
+
+/// The REST router; an upload body that sends nothing for `upload_idle` is abandoned. Stream
+/// scans take their permits from `stream_scans`, which the local put socket shares.
+pub(crate) fn router(
     registry: Arc<Registry>,
     auth: Arc<Authenticator>,
     upload_idle: std::time::Duration,
     oci: Arc<crate::oci::Oci>,
     uploads: Arc<custodian_storage::uploads::UploadSessions>,
+    stream_scans: Arc<crate::scan::StreamScans>,
+    local_put: Option<LocalPutAnnouncement>,
 ) -> Router {
     let store = registry.store().clone();
-    let stream_scans = Arc::new(crate::scan::StreamScans::new(uploads.expiry()));
     let state = RestState {
         registry,
         auth,
@@ -90,6 +106,7 @@ pub fn router(
         oci,
         uploads,
         stream_scans,
+        local_put,
     };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

@@ -216,10 +216,23 @@ impl From<UploadError> for ApiError {
     }
 }
 
-/// `OPTIONS`: the protocol versions, extensions and checksum algorithms.
-pub(super) async fn options() -> Response {
+/// `OPTIONS`: the protocol versions, extensions and checksum algorithms, and the daemon's local
+/// put socket if it has one (a client on this machine may hand it the file there instead).
+pub(super) async fn options(State(state): State<RestState>) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
     let h = response.headers_mut();
+    if let Some(local) = &state.local_put
+        && let (Some(path), Ok(instance)) = (
+            local
+                .path
+                .to_str()
+                .and_then(|p| HeaderValue::from_str(p).ok()),
+            HeaderValue::from_str(&local.instance),
+        )
+    {
+        h.insert("custodian-local-put-socket", path);
+        h.insert("custodian-local-put-instance", instance);
+    }
     h.insert("tus-version", HeaderValue::from_static(TUS_VERSION));
     h.insert(
         "tus-extension",
@@ -514,7 +527,8 @@ pub(super) async fn patch(
                 },
             )
             .await?;
-        let (_, registered) = register_stored(&state, &who, &id, &vid, meta, &stored, scan).await?;
+        let (_, registered) =
+            register_stored(&state.registry, &who, &id, &vid, meta, &stored, scan).await?;
         let h = response.headers_mut();
         for (name, algorithm) in DECLARED {
             if let Ok(v) = HeaderValue::from_str(&stored.meta.digests.get(algorithm).to_string()) {

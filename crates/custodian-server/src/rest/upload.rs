@@ -1,18 +1,21 @@
 //! Hosted data-pack uploads: a multipart body streamed into custody, its digest checked against
 //! the one declared, nothing kept when anything is wrong.
 
+use std::sync::Arc;
+
 use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use custodian_storage::{Expectation, PutOutcome};
+use bytes::Bytes;
+use custodian_storage::{BlobWriter, Expectation, PutOutcome, StorageError};
 
-use crate::auth::Principal;
+use crate::auth::{Authenticator, Principal};
 use serde_json::json;
 
 use super::error::{ApiError, ApiResult, bad_multipart};
 use super::views::{data_pack_json, recorded_json};
 use super::{RestState, principal};
-use crate::registry::HostedMeta;
+use crate::registry::{HostedMeta, Registry};
 use crate::scan::StreamScan;
 
 /// How many upload bytes are gathered before they go to the store.
@@ -63,7 +66,7 @@ async fn hosted(
     let (id, vid) = (id.to_string(), vid.to_string());
     let who = principal(state, headers)?;
     // Fail before reading a byte of data if the caller may not write here.
-    let target = state.registry.check_data_pack_target(&who, &id, &vid)?;
+    state.registry.check_data_pack_target(&who, &id, &vid)?;
     let mut meta: Option<HostedMeta> = None;
     loop {
         let Some(mut field) = multipart.next_field().await.map_err(bad_multipart)? else {
@@ -98,25 +101,18 @@ async fn hosted(
                 if meta.filename.is_none() {
                     meta.filename = field.file_name().map(str::to_string);
                 }
-                // The signed manifest's data_pack declaration is binding.
-                state.registry.apply_declared(&target, &mut meta).await?;
-                let expected = state.registry.check_hosted(&who, &id, &vid, &meta)?;
-                // The scanner reads the pieces as they are stored, on the other core.
-                let mut scan = state
-                    .registry
-                    .stream_scan(&target, &scan_name(&meta), state.stream_scans.permits())
-                    .await;
-                let mut writer = state
-                    .store
-                    .begin_put(Expectation {
-                        digest: expected,
-                        size: None,
-                    })
-                    .await
-                    .map_err(ApiError::from)?;
+                let mut upload = HostedUpload::begin(
+                    &state.registry,
+                    who,
+                    &id,
+                    &vid,
+                    meta,
+                    state.stream_scans.permits(),
+                )
+                .await?;
                 // The body arrives in frames of a few KiB; they are gathered into 1 MiB pieces
                 // (the store's block size) so that hashing and storage work in large steps. If
-                // the client goes away the writer is dropped and nothing is kept.
+                // the client goes away the upload is dropped and nothing is kept.
                 let mut piece = bytes::BytesMut::with_capacity(UPLOAD_PIECE);
                 let idle = state.upload_idle;
                 while let Some(chunk) = tokio::time::timeout(idle, field.chunk())
@@ -135,21 +131,13 @@ async fn hosted(
                 {
                     piece.extend_from_slice(&chunk);
                     if piece.len() >= UPLOAD_PIECE {
-                        let piece = piece.split().freeze();
-                        let fed = feed(&mut scan, piece.clone());
-                        let (written, ()) = tokio::join!(writer.write(piece), fed);
-                        written.map_err(ApiError::from)?;
+                        upload.write(piece.split().freeze()).await?;
                     }
                 }
                 if !piece.is_empty() {
-                    let piece = piece.freeze();
-                    let fed = feed(&mut scan, piece.clone());
-                    let (written, ()) = tokio::join!(writer.write(piece), fed);
-                    written.map_err(ApiError::from)?;
+                    upload.write(piece.freeze()).await?;
                 }
-                let stored = writer.commit().await.map_err(ApiError::from)?;
-                let (status, body) =
-                    register_stored(state, &who, &id, &vid, meta, &stored, scan).await?;
+                let (status, body) = upload.finish().await?;
                 return Ok((status, axum::Json(body)).into_response());
             }
             other => {
@@ -162,11 +150,162 @@ async fn hosted(
     }
 }
 
-/// Feeds a stored piece to the upload's stream scan, if it has one.
-async fn feed(scan: &mut Option<StreamScan>, piece: bytes::Bytes) {
-    if let Some(scan) = scan {
-        scan.feed(piece).await;
+/// A hosted data pack on its way into custody: the multipart upload's file part, or a file the
+/// local put socket was handed with a data pack request. Each piece goes into the verifying
+/// writer and, on the other core, into the stream scan; [`HostedUpload::finish`] commits and
+/// registers. Dropped before that, it keeps nothing.
+pub(crate) struct HostedUpload {
+    registry: Arc<Registry>,
+    who: Principal,
+    id: String,
+    vid: String,
+    meta: HostedMeta,
+    writer: BlobWriter,
+    scan: Option<StreamScan>,
+    /// Set when the version already has a hosted data pack and the upload may only repeat its
+    /// bytes: that registration's ledger index, for the refusal of other bytes.
+    repeat_of: Option<u64>,
+}
+
+impl HostedUpload {
+    /// Checks that `who` may register a data pack for `id`@`vid` with `meta` (the signed
+    /// manifest's data_pack declaration binds it) and starts the verified write, expecting the
+    /// digest the metadata or the declaration names. A stream scan is started when one of
+    /// `permits` is free; otherwise the data pack is scanned from custody once stored.
+    pub(crate) async fn begin(
+        registry: &Arc<Registry>,
+        who: Principal,
+        id: &str,
+        vid: &str,
+        mut meta: HostedMeta,
+        permits: &Arc<tokio::sync::Semaphore>,
+    ) -> ApiResult<Self> {
+        let target = registry.check_data_pack_target(&who, id, vid)?;
+        registry.apply_declared(&target, &mut meta).await?;
+        let expected = registry.check_hosted(&who, id, vid, &meta)?;
+        let scan = registry
+            .stream_scan(&target, &scan_name(&meta), permits)
+            .await;
+        let writer = registry
+            .store()
+            .begin_put(Expectation {
+                digest: expected,
+                size: None,
+            })
+            .await
+            .map_err(ApiError::from)?;
+        Ok(HostedUpload {
+            registry: registry.clone(),
+            who,
+            id: id.to_string(),
+            vid: vid.to_string(),
+            meta,
+            writer,
+            scan,
+            repeat_of: None,
+        })
     }
+
+    /// Stores and scans the next piece. A failed write has discarded the upload.
+    pub(crate) async fn write(&mut self, piece: Bytes) -> ApiResult<()> {
+        let fed = async {
+            if let Some(scan) = &mut self.scan {
+                scan.feed(piece.clone()).await;
+            }
+        };
+        let (written, ()) = tokio::join!(self.writer.write(piece.clone()), fed);
+        written.map_err(ApiError::from)
+    }
+
+    /// Commits the bytes (refused, and nothing kept, unless they match what was expected) and
+    /// registers them: the REST API's status and JSON answer.
+    pub(crate) async fn finish(self) -> ApiResult<(StatusCode, serde_json::Value)> {
+        let stored = match (self.writer.commit().await, self.repeat_of) {
+            (Ok(stored), _) => stored,
+            // Not the bytes registered before: refused as the REST upload refuses a second
+            // data pack.
+            (Err(StorageError::DigestMismatch { .. }), Some(index)) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "already_exists",
+                    format!(
+                        "{}@{} already has a hosted data pack with other bytes (ledger entry {index}); data packs are immutable per version",
+                        self.id, self.vid
+                    ),
+                ));
+            }
+            (Err(err), _) => return Err(err.into()),
+        };
+        register_stored(
+            &self.registry,
+            &self.who,
+            &self.id,
+            &self.vid,
+            self.meta,
+            &stored,
+            self.scan,
+        )
+        .await
+    }
+}
+
+/// Starts the hosted upload a data pack request on the local put socket asks for (docs/api.md,
+/// "Local puts"): the token, the metadata and the target are checked as the REST hosted upload
+/// checks them, and refused with the same answers.
+pub(crate) async fn begin_local(
+    registry: &Arc<Registry>,
+    auth: &Authenticator,
+    permits: &Arc<tokio::sync::Semaphore>,
+    authorization: Option<&str>,
+    request: &custodian_proto::cas::v1::LocalDataPack,
+) -> ApiResult<HostedUpload> {
+    let who = auth
+        .authenticate(authorization)
+        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))?;
+    if request.metadata_json.len() > MAX_METADATA_BYTES {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!(
+                "field data_pack.metadata_json: {} bytes, over the {MAX_METADATA_BYTES} the metadata may hold",
+                request.metadata_json.len()
+            ),
+        ));
+    }
+    let mut meta: HostedMeta = serde_json::from_str(&request.metadata_json).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!("field data_pack.metadata_json: not valid data pack metadata JSON: {e}"),
+        )
+    })?;
+    if meta.filename.is_none() && !request.file_name.is_empty() {
+        meta.filename = Some(request.file_name.clone());
+    }
+    // The daemon reads the whole file whatever it holds, so a repeat of the bytes registered
+    // before is recognized without a declaration (over REST the client must declare them, or
+    // the second upload is refused before its bytes are sent): those bytes are expected, and
+    // other bytes are refused.
+    let mut repeat_of = None;
+    if meta.sha256.is_none()
+        && let Ok(existing) = registry.data_pack(&who, &request.name, &request.version)
+        && existing.event.pack.mode == custodian_core::registry::DataPackMode::Hosted
+        && let Some(sha256) = &existing.event.pack.sha256
+    {
+        meta.sha256 = Some(sha256.clone());
+        repeat_of = Some(existing.index);
+    }
+    let mut upload = HostedUpload::begin(
+        registry,
+        who,
+        &request.name,
+        &request.version,
+        meta,
+        permits,
+    )
+    .await?;
+    upload.repeat_of = repeat_of;
+    Ok(upload)
 }
 
 /// The name the built-in scanner gives a hosted data pack's file.
@@ -180,7 +319,7 @@ pub(super) fn scan_name(meta: &HostedMeta) -> String {
 /// both end here. `streamed` is the scan that read the upload's bytes as they arrived, when it
 /// read every one of them; without it the data pack is scanned from custody.
 pub(super) async fn register_stored(
-    state: &RestState,
+    registry: &Registry,
     who: &Principal,
     id: &str,
     vid: &str,
@@ -188,13 +327,12 @@ pub(super) async fn register_stored(
     stored: &PutOutcome,
     streamed: Option<StreamScan>,
 ) -> ApiResult<(StatusCode, serde_json::Value)> {
-    let target = state.registry.check_data_pack_target(who, id, vid)?;
+    let target = registry.check_data_pack_target(who, id, vid)?;
     // Scanned in custody before it is registered, so the registration carries the
     // verdict; a repeated upload of the same bytes is not scanned again.
     let sha256 = stored.meta.digests.sha256;
     // A retry of the same bytes repeats the registration as it was recorded.
-    let previous = state
-        .registry
+    let previous = registry
         .data_pack(who, id, vid)
         .ok()
         .filter(|p| p.event.pack.sha256 == Some(sha256.to_string()))
@@ -203,8 +341,7 @@ pub(super) async fn register_stored(
         (Some(_), _) => None,
         (None, Some(scan)) if scan.fed() == stored.meta.size => Some(scan.finish().await),
         (None, _) => Some(
-            state
-                .registry
+            registry
                 .scan_data(&target, &sha256, &scan_name(&meta))
                 .await,
         ),
@@ -214,16 +351,14 @@ pub(super) async fn register_stored(
         (None, Some(p)) => p.clone(),
         (None, None) => "pending".into(),
     };
-    let recorded = state
-        .registry
+    let recorded = registry
         .register_hosted(who, id, vid, meta, stored, &status)
         .await?;
     let mut scan = None;
     if let Some(report) = report
         && !recorded.already
     {
-        let scanned = state
-            .registry
+        let scanned = registry
             .record_report(
                 &target,
                 Some(custodian_core::registry::DATA_PACK_TARGET),
@@ -243,7 +378,7 @@ pub(super) async fn register_stored(
     } else {
         StatusCode::CREATED
     };
-    let mut body = recorded_json(&recorded, data_pack_json(&state.registry, &recorded.record));
+    let mut body = recorded_json(&recorded, data_pack_json(registry, &recorded.record));
     if let Some(scan) = scan {
         if scan["verdict"] == "flagged" {
             body["warning"] = json!(format!(
