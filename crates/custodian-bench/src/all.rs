@@ -561,14 +561,28 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
     // REST data pack.
     let rest = &raw.rest;
     let rest_mib = rest.size_bytes as f64 / (1 << 20) as f64;
-    for (what, secs, ratio, (cli_cpu, daemon_cpu)) in [
-        (
-            "upload (digest check and scan included)",
+    // Reports from before local data pack uploads have one upload row, which went over REST.
+    let (rest_upload, local_upload) = match &rest.local_upload {
+        Some(local) => (
+            "upload over REST (digest check and scan included)",
+            Some((
+                "upload handed over the local put socket (the same checks and scan)",
+                local.seconds,
+                local.ratio_to_openssl,
+                (local.cli_cpu_seconds, local.daemon_cpu_seconds),
+            )),
+        ),
+        None => ("upload (digest check and scan included)", None),
+    };
+    let transfers = [
+        Some((
+            rest_upload,
             rest.upload_seconds,
             rest.upload_ratio_to_openssl,
             (rest.upload_cli_cpu_seconds, rest.upload_daemon_cpu_seconds),
-        ),
-        (
+        )),
+        local_upload,
+        Some((
             "verified download to a file",
             rest.download_seconds,
             rest.download_ratio_to_openssl,
@@ -576,8 +590,9 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
                 rest.download_cli_cpu_seconds,
                 rest.download_daemon_cpu_seconds,
             ),
-        ),
-    ] {
+        )),
+    ];
+    for (what, secs, ratio, (cli_cpu, daemon_cpu)) in transfers.into_iter().flatten() {
         let upload = what.starts_with("upload");
         out.push(row(
             format!("REST data pack {rest_mib:.0} MiB {what}"),
@@ -974,6 +989,33 @@ mod tests {
                 .iter()
                 .any(|r| r.scenario.starts_with("1024 MiB put, gRPC"))
         );
+    }
+
+    #[test]
+    fn a_report_with_a_local_data_pack_upload_shows_it_beside_the_rest_upload() {
+        let mut json = raw_json();
+        json["rest"]["local_upload"] = serde_json::json!({
+            "seconds": 1.3,
+            "ratio_to_openssl": 1.3,
+            "cli_cpu_seconds": 0.01,
+            "daemon_cpu_seconds": 1.9,
+        });
+        let with_local: Scenarios = serde_json::from_value(json).expect("parses");
+        let rows = rows(&limits(), &with_local);
+        let find = |name: &str| {
+            rows.iter()
+                .find(|r| r.scenario.starts_with(name))
+                .unwrap_or_else(|| panic!("no row {name}: {rows:?}"))
+        };
+        let local = find("REST data pack 1024 MiB upload handed over the local put socket");
+        assert_eq!((local.ratio.as_str(), local.met), ("1.30×", Some(true)));
+        let rest = find("REST data pack 1024 MiB upload over REST");
+        assert_eq!(rest.met, Some(false));
+        // The report without it (as every earlier one) keeps its single upload row.
+        let rows = super::rows(&limits(), &raw());
+        assert!(rows.iter().any(
+            |r| r.scenario == "REST data pack 1024 MiB upload (digest check and scan included)"
+        ));
     }
 
     #[test]

@@ -34,12 +34,18 @@ pub struct RestArgs {
 pub struct Report {
     pub size_bytes: u64,
     pub openssl_sha256_seconds: f64,
-    /// `custodian datapack upload`: multipart upload, digest check, scan, registration.
+    /// `custodian datapack upload --no-local-put`: tus upload over REST, digest check, scan,
+    /// registration.
     pub upload_seconds: f64,
     pub upload_ratio_to_openssl: f64,
     /// CPU seconds (user + system) the upload cost the CLI and the daemon.
     pub upload_cli_cpu_seconds: f64,
     pub upload_daemon_cpu_seconds: f64,
+    /// `custodian datapack upload` of the same file as another version's data pack, handed to
+    /// the daemon over its local put socket (stored, scanned and registered as over REST);
+    /// absent from reports made before it was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_upload: Option<Transfer>,
     /// `custodian datapack download -o FILE`: received, sha256-verified, fsynced, renamed.
     pub download_seconds: f64,
     pub download_ratio_to_openssl: f64,
@@ -53,12 +59,24 @@ pub struct Report {
     pub daemon_peak_rss_mib: f64,
 }
 
-/// Writes a minimal valid package the bench can publish.
-fn write_package(dir: &Path) -> anyhow::Result<()> {
+/// One timed transfer: its time, its ratio to `openssl dgst -sha256` of the file, and the CPU
+/// it cost each end.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Transfer {
+    pub seconds: f64,
+    pub ratio_to_openssl: f64,
+    pub cli_cpu_seconds: f64,
+    pub daemon_cpu_seconds: f64,
+}
+
+/// Writes a minimal valid package named `name` the bench can publish.
+fn write_package(dir: &Path, name: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("prompts"))?;
     std::fs::write(
         dir.join("manifest.yaml"),
-        "name: bench-data\nversion: 1.0.0\ntype: eval_suite\nbase_model: m1\nevals: [e1]\nlicense: Apache-2.0\n",
+        format!(
+            "name: {name}\nversion: 1.0.0\ntype: eval_suite\nbase_model: m1\nevals: [e1]\nlicense: Apache-2.0\n"
+        ),
     )?;
     std::fs::write(dir.join("prompts/system.md"), "You grade answers.\n")?;
     Ok(())
@@ -95,15 +113,18 @@ pub fn run(args: RestArgs) -> anyhow::Result<ExitCode> {
             .env("CUSTODIAN_TOKEN", &daemon.token);
         c
     };
-    let package = work.join("package");
-    write_package(&package)?;
     run_ok(cli(&["key", "generate", "bench", "--dir"]).arg(&work))?;
-    run_ok(
-        cli(&["publish"])
-            .arg(&package)
-            .arg("--key")
-            .arg(work.join("bench.key")),
-    )?;
+    // One version for the upload over REST, another for the one handed over locally.
+    for name in ["bench-data", "bench-data-local"] {
+        let package = work.join(name);
+        write_package(&package, name)?;
+        run_ok(
+            cli(&["publish"])
+                .arg(&package)
+                .arg("--key")
+                .arg(work.join("bench.key")),
+        )?;
+    }
     // What each end spent: on two cores a transfer is bound by the sum as much as by either.
     let cpu = || {
         (
@@ -119,10 +140,28 @@ pub fn run(args: RestArgs) -> anyhow::Result<ExitCode> {
             "bench-data@1.0.0",
             "--license",
             "CC0-1.0",
+            "--no-local-put",
         ])
         .arg(&data),
     )?;
-    let after_upload = cpu();
+    let after_rest = cpu();
+    let local = run_timed(
+        cli(&[
+            "datapack",
+            "upload",
+            "bench-data-local@1.0.0",
+            "--license",
+            "CC0-1.0",
+        ])
+        .arg(&data),
+    )?;
+    let after_local = cpu();
+    let local_upload = Some(Transfer {
+        seconds: local.as_secs_f64(),
+        ratio_to_openssl: local.as_secs_f64() / openssl.as_secs_f64(),
+        cli_cpu_seconds: after_local.0 - after_rest.0,
+        daemon_cpu_seconds: after_local.1 - after_rest.1,
+    });
     let out = work.join("downloaded.bin");
     let download = run_timed(cli(&["datapack", "download", "bench-data@1.0.0", "-o"]).arg(&out))?;
     let after_download = cpu();
@@ -173,12 +212,13 @@ pub fn run(args: RestArgs) -> anyhow::Result<ExitCode> {
         openssl_sha256_seconds: openssl.as_secs_f64(),
         upload_seconds: upload.as_secs_f64(),
         upload_ratio_to_openssl: upload.as_secs_f64() / openssl.as_secs_f64(),
-        upload_cli_cpu_seconds: after_upload.0 - before.0,
-        upload_daemon_cpu_seconds: after_upload.1 - before.1,
+        upload_cli_cpu_seconds: after_rest.0 - before.0,
+        upload_daemon_cpu_seconds: after_rest.1 - before.1,
+        local_upload,
         download_seconds: download.as_secs_f64(),
         download_ratio_to_openssl: download.as_secs_f64() / openssl.as_secs_f64(),
-        download_cli_cpu_seconds: after_download.0 - after_upload.0,
-        download_daemon_cpu_seconds: after_download.1 - after_upload.1,
+        download_cli_cpu_seconds: after_download.0 - after_local.0,
+        download_daemon_cpu_seconds: after_download.1 - after_local.1,
         ranges: args.ranges,
         range_bytes: 1 << 20,
         range_ms_p50: custodian_testkit::percentile_ms(&latencies, 0.5),
@@ -193,12 +233,21 @@ pub fn run(args: RestArgs) -> anyhow::Result<ExitCode> {
             args.size_mib, report.openssl_sha256_seconds
         );
         println!(
-            "upload (digest check and scan in custody included) {:.3} s ({:.2}× openssl), CPU: CLI {:.2} s, daemon {:.2} s",
+            "upload over REST (digest check and scan in custody included) {:.3} s ({:.2}× openssl), CPU: CLI {:.2} s, daemon {:.2} s",
             report.upload_seconds,
             report.upload_ratio_to_openssl,
             report.upload_cli_cpu_seconds,
             report.upload_daemon_cpu_seconds,
         );
+        if let Some(local) = &report.local_upload {
+            println!(
+                "upload handed over the local put socket (the same checks and scan) {:.3} s ({:.2}× openssl), CPU: CLI {:.2} s, daemon {:.2} s",
+                local.seconds,
+                local.ratio_to_openssl,
+                local.cli_cpu_seconds,
+                local.daemon_cpu_seconds,
+            );
+        }
         println!(
             "verified download to a file {:.3} s ({:.2}× openssl), CPU: CLI {:.2} s, daemon {:.2} s",
             report.download_seconds,
