@@ -19,6 +19,7 @@ use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use tonic::Code;
 
 use crate::pattern;
+use crate::resumable::has_data_pack;
 
 /// The socket a daemon announces in its capabilities, and the instance value requests repeat.
 struct Announced {
@@ -120,6 +121,17 @@ async fn stored(daemon: &Daemon, digest: &str) -> bool {
         Err(status) if status.code() == Code::NotFound => false,
         Err(status) => panic!("stat {digest}: {status}"),
     }
+}
+
+/// Runs `command` (a CLI command with `--json`), requires it to succeed and returns its output.
+fn json_output(command: &mut Command) -> serde_json::Value {
+    let output = command.output().expect("run the CLI");
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("--json output")
 }
 
 fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
@@ -331,21 +343,15 @@ async fn the_cli_hands_a_local_daemon_the_file_and_streams_when_told() {
     let path = write_file(dir.path(), "model.bin", &data);
     let token = daemon.token.clone();
     let put = |extra: &[&str]| {
-        let output = Command::new(binary())
-            .args(["blob", "put", "--json"])
-            .args(extra)
-            .arg(&path)
-            .env("CUSTODIAN_SERVER", proxy.url())
-            .env("CUSTODIAN_TOKEN", &token)
-            .env("CUSTODIAN_STATE_DIR", dir.path().join("state"))
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "blob put {extra:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
+        let lines = json_output(
+            Command::new(binary())
+                .args(["blob", "put", "--json"])
+                .args(extra)
+                .arg(&path)
+                .env("CUSTODIAN_SERVER", proxy.url())
+                .env("CUSTODIAN_TOKEN", &token)
+                .env("CUSTODIAN_STATE_DIR", dir.path().join("state")),
         );
-        let lines: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(lines[0]["sha256"], digests.sha256.to_string());
         lines[0]["already_present"].as_bool().unwrap()
     };
@@ -617,17 +623,10 @@ async fn a_local_data_pack_is_answered_as_the_rest_upload_would_be() {
         assert!(message.contains(names), "{what}: {message}");
     }
     assert!(!stored(&daemon, &digests.sha256.to_string()).await);
-    let show = || {
-        daemon.cli(&[
-            "datapack",
-            "show",
-            "pacman-builder@0.2.1",
-            "--json",
-            "--rest",
-            &daemon.rest,
-        ])
-    };
-    assert!(!show().status.success(), "nothing was registered");
+    assert!(
+        !has_data_pack(&daemon, "pacman-builder@0.2.1"),
+        "nothing was registered"
+    );
 
     let right = data_pack_request(&socket, token, "0.2.1", good, "", size);
     let (status, body) = data_pack_answer(&exchange(&socket, &right, &[file.as_fd()]));
@@ -637,7 +636,15 @@ async fn a_local_data_pack_is_answered_as_the_rest_upload_would_be() {
     assert_eq!(body["record"]["filename"], "pack.bin");
     assert_eq!(body["scan"]["verdict"], "clean", "{body}");
     assert!(body["receipt"]["log_index"].is_u64(), "{body}");
-    let shown: serde_json::Value = serde_json::from_slice(&show().stdout).unwrap();
+    let shown = daemon.cli(&[
+        "datapack",
+        "show",
+        "pacman-builder@0.2.1",
+        "--json",
+        "--rest",
+        &daemon.rest,
+    ]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!(shown["sha256"], digests.sha256.to_string());
     let (status, body) = data_pack_answer(&exchange(&socket, &right, &[file.as_fd()]));
     assert_eq!((status, &body["already_recorded"]), (200, &true.into()));
@@ -703,14 +710,10 @@ async fn a_local_data_pack_that_changes_while_it_is_read_is_not_registered() {
             .contains("changed while the daemon read it"),
         "{body}"
     );
-    let shown = daemon.cli(&[
-        "datapack",
-        "show",
-        "pacman-builder@0.2.1",
-        "--rest",
-        &daemon.rest,
-    ]);
-    assert!(!shown.status.success(), "nothing was registered");
+    assert!(
+        !has_data_pack(&daemon, "pacman-builder@0.2.1"),
+        "nothing was registered"
+    );
 }
 
 /// `custodian datapack upload` to a daemon on this machine hands it the file (the REST port
@@ -733,21 +736,15 @@ async fn the_cli_hands_a_local_daemon_its_data_pack_and_uploads_over_rest_when_t
     custodian_testkit::write_test_file(&path, size).unwrap();
     let sha = BlobDigests::of(&std::fs::read(&path).unwrap()).sha256;
     let upload = |spec: &str, extra: &[&str]| {
-        let output = Command::new(binary())
-            .args(["datapack", "upload", spec, "--license", "MIT", "--json"])
-            .args(extra)
-            .arg(&path)
-            .args(["--rest", &proxy.url()])
-            .env("CUSTODIAN_TOKEN", &daemon.token)
-            .env("CUSTODIAN_STATE_DIR", dir.path().join("state"))
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "datapack upload {extra:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
+        let value = json_output(
+            Command::new(binary())
+                .args(["datapack", "upload", spec, "--license", "MIT", "--json"])
+                .args(extra)
+                .arg(&path)
+                .args(["--rest", &proxy.url()])
+                .env("CUSTODIAN_TOKEN", &daemon.token)
+                .env("CUSTODIAN_STATE_DIR", dir.path().join("state")),
         );
-        let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(value["record"]["sha256"], sha.to_string(), "{value}");
         value
     };

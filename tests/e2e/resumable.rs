@@ -489,14 +489,18 @@ fn a_data_pack_changed_during_its_upload_is_not_registered() {
     );
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("changed while it was uploaded"), "{stderr}");
-    let shown = daemon.cli(&[
-        "datapack",
-        "show",
-        "pacman-builder@0.2.1",
-        "--rest",
-        &daemon.rest,
-    ]);
-    assert!(!shown.status.success(), "no data pack was registered");
+    assert!(
+        !has_data_pack(&daemon, "pacman-builder@0.2.1"),
+        "no data pack was registered"
+    );
+}
+
+/// Whether the version `spec` has a data pack registered (`custodian datapack show` finds one).
+pub(crate) fn has_data_pack(daemon: &Daemon, spec: &str) -> bool {
+    daemon
+        .cli(&["datapack", "show", spec, "--rest", &daemon.rest])
+        .status
+        .success()
 }
 
 /// A multipart upload the daemon refuses before reading its data (here: the version already has

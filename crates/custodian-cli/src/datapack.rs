@@ -279,6 +279,20 @@ fn file_stamp(path: &Path) -> std::io::Result<(u64, Option<std::time::SystemTime
     Ok((meta.len(), meta.modified().ok()))
 }
 
+/// One data pack upload: where it goes, the file, and the metadata declared with it.
+struct Upload<'a> {
+    rest: &'a RestArg,
+    /// NAME@VERSION.
+    spec: &'a str,
+    file: &'a Path,
+    /// The REST upload's metadata JSON (at least `license`).
+    metadata: serde_json::Value,
+    /// The file's name as the daemon records it.
+    file_name: String,
+    len: u64,
+    bar: &'a indicatif::ProgressBar,
+}
+
 /// Uploads a large hosted data pack over tus 1.0, resuming after a dropped connection or a
 /// restarted daemon (for up to [`crate::resume::RETRY_FOR`] without progress) and, through a
 /// record under the state directory, after this command itself was stopped. The file is read
@@ -289,15 +303,16 @@ fn file_stamp(path: &Path) -> std::io::Result<(u64, Option<std::time::SystemTime
 /// every byte with both, so the sha256 it answers with is that of the bytes the BLAKE3 matched.
 /// Returns the registration as the multipart upload reports it (`record`, `already_recorded`,
 /// the `sha256` registered and the `blake3` declared).
-async fn tus_upload(
-    rest: &RestArg,
-    spec: &str,
-    file: &Path,
-    metadata: &serde_json::Value,
-    file_name: &str,
-    len: u64,
-    bar: &indicatif::ProgressBar,
-) -> anyhow::Result<serde_json::Value> {
+async fn tus_upload(upload: &Upload<'_>) -> anyhow::Result<serde_json::Value> {
+    let Upload {
+        rest,
+        spec,
+        file,
+        ref metadata,
+        ref file_name,
+        len,
+        bar,
+    } = *upload;
     // A file changed during the upload (its size or modification time) is not declared: the bytes
     // sent would then be a mix of two files.
     let stamp = file_stamp(file).with_context(|| format!("reading {}", file.display()))?;
@@ -549,17 +564,19 @@ async fn local_socket(rest: &RestArg, spec: &str) -> Option<crate::local_put::Lo
 /// reads, stores, scans and registers it as the REST hosted upload would. Returns the REST API's
 /// answer with `"uploaded_with": "local put socket"`, or `None` when the socket turns out to be
 /// unreachable or another daemon's (the caller uploads over REST instead).
-#[allow(clippy::too_many_arguments)]
 async fn local_upload(
-    rest: &RestArg,
+    upload: &Upload<'_>,
     socket: &crate::local_put::LocalSocket,
-    spec: &str,
-    file: &Path,
-    metadata: &serde_json::Value,
-    file_name: &str,
-    len: u64,
-    bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<Option<serde_json::Value>> {
+    let Upload {
+        rest,
+        spec,
+        file,
+        ref metadata,
+        ref file_name,
+        len,
+        bar,
+    } = *upload;
     let crate::args::PackageSpec { name, version } = spec.parse()?;
     let opened =
         std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
@@ -707,28 +724,36 @@ pub async fn run(command: DataPackCommand) -> anyhow::Result<ExitCode> {
                 .unwrap_or("data")
                 .to_string();
             let bar = progress(len, format!("upload {}", file.display()));
+            let mut upload = Upload {
+                rest: &rest,
+                spec: &spec,
+                file: &file,
+                metadata,
+                file_name,
+                len,
+                bar: &bar,
+            };
             // A daemon on this machine reads the file itself: nothing to hash or send here.
             let local = match local_socket(&rest, &spec).await {
-                Some(socket) => {
-                    local_upload(
-                        &rest, &socket, &spec, &file, &metadata, &file_name, len, &bar,
-                    )
-                    .await?
-                }
+                Some(socket) => local_upload(&upload, &socket).await?,
                 None => None,
             };
             if local.is_none() && !resumable {
                 let path = file.clone();
                 let (sha256, _) =
                     tokio::task::spawn_blocking(move || hash_with_progress(&path)).await??;
-                metadata["sha256"] = sha256.to_string().into();
+                upload.metadata["sha256"] = sha256.to_string().into();
             }
+            let Upload {
+                metadata,
+                file_name,
+                ..
+            } = &upload;
             let value = if let Some(value) = local {
                 bar.finish_and_clear();
                 value
             } else if resumable {
-                let value =
-                    tus_upload(&rest, &spec, &file, &metadata, &file_name, len, &bar).await?;
+                let value = tus_upload(&upload).await?;
                 bar.finish_and_clear();
                 value
             } else {
@@ -757,7 +782,7 @@ pub async fn run(command: DataPackCommand) -> anyhow::Result<ExitCode> {
                             reqwest::Body::wrap_stream(stream),
                             len,
                         )
-                        .file_name(file_name),
+                        .file_name(file_name.clone()),
                     );
                 let response = authorize(client(&rest)?.post(url(&rest, &spec, "/hosted")?), &rest)
                     .multipart(form)
