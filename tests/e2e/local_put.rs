@@ -51,14 +51,23 @@ fn request(
     expected_size: Option<u64>,
     token: Option<&str>,
 ) -> Vec<u8> {
-    let request = pb::LocalPutRequest {
+    custodian_proto::local_put::frame(&put_request(to, expected_digest, expected_size, token))
+}
+
+/// A put request to `to` with the given declarations and token.
+fn put_request(
+    to: &Announced,
+    expected_digest: &str,
+    expected_size: Option<u64>,
+    token: Option<&str>,
+) -> pb::LocalPutRequest {
+    pb::LocalPutRequest {
         expected_digest: expected_digest.into(),
         expected_size,
         authorization: token.map(|t| format!("Bearer {t}")).unwrap_or_default(),
         instance: to.instance.clone(),
         data_pack: None,
-    };
-    custodian_proto::local_put::frame(&request)
+    }
 }
 
 fn frame(body: &[u8]) -> Vec<u8> {
@@ -496,16 +505,13 @@ fn data_pack_request(
     expected_size: Option<u64>,
 ) -> Vec<u8> {
     let request = pb::LocalPutRequest {
-        expected_digest: expected_digest.into(),
-        expected_size,
-        authorization: token.map(|t| format!("Bearer {t}")).unwrap_or_default(),
-        instance: to.instance.clone(),
         data_pack: Some(pb::LocalDataPack {
             name: "pacman-builder".into(),
             version: version.into(),
             metadata_json: metadata.into(),
             file_name: "pack.bin".into(),
         }),
+        ..put_request(to, expected_digest, expected_size, token)
     };
     custodian_proto::local_put::frame(&request)
 }

@@ -568,27 +568,20 @@ async fn local_upload(
     upload: &Upload<'_>,
     socket: &crate::local_put::LocalSocket,
 ) -> anyhow::Result<Option<serde_json::Value>> {
-    let Upload {
-        rest,
-        spec,
-        file,
-        ref metadata,
-        ref file_name,
-        len,
-        bar,
-    } = *upload;
-    let crate::args::PackageSpec { name, version } = spec.parse()?;
+    let crate::args::PackageSpec { name, version } = upload.spec.parse()?;
+    let file = upload.file;
     let opened =
         std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let pack = custodian_proto::cas::v1::LocalDataPack {
         name,
         version,
-        metadata_json: metadata.to_string(),
-        file_name: file_name.to_string(),
+        metadata_json: upload.metadata.to_string(),
+        file_name: upload.file_name.clone(),
     };
-    let token = rest.server.token.as_deref();
+    let token = upload.rest.server.token.as_deref();
     let Some(answer) =
-        crate::local_put::put_data_pack(socket, &opened, len, token, pack, bar).await?
+        crate::local_put::put_data_pack(socket, &opened, upload.len, token, pack, upload.bar)
+            .await?
     else {
         return Ok(None);
     };
