@@ -455,12 +455,9 @@ async fn data_pack(
     stream: &mut UnixStream,
 ) -> Option<pb::LocalDataPackAnswer> {
     use axum::http::StatusCode;
-    let refused = |status: StatusCode, code: &'static str, message: String| {
-        ApiError::new(status, code, message)
-    };
     let outcome = async {
         if !request.expected_digest.is_empty() {
-            return Err(refused(
+            return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_argument",
                 format!(
@@ -470,16 +467,26 @@ async fn data_pack(
             ));
         }
         let size = check_readable_file(&file).map_err(|status| {
-            refused(
+            ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_argument",
-                status.message().to_string(),
+                status.message(),
             )
         })?;
+        // The bytes registered must be one file's: one that changes from here until it is read
+        // to its end is refused. A second handle keeps the file to look at after the read.
+        let watched = file.try_clone().map_err(|err| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("cannot keep a second handle on the handed-over file: {err}"),
+            )
+        })?;
+        let before = file_stamp(&watched);
         if let Some(expected) = request.expected_size
             && expected != size
         {
-            return Err(refused(
+            return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "failed_precondition",
                 format!(
@@ -496,21 +503,12 @@ async fn data_pack(
             pack,
         )
         .await?;
-        // The bytes registered must be one file's: one that changes while it is read is refused.
-        let watched = file.try_clone().map_err(|err| {
-            refused(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("cannot keep a second handle on the handed-over file: {err}"),
-            )
-        })?;
-        let before = file_stamp(&watched);
         let fed = feed_file(file, size, cas.store().block_size(), stream, &mut upload).await;
         match fed {
             Ok(()) => {}
             Err(Fed::Write(err)) => return Err(err),
             Err(Fed::Read(message)) => {
-                return Err(refused(
+                return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "failed_precondition",
                     message,
@@ -519,11 +517,11 @@ async fn data_pack(
             Err(Fed::HungUp) => return Ok(None),
         }
         if before.is_none() || file_stamp(&watched) != before {
-            return Err(refused(
+            return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "failed_precondition",
                 format!(
-                    "{} changed while the daemon read it (its size or modification time moved), so nothing was registered; upload it again once it is complete",
+                    "{} changed while the daemon read it (its size, modification or change time moved), so nothing was registered; upload it again once it is complete",
                     pack.file_name
                 ),
             ));

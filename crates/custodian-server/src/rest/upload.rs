@@ -304,6 +304,11 @@ pub(crate) async fn begin_local(
         permits,
     )
     .await?;
+    if repeat_of.is_some() {
+        // A repeat keeps the verdict recorded with the first upload (register_stored does not
+        // scan the same bytes again), so its stream scan would be wasted work.
+        upload.scan = None;
+    }
     upload.repeat_of = repeat_of;
     Ok(upload)
 }
