@@ -240,6 +240,28 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
                     "≤ 1.2×",
                     Some(ratio <= 1.2 && budget),
                 ));
+                // The same get by the blob's BLAKE3 digest (reports from before it have none):
+                // as fully verified, by a hash that is not slower than the registry's read.
+                if b.get_stream_blake3_seconds > 0.0 {
+                    let ratio = b.get_stream_blake3_seconds / p.get_stream_seconds;
+                    out.push(row(
+                        format!(
+                            "{mib:.0} MiB get (stream) by BLAKE3 digest, gRPC, {}",
+                            b.backend
+                        ),
+                        format!("{:.2} s", b.get_stream_blake3_seconds),
+                        none(),
+                        none(),
+                        Some(rss),
+                        format!(
+                            "the reference registry's unverified read {:.2} s",
+                            p.get_stream_seconds
+                        ),
+                        format!("{ratio:.2}×"),
+                        "≤ 1.2×",
+                        Some(ratio <= 1.2 && budget),
+                    ));
+                }
                 for (what, ours, theirs) in [
                     ("put", b.put_seconds, p.put_seconds),
                     ("get to a file", b.get_seconds, p.get_seconds),
@@ -989,6 +1011,23 @@ mod tests {
                 .iter()
                 .any(|r| r.scenario.starts_with("1024 MiB put, gRPC"))
         );
+    }
+
+    #[test]
+    fn a_report_with_a_blake3_streamed_get_shows_it_beside_the_sha256_one() {
+        let mut json = raw_json();
+        json["custody"]["backends"][0]["get_stream_blake3_seconds"] = serde_json::json!(0.99);
+        let raw: Scenarios = serde_json::from_value(json).expect("parses");
+        let rows = rows(&limits(), &raw);
+        let find = |name: &str| rows.iter().find(|r| r.scenario == name);
+        let sha256 = find("1024 MiB get (stream), gRPC, rocksdb").expect("the sha256 row");
+        assert_eq!((sha256.ratio.as_str(), sha256.met), ("1.11×", Some(true)));
+        let blake3 =
+            find("1024 MiB get (stream) by BLAKE3 digest, gRPC, rocksdb").expect("the blake3 row");
+        assert_eq!((blake3.ratio.as_str(), blake3.met), ("1.10×", Some(true)));
+        // A report from before the BLAKE3 get was measured has no such row.
+        let rows = super::rows(&limits(), &super::tests::raw());
+        assert!(!rows.iter().any(|r| r.scenario.contains("BLAKE3")));
     }
 
     #[test]
