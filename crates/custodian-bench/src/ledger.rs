@@ -123,6 +123,10 @@ pub struct Report {
     /// first start saved).
     #[serde(default)]
     pub daemon_start_seconds: Option<(f64, f64)>,
+    /// Over gRPC, [`NOOP_WRITERS`] writers appending to that daemon on the large log after its
+    /// restart: the `grpc_appends` row of the same writer count on a full log.
+    #[serde(default)]
+    pub grpc_appends_on_large_log: Option<AppendResult>,
 }
 
 /// The writer count whose gRPC appends issue 22 sets a target for, and whose unary ceiling is
@@ -339,9 +343,19 @@ const BENCH_TOKEN: &str = "bench-append-token";
 const GRPC_CONNECTIONS: usize = 4;
 
 async fn grpc_appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Result<AppendResult> {
-    use custodian_proto::ledger::v1 as pb;
     let data = dir.join(format!("grpc-{writers}"));
     let daemon = crate::measure::daemon(&data, "rocksdb", &["--append-token", BENCH_TOKEN])?;
+    grpc_append_load(&daemon, writers, seconds).await
+}
+
+/// `writers` appending over gRPC to `daemon` (started with `--append-token BENCH_TOKEN`) for
+/// `seconds`, each one entry at a time, waiting for its receipt.
+async fn grpc_append_load(
+    daemon: &custodian_testkit::Daemon,
+    writers: usize,
+    seconds: u64,
+) -> anyhow::Result<AppendResult> {
+    use custodian_proto::ledger::v1 as pb;
     // Writers share a few HTTP/2 connections, as many clients would: one connection is served by
     // one task on the daemon, so a single connection would measure one core.
     let connections = writers.clamp(1, GRPC_CONNECTIONS);
@@ -351,6 +365,12 @@ async fn grpc_appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Resul
         clients.push(client.ledger());
     }
     let client = clients[0].clone();
+    let size_before = client
+        .clone()
+        .get_log_info(pb::GetLogInfoRequest {})
+        .await?
+        .into_inner()
+        .size;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let cpu = crate::measure::cpu_seconds(daemon.pid());
     let mut tasks = Vec::new();
@@ -379,10 +399,14 @@ async fn grpc_appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Resul
     }
     let (latencies, elapsed) = collect(tasks).await?;
     let cpu = crate::measure::cpu_seconds(daemon.pid()) - cpu;
+    // The batches are the checkpoints signed while the writers appended: on a log that held
+    // entries before, those the log had already signed are not counted.
     let mut checkpoints = 0u64;
     let mut stream = client
         .clone()
-        .list_checkpoints(pb::ListCheckpointsRequest { from_size: 1 })
+        .list_checkpoints(pb::ListCheckpointsRequest {
+            from_size: size_before + 1,
+        })
         .await?
         .into_inner();
     while let Some(item) = futures::StreamExt::next(&mut stream).await {
@@ -536,6 +560,25 @@ pub fn run(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             seconds / report.registry_replay_seconds
         );
     }
+    if let Some(large) = &report.grpc_appends_on_large_log {
+        let fresh = report
+            .grpc_appends
+            .iter()
+            .find(|a| a.writers == large.writers);
+        println!(
+            "{} gRPC writers appending to that daemon on the {}-entry log: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms, daemon CPU {:.0} µs per append{}",
+            large.writers,
+            report.log_size,
+            large.appends_per_second,
+            large.median_ms,
+            large.p99_ms,
+            large.daemon_cpu_us_per_append.unwrap_or_default(),
+            fresh.map_or(String::new(), |f| format!(
+                " ({:.2}× the rate to a fresh daemon)",
+                large.appends_per_second / f.appends_per_second
+            ))
+        );
+    }
     if let Some(large) = &report.appends_on_large_log {
         let fresh = report.appends.iter().find(|a| a.writers == large.writers);
         println!(
@@ -675,14 +718,28 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
     };
     // A daemon saves its first snapshot at start-up only after replaying a log of at least
     // REGISTRY_SNAPSHOT_EVERY entries; on a shorter log there is no restart from one to time.
-    let daemon_start_seconds = if size >= custodian_server::REGISTRY_SNAPSHOT_EVERY {
-        Some(daemon_starts(dir, &path)?)
+    let grpc_writers = args.writers.contains(&NOOP_WRITERS).then_some(NOOP_WRITERS);
+    let (daemon_start_seconds, grpc_appends_on_large_log) = if size
+        >= custodian_server::REGISTRY_SNAPSHOT_EVERY
+    {
+        let (first, restart, appends) = daemon_starts(dir, &path, grpc_writers, args.seconds)?;
+        if let Some(a) = &appends {
+            eprintln!(
+                "  {} gRPC writers into the {size}-entry log: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms, daemon CPU {:.0} µs per append",
+                a.writers,
+                a.appends_per_second,
+                a.median_ms,
+                a.p99_ms,
+                a.daemon_cpu_us_per_append.unwrap_or_default()
+            );
+        }
+        (Some((first, restart)), appends)
     } else {
         eprintln!(
             "  the daemon's start and restart on the large log: not measured, the log is under the {} entries past which a first start saves its registry snapshot",
             custodian_server::REGISTRY_SNAPSHOT_EVERY
         );
-        None
+        (None, None)
     };
     let openssl = crate::measure::run_timed(
         std::process::Command::new("openssl")
@@ -720,22 +777,31 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
         audit_ratio_to_openssl: audit_seconds / openssl,
         grpc_noop,
         daemon_start_seconds,
+        grpc_appends_on_large_log,
     })
 }
 
 /// Starts `custodian serve` on the log at `log` (moved into a data directory of its own, with the
 /// bench's log key): seconds from launch to its first answer at its first start, which replays the log
 /// and then saves the registry index snapshot, and at a restart after `kill -9`, which reads it.
-fn daemon_starts(dir: &Path, log: &Path) -> anyhow::Result<(f64, f64)> {
+/// Then, with `grpc_writers`, that many writers append over gRPC for `seconds`, as
+/// `grpc_appends` measures them on a fresh daemon.
+fn daemon_starts(
+    dir: &Path,
+    log: &Path,
+    grpc_writers: Option<usize>,
+    seconds: u64,
+) -> anyhow::Result<(f64, f64, Option<AppendResult>)> {
     let data = dir.join("daemon-on-large-log");
     std::fs::create_dir_all(&data)?;
     std::fs::rename(log, data.join("ledger"))?;
     custodian_testkit::write_log_key(&data, "bench.custodian/ledger", 7);
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // The same kind of runtime as the fresh gRPC rows' clients run on.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let started = Instant::now();
-    let mut daemon = crate::measure::daemon(&data, "rocksdb", &[])?;
+    let mut daemon = crate::measure::daemon(&data, "rocksdb", &["--append-token", BENCH_TOKEN])?;
     runtime.block_on(first_answer(&daemon))?;
     let first = started.elapsed().as_secs_f64();
     let snapshot = data.join(custodian_server::REGISTRY_SNAPSHOT_FILE);
@@ -752,7 +818,11 @@ fn daemon_starts(dir: &Path, log: &Path) -> anyhow::Result<(f64, f64)> {
     daemon.restart_after_kill9();
     runtime.block_on(first_answer(&daemon))?;
     let restart = started.elapsed().as_secs_f64();
-    Ok((first, restart))
+    let appends = match grpc_writers {
+        Some(writers) => Some(runtime.block_on(grpc_append_load(&daemon, writers, seconds))?),
+        None => None,
+    };
+    Ok((first, restart, appends))
 }
 
 /// Waits for the daemon's first answer to a gRPC health check. The daemon prints its listening
