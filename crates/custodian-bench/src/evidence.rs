@@ -32,6 +32,11 @@ pub struct EvidenceArgs {
     /// Runs per AttestRuns call in the batch scenarios
     #[arg(long, default_value_t = 512)]
     batch: usize,
+    /// Then attest this many more runs (each a different signed run, in AttestRuns batches from
+    /// several clients) and measure the 32-client rows again on the daemon that holds them,
+    /// beside the fresh ones (e.g. 1000000)
+    #[arg(long, default_value_t = 0)]
+    prefill: u64,
     /// Where to put the daemon's data (default: the system temp folder)
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -66,7 +71,25 @@ pub struct Report {
     /// are: the ceiling of any unary call with that many clients on this machine.
     #[serde(default)]
     pub noop: Option<crate::measure::CallRate>,
+    /// With `--prefill`: the 32-client rows again, after that many more runs were attested.
+    #[serde(default)]
+    pub prefilled: Option<Prefilled>,
 }
+
+/// The 32-client rows measured on a daemon that already holds many attested runs.
+#[derive(Serialize, Deserialize)]
+pub struct Prefilled {
+    /// Runs attested before these rows (the prefill and every row before it).
+    pub runs_before: u64,
+    /// Seconds the prefill's own runs took to attest.
+    pub fill_seconds: f64,
+    pub scenarios: Vec<Scenario>,
+    /// The daemon's peak RSS from its start to the end of these rows.
+    pub daemon_peak_rss_mib: f64,
+}
+
+/// The clients that attest the prefill, each one batch at a time.
+const PREFILL_CLIENTS: usize = 4;
 
 /// The client count whose unary attestations issue 22 sets a target for.
 pub const NOOP_CLIENTS: usize = 32;
@@ -281,24 +304,7 @@ async fn measure(args: &EvidenceArgs, daemon: &Daemon) -> anyhow::Result<Report>
         ("AttestRuns (batch)", 1, args.batch),
         ("AttestRuns (batch)", 32, args.batch),
     ] {
-        let cpu = crate::measure::cpu_seconds(daemon.pid());
-        let (runs, rate, p50, p99) =
-            scenario(&server, envelopes.clone(), clients, batch, args.seconds).await?;
-        let cpu_us = (crate::measure::cpu_seconds(daemon.pid()) - cpu) * 1e6 / runs.max(1) as f64;
-        if !args.json {
-            println!(
-                "  {name:<20} {clients:>3} client(s): {rate:>8.0} runs/s ({runs} runs), call p50 {p50:.2} ms, p99 {p99:.2} ms, daemon CPU {cpu_us:.0} µs per run"
-            );
-        }
-        scenarios.push(Scenario {
-            name: name.into(),
-            clients,
-            runs_per_second: rate,
-            runs,
-            call_ms_p50: p50,
-            call_ms_p99: p99,
-            daemon_cpu_us_per_run: Some(cpu_us),
-        });
+        scenarios.push(timed_row(args, daemon, &envelopes, name, clients, batch).await?);
     }
 
     let noop =
@@ -360,6 +366,43 @@ async fn measure(args: &EvidenceArgs, daemon: &Daemon) -> anyhow::Result<Report>
     }
     times.sort();
     let verified = verified.context("verified")?;
+    let fresh_peak_rss = daemon.peak_rss();
+
+    let prefilled = if args.prefill > 0 {
+        let before: u64 = scenarios.iter().map(|s| s.runs).sum();
+        if !args.json {
+            println!("  attesting {} more runs ...", args.prefill);
+        }
+        let started = Instant::now();
+        prefill(
+            &server,
+            manifest_digest,
+            &attester,
+            args.prefill,
+            args.batch,
+        )
+        .await?;
+        let fill_seconds = started.elapsed().as_secs_f64();
+        if !args.json {
+            println!(
+                "  {} runs attested in {fill_seconds:.1} s; with {} runs in the log:",
+                args.prefill,
+                before + args.prefill
+            );
+        }
+        let mut rows = Vec::new();
+        for (name, batch) in [("AttestRun (unary)", 1), ("AttestRuns (batch)", args.batch)] {
+            rows.push(timed_row(args, daemon, &envelopes, name, NOOP_CLIENTS, batch).await?);
+        }
+        Some(Prefilled {
+            runs_before: before + args.prefill,
+            fill_seconds,
+            scenarios: rows,
+            daemon_peak_rss_mib: daemon.peak_rss() as f64 / (1 << 20) as f64,
+        })
+    } else {
+        None
+    };
     Ok(Report {
         scenarios,
         // A green badge judged the latest run of every eval against every model; the rest of
@@ -368,9 +411,94 @@ async fn measure(args: &EvidenceArgs, daemon: &Daemon) -> anyhow::Result<Report>
         bundle_entries: verified.entries,
         bundle_bytes: bytes.len(),
         bundle_verify_ms: times[times.len() / 2].as_secs_f64() * 1e3,
-        daemon_peak_rss_mib: daemon.peak_rss() as f64 / (1 << 20) as f64,
+        daemon_peak_rss_mib: fresh_peak_rss as f64 / (1 << 20) as f64,
         noop: Some(noop),
+        prefilled,
     })
+}
+
+/// One timed row: `clients` attesting for `args.seconds`, one run a call or `batch` runs a call,
+/// with the daemon's CPU per run.
+async fn timed_row(
+    args: &EvidenceArgs,
+    daemon: &Daemon,
+    envelopes: &Arc<Vec<String>>,
+    name: &str,
+    clients: usize,
+    batch: usize,
+) -> anyhow::Result<Scenario> {
+    let server = daemon.target(Some(&daemon.token));
+    let cpu = crate::measure::cpu_seconds(daemon.pid());
+    let (runs, rate, p50, p99) =
+        scenario(&server, envelopes.clone(), clients, batch, args.seconds).await?;
+    let cpu_us = (crate::measure::cpu_seconds(daemon.pid()) - cpu) * 1e6 / runs.max(1) as f64;
+    if !args.json {
+        println!(
+            "  {name:<20} {clients:>3} client(s): {rate:>8.0} runs/s ({runs} runs), call p50 {p50:.2} ms, p99 {p99:.2} ms, daemon CPU {cpu_us:.0} µs per run"
+        );
+    }
+    Ok(Scenario {
+        name: name.into(),
+        clients,
+        runs_per_second: rate,
+        runs,
+        call_ms_p50: p50,
+        call_ms_p99: p99,
+        daemon_cpu_us_per_run: Some(cpu_us),
+    })
+}
+
+/// Attests `total` runs, each signed afresh (seeds past the timed rows' envelopes), in batches
+/// of `batch` from [`PREFILL_CLIENTS`] clients; every run must be accepted.
+async fn prefill(
+    server: &Target,
+    manifest: Digest,
+    attester: &SignerKey,
+    total: u64,
+    batch: usize,
+) -> anyhow::Result<()> {
+    // Past the 60,000 envelopes the timed rows repeat, so every prefilled run is new.
+    const FIRST: u64 = 1 << 32;
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..PREFILL_CLIENTS {
+        let mut client = evidence_client(server).await?;
+        let (next, attester) = (next.clone(), attester.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let at = next.fetch_add(batch as u64, Ordering::Relaxed);
+                if at >= total {
+                    return anyhow::Ok(());
+                }
+                let end = (at + batch as u64).min(total);
+                let runs = (at..end)
+                    .map(|i| pb::AttestRunRequest {
+                        envelope: envelope(manifest, &attester, (FIRST + i) as usize),
+                    })
+                    .collect();
+                let response = client
+                    .attest_runs(pb::AttestRunsRequest {
+                        runs,
+                        compact: true,
+                    })
+                    .await?
+                    .into_inner();
+                if let Some(bad) = response.results.iter().find(|r| r.error_code != 0) {
+                    anyhow::bail!("a prefilled run was refused: {}", bad.error_message);
+                }
+                anyhow::ensure!(
+                    response.results.len() as u64 == end - at,
+                    "AttestRuns answered {} results for {} runs",
+                    response.results.len(),
+                    end - at
+                );
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
 }
 
 /// Runs the benchmark.
@@ -401,6 +529,12 @@ pub fn run(args: EvidenceArgs) -> anyhow::Result<ExitCode> {
             report.bundle_verify_ms
         );
         println!("daemon peak RSS {:.0} MiB", report.daemon_peak_rss_mib);
+        if let Some(prefilled) = &report.prefilled {
+            println!(
+                "daemon peak RSS through the prefill and the rows after it {:.0} MiB",
+                prefilled.daemon_peak_rss_mib
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
