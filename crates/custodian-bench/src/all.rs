@@ -320,6 +320,64 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
             ),
         ));
     }
+    // The gets of the growth series' last blob from its full store, beside the fresh store's.
+    if let Some(gets) = &custody.growth_gets {
+        let backend = custody.growth_backend.as_deref().unwrap_or("rocksdb");
+        let fresh = custody.backends.iter().find(|b| b.backend == backend);
+        let stored = format!(
+            "{backend}, {} GiB stored in {} blobs",
+            gib(gets.stored_gib),
+            thousands(gets.stored_blobs)
+        );
+        let versus = |ours: f64, theirs: Option<f64>| match theirs {
+            Some(t) if t > 0.0 => format!("{ours:.2} s ({:.2}× the fresh)", ours / t),
+            _ => format!("{ours:.2} s"),
+        };
+        let rss = custody.growth_daemon_peak_rss_mib;
+        let budget = rss.is_none_or(within_budget);
+        let ratio = gets.get_seconds / (openssl + disk);
+        out.push(row(
+            format!("{mib:.0} MiB get to a file, gRPC, {stored}"),
+            versus(gets.get_seconds, fresh.map(|f| f.get_seconds)),
+            none(),
+            none(),
+            rss,
+            format!("openssl sha256 {openssl:.2} s + write+fsync {disk:.2} s"),
+            format!("{ratio:.2}×"),
+            "≤ 1.3×",
+            Some(ratio <= 1.3 && budget),
+        ));
+        if let Some(p) = peer {
+            for (what, ours, theirs) in [
+                (
+                    "get (stream)",
+                    gets.get_stream_seconds,
+                    fresh.map(|f| f.get_stream_seconds),
+                ),
+                (
+                    "get (stream) by BLAKE3 digest",
+                    gets.get_stream_blake3_seconds,
+                    fresh.map(|f| f.get_stream_blake3_seconds),
+                ),
+            ] {
+                let ratio = ours / p.get_stream_seconds;
+                out.push(row(
+                    format!("{mib:.0} MiB {what}, gRPC, {stored}"),
+                    versus(ours, theirs),
+                    none(),
+                    none(),
+                    rss,
+                    format!(
+                        "the reference registry's unverified read {:.2} s",
+                        p.get_stream_seconds
+                    ),
+                    format!("{ratio:.2}×"),
+                    "≤ 1.2×",
+                    Some(ratio <= 1.2 && budget),
+                ));
+            }
+        }
+    }
     // Small blobs, each backend on a fresh store and, with --prefill, on a full one.
     for b in &raw.small {
         let rate = b.batch_put_blobs_per_s;
@@ -1089,6 +1147,34 @@ mod tests {
                 .iter()
                 .any(|r| r.scenario.contains("gRPC writers, into"))
         );
+    }
+
+    #[test]
+    fn gets_from_the_grown_store_are_judged_as_the_fresh_gets_are() {
+        let mut json = raw_json();
+        json["custody"]["growth_gets"] = serde_json::json!({"stored_gib": 2.0,
+            "stored_blobs": 12346, "get_seconds": 2.16, "get_stream_seconds": 1.2,
+            "get_stream_blake3_seconds": 0.99});
+        let raw: Scenarios = serde_json::from_value(json).expect("parses");
+        let rows = rows(&limits(), &raw);
+        let find = |name: &str| {
+            rows.iter()
+                .find(|r| r.scenario == name)
+                .unwrap_or_else(|| panic!("no row {name}: {rows:?}"))
+        };
+        let stored = "rocksdb, 2.00 GiB stored in 12,346 blobs";
+        let get = find(&format!("1024 MiB get to a file, gRPC, {stored}"));
+        // 2.16 s against 0.8 s of SHA-256 and 1.0 s of write+fsync, and the fresh get's 3.0 s.
+        assert_eq!(get.result, "2.16 s (0.72× the fresh)");
+        assert_eq!((get.ratio.as_str(), get.met), ("1.20×", Some(true)));
+        let stream = find(&format!("1024 MiB get (stream), gRPC, {stored}"));
+        assert_eq!((stream.ratio.as_str(), stream.met), ("1.33×", Some(false)));
+        // The fresh report has no BLAKE3 get, so its row has no comparison to it.
+        let blake3 = find(&format!(
+            "1024 MiB get (stream) by BLAKE3 digest, gRPC, {stored}"
+        ));
+        assert_eq!(blake3.result, "0.99 s");
+        assert_eq!((blake3.ratio.as_str(), blake3.met), ("1.10×", Some(true)));
     }
 
     #[test]

@@ -134,6 +134,25 @@ pub struct Report {
     /// fill anything but RocksDB).
     #[serde(default)]
     pub growth_backend: Option<String>,
+    /// The gets of the growth series' last blob from its full store (absent before they were
+    /// measured).
+    #[serde(default)]
+    pub growth_gets: Option<GrowthGets>,
+}
+
+/// The custody scenario's gets, of the growth series' last blob, from the store it filled.
+#[derive(Serialize, Deserialize)]
+pub struct GrowthGets {
+    /// What the store held, in GiB.
+    pub stored_gib: f64,
+    /// How many blobs it held.
+    pub stored_blobs: u64,
+    /// `blob get sha256:… -o FILE`: verified, fsynced and renamed into place.
+    pub get_seconds: f64,
+    /// `blob get sha256:… -o -` to /dev/null.
+    pub get_stream_seconds: f64,
+    /// `blob get blake3:… -o -` to /dev/null.
+    pub get_stream_blake3_seconds: f64,
 }
 
 /// Runs the scenario.
@@ -175,6 +194,7 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
         growth: Vec::new(),
         growth_daemon_peak_rss_mib: None,
         growth_backend: None,
+        growth_gets: None,
     };
     let floor = openssl.max(disk).as_secs_f64();
 
@@ -209,16 +229,7 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
                     .arg(&input),
             )?;
             let put = start.elapsed();
-            let lines: serde_json::Value =
-                serde_json::from_slice(&put_output).context("parsing put --json")?;
-            let digest = lines[0]["sha256"]
-                .as_str()
-                .context("put --json printed no sha256")?
-                .to_owned();
-            let blake3 = lines[0]["blake3"]
-                .as_str()
-                .context("put --json printed no blake3")?
-                .to_owned();
+            let (digest, blake3) = put_digests(&put_output)?;
             let output = work.join("out.bin");
             settle_disk();
             let get = run_timed(
@@ -290,8 +301,9 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if args.grow > 0 {
-        let (points, peak) = grow(&work, &input, size, args.grow, floor, &args.grow_backend)?;
+        let (points, gets, peak) = grow(&work, &input, size, args.grow, floor, &args.grow_backend)?;
         report.growth = points;
+        report.growth_gets = Some(gets);
         report.growth_backend = Some(args.grow_backend.clone());
         report.growth_daemon_peak_rss_mib = Some(peak as f64 / (1 << 20) as f64);
         if let Some(plot) = &args.plot {
@@ -535,8 +547,9 @@ fn mixed_bytes(total: u64) -> u64 {
 }
 
 /// Puts `count` different blobs of `size` bytes into one fresh store of `backend`, one after
-/// another, timing each, with `size` bytes of mixed blobs ([`fill_mixed`]) put after each;
-/// returns the series and the daemon's peak RSS.
+/// another, timing each, with `size` bytes of mixed blobs ([`fill_mixed`]) put after each, then
+/// gets the last one back as the fresh store's gets are timed; returns the series, the gets and
+/// the daemon's peak RSS.
 fn grow(
     work: &Path,
     input: &Path,
@@ -544,7 +557,7 @@ fn grow(
     count: u64,
     floor: f64,
     backend: &str,
-) -> anyhow::Result<(Vec<GrowthPoint>, u64)> {
+) -> anyhow::Result<(Vec<GrowthPoint>, GrowthGets, u64)> {
     use std::os::unix::fs::FileExt as _;
     let exe = custodian_testkit::binary();
     let data_dir = work.join("data-grow");
@@ -560,6 +573,7 @@ fn grow(
         .build()?;
     let mut points = Vec::new();
     let (mut stored, mut blobs) = (0u64, 0u64);
+    let mut last = None;
     for i in 0..count {
         // A different first block makes a different blob of the same size.
         file.write_all_at(format!("growth {i:>8}").as_bytes(), 0)?;
@@ -567,13 +581,14 @@ fn grow(
         settle_disk();
         let cpu = crate::measure::cpu_seconds(daemon.pid());
         let start = Instant::now();
-        run_checked(
+        let output = run_checked(
             Command::new(&exe)
-                .args(["blob", "put", "--server", &daemon.address])
+                .args(["blob", "put", "--json", "--server", &daemon.address])
                 .args(["--token", &daemon.token])
                 .arg(input),
         )?;
         let put = start.elapsed().as_secs_f64();
+        last = Some(put_digests(&output)?);
         let point = GrowthPoint {
             stored_gib: stored as f64 / (1u64 << 30) as f64,
             stored_blobs: blobs,
@@ -599,12 +614,55 @@ fn grow(
             stored += mixed_bytes(size);
         }
     }
+    // The last blob back from the full store, as the fresh store's gets are timed.
+    let (sha256, blake3) = last.context("the growth series put nothing")?;
+    let at = points.last().map_or(0.0, |p| p.stored_gib);
+    let output = work.join("grow-out.bin");
+    settle_disk();
+    let get = run_timed(
+        Command::new(&exe)
+            .args(["blob", "get", &sha256, "--server", &daemon.address])
+            .args(["--token", &daemon.token, "-o"])
+            .arg(&output),
+    )?;
+    let _ = std::fs::remove_file(&output);
+    let streamed_get = |digest: &str| {
+        settle_disk();
+        run_timed(
+            Command::new(&exe)
+                .args(["blob", "get", digest, "--server", &daemon.address])
+                .args(["--token", &daemon.token, "-o", "-"]),
+        )
+    };
+    let gets = GrowthGets {
+        stored_gib: at,
+        stored_blobs: blobs,
+        get_seconds: get.as_secs_f64(),
+        get_stream_seconds: streamed_get(&sha256)?.as_secs_f64(),
+        get_stream_blake3_seconds: streamed_get(&blake3)?.as_secs_f64(),
+    };
+    eprintln!(
+        "growth: the last blob back from {at:.1} GiB stored: get to a file {:.2} s, streamed {:.2} s, streamed by its BLAKE3 digest {:.2} s",
+        gets.get_seconds, gets.get_stream_seconds, gets.get_stream_blake3_seconds
+    );
     let peak = daemon.peak_rss();
     drop(daemon);
     for dir in [&data_dir, &objects] {
         let _ = std::fs::remove_dir_all(dir);
     }
-    Ok((points, peak))
+    Ok((points, gets, peak))
+}
+
+/// The sha256 and blake3 digests `blob put --json` printed for its one file.
+fn put_digests(output: &[u8]) -> anyhow::Result<(String, String)> {
+    let lines: serde_json::Value = serde_json::from_slice(output).context("parsing put --json")?;
+    let digest = |algorithm: &str| {
+        lines[0][algorithm]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("put --json printed no {algorithm}"))
+    };
+    Ok((digest("sha256")?, digest("blake3")?))
 }
 
 /// Fresh against prefilled: the first put against the median of the last quarter.
@@ -639,6 +697,17 @@ fn print_growth(report: &Report, floor: f64) {
             grown / floor,
             grown / fresh,
             report.growth_daemon_peak_rss_mib.unwrap_or(0.0)
+        );
+    }
+    if let Some(gets) = &report.growth_gets {
+        println!(
+            "the last blob back from {:.0} GiB stored in {} blobs: get to a file {:.3} s ({:.2}× floor), streamed {:.3} s, streamed by its BLAKE3 digest {:.3} s",
+            gets.stored_gib,
+            gets.stored_blobs,
+            gets.get_seconds,
+            gets.get_seconds / (report.openssl_sha256_seconds + report.disk_write_fsync_seconds),
+            gets.get_stream_seconds,
+            gets.get_stream_blake3_seconds
         );
     }
 }
