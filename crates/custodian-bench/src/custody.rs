@@ -301,7 +301,14 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if args.grow > 0 {
-        let (points, gets, peak) = grow(&work, &input, size, args.grow, floor, &args.grow_backend)?;
+        let (points, gets, peak) = grow(
+            &work,
+            &input,
+            size,
+            (args.grow, args.runs),
+            floor,
+            &args.grow_backend,
+        )?;
         report.growth = points;
         report.growth_gets = Some(gets);
         report.growth_backend = Some(args.grow_backend.clone());
@@ -548,13 +555,13 @@ fn mixed_bytes(total: u64) -> u64 {
 
 /// Puts `count` different blobs of `size` bytes into one fresh store of `backend`, one after
 /// another, timing each, with `size` bytes of mixed blobs ([`fill_mixed`]) put after each, then
-/// gets the last one back as the fresh store's gets are timed; returns the series, the gets and
-/// the daemon's peak RSS.
+/// gets the last one back as the fresh store's gets are timed (the fastest of `runs`); returns
+/// the series, the gets and the daemon's peak RSS.
 fn grow(
     work: &Path,
     input: &Path,
     size: u64,
-    count: u64,
+    (count, runs): (u64, u32),
     floor: f64,
     backend: &str,
 ) -> anyhow::Result<(Vec<GrowthPoint>, GrowthGets, u64)> {
@@ -614,25 +621,35 @@ fn grow(
             stored += mixed_bytes(size);
         }
     }
-    // The last blob back from the full store, as the fresh store's gets are timed.
+    // The last blob back from the full store, as the fresh store's gets are timed: the fastest
+    // of `runs`, once the daemon is idle. Right after the fill the page cache is full of the
+    // 19 GiB just written, and a read that must first reclaim it ran 1.3-1.9× slower for a while
+    // whatever the store held (docs/performance.md, nineteenth session): that is the machine
+    // recovering from the fill, not the store's size.
     let (sha256, blake3) = last.context("the growth series put nothing")?;
     let at = points.last().map_or(0.0, |p| p.stored_gib);
+    crate::measure::settle_daemon(daemon.pid(), Duration::from_secs(60));
     let output = work.join("grow-out.bin");
-    settle_disk();
-    let get = run_timed(
-        Command::new(&exe)
-            .args(["blob", "get", &sha256, "--server", &daemon.address])
-            .args(["--token", &daemon.token, "-o"])
-            .arg(&output),
-    )?;
-    let _ = std::fs::remove_file(&output);
-    let streamed_get = |digest: &str| {
+    let get = best_of(runs, || {
         settle_disk();
-        run_timed(
+        let get = run_timed(
             Command::new(&exe)
-                .args(["blob", "get", digest, "--server", &daemon.address])
-                .args(["--token", &daemon.token, "-o", "-"]),
-        )
+                .args(["blob", "get", &sha256, "--server", &daemon.address])
+                .args(["--token", &daemon.token, "-o"])
+                .arg(&output),
+        );
+        let _ = std::fs::remove_file(&output);
+        get
+    })?;
+    let streamed_get = |digest: &str| {
+        best_of(runs, || {
+            settle_disk();
+            run_timed(
+                Command::new(&exe)
+                    .args(["blob", "get", digest, "--server", &daemon.address])
+                    .args(["--token", &daemon.token, "-o", "-"]),
+            )
+        })
     };
     let gets = GrowthGets {
         stored_gib: at,

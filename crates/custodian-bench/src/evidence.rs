@@ -83,6 +83,10 @@ pub struct Prefilled {
     pub runs_before: u64,
     /// Seconds the prefill's own runs took to attest.
     pub fill_seconds: f64,
+    /// Seconds from the prefill's end until the daemon was idle (its storage's flushes and
+    /// compactions of the prefill done), before these rows began.
+    #[serde(default)]
+    pub settle_seconds: f64,
     pub scenarios: Vec<Scenario>,
     /// The daemon's peak RSS from its start to the end of these rows.
     pub daemon_peak_rss_mib: f64,
@@ -383,9 +387,13 @@ async fn measure(args: &EvidenceArgs, daemon: &Daemon) -> anyhow::Result<Report>
         )
         .await?;
         let fill_seconds = started.elapsed().as_secs_f64();
+        let settle_seconds = tokio::task::block_in_place(|| {
+            crate::measure::settle_daemon(daemon.pid(), Duration::from_secs(120))
+        })
+        .as_secs_f64();
         if !args.json {
             println!(
-                "  {} runs attested in {fill_seconds:.1} s; with {} runs in the log:",
+                "  {} runs attested in {fill_seconds:.1} s, the daemon idle {settle_seconds:.0} s later; with {} runs in the log:",
                 args.prefill,
                 before + args.prefill
             );
@@ -397,6 +405,7 @@ async fn measure(args: &EvidenceArgs, daemon: &Daemon) -> anyhow::Result<Report>
         Some(Prefilled {
             runs_before: before + args.prefill,
             fill_seconds,
+            settle_seconds,
             scenarios: rows,
             daemon_peak_rss_mib: daemon.peak_rss() as f64 / (1 << 20) as f64,
         })
