@@ -21,9 +21,10 @@ pub struct AllArgs {
     #[arg(long)]
     quick: bool,
     /// Also measure on full stores, beside the fresh ones: small blobs after 1,000,000 others,
-    /// the ledger at 10,000,000 entries, and ten more large puts into one store growing to
-    /// about 20 GiB of mixed blobs (with --quick: 100,000 blobs, 100,000 entries, two more
-    /// puts). Needs about 25 GiB of free disk and 10-15 minutes
+    /// the ledger at 10,000,000 entries (in process and over gRPC), attestations after
+    /// 1,000,000 more runs, and ten more large puts into one store growing to about 20 GiB of
+    /// mixed blobs, with the last one's gets (with --quick: 100,000 blobs, 100,000 entries,
+    /// 100,000 runs, two more puts). Needs about 25 GiB of free disk and 10-18 minutes
     #[arg(long)]
     prefill: bool,
     /// Also write bench-latest.json, bench-latest.md and latency-vs-concurrency.svg here
