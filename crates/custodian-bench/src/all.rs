@@ -1008,6 +1008,19 @@ mod tests {
         }
     }
 
+    /// The table's rows for the report `json`.
+    fn rows_from(json: serde_json::Value) -> Vec<Row> {
+        let raw: Scenarios = serde_json::from_value(json).expect("the report parses");
+        rows(&limits(), &raw)
+    }
+
+    /// Where the row named `name` is in `rows`.
+    fn position(rows: &[Row], name: &str) -> usize {
+        rows.iter()
+            .position(|r| r.scenario == name)
+            .unwrap_or_else(|| panic!("no row {name}: {rows:?}"))
+    }
+
     /// Reports as the scenarios print them with --json.
     fn raw() -> Scenarios {
         serde_json::from_value(raw_json()).expect("every scenario's report parses as its type")
@@ -1093,13 +1106,8 @@ mod tests {
         backend["put_ratio_to_floor"] = serde_json::json!(1.2);
         backend["put_streamed_seconds"] = serde_json::json!(2.0);
         backend["put_streamed_ratio_to_floor"] = serde_json::json!(2.0);
-        let raw: Scenarios = serde_json::from_value(json).expect("parses");
-        let rows = rows(&limits(), &raw);
-        let find = |name: &str| {
-            rows.iter()
-                .find(|r| r.scenario == name)
-                .unwrap_or_else(|| panic!("no row {name}: {rows:?}"))
-        };
+        let rows = rows_from(json);
+        let find = |name: &str| &rows[position(&rows, name)];
         let local = find("1024 MiB put, local put socket, rocksdb");
         assert_eq!((local.ratio.as_str(), local.met), ("1.20×", Some(true)));
         let streamed = find("1024 MiB put, streamed over gRPC, rocksdb");
@@ -1120,13 +1128,8 @@ mod tests {
         json["ledger"]["grpc_appends_on_large_log"] = serde_json::json!({"writers": 64,
             "appends": 105000, "appends_per_second": 31500.0, "median_ms": 1.8, "p99_ms": 3.6,
             "mean_batch": 50.0, "daemon_peak_rss_mib": 90.0, "daemon_cpu_us_per_append": 40.0});
-        let raw: Scenarios = serde_json::from_value(json).expect("parses");
-        let rows = rows(&limits(), &raw);
-        let at = |name: &str| {
-            rows.iter()
-                .position(|r| r.scenario == name)
-                .unwrap_or_else(|| panic!("no row {name}: {rows:?}"))
-        };
+        let rows = rows_from(json);
+        let at = |name: &str| position(&rows, name);
         let fresh = at("durable ledger appends, 64 gRPC writers");
         let large = at("durable ledger appends, 64 gRPC writers, into 1,000,000 entries");
         assert_eq!(large, fresh + 1);
@@ -1156,13 +1159,8 @@ mod tests {
         json["custody"]["growth_gets"] = serde_json::json!({"stored_gib": 2.0,
             "stored_blobs": 12346, "get_seconds": 2.16, "get_stream_seconds": 1.2,
             "get_stream_blake3_seconds": 0.99});
-        let raw: Scenarios = serde_json::from_value(json).expect("parses");
-        let rows = rows(&limits(), &raw);
-        let find = |name: &str| {
-            rows.iter()
-                .find(|r| r.scenario == name)
-                .unwrap_or_else(|| panic!("no row {name}: {rows:?}"))
-        };
+        let rows = rows_from(json);
+        let find = |name: &str| &rows[position(&rows, name)];
         let stored = "rocksdb, 2.00 GiB stored in 12,346 blobs";
         let get = find(&format!("1024 MiB get to a file, gRPC, {stored}"));
         // 2.16 s against 0.8 s of SHA-256 and 1.0 s of write+fsync, and the fresh get's 3.0 s.
@@ -1185,13 +1183,8 @@ mod tests {
             "fill_seconds": 60.0, "daemon_peak_rss_mib": 140.0, "scenarios": [
             {"name": "AttestRuns (batch)", "clients": 32, "runs_per_second": 9000.0,
                 "runs": 27000, "call_ms_p50": 900.0, "call_ms_p99": 1000.0}]});
-        let raw: Scenarios = serde_json::from_value(json).expect("parses");
-        let rows = rows(&limits(), &raw);
-        let at = |name: &str| {
-            rows.iter()
-                .position(|r| r.scenario == name)
-                .unwrap_or_else(|| panic!("no row {name}: {rows:?}"))
-        };
+        let rows = rows_from(json);
+        let at = |name: &str| position(&rows, name);
         let fresh = at("AttestRuns (batch), 32 client(s)");
         let after = at("AttestRuns (batch), 32 client(s), 1,000,000 runs attested before");
         assert_eq!(after, fresh + 1);
@@ -1207,13 +1200,11 @@ mod tests {
     fn a_report_with_a_blake3_streamed_get_shows_it_beside_the_sha256_one() {
         let mut json = raw_json();
         json["custody"]["backends"][0]["get_stream_blake3_seconds"] = serde_json::json!(0.99);
-        let raw: Scenarios = serde_json::from_value(json).expect("parses");
-        let rows = rows(&limits(), &raw);
-        let find = |name: &str| rows.iter().find(|r| r.scenario == name);
-        let sha256 = find("1024 MiB get (stream), gRPC, rocksdb").expect("the sha256 row");
+        let rows = rows_from(json);
+        let find = |name: &str| &rows[position(&rows, name)];
+        let sha256 = find("1024 MiB get (stream), gRPC, rocksdb");
         assert_eq!((sha256.ratio.as_str(), sha256.met), ("1.11×", Some(true)));
-        let blake3 =
-            find("1024 MiB get (stream) by BLAKE3 digest, gRPC, rocksdb").expect("the blake3 row");
+        let blake3 = find("1024 MiB get (stream) by BLAKE3 digest, gRPC, rocksdb");
         assert_eq!((blake3.ratio.as_str(), blake3.met), ("1.10×", Some(true)));
         // A report from before the BLAKE3 get was measured has no such row.
         let rows = super::rows(&limits(), &super::tests::raw());

@@ -194,17 +194,8 @@ async fn scenario(
                             envelope: envelopes[i % envelopes.len()].clone(),
                         })
                         .collect();
-                    let response = client
-                        .attest_runs(pb::AttestRunsRequest {
-                            runs,
-                            compact: true,
-                        })
-                        .await?
-                        .into_inner();
-                    if let Some(bad) = response.results.iter().find(|r| r.error_code != 0) {
-                        return Err(tonic::Status::internal(bad.error_message.clone()));
-                    }
-                    done.fetch_add(response.results.len() as u64, Ordering::Relaxed);
+                    let attested = attest_batch(&mut client, runs).await?;
+                    done.fetch_add(attested as u64, Ordering::Relaxed);
                 }
                 latencies.push(call.elapsed());
             }
@@ -216,6 +207,25 @@ async fn scenario(
     let runs = done.load(Ordering::Relaxed);
     let ms = |p: f64| custodian_testkit::percentile_ms(&latencies, p);
     Ok((runs, runs as f64 / elapsed, ms(0.5), ms(0.99)))
+}
+
+/// One `AttestRuns` call with compact answers: how many results came back, or the first run's
+/// refusal as an error.
+async fn attest_batch(
+    client: &mut pb::evidence_client::EvidenceClient<Conn>,
+    runs: Vec<pb::AttestRunRequest>,
+) -> Result<usize, tonic::Status> {
+    let response = client
+        .attest_runs(pb::AttestRunsRequest {
+            runs,
+            compact: true,
+        })
+        .await?
+        .into_inner();
+    if let Some(bad) = response.results.iter().find(|r| r.error_code != 0) {
+        return Err(tonic::Status::internal(bad.error_message.clone()));
+    }
+    Ok(response.results.len())
 }
 
 /// Publishes the synthetic package (100 evals × 10 models) and registers an attester; returns
@@ -485,20 +495,12 @@ async fn prefill(
                         envelope: envelope(manifest, &attester, (FIRST + i) as usize),
                     })
                     .collect();
-                let response = client
-                    .attest_runs(pb::AttestRunsRequest {
-                        runs,
-                        compact: true,
-                    })
-                    .await?
-                    .into_inner();
-                if let Some(bad) = response.results.iter().find(|r| r.error_code != 0) {
-                    anyhow::bail!("a prefilled run was refused: {}", bad.error_message);
-                }
+                let attested = attest_batch(&mut client, runs)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("a prefilled batch failed: {}", e.message()))?;
                 anyhow::ensure!(
-                    response.results.len() as u64 == end - at,
-                    "AttestRuns answered {} results for {} runs",
-                    response.results.len(),
+                    attested as u64 == end - at,
+                    "AttestRuns answered {attested} results for {} runs",
                     end - at
                 );
             }
