@@ -231,33 +231,10 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
             )?;
             let put = start.elapsed();
             let (digest, blake3) = put_digests(&put_output)?;
-            let output = work.join("out.bin");
-            settle_disk();
-            let get = run_timed(
-                Command::new(&exe)
-                    .args(["blob", "get", &digest, "--server", &daemon.address])
-                    .args(["--token", &daemon.token, "-o"])
-                    .arg(&output),
-            )?;
-            let _ = std::fs::remove_file(&output);
-            let streamed_get = |digest: &str| {
-                settle_disk();
-                run_timed(Command::new(&exe).args([
-                    "blob",
-                    "get",
-                    digest,
-                    "--server",
-                    &daemon.address,
-                    "--token",
-                    &daemon.token,
-                    "-o",
-                    "-",
-                ]))
-            };
-            stream_best = stream_best.min(streamed_get(&digest)?);
-            // The same bytes asked for by their BLAKE3 digest: verified as fully, by a hash
-            // that runs at several times SHA-256's rate on one core.
-            stream_blake3_best = stream_blake3_best.min(streamed_get(&blake3)?);
+            let [get, stream, stream_blake3] =
+                time_gets(&daemon, (&digest, &blake3), &work.join("out.bin"))?;
+            stream_best = stream_best.min(stream);
+            stream_blake3_best = stream_blake3_best.min(stream_blake3);
             peak = peak.max(daemon.peak_rss());
             put_best = put_best.min(put);
             get_best = get_best.min(get);
@@ -632,24 +609,11 @@ fn grow(
     anyhow::ensure!(!digests.is_empty(), "the growth series put nothing");
     let at = stored as f64 / (1u64 << 30) as f64;
     crate::measure::settle_daemon(daemon.pid(), Duration::from_secs(60));
-    let output = work.join("grow-out.bin");
-    let timed_get = |digest: &str, to: &Path| {
-        settle_disk();
-        let time = run_timed(
-            Command::new(&exe)
-                .args(["blob", "get", digest, "--server", &daemon.address])
-                .args(["--token", &daemon.token, "-o"])
-                .arg(to),
-        );
-        let _ = std::fs::remove_file(&output);
-        time
-    };
     let (mut get, mut stream, mut stream_blake3) = (Duration::MAX, Duration::MAX, Duration::MAX);
     let newest = digests.len().saturating_sub(runs.max(1) as usize);
     for (sha256, blake3) in &digests[newest..] {
-        get = get.min(timed_get(sha256, &output)?);
-        stream = stream.min(timed_get(sha256, Path::new("-"))?);
-        stream_blake3 = stream_blake3.min(timed_get(blake3, Path::new("-"))?);
+        let [g, s, b] = time_gets(&daemon, (sha256, blake3), &work.join("grow-out.bin"))?;
+        (get, stream, stream_blake3) = (get.min(g), stream.min(s), stream_blake3.min(b));
     }
     let gets = GrowthGets {
         stored_gib: at,
@@ -668,6 +632,32 @@ fn grow(
         let _ = std::fs::remove_dir_all(dir);
     }
     Ok((points, gets, peak))
+}
+
+/// Times the gets of one blob as every run times them, each after `sync` and a pause, in this
+/// order: to `output` (verified, fsynced and renamed into place; removed afterwards), streamed
+/// to /dev/null by its `sha256` digest, and the same by its `blake3` digest — verified as fully,
+/// by a hash that runs at several times SHA-256's rate on one core. The two streamed gets may
+/// find in the page cache what the first one read.
+fn time_gets(
+    daemon: &custodian_testkit::Daemon,
+    (sha256, blake3): (&str, &str),
+    output: &Path,
+) -> anyhow::Result<[Duration; 3]> {
+    let exe = custodian_testkit::binary();
+    let get = |digest: &str, to: &Path| {
+        settle_disk();
+        run_timed(
+            Command::new(&exe)
+                .args(["blob", "get", digest, "--server", &daemon.address])
+                .args(["--token", &daemon.token, "-o"])
+                .arg(to),
+        )
+    };
+    let to_file = get(sha256, output);
+    let _ = std::fs::remove_file(output);
+    let stdout = Path::new("-");
+    Ok([to_file?, get(sha256, stdout)?, get(blake3, stdout)?])
 }
 
 /// The sha256 and blake3 digests `blob put --json` printed for its one file.
