@@ -101,6 +101,30 @@ fn row(
     }
 }
 
+/// A streamed get's row, judged against the reference registry's unverified read of the same
+/// blob (`registry` seconds): ≤ 1.2× within the memory budget (`rss`, `budget`).
+fn stream_row(
+    scenario: String,
+    result: String,
+    seconds: f64,
+    registry: f64,
+    rss: Option<f64>,
+    budget: bool,
+) -> Row {
+    let ratio = seconds / registry;
+    row(
+        scenario,
+        result,
+        "—".into(),
+        "—".into(),
+        rss,
+        format!("the reference registry's unverified read {registry:.2} s"),
+        format!("{ratio:.2}×"),
+        "≤ 1.2×",
+        Some(ratio <= 1.2 && budget),
+    )
+}
+
 /// The row of unary calls that do no work, beside the target a unary scenario with the same
 /// callers is held to: `ratio` below 1 says that no call, however little it did, would meet it.
 fn noop_row(noop: &crate::measure::CallRate, target: String, ratio: f64) -> Row {
@@ -226,42 +250,22 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
         ));
         match peer {
             Some(p) => {
-                let ratio = b.get_stream_seconds / p.get_stream_seconds;
-                out.push(row(
-                    format!("{mib:.0} MiB get (stream), gRPC, {}", b.backend),
-                    format!("{:.2} s", b.get_stream_seconds),
-                    none(),
-                    none(),
-                    Some(rss),
-                    format!(
-                        "the reference registry's unverified read {:.2} s",
-                        p.get_stream_seconds
-                    ),
-                    format!("{ratio:.2}×"),
-                    "≤ 1.2×",
-                    Some(ratio <= 1.2 && budget),
-                ));
                 // The same get by the blob's BLAKE3 digest (reports from before it have none):
                 // as fully verified, by a hash that is not slower than the registry's read.
-                if b.get_stream_blake3_seconds > 0.0 {
-                    let ratio = b.get_stream_blake3_seconds / p.get_stream_seconds;
-                    out.push(row(
-                        format!(
-                            "{mib:.0} MiB get (stream) by BLAKE3 digest, gRPC, {}",
-                            b.backend
-                        ),
-                        format!("{:.2} s", b.get_stream_blake3_seconds),
-                        none(),
-                        none(),
-                        Some(rss),
-                        format!(
-                            "the reference registry's unverified read {:.2} s",
-                            p.get_stream_seconds
-                        ),
-                        format!("{ratio:.2}×"),
-                        "≤ 1.2×",
-                        Some(ratio <= 1.2 && budget),
-                    ));
+                for (what, seconds) in [
+                    ("get (stream)", b.get_stream_seconds),
+                    ("get (stream) by BLAKE3 digest", b.get_stream_blake3_seconds),
+                ] {
+                    if seconds > 0.0 {
+                        out.push(stream_row(
+                            format!("{mib:.0} MiB {what}, gRPC, {}", b.backend),
+                            format!("{seconds:.2} s"),
+                            seconds,
+                            p.get_stream_seconds,
+                            Some(rss),
+                            budget,
+                        ));
+                    }
                 }
                 for (what, ours, theirs) in [
                     ("put", b.put_seconds, p.put_seconds),
@@ -361,20 +365,13 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
                     fresh.map(|f| f.get_stream_blake3_seconds),
                 ),
             ] {
-                let ratio = ours / p.get_stream_seconds;
-                out.push(row(
+                out.push(stream_row(
                     format!("{mib:.0} MiB {what}, gRPC, {stored}"),
                     versus(ours, theirs),
-                    none(),
-                    none(),
+                    ours,
+                    p.get_stream_seconds,
                     rss,
-                    format!(
-                        "the reference registry's unverified read {:.2} s",
-                        p.get_stream_seconds
-                    ),
-                    format!("{ratio:.2}×"),
-                    "≤ 1.2×",
-                    Some(ratio <= 1.2 && budget),
+                    budget,
                 ));
             }
         }
@@ -1021,6 +1018,23 @@ mod tests {
             .unwrap_or_else(|| panic!("no row {name}: {rows:?}"))
     }
 
+    /// The rows named `fresh` and `full`, after checking that the second sits right under the
+    /// first.
+    fn under_its_fresh_row<'a>(rows: &'a [Row], fresh: &str, full: &str) -> (&'a Row, &'a Row) {
+        let (at_fresh, at_full) = (position(rows, fresh), position(rows, full));
+        assert_eq!(at_full, at_fresh + 1, "{full} is not under {fresh}");
+        (&rows[at_fresh], &rows[at_full])
+    }
+
+    /// The report written before the newer rows has no row whose name contains `part`.
+    fn assert_no_row_in_the_old_report(part: &str) {
+        let rows = rows(&limits(), &raw());
+        assert!(
+            !rows.iter().any(|r| r.scenario.contains(part)),
+            "a row names {part}: {rows:?}"
+        );
+    }
+
     /// Reports as the scenarios print them with --json.
     fn raw() -> Scenarios {
         serde_json::from_value(raw_json()).expect("every scenario's report parses as its type")
@@ -1129,11 +1143,11 @@ mod tests {
             "appends": 105000, "appends_per_second": 31500.0, "median_ms": 1.8, "p99_ms": 3.6,
             "mean_batch": 50.0, "daemon_peak_rss_mib": 90.0, "daemon_cpu_us_per_append": 40.0});
         let rows = rows_from(json);
-        let at = |name: &str| position(&rows, name);
-        let fresh = at("durable ledger appends, 64 gRPC writers");
-        let large = at("durable ledger appends, 64 gRPC writers, into 1,000,000 entries");
-        assert_eq!(large, fresh + 1);
-        let large = &rows[large];
+        let (fresh, large) = under_its_fresh_row(
+            &rows,
+            "durable ledger appends, 64 gRPC writers",
+            "durable ledger appends, 64 gRPC writers, into 1,000,000 entries",
+        );
         assert_eq!(
             large.result,
             "31500/s (1.50× the fresh), daemon CPU 40 µs each"
@@ -1143,14 +1157,9 @@ mod tests {
             (large.ratio.as_str(), large.met),
             ("1.05×, p99 18× fsync", Some(true))
         );
-        assert_eq!(rows[fresh].met, Some(false));
+        assert_eq!(fresh.met, Some(false));
         // Reports from before the large log's gRPC row have none.
-        let rows = super::rows(&limits(), &super::tests::raw());
-        assert!(
-            !rows
-                .iter()
-                .any(|r| r.scenario.contains("gRPC writers, into"))
-        );
+        assert_no_row_in_the_old_report("gRPC writers, into");
     }
 
     #[test]
@@ -1184,16 +1193,16 @@ mod tests {
             {"name": "AttestRuns (batch)", "clients": 32, "runs_per_second": 9000.0,
                 "runs": 27000, "call_ms_p50": 900.0, "call_ms_p99": 1000.0}]});
         let rows = rows_from(json);
-        let at = |name: &str| position(&rows, name);
-        let fresh = at("AttestRuns (batch), 32 client(s)");
-        let after = at("AttestRuns (batch), 32 client(s), 1,000,000 runs attested before");
-        assert_eq!(after, fresh + 1);
-        let after = &rows[after];
+        let (fresh, after) = under_its_fresh_row(
+            &rows,
+            "AttestRuns (batch), 32 client(s)",
+            "AttestRuns (batch), 32 client(s), 1,000,000 runs attested before",
+        );
         assert_eq!(after.result, "9000 runs/s (0.50× the fresh)");
         // The same target as the fresh row (≥ 10,000/s), and the prefilled daemon's memory.
         assert_eq!(after.met, Some(false));
         assert_eq!(after.daemon_peak_rss_mib, Some(140.0));
-        assert_eq!(rows[fresh].met, Some(true));
+        assert_eq!(fresh.met, Some(true));
     }
 
     #[test]
@@ -1207,8 +1216,7 @@ mod tests {
         let blake3 = find("1024 MiB get (stream) by BLAKE3 digest, gRPC, rocksdb");
         assert_eq!((blake3.ratio.as_str(), blake3.met), ("1.10×", Some(true)));
         // A report from before the BLAKE3 get was measured has no such row.
-        let rows = super::rows(&limits(), &super::tests::raw());
-        assert!(!rows.iter().any(|r| r.scenario.contains("BLAKE3")));
+        assert_no_row_in_the_old_report("BLAKE3");
     }
 
     #[test]
