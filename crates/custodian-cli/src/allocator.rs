@@ -1,4 +1,4 @@
-//! The memory allocator settings of the daemon and of the CLI's data-pack transfers.
+//! The memory allocator settings of the daemon and of the CLI's transfers.
 //!
 //! glibc's allocator keeps up to eight arenas per core and, after the first large buffer is
 //! freed, stops giving large buffers their own mappings. Under the daemon's load (1 MiB blocks,
@@ -26,13 +26,16 @@
 //! download over REST (reqwest's body chunks, the hash and the file writes) cost the CLI
 //! 1.96-2.16 s of CPU with glibc's defaults and 1.54-1.78 s with these, and took 1.81-2.04 s
 //! against 1.53-1.68 s (three runs of each, alternating, docs/performance.md); the freed receive
-//! buffers were returned and faulted in again. The gRPC `blob` transfers showed no difference.
+//! buffers were returned and faulted in again. So do `custodian blob` and `custodian install`:
+//! once a gRPC get kept the HTTP/2 frames it receives instead of copying them
+//! (`custodian_client::get`), those frames' buffers were the CLI's largest cost, a third of its
+//! samples page faults on memory glibc had just given back; with these settings, 3% of them.
 //!
 //! glibc reads these settings from `GLIBC_TUNABLES` only when a process starts, so `custodian
-//! serve` and the data-pack transfers re-execute themselves once with them set. Whoever sets
+//! serve` and the CLI's transfers re-execute themselves once with them set. Whoever sets
 //! `GLIBC_TUNABLES` themselves keeps their own settings.
 
-/// The glibc tunables the daemon and the data-pack transfers run with (see the module
+/// The glibc tunables the daemon and the CLI's transfers run with (see the module
 /// documentation for why).
 pub const TUNABLES: &str = "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=2097152:glibc.malloc.trim_threshold=8388608";
 

@@ -222,8 +222,11 @@ fn quiet_on_broken_pipe() {
 fn main() -> std::process::ExitCode {
     quiet_on_broken_pipe();
     let cli = Cli::parse();
-    // The daemon and the data-pack transfers reuse large buffers (see `allocator`).
-    if matches!(cli.command, Command::Serve(_) | Command::Datapack(_)) {
+    // The daemon and the CLI's bulk transfers reuse large buffers (see `allocator`).
+    if matches!(
+        cli.command,
+        Command::Serve(_) | Command::Datapack(_) | Command::Blob(_) | Command::Install(_)
+    ) {
         allocator::tune();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

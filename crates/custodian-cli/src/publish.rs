@@ -415,7 +415,7 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
             record.yank_reason
         );
     }
-    let mut store = args.server.connect().await?.store();
+    let mut conn = args.server.connect().await?.conn();
     let files = statement.tree.files();
     let total: u64 = files.iter().map(|f| f.size).sum();
     let bar = crate::output::progress(total, format!("install {name}@{version}"));
@@ -427,7 +427,7 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
         }
         // The download is checked against the signed sha256 (and so its size) before the file
         // appears.
-        crate::blob::download(&mut store, &file.sha256, &path, 0, None, false)
+        crate::blob::download(&mut conn, &file.sha256, &path, 0, None, false)
             .await
             .with_context(|| format!("fetching {} ({})", file.path, file.sha256))?;
         bar.inc(file.size);

@@ -9,6 +9,8 @@
 
 use std::path::PathBuf;
 
+pub mod get;
+
 use custodian_proto::cas::v1::content_store_client::ContentStoreClient;
 use custodian_proto::evidence::v1::evidence_client::EvidenceClient;
 use custodian_proto::ledger::v1::ledger_client::LedgerClient;
