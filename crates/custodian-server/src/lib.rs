@@ -405,9 +405,14 @@ pub async fn serve(
     // Stream scans of hosted data packs, whether uploaded over REST or handed over locally,
     // share one bound.
     let stream_scans = Arc::new(scan::StreamScans::new(uploads.expiry()));
-    let cas = ContentStoreServer::new(cas_service)
-        .max_decoding_message_size(limits.max_message_size_bytes)
-        .max_encoding_message_size(limits.max_message_size_bytes);
+    // `Get` is answered without copying each block into a message (grpc/cas_get.rs).
+    let cas = grpc::cas_get::ContentStoreRoutes::new(
+        ContentStoreServer::new(cas_service.clone())
+            .max_decoding_message_size(limits.max_message_size_bytes)
+            .max_encoding_message_size(limits.max_message_size_bytes),
+        cas_service,
+        limits.max_message_size_bytes,
+    );
     let ledger_service = LedgerServer::new(LedgerService::new(
         sequencer,
         config.append_token.clone(),

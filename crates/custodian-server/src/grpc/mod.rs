@@ -2,6 +2,7 @@
 //! error becomes a `tonic::Status` and a request's metadata becomes a principal.
 
 pub mod cas;
+pub mod cas_get;
 pub mod evidence;
 pub mod ledger;
 pub mod local_put;

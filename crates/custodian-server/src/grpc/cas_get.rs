@@ -1,0 +1,415 @@
+//! `ContentStore.Get` sent without copying the blob's bytes into tonic's messages.
+//!
+//! tonic's generated service encodes every message it sends into a buffer of its own: for a
+//! blob read, one more pass over every byte after the read and the CRC32C check, 9% of the
+//! daemon's samples while it served a 1 GiB get (docs/performance.md). [`ContentStoreRoutes`]
+//! is the content store's service with that one method answered here: the request is decoded
+//! and handed to the very same [`ContentStore::get`] (its checks, refusals and stream are
+//! unchanged), and each `GetResponse` of the stream goes out as two pieces, the message's prefix
+//! and field headers (a few bytes, encoded here) and the block's bytes themselves, which hyper
+//! writes to the socket from where the read left them. Every other method goes to the generated
+//! service as before.
+//!
+//! The bytes on the wire are the ones prost would encode (a test compares them), so any gRPC
+//! client reads them: tonic's own, Go's, Python's.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut as _, Bytes, BytesMut};
+use futures::Stream;
+use http_body_util::BodyExt as _;
+use prost::Message as _;
+use tonic::Status;
+use tonic::server::NamedService;
+
+use custodian_proto::cas::v1 as pb;
+use custodian_proto::cas::v1::content_store_server::{ContentStore, ContentStoreServer};
+
+use super::cas::CasService;
+
+/// The method's path.
+const GET_PATH: &str = "/custodian.cas.v1.ContentStore/Get";
+
+/// The length of a gRPC message's prefix: a compression flag and a big-endian length.
+const PREFIX: usize = 5;
+
+/// The content store's gRPC service: `Get` answered here, every other method by tonic's
+/// generated service; see the module's documentation.
+#[derive(Clone)]
+pub struct ContentStoreRoutes {
+    generated: ContentStoreServer<CasService>,
+    service: CasService,
+    /// The largest request accepted, as for the generated methods.
+    max_request: usize,
+}
+
+impl ContentStoreRoutes {
+    /// Routes `Get` to `service` directly and everything else to `generated`, which must wrap
+    /// the same service.
+    pub fn new(
+        generated: ContentStoreServer<CasService>,
+        service: CasService,
+        max_request: usize,
+    ) -> Self {
+        ContentStoreRoutes {
+            generated,
+            service,
+            max_request,
+        }
+    }
+}
+
+impl NamedService for ContentStoreRoutes {
+    const NAME: &'static str = <ContentStoreServer<CasService> as NamedService>::NAME;
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for ContentStoreRoutes {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        <ContentStoreServer<CasService> as tower_service::Service<
+            http::Request<tonic::body::Body>,
+        >>::poll_ready(&mut self.generated, cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if request.uri().path() == GET_PATH {
+            let service = self.service.clone();
+            let max_request = self.max_request;
+            Box::pin(async move { Ok(serve_get(service, max_request, request).await) })
+        } else {
+            Box::pin(tower_service::Service::call(&mut self.generated, request))
+        }
+    }
+}
+
+/// Answers one `Get`: a refusal as a status in the headers ("trailers-only", as tonic sends it),
+/// otherwise the stream, then its status in the trailers.
+async fn serve_get(
+    service: CasService,
+    max_request: usize,
+    request: http::Request<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let (parts, body) = request.into_parts();
+    let message = match read_request(body, max_request).await {
+        Ok(message) => message,
+        Err(status) => return status.into_http(),
+    };
+    let request = tonic::Request::from_parts(
+        tonic::metadata::MetadataMap::from_headers(parts.headers),
+        parts.extensions,
+        message,
+    );
+    match ContentStore::get(&service, request).await {
+        Ok(response) => {
+            let (metadata, stream, _) = response.into_parts();
+            let mut http = http::Response::new(tonic::body::Body::new(GetBody {
+                stream,
+                pending: None,
+                done: false,
+            }));
+            let headers = http.headers_mut();
+            *headers = metadata.into_headers();
+            // The status goes in the trailers; the handler's metadata cannot preempt it.
+            for reserved in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+                headers.remove(reserved);
+            }
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            http
+        }
+        Err(status) => status.into_http(),
+    }
+}
+
+/// Reads the request's one message: uncompressed, whole, within `limit`.
+async fn read_request(body: tonic::body::Body, limit: usize) -> Result<pb::GetRequest, Status> {
+    let body = http_body_util::Limited::new(body, PREFIX + limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Status::out_of_range(format!(
+                    "the Get request is over the limit of {limit} bytes"
+                ))
+            } else {
+                Status::from_error(e)
+            }
+        })?
+        .to_bytes();
+    if body.len() < PREFIX {
+        return Err(Status::internal(format!(
+            "the Get request's body is {} bytes, too short for a gRPC message",
+            body.len()
+        )));
+    }
+    if body[0] != 0 {
+        return Err(Status::unimplemented(format!(
+            "the Get request is compressed (flag {}); this daemon takes uncompressed requests",
+            body[0]
+        )));
+    }
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    if body.len() != PREFIX + len {
+        return Err(Status::internal(format!(
+            "the Get request's body is {} bytes, but its message says {len}: one message expected",
+            body.len() - PREFIX
+        )));
+    }
+    pb::GetRequest::decode(body.slice(PREFIX..))
+        .map_err(|e| Status::internal(format!("the Get request does not decode: {e}")))
+}
+
+/// The response body: each message's prefix and field headers, then its bytes as they are.
+struct GetBody {
+    stream: Pin<Box<dyn Stream<Item = Result<pb::GetResponse, Status>> + Send>>,
+    /// A message's bytes, sent after its headers.
+    pending: Option<Bytes>,
+    done: bool,
+}
+
+impl http_body::Body for GetBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        if let Some(data) = self.pending.take() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+        }
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let trailers = match self.stream.as_mut().poll_next(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Some(Ok(message))) => {
+                let (head, data) = encode_parts(message);
+                self.pending = (!data.is_empty()).then_some(data);
+                return Poll::Ready(Some(Ok(http_body::Frame::data(head))));
+            }
+            Poll::Ready(Some(Err(status))) => status,
+            Poll::Ready(None) => Status::ok(""),
+        };
+        self.done = true;
+        let mut headers = http::HeaderMap::new();
+        // A status that cannot travel as headers (it cannot: tonic escapes the message) still
+        // ends the stream with one: `internal`, never OK.
+        if trailers.add_header(&mut headers).is_err() {
+            headers.clear();
+            headers.insert("grpc-status", http::HeaderValue::from_static("13"));
+        }
+        Poll::Ready(Some(Ok(http_body::Frame::trailers(headers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.pending.is_none()
+    }
+}
+
+/// A `GetResponse` framed for gRPC as two pieces: everything up to the `data` field's bytes,
+/// and those bytes (not copied). Concatenated, they are exactly the prefix and prost's encoding.
+fn encode_parts(message: pb::GetResponse) -> (Bytes, Bytes) {
+    let pb::GetResponse { blob, data } = message;
+    // Everything but the data, as prost encodes it (the blob field, or nothing).
+    let rest = pb::GetResponse {
+        blob,
+        data: Bytes::new(),
+    };
+    let rest_len = rest.encoded_len();
+    // proto3 leaves an empty `bytes` field out.
+    let data_header_len = if data.is_empty() {
+        0
+    } else {
+        1 + prost::encoding::encoded_len_varint(data.len() as u64)
+    };
+    let message_len = rest_len + data_header_len + data.len();
+    let mut head = BytesMut::with_capacity(PREFIX + rest_len + data_header_len);
+    head.put_u8(0);
+    // Blocks are at most a few MiB, far below gRPC's 4 GiB message bound.
+    head.put_u32(u32::try_from(message_len).unwrap_or(u32::MAX));
+    rest.encode_raw(&mut head);
+    if !data.is_empty() {
+        // Field 2, wire type 2 (length-delimited).
+        head.put_u8(0x12);
+        prost::encoding::encode_varint(data.len() as u64, &mut head);
+    }
+    (head.freeze(), data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use proptest::prelude::*;
+
+    /// What tonic's encoder sends for `message`: the prefix and prost's encoding.
+    fn tonic_framing(message: &pb::GetResponse) -> Vec<u8> {
+        let encoded = message.encode_to_vec();
+        let mut out = vec![0];
+        out.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+        out.extend_from_slice(&encoded);
+        out
+    }
+
+    fn info() -> pb::BlobInfo {
+        pb::BlobInfo {
+            sha256: format!("sha256:{}", "ab".repeat(32)),
+            blake3: format!("blake3:{}", "cd".repeat(32)),
+            size: 1 << 30,
+            created_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 5,
+            }),
+        }
+    }
+
+    fn sent(message: pb::GetResponse) -> (Vec<u8>, Bytes) {
+        let (head, data) = encode_parts(message);
+        let mut bytes = head.to_vec();
+        bytes.extend_from_slice(&data);
+        (bytes, data)
+    }
+
+    #[test]
+    fn the_first_message_and_an_empty_one_are_prosts_bytes() {
+        for message in [
+            pb::GetResponse {
+                blob: Some(info()),
+                data: Bytes::new(),
+            },
+            pb::GetResponse::default(),
+            pb::GetResponse {
+                blob: Some(info()),
+                data: Bytes::from_static(b"both"),
+            },
+        ] {
+            assert_eq!(sent(message.clone()).0, tonic_framing(&message));
+        }
+    }
+
+    proptest! {
+        /// A data message of any length is the bytes prost would send, and its data is the
+        /// block itself, not a copy.
+        #[test]
+        fn a_data_message_is_prosts_bytes_without_a_copy(len in 0usize..70_000, byte in any::<u8>()) {
+            let block = Bytes::from(vec![byte; len]);
+            let message = pb::GetResponse { blob: None, data: block.clone() };
+            let (bytes, data) = sent(message.clone());
+            prop_assert_eq!(bytes, tonic_framing(&message));
+            if len > 0 {
+                prop_assert_eq!(data.as_ptr(), block.as_ptr());
+            }
+        }
+    }
+
+    /// Runs a body to its end: the bytes of its data frames and its trailers.
+    fn drain(mut body: GetBody) -> (Vec<u8>, http::HeaderMap) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let mut bytes = Vec::new();
+            let mut trailers = None;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.expect("no body error");
+                match frame.into_data() {
+                    Ok(data) => bytes.extend_from_slice(&data),
+                    Err(frame) => trailers = frame.into_trailers().ok(),
+                }
+            }
+            assert!(http_body::Body::is_end_stream(&body));
+            (bytes, trailers.expect("trailers"))
+        })
+    }
+
+    #[test]
+    fn a_stream_ends_with_its_status_in_the_trailers() {
+        let messages = vec![
+            pb::GetResponse {
+                blob: Some(info()),
+                data: Bytes::new(),
+            },
+            pb::GetResponse {
+                blob: None,
+                data: Bytes::from_static(b"hello"),
+            },
+        ];
+        let expected: Vec<u8> = messages.iter().flat_map(tonic_framing).collect();
+        let ok = GetBody {
+            stream: Box::pin(futures::stream::iter(messages.clone().into_iter().map(Ok))),
+            pending: None,
+            done: false,
+        };
+        let (bytes, trailers) = drain(ok);
+        assert_eq!(bytes, expected);
+        assert_eq!(trailers["grpc-status"], "0");
+
+        let failing = GetBody {
+            stream: Box::pin(futures::stream::iter(
+                messages
+                    .into_iter()
+                    .map(Ok)
+                    .chain([Err(Status::data_loss("block 3 of sha256:ab is corrupt"))]),
+            )),
+            pending: None,
+            done: false,
+        };
+        let (bytes, trailers) = drain(failing);
+        assert_eq!(bytes, expected);
+        let status = Status::from_header_map(&trailers).expect("a status");
+        assert_eq!(status.code(), tonic::Code::DataLoss);
+        assert_eq!(status.message(), "block 3 of sha256:ab is corrupt");
+    }
+
+    fn body_of(bytes: Vec<u8>) -> tonic::body::Body {
+        tonic::body::Body::new(http_body_util::Full::new(Bytes::from(bytes)))
+    }
+
+    fn read(bytes: Vec<u8>, limit: usize) -> Result<pb::GetRequest, Status> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(read_request(body_of(bytes), limit))
+    }
+
+    #[test]
+    fn a_request_is_one_whole_uncompressed_message_within_the_limit() {
+        let request = pb::GetRequest {
+            digest: "sha256:ab".into(),
+            offset: 7,
+            limit: 9,
+        };
+        let encoded = request.encode_to_vec();
+        let mut framed = vec![0];
+        framed.extend((encoded.len() as u32).to_be_bytes());
+        framed.extend(&encoded);
+        assert_eq!(read(framed.clone(), 1024).expect("read"), request);
+
+        let err = read(framed.clone(), 4).expect_err("over the limit");
+        assert_eq!(err.code(), tonic::Code::OutOfRange);
+        assert!(err.message().contains("limit of 4 bytes"), "{err:?}");
+        let mut compressed = framed.clone();
+        compressed[0] = 1;
+        let err = read(compressed, 1024).expect_err("compressed");
+        assert_eq!(err.code(), tonic::Code::Unimplemented);
+        let err = read(framed[..3].to_vec(), 1024).expect_err("short");
+        assert!(err.message().contains("too short"), "{err:?}");
+        let mut two = framed.clone();
+        two.extend(&framed);
+        let err = read(two, 1024).expect_err("two messages");
+        assert!(err.message().contains("one message expected"), "{err:?}");
+        let mut garbage = vec![0, 0, 0, 0, 2];
+        garbage.extend([0x0b, 0x00]);
+        let err = read(garbage, 1024).expect_err("garbage");
+        assert!(err.message().contains("does not decode"), "{err:?}");
+    }
+}
