@@ -154,6 +154,11 @@ pub struct GrowthGets {
     pub get_stream_seconds: f64,
     /// `blob get blake3:… -o -` to /dev/null.
     pub get_stream_blake3_seconds: f64,
+    /// The disk's write+fsync of the same size, timed right after these gets: after writing a
+    /// store's worth, this VM's disk writes slower for a while than when the run began. Absent
+    /// from reports before the twentieth session.
+    #[serde(default)]
+    pub disk_write_fsync_seconds: Option<f64>,
 }
 
 /// Runs the scenario.
@@ -615,16 +620,23 @@ fn grow(
         let [g, s, b] = time_gets(&daemon, (sha256, blake3), &work.join("grow-out.bin"))?;
         (get, stream, stream_blake3) = (get.min(g), stream.min(s), stream_blake3.min(b));
     }
+    // The disk as the gets found it: the floor measured at the start may not hold after a fill.
+    settle_disk();
+    let disk = measure_disk(&work.join("disk-probe-after.bin"), size)?;
     let gets = GrowthGets {
         stored_gib: at,
         stored_blobs: blobs,
         get_seconds: get.as_secs_f64(),
         get_stream_seconds: stream.as_secs_f64(),
         get_stream_blake3_seconds: stream_blake3.as_secs_f64(),
+        disk_write_fsync_seconds: Some(disk.as_secs_f64()),
     };
     eprintln!(
-        "growth: the last blobs back from {at:.1} GiB stored: get to a file {:.2} s, streamed {:.2} s, streamed by their BLAKE3 digests {:.2} s",
-        gets.get_seconds, gets.get_stream_seconds, gets.get_stream_blake3_seconds
+        "growth: the last blobs back from {at:.1} GiB stored: get to a file {:.2} s, streamed {:.2} s, streamed by their BLAKE3 digests {:.2} s; disk write+fsync right after {:.2} s",
+        gets.get_seconds,
+        gets.get_stream_seconds,
+        gets.get_stream_blake3_seconds,
+        disk.as_secs_f64()
     );
     let peak = daemon.peak_rss();
     drop(daemon);
@@ -716,6 +728,14 @@ fn print_growth(report: &Report, floor: f64) {
             gets.get_stream_seconds,
             gets.get_stream_blake3_seconds
         );
+        if let Some(disk) = gets.disk_write_fsync_seconds {
+            println!(
+                "the disk right after those gets: write+fsync {disk:.3} s ({:.2}× the {:.3} s measured at the start); the get to a file against a floor with it: {:.2}×",
+                disk / report.disk_write_fsync_seconds,
+                report.disk_write_fsync_seconds,
+                gets.get_seconds / (report.openssl_sha256_seconds + disk)
+            );
+        }
     }
 }
 
