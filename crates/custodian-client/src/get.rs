@@ -75,12 +75,7 @@ where
     S::ResponseBody: Send + 'static,
     <S::ResponseBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let encoded = request.encode_to_vec();
-    let mut framed = BytesMut::with_capacity(PREFIX + encoded.len());
-    framed.extend_from_slice(&[0]);
-    framed.extend_from_slice(&message_len(encoded.len())?.to_be_bytes());
-    framed.extend_from_slice(&encoded);
-    let body = tonic::body::Body::new(http_body_util::Full::new(framed.freeze()));
+    let body = tonic::body::Body::new(http_body_util::Full::new(frame(request)?));
     let http_request = http::Request::builder()
         .method(http::Method::POST)
         .version(http::Version::HTTP_2)
@@ -107,10 +102,17 @@ where
     })
 }
 
-/// The length of a message as its prefix carries it.
-fn message_len(len: usize) -> Result<u32, Status> {
-    u32::try_from(len)
-        .map_err(|_| Status::internal(format!("a message of {len} bytes is too long for gRPC")))
+/// `message` as one gRPC message on the wire: uncompressed, its length, its protobuf encoding
+/// (what tonic's encoder sends; the daemon's `Get` tests compare their framing with it).
+pub fn frame(message: &impl prost::Message) -> Result<Bytes, Status> {
+    let len = message.encoded_len();
+    let prefix_len = u32::try_from(len)
+        .map_err(|_| Status::internal(format!("a message of {len} bytes is too long for gRPC")))?;
+    let mut framed = BytesMut::with_capacity(PREFIX + len);
+    framed.extend_from_slice(&[0]);
+    framed.extend_from_slice(&prefix_len.to_be_bytes());
+    message.encode_raw(&mut framed);
+    Ok(framed.freeze())
 }
 
 /// Checks an answer's headers: gRPC's content type, and no status sent in place of a stream.
@@ -376,11 +378,7 @@ mod tests {
 
     /// A `GetResponse` framed as the daemon sends it.
     fn framed(message: &pb::GetResponse) -> Vec<u8> {
-        let encoded = message.encode_to_vec();
-        let mut out = vec![0];
-        out.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-        out.extend_from_slice(&encoded);
-        out
+        frame(message).expect("a short message").to_vec()
     }
 
     fn info() -> pb::BlobInfo {

@@ -252,23 +252,20 @@ mod tests {
     use proptest::prelude::*;
 
     /// What tonic's encoder sends for `message`: the prefix and prost's encoding.
-    fn tonic_framing(message: &pb::GetResponse) -> Vec<u8> {
-        let encoded = message.encode_to_vec();
-        let mut out = vec![0];
-        out.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-        out.extend_from_slice(&encoded);
-        out
+    fn tonic_framing(message: &impl prost::Message) -> Vec<u8> {
+        custodian_client::get::frame(message)
+            .expect("a short message")
+            .to_vec()
     }
 
+    /// The metadata of a blob of 1 GiB, as `Get`'s first message carries it.
     fn info() -> pb::BlobInfo {
+        use custodian_core::{Algorithm, Digest};
         pb::BlobInfo {
-            sha256: format!("sha256:{}", "ab".repeat(32)),
-            blake3: format!("blake3:{}", "cd".repeat(32)),
+            sha256: Digest::of(Algorithm::Sha256, b"a blob").to_string(),
+            blake3: Digest::of(Algorithm::Blake3, b"a blob").to_string(),
             size: 1 << 30,
-            created_at: Some(prost_types::Timestamp {
-                seconds: 1_700_000_000,
-                nanos: 5,
-            }),
+            created_at: Some(prost_types::Timestamp::default()),
         }
     }
 
@@ -388,10 +385,7 @@ mod tests {
             offset: 7,
             limit: 9,
         };
-        let encoded = request.encode_to_vec();
-        let mut framed = vec![0];
-        framed.extend((encoded.len() as u32).to_be_bytes());
-        framed.extend(&encoded);
+        let framed = tonic_framing(&request);
         assert_eq!(read(framed.clone(), 1024).expect("read"), request);
 
         let err = read(framed.clone(), 4).expect_err("over the limit");
