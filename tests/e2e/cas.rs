@@ -320,6 +320,62 @@ async fn ranged_reads_at_every_boundary() {
     );
 }
 
+/// The daemon frames `Get` itself (grpc/cas_get.rs): grpcio (PyPI), a gRPC stack nobody here
+/// wrote, reads a multi-block blob and a range of it, with the metadata in the first message
+/// only, and the refusal of an absent digest with its code and message.
+#[tokio::test]
+async fn grpcio_reads_a_blob_and_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let mut client = daemon.client().await;
+    let size = 3 * BLOCK + 17;
+    let data = pattern(11, size);
+    let digest = put(&mut client, "", None, &data)
+        .await
+        .unwrap()
+        .blob
+        .unwrap()
+        .sha256;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/grpc_get.py");
+    let address = daemon.address.trim_start_matches("http://").to_string();
+    let read = |offset: usize, limit: usize| {
+        let out = crate::run_ok(
+            std::process::Command::new(crate::registry::python())
+                .arg(&script)
+                .args([&address, &daemon.token, &digest])
+                .args([offset.to_string(), limit.to_string()]),
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        report
+    };
+    let whole = read(0, 0);
+    assert_eq!(whole["data"], size, "{whole}");
+    assert_eq!(whole["data_sha256"], digest, "{whole}");
+    assert_eq!(whole["metadata_in"], serde_json::json!([0]), "{whole}");
+    assert_eq!(whole["metadata_sha256"], digest, "{whole}");
+    assert_eq!(whole["metadata_size"], size, "{whole}");
+    assert!(whole["messages"].as_u64().unwrap() > 3, "{whole}");
+    assert_eq!(whole["absent"]["code"], "NOT_FOUND", "{whole}");
+    assert!(
+        whole["absent"]["details"]
+            .as_str()
+            .unwrap()
+            .contains("not found"),
+        "{whole}"
+    );
+
+    let (offset, limit) = (BLOCK - 5, BLOCK + 9);
+    let range = read(offset, limit);
+    let expected = custodian_core::Digest::of(
+        custodian_core::Algorithm::Sha256,
+        &data[offset..offset + limit],
+    );
+    assert_eq!(range["data"], limit, "{range}");
+    assert_eq!(range["data_sha256"], expected.to_string(), "{range}");
+}
+
 #[tokio::test]
 async fn concurrent_puts_of_the_same_blob_store_one_copy() {
     let dir = tempfile::tempdir().unwrap();
