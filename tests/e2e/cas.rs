@@ -282,19 +282,27 @@ async fn a_chunk_before_the_header_is_refused() {
     assert!(status.message().contains("header"), "{}", status.message());
 }
 
-#[tokio::test]
-async fn ranged_reads_at_every_boundary() {
-    let dir = tempfile::tempdir().unwrap();
+/// A fresh daemon holding one blob of `size` pattern bytes: its folder (kept while the daemon
+/// runs), the daemon, the bytes and their sha256 digest.
+async fn daemon_with_blob(seed: u64, size: usize) -> (tempfile::TempDir, Daemon, Bytes, String) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
     let daemon = Daemon::start(dir.path());
     let mut client = daemon.client().await;
-    let size = 2 * BLOCK + 3;
-    let data = pattern(9, size);
+    let data = pattern(seed, size);
     let digest = put(&mut client, "", None, &data)
         .await
-        .unwrap()
+        .expect("the put")
         .blob
-        .unwrap()
+        .expect("the put's metadata")
         .sha256;
+    (dir, daemon, data, digest)
+}
+
+#[tokio::test]
+async fn ranged_reads_at_every_boundary() {
+    let size = 2 * BLOCK + 3;
+    let (_dir, daemon, data, digest) = daemon_with_blob(9, size).await;
+    let mut client = daemon.client().await;
     let b = BLOCK as u64;
     let s = size as u64;
     for offset in [0, 1, b - 1, b, b + 1, 2 * b, s - 1, s] {
@@ -325,17 +333,8 @@ async fn ranged_reads_at_every_boundary() {
 /// only, and the refusal of an absent digest with its code and message.
 #[tokio::test]
 async fn grpcio_reads_a_blob_and_a_refusal() {
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(dir.path());
-    let mut client = daemon.client().await;
     let size = 3 * BLOCK + 17;
-    let data = pattern(11, size);
-    let digest = put(&mut client, "", None, &data)
-        .await
-        .unwrap()
-        .blob
-        .unwrap()
-        .sha256;
+    let (_dir, daemon, data, digest) = daemon_with_blob(11, size).await;
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/grpc_get.py");
     let address = daemon.address.trim_start_matches("http://").to_string();
