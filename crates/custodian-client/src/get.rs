@@ -49,7 +49,18 @@ pub struct GetStream<B> {
     ready: VecDeque<GetPiece>,
     /// Set once the body has ended and its status was OK.
     done: bool,
-    limit: usize,
+}
+
+impl<B> GetStream<B> {
+    /// A stream that has received nothing of `body` yet.
+    fn new(body: B) -> Self {
+        GetStream {
+            body: Box::pin(body),
+            received: Frames::default(),
+            ready: VecDeque::new(),
+            done: false,
+        }
+    }
 }
 
 impl<B> std::fmt::Debug for GetStream<B> {
@@ -93,13 +104,7 @@ where
         .map_err(|e| Status::from_error(e.into()))?;
     let (head, body) = response.into_parts();
     check_head(&head)?;
-    Ok(GetStream {
-        body: Box::pin(body),
-        received: Frames::default(),
-        ready: VecDeque::new(),
-        done: false,
-        limit: crate::MESSAGE_LIMIT,
-    })
+    Ok(GetStream::new(body))
 }
 
 /// `message` as one gRPC message on the wire: uncompressed, its length, its protobuf encoding
@@ -197,10 +202,10 @@ where
             )));
         }
         let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
-        if len > self.limit {
+        if len > crate::MESSAGE_LIMIT {
             return Err(Status::resource_exhausted(format!(
                 "the daemon sent a message of {len} bytes, over the limit of {}",
-                self.limit
+                crate::MESSAGE_LIMIT
             )));
         }
         if self.received.len < PREFIX + len {
@@ -398,13 +403,7 @@ mod tests {
         bytes: &[u8],
         cuts: &[usize],
     ) -> Result<(Vec<pb::BlobInfo>, Vec<u8>), Status> {
-        let mut stream = GetStream::<http_body_util::Empty<Bytes>> {
-            body: Box::pin(http_body_util::Empty::new()),
-            received: Frames::default(),
-            ready: VecDeque::new(),
-            done: false,
-            limit: crate::MESSAGE_LIMIT,
-        };
+        let mut stream = GetStream::new(http_body_util::Empty::<Bytes>::new());
         let mut at = 0;
         let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
         cuts.sort_unstable();
@@ -535,13 +534,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let stream = || GetStream::<http_body_util::Empty<Bytes>> {
-            body: Box::pin(http_body_util::Empty::new()),
-            received: Frames::default(),
-            ready: VecDeque::new(),
-            done: false,
-            limit: crate::MESSAGE_LIMIT,
-        };
+        let stream = || GetStream::new(http_body_util::Empty::<Bytes>::new());
         stream()
             .end(Some(&ok))
             .expect("an OK status ends the stream");
