@@ -84,8 +84,9 @@ pub trait Staging: Send + Sync + 'static {
 /// Appends the bytes of one piece.
 #[async_trait]
 pub trait StagedWriter: Send {
-    /// Appends `bytes` (not durable yet).
-    async fn write(&mut self, bytes: Bytes) -> UploadResult<()>;
+    /// Appends `pieces`, in order (not durable yet). They are the bytes as the connection
+    /// received them, not gathered into one buffer.
+    async fn write(&mut self, pieces: Vec<Bytes>) -> UploadResult<()>;
 
     /// Appends the CRCs of the blocks the bytes written so far complete.
     async fn write_crcs(&mut self, crcs: &[u32]) -> UploadResult<()>;
@@ -96,16 +97,16 @@ pub trait StagedWriter: Send {
     async fn checkpoint(&mut self, state: &SessionState, previous: u64) -> UploadResult<()>;
 
     /// [`StagedWriter::checkpoint`] for everything written so far, then
-    /// [`StagedWriter::write`] of `bytes`, which `state` does not cover. An area may overlap
+    /// [`StagedWriter::write`] of `pieces`, which `state` does not cover. An area may overlap
     /// the two, so that the sync does not hold up the stream; by default they run in turn.
     async fn checkpoint_then_write(
         &mut self,
         state: &SessionState,
         previous: u64,
-        bytes: Bytes,
+        pieces: Vec<Bytes>,
     ) -> UploadResult<()> {
         self.checkpoint(state, previous).await?;
-        self.write(bytes).await
+        self.write(pieces).await
     }
 }
 
@@ -223,8 +224,8 @@ async fn on_file(
 
 #[async_trait]
 impl StagedWriter for LocalWriter {
-    async fn write(&mut self, bytes: Bytes) -> UploadResult<()> {
-        write_data(&mut self.data, &self.dir, bytes).await
+    async fn write(&mut self, pieces: Vec<Bytes>) -> UploadResult<()> {
+        write_data(&mut self.data, &self.dir, pieces).await
     }
 
     async fn write_crcs(&mut self, crcs: &[u32]) -> UploadResult<()> {
@@ -248,14 +249,14 @@ impl StagedWriter for LocalWriter {
         &mut self,
         state: &SessionState,
         previous: u64,
-        bytes: Bytes,
+        pieces: Vec<Bytes>,
     ) -> UploadResult<()> {
         let LocalWriter { dir, data, crcs } = self;
         // The bytes written meanwhile lie past `state.committed`, so a crash before the next
         // checkpoint cuts them away.
         let for_sync = second_handle(data, dir)?;
         let sync = sync_and_record(for_sync, crcs, dir, state, previous);
-        let (synced, written) = tokio::join!(sync, write_data(data, dir, bytes));
+        let (synced, written) = tokio::join!(sync, write_data(data, dir, pieces));
         synced?;
         written
     }
@@ -302,17 +303,21 @@ async fn sync_and_record(
     LocalStaging::write_state(dir, state).await
 }
 
-/// Appends `bytes` to a session's `data` file and starts writing them back at once, while the
+/// Appends `pieces` to a session's `data` file and starts writing them back at once, while the
 /// next ones arrive, so that the checkpoint's sync waits only for what is still in flight.
 async fn write_data(
     slot: &mut Option<std::fs::File>,
     dir: &Path,
-    bytes: Bytes,
+    pieces: Vec<Bytes>,
 ) -> UploadResult<()> {
     on_file(slot, dir.join("data"), move |file| {
-        std::io::Write::write_all(file, &bytes)?;
+        let mut written = 0;
+        for piece in &pieces {
+            std::io::Write::write_all(file, piece)?;
+            written += piece.len() as u64;
+        }
         let end = std::io::Seek::stream_position(file)?;
-        drop_cached(file, end - bytes.len() as u64, end);
+        drop_cached(file, end - written, end);
         Ok(())
     })
     .await

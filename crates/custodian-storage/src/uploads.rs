@@ -48,8 +48,54 @@ pub const CHECKPOINT: u64 = 8 << 20;
 /// How many bytes of a piece are gathered before they are hashed and written.
 const WRITE_BATCH: usize = 4 << 20;
 
-/// Chunks of a piece at least this large are hashed and written as they arrive, not gathered.
+/// A chunk at least this large starts a batch's hashing and writing as soon as it arrives: a
+/// client that sends large chunks is not held back to gather more.
 const PASS_THROUGH: usize = 256 << 10;
+
+/// Chunks smaller than this are copied together into one buffer; larger ones are kept as they
+/// arrived (a batch is a list of them), so that the bytes a connection received are hashed and
+/// written from where they lie. A client that sends tiny chunks still makes a batch of a few
+/// buffers, not of thousands.
+const KEEP_AS_IS: usize = 16 << 10;
+
+/// The bytes of one batch, in order: chunks kept as they arrived and small ones gathered.
+#[derive(Default)]
+struct Batch {
+    pieces: Vec<Bytes>,
+    /// Small chunks being gathered, the batch's last piece once it is handed on.
+    small: BytesMut,
+    len: usize,
+}
+
+impl Batch {
+    /// Adds a chunk; true if the batch is now due to be hashed and written.
+    fn push(&mut self, chunk: Bytes) -> bool {
+        self.len += chunk.len();
+        if chunk.len() < KEEP_AS_IS {
+            self.small.extend_from_slice(&chunk);
+            return self.len >= WRITE_BATCH;
+        }
+        if !self.small.is_empty() {
+            self.pieces.push(self.small.split().freeze());
+        }
+        let large = chunk.len() >= PASS_THROUGH;
+        self.pieces.push(chunk);
+        large || self.len >= WRITE_BATCH
+    }
+
+    /// Hands the batch's pieces on and starts an empty one.
+    fn take(&mut self) -> Vec<Bytes> {
+        if !self.small.is_empty() {
+            self.pieces.push(self.small.split().freeze());
+        }
+        self.len = 0;
+        std::mem::take(&mut self.pieces)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
 
 /// Why an upload session operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -243,24 +289,30 @@ enum Hashing {
 }
 
 impl Hashing {
-    /// Starts hashing `bytes`, which follow the bytes `live` has hashed.
-    fn start(live: Live, bytes: Bytes, block: u64) -> Self {
+    /// Starts hashing `pieces`, which follow the bytes `live` has hashed.
+    fn start(live: Live, pieces: Vec<Bytes>, block: u64) -> Self {
         let Live {
             hasher,
             mut partial_crc,
             from_start,
         } = live;
-        let start = hasher.len();
+        let mut start = hasher.len();
         let (mut sha256, mut blake3) = hasher.split();
-        let for_sha256 = bytes.clone();
+        let for_sha256 = pieces.clone();
         Hashing::Busy {
             sha256: tokio::task::spawn_blocking(move || {
-                sha256.update(&for_sha256);
+                for piece in &for_sha256 {
+                    sha256.update(piece);
+                }
                 sha256
             }),
             blake3: tokio::task::spawn_blocking(move || {
-                blake3.update(&bytes);
-                let done = block_crcs(start, block, &mut partial_crc, &bytes);
+                let mut done = Vec::new();
+                for piece in &pieces {
+                    blake3.update(piece);
+                    done.extend(block_crcs(start, block, &mut partial_crc, piece));
+                    start += piece.len() as u64;
+                }
                 (blake3, partial_crc, done)
             }),
             from_start,
@@ -631,21 +683,16 @@ impl UploadSessions {
         let mut writer = self.staging.writer(id, &file).await?;
 
         let mut body = body;
-        let mut batch = BytesMut::new();
+        let mut batch = Batch::default();
         let mut failure: Option<String> = None;
         let mut received = file.committed;
         let mut ended = false;
         while !ended {
-            let mut whole = None;
             match body.next().await {
-                // A large chunk is written and hashed as it came: gathering it would copy
+                // Large chunks are written and hashed as they came: gathering them would copy
                 // every byte once more into a fresh buffer.
-                Some(Ok(chunk)) if batch.is_empty() && chunk.len() >= PASS_THROUGH => {
-                    whole = Some(chunk);
-                }
                 Some(Ok(chunk)) => {
-                    batch.extend_from_slice(&chunk);
-                    if batch.len() < WRITE_BATCH {
+                    if !batch.push(chunk) {
                         continue;
                     }
                 }
@@ -655,12 +702,12 @@ impl UploadSessions {
                 }
                 None => ended = true,
             }
-            let bytes = match whole {
-                Some(chunk) => chunk,
-                None if batch.is_empty() => continue,
-                None => batch.split().freeze(),
-            };
-            let reached = received + bytes.len() as u64;
+            if batch.is_empty() {
+                continue;
+            }
+            let pieces = batch.take();
+            let len: usize = pieces.iter().map(Bytes::len).sum();
+            let reached = received + len as u64;
             if let Some(expected) = file.expected_size
                 && reached > expected
             {
@@ -693,23 +740,32 @@ impl UploadSessions {
             }
             // These bytes are hashed on the blocking pool while the checkpoint syncs the bytes
             // before them, while they are written here, and while the next ones arrive.
-            hashing = Hashing::start(live, bytes.clone(), block);
+            hashing = Hashing::start(live, pieces.clone(), block);
             if let Some(check) = check.as_mut() {
-                check.update(&bytes);
+                for piece in &pieces {
+                    check.update(piece);
+                }
             }
             let mirrored = async {
                 match mirror.as_mut() {
-                    Some(m) => m.write(bytes.clone()).await.is_ok(),
+                    Some(m) => {
+                        for piece in &pieces {
+                            if m.write(piece.clone()).await.is_err() {
+                                return false;
+                            }
+                        }
+                        true
+                    }
                     None => true,
                 }
             };
             let written = async {
                 if due {
                     writer
-                        .checkpoint_then_write(&file, previous, bytes.clone())
+                        .checkpoint_then_write(&file, previous, pieces.clone())
                         .await
                 } else {
-                    writer.write(bytes.clone()).await
+                    writer.write(pieces.clone()).await
                 }
             };
             let (written, mirrored) = tokio::join!(written, mirrored);
@@ -1229,5 +1285,55 @@ mod tests {
         assert_eq!(sessions.sweep(), 1);
         assert_eq!(sessions.count(), 0);
         assert!(sessions.status("r", &id).await.is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// However a piece's chunks come, the batches hold its bytes in order; every chunk of
+        /// at least `KEEP_AS_IS` bytes is handed on as it arrived (the same memory, not a
+        /// copy); a batch is due at a large chunk or once it holds `WRITE_BATCH`, never later.
+        #[test]
+        fn batches_hand_large_chunks_on_where_they_lie(
+            sizes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    0usize..64,
+                    KEEP_AS_IS - 2..KEEP_AS_IS + 2,
+                    PASS_THROUGH - 2..PASS_THROUGH + 2,
+                    0usize..(1 << 20) + 9,
+                ],
+                0..24,
+            )
+        ) {
+            let mut batch = Batch::default();
+            let (mut sent, mut received) = (Vec::new(), Vec::new());
+            let mut kept = Vec::new();
+            let mut handed: Vec<Bytes> = Vec::new();
+            for (i, size) in sizes.iter().enumerate() {
+                let chunk = Bytes::from(vec![i as u8; *size]);
+                sent.extend_from_slice(&chunk);
+                if chunk.len() >= KEEP_AS_IS {
+                    kept.push(chunk.as_ptr());
+                }
+                let before = batch.len;
+                let due = batch.push(chunk);
+                proptest::prop_assert_eq!(
+                    due,
+                    *size >= PASS_THROUGH || before + size >= WRITE_BATCH
+                );
+                if due {
+                    handed.extend(batch.take());
+                    proptest::prop_assert!(batch.is_empty());
+                }
+            }
+            handed.extend(batch.take());
+            for piece in &handed {
+                received.extend_from_slice(piece);
+            }
+            proptest::prop_assert_eq!(received, sent);
+            let pointers: Vec<*const u8> = handed.iter().map(|p| p.as_ptr()).collect();
+            for pointer in kept {
+                proptest::prop_assert!(pointers.contains(&pointer));
+            }
+        }
     }
 }

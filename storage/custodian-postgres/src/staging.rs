@@ -106,8 +106,10 @@ enum Refusal {
 
 #[async_trait]
 impl StagedWriter for PgWriter {
-    async fn write(&mut self, bytes: Bytes) -> UploadResult<()> {
-        self.buffer.extend_from_slice(&bytes);
+    async fn write(&mut self, pieces: Vec<Bytes>) -> UploadResult<()> {
+        for piece in &pieces {
+            self.buffer.extend_from_slice(piece);
+        }
         if self.buffer.len() >= PART {
             self.flush().await?;
         }
