@@ -18,18 +18,16 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
 
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::{Buf as _, Bytes};
 use prost::Message as _;
 use tonic::client::GrpcService;
 use tonic::{Code, Status};
 
 use custodian_proto::cas::v1 as pb;
+use custodian_proto::grpc_wire::{PREFIX, frame};
 
 /// The method's path, as the generated client sends it.
 const GET_PATH: &str = "/custodian.cas.v1.ContentStore/Get";
-
-/// The length of a gRPC message's prefix: a compression flag and a big-endian length.
-const PREFIX: usize = 5;
 
 /// What a `Get` stream carries, in order: the blob's metadata (first), then its bytes.
 #[derive(Debug)]
@@ -105,19 +103,6 @@ where
     let (head, body) = response.into_parts();
     check_head(&head)?;
     Ok(GetStream::new(body))
-}
-
-/// `message` as one gRPC message on the wire: uncompressed, its length, its protobuf encoding
-/// (what tonic's encoder sends; the daemon's `Get` tests compare their framing with it).
-pub fn frame(message: &impl prost::Message) -> Result<Bytes, Status> {
-    let len = message.encoded_len();
-    let prefix_len = u32::try_from(len)
-        .map_err(|_| Status::internal(format!("a message of {len} bytes is too long for gRPC")))?;
-    let mut framed = BytesMut::with_capacity(PREFIX + len);
-    framed.extend_from_slice(&[0]);
-    framed.extend_from_slice(&prefix_len.to_be_bytes());
-    message.encode_raw(&mut framed);
-    Ok(framed.freeze())
 }
 
 /// Checks an answer's headers: gRPC's content type, and no status sent in place of a stream.

@@ -26,6 +26,29 @@ pub mod local_put {
     }
 }
 
+/// gRPC's message framing, for the calls whose bytes the daemon and the CLI frame themselves
+/// (`ContentStore.Get`, `Put` and `WriteUpload`; docs/ARCHITECTURE.md).
+pub mod grpc_wire {
+    use prost::bytes::{Bytes, BytesMut};
+
+    /// The length of a gRPC message's prefix: a compression flag and a big-endian length.
+    pub const PREFIX: usize = 5;
+
+    /// `message` as one gRPC message on the wire: uncompressed, its length, its protobuf
+    /// encoding (what tonic's encoder sends; tests compare other framings with it).
+    pub fn frame(message: &impl prost::Message) -> Result<Bytes, tonic::Status> {
+        let len = message.encoded_len();
+        let prefix_len = u32::try_from(len).map_err(|_| {
+            tonic::Status::internal(format!("a message of {len} bytes is too long for gRPC"))
+        })?;
+        let mut framed = BytesMut::with_capacity(PREFIX + len);
+        framed.extend_from_slice(&[0]);
+        framed.extend_from_slice(&prefix_len.to_be_bytes());
+        message.encode_raw(&mut framed);
+        Ok(framed.freeze())
+    }
+}
+
 /// `custodian.ledger.v1`: the provenance ledger.
 pub mod ledger {
     /// Version 1 of the ledger API.
