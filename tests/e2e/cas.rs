@@ -376,6 +376,49 @@ async fn grpcio_reads_a_blob_and_a_refusal() {
 }
 
 #[tokio::test]
+async fn grpcio_uploads_through_put_and_write_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/grpc_put.py");
+    let address = daemon.address.trim_start_matches("http://").to_string();
+    let out = crate::run_ok(
+        std::process::Command::new(crate::registry::python())
+            .arg(&script)
+            .args([&address, &daemon.token]),
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    for upload in ["put", "write_upload"] {
+        let answered = &report[upload];
+        assert_eq!(answered["sha256"], answered["sent"], "{report}");
+        assert!(answered["size"].as_u64().unwrap() > 2 << 20, "{report}");
+    }
+    assert_eq!(
+        report["write_upload"]["committed_size"], report["write_upload"]["size"],
+        "{report}"
+    );
+    // Each blob is in custody, and reads back as sent.
+    let mut client = daemon.client().await;
+    for upload in ["put", "write_upload"] {
+        let digest = report[upload]["sha256"].as_str().unwrap().to_string();
+        let (_, read) = get(&mut client, &digest, 0, 0).await.unwrap();
+        assert_eq!(
+            custodian_core::Digest::of(custodian_core::Algorithm::Sha256, &read).to_string(),
+            digest
+        );
+    }
+    assert_eq!(report["refused"]["code"], "INVALID_ARGUMENT", "{report}");
+    assert!(
+        report["refused"]["details"]
+            .as_str()
+            .unwrap()
+            .contains("must be a header"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
 async fn concurrent_puts_of_the_same_blob_store_one_copy() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path());

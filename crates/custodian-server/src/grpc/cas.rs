@@ -49,15 +49,87 @@ impl Default for CasLimits {
 /// an upload that trickles (slow-loris) or stalls is abandoned, and its writer dropped, so it
 /// holds no storage or memory for longer than that.
 async fn next_message<T>(
-    stream: &mut Streaming<T>,
+    stream: &mut (impl Stream<Item = Result<T, Status>> + Unpin),
     idle: std::time::Duration,
 ) -> Result<Option<T>, Status> {
-    match tokio::time::timeout(idle, stream.message()).await {
-        Ok(result) => result,
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "no complete upload message arrived for {} s (serve --upload-idle-timeout); the upload is discarded",
-            idle.as_secs_f64()
-        ))),
+    match tokio::time::timeout(idle, stream.next()).await {
+        Ok(next) => next.transpose(),
+        Err(_) => Err(idle_upload(idle)),
+    }
+}
+
+/// The refusal of an upload stream that sent no complete message for `idle`.
+fn idle_upload(idle: std::time::Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "no complete upload message arrived for {} s (serve --upload-idle-timeout); the upload is discarded",
+        idle.as_secs_f64()
+    ))
+}
+
+/// The bytes of a `WriteUpload` stream after its header, piece by piece, as the upload engine
+/// takes them. The stream ends at the first broken or idle message, or a second header, with
+/// that error as its last item: the engine keeps everything before it.
+struct UploadPieces {
+    stream: UploadMessages<pb::UploadWriteHeader>,
+    /// The rest of the latest message's pieces.
+    pending: std::vec::IntoIter<Bytes>,
+    idle: std::time::Duration,
+    /// Runs out `idle` after the stream was first found without a message to give.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Whether the timer runs: the stream had no message when last asked.
+    waiting: bool,
+    done: bool,
+}
+
+impl Stream for UploadPieces {
+    type Item = Result<Bytes, String>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        loop {
+            if let Some(piece) = self.pending.next() {
+                return Poll::Ready(Some(Ok(piece)));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let failure = match self.stream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(message))) => {
+                    self.waiting = false;
+                    match message {
+                        UploadMessage::Chunk(pieces) => {
+                            self.pending = pieces.into_iter();
+                            continue;
+                        }
+                        UploadMessage::Empty => continue,
+                        UploadMessage::Header(_) => "a second header arrived after data: only the first message may be a header".to_string(),
+                    }
+                }
+                Poll::Ready(Some(Err(status))) => status.message().to_string(),
+                Poll::Ready(None) => {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {
+                    // As `next_message`: the idle time counts from when a message is awaited,
+                    // not while the engine is busy with the previous one.
+                    if !self.waiting {
+                        self.waiting = true;
+                        let deadline = tokio::time::Instant::now() + self.idle;
+                        self.timer.as_mut().reset(deadline);
+                    }
+                    match self.timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => idle_upload(self.idle).message().to_string(),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+            };
+            self.done = true;
+            return Poll::Ready(Some(Err(failure)));
+        }
     }
 }
 
@@ -157,7 +229,7 @@ impl CasService {
         }
     }
 
-    fn writer<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+    pub(crate) fn writer<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
         may_upload(principal(&self.auth, request)?)
     }
 
@@ -308,6 +380,117 @@ type ListBlobsStream = Pin<Box<dyn Stream<Item = Result<pb::ListBlobsResponse, S
 /// Blobs per message of a custody listing.
 const LIST_PAGE: u64 = 1000;
 
+/// One message of an upload stream (`Put` or `WriteUpload`), however it was received: by
+/// tonic's generated service, or where its HTTP/2 frames lie ([`super::cas_upload`]).
+pub enum UploadMessage<H> {
+    /// The stream's header (its first message, and only the first).
+    Header(H),
+    /// The next bytes, in one or more pieces.
+    Chunk(Vec<Bytes>),
+    /// A message with neither field set, which adds nothing.
+    Empty,
+}
+
+/// The messages of an upload stream; the stream ends at the first error.
+pub type UploadMessages<H> =
+    Pin<Box<dyn Stream<Item = Result<UploadMessage<H>, Status>> + Send + 'static>>;
+
+impl CasService {
+    /// `Put` for `who`, from its messages.
+    pub(crate) async fn put_from(
+        &self,
+        who: Principal,
+        mut stream: UploadMessages<pb::PutHeader>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let idle = self.limits.upload_idle_timeout;
+        let header = match next_message(&mut stream, idle).await? {
+            Some(UploadMessage::Header(header)) => header,
+            Some(UploadMessage::Chunk(_)) => {
+                return Err(Status::invalid_argument(
+                    "the first Put message must be a header (field header), not a chunk",
+                ));
+            }
+            Some(UploadMessage::Empty) | None => {
+                return Err(Status::invalid_argument(
+                    "Put stream ended before its header: send a PutHeader first",
+                ));
+            }
+        };
+        let expect = Expectation {
+            digest: parse_optional_digest("header.expected_digest", &header.expected_digest)?,
+            size: header.expected_size,
+        };
+        let mut writer = self
+            .store
+            .begin_put(expect)
+            .await
+            .map_err(GrpcError::from)?;
+        // If the client disconnects, the stream fails and the writer is dropped here: the
+        // upload is discarded and nothing becomes visible.
+        while let Some(message) = next_message(&mut stream, idle).await? {
+            match message {
+                UploadMessage::Chunk(pieces) => {
+                    for piece in pieces {
+                        writer.write(piece).await.map_err(GrpcError::from)?;
+                    }
+                }
+                UploadMessage::Header(_) => {
+                    return Err(Status::invalid_argument(
+                        "a second Put header arrived after data: only the first message may be a header",
+                    ));
+                }
+                UploadMessage::Empty => {}
+            }
+        }
+        let outcome = writer.commit().await.map_err(GrpcError::from)?;
+        tracing::debug!(digest = %outcome.meta.sha256(), size = outcome.meta.size, already_present = outcome.already_present, "put");
+        Ok(Response::new(self.put_response(&who, &outcome)))
+    }
+
+    /// `WriteUpload` for `who`, from its messages.
+    pub(crate) async fn write_upload_from(
+        &self,
+        who: Principal,
+        mut stream: UploadMessages<pb::UploadWriteHeader>,
+    ) -> Result<Response<pb::UploadStatus>, Status> {
+        let idle = self.limits.upload_idle_timeout;
+        let header = match next_message(&mut stream, idle).await? {
+            Some(UploadMessage::Header(header)) => header,
+            Some(UploadMessage::Chunk(_)) => {
+                return Err(Status::invalid_argument(
+                    "the first WriteUpload message must be a header (field header) naming upload_id and write_offset, not a chunk",
+                ));
+            }
+            Some(UploadMessage::Empty) | None => {
+                return Err(Status::invalid_argument(
+                    "WriteUpload stream ended before its header: send an UploadWriteHeader first",
+                ));
+            }
+        };
+        // The stream's chunks, piece by piece, ending at the first broken or idle message: the
+        // engine keeps everything before it.
+        let chunks = UploadPieces {
+            stream,
+            pending: Vec::new().into_iter(),
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
+            done: false,
+        };
+        let info = self
+            .uploads
+            .append(
+                &upload_owner(&who),
+                &header.upload_id,
+                Some(header.write_offset),
+                Box::pin(chunks),
+            )
+            .await
+            .map_err(GrpcError::from)?;
+        Ok(Response::new(upload_status(&info)))
+    }
+}
+
 #[tonic::async_trait]
 impl ContentStore for CasService {
     async fn get_capabilities(
@@ -338,51 +521,12 @@ impl ContentStore for CasService {
         request: Request<Streaming<pb::PutRequest>>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         let who = self.writer(&request)?;
-        let mut stream = request.into_inner();
-        let idle = self.limits.upload_idle_timeout;
-        let header = match next_message(&mut stream, idle)
-            .await?
-            .and_then(|m| m.message)
-        {
-            Some(pb::put_request::Message::Header(header)) => header,
-            Some(pb::put_request::Message::Chunk(_)) => {
-                return Err(Status::invalid_argument(
-                    "the first Put message must be a header (field header), not a chunk",
-                ));
-            }
-            None => {
-                return Err(Status::invalid_argument(
-                    "Put stream ended before its header: send a PutHeader first",
-                ));
-            }
-        };
-        let expect = Expectation {
-            digest: parse_optional_digest("header.expected_digest", &header.expected_digest)?,
-            size: header.expected_size,
-        };
-        let mut writer = self
-            .store
-            .begin_put(expect)
-            .await
-            .map_err(GrpcError::from)?;
-        // If the client disconnects, `message()` fails and the writer is dropped here: the
-        // upload is discarded and nothing becomes visible.
-        while let Some(message) = next_message(&mut stream, idle).await? {
-            match message.message {
-                Some(pb::put_request::Message::Chunk(chunk)) => {
-                    writer.write(chunk).await.map_err(GrpcError::from)?;
-                }
-                Some(pb::put_request::Message::Header(_)) => {
-                    return Err(Status::invalid_argument(
-                        "a second Put header arrived after data: only the first message may be a header",
-                    ));
-                }
-                None => {}
-            }
-        }
-        let outcome = writer.commit().await.map_err(GrpcError::from)?;
-        tracing::debug!(digest = %outcome.meta.sha256(), size = outcome.meta.size, already_present = outcome.already_present, "put");
-        Ok(Response::new(self.put_response(&who, &outcome)))
+        let messages = request.into_inner().map_ok(|m| match m.message {
+            Some(pb::put_request::Message::Header(header)) => UploadMessage::Header(header),
+            Some(pb::put_request::Message::Chunk(chunk)) => UploadMessage::Chunk(vec![chunk]),
+            None => UploadMessage::Empty,
+        });
+        self.put_from(who, Box::pin(messages)).await
     }
 
     async fn start_upload(
@@ -421,56 +565,16 @@ impl ContentStore for CasService {
         request: Request<Streaming<pb::WriteUploadRequest>>,
     ) -> Result<Response<pb::UploadStatus>, Status> {
         let who = self.writer(&request)?;
-        let mut stream = request.into_inner();
-        let idle = self.limits.upload_idle_timeout;
-        let header = match next_message(&mut stream, idle)
-            .await?
-            .and_then(|m| m.message)
-        {
-            Some(pb::write_upload_request::Message::Header(header)) => header,
-            Some(pb::write_upload_request::Message::Chunk(_)) => {
-                return Err(Status::invalid_argument(
-                    "the first WriteUpload message must be a header (field header) naming upload_id and write_offset, not a chunk",
-                ));
+        let messages = request.into_inner().map_ok(|m| match m.message {
+            Some(pb::write_upload_request::Message::Header(header)) => {
+                UploadMessage::Header(header)
             }
-            None => {
-                return Err(Status::invalid_argument(
-                    "WriteUpload stream ended before its header: send an UploadWriteHeader first",
-                ));
+            Some(pb::write_upload_request::Message::Chunk(chunk)) => {
+                UploadMessage::Chunk(vec![chunk])
             }
-        };
-        // The stream's chunks, ending at the first broken or idle message: the engine keeps
-        // everything before it.
-        let chunks = futures::stream::unfold(Some(stream), move |state| async move {
-            let mut stream = state?;
-            match next_message(&mut stream, idle).await {
-                Ok(Some(pb::WriteUploadRequest {
-                    message: Some(pb::write_upload_request::Message::Chunk(chunk)),
-                })) => Some((Ok(chunk), Some(stream))),
-                Ok(Some(pb::WriteUploadRequest {
-                    message: Some(pb::write_upload_request::Message::Header(_)),
-                })) => Some((
-                    Err("a second header arrived after data: only the first message may be a header".to_string()),
-                    None,
-                )),
-                Ok(Some(pb::WriteUploadRequest { message: None })) => {
-                    Some((Ok(Bytes::new()), Some(stream)))
-                }
-                Ok(None) => None,
-                Err(status) => Some((Err(status.message().to_string()), None)),
-            }
+            None => UploadMessage::Empty,
         });
-        let info = self
-            .uploads
-            .append(
-                &upload_owner(&who),
-                &header.upload_id,
-                Some(header.write_offset),
-                Box::pin(chunks),
-            )
-            .await
-            .map_err(GrpcError::from)?;
-        Ok(Response::new(upload_status(&info)))
+        self.write_upload_from(who, Box::pin(messages)).await
     }
 
     async fn finish_upload(

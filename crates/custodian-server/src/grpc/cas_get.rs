@@ -26,14 +26,14 @@ use tonic::server::NamedService;
 
 use custodian_proto::cas::v1 as pb;
 use custodian_proto::cas::v1::content_store_server::{ContentStore, ContentStoreServer};
+use custodian_proto::grpc_wire::PREFIX;
 
 use super::cas::CasService;
 
-/// The method's path.
+/// The paths of the methods answered here rather than by the generated service.
 const GET_PATH: &str = "/custodian.cas.v1.ContentStore/Get";
-
-/// The length of a gRPC message's prefix: a compression flag and a big-endian length.
-const PREFIX: usize = 5;
+const PUT_PATH: &str = "/custodian.cas.v1.ContentStore/Put";
+const WRITE_UPLOAD_PATH: &str = "/custodian.cas.v1.ContentStore/WriteUpload";
 
 /// The content store's gRPC service: `Get` answered here, every other method by tonic's
 /// generated service; see the module's documentation.
@@ -78,12 +78,17 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for ContentStoreRo
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        if request.uri().path() == GET_PATH {
-            let service = self.service.clone();
-            let max_request = self.max_request;
-            Box::pin(async move { Ok(serve_get(service, max_request, request).await) })
-        } else {
-            Box::pin(tower_service::Service::call(&mut self.generated, request))
+        let service = self.service.clone();
+        let max_request = self.max_request;
+        match request.uri().path() {
+            GET_PATH => Box::pin(async move { Ok(serve_get(service, max_request, request).await) }),
+            PUT_PATH => Box::pin(async move {
+                Ok(super::cas_upload::serve_put(service, max_request, request).await)
+            }),
+            WRITE_UPLOAD_PATH => Box::pin(async move {
+                Ok(super::cas_upload::serve_write_upload(service, max_request, request).await)
+            }),
+            _ => Box::pin(tower_service::Service::call(&mut self.generated, request)),
         }
     }
 }
@@ -253,7 +258,7 @@ mod tests {
 
     /// What tonic's encoder sends for `message`: the prefix and prost's encoding.
     fn tonic_framing(message: &impl prost::Message) -> Vec<u8> {
-        custodian_client::get::frame(message)
+        custodian_proto::grpc_wire::frame(message)
             .expect("a short message")
             .to_vec()
     }

@@ -3,6 +3,7 @@
 
 pub mod cas;
 pub mod cas_get;
+mod cas_upload;
 pub mod evidence;
 pub mod ledger;
 pub mod local_put;
