@@ -405,7 +405,8 @@ pub async fn serve(
     // Stream scans of hosted data packs, whether uploaded over REST or handed over locally,
     // share one bound.
     let stream_scans = Arc::new(scan::StreamScans::new(uploads.expiry()));
-    // `Get` is answered without copying each block into a message (grpc/cas_get.rs).
+    // `Get` is answered without copying each block into a message (grpc/cas_get.rs), and
+    // `Put` and `WriteUpload` are read where their frames lie (grpc/cas_upload.rs).
     let cas = grpc::cas_get::ContentStoreRoutes::new(
         ContentStoreServer::new(cas_service.clone())
             .max_decoding_message_size(limits.max_message_size_bytes)

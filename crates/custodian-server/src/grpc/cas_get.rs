@@ -35,8 +35,9 @@ const GET_PATH: &str = "/custodian.cas.v1.ContentStore/Get";
 const PUT_PATH: &str = "/custodian.cas.v1.ContentStore/Put";
 const WRITE_UPLOAD_PATH: &str = "/custodian.cas.v1.ContentStore/WriteUpload";
 
-/// The content store's gRPC service: `Get` answered here, every other method by tonic's
-/// generated service; see the module's documentation.
+/// The content store's gRPC service: `Get` answered here, `Put` and `WriteUpload` read where
+/// their frames lie ([`super::cas_upload`]), every other method by tonic's generated service;
+/// see the module's documentation.
 #[derive(Clone)]
 pub struct ContentStoreRoutes {
     generated: ContentStoreServer<CasService>,
@@ -46,8 +47,8 @@ pub struct ContentStoreRoutes {
 }
 
 impl ContentStoreRoutes {
-    /// Routes `Get` to `service` directly and everything else to `generated`, which must wrap
-    /// the same service.
+    /// Routes `Get`, `Put` and `WriteUpload` to `service` directly and everything else to
+    /// `generated`, which must wrap the same service.
     pub fn new(
         generated: ContentStoreServer<CasService>,
         service: CasService,

@@ -119,7 +119,7 @@ impl Frames {
         let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
         if len > self.limit {
             return Err(Status::out_of_range(format!(
-                "a {} message of {len} bytes is over the limit of {} bytes (serve --max-message-size)",
+                "a {} message of {len} bytes is too large: the limit is {} bytes (serve --max-message-bytes)",
                 self.method, self.limit
             )));
         }
@@ -556,9 +556,9 @@ mod tests {
         let status = refused(framed(&[0x12, 0x04, b'a', b'b', b'c', b'd']), None, 5);
         assert_eq!(status.code(), tonic::Code::OutOfRange);
         assert!(
-            status
-                .message()
-                .contains("of 6 bytes is over the limit of 5 bytes"),
+            status.message().contains(
+                "of 6 bytes is too large: the limit is 5 bytes (serve --max-message-bytes)"
+            ),
             "{status:?}"
         );
         let status = refused(vec![0, 0, 0], None, 1024);
