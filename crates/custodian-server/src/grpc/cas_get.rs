@@ -119,20 +119,25 @@ async fn serve_get(
                 pending: None,
                 done: false,
             }));
-            let headers = http.headers_mut();
-            *headers = metadata.into_headers();
-            // The status goes in the trailers; the handler's metadata cannot preempt it.
-            for reserved in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
-                headers.remove(reserved);
-            }
-            headers.insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/grpc"),
-            );
+            *http.headers_mut() = answer_headers(metadata);
             http
         }
         Err(status) => status.into_http(),
     }
+}
+
+/// The headers of an answer that carries messages: the handler's metadata and gRPC's content
+/// type. The status goes in the trailers; the handler's metadata cannot preempt it.
+pub(super) fn answer_headers(metadata: tonic::metadata::MetadataMap) -> http::HeaderMap {
+    let mut headers = metadata.into_headers();
+    for reserved in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+        headers.remove(reserved);
+    }
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers
 }
 
 /// Reads the request's one message: uncompressed, whole, within `limit`.

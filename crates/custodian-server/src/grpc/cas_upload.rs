@@ -253,20 +253,15 @@ pub(super) async fn serve_put(
     limit: usize,
     request: http::Request<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
-    let (parts, body) = request.into_parts();
-    let request = tonic::Request::from_parts(
-        tonic::metadata::MetadataMap::from_headers(parts.headers),
-        parts.extensions,
-        (),
-    );
-    let response = match service.writer(&request) {
-        Ok(who) => {
-            let stream = messages(body, "Put", limit, split_put);
-            service.put_from(who, stream).await
-        }
-        Err(status) => Err(status),
-    };
-    unary(response)
+    serve_upload(
+        service,
+        request,
+        "Put",
+        limit,
+        split_put,
+        |service, who, stream| async move { service.put_from(who, stream).await },
+    )
+    .await
 }
 
 /// Answers one `WriteUpload`.
@@ -275,6 +270,34 @@ pub(super) async fn serve_write_upload(
     limit: usize,
     request: http::Request<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
+    serve_upload(
+        service,
+        request,
+        "WriteUpload",
+        limit,
+        split_write_upload,
+        |service, who, stream| async move { service.write_upload_from(who, stream).await },
+    )
+    .await
+}
+
+/// Answers one upload call: the caller must be allowed to upload (as the generated service
+/// checks first), then `handle` takes the body's messages, read where their frames lie.
+async fn serve_upload<M, H, R, F, Fut>(
+    service: CasService,
+    request: http::Request<tonic::body::Body>,
+    method: &'static str,
+    limit: usize,
+    split: fn(M) -> UploadMessage<H>,
+    handle: F,
+) -> http::Response<tonic::body::Body>
+where
+    M: prost::Message + Default + 'static,
+    H: Send + 'static,
+    R: prost::Message,
+    F: FnOnce(CasService, crate::auth::Principal, UploadMessages<H>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<R>, Status>>,
+{
     let (parts, body) = request.into_parts();
     let request = tonic::Request::from_parts(
         tonic::metadata::MetadataMap::from_headers(parts.headers),
@@ -282,10 +305,7 @@ pub(super) async fn serve_write_upload(
         (),
     );
     let response = match service.writer(&request) {
-        Ok(who) => {
-            let stream = messages(body, "WriteUpload", limit, split_write_upload);
-            service.write_upload_from(who, stream).await
-        }
+        Ok(who) => handle(service, who, messages(body, method, limit, split)).await,
         Err(status) => Err(status),
     };
     unary(response)
@@ -313,15 +333,7 @@ fn unary<M: prost::Message>(
     ];
     let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
     let mut http = http::Response::new(tonic::body::Body::new(body));
-    let headers = http.headers_mut();
-    *headers = metadata.into_headers();
-    for reserved in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
-        headers.remove(reserved);
-    }
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/grpc"),
-    );
+    *http.headers_mut() = super::cas_get::answer_headers(metadata);
     http
 }
 
