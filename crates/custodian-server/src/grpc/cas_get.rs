@@ -29,6 +29,7 @@ use custodian_proto::cas::v1::content_store_server::{ContentStore, ContentStoreS
 use custodian_proto::grpc_wire::PREFIX;
 
 use super::cas::CasService;
+use super::cas_upload::UploadMethod;
 
 /// The paths of the methods answered here rather than by the generated service.
 const GET_PATH: &str = "/custodian.cas.v1.ContentStore/Get";
@@ -83,12 +84,16 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for ContentStoreRo
         let max_request = self.max_request;
         match request.uri().path() {
             GET_PATH => Box::pin(async move { Ok(serve_get(service, max_request, request).await) }),
-            PUT_PATH => Box::pin(async move {
-                Ok(super::cas_upload::serve_put(service, max_request, request).await)
-            }),
-            WRITE_UPLOAD_PATH => Box::pin(async move {
-                Ok(super::cas_upload::serve_write_upload(service, max_request, request).await)
-            }),
+            PUT_PATH | WRITE_UPLOAD_PATH => {
+                let method = if request.uri().path() == PUT_PATH {
+                    UploadMethod::Put
+                } else {
+                    UploadMethod::WriteUpload
+                };
+                Box::pin(async move {
+                    Ok(super::cas_upload::serve(method, service, max_request, request).await)
+                })
+            }
             _ => Box::pin(tower_service::Service::call(&mut self.generated, request)),
         }
     }

@@ -247,38 +247,45 @@ fn split_write_upload(message: pb::WriteUploadRequest) -> UploadMessage<pb::Uplo
     }
 }
 
-/// Answers one `Put`.
-pub(super) async fn serve_put(
-    service: CasService,
-    limit: usize,
-    request: http::Request<tonic::body::Body>,
-) -> http::Response<tonic::body::Body> {
-    serve_upload(
-        service,
-        request,
-        "Put",
-        limit,
-        split_put,
-        |service, who, stream| async move { service.put_from(who, stream).await },
-    )
-    .await
+/// The upload methods read here.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum UploadMethod {
+    Put,
+    WriteUpload,
 }
 
-/// Answers one `WriteUpload`.
-pub(super) async fn serve_write_upload(
+/// Answers one call of `method`.
+pub(super) async fn serve(
+    method: UploadMethod,
     service: CasService,
     limit: usize,
     request: http::Request<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
-    serve_upload(
-        service,
-        request,
-        "WriteUpload",
-        limit,
-        split_write_upload,
-        |service, who, stream| async move { service.write_upload_from(who, stream).await },
-    )
-    .await
+    match method {
+        UploadMethod::Put => {
+            serve_upload(
+                service,
+                request,
+                "Put",
+                limit,
+                split_put,
+                |s, who, m| async move { s.put_from(who, m).await },
+            )
+            .await
+        }
+        UploadMethod::WriteUpload => {
+            let split = split_write_upload;
+            serve_upload(
+                service,
+                request,
+                "WriteUpload",
+                limit,
+                split,
+                |s, who, m| async move { s.write_upload_from(who, m).await },
+            )
+            .await
+        }
+    }
 }
 
 /// Answers one upload call: the caller must be allowed to upload (as the generated service
