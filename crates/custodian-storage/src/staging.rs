@@ -96,19 +96,23 @@ pub trait StagedWriter: Send {
     /// session's committed length is no longer `previous`.
     async fn checkpoint(&mut self, state: &SessionState, previous: u64) -> UploadResult<()>;
 
-    /// [`StagedWriter::checkpoint`] for everything written so far, then
-    /// [`StagedWriter::write`] of `pieces`, which `state` does not cover. An area may overlap
-    /// the two, so that the sync does not hold up the stream; by default they run in turn.
-    async fn checkpoint_then_write(
+    /// Starts [`StagedWriter::checkpoint`] for everything written so far and hands back what
+    /// is left of it as a future that owns what it needs, so that later bytes may be written, and
+    /// the connection read, while it syncs. The state it records is durable only once that future
+    /// has completed: the caller awaits it before the next checkpoint and before acknowledging
+    /// anything. By default the checkpoint is made here and the future is ready.
+    async fn start_checkpoint(
         &mut self,
         state: &SessionState,
         previous: u64,
-        pieces: Vec<Bytes>,
-    ) -> UploadResult<()> {
+    ) -> UploadResult<Syncing> {
         self.checkpoint(state, previous).await?;
-        self.write(pieces).await
+        Ok(Box::pin(std::future::ready(Ok(()))))
     }
 }
+
+/// The rest of a checkpoint started by [`StagedWriter::start_checkpoint`].
+pub type Syncing = std::pin::Pin<Box<dyn std::future::Future<Output = UploadResult<()>> + Send>>;
 
 fn io(path: &Path, source: std::io::Error) -> UploadError {
     UploadError::Io {
@@ -240,25 +244,29 @@ impl StagedWriter for LocalWriter {
     }
 
     async fn checkpoint(&mut self, state: &SessionState, previous: u64) -> UploadResult<()> {
-        let LocalWriter { dir, data, crcs } = self;
-        let for_sync = second_handle(data, dir)?;
-        sync_and_record(for_sync, crcs, dir, state, previous).await
+        self.start_checkpoint(state, previous).await?.await
     }
 
-    async fn checkpoint_then_write(
+    async fn start_checkpoint(
         &mut self,
         state: &SessionState,
         previous: u64,
-        pieces: Vec<Bytes>,
-    ) -> UploadResult<()> {
+    ) -> UploadResult<Syncing> {
         let LocalWriter { dir, data, crcs } = self;
         // The bytes written meanwhile lie past `state.committed`, so a crash before the next
-        // checkpoint cuts them away.
+        // checkpoint cuts them away. The CRCs written so far are handed to the file first, so
+        // that a sync through the second handle covers them.
+        let crcs_path = dir.join("crcs");
+        crcs.flush().await.map_err(|e| io(&crcs_path, e))?;
+        let crcs = crcs.try_clone().await.map_err(|e| io(&crcs_path, e))?;
         let for_sync = second_handle(data, dir)?;
-        let sync = sync_and_record(for_sync, crcs, dir, state, previous);
-        let (synced, written) = tokio::join!(sync, write_data(data, dir, pieces));
-        synced?;
-        written
+        Ok(Box::pin(sync_and_record(
+            for_sync,
+            crcs,
+            dir.clone(),
+            state.clone(),
+            previous,
+        )))
     }
 }
 
@@ -278,15 +286,15 @@ fn second_handle(data: &Option<std::fs::File>, dir: &Path) -> UploadResult<std::
         .map_err(|e| io(&data_path, e))
 }
 
-/// Makes a session's `data` (through `for_sync`, a [`second_handle`]) and `crcs` durable, drops
-/// the cached pages of `data` from `previous` to `state.committed`, and replaces `state.json`
-/// with `state`. One daemon owns the directory and the engine serializes requests per session,
-/// so nothing else can have moved the session.
+/// Makes a session's `data` (through `for_sync`, a [`second_handle`]) and `crcs` (through a
+/// second handle too) durable, drops the cached pages of `data` from `previous` to
+/// `state.committed`, and replaces `state.json` with `state`. One daemon owns the directory and
+/// the engine serializes requests per session, so nothing else can have moved the session.
 async fn sync_and_record(
     for_sync: std::fs::File,
-    crcs: &mut tokio::fs::File,
-    dir: &Path,
-    state: &SessionState,
+    crcs: tokio::fs::File,
+    dir: PathBuf,
+    state: SessionState,
     previous: u64,
 ) -> UploadResult<()> {
     let data_path = dir.join("data");
@@ -300,7 +308,7 @@ async fn sync_and_record(
     a.map_err(|e| io(&data_path, std::io::Error::other(e.to_string())))?
         .map_err(|e| io(&data_path, e))?;
     b.map_err(|e| io(&dir.join("crcs"), e))?;
-    LocalStaging::write_state(dir, state).await
+    LocalStaging::write_state(&dir, &state).await
 }
 
 /// Appends `pieces` to a session's `data` file and starts writing them back at once, while the
