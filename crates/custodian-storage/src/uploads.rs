@@ -1133,6 +1133,76 @@ mod tests {
         assert_eq!(sessions.count(), 0);
     }
 
+    /// A long piece checkpoints while it streams (each checkpoint syncing while the batches
+    /// after it are written): a process stopped mid-piece leaves a durable prefix of at least
+    /// the checkpoints that landed, whose saved hash state goes on to the digest of the whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_piece_stopped_mid_stream_keeps_its_checkpoints() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store();
+        let bytes = data(5 * CHECKPOINT as usize + 12_345);
+        let sent = 3 * CHECKPOINT as usize + (1 << 20);
+        let sessions = Arc::new(
+            UploadSessions::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store.clone()).expect("open"),
+        );
+        let id = sessions
+            .start("alice", Expectation::default(), BTreeMap::new())
+            .await
+            .expect("start")
+            .id;
+        // The body sends `sent` bytes in chunks of 1 MiB, then stalls, as a client would whose
+        // daemon is about to be killed.
+        let chunks: Vec<Result<Bytes, String>> = bytes[..sent]
+            .chunks(1 << 20)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let body = futures::stream::iter(chunks).chain(futures::stream::pending());
+        let appending = {
+            let (sessions, id) = (sessions.clone(), id.clone());
+            tokio::spawn(async move { sessions.append("alice", &id, Some(0), body).await })
+        };
+        let state = dir.path().join(&id).join("state.json");
+        let committed = || {
+            std::fs::read(&state)
+                .ok()
+                .and_then(|json| SessionState::from_json(&json).ok())
+                .map_or(0, |s| s.committed)
+        };
+        let waited = std::time::Instant::now();
+        while committed() < 2 * CHECKPOINT {
+            assert!(
+                waited.elapsed() < Duration::from_secs(30),
+                "no checkpoint past {} bytes landed while the piece streamed",
+                2 * CHECKPOINT
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        appending.abort();
+        assert!(appending.await.expect_err("aborted").is_cancelled());
+        drop(sessions);
+        let sessions = Arc::new(
+            UploadSessions::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store.clone()).expect("reopen"),
+        );
+        let kept = sessions
+            .status("alice", &id)
+            .await
+            .expect("status")
+            .committed;
+        assert!(
+            kept >= 2 * CHECKPOINT && kept <= sent as u64,
+            "{kept} bytes kept of {sent} sent"
+        );
+        sessions
+            .append("alice", &id, Some(kept), piece(&bytes[kept as usize..]))
+            .await
+            .expect("append the rest");
+        let outcome = sessions
+            .finish("alice", &id, Expectation::default())
+            .await
+            .expect("finish");
+        assert_eq!(outcome.meta.digests, BlobDigests::of(&bytes));
+    }
+
     #[tokio::test]
     async fn a_failed_body_keeps_what_arrived() {
         let dir = tempfile::tempdir().expect("tempdir");
