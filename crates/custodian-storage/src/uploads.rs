@@ -1052,20 +1052,30 @@ mod tests {
         (0..len).map(|i| (i * 7 % 251) as u8).collect()
     }
 
+    /// The sessions under `dir` over `store`, and a session `owner` started there.
+    async fn opened(
+        dir: &std::path::Path,
+        store: &BlobStore,
+        owner: &str,
+    ) -> (Arc<UploadSessions>, String) {
+        let sessions = Arc::new(
+            UploadSessions::open(dir, DEFAULT_UPLOAD_EXPIRY, store.clone()).expect("open"),
+        );
+        let id = sessions
+            .start(owner, Expectation::default(), BTreeMap::new())
+            .await
+            .expect("start")
+            .id;
+        (sessions, id)
+    }
+
     #[tokio::test]
     async fn a_session_resumes_from_its_committed_length_after_a_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = store();
         let bytes = data(200_000);
         let digest = Digest::of(Algorithm::Sha256, &bytes);
-        let sessions = Arc::new(
-            UploadSessions::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store.clone()).expect("open"),
-        );
-        let id = sessions
-            .start("alice", Expectation::default(), BTreeMap::new())
-            .await
-            .expect("start")
-            .id;
+        let (sessions, id) = opened(dir.path(), &store, "alice").await;
         let info = sessions
             .append("alice", &id, Some(0), piece(&bytes[..70_001]))
             .await
@@ -1142,14 +1152,7 @@ mod tests {
         let store = store();
         let bytes = data(5 * CHECKPOINT as usize + 12_345);
         let sent = 3 * CHECKPOINT as usize + (1 << 20);
-        let sessions = Arc::new(
-            UploadSessions::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store.clone()).expect("open"),
-        );
-        let id = sessions
-            .start("alice", Expectation::default(), BTreeMap::new())
-            .await
-            .expect("start")
-            .id;
+        let (sessions, id) = opened(dir.path(), &store, "alice").await;
         // The body sends `sent` bytes in chunks of 1 MiB, then stalls, as a client would whose
         // daemon is about to be killed.
         let chunks: Vec<Result<Bytes, String>> = bytes[..sent]
