@@ -298,11 +298,14 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
             )),
         }
     }
-    // The same put into a store that grows (--prefill): the last put against the first.
-    if let (Some(first), Some(last)) = (custody.growth.first(), custody.growth.last())
-        && custody.growth.len() > 1
+    // The same put into a store that grows (--prefill): the first put against the median of the
+    // last quarter, as `custodian-bench custody` judges it, with the last put shown beside it.
+    if let (Some((first, grown, from)), Some(last)) = (
+        crate::custody::growth_summary(&custody.growth),
+        custody.growth.last(),
+    ) && custody.growth.len() > 1
     {
-        let to_fresh = last.put_seconds / first.put_seconds;
+        let to_fresh = grown.put_seconds / first.put_seconds;
         let rss = custody.growth_daemon_peak_rss_mib;
         out.push(row(
             format!(
@@ -311,17 +314,21 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
                 thousands(last.stored_blobs)
             ),
             format!(
-                "{:.2} s ({to_fresh:.2}× the put into the empty store)",
+                "{:.2} s, the median of the puts from {} GiB stored ({to_fresh:.2}× the put into the empty store); the last {:.2} s",
+                grown.put_seconds,
+                gib(from),
                 last.put_seconds
             ),
             none(),
             none(),
             rss,
             format!("max(openssl sha256 {openssl:.2} s, write+fsync {disk:.2} s)"),
-            format!("{:.2}×", last.put_ratio_to_floor),
+            format!("{:.2}×", grown.put_ratio_to_floor),
             "≤ 1.5×, ≤ 1.1× fresh",
             Some(
-                last.put_ratio_to_floor <= 1.5 && to_fresh <= 1.1 && rss.is_none_or(within_budget),
+                grown.put_ratio_to_floor <= 1.5
+                    && to_fresh <= 1.1
+                    && rss.is_none_or(within_budget),
             ),
         ));
     }
@@ -1061,7 +1068,14 @@ mod tests {
                     "get_stream_seconds": 0.9},
                 "growth": [
                     {"stored_gib": 0.0, "put_seconds": 1.3, "put_ratio_to_floor": 1.3, "daemon_cpu_seconds": 1.0},
-                    {"stored_gib": 2.0, "stored_blobs": 12345, "put_seconds": 1.4, "put_ratio_to_floor": 1.4, "daemon_cpu_seconds": 1.1}],
+                    {"stored_gib": 0.25, "put_seconds": 1.2, "put_ratio_to_floor": 1.2, "daemon_cpu_seconds": 1.0},
+                    {"stored_gib": 0.5, "put_seconds": 1.3, "put_ratio_to_floor": 1.3, "daemon_cpu_seconds": 1.0},
+                    {"stored_gib": 0.75, "put_seconds": 1.25, "put_ratio_to_floor": 1.25, "daemon_cpu_seconds": 1.0},
+                    {"stored_gib": 1.0, "put_seconds": 1.3, "put_ratio_to_floor": 1.3, "daemon_cpu_seconds": 1.0},
+                    {"stored_gib": 1.25, "put_seconds": 1.35, "put_ratio_to_floor": 1.35, "daemon_cpu_seconds": 1.0},
+                    {"stored_gib": 1.5, "put_seconds": 1.38, "put_ratio_to_floor": 1.38, "daemon_cpu_seconds": 1.1},
+                    {"stored_gib": 1.75, "put_seconds": 1.4, "put_ratio_to_floor": 1.4, "daemon_cpu_seconds": 1.1},
+                    {"stored_gib": 2.0, "stored_blobs": 12345, "put_seconds": 1.6, "put_ratio_to_floor": 1.6, "daemon_cpu_seconds": 1.2}],
                 "growth_daemon_peak_rss_mib": 100.0},
             "small": [{"backend": "rocksdb", "blobs": 10000, "blob_bytes": 4096,
                 "batch_put_blobs_per_s": 51000.0, "batch_put_mib_per_s": 199.0, "batch_ms_p50": 40.0,
@@ -1287,10 +1301,18 @@ mod tests {
             met("1024 MiB get to a file against the registry"),
             Some(false)
         );
-        // The grown store: 1.4× its floor and 1.08× the put into the empty store.
+        // The grown store is judged by the median of the last quarter of its puts (1.38, 1.40
+        // and 1.60 s: 1.40 s), not by the last put alone: 1.4× its floor and 1.08× the put
+        // into the empty store, with the last put (1.60 s, which alone would fail) shown beside.
         let grown = find("1024 MiB put, rocksdb, 2.00 GiB stored in 12,345 blobs");
-        assert_eq!(grown.met, Some(true));
-        assert!(grown.result.contains("1.08× the put into the empty store"));
+        assert_eq!(grown.met, Some(true), "{grown:?}");
+        assert!(
+            grown.result.contains(
+                "1.40 s, the median of the puts from 1.50 GiB stored (1.08× the put into the empty store); the last 1.60 s"
+            ),
+            "{grown:?}"
+        );
+        assert_eq!(grown.ratio, "1.40×");
         // RocksDB's BatchPut must reach 0.9× the synced batches; file:// 0.5×.
         assert_eq!(met("BatchPut 10,000 × 4 KiB, rocksdb"), Some(false));
         assert_eq!(met("BatchPut 10,000 × 4 KiB, file"), Some(true));

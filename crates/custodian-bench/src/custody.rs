@@ -113,6 +113,10 @@ pub struct GrowthPoint {
     pub put_ratio_to_floor: f64,
     /// The daemon's CPU time (user + system) during the put.
     pub daemon_cpu_seconds: f64,
+    /// Seconds the daemon stayed busy (RocksDB flushing and compacting the mixed blobs just put)
+    /// before this put was timed; absent in reports written before the series waited for it.
+    #[serde(default)]
+    pub settled_after_s: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -568,6 +572,10 @@ fn grow(
         // A different first block makes a different blob of the same size.
         file.write_all_at(format!("growth {i:>8}").as_bytes(), 0)?;
         file.sync_all()?;
+        // As before the gets below and the small-blob bench's timed calls: the put is timed
+        // once the daemon has finished with the mixed blobs put before it, so that their
+        // flushes and compactions count as the time it took to settle, not as this put's.
+        let settled = crate::measure::settle_daemon(daemon.pid(), Duration::from_secs(60));
         settle_disk();
         let cpu = crate::measure::cpu_seconds(daemon.pid());
         let start = Instant::now();
@@ -585,14 +593,16 @@ fn grow(
             put_seconds: put,
             put_ratio_to_floor: put / floor,
             daemon_cpu_seconds: crate::measure::cpu_seconds(daemon.pid()) - cpu,
+            settled_after_s: Some(settled.as_secs_f64()),
         };
         eprintln!(
-            "growth: {:.1} GiB in {} blobs stored, put {:.2} s ({:.2}× floor), daemon CPU {:.2} s",
+            "growth: {:.1} GiB in {} blobs stored, put {:.2} s ({:.2}× floor), daemon CPU {:.2} s, after the daemon settled in {:.0} s",
             point.stored_gib,
             point.stored_blobs,
             point.put_seconds,
             point.put_ratio_to_floor,
-            point.daemon_cpu_seconds
+            point.daemon_cpu_seconds,
+            settled.as_secs_f64()
         );
         points.push(point);
         stored += size;
@@ -684,12 +694,14 @@ fn put_digests(output: &[u8]) -> anyhow::Result<(String, String)> {
     Ok((digest("sha256")?, digest("blake3")?))
 }
 
-/// Fresh against prefilled: the first put against the median of the last quarter.
-fn growth_summary(points: &[GrowthPoint]) -> Option<(f64, f64, f64)> {
-    let first = points.first()?.put_seconds;
+/// Fresh against prefilled: the first put against the median of the last quarter (one put
+/// each is timed as the store grows, so a single late put would judge the whole series by one
+/// noisy sample), and what the store held where that quarter begins, in GiB.
+pub(crate) fn growth_summary(points: &[GrowthPoint]) -> Option<(&GrowthPoint, &GrowthPoint, f64)> {
+    let first = points.first()?;
     let tail = &points[points.len() - points.len().div_ceil(4)..];
-    let mut last: Vec<f64> = tail.iter().map(|p| p.put_seconds).collect();
-    last.sort_by(f64::total_cmp);
+    let mut last: Vec<&GrowthPoint> = tail.iter().collect();
+    last.sort_by(|a, b| a.put_seconds.total_cmp(&b.put_seconds));
     let median = last[last.len() / 2];
     Some((first, median, tail[0].stored_gib))
 }
@@ -699,16 +711,25 @@ fn print_growth(report: &Report, floor: f64) {
         return;
     }
     println!(
-        "{:>10} {:>12} {:>7} {:>7} {:>10}",
-        "stored GiB", "stored blobs", "put s", "×floor", "daemon CPU"
+        "{:>10} {:>12} {:>7} {:>7} {:>10} {:>8}",
+        "stored GiB", "stored blobs", "put s", "×floor", "daemon CPU", "settled"
     );
     for p in &report.growth {
+        let settled = p
+            .settled_after_s
+            .map_or_else(|| "—".to_string(), |s| format!("{s:.0} s"));
         println!(
-            "{:>10.1} {:>12} {:>7.2} {:>7.2} {:>8.2} s",
-            p.stored_gib, p.stored_blobs, p.put_seconds, p.put_ratio_to_floor, p.daemon_cpu_seconds
+            "{:>10.1} {:>12} {:>7.2} {:>7.2} {:>8.2} s {:>8}",
+            p.stored_gib,
+            p.stored_blobs,
+            p.put_seconds,
+            p.put_ratio_to_floor,
+            p.daemon_cpu_seconds,
+            settled
         );
     }
     if let Some((fresh, grown, at)) = growth_summary(&report.growth) {
+        let (fresh, grown) = (fresh.put_seconds, grown.put_seconds);
         println!(
             "{}: fresh store {fresh:.2} s ({:.2}× floor); from {at:.0} GiB stored, median {grown:.2} s ({:.2}× floor): prefilled / fresh = {:.2}; daemon peak RSS {:.1} MiB",
             report.growth_backend.as_deref().unwrap_or("rocksdb"),
@@ -816,6 +837,7 @@ mod tests {
             put_seconds,
             put_ratio_to_floor: put_seconds,
             daemon_cpu_seconds: 0.0,
+            settled_after_s: None,
         }
     }
 
@@ -840,6 +862,7 @@ mod tests {
             .map(|(i, s)| point(i as f64, *s))
             .collect();
         let (fresh, grown, at) = growth_summary(&points).expect("a summary");
+        let (fresh, grown) = (fresh.put_seconds, grown.put_seconds);
         assert_eq!(fresh, 2.0);
         // The last quarter of eight puts is the last two: 3.2 and 3.1; the median of two is
         // the larger, so one slow put never hides behind a fast one.
