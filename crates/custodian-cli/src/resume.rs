@@ -231,6 +231,12 @@ pub async fn put_resumable(
                 // A new connection, then where the daemon stands: it keeps what arrived.
                 match reconnect_and_query(target, &id).await {
                     Ok((fresh, status)) => {
+                        // The daemon's answer is what the break cost: everything between here
+                        // and the bytes already sent goes again.
+                        say(
+                            &bar,
+                            format!("resuming at byte {} of {size}", status.committed_size),
+                        );
                         client = fresh;
                         session = status;
                     }
