@@ -137,22 +137,53 @@ impl LocalStaging {
         })
     }
 
+    /// Replaces `state.json` with `state` atomically and durably.
     async fn write_state(dir: &Path, state: &SessionState) -> UploadResult<()> {
-        let tmp = dir.join("state.json.tmp");
+        let (dir, state) = (dir.to_path_buf(), state.clone());
         let path = dir.join("state.json");
-        let mut out = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| io(&tmp, e))?;
-        out.write_all(&state.to_json())
-            .await
-            .map_err(|e| io(&tmp, e))?;
-        out.sync_all().await.map_err(|e| io(&tmp, e))?;
-        tokio::fs::rename(&tmp, &path)
-            .await
-            .map_err(|e| io(&path, e))?;
-        let d = tokio::fs::File::open(dir).await.map_err(|e| io(dir, e))?;
-        d.sync_all().await.map_err(|e| io(dir, e))
+        tokio::task::spawn_blocking(move || {
+            stage_state(&dir, &state)?;
+            publish_state(&dir, Naming::Durable)
+        })
+        .await
+        .map_err(|e| io(&path, std::io::Error::other(e.to_string())))?
     }
+}
+
+/// Writes `state` to the session directory's `state.json.tmp` and syncs it, ready for
+/// [`publish_state`]. Blocks.
+fn stage_state(dir: &Path, state: &SessionState) -> UploadResult<()> {
+    let tmp = dir.join("state.json.tmp");
+    let mut out = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    std::io::Write::write_all(&mut out, &state.to_json()).map_err(|e| io(&tmp, e))?;
+    out.sync_all().map_err(|e| io(&tmp, e))
+}
+
+/// Renames the staged `state.json.tmp` over `state.json`, then, for [`Naming::Durable`], syncs
+/// the directory so that the new name survives a power loss too. Blocks.
+fn publish_state(dir: &Path, naming: Naming) -> UploadResult<()> {
+    let path = dir.join("state.json");
+    std::fs::rename(dir.join("state.json.tmp"), &path).map_err(|e| io(&path, e))?;
+    if naming == Naming::Durable {
+        let d = std::fs::File::open(dir).map_err(|e| io(dir, e))?;
+        d.sync_all().map_err(|e| io(dir, e))?;
+    }
+    Ok(())
+}
+
+/// Whether a checkpoint's new `state.json` must survive a power loss when it completes, or only
+/// the daemon's own crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Naming {
+    /// The directory is synced after the rename: the checkpoint acknowledges a piece.
+    Durable,
+    /// The rename alone, for a checkpoint in the middle of a piece. The kernel keeps it through
+    /// a `kill -9`; a power loss may bring back the state before it, which is an earlier
+    /// checkpoint whose bytes are as durable (bytes past it are cut away before the next piece),
+    /// and the piece's closing checkpoint syncs the directory before anything is acknowledged.
+    /// Leaving out that sync shortens every checkpoint but a piece's last, and the receiving
+    /// loop waits for each checkpoint before it starts the next.
+    Pending,
 }
 
 /// The appending side of a [`LocalStaging`] session.
@@ -244,7 +275,9 @@ impl StagedWriter for LocalWriter {
     }
 
     async fn checkpoint(&mut self, state: &SessionState, previous: u64) -> UploadResult<()> {
-        self.start_checkpoint(state, previous).await?.await
+        self.begin_checkpoint(state, previous, Naming::Durable)
+            .await?
+            .await
     }
 
     async fn start_checkpoint(
@@ -252,13 +285,30 @@ impl StagedWriter for LocalWriter {
         state: &SessionState,
         previous: u64,
     ) -> UploadResult<Syncing> {
+        self.begin_checkpoint(state, previous, Naming::Pending)
+            .await
+    }
+}
+
+impl LocalWriter {
+    /// Starts a checkpoint of everything written so far, its `state.json` named as `naming`
+    /// says, and hands back the syncs still to come.
+    async fn begin_checkpoint(
+        &mut self,
+        state: &SessionState,
+        previous: u64,
+        naming: Naming,
+    ) -> UploadResult<Syncing> {
         let LocalWriter { dir, data, crcs } = self;
         // The bytes written meanwhile lie past `state.committed`, so a crash before the next
         // checkpoint cuts them away. The CRCs written so far are handed to the file first, so
         // that a sync through the second handle covers them.
         let crcs_path = dir.join("crcs");
         crcs.flush().await.map_err(|e| io(&crcs_path, e))?;
-        let crcs = crcs.try_clone().await.map_err(|e| io(&crcs_path, e))?;
+        let crcs = std::os::fd::AsFd::as_fd(&*crcs)
+            .try_clone_to_owned()
+            .map_err(|e| io(&crcs_path, e))?
+            .into();
         let for_sync = second_handle(data, dir)?;
         Ok(Box::pin(sync_and_record(
             for_sync,
@@ -266,6 +316,7 @@ impl StagedWriter for LocalWriter {
             dir.clone(),
             state.clone(),
             previous,
+            naming,
         )))
     }
 }
@@ -288,27 +339,42 @@ fn second_handle(data: &Option<std::fs::File>, dir: &Path) -> UploadResult<std::
 
 /// Makes a session's `data` (through `for_sync`, a [`second_handle`]) and `crcs` (through a
 /// second handle too) durable, drops the cached pages of `data` from `previous` to
-/// `state.committed`, and replaces `state.json` with `state`. One daemon owns the directory and
-/// the engine serializes requests per session, so nothing else can have moved the session.
+/// `state.committed`, and replaces `state.json` with `state` (named as `naming` says). One
+/// daemon owns the directory and the engine serializes requests per session, so nothing else can
+/// have moved the session.
 async fn sync_and_record(
     for_sync: std::fs::File,
-    crcs: tokio::fs::File,
+    crcs: std::fs::File,
     dir: PathBuf,
     state: SessionState,
     previous: u64,
+    naming: Naming,
 ) -> UploadResult<()> {
+    let path = dir.join("state.json");
+    let joined = |e: tokio::task::JoinError| io(&path, std::io::Error::other(e.to_string()));
+    // Three tasks on the blocking pool, not one per step (a checkpoint comes every 4 MiB, and a
+    // thread woken for each step took CPU from the hashing): the sync of the bytes, which waits
+    // for the disk to write them, runs beside the sync of the CRCs and the staging of the new
+    // state; the rename comes last, since the state may take its real name only once the bytes
+    // it counts are durable.
+    let (meta_dir, meta_state) = (dir.clone(), state.clone());
+    let meta = tokio::task::spawn_blocking(move || {
+        crcs.sync_data()
+            .map_err(|e| io(&meta_dir.join("crcs"), e))?;
+        stage_state(&meta_dir, &meta_state)
+    });
     let data_path = dir.join("data");
-    let synced = state.committed;
-    let data_synced = tokio::task::spawn_blocking(move || {
+    let data = tokio::task::spawn_blocking(move || {
         for_sync.sync_data()?;
-        drop_cached(&for_sync, previous, synced);
+        drop_cached(&for_sync, previous, state.committed);
         Ok::<_, std::io::Error>(())
     });
-    let (a, b) = tokio::join!(data_synced, crcs.sync_data());
-    a.map_err(|e| io(&data_path, std::io::Error::other(e.to_string())))?
-        .map_err(|e| io(&data_path, e))?;
-    b.map_err(|e| io(&dir.join("crcs"), e))?;
-    LocalStaging::write_state(&dir, &state).await
+    let (meta, data) = tokio::join!(meta, data);
+    data.map_err(joined)?.map_err(|e| io(&data_path, e))?;
+    meta.map_err(joined)??;
+    tokio::task::spawn_blocking(move || publish_state(&dir, naming))
+        .await
+        .map_err(joined)?
 }
 
 /// Appends `pieces` to a session's `data` file and starts writing them back at once, while the
