@@ -96,23 +96,23 @@ pub trait StagedWriter: Send {
     /// session's committed length is no longer `previous`.
     async fn checkpoint(&mut self, state: &SessionState, previous: u64) -> UploadResult<()>;
 
-    /// Starts [`StagedWriter::checkpoint`] for everything written so far and hands back what
-    /// is left of it as a future that owns what it needs, so that later bytes may be written, and
-    /// the connection read, while it syncs. The state it records is durable only once that future
-    /// has completed: the caller awaits it before the next checkpoint and before acknowledging
-    /// anything. By default the checkpoint is made here and the future is ready.
-    async fn start_checkpoint(
+    /// A checkpoint in the middle of a piece, then the next bytes: makes everything written so
+    /// far durable and records `state` as [`StagedWriter::checkpoint`] does, then appends
+    /// `pieces`. When it returns, the checkpoint is done; the caller receives the next bytes
+    /// meanwhile. Its record must survive the daemon's crash; a power loss may undo it as long
+    /// as the earlier state it falls back to is intact, for the piece's closing
+    /// [`StagedWriter::checkpoint`] makes everything durable before it is acknowledged. By
+    /// default the two run in turn.
+    async fn checkpoint_then_write(
         &mut self,
         state: &SessionState,
         previous: u64,
-    ) -> UploadResult<Syncing> {
+        pieces: Vec<Bytes>,
+    ) -> UploadResult<()> {
         self.checkpoint(state, previous).await?;
-        Ok(Box::pin(std::future::ready(Ok(()))))
+        self.write(pieces).await
     }
 }
-
-/// The rest of a checkpoint started by [`StagedWriter::start_checkpoint`].
-pub type Syncing = std::pin::Pin<Box<dyn std::future::Future<Output = UploadResult<()>> + Send>>;
 
 fn io(path: &Path, source: std::io::Error) -> UploadError {
     UploadError::Io {
@@ -181,8 +181,8 @@ enum Naming {
     /// a `kill -9`; a power loss may bring back the state before it, which is an earlier
     /// checkpoint whose bytes are as durable (bytes past it are cut away before the next piece),
     /// and the piece's closing checkpoint syncs the directory before anything is acknowledged.
-    /// Leaving out that sync shortens every checkpoint but a piece's last, and the receiving
-    /// loop waits for each checkpoint before it starts the next.
+    /// Leaving out that sync shortens every checkpoint but a piece's last, each of which holds
+    /// up the write of the batch after it.
     Pending,
 }
 
@@ -235,11 +235,12 @@ impl WriteBehind {
     }
 }
 
-/// Runs `op` on the file in `slot` (at `path`, for errors) on the blocking pool.
+/// Runs `op` on the file in `slot` (at `path`, for errors) on the blocking pool, and puts the
+/// file back.
 async fn on_file(
     slot: &mut Option<std::fs::File>,
     path: PathBuf,
-    op: impl FnOnce(&mut std::fs::File) -> std::io::Result<()> + Send + 'static,
+    op: impl FnOnce(&mut std::fs::File) -> UploadResult<()> + Send + 'static,
 ) -> UploadResult<()> {
     let mut file = slot.take().ok_or_else(|| {
         io(
@@ -254,13 +255,13 @@ async fn on_file(
     .await
     .map_err(|e| io(&path, std::io::Error::other(e.to_string())))?;
     *slot = Some(file);
-    result.map_err(|e| io(&path, e))
+    result
 }
 
 #[async_trait]
 impl StagedWriter for LocalWriter {
     async fn write(&mut self, pieces: Vec<Bytes>) -> UploadResult<()> {
-        write_data(&mut self.data, &self.dir, pieces).await
+        self.checkpoint_and_append(None, pieces).await
     }
 
     async fn write_crcs(&mut self, crcs: &[u32]) -> UploadResult<()> {
@@ -275,126 +276,90 @@ impl StagedWriter for LocalWriter {
     }
 
     async fn checkpoint(&mut self, state: &SessionState, previous: u64) -> UploadResult<()> {
-        self.begin_checkpoint(state, previous, Naming::Durable)
-            .await?
+        self.checkpoint_and_append(Some((state, previous, Naming::Durable)), Vec::new())
             .await
     }
 
-    async fn start_checkpoint(
+    async fn checkpoint_then_write(
         &mut self,
         state: &SessionState,
         previous: u64,
-    ) -> UploadResult<Syncing> {
-        self.begin_checkpoint(state, previous, Naming::Pending)
+        pieces: Vec<Bytes>,
+    ) -> UploadResult<()> {
+        self.checkpoint_and_append(Some((state, previous, Naming::Pending)), pieces)
             .await
     }
 }
 
 impl LocalWriter {
-    /// Starts a checkpoint of everything written so far, its `state.json` named as `naming`
-    /// says, and hands back the syncs still to come.
-    async fn begin_checkpoint(
+    /// On one task of the blocking pool: the checkpoint, if any, then `pieces` appended to
+    /// `data`. The checkpoint's sync of `data` runs before the next bytes are written, so that
+    /// it waits only for the bytes it counts: a sync started while later bytes were written
+    /// (through a second handle, as checkpoints ran until the twenty-fourth session) also waited
+    /// for those, and with a checkpoint every 4 MiB the receiving loop stalled on it.
+    async fn checkpoint_and_append(
         &mut self,
-        state: &SessionState,
-        previous: u64,
-        naming: Naming,
-    ) -> UploadResult<Syncing> {
-        let LocalWriter { dir, data, crcs } = self;
-        // The bytes written meanwhile lie past `state.committed`, so a crash before the next
-        // checkpoint cuts them away. The CRCs written so far are handed to the file first, so
-        // that a sync through the second handle covers them.
-        let crcs_path = dir.join("crcs");
-        crcs.flush().await.map_err(|e| io(&crcs_path, e))?;
-        let crcs = std::os::fd::AsFd::as_fd(&*crcs)
-            .try_clone_to_owned()
-            .map_err(|e| io(&crcs_path, e))?
-            .into();
-        let for_sync = second_handle(data, dir)?;
-        Ok(Box::pin(sync_and_record(
-            for_sync,
-            crcs,
-            dir.clone(),
-            state.clone(),
-            previous,
-            naming,
-        )))
+        checkpoint: Option<(&SessionState, u64, Naming)>,
+        pieces: Vec<Bytes>,
+    ) -> UploadResult<()> {
+        let dir = self.dir.clone();
+        let checkpoint = match checkpoint {
+            Some((state, previous, naming)) => {
+                // The CRCs written so far are handed to the file, so that a sync through a
+                // second handle on it covers them.
+                let crcs_path = dir.join("crcs");
+                self.crcs.flush().await.map_err(|e| io(&crcs_path, e))?;
+                let crcs: std::fs::File = std::os::fd::AsFd::as_fd(&self.crcs)
+                    .try_clone_to_owned()
+                    .map_err(|e| io(&crcs_path, e))?
+                    .into();
+                Some((crcs, state.clone(), previous, naming))
+            }
+            None => None,
+        };
+        let data_path = dir.join("data");
+        on_file(&mut self.data, data_path.clone(), move |file| {
+            if let Some((crcs, state, previous, naming)) = checkpoint {
+                record_durably(file, &crcs, &dir, &state, previous, naming)?;
+            }
+            append(file, &pieces).map_err(|e| io(&data_path, e))
+        })
+        .await
     }
 }
 
-/// A second handle on a session's open `data` file. A sync through it covers every byte
-/// written before the sync starts, whichever handle wrote them, so writing may go on through the
-/// first one meanwhile.
-fn second_handle(data: &Option<std::fs::File>, dir: &Path) -> UploadResult<std::fs::File> {
-    let data_path = dir.join("data");
-    data.as_ref()
-        .ok_or_else(|| {
-            io(
-                &data_path,
-                std::io::Error::other("an earlier write to this file did not finish"),
-            )
-        })?
-        .try_clone()
-        .map_err(|e| io(&data_path, e))
-}
-
-/// Makes a session's `data` (through `for_sync`, a [`second_handle`]) and `crcs` (through a
-/// second handle too) durable, drops the cached pages of `data` from `previous` to
-/// `state.committed`, and replaces `state.json` with `state` (named as `naming` says). One
+/// Makes a session's `data` and `crcs` durable, drops the cached pages of `data` from
+/// `previous` to `state.committed`, and replaces `state.json` with `state` (named as `naming`
+/// says): the new state takes its real name only once the bytes it counts are durable. One
 /// daemon owns the directory and the engine serializes requests per session, so nothing else can
-/// have moved the session.
-async fn sync_and_record(
-    for_sync: std::fs::File,
-    crcs: std::fs::File,
-    dir: PathBuf,
-    state: SessionState,
+/// have moved the session. Blocks.
+fn record_durably(
+    data: &std::fs::File,
+    crcs: &std::fs::File,
+    dir: &Path,
+    state: &SessionState,
     previous: u64,
     naming: Naming,
 ) -> UploadResult<()> {
-    let path = dir.join("state.json");
-    let joined = |e: tokio::task::JoinError| io(&path, std::io::Error::other(e.to_string()));
-    // Three tasks on the blocking pool, not one per step (a checkpoint comes every 4 MiB, and a
-    // thread woken for each step took CPU from the hashing): the sync of the bytes, which waits
-    // for the disk to write them, runs beside the sync of the CRCs and the staging of the new
-    // state; the rename comes last, since the state may take its real name only once the bytes
-    // it counts are durable.
-    let (meta_dir, meta_state) = (dir.clone(), state.clone());
-    let meta = tokio::task::spawn_blocking(move || {
-        crcs.sync_data()
-            .map_err(|e| io(&meta_dir.join("crcs"), e))?;
-        stage_state(&meta_dir, &meta_state)
-    });
-    let data_path = dir.join("data");
-    let data = tokio::task::spawn_blocking(move || {
-        for_sync.sync_data()?;
-        drop_cached(&for_sync, previous, state.committed);
-        Ok::<_, std::io::Error>(())
-    });
-    let (meta, data) = tokio::join!(meta, data);
-    data.map_err(joined)?.map_err(|e| io(&data_path, e))?;
-    meta.map_err(joined)??;
-    tokio::task::spawn_blocking(move || publish_state(&dir, naming))
-        .await
-        .map_err(joined)?
+    data.sync_data().map_err(|e| io(&dir.join("data"), e))?;
+    drop_cached(data, previous, state.committed);
+    crcs.sync_data().map_err(|e| io(&dir.join("crcs"), e))?;
+    stage_state(dir, state)?;
+    publish_state(dir, naming)
 }
 
 /// Appends `pieces` to a session's `data` file and starts writing them back at once, while the
 /// next ones arrive, so that the checkpoint's sync waits only for what is still in flight.
-async fn write_data(
-    slot: &mut Option<std::fs::File>,
-    dir: &Path,
-    pieces: Vec<Bytes>,
-) -> UploadResult<()> {
-    on_file(slot, dir.join("data"), move |file| {
-        let mut written = 0;
-        for piece in &pieces {
-            std::io::Write::write_all(file, piece)?;
-            written += piece.len() as u64;
-        }
-        let end = std::io::Seek::stream_position(file)?;
-        drop_cached(file, end - written, end);
-        Ok(())
-    })
-    .await
+/// Blocks.
+fn append(file: &mut std::fs::File, pieces: &[Bytes]) -> std::io::Result<()> {
+    let mut written = 0;
+    for piece in pieces {
+        std::io::Write::write_all(file, piece)?;
+        written += piece.len() as u64;
+    }
+    let end = std::io::Seek::stream_position(file)?;
+    drop_cached(file, end - written, end);
+    Ok(())
 }
 
 #[async_trait]

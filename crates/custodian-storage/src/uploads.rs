@@ -34,7 +34,7 @@ use custodian_core::{BlobDigests, Digest};
 use futures::{Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
 
-use crate::staging::{LocalStaging, StagedWriter, Staging, Syncing};
+use crate::staging::{LocalStaging, StagedWriter, Staging};
 use crate::store::Staged;
 use crate::{BlobStore, Expectation, PutOutcome, StorageError};
 
@@ -42,12 +42,14 @@ use crate::{BlobStore, Expectation, PutOutcome, StorageError};
 pub const DEFAULT_UPLOAD_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 
 /// While a piece streams in, its bytes are made durable (synced, and the committed length
-/// recorded) every this many bytes. A crash of the daemon costs a client at most two of these
-/// (the checkpoint still syncing and the bytes since it), the two batches in hand
-/// (`WRITE_BATCH` each: the one being written and the one arriving) and what the connection had in
-/// flight (over gRPC, the server's HTTP/2 stream window, 4 MiB): 20 MiB. At 8 MiB it was 28 MiB,
-/// and a `kill -9` in the middle of a 256 MiB upload on a busy machine cost the client more than
-/// the tenth of the upload the resumable-upload test allows (docs/storage.md, "Acknowledging").
+/// recorded) every this many bytes, each checkpoint done before the batch after it is written.
+/// A crash of the daemon costs a client what arrived since the last completed checkpoint: the
+/// batch whose checkpoint was under way, the batch being written and the one arriving
+/// (`WRITE_BATCH` each), and what the connection had in flight (over gRPC, a message being
+/// decoded and the server's 4 MiB HTTP/2 stream window), about 17–18 MiB. With checkpoints every
+/// 8 MiB synced while later batches were written it was up to 25 MiB, nearly all of the tenth of
+/// a 256 MiB upload the resumable-upload test allows for three cuts (docs/storage.md,
+/// "Acknowledging").
 pub const CHECKPOINT: u64 = 4 << 20;
 
 /// How many bytes of a piece are gathered before they are hashed and written, however large the
@@ -124,24 +126,6 @@ where
             None => return true,
         }
     }
-}
-
-/// Runs `work` to its end while also driving the checkpoint in `syncing`, which may finish
-/// before or after it. A finished checkpoint is taken out of `syncing`, and its failure is
-/// returned at once; one still syncing when `work` ends is left there.
-async fn alongside<T>(
-    syncing: &mut Option<Syncing>,
-    work: impl std::future::Future<Output = T>,
-) -> UploadResult<T> {
-    let mut work = std::pin::pin!(work);
-    if let Some(sync) = syncing.as_mut() {
-        tokio::select! {
-            out = &mut work => return Ok(out),
-            synced = sync => synced?,
-        }
-        *syncing = None;
-    }
-    Ok(work.await)
 }
 
 /// Why an upload session operation failed.
@@ -733,9 +717,6 @@ impl UploadSessions {
         let mut batch = Batch::default();
         let mut failure: Option<String> = None;
         let mut received = file.committed;
-        // A checkpoint started and not yet known durable; it syncs while the batches after it
-        // are received and written, and is always awaited before the request ends.
-        let mut syncing: Option<Syncing> = None;
         let received_all = async {
             let mut ended = gather(&mut body, &mut batch, &mut failure).await;
             while !batch.is_empty() {
@@ -753,9 +734,6 @@ impl UploadSessions {
                     };
                     if check.is_none() {
                         let live = hashing.settle(id, &mut *writer).await?;
-                        if let Some(before) = syncing.take() {
-                            before.await?;
-                        }
                         self.checkpoint(&mut *writer, &mut file, &live).await?;
                         lock(&self.live).insert(id.to_string(), live);
                         if let Some(mirror) = mirror.take() {
@@ -768,17 +746,13 @@ impl UploadSessions {
                 // The previous bytes were hashed while these arrived; a checkpoint needs their
                 // state, and these bytes need it to go on from.
                 let live = hashing.settle(id, &mut *writer).await?;
-                // A checkpoint is due: it records the state before these bytes, and syncs while
-                // they and the next ones are written. The one before it is done by now (it had
-                // a checkpoint's worth of bytes to finish in) and is awaited first, so that
-                // checkpoints land in order.
+                // A checkpoint is due: it records the state before these bytes (all of them
+                // written by now) and is made durable just before they are written, while the
+                // next ones arrive.
                 let previous = file.committed;
-                if live.hasher.len() - previous >= CHECKPOINT && check.is_none() {
-                    if let Some(before) = syncing.take() {
-                        before.await?;
-                    }
+                let due = live.hasher.len() - previous >= CHECKPOINT && check.is_none();
+                if due {
                     Self::record(&mut file, &live);
-                    syncing = Some(writer.start_checkpoint(&file, previous).await?);
                 }
                 // These bytes are hashed on the blocking pool while they are written here and
                 // the next ones arrive.
@@ -805,11 +779,17 @@ impl UploadSessions {
                 // wait for the disk. Measured on a 1 GiB upload, the loop had spent 1.5 s of its
                 // 2.4 s waiting on writes and syncs with the connection unread.
                 let next = async { ended || gather(&mut body, &mut batch, &mut failure).await };
-                let (written, mirrored, now_ended) = alongside(
-                    &mut syncing,
-                    futures::future::join3(writer.write(pieces.clone()), mirrored, next),
-                )
-                .await?;
+                let written = async {
+                    if due {
+                        writer
+                            .checkpoint_then_write(&file, previous, pieces.clone())
+                            .await
+                    } else {
+                        writer.write(pieces.clone()).await
+                    }
+                };
+                let (written, mirrored, now_ended) =
+                    futures::future::join3(written, mirrored, next).await;
                 ended = now_ended;
                 written?;
                 if !mirrored {
@@ -820,14 +800,6 @@ impl UploadSessions {
             Ok(hashing)
         }
         .await;
-        // A checkpoint once started is finished even when the request fails, so that no sync
-        // or replaced state is left running into the next request on the session.
-        if let Some(started) = syncing.take() {
-            let synced = started.await;
-            if received_all.is_ok() {
-                synced?;
-            }
-        }
         let live = received_all?.settle(id, &mut *writer).await?;
         if let Some(check) = check {
             // All or nothing: the saved state stays at the piece's start, and the bytes
