@@ -8,14 +8,16 @@
 //! - its state: who owns the session, what it expects, the committed length, and the hash
 //!   state after exactly that many bytes ([`custodian_core::resumable::HashState`]).
 //!
-//! One daemon's sessions are directories `DIR/<id>/` (`data`, `crcs`, `state.json`); daemons
-//! sharing a database keep their sessions there, so any of them takes any piece of any session.
-//! A piece is acknowledged only after its bytes are durable and the state records them
-//! atomically (locally: write, sync, rename, sync the directory; shared: one transaction), so
-//! after `kill -9` and a restart the session reports exactly the length it acknowledged. Bytes past it (a piece cut off by the
-//! crash or by a dropped connection) are cut away before the next piece. While a long piece
-//! streams in, the engine makes it durable every [`CHECKPOINT`] bytes, so a crash loses at most
-//! that much of it; a piece whose connection drops keeps everything that arrived.
+//! One daemon's sessions are directories `DIR/<id>/` (`data`, `crcs`, `state.json`,
+//! `progress`); daemons sharing a database keep their sessions there, so any of them takes any
+//! piece of any session. A piece is acknowledged only after its bytes are durable and the state
+//! records them atomically (locally: write, sync, rename, sync the directory; shared: one
+//! transaction), so after `kill -9` and a restart the session reports at least the length it
+//! acknowledged. Bytes past what it reports (a piece cut off by the crash or by a dropped
+//! connection) are cut away before the next piece. While a long piece streams in, the engine
+//! records its progress every [`CHECKPOINT`] bytes, so that the daemon's crash loses little of
+//! it, and makes it durable every [`DURABLE_EVERY`] bytes, so that a power loss loses at most
+//! that much more; a piece whose connection drops keeps everything that arrived.
 //!
 //! Every byte is hashed once, as it arrives: the saved hash state continues where the last
 //! acknowledged piece left it (only the unhashed tail, at most 64 KiB, is read back after a
@@ -41,16 +43,26 @@ use crate::{BlobStore, Expectation, PutOutcome, StorageError};
 /// How long an upload session may sit idle before it is removed, unless configured.
 pub const DEFAULT_UPLOAD_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 
-/// While a piece streams in, its bytes are made durable (synced, and the committed length
-/// recorded) every this many bytes, each checkpoint done before the batch after it is written.
-/// A crash of the daemon costs a client what arrived since the last completed checkpoint: the
-/// batch whose checkpoint was under way, the batch being written and the one arriving
-/// (`WRITE_BATCH` each), and what the connection had in flight (over gRPC, a message being
-/// decoded and the server's 4 MiB HTTP/2 stream window), about 17–18 MiB. With checkpoints every
-/// 8 MiB synced while later batches were written it was up to 25 MiB, nearly all of the tenth of
-/// a 256 MiB upload the resumable-upload test allows for three cuts (docs/storage.md,
+/// While a piece streams in, its progress (the committed length and the hash state after it) is
+/// recorded every this many bytes, each record made before the batch after it is written, so
+/// that the daemon's crash does not undo it. A crash of the daemon costs a client what arrived
+/// since the last record: the batch being written, the one arriving (`WRITE_BATCH` each), and
+/// what the connection had in flight (over gRPC, a message being decoded and the server's 4 MiB
+/// HTTP/2 stream window), 10–13 MiB as measured under load. While every checkpoint synced the
+/// bytes, the batch whose sync was under way was lost too (15–18 MiB); with checkpoints every
+/// 8 MiB synced while later batches were written it was up to 25 MiB, nearly all of the tenth
+/// of a 256 MiB upload the resumable-upload test allows for three cuts (docs/storage.md,
 /// "Acknowledging").
 pub const CHECKPOINT: u64 = 4 << 20;
+
+/// Of the checkpoints in the middle of a piece, one at least every this many bytes makes the
+/// bytes durable; the others only record the progress so that the daemon's crash does not undo
+/// it ([`StagedWriter::progress_then_write`]). A power loss may then cost a client up to this
+/// much more of a piece than a crash would, and the first look at the session after a restart
+/// reads back about this much to check the record against the bytes' CRCs. Syncing at every
+/// checkpoint kept the write of each 4 MiB batch waiting for three syncs and a thread, and held
+/// a streamed 1 GiB put to the pace of that chain (docs/performance.md).
+pub const DURABLE_EVERY: u64 = 64 << 20;
 
 /// How many bytes of a piece are gathered before they are hashed and written, however large the
 /// chunks they came in. Each batch costs two hashing tasks and a write on the blocking pool, and
@@ -717,6 +729,10 @@ impl UploadSessions {
         let mut batch = Batch::default();
         let mut failure: Option<String> = None;
         let mut received = file.committed;
+        // Where the bytes were last made durable, as far as this piece knows: a session resumed
+        // from a progress record is durable only up to an earlier point, which the first
+        // durable checkpoint of this piece covers as well.
+        let mut durable = file.committed;
         let received_all = async {
             let mut ended = gather(&mut body, &mut batch, &mut failure).await;
             while !batch.is_empty() {
@@ -747,12 +763,17 @@ impl UploadSessions {
                 // state, and these bytes need it to go on from.
                 let live = hashing.settle(id, &mut *writer).await?;
                 // A checkpoint is due: it records the state before these bytes (all of them
-                // written by now) and is made durable just before they are written, while the
-                // next ones arrive.
+                // written by now) just before they are written, while the next ones arrive, and
+                // every `DURABLE_EVERY` bytes it makes them durable first.
                 let previous = file.committed;
-                let due = live.hasher.len() - previous >= CHECKPOINT && check.is_none();
+                let live_len = live.hasher.len();
+                let due = live_len - previous >= CHECKPOINT && check.is_none();
+                let sync = due && live_len - durable >= DURABLE_EVERY;
                 if due {
                     Self::record(&mut file, &live);
+                }
+                if sync {
+                    durable = live_len;
                 }
                 // These bytes are hashed on the blocking pool while they are written here and
                 // the next ones arrive.
@@ -780,9 +801,13 @@ impl UploadSessions {
                 // 2.4 s waiting on writes and syncs with the connection unread.
                 let next = async { ended || gather(&mut body, &mut batch, &mut failure).await };
                 let written = async {
-                    if due {
+                    if sync {
                         writer
                             .checkpoint_then_write(&file, previous, pieces.clone())
+                            .await
+                    } else if due {
+                        writer
+                            .progress_then_write(&file, previous, pieces.clone())
                             .await
                     } else {
                         writer.write(pieces.clone()).await
@@ -1120,9 +1145,52 @@ mod tests {
         assert_eq!(sessions.count(), 0);
     }
 
-    /// A long piece checkpoints while it streams (each checkpoint syncing while the batches
-    /// after it are written): a process stopped mid-piece leaves a durable prefix of at least
-    /// the checkpoints that landed, whose saved hash state goes on to the digest of the whole.
+    /// Streams `bytes[from..sent]` into session `id` as a piece whose client then stalls, waits
+    /// until the session records at least `at_least` bytes, and stops the piece as a crash of
+    /// the daemon would (its task dropped mid-piece, nothing closing it).
+    async fn stream_and_stop(
+        sessions: &Arc<UploadSessions>,
+        id: &str,
+        bytes: &[u8],
+        (from, sent): (usize, usize),
+        at_least: u64,
+    ) {
+        let chunks: Vec<Result<Bytes, String>> = bytes[from..sent]
+            .chunks(1 << 20)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let body = futures::stream::iter(chunks).chain(futures::stream::pending());
+        let appending = {
+            let (sessions, id) = (sessions.clone(), id.to_string());
+            tokio::spawn(
+                async move { sessions.append("alice", &id, Some(from as u64), body).await },
+            )
+        };
+        // The listing shows the progress this process recorded, as `status` would once the
+        // piece let go of the session.
+        let committed = || {
+            sessions
+                .list()
+                .into_iter()
+                .find(|s| s.id == id)
+                .map_or(0, |s| s.committed)
+        };
+        let waited = std::time::Instant::now();
+        while committed() < at_least {
+            assert!(
+                waited.elapsed() < Duration::from_secs(30),
+                "no checkpoint past {at_least} bytes landed while the piece streamed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        appending.abort();
+        assert!(appending.await.expect_err("aborted").is_cancelled());
+    }
+
+    /// A long piece checkpoints while it streams (recording its progress, syncing nothing): a
+    /// process stopped mid-piece leaves a prefix of at least the checkpoints that landed, which
+    /// a new process checks against the bytes' CRCs and takes, and whose saved hash state goes
+    /// on to the digest of the whole.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_piece_stopped_mid_stream_keeps_its_checkpoints() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1130,35 +1198,7 @@ mod tests {
         let bytes = data(5 * CHECKPOINT as usize + 12_345);
         let sent = 3 * CHECKPOINT as usize + (1 << 20);
         let (sessions, id) = opened(dir.path(), &store, "alice").await;
-        // The body sends `sent` bytes in chunks of 1 MiB, then stalls, as a client would whose
-        // daemon is about to be killed.
-        let chunks: Vec<Result<Bytes, String>> = bytes[..sent]
-            .chunks(1 << 20)
-            .map(|c| Ok(Bytes::copy_from_slice(c)))
-            .collect();
-        let body = futures::stream::iter(chunks).chain(futures::stream::pending());
-        let appending = {
-            let (sessions, id) = (sessions.clone(), id.clone());
-            tokio::spawn(async move { sessions.append("alice", &id, Some(0), body).await })
-        };
-        let state = dir.path().join(&id).join("state.json");
-        let committed = || {
-            std::fs::read(&state)
-                .ok()
-                .and_then(|json| SessionState::from_json(&json).ok())
-                .map_or(0, |s| s.committed)
-        };
-        let waited = std::time::Instant::now();
-        while committed() < 2 * CHECKPOINT {
-            assert!(
-                waited.elapsed() < Duration::from_secs(30),
-                "no checkpoint past {} bytes landed while the piece streamed",
-                2 * CHECKPOINT
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        appending.abort();
-        assert!(appending.await.expect_err("aborted").is_cancelled());
+        stream_and_stop(&sessions, &id, &bytes, (0, sent), 2 * CHECKPOINT).await;
         drop(sessions);
         let sessions = Arc::new(
             UploadSessions::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store.clone()).expect("reopen"),
@@ -1181,6 +1221,73 @@ mod tests {
             .await
             .expect("finish");
         assert_eq!(outcome.meta.digests, BlobDigests::of(&bytes));
+    }
+
+    /// What a power loss may do to the bytes a progress record counts (they were never synced):
+    /// cut them short, zero some, or lose their CRCs. A new process then takes the session's
+    /// last durable checkpoint (here the end of its first piece), never the record, and the
+    /// upload still ends at the right digest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_progress_record_whose_bytes_were_lost_is_not_believed() {
+        type Damage = fn(&std::path::Path, u64);
+        let damages: [(&str, Damage); 3] = [
+            ("bytes cut short", |dir, durable| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(dir.join("data"))
+                    .and_then(|f| f.set_len(durable + (1 << 20)))
+                    .expect("cut");
+            }),
+            ("a page of bytes zeroed", |dir, durable| {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(dir.join("data"))
+                    .expect("open");
+                std::os::unix::fs::FileExt::write_all_at(&f, &[0; 4096], durable + 5_000_000)
+                    .expect("zero");
+            }),
+            ("CRCs lost", |dir, durable| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(dir.join("crcs"))
+                    .and_then(|f| f.set_len(durable / 1024 * 4 + 40))
+                    .expect("cut");
+            }),
+        ];
+        for (what, damage) in damages {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = store();
+            let bytes = data(5 * CHECKPOINT as usize + 12_345);
+            let durable = 70_001;
+            let (sessions, id) = opened(dir.path(), &store, "alice").await;
+            sessions
+                .append("alice", &id, Some(0), piece(&bytes[..durable]))
+                .await
+                .expect("first piece");
+            let sent = 3 * CHECKPOINT as usize + (1 << 20);
+            stream_and_stop(&sessions, &id, &bytes, (durable, sent), 2 * CHECKPOINT).await;
+            drop(sessions);
+            damage(&dir.path().join(&id), durable as u64);
+            let sessions = Arc::new(
+                UploadSessions::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store.clone())
+                    .expect("reopen"),
+            );
+            let kept = sessions
+                .status("alice", &id)
+                .await
+                .expect("status")
+                .committed;
+            assert_eq!(kept, durable as u64, "{what}: the session resumes from");
+            sessions
+                .append("alice", &id, Some(kept), piece(&bytes[durable..]))
+                .await
+                .expect("append the rest");
+            let outcome = sessions
+                .finish("alice", &id, Expectation::default())
+                .await
+                .expect("finish");
+            assert_eq!(outcome.meta.digests, BlobDigests::of(&bytes), "{what}");
+        }
     }
 
     #[tokio::test]
