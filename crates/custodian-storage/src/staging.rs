@@ -594,6 +594,10 @@ impl Staging for LocalStaging {
             let Some(progress) = read_progress(&dir, &durable) else {
                 return durable;
             };
+            let progress = SessionState {
+                unsynced: true,
+                ..progress
+            };
             if vouched_for(&vouched, &id) == Some(progress.committed) {
                 return progress;
             }
@@ -778,6 +782,7 @@ mod tests {
             metadata: (0..metadata)
                 .map(|i| (format!("key{i}"), "v".repeat(100)))
                 .collect(),
+            unsynced: false,
         }
     }
 

@@ -250,6 +250,10 @@ pub struct SessionState {
     pub(crate) updated_ms: u64,
     #[serde(default)]
     pub(crate) metadata: BTreeMap<String, String>,
+    /// Whether `committed` counts bytes not known to be durable: a progress record read back
+    /// after a restart ([`StagedWriter::progress_then_write`]). Never stored.
+    #[serde(skip)]
+    pub(crate) unsynced: bool,
 }
 
 impl SessionState {
@@ -603,6 +607,7 @@ impl UploadSessions {
             started_ms: now,
             updated_ms: now,
             metadata,
+            unsynced: false,
         };
         self.staging.create(&id, &file).await?;
         Ok(self.info(&id, &file))
@@ -729,10 +734,11 @@ impl UploadSessions {
         let mut batch = Batch::default();
         let mut failure: Option<String> = None;
         let mut received = file.committed;
-        // Where the bytes were last made durable, as far as this piece knows: a session resumed
-        // from a progress record is durable only up to an earlier point, which the first
-        // durable checkpoint of this piece covers as well.
-        let mut durable = file.committed;
+        // Where the bytes were last made durable, as far as this piece knows. A session resumed
+        // from a progress record is durable only up to an earlier point, so its first
+        // checkpoint is durable: a power loss then never costs more than `DURABLE_EVERY`,
+        // however often the daemon crashed before it.
+        let mut durable = (!file.unsynced).then_some(file.committed);
         let received_all = async {
             let mut ended = gather(&mut body, &mut batch, &mut failure).await;
             while !batch.is_empty() {
@@ -768,12 +774,12 @@ impl UploadSessions {
                 let previous = file.committed;
                 let live_len = live.hasher.len();
                 let due = live_len - previous >= CHECKPOINT && check.is_none();
-                let sync = due && live_len - durable >= DURABLE_EVERY;
+                let sync = due && durable.is_none_or(|at| live_len - at >= DURABLE_EVERY);
                 if due {
                     Self::record(&mut file, &live);
                 }
                 if sync {
-                    durable = live_len;
+                    durable = Some(live_len);
                 }
                 // These bytes are hashed on the blocking pool while they are written here and
                 // the next ones arrive.
@@ -1190,7 +1196,7 @@ mod tests {
     /// A long piece checkpoints while it streams (recording its progress, syncing nothing): a
     /// process stopped mid-piece leaves a prefix of at least the checkpoints that landed, which
     /// a new process checks against the bytes' CRCs and takes, and whose saved hash state goes
-    /// on to the digest of the whole.
+    /// on to the digest of the whole. The first checkpoint after such a restart is durable.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_piece_stopped_mid_stream_keeps_its_checkpoints() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1212,6 +1218,37 @@ mod tests {
             kept >= 2 * CHECKPOINT && kept <= sent as u64,
             "{kept} bytes kept of {sent} sent"
         );
+        // Those bytes were never synced, so the next piece's first checkpoint is durable:
+        // `state.json` moves past them.
+        let durable = || {
+            std::fs::read(dir.path().join(&id).join("state.json"))
+                .ok()
+                .and_then(|json| SessionState::from_json(&json).ok())
+                .map_or(0, |s| s.committed)
+        };
+        assert!(durable() < kept);
+        let again = kept as usize + 2 * CHECKPOINT as usize;
+        stream_and_stop(
+            &sessions,
+            &id,
+            &bytes,
+            (kept as usize, again),
+            kept + CHECKPOINT,
+        )
+        .await;
+        assert!(
+            durable() >= kept + CHECKPOINT,
+            "the first checkpoint after a restart syncs"
+        );
+        drop(sessions);
+        let sessions = Arc::new(
+            UploadSessions::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store.clone()).expect("reopen"),
+        );
+        let kept = sessions
+            .status("alice", &id)
+            .await
+            .expect("status")
+            .committed;
         sessions
             .append("alice", &id, Some(kept), piece(&bytes[kept as usize..]))
             .await
