@@ -1060,15 +1060,18 @@ mod tests {
         (0..len).map(|i| (i * 7 % 251) as u8).collect()
     }
 
+    /// The sessions under `dir` over `store`, as a process opens them.
+    fn sessions_in(dir: &std::path::Path, store: &BlobStore) -> Arc<UploadSessions> {
+        Arc::new(UploadSessions::open(dir, DEFAULT_UPLOAD_EXPIRY, store.clone()).expect("open"))
+    }
+
     /// The sessions under `dir` over `store`, and a session `owner` started there.
     async fn opened(
         dir: &std::path::Path,
         store: &BlobStore,
         owner: &str,
     ) -> (Arc<UploadSessions>, String) {
-        let sessions = Arc::new(
-            UploadSessions::open(dir, DEFAULT_UPLOAD_EXPIRY, store.clone()).expect("open"),
-        );
+        let sessions = sessions_in(dir, store);
         let id = sessions
             .start(owner, Expectation::default(), BTreeMap::new())
             .await
@@ -1151,6 +1154,22 @@ mod tests {
         assert_eq!(sessions.count(), 0);
     }
 
+    /// The sessions under `dir` as a new process opens them, and what session `id` of "alice"
+    /// reports as committed there.
+    async fn reopened(
+        dir: &std::path::Path,
+        store: &BlobStore,
+        id: &str,
+    ) -> (Arc<UploadSessions>, u64) {
+        let sessions = sessions_in(dir, store);
+        let committed = sessions
+            .status("alice", id)
+            .await
+            .expect("status")
+            .committed;
+        (sessions, committed)
+    }
+
     /// Streams `bytes[from..sent]` into session `id` as a piece whose client then stalls, waits
     /// until the session records at least `at_least` bytes, and stops the piece as a crash of
     /// the daemon would (its task dropped mid-piece, nothing closing it).
@@ -1206,14 +1225,7 @@ mod tests {
         let (sessions, id) = opened(dir.path(), &store, "alice").await;
         stream_and_stop(&sessions, &id, &bytes, (0, sent), 2 * CHECKPOINT).await;
         drop(sessions);
-        let sessions = Arc::new(
-            UploadSessions::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store.clone()).expect("reopen"),
-        );
-        let kept = sessions
-            .status("alice", &id)
-            .await
-            .expect("status")
-            .committed;
+        let (sessions, kept) = reopened(dir.path(), &store, &id).await;
         assert!(
             kept >= 2 * CHECKPOINT && kept <= sent as u64,
             "{kept} bytes kept of {sent} sent"
@@ -1241,14 +1253,7 @@ mod tests {
             "the first checkpoint after a restart syncs"
         );
         drop(sessions);
-        let sessions = Arc::new(
-            UploadSessions::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store.clone()).expect("reopen"),
-        );
-        let kept = sessions
-            .status("alice", &id)
-            .await
-            .expect("status")
-            .committed;
+        let (sessions, kept) = reopened(dir.path(), &store, &id).await;
         sessions
             .append("alice", &id, Some(kept), piece(&bytes[kept as usize..]))
             .await
@@ -1305,15 +1310,7 @@ mod tests {
             stream_and_stop(&sessions, &id, &bytes, (durable, sent), 2 * CHECKPOINT).await;
             drop(sessions);
             damage(&dir.path().join(&id), durable as u64);
-            let sessions = Arc::new(
-                UploadSessions::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store.clone())
-                    .expect("reopen"),
-            );
-            let kept = sessions
-                .status("alice", &id)
-                .await
-                .expect("status")
-                .committed;
+            let (sessions, kept) = reopened(dir.path(), &store, &id).await;
             assert_eq!(kept, durable as u64, "{what}: the session resumes from");
             sessions
                 .append("alice", &id, Some(kept), piece(&bytes[durable..]))
