@@ -478,11 +478,12 @@ enum Record<'a> {
 }
 
 impl LocalWriter {
-    /// On one task of the blocking pool: the checkpoint, if any, then `pieces` appended to
-    /// `data`. The checkpoint's sync of `data` runs before the next bytes are written, so that
-    /// it waits only for the bytes it counts: a sync started while later bytes were written
-    /// (through a second handle, as checkpoints ran until the twenty-fourth session) also waited
-    /// for those, and with a checkpoint every 4 MiB the receiving loop stalled on it.
+    /// On one task of the blocking pool: the CRCs held back, then the record, if any, then
+    /// `pieces` appended to `data`. A checkpoint's sync of `data` runs before the next bytes are
+    /// written, so that it waits only for the bytes it counts: a sync started while later bytes
+    /// were written (through a second handle, as checkpoints ran until the twenty-fourth
+    /// session) also waited for those, and with a checkpoint every 4 MiB the receiving loop
+    /// stalled on it.
     async fn checkpoint_and_append(
         &mut self,
         record: Record<'_>,
