@@ -440,7 +440,7 @@ impl StagedWriter for LocalWriter {
     // One daemon owns the directory and the engine serializes each session's requests, so
     // nothing else can have moved the session past `previous`.
     async fn checkpoint(&mut self, state: &SessionState, _previous: u64) -> UploadResult<()> {
-        self.checkpoint_and_append(Record::Durable(state, Naming::Durable), Vec::new())
+        self.checkpoint_and_append(Record::Durable(state.clone(), Naming::Durable), Vec::new())
             .await
     }
 
@@ -450,7 +450,7 @@ impl StagedWriter for LocalWriter {
         _previous: u64,
         pieces: Vec<Bytes>,
     ) -> UploadResult<()> {
-        self.checkpoint_and_append(Record::Durable(state, Naming::Pending), pieces)
+        self.checkpoint_and_append(Record::Durable(state.clone(), Naming::Pending), pieces)
             .await
     }
 
@@ -460,7 +460,7 @@ impl StagedWriter for LocalWriter {
         _previous: u64,
         pieces: Vec<Bytes>,
     ) -> UploadResult<()> {
-        self.checkpoint_and_append(Record::Progress(state), pieces)
+        self.checkpoint_and_append(Record::Progress(state.clone()), pieces)
             .await?;
         vouch(&self.vouched, &self.id, Some(state.committed));
         Ok(())
@@ -468,13 +468,13 @@ impl StagedWriter for LocalWriter {
 }
 
 /// What [`LocalWriter::checkpoint_and_append`] records before it appends.
-enum Record<'a> {
+enum Record {
     /// Nothing.
     Nothing,
     /// A checkpoint: the bytes and CRCs synced, `state.json` replaced, named as it says.
-    Durable(&'a SessionState, Naming),
+    Durable(SessionState, Naming),
     /// The `progress` record rewritten, nothing synced.
-    Progress(&'a SessionState),
+    Progress(SessionState),
 }
 
 impl LocalWriter {
@@ -486,24 +486,19 @@ impl LocalWriter {
     /// stalled on it.
     async fn checkpoint_and_append(
         &mut self,
-        record: Record<'_>,
+        record: Record,
         pieces: Vec<Bytes>,
     ) -> UploadResult<()> {
         let dir = self.dir.clone();
-        let record = match record {
-            Record::Nothing => None,
-            Record::Durable(state, naming) => Some((state.clone(), Some(naming))),
-            Record::Progress(state) => Some((state.clone(), None)),
-        };
         // The CRCs go first: a record that counts their blocks must find them in the file.
         let crcs = std::mem::take(&mut self.crcs);
         on_files(&mut self.files, &self.dir.clone(), move |files| {
             std::io::Write::write_all(&mut files.crcs, &crcs)
                 .map_err(|e| io(&dir.join("crcs"), e))?;
             match record {
-                Some((state, Some(naming))) => record_durably(files, &dir, &state, naming)?,
-                Some((state, None)) => record_progress(&mut files.progress, &dir, &state)?,
-                None => {}
+                Record::Durable(state, naming) => record_durably(files, &dir, &state, naming)?,
+                Record::Progress(state) => record_progress(&mut files.progress, &dir, &state)?,
+                Record::Nothing => {}
             }
             append(&mut files.data, &pieces).map_err(|e| io(&dir.join("data"), e))
         })
