@@ -380,6 +380,17 @@ async fn check_put_many(
                         "{case}: answer {i}"
                     );
                 }
+                // A blob's BLAKE3 address names the same blob: a batch's index records may be
+                // written in another order than its blobs came (`add_commits` on RocksDB).
+                let by_blake3 = store
+                    .stat(&outcome.meta.digests.blake3)
+                    .await
+                    .unwrap_or_else(|e| panic!("{case}: stat of answer {i} by BLAKE3: {e}"));
+                assert_eq!(
+                    by_blake3.map(|meta| meta.sha256()),
+                    Some(outcome.meta.sha256()),
+                    "{case}: answer {i}'s BLAKE3 digest names another blob"
+                );
                 stored.push(outcome.meta.sha256());
             }
             Err(StorageError::DigestMismatch { .. }) if i == wrong => {}

@@ -1079,6 +1079,9 @@ fn commit_batch(
     let mut outcomes: Vec<(BlobMeta, bool)> = Vec::with_capacity(new.len());
     let mut raced: Vec<(u64, PackedAt, u64)> = Vec::new();
     let mut pack_live = 0i64;
+    // Index records are gathered and added together, so each column family's keys go in
+    // ascending order (`add_commits`).
+    let mut commits: Vec<(Vec<u8>, usize)> = Vec::with_capacity(new.len());
     for ((meta, &i), existing) in metas.into_iter().zip(&new).zip(now) {
         if let Some(existing) = existing {
             if let Some(at) = meta.packed {
@@ -1091,7 +1094,7 @@ fn commit_batch(
         }
         match meta.packed {
             Some(at) => {
-                index.add_commit(&mut batch, &Location::Pack(at).encode(), &meta)?;
+                commits.push((Location::Pack(at).encode(), outcomes.len()));
                 pack_live += 1;
             }
             None => {
@@ -1100,11 +1103,16 @@ fn commit_batch(
                 if !data.is_empty() {
                     batch.put_cf(chunks_cf(index)?, chunk_key(extent, 0), data);
                 }
-                index.add_commit(&mut batch, &extent.to_be_bytes(), &meta)?;
+                commits.push((extent.to_be_bytes().to_vec(), outcomes.len()));
             }
         }
         outcomes.push((meta, false));
     }
+    let commits: Vec<(&[u8], &BlobMeta)> = commits
+        .iter()
+        .map(|(location, at)| (location.as_slice(), &outcomes[*at].0))
+        .collect();
+    index.add_commits(&mut batch, &commits)?;
     if let Some(pack) = pack.filter(|_| pack_live > 0) {
         batch.put_cf(
             packs_cf(index)?,
