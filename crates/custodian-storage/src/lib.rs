@@ -37,7 +37,7 @@ pub use shared::SharedState;
 pub use staging::{WriteBehind, drop_cached};
 pub use store::{
     BlobBackend, BlobRead, BlobStore, BlobWriter, BlockSink, BlockStream, ByteRange, Expectation,
-    NativeHolds, PutOutcome, Staged,
+    NativeHolds, PutOutcome, Staged, StagedSmall,
 };
 
 /// The block size backends use unless configured otherwise: 1 MiB.

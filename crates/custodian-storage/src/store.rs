@@ -106,6 +106,16 @@ pub trait BlockSink: Send {
     fn abandon_for_crash_test(self: Box<Self>);
 }
 
+/// A batch of small blobs whose bytes a backend began writing before they were hashed
+/// ([`BlobBackend::stage_small`]); only the backend that made it looks inside.
+pub struct StagedSmall(pub Box<dyn std::any::Any + Send>);
+
+impl std::fmt::Debug for StagedSmall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StagedSmall")
+    }
+}
+
 /// What a storage backend provides. Backends store and fetch; [`BlobStore`] verifies.
 #[async_trait]
 pub trait BlobBackend: Send + Sync + 'static {
@@ -191,6 +201,30 @@ pub trait BlobBackend: Send + Sync + 'static {
         _blobs: Vec<(BlobMeta, Bytes)>,
     ) -> Option<Result<Vec<(BlobMeta, bool)>>> {
         None
+    }
+
+    /// Starts writing the bytes of a batch of small blobs (at most one commit's worth) before
+    /// [`BlobStore::put_many`] has hashed them, so that a backend which keeps such a batch in a
+    /// file of its own overlaps that file's write and sync with the hashing; the batch is then
+    /// committed with [`BlobBackend::commit_small_staged`], which must be called once for every
+    /// batch staged. `None` (the default) if the backend has no such path or declines the batch,
+    /// which is then committed with [`BlobBackend::commit_small`].
+    fn stage_small(&self, _blobs: &[Bytes]) -> Option<StagedSmall> {
+        None
+    }
+
+    /// Commits the blobs of a batch started with [`BlobBackend::stage_small`] that hashed and
+    /// checked: each is given with its position in the staged batch, its metadata and its bytes.
+    /// The staged bytes of every other blob (refused, already in custody, a repeat) are never
+    /// visible and their space is given back. Returns what [`BlobBackend::commit_small`] returns.
+    async fn commit_small_staged(
+        &self,
+        _staged: StagedSmall,
+        _blobs: Vec<(usize, BlobMeta, Bytes)>,
+    ) -> Result<Vec<(BlobMeta, bool)>> {
+        Err(StorageError::Aborted(
+            "this backend stages no batches of small blobs".into(),
+        ))
     }
 
     /// Checks that the store can be reached now (for readiness): the object store and a
@@ -383,21 +417,52 @@ impl BlobStore {
                 unhashed.push((i, expect, data));
             }
         }
-        for ((i, expect, data), meta) in hash_small(unhashed, block).await {
+        // A batch that is one commit's worth may be written while it is hashed: the backend
+        // starts now, and learns at the commit which of its blobs hashed and checked.
+        let mut staged = if !unhashed.is_empty() && unhashed.len() <= SMALL_COMMIT_MAX {
+            let bytes: Vec<Bytes> = unhashed.iter().map(|(_, _, data)| data.clone()).collect();
+            self.backend.stage_small(&bytes)
+        } else {
+            None
+        };
+        // Each small blob's position among those staged.
+        let mut positions: Vec<usize> = Vec::new();
+        for (position, ((i, expect, data), meta)) in
+            hash_small(unhashed, block).await.into_iter().enumerate()
+        {
             match meta {
-                Ok(meta) => small.push((i, expect, meta, data)),
+                Ok(meta) => {
+                    small.push((i, expect, meta, data));
+                    positions.push(position);
+                }
                 Err(err) => results[i] = Some(Err(err)),
             }
         }
-        for small in small.chunks(SMALL_COMMIT_MAX) {
+        for (part, small) in small.chunks(SMALL_COMMIT_MAX).enumerate() {
             let digests: Vec<Digest> = small.iter().map(|(_, _, m, _)| m.sha256()).collect();
             let keep = self.retention.keep(&digests).await;
             let created = now_unix_ms();
-            let batch: Vec<(BlobMeta, Bytes)> = small
-                .iter()
-                .map(|(_, _, meta, data)| (stamped(meta.clone(), created), data.clone()))
-                .collect();
-            match self.backend.commit_small(batch).await {
+            let committed = match staged.take() {
+                // A staged batch is at most one commit's worth, so this is the only part.
+                Some(staged) => {
+                    let blobs = small
+                        .iter()
+                        .zip(&positions[part * SMALL_COMMIT_MAX..])
+                        .map(|((_, _, meta, data), position)| {
+                            (*position, stamped(meta.clone(), created), data.clone())
+                        })
+                        .collect();
+                    Some(self.backend.commit_small_staged(staged, blobs).await)
+                }
+                None => {
+                    let batch: Vec<(BlobMeta, Bytes)> = small
+                        .iter()
+                        .map(|(_, _, meta, data)| (stamped(meta.clone(), created), data.clone()))
+                        .collect();
+                    self.backend.commit_small(batch).await
+                }
+            };
+            match committed {
                 Some(Ok(outcomes)) => {
                     for ((i, ..), (meta, already_present)) in small.iter().zip(outcomes) {
                         let outcome = PutOutcome {
@@ -421,6 +486,12 @@ impl BlobStore {
                 None => large.extend(small.iter().map(|(i, e, _, d)| (*i, *e, d.clone()))),
             }
             drop(keep);
+        }
+        if let Some(staged) = staged {
+            // No blob of the staged batch hashed and checked: the backend gives its space back.
+            if let Err(err) = self.backend.commit_small_staged(staged, Vec::new()).await {
+                tracing::warn!(error = %err, "a staged batch with nothing to commit was not cleaned up; the next open removes it");
+            }
         }
         // One by one, but many at a time.
         let one_by_one: Vec<(usize, Result<PutOutcome>)> = futures::stream::iter(large)

@@ -55,7 +55,7 @@ use bytes::Bytes;
 use custodian_core::Digest;
 use custodian_storage::{
     BlobBackend, BlobMeta, BlockSink, BlockStream, DEFAULT_BLOCK_SIZE, Expectation, PackedAt,
-    Result, StorageError, WriteBehind, packs,
+    Result, StagedSmall, StorageError, WriteBehind, packs,
 };
 use futures::StreamExt;
 use rocksdb::{ColumnFamilyDescriptor, Options, ReadOptions, WriteBatch};
@@ -1006,7 +1006,75 @@ impl BlobBackend for RocksBackend {
         blobs: Vec<(BlobMeta, Bytes)>,
     ) -> Option<Result<Vec<(BlobMeta, bool)>>> {
         let (index, packs) = (self.index.clone(), self.packs.clone());
-        Some(blocking(move || commit_batch(&index, &packs, blobs)).await)
+        Some(blocking(move || commit_batch(&index, &packs, blobs, None)).await)
+    }
+
+    fn stage_small(&self, blobs: &[Bytes]) -> Option<StagedSmall> {
+        // The pack is written while the store hashes the blobs: its write and sync took as long
+        // as the hashing, one after the other, in each `BatchPut` (docs/performance.md, "A
+        // pack written while its blobs are hashed").
+        self.index.check_writable().ok()?;
+        let positions: Vec<usize> = (0..blobs.len())
+            .filter(|&p| blobs[p].len() >= PACK_MIN)
+            .collect();
+        if positions.is_empty() {
+            return None;
+        }
+        let pack = self.index.new_upload_id();
+        let (offsets, _) = packs::layout(positions.iter().map(|&p| blobs[p].len() as u64));
+        let mut at = vec![None; blobs.len()];
+        for (&p, offset) in positions.iter().zip(offsets) {
+            at[p] = Some(offset);
+        }
+        let packed: Vec<Bytes> = positions.iter().map(|&p| blobs[p].clone()).collect();
+        let (index, files) = (self.index.clone(), self.packs.clone());
+        let write = tokio::task::spawn_blocking(move || write_pack(&index, &files, pack, &packed));
+        Some(StagedSmall(Box::new(StagedPack {
+            pack,
+            at,
+            sizes: blobs.iter().map(|data| data.len() as u64).collect(),
+            write,
+        })))
+    }
+
+    async fn commit_small_staged(
+        &self,
+        staged: StagedSmall,
+        blobs: Vec<(usize, BlobMeta, Bytes)>,
+    ) -> Result<Vec<(BlobMeta, bool)>> {
+        let staged = staged.0.downcast::<StagedPack>().map_err(|_| {
+            StorageError::Aborted("a batch staged by another backend was handed to RocksDB".into())
+        })?;
+        let StagedPack {
+            pack,
+            at,
+            sizes,
+            write,
+        } = *staged;
+        // Nothing may point into the pack before it is durable; a failed write poisoned the
+        // store, and the pack, never recorded, is removed at the next open.
+        write.await.map_err(|e| {
+            StorageError::backend(BACKEND, format!("writing a staged pack failed: {e}"))
+        })??;
+        let (index, packs) = (self.index.clone(), self.packs.clone());
+        blocking(move || {
+            let mut positions = Vec::with_capacity(blobs.len());
+            let blobs = blobs
+                .into_iter()
+                .map(|(position, meta, data)| {
+                    positions.push(position);
+                    (meta, data)
+                })
+                .collect();
+            let staged = Prewritten {
+                pack,
+                at,
+                sizes,
+                positions,
+            };
+            commit_batch(&index, &packs, blobs, Some(staged))
+        })
+        .await
     }
 
     async fn pending_uploads(&self) -> Result<u64> {
@@ -1019,6 +1087,27 @@ impl BlobBackend for RocksBackend {
         })
         .await
     }
+}
+
+/// A pack being written from a batch's blobs before they are hashed
+/// ([`BlobBackend::stage_small`]).
+struct StagedPack {
+    pack: u64,
+    /// Each staged blob's offset in the pack, by position; `None` for one too small to pack.
+    at: Vec<Option<u64>>,
+    /// Each staged blob's size, by position.
+    sizes: Vec<u64>,
+    /// The pack's write and sync.
+    write: tokio::task::JoinHandle<Result<()>>,
+}
+
+/// A staged pack, written and synced, as [`commit_batch`] takes it.
+struct Prewritten {
+    pack: u64,
+    at: Vec<Option<u64>>,
+    sizes: Vec<u64>,
+    /// Each blob's position among those staged, in the order of the blobs committed.
+    positions: Vec<usize>,
 }
 
 /// Commits a batch of blobs of at most one block (`BatchPut`), each new digest once, and returns
@@ -1036,6 +1125,7 @@ fn commit_batch(
     index: &RocksIndex,
     packs: &Files,
     blobs: Vec<(BlobMeta, Bytes)>,
+    prewritten: Option<Prewritten>,
 ) -> Result<Vec<(BlobMeta, bool)>> {
     index.check_writable()?;
     let digests: Vec<Digest> = blobs.iter().map(|(m, _)| m.sha256()).collect();
@@ -1054,22 +1144,35 @@ fn commit_batch(
     }
     let mut metas: Vec<BlobMeta> = new.iter().map(|&i| blobs[i].0.clone()).collect();
     let mut pack: Option<u64> = None;
-    let mut packed: Vec<Bytes> = Vec::new();
-    let mut pack_end = 0u64;
-    for (meta, &i) in metas.iter_mut().zip(&new) {
-        let data = &blobs[i].1;
-        if data.len() >= PACK_MIN {
-            let at = PackedAt {
-                pack: *pack.get_or_insert_with(|| index.new_upload_id()),
-                offset: pack_end,
-            };
-            pack_end += (data.len() as u64).next_multiple_of(packs::PACK_ALIGN);
-            meta.packed = Some(at);
-            packed.push(data.clone());
+    if let Some(staged) = &prewritten {
+        // Written already, every blob of the batch: the new ones take their places in it.
+        for (meta, &i) in metas.iter_mut().zip(&new) {
+            if let Some(offset) = staged.at[staged.positions[i]] {
+                meta.packed = Some(PackedAt {
+                    pack: staged.pack,
+                    offset,
+                });
+            }
         }
-    }
-    if let Some(pack) = pack {
-        write_pack(index, packs, pack, &packed)?;
+        pack = Some(staged.pack);
+    } else {
+        let mut packed: Vec<Bytes> = Vec::new();
+        let mut pack_end = 0u64;
+        for (meta, &i) in metas.iter_mut().zip(&new) {
+            let data = &blobs[i].1;
+            if data.len() >= PACK_MIN {
+                let at = PackedAt {
+                    pack: *pack.get_or_insert_with(|| index.new_upload_id()),
+                    offset: pack_end,
+                };
+                pack_end += (data.len() as u64).next_multiple_of(packs::PACK_ALIGN);
+                meta.packed = Some(at);
+                packed.push(data.clone());
+            }
+        }
+        if let Some(pack) = pack {
+            write_pack(index, packs, pack, &packed)?;
+        }
     }
 
     let new_digests: Vec<Digest> = new.iter().map(|&i| digests[i]).collect();
@@ -1082,9 +1185,12 @@ fn commit_batch(
     // Index records are gathered and added together, so each column family's keys go in
     // ascending order (`add_commits`).
     let mut commits: Vec<(Vec<u8>, usize)> = Vec::with_capacity(new.len());
+    // The positions of the staged blobs this batch commits into the staged pack.
+    let mut used: Vec<usize> = Vec::new();
     for ((meta, &i), existing) in metas.into_iter().zip(&new).zip(now) {
         if let Some(existing) = existing {
-            if let Some(at) = meta.packed {
+            // A staged pack's unused ranges are all freed below, this one among them.
+            if let Some(at) = meta.packed.filter(|_| prewritten.is_none()) {
                 let id = index.new_upload_id();
                 index.add_pending_record_to(&mut batch, id, &freed_range_record(at, meta.size))?;
                 raced.push((id, at, meta.size));
@@ -1096,6 +1202,9 @@ fn commit_batch(
             Some(at) => {
                 commits.push((Location::Pack(at).encode(), outcomes.len()));
                 pack_live += 1;
+                if let Some(staged) = &prewritten {
+                    used.push(staged.positions[i]);
+                }
             }
             None => {
                 let extent = index.new_upload_id();
@@ -1120,12 +1229,45 @@ fn commit_batch(
             pack_live.to_be_bytes(),
         );
     }
+    // Every other range of a staged pack holds bytes nothing will point to (a blob refused,
+    // already in custody, repeated or raced): each is freed under a pending record written with
+    // the commit, as a raced blob's is. A staged pack with nothing committed is removed whole
+    // after the commit; unrecorded, it would be removed at the next open too.
+    let mut unused_pack: Option<u64> = None;
+    if let Some(staged) = &prewritten {
+        if pack_live == 0 {
+            unused_pack = Some(staged.pack);
+        } else {
+            used.sort_unstable();
+            for (position, offset) in staged.at.iter().enumerate() {
+                let Some(offset) = *offset else { continue };
+                if used.binary_search(&position).is_ok() {
+                    continue;
+                }
+                let at = PackedAt {
+                    pack: staged.pack,
+                    offset,
+                };
+                let size = staged.sizes[position];
+                let id = index.new_upload_id();
+                index.add_pending_record_to(&mut batch, id, &freed_range_record(at, size))?;
+                raced.push((id, at, size));
+            }
+        }
+    }
     if !batch.is_empty() {
         // A pack whose commit failed is removed at the next open, as after a crash: the store
         // refuses writes until then.
         index.write_synced(batch)?;
     }
     drop(guards);
+    if let Some(pack) = unused_pack
+        && let Err(err) = packs.remove(pack)
+    {
+        // The batch is committed whatever happens to a file it does not use; unrecorded, the
+        // pack is removed at the next open.
+        tracing::warn!(pack, error = %err, "a staged pack with nothing committed was not removed");
+    }
     if !raced.is_empty() {
         // A pack all of whose blobs raced is left with no data and removed here.
         let mut batch = WriteBatch::default();
@@ -1687,6 +1829,97 @@ mod tests {
     /// A blob another upload commits while a batch's pack is written keeps that upload's copy:
     /// the batch reports it present, its range of the pack is freed, and a pack none of whose
     /// blobs was committed is removed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_staged_pack_keeps_what_it_commits_and_frees_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = RocksBackend::open(
+            dir.path(),
+            RocksConfig {
+                block_size: 64 << 10,
+            },
+        )
+        .unwrap();
+        let blob = |seed: u64| {
+            let data = conformance::pattern(seed, 4096 + seed as usize);
+            let meta = BlobMeta {
+                digests: BlobDigests::of(&data),
+                size: data.len() as u64,
+                created_unix_ms: 1,
+                block_size: 64 << 10,
+                block_crcs: vec![crc32c::crc32c(&data)],
+                packed: None,
+            };
+            (meta, data)
+        };
+        let (known, fresh, other, refused) = (blob(1), blob(2), blob(3), blob(4));
+        let stored = backend.commit_small(vec![known.clone()]).await.unwrap();
+        assert!(!stored.unwrap()[0].1);
+        let packs_before = backend.packs.ids().unwrap();
+
+        // Staged: a new blob, one already in custody, the new one again, one the store
+        // refused (not handed to the commit) and another new one.
+        let staged_bytes = [&fresh, &known, &fresh, &refused, &other].map(|(_, data)| data.clone());
+        let staged = backend.stage_small(&staged_bytes).unwrap();
+        let handed = [(0, &fresh), (1, &known), (2, &fresh), (4, &other)]
+            .map(|(position, (meta, data))| (position, meta.clone(), data.clone()))
+            .to_vec();
+        let outcomes = backend.commit_small_staged(staged, handed).await.unwrap();
+        let present: Vec<bool> = outcomes.iter().map(|(_, present)| *present).collect();
+        assert_eq!(present, [false, true, true, false]);
+        let (offsets, _) = packs::layout(staged_bytes.iter().map(|data| data.len() as u64));
+        let at = outcomes[0].0.packed.unwrap();
+        assert_eq!(at.offset, offsets[0]);
+        assert_eq!(outcomes[3].0.packed.unwrap().offset, offsets[4]);
+        let pack = std::fs::read(backend.packs.path(at.pack)).unwrap();
+        for (position, data) in staged_bytes.iter().enumerate() {
+            let range = &pack[offsets[position] as usize..][..data.len()];
+            if position == 0 || position == 4 {
+                assert_eq!(range, &data[..], "committed blob {position} in its place");
+            } else {
+                assert!(
+                    range.iter().all(|b| *b == 0),
+                    "unused range {position} freed"
+                );
+            }
+        }
+        assert_eq!(backend.index.pending().unwrap().len(), 0);
+        assert_eq!(
+            live_counts(&backend)
+                .into_iter()
+                .find(|(id, _)| *id == at.pack)
+                .and_then(|(_, live)| live),
+            Some(2)
+        );
+        for ((meta, _), outcome) in [(&fresh, &outcomes[0]), (&other, &outcomes[3])] {
+            let entry = backend.index.lookup(&meta.sha256()).unwrap().unwrap();
+            assert!(matches!(Location::of(&entry).unwrap(), Location::Pack(_)));
+            assert_eq!(entry.meta.packed, outcome.0.packed);
+        }
+
+        // A staged batch of which nothing is committed leaves no pack behind: all of it known,
+        // or all of it refused.
+        let packs_now = backend.packs.ids().unwrap();
+        let staged = backend.stage_small(std::slice::from_ref(&known.1)).unwrap();
+        let outcomes = backend
+            .commit_small_staged(staged, vec![(0, known.0.clone(), known.1.clone())])
+            .await
+            .unwrap();
+        assert!(outcomes[0].1);
+        let staged = backend
+            .stage_small(std::slice::from_ref(&refused.1))
+            .unwrap();
+        assert!(
+            backend
+                .commit_small_staged(staged, Vec::new())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(backend.packs.ids().unwrap(), packs_now);
+        assert_eq!(packs_now.len(), packs_before.len() + 1);
+        assert_eq!(backend.index.pending().unwrap().len(), 0);
+    }
+
     #[test]
     fn a_blob_committed_while_the_pack_is_written_keeps_the_first_copy() {
         let dir = tempfile::tempdir().unwrap();
@@ -1730,8 +1963,8 @@ mod tests {
             let outcomes = std::thread::scope(|scope| {
                 let guard = backend.index.lock_commits(&raced_meta.sha256());
                 let packs_before = backend.packs.ids().unwrap().len();
-                let committing =
-                    scope.spawn(|| commit_batch(&backend.index, &backend.packs, batch.clone()));
+                let committing = scope
+                    .spawn(|| commit_batch(&backend.index, &backend.packs, batch.clone(), None));
                 // The batch writes its pack, then waits for the lock held here.
                 while backend.packs.ids().unwrap().len() == packs_before {
                     std::thread::sleep(std::time::Duration::from_millis(1));
