@@ -1826,31 +1826,40 @@ mod tests {
         }
     }
 
-    /// A blob another upload commits while a batch's pack is written keeps that upload's copy:
-    /// the batch reports it present, its range of the pack is freed, and a pack none of whose
-    /// blobs was committed is removed.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_staged_pack_keeps_what_it_commits_and_frees_the_rest() {
-        let dir = tempfile::tempdir().unwrap();
-        let backend = RocksBackend::open(
-            dir.path(),
+    /// A blob of `len` bytes made from `seed`, with the metadata the store would give it in a
+    /// backend of 64 KiB blocks.
+    fn hashed_blob(seed: u64, len: usize) -> (BlobMeta, Bytes) {
+        let data = conformance::pattern(seed, len);
+        let meta = BlobMeta {
+            digests: BlobDigests::of(&data),
+            size: len as u64,
+            created_unix_ms: 1,
+            block_size: 64 << 10,
+            block_crcs: vec![crc32c::crc32c(&data)],
+            packed: None,
+        };
+        (meta, data)
+    }
+
+    /// A backend of 64 KiB blocks in `dir`.
+    fn backend_of_small_blocks(dir: &Path) -> RocksBackend {
+        RocksBackend::open(
+            dir,
             RocksConfig {
                 block_size: 64 << 10,
             },
         )
-        .unwrap();
-        let blob = |seed: u64| {
-            let data = conformance::pattern(seed, 4096 + seed as usize);
-            let meta = BlobMeta {
-                digests: BlobDigests::of(&data),
-                size: data.len() as u64,
-                created_unix_ms: 1,
-                block_size: 64 << 10,
-                block_crcs: vec![crc32c::crc32c(&data)],
-                packed: None,
-            };
-            (meta, data)
-        };
+        .unwrap()
+    }
+
+    /// A batch whose pack was written while it was hashed keeps the ranges of the blobs it
+    /// commits, frees every other one (a blob refused, already in custody, repeated), and a
+    /// staged pack none of whose blobs is committed is removed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_staged_pack_keeps_what_it_commits_and_frees_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = backend_of_small_blocks(dir.path());
+        let blob = |seed: u64| hashed_blob(seed, 4096 + seed as usize);
         let (known, fresh, other, refused) = (blob(1), blob(2), blob(3), blob(4));
         let stored = backend.commit_small(vec![known.clone()]).await.unwrap();
         assert!(!stored.unwrap()[0].1);
@@ -1920,29 +1929,14 @@ mod tests {
         assert_eq!(backend.index.pending().unwrap().len(), 0);
     }
 
+    /// A blob another upload commits while a batch's pack is written keeps that upload's copy:
+    /// the batch reports it present, its range of the pack is freed, and a pack none of whose
+    /// blobs was committed is removed.
     #[test]
     fn a_blob_committed_while_the_pack_is_written_keeps_the_first_copy() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = RocksBackend::open(
-            dir.path(),
-            RocksConfig {
-                block_size: 64 << 10,
-            },
-        )
-        .unwrap();
-        let blob = |seed: u64| {
-            let data = conformance::pattern(seed, 4096);
-            let digests = BlobDigests::of(&data);
-            let meta = BlobMeta {
-                digests,
-                size: 4096,
-                created_unix_ms: 1,
-                block_size: 64 << 10,
-                block_crcs: vec![crc32c::crc32c(&data)],
-                packed: None,
-            };
-            (meta, data)
-        };
+        let backend = backend_of_small_blocks(dir.path());
+        let blob = |seed: u64| hashed_blob(seed, 4096);
         // What another upload commits for `raced`: its block in `chunks`.
         let commit_elsewhere = |meta: &BlobMeta, data: &Bytes| {
             let extent = backend.index.new_upload_id();
