@@ -68,41 +68,45 @@ fn write_pack_with(
     blobs: &[&Bytes],
     direct: bool,
 ) -> Result<(), (&'static str, std::io::Error)> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let opened = if direct {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-            .open(path)
+    let written = if direct {
+        write_direct_new(path, blobs)?
     } else {
-        Err(std::io::ErrorKind::Unsupported.into())
+        false
     };
-    let file = match opened {
-        Ok(file) => match write_direct(&file, blobs) {
-            Ok(()) => Some(file),
-            // The file system took the flag but not the write (its alignment rules differ):
-            // the file is this call's own, so it is written again through the page cache.
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => None,
-            Err(e) => return Err(("write", e)),
-        },
-        // tmpfs and some others refuse the flag itself.
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => None,
-        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => None,
-        Err(e) => return Err(("write", e)),
-    };
-    let file = match file {
-        Some(file) => {
-            file.sync_data().map_err(|e| ("sync", e))?;
-            file
-        }
-        None => write_buffered(path, blobs, direct)?,
-    };
-    drop(file);
+    if !written {
+        write_buffered(path, blobs, direct)?;
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::File::open(dir)
         .and_then(|dir| dir.sync_all())
         .map_err(|e| ("sync the directory of", e))
+}
+
+/// Creates the pack at `path` with `O_DIRECT`, writes it with [`write_direct`] and syncs it;
+/// `false` if the file system refused direct I/O (`EINVAL`, for the flag itself as tmpfs on
+/// older kernels does, or for a write whose alignment it does not take), and the pack is to be
+/// written through the page cache instead.
+fn write_direct_new(path: &Path, blobs: &[&Bytes]) -> Result<bool, (&'static str, std::io::Error)> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let refused =
+        |e: &std::io::Error| e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error());
+    let file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if refused(&e) => return Ok(false),
+        Err(e) => return Err(("write", e)),
+    };
+    match write_direct(&file, blobs) {
+        Ok(()) => {}
+        Err(e) if refused(&e) => return Ok(false),
+        Err(e) => return Err(("write", e)),
+    }
+    file.sync_data().map_err(|e| ("sync", e))?;
+    Ok(true)
 }
 
 /// Writes and syncs the pack through the page cache. The file is created, or with `ours` taken
@@ -112,7 +116,7 @@ fn write_buffered(
     path: &Path,
     blobs: &[&Bytes],
     ours: bool,
-) -> Result<std::fs::File, (&'static str, std::io::Error)> {
+) -> Result<(), (&'static str, std::io::Error)> {
     // The blobs and their padding go to the file as they lie, one gathered write per 1,024
     // pieces: assembling a 4 MiB pack first cost a fresh 4 MiB buffer (mapped, faulted in and
     // unmapped at this size) and a copy of every byte.
@@ -140,7 +144,7 @@ fn write_buffered(
     crate::drop_cached(&file, 0, len);
     file.sync_data().map_err(|e| ("sync", e))?;
     crate::drop_cached(&file, 0, len);
-    Ok(file)
+    Ok(())
 }
 
 /// How many bytes of a pack one direct write carries: the blobs are copied into an aligned buffer
