@@ -376,7 +376,7 @@ async fn grpcio_reads_a_blob_and_a_refusal() {
 }
 
 #[tokio::test]
-async fn grpcio_uploads_through_put_and_write_upload() {
+async fn grpcio_uploads_through_put_write_upload_and_batch_put() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path());
     let script =
@@ -414,6 +414,32 @@ async fn grpcio_uploads_through_put_and_write_upload() {
             .as_str()
             .unwrap()
             .contains("must be a header"),
+        "{report}"
+    );
+    // The batch: every item but the one whose declared digest is false is stored as sent, and
+    // that one fails alone (INVALID_ARGUMENT), naming the digest its bytes have.
+    assert_eq!(report["batch_put"]["results"], 300, "{report}");
+    assert_eq!(report["batch_put"]["stored_as_sent"], 299, "{report}");
+    assert_eq!(report["batch_put"]["wrong"]["code"], 3, "{report}");
+    let message = report["batch_put"]["wrong"]["message"].as_str().unwrap();
+    let actual = report["find_missing"]["expected"][1].as_str().unwrap();
+    assert!(
+        message.contains("digest mismatch") && message.contains(actual),
+        "{report}"
+    );
+    assert_eq!(
+        report["find_missing"]["answered"], report["find_missing"]["expected"],
+        "{report}"
+    );
+    assert_eq!(
+        report["find_missing_refused"]["code"], "INVALID_ARGUMENT",
+        "{report}"
+    );
+    assert!(
+        report["find_missing_refused"]["details"]
+            .as_str()
+            .unwrap()
+            .contains("digests[1]"),
         "{report}"
     );
 }

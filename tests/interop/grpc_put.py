@@ -3,6 +3,10 @@ nobody here wrote.
 
 Usage: grpc_put.py HOST:PORT TOKEN
 
+Then a BatchPut of 300 blobs in one message (some of them larger than grpcio's frames, so the
+daemon reads them across frame boundaries), one of which declares a digest its bytes do not
+have, and FindMissing over what was sent, two digests nobody stored and a malformed one.
+
 The messages are built here in the protobuf wire format (no generated code, so nothing of
 Custodian's build is trusted), chunks of many sizes among them, one chunk message with an
 unknown field after its bytes (which protobuf says to skip) and one empty message. Then a Put
@@ -10,7 +14,8 @@ whose first message is a chunk, which the daemon refuses.
 
 Prints a JSON report: for each upload the SHA-256 and size the daemon answered with and the
 SHA-256 of the bytes sent, how big the upload session said it was, and the refusal's code and
-details.
+details; for the batch, how many of its results name the digest of the bytes sent, the failed
+item's error, and what FindMissing answered.
 """
 
 import hashlib
@@ -105,6 +110,43 @@ def main():
         report["refused"] = None
     except grpc.RpcError as err:
         report["refused"] = {"code": err.code().name, "details": err.details()}
+
+    batch_put = channel.unary_unary(method("BatchPut"), **identity)
+    find_missing = channel.unary_unary(method("FindMissing"), **identity)
+    blobs = [content(f"batch{i}", 70_000 if i % 50 == 7 else 4096) for i in range(300)]
+    sent = ["sha256:" + hashlib.sha256(blob).hexdigest() for blob in blobs]
+    wrong = 13
+    items = []
+    for i, blob in enumerate(blobs):
+        item = b""
+        if i == wrong:
+            item += field(1, ("sha256:" + hashlib.sha256(b"other bytes").hexdigest()).encode())
+        elif i % 3 == 0:
+            item += field(1, sent[i].encode())
+        items.append(field(1, item + field(2, blob)))
+    results = [dict(fields(value)) for number, value in fields(batch_put(b"".join(items), metadata=metadata)) if number == 1]
+    error = dict(fields(results[wrong].get(3, b"")))
+    report["batch_put"] = {
+        "results": len(results),
+        "stored_as_sent": sum(
+            1 for i, result in enumerate(results)
+            if 1 in result and dict(fields(result[1]))[1].decode() == sent[i]
+        ),
+        "wrong": {"code": error.get(1), "message": error.get(2, b"").decode()},
+    }
+
+    unknown = ["sha256:" + hashlib.sha256(b"never stored %d" % i).hexdigest() for i in range(2)]
+    asked = sent[:wrong] + [unknown[0]] + sent[wrong:] + [unknown[1]]
+    answer = find_missing(b"".join(field(1, d.encode()) for d in asked), metadata=metadata)
+    report["find_missing"] = {
+        "answered": [value.decode() for number, value in fields(answer) if number == 1],
+        "expected": [unknown[0], sent[wrong], unknown[1]],
+    }
+    try:
+        find_missing(field(1, sent[0].encode()) + field(1, b"sha256:xyz"), metadata=metadata)
+        report["find_missing_refused"] = None
+    except grpc.RpcError as err:
+        report["find_missing_refused"] = {"code": err.code().name, "details": err.details()}
     print(json.dumps(report))
 
 

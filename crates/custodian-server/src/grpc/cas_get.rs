@@ -7,8 +7,10 @@
 //! and handed to the very same [`ContentStore::get`] (its checks, refusals and stream are
 //! unchanged), and each `GetResponse` of the stream goes out as two pieces, the message's prefix
 //! and field headers (a few bytes, encoded here) and the block's bytes themselves, which hyper
-//! writes to the socket from where the read left them. Every other method goes to the generated
-//! service as before.
+//! writes to the socket from where the read left them. The uploads (`Put`, `WriteUpload`) and
+//! the two batch calls (`BatchPut`, `FindMissing`) are read where their frames lie
+//! ([`super::cas_upload`], [`super::unary`]); every other method goes to the generated service
+//! as before.
 //!
 //! The bytes on the wire are the ones prost would encode (a test compares them), so any gRPC
 //! client reads them: tonic's own, Go's, Python's.
@@ -19,7 +21,6 @@ use std::task::{Context, Poll};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use futures::Stream;
-use http_body_util::BodyExt as _;
 use prost::Message as _;
 use tonic::Status;
 use tonic::server::NamedService;
@@ -35,10 +36,13 @@ use super::cas_upload::UploadMethod;
 const GET_PATH: &str = "/custodian.cas.v1.ContentStore/Get";
 const PUT_PATH: &str = "/custodian.cas.v1.ContentStore/Put";
 const WRITE_UPLOAD_PATH: &str = "/custodian.cas.v1.ContentStore/WriteUpload";
+const BATCH_PUT_PATH: &str = "/custodian.cas.v1.ContentStore/BatchPut";
+const FIND_MISSING_PATH: &str = "/custodian.cas.v1.ContentStore/FindMissing";
 
 /// The content store's gRPC service: `Get` answered here, `Put` and `WriteUpload` read where
-/// their frames lie ([`super::cas_upload`]), every other method by tonic's generated service;
-/// see the module's documentation.
+/// their frames lie ([`super::cas_upload`]), `BatchPut` and `FindMissing` likewise
+/// ([`super::unary`]), every other method by tonic's generated service; see the module's
+/// documentation.
 #[derive(Clone)]
 pub struct ContentStoreRoutes {
     generated: ContentStoreServer<CasService>,
@@ -48,8 +52,8 @@ pub struct ContentStoreRoutes {
 }
 
 impl ContentStoreRoutes {
-    /// Routes `Get`, `Put` and `WriteUpload` to `service` directly and everything else to
-    /// `generated`, which must wrap the same service.
+    /// Routes `Get`, `Put`, `WriteUpload`, `BatchPut` and `FindMissing` to `service` directly
+    /// and everything else to `generated`, which must wrap the same service.
     pub fn new(
         generated: ContentStoreServer<CasService>,
         service: CasService,
@@ -94,6 +98,22 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for ContentStoreRo
                     Ok(super::cas_upload::serve(method, service, max_request, request).await)
                 })
             }
+            BATCH_PUT_PATH => Box::pin(async move {
+                Ok(
+                    super::unary::serve(request, max_request, "BatchPut", |r| async move {
+                        ContentStore::batch_put(&service, r).await
+                    })
+                    .await,
+                )
+            }),
+            FIND_MISSING_PATH => Box::pin(async move {
+                Ok(
+                    super::unary::serve(request, max_request, "FindMissing", |r| async move {
+                        ContentStore::find_missing(&service, r).await
+                    })
+                    .await,
+                )
+            }),
             _ => Box::pin(tower_service::Service::call(&mut self.generated, request)),
         }
     }
@@ -107,7 +127,7 @@ async fn serve_get(
     request: http::Request<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
     let (parts, body) = request.into_parts();
-    let message = match read_request(body, max_request).await {
+    let message = match super::unary::read_one(body, max_request, "Get").await {
         Ok(message) => message,
         Err(status) => return status.into_http(),
     };
@@ -143,44 +163,6 @@ pub(super) fn answer_headers(metadata: tonic::metadata::MetadataMap) -> http::He
         http::HeaderValue::from_static("application/grpc"),
     );
     headers
-}
-
-/// Reads the request's one message: uncompressed, whole, within `limit`.
-async fn read_request(body: tonic::body::Body, limit: usize) -> Result<pb::GetRequest, Status> {
-    let body = http_body_util::Limited::new(body, PREFIX + limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                Status::out_of_range(format!(
-                    "the Get request is over the limit of {limit} bytes"
-                ))
-            } else {
-                Status::from_error(e)
-            }
-        })?
-        .to_bytes();
-    if body.len() < PREFIX {
-        return Err(Status::internal(format!(
-            "the Get request's body is {} bytes, too short for a gRPC message",
-            body.len()
-        )));
-    }
-    if body[0] != 0 {
-        return Err(Status::unimplemented(format!(
-            "the Get request is compressed (flag {}); this daemon takes uncompressed requests",
-            body[0]
-        )));
-    }
-    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-    if body.len() != PREFIX + len {
-        return Err(Status::internal(format!(
-            "the Get request's body is {} bytes, but its message says {len}: one message expected",
-            body.len() - PREFIX
-        )));
-    }
-    pb::GetRequest::decode(body.slice(PREFIX..))
-        .map_err(|e| Status::internal(format!("the Get request does not decode: {e}")))
 }
 
 /// The response body: each message's prefix and field headers, then its bytes as they are.
@@ -265,6 +247,7 @@ fn encode_parts(message: pb::GetResponse) -> (Bytes, Bytes) {
 mod tests {
     use super::*;
 
+    use http_body_util::BodyExt as _;
     use proptest::prelude::*;
 
     /// What tonic's encoder sends for `message`: the prefix and prost's encoding.
@@ -381,45 +364,5 @@ mod tests {
         let status = Status::from_header_map(&trailers).expect("a status");
         assert_eq!(status.code(), tonic::Code::DataLoss);
         assert_eq!(status.message(), "block 3 of sha256:ab is corrupt");
-    }
-
-    fn body_of(bytes: Vec<u8>) -> tonic::body::Body {
-        tonic::body::Body::new(http_body_util::Full::new(Bytes::from(bytes)))
-    }
-
-    fn read(bytes: Vec<u8>, limit: usize) -> Result<pb::GetRequest, Status> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("a runtime");
-        runtime.block_on(read_request(body_of(bytes), limit))
-    }
-
-    #[test]
-    fn a_request_is_one_whole_uncompressed_message_within_the_limit() {
-        let request = pb::GetRequest {
-            digest: "sha256:ab".into(),
-            offset: 7,
-            limit: 9,
-        };
-        let framed = tonic_framing(&request);
-        assert_eq!(read(framed.clone(), 1024).expect("read"), request);
-
-        let err = read(framed.clone(), 4).expect_err("over the limit");
-        assert_eq!(err.code(), tonic::Code::OutOfRange);
-        assert!(err.message().contains("limit of 4 bytes"), "{err:?}");
-        let mut compressed = framed.clone();
-        compressed[0] = 1;
-        let err = read(compressed, 1024).expect_err("compressed");
-        assert_eq!(err.code(), tonic::Code::Unimplemented);
-        let err = read(framed[..3].to_vec(), 1024).expect_err("short");
-        assert!(err.message().contains("too short"), "{err:?}");
-        let mut two = framed.clone();
-        two.extend(&framed);
-        let err = read(two, 1024).expect_err("two messages");
-        assert!(err.message().contains("one message expected"), "{err:?}");
-        let mut garbage = vec![0, 0, 0, 0, 2];
-        garbage.extend([0x0b, 0x00]);
-        let err = read(garbage, 1024).expect_err("garbage");
-        assert!(err.message().contains("does not decode"), "{err:?}");
     }
 }

@@ -315,33 +315,7 @@ where
         Ok(who) => handle(service, who, messages(body, method, limit, split)).await,
         Err(status) => Err(status),
     };
-    unary(response)
-}
-
-/// A unary call's answer as tonic's generated service sends it: the message, then its status
-/// in the trailers; a refusal as a status alone ("trailers-only").
-fn unary<M: prost::Message>(
-    response: Result<tonic::Response<M>, Status>,
-) -> http::Response<tonic::body::Body> {
-    let response = match response {
-        Ok(response) => response,
-        Err(status) => return status.into_http(),
-    };
-    let (metadata, message, _) = response.into_parts();
-    let framed = match custodian_proto::grpc_wire::frame(&message) {
-        Ok(framed) => framed,
-        Err(status) => return status.into_http(),
-    };
-    let mut trailers = http::HeaderMap::new();
-    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-    let frames = [
-        Ok::<_, Status>(http_body::Frame::data(framed)),
-        Ok(http_body::Frame::trailers(trailers)),
-    ];
-    let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
-    let mut http = http::Response::new(tonic::body::Body::new(body));
-    *http.headers_mut() = super::cas_get::answer_headers(metadata);
-    http
+    super::unary::answer(response)
 }
 
 #[cfg(test)]
@@ -616,34 +590,5 @@ mod tests {
             1024,
         );
         assert_eq!(status.message(), "gone");
-    }
-
-    #[test]
-    fn a_unary_answer_is_the_message_then_an_ok_status() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("a runtime");
-        let status = pb::UploadStatus {
-            upload_id: "u1".into(),
-            committed_size: 42,
-            ..Default::default()
-        };
-        let response = unary(Ok(tonic::Response::new(status.clone())));
-        assert_eq!(response.headers()["content-type"], "application/grpc");
-        let (bytes, trailers) = runtime.block_on(async {
-            let collected = response.into_body().collect().await.expect("a body");
-            let trailers = collected.trailers().cloned().expect("trailers");
-            (collected.to_bytes(), trailers)
-        });
-        assert_eq!(
-            bytes,
-            custodian_proto::grpc_wire::frame(&status).expect("short")
-        );
-        assert_eq!(trailers["grpc-status"], "0");
-
-        let refused = unary::<pb::UploadStatus>(Err(Status::not_found("no upload u2")));
-        let status = Status::from_header_map(refused.headers()).expect("a status in the headers");
-        assert_eq!(status.code(), tonic::Code::NotFound);
-        assert_eq!(status.message(), "no upload u2");
     }
 }

@@ -9,3 +9,4 @@ pub mod ledger;
 pub mod local_put;
 pub mod registry;
 pub mod status;
+mod unary;

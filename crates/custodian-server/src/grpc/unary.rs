@@ -1,0 +1,317 @@
+//! Unary content-store calls whose requests are read where their HTTP/2 frames lie.
+//!
+//! tonic's generated service copies every DATA frame of a request into a buffer of its own,
+//! growing it (and copying again) as the frames arrive, before it decodes the message. For a
+//! `BatchPut` of 1,000 blobs of 4 KiB that is 4 MiB copied and page-faulted into fresh memory per
+//! call: 7% of the daemon's samples while it took batches (docs/performance.md). Here the frames
+//! are gathered as they came (no copy), checked to hold exactly one uncompressed message within
+//! the limit, and prost decodes the message out of them, so every `bytes` field that lies inside
+//! one frame becomes a slice of that frame. The message then goes to the very same handler as
+//! the generated service would call, and its answer goes back as tonic frames it: the message,
+//! then `grpc-status` in the trailers, or a refusal as a status alone.
+
+use std::future::Future;
+
+use bytes::Buf as _;
+use http_body_util::BodyExt as _;
+use tonic::Status;
+
+use custodian_proto::grpc_wire::PREFIX;
+
+/// Reads a unary call's request: one uncompressed message of at most `limit` bytes, decoded as
+/// `M` from the frames as they arrived. `method` names the call in errors.
+pub(super) async fn read_one<M>(
+    body: tonic::body::Body,
+    limit: usize,
+    method: &str,
+) -> Result<M, Status>
+where
+    M: prost::Message + Default,
+{
+    let collected = http_body_util::Limited::new(body, PREFIX.saturating_add(limit))
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Status::out_of_range(format!(
+                    "the {method} request is over the limit of {limit} bytes (serve --max-message-bytes)"
+                ))
+            } else {
+                Status::from_error(e)
+            }
+        })?;
+    // The frames, in order, without copying them into one buffer: a `bytes` field read out of
+    // them is a slice of the frame it lies in (http-body-util's list of buffers hands the front
+    // one's slice out when it holds the whole field).
+    let mut body = collected.aggregate();
+    if body.remaining() < PREFIX {
+        return Err(Status::internal(format!(
+            "the {method} request's body is {} bytes, too short for a gRPC message",
+            body.remaining()
+        )));
+    }
+    let flag = body.get_u8();
+    if flag != 0 {
+        return Err(Status::unimplemented(format!(
+            "the {method} request is compressed (flag {flag}); this daemon takes uncompressed requests"
+        )));
+    }
+    let len = body.get_u32() as usize;
+    if body.remaining() != len {
+        return Err(Status::internal(format!(
+            "the {method} request's body is {} bytes, but its message says {len}: one message expected",
+            body.remaining()
+        )));
+    }
+    M::decode(body)
+        .map_err(|e| Status::internal(format!("the {method} request does not decode: {e}")))
+}
+
+/// Answers one unary call read here: the caller's metadata and the decoded message go to
+/// `handle` (the service's own method, so its checks and refusals are unchanged), and its answer
+/// goes back as [`answer`] frames it.
+pub(super) async fn serve<M, R, F, Fut>(
+    request: http::Request<tonic::body::Body>,
+    limit: usize,
+    method: &'static str,
+    handle: F,
+) -> http::Response<tonic::body::Body>
+where
+    M: prost::Message + Default,
+    R: prost::Message,
+    F: FnOnce(tonic::Request<M>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+{
+    let (parts, body) = request.into_parts();
+    let message = match read_one::<M>(body, limit, method).await {
+        Ok(message) => message,
+        Err(status) => return status.into_http(),
+    };
+    let request = tonic::Request::from_parts(
+        tonic::metadata::MetadataMap::from_headers(parts.headers),
+        parts.extensions,
+        message,
+    );
+    answer(handle(request).await)
+}
+
+/// A unary call's answer as tonic's generated service sends it: the message, then its status
+/// in the trailers; a refusal as a status alone ("trailers-only").
+pub(super) fn answer<M: prost::Message>(
+    response: Result<tonic::Response<M>, Status>,
+) -> http::Response<tonic::body::Body> {
+    let response = match response {
+        Ok(response) => response,
+        Err(status) => return status.into_http(),
+    };
+    let (metadata, message, _) = response.into_parts();
+    let framed = match custodian_proto::grpc_wire::frame(&message) {
+        Ok(framed) => framed,
+        Err(status) => return status.into_http(),
+    };
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let frames = [
+        Ok::<_, Status>(http_body::Frame::data(framed)),
+        Ok(http_body::Frame::trailers(trailers)),
+    ];
+    let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+    let mut http = http::Response::new(tonic::body::Body::new(body));
+    *http.headers_mut() = super::cas_get::answer_headers(metadata);
+    http
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    use custodian_proto::cas::v1 as pb;
+
+    fn framed(message: &impl prost::Message) -> Vec<u8> {
+        custodian_proto::grpc_wire::frame(message)
+            .expect("a short message")
+            .to_vec()
+    }
+
+    /// A request body delivering `frames` in turn.
+    fn body_of(frames: Vec<Bytes>) -> tonic::body::Body {
+        tonic::body::Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+            frames
+                .into_iter()
+                .map(|frame| Ok::<_, Status>(http_body::Frame::data(frame)))
+                .collect::<Vec<_>>(),
+        )))
+    }
+
+    fn read<M: prost::Message + Default>(frames: Vec<Bytes>, limit: usize) -> Result<M, Status> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(read_one::<M>(body_of(frames), limit, "Get"))
+    }
+
+    #[test]
+    fn a_request_is_one_whole_uncompressed_message_within_the_limit() {
+        let request = pb::GetRequest {
+            digest: "sha256:ab".into(),
+            offset: 7,
+            limit: 9,
+        };
+        let framed = framed(&request);
+        let one = |bytes: Vec<u8>| vec![Bytes::from(bytes)];
+        assert_eq!(
+            read::<pb::GetRequest>(one(framed.clone()), 1024).expect("read"),
+            request
+        );
+
+        let err = read::<pb::GetRequest>(one(framed.clone()), 4).expect_err("over the limit");
+        assert_eq!(err.code(), tonic::Code::OutOfRange);
+        assert!(
+            err.message()
+                .contains("the Get request is over the limit of 4 bytes"),
+            "{err:?}"
+        );
+        let mut compressed = framed.clone();
+        compressed[0] = 1;
+        let err = read::<pb::GetRequest>(one(compressed), 1024).expect_err("compressed");
+        assert_eq!(err.code(), tonic::Code::Unimplemented);
+        assert!(err.message().contains("flag 1"), "{err:?}");
+        let err = read::<pb::GetRequest>(one(framed[..3].to_vec()), 1024).expect_err("short");
+        assert!(err.message().contains("too short"), "{err:?}");
+        let err = read::<pb::GetRequest>(one(framed[..framed.len() - 1].to_vec()), 1024)
+            .expect_err("cut short");
+        assert!(err.message().contains("one message expected"), "{err:?}");
+        let mut two = framed.clone();
+        two.extend(&framed);
+        let err = read::<pb::GetRequest>(one(two), 1024).expect_err("two messages");
+        assert_eq!(err.code(), tonic::Code::Internal);
+        assert!(err.message().contains("one message expected"), "{err:?}");
+        let mut garbage = vec![0, 0, 0, 0, 2];
+        garbage.extend([0x0b, 0x00]);
+        let err = read::<pb::GetRequest>(one(garbage), 1024).expect_err("garbage");
+        assert!(
+            err.message().contains("the Get request does not decode"),
+            "{err:?}"
+        );
+        let err = read::<pb::GetRequest>(Vec::new(), 1024).expect_err("nothing");
+        assert!(err.message().contains("is 0 bytes"), "{err:?}");
+    }
+
+    #[test]
+    fn a_unary_answer_is_the_message_then_an_ok_status() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let status = pb::UploadStatus {
+            upload_id: "u1".into(),
+            committed_size: 42,
+            ..Default::default()
+        };
+        let response = answer(Ok(tonic::Response::new(status.clone())));
+        assert_eq!(response.headers()["content-type"], "application/grpc");
+        let (bytes, trailers) = runtime.block_on(async {
+            let collected = response.into_body().collect().await.expect("a body");
+            let trailers = collected.trailers().cloned().expect("trailers");
+            (collected.to_bytes(), trailers)
+        });
+        assert_eq!(
+            bytes,
+            custodian_proto::grpc_wire::frame(&status).expect("short")
+        );
+        assert_eq!(trailers["grpc-status"], "0");
+
+        let refused = answer::<pb::UploadStatus>(Err(Status::not_found("no upload u2")));
+        let status = Status::from_header_map(refused.headers()).expect("a status in the headers");
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert_eq!(status.message(), "no upload u2");
+    }
+
+    /// A batch of `sizes.len()` blobs, each of its size.
+    fn batch(sizes: &[usize]) -> pb::BatchPutRequest {
+        pb::BatchPutRequest {
+            items: sizes
+                .iter()
+                .enumerate()
+                .map(|(i, size)| pb::BatchPutItem {
+                    data: Bytes::from(vec![i as u8; *size]),
+                    expected_digest: if i % 3 == 0 {
+                        format!("sha256:{i:064x}")
+                    } else {
+                        String::new()
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    proptest! {
+        /// However a request's bytes are cut into frames, it reads as prost reads the whole
+        /// message, and a blob's bytes that lie inside one frame are a slice of that frame,
+        /// not a copy.
+        #[test]
+        fn a_request_reads_as_prost_reads_it_however_the_frames_cut(
+            sizes in proptest::collection::vec(0usize..20_000, 0..12),
+            cuts in proptest::collection::vec(1usize..40_000, 0..10),
+        ) {
+            use prost::Message as _;
+            let request = batch(&sizes);
+            let mut rest = Bytes::from(framed(&request));
+            let mut frames = Vec::new();
+            for cut in &cuts {
+                if rest.is_empty() {
+                    break;
+                }
+                frames.push(rest.split_to((*cut).min(rest.len())));
+            }
+            if !rest.is_empty() {
+                frames.push(rest);
+            }
+            let spans: Vec<(usize, usize)> = frames
+                .iter()
+                .map(|f| (f.as_ptr() as usize, f.as_ptr() as usize + f.len()))
+                .collect();
+            let read: pb::BatchPutRequest = read(frames, 1 << 20).expect("read");
+            prop_assert_eq!(&read, &request);
+            prop_assert_eq!(read.encode_to_vec(), request.encode_to_vec());
+            // Where each blob's bytes lie in the request, to know which frames hold them whole:
+            // prost writes an item's fields in field order, so `data` (field 2) ends the item.
+            let mut offset = PREFIX;
+            for (item, sent) in read.items.iter().zip(&request.items) {
+                let item_len = sent.encoded_len();
+                let head = 1 + prost::encoding::encoded_len_varint(item_len as u64);
+                offset += head + item_len;
+                let data_at = offset - sent.data.len();
+                let whole_in_one = cut_points(&cuts, framed(&request).len())
+                    .windows(2)
+                    .any(|w| w[0] <= data_at && data_at + sent.data.len() <= w[1]);
+                if whole_in_one && !item.data.is_empty() {
+                    let at = item.data.as_ptr() as usize;
+                    prop_assert!(
+                        spans.iter().any(|(s, e)| *s <= at && at + item.data.len() <= *e),
+                        "a blob's bytes that lie in one frame were copied"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The offsets where frames begin and end when a message of `len` bytes is cut at `cuts`.
+    fn cut_points(cuts: &[usize], len: usize) -> Vec<usize> {
+        let mut points = vec![0];
+        let mut at = 0;
+        for cut in cuts {
+            if at >= len {
+                break;
+            }
+            at = (at + cut).min(len);
+            points.push(at);
+        }
+        if at < len {
+            points.push(len);
+        }
+        points
+    }
+}
