@@ -8,7 +8,6 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use custodian_core::Digest;
 use custodian_proto::cas::v1 as pb;
-use custodian_proto::cas::v1::content_store_client::ContentStoreClient;
 use futures::StreamExt;
 use serde::Serialize;
 
@@ -169,11 +168,13 @@ async fn put(
             files.len()
         );
     }
-    let mut client = server.connect().await?.store();
+    let connected = server.connect().await?;
+    let mut client = connected.store();
     let local = crate::local_put::socket(server, &mut client).await;
+    let mut conn = connected.conn();
     let mut lines = Vec::new();
     for path in files {
-        let response = put_file(&server.target(), &mut client, path, expect, local.as_ref())
+        let response = put_file(&server.target(), &mut conn, path, expect, local.as_ref())
             .await
             .with_context(|| format!("put {}", path.display()))?;
         let info = response.blob.context("the daemon's reply has no blob")?;
@@ -313,10 +314,10 @@ where
 /// socket, from [`crate::local_put::socket`]) the daemon is handed the open file and reads it
 /// itself. Otherwise files of at least [`crate::resume::RESUMABLE_MIN`] bytes go through a
 /// resumable session on `target`, so a broken transfer continues where it stopped, also in a
-/// later run.
+/// later run; smaller ones go in one `Put` on `conn`.
 pub async fn put_file(
     target: &custodian_client::Target,
-    client: &mut ContentStoreClient<Conn>,
+    conn: &mut Conn,
     path: &Path,
     expect: Option<Digest>,
     local: Option<&crate::local_put::LocalSocket>,
@@ -347,19 +348,21 @@ pub async fn put_file(
         })),
     };
     // A read error ends the stream early; the declared size then makes the daemon refuse the
-    // upload, and the error itself is reported from here.
-    let (chunks, mut error_rx) = file_chunks(tokio::fs::File::from_std(file), &bar, |chunk| {
-        pb::PutRequest {
-            message: Some(pb::put_request::Message::Chunk(chunk)),
-        }
-    });
-    let request = futures::stream::once(async { header }).chain(chunks);
-    let result = client.put(request).await;
+    // upload, and the error itself is reported from here. Each piece is sent from where it was
+    // read (custodian_client::upload).
+    let (chunks, mut error_rx) = file_chunks(tokio::fs::File::from_std(file), &bar, |chunk| chunk);
+    let result = custodian_client::upload::client_stream(
+        conn,
+        custodian_client::upload::UploadCall::Put,
+        &header,
+        chunks,
+    )
+    .await;
     bar.finish_and_clear();
     if let Ok(err) = error_rx.try_recv() {
         bail!("reading the file failed: {err}");
     }
-    Ok(result.map_err(status_error)?.into_inner())
+    result.map_err(status_error)
 }
 
 async fn get(

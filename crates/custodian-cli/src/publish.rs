@@ -236,7 +236,8 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let mut store = args.server.connect().await?.store();
+    let connected = args.server.connect().await?;
+    let mut store = connected.store();
     let digests: Vec<String> = files
         .iter()
         .map(|f| f.sha256.to_string())
@@ -265,7 +266,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         let path = dir.join(&file.path);
         put_file(
             &args.server.target(),
-            &mut store,
+            &mut connected.conn(),
             &path,
             Some(file.sha256),
             local.as_ref(),

@@ -15,7 +15,6 @@ use anyhow::{Context as _, bail};
 use custodian_client::{Client, Target};
 use custodian_core::Digest;
 use custodian_proto::cas::v1 as pb;
-use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncSeekExt as _;
 use tonic::Code;
@@ -137,7 +136,8 @@ pub async fn put_resumable(
         &expect.map(|d| d.to_string()).unwrap_or_default(),
     );
     let bar = progress(size, format!("put {}", path.display()));
-    let mut client = Client::connect(target).await?.store();
+    let mut connected = Client::connect(target).await?;
+    let mut client = connected.store();
     // A session an earlier run started, if the daemon still has it.
     let mut session: Option<pb::UploadStatus> = None;
     if let Some(record) = recall::<Record>(&record_file) {
@@ -191,7 +191,8 @@ pub async fn put_resumable(
     let mut backoff = Duration::from_millis(250);
     while session.committed_size < size {
         bar.set_position(session.committed_size);
-        match write_from(&mut client, path, &id, session.committed_size, &bar).await {
+        let mut conn = connected.conn();
+        match write_from(&mut conn, path, &id, session.committed_size, &bar).await {
             Ok(status) => {
                 if status.committed_size == session.committed_size {
                     bail!(
@@ -237,7 +238,8 @@ pub async fn put_resumable(
                             &bar,
                             format!("resuming at byte {} of {size}", status.committed_size),
                         );
-                        client = fresh;
+                        client = fresh.store();
+                        connected = fresh;
                         session = status;
                     }
                     Err(status) if transient(&status) => continue,
@@ -278,24 +280,18 @@ pub async fn put_resumable(
 async fn reconnect_and_query(
     target: &Target,
     id: &str,
-) -> Result<
-    (
-        custodian_proto::cas::v1::content_store_client::ContentStoreClient<custodian_client::Conn>,
-        pb::UploadStatus,
-    ),
-    tonic::Status,
-> {
-    let mut client = Client::connect(target)
+) -> Result<(Client, pb::UploadStatus), tonic::Status> {
+    let connected = Client::connect(target)
         .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?
-        .store();
-    let status = client
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let status = connected
+        .store()
         .query_upload(pb::QueryUploadRequest {
             upload_id: id.to_string(),
         })
         .await?
         .into_inner();
-    Ok((client, status))
+    Ok((connected, status))
 }
 
 /// A line for the person watching: above the bar on a terminal, else on standard error.
@@ -312,11 +308,10 @@ enum WriteFailure {
     Status(tonic::Status),
 }
 
-/// One WriteUpload call: the file from `offset` to its end.
+/// One WriteUpload call: the file from `offset` to its end, each piece sent from where it was
+/// read (custodian_client::upload).
 async fn write_from(
-    client: &mut custodian_proto::cas::v1::content_store_client::ContentStoreClient<
-        custodian_client::Conn,
-    >,
+    conn: &mut custodian_client::Conn,
     path: &Path,
     id: &str,
     offset: u64,
@@ -338,18 +333,18 @@ async fn write_from(
             },
         )),
     };
-    let (chunks, mut error_rx) =
-        crate::blob::file_chunks(file, bar, |chunk| pb::WriteUploadRequest {
-            message: Some(pb::write_upload_request::Message::Chunk(chunk)),
-        });
-    let request = futures::stream::once(async { header }).chain(chunks);
-    let result = client.write_upload(request).await;
+    let (chunks, mut error_rx) = crate::blob::file_chunks(file, bar, |chunk| chunk);
+    let result = custodian_client::upload::client_stream(
+        conn,
+        custodian_client::upload::UploadCall::WriteUpload,
+        &header,
+        chunks,
+    )
+    .await;
     if let Ok(err) = error_rx.try_recv() {
         return Err(WriteFailure::File(anyhow::anyhow!(
             "reading the file failed: {err}"
         )));
     }
-    result
-        .map(tonic::Response::into_inner)
-        .map_err(WriteFailure::Status)
+    result.map_err(WriteFailure::Status)
 }

@@ -101,16 +101,19 @@ where
         .await
         .map_err(|e| Status::from_error(e.into()))?;
     let (head, body) = response.into_parts();
-    check_head(&head)?;
+    check_head(&head, "Get")?;
     Ok(GetStream::new(body))
 }
 
-/// Checks an answer's headers: gRPC's content type, and no status sent in place of a stream.
-fn check_head(head: &http::response::Parts) -> Result<(), Status> {
+/// Checks an answer's headers: gRPC's content type, and no status sent in place of an answer.
+/// `call` names the method in errors.
+pub(crate) fn check_head(head: &http::response::Parts, call: &str) -> Result<(), Status> {
     // A refusal comes as headers only ("trailers-only"), with the status among them.
     if let Some(status) = Status::from_header_map(&head.headers) {
         return Err(if status.code() == Code::Ok {
-            Status::internal("the daemon ended the Get before sending the blob")
+            Status::internal(format!(
+                "the daemon ended the {call} before sending its answer"
+            ))
         } else {
             status
         });

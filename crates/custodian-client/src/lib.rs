@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 
 pub mod get;
+pub mod upload;
 
 use custodian_proto::cas::v1::content_store_client::ContentStoreClient;
 use custodian_proto::evidence::v1::evidence_client::EvidenceClient;

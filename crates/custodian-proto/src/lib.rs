@@ -27,7 +27,7 @@ pub mod local_put {
 }
 
 /// gRPC's message framing, for the calls whose bytes the daemon and the CLI frame themselves
-/// (`ContentStore.Get`, `Put` and `WriteUpload`; docs/ARCHITECTURE.md).
+/// (`ContentStore.Get`, `Put`, `WriteUpload`, `BatchPut` and `FindMissing`; docs/ARCHITECTURE.md).
 pub mod grpc_wire {
     use prost::bytes::{Bytes, BytesMut};
 
