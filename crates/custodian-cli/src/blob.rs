@@ -204,18 +204,30 @@ async fn put(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The request messages of an upload: the file's bytes in [`PUT_CHUNK`] pieces, each wrapped by
-/// `wrap`, counted on `bar`. A read error ends the stream early and arrives on the returned
-/// receiver.
-pub(crate) fn file_chunks<M: Send + 'static>(
+/// Why sending a file failed: reading it, or the call itself.
+pub(crate) enum SendFailure {
+    /// The file could not be read to its end; the daemon was sent what came before.
+    Read(std::io::Error),
+    /// The daemon refused the call, or the connection broke.
+    Status(tonic::Status),
+}
+
+/// Sends `call` on `conn`: `header`, then `file` from its current position to its end in
+/// [`PUT_CHUNK`] pieces counted on `bar`, each sent from where it was read
+/// (custodian_client::upload). Returns the daemon's answer. A read error ends the stream early
+/// and is the failure, whatever the daemon answered to the short upload.
+pub(crate) async fn send_file<H, R>(
+    conn: &mut Conn,
+    call: custodian_client::upload::UploadCall,
+    header: &H,
     file: tokio::fs::File,
     bar: &indicatif::ProgressBar,
-    wrap: fn(bytes::Bytes) -> M,
-) -> (
-    impl futures::Stream<Item = M> + Send + 'static,
-    tokio::sync::oneshot::Receiver<std::io::Error>,
-) {
-    let (error_tx, error_rx) = tokio::sync::oneshot::channel::<std::io::Error>();
+) -> Result<R, SendFailure>
+where
+    H: prost::Message,
+    R: prost::Message + Default,
+{
+    let (error_tx, mut error_rx) = tokio::sync::oneshot::channel::<std::io::Error>();
     let pieces = futures::stream::once(file.into_std())
         .flat_map(|file| file_pieces(file, 0, u64::MAX, |_, _| Ok(())));
     let chunks = futures::stream::unfold(
@@ -228,7 +240,7 @@ pub(crate) fn file_chunks<M: Send + 'static>(
                 }
                 Some(Ok(piece)) => {
                     bar.inc(piece.len() as u64);
-                    Some((wrap(piece), (pieces, error_tx, bar)))
+                    Some((piece, (pieces, error_tx, bar)))
                 }
                 Some(Err(err)) => {
                     if let Some(tx) = error_tx.take() {
@@ -239,7 +251,11 @@ pub(crate) fn file_chunks<M: Send + 'static>(
             }
         },
     );
-    (chunks, error_rx)
+    let result = custodian_client::upload::client_stream(conn, call, header, chunks).await;
+    if let Ok(err) = error_rx.try_recv() {
+        return Err(SendFailure::Read(err));
+    }
+    result.map_err(SendFailure::Status)
 }
 
 /// The bytes of `file` from its current position (`at`, as the file's offset) up to `limit`
@@ -348,21 +364,16 @@ pub async fn put_file(
         })),
     };
     // A read error ends the stream early; the declared size then makes the daemon refuse the
-    // upload, and the error itself is reported from here. Each piece is sent from where it was
-    // read (custodian_client::upload).
-    let (chunks, mut error_rx) = file_chunks(tokio::fs::File::from_std(file), &bar, |chunk| chunk);
-    let result = custodian_client::upload::client_stream(
-        conn,
-        custodian_client::upload::UploadCall::Put,
-        &header,
-        chunks,
-    )
-    .await;
+    // upload, and the error itself is reported from here.
+    let call = custodian_client::upload::UploadCall::Put;
+    let file = tokio::fs::File::from_std(file);
+    let result = send_file(conn, call, &header, file, &bar).await;
     bar.finish_and_clear();
-    if let Ok(err) = error_rx.try_recv() {
-        bail!("reading the file failed: {err}");
+    match result {
+        Ok(response) => Ok(response),
+        Err(SendFailure::Read(err)) => bail!("reading the file failed: {err}"),
+        Err(SendFailure::Status(status)) => Err(status_error(status)),
     }
-    result.map_err(status_error)
 }
 
 async fn get(

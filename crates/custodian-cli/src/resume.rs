@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncSeekExt as _;
 use tonic::Code;
 
+use crate::blob::SendFailure;
 use crate::client::status_error;
 use crate::output::progress;
 
@@ -308,8 +309,7 @@ enum WriteFailure {
     Status(tonic::Status),
 }
 
-/// One WriteUpload call: the file from `offset` to its end, each piece sent from where it was
-/// read (custodian_client::upload).
+/// One WriteUpload call: the file from `offset` to its end.
 async fn write_from(
     conn: &mut custodian_client::Conn,
     path: &Path,
@@ -333,18 +333,13 @@ async fn write_from(
             },
         )),
     };
-    let (chunks, mut error_rx) = crate::blob::file_chunks(file, bar, |chunk| chunk);
-    let result = custodian_client::upload::client_stream(
-        conn,
-        custodian_client::upload::UploadCall::WriteUpload,
-        &header,
-        chunks,
-    )
-    .await;
-    if let Ok(err) = error_rx.try_recv() {
-        return Err(WriteFailure::File(anyhow::anyhow!(
-            "reading the file failed: {err}"
-        )));
-    }
-    result.map_err(WriteFailure::Status)
+    let call = custodian_client::upload::UploadCall::WriteUpload;
+    crate::blob::send_file(conn, call, &header, file, bar)
+        .await
+        .map_err(|failure| match failure {
+            SendFailure::Read(err) => {
+                WriteFailure::File(anyhow::anyhow!("reading the file failed: {err}"))
+            }
+            SendFailure::Status(status) => WriteFailure::Status(status),
+        })
 }

@@ -85,14 +85,31 @@ where
     <S::ResponseBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let body = tonic::body::Body::new(http_body_util::Full::new(frame(request)?));
+    let body = start_call(service, GET_PATH, "Get", body).await?;
+    Ok(GetStream::new(body))
+}
+
+/// Sends a gRPC call of `body` to `path` on `service`, as the generated client sends it, and
+/// returns the answer's body once its headers say it is gRPC and not a refusal. `call` names the
+/// method in errors.
+pub(crate) async fn start_call<S>(
+    service: &mut S,
+    path: &'static str,
+    call: &str,
+    body: tonic::body::Body,
+) -> Result<S::ResponseBody, Status>
+where
+    S: GrpcService<tonic::body::Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let http_request = http::Request::builder()
         .method(http::Method::POST)
         .version(http::Version::HTTP_2)
-        .uri(GET_PATH)
+        .uri(path)
         .header(http::header::CONTENT_TYPE, "application/grpc")
         .header(http::header::TE, "trailers")
         .body(body)
-        .map_err(|e| Status::internal(format!("building the Get request: {e}")))?;
+        .map_err(|e| Status::internal(format!("building the {call} request: {e}")))?;
     poll_fn(|cx| service.poll_ready(cx))
         .await
         .map_err(|e| Status::from_error(e.into()))?;
@@ -101,13 +118,13 @@ where
         .await
         .map_err(|e| Status::from_error(e.into()))?;
     let (head, body) = response.into_parts();
-    check_head(&head, "Get")?;
-    Ok(GetStream::new(body))
+    check_head(&head, call)?;
+    Ok(body)
 }
 
 /// Checks an answer's headers: gRPC's content type, and no status sent in place of an answer.
 /// `call` names the method in errors.
-pub(crate) fn check_head(head: &http::response::Parts, call: &str) -> Result<(), Status> {
+fn check_head(head: &http::response::Parts, call: &str) -> Result<(), Status> {
     // A refusal comes as headers only ("trailers-only"), with the status among them.
     if let Some(status) = Status::from_header_map(&head.headers) {
         return Err(if status.code() == Code::Ok {
@@ -367,6 +384,7 @@ fn decode_get_response(mut message: Frames, out: &mut VecDeque<GetPiece>) -> Res
 mod tests {
     use super::*;
 
+    use crate::fake::{FakeDaemon, GRPC, daemon, trailers};
     use proptest::prelude::*;
 
     /// A `GetResponse` framed as the daemon sends it.
@@ -541,72 +559,6 @@ mod tests {
         assert!(err.message().contains("inside a message"), "{err:?}");
     }
 
-    /// A daemon in a test: answers every request with `head` and `frames`, and keeps the
-    /// request it was sent.
-    struct FakeDaemon {
-        status: http::StatusCode,
-        headers: Vec<(&'static str, &'static str)>,
-        frames: Vec<Result<http_body::Frame<Bytes>, Status>>,
-        seen: std::sync::Arc<std::sync::Mutex<Option<(http::request::Parts, Bytes)>>>,
-    }
-
-    type FakeBody = http_body_util::StreamBody<
-        futures::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, Status>>>,
-    >;
-
-    impl tower_service::Service<http::Request<tonic::body::Body>> for FakeDaemon {
-        type Response = http::Response<FakeBody>;
-        type Error = Status;
-        type Future = std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<Self::Response, Status>> + Send>,
-        >;
-
-        fn poll_ready(
-            &mut self,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), Status>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-            let frames = std::mem::take(&mut self.frames);
-            let (status, headers, seen) = (self.status, self.headers.clone(), self.seen.clone());
-            Box::pin(async move {
-                use http_body_util::BodyExt as _;
-                let (parts, body) = request.into_parts();
-                let body = body.collect().await?.to_bytes();
-                *seen.lock().expect("lock") = Some((parts, body));
-                let mut response = http::Response::builder().status(status);
-                for (name, value) in &headers {
-                    response = response.header(*name, *value);
-                }
-                Ok(response
-                    .body(http_body_util::StreamBody::new(futures::stream::iter(
-                        frames,
-                    )))
-                    .expect("a response"))
-            })
-        }
-    }
-
-    fn daemon(
-        headers: Vec<(&'static str, &'static str)>,
-        frames: Vec<Result<http_body::Frame<Bytes>, Status>>,
-    ) -> FakeDaemon {
-        FakeDaemon {
-            status: http::StatusCode::OK,
-            headers,
-            frames,
-            seen: Default::default(),
-        }
-    }
-
-    fn trailers(status: &'static str) -> Result<http_body::Frame<Bytes>, Status> {
-        let mut map = http::HeaderMap::new();
-        map.insert("grpc-status", http::HeaderValue::from_static(status));
-        Ok(http_body::Frame::trailers(map))
-    }
-
     /// Runs a whole `Get` against `daemon`: the pieces' metadata and bytes, or the error.
     fn run_get(daemon: &mut FakeDaemon) -> Result<(Vec<pb::BlobInfo>, Vec<u8>), Status> {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -629,8 +581,6 @@ mod tests {
             Ok((infos, data))
         })
     }
-
-    const GRPC: (&str, &str) = ("content-type", "application/grpc");
 
     #[test]
     fn a_get_sends_grpc_and_reads_the_answer_to_its_status() {
@@ -655,7 +605,8 @@ mod tests {
         assert_eq!(infos, vec![info()]);
         assert_eq!(data, b"hello");
         // What was sent is the request tonic's client would send.
-        let (parts, body) = fake.seen.lock().expect("lock").take().expect("a request");
+        let (parts, frames) = fake.seen.lock().expect("lock").take().expect("a request");
+        let body = frames.concat();
         assert_eq!(parts.method, http::Method::POST);
         assert_eq!(parts.uri.path(), GET_PATH);
         assert_eq!(parts.headers["content-type"], "application/grpc");

@@ -9,6 +9,8 @@
 
 use std::path::PathBuf;
 
+#[cfg(test)]
+mod fake;
 pub mod get;
 pub mod upload;
 

@@ -13,8 +13,6 @@
 //! uncompressed message within [`crate::MESSAGE_LIMIT`], and an OK `grpc-status` at the end; a
 //! refusal (in the headers or in the trailers) is the error, with the daemon's code and message.
 
-use std::future::poll_fn;
-
 use bytes::{BufMut as _, Bytes, BytesMut};
 use futures::{Stream, StreamExt as _};
 use http_body_util::BodyExt as _;
@@ -94,23 +92,8 @@ where
         }
     });
     let body = tonic::body::Body::new(http_body_util::StreamBody::new(frames));
-    let http_request = http::Request::builder()
-        .method(http::Method::POST)
-        .version(http::Version::HTTP_2)
-        .uri(call.path())
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header(http::header::TE, "trailers")
-        .body(body)
-        .map_err(|e| Status::internal(format!("building the {call:?} request: {e}")))?;
-    poll_fn(|cx| service.poll_ready(cx))
-        .await
-        .map_err(|e| Status::from_error(e.into()))?;
-    let response = service
-        .call(http_request)
-        .await
-        .map_err(|e| Status::from_error(e.into()))?;
-    let (head, body) = response.into_parts();
-    crate::get::check_head(&head, &format!("{call:?}"))?;
+    let name = format!("{call:?}");
+    let body = crate::get::start_call(service, call.path(), &name, body).await?;
     let collected = body
         .collect()
         .await
@@ -167,81 +150,9 @@ fn read_answer<R: prost::Message + Default>(
 mod tests {
     use super::*;
 
+    use crate::fake::{FakeDaemon, GRPC, daemon, trailers};
     use custodian_proto::cas::v1 as pb;
     use prost::Message as _;
-
-    /// A request as the fake daemon received it: its head and its data frames as they came.
-    type Seen = std::sync::Arc<std::sync::Mutex<Option<(http::request::Parts, Vec<Bytes>)>>>;
-
-    /// A daemon in a test: keeps the request's frames as they came and answers with `headers`
-    /// and `frames`.
-    struct FakeDaemon {
-        headers: Vec<(&'static str, &'static str)>,
-        frames: Vec<Result<http_body::Frame<Bytes>, Status>>,
-        seen: Seen,
-    }
-
-    type FakeBody = http_body_util::StreamBody<
-        futures::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, Status>>>,
-    >;
-
-    impl tower_service::Service<http::Request<tonic::body::Body>> for FakeDaemon {
-        type Response = http::Response<FakeBody>;
-        type Error = Status;
-        type Future = std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<Self::Response, Status>> + Send>,
-        >;
-
-        fn poll_ready(
-            &mut self,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), Status>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-            let frames = std::mem::take(&mut self.frames);
-            let (headers, seen) = (self.headers.clone(), self.seen.clone());
-            Box::pin(async move {
-                let (parts, mut body) = request.into_parts();
-                let mut data = Vec::new();
-                while let Some(frame) = body.frame().await {
-                    if let Ok(bytes) = frame?.into_data() {
-                        data.push(bytes);
-                    }
-                }
-                *seen.lock().expect("lock") = Some((parts, data));
-                let mut response = http::Response::builder().status(http::StatusCode::OK);
-                for (name, value) in &headers {
-                    response = response.header(*name, *value);
-                }
-                Ok(response
-                    .body(http_body_util::StreamBody::new(futures::stream::iter(
-                        frames,
-                    )))
-                    .expect("a response"))
-            })
-        }
-    }
-
-    fn daemon(
-        headers: Vec<(&'static str, &'static str)>,
-        frames: Vec<Result<http_body::Frame<Bytes>, Status>>,
-    ) -> FakeDaemon {
-        FakeDaemon {
-            headers,
-            frames,
-            seen: Default::default(),
-        }
-    }
-
-    fn trailers(status: &'static str) -> Result<http_body::Frame<Bytes>, Status> {
-        let mut map = http::HeaderMap::new();
-        map.insert("grpc-status", http::HeaderValue::from_static(status));
-        Ok(http_body::Frame::trailers(map))
-    }
-
-    const GRPC: (&str, &str) = ("content-type", "application/grpc");
 
     fn answer_of(status: &pb::UploadStatus) -> Result<http_body::Frame<Bytes>, Status> {
         Ok(http_body::Frame::data(frame(status).expect("short")))

@@ -126,16 +126,10 @@ async fn serve_get(
     max_request: usize,
     request: http::Request<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
-    let (parts, body) = request.into_parts();
-    let message = match super::unary::read_one(body, max_request, "Get").await {
-        Ok(message) => message,
+    let request = match super::unary::read_request(request, max_request, "Get").await {
+        Ok(request) => request,
         Err(status) => return status.into_http(),
     };
-    let request = tonic::Request::from_parts(
-        tonic::metadata::MetadataMap::from_headers(parts.headers),
-        parts.extensions,
-        message,
-    );
     match ContentStore::get(&service, request).await {
         Ok(response) => {
             let (metadata, stream, _) = response.into_parts();
@@ -245,17 +239,11 @@ fn encode_parts(message: pb::GetResponse) -> (Bytes, Bytes) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::unary::testing::framed as tonic_framing;
     use super::*;
 
     use http_body_util::BodyExt as _;
     use proptest::prelude::*;
-
-    /// What tonic's encoder sends for `message`: the prefix and prost's encoding.
-    fn tonic_framing(message: &impl prost::Message) -> Vec<u8> {
-        custodian_proto::grpc_wire::frame(message)
-            .expect("a short message")
-            .to_vec()
-    }
 
     /// The metadata of a blob of 1 GiB, as `Get`'s first message carries it.
     fn info() -> pb::BlobInfo {

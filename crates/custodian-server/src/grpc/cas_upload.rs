@@ -320,6 +320,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    use super::super::unary::testing::{cut, spans};
     use super::*;
 
     use futures::StreamExt as _;
@@ -444,21 +445,8 @@ mod tests {
                         .expect("a short message"),
                 );
             }
-            let mut frames = Vec::new();
-            let mut rest = Bytes::from(stream);
-            for cut in &cuts {
-                if rest.is_empty() {
-                    break;
-                }
-                frames.push(rest.split_to((*cut).min(rest.len())));
-            }
-            if !rest.is_empty() {
-                frames.push(rest);
-            }
-            let spans: Vec<(usize, usize)> = frames
-                .iter()
-                .map(|f| (f.as_ptr() as usize, f.as_ptr() as usize + f.len()))
-                .collect();
+            let frames = cut(stream, &cuts);
+            let spans = spans(&frames);
             let (read, end) = read_all(frames, None, 1 << 20);
             prop_assert!(end.is_none(), "{end:?}");
             prop_assert_eq!(read.len(), messages.len());

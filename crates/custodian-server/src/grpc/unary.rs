@@ -82,17 +82,29 @@ where
     F: FnOnce(tonic::Request<M>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<R>, Status>>,
 {
+    match read_request::<M>(request, limit, method).await {
+        Ok(request) => answer(handle(request).await),
+        Err(status) => status.into_http(),
+    }
+}
+
+/// A unary call's request as the generated service hands it to a method: the caller's metadata
+/// and extensions, and the one message [`read_one`] reads from the body.
+pub(super) async fn read_request<M>(
+    request: http::Request<tonic::body::Body>,
+    limit: usize,
+    method: &str,
+) -> Result<tonic::Request<M>, Status>
+where
+    M: prost::Message + Default,
+{
     let (parts, body) = request.into_parts();
-    let message = match read_one::<M>(body, limit, method).await {
-        Ok(message) => message,
-        Err(status) => return status.into_http(),
-    };
-    let request = tonic::Request::from_parts(
+    let message = read_one::<M>(body, limit, method).await?;
+    Ok(tonic::Request::from_parts(
         tonic::metadata::MetadataMap::from_headers(parts.headers),
         parts.extensions,
         message,
-    );
-    answer(handle(request).await)
+    ))
 }
 
 /// A unary call's answer as tonic's generated service sends it: the message, then its status
@@ -121,20 +133,52 @@ pub(super) fn answer<M: prost::Message>(
     http
 }
 
+/// Helpers for the tests of the calls read where their frames lie.
+#[cfg(test)]
+pub(super) mod testing {
+    use bytes::Bytes;
+
+    /// What tonic's encoder sends for `message`: the prefix and prost's encoding.
+    pub(in crate::grpc) fn framed(message: &impl prost::Message) -> Vec<u8> {
+        custodian_proto::grpc_wire::frame(message)
+            .expect("a short message")
+            .to_vec()
+    }
+
+    /// `bytes` cut into frames at the lengths `cuts` gives in turn (the rest in one last frame).
+    pub(in crate::grpc) fn cut(bytes: Vec<u8>, cuts: &[usize]) -> Vec<Bytes> {
+        let mut rest = Bytes::from(bytes);
+        let mut frames = Vec::new();
+        for cut in cuts {
+            if rest.is_empty() {
+                break;
+            }
+            frames.push(rest.split_to((*cut).min(rest.len())));
+        }
+        if !rest.is_empty() {
+            frames.push(rest);
+        }
+        frames
+    }
+
+    /// Where each frame lies in memory, to tell a slice of one from a copy.
+    pub(in crate::grpc) fn spans(frames: &[Bytes]) -> Vec<(usize, usize)> {
+        frames
+            .iter()
+            .map(|f| (f.as_ptr() as usize, f.as_ptr() as usize + f.len()))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::{cut, framed, spans};
     use super::*;
 
     use bytes::Bytes;
     use proptest::prelude::*;
 
     use custodian_proto::cas::v1 as pb;
-
-    fn framed(message: &impl prost::Message) -> Vec<u8> {
-        custodian_proto::grpc_wire::frame(message)
-            .expect("a short message")
-            .to_vec()
-    }
 
     /// A request body delivering `frames` in turn.
     fn body_of(frames: Vec<Bytes>) -> tonic::body::Body {
@@ -258,21 +302,13 @@ mod tests {
         ) {
             use prost::Message as _;
             let request = batch(&sizes);
-            let mut rest = Bytes::from(framed(&request));
-            let mut frames = Vec::new();
-            for cut in &cuts {
-                if rest.is_empty() {
-                    break;
-                }
-                frames.push(rest.split_to((*cut).min(rest.len())));
+            let frames = cut(framed(&request), &cuts);
+            let spans = spans(&frames);
+            // Where each frame begins and ends in the request.
+            let mut points = vec![0];
+            for frame in &frames {
+                points.push(points[points.len() - 1] + frame.len());
             }
-            if !rest.is_empty() {
-                frames.push(rest);
-            }
-            let spans: Vec<(usize, usize)> = frames
-                .iter()
-                .map(|f| (f.as_ptr() as usize, f.as_ptr() as usize + f.len()))
-                .collect();
             let read: pb::BatchPutRequest = read(frames, 1 << 20).expect("read");
             prop_assert_eq!(&read, &request);
             prop_assert_eq!(read.encode_to_vec(), request.encode_to_vec());
@@ -284,7 +320,7 @@ mod tests {
                 let head = 1 + prost::encoding::encoded_len_varint(item_len as u64);
                 offset += head + item_len;
                 let data_at = offset - sent.data.len();
-                let whole_in_one = cut_points(&cuts, framed(&request).len())
+                let whole_in_one = points
                     .windows(2)
                     .any(|w| w[0] <= data_at && data_at + sent.data.len() <= w[1]);
                 if whole_in_one && !item.data.is_empty() {
@@ -296,22 +332,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// The offsets where frames begin and end when a message of `len` bytes is cut at `cuts`.
-    fn cut_points(cuts: &[usize], len: usize) -> Vec<usize> {
-        let mut points = vec![0];
-        let mut at = 0;
-        for cut in cuts {
-            if at >= len {
-                break;
-            }
-            at = (at + cut).min(len);
-            points.push(at);
-        }
-        if at < len {
-            points.push(len);
-        }
-        points
     }
 }
