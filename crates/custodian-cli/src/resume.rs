@@ -138,11 +138,11 @@ pub async fn put_resumable(
     );
     let bar = progress(size, format!("put {}", path.display()));
     let mut connected = Client::connect(target).await?;
-    let mut client = connected.store();
     // A session an earlier run started, if the daemon still has it.
     let mut session: Option<pb::UploadStatus> = None;
     if let Some(record) = recall::<Record>(&record_file) {
-        match client
+        match connected
+            .store()
             .query_upload(pb::QueryUploadRequest {
                 upload_id: record.upload_id.clone(),
             })
@@ -167,7 +167,8 @@ pub async fn put_resumable(
     let mut session = match session {
         Some(session) => session,
         None => {
-            let started = client
+            let started = connected
+                .store()
                 .start_upload(pb::StartUploadRequest {
                     expected_digest: expect.map(|d| d.to_string()).unwrap_or_default(),
                     expected_size: Some(size),
@@ -239,7 +240,6 @@ pub async fn put_resumable(
                             &bar,
                             format!("resuming at byte {} of {size}", status.committed_size),
                         );
-                        client = fresh.store();
                         connected = fresh;
                         session = status;
                     }
@@ -251,7 +251,8 @@ pub async fn put_resumable(
     }
     bar.set_message("all bytes sent; the daemon is committing");
     let finished = loop {
-        match client
+        match connected
+            .store()
             .finish_upload(pb::FinishUploadRequest {
                 upload_id: id.clone(),
                 expected_digest: expect.map(|d| d.to_string()).unwrap_or_default(),
@@ -263,7 +264,7 @@ pub async fn put_resumable(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(4));
                 if let Ok(fresh) = Client::connect(target).await {
-                    client = fresh.store();
+                    connected = fresh;
                 }
             }
             Err(status) => {
