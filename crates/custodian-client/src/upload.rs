@@ -94,10 +94,21 @@ where
     let body = tonic::body::Body::new(http_body_util::StreamBody::new(frames));
     let name = format!("{call:?}");
     let body = crate::get::start_call(service, call.path(), &name, body).await?;
-    let collected = body
+    // A peer that is not a Custodian daemon could answer without end: no more than one message
+    // of the limit is taken.
+    let collected = http_body_util::Limited::new(body, PREFIX + crate::MESSAGE_LIMIT)
         .collect()
         .await
-        .map_err(|e| Status::from_error(e.into()))?;
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Status::resource_exhausted(format!(
+                    "the daemon's {call:?} answer is over the limit of {} bytes",
+                    crate::MESSAGE_LIMIT
+                ))
+            } else {
+                Status::from_error(e)
+            }
+        })?;
     let trailers = collected.trailers().cloned();
     read_answer(collected.to_bytes(), trailers.as_ref(), call)
 }
@@ -312,6 +323,13 @@ mod tests {
             ],
         );
         assert!(err.message().contains("does not decode"), "{err:?}");
+        // An answer that goes on past one message of the limit.
+        let endless = Bytes::from(vec![0u8; PREFIX + crate::MESSAGE_LIMIT + 1]);
+        let err = run(
+            vec![GRPC],
+            vec![Ok(http_body::Frame::data(endless)), trailers("0")],
+        );
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
         // Not gRPC at all.
         let err = run(vec![("content-type", "text/html")], vec![]);
         assert!(err.message().contains("not application/grpc"), "{err:?}");
