@@ -200,19 +200,7 @@ where
         }
         let mut prefix = [0u8; PREFIX];
         self.received.peek(&mut prefix);
-        if prefix[0] != 0 {
-            return Err(Status::internal(format!(
-                "the daemon sent a message with compression flag {}, but no compression was asked for",
-                prefix[0]
-            )));
-        }
-        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
-        if len > crate::MESSAGE_LIMIT {
-            return Err(Status::resource_exhausted(format!(
-                "the daemon sent a message of {len} bytes, over the limit of {}",
-                crate::MESSAGE_LIMIT
-            )));
-        }
+        let len = message_len(&prefix)?;
         if self.received.len < PREFIX + len {
             return Ok(false);
         }
@@ -243,6 +231,25 @@ where
             )),
         }
     }
+}
+
+/// The length a message's prefix gives, once the prefix says the message is uncompressed (none
+/// was asked for) and within [`crate::MESSAGE_LIMIT`].
+pub(crate) fn message_len(prefix: &[u8; PREFIX]) -> Result<usize, Status> {
+    if prefix[0] != 0 {
+        return Err(Status::internal(format!(
+            "the daemon sent a message with compression flag {}, but no compression was asked for",
+            prefix[0]
+        )));
+    }
+    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    if len > crate::MESSAGE_LIMIT {
+        return Err(Status::resource_exhausted(format!(
+            "the daemon sent a message of {len} bytes, over the limit of {}",
+            crate::MESSAGE_LIMIT
+        )));
+    }
+    Ok(len)
 }
 
 /// Received bytes as a queue of the frames that brought them.

@@ -134,19 +134,9 @@ fn read_answer<R: prost::Message + Default>(
             body.len()
         )));
     }
-    if body[0] != 0 {
-        return Err(Status::internal(format!(
-            "the daemon sent a {call:?} answer with compression flag {}, but no compression was asked for",
-            body[0]
-        )));
-    }
-    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-    if len > crate::MESSAGE_LIMIT {
-        return Err(Status::resource_exhausted(format!(
-            "the daemon sent a message of {len} bytes, over the limit of {}",
-            crate::MESSAGE_LIMIT
-        )));
-    }
+    let mut prefix = [0u8; PREFIX];
+    prefix.copy_from_slice(&body[..PREFIX]);
+    let len = crate::get::message_len(&prefix)?;
     if body.len() - PREFIX != len {
         return Err(Status::internal(format!(
             "the {call:?} answer's body is {} bytes, but its message says {len}: one message expected",
