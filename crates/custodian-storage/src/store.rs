@@ -403,13 +403,13 @@ impl BlobStore {
 
     /// Puts many blobs, each verified on its own against its expectation; the results are in
     /// input order. Blobs of at most one block go to the backend's batched commit, one durable
-    /// write for all of them, where the backend has one; the rest are put one by one.
+    /// write per [`SMALL_COMMIT_MAX`] of them, where the backend has one; the rest are put one
+    /// by one.
     pub async fn put_many(&self, items: Vec<(Expectation, Bytes)>) -> Vec<Result<PutOutcome>> {
         let block = self.backend.block_size();
         let mut results: Vec<Option<Result<PutOutcome>>> = items.iter().map(|_| None).collect();
-        let mut small: Vec<(usize, Expectation, BlobMeta, Bytes)> = Vec::new();
         let mut large: Vec<(usize, Expectation, Bytes)> = Vec::new();
-        let mut unhashed: Vec<(usize, Expectation, Bytes)> = Vec::new();
+        let mut unhashed: Vec<(usize, Expectation, Bytes)> = Vec::with_capacity(items.len());
         for (i, (expect, data)) in items.into_iter().enumerate() {
             if data.len() > block {
                 large.push((i, expect, data));
@@ -417,81 +417,19 @@ impl BlobStore {
                 unhashed.push((i, expect, data));
             }
         }
-        // A batch that is one commit's worth may be written while it is hashed: the backend
-        // starts now, and learns at the commit which of its blobs hashed and checked.
-        let mut staged = if !unhashed.is_empty() && unhashed.len() <= SMALL_COMMIT_MAX {
-            let bytes: Vec<Bytes> = unhashed.iter().map(|(_, _, data)| data.clone()).collect();
-            self.backend.stage_small(&bytes)
-        } else {
-            None
-        };
-        // Each small blob's position among those staged.
-        let mut positions: Vec<usize> = Vec::new();
-        for (position, ((i, expect, data), meta)) in
-            hash_small(unhashed, block).await.into_iter().enumerate()
-        {
-            match meta {
-                Ok(meta) => {
-                    small.push((i, expect, meta, data));
-                    positions.push(position);
-                }
-                Err(err) => results[i] = Some(Err(err)),
+        // Small blobs go one commit's worth at a time, each part hashed, written and committed
+        // before the next is looked at. What a blob needs until its commit (its metadata, its
+        // share of the write batch) is then held for at most SMALL_COMMIT_MAX blobs at once, not
+        // for all 16,000 of a 4 MiB BatchPut of 256-byte blobs: with two such calls in flight,
+        // those copies took the daemon past its 128 MiB budget (docs/performance.md).
+        let mut rest = unhashed.into_iter();
+        loop {
+            let part: Vec<(usize, Expectation, Bytes)> =
+                rest.by_ref().take(SMALL_COMMIT_MAX).collect();
+            if part.is_empty() {
+                break;
             }
-        }
-        for (part, small) in small.chunks(SMALL_COMMIT_MAX).enumerate() {
-            let digests: Vec<Digest> = small.iter().map(|(_, _, m, _)| m.sha256()).collect();
-            let keep = self.retention.keep(&digests).await;
-            let created = now_unix_ms();
-            let committed = match staged.take() {
-                // A staged batch is at most one commit's worth, so this is the only part.
-                Some(staged) => {
-                    let blobs = small
-                        .iter()
-                        .zip(&positions[part * SMALL_COMMIT_MAX..])
-                        .map(|((_, _, meta, data), position)| {
-                            (*position, stamped(meta.clone(), created), data.clone())
-                        })
-                        .collect();
-                    Some(self.backend.commit_small_staged(staged, blobs).await)
-                }
-                None => {
-                    let batch: Vec<(BlobMeta, Bytes)> = small
-                        .iter()
-                        .map(|(_, _, meta, data)| (stamped(meta.clone(), created), data.clone()))
-                        .collect();
-                    self.backend.commit_small(batch).await
-                }
-            };
-            match committed {
-                Some(Ok(outcomes)) => {
-                    for ((i, ..), (meta, already_present)) in small.iter().zip(outcomes) {
-                        let outcome = PutOutcome {
-                            meta,
-                            already_present,
-                        };
-                        results[*i] = Some(self.acknowledge(&outcome).await.map(|()| outcome));
-                    }
-                }
-                Some(Err(err)) => {
-                    let message = err.to_string();
-                    let mut first = Some(err);
-                    for (i, ..) in small {
-                        results[*i] = Some(Err(first.take().unwrap_or_else(|| {
-                            StorageError::Aborted(format!(
-                                "the batch this blob was in could not be committed: {message}"
-                            ))
-                        })));
-                    }
-                }
-                None => large.extend(small.iter().map(|(i, e, _, d)| (*i, *e, d.clone()))),
-            }
-            drop(keep);
-        }
-        if let Some(staged) = staged {
-            // No blob of the staged batch hashed and checked: the backend gives its space back.
-            if let Err(err) = self.backend.commit_small_staged(staged, Vec::new()).await {
-                tracing::warn!(error = %err, "a staged batch with nothing to commit was not cleaned up; the next open removes it");
-            }
+            large.extend(self.put_small_part(part, block, &mut results).await);
         }
         // One by one, but many at a time.
         let one_by_one: Vec<(usize, Result<PutOutcome>)> = futures::stream::iter(large)
@@ -506,6 +444,98 @@ impl BlobStore {
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(StorageError::Aborted("not attempted".into()))))
             .collect()
+    }
+
+    /// Puts at most one commit's worth of blobs of at most one block each: hashed and checked
+    /// (the backend may write them meanwhile, [`BlobBackend::stage_small`]), then committed in
+    /// one durable write. Each blob's outcome goes into `results` at its index; returned are the
+    /// blobs to put one by one instead, when the backend has no batched commit.
+    async fn put_small_part(
+        &self,
+        unhashed: Vec<(usize, Expectation, Bytes)>,
+        block: usize,
+        results: &mut [Option<Result<PutOutcome>>],
+    ) -> Vec<(usize, Expectation, Bytes)> {
+        // The backend starts now, and learns at the commit which of the blobs hashed and checked.
+        let staged = {
+            let bytes: Vec<Bytes> = unhashed.iter().map(|(_, _, data)| data.clone()).collect();
+            self.backend.stage_small(&bytes)
+        };
+        let mut small: Vec<(usize, Expectation, BlobMeta, Bytes)> =
+            Vec::with_capacity(unhashed.len());
+        // Each checked blob's position among those staged.
+        let mut positions: Vec<usize> = Vec::with_capacity(unhashed.len());
+        for (position, ((i, expect, data), meta)) in
+            hash_small(unhashed, block).await.into_iter().enumerate()
+        {
+            match meta {
+                Ok(meta) => {
+                    small.push((i, expect, meta, data));
+                    positions.push(position);
+                }
+                Err(err) => results[i] = Some(Err(err)),
+            }
+        }
+        if small.is_empty() {
+            if let Some(staged) = staged {
+                // No blob of the staged part hashed and checked: the backend gives its space
+                // back.
+                if let Err(err) = self.backend.commit_small_staged(staged, Vec::new()).await {
+                    tracing::warn!(error = %err, "a staged batch with nothing to commit was not cleaned up; the next open removes it");
+                }
+            }
+            return Vec::new();
+        }
+        let digests: Vec<Digest> = small.iter().map(|(_, _, m, _)| m.sha256()).collect();
+        let keep = self.retention.keep(&digests).await;
+        let created = now_unix_ms();
+        let committed = match staged {
+            Some(staged) => {
+                let blobs = small
+                    .iter()
+                    .zip(positions)
+                    .map(|((_, _, meta, data), position)| {
+                        (position, stamped(meta.clone(), created), data.clone())
+                    })
+                    .collect();
+                Some(self.backend.commit_small_staged(staged, blobs).await)
+            }
+            None => {
+                let batch: Vec<(BlobMeta, Bytes)> = small
+                    .iter()
+                    .map(|(_, _, meta, data)| (stamped(meta.clone(), created), data.clone()))
+                    .collect();
+                self.backend.commit_small(batch).await
+            }
+        };
+        match committed {
+            Some(Ok(outcomes)) => {
+                for ((i, ..), (meta, already_present)) in small.iter().zip(outcomes) {
+                    let outcome = PutOutcome {
+                        meta,
+                        already_present,
+                    };
+                    results[*i] = Some(self.acknowledge(&outcome).await.map(|()| outcome));
+                }
+            }
+            Some(Err(err)) => {
+                let message = err.to_string();
+                let mut first = Some(err);
+                for (i, ..) in &small {
+                    results[*i] = Some(Err(first.take().unwrap_or_else(|| {
+                        StorageError::Aborted(format!(
+                            "the batch this blob was in could not be committed: {message}"
+                        ))
+                    })));
+                }
+            }
+            None => {
+                drop(keep);
+                return small.into_iter().map(|(i, e, _, d)| (i, e, d)).collect();
+            }
+        }
+        drop(keep);
+        Vec::new()
     }
 
     /// The metadata of a blob, if it is in custody.
