@@ -519,6 +519,10 @@ async fn batch_calls_capabilities_and_find_missing() {
         .collect();
     // One item with a wrong expected digest fails alone.
     items[7].expected_digest = BlobDigests::of(b"wrong").sha256.to_string();
+    // So do items whose expected digest does not parse, each named in its error; the items
+    // around them are put and answered in their places.
+    items[3].expected_digest = "sha256:not-hex".into();
+    items[64].expected_digest = "md5:d41d8cd98f00b204e9800998ecf8427e".into();
     let results = client
         .batch_put(pb::BatchPutRequest { items })
         .await
@@ -530,6 +534,20 @@ async fn batch_calls_capabilities_and_find_missing() {
         if i == 7 {
             let error = result.error.as_ref().expect("item 7 fails");
             assert_eq!(error.code, Code::InvalidArgument as i32);
+        } else if i == 3 || i == 64 {
+            let error = result
+                .error
+                .as_ref()
+                .expect("an unparsable digest fails its item");
+            assert_eq!(error.code, Code::InvalidArgument as i32);
+            assert!(
+                error
+                    .message
+                    .contains(&format!("items[{i}].expected_digest")),
+                "item {i}: {}",
+                error.message
+            );
+            assert!(result.blob.is_none());
         } else {
             assert!(result.error.is_none(), "item {i}: {:?}", result.error);
             assert_eq!(
@@ -551,7 +569,10 @@ async fn batch_calls_capabilities_and_find_missing() {
         .unwrap()
         .into_inner()
         .missing_digests;
-    assert_eq!(missing, vec![query[7].clone()]);
+    assert_eq!(
+        missing,
+        vec![query[3].clone(), query[7].clone(), query[64].clone()]
+    );
 
     query.truncate(10);
     query.push(BlobDigests::of(b"absent").sha256.to_string());
@@ -566,7 +587,7 @@ async fn batch_calls_capabilities_and_find_missing() {
     for (i, result) in results.iter().enumerate() {
         assert_eq!(result.digest, query[i]);
         match i {
-            7 | 10 => assert_eq!(result.error.as_ref().unwrap().code, Code::NotFound as i32),
+            3 | 7 | 10 => assert_eq!(result.error.as_ref().unwrap().code, Code::NotFound as i32),
             _ => assert!(result.data == blobs[i], "batch get item {i}"),
         }
     }

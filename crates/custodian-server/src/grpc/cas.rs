@@ -886,31 +886,36 @@ impl ContentStore for CasService {
             )));
         }
         // Expectations are parsed first (a bad one fails only its item); the rest are put
-        // together, so the backend can commit them in one durable write.
-        let mut parsed: Vec<Result<(Expectation, bytes::Bytes), Status>> = Vec::new();
+        // together, so the backend can commit them in one durable write. The items that parse
+        // are moved out as they are, and only the (rare) failures are kept beside them: a
+        // 4 MiB BatchPut of 256-byte blobs is 16,000 items, and a second list of all of them,
+        // each the size of a gRPC status, cost the daemon megabytes per call.
+        let count = items.len();
+        let mut valid: Vec<(Expectation, bytes::Bytes)> = Vec::with_capacity(count);
+        let mut refused: Vec<(usize, Status)> = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
-            parsed.push(
-                parse_optional_digest(
-                    &format!("items[{i}].expected_digest"),
-                    &item.expected_digest,
-                )
-                .map(|digest| (Expectation { digest, size: None }, item.data)),
-            );
+            // The field's name is formatted only for an error.
+            let digest = match item.expected_digest.as_str() {
+                "" => Ok(None),
+                text => text.parse::<Digest>().map(Some).or_else(|_| {
+                    parse_optional_digest(&format!("items[{i}].expected_digest"), text)
+                }),
+            };
+            match digest {
+                Ok(digest) => valid.push((Expectation { digest, size: None }, item.data)),
+                Err(status) => refused.push((i, status)),
+            }
         }
-        let valid: Vec<(Expectation, bytes::Bytes)> = parsed
-            .iter()
-            .filter_map(|p| p.as_ref().ok().cloned())
-            .collect();
+        let mut refused = refused.into_iter().peekable();
         let mut stored = self.store.put_many(valid).await.into_iter();
-        let results = parsed
-            .into_iter()
-            .map(|p| {
-                let outcome = match p {
-                    Ok(_) => stored
+        let results = (0..count)
+            .map(|i| {
+                let outcome = match refused.next_if(|(at, _)| *at == i) {
+                    Some((_, status)) => Err(status),
+                    None => stored
                         .next()
                         .unwrap_or_else(|| Err(StorageError::Aborted("not attempted".into())))
                         .map_err(|err| Status::from(GrpcError::from(err))),
-                    Err(status) => Err(status),
                 };
                 match outcome {
                     Ok(outcome) => pb::BatchPutResult {
