@@ -15,6 +15,7 @@ use std::sync::Arc;
 use custodian_core::{Algorithm, Digest};
 
 use crate::auth::{Authenticator, Principal, Scope};
+use crate::grpc::digest_list::{DigestQuery, MissingDigests};
 use crate::grpc::status::principal;
 use crate::grpc::status::{GrpcError, parse_digest, parse_optional_digest};
 use crate::registry::Registry;
@@ -252,6 +253,49 @@ impl CasService {
                 None => true,
             },
         )
+    }
+
+    /// Whether each of `digests` is in custody for `who`, in order: blobs the caller may not
+    /// read are reported missing, as if they were not in custody.
+    async fn present_to(&self, who: &Principal, digests: &[Digest]) -> Result<Vec<bool>, Status> {
+        let mut present = self.store.present(digests).await.map_err(GrpcError::from)?;
+        if !who.allows_everywhere(Scope::Read) {
+            for (digest, present) in digests.iter().zip(present.iter_mut()) {
+                if *present && !self.digest_readable(who, digest).await? {
+                    *present = false;
+                }
+            }
+        }
+        Ok(present)
+    }
+
+    /// `FindMissing` as the daemon serves it (`cas_get::ContentStoreRoutes`): the digests parsed
+    /// where they lay in the request, the missing ones formatted into the answer as it is
+    /// written. The generated service's `find_missing` answers the same.
+    pub(super) async fn find_missing_read(
+        &self,
+        request: Request<DigestQuery>,
+    ) -> Result<Response<MissingDigests>, Status> {
+        let who = principal(&self.auth, &request)?;
+        let query = request.into_inner();
+        if let Some((i, text)) = query.refused {
+            let field = format!("digests[{i}]");
+            return Err(match parse_digest(&field, &text) {
+                Err(status) => status,
+                // Only text that was not UTF-8 could read as a digest once decoded lossily.
+                Ok(_) => Status::invalid_argument(format!("field {field}: not UTF-8 text")),
+            });
+        }
+        let present = self.present_to(&who, &query.digests).await?;
+        Ok(Response::new(MissingDigests(
+            query
+                .digests
+                .into_iter()
+                .zip(present)
+                .filter(|(_, present)| !present)
+                .map(|(digest, _)| digest)
+                .collect(),
+        )))
     }
 }
 
@@ -845,19 +889,7 @@ impl ContentStore for CasService {
                     .or_else(|_| parse_digest(&format!("digests[{i}]"), d))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut present = self
-            .store
-            .present(&digests)
-            .await
-            .map_err(GrpcError::from)?;
-        // Blobs the caller may not read are reported missing, as if they were not in custody.
-        if !who.allows_everywhere(Scope::Read) {
-            for (digest, present) in digests.iter().zip(present.iter_mut()) {
-                if *present && !self.digest_readable(&who, digest).await? {
-                    *present = false;
-                }
-            }
-        }
+        let present = self.present_to(&who, &digests).await?;
         // The caller's own strings go back (a digest parses only in its canonical form, so they
         // are what formatting it would give), without formatting thousands of digests again.
         Ok(Response::new(pb::FindMissingResponse {

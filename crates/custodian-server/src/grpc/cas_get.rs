@@ -109,7 +109,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for ContentStoreRo
             FIND_MISSING_PATH => Box::pin(async move {
                 Ok(
                     super::unary::serve(request, max_request, "FindMissing", |r| async move {
-                        ContentStore::find_missing(&service, r).await
+                        service.find_missing_read(r).await
                     })
                     .await,
                 )

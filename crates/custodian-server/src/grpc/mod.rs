@@ -4,6 +4,7 @@
 pub mod cas;
 pub mod cas_get;
 mod cas_upload;
+mod digest_list;
 pub mod evidence;
 pub mod ledger;
 pub mod local_put;

@@ -161,6 +161,28 @@ pub(super) mod testing {
         frames
     }
 
+    /// A request body delivering `frames` in turn.
+    fn body_of(frames: Vec<Bytes>) -> tonic::body::Body {
+        tonic::body::Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+            frames
+                .into_iter()
+                .map(|frame| Ok::<_, tonic::Status>(http_body::Frame::data(frame)))
+                .collect::<Vec<_>>(),
+        )))
+    }
+
+    /// Reads one `M` from a request body delivering `frames`, as the call `method` would.
+    pub(in crate::grpc) fn read<M: prost::Message + Default>(
+        frames: Vec<Bytes>,
+        limit: usize,
+        method: &'static str,
+    ) -> Result<M, tonic::Status> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(super::read_one::<M>(body_of(frames), limit, method))
+    }
+
     /// Where each frame lies in memory, to tell a slice of one from a copy.
     pub(in crate::grpc) fn spans(frames: &[Bytes]) -> Vec<(usize, usize)> {
         frames
@@ -180,21 +202,8 @@ mod tests {
 
     use custodian_proto::cas::v1 as pb;
 
-    /// A request body delivering `frames` in turn.
-    fn body_of(frames: Vec<Bytes>) -> tonic::body::Body {
-        tonic::body::Body::new(http_body_util::StreamBody::new(futures::stream::iter(
-            frames
-                .into_iter()
-                .map(|frame| Ok::<_, Status>(http_body::Frame::data(frame)))
-                .collect::<Vec<_>>(),
-        )))
-    }
-
     fn read<M: prost::Message + Default>(frames: Vec<Bytes>, limit: usize) -> Result<M, Status> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("a runtime");
-        runtime.block_on(read_one::<M>(body_of(frames), limit, "Get"))
+        super::testing::read(frames, limit, "Get")
     }
 
     #[test]
