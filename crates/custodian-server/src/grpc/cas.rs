@@ -15,7 +15,7 @@ use std::sync::Arc;
 use custodian_core::{Algorithm, Digest};
 
 use crate::auth::{Authenticator, Principal, Scope};
-use crate::grpc::digest_list::{DigestQuery, MissingDigests};
+use crate::grpc::digest_list::DigestList;
 use crate::grpc::status::principal;
 use crate::grpc::status::{GrpcError, parse_digest, parse_optional_digest};
 use crate::registry::Registry;
@@ -274,8 +274,8 @@ impl CasService {
     /// written. The generated service's `find_missing` answers the same.
     pub(super) async fn find_missing_read(
         &self,
-        request: Request<DigestQuery>,
-    ) -> Result<Response<MissingDigests>, Status> {
+        request: Request<DigestList>,
+    ) -> Result<Response<DigestList>, Status> {
         let who = principal(&self.auth, &request)?;
         let query = request.into_inner();
         if let Some((i, text)) = query.refused {
@@ -287,16 +287,21 @@ impl CasService {
             });
         }
         let present = self.present_to(&who, &query.digests).await?;
-        Ok(Response::new(MissingDigests(
-            query
-                .digests
-                .into_iter()
-                .zip(present)
-                .filter(|(_, present)| !present)
-                .map(|(digest, _)| digest)
-                .collect(),
-        )))
+        Ok(Response::new(DigestList {
+            digests: missing(query.digests, present),
+            refused: None,
+        }))
     }
+}
+
+/// The items whose `present` is false, in order: what `FindMissing` answers.
+fn missing<T>(items: Vec<T>, present: Vec<bool>) -> Vec<T> {
+    items
+        .into_iter()
+        .zip(present)
+        .filter(|(_, present)| !present)
+        .map(|(item, _)| item)
+        .collect()
 }
 
 /// 128 random bits in hex; without randomness (never seen on Linux) the time and process id,
@@ -893,13 +898,7 @@ impl ContentStore for CasService {
         // The caller's own strings go back (a digest parses only in its canonical form, so they
         // are what formatting it would give), without formatting thousands of digests again.
         Ok(Response::new(pb::FindMissingResponse {
-            missing_digests: request
-                .digests
-                .into_iter()
-                .zip(present)
-                .filter(|(_, present)| !present)
-                .map(|(digest, _)| digest)
-                .collect(),
+            missing_digests: missing(request.digests, present),
         }))
     }
 

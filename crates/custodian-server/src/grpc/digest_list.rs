@@ -16,19 +16,20 @@ const DIGESTS_FIELD: u32 = 1;
 /// The length of a digest's text, `sha256:` or `blake3:` and 64 hex digits.
 const TEXT_LEN: usize = 71;
 
-/// A `FindMissingRequest`, its digests parsed as they were read.
+/// A list of digests as field 1 of a message: `FindMissingRequest`'s `digests` (parsed as they
+/// are read) and `FindMissingResponse`'s `missing_digests` (formatted as they are written) have
+/// this one shape.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct DigestQuery {
-    /// The digests asked about, in order, as far as the first that did not parse.
+pub struct DigestList {
+    /// The digests, in order; in a request, as far as the first that did not parse.
     pub digests: Vec<Digest>,
     /// The first entry that is not a digest's canonical text: its place and its text (lossily
     /// decoded if it is not UTF-8), for an error that names both.
     pub refused: Option<(usize, String)>,
 }
 
-impl prost::Message for DigestQuery {
+impl prost::Message for DigestList {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        // Only the tests encode a query; the daemon reads them.
         for digest in &self.digests {
             put_digest(digest, buf);
         }
@@ -93,40 +94,6 @@ fn underflow() -> prost::DecodeError {
     prost::DecodeError::new("buffer underflow")
 }
 
-/// A `FindMissingResponse`: the missing digests, formatted as the answer is written.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct MissingDigests(pub Vec<Digest>);
-
-impl prost::Message for MissingDigests {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        for digest in &self.0 {
-            put_digest(digest, buf);
-        }
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        // Only the tests read an answer back; they compare it with the generated type's.
-        let mut query = DigestQuery::default();
-        query.merge_field(tag, wire_type, buf, ctx)?;
-        self.0.extend(query.digests);
-        Ok(())
-    }
-
-    fn encoded_len(&self) -> usize {
-        self.0.len() * entry_len()
-    }
-
-    fn clear(&mut self) {
-        self.0.clear();
-    }
-}
-
 /// The bytes one digest takes in either message: its key, its length and its text.
 fn entry_len() -> usize {
     prost::encoding::key_len(DIGESTS_FIELD)
@@ -166,8 +133,8 @@ mod tests {
     }
 
     /// The query read from `request`'s bytes cut into frames at `cuts`.
-    fn query_of(request: &impl prost::Message, cuts: &[usize]) -> DigestQuery {
-        read::<DigestQuery>(cut(framed(request), cuts), 1 << 20, "FindMissing").expect("read")
+    fn query_of(request: &impl prost::Message, cuts: &[usize]) -> DigestList {
+        read::<DigestList>(cut(framed(request), cuts), 1 << 20, "FindMissing").expect("read")
     }
 
     proptest! {
@@ -184,11 +151,11 @@ mod tests {
             prop_assert_eq!(&query.digests, &digests);
             prop_assert_eq!(&query.refused, &None);
 
-            let ours = MissingDigests(digests.clone());
+            let ours = DigestList { digests: digests.clone(), refused: None };
             let theirs = pb::FindMissingResponse { missing_digests: texts };
             prop_assert_eq!(ours.encode_to_vec(), theirs.encode_to_vec());
             prop_assert_eq!(ours.encoded_len(), theirs.encoded_len());
-            prop_assert_eq!(DigestQuery { digests, refused: None }.encode_to_vec(),
+            prop_assert_eq!(ours.encode_to_vec(),
                 pb::FindMissingRequest { digests: theirs.missing_digests }.encode_to_vec());
         }
     }
@@ -225,7 +192,7 @@ mod tests {
         prost::encoding::encode_key(DIGESTS_FIELD, WireType::LengthDelimited, &mut message);
         prost::encoding::encode_varint(2, &mut message);
         message.extend([0xff, 0xfe]);
-        let query = DigestQuery::decode(message.as_slice()).expect("decodes");
+        let query = DigestList::decode(message.as_slice()).expect("decodes");
         assert_eq!(query.digests, vec![digest(true, 2)]);
         assert_eq!(query.refused, Some((1, "\u{fffd}\u{fffd}".to_string())));
     }
@@ -239,20 +206,20 @@ mod tests {
         prost::encoding::encode_key(9, WireType::LengthDelimited, &mut message);
         prost::encoding::encode_varint(3, &mut message);
         message.extend(b"abc");
-        let query = DigestQuery::decode(message.as_slice()).expect("decodes");
+        let query = DigestList::decode(message.as_slice()).expect("decodes");
         assert_eq!(query.digests, vec![digest(false, 3)]);
         assert_eq!(query.refused, None);
 
-        let whole = DigestQuery {
+        let whole = DigestList {
             digests: vec![digest(true, 4)],
             refused: None,
         }
         .encode_to_vec();
-        let err = DigestQuery::decode(&whole[..whole.len() - 1]).expect_err("cut short");
+        let err = DigestList::decode(&whole[..whole.len() - 1]).expect_err("cut short");
         assert!(err.to_string().contains("buffer underflow"), "{err}");
         let mut wrong_type = Vec::new();
         prost::encoding::encode_key(DIGESTS_FIELD, WireType::Varint, &mut wrong_type);
         prost::encoding::encode_varint(1, &mut wrong_type);
-        assert!(DigestQuery::decode(wrong_type.as_slice()).is_err());
+        assert!(DigestList::decode(wrong_type.as_slice()).is_err());
     }
 }
