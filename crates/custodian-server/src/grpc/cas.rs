@@ -282,7 +282,8 @@ impl CasService {
             let field = format!("digests[{i}]");
             return Err(match parse_digest(&field, &text) {
                 Err(status) => status,
-                // Only text that was not UTF-8 could read as a digest once decoded lossily.
+                // Never reached: an entry is refused for not parsing, or for not being UTF-8,
+                // and its lossy text then holds U+FFFD. Should one parse, it is still refused.
                 Ok(_) => Status::invalid_argument(format!("field {field}: not UTF-8 text")),
             });
         }

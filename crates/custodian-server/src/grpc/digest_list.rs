@@ -105,10 +105,16 @@ fn entry_len() -> usize {
 fn put_digest(digest: &Digest, buf: &mut impl BufMut) {
     prost::encoding::encode_key(DIGESTS_FIELD, WireType::LengthDelimited, buf);
     prost::encoding::encode_varint(TEXT_LEN as u64, buf);
+    // The Display form, formatted on the stack. Every algorithm's name is six letters, so it is
+    // always TEXT_LEN bytes and fits: the property test compares both algorithms' encodings
+    // with prost's, which a text of any other length would fail.
     let mut text = [0u8; TEXT_LEN];
     let mut out = &mut text[..];
-    // The Display form is formatted on the stack; it is always TEXT_LEN bytes.
-    let _ = std::io::Write::write_fmt(&mut out, format_args!("{digest}"));
+    let written = std::io::Write::write_fmt(&mut out, format_args!("{digest}"));
+    debug_assert!(
+        written.is_ok() && out.is_empty(),
+        "{digest} is not {TEXT_LEN} bytes"
+    );
     buf.put_slice(&text);
 }
 
