@@ -17,7 +17,7 @@ use custodian_core::{Algorithm, Digest};
 use crate::auth::{Authenticator, Principal, Scope};
 use crate::grpc::digest_list::DigestList;
 use crate::grpc::status::principal;
-use crate::grpc::status::{GrpcError, parse_digest, parse_optional_digest};
+use crate::grpc::status::{GrpcError, parse_digest, parse_digest_in_batch, parse_optional_digest};
 use crate::registry::Registry;
 use crate::retention::{Collector, GcOptions, GcReport};
 
@@ -885,15 +885,11 @@ impl ContentStore for CasService {
     ) -> Result<Response<pb::FindMissingResponse>, Status> {
         let who = principal(&self.auth, &request)?;
         let request = request.into_inner();
-        // The field name is formatted only for an error: FindMissing carries thousands.
         let digests = request
             .digests
             .iter()
             .enumerate()
-            .map(|(i, d)| {
-                d.parse::<Digest>()
-                    .or_else(|_| parse_digest(&format!("digests[{i}]"), d))
-            })
+            .map(|(i, d)| parse_digest_in_batch(|| format!("digests[{i}]"), d))
             .collect::<Result<Vec<_>, _>>()?;
         let present = self.present_to(&who, &digests).await?;
         // The caller's own strings go back (a digest parses only in its canonical form, so they
@@ -926,12 +922,11 @@ impl ContentStore for CasService {
         let mut valid: Vec<(Expectation, bytes::Bytes)> = Vec::with_capacity(count);
         let mut refused: Vec<(usize, Status)> = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
-            // The field's name is formatted only for an error.
             let digest = match item.expected_digest.as_str() {
                 "" => Ok(None),
-                text => text.parse::<Digest>().map(Some).or_else(|_| {
-                    parse_optional_digest(&format!("items[{i}].expected_digest"), text)
-                }),
+                text => {
+                    parse_digest_in_batch(|| format!("items[{i}].expected_digest"), text).map(Some)
+                }
             };
             match digest {
                 Ok(digest) => valid.push((Expectation { digest, size: None }, item.data)),

@@ -162,6 +162,15 @@ pub fn parse_digest(field: &str, value: &str) -> Result<Digest, Status> {
         .map_err(|e: DigestError| Status::invalid_argument(format!("field {field}: {e}")))
 }
 
+/// [`parse_digest`] for a field of a batch call, which carries thousands: the field's name is
+/// made by `field` only for an error.
+pub fn parse_digest_in_batch(
+    field: impl FnOnce() -> String,
+    value: &str,
+) -> Result<Digest, Status> {
+    value.parse().or_else(|_| parse_digest(&field(), value))
+}
+
 /// Parses an optional digest field (empty means absent), naming the field in the error.
 pub fn parse_optional_digest(field: &str, value: &str) -> Result<Option<Digest>, Status> {
     if value.is_empty() {
