@@ -409,60 +409,70 @@ impl RocksIndex {
     }
 
     /// Reads the metadata values of many digests (either algorithm) in two batched reads and
-    /// turns each value found into a `T` with `read`.
+    /// turns each value found into a `T` with `read`, where the value lies.
     fn read_many<T>(
         &self,
         digests: &[Digest],
         read: impl Fn([u8; 32], &[u8]) -> Result<T>,
     ) -> Result<Vec<Option<T>>> {
         // Resolve BLAKE3 digests first, in one batch, then fetch all metadata in another.
-        let blake3_cf = self.cf(CF_BLAKE3)?;
-        let blake3_keys: Vec<&[u8; 32]> = digests
+        let mut sha_keys: Vec<Option<[u8; 32]>> = digests
             .iter()
-            .filter(|d| d.algorithm() == Algorithm::Blake3)
-            .map(|d| d.bytes())
+            .map(|d| (d.algorithm() == Algorithm::Sha256).then(|| *d.bytes()))
             .collect();
-        let mut resolved = self
-            .db
-            .batched_multi_get_cf(blake3_cf, blake3_keys.iter().map(|k| k.as_slice()), false)
-            .into_iter();
-        let mut sha_keys: Vec<Option<[u8; 32]>> = Vec::with_capacity(digests.len());
-        for digest in digests {
-            if digest.algorithm() == Algorithm::Sha256 {
-                sha_keys.push(Some(*digest.bytes()));
-                continue;
-            }
-            let found = resolved
-                .next()
-                .ok_or_else(|| self.err("batched read returned too few results"))?
-                .map_err(|e| self.err(e))?;
-            sha_keys.push(found.and_then(|v| v.as_ref().try_into().ok()));
+        let blake3_keys: Vec<([u8; 32], usize)> = digests
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.algorithm() == Algorithm::Blake3)
+            .map(|(i, d)| (*d.bytes(), i))
+            .collect();
+        if !blake3_keys.is_empty() {
+            self.read_keys(CF_BLAKE3, blake3_keys, |_, i, sha256| {
+                sha_keys[i] = sha256.try_into().ok();
+                Ok(())
+            })?;
         }
+        let meta_keys: Vec<([u8; 32], usize)> = sha_keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, key)| key.map(|k| (k, i)))
+            .collect();
+        let mut out: Vec<Option<T>> = (0..digests.len()).map(|_| None).collect();
+        self.read_keys(CF_META, meta_keys, |sha256, i, value| {
+            out[i] = Some(read(sha256, value)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Reads many keys of `cf` in one batched read and calls `visit` with each key found, the
+    /// place the caller gave it, and its value (lent, not copied).
+    fn read_keys(
+        &self,
+        cf: &str,
+        keys: Vec<([u8; 32], usize)>,
+        mut visit: impl FnMut([u8; 32], usize, &[u8]) -> Result<()>,
+    ) -> Result<()> {
         // RocksDB sorts a batch it is given unsorted through its comparator, which costs more than
         // the read itself at 10,000 keys. Sorting here is cheaper: digests are uniformly spread,
         // so their first eight bytes order them almost always, and the whole key breaks the rare
         // tie (and orders a digest asked for twice).
-        let mut order: Vec<(u64, [u8; 32], usize)> = sha_keys
-            .iter()
-            .enumerate()
-            .filter_map(|(i, key)| key.map(|k| (prefix_u64(&k), k, i)))
+        let mut order: Vec<(u64, [u8; 32], usize)> = keys
+            .into_iter()
+            .map(|(key, i)| (prefix_u64(&key), key, i))
             .collect();
         order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-        let values = self.db.batched_multi_get_cf(
-            self.cf(CF_META)?,
-            order.iter().map(|(_, key, _)| key.as_slice()),
-            true,
-        );
-        if values.len() != order.len() {
-            return Err(self.err("batched read returned the wrong number of results"));
-        }
-        let mut out: Vec<Option<T>> = (0..digests.len()).map(|_| None).collect();
-        for (&(_, sha256, i), value) in order.iter().zip(values) {
-            if let Some(value) = value.map_err(|e| self.err(e))? {
-                out[i] = Some(read(sha256, &value)?);
-            }
-        }
-        Ok(out)
+        let sorted: Vec<[u8; 32]> = order.iter().map(|(_, key, _)| *key).collect();
+        crate::sorted_read::read_sorted(
+            &self.db,
+            self.cf(cf)?,
+            &sorted,
+            self.backend,
+            |j, value| {
+                let (_, key, i) = order[j];
+                visit(key, i, value)
+            },
+        )
     }
 
     /// Adds the index records of a newly committed blob to `batch`.
@@ -809,6 +819,76 @@ mod tests {
             block_crcs: vec![crc32c::crc32c(data)],
             packed: None,
         }
+    }
+
+    /// The batched reads (presence and metadata) agree with what was committed, whether the
+    /// entries are in the memtable or in table files, for digests of both algorithms asked for
+    /// in any order, absent ones and one asked for twice among them. RocksDB's sorted reads
+    /// would answer wrongly for keys out of order, and the memtable's batched search starts
+    /// each key where the one before was found, so a key found at the wrong place fails here.
+    #[test]
+    fn batched_reads_agree_with_what_was_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = RocksIndex::open(dir.path(), "test", Vec::new()).unwrap();
+        let metas: Vec<BlobMeta> = (0..3000u32).map(|i| meta_of(&i.to_le_bytes())).collect();
+        for part in metas.chunks(500) {
+            let mut batch = WriteBatch::default();
+            let entries: Vec<(&[u8], &BlobMeta)> = part.iter().map(|m| (&b"loc"[..], m)).collect();
+            index.add_commits(&mut batch, &entries).unwrap();
+            index.write_synced(batch).unwrap();
+        }
+        // Every third blob by SHA-256, every fifth by BLAKE3, 1,000 digests never committed,
+        // one digest twice; then scrambled by a fixed permutation.
+        let mut query: Vec<(Digest, Option<&BlobMeta>)> = Vec::new();
+        for (i, meta) in metas.iter().enumerate() {
+            if i % 3 == 0 {
+                query.push((meta.sha256(), Some(meta)));
+            }
+            if i % 5 == 0 {
+                query.push((meta.digests.blake3, Some(meta)));
+            }
+        }
+        for i in 0..1000u32 {
+            query.push((
+                Digest::of(Algorithm::Sha256, &(i + 100_000).to_le_bytes()),
+                None,
+            ));
+            query.push((
+                Digest::of(Algorithm::Blake3, &(i + 100_000).to_le_bytes()),
+                None,
+            ));
+        }
+        query.push((metas[7].sha256(), Some(&metas[7])));
+        query.push((metas[7].sha256(), Some(&metas[7])));
+        // 7919 is prime and does not divide the length, so this visits every place once.
+        let n = query.len();
+        assert_ne!(n % 7919, 0);
+        let scrambled: Vec<(Digest, Option<&BlobMeta>)> =
+            (0..n).map(|i| query[(i * 7919) % n]).collect();
+        let digests: Vec<Digest> = scrambled.iter().map(|(d, _)| *d).collect();
+        let expected: Vec<Option<Digest>> = scrambled
+            .iter()
+            .map(|(_, meta)| meta.map(BlobMeta::sha256))
+            .collect();
+        let check = |index: &RocksIndex| {
+            let present = index.present_many(&digests).unwrap();
+            assert_eq!(
+                present,
+                expected.iter().map(Option::is_some).collect::<Vec<_>>()
+            );
+            let found: Vec<Option<Digest>> = index
+                .lookup_many(&digests)
+                .unwrap()
+                .iter()
+                .map(|m| m.as_ref().map(BlobMeta::sha256))
+                .collect();
+            assert_eq!(found, expected);
+        };
+        check(&index);
+        for cf in [CF_META, CF_BLAKE3] {
+            index.db.flush_cf(index.cf(cf).unwrap()).unwrap();
+        }
+        check(&index);
     }
 
     /// Every read path refuses an entry that describes another blob than the digest it is filed

@@ -5,8 +5,11 @@
 mod blobs;
 mod index;
 pub mod ledger;
+#[allow(unsafe_code)]
+mod sorted_read;
 
 pub use blobs::{RocksBackend, RocksConfig};
 pub use index::{IndexEntry, RocksIndex};
 pub use ledger::RocksLedger;
 pub use rocksdb::{ColumnFamilyDescriptor, WriteBatch};
+pub use sorted_read::read_sorted;
