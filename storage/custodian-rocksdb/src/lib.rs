@@ -12,4 +12,4 @@ pub use blobs::{RocksBackend, RocksConfig};
 pub use index::{IndexEntry, RocksIndex};
 pub use ledger::RocksLedger;
 pub use rocksdb::{ColumnFamilyDescriptor, WriteBatch};
-pub use sorted_read::read_sorted;
+pub use sorted_read::{batch_memtable_lookups, read_sorted};
