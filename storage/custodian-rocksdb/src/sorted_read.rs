@@ -6,10 +6,10 @@
 //! string: two allocations and two frees per key, made and freed on the reading thread. A
 //! `FindMissing` of 10,000 digests is looked up on both cores at once, and the daemon runs with
 //! two glibc arenas (`custodian-cli`'s `allocator` module says why), so the two lookups queued
-//! for the same arena locks: 4.8–7.7 ms for the lookup of a call, against 2.9–4.5 ms with eight
-//! arenas (which cost 20–40 MiB of resident memory; docs/performance.md, "Presence without an
-//! allocation per key"). The C++ side reuses its value slots from one batch to the next and lends
-//! each value to a Rust callback where it lies.
+//! for the same arena locks: 6.9–8.1 ms for the lookup of a call on a fresh store, against
+//! 2.9–4.8 ms with eight arenas, which took the daemon's peak past its memory budget
+//! (docs/performance.md, "Presence without an allocation per key"). The C++ side reuses its
+//! value slots from one batch to the next and lends each value to a Rust callback where it lies.
 
 use std::ffi::{c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
