@@ -724,6 +724,33 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
             ),
         )),
     ];
+    // The same upload into the growth series' full store, under the fresh one.
+    let mut grown_upload = custody.growth_gets.as_ref().and_then(|gets| {
+        let grown = gets.rest_upload.as_ref()?;
+        let backend = custody.growth_backend.as_deref().unwrap_or("rocksdb");
+        let rss = custody.growth_daemon_peak_rss_mib;
+        Some(row(
+            format!(
+                "REST data pack {mib:.0} MiB upload over REST, {backend}, {} GiB stored in {} blobs",
+                gib(gets.stored_gib),
+                thousands(gets.stored_blobs)
+            ),
+            format!(
+                "{:.2} s ({:.2}× the fresh), CPU: CLI {:.2} s, daemon {:.2} s",
+                grown.seconds,
+                grown.seconds / rest.upload_seconds,
+                grown.cli_cpu_seconds,
+                grown.daemon_cpu_seconds
+            ),
+            none(),
+            none(),
+            rss,
+            format!("openssl sha256 {openssl:.2} s"),
+            format!("{:.2}×", grown.ratio_to_openssl),
+            "≤ 2×",
+            Some(grown.ratio_to_openssl <= 2.0 && rss.is_none_or(within_budget)),
+        ))
+    });
     for (what, secs, ratio, (cli_cpu, daemon_cpu)) in transfers.into_iter().flatten() {
         let upload = what.starts_with("upload");
         out.push(row(
@@ -737,6 +764,9 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
             if upload { "≤ 2×" } else { "—" },
             upload.then_some(ratio <= 2.0 && within_budget(rest.daemon_peak_rss_mib)),
         ));
+        if what == rest_upload {
+            out.extend(grown_upload.take());
+        }
     }
     out.push(row(
         "REST ranged reads of 1 MiB".into(),
@@ -1219,6 +1249,46 @@ mod tests {
             "2.70 s (0.90× the fresh); write+fsync right after: 2.00 s, 0.96× with it"
         );
         assert_eq!((get.ratio.as_str(), get.met), ("1.50×", Some(false)));
+    }
+
+    #[test]
+    fn a_rest_upload_into_the_grown_store_sits_beside_the_fresh_one() {
+        let mut json = raw_json();
+        json["custody"]["growth_gets"] = serde_json::json!({"stored_gib": 19.0,
+            "stored_blobs": 296434, "get_seconds": 2.16, "get_stream_seconds": 1.2,
+            "get_stream_blake3_seconds": 0.99, "rest_upload": {"seconds": 1.4,
+            "ratio_to_openssl": 1.75, "cli_cpu_seconds": 0.6, "daemon_cpu_seconds": 2.0}});
+        json["custody"]["growth_daemon_peak_rss_mib"] = serde_json::json!(101.0);
+        let rows = rows_from(json.clone());
+        let (_, grown) = under_its_fresh_row(
+            &rows,
+            "REST data pack 1024 MiB upload (digest check and scan included)",
+            "REST data pack 1024 MiB upload over REST, rocksdb, 19 GiB stored in 296,434 blobs",
+        );
+        // 1.4 s against the fresh upload's 3.5 s; judged as the fresh upload is (≤ 2× SHA-256).
+        assert_eq!(
+            grown.result,
+            "1.40 s (0.40× the fresh), CPU: CLI 0.60 s, daemon 2.00 s"
+        );
+        assert_eq!((grown.ratio.as_str(), grown.met), ("1.75×", Some(true)));
+        assert_eq!(grown.daemon_peak_rss_mib, Some(101.0));
+        // Over 2× SHA-256, or over the memory budget, it is not met.
+        let mut slow = json.clone();
+        slow["custody"]["growth_gets"]["rest_upload"]["ratio_to_openssl"] = 2.5.into();
+        let rows = rows_from(slow);
+        let grown = rows
+            .iter()
+            .find(|r| r.scenario.contains("upload over REST, rocksdb,"));
+        assert_eq!(grown.map(|r| r.met), Some(Some(false)));
+        let mut heavy = json;
+        heavy["custody"]["growth_daemon_peak_rss_mib"] = 140.0.into();
+        let rows = rows_from(heavy);
+        let grown = rows
+            .iter()
+            .find(|r| r.scenario.contains("upload over REST, rocksdb,"));
+        assert_eq!(grown.map(|r| r.met), Some(Some(false)));
+        // Reports from before it was measured have no such row.
+        assert_no_row_in_the_old_report("upload over REST, rocksdb,");
     }
 
     #[test]

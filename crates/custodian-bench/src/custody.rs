@@ -37,7 +37,8 @@ pub struct CustodyArgs {
     /// Then put this many more blobs of the same size, each different, into one store (see
     /// --grow-backend), timing each, with as many bytes again of mixed blobs put between them
     /// (64 MiB, 8 MiB, 1 MiB, and 4 KiB ones through BatchPut): the put's cost as the store
-    /// grows (e.g. 10 for 0 → 20 GiB)
+    /// grows (e.g. 10 for 0 → 20 GiB); then the last blobs' gets from the full store, and a
+    /// data pack of the same size uploaded into it over REST
     #[arg(long, default_value_t = 0)]
     grow: u64,
     /// The backend the growth series fills: rocksdb, or file (a `file://` object store, whose
@@ -163,6 +164,11 @@ pub struct GrowthGets {
     /// from reports before the twentieth session.
     #[serde(default)]
     pub disk_write_fsync_seconds: Option<f64>,
+    /// A data pack of the same size uploaded over REST into the same full store, after these
+    /// gets (`custodian datapack upload --no-local-put`, as `custodian-bench rest` times it on a
+    /// fresh one); absent before the thirtieth session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest_upload: Option<crate::rest::Transfer>,
 }
 
 /// Runs the scenario.
@@ -293,7 +299,7 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
             &input,
             size,
             (args.grow, args.runs),
-            floor,
+            (floor, openssl.as_secs_f64()),
             &args.grow_backend,
         )?;
         report.growth = points;
@@ -542,14 +548,16 @@ fn mixed_bytes(total: u64) -> u64 {
 
 /// Puts `count` different blobs of `size` bytes into one fresh store of `backend`, one after
 /// another, timing each, with `size` bytes of mixed blobs ([`fill_mixed`]) put after each, then
-/// gets the last one back as the fresh store's gets are timed (the fastest of `runs`); returns
-/// the series, the gets and the daemon's peak RSS.
+/// gets the last one back as the fresh store's gets are timed (the fastest of `runs`), then
+/// uploads a data pack of the same size over REST into the same store; returns the series, the
+/// gets and the upload, and the daemon's peak RSS. `floor` is the put's floor in seconds and
+/// `openssl` the SHA-256 time of `input`.
 fn grow(
     work: &Path,
     input: &Path,
     size: u64,
     (count, runs): (u64, u32),
-    floor: f64,
+    (floor, openssl): (f64, f64),
     backend: &str,
 ) -> anyhow::Result<(Vec<GrowthPoint>, GrowthGets, u64)> {
     use std::os::unix::fs::FileExt as _;
@@ -633,13 +641,14 @@ fn grow(
     // The disk as the gets found it: the floor measured at the start may not hold after a fill.
     settle_disk();
     let disk = measure_disk(&work.join("disk-probe-after.bin"), size)?;
-    let gets = GrowthGets {
+    let mut gets = GrowthGets {
         stored_gib: at,
         stored_blobs: blobs,
         get_seconds: get.as_secs_f64(),
         get_stream_seconds: stream.as_secs_f64(),
         get_stream_blake3_seconds: stream_blake3.as_secs_f64(),
         disk_write_fsync_seconds: Some(disk.as_secs_f64()),
+        rest_upload: None,
     };
     eprintln!(
         "growth: the last blobs back from {at:.1} GiB stored: get to a file {:.2} s, streamed {:.2} s, streamed by their BLAKE3 digests {:.2} s; disk write+fsync right after {:.2} s",
@@ -648,6 +657,23 @@ fn grow(
         gets.get_stream_blake3_seconds,
         disk.as_secs_f64()
     );
+    // A data pack uploaded over REST into the same full store: a new blob (its first block
+    // differs from every put's), staged, hashed, scanned and registered as on a fresh store.
+    file.write_all_at(b"rest upload     ", 0)?;
+    file.sync_all()?;
+    crate::rest::publish_for_upload(&daemon, work, "bench-grown-data")?;
+    crate::measure::settle_daemon(daemon.pid(), Duration::from_secs(60));
+    settle_disk();
+    let rest_upload = crate::rest::timed_rest_upload(&daemon, "bench-grown-data", input, openssl)?;
+    eprintln!(
+        "growth: a {} MiB data pack uploaded over REST into {at:.1} GiB stored: {:.2} s ({:.2}× openssl), CPU: CLI {:.2} s, daemon {:.2} s",
+        size >> 20,
+        rest_upload.seconds,
+        rest_upload.ratio_to_openssl,
+        rest_upload.cli_cpu_seconds,
+        rest_upload.daemon_cpu_seconds
+    );
+    gets.rest_upload = Some(rest_upload);
     let peak = daemon.peak_rss();
     drop(daemon);
     for dir in [&data_dir, &objects] {
@@ -755,6 +781,15 @@ fn print_growth(report: &Report, floor: f64) {
                 disk / report.disk_write_fsync_seconds,
                 report.disk_write_fsync_seconds,
                 gets.get_seconds / (report.openssl_sha256_seconds + disk)
+            );
+        }
+        if let Some(upload) = &gets.rest_upload {
+            println!(
+                "then a data pack of the same size uploaded over REST into that store: {:.3} s ({:.2}× SHA-256), CPU: CLI {:.2} s, daemon {:.2} s",
+                upload.seconds,
+                upload.ratio_to_openssl,
+                upload.cli_cpu_seconds,
+                upload.daemon_cpu_seconds
             );
         }
     }

@@ -91,9 +91,74 @@ fn run_ok(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The CLI, pointed at `daemon` (both ports) with its admin token.
+fn cli(daemon: &custodian_testkit::Daemon, args: &[&str]) -> Command {
+    let mut c = Command::new(custodian_testkit::binary());
+    c.args(args)
+        .env("CUSTODIAN_SERVER", &daemon.address)
+        .env("CUSTODIAN_REST", &daemon.rest)
+        .env("CUSTODIAN_TOKEN", &daemon.token);
+    c
+}
+
+/// Publishes a minimal package `name`@1.0.0 to `daemon`, signed by a key generated into `work`
+/// the first time, so that a data pack can be uploaded to it.
+pub(crate) fn publish_for_upload(
+    daemon: &custodian_testkit::Daemon,
+    work: &Path,
+    name: &str,
+) -> anyhow::Result<()> {
+    let key = work.join("bench.key");
+    if !key.exists() {
+        run_ok(cli(daemon, &["key", "generate", "bench", "--dir"]).arg(work))?;
+    }
+    let package = work.join(name);
+    write_package(&package, name)?;
+    run_ok(
+        cli(daemon, &["publish"])
+            .arg(&package)
+            .arg("--key")
+            .arg(&key),
+    )
+}
+
+/// `custodian datapack upload NAME@1.0.0 --license CC0-1.0 FILE` against `daemon`: handed over
+/// the local put socket unless `--no-local-put` is added.
+fn upload_command(daemon: &custodian_testkit::Daemon, name: &str, data: &Path) -> Command {
+    let version = format!("{name}@1.0.0");
+    let mut c = cli(
+        daemon,
+        &["datapack", "upload", &version, "--license", "CC0-1.0"],
+    );
+    c.arg(data);
+    c
+}
+
+/// Uploads `data` over REST (`--no-local-put`) as the data pack of `name`@1.0.0, published
+/// with [`publish_for_upload`]: its time, its ratio to `openssl` seconds and the CPU it cost
+/// each end.
+pub(crate) fn timed_rest_upload(
+    daemon: &custodian_testkit::Daemon,
+    name: &str,
+    data: &Path,
+    openssl: f64,
+) -> anyhow::Result<Transfer> {
+    let (cli_before, daemon_before) = (
+        crate::measure::children_cpu_seconds(),
+        crate::measure::cpu_seconds(daemon.pid()),
+    );
+    let seconds =
+        run_timed(upload_command(daemon, name, data).arg("--no-local-put"))?.as_secs_f64();
+    Ok(Transfer {
+        seconds,
+        ratio_to_openssl: seconds / openssl,
+        cli_cpu_seconds: crate::measure::children_cpu_seconds() - cli_before,
+        daemon_cpu_seconds: crate::measure::cpu_seconds(daemon.pid()) - daemon_before,
+    })
+}
+
 /// Runs the REST benchmark.
 pub fn run(args: RestArgs) -> anyhow::Result<ExitCode> {
-    let exe = custodian_testkit::binary();
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let work = base.join(format!("custodian-bench-rest-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
@@ -105,26 +170,11 @@ pub fn run(args: RestArgs) -> anyhow::Result<ExitCode> {
         .context("running `openssl dgst -sha256` (is openssl installed?)")?;
 
     let daemon = crate::measure::daemon(&work.join("daemon"), "rocksdb", &[])?;
-    let cli = |args: &[&str]| {
-        let mut c = Command::new(&exe);
-        c.args(args)
-            .env("CUSTODIAN_SERVER", &daemon.address)
-            .env("CUSTODIAN_REST", &daemon.rest)
-            .env("CUSTODIAN_TOKEN", &daemon.token);
-        c
-    };
-    run_ok(cli(&["key", "generate", "bench", "--dir"]).arg(&work))?;
     // One version for the upload over REST, another for the one handed over locally.
     for name in ["bench-data", "bench-data-local"] {
-        let package = work.join(name);
-        write_package(&package, name)?;
-        run_ok(
-            cli(&["publish"])
-                .arg(&package)
-                .arg("--key")
-                .arg(work.join("bench.key")),
-        )?;
+        publish_for_upload(&daemon, &work, name)?;
     }
+    let upload = timed_rest_upload(&daemon, "bench-data", &data, openssl.as_secs_f64())?;
     // What each end spent: on two cores a transfer is bound by the sum as much as by either.
     let cpu = || {
         (
@@ -132,29 +182,8 @@ pub fn run(args: RestArgs) -> anyhow::Result<ExitCode> {
             crate::measure::cpu_seconds(daemon.pid()),
         )
     };
-    let before = cpu();
-    let upload = run_timed(
-        cli(&[
-            "datapack",
-            "upload",
-            "bench-data@1.0.0",
-            "--license",
-            "CC0-1.0",
-            "--no-local-put",
-        ])
-        .arg(&data),
-    )?;
     let after_rest = cpu();
-    let local = run_timed(
-        cli(&[
-            "datapack",
-            "upload",
-            "bench-data-local@1.0.0",
-            "--license",
-            "CC0-1.0",
-        ])
-        .arg(&data),
-    )?;
+    let local = run_timed(&mut upload_command(&daemon, "bench-data-local", &data))?;
     let after_local = cpu();
     let local_upload = Some(Transfer {
         seconds: local.as_secs_f64(),
@@ -163,7 +192,8 @@ pub fn run(args: RestArgs) -> anyhow::Result<ExitCode> {
         daemon_cpu_seconds: after_local.1 - after_rest.1,
     });
     let out = work.join("downloaded.bin");
-    let download = run_timed(cli(&["datapack", "download", "bench-data@1.0.0", "-o"]).arg(&out))?;
+    let download =
+        run_timed(cli(&daemon, &["datapack", "download", "bench-data@1.0.0", "-o"]).arg(&out))?;
     let after_download = cpu();
     let _ = std::fs::remove_file(&out);
 
@@ -210,10 +240,10 @@ pub fn run(args: RestArgs) -> anyhow::Result<ExitCode> {
     let report = Report {
         size_bytes: size,
         openssl_sha256_seconds: openssl.as_secs_f64(),
-        upload_seconds: upload.as_secs_f64(),
-        upload_ratio_to_openssl: upload.as_secs_f64() / openssl.as_secs_f64(),
-        upload_cli_cpu_seconds: after_rest.0 - before.0,
-        upload_daemon_cpu_seconds: after_rest.1 - before.1,
+        upload_seconds: upload.seconds,
+        upload_ratio_to_openssl: upload.ratio_to_openssl,
+        upload_cli_cpu_seconds: upload.cli_cpu_seconds,
+        upload_daemon_cpu_seconds: upload.daemon_cpu_seconds,
         local_upload,
         download_seconds: download.as_secs_f64(),
         download_ratio_to_openssl: download.as_secs_f64() / openssl.as_secs_f64(),
