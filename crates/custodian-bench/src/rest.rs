@@ -143,18 +143,25 @@ pub(crate) fn timed_rest_upload(
     data: &Path,
     openssl: f64,
 ) -> anyhow::Result<Transfer> {
-    let (cli_before, daemon_before) = (
-        crate::measure::children_cpu_seconds(),
-        crate::measure::cpu_seconds(daemon.pid()),
-    );
+    let (cli_before, daemon_before) = cpu_spent(daemon);
     let seconds =
         run_timed(upload_command(daemon, name, data).arg("--no-local-put"))?.as_secs_f64();
+    let (cli_after, daemon_after) = cpu_spent(daemon);
     Ok(Transfer {
         seconds,
         ratio_to_openssl: seconds / openssl,
-        cli_cpu_seconds: crate::measure::children_cpu_seconds() - cli_before,
-        daemon_cpu_seconds: crate::measure::cpu_seconds(daemon.pid()) - daemon_before,
+        cli_cpu_seconds: cli_after - cli_before,
+        daemon_cpu_seconds: daemon_after - daemon_before,
     })
+}
+
+/// CPU seconds spent so far by the CLI runs this process waited for, and by `daemon`: on two
+/// cores a transfer is bound by the sum as much as by either end.
+fn cpu_spent(daemon: &custodian_testkit::Daemon) -> (f64, f64) {
+    (
+        crate::measure::children_cpu_seconds(),
+        crate::measure::cpu_seconds(daemon.pid()),
+    )
 }
 
 /// Runs the REST benchmark.
@@ -175,16 +182,9 @@ pub fn run(args: RestArgs) -> anyhow::Result<ExitCode> {
         publish_for_upload(&daemon, &work, name)?;
     }
     let upload = timed_rest_upload(&daemon, "bench-data", &data, openssl.as_secs_f64())?;
-    // What each end spent: on two cores a transfer is bound by the sum as much as by either.
-    let cpu = || {
-        (
-            crate::measure::children_cpu_seconds(),
-            crate::measure::cpu_seconds(daemon.pid()),
-        )
-    };
-    let after_rest = cpu();
+    let after_rest = cpu_spent(&daemon);
     let local = run_timed(&mut upload_command(&daemon, "bench-data-local", &data))?;
-    let after_local = cpu();
+    let after_local = cpu_spent(&daemon);
     let local_upload = Some(Transfer {
         seconds: local.as_secs_f64(),
         ratio_to_openssl: local.as_secs_f64() / openssl.as_secs_f64(),
@@ -194,7 +194,7 @@ pub fn run(args: RestArgs) -> anyhow::Result<ExitCode> {
     let out = work.join("downloaded.bin");
     let download =
         run_timed(cli(&daemon, &["datapack", "download", "bench-data@1.0.0", "-o"]).arg(&out))?;
-    let after_download = cpu();
+    let after_download = cpu_spent(&daemon);
     let _ = std::fs::remove_file(&out);
 
     // Ranged reads of 1 MiB at pseudo-random offsets, one at a time, over one connection.
