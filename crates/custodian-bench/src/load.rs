@@ -102,6 +102,13 @@ struct Report {
     rss_second_half_mib: f64,
     /// Least-squares slope of RSS after the warm-up, MiB per minute.
     rss_slope_mib_per_min: f64,
+    /// The anonymous part of each sample (heap, stacks): (seconds since start, MiB). The rest of
+    /// RSS is pages of the daemon's executable and libraries, which a leak cannot grow; when
+    /// the verdict is "growing", this says whether the daemon's own memory grew.
+    rss_anon_mib: Vec<(f64, f64)>,
+    /// Mean anonymous memory of the same two halves.
+    rss_anon_first_half_mib: f64,
+    rss_anon_second_half_mib: f64,
     /// Whether the second half's mean is within max(8 MiB, 5%) of the first half's.
     memory_flat: bool,
 }
@@ -184,8 +191,11 @@ async fn measure(args: &LoadArgs, daemon: &Daemon) -> anyhow::Result<Report> {
         tokio::spawn(async move {
             let mut samples = Vec::new();
             while !shared.stop.load(Ordering::Relaxed) {
-                if let Some(rss) = rss_mib(pid) {
-                    samples.push((started.elapsed().as_secs_f64(), rss));
+                let now = started.elapsed().as_secs_f64();
+                let rss = custodian_testkit::current_rss(pid).map(mib);
+                let anon = custodian_testkit::current_rss_anon(pid).map(mib);
+                if let (Some(rss), Some(anon)) = (rss, anon) {
+                    samples.push(((now, rss), (now, anon)));
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -233,7 +243,9 @@ async fn measure(args: &LoadArgs, daemon: &Daemon) -> anyhow::Result<Report> {
             first_error: (n_err > 0).then_some(first),
         });
     }
+    let (samples, anon): (Vec<_>, Vec<_>) = samples.into_iter().unzip();
     let (first, second, slope) = memory_trend(&samples);
+    let (anon_first, anon_second, _) = memory_trend(&anon);
     let memory_flat = second - first <= (first * 0.05).max(8.0);
     Ok(Report {
         clients: args.clients,
@@ -245,6 +257,9 @@ async fn measure(args: &LoadArgs, daemon: &Daemon) -> anyhow::Result<Report> {
         rss_first_half_mib: first,
         rss_second_half_mib: second,
         rss_slope_mib_per_min: slope,
+        rss_anon_mib: anon,
+        rss_anon_first_half_mib: anon_first,
+        rss_anon_second_half_mib: anon_second,
         memory_flat,
     })
 }
@@ -267,8 +282,8 @@ fn memory_trend(samples: &[(f64, f64)]) -> (f64, f64, f64) {
     (mean(a), mean(b), slope)
 }
 
-fn rss_mib(pid: u32) -> Option<f64> {
-    Some(custodian_testkit::current_rss(pid)? as f64 / (1 << 20) as f64)
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
 }
 
 async fn put(
@@ -437,5 +452,9 @@ fn print_report(report: &Report) {
         } else {
             "GROWING"
         }
+    );
+    println!(
+        "    of which anonymous (heap, stacks): {:.1} MiB -> {:.1} MiB; the rest is the daemon's code and libraries",
+        report.rss_anon_first_half_mib, report.rss_anon_second_half_mib,
     );
 }

@@ -34,16 +34,22 @@ fn sixty_four_clients_mixed_workload_no_errors_and_flat_memory() {
         assert!(op["count"].as_u64().unwrap_or_default() > 0, "{op:#}");
     }
     eprintln!(
-        "daemon RSS after warm-up {:.1} -> {:.1} MiB, slope {:+.2} MiB/min",
+        "daemon RSS after warm-up {:.1} -> {:.1} MiB, slope {:+.2} MiB/min; anonymous {:.1} -> {:.1} MiB",
         report["rss_first_half_mib"].as_f64().unwrap_or_default(),
         report["rss_second_half_mib"].as_f64().unwrap_or_default(),
-        report["rss_slope_mib_per_min"].as_f64().unwrap_or_default()
+        report["rss_slope_mib_per_min"].as_f64().unwrap_or_default(),
+        report["rss_anon_first_half_mib"]
+            .as_f64()
+            .unwrap_or_default(),
+        report["rss_anon_second_half_mib"]
+            .as_f64()
+            .unwrap_or_default(),
     );
     assert_eq!(report["errors"], 0, "{stderr}");
     assert_eq!(
         report["memory_flat"], true,
-        "the daemon's memory grew: {:?}",
-        report["rss_mib"]
+        "the daemon's memory grew: RSS {:?}; of it anonymous {:?}",
+        report["rss_mib"], report["rss_anon_mib"]
     );
     assert!(output.status.success(), "{stderr}");
 }

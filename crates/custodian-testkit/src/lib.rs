@@ -74,6 +74,13 @@ pub fn current_rss(pid: u32) -> Option<u64> {
     proc_status_bytes(pid, "VmRSS")
 }
 
+/// The anonymous part of a process's current resident memory (`RssAnon`: heap, stacks and
+/// other memory that belongs to no file), in bytes. The rest of `VmRSS` is pages of files mapped
+/// in, chiefly the executable's own code, which cannot grow past the size of the files.
+pub fn current_rss_anon(pid: u32) -> Option<u64> {
+    proc_status_bytes(pid, "RssAnon")
+}
+
 /// The `p` quantile (0..=1) of sorted latencies, in milliseconds; 0 for none.
 pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -113,5 +120,21 @@ mod tests {
         let peak = peak_rss(pid).expect("VmHWM");
         assert!(now > 0 && peak >= now, "rss {now}, peak {peak}");
         assert_eq!(proc_status_bytes(pid, "NoSuchField"), None);
+    }
+
+    #[test]
+    fn the_anonymous_part_grows_with_the_heap_and_stays_within_the_resident_set() {
+        let pid = std::process::id();
+        let before = current_rss_anon(pid).expect("RssAnon");
+        // 64 MiB written to, so every page is resident and none belongs to a file.
+        let held = std::hint::black_box(vec![1u8; 64 << 20]);
+        let after = current_rss_anon(pid).expect("RssAnon");
+        let rss = current_rss(pid).expect("VmRSS");
+        assert!(
+            after >= before + (60 << 20),
+            "anonymous {before} -> {after}"
+        );
+        assert!(after <= rss, "anonymous {after}, resident {rss}");
+        drop(std::hint::black_box(held));
     }
 }
