@@ -191,11 +191,9 @@ async fn measure(args: &LoadArgs, daemon: &Daemon) -> anyhow::Result<Report> {
         tokio::spawn(async move {
             let mut samples = Vec::new();
             while !shared.stop.load(Ordering::Relaxed) {
-                let now = started.elapsed().as_secs_f64();
-                let rss = custodian_testkit::current_rss(pid).map(mib);
-                let anon = custodian_testkit::current_rss_anon(pid).map(mib);
-                if let (Some(rss), Some(anon)) = (rss, anon) {
-                    samples.push(((now, rss), (now, anon)));
+                if let Some((rss, anon)) = custodian_testkit::current_rss_and_anon(pid) {
+                    let now = started.elapsed().as_secs_f64();
+                    samples.push(((now, mib(rss)), (now, mib(anon))));
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

@@ -53,7 +53,14 @@ pub fn write_test_file(path: &Path, size: u64) -> std::io::Result<()> {
 /// A memory figure of a process from `/proc/PID/status`, in bytes: `VmHWM` is the peak resident
 /// set, `VmRSS` the current one. `None` when the process is gone or the field is missing.
 pub fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_bytes(
+        &std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
+        field,
+    )
+}
+
+/// One memory figure, in bytes, out of the text of a `/proc/PID/status`.
+fn status_bytes(status: &str, field: &str) -> Option<u64> {
     let kib: u64 = status
         .lines()
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?
@@ -74,11 +81,16 @@ pub fn current_rss(pid: u32) -> Option<u64> {
     proc_status_bytes(pid, "VmRSS")
 }
 
-/// The anonymous part of a process's current resident memory (`RssAnon`: heap, stacks and
-/// other memory that belongs to no file), in bytes. The rest of `VmRSS` is pages of files mapped
-/// in, chiefly the executable's own code, which cannot grow past the size of the files.
-pub fn current_rss_anon(pid: u32) -> Option<u64> {
-    proc_status_bytes(pid, "RssAnon")
+/// A process's current resident memory (`VmRSS`) and the anonymous part of it (`RssAnon`: heap,
+/// stacks and other memory that belongs to no file), in bytes, read at the same instant. The
+/// rest is pages of files mapped in, chiefly the executable's own code, which cannot grow past
+/// the size of the files.
+pub fn current_rss_and_anon(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some((
+        status_bytes(&status, "VmRSS")?,
+        status_bytes(&status, "RssAnon")?,
+    ))
 }
 
 /// The `p` quantile (0..=1) of sorted latencies, in milliseconds; 0 for none.
@@ -125,11 +137,10 @@ mod tests {
     #[test]
     fn the_anonymous_part_grows_with_the_heap_and_stays_within_the_resident_set() {
         let pid = std::process::id();
-        let before = current_rss_anon(pid).expect("RssAnon");
+        let (_, before) = current_rss_and_anon(pid).expect("VmRSS and RssAnon");
         // 64 MiB written to, so every page is resident and none belongs to a file.
         let held = std::hint::black_box(vec![1u8; 64 << 20]);
-        let after = current_rss_anon(pid).expect("RssAnon");
-        let rss = current_rss(pid).expect("VmRSS");
+        let (rss, after) = current_rss_and_anon(pid).expect("VmRSS and RssAnon");
         assert!(
             after >= before + (60 << 20),
             "anonymous {before} -> {after}"
