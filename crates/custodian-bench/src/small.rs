@@ -1,5 +1,5 @@
 //! `custodian-bench small`: many small blobs through `BatchPut`, and `FindMissing` over as many
-//! digests, through a real daemon on loopback, per backend.
+//! digests (at most 100,000 per call), through a real daemon on loopback, per backend.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -18,10 +18,16 @@ const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// How many FindMissing calls are timed: enough for a steady median on a noisy machine.
 const FIND_MISSING_CALLS: usize = 100;
 
+/// The most digests one timed FindMissing call asks about. A `sha256:` digest is 73 bytes on
+/// the wire, so 100,000 of them stay under the daemon's default message limit (8 MiB,
+/// `serve --max-message-bytes`); a run with more blobs asks about the first 100,000 rather than
+/// failing after its puts.
+const FIND_MISSING_MOST_DIGESTS: usize = 100_000;
+
 /// Options of `custodian-bench small`.
 #[derive(Args)]
 pub struct SmallArgs {
-    /// How many blobs
+    /// How many blobs; each timed FindMissing call asks about all of them, or the first 100,000
     #[arg(long, default_value_t = 10_000)]
     blobs: usize,
     /// Bytes per blob
@@ -158,6 +164,8 @@ async fn measure(args: &SmallArgs, daemon: &Daemon, backend: &str) -> anyhow::Re
 
     // FindMissing over every digest (all present), then with half of them unknown.
     let mut find = Vec::new();
+    let asked = find_missing_digests(args.blobs);
+    let digests = &digests[..asked];
     let half_unknown: Vec<String> = digests
         .iter()
         .enumerate()
@@ -172,7 +180,7 @@ async fn measure(args: &SmallArgs, daemon: &Daemon, backend: &str) -> anyhow::Re
     for round in 0..FIND_MISSING_CALLS {
         let request = pb::FindMissingRequest {
             digests: if round % 2 == 0 {
-                digests.clone()
+                digests.to_vec()
             } else {
                 half_unknown.clone()
             },
@@ -180,7 +188,7 @@ async fn measure(args: &SmallArgs, daemon: &Daemon, backend: &str) -> anyhow::Re
         let t = Instant::now();
         let reply = first.find_missing(request).await?.into_inner();
         find.push(t.elapsed());
-        let expected = if round % 2 == 0 { 0 } else { args.blobs / 2 };
+        let expected = if round % 2 == 0 { 0 } else { asked / 2 };
         anyhow::ensure!(
             reply.missing_digests.len() == expected,
             "FindMissing answered {} missing, expected {expected}",
@@ -201,11 +209,16 @@ async fn measure(args: &SmallArgs, daemon: &Daemon, backend: &str) -> anyhow::Re
         stored_before: 0,
         prefill_blobs_per_s: None,
         settled_after_s: None,
-        find_missing_digests: args.blobs,
+        find_missing_digests: asked,
         find_missing_ms_p50: custodian_testkit::percentile_ms(&find, 0.5),
         find_missing_ms_p99: custodian_testkit::percentile_ms(&find, 0.99),
         daemon_peak_rss_mib: daemon.peak_rss() as f64 / (1 << 20) as f64,
     })
+}
+
+/// How many of a run's `blobs` digests each timed FindMissing call asks about.
+fn find_missing_digests(blobs: usize) -> usize {
+    blobs.min(FIND_MISSING_MOST_DIGESTS)
 }
 
 /// Fills the store with `count` small blobs, distinct from the ones `measure` puts (each begins
@@ -318,7 +331,10 @@ pub fn run(args: SmallArgs) -> anyhow::Result<ExitCode> {
     }
     println!(
         "{} blobs of {} bytes through BatchPut ({} calls in flight), FindMissing over {} digests ({FIND_MISSING_CALLS} calls):",
-        args.blobs, args.size, args.clients, args.blobs
+        args.blobs,
+        args.size,
+        args.clients,
+        find_missing_digests(args.blobs)
     );
     println!(
         "| backend | stored before | BatchPut blobs/s | MiB/s | batch p50 ms | batch p99 ms | FindMissing p50 ms | p99 ms | daemon peak RSS |"
@@ -339,4 +355,27 @@ pub fn run(args: SmallArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The largest FindMissing call the bench makes fits the daemon's default message limit, so
+    /// a run with many blobs is not refused after its puts.
+    #[test]
+    fn the_largest_find_missing_call_fits_the_daemons_default_message_limit() {
+        let digest = Digest::of(Algorithm::Sha256, b"a blob").to_string();
+        let asked = find_missing_digests(usize::MAX);
+        let request = pb::FindMissingRequest {
+            digests: vec![digest; asked],
+        };
+        let limit = custodian_server::CasLimits::default().max_message_size_bytes;
+        let size = prost::Message::encoded_len(&request);
+        assert!(
+            size <= limit,
+            "{asked} digests encode to {size} bytes, over {limit}"
+        );
+        assert_eq!(find_missing_digests(10_000), 10_000);
+    }
 }
