@@ -27,7 +27,8 @@ pub struct AllArgs {
     /// 100,000 runs, two more puts). Needs about 25 GiB of free disk and 10-18 minutes
     #[arg(long)]
     prefill: bool,
-    /// Also write bench-latest.json, bench-latest.md and latency-vs-concurrency.svg here
+    /// Also write bench-latest.json, bench-latest.md and latency-vs-concurrency.svg here, and
+    /// with --prefill put-growth.svg, the plot of the growth series
     #[arg(long, value_name = "DIR")]
     write: Option<PathBuf>,
     /// Print JSON instead of a table
@@ -172,6 +173,18 @@ const RSS_BUDGET_MIB: f64 = 128.0;
 /// Whether a daemon's peak RSS is within [`RSS_BUDGET_MIB`].
 fn within_budget(rss: f64) -> bool {
     rss <= RSS_BUDGET_MIB
+}
+
+/// The growth series' plot (`custody --grow --plot`) from a custody report that holds one, its
+/// floor the put's as the table judges it: max(SHA-256, write+fsync) of the same size.
+fn growth_plot(custody: &crate::custody::Report) -> Option<String> {
+    (custody.growth.len() > 1).then(|| {
+        let floor = custody
+            .openssl_sha256_seconds
+            .max(custody.disk_write_fsync_seconds);
+        let backend = custody.growth_backend.as_deref().unwrap_or("rocksdb");
+        crate::custody::growth_svg(&custody.growth, floor, backend)
+    })
 }
 
 /// A size in GiB as the tables write it: whole GiB from 10 up, two decimals below.
@@ -1018,10 +1031,15 @@ pub fn run(args: AllArgs) -> anyhow::Result<ExitCode> {
         )?;
         std::fs::write(dir.join("bench-latest.md"), &table)?;
         std::fs::write(dir.join("latency-vs-concurrency.svg"), svg(&raw))?;
-        eprintln!(
-            "bench all: wrote bench-latest.json, bench-latest.md and latency-vs-concurrency.svg to {}",
-            dir.display()
-        );
+        let mut written = "bench-latest.json, bench-latest.md, latency-vs-concurrency.svg";
+        // A run that grew a store (--prefill) redraws the growth plot too, so the plot beside
+        // the table is of the same run and the same build.
+        if let Some(plot) = growth_plot(&raw.custody) {
+            std::fs::write(dir.join("put-growth.svg"), plot)?;
+            written =
+                "bench-latest.json, bench-latest.md, latency-vs-concurrency.svg, put-growth.svg";
+        }
+        eprintln!("bench all: wrote {written} to {}", dir.display());
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -1078,6 +1096,24 @@ mod tests {
             !rows.iter().any(|r| r.scenario.contains(part)),
             "a row names {part}: {rows:?}"
         );
+    }
+
+    /// A run that grew a store draws its growth plot, on the put's floor as the table judges it
+    /// (max(SHA-256, write+fsync): 1.0 s here), and a run that did not draws none.
+    #[test]
+    fn the_growth_plot_is_drawn_from_a_grown_store_only() {
+        let mut custody = raw().custody;
+        let plot = growth_plot(&custody).expect("nine puts make a plot");
+        let floor = custody
+            .openssl_sha256_seconds
+            .max(custody.disk_write_fsync_seconds);
+        assert_eq!(floor, 1.0);
+        assert_eq!(
+            plot,
+            crate::custody::growth_svg(&custody.growth, floor, "rocksdb")
+        );
+        custody.growth.truncate(1);
+        assert!(growth_plot(&custody).is_none());
     }
 
     /// Reports as the scenarios print them with --json.
