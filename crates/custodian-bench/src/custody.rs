@@ -94,9 +94,12 @@ pub struct PeerResult {
     pub registry: String,
     /// A monolithic upload: `POST` a session, `PUT` the whole file with its digest.
     pub put_seconds: f64,
-    /// `GET` of the blob into a file, then `fsync` (the registry checks nothing on read).
+    /// `GET` of the blob into a file, then `fsync` (the registry checks nothing on read). Its
+    /// stored files are dropped from the page cache first, as Custodian's put drops the pages
+    /// of the blob its get to a file then reads.
     pub get_seconds: f64,
-    /// `GET` of the blob to /dev/null.
+    /// `GET` of the blob to /dev/null, from the page cache its upload left the file in (as
+    /// Custodian's streamed gets find theirs after its get to a file).
     pub get_stream_seconds: f64,
 }
 
@@ -441,6 +444,10 @@ fn measure_peer(work: &Path, input: &Path, runs: u32) -> anyhow::Result<PeerResu
         ]))?);
         let out = work.join("peer-out.bin");
         settle_disk();
+        // Custodian's get to a file reads the blob from the disk (its put drops the pages it
+        // wrote), so the registry's is timed from the disk too: its stored files are dropped
+        // from the page cache that its upload and streamed read left them in.
+        drop_cached_tree(&dir.join("storage"))?;
         let start = Instant::now();
         run_checked(
             Command::new("curl")
@@ -460,6 +467,22 @@ fn measure_peer(work: &Path, input: &Path, runs: u32) -> anyhow::Result<PeerResu
         get_seconds: get_best.as_secs_f64(),
         get_stream_seconds: stream_best.as_secs_f64(),
     })
+}
+
+/// Drops every file under `dir` from the page cache (they are synced, so their pages are
+/// clean and go at once), so that the next read of them comes from the disk.
+fn drop_cached_tree(dir: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            drop_cached_tree(&path)?;
+        } else if entry.file_type()?.is_file() {
+            let file = std::fs::File::open(&path)?;
+            custodian_storage::drop_cached(&file, 0, file.metadata()?.len());
+        }
+    }
+    Ok(())
 }
 
 fn print_peer(report: &Report) {
@@ -864,6 +887,45 @@ pub fn growth_svg(points: &[GrowthPoint], floor: f64, backend: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bytes of `path` in the page cache, as util-linux's `fincore` counts them.
+    fn resident_bytes(path: &Path) -> u64 {
+        let output = Command::new("fincore")
+            .args(["--bytes", "--noheadings", "--output", "RES"])
+            .arg(path)
+            .output()
+            .expect("running fincore (util-linux)");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .expect("fincore prints a byte count")
+    }
+
+    /// The registry's stored files, nested as its storage nests them, leave the page cache
+    /// before its get to a file is timed, so that get reads from the disk as Custodian's does.
+    #[test]
+    fn every_stored_file_leaves_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("docker/registry/v2/blobs/sha256/ab/abcd");
+        std::fs::create_dir_all(&nested).unwrap();
+        let files = [dir.path().join("top"), nested.join("data")];
+        for file in &files {
+            std::fs::write(file, vec![7u8; 4 << 20]).unwrap();
+            std::fs::File::open(file).unwrap().sync_all().unwrap();
+            std::fs::read(file).unwrap();
+            assert_eq!(
+                resident_bytes(file),
+                4 << 20,
+                "{} is cached",
+                file.display()
+            );
+        }
+        drop_cached_tree(dir.path()).unwrap();
+        for file in &files {
+            assert_eq!(resident_bytes(file), 0, "{} left the cache", file.display());
+        }
+    }
 
     fn point(stored_gib: f64, put_seconds: f64) -> GrowthPoint {
         GrowthPoint {
