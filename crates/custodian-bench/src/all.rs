@@ -1031,15 +1031,22 @@ pub fn run(args: AllArgs) -> anyhow::Result<ExitCode> {
         )?;
         std::fs::write(dir.join("bench-latest.md"), &table)?;
         std::fs::write(dir.join("latency-vs-concurrency.svg"), svg(&raw))?;
-        let mut written = "bench-latest.json, bench-latest.md, latency-vs-concurrency.svg";
+        let mut written = vec![
+            "bench-latest.json",
+            "bench-latest.md",
+            "latency-vs-concurrency.svg",
+        ];
         // A run that grew a store (--prefill) redraws the growth plot too, so the plot beside
         // the table is of the same run and the same build.
         if let Some(plot) = growth_plot(&raw.custody) {
             std::fs::write(dir.join("put-growth.svg"), plot)?;
-            written =
-                "bench-latest.json, bench-latest.md, latency-vs-concurrency.svg, put-growth.svg";
+            written.push("put-growth.svg");
         }
-        eprintln!("bench all: wrote {written} to {}", dir.display());
+        eprintln!(
+            "bench all: wrote {} to {}",
+            written.join(", "),
+            dir.display()
+        );
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
