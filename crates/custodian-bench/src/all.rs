@@ -217,7 +217,7 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
     let custody = &raw.custody;
     let openssl = custody.openssl_sha256_seconds;
     let disk = custody.disk_write_fsync_seconds;
-    let mib = custody.size_bytes as f64 / (1 << 20) as f64;
+    let mib = crate::measure::mib(custody.size_bytes);
     let peer = custody.peer.as_ref();
     for b in &custody.backends {
         let rss = b.daemon_peak_rss_mib;
@@ -705,7 +705,7 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
     }
     // REST data pack.
     let rest = &raw.rest;
-    let rest_mib = rest.size_bytes as f64 / (1 << 20) as f64;
+    let rest_mib = crate::measure::mib(rest.size_bytes);
     // Reports from before local data pack uploads have one upload row, which went over REST.
     let (rest_upload, local_upload) = match &rest.local_upload {
         Some(local) => (

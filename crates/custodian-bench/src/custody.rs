@@ -283,7 +283,7 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
             get_stream_seconds: stream_best.as_secs_f64(),
             get_stream_ratio: stream_best.as_secs_f64() / openssl.as_secs_f64(),
             get_stream_blake3_seconds: stream_blake3_best.as_secs_f64(),
-            daemon_peak_rss_mib: peak as f64 / (1 << 20) as f64,
+            daemon_peak_rss_mib: crate::measure::mib(peak),
         });
     }
 
@@ -308,7 +308,7 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
         report.growth = points;
         report.growth_gets = Some(gets);
         report.growth_backend = Some(args.grow_backend.clone());
-        report.growth_daemon_peak_rss_mib = Some(peak as f64 / (1 << 20) as f64);
+        report.growth_daemon_peak_rss_mib = Some(crate::measure::mib(peak));
         if let Some(plot) = &args.plot {
             std::fs::write(plot, growth_svg(&report.growth, floor, &args.grow_backend))
                 .with_context(|| format!("writing {}", plot.display()))?;

@@ -417,7 +417,7 @@ async fn measure(args: &EvidenceArgs, daemon: &Daemon) -> anyhow::Result<Report>
             fill_seconds,
             settle_seconds,
             scenarios: rows,
-            daemon_peak_rss_mib: daemon.peak_rss() as f64 / (1 << 20) as f64,
+            daemon_peak_rss_mib: crate::measure::mib(daemon.peak_rss()),
         })
     } else {
         None
@@ -430,7 +430,7 @@ async fn measure(args: &EvidenceArgs, daemon: &Daemon) -> anyhow::Result<Report>
         bundle_entries: verified.entries,
         bundle_bytes: bytes.len(),
         bundle_verify_ms: times[times.len() / 2].as_secs_f64() * 1e3,
-        daemon_peak_rss_mib: fresh_peak_rss as f64 / (1 << 20) as f64,
+        daemon_peak_rss_mib: crate::measure::mib(fresh_peak_rss),
         noop: Some(noop),
         prefilled,
     })

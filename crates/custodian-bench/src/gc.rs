@@ -191,7 +191,7 @@ async fn measure(
         put_ms_p99_during_gc: percentile_ms(&during, 0.99),
         puts_during_gc: during.len(),
         space_freed_seconds: space_freed,
-        daemon_peak_rss_mib: daemon.peak_rss() as f64 / (1 << 20) as f64,
+        daemon_peak_rss_mib: crate::measure::mib(daemon.peak_rss()),
     })
 }
 

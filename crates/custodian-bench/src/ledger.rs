@@ -333,7 +333,7 @@ fn summarize(
         median_ms: percentile(&latencies, 0.5).as_secs_f64() * 1e3,
         p99_ms: percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         mean_batch: appends as f64 / checkpoints.max(1) as f64,
-        daemon_peak_rss_mib: daemon_peak_rss.map(|b| b as f64 / (1 << 20) as f64),
+        daemon_peak_rss_mib: daemon_peak_rss.map(crate::measure::mib),
         daemon_cpu_us_per_append: None,
     }
 }

@@ -193,7 +193,10 @@ async fn measure(args: &LoadArgs, daemon: &Daemon) -> anyhow::Result<Report> {
             while !shared.stop.load(Ordering::Relaxed) {
                 if let Some((rss, anon)) = custodian_testkit::current_rss_and_anon(pid) {
                     let now = started.elapsed().as_secs_f64();
-                    samples.push(((now, mib(rss)), (now, mib(anon))));
+                    samples.push((
+                        (now, crate::measure::mib(rss)),
+                        (now, crate::measure::mib(anon)),
+                    ));
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -278,10 +281,6 @@ fn memory_trend(samples: &[(f64, f64)]) -> (f64, f64, f64) {
     let sxx: f64 = steady.iter().map(|(t, _)| (t - mx) * (t - mx)).sum();
     let slope = if sxx > 0.0 { sxy / sxx * 60.0 } else { 0.0 };
     (mean(a), mean(b), slope)
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1 << 20) as f64
 }
 
 async fn put(

@@ -49,6 +49,11 @@ pub fn measure_disk(path: &Path, size: u64) -> anyhow::Result<Duration> {
     Ok(elapsed)
 }
 
+/// Bytes as MiB, as every report prints memory and sizes.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
 /// Lets the disk finish writing back what the previous step wrote, so each timed step starts
 /// from the same quiet disk instead of paying for its predecessor's writeback.
 pub fn settle_disk() {

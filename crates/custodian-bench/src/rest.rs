@@ -253,7 +253,7 @@ pub fn run(args: RestArgs) -> anyhow::Result<ExitCode> {
         range_bytes: 1 << 20,
         range_ms_p50: custodian_testkit::percentile_ms(&latencies, 0.5),
         range_ms_p99: custodian_testkit::percentile_ms(&latencies, 0.99),
-        daemon_peak_rss_mib: daemon.peak_rss() as f64 / (1 << 20) as f64,
+        daemon_peak_rss_mib: crate::measure::mib(daemon.peak_rss()),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -201,8 +201,7 @@ async fn measure(args: &SmallArgs, daemon: &Daemon, backend: &str) -> anyhow::Re
         blobs: args.blobs,
         blob_bytes: args.size,
         batch_put_blobs_per_s: args.blobs as f64 / put_time.as_secs_f64(),
-        batch_put_mib_per_s: (args.blobs * args.size) as f64
-            / (1 << 20) as f64
+        batch_put_mib_per_s: crate::measure::mib((args.blobs * args.size) as u64)
             / put_time.as_secs_f64(),
         batch_ms_p50: custodian_testkit::percentile_ms(&latencies, 0.5),
         batch_ms_p99: custodian_testkit::percentile_ms(&latencies, 0.99),
@@ -212,7 +211,7 @@ async fn measure(args: &SmallArgs, daemon: &Daemon, backend: &str) -> anyhow::Re
         find_missing_digests: asked,
         find_missing_ms_p50: custodian_testkit::percentile_ms(&find, 0.5),
         find_missing_ms_p99: custodian_testkit::percentile_ms(&find, 0.99),
-        daemon_peak_rss_mib: daemon.peak_rss() as f64 / (1 << 20) as f64,
+        daemon_peak_rss_mib: crate::measure::mib(daemon.peak_rss()),
     })
 }
 
