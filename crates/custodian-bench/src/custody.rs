@@ -37,8 +37,8 @@ pub struct CustodyArgs {
     /// Then put this many more blobs of the same size, each different, into one store (see
     /// --grow-backend), timing each, with as many bytes again of mixed blobs put between them
     /// (64 MiB, 8 MiB, 1 MiB, and 4 KiB ones through BatchPut): the put's cost as the store
-    /// grows (e.g. 10 for 0 → 20 GiB); then the last blobs' gets from the full store, and a
-    /// data pack of the same size uploaded into it over REST
+    /// grows (e.g. 11 for puts into 0, 2, … 20 GiB stored); then the last blobs' gets from the
+    /// full store, and a data pack of the same size uploaded into it over REST
     #[arg(long, default_value_t = 0)]
     grow: u64,
     /// The backend the growth series fills: rocksdb, or file (a `file://` object store, whose
