@@ -57,6 +57,11 @@ pub struct Scenario {
     /// The daemon's CPU time (user + system) per run, µs.
     #[serde(default)]
     pub daemon_cpu_us_per_run: Option<f64>,
+    /// For the 32-client rows issue 22 sets a target for: one core's Ed25519 verifications per
+    /// second, measured in this process just before and just after the row, averaged
+    /// (`limits::RocksFloors` says why beside the row, and why the mean).
+    #[serde(default)]
+    pub ed25519_verifies_per_s: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -447,13 +452,29 @@ async fn timed_row(
     batch: usize,
 ) -> anyhow::Result<Scenario> {
     let server = daemon.target(Some(&daemon.token));
+    // The floor beside a targeted row, while the daemon is idle.
+    let ed25519 = || tokio::task::block_in_place(crate::limits::ed25519);
+    let before = match clients {
+        NOOP_CLIENTS => Some(ed25519()?),
+        _ => None,
+    };
     let cpu = crate::measure::cpu_seconds(daemon.pid());
     let (runs, rate, p50, p99) =
         scenario(&server, envelopes.clone(), clients, batch, args.seconds).await?;
     let cpu_us = (crate::measure::cpu_seconds(daemon.pid()) - cpu) * 1e6 / runs.max(1) as f64;
+    let floor = match before {
+        Some(before) => Some(crate::limits::mean(before, ed25519()?)),
+        None => None,
+    };
     if !args.json {
+        let beside = floor.map_or_else(String::new, |f| {
+            format!(
+                "; Ed25519 {f:.0}/s on one core beside it ({:.2}×)",
+                rate / f
+            )
+        });
         println!(
-            "  {name:<20} {clients:>3} client(s): {rate:>8.0} runs/s ({runs} runs), call p50 {p50:.2} ms, p99 {p99:.2} ms, daemon CPU {cpu_us:.0} µs per run"
+            "  {name:<20} {clients:>3} client(s): {rate:>8.0} runs/s ({runs} runs), call p50 {p50:.2} ms, p99 {p99:.2} ms, daemon CPU {cpu_us:.0} µs per run{beside}"
         );
     }
     Ok(Scenario {
@@ -464,6 +485,7 @@ async fn timed_row(
         call_ms_p50: p50,
         call_ms_p99: p99,
         daemon_cpu_us_per_run: Some(cpu_us),
+        ed25519_verifies_per_s: floor,
     })
 }
 

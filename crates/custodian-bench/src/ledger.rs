@@ -56,6 +56,10 @@ pub struct AppendResult {
     /// The daemon's CPU time (user + system) per append, µs (gRPC runs only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daemon_cpu_us_per_append: Option<f64>,
+    /// For the gRPC rows of [`NOOP_WRITERS`] writers, which issue 22 sets a target for:
+    /// RocksDB's floors on the daemon's disk, measured just before and just after the row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floors: Option<crate::limits::RocksFloors>,
 }
 
 /// The registry's start-up on a log of attested runs only: every entry is the registry's, and
@@ -335,6 +339,7 @@ fn summarize(
         mean_batch: appends as f64 / checkpoints.max(1) as f64,
         daemon_peak_rss_mib: daemon_peak_rss.map(crate::measure::mib),
         daemon_cpu_us_per_append: None,
+        floors: None,
     }
 }
 
@@ -371,6 +376,17 @@ async fn grpc_append_load(
         .await?
         .into_inner()
         .size;
+    // The floors beside a targeted row, on the daemon's disk while it is idle.
+    let probe = daemon
+        .data_dir
+        .parent()
+        .unwrap_or(&daemon.data_dir)
+        .to_path_buf();
+    let floors = || tokio::task::block_in_place(|| crate::limits::RocksFloors::measure(&probe));
+    let before = match writers {
+        NOOP_WRITERS => Some(floors()?),
+        _ => None,
+    };
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let cpu = crate::measure::cpu_seconds(daemon.pid());
     let mut tasks = Vec::new();
@@ -422,7 +438,22 @@ async fn grpc_append_load(
         Some(daemon.peak_rss()),
     );
     result.daemon_cpu_us_per_append = Some(cpu * 1e6 / appends);
+    if let Some(before) = before {
+        result.floors = Some(before.between(floors()?));
+    }
     Ok(result)
+}
+
+/// RocksDB's group commit measured beside a row, and the row's ratio to it, for the text output.
+fn floor_beside(result: &AppendResult) -> String {
+    result.floors.map_or_else(String::new, |f| {
+        format!(
+            "; RocksDB {}-writer synced puts {:.0}/s beside it ({:.2}×)",
+            NOOP_WRITERS,
+            f.group_synced_puts_per_s,
+            result.appends_per_second / f.group_synced_puts_per_s
+        )
+    })
 }
 
 /// Health checks against a fresh daemon by `callers` over the gRPC writers' connections.
@@ -615,11 +646,12 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
     for &writers in &args.writers {
         let result = runtime.block_on(grpc_appends(dir, writers, args.seconds))?;
         eprintln!(
-            "  {writers} gRPC writers: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms, daemon CPU {:.0} µs per append",
+            "  {writers} gRPC writers: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms, daemon CPU {:.0} µs per append{}",
             result.appends_per_second,
             result.median_ms,
             result.p99_ms,
-            result.daemon_cpu_us_per_append.unwrap_or_default()
+            result.daemon_cpu_us_per_append.unwrap_or_default(),
+            floor_beside(&result)
         );
         grpc_results.push(result);
     }
@@ -725,12 +757,13 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
         let (first, restart, appends) = daemon_starts(dir, &path, grpc_writers, args.seconds)?;
         if let Some(a) = &appends {
             eprintln!(
-                "  {} gRPC writers into the {size}-entry log: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms, daemon CPU {:.0} µs per append",
+                "  {} gRPC writers into the {size}-entry log: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms, daemon CPU {:.0} µs per append{}",
                 a.writers,
                 a.appends_per_second,
                 a.median_ms,
                 a.p99_ms,
-                a.daemon_cpu_us_per_append.unwrap_or_default()
+                a.daemon_cpu_us_per_append.unwrap_or_default(),
+                floor_beside(a)
             );
         }
         (Some((first, restart)), appends)

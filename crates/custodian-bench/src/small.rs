@@ -79,6 +79,10 @@ pub struct Row {
     pub find_missing_ms_p50: f64,
     pub find_missing_ms_p99: f64,
     pub daemon_peak_rss_mib: f64,
+    /// RocksDB's floors on the same disk, measured just before and just after this row's timed
+    /// calls (absent in reports written before they were).
+    #[serde(default)]
+    pub floors: Option<crate::limits::RocksFloors>,
 }
 
 /// A content-store client of the bench daemon, as the CLI's own commands connect.
@@ -212,6 +216,7 @@ async fn measure(args: &SmallArgs, daemon: &Daemon, backend: &str) -> anyhow::Re
         find_missing_ms_p50: custodian_testkit::percentile_ms(&find, 0.5),
         find_missing_ms_p99: custodian_testkit::percentile_ms(&find, 0.99),
         daemon_peak_rss_mib: crate::measure::mib(daemon.peak_rss()),
+        floors: None,
     })
 }
 
@@ -317,7 +322,11 @@ pub fn run(args: SmallArgs) -> anyhow::Result<ExitCode> {
                 );
                 waited.as_secs_f64()
             });
+            // The floors beside the row: the daemon is idle while the probe runs.
+            let before = crate::limits::RocksFloors::measure(&work)?;
             let mut row = runtime.block_on(measure(&args, &daemon, backend))?;
+            let after = crate::limits::RocksFloors::measure(&work)?;
+            row.floors = Some(before.between(after));
             row.stored_before = stored;
             row.prefill_blobs_per_s = prefill_rate;
             row.settled_after_s = settled;
@@ -336,12 +345,29 @@ pub fn run(args: SmallArgs) -> anyhow::Result<ExitCode> {
         find_missing_digests(args.blobs)
     );
     println!(
-        "| backend | stored before | BatchPut blobs/s | MiB/s | batch p50 ms | batch p99 ms | FindMissing p50 ms | p99 ms | daemon peak RSS |"
+        "| backend | stored before | BatchPut blobs/s | MiB/s | batch p50 ms | batch p99 ms | FindMissing p50 ms | p99 ms | daemon peak RSS | RocksDB synced batches beside it | multi_get beside it |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
+        let (batches, multi_get) = r.floors.map_or_else(
+            || ("—".to_string(), "—".to_string()),
+            |f| {
+                (
+                    format!(
+                        "{:.0}/s ({:.2}×)",
+                        f.batched_values_per_s,
+                        r.batch_put_blobs_per_s / f.batched_values_per_s
+                    ),
+                    format!(
+                        "{:.2} ms ({:.2}×)",
+                        f.multi_get_10k_ms,
+                        r.find_missing_ms_p50 / f.multi_get_10k_ms
+                    ),
+                )
+            },
+        );
         println!(
-            "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} MiB |",
+            "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} MiB | {batches} | {multi_get} |",
             r.backend,
             r.stored_before,
             r.batch_put_blobs_per_s,
