@@ -463,7 +463,9 @@ async fn timed_row(
         scenario(&server, envelopes.clone(), clients, batch, args.seconds).await?;
     let cpu_us = (crate::measure::cpu_seconds(daemon.pid()) - cpu) * 1e6 / runs.max(1) as f64;
     let floor = match before {
-        Some(before) => Some(crate::limits::mean(before, ed25519()?)),
+        Some(before) => Some(tokio::task::block_in_place(|| {
+            crate::limits::ed25519_after(before)
+        })?),
         None => None,
     };
     if !args.json {

@@ -439,7 +439,9 @@ async fn grpc_append_load(
     );
     result.daemon_cpu_us_per_append = Some(cpu * 1e6 / appends);
     if let Some(before) = before {
-        result.floors = Some(before.between(floors()?));
+        let after =
+            tokio::task::block_in_place(|| crate::limits::RocksFloors::after(before, &probe))?;
+        result.floors = Some(after);
     }
     Ok(result)
 }

@@ -245,6 +245,24 @@ impl RocksFloors {
         })
     }
 
+    /// The floors beside a row whose floors just before it were `before`: measures them again
+    /// under `dir` and returns the mean, saying both measurements on standard error so that a
+    /// reader sees how far they moved around the row.
+    pub fn after(before: Self, dir: &Path) -> anyhow::Result<Self> {
+        let after = Self::measure(dir)?;
+        eprintln!(
+            "floors beside the row, before and after it: RocksDB synced batches {:.0} and {:.0}/s, \
+             64-writer group commit {:.0} and {:.0}/s, multi_get of 10,000 keys {:.2} and {:.2} ms",
+            before.batched_values_per_s,
+            after.batched_values_per_s,
+            before.group_synced_puts_per_s,
+            after.group_synced_puts_per_s,
+            before.multi_get_10k_ms,
+            after.multi_get_10k_ms
+        );
+        Ok(before.between(after))
+    }
+
     /// The floors for the minutes between two measurements: the mean of each figure.
     pub fn between(self, other: Self) -> Self {
         RocksFloors {
@@ -261,6 +279,16 @@ impl RocksFloors {
 /// The mean of two measurements of one figure.
 pub fn mean(a: f64, b: f64) -> f64 {
     (a + b) / 2.0
+}
+
+/// One core's Ed25519 rate beside a row whose rate just before it was `before`: measures it
+/// again and returns the mean, saying both on standard error (see [`RocksFloors::after`]).
+pub fn ed25519_after(before: f64) -> anyhow::Result<f64> {
+    let after = ed25519()?;
+    eprintln!(
+        "Ed25519 beside the row, before and after it: {before:.0} and {after:.0} verifications/s"
+    );
+    Ok(mean(before, after))
 }
 
 /// One core's Ed25519 verifications per second: strict checks of one 300-byte message.

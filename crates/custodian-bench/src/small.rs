@@ -325,8 +325,7 @@ pub fn run(args: SmallArgs) -> anyhow::Result<ExitCode> {
             // The floors beside the row: the daemon is idle while the probe runs.
             let before = crate::limits::RocksFloors::measure(&work)?;
             let mut row = runtime.block_on(measure(&args, &daemon, backend))?;
-            let after = crate::limits::RocksFloors::measure(&work)?;
-            row.floors = Some(before.between(after));
+            row.floors = Some(crate::limits::RocksFloors::after(before, &work)?);
             row.stored_before = stored;
             row.prefill_blobs_per_s = prefill_rate;
             row.settled_after_s = settled;
