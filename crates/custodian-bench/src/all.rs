@@ -1487,48 +1487,32 @@ mod tests {
                 "call_ms_p99": 8.0, "ed25519_verifies_per_s": 15000.0}),
             );
         let rows = rows_from(json);
-        let find = |name: &str| {
-            rows.iter()
-                .find(|r| r.scenario == name)
-                .unwrap_or_else(|| panic!("no row {name}: {rows:?}"))
+        // The row `name`, after checking its ratio and verdict.
+        let judged = |name: &str, ratio: &str, met: bool| {
+            let row = &rows[position(&rows, name)];
+            assert_eq!((row.ratio.as_str(), row.met), (ratio, Some(met)), "{row:?}");
+            row
         };
         // 51,000 blobs/s: 1.02× the 50,000/s beside it (0.64× the run's first 80,000/s).
-        let put = find("BatchPut 10,000 × 4 KiB, rocksdb");
-        assert_eq!(
-            (put.ratio.as_str(), put.met),
-            ("1.02×", Some(true)),
-            "{put:?}"
-        );
+        let put = judged("BatchPut 10,000 × 4 KiB, rocksdb", "1.02×", true);
         assert_eq!(put.limit, "RocksDB synced batches 50000/s beside it");
         // 18 ms against 20 ms beside it (3.6× the first 5 ms).
-        let missing = find("FindMissing of 10,000 digests, rocksdb");
-        assert_eq!(
-            (missing.ratio.as_str(), missing.met),
-            ("p50 0.9×", Some(true)),
-            "{missing:?}"
-        );
+        judged("FindMissing of 10,000 digests, rocksdb", "p50 0.9×", true);
         // The prefilled row has no floors of its own: the run's first limits still judge it.
-        let full = find("BatchPut 10,000 × 4 KiB, rocksdb, 1,000,000 stored");
-        assert_eq!(
-            (full.ratio.as_str(), full.met),
-            ("0.50×", Some(false)),
-            "{full:?}"
+        let full = judged(
+            "BatchPut 10,000 × 4 KiB, rocksdb, 1,000,000 stored",
+            "0.50×",
+            false,
         );
         assert_eq!(full.limit, "RocksDB synced batches 80000/s");
         // 21,000 appends/s against 20,000/s beside it, p99 15× the fsync.
-        let appends = find("durable ledger appends, 64 gRPC writers");
-        assert_eq!(
-            (appends.ratio.as_str(), appends.met),
-            ("1.05×, p99 15× fsync", Some(true)),
-            "{appends:?}"
+        judged(
+            "durable ledger appends, 64 gRPC writers",
+            "1.05×, p99 15× fsync",
+            true,
         );
         // 8,000 runs/s: 0.53× the 15,000/s beside it (0.27× the first 30,000/s).
-        let unary = find("AttestRun (unary), 32 client(s)");
-        assert_eq!(
-            (unary.ratio.as_str(), unary.met),
-            ("0.53×", Some(true)),
-            "{unary:?}"
-        );
+        let unary = judged("AttestRun (unary), 32 client(s)", "0.53×", true);
         assert_eq!(unary.limit, "Ed25519 verify 15000/s per core beside it");
     }
 
