@@ -453,9 +453,8 @@ async fn timed_row(
 ) -> anyhow::Result<Scenario> {
     let server = daemon.target(Some(&daemon.token));
     // The floor beside a targeted row, while the daemon is idle.
-    let ed25519 = || tokio::task::block_in_place(crate::limits::ed25519);
     let before = match clients {
-        NOOP_CLIENTS => Some(ed25519()?),
+        NOOP_CLIENTS => Some(tokio::task::block_in_place(crate::limits::ed25519)?),
         _ => None,
     };
     let cpu = crate::measure::cpu_seconds(daemon.pid());

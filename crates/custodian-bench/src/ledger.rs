@@ -382,9 +382,10 @@ async fn grpc_append_load(
         .parent()
         .unwrap_or(&daemon.data_dir)
         .to_path_buf();
-    let floors = || tokio::task::block_in_place(|| crate::limits::RocksFloors::measure(&probe));
     let before = match writers {
-        NOOP_WRITERS => Some(floors()?),
+        NOOP_WRITERS => Some(tokio::task::block_in_place(|| {
+            crate::limits::RocksFloors::measure(&probe)
+        })?),
         _ => None,
     };
     let deadline = Instant::now() + Duration::from_secs(seconds);
