@@ -162,7 +162,7 @@ pub(crate) fn tus_create(daemon: &Daemon, version_path: &str, length: u64, name:
         ))
         .output()
         .expect("curl");
-    let created = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    let created = answer_or_why_not(&out);
     let location = header(&created, "location").unwrap_or_else(|| panic!("no Location: {created}"));
     format!("{}{location}", daemon.rest)
 }
@@ -192,7 +192,21 @@ pub(crate) fn tus_patch(
         .arg(url)
         .output()
         .expect("curl");
-    String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+    answer_or_why_not(&out)
+}
+
+/// curl's answer (status line and headers), lower-cased; when curl itself failed, its exit
+/// status and message follow, so that an assertion on the answer says why there was none.
+fn answer_or_why_not(out: &std::process::Output) -> String {
+    let answer = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    if out.status.success() {
+        return answer;
+    }
+    format!(
+        "{answer}[curl failed, {}: {}]",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
 }
 
 /// The value of header `name` (lower-case) in a lower-cased answer.
