@@ -264,7 +264,7 @@ impl RocksFloors {
     }
 
     /// The floors for the minutes between two measurements: the mean of each figure.
-    pub fn between(self, other: Self) -> Self {
+    fn between(self, other: Self) -> Self {
         RocksFloors {
             group_synced_puts_per_s: mean(
                 self.group_synced_puts_per_s,
@@ -277,7 +277,7 @@ impl RocksFloors {
 }
 
 /// The mean of two measurements of one figure.
-pub fn mean(a: f64, b: f64) -> f64 {
+fn mean(a: f64, b: f64) -> f64 {
     (a + b) / 2.0
 }
 
