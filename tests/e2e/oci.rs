@@ -649,6 +649,38 @@ fn private_repositories_answer_exactly_like_absent_ones() {
 /// Bad input gets the spec's error codes, never a 5xx: malformed manifests, references to blobs
 /// not pushed, invalid names and references, oversize manifests, other digest algorithms, and
 /// pushes without a token or with a token for another namespace.
+/// A monolithic push refused before its bytes are read (no token; another namespace's
+/// repository) still gets the spec's error when the client sends its whole blob before it reads:
+/// the registry reads a refused body of up to 8 MiB before it answers, so that the connection is
+/// not reset under the answer.
+#[test]
+fn a_refused_push_reads_the_blob_it_was_sent_before_it_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (daemon, token) = registry_with_pusher(dir.path(), "pusher", "lab/");
+    let address = daemon.rest.trim_start_matches("http://");
+    let digest = sha256(b"never sent whole");
+    for (refusal, repo, auth, answer) in [
+        ("an anonymous push", "lab/model", String::new(), "401"),
+        (
+            "a push to another namespace",
+            "other/model",
+            format!("{}\r\n", basic(&token)),
+            "403",
+        ),
+    ] {
+        let head = format!(
+            "POST /v2/{repo}/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: {address}\r\n\
+             {auth}Content-Type: application/octet-stream\r\n"
+        );
+        let got = crate::resumable::send_whole_body_then_read(address, &head, 1 << 20)
+            .unwrap_or_else(|why| panic!("{refusal}: {why}"));
+        assert!(
+            got.starts_with(&format!("HTTP/1.1 {answer}")),
+            "{refusal}: {got:?}"
+        );
+    }
+}
+
 #[test]
 fn bad_input_gets_the_specs_error_codes() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -559,3 +559,107 @@ fn a_refused_multipart_upload_reports_why() {
         );
     }
 }
+
+/// Sends `head` (a request's lines, each ending in CRLF, without `Content-Length`) to the server
+/// at `address`, then a body of `len` bytes in 64 KiB pieces 10 ms apart, and reads only after
+/// the last piece: the server has long decided by then. Returns the answer, or why a piece could
+/// not be sent and what answer had come by then.
+pub(crate) fn send_whole_body_then_read(
+    address: &str,
+    head: &str,
+    len: u64,
+) -> Result<String, String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("set a read timeout");
+    let head = format!("{head}Connection: close\r\nContent-Length: {len}\r\n\r\n");
+    stream.write_all(head.as_bytes()).expect("send the head");
+    let piece = vec![7u8; 64 << 10];
+    for n in 0..len.div_ceil(piece.len() as u64) {
+        std::thread::sleep(Duration::from_millis(10));
+        let end = (len - n * piece.len() as u64).min(piece.len() as u64) as usize;
+        if let Err(e) = stream.write_all(&piece[..end]) {
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            return Err(format!(
+                "piece {n} of the body could not be sent ({e}); answer {answer:?}"
+            ));
+        }
+    }
+    let mut answer = Vec::new();
+    let read = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    match read {
+        Ok(_) => Ok(answer),
+        Err(e) => Err(format!(
+            "the answer could not be read ({e}); {answer:?} came"
+        )),
+    }
+}
+
+/// A PATCH refused before its body is read still gets its answer when the client sends the whole
+/// body before it reads: the daemon reads a refused body of up to 8 MiB before it answers. Without
+/// that, the daemon answers and closes with bytes unread, its kernel resets the connection, and
+/// the client's next write fails; a client that stops there never reads the answer (a CI run saw
+/// curl get no answer at all).
+#[test]
+fn a_refused_tus_patch_reads_the_body_it_was_sent_before_it_answers() {
+    let size = 3 * MIB;
+    let (_dir, daemon, _file, sha) = classifier_with_pack(size);
+    let url = tus_create(
+        &daemon,
+        "customer-support-classifier/versions/0.1.0",
+        size,
+        "p",
+    );
+    let address = daemon.rest.trim_start_matches("http://");
+    let path = url.trim_start_matches(&daemon.rest);
+    for (refusal, headers, status) in [
+        (
+            "a declaration on a PATCH that does not complete",
+            format!("Upload-Offset: 0\r\nCustodian-Data-Pack-Sha256: {sha}"),
+            "400",
+        ),
+        (
+            "a declaration that is no digest",
+            "Upload-Offset: 0\r\nCustodian-Data-Pack-Sha256: sha256:nothex".to_string(),
+            "400",
+        ),
+        (
+            "an offset past the session's",
+            format!("Upload-Offset: {MIB}"),
+            "409",
+        ),
+    ] {
+        let head = format!(
+            "PATCH {path} HTTP/1.1\r\nHost: {address}\r\n{}\r\nTus-Resumable: 1.0.0\r\n\
+             Content-Type: application/offset+octet-stream\r\n{headers}\r\n",
+            crate::registry::bearer(&daemon.token)
+        );
+        let answer = send_whole_body_then_read(address, &head, MIB)
+            .unwrap_or_else(|why| panic!("{refusal}: {why}"));
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{refusal}: {answer:?}"
+        );
+    }
+    // A client that waits for `100 Continue` before it sends is answered at once, and not invited
+    // to send the body only to have it read and thrown away.
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: {address}\r\n{}\r\nTus-Resumable: 1.0.0\r\n\
+         Content-Type: application/offset+octet-stream\r\nUpload-Offset: {MIB}\r\n\
+         Expect: 100-continue\r\nConnection: close\r\nContent-Length: {MIB}\r\n\r\n",
+        crate::registry::bearer(&daemon.token)
+    );
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("set a read timeout");
+    std::io::Write::write_all(&mut stream, head.as_bytes()).expect("send the head");
+    let mut answer = String::new();
+    let read = std::io::Read::read_to_string(&mut stream, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 409"), "{read:?}: {answer:?}");
+    assert_eq!(sessions(&daemon), 1, "the session is still there");
+}

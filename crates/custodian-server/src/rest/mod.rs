@@ -37,6 +37,7 @@ use crate::auth::{Authenticator, Principal};
 
 mod badge;
 mod error;
+mod linger;
 mod oci;
 mod pages;
 mod range;
