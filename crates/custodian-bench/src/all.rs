@@ -285,18 +285,30 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
                         ));
                     }
                 }
-                for (what, ours, theirs) in [
-                    ("put", b.put_seconds, p.put_seconds),
-                    ("get to a file", b.get_seconds, p.get_seconds),
+                for (what, ours, theirs, copy) in [
+                    ("put", b.put_seconds, p.put_seconds, 0.0),
+                    (
+                        "get to a file",
+                        b.get_seconds,
+                        p.get_seconds,
+                        p.copy_seconds,
+                    ),
                 ] {
                     let ratio = ours / theirs;
+                    // Both gets to a file stand on the disk's own copy of the bytes, shown
+                    // beside the registry's time so that a miss by milliseconds reads as such.
+                    let floor = if copy > 0.0 {
+                        format!(" (the disk's own copy {copy:.2} s, {:.2}× it)", ours / copy)
+                    } else {
+                        String::new()
+                    };
                     out.push(row(
                         format!("{mib:.0} MiB {what} against the registry, {}", b.backend),
                         format!("{ours:.2} s"),
                         none(),
                         none(),
                         None,
-                        format!("the reference registry {theirs:.2} s"),
+                        format!("the reference registry {theirs:.2} s{floor}"),
                         format!("{ratio:.2}×"),
                         "≤ 1.0×",
                         Some(ratio <= 1.0),
@@ -1150,7 +1162,7 @@ mod tests {
                     "get_ratio_to_floor": 3.0, "get_stream_seconds": 1.0, "get_stream_ratio": 1.25,
                     "daemon_peak_rss_mib": 85.0}],
                 "peer": {"registry": "docker-registry", "put_seconds": 2.5, "get_seconds": 2.0,
-                    "get_stream_seconds": 0.9},
+                    "get_stream_seconds": 0.9, "copy_seconds": 1.5},
                 "growth": [
                     {"stored_gib": 0.0, "put_seconds": 1.3, "put_ratio_to_floor": 1.3, "daemon_cpu_seconds": 1.0},
                     {"stored_gib": 0.25, "put_seconds": 1.2, "put_ratio_to_floor": 1.2, "daemon_cpu_seconds": 1.0},
@@ -1425,6 +1437,15 @@ mod tests {
         assert_eq!(
             met("1024 MiB get to a file against the registry"),
             Some(false)
+        );
+        // Judged against the registry (3.0 / 2.0 s); the disk's own copy is shown beside it.
+        assert_eq!(
+            find("1024 MiB get to a file against the registry").limit,
+            "the reference registry 2.00 s (the disk's own copy 1.50 s, 2.00× it)"
+        );
+        assert_eq!(
+            find("1024 MiB put against the registry").limit,
+            "the reference registry 2.50 s"
         );
         // The grown store is judged by the median of the last quarter of its puts (1.38, 1.40
         // and 1.60 s: 1.40 s), not by the last put alone: 1.4× its floor and 1.08× the put
