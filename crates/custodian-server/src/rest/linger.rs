@@ -1,5 +1,5 @@
 //! Lingering reads: a request body that a handler refused, or stopped reading, is read to its end
-//! (up to a bound) before the answer goes out.
+//! (up to a bound) before the answer goes out. [`on_refusal`] does it for every REST request.
 //!
 //! A server that answers and closes while the client is still sending has bytes unread in its
 //! socket, so its kernel resets the connection; the client's next write then fails, and a client
@@ -12,7 +12,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, BodyDataStream};
+use axum::extract::Request;
 use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::Response;
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 
@@ -23,6 +26,22 @@ const LINGER_BYTES: usize = 8 << 20;
 /// How long a refused body is read before the answer goes out.
 const LINGER_FOR: Duration = Duration::from_secs(5);
 
+/// Middleware for every REST route: the handler gets the request's body on loan, and when its
+/// answer is not a success, what it left unread is read before the answer goes out. A success
+/// read its body whole, or had none.
+pub(super) async fn on_refusal(request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers.clone();
+    let (body, unread) = lend(body);
+    let response = next
+        .run(Request::from_parts(parts, Body::from_stream(body)))
+        .await;
+    if !response.status().is_success() {
+        unread.linger(&headers).await;
+    }
+    response
+}
+
 /// What a lent body leaves behind: the rest of its stream, and whether any of it was read.
 #[derive(Default)]
 struct Left {
@@ -32,16 +51,16 @@ struct Left {
 
 /// A request body lent to code that may drop it unread; whatever it does not read comes back to
 /// the [`Unread`] it was lent with.
-pub(super) struct Lent {
+struct Lent {
     stream: Option<BodyDataStream>,
     home: Arc<Mutex<Left>>,
 }
 
 /// The rest of a lent body once the [`Lent`] is dropped.
-pub(super) struct Unread(Arc<Mutex<Left>>);
+struct Unread(Arc<Mutex<Left>>);
 
 /// Lends `body` out; after the borrower is done, [`Unread::linger`] reads what it left.
-pub(super) fn lend(body: Body) -> (Lent, Unread) {
+fn lend(body: Body) -> (Lent, Unread) {
     let home = Arc::new(Mutex::new(Left::default()));
     let lent = Lent {
         stream: Some(body.into_data_stream()),
@@ -77,7 +96,7 @@ impl Unread {
     /// that the answer reaches a client that sends its whole body before it reads. A client that
     /// asked to be told before it sends (`Expect: 100-continue`) and was never asked for the body
     /// sends nothing, and reading would only invite the bytes it was spared.
-    pub(super) async fn linger(self, headers: &HeaderMap) {
+    async fn linger(self, headers: &HeaderMap) {
         let (stream, polled) = {
             let mut left = self.0.lock().unwrap_or_else(PoisonError::into_inner);
             (left.stream.take(), left.polled)

@@ -209,6 +209,9 @@ pub(crate) fn router(
         // Last, so it sees every answer: rejections that axum's extractors write as plain text
         // (a path segment that is not UTF-8, a body over the limit) become the API's JSON error.
         .layer(axum::middleware::map_response(json_errors))
+        // Around every route: a refused request's unread body is read before the answer goes
+        // out, so that a client still sending gets the answer and not a reset (`linger`).
+        .layer(axum::middleware::from_fn(linger::on_refusal))
         // Outermost, before any route reads a token: a page's cookie stands for the
         // Authorization header on reads.
         .layer(axum::middleware::from_fn(pages::cookie_reads))

@@ -13,7 +13,6 @@ use custodian_core::oci::{ErrorCode, MAX_MANIFEST, Name, OciError, Reference, pa
 use custodian_storage::StorageError;
 
 use super::RestState;
-use super::linger::{Lent, lend};
 use super::range::serve_blob;
 use crate::auth::Principal;
 use crate::oci::OciFailure;
@@ -228,16 +227,10 @@ pub(super) async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (body, unread) = lend(body);
-    let response = match dispatch(&state, method, &uri, &query, &headers, body).await {
+    match dispatch(&state, method, &uri, &query, &headers, body).await {
         Ok(response) => response,
         Err(failure) => failure.into_response(),
-    };
-    // A refused push reads what it was sent before it answers (see `linger`).
-    if !response.status().is_success() {
-        unread.linger(&headers).await;
     }
-    response
 }
 
 async fn dispatch(
@@ -246,7 +239,7 @@ async fn dispatch(
     uri: &Uri,
     query: &std::collections::HashMap<String, String>,
     headers: &HeaderMap,
-    stream: Lent,
+    body: Body,
 ) -> OciResult {
     let oci = &state.oci;
     let who = principal(state, headers)?;
@@ -258,6 +251,7 @@ async fn dispatch(
             &format!("{} is no endpoint of the OCI distribution API", uri.path()),
         ));
     };
+    let stream = body.into_data_stream();
     match (route, method) {
         (Route::Base, Method::GET | Method::HEAD) => match who {
             // Clients learn here that this registry takes credentials, and which kind.

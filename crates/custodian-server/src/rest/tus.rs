@@ -32,7 +32,6 @@ use custodian_storage::uploads::{PieceCheck, SessionInfo, UploadError};
 use sha2::Digest as _;
 
 use super::error::{ApiError, ApiResult};
-use super::linger::{Lent, lend};
 use super::upload::{register_stored, scan_name};
 use super::{RestState, principal};
 use crate::auth::Principal;
@@ -453,32 +452,15 @@ async fn declared_digest(
     Ok(Some(digest))
 }
 
-/// `PATCH`: the next bytes; the one that completes the upload registers the data pack. A PATCH
-/// refused before its bytes are read (or while they are) reads them before it answers.
+/// `PATCH`: the next bytes; the one that completes the upload registers the data pack.
 pub(super) async fn patch(
     State(state): State<RestState>,
     Path((id, vid, uid)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let (body, unread) = lend(body);
-    let answer = patch_lent(state, id, vid, uid, &headers, body).await;
-    if answer.is_err() {
-        unread.linger(&headers).await;
-    }
-    answer
-}
-
-async fn patch_lent(
-    state: RestState,
-    id: String,
-    vid: String,
-    uid: String,
-    headers: &HeaderMap,
-    body: Lent,
-) -> ApiResult<Response> {
-    require_version(headers)?;
-    let who = principal(&state, headers)?;
+    require_version(&headers)?;
+    let who = principal(&state, &headers)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
@@ -491,16 +473,16 @@ async fn patch_lent(
             ),
         ));
     }
-    let offset = header_u64(headers, "upload-offset")?.ok_or_else(|| {
+    let offset = header_u64(&headers, "upload-offset")?.ok_or_else(|| {
         error(
             StatusCode::BAD_REQUEST,
             "invalid_argument",
             "header Upload-Offset is missing: send the offset from HEAD",
         )
     })?;
-    let check = parse_checksum(headers)?.map(|c| Box::new(c) as Box<dyn PieceCheck>);
+    let check = parse_checksum(&headers)?.map(|c| Box::new(c) as Box<dyn PieceCheck>);
     let session_owner = owner(&who, &id, &vid);
-    let declared = declared_digest(&state, &session_owner, &uid, headers, offset).await?;
+    let declared = declared_digest(&state, &session_owner, &uid, &headers, offset).await?;
     // The session's stream scan reads this PATCH's bytes only if it has read every byte before
     // them; otherwise it is dropped and the data pack is scanned from custody when it lands.
     let mut scan = state.stream_scans.take(&uid);
@@ -510,8 +492,8 @@ async fn patch_lent(
         scan = None;
     }
     let body: BodyStream = match &scan {
-        Some(shared) => Box::pin(StreamScan::tee(shared.clone(), body)),
-        None => Box::pin(body),
+        Some(shared) => Box::pin(StreamScan::tee(shared.clone(), body.into_data_stream())),
+        None => Box::pin(body.into_data_stream()),
     };
     // A refused or broken PATCH drops the scan with it: what it read may not all be staged.
     let info = state

@@ -3,8 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::{FromRequest as _, Multipart, Path, Request, State};
+use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -14,7 +13,6 @@ use crate::auth::{Authenticator, Principal};
 use serde_json::json;
 
 use super::error::{ApiError, ApiResult, bad_multipart};
-use super::linger::lend;
 use super::views::{data_pack_json, recorded_json};
 use super::{RestState, principal};
 use crate::registry::{HostedMeta, Registry};
@@ -26,30 +24,18 @@ const UPLOAD_PIECE: usize = 1 << 20;
 /// The largest `metadata` part of a hosted upload.
 const MAX_METADATA_BYTES: usize = 64 << 10;
 
-/// `POST …/data-pack`: a hosted upload in one multipart body. A refused upload reads what it was
-/// sent (up to a bound, see `linger`) before it answers; larger uploads go over tus, which refuses
-/// at creation, before any data.
+/// `POST …/data-pack/hosted`: a hosted upload in one multipart body. A refused upload's body is
+/// read before the answer goes out, as every REST request's is (`linger`); larger uploads go over
+/// tus, which refuses at creation, before any data.
 pub(super) async fn post_hosted(
     State(state): State<RestState>,
     Path((id, vid)): Path<(String, String)>,
-    request: Request,
+    headers: HeaderMap,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> ApiResult<Response> {
-    let (parts, body) = request.into_parts();
-    let headers = parts.headers.clone();
-    let (body, unread) = lend(body);
-    let request = Request::from_parts(parts, Body::from_stream(body));
-    let answer = async {
-        // A body that is not multipart/form-data gets the API's JSON error, not axum's text.
-        let mut multipart = Multipart::from_request(request, &state)
-            .await
-            .map_err(|e| bad_multipart(e.body_text()))?;
-        hosted(&state, &id, &vid, &headers, &mut multipart).await
-    }
-    .await;
-    if answer.is_err() {
-        unread.linger(&headers).await;
-    }
-    answer
+    // A body that is not multipart/form-data gets the API's JSON error, not axum's plain text.
+    let mut multipart = multipart.map_err(|e| bad_multipart(e.body_text()))?;
+    hosted(&state, &id, &vid, &headers, &mut multipart).await
 }
 
 async fn hosted(
