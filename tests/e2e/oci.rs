@@ -646,9 +646,6 @@ fn private_repositories_answer_exactly_like_absent_ones() {
     }
 }
 
-/// Bad input gets the spec's error codes, never a 5xx: malformed manifests, references to blobs
-/// not pushed, invalid names and references, oversize manifests, other digest algorithms, and
-/// pushes without a token or with a token for another namespace.
 /// A monolithic push refused before its bytes are read (no token; another namespace's
 /// repository) still gets the spec's error when the client sends its whole blob before it reads:
 /// the registry reads a refused body of up to 8 MiB before it answers, so that the connection is
@@ -681,6 +678,9 @@ fn a_refused_push_reads_the_blob_it_was_sent_before_it_answers() {
     }
 }
 
+/// Bad input gets the spec's error codes, never a 5xx: malformed manifests, references to blobs
+/// not pushed, invalid names and references, oversize manifests, other digest algorithms, and
+/// pushes without a token or with a token for another namespace.
 #[test]
 fn bad_input_gets_the_specs_error_codes() {
     let dir = tempfile::tempdir().expect("tempdir");

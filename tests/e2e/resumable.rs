@@ -602,8 +602,8 @@ pub(crate) fn send_whole_body_then_read(
 /// A PATCH refused before its body is read still gets its answer when the client sends the whole
 /// body before it reads: the daemon reads a refused body of up to 8 MiB before it answers. Without
 /// that, the daemon answers and closes with bytes unread, its kernel resets the connection, and
-/// the client's next write fails; a client that stops there never reads the answer (a CI run saw
-/// curl get no answer at all).
+/// the client's next write fails; a client that stops there never reads the answer (the likeliest
+/// reason a CI run once saw curl get no answer at all).
 #[test]
 fn a_refused_tus_patch_reads_the_body_it_was_sent_before_it_answers() {
     let size = 3 * MIB;
