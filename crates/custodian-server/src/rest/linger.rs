@@ -53,6 +53,9 @@ struct Left {
 /// the [`Unread`] it was lent with.
 struct Lent {
     stream: Option<BodyDataStream>,
+    /// Whether the borrower read at all; told to the [`Unread`] with the stream, on drop, so that
+    /// no poll of an upload's body takes a lock.
+    polled: bool,
     home: Arc<Mutex<Left>>,
 }
 
@@ -64,6 +67,7 @@ fn lend(body: Body) -> (Lent, Unread) {
     let home = Arc::new(Mutex::new(Left::default()));
     let lent = Lent {
         stream: Some(body.into_data_stream()),
+        polled: false,
         home: home.clone(),
     };
     (lent, Unread(home))
@@ -73,10 +77,7 @@ impl Stream for Lent {
     type Item = Result<Bytes, axum::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.home
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .polled = true;
+        self.polled = true;
         match self.stream.as_mut() {
             Some(stream) => stream.poll_next_unpin(cx),
             None => Poll::Ready(None),
@@ -88,6 +89,7 @@ impl Drop for Lent {
     fn drop(&mut self) {
         let mut left = self.home.lock().unwrap_or_else(PoisonError::into_inner);
         left.stream = self.stream.take();
+        left.polled = self.polled;
     }
 }
 
