@@ -704,3 +704,264 @@ async fn consistency_witnesses_growth_and_catches_a_fork_signed_with_the_same_ke
     // The saved checkpoint was not replaced by the fork's.
     assert_eq!(std::fs::read_to_string(&saved).unwrap(), updated);
 }
+
+/// A request on an `AppendStream` carrying `payload_cbor` of the given kind.
+fn stream_request(kind: &str, payload_cbor: Vec<u8>) -> pb::AppendRequest {
+    pb::AppendRequest {
+        kind: kind.into(),
+        payload_cbor: payload_cbor.into(),
+    }
+}
+
+/// Opens an `AppendStream` with `token`, fed from the returned sender.
+async fn open_append_stream(
+    client: &mut LedgerClient<Conn>,
+    token: &str,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<pb::AppendRequest>,
+        tonic::Streaming<pb::AppendStreamResponse>,
+    ),
+    tonic::Status,
+> {
+    let (requests, outgoing) = tokio::sync::mpsc::channel(256);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("metadata"),
+    );
+    let answers = client.append_stream(request).await?.into_inner();
+    Ok((requests, answers))
+}
+
+/// `AppendStream`: requests sent without waiting are answered one each, in the order sent, and
+/// appended in that order, each with a receipt that verifies offline; a refused request (a
+/// registry kind, CBOR that does not decode, a float) is answered with its code and a message
+/// naming the field, appends nothing, and the stream goes on. A caller without the right is
+/// refused when the stream opens, and a token revoked while its stream is open is refused at
+/// its next request.
+#[tokio::test]
+async fn append_stream_answers_in_order_and_a_refusal_ends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(&dir.path().join("data"));
+    let mut client = client(&daemon).await;
+    let verifier = verifier(&mut client).await;
+    let float = encode_value(&Value::Map(vec![(
+        Value::Text("score".into()),
+        Value::Float(0.5),
+    )]));
+    let refused = [
+        (40, stream_request("RunAttested", payload(40)), "kind"),
+        (
+            90,
+            stream_request("LedgerProbe", vec![0xff, 0x00]),
+            "payload_cbor",
+        ),
+        (150, stream_request("LedgerProbe", float), "payload_cbor"),
+    ];
+    let (requests, mut answers) = open_append_stream(&mut client, TOKEN).await.unwrap();
+    // All 200 go out before the first answer is read: up to 128 are in flight in the daemon.
+    let to_send = refused.clone();
+    let sent = tokio::spawn(async move {
+        let refused = to_send;
+        for i in 0..200u64 {
+            let request = match refused.iter().find(|(at, _, _)| *at == i) {
+                Some((_, request, _)) => request.clone(),
+                None => stream_request("LedgerProbe", payload(i)),
+            };
+            requests.send(request).await.expect("the stream is open");
+        }
+        requests
+    });
+    let mut last_index = None;
+    for i in 0..200u64 {
+        let answer = answers
+            .message()
+            .await
+            .unwrap_or_else(|s| panic!("answer {i}: {s:?}"))
+            .unwrap_or_else(|| panic!("the stream ended before answer {i}"));
+        if let Some((_, _, field)) = refused.iter().find(|(at, _, _)| *at == i) {
+            assert_eq!(
+                answer.error_code,
+                tonic::Code::InvalidArgument as i32,
+                "answer {i}: {answer:?}"
+            );
+            assert!(
+                answer.error_message.contains(field),
+                "answer {i} should name {field}: {}",
+                answer.error_message
+            );
+            assert!(answer.receipt.is_none(), "answer {i}: {answer:?}");
+            continue;
+        }
+        assert_eq!(answer.error_code, 0, "answer {i}: {answer:?}");
+        let receipt = answer.receipt.expect("a receipt");
+        let verified = Receipt::from_json(&receipt.json)
+            .unwrap()
+            .verify(&verifier)
+            .unwrap_or_else(|e| panic!("answer {i}'s receipt: {e}"));
+        assert_eq!(verified.index, receipt.log_index);
+        // The entry answered is the one sent, and the stream's entries are in the order sent.
+        let entry = custodian_core::entry::Entry::decode(&receipt.entry).unwrap();
+        assert_eq!(encode_value(&entry.payload), payload(i), "answer {i}");
+        assert!(
+            last_index.is_none_or(|last| receipt.log_index > last),
+            "answer {i} at index {} came after index {last_index:?}",
+            receipt.log_index
+        );
+        last_index = Some(receipt.log_index);
+    }
+    let requests = sent.await.unwrap();
+    drop(requests);
+    assert!(
+        answers.message().await.unwrap().is_none(),
+        "the daemon ends the stream once the writer has and every request is answered"
+    );
+    // The refused three appended nothing: the log holds exactly the 197 appended.
+    let info = client
+        .get_log_info(pb::GetLogInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.size, 197);
+
+    // No token, and a token that may not append, are refused before anything is read.
+    for (token, code) in [
+        ("wrong", tonic::Code::Unauthenticated),
+        (
+            daemon.create_token("reader", "read", "*").as_str(),
+            tonic::Code::PermissionDenied,
+        ),
+    ] {
+        let status = match open_append_stream(&mut client, token).await {
+            Err(status) => status,
+            // The refusal may also come as the stream's first item.
+            Ok((_requests, mut answers)) => answers.message().await.unwrap_err(),
+        };
+        assert_eq!(status.code(), code, "{status:?}");
+    }
+
+    // An admin token revoked while its stream is open stops appending at its next request.
+    let admin = daemon.create_token("stream-admin", "admin", "*");
+    let (requests, mut answers) = open_append_stream(&mut client, &admin).await.unwrap();
+    requests
+        .send(stream_request("LedgerProbe", payload(1000)))
+        .await
+        .unwrap();
+    let first = answers.message().await.unwrap().unwrap();
+    assert_eq!(first.error_code, 0, "{first:?}");
+    let listed = String::from_utf8(
+        crate::registry::offline(&[
+            "token",
+            "list",
+            "--json",
+            "--data-dir",
+            daemon.data_dir.to_str().unwrap(),
+        ])
+        .stdout,
+    )
+    .unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let id = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "stream-admin")
+        .expect("the token is listed")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let revoke = crate::registry::offline(&[
+        "token",
+        "revoke",
+        &id,
+        "--data-dir",
+        daemon.data_dir.to_str().unwrap(),
+    ]);
+    assert!(revoke.status.success(), "{revoke:?}");
+    requests
+        .send(stream_request("LedgerProbe", payload(1001)))
+        .await
+        .unwrap();
+    let second = answers.message().await.unwrap().unwrap();
+    assert_eq!(
+        second.error_code,
+        tonic::Code::Unauthenticated as i32,
+        "{second:?}"
+    );
+    assert!(second.receipt.is_none());
+    let info = client
+        .get_log_info(pb::GetLogInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        info.size, 198,
+        "only the request before the revocation appended"
+    );
+}
+
+/// grpcio (PyPI), a gRPC stack nobody here wrote, appends 50 entries on one `AppendStream`
+/// (tests/interop/grpc_append_stream.py): every answer comes back in the order sent, the one
+/// request that is not CBOR refused by name, each receipt verifies offline and holds the entry
+/// sent; a stream opened with a false token is refused `UNAUTHENTICATED`.
+#[tokio::test]
+async fn grpcio_appends_on_one_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(&dir.path().join("data"));
+    let mut client = client(&daemon).await;
+    let verifier = verifier(&mut client).await;
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/grpc_append_stream.py");
+    let address = daemon.address.trim_start_matches("http://").to_string();
+    let out = crate::run_ok(
+        std::process::Command::new(crate::registry::python())
+            .arg(&script)
+            .args([&address, TOKEN]),
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let answers = report["answers"].as_array().expect("answers");
+    assert_eq!(answers.len(), 50, "{report}");
+    let mut next_index = 0;
+    for (i, answer) in answers.iter().enumerate() {
+        if i == 20 {
+            assert_eq!(
+                answer["error_code"],
+                tonic::Code::InvalidArgument as i32,
+                "{answer}"
+            );
+            let message = answer["error_message"].as_str().unwrap();
+            assert!(message.contains("payload_cbor"), "{message}");
+            assert!(answer.get("receipt").is_none(), "{answer}");
+            continue;
+        }
+        assert_eq!(answer["error_code"], 0, "{answer}");
+        let receipt = &answer["receipt"];
+        // The first entry is index 0, which protobuf leaves off the wire.
+        assert_eq!(
+            receipt["index"].as_u64().unwrap_or(0),
+            next_index,
+            "{answer}"
+        );
+        next_index += 1;
+        let verified = Receipt::from_json(receipt["json"].as_str().unwrap())
+            .unwrap()
+            .verify(&verifier)
+            .unwrap_or_else(|e| panic!("answer {i}'s receipt: {e}"));
+        let entry = custodian_core::entry::Entry::decode(
+            &hex::decode(receipt["entry"].as_str().unwrap()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(verified.index, receipt["index"].as_u64().unwrap_or(0));
+        assert_eq!(
+            entry.payload,
+            Value::Map(vec![(Value::Text("n".into()), Value::Integer(i.into()))]),
+            "answer {i}"
+        );
+    }
+    assert_eq!(
+        report["refused_stream"]["code"], "UNAUTHENTICATED",
+        "{report}"
+    );
+}

@@ -90,6 +90,10 @@ pub struct Report {
     pub appends: Vec<AppendResult>,
     /// Over gRPC to a real daemon on loopback (the clients share the machine's cores).
     pub grpc_appends: Vec<AppendResult>,
+    /// The same with [`NOOP_WRITERS`] writers, each appending on an `AppendStream` of its own
+    /// (one request on it at a time, as the unary writers): what the calls' own cost takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_stream_appends: Option<AppendResult>,
     pub log_size: u64,
     pub fill_seconds: f64,
     pub inclusion_proof_median_us: f64,
@@ -347,10 +351,86 @@ const BENCH_TOKEN: &str = "bench-append-token";
 /// HTTP/2 connections the gRPC writers share.
 const GRPC_CONNECTIONS: usize = 4;
 
-async fn grpc_appends(dir: &Path, writers: usize, seconds: u64) -> anyhow::Result<AppendResult> {
-    let data = dir.join(format!("grpc-{writers}"));
-    let daemon = crate::measure::daemon(&data, "rocksdb", &["--append-token", BENCH_TOKEN])?;
-    grpc_append_load(&daemon, writers, seconds).await
+/// How the gRPC writers send their appends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Calls {
+    /// One `Append` call per entry.
+    Unary,
+    /// One `AppendStream` per writer, one request on it at a time.
+    Stream,
+}
+
+async fn grpc_appends(
+    dir: &Path,
+    writers: usize,
+    seconds: u64,
+    calls: Calls,
+) -> anyhow::Result<AppendResult> {
+    let name = match calls {
+        Calls::Unary => format!("grpc-{writers}"),
+        Calls::Stream => format!("grpc-stream-{writers}"),
+    };
+    let daemon =
+        crate::measure::daemon(&dir.join(name), "rocksdb", &["--append-token", BENCH_TOKEN])?;
+    grpc_append_load(&daemon, writers, seconds, calls).await
+}
+
+/// Sends `request` on `client` as the writer's next append and waits for its receipt.
+async fn append_once(
+    client: &mut custodian_proto::ledger::v1::ledger_client::LedgerClient<custodian_client::Conn>,
+    request: custodian_proto::ledger::v1::AppendRequest,
+) -> anyhow::Result<()> {
+    let mut request = tonic::Request::new(request);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {BENCH_TOKEN}").parse()?);
+    client.append(request).await?;
+    Ok(())
+}
+
+/// One writer's `AppendStream`: requests go in through the sender, answers come out in order.
+struct AppendStreamWriter {
+    requests: tokio::sync::mpsc::Sender<custodian_proto::ledger::v1::AppendRequest>,
+    answers: tonic::Streaming<custodian_proto::ledger::v1::AppendStreamResponse>,
+}
+
+impl AppendStreamWriter {
+    async fn open(
+        client: &mut custodian_proto::ledger::v1::ledger_client::LedgerClient<
+            custodian_client::Conn,
+        >,
+    ) -> anyhow::Result<Self> {
+        let (requests, outgoing) = tokio::sync::mpsc::channel(1);
+        let mut request =
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {BENCH_TOKEN}").parse()?);
+        let answers = client.append_stream(request).await?.into_inner();
+        Ok(AppendStreamWriter { requests, answers })
+    }
+
+    async fn append(
+        &mut self,
+        request: custodian_proto::ledger::v1::AppendRequest,
+    ) -> anyhow::Result<()> {
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| anyhow::anyhow!("the append stream closed"))?;
+        let answer = self
+            .answers
+            .message()
+            .await?
+            .context("the append stream ended without an answer")?;
+        anyhow::ensure!(
+            answer.error_code == 0 && answer.receipt.is_some(),
+            "an append on the stream was refused: {} ({})",
+            answer.error_message,
+            answer.error_code
+        );
+        Ok(())
+    }
 }
 
 /// `writers` appending over gRPC to `daemon` (started with `--append-token BENCH_TOKEN`) for
@@ -359,6 +439,7 @@ async fn grpc_append_load(
     daemon: &custodian_testkit::Daemon,
     writers: usize,
     seconds: u64,
+    calls: Calls,
 ) -> anyhow::Result<AppendResult> {
     use custodian_proto::ledger::v1 as pb;
     // Writers share a few HTTP/2 connections, as many clients would: one connection is served by
@@ -394,20 +475,24 @@ async fn grpc_append_load(
     for w in 0..writers {
         let mut client = clients[w % connections].clone();
         tasks.push(tokio::spawn(async move {
+            let mut stream = match calls {
+                Calls::Unary => None,
+                Calls::Stream => Some(AppendStreamWriter::open(&mut client).await?),
+            };
             let mut latencies = Vec::new();
             let mut i = 0u64;
             while Instant::now() < deadline {
                 let payload =
                     custodian_core::entry::encode_value(&payload(w as u64 * 1_000_000_000 + i));
-                let mut request = tonic::Request::new(pb::AppendRequest {
+                let request = pb::AppendRequest {
                     kind: "BenchEvent".into(),
                     payload_cbor: payload.into(),
-                });
-                request
-                    .metadata_mut()
-                    .insert("authorization", format!("Bearer {BENCH_TOKEN}").parse()?);
+                };
                 let start = Instant::now();
-                client.append(request).await?;
+                match stream.as_mut() {
+                    None => append_once(&mut client, request).await?,
+                    Some(stream) => stream.append(request).await?,
+                }
                 latencies.push(start.elapsed());
                 i += 1;
             }
@@ -526,6 +611,19 @@ pub fn run(args: LedgerArgs) -> anyhow::Result<ExitCode> {
                 a.mean_batch
             );
         }
+    }
+    if let Some(a) = &report.grpc_stream_appends {
+        println!(
+            "the {} gRPC writers again, each on an AppendStream of its own (one request at a time): {:.0} appends/s, median {:.2} ms ({:.1}× fsync), p99 {:.2} ms, {:.1} entries per batch, daemon CPU {:.0} µs per append{}",
+            a.writers,
+            a.appends_per_second,
+            a.median_ms,
+            a.median_ms / report.fsync_median_ms,
+            a.p99_ms,
+            a.mean_batch,
+            a.daemon_cpu_us_per_append.unwrap_or_default(),
+            floor_beside(a)
+        );
     }
     if let Some(noop) = &report.grpc_noop {
         println!(
@@ -647,7 +745,7 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
     }
     let mut grpc_results = Vec::new();
     for &writers in &args.writers {
-        let result = runtime.block_on(grpc_appends(dir, writers, args.seconds))?;
+        let result = runtime.block_on(grpc_appends(dir, writers, args.seconds, Calls::Unary))?;
         eprintln!(
             "  {writers} gRPC writers: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms, daemon CPU {:.0} µs per append{}",
             result.appends_per_second,
@@ -658,6 +756,21 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
         );
         grpc_results.push(result);
     }
+    let grpc_stream_appends = if args.writers.contains(&NOOP_WRITERS) {
+        let result =
+            runtime.block_on(grpc_appends(dir, NOOP_WRITERS, args.seconds, Calls::Stream))?;
+        eprintln!(
+            "  {NOOP_WRITERS} gRPC writers, each on its own AppendStream: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms, daemon CPU {:.0} µs per append{}",
+            result.appends_per_second,
+            result.median_ms,
+            result.p99_ms,
+            result.daemon_cpu_us_per_append.unwrap_or_default(),
+            floor_beside(&result)
+        );
+        Some(result)
+    } else {
+        None
+    };
     let grpc_noop = if args.writers.contains(&NOOP_WRITERS) {
         let noop = runtime.block_on(grpc_noop(dir, NOOP_WRITERS, args.seconds))?;
         eprintln!(
@@ -796,6 +909,7 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
         fsync_p99_ms: fsync_p99.as_secs_f64() * 1e3,
         appends: append_results,
         grpc_appends: grpc_results,
+        grpc_stream_appends,
         log_size: size,
         fill_seconds,
         inclusion_proof_median_us: percentile(&proofs, 0.5).as_secs_f64() * 1e6,
@@ -855,7 +969,9 @@ fn daemon_starts(
     runtime.block_on(first_answer(&daemon))?;
     let restart = started.elapsed().as_secs_f64();
     let appends = match grpc_writers {
-        Some(writers) => Some(runtime.block_on(grpc_append_load(&daemon, writers, seconds))?),
+        Some(writers) => {
+            Some(runtime.block_on(grpc_append_load(&daemon, writers, seconds, Calls::Unary))?)
+        }
         None => None,
     };
     Ok((first, restart, appends))

@@ -47,7 +47,7 @@ pub use grpc::status::{GrpcError, parse_digest};
 pub use log_key::{KEY_FILE, load_or_generate};
 pub use net::tls::TlsFiles;
 pub use registry::{Registry, RegistryError};
-pub use sequencer::{Sequencer, SequencerConfig};
+pub use sequencer::{Queued, Sequencer, SequencerConfig};
 pub use storage_location::{EMBEDDED_STORAGE, StorageLocation, StorageLocationError};
 
 /// Everything the daemon needs to run.

@@ -107,6 +107,19 @@ impl Sequencer {
         payload: Value,
         condition: Option<Condition>,
     ) -> Result<(Appended, Arc<SignedCheckpoint>), LedgerError> {
+        self.enqueue(kind, payload, condition).await?.wait().await
+    }
+
+    /// The first half of [`Sequencer::append_if`]: checks the request and puts it in the queue,
+    /// waiting only while the queue is full. Entries enter the log in the order they are queued,
+    /// so a caller that queues its next entry only after this returns appends in its own order
+    /// while its answers are still pending.
+    pub async fn enqueue(
+        &self,
+        kind: EntryKind,
+        payload: Value,
+        condition: Option<Condition>,
+    ) -> Result<Queued, LedgerError> {
         let request = Ledger::prepare(kind, payload)?;
         let (reply, wait) = oneshot::channel();
         self.tx
@@ -117,7 +130,27 @@ impl Sequencer {
             })
             .await
             .map_err(|_| LedgerError::Poisoned("the sequencer has stopped".into()))?;
-        let (appended, checkpoint) = wait
+        Ok(Queued {
+            wait,
+            ledger: self.ledger.clone(),
+            publication: self.publication.clone(),
+        })
+    }
+}
+
+/// An entry in the sequencer's queue ([`Sequencer::enqueue`]); [`Queued::wait`] gives its answer.
+pub struct Queued {
+    wait: oneshot::Receiver<Result<(Appended, Arc<SignedCheckpoint>), LedgerError>>,
+    ledger: Arc<Ledger>,
+    publication: Option<Arc<Publication>>,
+}
+
+impl Queued {
+    /// Waits until the entry is durable and signed into a checkpoint, and with a witness policy
+    /// published, as [`Sequencer::append`] describes.
+    pub async fn wait(self) -> Result<(Appended, Arc<SignedCheckpoint>), LedgerError> {
+        let (appended, checkpoint) = self
+            .wait
             .await
             .map_err(|_| LedgerError::Poisoned("the sequencer stopped before replying".into()))??;
         let Some(publication) = &self.publication else {

@@ -9,13 +9,14 @@ use custodian_core::receipt::Receipt;
 use custodian_proto::ledger::v1 as pb;
 use custodian_proto::ledger::v1::ledger_server::Ledger as LedgerRpc;
 use custodian_storage::ledger::{Ledger, LedgerError, SignedCheckpoint};
-use futures::Stream;
-use tonic::{Request, Response, Status};
+use futures::{Stream, StreamExt as _};
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Authenticator, Principal, Scope};
 use crate::grpc::status::{GrpcError, principal};
 use crate::registry::Registry;
-use crate::sequencer::Sequencer;
+use crate::sequencer::{Queued, Sequencer};
 
 /// Entries, checkpoints or hash chunks per streamed read from storage.
 const STREAM_CHUNK: u64 = 256;
@@ -30,10 +31,51 @@ const HASH_CHUNK: u64 = 8192;
 /// forge the registry's own kinds.
 pub struct LedgerService {
     sequencer: Sequencer,
-    append_token: Option<String>,
+    gate: AppendGate,
     registry: Arc<Registry>,
     auth: Arc<Authenticator>,
 }
+
+/// Who may append raw entries: the holder of the daemon's append token, or of an admin token for
+/// `*`. Cloned into each `AppendStream`, which asks it again for every request.
+#[derive(Clone)]
+struct AppendGate {
+    append_token: Option<Arc<str>>,
+    auth: Arc<Authenticator>,
+}
+
+impl AppendGate {
+    fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        let header = match metadata.get("authorization") {
+            None => None,
+            Some(value) => Some(value.to_str().map_err(|_| {
+                Status::unauthenticated("metadata authorization is not ASCII text")
+            })?),
+        };
+        if let (Some(token), Some(given)) = (
+            &self.append_token,
+            header.and_then(|v| v.strip_prefix("Bearer ")),
+        ) && constant_time_eq(given.as_bytes(), token.as_bytes())
+        {
+            return Ok(());
+        }
+        match self.auth.authenticate(header)? {
+            who if who.allows_everywhere(Scope::Admin) => Ok(()),
+            Principal::Anonymous => Err(Status::unauthenticated(
+                "metadata authorization is required: send \"Bearer <append token or admin token>\"",
+            )),
+            who => Err(Status::permission_denied(format!(
+                "{} may not append raw entries: that needs the append token or an admin token for *",
+                who.label()
+            ))),
+        }
+    }
+}
+
+/// How many requests of one `AppendStream` may wait for their answers at once; past it the
+/// stream is read no further until the oldest is answered (HTTP/2 flow control then holds the
+/// writer back).
+const STREAM_IN_FLIGHT: usize = 128;
 
 impl LedgerService {
     /// A service appending through `sequencer`; `append_token` (or an admin token) enables
@@ -46,7 +88,10 @@ impl LedgerService {
     ) -> Self {
         LedgerService {
             sequencer,
-            append_token: append_token.filter(|t| !t.is_empty()),
+            gate: AppendGate {
+                append_token: append_token.filter(|t| !t.is_empty()).map(Arc::from),
+                auth: auth.clone(),
+            },
             registry,
             auth,
         }
@@ -54,29 +99,6 @@ impl LedgerService {
 
     fn ledger(&self) -> &Arc<Ledger> {
         self.sequencer.ledger()
-    }
-
-    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let given = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if let (Some(token), Some(given)) = (&self.append_token, given)
-            && constant_time_eq(given.as_bytes(), token.as_bytes())
-        {
-            return Ok(());
-        }
-        match principal(&self.auth, request)? {
-            who if who.allows_everywhere(Scope::Admin) => Ok(()),
-            Principal::Anonymous => Err(Status::unauthenticated(
-                "metadata authorization is required: send \"Bearer <append token or admin token>\"",
-            )),
-            who => Err(Status::permission_denied(format!(
-                "{} may not append raw entries: that needs the append token or an admin token for *",
-                who.label()
-            ))),
-        }
     }
 
     /// Refuses an entry the caller may not read, naming only its index.
@@ -434,28 +456,94 @@ impl LedgerRpc for LedgerService {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
-        self.authorize(&request)?;
-        let request = request.into_inner();
-        let kind = EntryKind::parse(&request.kind)
-            .map_err(|e| GrpcError::ledger("kind", LedgerError::InvalidEntry(e)))?;
-        if kind.is_service() {
-            return Err(Status::invalid_argument(format!(
-                "field kind: {kind} entries are appended only by the registry and evidence services after their checks; use custodian.registry.v1.Registry or custodian.evidence.v1.Evidence"
-            )));
-        }
-        let payload = parse_cbor(&request.payload_cbor)
-            .map_err(|e| GrpcError::ledger("payload_cbor", LedgerError::InvalidEntry(e)))?;
-        let (appended, checkpoint) = self
-            .sequencer
-            .append(kind, payload)
-            .await
-            .map_err(|e| GrpcError::ledger("payload_cbor", e))?;
-        let receipt = self
-            .ledger()
-            .receipt_for(&appended, &checkpoint)
-            .map_err(|e| GrpcError::ledger("index", e))?;
-        Ok(Response::new(pb::AppendResponse {
-            receipt: Some(receipt_pb(&receipt)),
-        }))
+        self.gate.check(request.metadata())?;
+        let queued = enqueue(&self.sequencer, request.into_inner()).await?;
+        Ok(Response::new(answer(&self.sequencer, queued).await?))
     }
+
+    type AppendStreamStream = BoxStream<pb::AppendStreamResponse>;
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<pb::AppendRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        // A caller who may not append is refused before anything is read.
+        self.gate.check(request.metadata())?;
+        let (metadata, _, incoming) = request.into_parts();
+        let gate = self.gate.clone();
+        let sequencer = self.sequencer.clone();
+        let answering = sequencer.clone();
+        // Requests are checked and queued one after another, in the order sent (`then`), so the
+        // stream's entries enter the log in that order; their answers are awaited together
+        // (`buffered`) and sent in the same order.
+        let answers = incoming
+            .then(move |message| {
+                let gate = gate.clone();
+                let sequencer = sequencer.clone();
+                let metadata = metadata.clone();
+                async move {
+                    let request = message?;
+                    Ok(match gate.check(&metadata) {
+                        Ok(()) => enqueue(&sequencer, request).await,
+                        Err(refused) => Err(refused),
+                    })
+                }
+            })
+            .map(move |queued: Result<Result<Queued, Status>, Status>| {
+                let sequencer = answering.clone();
+                async move {
+                    // A broken stream (a message that does not decode, a reset) ends it with
+                    // that error; a refused request is answered and the stream goes on.
+                    let answered = match queued? {
+                        Ok(queued) => answer(&sequencer, queued).await,
+                        Err(refused) => Err(refused),
+                    };
+                    Ok(match answered {
+                        Ok(appended) => pb::AppendStreamResponse {
+                            receipt: appended.receipt,
+                            ..Default::default()
+                        },
+                        Err(refused) => pb::AppendStreamResponse {
+                            receipt: None,
+                            error_code: refused.code() as i32,
+                            error_message: refused.message().to_string(),
+                        },
+                    })
+                }
+            })
+            .buffered(STREAM_IN_FLIGHT);
+        Ok(Response::new(Box::pin(answers)))
+    }
+}
+
+/// Checks an `AppendRequest` as `Append` does and queues its entry.
+async fn enqueue(sequencer: &Sequencer, request: pb::AppendRequest) -> Result<Queued, Status> {
+    let kind = EntryKind::parse(&request.kind)
+        .map_err(|e| GrpcError::ledger("kind", LedgerError::InvalidEntry(e)))?;
+    if kind.is_service() {
+        return Err(Status::invalid_argument(format!(
+            "field kind: {kind} entries are appended only by the registry and evidence services after their checks; use custodian.registry.v1.Registry or custodian.evidence.v1.Evidence"
+        )));
+    }
+    let payload = parse_cbor(&request.payload_cbor)
+        .map_err(|e| GrpcError::ledger("payload_cbor", LedgerError::InvalidEntry(e)))?;
+    Ok(sequencer
+        .enqueue(kind, payload, None)
+        .await
+        .map_err(|e| GrpcError::ledger("payload_cbor", e))?)
+}
+
+/// Waits for a queued entry and answers with its receipt.
+async fn answer(sequencer: &Sequencer, queued: Queued) -> Result<pb::AppendResponse, Status> {
+    let (appended, checkpoint) = queued
+        .wait()
+        .await
+        .map_err(|e| GrpcError::ledger("payload_cbor", e))?;
+    let receipt = sequencer
+        .ledger()
+        .receipt_for(&appended, &checkpoint)
+        .map_err(|e| GrpcError::ledger("index", e))?;
+    Ok(pb::AppendResponse {
+        receipt: Some(receipt_pb(&receipt)),
+    })
 }
