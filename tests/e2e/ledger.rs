@@ -904,7 +904,8 @@ async fn append_stream_answers_in_order_and_a_refusal_ends_nothing() {
 /// grpcio (PyPI), a gRPC stack nobody here wrote, appends 50 entries on one `AppendStream`
 /// (tests/interop/grpc_append_stream.py): every answer comes back in the order sent, the one
 /// request that is not CBOR refused by name, each receipt verifies offline and holds the entry
-/// sent; a stream opened with a false token is refused `UNAUTHENTICATED`.
+/// sent; a stream opened with a false token is refused `UNAUTHENTICATED`, and one whose second
+/// message does not decode ends `INTERNAL` after the first's answer.
 #[tokio::test]
 async fn grpcio_appends_on_one_stream() {
     let dir = tempfile::tempdir().unwrap();
@@ -962,6 +963,18 @@ async fn grpcio_appends_on_one_stream() {
     }
     assert_eq!(
         report["refused_stream"]["code"], "UNAUTHENTICATED",
+        "{report}"
+    );
+    // A message that is not an AppendRequest ends its stream after the answer before it.
+    let malformed = &report["malformed"];
+    assert_eq!(malformed["answers"], 1, "{report}");
+    assert_eq!(malformed["first"]["error_code"], 0, "{report}");
+    assert_eq!(malformed["code"], "INTERNAL", "{report}");
+    assert!(
+        malformed["details"]
+            .as_str()
+            .unwrap()
+            .contains("failed to decode"),
         "{report}"
     );
 }

@@ -6,13 +6,14 @@ Usage: grpc_append_stream.py HOST:PORT TOKEN
 
 Sends 50 requests on one stream before reading any answer, each an entry of kind GrpcioProbe
 whose payload is the CBOR map {"n": i}; request 20 carries bytes that are not CBOR. Then opens
-a stream with a token that is not one.
+a stream with a token that is not one, and one whose second message is not an AppendRequest.
 
 The messages are built and read here in the protobuf wire format (no generated code, so nothing
 of Custodian's build is trusted).
 
 Prints a JSON report: each answer's log index, entry bytes (hex) and receipt JSON, or its error
-code and message; then the code and details of the refused stream.
+code and message; then the code and details of the refused stream, and of the stream ended by the
+malformed message with how many answers came before its end.
 """
 
 import json
@@ -82,6 +83,20 @@ def main():
         report["refused_stream"] = "answered"
     except grpc.RpcError as err:
         report["refused_stream"] = {"code": err.code().name, "details": err.details()}
+    # A length-delimited field 1 that claims more bytes than follow: not a protobuf message.
+    malformed = {"answers": 0}
+    try:
+        for message in call(
+            iter([request(100), b"\x0a\x09ab"]),
+            metadata=[("authorization", "Bearer " + token)],
+        ):
+            malformed["answers"] += 1
+            malformed["first"] = answer(message)
+        malformed["code"] = "OK"
+    except grpc.RpcError as err:
+        malformed["code"] = err.code().name
+        malformed["details"] = err.details()
+    report["malformed"] = malformed
     print(json.dumps(report))
 
 
