@@ -978,3 +978,97 @@ async fn grpcio_appends_on_one_stream() {
         "{report}"
     );
 }
+
+/// `custodian log append --lines`: one entry per line over one stream, in the order of the
+/// lines, each receipt printed as one line of JSON that verifies offline; a line that is not
+/// JSON and one with a fraction are named and not sent, a line the daemon refuses (an entry over
+/// 1 MiB) is named with the daemon's reason, the lines after each are still appended, and the
+/// command exits 1. Then every line of standard input, appended with exit 0; `--lines` and
+/// `--payload` are not given together.
+#[tokio::test]
+async fn log_append_lines_appends_each_line_in_order_and_names_the_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(&dir.path().join("data"));
+    let mut client = client(&daemon).await;
+    let verifier = verifier(&mut client).await;
+    let big = format!("{{\"note\": \"{}\"}}", "x".repeat((1 << 20) + 10));
+    let lines = [
+        r#"{"note": "first", "n": 1}"#.to_string(),
+        "not json".to_string(),
+        r#"{"note": "second", "n": 2}"#.to_string(),
+        String::new(),
+        r#"{"score": 0.5}"#.to_string(),
+        big,
+        r#"{"note": "third", "n": 3}"#.to_string(),
+    ];
+    let file = dir.path().join("notes.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let run = |extra: &[&str], stdin: Option<&str>| {
+        let mut command = std::process::Command::new(custodian_testkit::binary());
+        command
+            .args(["log", "append", "--kind", "AuditNote"])
+            .args(extra)
+            .args(["--append-token", TOKEN, "--server", &daemon.address]);
+        command.stdin(std::process::Stdio::piped());
+        command.stdout(std::process::Stdio::piped());
+        command.stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().expect("run custodian");
+        let mut input = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut input, stdin.unwrap_or("").as_bytes()).unwrap();
+        drop(input);
+        child.wait_with_output().unwrap()
+    };
+    let out = run(&["--lines", file.to_str().unwrap()], None);
+    let (printed, said) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    let receipts: Vec<&str> = printed.lines().collect();
+    assert_eq!(receipts.len(), 3, "{printed}\n{said}");
+    for (at, (receipt, n)) in receipts.iter().zip(1..).enumerate() {
+        let verified = Receipt::from_json(receipt)
+            .unwrap()
+            .verify(&verifier)
+            .unwrap_or_else(|e| panic!("receipt {at}: {e}"));
+        assert_eq!(verified.index, at as u64, "the lines' order is the log's");
+        let entry = &verified.entry;
+        assert_eq!(entry.kind.to_string(), "AuditNote");
+        let Value::Map(fields) = &entry.payload else {
+            panic!("{:?}", entry.payload)
+        };
+        assert!(
+            fields.contains(&(Value::Text("n".into()), Value::Integer(n.into()))),
+            "receipt {at}: {fields:?}"
+        );
+    }
+    assert!(said.contains("line 2: not appended: not JSON"), "{said}");
+    assert!(
+        said.contains("line 5: not appended") && said.contains("0.5"),
+        "{said}"
+    );
+    assert!(
+        said.contains("line 6: refused") && said.contains("payload_cbor"),
+        "{said}"
+    );
+    assert!(
+        said.contains("appended 3 entries of 6 lines; 3 not appended"),
+        "{said}"
+    );
+
+    // From standard input, every line appended: exit 0.
+    let out = run(&["--lines", "-"], Some("{\"n\": 4}\n{\"n\": 5}\n"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 2);
+    let info = client
+        .get_log_info(pb::GetLogInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.size, 5);
+
+    let out = run(&["--lines", "-", "--payload", "{}"], None);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot be used with"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -1,5 +1,7 @@
-//! `custodian log append`: one entry of a kind the services do not own, with its receipt.
+//! `custodian log append`: one entry of a kind the services do not own, with its receipt; or,
+//! with `--lines`, one entry per line of a file, all over one `AppendStream`.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -7,9 +9,10 @@ use anyhow::Context as _;
 use custodian_core::entry::encode_value;
 use custodian_proto::ledger::v1 as pb;
 
-use super::codec::parse_payload;
+use super::codec::{json_to_cbor, parse_payload};
 use super::{connect, write_output};
 use crate::client::{ServerArg, status_error};
+use custodian_client::describe_status;
 
 pub(super) async fn append(
     kind: String,
@@ -23,12 +26,7 @@ pub(super) async fn append(
         kind,
         payload_cbor: encode_value(&payload).into(),
     });
-    if let Some(token) = token {
-        let value = format!("Bearer {token}")
-            .parse()
-            .context("the append token contains characters not allowed in gRPC metadata")?;
-        request.metadata_mut().insert("authorization", value);
-    }
+    with_token(&mut request, token)?;
     let response = connect(&server)
         .await?
         .append(request)
@@ -50,4 +48,121 @@ pub(super) async fn append(
         None => print!("{}", receipt.json),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Sends `token`, when given, as the request's bearer token (the daemon's append token; without
+/// it the connection's `--token` is sent).
+fn with_token<T>(request: &mut tonic::Request<T>, token: Option<String>) -> anyhow::Result<()> {
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .context("the append token contains characters not allowed in gRPC metadata")?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(())
+}
+
+/// `custodian log append --lines FILE`: each line of `source` (`-` for standard input) a JSON
+/// payload, appended in order over one stream; prints each receipt as one line of JSON.
+pub(crate) async fn append_lines(
+    kind: String,
+    source: PathBuf,
+    token: Option<String>,
+    server: ServerArg,
+) -> anyhow::Result<ExitCode> {
+    use tokio::io::AsyncBufReadExt as _;
+    let input: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if source.as_os_str() == "-" {
+        Box::new(tokio::io::stdin())
+    } else {
+        Box::new(
+            tokio::fs::File::open(&source)
+                .await
+                .with_context(|| format!("cannot open {}", source.display()))?,
+        )
+    };
+    // Requests go to the daemon through `requests`; the number of each request's line goes to
+    // `sent`, in the same order, so that each answer can name its line.
+    let (requests, outgoing) = tokio::sync::mpsc::channel::<pb::AppendRequest>(256);
+    let (sent, mut sent_lines) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let reader = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(input).lines();
+        let (mut number, mut unreadable) = (0u64, 0u64);
+        while let Some(line) = lines.next_line().await? {
+            number += 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let payload = match serde_json::from_str(&line)
+                .context("not JSON")
+                .and_then(|json| json_to_cbor(json, "payload"))
+            {
+                Ok(payload) => payload,
+                Err(err) => {
+                    eprintln!("line {number}: not appended: {err:#}");
+                    unreadable += 1;
+                    continue;
+                }
+            };
+            let request = pb::AppendRequest {
+                kind: kind.clone(),
+                payload_cbor: encode_value(&payload).into(),
+            };
+            if requests.send(request).await.is_err() {
+                // The stream ended; the answers' side says why.
+                break;
+            }
+            let _ = sent.send(number);
+        }
+        anyhow::Ok(unreadable)
+    });
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+    with_token(&mut request, token)?;
+    let mut answers = connect(&server)
+        .await?
+        .append_stream(request)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut stdout = std::io::stdout().lock();
+    let (mut appended, mut refused) = (0u64, 0u64);
+    while let Some(answer) = answers.message().await.map_err(status_error)? {
+        let line = sent_lines
+            .recv()
+            .await
+            .context("the daemon answered more requests than were sent")?;
+        match answer.receipt {
+            Some(receipt) if answer.error_code == 0 => {
+                // The receipt's file form, on one line: each line of the output verifies alone.
+                let json: serde_json::Value = serde_json::from_str(&receipt.json)
+                    .context("the daemon sent a receipt that is not JSON")?;
+                writeln!(stdout, "{json}")?;
+                appended += 1;
+            }
+            _ => {
+                let status = tonic::Status::new(answer.error_code.into(), answer.error_message);
+                eprintln!("line {line}: refused: {}", describe_status(&status));
+                refused += 1;
+            }
+        }
+    }
+    stdout.flush()?;
+    let unreadable = reader
+        .await
+        .context("the line reader stopped unexpectedly")?
+        .with_context(|| format!("reading {}", source.display()))?;
+    let failed = refused + unreadable;
+    eprintln!(
+        "appended {appended} entries of {} lines{}",
+        appended + failed,
+        if failed > 0 {
+            format!("; {failed} not appended (named above)")
+        } else {
+            String::new()
+        }
+    );
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

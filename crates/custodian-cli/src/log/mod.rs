@@ -27,7 +27,7 @@ mod monitor;
 mod receipt;
 mod source;
 
-use append::append;
+use append::{append, append_lines};
 pub use audit::{AuditArgs, audit};
 use consistency::consistency;
 pub use custodian_core::entry::cbor_to_json;
@@ -84,15 +84,23 @@ pub enum LogCommand {
         long_about = "Append one entry to the ledger. The payload is JSON (integers, \
 strings, booleans, null, arrays, objects; no fractions), stored as deterministic CBOR. Returns \
 when the entry is durable and signed into a checkpoint, and prints the receipt (or writes it \
-with -o)."
+with -o). With --lines, appends one entry per line of a file or of standard input over one \
+stream, and prints one receipt per line."
     )]
     Append {
         /// Entry kind: a name of 1-64 ASCII letters and digits starting upper-case, e.g. AuditNote (the registry and evidence kinds are appended only by their services)
         #[arg(long)]
         kind: String,
         /// Payload as JSON, or @FILE to read it from a file
-        #[arg(long, default_value = "{}")]
+        #[arg(long, default_value = "{}", conflicts_with = "lines")]
         payload: String,
+        /// Append one entry per line of FILE (- for standard input), each line a JSON payload,
+        /// all over one stream (Ledger.AppendStream) in the order of the lines; each receipt is
+        /// printed as one line of JSON. A line that is not a payload, or that the daemon refuses,
+        /// is named on standard error with the reason, the lines after it are still appended,
+        /// and the command exits 1 at the end
+        #[arg(long, value_name = "FILE", conflicts_with = "output")]
+        lines: Option<PathBuf>,
         /// Write the receipt to this file instead of standard output
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
@@ -341,7 +349,15 @@ pub async fn run(command: LogCommand) -> anyhow::Result<ExitCode> {
         }
         LogCommand::Append {
             kind,
+            lines: Some(lines),
+            token,
+            server,
+            ..
+        } => append_lines(kind, lines, token, server).await,
+        LogCommand::Append {
+            kind,
             payload,
+            lines: None,
             output,
             token,
             server,
