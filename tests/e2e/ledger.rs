@@ -705,6 +705,16 @@ async fn consistency_witnesses_growth_and_catches_a_fork_signed_with_the_same_ke
     assert_eq!(std::fs::read_to_string(&saved).unwrap(), updated);
 }
 
+/// The log's size as the daemon reports it.
+async fn log_size(client: &mut LedgerClient<Conn>) -> u64 {
+    client
+        .get_log_info(pb::GetLogInfoRequest {})
+        .await
+        .expect("log info")
+        .into_inner()
+        .size
+}
+
 /// A request on an `AppendStream` carrying `payload_cbor` of the given kind.
 fn stream_request(kind: &str, payload_cbor: Vec<u8>) -> pb::AppendRequest {
     pb::AppendRequest {
@@ -818,12 +828,7 @@ async fn append_stream_answers_in_order_and_a_refusal_ends_nothing() {
         "the daemon ends the stream once the writer has and every request is answered"
     );
     // The refused three appended nothing: the log holds exactly the 197 appended.
-    let info = client
-        .get_log_info(pb::GetLogInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(info.size, 197);
+    assert_eq!(log_size(&mut client).await, 197);
 
     // No token, and a token that may not append, are refused before anything is read.
     for (token, code) in [
@@ -890,13 +895,9 @@ async fn append_stream_answers_in_order_and_a_refusal_ends_nothing() {
         "{second:?}"
     );
     assert!(second.receipt.is_none());
-    let info = client
-        .get_log_info(pb::GetLogInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        info.size, 198,
+        log_size(&mut client).await,
+        198,
         "only the request before the revocation appended"
     );
 }
@@ -1057,12 +1058,7 @@ async fn log_append_lines_appends_each_line_in_order_and_names_the_refused() {
     let out = run(&["--lines", "-"], Some("{\"n\": 4}\n{\"n\": 5}\n"));
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).lines().count(), 2);
-    let info = client
-        .get_log_info(pb::GetLogInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(info.size, 5);
+    assert_eq!(log_size(&mut client).await, 5);
 
     let out = run(&["--lines", "-", "--payload", "{}"], None);
     assert!(!out.status.success());
