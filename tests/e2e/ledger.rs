@@ -1068,3 +1068,63 @@ async fn log_append_lines_appends_each_line_in_order_and_names_the_refused() {
         stderr(&out)
     );
 }
+
+/// A daemon told to stop does not wait its whole shutdown grace for a writer's open
+/// `AppendStream`: the requests it read are answered, the stream ends `UNAVAILABLE` saying the
+/// rest were not read, and the daemon exits long before a grace of ten minutes; every entry
+/// answered is in the log when it starts again.
+#[tokio::test]
+async fn an_append_stream_ends_unavailable_when_the_daemon_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut daemon = Daemon::start_with(
+        &data,
+        &[
+            "--append-token",
+            TOKEN,
+            "--log-origin",
+            "e2e.test/ledger",
+            "--shutdown-grace",
+            "10m",
+        ],
+    );
+    let mut client = client(&daemon).await;
+    let (requests, mut answers) = open_append_stream(&mut client, TOKEN).await.unwrap();
+    for i in 0..3 {
+        requests
+            .send(stream_request("LedgerProbe", payload(i)))
+            .await
+            .unwrap();
+        let answer = answers.message().await.unwrap().unwrap();
+        assert_eq!(answer.error_code, 0, "{answer:?}");
+    }
+    let stopped = std::time::Instant::now();
+    daemon.terminate();
+    let ended = tokio::time::timeout(Duration::from_secs(60), answers.message())
+        .await
+        .expect("the stream ends once the daemon stops")
+        .expect_err("the stream ends with an error");
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+    assert!(
+        ended.message().contains("shutting down"),
+        "{}",
+        ended.message()
+    );
+    drop(requests);
+    let exited = tokio::task::spawn_blocking(move || {
+        let clean = daemon.wait_exit(Duration::from_secs(120));
+        (daemon, clean)
+    })
+    .await
+    .unwrap();
+    let (mut daemon, clean) = exited;
+    assert!(clean, "the daemon exits cleanly");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(120),
+        "the open stream held the daemon for {:?}",
+        stopped.elapsed()
+    );
+    daemon.restart_with_env(&[]);
+    let mut client = self::client(&daemon).await;
+    assert_eq!(log_size(&mut client).await, 3);
+}

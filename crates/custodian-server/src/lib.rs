@@ -414,12 +414,20 @@ pub async fn serve(
         cas_service,
         limits.max_message_size_bytes,
     );
-    let ledger_service = LedgerServer::new(LedgerService::new(
-        sequencer,
-        config.append_token.clone(),
-        registry.clone(),
-        auth.clone(),
-    ))
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let ledger_service = LedgerServer::new(
+        LedgerService::new(
+            sequencer,
+            config.append_token.clone(),
+            registry.clone(),
+            auth.clone(),
+        )
+        .ending_streams_on(stop_rx.clone()),
+    )
     .max_decoding_message_size(limits.max_message_size_bytes)
     .max_encoding_message_size(limits.max_message_size_bytes);
     let evidence_service =
@@ -466,11 +474,6 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
     let mut stop_server = stop_rx.clone();
     let rest = match rest_listener {
         None => None,

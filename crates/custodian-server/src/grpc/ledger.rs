@@ -34,6 +34,8 @@ pub struct LedgerService {
     gate: AppendGate,
     registry: Arc<Registry>,
     auth: Arc<Authenticator>,
+    /// Turns true when the daemon begins to shut down: open `AppendStream`s then stop reading.
+    stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Who may append raw entries: the holder of the daemon's append token, or of an admin token for
@@ -94,7 +96,16 @@ impl LedgerService {
             },
             registry,
             auth,
+            stopping: None,
         }
+    }
+
+    /// Ends every open `AppendStream` once `stopping` turns true: the requests already read are
+    /// answered, and the stream ends `UNAVAILABLE`, so that a writer sends the rest to the next
+    /// daemon instead of holding this one through its shutdown grace.
+    pub fn ending_streams_on(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = Some(stopping);
+        self
     }
 
     fn ledger(&self) -> &Arc<Ledger> {
@@ -470,6 +481,7 @@ impl LedgerRpc for LedgerService {
         // A caller who may not append is refused before anything is read.
         self.gate.check(request.metadata())?;
         let (metadata, _, incoming) = request.into_parts();
+        let incoming = until_stopping(incoming, self.stopping.clone());
         let gate = self.gate.clone();
         let sequencer = self.sequencer.clone();
         let answering = sequencer.clone();
@@ -514,6 +526,40 @@ impl LedgerRpc for LedgerService {
             .buffered(STREAM_IN_FLIGHT);
         Ok(Response::new(Box::pin(answers)))
     }
+}
+
+/// The requests of an `AppendStream`, ending with an `UNAVAILABLE` item once `stopping` turns
+/// true (or its sender is gone): nothing is read from the writer after that.
+fn until_stopping(
+    incoming: Streaming<pb::AppendRequest>,
+    stopping: Option<tokio::sync::watch::Receiver<bool>>,
+) -> impl Stream<Item = Result<pb::AppendRequest, Status>> + Send {
+    futures::stream::unfold(Some((incoming, stopping)), |state| async move {
+        let (mut incoming, mut stopping) = state?;
+        let stop = async {
+            match stopping.as_mut() {
+                // A closed channel means the daemon is past its shutdown too.
+                Some(stopping) => {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let next = tokio::select! {
+            biased;
+            () = stop => None,
+            next = incoming.next() => Some(next),
+        };
+        match next {
+            None => Some((
+                Err(Status::unavailable(
+                    "the daemon is shutting down: requests after the last answer on this stream were not read; send them again to a running daemon",
+                )),
+                None,
+            )),
+            Some(next) => Some((next?, Some((incoming, stopping)))),
+        }
+    })
 }
 
 /// Checks an `AppendRequest` as `Append` does and queues its entry.
