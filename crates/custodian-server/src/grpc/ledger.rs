@@ -14,7 +14,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Authenticator, Principal, Scope};
-use crate::grpc::status::{GrpcError, principal};
+use crate::grpc::status::{GrpcError, authorization, principal};
 use crate::registry::Registry;
 use crate::sequencer::{Queued, Sequencer};
 
@@ -48,12 +48,7 @@ struct AppendGate {
 
 impl AppendGate {
     fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
-        let header = match metadata.get("authorization") {
-            None => None,
-            Some(value) => Some(value.to_str().map_err(|_| {
-                Status::unauthenticated("metadata authorization is not ASCII text")
-            })?),
-        };
+        let header = authorization(metadata)?;
         if let (Some(token), Some(given)) = (
             &self.append_token,
             header.and_then(|v| v.strip_prefix("Bearer ")),
@@ -482,32 +477,33 @@ impl LedgerRpc for LedgerService {
         self.gate.check(request.metadata())?;
         let (metadata, _, incoming) = request.into_parts();
         let incoming = until_stopping(incoming, self.stopping.clone());
-        let gate = self.gate.clone();
-        let sequencer = self.sequencer.clone();
-        let answering = sequencer.clone();
+        let writer = Arc::new(StreamWriter {
+            gate: self.gate.clone(),
+            metadata,
+            sequencer: self.sequencer.clone(),
+        });
+        let answering = writer.clone();
         // Requests are checked and queued one after another, in the order sent (`then`), so the
         // stream's entries enter the log in that order; their answers are awaited together
         // (`buffered`) and sent in the same order.
         let answers = incoming
             .then(move |message| {
-                let gate = gate.clone();
-                let sequencer = sequencer.clone();
-                let metadata = metadata.clone();
+                let writer = writer.clone();
                 async move {
                     let request = message?;
-                    Ok(match gate.check(&metadata) {
-                        Ok(()) => enqueue(&sequencer, request).await,
+                    Ok(match writer.gate.check(&writer.metadata) {
+                        Ok(()) => enqueue(&writer.sequencer, request).await,
                         Err(refused) => Err(refused),
                     })
                 }
             })
             .map(move |queued: Result<Result<Queued, Status>, Status>| {
-                let sequencer = answering.clone();
+                let writer = answering.clone();
                 async move {
                     // A broken stream (a message that does not decode, a reset) ends it with
                     // that error; a refused request is answered and the stream goes on.
                     let answered = match queued? {
-                        Ok(queued) => answer(&sequencer, queued).await,
+                        Ok(queued) => answer(&writer.sequencer, queued).await,
                         Err(refused) => Err(refused),
                     };
                     Ok(match answered {
@@ -526,6 +522,14 @@ impl LedgerRpc for LedgerService {
             .buffered(STREAM_IN_FLIGHT);
         Ok(Response::new(Box::pin(answers)))
     }
+}
+
+/// What every request of one `AppendStream` is checked and queued with: the stream's own
+/// metadata, checked again for each request.
+struct StreamWriter {
+    gate: AppendGate,
+    metadata: MetadataMap,
+    sequencer: Sequencer,
 }
 
 /// The requests of an `AppendStream`, ending with an `UNAVAILABLE` item once `stopping` turns

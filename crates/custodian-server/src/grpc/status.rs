@@ -8,6 +8,7 @@ use custodian_core::merkle::ProofError;
 use custodian_core::{Digest, DigestError};
 use custodian_storage::uploads::UploadError;
 use custodian_storage::{LedgerError, StorageError};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
 use crate::auth::{AuthError, Authenticator, Principal};
@@ -140,14 +141,19 @@ impl From<AuthError> for Status {
 
 /// The principal behind a gRPC request, from its `authorization` metadata.
 pub fn principal<T>(auth: &Authenticator, request: &Request<T>) -> Result<Principal, Status> {
-    let header =
-        match request.metadata().get("authorization") {
-            None => None,
-            Some(value) => Some(value.to_str().map_err(|_| {
-                Status::unauthenticated("metadata authorization is not ASCII text")
-            })?),
-        };
-    Ok(auth.authenticate(header)?)
+    Ok(auth.authenticate(authorization(request.metadata())?)?)
+}
+
+/// The `authorization` metadata of a request, if it has any.
+pub fn authorization(metadata: &MetadataMap) -> Result<Option<&str>, Status> {
+    metadata
+        .get("authorization")
+        .map(|value| {
+            value
+                .to_str()
+                .map_err(|_| Status::unauthenticated("metadata authorization is not ASCII text"))
+        })
+        .transpose()
 }
 
 /// Parses a required digest field, naming the field in the error.
