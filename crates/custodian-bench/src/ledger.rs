@@ -352,7 +352,7 @@ const BENCH_TOKEN: &str = "bench-append-token";
 const GRPC_CONNECTIONS: usize = 4;
 
 /// How the gRPC writers send their appends.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Calls {
     /// One `Append` call per entry.
     Unary,
@@ -375,19 +375,6 @@ async fn grpc_appends(
     grpc_append_load(&daemon, writers, seconds, calls).await
 }
 
-/// Sends `request` on `client` as the writer's next append and waits for its receipt.
-async fn append_once(
-    client: &mut custodian_proto::ledger::v1::ledger_client::LedgerClient<custodian_client::Conn>,
-    request: custodian_proto::ledger::v1::AppendRequest,
-) -> anyhow::Result<()> {
-    let mut request = tonic::Request::new(request);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {BENCH_TOKEN}").parse()?);
-    client.append(request).await?;
-    Ok(())
-}
-
 /// One writer's `AppendStream`: requests go in through the sender, answers come out in order.
 struct AppendStreamWriter {
     requests: tokio::sync::mpsc::Sender<custodian_proto::ledger::v1::AppendRequest>,
@@ -401,12 +388,10 @@ impl AppendStreamWriter {
         >,
     ) -> anyhow::Result<Self> {
         let (requests, outgoing) = tokio::sync::mpsc::channel(1);
-        let mut request =
-            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {BENCH_TOKEN}").parse()?);
-        let answers = client.append_stream(request).await?.into_inner();
+        let answers = client
+            .append_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+            .await?
+            .into_inner();
         Ok(AppendStreamWriter { requests, answers })
     }
 
@@ -447,7 +432,9 @@ async fn grpc_append_load(
     let connections = writers.clamp(1, GRPC_CONNECTIONS);
     let mut clients = Vec::new();
     for _ in 0..connections {
-        let client = custodian_client::Client::connect(&daemon.target(None)).await?;
+        // Every call on these connections carries the append token (the client's bearer
+        // interceptor), unary calls and streams alike.
+        let client = custodian_client::Client::connect(&daemon.target(Some(BENCH_TOKEN))).await?;
         clients.push(client.ledger());
     }
     let client = clients[0].clone();
@@ -490,7 +477,9 @@ async fn grpc_append_load(
                 };
                 let start = Instant::now();
                 match stream.as_mut() {
-                    None => append_once(&mut client, request).await?,
+                    None => {
+                        client.append(request).await?;
+                    }
                     Some(stream) => stream.append(request).await?,
                 }
                 latencies.push(start.elapsed());
