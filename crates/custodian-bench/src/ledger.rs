@@ -521,11 +521,15 @@ async fn grpc_append_load(
     Ok(result)
 }
 
-/// RocksDB's group commit measured beside a row, and the row's ratio to it, for the text output.
+/// RocksDB's group commit measured beside a row, the row's ratio to it and the group commit's own
+/// p99, for the text output.
 fn floor_beside(result: &AppendResult) -> String {
     result.floors.map_or_else(String::new, |f| {
+        let p99 = f
+            .group_synced_put_p99_ms
+            .map_or(String::new(), |p99| format!(", their p99 {p99:.2} ms"));
         format!(
-            "; RocksDB {}-writer synced puts {:.0}/s beside it ({:.2}×)",
+            "; RocksDB {}-writer synced puts {:.0}/s beside it ({:.2}×{p99})",
             NOOP_WRITERS,
             f.group_synced_puts_per_s,
             result.appends_per_second / f.group_synced_puts_per_s

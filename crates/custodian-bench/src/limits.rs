@@ -42,6 +42,10 @@ pub struct Limits {
     pub rocksdb_synced_puts_per_s: f64,
     /// RocksDB: 64 writers, 4 KiB values, each put synced (RocksDB groups them): puts/s.
     pub rocksdb_group_synced_puts_per_s: f64,
+    /// RocksDB: those 64 writers' p99 latency of one synced put, ms (absent from reports before
+    /// it was measured).
+    #[serde(default)]
+    pub rocksdb_group_synced_put_p99_ms: Option<f64>,
     /// RocksDB: batches of 1,000 values of 4 KiB, each batch synced: values/s.
     pub rocksdb_batched_values_per_s: f64,
     /// RocksDB: one batched read of 10,000 present digest-shaped keys (the faster of MultiGet
@@ -104,7 +108,18 @@ fn disk(dir: &Path) -> anyhow::Result<(f64, f64, f64)> {
     Ok((sequential, ms(0.5), ms(0.99)))
 }
 
-fn rocksdb(dir: &Path) -> anyhow::Result<(f64, f64, f64, f64)> {
+/// RocksDB's floors on one disk: synced puts per second by one writer and by 64 (with the 64
+/// writers' p99 put latency in ms), values per second in synced batches of 1,000, and the median
+/// ms of one batched read of 10,000 keys.
+struct Probe {
+    single: f64,
+    group: f64,
+    group_p99_ms: f64,
+    batched: f64,
+    multi_get_ms: f64,
+}
+
+fn rocksdb(dir: &Path) -> anyhow::Result<Probe> {
     let path = dir.join("rocksdb-probe");
     let mut opts = rocksdb::Options::default();
     opts.create_if_missing(true);
@@ -122,31 +137,40 @@ fn rocksdb(dir: &Path) -> anyhow::Result<(f64, f64, f64, f64)> {
         db.put_opt(i.to_be_bytes(), &value, &synced)?;
     }
     let single = 2000.0 / t.elapsed().as_secs_f64();
-    // 64 writers: RocksDB forms write groups that share one WAL sync.
+    // 64 writers: RocksDB forms write groups that share one WAL sync. Each put's latency is
+    // kept too: the appenders' p99 target is read beside what RocksDB's own writers reach.
     let t = Instant::now();
     let threads: Vec<_> = (0..64u32)
         .map(|w| {
             let db = db.clone();
             let value = value.clone();
-            std::thread::spawn(move || -> Result<(), rocksdb::Error> {
+            std::thread::spawn(move || -> Result<Vec<Duration>, rocksdb::Error> {
                 let mut synced = rocksdb::WriteOptions::default();
                 synced.set_sync(true);
+                let mut latencies = Vec::with_capacity(200);
                 for i in 0..200u32 {
+                    let put = Instant::now();
                     db.put_opt(
                         [w.to_be_bytes(), i.to_be_bytes(), [1; 4]].concat(),
                         &value,
                         &synced,
                     )?;
+                    latencies.push(put.elapsed());
                 }
-                Ok(())
+                Ok(latencies)
             })
         })
         .collect();
+    let mut latencies = Vec::with_capacity(64 * 200);
     for t in threads {
-        t.join()
-            .map_err(|_| anyhow::anyhow!("a writer panicked"))??;
+        latencies.extend(
+            t.join()
+                .map_err(|_| anyhow::anyhow!("a writer panicked"))??,
+        );
     }
     let group = 64.0 * 200.0 / t.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let group_p99_ms = latencies[(latencies.len() - 1) * 99 / 100].as_secs_f64() * 1000.0;
     // Batches of 1,000, each synced.
     let t = Instant::now();
     for b in 0..10u32 {
@@ -214,7 +238,13 @@ fn rocksdb(dir: &Path) -> anyhow::Result<(f64, f64, f64, f64)> {
         .min(median(sorted_read));
     drop(db);
     let _ = rocksdb::DB::destroy(&opts, &path);
-    Ok((single, group, batched, multi_get_ms))
+    Ok(Probe {
+        single,
+        group,
+        group_p99_ms,
+        batched,
+        multi_get_ms,
+    })
 }
 
 /// RocksDB's floors measured beside one timed row, on the same disk: just before the row's timed
@@ -228,6 +258,10 @@ fn rocksdb(dir: &Path) -> anyhow::Result<(f64, f64, f64, f64)> {
 pub struct RocksFloors {
     /// 64 writers, 4 KiB values, each put synced: puts/s.
     pub group_synced_puts_per_s: f64,
+    /// Those 64 writers' p99 latency of one synced put, ms (absent from reports before it was
+    /// measured).
+    #[serde(default)]
+    pub group_synced_put_p99_ms: Option<f64>,
     /// Batches of 1,000 values of 4 KiB, each batch synced: values/s.
     pub batched_values_per_s: f64,
     /// One batched read of 10,000 present digest-shaped keys, median ms.
@@ -237,11 +271,12 @@ pub struct RocksFloors {
 impl RocksFloors {
     /// Measures the floors with a probe database under `dir`, removed afterwards.
     pub fn measure(dir: &Path) -> anyhow::Result<Self> {
-        let (_, group, batched, multi_get) = rocksdb(dir)?;
+        let probe = rocksdb(dir)?;
         Ok(RocksFloors {
-            group_synced_puts_per_s: group,
-            batched_values_per_s: batched,
-            multi_get_10k_ms: multi_get,
+            group_synced_puts_per_s: probe.group,
+            group_synced_put_p99_ms: Some(probe.group_p99_ms),
+            batched_values_per_s: probe.batched,
+            multi_get_10k_ms: probe.multi_get_ms,
         })
     }
 
@@ -252,11 +287,14 @@ impl RocksFloors {
         let after = Self::measure(dir)?;
         eprintln!(
             "floors beside the row, before and after it: RocksDB synced batches {:.0} and {:.0}/s, \
-             64-writer group commit {:.0} and {:.0}/s, multi_get of 10,000 keys {:.2} and {:.2} ms",
+             64-writer group commit {:.0} and {:.0}/s (p99 {:.2} and {:.2} ms), multi_get of \
+             10,000 keys {:.2} and {:.2} ms",
             before.batched_values_per_s,
             after.batched_values_per_s,
             before.group_synced_puts_per_s,
             after.group_synced_puts_per_s,
+            before.group_synced_put_p99_ms.unwrap_or(f64::NAN),
+            after.group_synced_put_p99_ms.unwrap_or(f64::NAN),
             before.multi_get_10k_ms,
             after.multi_get_10k_ms
         );
@@ -270,6 +308,10 @@ impl RocksFloors {
                 self.group_synced_puts_per_s,
                 other.group_synced_puts_per_s,
             ),
+            group_synced_put_p99_ms: self
+                .group_synced_put_p99_ms
+                .zip(other.group_synced_put_p99_ms)
+                .map(|(a, b)| mean(a, b)),
             batched_values_per_s: mean(self.batched_values_per_s, other.batched_values_per_s),
             multi_get_10k_ms: mean(self.multi_get_10k_ms, other.multi_get_10k_ms),
         }
@@ -313,17 +355,18 @@ pub fn measure(dir: &Path) -> anyhow::Result<Limits> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let (sha256, blake3) = hashing();
     let (sequential, fsync_median, fsync_p99) = disk(dir)?;
-    let (single, group, batched, multi_get) = rocksdb(dir)?;
+    let probe = rocksdb(dir)?;
     Ok(Limits {
         sha256_gib_per_s: sha256,
         blake3_gib_per_s: blake3,
         disk_write_fsync_gib_per_s: sequential,
         fsync_median_ms: fsync_median,
         fsync_p99_ms: fsync_p99,
-        rocksdb_synced_puts_per_s: single,
-        rocksdb_group_synced_puts_per_s: group,
-        rocksdb_batched_values_per_s: batched,
-        rocksdb_multi_get_10k_ms: multi_get,
+        rocksdb_synced_puts_per_s: probe.single,
+        rocksdb_group_synced_puts_per_s: probe.group,
+        rocksdb_group_synced_put_p99_ms: Some(probe.group_p99_ms),
+        rocksdb_batched_values_per_s: probe.batched,
+        rocksdb_multi_get_10k_ms: probe.multi_get_ms,
         ed25519_verifies_per_s: ed25519()?,
     })
 }
@@ -347,9 +390,10 @@ pub fn print(l: &Limits) {
         l.fsync_p99_ms
     );
     println!(
-        "        RocksDB 4 KiB synced puts: {:.0}/s one writer, {:.0}/s 64 writers (group commit), {:.0}/s in synced batches of 1,000; multi_get of 10,000 keys {:.2} ms",
+        "        RocksDB 4 KiB synced puts: {:.0}/s one writer, {:.0}/s 64 writers (group commit; p99 {:.2} ms), {:.0}/s in synced batches of 1,000; multi_get of 10,000 keys {:.2} ms",
         l.rocksdb_synced_puts_per_s,
         l.rocksdb_group_synced_puts_per_s,
+        l.rocksdb_group_synced_put_p99_ms.unwrap_or(f64::NAN),
         l.rocksdb_batched_values_per_s,
         l.rocksdb_multi_get_10k_ms
     );
@@ -385,11 +429,13 @@ mod tests {
     fn the_floors_between_two_measurements_are_their_means() {
         let before = RocksFloors {
             group_synced_puts_per_s: 40_000.0,
+            group_synced_put_p99_ms: Some(3.0),
             batched_values_per_s: 70_000.0,
             multi_get_10k_ms: 3.9,
         };
         let after = RocksFloors {
             group_synced_puts_per_s: 36_000.0,
+            group_synced_put_p99_ms: Some(5.0),
             batched_values_per_s: 90_000.0,
             multi_get_10k_ms: 4.5,
         };
@@ -397,6 +443,7 @@ mod tests {
         assert_eq!(between, after.between(before));
         for (got, want) in [
             (between.group_synced_puts_per_s, 38_000.0),
+            (between.group_synced_put_p99_ms.unwrap_or_default(), 4.0),
             (between.batched_values_per_s, 80_000.0),
             (between.multi_get_10k_ms, 4.2),
         ] {
