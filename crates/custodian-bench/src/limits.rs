@@ -170,7 +170,7 @@ fn rocksdb(dir: &Path) -> anyhow::Result<Probe> {
     }
     let group = 64.0 * 200.0 / t.elapsed().as_secs_f64();
     latencies.sort_unstable();
-    let group_p99_ms = latencies[(latencies.len() - 1) * 99 / 100].as_secs_f64() * 1000.0;
+    let group_p99_ms = custodian_testkit::percentile_ms(&latencies, 0.99);
     // Batches of 1,000, each synced.
     let t = Instant::now();
     for b in 0..10u32 {

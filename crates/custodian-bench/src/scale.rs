@@ -64,13 +64,6 @@ struct Report {
 const TOKEN: &str = "bench-append-token";
 const BUCKET: &str = "custodian-bench-scale";
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3
-}
-
 /// PostgreSQL's own synced single-row inserts: `clients` connections, each inserting one row
 /// per transaction (a WAL flush each) for `seconds`.
 fn pg_inserts(url: &str, clients: usize, seconds: u64) -> anyhow::Result<(f64, f64)> {
@@ -114,7 +107,7 @@ fn pg_inserts(url: &str, clients: usize, seconds: u64) -> anyhow::Result<(f64, f
     times.sort();
     Ok((
         times.len() as f64 / elapsed.as_secs_f64(),
-        percentile(&times, 0.5),
+        custodian_testkit::percentile_ms(&times, 0.5),
     ))
 }
 
@@ -162,8 +155,8 @@ async fn appends(
     Ok(Appends {
         setup: setup.into(),
         appends_per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
-        median_ms: percentile(&latencies, 0.5),
-        p99_ms: percentile(&latencies, 0.99),
+        median_ms: custodian_testkit::percentile_ms(&latencies, 0.5),
+        p99_ms: custodian_testkit::percentile_ms(&latencies, 0.99),
     })
 }
 
