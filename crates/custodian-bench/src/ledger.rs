@@ -56,6 +56,11 @@ pub struct AppendResult {
     /// The daemon's CPU time (user + system) per append, µs (gRPC runs only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daemon_cpu_us_per_append: Option<f64>,
+    /// The gRPC writers' own CPU time per append, µs: the bench process's, over the same window
+    /// (gRPC runs only; absent from reports before it was measured). With the daemon's, what
+    /// an append costs the cores both ends share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writers_cpu_us_per_append: Option<f64>,
     /// For the gRPC rows of [`NOOP_WRITERS`] writers, which issue 22 sets a target for:
     /// RocksDB's floors on the daemon's disk, measured just before and just after the row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -343,6 +348,7 @@ fn summarize(
         mean_batch: appends as f64 / checkpoints.max(1) as f64,
         daemon_peak_rss_mib: daemon_peak_rss.map(crate::measure::mib),
         daemon_cpu_us_per_append: None,
+        writers_cpu_us_per_append: None,
         floors: None,
     }
 }
@@ -458,6 +464,7 @@ async fn grpc_append_load(
     };
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let cpu = crate::measure::cpu_seconds(daemon.pid());
+    let own_cpu = crate::measure::own_cpu_seconds();
     let mut tasks = Vec::new();
     for w in 0..writers {
         let mut client = clients[w % connections].clone();
@@ -490,6 +497,7 @@ async fn grpc_append_load(
     }
     let (latencies, elapsed) = collect(tasks).await?;
     let cpu = crate::measure::cpu_seconds(daemon.pid()) - cpu;
+    let own_cpu = crate::measure::own_cpu_seconds() - own_cpu;
     // The batches are the checkpoints signed while the writers appended: on a log that held
     // entries before, those the log had already signed are not counted.
     let mut checkpoints = 0u64;
@@ -513,12 +521,31 @@ async fn grpc_append_load(
         Some(daemon.peak_rss()),
     );
     result.daemon_cpu_us_per_append = Some(cpu * 1e6 / appends);
+    result.writers_cpu_us_per_append = Some(own_cpu * 1e6 / appends);
     if let Some(before) = before {
         let after =
             tokio::task::block_in_place(|| crate::limits::RocksFloors::after(before, &probe))?;
         result.floors = Some(after);
     }
     Ok(result)
+}
+
+/// What an append cost the CPU, for the text output: the daemon's time and, where measured, the
+/// writers' and the rate the machine's cores would reach if both ends kept them all busy at
+/// that cost.
+fn cpu_per_append(result: &AppendResult) -> String {
+    let daemon = result.daemon_cpu_us_per_append.unwrap_or_default();
+    match result.writers_cpu_us_per_append {
+        Some(writers) if daemon + writers > 0.0 => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            format!(
+                "daemon CPU {daemon:.0} µs and the writers' {writers:.0} µs per append (at that \
+                 cost {cores} busy cores reach {:.0}/s)",
+                cores as f64 * 1e6 / (daemon + writers)
+            )
+        }
+        _ => format!("daemon CPU {daemon:.0} µs per append"),
+    }
 }
 
 /// RocksDB's group commit measured beside a row, the row's ratio to it and the group commit's own
@@ -607,14 +634,14 @@ pub fn run(args: LedgerArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(a) = &report.grpc_stream_appends {
         println!(
-            "the {} gRPC writers again, each on an AppendStream of its own (one request at a time): {:.0} appends/s, median {:.2} ms ({:.1}× fsync), p99 {:.2} ms, {:.1} entries per batch, daemon CPU {:.0} µs per append{}",
+            "the {} gRPC writers again, each on an AppendStream of its own (one request at a time): {:.0} appends/s, median {:.2} ms ({:.1}× fsync), p99 {:.2} ms, {:.1} entries per batch, {}{}",
             a.writers,
             a.appends_per_second,
             a.median_ms,
             a.median_ms / report.fsync_median_ms,
             a.p99_ms,
             a.mean_batch,
-            a.daemon_cpu_us_per_append.unwrap_or_default(),
+            cpu_per_append(a),
             floor_beside(a)
         );
     }
@@ -691,13 +718,13 @@ pub fn run(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .find(|a| a.writers == large.writers);
         println!(
-            "{} gRPC writers appending to that daemon on the {}-entry log: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms, daemon CPU {:.0} µs per append{}",
+            "{} gRPC writers appending to that daemon on the {}-entry log: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms, {}{}",
             large.writers,
             report.log_size,
             large.appends_per_second,
             large.median_ms,
             large.p99_ms,
-            large.daemon_cpu_us_per_append.unwrap_or_default(),
+            cpu_per_append(large),
             fresh.map_or(String::new(), |f| format!(
                 " ({:.2}× the rate to a fresh daemon)",
                 large.appends_per_second / f.appends_per_second
@@ -740,11 +767,11 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
     for &writers in &args.writers {
         let result = runtime.block_on(grpc_appends(dir, writers, args.seconds, Calls::Unary))?;
         eprintln!(
-            "  {writers} gRPC writers: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms, daemon CPU {:.0} µs per append{}",
+            "  {writers} gRPC writers: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms, {}{}",
             result.appends_per_second,
             result.median_ms,
             result.p99_ms,
-            result.daemon_cpu_us_per_append.unwrap_or_default(),
+            cpu_per_append(&result),
             floor_beside(&result)
         );
         grpc_results.push(result);
@@ -753,11 +780,11 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
         let result =
             runtime.block_on(grpc_appends(dir, NOOP_WRITERS, args.seconds, Calls::Stream))?;
         eprintln!(
-            "  {NOOP_WRITERS} gRPC writers, each on its own AppendStream: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms, daemon CPU {:.0} µs per append{}",
+            "  {NOOP_WRITERS} gRPC writers, each on its own AppendStream: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms, {}{}",
             result.appends_per_second,
             result.median_ms,
             result.p99_ms,
-            result.daemon_cpu_us_per_append.unwrap_or_default(),
+            cpu_per_append(&result),
             floor_beside(&result)
         );
         Some(result)
@@ -866,12 +893,12 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
         let (first, restart, appends) = daemon_starts(dir, &path, grpc_writers, args.seconds)?;
         if let Some(a) = &appends {
             eprintln!(
-                "  {} gRPC writers into the {size}-entry log: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms, daemon CPU {:.0} µs per append{}",
+                "  {} gRPC writers into the {size}-entry log: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms, {}{}",
                 a.writers,
                 a.appends_per_second,
                 a.median_ms,
                 a.p99_ms,
-                a.daemon_cpu_us_per_append.unwrap_or_default(),
+                cpu_per_append(a),
                 floor_beside(a)
             );
         }

@@ -67,6 +67,12 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     stat_seconds(&format!("/proc/{pid}/stat"), 14)
 }
 
+/// This process's own CPU time so far (user + system, every thread), from /proc: the bench's
+/// gRPC clients' cost over a window when they are all it runs.
+pub fn own_cpu_seconds() -> f64 {
+    stat_seconds("/proc/self/stat", 14)
+}
+
 /// The CPU time (user + system) of this process's children that have exited and been waited
 /// for, from /proc: a CLI's cost is this after it ran minus this before.
 pub fn children_cpu_seconds() -> f64 {
