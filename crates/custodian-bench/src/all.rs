@@ -337,6 +337,18 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
     {
         let to_fresh = grown.put_seconds / first.put_seconds;
         let rss = custody.growth_daemon_peak_rss_mib;
+        // The verdict keeps the raw times, as the target names them; each put against the
+        // SHA-256 timed just before it is shown beside, so that a run whose machine slowed
+        // over its minutes says so in the same row.
+        let beside = crate::custody::growth_summary_beside(&custody.growth).map_or_else(
+            String::new,
+            |(fresh, grown)| {
+                format!(
+                    "; against SHA-256 timed just before each put, {:.2}× the fresh ({grown:.2}× and {fresh:.2}×)",
+                    grown / fresh
+                )
+            },
+        );
         out.push(row(
             format!(
                 "{mib:.0} MiB put, rocksdb, {} GiB stored in {} blobs",
@@ -344,7 +356,7 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
                 thousands(last.stored_blobs)
             ),
             format!(
-                "{:.2} s, the median of the puts from {} GiB stored ({to_fresh:.2}× the put into the empty store); the last {:.2} s",
+                "{:.2} s, the median of the puts from {} GiB stored ({to_fresh:.2}× the put into the empty store); the last {:.2} s{beside}",
                 grown.put_seconds,
                 gib(from),
                 last.put_seconds
@@ -1157,6 +1169,49 @@ mod tests {
             !rows.iter().any(|r| r.scenario.contains(part)),
             "a row names {part}: {rows:?}"
         );
+    }
+
+    /// A growth series that timed SHA-256 just before each put shows each put against it in
+    /// the grown store's row; the verdict keeps the raw times the target names.
+    #[test]
+    fn the_grown_store_row_shows_each_put_against_sha256_beside_it() {
+        let mut json = raw_json();
+        // The first put (1.3 s) beside SHA-256 at 1.3 s, the last quarter's (1.38, 1.4 and
+        // 1.6 s) beside 1.0 s each: 1.0× and a median of 1.4×, so 1.40× the fresh.
+        let beside = [1.3, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+        for (point, sha) in json["custody"]["growth"]
+            .as_array_mut()
+            .expect("the growth series")
+            .iter_mut()
+            .zip(beside)
+        {
+            point["sha256_seconds_beside"] = sha.into();
+        }
+        let scenarios: Scenarios = serde_json::from_value(json).expect("parses");
+        let rows = rows(&limits(), &scenarios);
+        let grown = rows
+            .iter()
+            .find(|r| r.scenario == "1024 MiB put, rocksdb, 2.00 GiB stored in 12,345 blobs")
+            .expect("the grown store's row");
+        assert!(
+            grown.result.ends_with(
+                "the last 1.60 s; against SHA-256 timed just before each put, 1.40× the fresh (1.40× and 1.00×)"
+            ),
+            "{grown:?}"
+        );
+        assert_eq!((grown.ratio.as_str(), grown.met), ("1.40×", Some(true)));
+        // A report from before it says nothing of it.
+        let old = rows_of_old_report_named("1024 MiB put, rocksdb, 2.00 GiB stored");
+        assert!(old.result.ends_with("the last 1.60 s"), "{old:?}");
+    }
+
+    /// The row of the report written before the newer measurements whose name starts with
+    /// `prefix`.
+    fn rows_of_old_report_named(prefix: &str) -> Row {
+        rows(&limits(), &raw())
+            .into_iter()
+            .find(|r| r.scenario.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no row {prefix}"))
     }
 
     /// A run that grew a store draws its growth plot, on the put's floor as the table judges it

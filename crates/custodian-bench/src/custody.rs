@@ -127,6 +127,12 @@ pub struct GrowthPoint {
     /// before this put was timed; absent in reports written before the series waited for it.
     #[serde(default)]
     pub settled_after_s: Option<f64>,
+    /// `openssl dgst -sha256` of the same file, timed right before this put: the machine as
+    /// this put found it. The put hashes every byte on one core, so a put that slows with the
+    /// minutes of a long run, not with the store, slows with this too. Absent from reports
+    /// before the thirty-seventh session.
+    #[serde(default)]
+    pub sha256_seconds_beside: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -200,14 +206,7 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
         measure_disk(&work.join("disk-probe.bin"), size)
     })?;
 
-    let openssl = best_of(args.runs, || {
-        run_timed(
-            Command::new("openssl")
-                .args(["dgst", "-sha256"])
-                .arg(&input),
-        )
-    })
-    .context("running `openssl dgst -sha256` (is openssl installed?)")?;
+    let openssl = best_of(args.runs, || time_openssl(&input))?;
     let mut report = Report {
         size_bytes: size,
         openssl_sha256_seconds: openssl.as_secs_f64(),
@@ -380,6 +379,13 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
         print_growth(&report, floor);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `openssl dgst -sha256` of `input`: SHA-256 on one core at the machine's best (SHA-NI), the
+/// put's floor when the disk writes faster.
+fn time_openssl(input: &Path) -> anyhow::Result<Duration> {
+    run_timed(Command::new("openssl").args(["dgst", "-sha256"]).arg(input))
+        .context("running `openssl dgst -sha256` (is openssl installed?)")
 }
 
 fn which(program: &str) -> bool {
@@ -629,6 +635,7 @@ fn grow(
         // once the daemon has finished with the mixed blobs put before it, so that their
         // flushes and compactions count as the time it took to settle, not as this put's.
         let settled = crate::measure::settle_daemon(daemon.pid(), Duration::from_secs(60));
+        let sha256_beside = time_openssl(input)?;
         settle_disk();
         let cpu = crate::measure::cpu_seconds(daemon.pid());
         let start = Instant::now();
@@ -647,13 +654,16 @@ fn grow(
             put_ratio_to_floor: put / floor,
             daemon_cpu_seconds: crate::measure::cpu_seconds(daemon.pid()) - cpu,
             settled_after_s: Some(settled.as_secs_f64()),
+            sha256_seconds_beside: Some(sha256_beside.as_secs_f64()),
         };
         eprintln!(
-            "growth: {:.1} GiB in {} blobs stored, put {:.2} s ({:.2}× floor), daemon CPU {:.2} s, after the daemon settled in {:.0} s",
+            "growth: {:.1} GiB in {} blobs stored, put {:.2} s ({:.2}× floor, {:.2}× SHA-256 timed just before it, {:.2} s), daemon CPU {:.2} s, after the daemon settled in {:.0} s",
             point.stored_gib,
             point.stored_blobs,
             point.put_seconds,
             point.put_ratio_to_floor,
+            point.put_seconds / sha256_beside.as_secs_f64(),
+            sha256_beside.as_secs_f64(),
             point.daemon_cpu_seconds,
             settled.as_secs_f64()
         );
@@ -777,24 +787,46 @@ pub(crate) fn growth_summary(points: &[GrowthPoint]) -> Option<(&GrowthPoint, &G
     Some((first, median, tail[0].stored_gib))
 }
 
+/// The same comparison with each put against the SHA-256 time measured just before it: the
+/// first put's ratio and the median ratio of the last quarter (the quarter
+/// [`growth_summary`] takes). Where the machine slowed or sped up over the series, this is
+/// what the store's size did to the put; `None` when a put of either has no such measurement
+/// (reports before the thirty-seventh session).
+pub(crate) fn growth_summary_beside(points: &[GrowthPoint]) -> Option<(f64, f64)> {
+    let ratio = |p: &GrowthPoint| {
+        p.sha256_seconds_beside
+            .filter(|s| *s > 0.0)
+            .map(|s| p.put_seconds / s)
+    };
+    let first = ratio(points.first()?)?;
+    let tail = &points[points.len() - points.len().div_ceil(4)..];
+    let mut last = tail.iter().map(ratio).collect::<Option<Vec<f64>>>()?;
+    last.sort_by(f64::total_cmp);
+    Some((first, last[last.len() / 2]))
+}
+
 fn print_growth(report: &Report, floor: f64) {
     if report.growth.is_empty() {
         return;
     }
     println!(
-        "{:>10} {:>12} {:>7} {:>7} {:>10} {:>8}",
-        "stored GiB", "stored blobs", "put s", "×floor", "daemon CPU", "settled"
+        "{:>10} {:>12} {:>7} {:>7} {:>14} {:>10} {:>8}",
+        "stored GiB", "stored blobs", "put s", "×floor", "×SHA-256 then", "daemon CPU", "settled"
     );
     for p in &report.growth {
         let settled = p
             .settled_after_s
             .map_or_else(|| "—".to_string(), |s| format!("{s:.0} s"));
+        let beside = p
+            .sha256_seconds_beside
+            .map_or_else(|| "—".to_string(), |s| format!("{:.2}", p.put_seconds / s));
         println!(
-            "{:>10.1} {:>12} {:>7.2} {:>7.2} {:>8.2} s {:>8}",
+            "{:>10.1} {:>12} {:>7.2} {:>7.2} {:>14} {:>8.2} s {:>8}",
             p.stored_gib,
             p.stored_blobs,
             p.put_seconds,
             p.put_ratio_to_floor,
+            beside,
             p.daemon_cpu_seconds,
             settled
         );
@@ -808,6 +840,12 @@ fn print_growth(report: &Report, floor: f64) {
             grown / floor,
             grown / fresh,
             report.growth_daemon_peak_rss_mib.unwrap_or(0.0)
+        );
+    }
+    if let Some((fresh, grown)) = growth_summary_beside(&report.growth) {
+        println!(
+            "each put against SHA-256 timed just before it: fresh store {fresh:.2}×, the last quarter's median {grown:.2}×: {:.2} (the store's size with the machine's pace taken out)",
+            grown / fresh
         );
     }
     if let Some(gets) = &report.growth_gets {
@@ -841,7 +879,9 @@ fn print_growth(report: &Report, floor: f64) {
 }
 
 /// The growth series as an SVG line plot: put time against what the store held, with the
-/// machine's floor for scale; `backend` (rocksdb or file) names the store in the title.
+/// machine's floor for scale and, where the series measured it, SHA-256 of the same bytes timed
+/// just before each put (the machine's pace at that minute); `backend` (rocksdb or file) names
+/// the store in the title.
 pub fn growth_svg(points: &[GrowthPoint], floor: f64, backend: &str) -> String {
     let store = match backend {
         "file" => "file://",
@@ -849,7 +889,16 @@ pub fn growth_svg(points: &[GrowthPoint], floor: f64, backend: &str) -> String {
     };
     let (w, h, left, right, top, bottom) = (640.0, 360.0, 60.0, 20.0, 40.0, 50.0);
     let max_x = points.iter().map(|p| p.stored_gib).fold(1.0, f64::max);
-    let max_y = points.iter().map(|p| p.put_seconds).fold(floor, f64::max) * 1.15;
+    let beside: Vec<(f64, f64)> = points
+        .iter()
+        .filter_map(|p| p.sha256_seconds_beside.map(|s| (p.stored_gib, s)))
+        .collect();
+    let max_y = points
+        .iter()
+        .map(|p| p.put_seconds)
+        .chain(beside.iter().map(|(_, s)| *s))
+        .fold(floor, f64::max)
+        * 1.15;
     let x = |v: f64| left + v / max_x * (w - left - right);
     let y = |v: f64| h - bottom - v / max_y * (h - top - bottom);
     let mut svg = format!(
@@ -901,6 +950,40 @@ pub fn growth_svg(points: &[GrowthPoint], floor: f64, backend: &str) -> String {
             "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#1f77b4\"/>\n",
             x(p.stored_gib),
             y(p.put_seconds)
+        );
+    }
+    if !beside.is_empty() {
+        let path: Vec<String> = beside
+            .iter()
+            .map(|(g, s)| format!("{:.1},{:.1}", x(*g), y(*s)))
+            .collect();
+        svg += &format!(
+            "<polyline fill=\"none\" stroke=\"#ff7f0e\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+            path.join(" ")
+        );
+        for (g, s) in &beside {
+            svg += &format!(
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"5\" height=\"5\" fill=\"#ff7f0e\"/>\n",
+                x(*g) - 2.5,
+                y(*s) - 2.5
+            );
+        }
+    }
+    // A legend under the title: what each line is.
+    svg += &format!(
+        "<circle cx=\"{}\" cy=\"{}\" r=\"3\" fill=\"#1f77b4\"/><text x=\"{}\" y=\"{}\">the put</text>\n",
+        left + 10.0,
+        top - 8.0,
+        left + 18.0,
+        top - 4.0
+    );
+    if !beside.is_empty() {
+        svg += &format!(
+            "<rect x=\"{}\" y=\"{}\" width=\"5\" height=\"5\" fill=\"#ff7f0e\"/><text x=\"{}\" y=\"{}\">openssl SHA-256 of the same bytes, timed just before it</text>\n",
+            left + 87.5,
+            top - 10.5,
+            left + 96.0,
+            top - 4.0
         );
     }
     svg + "</svg>\n"
@@ -957,6 +1040,7 @@ mod tests {
             put_ratio_to_floor: put_seconds,
             daemon_cpu_seconds: 0.0,
             settled_after_s: None,
+            sha256_seconds_beside: None,
         }
     }
 
@@ -968,9 +1052,68 @@ mod tests {
         let svg = growth_svg(&points, 1.0, "file");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("already holds (file://)"));
-        assert_eq!(svg.matches("<circle").count(), 8);
+        // One per put and one in the legend.
+        assert_eq!(svg.matches("<circle").count(), 9);
+        assert!(svg.contains(">the put</text>"));
         assert_eq!(svg.matches("<polyline").count(), 1);
         assert!(svg.contains("floor: max(SHA-256, write+fsync) 1.00 s"));
+        // A series from before SHA-256 was timed beside each put has no line for it.
+        assert!(!svg.contains("timed just before it"));
+    }
+
+    /// A series that measured the machine beside each put draws it as a second line, named in
+    /// the legend; one that did not draws the put alone (the test above).
+    #[test]
+    fn the_growth_plot_draws_sha256_beside_each_put_where_it_was_measured() {
+        let points: Vec<GrowthPoint> = (0..4)
+            .map(|i| GrowthPoint {
+                sha256_seconds_beside: Some(0.9 + 0.5 * f64::from(i)),
+                ..point(f64::from(i), 1.0)
+            })
+            .collect();
+        let svg = growth_svg(&points, 1.0, "rocksdb");
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        // Four squares on the line and one in the legend.
+        assert_eq!(svg.matches("<rect x=").count(), 5);
+        assert!(svg.contains("openssl SHA-256 of the same bytes, timed just before it"));
+        // The scale reaches the slowest SHA-256 (2.4 s), not only the puts (1.0 s): the top
+        // label is 2.4 × 1.15.
+        assert!(svg.contains(">2.8 s</text>"), "{svg}");
+    }
+
+    #[test]
+    fn the_summary_beside_takes_the_machine_out_of_each_put() {
+        // The puts slow from 1.0 s to 1.5 s while SHA-256 beside them slows from 0.8 s to
+        // 1.25 s: per put against its SHA-256, 1.25× fresh and 1.2–1.27× in the last quarter.
+        let timed = [
+            (1.0, 0.8),
+            (1.1, 0.9),
+            (1.2, 1.0),
+            (1.3, 1.0),
+            (1.5, 1.25),
+            (1.4, 1.1),
+        ];
+        let points: Vec<GrowthPoint> = timed
+            .iter()
+            .enumerate()
+            .map(|(i, (put, sha))| GrowthPoint {
+                sha256_seconds_beside: Some(*sha),
+                ..point(i as f64, *put)
+            })
+            .collect();
+        let (fresh, grown) = growth_summary_beside(&points).expect("a summary");
+        assert!((fresh - 1.25).abs() < 1e-9, "{fresh}");
+        // The last quarter of six puts is the last two: 1.2× and 1.27×; the median of two is
+        // the larger, as the raw summary takes it.
+        assert!((grown - 1.4 / 1.1).abs() < 1e-9, "{grown}");
+        // A report from before the measurement has none, and neither has a series with one
+        // put in its last quarter unmeasured.
+        let older: Vec<GrowthPoint> = (0..6).map(|i| point(f64::from(i), 1.0)).collect();
+        assert!(growth_summary_beside(&older).is_none());
+        let mut gap = points;
+        gap.last_mut().unwrap().sha256_seconds_beside = None;
+        assert!(growth_summary_beside(&gap).is_none());
+        assert!(growth_summary_beside(&[]).is_none());
     }
 
     #[test]
