@@ -338,13 +338,13 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
         let to_fresh = grown.put_seconds / first.put_seconds;
         let rss = custody.growth_daemon_peak_rss_mib;
         // The verdict keeps the raw times, as the target names them; each put against the
-        // SHA-256 timed just before it is shown beside, so that a run whose machine slowed
-        // over its minutes says so in the same row.
+        // SHA-256 timed just before and just after it is shown beside, so that a run whose
+        // machine slowed over its minutes says so in the same row.
         let beside = crate::custody::growth_summary_beside(&custody.growth).map_or_else(
             String::new,
             |(fresh, grown)| {
                 format!(
-                    "; against SHA-256 timed just before each put, {:.2}× the fresh ({grown:.2}× and {fresh:.2}×)",
+                    "; against SHA-256 timed beside each put, {:.2}× the fresh ({grown:.2}× and {fresh:.2}×)",
                     grown / fresh
                 )
             },
@@ -1171,7 +1171,7 @@ mod tests {
         );
     }
 
-    /// A growth series that timed SHA-256 just before each put shows each put against it in
+    /// A growth series that timed SHA-256 beside each put shows each put against it in
     /// the grown store's row; the verdict keeps the raw times the target names.
     #[test]
     fn the_grown_store_row_shows_each_put_against_sha256_beside_it() {
@@ -1195,7 +1195,7 @@ mod tests {
             .expect("the grown store's row");
         assert!(
             grown.result.ends_with(
-                "the last 1.60 s; against SHA-256 timed just before each put, 1.40× the fresh (1.40× and 1.00×)"
+                "the last 1.60 s; against SHA-256 timed beside each put, 1.40× the fresh (1.40× and 1.00×)"
             ),
             "{grown:?}"
         );

@@ -127,7 +127,8 @@ pub struct GrowthPoint {
     /// before this put was timed; absent in reports written before the series waited for it.
     #[serde(default)]
     pub settled_after_s: Option<f64>,
-    /// `openssl dgst -sha256` of the same file, timed right before this put: the machine as
+    /// `openssl dgst -sha256` of the same file, timed just before and just after this put, the
+    /// mean of the two (as the floors beside the small-blob and ledger rows are): the machine as
     /// this put found it. The put hashes every byte on one core, so a put that slows with the
     /// minutes of a long run, not with the store, slows with this too. Absent from reports
     /// before the thirty-seventh session.
@@ -635,7 +636,7 @@ fn grow(
         // once the daemon has finished with the mixed blobs put before it, so that their
         // flushes and compactions count as the time it took to settle, not as this put's.
         let settled = crate::measure::settle_daemon(daemon.pid(), Duration::from_secs(60));
-        let sha256_beside = time_openssl(input)?;
+        let sha256_before = time_openssl(input)?;
         settle_disk();
         let cpu = crate::measure::cpu_seconds(daemon.pid());
         let start = Instant::now();
@@ -646,18 +647,20 @@ fn grow(
                 .arg(input),
         )?;
         let put = start.elapsed().as_secs_f64();
+        let cpu = crate::measure::cpu_seconds(daemon.pid()) - cpu;
+        let sha256_beside = (sha256_before + time_openssl(input)?) / 2;
         digests.push(put_digests(&output)?);
         let point = GrowthPoint {
             stored_gib: stored as f64 / (1u64 << 30) as f64,
             stored_blobs: blobs,
             put_seconds: put,
             put_ratio_to_floor: put / floor,
-            daemon_cpu_seconds: crate::measure::cpu_seconds(daemon.pid()) - cpu,
+            daemon_cpu_seconds: cpu,
             settled_after_s: Some(settled.as_secs_f64()),
             sha256_seconds_beside: Some(sha256_beside.as_secs_f64()),
         };
         eprintln!(
-            "growth: {:.1} GiB in {} blobs stored, put {:.2} s ({:.2}× floor, {:.2}× SHA-256 timed just before it, {:.2} s), daemon CPU {:.2} s, after the daemon settled in {:.0} s",
+            "growth: {:.1} GiB in {} blobs stored, put {:.2} s ({:.2}× floor, {:.2}× SHA-256 timed beside it, {:.2} s), daemon CPU {:.2} s, after the daemon settled in {:.0} s",
             point.stored_gib,
             point.stored_blobs,
             point.put_seconds,
@@ -787,7 +790,7 @@ pub(crate) fn growth_summary(points: &[GrowthPoint]) -> Option<(&GrowthPoint, &G
     Some((first, median, tail[0].stored_gib))
 }
 
-/// The same comparison with each put against the SHA-256 time measured just before it: the
+/// The same comparison with each put against the SHA-256 time measured beside it: the
 /// first put's ratio and the median ratio of the last quarter (the quarter
 /// [`growth_summary`] takes). Where the machine slowed or sped up over the series, this is
 /// what the store's size did to the put; `None` when a put of either has no such measurement
@@ -844,7 +847,7 @@ fn print_growth(report: &Report, floor: f64) {
     }
     if let Some((fresh, grown)) = growth_summary_beside(&report.growth) {
         println!(
-            "each put against SHA-256 timed just before it: fresh store {fresh:.2}×, the last quarter's median {grown:.2}×: {:.2} (the store's size with the machine's pace taken out)",
+            "each put against SHA-256 timed beside it: fresh store {fresh:.2}×, the last quarter's median {grown:.2}×: {:.2} (the store's size with the machine's pace taken out)",
             grown / fresh
         );
     }
@@ -880,7 +883,7 @@ fn print_growth(report: &Report, floor: f64) {
 
 /// The growth series as an SVG line plot: put time against what the store held, with the
 /// machine's floor for scale and, where the series measured it, SHA-256 of the same bytes timed
-/// just before each put (the machine's pace at that minute); `backend` (rocksdb or file) names
+/// beside each put (the machine's pace at that minute); `backend` (rocksdb or file) names
 /// the store in the title.
 pub fn growth_svg(points: &[GrowthPoint], floor: f64, backend: &str) -> String {
     let store = match backend {
@@ -979,7 +982,7 @@ pub fn growth_svg(points: &[GrowthPoint], floor: f64, backend: &str) -> String {
     );
     if !beside.is_empty() {
         svg += &format!(
-            "<rect x=\"{}\" y=\"{}\" width=\"5\" height=\"5\" fill=\"#ff7f0e\"/><text x=\"{}\" y=\"{}\">openssl SHA-256 of the same bytes, timed just before it</text>\n",
+            "<rect x=\"{}\" y=\"{}\" width=\"5\" height=\"5\" fill=\"#ff7f0e\"/><text x=\"{}\" y=\"{}\">openssl SHA-256 of the same bytes, timed beside it</text>\n",
             left + 87.5,
             top - 10.5,
             left + 96.0,
@@ -1058,7 +1061,7 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 1);
         assert!(svg.contains("floor: max(SHA-256, write+fsync) 1.00 s"));
         // A series from before SHA-256 was timed beside each put has no line for it.
-        assert!(!svg.contains("timed just before it"));
+        assert!(!svg.contains("timed beside it"));
     }
 
     /// A series that measured the machine beside each put draws it as a second line, named in
@@ -1075,7 +1078,7 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 2);
         // Four squares on the line and one in the legend.
         assert_eq!(svg.matches("<rect x=").count(), 5);
-        assert!(svg.contains("openssl SHA-256 of the same bytes, timed just before it"));
+        assert!(svg.contains("openssl SHA-256 of the same bytes, timed beside it"));
         // The scale reaches the slowest SHA-256 (2.4 s), not only the puts (1.0 s): the top
         // label is 2.4 × 1.15.
         assert!(svg.contains(">2.8 s</text>"), "{svg}");
