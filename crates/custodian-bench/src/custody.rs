@@ -783,11 +783,17 @@ fn put_digests(output: &[u8]) -> anyhow::Result<(String, String)> {
 /// noisy sample), and what the store held where that quarter begins, in GiB.
 pub(crate) fn growth_summary(points: &[GrowthPoint]) -> Option<(&GrowthPoint, &GrowthPoint, f64)> {
     let first = points.first()?;
-    let tail = &points[points.len() - points.len().div_ceil(4)..];
+    let tail = last_quarter(points);
     let mut last: Vec<&GrowthPoint> = tail.iter().collect();
     last.sort_by(|a, b| a.put_seconds.total_cmp(&b.put_seconds));
     let median = last[last.len() / 2];
     Some((first, median, tail[0].stored_gib))
+}
+
+/// The last quarter of the series' puts (rounded up, so at least one): the puts a grown store is
+/// judged by.
+fn last_quarter(points: &[GrowthPoint]) -> &[GrowthPoint] {
+    &points[points.len() - points.len().div_ceil(4)..]
 }
 
 /// The same comparison with each put against the SHA-256 time measured beside it: the
@@ -802,8 +808,10 @@ pub(crate) fn growth_summary_beside(points: &[GrowthPoint]) -> Option<(f64, f64)
             .map(|s| p.put_seconds / s)
     };
     let first = ratio(points.first()?)?;
-    let tail = &points[points.len() - points.len().div_ceil(4)..];
-    let mut last = tail.iter().map(ratio).collect::<Option<Vec<f64>>>()?;
+    let mut last = last_quarter(points)
+        .iter()
+        .map(ratio)
+        .collect::<Option<Vec<f64>>>()?;
     last.sort_by(f64::total_cmp);
     Some((first, last[last.len() / 2]))
 }
