@@ -1189,10 +1189,8 @@ mod tests {
         }
         let scenarios: Scenarios = serde_json::from_value(json).expect("parses");
         let rows = rows(&limits(), &scenarios);
-        let grown = rows
-            .iter()
-            .find(|r| r.scenario == "1024 MiB put, rocksdb, 2.00 GiB stored in 12,345 blobs")
-            .expect("the grown store's row");
+        let name = "1024 MiB put, rocksdb, 2.00 GiB stored in 12,345 blobs";
+        let grown = &rows[position(&rows, name)];
         assert!(
             grown.result.ends_with(
                 "the last 1.60 s; against SHA-256 timed beside each put, 1.40× the fresh (1.40× and 1.00×)"
@@ -1201,17 +1199,9 @@ mod tests {
         );
         assert_eq!((grown.ratio.as_str(), grown.met), ("1.40×", Some(true)));
         // A report from before it says nothing of it.
-        let old = rows_of_old_report_named("1024 MiB put, rocksdb, 2.00 GiB stored");
+        let old_rows = super::rows(&limits(), &raw());
+        let old = &old_rows[position(&old_rows, name)];
         assert!(old.result.ends_with("the last 1.60 s"), "{old:?}");
-    }
-
-    /// The row of the report written before the newer measurements whose name starts with
-    /// `prefix`.
-    fn rows_of_old_report_named(prefix: &str) -> Row {
-        rows(&limits(), &raw())
-            .into_iter()
-            .find(|r| r.scenario.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no row {prefix}"))
     }
 
     /// A run that grew a store draws its growth plot, on the put's floor as the table judges it
