@@ -32,6 +32,7 @@ pub(crate) async fn go_verifies_the_log(daemon: &Daemon, out: &std::path::Path) 
                 &custodian_core::entry::Value::Integer(i.into()),
             )
             .into(),
+            ..Default::default()
         });
         request.metadata_mut().insert(
             "authorization",

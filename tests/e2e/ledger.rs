@@ -82,6 +82,7 @@ pub async fn append(client: &mut LedgerClient<Conn>, i: u64) -> Result<pb::Recei
     let mut request = tonic::Request::new(pb::AppendRequest {
         kind: "LedgerProbe".into(),
         payload_cbor: payload(i).into(),
+        ..Default::default()
     });
     request.metadata_mut().insert(
         "authorization",
@@ -127,6 +128,7 @@ async fn appends_return_receipts_that_verify_offline_and_tampering_fails_with_th
     let mut request = tonic::Request::new(pb::AppendRequest {
         kind: "LedgerProbe".into(),
         payload_cbor: payload(99).into(),
+        ..Default::default()
     });
     request
         .metadata_mut()
@@ -137,6 +139,7 @@ async fn appends_return_receipts_that_verify_offline_and_tampering_fails_with_th
         .append(pb::AppendRequest {
             kind: "LedgerProbe".into(),
             payload_cbor: payload(99).into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -144,6 +147,7 @@ async fn appends_return_receipts_that_verify_offline_and_tampering_fails_with_th
     let mut request = tonic::Request::new(pb::AppendRequest {
         kind: "LedgerProbe".into(),
         payload_cbor: vec![0xff, 0x00].into(),
+        ..Default::default()
     });
     request
         .metadata_mut()
@@ -720,6 +724,7 @@ fn stream_request(kind: &str, payload_cbor: Vec<u8>) -> pb::AppendRequest {
     pb::AppendRequest {
         kind: kind.into(),
         payload_cbor: payload_cbor.into(),
+        ..Default::default()
     }
 }
 
@@ -902,10 +907,107 @@ async fn append_stream_answers_in_order_and_a_refusal_ends_nothing() {
     );
 }
 
+/// A compact append, unary or on a stream, is answered with where the entry is and no receipt:
+/// its index, the leaf hash of the bytes the log holds there, and the size of a signed
+/// checkpoint that exists and covers it; the receipt fetched afterwards verifies offline and
+/// is for that leaf. An answer with a receipt carries the same three fields, and they agree
+/// with its receipt.
+#[tokio::test]
+async fn compact_appends_answer_where_the_entry_is_and_its_receipt_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(&dir.path().join("data"));
+    let mut client = client(&daemon).await;
+    let verifier = verifier(&mut client).await;
+    // The places answered, each with the receipt sent beside it (if any) and the payload sent.
+    let mut places = Vec::new();
+    for (i, compact) in [(0, true), (1, false)] {
+        let mut request = tonic::Request::new(pb::AppendRequest {
+            kind: "LedgerProbe".into(),
+            payload_cbor: payload(i).into(),
+            compact,
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {TOKEN}").parse().expect("metadata"),
+        );
+        let answer = client.append(request).await.unwrap().into_inner();
+        places.push((
+            answer.log_index,
+            answer.leaf_hash.to_vec(),
+            answer.checkpoint_size,
+            answer.receipt,
+            i,
+        ));
+    }
+    // On a stream, compact and full requests alternate, all sent before any answer is read.
+    let (requests, mut answers) = open_append_stream(&mut client, TOKEN).await.unwrap();
+    for i in 2..22u64 {
+        let mut request = stream_request("LedgerProbe", payload(i));
+        request.compact = i % 2 == 0;
+        requests.send(request).await.expect("the stream is open");
+    }
+    drop(requests);
+    for i in 2..22u64 {
+        let answer = answers.message().await.unwrap().expect("an answer");
+        assert_eq!(answer.error_code, 0, "answer {i}: {answer:?}");
+        places.push((
+            answer.log_index,
+            answer.leaf_hash.to_vec(),
+            answer.checkpoint_size,
+            answer.receipt,
+            i,
+        ));
+    }
+    for (index, leaf_hash, checkpoint_size, sent, i) in places {
+        // Even payloads were sent compact: their answers carry no receipt; the others, one.
+        assert_eq!(sent.is_none(), i % 2 == 0, "answer {i}");
+        assert_eq!(index, i, "answer {i}: the entries are in the order sent");
+        assert!(
+            checkpoint_size > index,
+            "answer {i}: checkpoint size {checkpoint_size} does not cover index {index}"
+        );
+        let checkpoint = client
+            .get_checkpoint(pb::GetCheckpointRequest {
+                tree_size: Some(checkpoint_size),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("answer {i}: no checkpoint at {checkpoint_size}: {s:?}"))
+            .into_inner();
+        Checkpoint::open(checkpoint.note.as_bytes(), &verifier).unwrap();
+        let receipt = client
+            .get_receipt(pb::GetReceiptRequest {
+                leaf: Some(pb::get_receipt_request::Leaf::Index(index)),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let verified = Receipt::from_json(&receipt.json)
+            .unwrap()
+            .verify(&verifier)
+            .unwrap_or_else(|e| panic!("answer {i}'s receipt: {e}"));
+        assert_eq!(verified.leaf_hash.0.as_slice(), leaf_hash, "answer {i}");
+        assert_eq!(
+            encode_value(&verified.entry.payload),
+            payload(i),
+            "answer {i}"
+        );
+        if let Some(sent) = sent {
+            // The receipt sent with the answer is for the same leaf, at the checkpoint named.
+            let sent = Receipt::from_json(&sent.json)
+                .unwrap()
+                .verify(&verifier)
+                .unwrap();
+            assert_eq!((sent.index, sent.leaf_hash), (index, verified.leaf_hash));
+            assert_eq!(sent.checkpoint.size, checkpoint_size, "answer {i}");
+        }
+    }
+}
+
 /// grpcio (PyPI), a gRPC stack nobody here wrote, appends 50 entries on one `AppendStream`
 /// (tests/interop/grpc_append_stream.py): every answer comes back in the order sent, the one
 /// request that is not CBOR refused by name, each receipt verifies offline and holds the entry
-/// sent; a stream opened with a false token is refused `UNAUTHENTICATED`, and one whose second
+/// sent, each answer's place (index, leaf hash, checkpoint size) is the log's, and the requests
+/// that ask for compact answers get their place and no receipt; a stream opened with a false token is refused `UNAUTHENTICATED`, and one whose second
 /// message does not decode ends `INTERNAL` after the first's answer.
 #[tokio::test]
 async fn grpcio_appends_on_one_stream() {
@@ -939,14 +1041,41 @@ async fn grpcio_appends_on_one_stream() {
             continue;
         }
         assert_eq!(answer["error_code"], 0, "{answer}");
-        let receipt = &answer["receipt"];
-        // The first entry is index 0, which protobuf leaves off the wire.
-        assert_eq!(
-            receipt["index"].as_u64().unwrap_or(0),
-            next_index,
+        // Every appended entry's answer names its place; the first is index 0, which protobuf
+        // leaves off the wire.
+        let index = answer["log_index"].as_u64().unwrap_or(0);
+        assert_eq!(index, next_index, "{answer}");
+        next_index += 1;
+        assert!(
+            answer["checkpoint_size"].as_u64().unwrap() > index,
             "{answer}"
         );
-        next_index += 1;
+        let logged = client
+            .get_receipt(pb::GetReceiptRequest {
+                leaf: Some(pb::get_receipt_request::Leaf::Index(index)),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            answer["leaf_hash"],
+            hex::encode(custodian_core::merkle::leaf_hash(&logged.entry).0),
+            "{answer}"
+        );
+        // Requests from 40 on asked for compact answers: no receipt, and the log's entry is
+        // the one sent.
+        if i >= 40 {
+            assert!(answer.get("receipt").is_none(), "{answer}");
+            let entry = custodian_core::entry::Entry::decode(&logged.entry).unwrap();
+            assert_eq!(
+                entry.payload,
+                Value::Map(vec![(Value::Text("n".into()), Value::Integer(i.into()))]),
+                "answer {i}"
+            );
+            continue;
+        }
+        let receipt = &answer["receipt"];
+        assert_eq!(receipt["index"].as_u64().unwrap_or(0), index, "{answer}");
         let verified = Receipt::from_json(receipt["json"].as_str().unwrap())
             .unwrap()
             .verify(&verifier)
@@ -984,8 +1113,9 @@ async fn grpcio_appends_on_one_stream() {
 /// lines, each receipt printed as one line of JSON that verifies offline; a line that is not
 /// JSON and one with a fraction are named and not sent, a line the daemon refuses (an entry over
 /// 1 MiB) is named with the daemon's reason, the lines after each are still appended, and the
-/// command exits 1. Then every line of standard input, appended with exit 0; `--lines` and
-/// `--payload` are not given together.
+/// command exits 1. Then every line of standard input, appended with exit 0; with `--compact`,
+/// lines and one entry alike print each entry's place, naming the leaf the log holds; `--lines`
+/// and `--payload` are not given together.
 #[tokio::test]
 async fn log_append_lines_appends_each_line_in_order_and_names_the_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -1059,6 +1189,41 @@ async fn log_append_lines_appends_each_line_in_order_and_names_the_refused() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).lines().count(), 2);
     assert_eq!(log_size(&mut client).await, 5);
+
+    // --compact prints each entry's place, one line of JSON each, for the lines and for one
+    // entry alike; each names the leaf whose receipt the log then gives.
+    let lines = run(
+        &["--lines", "-", "--compact"],
+        Some("{\"n\": 6}\n{\"n\": 7}\n"),
+    );
+    assert!(lines.status.success(), "{}", stderr(&lines));
+    let one = run(&["--payload", "{\"n\": 8}", "--compact"], None);
+    assert!(one.status.success(), "{}", stderr(&one));
+    let printed = stdout(&lines) + &stdout(&one);
+    let places: Vec<serde_json::Value> = printed
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}")))
+        .collect();
+    assert_eq!(places.len(), 3, "{printed}");
+    for (place, index) in places.iter().zip(5u64..) {
+        assert_eq!(place["log_index"], index, "{place}");
+        assert!(
+            place["checkpoint_size"].as_u64().unwrap() > index,
+            "{place}"
+        );
+        let receipt = client
+            .get_receipt(pb::GetReceiptRequest {
+                leaf: Some(pb::get_receipt_request::Leaf::Index(index)),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            place["leaf_hash"],
+            hex::encode(custodian_core::merkle::leaf_hash(&receipt.entry).0),
+            "{place}"
+        );
+    }
 
     let out = run(&["--lines", "-", "--payload", "{}"], None);
     assert!(!out.status.success());

@@ -108,6 +108,7 @@ async fn two_daemons_append_to_one_postgresql_log() {
                 &custodian_core::entry::Value::Integer(i.into()),
             )
             .into(),
+            ..Default::default()
         });
         request
             .metadata_mut()

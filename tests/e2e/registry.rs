@@ -867,6 +867,7 @@ async fn every_rejection_is_clear_and_records_nothing() {
         .append(lpb::AppendRequest {
             kind: "PackagePublished".into(),
             payload_cbor: vec![0xa0].into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -213,6 +213,7 @@ fn append_request(n: u64) -> tonic::Request<pb::AppendRequest> {
     let mut request = tonic::Request::new(pb::AppendRequest {
         kind: "ScaleProbe".into(),
         payload_cbor: encode_value(&Value::Integer(n.into())).into(),
+        ..Default::default()
     });
     request
         .metadata_mut()

@@ -224,6 +224,7 @@ async fn go_reads_the_ledger_through_its_tiles_and_tiles_never_change() {
             vec![7; 70_000],
         ))
         .into(),
+        ..Default::default()
     });
     request.metadata_mut().insert(
         "authorization",

@@ -5,14 +5,15 @@ implementation sends and reads them.
 Usage: grpc_append_stream.py HOST:PORT TOKEN
 
 Sends 50 requests on one stream before reading any answer, each an entry of kind GrpcioProbe
-whose payload is the CBOR map {"n": i}; request 20 carries bytes that are not CBOR. Then opens
+whose payload is the CBOR map {"n": i}; request 20 carries bytes that are not CBOR, and requests
+from 40 on ask for compact answers (where the entry is, no receipt). Then opens
 a stream with a token that is not one, and one whose second message is not an AppendRequest.
 
 The messages are built and read here in the protobuf wire format (no generated code, so nothing
 of Custodian's build is trusted).
 
-Prints a JSON report: each answer's log index, entry bytes (hex) and receipt JSON, or its error
-code and message; then the code and details of the refused stream, and of the stream ended by the
+Prints a JSON report: each answer's receipt (log index, entry bytes in hex, receipt JSON) and
+place (log index, leaf hash in hex, checkpoint size), or its error code and message; then the code and details of the refused stream, and of the stream ended by the
 malformed message with how many answers came before its end.
 """
 
@@ -24,6 +25,7 @@ import grpc
 from protowire import fields, varint
 
 REFUSED_AT = 20
+COMPACT_FROM = 40
 
 
 def field(number, payload):
@@ -41,13 +43,15 @@ def cbor_uint(n):
 
 
 def request(i):
-    """AppendRequest: kind = 1, payload_cbor = 2."""
+    """AppendRequest: kind = 1, payload_cbor = 2, compact = 3 (a varint; left off when false)."""
     payload = b"\xff\xff" if i == REFUSED_AT else b"\xa1\x61n" + cbor_uint(i)
-    return field(1, b"GrpcioProbe") + field(2, payload)
+    compact = varint(3 << 3) + varint(1) if i >= COMPACT_FROM else b""
+    return field(1, b"GrpcioProbe") + field(2, payload) + compact
 
 
 def answer(message):
-    """AppendStreamResponse: receipt = 1, error_code = 2, error_message = 3."""
+    """AppendStreamResponse: receipt = 1, error_code = 2, error_message = 3, log_index = 4,
+    leaf_hash = 5, checkpoint_size = 6."""
     out = {"error_code": 0}
     for number, value in fields(message):
         if number == 1:
@@ -64,6 +68,12 @@ def answer(message):
             out["error_code"] = value
         elif number == 3:
             out["error_message"] = value.decode()
+        elif number == 4:
+            out["log_index"] = value
+        elif number == 5:
+            out["leaf_hash"] = value.hex()
+        elif number == 6:
+            out["checkpoint_size"] = value
     return out
 
 

@@ -99,6 +99,10 @@ pub struct Report {
     /// (one request on it at a time, as the unary writers): what the calls' own cost takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_stream_appends: Option<AppendResult>,
+    /// The same streams with compact answers (each entry's index, leaf hash and checkpoint size,
+    /// no receipt): what building and sending each receipt takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_compact_stream_appends: Option<AppendResult>,
     pub log_size: u64,
     pub fill_seconds: f64,
     pub inclusion_proof_median_us: f64,
@@ -364,6 +368,15 @@ enum Calls {
     Unary,
     /// One `AppendStream` per writer, one request on it at a time.
     Stream,
+    /// The same, each request asking for a compact answer instead of a receipt.
+    CompactStream,
+}
+
+impl Calls {
+    /// Whether each request asks for a compact answer.
+    fn compact(self) -> bool {
+        matches!(self, Calls::CompactStream)
+    }
 }
 
 async fn grpc_appends(
@@ -375,6 +388,7 @@ async fn grpc_appends(
     let name = match calls {
         Calls::Unary => format!("grpc-{writers}"),
         Calls::Stream => format!("grpc-stream-{writers}"),
+        Calls::CompactStream => format!("grpc-compact-stream-{writers}"),
     };
     let daemon =
         crate::measure::daemon(&dir.join(name), "rocksdb", &["--append-token", BENCH_TOKEN])?;
@@ -405,6 +419,7 @@ impl AppendStreamWriter {
         &mut self,
         request: custodian_proto::ledger::v1::AppendRequest,
     ) -> anyhow::Result<()> {
+        let compact = request.compact;
         self.requests
             .send(request)
             .await
@@ -415,10 +430,17 @@ impl AppendStreamWriter {
             .await?
             .context("the append stream ended without an answer")?;
         anyhow::ensure!(
-            answer.error_code == 0 && answer.receipt.is_some(),
+            answer.error_code == 0,
             "an append on the stream was refused: {} ({})",
             answer.error_message,
             answer.error_code
+        );
+        // A compact answer carries the entry's place and no receipt; the others, a receipt.
+        anyhow::ensure!(
+            answer.receipt.is_none() == compact && answer.leaf_hash.len() == 32,
+            "the daemon's answer does not match the request (compact {compact}): receipt {}, a leaf hash of {} bytes",
+            answer.receipt.is_some(),
+            answer.leaf_hash.len()
         );
         Ok(())
     }
@@ -471,7 +493,9 @@ async fn grpc_append_load(
         tasks.push(tokio::spawn(async move {
             let mut stream = match calls {
                 Calls::Unary => None,
-                Calls::Stream => Some(AppendStreamWriter::open(&mut client).await?),
+                Calls::Stream | Calls::CompactStream => {
+                    Some(AppendStreamWriter::open(&mut client).await?)
+                }
             };
             let mut latencies = Vec::new();
             let mut i = 0u64;
@@ -481,6 +505,7 @@ async fn grpc_append_load(
                 let request = pb::AppendRequest {
                     kind: "BenchEvent".into(),
                     payload_cbor: payload.into(),
+                    compact: calls.compact(),
                 };
                 let start = Instant::now();
                 match stream.as_mut() {
@@ -632,9 +657,15 @@ pub fn run(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    if let Some(a) = &report.grpc_stream_appends {
+    for (a, answers) in [
+        (&report.grpc_stream_appends, ""),
+        (&report.grpc_compact_stream_appends, ", compact answers"),
+    ]
+    .into_iter()
+    .filter_map(|(a, answers)| Some((a.as_ref()?, answers)))
+    {
         println!(
-            "the {} gRPC writers again, each on an AppendStream of its own (one request at a time): {:.0} appends/s, median {:.2} ms ({:.1}× fsync), p99 {:.2} ms, {:.1} entries per batch, {}{}",
+            "the {} gRPC writers again, each on an AppendStream of its own (one request at a time{answers}): {:.0} appends/s, median {:.2} ms ({:.1}× fsync), p99 {:.2} ms, {:.1} entries per batch, {}{}",
             a.writers,
             a.appends_per_second,
             a.median_ms,
@@ -776,21 +807,29 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
         );
         grpc_results.push(result);
     }
-    let grpc_stream_appends = if args.writers.contains(&NOOP_WRITERS) {
-        let result =
-            runtime.block_on(grpc_appends(dir, NOOP_WRITERS, args.seconds, Calls::Stream))?;
+    // The 64 writers on streams, with receipts and then with compact answers.
+    let stream_row = |calls: Calls| -> anyhow::Result<Option<AppendResult>> {
+        if !args.writers.contains(&NOOP_WRITERS) {
+            return Ok(None);
+        }
+        let result = runtime.block_on(grpc_appends(dir, NOOP_WRITERS, args.seconds, calls))?;
         eprintln!(
-            "  {NOOP_WRITERS} gRPC writers, each on its own AppendStream: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms, {}{}",
+            "  {NOOP_WRITERS} gRPC writers, each on its own AppendStream{}: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms, {}{}",
+            if calls.compact() {
+                ", compact answers"
+            } else {
+                ""
+            },
             result.appends_per_second,
             result.median_ms,
             result.p99_ms,
             cpu_per_append(&result),
             floor_beside(&result)
         );
-        Some(result)
-    } else {
-        None
+        Ok(Some(result))
     };
+    let grpc_stream_appends = stream_row(Calls::Stream)?;
+    let grpc_compact_stream_appends = stream_row(Calls::CompactStream)?;
     let grpc_noop = if args.writers.contains(&NOOP_WRITERS) {
         let noop = runtime.block_on(grpc_noop(dir, NOOP_WRITERS, args.seconds))?;
         eprintln!(
@@ -930,6 +969,7 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
         appends: append_results,
         grpc_appends: grpc_results,
         grpc_stream_appends,
+        grpc_compact_stream_appends,
         log_size: size,
         fill_seconds,
         inclusion_proof_median_us: percentile(&proofs, 0.5).as_secs_f64() * 1e6,

@@ -188,6 +188,7 @@ pub fn append_request(
     let mut request = tonic::Request::new(custodian_proto::ledger::v1::AppendRequest {
         kind: "BenchEvent".into(),
         payload_cbor: custodian_core::entry::encode_value(payload).into(),
+        compact: false,
     });
     request
         .metadata_mut()

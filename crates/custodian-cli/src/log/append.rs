@@ -18,6 +18,7 @@ pub(super) async fn append(
     kind: String,
     payload: String,
     output: Option<PathBuf>,
+    compact: bool,
     token: Option<String>,
     server: ServerArg,
 ) -> anyhow::Result<ExitCode> {
@@ -25,6 +26,7 @@ pub(super) async fn append(
     let mut request = tonic::Request::new(pb::AppendRequest {
         kind,
         payload_cbor: encode_value(&payload).into(),
+        compact,
     });
     with_token(&mut request, token)?;
     let response = connect(&server)
@@ -33,21 +35,47 @@ pub(super) async fn append(
         .await
         .map_err(status_error)?
         .into_inner();
-    let receipt = response
-        .receipt
-        .context("the daemon sent no receipt for the append")?;
+    let (text, what) = match compact {
+        true => (
+            format!(
+                "{}\n",
+                place_json(
+                    response.log_index,
+                    &response.leaf_hash,
+                    response.checkpoint_size
+                )
+            ),
+            "its place",
+        ),
+        false => (
+            response
+                .receipt
+                .context("the daemon sent no receipt for the append")?
+                .json,
+            "receipt",
+        ),
+    };
     match output {
         Some(path) => {
-            write_output(&path, receipt.json.as_bytes())?;
+            write_output(&path, text.as_bytes())?;
             eprintln!(
-                "appended entry {}; receipt written to {}",
-                receipt.log_index,
+                "appended entry {}; {what} written to {}",
+                response.log_index,
                 path.display()
             );
         }
-        None => print!("{}", receipt.json),
+        None => print!("{text}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `--compact` prints for an appended entry: where it is, on one line of JSON.
+fn place_json(log_index: u64, leaf_hash: &[u8], checkpoint_size: u64) -> serde_json::Value {
+    serde_json::json!({
+        "log_index": log_index,
+        "leaf_hash": hex::encode(leaf_hash),
+        "checkpoint_size": checkpoint_size,
+    })
 }
 
 /// Sends `token`, when given, as the request's bearer token (the daemon's append token; without
@@ -63,10 +91,12 @@ fn with_token<T>(request: &mut tonic::Request<T>, token: Option<String>) -> anyh
 }
 
 /// `custodian log append --lines FILE`: each line of `source` (`-` for standard input) a JSON
-/// payload, appended in order over one stream; prints each receipt as one line of JSON.
+/// payload, appended in order over one stream; prints each receipt (with `compact`, each entry's
+/// place) as one line of JSON.
 pub(crate) async fn append_lines(
     kind: String,
     source: PathBuf,
+    compact: bool,
     token: Option<String>,
     server: ServerArg,
 ) -> anyhow::Result<ExitCode> {
@@ -106,6 +136,7 @@ pub(crate) async fn append_lines(
             let request = pb::AppendRequest {
                 kind: kind.clone(),
                 payload_cbor: encode_value(&payload).into(),
+                compact,
             };
             if requests.send(request).await.is_err() {
                 // The stream ended; the answers' side says why.
@@ -131,6 +162,11 @@ pub(crate) async fn append_lines(
             .await
             .context("the daemon answered more requests than were sent")?;
         match answer.receipt {
+            None if answer.error_code == 0 && compact => {
+                let place = place_json(answer.log_index, &answer.leaf_hash, answer.checkpoint_size);
+                writeln!(stdout, "{place}")?;
+                appended += 1;
+            }
             Some(receipt) if answer.error_code == 0 => {
                 // The receipt's file form, on one line: each line of the output verifies alone.
                 let json: serde_json::Value = serde_json::from_str(&receipt.json)

@@ -85,7 +85,9 @@ pub enum LogCommand {
 strings, booleans, null, arrays, objects; no fractions), stored as deterministic CBOR. Returns \
 when the entry is durable and signed into a checkpoint, and prints the receipt (or writes it \
 with -o). With --lines, appends one entry per line of a file or of standard input over one \
-stream, and prints one receipt per line."
+stream, and prints one receipt per line. With --compact, prints where each entry is instead of \
+its receipt: the entry is as durable and as signed, and its receipt can be fetched later with \
+`custodian log receipt INDEX`."
     )]
     Append {
         /// Entry kind: a name of 1-64 ASCII letters and digits starting upper-case, e.g. AuditNote (the registry and evidence kinds are appended only by their services)
@@ -95,8 +97,8 @@ stream, and prints one receipt per line."
         #[arg(long, default_value = "{}", conflicts_with = "lines")]
         payload: String,
         /// Append one entry per line of FILE (- for standard input), each line a JSON payload,
-        /// all over one stream (Ledger.AppendStream) in the order of the lines; each receipt is
-        /// printed as one line of JSON. A line that is not a payload, or that the daemon refuses,
+        /// all over one stream (Ledger.AppendStream) in the order of the lines; each receipt (or
+        /// with --compact each entry's place) is printed as one line of JSON. A line that is not a payload, or that the daemon refuses,
         /// is named on standard error with the reason, the lines after it are still appended,
         /// and the command exits 1 at the end
         #[arg(long, value_name = "FILE", conflicts_with = "output")]
@@ -104,6 +106,11 @@ stream, and prints one receipt per line."
         /// Write the receipt to this file instead of standard output
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Print each entry's place instead of its receipt: one line of JSON with its log_index,
+        /// leaf_hash (hex, RFC 6962) and checkpoint_size (the signed checkpoint of its batch).
+        /// The daemon builds and sends no inclusion proof, which makes --lines faster
+        #[arg(long)]
+        compact: bool,
         /// The daemon's append token (or use an admin --token)
         #[arg(
             long = "append-token",
@@ -350,18 +357,20 @@ pub async fn run(command: LogCommand) -> anyhow::Result<ExitCode> {
         LogCommand::Append {
             kind,
             lines: Some(lines),
+            compact,
             token,
             server,
             ..
-        } => append_lines(kind, lines, token, server).await,
+        } => append_lines(kind, lines, compact, token, server).await,
         LogCommand::Append {
             kind,
             payload,
             lines: None,
             output,
+            compact,
             token,
             server,
-        } => append(kind, payload, output, token, server).await,
+        } => append(kind, payload, output, compact, token, server).await,
         LogCommand::Receipt {
             index,
             output,

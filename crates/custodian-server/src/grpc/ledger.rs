@@ -463,8 +463,12 @@ impl LedgerRpc for LedgerService {
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
         self.gate.check(request.metadata())?;
-        let queued = enqueue(&self.sequencer, request.into_inner()).await?;
-        Ok(Response::new(answer(&self.sequencer, queued).await?))
+        let request = request.into_inner();
+        let compact = request.compact;
+        let queued = enqueue(&self.sequencer, request).await?;
+        Ok(Response::new(
+            answer(&self.sequencer, queued, compact).await?,
+        ))
     }
 
     type AppendStreamStream = BoxStream<pb::AppendStreamResponse>;
@@ -491,30 +495,36 @@ impl LedgerRpc for LedgerService {
                 let writer = writer.clone();
                 async move {
                     let request = message?;
+                    let compact = request.compact;
                     Ok(match writer.gate.check(&writer.metadata) {
-                        Ok(()) => enqueue(&writer.sequencer, request).await,
+                        Ok(()) => enqueue(&writer.sequencer, request)
+                            .await
+                            .map(|queued| (queued, compact)),
                         Err(refused) => Err(refused),
                     })
                 }
             })
-            .map(move |queued: Result<Result<Queued, Status>, Status>| {
+            .map(move |queued: Result<Queueing, Status>| {
                 let writer = answering.clone();
                 async move {
                     // A broken stream (a message that does not decode, a reset) ends it with
                     // that error; a refused request is answered and the stream goes on.
                     let answered = match queued? {
-                        Ok(queued) => answer(&writer.sequencer, queued).await,
+                        Ok((queued, compact)) => answer(&writer.sequencer, queued, compact).await,
                         Err(refused) => Err(refused),
                     };
                     Ok(match answered {
                         Ok(appended) => pb::AppendStreamResponse {
                             receipt: appended.receipt,
+                            log_index: appended.log_index,
+                            leaf_hash: appended.leaf_hash,
+                            checkpoint_size: appended.checkpoint_size,
                             ..Default::default()
                         },
                         Err(refused) => pb::AppendStreamResponse {
-                            receipt: None,
                             error_code: refused.code() as i32,
                             error_message: refused.message().to_string(),
+                            ..Default::default()
                         },
                     })
                 }
@@ -523,6 +533,10 @@ impl LedgerRpc for LedgerService {
         Ok(Response::new(Box::pin(answers)))
     }
 }
+
+/// A request of an `AppendStream` checked and queued, with whether it asked for a compact
+/// answer; or the refusal it is answered with.
+type Queueing = Result<(Queued, bool), Status>;
 
 /// What every request of one `AppendStream` is checked and queued with: the stream's own
 /// metadata, checked again for each request.
@@ -583,17 +597,31 @@ async fn enqueue(sequencer: &Sequencer, request: pb::AppendRequest) -> Result<Qu
         .map_err(|e| GrpcError::ledger("payload_cbor", e))?)
 }
 
-/// Waits for a queued entry and answers with its receipt.
-async fn answer(sequencer: &Sequencer, queued: Queued) -> Result<pb::AppendResponse, Status> {
+/// Waits for a queued entry and answers with where it is and, unless `compact`, its receipt.
+async fn answer(
+    sequencer: &Sequencer,
+    queued: Queued,
+    compact: bool,
+) -> Result<pb::AppendResponse, Status> {
     let (appended, checkpoint) = queued
         .wait()
         .await
         .map_err(|e| GrpcError::ledger("payload_cbor", e))?;
-    let receipt = sequencer
-        .ledger()
-        .receipt_for(&appended, &checkpoint)
-        .map_err(|e| GrpcError::ledger("index", e))?;
+    // A compact answer skips the proof, its check against the batch's root, and the receipt's
+    // copies of the entry and the checkpoint: most of what an answer costs the daemon.
+    let receipt = match compact {
+        true => None,
+        false => Some(receipt_pb(
+            &sequencer
+                .ledger()
+                .receipt_for(&appended, &checkpoint)
+                .map_err(|e| GrpcError::ledger("index", e))?,
+        )),
+    };
     Ok(pb::AppendResponse {
-        receipt: Some(receipt_pb(&receipt)),
+        receipt,
+        log_index: appended.index,
+        leaf_hash: appended.leaf_hash.0.to_vec().into(),
+        checkpoint_size: checkpoint.size,
     })
 }
