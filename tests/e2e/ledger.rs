@@ -1003,6 +1003,35 @@ async fn compact_appends_answer_where_the_entry_is_and_its_receipt_follows() {
     }
 }
 
+/// Checks an entry's place as JSON (`log_index`, `leaf_hash` in hex, `checkpoint_size`) against
+/// the log: it is at `index` (an absent `log_index` is 0, which protobuf leaves off the wire),
+/// its checkpoint covers it, and its leaf hash is that of the entry the log holds there, whose
+/// receipt is returned.
+async fn assert_place_is_the_logs(
+    client: &mut LedgerClient<Conn>,
+    place: &serde_json::Value,
+    index: u64,
+) -> pb::Receipt {
+    assert_eq!(place["log_index"].as_u64().unwrap_or(0), index, "{place}");
+    let checkpoint_size = place["checkpoint_size"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no checkpoint_size: {place}"));
+    assert!(checkpoint_size > index, "{place}");
+    let logged = client
+        .get_receipt(pb::GetReceiptRequest {
+            leaf: Some(pb::get_receipt_request::Leaf::Index(index)),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("no receipt at {index}: {s:?}"))
+        .into_inner();
+    assert_eq!(
+        place["leaf_hash"],
+        hex::encode(custodian_core::merkle::leaf_hash(&logged.entry).0),
+        "{place}"
+    );
+    logged
+}
+
 /// grpcio (PyPI), a gRPC stack nobody here wrote, appends 50 entries on one `AppendStream`
 /// (tests/interop/grpc_append_stream.py): every answer comes back in the order sent, the one
 /// request that is not CBOR refused by name, each receipt verifies offline and holds the entry
@@ -1041,27 +1070,10 @@ async fn grpcio_appends_on_one_stream() {
             continue;
         }
         assert_eq!(answer["error_code"], 0, "{answer}");
-        // Every appended entry's answer names its place; the first is index 0, which protobuf
-        // leaves off the wire.
-        let index = answer["log_index"].as_u64().unwrap_or(0);
-        assert_eq!(index, next_index, "{answer}");
+        // Every appended entry's answer names its place.
+        let logged = assert_place_is_the_logs(&mut client, answer, next_index).await;
+        let index = next_index;
         next_index += 1;
-        assert!(
-            answer["checkpoint_size"].as_u64().unwrap() > index,
-            "{answer}"
-        );
-        let logged = client
-            .get_receipt(pb::GetReceiptRequest {
-                leaf: Some(pb::get_receipt_request::Leaf::Index(index)),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            answer["leaf_hash"],
-            hex::encode(custodian_core::merkle::leaf_hash(&logged.entry).0),
-            "{answer}"
-        );
         // Requests from 40 on asked for compact answers: no receipt, and the log's entry is
         // the one sent.
         if i >= 40 {
@@ -1206,23 +1218,7 @@ async fn log_append_lines_appends_each_line_in_order_and_names_the_refused() {
         .collect();
     assert_eq!(places.len(), 3, "{printed}");
     for (place, index) in places.iter().zip(5u64..) {
-        assert_eq!(place["log_index"], index, "{place}");
-        assert!(
-            place["checkpoint_size"].as_u64().unwrap() > index,
-            "{place}"
-        );
-        let receipt = client
-            .get_receipt(pb::GetReceiptRequest {
-                leaf: Some(pb::get_receipt_request::Leaf::Index(index)),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            place["leaf_hash"],
-            hex::encode(custodian_core::merkle::leaf_hash(&receipt.entry).0),
-            "{place}"
-        );
+        assert_place_is_the_logs(&mut client, place, index).await;
     }
 
     let out = run(&["--lines", "-", "--payload", "{}"], None);

@@ -1169,6 +1169,19 @@ mod tests {
         (&rows[at_fresh], &rows[at_full])
     }
 
+    /// A report's row of 64 gRPC writers appending at `rate` with that p99 and CPU per append
+    /// (the writers' where given); the rest is what every such row holds.
+    fn writers_64(
+        rate: f64,
+        p99_ms: f64,
+        daemon_cpu: f64,
+        writers_cpu: Option<f64>,
+    ) -> serde_json::Value {
+        serde_json::json!({"writers": 64, "appends": 96000, "appends_per_second": rate,
+            "median_ms": 1.9, "p99_ms": p99_ms, "mean_batch": 20.0, "daemon_peak_rss_mib": 60.0,
+            "daemon_cpu_us_per_append": daemon_cpu, "writers_cpu_us_per_append": writers_cpu})
+    }
+
     /// The report written before the newer rows has no row whose name contains `part`.
     fn assert_no_row_in_the_old_report(part: &str) {
         let rows = rows(&limits(), &raw());
@@ -1340,9 +1353,7 @@ mod tests {
     #[test]
     fn grpc_appends_on_the_large_log_sit_under_the_fresh_row_of_their_writer_count() {
         let mut json = raw_json();
-        json["ledger"]["grpc_appends_on_large_log"] = serde_json::json!({"writers": 64,
-            "appends": 105000, "appends_per_second": 31500.0, "median_ms": 1.8, "p99_ms": 3.6,
-            "mean_batch": 50.0, "daemon_peak_rss_mib": 90.0, "daemon_cpu_us_per_append": 40.0});
+        json["ledger"]["grpc_appends_on_large_log"] = writers_64(31500.0, 3.6, 40.0, None);
         let rows = rows_from(json);
         let (fresh, large) = under_its_fresh_row(
             &rows,
@@ -1366,10 +1377,7 @@ mod tests {
     #[test]
     fn appends_on_streams_sit_under_the_unary_row_and_are_judged_by_its_target() {
         let mut json = raw_json();
-        json["ledger"]["grpc_stream_appends"] = serde_json::json!({"writers": 64,
-            "appends": 96000, "appends_per_second": 32000.0, "median_ms": 1.9, "p99_ms": 4.6,
-            "mean_batch": 20.0, "daemon_peak_rss_mib": 60.0, "daemon_cpu_us_per_append": 39.0,
-            "writers_cpu_us_per_append": 14.0});
+        json["ledger"]["grpc_stream_appends"] = writers_64(32000.0, 4.6, 39.0, Some(14.0));
         let rows = rows_from(json);
         let (unary, streamed) = under_its_fresh_row(
             &rows,
@@ -1400,14 +1408,8 @@ mod tests {
     #[test]
     fn compact_answers_sit_under_the_streams_with_receipts() {
         let mut json = raw_json();
-        let row = |rate: f64, cpu: f64| {
-            serde_json::json!({"writers": 64, "appends": 96000, "appends_per_second": rate,
-                "median_ms": 1.9, "p99_ms": 3.0, "mean_batch": 20.0,
-                "daemon_peak_rss_mib": 60.0, "daemon_cpu_us_per_append": cpu,
-                "writers_cpu_us_per_append": 12.0})
-        };
-        json["ledger"]["grpc_stream_appends"] = row(24000.0, 39.0);
-        json["ledger"]["grpc_compact_stream_appends"] = row(36000.0, 29.0);
+        json["ledger"]["grpc_stream_appends"] = writers_64(24000.0, 3.0, 39.0, Some(12.0));
+        json["ledger"]["grpc_compact_stream_appends"] = writers_64(36000.0, 3.0, 29.0, Some(12.0));
         let rows = rows_from(json);
         let (_, compact) = under_its_fresh_row(
             &rows,

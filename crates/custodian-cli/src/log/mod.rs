@@ -87,7 +87,7 @@ when the entry is durable and signed into a checkpoint, and prints the receipt (
 with -o). With --lines, appends one entry per line of a file or of standard input over one \
 stream, and prints one receipt per line. With --compact, prints where each entry is instead of \
 its receipt: the entry is as durable and as signed, and its receipt can be fetched later with \
-`custodian log receipt INDEX`."
+`custodian log receipt INDEX -o FILE`."
     )]
     Append {
         /// Entry kind: a name of 1-64 ASCII letters and digits starting upper-case, e.g. AuditNote (the registry and evidence kinds are appended only by their services)
@@ -103,7 +103,8 @@ its receipt: the entry is as durable and as signed, and its receipt can be fetch
         /// and the command exits 1 at the end
         #[arg(long, value_name = "FILE", conflicts_with = "output")]
         lines: Option<PathBuf>,
-        /// Write the receipt to this file instead of standard output
+        /// Write the receipt (with --compact, the entry's place) to this file instead of
+        /// standard output
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
         /// Print each entry's place instead of its receipt: one line of JSON with its log_index,
