@@ -79,17 +79,26 @@ pub async fn assert_consistent(
 }
 
 pub async fn append(client: &mut LedgerClient<Conn>, i: u64) -> Result<pb::Receipt, tonic::Status> {
+    let response = append_answer(client, i, false).await?;
+    Ok(response.receipt.expect("receipt"))
+}
+
+/// `Append` of payload `i` with the append token, compact or not; the daemon's whole answer.
+async fn append_answer(
+    client: &mut LedgerClient<Conn>,
+    i: u64,
+    compact: bool,
+) -> Result<pb::AppendResponse, tonic::Status> {
     let mut request = tonic::Request::new(pb::AppendRequest {
         kind: "LedgerProbe".into(),
         payload_cbor: payload(i).into(),
-        ..Default::default()
+        compact,
     });
     request.metadata_mut().insert(
         "authorization",
         format!("Bearer {TOKEN}").parse().expect("metadata"),
     );
-    let response = client.append(request).await?.into_inner();
-    Ok(response.receipt.expect("receipt"))
+    Ok(client.append(request).await?.into_inner())
 }
 
 async fn verifier(client: &mut LedgerClient<Conn>) -> VerifierKey {
@@ -921,16 +930,7 @@ async fn compact_appends_answer_where_the_entry_is_and_its_receipt_follows() {
     // The places answered, each with the receipt sent beside it (if any) and the payload sent.
     let mut places = Vec::new();
     for (i, compact) in [(0, true), (1, false)] {
-        let mut request = tonic::Request::new(pb::AppendRequest {
-            kind: "LedgerProbe".into(),
-            payload_cbor: payload(i).into(),
-            compact,
-        });
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {TOKEN}").parse().expect("metadata"),
-        );
-        let answer = client.append(request).await.unwrap().into_inner();
+        let answer = append_answer(&mut client, i, compact).await.unwrap();
         places.push((
             answer.log_index,
             answer.leaf_hash.to_vec(),
