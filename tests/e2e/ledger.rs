@@ -1036,8 +1036,9 @@ async fn assert_place_is_the_logs(
 /// (tests/interop/grpc_append_stream.py): every answer comes back in the order sent, the one
 /// request that is not CBOR refused by name, each receipt verifies offline and holds the entry
 /// sent, each answer's place (index, leaf hash, checkpoint size) is the log's, and the requests
-/// that ask for compact answers get their place and no receipt; a stream opened with a false token is refused `UNAUTHENTICATED`, and one whose second
-/// message does not decode ends `INTERNAL` after the first's answer.
+/// that ask for compact answers get their place and no receipt; a stream opened with a false
+/// token is refused `UNAUTHENTICATED`, and one whose second message does not decode ends
+/// `INTERNAL` after the first's answer.
 #[tokio::test]
 async fn grpcio_appends_on_one_stream() {
     let dir = tempfile::tempdir().unwrap();

@@ -509,7 +509,7 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
         (ledger.grpc_stream_appends.as_ref(), ""),
         (
             ledger.grpc_compact_stream_appends.as_ref(),
-            ", compact answers",
+            crate::ledger::COMPACT_ANSWERS,
         ),
     ];
     let rows_of = ledger.grpc_appends.iter().flat_map(move |r| {

@@ -372,6 +372,9 @@ enum Calls {
     CompactStream,
 }
 
+/// What the rows of writers asking for compact answers add to their name.
+pub(crate) const COMPACT_ANSWERS: &str = ", compact answers";
+
 impl Calls {
     /// Whether each request asks for a compact answer.
     fn compact(self) -> bool {
@@ -659,7 +662,7 @@ pub fn run(args: LedgerArgs) -> anyhow::Result<ExitCode> {
     }
     for (a, answers) in [
         (&report.grpc_stream_appends, ""),
-        (&report.grpc_compact_stream_appends, ", compact answers"),
+        (&report.grpc_compact_stream_appends, COMPACT_ANSWERS),
     ]
     .into_iter()
     .filter_map(|(a, answers)| Some((a.as_ref()?, answers)))
@@ -815,11 +818,7 @@ fn measure(args: &LedgerArgs, dir: &Path) -> anyhow::Result<Report> {
         let result = runtime.block_on(grpc_appends(dir, NOOP_WRITERS, args.seconds, calls))?;
         eprintln!(
             "  {NOOP_WRITERS} gRPC writers, each on its own AppendStream{}: {:.0} appends/s, median {:.2} ms, p99 {:.2} ms, {}{}",
-            if calls.compact() {
-                ", compact answers"
-            } else {
-                ""
-            },
+            if calls.compact() { COMPACT_ANSWERS } else { "" },
             result.appends_per_second,
             result.median_ms,
             result.p99_ms,

@@ -35,25 +35,18 @@ pub(super) async fn append(
         .await
         .map_err(status_error)?
         .into_inner();
-    let (text, what) = match compact {
-        true => (
-            format!(
-                "{}\n",
-                place_json(
-                    response.log_index,
-                    &response.leaf_hash,
-                    response.checkpoint_size
-                )
-            ),
-            "its place",
-        ),
-        false => (
-            response
-                .receipt
-                .context("the daemon sent no receipt for the append")?
-                .json,
-            "receipt",
-        ),
+    let (text, what) = if compact {
+        let place = place_json(
+            response.log_index,
+            &response.leaf_hash,
+            response.checkpoint_size,
+        );
+        (format!("{place}\n"), "its place")
+    } else {
+        let receipt = response
+            .receipt
+            .context("the daemon sent no receipt for the append")?;
+        (receipt.json, "receipt")
     };
     match output {
         Some(path) => {

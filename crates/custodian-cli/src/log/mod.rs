@@ -98,9 +98,9 @@ its receipt: the entry is as durable and as signed, and its receipt can be fetch
         payload: String,
         /// Append one entry per line of FILE (- for standard input), each line a JSON payload,
         /// all over one stream (Ledger.AppendStream) in the order of the lines; each receipt (or
-        /// with --compact each entry's place) is printed as one line of JSON. A line that is not a payload, or that the daemon refuses,
-        /// is named on standard error with the reason, the lines after it are still appended,
-        /// and the command exits 1 at the end
+        /// with --compact each entry's place) is printed as one line of JSON. A line that is not
+        /// a payload, or that the daemon refuses, is named on standard error with the reason, the
+        /// lines after it are still appended, and the command exits 1 at the end
         #[arg(long, value_name = "FILE", conflicts_with = "output")]
         lines: Option<PathBuf>,
         /// Write the receipt (with --compact, the entry's place) to this file instead of

@@ -609,14 +609,14 @@ async fn answer(
         .map_err(|e| GrpcError::ledger("payload_cbor", e))?;
     // A compact answer skips the proof, its check against the batch's root, and the receipt's
     // copies of the entry and the checkpoint: most of what an answer costs the daemon.
-    let receipt = match compact {
-        true => None,
-        false => Some(receipt_pb(
-            &sequencer
-                .ledger()
-                .receipt_for(&appended, &checkpoint)
-                .map_err(|e| GrpcError::ledger("index", e))?,
-        )),
+    let receipt = if compact {
+        None
+    } else {
+        let receipt = sequencer
+            .ledger()
+            .receipt_for(&appended, &checkpoint)
+            .map_err(|e| GrpcError::ledger("index", e))?;
+        Some(receipt_pb(&receipt))
     };
     Ok(pb::AppendResponse {
         receipt,
