@@ -47,6 +47,22 @@ fn payload(i: u64) -> Vec<u8> {
     ]))
 }
 
+/// [`payload`]'s map with its keys in reverse order, encoded as it is: CBOR, but not in the
+/// deterministic form the log holds, which the daemon puts it in.
+fn payload_out_of_order(i: u64) -> Vec<u8> {
+    let Ok(Value::Map(mut pairs)) = custodian_core::entry::parse_cbor(&payload(i)) else {
+        panic!("payload {i} is not a map");
+    };
+    pairs.reverse();
+    let bytes = encode_value(&Value::Map(pairs));
+    assert_ne!(
+        bytes,
+        payload(i),
+        "payload {i}'s keys were already in reverse order"
+    );
+    bytes
+}
+
 /// Asserts, with a proof from the daemon verified here, that checkpoint `old` is a prefix of
 /// `latest`; `what` says which check failed.
 pub async fn assert_consistent(
@@ -940,9 +956,17 @@ async fn compact_appends_answer_where_the_entry_is_and_its_receipt_follows() {
         ));
     }
     // On a stream, compact and full requests alternate, all sent before any answer is read.
+    // Every fourth payload is sent with its keys out of order: the log holds it in deterministic
+    // form all the same (a receipt whose entry is not would not verify), and its place is that
+    // entry's.
     let (requests, mut answers) = open_append_stream(&mut client, TOKEN).await.unwrap();
     for i in 2..22u64 {
-        let mut request = stream_request("LedgerProbe", payload(i));
+        let sent = if i % 4 == 3 {
+            payload_out_of_order(i)
+        } else {
+            payload(i)
+        };
+        let mut request = stream_request("LedgerProbe", sent);
         request.compact = i % 2 == 0;
         requests.send(request).await.expect("the stream is open");
     }

@@ -219,22 +219,39 @@ impl Entry {
         time_ms: u64,
         payload_cbor: &[u8],
     ) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + payload_cbor.len());
-        // A map of five pairs: major type 5, length 5.
+        let mut out = Vec::with_capacity(Entry::encoded_len(kind, time_ms, payload_cbor.len()));
+        // A map of five pairs: major type 5, length 5. The heads are written here rather than
+        // through `ciborium::Value`, which would allocate each key and field once per entry.
         out.push(0xa5);
-        let fields = [
-            ("v", Value::Integer(ENTRY_VERSION.into())),
-            ("kind", Value::Text(kind.as_str().into())),
-            ("prev", Value::Bytes(prev.0.to_vec())),
-            ("time", Value::Integer(time_ms.into())),
-        ];
-        for (key, value) in fields {
-            write_value(&Value::Text(key.into()), &mut out);
-            write_value(&value, &mut out);
-        }
-        write_value(&Value::Text("payload".into()), &mut out);
+        write_text("v", &mut out);
+        write_head(MAJOR_UNSIGNED, ENTRY_VERSION, &mut out);
+        write_text("kind", &mut out);
+        write_text(kind.as_str(), &mut out);
+        write_text("prev", &mut out);
+        write_head(MAJOR_BYTES, prev.0.len() as u64, &mut out);
+        out.extend_from_slice(&prev.0);
+        write_text("time", &mut out);
+        write_head(MAJOR_UNSIGNED, time_ms, &mut out);
+        write_text("payload", &mut out);
         out.extend_from_slice(payload_cbor);
         out
+    }
+
+    /// The length of [`Entry::encode_with_payload`]'s bytes for a payload of `payload_len`
+    /// bytes, computed without writing them.
+    pub fn encoded_len(kind: &EntryKind, time_ms: u64, payload_len: usize) -> usize {
+        let text = |s: &str| head_len(s.len() as u64) + s.len();
+        1 + text("v")
+            + head_len(ENTRY_VERSION)
+            + text("kind")
+            + text(kind.as_str())
+            + text("prev")
+            + head_len(32)
+            + 32
+            + text("time")
+            + head_len(time_ms)
+            + text("payload")
+            + payload_len
     }
 
     /// The RFC 6962 leaf hash of the encoded entry.
@@ -505,6 +522,67 @@ fn write_value(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
+/// CBOR's major type 0, an unsigned integer (RFC 8949 §3.1).
+const MAJOR_UNSIGNED: u8 = 0;
+/// CBOR's major type 2, a byte string.
+const MAJOR_BYTES: u8 = 2;
+/// CBOR's major type 3, a text string.
+const MAJOR_TEXT: u8 = 3;
+
+/// Appends a CBOR head: the major type and its argument in the shortest form (RFC 8949 §3 and
+/// §4.2.1), as `ciborium` writes it.
+fn write_head(major: u8, argument: u64, out: &mut Vec<u8>) {
+    let major = major << 5;
+    match argument {
+        0..=23 => out.push(major | argument as u8),
+        24..=0xff => out.extend_from_slice(&[major | 24, argument as u8]),
+        0x100..=0xffff => {
+            out.push(major | 25);
+            out.extend_from_slice(&(argument as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(major | 26);
+            out.extend_from_slice(&(argument as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(major | 27);
+            out.extend_from_slice(&argument.to_be_bytes());
+        }
+    }
+}
+
+/// How many bytes [`write_head`] writes for `argument`.
+fn head_len(argument: u64) -> usize {
+    match argument {
+        0..=23 => 1,
+        24..=0xff => 2,
+        0x100..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
+/// Appends a CBOR text string.
+fn write_text(text: &str, out: &mut Vec<u8>) {
+    write_head(MAJOR_TEXT, text.len() as u64, out);
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// A payload sent as CBOR bytes, ready to be framed into an entry: its value, and its
+/// deterministic encoding. Bytes already in that encoding, which is what a careful client
+/// sends, are read in one pass and kept as they are; any other encoding is parsed and put in
+/// deterministic form as [`Entry::new`] does, with the same refusals (floats, repeated map keys,
+/// bytes after the item). Either way the encoding is the one `encode_value` would write for
+/// [`canonicalize_payload`]'s value (`a_payload_prepares_the_same_from_any_encoding`).
+pub fn payload_from_cbor(bytes: Vec<u8>) -> Result<(Value, Vec<u8>), EntryError> {
+    if let Some(value) = read_deterministic(&bytes) {
+        return Ok((value, bytes));
+    }
+    let value = canonicalize(parse_cbor(&bytes)?, "payload")?;
+    let encoded = encode_value(&value);
+    Ok((value, encoded))
+}
+
 /// Parses one CBOR data item (with nothing after it), as it is; [`Entry::new`] puts it in
 /// deterministic form.
 pub fn parse_cbor(bytes: &[u8]) -> Result<Value, EntryError> {
@@ -646,10 +724,13 @@ mod tests {
         fn framing_matches_the_whole_map(
             kind in proptest::sample::select(vec![
                 "RunAttested", "PackagePublished", "KeyEvent", "Sealed", "BlobsDeleted",
-                "SomethingNew",
+                "SomethingNew", "SomethingNewWhoseNameTakesATwoByteHead",
             ]),
             prev in proptest::array::uniform32(proptest::num::u8::ANY),
-            time_ms in proptest::num::u64::ANY,
+            time_ms in proptest::prop_oneof![
+                0u64..24, 24u64..0x100, 0x100u64..0x1_0000, 0x1_0000u64..0x1_0000_0000,
+                proptest::num::u64::ANY,
+            ],
             keys in proptest::collection::vec("[a-z]{0,30}", 0..8),
             number in proptest::num::i64::ANY,
             bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
@@ -670,6 +751,10 @@ mod tests {
             let entry = Entry::new(kind, Hash(prev), time_ms, Value::Map(pairs)).expect("entry");
             let framed = entry.encode();
             proptest::prop_assert_eq!(&framed, &encode_as_one_map(&entry));
+            proptest::prop_assert_eq!(
+                framed.len(),
+                Entry::encoded_len(&entry.kind, time_ms, encode_value(&entry.payload).len())
+            );
             proptest::prop_assert_eq!(Entry::decode(&framed).expect("decodes"), entry);
         }
     }
@@ -779,6 +864,57 @@ mod tests {
                 let mut longer = bytes.clone();
                 longer.insert(at, byte);
                 same_answer(&longer)?;
+            }
+        }
+    }
+
+    /// What the slow way makes of payload bytes: parse, put in deterministic form, encode.
+    fn payload_the_slow_way(bytes: &[u8]) -> Result<(Value, Vec<u8>), EntryError> {
+        let value = canonicalize_payload(parse_cbor(bytes)?)?;
+        let encoded = encode_value(&value);
+        Ok((value, encoded))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+
+        /// A payload sent in any encoding (keys in any order or repeated, floats, tags), in
+        /// deterministic form, or with one byte changed, dropped or added, prepares exactly as
+        /// the slow way does: the same value and encoding, or the same refusal; and bytes
+        /// already deterministic are kept as they were sent, where the one-pass reader judges
+        /// them (no tags: `ciborium` reads a bignum of 0 as the integer 0, for one).
+        #[test]
+        fn a_payload_prepares_the_same_from_any_encoding(
+            value in any_value(),
+            at in proptest::num::usize::ANY,
+            byte in proptest::num::u8::ANY,
+        ) {
+            let as_written = encode_value(&value);
+            let mut cases = vec![as_written.clone()];
+            if let Ok(canonical) = canonicalize_payload(value.clone()) {
+                let bytes = encode_value(&canonical);
+                if plain(&canonical) {
+                    proptest::prop_assert_eq!(
+                    payload_from_cbor(bytes.clone()).map(|(_, kept)| kept),
+                        Ok(bytes.clone())
+                    );
+                }
+                cases.push(bytes);
+            }
+            for bytes in cases.clone() {
+                let at = at % bytes.len();
+                let mut changed = bytes.clone();
+                changed[at] = byte;
+                let mut shorter = bytes.clone();
+                shorter.remove(at);
+                let mut longer = bytes.clone();
+                longer.insert(at, byte);
+                cases.extend([changed, shorter, longer]);
+            }
+            for bytes in cases {
+                let fast = payload_from_cbor(bytes.clone());
+                let slow = payload_the_slow_way(&bytes);
+                proptest::prop_assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{}", hex::encode(&bytes));
             }
         }
     }

@@ -120,7 +120,17 @@ impl Sequencer {
         payload: Value,
         condition: Option<Condition>,
     ) -> Result<Queued, LedgerError> {
-        let request = Ledger::prepare(kind, payload)?;
+        self.enqueue_prepared(Ledger::prepare(kind, payload)?, condition)
+            .await
+    }
+
+    /// [`Sequencer::enqueue`] for a request already checked ([`Ledger::prepare`] or
+    /// [`Ledger::prepare_cbor`]).
+    pub async fn enqueue_prepared(
+        &self,
+        request: Prepared,
+        condition: Option<Condition>,
+    ) -> Result<Queued, LedgerError> {
         let (reply, wait) = oneshot::channel();
         self.tx
             .send(Job {

@@ -953,16 +953,35 @@ impl Ledger {
     /// each request as it arrives, so an invalid one is refused alone and a batch never fails
     /// because of it.
     pub fn prepare(kind: EntryKind, payload: Value) -> LedgerResult<Prepared> {
+        let payload = custodian_core::entry::canonicalize_payload(payload)?;
+        let payload_cbor = custodian_core::entry::encode_value(&payload);
+        Ledger::prepared(kind, payload, payload_cbor)
+    }
+
+    /// [`Ledger::prepare`] for a payload sent as CBOR bytes (a client's append): bytes already
+    /// in deterministic form are framed as they are, without being parsed into a value,
+    /// put in order and encoded again; any others are parsed and put in that form, with the same
+    /// refusals (`custodian_core::entry::payload_from_cbor`).
+    pub fn prepare_cbor(kind: EntryKind, payload_cbor: Vec<u8>) -> LedgerResult<Prepared> {
+        let (payload, payload_cbor) = custodian_core::entry::payload_from_cbor(payload_cbor)?;
+        Ledger::prepared(kind, payload, payload_cbor)
+    }
+
+    /// A request from a payload already in deterministic form and its encoding, once its entry
+    /// is known to fit.
+    fn prepared(kind: EntryKind, payload: Value, payload_cbor: Vec<u8>) -> LedgerResult<Prepared> {
         // The largest time encodes longest, so an entry that fits now fits at any time.
-        let template = Entry::new(kind, Hash::ZERO, u64::MAX, payload)?;
-        let payload_cbor = custodian_core::entry::encode_value(&template.payload);
-        let len =
-            Entry::encode_with_payload(&template.kind, &Hash::ZERO, u64::MAX, &payload_cbor).len();
+        let len = Entry::encoded_len(&kind, u64::MAX, payload_cbor.len());
         if len > custodian_core::entry::MAX_ENTRY_LEN {
             return Err(EntryError::TooLarge { len }.into());
         }
         Ok(Prepared {
-            template,
+            template: Entry {
+                kind,
+                prev: Hash::ZERO,
+                time_ms: u64::MAX,
+                payload,
+            },
             payload_cbor,
         })
     }

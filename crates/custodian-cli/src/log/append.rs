@@ -6,10 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use custodian_core::entry::encode_value;
 use custodian_proto::ledger::v1 as pb;
 
-use super::codec::{json_to_cbor, parse_payload};
+use super::codec::{json_to_cbor, parse_payload, payload_cbor};
 use super::{connect, write_output};
 use crate::client::{ServerArg, status_error};
 use custodian_client::describe_status;
@@ -25,7 +24,7 @@ pub(super) async fn append(
     let payload = parse_payload(&payload)?;
     let mut request = tonic::Request::new(pb::AppendRequest {
         kind,
-        payload_cbor: encode_value(&payload).into(),
+        payload_cbor: payload_cbor(payload)?.into(),
         compact,
     });
     with_token(&mut request, token)?;
@@ -118,6 +117,7 @@ pub(crate) async fn append_lines(
             let payload = match serde_json::from_str(&line)
                 .context("not JSON")
                 .and_then(|json| json_to_cbor(json, "payload"))
+                .and_then(payload_cbor)
             {
                 Ok(payload) => payload,
                 Err(err) => {
@@ -128,7 +128,7 @@ pub(crate) async fn append_lines(
             };
             let request = pb::AppendRequest {
                 kind: kind.clone(),
-                payload_cbor: encode_value(&payload).into(),
+                payload_cbor: payload.into(),
                 compact,
             };
             if requests.send(request).await.is_err() {

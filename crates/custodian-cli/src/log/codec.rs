@@ -16,6 +16,14 @@ pub(super) fn parse_payload(text: &str) -> anyhow::Result<Value> {
     json_to_cbor(json, "payload")
 }
 
+/// A payload's deterministic CBOR encoding (RFC 8949 §4.2.1, map keys in the order of their
+/// encodings), which the daemon frames into the entry as it is sent, where other encodings it
+/// must first parse and put in that order.
+pub(super) fn payload_cbor(payload: Value) -> anyhow::Result<Vec<u8>> {
+    let payload = custodian_core::entry::canonicalize_payload(payload)?;
+    Ok(custodian_core::entry::encode_value(&payload))
+}
+
 /// Converts JSON to CBOR; fractions are refused (entries hold no floats).
 pub(super) fn json_to_cbor(json: serde_json::Value, path: &str) -> anyhow::Result<Value> {
     Ok(match json {

@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use custodian_core::entry::{Entry, EntryKind, encode_value, parse_cbor};
+use custodian_core::entry::{Entry, EntryKind, encode_value};
 use custodian_core::merkle::Hash;
 use custodian_core::receipt::Receipt;
 use custodian_proto::ledger::v1 as pb;
@@ -589,10 +589,10 @@ async fn enqueue(sequencer: &Sequencer, request: pb::AppendRequest) -> Result<Qu
             "field kind: {kind} entries are appended only by the registry and evidence services after their checks; use custodian.registry.v1.Registry or custodian.evidence.v1.Evidence"
         )));
     }
-    let payload = parse_cbor(&request.payload_cbor)
-        .map_err(|e| GrpcError::ledger("payload_cbor", LedgerError::InvalidEntry(e)))?;
+    let prepared = Ledger::prepare_cbor(kind, request.payload_cbor.into())
+        .map_err(|e| GrpcError::ledger("payload_cbor", e))?;
     Ok(sequencer
-        .enqueue(kind, payload, None)
+        .enqueue_prepared(prepared, None)
         .await
         .map_err(|e| GrpcError::ledger("payload_cbor", e))?)
 }
