@@ -403,6 +403,27 @@ const JUDGED_DEPTH: usize = 64;
 /// entry, encode it, compare). So a value is only ever read from bytes that check would accept
 /// as they are (`a_quick_read_is_one_the_full_check_gives_too`).
 fn read_deterministic(bytes: &[u8]) -> Option<Value> {
+    match walk_deterministic(bytes, 0, 0, true)? {
+        (value, end) if end == bytes.len() => value,
+        _ => None,
+    }
+}
+
+/// True if [`read_deterministic`] would read a value from `bytes`, judged the same way without
+/// building the value: for a caller that keeps the bytes and needs no value (a client's payload,
+/// framed as sent).
+fn is_deterministic(bytes: &[u8]) -> bool {
+    walk_deterministic(bytes, 0, 0, false).is_some_and(|(_, end)| end == bytes.len())
+}
+
+/// Reads the CBOR data item at `at` as [`read_deterministic`] judges it; returns the value (with
+/// `build`; `None` without) and where the item ends, or `None` for bytes it does not accept.
+fn walk_deterministic(
+    bytes: &[u8],
+    at: usize,
+    depth: usize,
+    build: bool,
+) -> Option<(Option<Value>, usize)> {
     /// The major type, the argument and where the head ends, if the head is shortest-form and
     /// definite.
     fn head(bytes: &[u8], at: usize) -> Option<(u8, u64, usize)> {
@@ -422,73 +443,68 @@ fn read_deterministic(bytes: &[u8]) -> Option<Value> {
         };
         (value >= least).then_some((major, value, at + len))
     }
-    fn item(bytes: &[u8], at: usize, depth: usize) -> Option<(Value, usize)> {
-        let (major, value, next) = head(bytes, at)?;
-        let span = || {
-            let end = next
-                .checked_add(usize::try_from(value).ok()?)
-                .filter(|end| *end <= bytes.len())?;
-            Some((&bytes[next..end], end))
-        };
-        // Counts come from the bytes, which may be anyone's (an audited bundle): room for a few
-        // items is reserved up front and the rest grows as items are read, so a count that
-        // claims more than the bytes hold, at every level of nesting, reserves nothing more.
-        let room = |count: u64| Some(usize::try_from(count).ok()?.min(16));
-        Some(match major {
-            0 => (Value::Integer(value.into()), next),
-            1 => (
-                Value::Integer(ciborium::value::Integer::try_from(-1 - i128::from(value)).ok()?),
-                next,
-            ),
-            2 => {
-                let (data, end) = span()?;
-                (Value::Bytes(data.to_vec()), end)
+    let (major, value, next) = head(bytes, at)?;
+    let span = || {
+        let end = next
+            .checked_add(usize::try_from(value).ok()?)
+            .filter(|end| *end <= bytes.len())?;
+        Some((&bytes[next..end], end))
+    };
+    // Counts come from the bytes, which may be anyone's (an audited bundle): room for a few
+    // items is reserved up front and the rest grows as items are read, so a count that claims
+    // more than the bytes hold, at every level of nesting, reserves nothing more.
+    let room = |count: u64| Some(usize::try_from(count).ok()?.min(16));
+    Some(match major {
+        0 => (build.then(|| Value::Integer(value.into())), next),
+        1 => {
+            let negative = ciborium::value::Integer::try_from(-1 - i128::from(value)).ok()?;
+            (build.then_some(Value::Integer(negative)), next)
+        }
+        2 => {
+            let (data, end) = span()?;
+            (build.then(|| Value::Bytes(data.to_vec())), end)
+        }
+        3 => {
+            let (data, end) = span()?;
+            let text = std::str::from_utf8(data).ok()?;
+            (build.then(|| Value::Text(text.to_owned())), end)
+        }
+        4 if depth < JUDGED_DEPTH => {
+            let mut items = Vec::with_capacity(if build { room(value)? } else { 0 });
+            let mut at = next;
+            for _ in 0..value {
+                let (item, end) = walk_deterministic(bytes, at, depth + 1, build)?;
+                items.extend(item);
+                at = end;
             }
-            3 => {
-                let (data, end) = span()?;
-                (Value::Text(std::str::from_utf8(data).ok()?.to_owned()), end)
-            }
-            4 if depth < JUDGED_DEPTH => {
-                let mut items = Vec::with_capacity(room(value)?);
-                let mut at = next;
-                for _ in 0..value {
-                    let (item, end) = item(bytes, at, depth + 1)?;
-                    items.push(item);
-                    at = end;
+            (build.then_some(Value::Array(items)), at)
+        }
+        5 if depth < JUDGED_DEPTH => {
+            let mut pairs = Vec::with_capacity(if build { room(value)? } else { 0 });
+            let mut at = next;
+            let mut previous: Option<&[u8]> = None;
+            for _ in 0..value {
+                let (key, key_end) = walk_deterministic(bytes, at, depth + 1, build)?;
+                let encoded = &bytes[at..key_end];
+                if previous.is_some_and(|p| p >= encoded) {
+                    return None;
                 }
-                (Value::Array(items), at)
+                previous = Some(encoded);
+                let (value, end) = walk_deterministic(bytes, key_end, depth + 1, build)?;
+                pairs.extend(key.zip(value));
+                at = end;
             }
-            5 if depth < JUDGED_DEPTH => {
-                let mut pairs = Vec::with_capacity(room(value)?);
-                let mut at = next;
-                let mut previous: Option<&[u8]> = None;
-                for _ in 0..value {
-                    let (key, key_end) = item(bytes, at, depth + 1)?;
-                    let encoded = &bytes[at..key_end];
-                    if previous.is_some_and(|p| p >= encoded) {
-                        return None;
-                    }
-                    previous = Some(encoded);
-                    let (value, end) = item(bytes, key_end, depth + 1)?;
-                    pairs.push((key, value));
-                    at = end;
-                }
-                (Value::Map(pairs), at)
-            }
-            // false, true and null, each a head of one byte.
-            7 if next == at + 1 => match value {
-                20 => (Value::Bool(false), next),
-                21 => (Value::Bool(true), next),
-                22 => (Value::Null, next),
-                _ => return None,
-            },
+            (build.then_some(Value::Map(pairs)), at)
+        }
+        // false, true and null, each a head of one byte.
+        7 if next == at + 1 => match value {
+            20 => (build.then_some(Value::Bool(false)), next),
+            21 => (build.then_some(Value::Bool(true)), next),
+            22 => (build.then_some(Value::Null), next),
             _ => return None,
-        })
-    }
-    match item(bytes, 0, 0)? {
-        (value, end) if end == bytes.len() => Some(value),
-        _ => None,
-    }
+        },
+        _ => return None,
+    })
 }
 
 /// The kind of an encoded entry, read from its fixed prefix without decoding the rest: every
@@ -568,19 +584,18 @@ fn write_text(text: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(text.as_bytes());
 }
 
-/// A payload sent as CBOR bytes, ready to be framed into an entry: its value, and its
-/// deterministic encoding. Bytes already in that encoding, which is what a careful client
-/// sends, are read in one pass and kept as they are; any other encoding is parsed and put in
-/// deterministic form as [`Entry::new`] does, with the same refusals (floats, repeated map keys,
-/// bytes after the item). Either way the encoding is the one `encode_value` would write for
+/// A payload sent as CBOR bytes, in the deterministic encoding an entry frames. Bytes already in
+/// that encoding, which is what a careful client sends, are checked in one pass without being
+/// decoded, and kept as they are; any other encoding is parsed and put in deterministic form as
+/// [`Entry::new`] does, with the same refusals (floats, repeated map keys, bytes after the
+/// item). Either way the encoding is the one `encode_value` would write for
 /// [`canonicalize_payload`]'s value (`a_payload_prepares_the_same_from_any_encoding`).
-pub fn payload_from_cbor(bytes: Vec<u8>) -> Result<(Value, Vec<u8>), EntryError> {
-    if let Some(value) = read_deterministic(&bytes) {
-        return Ok((value, bytes));
+pub fn payload_from_cbor(bytes: Vec<u8>) -> Result<Vec<u8>, EntryError> {
+    if is_deterministic(&bytes) {
+        return Ok(bytes);
     }
     let value = canonicalize(parse_cbor(&bytes)?, "payload")?;
-    let encoded = encode_value(&value);
-    Ok((value, encoded))
+    Ok(encode_value(&value))
 }
 
 /// Parses one CBOR data item (with nothing after it), as it is; [`Entry::new`] puts it in
@@ -869,10 +884,8 @@ mod tests {
     }
 
     /// What the slow way makes of payload bytes: parse, put in deterministic form, encode.
-    fn payload_the_slow_way(bytes: &[u8]) -> Result<(Value, Vec<u8>), EntryError> {
-        let value = canonicalize_payload(parse_cbor(bytes)?)?;
-        let encoded = encode_value(&value);
-        Ok((value, encoded))
+    fn payload_the_slow_way(bytes: &[u8]) -> Result<Vec<u8>, EntryError> {
+        Ok(encode_value(&canonicalize_payload(parse_cbor(bytes)?)?))
     }
 
     proptest::proptest! {
@@ -880,9 +893,10 @@ mod tests {
 
         /// A payload sent in any encoding (keys in any order or repeated, floats, tags), in
         /// deterministic form, or with one byte changed, dropped or added, prepares exactly as
-        /// the slow way does: the same value and encoding, or the same refusal; and bytes
-        /// already deterministic are kept as they were sent, where the one-pass reader judges
-        /// them (no tags: `ciborium` reads a bignum of 0 as the integer 0, for one).
+        /// the slow way does: the same encoding, or the same refusal; bytes already
+        /// deterministic are kept as they were sent, where the one-pass reader judges them (no
+        /// tags: `ciborium` reads a bignum of 0 as the integer 0, for one); and the check that
+        /// builds no value judges every case as the read that builds one.
         #[test]
         fn a_payload_prepares_the_same_from_any_encoding(
             value in any_value(),
@@ -894,10 +908,7 @@ mod tests {
             if let Ok(canonical) = canonicalize_payload(value.clone()) {
                 let bytes = encode_value(&canonical);
                 if plain(&canonical) {
-                    proptest::prop_assert_eq!(
-                    payload_from_cbor(bytes.clone()).map(|(_, kept)| kept),
-                        Ok(bytes.clone())
-                    );
+                    proptest::prop_assert_eq!(payload_from_cbor(bytes.clone()), Ok(bytes.clone()));
                 }
                 cases.push(bytes);
             }
@@ -912,6 +923,11 @@ mod tests {
                 cases.extend([changed, shorter, longer]);
             }
             for bytes in cases {
+                proptest::prop_assert_eq!(
+                    is_deterministic(&bytes),
+                    read_deterministic(&bytes).is_some(),
+                    "{}", hex::encode(&bytes)
+                );
                 let fast = payload_from_cbor(bytes.clone());
                 let slow = payload_the_slow_way(&bytes);
                 proptest::prop_assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{}", hex::encode(&bytes));

@@ -342,12 +342,15 @@ pub struct SignedCheckpoint {
     pub note: String,
 }
 
-/// An append request checked by [`Ledger::prepare`]: a valid kind, a deterministic payload, a
-/// size within the limit.
+/// An append request checked by [`Ledger::prepare`] or [`Ledger::prepare_cbor`]: a valid kind,
+/// a deterministic payload, a size within the limit.
 #[derive(Clone, Debug)]
 pub struct Prepared {
-    /// The entry with a placeholder `prev` and time; the append fills in both.
-    template: Entry,
+    /// The entry's kind.
+    kind: EntryKind,
+    /// The payload in deterministic form, when the request was made from a value: it comes back
+    /// as the appended entry's decoded payload. `None` for a payload prepared from its bytes.
+    payload: Option<Value>,
     /// The payload's deterministic encoding, made once here and framed into each attempt's
     /// entry bytes (an append rebuilt after a conflict does not encode it again).
     payload_cbor: Vec<u8>,
@@ -386,9 +389,26 @@ pub struct Appended {
     pub leaf_hash: Hash,
     /// Its encoded bytes.
     pub entry: Vec<u8>,
-    /// The same entry, decoded: what `entry` encodes, so a caller that applies the event does
-    /// not decode the bytes the ledger has just encoded.
-    pub decoded: Entry,
+    /// The same entry, decoded, when it was prepared from a value ([`Ledger::prepare`]): what
+    /// `entry` encodes, so a caller that applies the event does not decode the bytes the ledger
+    /// has just encoded. A payload prepared from its bytes ([`Ledger::prepare_cbor`]) is never
+    /// decoded on the way in; [`Appended::decoded`] decodes it if asked.
+    decoded: Option<Entry>,
+}
+
+impl Appended {
+    /// The entry decoded: as carried from its request when it was prepared from a value, or
+    /// else decoded from its bytes (which fails only if they are damaged in memory).
+    pub fn decoded(&self) -> LedgerResult<std::borrow::Cow<'_, Entry>> {
+        match &self.decoded {
+            Some(entry) => Ok(std::borrow::Cow::Borrowed(entry)),
+            None => Ok(std::borrow::Cow::Owned(
+                Entry::decode(&self.entry).map_err(|e| {
+                    LedgerError::Corrupt(format!("appended entry {}: {e}", self.index))
+                })?,
+            )),
+        }
+    }
 }
 
 /// How many times one append is rebuilt after other writers extended the log first.
@@ -737,7 +757,7 @@ impl Ledger {
                 // The payload is already deterministic and the entry's size was checked with
                 // the largest possible time, so nothing here can fail.
                 let bytes = Entry::encode_with_payload(
-                    &prepared.template.kind,
+                    &prepared.kind,
                     &prev,
                     time_ms,
                     &prepared.payload_cbor,
@@ -804,14 +824,14 @@ impl Ledger {
             Ok(mut slot) => *slot = latest.clone(),
             Err(poisoned) => *poisoned.into_inner() = latest.clone(),
         }
-        // The committed bytes and the templates of the requests not refused (moved, not copied)
-        // become the callers' entries: each entry's `prev` is the leaf before it, the first
-        // one's the tip before the batch.
+        // The committed bytes and the payload values of the requests not refused (moved, not
+        // copied) become the callers' entries: each entry's `prev` is the leaf before it, the
+        // first one's the tip before the batch.
         let templates = requests
             .into_iter()
             .zip(&refused)
             .filter(|(_, refusal)| refusal.is_none())
-            .map(|((prepared, _), _)| prepared.template);
+            .map(|((prepared, _), _)| (prepared.kind, prepared.payload));
         let mut entry_prev = chain_start;
         let mut appended = batch
             .entries
@@ -819,12 +839,13 @@ impl Ledger {
             .zip(batch.leaf_hashes)
             .zip(templates)
             .enumerate()
-            .map(|(offset, ((entry, leaf_hash), template))| {
-                let decoded = Entry {
+            .map(|(offset, ((entry, leaf_hash), (kind, payload)))| {
+                let decoded = payload.map(|payload| Entry {
+                    kind,
                     prev: entry_prev,
                     time_ms,
-                    ..template
-                };
+                    payload,
+                });
                 entry_prev = leaf_hash;
                 Appended {
                     index: first_index + offset as u64,
@@ -955,33 +976,34 @@ impl Ledger {
     pub fn prepare(kind: EntryKind, payload: Value) -> LedgerResult<Prepared> {
         let payload = custodian_core::entry::canonicalize_payload(payload)?;
         let payload_cbor = custodian_core::entry::encode_value(&payload);
-        Ledger::prepared(kind, payload, payload_cbor)
+        Ledger::prepared(kind, Some(payload), payload_cbor)
     }
 
     /// [`Ledger::prepare`] for a payload sent as CBOR bytes (a client's append): bytes already
-    /// in deterministic form are framed as they are, without being parsed into a value,
-    /// put in order and encoded again; any others are parsed and put in that form, with the same
-    /// refusals (`custodian_core::entry::payload_from_cbor`).
+    /// in deterministic form are checked in one pass and framed as they are, without being
+    /// decoded, put in order and encoded again; any others are parsed and put in that form, with
+    /// the same refusals (`custodian_core::entry::payload_from_cbor`). The appended entry is not
+    /// carried decoded ([`Appended::decoded`] decodes it if asked).
     pub fn prepare_cbor(kind: EntryKind, payload_cbor: Vec<u8>) -> LedgerResult<Prepared> {
-        let (payload, payload_cbor) = custodian_core::entry::payload_from_cbor(payload_cbor)?;
-        Ledger::prepared(kind, payload, payload_cbor)
+        let payload_cbor = custodian_core::entry::payload_from_cbor(payload_cbor)?;
+        Ledger::prepared(kind, None, payload_cbor)
     }
 
-    /// A request from a payload already in deterministic form and its encoding, once its entry
-    /// is known to fit.
-    fn prepared(kind: EntryKind, payload: Value, payload_cbor: Vec<u8>) -> LedgerResult<Prepared> {
+    /// A request from a payload's deterministic encoding (and its value, if the caller has it),
+    /// once its entry is known to fit.
+    fn prepared(
+        kind: EntryKind,
+        payload: Option<Value>,
+        payload_cbor: Vec<u8>,
+    ) -> LedgerResult<Prepared> {
         // The largest time encodes longest, so an entry that fits now fits at any time.
         let len = Entry::encoded_len(&kind, u64::MAX, payload_cbor.len());
         if len > custodian_core::entry::MAX_ENTRY_LEN {
             return Err(EntryError::TooLarge { len }.into());
         }
         Ok(Prepared {
-            template: Entry {
-                kind,
-                prev: Hash::ZERO,
-                time_ms: u64::MAX,
-                payload,
-            },
+            kind,
+            payload,
             payload_cbor,
         })
     }
@@ -1463,19 +1485,36 @@ mod tests {
     fn each_appended_entry_comes_back_decoded_as_its_bytes_say() {
         // The registry applies `decoded` without reading `entry`, so the two must agree: the
         // same kind, payload, time, and `prev` chained across the batch and from the batch before.
+        // Every third request is prepared from its payload's bytes, as a client's append is: it
+        // is not carried decoded, and `decoded()` decodes its bytes instead.
         let (ledger, _) = counted();
         let mut tip = Hash::ZERO;
         let mut next = 0;
         for count in [3, 1, 4] {
-            let (appended, _) = append(&ledger, count);
+            let size = ledger.latest().size;
+            let requests = (size..size + count)
+                .map(|i| {
+                    let prepared = if i % 3 == 1 {
+                        let bytes = custodian_core::entry::encode_value(&payload(i));
+                        Ledger::prepare_cbor(EntryKind::RunAttested, bytes)
+                    } else {
+                        Ledger::prepare(EntryKind::RunAttested, payload(i))
+                    };
+                    (prepared.expect("prepared"), None)
+                })
+                .collect();
+            let (appended, _) = ledger.append_conditional(requests, size).expect("append");
             assert_eq!(appended.len() as u64, count);
-            for a in &appended {
+            for a in appended {
+                let a = a.expect("appended");
                 assert_eq!(a.index, next);
                 assert_eq!(a.leaf_hash, merkle::leaf_hash(&a.entry));
+                assert_eq!(a.decoded.is_none(), next % 3 == 1, "entry {next}");
                 let from_bytes = Entry::decode(&a.entry).expect("decode");
-                assert_eq!(a.decoded, from_bytes);
-                assert_eq!(a.decoded.prev, tip);
-                assert_eq!(a.decoded.payload, payload(next));
+                let decoded = a.decoded().expect("decoded");
+                assert_eq!(*decoded, from_bytes);
+                assert_eq!(decoded.prev, tip);
+                assert_eq!(decoded.payload, payload(next));
                 tip = a.leaf_hash;
                 next += 1;
             }

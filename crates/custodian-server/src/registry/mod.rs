@@ -594,7 +594,7 @@ impl Registry {
     ) -> Result<(u64, u64, custodian_core::receipt::Receipt), RegistryError> {
         let (appended, checkpoint) = self.append_entry_if(event, condition).await?;
         let receipt = self.ledger().receipt_for(&appended, &checkpoint)?;
-        Ok((appended.index, appended.decoded.time_ms, receipt))
+        Ok((appended.index, appended.decoded()?.time_ms, receipt))
     }
 
     /// Appends an event and applies it; returns what was appended and the checkpoint that
@@ -634,7 +634,7 @@ impl Registry {
                 .sequencer
                 .append_if(T::KIND, payload, condition)
                 .await?;
-            self.apply(appended.index, &appended.decoded);
+            self.apply(appended.index, &*appended.decoded()?);
             unapplied.applied();
             return Ok((appended, checkpoint));
         }
@@ -669,7 +669,7 @@ impl Registry {
                 condition,
             )
             .await?;
-        let entry = custodian_core::seal::unseal(&appended.decoded, &body)
+        let entry = custodian_core::seal::unseal(&*appended.decoded()?, &body)
             .map_err(|e| RegistryError::Ledger(LedgerError::Corrupt(e.to_string())))?;
         self.index
             .write()

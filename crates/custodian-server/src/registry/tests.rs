@@ -142,7 +142,8 @@ impl Fixture {
             )
             .expect("append");
         for entry in appended {
-            self.registry.apply(entry.index, &entry.decoded);
+            self.registry
+                .apply(entry.index, &entry.decoded().expect("decoded"));
         }
     }
 
