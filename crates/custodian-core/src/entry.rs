@@ -869,18 +869,24 @@ mod tests {
                 let bytes = entry.encode();
                 same_answer(&bytes)?;
                 proptest::prop_assert_eq!(read_deterministic(&bytes).is_some(), plain(&value));
-                let at = at % bytes.len();
-                let mut changed = bytes.clone();
-                changed[at] = byte;
-                same_answer(&changed)?;
-                let mut shorter = bytes.clone();
-                shorter.remove(at);
-                same_answer(&shorter)?;
-                let mut longer = bytes.clone();
-                longer.insert(at, byte);
-                same_answer(&longer)?;
+                for off in one_byte_off(&bytes, at, byte) {
+                    same_answer(&off)?;
+                }
             }
         }
+    }
+
+    /// `bytes` with one byte changed to `byte`, dropped, and `byte` added, each at `at` (taken
+    /// modulo the length; `bytes` must not be empty).
+    fn one_byte_off(bytes: &[u8], at: usize, byte: u8) -> [Vec<u8>; 3] {
+        let at = at % bytes.len();
+        let mut changed = bytes.to_vec();
+        changed[at] = byte;
+        let mut shorter = bytes.to_vec();
+        shorter.remove(at);
+        let mut longer = bytes.to_vec();
+        longer.insert(at, byte);
+        [changed, shorter, longer]
     }
 
     /// What the slow way makes of payload bytes: parse, put in deterministic form, encode.
@@ -913,14 +919,7 @@ mod tests {
                 cases.push(bytes);
             }
             for bytes in cases.clone() {
-                let at = at % bytes.len();
-                let mut changed = bytes.clone();
-                changed[at] = byte;
-                let mut shorter = bytes.clone();
-                shorter.remove(at);
-                let mut longer = bytes.clone();
-                longer.insert(at, byte);
-                cases.extend([changed, shorter, longer]);
+                cases.extend(one_byte_off(&bytes, at, byte));
             }
             for bytes in cases {
                 proptest::prop_assert_eq!(
