@@ -548,26 +548,21 @@ const MAJOR_TEXT: u8 = 3;
 /// Appends a CBOR head: the major type and its argument in the shortest form (RFC 8949 §3 and
 /// §4.2.1), as `ciborium` writes it.
 fn write_head(major: u8, argument: u64, out: &mut Vec<u8>) {
-    let major = major << 5;
-    match argument {
-        0..=23 => out.push(major | argument as u8),
-        24..=0xff => out.extend_from_slice(&[major | 24, argument as u8]),
-        0x100..=0xffff => {
-            out.push(major | 25);
-            out.extend_from_slice(&(argument as u16).to_be_bytes());
-        }
-        0x1_0000..=0xffff_ffff => {
-            out.push(major | 26);
-            out.extend_from_slice(&(argument as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(major | 27);
-            out.extend_from_slice(&argument.to_be_bytes());
-        }
-    }
+    let len = head_len(argument);
+    // Additional information 0-23 is the argument itself; 24-27 say it follows in 1, 2, 4 or 8
+    // bytes, big-endian.
+    let info = match len {
+        1 => argument as u8,
+        2 => 24,
+        3 => 25,
+        5 => 26,
+        _ => 27,
+    };
+    out.push(major << 5 | info);
+    out.extend_from_slice(&argument.to_be_bytes()[9 - len..]);
 }
 
-/// How many bytes [`write_head`] writes for `argument`.
+/// How many bytes [`write_head`] writes for `argument`: the shortest form that holds it.
 fn head_len(argument: u64) -> usize {
     match argument {
         0..=23 => 1,
