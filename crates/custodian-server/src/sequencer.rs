@@ -3,9 +3,15 @@
 //!
 //! Requests queue on a channel. The sequencer takes the first, then everything already queued
 //! (up to `max_batch`), optionally waits up to `window` for more, and commits the batch on a
-//! blocking thread. While that commit (and its fsync) runs, new requests queue up and form the
-//! next batch, so the batch size adapts to load without any tuning: one writer gets one-entry
-//! batches at fsync latency, many writers share each fsync.
+//! blocking thread, which also answers the batch's callers. While that commit (and its fsync)
+//! runs, new requests queue up and form the next batch, so the batch size adapts to load without
+//! any tuning: one writer gets one-entry batches at fsync latency, many writers share each fsync.
+//!
+//! The answers leave from the committing thread and the next batch is gathered by the
+//! sequencer's task, each on its own schedule. An answer then does not wait for that task to be
+//! scheduled again, and when the cores are busy the task comes back later, finds more requests
+//! queued and commits them in fewer, larger batches, each with one fsync and one signature
+//! (docs/performance.md, "Answers from the committing thread").
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -212,31 +218,42 @@ async fn run(
             replies.push(job.reply);
         }
         let ledger = ledger.clone();
-        let count = requests.len();
-        let result =
-            tokio::task::spawn_blocking(move || ledger.append_conditional(requests, now_ms()))
-                .await;
-        match result {
-            Ok(Ok((appended, checkpoint))) => {
-                tracing::debug!(entries = count, size = checkpoint.size, "batch committed");
-                if let Some(publication) = &publication {
-                    publication.integrated(checkpoint.size);
-                }
-                for (reply, entry) in replies.into_iter().zip(appended) {
-                    let _ = reply.send(entry.map(|entry| (entry, checkpoint.clone())));
-                }
+        let publication = publication.clone();
+        if let Err(join) = tokio::task::spawn_blocking(move || {
+            commit_and_reply(&ledger, requests, replies, publication.as_deref())
+        })
+        .await
+        {
+            // The replies went down with the commit's thread, so each waiter hears that the
+            // sequencer stopped before replying.
+            tracing::error!(error = %join, "the commit task failed");
+        }
+    }
+}
+
+/// Commits one batch and answers each of its requests from the committing thread, so an answer
+/// does not wait for the sequencer's task to be scheduled again.
+fn commit_and_reply(
+    ledger: &Ledger,
+    requests: Vec<(Prepared, Option<Condition>)>,
+    replies: Vec<Reply>,
+    publication: Option<&Publication>,
+) {
+    let count = requests.len();
+    match ledger.append_conditional(requests, now_ms()) {
+        Ok((appended, checkpoint)) => {
+            tracing::debug!(entries = count, size = checkpoint.size, "batch committed");
+            if let Some(publication) = publication {
+                publication.integrated(checkpoint.size);
             }
-            Ok(Err(err)) => {
-                tracing::error!(entries = count, error = %err, "ledger batch failed");
-                for reply in replies {
-                    let _ = reply.send(Err(err.clone()));
-                }
+            for (reply, entry) in replies.into_iter().zip(appended) {
+                let _ = reply.send(entry.map(|entry| (entry, checkpoint.clone())));
             }
-            Err(join) => {
-                let err = LedgerError::Poisoned(format!("the commit task failed: {join}"));
-                for reply in replies {
-                    let _ = reply.send(Err(err.clone()));
-                }
+        }
+        Err(err) => {
+            tracing::error!(entries = count, error = %err, "ledger batch failed");
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
             }
         }
     }
@@ -292,6 +309,35 @@ mod tests {
             commits,
             "one checkpoint per batch"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_that_panics_answers_its_batch_with_an_error_and_the_next_batch_commits() {
+        let backend = Arc::new(CountingBackend::new(Arc::new(MemoryLedger::new())));
+        let ledger = Arc::new(Ledger::open(backend.clone(), test_signer()).expect("open"));
+        let sequencer = Sequencer::start(ledger.clone(), SequencerConfig::default(), None);
+        backend.panic_on_next_commit();
+        // The callers of the batch whose commit panicked are answered, not left waiting.
+        let answer = tokio::time::timeout(
+            Duration::from_secs(30),
+            sequencer.append(EntryKind::RunAttested, payload(0)),
+        )
+        .await
+        .expect("the caller is answered");
+        assert!(
+            matches!(answer, Err(LedgerError::Poisoned(_))),
+            "the panicked batch is refused"
+        );
+        // The sequencer goes on, and the log never held the refused entry.
+        let (appended, checkpoint) = tokio::time::timeout(
+            Duration::from_secs(30),
+            sequencer.append(EntryKind::RunAttested, payload(1)),
+        )
+        .await
+        .expect("the next caller is answered")
+        .expect("the next batch commits");
+        assert_eq!((appended.index, checkpoint.size), (0, 1));
+        assert_eq!(ledger.latest().size, 1);
     }
 
     #[tokio::test]

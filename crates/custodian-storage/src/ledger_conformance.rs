@@ -278,6 +278,8 @@ pub struct CountingBackend {
     damaged_entry: Option<u64>,
     /// The stored hash (append-order index) handed out damaged, if any.
     damaged_hash: Option<u64>,
+    /// Whether the next commit panics instead of committing.
+    panic_next_commit: std::sync::atomic::AtomicBool,
 }
 
 impl CountingBackend {
@@ -291,7 +293,14 @@ impl CountingBackend {
             commit_delay: std::time::Duration::ZERO,
             damaged_entry: None,
             damaged_hash: None,
+            panic_next_commit: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Makes the next commit panic, before anything reaches the wrapped backend, as a bug in a
+    /// backend would; the commits after it go through.
+    pub fn panic_on_next_commit(&self) {
+        self.panic_next_commit.store(true, Ordering::SeqCst);
     }
 
     /// Makes each commit wait `delay` first.
@@ -372,6 +381,9 @@ impl LedgerBackend for CountingBackend {
         Ok(hashes)
     }
     fn commit(&self, batch: &LedgerBatch) -> LedgerResult<()> {
+        if self.panic_next_commit.swap(false, Ordering::SeqCst) {
+            panic!("a commit that panics, as the test asked");
+        }
         std::thread::sleep(self.commit_delay);
         self.commits.fetch_add(1, Ordering::SeqCst);
         self.inner.commit(batch)
