@@ -224,7 +224,8 @@ async fn run(
         })
         .await
         {
-            // The replies went down with the commit's thread, so each waiter hears that the
+            // Only a panic outside the commit itself gets here (the commit's own is caught and
+            // answered); the replies went down with the thread, so each waiter hears that the
             // sequencer stopped before replying.
             tracing::error!(error = %join, "the commit task failed");
         }
@@ -232,7 +233,8 @@ async fn run(
 }
 
 /// Commits one batch and answers each of its requests from the committing thread, so an answer
-/// does not wait for the sequencer's task to be scheduled again.
+/// does not wait for the sequencer's task to be scheduled again. A commit that panics answers
+/// each request with [`LedgerError::Poisoned`] and the panic's message.
 fn commit_and_reply(
     ledger: &Ledger,
     requests: Vec<(Prepared, Option<Condition>)>,
@@ -240,7 +242,22 @@ fn commit_and_reply(
     publication: Option<&Publication>,
 ) {
     let count = requests.len();
-    match ledger.append_conditional(requests, now_ms()) {
+    // A panic inside the commit (a bug in a backend) becomes this batch's error, so its callers
+    // hear what happened rather than only that no answer came.
+    let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ledger.append_conditional(requests, now_ms())
+    }))
+    .unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|m| m.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(LedgerError::Poisoned(format!(
+            "the commit of this batch panicked: {message}"
+        )))
+    });
+    match committed {
         Ok((appended, checkpoint)) => {
             tracing::debug!(entries = count, size = checkpoint.size, "batch committed");
             if let Some(publication) = publication {
@@ -325,8 +342,8 @@ mod tests {
         .await
         .expect("the caller is answered");
         assert!(
-            matches!(answer, Err(LedgerError::Poisoned(_))),
-            "the panicked batch is refused"
+            matches!(&answer, Err(LedgerError::Poisoned(m)) if m.contains("panicked: a commit that panics")),
+            "the panicked batch is refused, saying why"
         );
         // The sequencer goes on, and the log never held the refused entry.
         let (appended, checkpoint) = tokio::time::timeout(
