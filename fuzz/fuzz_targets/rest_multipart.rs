@@ -1,7 +1,8 @@
 //! The REST hosted data-pack upload (`POST …/data-pack/hosted`) with arbitrary multipart bodies
-//! and content types, through the real router in process (registry, ledger and custody in
-//! memory). Beyond "no panic": no answer is a server error, since every way a body can be wrong
-//! is the client's and must be answered 4xx with a reason.
+//! and content types, through the daemon's router in process (`rest::router_for`: registry,
+//! ledger and custody in memory). Beyond "no panic": no answer is a server error, since every
+//! way a body can be wrong is the client's and must be answered 4xx with a reason. The unit tests
+//! in custodian-server's `rest/tests.rs` hold the same router to the same rule on named cases.
 
 #![no_main]
 
@@ -26,8 +27,7 @@ struct World {
     _dir: tempfile::TempDir,
 }
 
-const MANIFEST: &str =
-    "name: fuzz-pkg\nversion: 1.0.0\ntype: eval_suite\nbase_model: [m0]\nevals: [e0]\nlicense: Apache-2.0\n";
+const MANIFEST: &str = "name: fuzz-pkg\nversion: 1.0.0\ntype: eval_suite\nbase_model: [m0]\nevals: [e0]\nlicense: Apache-2.0\n";
 
 fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
@@ -48,16 +48,24 @@ fn world() -> &'static World {
         let app = runtime.block_on(async {
             let store = BlobStore::new(Arc::new(MemoryBackend::new(1 << 20)));
             let signer = SignerKey::from_seed("fuzz.example/log", [7; 32]).expect("log key");
-            let ledger = Arc::new(Ledger::open(Arc::new(MemoryLedger::new()), signer).expect("ledger"));
-            let sequencer = Sequencer::start(ledger, SequencerConfig::default());
-            let registry = Arc::new(Registry::open(store.clone(), sequencer).await.expect("registry"));
+            let ledger =
+                Arc::new(Ledger::open(Arc::new(MemoryLedger::new()), signer).expect("ledger"));
+            let sequencer = Sequencer::start(ledger, SequencerConfig::default(), None);
+            let registry = Arc::new(
+                Registry::open(store.clone(), sequencer)
+                    .await
+                    .expect("registry"),
+            );
             let auth = Arc::new(Authenticator::new(dir.path()).expect("auth"));
             let who = auth
                 .authenticate(Some(&format!("Bearer {token}")))
                 .expect("principal");
             let digest = Digest::of(Algorithm::Sha256, MANIFEST.as_bytes());
             store
-                .put_bytes(Expectation::default(), Bytes::from_static(MANIFEST.as_bytes()))
+                .put_bytes(
+                    Expectation::default(),
+                    Bytes::from_static(MANIFEST.as_bytes()),
+                )
                 .await
                 .expect("manifest blob");
             let statement = PackageStatement::new(
@@ -78,10 +86,17 @@ fn world() -> &'static World {
                     &statement.sign(&publisher).to_json(),
                     &publisher.verifier().to_string(),
                     false,
+                    None,
                 )
                 .await
                 .expect("publish");
-            rest::router(registry, auth, Duration::from_secs(1))
+            rest::router_for(
+                registry,
+                auth,
+                &dir.path().join("state"),
+                Duration::from_secs(1),
+            )
+            .expect("router")
         });
         World {
             runtime,
