@@ -1,22 +1,16 @@
 //! The REST hosted data-pack upload (`POST …/data-pack/hosted`) with arbitrary multipart bodies
-//! and content types, through the daemon's router in process (`rest::router_for`: registry,
-//! ledger and custody in memory). Beyond "no panic": no answer is a server error, since every
-//! way a body can be wrong is the client's and must be answered 4xx with a reason. The unit tests
-//! in custodian-server's `rest/tests.rs` hold the same router to the same rule on named cases.
+//! and content types, through the daemon's routes in process on custodian-server's
+//! `rest::fixture` (one published package; registry, ledger and custody in memory). Beyond "no
+//! panic": no answer is a server error, since every way a body can be wrong is the client's and
+//! must be answered 4xx with a reason. The unit tests in custodian-server's `rest/tests.rs` hold
+//! the same routes on the same fixture to the same rule with named cases.
 
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use bytes::Bytes;
-use custodian_core::note::SignerKey;
-use custodian_core::package::{FileEntry, PackageStatement};
-use custodian_core::{Algorithm, Digest};
-use custodian_server::auth::{Authenticator, Scope};
-use custodian_server::{Registry, Sequencer, SequencerConfig, rest};
-use custodian_storage::ledger::Ledger;
-use custodian_storage::{BlobStore, Expectation, MemoryBackend, MemoryLedger};
+use custodian_server::rest::fixture::{self, Published};
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt as _;
 
@@ -27,8 +21,6 @@ struct World {
     _dir: tempfile::TempDir,
 }
 
-const MANIFEST: &str = "name: fuzz-pkg\nversion: 1.0.0\ntype: eval_suite\nbase_model: [m0]\nevals: [e0]\nlicense: Apache-2.0\n";
-
 fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
@@ -38,66 +30,8 @@ fn world() -> &'static World {
             .build()
             .expect("runtime");
         let dir = tempfile::tempdir().expect("tempdir");
-        let (_, token) = custodian_server::auth::create_token(
-            dir.path(),
-            "fuzz",
-            vec![Scope::Admin],
-            vec!["*".into()],
-        )
-        .expect("token");
-        let app = runtime.block_on(async {
-            let store = BlobStore::new(Arc::new(MemoryBackend::new(1 << 20)));
-            let signer = SignerKey::from_seed("fuzz.example/log", [7; 32]).expect("log key");
-            let ledger =
-                Arc::new(Ledger::open(Arc::new(MemoryLedger::new()), signer).expect("ledger"));
-            let sequencer = Sequencer::start(ledger, SequencerConfig::default(), None);
-            let registry = Arc::new(
-                Registry::open(store.clone(), sequencer)
-                    .await
-                    .expect("registry"),
-            );
-            let auth = Arc::new(Authenticator::new(dir.path()).expect("auth"));
-            let who = auth
-                .authenticate(Some(&format!("Bearer {token}")))
-                .expect("principal");
-            let digest = Digest::of(Algorithm::Sha256, MANIFEST.as_bytes());
-            store
-                .put_bytes(
-                    Expectation::default(),
-                    Bytes::from_static(MANIFEST.as_bytes()),
-                )
-                .await
-                .expect("manifest blob");
-            let statement = PackageStatement::new(
-                "fuzz-pkg",
-                "1.0.0",
-                "eval_suite",
-                vec![FileEntry {
-                    path: "manifest.yaml".into(),
-                    sha256: digest,
-                    size: MANIFEST.len() as u64,
-                }],
-            )
-            .expect("statement");
-            let publisher = SignerKey::from_seed("fuzz-publisher", [8; 32]).expect("key");
-            registry
-                .publish(
-                    &who,
-                    &statement.sign(&publisher).to_json(),
-                    &publisher.verifier().to_string(),
-                    false,
-                    None,
-                )
-                .await
-                .expect("publish");
-            rest::router_for(
-                registry,
-                auth,
-                &dir.path().join("state"),
-                Duration::from_secs(1),
-            )
-            .expect("router")
-        });
+        let Published { app, token } =
+            runtime.block_on(fixture::published(dir.path(), Duration::from_secs(1)));
         World {
             runtime,
             app,
@@ -125,7 +59,12 @@ fuzz_target!(|data: &[u8]| {
         3 => "application/json".to_string(),
         _ => "multipart/form-data; boundary=XyZ".to_string(),
     };
-    let Ok(request) = http::Request::post("/wrappers/fuzz-pkg/versions/1.0.0/data-pack/hosted")
+    let path = format!(
+        "/wrappers/{}/versions/{}/data-pack/hosted",
+        fixture::NAME,
+        fixture::VERSION
+    );
+    let Ok(request) = http::Request::post(path)
         .header("content-type", content_type)
         .header("authorization", format!("Bearer {}", world.token))
         .body(axum::body::Body::from(body.to_vec()))

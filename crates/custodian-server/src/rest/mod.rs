@@ -37,6 +37,8 @@ use crate::auth::{Authenticator, Principal};
 
 mod badge;
 mod error;
+#[cfg(any(test, feature = "fixture"))]
+pub mod fixture;
 mod linger;
 mod oci;
 mod pages;

@@ -1,32 +1,21 @@
-//! The REST API in process, through [`super::router_for`], with custody and the ledger in memory:
-//! the hosted upload's multipart bodies, well formed and not. Every way such a body can be wrong
-//! is the client's, so each is answered 4xx with the API's JSON error saying what is wrong, never
-//! 5xx, and nothing is registered. The fuzz target `rest_multipart` holds the same router to the
-//! same rule with arbitrary bytes; these cases keep the rule, and the constructor the target
-//! needs, checked on every test run.
+//! The REST API in process, on the registry of [`super::fixture`] (custody and the ledger in
+//! memory, served through [`super::router_for`]): the hosted upload's multipart bodies, well
+//! formed and not. Every way such a body can be wrong is the client's, so each is answered 4xx
+//! with the API's JSON error saying what is wrong, never 5xx, and nothing is registered. The fuzz
+//! target `rest_multipart` holds the same routes on the same fixture to the same rule with
+//! arbitrary bytes; these cases keep the rule, and the setup the target needs, checked on every
+//! test run.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use bytes::Bytes;
-use custodian_core::note::SignerKey;
-use custodian_core::package::{FileEntry, PackageStatement};
 use custodian_core::{Algorithm, Digest};
-use custodian_storage::ledger::Ledger;
-use custodian_storage::{BlobStore, Expectation, MemoryBackend, MemoryLedger};
 use http_body_util::BodyExt as _;
 use tower_service::Service as _;
 
-use crate::auth::{Authenticator, Scope};
-use crate::registry::Registry;
-use crate::sequencer::{Sequencer, SequencerConfig};
-
-const MANIFEST: &str = "name: rest-pkg\nversion: 1.0.0\ntype: eval_suite\nbase_model: [m0]\nevals: [e0]\nlicense: Apache-2.0\n";
-
-const HOSTED: &str = "/wrappers/rest-pkg/versions/1.0.0/data-pack/hosted";
+use super::fixture::{self, Published};
 
 /// The boundary of the bodies [`multipart`] builds.
 const BOUNDARY: &str = "XyZ";
@@ -34,7 +23,7 @@ const BOUNDARY: &str = "XyZ";
 /// The data the well-formed upload carries.
 const DATA: &[u8] = b"{\"a\":1}\n{\"a\":2}\n";
 
-/// A registry with one published version, `rest-pkg@1.0.0`, served by [`super::router_for`].
+/// The fixture's registry (one published version) behind the REST routes.
 struct Api {
     app: Router,
     /// An admin token's secret.
@@ -44,64 +33,20 @@ struct Api {
 
 async fn api() -> Api {
     let dir = tempfile::tempdir().expect("dir");
-    let (_, token) =
-        crate::auth::create_token(dir.path(), "rest", vec![Scope::Admin], vec!["*".into()])
-            .expect("token");
-    let store = BlobStore::new(Arc::new(MemoryBackend::new(64 << 10)));
-    let signer = SignerKey::from_seed("rest.test/log", [7; 32]).expect("log key");
-    let ledger = Arc::new(Ledger::open(Arc::new(MemoryLedger::new()), signer).expect("ledger"));
-    let sequencer = Sequencer::start(ledger, SequencerConfig::default(), None);
-    let registry = Arc::new(
-        Registry::open(store.clone(), sequencer)
-            .await
-            .expect("open"),
-    );
-    let auth = Arc::new(Authenticator::new(dir.path()).expect("auth"));
-    let who = auth
-        .authenticate(Some(&format!("Bearer {token}")))
-        .expect("admin");
-    let manifest = Digest::of(Algorithm::Sha256, MANIFEST.as_bytes());
-    store
-        .put_bytes(
-            Expectation::default(),
-            Bytes::from_static(MANIFEST.as_bytes()),
-        )
-        .await
-        .expect("manifest into custody");
-    let statement = PackageStatement::new(
-        "rest-pkg",
-        "1.0.0",
-        "eval_suite",
-        vec![FileEntry {
-            path: "manifest.yaml".into(),
-            sha256: manifest,
-            size: MANIFEST.len() as u64,
-        }],
-    )
-    .expect("statement");
-    let publisher = SignerKey::from_seed("rest-publisher", [8; 32]).expect("publisher key");
-    registry
-        .publish(
-            &who,
-            &statement.sign(&publisher).to_json(),
-            &publisher.verifier().to_string(),
-            false,
-            None,
-        )
-        .await
-        .expect("publish");
-    let app = super::router_for(
-        registry,
-        auth,
-        &dir.path().join("state"),
-        Duration::from_secs(5),
-    )
-    .expect("router");
+    let Published { app, token } = fixture::published(dir.path(), Duration::from_secs(5)).await;
     Api {
         app,
         token,
         _dir: dir,
     }
+}
+
+fn version_path(tail: &str) -> String {
+    format!(
+        "/wrappers/{}/versions/{}/{tail}",
+        fixture::NAME,
+        fixture::VERSION
+    )
 }
 
 impl Api {
@@ -131,7 +76,19 @@ impl Api {
     }
 
     async fn post_hosted(&self, content_type: &str, body: Vec<u8>) -> Answer {
-        self.send("POST", HOSTED, content_type, body).await
+        self.send(
+            "POST",
+            &version_path("data-pack/hosted"),
+            content_type,
+            body,
+        )
+        .await
+    }
+
+    /// The version's data-pack view.
+    async fn data_pack(&self) -> Answer {
+        self.send("GET", &version_path("data-pack"), "", Vec::new())
+            .await
     }
 }
 
@@ -187,14 +144,7 @@ async fn a_well_formed_hosted_upload_is_registered_with_its_digest() {
         "{}",
         answer.json
     );
-    let view = api
-        .send(
-            "GET",
-            "/wrappers/rest-pkg/versions/1.0.0/data-pack",
-            "",
-            Vec::new(),
-        )
-        .await;
+    let view = api.data_pack().await;
     assert_eq!(view.status, StatusCode::OK, "{}", view.json);
     assert_eq!(view.json["sha256"], sha256.as_str(), "{}", view.json);
 }
@@ -320,14 +270,7 @@ async fn malformed_hosted_uploads_are_refused_with_a_reason_and_nothing_is_regis
             "{what}: the message {message:?} does not say {words:?}"
         );
     }
-    let view = api
-        .send(
-            "GET",
-            "/wrappers/rest-pkg/versions/1.0.0/data-pack",
-            "",
-            Vec::new(),
-        )
-        .await;
+    let view = api.data_pack().await;
     assert_eq!(
         view.status,
         StatusCode::NOT_FOUND,
