@@ -7,42 +7,13 @@
 
 #![no_main]
 
-use std::sync::OnceLock;
-use std::time::Duration;
+#[path = "common/rest_world.rs"]
+mod rest_world;
 
-use custodian_server::rest::fixture::{self, Published};
 use libfuzzer_sys::fuzz_target;
-use tower::ServiceExt as _;
-
-struct World {
-    runtime: tokio::runtime::Runtime,
-    app: axum::Router,
-    token: String,
-    _dir: tempfile::TempDir,
-}
-
-fn world() -> &'static World {
-    static WORLD: OnceLock<World> = OnceLock::new();
-    WORLD.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let Published { app, token } =
-            runtime.block_on(fixture::published(dir.path(), Duration::from_secs(1)));
-        World {
-            runtime,
-            app,
-            token,
-            _dir: dir,
-        }
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
-    let world = world();
+    let world = rest_world::world();
     let Some((&selector, body)) = data.split_first() else {
         return;
     };
@@ -59,22 +30,14 @@ fuzz_target!(|data: &[u8]| {
         3 => "application/json".to_string(),
         _ => "multipart/form-data; boundary=XyZ".to_string(),
     };
-    let path = format!(
-        "/wrappers/{}/versions/{}/data-pack/hosted",
-        fixture::NAME,
-        fixture::VERSION
-    );
-    let Ok(request) = http::Request::post(path)
+    let Ok(request) = http::Request::post(world.version_path("data-pack/hosted"))
         .header("content-type", content_type)
         .header("authorization", format!("Bearer {}", world.token))
         .body(axum::body::Body::from(body.to_vec()))
     else {
         return;
     };
-    let response = world
-        .runtime
-        .block_on(world.app.clone().oneshot(request))
-        .expect("the router is infallible");
+    let response = world.send(request);
     assert!(
         !response.status().is_server_error(),
         "a request body got {}",
