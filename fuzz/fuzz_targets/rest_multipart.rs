@@ -7,13 +7,13 @@
 
 #![no_main]
 
-#[path = "common/rest_world.rs"]
-mod rest_world;
+#[path = "common/world.rs"]
+mod world;
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let world = rest_world::world();
+    let world = world::world();
     let Some((&selector, body)) = data.split_first() else {
         return;
     };

@@ -11,8 +11,8 @@
 
 #![no_main]
 
-#[path = "common/rest_world.rs"]
-mod rest_world;
+#[path = "common/world.rs"]
+mod world;
 
 use std::sync::OnceLock;
 
@@ -27,7 +27,7 @@ use libfuzzer_sys::fuzz_target;
 fn session() -> &'static str {
     static SESSION: OnceLock<String> = OnceLock::new();
     SESSION.get_or_init(|| {
-        let world = rest_world::world();
+        let world = world::world();
         let request = Request::post(world.version_path("data-pack/uploads"))
             .header("tus-resumable", "1.0.0")
             .header("upload-length", "16")
@@ -54,7 +54,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let world = rest_world::world();
+    let world = world::world();
     let session = session();
     let Some((&selector, rest)) = data.split_first() else {
         return;

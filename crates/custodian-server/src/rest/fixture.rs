@@ -1,7 +1,8 @@
-//! A registry in memory with one published package, served by the daemon's REST routes without a
-//! daemon ([`super::router_for`]): what the in-process REST tests (`rest/tests.rs`) and the fuzz
-//! target `rest_multipart` send their requests to, so that both meet the same setup. Compiled
-//! for tests and with the `fixture` feature only; the daemon never builds it.
+//! A registry in memory with one published package, served by the daemon's REST routes and its
+//! four gRPC services without a daemon: what the in-process REST tests (`rest/tests.rs`) and the
+//! fuzz targets `rest_multipart`, `rest_requests` and `grpc_requests` send their requests to, so
+//! that all of them meet the same setup. Compiled for tests and with the `fixture` feature only;
+//! the daemon never builds it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,11 +13,20 @@ use custodian_core::note::SignerKey;
 use custodian_core::package::{FileEntry, PackageStatement};
 use custodian_core::{Algorithm, Digest};
 use custodian_storage::ledger::Ledger;
+use custodian_storage::uploads::{DEFAULT_UPLOAD_EXPIRY, UploadSessions};
 use custodian_storage::{BlobStore, Expectation, MemoryBackend, MemoryLedger};
 
+use custodian_proto::cas::v1::content_store_server::ContentStoreServer;
+use custodian_proto::evidence::v1::evidence_server::EvidenceServer;
+use custodian_proto::ledger::v1::ledger_server::LedgerServer;
+use custodian_proto::registry::v1::registry_server::RegistryServer;
+
 use crate::auth::{Authenticator, Scope};
+use crate::oci::{Oci, OciConfig};
 use crate::registry::Registry;
+use crate::scan::StreamScans;
 use crate::sequencer::{Sequencer, SequencerConfig};
+use crate::{CasLimits, CasService, EvidenceService, LedgerService, RegistryService};
 
 /// The published package's name.
 pub const NAME: &str = "fixture-pkg";
@@ -31,13 +41,17 @@ pub const MANIFEST: &str = "name: fixture-pkg\nversion: 1.0.0\ntype: eval_suite\
 pub struct Published {
     /// The REST routes.
     pub app: axum::Router,
+    /// The gRPC services (`ContentStore`, `Ledger`, `Registry`, `Evidence`) as the daemon
+    /// configures them, on the same registry; requests are HTTP/2-framed gRPC calls.
+    pub grpc: axum::Router,
     /// An admin token's secret, for `Authorization: Bearer`.
     pub token: String,
 }
 
 /// Publishes [`NAME`]@[`VERSION`] into a registry whose custody and ledger are in memory (the
 /// tokens, upload sessions and OCI links under `dir`) and returns its REST routes, whose uploads
-/// are abandoned after `upload_idle` without data. A fixture: it panics if a step fails.
+/// are abandoned after `upload_idle` without data, and its gRPC services. A fixture: it panics
+/// if a step fails.
 pub async fn published(dir: &Path, upload_idle: Duration) -> Published {
     let (_, token) =
         crate::auth::create_token(dir, "fixture", vec![Scope::Admin], vec!["*".into()])
@@ -47,7 +61,7 @@ pub async fn published(dir: &Path, upload_idle: Duration) -> Published {
     let ledger = Arc::new(Ledger::open(Arc::new(MemoryLedger::new()), signer).expect("the ledger"));
     let sequencer = Sequencer::start(ledger, SequencerConfig::default(), None);
     let registry = Arc::new(
-        Registry::open(store.clone(), sequencer)
+        Registry::open(store.clone(), sequencer.clone())
             .await
             .expect("the registry"),
     );
@@ -85,7 +99,76 @@ pub async fn published(dir: &Path, upload_idle: Duration) -> Published {
         )
         .await
         .expect("the publication");
-    let app = super::router_for(registry, auth, &dir.join("state"), upload_idle)
-        .expect("the REST routes");
-    Published { app, token }
+    // What the REST routes need besides the registry and the authenticator, as the daemon opens
+    // them but in `dir`: upload sessions expiring after the daemon's default period, the OCI
+    // front end's links, and stream scans with their own bound. No local put socket is announced.
+    let uploads = Arc::new(
+        UploadSessions::open(
+            &dir.join("uploads"),
+            DEFAULT_UPLOAD_EXPIRY,
+            registry.store().clone(),
+        )
+        .expect("the upload sessions"),
+    );
+    let oci = Arc::new(
+        Oci::open(
+            registry.clone(),
+            &dir.join("oci"),
+            OciConfig::default(),
+            uploads.clone(),
+        )
+        .expect("the OCI front end"),
+    );
+    let stream_scans = Arc::new(StreamScans::new(uploads.expiry()));
+    let limits = CasLimits::default();
+    let cas = CasService::new(
+        store,
+        uploads.clone(),
+        Arc::new(crate::retention::Collector::new(
+            registry.clone(),
+            oci.clone(),
+            uploads.clone(),
+        )),
+        Duration::from_secs(3600),
+        limits,
+        registry.clone(),
+        auth.clone(),
+    );
+    let size = limits.max_message_size_bytes;
+    let grpc = tonic::service::Routes::new(
+        ContentStoreServer::new(cas)
+            .max_decoding_message_size(size)
+            .max_encoding_message_size(size),
+    )
+    .add_service(
+        LedgerServer::new(LedgerService::new(
+            sequencer,
+            None,
+            registry.clone(),
+            auth.clone(),
+        ))
+        .max_decoding_message_size(size)
+        .max_encoding_message_size(size),
+    )
+    .add_service(
+        RegistryServer::new(RegistryService::new(registry.clone(), auth.clone()))
+            .max_decoding_message_size(size)
+            .max_encoding_message_size(size),
+    )
+    .add_service(
+        EvidenceServer::new(EvidenceService::new(registry.clone(), auth.clone()))
+            .max_decoding_message_size(size)
+            .max_encoding_message_size(size),
+    )
+    .into_axum_router();
+    let app = super::router(
+        registry,
+        auth,
+        upload_idle,
+        oci,
+        uploads,
+        stream_scans,
+        None,
+    );
+    Published { app, grpc, token }
 }

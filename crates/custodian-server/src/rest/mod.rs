@@ -91,42 +91,6 @@ pub(crate) struct LocalPutAnnouncement {
     pub(crate) instance: String,
 }
 
-/// The REST router over a registry this process holds, without a daemon around it: upload
-/// sessions (expiring after the daemon's default period) and the OCI front end's links are kept
-/// in `state_dir`, stream scans have their own bound, and no local put socket is announced. The fuzz target `rest_multipart` and the
-/// in-process tests send their requests through it, so they meet the daemon's own routes.
-pub fn router_for(
-    registry: Arc<Registry>,
-    auth: Arc<Authenticator>,
-    state_dir: &std::path::Path,
-    upload_idle: std::time::Duration,
-) -> Result<Router, crate::ServerError> {
-    let uploads = Arc::new(custodian_storage::uploads::UploadSessions::open(
-        &state_dir.join("uploads"),
-        custodian_storage::uploads::DEFAULT_UPLOAD_EXPIRY,
-        registry.store().clone(),
-    )?);
-    let oci = Arc::new(
-        crate::oci::Oci::open(
-            registry.clone(),
-            &state_dir.join("oci"),
-            crate::oci::OciConfig::default(),
-            uploads.clone(),
-        )
-        .map_err(|e| crate::ServerError::Oci(e.to_string()))?,
-    );
-    let stream_scans = Arc::new(crate::scan::StreamScans::new(uploads.expiry()));
-    Ok(router(
-        registry,
-        auth,
-        upload_idle,
-        oci,
-        uploads,
-        stream_scans,
-        None,
-    ))
-}
-
 /// The REST router; an upload body that sends nothing for `upload_idle` is abandoned. Stream
 /// scans take their permits from `stream_scans`, which the local put socket shares.
 pub(crate) fn router(

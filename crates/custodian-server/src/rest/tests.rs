@@ -1,9 +1,10 @@
 //! The REST API in process, on the registry of [`super::fixture`] (custody and the ledger in
-//! memory, served through [`super::router_for`]): the hosted upload's multipart bodies, well
-//! formed and not. Every way such a body can be wrong is the client's, so each is answered 4xx
-//! with the API's JSON error saying what is wrong, never 5xx, and nothing is registered. The fuzz
-//! target `rest_multipart` holds the same routes on the same fixture to the same rule with
-//! arbitrary bytes; these cases keep the rule, and the setup the target needs, checked on every
+//! memory, served by the daemon's routes): the hosted upload's multipart bodies, well formed and
+//! not. Every way such a body can be wrong is the client's, so each is answered 4xx with the API's
+//! JSON error saying what is wrong, never 5xx, and nothing is registered. The fixture's gRPC
+//! services are called once each way (answered, refused with the field and the value). The fuzz
+//! targets `rest_multipart` and `grpc_requests` hold the same fixture to the same rules with
+//! arbitrary bytes; these cases keep the rules, and the setup the targets need, checked on every
 //! test run.
 
 use std::time::Duration;
@@ -33,7 +34,7 @@ struct Api {
 
 async fn api() -> Api {
     let dir = tempfile::tempdir().expect("dir");
-    let Published { app, token } = fixture::published(dir.path(), Duration::from_secs(5)).await;
+    let Published { app, token, .. } = fixture::published(dir.path(), Duration::from_secs(5)).await;
     Api {
         app,
         token,
@@ -276,5 +277,66 @@ async fn malformed_hosted_uploads_are_refused_with_a_reason_and_nothing_is_regis
         StatusCode::NOT_FOUND,
         "a refused upload registered a data pack: {}",
         view.json
+    );
+}
+
+/// Calls one unary gRPC method of the fixture with `message`, as an admin; returns the status
+/// code and message of the answer (its headers when refused, its trailers when answered).
+async fn grpc_call(published: &Published, path: &str, message: &[u8]) -> (String, String) {
+    let mut body = vec![0];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message);
+    let request = Request::post(path)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {}", published.token))
+        .body(Body::from(body))
+        .expect("request");
+    let mut grpc = published.grpc.clone();
+    let (parts, body) = grpc.call(request).await.expect("infallible").into_parts();
+    let collected = body.collect().await.expect("body");
+    let fields = match parts.headers.get("grpc-status") {
+        Some(_) => parts.headers,
+        None => collected.trailers().cloned().unwrap_or_default(),
+    };
+    let text = |name: &str| {
+        fields
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default()
+    };
+    (text("grpc-status"), text("grpc-message"))
+}
+
+#[tokio::test]
+async fn the_fixture_serves_the_grpc_services_on_the_same_registry() {
+    use prost::Message as _;
+    let dir = tempfile::tempdir().expect("dir");
+    let published = fixture::published(dir.path(), Duration::from_secs(5)).await;
+    let request = custodian_proto::registry::v1::GetVersionRequest {
+        name: fixture::NAME.into(),
+        version: fixture::VERSION.into(),
+    };
+    let (code, why) = grpc_call(
+        &published,
+        "/custodian.registry.v1.Registry/GetVersion",
+        &request.encode_to_vec(),
+    )
+    .await;
+    assert_eq!(code, "0", "the published version: {why}");
+    // A refusal names the field and the value (here percent-encoded, as gRPC sends messages).
+    let request = custodian_proto::cas::v1::StatRequest {
+        digest: "sha256:nope".into(),
+    };
+    let (code, why) = grpc_call(
+        &published,
+        "/custodian.cas.v1.ContentStore/Stat",
+        &request.encode_to_vec(),
+    )
+    .await;
+    assert_eq!(code, "3", "INVALID_ARGUMENT: {why}");
+    assert!(
+        why.contains("digest") && why.contains("nope"),
+        "the refusal says {why:?}"
     );
 }

@@ -1,6 +1,9 @@
-//! What the REST targets share: custodian-server's `rest::fixture` (one published package;
-//! registry, ledger and custody in memory) behind the daemon's routes, built once per process,
-//! and one request sent through them.
+//! What the REST and gRPC targets share: custodian-server's `rest::fixture` (one published
+//! package; registry, ledger and custody in memory) behind the daemon's REST routes and gRPC
+//! services, built once per process, and one request sent through them.
+
+// Each target uses part of this module.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -13,6 +16,7 @@ use tower::ServiceExt as _;
 pub struct World {
     runtime: tokio::runtime::Runtime,
     app: axum::Router,
+    grpc: axum::Router,
     /// An admin token's secret.
     pub token: String,
 }
@@ -45,18 +49,19 @@ pub fn world() -> &'static World {
             .build()
             .expect("runtime");
         let dir = fixture_dir();
-        let Published { app, token } =
+        let Published { app, grpc, token } =
             runtime.block_on(fixture::published(&dir, Duration::from_secs(1)));
         World {
             runtime,
             app,
+            grpc,
             token,
         }
     })
 }
 
 impl World {
-    /// Sends `request` through the routes; returns the response's status and headers.
+    /// Sends `request` through the REST routes.
     pub fn send(
         &self,
         request: http::Request<axum::body::Body>,
@@ -64,6 +69,21 @@ impl World {
         self.runtime
             .block_on(self.app.clone().oneshot(request))
             .expect("the router is infallible")
+    }
+
+    /// Sends a gRPC call (an HTTP/2-framed request) through the gRPC services.
+    pub fn send_grpc(
+        &self,
+        request: http::Request<axum::body::Body>,
+    ) -> http::Response<axum::body::Body> {
+        self.runtime
+            .block_on(self.grpc.clone().oneshot(request))
+            .expect("the router is infallible")
+    }
+
+    /// Runs `future` on the world's runtime.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
     }
 
     /// The path of the fixture version's `tail` (`data-pack/hosted`, …).

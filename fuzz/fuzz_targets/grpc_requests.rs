@@ -1,0 +1,218 @@
+//! Every unary gRPC method of the four services (`ContentStore`, `Ledger`, `Registry`,
+//! `Evidence`) with an arbitrary request message, through the daemon's services in process on
+//! custodian-server's `rest::fixture` (one published package; registry, ledger and custody in
+//! memory), as an admin would call them. Beyond "no panic": every call ends with a gRPC status,
+//! never `UNKNOWN`, `UNIMPLEMENTED`, `INTERNAL` or `DATA_LOSS`, since custody and the ledger are
+//! in memory and cannot fail, so every refusal is of the request; and a refusal says why (its
+//! message is not empty).
+//!
+//! Input: one byte choosing the method, then the request message's protobuf bytes. Bytes that
+//! do not decode as the method's request are skipped: tonic itself answers them `INTERNAL`
+//! before the daemon's code sees them.
+
+#![no_main]
+
+#[path = "common/world.rs"]
+mod world;
+
+use http_body_util::BodyExt as _;
+use libfuzzer_sys::fuzz_target;
+
+fn decodes<M: prost::Message + Default>(bytes: &[u8]) -> bool {
+    M::decode(bytes).is_ok()
+}
+
+/// Each unary method's path and whether bytes decode as its request.
+const METHODS: &[(&str, fn(&[u8]) -> bool)] = &[
+    (
+        "/custodian.cas.v1.ContentStore/GetCapabilities",
+        decodes::<custodian_proto::cas::v1::GetCapabilitiesRequest>,
+    ),
+    (
+        "/custodian.cas.v1.ContentStore/StartUpload",
+        decodes::<custodian_proto::cas::v1::StartUploadRequest>,
+    ),
+    (
+        "/custodian.cas.v1.ContentStore/QueryUpload",
+        decodes::<custodian_proto::cas::v1::QueryUploadRequest>,
+    ),
+    (
+        "/custodian.cas.v1.ContentStore/FinishUpload",
+        decodes::<custodian_proto::cas::v1::FinishUploadRequest>,
+    ),
+    (
+        "/custodian.cas.v1.ContentStore/CancelUpload",
+        decodes::<custodian_proto::cas::v1::CancelUploadRequest>,
+    ),
+    (
+        "/custodian.cas.v1.ContentStore/Retain",
+        decodes::<custodian_proto::cas::v1::RetainRequest>,
+    ),
+    (
+        "/custodian.cas.v1.ContentStore/Why",
+        decodes::<custodian_proto::cas::v1::WhyRequest>,
+    ),
+    (
+        "/custodian.cas.v1.ContentStore/CollectGarbage",
+        decodes::<custodian_proto::cas::v1::CollectGarbageRequest>,
+    ),
+    (
+        "/custodian.cas.v1.ContentStore/DeleteBlob",
+        decodes::<custodian_proto::cas::v1::DeleteBlobRequest>,
+    ),
+    (
+        "/custodian.cas.v1.ContentStore/Stat",
+        decodes::<custodian_proto::cas::v1::StatRequest>,
+    ),
+    (
+        "/custodian.cas.v1.ContentStore/FindMissing",
+        decodes::<custodian_proto::cas::v1::FindMissingRequest>,
+    ),
+    (
+        "/custodian.cas.v1.ContentStore/BatchPut",
+        decodes::<custodian_proto::cas::v1::BatchPutRequest>,
+    ),
+    (
+        "/custodian.cas.v1.ContentStore/BatchGet",
+        decodes::<custodian_proto::cas::v1::BatchGetRequest>,
+    ),
+    (
+        "/custodian.ledger.v1.Ledger/GetLogInfo",
+        decodes::<custodian_proto::ledger::v1::GetLogInfoRequest>,
+    ),
+    (
+        "/custodian.ledger.v1.Ledger/GetCheckpoint",
+        decodes::<custodian_proto::ledger::v1::GetCheckpointRequest>,
+    ),
+    (
+        "/custodian.ledger.v1.Ledger/GetEntry",
+        decodes::<custodian_proto::ledger::v1::GetEntryRequest>,
+    ),
+    (
+        "/custodian.ledger.v1.Ledger/GetInclusionProof",
+        decodes::<custodian_proto::ledger::v1::GetInclusionProofRequest>,
+    ),
+    (
+        "/custodian.ledger.v1.Ledger/GetConsistencyProof",
+        decodes::<custodian_proto::ledger::v1::GetConsistencyProofRequest>,
+    ),
+    (
+        "/custodian.ledger.v1.Ledger/GetReceipt",
+        decodes::<custodian_proto::ledger::v1::GetReceiptRequest>,
+    ),
+    (
+        "/custodian.ledger.v1.Ledger/Append",
+        decodes::<custodian_proto::ledger::v1::AppendRequest>,
+    ),
+    (
+        "/custodian.registry.v1.Registry/PublishVersion",
+        decodes::<custodian_proto::registry::v1::PublishVersionRequest>,
+    ),
+    (
+        "/custodian.registry.v1.Registry/ListVersions",
+        decodes::<custodian_proto::registry::v1::ListVersionsRequest>,
+    ),
+    (
+        "/custodian.registry.v1.Registry/GetVersion",
+        decodes::<custodian_proto::registry::v1::GetVersionRequest>,
+    ),
+    (
+        "/custodian.registry.v1.Registry/Yank",
+        decodes::<custodian_proto::registry::v1::YankRequest>,
+    ),
+    (
+        "/custodian.evidence.v1.Evidence/RegisterAttester",
+        decodes::<custodian_proto::evidence::v1::RegisterAttesterRequest>,
+    ),
+    (
+        "/custodian.evidence.v1.Evidence/AttestRun",
+        decodes::<custodian_proto::evidence::v1::AttestRunRequest>,
+    ),
+    (
+        "/custodian.evidence.v1.Evidence/AttestRuns",
+        decodes::<custodian_proto::evidence::v1::AttestRunsRequest>,
+    ),
+    (
+        "/custodian.evidence.v1.Evidence/RecordScan",
+        decodes::<custodian_proto::evidence::v1::RecordScanRequest>,
+    ),
+    (
+        "/custodian.evidence.v1.Evidence/ScanVersion",
+        decodes::<custodian_proto::evidence::v1::ScanVersionRequest>,
+    ),
+    (
+        "/custodian.evidence.v1.Evidence/ListPendingScans",
+        decodes::<custodian_proto::evidence::v1::ListPendingScansRequest>,
+    ),
+    (
+        "/custodian.evidence.v1.Evidence/GetBadge",
+        decodes::<custodian_proto::evidence::v1::GetBadgeRequest>,
+    ),
+    (
+        "/custodian.evidence.v1.Evidence/GetReport",
+        decodes::<custodian_proto::evidence::v1::GetReportRequest>,
+    ),
+    (
+        "/custodian.evidence.v1.Evidence/PreregisterEval",
+        decodes::<custodian_proto::evidence::v1::PreregisterEvalRequest>,
+    ),
+    (
+        "/custodian.evidence.v1.Evidence/RotateKey",
+        decodes::<custodian_proto::evidence::v1::RotateKeyRequest>,
+    ),
+    (
+        "/custodian.evidence.v1.Evidence/RevokeKey",
+        decodes::<custodian_proto::evidence::v1::RevokeKeyRequest>,
+    ),
+    (
+        "/custodian.evidence.v1.Evidence/IntroduceKey",
+        decodes::<custodian_proto::evidence::v1::IntroduceKeyRequest>,
+    ),
+];
+
+/// The statuses that are never an answer to a request: the daemon's failure, not the caller's.
+const NEVER: &[&str] = &["2", "12", "13", "15"];
+
+fuzz_target!(|data: &[u8]| {
+    let world = world::world();
+    let Some((&selector, message)) = data.split_first() else {
+        return;
+    };
+    let (path, decodes) = METHODS[usize::from(selector) % METHODS.len()];
+    if !decodes(message) {
+        return;
+    }
+    // One uncompressed gRPC message: flag, length, bytes.
+    let mut body = Vec::with_capacity(5 + message.len());
+    body.push(0);
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message);
+    let request = http::Request::post(path)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {}", world.token))
+        .body(axum::body::Body::from(body))
+        .expect("request");
+    let response = world.send_grpc(request);
+    let status = response.status();
+    let (parts, body) = response.into_parts();
+    let collected = world.block_on(body.collect()).expect("the answer's body");
+    // A refusal comes as headers only; an answer's status is in its trailers.
+    let fields = match parts.headers.get("grpc-status") {
+        Some(_) => parts.headers,
+        None => collected.trailers().cloned().unwrap_or_default(),
+    };
+    let code = fields
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("{path}: HTTP {status} without a grpc-status"));
+    let why = fields
+        .get("grpc-message")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    assert!(!NEVER.contains(&code), "{path}: status {code}: {why}");
+    assert!(
+        code == "0" || !why.is_empty(),
+        "{path}: status {code} without a message"
+    );
+});
