@@ -589,8 +589,28 @@ pub fn payload_from_cbor(bytes: Vec<u8>) -> Result<Vec<u8>, EntryError> {
     if is_deterministic(&bytes) {
         return Ok(bytes);
     }
-    let value = canonicalize(parse_cbor(&bytes)?, "payload")?;
-    Ok(encode_value(&value))
+    let encoded = reencode(&bytes)?;
+    // A reader of the entry parses these bytes again, and `ciborium` reads some tagged items as
+    // other values than the ones it wrote: a bignum (tag 2 or 3) over a definite byte string of
+    // at most 16 bytes is read as an integer, while one sent over an indefinite-length string
+    // was kept as the tag. Framed as written, such an entry would not read back as itself, and
+    // every later read would call it corrupt; so the payload is framed as it will be read, which
+    // must then hold still (RFC 8949 §3.4.3 prefers the integer for a bignum that fits one).
+    let reread = reencode(&encoded)?;
+    if reread == encoded || reencode(&reread)? == reread {
+        return Ok(reread);
+    }
+    Err(EntryError::Field {
+        field: "payload",
+        reason: "a tagged item does not read back as it is written; send the payload in \
+                 deterministic form (RFC 8949 §4.2.1) without it"
+            .into(),
+    })
+}
+
+/// Parses payload bytes, puts them in deterministic form and encodes them (the slow way).
+fn reencode(bytes: &[u8]) -> Result<Vec<u8>, EntryError> {
+    Ok(encode_value(&canonicalize(parse_cbor(bytes)?, "payload")?))
 }
 
 /// Parses one CBOR data item (with nothing after it), as it is; [`Entry::new`] puts it in
@@ -884,9 +904,23 @@ mod tests {
         [changed, shorter, longer]
     }
 
-    /// What the slow way makes of payload bytes: parse, put in deterministic form, encode.
+    /// What the slow way makes of payload bytes: parse, put in deterministic form, encode; then
+    /// the same again on what came out, until it holds still (a reader parses it again).
     fn payload_the_slow_way(bytes: &[u8]) -> Result<Vec<u8>, EntryError> {
-        Ok(encode_value(&canonicalize_payload(parse_cbor(bytes)?)?))
+        let mut encoded = encode_value(&canonicalize_payload(parse_cbor(bytes)?)?);
+        for _ in 0..2 {
+            let again = encode_value(&canonicalize_payload(parse_cbor(&encoded)?)?);
+            if again == encoded {
+                return Ok(encoded);
+            }
+            encoded = again;
+        }
+        Err(EntryError::Field {
+            field: "payload",
+            reason: "a tagged item does not read back as it is written; send the payload in \
+                     deterministic form (RFC 8949 §4.2.1) without it"
+                .into(),
+        })
     }
 
     proptest::proptest! {
@@ -925,8 +959,40 @@ mod tests {
                 let fast = payload_from_cbor(bytes.clone());
                 let slow = payload_the_slow_way(&bytes);
                 proptest::prop_assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{}", hex::encode(&bytes));
+                // What is framed reads back as itself, inside an entry too.
+                if let Ok(framed) = fast {
+                    let reread = payload_the_slow_way(&framed);
+                    proptest::prop_assert_eq!(reread.as_ref(), Ok(&framed), "{}", hex::encode(&bytes));
+                    let entry = Entry::encode_with_payload(
+                        &EntryKind::KeyEvent, &crate::merkle::Hash([0; 32]), 1, &framed,
+                    );
+                    proptest::prop_assert!(
+                        Entry::decode(&entry).is_ok(), "{}", hex::encode(&bytes)
+                    );
+                }
             }
         }
+    }
+
+    /// Found by the fuzz target `grpc_requests` (an `Append` whose entry was then refused as
+    /// corrupt on every read): a bignum over an indefinite-length byte string, `2(_ h'87')`. It
+    /// is framed as the integer a reader will read (135), and its entry reads back.
+    #[test]
+    fn a_bignum_sent_over_an_indefinite_string_is_framed_as_it_reads_back() {
+        let framed = payload_from_cbor(hex::decode("c25f4187ff").expect("hex")).expect("framed");
+        assert_eq!(hex::encode(&framed), "1887");
+        let entry = Entry::encode_with_payload(
+            &EntryKind::KeyEvent,
+            &crate::merkle::Hash([0; 32]),
+            1,
+            &framed,
+        );
+        assert!(Entry::decode(&entry).is_ok());
+        // The same bignum over a definite string was already read as the integer.
+        assert_eq!(
+            payload_from_cbor(hex::decode("c24187").expect("hex")).expect("framed"),
+            framed
+        );
     }
 
     #[test]
