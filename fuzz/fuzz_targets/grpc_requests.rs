@@ -1,14 +1,14 @@
 //! Every unary gRPC method of the four services (`ContentStore`, `Ledger`, `Registry`,
 //! `Evidence`) with an arbitrary request message, through the daemon's services in process on
 //! custodian-server's `rest::fixture` (one published package; registry, ledger and custody in
-//! memory), as an admin would call them. Beyond "no panic": every call ends with a gRPC status,
-//! never `UNKNOWN`, `UNIMPLEMENTED`, `INTERNAL` or `DATA_LOSS`, since custody and the ledger are
-//! in memory and cannot fail, so every refusal is of the request; and a refusal says why (its
-//! message is not empty).
+//! memory), as an admin or as an anonymous caller. Beyond "no panic": every call ends with a
+//! gRPC status, never `UNKNOWN`, `UNIMPLEMENTED`, `INTERNAL` or `DATA_LOSS`, since custody and the
+//! ledger are in memory and cannot fail, so every refusal is of the request; and a refusal says
+//! why (its message is not empty).
 //!
-//! Input: one byte choosing the method, then the request message's protobuf bytes. Bytes that
-//! do not decode as the method's request are skipped: tonic itself answers them `INTERNAL`
-//! before the daemon's code sees them.
+//! Input: one byte choosing the method (and, from 216 up, an anonymous caller), then the request
+//! message's protobuf bytes. Bytes that do not decode as the method's request are skipped: tonic
+//! itself answers them `INTERNAL` before the daemon's code sees them.
 
 #![no_main]
 
@@ -17,6 +17,7 @@ mod world;
 
 use http_body_util::BodyExt as _;
 use libfuzzer_sys::fuzz_target;
+use prost::Message as _;
 
 fn decodes<M: prost::Message + Default>(bytes: &[u8]) -> bool {
     M::decode(bytes).is_ok()
@@ -173,26 +174,22 @@ const METHODS: &[(&str, fn(&[u8]) -> bool)] = &[
 /// The statuses that are never an answer to a request: the daemon's failure, not the caller's.
 const NEVER: &[&str] = &["2", "12", "13", "15"];
 
-fuzz_target!(|data: &[u8]| {
+/// One unary call with `message` (admin if `admin`); the status code, its message, and the
+/// answer's message bytes (after the 5-byte gRPC frame header).
+fn call(path: &str, message: &[u8], admin: bool) -> (String, String, Vec<u8>) {
     let world = world::world();
-    let Some((&selector, message)) = data.split_first() else {
-        return;
-    };
-    let (path, decodes) = METHODS[usize::from(selector) % METHODS.len()];
-    if !decodes(message) {
-        return;
-    }
     // One uncompressed gRPC message: flag, length, bytes.
     let mut body = Vec::with_capacity(5 + message.len());
     body.push(0);
     body.extend_from_slice(&(message.len() as u32).to_be_bytes());
     body.extend_from_slice(message);
-    let request = http::Request::post(path)
+    let mut request = http::Request::post(path)
         .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("authorization", format!("Bearer {}", world.token))
-        .body(axum::body::Body::from(body))
-        .expect("request");
+        .header("te", "trailers");
+    if admin {
+        request = request.header("authorization", format!("Bearer {}", world.token));
+    }
+    let request = request.body(axum::body::Body::from(body)).expect("request");
     let response = world.send_grpc(request);
     let status = response.status();
     let (parts, body) = response.into_parts();
@@ -205,14 +202,59 @@ fuzz_target!(|data: &[u8]| {
     let code = fields
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_else(|| panic!("{path}: HTTP {status} without a grpc-status"));
+        .unwrap_or_else(|| panic!("{path}: HTTP {status} without a grpc-status"))
+        .to_string();
     let why = fields
         .get("grpc-message")
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .unwrap_or_default();
-    assert!(!NEVER.contains(&code), "{path}: status {code}: {why}");
+    let bytes = collected.to_bytes();
+    (code, why, bytes.get(5..).unwrap_or_default().to_vec())
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, message)) = data.split_first() else {
+        return;
+    };
+    let (path, decodes) = METHODS[usize::from(selector) % METHODS.len()];
+    if !decodes(message) {
+        return;
+    }
+    // Every method is reached both ways: 216 is a multiple of the 36 methods.
+    let (code, why, _) = call(path, message, selector < 216);
+    assert!(
+        !NEVER.contains(&code.as_str()),
+        "{path}: status {code}: {why}"
+    );
     assert!(
         code == "0" || !why.is_empty(),
         "{path}: status {code} without a message"
+    );
+    if code != "0" {
+        return;
+    }
+    // What was acknowledged can be read back: the newest entry's receipt is served, whatever the
+    // call appended.
+    let (code, why, info) = call("/custodian.ledger.v1.Ledger/GetLogInfo", &[], true);
+    assert_eq!(code, "0", "GetLogInfo: {why}");
+    let size = custodian_proto::ledger::v1::LogInfo::decode(info.as_slice())
+        .expect("LogInfo")
+        .size;
+    if size == 0 {
+        return;
+    }
+    let request = custodian_proto::ledger::v1::GetReceiptRequest {
+        leaf: Some(custodian_proto::ledger::v1::get_receipt_request::Leaf::Index(size - 1)),
+    };
+    let (code, why, _) = call(
+        "/custodian.ledger.v1.Ledger/GetReceipt",
+        &request.encode_to_vec(),
+        true,
+    );
+    assert_eq!(
+        code,
+        "0",
+        "after {path} answered OK, the newest entry ({}) is not served: {why}",
+        size - 1
     );
 });

@@ -12,6 +12,9 @@ use std::time::Duration;
 use custodian_server::rest::fixture::{self, Published};
 use tower::ServiceExt as _;
 
+type Request = http::Request<axum::body::Body>;
+type Response = http::Response<axum::body::Body>;
+
 /// The fixture's routes and what a request needs to reach them.
 pub struct World {
     runtime: tokio::runtime::Runtime,
@@ -62,22 +65,18 @@ pub fn world() -> &'static World {
 
 impl World {
     /// Sends `request` through the REST routes.
-    pub fn send(
-        &self,
-        request: http::Request<axum::body::Body>,
-    ) -> http::Response<axum::body::Body> {
-        self.runtime
-            .block_on(self.app.clone().oneshot(request))
-            .expect("the router is infallible")
+    pub fn send(&self, request: Request) -> Response {
+        self.through(&self.app, request)
     }
 
     /// Sends a gRPC call (an HTTP/2-framed request) through the gRPC services.
-    pub fn send_grpc(
-        &self,
-        request: http::Request<axum::body::Body>,
-    ) -> http::Response<axum::body::Body> {
+    pub fn send_grpc(&self, request: Request) -> Response {
+        self.through(&self.grpc, request)
+    }
+
+    fn through(&self, router: &axum::Router, request: Request) -> Response {
         self.runtime
-            .block_on(self.grpc.clone().oneshot(request))
+            .block_on(router.clone().oneshot(request))
             .expect("the router is infallible")
     }
 
