@@ -581,24 +581,37 @@ fn write_text(text: &str, out: &mut Vec<u8>) {
 
 /// A payload sent as CBOR bytes, in the deterministic encoding an entry frames. Bytes already in
 /// that encoding, which is what a careful client sends, are checked in one pass without being
-/// decoded, and kept as they are; any other encoding is parsed and put in deterministic form as
-/// [`Entry::new`] does, with the same refusals (floats, repeated map keys, bytes after the
-/// item). Either way the encoding is the one `encode_value` would write for
-/// [`canonicalize_payload`]'s value (`a_payload_prepares_the_same_from_any_encoding`).
+/// decoded, and kept as they are; any other encoding takes [`payload_reencoded`]: parsed and put
+/// in deterministic form as [`Entry::new`] does, with the same refusals (floats, repeated map
+/// keys, bytes after the item), and framed as a reader will read it back. Either way the result
+/// is what the slow way makes of the bytes, and an entry framing it decodes
+/// (`a_payload_prepares_the_same_from_any_encoding`).
 pub fn payload_from_cbor(bytes: Vec<u8>) -> Result<Vec<u8>, EntryError> {
     if is_deterministic(&bytes) {
         return Ok(bytes);
     }
-    let encoded = reencode(&bytes)?;
-    // A reader of the entry parses these bytes again, and `ciborium` reads some tagged items as
-    // other values than the ones it wrote: a bignum (tag 2 or 3) over a definite byte string of
-    // at most 16 bytes is read as an integer, while one sent over an indefinite-length string
-    // was kept as the tag. Framed as written, such an entry would not read back as itself, and
-    // every later read would call it corrupt; so the payload is framed as it will be read, which
-    // must then hold still (RFC 8949 §3.4.3 prefers the integer for a bignum that fits one).
-    let reread = reencode(&encoded)?;
-    if reread == encoded || reencode(&reread)? == reread {
-        return Ok(reread);
+    payload_reencoded(&bytes)
+}
+
+/// A payload's bytes the slow way: parsed, put in deterministic form and encoded, and then the
+/// same again until the encoding holds still, or refused. A reader of the entry parses these
+/// bytes again, and `ciborium` reads some tagged items as other values than the ones it wrote: a
+/// bignum (tag 2 or 3) over a definite byte string of at most 16 bytes is read as an integer,
+/// while one sent over an indefinite-length string was kept as the tag. Framed as first encoded,
+/// such an entry would not read back as itself, and every later read would call it corrupt; so
+/// the payload is framed as it will be read (RFC 8949 §3.4.3 prefers the integer for a bignum
+/// that fits one). [`payload_from_cbor`] takes this way for bytes its one-pass check refuses.
+pub fn payload_reencoded(bytes: &[u8]) -> Result<Vec<u8>, EntryError> {
+    let once = |bytes: &[u8]| -> Result<Vec<u8>, EntryError> {
+        Ok(encode_value(&canonicalize(parse_cbor(bytes)?, "payload")?))
+    };
+    let mut encoded = once(bytes)?;
+    for _ in 0..2 {
+        let again = once(&encoded)?;
+        if again == encoded {
+            return Ok(encoded);
+        }
+        encoded = again;
     }
     Err(EntryError::Field {
         field: "payload",
@@ -606,11 +619,6 @@ pub fn payload_from_cbor(bytes: Vec<u8>) -> Result<Vec<u8>, EntryError> {
                  deterministic form (RFC 8949 §4.2.1) without it"
             .into(),
     })
-}
-
-/// Parses payload bytes, puts them in deterministic form and encodes them (the slow way).
-fn reencode(bytes: &[u8]) -> Result<Vec<u8>, EntryError> {
-    Ok(encode_value(&canonicalize(parse_cbor(bytes)?, "payload")?))
 }
 
 /// Parses one CBOR data item (with nothing after it), as it is; [`Entry::new`] puts it in
@@ -904,25 +912,6 @@ mod tests {
         [changed, shorter, longer]
     }
 
-    /// What the slow way makes of payload bytes: parse, put in deterministic form, encode; then
-    /// the same again on what came out, until it holds still (a reader parses it again).
-    fn payload_the_slow_way(bytes: &[u8]) -> Result<Vec<u8>, EntryError> {
-        let mut encoded = encode_value(&canonicalize_payload(parse_cbor(bytes)?)?);
-        for _ in 0..2 {
-            let again = encode_value(&canonicalize_payload(parse_cbor(&encoded)?)?);
-            if again == encoded {
-                return Ok(encoded);
-            }
-            encoded = again;
-        }
-        Err(EntryError::Field {
-            field: "payload",
-            reason: "a tagged item does not read back as it is written; send the payload in \
-                     deterministic form (RFC 8949 §4.2.1) without it"
-                .into(),
-        })
-    }
-
     proptest::proptest! {
         #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
 
@@ -957,11 +946,11 @@ mod tests {
                     "{}", hex::encode(&bytes)
                 );
                 let fast = payload_from_cbor(bytes.clone());
-                let slow = payload_the_slow_way(&bytes);
+                let slow = payload_reencoded(&bytes);
                 proptest::prop_assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{}", hex::encode(&bytes));
                 // What is framed reads back as itself, inside an entry too.
                 if let Ok(framed) = fast {
-                    let reread = payload_the_slow_way(&framed);
+                    let reread = payload_reencoded(&framed);
                     proptest::prop_assert_eq!(reread.as_ref(), Ok(&framed), "{}", hex::encode(&bytes));
                     let entry = Entry::encode_with_payload(
                         &EntryKind::KeyEvent, &crate::merkle::Hash([0; 32]), 1, &framed,
