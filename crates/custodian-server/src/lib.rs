@@ -405,21 +405,15 @@ pub async fn serve(
     // Stream scans of hosted data packs, whether uploaded over REST or handed over locally,
     // share one bound.
     let stream_scans = Arc::new(scan::StreamScans::new(uploads.expiry()));
-    // `Get` is answered without copying each block into a message (grpc/cas_get.rs), and
-    // `Put` and `WriteUpload` are read where their frames lie (grpc/cas_upload.rs).
-    let cas = grpc::cas_get::ContentStoreRoutes::new(
-        ContentStoreServer::new(cas_service.clone())
-            .max_decoding_message_size(limits.max_message_size_bytes)
-            .max_encoding_message_size(limits.max_message_size_bytes),
-        cas_service,
-        limits.max_message_size_bytes,
-    );
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let ledger_service = LedgerServer::new(
+    // `Get` is answered without copying each block into a message (grpc/cas_get.rs), and
+    // `Put` and `WriteUpload` are read where their frames lie (grpc/cas_upload.rs).
+    let services = grpc::Services::new(
+        cas_service,
         LedgerService::new(
             sequencer,
             config.append_token.clone(),
@@ -427,17 +421,10 @@ pub async fn serve(
             auth.clone(),
         )
         .ending_streams_on(stop_rx.clone()),
-    )
-    .max_decoding_message_size(limits.max_message_size_bytes)
-    .max_encoding_message_size(limits.max_message_size_bytes);
-    let evidence_service =
-        EvidenceServer::new(EvidenceService::new(registry.clone(), auth.clone()))
-            .max_decoding_message_size(limits.max_message_size_bytes)
-            .max_encoding_message_size(limits.max_message_size_bytes);
-    let registry_service =
-        RegistryServer::new(RegistryService::new(registry.clone(), auth.clone()))
-            .max_decoding_message_size(limits.max_message_size_bytes)
-            .max_encoding_message_size(limits.max_message_size_bytes);
+        &registry,
+        &auth,
+        limits.max_message_size_bytes,
+    );
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -532,10 +519,10 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(cas)
-        .add_service(ledger_service)
-        .add_service(registry_service)
-        .add_service(evidence_service)
+        .add_service(services.cas)
+        .add_service(services.ledger)
+        .add_service(services.registry)
+        .add_service(services.evidence)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_server.wait_for(|stop| *stop).await;
             tracing::info!("shutting down: no new requests; waiting for in-flight ones");

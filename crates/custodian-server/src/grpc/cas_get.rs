@@ -53,16 +53,15 @@ pub struct ContentStoreRoutes {
 
 impl ContentStoreRoutes {
     /// Routes `Get`, `Put`, `WriteUpload`, `BatchPut` and `FindMissing` to `service` directly
-    /// and everything else to `generated`, which must wrap the same service.
-    pub fn new(
-        generated: ContentStoreServer<CasService>,
-        service: CasService,
-        max_request: usize,
-    ) -> Self {
+    /// and everything else to tonic's generated service over the same `service`; no message of
+    /// either, in or out, may be larger than `max_message_size` bytes.
+    pub fn new(service: CasService, max_message_size: usize) -> Self {
         ContentStoreRoutes {
-            generated,
+            generated: ContentStoreServer::new(service.clone())
+                .max_decoding_message_size(max_message_size)
+                .max_encoding_message_size(max_message_size),
             service,
-            max_request,
+            max_request: max_message_size,
         }
     }
 }

@@ -16,17 +16,12 @@ use custodian_storage::ledger::Ledger;
 use custodian_storage::uploads::{DEFAULT_UPLOAD_EXPIRY, UploadSessions};
 use custodian_storage::{BlobStore, Expectation, MemoryBackend, MemoryLedger};
 
-use custodian_proto::cas::v1::content_store_server::ContentStoreServer;
-use custodian_proto::evidence::v1::evidence_server::EvidenceServer;
-use custodian_proto::ledger::v1::ledger_server::LedgerServer;
-use custodian_proto::registry::v1::registry_server::RegistryServer;
-
 use crate::auth::{Authenticator, Scope};
 use crate::oci::{Oci, OciConfig};
 use crate::registry::Registry;
 use crate::scan::StreamScans;
 use crate::sequencer::{Sequencer, SequencerConfig};
-use crate::{CasLimits, CasService, EvidenceService, LedgerService, RegistryService};
+use crate::{CasLimits, CasService, LedgerService};
 
 /// The published package's name.
 pub const NAME: &str = "fixture-pkg";
@@ -134,31 +129,12 @@ pub async fn published(dir: &Path, upload_idle: Duration) -> Published {
         registry.clone(),
         auth.clone(),
     );
-    let size = limits.max_message_size_bytes;
-    let grpc = tonic::service::Routes::new(
-        ContentStoreServer::new(cas)
-            .max_decoding_message_size(size)
-            .max_encoding_message_size(size),
-    )
-    .add_service(
-        LedgerServer::new(LedgerService::new(
-            sequencer,
-            None,
-            registry.clone(),
-            auth.clone(),
-        ))
-        .max_decoding_message_size(size)
-        .max_encoding_message_size(size),
-    )
-    .add_service(
-        RegistryServer::new(RegistryService::new(registry.clone(), auth.clone()))
-            .max_decoding_message_size(size)
-            .max_encoding_message_size(size),
-    )
-    .add_service(
-        EvidenceServer::new(EvidenceService::new(registry.clone(), auth.clone()))
-            .max_decoding_message_size(size)
-            .max_encoding_message_size(size),
+    let grpc = crate::grpc::Services::new(
+        cas,
+        LedgerService::new(sequencer, None, registry.clone(), auth.clone()),
+        &registry,
+        &auth,
+        limits.max_message_size_bytes,
     )
     .into_axum_router();
     let app = super::router(
