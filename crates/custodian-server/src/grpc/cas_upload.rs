@@ -101,21 +101,7 @@ impl Frames {
             };
         }
         let prefix = gather(self.take(PREFIX));
-        match prefix[0] {
-            0 => {}
-            1 => {
-                return Err(Status::unimplemented(format!(
-                    "a {} message is compressed; this daemon takes uncompressed messages",
-                    self.method
-                )));
-            }
-            flag => {
-                return Err(Status::internal(format!(
-                    "protocol error: a {} message has the compression flag {flag} (valid flags are 0 and 1)",
-                    self.method
-                )));
-            }
-        }
+        super::unary::uncompressed(prefix[0], || format!("a {} message", self.method))?;
         let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
         if len > self.limit {
             return Err(Status::out_of_range(format!(

@@ -50,12 +50,7 @@ where
             body.remaining()
         )));
     }
-    let flag = body.get_u8();
-    if flag != 0 {
-        return Err(Status::unimplemented(format!(
-            "the {method} request is compressed (flag {flag}); this daemon takes uncompressed requests"
-        )));
-    }
+    uncompressed(body.get_u8(), || format!("the {method} request"))?;
     let len = body.get_u32() as usize;
     if body.remaining() != len {
         return Err(Status::internal(format!(
@@ -65,6 +60,24 @@ where
     }
     M::decode(body)
         .map_err(|e| Status::internal(format!("the {method} request does not decode: {e}")))
+}
+
+/// Checks a message's compressed-flag byte, the first of its gRPC frame; `what` names the
+/// message for an error. 0 is the only flag this daemon takes. 1 (compressed) is refused
+/// `UNIMPLEMENTED`, as gRPC's HTTP/2 protocol asks of a server for a compression it does not
+/// support; any other value is a protocol error, `INTERNAL`, as tonic answers it.
+pub(super) fn uncompressed(flag: u8, what: impl FnOnce() -> String) -> Result<(), Status> {
+    match flag {
+        0 => Ok(()),
+        1 => Err(Status::unimplemented(format!(
+            "{} is compressed (flag 1); this daemon takes uncompressed messages",
+            what()
+        ))),
+        flag => Err(Status::internal(format!(
+            "protocol error: {} has the compression flag {flag} (valid flags are 0 and 1)",
+            what()
+        ))),
+    }
 }
 
 /// Answers one unary call read here: the caller's metadata and the decoded message go to
@@ -231,7 +244,20 @@ mod tests {
         compressed[0] = 1;
         let err = read::<pb::GetRequest>(one(compressed), 1024).expect_err("compressed");
         assert_eq!(err.code(), tonic::Code::Unimplemented);
-        assert!(err.message().contains("flag 1"), "{err:?}");
+        assert!(
+            err.message()
+                .contains("the Get request is compressed (flag 1)"),
+            "{err:?}"
+        );
+        let mut flagged = framed.clone();
+        flagged[0] = 2;
+        let err = read::<pb::GetRequest>(one(flagged), 1024).expect_err("flag 2");
+        assert_eq!(err.code(), tonic::Code::Internal);
+        assert!(
+            err.message()
+                .contains("the Get request has the compression flag 2"),
+            "{err:?}"
+        );
         let err = read::<pb::GetRequest>(one(framed[..3].to_vec()), 1024).expect_err("short");
         assert!(err.message().contains("too short"), "{err:?}");
         let err = read::<pb::GetRequest>(one(framed[..framed.len() - 1].to_vec()), 1024)
