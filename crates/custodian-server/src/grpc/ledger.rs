@@ -547,7 +547,8 @@ struct StreamWriter {
 }
 
 /// The requests of an `AppendStream`, ending with an `UNAVAILABLE` item once `stopping` turns
-/// true (or its sender is gone): nothing is read from the writer after that.
+/// true (or its sender is gone): nothing is read from the writer after that. A broken stream
+/// ends with its error.
 fn until_stopping(
     incoming: Streaming<pb::AppendRequest>,
     stopping: Option<tokio::sync::watch::Receiver<bool>>,
@@ -575,7 +576,12 @@ fn until_stopping(
                 )),
                 None,
             )),
-            Some(next) => Some((next?, Some((incoming, stopping)))),
+            Some(None) => None,
+            Some(Some(Ok(request))) => Some((Ok(request), Some((incoming, stopping)))),
+            // A broken stream ends with its first error. tonic's reader does not end by itself
+            // after a stream that stops inside a message: read again, it answers "Unexpected EOF"
+            // again, every time, and the answers would run on after the status that ends them.
+            Some(Some(Err(status))) => Some((Err(status), None)),
         }
     })
 }

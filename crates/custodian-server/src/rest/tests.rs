@@ -2,10 +2,10 @@
 //! memory, served by the daemon's routes): the hosted upload's multipart bodies, well formed and
 //! not. Every way such a body can be wrong is the client's, so each is answered 4xx with the API's
 //! JSON error saying what is wrong, never 5xx, and nothing is registered. The fixture's gRPC
-//! services are called once each way (answered, refused with the field and the value). The fuzz
-//! targets `rest_multipart` and `grpc_requests` hold the same fixture to the same rules with
-//! arbitrary bytes; these cases keep the rules, and the setup the targets need, checked on every
-//! test run.
+//! services are called once each way (answered, refused with the field and the value), and an
+//! `AppendStream` cut inside a message once. The fuzz targets `rest_multipart`, `grpc_requests`
+//! and `grpc_streams` hold the same fixture to the same rules with arbitrary bytes; these cases
+//! keep the rules, and the setup the targets need, checked on every test run.
 
 use std::time::Duration;
 
@@ -339,4 +339,65 @@ async fn the_fixture_serves_the_grpc_services_on_the_same_registry() {
         why.contains("digest") && why.contains("nope"),
         "the refusal says {why:?}"
     );
+}
+
+/// An `AppendStream` whose last message is cut short: the whole message before it is answered,
+/// then the stream ends with tonic's refusal of the cut one, once. (tonic's reader repeats that
+/// refusal each time it is read again; the daemon's answers once ran on after it, so that a
+/// reader of the answer that reads until the end, as this test does, never got there.)
+#[tokio::test]
+async fn an_append_stream_cut_inside_a_message_answers_what_came_whole_and_ends() {
+    use custodian_proto::ledger::v1 as pb;
+    use prost::Message as _;
+    let dir = tempfile::tempdir().expect("dir");
+    let published = fixture::published(dir.path(), Duration::from_secs(5)).await;
+    let request = pb::AppendRequest {
+        kind: "FuzzEvent".into(),
+        payload_cbor: vec![0xa1, 0x61, 0x61, 0x01].into(),
+        compact: true,
+    }
+    .encode_to_vec();
+    let mut body = vec![0];
+    body.extend_from_slice(&(request.len() as u32).to_be_bytes());
+    body.extend_from_slice(&request);
+    // The next message's frame header and one of its nine bytes.
+    body.extend_from_slice(&[0, 0, 0, 0, 9, 0x0a]);
+    let request = Request::post("/custodian.ledger.v1.Ledger/AppendStream")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {}", published.token))
+        .body(Body::from(body))
+        .expect("request");
+    let mut grpc = published.grpc.clone();
+    let mut body = grpc.call(request).await.expect("infallible").into_body();
+    // At most a few frames are read, so that an answer that never ends fails here.
+    let mut data = Vec::new();
+    let mut trailers = Vec::new();
+    for _ in 0..8 {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        let frame = frame.expect("a frame");
+        match frame.into_data() {
+            Ok(bytes) => data.extend_from_slice(&bytes),
+            Err(frame) => trailers.extend(frame.into_trailers().ok()),
+        }
+    }
+    assert!(
+        body.frame().await.is_none(),
+        "the answer ends after its trailers"
+    );
+    assert_eq!(trailers.len(), 1, "one status: {trailers:?}");
+    assert_eq!(
+        trailers[0].get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"13"[..])
+    );
+    assert!(data.len() > 5, "one answer before the status");
+    let answer = pb::AppendStreamResponse::decode(&data[5..]).expect("an answer");
+    assert_eq!(
+        (answer.error_code, answer.receipt),
+        (0, None),
+        "appended, compact"
+    );
+    assert_eq!(answer.leaf_hash.len(), 32);
 }
