@@ -11,6 +11,7 @@ pub mod local_put;
 pub mod registry;
 pub mod status;
 mod unary;
+mod whole_messages;
 
 use std::sync::Arc;
 
@@ -28,8 +29,8 @@ use crate::registry::Registry;
 pub(crate) struct Services {
     /// The content store, with its hand-written `Get`, `Put` and batch paths.
     pub cas: cas_get::ContentStoreRoutes,
-    /// The ledger.
-    pub ledger: LedgerServer<ledger::LedgerService>,
+    /// The ledger, with `AppendStream`'s requests refused when cut inside a message.
+    pub ledger: whole_messages::LedgerRoutes,
     /// The package registry.
     pub registry: RegistryServer<registry::RegistryService>,
     /// Evidence: attestations, badges and bundles.
@@ -48,9 +49,11 @@ impl Services {
     ) -> Self {
         Services {
             cas: cas_get::ContentStoreRoutes::new(cas, max_message_size),
-            ledger: LedgerServer::new(ledger)
-                .max_decoding_message_size(max_message_size)
-                .max_encoding_message_size(max_message_size),
+            ledger: whole_messages::LedgerRoutes::new(
+                LedgerServer::new(ledger)
+                    .max_decoding_message_size(max_message_size)
+                    .max_encoding_message_size(max_message_size),
+            ),
             registry: RegistryServer::new(registry::RegistryService::new(
                 registry.clone(),
                 auth.clone(),

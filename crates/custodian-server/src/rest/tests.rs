@@ -341,10 +341,12 @@ async fn the_fixture_serves_the_grpc_services_on_the_same_registry() {
     );
 }
 
-/// An `AppendStream` whose last message is cut short: the whole message before it is answered,
-/// then the stream ends with tonic's refusal of the cut one, once. (tonic's reader repeats that
-/// refusal each time it is read again; the daemon's answers once ran on after it, so that a
-/// reader of the answer that reads until the end, as this test does, never got there.)
+/// An `AppendStream` whose last message is cut short, after one of its bytes or before any: the
+/// whole message before it is answered, then the stream ends refused, once, saying where it was
+/// cut. (tonic's reader took a stream cut right after a message's prefix for a clean end, and
+/// after a cut inside a message it repeats its refusal each time it is read again: the daemon's
+/// answers ran on after it, so a reader of the answer that reads until the end, as this test does,
+/// never got there.)
 #[tokio::test]
 async fn an_append_stream_cut_inside_a_message_answers_what_came_whole_and_ends() {
     use custodian_proto::ledger::v1 as pb;
@@ -357,47 +359,60 @@ async fn an_append_stream_cut_inside_a_message_answers_what_came_whole_and_ends(
         compact: true,
     }
     .encode_to_vec();
-    let mut body = vec![0];
-    body.extend_from_slice(&(request.len() as u32).to_be_bytes());
-    body.extend_from_slice(&request);
-    // The next message's frame header and one of its nine bytes.
-    body.extend_from_slice(&[0, 0, 0, 0, 9, 0x0a]);
-    let request = Request::post("/custodian.ledger.v1.Ledger/AppendStream")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("authorization", format!("Bearer {}", published.token))
-        .body(Body::from(body))
-        .expect("request");
-    let mut grpc = published.grpc.clone();
-    let mut body = grpc.call(request).await.expect("infallible").into_body();
-    // At most a few frames are read, so that an answer that never ends fails here.
-    let mut data = Vec::new();
-    let mut trailers = Vec::new();
-    for _ in 0..8 {
-        let Some(frame) = body.frame().await else {
-            break;
-        };
-        let frame = frame.expect("a frame");
-        match frame.into_data() {
-            Ok(bytes) => data.extend_from_slice(&bytes),
-            Err(frame) => trailers.extend(frame.into_trailers().ok()),
+    // The next message's prefix and one of its nine bytes; its prefix alone.
+    for (tail, arrived) in [(&[0, 0, 0, 0, 9, 0x0a][..], 1), (&[0, 0, 0, 0, 9][..], 0)] {
+        let mut body = vec![0];
+        body.extend_from_slice(&(request.len() as u32).to_be_bytes());
+        body.extend_from_slice(&request);
+        body.extend_from_slice(tail);
+        let request = Request::post("/custodian.ledger.v1.Ledger/AppendStream")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", format!("Bearer {}", published.token))
+            .body(Body::from(body))
+            .expect("request");
+        let mut grpc = published.grpc.clone();
+        let mut body = grpc.call(request).await.expect("infallible").into_body();
+        // At most a few frames are read, so that an answer that never ends fails here.
+        let mut data = Vec::new();
+        let mut trailers = Vec::new();
+        for _ in 0..8 {
+            let Some(frame) = body.frame().await else {
+                break;
+            };
+            let frame = frame.expect("a frame");
+            match frame.into_data() {
+                Ok(bytes) => data.extend_from_slice(&bytes),
+                Err(frame) => trailers.extend(frame.into_trailers().ok()),
+            }
         }
+        assert!(
+            body.frame().await.is_none(),
+            "the answer ends after its trailers"
+        );
+        assert_eq!(trailers.len(), 1, "one status: {trailers:?}");
+        let field = |name: &str| {
+            trailers[0]
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        assert_eq!(field("grpc-status").as_deref(), Some("13"), "{trailers:?}");
+        assert_eq!(
+            field("grpc-message").as_deref(),
+            Some(
+                format!(
+                    "the%20AppendStream%20stream%20ended%20inside%20a%20message:%20{arrived}%20of%20its%209%20bytes%20arrived"
+                )
+                .as_str()
+            )
+        );
+        assert!(data.len() > 5, "one answer before the status");
+        let answer = pb::AppendStreamResponse::decode(&data[5..]).expect("an answer");
+        assert_eq!(
+            (answer.error_code, answer.receipt),
+            (0, None),
+            "appended, compact"
+        );
+        assert_eq!(answer.leaf_hash.len(), 32);
     }
-    assert!(
-        body.frame().await.is_none(),
-        "the answer ends after its trailers"
-    );
-    assert_eq!(trailers.len(), 1, "one status: {trailers:?}");
-    assert_eq!(
-        trailers[0].get("grpc-status").map(|v| v.as_bytes()),
-        Some(&b"13"[..])
-    );
-    assert!(data.len() > 5, "one answer before the status");
-    let answer = pb::AppendStreamResponse::decode(&data[5..]).expect("an answer");
-    assert_eq!(
-        (answer.error_code, answer.receipt),
-        (0, None),
-        "appended, compact"
-    );
-    assert_eq!(answer.leaf_hash.len(), 32);
 }
