@@ -15,7 +15,6 @@
 #[path = "common/world.rs"]
 mod world;
 
-use http_body_util::BodyExt as _;
 use libfuzzer_sys::fuzz_target;
 use prost::Message as _;
 
@@ -175,41 +174,11 @@ const METHODS: &[(&str, fn(&[u8]) -> bool)] = &[
 const NEVER: &[&str] = &["2", "12", "13", "15"];
 
 /// One unary call with `message` (admin if `admin`); the status code, its message, and the
-/// answer's message bytes (after the 5-byte gRPC frame header).
+/// answer's first message.
 fn call(path: &str, message: &[u8], admin: bool) -> (String, String, Vec<u8>) {
-    let world = world::world();
-    // One uncompressed gRPC message: flag, length, bytes.
-    let mut body = Vec::with_capacity(5 + message.len());
-    body.push(0);
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(message);
-    let mut request = http::Request::post(path)
-        .header("content-type", "application/grpc")
-        .header("te", "trailers");
-    if admin {
-        request = request.header("authorization", format!("Bearer {}", world.token));
-    }
-    let request = request.body(axum::body::Body::from(body)).expect("request");
-    let response = world.send_grpc(request);
-    let status = response.status();
-    let (parts, body) = response.into_parts();
-    let collected = world.block_on(body.collect()).expect("the answer's body");
-    // A refusal comes as headers only; an answer's status is in its trailers.
-    let fields = match parts.headers.get("grpc-status") {
-        Some(_) => parts.headers,
-        None => collected.trailers().cloned().unwrap_or_default(),
-    };
-    let code = fields
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_else(|| panic!("{path}: HTTP {status} without a grpc-status"))
-        .to_string();
-    let why = fields
-        .get("grpc-message")
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .unwrap_or_default();
-    let bytes = collected.to_bytes();
-    (code, why, bytes.get(5..).unwrap_or_default().to_vec())
+    let answer = world::world().grpc_unary(path, message, admin);
+    let first = answer.first().to_vec();
+    (answer.code, answer.why, first)
 }
 
 fuzz_target!(|data: &[u8]| {

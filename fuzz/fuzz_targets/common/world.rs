@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use bytes::Bytes;
 use custodian_server::rest::fixture::{self, Published};
+use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
 
 type Request = http::Request<axum::body::Body>;
@@ -80,6 +82,50 @@ impl World {
             .expect("the router is infallible")
     }
 
+    /// Calls the gRPC method at `path` with `body` (its frames as they are, each piece of
+    /// `pieces` its own HTTP/2 DATA frame), as an admin if `admin`, and reads the whole answer.
+    /// Panics if the answer carries no `grpc-status`: every call must end with one.
+    pub fn grpc_call(&self, path: &str, pieces: Vec<Bytes>, admin: bool) -> Answer {
+        let stream = futures::stream::iter(pieces.into_iter().map(Ok::<_, std::io::Error>));
+        let mut request = http::Request::post(path)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if admin {
+            request = request.header("authorization", format!("Bearer {}", self.token));
+        }
+        let request = request
+            .body(axum::body::Body::from_stream(stream))
+            .expect("request");
+        let response = self.send_grpc(request);
+        let status = response.status();
+        let (parts, body) = response.into_parts();
+        let collected = self.block_on(body.collect()).expect("the answer's body");
+        // A refusal comes as headers only; an answer's status is in its trailers.
+        let fields = match parts.headers.get("grpc-status") {
+            Some(_) => parts.headers,
+            None => collected.trailers().cloned().unwrap_or_default(),
+        };
+        let code = fields
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("{path}: HTTP {status} without a grpc-status"))
+            .to_string();
+        let why = fields
+            .get("grpc-message")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        Answer {
+            code,
+            why,
+            body: collected.to_bytes(),
+        }
+    }
+
+    /// Calls a method with one message, framed as gRPC frames it, as an admin if `admin`.
+    pub fn grpc_unary(&self, path: &str, message: &[u8], admin: bool) -> Answer {
+        self.grpc_call(path, vec![Bytes::from(framed(message))], admin)
+    }
+
     /// Runs `future` on the world's runtime.
     pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
         self.runtime.block_on(future)
@@ -93,4 +139,48 @@ impl World {
             fixture::VERSION
         )
     }
+}
+
+/// How a gRPC call ended, and what it answered.
+pub struct Answer {
+    /// The `grpc-status` code, as sent.
+    pub code: String,
+    /// The `grpc-message`, empty if none was sent.
+    pub why: String,
+    /// The answer's body: its messages, each in its gRPC frame.
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The answer's messages. Panics on a body that is not whole uncompressed frames: the
+    /// daemon must frame what it sends.
+    pub fn messages(&self) -> Vec<&[u8]> {
+        let mut rest = &self.body[..];
+        let mut out = Vec::new();
+        while !rest.is_empty() {
+            assert!(
+                rest.len() >= 5 && rest[0] == 0,
+                "an answer's frame is malformed"
+            );
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            assert!(rest.len() >= 5 + len, "an answer's frame is cut short");
+            out.push(&rest[5..5 + len]);
+            rest = &rest[5 + len..];
+        }
+        out
+    }
+
+    /// The answer's first message, empty if there is none.
+    pub fn first(&self) -> &[u8] {
+        self.messages().first().copied().unwrap_or_default()
+    }
+}
+
+/// One uncompressed gRPC message: the flag, the length, the bytes.
+pub fn framed(message: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(5 + message.len());
+    body.push(0);
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message);
+    body
 }
