@@ -7,7 +7,9 @@ use custodian_core::package::PackageStatement;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let key = SignerKey::from_seed("fuzz", [9; 32]).expect("key").verifier();
+    let key = SignerKey::from_seed("fuzz", [9; 32])
+        .expect("key")
+        .verifier();
     if let Ok(envelope) = Envelope::parse(data) {
         let _ = envelope.payload_bytes();
         let _ = PackageStatement::open(&envelope, &key);

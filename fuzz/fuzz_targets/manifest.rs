@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
         .max(1) as u64;
     for p in report.errors.iter().chain(&report.warnings) {
         if let Some(line) = p.line {
-            assert!((line as u64) <= lines + 1, "line {line} past the end ({lines})");
+            assert!(
+                (line as u64) <= lines + 1,
+                "line {line} past the end ({lines})"
+            );
         }
     }
 });

@@ -7,7 +7,12 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(manifest) = Manifest::parse(data, OCI_MANIFEST) {
-        for (digest, _) in manifest.blobs.iter().chain(&manifest.manifests).chain(&manifest.foreign) {
+        for (digest, _) in manifest
+            .blobs
+            .iter()
+            .chain(&manifest.manifests)
+            .chain(&manifest.foreign)
+        {
             assert!(digest.to_string().starts_with("sha256:"));
         }
     }

@@ -13,6 +13,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(signed) = verify(data, &key) {
-        assert!(signed.files.values().all(|d| d.algorithm() == Algorithm::Sha256));
+        assert!(
+            signed
+                .files
+                .values()
+                .all(|d| d.algorithm() == Algorithm::Sha256)
+        );
     }
 });

@@ -5,7 +5,14 @@ use custodian_scan::Limits;
 use libfuzzer_sys::fuzz_target;
 
 const NAMES: [&str; 8] = [
-    "x.zip", "x.tar", "x.gz", "x.jsonl", "x.parquet", "x.bin", "x.csv", "x.tgz",
+    "x.zip",
+    "x.tar",
+    "x.gz",
+    "x.jsonl",
+    "x.parquet",
+    "x.bin",
+    "x.csv",
+    "x.tgz",
 ];
 
 fuzz_target!(|data: &[u8]| {
