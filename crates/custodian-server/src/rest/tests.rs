@@ -280,18 +280,28 @@ async fn malformed_hosted_uploads_are_refused_with_a_reason_and_nothing_is_regis
     );
 }
 
-/// Calls one unary gRPC method of the fixture with `message`, as an admin; returns the status
-/// code and message of the answer (its headers when refused, its trailers when answered).
-async fn grpc_call(published: &Published, path: &str, message: &[u8]) -> (String, String) {
+/// `message` in its gRPC frame: the uncompressed flag, the length, the bytes.
+fn framed(message: &[u8]) -> Vec<u8> {
     let mut body = vec![0];
     body.extend_from_slice(&(message.len() as u32).to_be_bytes());
     body.extend_from_slice(message);
-    let request = Request::post(path)
+    body
+}
+
+/// A gRPC call of the method at `path` with `body` (its frames), as an admin of the fixture.
+fn grpc_request(published: &Published, path: &str, body: Vec<u8>) -> Request<Body> {
+    Request::post(path)
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .header("authorization", format!("Bearer {}", published.token))
         .body(Body::from(body))
-        .expect("request");
+        .expect("request")
+}
+
+/// Calls one unary gRPC method of the fixture with `message`, as an admin; returns the status
+/// code and message of the answer (its headers when refused, its trailers when answered).
+async fn grpc_call(published: &Published, path: &str, message: &[u8]) -> (String, String) {
+    let request = grpc_request(published, path, framed(message));
     let mut grpc = published.grpc.clone();
     let (parts, body) = grpc.call(request).await.expect("infallible").into_parts();
     let collected = body.collect().await.expect("body");
@@ -361,16 +371,8 @@ async fn an_append_stream_cut_inside_a_message_answers_what_came_whole_and_ends(
     .encode_to_vec();
     // The next message's prefix and one of its nine bytes; its prefix alone.
     for (tail, arrived) in [(&[0, 0, 0, 0, 9, 0x0a][..], 1), (&[0, 0, 0, 0, 9][..], 0)] {
-        let mut body = vec![0];
-        body.extend_from_slice(&(request.len() as u32).to_be_bytes());
-        body.extend_from_slice(&request);
-        body.extend_from_slice(tail);
-        let request = Request::post("/custodian.ledger.v1.Ledger/AppendStream")
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .header("authorization", format!("Bearer {}", published.token))
-            .body(Body::from(body))
-            .expect("request");
+        let body = [framed(&request), tail.to_vec()].concat();
+        let request = grpc_request(&published, "/custodian.ledger.v1.Ledger/AppendStream", body);
         let mut grpc = published.grpc.clone();
         let mut body = grpc.call(request).await.expect("infallible").into_body();
         // At most a few frames are read, so that an answer that never ends fails here.
