@@ -116,10 +116,7 @@ impl Frames {
     }
 
     fn ended_inside(&self, arrived: usize, whole: usize) -> Status {
-        Status::internal(format!(
-            "the {} stream ended inside a message: {arrived} of its {whole} bytes arrived",
-            self.method
-        ))
+        super::unary::ended_inside(self.method, arrived as u64, whole as u64)
     }
 }
 

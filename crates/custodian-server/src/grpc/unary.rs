@@ -80,6 +80,15 @@ pub(super) fn uncompressed(flag: u8, what: impl FnOnce() -> String) -> Result<()
     }
 }
 
+/// The refusal of a stream of `method`'s messages that ended inside one: `arrived` of its
+/// `whole` bytes, its five-byte prefix included (of the prefix alone while that is not whole,
+/// since the message's length is in it).
+pub(super) fn ended_inside(method: &str, arrived: u64, whole: u64) -> Status {
+    Status::internal(format!(
+        "the {method} stream ended inside a message: {arrived} of its {whole} bytes arrived"
+    ))
+}
+
 /// Answers one unary call read here: the caller's metadata and the decoded message go to
 /// `handle` (the service's own method, so its checks and refusals are unchanged), and its answer
 /// goes back as [`answer`] frames it.

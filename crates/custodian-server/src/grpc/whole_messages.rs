@@ -83,21 +83,16 @@ impl WholeMessages {
         self.prefix_len == 0
     }
 
-    /// The refusal of a body that stopped inside a message.
+    /// The refusal of a body that stopped inside a message, counted as the daemon's own
+    /// readers count it.
     fn cut_short(&self) -> Status {
         if self.prefix_len < PREFIX {
-            Status::internal(format!(
-                "the {} stream ended inside a message's prefix: {} of its {PREFIX} bytes arrived",
-                self.method, self.prefix_len
-            ))
+            super::unary::ended_inside(self.method, self.prefix_len as u64, PREFIX as u64)
         } else {
             let len = &self.prefix[1..];
-            let whole = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
-            Status::internal(format!(
-                "the {} stream ended inside a message: {} of its {whole} bytes arrived",
-                self.method,
-                u64::from(whole) - self.owed
-            ))
+            let whole =
+                PREFIX as u64 + u64::from(u32::from_be_bytes([len[0], len[1], len[2], len[3]]));
+            super::unary::ended_inside(self.method, whole - self.owed, whole)
         }
     }
 }
@@ -277,12 +272,12 @@ mod tests {
         let status = error.expect("refused");
         assert_eq!(
             status.message(),
-            "the AppendStream stream ended inside a message: 0 of its 300 bytes arrived"
+            "the AppendStream stream ended inside a message: 5 of its 305 bytes arrived"
         );
         let (_, error) = read(vec![Bytes::copy_from_slice(&body[..15])]);
         assert_eq!(
             error.expect("refused").message(),
-            "the AppendStream stream ended inside a message's prefix: 2 of its 5 bytes arrived"
+            "the AppendStream stream ended inside a message: 2 of its 5 bytes arrived"
         );
     }
 }

@@ -370,7 +370,8 @@ async fn an_append_stream_cut_inside_a_message_answers_what_came_whole_and_ends(
     }
     .encode_to_vec();
     // The next message's prefix and one of its nine bytes; its prefix alone.
-    for (tail, arrived) in [(&[0, 0, 0, 0, 9, 0x0a][..], 1), (&[0, 0, 0, 0, 9][..], 0)] {
+    // The cut message's bytes that arrived, of its 14 (prefix included).
+    for (tail, arrived) in [(&[0, 0, 0, 0, 9, 0x0a][..], 6), (&[0, 0, 0, 0, 9][..], 5)] {
         let body = [framed(&request), tail.to_vec()].concat();
         let request = grpc_request(&published, "/custodian.ledger.v1.Ledger/AppendStream", body);
         let mut grpc = published.grpc.clone();
@@ -403,7 +404,7 @@ async fn an_append_stream_cut_inside_a_message_answers_what_came_whole_and_ends(
             field("grpc-message").as_deref(),
             Some(
                 format!(
-                    "the%20AppendStream%20stream%20ended%20inside%20a%20message:%20{arrived}%20of%20its%209%20bytes%20arrived"
+                    "the%20AppendStream%20stream%20ended%20inside%20a%20message:%20{arrived}%20of%20its%2014%20bytes%20arrived"
                 )
                 .as_str()
             )
