@@ -303,7 +303,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::super::unary::testing::{cut, spans};
+    use super::super::unary::testing::{body_of, cut, spans};
     use super::*;
 
     use futures::StreamExt as _;
@@ -325,17 +325,6 @@ mod tests {
         }
     }
 
-    /// A request body delivering `frames`, then `end` (an error) if given.
-    fn body(frames: Vec<Bytes>, end: Option<Status>) -> tonic::body::Body {
-        let items = frames
-            .into_iter()
-            .map(|frame| Ok(http_body::Frame::data(frame)))
-            .chain(end.map(Err));
-        tonic::body::Body::new(http_body_util::StreamBody::new(futures::stream::iter(
-            items.collect::<Vec<Result<_, Status>>>(),
-        )))
-    }
-
     /// Every message of a `WriteUpload` body, as read here, and the error it ended with.
     fn read_all(
         frames: Vec<Bytes>,
@@ -346,7 +335,12 @@ mod tests {
             .build()
             .expect("a runtime");
         runtime.block_on(async {
-            let mut stream = messages(body(frames, end), "WriteUpload", limit, split_write_upload);
+            let mut stream = messages(
+                body_of(frames, end),
+                "WriteUpload",
+                limit,
+                split_write_upload,
+            );
             let mut read = Vec::new();
             while let Some(message) = stream.next().await {
                 match message {

@@ -183,13 +183,17 @@ pub(super) mod testing {
         frames
     }
 
-    /// A request body delivering `frames` in turn.
-    fn body_of(frames: Vec<Bytes>) -> tonic::body::Body {
+    /// A request body delivering `frames` in turn, then `end` (an error) if given.
+    pub(in crate::grpc) fn body_of(
+        frames: Vec<Bytes>,
+        end: Option<tonic::Status>,
+    ) -> tonic::body::Body {
+        let items = frames
+            .into_iter()
+            .map(|frame| Ok(http_body::Frame::data(frame)))
+            .chain(end.map(Err));
         tonic::body::Body::new(http_body_util::StreamBody::new(futures::stream::iter(
-            frames
-                .into_iter()
-                .map(|frame| Ok::<_, tonic::Status>(http_body::Frame::data(frame)))
-                .collect::<Vec<_>>(),
+            items.collect::<Vec<Result<_, tonic::Status>>>(),
         )))
     }
 
@@ -202,7 +206,7 @@ pub(super) mod testing {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("a runtime");
-        runtime.block_on(super::read_one::<M>(body_of(frames), limit, method))
+        runtime.block_on(super::read_one::<M>(body_of(frames, None), limit, method))
     }
 
     /// Where each frame lies in memory, to tell a slice of one from a copy.

@@ -183,19 +183,14 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for LedgerRoutes {
 
 #[cfg(test)]
 mod tests {
+    use super::super::unary::testing::body_of;
     use super::*;
     use http_body_util::BodyExt as _;
 
     /// Reads a body delivering `frames` through [`WholeMessages`]: the bytes handed on, and the
     /// error in place of the end, if any.
     fn read(frames: Vec<Bytes>) -> (Vec<u8>, Option<Status>) {
-        let body = tonic::body::Body::new(http_body_util::StreamBody::new(futures::stream::iter(
-            frames
-                .into_iter()
-                .map(|frame| Ok::<_, Status>(Frame::data(frame)))
-                .collect::<Vec<_>>(),
-        )));
-        let mut body = WholeMessages::new(body, "AppendStream");
+        let mut body = WholeMessages::new(body_of(frames, None), "AppendStream");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("a runtime");
