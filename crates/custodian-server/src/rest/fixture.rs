@@ -1,8 +1,8 @@
 //! A registry in memory with one published package, served by the daemon's REST routes and its
 //! four gRPC services without a daemon: what the in-process REST tests (`rest/tests.rs`) and the
-//! fuzz targets `rest_multipart`, `rest_requests` and `grpc_requests` send their requests to, so
-//! that all of them meet the same setup. Compiled for tests and with the `fixture` feature only;
-//! the daemon never builds it.
+//! fuzz targets built with the `server` feature (`fuzz/README.md` lists them) send their requests
+//! to, so that all of them meet the same setup. Compiled for tests and with the `fixture` feature
+//! only; the daemon never builds it.
 
 use std::path::Path;
 use std::sync::Arc;
