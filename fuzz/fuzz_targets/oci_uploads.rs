@@ -28,79 +28,35 @@
 #[path = "common/world.rs"]
 mod world;
 
+#[path = "common/program.rs"]
+mod program;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Body;
 use bytes::Bytes;
 use custodian_core::{Algorithm, Digest};
-use http::{Method, Request, StatusCode};
-use http_body_util::BodyExt as _;
+use http::{Method, StatusCode};
 use libfuzzer_sys::fuzz_target;
+use program::{Answer, Payload, Program, send};
 
-/// The bytes of the program not read yet; reading past the end gives zeros.
-struct Program<'a>(&'a [u8]);
-
-impl Program<'_> {
-    fn byte(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((&b, rest)) => {
-                self.0 = rest;
-                b
+/// A body of up to three pieces, each literal bytes or a run of one byte up to 255 KiB long.
+fn read_payload(program: &mut Program) -> Payload {
+    let shape = program.byte();
+    let pieces = (0..shape % 4)
+        .map(|_| {
+            let kind = program.byte();
+            if kind < 192 {
+                Bytes::copy_from_slice(program.take(usize::from(kind % 64)))
+            } else {
+                let len = usize::from(program.byte()) * 1024 + usize::from(kind % 64);
+                Bytes::from(vec![program.byte(); len])
             }
-            None => 0,
-        }
-    }
-
-    fn take(&mut self, n: usize) -> &[u8] {
-        let n = n.min(self.0.len());
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        head
-    }
-}
-
-/// A request body: its pieces, each sent as one frame of the stream, and whether the stream then
-/// breaks (as when the client goes away) instead of ending.
-struct Payload {
-    pieces: Vec<Bytes>,
-    breaks: bool,
-}
-
-impl Payload {
-    fn read(program: &mut Program) -> Self {
-        let shape = program.byte();
-        let pieces = (0..shape % 4)
-            .map(|_| {
-                let kind = program.byte();
-                if kind < 192 {
-                    Bytes::copy_from_slice(program.take(usize::from(kind % 64)))
-                } else {
-                    let len = usize::from(program.byte()) * 1024 + usize::from(kind % 64);
-                    Bytes::from(vec![program.byte(); len])
-                }
-            })
-            .collect();
-        Payload {
-            pieces,
-            breaks: shape & 4 != 0,
-        }
-    }
-
-    /// The bytes the daemon receives before the stream ends or breaks.
-    fn bytes(&self) -> Vec<u8> {
-        self.pieces.concat()
-    }
-
-    fn body(&self) -> Body {
-        let mut items: Vec<Result<Bytes, std::io::Error>> =
-            self.pieces.iter().cloned().map(Ok).collect();
-        if self.breaks {
-            items.push(Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "the client went away",
-            )));
-        }
-        Body::from_stream(futures::stream::iter(items))
+        })
+        .collect();
+    Payload {
+        pieces,
+        breaks: shape & 4 != 0,
     }
 }
 
@@ -139,18 +95,15 @@ impl Model {
     }
 }
 
-/// An answer, read whole.
-struct Answer {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: Bytes,
+/// How the OCI API's answers are judged.
+trait Judged {
+    fn refused(&self, what: &str, code: &str);
+    fn refused_at(&self, what: &str, status: u16, code: &str);
+    fn progress(&self, what: &str, status: u16, model: &Model, id: &str, committed: usize);
+    fn created(&self, what: &str, model: &Model, bytes: &[u8]);
 }
 
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
+impl Judged for Answer {
     /// Checks that this is a refusal with `code`, in the spec's JSON body, at the status the spec
     /// gives it.
     fn refused(&self, what: &str, code: &str) {
@@ -164,12 +117,7 @@ impl Answer {
 
     /// [`Answer::refused`] at a status the spec sets for the case rather than for the code.
     fn refused_at(&self, what: &str, status: u16, code: &str) {
-        let errors: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "{what}: a {} whose body is not JSON ({e}): {:?}",
-                self.status, self.body
-            )
-        });
+        let errors = self.json(what);
         let error = &errors["errors"][0];
         assert_eq!(
             (self.status.as_u16(), error["code"].as_str()),
@@ -228,41 +176,6 @@ fn sha256(bytes: &[u8]) -> Digest {
     Digest::of(Algorithm::Sha256, bytes)
 }
 
-/// Sends a request, as an admin unless `anonymous`, and reads the whole answer.
-fn send(
-    method: Method,
-    path: &str,
-    headers: &[(&str, String)],
-    body: Body,
-    anonymous: bool,
-) -> Answer {
-    let world = world::world();
-    let mut request = Request::builder().method(method).uri(path);
-    if !anonymous {
-        request = request.header("authorization", format!("Bearer {}", world.token));
-    }
-    for (name, value) in headers {
-        request = request.header(*name, value);
-    }
-    let response = world.send(request.body(body).expect("request"));
-    let (parts, body) = response.into_parts();
-    let body = world
-        .block_on(body.collect())
-        .expect("the answer's body")
-        .to_bytes();
-    assert!(
-        !parts.status.is_server_error(),
-        "{path}: {} {:?}",
-        parts.status,
-        String::from_utf8_lossy(&body)
-    );
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
-}
-
 /// How a chunk declares its place: not at all, rightly, at a wrong start, or with a length that is
 /// not its `Content-Length`.
 enum Place {
@@ -284,24 +197,14 @@ impl Place {
     }
 }
 
-/// A session the operation addresses: one the model follows, or one that never existed.
-fn session_index(program: &mut Program, model: &Model) -> Option<usize> {
-    let b = program.byte();
-    if model.sessions.is_empty() || b == 255 {
-        None
-    } else {
-        Some(usize::from(b) % model.sessions.len())
-    }
-}
-
 /// `PATCH` (a chunk) or `PUT` (a chunk, then completion) of a session.
 fn append(program: &mut Program, model: &mut Model, anonymous: bool, complete: bool) {
-    let index = session_index(program, model);
+    let index = program.index(model.sessions.len());
     let place = Place::read(program);
     let send_length = program.byte() & 1 != 0;
     // For a completion: 0 the right digest, 1 a wrong one, 2 none, 3 one that is not a digest.
     let naming = program.byte() % 4;
-    let payload = Payload::read(program);
+    let payload = read_payload(program);
     let (id, committed) = match index {
         Some(i) => (
             model.sessions[i].id.clone(),
@@ -413,7 +316,7 @@ fn start(model: &mut Model, anonymous: bool) {
 
 /// `GET` of a session's progress (`status`), or `DELETE` of the session.
 fn session_call(program: &mut Program, model: &mut Model, anonymous: bool, cancel: bool) {
-    let index = session_index(program, model);
+    let index = program.index(model.sessions.len());
     let id = index.map_or_else(
         || "00000000000000000000000000000000".to_string(),
         |i| model.sessions[i].id.clone(),
@@ -442,7 +345,7 @@ fn monolithic(program: &mut Program, model: &mut Model, anonymous: bool) {
     let naming = program.byte() % 3;
     // 0 no Content-Length, 1 the body's, 2 one byte more than it.
     let length = program.byte() % 3;
-    let payload = Payload::read(program);
+    let payload = read_payload(program);
     let bytes = payload.bytes();
     let digest = match naming {
         0 => sha256(&bytes).to_string(),
@@ -486,16 +389,6 @@ fn monolithic(program: &mut Program, model: &mut Model, anonymous: bool) {
     }
 }
 
-/// A blob the model knows, or one nothing pushed.
-fn blob_index(program: &mut Program, model: &Model) -> Option<usize> {
-    let b = program.byte();
-    if model.blobs.is_empty() || b == 255 {
-        None
-    } else {
-        Some(usize::from(b) % model.blobs.len())
-    }
-}
-
 /// Checks what the repository answers for the blob of `bytes`, linked there or not.
 fn check_read(model: &Model, bytes: &[u8], linked: bool, head: bool, anonymous: bool) {
     let digest = sha256(bytes);
@@ -532,14 +425,14 @@ fn check_read(model: &Model, bytes: &[u8], linked: bool, head: bool, anonymous: 
 
 fn read_blob(program: &mut Program, model: &Model, anonymous: bool) {
     let head = program.byte() & 1 != 0;
-    match blob_index(program, model) {
+    match program.index(model.blobs.len()) {
         Some(i) => check_read(model, &model.blobs[i].0, model.blobs[i].1, head, anonymous),
         None => check_read(model, b"never pushed", false, head, anonymous),
     }
 }
 
 fn delete_blob(program: &mut Program, model: &mut Model, anonymous: bool) {
-    let (bytes, linked) = match blob_index(program, model) {
+    let (bytes, linked) = match program.index(model.blobs.len()) {
         Some(i) => model.blobs[i].clone(),
         None => (b"never pushed".to_vec(), false),
     };
@@ -558,7 +451,7 @@ fn delete_blob(program: &mut Program, model: &mut Model, anonymous: bool) {
 
 /// `POST ?mount=&from=` the repository itself: mounted if linked there, else a new session.
 fn mount(program: &mut Program, model: &mut Model, anonymous: bool) {
-    let (bytes, linked) = match blob_index(program, model) {
+    let (bytes, linked) = match program.index(model.blobs.len()) {
         Some(i) => model.blobs[i].clone(),
         None => (b"never pushed".to_vec(), false),
     };
@@ -597,7 +490,7 @@ fuzz_target!(|data: &[u8]| {
     let mut program = Program(data);
     // A bound on the work of one input, so that one execution stays short.
     for _ in 0..16 {
-        if program.0.is_empty() {
+        if program.is_empty() {
             break;
         }
         let op = program.byte();
