@@ -10,9 +10,10 @@
 //! What is checked, beyond "no panic" and "no 5xx":
 //! - every refusal is the REST API's JSON error with the status and code the model expects;
 //! - a session's offset is what the model appended: a `PATCH` is kept exactly when it starts at
-//!   the offset; with a checksum it is kept whole or not at all (`460`); without one, a body that
-//!   breaks keeps what arrived, and one that runs past `Upload-Length` keeps at most a prefix of
-//!   what fits (the model learns how much from `HEAD`, and checks that it is a prefix);
+//!   the offset; with a checksum it is kept whole or not at all (`460` when it does not match,
+//!   `400` when its body breaks); without one, a body that breaks keeps what arrived, and one
+//!   that runs past `Upload-Length` keeps at most a prefix of what fits (the model learns how
+//!   much from `HEAD`, and checks that it is a prefix);
 //! - the `PATCH` that completes an upload registers the data pack exactly when its bytes match
 //!   every digest declared (at creation and on that `PATCH`) and the version has no other data
 //!   pack, answers both digests of exactly those bytes, and removes the session whatever the
@@ -380,7 +381,10 @@ fn patch(program: &mut Program, model: &mut Model, anonymous: bool) {
         if too_long {
             return answer.refused(&what, 413, "payload_too_large");
         }
-        if payload.breaks || checksum == 2 {
+        if payload.breaks {
+            return answer.refused(&what, 400, "body_incomplete");
+        }
+        if checksum == 2 {
             return answer.refused(&what, 460, "checksum_mismatch");
         }
     } else if too_long {

@@ -175,14 +175,17 @@ pub enum UploadError {
         /// The length the piece would have reached.
         actual: u64,
     },
-    /// A piece's body ended with an error; the bytes that arrived before it were kept.
+    /// A piece's body ended with an error. The bytes that arrived before it were kept, unless
+    /// the piece carried a check ([`UploadSessions::append_checked`]), which needs the whole
+    /// piece: then none of it was.
     #[error("upload {id:?}: the piece's body ended early ({cause}); resume at offset {committed}")]
     BodyFailed {
         /// The session.
         id: String,
         /// What the body reported.
         cause: String,
-        /// The bytes committed now, including those that arrived before the failure.
+        /// The bytes committed now: those that arrived before the failure, or, for a checked
+        /// piece, none of the piece's.
         committed: u64,
     },
     /// The piece failed the check its request carried (e.g. a tus `Upload-Checksum`); none of
@@ -672,8 +675,9 @@ impl UploadSessions {
         self.append_checked(owner, id, offset, body, None).await
     }
 
-    /// [`UploadSessions::append`] with a check of the whole piece: if it fails, or the body
-    /// breaks, none of the piece is kept ([`UploadError::PieceRejected`]).
+    /// [`UploadSessions::append`] with a check of the whole piece: if it fails
+    /// ([`UploadError::PieceRejected`]), or the body breaks ([`UploadError::BodyFailed`], at the
+    /// piece's start), none of the piece is kept.
     pub async fn append_checked<S, E>(
         self: &Arc<Self>,
         owner: &str,
@@ -834,12 +838,17 @@ impl UploadSessions {
         let live = received_all?.settle(id, &mut *writer).await?;
         if let Some(check) = check {
             // All or nothing: the saved state stays at the piece's start, and the bytes
-            // written past it are cut away before the next piece.
-            let verdict = match &failure {
-                Some(cause) => Err(format!("its body ended early ({cause})")),
-                None => check.verify(),
-            };
-            if let Err(reason) = verdict {
+            // written past it are cut away before the next piece. A body that broke is not a
+            // piece that failed its check (which a tus client is told with 460): the check was
+            // never made, and the client is told to resume where the piece began.
+            if let Some(cause) = failure {
+                return Err(UploadError::BodyFailed {
+                    id: id.to_string(),
+                    cause,
+                    committed: file.committed,
+                });
+            }
+            if let Err(reason) = check.verify() {
                 return Err(UploadError::PieceRejected {
                     id: id.to_string(),
                     reason,
@@ -1347,6 +1356,48 @@ mod tests {
             sessions.status("a", &id).await.expect("status").committed,
             6
         );
+    }
+
+    #[tokio::test]
+    async fn a_checked_piece_whose_body_fails_keeps_none_of_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sessions = Arc::new(
+            UploadSessions::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store()).expect("open"),
+        );
+        let id = sessions
+            .start("a", Expectation::default(), BTreeMap::new())
+            .await
+            .expect("start")
+            .id;
+        sessions
+            .append("a", &id, Some(0), piece(b"abc"))
+            .await
+            .expect("the first piece");
+        // The check would pass on the bytes that arrived: what refuses them is the break.
+        let check = Box::new(Exactly(b"hello ".to_vec(), Vec::new()));
+        let body = futures::stream::iter(vec![
+            Ok(Bytes::from_static(b"hello ")),
+            Err("connection reset".to_string()),
+        ]);
+        assert!(matches!(
+            sessions
+                .append_checked("a", &id, Some(3), body, Some(check))
+                .await,
+            Err(UploadError::BodyFailed { committed: 3, .. })
+        ));
+        assert_eq!(
+            sessions.status("a", &id).await.expect("status").committed,
+            3
+        );
+        sessions
+            .append("a", &id, Some(3), piece(b"def"))
+            .await
+            .expect("the piece again, whole");
+        let outcome = sessions
+            .finish("a", &id, Expectation::default())
+            .await
+            .expect("finish");
+        assert_eq!(outcome.meta.digests, BlobDigests::of(b"abcdef"));
     }
 
     struct Exactly(Vec<u8>, Vec<u8>);
