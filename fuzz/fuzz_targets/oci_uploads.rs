@@ -301,12 +301,17 @@ fn start(model: &mut Model, anonymous: bool) {
     if anonymous {
         return answer.refused(&path, "UNAUTHORIZED");
     }
+    follow(&answer, &path, model);
+}
+
+/// Checks that `answer` started an empty session, and follows it from now on.
+fn follow(answer: &Answer, path: &str, model: &mut Model) {
     let id = answer
         .header("location")
         .and_then(|l| l.rsplit_once('/'))
         .map(|(_, id)| id.to_string())
         .unwrap_or_else(|| panic!("POST {path}: no session in {:?}", answer.headers));
-    answer.progress(&path, 202, model, &id, 0);
+    answer.progress(path, 202, model, &id, 0);
     model.sessions.push(Session {
         id,
         bytes: Vec::new(),
@@ -467,17 +472,7 @@ fn mount(program: &mut Program, model: &mut Model, anonymous: bool) {
     if linked {
         return answer.created(&path, model, &bytes);
     }
-    let id = answer
-        .header("location")
-        .and_then(|l| l.rsplit_once('/'))
-        .map(|(_, id)| id.to_string())
-        .unwrap_or_else(|| panic!("POST {path}: no session in {:?}", answer.headers));
-    answer.progress(&path, 202, model, &id, 0);
-    model.sessions.push(Session {
-        id,
-        bytes: Vec::new(),
-        live: true,
-    });
+    follow(&answer, &path, model);
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -487,30 +482,21 @@ fuzz_target!(|data: &[u8]| {
         sessions: Vec::new(),
         blobs: Vec::new(),
     };
-    let mut program = Program(data);
-    // A bound on the work of one input, so that one execution stays short.
-    for _ in 0..16 {
-        if program.is_empty() {
-            break;
-        }
-        let op = program.byte();
-        let anonymous = op >= 128;
-        match op % 10 {
-            0 | 1 if model.sessions.len() < 6 => start(&mut model, anonymous),
-            0 | 1 => {}
-            2 | 3 => append(&mut program, &mut model, anonymous, false),
-            4 => append(&mut program, &mut model, anonymous, true),
-            5 => session_call(&mut program, &mut model, anonymous, false),
-            6 => session_call(&mut program, &mut model, anonymous, true),
-            7 => monolithic(&mut program, &mut model, anonymous),
-            8 => match program.byte() % 3 {
-                0 => delete_blob(&mut program, &mut model, anonymous),
-                1 => mount(&mut program, &mut model, anonymous),
-                _ => read_blob(&mut program, &model, anonymous),
-            },
-            _ => read_blob(&mut program, &model, anonymous),
-        }
-    }
+    program::run(data, |program, op, anonymous| match op % 10 {
+        0 | 1 if model.sessions.len() < 6 => start(&mut model, anonymous),
+        0 | 1 => {}
+        2 | 3 => append(program, &mut model, anonymous, false),
+        4 => append(program, &mut model, anonymous, true),
+        5 => session_call(program, &mut model, anonymous, false),
+        6 => session_call(program, &mut model, anonymous, true),
+        7 => monolithic(program, &mut model, anonymous),
+        8 => match program.byte() % 3 {
+            0 => delete_blob(program, &mut model, anonymous),
+            1 => mount(program, &mut model, anonymous),
+            _ => read_blob(program, &model, anonymous),
+        },
+        _ => read_blob(program, &model, anonymous),
+    });
     // At the end: every session where the model left it, and every blob readable exactly when
     // the model says so; the sessions still open are cancelled, so that none stays on disk.
     for i in 0..model.sessions.len() {

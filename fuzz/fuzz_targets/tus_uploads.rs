@@ -483,23 +483,14 @@ fuzz_target!(|data: &[u8]| {
         registered: None,
     };
     publish(&model.version);
-    let mut program = Program(data);
-    // A bound on the work of one input, so that one execution stays short.
-    for _ in 0..16 {
-        if program.is_empty() {
-            break;
-        }
-        let op = program.byte();
-        let anonymous = op >= 128;
-        match op % 8 {
-            0 | 1 if model.sessions.len() < 6 => create(&mut program, &mut model, anonymous),
-            0 | 1 => {}
-            2..=4 => patch(&mut program, &mut model, anonymous),
-            5 => session_call(&mut program, &mut model, anonymous, false),
-            6 => session_call(&mut program, &mut model, anonymous, true),
-            _ => check_download(&model, anonymous),
-        }
-    }
+    program::run(data, |program, op, anonymous| match op % 8 {
+        0 | 1 if model.sessions.len() < 6 => create(program, &mut model, anonymous),
+        0 | 1 => {}
+        2..=4 => patch(program, &mut model, anonymous),
+        5 => session_call(program, &mut model, anonymous, false),
+        6 => session_call(program, &mut model, anonymous, true),
+        _ => check_download(&model, anonymous),
+    });
     // At the end: every open session where the model left it (then terminated, so that none
     // stays on disk), and the data pack as the model says.
     for i in 0..model.sessions.len() {

@@ -1385,16 +1385,19 @@ mod tests {
                 .await,
             Err(UploadError::BodyFailed { committed: 3, .. })
         ));
-        assert_eq!(
-            sessions.status("a", &id).await.expect("status").committed,
-            3
-        );
+        the_right_piece_follows(&sessions, &id).await;
+    }
+
+    /// Checks that session `id` of owner "a" holds only the 3 bytes before a refused piece, and
+    /// that the right piece after it completes the upload as `abcdef`.
+    async fn the_right_piece_follows(sessions: &Arc<UploadSessions>, id: &str) {
+        assert_eq!(sessions.status("a", id).await.expect("status").committed, 3);
         sessions
-            .append("a", &id, Some(3), piece(b"def"))
+            .append("a", id, Some(3), piece(b"def"))
             .await
-            .expect("the piece again, whole");
+            .expect("the right piece after a refused one");
         let outcome = sessions
-            .finish("a", &id, Expectation::default())
+            .finish("a", id, Expectation::default())
             .await
             .expect("finish");
         assert_eq!(outcome.meta.digests, BlobDigests::of(b"abcdef"));
@@ -1438,19 +1441,7 @@ mod tests {
                 .await,
             Err(UploadError::PieceRejected { .. })
         ));
-        assert_eq!(
-            sessions.status("a", &id).await.expect("status").committed,
-            3
-        );
-        sessions
-            .append("a", &id, Some(3), piece(b"def"))
-            .await
-            .expect("the right piece after a refused one");
-        let outcome = sessions
-            .finish("a", &id, Expectation::default())
-            .await
-            .expect("finish");
-        assert_eq!(outcome.meta.digests, BlobDigests::of(b"abcdef"));
+        the_right_piece_follows(&sessions, &id).await;
     }
 
     #[tokio::test]

@@ -12,6 +12,23 @@ use http_body_util::BodyExt as _;
 
 use crate::world;
 
+/// The most operations one input runs, so that one execution stays short.
+pub const MAX_OPERATIONS: usize = 16;
+
+/// Runs the program in `data`: at most [`MAX_OPERATIONS`] operations, each a byte choosing it
+/// (from 128 up, as an anonymous caller), then the operation's own bytes, which `step` reads.
+/// `step` is given the choice without the caller's bit, and whether the caller is anonymous.
+pub fn run(data: &[u8], mut step: impl FnMut(&mut Program, u8, bool)) {
+    let mut program = Program(data);
+    for _ in 0..MAX_OPERATIONS {
+        if program.is_empty() {
+            break;
+        }
+        let op = program.byte();
+        step(&mut program, op % 128, op >= 128);
+    }
+}
+
 /// The bytes of the program not read yet; reading past the end gives zeros.
 pub struct Program<'a>(pub &'a [u8]);
 
