@@ -117,17 +117,7 @@ impl Judged for Answer {
 
     /// [`Answer::refused`] at a status the spec sets for the case rather than for the code.
     fn refused_at(&self, what: &str, status: u16, code: &str) {
-        let errors = self.json(what);
-        let error = &errors["errors"][0];
-        assert_eq!(
-            (self.status.as_u16(), error["code"].as_str()),
-            (status, Some(code)),
-            "{what}: the refusal {error}"
-        );
-        assert!(
-            error["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{what}: a refusal without a message"
-        );
+        self.refusal(what, status, code, "/errors/0");
     }
 
     /// Checks that this answers an upload session `id` with `committed` bytes, at `status`.

@@ -86,18 +86,7 @@ trait Judged {
 impl Judged for Answer {
     /// Checks that this is a refusal at `status` with `code`, in the REST API's JSON error body.
     fn refused(&self, what: &str, status: u16, code: &str) {
-        let error = self.json(what);
-        assert_eq!(
-            (self.status.as_u16(), error["error"]["code"].as_str()),
-            (status, Some(code)),
-            "{what}: the refusal {error}"
-        );
-        assert!(
-            error["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "{what}: a refusal without a message"
-        );
+        self.refusal(what, status, code, "/error");
         assert_eq!(
             self.header("tus-resumable"),
             Some("1.0.0"),

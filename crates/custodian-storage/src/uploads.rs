@@ -1333,8 +1333,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_failed_body_keeps_what_arrived() {
+    /// Upload sessions in a directory of their own (kept while the first value lives), and one
+    /// session of owner "a" in them.
+    async fn one_session() -> (tempfile::TempDir, Arc<UploadSessions>, String) {
         let dir = tempfile::tempdir().expect("tempdir");
         let sessions = Arc::new(
             UploadSessions::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store()).expect("open"),
@@ -1344,6 +1345,12 @@ mod tests {
             .await
             .expect("start")
             .id;
+        (dir, sessions, id)
+    }
+
+    #[tokio::test]
+    async fn a_failed_body_keeps_what_arrived() {
+        let (_dir, sessions, id) = one_session().await;
         let body = futures::stream::iter(vec![
             Ok(Bytes::from_static(b"hello ")),
             Err("connection reset".to_string()),
@@ -1360,15 +1367,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_checked_piece_whose_body_fails_keeps_none_of_it() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sessions = Arc::new(
-            UploadSessions::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store()).expect("open"),
-        );
-        let id = sessions
-            .start("a", Expectation::default(), BTreeMap::new())
-            .await
-            .expect("start")
-            .id;
+        let (_dir, sessions, id) = one_session().await;
         sessions
             .append("a", &id, Some(0), piece(b"abc"))
             .await
@@ -1420,15 +1419,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_piece_that_fails_its_check_is_not_kept() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sessions = Arc::new(
-            UploadSessions::open(dir.path(), DEFAULT_UPLOAD_EXPIRY, store()).expect("open"),
-        );
-        let id = sessions
-            .start("a", Expectation::default(), BTreeMap::new())
-            .await
-            .expect("start")
-            .id;
+        let (_dir, sessions, id) = one_session().await;
         let good = Box::new(Exactly(b"abc".to_vec(), Vec::new()));
         sessions
             .append_checked("a", &id, Some(0), piece(b"abc"), Some(good))

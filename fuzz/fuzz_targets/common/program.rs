@@ -107,14 +107,25 @@ impl Answer {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    /// The body as JSON; panics, naming `what`, if it is not.
-    pub fn json(&self, what: &str) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+    /// Checks that this is a refusal at `status` whose JSON body holds, at the JSON pointer
+    /// `at`, an error object with `code` and a message; panics, naming `what`, if it is not.
+    pub fn refusal(&self, what: &str, status: u16, code: &str, at: &str) {
+        let body: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
                 "{what}: a {} whose body is not JSON ({e}): {:?}",
                 self.status, self.body
             )
-        })
+        });
+        let error = body.pointer(at).cloned().unwrap_or_default();
+        assert_eq!(
+            (self.status.as_u16(), error["code"].as_str()),
+            (status, Some(code)),
+            "{what}: the refusal {body}"
+        );
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: a refusal without a message"
+        );
     }
 }
 
