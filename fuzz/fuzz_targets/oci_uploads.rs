@@ -122,12 +122,7 @@ impl Judged for Answer {
 
     /// Checks that this answers an upload session `id` with `committed` bytes, at `status`.
     fn progress(&self, what: &str, status: u16, model: &Model, id: &str, committed: usize) {
-        assert_eq!(
-            self.status.as_u16(),
-            status,
-            "{what}: {:?}",
-            String::from_utf8_lossy(&self.body)
-        );
+        self.expect_status(what, status);
         assert_eq!(
             self.header("location"),
             Some(format!("/v2/{}/blobs/uploads/{id}", model.repo).as_str()),
@@ -143,12 +138,7 @@ impl Judged for Answer {
     /// Checks that this says the blob of `bytes` was created in the repository.
     fn created(&self, what: &str, model: &Model, bytes: &[u8]) {
         let digest = sha256(bytes);
-        assert_eq!(
-            self.status,
-            StatusCode::CREATED,
-            "{what}: {:?}",
-            String::from_utf8_lossy(&self.body)
-        );
+        self.expect_status(what, 201);
         assert_eq!(
             self.header("location"),
             Some(format!("/v2/{}/blobs/{digest}", model.repo).as_str()),

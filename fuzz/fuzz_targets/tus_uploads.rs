@@ -96,12 +96,7 @@ impl Judged for Answer {
 
     /// Checks that this is a success at `status` reporting `offset` of `length`.
     fn offset(&self, what: &str, status: u16, offset: usize, length: u64) {
-        assert_eq!(
-            self.status.as_u16(),
-            status,
-            "{what}: {:?}",
-            String::from_utf8_lossy(&self.body)
-        );
+        self.expect_status(what, status);
         assert_eq!(
             self.header("upload-offset"),
             Some(offset.to_string().as_str()),
@@ -222,12 +217,7 @@ fn create(program: &mut Program, model: &mut Model, anonymous: bool) {
     {
         return answer.refused(&what, 409, "already_exists");
     }
-    assert_eq!(
-        answer.status,
-        StatusCode::CREATED,
-        "{what}: {:?}",
-        String::from_utf8_lossy(&answer.body)
-    );
+    answer.expect_status(&what, 201);
     let location = answer
         .header("location")
         .expect("a created session's location");

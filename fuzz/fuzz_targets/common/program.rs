@@ -107,6 +107,16 @@ impl Answer {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// Checks that this answers with `status`, showing the body if it does not.
+    pub fn expect_status(&self, what: &str, status: u16) {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "{what}: {:?}",
+            String::from_utf8_lossy(&self.body)
+        );
+    }
+
     /// Checks that this is a refusal at `status` whose JSON body holds, at the JSON pointer
     /// `at`, an error object with `code` and a message; panics, naming `what`, if it is not.
     pub fn refusal(&self, what: &str, status: u16, code: &str, at: &str) {
