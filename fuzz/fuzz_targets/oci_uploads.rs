@@ -213,7 +213,7 @@ fn append(program: &mut Program, model: &mut Model, anonymous: bool, complete: b
     if send_length {
         headers.push(("content-length", len.to_string()));
     }
-    let mut whole = committed.clone();
+    let mut whole = committed;
     whole.extend_from_slice(&chunk);
     let digest = match naming {
         0 => Some(sha256(&whole).to_string()),

@@ -284,7 +284,7 @@ fn patch(program: &mut Program, model: &mut Model, anonymous: bool) {
     // 0 no digest declared on the PATCH, 1 the upload's sha256, 2 a wrong blake3.
     let naming = (modes >> 3) % 3;
     let send_length = modes & 32 == 0;
-    let mut whole = committed.clone();
+    let mut whole = committed;
     whole.extend_from_slice(&piece);
 
     let b64 = base64::engine::general_purpose::STANDARD;
