@@ -224,6 +224,12 @@ async fn a_local_put_refuses_what_put_refuses_and_keeps_nothing() {
         .append(true)
         .open(&path)
         .unwrap();
+    let path_only = rustix::fs::open(
+        &path,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
 
     let too_long = format!("at most {MAX_REQUEST_FRAME}");
     let cases: Vec<Case<'_>> = vec![
@@ -254,6 +260,13 @@ async fn a_local_put_refuses_what_put_refuses_and_keeps_nothing() {
             vec![write_only.as_fd()],
             Code::InvalidArgument,
             "for writing only",
+        ),
+        (
+            "a descriptor opened with O_PATH",
+            request(&socket, &sha, None, token),
+            vec![path_only.as_fd()],
+            Code::InvalidArgument,
+            "O_PATH",
         ),
         (
             "another digest declared",

@@ -576,6 +576,13 @@ fn check_readable_file(file: &OwnedFd) -> Result<u64, Status> {
     let flags = rustix::fs::fcntl_getfl(file).map_err(|err| {
         Status::invalid_argument(format!("cannot read the descriptor's flags: {err}"))
     })?;
+    // A descriptor opened with O_PATH names a file without opening it: nothing can be read
+    // through it, so it is refused here rather than failing at the first read.
+    if flags.contains(OFlags::PATH) {
+        return Err(Status::invalid_argument(
+            "the descriptor was opened with O_PATH, through which nothing can be read: open the file for reading",
+        ));
+    }
     if flags & OFlags::RWMODE == OFlags::WRONLY {
         return Err(Status::invalid_argument(
             "the descriptor is open for writing only: open the file for reading",
