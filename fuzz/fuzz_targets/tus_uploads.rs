@@ -36,16 +36,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::body::Body;
 use base64::Engine as _;
 use bytes::Bytes;
-use custodian_core::note::SignerKey;
-use custodian_core::package::{FileEntry, PackageStatement};
 use custodian_core::{Algorithm, Digest};
-use custodian_proto::cas::v1 as cas;
-use custodian_proto::registry::v1 as registry;
 use custodian_server::rest::fixture;
 use http::{Method, StatusCode};
 use libfuzzer_sys::fuzz_target;
 use program::{Answer, Payload, Program};
-use prost::Message as _;
 
 /// An upload session the model follows.
 struct Session {
@@ -126,51 +121,6 @@ fn send(
     let mut headers = headers.to_vec();
     headers.push(("tus-resumable", "1.0.0".to_string()));
     program::send(method, path, &headers, body, anonymous)
-}
-
-/// Publishes `fixture::NAME`@`version`, whose only file is a `manifest.yaml` naming it.
-fn publish(version: &str) {
-    let world = world::world();
-    let manifest = fixture::MANIFEST.replace(fixture::VERSION, version);
-    let put = cas::BatchPutRequest {
-        items: vec![cas::BatchPutItem {
-            data: Bytes::from(manifest.clone()),
-            ..Default::default()
-        }],
-    };
-    let answer = world.grpc_unary(
-        "/custodian.cas.v1.ContentStore/BatchPut",
-        &put.encode_to_vec(),
-        true,
-    );
-    assert_eq!(
-        answer.code, "0",
-        "the manifest into custody: {}",
-        answer.why
-    );
-    let statement = PackageStatement::new(
-        fixture::NAME,
-        version,
-        "eval_suite",
-        vec![FileEntry {
-            path: "manifest.yaml".into(),
-            sha256: sha256(manifest.as_bytes()),
-            size: manifest.len() as u64,
-        }],
-    )
-    .expect("the package statement");
-    let publisher = SignerKey::from_seed("fixture-publisher", [8; 32]).expect("the key");
-    let request = registry::PublishVersionRequest {
-        envelope: statement.sign(&publisher).to_json(),
-        publisher_key: publisher.verifier().to_string(),
-        ..Default::default()
-    };
-    let answer = world.grpc_unary(
-        "/custodian.registry.v1.Registry/PublishVersion",
-        &request.encode_to_vec(),
-        true,
-    );
-    assert_eq!(answer.code, "0", "publishing {version}: {}", answer.why);
 }
 
 fn uid_of(model: &Model, index: Option<usize>) -> String {
@@ -461,7 +411,7 @@ fuzz_target!(|data: &[u8]| {
         sessions: Vec::new(),
         registered: None,
     };
-    publish(&model.version);
+    world::world().publish(&model.version);
     program::run(data, |program, op, anonymous| match op % 8 {
         0 | 1 if model.sessions.len() < 6 => create(program, &mut model, anonymous),
         0 | 1 => {}

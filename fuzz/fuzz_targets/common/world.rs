@@ -10,8 +10,14 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use custodian_server::rest::fixture::{self, Published};
+use custodian_core::note::SignerKey;
+use custodian_core::package::{FileEntry, PackageStatement};
+use custodian_core::{Algorithm, Digest};
+use custodian_proto::cas::v1 as cas;
+use custodian_proto::registry::v1 as registry;
+use custodian_server::rest::fixture::{self, LocalPut, Published};
 use http_body_util::BodyExt as _;
+use prost::Message as _;
 use tower::ServiceExt as _;
 
 type Request = http::Request<axum::body::Body>;
@@ -24,13 +30,16 @@ pub struct World {
     grpc: axum::Router,
     /// An admin token's secret.
     pub token: String,
+    /// The fixture's local put socket, served on the world's runtime.
+    pub local_put: LocalPut,
 }
 
-/// A directory for this process's fixture (tokens, upload sessions, OCI links) under one parent
-/// in the system's temporary directory. libFuzzer ends a run with `exit`, which drops no statics,
-/// so a run cannot remove its own: each run removes those of runs whose process has ended.
-fn fixture_dir() -> PathBuf {
-    let parent = std::env::temp_dir().join("custodian-fuzz-rest");
+/// A directory of this process's own under `parent` in the system's temporary directory: the
+/// fixture's (tokens, upload sessions, OCI links, the local put socket), or a target's scratch
+/// files. libFuzzer ends a run with `exit`, which drops no statics, so a run cannot remove its
+/// own: each run removes those of runs whose process has ended.
+pub fn process_dir(parent: &str) -> PathBuf {
+    let parent = std::env::temp_dir().join(parent);
     std::fs::create_dir_all(&parent).expect("the fixtures' parent directory");
     for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
         let pid = entry.file_name().to_string_lossy().parse::<u32>().ok();
@@ -53,14 +62,19 @@ pub fn world() -> &'static World {
             .enable_all()
             .build()
             .expect("runtime");
-        let dir = fixture_dir();
-        let Published { app, grpc, token } =
-            runtime.block_on(fixture::published(&dir, Duration::from_secs(1)));
+        let dir = process_dir("custodian-fuzz-rest");
+        let Published {
+            app,
+            grpc,
+            token,
+            local_put,
+        } = runtime.block_on(fixture::published(&dir, Duration::from_secs(1)));
         World {
             runtime,
             app,
             grpc,
             token,
+            local_put: local_put.expect("the fixture's local put socket"),
         }
     })
 }
@@ -129,6 +143,51 @@ impl World {
     /// Runs `future` on the world's runtime.
     pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
         self.runtime.block_on(future)
+    }
+
+    /// Publishes `fixture::NAME`@`version`, whose only file is a `manifest.yaml` naming it, so
+    /// that an execution has a version of its own (a data pack is registered once per version).
+    pub fn publish(&self, version: &str) {
+        let manifest = fixture::MANIFEST.replace(fixture::VERSION, version);
+        let put = cas::BatchPutRequest {
+            items: vec![cas::BatchPutItem {
+                data: Bytes::from(manifest.clone()),
+                ..Default::default()
+            }],
+        };
+        let answer = self.grpc_unary(
+            "/custodian.cas.v1.ContentStore/BatchPut",
+            &put.encode_to_vec(),
+            true,
+        );
+        assert_eq!(
+            answer.code, "0",
+            "the manifest into custody: {}",
+            answer.why
+        );
+        let statement = PackageStatement::new(
+            fixture::NAME,
+            version,
+            "eval_suite",
+            vec![FileEntry {
+                path: "manifest.yaml".into(),
+                sha256: Digest::of(Algorithm::Sha256, manifest.as_bytes()),
+                size: manifest.len() as u64,
+            }],
+        )
+        .expect("the package statement");
+        let publisher = SignerKey::from_seed("fixture-publisher", [8; 32]).expect("the key");
+        let request = registry::PublishVersionRequest {
+            envelope: statement.sign(&publisher).to_json(),
+            publisher_key: publisher.verifier().to_string(),
+            ..Default::default()
+        };
+        let answer = self.grpc_unary(
+            "/custodian.registry.v1.Registry/PublishVersion",
+            &request.encode_to_vec(),
+            true,
+        );
+        assert_eq!(answer.code, "0", "publishing {version}: {}", answer.why);
     }
 
     /// The path of the fixture version's `tail` (`data-pack/hosted`, …).

@@ -1,8 +1,8 @@
-//! A registry in memory with one published package, served by the daemon's REST routes and its
-//! four gRPC services without a daemon: what the in-process REST tests (`rest/tests.rs`) and the
-//! fuzz targets built with the `server` feature (`fuzz/README.md` lists them) send their requests
-//! to, so that all of them meet the same setup. Compiled for tests and with the `fixture` feature
-//! only; the daemon never builds it.
+//! A registry in memory with one published package, served by the daemon's REST routes, its
+//! four gRPC services and its local put socket without a daemon: what the in-process REST tests
+//! (`rest/tests.rs`) and the fuzz targets built with the `server` feature (`fuzz/README.md` lists
+//! them) send their requests to, so that all of them meet the same setup. Compiled for tests and
+//! with the `fixture` feature only; the daemon never builds it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,8 +17,10 @@ use custodian_storage::uploads::{DEFAULT_UPLOAD_EXPIRY, UploadSessions};
 use custodian_storage::{BlobStore, Expectation, MemoryBackend, MemoryLedger};
 
 use crate::auth::{Authenticator, Scope};
+use crate::grpc::local_put::{LocalPutConfig, LocalPutSocket};
 use crate::oci::{Oci, OciConfig};
 use crate::registry::Registry;
+use crate::rest::LocalPutAnnouncement;
 use crate::scan::StreamScans;
 use crate::sequencer::{Sequencer, SequencerConfig};
 use crate::{CasLimits, CasService, LedgerService};
@@ -41,6 +43,17 @@ pub struct Published {
     pub grpc: axum::Router,
     /// An admin token's secret, for `Authorization: Bearer`.
     pub token: String,
+    /// The local put socket, served as the daemon serves it (docs/api.md, "Local puts"), if
+    /// its path in the fixture's directory could be bound.
+    pub local_put: Option<LocalPut>,
+}
+
+/// Where the fixture's local put socket is and what its requests must repeat.
+pub struct LocalPut {
+    /// The socket's absolute path.
+    pub path: std::path::PathBuf,
+    /// The value `LocalPutRequest.instance` must hold (`Capabilities.local_put_instance`).
+    pub instance: String,
 }
 
 /// Publishes [`NAME`]@[`VERSION`] into a registry whose custody and ledger are in memory (the
@@ -96,7 +109,7 @@ pub async fn published(dir: &Path, upload_idle: Duration) -> Published {
         .expect("the publication");
     // What the REST routes need besides the registry and the authenticator, as the daemon opens
     // them but in `dir`: upload sessions expiring after the daemon's default period, the OCI
-    // front end's links, and stream scans with their own bound. No local put socket is announced.
+    // front end's links, stream scans with their own bound, and the local put socket.
     let uploads = Arc::new(
         UploadSessions::open(
             &dir.join("uploads"),
@@ -116,6 +129,11 @@ pub async fn published(dir: &Path, upload_idle: Duration) -> Published {
     );
     let stream_scans = Arc::new(StreamScans::new(uploads.expiry()));
     let limits = CasLimits::default();
+    let socket = LocalPutSocket::bind(&LocalPutConfig {
+        path: dir.join("local-put.sock"),
+        required: false,
+    })
+    .expect("the local put socket");
     let cas = CasService::new(
         store,
         uploads.clone(),
@@ -128,7 +146,30 @@ pub async fn published(dir: &Path, upload_idle: Duration) -> Published {
         limits,
         registry.clone(),
         auth.clone(),
-    );
+    )
+    .with_local_put_socket(socket.as_ref().map(LocalPutSocket::path));
+    let local_put = socket.map(|socket| {
+        let announced = LocalPutAnnouncement {
+            path: socket.path().to_path_buf(),
+            instance: cas.local_put_instance().to_string(),
+        };
+        // The socket is served until the runtime ends: the task that holds the stop signal's
+        // sender never finishes, so the signal never comes.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let _stop = stop;
+            std::future::pending::<()>().await
+        });
+        tokio::spawn(crate::grpc::local_put::serve(
+            socket,
+            cas.clone(),
+            stream_scans.clone(),
+            16,
+            Duration::from_secs(1),
+            stopped,
+        ));
+        announced
+    });
     let grpc = crate::grpc::Services::new(
         cas,
         LedgerService::new(sequencer, None, registry.clone(), auth.clone()),
@@ -144,7 +185,16 @@ pub async fn published(dir: &Path, upload_idle: Duration) -> Published {
         oci,
         uploads,
         stream_scans,
-        None,
+        local_put.clone(),
     );
-    Published { app, grpc, token }
+    let local_put = local_put.map(|announced| LocalPut {
+        path: announced.path,
+        instance: announced.instance,
+    });
+    Published {
+        app,
+        grpc,
+        token,
+        local_put,
+    }
 }
