@@ -45,7 +45,6 @@ const WRITE_UPLOAD: &str = "/custodian.cas.v1.ContentStore/WriteUpload";
 const BATCH_PUT: &str = "/custodian.cas.v1.ContentStore/BatchPut";
 const FIND_MISSING: &str = "/custodian.cas.v1.ContentStore/FindMissing";
 const GET: &str = "/custodian.cas.v1.ContentStore/Get";
-const BATCH_GET: &str = "/custodian.cas.v1.ContentStore/BatchGet";
 const APPEND_STREAM: &str = "/custodian.ledger.v1.Ledger/AppendStream";
 const APPEND: &str = "/custodian.ledger.v1.Ledger/Append";
 const GET_ENTRY: &str = "/custodian.ledger.v1.Ledger/GetEntry";
@@ -83,29 +82,9 @@ fn declared(text: &str) -> Option<Digest> {
     text.parse().ok()
 }
 
-/// Whether custody holds `digest`, asked through tonic's own `BatchGet` as an admin; its bytes
-/// if it does.
+/// Whether custody holds `digest`; its bytes if it does.
 fn stored(digest: &Digest) -> Option<Vec<u8>> {
-    let request = pb::BatchGetRequest {
-        digests: vec![digest.to_string()],
-    };
-    let answer = world::world().grpc_unary(BATCH_GET, &request.encode_to_vec(), true);
-    assert_eq!(answer.code, "0", "BatchGet of {digest}: {}", answer.why);
-    let response = pb::BatchGetResponse::decode(answer.first()).expect("BatchGetResponse");
-    assert_eq!(
-        response.results.len(),
-        1,
-        "BatchGet answers one result per digest"
-    );
-    let result = &response.results[0];
-    match (&result.blob, &result.error) {
-        (Some(_), None) => Some(result.data.to_vec()),
-        (None, Some(error)) => {
-            assert_eq!(error.code, 5, "BatchGet of {digest}: {}", error.message);
-            None
-        }
-        _ => panic!("BatchGet of {digest}: a result is a blob or an error"),
-    }
+    world::world().stored(digest)
 }
 
 /// Checks that `blob` describes `data`, and that custody serves `data` under its digest.
@@ -423,20 +402,12 @@ fn append_stream(body: &[u8], pieces: Vec<Bytes>, admin: bool) {
         );
         let payload = custodian_core::entry::payload_from_cbor(request.payload_cbor.to_vec())
             .unwrap_or_else(|e| panic!("requests[{i}]: appended a payload that is refused: {e}"));
-        let read = world::world().grpc_unary(
+        let entry: ledger::Entry = world::world().call(
             GET_ENTRY,
             &ledger::GetEntryRequest {
                 index: answered.log_index,
-            }
-            .encode_to_vec(),
-            true,
+            },
         );
-        assert_eq!(
-            read.code, "0",
-            "requests[{i}]: the appended entry: {}",
-            read.why
-        );
-        let entry = ledger::Entry::decode(read.first()).expect("Entry");
         assert_eq!(entry.kind, request.kind, "requests[{i}]: the entry's kind");
         assert_eq!(
             entry.payload_cbor, payload,

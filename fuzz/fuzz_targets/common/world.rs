@@ -17,7 +17,6 @@ use custodian_proto::cas::v1 as cas;
 use custodian_proto::registry::v1 as registry;
 use custodian_server::rest::fixture::{self, LocalPut, Published};
 use http_body_util::BodyExt as _;
-use prost::Message as _;
 use tower::ServiceExt as _;
 
 type Request = http::Request<axum::body::Body>;
@@ -155,16 +154,7 @@ impl World {
                 ..Default::default()
             }],
         };
-        let answer = self.grpc_unary(
-            "/custodian.cas.v1.ContentStore/BatchPut",
-            &put.encode_to_vec(),
-            true,
-        );
-        assert_eq!(
-            answer.code, "0",
-            "the manifest into custody: {}",
-            answer.why
-        );
+        let _: cas::BatchPutResponse = self.call("/custodian.cas.v1.ContentStore/BatchPut", &put);
         let statement = PackageStatement::new(
             fixture::NAME,
             version,
@@ -182,12 +172,45 @@ impl World {
             publisher_key: publisher.verifier().to_string(),
             ..Default::default()
         };
-        let answer = self.grpc_unary(
-            "/custodian.registry.v1.Registry/PublishVersion",
-            &request.encode_to_vec(),
-            true,
+        let _: registry::PublishVersionResponse =
+            self.call("/custodian.registry.v1.Registry/PublishVersion", &request);
+    }
+
+    /// Whether custody holds `digest`, asked through tonic's own `BatchGet` as an admin; its
+    /// bytes if it does.
+    pub fn stored(&self, digest: &Digest) -> Option<Vec<u8>> {
+        let request = cas::BatchGetRequest {
+            digests: vec![digest.to_string()],
+        };
+        let response: cas::BatchGetResponse =
+            self.call("/custodian.cas.v1.ContentStore/BatchGet", &request);
+        assert_eq!(
+            response.results.len(),
+            1,
+            "BatchGet answers one result per digest"
         );
-        assert_eq!(answer.code, "0", "publishing {version}: {}", answer.why);
+        let result = &response.results[0];
+        match (&result.blob, &result.error) {
+            (Some(_), None) => Some(result.data.to_vec()),
+            (None, Some(error)) => {
+                assert_eq!(error.code, 5, "BatchGet of {digest}: {}", error.message);
+                None
+            }
+            _ => panic!("BatchGet of {digest}: a result is a blob or an error"),
+        }
+    }
+
+    /// Calls the unary method at `path` with `request` as an admin and decodes its answer;
+    /// panics unless the call succeeds.
+    pub fn call<A: prost::Message + Default>(
+        &self,
+        path: &str,
+        request: &impl prost::Message,
+    ) -> A {
+        let answer = self.grpc_unary(path, &request.encode_to_vec(), true);
+        assert_eq!(answer.code, "0", "{path}: {}", answer.why);
+        A::decode(answer.first())
+            .unwrap_or_else(|e| panic!("{path}: the answer does not decode: {e}"))
     }
 
     /// The path of the fixture version's `tail` (`data-pack/hosted`, …).
