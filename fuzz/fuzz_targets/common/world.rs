@@ -15,7 +15,8 @@ use custodian_core::package::{FileEntry, PackageStatement};
 use custodian_core::{Algorithm, Digest};
 use custodian_proto::cas::v1 as cas;
 use custodian_proto::registry::v1 as registry;
-use custodian_server::rest::fixture::{self, LocalPut, Published};
+use custodian_server::rest::LocalPutAnnouncement;
+use custodian_server::rest::fixture::{self, Published};
 use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
 
@@ -30,7 +31,7 @@ pub struct World {
     /// An admin token's secret.
     pub token: String,
     /// The fixture's local put socket, served on the world's runtime.
-    pub local_put: LocalPut,
+    pub local_put: LocalPutAnnouncement,
 }
 
 /// A directory of this process's own under `parent` in the system's temporary directory: the

@@ -45,15 +45,7 @@ pub struct Published {
     pub token: String,
     /// The local put socket, served as the daemon serves it (docs/api.md, "Local puts"), if
     /// its path in the fixture's directory could be bound.
-    pub local_put: Option<LocalPut>,
-}
-
-/// Where the fixture's local put socket is and what its requests must repeat.
-pub struct LocalPut {
-    /// The socket's absolute path.
-    pub path: std::path::PathBuf,
-    /// The value `LocalPutRequest.instance` must hold (`Capabilities.local_put_instance`).
-    pub instance: String,
+    pub local_put: Option<LocalPutAnnouncement>,
 }
 
 /// Publishes [`NAME`]@[`VERSION`] into a registry whose custody and ledger are in memory (the
@@ -160,6 +152,8 @@ pub async fn published(dir: &Path, upload_idle: Duration) -> Published {
             let _stop = stop;
             std::future::pending::<()>().await
         });
+        // A test or a fuzz target connects once at a time; 16 connections at once and a
+        // second's grace are room enough.
         tokio::spawn(crate::grpc::local_put::serve(
             socket,
             cas.clone(),
@@ -187,10 +181,6 @@ pub async fn published(dir: &Path, upload_idle: Duration) -> Published {
         stream_scans,
         local_put.clone(),
     );
-    let local_put = local_put.map(|announced| LocalPut {
-        path: announced.path,
-        instance: announced.instance,
-    });
     Published {
         app,
         grpc,

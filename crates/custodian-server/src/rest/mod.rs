@@ -84,11 +84,11 @@ pub struct RestState {
 
 /// The daemon's local put socket as the REST API announces it (docs/api.md, "Local puts").
 #[derive(Clone, Debug)]
-pub(crate) struct LocalPutAnnouncement {
+pub struct LocalPutAnnouncement {
     /// The socket's absolute path.
-    pub(crate) path: std::path::PathBuf,
+    pub path: std::path::PathBuf,
     /// The value a request must repeat (`Capabilities.local_put_instance`).
-    pub(crate) instance: String,
+    pub instance: String,
 }
 
 /// The REST router; an upload body that sends nothing for `upload_idle` is abandoned. Stream
