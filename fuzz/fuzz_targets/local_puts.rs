@@ -46,12 +46,10 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::body::Body;
 use custodian_core::{Algorithm, Digest};
 use custodian_proto::cas::v1 as cas;
 use custodian_proto::local_put::MAX_REQUEST_FRAME;
 use custodian_server::rest::fixture;
-use http::Method;
 use libfuzzer_sys::fuzz_target;
 use program::Program;
 use prost::Message as _;
@@ -564,7 +562,7 @@ fn connection(program: &mut Program, model: &mut Model, anonymous: bool) {
                 absent_unless_stored(model, &bytes, &what);
             }
             if model.published {
-                downloads_as_registered(model, &what);
+                program::check_download(&model.version, model.registered.as_deref(), false, &what);
             }
         }
         (expected, reply) => panic!("{what}: expected {expected:?}, answered {reply:?}"),
@@ -591,26 +589,6 @@ fn reads_back(bytes: &[u8], what: &str) {
         world::world().stored(&digest).as_deref() == Some(bytes),
         "{what}: {digest} does not read back as the bytes put"
     );
-}
-
-/// The version's data pack downloads exactly when the model registered one, as its bytes.
-fn downloads_as_registered(model: &Model, what: &str) {
-    let path = format!(
-        "/wrappers/{}/versions/{}/data-pack/download",
-        fixture::NAME,
-        model.version
-    );
-    let answer = program::send(Method::GET, &path, &[], Body::empty(), false);
-    match &model.registered {
-        Some(bytes) => {
-            answer.expect_status(&format!("{what}: GET {path}"), 200);
-            assert!(
-                answer.body == bytes.as_slice(),
-                "{what}: GET {path}: other bytes"
-            );
-        }
-        None => answer.expect_status(&format!("{what}: GET {path}"), 404),
-    }
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -391,19 +391,6 @@ fn session_call(program: &mut Program, model: &mut Model, anonymous: bool, termi
     }
 }
 
-/// The version's data pack downloads exactly when the model registered one, as its bytes.
-fn check_download(model: &Model, anonymous: bool) {
-    let path = model.path("data-pack/download");
-    let answer = send(Method::GET, &path, &[], Body::empty(), anonymous);
-    match &model.registered {
-        Some(bytes) => {
-            assert_eq!(answer.status, StatusCode::OK, "GET {path}");
-            assert!(answer.body == bytes.as_slice(), "GET {path}: other bytes");
-        }
-        None => assert_eq!(answer.status, StatusCode::NOT_FOUND, "GET {path}"),
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
     static EXECUTION: AtomicU64 = AtomicU64::new(0);
     let mut model = Model {
@@ -418,7 +405,12 @@ fuzz_target!(|data: &[u8]| {
         2..=4 => patch(program, &mut model, anonymous),
         5 => session_call(program, &mut model, anonymous, false),
         6 => session_call(program, &mut model, anonymous, true),
-        _ => check_download(&model, anonymous),
+        _ => program::check_download(
+            &model.version,
+            model.registered.as_deref(),
+            anonymous,
+            "tus",
+        ),
     });
     // At the end: every open session where the model left it (then terminated, so that none
     // stays on disk), and the data pack as the model says.
@@ -432,5 +424,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(answer.status, StatusCode::NO_CONTENT, "DELETE {path}");
         }
     }
-    check_download(&model, false);
+    program::check_download(
+        &model.version,
+        model.registered.as_deref(),
+        false,
+        "tus, at the end",
+    );
 });

@@ -175,3 +175,22 @@ pub fn send(
         body,
     }
 }
+
+/// Checks, naming `what`, that the hosted data pack of the fixture's package at `version`
+/// downloads (as an admin unless `anonymous`) as exactly `registered`, and is not found when
+/// nothing is registered.
+pub fn check_download(version: &str, registered: Option<&[u8]>, anonymous: bool, what: &str) {
+    let path = format!(
+        "/wrappers/{}/versions/{version}/data-pack/download",
+        custodian_server::rest::fixture::NAME
+    );
+    let answer = send(Method::GET, &path, &[], Body::empty(), anonymous);
+    let what = format!("{what}: GET {path}");
+    match registered {
+        Some(bytes) => {
+            answer.expect_status(&what, 200);
+            assert!(answer.body == bytes, "{what}: other bytes");
+        }
+        None => answer.expect_status(&what, 404),
+    }
+}
