@@ -18,6 +18,7 @@ use custodian_proto::registry::v1 as registry;
 use custodian_server::rest::LocalPutAnnouncement;
 use custodian_server::rest::fixture::{self, Published};
 use http_body_util::BodyExt as _;
+use prost::Message as _;
 use tower::ServiceExt as _;
 
 type Request = http::Request<axum::body::Body>;
@@ -56,27 +57,44 @@ pub fn process_dir(parent: &str) -> PathBuf {
 /// The process's world, built on first use.
 pub fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
-    WORLD.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let dir = process_dir("custodian-fuzz-rest");
-        let Published {
-            app,
-            grpc,
-            token,
-            local_put,
-        } = runtime.block_on(fixture::published(&dir, Duration::from_secs(1)));
-        World {
-            runtime,
-            app,
-            grpc,
-            token,
-            local_put: local_put.expect("the fixture's local put socket"),
+    WORLD.get_or_init(|| build(None))
+}
+
+/// The process's world with upload sessions that expire at once, so that a garbage collection
+/// may be asked for no grace at all and collect what was uploaded a moment before; built on
+/// first use (a target uses this one or [`world`], not both).
+pub fn world_without_grace() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| build(Some(Duration::ZERO)))
+}
+
+/// Builds a world whose upload sessions expire after `upload_expiry`, or the daemon's default.
+fn build(upload_expiry: Option<Duration>) -> World {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = process_dir("custodian-fuzz-rest");
+    let Published {
+        app,
+        grpc,
+        token,
+        local_put,
+    } = runtime.block_on(async {
+        let idle = Duration::from_secs(1);
+        match upload_expiry {
+            Some(expiry) => fixture::published_expiring(&dir, idle, expiry).await,
+            None => fixture::published(&dir, idle).await,
         }
-    })
+    });
+    World {
+        runtime,
+        app,
+        grpc,
+        token,
+        local_put: local_put.expect("the fixture's local put socket"),
+    }
 }
 
 impl World {
@@ -126,7 +144,7 @@ impl World {
             .to_string();
         let why = fields
             .get("grpc-message")
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .map(|v| percent_decoded(v.as_bytes()))
             .unwrap_or_default();
         Answer {
             code,
@@ -148,6 +166,14 @@ impl World {
     /// Publishes `fixture::NAME`@`version`, whose only file is a `manifest.yaml` naming it, so
     /// that an execution has a version of its own (a data pack is registered once per version).
     pub fn publish(&self, version: &str) {
+        let (_, answer) = self.try_publish(version, Vec::new());
+        assert_eq!(answer.code, "0", "publishing {version}: {}", answer.why);
+    }
+
+    /// Puts a `manifest.yaml` naming `fixture::NAME`@`version` into custody, then asks to
+    /// publish the version with it and `files` (which custody may lack) as an admin. Returns the
+    /// manifest's sha256 and how the publication ended.
+    pub fn try_publish(&self, version: &str, mut files: Vec<FileEntry>) -> (Digest, Answer) {
         let manifest = fixture::MANIFEST.replace(fixture::VERSION, version);
         let put = cas::BatchPutRequest {
             items: vec![cas::BatchPutItem {
@@ -156,25 +182,29 @@ impl World {
             }],
         };
         let _: cas::BatchPutResponse = self.call("/custodian.cas.v1.ContentStore/BatchPut", &put);
-        let statement = PackageStatement::new(
-            fixture::NAME,
-            version,
-            "eval_suite",
-            vec![FileEntry {
+        let sha256 = Digest::of(Algorithm::Sha256, manifest.as_bytes());
+        files.insert(
+            0,
+            FileEntry {
                 path: "manifest.yaml".into(),
-                sha256: Digest::of(Algorithm::Sha256, manifest.as_bytes()),
+                sha256,
                 size: manifest.len() as u64,
-            }],
-        )
-        .expect("the package statement");
+            },
+        );
+        let statement = PackageStatement::new(fixture::NAME, version, "eval_suite", files)
+            .expect("the package statement");
         let publisher = SignerKey::from_seed("fixture-publisher", [8; 32]).expect("the key");
         let request = registry::PublishVersionRequest {
             envelope: statement.sign(&publisher).to_json(),
             publisher_key: publisher.verifier().to_string(),
             ..Default::default()
         };
-        let _: registry::PublishVersionResponse =
-            self.call("/custodian.registry.v1.Registry/PublishVersion", &request);
+        let answer = self.grpc_unary(
+            "/custodian.registry.v1.Registry/PublishVersion",
+            &request.encode_to_vec(),
+            true,
+        );
+        (sha256, answer)
     }
 
     /// Whether custody holds `digest`, asked through tonic's own `BatchGet` as an admin; its
@@ -228,7 +258,7 @@ impl World {
 pub struct Answer {
     /// The `grpc-status` code, as sent.
     pub code: String,
-    /// The `grpc-message`, empty if none was sent.
+    /// The `grpc-message`, decoded, empty if none was sent.
     pub why: String,
     /// The answer's body: its messages, each in its gRPC frame.
     pub body: Bytes,
@@ -266,4 +296,29 @@ pub fn framed(message: &[u8]) -> Vec<u8> {
     body.extend_from_slice(&(message.len() as u32).to_be_bytes());
     body.extend_from_slice(message);
     body
+}
+
+/// A `grpc-message` as its sender wrote it: the gRPC protocol over HTTP/2 sends it
+/// percent-encoded (`%XX` for each byte outside printable ASCII, and for `%` itself).
+fn percent_decoded(sent: &[u8]) -> String {
+    let mut out = Vec::with_capacity(sent.len());
+    let mut rest = sent;
+    while let Some((&b, tail)) = rest.split_first() {
+        let escaped = (b == b'%')
+            .then(|| tail.get(..2))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                rest = &tail[2..];
+            }
+            None => {
+                out.push(b);
+                rest = tail;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

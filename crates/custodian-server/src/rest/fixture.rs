@@ -34,6 +34,10 @@ pub const VERSION: &str = "1.0.0";
 /// The published version's `manifest.yaml`, its only file.
 pub const MANIFEST: &str = "name: fixture-pkg\nversion: 1.0.0\ntype: eval_suite\nbase_model: [m0]\nevals: [e0]\nlicense: Apache-2.0\n";
 
+/// The grace period the fixture's garbage collection and `Why` judge with when a call names
+/// none (the daemon's `serve --gc-grace`).
+pub const GC_GRACE: Duration = Duration::from_secs(3600);
+
 /// What [`published`] serves.
 pub struct Published {
     /// The REST routes.
@@ -53,6 +57,17 @@ pub struct Published {
 /// are abandoned after `upload_idle` without data, and its gRPC services. A fixture: it panics
 /// if a step fails.
 pub async fn published(dir: &Path, upload_idle: Duration) -> Published {
+    published_expiring(dir, upload_idle, DEFAULT_UPLOAD_EXPIRY).await
+}
+
+/// [`published`], with upload sessions that expire after `upload_expiry` instead of the daemon's
+/// default. A garbage collection may not be asked for a grace shorter than that, so
+/// `Duration::ZERO` lets one collect blobs uploaded a moment before (the `retention` fuzz target).
+pub async fn published_expiring(
+    dir: &Path,
+    upload_idle: Duration,
+    upload_expiry: Duration,
+) -> Published {
     let (_, token) =
         crate::auth::create_token(dir, "fixture", vec![Scope::Admin], vec!["*".into()])
             .expect("an admin token");
@@ -100,12 +115,12 @@ pub async fn published(dir: &Path, upload_idle: Duration) -> Published {
         .await
         .expect("the publication");
     // What the REST routes need besides the registry and the authenticator, as the daemon opens
-    // them but in `dir`: upload sessions expiring after the daemon's default period, the OCI
-    // front end's links, stream scans with their own bound, and the local put socket.
+    // them but in `dir`: upload sessions, the OCI front end's links, stream scans with their own
+    // bound, and the local put socket.
     let uploads = Arc::new(
         UploadSessions::open(
             &dir.join("uploads"),
-            DEFAULT_UPLOAD_EXPIRY,
+            upload_expiry,
             registry.store().clone(),
         )
         .expect("the upload sessions"),
@@ -134,7 +149,7 @@ pub async fn published(dir: &Path, upload_idle: Duration) -> Published {
             oci.clone(),
             uploads.clone(),
         )),
-        Duration::from_secs(3600),
+        GC_GRACE,
         limits,
         registry.clone(),
         auth.clone(),
