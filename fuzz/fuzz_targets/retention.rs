@@ -1,7 +1,7 @@
 //! Retention (docs/operations.md, "Retention: pins, legal holds, garbage collection"), as a
 //! program of gRPC calls against a model: blobs put, versions published with them, pins and legal
-//! holds placed and removed on digests and on versions, `Why`, `DeleteBlob` and
-//! `CollectGarbage`, through custodian-server's `rest::fixture` with upload sessions that expire
+//! holds placed and removed on digests and on versions, blobs linked into and unlinked from an OCI
+//! repository, `Why`, `DeleteBlob` and `CollectGarbage`, through custodian-server's `rest::fixture` with upload sessions that expire
 //! at once, so that a collection may be asked for no grace and collect what was put a moment
 //! before. Each execution has blobs and versions of its own, so the model starts empty; at its
 //! end the execution releases its holds and deletes its blobs, so that custody stays small.
@@ -10,19 +10,23 @@
 //! - nothing leaves custody but by a `BlobsDeleted` entry: after every call, each of the
 //!   execution's blobs is in custody exactly when the model says, with its bytes;
 //! - a collection with no grace deletes exactly the execution's blobs that no legal hold, no
-//!   published version and no pin keeps, and with an hour's grace none of them; a dry run deletes
+//!   published version, no OCI link and no pin keeps, and with an hour's grace none of them; a dry run deletes
 //!   nothing and names the same blobs; each deletion is recorded by an entry the answer names;
 //! - `DeleteBlob` needs a reason, is refused under a legal hold even with force, and while a
-//!   version or a pin keeps the blob unless forced; otherwise it deletes the blob by one entry;
+//!   version, an OCI link or a pin keeps the blob unless forced; otherwise it deletes the blob by one entry;
 //! - `Retain` checks, in this order, the action, the caller, the reason of a hold or release, that
 //!   only a pin lapses, and the subject: a pin or hold covers the sha256 of a digest in custody
 //!   (named by either algorithm) or of all of a version's files, refused with `NOT_FOUND` if any
 //!   is not in custody; an unpin or release removes every pin or hold placed on the same subject
 //!   text, and is refused if there is none;
 //! - `Why` lists exactly the model's keepers (each hold and pin with its subject and entry, the
-//!   package that refers to the blob, the grace period when judged with one) and the latest
+//!   package that refers to the blob, the OCI repository linking it, the grace period when
+//!   judged with one) and the latest
 //!   deletion's entry, reason and size, also once the blob is put again; a blob that is gone is
 //!   answered `NOT_FOUND` naming that entry;
+//! - an OCI push links the blob, an unlink answers `202` exactly when it was linked (and
+//!   `BLOB_UNKNOWN` otherwise), and a link outlasts the blob's deletion: the blob put again is
+//!   kept by it;
 //! - a caller without a token changes nothing and is told an admin token is needed.
 //!
 //! Input: a program, as in `oci_uploads`: one byte choosing the operation (from 128 up, as an
@@ -38,11 +42,14 @@ mod program;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::body::Body;
 use bytes::Bytes;
 use custodian_core::package::FileEntry;
 use custodian_core::{Algorithm, Digest};
 use custodian_proto::cas::v1 as cas;
 use custodian_server::rest::fixture;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt as _;
 use libfuzzer_sys::fuzz_target;
 use program::Program;
 use world::{Answer, World};
@@ -65,6 +72,8 @@ struct Blob {
     present: bool,
     /// The latest deletion: its entry, reason and policy.
     deleted: Option<(u64, String, String)>,
+    /// Linked into the execution's OCI repository (a link outlasts the blob's deletion).
+    linked: bool,
 }
 
 /// A pin or a legal hold as the model knows it.
@@ -92,6 +101,8 @@ struct Version {
 /// What one execution's calls are judged against.
 struct Model {
     execution: u64,
+    /// The execution's OCI repository.
+    repo: String,
     /// The slots' blobs first, then each version's manifest.
     blobs: Vec<Blob>,
     versions: Vec<Version>,
@@ -106,6 +117,7 @@ impl Model {
             .collect();
         Model {
             execution,
+            repo: format!("fuzz/retention-{execution}"),
             blobs,
             versions: Vec::new(),
             pins: Vec::new(),
@@ -127,9 +139,14 @@ impl Model {
         self.pins.iter().any(|p| p.blobs.contains(&blob))
     }
 
+    /// Kept by something a forced deletion overrides: a version, an OCI link or a pin.
+    fn kept(&self, blob: usize) -> bool {
+        self.referenced(blob) || self.blobs[blob].linked || self.pinned(blob)
+    }
+
     /// What a collection with no grace takes: in custody, and nothing keeps it.
     fn collectable(&self, blob: usize) -> bool {
-        self.blobs[blob].present && !self.held(blob) && !self.referenced(blob) && !self.pinned(blob)
+        self.blobs[blob].present && !self.held(blob) && !self.kept(blob)
     }
 
     /// The blob whose sha256 is `digest`, if it is one of the execution's.
@@ -157,6 +174,9 @@ impl Model {
         }
         if self.referenced(blob) {
             out.push((format!("referenced by package {}", fixture::NAME), false));
+        }
+        if self.blobs[blob].linked {
+            out.push((format!("in OCI repositories {}", self.repo), false));
         }
         for pin in self.pins.iter().filter(|p| p.blobs.contains(&blob)) {
             out.push(if pin.expiring {
@@ -191,6 +211,7 @@ fn blob(bytes: Vec<u8>) -> Blob {
         bytes,
         present: false,
         deleted: None,
+        linked: false,
     }
 }
 
@@ -540,7 +561,7 @@ fn delete(program: &mut Program, model: &mut Model, anonymous: bool) {
     if model.held(b) {
         return refused(&answer, 9, "is under a legal hold", &what);
     }
-    if !force && (model.referenced(b) || model.pinned(b)) {
+    if !force && model.kept(b) {
         return refused(&answer, 9, "delete with force", &what);
     }
     let report: cas::CollectGarbageResponse = answered(&answer, &what);
@@ -624,6 +645,74 @@ fn collect(program: &mut Program, model: &mut Model, anonymous: bool) {
     }
 }
 
+/// Links a blob into the execution's OCI repository by a monolithic push (which stores it, if
+/// custody lacks it), or unlinks it (`DELETE`, which deletes nothing from custody), by the next
+/// bytes.
+fn oci(program: &mut Program, model: &mut Model, anonymous: bool) {
+    let unlink = program.byte() % 2 == 1;
+    let Some(b) = pick(program, model) else {
+        return;
+    };
+    let digest = model.blobs[b].sha256;
+    let (method, path, body) = if unlink {
+        let path = format!("/v2/{}/blobs/{digest}", model.repo);
+        (Method::DELETE, path, Vec::new())
+    } else {
+        let path = format!("/v2/{}/blobs/uploads/?digest={digest}", model.repo);
+        (Method::POST, path, model.blobs[b].bytes.clone())
+    };
+    let what = format!("{method} {path}");
+    let (status, answer) = rest(method, &path, body, anonymous);
+    let says = |code: &str| {
+        assert!(
+            answer.windows(code.len()).any(|w| w == code.as_bytes()),
+            "{what}: {status} {:?} does not say {code}",
+            String::from_utf8_lossy(&answer)
+        )
+    };
+    if anonymous {
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}");
+        return says("UNAUTHORIZED");
+    }
+    if !unlink {
+        assert_eq!(status, StatusCode::CREATED, "{what}");
+        model.blobs[b].present = true;
+        model.blobs[b].linked = true;
+    } else if model.blobs[b].linked {
+        assert_eq!(status, StatusCode::ACCEPTED, "{what}");
+        model.blobs[b].linked = false;
+    } else {
+        assert_eq!(status, StatusCode::NOT_FOUND, "{what}");
+        says("BLOB_UNKNOWN");
+    }
+}
+
+/// Sends a request through the fixture's REST routes, as an admin unless `anonymous`; returns
+/// the status and the body. Panics on a 5xx: custody and the ledger are in memory and cannot
+/// fail, so every refusal must be of the request.
+fn rest(method: Method, path: &str, body: Vec<u8>, anonymous: bool) -> (StatusCode, Bytes) {
+    let world = the_world();
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-length", body.len());
+    if !anonymous {
+        request = request.header("authorization", format!("Bearer {}", world.token));
+    }
+    let response = world.send(request.body(Body::from(body)).expect("request"));
+    let status = response.status();
+    let body = world
+        .block_on(response.into_body().collect())
+        .expect("the answer's body")
+        .to_bytes();
+    assert!(
+        !status.is_server_error(),
+        "{path}: {status} {:?}",
+        String::from_utf8_lossy(&body)
+    );
+    (status, body)
+}
+
 /// Checks that custody holds exactly the blobs the model says, with their bytes, and that one
 /// that is gone is answered `NOT_FOUND` naming its deletion's entry.
 fn check_custody(model: &Model) {
@@ -691,7 +780,7 @@ fuzz_target!(|data: &[u8]| {
             4 => why(program, &model, anonymous),
             5 => delete(program, &mut model, anonymous),
             6 => collect(program, &mut model, anonymous),
-            _ => {}
+            _ => oci(program, &mut model, anonymous),
         }
         check_custody(&model);
     });
