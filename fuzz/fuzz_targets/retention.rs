@@ -49,7 +49,6 @@ use custodian_core::{Algorithm, Digest};
 use custodian_proto::cas::v1 as cas;
 use custodian_server::rest::fixture;
 use http::{Method, StatusCode};
-use http_body_util::BodyExt as _;
 use libfuzzer_sys::fuzz_target;
 use program::Program;
 use world::{Answer, World};
@@ -225,12 +224,6 @@ fn call(path: &str, request: &impl prost::Message, anonymous: bool) -> Answer {
     the_world().grpc_unary(path, &request.encode_to_vec(), !anonymous)
 }
 
-/// Decodes a successful call's answer; panics (naming `what`) on any other outcome.
-fn answered<A: prost::Message + Default>(answer: &Answer, what: &str) -> A {
-    assert_eq!(answer.code, "0", "{what}: {}", answer.why);
-    A::decode(answer.first()).unwrap_or_else(|e| panic!("{what}: the answer does not decode: {e}"))
-}
-
 /// Asserts that `answer` is a refusal with `code` whose message contains `says`.
 fn refused(answer: &Answer, code: u8, says: &str, what: &str) {
     assert_eq!(
@@ -279,10 +272,8 @@ fn put(program: &mut Program, model: &mut Model) {
             ..Default::default()
         }],
     };
-    let answer: cas::BatchPutResponse = answered(
-        &call("/custodian.cas.v1.ContentStore/BatchPut", &request, false),
-        "put",
-    );
+    let answer: cas::BatchPutResponse =
+        call("/custodian.cas.v1.ContentStore/BatchPut", &request, false).decoded("put");
     let result = &answer.results[0];
     assert!(result.error.is_none(), "put: {:?}", result.error);
     let stored = result.blob.as_ref().expect("a stored blob's metadata");
@@ -434,7 +425,7 @@ fn retain(program: &mut Program, model: &mut Model, anonymous: bool) {
         }
         covered.sort_unstable();
         covered.dedup();
-        let response: cas::RetainResponse = answered(&answer, &what);
+        let response: cas::RetainResponse = answer.decoded(&what);
         let mut digests: Vec<String> = covered
             .iter()
             .map(|&b| model.blobs[b].sha256.to_string())
@@ -450,7 +441,7 @@ fn retain(program: &mut Program, model: &mut Model, anonymous: bool) {
         Ok(blobs) => blobs,
         Err((code, says)) => return refused(&answer, code, &says, &what),
     };
-    let response: cas::RetainResponse = answered(&answer, &what);
+    let response: cas::RetainResponse = answer.decoded(&what);
     let mut digests: Vec<String> = blobs
         .iter()
         .map(|&b| model.blobs[b].sha256.to_string())
@@ -487,7 +478,7 @@ fn why(program: &mut Program, model: &Model, anonymous: bool) {
     if anonymous {
         return refused_anonymous(&answer, &what);
     }
-    let response: cas::WhyResponse = answered(&answer, &what);
+    let response: cas::WhyResponse = answer.decoded(&what);
     let Some(b) = blob else {
         assert!(
             response.blob.is_none() && response.kept_by.is_empty() && response.deleted.is_none()
@@ -564,7 +555,7 @@ fn delete(program: &mut Program, model: &mut Model, anonymous: bool) {
     if !force && model.kept(b) {
         return refused(&answer, 9, "delete with force", &what);
     }
-    let report: cas::CollectGarbageResponse = answered(&answer, &what);
+    let report: cas::CollectGarbageResponse = answer.decoded(&what);
     assert_eq!(report.deleted_count, 1, "{what}: deleted");
     assert_eq!(report.deleted[0].digest, model.blobs[b].sha256.to_string());
     assert_eq!(report.ledger_indexes.len(), 1, "{what}: its entry");
@@ -589,7 +580,7 @@ fn collect(program: &mut Program, model: &mut Model, anonymous: bool) {
     if anonymous {
         return refused_anonymous(&answer, &what);
     }
-    let report: cas::CollectGarbageResponse = answered(&answer, &what);
+    let report: cas::CollectGarbageResponse = answer.decoded(&what);
     assert_eq!(report.dry_run, dry_run, "{what}");
     // Earlier executions' blobs may be collected too; only this execution's are judged.
     let mut named: Vec<usize> = report
@@ -618,17 +609,11 @@ fn collect(program: &mut Program, model: &mut Model, anonymous: bool) {
     for b in expected {
         model.blobs[b].present = false;
         // Which of the collection's entries recorded the blob, `Why` says.
-        let why: cas::WhyResponse = answered(
-            &call(
-                WHY,
-                &cas::WhyRequest {
-                    digest: model.blobs[b].sha256.to_string(),
-                    grace_seconds: Some(0),
-                },
-                false,
-            ),
-            "why, after a collection",
-        );
+        let request = cas::WhyRequest {
+            digest: model.blobs[b].sha256.to_string(),
+            grace_seconds: Some(0),
+        };
+        let why: cas::WhyResponse = call(WHY, &request, false).decoded("why, after a collection");
         let tombstone = why.deleted.expect("a collected blob's deletion");
         assert!(
             report.ledger_indexes.contains(&tombstone.ledger_index),
@@ -662,7 +647,16 @@ fn oci(program: &mut Program, model: &mut Model, anonymous: bool) {
         (Method::POST, path, model.blobs[b].bytes.clone())
     };
     let what = format!("{method} {path}");
-    let (status, answer) = rest(method, &path, body, anonymous);
+    let length = vec![("content-length", body.len().to_string())];
+    let answer = program::send_to(
+        the_world(),
+        method,
+        &path,
+        &length,
+        Body::from(body),
+        anonymous,
+    );
+    let (status, answer) = (answer.status, answer.body);
     let says = |code: &str| {
         assert!(
             answer.windows(code.len()).any(|w| w == code.as_bytes()),
@@ -685,32 +679,6 @@ fn oci(program: &mut Program, model: &mut Model, anonymous: bool) {
         assert_eq!(status, StatusCode::NOT_FOUND, "{what}");
         says("BLOB_UNKNOWN");
     }
-}
-
-/// Sends a request through the fixture's REST routes, as an admin unless `anonymous`; returns
-/// the status and the body. Panics on a 5xx: custody and the ledger are in memory and cannot
-/// fail, so every refusal must be of the request.
-fn rest(method: Method, path: &str, body: Vec<u8>, anonymous: bool) -> (StatusCode, Bytes) {
-    let world = the_world();
-    let mut request = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-length", body.len());
-    if !anonymous {
-        request = request.header("authorization", format!("Bearer {}", world.token));
-    }
-    let response = world.send(request.body(Body::from(body)).expect("request"));
-    let status = response.status();
-    let body = world
-        .block_on(response.into_body().collect())
-        .expect("the answer's body")
-        .to_bytes();
-    assert!(
-        !status.is_server_error(),
-        "{path}: {status} {:?}",
-        String::from_utf8_lossy(&body)
-    );
-    (status, body)
 }
 
 /// Checks that custody holds exactly the blobs the model says, with their bytes, and that one
@@ -756,7 +724,7 @@ fn clean_up(model: &Model) {
             reason: "the execution ends".into(),
             expires_in_seconds: 0,
         };
-        let _: cas::RetainResponse = answered(&call(RETAIN, &request, false), "clean-up release");
+        let _: cas::RetainResponse = call(RETAIN, &request, false).decoded("clean-up release");
     }
     for known in model.blobs.iter().filter(|b| b.present) {
         let request = cas::DeleteBlobRequest {
@@ -765,7 +733,7 @@ fn clean_up(model: &Model) {
             force: true,
         };
         let _: cas::CollectGarbageResponse =
-            answered(&call(DELETE, &request, false), "clean-up delete");
+            call(DELETE, &request, false).decoded("clean-up delete");
     }
 }
 

@@ -149,7 +149,18 @@ pub fn send(
     body: Body,
     anonymous: bool,
 ) -> Answer {
-    let world = world::world();
+    send_to(world::world(), method, path, headers, body, anonymous)
+}
+
+/// [`send`], through `world`'s routes.
+pub fn send_to(
+    world: &world::World,
+    method: Method,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Body,
+    anonymous: bool,
+) -> Answer {
     let mut request = Request::builder().method(method).uri(path);
     if !anonymous {
         request = request.header("authorization", format!("Bearer {}", world.token));

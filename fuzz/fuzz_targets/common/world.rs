@@ -238,10 +238,8 @@ impl World {
         path: &str,
         request: &impl prost::Message,
     ) -> A {
-        let answer = self.grpc_unary(path, &request.encode_to_vec(), true);
-        assert_eq!(answer.code, "0", "{path}: {}", answer.why);
-        A::decode(answer.first())
-            .unwrap_or_else(|e| panic!("{path}: the answer does not decode: {e}"))
+        self.grpc_unary(path, &request.encode_to_vec(), true)
+            .decoded(path)
     }
 
     /// The path of the fixture version's `tail` (`data-pack/hosted`, …).
@@ -286,6 +284,14 @@ impl Answer {
     /// The answer's first message, empty if there is none.
     pub fn first(&self) -> &[u8] {
         self.messages().first().copied().unwrap_or_default()
+    }
+
+    /// The answer of a call that succeeded, decoded; panics, naming `what`, if the call failed
+    /// or its answer does not decode.
+    pub fn decoded<A: prost::Message + Default>(&self, what: &str) -> A {
+        assert_eq!(self.code, "0", "{what}: {}", self.why);
+        A::decode(self.first())
+            .unwrap_or_else(|e| panic!("{what}: the answer does not decode: {e}"))
     }
 }
 
