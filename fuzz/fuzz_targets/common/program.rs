@@ -1,6 +1,6 @@
-//! What the targets that run programs of REST requests against a model share (`oci_uploads`,
-//! `tus_uploads`): the program's bytes, a request body that may break part-way, and one request
-//! sent through the fixture's routes and read whole.
+//! What the targets that run programs against a model share (`oci_uploads`, `tus_uploads`,
+//! `local_puts`, `retention`): the program's bytes, a request body that may break part-way, one
+//! REST request sent through the fixture's routes and read whole, and a data pack's download.
 
 // Each target uses part of this module.
 #![allow(dead_code)]
