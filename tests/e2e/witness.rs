@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use custodian_core::checkpoint::Checkpoint;
+use custodian_core::merkle::Hash;
 use custodian_core::note::Note;
-use custodian_core::witness::WitnessPolicy;
+use custodian_core::witness::{AddCheckpoint, WitnessPolicy};
 use custodian_testkit::{Daemon, TestLog, WitnessProcess, write_log_key};
 
 use crate::ledger::{TOKEN, append, client};
@@ -59,7 +61,9 @@ async fn the_witness_answers_every_status_of_the_tlog_witness_matrix() {
     let mut log = TestLog::new("example.com/matrix", 1);
     log.grow(40, 1);
     let vkey = log.signer.verifier().to_string();
-    let witness = WitnessProcess::start(&dir.path().join("w"), "w.e2e.test", &[&vkey]);
+    let empty = TestLog::new("example.com/empty", 4);
+    let empty_vkey = empty.signer.verifier().to_string();
+    let witness = WitnessProcess::start(&dir.path().join("w"), "w.e2e.test", &[&vkey, &empty_vkey]);
     let url = &witness.url;
     let witness_key = custodian_core::note::VerifierKey::parse(&witness.vkey).expect("vkey");
 
@@ -109,6 +113,28 @@ async fn the_witness_answers_every_status_of_the_tlog_witness_matrix() {
     assert_eq!(status, 409, "{text}");
     assert!(text.contains("split view"), "{text}");
     assert_eq!(add_checkpoint(url, fork.request(25, 40)).await.0, 422);
+    // 422: from the cosigned size to itself the proof is empty (RFC 6962 section 2.1.2).
+    let padded = AddCheckpoint {
+        old_size: 25,
+        proof: vec![log.root(3)],
+        checkpoint: log.checkpoint(25).into_bytes(),
+    };
+    let (status, _, text) = add_checkpoint(url, padded.to_body()).await;
+    assert_eq!(status, 422, "{text}");
+    assert!(text.contains("must be empty"), "{text}");
+    // 422: a checkpoint of size 0 whose root is not the empty tree's; 200 with it.
+    let bogus = AddCheckpoint {
+        old_size: 0,
+        proof: Vec::new(),
+        checkpoint: Checkpoint::new("example.com/empty", 0, Hash([7; 32]))
+            .sign(&empty.signer)
+            .expect("sign")
+            .into_bytes(),
+    };
+    let (status, _, text) = add_checkpoint(url, bogus.to_body()).await;
+    assert_eq!(status, 422, "{text}");
+    assert!(text.contains("empty tree"), "{text}");
+    assert_eq!(add_checkpoint(url, empty.request(0, 0)).await.0, 200);
     // 400 with a clear text, never 5xx: malformed bodies and one over the limit.
     for (body, needle) in [
         (b"old 1\n".to_vec(), "proof section"),

@@ -3,7 +3,8 @@
 //! - `POST /add-checkpoint` — cosign a checkpoint; the statuses are the spec's: 200 with
 //!   `cosignature/v1` lines, 400 malformed or old > new, 403 no trusted signature, 404 unknown
 //!   origin, 409 stale old size (body: the latest size, `text/x.tlog.size`) or a same-size fork,
-//!   422 a consistency proof that does not verify;
+//!   422 a consistency proof that does not verify (or is not empty from a size to itself), or a
+//!   checkpoint of size 0 whose root is not the empty tree's;
 //! - `GET /` — who this witness is: its name, its verifier key, its logs and their sizes;
 //! - `GET /checkpoint/<origin>` — the latest checkpoint it cosigned for a log, with the log's
 //!   signature and its cosignature (for monitors; the spec leaves monitoring open).
@@ -97,6 +98,7 @@ async fn add_checkpoint(State(witness): State<Arc<Witness>>, body: Body) -> Resp
                     tracing::warn!(%err, "refused a checkpoint with a bad consistency proof");
                     StatusCode::UNPROCESSABLE_ENTITY
                 }
+                WitnessServiceError::NotTheEmptyTree { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => {
                     tracing::error!(%err, "witness state write failed");
                     StatusCode::INTERNAL_SERVER_ERROR

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use custodian_core::checkpoint::Checkpoint;
 use custodian_core::merkle::{self, Hash};
-use custodian_core::note::{KeyType, Note, SignerKey, VerifierKey};
+use custodian_core::note::{KeyType, Note, NoteSignature, SignerKey, VerifierKey};
 use custodian_core::witness::{AddCheckpoint, WitnessError};
 use sha2::{Digest as _, Sha256};
 
@@ -70,6 +70,18 @@ pub enum WitnessServiceError {
         new: u64,
         /// Why.
         reason: String,
+    },
+    /// A checkpoint of size 0 whose root is not the empty tree's (HTTP 422): it describes no
+    /// tree, so cosigning it would vouch for nothing true.
+    #[error(
+        "a checkpoint of size 0 must carry the empty tree's root {empty} (RFC 6962 section 2.1: \
+         the SHA-256 of nothing), not {root}"
+    )]
+    NotTheEmptyTree {
+        /// The root the checkpoint carries.
+        root: Hash,
+        /// The empty tree's root.
+        empty: Hash,
     },
     /// The configuration file is wrong.
     #[error("witness config {path} line {line}: {reason}")]
@@ -289,8 +301,10 @@ impl Witness {
     }
 
     /// Handles one `add-checkpoint` body at POSIX time `now`: checks it in the order the spec
-    /// lists (origin, signature, sizes, old size, proof, same-size root), persists the new
-    /// checkpoint, and returns the cosignature line. Blocking: it syncs files.
+    /// lists (origin, signature, sizes, old size, then the proof and the same-size root, with a
+    /// size-0 checkpoint's root first and, at the cosigned size, a different root reported as
+    /// the split view it is whatever proof came with it), persists the new checkpoint, and
+    /// returns the cosignature line. Blocking: it syncs files.
     pub fn add_checkpoint(&self, body: &[u8], now: u64) -> Result<String, WitnessServiceError> {
         let request = AddCheckpoint::parse(body)?;
         let note = Note::parse(&request.checkpoint)
@@ -305,7 +319,9 @@ impl Witness {
             .ok_or_else(|| WitnessServiceError::UnknownOrigin(origin.clone()))?;
         // Signatures from keys not configured for the origin are ignored; one valid one is
         // enough, a bad one from a configured key is not.
-        if !keys.iter().any(|k| note.signed_by(k).is_ok()) {
+        let trusted: Vec<&VerifierKey> =
+            keys.iter().filter(|k| note.signed_by(k).is_ok()).collect();
+        if trusted.is_empty() {
             return Err(WitnessServiceError::BadSignature(origin.clone()));
         }
         let (old, new) = (request.old_size, checkpoint.size);
@@ -321,7 +337,34 @@ impl Witness {
                 latest: latest_size,
             });
         }
-        if old == 0 {
+        let empty = merkle::empty_root();
+        if new == 0 && checkpoint.root != empty {
+            return Err(WitnessServiceError::NotTheEmptyTree {
+                root: checkpoint.root,
+                empty,
+            });
+        }
+        if old == new {
+            // The spec's same-size check: a different root at the size last cosigned is a split
+            // view, whatever the proof says. Before anything was cosigned (old size 0) there is
+            // no root to compare.
+            if let Some(cosigned) = latest.filter(|c| c.root != checkpoint.root) {
+                return Err(WitnessServiceError::RootMismatch {
+                    size: new,
+                    old: cosigned.root,
+                    new: checkpoint.root,
+                });
+            }
+            // RFC 6962 section 2.1.2: the proof from a tree to itself is empty.
+            if !request.proof.is_empty() {
+                return Err(WitnessServiceError::BadProof {
+                    old,
+                    new,
+                    reason: "the proof must be empty when the old size is the checkpoint size"
+                        .into(),
+                });
+            }
+        } else if old == 0 {
             if !request.proof.is_empty() {
                 return Err(WitnessServiceError::BadProof {
                     old,
@@ -331,37 +374,33 @@ impl Witness {
             }
         } else {
             let old_root = latest.map(|c| c.root).unwrap_or(Hash::ZERO);
-            if old == new {
-                if old_root != checkpoint.root || !request.proof.is_empty() {
-                    return Err(WitnessServiceError::RootMismatch {
-                        size: new,
-                        old: old_root,
-                        new: checkpoint.root,
-                    });
-                }
-            } else {
-                merkle::verify_consistency(old, new, &request.proof, &old_root, &checkpoint.root)
-                    .map_err(|e| WitnessServiceError::BadProof {
+            merkle::verify_consistency(old, new, &request.proof, &old_root, &checkpoint.root)
+                .map_err(|e| WitnessServiceError::BadProof {
                     old,
                     new,
                     reason: e.to_string(),
                 })?;
-            }
         }
         let line = self
             .signer
             .cosign(&note.text, now)
             .map_err(|e| WitnessError::MalformedRequest(format!("the checkpoint: {e}")))?;
-        // What is stored is the checkpoint as the log signed it plus this cosignature (other
-        // witnesses' lines are dropped: they are not this witness's to vouch for).
+        // What is stored is the checkpoint as the log signed it plus this cosignature: one line
+        // of each key that signed it and verified, so that a monitor's note verifier given
+        // every configured key accepts it (Go's `note.Open` refuses a note with a bad signature
+        // from a key it knows). Other witnesses' lines are dropped: they are not this witness's
+        // to vouch for.
+        let mut signatures: Vec<NoteSignature> = Vec::new();
+        for signature in &note.signatures {
+            let signer = |k: &&VerifierKey| k.name() == signature.name && k.id() == signature.id;
+            let kept = |s: &NoteSignature| s.name == signature.name && s.id == signature.id;
+            if trusted.iter().any(signer) && !signatures.iter().any(kept) {
+                signatures.push(signature.clone());
+            }
+        }
         let mut stored = Note {
             text: note.text.clone(),
-            signatures: note
-                .signatures
-                .iter()
-                .filter(|s| keys.iter().any(|k| k.name() == s.name && k.id() == s.id))
-                .cloned()
-                .collect(),
+            signatures,
         }
         .to_signed_string();
         stored.push_str(&line);

@@ -167,3 +167,109 @@ fn config_errors_name_the_line() {
         assert!(err.contains(needle), "{text:?}: {err}");
     }
 }
+
+/// The signature lines of a signed note, each with its newline.
+fn signature_lines(signed: &str) -> String {
+    let (_, lines) = signed.rsplit_once("\n\n").expect("a signed note");
+    lines.to_string()
+}
+
+#[test]
+fn refuses_what_rfc_6962_rules_out_and_stores_only_signatures_that_verify() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut log = Log::new("example.com/log", 1);
+    log.grow(12, 1);
+    // A second key for the same origin (a rotation), and a log of size 0 to configure.
+    let rotated = Log::new("example.com/log", 9);
+    let empty = Log::new("example.com/empty", 5);
+    let witness = witness_for(dir.path(), &[&log, &rotated, &empty]);
+    witness.add_checkpoint(&log.request(0, 5), T).expect("5");
+
+    // From a size to itself the proof is empty (RFC 6962 section 2.1.2): 422, not a split view.
+    let padded = |old: u64, checkpoint: String| {
+        AddCheckpoint {
+            old_size: old,
+            proof: vec![log.root(3)],
+            checkpoint: checkpoint.into_bytes(),
+        }
+        .to_body()
+    };
+    match witness.add_checkpoint(&padded(5, log.checkpoint(5)), T) {
+        Err(WitnessServiceError::BadProof {
+            old: 5,
+            new: 5,
+            reason,
+        }) => {
+            assert!(reason.contains("must be empty"), "{reason}")
+        }
+        other => panic!("a proof from size 5 to itself: {other:?}"),
+    }
+    // A different root at the cosigned size is a split view whatever proof comes with it.
+    let fork = log.fork(2, 10);
+    assert!(matches!(
+        witness.add_checkpoint(&padded(5, fork.checkpoint(5)), T),
+        Err(WitnessServiceError::RootMismatch { size: 5, .. })
+    ));
+
+    // A checkpoint of size 0 carries the empty tree's root, or it describes no tree.
+    let bogus = Checkpoint::new("example.com/empty", 0, Hash([7; 32]))
+        .sign(&empty.signer)
+        .expect("sign");
+    let body = |checkpoint: String| {
+        AddCheckpoint {
+            old_size: 0,
+            proof: Vec::new(),
+            checkpoint: checkpoint.into_bytes(),
+        }
+        .to_body()
+    };
+    match witness.add_checkpoint(&body(bogus), T) {
+        Err(err @ WitnessServiceError::NotTheEmptyTree { root, empty: e }) => {
+            assert_eq!((root, e), (Hash([7; 32]), merkle::empty_root()));
+            assert!(err.to_string().contains("empty tree"), "{err}");
+        }
+        other => panic!("a size-0 checkpoint with another root: {other:?}"),
+    }
+    assert!(witness.latest("example.com/empty").is_none());
+    witness.add_checkpoint(&empty.request(0, 0), T).expect("0");
+    witness
+        .add_checkpoint(&empty.request(0, 0), T)
+        .expect("0 again");
+
+    // Stored: one line of each configured key that verified, nothing else. The checkpoint of
+    // size 8 is signed by the log's key twice, by the rotated key over another text (a bad
+    // signature: that key is not trusted, but the log's key is) and by a stranger.
+    let stranger = Log::new("example.com/stranger", 3);
+    let checkpoint = log.checkpoint(8);
+    let good = signature_lines(&checkpoint);
+    let mut rotated_log = rotated.clone();
+    rotated_log.leaves = log.leaves.clone();
+    let bad = signature_lines(&rotated_log.checkpoint(7));
+    let unknown = signature_lines(&stranger.checkpoint(0));
+    let sent = format!("{checkpoint}{good}{bad}{unknown}");
+    let request = AddCheckpoint {
+        old_size: 5,
+        proof: log.proof(5, 8),
+        checkpoint: sent.into_bytes(),
+    };
+    let line = witness.add_checkpoint(&request.to_body(), T).expect("8");
+    let stored = witness.latest("example.com/log").expect("state").note;
+    assert_eq!(stored, format!("{checkpoint}{line}"));
+
+    // Signed by both keys, both lines are kept, in the order sent.
+    let both = format!(
+        "{}{}",
+        rotated_log.checkpoint(9),
+        signature_lines(&log.checkpoint(9))
+    );
+    let request = AddCheckpoint {
+        old_size: 8,
+        proof: log.proof(8, 9),
+        checkpoint: both.clone().into_bytes(),
+    };
+    let line = witness.add_checkpoint(&request.to_body(), T).expect("9");
+    assert_eq!(
+        witness.latest("example.com/log").expect("state").note,
+        format!("{both}{line}")
+    );
+}
