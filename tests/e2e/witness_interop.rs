@@ -2,7 +2,8 @@
 //! `ensure_go_interop` builds them): litewitness (filippo.io/torchwood) cosigns our log, and
 //! Tessera's client and policy evaluation read and accept the result; our witness cosigns a
 //! Tessera POSIX log, which Tessera checks with the C2SP formats' cosignature verifier and our
-//! monitor follows through its tiles.
+//! monitor follows through its tiles; and what our witness serves to monitors opens with
+//! sumdb/note given every key.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -10,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use custodian_core::note::{KeyType, Note, VerifierKey, typed_key_id};
-use custodian_core::witness::WitnessPolicy;
-use custodian_testkit::{Daemon, WitnessProcess, write_log_key};
+use custodian_core::note::{KeyType, Note, SignerKey, VerifierKey, typed_key_id};
+use custodian_core::witness::{AddCheckpoint, WitnessPolicy};
+use custodian_testkit::{Daemon, TestLog, WitnessProcess, write_log_key};
 
 use crate::ledger::{TOKEN, append, client};
 use crate::{go_bin, run_ok};
@@ -253,4 +254,66 @@ async fn our_witness_cosigns_a_tessera_posix_log_and_our_monitor_follows_it() {
         about.contains("example.com/tessera  cosigned size 80"),
         "{about}"
     );
+}
+
+/// What our witness serves to monitors (`GET /checkpoint/<origin>`) opens with sumdb/note given
+/// every key of the log and the witness's, even when the checkpoint it cosigned came with a bad
+/// signature from one of the log's keys and another witness's cosignature: it keeps one verified
+/// line of each key and its own (`note.Open` refuses a note with a bad signature from a key it
+/// was given).
+#[tokio::test]
+async fn what_our_witness_serves_to_monitors_opens_with_sumdb_note() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = TestLog::new("example.com/rotating", 1);
+    log.grow(9, 1);
+    let mut rotated = TestLog::new("example.com/rotating", 2);
+    rotated.leaves = log.leaves.clone();
+    let (log_vkey, rotated_vkey) = (
+        log.signer.verifier().to_string(),
+        rotated.signer.verifier().to_string(),
+    );
+    let witness = WitnessProcess::start(
+        &dir.path().join("w"),
+        "w.e2e.test",
+        &[&log_vkey, &rotated_vkey],
+    );
+    let last_line = |signed: String| signed.rsplit_once("\n\n").expect("note").1.to_string();
+    let checkpoint = log.checkpoint(9);
+    let text = checkpoint.rsplit_once("\n\n").expect("note").0.to_string() + "\n";
+    let other =
+        SignerKey::from_seed_typed("witness.example/other", KeyType::CosignatureV1, [8; 32])
+            .expect("key");
+    let sent = format!(
+        "{checkpoint}{}{}",
+        last_line(rotated.checkpoint(8)),
+        other.cosign(&text, 1).expect("cosign")
+    );
+    let body = AddCheckpoint {
+        old_size: 0,
+        proof: Vec::new(),
+        checkpoint: sent.into_bytes(),
+    }
+    .to_body();
+    let answer = reqwest::Client::new()
+        .post(format!("{}/add-checkpoint", witness.url))
+        .body(body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(answer.status().as_u16(), 200);
+    let served = reqwest::get(format!("{}/checkpoint/example.com/rotating", witness.url))
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("body");
+    let file = dir.path().join("served");
+    std::fs::write(&file, &served).expect("write");
+    let opened = run_ok(
+        Command::new(go_bin("custodian-interop"))
+            .arg("open-note")
+            .arg(&file)
+            .args([&log_vkey, &rotated_vkey, &witness.vkey]),
+    );
+    assert_eq!(opened, "example.com/rotating\nw.e2e.test\n", "{served}");
 }

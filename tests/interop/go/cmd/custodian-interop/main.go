@@ -17,6 +17,10 @@
 //	    appends N entries from WRITERS concurrent writers to a Tessera POSIX log (with the
 //	    policy's witnesses, if given), each awaited until published, and prints
 //	    "APPENDS/S P50_MS P99_MS"
+//	custodian-interop open-note FILE VKEY...
+//	    opens the signed note in FILE with sumdb/note, given every key (a witness's cosignature/v1
+//	    keys through transparency-dev/formats), and prints the name of each signature it verified,
+//	    one per line; it fails, as note.Open does, on a bad signature from a key it was given
 //	custodian-interop serve-dir DIR
 //	    serves DIR with net/http's FileServer on a free loopback port and prints the address: the
 //	    static file server a log's tiles are measured against
@@ -53,7 +57,7 @@ func fail(format string, args ...any) {
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: keygen | read-log | tessera-log | tessera-bench")
+		fail("usage: keygen | read-log | tessera-log | tessera-bench | open-note | serve-dir")
 	}
 	ctx := context.Background()
 	switch args := os.Args[2:]; os.Args[1] {
@@ -81,6 +85,8 @@ func main() {
 			policy = args[4]
 		}
 		tesseraBench(ctx, args[0], args[1], n, writers, policy)
+	case "open-note":
+		openNote(args[0], args[1:])
 	case "serve-dir":
 		listener, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -109,6 +115,32 @@ func witnessVerifiers(policy []byte) []note.Verifier {
 		}
 	}
 	return out
+}
+
+// openNote opens a signed note with every key given and prints the names it verified.
+func openNote(file string, vkeys []string) {
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		fail("%v", err)
+	}
+	var verifiers []note.Verifier
+	for _, vkey := range vkeys {
+		v, err := note.NewVerifier(vkey)
+		if err != nil {
+			v, err = f_note.NewVerifierForCosignatureV1(vkey)
+		}
+		if err != nil {
+			fail("key %q: %v", vkey, err)
+		}
+		verifiers = append(verifiers, v)
+	}
+	n, err := note.Open(raw, note.VerifierList(verifiers...))
+	if err != nil {
+		fail("sumdb/note does not open %s: %v", file, err)
+	}
+	for _, sig := range n.Sigs {
+		fmt.Println(sig.Name)
+	}
 }
 
 // loadPolicy reads a witness policy file and has Tessera parse it.
