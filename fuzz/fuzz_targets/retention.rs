@@ -1,8 +1,9 @@
 //! Retention (docs/operations.md, "Retention: pins, legal holds, garbage collection"), as a
-//! program of gRPC calls against a model: blobs put, versions published with them, pins and legal
-//! holds placed and removed on digests and on versions, blobs linked into and unlinked from an OCI
-//! repository, `Why`, `DeleteBlob` and `CollectGarbage`, through custodian-server's `rest::fixture` with upload sessions that expire
-//! at once, so that a collection may be asked for no grace and collect what was put a moment
+//! program of gRPC calls against a model: blobs put, versions published with them, hosted data
+//! packs of the same bytes registered for those versions, pins and legal holds placed and removed
+//! on digests and on versions, blobs linked into and unlinked from an OCI repository, `Why`,
+//! `DeleteBlob` and `CollectGarbage`, through custodian-server's `rest::fixture` with upload
+//! sessions that expire at once, so that a collection may be asked for no grace and collect what was put a moment
 //! before. Each execution has blobs and versions of its own, so the model starts empty; at its
 //! end the execution releases its holds and deletes its blobs, so that custody stays small.
 //!
@@ -10,14 +11,14 @@
 //! - nothing leaves custody but by a `BlobsDeleted` entry: after every call, each of the
 //!   execution's blobs is in custody exactly when the model says, with its bytes;
 //! - a collection with no grace deletes exactly the execution's blobs that no legal hold, no
-//!   published version, no OCI link and no pin keeps, and with an hour's grace none of them; a dry run deletes
+//!   published version (its files and its hosted data pack), no OCI link and no pin keeps, and with an hour's grace none of them; a dry run deletes
 //!   nothing and names the same blobs; each deletion is recorded by an entry the answer names;
 //! - `DeleteBlob` needs a reason, is refused under a legal hold even with force, and while a
 //!   version, an OCI link or a pin keeps the blob unless forced; otherwise it deletes the blob by one entry;
 //! - `Retain` checks, in this order, the action, the caller, the reason of a hold or release, that
 //!   only a pin lapses, and the subject: a pin or hold covers the sha256 of a digest in custody
-//!   (named by either algorithm) or of all of a version's files, refused with `NOT_FOUND` if any
-//!   is not in custody; an unpin or release removes every pin or hold placed on the same subject
+//!   (named by either algorithm) or of all of a version's files and its hosted data pack,
+//!   refused with `NOT_FOUND` if any is not in custody; an unpin or release removes every pin or hold placed on the same subject
 //!   text, and is refused if there is none;
 //! - `Why` lists exactly the model's keepers (each hold and pin with its subject and entry, the
 //!   package that refers to the blob, the OCI repository linking it, the grace period when
@@ -27,6 +28,10 @@
 //! - an OCI push links the blob, an unlink answers `202` exactly when it was linked (and
 //!   `BLOB_UNKNOWN` otherwise), and a link outlasts the blob's deletion: the blob put again is
 //!   kept by it;
+//! - a hosted data pack is registered (`201`) for a published version that has none, answered
+//!   `200` for the same bytes again when the upload declares their sha256 (an idempotent retry)
+//!   and `409` otherwise, `404` for a version never published; its bytes are in custody after
+//!   either success;
 //! - a caller without a token changes nothing and is told an admin token is needed.
 //!
 //! Input: a program, as in `oci_uploads`: one byte choosing the operation (from 128 up, as an
@@ -95,6 +100,15 @@ struct Version {
     /// Its files, the manifest first (indexes into `Model::blobs`).
     files: Vec<usize>,
     published: bool,
+    /// Its hosted data pack, once registered (an index into `Model::blobs`).
+    data_pack: Option<usize>,
+}
+
+impl Version {
+    /// The blobs it keeps: its files and its hosted data pack.
+    fn blobs(&self) -> Vec<usize> {
+        self.files.iter().copied().chain(self.data_pack).collect()
+    }
 }
 
 /// What one execution's calls are judged against.
@@ -127,7 +141,7 @@ impl Model {
     fn referenced(&self, blob: usize) -> bool {
         self.versions
             .iter()
-            .any(|v| v.published && v.files.contains(&blob))
+            .any(|v| v.published && v.blobs().contains(&blob))
     }
 
     fn held(&self, blob: usize) -> bool {
@@ -331,6 +345,7 @@ fn publish(program: &mut Program, model: &mut Model) {
         version,
         files,
         published,
+        data_pack: None,
     });
 }
 
@@ -364,8 +379,8 @@ fn subject(program: &mut Program, model: &Model) -> (String, Result<Vec<usize>, 
                 if !version.published {
                     return (subject, Err((5, String::new())));
                 }
-                let named = if version.files.iter().all(|&f| model.blobs[f].present) {
-                    Ok(version.files.clone())
+                let named = if version.blobs().iter().all(|&f| model.blobs[f].present) {
+                    Ok(version.blobs())
                 } else {
                     Err((5, "left custody before the".to_string()))
                 };
@@ -681,6 +696,78 @@ fn oci(program: &mut Program, model: &mut Model, anonymous: bool) {
     }
 }
 
+/// Registers one of the slots' bytes as the hosted data pack of one of the execution's versions
+/// (`POST …/data-pack/hosted`): the bytes enter custody and the version keeps them.
+fn data_pack(program: &mut Program, model: &mut Model, anonymous: bool) {
+    let slot = usize::from(program.byte()) % SLOTS;
+    let Some(v) = program.index(model.versions.len()) else {
+        return;
+    };
+    // Declaring the bytes' sha256 is what lets a repeated upload be recognised before its bytes
+    // arrive; without it, a second upload is refused whatever its bytes.
+    let declared = program.byte() % 2 == 1;
+    let version = &model.versions[v];
+    let path = format!(
+        "/wrappers/{}/versions/{}/data-pack/hosted",
+        fixture::NAME,
+        version.version
+    );
+    let boundary = "retention-fuzz";
+    let mut body = Vec::new();
+    let metadata = if declared {
+        format!(
+            r#"{{"license":"CC0-1.0","sha256":"{}"}}"#,
+            model.blobs[slot].sha256
+        )
+    } else {
+        r#"{"license":"CC0-1.0"}"#.to_string()
+    };
+    for (name, content) in [
+        ("metadata", metadata.as_bytes()),
+        ("file", &model.blobs[slot].bytes[..]),
+    ] {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; \
+                 filename=\"pack.txt\"\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(content);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let headers = [(
+        "content-type",
+        format!("multipart/form-data; boundary={boundary}"),
+    )];
+    let answer = program::send_to(
+        the_world(),
+        Method::POST,
+        &path,
+        &headers,
+        Body::from(body),
+        anonymous,
+    );
+    let what = format!("POST {path} with slot {slot} (sha256 declared: {declared})");
+    if anonymous {
+        return answer.refusal(&what, 401, "unauthenticated", "/error");
+    }
+    if !version.published {
+        return answer.refusal(&what, 404, "not_found", "/error");
+    }
+    match version.data_pack {
+        Some(registered) if registered != slot || !declared => {
+            answer.refusal(&what, 409, "already_exists", "/error")
+        }
+        registered => {
+            answer.expect_status(&what, if registered.is_some() { 200 } else { 201 });
+            model.blobs[slot].present = true;
+            model.versions[v].data_pack = Some(slot);
+        }
+    }
+}
+
 /// Checks that custody holds exactly the blobs the model says, with their bytes, and that one
 /// that is gone is answered `NOT_FOUND` naming its deletion's entry.
 fn check_custody(model: &Model) {
@@ -741,14 +828,15 @@ fuzz_target!(|data: &[u8]| {
     static EXECUTION: AtomicU64 = AtomicU64::new(0);
     let mut model = Model::new(EXECUTION.fetch_add(1, Ordering::Relaxed));
     program::run(data, |program, op, anonymous| {
-        match op % 8 {
+        match op % 9 {
             0 | 1 => put(program, &mut model),
             2 => publish(program, &mut model),
             3 => retain(program, &mut model, anonymous),
             4 => why(program, &model, anonymous),
             5 => delete(program, &mut model, anonymous),
             6 => collect(program, &mut model, anonymous),
-            _ => oci(program, &mut model, anonymous),
+            7 => oci(program, &mut model, anonymous),
+            _ => data_pack(program, &mut model, anonymous),
         }
         check_custody(&model);
     });
