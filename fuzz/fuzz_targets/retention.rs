@@ -30,8 +30,8 @@
 //!   kept by it;
 //! - a hosted data pack is registered (`201`) for a published version that has none, answered
 //!   `200` for the same bytes again when the upload declares their sha256 (an idempotent retry)
-//!   and `409` otherwise, `404` for a version never published; its bytes are in custody after
-//!   either success;
+//!   and `409` otherwise, `404` for a version never published (to anyone: that a version does
+//!   not exist is not a secret); its bytes are in custody after either success;
 //! - a caller without a token changes nothing and is told an admin token is needed.
 //!
 //! Input: a program, as in `oci_uploads`: one byte choosing the operation (from 128 up, as an
@@ -750,11 +750,13 @@ fn data_pack(program: &mut Program, model: &mut Model, anonymous: bool) {
         anonymous,
     );
     let what = format!("POST {path} with slot {slot} (sha256 declared: {declared})");
-    if anonymous {
-        return answer.refusal(&what, 401, "unauthenticated", "/error");
-    }
+    // Anyone may learn that a version does not exist (as on the local put socket); only then is
+    // the caller asked for a token.
     if !version.published {
         return answer.refusal(&what, 404, "not_found", "/error");
+    }
+    if anonymous {
+        return answer.refusal(&what, 401, "unauthenticated", "/error");
     }
     match version.data_pack {
         Some(registered) if registered != slot || !declared => {
