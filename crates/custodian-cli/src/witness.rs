@@ -19,9 +19,10 @@ before. Clients that require a quorum of witness cosignatures cannot be shown a 
 POST /add-checkpoint takes the spec's body (old size, consistency proof, signed checkpoint) and \
 answers 200 with a cosignature/v1 line, or 400 (malformed, old > new), 403 (no signature from a \
 configured key), 404 (unknown origin), 409 (stale old size: the body, text/x.tlog.size, is the \
-size to resend from; or a different root at the same size), 422 (the proof does not verify). \
-GET / names the witness and its logs; GET /checkpoint/<origin> is the latest checkpoint it \
-cosigned for a log.\n\n\
+size to resend from; or a different root at the same size), 422 (the proof does not verify, \
+or a checkpoint of size 0 does not carry the empty tree's root). GET / names the witness and its \
+logs; GET /checkpoint/<origin> is the latest checkpoint it cosigned for a log, with one verified \
+line of each of the log's keys that signed it and its own cosignature.\n\n\
 --logs is a file of `log <vkey>` lines, one per key a log signs with (the origin is the key's \
 name). --state holds one file per log: the checkpoint last cosigned. The check and the durable \
 write of the new checkpoint happen under one lock before any cosignature is sent, so a crash or \
