@@ -45,7 +45,7 @@ use custodian_core::note::{KeyType, Note, SignerKey};
 use custodian_core::witness::{AddCheckpoint, MAX_PROOF_LINES};
 use custodian_server::rest::witness_router;
 use custodian_server::witness::{Witness, WitnessLogs};
-use custodian_testkit::TestLog;
+use custodian_testkit::{TestLog, signature_lines};
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt as _;
 use libfuzzer_sys::fuzz_target;
@@ -197,15 +197,6 @@ enum Expected {
     Stale(u64),
 }
 
-/// The signature lines of a note signed by one key (the line after the blank line).
-fn line_of(signed: &str) -> String {
-    signed
-        .rsplit_once("\n\n")
-        .expect("a signed note")
-        .1
-        .to_string()
-}
-
 /// One `add-checkpoint` request built from the program, sent, and checked against the model.
 fn submit(setup: &Setup, app: &axum::Router, p: &mut Program, model: &mut [Option<Cosigned>; 2]) {
     let origin = usize::from(p.byte()) % ORIGINS.len();
@@ -232,10 +223,10 @@ fn submit(setup: &Setup, app: &axum::Router, p: &mut Program, model: &mut [Optio
     // A line of the origin's key over another text: it does not verify.
     let bad_line = || {
         let other = Checkpoint::new(ORIGINS[origin], new + 1, root).to_text();
-        line_of(&primary.sign(&other).expect("sign"))
+        signature_lines(&primary.sign(&other).expect("sign")).to_string()
     };
     let mut lines: Vec<String> = Vec::new();
-    let primary_line = line_of(&primary.sign(&text).expect("sign"));
+    let primary_line = signature_lines(&primary.sign(&text).expect("sign")).to_string();
     if signers & 1 != 0 {
         if signers & 16 != 0 {
             lines.push(bad_line());
@@ -250,10 +241,10 @@ fn submit(setup: &Setup, app: &axum::Router, p: &mut Program, model: &mut [Optio
         }
     }
     if signers & 2 != 0 {
-        lines.push(line_of(&setup.rotated.sign(&text).expect("sign")));
+        lines.push(signature_lines(&setup.rotated.sign(&text).expect("sign")).to_string());
     }
     if signers & 4 != 0 {
-        lines.push(line_of(&setup.impostor[origin].sign(&text).expect("sign")));
+        lines.push(signature_lines(&setup.impostor[origin].sign(&text).expect("sign")).to_string());
     }
     if signers & 8 != 0 {
         let cosignature = setup.other_witness.cosign(&text, 1).expect("cosign");
@@ -265,7 +256,7 @@ fn submit(setup: &Setup, app: &axum::Router, p: &mut Program, model: &mut [Optio
     let primary_trusted = origin < 2 && lines.contains(&primary_line) && signers & 80 == 0;
     let rotated_trusted = origin == 0 && signers & 2 != 0;
     // What the witness keeps: the first line of each trusted key, in the order sent.
-    let rotated_line = line_of(&setup.rotated.sign(&text).expect("sign"));
+    let rotated_line = signature_lines(&setup.rotated.sign(&text).expect("sign")).to_string();
     let mut kept: Vec<&str> = Vec::new();
     for line in &lines {
         let keep = (*line == primary_line && primary_trusted)

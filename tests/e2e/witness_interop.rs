@@ -13,7 +13,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use custodian_core::note::{KeyType, Note, SignerKey, VerifierKey, typed_key_id};
 use custodian_core::witness::{AddCheckpoint, WitnessPolicy};
-use custodian_testkit::{Daemon, TestLog, WitnessProcess, write_log_key};
+use custodian_testkit::{Daemon, TestLog, WitnessProcess, signature_lines, write_log_key};
 
 use crate::ledger::{TOKEN, append, client};
 use crate::{go_bin, run_ok};
@@ -277,7 +277,6 @@ async fn what_our_witness_serves_to_monitors_opens_with_sumdb_note() {
         "w.e2e.test",
         &[&log_vkey, &rotated_vkey],
     );
-    let last_line = |signed: String| signed.rsplit_once("\n\n").expect("note").1.to_string();
     let checkpoint = log.checkpoint(9);
     let text = checkpoint.rsplit_once("\n\n").expect("note").0.to_string() + "\n";
     let other =
@@ -285,7 +284,7 @@ async fn what_our_witness_serves_to_monitors_opens_with_sumdb_note() {
             .expect("key");
     let sent = format!(
         "{checkpoint}{}{}",
-        last_line(rotated.checkpoint(8)),
+        signature_lines(&rotated.checkpoint(8)),
         other.cosign(&text, 1).expect("cosign")
     );
     let body = AddCheckpoint {

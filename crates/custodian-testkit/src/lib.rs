@@ -21,7 +21,7 @@ pub use daemon::{Daemon, HarnessError, binary, free_port, serve_refuses, write_l
 pub use moto::Moto;
 pub use postgres::Postgres;
 pub use proxy::Proxy;
-pub use tlog::TestLog;
+pub use tlog::{TestLog, signature_lines};
 pub use witness::WitnessProcess;
 
 /// Deterministic, incompressible test bytes (the storage conformance suite's generator).

@@ -83,3 +83,12 @@ impl TestLog {
         .to_body()
     }
 }
+
+/// The signature lines of a signed note (everything after its blank line), each with its newline:
+/// what a test appends to another note to give it more signatures.
+pub fn signature_lines(signed_note: &str) -> &str {
+    signed_note
+        .rsplit_once("\n\n")
+        .expect("a signed note has a blank line before its signatures")
+        .1
+}

@@ -1,7 +1,7 @@
 //! The witness's checks, each refusal of the tlog-witness matrix, and its memory across restarts.
 
 use super::*;
-use custodian_testkit::TestLog as Log;
+use custodian_testkit::{TestLog as Log, signature_lines};
 
 const T: u64 = 1_764_115_200;
 
@@ -168,12 +168,6 @@ fn config_errors_name_the_line() {
     }
 }
 
-/// The signature lines of a signed note, each with its newline.
-fn signature_lines(signed: &str) -> String {
-    let (_, lines) = signed.rsplit_once("\n\n").expect("a signed note");
-    lines.to_string()
-}
-
 #[test]
 fn refuses_what_rfc_6962_rules_out_and_stores_only_signatures_that_verify() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -241,11 +235,11 @@ fn refuses_what_rfc_6962_rules_out_and_stores_only_signatures_that_verify() {
     // signature: that key is not trusted, but the log's key is) and by a stranger.
     let stranger = Log::new("example.com/stranger", 3);
     let checkpoint = log.checkpoint(8);
-    let good = signature_lines(&checkpoint);
+    let good = signature_lines(&checkpoint).to_string();
     let mut rotated_log = rotated.clone();
     rotated_log.leaves = log.leaves.clone();
-    let bad = signature_lines(&rotated_log.checkpoint(7));
-    let unknown = signature_lines(&stranger.checkpoint(0));
+    let bad = signature_lines(&rotated_log.checkpoint(7)).to_string();
+    let unknown = signature_lines(&stranger.checkpoint(0)).to_string();
     let sent = format!("{checkpoint}{good}{bad}{unknown}");
     let request = AddCheckpoint {
         old_size: 5,
