@@ -227,6 +227,7 @@ fn submit(setup: &Setup, app: &axum::Router, p: &mut Program, model: &mut [Optio
     };
     let mut lines: Vec<String> = Vec::new();
     let primary_line = signature_lines(&primary.sign(&text).expect("sign")).to_string();
+    let rotated_line = signature_lines(&setup.rotated.sign(&text).expect("sign")).to_string();
     if signers & 1 != 0 {
         if signers & 16 != 0 {
             lines.push(bad_line());
@@ -241,7 +242,7 @@ fn submit(setup: &Setup, app: &axum::Router, p: &mut Program, model: &mut [Optio
         }
     }
     if signers & 2 != 0 {
-        lines.push(signature_lines(&setup.rotated.sign(&text).expect("sign")).to_string());
+        lines.push(rotated_line.clone());
     }
     if signers & 4 != 0 {
         lines.push(signature_lines(&setup.impostor[origin].sign(&text).expect("sign")).to_string());
@@ -256,7 +257,6 @@ fn submit(setup: &Setup, app: &axum::Router, p: &mut Program, model: &mut [Optio
     let primary_trusted = origin < 2 && lines.contains(&primary_line) && signers & 80 == 0;
     let rotated_trusted = origin == 0 && signers & 2 != 0;
     // What the witness keeps: the first line of each trusted key, in the order sent.
-    let rotated_line = signature_lines(&setup.rotated.sign(&text).expect("sign")).to_string();
     let mut kept: Vec<&str> = Vec::new();
     for line in &lines {
         let keep = (*line == primary_line && primary_trusted)
