@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use custodian_object::{ObjectBackend, ObjectConfig};
 use custodian_storage::BlobStore;
 use custodian_storage::conformance::{self, Harness, Options};
+use object_store::ObjectStoreExt as _;
 
 struct ObjectHarness {
     config: ObjectConfig,
@@ -103,6 +104,66 @@ async fn s3_backend_against_moto() {
     let listing = moto
         .http(&format!(
             "GET /{bucket}?list-type=2&prefix=some/prefix/staging HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            moto.port
+        ))
+        .unwrap();
+    assert!(
+        listing.contains("<KeyCount>0</KeyCount>"),
+        "staging objects left: {listing}"
+    );
+}
+
+/// On S3 a staged upload (no SHA-256 declared) larger than one `CopyObject` may copy (5 GiB;
+/// 1 MiB here) is copied to its blob's key through the backend, every block checked: it reads
+/// back whole and leaves no staged object; one at the limit still takes the store's copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_uploads_past_the_copy_limit_are_copied_through_the_backend() {
+    use custodian_storage::Expectation;
+    let bucket = "custodian-copies";
+    let moto = custodian_testkit::Moto::start(bucket);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(format!("s3://{bucket}/p"), &dir.path().join("index"));
+    config.options = moto.options();
+    config.store_copy_max = Some(1 << 20);
+    let store = ObjectHarness {
+        config,
+        survives_restart: true,
+    }
+    .open()
+    .await;
+    let (bucket_store, _, _) =
+        custodian_object::build_store(&format!("s3://{bucket}"), &moto.options()).unwrap();
+    // At the limit, then past it: three parts of 5 MiB and a last block that is not whole.
+    // S3 tells the two apart: an object completed from parts has an ETag ending in `-<parts>`,
+    // and a CopyObject's has none.
+    for (data, etag_suffix) in [
+        (conformance::pattern(61, 1 << 20), None),
+        (conformance::pattern(62, (12 << 20) + 5), Some("-3\"")),
+    ] {
+        let meta = store
+            .put_bytes(Expectation::default(), data.clone())
+            .await
+            .unwrap()
+            .meta;
+        assert_eq!(meta.size, data.len() as u64);
+        let back = read_all(&store, &meta.sha256()).await.unwrap();
+        assert!(back == data, "the copied blob reads back as it was put");
+        let hex = meta.sha256().hex();
+        let key = format!("p/blobs/sha256/{}/{}/{hex}", &hex[..2], &hex[2..4]);
+        let etag = bucket_store
+            .head(&object_store::path::Path::from(key))
+            .await
+            .unwrap()
+            .e_tag
+            .expect("S3 answers an ETag");
+        match etag_suffix {
+            Some(suffix) => assert!(etag.ends_with(suffix), "copied through the backend: {etag}"),
+            None => assert!(!etag.contains('-'), "copied by S3: {etag}"),
+        }
+    }
+    let listing = moto
+        .http(&format!(
+            "GET /{bucket}?list-type=2&prefix=p/staging HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
             moto.port
         ))
         .unwrap();
