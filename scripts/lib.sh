@@ -167,6 +167,18 @@ ensure_browser() {
   export CUSTODIAN_NODE_MODULES="$node/node_modules"
 }
 
+# The Azure Blob Storage emulator for the az:// backend's tests: Microsoft's Azurite, from the npm
+# registry (its blob service alone is started, in memory, on a loopback port of each test's own).
+ensure_azurite() {
+  local dir="$CUSTODIAN_CACHE/azurite"
+  if [ ! -x "$dir/node_modules/.bin/azurite-blob" ]; then
+    say "installing the Azure Blob Storage emulator (azurite) into $dir"
+    mkdir -p "$dir"
+    (cd "$dir" && npm install --silent --no-audit --no-fund --no-save azurite@3.37.0 >/dev/null)
+  fi
+  export CUSTODIAN_AZURITE="$dir/node_modules/.bin/azurite-blob"
+}
+
 build_all() {
   say "building (release; the first build compiles RocksDB: 15 to 25 minutes on 2 cores)"
   cargo test --release --workspace --no-run --quiet

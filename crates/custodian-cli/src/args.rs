@@ -16,11 +16,14 @@ pub struct StoreArgs {
     pub data_dir: PathBuf,
 
     /// Blob storage: `rocksdb` (embedded) or an object store URL: file:///abs/path,
-    /// s3://bucket/prefix (credentials and endpoint from AWS_* variables), memory://
+    /// s3://bucket/prefix (credentials and endpoint from AWS_* variables),
+    /// az://container/prefix (Azure Blob Storage; account and key from AZURE_STORAGE_*
+    /// variables), memory://
     #[arg(long, env = "CUSTODIAN_STORAGE", default_value = "rocksdb")]
     pub storage: StorageLocation,
 
-    /// Object store option KEY=VALUE, e.g. aws_endpoint=http://127.0.0.1:9000 (repeatable)
+    /// Object store option KEY=VALUE, e.g. aws_endpoint=http://127.0.0.1:9000 or
+    /// azure_storage_endpoint=http://127.0.0.1:10000/devstoreaccount1 (repeatable)
     #[arg(long = "storage-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub storage_options: Vec<(String, String)>,
 

@@ -12,8 +12,8 @@ pub enum StorageLocation {
     /// The embedded RocksDB store under the data directory (the default).
     #[default]
     Embedded,
-    /// An object store URL (`file:///abs/path`, `s3://bucket/prefix`, `memory://`), with its
-    /// index in RocksDB under the data directory.
+    /// An object store URL (`file:///abs/path`, `s3://bucket/prefix`, `az://container/prefix`,
+    /// `memory://`), with its index in RocksDB under the data directory.
     Object(String),
 }
 
@@ -59,6 +59,7 @@ mod tests {
             "rocksdb",
             "file:///var/lib/x",
             "s3://bucket/prefix",
+            "az://container/prefix",
             "memory://",
         ] {
             let location: StorageLocation = text.parse().expect(text);

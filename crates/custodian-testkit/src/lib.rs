@@ -1,11 +1,12 @@
 //! What the end-to-end tests and the benchmarks share, so that each exists once: the harness that
 //! runs a real `custodian serve` on loopback ([`Daemon`]), deterministic test data, the daemon's
-//! memory as `/proc` reports it, a moto S3 server ([`Moto`]), latency percentiles and a directory
-//! that removes itself.
+//! memory as `/proc` reports it, a moto S3 server ([`Moto`]) and an Azurite blob service
+//! ([`Azurite`]), latency percentiles and a directory that removes itself.
 //!
 //! Nothing here is shipped: only the `e2e` and `load` tests and the `custodian-bench` binary
 //! depend on this crate.
 
+mod azurite;
 mod daemon;
 mod moto;
 mod postgres;
@@ -17,6 +18,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use azurite::Azurite;
 pub use daemon::{Daemon, HarnessError, binary, free_port, serve_refuses, write_log_key};
 pub use moto::Moto;
 pub use postgres::Postgres;

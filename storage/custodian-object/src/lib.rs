@@ -1,5 +1,5 @@
-//! Custodian blob custody on any `object_store` backend: `file://`, `memory://`, `s3://`, and
-//! `gs://` / `az://` behind the `gcp` / `azure` features.
+//! Custodian blob custody on any `object_store` backend: `file://`, `memory://`, `s3://`,
+//! `az://`, and `gs://` behind the `gcp` feature.
 //!
 //! Objects are keyed by digest, `<prefix>/blobs/sha256/ab/cd/<hex>`, and hold the blob's bytes
 //! as they are. The metadata index (sizes, both digests, block checksums, pending uploads) is a
@@ -570,7 +570,9 @@ fn pack_dir_made(root: &std::path::Path) -> std::io::Result<()> {
 
 /// Builds the object store for a URL and returns it with the key prefix the URL names and the
 /// backend's name; cloud credentials come from the standard environment variables
-/// (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...), overridden by `options`.
+/// (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, `AZURE_STORAGE_ACCOUNT_NAME`, ...),
+/// overridden by `options` (object_store's configuration keys, e.g. `aws_region`,
+/// `azure_storage_endpoint`).
 pub fn build_store(
     url: &str,
     options: &[(String, String)],
@@ -605,26 +607,29 @@ pub fn build_store(
         }
         #[cfg(feature = "gcp")]
         "gs" => {
-            let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(url)
-                .build()
-                .map_err(|e| err("gcs", &e))?;
+            let mut builder =
+                object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url);
+            for (key, value) in options {
+                let key = key.parse().map_err(|e| err("gcs", &e))?;
+                builder = builder.with_config(key, value);
+            }
+            let store = builder.build().map_err(|e| err("gcs", &e))?;
             Ok((Arc::new(store), prefix, "gcs"))
         }
-        #[cfg(feature = "azure")]
         "az" | "azure" | "abfs" | "abfss" => {
-            let store = object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_url(url)
-                .build()
-                .map_err(|e| err("azure", &e))?;
+            let mut builder = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url);
+            for (key, value) in options {
+                let key = key.parse().map_err(|e| err("azure", &e))?;
+                builder = builder.with_config(key, value);
+            }
+            let store = builder.build().map_err(|e| err("azure", &e))?;
             Ok((Arc::new(store), prefix, "azure"))
         }
         other => Err(err(
             "object",
             &format!(
-                "unsupported scheme {other:?}; supported: file, memory, s3{}{}",
+                "unsupported scheme {other:?}; supported: file, memory, s3, az{}",
                 if cfg!(feature = "gcp") { ", gs" } else { "" },
-                if cfg!(feature = "azure") { ", az" } else { "" }
             ),
         )),
     }

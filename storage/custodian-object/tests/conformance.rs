@@ -1,5 +1,6 @@
-//! The storage conformance suite on every object-store backend: `memory://`, `file://`, and
-//! `s3://` against a real S3-compatible server (moto) that this test starts on loopback.
+//! The storage conformance suite on every object-store backend: `memory://`, `file://`, `s3://`
+//! against a real S3-compatible server (moto) and `az://` against Microsoft's Azure Storage
+//! emulator (Azurite), each started by its test on loopback.
 
 use std::sync::Arc;
 
@@ -110,6 +111,35 @@ async fn s3_backend_against_moto() {
     assert!(
         listing.contains("<KeyCount>0</KeyCount>"),
         "staging objects left: {listing}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_backend_against_azurite() {
+    let container = "custodian-conformance";
+    let azurite = custodian_testkit::Azurite::start(container);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(
+        format!("az://{container}/some/prefix"),
+        &dir.path().join("index"),
+    );
+    config.options = azurite.options();
+    let harness = ObjectHarness {
+        config,
+        survives_restart: true,
+    };
+    conformance::run(&harness, Options::full()).await;
+    // Nothing staged is left in the container, and every blob is where the layout says.
+    let staged = azurite.list(container, "some/prefix/staging");
+    assert!(staged.is_empty(), "staging blobs left: {staged:?}");
+    let stray: Vec<_> = azurite
+        .list(container, "")
+        .into_iter()
+        .filter(|name| !name.starts_with("some/prefix/blobs/sha256/"))
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "blobs outside some/prefix/blobs/: {stray:?}"
     );
 }
 
