@@ -202,6 +202,117 @@ async fn a_local_put_reads_the_whole_file_verifies_it_and_reports_progress() {
     }
 }
 
+/// On a store that stages an upload of unknown digest and then copies it to its key (S3), a
+/// local put reads the file twice instead: once for its SHA-256, then straight to the blob's
+/// key. S3 shows which: an object completed from a multipart upload has an ETag that counts
+/// its parts, a `CopyObject`'s counts none. The same size streamed over `Put` without a digest
+/// is still staged and copied, so the check tells the two apart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_put_into_s3_learns_its_digest_first_and_is_never_copied() {
+    use object_store::ObjectStoreExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let moto = custodian_testkit::Moto::start("custodian-local");
+    let mut args = vec!["--storage".to_string(), "s3://custodian-local/store".into()];
+    for (key, value) in moto.options() {
+        args.extend(["--storage-option".into(), format!("{key}={value}")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let daemon = Daemon::start_with(&dir.path().join("data"), &args);
+    let socket = announced_socket(&daemon).await;
+    // Three of the daemon's 8 MiB parts each.
+    let (local, streamed) = (pattern(13, 20 << 20), pattern(14, 20 << 20));
+    let path = write_file(dir.path(), "local.bin", &local);
+    let file = std::fs::File::open(&path).unwrap();
+    let replies = exchange(
+        &socket,
+        &request(&socket, "", None, Some(&daemon.token)),
+        &[file.as_fd()],
+    );
+    let Some(pb::local_put_reply::Message::Done(done)) =
+        replies.last().and_then(|r| r.message.clone())
+    else {
+        panic!("no outcome: {replies:?}");
+    };
+    let local_sha256 = BlobDigests::of(&local).sha256;
+    assert_eq!(done.blob.expect("blob").sha256, local_sha256.to_string());
+    let mut client = daemon.client().await;
+    let put = crate::cas::put(&mut client, "", None, &streamed)
+        .await
+        .expect("a streamed put");
+    assert_eq!(
+        put.blob.expect("blob").sha256,
+        BlobDigests::of(&streamed).sha256.to_string()
+    );
+
+    let (bucket, _, _) =
+        custodian_object::build_store("s3://custodian-local", &moto.options()).expect("s3");
+    let mut etags = Vec::new();
+    for data in [&local, &streamed] {
+        let hex = BlobDigests::of(data).sha256.hex();
+        let key = format!("store/blobs/sha256/{}/{}/{hex}", &hex[..2], &hex[2..4]);
+        let meta = bucket
+            .head(&object_store::path::Path::from(key))
+            .await
+            .expect("the blob's object");
+        etags.push(meta.e_tag.expect("an ETag"));
+    }
+    assert!(
+        etags[0].ends_with("-3\""),
+        "the local put was written as its own multipart upload: {etags:?}"
+    );
+    assert!(
+        !etags[1].contains('-'),
+        "the streamed put was staged and copied: {etags:?}"
+    );
+
+    // A file that grows while it is read hashes to one digest and uploads as another: refused,
+    // and nothing is kept. The appends stop by themselves after 16 MiB (the hash, at hundreds
+    // of MiB a second, has long caught up by then), so the upload's read reaches an end however
+    // slowly the store takes it.
+    let path = write_file(dir.path(), "growing.bin", &pattern(15, 16 << 20));
+    let file = std::fs::File::open(&path).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appender = {
+        let (done, path) = (done.clone(), path.clone());
+        std::thread::spawn(move || {
+            let mut out = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            let chunk = vec![7u8; 64 << 10];
+            for _ in 0..256 {
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                out.write_all(&chunk).unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let replies = exchange(
+        &socket,
+        &request(&socket, "", None, Some(&daemon.token)),
+        &[file.as_fd()],
+    );
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    appender.join().unwrap();
+    let (code, message) = refusal(&replies);
+    assert_eq!(code, Code::FailedPrecondition, "{message}");
+    assert!(
+        message.contains("changed while the daemon read it"),
+        "{message}"
+    );
+    let objects: Vec<_> = futures::StreamExt::collect::<Vec<_>>(
+        bucket.list(Some(&object_store::path::Path::from("store"))),
+    )
+    .await;
+    assert_eq!(
+        objects.len(),
+        2,
+        "only the two blobs put before are in the bucket: {objects:?}"
+    );
+}
+
 /// A refused request: what it is, its frame, its descriptors, the code and a word the message
 /// must contain.
 type Case<'a> = (&'a str, Vec<u8>, Vec<BorrowedFd<'a>>, Code, &'a str);

@@ -161,6 +161,14 @@ pub trait BlobBackend: Send + Sync + 'static {
         false
     }
 
+    /// Whether an upload with no declared SHA-256 costs a second copy of the whole blob when it
+    /// commits (an object store that stages it, then copies it to its key). A caller that can
+    /// read its bytes twice for less (a local file) then learns the digest first and declares
+    /// it, so that the blob is written once, straight to its key.
+    fn moves_by_copy(&self) -> bool {
+        false
+    }
+
     /// Streams blocks `first..end` of a committed blob, unverified; [`BlobStore`] checks them.
     async fn read_blocks(&self, meta: &BlobMeta, first: u64, end: u64) -> Result<BlockStream>;
 
@@ -364,6 +372,11 @@ impl BlobStore {
     /// ([`BlobStore::commit_staged_file`]).
     pub fn adopts_files(&self, staged: &std::path::Path) -> bool {
         self.backend.adopts_files(staged)
+    }
+
+    /// Whether an upload should declare its SHA-256 when it can ([`BlobBackend::moves_by_copy`]).
+    pub fn moves_by_copy(&self) -> bool {
+        self.backend.moves_by_copy()
     }
 
     /// Starts a verified upload.

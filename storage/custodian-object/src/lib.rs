@@ -1156,6 +1156,10 @@ impl BlobBackend for ObjectBackend {
 
     /// A `file://` store on the staged file's own file system takes the file by renaming it:
     /// an upload session's bytes are then written once, not staged and mirrored.
+    fn moves_by_copy(&self) -> bool {
+        self.shared.moves != Moves::Rename
+    }
+
     fn adopts_files(&self, staged: &std::path::Path) -> bool {
         use std::os::unix::fs::MetadataExt as _;
         let Some(root) = &self.shared.packs else {

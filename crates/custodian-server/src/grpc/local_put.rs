@@ -359,11 +359,29 @@ async fn put(
 ) -> Result<pb::PutResponse, Status> {
     let authorization = (!request.authorization.is_empty()).then_some(&*request.authorization);
     let who = cas.uploader(authorization)?;
-    let expect = Expectation {
+    let mut expect = Expectation {
         digest: parse_optional_digest("expected_digest", &request.expected_digest)?,
         size: request.expected_size,
     };
     let size = check_readable_file(&file)?;
+    // On a store that stages an upload of unknown digest and then copies it to its key (S3,
+    // Azure: docs/storage.md), the file is read once more to learn its SHA-256 first: a second
+    // read of a local file costs less than a copy of the whole blob inside the store.
+    let hashed_here = expect.digest.is_none() && cas.store().moves_by_copy();
+    if hashed_here {
+        let copy = file
+            .try_clone()
+            .map_err(|err| Status::internal(format!("cannot duplicate the descriptor: {err}")))?;
+        let sha256 = tokio::task::spawn_blocking(move || sha256_of(&copy))
+            .await
+            .map_err(|err| Status::internal(format!("the hashing task failed: {err}")))?
+            .map_err(|(at, err)| {
+                Status::failed_precondition(format!(
+                    "reading the handed-over file failed at byte {at}: {err}"
+                ))
+            })?;
+        expect.digest = Some(sha256);
+    }
     let mut writer = cas
         .store()
         .begin_put(expect)
@@ -377,8 +395,16 @@ async fn put(
         Err(Fed::Read(message)) => return Err(Status::failed_precondition(message)),
         Err(Fed::HungUp) => return Err(Status::cancelled("the client hung up")),
     }
-    let outcome = writer.commit().await.map_err(GrpcError::from)?;
-    tracing::debug!(digest = %outcome.meta.sha256(), size = outcome.meta.size, "local put");
+    let outcome = writer.commit().await.map_err(|err| match err {
+        // The digest was the daemon's own reading of the file, not the client's claim.
+        custodian_storage::StorageError::DigestMismatch { expected, actual } if hashed_here => {
+            Status::failed_precondition(format!(
+                "the handed-over file changed while the daemon read it: it first hashed to {expected}, then to {actual}; nothing was kept"
+            ))
+        }
+        other => GrpcError::from(other).into(),
+    })?;
+    tracing::debug!(digest = %outcome.meta.sha256(), size = outcome.meta.size, hashed_here, "local put");
     Ok(cas.put_response(&who, &outcome))
 }
 
@@ -596,6 +622,27 @@ fn check_readable_file(file: &OwnedFd) -> Result<u64, Status> {
 /// the file's size when it was checked, bounds that advice, not the reading). `pread` leaves the
 /// descriptor's offset, which the client shares, alone. A read error ends the pieces with the
 /// offset it happened at.
+/// The SHA-256 of the whole file behind `file`, read with `pread` from its start (the
+/// descriptor's offset is left alone); on failure, the byte it failed at.
+fn sha256_of(file: &OwnedFd) -> Result<custodian_core::Digest, (u64, io::Error)> {
+    use sha2::Digest as _;
+    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Sequential);
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        match rustix::io::pread(file, &mut buf[..], at) {
+            Ok(0) => return Ok(custodian_core::Digest::sha256(hasher.finalize().into())),
+            Ok(read) => {
+                hasher.update(&buf[..read]);
+                at += read as u64;
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(err) => return Err((at, err.into())),
+        }
+    }
+}
+
 fn read_pieces(
     file: OwnedFd,
     size: u64,
