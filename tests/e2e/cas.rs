@@ -685,26 +685,38 @@ async fn health_and_reflection_answer() {
     );
 }
 
+/// Checks that the daemon runs on `backend`, puts a blob of three blocks and a few bytes (from
+/// `seed`) without a declared digest and reads it back by BLAKE3; returns `Put`'s answer and
+/// the bytes.
+async fn round_trip_on(
+    client: &mut ContentStoreClient<Authed>,
+    backend: &str,
+    seed: u64,
+) -> (pb::BlobInfo, Bytes) {
+    let caps = client
+        .get_capabilities(pb::GetCapabilitiesRequest {})
+        .await
+        .expect("capabilities")
+        .into_inner();
+    assert_eq!(caps.backend, backend);
+    let data = pattern(seed, 3 * BLOCK + 11);
+    let blob = put(client, "", None, &data)
+        .await
+        .expect("a put")
+        .blob
+        .expect("the put's blob");
+    let (_, back) = get(client, &blob.blake3, 0, 0).await.expect("a get");
+    assert!(back == data);
+    (blob, data)
+}
+
 #[tokio::test]
 async fn file_backend_through_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}", dir.path().join("objects").display());
     let daemon = Daemon::start_with(&dir.path().join("state"), &["--storage", &url]);
     let mut client = daemon.client().await;
-    let caps = client
-        .get_capabilities(pb::GetCapabilitiesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(caps.backend, "file");
-    let data = pattern(77, 3 * BLOCK + 11);
-    let blob = put(&mut client, "", None, &data)
-        .await
-        .unwrap()
-        .blob
-        .unwrap();
-    let (_, back) = get(&mut client, &blob.blake3, 0, 0).await.unwrap();
-    assert!(back == data);
+    let (blob, data) = round_trip_on(&mut client, "file", 77).await;
     let hex = blob.sha256.strip_prefix("sha256:").unwrap();
     let object = dir
         .path()
@@ -733,20 +745,7 @@ async fn azure_backend_through_the_daemon() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut daemon = Daemon::start_with(&dir.path().join("state"), &args);
     let mut client = daemon.client().await;
-    let caps = client
-        .get_capabilities(pb::GetCapabilitiesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(caps.backend, "azure");
-    let data = pattern(79, 3 * BLOCK + 11);
-    let blob = put(&mut client, "", None, &data)
-        .await
-        .unwrap()
-        .blob
-        .unwrap();
-    let (_, back) = get(&mut client, &blob.blake3, 0, 0).await.unwrap();
-    assert!(back == data);
+    let (blob, data) = round_trip_on(&mut client, "azure", 79).await;
 
     // 20 MiB through the CLI: three 8 MiB parts of one multi-part upload.
     let large = pattern(80, 20 << 20);

@@ -143,6 +143,43 @@ fn json_output(command: &mut Command) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).expect("--json output")
 }
 
+/// A file that grows while the daemon reads it: 64 KiB appended every millisecond until
+/// stopped, 16 MiB at most, so that any read of it reaches an end however slowly the store
+/// takes the bytes (a hash at hundreds of MiB a second has long caught up by then).
+struct Growing {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    appender: std::thread::JoinHandle<()>,
+}
+
+impl Growing {
+    fn start(path: &Path) -> Growing {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let appender = {
+            let (done, path) = (done.clone(), path.to_path_buf());
+            std::thread::spawn(move || {
+                let mut out = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .expect("open the file to append to it");
+                let chunk = vec![7u8; 64 << 10];
+                for _ in 0..256 {
+                    if done.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    out.write_all(&chunk).expect("append to the file");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        Growing { done, appender }
+    }
+
+    fn stop(self) {
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.appender.join().expect("the appending thread");
+    }
+}
+
 fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, data).expect("write the file");
@@ -266,36 +303,16 @@ async fn a_local_put_into_s3_learns_its_digest_first_and_is_never_copied() {
     );
 
     // A file that grows while it is read hashes to one digest and uploads as another: refused,
-    // and nothing is kept. The appends stop by themselves after 16 MiB (the hash, at hundreds
-    // of MiB a second, has long caught up by then), so the upload's read reaches an end however
-    // slowly the store takes it.
+    // and nothing is kept.
     let path = write_file(dir.path(), "growing.bin", &pattern(15, 16 << 20));
     let file = std::fs::File::open(&path).unwrap();
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let appender = {
-        let (done, path) = (done.clone(), path.clone());
-        std::thread::spawn(move || {
-            let mut out = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .unwrap();
-            let chunk = vec![7u8; 64 << 10];
-            for _ in 0..256 {
-                if done.load(std::sync::atomic::Ordering::SeqCst) {
-                    break;
-                }
-                out.write_all(&chunk).unwrap();
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
+    let growing = Growing::start(&path);
     let replies = exchange(
         &socket,
         &request(&socket, "", None, Some(&daemon.token)),
         &[file.as_fd()],
     );
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    appender.join().unwrap();
+    growing.stop();
     let (code, message) = refusal(&replies);
     assert_eq!(code, Code::FailedPrecondition, "{message}");
     assert!(
@@ -801,22 +818,8 @@ async fn a_local_data_pack_that_changes_while_it_is_read_is_not_registered() {
     let socket = announced_socket(&daemon).await;
     let path = write_file(dir.path(), "pack.bin", &pattern(12, 32 << 20));
     let file = std::fs::File::open(&path).unwrap();
-    // Appends go on until the answer is in, so the file's size moves during the read.
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let appender = {
-        let (done, path) = (done.clone(), path.clone());
-        std::thread::spawn(move || {
-            let mut out = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .unwrap();
-            let chunk = vec![7u8; 64 << 10];
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                out.write_all(&chunk).unwrap();
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
+    // The file's size moves during the read.
+    let growing = Growing::start(&path);
     let request = data_pack_request(
         &socket,
         Some(&daemon.token),
@@ -826,8 +829,7 @@ async fn a_local_data_pack_that_changes_while_it_is_read_is_not_registered() {
         None,
     );
     let (status, body) = data_pack_answer(&exchange(&socket, &request, &[file.as_fd()]));
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    appender.join().unwrap();
+    growing.stop();
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (409, Some("failed_precondition")),
