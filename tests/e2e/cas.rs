@@ -785,18 +785,7 @@ async fn azure_backend_through_the_daemon() {
     let mut damaged = data.to_vec();
     damaged[BLOCK + 10] ^= 0x01;
     azurite.overwrite("custodian-e2e", &name, &damaged);
-    let status = get(&mut client, &blob.sha256, 0, 0).await.unwrap_err();
-    assert_eq!(status.code(), Code::DataLoss);
-    assert!(
-        status.message().contains(&blob.sha256),
-        "{}",
-        status.message()
-    );
-    let out = dir.path().join("damaged.bin");
-    let output = daemon.cli(&["blob", "get", &blob.sha256, "-o", out.to_str().unwrap()]);
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("data loss"));
-    assert!(!out.exists());
+    refused_as_data_loss(&daemon, &mut client, &blob.sha256, dir.path()).await;
 }
 
 #[tokio::test]
@@ -822,17 +811,24 @@ async fn a_corrupted_blob_is_data_loss_never_bytes() {
     bytes[BLOCK + 10] ^= 0x01;
     std::fs::write(&object, bytes).unwrap();
 
-    let status = get(&mut client, &blob.sha256, 0, 0).await.unwrap_err();
-    assert_eq!(status.code(), Code::DataLoss);
-    assert!(
-        status.message().contains(&blob.sha256),
-        "{}",
-        status.message()
-    );
+    refused_as_data_loss(&daemon, &mut client, &blob.sha256, dir.path()).await;
+}
 
-    // The CLI refuses too, and leaves no file behind.
-    let out = dir.path().join("out.bin");
-    let output = daemon.cli(&["blob", "get", &blob.sha256, "-o", out.to_str().unwrap()]);
+/// A damaged blob is refused: `Get` answers `DATA_LOSS` naming the digest, and the CLI fails
+/// with "data loss" and leaves no file behind in `dir`.
+async fn refused_as_data_loss(
+    daemon: &Daemon,
+    client: &mut ContentStoreClient<Authed>,
+    sha256: &str,
+    dir: &std::path::Path,
+) {
+    let status = get(client, sha256, 0, 0)
+        .await
+        .expect_err("a damaged blob is refused");
+    assert_eq!(status.code(), Code::DataLoss);
+    assert!(status.message().contains(sha256), "{}", status.message());
+    let out = dir.join("damaged.bin");
+    let output = daemon.cli(&["blob", "get", sha256, "-o", &out.display().to_string()]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("data loss"));
     assert!(!out.exists());
