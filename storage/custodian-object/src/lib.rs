@@ -153,7 +153,6 @@ pub struct ObjectBackend {
     /// On `file://`, the thread that frees deleted packed blobs' ranges off the delete's path.
     freer: Option<Arc<packs::Freer>>,
     block_size: usize,
-    part_size: usize,
     /// The store's URL and options, for the S3 Object Lock requests `object_store` cannot send.
     url: String,
     options: Vec<(String, String)>,
@@ -177,7 +176,7 @@ struct Shared {
     packs: Option<std::path::PathBuf>,
     /// How a staged upload is moved to its blob's key.
     moves: Moves,
-    /// The multi-part part size, for copies through this process.
+    /// The multi-part part size, for uploads and copies through this process.
     part_size: usize,
 }
 
@@ -696,7 +695,6 @@ impl ObjectBackend {
             shared,
             freer,
             block_size: config.block_size,
-            part_size: config.part_size,
             url: config.url.clone(),
             options: config.options.clone(),
         };
@@ -1208,7 +1206,10 @@ impl BlobBackend for ObjectBackend {
             id,
             key,
             direct: direct.is_some(),
-            upload: Some(WriteMultipart::new_with_chunk_size(upload, self.part_size)),
+            upload: Some(WriteMultipart::new_with_chunk_size(
+                upload,
+                self.shared.part_size,
+            )),
         }))
     }
 
