@@ -241,9 +241,10 @@ async fn a_local_put_reads_the_whole_file_verifies_it_and_reports_progress() {
 
 /// On a store that stages an upload of unknown digest and then copies it to its key (S3), a
 /// local put reads the file twice instead: once for its SHA-256, then straight to the blob's
-/// key. S3 shows which: an object completed from a multipart upload has an ETag that counts
-/// its parts, a `CopyObject`'s counts none. The same size streamed over `Put` without a digest
-/// is still staged and copied, so the check tells the two apart.
+/// key; and `custodian blob put --no-local-put`, told so by `GetCapabilities`, hashes the file
+/// before it streams it. S3 shows which: an object completed from a multipart upload has an
+/// ETag that counts its parts, a `CopyObject`'s counts none. The same size streamed over `Put`
+/// without a digest is still staged and copied, so the check tells the two apart.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_local_put_into_s3_learns_its_digest_first_and_is_never_copied() {
     use object_store::ObjectStoreExt as _;
@@ -257,7 +258,11 @@ async fn a_local_put_into_s3_learns_its_digest_first_and_is_never_copied() {
     let daemon = Daemon::start_with(&dir.path().join("data"), &args);
     let socket = announced_socket(&daemon).await;
     // Three of the daemon's 8 MiB parts each.
-    let (local, streamed) = (pattern(13, 20 << 20), pattern(14, 20 << 20));
+    let (local, streamed, cli) = (
+        pattern(13, 20 << 20),
+        pattern(14, 20 << 20),
+        pattern(16, 20 << 20),
+    );
     let path = write_file(dir.path(), "local.bin", &local);
     let file = std::fs::File::open(&path).unwrap();
     let replies = exchange(
@@ -273,6 +278,12 @@ async fn a_local_put_into_s3_learns_its_digest_first_and_is_never_copied() {
     let local_sha256 = BlobDigests::of(&local).sha256;
     assert_eq!(done.blob.expect("blob").sha256, local_sha256.to_string());
     let mut client = daemon.client().await;
+    let capabilities = client
+        .get_capabilities(pb::GetCapabilitiesRequest {})
+        .await
+        .expect("capabilities")
+        .into_inner();
+    assert!(capabilities.undeclared_uploads_copied);
     let put = crate::cas::put(&mut client, "", None, &streamed)
         .await
         .expect("a streamed put");
@@ -281,10 +292,22 @@ async fn a_local_put_into_s3_learns_its_digest_first_and_is_never_copied() {
         BlobDigests::of(&streamed).sha256.to_string()
     );
 
+    let cli_path = write_file(dir.path(), "cli.bin", &cli);
+    let output = daemon.cli(&[
+        "blob",
+        "put",
+        "--no-local-put",
+        &cli_path.display().to_string(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let (bucket, _, _) =
         custodian_object::build_store("s3://custodian-local", &moto.options()).expect("s3");
     let mut etags = Vec::new();
-    for data in [&local, &streamed] {
+    for data in [&local, &streamed, &cli] {
         let hex = BlobDigests::of(data).sha256.hex();
         let key = format!("store/blobs/sha256/{}/{}/{hex}", &hex[..2], &hex[2..4]);
         let meta = bucket
@@ -300,6 +323,10 @@ async fn a_local_put_into_s3_learns_its_digest_first_and_is_never_copied() {
     assert!(
         !etags[1].contains('-'),
         "the streamed put was staged and copied: {etags:?}"
+    );
+    assert!(
+        etags[2].ends_with("-3\""),
+        "the CLI declared the file's digest, so it was written as its own upload: {etags:?}"
     );
 
     // A file that grows while it is read hashes to one digest and uploads as another: refused,
@@ -325,8 +352,8 @@ async fn a_local_put_into_s3_learns_its_digest_first_and_is_never_copied() {
     .await;
     assert_eq!(
         objects.len(),
-        2,
-        "only the two blobs put before are in the bucket: {objects:?}"
+        3,
+        "only the three blobs put before are in the bucket: {objects:?}"
     );
 }
 

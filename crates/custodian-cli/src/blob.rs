@@ -33,7 +33,10 @@ same checks and answers; --no-local-put streams instead. Streamed, files of 8 Mi
 through a resumable upload session: a dropped connection or a restarted daemon is retried for up \
 to two minutes from the last byte the daemon acknowledged, and if the command itself is stopped, \
 running it again continues the same upload (the session id is kept under \
-$XDG_STATE_HOME/custodian/uploads until the upload finishes)."
+$XDG_STATE_HOME/custodian/uploads until the upload finishes). When the daemon keeps blobs in an \
+object store that would otherwise stage and then copy an upload of unknown digest (S3, Azure), \
+each file is read once first for its sha256, which the upload then declares, so the daemon \
+writes it once; the daemon does the same for a file it is handed."
     )]
     Put {
         /// Files to upload
@@ -171,9 +174,24 @@ async fn put(
     let connected = server.connect().await?;
     let mut client = connected.store();
     let local = crate::local_put::socket(server, &mut client).await;
+    // A daemon that stages an upload of unknown digest and then copies it to its key (S3,
+    // Azure) is sent each file's SHA-256 first, so the bytes are written once. A local put
+    // needs none: the daemon hashes the file it is handed first itself.
+    let declare = expect.is_none()
+        && local.is_none()
+        && client
+            .get_capabilities(pb::GetCapabilitiesRequest {})
+            .await
+            .is_ok_and(|caps| caps.into_inner().undeclared_uploads_copied);
     let mut conn = connected.conn();
     let mut lines = Vec::new();
     for path in files {
+        let expect = match expect {
+            None if declare && std::fs::metadata(path).is_ok_and(|m| m.is_file()) => {
+                Some(crate::pack::hash_with_progress(path)?.0)
+            }
+            given => given,
+        };
         let response = put_file(&server.target(), &mut conn, path, expect, local.as_ref())
             .await
             .with_context(|| format!("put {}", path.display()))?;

@@ -628,16 +628,6 @@ pub(crate) async fn download_verified(
     sink.finish(size).await
 }
 
-fn hash_with_progress(path: &Path) -> anyhow::Result<(Digest, u64)> {
-    let len = std::fs::metadata(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .len();
-    let bar = progress(len, format!("sha256 {}", path.display()));
-    let hashed = crate::pack::hash_file_with(path, |n| bar.inc(n));
-    bar.finish_and_clear();
-    hashed
-}
-
 fn print_view(view: &serde_json::Value, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(view)?);
@@ -734,7 +724,8 @@ pub async fn run(command: DataPackCommand) -> anyhow::Result<ExitCode> {
             if local.is_none() && !resumable {
                 let path = file.clone();
                 let (sha256, _) =
-                    tokio::task::spawn_blocking(move || hash_with_progress(&path)).await??;
+                    tokio::task::spawn_blocking(move || crate::pack::hash_with_progress(&path))
+                        .await??;
                 upload.metadata["sha256"] = sha256.to_string().into();
             }
             let Upload {

@@ -343,6 +343,17 @@ pub fn hash_file_with(path: &Path, progress: impl Fn(u64)) -> anyhow::Result<(Di
     Ok((hasher.finalize(), size))
 }
 
+/// Hashes a file with sha256 behind a progress bar on a terminal ("sha256 FILE").
+pub(crate) fn hash_with_progress(path: &Path) -> anyhow::Result<(Digest, u64)> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    let bar = crate::output::progress(len, format!("sha256 {}", path.display()));
+    let hashed = hash_file_with(path, |n| bar.inc(n));
+    bar.finish_and_clear();
+    hashed
+}
+
 /// A package folder read from disk and checked.
 pub struct LocalPackage {
     /// The files with their digests.

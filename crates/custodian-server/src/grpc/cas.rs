@@ -563,6 +563,7 @@ impl ContentStore for CasService {
                 Some(_) => self.local_put_instance.clone(),
                 None => String::new(),
             },
+            undeclared_uploads_copied: self.store.moves_by_copy(),
         }))
     }
 
