@@ -738,10 +738,7 @@ async fn file_backend_through_the_daemon() {
 async fn azure_backend_through_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let azurite = custodian_testkit::Azurite::start("custodian-e2e");
-    let mut args = vec!["--storage".to_string(), "az://custodian-e2e/store".into()];
-    for (key, value) in azurite.options() {
-        args.extend(["--storage-option".into(), format!("{key}={value}")]);
-    }
+    let args = custodian_testkit::storage_args("az://custodian-e2e/store", &azurite.options());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut daemon = Daemon::start_with(&dir.path().join("state"), &args);
     let mut client = daemon.client().await;

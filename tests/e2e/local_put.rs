@@ -250,10 +250,7 @@ async fn a_local_put_into_s3_learns_its_digest_first_and_is_never_copied() {
     use object_store::ObjectStoreExt as _;
     let dir = tempfile::tempdir().unwrap();
     let moto = custodian_testkit::Moto::start("custodian-local");
-    let mut args = vec!["--storage".to_string(), "s3://custodian-local/store".into()];
-    for (key, value) in moto.options() {
-        args.extend(["--storage-option".into(), format!("{key}={value}")]);
-    }
+    let args = custodian_testkit::storage_args("s3://custodian-local/store", &moto.options());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let daemon = Daemon::start_with(&dir.path().join("data"), &args);
     let socket = announced_socket(&daemon).await;

@@ -26,6 +26,17 @@ pub use proxy::Proxy;
 pub use tlog::{TestLog, signature_lines};
 pub use witness::WitnessProcess;
 
+/// `serve`'s flags for blobs at the object store `url` reached with `options`
+/// (`--storage URL`, then one `--storage-option KEY=VALUE` each), as a test server's
+/// `options()` gives them.
+pub fn storage_args(url: &str, options: &[(String, String)]) -> Vec<String> {
+    let mut args = vec!["--storage".to_string(), url.to_string()];
+    for (key, value) in options {
+        args.extend(["--storage-option".into(), format!("{key}={value}")]);
+    }
+    args
+}
+
 /// Deterministic, incompressible test bytes (the storage conformance suite's generator).
 pub fn pattern(seed: u64, len: usize) -> bytes::Bytes {
     custodian_storage::conformance::pattern(seed, len)

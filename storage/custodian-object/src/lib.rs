@@ -596,31 +596,24 @@ pub fn build_store(
             "memory",
         )),
         "s3" | "s3a" => {
-            let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url);
-            for (key, value) in options {
-                let key = key.parse().map_err(|e| err("s3", &e))?;
-                builder = builder.with_config(key, value);
-            }
+            let builder = object_store::aws::AmazonS3Builder::from_env().with_url(url);
+            let builder = configured(builder, options, |b, k, v| b.with_config(k, v))
+                .map_err(|e| err("s3", &e))?;
             let store = builder.build().map_err(|e| err("s3", &e))?;
             Ok((Arc::new(store), prefix, "s3"))
         }
         #[cfg(feature = "gcp")]
         "gs" => {
-            let mut builder =
-                object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url);
-            for (key, value) in options {
-                let key = key.parse().map_err(|e| err("gcs", &e))?;
-                builder = builder.with_config(key, value);
-            }
+            let builder = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url);
+            let builder = configured(builder, options, |b, k, v| b.with_config(k, v))
+                .map_err(|e| err("gcs", &e))?;
             let store = builder.build().map_err(|e| err("gcs", &e))?;
             Ok((Arc::new(store), prefix, "gcs"))
         }
         "az" | "azure" | "abfs" | "abfss" => {
-            let mut builder = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url);
-            for (key, value) in options {
-                let key = key.parse().map_err(|e| err("azure", &e))?;
-                builder = builder.with_config(key, value);
-            }
+            let builder = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url);
+            let builder = configured(builder, options, |b, k, v| b.with_config(k, v))
+                .map_err(|e| err("azure", &e))?;
             let store = builder.build().map_err(|e| err("azure", &e))?;
             Ok((Arc::new(store), prefix, "azure"))
         }
@@ -632,6 +625,19 @@ pub fn build_store(
             ),
         )),
     }
+}
+
+/// Applies `options` to a cloud store's builder: each key parsed as that store's
+/// configuration key (`aws_region`, `azure_storage_endpoint`, ...), then set with `set`.
+fn configured<B, K: std::str::FromStr>(
+    mut builder: B,
+    options: &[(String, String)],
+    set: impl Fn(B, K, &str) -> B,
+) -> std::result::Result<B, K::Err> {
+    for (key, value) in options {
+        builder = set(builder, key.parse()?, value);
+    }
+    Ok(builder)
 }
 
 impl ObjectBackend {
