@@ -57,6 +57,7 @@ pub async fn run(harness: &dyn Harness, options: Options) {
     size_mismatch_stores_nothing(&store).await;
     abandoned_upload_leaves_nothing(&store).await;
     concurrent_puts_of_one_blob(&store).await;
+    an_upload_outlived_by_another_of_the_same_blob(&store).await;
     ranged_reads_at_every_boundary(&store).await;
     unknown_digests(&store).await;
     find_missing_reports_absent_in_order(&store).await;
@@ -766,6 +767,57 @@ async fn concurrent_puts_of_one_blob(store: &BlobStore) {
     );
     assert_no_pending(store, "concurrent puts").await;
     assert!(read_all(store, &outcomes[0].meta.sha256(), ByteRange::ALL).await == data);
+}
+
+/// Two uploads of one blob, its digest declared: the second begun and past its first parts
+/// before the first commits, and finished after. Both are acknowledged, once as stored and
+/// once as already present, and the blob reads back whole. Azure is the store this is for: it
+/// keeps one set of uncommitted blocks per blob name and the first commit deletes the second's,
+/// which must then be answered by the blob the first placed, not refused.
+async fn an_upload_outlived_by_another_of_the_same_blob(store: &BlobStore) {
+    // Larger than two of the object stores' 5 MiB parts, so the second upload has sent parts
+    // of its own before the first commits.
+    let data = pattern(61, (11 << 20) + 99);
+    let expect = || Expectation {
+        digest: Some(Digest::of(Algorithm::Sha256, &data)),
+        size: Some(data.len() as u64),
+    };
+    let piece = 1 << 20;
+    let (head, tail) = data.split_at(data.len() / 2);
+    let mut second = store.begin_put(expect()).await.expect("begin the second");
+    for chunk in head.chunks(piece) {
+        second
+            .write(Bytes::copy_from_slice(chunk))
+            .await
+            .expect("write the second");
+    }
+    // The parts the second upload has handed over are sent in the background.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut first = store.begin_put(expect()).await.expect("begin the first");
+    for chunk in data.chunks(piece) {
+        first
+            .write(Bytes::copy_from_slice(chunk))
+            .await
+            .expect("write the first");
+    }
+    let first = first.commit().await.expect("commit the first");
+    for chunk in tail.chunks(piece) {
+        second
+            .write(Bytes::copy_from_slice(chunk))
+            .await
+            .expect("write the second");
+    }
+    let second = second
+        .commit()
+        .await
+        .expect("the upload that committed second is acknowledged");
+    assert!(
+        !first.already_present && second.already_present,
+        "the first to commit stores the blob, the second finds it present"
+    );
+    assert_eq!(first.meta, second.meta, "both report the same blob");
+    assert_no_pending(store, "an upload outlived by another").await;
+    assert!(read_all(store, &first.meta.sha256(), ByteRange::ALL).await == data);
 }
 
 async fn ranged_reads_at_every_boundary(store: &BlobStore) {

@@ -230,17 +230,7 @@ impl Shared {
             let mut first = 0;
             while first < blocks {
                 let end = (first + window).min(blocks);
-                let pieces = read_window(self, from, 0, meta, first, end).await?;
-                for (index, piece) in (first..end).zip(&pieces) {
-                    if crc32c::crc32c(piece) != meta.block_crcs[index as usize] {
-                        return Err(StorageError::Corrupt {
-                            digest: meta.sha256(),
-                            detail: format!(
-                                "block {index} of the staged upload {from} no longer matches the CRC32C computed when it arrived"
-                            ),
-                        });
-                    }
-                }
+                let pieces = self.checked_window(from, meta, first, end).await?;
                 upload
                     .wait_for_capacity(PART_CONCURRENCY)
                     .await
@@ -252,16 +242,66 @@ impl Shared {
         }
         .await;
         match copied {
-            Ok(()) => upload
-                .finish()
-                .await
-                .map(|_| ())
-                .map_err(|e| self.err(format!("complete the copy of {from} to {to}: {e}"))),
+            Ok(()) => match upload.finish().await {
+                Ok(_) => Ok(()),
+                Err(_) if self.placed_by_another(to, meta).await => Ok(()),
+                Err(e) => Err(self.err(format!("complete the copy of {from} to {to}: {e}"))),
+            },
             Err(err) => {
                 let _ = upload.abort().await;
                 Err(err)
             }
         }
+    }
+
+    /// Reads blocks `first..end` of the object `key` holding the blob `meta` describes and
+    /// checks each against the CRC32C computed when its bytes arrived.
+    async fn checked_window(
+        &self,
+        key: &Path,
+        meta: &BlobMeta,
+        first: u64,
+        end: u64,
+    ) -> Result<Vec<Bytes>> {
+        let pieces = read_window(self, key, 0, meta, first, end).await?;
+        for (index, piece) in (first..end).zip(&pieces) {
+            if crc32c::crc32c(piece) != meta.block_crcs[index as usize] {
+                return Err(StorageError::Corrupt {
+                    digest: meta.sha256(),
+                    detail: format!(
+                        "block {index} of {key} does not match the CRC32C computed when its bytes arrived"
+                    ),
+                });
+            }
+        }
+        Ok(pieces)
+    }
+
+    /// After this upload failed to complete at `to`, its blob's key: whether another upload of
+    /// the same blob completed there first, which then stands for this one. Azure keeps one set
+    /// of uncommitted blocks per blob name, and committing a block list deletes the blocks the
+    /// list does not name ("Any blocks not specified in the block list are permanently deleted",
+    /// learn.microsoft.com, Put Block List), so of two concurrent uploads of one blob (two
+    /// clients, or two daemons) the second to commit is refused `InvalidBlockList`. The object
+    /// counts only if it has the blob's size and every block reads back with the CRC32C this
+    /// upload computed.
+    async fn placed_by_another(&self, to: &Path, meta: &BlobMeta) -> bool {
+        match self.store.head(to).await {
+            Ok(object) if object.size == meta.size => {}
+            _ => return false,
+        }
+        let blocks = meta.block_crcs.len() as u64;
+        let window = (self.part_size as u64 / u64::from(meta.block_size)).max(1);
+        let mut first = 0;
+        while first < blocks {
+            let end = (first + window).min(blocks);
+            if self.checked_window(to, meta, first, end).await.is_err() {
+                return false;
+            }
+            first = end;
+        }
+        tracing::debug!(%to, "another upload of this blob completed first");
+        true
     }
 
     fn final_key(&self, sha256: &Digest) -> Path {
@@ -903,6 +943,9 @@ impl BlockSink for ObjectSink {
             .take()
             .ok_or_else(|| StorageError::Aborted("upload already finished".into()))?;
         let placed = match upload.finish().await {
+            Err(_) if self.direct && self.shared.placed_by_another(&self.key, &meta).await => {
+                Ok(())
+            }
             Err(e) => Err(self.err("complete upload of", e)),
             Ok(_) if self.direct => Ok(()),
             Ok(_) => {
@@ -1519,6 +1562,45 @@ mod tests {
         shared.copy_checked(&staged, &to, &meta).await.unwrap();
         let copied = shared.store.get(&to).await.unwrap().bytes().await.unwrap();
         assert!(copied == data);
+    }
+
+    /// An upload that failed to complete at its blob's key is answered by an object there only
+    /// if that object is the blob: its size, and every block's CRC32C as this upload computed
+    /// it. A damaged, short or missing object is not taken for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_blob_itself_stands_for_a_failed_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ObjectConfig::new("memory://", dir.path().join("index"));
+        config.block_size = 4096;
+        config.part_size = 3 * 4096;
+        let backend = ObjectBackend::open(config).await.unwrap();
+        let shared = backend.shared.clone();
+        let data: Bytes = (0..7 * 4096 + 100).map(|i| (i * 13 % 251) as u8).collect();
+        let meta = BlobMeta {
+            digests: custodian_core::BlobDigests::of(&data),
+            size: data.len() as u64,
+            created_unix_ms: 0,
+            block_size: 4096,
+            block_crcs: data.chunks(4096).map(crc32c::crc32c).collect(),
+            packed: None,
+        };
+        let to = shared.final_key(&meta.sha256());
+        assert!(!shared.placed_by_another(&to, &meta).await, "nothing there");
+        let mut damaged = data.to_vec();
+        damaged[6 * 4096 + 3] ^= 0x01;
+        let cases = [
+            ("a damaged object", Bytes::from(damaged)),
+            ("a short object", data.slice(..data.len() - 1)),
+        ];
+        for (case, bytes) in cases {
+            shared.store.put(&to, bytes.into()).await.unwrap();
+            assert!(!shared.placed_by_another(&to, &meta).await, "{case}");
+        }
+        shared.store.put(&to, data.clone().into()).await.unwrap();
+        assert!(
+            shared.placed_by_another(&to, &meta).await,
+            "the blob itself"
+        );
     }
 
     /// A crash between writing a pack and committing its batch leaves a pending record naming
