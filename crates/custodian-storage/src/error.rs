@@ -91,4 +91,15 @@ impl StorageError {
             message: message.to_string(),
         }
     }
+
+    /// The refusal of a put while a collection (on any daemon) is deleting the blob: the client
+    /// must not be told it is kept, and may put it again once the deletion is done.
+    pub fn being_deleted(sha256: &Digest) -> Self {
+        StorageError::Unavailable {
+            backend: "retention",
+            message: format!(
+                "blob {sha256} is being deleted by garbage collection; put it again in a moment to store it anew"
+            ),
+        }
+    }
 }

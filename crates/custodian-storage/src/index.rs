@@ -26,6 +26,22 @@ pub struct Leftover {
     pub own: bool,
 }
 
+/// An upload to record as pending ([`BlobIndex::add_pending`]).
+#[derive(Clone, Debug)]
+pub struct PendingUpload {
+    /// The upload's id.
+    pub id: u64,
+    /// The backend-specific record, handed back as [`Leftover::record`] if the upload is left
+    /// behind.
+    pub record: Vec<u8>,
+    /// The blob whose own object (at the key the blob's digest names) the upload writes, if it
+    /// does. Daemons sharing an index agree through it that no collection deletes an object a
+    /// put is writing: the record is refused while a collection has claimed the blob, and a
+    /// collection does not claim a blob a pending record places ([`SharedState::claim`]). One
+    /// daemon's own index needs no such agreement (its retention gate keeps the two apart).
+    pub places: Option<Digest>,
+}
+
 /// A blob metadata index. Calls block (on disk or network I/O); callers on an async runtime
 /// run them on its blocking pool when [`BlobIndex::remote`] says so.
 pub trait BlobIndex: Send + Sync + 'static {
@@ -61,8 +77,11 @@ pub trait BlobIndex: Send + Sync + 'static {
     /// A fresh upload id, unique among every daemon sharing the index.
     fn new_upload_id(&self) -> u64;
 
-    /// Durably records uploads as pending, each with a backend-specific record.
-    fn add_pending(&self, records: &[(u64, Vec<u8>)]) -> Result<()>;
+    /// Durably records uploads as pending, each with a backend-specific record; a record
+    /// whose id is pending already replaces it. An upload that writes a blob's own object
+    /// ([`PendingUpload::places`]) is refused by a shared index while a collection has claimed
+    /// that blob ([`StorageError::Unavailable`], naming it), and nothing is recorded.
+    fn add_pending(&self, records: &[PendingUpload]) -> Result<()>;
 
     /// Removes pending records of uploads that ended without committing. Need not be durable:
     /// a lost removal only means the next open repeats the cleanup.

@@ -26,7 +26,7 @@ pub mod uploads;
 pub use error::{Result, StorageError};
 pub use file_read::{ReadAhead, read_file_blocks};
 pub use hashing::{OffThreadHasher, Worker};
-pub use index::{BlobIndex, Leftover};
+pub use index::{BlobIndex, Leftover, PendingUpload};
 pub use ledger::{
     Appended, Condition, Ledger, LedgerBackend, LedgerBatch, LedgerError, LedgerResult,
     MemoryLedger, Prepared, SignedCheckpoint,

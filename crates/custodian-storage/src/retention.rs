@@ -198,12 +198,7 @@ impl Retention {
             .await
         {
             if !recorded? {
-                return Err(StorageError::Unavailable {
-                    backend: "retention",
-                    message: format!(
-                        "blob {sha256} is being deleted by garbage collection; put it again in a moment to store it anew"
-                    ),
-                });
+                return Err(StorageError::being_deleted(sha256));
             }
         } else if let Some((path, file)) = &self.log {
             let mut record = [0u8; 40];

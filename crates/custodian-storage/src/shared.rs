@@ -10,7 +10,11 @@
 //! acknowledged it within the grace period; each is one atomic step on that record. So of a put
 //! that is told "already present" and a collection on another daemon, exactly one wins: either
 //! the claim sees the acknowledgement (the blob is spared), or the put sees the claim (and is
-//! told to try again once the deletion is done). The in-process gate
+//! told to try again once the deletion is done). A put that writes the blob's own object meets
+//! the collection on the same record before it writes anything (its pending record names the
+//! blob: [`crate::PendingUpload::places`]), and a collection deletes a claimed blob's object
+//! before its row, so the claim covers the object's deletion: no put's object is deleted under
+//! it, whichever daemon runs either. The in-process gate
 //! ([`crate::retention::Retention::keep`]) does the same between requests of one daemon.
 
 use std::sync::Arc;
@@ -32,8 +36,10 @@ pub trait SharedState: Send + Sync + 'static {
     fn acknowledged_at(&self, digests: &[Digest]) -> Result<Vec<Option<u64>>>;
 
     /// Claims blobs for deletion by this daemon: each blob not acknowledged at or after
-    /// `cutoff_ms` and not claimed already. Returns the claimed ones; an acknowledgement of a
-    /// claimed blob is refused until the claim is released or the blob deleted.
+    /// `cutoff_ms`, not claimed already, and whose own object no pending upload is writing
+    /// ([`crate::PendingUpload::places`]). Returns the claimed ones; an acknowledgement of a
+    /// claimed blob, and a pending upload placing it, are refused until the claim is released
+    /// or the blob deleted.
     fn claim(&self, digests: &[Digest], cutoff_ms: u64) -> Result<Vec<Digest>>;
 
     /// Releases this daemon's claims on blobs it decided to keep after all.

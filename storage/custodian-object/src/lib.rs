@@ -254,6 +254,22 @@ impl Shared {
         }
     }
 
+    /// Deletes the objects at these blobs' keys, many at a time; one already gone is no error.
+    async fn delete_objects(&self, sha256s: &[Digest]) -> Result<()> {
+        let name = self.name;
+        let store = self.store.clone();
+        let keys: Vec<Path> = sha256s.iter().map(|d| self.final_key(d)).collect();
+        let deleted: Vec<Result<()>> = futures::stream::iter(keys)
+            .map(|key| {
+                let store = store.clone();
+                async move { delete_if_present(&*store, &key, name).await }
+            })
+            .buffer_unordered(SMALL_WRITE_CONCURRENCY)
+            .collect()
+            .await;
+        deleted.into_iter().collect()
+    }
+
     /// Reads blocks `first..end` of the object `key` holding the blob `meta` describes and
     /// checks each against the CRC32C computed when its bytes arrived.
     async fn checked_window(
@@ -455,9 +471,13 @@ impl Shared {
         }
         let ids: Vec<u64> = records.iter().map(|(id, _)| *id).collect();
         self.started(ids.iter().copied());
-        let encoded: Vec<(u64, Vec<u8>)> = records
+        let encoded: Vec<custodian_storage::PendingUpload> = records
             .iter()
-            .map(|(id, record)| (*id, record.encode()))
+            .map(|(id, record)| custodian_storage::PendingUpload {
+                id: *id,
+                record: record.encode(),
+                places: record.places(),
+            })
             .collect();
         let written = self
             .blocking(move |index| index.add_pending(&encoded))
@@ -505,10 +525,11 @@ impl Shared {
                 continue;
             }
             let remove = match record.direct {
-                // Another daemon's live upload of the same digest may be writing this final
-                // key right now; an orphan object there is harmless (the next put of those
-                // bytes overwrites it), a deleted live one is not.
-                Some(_) if !leftover.own => false,
+                // On a shared index another upload of the same digest, this daemon's or
+                // another's, may be writing this final key right now, or have written it and
+                // be about to commit; an orphan object there is harmless (the next put of
+                // those bytes overwrites it), a deleted live one is not.
+                Some(_) if !leftover.own || self.index.shared() => false,
                 Some(sha256) => self
                     .read(move |index| index.lookup(&sha256))
                     .await?
@@ -835,6 +856,12 @@ struct PendingRecord {
 }
 
 impl PendingRecord {
+    /// The blob whose own object the upload writes: a direct upload's (not a packed blob's
+    /// delete, which names the blob too).
+    fn places(&self) -> Option<Digest> {
+        self.direct.filter(|_| self.packed_range.is_none())
+    }
+
     /// Tags: `0` ‖ key (staged upload or pack), `1` ‖ SHA-256 ‖ key (direct upload), `2` ‖
     /// SHA-256 ‖ offset ‖ size (little-endian `u64`s) ‖ key (delete of a packed blob).
     fn encode(&self) -> Vec<u8> {
@@ -942,6 +969,7 @@ impl BlockSink for ObjectSink {
             .upload
             .take()
             .ok_or_else(|| StorageError::Aborted("upload already finished".into()))?;
+        let mut placing = None;
         let placed = match upload.finish().await {
             Err(_) if self.direct && self.shared.placed_by_another(&self.key, &meta).await => {
                 Ok(())
@@ -949,17 +977,42 @@ impl BlockSink for ObjectSink {
             Err(e) => Err(self.err("complete upload of", e)),
             Ok(_) if self.direct => Ok(()),
             Ok(_) => {
+                // From the move on an object is at the blob's key. A second pending record
+                // names it, so that a crash before the index commit leaves it to be removed,
+                // and so that on a shared index no collection deletes it under this upload
+                // (`PendingUpload::places`); the staged upload's record still names the staged
+                // object until it is gone.
                 let final_key = self.shared.final_key(&meta.sha256());
+                let id = self.shared.index.new_upload_id();
+                let record = PendingRecord {
+                    direct: Some(meta.sha256()),
+                    key: final_key.clone(),
+                    packed_range: None,
+                };
+                if let Err(err) = self.shared.begin_pending(vec![(id, record)]).await {
+                    // Not a failed write (nothing was written): the index refused or failed.
+                    let _ = self.shared.discard(self.id, self.staged(), None).await;
+                    return Err(err);
+                }
+                placing = Some(id);
                 self.shared
                     .move_into_place(&self.key, &final_key, &meta)
                     .await
             }
         };
-        if let Err(err) = placed {
-            let _ = self.shared.discard(self.id, self.staged(), None).await;
-            return Err(self.shared.write_failed(err));
+        let committed = match placed {
+            Ok(()) => self.shared.commit_one(self.id, meta).await,
+            Err(err) => {
+                let _ = self.shared.discard(self.id, self.staged(), None).await;
+                Err(self.shared.write_failed(err))
+            }
+        };
+        if let Some(id) = placing {
+            // Committed, the blob's object is the index's; not committed, it is left as an
+            // orphan a later put of the same bytes overwrites (it may be another upload's).
+            let _ = self.shared.discard(id, None, None).await;
         }
-        self.shared.commit_one(self.id, meta).await
+        committed
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
@@ -1338,8 +1391,37 @@ impl BlobBackend for ObjectBackend {
             }
         }
         shared.begin_pending(records).await?;
-        // The index entries go next: the blobs are invisible from here on, and an object left
-        // by a crash before the object delete is harmless (a later put overwrites it).
+        // On an index other daemons share, the objects go first, while the blobs' rows (and a
+        // collection's claims on them) still stand: a put on another daemon that would write
+        // one of these objects is refused until the row is gone (`PendingUpload::places`), and
+        // once it is gone there is no delete left to remove what that put writes. A crash in
+        // between leaves rows without objects, read as damage until the recorded deletion is
+        // finished. One daemon's own index goes first instead: its retention gate keeps puts
+        // of these blobs waiting until every step is done, and a crash leaves only objects
+        // nothing names (a later put overwrites them).
+        let objects_first: Vec<Digest> = if shared.index.shared() {
+            sha256s
+                .iter()
+                .zip(&looked_up)
+                .filter(|(_, meta)| meta.is_some())
+                .map(|(sha256, _)| *sha256)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if let Err(err) = shared.delete_objects(&objects_first).await {
+            // Nothing was deleted from the index: the packed blobs' records are done with.
+            let recorded: Vec<u64> = ids.values().flatten().copied().collect();
+            let _ = shared
+                .blocking({
+                    let recorded = recorded.clone();
+                    move |index| index.remove_pending(&recorded)
+                })
+                .await;
+            shared.ended(recorded);
+            return Err(err);
+        }
+        let objects_first: std::collections::HashSet<Digest> = objects_first.into_iter().collect();
         let digests = sha256s.to_vec();
         let removed = shared
             .blocking(move |index| index.delete_many(&digests))
@@ -1381,23 +1463,13 @@ impl BlobBackend for ObjectBackend {
         freed.map_err(|e| shared.err(format!("free deleted blobs in their packs: {e}")))?;
         // A packed blob may also have an object of its own: a streamed upload of the same
         // bytes that lost the race to commit. Unpacked blobs are objects of their own.
-        let name = shared.name;
-        let store = shared.store.clone();
-        let objects: Vec<Path> = sha256s
+        let objects: Vec<Digest> = sha256s
             .iter()
             .zip(&removed)
-            .filter(|(_, meta)| meta.is_some())
-            .map(|(sha256, _)| shared.final_key(sha256))
+            .filter(|(sha256, meta)| meta.is_some() && !objects_first.contains(sha256))
+            .map(|(sha256, _)| *sha256)
             .collect();
-        let deleted: Vec<Result<()>> = futures::stream::iter(objects)
-            .map(|key| {
-                let store = store.clone();
-                async move { delete_if_present(&*store, &key, name).await }
-            })
-            .buffer_unordered(SMALL_WRITE_CONCURRENCY)
-            .collect()
-            .await;
-        deleted.into_iter().collect::<Result<()>>()?;
+        shared.delete_objects(&objects).await?;
         Ok(removed.iter().map(Option::is_some).collect())
     }
 
@@ -1619,7 +1691,12 @@ mod tests {
             packed_range: None,
         }
         .encode();
-        shared.index.add_pending(&[(id, record)]).unwrap();
+        let pending = custodian_storage::PendingUpload {
+            id,
+            record,
+            places: None,
+        };
+        shared.index.add_pending(&[pending]).unwrap();
         shared
             .store
             .put(&key, Bytes::from_static(&[7; 8192]).into())
@@ -1664,7 +1741,7 @@ mod tests {
         let at: Vec<PackedAt> = metas.iter().map(|m| m.packed.unwrap()).collect();
         let shared = backend.shared.clone();
         let key = shared.pack_key(at[0].pack);
-        let records: Vec<(u64, Vec<u8>)> = [1, 2]
+        let records: Vec<custodian_storage::PendingUpload> = [1, 2]
             .iter()
             .map(|&i| {
                 let record = PendingRecord {
@@ -1675,10 +1752,19 @@ mod tests {
                 let encoded = record.encode();
                 let decoded = PendingRecord::decode(&encoded).unwrap();
                 assert_eq!(
+                    record.places(),
+                    None,
+                    "a packed blob's delete places nothing"
+                );
+                assert_eq!(
                     (decoded.direct, decoded.key, decoded.packed_range),
                     (record.direct, record.key, record.packed_range)
                 );
-                (shared.index.new_upload_id(), encoded)
+                custodian_storage::PendingUpload {
+                    id: shared.index.new_upload_id(),
+                    record: encoded,
+                    places: None,
+                }
             })
             .collect();
         shared.index.add_pending(&records).unwrap();

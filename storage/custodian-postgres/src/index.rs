@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use custodian_core::{Algorithm, Digest};
-use custodian_storage::{BlobIndex, BlobMeta, Leftover, Result, SharedState, StorageError};
+use custodian_storage::{
+    BlobIndex, BlobMeta, Leftover, PendingUpload, Result, SharedState, StorageError,
+};
 use postgres::Client;
 
 use crate::pool::{PgFailure, Pool, big};
@@ -274,18 +276,50 @@ impl BlobIndex for PgIndex {
         ((self.instance as u64) << 32) | counter
     }
 
-    fn add_pending(&self, records: &[(u64, Vec<u8>)]) -> Result<()> {
-        let ids: Vec<i64> = records.iter().map(|(id, _)| *id as i64).collect();
-        let bodies: Vec<Vec<u8>> = records.iter().map(|(_, r)| r.clone()).collect();
+    fn add_pending(&self, records: &[PendingUpload]) -> Result<()> {
+        let ids: Vec<i64> = records.iter().map(|p| p.id as i64).collect();
+        let bodies: Vec<Vec<u8>> = records.iter().map(|p| p.record.clone()).collect();
+        let places: Vec<Option<Vec<u8>>> = records
+            .iter()
+            .map(|p| p.places.map(|d| d.bytes().to_vec()))
+            .collect();
+        let mut placed: Vec<Vec<u8>> = places.iter().flatten().cloned().collect();
+        placed.sort();
+        placed.dedup();
         let instance = self.instance;
         self.call(move |c| {
-            c.execute(
-                "INSERT INTO custodian_pending_uploads (id, instance, record) \
-                 SELECT id, $2, record FROM UNNEST($1::bigint[], $3::bytea[]) AS t(id, record)",
-                &[&ids, &instance, &bodies],
+            let mut tx = c.transaction().map_err(db)?;
+            if !placed.is_empty() {
+                // The placed blobs' rows, where they exist, are locked in the order a claim
+                // locks them, and read as they are once locked: a claim being made waits for
+                // this transaction or this read waits for the claim and sees it. A claim made
+                // after this commits sees the records (`claim` below).
+                // Every such row is locked, claimed or not (a locking read locks only the rows
+                // it returns), and checked here.
+                for row in tx
+                    .query(
+                        "SELECT sha256, claimed_by IS NOT NULL FROM custodian_blobs \
+                         WHERE sha256 = ANY($1) ORDER BY sha256 FOR SHARE",
+                        &[&placed],
+                    )
+                    .map_err(db)?
+                {
+                    if row.get::<_, bool>(1) {
+                        return Err(StorageError::being_deleted(&sha256_of(row.get(0))?));
+                    }
+                }
+            }
+            // A record whose id is pending already replaces it (an upload moving its object
+            // from its staging key to its blob's key says so in place).
+            tx.execute(
+                "INSERT INTO custodian_pending_uploads (id, instance, record, places) \
+                 SELECT id, $2, record, places \
+                 FROM UNNEST($1::bigint[], $3::bytea[], $4::bytea[]) AS t(id, record, places) \
+                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, places = EXCLUDED.places",
+                &[&ids, &instance, &bodies, &places],
             )
-            .map_err(db)
-            .map(|_| ())
+            .map_err(db)?;
+            tx.commit().map_err(db)
         })
     }
 
@@ -557,7 +591,9 @@ impl SharedState for PgIndex {
             let mut tx = c.transaction().map_err(db)?;
             // The rows are locked in one order first, so two collections claiming overlapping
             // batches wait for each other instead of deadlocking. The update then reads each
-            // row as it is once locked.
+            // row as it is once locked, and, as a new statement, every pending record committed
+            // by then: a put that locked a row to record that it places the blob (see
+            // `add_pending`) has committed that record, and the blob is not claimed.
             tx.execute(
                 "SELECT 1 FROM custodian_blobs WHERE sha256 = ANY($1) ORDER BY sha256 FOR UPDATE",
                 &[&keys],
@@ -565,10 +601,12 @@ impl SharedState for PgIndex {
             .map_err(db)?;
             let claimed = tx
                 .query(
-                    "UPDATE custodian_blobs SET claimed_by = $3, claimed_ms = $4 \
-                     WHERE sha256 = ANY($1) AND claimed_by IS NULL \
-                       AND coalesce(acknowledged_ms, 0) < $2 \
-                     RETURNING sha256",
+                    "UPDATE custodian_blobs b SET claimed_by = $3, claimed_ms = $4 \
+                     WHERE b.sha256 = ANY($1) AND b.claimed_by IS NULL \
+                       AND coalesce(b.acknowledged_ms, 0) < $2 \
+                       AND NOT EXISTS (SELECT 1 FROM custodian_pending_uploads p \
+                                       WHERE p.places = b.sha256) \
+                     RETURNING b.sha256",
                     &[&keys, &cutoff, &instance, &now],
                 )
                 .map_err(db)?

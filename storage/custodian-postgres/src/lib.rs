@@ -33,10 +33,10 @@ const BACKEND: &str = "postgres";
 pub const CONNECTIONS: usize = 4;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// The schema's migrations: `MIGRATIONS[n]` takes version `n` to `n + 1`.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     // 1: the ledger's tables.
     "
 CREATE TABLE custodian_ledger_state (
@@ -110,6 +110,13 @@ CREATE TABLE custodian_upload_parts (
 );
 CREATE INDEX custodian_upload_parts_committed ON custodian_upload_parts (id, start)
     WHERE committed;
+",
+    // 4: the blob whose own object a pending upload writes, so that no collection claims it
+    // (and so deletes that object) while the upload is in flight on any daemon.
+    "
+ALTER TABLE custodian_pending_uploads ADD COLUMN places bytea;
+CREATE INDEX custodian_pending_uploads_places ON custodian_pending_uploads (places)
+    WHERE places IS NOT NULL;
 ",
 ];
 

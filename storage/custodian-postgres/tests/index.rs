@@ -6,10 +6,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use custodian_core::{Algorithm, Digest};
 use custodian_object::{ObjectBackend, ObjectConfig};
 use custodian_postgres::PgIndex;
 use custodian_storage::conformance::{self, Harness, Options};
-use custodian_storage::{BlobBackend, BlobStore, ByteRange, Expectation};
+use custodian_storage::{BlobBackend, BlobMeta, BlobStore, ByteRange, Expectation, StorageError};
 use custodian_testkit::{Moto, Postgres};
 
 struct PgObjectHarness {
@@ -560,13 +561,18 @@ fn leftovers_leave_out_live_uploads_and_running_daemons() {
     let a = PgIndex::open(&database, dir_a.path()).expect("open index A");
     let b = PgIndex::open(&database, dir_b.path()).expect("open index B");
     let ids: Vec<u64> = (0..4).map(|_| a.new_upload_id()).collect();
-    let records: Vec<(u64, Vec<u8>)> = ids
+    let pending = |id: u64, record: Vec<u8>| custodian_storage::PendingUpload {
+        id,
+        record,
+        places: None,
+    };
+    let records: Vec<_> = ids
         .iter()
-        .map(|id| (*id, id.to_le_bytes().to_vec()))
+        .map(|id| pending(*id, id.to_le_bytes().to_vec()))
         .collect();
     a.add_pending(&records).expect("A's records");
     let theirs = b.new_upload_id();
-    b.add_pending(&[(theirs, b"B's".to_vec())])
+    b.add_pending(&[pending(theirs, b"B's".to_vec())])
         .expect("B's record");
 
     let live = |id: u64| id == ids[1] || id == ids[2];
@@ -587,4 +593,223 @@ fn leftovers_leave_out_live_uploads_and_running_daemons() {
     assert!(a.leftovers(&|_| true).expect("none ended").is_empty());
     assert_eq!(a.pending_count().expect("count"), 5);
     a.probe().expect("the database answers");
+}
+
+/// The index of a daemon under test: PostgreSQL's, with a hook run right after each
+/// `delete_many` of committed blobs, where a collection on another daemon would be between its
+/// index delete and whatever it does next.
+struct AfterDelete {
+    inner: Arc<PgIndex>,
+    hook: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl custodian_storage::BlobIndex for AfterDelete {
+    fn remote(&self) -> bool {
+        self.inner.remote()
+    }
+    fn shared(&self) -> bool {
+        self.inner.shared()
+    }
+    fn check_writable(&self) -> custodian_storage::Result<()> {
+        self.inner.check_writable()
+    }
+    fn poison(&self, cause: String) -> custodian_storage::StorageError {
+        self.inner.poison(cause)
+    }
+    fn lookup(&self, digest: &Digest) -> custodian_storage::Result<Option<BlobMeta>> {
+        self.inner.lookup(digest)
+    }
+    fn lookup_many(&self, digests: &[Digest]) -> custodian_storage::Result<Vec<Option<BlobMeta>>> {
+        self.inner.lookup_many(digests)
+    }
+    fn new_upload_id(&self) -> u64 {
+        self.inner.new_upload_id()
+    }
+    fn add_pending(
+        &self,
+        records: &[custodian_storage::PendingUpload],
+    ) -> custodian_storage::Result<()> {
+        self.inner.add_pending(records)
+    }
+    fn remove_pending(&self, ids: &[u64]) -> custodian_storage::Result<()> {
+        self.inner.remove_pending(ids)
+    }
+    fn leftovers(
+        &self,
+        live: &(dyn Fn(u64) -> bool + Sync),
+    ) -> custodian_storage::Result<Vec<custodian_storage::Leftover>> {
+        self.inner.leftovers(live)
+    }
+    fn pending_count(&self) -> custodian_storage::Result<u64> {
+        self.inner.pending_count()
+    }
+    fn probe(&self) -> custodian_storage::Result<()> {
+        self.inner.probe()
+    }
+    fn commit(
+        &self,
+        commits: &[(u64, BlobMeta)],
+    ) -> custodian_storage::Result<Vec<(BlobMeta, bool)>> {
+        self.inner.commit(commits)
+    }
+    fn delete(&self, sha256: &Digest) -> custodian_storage::Result<Option<BlobMeta>> {
+        self.inner.delete(sha256)
+    }
+    fn delete_many(&self, sha256s: &[Digest]) -> custodian_storage::Result<Vec<Option<BlobMeta>>> {
+        let deleted = self.inner.delete_many(sha256s)?;
+        let hook = self.hook.lock().expect("hook").take();
+        if let Some(hook) = hook {
+            hook();
+        }
+        Ok(deleted)
+    }
+    fn list(&self, after: Option<Digest>, limit: usize) -> custodian_storage::Result<Vec<Digest>> {
+        self.inner.list(after, limit)
+    }
+    fn forget(&self, sha256: &Digest) -> custodian_storage::Result<()> {
+        self.inner.forget(sha256)
+    }
+    fn shared_state(self: Arc<Self>) -> Option<Arc<dyn custodian_storage::SharedState>> {
+        self.inner.clone().shared_state()
+    }
+}
+
+/// A put on one daemon and a collection on another never lose a blob between them. A pending
+/// upload that writes a blob's object keeps the blob from being claimed; a claimed blob
+/// refuses such uploads, declared or staged, with a reason; and a collection deletes the
+/// objects while the rows (and claims) still stand, so that puts of the same bytes on another
+/// daemon right after its index delete keep their blobs, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_never_deletes_what_a_put_on_another_daemon_writes() {
+    use custodian_storage::SharedState;
+
+    let pg = Postgres::start();
+    let bucket = "custodian-pg-collect-race";
+    let moto = Moto::start(bucket);
+    let database = pg.database("race");
+    let url = format!("s3://{bucket}/blobs");
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let index_a = Arc::new(AfterDelete {
+        inner: Arc::new(PgIndex::open(&database, dir_a.path()).expect("open A's index")),
+        hook: std::sync::Mutex::new(None),
+    });
+    let backend_a =
+        ObjectBackend::open_with_index(config(url.clone(), dir_a.path(), &moto), index_a.clone())
+            .await
+            .expect("open A");
+    let claims: Arc<dyn SharedState> = backend_a.shared_state().expect("shared state");
+    let backend_a = Arc::new(backend_a);
+    let store_a = BlobStore::new(backend_a.clone());
+    let backend_b = Arc::new(
+        PgObjectHarness {
+            config: config(url, dir_b.path(), &moto),
+            database,
+        }
+        .backend()
+        .await,
+    );
+    let store_b = BlobStore::new(backend_b.clone());
+    let claim = |digests: Vec<Digest>| {
+        let claims = claims.clone();
+        async move {
+            tokio::task::spawn_blocking(move || claims.claim(&digests, u64::MAX))
+                .await
+                .expect("task")
+                .expect("claim")
+        }
+    };
+
+    let blobs: Vec<bytes::Bytes> = (0..2)
+        .map(|i| conformance::pattern(90 + i, (1 << 20) + 7))
+        .collect();
+    let mut digests = Vec::new();
+    for data in &blobs {
+        let put = store_a
+            .put_bytes(Expectation::default(), data.clone())
+            .await
+            .expect("put through A");
+        digests.push(put.meta.sha256());
+    }
+    let (x, y) = (digests[0], digests[1]);
+    let declared = |data: &bytes::Bytes| Expectation {
+        digest: Some(Digest::of(Algorithm::Sha256, data)),
+        size: Some(data.len() as u64),
+    };
+
+    // B writes X's object (an upload that declared X, straight to its key): X is not claimed
+    // while it does; once B's upload is gone, it is.
+    let sink = backend_b.begin(&declared(&blobs[0])).await.expect("begin");
+    assert!(
+        claim(vec![x]).await.is_empty(),
+        "X's object is being written"
+    );
+    sink.abort().await.expect("abort");
+    assert_eq!(
+        claim(vec![x, y]).await.len(),
+        2,
+        "both claimed once B is done"
+    );
+
+    // Claimed, neither may be written: a declared upload is refused as it begins, a staged
+    // one before its object is moved to the blob's key, each naming the blob.
+    for refused in [
+        backend_b
+            .begin(&declared(&blobs[0]))
+            .await
+            .map(|_| ())
+            .expect_err("an upload declaring X while X is claimed"),
+        store_b
+            .put_bytes(Expectation::default(), blobs[1].clone())
+            .await
+            .map(|_| ())
+            .expect_err("a staged upload of Y while Y is claimed"),
+    ] {
+        assert!(
+            matches!(refused, StorageError::Unavailable { .. })
+                && refused
+                    .to_string()
+                    .contains("being deleted by garbage collection"),
+            "{refused}"
+        );
+    }
+
+    // A deletes both. Right after its index delete, B puts both again (X declared, Y staged):
+    // those are new blobs, and must read back whole once A is done.
+    let (handle, again_b, again) = (
+        tokio::runtime::Handle::current(),
+        store_b.clone(),
+        blobs.clone(),
+    );
+    *index_a.hook.lock().expect("hook") = Some(Box::new(move || {
+        handle.block_on(async move {
+            let x = again_b
+                .put_bytes(declared(&again[0]), again[0].clone())
+                .await
+                .expect("B puts X again");
+            let y = again_b
+                .put_bytes(Expectation::default(), again[1].clone())
+                .await
+                .expect("B puts Y again");
+            assert!(!x.already_present && !y.already_present);
+        })
+    }));
+    let existed = backend_a
+        .delete_many(&[x, y])
+        .await
+        .expect("A deletes X and Y");
+    assert_eq!(existed, vec![true, true]);
+    assert!(
+        index_a.hook.lock().expect("hook").is_none(),
+        "B's puts ran between A's steps"
+    );
+    for (digest, data) in [x, y].iter().zip(&blobs) {
+        for store in [&store_a, &store_b] {
+            let read = conformance::read_all(store, digest, ByteRange::ALL).await;
+            assert!(read == data[..], "{digest} reads back whole");
+        }
+    }
+    assert_eq!(backend_a.pending_uploads().await.expect("pending"), 0);
 }

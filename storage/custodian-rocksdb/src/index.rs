@@ -623,7 +623,10 @@ impl RocksIndex {
     }
 
     /// Durably records many uploads as pending, in one synced write.
-    pub fn add_pending_many(&self, records: &[(u64, Vec<u8>)]) -> Result<()> {
+    pub fn add_pending_many<'a>(
+        &self,
+        records: impl IntoIterator<Item = (u64, &'a [u8])>,
+    ) -> Result<()> {
         let mut batch = WriteBatch::default();
         for (id, record) in records {
             batch.put_cf(self.cf(CF_PENDING)?, id.to_be_bytes(), record);
@@ -694,8 +697,10 @@ impl custodian_storage::BlobIndex for RocksIndex {
         RocksIndex::new_upload_id(self)
     }
 
-    fn add_pending(&self, records: &[(u64, Vec<u8>)]) -> Result<()> {
-        self.add_pending_many(records)
+    fn add_pending(&self, records: &[custodian_storage::PendingUpload]) -> Result<()> {
+        // One daemon owns this index: its retention gate, not the index, keeps a collection
+        // from deleting what a put writes, so `places` is not recorded.
+        self.add_pending_many(records.iter().map(|p| (p.id, p.record.as_slice())))
     }
 
     fn remove_pending(&self, ids: &[u64]) -> Result<()> {
@@ -946,7 +951,9 @@ mod tests {
             .iter()
             .map(|id| (*id, id.to_le_bytes().to_vec()))
             .collect();
-        index.add_pending_many(&records).unwrap();
+        index
+            .add_pending_many(records.iter().map(|(id, r)| (*id, r.as_slice())))
+            .unwrap();
         let live = |id: u64| id == ids[1] || id == ids[3];
         let leftovers = index.leftovers(&live).unwrap();
         let found: Vec<(u64, Vec<u8>, bool)> = leftovers
