@@ -1,7 +1,9 @@
 //! The blob index on PostgreSQL: the storage conformance suite, unchanged, on the object-store
-//! backend with its index in PostgreSQL and its bytes in S3 (moto on loopback); and what only a
-//! shared index adds: a second daemon sees the first's blobs, never cleans up an upload the
-//! first still has in flight, and does clean up after a daemon that went away for good.
+//! backend with its index in PostgreSQL and its bytes in S3 (moto on loopback) or Azure
+//! (Azurite on loopback); and what only a shared index adds: a second daemon sees the first's
+//! blobs, never cleans up an upload the first still has in flight, and does clean up after a
+//! daemon that went away for good; a collection on one daemon and puts on another never lose a
+//! blob between them.
 
 use std::sync::Arc;
 
@@ -35,57 +37,122 @@ impl Harness for PgObjectHarness {
     }
 }
 
-fn config(url: String, state: &std::path::Path, moto: &Moto) -> ObjectConfig {
-    let mut config = ObjectConfig::new(url, state);
-    // Small blocks exercise multi-block paths quickly; parts must stay ≥ 5 MiB for S3.
-    config.block_size = 256 * 1024;
-    config.part_size = 5 << 20;
-    config.options = moto.options();
-    config
+/// The object store a test's daemons share: S3 (moto) or Azure (Azurite), on loopback.
+enum Cloud {
+    S3(Moto),
+    Azure(custodian_testkit::Azurite),
+}
+
+/// PostgreSQL and an object store started for one test: a database and a bucket (or container)
+/// that the test's daemons share, and the data directories of two of them.
+struct Deployment {
+    // Kept so the server stops with the test, not before.
+    _pg: Postgres,
+    cloud: Cloud,
+    bucket: String,
+    database: String,
+    url: String,
+    dirs: [tempfile::TempDir; 2],
+}
+
+impl Deployment {
+    /// On S3 (moto).
+    fn start(name: &str) -> Self {
+        let bucket = format!("custodian-pg-{name}");
+        let moto = Moto::start(&bucket);
+        Self::on(
+            name,
+            bucket.clone(),
+            Cloud::S3(moto),
+            format!("s3://{bucket}/blobs"),
+        )
+    }
+
+    /// On Azure (Azurite).
+    fn start_on_azure(name: &str) -> Self {
+        let container = format!("custodian-pg-{name}");
+        let azurite = custodian_testkit::Azurite::start(&container);
+        let url = format!("az://{container}/blobs");
+        Self::on(name, container, Cloud::Azure(azurite), url)
+    }
+
+    fn on(name: &str, bucket: String, cloud: Cloud, url: String) -> Self {
+        let pg = Postgres::start();
+        Deployment {
+            database: pg.database(name),
+            _pg: pg,
+            cloud,
+            bucket,
+            url,
+            dirs: [(); 2].map(|()| tempfile::tempdir().expect("tempdir")),
+        }
+    }
+
+    /// A daemon's object store on the shared bucket and index, its data directory `dir`.
+    fn daemon(&self, dir: &std::path::Path) -> PgObjectHarness {
+        let mut config = ObjectConfig::new(self.url.clone(), dir);
+        // Small blocks exercise multi-block paths quickly; parts must stay ≥ 5 MiB for S3.
+        config.block_size = 256 * 1024;
+        config.part_size = 5 << 20;
+        config.options = match &self.cloud {
+            Cloud::S3(moto) => moto.options(),
+            Cloud::Azure(azurite) => azurite.options(),
+        };
+        PgObjectHarness {
+            config,
+            database: self.database.clone(),
+        }
+    }
+
+    /// The names of the objects under `blobs/staging`, where staged uploads are kept.
+    fn staged(&self) -> Vec<String> {
+        match &self.cloud {
+            Cloud::S3(moto) => {
+                let listing = moto
+                    .http(&format!(
+                        "GET /{}?list-type=2&prefix=blobs/staging HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+                        self.bucket, moto.port
+                    ))
+                    .expect("list the bucket");
+                assert!(listing.contains("<ListBucketResult"), "{listing}");
+                listing
+                    .split("<Key>")
+                    .skip(1)
+                    .filter_map(|rest| rest.split("</Key>").next())
+                    .map(str::to_string)
+                    .collect()
+            }
+            Cloud::Azure(azurite) => azurite.list(&self.bucket, "blobs/staging"),
+        }
+    }
+}
+
+/// The storage conformance suite, unchanged, with the index in PostgreSQL; nothing staged is
+/// left behind.
+async fn conformance_with_a_shared_index(deployment: Deployment) {
+    let harness = deployment.daemon(deployment.dirs[0].path());
+    conformance::run(&harness, Options::full()).await;
+    let staged = deployment.staged();
+    assert!(staged.is_empty(), "staging objects left: {staged:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_storage_conformance_suite_passes_with_the_index_on_postgresql() {
-    let pg = Postgres::start();
-    let bucket = "custodian-pg-conformance";
-    let moto = Moto::start(bucket);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let harness = PgObjectHarness {
-        config: config(format!("s3://{bucket}/blobs"), dir.path(), &moto),
-        database: pg.database("conformance"),
-    };
-    conformance::run(&harness, Options::full()).await;
-    let listing = moto
-        .http(&format!(
-            "GET /{bucket}?list-type=2&prefix=blobs/staging HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
-            moto.port
-        ))
-        .expect("list the bucket");
-    assert!(
-        listing.contains("<KeyCount>0</KeyCount>"),
-        "staging objects left: {listing}"
-    );
+    conformance_with_a_shared_index(Deployment::start("conformance")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storage_conformance_suite_passes_with_the_index_on_postgresql_on_azure() {
+    conformance_with_a_shared_index(Deployment::start_on_azure("conformance")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_share_one_index_and_bucket() {
-    let pg = Postgres::start();
-    let bucket = "custodian-pg-shared";
-    let moto = Moto::start(bucket);
-    let database = pg.database("shared");
-    let url = format!("s3://{bucket}/blobs");
-    let (dir_a, dir_b) = (
-        tempfile::tempdir().expect("tempdir"),
-        tempfile::tempdir().expect("tempdir"),
+    let deployment = Deployment::start("shared");
+    let (a, b) = (
+        deployment.daemon(deployment.dirs[0].path()),
+        deployment.daemon(deployment.dirs[1].path()),
     );
-    let a = PgObjectHarness {
-        config: config(url.clone(), dir_a.path(), &moto),
-        database: database.clone(),
-    };
-    let b = PgObjectHarness {
-        config: config(url, dir_b.path(), &moto),
-        database: database.clone(),
-    };
     let backend_a = Arc::new(a.backend().await);
     let store_a = BlobStore::new(backend_a.clone());
 
@@ -126,12 +193,7 @@ async fn two_daemons_share_one_index_and_bucket() {
     // A daemon that went away for good leaves a pending upload behind; once it has not been
     // seen for the stale interval, the next daemon to open cleans it up.
     let dir_c = tempfile::tempdir().expect("tempdir");
-    let backend_c = PgObjectHarness {
-        config: config(format!("s3://{bucket}/blobs"), dir_c.path(), &moto),
-        database: database.clone(),
-    }
-    .backend()
-    .await;
+    let backend_c = deployment.daemon(dir_c.path()).backend().await;
     let orphan = backend_c
         .begin(&Expectation::default())
         .await
@@ -139,7 +201,7 @@ async fn two_daemons_share_one_index_and_bucket() {
     orphan.abandon_for_crash_test();
     drop(backend_c);
     assert!(backend_a.pending_uploads().await.expect("count") >= 1);
-    let aged = database.clone();
+    let aged = deployment.database.clone();
     let gone: i64 = std::fs::read_to_string(dir_c.path().join("postgres-instance"))
         .expect("C's instance file")
         .split(' ')
@@ -158,11 +220,7 @@ async fn two_daemons_share_one_index_and_bucket() {
     .expect("the ageing thread")
     .expect("age the other instances");
     let fresh = tempfile::tempdir().expect("tempdir");
-    let d = PgObjectHarness {
-        config: config(format!("s3://{bucket}/blobs"), fresh.path(), &moto),
-        database,
-    };
-    let backend_d = d.backend().await;
+    let backend_d = deployment.daemon(fresh.path()).backend().await;
     assert_eq!(
         backend_d.pending_uploads().await.expect("count"),
         0,
@@ -179,22 +237,18 @@ async fn acknowledgements_claims_and_links_are_shared() {
     use custodian_storage::SharedState;
     use custodian_storage::retention::Retention;
 
-    let pg = Postgres::start();
-    let bucket = "custodian-pg-shared-state";
-    let moto = Moto::start(bucket);
-    let database = pg.database("state");
-    let url = format!("s3://{bucket}/blobs");
-    let (dir_a, dir_b) = (
-        tempfile::tempdir().expect("tempdir"),
-        tempfile::tempdir().expect("tempdir"),
-    );
+    let deployment = Deployment::start("state");
+    let [dir_a, dir_b] = &deployment.dirs;
     let open_index = |dir: &std::path::Path| {
-        Arc::new(PgIndex::open(&database, dir).unwrap_or_else(|e| panic!("open the index: {e}")))
+        Arc::new(
+            PgIndex::open(&deployment.database, dir)
+                .unwrap_or_else(|e| panic!("open the index: {e}")),
+        )
     };
     let index_a = open_index(dir_a.path());
     let index_b = open_index(dir_b.path());
     let backend_a =
-        ObjectBackend::open_with_index(config(url.clone(), dir_a.path(), &moto), index_a.clone())
+        ObjectBackend::open_with_index(deployment.daemon(dir_a.path()).config, index_a.clone())
             .await
             .expect("open A");
     let shared_a = backend_a
@@ -360,22 +414,11 @@ async fn upload_sessions_move_between_daemons() {
     use custodian_storage::uploads::{DEFAULT_UPLOAD_EXPIRY, UploadError, UploadSessions};
     use std::collections::BTreeMap;
 
-    let pg = Postgres::start();
-    let bucket = "custodian-pg-uploads";
-    let moto = Moto::start(bucket);
-    let database = pg.database("uploads");
-    let url = format!("s3://{bucket}/blobs");
-    let dirs: Vec<tempfile::TempDir> = (0..2)
-        .map(|_| tempfile::tempdir().expect("tempdir"))
-        .collect();
+    let deployment = Deployment::start("uploads");
+    let (dirs, database) = (&deployment.dirs, &deployment.database);
     let mut engines = Vec::new();
-    for dir in &dirs {
-        let store = PgObjectHarness {
-            config: config(url.clone(), dir.path(), &moto),
-            database: database.clone(),
-        }
-        .open()
-        .await;
+    for dir in dirs {
+        let store = deployment.daemon(dir.path()).open().await;
         let sessions =
             UploadSessions::open(&dir.path().join("uploads"), DEFAULT_UPLOAD_EXPIRY, store)
                 .expect("open the sessions");
@@ -506,12 +549,7 @@ async fn upload_sessions_move_between_daemons() {
     );
 
     // An expired session is swept, with its staged bytes.
-    let store = PgObjectHarness {
-        config: config(url, dirs[0].path(), &moto),
-        database: database.clone(),
-    }
-    .open()
-    .await;
+    let store = deployment.daemon(dirs[0].path()).open().await;
     let quick = Arc::new(
         UploadSessions::open(
             &dirs[0].path().join("uploads"),
@@ -537,6 +575,7 @@ async fn upload_sessions_move_between_daemons() {
             .expect("sweep")
     };
     assert!(swept >= 1, "the expired session is swept");
+    let database = database.clone();
     let parts: i64 = std::thread::spawn(move || {
         let mut client = postgres::Client::connect(&database, postgres::NoTls).expect("connect");
         client
@@ -679,38 +718,22 @@ impl custodian_storage::BlobIndex for AfterDelete {
 /// refuses such uploads, declared or staged, with a reason; and a collection deletes the
 /// objects while the rows (and claims) still stand, so that puts of the same bytes on another
 /// daemon right after its index delete keep their blobs, whole.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_collection_never_deletes_what_a_put_on_another_daemon_writes() {
+async fn collection_against_puts(deployment: Deployment) {
     use custodian_storage::SharedState;
 
-    let pg = Postgres::start();
-    let bucket = "custodian-pg-collect-race";
-    let moto = Moto::start(bucket);
-    let database = pg.database("race");
-    let url = format!("s3://{bucket}/blobs");
-    let (dir_a, dir_b) = (
-        tempfile::tempdir().expect("tempdir"),
-        tempfile::tempdir().expect("tempdir"),
-    );
+    let [dir_a, dir_b] = &deployment.dirs;
+    let a = deployment.daemon(dir_a.path());
     let index_a = Arc::new(AfterDelete {
-        inner: Arc::new(PgIndex::open(&database, dir_a.path()).expect("open A's index")),
+        inner: Arc::new(PgIndex::open(&a.database, dir_a.path()).expect("open A's index")),
         hook: std::sync::Mutex::new(None),
     });
-    let backend_a =
-        ObjectBackend::open_with_index(config(url.clone(), dir_a.path(), &moto), index_a.clone())
-            .await
-            .expect("open A");
+    let backend_a = ObjectBackend::open_with_index(a.config, index_a.clone())
+        .await
+        .expect("open A");
     let claims: Arc<dyn SharedState> = backend_a.shared_state().expect("shared state");
     let backend_a = Arc::new(backend_a);
     let store_a = BlobStore::new(backend_a.clone());
-    let backend_b = Arc::new(
-        PgObjectHarness {
-            config: config(url, dir_b.path(), &moto),
-            database,
-        }
-        .backend()
-        .await,
-    );
+    let backend_b = Arc::new(deployment.daemon(dir_b.path()).backend().await);
     let store_b = BlobStore::new(backend_b.clone());
     let claim = |digests: Vec<Digest>| {
         let claims = claims.clone();
@@ -812,4 +835,14 @@ async fn a_collection_never_deletes_what_a_put_on_another_daemon_writes() {
         }
     }
     assert_eq!(backend_a.pending_uploads().await.expect("pending"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_never_deletes_what_a_put_on_another_daemon_writes() {
+    collection_against_puts(Deployment::start("race")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_never_deletes_what_a_put_on_another_daemon_writes_on_azure() {
+    collection_against_puts(Deployment::start_on_azure("race")).await;
 }
