@@ -995,9 +995,20 @@ impl BlockSink for ObjectSink {
                     return Err(err);
                 }
                 placing = Some(id);
-                self.shared
-                    .move_into_place(&self.key, &final_key, &meta)
-                    .await
+                // Bytes already in custody need no copy: the index answers for them, and from
+                // the record above no collection on any daemon claims them (on one daemon, the
+                // retention gate the caller holds keeps collections out).
+                let sha256 = meta.sha256();
+                match self.shared.read(move |index| index.lookup(&sha256)).await {
+                    Ok(Some(_)) => {
+                        delete_if_present(&*self.shared.store, &self.key, self.shared.name).await
+                    }
+                    _ => {
+                        self.shared
+                            .move_into_place(&self.key, &final_key, &meta)
+                            .await
+                    }
+                }
             }
         };
         let committed = match placed {
@@ -1586,18 +1597,18 @@ mod tests {
         (objects, config)
     }
 
-    /// A copy through the backend checks every block: a staged object whose bytes are not
-    /// the ones whose CRC32Cs the upload computed is refused as corrupt, naming the block, and
-    /// no object appears at the destination; the staged object as received copies whole.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_copy_through_the_backend_checks_every_block() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = ObjectConfig::new("memory://", dir.path().join("index"));
+    /// A `memory://` backend of 4 KiB blocks and 12 KiB parts, its index under `dir`, and a
+    /// blob of seven blocks and a bit, made with `step`, with its metadata.
+    async fn memory_blob(dir: &FsPath, step: usize) -> (ObjectBackend, Bytes, BlobMeta) {
+        let mut config = ObjectConfig::new("memory://", dir.join("index"));
         config.block_size = 4096;
         config.part_size = 3 * 4096;
-        let backend = ObjectBackend::open(config).await.unwrap();
-        let shared = backend.shared.clone();
-        let data: Bytes = (0..7 * 4096 + 100).map(|i| (i * 7 % 251) as u8).collect();
+        let backend = ObjectBackend::open(config)
+            .await
+            .expect("open a memory:// backend");
+        let data: Bytes = (0..7 * 4096 + 100)
+            .map(|i| (i * step % 251) as u8)
+            .collect();
         let meta = BlobMeta {
             digests: custodian_core::BlobDigests::of(&data),
             size: data.len() as u64,
@@ -1606,6 +1617,17 @@ mod tests {
             block_crcs: data.chunks(4096).map(crc32c::crc32c).collect(),
             packed: None,
         };
+        (backend, data, meta)
+    }
+
+    /// A copy through the backend checks every block: a staged object whose bytes are not
+    /// the ones whose CRC32Cs the upload computed is refused as corrupt, naming the block, and
+    /// no object appears at the destination; the staged object as received copies whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copy_through_the_backend_checks_every_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, data, meta) = memory_blob(dir.path(), 7).await;
+        let shared = backend.shared.clone();
         let (staged, to) = (Path::from("staging/1"), Path::from("blobs/x"));
         let mut damaged = data.to_vec();
         damaged[5 * 4096 + 1] ^= 0x10;
@@ -1642,20 +1664,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn only_the_blob_itself_stands_for_a_failed_upload() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = ObjectConfig::new("memory://", dir.path().join("index"));
-        config.block_size = 4096;
-        config.part_size = 3 * 4096;
-        let backend = ObjectBackend::open(config).await.unwrap();
+        let (backend, data, meta) = memory_blob(dir.path(), 13).await;
         let shared = backend.shared.clone();
-        let data: Bytes = (0..7 * 4096 + 100).map(|i| (i * 13 % 251) as u8).collect();
-        let meta = BlobMeta {
-            digests: custodian_core::BlobDigests::of(&data),
-            size: data.len() as u64,
-            created_unix_ms: 0,
-            block_size: 4096,
-            block_crcs: data.chunks(4096).map(crc32c::crc32c).collect(),
-            packed: None,
-        };
         let to = shared.final_key(&meta.sha256());
         assert!(!shared.placed_by_another(&to, &meta).await, "nothing there");
         let mut damaged = data.to_vec();

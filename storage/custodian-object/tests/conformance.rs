@@ -145,7 +145,8 @@ async fn azure_backend_against_azurite() {
 
 /// On S3 a staged upload (no SHA-256 declared) larger than one `CopyObject` may copy (5 GiB;
 /// 1 MiB here) is copied to its blob's key through the backend, every block checked: it reads
-/// back whole and leaves no staged object; one at the limit still takes the store's copy.
+/// back whole and leaves no staged object; one at the limit still takes the store's copy. The
+/// same bytes put again without their digest are acknowledged as present and not copied again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_uploads_past_the_copy_limit_are_copied_through_the_backend() {
     use custodian_storage::Expectation;
@@ -166,6 +167,7 @@ async fn s3_uploads_past_the_copy_limit_are_copied_through_the_backend() {
     // At the limit, then past it: three parts of 5 MiB and a last block that is not whole.
     // S3 tells the two apart: an object completed from parts has an ETag ending in `-<parts>`,
     // and a CopyObject's has none.
+    let mut last = None;
     for (data, etag_suffix) in [
         (conformance::pattern(61, 1 << 20), None),
         (conformance::pattern(62, (12 << 20) + 5), Some("-3\"")),
@@ -180,8 +182,9 @@ async fn s3_uploads_past_the_copy_limit_are_copied_through_the_backend() {
         assert!(back == data, "the copied blob reads back as it was put");
         let hex = meta.sha256().hex();
         let key = format!("p/blobs/sha256/{}/{}/{hex}", &hex[..2], &hex[2..4]);
+        let key = object_store::path::Path::from(key);
         let etag = bucket_store
-            .head(&object_store::path::Path::from(key))
+            .head(&key)
             .await
             .unwrap()
             .e_tag
@@ -190,7 +193,19 @@ async fn s3_uploads_past_the_copy_limit_are_copied_through_the_backend() {
             Some(suffix) => assert!(etag.ends_with(suffix), "copied through the backend: {etag}"),
             None => assert!(!etag.contains('-'), "copied by S3: {etag}"),
         }
+        last = Some((data, key));
     }
+    let (data, key) = last.expect("two puts");
+    let before = bucket_store.head(&key).await.unwrap().last_modified;
+    // S3 dates objects to the second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let again = store.put_bytes(Expectation::default(), data).await.unwrap();
+    assert!(again.already_present, "the same bytes, again");
+    let after = bucket_store.head(&key).await.unwrap().last_modified;
+    assert_eq!(
+        before, after,
+        "a blob already in custody is not copied again"
+    );
     let listing = moto
         .http(&format!(
             "GET /{bucket}?list-type=2&prefix=p/staging HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
