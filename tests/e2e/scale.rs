@@ -1,5 +1,5 @@
 //! Past one machine: three daemons in front of one PostgreSQL database (ledger and blob index)
-//! and one S3 bucket (moto), sharing one log key, under a load of blob puts, raw appends,
+//! and one S3 bucket (moto), or one Azure container (Azurite), sharing one log key, under a load of blob puts, raw appends,
 //! attested runs and publications spread across all three, through 30 `kill -9`s of a random
 //! daemon and 3 immediate PostgreSQL restarts. Afterwards every acknowledged blob, entry and
 //! version is there and seen identically through every daemon, the log never forked (Go's
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use custodian_client::{Client, Target};
 use custodian_core::entry::{Value, encode_value};
 use custodian_proto::ledger::v1 as pb;
-use custodian_testkit::{Daemon, Moto, Postgres};
+use custodian_testkit::{Cloud, Daemon, Postgres};
 
 use crate::registry::{copy_example, generate_key, stdout};
 
@@ -31,7 +31,7 @@ type Endpoints = Arc<RwLock<Vec<Option<(String, String)>>>>;
 
 struct Cluster {
     pg: Postgres,
-    _moto: Moto,
+    _cloud: Cloud,
     dir: tempfile::TempDir,
     daemons: Vec<Daemon>,
     endpoints: Endpoints,
@@ -40,33 +40,31 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// `n` daemons on one database and one bucket, with one log key.
+    /// `n` daemons on one database and one S3 bucket, with one log key.
     fn start(n: usize) -> Cluster {
-        Self::start_with(n, &[])
+        Self::start_on(n, &[], Cloud::s3(BUCKET))
     }
 
     /// [`Cluster::start`] with `extra` serve flags for every daemon.
     fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        Self::start_on(n, extra, Cloud::s3(BUCKET))
+    }
+
+    /// [`Cluster::start_with`] on the bucket or container `cloud`.
+    fn start_on(n: usize, extra: &[&str], cloud: Cloud) -> Cluster {
         let pg = Postgres::start();
         let url = pg.database("cluster");
-        let moto = Moto::start(BUCKET);
         let dir = tempfile::tempdir().expect("a cluster directory");
-        let mut args: Vec<String> = [
-            "--ledger",
-            &url,
-            "--storage",
-            &format!("s3://{BUCKET}/blobs"),
-            "--append-token",
-            "t",
-            "--log-origin",
-            ORIGIN,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        for (key, value) in moto.options() {
-            args.extend(["--storage-option".into(), format!("{key}={value}")]);
-        }
+        let mut args: Vec<String> = ["--ledger", &url].iter().map(|s| s.to_string()).collect();
+        args.extend(custodian_testkit::storage_args(
+            &cloud.url("blobs"),
+            &cloud.options(),
+        ));
+        args.extend(
+            ["--append-token", "t", "--log-origin", ORIGIN]
+                .iter()
+                .map(|s| s.to_string()),
+        );
         let store_args: Vec<String> = args
             .iter()
             .enumerate()
@@ -97,7 +95,7 @@ impl Cluster {
         ));
         Cluster {
             pg,
-            _moto: moto,
+            _cloud: cloud,
             dir,
             daemons,
             endpoints,
@@ -383,7 +381,17 @@ fn race(cluster: &Cluster, key: &Path, cycle: usize, x: usize, y: usize) -> usiz
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_daemons_share_one_database_and_bucket_through_crashes() {
-    let mut cluster = Cluster::start(3);
+    through_crashes(Cluster::start(3), 30).await;
+}
+
+/// The same on Azure (Azurite), through 10 crashes (one of them PostgreSQL's).
+#[tokio::test(flavor = "multi_thread")]
+async fn three_daemons_share_one_database_and_azure_container_through_crashes() {
+    through_crashes(Cluster::start_on(3, &[], Cloud::azure(BUCKET)), 10).await;
+}
+
+/// Three daemons of `cluster` under load through `cycles` crashes (see the module's doc).
+async fn through_crashes(mut cluster: Cluster, cycles: usize) {
     let dir = cluster.dir.path().to_path_buf();
     let (key, _) = generate_key(&dir, "publisher");
 
@@ -431,7 +439,7 @@ async fn three_daemons_share_one_database_and_bucket_through_crashes() {
     let mut winners = Vec::new();
     let mut attested = 0;
     let started = Instant::now();
-    for cycle in 0..30 {
+    for cycle in 0..cycles {
         // The same-version race, between two different daemons.
         let x = dice.next(3);
         let y = (x + 1 + dice.next(2)) % 3;
@@ -470,7 +478,7 @@ async fn three_daemons_share_one_database_and_bucket_through_crashes() {
         totals = (totals.0 + ok, totals.1 + failed);
     }
     eprintln!(
-        "30 cycles in {:?}: {} acknowledged and {} refused requests under load, {attested} attestations, {} publication races",
+        "{cycles} cycles in {:?}: {} acknowledged and {} refused requests under load, {attested} attestations, {} publication races",
         started.elapsed(),
         totals.0,
         totals.1,
@@ -530,7 +538,11 @@ async fn three_daemons_share_one_database_and_bucket_through_crashes() {
         .as_array()
         .map(|v| v.len())
         .or_else(|| listed["versions"].as_array().map(|v| v.len()));
-    assert_eq!(count, Some(31), "0.2.1 and one winner per race: {listed}");
+    assert_eq!(
+        count,
+        Some(cycles + 1),
+        "0.2.1 and one winner per race: {listed}"
+    );
 
     // One log: Go's verifier checks checkpoints and proofs, and each daemon's export audits
     // (every checkpoint any daemon signed is a checkpoint of the one tree).

@@ -7,6 +7,7 @@
 //! depend on this crate.
 
 mod azurite;
+mod cloud;
 mod daemon;
 mod moto;
 mod postgres;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use azurite::Azurite;
+pub use cloud::Cloud;
 pub use daemon::{Daemon, HarnessError, binary, free_port, serve_refuses, write_log_key};
 pub use moto::Moto;
 pub use postgres::Postgres;

@@ -13,7 +13,7 @@ use custodian_object::{ObjectBackend, ObjectConfig};
 use custodian_postgres::PgIndex;
 use custodian_storage::conformance::{self, Harness, Options};
 use custodian_storage::{BlobBackend, BlobMeta, BlobStore, ByteRange, Expectation, StorageError};
-use custodian_testkit::{Moto, Postgres};
+use custodian_testkit::{Cloud, Postgres};
 
 struct PgObjectHarness {
     config: ObjectConfig,
@@ -37,92 +37,47 @@ impl Harness for PgObjectHarness {
     }
 }
 
-/// The object store a test's daemons share: S3 (moto) or Azure (Azurite), on loopback.
-enum Cloud {
-    S3(Moto),
-    Azure(custodian_testkit::Azurite),
-}
-
-/// PostgreSQL and an object store started for one test: a database and a bucket (or container)
-/// that the test's daemons share, and the data directories of two of them.
+/// PostgreSQL and an object store (S3 on moto, or Azure on Azurite) started for one test: a
+/// database and a bucket that the test's daemons share, and the data directories of two of them.
 struct Deployment {
     // Kept so the server stops with the test, not before.
     _pg: Postgres,
     cloud: Cloud,
-    bucket: String,
     database: String,
-    url: String,
     dirs: [tempfile::TempDir; 2],
 }
 
 impl Deployment {
     /// On S3 (moto).
     fn start(name: &str) -> Self {
-        let bucket = format!("custodian-pg-{name}");
-        let moto = Moto::start(&bucket);
-        Self::on(
-            name,
-            bucket.clone(),
-            Cloud::S3(moto),
-            format!("s3://{bucket}/blobs"),
-        )
+        Self::on(name, Cloud::s3(&format!("custodian-pg-{name}")))
     }
 
     /// On Azure (Azurite).
     fn start_on_azure(name: &str) -> Self {
-        let container = format!("custodian-pg-{name}");
-        let azurite = custodian_testkit::Azurite::start(&container);
-        let url = format!("az://{container}/blobs");
-        Self::on(name, container, Cloud::Azure(azurite), url)
+        Self::on(name, Cloud::azure(&format!("custodian-pg-{name}")))
     }
 
-    fn on(name: &str, bucket: String, cloud: Cloud, url: String) -> Self {
+    fn on(name: &str, cloud: Cloud) -> Self {
         let pg = Postgres::start();
         Deployment {
             database: pg.database(name),
             _pg: pg,
             cloud,
-            bucket,
-            url,
             dirs: [(); 2].map(|()| tempfile::tempdir().expect("tempdir")),
         }
     }
 
     /// A daemon's object store on the shared bucket and index, its data directory `dir`.
     fn daemon(&self, dir: &std::path::Path) -> PgObjectHarness {
-        let mut config = ObjectConfig::new(self.url.clone(), dir);
+        let mut config = ObjectConfig::new(self.cloud.url("blobs"), dir);
         // Small blocks exercise multi-block paths quickly; parts must stay ≥ 5 MiB for S3.
         config.block_size = 256 * 1024;
         config.part_size = 5 << 20;
-        config.options = match &self.cloud {
-            Cloud::S3(moto) => moto.options(),
-            Cloud::Azure(azurite) => azurite.options(),
-        };
+        config.options = self.cloud.options();
         PgObjectHarness {
             config,
             database: self.database.clone(),
-        }
-    }
-
-    /// The names of the objects under `blobs/staging`, where staged uploads are kept.
-    fn staged(&self) -> Vec<String> {
-        match &self.cloud {
-            Cloud::S3(moto) => {
-                let listing = moto
-                    .http(&format!(
-                        "GET /{}?list-type=2&prefix=blobs/staging HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
-                        self.bucket, moto.port
-                    ))
-                    .expect("list the bucket");
-                assert!(listing.contains("<ListBucketResult"), "{listing}");
-                listing
-                    .split("<Key>")
-                    .skip(1)
-                    .filter_map(|rest| rest.split("</Key>").next())
-                    .map(str::to_string)
-                    .collect()
-            }
-            Cloud::Azure(azurite) => azurite.list(&self.bucket, "blobs/staging"),
         }
     }
 }
@@ -132,7 +87,7 @@ impl Deployment {
 async fn conformance_with_a_shared_index(deployment: Deployment) {
     let harness = deployment.daemon(deployment.dirs[0].path());
     conformance::run(&harness, Options::full()).await;
-    let staged = deployment.staged();
+    let staged = deployment.cloud.list("blobs/staging");
     assert!(staged.is_empty(), "staging objects left: {staged:?}");
 }
 
