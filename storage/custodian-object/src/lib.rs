@@ -1407,9 +1407,9 @@ impl BlobBackend for ObjectBackend {
         // one of these objects is refused until the row is gone (`PendingUpload::places`), and
         // once it is gone there is no delete left to remove what that put writes. A crash in
         // between leaves rows without objects, read as damage until the recorded deletion is
-        // finished. One daemon's own index goes first instead: its retention gate keeps puts
-        // of these blobs waiting until every step is done, and a crash leaves only objects
-        // nothing names (a later put overwrites them).
+        // finished. With one daemon's own index the rows go first instead: its retention gate
+        // keeps puts of these blobs waiting until every step is done, and a crash then leaves
+        // only objects nothing names (a later put overwrites them).
         let objects_first: Vec<Digest> = if shared.index.shared() {
             sha256s
                 .iter()
@@ -1423,13 +1423,11 @@ impl BlobBackend for ObjectBackend {
         if let Err(err) = shared.delete_objects(&objects_first).await {
             // Nothing was deleted from the index: the packed blobs' records are done with.
             let recorded: Vec<u64> = ids.values().flatten().copied().collect();
+            let ended = recorded.clone();
             let _ = shared
-                .blocking({
-                    let recorded = recorded.clone();
-                    move |index| index.remove_pending(&recorded)
-                })
+                .blocking(move |index| index.remove_pending(&recorded))
                 .await;
-            shared.ended(recorded);
+            shared.ended(ended);
             return Err(err);
         }
         let objects_first: std::collections::HashSet<Digest> = objects_first.into_iter().collect();

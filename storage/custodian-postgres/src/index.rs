@@ -291,11 +291,10 @@ impl BlobIndex for PgIndex {
             let mut tx = c.transaction().map_err(db)?;
             if !placed.is_empty() {
                 // The placed blobs' rows, where they exist, are locked in the order a claim
-                // locks them, and read as they are once locked: a claim being made waits for
-                // this transaction or this read waits for the claim and sees it. A claim made
-                // after this commits sees the records (`claim` below).
-                // Every such row is locked, claimed or not (a locking read locks only the rows
-                // it returns), and checked here.
+                // locks them, every one, claimed or not (a locking read locks only the rows it
+                // returns, so the check is made here), and read as they are once locked: a
+                // claim being made waits for this transaction, or this read waits for the claim
+                // and sees it. A claim made after this commits sees the records (`claim`).
                 for row in tx
                     .query(
                         "SELECT sha256, claimed_by IS NOT NULL FROM custodian_blobs \
