@@ -34,6 +34,12 @@
 //! glibc reads these settings from `GLIBC_TUNABLES` only when a process starts, so `custodian
 //! serve` and the CLI's transfers re-execute themselves once with them set. Whoever sets
 //! `GLIBC_TUNABLES` themselves keeps their own settings.
+//!
+//! The 8 MiB still cost a streamed put dearly: the buffers its bytes arrive in were given back
+//! and faulted in again by the hundred megabytes. So buffers of 128 KiB to 4 MiB no longer come
+//! from glibc's heaps at all: [`Pooled`] maps them itself and keeps up to 8 MiB of freed ones
+//! for reuse, a bound of its own that no heap's top can stretch. This module is the one place in
+//! the binary allowed `unsafe` code: a global allocator cannot be written without it.
 
 /// The glibc tunables the daemon and the CLI's transfers run with (see the module
 /// documentation for why).
@@ -75,3 +81,256 @@ pub fn tune() {
 /// Other platforms' allocators are left as they are.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn tune() {}
+
+/// The process's allocator: glibc's (with [`TUNABLES`]), except for buffers of [`POOL_MIN`] to
+/// [`POOL_MAX`] bytes, which get mappings of their own, rounded up to [`POOL_STEP`], and of
+/// which up to [`POOL_KEPT`] bytes are kept when freed and handed out again.
+///
+/// Those are the buffers streamed bytes arrive in: HTTP/2 frames of up to 1 MiB, an HTTP/1.1
+/// body's reads, a get's blocks. From glibc's heap, with 8 MiB free at its top returned (see the
+/// module documentation for why not more), a streamed 1 GiB put gave back and faulted in again
+/// about 256 MiB of them: 60,000-80,000 page faults and zeroed pages, 0.15-0.2 s of the daemon's
+/// CPU (docs/performance.md, "Receive buffers kept for reuse"). Kept here instead, they cost no
+/// fault when reused, and what is kept idle is bounded on its own, whatever the heaps do.
+pub struct Pooled;
+
+/// The smallest buffer [`Pooled`] maps itself.
+const POOL_MIN: usize = 128 << 10;
+
+/// The largest buffer [`Pooled`] maps itself; larger ones are glibc's (which maps them too).
+const POOL_MAX: usize = 4 << 20;
+
+/// [`Pooled`] rounds its buffers up to a multiple of this, so that buffers of nearly the same
+/// size (a frame's payload and its header) are the same mapping.
+const POOL_STEP: usize = 64 << 10;
+
+/// How many bytes of freed buffers [`Pooled`] keeps at most: about what one upload keeps in
+/// flight (HTTP/2's window and a batch being written).
+const POOL_KEPT: usize = 8 << 20;
+
+/// How many freed buffers [`Pooled`] keeps at most.
+const POOL_SLOTS: usize = POOL_KEPT / POOL_MIN;
+
+/// The freed buffers [`Pooled`] keeps: `(address, mapped length)`, the first `count` in use.
+struct Kept {
+    blocks: [(usize, usize); POOL_SLOTS],
+    count: usize,
+    bytes: usize,
+}
+
+static KEPT: std::sync::Mutex<Kept> = std::sync::Mutex::new(Kept {
+    blocks: [(0, 0); POOL_SLOTS],
+    count: 0,
+    bytes: 0,
+});
+
+/// The mapped length of a buffer laid out as `layout` if [`Pooled`] maps it itself. Mappings
+/// start on a page, so any alignment up to a page is met.
+fn pooled(layout: std::alloc::Layout) -> Option<usize> {
+    (layout.size() >= POOL_MIN && layout.size() <= POOL_MAX && layout.align() <= 4096)
+        .then(|| layout.size().next_multiple_of(POOL_STEP))
+}
+
+fn kept() -> std::sync::MutexGuard<'static, Kept> {
+    // Nothing under this lock can panic; a poisoned lock still guards whole entries.
+    KEPT.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A kept buffer of exactly `len` mapped bytes, if there is one.
+fn take_kept(len: usize) -> Option<*mut u8> {
+    let mut kept = kept();
+    let count = kept.count;
+    let found = kept.blocks[..count].iter().position(|&(_, l)| l == len)?;
+    let (address, _) = kept.blocks[found];
+    kept.blocks[found] = kept.blocks[count - 1];
+    kept.count -= 1;
+    kept.bytes -= len;
+    Some(address as *mut u8)
+}
+
+/// Keeps a freed buffer if there is room; `false` if it is to be unmapped.
+fn keep(ptr: *mut u8, len: usize) -> bool {
+    let mut kept = kept();
+    if kept.count == POOL_SLOTS || kept.bytes + len > POOL_KEPT {
+        return false;
+    }
+    let count = kept.count;
+    kept.blocks[count] = (ptr as usize, len);
+    kept.count += 1;
+    kept.bytes += len;
+    true
+}
+
+/// A fresh mapping of `len` bytes (zeroed by the kernel), or null.
+fn map(len: usize) -> *mut u8 {
+    use rustix::mm::{MapFlags, ProtFlags};
+    // SAFETY: a new anonymous private mapping at an address the kernel picks aliases nothing.
+    unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::PRIVATE,
+        )
+    }
+    .map_or(std::ptr::null_mut(), |ptr| ptr.cast())
+}
+
+/// Unmaps a buffer [`map`] made.
+///
+/// # Safety
+/// `ptr` and `len` are a live mapping of [`map`] that nothing refers to any more.
+unsafe fn unmap(ptr: *mut u8, len: usize) {
+    // SAFETY: the caller's promise. A failure leaves the mapping in place: memory not given
+    // back, never memory in use.
+    let _ = unsafe { rustix::mm::munmap(ptr.cast(), len) };
+}
+
+// SAFETY: every buffer is either glibc's (alloc and free through `System` with the same layout)
+// or a mapping of its own whose length follows from the layout alone, so `dealloc` and `realloc`
+// find what `alloc` made; a kept mapping is handed to one caller at a time under the lock.
+unsafe impl std::alloc::GlobalAlloc for Pooled {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        match pooled(layout) {
+            None => unsafe { std::alloc::System.alloc(layout) },
+            Some(len) => take_kept(len).unwrap_or_else(|| map(len)),
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        match pooled(layout) {
+            None => unsafe { std::alloc::System.alloc_zeroed(layout) },
+            Some(len) => match take_kept(len) {
+                // SAFETY: the kept mapping is `len >= layout.size()` bytes, and now the caller's.
+                Some(ptr) => unsafe {
+                    std::ptr::write_bytes(ptr, 0, layout.size());
+                    ptr
+                },
+                None => map(len),
+            },
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        match pooled(layout) {
+            None => unsafe { std::alloc::System.dealloc(ptr, layout) },
+            Some(len) => {
+                if !keep(ptr, len) {
+                    // SAFETY: `alloc` mapped `len` bytes at `ptr` for this layout.
+                    unsafe { unmap(ptr, len) }
+                }
+            }
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller promises `new_size`, rounded up to the alignment, does not overflow.
+        let new_layout =
+            unsafe { std::alloc::Layout::from_size_align_unchecked(new_size, layout.align()) };
+        match (pooled(layout), pooled(new_layout)) {
+            (None, None) => unsafe { std::alloc::System.realloc(ptr, layout, new_size) },
+            (Some(old), Some(new)) if old == new => ptr,
+            _ => {
+                // SAFETY: `new_layout` is valid (see above) and not zero-sized.
+                let new = unsafe { self.alloc(new_layout) };
+                if !new.is_null() {
+                    // SAFETY: both are live and distinct; the copy stays within the smaller.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                        self.dealloc(ptr, layout);
+                    }
+                }
+                new
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::alloc::{GlobalAlloc as _, Layout};
+
+    fn layout(size: usize) -> Layout {
+        Layout::from_size_align(size, 8).expect("layout")
+    }
+
+    #[test]
+    fn buffers_keep_their_bytes_through_reallocation_and_reuse() {
+        // Sizes below, at, inside and above the pooled range, grown and shrunk across it.
+        let sizes = [
+            1000,
+            POOL_MIN - 1,
+            POOL_MIN,
+            POOL_MIN + 1,
+            (1 << 20) + 9,
+            POOL_MAX,
+            POOL_MAX + 1,
+            3 << 20,
+            100,
+        ];
+        for round in 0..3 {
+            let mut size = sizes[0];
+            // SAFETY: each pointer is used within its layout and freed once, with that layout.
+            unsafe {
+                let mut ptr = Pooled.alloc(layout(size));
+                assert!(!ptr.is_null());
+                std::ptr::write_bytes(ptr, 0xA5, size);
+                for &next in &sizes[1..] {
+                    ptr = Pooled.realloc(ptr, layout(size), next);
+                    assert!(!ptr.is_null());
+                    let kept = std::slice::from_raw_parts(ptr, size.min(next));
+                    assert!(
+                        kept.iter().all(|&b| b == 0xA5),
+                        "round {round}: {size} -> {next} lost bytes"
+                    );
+                    std::ptr::write_bytes(ptr, 0xA5, next);
+                    size = next;
+                }
+                Pooled.dealloc(ptr, layout(size));
+            }
+        }
+    }
+
+    #[test]
+    fn a_reused_buffer_asked_for_zeroed_is_zeroed() {
+        let size = (1 << 20) + 9;
+        // SAFETY: each pointer is used within its layout and freed once, with that layout.
+        unsafe {
+            for _ in 0..4 {
+                let dirty = Pooled.alloc(layout(size));
+                std::ptr::write_bytes(dirty, 0xFF, size);
+                Pooled.dealloc(dirty, layout(size));
+                let clean = Pooled.alloc_zeroed(layout(size));
+                let bytes = std::slice::from_raw_parts(clean, size);
+                assert!(
+                    bytes.iter().all(|&b| b == 0),
+                    "a kept buffer came back dirty"
+                );
+                Pooled.dealloc(clean, layout(size));
+            }
+        }
+    }
+
+    #[test]
+    fn freed_buffers_are_kept_up_to_the_bound_and_reused() {
+        let size = 1 << 20;
+        let many = 2 * POOL_KEPT / size;
+        // SAFETY: each pointer is used within its layout and freed once, with that layout.
+        unsafe {
+            let first: Vec<usize> = (0..many)
+                .map(|_| Pooled.alloc(layout(size)) as usize)
+                .collect();
+            for &ptr in &first {
+                Pooled.dealloc(ptr as *mut u8, layout(size));
+                assert!(kept().bytes <= POOL_KEPT, "kept more than the bound");
+            }
+            // What was kept is handed out again (other tests may take some meanwhile).
+            let again = Pooled.alloc(layout(size));
+            let reused = first.contains(&(again as usize));
+            Pooled.dealloc(again, layout(size));
+            assert!(reused || kept().count == 0, "a kept buffer was not reused");
+        }
+    }
+}

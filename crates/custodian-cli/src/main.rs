@@ -1,5 +1,6 @@
 //! `custodian`: the Custodian daemon and its command-line client.
 
+#[allow(unsafe_code)]
 mod allocator;
 mod args;
 mod blob;
@@ -25,6 +26,10 @@ mod token;
 mod witness;
 
 use clap::{Parser, Subcommand};
+
+/// Large buffers kept for reuse, everything else glibc's (see `allocator`).
+#[global_allocator]
+static ALLOCATOR: allocator::Pooled = allocator::Pooled;
 
 /// The address clients use unless told otherwise; `serve` listens there by default.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7311";
