@@ -314,6 +314,38 @@ mod tests {
     }
 
     #[test]
+    fn no_buffer_is_handed_to_two_threads_at_once() {
+        // Eight threads allocate, fill, check and free buffers of pooled sizes; a buffer handed
+        // out twice would show another thread's bytes.
+        let threads: Vec<_> = (0..8u8)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mut seed = u64::from(t) * 7919 + 1;
+                    for _ in 0..300 {
+                        seed = seed
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        let size = POOL_MIN + (seed >> 33) as usize % (POOL_MAX - POOL_MIN);
+                        // SAFETY: the pointer is used within its layout and freed once, with it.
+                        unsafe {
+                            let ptr = Pooled.alloc(layout(size));
+                            assert!(!ptr.is_null());
+                            std::ptr::write_bytes(ptr, t, size);
+                            std::thread::yield_now();
+                            let bytes = std::slice::from_raw_parts(ptr, size);
+                            assert!(bytes.iter().all(|&b| b == t), "thread {t}'s buffer changed");
+                            Pooled.dealloc(ptr, layout(size));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("a thread failed");
+        }
+    }
+
+    #[test]
     fn freed_buffers_are_kept_up_to_the_bound_and_reused() {
         let size = 1 << 20;
         let many = 2 * POOL_KEPT / size;
