@@ -84,7 +84,8 @@ pub fn tune() {}
 
 /// The process's allocator: glibc's (with [`TUNABLES`]), except for buffers of [`POOL_MIN`] to
 /// [`POOL_MAX`] bytes, which get mappings of their own, rounded up to [`POOL_STEP`], and of
-/// which up to [`POOL_KEPT`] bytes are kept when freed and handed out again.
+/// which up to [`POOL_KEPT`] bytes are kept when freed and handed out again: the ones freed
+/// last, so that what is kept follows the sizes in use.
 ///
 /// Those are the buffers streamed bytes arrive in: HTTP/2 frames of up to 1 MiB, an HTTP/1.1
 /// body's reads, a get's blocks. From glibc's heap, with 8 MiB free at its top returned (see the
@@ -111,18 +112,63 @@ const POOL_KEPT: usize = 8 << 20;
 /// How many freed buffers [`Pooled`] keeps at most.
 const POOL_SLOTS: usize = POOL_KEPT / POOL_MIN;
 
-/// The freed buffers [`Pooled`] keeps: `(address, mapped length)`, the first `count` in use.
+/// The freed buffers [`Pooled`] keeps: `(address, mapped length)`, the first `count` in use,
+/// oldest first.
 struct Kept {
     blocks: [(usize, usize); POOL_SLOTS],
     count: usize,
     bytes: usize,
 }
 
-static KEPT: std::sync::Mutex<Kept> = std::sync::Mutex::new(Kept {
-    blocks: [(0, 0); POOL_SLOTS],
-    count: 0,
-    bytes: 0,
-});
+// A buffer of any pooled size must fit in the bound, or keeping it could never make room.
+const _: () = assert!(POOL_MAX <= POOL_KEPT);
+
+impl Kept {
+    const EMPTY: Kept = Kept {
+        blocks: [(0, 0); POOL_SLOTS],
+        count: 0,
+        bytes: 0,
+    };
+
+    /// Takes the kept buffer of exactly `len` mapped bytes freed last, if there is one.
+    fn take(&mut self, len: usize) -> Option<usize> {
+        let count = self.count;
+        let found = self.blocks[..count].iter().rposition(|&(_, l)| l == len)?;
+        let (address, _) = self.blocks[found];
+        self.blocks.copy_within(found + 1..count, found);
+        self.count -= 1;
+        self.bytes -= len;
+        Some(address)
+    }
+
+    /// Keeps a freed buffer, making room by dropping the buffers freed longest ago into
+    /// `evicted` (so that what is kept is of the sizes in use now, never a stale set that
+    /// fills the bound for good); returns how many were dropped there.
+    fn keep(
+        &mut self,
+        address: usize,
+        len: usize,
+        evicted: &mut [(usize, usize); POOL_SLOTS],
+    ) -> usize {
+        let mut gone = 0;
+        while self.count == POOL_SLOTS || self.bytes + len > POOL_KEPT {
+            let oldest = self.blocks[0];
+            let count = self.count;
+            self.blocks.copy_within(1..count, 0);
+            self.count -= 1;
+            self.bytes -= oldest.1;
+            evicted[gone] = oldest;
+            gone += 1;
+        }
+        let count = self.count;
+        self.blocks[count] = (address, len);
+        self.count += 1;
+        self.bytes += len;
+        gone
+    }
+}
+
+static KEPT: std::sync::Mutex<Kept> = std::sync::Mutex::new(Kept::EMPTY);
 
 /// The mapped length of a buffer laid out as `layout` if [`Pooled`] maps it itself. Mappings
 /// start on a page, so any alignment up to a page is met.
@@ -139,27 +185,21 @@ fn kept() -> std::sync::MutexGuard<'static, Kept> {
 
 /// A kept buffer of exactly `len` mapped bytes, if there is one.
 fn take_kept(len: usize) -> Option<*mut u8> {
-    let mut kept = kept();
-    let count = kept.count;
-    let found = kept.blocks[..count].iter().position(|&(_, l)| l == len)?;
-    let (address, _) = kept.blocks[found];
-    kept.blocks[found] = kept.blocks[count - 1];
-    kept.count -= 1;
-    kept.bytes -= len;
-    Some(address as *mut u8)
+    kept().take(len).map(|address| address as *mut u8)
 }
 
-/// Keeps a freed buffer if there is room; `false` if it is to be unmapped.
-fn keep(ptr: *mut u8, len: usize) -> bool {
-    let mut kept = kept();
-    if kept.count == POOL_SLOTS || kept.bytes + len > POOL_KEPT {
-        return false;
+/// Keeps a freed buffer, and unmaps the ones that made room for it once the lock is released
+/// (an unmapping costs the other cores a TLB flush; nobody should wait for it on the lock).
+///
+/// # Safety
+/// `ptr` and `len` are a live mapping of [`map`] that nothing refers to any more.
+unsafe fn keep(ptr: *mut u8, len: usize) {
+    let mut evicted = [(0usize, 0usize); POOL_SLOTS];
+    let gone = kept().keep(ptr as usize, len, &mut evicted);
+    for &(address, len) in &evicted[..gone] {
+        // SAFETY: every kept buffer is a mapping of `map` that only the pool refers to.
+        unsafe { unmap(address as *mut u8, len) }
     }
-    let count = kept.count;
-    kept.blocks[count] = (ptr as usize, len);
-    kept.count += 1;
-    kept.bytes += len;
-    true
 }
 
 /// A fresh mapping of `len` bytes (zeroed by the kernel), or null.
@@ -215,12 +255,8 @@ unsafe impl std::alloc::GlobalAlloc for Pooled {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         match pooled(layout) {
             None => unsafe { std::alloc::System.dealloc(ptr, layout) },
-            Some(len) => {
-                if !keep(ptr, len) {
-                    // SAFETY: `alloc` mapped `len` bytes at `ptr` for this layout.
-                    unsafe { unmap(ptr, len) }
-                }
-            }
+            // SAFETY: `alloc` mapped `len` bytes at `ptr` for this layout, and it is freed.
+            Some(len) => unsafe { keep(ptr, len) },
         }
     }
 
@@ -343,6 +379,37 @@ mod tests {
         for thread in threads {
             thread.join().expect("a thread failed");
         }
+    }
+
+    #[test]
+    fn the_buffers_freed_longest_ago_make_room_and_the_last_freed_is_taken_first() {
+        let mut kept = Kept::EMPTY;
+        let mut evicted = [(0, 0); POOL_SLOTS];
+        let mib = 1 << 20;
+        // Eight 1 MiB buffers fill the bound.
+        for i in 0..8 {
+            assert_eq!(kept.keep(0x1000 * (i + 1), mib, &mut evicted), 0);
+        }
+        assert_eq!(kept.bytes, POOL_KEPT);
+        // A 2 MiB one makes room by dropping the two freed first, not by being turned away.
+        assert_eq!(kept.keep(0x10_0000, 2 * mib, &mut evicted), 2);
+        assert_eq!(&evicted[..2], &[(0x1000, mib), (0x2000, mib)]);
+        assert_eq!(kept.bytes, POOL_KEPT);
+        // The last freed of a size is taken first; a size not kept is not found.
+        assert_eq!(kept.take(mib), Some(0x8000));
+        assert_eq!(kept.take(2 * mib), Some(0x10_0000));
+        assert_eq!(kept.take(3 * mib), None);
+        assert_eq!(kept.count, 5);
+        assert_eq!(kept.bytes, 5 * mib);
+        // The slots bound what is kept too: more small buffers push out the oldest.
+        let mut small = Kept::EMPTY;
+        let dropped: usize = (0..POOL_SLOTS + 5)
+            .map(|i| small.keep(i + 1, POOL_MIN, &mut evicted))
+            .sum();
+        assert_eq!(
+            (small.count, dropped, small.blocks[0].0),
+            (POOL_SLOTS, 5, 6)
+        );
     }
 
     #[test]
