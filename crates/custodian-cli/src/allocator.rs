@@ -39,7 +39,8 @@
 //! and faulted in again by the hundred megabytes. So buffers of 128 KiB to 4 MiB no longer come
 //! from glibc's heaps at all: [`Pooled`] maps them itself and keeps up to 8 MiB of freed ones
 //! for reuse, a bound of its own that no heap's top can stretch. This module is the one place in
-//! the binary allowed `unsafe` code: a global allocator cannot be written without it.
+//! this crate allowed `unsafe` code (docs/ARCHITECTURE.md lists the other, in
+//! `custodian-rocksdb`): a global allocator cannot be written without it.
 
 /// The glibc tunables the daemon and the CLI's transfers run with (see the module
 /// documentation for why).
