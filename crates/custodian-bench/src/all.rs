@@ -109,18 +109,23 @@ fn stream_row(
     scenario: String,
     result: String,
     seconds: f64,
-    registry: f64,
+    (registry, hash_alone): (f64, Option<f64>),
     rss: Option<f64>,
     budget: bool,
 ) -> Row {
     let ratio = seconds / registry;
+    // The hash the client must run over every byte, on one core and from memory, beside the
+    // registry's read: a verified get can only come within the target when it is well below.
+    let hash = hash_alone.map_or_else(String::new, |h| {
+        format!(" (SHA-256 of the same bytes alone, in memory on one core: {h:.2} s)")
+    });
     row(
         scenario,
         result,
         "—".into(),
         "—".into(),
         rss,
-        format!("the reference registry's unverified read {registry:.2} s"),
+        format!("the reference registry's unverified read {registry:.2} s{hash}"),
         format!("{ratio:.2}×"),
         "≤ 1.2×",
         Some(ratio <= 1.2 && budget),
@@ -223,7 +228,13 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
     let openssl = custody.openssl_sha256_seconds;
     let disk = custody.disk_write_fsync_seconds;
     let mib = crate::measure::mib(custody.size_bytes);
+    let sha256_alone = mib / 1024.0 / limits.sha256_gib_per_s;
     let peer = custody.peer.as_ref();
+    // A transfer's time, with what it cost both ends where the report measured it.
+    let timed = |seconds: f64, cpu: Option<crate::custody::Cpu>| match cpu {
+        Some(cpu) => format!("{seconds:.2} s, {}", cpu.describe()),
+        None => format!("{seconds:.2} s"),
+    };
     for b in &custody.backends {
         let rss = b.daemon_peak_rss_mib;
         let budget = within_budget(rss);
@@ -245,7 +256,7 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
         if streamed {
             out.push(row(
                 format!("{mib:.0} MiB put, streamed over gRPC, {}", b.backend),
-                format!("{:.2} s", b.put_streamed_seconds),
+                timed(b.put_streamed_seconds, b.put_streamed_cpu),
                 none(),
                 none(),
                 Some(rss),
@@ -270,16 +281,26 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
             Some(p) => {
                 // The same get by the blob's BLAKE3 digest (reports from before it have none):
                 // as fully verified, by a hash that is not slower than the registry's read.
-                for (what, seconds) in [
-                    ("get (stream)", b.get_stream_seconds),
-                    ("get (stream) by BLAKE3 digest", b.get_stream_blake3_seconds),
+                for (what, seconds, cpu, hash) in [
+                    (
+                        "get (stream)",
+                        b.get_stream_seconds,
+                        b.get_stream_cpu,
+                        Some(sha256_alone),
+                    ),
+                    (
+                        "get (stream) by BLAKE3 digest",
+                        b.get_stream_blake3_seconds,
+                        b.get_stream_blake3_cpu,
+                        None,
+                    ),
                 ] {
                     if seconds > 0.0 {
                         out.push(stream_row(
                             format!("{mib:.0} MiB {what}, gRPC, {}", b.backend),
-                            format!("{seconds:.2} s"),
+                            timed(seconds, cpu),
                             seconds,
-                            p.get_stream_seconds,
+                            (p.get_stream_seconds, hash),
                             Some(rss),
                             budget,
                         ));
@@ -410,23 +431,31 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
             Some(ratio <= 1.3 && budget),
         ));
         if let Some(p) = peer {
-            for (what, ours, theirs) in [
+            for (what, ours, theirs, cpu, hash) in [
                 (
                     "get (stream)",
                     gets.get_stream_seconds,
                     fresh.map(|f| f.get_stream_seconds),
+                    gets.get_stream_cpu,
+                    Some(sha256_alone),
                 ),
                 (
                     "get (stream) by BLAKE3 digest",
                     gets.get_stream_blake3_seconds,
                     fresh.map(|f| f.get_stream_blake3_seconds),
+                    gets.get_stream_blake3_cpu,
+                    None,
                 ),
             ] {
+                let result = match cpu {
+                    Some(cpu) => format!("{}; {}", versus(ours, theirs), cpu.describe()),
+                    None => versus(ours, theirs),
+                };
                 out.push(stream_row(
                     format!("{mib:.0} MiB {what}, gRPC, {stored}"),
-                    versus(ours, theirs),
+                    result,
                     ours,
-                    p.get_stream_seconds,
+                    (p.get_stream_seconds, hash),
                     rss,
                     budget,
                 ));
@@ -1537,6 +1566,44 @@ mod tests {
         assert_eq!((blake3.ratio.as_str(), blake3.met), ("1.10×", Some(true)));
         // A report from before the BLAKE3 get was measured has no such row.
         assert_no_row_in_the_old_report("BLAKE3");
+    }
+
+    #[test]
+    fn streamed_transfers_show_what_they_cost_both_ends_and_the_hash_beside_the_registry() {
+        let mut json = raw_json();
+        let backend = &mut json["custody"]["backends"][0];
+        backend["put_streamed_seconds"] = serde_json::json!(1.25);
+        backend["put_streamed_ratio_to_floor"] = serde_json::json!(1.64);
+        backend["put_streamed_cpu"] =
+            serde_json::json!({"cli_seconds": 0.45, "daemon_seconds": 1.49, "cores": 2});
+        backend["get_stream_blake3_seconds"] = serde_json::json!(0.99);
+        backend["get_stream_cpu"] =
+            serde_json::json!({"cli_seconds": 1.05, "daemon_seconds": 0.45, "cores": 2});
+        let rows = rows_from(json);
+        let find = |name: &str| &rows[position(&rows, name)];
+        let put = find("1024 MiB put, streamed over gRPC, rocksdb");
+        assert_eq!(
+            put.result,
+            "1.25 s, CPU: CLI 0.45 s, daemon 1.49 s (at least 0.97 s on 2 cores)"
+        );
+        let sha256 = find("1024 MiB get (stream), gRPC, rocksdb");
+        assert_eq!(
+            sha256.result,
+            "1.00 s, CPU: CLI 1.05 s, daemon 0.45 s (at least 0.75 s on 2 cores)"
+        );
+        // The limits' SHA-256 runs at 1.6 GiB/s: 0.625 s for the GiB.
+        assert!(
+            sha256
+                .limit
+                .ends_with("(SHA-256 of the same bytes alone, in memory on one core: 0.62 s)"),
+            "{}",
+            sha256.limit
+        );
+        // A get whose CPU the report lacks (as every report before the fiftieth session) shows
+        // its time alone, and the BLAKE3 row no SHA-256.
+        let blake3 = find("1024 MiB get (stream) by BLAKE3 digest, gRPC, rocksdb");
+        assert_eq!(blake3.result, "0.99 s");
+        assert!(!blake3.limit.contains("SHA-256"), "{}", blake3.limit);
     }
 
     #[test]

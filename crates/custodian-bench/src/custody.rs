@@ -84,7 +84,75 @@ pub struct BackendResult {
     /// reports from before it was measured.
     #[serde(default)]
     pub get_stream_blake3_seconds: f64,
+    /// The CPU both ends spent on the timed streamed put (the fastest run's). Absent from
+    /// reports before the fiftieth session.
+    #[serde(default)]
+    pub put_streamed_cpu: Option<Cpu>,
+    /// The same for the streamed get by the sha256 digest.
+    #[serde(default)]
+    pub get_stream_cpu: Option<Cpu>,
+    /// The same for the streamed get by the blake3 digest.
+    #[serde(default)]
+    pub get_stream_blake3_cpu: Option<Cpu>,
     pub daemon_peak_rss_mib: f64,
+}
+
+/// The CPU time (user + system) a transfer cost the CLI and the daemon. On two cores the sum,
+/// halved, is the least the transfer could take however well the two ends overlapped, so a row
+/// whose target allows less than that is bound by the work itself, not by a wait.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cpu {
+    /// The CLI's CPU seconds.
+    pub cli_seconds: f64,
+    /// The daemon's CPU seconds over the same span.
+    pub daemon_seconds: f64,
+    /// The cores both could run on (the bench's own available parallelism, as both ran on the
+    /// same machine).
+    pub cores: u32,
+}
+
+impl Cpu {
+    /// The least wall-clock time the work could take on [`Cpu::cores`] cores: both ends' CPU
+    /// spread over all of them with no wait at all.
+    pub fn least_seconds(&self) -> f64 {
+        (self.cli_seconds + self.daemon_seconds) / f64::from(self.cores.max(1))
+    }
+
+    /// `CPU: CLI … s, daemon … s (at least … s on N cores)`, as the tables print it.
+    pub fn describe(&self) -> String {
+        format!(
+            "CPU: CLI {:.2} s, daemon {:.2} s (at least {:.2} s on {} cores)",
+            self.cli_seconds,
+            self.daemon_seconds,
+            self.least_seconds(),
+            self.cores
+        )
+    }
+}
+
+/// A CLI step timed with the CPU it and `daemon` spent on it.
+fn run_timed_with_cpu(
+    daemon: &custodian_testkit::Daemon,
+    command: &mut Command,
+) -> anyhow::Result<(Duration, Cpu)> {
+    let cli = crate::measure::children_cpu_seconds();
+    let busy = crate::measure::cpu_seconds(daemon.pid());
+    let elapsed = run_timed(command)?;
+    Ok((
+        elapsed,
+        Cpu {
+            cli_seconds: crate::measure::children_cpu_seconds() - cli,
+            daemon_seconds: crate::measure::cpu_seconds(daemon.pid()) - busy,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        },
+    ))
+}
+
+/// Keeps `(time, cpu)` in `best` when it is the fastest so far.
+fn keep_fastest(best: &mut (Duration, Option<Cpu>), (time, cpu): (Duration, Cpu)) {
+    if time < best.0 {
+        *best = (time, Some(cpu));
+    }
 }
 
 /// The reference registry's times on the same file, over plain HTTP with curl.
@@ -175,6 +243,13 @@ pub struct GrowthGets {
     pub get_stream_seconds: f64,
     /// `blob get blake3:… -o -` to /dev/null.
     pub get_stream_blake3_seconds: f64,
+    /// The CPU both ends spent on the fastest streamed get by the sha256 digest; absent before
+    /// the fiftieth session.
+    #[serde(default)]
+    pub get_stream_cpu: Option<Cpu>,
+    /// The same by the blake3 digest.
+    #[serde(default)]
+    pub get_stream_blake3_cpu: Option<Cpu>,
     /// The disk's write+fsync of the same size, timed right after these gets: after writing a
     /// store's worth, this VM's disk writes slower for a while than when the run began. Absent
     /// from reports before the twentieth session.
@@ -231,10 +306,10 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
             other => bail!("unknown backend {other:?}; choose rocksdb or file"),
         };
         let mut put_best = Duration::MAX;
-        let mut streamed_best = Duration::MAX;
+        let mut streamed_best = (Duration::MAX, None);
         let mut get_best = Duration::MAX;
-        let mut stream_best = Duration::MAX;
-        let mut stream_blake3_best = Duration::MAX;
+        let mut stream_best = (Duration::MAX, None);
+        let mut stream_blake3_best = (Duration::MAX, None);
         let mut peak = 0u64;
         // A fresh daemon and store for every timed put, so that every put really stores.
         let fresh_daemon = || -> anyhow::Result<custodian_testkit::Daemon> {
@@ -255,10 +330,10 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
             )?;
             let put = start.elapsed();
             let (digest, blake3) = put_digests(&put_output)?;
-            let [get, stream, stream_blake3] =
+            let [(get, _), stream, stream_blake3] =
                 time_gets(&daemon, (&digest, &blake3), &work.join("out.bin"))?;
-            stream_best = stream_best.min(stream);
-            stream_blake3_best = stream_blake3_best.min(stream_blake3);
+            keep_fastest(&mut stream_best, stream);
+            keep_fastest(&mut stream_blake3_best, stream_blake3);
             peak = peak.max(daemon.peak_rss());
             put_best = put_best.min(put);
             get_best = get_best.min(get);
@@ -267,13 +342,14 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
             // The same put streamed over gRPC, into a fresh store again (into this one it
             // would only be verified, not written).
             let daemon = fresh_daemon()?;
-            let streamed = run_timed(
+            let streamed = run_timed_with_cpu(
+                &daemon,
                 Command::new(&exe)
                     .args(["blob", "put", "--no-local-put", "--server", &daemon.address])
                     .args(["--token", &daemon.token])
                     .arg(&input),
             )?;
-            streamed_best = streamed_best.min(streamed);
+            keep_fastest(&mut streamed_best, streamed);
             peak = peak.max(daemon.peak_rss());
         }
         report.backends.push(BackendResult {
@@ -281,14 +357,17 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
             put_seconds: put_best.as_secs_f64(),
             put_ratio: put_best.as_secs_f64() / openssl.as_secs_f64(),
             put_ratio_to_floor: put_best.as_secs_f64() / floor,
-            put_streamed_seconds: streamed_best.as_secs_f64(),
-            put_streamed_ratio_to_floor: streamed_best.as_secs_f64() / floor,
+            put_streamed_seconds: streamed_best.0.as_secs_f64(),
+            put_streamed_ratio_to_floor: streamed_best.0.as_secs_f64() / floor,
             get_seconds: get_best.as_secs_f64(),
             get_ratio: get_best.as_secs_f64() / openssl.as_secs_f64(),
             get_ratio_to_floor: get_best.as_secs_f64() / (openssl + disk).as_secs_f64(),
-            get_stream_seconds: stream_best.as_secs_f64(),
-            get_stream_ratio: stream_best.as_secs_f64() / openssl.as_secs_f64(),
-            get_stream_blake3_seconds: stream_blake3_best.as_secs_f64(),
+            get_stream_seconds: stream_best.0.as_secs_f64(),
+            get_stream_ratio: stream_best.0.as_secs_f64() / openssl.as_secs_f64(),
+            get_stream_blake3_seconds: stream_blake3_best.0.as_secs_f64(),
+            put_streamed_cpu: streamed_best.1,
+            get_stream_cpu: stream_best.1,
+            get_stream_blake3_cpu: stream_blake3_best.1,
             daemon_peak_rss_mib: crate::measure::mib(peak),
         });
     }
@@ -376,6 +455,17 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
              digest (the client verifies BLAKE3 instead). Each timed step starts after `sync` and a 2 s pause; fastest of {} runs.",
             args.runs
         );
+        for b in &report.backends {
+            for (what, cpu) in [
+                ("gRPC put", b.put_streamed_cpu),
+                ("stream", b.get_stream_cpu),
+                ("blake3", b.get_stream_blake3_cpu),
+            ] {
+                if let Some(cpu) = cpu {
+                    println!("{:<8} {what:<8} {}", b.backend, cpu.describe());
+                }
+            }
+        }
         print_peer(&report);
         print_growth(&report, floor);
     }
@@ -690,11 +780,14 @@ fn grow(
     anyhow::ensure!(!digests.is_empty(), "the growth series put nothing");
     let at = stored as f64 / (1u64 << 30) as f64;
     crate::measure::settle_daemon(daemon.pid(), Duration::from_secs(60));
-    let (mut get, mut stream, mut stream_blake3) = (Duration::MAX, Duration::MAX, Duration::MAX);
+    let mut get = Duration::MAX;
+    let (mut stream, mut stream_blake3) = ((Duration::MAX, None), (Duration::MAX, None));
     let newest = digests.len().saturating_sub(runs.max(1) as usize);
     for (sha256, blake3) in &digests[newest..] {
-        let [g, s, b] = time_gets(&daemon, (sha256, blake3), &work.join("grow-out.bin"))?;
-        (get, stream, stream_blake3) = (get.min(g), stream.min(s), stream_blake3.min(b));
+        let [(g, _), s, b] = time_gets(&daemon, (sha256, blake3), &work.join("grow-out.bin"))?;
+        get = get.min(g);
+        keep_fastest(&mut stream, s);
+        keep_fastest(&mut stream_blake3, b);
     }
     // The disk as the gets found it: the floor measured at the start may not hold after a fill.
     settle_disk();
@@ -703,8 +796,10 @@ fn grow(
         stored_gib: at,
         stored_blobs: blobs,
         get_seconds: get.as_secs_f64(),
-        get_stream_seconds: stream.as_secs_f64(),
-        get_stream_blake3_seconds: stream_blake3.as_secs_f64(),
+        get_stream_seconds: stream.0.as_secs_f64(),
+        get_stream_blake3_seconds: stream_blake3.0.as_secs_f64(),
+        get_stream_cpu: stream.1,
+        get_stream_blake3_cpu: stream_blake3.1,
         disk_write_fsync_seconds: Some(disk.as_secs_f64()),
         rest_upload: None,
     };
@@ -749,11 +844,12 @@ fn time_gets(
     daemon: &custodian_testkit::Daemon,
     (sha256, blake3): (&str, &str),
     output: &Path,
-) -> anyhow::Result<[Duration; 3]> {
+) -> anyhow::Result<[(Duration, Cpu); 3]> {
     let exe = custodian_testkit::binary();
     let get = |digest: &str, to: &Path| {
         settle_disk();
-        run_timed(
+        run_timed_with_cpu(
+            daemon,
             Command::new(&exe)
                 .args(["blob", "get", digest, "--server", &daemon.address])
                 .args(["--token", &daemon.token, "-o"])
