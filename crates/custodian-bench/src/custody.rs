@@ -775,8 +775,8 @@ fn grow(
     // time, where each fresh run reads a blob just put), in the fresh runs' order, the fastest of
     // each kind counting; and only once the daemon is idle. Right after the fill the page cache
     // is full of the 19 GiB just written, and a read that must first reclaim it ran 1.3-1.9×
-    // slower for a while whatever the store held (docs/performance.md, nineteenth session): that
-    // is the machine recovering from the fill, not the store's size.
+    // slower for a while whatever the store held (docs/performance-history.md, nineteenth
+    // session): that is the machine recovering from the fill, not the store's size.
     anyhow::ensure!(!digests.is_empty(), "the growth series put nothing");
     let at = stored as f64 / (1u64 << 30) as f64;
     crate::measure::settle_daemon(daemon.pid(), Duration::from_secs(60));

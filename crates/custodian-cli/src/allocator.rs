@@ -92,8 +92,8 @@ pub fn tune() {}
 /// body's reads, a get's blocks. From glibc's heap, with 8 MiB free at its top returned (see the
 /// module documentation for why not more), a streamed 1 GiB put gave back and faulted in again
 /// about 256 MiB of them: 60,000-80,000 page faults and zeroed pages, 0.15-0.2 s of the daemon's
-/// CPU (docs/performance.md, "Receive buffers kept for reuse"). Kept here instead, they cost no
-/// fault when reused, and what is kept idle is bounded on its own, whatever the heaps do.
+/// CPU (docs/performance-history.md, "Receive buffers kept for reuse"). Kept here instead, they
+/// cost no fault when reused, and what is kept idle is bounded on its own, whatever the heaps do.
 pub struct Pooled;
 
 /// The smallest buffer [`Pooled`] maps itself.

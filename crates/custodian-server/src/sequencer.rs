@@ -11,7 +11,7 @@
 //! sequencer's task, each on its own schedule. An answer then does not wait for that task to be
 //! scheduled again, and when the cores are busy the task comes back later, finds more requests
 //! queued and commits them in fewer, larger batches, each with one fsync and one signature
-//! (docs/performance.md, "Answers from the committing thread").
+//! (docs/performance-history.md, "Answers from the committing thread").
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -56,8 +56,8 @@ pub fn pack_bytes(blobs: &[&Bytes]) -> Vec<u8> {
 /// [`write_direct`]); elsewhere it is written through the page cache and its pages leave it once
 /// it is synced (see [`crate::drop_cached`]): on this project's VM a 4 MiB pack written into
 /// page-cache pages the guest had not used lately took 19 ms, and 1 ms into pages a dropped pack
-/// had just given back (docs/performance.md, "Small blobs written once"). A failure names the
-/// step and the path.
+/// had just given back (docs/performance-history.md, "Small blobs written once"). A failure names
+/// the step and the path.
 pub fn write_pack(path: &Path, blobs: &[&Bytes]) -> Result<(), (&'static str, std::io::Error)> {
     write_pack_with(path, blobs, true)
 }

@@ -8,7 +8,7 @@
 //! two glibc arenas (`custodian-cli`'s `allocator` module says why), so the two lookups queued
 //! for the same arena locks: 6.9–8.1 ms for the lookup of a call on a fresh store, against
 //! 2.9–4.8 ms with eight arenas, which took the daemon's peak past its memory budget
-//! (docs/performance.md, "Presence without an allocation per key"). The C++ side reuses its
+//! (docs/performance-history.md, "Presence without an allocation per key"). The C++ side reuses its
 //! value slots from one batch to the next and lends each value to a Rust callback where it lies.
 
 use std::ffi::{c_char, c_int, c_void};
