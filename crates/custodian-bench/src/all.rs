@@ -306,6 +306,30 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
                         ));
                     }
                 }
+                // Issue 22 asks for the CLI's receive path as lean as curl's plus one SHA-256
+                // pass: the CLI's CPU for the get by sha256 against curl's for the registry's
+                // read and the hash alone, from memory.
+                if let (Some(cli), Some(curl), Some(hash)) = (
+                    b.get_stream_cpu,
+                    p.get_stream_cpu,
+                    custody.sha256_in_memory_seconds,
+                ) {
+                    let ratio = cli.cli_seconds / (curl.cli_seconds + hash);
+                    out.push(row(
+                        format!("{mib:.0} MiB get (stream), gRPC, {}: the CLI's CPU", b.backend),
+                        format!("{:.2} s", cli.cli_seconds),
+                        none(),
+                        none(),
+                        None,
+                        format!(
+                            "curl's read from the registry {:.2} s + SHA-256 alone from memory {hash:.2} s",
+                            curl.cli_seconds
+                        ),
+                        format!("{ratio:.2}×"),
+                        "≤ 1.0×",
+                        Some(ratio <= 1.0),
+                    ));
+                }
                 for (what, ours, theirs, copy) in [
                     ("put", b.put_seconds, p.put_seconds, 0.0),
                     (
@@ -1599,11 +1623,40 @@ mod tests {
             "{}",
             sha256.limit
         );
+        // The CLI's receive path against curl's plus one hash, once the report has all three.
+        assert!(
+            !rows.iter().any(|r| r.scenario.ends_with("the CLI's CPU")),
+            "no curl figure, no row"
+        );
         // A get whose CPU the report lacks (as every report before the fiftieth session) shows
         // its time alone, and the BLAKE3 row no SHA-256.
         let blake3 = find("1024 MiB get (stream) by BLAKE3 digest, gRPC, rocksdb");
         assert_eq!(blake3.result, "0.99 s");
         assert!(!blake3.limit.contains("SHA-256"), "{}", blake3.limit);
+    }
+
+    #[test]
+    fn the_clis_receive_path_is_judged_against_curls_read_plus_one_sha256_pass() {
+        let mut json = raw_json();
+        json["custody"]["sha256_in_memory_seconds"] = serde_json::json!(0.6);
+        json["custody"]["peer"]["get_stream_cpu"] =
+            serde_json::json!({"cli_seconds": 0.3, "daemon_seconds": 0.1, "cores": 2});
+        json["custody"]["backends"][0]["get_stream_cpu"] =
+            serde_json::json!({"cli_seconds": 0.99, "daemon_seconds": 0.5, "cores": 2});
+        let rows = rows_from(json.clone());
+        let lean = &rows[position(&rows, "1024 MiB get (stream), gRPC, rocksdb: the CLI's CPU")];
+        assert_eq!(
+            (lean.result.as_str(), lean.ratio.as_str(), lean.met),
+            ("0.99 s", "1.10×", Some(false))
+        );
+        assert_eq!(
+            lean.limit,
+            "curl's read from the registry 0.30 s + SHA-256 alone from memory 0.60 s"
+        );
+        json["custody"]["backends"][0]["get_stream_cpu"]["cli_seconds"] = serde_json::json!(0.85);
+        let rows = rows_from(json);
+        let lean = &rows[position(&rows, "1024 MiB get (stream), gRPC, rocksdb: the CLI's CPU")];
+        assert_eq!((lean.ratio.as_str(), lean.met), ("0.94×", Some(true)));
     }
 
     #[test]

@@ -175,6 +175,10 @@ pub struct PeerResult {
     /// Zero in reports from before it was measured.
     #[serde(default)]
     pub copy_seconds: f64,
+    /// The CPU the timed streamed read cost: curl's as the client's, the registry's as the
+    /// daemon's. Absent from reports before the fiftieth session.
+    #[serde(default)]
+    pub get_stream_cpu: Option<Cpu>,
 }
 
 /// One put of the growth series.
@@ -212,6 +216,11 @@ pub struct Report {
     /// Writing the blob's size from memory and fsyncing it: the disk's limit for anything durable.
     pub disk_write_fsync_seconds: f64,
     pub disk_write_fsync_gib_per_s: f64,
+    /// SHA-256 of the blob's size from memory on one core: what a client verifying a get by its
+    /// sha256 digest cannot do without, where `openssl dgst` also reads the file. Absent from
+    /// reports before the fiftieth session.
+    #[serde(default)]
+    pub sha256_in_memory_seconds: Option<f64>,
     pub backends: Vec<BackendResult>,
     #[serde(default)]
     pub peer: Option<PeerResult>,
@@ -289,6 +298,9 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
         openssl_sha256_gib_per_s: gib_per_s(size, openssl),
         disk_write_fsync_seconds: disk.as_secs_f64(),
         disk_write_fsync_gib_per_s: gib_per_s(size, disk),
+        sha256_in_memory_seconds: Some(
+            size as f64 / (1u64 << 30) as f64 / crate::limits::hashing().0,
+        ),
         backends: Vec::new(),
         peer: None,
         growth: Vec::new(),
@@ -487,13 +499,13 @@ fn which(program: &str) -> bool {
 /// Times the reference registry on `input`, each run on a fresh registry and store.
 fn measure_peer(work: &Path, input: &Path, runs: u32) -> anyhow::Result<PeerResult> {
     let digest = crate::measure::sha256_of_file(input)?.to_string();
-    let (mut put_best, mut get_best, mut stream_best, mut copy_best) =
-        (Duration::MAX, Duration::MAX, Duration::MAX, Duration::MAX);
+    let (mut put_best, mut get_best, mut copy_best) = (Duration::MAX, Duration::MAX, Duration::MAX);
+    let mut stream_best = (Duration::MAX, None);
     for _ in 0..runs {
         let dir = work.join("peer");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let (_registry, host) = crate::oci::reference_registry(&dir)?;
+        let (registry, host) = crate::oci::reference_registry(&dir)?;
         let base = format!("http://{host}/v2/bench/blob");
         settle_disk();
         let start = Instant::now();
@@ -538,13 +550,15 @@ fn measure_peer(work: &Path, input: &Path, runs: u32) -> anyhow::Result<PeerResu
         put_best = put_best.min(start.elapsed());
         let url = format!("{base}/blobs/{digest}");
         settle_disk();
-        stream_best = stream_best.min(run_timed(Command::new("curl").args([
-            "-sS",
-            "-f",
-            "-o",
-            "/dev/null",
-            &url,
-        ]))?);
+        let curl = crate::measure::children_cpu_seconds();
+        let serving = crate::measure::cpu_seconds(registry.pid());
+        let stream = run_timed(Command::new("curl").args(["-sS", "-f", "-o", "/dev/null", &url]))?;
+        let cpu = Cpu {
+            cli_seconds: crate::measure::children_cpu_seconds() - curl,
+            daemon_seconds: crate::measure::cpu_seconds(registry.pid()) - serving,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        };
+        keep_fastest(&mut stream_best, (stream, cpu));
         let out = work.join("peer-out.bin");
         settle_disk();
         // Custodian's get to a file reads the blob from the disk (its put drops the pages it
@@ -578,8 +592,9 @@ fn measure_peer(work: &Path, input: &Path, runs: u32) -> anyhow::Result<PeerResu
             .into(),
         put_seconds: put_best.as_secs_f64(),
         get_seconds: get_best.as_secs_f64(),
-        get_stream_seconds: stream_best.as_secs_f64(),
+        get_stream_seconds: stream_best.0.as_secs_f64(),
         copy_seconds: copy_best.as_secs_f64(),
+        get_stream_cpu: stream_best.1,
     })
 }
 
@@ -603,9 +618,15 @@ fn print_peer(report: &Report) {
     let Some(peer) = &report.peer else {
         return;
     };
+    let stream_cpu = peer.get_stream_cpu.map_or_else(String::new, |c| {
+        format!(
+            " (CPU: curl {:.2} s, the registry {:.2} s)",
+            c.cli_seconds, c.daemon_seconds
+        )
+    });
     println!(
-        "reference registry ({}): put {:.3} s, get to a file {:.3} s, stream {:.3} s; the \
-         disk's own copy of the same bytes with fsync {:.3} s",
+        "reference registry ({}): put {:.3} s, get to a file {:.3} s, stream {:.3} s{stream_cpu}; \
+         the disk's own copy of the same bytes with fsync {:.3} s",
         peer.registry,
         peer.put_seconds,
         peer.get_seconds,
@@ -626,6 +647,31 @@ fn print_peer(report: &Report) {
             b.get_stream_blake3_seconds / peer.get_stream_seconds
         );
     }
+    if let Some(lean) = receive_paths(report) {
+        println!("{lean}");
+    }
+}
+
+/// The CLI's streamed get by the sha256 digest against curl's read of the same blob from the
+/// registry plus one SHA-256 pass from memory (issue 22: "the CLI's receive path as lean as
+/// curl's plus one SHA-256 pass"), per backend; `None` when the report lacks a figure.
+pub(crate) fn receive_paths(report: &Report) -> Option<String> {
+    let curl = report.peer.as_ref()?.get_stream_cpu?.cli_seconds;
+    let hash = report.sha256_in_memory_seconds?;
+    let lines: Vec<String> = report
+        .backends
+        .iter()
+        .filter_map(|b| {
+            let cli = b.get_stream_cpu?.cli_seconds;
+            Some(format!(
+                "{}: the CLI's streamed get by sha256 {cli:.2} s of CPU, {:.2}× curl's read \
+                 ({curl:.2} s) plus SHA-256 alone from memory ({hash:.2} s)",
+                b.backend,
+                cli / (curl + hash)
+            ))
+        })
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("\n"))
 }
 
 /// The blobs put between two timed puts of the growth series, `total` bytes in all: half in
@@ -1099,6 +1145,69 @@ pub fn growth_svg(points: &[GrowthPoint], floor: f64, backend: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The CLI's receive path is set against curl's read plus one SHA-256 pass, per backend,
+    /// and a report that lacks any of the three figures (every report before the fiftieth
+    /// session) says nothing rather than something made up.
+    #[test]
+    fn the_receive_path_is_judged_against_curl_plus_one_hash() {
+        let cpu = |cli: f64, daemon: f64| Cpu {
+            cli_seconds: cli,
+            daemon_seconds: daemon,
+            cores: 2,
+        };
+        let backend = |name: &str, cli: Option<f64>| BackendResult {
+            backend: name.into(),
+            put_seconds: 1.0,
+            put_ratio: 1.0,
+            put_ratio_to_floor: 1.0,
+            put_streamed_seconds: 1.0,
+            put_streamed_ratio_to_floor: 1.0,
+            get_seconds: 1.0,
+            get_ratio: 1.0,
+            get_ratio_to_floor: 1.0,
+            get_stream_seconds: 0.8,
+            get_stream_ratio: 1.0,
+            get_stream_blake3_seconds: 0.5,
+            put_streamed_cpu: None,
+            get_stream_cpu: cli.map(|c| cpu(c, 0.5)),
+            get_stream_blake3_cpu: None,
+            daemon_peak_rss_mib: 40.0,
+        };
+        let mut report = Report {
+            size_bytes: 1 << 30,
+            openssl_sha256_seconds: 0.76,
+            openssl_sha256_gib_per_s: 1.3,
+            disk_write_fsync_seconds: 0.8,
+            disk_write_fsync_gib_per_s: 1.25,
+            sha256_in_memory_seconds: Some(0.6),
+            backends: vec![backend("rocksdb", Some(1.0)), backend("file", None)],
+            peer: Some(PeerResult {
+                registry: "docker-registry".into(),
+                put_seconds: 4.0,
+                get_seconds: 3.0,
+                get_stream_seconds: 0.5,
+                copy_seconds: 1.0,
+                get_stream_cpu: Some(cpu(0.2, 0.1)),
+            }),
+            growth: Vec::new(),
+            growth_daemon_peak_rss_mib: None,
+            growth_backend: None,
+            growth_gets: None,
+        };
+        assert_eq!(
+            receive_paths(&report).as_deref(),
+            Some(
+                "rocksdb: the CLI's streamed get by sha256 1.00 s of CPU, 1.25× curl's read \
+                 (0.20 s) plus SHA-256 alone from memory (0.60 s)"
+            )
+        );
+        report.sha256_in_memory_seconds = None;
+        assert_eq!(receive_paths(&report), None);
+        report.sha256_in_memory_seconds = Some(0.6);
+        report.peer.as_mut().unwrap().get_stream_cpu = None;
+        assert_eq!(receive_paths(&report), None);
+    }
 
     /// The bytes of `path` in the page cache, as util-linux's `fincore` counts them.
     fn resident_bytes(path: &Path) -> u64 {

@@ -60,6 +60,13 @@ pub struct Report {
 /// A child process killed when dropped.
 pub(crate) struct Killed(std::process::Child);
 
+impl Killed {
+    /// The process id, to read its CPU time from /proc.
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
