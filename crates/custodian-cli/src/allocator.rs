@@ -85,8 +85,9 @@ pub fn tune() {}
 
 /// The process's allocator: glibc's (with [`TUNABLES`]), except for buffers of [`POOL_MIN`] to
 /// [`POOL_MAX`] bytes, which get mappings of their own, rounded up to [`POOL_STEP`], and of
-/// which up to [`POOL_KEPT`] bytes are kept when freed and handed out again: the ones freed
-/// last, so that what is kept follows the sizes in use.
+/// which up to [`POOL_KEPT`] bytes ([`TRANSFER_KEPT`] in the CLI's transfers) are kept when
+/// freed and handed out again: the ones freed last, so that what is kept follows the sizes in
+/// use.
 ///
 /// Those are the buffers streamed bytes arrive in: HTTP/2 frames of up to 1 MiB, an HTTP/1.1
 /// body's reads, a get's blocks. From glibc's heap, with 8 MiB free at its top returned (see the
@@ -106,9 +107,20 @@ const POOL_MAX: usize = 4 << 20;
 /// size (a frame's payload and its header) are the same mapping.
 const POOL_STEP: usize = 64 << 10;
 
-/// How many bytes of freed buffers [`Pooled`] keeps at most: about what one upload keeps in
-/// flight (HTTP/2's window and a batch being written).
+/// How many bytes of freed buffers [`Pooled`] keeps at most in the daemon: about what one
+/// upload keeps in flight (HTTP/2's window and a batch being written). More would be memory
+/// the daemon holds idle against its 128 MiB budget.
 const POOL_KEPT: usize = 8 << 20;
+
+/// How many bytes of freed buffers [`Pooled`] keeps at most in the CLI's transfers (set by
+/// [`keep_up_to`]): what a verified get holds in flight, its HTTP/2 stream window (8 MiB) and
+/// the hashing thread's queue (16 frames of up to 1 MiB). A get's frames are freed as the hash
+/// gets through them and new ones arrive in bursts, so with 8 MiB kept the rest of each burst
+/// was mapped afresh: 44,000-65,000 page faults and 0.92-0.97 s of the CLI's CPU for a 1 GiB
+/// get by its sha256 digest, against 11,000-15,000 and 0.85-0.90 s with 32 MiB
+/// (docs/performance-history.md, fiftieth session). A CLI process is short-lived and has no
+/// memory budget to keep.
+pub const TRANSFER_KEPT: usize = 32 << 20;
 
 /// How many freed buffers [`Pooled`] keeps at most.
 const POOL_SLOTS: usize = POOL_KEPT / POOL_MIN;
@@ -119,6 +131,8 @@ struct Kept {
     blocks: [(usize, usize); POOL_SLOTS],
     count: usize,
     bytes: usize,
+    /// The most bytes kept: [`POOL_KEPT`] unless [`keep_up_to`] said otherwise.
+    limit: usize,
 }
 
 // A buffer of any pooled size must fit in the bound, or keeping it could never make room.
@@ -129,6 +143,7 @@ impl Kept {
         blocks: [(0, 0); POOL_SLOTS],
         count: 0,
         bytes: 0,
+        limit: POOL_KEPT,
     };
 
     /// Takes the kept buffer of exactly `len` mapped bytes freed last, if there is one.
@@ -152,7 +167,7 @@ impl Kept {
         evicted: &mut [(usize, usize); POOL_SLOTS],
     ) -> usize {
         let mut gone = 0;
-        while self.count == POOL_SLOTS || self.bytes + len > POOL_KEPT {
+        while self.count == POOL_SLOTS || self.bytes + len > self.limit {
             let oldest = self.blocks[0];
             let count = self.count;
             self.blocks.copy_within(1..count, 0);
@@ -170,6 +185,13 @@ impl Kept {
 }
 
 static KEPT: std::sync::Mutex<Kept> = std::sync::Mutex::new(Kept::EMPTY);
+
+/// Keeps up to `bytes` of freed buffers from now on (at least one buffer of the largest pooled
+/// size; the slots still bound how many), in place of the daemon's [`POOL_KEPT`]. Called once,
+/// before a transfer starts; buffers kept beyond a lower bound go as the next ones are freed.
+pub fn keep_up_to(bytes: usize) {
+    kept().limit = bytes.max(POOL_MAX);
+}
 
 /// The mapped length of a buffer laid out as `layout` if [`Pooled`] maps it itself. Mappings
 /// start on a page, so any alignment up to a page is met.
@@ -402,6 +424,13 @@ mod tests {
         assert_eq!(kept.take(3 * mib), None);
         assert_eq!(kept.count, 5);
         assert_eq!(kept.bytes, 5 * mib);
+        // A higher bound keeps more; the slots still bound how many.
+        let mut more = Kept::EMPTY;
+        more.limit = TRANSFER_KEPT;
+        let dropped: usize = (0..TRANSFER_KEPT / mib + 3)
+            .map(|i| more.keep(0x1000 * (i + 1), mib, &mut evicted))
+            .sum();
+        assert_eq!((more.bytes, dropped), (TRANSFER_KEPT, 3));
         // The slots bound what is kept too: more small buffers push out the oldest.
         let mut small = Kept::EMPTY;
         let dropped: usize = (0..POOL_SLOTS + 5)

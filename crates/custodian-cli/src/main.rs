@@ -234,6 +234,13 @@ fn main() -> std::process::ExitCode {
     ) {
         allocator::tune();
     }
+    // A transfer's receive buffers come and go in bursts larger than the daemon keeps.
+    if matches!(
+        cli.command,
+        Command::Datapack(_) | Command::Blob(_) | Command::Install(_)
+    ) {
+        allocator::keep_up_to(allocator::TRANSFER_KEPT);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
