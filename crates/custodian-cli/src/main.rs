@@ -241,10 +241,20 @@ fn main() -> std::process::ExitCode {
     ) {
         allocator::keep_up_to(allocator::TRANSFER_KEPT);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A get's bytes pass from HTTP/2's connection task to the task that hands them to the
+    // hashing and writing threads, frame by frame. On a runtime of one thread that costs no
+    // wake-up of another: a verified 1 GiB get by its sha256 digest switched threads 3,100-4,200
+    // times instead of 6,000-13,800, and took 0.03-0.06 s less of the CLI's CPU (0.80-0.86 s),
+    // in two sets of alternating runs (docs/performance-history.md, fiftieth session). The
+    // hashing and the file writes have threads of their own either way; puts, measured the same
+    // way, did not change, and keep the runtime of every other command.
+    let one_thread = matches!(&cli.command, Command::Blob(blob::BlobCommand::Get { .. }));
+    let mut builder = if one_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
