@@ -130,19 +130,17 @@ impl Cpu {
     }
 }
 
-/// A CLI step timed with the CPU it and `daemon` spent on it.
-fn run_timed_with_cpu(
-    daemon: &custodian_testkit::Daemon,
-    command: &mut Command,
-) -> anyhow::Result<(Duration, Cpu)> {
-    let cli = crate::measure::children_cpu_seconds();
-    let busy = crate::measure::cpu_seconds(daemon.pid());
+/// A client's step (`command`) timed with the CPU it and the server with process id `server`
+/// spent on it.
+fn run_timed_with_cpu(server: u32, command: &mut Command) -> anyhow::Result<(Duration, Cpu)> {
+    let client = crate::measure::children_cpu_seconds();
+    let busy = crate::measure::cpu_seconds(server);
     let elapsed = run_timed(command)?;
     Ok((
         elapsed,
         Cpu {
-            cli_seconds: crate::measure::children_cpu_seconds() - cli,
-            daemon_seconds: crate::measure::cpu_seconds(daemon.pid()) - busy,
+            cli_seconds: crate::measure::children_cpu_seconds() - client,
+            daemon_seconds: crate::measure::cpu_seconds(server) - busy,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         },
     ))
@@ -355,7 +353,7 @@ pub fn custody(args: CustodyArgs) -> anyhow::Result<ExitCode> {
             // would only be verified, not written).
             let daemon = fresh_daemon()?;
             let streamed = run_timed_with_cpu(
-                &daemon,
+                daemon.pid(),
                 Command::new(&exe)
                     .args(["blob", "put", "--no-local-put", "--server", &daemon.address])
                     .args(["--token", &daemon.token])
@@ -550,15 +548,11 @@ fn measure_peer(work: &Path, input: &Path, runs: u32) -> anyhow::Result<PeerResu
         put_best = put_best.min(start.elapsed());
         let url = format!("{base}/blobs/{digest}");
         settle_disk();
-        let curl = crate::measure::children_cpu_seconds();
-        let serving = crate::measure::cpu_seconds(registry.pid());
-        let stream = run_timed(Command::new("curl").args(["-sS", "-f", "-o", "/dev/null", &url]))?;
-        let cpu = Cpu {
-            cli_seconds: crate::measure::children_cpu_seconds() - curl,
-            daemon_seconds: crate::measure::cpu_seconds(registry.pid()) - serving,
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-        };
-        keep_fastest(&mut stream_best, (stream, cpu));
+        let stream = run_timed_with_cpu(
+            registry.pid(),
+            Command::new("curl").args(["-sS", "-f", "-o", "/dev/null", &url]),
+        )?;
+        keep_fastest(&mut stream_best, stream);
         let out = work.join("peer-out.bin");
         settle_disk();
         // Custodian's get to a file reads the blob from the disk (its put drops the pages it
@@ -895,7 +889,7 @@ fn time_gets(
     let get = |digest: &str, to: &Path| {
         settle_disk();
         run_timed_with_cpu(
-            daemon,
+            daemon.pid(),
             Command::new(&exe)
                 .args(["blob", "get", digest, "--server", &daemon.address])
                 .args(["--token", &daemon.token, "-o"])
