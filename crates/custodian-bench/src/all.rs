@@ -228,7 +228,10 @@ fn rows(limits: &Limits, raw: &Scenarios) -> Vec<Row> {
     let openssl = custody.openssl_sha256_seconds;
     let disk = custody.disk_write_fsync_seconds;
     let mib = crate::measure::mib(custody.size_bytes);
-    let sha256_alone = mib / 1024.0 / limits.sha256_gib_per_s;
+    // The custody run's own measure of the hash, where it has one, as the receive-path row uses.
+    let sha256_alone = custody
+        .sha256_in_memory_seconds
+        .unwrap_or(mib / 1024.0 / limits.sha256_gib_per_s);
     let peer = custody.peer.as_ref();
     // A transfer's time, with what it cost both ends where the report measured it.
     let timed = |seconds: f64, cpu: Option<crate::custody::Cpu>| match cpu {
