@@ -132,7 +132,10 @@ impl Cpu {
 
 /// A client's step (`command`) timed with the CPU it and the server with process id `server`
 /// spent on it.
-fn run_timed_with_cpu(server: u32, command: &mut Command) -> anyhow::Result<(Duration, Cpu)> {
+pub(crate) fn run_timed_with_cpu(
+    server: u32,
+    command: &mut Command,
+) -> anyhow::Result<(Duration, Cpu)> {
     let client = crate::measure::children_cpu_seconds();
     let busy = crate::measure::cpu_seconds(server);
     let elapsed = run_timed(command)?;

@@ -143,15 +143,16 @@ pub(crate) fn timed_rest_upload(
     data: &Path,
     openssl: f64,
 ) -> anyhow::Result<Transfer> {
-    let (cli_before, daemon_before) = cpu_spent(daemon);
-    let seconds =
-        run_timed(upload_command(daemon, name, data).arg("--no-local-put"))?.as_secs_f64();
-    let (cli_after, daemon_after) = cpu_spent(daemon);
+    let (took, cpu) = crate::custody::run_timed_with_cpu(
+        daemon.pid(),
+        upload_command(daemon, name, data).arg("--no-local-put"),
+    )?;
+    let seconds = took.as_secs_f64();
     Ok(Transfer {
         seconds,
         ratio_to_openssl: seconds / openssl,
-        cli_cpu_seconds: cli_after - cli_before,
-        daemon_cpu_seconds: daemon_after - daemon_before,
+        cli_cpu_seconds: cpu.cli_seconds,
+        daemon_cpu_seconds: cpu.daemon_seconds,
     })
 }
 
