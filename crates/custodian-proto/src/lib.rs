@@ -1,4 +1,7 @@
-//! Generated types and service stubs for Custodian's public gRPC contract (`proto/`).
+//! Generated types and service stubs for Custodian's public gRPC contract (`proto/`), and how
+//! both ends put its calls on the wire ([`coalesce`]).
+
+pub mod coalesce;
 
 /// `custodian.cas.v1`: blob custody by digest.
 pub mod cas {

@@ -19,6 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
+use custodian_proto::coalesce::Coalesced;
+
 /// The limits every connection is held to.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnLimits {
@@ -104,9 +106,10 @@ impl Gate {
     }
 }
 
-/// A connection that holds a slot of its port's limit and times out when idle.
+/// A connection that holds a slot of its port's limit, times out when idle, and sends each
+/// answer in as few writes as it can ([`Coalesced`]).
 pub struct Guarded<T> {
-    inner: T,
+    inner: Coalesced<T>,
     _permit: OwnedSemaphorePermit,
     idle: Duration,
     last: Instant,
@@ -117,7 +120,7 @@ impl<T> Guarded<T> {
     fn new(inner: T, permit: OwnedSemaphorePermit, idle: Duration) -> Self {
         let now = Instant::now();
         Guarded {
-            inner,
+            inner: Coalesced::new(inner),
             _permit: permit,
             idle,
             last: now,
@@ -209,7 +212,7 @@ impl tonic::transport::server::Connected for Guarded<TcpStream> {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+        self.inner.get_ref().connect_info()
     }
 }
 
