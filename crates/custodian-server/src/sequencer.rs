@@ -14,7 +14,7 @@
 //! (docs/performance-history.md, "Answers from the committing thread").
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use custodian_core::entry::{EntryKind, Value};
 use custodian_storage::ledger::{
@@ -49,6 +49,9 @@ impl Default for SequencerConfig {
 type Reply = oneshot::Sender<Result<(Appended, Arc<SignedCheckpoint>), LedgerError>>;
 
 struct Job {
+    /// When the request entered the queue: the batch's debug event reports how long its oldest
+    /// request waited for the commit to begin.
+    queued: Instant,
     request: Prepared,
     condition: Option<Condition>,
     reply: Reply,
@@ -140,6 +143,7 @@ impl Sequencer {
         let (reply, wait) = oneshot::channel();
         self.tx
             .send(Job {
+                queued: Instant::now(),
                 request,
                 condition,
                 reply,
@@ -211,6 +215,8 @@ async fn run(
                 _ => break,
             }
         }
+        // The queue is first in, first out: the first job has waited longest.
+        let oldest = jobs[0].queued;
         let mut requests = Vec::with_capacity(jobs.len());
         let mut replies = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -220,7 +226,7 @@ async fn run(
         let ledger = ledger.clone();
         let publication = publication.clone();
         if let Err(join) = tokio::task::spawn_blocking(move || {
-            commit_and_reply(&ledger, requests, replies, publication.as_deref())
+            commit_and_reply(&ledger, requests, replies, publication.as_deref(), oldest)
         })
         .await
         {
@@ -234,14 +240,21 @@ async fn run(
 
 /// Commits one batch and answers each of its requests from the committing thread, so an answer
 /// does not wait for the sequencer's task to be scheduled again. A commit that panics answers
-/// each request with [`LedgerError::Poisoned`] and the panic's message.
+/// each request with [`LedgerError::Poisoned`] and the panic's message. `oldest` is when the
+/// batch's first request was queued.
 fn commit_and_reply(
     ledger: &Ledger,
     requests: Vec<(Prepared, Option<Condition>)>,
     replies: Vec<Reply>,
     publication: Option<&Publication>,
+    oldest: Instant,
 ) {
     let count = requests.len();
+    let started = Instant::now();
+    // Reading the thread's scheduler times costs a file read, so only when the batch's debug
+    // event will be recorded.
+    let debugging = tracing::enabled!(tracing::Level::DEBUG);
+    let before = debugging.then(ThreadTimes::read).flatten();
     // A panic inside the commit (a bug in a backend) becomes this batch's error, so its callers
     // hear what happened rather than only that no answer came.
     let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -259,12 +272,27 @@ fn commit_and_reply(
     });
     match committed {
         Ok((appended, checkpoint)) => {
-            tracing::debug!(entries = count, size = checkpoint.size, "batch committed");
             if let Some(publication) = publication {
                 publication.integrated(checkpoint.size);
             }
             for (reply, entry) in replies.into_iter().zip(appended) {
                 let _ = reply.send(entry.map(|entry| (entry, checkpoint.clone())));
+            }
+            if debugging {
+                let took = started.elapsed();
+                let split = before
+                    .zip(ThreadTimes::read())
+                    .map(|(before, after)| CommitSplit::between(before, after, took));
+                tracing::debug!(
+                    entries = count,
+                    size = checkpoint.size,
+                    waited_us = started.saturating_duration_since(oldest).as_micros() as u64,
+                    took_us = took.as_micros() as u64,
+                    on_cpu_us = split.map(|s| s.on_cpu.as_micros() as u64),
+                    runnable_us = split.map(|s| s.runnable.as_micros() as u64),
+                    blocked_us = split.map(|s| s.blocked.as_micros() as u64),
+                    "batch committed and answered"
+                );
             }
         }
         Err(err) => {
@@ -272,6 +300,55 @@ fn commit_and_reply(
             for reply in replies {
                 let _ = reply.send(Err(err.clone()));
             }
+        }
+    }
+}
+
+/// The committing thread's scheduler times, from `/proc/thread-self/schedstat`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ThreadTimes {
+    /// Time the thread has spent on a CPU.
+    on_cpu: Duration,
+    /// Time the thread has spent ready to run, waiting for a CPU.
+    runnable: Duration,
+}
+
+impl ThreadTimes {
+    /// The calling thread's times; `None` where the kernel does not keep them.
+    fn read() -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/thread-self/schedstat").ok()?)
+    }
+
+    /// Parses the file's three numbers: nanoseconds on a CPU, nanoseconds waiting on a run
+    /// queue, time slices (Linux, Documentation/scheduler/sched-stats.rst, "/proc/<pid>/schedstat").
+    fn parse(text: &str) -> Option<Self> {
+        let mut fields = text.split_ascii_whitespace();
+        let mut next = || fields.next()?.parse::<u64>().ok().map(Duration::from_nanos);
+        Some(ThreadTimes {
+            on_cpu: next()?,
+            runnable: next()?,
+        })
+    }
+}
+
+/// Where a commit's wall time went on the committing thread: on a CPU, ready but waiting for one
+/// (the machine's cores busy with other threads), or neither (blocked: the disk's sync, a lock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CommitSplit {
+    on_cpu: Duration,
+    runnable: Duration,
+    blocked: Duration,
+}
+
+impl CommitSplit {
+    /// The split of `took`, from the thread's times before and after it.
+    fn between(before: ThreadTimes, after: ThreadTimes, took: Duration) -> Self {
+        let on_cpu = after.on_cpu.saturating_sub(before.on_cpu);
+        let runnable = after.runnable.saturating_sub(before.runnable);
+        CommitSplit {
+            on_cpu,
+            runnable,
+            blocked: took.saturating_sub(on_cpu + runnable),
         }
     }
 }
@@ -382,5 +459,64 @@ mod tests {
             sizes.push(task.await.expect("task").expect("append").1.size);
         }
         assert_eq!(sizes, vec![5; 5], "all five appends in one batch of size 5");
+    }
+
+    #[test]
+    fn thread_times_parse_the_kernels_first_two_numbers_and_refuse_anything_else() {
+        // A line as Linux writes it: nanoseconds on a CPU, nanoseconds runnable, time slices.
+        let times = ThreadTimes::parse("2090937474 1283711546 19498\n").expect("parses");
+        assert_eq!(times.on_cpu, Duration::from_nanos(2_090_937_474));
+        assert_eq!(times.runnable, Duration::from_nanos(1_283_711_546));
+        for text in ["", "12", "12 x 3", "-1 2 3", "a b c"] {
+            assert_eq!(ThreadTimes::parse(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_commits_split_accounts_for_its_wall_time() {
+        let before = ThreadTimes {
+            on_cpu: Duration::from_micros(1_000),
+            runnable: Duration::from_micros(500),
+        };
+        let after = ThreadTimes {
+            on_cpu: Duration::from_micros(1_200),
+            runnable: Duration::from_micros(3_500),
+        };
+        let split = CommitSplit::between(before, after, Duration::from_micros(4_000));
+        assert_eq!(
+            split,
+            CommitSplit {
+                on_cpu: Duration::from_micros(200),
+                runnable: Duration::from_micros(3_000),
+                blocked: Duration::from_micros(800),
+            }
+        );
+        // The clock and the kernel's counters are read at slightly different moments: a wall
+        // time under the counters' sum leaves nothing blocked rather than wrapping around.
+        let split = CommitSplit::between(before, after, Duration::from_micros(3_100));
+        assert_eq!(split.blocked, Duration::ZERO);
+    }
+
+    #[test]
+    fn the_kernel_accounts_a_busy_threads_wall_time_as_on_a_cpu_or_runnable() {
+        let Some(before) = ThreadTimes::read() else {
+            eprintln!("skipped: this kernel keeps no /proc/thread-self/schedstat");
+            return;
+        };
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let after = ThreadTimes::read().expect("read again");
+        let wall = start.elapsed();
+        let split = CommitSplit::between(before, after, wall);
+        // A thread that never sleeps is on a CPU or waiting for one for all of its wall time.
+        let counted = split.on_cpu + split.runnable;
+        assert!(split.on_cpu > Duration::ZERO, "{split:?}");
+        assert!(
+            counted >= wall * 8 / 10 && counted <= wall + Duration::from_millis(2),
+            "{split:?} over {wall:?}"
+        );
     }
 }
